@@ -1,0 +1,90 @@
+#include "sl_opts.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const sl_opt *find(const sl_opt *opts, const char *name, size_t n)
+{
+    for (const sl_opt *o = opts; o->name; o++) {
+        if (strlen(o->name) == n && !strncmp(o->name, name, n)) return o;
+        if (o->alias && strlen(o->alias) == n && !strncmp(o->alias, name, n)) return o;
+    }
+    return NULL;
+}
+
+static sl_status set_value(const sl_opt *o, const char *v, sl_err *e)
+{
+    char *end = NULL;
+    errno = 0;
+    switch (o->kind) {
+    case SL_OPT_STR: *(const char **)o->dst = v; return SL_OK;
+    case SL_OPT_STRS: {
+        sl_strs *s = o->dst;
+        if (s->n >= (int)(sizeof s->v / sizeof s->v[0]))
+            return sl_err_set(e, SL_ERR_LIMIT, "%s given too many times", o->name);
+        s->v[s->n++] = v;
+        return SL_OK;
+    }
+    case SL_OPT_INT: {
+        long x = strtol(v, &end, 10);
+        if (errno || !*v || *end || x < -2147483647L || x > 2147483647L)
+            return sl_err_set(e, SL_ERR_INVALID, "%s expects an integer, got '%s'", o->name, v);
+        *(int *)o->dst = (int)x;
+        return SL_OK;
+    }
+    case SL_OPT_I64: {
+        long long x = strtoll(v, &end, 10);
+        if (errno || !*v || *end)
+            return sl_err_set(e, SL_ERR_INVALID, "%s expects an integer, got '%s'", o->name, v);
+        *(long long *)o->dst = x;
+        return SL_OK;
+    }
+    case SL_OPT_FLOAT: {
+        double x = strtod(v, &end);
+        if (errno || !*v || *end)
+            return sl_err_set(e, SL_ERR_INVALID, "%s expects a number, got '%s'", o->name, v);
+        *(double *)o->dst = x;
+        return SL_OK;
+    }
+    case SL_OPT_FLAG: break;
+    }
+    return sl_err_set(e, SL_ERR_INVALID, "%s takes no value", o->name);
+}
+
+sl_status sl_opts_parse(int argc, char **argv, const sl_opt *opts, sl_err *e)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0)
+            return sl_err_set(e, SL_ERR_INVALID, "unexpected argument '%s'", a);
+        const char *eq = strchr(a, '=');
+        size_t n = eq ? (size_t)(eq - a) : strlen(a);
+        const sl_opt *o = find(opts, a, n);
+        if (!o) return sl_err_set(e, SL_ERR_INVALID, "unknown option '%.*s'", (int)n, a);
+        if (o->kind == SL_OPT_FLAG) {
+            if (eq) return sl_err_set(e, SL_ERR_INVALID, "%s takes no value", o->name);
+            *(int *)o->dst = 1;
+            continue;
+        }
+        const char *v = eq ? eq + 1 : NULL;
+        if (!v) {
+            if (i + 1 >= argc) return sl_err_set(e, SL_ERR_INVALID, "%s needs a value", o->name);
+            v = argv[++i];
+        }
+        sl_status s = set_value(o, v, e);
+        if (s) return s;
+    }
+    return SL_OK;
+}
+
+void sl_opts_usage(FILE *f, const char *cmd, const char *summary, const sl_opt *opts)
+{
+    fprintf(f, "usage: sluice %s [options]\n%s\n\noptions:\n", cmd, summary);
+    for (const sl_opt *o = opts; o->name; o++) {
+        char names[96];
+        snprintf(names, sizeof names, "%s%s%s%s", o->name, o->alias ? ", " : "",
+                 o->alias ? o->alias : "", o->kind == SL_OPT_FLAG ? "" : " V");
+        fprintf(f, "  %-36s %s\n", names, o->help ? o->help : "");
+    }
+}

@@ -1,0 +1,381 @@
+#include "backend_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+size_t sl_dtype_size(sl_dtype t)
+{
+    switch (t) {
+    case SL_DTYPE_F32: return 4;
+    case SL_DTYPE_BF16: return 2;
+    case SL_DTYPE_F16: return 2;
+    case SL_DTYPE_I32: return 4;
+    default: return 0;
+    }
+}
+
+const char *sl_dtype_name(sl_dtype t)
+{
+    static const char *n[] = {"f32", "bf16", "f16", "i32"};
+    return (unsigned)t < SL_DTYPE_COUNT ? n[t] : "?";
+}
+
+const char *sl_op_name(sl_op op)
+{
+    static const char *n[SL_OP_COUNT] = {
+        "embed",    "matmul", "rmsnorm",       "add_rmsnorm", "rope",        "silu_mul",
+        "sigmoid_mul", "kv_store", "attention", "conv1d",     "gdn",         "rmsnorm_gated",
+        "moe_route", "moe_experts", "gather_rows", "copy_slots", "fill_random"};
+    return (unsigned)op < SL_OP_COUNT ? n[op] : "?";
+}
+
+sl_tensor sl_tensor_make(void *data, sl_dtype dt, int ndim, const int64_t *ne)
+{
+    sl_tensor t = {0};
+    SL_ASSERT(ndim >= 1 && ndim <= SL_MAX_DIMS);
+    t.data = data;
+    t.dtype = dt;
+    t.ndim = ndim;
+    int64_t s = 1;
+    for (int d = ndim - 1; d >= 0; d--) {
+        t.ne[d] = ne[d];
+        t.st[d] = s;
+        s *= ne[d];
+    }
+    return t;
+}
+
+int64_t sl_tensor_numel(const sl_tensor *t)
+{
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= t->ne[d];
+    return n;
+}
+
+int64_t sl_tensor_rows(const sl_tensor *t)
+{
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim - 1; d++) n *= t->ne[d];
+    return n;
+}
+
+int64_t sl_tensor_cols(const sl_tensor *t) { return t->ne[t->ndim - 1]; }
+
+int64_t sl_tensor_ld(const sl_tensor *t)
+{
+    return t->ndim >= 2 ? t->st[t->ndim - 2] : t->ne[0];
+}
+
+static char *elem_ptr(const sl_tensor *t, int64_t row, int64_t col)
+{
+    return (char *)t->data + (row * sl_tensor_ld(t) + col) * (int64_t)sl_dtype_size(t->dtype);
+}
+
+sl_tensor sl_tensor_colview(const sl_tensor *t, int64_t c0, int64_t n)
+{
+    SL_ASSERT(c0 >= 0 && c0 + n <= sl_tensor_cols(t));
+    sl_tensor v = *t;
+    v.data = elem_ptr(t, 0, c0);
+    v.ndim = 2;
+    v.ne[0] = sl_tensor_rows(t);
+    v.ne[1] = n;
+    v.st[0] = sl_tensor_ld(t);
+    v.st[1] = 1;
+    return v;
+}
+
+sl_tensor sl_tensor_rowview(const sl_tensor *t, int64_t r0, int64_t n)
+{
+    SL_ASSERT(r0 >= 0 && r0 + n <= sl_tensor_rows(t));
+    sl_tensor v = *t;
+    v.data = elem_ptr(t, r0, 0);
+    v.ndim = 2;
+    v.ne[0] = n;
+    v.ne[1] = sl_tensor_cols(t);
+    v.st[0] = sl_tensor_ld(t);
+    v.st[1] = 1;
+    return v;
+}
+
+sl_tensor sl_tensor_reshape(const sl_tensor *t, int ndim, const int64_t *ne)
+{
+    sl_tensor v = sl_tensor_make(t->data, t->dtype, ndim, ne);
+    SL_ASSERT(sl_tensor_numel(&v) == sl_tensor_numel(t));
+    SL_ASSERT(sl_tensor_ld(t) == sl_tensor_cols(t) || t->ndim == 1);
+    v.on_device = t->on_device;
+    return v;
+}
+
+/* ---- conversions ---------------------------------------------------------- */
+
+float sl_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t sl_f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float sl_f16_to_f32(uint16_t h)
+{
+    uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
+    if (e == 0) {
+        if (m == 0) {
+            u = s;
+        } else { /* subnormal: renormalise */
+            e = 127 - 15 + 1;
+            while (!(m & 0x400)) {
+                m <<= 1;
+                e--;
+            }
+            u = s | (e << 23) | ((m & 0x3ff) << 13);
+        }
+    } else if (e == 31) {
+        u = s | 0x7f800000u | (m << 13);
+    } else {
+        u = s | ((e + 127 - 15) << 23) | (m << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t sl_f32_to_f16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t s = (u >> 16) & 0x8000;
+    int32_t e = (int32_t)((u >> 23) & 0xff) - 127 + 15;
+    uint32_t m = u & 0x7fffff;
+    if (((u >> 23) & 0xff) == 0xff) return (uint16_t)(s | 0x7c00 | (m ? 0x200 : 0));
+    if (e >= 31) return (uint16_t)(s | 0x7c00);
+    if (e <= 0) {
+        if (e < -10) return (uint16_t)s;
+        m |= 0x800000;
+        uint32_t shift = (uint32_t)(14 - e);
+        uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return (uint16_t)(s | r);
+    }
+    uint32_t r = ((uint32_t)e << 10) | (m >> 13), rem = m & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;
+    return (uint16_t)(s | r);
+}
+
+float sl_load_f32(const void *p, sl_dtype dt, int64_t i)
+{
+    switch (dt) {
+    case SL_DTYPE_F32: return ((const float *)p)[i];
+    case SL_DTYPE_BF16: return sl_bf16_to_f32(((const uint16_t *)p)[i]);
+    case SL_DTYPE_F16: return sl_f16_to_f32(((const uint16_t *)p)[i]);
+    case SL_DTYPE_I32: return (float)((const int32_t *)p)[i];
+    default: SL_ASSERT(0 && "bad dtype");
+    }
+    return NAN;
+}
+
+/* ---- dispatch -------------------------------------------------------------- */
+
+void sl_backend_free(sl_backend *be)
+{
+    if (be) be->i->free(be);
+}
+
+const char *sl_be_name(const sl_backend *be) { return be->i->name; }
+sl_dtype sl_be_act_dtype(const sl_backend *be) { return be->i->act_dtype; }
+sl_dtype sl_be_weight_dtype(const sl_backend *be) { return be->i->weight_dtype; }
+
+int sl_be_supports_op(const sl_backend *be, sl_op op)
+{
+    const sl_backend_i *i = be->i;
+    const void *slot[SL_OP_COUNT] = {
+        (const void *)i->embed,       (const void *)i->matmul,        (const void *)i->rmsnorm,
+        (const void *)i->add_rmsnorm, (const void *)i->rope,          (const void *)i->silu_mul,
+        (const void *)i->sigmoid_mul, (const void *)i->kv_store,      (const void *)i->attention,
+        (const void *)i->conv1d,      (const void *)i->gdn,           (const void *)i->rmsnorm_gated,
+        (const void *)i->moe_route,   (const void *)i->moe_experts,   (const void *)i->gather_rows,
+        (const void *)i->copy_slots,  (const void *)i->fill_random};
+    return (unsigned)op < SL_OP_COUNT && slot[op] != NULL;
+}
+
+sl_status sl_be_alloc(sl_backend *be, sl_tensor *t, sl_dtype dt, int ndim, const int64_t *ne,
+                      sl_err *e)
+{
+    *t = sl_tensor_make(NULL, dt, ndim, ne);
+    size_t bytes = (size_t)sl_tensor_numel(t) * sl_dtype_size(dt);
+    return be->i->alloc(be, t, bytes ? bytes : 1, e);
+}
+
+void sl_be_release(sl_backend *be, sl_tensor *t)
+{
+    if (t->data) be->i->release(be, t);
+    t->data = NULL;
+}
+
+sl_status sl_be_upload(sl_backend *be, sl_tensor *t, const void *src, sl_dtype src_dt, sl_err *e)
+{
+    return be->i->upload(be, t, src, src_dt, e);
+}
+
+sl_status sl_be_download(sl_backend *be, const sl_tensor *t, float *dst, sl_err *e)
+{
+    return be->i->download(be, t, dst, e);
+}
+
+sl_status sl_be_sync(sl_backend *be, sl_err *e) { return be->i->sync(be, e); }
+
+sl_status sl_be_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e)
+{
+    return be->i->prepare ? be->i->prepare(be, m, e) : SL_OK;
+}
+
+#define NEED(slot) SL_ASSERT(be->i->slot && "op not supported by this backend")
+
+void sl_be_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_batch_meta *m)
+{
+    NEED(embed);
+    SL_ASSERT(sl_tensor_rows(out) == m->n_tokens && sl_tensor_cols(out) == sl_tensor_cols(table));
+    be->i->embed(be, out, table, m);
+}
+
+void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w)
+{
+    NEED(matmul);
+    SL_ASSERT(sl_tensor_cols(x) == sl_tensor_cols(w));
+    SL_ASSERT(sl_tensor_rows(out) == sl_tensor_rows(x) && sl_tensor_cols(out) == sl_tensor_rows(w));
+    be->i->matmul(be, out, x, w);
+}
+
+void sl_be_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
+                   float eps, int one_plus)
+{
+    NEED(rmsnorm);
+    SL_ASSERT(sl_tensor_cols(x) == sl_tensor_numel(w) && sl_tensor_rows(out) == sl_tensor_rows(x));
+    be->i->rmsnorm(be, out, x, w, eps, one_plus);
+}
+
+void sl_be_add_rmsnorm(sl_backend *be, sl_tensor *out, sl_tensor *resid, const sl_tensor *x,
+                       const sl_tensor *w, float eps, int one_plus)
+{
+    NEED(add_rmsnorm);
+    SL_ASSERT(sl_tensor_rows(resid) == sl_tensor_rows(x) && sl_tensor_cols(resid) == sl_tensor_cols(x));
+    be->i->add_rmsnorm(be, out, resid, x, w, eps, one_plus);
+}
+
+void sl_be_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_dim, float theta,
+                const sl_batch_meta *m)
+{
+    NEED(rope);
+    SL_ASSERT(sl_tensor_cols(x) == (int64_t)n_heads * head_dim && rot_dim <= head_dim &&
+              rot_dim % 2 == 0 && sl_tensor_rows(x) == m->n_tokens);
+    be->i->rope(be, x, n_heads, head_dim, rot_dim, theta, m);
+}
+
+void sl_be_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu)
+{
+    NEED(silu_mul);
+    SL_ASSERT(sl_tensor_cols(gu) == 2 * sl_tensor_cols(out));
+    be->i->silu_mul(be, out, gu);
+}
+
+void sl_be_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g)
+{
+    NEED(sigmoid_mul);
+    SL_ASSERT(sl_tensor_cols(x) == sl_tensor_cols(g) && sl_tensor_rows(x) == sl_tensor_rows(g));
+    be->i->sigmoid_mul(be, x, g);
+}
+
+void sl_be_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const sl_tensor *k,
+                    const sl_tensor *v, const sl_batch_meta *m)
+{
+    NEED(kv_store);
+    SL_ASSERT(sl_tensor_cols(kcache) == sl_tensor_cols(k) && sl_tensor_cols(vcache) == sl_tensor_cols(v));
+    be->i->kv_store(be, kcache, vcache, k, v, m);
+}
+
+void sl_be_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,
+                     const sl_tensor *vcache, int n_q_heads, int n_kv_heads, int head_dim,
+                     float scale, const sl_batch_meta *m)
+{
+    NEED(attention);
+    SL_ASSERT(n_q_heads % n_kv_heads == 0);
+    SL_ASSERT(sl_tensor_cols(q) == (int64_t)n_q_heads * head_dim);
+    SL_ASSERT(sl_tensor_cols(kcache) == (int64_t)n_kv_heads * head_dim);
+    be->i->attention(be, out, q, kcache, vcache, n_q_heads, n_kv_heads, head_dim, scale, m);
+}
+
+void sl_be_conv1d(sl_backend *be, sl_tensor *y, const sl_tensor *x, const sl_tensor *w,
+                  sl_tensor *state, const sl_batch_meta *m)
+{
+    NEED(conv1d);
+    SL_ASSERT(sl_tensor_cols(x) == w->ne[0] && state->ndim == 3 && state->ne[1] == w->ne[0]);
+    be->i->conv1d(be, y, x, w, state, m);
+}
+
+void sl_be_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_tensor *a,
+               const sl_tensor *b, const sl_tensor *A_log, const sl_tensor *dt_bias,
+               sl_tensor *ssm, int n_k_heads, int n_v_heads, int k_dim, int v_dim,
+               const sl_batch_meta *m)
+{
+    NEED(gdn);
+    SL_ASSERT(sl_tensor_cols(qkv) == (int64_t)2 * n_k_heads * k_dim + (int64_t)n_v_heads * v_dim);
+    SL_ASSERT(n_v_heads % n_k_heads == 0 && ssm->dtype == SL_DTYPE_F32);
+    be->i->gdn(be, out, qkv, a, b, A_log, dt_bias, ssm, n_k_heads, n_v_heads, k_dim, v_dim, m);
+}
+
+void sl_be_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
+                         const sl_tensor *w, float eps)
+{
+    NEED(rmsnorm_gated);
+    SL_ASSERT(sl_tensor_cols(x) == sl_tensor_numel(w));
+    be->i->rmsnorm_gated(be, out, x, z, w, eps);
+}
+
+void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_tensor *logits,
+                     int k, int norm)
+{
+    NEED(moe_route);
+    SL_ASSERT(ids->dtype == SL_DTYPE_I32 && weights->dtype == SL_DTYPE_F32);
+    SL_ASSERT(k <= sl_tensor_cols(logits) && sl_tensor_cols(ids) == k);
+    be->i->moe_route(be, ids, weights, logits, k, norm);
+}
+
+void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
+                       const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *down)
+{
+    NEED(moe_experts);
+    SL_ASSERT(gate_up->ndim == 3 && down->ndim == 3 && gate_up->ne[2] == sl_tensor_cols(x));
+    SL_ASSERT(down->ne[2] * 2 == gate_up->ne[1]);
+    be->i->moe_experts(be, out, x, ids, weights, gate_up, down);
+}
+
+void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const int32_t *idx,
+                       int n)
+{
+    NEED(gather_rows);
+    SL_ASSERT(sl_tensor_rows(out) >= n && sl_tensor_cols(out) == sl_tensor_cols(x));
+    be->i->gather_rows(be, out, x, idx, n);
+}
+
+void sl_be_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const int32_t *src,
+                      int n)
+{
+    NEED(copy_slots);
+    be->i->copy_slots(be, pool, dst, src, n);
+}
+
+void sl_be_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, float offset)
+{
+    NEED(fill_random);
+    be->i->fill_random(be, t, seed, scale, offset);
+}

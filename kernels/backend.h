@@ -1,0 +1,227 @@
+/* kernels/backend.h: the compute backend interface.
+ *
+ * One interface, two implementations: the CPU reference (kernels/cpu, plain C,
+ * fp32 everywhere: the oracle, and what CI runs) and the CUDA backend
+ * (kernels/cuda, Hopper, bf16 storage with fp32 accumulate). Model code in
+ * worker/ is written once against these calls.
+ *
+ * Tensors are plain descriptors (pointer, dtype, shape, strides); memory is
+ * owned by whoever allocated it with sl_be_alloc and is released with
+ * sl_be_release. Every op views its operands as 2-D [rows, cols]: the
+ * innermost dimension is contiguous, all outer dimensions merge into rows with
+ * one row stride. Column views (sl_tensor_cols) let an op read one part of a
+ * fused projection's output without a copy.
+ *
+ * Usage:
+ *   sl_backend *be = sl_backend_cpu_new();
+ *   sl_tensor x, w, y;
+ *   sl_be_alloc(be, &x, sl_be_act_dtype(be), 2, (int64_t[]){T, K}, &e);
+ *   ...
+ *   sl_be_matmul(be, &y, &x, &w);       // y = x · wᵀ
+ *   sl_be_download(be, &y, host_f32, &e);
+ *   sl_backend_free(be);
+ *
+ * Threads: a backend handle is used by one thread at a time. Ops are
+ * asynchronous on the CUDA backend (ordered on the backend's stream); upload,
+ * download and sync are the only calls that wait.
+ *
+ * Errors: ops on valid, supported operands cannot fail; shape mismatches are
+ * bugs and trip SL_ASSERT. Allocation and transfers return sl_status.
+ */
+#ifndef SL_BACKEND_H
+#define SL_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sl_err.h"
+
+typedef enum sl_dtype {
+    SL_DTYPE_F32 = 0,
+    SL_DTYPE_BF16,
+    SL_DTYPE_F16,
+    SL_DTYPE_I32,
+    SL_DTYPE_COUNT
+} sl_dtype;
+
+size_t sl_dtype_size(sl_dtype t);
+const char *sl_dtype_name(sl_dtype t);
+
+#define SL_MAX_DIMS 4
+
+typedef struct sl_tensor {
+    void *data;
+    sl_dtype dtype;
+    int ndim;
+    int64_t ne[SL_MAX_DIMS]; /* shape, outermost first (torch order) */
+    int64_t st[SL_MAX_DIMS]; /* strides in elements; st[ndim-1] == 1 */
+    int on_device;           /* 1 if data is device memory (CUDA backend) */
+} sl_tensor;
+
+/* Contiguous descriptor over existing memory. */
+sl_tensor sl_tensor_make(void *data, sl_dtype dt, int ndim, const int64_t *ne);
+int64_t sl_tensor_numel(const sl_tensor *t);
+int64_t sl_tensor_rows(const sl_tensor *t);   /* product of all but the last dim */
+int64_t sl_tensor_cols(const sl_tensor *t);   /* last dim */
+int64_t sl_tensor_ld(const sl_tensor *t);     /* row stride of the 2-D view */
+/* 2-D view of columns [c0, c0+n) of t (rows unchanged). */
+sl_tensor sl_tensor_colview(const sl_tensor *t, int64_t c0, int64_t n);
+/* View of rows [r0, r0+n) of the 2-D view of t. */
+sl_tensor sl_tensor_rowview(const sl_tensor *t, int64_t r0, int64_t n);
+/* Same memory, new contiguous shape (t must be contiguous). */
+sl_tensor sl_tensor_reshape(const sl_tensor *t, int ndim, const int64_t *ne);
+
+/* Ops, for supports_op and the op-by-op harness (tests/unit/test_backend_ops*). */
+typedef enum sl_op {
+    SL_OP_EMBED = 0,
+    SL_OP_MATMUL,
+    SL_OP_RMSNORM,
+    SL_OP_ADD_RMSNORM,
+    SL_OP_ROPE,
+    SL_OP_SILU_MUL,
+    SL_OP_SIGMOID_MUL,
+    SL_OP_KV_STORE,
+    SL_OP_ATTENTION,
+    SL_OP_CONV1D,
+    SL_OP_GDN,
+    SL_OP_RMSNORM_GATED,
+    SL_OP_MOE_ROUTE,
+    SL_OP_MOE_EXPERTS,
+    SL_OP_GATHER_ROWS,
+    SL_OP_COPY_SLOTS,
+    SL_OP_FILL_RANDOM,
+    SL_OP_COUNT
+} sl_op;
+
+const char *sl_op_name(sl_op op);
+
+/* Per-forward batch description. The host arrays are always set (by the
+ * worker's runner); sl_be_prepare() lets a device backend mirror them once
+ * per forward. A batch holds n_seqs sequences, each contributing a contiguous
+ * run of tokens [q_start[s], q_start[s+1]) that continue its cached prefix.
+ *
+ *   kv_len[s]     = cached prefix + new tokens of s (attention sees 0..kv_len)
+ *   page_table    = [n_seqs, max_pages] KV page ids of each sequence
+ *   kv_slot[t]    = page * page_size + offset where token t's K/V go
+ *   state_slot[s] = mamba working slot (conv + SSM state) of s, or -1
+ *   state_fresh[s]= 1: s starts from a zero recurrent state (no prefix)
+ *   track_slot[s] = slot that receives a state snapshot, or -1
+ *   track_len[s]  = the snapshot is the state after this many of s's new
+ *                   tokens (1..q_len); the conv part is the K-1 inputs
+ *                   before that point
+ */
+typedef struct sl_batch_meta {
+    int n_tokens;
+    int n_seqs;
+    int page_size;
+    int max_pages;
+    const int32_t *ids;         /* [n_tokens] */
+    const int32_t *pos;         /* [n_tokens] absolute positions */
+    const int32_t *q_start;     /* [n_seqs + 1] */
+    const int32_t *kv_len;      /* [n_seqs] */
+    const int32_t *page_table;  /* [n_seqs * max_pages] */
+    const int32_t *kv_slot;     /* [n_tokens] */
+    const int32_t *state_slot;  /* [n_seqs] */
+    const int32_t *state_fresh; /* [n_seqs] */
+    const int32_t *track_slot;  /* [n_seqs] */
+    const int32_t *track_len;   /* [n_seqs] */
+    void *dev;                  /* backend-private device mirror */
+} sl_batch_meta;
+
+typedef struct sl_backend sl_backend; /* opaque */
+
+sl_backend *sl_backend_cpu_new(void);
+/* NULL (with e set) when CUDA is not built in or no device is usable. */
+sl_backend *sl_backend_cuda_new(int device, sl_err *e);
+/* "cpu" or "cuda[:N]" */
+sl_backend *sl_backend_new(const char *name, sl_err *e);
+void sl_backend_free(sl_backend *be);
+
+const char *sl_be_name(const sl_backend *be);
+int sl_be_supports_op(const sl_backend *be, sl_op op);
+/* dtype of activations (CPU: F32, CUDA: BF16) and of weights it stores */
+sl_dtype sl_be_act_dtype(const sl_backend *be);
+sl_dtype sl_be_weight_dtype(const sl_backend *be);
+
+/* Memory. alloc gives a contiguous tensor (contents undefined). */
+sl_status sl_be_alloc(sl_backend *be, sl_tensor *t, sl_dtype dt, int ndim, const int64_t *ne,
+                      sl_err *e);
+void sl_be_release(sl_backend *be, sl_tensor *t);
+/* Copies n elements of host memory of type src_dt into t (converting). t must
+ * be contiguous and hold numel(t) elements. Waits. */
+sl_status sl_be_upload(sl_backend *be, sl_tensor *t, const void *src, sl_dtype src_dt, sl_err *e);
+/* Copies t (any layout of the 2-D view) to host as dense f32. Waits. */
+sl_status sl_be_download(sl_backend *be, const sl_tensor *t, float *dst, sl_err *e);
+sl_status sl_be_sync(sl_backend *be, sl_err *e);
+/* Mirrors a batch's host arrays for device ops (no-op on CPU). */
+sl_status sl_be_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e);
+
+/* ---- ops ----------------------------------------------------------------- */
+
+/* out[T,H] = table[ids[t], :] */
+void sl_be_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_batch_meta *m);
+/* out[M,N] = x[M,K] · w[N,K]ᵀ (w in any float dtype) */
+void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w);
+/* Row-wise RMSNorm over the last dim: y = x/sqrt(mean(x²)+eps) · (w or 1+w).
+ * out may alias x. */
+void sl_be_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
+                   float eps, int one_plus);
+/* resid += x; out = rmsnorm(resid). The residual stream stays fp32 on CPU. */
+void sl_be_add_rmsnorm(sl_backend *be, sl_tensor *out, sl_tensor *resid, const sl_tensor *x,
+                       const sl_tensor *w, float eps, int one_plus);
+/* In place, x viewed as [T, n_heads, head_dim] (2-D view [T*n_heads, head_dim]
+ * is NOT assumed: x is [T, n_heads*head_dim] with row stride). Rotates the
+ * first rot_dim dims of each head, half-split pairs (i, i+rot_dim/2), angle
+ * pos[t]·theta^(−2i/rot_dim) computed in fp32. */
+void sl_be_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_dim, float theta,
+                const sl_batch_meta *m);
+/* out[M,I] = silu(gu[:, :I]) ⊙ gu[:, I:] */
+void sl_be_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu);
+/* x[M,N] ⊙= σ(g[M,N]) */
+void sl_be_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g);
+/* Scatter k,v [T, Hkv*D] into cache [n_pages*page_size, Hkv*D] rows kv_slot[t]. */
+void sl_be_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const sl_tensor *k,
+                    const sl_tensor *v, const sl_batch_meta *m);
+/* Causal attention over the paged cache: out[T, Hq*D] for q[T, Hq*D].
+ * Token t of sequence s at position p attends cache positions 0..p of s
+ * (through the page table); query head h reads KV head h / (Hq/Hkv). */
+void sl_be_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,
+                     const sl_tensor *vcache, int n_q_heads, int n_kv_heads, int head_dim,
+                     float scale, const sl_batch_meta *m);
+/* Causal depthwise conv (kernel K) + SiLU, per sequence, continuing from the
+ * conv state pool state[S, C, K-1] at state_slot (zeros if state_fresh), and
+ * leaving the last K-1 inputs there. Writes track snapshots. x,y [T, C]. */
+void sl_be_conv1d(sl_backend *be, sl_tensor *y, const sl_tensor *x, const sl_tensor *w,
+                  sl_tensor *state, const sl_batch_meta *m);
+/* Gated delta rule. qkv[T, 2*Hk*Dk + Hv*Dv] is the conv output (q | k | v,
+ * head-major); a, b [T, Hv]; A_log, dt_bias [Hv]. Computes l2norm(q)·Dk^-½,
+ * l2norm(k), g = −exp(A_log)·softplus(a+dt_bias), β = σ(b), runs the
+ * recurrence from ssm[S, Hv, Dk, Dv] (fp32) at state_slot and writes the
+ * final state back, plus snapshots. out [T, Hv*Dv]. */
+void sl_be_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_tensor *a,
+               const sl_tensor *b, const sl_tensor *A_log, const sl_tensor *dt_bias,
+               sl_tensor *ssm, int n_k_heads, int n_v_heads, int k_dim, int v_dim,
+               const sl_batch_meta *m);
+/* Per head over D: y = x/sqrt(mean(x²)+eps) · w · silu(z); x, z, out [R, D]. */
+void sl_be_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
+                         const sl_tensor *w, float eps);
+/* softmax over logits[T,E] (fp32), top-k largest first; ids i32[T,k],
+ * weights f32[T,k], renormalised to sum 1 if norm. */
+void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_tensor *logits,
+                     int k, int norm);
+/* out[T,H] = Σ_j weights[t,j] · down_e(silu(gate_e x) ⊙ up_e x), e = ids[t,j];
+ * gate_up [E, 2I, H] (gate rows first), down [E, H, I]. */
+void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
+                       const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *down);
+/* out[n, C] = x[idx[i], :]; idx is host memory */
+void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const int32_t *idx,
+                       int n);
+/* pool viewed as [S, row]: pool[dst[i]] = pool[src[i]]; src -1 zeroes dst.
+ * dst and src are host arrays. */
+void sl_be_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const int32_t *src,
+                      int n);
+/* t[i] = offset + scale·(2u−1), u = sl_rng_uniform(seed, i) (same on every
+ * backend, so dummy weights match across CPU, CUDA and TP ranks). */
+void sl_be_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, float offset);
+
+#endif

@@ -1,0 +1,60 @@
+/* kernels/backend_impl.h: for backend implementers only.
+ * A backend fills this table; slots may be NULL when supports_op says no. */
+#ifndef SL_BACKEND_IMPL_H
+#define SL_BACKEND_IMPL_H
+
+#include "backend.h"
+
+typedef struct sl_backend_i {
+    const char *name;
+    sl_dtype act_dtype;
+    sl_dtype weight_dtype;
+    void (*free)(sl_backend *be);
+    sl_status (*alloc)(sl_backend *be, sl_tensor *t, size_t bytes, sl_err *e);
+    void (*release)(sl_backend *be, sl_tensor *t);
+    sl_status (*upload)(sl_backend *be, sl_tensor *t, const void *src, sl_dtype src_dt, sl_err *e);
+    sl_status (*download)(sl_backend *be, const sl_tensor *t, float *dst, sl_err *e);
+    sl_status (*sync)(sl_backend *be, sl_err *e);
+    sl_status (*prepare)(sl_backend *be, sl_batch_meta *m, sl_err *e);
+
+    void (*embed)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_batch_meta *);
+    void (*matmul)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *);
+    void (*rmsnorm)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *, float, int);
+    void (*add_rmsnorm)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *,
+                        const sl_tensor *, float, int);
+    void (*rope)(sl_backend *, sl_tensor *, int, int, int, float, const sl_batch_meta *);
+    void (*silu_mul)(sl_backend *, sl_tensor *, const sl_tensor *);
+    void (*sigmoid_mul)(sl_backend *, sl_tensor *, const sl_tensor *);
+    void (*kv_store)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_tensor *,
+                     const sl_batch_meta *);
+    void (*attention)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
+                      const sl_tensor *, int, int, int, float, const sl_batch_meta *);
+    void (*conv1d)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *, sl_tensor *,
+                   const sl_batch_meta *);
+    void (*gdn)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *, const sl_tensor *,
+                const sl_tensor *, const sl_tensor *, sl_tensor *, int, int, int, int,
+                const sl_batch_meta *);
+    void (*rmsnorm_gated)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
+                          const sl_tensor *, float);
+    void (*moe_route)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, int, int);
+    void (*moe_experts)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
+                        const sl_tensor *, const sl_tensor *, const sl_tensor *);
+    void (*gather_rows)(sl_backend *, sl_tensor *, const sl_tensor *, const int32_t *, int);
+    void (*copy_slots)(sl_backend *, sl_tensor *, const int32_t *, const int32_t *, int);
+    void (*fill_random)(sl_backend *, sl_tensor *, uint64_t, float, float);
+} sl_backend_i;
+
+/* Every backend struct begins with this header. */
+struct sl_backend {
+    const sl_backend_i *i;
+};
+
+/* bf16 / f16 <-> f32 conversions shared by the backends' host code. */
+float sl_bf16_to_f32(uint16_t h);
+uint16_t sl_f32_to_bf16(float f); /* round to nearest even */
+float sl_f16_to_f32(uint16_t h);
+uint16_t sl_f32_to_f16(float f);
+/* Reads element i (of a dense buffer of dtype dt) as f32. */
+float sl_load_f32(const void *p, sl_dtype dt, int64_t i);
+
+#endif

@@ -1,0 +1,38 @@
+/* sluice: one program, one subcommand per role or tool. */
+#include <stdio.h>
+#include <string.h>
+
+#include "worker_cmd.h"
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} command;
+
+static const command commands[] = {
+    {"generate", sl_cmd_generate, "greedy continuation of token ids on a model (CPU or GPU)"},
+    {"logits", sl_cmd_logits, "float32 logits of every position of prompts (golden checks)"},
+    {"make-tiny", sl_cmd_make_tiny, "write a small random model of any supported architecture"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: sluice <command> [options]   (sluice <command> --help for its options)\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "sluice: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

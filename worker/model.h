@@ -1,0 +1,129 @@
+/* worker/model.h: Qwen3-family model definitions (qwen3, qwen3_moe,
+ * qwen3_next), loading, and the forward pass over a batch.
+ *
+ * A model is config + weights on one backend. Weights are read from a Hugging
+ * Face directory (config.json, model.safetensors or a sharded index), upcast
+ * or cast to the backend's weight dtype and repacked at load so kernels see
+ * fused layouts:
+ *   attention  wqkv [q | (gate) | k | v] rows (qwen3_next q/gate de-interleaved)
+ *   GDN        in_proj_qkvz rows reordered to [q all | k all | v all | z all],
+ *              in_proj_ba to [b all | a all]: the conv input is a prefix of
+ *              the projection's output, no split kernel needed
+ *   MLP / MoE  gate_up [2I, H] (gate rows first), experts stacked [E, 2I, H]
+ * `--load-format dummy` fills every tensor with sl_rng values instead.
+ *
+ * The forward pass reads and writes an sl_model_cache (paged KV for
+ * attention layers, conv + SSM state slots for linear-attention layers)
+ * described per call by an sl_batch_meta (see kernels/backend.h).
+ *
+ *   sl_model *m; sl_err e = {0};
+ *   sl_model_load(&m, "/models/tiny", be, NULL, &e);
+ *   sl_model_cache c; sl_model_cache_alloc(m, &c, n_pages, page_size, n_slots, &e);
+ *   sl_model_forward(m, &c, &meta, rows, n_rows, &logits, &e);
+ *
+ * Threads: one thread drives a model and its caches at a time.
+ */
+#ifndef SL_MODEL_H
+#define SL_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "sl_err.h"
+
+#define SL_MAX_LAYERS 256
+#define SL_MAX_EOS 8
+
+typedef enum sl_arch {
+    SL_ARCH_QWEN3 = 0,
+    SL_ARCH_QWEN3_MOE,
+    SL_ARCH_QWEN3_NEXT,
+} sl_arch;
+
+typedef struct sl_gen_defaults { /* generation_config.json (or neutral values) */
+    float temperature, top_p, min_p, repetition_penalty;
+    int top_k;
+} sl_gen_defaults;
+
+typedef struct sl_model_config {
+    sl_arch arch;
+    char arch_name[64]; /* "Qwen3NextForCausalLM" */
+    char model_type[32]; /* "qwen3_next" */
+    int vocab_size, hidden_size, n_layers;
+    int n_heads, n_kv_heads, head_dim, rot_dim;
+    double rope_theta;
+    float rms_eps;
+    int intermediate_size;
+    int tie_embeddings;
+    int max_position_embeddings;
+    /* MoE */
+    int n_experts, n_experts_per_tok, moe_intermediate_size, norm_topk_prob;
+    int shared_expert_intermediate_size; /* qwen3_next only; 0 = none */
+    /* Gated DeltaNet (qwen3_next) */
+    int lin_k_heads, lin_v_heads, lin_k_dim, lin_v_dim, conv_kernel;
+    uint8_t layer_linear[SL_MAX_LAYERS]; /* 1: linear attention, 0: full attention */
+    uint8_t layer_moe[SL_MAX_LAYERS];    /* 1: sparse MoE block, 0: dense MLP */
+    int n_attn_layers, n_linear_layers;
+    /* tokens */
+    int bos_token_id;
+    int eos_token_ids[SL_MAX_EOS];
+    int n_eos;
+    sl_gen_defaults gen;
+} sl_model_config;
+
+/* Parses config.json text (and optional generation_config.json text, may be
+ * NULL). Unknown architectures and inconsistent values are errors. */
+sl_status sl_model_config_parse(sl_model_config *c, const char *config_json,
+                                const char *generation_json, sl_err *e);
+/* Reads dir/config.json and dir/generation_config.json (if present). */
+sl_status sl_model_config_load(sl_model_config *c, const char *dir, sl_err *e);
+/* Conv channels of a linear layer: 2·Hk·Dk + Hv·Dv. */
+int sl_model_config_conv_dim(const sl_model_config *c);
+
+typedef struct sl_model_load_opts {
+    int dummy;      /* 1: seeded random weights, no weight files read */
+    uint64_t seed;  /* dummy weights seed */
+} sl_model_load_opts;
+
+typedef struct sl_model sl_model;
+
+/* Loads config and weights from dir onto be (opts may be NULL). The model
+ * keeps be but does not own it. Errors name the missing or misshapen tensor
+ * and the expected shape. */
+sl_status sl_model_load(sl_model **out, const char *dir, sl_backend *be,
+                        const sl_model_load_opts *opts, sl_err *e);
+/* A model from a config alone with dummy weights (opts->dummy implied). */
+sl_status sl_model_from_config(sl_model **out, const sl_model_config *c, sl_backend *be,
+                               uint64_t seed, sl_err *e);
+void sl_model_free(sl_model *m);
+const sl_model_config *sl_model_cfg(const sl_model *m);
+sl_backend *sl_model_backend(const sl_model *m);
+
+/* Per-model cache memory. Attention layer j: k[j], v[j] are
+ * [n_pages*page_size, Hkv*D]; linear layer j: conv[j] is [n_slots, C, K-1],
+ * ssm[j] is [n_slots, Hv, Dk, Dv] fp32. Slot and page ids index these. */
+typedef struct sl_model_cache {
+    int page_size, n_pages, n_slots;
+    int n_attn, n_linear;
+    sl_tensor *k, *v;
+    sl_tensor *conv, *ssm;
+} sl_model_cache;
+
+sl_status sl_model_cache_alloc(sl_model *m, sl_model_cache *c, int n_pages, int page_size,
+                               int n_slots, sl_err *e);
+void sl_model_cache_free(sl_model *m, sl_model_cache *c);
+/* Bytes one KV page / one state slot costs across all layers (for sizing). */
+size_t sl_model_page_bytes(const sl_model *m, int page_size);
+size_t sl_model_slot_bytes(const sl_model *m);
+/* Copies (or zeroes, src = -1) state slots in every linear layer. */
+void sl_model_cache_copy_slots(sl_model *m, sl_model_cache *c, const int32_t *dst,
+                               const int32_t *src, int n);
+
+/* Runs one forward over the batch in meta (sl_be_prepare is called inside)
+ * and writes f32 logits of tokens rows[0..n_rows) into logits, a tensor of
+ * at least [n_rows, vocab] (F32) on the model's backend. */
+sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *meta,
+                           const int32_t *rows, int n_rows, sl_tensor *logits, sl_err *e);
+
+#endif
