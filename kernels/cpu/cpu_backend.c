@@ -455,11 +455,11 @@ static void cpu_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x,
 /* ---- data movement ---------------------------------------------------------------- */
 
 static void cpu_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x,
-                            const int32_t *idx, int n)
+                            const sl_batch_meta *m)
 {
     (void)be;
-    for (int i = 0; i < n; i++)
-        for (int64_t c = 0; c < sl_tensor_cols(x); c++) st(out, i, c, ld(x, idx[i], c));
+    for (int i = 0; i < m->n_logits; i++)
+        for (int64_t c = 0; c < sl_tensor_cols(x); c++) st(out, i, c, ld(x, m->logit_rows[i], c));
 }
 
 static void cpu_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst,
