@@ -158,10 +158,10 @@ static void start(mock *m, const Sluice__GenerateRequest *g)
     a->rid = g->rid;
     a->n_in = (int)g->n_input_ids;
     a->in = malloc((a->n_in + 1) * sizeof *a->in);
-    memcpy(a->in, g->input_ids, a->n_in * sizeof *a->in);
+    if (a->n_in) memcpy(a->in, g->input_ids, a->n_in * sizeof *a->in);
     a->n_stop = (int)g->n_stop_token_ids;
     a->stop = malloc((a->n_stop + 2) * sizeof *a->stop);
-    memcpy(a->stop, g->stop_token_ids, a->n_stop * sizeof *a->stop);
+    if (a->n_stop) memcpy(a->stop, g->stop_token_ids, a->n_stop * sizeof *a->stop);
     if (m->eos >= 0 && !(g->sampling && g->sampling->ignore_eos)) a->stop[a->n_stop++] = m->eos;
     a->max_new = g->max_new_tokens > 0 ? g->max_new_tokens : 16;
     a->logprobs = g->sampling && g->sampling->logprobs;
