@@ -195,6 +195,9 @@ CASES = {
             "floats": [0.1, 1 / 3, 1e16, 1e15, 123456789.125, 5e-324, 1.7976931348623157e308, 1e-4, 1e-5,
                        -2.5e-300, 100.0, 12345678901234567890.0],
             "ints": [0, -1, 9007199254740993, -9223372036854775808], "f": 0.5}, False)]}]},
+    "empty_tools_and_calls": {"tools": [], "messages": [
+        {"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "tool_calls": []}]},
+    "null_tools": {"tools": None, "messages": [{"role": "user", "content": "x"}]},
     "bare_tool_call": {"tools": [WEATHER], "messages": [
         {"role": "user", "content": "x"},
         {"role": "assistant", "content": "  spaced  ",

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "output_parser.h"
+#include "sl_rng.h"
 #include "sl_test.h"
 #include "tool_parser.h"
 
@@ -115,7 +116,7 @@ static void check_shape(const sl_deltas *d)
         } else if (x->kind == SL_DELTA_TOOL_ARGS) {
             CHECK(x->index == started - 1);
         } else {
-            CHECK(x->kind == SL_DELTA_CONTENT);
+            CHECK(x->kind == SL_DELTA_CONTENT || x->kind == SL_DELTA_REASONING);
         }
     }
 }
@@ -263,6 +264,86 @@ static void test_chain(const json_t *tools)
     json_decref(whole);
 }
 
+/* Message of text fed in pieces of `step` bytes (0: whole) through the chain. */
+static json_t *chain_message(const sl_outp_config *c, const char *text, size_t n, size_t step)
+{
+    sl_outp *p = sl_outp_new(c);
+    sl_deltas d = {0};
+    sl_err e = {0};
+    for (size_t at = 0; at < n; at += step ? step : n) {
+        size_t k = step && n - at > step ? step : n - at;
+        CHECK(sl_outp_feed(p, text + at, k, &d, &e) == SL_OK);
+    }
+    CHECK(sl_outp_finish(p, &d, &e) == SL_OK);
+    check_shape(&d);
+    json_t *m = sl_deltas_message(&d);
+    sl_deltas_free(&d);
+    sl_outp_free(p);
+    return m;
+}
+
+/* Random mixtures of tags, fragments of tags and text: the parsers must
+ * never crash, and every way of cutting the text must give one message. */
+static void test_random_outputs(const json_t *tools)
+{
+    static const char *const pieces[] = {
+        "<tool_call>", "</tool_call>", "<function=get_weather>", "<function=list_files>", "<function=bad>",
+        "<parameter=city>", "<parameter=days>", "</parameter>", "</function>", "\n", " ", "x", "42", "<", ">",
+        "<tool_", "null", "{\"a\": 1}", "<think>", "</think>", "{\"name\": \"list_files\", \"arguments\": {}}",
+        "\xc3\xa9", "</", "<function=", "\"", "{"};
+    /* well-formed outputs of each format, mutated below */
+    static const char *const coder_call[] = {
+        "<think>", "x", "</think>", "x", " ", "<tool_call>", "\n", "<function=get_weather>", "\n",
+        "<parameter=city>", "\n", "x", "\n", "</parameter>", "\n", "<parameter=days>", "\n", "42", "\n",
+        "</parameter>", "\n", "</function>", "\n", "</tool_call>", " ", "x", NULL};
+    static const char *const hermes_call[] = {
+        "<think>", "x", "</think>", "x", "\n", "<tool_call>", "\n", "{\"name\": \"list_files\", \"arguments\": {}}",
+        "\n", "</tool_call>", "x", NULL};
+    const uint64_t npieces = sizeof pieces / sizeof pieces[0];
+    char text[2048];
+    int failures = 0;
+    for (uint64_t t = 0; t < 600 && failures < 5; t++) {
+        size_t n = 0;
+        const char *const *base = t % 2 ? hermes_call : coder_call;
+        for (int i = 0; i < 40; i++) {
+            uint64_t r = sl_rng_mix(t * 131 + (uint64_t)i);
+            const char *piece;
+            if (t % 4 < 2) { /* random pieces */
+                if (i >= (int)(sl_rng_mix(t) % 30)) break;
+                piece = pieces[r % npieces];
+            } else { /* a well-formed call, mutated: replace, drop or insert a piece */
+                if (!(piece = base[i])) break;
+                if (r % 100 < 6) piece = pieces[(r >> 8) % npieces];
+                else if (r % 100 < 10) continue;
+                else if (r % 100 < 14) {
+                    const char *extra = pieces[(r >> 8) % npieces];
+                    memcpy(text + n, extra, strlen(extra));
+                    n += strlen(extra);
+                }
+            }
+            memcpy(text + n, piece, strlen(piece));
+            n += strlen(piece);
+        }
+        text[n] = 0;
+        sl_outp_config c = {.reasoning = (sl_reason_mode)(t % 3), .tool_calls = 1,
+                            .tool_kind = t % 2 ? HERMES : CODER, .tools = tools, .seed = t};
+        json_t *whole = chain_message(&c, text, n, 0);
+        CHECK(whole != NULL);
+        for (size_t step = 1; step <= 7; step += 3) {
+            json_t *m = chain_message(&c, text, n, step);
+            if (!json_equal(m, whole)) {
+                char *a = json_dumps(whole, 0), *b = json_dumps(m, 0);
+                CHECK_MSG(0, "input [%s] pieces of %zu:\n  whole %s\n  piece %s", text, step, a, b);
+                failures++;
+                free(a);
+                free(b);
+            }
+            json_decref(m);
+        }
+        json_decref(whole);
+    }
+}
+
 static void test_kind_names(void)
 {
     sl_toolp_kind k;
@@ -279,6 +360,7 @@ int main(void)
     test_cases(tools);
     test_streaming_deltas(tools);
     test_chain(tools);
+    test_random_outputs(tools);
     test_kind_names();
     json_decref(tools);
     return sl_test_done("test_tool_parser");
