@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pyjson.h"
 #include "sl_buf.h"
 
 static sl_delta *grow(sl_deltas *d)
@@ -88,47 +89,54 @@ void sl_deltas_free(sl_deltas *d)
 json_t *sl_delta_json(const sl_delta *d)
 {
     switch (d->kind) {
-    case SL_DELTA_CONTENT: return json_pack("{s:s%}", "content", d->text, d->len);
-    case SL_DELTA_REASONING: return json_pack("{s:s%}", "reasoning_content", d->text, d->len);
+    case SL_DELTA_CONTENT: return json_pack("{s:o}", "content", sl_pyjson_string(d->text, d->len));
+    case SL_DELTA_REASONING:
+        return json_pack("{s:o}", "reasoning_content", sl_pyjson_string(d->text, d->len));
     case SL_DELTA_TOOL_START:
-        return json_pack("{s:[{s:i,s:s,s:s,s:{s:s,s:s}}]}", "tool_calls", "index", d->index, "id", d->id,
-                         "type", "function", "function", "name", d->name, "arguments", "");
+        return json_pack("{s:[{s:i,s:s,s:s,s:{s:o,s:s}}]}", "tool_calls", "index", d->index, "id", d->id,
+                         "type", "function", "function", "name", sl_pyjson_string(d->name, strlen(d->name)),
+                         "arguments", "");
     case SL_DELTA_TOOL_ARGS:
-        return json_pack("{s:[{s:i,s:{s:s%}}]}", "tool_calls", "index", d->index, "function",
-                         "arguments", d->text, d->len);
+        return json_pack("{s:[{s:i,s:{s:o}}]}", "tool_calls", "index", d->index, "function", "arguments",
+                         sl_pyjson_string(d->text, d->len));
     }
     return NULL;
 }
 
 json_t *sl_deltas_message(const sl_deltas *d)
 {
+    /* text is joined as bytes first: a character split between two deltas
+     * is whole again before it is checked as UTF-8 */
     sl_buf content = {0}, reasoning = {0};
-    json_t *calls = json_array();
-    int oom = !calls;
-    for (int i = 0; i < d->n && !oom; i++) {
+    int ncalls = 0, oom = 0;
+    for (int i = 0; i < d->n; i++) ncalls += d->v[i].kind == SL_DELTA_TOOL_START;
+    sl_buf *args = calloc((size_t)ncalls + 1, sizeof *args);
+    const char **names = calloc((size_t)ncalls + 1, sizeof *names), **ids = calloc((size_t)ncalls + 1, sizeof *ids);
+    oom = !args || !names || !ids;
+    for (int i = 0, call = -1; i < d->n && !oom; i++) {
         const sl_delta *x = &d->v[i];
         if (x->kind == SL_DELTA_CONTENT) oom = sl_buf_append(&content, x->text, x->len);
         else if (x->kind == SL_DELTA_REASONING) oom = sl_buf_append(&reasoning, x->text, x->len);
-        else if (x->kind == SL_DELTA_TOOL_START)
-            oom = json_array_append_new(calls, json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", x->id, "type",
-                                                         "function", "function", "name", x->name,
-                                                         "arguments", ""));
-        else { /* arguments belong to the call with that index, started earlier */
-            json_t *fn = json_object_get(json_array_get(calls, (size_t)x->index), "function");
-            const char *have = json_string_value(json_object_get(fn, "arguments"));
-            sl_buf args = {0};
-            oom = !have || sl_buf_puts(&args, have) || sl_buf_append(&args, x->text, x->len) ||
-                  json_object_set_new(fn, "arguments", json_stringn(args.data, args.len));
-            sl_buf_free(&args);
-        }
+        else if (x->kind == SL_DELTA_TOOL_START) call++, names[call] = x->name, ids[call] = x->id;
+        else if (x->index >= 0 && x->index <= call) oom = sl_buf_append(&args[x->index], x->text, x->len);
     }
     json_t *msg = oom ? NULL : json_pack("{s:s,s:o}", "role", "assistant", "content",
-                                         content.len ? json_stringn(content.data, content.len) : json_null());
+                                         content.len ? sl_pyjson_string(content.data, content.len) : json_null());
     if (msg && reasoning.len &&
-        json_object_set_new(msg, "reasoning_content", json_stringn(reasoning.data, reasoning.len)))
+        json_object_set_new(msg, "reasoning_content", sl_pyjson_string(reasoning.data, reasoning.len)))
         oom = 1;
-    if (msg && json_array_size(calls) && json_object_set(msg, "tool_calls", calls)) oom = 1;
-    json_decref(calls);
+    json_t *calls = msg && ncalls ? json_array() : NULL;
+    for (int i = 0; calls && i < ncalls && !oom; i++)
+        oom = json_array_append_new(calls, json_pack("{s:s,s:s,s:{s:o,s:o}}", "id", ids[i], "type", "function",
+                                                     "function", "name", sl_pyjson_string(names[i], strlen(names[i])),
+                                                     "arguments", sl_pyjson_string(args[i].data ? args[i].data : "",
+                                                                                   args[i].len)));
+    if (calls && json_object_set_new(msg, "tool_calls", calls)) oom = 1;
+    if (msg && ncalls && !calls) oom = 1;
+    for (int i = 0; args && i < ncalls; i++) sl_buf_free(&args[i]);
+    free(args);
+    free(names);
+    free(ids);
     sl_buf_free(&content);
     sl_buf_free(&reasoning);
     if (oom) {

@@ -119,6 +119,33 @@ static int repr_string(sl_buf *b, const char *s, size_t n)
     return rc | sl_buf_append(b, &quote, 1);
 }
 
+json_t *sl_pyjson_string(const char *s, size_t n)
+{
+    utf8proc_int32_t cp;
+    size_t i = 0;
+    while (i < n) {
+        utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
+        if (k <= 0) break;
+        i += (size_t)k;
+    }
+    if (i == n) return json_stringn(s, n);
+    sl_buf b = {0};
+    int rc = sl_buf_append(&b, s, i);
+    while (i < n) {
+        utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
+        if (k <= 0) {
+            rc |= sl_buf_puts(&b, "\xef\xbf\xbd");
+            i++;
+        } else {
+            rc |= sl_buf_append(&b, s + i, (size_t)k);
+            i += (size_t)k;
+        }
+    }
+    json_t *v = rc ? NULL : json_stringn(b.data, b.len);
+    sl_buf_free(&b);
+    return v;
+}
+
 /* One walker for both spellings: they differ only in strings and literals. */
 static int emit(sl_buf *b, const json_t *v, int repr)
 {

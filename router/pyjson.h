@@ -34,6 +34,11 @@ int sl_pyjson_str(sl_buf *b, const json_t *v);
  * exponents outside [1e-4, 1e16), "inf"/"nan" never occur in JSON input. */
 int sl_pyjson_float(sl_buf *b, double x);
 
+/* A JSON string of text that may not be valid UTF-8 (model output): each
+ * byte that does not start a valid sequence becomes U+FFFD, as Python's
+ * decode(errors="replace") does. New reference, NULL when memory runs out. */
+json_t *sl_pyjson_string(const char *s, size_t n);
+
 /* str.isspace() and str.isprintable() for one code point (as Python 3's
  * str.strip() and repr() use them). */
 int sl_pyjson_isspace(int cp);

@@ -131,18 +131,18 @@ static json_t *convert_value(const char *type, const char *s, size_t n)
     static const char *const nums[] = {"num", "float", "double", "decimal", NULL};
     static const char *const bools[] = {"boolean", "bool", "binary", NULL};
     if (n == 4 && !strncasecmp(s, "null", 4)) return json_null();
-    if (type && type_is(type, strings, 0)) return json_stringn(s, n);
+    if (type && type_is(type, strings, 0)) return sl_pyjson_string(s, n);
     if (type && type_is(type, bools, 0)) {
         if (n == 4 && !strncasecmp(s, "true", 4)) return json_true();
         if (n == 5 && !strncasecmp(s, "false", 5)) return json_false();
-        return json_stringn(s, n);
+        return sl_pyjson_string(s, n);
     }
     json_t *v = json_loadb(s, n, JSON_DECODE_ANY, NULL);
     int fits = !type || !(type_is(type, ints, 1) || type_is(type, nums, 1)) || /* object, array, unknown */
                (type_is(type, ints, 1) ? json_is_integer(v) : json_is_number(v));
     if (v && fits) return v;
     json_decref(v);
-    return json_stringn(s, n);
+    return sl_pyjson_string(s, n);
 }
 
 /* ---- emitting ---- */
@@ -349,7 +349,7 @@ static step on_value(sl_toolp *p, sl_deltas *out, int at_end)
     if (vn && v[vn - 1] == '\n') vn--;
     json_t *value = convert_value(param_type(p, p->func, p->param), v, vn);
     sl_buf frag = {0};
-    json_t *key = json_string(p->param);
+    json_t *key = sl_pyjson_string(p->param, strlen(p->param));
     int oom = !value || !key || sl_buf_puts(&frag, p->nparams ? ", " : "{") || sl_pyjson_dumps(&frag, key) ||
               sl_buf_puts(&frag, ": ") || sl_pyjson_dumps(&frag, value) ||
               sl_deltas_text(out, SL_DELTA_TOOL_ARGS, p->ncalls, frag.data, frag.len);
