@@ -262,6 +262,22 @@ static void test_chain(const json_t *tools)
     CHECK(!strcmp(json_string_value(json_object_get(whole, "content")), "<think>x</think><tool_call>"));
     CHECK(!json_object_get(whole, "tool_calls") && !json_object_get(whole, "reasoning_content"));
     json_decref(whole);
+
+    /* bytes that are not UTF-8 become U+FFFD; a character cut between two
+     * feeds is whole again in the message */
+    CHECK(sl_outp_parse_message(&plain, "a\xe1\xff\xc3", 4, &whole, &e) == SL_OK);
+    CHECK(!strcmp(json_string_value(json_object_get(whole, "content")), "a\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"));
+    json_decref(whole);
+    sl_outp *p = sl_outp_new(&plain);
+    sl_deltas d = {0};
+    sl_outp_feed(p, "\xc3", 1, &d, &e);
+    sl_outp_feed(p, "\xa9", 1, &d, &e);
+    sl_outp_finish(p, &d, &e);
+    whole = sl_deltas_message(&d);
+    CHECK(!strcmp(json_string_value(json_object_get(whole, "content")), "\xc3\xa9"));
+    json_decref(whole);
+    sl_deltas_free(&d);
+    sl_outp_free(p);
 }
 
 /* Message of text fed in pieces of `step` bytes (0: whole) through the chain. */
