@@ -17,6 +17,7 @@
 #define PARAM_OPEN "<parameter="
 #define PARAM_CLOSE "</parameter>"
 #define NAME_MAX_LEN 256 /* a longer "<function=..." is not a tag */
+#define TAG_MAX_LEN 12   /* longest closing tag: a search resumes this far back */
 
 typedef enum state {
     STATE_TEXT,      /* content, watching for <tool_call> */
@@ -39,6 +40,7 @@ struct sl_toolp {
     uint64_t seed;
     state state;
     sl_buf held;    /* fed text not yet resolved */
+    size_t scanned; /* held bytes already searched for a closing tag (minus overlap) */
     sl_buf raw;     /* the open call's text so far, replayed as content if it fails */
     int ncalls;     /* calls started so far = index of the next */
     int nparams;    /* parameters sent for the open coder call */
@@ -156,13 +158,12 @@ static int start_call(sl_toolp *p, sl_deltas *out, const char *name)
     return sl_deltas_tool_start(out, p->ncalls, id, name);
 }
 
-static int end_call(sl_toolp *p)
+static void end_call(sl_toolp *p)
 {
     p->ncalls++;
     p->after_call = 1;
     p->state = STATE_TEXT;
     sl_buf_clear(&p->raw);
-    return 0;
 }
 
 /* A call that turned out malformed: its text so far becomes content, and the
@@ -174,6 +175,21 @@ static step fail_call(sl_toolp *p, sl_deltas *out)
     p->after_call = 0;
     p->state = STATE_TEXT;
     return STEP_MORE;
+}
+
+/* Searches held text for tag from where the last search of this state
+ * stopped: a long value streamed in small chunks is scanned once, not once
+ * per chunk. */
+static const char *find_new(sl_toolp *p, const char *tag)
+{
+    return sl_scan_find(p->held.data + p->scanned, p->held.len - p->scanned, tag);
+}
+
+/* Nothing closed yet: the next search may start where a tag could still begin. */
+static step wait_scanned(sl_toolp *p)
+{
+    p->scanned = p->held.len > TAG_MAX_LEN ? p->held.len - TAG_MAX_LEN : 0;
+    return STEP_WAIT;
 }
 
 /* ---- states ---- */
@@ -209,8 +225,8 @@ static step on_text(sl_toolp *p, sl_deltas *out, int at_end)
 static step on_hermes_call(sl_toolp *p, sl_deltas *out, int at_end)
 {
     sl_buf *h = &p->held;
-    const char *close = sl_scan_find(h->data, h->len, CALL_CLOSE);
-    if (!close && !at_end) return STEP_WAIT;
+    const char *close = find_new(p, CALL_CLOSE);
+    if (!close && !at_end) return wait_scanned(p);
     size_t body = close ? (size_t)(close - h->data) : h->len;
     json_t *call = json_loadb(h->data, body, 0, NULL);
     json_t *name = json_object_get(call, "name"), *args = json_object_get(call, "arguments");
@@ -292,7 +308,8 @@ static int close_coder_call(sl_toolp *p, sl_deltas *out)
 {
     const char *tail = p->nparams ? "}" : "{}";
     if (sl_deltas_text(out, SL_DELTA_TOOL_ARGS, p->ncalls, tail, strlen(tail))) return -1;
-    return end_call(p);
+    end_call(p);
+    return 0;
 }
 
 static step on_params(sl_toolp *p, sl_deltas *out, int at_end)
@@ -340,8 +357,8 @@ static step on_value(sl_toolp *p, sl_deltas *out, int at_end)
     const char *end = NULL, *hit;
     const char *const *which = NULL;
     for (const char *const *t = ends; *t; t++)
-        if ((hit = sl_scan_find(h->data, h->len, *t)) && (!end || hit < end)) end = hit, which = t;
-    if (!end && !at_end) return STEP_WAIT;
+        if ((hit = find_new(p, *t)) && (!end || hit < end)) end = hit, which = t;
+    if (!end && !at_end) return wait_scanned(p);
     size_t n = end ? (size_t)(end - h->data) : h->len;
     const char *v = h->data;
     size_t vn = n;
@@ -390,6 +407,7 @@ static sl_status run(sl_toolp *p, sl_deltas *out, int at_end, sl_err *e)
         case STATE_CALL_END: r = on_call_end(p, out, at_end); break;
         }
         if (r == STEP_OOM) return sl_err_set(e, SL_ERR_NOMEM, "tool-call parser: out of memory");
+        if (r == STEP_MORE) p->scanned = 0; /* held text or state changed */
         if (r == STEP_WAIT) return SL_OK;
     }
 }
