@@ -45,6 +45,7 @@ struct sl_toolp {
     int ncalls;     /* calls started so far = index of the next */
     int nparams;    /* parameters sent for the open coder call */
     int after_call; /* whitespace that follows a call is dropped */
+    int bare;       /* coder call opened by "<function=" without <tool_call> */
     char *func;     /* open coder call's function name */
     char *param;    /* open coder parameter's name */
 };
@@ -202,9 +203,18 @@ static step on_text(sl_toolp *p, sl_deltas *out, int at_end)
         if (!h->len) return STEP_WAIT;
         p->after_call = 0;
     }
+    /* Qwen3-Coder sometimes drops the <tool_call> wrapper: a bare
+     * "<function=" opens a call too (taken with it, so a failed one moves on) */
     const char *s = h->data;
-    const char *open = sl_scan_find(s, h->len, CALL_OPEN);
-    size_t end = open ? (size_t)(open - s) : h->len - (at_end ? 0 : sl_scan_partial(s, h->len, CALL_OPEN));
+    const char *open = sl_scan_find(s, h->len, CALL_OPEN), *bare = NULL;
+    size_t hold = at_end ? 0 : sl_scan_partial(s, h->len, CALL_OPEN);
+    if (p->kind == SL_TOOLP_KIND_QWEN3_CODER) {
+        bare = sl_scan_find(s, open ? (size_t)(open - s) : h->len, FUNC_OPEN);
+        size_t fhold = at_end ? 0 : sl_scan_partial(s, h->len, FUNC_OPEN);
+        hold = fhold > hold ? fhold : hold;
+    }
+    if (bare) open = bare;
+    size_t end = open ? (size_t)(open - s) : h->len - hold;
     size_t text = end;
     /* whitespace before a call is dropped, so trailing whitespace waits */
     if (open || !at_end)
@@ -214,9 +224,10 @@ static step on_text(sl_toolp *p, sl_deltas *out, int at_end)
         sl_scan_consume(h, text);
         return STEP_WAIT;
     }
-    size_t taken = end + strlen(CALL_OPEN);
+    size_t taken = end + strlen(bare ? FUNC_OPEN : CALL_OPEN);
     if (sl_buf_append(&p->raw, s + text, taken - text)) return STEP_OOM;
     sl_scan_consume(h, taken);
+    p->bare = bare != NULL;
     p->state = STATE_CALL;
     return STEP_MORE;
 }
@@ -278,14 +289,15 @@ static int read_named_tag(const sl_buf *h, size_t from, const char *tag, int at_
     return 1;
 }
 
-/* qwen3_coder: "<function=NAME>" after <tool_call> (whitespace allowed). */
+/* qwen3_coder: "<function=NAME>" after <tool_call> (whitespace allowed), or
+ * the "NAME>" of a bare "<function=". */
 static step on_coder_call(sl_toolp *p, sl_deltas *out, int at_end)
 {
     sl_buf *h = &p->held;
-    size_t ws = sl_scan_lead_space(h->data, h->len), taken;
+    size_t ws = p->bare ? 0 : sl_scan_lead_space(h->data, h->len), taken;
     if (ws == h->len && !at_end) return STEP_WAIT;
     char *name = NULL;
-    int got = read_named_tag(h, ws, FUNC_OPEN, at_end, &name, &taken);
+    int got = read_named_tag(h, ws, p->bare ? "" : FUNC_OPEN, at_end, &name, &taken);
     if (got == 0) return STEP_WAIT;
     if (got < 0 || !name_allowed(p, name)) {
         free(name);

@@ -5,6 +5,7 @@
  *   SL_TOOLP_KIND_QWEN3_CODER  (template qwen3_coder)
  *       <tool_call>\n<function=NAME>\n<parameter=P>\nvalue\n</parameter>\n
  *       </function>\n</tool_call>
+ *     A bare "<function=NAME>...</function>" without <tool_call> is a call too.
  *     Values are converted by the tool's JSON schema type of P: string;
  *     integer; number; boolean; object/array (JSON); "null" is null for any
  *     type; an unknown type or parameter is JSON when it parses, else a

@@ -80,6 +80,10 @@ static const tcase cases[] = {
     {CODER, 1, "<tool_call>\n<function=anything>\n<parameter=n>\n42\n</parameter>\n<parameter=s>\nhello\n"
                "</parameter>\n</function>\n</tool_call>",
      NULL, {{"anything", "{\"n\": 42, \"s\": \"hello\"}"}}},
+    /* the <tool_call> wrapper left out */
+    {CODER, 0, "On it.\n<function=get_weather>\n<parameter=city>\nBern\n</parameter>\n</function>\nok",
+     "On it.ok", {{"get_weather", "{\"city\": \"Bern\"}"}}},
+    {CODER, 0, "Use <function=rm>x</function> or <function=", "Use <function=rm>x</function> or <function=", {{0}}},
     {CODER, 0, "Plain answer, no tools needed.\n", "Plain answer, no tools needed.\n", {{0}}},
     {CODER, 0, "", NULL, {{0}}},
 
