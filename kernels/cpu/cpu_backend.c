@@ -108,8 +108,15 @@ static void cpu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const
         for (int64_t j = 0; j < N; j++) {
             float acc = 0.0f;
             if (w->dtype == SL_DTYPE_F32) {
+                /* eight independent partial sums: the compiler may vectorise
+                 * them without reassociating a single chain */
                 const float *wr = (const float *)w->data + j * sl_tensor_ld(w);
-                for (int64_t k = 0; k < K; k++) acc += xr[k] * wr[k];
+                float part[8] = {0};
+                int64_t k = 0;
+                for (; k + 8 <= K; k += 8)
+                    for (int l = 0; l < 8; l++) part[l] += xr[k + l] * wr[k + l];
+                for (; k < K; k++) acc += xr[k] * wr[k];
+                for (int l = 0; l < 8; l++) acc += part[l];
             } else {
                 for (int64_t k = 0; k < K; k++) acc += xr[k] * ld(w, j, k);
             }
