@@ -61,4 +61,18 @@ typedef struct sl_text_ops {
     int (*eos_ids)(void *impl, int32_t *out, int cap);
 } sl_text_ops;
 
+/* ---- text_qwen.c: the real text side of a model directory ---- */
+
+typedef struct sl_text_options {
+    const char *dir;              /* tokenizer.json + chat template */
+    const char *chat_template;    /* family override ("qwen3", "qwen3_coder") or NULL */
+    const char *tool_call_parser; /* "qwen3_coder", "hermes", "qwen25" or NULL: none */
+    const char *reasoning_parser; /* "qwen3" or NULL: reasoning stays in the content */
+} sl_text_options;
+
+extern const sl_text_ops sl_text_qwen_ops;
+/* Loads the tokenizer and recognises the template (blocking; start-up). */
+sl_status sl_text_qwen_open(const sl_text_options *o, void **impl, sl_err *e);
+void sl_text_qwen_close(void *impl);
+
 #endif
