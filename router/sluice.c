@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "router_cmd.h"
 #include "worker_cmd.h"
 
 typedef struct command {
@@ -14,6 +15,7 @@ static const command commands[] = {
     {"generate", sl_cmd_generate, "greedy continuation of token ids on a model (CPU or GPU)"},
     {"logits", sl_cmd_logits, "float32 logits of every position of prompts (golden checks)"},
     {"make-tiny", sl_cmd_make_tiny, "write a small random model of any supported architecture"},
+    {"tokenize", sl_cmd_tokenize, "text <-> token ids with a model's tokenizer.json"},
 };
 
 static void usage(FILE *f)
