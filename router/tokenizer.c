@@ -20,6 +20,7 @@
 #include <utf8proc.h>
 #include <xxhash.h>
 
+#include "sl_buf.h"
 #include "sl_file.h"
 #include "utf8.h"
 
@@ -888,17 +889,77 @@ static sl_status build_nfc_table(loader *L)
     return SL_OK;
 }
 
-static sl_status set_regex(loader *L, const char *pattern, size_t len, uint32_t extra)
+/* pcre2 10.42's Unicode tables disagree with Oniguruma's (the engine tokenizers runs these
+ * patterns with) on two classes: its \s also matches U+180E MONGOLIAN VOWEL SEPARATOR (white
+ * space before Unicode 6.3), and its \p{N} lacks the Kaktovik numerals (Unicode 15). Both were
+ * found by encoding every code point with both libraries; the pattern is rewritten to spell
+ * the two classes out (inside a character class only the positive forms can be). */
+#define WS_SET "\\t-\\r\\x20\\x85\\xA0\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+#define N_SET "\\p{N}\\x{1D2C0}-\\x{1D2D3}"
+
+static int rewrite_classes(const char *p, size_t n, sl_buf *out)
 {
-    if (L->t->re) return unsupported(L, "pre-tokenizer with more than one regex", json_object_get(L->root, "pre_tokenizer"));
+    int in_class = 0, bad = 0;
+    for (size_t i = 0; i < n && !bad; i++) {
+        const char *set = NULL;
+        int negated = 0;
+        size_t skip = 0;
+        if (p[i] == '\\' && i + 1 < n) {
+            if (p[i + 1] == 's' || p[i + 1] == 'S') set = WS_SET, negated = p[i + 1] == 'S', skip = 2;
+            else if (i + 4 < n && !memcmp(p + i + 2, "{N}", 3) && (p[i + 1] == 'p' || p[i + 1] == 'P'))
+                set = N_SET, negated = p[i + 1] == 'P', skip = 5;
+        }
+        if (set && in_class && negated) return -1;
+        if (set) {
+            bad |= in_class ? sl_buf_puts(out, set)
+                            : sl_buf_printf(out, "[%s%s]", negated ? "^" : "", set);
+            i += skip - 1;
+            continue;
+        }
+        if (p[i] == '\\' && i + 1 < n) { /* any other escape, e.g. \[ or \x{..}, stays as is */
+            bad |= sl_buf_append(out, p + i, 2);
+            i++;
+            continue;
+        }
+        if (!in_class && p[i] == '[') {
+            in_class = 1;
+            size_t j = i + 1; /* "[]" and "[^]" start with a literal ']' */
+            if (j < n && p[j] == '^') j++;
+            if (j < n && p[j] == ']') j++;
+            bad |= sl_buf_append(out, p + i, j - i);
+            i = j - 1;
+            continue;
+        }
+        if (in_class && p[i] == ']') in_class = 0;
+        bad |= sl_buf_append(out, p + i, 1);
+    }
+    return bad || sl_buf_reserve(out, 0) ? -1 : 0;
+}
+
+static sl_status set_regex(loader *L, const char *pattern, size_t len, int literal)
+{
+    if (L->t->re)
+        return unsupported(L, "pre-tokenizer with more than one regex",
+                           json_object_get(L->root, "pre_tokenizer"));
+    sl_buf fixed = {0};
+    if (!literal && rewrite_classes(pattern, len, &fixed)) {
+        sl_buf_free(&fixed);
+        return sl_err_set(L->e, SL_ERR_UNSUPPORTED,
+                          "%s: pre-tokenizer regex uses \\S or \\P{N} inside a class: %s", L->path,
+                          pattern);
+    }
     int err;
     PCRE2_SIZE off;
-    L->t->re = pcre2_compile((PCRE2_SPTR)pattern, len, PCRE2_UTF | PCRE2_UCP | extra, &err, &off, NULL);
+    L->t->re = literal ? pcre2_compile((PCRE2_SPTR)pattern, len, PCRE2_UTF | PCRE2_LITERAL, &err,
+                                       &off, NULL)
+                       : pcre2_compile((PCRE2_SPTR)fixed.data, fixed.len, PCRE2_UTF | PCRE2_UCP,
+                                       &err, &off, NULL);
+    sl_buf_free(&fixed);
     if (!L->t->re) {
         PCRE2_UCHAR msg[120];
         pcre2_get_error_message(err, msg, sizeof msg);
-        return sl_err_set(L->e, SL_ERR_UNSUPPORTED, "%s: pre-tokenizer regex does not compile at %zu: %s",
-                          L->path, (size_t)off, (const char *)msg);
+        return sl_err_set(L->e, SL_ERR_UNSUPPORTED, "%s: pre-tokenizer regex %s: %s", L->path,
+                          pattern, (const char *)msg);
     }
     /* JIT is an optimisation: pcre2_match falls back to the interpreter without it */
     pcre2_jit_compile(L->t->re, PCRE2_JIT_COMPLETE);
@@ -929,7 +990,7 @@ static sl_status load_pretokenizer(loader *L, const json_t *p)
                    *lit = jstr(json_object_get(p, "pattern"), "String");
         if (!behavior || strcmp(behavior, "Isolated") || jtrue(p, "invert") || (!re && !lit))
             return unsupported(L, "pre-tokenizer", p);
-        return re ? set_regex(L, re, strlen(re), 0) : set_regex(L, lit, strlen(lit), PCRE2_LITERAL);
+        return re ? set_regex(L, re, strlen(re), 0) : set_regex(L, lit, strlen(lit), 1);
     }
     return unsupported(L, "pre-tokenizer", p);
 }
