@@ -109,6 +109,7 @@ static char *stream_checked(const sl_tok *t, const int32_t *ids, size_t n, unsig
     sl_detok d;
     sl_buf text = {0}, whole = {0};
     sl_err e = {0};
+    sl_buf_append(&text, "", 0); /* allocates: text.data + offset below is never NULL + 0 */
     sl_detok_init(&d, t, flags);
     for (size_t i = 0; i <= n; i++) {
         size_t at = text.len;
@@ -119,7 +120,6 @@ static char *stream_checked(const sl_tok *t, const int32_t *ids, size_t n, unsig
     CHECK(sl_detok_decode(t, ids, n, flags, &whole, &e) == SL_OK);
     CHECK(text.len == whole.len && (!text.len || !memcmp(text.data, whole.data, text.len)));
     sl_buf_free(&whole);
-    if (!text.data) sl_buf_puts(&text, "");
     return sl_buf_take(&text);
 }
 
