@@ -32,7 +32,8 @@ static int read_all(FILE *f, sl_buf *b)
 
 static int print_ids(const sl_tok_ids *ids)
 {
-    for (size_t i = 0; i < ids->n; i++) printf(i ? " %d" : "%d", ids->v[i]);
+    for (size_t i = 0; i < ids->n; i++)
+        printf(i ? " %d" : "%d", ids->v[i]);
     putchar('\n');
     return 0;
 }
@@ -41,7 +42,8 @@ static int print_ids(const sl_tok_ids *ids)
 static sl_status parse_ids(const char *s, sl_tok_ids *ids, sl_err *e)
 {
     for (size_t item = 1;; item++) {
-        while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r') s++;
+        while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+            s++;
         if (!*s) return SL_OK;
         char *end;
         errno = 0;
@@ -63,8 +65,8 @@ static int hex_decode(const char *h, size_t n, sl_buf *out)
     for (size_t i = 0; i < n; i += 2) {
         unsigned v;
         char two[3] = {h[i], h[i + 1], 0};
-        if (!strchr("0123456789abcdefABCDEF", two[0]) || !strchr("0123456789abcdefABCDEF", two[1]) ||
-            sscanf(two, "%x", &v) != 1)
+        if (!strchr("0123456789abcdefABCDEF", two[0]) ||
+            !strchr("0123456789abcdefABCDEF", two[1]) || sscanf(two, "%x", &v) != 1)
             return -1;
         uint8_t byte = (uint8_t)v;
         if (sl_buf_append(out, &byte, 1)) return -1;
@@ -72,7 +74,10 @@ static int hex_decode(const char *h, size_t n, sl_buf *out)
     return 0;
 }
 
-static json_t *error_answer(const char *msg) { return json_pack("{s:s}", "error", msg); }
+static json_t *error_answer(const char *msg)
+{
+    return json_pack("{s:s}", "error", msg);
+}
 
 static json_t *encode_answer(const sl_tok *t, const char *s, size_t n)
 {
@@ -80,7 +85,8 @@ static json_t *encode_answer(const sl_tok *t, const char *s, size_t n)
     sl_err e = {0};
     if (sl_tok_encode(t, s, n, &ids, &e) != SL_OK) return error_answer(e.msg);
     json_t *arr = json_array();
-    for (size_t i = 0; i < ids.n; i++) json_array_append_new(arr, json_integer(ids.v[i]));
+    for (size_t i = 0; i < ids.n; i++)
+        json_array_append_new(arr, json_integer(ids.v[i]));
     sl_tok_ids_free(&ids);
     return json_pack("{s:o}", "ids", arr);
 }
@@ -97,7 +103,8 @@ static json_t *decode_answer(const sl_tok *t, const json_t *req)
     sl_detok_init(&d, t, flags);
     size_t i;
     const json_t *v;
-    json_array_foreach(jids, i, v) {
+    json_array_foreach(jids, i, v)
+    {
         size_t at = text.len;
         json_int_t id = json_integer_value(v);
         if (!json_is_integer(v) || id < INT32_MIN || id > INT32_MAX) {
@@ -115,7 +122,8 @@ static json_t *decode_answer(const sl_tok *t, const json_t *req)
         sl_detok_finish(&d, &text, &e);
         json_array_append_new(chunks, json_stringn(text.data ? text.data + at : "", text.len - at));
     }
-    if (e.code) ans = error_answer(e.msg);
+    if (e.code)
+        ans = error_answer(e.msg);
     else {
         ans = json_pack("{s:s%}", "text", text.data ? text.data : "", text.len);
         if (stream) json_object_set(ans, "chunks", chunks);
@@ -135,8 +143,7 @@ static const char *request_text(const json_t *req, sl_buf *raw, const char **s, 
         return NULL;
     }
     if (!json_is_string(hex)) return "a request needs \"text\", \"hex\" or \"ids\"";
-    if (hex_decode(json_string_value(hex), json_string_length(hex), raw) ||
-        sl_buf_reserve(raw, 0))
+    if (hex_decode(json_string_value(hex), json_string_length(hex), raw) || sl_buf_reserve(raw, 0))
         return "\"hex\" is not a string of hex digit pairs";
     *s = raw->data;
     *n = raw->len;
@@ -153,7 +160,8 @@ static json_t *jsonl_answer(const sl_tok *t, const char *line, size_t len)
         json_decref(req);
         return error_answer(msg);
     }
-    if (json_is_array(json_object_get(req, "ids"))) ans = decode_answer(t, req);
+    if (json_is_array(json_object_get(req, "ids")))
+        ans = decode_answer(t, req);
     else {
         sl_buf raw = {0};
         const char *s, *bad;
@@ -172,7 +180,8 @@ static int run_jsonl(const sl_tok *t)
     ssize_t len;
     int failed = 0;
     while ((len = getline(&line, &cap, stdin)) >= 0) {
-        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) len--;
+        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            len--;
         if (!len) continue;
         json_t *ans = jsonl_answer(t, line, (size_t)len);
         failed |= ans == NULL || json_object_get(ans, "error") != NULL;
@@ -193,7 +202,8 @@ static double now_s(void)
 }
 
 /* Encodes every document `passes` times on this thread; prints sizes and timings. */
-static int run_bench(const sl_tok *t, const char **doc, const size_t *len, size_t n_docs, int passes)
+static int run_bench(const sl_tok *t, const char **doc, const size_t *len, size_t n_docs,
+                     int passes)
 {
     sl_tok_ids ids = {0};
     sl_err e = {0};
@@ -275,7 +285,9 @@ int sl_cmd_tokenize(int argc, char **argv)
     sl_err e = {0};
     if (sl_opts_parse(argc, argv, opts, &e) != SL_OK || (!help && !path) || bench < 0) {
         fprintf(stderr, "sluice tokenize: %s\n",
-                e.code ? e.msg : bench < 0 ? "--bench needs a count >= 1" : "--tokenizer is required");
+                e.code      ? e.msg
+                : bench < 0 ? "--bench needs a count >= 1"
+                            : "--tokenizer is required");
         sl_opts_usage(stderr, "tokenize", summary, opts);
         return 2;
     }
@@ -289,7 +301,8 @@ int sl_cmd_tokenize(int argc, char **argv)
         return 1;
     }
     int rc = 0;
-    if (jsonl && !bench) rc = run_jsonl(t);
+    if (jsonl && !bench)
+        rc = run_jsonl(t);
     else {
         sl_buf in = {0};
         sl_tok_ids ids = {0};

@@ -39,8 +39,9 @@ sl_status sl_detok_push(sl_detok *d, int32_t id, sl_buf *out, sl_err *e)
 {
     size_t n, k;
     const uint8_t *s = sl_tok_token_bytes(d->tok, id, &n);
-    if (!s) return sl_err_set(e, SL_ERR_INVALID, "token id %d is not in the vocabulary (size %d)", id,
-                              sl_tok_vocab_size(d->tok));
+    if (!s)
+        return sl_err_set(e, SL_ERR_INVALID, "token id %d is not in the vocabulary (size %d)", id,
+                          sl_tok_vocab_size(d->tok));
     if ((d->flags & SL_DETOK_SKIP_SPECIAL) && sl_tok_is_special(d->tok, id)) return SL_OK;
     int oom = 0;
     /* First finish the held-back character, a byte at a time: either it completes, or a byte

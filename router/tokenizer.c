@@ -31,8 +31,10 @@ enum {
     TOK_WHOLE = 8,   /* vocabulary entry that BPE leaves as one token: encode it without merging */
 };
 
-/* ids above this are refused at load: they would only inflate the per-id arrays */
-#define TOK_MAX_IDS (1 << 24)
+/* Merge table slots pack a pair of ids and a rank into 64 bits. */
+#define ID_BITS 20
+#define RANK_BITS 24
+#define TOK_MAX_IDS ((1 << ID_BITS) - 1) /* larger ids are refused at load */
 
 /* GPT-2's pattern, used by a ByteLevel pre-tokenizer with use_regex=true */
 static const char gpt2_pattern[] =
@@ -50,7 +52,8 @@ static int byte_is_printable(int b)
 static void byte_alphabet(uint32_t cp_of_byte[256], int16_t byte_of_cp[324])
 {
     int extra = 0;
-    for (int i = 0; i < 324; i++) byte_of_cp[i] = -1;
+    for (int i = 0; i < 324; i++)
+        byte_of_cp[i] = -1;
     for (int b = 0; b < 256; b++) {
         cp_of_byte[b] = byte_is_printable(b) ? (uint32_t)b : 0x100u + (uint32_t)extra++;
         byte_of_cp[cp_of_byte[b]] = (int16_t)b;
@@ -81,7 +84,8 @@ static int cp_is_word(uint32_t c)
     case UTF8PROC_CATEGORY_ME:
     case UTF8PROC_CATEGORY_ND:
     case UTF8PROC_CATEGORY_NL:
-    case UTF8PROC_CATEGORY_PC: return 1;
+    case UTF8PROC_CATEGORY_PC:
+        return 1;
     default:
         return c == 0x200C || c == 0x200D || (c >= 0x24B6 && c <= 0x24E9) ||
                (c >= 0x1F130 && c <= 0x1F149) || (c >= 0x1F150 && c <= 0x1F169) ||
@@ -105,12 +109,16 @@ typedef struct idmap {
     uint32_t mask;
 } idmap;
 
-static uint64_t key_hash(const void *p, size_t n) { return XXH3_64bits(p, n); }
+static uint64_t key_hash(const void *p, size_t n)
+{
+    return XXH3_64bits(p, n);
+}
 
 static int idmap_init(idmap *m, size_t n_keys)
 {
     uint32_t cap = 1024;
-    while (cap < n_keys * 2) cap *= 2; /* load <= 0.5 */
+    while (cap < n_keys * 2)
+        cap *= 2; /* load <= 0.5 */
     m->slot = calloc(cap, sizeof *m->slot);
     m->mask = cap - 1;
     return m->slot ? 0 : -1;
@@ -148,17 +156,18 @@ static void idmap_put(idmap *m, const keyset *k, int32_t id)
     }
 }
 
-/* ---- merges: (left id, right id) -> rank, merged id ---- */
+/* ---- merges: (left id, right id) -> rank ----
+ * One 64-bit slot per merge: the pair (left << ID_BITS | right) above its rank, the line of
+ * the merge in tokenizer.json (lower merges first). The merged token is merge_id[rank]. Small
+ * slots keep the table (2 MiB for Qwen) friendly to the cache BPE hammers. */
 
-#define PAIR_EMPTY UINT64_MAX
+#define SLOT_EMPTY UINT64_MAX
+#define NO_RANK UINT32_MAX
 
-typedef struct merge_slot {
-    uint64_t pair; /* left << 32 | right */
-    uint32_t rank; /* line in tokenizer.json's merges: lower merges first */
-    int32_t id;
-} merge_slot;
-
-static uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t)(uint32_t)a << 32 | (uint32_t)b; }
+static uint64_t pair_key(int32_t a, int32_t b)
+{
+    return (uint64_t)a << ID_BITS | (uint64_t)b;
+}
 
 /* ---- added tokens ---- */
 
@@ -187,8 +196,9 @@ struct sl_tok {
     idmap by_str; /* spelling -> id: added tokens win over vocabulary entries, as in HF */
     idmap by_raw; /* bytes -> id, model vocabulary only */
     int32_t byte_id[256];
-    merge_slot *merges;
-    int merge_shift; /* table size is 2^(64 - merge_shift) */
+    uint64_t *merges;
+    int merge_shift;   /* table size is 2^(64 - merge_shift) */
+    int32_t *merge_id; /* by rank */
     int ignore_merges;
     added_set raw_added;  /* normalized=false: matched in the text as given */
     added_set norm_added; /* normalized=true: matched after NFC */
@@ -196,19 +206,33 @@ struct sl_tok {
     int nfc;
     uint8_t *nfc_unsafe; /* bit per code point: NFC may change text containing it */
     pcre2_code *re;      /* pre-tokenizer; NULL: each stretch of text is one piece */
+    int re_jit;          /* re is JIT-compiled: match through the direct entry point */
 };
 
-static keyset str_keys(const sl_tok *t) { return (keyset){(const uint8_t *)t->str, t->str_off, 1}; }
-static keyset raw_keys(const sl_tok *t) { return (keyset){t->raw, t->raw_off, 0}; }
-
-static const merge_slot *merge_find(const sl_tok *t, int32_t a, int32_t b)
+static keyset str_keys(const sl_tok *t)
 {
-    uint64_t key = pair_key(a, b);
-    uint64_t mask = (UINT64_MAX >> t->merge_shift);
-    for (uint64_t i = (key * 0x9E3779B97F4A7C15ull) >> t->merge_shift;; i = (i + 1) & mask) {
-        if (t->merges[i].pair == key) return &t->merges[i];
-        if (t->merges[i].pair == PAIR_EMPTY) return NULL;
-    }
+    return (keyset){(const uint8_t *)t->str, t->str_off, 1};
+}
+static keyset raw_keys(const sl_tok *t)
+{
+    return (keyset){t->raw, t->raw_off, 0};
+}
+
+/* Index of the slot holding key, or of the empty slot where it belongs. */
+static uint64_t merge_slot(const sl_tok *t, uint64_t key)
+{
+    uint64_t mask = UINT64_MAX >> t->merge_shift;
+    uint64_t i = (key * 0x9E3779B97F4A7C15ull) >> t->merge_shift;
+    while (t->merges[i] != SLOT_EMPTY && t->merges[i] >> RANK_BITS != key)
+        i = (i + 1) & mask;
+    return i;
+}
+
+/* Rank of merging a with b, or NO_RANK. */
+static uint32_t pair_rank(const sl_tok *t, int32_t a, int32_t b)
+{
+    uint64_t s = t->merges[merge_slot(t, pair_key(a, b))];
+    return s == SLOT_EMPTY ? NO_RANK : (uint32_t)(s & ((1u << RANK_BITS) - 1));
 }
 
 int sl_tok_ids_push(sl_tok_ids *ids, int32_t id)
@@ -252,33 +276,24 @@ static void emit(enc *c, int32_t id)
     if (sl_tok_ids_push(c->out, id)) c->oom = 1;
 }
 
-static uint32_t pair_rank(const sl_tok *t, int32_t a, int32_t b, int32_t *merged)
-{
-    const merge_slot *m = merge_find(t, a, b);
-    if (!m) return UINT32_MAX;
-    *merged = m->id;
-    return m->rank;
-}
-
 /* Repeatedly merges the lowest-ranked adjacent pair, leftmost on ties, in sym[0..n);
  * returns the final symbol count. */
 static int bpe_small(const sl_tok *t, int32_t *sym, int n)
 {
-    uint32_t rank[BPE_SMALL];
-    int32_t merged[BPE_SMALL];
-    for (int i = 0; i + 1 < n; i++) rank[i] = pair_rank(t, sym[i], sym[i + 1], &merged[i]);
+    uint32_t rank[BPE_SMALL]; /* rank[i]: merging sym[i] with sym[i + 1] */
+    for (int i = 0; i + 1 < n; i++)
+        rank[i] = pair_rank(t, sym[i], sym[i + 1]);
     while (n > 1) {
         int best = 0;
         for (int i = 1; i + 1 < n; i++)
             if (rank[i] < rank[best]) best = i;
-        if (rank[best] == UINT32_MAX) break;
-        sym[best] = merged[best];
+        if (rank[best] == NO_RANK) break;
+        sym[best] = t->merge_id[rank[best]];
         n--;
         memmove(sym + best + 1, sym + best + 2, (size_t)(n - best - 1) * sizeof *sym);
         memmove(rank + best, rank + best + 1, (size_t)(n - best - 1) * sizeof *rank);
-        memmove(merged + best, merged + best + 1, (size_t)(n - best - 1) * sizeof *merged);
-        if (best > 0) rank[best - 1] = pair_rank(t, sym[best - 1], sym[best], &merged[best - 1]);
-        if (best + 1 < n) rank[best] = pair_rank(t, sym[best], sym[best + 1], &merged[best]);
+        if (best > 0) rank[best - 1] = pair_rank(t, sym[best - 1], sym[best]);
+        if (best + 1 < n) rank[best] = pair_rank(t, sym[best], sym[best + 1]);
     }
     return n;
 }
@@ -312,9 +327,8 @@ static uint64_t heap_pop(uint64_t *h, size_t *n)
 static void heap_push_pair(const sl_tok *t, const int32_t *sym, uint64_t *h, size_t *nh, int32_t i,
                            int32_t j)
 {
-    int32_t merged;
-    uint32_t r = pair_rank(t, sym[i], sym[j], &merged);
-    if (r != UINT32_MAX) heap_push(h, nh, (uint64_t)r << 32 | (uint32_t)i);
+    uint32_t r = pair_rank(t, sym[i], sym[j]);
+    if (r != NO_RANK) heap_push(h, nh, (uint64_t)r << 32 | (uint32_t)i);
 }
 
 /* Same merge order as bpe_small, in O(n log n): a heap of (rank, position) candidates, stale
@@ -329,14 +343,15 @@ static void bpe_large(enc *c, int n)
         prev[i] = i - 1;
         next[i] = i + 1 < n ? i + 1 : -1;
     }
-    for (int i = 0; i + 1 < n; i++) heap_push_pair(t, sym, c->heap, &nh, i, i + 1);
+    for (int i = 0; i + 1 < n; i++)
+        heap_push_pair(t, sym, c->heap, &nh, i, i + 1);
     while (nh) {
         uint64_t top = heap_pop(c->heap, &nh);
         int32_t i = (int32_t)(uint32_t)top, j = next[i];
         if (sym[i] < 0 || j < 0) continue; /* merged away, or now the last symbol */
-        int32_t merged = -1;
-        if (pair_rank(t, sym[i], sym[j], &merged) != (uint32_t)(top >> 32)) continue;
-        sym[i] = merged;
+        uint32_t r = (uint32_t)(top >> 32);
+        if (pair_rank(t, sym[i], sym[j]) != r) continue;
+        sym[i] = t->merge_id[r];
         sym[j] = -1;
         next[i] = next[j];
         if (next[i] >= 0) prev[next[i]] = i;
@@ -349,7 +364,8 @@ static int enc_reserve(enc *c, size_t n)
 {
     if (n <= c->cap) return 0;
     size_t cap = c->cap ? c->cap : 1024;
-    while (cap < n) cap *= 2;
+    while (cap < n)
+        cap *= 2;
     int32_t *s = realloc(c->sym, cap * sizeof *s), *p = NULL, *q = NULL;
     uint64_t *h = NULL;
     if (s) c->sym = s;
@@ -378,18 +394,22 @@ static void bpe_piece(enc *c, const uint8_t *p, size_t n)
     }
     if (n <= BPE_SMALL) {
         int32_t sym[BPE_SMALL];
-        for (size_t i = 0; i < n; i++) sym[i] = t->byte_id[p[i]];
+        for (size_t i = 0; i < n; i++)
+            sym[i] = t->byte_id[p[i]];
         int m = bpe_small(t, sym, (int)n);
-        for (int i = 0; i < m; i++) emit(c, sym[i]);
+        for (int i = 0; i < m; i++)
+            emit(c, sym[i]);
         return;
     }
     if (enc_reserve(c, n)) {
         c->oom = 1;
         return;
     }
-    for (size_t i = 0; i < n; i++) c->sym[i] = t->byte_id[p[i]];
+    for (size_t i = 0; i < n; i++)
+        c->sym[i] = t->byte_id[p[i]];
     bpe_large(c, (int)n);
-    for (int32_t i = 0; i >= 0; i = c->next[i]) emit(c, c->sym[i]);
+    for (int32_t i = 0; i >= 0; i = c->next[i])
+        emit(c, c->sym[i]);
 }
 
 /* Splits s[0..n) with the pre-tokenizer regex ("Isolated": matches and the gaps between them
@@ -402,7 +422,8 @@ static sl_status pretokenize(enc *c, const uint8_t *s, size_t n, sl_err *e)
     }
     size_t pos = 0, from = 0;
     while (from < n && !c->oom) {
-        int rc = pcre2_match(c->t->re, s, n, from, PCRE2_NO_UTF_CHECK, c->md, NULL);
+        int rc = c->t->re_jit ? pcre2_jit_match(c->t->re, s, n, from, 0, c->md, NULL)
+                              : pcre2_match(c->t->re, s, n, from, PCRE2_NO_UTF_CHECK, c->md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             PCRE2_UCHAR msg[120];
@@ -463,11 +484,13 @@ static sl_status added_split(enc *c, const added_set *set, const uint8_t *s, siz
                 continue;
         }
         if (a->lstrip) {
-            while (start > 0 && cp_is_white_space(sl_utf8_prev(s, start, &j))) start = j;
+            while (start > 0 && cp_is_white_space(sl_utf8_prev(s, start, &j)))
+                start = j;
             if (start < done) start = done; /* already taken by the previous token */
         }
         if (a->rstrip) {
-            for (size_t q = stop; q < n && cp_is_white_space(sl_utf8_next(s, &q));) stop = q;
+            for (size_t q = stop; q < n && cp_is_white_space(sl_utf8_next(s, &q));)
+                stop = q;
         }
         if (start > done) {
             sl_status st = fn(c, s + done, start - done, e);
@@ -540,7 +563,10 @@ sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_id
 
 /* ======================================================================== lookups */
 
-int32_t sl_tok_vocab_size(const sl_tok *t) { return t->n_ids; }
+int32_t sl_tok_vocab_size(const sl_tok *t)
+{
+    return t->n_ids;
+}
 
 int32_t sl_tok_token_id(const sl_tok *t, const char *token)
 {
@@ -596,7 +622,10 @@ static const char *jstr(const json_t *obj, const char *key)
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
-static int jtrue(const json_t *obj, const char *key) { return json_is_true(json_object_get(obj, key)); }
+static int jtrue(const json_t *obj, const char *key)
+{
+    return json_is_true(json_object_get(obj, key));
+}
 
 /* A string option that must be absent, null or empty. */
 static int jempty(const json_t *obj, const char *key)
@@ -636,44 +665,53 @@ static sl_status load_vocab(loader *L, const json_t *model)
 {
     const json_t *vocab = json_object_get(model, "vocab");
     const json_t *added = json_object_get(L->root, "added_tokens");
-    if (!json_is_object(vocab)) return sl_err_set(L->e, SL_ERR_PARSE, "%s: model.vocab is not an object", L->path);
+    if (!json_is_object(vocab))
+        return sl_err_set(L->e, SL_ERR_PARSE, "%s: model.vocab is not an object", L->path);
     if (added && !json_is_array(added) && !json_is_null(added))
         return sl_err_set(L->e, SL_ERR_PARSE, "%s: added_tokens is not an array", L->path);
     int64_t max_id = -1;
     const char *key;
     const json_t *v;
     size_t i;
-    json_object_foreach((json_t *)vocab, key, v) {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= TOK_MAX_IDS)
-            return sl_err_set(L->e, SL_ERR_PARSE, "%s: vocab entry '%s' has a bad id", L->path, key);
+    json_object_foreach((json_t *)vocab, key, v)
+    {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+            json_integer_value(v) >= TOK_MAX_IDS)
+            return sl_err_set(L->e, SL_ERR_PARSE, "%s: vocab entry '%s' has a bad id", L->path,
+                              key);
         if (json_integer_value(v) > max_id) max_id = json_integer_value(v);
     }
-    json_array_foreach(added, i, v) {
+    json_array_foreach(added, i, v)
+    {
         json_int_t id = json_integer_value(json_object_get(v, "id"));
-        if (!json_is_integer(json_object_get(v, "id")) || id < 0 || id >= TOK_MAX_IDS || !jstr(v, "content"))
-            return sl_err_set(L->e, SL_ERR_PARSE, "%s: added_tokens[%zu] lacks a good id or content", L->path, i);
+        if (!json_is_integer(json_object_get(v, "id")) || id < 0 || id >= TOK_MAX_IDS ||
+            !jstr(v, "content"))
+            return sl_err_set(L->e, SL_ERR_PARSE,
+                              "%s: added_tokens[%zu] lacks a good id or content", L->path, i);
         if (id > max_id) max_id = id;
     }
     if (max_id < 0) return sl_err_set(L->e, SL_ERR_PARSE, "%s: empty vocabulary", L->path);
     L->n_ent = (int32_t)max_id + 1;
     L->ent = calloc((size_t)L->n_ent, sizeof *L->ent);
     if (!L->ent) return sl_err_set(L->e, SL_ERR_NOMEM, "%s: out of memory", L->path);
-    json_object_foreach((json_t *)vocab, key, v) {
+    json_object_foreach((json_t *)vocab, key, v)
+    {
         entry *en = &L->ent[json_integer_value(v)];
         if (en->s)
             return sl_err_set(L->e, SL_ERR_PARSE, "%s: id %lld is used by '%s' and '%s'", L->path,
                               (long long)json_integer_value(v), en->s, key);
         *en = (entry){.s = key, .len = strlen(key), .in_vocab = 1};
     }
-    json_array_foreach(added, i, v) {
+    json_array_foreach(added, i, v)
+    {
         const char *content = jstr(v, "content");
         size_t len = json_string_length(json_object_get(v, "content"));
         entry *en = &L->ent[json_integer_value(json_object_get(v, "id"))];
         if (!len) continue; /* HF ignores empty added tokens */
         if (en->s && (en->len != len || memcmp(en->s, content, len)))
             return sl_err_set(L->e, SL_ERR_UNSUPPORTED,
-                              "%s: added token '%s' reuses the id of vocabulary entry '%s'", L->path,
-                              content, en->s);
+                              "%s: added token '%s' reuses the id of vocabulary entry '%s'",
+                              L->path, content, en->s);
         en->s = content;
         en->len = len;
         en->added = 1;
@@ -694,8 +732,10 @@ static sl_status build_tokens(loader *L)
     int16_t byte_of_cp[324];
     byte_alphabet(cp_of_byte, byte_of_cp);
     size_t total = 0;
-    for (int32_t id = 0; id < L->n_ent; id++) total += L->ent[id].len + 1;
-    if (total >= UINT32_MAX) return sl_err_set(L->e, SL_ERR_LIMIT, "%s: vocabulary too large", L->path);
+    for (int32_t id = 0; id < L->n_ent; id++)
+        total += L->ent[id].len + 1;
+    if (total >= UINT32_MAX)
+        return sl_err_set(L->e, SL_ERR_LIMIT, "%s: vocabulary too large", L->path);
     t->n_ids = L->n_ent;
     t->flags = calloc((size_t)t->n_ids, 1);
     t->str = malloc(total);
@@ -715,7 +755,8 @@ static sl_status build_tokens(loader *L)
             memcpy(t->str + so, en->s, en->len);
             ro += (uint32_t)spelling_bytes(byte_of_cp, en->s, en->len, t->raw + ro);
             so += (uint32_t)en->len;
-            t->flags[id] = TOK_PRESENT | (en->added ? TOK_ADDED : 0) | (en->special ? TOK_SPECIAL : 0);
+            t->flags[id] =
+                TOK_PRESENT | (en->added ? TOK_ADDED : 0) | (en->special ? TOK_SPECIAL : 0);
         }
         t->str[so++] = 0;
     }
@@ -763,18 +804,24 @@ static sl_status load_merges(loader *L, const json_t *model)
 {
     sl_tok *t = L->t;
     const json_t *merges = json_object_get(model, "merges");
-    if (!json_is_array(merges)) return sl_err_set(L->e, SL_ERR_PARSE, "%s: model.merges is not an array", L->path);
+    if (!json_is_array(merges))
+        return sl_err_set(L->e, SL_ERR_PARSE, "%s: model.merges is not an array", L->path);
     size_t n = json_array_size(merges), cap = 1024;
+    if (n >= NO_RANK >> (32 - RANK_BITS))
+        return sl_err_set(L->e, SL_ERR_LIMIT, "%s: more than %u merges", L->path,
+                          NO_RANK >> (32 - RANK_BITS));
     int bits = 10;
-    while (cap < n * 2) cap *= 2, bits++;
+    while (cap < n * 2)
+        cap *= 2, bits++;
     t->merge_shift = 64 - bits;
     t->merges = malloc(cap * sizeof *t->merges);
+    t->merge_id = malloc((n + 1) * sizeof *t->merge_id);
     char *cat = malloc(1024);
-    if (!t->merges || !cat) {
+    if (!t->merges || !t->merge_id || !cat) {
         free(cat);
         return sl_err_set(L->e, SL_ERR_NOMEM, "%s: out of memory", L->path);
     }
-    for (size_t i = 0; i < cap; i++) t->merges[i].pair = PAIR_EMPTY;
+    memset(t->merges, 0xFF, cap * sizeof *t->merges); /* SLOT_EMPTY */
     keyset sk = str_keys(t);
     sl_status st = SL_OK;
     for (size_t r = 0; r < n && st == SL_OK; r++) {
@@ -782,7 +829,8 @@ static sl_status load_merges(loader *L, const json_t *model)
         size_t na, nb;
         int32_t ia = -1, ib = -1, im = -1;
         if (merge_parts(json_array_get(merges, r), &a, &na, &b, &nb) || na + nb > 1024) {
-            st = sl_err_set(L->e, SL_ERR_PARSE, "%s: merges[%zu] is not a pair of tokens", L->path, r);
+            st = sl_err_set(L->e, SL_ERR_PARSE, "%s: merges[%zu] is not a pair of tokens", L->path,
+                            r);
             break;
         }
         memcpy(cat, a, na);
@@ -791,16 +839,16 @@ static sl_status load_merges(loader *L, const json_t *model)
         ib = idmap_find(&t->by_str, &sk, b, nb);
         im = idmap_find(&t->by_str, &sk, cat, na + nb);
         if (ia < 0 || ib < 0 || im < 0) {
-            st = sl_err_set(L->e, SL_ERR_PARSE, "%s: merges[%zu] ('%.*s' '%.*s') names a token missing from the vocabulary",
-                            L->path, r, (int)na, a, (int)nb, b);
+            st = sl_err_set(
+                L->e, SL_ERR_PARSE,
+                "%s: merges[%zu] ('%.*s' '%.*s') names a token missing from the vocabulary",
+                L->path, r, (int)na, a, (int)nb, b);
             break;
         }
         /* a repeated pair keeps its last rank, as HF's map does */
         uint64_t key = pair_key(ia, ib);
-        uint64_t mask = UINT64_MAX >> t->merge_shift;
-        uint64_t k = (key * 0x9E3779B97F4A7C15ull) >> t->merge_shift;
-        while (t->merges[k].pair != PAIR_EMPTY && t->merges[k].pair != key) k = (k + 1) & mask;
-        t->merges[k] = (merge_slot){key, (uint32_t)r, im};
+        t->merges[merge_slot(t, key)] = key << RANK_BITS | r;
+        t->merge_id[r] = im;
     }
     free(cat);
     return st;
@@ -814,9 +862,11 @@ static void mark_whole_tokens(sl_tok *t)
         uint32_t n = t->raw_off[id + 1] - t->raw_off[id];
         const uint8_t *p = t->raw + t->raw_off[id];
         keyset rk = raw_keys(t);
-        if (!(t->flags[id] & TOK_PRESENT) || !n || n > BPE_SMALL || idmap_find(&t->by_raw, &rk, p, n) != id)
+        if (!(t->flags[id] & TOK_PRESENT) || !n || n > BPE_SMALL ||
+            idmap_find(&t->by_raw, &rk, p, n) != id)
             continue;
-        for (uint32_t i = 0; i < n; i++) sym[i] = t->byte_id[p[i]];
+        for (uint32_t i = 0; i < n; i++)
+            sym[i] = t->byte_id[p[i]];
         if (bpe_small(t, sym, (int)n) == 1 && sym[0] == id) t->flags[id] |= TOK_WHOLE;
     }
 }
@@ -824,13 +874,16 @@ static void mark_whole_tokens(sl_tok *t)
 static sl_status load_model(loader *L)
 {
     const json_t *model = json_object_get(L->root, "model");
-    if (!json_is_object(model)) return sl_err_set(L->e, SL_ERR_PARSE, "%s: no model object", L->path);
+    if (!json_is_object(model))
+        return sl_err_set(L->e, SL_ERR_PARSE, "%s: no model object", L->path);
     const char *type = jstr(model, "type");
-    if ((type && strcmp(type, "BPE")) || !json_object_get(model, "merges")) return unsupported(L, "model", json_object_get(model, "type"));
+    if ((type && strcmp(type, "BPE")) || !json_object_get(model, "merges"))
+        return unsupported(L, "model", json_object_get(model, "type"));
     const json_t *dropout = json_object_get(model, "dropout");
     if ((dropout && !json_is_null(dropout)) || !jempty(model, "continuing_subword_prefix") ||
         !jempty(model, "end_of_word_suffix"))
-        return unsupported(L, "BPE option (dropout, continuing_subword_prefix or end_of_word_suffix)", NULL);
+        return unsupported(
+            L, "BPE option (dropout, continuing_subword_prefix or end_of_word_suffix)", NULL);
     L->t->ignore_merges = jtrue(model, "ignore_merges");
     sl_status st = load_vocab(L, model);
     if (st == SL_OK) st = build_tokens(L);
@@ -851,7 +904,8 @@ static sl_status load_normalizer(loader *L)
     if (type && !strcmp(type, "Sequence")) {
         size_t i;
         const json_t *sub;
-        json_array_foreach(json_object_get(n, "normalizers"), i, sub) {
+        json_array_foreach(json_object_get(n, "normalizers"), i, sub)
+        {
             const char *st = jstr(sub, "type");
             if (!st || strcmp(st, "NFC")) return unsupported(L, "normalizer", sub);
             L->t->nfc = 1;
@@ -880,10 +934,13 @@ static sl_status build_nfc_table(loader *L)
         utf8proc_ssize_t n = utf8proc_decompose_char(cp, d, 32, UTF8PROC_DECOMPOSE, &boundclass);
         if (n == 1 && d[0] == cp) continue; /* a compatibility mapping only */
         MARK(cp);
-        for (utf8proc_ssize_t i = 1; i < n && i < 32; i++) MARK(d[i]);
+        for (utf8proc_ssize_t i = 1; i < n && i < 32; i++)
+            MARK(d[i]);
     }
-    for (uint32_t cp = 0x1161; cp <= 0x1175; cp++) MARK(cp);
-    for (uint32_t cp = 0x11A8; cp <= 0x11C2; cp++) MARK(cp);
+    for (uint32_t cp = 0x1161; cp <= 0x1175; cp++)
+        MARK(cp);
+    for (uint32_t cp = 0x11A8; cp <= 0x11C2; cp++)
+        MARK(cp);
 #undef MARK
     L->t->nfc_unsafe = u;
     return SL_OK;
@@ -894,7 +951,9 @@ static sl_status build_nfc_table(loader *L)
  * space before Unicode 6.3), and its \p{N} lacks the Kaktovik numerals (Unicode 15). Both were
  * found by encoding every code point with both libraries; the pattern is rewritten to spell
  * the two classes out (inside a character class only the positive forms can be). */
-#define WS_SET "\\t-\\r\\x20\\x85\\xA0\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+#define WS_SET                                                                                     \
+    "\\t-\\r\\x20\\x85\\xA0\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{"   \
+    "3000}"
 #define N_SET "\\p{N}\\x{1D2C0}-\\x{1D2D3}"
 
 static int rewrite_classes(const char *p, size_t n, sl_buf *out)
@@ -905,8 +964,10 @@ static int rewrite_classes(const char *p, size_t n, sl_buf *out)
         int negated = 0;
         size_t skip = 0;
         if (p[i] == '\\' && i + 1 < n) {
-            if (p[i + 1] == 's' || p[i + 1] == 'S') set = WS_SET, negated = p[i + 1] == 'S', skip = 2;
-            else if (i + 4 < n && !memcmp(p + i + 2, "{N}", 3) && (p[i + 1] == 'p' || p[i + 1] == 'P'))
+            if (p[i + 1] == 's' || p[i + 1] == 'S')
+                set = WS_SET, negated = p[i + 1] == 'S', skip = 2;
+            else if (i + 4 < n && !memcmp(p + i + 2, "{N}", 3) &&
+                     (p[i + 1] == 'p' || p[i + 1] == 'P'))
                 set = N_SET, negated = p[i + 1] == 'P', skip = 5;
         }
         if (set && in_class && negated) return -1;
@@ -961,8 +1022,8 @@ static sl_status set_regex(loader *L, const char *pattern, size_t len, int liter
         return sl_err_set(L->e, SL_ERR_UNSUPPORTED, "%s: pre-tokenizer regex %s: %s", L->path,
                           pattern, (const char *)msg);
     }
-    /* JIT is an optimisation: pcre2_match falls back to the interpreter without it */
-    pcre2_jit_compile(L->t->re, PCRE2_JIT_COMPLETE);
+    /* JIT is an optimisation: without it, pretokenize() uses the interpreter */
+    L->t->re_jit = pcre2_jit_compile(L->t->re, PCRE2_JIT_COMPLETE) == 0;
     return SL_OK;
 }
 
@@ -973,7 +1034,8 @@ static sl_status load_pretokenizer(loader *L, const json_t *p)
     if (type && !strcmp(type, "Sequence")) {
         size_t i;
         const json_t *sub;
-        json_array_foreach(json_object_get(p, "pretokenizers"), i, sub) {
+        json_array_foreach(json_object_get(p, "pretokenizers"), i, sub)
+        {
             sl_status st = load_pretokenizer(L, sub);
             if (st != SL_OK) return st;
         }
@@ -986,7 +1048,8 @@ static sl_status load_pretokenizer(loader *L, const json_t *p)
         return SL_OK;
     }
     if (type && !strcmp(type, "Split")) {
-        const char *behavior = jstr(p, "behavior"), *re = jstr(json_object_get(p, "pattern"), "Regex"),
+        const char *behavior = jstr(p, "behavior"),
+                   *re = jstr(json_object_get(p, "pattern"), "Regex"),
                    *lit = jstr(json_object_get(p, "pattern"), "String");
         if (!behavior || strcmp(behavior, "Isolated") || jtrue(p, "invert") || (!re && !lit))
             return unsupported(L, "pre-tokenizer", p);
@@ -998,10 +1061,12 @@ static sl_status load_pretokenizer(loader *L, const json_t *p)
 /* The decoder must be ByteLevel (what detok implements); post-processing must add nothing. */
 static sl_status check_ends(loader *L)
 {
-    const json_t *d = json_object_get(L->root, "decoder"), *pp = json_object_get(L->root, "post_processor");
+    const json_t *d = json_object_get(L->root, "decoder"),
+                 *pp = json_object_get(L->root, "post_processor");
     const char *dt = d ? jstr(d, "type") : NULL, *pt = pp ? jstr(pp, "type") : NULL;
     if (!dt || strcmp(dt, "ByteLevel")) return unsupported(L, "decoder", d);
-    if (pp && !json_is_null(pp) && (!pt || strcmp(pt, "ByteLevel"))) return unsupported(L, "post_processor", pp);
+    if (pp && !json_is_null(pp) && (!pt || strcmp(pt, "ByteLevel")))
+        return unsupported(L, "post_processor", pp);
     return SL_OK;
 }
 
@@ -1019,7 +1084,8 @@ static void added_index(added_set *set)
     qsort(set->tok, (size_t)set->n, sizeof *set->tok, added_cmp);
     int k = 0;
     for (int b = 0; b <= 256; b++) {
-        while (k < set->n && (uint8_t)set->tok[k].text[0] < b) k++;
+        while (k < set->n && (uint8_t)set->tok[k].text[0] < b)
+            k++;
         set->first[b] = k;
     }
 }
@@ -1034,7 +1100,8 @@ static sl_status build_added(loader *L)
     for (int32_t id = 0; id < t->n_ids; id++) {
         const entry *en = &L->ent[id];
         if (!en->added) continue;
-        if (en->normalized) n_norm++, text += 4 * en->len + 1; /* NFC grows text at most 3x */
+        if (en->normalized)
+            n_norm++, text += 4 * en->len + 1; /* NFC grows text at most 3x */
         else
             n_raw++;
     }
@@ -1047,15 +1114,17 @@ static sl_status build_added(loader *L)
     for (int32_t id = 0; id < t->n_ids; id++) {
         const entry *en = &L->ent[id];
         if (!en->added) continue;
-        added_tok a = {t->str + t->str_off[id], (uint32_t)en->len, id, (uint8_t)en->lstrip,
-                       (uint8_t)en->rstrip, (uint8_t)en->single_word};
+        added_tok a = {t->str + t->str_off[id], (uint32_t)en->len,   id,
+                       (uint8_t)en->lstrip,     (uint8_t)en->rstrip, (uint8_t)en->single_word};
         if (en->normalized && t->nfc) {
             utf8proc_uint8_t *norm = NULL;
-            utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)a.text, (utf8proc_ssize_t)a.len,
-                                              &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+            utf8proc_ssize_t m =
+                utf8proc_map((const utf8proc_uint8_t *)a.text, (utf8proc_ssize_t)a.len, &norm,
+                             UTF8PROC_STABLE | UTF8PROC_COMPOSE);
             if (m < 0 || (size_t)m > 4 * en->len) {
                 free(norm);
-                return sl_err_set(L->e, SL_ERR_NOMEM, "%s: cannot normalize added token '%s'", L->path, en->s);
+                return sl_err_set(L->e, SL_ERR_NOMEM, "%s: cannot normalize added token '%s'",
+                                  L->path, en->s);
             }
             memcpy(t->added_text + used, norm, (size_t)m);
             free(norm);
@@ -1079,8 +1148,10 @@ sl_status sl_tok_load(sl_tok **out, const char *path, sl_err *e)
     char file[4096];
     struct stat st_;
     *out = NULL;
-    if (stat(path, &st_) != 0) return sl_err_set(e, SL_ERR_IO, "tokenizer: %s does not exist", path);
-    if (S_ISDIR(st_.st_mode)) sl_path_join(file, sizeof file, path, "tokenizer.json");
+    if (stat(path, &st_) != 0)
+        return sl_err_set(e, SL_ERR_IO, "tokenizer: %s does not exist", path);
+    if (S_ISDIR(st_.st_mode))
+        sl_path_join(file, sizeof file, path, "tokenizer.json");
     else
         snprintf(file, sizeof file, "%s", path);
     char *text;
@@ -1120,6 +1191,7 @@ void sl_tok_free(sl_tok *t)
     free(t->by_str.slot);
     free(t->by_raw.slot);
     free(t->merges);
+    free(t->merge_id);
     free(t->raw_added.tok);
     free(t->norm_added.tok);
     free(t->added_text);

@@ -33,7 +33,8 @@ static inline sl_utf8_kind sl_utf8_scan(const uint8_t *s, size_t n, size_t *k)
         *k = 1;
         return SL_UTF8_CHAR;
     }
-    if (c >= 0xC2 && c <= 0xDF) need = 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        need = 1;
     else if (c >= 0xE0 && c <= 0xEF) {
         need = 2;
         if (c == 0xE0) lo = 0xA0;
@@ -107,7 +108,8 @@ static inline uint32_t sl_utf8_next(const uint8_t *s, size_t *i)
 static inline uint32_t sl_utf8_prev(const uint8_t *s, size_t end, size_t *start)
 {
     size_t i = end - 1;
-    while (i > 0 && (s[i] & 0xC0) == 0x80) i--;
+    while (i > 0 && (s[i] & 0xC0) == 0x80)
+        i--;
     *start = i;
     return sl_utf8_next(s, &i);
 }

@@ -27,7 +27,8 @@ static int encode_is(const sl_tok *t, const char *text, const int32_t *want, siz
     int ok = sl_tok_encode(t, text, strlen(text), &ids, &e) == SL_OK && ids_eq(&ids, want, n);
     if (!ok) {
         fprintf(stderr, "encode '%s' gave %zu ids:", text, ids.n);
-        for (size_t i = 0; i < ids.n; i++) fprintf(stderr, " %d", ids.v[i]);
+        for (size_t i = 0; i < ids.n; i++)
+            fprintf(stderr, " %d", ids.v[i]);
         fprintf(stderr, " (%s)\n", e.msg);
     }
     sl_tok_ids_free(&ids);
@@ -45,7 +46,10 @@ static void test_qwen_known(const sl_tok *t)
 {
     ENCODE_IS(t, "h\xc3\xa9llo \xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x8e\x89<|im_end|> x", 71, 18503,
               385, 220, 108386, 11162, 236, 231, 151645, 856);
-    ENCODE_IS(t, "a   \r\n\r\n  b\xc2\xa0\xc2\x85" "c", 64, 262, 871, 220, 293, 4102, 126, 227, 66);
+    ENCODE_IS(t,
+              "a   \r\n\r\n  b\xc2\xa0\xc2\x85"
+              "c",
+              64, 262, 871, 220, 293, 4102, 126, 227, 66);
     /* NFC: e + combining acute is encoded as the precomposed letter */
     ENCODE_IS(t, "caf\xc3\xa9", 924, 58858);
     ENCODE_IS(t, "cafe\xcc\x81", 924, 58858);
@@ -113,9 +117,11 @@ static char *stream_checked(const sl_tok *t, const int32_t *ids, size_t n, unsig
     sl_detok_init(&d, t, flags);
     for (size_t i = 0; i <= n; i++) {
         size_t at = text.len;
-        sl_status st = i < n ? sl_detok_push(&d, ids[i], &text, &e) : sl_detok_finish(&d, &text, &e);
+        sl_status st =
+            i < n ? sl_detok_push(&d, ids[i], &text, &e) : sl_detok_finish(&d, &text, &e);
         CHECK(st == SL_OK);
-        CHECK(sl_utf8_valid_prefix((const uint8_t *)text.data + at, text.len - at) == text.len - at);
+        CHECK(sl_utf8_valid_prefix((const uint8_t *)text.data + at, text.len - at) ==
+              text.len - at);
     }
     CHECK(sl_detok_decode(t, ids, n, flags, &whole, &e) == SL_OK);
     CHECK(text.len == whole.len && (!text.len || !memcmp(text.data, whole.data, text.len)));
@@ -128,13 +134,16 @@ static void test_detok_pieces(const sl_tok *t)
     /* 🎉 = F0 9F 8E 89 spelled byte by byte: nothing until the last byte */
     const uint8_t party[] = {0xF0, 0x9F, 0x8E, 0x89};
     int32_t ids[8];
-    for (int i = 0; i < 4; i++) ids[i] = byte_token(t, party[i]);
+    for (int i = 0; i < 4; i++)
+        ids[i] = byte_token(t, party[i]);
     sl_detok d;
     sl_buf out = {0};
     sl_err e = {0};
     sl_detok_init(&d, t, 0);
-    for (int i = 0; i < 3; i++) CHECK(sl_detok_push(&d, ids[i], &out, &e) == SL_OK && out.len == 0);
-    CHECK(sl_detok_push(&d, ids[3], &out, &e) == SL_OK && out.len == 4 && !memcmp(out.data, party, 4));
+    for (int i = 0; i < 3; i++)
+        CHECK(sl_detok_push(&d, ids[i], &out, &e) == SL_OK && out.len == 0);
+    CHECK(sl_detok_push(&d, ids[3], &out, &e) == SL_OK && out.len == 4 &&
+          !memcmp(out.data, party, 4));
     CHECK(sl_detok_finish(&d, &out, &e) == SL_OK && out.len == 4);
 
     /* an unknown id is refused and changes nothing */
@@ -149,11 +158,13 @@ static void test_detok_pieces(const sl_tok *t)
     /* ill-formed: F0 9F then 'A' -> U+FFFD A; E0 80 -> two U+FFFD (maximal subparts) */
     int32_t bad1[] = {byte_token(t, 0xF0), byte_token(t, 0x9F), byte_token(t, 'A')};
     char *s = stream_checked(t, bad1, 3, 0);
-    CHECK(!strcmp(s, "\xEF\xBF\xBD" "A"));
+    CHECK(!strcmp(s, "\xEF\xBF\xBD"
+                     "A"));
     free(s);
     int32_t bad2[] = {byte_token(t, 0xE0), byte_token(t, 0x80), byte_token(t, 'z')};
     s = stream_checked(t, bad2, 3, 0);
-    CHECK(!strcmp(s, "\xEF\xBF\xBD\xEF\xBF\xBD" "z"));
+    CHECK(!strcmp(s, "\xEF\xBF\xBD\xEF\xBF\xBD"
+                     "z"));
     free(s);
 
     /* special tokens: kept, or dropped with SL_DETOK_SKIP_SPECIAL; <think> is not special */
@@ -175,15 +186,27 @@ static void test_detok_pieces(const sl_tok *t)
     sl_buf_free(&out);
 }
 
-static uint32_t rnd(uint64_t *state) { return (uint32_t)sl_rng_mix((*state)++); }
+static uint32_t rnd(uint64_t *state)
+{
+    return (uint32_t)sl_rng_mix((*state)++);
+}
 
 /* Encode -> stream: random texts of multi-byte characters come back exactly, and random id
  * sequences (mostly single bytes) stream without ever splitting a character. */
 static void test_detok_random(const sl_tok *t)
 {
-    static const char *alphabet[] = {"a", " ", "\n", "\xc3\xa9", "\xe4\xbd\xa0", "\xe5\xa5\xbd",
-                                     "\xf0\x9f\x8e\x89", "\xf0\x9f\x91\xa8\xe2\x80\x8d",
-                                     "<|im_end|>", "\xd0\xbc", "1", "\xe2\x80\x94"};
+    static const char *alphabet[] = {"a",
+                                     " ",
+                                     "\n",
+                                     "\xc3\xa9",
+                                     "\xe4\xbd\xa0",
+                                     "\xe5\xa5\xbd",
+                                     "\xf0\x9f\x8e\x89",
+                                     "\xf0\x9f\x91\xa8\xe2\x80\x8d",
+                                     "<|im_end|>",
+                                     "\xd0\xbc",
+                                     "1",
+                                     "\xe2\x80\x94"};
     uint64_t rng = 42;
     for (int iter = 0; iter < 300; iter++) {
         sl_buf text = {0};
@@ -271,10 +294,12 @@ static sl_status load_tiny(sl_tok **t, const char *dir, const char *extra_vocab,
         int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
         int cp = printable ? b : 0x100 + extra++;
         char u[8];
-        if (cp < 0x80) snprintf(u, sizeof u, "%c", cp);
+        if (cp < 0x80)
+            snprintf(u, sizeof u, "%c", cp);
         else
             snprintf(u, sizeof u, "%c%c", 0xC0 | (cp >> 6), 0x80 | (cp & 0x3F));
-        if (cp == '"' || cp == '\\') sl_buf_printf(&j, "\"\\%s\":%d,", u, b);
+        if (cp == '"' || cp == '\\')
+            sl_buf_printf(&j, "\"\\%s\":%d,", u, b);
         else
             sl_buf_printf(&j, "\"%s\":%d,", u, b);
     }
@@ -320,7 +345,8 @@ static void test_tiny_vocab(void)
         sl_tok_free(t);
     }
     /* a pipeline this module does not implement is refused by name */
-    CHECK(load_tiny(&t, dir, vocab, merges, "", "{\"type\":\"Lowercase\"}", &e) == SL_ERR_UNSUPPORTED);
+    CHECK(load_tiny(&t, dir, vocab, merges, "", "{\"type\":\"Lowercase\"}", &e) ==
+          SL_ERR_UNSUPPORTED);
     CHECK(strstr(e.msg, "unsupported normalizer") != NULL && t == NULL);
     CHECK(load_tiny(&t, dir, vocab, "\"a q\"", "", "null", &e) == SL_ERR_PARSE);
     CHECK(strstr(e.msg, "merges[0]") != NULL);
