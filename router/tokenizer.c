@@ -49,15 +49,14 @@ static int byte_is_printable(int b)
     return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 }
 
-static void byte_alphabet(uint32_t cp_of_byte[256], int16_t byte_of_cp[324])
+/* byte_of_cp[cp]: the byte code point cp spells, or -1 (the alphabet ends at U+0143). */
+static void byte_alphabet(int16_t byte_of_cp[324])
 {
     int extra = 0;
     for (int i = 0; i < 324; i++)
         byte_of_cp[i] = -1;
-    for (int b = 0; b < 256; b++) {
-        cp_of_byte[b] = byte_is_printable(b) ? (uint32_t)b : 0x100u + (uint32_t)extra++;
-        byte_of_cp[cp_of_byte[b]] = (int16_t)b;
-    }
+    for (int b = 0; b < 256; b++)
+        byte_of_cp[byte_is_printable(b) ? b : 0x100 + extra++] = (int16_t)b;
 }
 
 /* Rust regex's \s (the White_Space property): what lstrip/rstrip of added tokens remove. */
@@ -207,6 +206,7 @@ struct sl_tok {
     uint8_t *nfc_unsafe; /* bit per code point: NFC may change text containing it */
     pcre2_code *re;      /* pre-tokenizer; NULL: each stretch of text is one piece */
     int re_jit;          /* re is JIT-compiled: match through the direct entry point */
+    pcre2_match_context *re_ctx;
 };
 
 static keyset str_keys(const sl_tok *t)
@@ -422,8 +422,10 @@ static sl_status pretokenize(enc *c, const uint8_t *s, size_t n, sl_err *e)
     }
     size_t pos = 0, from = 0;
     while (from < n && !c->oom) {
-        int rc = c->t->re_jit ? pcre2_jit_match(c->t->re, s, n, from, 0, c->md, NULL)
-                              : pcre2_match(c->t->re, s, n, from, PCRE2_NO_UTF_CHECK, c->md, NULL);
+        const sl_tok *t = c->t;
+        int rc = t->re_jit
+                     ? pcre2_jit_match(t->re, s, n, from, 0, c->md, t->re_ctx)
+                     : pcre2_match(t->re, s, n, from, PCRE2_NO_UTF_CHECK, c->md, t->re_ctx);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             PCRE2_UCHAR msg[120];
@@ -728,9 +730,8 @@ static sl_status load_vocab(loader *L, const json_t *model)
 static sl_status build_tokens(loader *L)
 {
     sl_tok *t = L->t;
-    uint32_t cp_of_byte[256];
     int16_t byte_of_cp[324];
-    byte_alphabet(cp_of_byte, byte_of_cp);
+    byte_alphabet(byte_of_cp);
     size_t total = 0;
     for (int32_t id = 0; id < L->n_ent; id++)
         total += L->ent[id].len + 1;
@@ -1024,6 +1025,11 @@ static sl_status set_regex(loader *L, const char *pattern, size_t len, int liter
     }
     /* JIT is an optimisation: without it, pretokenize() uses the interpreter */
     L->t->re_jit = pcre2_jit_compile(L->t->re, PCRE2_JIT_COMPLETE) == 0;
+    /* The default match limit (10M steps) stops `\s*[\r\n]+` on a few million spaces; the
+     * patterns tokenizers ship are linear, so the limit only needs to stop a runaway one. */
+    if (!(L->t->re_ctx = pcre2_match_context_create(NULL)))
+        return sl_err_set(L->e, SL_ERR_NOMEM, "%s: out of memory", L->path);
+    pcre2_set_match_limit(L->t->re_ctx, UINT32_MAX);
     return SL_OK;
 }
 
@@ -1197,5 +1203,6 @@ void sl_tok_free(sl_tok *t)
     free(t->added_text);
     free(t->nfc_unsafe);
     pcre2_code_free(t->re);
+    pcre2_match_context_free(t->re_ctx);
     free(t);
 }
