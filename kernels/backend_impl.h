@@ -20,6 +20,7 @@ typedef struct sl_backend_i {
     void (*embed)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_batch_meta *);
     void (*matmul)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *);
     void (*rmsnorm)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *, float, int);
+    void (*add)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *);
     void (*add_rmsnorm)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *,
                         const sl_tensor *, float, int);
     void (*rope)(sl_backend *, sl_tensor *, int, int, int, float, const sl_batch_meta *);
@@ -48,13 +49,5 @@ typedef struct sl_backend_i {
 struct sl_backend {
     const sl_backend_i *i;
 };
-
-/* bf16 / f16 <-> f32 conversions shared by the backends' host code. */
-float sl_bf16_to_f32(uint16_t h);
-uint16_t sl_f32_to_bf16(float f); /* round to nearest even */
-float sl_f16_to_f32(uint16_t h);
-uint16_t sl_f32_to_f16(float f);
-/* Reads element i (of a dense buffer of dtype dt) as f32. */
-float sl_load_f32(const void *p, sl_dtype dt, int64_t i);
 
 #endif
