@@ -14,6 +14,7 @@ static const command commands[] = {
     {"generate", sl_cmd_generate, "greedy continuation of token ids on a model (CPU or GPU)"},
     {"logits", sl_cmd_logits, "float32 logits of every position of prompts (golden checks)"},
     {"make-tiny", sl_cmd_make_tiny, "write a small random model of any supported architecture"},
+    {"worker", sl_cmd_worker, "serve a model to a router over nng (batching, prefix cache)"},
 };
 
 static void usage(FILE *f)

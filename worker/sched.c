@@ -787,7 +787,9 @@ void sl_sched_complete(sl_sched *s, sl_sched_batch *b)
         }
         r->toks[r->n_tok++] = t;
         r->n_out++;
-        sl_sched_event ev = {.rid = r->rid, .token = t, .sample = b->out[i], .has_sample = 1};
+        const sl_sampling *sp = sl_sampler_params(r->ss);
+        sl_sched_event ev = {.rid = r->rid, .token = t, .sample = b->out[i], .has_sample = 1,
+                             .want_logprobs = sp->logprobs || sp->top_logprobs > 0};
         push_event(s, &ev);
         sl_finish why = SL_FINISH_NONE;
         if (r->n_out >= r->min_new &&
@@ -817,6 +819,7 @@ void sl_sched_get_stats(const sl_sched *s, sl_sched_stats *st)
         sl_radix_stats rs;
         sl_radix_get_stats(s->tree, &rs);
         st->evictable_pages = rs.evictable_pages;
+        st->evictable_states = rs.evictable_states;
         st->tree_pages = rs.pages;
         st->tree_states = rs.states;
     }

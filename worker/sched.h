@@ -107,6 +107,7 @@ typedef struct sl_sched_event {
     int32_t token; /* -1: no token (abort, error) */
     sl_sample sample;
     int has_sample;
+    int want_logprobs; /* the request asked for logprobs (sample.logprob is meaningful) */
     sl_finish finish;
     int prompt_tokens, completion_tokens, cached_tokens;
 } sl_sched_event;
@@ -162,7 +163,7 @@ int sl_sched_pop_event(sl_sched *s, sl_sched_event *ev);
 typedef struct sl_sched_stats {
     int running, queued, in_flight;
     int free_pages, total_pages, free_slots, total_slots;
-    int evictable_pages, tree_pages, tree_states;
+    int evictable_pages, evictable_states, tree_pages, tree_states;
     int64_t prompt_tokens, cached_tokens; /* admitted so far: hit rate = cached / prompt */
     int64_t retractions, evicted_pages;
     int checkpoint_tokens;

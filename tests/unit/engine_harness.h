@@ -13,26 +13,39 @@
 #include "sl_test.h"
 #include "solo.h"
 
-/* Writes a tiny model of arch into a fresh temp dir and loads it (CPU). */
-static sl_model *harness_model(const char *arch, sl_backend **be)
+/* Writes a tiny model of arch into a fresh temp dir (dir: 256 bytes). */
+static inline int harness_make_model(const char *arch, char *dir)
 {
-    static char dir[256];
-    snprintf(dir, sizeof dir, "/tmp/sluice_engine_%s_XXXXXX", arch);
-    if (!mkdtemp(dir)) return NULL;
+    snprintf(dir, 256, "/tmp/sluice_engine_%s_XXXXXX", arch);
+    if (!mkdtemp(dir)) return -1;
     const char *bin = getenv("SLUICE_BIN");
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "%s make-tiny --arch %s --out %s --vocab-size 256 >/dev/null",
              bin ? bin : "sluice", arch, dir);
     if (system(cmd) != 0) {
         fprintf(stderr, "failed: %s\n", cmd);
-        return NULL;
+        return -1;
     }
+    return 0;
+}
+
+static inline void harness_remove(const char *dir)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
+/* A tiny model of arch loaded on a new CPU backend. */
+static inline sl_model *harness_model(const char *arch, sl_backend **be)
+{
+    char dir[256];
+    if (harness_make_model(arch, dir)) return NULL;
     sl_err e = {0};
     *be = sl_backend_cpu_new();
     sl_model *m = NULL;
     if (sl_model_load(&m, dir, *be, NULL, &e)) fprintf(stderr, "load %s: %s\n", dir, e.msg);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    harness_remove(dir);
     return m;
 }
 
@@ -43,7 +56,7 @@ typedef struct cold_ref {
     float *first_logits; /* [vocab] */
 } cold_ref;
 
-static void harness_cold(sl_model *m, const int32_t *prompt, int n, int max_new, cold_ref *ref)
+static inline void harness_cold(sl_model *m, const int32_t *prompt, int n, int max_new, cold_ref *ref)
 {
     const sl_model_config *c = sl_model_cfg(m);
     int V = c->vocab_size;
@@ -84,7 +97,7 @@ typedef struct collector {
 } collector;
 
 /* Logits hook: keeps the logits of each request's first sampled token. */
-static void harness_hook(void *ctx, uint64_t rid, int pos, const float *logits, int vocab)
+static inline void harness_hook(void *ctx, uint64_t rid, int pos, const float *logits, int vocab)
 {
     collector *c = ctx;
     if (rid >= (uint64_t)c->n) return;
@@ -96,7 +109,7 @@ static void harness_hook(void *ctx, uint64_t rid, int pos, const float *logits, 
     }
 }
 
-static void harness_drain(sl_engine *eng, collector *c)
+static inline void harness_drain(sl_engine *eng, collector *c)
 {
     sl_sched_event ev;
     while (sl_engine_pop_event(eng, &ev)) {
@@ -112,7 +125,7 @@ static void harness_drain(sl_engine *eng, collector *c)
 }
 
 /* Steps until idle, checking the accounting after every step. */
-static int harness_run(sl_engine *eng, collector *c, int check_each)
+static inline int harness_run(sl_engine *eng, collector *c, int check_each)
 {
     sl_err e = {0};
     int steps = 0;
@@ -135,7 +148,7 @@ static int harness_run(sl_engine *eng, collector *c, int check_each)
     return steps;
 }
 
-static sl_sched_req harness_req(uint64_t rid, const int32_t *prompt, int n, int max_new)
+static inline sl_sched_req harness_req(uint64_t rid, const int32_t *prompt, int n, int max_new)
 {
     sl_sched_req r = {.rid = rid, .prompt = prompt, .n_prompt = n, .max_new = max_new};
     r.sampling.temperature = 0;
@@ -144,7 +157,7 @@ static sl_sched_req harness_req(uint64_t rid, const int32_t *prompt, int n, int 
     return r;
 }
 
-static int same_tokens(const got *g, const cold_ref *r)
+static inline int same_tokens(const got *g, const cold_ref *r)
 {
     if (g->n_out != r->n_out) return 0;
     return !memcmp(g->out, r->out, sizeof(int32_t) * (size_t)r->n_out);
