@@ -36,7 +36,46 @@ static inline void harness_remove(const char *dir)
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
 }
 
-/* A tiny model of arch loaded on a new CPU backend. */
+/* An even smaller model than make-tiny's (dummy weights, no files), so the
+ * stress tests stay fast on the CPU backend. */
+static inline sl_model *harness_micro_model(const char *arch, sl_backend **be)
+{
+    char js[2048];
+    const char *common = "\"vocab_size\": 128, \"hidden_size\": 32, \"num_attention_heads\": 2, "
+                         "\"num_key_value_heads\": 1, \"head_dim\": 16, \"rms_norm_eps\": 1e-6, "
+                         "\"max_position_embeddings\": 4096, \"rope_theta\": 10000.0, "
+                         "\"bos_token_id\": 0, \"eos_token_id\": 127, \"intermediate_size\": 48, "
+                         "\"tie_word_embeddings\": false";
+    if (!strcmp(arch, "qwen3"))
+        snprintf(js, sizeof js, "{%s, \"architectures\": [\"Qwen3ForCausalLM\"], "
+                 "\"model_type\": \"qwen3\", \"num_hidden_layers\": 2}", common);
+    else if (!strcmp(arch, "qwen3_moe"))
+        snprintf(js, sizeof js, "{%s, \"architectures\": [\"Qwen3MoeForCausalLM\"], "
+                 "\"model_type\": \"qwen3_moe\", \"num_hidden_layers\": 2, \"num_experts\": 4, "
+                 "\"num_experts_per_tok\": 2, \"moe_intermediate_size\": 16, "
+                 "\"norm_topk_prob\": true}", common);
+    else
+        snprintf(js, sizeof js, "{%s, \"architectures\": [\"Qwen3NextForCausalLM\"], "
+                 "\"model_type\": \"qwen3_next\", \"num_hidden_layers\": 3, "
+                 "\"partial_rotary_factor\": 0.25, \"layer_types\": [\"linear_attention\", "
+                 "\"full_attention\", \"linear_attention\"], \"linear_num_key_heads\": 1, "
+                 "\"linear_num_value_heads\": 2, \"linear_key_head_dim\": 16, "
+                 "\"linear_value_head_dim\": 16, \"linear_conv_kernel_dim\": 4, "
+                 "\"num_experts\": 4, \"num_experts_per_tok\": 2, \"moe_intermediate_size\": 16, "
+                 "\"shared_expert_intermediate_size\": 16, \"norm_topk_prob\": true}", common);
+    sl_model_config c;
+    sl_err e = {0};
+    if (sl_model_config_parse(&c, js, NULL, &e)) {
+        fprintf(stderr, "micro %s: %s\n", arch, e.msg);
+        return NULL;
+    }
+    *be = sl_backend_cpu_new();
+    sl_model *m = NULL;
+    if (sl_model_from_config(&m, &c, *be, 7, &e)) fprintf(stderr, "micro %s: %s\n", arch, e.msg);
+    return m;
+}
+
+/* A tiny model of arch (written by make-tiny) loaded on a new CPU backend. */
 static inline sl_model *harness_model(const char *arch, sl_backend **be)
 {
     char dir[256];
