@@ -123,7 +123,8 @@ sl_status sl_model_config_parse(sl_model_config *c, const char *config_json,
     c->tie_embeddings = get_bool(root, "tie_word_embeddings", 0);
     c->max_position_embeddings = get_int(root, "max_position_embeddings", 32768);
     if (c->arch != SL_ARCH_QWEN3) {
-        c->n_experts = get_int(root, "num_experts", 0);
+        /* transformers 5 writes num_local_experts; released checkpoints num_experts */
+        c->n_experts = get_int(root, "num_experts", get_int(root, "num_local_experts", 0));
         c->n_experts_per_tok = get_int(root, "num_experts_per_tok", 0);
         c->moe_intermediate_size = get_int(root, "moe_intermediate_size", 0);
         c->norm_topk_prob = get_bool(root, "norm_topk_prob", next ? 1 : 0);
