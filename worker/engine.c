@@ -22,6 +22,8 @@ struct sl_engine {
     int host_cap;
     sl_engine_logits_fn hook;
     void *hook_ctx;
+    sl_engine_plan_fn plan;
+    void *plan_ctx;
     /* compute thread: a FIFO of launched batches, finished in order */
     pthread_t thread;
     int have_thread;
@@ -49,26 +51,37 @@ void sl_engine_config_default(sl_engine_config *c)
 
 /* ---- runner --------------------------------------------------------------------- */
 
-static sl_status run_batch(sl_engine *g, sl_sched_batch *b, sl_err *e)
+/* State copies and the forward of b; logits of b's sampled rows land in
+ * g->logits. */
+static sl_status forward(sl_engine *g, sl_sched_batch *b, sl_err *e)
 {
-    for (int i = 0; i < b->meta.n_seqs; i++)
-        if (b->feed_last[i]) b->ids[b->q_start[i]] = sl_sampler_last_token(b->sampler[i]);
     if (b->n_copy) sl_model_cache_copy_slots(g->m, &g->cache, b->copy_dst, b->copy_src, b->n_copy);
     /* a batch of unfinished prefill chunks samples nothing; the model still
      * wants one row of logits */
     int n_rows = b->n_rows ? b->n_rows : 1;
     int32_t row0 = 0;
     const int32_t *rows = b->n_rows ? b->rows : &row0;
-    sl_status st;
     if (n_rows > g->logits_cap) {
         sl_be_release(g->be, &g->logits);
         g->logits_cap = 0;
         int cap = n_rows * 2;
-        st = sl_be_alloc(g->be, &g->logits, SL_DTYPE_F32, 2, (int64_t[]){cap, g->vocab}, e);
+        sl_status st = sl_be_alloc(g->be, &g->logits, SL_DTYPE_F32, 2, (int64_t[]){cap, g->vocab}, e);
         if (st) return st;
         g->logits_cap = cap;
     }
-    st = sl_model_forward(g->m, &g->cache, &b->meta, rows, n_rows, &g->logits, e);
+    return sl_model_forward(g->m, &g->cache, &b->meta, rows, n_rows, &g->logits, e);
+}
+
+sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e) { return forward(g, b, e); }
+
+const sl_model_cache *sl_engine_cache(const sl_engine *g) { return &g->cache; }
+
+static sl_status run_batch(sl_engine *g, sl_sched_batch *b, sl_err *e)
+{
+    for (int i = 0; i < b->meta.n_seqs; i++)
+        if (b->feed_last[i]) b->ids[b->q_start[i]] = sl_sampler_last_token(b->sampler[i]);
+    sl_status st = g->plan ? g->plan(g->plan_ctx, b, e) : SL_OK;
+    if (!st) st = forward(g, b, e);
     if (st || !b->n_rows) return st;
     if ((size_t)b->n_rows * g->vocab > (size_t)g->host_cap) {
         free(g->host);
@@ -283,6 +296,12 @@ sl_status sl_engine_check(const sl_engine *g, sl_err *e) { return sl_sched_check
 int sl_engine_flush_cache(sl_engine *g) { return sl_sched_flush_cache(g->sched); }
 
 const sl_sched_config *sl_engine_sched_config(const sl_engine *g) { return &g->scfg; }
+
+void sl_engine_set_plan_hook(sl_engine *g, sl_engine_plan_fn fn, void *ctx)
+{
+    g->plan = fn;
+    g->plan_ctx = ctx;
+}
 
 void sl_engine_set_logits_hook(sl_engine *g, sl_engine_logits_fn fn, void *ctx)
 {

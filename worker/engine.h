@@ -14,8 +14,9 @@
  * --disable-overlap-schedule runs build, forward and results in sequence.
  *
  * Tensor parallelism plugs in at the runner: a batch (sl_sched_batch) is a
- * set of flat arrays, so rank 0 can broadcast it to followers which execute
- * the same forward; only rank 0 samples and schedules.
+ * set of flat arrays, so rank 0 broadcasts it from the plan hook and every
+ * follower, which built an identical engine (same flags: same pools), runs
+ * it with sl_engine_follow; only rank 0 schedules and samples.
  *
  *   sl_engine *g; sl_engine_new(&g, model, &cfg, &e);
  *   sl_engine_submit(g, &req, &e);
@@ -73,6 +74,17 @@ void sl_engine_stats(const sl_engine *g, sl_sched_stats *st);
 sl_status sl_engine_check(const sl_engine *g, sl_err *e);
 int sl_engine_flush_cache(sl_engine *g);
 const sl_sched_config *sl_engine_sched_config(const sl_engine *g);
+
+/* Called on the runner (compute thread) with every batch just before its
+ * forward, input ids resolved: where rank 0 broadcasts the plan. An error
+ * fails the step. */
+typedef sl_status (*sl_engine_plan_fn)(void *ctx, const sl_sched_batch *b, sl_err *e);
+void sl_engine_set_plan_hook(sl_engine *g, sl_engine_plan_fn fn, void *ctx);
+/* Follower side: runs a received batch (state copies + forward) on this
+ * engine's model and cache, without scheduling or sampling. */
+sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e);
+/* The engine's KV/state cache (read-only; for tests and diagnostics). */
+const sl_model_cache *sl_engine_cache(const sl_engine *g);
 
 /* Test hook: called on the compute thread with the logits row of every
  * sampled token (pos = position of the token these logits follow). */
