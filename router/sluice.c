@@ -21,6 +21,7 @@ static const command commands[] = {
     {"router", sl_cmd_router, "OpenAI/Anthropic-compatible HTTP front end over workers"},
     {"serve", sl_cmd_serve, "router + local workers in one command (SGLang flags)"},
     {"mock-worker", sl_cmd_mock_worker, "a worker without a model (router tests and benchmarks)"},
+    {"worker", sl_cmd_worker, "serve a model to a router over nng (batching, prefix cache)"},
 };
 
 static void usage(FILE *f)
