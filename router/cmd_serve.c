@@ -27,19 +27,19 @@ typedef struct pass {
 } pass;
 
 static pass passes[] = {
-    {"--load-format", SL_OPT_STR, "auto | safetensors | dummy (workers)"},
-    {"--seed", SL_OPT_STR, "dummy weights seed (workers)"},
-    {"--mem-fraction-static", SL_OPT_STR, "share of memory for the caches (workers)"},
-    {"--mem-bytes", SL_OPT_STR, "cache budget in bytes (workers)"},
-    {"--page-size", SL_OPT_STR, "tokens per KV page (workers)"},
-    {"--max-total-tokens", SL_OPT_STR, "KV pool size in tokens (workers)"},
-    {"--max-mamba-cache-size", SL_OPT_STR, "mamba state slots (workers)"},
-    {"--max-running-requests", SL_OPT_STR, "requests running at once (workers)"},
-    {"--chunked-prefill-size", SL_OPT_STR, "prefill tokens per batch (workers)"},
-    {"--mamba-scheduler-strategy", SL_OPT_STR, "extra_buffer | no_buffer (workers)"},
-    {"--mamba-track-interval", SL_OPT_STR, "decode tokens between cached states (workers)"},
-    {"--disable-overlap-schedule", SL_OPT_FLAG, "build each batch after the previous (workers)"},
-    {"--disable-radix-cache", SL_OPT_FLAG, "no prefix caching (workers)"},
+    {"--load-format", SL_OPT_STR, "auto | safetensors | dummy (workers)", NULL, 0},
+    {"--seed", SL_OPT_STR, "dummy weights seed (workers)", NULL, 0},
+    {"--mem-fraction-static", SL_OPT_STR, "share of memory for the caches (workers)", NULL, 0},
+    {"--mem-bytes", SL_OPT_STR, "cache budget in bytes (workers)", NULL, 0},
+    {"--page-size", SL_OPT_STR, "tokens per KV page (workers)", NULL, 0},
+    {"--max-total-tokens", SL_OPT_STR, "KV pool size in tokens (workers)", NULL, 0},
+    {"--max-mamba-cache-size", SL_OPT_STR, "mamba state slots (workers)", NULL, 0},
+    {"--max-running-requests", SL_OPT_STR, "requests running at once (workers)", NULL, 0},
+    {"--chunked-prefill-size", SL_OPT_STR, "prefill tokens per batch (workers)", NULL, 0},
+    {"--mamba-scheduler-strategy", SL_OPT_STR, "extra_buffer | no_buffer (workers)", NULL, 0},
+    {"--mamba-track-interval", SL_OPT_STR, "decode tokens between cached states (workers)", NULL, 0},
+    {"--disable-overlap-schedule", SL_OPT_FLAG, "build each batch after the previous (workers)", NULL, 0},
+    {"--disable-radix-cache", SL_OPT_FLAG, "no prefix caching (workers)", NULL, 0},
 };
 #define NPASS ((int)(sizeof passes / sizeof passes[0]))
 
