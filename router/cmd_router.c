@@ -92,8 +92,8 @@ int sl_router_run(const sl_router_cli *cli, const sl_router_config *cfg_in)
     a.sigint.data = a.sigterm.data = &a;
     uv_signal_start(&a.sigint, on_signal, SIGINT);
     uv_signal_start(&a.sigterm, on_signal, SIGTERM);
-    SL_LOGI("router", "listening on http://%s:%d (model %s, policy %s)", cfg.host,
-            sl_router_port(a.rt), cfg.served_model_name, sl_route_policy_name(cfg.route.policy));
+    SL_LOGI("router", "model %s, policy %s, %d worker(s)", cfg.served_model_name,
+            sl_route_policy_name(cfg.route.policy), cli->workers.n + cli->worker_dns.n);
     fprintf(stderr, "sluice router: listening on http://%s:%d\n", cfg.host, sl_router_port(a.rt));
     uv_run(&loop, UV_RUN_DEFAULT);
     sl_router_free(a.rt);

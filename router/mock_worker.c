@@ -1,7 +1,7 @@
 /* `sluice mock-worker`: a stand-in worker that speaks proto/sluice.proto but
- * runs no model. Its output echoes the prompt's token ids cyclically, one
- * token per chunk, so the router's tests and its overhead benchmark see
- * exactly predictable text, timing and usage. */
+ * runs no model. Its output echoes the prompt's token ids cyclically (or
+ * plays --reply-ids, then stops), one token per chunk, so the router's tests
+ * and its overhead benchmark see exactly predictable text, timing and usage. */
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
 #include <stdio.h>
@@ -40,6 +40,8 @@ typedef struct mock {
     const char *model;
     int context_length, checkpoint, vocab, eos;
     double delay_ms, first_delay_ms;
+    int32_t reply[4096];
+    int nreply;
 } mock;
 
 static double now_ms(void)
@@ -108,9 +110,12 @@ static void finish(mock *m, int i, Sluice__FinishReason why)
 static void step(mock *m, int i)
 {
     active *a = &m->act[i];
-    int32_t tok = a->n_in ? a->in[a->produced % a->n_in] : 0;
+    int32_t tok = m->nreply ? m->reply[a->produced % m->nreply]
+                : a->n_in   ? a->in[a->produced % a->n_in]
+                            : 0;
     a->produced++;
     Sluice__FinishReason why = SLUICE__FINISH_REASON__FINISH_NONE;
+    if (m->nreply && a->produced == m->nreply) why = SLUICE__FINISH_REASON__FINISH_STOP;
     for (int k = 0; k < a->n_stop; k++)
         if (a->stop[k] == tok) why = SLUICE__FINISH_REASON__FINISH_STOP;
     if (!why && a->produced >= a->max_new) why = SLUICE__FINISH_REASON__FINISH_LENGTH;
@@ -177,7 +182,7 @@ static void start(mock *m, const Sluice__GenerateRequest *g)
 
 int sl_cmd_mock_worker(int argc, char **argv)
 {
-    const char *listen = NULL, *model = "mock";
+    const char *listen = NULL, *model = "mock", *reply = NULL;
     int context_length = 4096, checkpoint = 0, vocab = 151936, eos = -1, help = 0;
     double delay = 0, first_delay = 0;
     sl_opt opts[] = {
@@ -188,6 +193,7 @@ int sl_cmd_mock_worker(int argc, char **argv)
         {"--vocab-size", NULL, SL_OPT_INT, &vocab, "reported vocabulary size"},
         {"--eos", NULL, SL_OPT_INT, &eos, "token id that ends generation (-1: none)"},
         {"--delay-ms", NULL, SL_OPT_FLOAT, &delay, "time between two output tokens"},
+        {"--reply-ids", NULL, SL_OPT_STR, &reply, "comma-separated ids to answer with, then stop"},
         {"--first-token-delay-ms", NULL, SL_OPT_FLOAT, &first_delay, "simulated prefill time"},
         {"--help", "-h", SL_OPT_FLAG, &help, "show this help"},
         {0}};
@@ -207,6 +213,17 @@ int sl_cmd_mock_worker(int argc, char **argv)
     m->eos = eos;
     m->delay_ms = delay;
     m->first_delay_ms = first_delay;
+    for (const char *p = reply; p && *p && m->nreply < 4096;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p) {
+            fprintf(stderr, "mock-worker: --reply-ids: expected comma-separated integers\n");
+            free(m);
+            return 2;
+        }
+        m->reply[m->nreply++] = (int32_t)v;
+        p = *end == ',' ? end + 1 : end;
+    }
     m->worker_id = ((uint64_t)now_ms() << 16) ^ (uint64_t)getpid();
     int rv = nng_pair1_open(&m->sock);
     if (!rv) rv = nng_listen(m->sock, listen, NULL, 0);
