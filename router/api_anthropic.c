@@ -146,7 +146,7 @@ int sl_anthropic_decode_messages(sl_job *j, sl_api_err *err)
         sl_api_get_int(b, "top_k", -1, 1 << 20, &s->top_k, err) ||
         sl_api_get_stops(b, "stop_sequences", p, err))
         return -1;
-    if (!p->max_tokens)
+    if (!p->max_tokens && strcmp(j->route, "/v1/messages/count_tokens"))
         return sl_api_fail(err, 400, "invalid_request_error", "max_tokens: required");
     json_t *chat = json_object();
     json_t *out = json_array();

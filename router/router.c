@@ -5,7 +5,6 @@
  *
  * Every path ends in job_end(), which completes the HTTP request exactly once
  * and frees the job. */
-#define _GNU_SOURCE /* memmem */
 #include "router.h"
 
 #include <stdarg.h>
@@ -92,9 +91,29 @@ static void respond_json(sl_router *rt, sl_http_req *r, const char *route, int s
     sl_metrics_request(&rt->metrics, route, status);
 }
 
+/* Errors in the shape the route's API uses (Anthropic's for /v1/messages). */
+static void route_error(sl_http_req *r, const char *route, int status, const char *type,
+                        const char *msg)
+{
+    if (strncmp(route, "/v1/messages", 12)) {
+        sl_http_respond_error(r, status, type, msg);
+        return;
+    }
+    json_t *o = json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type",
+                          status == 401 ? "authentication_error"
+                          : status >= 500 ? "api_error"
+                          : status == 404 ? "not_found_error"
+                                          : "invalid_request_error",
+                          "message", msg);
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    sl_http_respond(r, status, "application/json", s, strlen(s), NULL);
+    free(s);
+}
+
 static void respond_err(sl_router *rt, sl_http_req *r, const char *route, const sl_api_err *err)
 {
-    sl_http_respond_error(r, err->status, err->type, err->msg);
+    route_error(r, route, err->status, err->type, err->msg);
     sl_metrics_request(&rt->metrics, route, err->status);
 }
 
@@ -185,7 +204,7 @@ static void job_fail(sl_job *j, int status, const char *type, const char *msg)
         j->enc->stream_error(j, msg);
         sl_http_stream_end(j->http);
     } else {
-        sl_http_respond_error(j->http, status, type, msg);
+        route_error(j->http, j->route, status, type, msg);
     }
     job_end_metrics(j, status);
     job_free(j);
@@ -322,6 +341,13 @@ static int release(sl_seq *s, const char *t, size_t n)
     return 0;
 }
 
+static const char *find(const char *hay, size_t n, const char *needle, size_t m)
+{
+    for (size_t i = 0; m && i + m <= n; i++)
+        if (hay[i] == needle[0] && !memcmp(hay + i, needle, m)) return hay + i;
+    return NULL;
+}
+
 /* Releases s->text up to what cannot be the start of a stop string; returns
  * 1 when a stop string ended the choice (text cut before it). */
 static int scan_stops(sl_seq *s, int final)
@@ -331,7 +357,7 @@ static int scan_stops(sl_seq *s, int final)
     size_t cut = t->len;
     int hit = -1;
     for (int i = 0; i < p->n_stops; i++) {
-        char *f = t->len ? memmem(t->data, t->len, p->stops[i], strlen(p->stops[i])) : NULL;
+        const char *f = t->len ? find(t->data, t->len, p->stops[i], strlen(p->stops[i])) : NULL;
         if (f && (size_t)(f - t->data) < cut) {
             cut = (size_t)(f - t->data);
             hit = i;
@@ -483,12 +509,19 @@ static int context_length(sl_router *rt)
     return ctx;
 }
 
+/* /tokenize and /v1/messages/count_tokens end after encoding. */
 static void respond_tokenize(sl_job *j)
 {
-    json_t *toks = json_array();
-    for (size_t i = 0; i < j->ids[0].n; i++) json_array_append_new(toks, json_integer(j->ids[0].v[i]));
-    json_t *o = json_pack("{s:o,s:i,s:i}", "tokens", toks, "count", (int)j->ids[0].n,
-                          "max_model_len", context_length(j->rt));
+    json_t *o;
+    if (j->kind == SL_API_MESSAGES) {
+        o = json_pack("{s:i}", "input_tokens", (int)j->ids[0].n);
+    } else {
+        json_t *toks = json_array();
+        for (size_t i = 0; i < j->ids[0].n; i++)
+            json_array_append_new(toks, json_integer(j->ids[0].v[i]));
+        o = json_pack("{s:o,s:i,s:i}", "tokens", toks, "count", (int)j->ids[0].n,
+                      "max_model_len", context_length(j->rt));
+    }
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     sl_http_respond(j->http, 200, "application/json", s, strlen(s), NULL);
@@ -642,7 +675,7 @@ static void after_encode(sl_job *j)
                  j->work_err.code == SL_ERR_NOMEM ? "server_error" : "invalid_request_error", msg);
         return;
     }
-    if (!strcmp(j->route, "/tokenize")) {
+    if (!strcmp(j->route, "/tokenize") || !strcmp(j->route, "/v1/messages/count_tokens")) {
         respond_tokenize(j);
         return;
     }
@@ -870,8 +903,7 @@ static void handle_generate(sl_router *rt, sl_http_req *r, json_t *body, sl_api_
     if (!rc && j->p.n > rt->cfg.max_n)
         rc = sl_api_fail(&err, 400, "invalid_request_error", "n: at most %d choices", rt->cfg.max_n);
     if (rc) {
-        sl_http_respond_error(r, err.status, err.type, err.msg);
-        sl_metrics_request(&rt->metrics, route, err.status);
+        respond_err(rt, r, route, &err);
         job_free(j);
         return;
     }
@@ -893,6 +925,7 @@ static void on_request(sl_http_req *r, void *ud)
     } routes[] = {{"/v1/chat/completions", "POST", SL_API_CHAT},
                   {"/v1/completions", "POST", SL_API_COMPLETIONS},
                   {"/v1/messages", "POST", SL_API_MESSAGES},
+                  {"/v1/messages/count_tokens", "POST", SL_API_MESSAGES},
                   {"/tokenize", "POST", SL_API_COMPLETIONS},
                   {"/detokenize", "POST", -1},
                   {"/v1/models", "GET", -1},
@@ -908,7 +941,7 @@ static void on_request(sl_http_req *r, void *ud)
         return;
     }
     const char *route = routes[k].path;
-    if (strcmp(method, routes[k].method) && !(k == 6 && !strcmp(method, "HEAD"))) {
+    if (strcmp(method, routes[k].method)) {
         sl_api_fail(&err, 405, "invalid_request_error", "%s takes %s, not %s", path,
                     routes[k].method, method);
         respond_err(rt, r, route, &err);

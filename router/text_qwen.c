@@ -68,9 +68,11 @@ static void *q_parser_new(void *impl, const json_t *req, const char *prompt, siz
 {
     qwen_text *q = impl;
     json_t *tools = json_object_get(req, "tools");
+    /* separate_reasoning: false asks for the raw text, think tags included. */
+    int split = q->reasoning && !json_is_false(json_object_get(req, "separate_reasoning"));
     sl_outp_config c = {
-        .reasoning = q->reasoning ? sl_reason_mode_for_prompt(prompt ? prompt : "", plen)
-                                  : SL_REASON_MODE_OFF,
+        .reasoning = split ? sl_reason_mode_for_prompt(prompt ? prompt : "", plen)
+                           : SL_REASON_MODE_OFF,
         .tool_calls = q->tool_parser && json_is_array(tools) && json_array_size(tools),
         .tool_kind = q->tool_kind,
         .tools = tools,
