@@ -43,6 +43,9 @@ sl_router_config sl_router_config_default(void)
                               .keepalive_ms = 10000,
                               .inline_encode_bytes = 4096,
                               .max_n = 64,
+                              .default_temperature = 1.0f,
+                              .default_top_p = 1.0f,
+                              .default_top_k = -1,
                               .http = sl_http_config_default(),
                               .route = sl_route_config_default(),
                               .cluster = sl_cluster_config_default()};
@@ -878,9 +881,10 @@ static void handle_generate(sl_router *rt, sl_http_req *r, json_t *body, sl_api_
     j->p.max_tokens = -1;
     j->p.separate_reasoning = 1;
     j->p.sampling = (Sluice__SamplingParams)SLUICE__SAMPLING_PARAMS__INIT;
-    j->p.sampling.temperature = 1.0f;
-    j->p.sampling.top_p = 1.0f;
-    j->p.sampling.top_k = -1;
+    j->p.sampling.temperature = rt->cfg.default_temperature;
+    j->p.sampling.top_p = rt->cfg.default_top_p;
+    j->p.sampling.top_k = rt->cfg.default_top_k;
+    j->p.sampling.min_p = rt->cfg.default_min_p;
     j->p.sampling.repetition_penalty = 1.0f;
     uint64_t seq = ++rt->id_seq;
     snprintf(j->id, sizeof j->id, "%s%016llx%08llx",

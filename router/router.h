@@ -43,6 +43,9 @@ typedef struct sl_router_config {
     unsigned keepalive_ms;      /* SSE comment after this long without output */
     size_t inline_encode_bytes; /* longer prompts are tokenized on the pool */
     int max_n;                  /* choices per request */
+    /* sampling for fields a request leaves out (generation_config.json) */
+    float default_temperature, default_top_p, default_min_p;
+    int default_top_k;
     sl_http_config http;
     sl_route_config route;
     sl_cluster_config cluster;

@@ -1,7 +1,10 @@
 /* Options shared by `sluice router` and `sluice serve`: see router_opts.h. */
 #include "router_opts.h"
 
+#include <jansson.h>
 #include <string.h>
+
+#include "sl_file.h"
 
 int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
 {
@@ -61,11 +64,33 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
     return n;
 }
 
+/* Fields a request leaves out take the model's generation_config.json
+ * values, as in SGLang (a tokenizer-only directory keeps neutral ones). */
+static void load_gen_defaults(const char *dir, sl_router_config *cfg)
+{
+    char path[4096];
+    json_t *g = json_load_file(sl_path_join(path, sizeof path, dir, "generation_config.json"), 0,
+                               NULL);
+    if (!g) return;
+    json_t *v;
+    if (json_is_number(v = json_object_get(g, "temperature")))
+        cfg->default_temperature = (float)json_number_value(v);
+    if (json_is_number(v = json_object_get(g, "top_p")))
+        cfg->default_top_p = (float)json_number_value(v);
+    if (json_is_number(v = json_object_get(g, "min_p")))
+        cfg->default_min_p = (float)json_number_value(v);
+    if (json_is_integer(v = json_object_get(g, "top_k")) && json_integer_value(v) > 0)
+        cfg->default_top_k = (int)json_integer_value(v);
+    if (json_is_false(json_object_get(g, "do_sample"))) cfg->default_temperature = 0;
+    json_decref(g);
+}
+
 sl_status sl_router_opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_err *e)
 {
     if (!cli->model_dir)
         return sl_err_set(e, SL_ERR_INVALID, "--model-path is required (tokenizer and template)");
     if (!cfg->served_model_name) cfg->served_model_name = cli->model_dir;
+    load_gen_defaults(cli->model_dir, cfg);
     if (cfg->port < 0 || cfg->port > 65535)
         return sl_err_set(e, SL_ERR_INVALID, "--port %d: expected 0..65535", cfg->port);
     if (sl_route_policy_parse(cli->policy, &cfg->route.policy, e)) return SL_ERR_INVALID;
