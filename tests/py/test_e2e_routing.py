@@ -130,3 +130,19 @@ def test_dead_worker_fails_fast_and_rejoins(procs):
     router, port = start_router(procs, tok, urls)
     r = client(port).completions.create(model="tiny", prompt="After restart", max_tokens=3)
     assert r.usage.completion_tokens == 3
+
+
+def test_sse_keepalive_during_long_prefill(procs):
+    """While the first token is slow to come, the stream stays alive."""
+    w = start_mock(procs, "slow", "--first-token-delay-ms", 700)
+    _, port = start_router(procs, str(TOKENIZER), [w], "--keepalive-ms", 100)
+    s = open_stream(port, "Hello", max_tokens=2)
+    s.settimeout(5)
+    got = b""
+    while b"[DONE]" not in got:
+        chunk = s.recv(65536)
+        assert chunk, got
+        got += chunk
+    s.close()
+    first_data = got.index(b"data: {")
+    assert got.count(b": keep-alive\n\n", 0, first_data) >= 3, got

@@ -448,6 +448,7 @@ int main(void)
     cfg.api_key = "sekrit";
     cfg.text = &fake_text;
     cfg.route.cache_threshold = 0.5;
+    cfg.inline_encode_bytes = 16; /* longer prompts take the thread-pool path */
     cfg.cluster.heartbeat_ms = 200;
     cfg.cluster.dead_after_ms = 1000;
     sl_err e = {0};
