@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -48,6 +49,8 @@ class Procs:
                     q.wait()
             if q in self.procs:
                 self.procs.remove(q)
+        if p is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def log_of(self, p):
         p.log.flush()
@@ -100,14 +103,14 @@ def post(port, path, body, key=API_KEY, raw=None):
         return e.code, json.loads(e.read())
 
 
-def start_router(procs, model, workers, *extra, alive=None):
-    """Starts `sluice router` on a free port; waits until `alive` workers
-    (default: all) answer. Returns (process, port)."""
-    args = ["router", "--model-path", model, "--port", 0, "--served-model-name", "tiny",
+def start_router(procs, model, workers, *extra, alive=None, command="router"):
+    """Starts `sluice router` (or `sluice serve`) on a free port; waits until
+    `alive` workers (default: all) answer. Returns (process, port)."""
+    args = [command, "--model-path", model, "--port", 0, "--served-model-name", "tiny",
             "--api-key", API_KEY, "--heartbeat-ms", 200, "--dead-after-ms", 1500]
     for w in workers:
         args += ["--worker", w]
-    p = procs.start(*args, *extra, name="router")
+    p = procs.start(*args, *extra, name=command)
     port = None
     deadline = time.time() + 30
     while time.time() < deadline:
