@@ -234,8 +234,8 @@ void sl_engine_free(sl_engine *g)
 {
     if (!g) return;
     if (g->prev) {
-        wait_for(g, g->prev_ticket, NULL);
-        sl_sched_complete(g->sched, g->prev);
+        if (wait_for(g, g->prev_ticket, NULL)) sl_sched_abandon(g->sched, g->prev);
+        else sl_sched_complete(g->sched, g->prev);
         g->prev = NULL;
     }
     if (g->have_thread) {
@@ -270,14 +270,23 @@ sl_status sl_engine_step(sl_engine *g, int *worked, sl_err *e)
     if (!g->overlap) {
         if (!b) return SL_OK;
         sl_status st = run_batch(g, b, e);
-        if (st) return st; /* the batch stays out: the engine is unusable now */
-        sl_sched_complete(g->sched, b);
-        return SL_OK;
+        if (st) sl_sched_abandon(g->sched, b); /* the engine is unusable now */
+        else sl_sched_complete(g->sched, b);
+        return st;
     }
     uint64_t ticket = b ? launch(g, b) : 0;
     if (g->prev) {
         sl_status st = wait_for(g, g->prev_ticket, e);
-        if (st) return st;
+        if (st) {
+            /* the compute thread skips everything after a failure */
+            if (b) {
+                wait_for(g, ticket, NULL);
+                sl_sched_abandon(g->sched, b);
+            }
+            sl_sched_abandon(g->sched, g->prev);
+            g->prev = NULL;
+            return st;
+        }
         sl_sched_complete(g->sched, g->prev);
     }
     g->prev = b;

@@ -159,6 +159,40 @@ static int by_prob_desc(const void *a, const void *b, void *ctx)
     return x < y ? -1 : x > y;
 }
 
+static double sum_all(const float *p, int n)
+{
+    double t = 0;
+    for (int i = 0; i < n; i++) t += p[i];
+    return t;
+}
+
+static int before(const float *p, int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); }
+
+/* Reorders idx[0..n) so that idx[0..m) hold the m most probable tokens
+ * (ties: lower id), then sorts those m: O(n + m log m) instead of sorting
+ * the whole vocabulary for every sampled row. */
+static void select_top(int32_t *idx, int n, int m, const float *p)
+{
+    int lo = 0, hi = n - 1, k = m - 1;
+    while (lo < hi) {
+        int32_t pivot = idx[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (before(p, idx[i], pivot)) i++;
+            while (before(p, pivot, idx[j])) j--;
+            if (i <= j) {
+                int32_t t = idx[i];
+                idx[i++] = idx[j];
+                idx[j--] = t;
+            }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else break;
+    }
+    qsort_r(idx, (size_t)m, sizeof *idx, by_prob_desc, (void *)p);
+}
+
 /* Draws from the filtered distribution. logits is scratch: it ends up
  * holding probabilities. */
 static int32_t draw(sl_sampler_state *s, float *logits, int vocab)
@@ -201,11 +235,23 @@ static int32_t draw(sl_sampler_state *s, float *logits, int vocab)
     }
     int32_t *idx = s->idx;
     for (int i = 0; i < vocab; i++) idx[i] = i;
-    qsort_r(idx, (size_t)vocab, sizeof *idx, by_prob_desc, logits);
     int n = k;
+    if (k < vocab) {
+        select_top(idx, vocab, k, logits);
+    } else {
+        /* top-p alone: grow the sorted head until it holds the nucleus */
+        double all = sum_all(logits, vocab);
+        for (n = k < 256 ? k : 256;; n = n * 4 < vocab ? n * 4 : vocab) {
+            select_top(idx, vocab, n, logits);
+            double acc = 0;
+            for (int i = 0; i < n; i++) acc += logits[idx[i]];
+            if (n == vocab || acc >= p->top_p * all) break;
+        }
+    }
     if (p->top_p < 1.0f) {
-        double tot = 0, acc = 0;
-        for (int i = 0; i < n; i++) tot += logits[idx[i]];
+        double tot = k < vocab ? 0 : sum_all(logits, vocab), acc = 0;
+        if (k < vocab)
+            for (int i = 0; i < n; i++) tot += logits[idx[i]];
         for (int i = 0; i < n; i++) {
             acc += logits[idx[i]];
             if (acc >= p->top_p * tot) {

@@ -802,6 +802,19 @@ void sl_sched_complete(sl_sched *s, sl_sched_batch *b)
     s->busy[k] = 0;
 }
 
+void sl_sched_abandon(sl_sched *s, sl_sched_batch *b)
+{
+    int k = b == &s->batch[1];
+    SL_ASSERT(s->busy[k]);
+    for (int i = 0; i < b->meta.n_seqs; i++) {
+        sl_sched_req_impl *r = b->reqs[i];
+        r->inflight--;
+        if (b->sampler[i]) r->n_pending--;
+        if (r->st == REQ_DONE && !r->inflight) free_req(r);
+    }
+    s->busy[k] = 0;
+}
+
 /* ---- introspection ------------------------------------------------------------- */
 
 void sl_sched_get_stats(const sl_sched *s, sl_sched_stats *st)

@@ -158,6 +158,11 @@ sl_sched_batch *sl_sched_next_batch(sl_sched *s);
  * completed in the order they were built. */
 void sl_sched_complete(sl_sched *s, sl_sched_batch *b);
 
+/* Takes b back without results (its forward failed): the requests it held
+ * are as if it never ran, except that their KV is no longer trustworthy; only
+ * for shutting down after a device error. */
+void sl_sched_abandon(sl_sched *s, sl_sched_batch *b);
+
 int sl_sched_pop_event(sl_sched *s, sl_sched_event *ev);
 
 typedef struct sl_sched_stats {

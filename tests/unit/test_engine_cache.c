@@ -135,6 +135,43 @@ static void test_branching(sl_model *m, int P, int overlap, int chunk)
     sl_engine_free(eng);
 }
 
+/* MAMBA_CACHE.md §8 scenarios around a decode checkpoint (interval 8, prompt
+ * 60: the state at 64 is taken when the 4th output token is fed). A request
+ * finishing with 3, 4 or 5 outputs, then a continuation of its text: the
+ * continuation's logits equal a cold run, and it hits 64 exactly when that
+ * state was taken (under overlap a finished request's discarded step feeds
+ * its last token, so 4 outputs already reach the checkpoint). */
+static void test_decode_boundary(sl_model *m, int overlap)
+{
+    for (int max_new = 3; max_new <= 5; max_new++) {
+        sl_engine *eng = make_engine(m, 1, overlap, 1024, 8192, 8);
+        if (!eng) return;
+        got gs[2];
+        memset(gs, 0, sizeof gs);
+        collector col = {.g = gs, .n = 2};
+        sl_engine_set_logits_hook(eng, harness_hook, &col);
+        int32_t a[100];
+        for (int i = 0; i < 60; i++) a[i] = 1 + (i * 11) % 200;
+        sl_sched_req r = harness_req(0, a, 60, max_new);
+        r.ignore_eos = 1;
+        sl_err e = {0};
+        CHECK(sl_engine_submit(eng, &r, &e) == SL_OK);
+        harness_run(eng, &col, 1);
+        CHECK(gs[0].n_out == max_new);
+        memcpy(a + 60, gs[0].out, sizeof(int32_t) * (size_t)max_new);
+        int n = 60 + max_new;
+        for (int i = n; i < n + 20; i++) a[i] = 3 + i % 50;
+        char what[64];
+        snprintf(what, sizeof what, "boundary overlap=%d max_new=%d", overlap, max_new);
+        int cached = serve_and_compare(eng, &col, m, 1, a, n + 20, 3, what);
+        int expect = max_new + overlap >= 5 ? 64 : 0;
+        CHECK_MSG(cached == expect, "%s: cached %d, expected %d", what, cached, expect);
+        free(gs[0].first_logits);
+        free(gs[1].first_logits);
+        sl_engine_free(eng);
+    }
+}
+
 int main(void)
 {
     const char *arches[] = {"qwen3", "qwen3_moe", "qwen3_next"};
@@ -152,6 +189,8 @@ int main(void)
             test_branching(m, 1, 1, 192);
             test_branching(m, 16, 1, 8192);
             test_branching(m, 128, 1, 8192);
+            test_decode_boundary(m, 0);
+            test_decode_boundary(m, 1);
         }
         sl_model_free(m);
         sl_backend_free(be);

@@ -1,9 +1,12 @@
 /* Sampler: greedy, filters (top-k, top-p, min-p), penalties, seeded
  * reproducibility, empirical distribution, logprobs. */
+#define _GNU_SOURCE /* qsort_r */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sampler.h"
+#include "sl_rng.h"
 #include "sl_test.h"
 
 #define V 8
@@ -130,8 +133,89 @@ static void test_seed_reproducible(void)
     sl_sampler_state_free(b);
 }
 
+/* Reference: full sort of the vocabulary, then the same filters and draw. */
+static int cmp_desc(const void *a, const void *b, void *ctx)
+{
+    const float *p = ctx;
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (p[x] != p[y]) return p[x] > p[y] ? -1 : 1;
+    return x < y ? -1 : 1;
+}
+
+static int32_t reference_draw(const float *logits, int nv, const sl_sampling *p, float u)
+{
+    float *pr = malloc(sizeof(float) * (size_t)nv);
+    int32_t *idx = malloc(sizeof(int32_t) * (size_t)nv);
+    float mx = logits[0];
+    for (int i = 1; i < nv; i++) mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0;
+    for (int i = 0; i < nv; i++) {
+        pr[i] = expf((logits[i] - mx) * (1.0f / p->temperature));
+        sum += pr[i];
+    }
+    for (int i = 0; i < nv; i++) pr[i] = (float)(pr[i] / sum);
+    for (int i = 0; i < nv; i++) idx[i] = i;
+    qsort_r(idx, (size_t)nv, sizeof *idx, cmp_desc, pr);
+    int n = p->top_k > 0 && p->top_k < nv ? p->top_k : nv;
+    double tot = 0, acc = 0;
+    for (int i = 0; i < n; i++) tot += pr[idx[i]];
+    if (p->top_p < 1.0f)
+        for (int i = 0; i < n; i++) {
+            acc += pr[idx[i]];
+            if (acc >= p->top_p * tot) {
+                n = i + 1;
+                break;
+            }
+        }
+    if (p->min_p > 0)
+        while (n > 1 && pr[idx[n - 1]] < p->min_p * pr[idx[0]]) n--;
+    tot = acc = 0;
+    for (int i = 0; i < n; i++) tot += pr[idx[i]];
+    int32_t tok = idx[n - 1];
+    for (int i = 0; i < n; i++) {
+        acc += pr[idx[i]];
+        if (acc > u * tot) {
+            tok = idx[i];
+            break;
+        }
+    }
+    free(pr);
+    free(idx);
+    return tok;
+}
+
+/* The partial selection gives exactly the draws of a full sort. */
+static void test_selection_matches_full_sort(void)
+{
+    enum { VB = 5000 };
+    static float logits[VB], scratch[VB];
+    const sl_sampling cases[] = {
+        {.temperature = 1.0f, .top_p = 0.9f, .repetition_penalty = 1, .has_seed = 1, .seed = 3},
+        {.temperature = 0.7f, .top_p = 0.8f, .top_k = 20, .repetition_penalty = 1, .has_seed = 1, .seed = 4},
+        {.temperature = 1.3f, .top_p = 0.99f, .min_p = 0.05f, .repetition_penalty = 1, .has_seed = 1, .seed = 5},
+        {.temperature = 1.0f, .top_p = 1.0f, .top_k = 300, .repetition_penalty = 1, .has_seed = 1, .seed = 6},
+    };
+    int mismatches = 0;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        sl_sampler_state *s = sl_sampler_state_new(&cases[c], NULL, 0, 1);
+        for (int step = 0; step < 40; step++) {
+            for (int i = 0; i < VB; i++) /* peaked, with ties */
+                logits[i] = (float)((int)(sl_rng_uniform(c * 100 + (uint64_t)step, (uint64_t)i) * 40)) * 0.25f;
+            float u = sl_rng_uniform(cases[c].seed, (uint64_t)step);
+            int32_t want = reference_draw(logits, VB, &cases[c], u);
+            memcpy(scratch, logits, sizeof logits);
+            sl_sample o;
+            sl_sampler_sample(s, scratch, VB, &o);
+            mismatches += o.token != want;
+        }
+        sl_sampler_state_free(s);
+    }
+    CHECK_MSG(mismatches == 0, "%d draws differ from the full-sort reference", mismatches);
+}
+
 int main(void)
 {
+    test_selection_matches_full_sort();
     test_greedy_and_logprobs();
     test_penalties();
     test_filters_and_distribution();

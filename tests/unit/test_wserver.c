@@ -97,8 +97,43 @@ static void generate(uint64_t rid, const int32_t *ids, int n, int max_new, int l
     send_env(&env);
 }
 
+/* Exit status and stderr of `sluice worker ARGS` (it must fail fast). */
+static int worker_rejects(const char *args, const char *expect)
+{
+    const char *bin = getenv("SLUICE_BIN");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s worker %s 2>&1", bin ? bin : "sluice", args);
+    FILE *f = popen(cmd, "r");
+    char out[2048] = {0};
+    size_t n = f ? fread(out, 1, sizeof out - 1, f) : 0;
+    out[n] = 0;
+    int st = f ? pclose(f) : -1;
+    int ok = WIFEXITED(st) && WEXITSTATUS(st) == 2 && strstr(out, expect);
+    if (!ok) fprintf(stderr, "worker %s -> %d: %s\n", args, st, out);
+    return ok;
+}
+
+static void test_flag_checks(void)
+{
+    char dir[256], args[512];
+    if (harness_make_model("qwen3_next", dir)) {
+        CHECK(0);
+        return;
+    }
+    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --page-size 48", dir);
+    CHECK(worker_rejects(args, "max(64, page) must be a multiple of min(64, page)"));
+    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --page-size 16 --mamba-track-interval 40", dir);
+    CHECK(worker_rejects(args, "must be a positive multiple of --page-size 16"));
+    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --mamba-scheduler-strategy lazy", dir);
+    CHECK(worker_rejects(args, "extra_buffer or no_buffer"));
+    CHECK(worker_rejects("--listen ipc:///tmp/x", "--model and --listen are required"));
+    CHECK(worker_rejects("--model /x --listen ipc:///tmp/x --bogus 1", "bogus"));
+    harness_remove(dir);
+}
+
 int main(void)
 {
+    test_flag_checks();
     char dir[256], url[300];
     if (harness_make_model("qwen3", dir)) {
         CHECK(0);
