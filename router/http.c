@@ -80,6 +80,7 @@ struct sl_http {
     int open_handles; /* listener + drain timer */
     void (*done)(void *);
     void *done_ud;
+    char slab[65536];
 };
 
 sl_http_config sl_http_config_default(void)
@@ -423,6 +424,11 @@ static int on_headers_complete(llhttp_t *p)
         conn_fail(c, 413, "invalid_request_error", "request body too large");
         return -1;
     }
+    /* curl waits a second for this before sending bodies over 1 KiB; it may
+     * only go out when no earlier response is still owed. */
+    const char *expect = sl_http_req_header(r, "expect");
+    if (expect && !strcasecmp(expect, "100-continue") && !c->head)
+        conn_write(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     conn_arm(c, c->srv->cfg.body_timeout_ms);
     return 0;
 }
@@ -491,9 +497,10 @@ static void conn_arm_idle(conn *c) { conn_arm(c, c->srv->cfg.idle_timeout_ms); }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
 {
-    static char slab[65536]; /* one loop, and reads are consumed before the next */
-    b->base = slab;
-    b->len = sizeof slab;
+    /* One buffer per server: each read is parsed before the loop reads again. */
+    conn *c = h->data;
+    b->base = c->srv->slab;
+    b->len = sizeof c->srv->slab;
 }
 
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)

@@ -173,6 +173,16 @@ static void client(void *arg)
     CHECK(strstr(buf, "\r\n\r\nabcdefg") != NULL);
     close(fd);
 
+    /* Expect: 100-continue is answered before the body is sent */
+    fd = dial();
+    send_all(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+    read_until(fd, buf, sizeof buf, "\r\n\r\n", 1, 2000);
+    CHECK(!strcmp(buf, "HTTP/1.1 100 Continue\r\n\r\n"));
+    send_all(fd, "body");
+    read_until(fd, buf, sizeof buf, "body", 1, 2000);
+    CHECK(strstr(buf, "HTTP/1.1 200 OK") == buf);
+    close(fd);
+
     /* malformed request line -> 400 with OpenAI error JSON, closed */
     fd = dial();
     send_all(fd, "BLAH\x01 / HTTP/1.1\r\n\r\n");
