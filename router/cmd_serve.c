@@ -89,11 +89,17 @@ int sl_cmd_serve(int argc, char **argv)
         fprintf(stderr, "serve: --dp-size 1..%d and --tp-size 1..64\n", MAX_DP);
         return 2;
     }
+    if (tp > 1) {
+        /* The flag is accepted for SGLang command lines; the worker has no
+         * tensor parallelism to hand it to yet. */
+        fprintf(stderr, "serve: --tp-size %d: sluice worker runs one GPU per process so far "
+                        "(use --tp-size 1, or --dp-size for more GPUs)\n", tp);
+        return 2;
+    }
     static char urls[MAX_DP][128];
     pid_t pids[MAX_DP] = {0};
-    char ctx[32], tps[16], dev[32];
+    char ctx[32], dev[32];
     snprintf(ctx, sizeof ctx, "%d", cfg.context_length);
-    snprintf(tps, sizeof tps, "%d", tp);
     for (int g = 0; g < dp; g++) {
         snprintf(urls[g], sizeof urls[g], "ipc:///tmp/sluice-serve-%d-%d.ipc", (int)getpid(), g);
         if (!strcmp(device, "cuda"))
@@ -115,10 +121,6 @@ int sl_cmd_serve(int argc, char **argv)
         if (cfg.context_length > 0) {
             wargv[k++] = "--context-length";
             wargv[k++] = ctx;
-        }
-        if (tp > 1) {
-            wargv[k++] = "--tp-size";
-            wargv[k++] = tps;
         }
         for (int i = 0; i < NPASS; i++) {
             if (passes[i].kind == SL_OPT_FLAG && passes[i].flag) wargv[k++] = (char *)passes[i].name;

@@ -1001,6 +1001,14 @@ static void on_tick(uv_timer_t *t)
 
 /* ------------------------------------------------------------ lifetime */
 
+/* A worker that died may come back empty (a restart): forget what the
+ * route tree believes it caches. */
+static void on_worker_event(void *ud, int worker, int alive)
+{
+    sl_router *rt = ud;
+    if (!alive) sl_route_forget(rt->route, worker);
+}
+
 sl_status sl_router_new(sl_router **out, uv_loop_t *loop, const sl_router_config *cfg, sl_err *e)
 {
     *out = NULL;
@@ -1011,7 +1019,7 @@ sl_status sl_router_new(sl_router **out, uv_loop_t *loop, const sl_router_config
     rt->cfg = *cfg;
     sl_metrics_init(&rt->metrics);
     if (sl_route_new(&rt->route, &cfg->route, e) ||
-        sl_cluster_new(&rt->cluster, loop, &cfg->cluster, NULL, NULL, e)) {
+        sl_cluster_new(&rt->cluster, loop, &cfg->cluster, on_worker_event, rt, e)) {
         sl_route_free(rt->route);
         free(rt);
         return e ? e->code : SL_ERR_NOMEM;

@@ -146,3 +146,16 @@ def test_sse_keepalive_during_long_prefill(procs):
     s.close()
     first_data = got.index(b"data: {")
     assert got.count(b": keep-alive\n\n", 0, first_data) >= 3, got
+
+
+def test_worker_dns(procs):
+    """--worker-dns: every address of the name is a worker."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs.start("mock-worker", "--listen", f"tcp://127.0.0.1:{port}", name="dns")
+    r, http = start_router(procs, str(TOKENIZER), [], "--worker-dns", f"localhost:{port}",
+                           alive=1)
+    assert f'sluice_worker_up{{worker="tcp://127.0.0.1:{port}"}}' in metrics(http)
+    out = client(http).completions.create(model="tiny", prompt="via dns", max_tokens=2)
+    assert out.usage.completion_tokens == 2

@@ -402,6 +402,14 @@ static void test_abort_and_death(void)
     CHECK_MSG(secs < 1.0, "failure took %.2f s", secs);
     sl_buf_free(&b);
     close(fd);
+    /* what the route tree knew about the dead worker is forgotten */
+    req("GET", "/metrics", NULL, AUTH, &r);
+    char pat[400];
+    snprintf(pat, sizeof pat, "sluice_worker_route_tree_tokens{worker=\"%s\"} 0\n", urls[victim]);
+    CHECK_MSG(strstr(r, pat) != NULL, "%s", r);
+    snprintf(pat, sizeof pat, "sluice_worker_up{worker=\"%s\"} 0\n", urls[victim]);
+    CHECK(strstr(r, pat) != NULL);
+    free(r);
     /* the next requests succeed on the surviving worker */
     for (int i = 0; i < 3; i++) {
         int st;
