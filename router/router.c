@@ -990,13 +990,25 @@ static void on_request(sl_http_req *r, void *ud)
 
 /* --------------------------------------------------------- keep-alive */
 
+/* A stream whose client stopped reading would buffer without bound. */
+#define SL_ROUTER_MAX_BACKLOG (16u << 20)
+
 static void on_tick(uv_timer_t *t)
 {
     sl_router *rt = t->data;
     double now = now_ms();
-    for (sl_job *j = rt->jobs; j; j = j->next)
-        if (j->headers_sent && !j->aborted && now - j->t_last_write_ms >= rt->cfg.keepalive_ms)
-            sl_job_sse_raw(j, ": keep-alive\n\n");
+    for (sl_job *j = rt->jobs, *nx; j; j = nx) {
+        nx = j->next;
+        if (!j->headers_sent || j->aborted) continue;
+        if (sl_http_req_backlog(j->http) > SL_ROUTER_MAX_BACKLOG) {
+            SL_LOGW("router", "%s: client is not reading its stream; aborting", j->id);
+            j->aborted = 1;
+            rt->metrics.aborted++;
+            job_fail(j, 499, "invalid_request_error", "client too slow");
+            continue;
+        }
+        if (now - j->t_last_write_ms >= rt->cfg.keepalive_ms) sl_job_sse_raw(j, ": keep-alive\n\n");
+    }
 }
 
 /* ------------------------------------------------------------ lifetime */
