@@ -53,8 +53,7 @@ struct sl_seq {
     int worker;
     int running; /* submitted and not finished */
     void *detok, *parser;
-    sl_buf text;        /* detokenized output not yet released past the stop matcher */
-    size_t text_scanned; /* bytes of text already known to hold no stop string */
+    sl_buf text; /* detokenized output not yet released past the stop matcher */
     /* what was released (non-streaming responses and usage) */
     sl_buf content, reasoning;
     sl_seq_tool *tools;
@@ -83,9 +82,7 @@ typedef struct sl_job_params {
     char *stops[SL_JOB_MAX_STOPS];
     int n_stops;
     int logprobs;     /* chat: bool; completions: number of alternatives + 1 */
-    int echo;         /* completions: prepend the prompt */
     int separate_reasoning;
-    int skip_parsers; /* tool_choice none and no reasoning parser wanted */
 } sl_job_params;
 
 struct sl_job {

@@ -3,8 +3,8 @@
  *   new ─▶ decode ─▶ encode (inline or pool) ─▶ dispatch ─▶ chunks ─▶ complete
  *                 └──────────────┴──────────────┴───────────┴─▶ fail / client abort
  *
- * Every path ends in job_end(), which completes the HTTP request exactly once
- * and frees the job. */
+ * Every path ends in job_complete() or job_fail(), which complete the HTTP
+ * request exactly once and free the job. */
 #include "router.h"
 
 #include <stdarg.h>
@@ -30,7 +30,6 @@ struct sl_router {
     int njobs;
     uint64_t id_seq;
     int shutting_down;
-    int closing_handles;
     void (*done)(void *);
     void *done_ud;
 };
@@ -242,14 +241,13 @@ int sl_job_prompts(sl_job *j, int n, sl_api_err *err)
 
 void sl_job_usage(const sl_job *j, int *prompt, int *completion, int *cached)
 {
+    /* n choices of one prompt are n prefills; OpenAI counts the prompt once. */
     *prompt = *completion = *cached = 0;
-    for (int i = 0; i < j->nprompts && j->ids; i++) *prompt += (int)j->ids[i].n * j->p.n;
+    for (int i = 0; i < j->nprompts && j->ids; i++) *prompt += (int)j->ids[i].n;
     for (int i = 0; i < j->nseqs; i++) {
         *completion += j->seqs[i].completion_tokens;
         *cached += j->seqs[i].cached_tokens;
     }
-    /* n choices of one prompt are n prefills; OpenAI counts the prompt once. */
-    if (j->p.n > 1) *prompt /= j->p.n;
 }
 
 void sl_job_sse_raw(sl_job *j, const char *text)
@@ -327,21 +325,20 @@ static void sink_tool_args(void *ud, int index, const char *t, size_t n)
     if (s->job->p.stream) s->job->enc->tool_args(s, index, t, n);
 }
 
-static int release(sl_seq *s, const char *t, size_t n)
+/* Text past the stop matcher goes to the output parser (or is content). */
+static void release(sl_seq *s, const char *t, size_t n)
 {
-    if (!n) return 0;
+    if (!n) return;
     const sl_router_config *c = &s->job->rt->cfg;
     if (!s->parser) {
         sink_content(s, t, n);
-        return 0;
+        return;
     }
     sl_text_sink sink = {s, sink_content, sink_reasoning, sink_tool_start, sink_tool_args};
     sl_err e = {0};
-    if (c->text->parser_feed(s->parser, t, n, &sink, &e) != SL_OK) {
+    /* Parsers fail only when memory runs out; the text is then lost, not the request. */
+    if (c->text->parser_feed(s->parser, t, n, &sink, &e) != SL_OK)
         SL_LOGW("router", "output parser: %s", e.msg);
-        return -1;
-    }
-    return 0;
 }
 
 static const char *find(const char *hay, size_t n, const char *needle, size_t m)
@@ -607,7 +604,7 @@ static void job_dispatch(sl_job *j)
             s->detok = t->detok_new(rt->cfg.text_impl);
             s->logprobs = json_array();
             s->logprobs_new = json_array();
-            if (j->kind != SL_API_COMPLETIONS && !j->p.skip_parsers && t->parser_new) {
+            if (j->kind != SL_API_COMPLETIONS && t->parser_new) {
                 sl_err e = {0};
                 s->parser = t->parser_new(rt->cfg.text_impl, j->body, j->chat_prompt.data,
                                           j->chat_prompt.len, &e);
