@@ -39,6 +39,10 @@ class Procs:
         return f"ipc://{self.dir}/{name}.ipc"
 
     def stop(self, p=None, sig=signal.SIGTERM):
+        """Stops p (default: everything). A router or mock worker that does
+        not exit 0 on SIGTERM, or whose log holds a sanitizer report (the
+        ASan/UBSan CI run), fails the test after everything is stopped."""
+        problems = []
         for q in [p] if p else list(self.procs):
             if q.poll() is None:
                 q.send_signal(sig)
@@ -47,10 +51,18 @@ class Procs:
                 except subprocess.TimeoutExpired:
                     q.kill()
                     q.wait()
+                    problems.append(f"{q.args[1]} ignored signal {sig}")
             if q in self.procs:
                 self.procs.remove(q)
+            if q.args[1] in ("router", "serve", "mock-worker"):
+                log = self.log_of(q)
+                if "Sanitizer" in log or "runtime error:" in log:
+                    problems.append(f"{q.args[1]}:\n{log[-4000:]}")
+                if sig == signal.SIGTERM and q.args[1] in ("router", "serve") and q.returncode:
+                    problems.append(f"{q.args[1]} exited {q.returncode}:\n{log[-2000:]}")
         if p is None:
             shutil.rmtree(self.dir, ignore_errors=True)
+        assert not problems, "\n".join(problems)
 
     def log_of(self, p):
         p.log.flush()
