@@ -105,7 +105,12 @@ __global__ void __launch_bounds__(ATTN_THREADS) k_attn(cu_attn_args a)
     const int32_t *pages = a.page_table + (int64_t)s * a.max_pages;
     const int P = a.page_size;
     const int64_t koff = (int64_t)kh * D + gl * 8;
-    for (int j0 = kbeg + g * ATTN_NK; j0 < kend; j0 += NG * ATTN_NK) {
+    // The loop bound is per warp, not per group: every lane of a warp must
+    // take part in each shuffle. Keys past kend are masked.
+    constexpr int GPW = 32 / LPG;
+    int wg0 = (threadIdx.x / 32) * GPW;
+    for (int jw = kbeg + wg0 * ATTN_NK; jw < kend; jw += NG * ATTN_NK) {
+        int j0 = jw + (g - wg0) * ATTN_NK;
         uint4 kr[ATTN_NK], vr[ATTN_NK];
 #pragma unroll
         for (int kk = 0; kk < ATTN_NK; kk++) {
@@ -131,7 +136,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) k_attn(cu_attn_args a)
                 for (int e = 0; e < 8; e++) d += q[r][e] * kf[e];
 #pragma unroll
                 for (int o = LPG / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-                sc[kk][r] = j0 + kk < nkv[r] ? d : -INFINITY;
+                sc[kk][r] = j0 + kk < nkv[r] && j0 + kk < kend ? d : -INFINITY;
             }
         }
 #pragma unroll

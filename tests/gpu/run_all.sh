@@ -12,21 +12,26 @@ export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,clocks.mem \
   --format=csv | tee "$out/device.txt"
 declare -a rows
+# run NAME LIMIT ARGS...: one binary with a time limit, its log kept in $out
+run() {
+  local name=$1 limit=$2; shift 2
+  local log="$out/$name${1:+.${1#--}}.log" start=$(date +%s)
+  echo "=== $name $*"
+  timeout -s KILL "$limit" "$dir/$name" "$@" >"$log" 2>&1
+  local rc=$?
+  cat "$log"
+  rows+=("$(printf '%-28s rc=%-3s %4ss  %s' "$name $*" "$rc" "$(( $(date +%s) - start ))" \
+    "$(grep -E '^correctness:|checks,' "$log" | tr '\n' ' ')")")
+}
 for t in "$dir"/test_*; do
   [ -x "$t" ] || continue
   name=$(basename "$t")
-  args=""
-  [ "$name" = test_backend_ops ] && args="--perf"
-  echo "=== $name $args"
-  start=$(date +%s)
-  "$t" $args >"$out/$name.log" 2>&1
-  rc=$?
-  cat "$out/$name.log"
-  rows+=("$(printf '%-22s rc=%-3s %4ss  %s' "$name" "$rc" "$(( $(date +%s) - start ))" \
-    "$(grep -E '^correctness:|checks,' "$out/$name.log" | tr '\n' ' ')")")
+  run "$name" "${LIMIT:-150}"
+  [ "$name" = test_backend_ops ] && run "$name" "${PERF_LIMIT:-200}" --perf
   if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
-    compute-sanitizer --tool memcheck --print-limit 5 "$t" >"$out/$name.memcheck.log" 2>&1
-    rows+=("$(printf '%-22s memcheck rc=%s: %s' "$name" "$?" \
+    timeout -s KILL 200 compute-sanitizer --tool memcheck --print-limit 5 "$t" \
+      >"$out/$name.memcheck.log" 2>&1
+    rows+=("$(printf '%-28s memcheck rc=%s: %s' "$name" "$?" \
       "$(grep -E 'ERROR SUMMARY' "$out/$name.memcheck.log" | tail -1)")")
   fi
 done

@@ -9,7 +9,8 @@
  * wrote fails the case. Ends with a coverage list: ops without cases and ops
  * the CUDA backend does not support.
  *
- *   test_backend_ops [--seed N] [--perf] [--filter OP]
+ *   test_backend_ops [--seed N] [--filter OP]   correctness
+ *   test_backend_ops --perf                      timings only
  *
  * --perf times each op at Qwen3-8B / Qwen3-30B-A3B shapes with CUDA events
  * (warm-up, median of many reps, inputs rotated through more than the L2) and
@@ -938,6 +939,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a hang or crash still leaves the log */
     sl_err e = {0};
     t.cpu = sl_backend_cpu_new();
     t.gpu = sl_backend_cuda_new(0, &e);
@@ -946,12 +948,19 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("test_backend_ops: seed %llu\n", (unsigned long long)t.seed);
+    if (perf) { /* perf mode times only: correctness is the plain run */
+        run_perf(&t);
+        sl_backend_free(t.gpu);
+        sl_backend_free(t.cpu);
+        return 0;
+    }
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const tb_case *c = &cases[i];
         if (filter && strcmp(filter, sl_op_name(c->op))) continue;
         t.cases[c->op]++;
         if (!sl_be_supports_op(t.gpu, c->op)) continue;
         run_case(&t, c);
+        if (sl_be_sync(t.gpu, &e)) die_err("after case", &e);
     }
     printf("coverage:\n");
     for (int op = 0; op < SL_OP_COUNT; op++) {
@@ -961,7 +970,6 @@ int main(int argc, char **argv)
                    !sup ? "NOT SUPPORTED by cuda" : "no cases");
     }
     printf("correctness: %d passed, %d failed\n", t.n_pass, t.n_fail);
-    if (perf) run_perf(&t);
     sl_backend_free(t.gpu);
     sl_backend_free(t.cpu);
     return sl_test_done("test_backend_ops");
