@@ -24,7 +24,7 @@ const char *sl_dtype_name(sl_dtype t)
 const char *sl_op_name(sl_op op)
 {
     static const char *n[SL_OP_COUNT] = {
-        "embed",    "matmul", "rmsnorm",       "add_rmsnorm", "rope",        "silu_mul",
+        "embed",    "matmul", "rmsnorm",  "add",     "add_rmsnorm", "rope",        "silu_mul",
         "sigmoid_mul", "kv_store", "attention", "conv1d",     "gdn",         "rmsnorm_gated",
         "moe_route", "moe_experts", "gather_rows", "copy_slots", "fill_random"};
     return (unsigned)op < SL_OP_COUNT ? n[op] : "?";
@@ -200,7 +200,7 @@ int sl_be_supports_op(const sl_backend *be, sl_op op)
     const sl_backend_i *i = be->i;
     const void *slot[SL_OP_COUNT] = {
         (const void *)i->embed,       (const void *)i->matmul,        (const void *)i->rmsnorm,
-        (const void *)i->add_rmsnorm, (const void *)i->rope,          (const void *)i->silu_mul,
+        (const void *)i->add,         (const void *)i->add_rmsnorm, (const void *)i->rope,          (const void *)i->silu_mul,
         (const void *)i->sigmoid_mul, (const void *)i->kv_store,      (const void *)i->attention,
         (const void *)i->conv1d,      (const void *)i->gdn,           (const void *)i->rmsnorm_gated,
         (const void *)i->moe_route,   (const void *)i->moe_experts,   (const void *)i->gather_rows,
@@ -260,8 +260,16 @@ void sl_be_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
                    float eps, int one_plus)
 {
     NEED(rmsnorm);
-    SL_ASSERT(sl_tensor_cols(x) == sl_tensor_numel(w) && sl_tensor_rows(out) == sl_tensor_rows(x));
+    SL_ASSERT(sl_tensor_cols(x) % sl_tensor_numel(w) == 0 && sl_tensor_rows(out) == sl_tensor_rows(x));
     be->i->rmsnorm(be, out, x, w, eps, one_plus);
+}
+
+void sl_be_add(sl_backend *be, sl_tensor *out, const sl_tensor *a, const sl_tensor *b)
+{
+    NEED(add);
+    SL_ASSERT(sl_tensor_rows(a) == sl_tensor_rows(b) && sl_tensor_cols(a) == sl_tensor_cols(b));
+    SL_ASSERT(sl_tensor_rows(out) == sl_tensor_rows(a) && sl_tensor_cols(out) == sl_tensor_cols(a));
+    be->i->add(be, out, a, b);
 }
 
 void sl_be_add_rmsnorm(sl_backend *be, sl_tensor *out, sl_tensor *resid, const sl_tensor *x,
@@ -291,7 +299,8 @@ void sl_be_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu)
 void sl_be_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g)
 {
     NEED(sigmoid_mul);
-    SL_ASSERT(sl_tensor_cols(x) == sl_tensor_cols(g) && sl_tensor_rows(x) == sl_tensor_rows(g));
+    SL_ASSERT((sl_tensor_cols(g) == sl_tensor_cols(x) || sl_tensor_cols(g) == 1) &&
+              sl_tensor_rows(x) == sl_tensor_rows(g));
     be->i->sigmoid_mul(be, x, g);
 }
 
@@ -337,7 +346,7 @@ void sl_be_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, con
                          const sl_tensor *w, float eps)
 {
     NEED(rmsnorm_gated);
-    SL_ASSERT(sl_tensor_cols(x) == sl_tensor_numel(w));
+    SL_ASSERT(sl_tensor_cols(x) % sl_tensor_numel(w) == 0);
     be->i->rmsnorm_gated(be, out, x, z, w, eps);
 }
 
@@ -359,12 +368,11 @@ void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const
     be->i->moe_experts(be, out, x, ids, weights, gate_up, down);
 }
 
-void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const int32_t *idx,
-                       int n)
+void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m)
 {
     NEED(gather_rows);
-    SL_ASSERT(sl_tensor_rows(out) >= n && sl_tensor_cols(out) == sl_tensor_cols(x));
-    be->i->gather_rows(be, out, x, idx, n);
+    SL_ASSERT(sl_tensor_rows(out) >= m->n_logits && sl_tensor_cols(out) == sl_tensor_cols(x));
+    be->i->gather_rows(be, out, x, m);
 }
 
 void sl_be_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const int32_t *src,

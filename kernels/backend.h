@@ -47,6 +47,15 @@ typedef enum sl_dtype {
 size_t sl_dtype_size(sl_dtype t);
 const char *sl_dtype_name(sl_dtype t);
 
+/* bf16 / f16 <-> f32 conversions (host code). */
+float sl_bf16_to_f32(uint16_t h);
+uint16_t sl_f32_to_bf16(float f); /* round to nearest even */
+float sl_f16_to_f32(uint16_t h);
+uint16_t sl_f32_to_f16(float f);
+/* Reads element i (of a dense buffer of dtype dt) as f32. */
+float sl_load_f32(const void *p, sl_dtype dt, int64_t i);
+
+
 #define SL_MAX_DIMS 4
 
 typedef struct sl_tensor {
@@ -76,6 +85,7 @@ typedef enum sl_op {
     SL_OP_EMBED = 0,
     SL_OP_MATMUL,
     SL_OP_RMSNORM,
+    SL_OP_ADD,
     SL_OP_ADD_RMSNORM,
     SL_OP_ROPE,
     SL_OP_SILU_MUL,
@@ -109,6 +119,7 @@ const char *sl_op_name(sl_op op);
  *   track_len[s]  = the snapshot is the state after this many of s's new
  *                   tokens (1..q_len); the conv part is the K-1 inputs
  *                   before that point
+ *   logit_rows    = token rows (0..n_tokens) whose logits the forward returns
  */
 typedef struct sl_batch_meta {
     int n_tokens;
@@ -125,6 +136,8 @@ typedef struct sl_batch_meta {
     const int32_t *state_fresh; /* [n_seqs] */
     const int32_t *track_slot;  /* [n_seqs] */
     const int32_t *track_len;   /* [n_seqs] */
+    int n_logits;
+    const int32_t *logit_rows;  /* [n_logits] token rows whose logits are wanted */
     void *dev;                  /* backend-private device mirror */
 } sl_batch_meta;
 
@@ -162,11 +175,14 @@ sl_status sl_be_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e);
 void sl_be_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_batch_meta *m);
 /* out[M,N] = x[M,K] · w[N,K]ᵀ (w in any float dtype) */
 void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w);
-/* Row-wise RMSNorm over the last dim: y = x/sqrt(mean(x²)+eps) · (w or 1+w).
+/* RMSNorm over groups of D = numel(w) columns (D = cols: the whole row; D =
+ * head_dim: per head, for q/k norm): y = x/sqrt(mean(x²)+eps) · (w or 1+w).
  * out may alias x. */
 void sl_be_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
                    float eps, int one_plus);
-/* resid += x; out = rmsnorm(resid). The residual stream stays fp32 on CPU. */
+/* out = a + b (out may alias a) */
+void sl_be_add(sl_backend *be, sl_tensor *out, const sl_tensor *a, const sl_tensor *b);
+/* resid += x; out = rmsnorm(resid) (w over whole rows). */
 void sl_be_add_rmsnorm(sl_backend *be, sl_tensor *out, sl_tensor *resid, const sl_tensor *x,
                        const sl_tensor *w, float eps, int one_plus);
 /* In place, x viewed as [T, n_heads, head_dim] (2-D view [T*n_heads, head_dim]
@@ -177,7 +193,7 @@ void sl_be_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot
                 const sl_batch_meta *m);
 /* out[M,I] = silu(gu[:, :I]) ⊙ gu[:, I:] */
 void sl_be_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu);
-/* x[M,N] ⊙= σ(g[M,N]) */
+/* x[M,N] ⊙= σ(g), g [M,N] or [M,1] (one gate per row, broadcast) */
 void sl_be_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g);
 /* Scatter k,v [T, Hkv*D] into cache [n_pages*page_size, Hkv*D] rows kv_slot[t]. */
 void sl_be_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const sl_tensor *k,
@@ -202,7 +218,8 @@ void sl_be_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_te
                const sl_tensor *b, const sl_tensor *A_log, const sl_tensor *dt_bias,
                sl_tensor *ssm, int n_k_heads, int n_v_heads, int k_dim, int v_dim,
                const sl_batch_meta *m);
-/* Per head over D: y = x/sqrt(mean(x²)+eps) · w · silu(z); x, z, out [R, D]. */
+/* Per group of D = numel(w) columns (one value head): y = x/sqrt(mean(x²)+eps)
+ * · w · silu(z); x, z, out [R, n·D]. */
 void sl_be_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
                          const sl_tensor *w, float eps);
 /* softmax over logits[T,E] (fp32), top-k largest first; ids i32[T,k],
@@ -213,9 +230,9 @@ void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const s
  * gate_up [E, 2I, H] (gate rows first), down [E, H, I]. */
 void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                        const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *down);
-/* out[n, C] = x[idx[i], :]; idx is host memory */
-void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const int32_t *idx,
-                       int n);
+/* out[i, :] = x[logit_rows[i], :] for i < n_logits (the rows that need
+ * logits; part of the batch so a captured decode graph replays them) */
+void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m);
 /* pool viewed as [S, row]: pool[dst[i]] = pool[src[i]]; src -1 zeroes dst.
  * dst and src are host arrays. */
 void sl_be_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const int32_t *src,

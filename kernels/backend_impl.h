@@ -20,6 +20,7 @@ typedef struct sl_backend_i {
     void (*embed)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_batch_meta *);
     void (*matmul)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *);
     void (*rmsnorm)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *, float, int);
+    void (*add)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *);
     void (*add_rmsnorm)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *,
                         const sl_tensor *, float, int);
     void (*rope)(sl_backend *, sl_tensor *, int, int, int, float, const sl_batch_meta *);
@@ -39,7 +40,7 @@ typedef struct sl_backend_i {
     void (*moe_route)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, int, int);
     void (*moe_experts)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                         const sl_tensor *, const sl_tensor *, const sl_tensor *);
-    void (*gather_rows)(sl_backend *, sl_tensor *, const sl_tensor *, const int32_t *, int);
+    void (*gather_rows)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_batch_meta *);
     void (*copy_slots)(sl_backend *, sl_tensor *, const int32_t *, const int32_t *, int);
     void (*fill_random)(sl_backend *, sl_tensor *, uint64_t, float, float);
 } sl_backend_i;
@@ -48,13 +49,5 @@ typedef struct sl_backend_i {
 struct sl_backend {
     const sl_backend_i *i;
 };
-
-/* bf16 / f16 <-> f32 conversions shared by the backends' host code. */
-float sl_bf16_to_f32(uint16_t h);
-uint16_t sl_f32_to_bf16(float f); /* round to nearest even */
-float sl_f16_to_f32(uint16_t h);
-uint16_t sl_f32_to_f16(float f);
-/* Reads element i (of a dense buffer of dtype dt) as f32. */
-float sl_load_f32(const void *p, sl_dtype dt, int64_t i);
 
 #endif

@@ -1,13 +1,472 @@
-/* placeholder until the model lands (replaced in the next commits) */
+/* `sluice logits`, `sluice generate`, `sluice make-tiny`: the model on its own,
+ * one sequence at a time (golden checks, demos, tiny test models). */
+#include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "model.h"
+#include "safetensors.h"
+#include "sl_file.h"
+#include "sl_opts.h"
+#include "sl_rng.h"
+#include "solo.h"
 #include "worker_cmd.h"
 
-static int todo(const char *what)
+typedef struct model_args {
+    const char *model, *device, *load_format;
+    int page_size;
+    long long seed;
+} model_args;
+
+static int usage_error(const char *cmd, const sl_err *e)
 {
-    fprintf(stderr, "sluice %s: not implemented yet\n", what);
+    fprintf(stderr, "sluice %s: %s (see sluice %s --help)\n", cmd, e->msg, cmd);
+    return 2;
+}
+
+static int fail(const char *cmd, const sl_err *e)
+{
+    fprintf(stderr, "sluice %s: %s\n", cmd, e->msg);
     return 1;
 }
-int sl_cmd_logits(int argc, char **argv) { (void)argc; (void)argv; return todo("logits"); }
-int sl_cmd_generate(int argc, char **argv) { (void)argc; (void)argv; return todo("generate"); }
-int sl_cmd_make_tiny(int argc, char **argv) { (void)argc; (void)argv; return todo("make-tiny"); }
+
+static int wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+    return 0;
+}
+
+static sl_status open_model(const model_args *a, sl_backend **be, sl_model **m, sl_err *e)
+{
+    if (!a->model) return sl_err_set(e, SL_ERR_INVALID, "--model is required");
+    int dummy = 0;
+    if (a->load_format && !strcmp(a->load_format, "dummy")) dummy = 1;
+    else if (a->load_format && strcmp(a->load_format, "auto") && strcmp(a->load_format, "safetensors"))
+        return sl_err_set(e, SL_ERR_INVALID, "--load-format must be auto, safetensors or dummy");
+    *be = sl_backend_new(a->device, e);
+    if (!*be) return e->code ? e->code : SL_ERR_DEVICE;
+    sl_model_load_opts o = {.dummy = dummy, .seed = (uint64_t)a->seed};
+    sl_status s = sl_model_load(m, a->model, *be, &o, e);
+    if (s) {
+        sl_backend_free(*be);
+        *be = NULL;
+    }
+    return s;
+}
+
+#define MODEL_OPTS(a)                                                                              \
+    {"--model", "--model-path", SL_OPT_STR, &(a).model, "model directory (Hugging Face layout)"},   \
+        {"--device", NULL, SL_OPT_STR, &(a).device, "cpu (default) or cuda[:N]"},                 \
+        {"--load-format", NULL, SL_OPT_STR, &(a).load_format, "auto (default) or dummy"},         \
+        {"--seed", NULL, SL_OPT_I64, &(a).seed, "seed of dummy weights (default 0)"},             \
+        {"--page-size", NULL, SL_OPT_INT, &(a).page_size, "KV page size (default 16)"}
+
+/* ---- logits ------------------------------------------------------------------- */
+
+int sl_cmd_logits(int argc, char **argv)
+{
+    model_args a = {.device = "cpu", .page_size = 16};
+    const char *ids_file = NULL, *out = NULL;
+    int chunk = 0;
+    sl_opt opts[] = {MODEL_OPTS(a),
+                     {"--ids-file", NULL, SL_OPT_STR, &ids_file, "JSON list of prompts (lists of ids)"},
+                     {"--out", NULL, SL_OPT_STR, &out, "output: f32 [total_tokens, vocab]"},
+                     {"--chunk", NULL, SL_OPT_INT, &chunk, "feed prompts in pieces of N tokens (0: whole)"},
+                     {0}};
+    const char *summary = "Writes float32 logits for every position of every prompt.";
+    if (wants_help(argc, argv)) {
+        sl_opts_usage(stdout, "logits", summary, opts);
+        return 0;
+    }
+    sl_err e = {0};
+    if (sl_opts_parse(argc, argv, opts, &e)) return usage_error("logits", &e);
+    if (!ids_file || !out) {
+        sl_err_set(&e, SL_ERR_INVALID, "--ids-file and --out are required");
+        return usage_error("logits", &e);
+    }
+    if (chunk < 0 || a.page_size <= 0) {
+        sl_err_set(&e, SL_ERR_INVALID, "--chunk must be >= 0 and --page-size > 0");
+        return usage_error("logits", &e);
+    }
+    json_error_t je;
+    json_t *prompts = json_load_file(ids_file, 0, &je);
+    if (!json_is_array(prompts) || json_array_size(prompts) == 0) {
+        fprintf(stderr, "sluice logits: %s: expected a non-empty JSON list of prompts (%s)\n", ids_file,
+                prompts ? "not a list" : je.text);
+        json_decref(prompts);
+        return 2;
+    }
+    sl_backend *be = NULL;
+    sl_model *m = NULL;
+    if (open_model(&a, &be, &m, &e)) {
+        json_decref(prompts);
+        return fail("logits", &e);
+    }
+    int V = sl_model_cfg(m)->vocab_size, rc = 0, max_len = 0;
+    size_t i;
+    json_t *p;
+    json_array_foreach(prompts, i, p)
+    {
+        if (!json_is_array(p) || json_array_size(p) == 0) {
+            fprintf(stderr, "sluice logits: prompt %zu is not a non-empty list of ids\n", i);
+            rc = 2;
+            goto done;
+        }
+        if ((int)json_array_size(p) > max_len) max_len = (int)json_array_size(p);
+    }
+    FILE *f = fopen(out, "wb");
+    if (!f) {
+        fprintf(stderr, "sluice logits: cannot create %s: %s\n", out, strerror(errno));
+        rc = 1;
+        goto done;
+    }
+    sl_solo s;
+    if (sl_solo_init(&s, m, max_len, a.page_size, &e)) {
+        fclose(f);
+        rc = fail("logits", &e);
+        goto done;
+    }
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)max_len);
+    float *lg = malloc(sizeof(float) * (size_t)max_len * (size_t)V);
+    json_array_foreach(prompts, i, p)
+    {
+        int n = (int)json_array_size(p);
+        for (int t = 0; t < n; t++) {
+            json_t *v = json_array_get(p, (size_t)t);
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= V) {
+                fprintf(stderr, "sluice logits: prompt %zu, position %d: not a token id in [0, %d)\n",
+                        i, t, V);
+                rc = 2;
+                break;
+            }
+            ids[t] = (int32_t)json_integer_value(v);
+        }
+        if (rc) break;
+        sl_solo_reset(&s);
+        int step = chunk > 0 ? chunk : n;
+        for (int t0 = 0; t0 < n && !rc; t0 += step) {
+            int k = n - t0 < step ? n - t0 : step;
+            if (sl_solo_feed(&s, ids + t0, k, 1, lg + (size_t)t0 * V, &e)) rc = fail("logits", &e);
+        }
+        if (!rc && fwrite(lg, sizeof(float), (size_t)n * V, f) != (size_t)n * V) {
+            fprintf(stderr, "sluice logits: cannot write %s\n", out);
+            rc = 1;
+        }
+        if (rc) break;
+    }
+    free(ids);
+    free(lg);
+    sl_solo_free(&s);
+    if (fclose(f) != 0 && !rc) rc = 1;
+done:
+    json_decref(prompts);
+    sl_model_free(m);
+    sl_backend_free(be);
+    return rc;
+}
+
+/* ---- generate ------------------------------------------------------------------ */
+
+static int parse_ids(const char *s, int32_t **out, int *n, int vocab, sl_err *e)
+{
+    int cap = 16;
+    *n = 0;
+    *out = malloc(sizeof(int32_t) * (size_t)cap);
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v >= vocab) {
+            free(*out);
+            *out = NULL;
+            return sl_err_set(e, SL_ERR_INVALID, "--ids: '%s' is not a list of token ids in [0, %d)", s, vocab);
+        }
+        if (*n == cap) *out = realloc(*out, sizeof(int32_t) * (size_t)(cap *= 2));
+        (*out)[(*n)++] = (int32_t)v;
+        p = end;
+        if (*p == ',') p++;
+        else if (*p) {
+            free(*out);
+            *out = NULL;
+            return sl_err_set(e, SL_ERR_INVALID, "--ids: expected comma-separated integers, got '%s'", s);
+        }
+    }
+    if (*n == 0) {
+        free(*out);
+        *out = NULL;
+        return sl_err_set(e, SL_ERR_INVALID, "--ids is empty");
+    }
+    return SL_OK;
+}
+
+int sl_cmd_generate(int argc, char **argv)
+{
+    model_args a = {.device = "cpu", .page_size = 16};
+    const char *ids_s = NULL;
+    int max_new = 16, ignore_eos = 0;
+    sl_opt opts[] = {MODEL_OPTS(a),
+                     {"--ids", NULL, SL_OPT_STR, &ids_s, "prompt token ids, comma-separated"},
+                     {"--max-new-tokens", NULL, SL_OPT_INT, &max_new, "tokens to generate (default 16)"},
+                     {"--ignore-eos", NULL, SL_OPT_FLAG, &ignore_eos, "do not stop at an eos token"},
+                     {0}};
+    const char *summary = "Prints the greedy continuation of --ids as space-separated token ids.";
+    if (wants_help(argc, argv)) {
+        sl_opts_usage(stdout, "generate", summary, opts);
+        return 0;
+    }
+    sl_err e = {0};
+    if (sl_opts_parse(argc, argv, opts, &e)) return usage_error("generate", &e);
+    if (!ids_s || max_new < 0 || a.page_size <= 0) {
+        sl_err_set(&e, SL_ERR_INVALID, "--ids is required; --max-new-tokens >= 0; --page-size > 0");
+        return usage_error("generate", &e);
+    }
+    sl_backend *be = NULL;
+    sl_model *m = NULL;
+    if (open_model(&a, &be, &m, &e)) return fail("generate", &e);
+    const sl_model_config *c = sl_model_cfg(m);
+    int32_t *ids = NULL;
+    int n = 0, rc = 0;
+    if (parse_ids(ids_s, &ids, &n, c->vocab_size, &e)) {
+        rc = usage_error("generate", &e);
+        goto done;
+    }
+    sl_solo s;
+    if (sl_solo_init(&s, m, n + max_new + 1, a.page_size, &e)) {
+        rc = fail("generate", &e);
+        goto done;
+    }
+    float *lg = malloc(sizeof(float) * (size_t)c->vocab_size);
+    int32_t tok;
+    sl_status st = n ? sl_solo_feed(&s, ids, n, 0, lg, &e) : SL_OK;
+    for (int i = 0; i < max_new && !st; i++) {
+        tok = sl_argmax(lg, c->vocab_size);
+        printf("%s%d", i ? " " : "", tok);
+        int eos = 0;
+        for (int j = 0; j < c->n_eos; j++) eos |= tok == c->eos_token_ids[j];
+        if (eos && !ignore_eos) break;
+        if (i + 1 < max_new) st = sl_solo_feed(&s, &tok, 1, 0, lg, &e);
+    }
+    printf("\n");
+    if (st) rc = fail("generate", &e);
+    free(lg);
+    sl_solo_free(&s);
+done:
+    free(ids);
+    sl_model_free(m);
+    sl_backend_free(be);
+    return rc;
+}
+
+/* ---- make-tiny ----------------------------------------------------------------- */
+
+/* Tiny configs: small enough for CI, shaped to exercise every code path
+ * (GQA, partial rotary, 2:1 head groups in both mixers, dense + MoE layers). */
+static json_t *tiny_config(const char *arch, int vocab)
+{
+    json_t *c = json_pack("{s:i, s:i, s:i, s:i, s:f, s:i, s:s, s:i, s:b, s:s}", "vocab_size", vocab,
+                          "hidden_size", 64, "num_attention_heads", 4, "num_key_value_heads", 2,
+                          "rms_norm_eps", 1e-6, "max_position_embeddings", 4096, "hidden_act", "silu",
+                          "bos_token_id", 0, "attention_bias", 0, "torch_dtype", "bfloat16");
+    json_object_set_new(c, "rope_theta", json_real(10000.0));
+    if (!strcmp(arch, "qwen3")) {
+        json_object_set_new(c, "architectures", json_pack("[s]", "Qwen3ForCausalLM"));
+        json_object_set_new(c, "model_type", json_string("qwen3"));
+        json_object_set_new(c, "num_hidden_layers", json_integer(2));
+        json_object_set_new(c, "head_dim", json_integer(16));
+        json_object_set_new(c, "intermediate_size", json_integer(128));
+        json_object_set_new(c, "tie_word_embeddings", json_true());
+    } else if (!strcmp(arch, "qwen3_moe")) {
+        json_object_set_new(c, "architectures", json_pack("[s]", "Qwen3MoeForCausalLM"));
+        json_object_set_new(c, "model_type", json_string("qwen3_moe"));
+        json_object_set_new(c, "num_hidden_layers", json_integer(3));
+        json_object_set_new(c, "head_dim", json_integer(16));
+        json_object_set_new(c, "intermediate_size", json_integer(96));
+        json_object_set_new(c, "num_experts", json_integer(8));
+        json_object_set_new(c, "num_experts_per_tok", json_integer(2));
+        json_object_set_new(c, "moe_intermediate_size", json_integer(32));
+        json_object_set_new(c, "mlp_only_layers", json_pack("[i]", 1));
+        json_object_set_new(c, "tie_word_embeddings", json_false());
+    } else if (!strcmp(arch, "qwen3_next")) {
+        json_object_set_new(c, "architectures", json_pack("[s]", "Qwen3NextForCausalLM"));
+        json_object_set_new(c, "model_type", json_string("qwen3_next"));
+        json_object_set_new(c, "num_hidden_layers", json_integer(4));
+        json_object_set_new(c, "head_dim", json_integer(32));
+        json_object_set_new(c, "partial_rotary_factor", json_real(0.25));
+        json_object_set_new(c, "intermediate_size", json_integer(96));
+        json_object_set_new(c, "layer_types", json_pack("[s,s,s,s]", "linear_attention", "full_attention",
+                                                       "linear_attention", "full_attention"));
+        json_object_set_new(c, "linear_num_key_heads", json_integer(2));
+        json_object_set_new(c, "linear_num_value_heads", json_integer(4));
+        json_object_set_new(c, "linear_key_head_dim", json_integer(16));
+        json_object_set_new(c, "linear_value_head_dim", json_integer(16));
+        json_object_set_new(c, "linear_conv_kernel_dim", json_integer(4));
+        json_object_set_new(c, "num_experts", json_integer(8));
+        json_object_set_new(c, "num_experts_per_tok", json_integer(2));
+        json_object_set_new(c, "moe_intermediate_size", json_integer(32));
+        json_object_set_new(c, "shared_expert_intermediate_size", json_integer(32));
+        json_object_set_new(c, "norm_topk_prob", json_true());
+        json_object_set_new(c, "mlp_only_layers", json_pack("[i]", 2));
+        json_object_set_new(c, "tie_word_embeddings", json_false());
+    } else {
+        json_decref(c);
+        return NULL;
+    }
+    return c;
+}
+
+typedef struct tiny_writer {
+    sl_st_tensor *ts;
+    int n, cap;
+    uint64_t seed;
+    int failed;
+} tiny_writer;
+
+static void tiny_tensor(void *ctx, const char *name, int ndim, const int64_t *shape, float scale,
+                        float offset)
+{
+    tiny_writer *w = ctx;
+    if (w->failed) return;
+    if (w->n == w->cap) {
+        w->cap = w->cap ? 2 * w->cap : 64;
+        w->ts = realloc(w->ts, sizeof *w->ts * (size_t)w->cap);
+    }
+    sl_st_tensor *t = &w->ts[w->n];
+    memset(t, 0, sizeof *t);
+    t->name = strdup(name);
+    t->dtype = SL_DTYPE_BF16;
+    t->ndim = ndim;
+    int64_t numel = 1;
+    for (int d = 0; d < ndim; d++) numel *= (t->shape[d] = shape[d]);
+    uint16_t *data = malloc(sizeof(uint16_t) * (size_t)numel);
+    if (!data || !t->name) {
+        w->failed = 1;
+        return;
+    }
+    uint64_t h = 1469598103934665603ull;
+    for (const char *s = name; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    for (int64_t i = 0; i < numel; i++)
+        data[i] = sl_f32_to_bf16(offset + scale * (2.0f * sl_rng_uniform(w->seed ^ h, (uint64_t)i) - 1.0f));
+    t->data = data;
+    t->nbytes = sizeof(uint16_t) * (size_t)numel;
+    w->n++;
+}
+
+/* Vocabulary size of a tokenizer.json: 1 + the largest id in vocab and added_tokens. */
+static int tokenizer_vocab(const char *dir, sl_err *e)
+{
+    char path[4096];
+    json_error_t je;
+    json_t *t = json_load_file(sl_path_join(path, sizeof path, dir, "tokenizer.json"), 0, &je);
+    if (!t) {
+        sl_err_set(e, SL_ERR_IO, "%s: %s", path, je.text);
+        return -1;
+    }
+    int mx = -1;
+    const char *k;
+    json_t *v;
+    size_t i;
+    json_object_foreach(json_object_get(json_object_get(t, "model"), "vocab"), k, v)
+        if (json_integer_value(v) > mx) mx = (int)json_integer_value(v);
+    json_array_foreach(json_object_get(t, "added_tokens"), i, v)
+    {
+        int id = (int)json_integer_value(json_object_get(v, "id"));
+        if (id > mx) mx = id;
+    }
+    json_decref(t);
+    if (mx < 0) sl_err_set(e, SL_ERR_PARSE, "%s: no vocabulary", path);
+    return mx + 1;
+}
+
+static sl_status copy_file(const char *from_dir, const char *to_dir, const char *name, int required,
+                           sl_err *e)
+{
+    char src[4096], dst[4096];
+    sl_path_join(src, sizeof src, from_dir, name);
+    if (!required && !sl_file_exists(src)) return SL_OK;
+    char *buf;
+    size_t len;
+    sl_status s = sl_file_read(src, &buf, &len, e);
+    if (s) return s;
+    s = sl_file_write(sl_path_join(dst, sizeof dst, to_dir, name), buf, len, e);
+    free(buf);
+    return s;
+}
+
+int sl_cmd_make_tiny(int argc, char **argv)
+{
+    const char *arch = "qwen3_next", *out = NULL, *tok = NULL;
+    long long seed = 1;
+    int vocab = 512;
+    sl_opt opts[] = {{"--arch", NULL, SL_OPT_STR, &arch, "qwen3, qwen3_moe or qwen3_next (default)"},
+                     {"--out", NULL, SL_OPT_STR, &out, "output directory"},
+                     {"--tokenizer", NULL, SL_OPT_STR, &tok,
+                      "copy tokenizer files from this directory and size the vocabulary to it"},
+                     {"--vocab-size", NULL, SL_OPT_INT, &vocab, "vocabulary without --tokenizer (512)"},
+                     {"--seed", NULL, SL_OPT_I64, &seed, "weights seed (default 1)"},
+                     {0}};
+    const char *summary = "Writes a small random model (config, bf16 safetensors, tokenizer files).";
+    if (wants_help(argc, argv)) {
+        sl_opts_usage(stdout, "make-tiny", summary, opts);
+        return 0;
+    }
+    sl_err e = {0};
+    if (sl_opts_parse(argc, argv, opts, &e)) return usage_error("make-tiny", &e);
+    if (!out) {
+        sl_err_set(&e, SL_ERR_INVALID, "--out is required");
+        return usage_error("make-tiny", &e);
+    }
+    if (tok && (vocab = tokenizer_vocab(tok, &e)) < 0) return fail("make-tiny", &e);
+    if (vocab < 16) {
+        sl_err_set(&e, SL_ERR_INVALID, "--vocab-size must be at least 16");
+        return usage_error("make-tiny", &e);
+    }
+    json_t *cfg = tiny_config(arch, vocab);
+    if (!cfg) {
+        sl_err_set(&e, SL_ERR_INVALID, "unknown --arch '%s' (qwen3, qwen3_moe, qwen3_next)", arch);
+        return usage_error("make-tiny", &e);
+    }
+    /* eos: the real tokenizer's <|im_end|> and <|endoftext|> when copied in, else the last ids */
+    json_t *eos = tok ? json_pack("[i,i]", 151645, 151643) : json_pack("[i]", vocab - 1);
+    json_object_set(cfg, "eos_token_id", eos);
+    int rc = 0;
+    char path[4096];
+    char *txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    sl_model_config mc;
+    tiny_writer w = {.seed = (uint64_t)seed};
+    if (sl_mkdirs(out, &e) || sl_model_config_parse(&mc, txt, NULL, &e) ||
+        sl_file_write(sl_path_join(path, sizeof path, out, "config.json"), txt, strlen(txt), &e) ||
+        sl_model_checkpoint_tensors(&mc, tiny_tensor, &w, &e)) {
+        rc = fail("make-tiny", &e);
+        goto done;
+    }
+    if (w.failed || sl_st_write(sl_path_join(path, sizeof path, out, "model.safetensors"), w.ts, w.n, &e)) {
+        if (w.failed) sl_err_set(&e, SL_ERR_NOMEM, "out of memory");
+        rc = fail("make-tiny", &e);
+        goto done;
+    }
+    json_t *gen = json_pack("{s:i, s:O}", "bos_token_id", 0, "eos_token_id", eos);
+    char *gtxt = json_dumps(gen, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(gen);
+    if (sl_file_write(sl_path_join(path, sizeof path, out, "generation_config.json"), gtxt, strlen(gtxt), &e))
+        rc = fail("make-tiny", &e);
+    free(gtxt);
+    if (!rc && tok &&
+        (copy_file(tok, out, "tokenizer.json", 1, &e) || copy_file(tok, out, "tokenizer_config.json", 0, &e) ||
+         copy_file(tok, out, "chat_template.jinja", 0, &e)))
+        rc = fail("make-tiny", &e);
+    if (!rc) printf("wrote %s model to %s (vocab %d, %d tensors)\n", arch, out, vocab, w.n);
+done:
+    for (int i = 0; i < w.n; i++) {
+        free((void *)w.ts[i].name);
+        free((void *)w.ts[i].data);
+    }
+    free(w.ts);
+    free(txt);
+    json_decref(eos);
+    json_decref(cfg);
+    return rc;
+}

@@ -97,6 +97,14 @@ sl_status sl_model_load(sl_model **out, const char *dir, sl_backend *be,
 sl_status sl_model_from_config(sl_model **out, const sl_model_config *c, sl_backend *be,
                                uint64_t seed, sl_err *e);
 void sl_model_free(sl_model *m);
+
+/* Lists the tensors a Hugging Face checkpoint of config c holds (name and
+ * shape as on disk), with the dummy-initialisation range used for each
+ * (offset ± scale). make-tiny writes checkpoints from this list. */
+typedef void (*sl_tensor_cb)(void *ctx, const char *name, int ndim, const int64_t *shape,
+                             float scale, float offset);
+sl_status sl_model_checkpoint_tensors(const sl_model_config *c, sl_tensor_cb cb, void *ctx,
+                                      sl_err *e);
 const sl_model_config *sl_model_cfg(const sl_model *m);
 sl_backend *sl_model_backend(const sl_model *m);
 

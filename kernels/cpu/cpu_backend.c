@@ -108,8 +108,15 @@ static void cpu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const
         for (int64_t j = 0; j < N; j++) {
             float acc = 0.0f;
             if (w->dtype == SL_DTYPE_F32) {
+                /* eight independent partial sums: the compiler may vectorise
+                 * them without reassociating a single chain */
                 const float *wr = (const float *)w->data + j * sl_tensor_ld(w);
-                for (int64_t k = 0; k < K; k++) acc += xr[k] * wr[k];
+                float part[8] = {0};
+                int64_t k = 0;
+                for (; k + 8 <= K; k += 8)
+                    for (int l = 0; l < 8; l++) part[l] += xr[k + l] * wr[k + l];
+                for (; k < K; k++) acc += xr[k] * wr[k];
+                for (int l = 0; l < 8; l++) acc += part[l];
             } else {
                 for (int64_t k = 0; k < K; k++) acc += xr[k] * ld(w, j, k);
             }
@@ -119,19 +126,20 @@ static void cpu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const
     free(xr);
 }
 
-static void rmsnorm_row(sl_tensor *out, const sl_tensor *x, int64_t r, const sl_tensor *w,
-                        float eps, int one_plus)
+/* normalises columns [c0, c0+D) of row r, D = numel(w) */
+static void rmsnorm_group(sl_tensor *out, const sl_tensor *x, int64_t r, int64_t c0,
+                          const sl_tensor *w, float eps, int one_plus)
 {
-    int64_t D = sl_tensor_cols(x);
+    int64_t D = sl_tensor_numel(w);
     float ss = 0.0f;
     for (int64_t c = 0; c < D; c++) {
-        float v = ld(x, r, c);
+        float v = ld(x, r, c0 + c);
         ss += v * v;
     }
     float inv = 1.0f / sqrtf(ss / (float)D + eps);
     for (int64_t c = 0; c < D; c++) {
-        float wv = ld(w, 0, c);
-        st(out, r, c, ld(x, r, c) * inv * (one_plus ? 1.0f + wv : wv));
+        float wv = ((const float *)w->data)[c];
+        st(out, r, c0 + c, ld(x, r, c0 + c) * inv * (one_plus ? 1.0f + wv : wv));
     }
 }
 
@@ -139,16 +147,24 @@ static void cpu_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
                         float eps, int one_plus)
 {
     (void)be;
-    sl_tensor w1 = sl_tensor_make(w->data, w->dtype, 1, (int64_t[]){sl_tensor_numel(w)});
-    for (int64_t r = 0; r < sl_tensor_rows(x); r++) rmsnorm_row(out, x, r, &w1, eps, one_plus);
+    SL_ASSERT(w->dtype == SL_DTYPE_F32);
+    int64_t D = sl_tensor_numel(w);
+    for (int64_t r = 0; r < sl_tensor_rows(x); r++)
+        for (int64_t c0 = 0; c0 < sl_tensor_cols(x); c0 += D)
+            rmsnorm_group(out, x, r, c0, w, eps, one_plus);
+}
+
+static void cpu_add(sl_backend *be, sl_tensor *out, const sl_tensor *a, const sl_tensor *b)
+{
+    (void)be;
+    for (int64_t r = 0; r < sl_tensor_rows(a); r++)
+        for (int64_t c = 0; c < sl_tensor_cols(a); c++) st(out, r, c, ld(a, r, c) + ld(b, r, c));
 }
 
 static void cpu_add_rmsnorm(sl_backend *be, sl_tensor *out, sl_tensor *resid, const sl_tensor *x,
                             const sl_tensor *w, float eps, int one_plus)
 {
-    for (int64_t r = 0; r < sl_tensor_rows(x); r++)
-        for (int64_t c = 0; c < sl_tensor_cols(x); c++)
-            st(resid, r, c, ld(resid, r, c) + ld(x, r, c));
+    cpu_add(be, resid, resid, x);
     cpu_rmsnorm(be, out, resid, w, eps, one_plus);
 }
 
@@ -186,7 +202,7 @@ static void cpu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g)
     (void)be;
     for (int64_t r = 0; r < sl_tensor_rows(x); r++)
         for (int64_t c = 0; c < sl_tensor_cols(x); c++)
-            st(x, r, c, ld(x, r, c) * sigmoid(ld(g, r, c)));
+            st(x, r, c, ld(x, r, c) * sigmoid(ld(g, r, sl_tensor_cols(g) == 1 ? 0 : c)));
 }
 
 /* ---- attention ---------------------------------------------------------------- */
@@ -356,14 +372,16 @@ static void cpu_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x
                               const sl_tensor *z, const sl_tensor *w, float eps)
 {
     (void)be;
-    int64_t D = sl_tensor_cols(x);
-    for (int64_t r = 0; r < sl_tensor_rows(x); r++) {
-        float ss = 0.0f;
-        for (int64_t c = 0; c < D; c++) ss += ld(x, r, c) * ld(x, r, c);
-        float inv = 1.0f / sqrtf(ss / (float)D + eps);
-        for (int64_t c = 0; c < D; c++)
-            st(out, r, c, ld(x, r, c) * inv * ld(w, 0, c) * silu(ld(z, r, c)));
-    }
+    int64_t D = sl_tensor_numel(w);
+    for (int64_t r = 0; r < sl_tensor_rows(x); r++)
+        for (int64_t c0 = 0; c0 < sl_tensor_cols(x); c0 += D) {
+            float ss = 0.0f;
+            for (int64_t c = 0; c < D; c++) ss += ld(x, r, c0 + c) * ld(x, r, c0 + c);
+            float inv = 1.0f / sqrtf(ss / (float)D + eps);
+            for (int64_t c = 0; c < D; c++)
+                st(out, r, c0 + c,
+                   ld(x, r, c0 + c) * inv * ld(w, 0, c) * silu(ld(z, r, c0 + c)));
+        }
 }
 
 /* ---- MoE ------------------------------------------------------------------------ */
@@ -444,11 +462,11 @@ static void cpu_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x,
 /* ---- data movement ---------------------------------------------------------------- */
 
 static void cpu_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x,
-                            const int32_t *idx, int n)
+                            const sl_batch_meta *m)
 {
     (void)be;
-    for (int i = 0; i < n; i++)
-        for (int64_t c = 0; c < sl_tensor_cols(x); c++) st(out, i, c, ld(x, idx[i], c));
+    for (int i = 0; i < m->n_logits; i++)
+        for (int64_t c = 0; c < sl_tensor_cols(x); c++) st(out, i, c, ld(x, m->logit_rows[i], c));
 }
 
 static void cpu_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst,
@@ -487,6 +505,7 @@ static const sl_backend_i cpu_iface = {
     .embed = cpu_embed,
     .matmul = cpu_matmul,
     .rmsnorm = cpu_rmsnorm,
+    .add = cpu_add,
     .add_rmsnorm = cpu_add_rmsnorm,
     .rope = cpu_rope,
     .silu_mul = cpu_silu_mul,

@@ -1,0 +1,44 @@
+/* worker/safetensors.h: read-only access to Hugging Face safetensors
+ * checkpoints (one model.safetensors or shards listed by
+ * model.safetensors.index.json), memory-mapped; and a writer for the small
+ * models sluice makes itself.
+ *
+ *   sl_st *st; sl_st_open(&st, dir, &e);
+ *   const sl_st_tensor *t = sl_st_find(st, "model.norm.weight");
+ *   ... t->data is valid until sl_st_close(st)
+ *
+ * Every header is validated (dtype known, shape × dtype size equal to the
+ * byte range, range inside the file) before any tensor is handed out. */
+#ifndef SL_SAFETENSORS_H
+#define SL_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "sl_err.h"
+
+typedef struct sl_st_tensor {
+    const char *name;
+    sl_dtype dtype;
+    int ndim;
+    int64_t shape[SL_MAX_DIMS];
+    const void *data;
+    size_t nbytes;
+} sl_st_tensor;
+
+typedef struct sl_st sl_st;
+
+sl_status sl_st_open(sl_st **out, const char *dir, sl_err *e);
+/* NULL if absent. */
+const sl_st_tensor *sl_st_find(const sl_st *st, const char *name);
+void sl_st_close(sl_st *st);
+
+/* Parses one file image (header + data); exposed for the fuzzer and tests. */
+sl_status sl_st_parse(sl_st *st, const void *file, size_t len, const char *fname, sl_err *e);
+sl_st *sl_st_new_empty(void);
+
+/* Writes tensors to a single safetensors file (dtype of each as given). */
+sl_status sl_st_write(const char *path, const sl_st_tensor *ts, int n, sl_err *e);
+
+#endif
