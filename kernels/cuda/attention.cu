@@ -13,7 +13,6 @@
 #include "attention.cuh"
 
 #define ATTN_THREADS 128
-#define ATTN_NK 2 // keys in flight per lane group
 
 __global__ void k_kv_store(cu_mat kc, cu_mat vc, cu_mat k, cu_mat v, const int32_t *slot)
 {
@@ -106,27 +105,35 @@ __global__ void __launch_bounds__(ATTN_THREADS) k_attn(cu_attn_args a)
     const int P = a.page_size;
     const int64_t koff = (int64_t)kh * D + gl * 8;
     // The loop bound is per warp, not per group: every lane of a warp must
-    // take part in each shuffle. Keys past kend are masked.
+    // take part in each shuffle. Keys past kend are masked. The next step's
+    // K/V rows are loaded before this step's arithmetic (register double
+    // buffering), so loads stay in flight while the lanes compute.
     constexpr int GPW = 32 / LPG;
-    int wg0 = (threadIdx.x / 32) * GPW;
-    for (int jw = kbeg + wg0 * ATTN_NK; jw < kend; jw += NG * ATTN_NK) {
-        int j0 = jw + (g - wg0) * ATTN_NK;
-        uint4 kr[ATTN_NK], vr[ATTN_NK];
+    constexpr int NK = R <= 4 ? 4 : 2; // keys per lane group per step
+    const int wg0 = (threadIdx.x / 32) * GPW, step = NG * NK;
+    uint4 kr[NK], vr[NK];
+    auto load = [&](int j0, uint4 *kd, uint4 *vd) {
 #pragma unroll
-        for (int kk = 0; kk < ATTN_NK; kk++) {
+        for (int kk = 0; kk < NK; kk++) {
             int j = j0 + kk;
             if (j < kend) {
                 int64_t row = (int64_t)pages[j / P] * P + j % P;
-                kr[kk] = *(const uint4 *)(a.kc + row * a.kld + koff);
-                vr[kk] = *(const uint4 *)(a.vc + row * a.vld + koff);
+                kd[kk] = *(const uint4 *)(a.kc + row * a.kld + koff);
+                vd[kk] = *(const uint4 *)(a.vc + row * a.vld + koff);
             } else {
-                kr[kk] = make_uint4(0, 0, 0, 0);
-                vr[kk] = kr[kk];
+                kd[kk] = make_uint4(0, 0, 0, 0);
+                vd[kk] = kd[kk];
             }
         }
-        float sc[ATTN_NK][R];
+    };
+    load(kbeg + wg0 * NK + (g - wg0) * NK, kr, vr);
+    for (int jw = kbeg + wg0 * NK; jw < kend; jw += step) {
+        int j0 = jw + (g - wg0) * NK;
+        uint4 kn[NK], vn[NK];
+        load(j0 + step, kn, vn);
+        float sc[NK][R];
 #pragma unroll
-        for (int kk = 0; kk < ATTN_NK; kk++) {
+        for (int kk = 0; kk < NK; kk++) {
             float kf[8];
             bf16x8_to_f32(kr[kk], kf);
 #pragma unroll
@@ -139,27 +146,37 @@ __global__ void __launch_bounds__(ATTN_THREADS) k_attn(cu_attn_args a)
                 sc[kk][r] = j0 + kk < nkv[r] && j0 + kk < kend ? d : -INFINITY;
             }
         }
+        float vf[NK][8];
+#pragma unroll
+        for (int kk = 0; kk < NK; kk++) bf16x8_to_f32(vr[kk], vf[kk]);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             float mt = sc[0][r];
 #pragma unroll
-            for (int kk = 1; kk < ATTN_NK; kk++) mt = fmaxf(mt, sc[kk][r]);
-            float mn = fmaxf(m[r], mt);
-            if (mn == -INFINITY) continue; // nothing visible yet for this row
-            float corr = exp2f(m[r] - mn);
-            m[r] = mn;
-            l[r] *= corr;
+            for (int kk = 1; kk < NK; kk++) mt = fmaxf(mt, sc[kk][r]);
+            // Lazy rescale: keep the running max unless a score exceeds it
+            // by 2^8; p <= 256 is harmless in fp32 and the final merge uses
+            // the same m for l and acc.
+            if (mt > m[r] + 8.0f) {
+                float corr = exp2f(m[r] - mt);
+                m[r] = mt;
+                l[r] *= corr;
 #pragma unroll
-            for (int e = 0; e < 8; e++) acc[r][e] *= corr;
-#pragma unroll
-            for (int kk = 0; kk < ATTN_NK; kk++) {
-                float p = exp2f(sc[kk][r] - mn);
-                l[r] += p;
-                float vf[8];
-                bf16x8_to_f32(vr[kk], vf);
-#pragma unroll
-                for (int e = 0; e < 8; e++) acc[r][e] += p * vf[e];
+                for (int e = 0; e < 8; e++) acc[r][e] *= corr;
             }
+            if (m[r] == -INFINITY) continue; // nothing visible yet for this row
+#pragma unroll
+            for (int kk = 0; kk < NK; kk++) {
+                float p = exp2f(sc[kk][r] - m[r]);
+                l[r] += p;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[r][e] += p * vf[kk][e];
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < NK; kk++) {
+            kr[kk] = kn[kk];
+            vr[kk] = vn[kk];
         }
     }
 

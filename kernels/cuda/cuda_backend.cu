@@ -31,15 +31,6 @@ void cu_tmp_free(cu_backend *b, void *p)
     if (p) CU_CHECK(cudaFreeAsync(p, b->stream));
 }
 
-int32_t *cu_tmp_upload_i32(cu_backend *b, const int32_t *host, int n)
-{
-    int32_t *d = (int32_t *)cu_tmp_alloc(b, sizeof(int32_t) * (size_t)n);
-    if (n > 0)
-        CU_CHECK(cudaMemcpyAsync(d, host, sizeof(int32_t) * (size_t)n, cudaMemcpyHostToDevice,
-                                 b->stream));
-    return d;
-}
-
 // ---- memory -------------------------------------------------------------------
 
 static void cu_free_backend(sl_backend *be)
@@ -190,8 +181,9 @@ static sl_status cu_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e)
     int ntiles[CU_TILE_LEVELS];
     size_t need = 0;
     // int32 layout: ids pos kv_slot seq_of [T] | q_start [S+1] | kv_len state_slot
-    // state_fresh track_slot track_len [S] | page_table [S*max_pages] | tiles (int2)
-    need += 4 * (size_t)T + (size_t)S + 1 + 5 * (size_t)S + (size_t)S * (size_t)m->max_pages;
+    // state_fresh track_slot track_len [S] | page_table [S*max_pages] | logit_rows | tiles (int2)
+    need += 4 * (size_t)T + (size_t)S + 1 + 5 * (size_t)S + (size_t)S * (size_t)m->max_pages +
+            (size_t)m->n_logits;
     need = (need + 1) & ~(size_t)1; // int2 alignment
     for (int l = 0; l < CU_TILE_LEVELS; l++) {
         ntiles[l] = cu_count_tiles(m, l);
@@ -236,6 +228,8 @@ static sl_status cu_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e)
     cm->track_slot = put_i32(mb, &o, m->track_slot, S);
     cm->track_len = put_i32(mb, &o, m->track_len, S);
     cm->page_table = put_i32(mb, &o, m->page_table, (size_t)S * m->max_pages);
+    cm->n_logits = m->n_logits;
+    cm->logit_rows = put_i32(mb, &o, m->logit_rows, (size_t)m->n_logits);
     o = (o + 1) & ~(size_t)1;
     for (int l = 0; l < CU_TILE_LEVELS; l++) {
         int q = 1 << l, k = 0;
@@ -273,6 +267,7 @@ static const sl_backend_i cu_iface = {
     .embed = cu_embed,
     .matmul = cu_matmul,
     .rmsnorm = cu_rmsnorm,
+    .add = cu_add,
     .add_rmsnorm = cu_add_rmsnorm,
     .rope = cu_rope,
     .silu_mul = cu_silu_mul,

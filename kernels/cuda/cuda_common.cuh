@@ -61,6 +61,8 @@ typedef struct cu_meta {
     const int32_t *ids, *pos, *q_start, *kv_len, *page_table, *kv_slot;
     const int32_t *state_slot, *state_fresh, *track_slot, *track_len;
     const int32_t *seq_of; // [n_tokens] sequence of each token
+    int n_logits;
+    const int32_t *logit_rows;
     const int2 *tiles[CU_TILE_LEVELS];
     int n_tiles[CU_TILE_LEVELS];
 } cu_meta;
@@ -94,8 +96,6 @@ static inline cu_backend *cu_be(sl_backend *be) { return (cu_backend *)be; }
 // which is also stream-ordered, so the kernels that use it may still run.
 void *cu_tmp_alloc(cu_backend *b, size_t bytes);
 void cu_tmp_free(cu_backend *b, void *p);
-// Copies n host int32s to fresh scratch memory (free with cu_tmp_free).
-int32_t *cu_tmp_upload_i32(cu_backend *b, const int32_t *host, int n);
 
 static inline const cu_meta *cu_meta_of(const sl_batch_meta *m)
 {
@@ -161,6 +161,48 @@ __device__ __forceinline__ void cu_mat_st(const cu_mat &m, int64_t r, int64_t c,
     cu_stf(m.p, m.dt, r * m.ld + c, v);
 }
 
+// 8 consecutive elements starting at (r, c); the caller guarantees 16-byte
+// alignment of BF16/F16 rows and 32-byte of F32 rows (see cu_mat_vec_ok).
+__device__ __forceinline__ void cu_ld8(const cu_mat &m, int64_t r, int64_t c, float *f)
+{
+    int64_t i = r * m.ld + c;
+    if (m.dt == SL_DTYPE_BF16) {
+        uint4 u = *(const uint4 *)((const __nv_bfloat16 *)m.p + i);
+        const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float2 v = __bfloat1622float2(h[k]);
+            f[2 * k] = v.x;
+            f[2 * k + 1] = v.y;
+        }
+    } else if (m.dt == SL_DTYPE_F32) {
+        float4 a = *(const float4 *)((const float *)m.p + i), b = *((const float4 *)((const float *)m.p + i) + 1);
+        f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) f[k] = cu_ldf(m.p, m.dt, i + k);
+    }
+}
+
+__device__ __forceinline__ void cu_st8(const cu_mat &m, int64_t r, int64_t c, const float *f)
+{
+    int64_t i = r * m.ld + c;
+    if (m.dt == SL_DTYPE_BF16) {
+        uint4 u;
+        __nv_bfloat162 *h = (__nv_bfloat162 *)&u;
+#pragma unroll
+        for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+        *(uint4 *)((__nv_bfloat16 *)m.p + i) = u;
+    } else if (m.dt == SL_DTYPE_F32) {
+        float4 *d = (float4 *)((float *)m.p + i);
+        d[0] = make_float4(f[0], f[1], f[2], f[3]);
+        d[1] = make_float4(f[4], f[5], f[6], f[7]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) cu_stf(m.p, m.dt, i + k, f[k]);
+    }
+}
+
 __device__ __forceinline__ float cu_warp_sum(float v)
 {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -184,6 +226,13 @@ __device__ __forceinline__ float cu_block_sum(float v, float *red)
     __syncthreads();
     v = lane < nw ? red[lane] : 0.0f;
     return cu_warp_sum(v);
+}
+
+// Whether cu_ld8 / cu_st8 may be used on m at every column multiple of 8.
+static inline int cu_mat_vec_ok(const cu_mat &m)
+{
+    int64_t esz = (int64_t)sl_dtype_size((sl_dtype)m.dt);
+    return !m.p || (m.cols % 8 == 0 && m.ld % 8 == 0 && (uintptr_t)m.p % (uintptr_t)(8 * esz) == 0);
 }
 
 static inline unsigned cu_blocks(int64_t n, int threads)

@@ -55,39 +55,74 @@ void cu_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_di
     CU_CHECK_LAUNCH();
 }
 
+// VEC: 8 elements per thread step (16-byte bf16 accesses).
+template <bool VEC>
 __global__ void k_silu_mul(cu_mat out, cu_mat gu)
 {
+    constexpr int V = VEC ? 8 : 1;
     int64_t r = blockIdx.y;
-    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < out.cols;
-         c += (int64_t)gridDim.x * blockDim.x) {
-        float g = cu_mat_ld(gu, r, c), u = cu_mat_ld(gu, r, out.cols + c);
-        cu_mat_st(out, r, c, g / (1.0f + expf(-g)) * u);
+    for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < out.cols;
+         c += (int64_t)gridDim.x * blockDim.x * V) {
+        float g[V], u[V];
+        if (VEC) {
+            cu_ld8(gu, r, c, g);
+            cu_ld8(gu, r, out.cols + c, u);
+        } else {
+            g[0] = cu_mat_ld(gu, r, c);
+            u[0] = cu_mat_ld(gu, r, out.cols + c);
+        }
+#pragma unroll
+        for (int k = 0; k < V; k++) g[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
+        if (VEC) cu_st8(out, r, c, g);
+        else cu_mat_st(out, r, c, g[0]);
     }
 }
 
 void cu_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu)
 {
     cu_backend *b = cu_be(be);
-    cu_mat O = cu_mat_of(out);
+    cu_mat O = cu_mat_of(out), G = cu_mat_of(gu);
     if (O.rows == 0) return;
-    k_silu_mul<<<cu_row_grid(O.rows, O.cols), 256, 0, b->stream>>>(O, cu_mat_of(gu));
+    if (cu_mat_vec_ok(O) && cu_mat_vec_ok(G))
+        k_silu_mul<true><<<cu_row_grid(O.rows, O.cols / 8), 256, 0, b->stream>>>(O, G);
+    else
+        k_silu_mul<false><<<cu_row_grid(O.rows, O.cols), 256, 0, b->stream>>>(O, G);
     CU_CHECK_LAUNCH();
 }
 
+// g has x's columns, or one (a per-row gate, broadcast).
+template <bool VEC>
 __global__ void k_sigmoid_mul(cu_mat x, cu_mat g)
 {
+    constexpr int V = VEC ? 8 : 1;
     int64_t r = blockIdx.y;
-    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < x.cols;
-         c += (int64_t)gridDim.x * blockDim.x)
-        cu_mat_st(x, r, c, cu_mat_ld(x, r, c) / (1.0f + expf(-cu_mat_ld(g, r, c))));
+    float g1 = g.cols == 1 ? cu_mat_ld(g, r, 0) : 0.0f;
+    for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < x.cols;
+         c += (int64_t)gridDim.x * blockDim.x * V) {
+        float v[V], w[V];
+        if (VEC) {
+            cu_ld8(x, r, c, v);
+            if (g.cols != 1) cu_ld8(g, r, c, w);
+        } else {
+            v[0] = cu_mat_ld(x, r, c);
+            if (g.cols != 1) w[0] = cu_mat_ld(g, r, c);
+        }
+#pragma unroll
+        for (int k = 0; k < V; k++) v[k] = v[k] / (1.0f + expf(-(g.cols == 1 ? g1 : w[k])));
+        if (VEC) cu_st8(x, r, c, v);
+        else cu_mat_st(x, r, c, v[0]);
+    }
 }
 
 void cu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g)
 {
     cu_backend *b = cu_be(be);
-    cu_mat X = cu_mat_of(x);
+    cu_mat X = cu_mat_of(x), G = cu_mat_of(g);
     if (X.rows == 0) return;
-    k_sigmoid_mul<<<cu_row_grid(X.rows, X.cols), 256, 0, b->stream>>>(X, cu_mat_of(g));
+    if (cu_mat_vec_ok(X) && (G.cols == 1 || cu_mat_vec_ok(G)))
+        k_sigmoid_mul<true><<<cu_row_grid(X.rows, X.cols / 8), 256, 0, b->stream>>>(X, G);
+    else
+        k_sigmoid_mul<false><<<cu_row_grid(X.rows, X.cols), 256, 0, b->stream>>>(X, G);
     CU_CHECK_LAUNCH();
 }
 
@@ -99,15 +134,14 @@ __global__ void k_gather_rows(cu_mat out, cu_mat x, const int32_t *idx)
         cu_mat_st(out, i, c, cu_mat_ld(x, r, c));
 }
 
-void cu_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const int32_t *idx, int n)
+void cu_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m)
 {
     cu_backend *b = cu_be(be);
-    if (n == 0) return;
-    int32_t *d = cu_tmp_upload_i32(b, idx, n);
-    k_gather_rows<<<cu_row_grid(n, sl_tensor_cols(x)), 256, 0, b->stream>>>(cu_mat_of(out),
-                                                                         cu_mat_of(x), d);
+    const cu_meta *cm = cu_meta_of(m);
+    if (cm->n_logits == 0) return;
+    k_gather_rows<<<cu_row_grid(cm->n_logits, sl_tensor_cols(x)), 256, 0, b->stream>>>(
+        cu_mat_of(out), cu_mat_of(x), cm->logit_rows);
     CU_CHECK_LAUNCH();
-    cu_tmp_free(b, d);
 }
 
 // pairs[i] = (dst, src); blockIdx.y = pair.

@@ -163,7 +163,7 @@ static void compare(tb *t, sl_op op, const char *desc, const char *what, const s
 typedef struct tb_batch {
     sl_batch_meta m;
     int32_t *ids, *pos, *q_start, *kv_len, *pages, *kv_slot, *state_slot, *state_fresh,
-        *track_slot, *track_len;
+        *track_slot, *track_len, *logit_rows;
     int n_pages;
 } tb_batch;
 
@@ -190,6 +190,7 @@ static void batch_make(tb *t, tb_batch *b, int n_seqs, const int *q_len, const i
     b->track_slot = malloc(sizeof(int32_t) * (size_t)n_seqs);
     b->track_len = malloc(sizeof(int32_t) * (size_t)n_seqs);
     b->pages = malloc(sizeof(int32_t) * (size_t)b->n_pages);
+    b->logit_rows = malloc(sizeof(int32_t) * (size_t)n_seqs);
     for (int i = 0; i < b->n_pages; i++) b->pages[i] = i;
     uint64_t rs = sl_rng_mix(t->seed++);
     for (int i = b->n_pages - 1; i > 0; i--) {
@@ -215,6 +216,7 @@ static void batch_make(tb *t, tb_batch *b, int n_seqs, const int *q_len, const i
         }
     }
     b->q_start[n_seqs] = tok;
+    for (int s = 0; s < n_seqs; s++) b->logit_rows[s] = b->q_start[s + 1] - 1;
     sl_batch_meta *m = &b->m;
     m->n_tokens = T;
     m->n_seqs = n_seqs;
@@ -230,6 +232,8 @@ static void batch_make(tb *t, tb_batch *b, int n_seqs, const int *q_len, const i
     m->state_fresh = b->state_fresh;
     m->track_slot = b->track_slot;
     m->track_len = b->track_len;
+    m->n_logits = n_seqs;
+    m->logit_rows = b->logit_rows;
     sl_err e = {0};
     if (sl_be_prepare(t->gpu, m, &e)) die_err("prepare", &e);
 }
@@ -246,6 +250,7 @@ static void batch_free(tb_batch *b)
     free(b->track_slot);
     free(b->track_len);
     free(b->pages);
+    free(b->logit_rows);
 }
 
 /* ---- cases ------------------------------------------------------------------ */
@@ -265,14 +270,20 @@ static const tb_case cases[] = {
     {SL_OP_EMBED, BF, {1000, 512, 37}, 0},
     {SL_OP_EMBED, F32, {300, 4096, 5}, 0},
     /* matmul: M, N, K, x dtype (0 bf16, 1 f32), w dtype, x column offset into a wider row */
-    {SL_OP_MATMUL, BF, {1, 512, 1024, 0, 0, 0}, 1e-2},
+    {SL_OP_MATMUL, BF, {1, 512, 1024, 0, 0, 0}, 1e-2},    /* GEMV path: M <= 8 */
+    {SL_OP_MATMUL, BF, {3, 77, 1000, 0, 0, 0}, 1e-2},
+    {SL_OP_MATMUL, F32, {8, 300, 520, 0, 0, 8}, 1e-2},
+    {SL_OP_MATMUL, BF, {2, 64, 100, 0, 0, 0}, 1e-2},      /* K % 8 != 0: cuBLASLt */
     {SL_OP_MATMUL, BF, {37, 768, 512, 0, 0, 0}, 1e-2},
     {SL_OP_MATMUL, BF, {130, 200, 328, 0, 0, 8}, 1e-2},
     {SL_OP_MATMUL, F32, {7, 1000, 256, 0, 0, 0}, 5e-3},   /* f32 logits */
     {SL_OP_MATMUL, F32, {9, 300, 256, 1, 0, 0}, 5e-3},    /* f32 x, bf16 w */
     {SL_OP_MATMUL, F32, {9, 300, 256, 1, 1, 0}, 1e-5},    /* all fp32 */
-    /* rmsnorm: rows, D, one_plus, in place */
+    /* rmsnorm: rows, cols, one_plus, in place, group D (0: whole row) */
     {SL_OP_RMSNORM, BF, {64, 128, 0, 0}, 1e-2},
+    {SL_OP_RMSNORM, BF, {19, 8 * 128, 0, 1, 128}, 1e-2},   /* per-head q/k norm */
+    {SL_OP_RMSNORM, BF, {5, 4 * 256, 1, 0, 256}, 1e-2},
+    {SL_OP_RMSNORM, BF, {6, 3 * 100, 0, 0, 100}, 1e-2},    /* unaligned: scalar path */
     {SL_OP_RMSNORM, BF, {7, 4096, 1, 0}, 1e-2},
     {SL_OP_RMSNORM, BF, {33, 2048, 0, 1}, 1e-2},
     {SL_OP_RMSNORM, F32, {5, 3000, 1, 0}, 1e-5},
@@ -289,6 +300,7 @@ static const tb_case cases[] = {
     {SL_OP_SILU_MUL, F32, {3, 1000}, 1e-5},
     /* sigmoid_mul: M, N */
     {SL_OP_SIGMOID_MUL, BF, {21, 4096}, 1e-2},
+    {SL_OP_SIGMOID_MUL, BF, {7, 512, 1}, 1e-2},     /* one gate per row */
     /* kv_store: seqs, q_len, prefix, page size, Hkv*D */
     {SL_OP_KV_STORE, BF, {3, 20, 30, 16, 512}, 0},
     {SL_OP_KV_STORE, BF, {2, 5, 3, 1, 256}, 0},
@@ -305,17 +317,22 @@ static const tb_case cases[] = {
     /* moe_experts: T, H, I, E, k */
     {SL_OP_MOE_EXPERTS, BF, {5, 256, 96, 16, 4}, 2e-2},
     {SL_OP_MOE_EXPERTS, BF, {70, 512, 128, 32, 8}, 2e-2},
-    /* gather_rows: rows, cols, n */
-    {SL_OP_GATHER_ROWS, BF, {50, 1000, 7}, 0},
-    {SL_OP_GATHER_ROWS, F32, {20, 333, 20}, 0},
+    /* gather_rows: seqs, q pattern, cols */
+    {SL_OP_GATHER_ROWS, BF, {7, 3, 1000}, 0},
+    {SL_OP_GATHER_ROWS, F32, {12, 5, 333}, 0},
     /* copy_slots: slots, row elements, n */
     {SL_OP_COPY_SLOTS, F32, {12, 4096, 4}, -1},
     {SL_OP_COPY_SLOTS, BF, {9, 333, 3}, -1},
     /* fill_random: n, scale*1000, offset*1000 */
     {SL_OP_FILL_RANDOM, BF, {100003, 20, 0}, -1},
     {SL_OP_FILL_RANDOM, F32, {65536, 1000, 1000}, -1},
-    /* rmsnorm_gated: rows, D */
-    {SL_OP_RMSNORM_GATED, BF, {48, 128}, 1e-2},
+    /* rmsnorm_gated: rows, cols, -, -, group D */
+    {SL_OP_RMSNORM_GATED, BF, {48, 128, 0, 0, 0}, 1e-2},
+    {SL_OP_RMSNORM_GATED, BF, {9, 4 * 128, 0, 0, 128}, 1e-2},
+    /* add: rows, cols, b dtype (0 bf16, 1 f32), in place */
+    {SL_OP_ADD, BF, {17, 4096, 0, 1}, 1e-2},
+    {SL_OP_ADD, F32, {5, 1000, 0, 0}, 1e-6},
+    {SL_OP_ADD, BF, {3, 333, 1, 0}, 1e-2},
 };
 
 static int64_t ne2(int64_t *ne, int64_t a, int64_t b)
@@ -368,13 +385,13 @@ static void run_case(tb *t, const tb_case *c)
     case SL_OP_RMSNORM:
     case SL_OP_ADD_RMSNORM:
     case SL_OP_RMSNORM_GATED: {
-        int R = p[0], D = p[1], one = p[2];
-        snprintf(desc, sizeof desc, "R=%d D=%d%s%s %s", R, D, one ? " 1+w" : "",
+        int R = p[0], D = p[1], one = p[2], G = p[4] ? p[4] : p[1];
+        snprintf(desc, sizeof desc, "R=%d C=%d D=%d%s%s %s", R, D, G, one ? " 1+w" : "",
                  c->op == SL_OP_RMSNORM && p[3] ? " in-place"
                  : c->op == SL_OP_ADD_RMSNORM && p[3] ? " resid f32" : "",
                  sl_dtype_name(dt));
         pair_rand(t, &x, dt, 2, (ne2(ne, R, D), ne), -2, 2);
-        pair_rand(t, &w, dt, 1, (ne[0] = D, ne), -1, 1);
+        pair_rand(t, &w, dt, 1, (ne[0] = G, ne), -1, 1);
         int inplace = c->op == SL_OP_RMSNORM && p[3];
         if (!inplace) pair_out(t, &y, dt, 2, (ne2(ne, R, D), ne));
         pair *o = inplace ? &x : &y;
@@ -397,6 +414,22 @@ static void run_case(tb *t, const tb_case *c)
         pair_free(t, &x);
         pair_free(t, &w);
         if (!inplace) pair_free(t, &y);
+        break;
+    }
+    case SL_OP_ADD: {
+        int R = p[0], C = p[1];
+        snprintf(desc, sizeof desc, "R=%d C=%d b %s%s %s", R, C, p[2] ? "f32" : "bf16",
+                 p[3] ? " in-place" : "", sl_dtype_name(dt));
+        pair_rand(t, &x, dt, 2, (ne2(ne, R, C), ne), -2, 2);
+        pair_rand(t, &z, p[2] ? F32 : BF, 2, (ne2(ne, R, C), ne), -2, 2);
+        if (!p[3]) pair_out(t, &y, dt, 2, (ne2(ne, R, C), ne));
+        pair *o = p[3] ? &x : &y;
+        sl_be_add(t->cpu, &o->c, &x.c, &z.c);
+        sl_be_add(t->gpu, &o->g, &x.g, &z.g);
+        compare(t, c->op, desc, "out", &o->c, &o->g, c->tol);
+        pair_free(t, &x);
+        pair_free(t, &z);
+        if (!p[3]) pair_free(t, &y);
         break;
     }
     case SL_OP_ROPE: {
@@ -428,9 +461,11 @@ static void run_case(tb *t, const tb_case *c)
             sl_be_silu_mul(t->gpu, &y.g, &x.g);
             compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
             pair_free(t, &y);
-        } else { /* gate read from the second half of x's rows */
+        } else { /* gate read from the second half of x's rows, or its last column */
             pair_rand(t, &y, dt, 2, (ne2(ne, M, N), ne), -2, 2);
-            sl_tensor gc = sl_tensor_colview(&x.c, N, N), gg = sl_tensor_colview(&x.g, N, N);
+            int gn = p[2] ? 1 : N;
+            sl_tensor gc = sl_tensor_colview(&x.c, 2 * N - gn, gn);
+            sl_tensor gg = sl_tensor_colview(&x.g, 2 * N - gn, gn);
             sl_be_sigmoid_mul(t->cpu, &y.c, &gc);
             sl_be_sigmoid_mul(t->gpu, &y.g, &gg);
             compare(t, c->op, desc, "x", &y.c, &y.g, c->tol);
@@ -546,18 +581,25 @@ static void run_case(tb *t, const tb_case *c)
         pair_free(t, &y);
         break;
     }
-    case SL_OP_GATHER_ROWS: {
-        int R = p[0], C = p[1], n = p[2];
-        snprintf(desc, sizeof desc, "rows=%d C=%d n=%d %s", R, C, n, sl_dtype_name(dt));
-        int32_t idx[64];
-        for (int i = 0; i < n; i++) idx[i] = (i * 7 + 3) % R;
-        pair_rand(t, &x, dt, 2, (ne2(ne, R, C), ne), -1, 1);
-        pair_out(t, &y, dt, 2, (ne2(ne, n, C), ne));
-        sl_be_gather_rows(t->cpu, &y.c, &x.c, idx, n);
-        sl_be_gather_rows(t->gpu, &y.g, &x.g, idx, n);
+    case SL_OP_GATHER_ROWS: { /* the last token row of each sequence */
+        int S = p[0], C = p[2];
+        snprintf(desc, sizeof desc, "seqs=%d C=%d %s", S, C, sl_dtype_name(dt));
+        int q[16], pre[16], T = 0;
+        for (int i = 0; i < S; i++) {
+            q[i] = 1 + (p[1] * i) % 7;
+            pre[i] = 5;
+            T += q[i];
+        }
+        tb_batch b;
+        batch_make(t, &b, S, q, pre, 16, 10);
+        pair_rand(t, &x, dt, 2, (ne2(ne, T, C), ne), -1, 1);
+        pair_out(t, &y, dt, 2, (ne2(ne, S, C), ne));
+        sl_be_gather_rows(t->cpu, &y.c, &x.c, &b.m);
+        sl_be_gather_rows(t->gpu, &y.g, &x.g, &b.m);
         compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
         pair_free(t, &x);
         pair_free(t, &y);
+        batch_free(&b);
         break;
     }
     case SL_OP_COPY_SLOTS: {
@@ -905,7 +947,7 @@ static void run_perf(tb *t)
         {"8B gate_up", 2 * 12288, 4096},
         {"8B down", 4096, 12288},
     };
-    int Ms[] = {1, 16, 64, 4096};
+    int Ms[] = {1, 4, 8, 16, 64, 4096};
     for (size_t i = 0; i < sizeof w8b / sizeof w8b[0]; i++)
         for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++)
             perf_matmul(t, w8b[i].n, Ms[j], w8b[i].N, w8b[i].K);
