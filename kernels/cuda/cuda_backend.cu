@@ -9,6 +9,7 @@
 #include "cuda_backend.h"
 #include "cuda_common.cuh"
 #include "elementwise.cuh"
+#include "gdn.cuh"
 #include "matmul.cuh"
 #include "moe.cuh"
 #include "norm.cuh"
@@ -274,8 +275,8 @@ static const sl_backend_i cu_iface = {
     .sigmoid_mul = cu_sigmoid_mul,
     .kv_store = cu_kv_store,
     .attention = cu_attention,
-    .conv1d = NULL,
-    .gdn = NULL,
+    .conv1d = cu_conv1d,
+    .gdn = cu_gdn,
     .rmsnorm_gated = cu_rmsnorm_gated,
     .moe_route = cu_moe_route,
     .moe_experts = cu_moe_experts,

@@ -9,6 +9,10 @@
 #include "matmul.cuh"
 
 #define CU_MM_CACHE 64
+#define CU_MM_CANDIDATES 8
+// The heuristic's first choice is not always the fastest (small-N decode
+// GEMVs especially): on a plan's first use outside graph capture, its top
+// candidates run on the real operands and the fastest is kept.
 
 typedef struct cu_mm_key {
     int64_t M, N, K, ldx, ldw, ldo;
@@ -22,6 +26,8 @@ typedef struct cu_mm_plan {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
+    int n_cand; // heuristic candidates still to be timed (0: tuned)
+    cublasLtMatmulHeuristicResult_t cand[CU_MM_CANDIDATES];
 } cu_mm_plan;
 
 struct cu_matmul_cache {
@@ -95,88 +101,15 @@ static cu_mm_plan *plan_get(cu_backend *b, const cu_mm_key *k)
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al));
-    cublasLtMatmulHeuristicResult_t res;
     int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(b->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1,
-                                                &res, &found));
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(b->lt, p->desc, p->a, p->b, p->c, p->c, pref,
+                                                CU_MM_CANDIDATES, p->cand, &found));
     cublasLtMatmulPreferenceDestroy(pref);
     if (!found) cu_fail("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this matmul", __FILE__, __LINE__);
-    p->algo = res.algo;
+    p->n_cand = found;
+    p->algo = p->cand[0].algo;
     p->used = 1;
     return p;
-}
-
-// Skinny products (decode: M <= 8 rows of x) are memory-bound on w: one
-// warp streams two rows of w with 16-byte loads, GEMV_U chunks in flight per
-// lane, against all M rows of x (L1-resident), then reduces across the warp.
-#define GEMV_U 4
-template <int MM>
-__global__ void __launch_bounds__(256) k_gemv(cu_mat x, cu_mat w, cu_mat out, int M)
-{
-    int64_t n0 = ((int64_t)blockIdx.x * 8 + threadIdx.x / 32) * 2;
-    int lane = threadIdx.x & 31;
-    if (n0 >= w.rows) return;
-    const __nv_bfloat16 *w0 = (const __nv_bfloat16 *)w.p + n0 * w.ld;
-    const __nv_bfloat16 *w1 = n0 + 1 < w.rows ? w0 + w.ld : w0;
-    float acc[MM][2];
-#pragma unroll
-    for (int m = 0; m < MM; m++) acc[m][0] = acc[m][1] = 0.0f;
-    int64_t K = w.cols;
-    for (int64_t k0 = 0; k0 < K; k0 += 32 * 8 * GEMV_U) {
-        uint4 a[GEMV_U], b[GEMV_U];
-#pragma unroll
-        for (int u = 0; u < GEMV_U; u++) {
-            int64_t k = k0 + (u * 32 + lane) * 8;
-            a[u] = k < K ? *(const uint4 *)(w0 + k) : make_uint4(0, 0, 0, 0);
-            b[u] = k < K ? *(const uint4 *)(w1 + k) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < GEMV_U; u++) {
-            int64_t k = k0 + (u * 32 + lane) * 8;
-            if (k >= K) break;
-            float fa[8], fb[8];
-            const __nv_bfloat162 *ha = (const __nv_bfloat162 *)&a[u], *hb = (const __nv_bfloat162 *)&b[u];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float2 va = __bfloat1622float2(ha[e]), vb = __bfloat1622float2(hb[e]);
-                fa[2 * e] = va.x, fa[2 * e + 1] = va.y, fb[2 * e] = vb.x, fb[2 * e + 1] = vb.y;
-            }
-#pragma unroll
-            for (int m = 0; m < MM; m++) {
-                if (m >= M) break;
-                float xv[8];
-                cu_ld8(x, m, k, xv);
-#pragma unroll
-                for (int e = 0; e < 8; e++) {
-                    acc[m][0] += xv[e] * fa[e];
-                    acc[m][1] += xv[e] * fb[e];
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int m = 0; m < MM; m++) {
-        float s0 = cu_warp_sum(acc[m][0]), s1 = cu_warp_sum(acc[m][1]);
-        if (lane == 0 && m < M) {
-            cu_mat_st(out, m, n0, s0);
-            if (n0 + 1 < w.rows) cu_mat_st(out, m, n0 + 1, s1);
-        }
-    }
-}
-
-static bool gemv_try(cu_backend *b, const cu_mat &X, const cu_mat &W, const cu_mat &O)
-{
-    if (X.rows > 8 || X.dt != SL_DTYPE_BF16 || W.dt != SL_DTYPE_BF16 || !cu_mat_vec_ok(X) ||
-        !cu_mat_vec_ok(W))
-        return false;
-    unsigned grid = cu_blocks(W.rows, 16);
-    int M = (int)X.rows;
-    if (M == 1) k_gemv<1><<<grid, 256, 0, b->stream>>>(X, W, O, M);
-    else if (M == 2) k_gemv<2><<<grid, 256, 0, b->stream>>>(X, W, O, M);
-    else if (M <= 4) k_gemv<4><<<grid, 256, 0, b->stream>>>(X, W, O, M);
-    else k_gemv<8><<<grid, 256, 0, b->stream>>>(X, W, O, M);
-    CU_CHECK_LAUNCH();
-    return true;
 }
 
 __global__ void k_to_bf16(__nv_bfloat16 *dst, cu_mat m)
@@ -205,7 +138,6 @@ void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tens
     cu_mat X = cu_mat_of(x), W = cu_mat_of(w), O = cu_mat_of(out);
     if (X.rows == 0 || W.rows == 0) return;
     SL_ASSERT(O.dt == SL_DTYPE_BF16 || O.dt == SL_DTYPE_F32);
-    if (gemv_try(b, X, W, O)) return;
     int all_f32 = X.dt == SL_DTYPE_F32 && W.dt == SL_DTYPE_F32 && O.dt == SL_DTYPE_F32;
     void *tx = NULL, *tw = NULL;
     if (!all_f32 && X.dt != SL_DTYPE_BF16) {
@@ -231,6 +163,38 @@ void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tens
     if (ao < k.align) k.align = ao;
     cu_mm_plan *p = plan_get(b, &k);
     float one = 1.0f, zero = 0.0f;
+    if (p->n_cand > 1) {
+        cudaStreamCaptureStatus cap;
+        CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
+        if (cap == cudaStreamCaptureStatusNone) {
+            cudaEvent_t e0, e1;
+            CU_CHECK(cudaEventCreate(&e0));
+            CU_CHECK(cudaEventCreate(&e1));
+            float best = 1e30f;
+            for (int c = 0; c < p->n_cand; c++) {
+                float ms = 0.0f;
+                for (int rep = 0; rep < 3; rep++) { // the first run warms up
+                    CU_CHECK(cudaEventRecord(e0, b->stream));
+                    cublasStatus_t st = cublasLtMatmul(b->lt, p->desc, &one, W.p, p->a, X.p, p->b,
+                                                       &zero, O.p, p->c, O.p, p->c, &p->cand[c].algo,
+                                                       b->lt_ws, b->lt_ws_bytes, b->stream);
+                    CU_CHECK(cudaEventRecord(e1, b->stream));
+                    CU_CHECK(cudaEventSynchronize(e1));
+                    float t = 0.0f;
+                    CU_CHECK(cudaEventElapsedTime(&t, e0, e1));
+                    if (st != CUBLAS_STATUS_SUCCESS) t = 1e30f;
+                    if (rep > 0) ms += t;
+                }
+                if (ms < best) {
+                    best = ms;
+                    p->algo = p->cand[c].algo;
+                }
+            }
+            cudaEventDestroy(e0);
+            cudaEventDestroy(e1);
+            p->n_cand = 0;
+        }
+    }
     CUBLAS_CHECK(cublasLtMatmul(b->lt, p->desc, &one, W.p, p->a, X.p, p->b, &zero, O.p, p->c, O.p,
                                 p->c, &p->algo, b->lt_ws, b->lt_ws_bytes, b->stream));
     cu_tmp_free(b, tx);

@@ -238,6 +238,20 @@ static void batch_make(tb *t, tb_batch *b, int n_seqs, const int *q_len, const i
     if (sl_be_prepare(t->gpu, m, &e)) die_err("prepare", &e);
 }
 
+/* Hybrid-model state handling: seq s % 3 == 1 starts fresh, even seqs write
+ * a snapshot after about half their tokens into slot n_seqs + s. */
+static void batch_hybrid(tb *t, tb_batch *b)
+{
+    for (int s = 0; s < b->m.n_seqs; s++) {
+        int qn = b->q_start[s + 1] - b->q_start[s];
+        b->state_fresh[s] = s % 3 == 1;
+        b->track_slot[s] = s % 2 == 0 ? b->m.n_seqs + s : -1;
+        b->track_len[s] = 1 + (qn - 1) / 2;
+    }
+    sl_err e = {0};
+    if (sl_be_prepare(t->gpu, &b->m, &e)) die_err("prepare", &e);
+}
+
 static void batch_free(tb_batch *b)
 {
     free(b->ids);
@@ -326,6 +340,13 @@ static const tb_case cases[] = {
     /* fill_random: n, scale*1000, offset*1000 */
     {SL_OP_FILL_RANDOM, BF, {100003, 20, 0}, -1},
     {SL_OP_FILL_RANDOM, F32, {65536, 1000, 1000}, -1},
+    /* conv1d: seqs, q_len (even seqs; odd seqs 1), C, K */
+    {SL_OP_CONV1D, BF, {3, 40, 512, 4}, 1e-2},
+    {SL_OP_CONV1D, BF, {4, 1, 8192, 4}, 1e-2},
+    /* gdn: seqs, q_len (even seqs; odd seqs 1), Hk, Hv, Dk, Dv */
+    {SL_OP_GDN, BF, {3, 20, 2, 4, 128, 128}, 1e-2},
+    {SL_OP_GDN, BF, {4, 1, 1, 2, 64, 64}, 1e-2},
+    {SL_OP_GDN, BF, {2, 70, 1, 1, 128, 128}, 1e-2},
     /* rmsnorm_gated: rows, cols, -, -, group D */
     {SL_OP_RMSNORM_GATED, BF, {48, 128, 0, 0, 0}, 1e-2},
     {SL_OP_RMSNORM_GATED, BF, {9, 4 * 128, 0, 0, 128}, 1e-2},
@@ -517,6 +538,58 @@ static void run_case(tb *t, const tb_case *c)
         pair_free(t, &vc);
         pair_free(t, &x);
         pair_free(t, &z);
+        batch_free(&b);
+        break;
+    }
+    case SL_OP_CONV1D:
+    case SL_OP_GDN: {
+        int S = p[0], q[16], pre[16], T = 0;
+        for (int i = 0; i < S; i++) {
+            q[i] = i % 2 == 0 ? p[1] : 1;
+            pre[i] = 9;
+            T += q[i];
+        }
+        tb_batch b;
+        batch_make(t, &b, S, q, pre, 16, 10);
+        batch_hybrid(t, &b);
+        pair pool;
+        if (c->op == SL_OP_CONV1D) {
+            int C = p[2], K = p[3];
+            snprintf(desc, sizeof desc, "S=%d q=%d C=%d K=%d", S, p[1], C, K);
+            int64_t ne3[3] = {2 * S, C, K - 1};
+            pair_rand(t, &pool, F32, 3, ne3, -1, 1);
+            pair_rand(t, &w, dt, 2, (ne2(ne, C, K), ne), -0.5f, 0.5f);
+            pair_rand(t, &x, dt, 2, (ne2(ne, T, C), ne), -2, 2);
+            pair_out(t, &y, dt, 2, (ne2(ne, T, C), ne));
+            sl_be_conv1d(t->cpu, &y.c, &x.c, &w.c, &pool.c, &b.m);
+            sl_be_conv1d(t->gpu, &y.g, &x.g, &w.g, &pool.g, &b.m);
+            compare(t, c->op, desc, "y", &y.c, &y.g, c->tol);
+            compare(t, c->op, desc, "state", &pool.c, &pool.g, 1e-6);
+            pair_free(t, &w);
+        } else {
+            int Hk = p[2], Hv = p[3], Dk = p[4], Dv = p[5];
+            snprintf(desc, sizeof desc, "S=%d q=%d Hk=%d Hv=%d Dk=%d Dv=%d", S, p[1], Hk, Hv, Dk, Dv);
+            int64_t ne4[4] = {2 * S, Hv, Dk, Dv};
+            pair_rand(t, &pool, F32, 4, ne4, -0.2f, 0.2f);
+            pair_rand(t, &x, dt, 2, (ne2(ne, T, 2 * (int64_t)Hk * Dk + (int64_t)Hv * Dv), ne), -1, 1);
+            pair aa, bb, al, dtb;
+            pair_rand(t, &aa, dt, 2, (ne2(ne, T, Hv), ne), -2, 2);
+            pair_rand(t, &bb, dt, 2, (ne2(ne, T, Hv), ne), -2, 2);
+            pair_rand(t, &al, F32, 1, (ne[0] = Hv, ne), -1, 1);
+            pair_rand(t, &dtb, F32, 1, (ne[0] = Hv, ne), -1, 1);
+            pair_out(t, &y, dt, 2, (ne2(ne, T, (int64_t)Hv * Dv), ne));
+            sl_be_gdn(t->cpu, &y.c, &x.c, &aa.c, &bb.c, &al.c, &dtb.c, &pool.c, Hk, Hv, Dk, Dv, &b.m);
+            sl_be_gdn(t->gpu, &y.g, &x.g, &aa.g, &bb.g, &al.g, &dtb.g, &pool.g, Hk, Hv, Dk, Dv, &b.m);
+            compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
+            compare(t, c->op, desc, "ssm", &pool.c, &pool.g, 1e-4);
+            pair_free(t, &aa);
+            pair_free(t, &bb);
+            pair_free(t, &al);
+            pair_free(t, &dtb);
+        }
+        pair_free(t, &pool);
+        pair_free(t, &x);
+        pair_free(t, &y);
         batch_free(&b);
         break;
     }
