@@ -1,18 +1,23 @@
 // kernels/cuda/attention.cu: paged attention, one kernel for prefill and
-// decode (flash-decoding style, fp32 on CUDA cores).
+// decode (flash-attention style, bf16 tensor cores through wmma, fp32 softmax
+// and accumulators).
 //
-// A block owns one query tile (qt consecutive tokens of one sequence, from
-// the tiles prepare built), gh query heads that share one KV head, and one
-// split of the key range: R = qt·gh rows reuse every K/V row the block loads
-// (GQA sharing). Within the block, groups of D/8 lanes each take a key,
-// every lane holding 8 of its dims (16-byte loads), and run an online softmax
-// per row; the groups merge through shared memory at the end. With one split
-// the block writes the normalised output; with several (long contexts and
-// few tiles: decode) it writes (max, sum, acc) partials that k_attn_combine
-// merges per (token, head).
+// A block owns one query tile of 16 rows: qt consecutive tokens of one
+// sequence (from the tiles prepare built) times gh query heads that share one
+// KV head (GQA: every K/V row loaded serves all of them), and one split of
+// the key range. Its 4 warps take 16-key tiles in turn: K and V rows are
+// gathered through the page table into shared memory with cp.async (the next
+// tile loads while this one computes), S = Q·Kᵀ and O += P·V run on the
+// tensor cores, and the online softmax runs one row per lane. The warps merge
+// through shared memory at the end. With one split the block writes the
+// normalised output; with several (long contexts and few tiles: decode) it
+// writes (max, sum, acc) partials that k_attn_combine merges per (token, head).
+#include <cuda_pipeline.h>
+#include <mma.h>
+
 #include "attention.cuh"
 
-#define ATTN_THREADS 128
+#define ATTN_WARPS 4
 
 __global__ void k_kv_store(cu_mat kc, cu_mat vc, cu_mat k, cu_mat v, const int32_t *slot)
 {
@@ -47,25 +52,35 @@ typedef struct cu_attn_args {
     float *part;                       // [T, Hq, nsplit, D+2] when nsplit > 1
 } cu_attn_args;
 
-__device__ __forceinline__ void bf16x8_to_f32(uint4 u, float *f)
-{
-    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 v = __bfloat1622float2(h[i]);
-        f[2 * i] = v.x;
-        f[2 * i + 1] = v.y;
-    }
-}
+// Shared memory of k_attn: the block's 16 query rows, then per warp two
+// stages of (K tile, V tile) of 16 keys, the 16x16 score tile (fp32), the
+// probability tile (bf16) and the per-row rescale factors. After the key loop
+// a warp's stages hold its fp32 output rows for the merge.
+template <int D> struct attn_smem {
+    static constexpr int KP = D + 8;                    // bf16 row pitch (16-byte pad)
+    static constexpr int SP = 20;                       // fp32 pitch of the score tile
+    static constexpr int OP = D + 4;                    // fp32 pitch of the merge tile
+    static constexpr size_t Q = 16 * KP * 2;
+    static constexpr size_t STAGE = 2 * 16 * KP * 2;    // K then V
+    static constexpr size_t WARP = 2 * STAGE + 16 * SP * 4 + 16 * 16 * 2 + 16 * 4;
+    static constexpr size_t BYTES = Q + ATTN_WARPS * WARP;
+    static_assert(16 * OP * 4 <= 2 * STAGE, "merge tile fits in the stages");
+};
 
-template <int D, int R>
-__global__ void __launch_bounds__(ATTN_THREADS) k_attn(cu_attn_args a)
+template <int D>
+__global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
 {
-    constexpr int LPG = D / 8;            // lanes per key group
-    constexpr int NG = ATTN_THREADS / LPG; // key groups per block
-    __shared__ float qs[R][D];
-    __shared__ float accs[R][D];
-    __shared__ float ms[NG][R], ls[NG][R];
+    using namespace nvcuda;
+    using L = attn_smem<D>;
+    constexpr int KP = L::KP, NF = D / 16;
+    extern __shared__ __align__(128) char smem[];
+    __shared__ float wm[ATTN_WARPS][16], wl[ATTN_WARPS][16];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __nv_bfloat16 *Qs = (__nv_bfloat16 *)smem;
+    char *wb = smem + L::Q + warp * L::WARP;
+    float *Ss = (float *)(wb + 2 * L::STAGE);
+    __nv_bfloat16 *Ps = (__nv_bfloat16 *)(Ss + 16 * L::SP);
+    float *corr = (float *)(Ps + 16 * 16);
 
     int2 tile = a.tiles[blockIdx.x];
     int s = tile.x, i0 = tile.y;
@@ -73,146 +88,147 @@ __global__ void __launch_bounds__(ATTN_THREADS) k_attn(cu_attn_args a)
     int kh = blockIdx.y / n_hb, h0 = kh * a.G + (blockIdx.y % n_hb) * a.gh;
     int q0 = a.q_start[s], qn = a.q_start[s + 1] - q0, prefix = a.kv_len[s] - qn;
     int ntok = min(a.qt, qn - i0);
-    int kbeg = blockIdx.z * a.chunk;
+    int kbeg = blockIdx.z * a.chunk;                    // a multiple of 16
     int kend = min(kbeg + a.chunk, prefix + i0 + ntok); // last row's causal limit
     if (kbeg >= kend) return;                            // no row has keys in this split
 
-    for (int e = threadIdx.x; e < R * D; e += ATTN_THREADS) {
+    // row r = (token i0 + r / gh, head h0 + r % gh); rows past qt·gh are padding
+    for (int e = threadIdx.x; e < 16 * D; e += ATTN_WARPS * 32) {
         int r = e / D, d = e % D, ti = r / a.gh;
         float v = 0.0f;
-        if (ti < ntok) v = cu_mat_ld(a.q, q0 + i0 + ti, (int64_t)(h0 + r % a.gh) * D + d);
-        qs[r][d] = v * a.scale_log2;
-        accs[r][d] = 0.0f;
+        if (r < a.qt * a.gh && ti < ntok)
+            v = cu_mat_ld(a.q, q0 + i0 + ti, (int64_t)(h0 + r % a.gh) * D + d);
+        Qs[r * KP + d] = __float2bfloat16_rn(v);
     }
+    // Which row each accumulator element holds: load a tile of row numbers.
+    for (int e = lane; e < 256; e += 32) Ss[(e / 16) * L::SP + e % 16] = (float)(e / 16);
     __syncthreads();
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[NF], rf;
+    wmma::load_matrix_sync(rf, Ss, L::SP, wmma::mem_row_major);
+    constexpr int NE = sizeof(rf.x) / sizeof(rf.x[0]);
+    int rowof[NE];
+#pragma unroll
+    for (int i = 0; i < NE; i++) rowof[i] = (int)rf.x[i];
+#pragma unroll
+    for (int f = 0; f < NF; f++) wmma::fill_fragment(of[f], 0.0f);
 
-    int g = threadIdx.x / LPG, gl = threadIdx.x % LPG;
-    float q[R][8], acc[R][8], m[R], l[R];
-    int nkv[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        int ti = r / a.gh;
-        nkv[r] = ti < ntok ? prefix + i0 + ti + 1 : 0;
-        m[r] = -INFINITY;
-        l[r] = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            q[r][e] = qs[r][gl * 8 + e];
-            acc[r][e] = 0.0f;
-        }
-    }
+    // lanes 0..15 keep the softmax state of row r = lane
+    int r_ti = lane / a.gh;
+    int nkv_r = lane < 16 && lane < a.qt * a.gh && r_ti < ntok ? prefix + i0 + r_ti + 1 : 0;
+    float m_r = -INFINITY, l_r = 0.0f;
+
     const int32_t *pages = a.page_table + (int64_t)s * a.max_pages;
     const int P = a.page_size;
-    const int64_t koff = (int64_t)kh * D + gl * 8;
-    // The loop bound is per warp, not per group: every lane of a warp must
-    // take part in each shuffle. Keys past kend are masked. The next step's
-    // K/V rows are loaded before this step's arithmetic (register double
-    // buffering), so loads stay in flight while the lanes compute.
-    constexpr int GPW = 32 / LPG;
-    constexpr int NK = R <= 4 ? 4 : 2; // keys per lane group per step
-    const int wg0 = (threadIdx.x / 32) * GPW, step = NG * NK;
-    uint4 kr[NK], vr[NK];
-    auto load = [&](int j0, uint4 *kd, uint4 *vd) {
-#pragma unroll
-        for (int kk = 0; kk < NK; kk++) {
-            int j = j0 + kk;
-            if (j < kend) {
-                int64_t row = (int64_t)pages[j / P] * P + j % P;
-                kd[kk] = *(const uint4 *)(a.kc + row * a.kld + koff);
-                vd[kk] = *(const uint4 *)(a.vc + row * a.vld + koff);
-            } else {
-                kd[kk] = make_uint4(0, 0, 0, 0);
-                vd[kk] = kd[kk];
-            }
+    const int64_t koff = (int64_t)kh * D;
+    // K and V rows of keys [j0, j0+16) into a stage; keys past kend are zeros
+    auto issue = [&](int j0, __nv_bfloat16 *st) {
+        for (int c = lane; c < 16 * (D / 8); c += 32) {
+            int rr = c / (D / 8), cc = (c % (D / 8)) * 8, j = j0 + rr;
+            bool ok = j < kend;
+            int64_t row = ok ? (int64_t)pages[j / P] * P + j % P : 0;
+            __pipeline_memcpy_async(st + rr * KP + cc, a.kc + row * a.kld + koff + cc, 16,
+                                    ok ? 0 : 16);
+            __pipeline_memcpy_async(st + (16 + rr) * KP + cc, a.vc + row * a.vld + koff + cc, 16,
+                                    ok ? 0 : 16);
         }
+        __pipeline_commit();
     };
-    load(kbeg + wg0 * NK + (g - wg0) * NK, kr, vr);
-    for (int jw = kbeg + wg0 * NK; jw < kend; jw += step) {
-        int j0 = jw + (g - wg0) * NK;
-        uint4 kn[NK], vn[NK];
-        load(j0 + step, kn, vn);
-        float sc[NK][R];
+    const int step = ATTN_WARPS * 16;
+    int j0 = kbeg + warp * 16, buf = 0;
+    auto stage = [&](int i) { return (__nv_bfloat16 *)(wb + i * L::STAGE); };
+    if (j0 < kend) issue(j0, stage(0));
+    for (; j0 < kend; j0 += step, buf ^= 1) {
+        if (j0 + step < kend) issue(j0 + step, stage(buf ^ 1));
+        else __pipeline_commit(); // an empty group keeps wait_prior(1) exact
+        __pipeline_wait_prior(1);
+        __syncwarp();
+        const __nv_bfloat16 *Ks = stage(buf), *Vs = Ks + 16 * KP;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
+        wmma::fill_fragment(sf, 0.0f);
 #pragma unroll
-        for (int kk = 0; kk < NK; kk++) {
-            float kf[8];
-            bf16x8_to_f32(kr[kk], kf);
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                float d = 0.0f;
-#pragma unroll
-                for (int e = 0; e < 8; e++) d += q[r][e] * kf[e];
-#pragma unroll
-                for (int o = LPG / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-                sc[kk][r] = j0 + kk < nkv[r] && j0 + kk < kend ? d : -INFINITY;
-            }
+        for (int f = 0; f < NF; f++) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qf;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kf;
+            wmma::load_matrix_sync(qf, Qs + f * 16, KP);
+            wmma::load_matrix_sync(kf, Ks + f * 16, KP);
+            wmma::mma_sync(sf, qf, kf, sf);
         }
-        float vf[NK][8];
+        wmma::store_matrix_sync(Ss, sf, L::SP, wmma::mem_row_major);
+        __syncwarp();
+        if (lane < 16) {
+            float sc[16], mt = -INFINITY;
 #pragma unroll
-        for (int kk = 0; kk < NK; kk++) bf16x8_to_f32(vr[kk], vf[kk]);
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            float mt = sc[0][r];
-#pragma unroll
-            for (int kk = 1; kk < NK; kk++) mt = fmaxf(mt, sc[kk][r]);
-            // Lazy rescale: keep the running max unless a score exceeds it
-            // by 2^8; p <= 256 is harmless in fp32 and the final merge uses
-            // the same m for l and acc.
-            if (mt > m[r] + 8.0f) {
-                float corr = exp2f(m[r] - mt);
-                m[r] = mt;
-                l[r] *= corr;
-#pragma unroll
-                for (int e = 0; e < 8; e++) acc[r][e] *= corr;
+            for (int c = 0; c < 16; c++) {
+                int j = j0 + c;
+                sc[c] = j < nkv_r && j < kend ? Ss[lane * L::SP + c] * a.scale_log2 : -INFINITY;
+                mt = fmaxf(mt, sc[c]);
             }
-            if (m[r] == -INFINITY) continue; // nothing visible yet for this row
+            float mn = fmaxf(m_r, mt);
+            float cr = mn == -INFINITY ? 1.0f : exp2f(m_r - mn), sum = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < NK; kk++) {
-                float p = exp2f(sc[kk][r] - m[r]);
-                l[r] += p;
-#pragma unroll
-                for (int e = 0; e < 8; e++) acc[r][e] += p * vf[kk][e];
+            for (int c = 0; c < 16; c++) {
+                float p = mn == -INFINITY ? 0.0f : exp2f(sc[c] - mn);
+                Ps[lane * 16 + c] = __float2bfloat16_rn(p);
+                sum += p;
             }
+            l_r = l_r * cr + sum;
+            m_r = mn;
+            corr[lane] = cr;
         }
+        __syncwarp();
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pf;
+        wmma::load_matrix_sync(pf, Ps, 16);
 #pragma unroll
-        for (int kk = 0; kk < NK; kk++) {
-            kr[kk] = kn[kk];
-            vr[kk] = vn[kk];
+        for (int f = 0; f < NF; f++) {
+#pragma unroll
+            for (int i = 0; i < NE; i++) of[f].x[i] *= corr[rowof[i]];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vf;
+            wmma::load_matrix_sync(vf, Vs + f * 16, KP);
+            wmma::mma_sync(of[f], pf, vf, of[f]);
         }
+        __syncwarp(); // this stage is refilled two steps on
     }
+    __pipeline_wait_prior(0);
 
-    if (gl == 0)
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            ms[g][r] = m[r];
-            ls[g][r] = l[r];
-        }
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        float M = -INFINITY;
-        for (int x = 0; x < NG; x++) M = fmaxf(M, ms[x][r]);
-        float f = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - M);
-#pragma unroll
-        for (int e = 0; e < 8; e++) atomicAdd(&accs[r][gl * 8 + e], acc[r][e] * f);
+    // merge the warps: rescale each to the block-wide row max, sum in smem
+    if (lane < 16) {
+        wm[warp][lane] = m_r;
+        wl[warp][lane] = l_r;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < R * D; e += ATTN_THREADS) {
+    float *Os = (float *)wb;
+#pragma unroll
+    for (int i = 0; i < NE; i++) {
+        int r = rowof[i];
+        float M = -INFINITY;
+        for (int w = 0; w < ATTN_WARPS; w++) M = fmaxf(M, wm[w][r]);
+        float f = wm[warp][r] == -INFINITY ? 0.0f : exp2f(wm[warp][r] - M);
+#pragma unroll
+        for (int k = 0; k < NF; k++) of[k].x[i] *= f;
+    }
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+        wmma::store_matrix_sync(Os + f * 16, of[f], L::OP, wmma::mem_row_major);
+    __syncthreads();
+    for (int e = threadIdx.x; e < 16 * D; e += ATTN_WARPS * 32) {
         int r = e / D, d = e % D, ti = r / a.gh;
-        if (ti >= ntok || prefix + i0 + ti + 1 <= kbeg) continue; // no keys here
-        float M = -INFINITY, L = 0.0f;
-        for (int x = 0; x < NG; x++) M = fmaxf(M, ms[x][r]);
-        for (int x = 0; x < NG; x++)
-            if (ms[x][r] != -INFINITY) L += ls[x][r] * exp2f(ms[x][r] - M);
+        if (r >= a.qt * a.gh || ti >= ntok || prefix + i0 + ti + 1 <= kbeg) continue;
+        float M = -INFINITY, Lsum = 0.0f, o = 0.0f;
+        for (int w = 0; w < ATTN_WARPS; w++) M = fmaxf(M, wm[w][r]);
+        for (int w = 0; w < ATTN_WARPS; w++) {
+            if (wm[w][r] != -INFINITY) Lsum += wl[w][r] * exp2f(wm[w][r] - M);
+            o += ((const float *)(smem + L::Q + w * L::WARP))[r * L::OP + d];
+        }
         int t = q0 + i0 + ti, h = h0 + r % a.gh;
         if (a.nsplit == 1) {
-            cu_mat_st(a.out, t, (int64_t)h * D + d, accs[r][d] / L);
+            cu_mat_st(a.out, t, (int64_t)h * D + d, o / Lsum);
         } else {
             float *p = a.part + (((int64_t)t * a.Hq + h) * a.nsplit + blockIdx.z) * (D + 2);
             if (d == 0) {
                 p[0] = M;
-                p[1] = L;
+                p[1] = Lsum;
             }
-            p[2 + d] = accs[r][d];
+            p[2 + d] = o;
         }
     }
 }
@@ -236,14 +252,12 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
 }
 
 template <int D>
-static void attn_launch(cu_backend *b, const cu_attn_args &a, int R, dim3 grid)
+static void attn_launch(cu_backend *b, const cu_attn_args &a, dim3 grid)
 {
-    switch (R) {
-    case 1: k_attn<D, 1><<<grid, ATTN_THREADS, 0, b->stream>>>(a); break;
-    case 2: k_attn<D, 2><<<grid, ATTN_THREADS, 0, b->stream>>>(a); break;
-    case 4: k_attn<D, 4><<<grid, ATTN_THREADS, 0, b->stream>>>(a); break;
-    default: k_attn<D, 8><<<grid, ATTN_THREADS, 0, b->stream>>>(a); break;
-    }
+    // more than 48 KB of shared memory; per device, so set at every launch (cheap)
+    CU_CHECK(cudaFuncSetAttribute(k_attn<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)attn_smem<D>::BYTES));
+    k_attn<D><<<grid, ATTN_WARPS * 32, attn_smem<D>::BYTES, b->stream>>>(a);
     CU_CHECK_LAUNCH();
 }
 
@@ -268,14 +282,12 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.Hq = Hq;
     a.G = Hq / Hkv;
     a.gh = 1;
-    for (int d = 1; d <= 8; d++)
+    for (int d = 1; d <= 16; d++)
         if (a.G % d == 0) a.gh = d;
     int level = 0;
-    while (cm->max_q_len > (1 << level) && (a.gh << (level + 1)) <= 8 && level + 1 < CU_TILE_LEVELS)
+    while (cm->max_q_len > (1 << level) && (a.gh << (level + 1)) <= 16 && level + 1 < CU_TILE_LEVELS)
         level++;
     a.qt = 1 << level;
-    int R = a.gh * a.qt;
-    R = R <= 1 ? 1 : R <= 2 ? 2 : R <= 4 ? 4 : 8;
     a.scale_log2 = scale * 1.4426950408889634f;
     a.tiles = cm->tiles[level];
     a.q_start = cm->q_start;
@@ -298,9 +310,9 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
                                               (D + 2));
     dim3 grid((unsigned)cm->n_tiles[level], (unsigned)(Hkv * n_hb), (unsigned)a.nsplit);
     switch (D) {
-    case 64: attn_launch<64>(b, a, R, grid); break;
-    case 128: attn_launch<128>(b, a, R, grid); break;
-    default: attn_launch<256>(b, a, R, grid); break;
+    case 64: attn_launch<64>(b, a, grid); break;
+    case 128: attn_launch<128>(b, a, grid); break;
+    default: attn_launch<256>(b, a, grid); break;
     }
     if (a.nsplit > 1) {
         k_attn_combine<<<dim3((unsigned)cm->n_tokens, (unsigned)Hq), 128, 0, b->stream>>>(a, D);

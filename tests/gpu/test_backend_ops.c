@@ -325,6 +325,8 @@ static const tb_case cases[] = {
     {SL_OP_ATTENTION, BF, {2, 33, 0, 1, 4, 4, 256}, 2e-2},        /* MHA, page 1, D 256 */
     {SL_OP_ATTENTION, BF, {3, 70, 20, 16, 32, 4, 128}, 2e-2},     /* GQA 8 prefill */
     {SL_OP_ATTENTION, BF, {2, 17, 40, 32, 16, 16, 64}, 2e-2},
+    {SL_OP_ATTENTION, BF, {3, 1, 5000, 16, 16, 2, 256}, 2e-2},    /* qwen3_next decode */
+    {SL_OP_ATTENTION, BF, {1, 200, 0, 16, 16, 2, 256}, 2e-2},     /* qwen3_next prefill */
     /* moe_route: T, E, k, norm */
     {SL_OP_MOE_ROUTE, F32, {33, 128, 8, 1}, 1e-5},
     {SL_OP_MOE_ROUTE, F32, {9, 60, 4, 0}, 1e-5},
@@ -1029,6 +1031,8 @@ static void run_perf(tb *t)
     perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128);
     perf_attention(t, "30B decode", 32, 1, 4096, 16, 32, 4, 128);
     perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128);
+    perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128);
+    perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256);
     perf_row(t, SL_OP_RMSNORM, 4096, 4096);
     perf_row(t, SL_OP_ADD_RMSNORM, 4096, 4096);
     perf_row(t, SL_OP_SILU_MUL, 4096, 12288);
