@@ -233,6 +233,184 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
     }
 }
 
+// Prefill: 4 warps own 16 query rows each (64 rows: tokens × heads of one KV
+// head) and share every 32-key K/V tile, loaded by the whole block with
+// cp.async one tile ahead (the FA2 layout: K/V traffic is amortised over 64
+// rows instead of 16). A warp skips the tiles its rows cannot see.
+#define PF_KEYS 32
+template <int D> struct attn_pf_smem {
+    static constexpr int KP = D + 8;                      // bf16 pitch of Q/K/V rows
+    static constexpr int SP = PF_KEYS + 4;                // fp32 pitch of a warp's scores
+    static constexpr int PP = PF_KEYS + 8;                // bf16 pitch of a warp's P
+    static constexpr int OP = D + 4;                      // fp32 pitch of the output tile
+    static constexpr size_t Q = 64 * KP * 2;
+    static constexpr size_t STAGE = 2 * PF_KEYS * KP * 2; // K then V
+    static constexpr size_t WARP = 16 * SP * 4 + 16 * PP * 2 + 16 * 4 + 16 * 4;
+    static constexpr size_t BYTES = Q + 2 * STAGE + ATTN_WARPS * WARP;
+    static_assert(ATTN_WARPS * 16 * OP * 4 <= 2 * STAGE, "output tiles fit in the stages");
+};
+
+template <int D>
+__global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a)
+{
+    using namespace nvcuda;
+    using L = attn_pf_smem<D>;
+    constexpr int KP = L::KP, NF = D / 16;
+    extern __shared__ __align__(128) char smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __nv_bfloat16 *Qs = (__nv_bfloat16 *)smem;
+    char *stages = smem + L::Q;
+    char *wb = stages + 2 * L::STAGE + warp * L::WARP;
+    float *Ss = (float *)wb;
+    __nv_bfloat16 *Ps = (__nv_bfloat16 *)(Ss + 16 * L::SP);
+    float *corr = (float *)(Ps + 16 * L::PP), *lrow = corr + 16;
+
+    int2 tile = a.tiles[blockIdx.x];
+    int s = tile.x, i0 = tile.y;
+    int n_hb = a.G / a.gh;
+    int kh = blockIdx.y / n_hb, h0 = kh * a.G + (blockIdx.y % n_hb) * a.gh;
+    int q0 = a.q_start[s], qn = a.q_start[s + 1] - q0, prefix = a.kv_len[s] - qn;
+    int ntok = min(a.qt, qn - i0);
+    int kbeg = blockIdx.z * a.chunk;
+    int kend = min(kbeg + a.chunk, prefix + i0 + ntok);
+    if (kbeg >= kend) return;
+
+    for (int e = threadIdx.x; e < 64 * D; e += ATTN_WARPS * 32) {
+        int r = e / D, d = e % D, ti = r / a.gh;
+        float v = 0.0f;
+        if (ti < ntok) v = cu_mat_ld(a.q, q0 + i0 + ti, (int64_t)(h0 + r % a.gh) * D + d);
+        Qs[r * KP + d] = __float2bfloat16_rn(v);
+    }
+    for (int e = lane; e < 256; e += 32) Ss[(e / 16) * L::SP + e % 16] = (float)(e / 16);
+    __syncthreads();
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[NF], rf;
+    wmma::load_matrix_sync(rf, Ss, L::SP, wmma::mem_row_major);
+    constexpr int NE = sizeof(rf.x) / sizeof(rf.x[0]);
+    int rowof[NE];
+#pragma unroll
+    for (int i = 0; i < NE; i++) rowof[i] = (int)rf.x[i];
+#pragma unroll
+    for (int f = 0; f < NF; f++) wmma::fill_fragment(of[f], 0.0f);
+
+    // lane r < 16 keeps the softmax state of the warp's row 16·warp + r
+    int R0 = warp * 16, r_ti = (R0 + lane) / a.gh;
+    int nkv_r = lane < 16 && r_ti < ntok ? prefix + i0 + r_ti + 1 : 0;
+    int warp_ti = min((R0 + 15) / a.gh, ntok - 1);
+    int warp_end = R0 / a.gh < ntok ? prefix + i0 + warp_ti + 1 : 0; // keys this warp sees
+    float m_r = -INFINITY, l_r = 0.0f;
+
+    const int32_t *pages = a.page_table + (int64_t)s * a.max_pages;
+    const int P = a.page_size;
+    const int64_t koff = (int64_t)kh * D;
+    auto stage = [&](int i) { return (__nv_bfloat16 *)(stages + i * L::STAGE); };
+    auto issue = [&](int j0, __nv_bfloat16 *st) {
+        for (int c = threadIdx.x; c < PF_KEYS * (D / 8); c += ATTN_WARPS * 32) {
+            int rr = c / (D / 8), cc = (c % (D / 8)) * 8, j = j0 + rr;
+            bool ok = j < kend;
+            int64_t row = ok ? (int64_t)pages[j / P] * P + j % P : 0;
+            __pipeline_memcpy_async(st + rr * KP + cc, a.kc + row * a.kld + koff + cc, 16,
+                                    ok ? 0 : 16);
+            __pipeline_memcpy_async(st + (PF_KEYS + rr) * KP + cc, a.vc + row * a.vld + koff + cc,
+                                    16, ok ? 0 : 16);
+        }
+        __pipeline_commit();
+    };
+    int buf = 0;
+    issue(kbeg, stage(0));
+    for (int j0 = kbeg; j0 < kend; j0 += PF_KEYS, buf ^= 1) {
+        if (j0 + PF_KEYS < kend) issue(j0 + PF_KEYS, stage(buf ^ 1));
+        else __pipeline_commit();
+        __pipeline_wait_prior(1);
+        __syncthreads();
+        if (j0 < warp_end) {
+            const __nv_bfloat16 *Ks = stage(buf), *Vs = Ks + PF_KEYS * KP;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf[2];
+            wmma::fill_fragment(sf[0], 0.0f);
+            wmma::fill_fragment(sf[1], 0.0f);
+#pragma unroll
+            for (int f = 0; f < NF; f++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qf;
+                wmma::load_matrix_sync(qf, Qs + R0 * KP + f * 16, KP);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kf;
+                    wmma::load_matrix_sync(kf, Ks + h * 16 * KP + f * 16, KP);
+                    wmma::mma_sync(sf[h], qf, kf, sf[h]);
+                }
+            }
+            wmma::store_matrix_sync(Ss, sf[0], L::SP, wmma::mem_row_major);
+            wmma::store_matrix_sync(Ss + 16, sf[1], L::SP, wmma::mem_row_major);
+            __syncwarp();
+            if (lane < 16) {
+                float sc[PF_KEYS], mt = -INFINITY;
+#pragma unroll
+                for (int c = 0; c < PF_KEYS; c++) {
+                    int j = j0 + c;
+                    sc[c] = j < nkv_r && j < kend ? Ss[lane * L::SP + c] * a.scale_log2 : -INFINITY;
+                    mt = fmaxf(mt, sc[c]);
+                }
+                float mn = fmaxf(m_r, mt);
+                float cr = mn == -INFINITY ? 1.0f : exp2f(m_r - mn), sum = 0.0f;
+#pragma unroll
+                for (int c = 0; c < PF_KEYS; c++) {
+                    float p = mn == -INFINITY ? 0.0f : exp2f(sc[c] - mn);
+                    Ps[lane * L::PP + c] = __float2bfloat16_rn(p);
+                    sum += p;
+                }
+                l_r = l_r * cr + sum;
+                m_r = mn;
+                corr[lane] = cr;
+            }
+            __syncwarp();
+#pragma unroll
+            for (int f = 0; f < NF; f++)
+#pragma unroll
+                for (int i = 0; i < NE; i++) of[f].x[i] *= corr[rowof[i]];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pf;
+                wmma::load_matrix_sync(pf, Ps + h * 16, L::PP);
+#pragma unroll
+                for (int f = 0; f < NF; f++) {
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vf;
+                    wmma::load_matrix_sync(vf, Vs + h * 16 * KP + f * 16, KP);
+                    wmma::mma_sync(of[f], pf, vf, of[f]);
+                }
+            }
+        }
+        __syncthreads(); // the stage just read is refilled next iteration
+    }
+    __pipeline_wait_prior(0);
+    __syncthreads();
+
+    // each warp writes its own rows: stage memory holds the fp32 tiles
+    float *Os = (float *)stages + warp * 16 * L::OP;
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+        wmma::store_matrix_sync(Os + f * 16, of[f], L::OP, wmma::mem_row_major);
+    if (lane < 16) {
+        corr[lane] = m_r;
+        lrow[lane] = l_r;
+    }
+    __syncwarp();
+    for (int e = lane; e < 16 * D; e += 32) {
+        int r = e / D, d = e % D, ti = (R0 + r) / a.gh;
+        if (ti >= ntok || prefix + i0 + ti + 1 <= kbeg) continue; // padding, or no keys here
+        int t = q0 + i0 + ti, h = h0 + (R0 + r) % a.gh;
+        float o = Os[r * L::OP + d];
+        if (a.nsplit == 1) {
+            cu_mat_st(a.out, t, (int64_t)h * D + d, o / lrow[r]);
+        } else {
+            float *p = a.part + (((int64_t)t * a.Hq + h) * a.nsplit + blockIdx.z) * (D + 2);
+            if (d == 0) {
+                p[0] = corr[r];
+                p[1] = lrow[r];
+            }
+            p[2 + d] = o;
+        }
+    }
+}
+
 __global__ void k_attn_combine(cu_attn_args a, int D)
 {
     int t = blockIdx.x, h = blockIdx.y;
@@ -251,14 +429,49 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
     }
 }
 
-template <int D>
-static void attn_launch(cu_backend *b, const cu_attn_args &a, dim3 grid)
+// The two kernels by query-tile height: 16 rows (decode, short chunks) or 64.
+template <int D, bool PF> struct attn_kernel {
+    static constexpr size_t BYTES = PF ? attn_pf_smem<D>::BYTES : attn_smem<D>::BYTES;
+    static void (*fn(void))(cu_attn_args) { return PF ? k_attn_prefill<D> : k_attn<D>; }
+};
+
+// Allows the kernel more than 48 KB of shared memory (a per-device setting,
+// so done before every launch: it is cheap) and returns how many of its
+// blocks fit on one multiprocessor.
+template <int D, bool PF>
+static int attn_prepare_kernel(void)
 {
-    // more than 48 KB of shared memory; per device, so set at every launch (cheap)
-    CU_CHECK(cudaFuncSetAttribute(k_attn<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)attn_smem<D>::BYTES));
-    k_attn<D><<<grid, ATTN_WARPS * 32, attn_smem<D>::BYTES, b->stream>>>(a);
+    using K = attn_kernel<D, PF>;
+    CU_CHECK(cudaFuncSetAttribute(K::fn(), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)K::BYTES));
+    int n = 0;
+    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, K::fn(), ATTN_WARPS * 32, K::BYTES));
+    return n > 0 ? n : 1;
+}
+
+template <int D, bool PF>
+static int attn_run(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int level, int Hkv)
+{
+    using K = attn_kernel<D, PF>;
+    int n_hb = a.G / a.gh;
+    int64_t base = (int64_t)cm->n_tiles[level] * Hkv * n_hb;
+    int max_kv = cm->max_kv_len > 0 ? cm->max_kv_len : 1;
+    // Split the keys only to fill one wave of blocks (decode, few tiles): a
+    // partial second wave would cost more than the splits save.
+    int64_t capacity = (int64_t)attn_prepare_kernel<D, PF>() * b->n_sm;
+    int ns = base >= capacity ? 1 : (int)(capacity / base);
+    int ns_cap = (max_kv + 255) / 256;
+    if (ns > ns_cap) ns = ns_cap;
+    if (ns < 1) ns = 1;
+    a.chunk = (((max_kv + ns - 1) / ns) + 63) / 64 * 64;
+    a.nsplit = (max_kv + a.chunk - 1) / a.chunk;
+    if (a.nsplit > 1)
+        a.part = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)cm->n_tokens * a.Hq * a.nsplit *
+                                              (D + 2));
+    dim3 grid((unsigned)cm->n_tiles[level], (unsigned)(Hkv * n_hb), (unsigned)a.nsplit);
+    K::fn()<<<grid, ATTN_WARPS * 32, K::BYTES, b->stream>>>(a);
     CU_CHECK_LAUNCH();
+    return a.nsplit;
 }
 
 void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,
@@ -281,12 +494,19 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     SL_ASSERT(a.kld % 8 == 0 && a.vld % 8 == 0);
     a.Hq = Hq;
     a.G = Hq / Hkv;
+    // 64-row tiles once a sequence brings 16 or more new tokens (prefill),
+    // else 16-row tiles; gh heads (a power of two dividing G) × qt tokens.
+    bool pf = cm->max_q_len >= 16;
+    int rows = pf ? 64 : 16;
     a.gh = 1;
-    for (int d = 1; d <= 16; d++)
-        if (a.G % d == 0) a.gh = d;
+    while (a.G % (a.gh * 2) == 0 && a.gh * 2 <= rows) a.gh *= 2;
     int level = 0;
-    while (cm->max_q_len > (1 << level) && (a.gh << (level + 1)) <= 16 && level + 1 < CU_TILE_LEVELS)
-        level++;
+    if (pf) {
+        while ((a.gh << level) < 64) level++;
+    } else {
+        while (cm->max_q_len > (1 << level) && (a.gh << (level + 1)) <= 16) level++;
+    }
+    SL_ASSERT(level < CU_TILE_LEVELS);
     a.qt = 1 << level;
     a.scale_log2 = scale * 1.4426950408889634f;
     a.tiles = cm->tiles[level];
@@ -296,25 +516,16 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.seq_of = cm->seq_of;
     a.page_size = cm->page_size;
     a.max_pages = cm->max_pages;
-    int n_hb = a.G / a.gh;
-    int64_t base = (int64_t)cm->n_tiles[level] * Hkv * n_hb;
-    int max_kv = cm->max_kv_len > 0 ? cm->max_kv_len : 1;
-    int ns = (int)((4 * (int64_t)b->n_sm + base - 1) / base);
-    int ns_cap = (max_kv + 255) / 256;
-    if (ns > ns_cap) ns = ns_cap;
-    if (ns < 1) ns = 1;
-    a.chunk = (((max_kv + ns - 1) / ns) + 63) / 64 * 64;
-    a.nsplit = (max_kv + a.chunk - 1) / a.chunk;
-    if (a.nsplit > 1)
-        a.part = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)cm->n_tokens * Hq * a.nsplit *
-                                              (D + 2));
-    dim3 grid((unsigned)cm->n_tiles[level], (unsigned)(Hkv * n_hb), (unsigned)a.nsplit);
-    switch (D) {
-    case 64: attn_launch<64>(b, a, grid); break;
-    case 128: attn_launch<128>(b, a, grid); break;
-    default: attn_launch<256>(b, a, grid); break;
+    int nsplit;
+    switch (D * 2 + pf) {
+    case 128: nsplit = attn_run<64, false>(b, a, cm, level, Hkv); break;
+    case 129: nsplit = attn_run<64, true>(b, a, cm, level, Hkv); break;
+    case 256: nsplit = attn_run<128, false>(b, a, cm, level, Hkv); break;
+    case 257: nsplit = attn_run<128, true>(b, a, cm, level, Hkv); break;
+    case 512: nsplit = attn_run<256, false>(b, a, cm, level, Hkv); break;
+    default: nsplit = attn_run<256, true>(b, a, cm, level, Hkv); break;
     }
-    if (a.nsplit > 1) {
+    if (nsplit > 1) {
         k_attn_combine<<<dim3((unsigned)cm->n_tokens, (unsigned)Hq), 128, 0, b->stream>>>(a, D);
         CU_CHECK_LAUNCH();
         cu_tmp_free(b, a.part);

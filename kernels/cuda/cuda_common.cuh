@@ -54,7 +54,7 @@ void cu_fail(const char *what, const char *msg, const char *file, int line);
 // prepare fills with a single async copy. tiles[l] lists the attention query
 // tiles of 2^l consecutive tokens of one sequence: .x = sequence, .y = first
 // token index within the sequence (see attention.cu).
-#define CU_TILE_LEVELS 5
+#define CU_TILE_LEVELS 7
 typedef struct cu_meta {
     int n_tokens, n_seqs, page_size, max_pages;
     int max_q_len, max_kv_len;

@@ -8,6 +8,7 @@
 //   combine out[t] = Σ_j w[t,j] · y[pos(t,j)]    (fixed order: deterministic)
 // The GEMM grid is sized by an upper bound on the tile count; blocks past
 // the real count (known only on the device) exit at once.
+#include <cuda_pipeline.h>
 #include <mma.h>
 
 #include "moe.cuh"
@@ -86,6 +87,7 @@ void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_t
 #define MOE_BN 64
 #define MOE_BK 32
 #define MOE_THREADS 128
+#define MOE_STAGES 3
 
 typedef struct cu_moe_plan {
     int32_t *count;   // [E]
@@ -130,7 +132,10 @@ __global__ void k_moe_gather(__nv_bfloat16 *xs, cu_mat x, const int32_t *ids, in
 
 // C[rows of expert e, N] = A[rows, K] · B_e[N, K]ᵀ on bf16 tensor cores
 // (wmma 16x16x16, fp32 accumulate). GLU: B_e holds 2N rows (gate then up) and
-// the block computes both tiles, writing silu(gate)·up.
+// the block computes both tiles, writing silu(gate)·up. The A and B tiles of
+// the next MOE_STAGES-1 K-steps load with cp.async while this one computes:
+// at decode sizes the kernel streams expert weights and lives on loads in
+// flight.
 template <bool GLU>
 __global__ void __launch_bounds__(MOE_THREADS) k_moe_gemm(const __nv_bfloat16 *A,
                                                           const __nv_bfloat16 *B, int64_t b_estride,
@@ -141,10 +146,12 @@ __global__ void __launch_bounds__(MOE_THREADS) k_moe_gemm(const __nv_bfloat16 *A
     constexpr int NB = GLU ? 2 : 1;
     constexpr int LDS = MOE_BK + 8;          // bf16 row pitch in shared memory
     constexpr int LDC = MOE_BN + 4;          // fp32 pitch of the epilogue tile
-    constexpr int AB_BYTES = (MOE_BM + NB * MOE_BN) * LDS * 2;
+    constexpr int ROWS = MOE_BM + NB * MOE_BN;
+    constexpr int STAGE = ROWS * LDS;        // bf16 elements per stage
+    constexpr int AB_BYTES = MOE_STAGES * STAGE * 2;
     constexpr int C_BYTES = NB * MOE_BM * LDC * 4;
     __shared__ __align__(128) char smem[AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES];
-    __nv_bfloat16 *As = (__nv_bfloat16 *)smem, *Bs = As + MOE_BM * LDS;
+    __nv_bfloat16 *stages = (__nv_bfloat16 *)smem;
     float *Cs = (float *)smem;
 
     if ((int)blockIdx.y >= *p.n_tiles) return;
@@ -155,6 +162,26 @@ __global__ void __launch_bounds__(MOE_THREADS) k_moe_gemm(const __nv_bfloat16 *A
     int n0 = blockIdx.x * MOE_BN;
     const __nv_bfloat16 *Be = B + e * b_estride;
 
+    // rows [0, BM) of a stage: A; then NB*BN rows of B (zeros past the edges)
+    auto load = [&](int k0, int st) {
+        __nv_bfloat16 *S = stages + st * STAGE;
+        for (int c = threadIdx.x; c < ROWS * (MOE_BK / 8); c += MOE_THREADS) {
+            int r = c / (MOE_BK / 8), kc = (c % (MOE_BK / 8)) * 8;
+            const __nv_bfloat16 *src;
+            bool ok;
+            if (r < MOE_BM) {
+                ok = r < rows && k0 + kc < K;
+                src = A + (r0 + r) * K + k0 + kc;
+            } else {
+                int rb = r - MOE_BM, half = rb / MOE_BN, n = n0 + rb % MOE_BN;
+                ok = n < N && k0 + kc < K;
+                src = Be + ((int64_t)half * N + n) * K + k0 + kc;
+            }
+            __pipeline_memcpy_async(S + r * LDS + kc, ok ? src : A, 16, ok ? 0 : 16);
+        }
+        __pipeline_commit();
+    };
+
     int warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NB][2][2];
 #pragma unroll
@@ -164,22 +191,18 @@ __global__ void __launch_bounds__(MOE_THREADS) k_moe_gemm(const __nv_bfloat16 *A
 #pragma unroll
             for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[nb][i][j], 0.0f);
 
-    for (int k0 = 0; k0 < K; k0 += MOE_BK) {
-        // A: BM x BK = 256 chunks of 8; B: NB*BN x BK
-        for (int c = threadIdx.x; c < (MOE_BM + NB * MOE_BN) * (MOE_BK / 8); c += MOE_THREADS) {
-            int r = c / (MOE_BK / 8), kc = (c % (MOE_BK / 8)) * 8;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (r < MOE_BM) {
-                if (r < rows && k0 + kc < K) v = *(const uint4 *)(A + (r0 + r) * K + k0 + kc);
-                *(uint4 *)(As + r * LDS + kc) = v;
-            } else {
-                int rb = r - MOE_BM, half = rb / MOE_BN, n = n0 + rb % MOE_BN;
-                if (n < N && k0 + kc < K)
-                    v = *(const uint4 *)(Be + ((int64_t)half * N + n) * K + k0 + kc);
-                *(uint4 *)(Bs + rb * LDS + kc) = v;
-            }
-        }
+    int nk = (K + MOE_BK - 1) / MOE_BK;
+    for (int st = 0; st < MOE_STAGES - 1; st++) {
+        if (st < nk) load(st * MOE_BK, st);
+        else __pipeline_commit(); // empty groups keep wait_prior exact
+    }
+    for (int kt = 0; kt < nk; kt++) {
+        int pf = kt + MOE_STAGES - 1;
+        if (pf < nk) load(pf * MOE_BK, pf % MOE_STAGES);
+        else __pipeline_commit();
+        __pipeline_wait_prior(MOE_STAGES - 1);
         __syncthreads();
+        const __nv_bfloat16 *As = stages + (kt % MOE_STAGES) * STAGE, *Bs = As + MOE_BM * LDS;
 #pragma unroll
         for (int kk = 0; kk < MOE_BK; kk += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
@@ -196,8 +219,9 @@ __global__ void __launch_bounds__(MOE_THREADS) k_moe_gemm(const __nv_bfloat16 *A
                     for (int i = 0; i < 2; i++) wmma::mma_sync(acc[nb][i][j], fa[i], fb, acc[nb][i][j]);
                 }
         }
-        __syncthreads();
+        __syncthreads(); // this stage is refilled next iteration
     }
+    __pipeline_wait_prior(0);
 #pragma unroll
     for (int nb = 0; nb < NB; nb++)
 #pragma unroll

@@ -326,6 +326,9 @@ static const tb_case cases[] = {
     {SL_OP_ATTENTION, BF, {3, 70, 20, 16, 32, 4, 128}, 2e-2},     /* GQA 8 prefill */
     {SL_OP_ATTENTION, BF, {2, 17, 40, 32, 16, 16, 64}, 2e-2},
     {SL_OP_ATTENTION, BF, {3, 1, 5000, 16, 16, 2, 256}, 2e-2},    /* qwen3_next decode */
+    {SL_OP_ATTENTION, BF, {3, 5, 100, 16, 32, 8, 128}, 2e-2},     /* short chunks: 16-row tiles */
+    {SL_OP_ATTENTION, BF, {1, 20, 3000, 16, 16, 2, 128}, 2e-2},   /* 64-row tiles + split-KV */
+    {SL_OP_ATTENTION, BF, {2, 30, 10, 16, 12, 2, 64}, 2e-2},      /* G = 6 */
     {SL_OP_ATTENTION, BF, {1, 200, 0, 16, 16, 2, 256}, 2e-2},     /* qwen3_next prefill */
     /* moe_route: T, E, k, norm */
     {SL_OP_MOE_ROUTE, F32, {33, 128, 8, 1}, 1e-5},
