@@ -2,6 +2,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "chat_template.h"
+#include "router_cmd.h"
 #include "worker_cmd.h"
 
 typedef struct command {
@@ -13,7 +15,9 @@ typedef struct command {
 static const command commands[] = {
     {"generate", sl_cmd_generate, "greedy continuation of token ids on a model (CPU or GPU)"},
     {"logits", sl_cmd_logits, "float32 logits of every position of prompts (golden checks)"},
+    {"render", sl_cmd_render, "print the chat-template prompt of a request read on stdin"},
     {"make-tiny", sl_cmd_make_tiny, "write a small random model of any supported architecture"},
+    {"tokenize", sl_cmd_tokenize, "text <-> token ids with a model's tokenizer.json"},
 };
 
 static void usage(FILE *f)
