@@ -9,7 +9,7 @@
 #include "matmul.cuh"
 
 #define CU_MM_CACHE 64
-#define CU_MM_CANDIDATES 8
+#define CU_MM_CANDIDATES 16
 // The heuristic's first choice is not always the fastest (small-N decode
 // GEMVs especially): on a plan's first use outside graph capture, its top
 // candidates run on the real operands and the fastest is kept.
