@@ -12,11 +12,14 @@
 #include "router_opts.h"
 #include "sl_log.h"
 
-typedef struct app {
+struct sl_router_ctl {
     sl_router *rt;
     uv_signal_t sigint, sigterm;
     int stopping;
-} app;
+    int rc;
+    const sl_router_hooks *hooks;
+};
+typedef struct sl_router_ctl app;
 
 static void on_closed(uv_handle_t *h) {}
 
@@ -27,6 +30,15 @@ static void on_router_done(void *ud)
     uv_close((uv_handle_t *)&a->sigterm, on_closed);
 }
 
+void sl_router_ctl_stop(sl_router_ctl *a, int rc)
+{
+    if (a->stopping) return;
+    a->stopping = 1;
+    a->rc = rc;
+    if (a->hooks && a->hooks->stopping) a->hooks->stopping(a->hooks->ud);
+    sl_router_shutdown(a->rt, on_router_done, a);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     app *a = s->data;
@@ -34,12 +46,12 @@ static void on_signal(uv_signal_t *s, int signum)
         SL_LOGW("router", "second signal: exiting without draining");
         _exit(1);
     }
-    a->stopping = 1;
     SL_LOGI("router", "signal %d: draining in-flight requests", signum);
-    sl_router_shutdown(a->rt, on_router_done, a);
+    sl_router_ctl_stop(a, 0);
 }
 
-int sl_router_run(const sl_router_cli *cli, const sl_router_config *cfg_in)
+int sl_router_run(const sl_router_cli *cli, const sl_router_config *cfg_in,
+                  const sl_router_hooks *hooks)
 {
     sl_err e = {0};
     sl_router_config cfg = *cfg_in;
@@ -57,7 +69,7 @@ int sl_router_run(const sl_router_cli *cli, const sl_router_config *cfg_in)
     signal(SIGPIPE, SIG_IGN);
     uv_loop_t loop;
     uv_loop_init(&loop);
-    app a = {0};
+    app a = {.hooks = hooks};
     int rc = 0;
     if (sl_router_new(&a.rt, &loop, &cfg, &e)) {
         fprintf(stderr, "router: %s\n", e.msg);
@@ -95,8 +107,10 @@ int sl_router_run(const sl_router_cli *cli, const sl_router_config *cfg_in)
     SL_LOGI("router", "model %s, policy %s, %d worker(s)", cfg.served_model_name,
             sl_route_policy_name(cfg.route.policy), cli->workers.n + cli->worker_dns.n);
     fprintf(stderr, "sluice router: listening on http://%s:%d\n", cfg.host, sl_router_port(a.rt));
+    if (hooks && hooks->started) hooks->started(&loop, &a, hooks->ud);
     uv_run(&loop, UV_RUN_DEFAULT);
     sl_router_free(a.rt);
+    rc = a.rc;
 out:
     uv_loop_close(&loop);
     sl_text_qwen_close(text);
@@ -131,5 +145,5 @@ int sl_cmd_router(int argc, char **argv)
         fprintf(stderr, "router: give at least one --worker or --worker-dns\n");
         return 2;
     }
-    return sl_router_run(&cli, &cfg);
+    return sl_router_run(&cli, &cfg, NULL);
 }

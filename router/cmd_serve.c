@@ -43,6 +43,46 @@ static pass passes[] = {
 };
 #define NPASS ((int)(sizeof passes / sizeof passes[0]))
 
+/* Watches the worker children: one that exits stops serve (exit 1) rather
+ * than leaving a router without workers. */
+typedef struct watch {
+    pid_t *pids;
+    int n;
+    uv_signal_t sigchld;
+    sl_router_ctl *ctl;
+} watch;
+
+static void on_sigchld(uv_signal_t *h, int signum)
+{
+    watch *w = h->data;
+    for (int g = 0; g < w->n; g++) {
+        int st;
+        if (w->pids[g] > 0 && waitpid(w->pids[g], &st, WNOHANG) == w->pids[g]) {
+            w->pids[g] = 0;
+            fprintf(stderr, "serve: worker group %d exited (%s %d); stopping\n", g,
+                    WIFEXITED(st) ? "status" : "signal",
+                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+            sl_router_ctl_stop(w->ctl, 1);
+        }
+    }
+}
+
+static void watch_started(uv_loop_t *loop, sl_router_ctl *ctl, void *ud)
+{
+    watch *w = ud;
+    w->ctl = ctl;
+    uv_signal_init(loop, &w->sigchld);
+    w->sigchld.data = w;
+    uv_signal_start(&w->sigchld, on_sigchld, SIGCHLD);
+    on_sigchld(&w->sigchld, SIGCHLD); /* one may have died before the loop ran */
+}
+
+static void watch_stopping(void *ud)
+{
+    watch *w = ud;
+    uv_close((uv_handle_t *)&w->sigchld, NULL);
+}
+
 static pid_t spawn(char **argv)
 {
     pid_t p = fork();
@@ -138,7 +178,9 @@ int sl_cmd_serve(int argc, char **argv)
         }
         cli.workers.v[cli.workers.n++] = urls[g];
     }
-    int rc = dp ? sl_router_run(&cli, &cfg) : 1;
+    watch w = {.pids = pids, .n = dp};
+    sl_router_hooks hooks = {watch_started, watch_stopping, &w};
+    int rc = dp ? sl_router_run(&cli, &cfg, &hooks) : 1;
     for (int g = 0; g < dp; g++)
         if (pids[g] > 0) kill(pids[g], SIGTERM);
     for (int g = 0; g < dp; g++)

@@ -39,6 +39,19 @@ def test_serve_dp2(tmp_path):
         procs.stop()
 
 
+def test_serve_stops_when_a_worker_dies(tmp_path):
+    """Weights that do not load: the worker exits, so serve exits 1 instead of
+    serving 503s forever."""
+    model = make_tiny(tmp_path / "tiny")
+    with open(os.path.join(model, "model.safetensors"), "r+b") as f:
+        f.truncate(100)
+    r = subprocess.run([os.environ.get("SLUICE_BIN", "build/bin/sluice"), "serve",
+                        "--model-path", model, "--port", "0", "--mem-bytes", str(64 << 20)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "worker group 0 exited" in r.stderr, r.stderr
+
+
 def test_serve_bad_flags():
     r = subprocess.run([os.environ.get("SLUICE_BIN", "build/bin/sluice"), "serve",
                         "--model-path", "/nonexistent", "--dp-size", "0"],
