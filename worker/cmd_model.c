@@ -301,8 +301,8 @@ static json_t *tiny_config(const char *arch, int vocab)
                                                        "linear_attention", "full_attention"));
         json_object_set_new(c, "linear_num_key_heads", json_integer(2));
         json_object_set_new(c, "linear_num_value_heads", json_integer(4));
-        json_object_set_new(c, "linear_key_head_dim", json_integer(16));
-        json_object_set_new(c, "linear_value_head_dim", json_integer(16));
+        json_object_set_new(c, "linear_key_head_dim", json_integer(64));
+        json_object_set_new(c, "linear_value_head_dim", json_integer(64));
         json_object_set_new(c, "linear_conv_kernel_dim", json_integer(4));
         json_object_set_new(c, "num_experts", json_integer(8));
         json_object_set_new(c, "num_experts_per_tok", json_integer(2));

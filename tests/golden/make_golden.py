@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden fixtures (head_dim 64: the smallest the CUDA attention kernels take) from the reference implementation (Hugging Face transformers).
+"""Golden fixtures (head dims 64: the smallest the CUDA attention and GDN kernels take) from the reference implementation (Hugging Face transformers).
 
 Run on a machine with PyTorch and transformers (the GPU machine has 5.17):
 
@@ -48,8 +48,8 @@ def config_for(arch):
         return transformers.Qwen3NextConfig(
             num_hidden_layers=4, head_dim=64, partial_rotary_factor=0.25, intermediate_size=96,
             layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
-            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
-            linear_value_head_dim=16, linear_conv_kernel_dim=4, num_experts=8, num_experts_per_tok=2,
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=64,
+            linear_value_head_dim=64, linear_conv_kernel_dim=4, num_experts=8, num_experts_per_tok=2,
             moe_intermediate_size=32, shared_expert_intermediate_size=32, norm_topk_prob=True,
             mlp_only_layers=[2], tie_word_embeddings=False, rope_theta=10000.0, **common)
     raise ValueError(arch)
