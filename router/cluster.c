@@ -29,7 +29,7 @@ typedef struct worker {
     nng_dialer dialer;
     nng_aio *aio;
     int open;  /* socket opened */
-    int piped; /* a pipe is up */
+    int piped; /* pipes up: nng may report a new pipe before the old one's removal */
     int alive;
     int listed;
     int dns_source; /* index of the DNS entry that named it, or -1 */
@@ -311,9 +311,9 @@ static void on_async(uv_async_t *a)
         } else if (ev->kind == EV_MSG) {
             handle_msg(cl, w, ev->msg);
         } else if (ev->kind == EV_PIPE_UP) {
-            w->piped = 1;
+            w->piped++;
             send_ping(w); /* the pong's load report makes it alive */
-        } else {
+        } else if (--w->piped <= 0) {
             w->piped = 0;
             set_alive(cl, w->idx, 0, "disconnected");
         }
