@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "bench.h"
 #include "worker_cmd.h"
 
 typedef struct command {
@@ -11,6 +12,7 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
+    {"bench", sl_cmd_bench, "benchmark an OpenAI-compatible server like sglang.bench_serving"},
     {"generate", sl_cmd_generate, "greedy continuation of token ids on a model (CPU or GPU)"},
     {"logits", sl_cmd_logits, "float32 logits of every position of prompts (golden checks)"},
     {"make-tiny", sl_cmd_make_tiny, "write a small random model of any supported architecture"},
