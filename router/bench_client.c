@@ -501,9 +501,19 @@ static write_req *build_completion(client *c, const job *j)
     if (!w) return NULL;
     sl_buf *b = &w->body;
     int rc = sl_buf_printf(b, "{\"model\":%s,\"prompt\":[", c->model_json);
-    rc |= sl_buf_reserve(b, (size_t)j->prompt->n_in * 8);
-    for (int i = 0; i < j->prompt->n_in && !rc; i++)
-        rc |= sl_buf_printf(b, i ? ",%d" : "%d", (int)j->prompt->ids[i]);
+    /* ids by hand: printf per id would cost more than the request's own
+     * network time on long prompts, delaying the reads of other streams */
+    rc |= sl_buf_reserve(b, (size_t)j->prompt->n_in * 12);
+    for (int i = 0; i < j->prompt->n_in && !rc; i++) {
+        char digits[12];
+        int nd = 0;
+        uint32_t v = (uint32_t)j->prompt->ids[i];
+        do digits[nd++] = (char)('0' + v % 10);
+        while ((v /= 10));
+        if (i) b->data[b->len++] = ',';
+        while (nd) b->data[b->len++] = digits[--nd];
+    }
+    if (!rc) b->data[b->len] = 0;
     rc |= sl_buf_printf(b, "],\"temperature\":0.0,\"best_of\":1,\"max_tokens\":%d,\"stream\":%s,"
                            "\"ignore_eos\":%s",
                         j->max_tokens, c->stream ? "true" : "false",

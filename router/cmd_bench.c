@@ -114,29 +114,28 @@ static void raise_fd_limit(void)
     }
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 /* Each distinct error once, with how many requests it hit. */
 static void print_failures(const sl_bench_outcome *o, int n)
 {
-    int failed = 0, shown = 0;
-    for (int i = 0; i < n; i++) failed += !o[i].ok;
-    if (!failed) return;
-    fprintf(stderr, "sluice bench: %d of %d requests failed:\n", failed, n);
-    for (int i = 0; i < n && shown < 8; i++) {
-        if (o[i].ok) continue;
-        const char *msg = o[i].error ? o[i].error : "unknown error";
-        int seen = 0, count = 0;
-        for (int k = 0; k < n; k++) {
-            if (o[k].ok) continue;
-            const char *m2 = o[k].error ? o[k].error : "unknown error";
-            if (!strcmp(m2, msg)) {
-                if (k < i) seen = 1;
-                count++;
-            }
+    const char **msg = malloc((size_t)n * sizeof *msg);
+    int failed = 0;
+    for (int i = 0; i < n; i++)
+        if (!o[i].ok && msg) msg[failed++] = o[i].error ? o[i].error : "unknown error";
+    if (failed) {
+        fprintf(stderr, "sluice bench: %d of %d requests failed:\n", failed, n);
+        qsort(msg, (size_t)failed, sizeof *msg, cmp_str);
+        int shown = 0;
+        for (int i = 0, k; i < failed && shown < 8; i = k, shown++) {
+            for (k = i; k < failed && !strcmp(msg[k], msg[i]); k++) continue;
+            fprintf(stderr, "  %d x %s\n", k - i, msg[i]);
         }
-        if (seen) continue;
-        fprintf(stderr, "  %d x %s\n", count, msg);
-        shown++;
     }
+    free(msg);
 }
 
 static void free_outcomes(sl_bench_outcome *o, int n)
