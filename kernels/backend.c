@@ -368,12 +368,11 @@ void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const
     be->i->moe_experts(be, out, x, ids, weights, gate_up, down);
 }
 
-void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const int32_t *idx,
-                       int n)
+void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m)
 {
     NEED(gather_rows);
-    SL_ASSERT(sl_tensor_rows(out) >= n && sl_tensor_cols(out) == sl_tensor_cols(x));
-    be->i->gather_rows(be, out, x, idx, n);
+    SL_ASSERT(sl_tensor_rows(out) >= m->n_logits && sl_tensor_cols(out) == sl_tensor_cols(x));
+    be->i->gather_rows(be, out, x, m);
 }
 
 void sl_be_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const int32_t *src,

@@ -119,6 +119,7 @@ const char *sl_op_name(sl_op op);
  *   track_len[s]  = the snapshot is the state after this many of s's new
  *                   tokens (1..q_len); the conv part is the K-1 inputs
  *                   before that point
+ *   logit_rows    = token rows (0..n_tokens) whose logits the forward returns
  */
 typedef struct sl_batch_meta {
     int n_tokens;
@@ -135,6 +136,8 @@ typedef struct sl_batch_meta {
     const int32_t *state_fresh; /* [n_seqs] */
     const int32_t *track_slot;  /* [n_seqs] */
     const int32_t *track_len;   /* [n_seqs] */
+    int n_logits;
+    const int32_t *logit_rows;  /* [n_logits] token rows whose logits are wanted */
     void *dev;                  /* backend-private device mirror */
 } sl_batch_meta;
 
@@ -227,9 +230,9 @@ void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const s
  * gate_up [E, 2I, H] (gate rows first), down [E, H, I]. */
 void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                        const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *down);
-/* out[n, C] = x[idx[i], :]; idx is host memory */
-void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const int32_t *idx,
-                       int n);
+/* out[i, :] = x[logit_rows[i], :] for i < n_logits (the rows that need
+ * logits; part of the batch so a captured decode graph replays them) */
+void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m);
 /* pool viewed as [S, row]: pool[dst[i]] = pool[src[i]]; src -1 zeroes dst.
  * dst and src are host arrays. */
 void sl_be_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const int32_t *src,

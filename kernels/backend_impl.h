@@ -40,7 +40,7 @@ typedef struct sl_backend_i {
     void (*moe_route)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, int, int);
     void (*moe_experts)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                         const sl_tensor *, const sl_tensor *, const sl_tensor *);
-    void (*gather_rows)(sl_backend *, sl_tensor *, const sl_tensor *, const int32_t *, int);
+    void (*gather_rows)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_batch_meta *);
     void (*copy_slots)(sl_backend *, sl_tensor *, const int32_t *, const int32_t *, int);
     void (*fill_random)(sl_backend *, sl_tensor *, uint64_t, float, float);
 } sl_backend_i;

@@ -657,12 +657,14 @@ sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *mt, co
     sl_backend *be = m->be;
     int T = mt->n_tokens;
     mt->page_size = c->page_size;
+    mt->n_logits = n_rows;
+    mt->logit_rows = rows;
     sl_status s = check_meta(m, c, mt, e);
+    for (int i = 0; i < n_rows && !s; i++)
+        if (rows[i] < 0 || rows[i] >= T) s = sl_err_set(e, SL_ERR_INVALID, "logit row %d out of range", rows[i]);
     if (!s) s = scratch_ensure(m, T, n_rows, e);
     if (!s) s = sl_be_prepare(be, mt, e);
     if (s) return s;
-    for (int i = 0; i < n_rows; i++)
-        if (rows[i] < 0 || rows[i] >= T) return sl_err_set(e, SL_ERR_INVALID, "logit row %d out of range", rows[i]);
     int one_plus = g->arch == SL_ARCH_QWEN3_NEXT;
     sl_tensor x = rows_of(&m->s.x, T), xn = rows_of(&m->s.xn, T), d = rows_of(&m->s.d, T);
     sl_be_embed(be, &x, &m->embed, mt);
@@ -677,8 +679,8 @@ sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *mt, co
     }
     /* only the requested rows go through the final norm and the LM head */
     sl_tensor gx = rows_of(&m->s.gx, n_rows), gd = rows_of(&m->s.gd, n_rows), gn = rows_of(&m->s.gn, n_rows);
-    sl_be_gather_rows(be, &gx, &x, rows, n_rows);
-    sl_be_gather_rows(be, &gd, &d, rows, n_rows);
+    sl_be_gather_rows(be, &gx, &x, mt);
+    sl_be_gather_rows(be, &gd, &d, mt);
     sl_be_add_rmsnorm(be, &gn, &gx, &gd, &m->final_norm, g->rms_eps, one_plus);
     sl_tensor out = rows_of(logits, n_rows);
     sl_be_matmul(be, &out, &gn, &m->lm_head);

@@ -108,8 +108,15 @@ static void cpu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const
         for (int64_t j = 0; j < N; j++) {
             float acc = 0.0f;
             if (w->dtype == SL_DTYPE_F32) {
+                /* eight independent partial sums: the compiler may vectorise
+                 * them without reassociating a single chain */
                 const float *wr = (const float *)w->data + j * sl_tensor_ld(w);
-                for (int64_t k = 0; k < K; k++) acc += xr[k] * wr[k];
+                float part[8] = {0};
+                int64_t k = 0;
+                for (; k + 8 <= K; k += 8)
+                    for (int l = 0; l < 8; l++) part[l] += xr[k + l] * wr[k + l];
+                for (; k < K; k++) acc += xr[k] * wr[k];
+                for (int l = 0; l < 8; l++) acc += part[l];
             } else {
                 for (int64_t k = 0; k < K; k++) acc += xr[k] * ld(w, j, k);
             }
@@ -455,11 +462,11 @@ static void cpu_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x,
 /* ---- data movement ---------------------------------------------------------------- */
 
 static void cpu_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x,
-                            const int32_t *idx, int n)
+                            const sl_batch_meta *m)
 {
     (void)be;
-    for (int i = 0; i < n; i++)
-        for (int64_t c = 0; c < sl_tensor_cols(x); c++) st(out, i, c, ld(x, idx[i], c));
+    for (int i = 0; i < m->n_logits; i++)
+        for (int64_t c = 0; c < sl_tensor_cols(x); c++) st(out, i, c, ld(x, m->logit_rows[i], c));
 }
 
 static void cpu_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst,
