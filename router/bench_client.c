@@ -441,6 +441,7 @@ static void on_connect(uv_connect_t *req, int status)
 /* Starts j on an idle connection, or on a new one while under the cap. */
 static void start_job(client *c, job *j, write_req *w)
 {
+    j->t_start = uv_hrtime(); /* connection set-up counts, as in sglang's client */
     conn *k = c->idle;
     if (k) {
         c->idle = k->next_idle;
@@ -475,7 +476,6 @@ static void start_job(client *c, job *j, write_req *w)
     k->msg_done = k->got_bytes = 0;
     llhttp_init(&k->parser, HTTP_RESPONSE, &c->settings);
     k->parser.data = k;
-    j->t_start = uv_hrtime();
     if (k->connected) send_request(k, w);
     else k->pending = w;
 }
