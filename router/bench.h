@@ -204,8 +204,4 @@ sl_status sl_bench_run(const sl_bench_target *t, const sl_bench_dataset *d,
                        const sl_bench_load *load, int max_out, sl_bench_outcome *out,
                        double *duration_s, sl_err *e);
 
-/* The `sluice bench` subcommand (argv[0] is "bench"): 0 ok, 1 runtime failure
- * (server unreachable, every request failed), 2 usage error. */
-int sl_cmd_bench(int argc, char **argv);
-
 #endif

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "router_cmd.h"
 #include "sl_opts.h"
 
 typedef struct bench_args {

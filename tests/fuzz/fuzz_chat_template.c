@@ -1,0 +1,34 @@
+/* libFuzzer: request bodies through both chat templates, and arbitrary text
+ * through template recognition. Bad input must be an error, never a crash;
+ * an accepted request renders the same twice. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_template.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *text = malloc(size + 1);
+    memcpy(text, data, size);
+    text[size] = 0;
+    sl_tmpl_family f;
+    sl_tmpl_detect(text, &f, NULL);
+    json_t *body = json_loadb(text, size, 0, NULL);
+    for (int fam = 0; body && fam < 2; fam++) {
+        sl_buf a = {0}, b = {0};
+        sl_err e = {0};
+        if (sl_tmpl_render((sl_tmpl_family)fam, body, &a, &e) == SL_OK) {
+            if (sl_tmpl_render((sl_tmpl_family)fam, body, &b, &e) != SL_OK || a.len != b.len ||
+                (a.len && memcmp(a.data, b.data, a.len)))
+                __builtin_trap();
+        } else if (!e.msg[0]) {
+            __builtin_trap(); /* every refusal names its reason */
+        }
+        sl_buf_free(&a);
+        sl_buf_free(&b);
+    }
+    json_decref(body);
+    free(text);
+    return 0;
+}
