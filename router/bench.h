@@ -169,9 +169,12 @@ typedef struct sl_bench_report {
  * widths. */
 void sl_bench_print(FILE *f, const sl_bench_report *r, const sl_bench_metrics *m);
 /* Appends one JSON object on one line (sglang's result dict plus model,
- * seed, num_prompts and failed) to path. */
+ * seed, num_prompts and failed) to path. With details (n outcomes, NULL for
+ * none) it also carries sglang's --output-details arrays: input_lens,
+ * output_lens, ttfts, itls (seconds) and errors, one entry per request. */
 sl_status sl_bench_write_jsonl(const char *path, const sl_bench_report *r,
-                               const sl_bench_metrics *m, sl_err *e);
+                               const sl_bench_metrics *m, const sl_bench_outcome *details, int n,
+                               sl_err *e);
 
 /* ---- the load generator ------------------------------------------------------- */
 

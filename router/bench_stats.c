@@ -280,8 +280,29 @@ static int put_dist(json_t *o, const char *name, const sl_bench_dist *d, int wit
     return rc;
 }
 
+/* sglang's result_details: per-request arrays (a failed request has output
+ * length 0 and its error; a successful one an empty error). */
+static int put_details(json_t *o, const sl_bench_outcome *d, int n)
+{
+    json_t *in = json_array(), *out = json_array(), *ttft = json_array(), *itls = json_array(),
+           *err = json_array();
+    int rc = put(o, "input_lens", in) | put(o, "output_lens", out) | put(o, "ttfts", ttft) |
+             put(o, "itls", itls) | put(o, "errors", err);
+    for (int i = 0; i < n && !rc; i++) {
+        json_t *gaps = json_array();
+        for (int k = 0; k < d[i].n_itl; k++) rc |= json_array_append_new(gaps, json_real(d[i].itl[k]));
+        rc |= json_array_append_new(in, json_integer(d[i].n_in));
+        rc |= json_array_append_new(out, json_integer(d[i].ok ? d[i].n_out : 0));
+        rc |= json_array_append_new(ttft, json_real(d[i].ttft_s));
+        rc |= json_array_append_new(itls, gaps);
+        rc |= json_array_append_new(err, json_string(d[i].error ? d[i].error : ""));
+    }
+    return rc;
+}
+
 sl_status sl_bench_write_jsonl(const char *path, const sl_bench_report *r,
-                               const sl_bench_metrics *m, sl_err *e)
+                               const sl_bench_metrics *m, const sl_bench_outcome *details, int n,
+                               sl_err *e)
 {
     json_t *o = json_object();
     if (!o) return sl_err_set(e, SL_ERR_NOMEM, "building the result JSON");
@@ -318,6 +339,7 @@ sl_status sl_bench_write_jsonl(const char *path, const sl_bench_report *r,
     rc |= put(o, "num_prompts", json_integer(r->num_prompts));
     rc |= put(o, "seed", json_integer(r->seed));
     rc |= put(o, "failed", json_integer(m->failed));
+    if (details && !rc) rc = put_details(o, details, n);
     char *line = rc ? NULL : json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     if (!line) return sl_err_set(e, SL_ERR_NOMEM, "building the result JSON");

@@ -16,7 +16,7 @@
 typedef struct bench_args {
     const char *backend, *base_url, *host, *dataset, *model, *tokenizer, *output_file, *api_key;
     int port, num_prompts, input_len, output_len, max_concurrency, warmup;
-    int disable_stream, disable_ignore_eos, disable_tqdm;
+    int disable_stream, disable_ignore_eos, disable_tqdm, output_details;
     double range_ratio, request_rate;
     long long seed;
 } bench_args;
@@ -211,6 +211,7 @@ int sl_cmd_bench(int argc, char **argv)
         {"--seed", NULL, SL_OPT_I64, &a.seed, "seed of lengths, ids and arrivals (default 1)"},
         {"--warmup-requests", NULL, SL_OPT_INT, &a.warmup, "warmup requests (default 1)"},
         {"--output-file", NULL, SL_OPT_STR, &a.output_file, "append one JSON line of results"},
+        {"--output-details", NULL, SL_OPT_FLAG, &a.output_details, "add per-request arrays to it"},
         {"--api-key", NULL, SL_OPT_STR, &a.api_key, "bearer token (default $OPENAI_API_KEY)"},
         {"--disable-stream", NULL, SL_OPT_FLAG, &a.disable_stream, "non-streamed requests"},
         {"--disable-ignore-eos", NULL, SL_OPT_FLAG, &a.disable_ignore_eos, "let eos end outputs"},
@@ -224,6 +225,7 @@ int sl_cmd_bench(int argc, char **argv)
     sl_err e = {0};
     if (sl_opts_parse(argc, argv, opts, &e)) return usage_error(e.msg);
     const char *bad = check_args(&a);
+    if (!bad && a.output_details && !a.output_file) bad = "--output-details needs --output-file";
     if (bad) return usage_error(bad);
 
     sl_bench_target t = {.host = a.host, .port = a.port, .prefix = "", .model = a.model,
@@ -291,7 +293,8 @@ int sl_cmd_bench(int argc, char **argv)
                          .random_range_ratio = a.range_ratio, .seed = a.seed};
     sl_bench_print(stdout, &r, &m);
     print_failures(o, d.n);
-    if (a.output_file && sl_bench_write_jsonl(a.output_file, &r, &m, &e)) {
+    if (a.output_file &&
+        sl_bench_write_jsonl(a.output_file, &r, &m, a.output_details ? o : NULL, d.n, &e)) {
         fprintf(stderr, "sluice bench: %s\n", e.msg);
         goto out;
     }

@@ -231,7 +231,8 @@ def test_stream_metrics_and_payloads(sluice_bin, server, tokenizer, tmp_path):
     b, lines, srv, r = timed_run(
         server, sluice_bin, ["--tokenizer", tokenizer, "--num-prompts", 8, "--max-concurrency", 2,
                              "--random-input-len", 64, "--random-output-len", 20, "--random-range-ratio",
-                             0.5, "--seed", 7, "--output-file", out, "--api-key", "sk-test"], timing)
+                             0.5, "--seed", 7, "--output-file", out, "--output-details", "--api-key", "sk-test"],
+        timing)
 
     # the block: sglang's labels in sglang's order, sglang's widths
     labels = [l.split(":")[0] for l in lines[1:] if ":" in l]
@@ -295,6 +296,12 @@ def test_stream_metrics_and_payloads(sluice_bin, server, tokenizer, tmp_path):
     assert j["total_output_tokens"] == want_out.sum()
     assert f"{j['mean_ttft_ms']:.2f}" == b["Mean TTFT (ms)"]
     assert f"{j['duration']:.2f}" == b["Benchmark duration (s)"]
+    # --output-details: one entry per request, in prompt order
+    assert sorted(j["input_lens"]) == sorted(want_in.tolist()) and sum(j["input_lens"]) == want_in.sum()
+    assert sorted(j["output_lens"]) == sorted(want_out.tolist())
+    assert [len(g) for g in j["itls"]] == [n - 1 for n in j["output_lens"]]
+    assert all(t >= TTFT for t in j["ttfts"]) and j["errors"] == [""] * 8
+    assert abs(np.mean(np.concatenate(j["itls"])) * 1000 - j["mean_itl_ms"]) < 1e-6
 
 
 def test_poisson_rate_and_no_cap(sluice_bin, server, tokenizer):
@@ -391,6 +398,7 @@ def test_connection_refused(sluice_bin, tokenizer):
     (["--base-url", "https://x"], "--base-url"),
     (["--bogus"], "--bogus"),
     (["--model", "m"], "no tokenizer"),
+    (["--output-details"], "--output-file"),
 ])
 def test_bad_flags(sluice_bin, args, msg):
     r = subprocess.run([sluice_bin, "bench", *args], capture_output=True, text=True, timeout=30)

@@ -254,8 +254,8 @@ static void test_print(void)
     CHECK(fd >= 0);
     close(fd);
     r.request_rate = INFINITY;
-    CHECK(sl_bench_write_jsonl(path, &r, &m, &e) == SL_OK);
-    CHECK(sl_bench_write_jsonl(path, &r, &m, &e) == SL_OK); /* appends */
+    CHECK(sl_bench_write_jsonl(path, &r, &m, NULL, 0, &e) == SL_OK);
+    CHECK(sl_bench_write_jsonl(path, &r, &m, &o, 1, &e) == SL_OK); /* appends, with details */
     char *json = NULL;
     size_t jn = 0;
     CHECK(sl_file_read(path, &json, &jn, &e) == SL_OK);
@@ -264,9 +264,13 @@ static void test_print(void)
     CHECK(lines == 2);
     CHECK(strstr(json, "\"request_rate\":\"inf\"") && strstr(json, "\"max_concurrency\":null"));
     CHECK(strstr(json, "\"completed\":1") && strstr(json, "\"max_itl_ms\":"));
+    char *second = strchr(json, '\n') + 1;
+    CHECK(!strstr(json, "\"itls\"") || strstr(json, "\"itls\"") > second); /* details: 2nd only */
+    CHECK(strstr(second, "\"input_lens\":[10]") && strstr(second, "\"output_lens\":[3]"));
+    CHECK(strstr(second, "\"itls\":[[0.01,0.01]]") && strstr(second, "\"errors\":[\"\"]"));
     free(json);
     unlink(path);
-    CHECK(sl_bench_write_jsonl("/nonexistent-dir/x.jsonl", &r, &m, &e) == SL_ERR_IO);
+    CHECK(sl_bench_write_jsonl("/nonexistent-dir/x.jsonl", &r, &m, NULL, 0, &e) == SL_ERR_IO);
     sl_bench_outcome_free(&o);
 }
 
