@@ -227,7 +227,11 @@ static void finish_response(conn *k)
     }
     if (j->streaming) {
         if (sl_bench_sse_finish(&j->sse, on_event, k) || j->done) return;
-        o->latency_s = (double)((j->t_last_event ? j->t_last_event : now) - j->t_start) * 1e-9;
+        if (!j->t_last_event) { /* e.g. a server that ignored "stream": true */
+            job_finish(c, j, 0, "the response carried no server-sent events");
+            return;
+        }
+        o->latency_s = (double)(j->t_last_event - j->t_start) * 1e-9;
         o->n_out = (int)(j->usage >= 0 ? j->usage : j->tokens);
         job_finish(c, j, 1, NULL);
         return;

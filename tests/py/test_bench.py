@@ -25,11 +25,13 @@ ITL = 0.010
 class FakeServer:
     """One asyncio loop in a thread; options change how it answers."""
 
-    def __init__(self, tokens_per_chunk=1, fail_every=0, send_usage=True, chunk_usage=False):
+    def __init__(self, tokens_per_chunk=1, fail_every=0, send_usage=True, chunk_usage=False,
+                 never_stream=False):
         self.tokens_per_chunk = tokens_per_chunk
         self.fail_every = fail_every  # every n-th completion gets HTTP 500
         self.send_usage = send_usage  # final usage chunk when asked for
         self.chunk_usage = chunk_usage  # usage (running count) in every chunk
+        self.never_stream = never_stream  # answer plain JSON even when asked to stream
         self.payloads = []
         self.record = []  # per completion: {"recv": t, "sends": [(t, tokens so far)]}
         self.in_flight = 0
@@ -95,7 +97,7 @@ class FakeServer:
         self.peak = max(self.peak, self.in_flight)
         try:
             total = req["max_tokens"]
-            if not req.get("stream"):
+            if not req.get("stream") or self.never_stream:
                 await asyncio.sleep(TTFT + ITL * (total - 1))
                 rec["sends"].append((time.monotonic(), total))
                 self._send_json(writer, 200, {"choices": [{"text": "x" * total}],
@@ -372,6 +374,15 @@ def test_server_errors_are_failures(sluice_bin, server, tokenizer):
     assert "2 of 6 requests failed" in r.stderr
     assert r.stderr.count("HTTP 500: injected failure") == 1  # once, with its count
     assert "2 x HTTP 500: injected failure" in r.stderr
+
+
+def test_stream_without_events_fails(sluice_bin, server, tokenizer):
+    srv = server(never_stream=True)
+    r = bench(sluice_bin, srv.port, "--tokenizer", tokenizer, "--num-prompts", 2, "--random-input-len", 8,
+              "--random-output-len", 2, "--warmup-requests", 0, ok=False)
+    assert r.returncode == 1 and "2 x the response carried no server-sent events" in r.stderr
+    b, _ = parse_block(r.stdout)
+    assert b["Successful requests"] == "0" and b["Mean TTFT (ms)"] == "0.00"
 
 
 def test_connection_refused(sluice_bin, tokenizer):
