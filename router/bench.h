@@ -14,12 +14,15 @@
  *   - sl_bench_run: the load generator, one libuv loop of keep-alive HTTP/1.1
  *     connections (llhttp), one request in flight per connection.
  *
+ *   sl_bench_mt mt; sl_bench_mt_seed(&mt, seed);
  *   sl_bench_vocab v; sl_bench_vocab_load(&v, "models/qwen3", &e);
- *   sl_bench_dataset d; sl_bench_dataset_random(&d, &v, &spec, &e);
+ *   sl_bench_dataset d; sl_bench_dataset_random(&d, &v, &spec, &mt, seed, &e);
  *   sl_bench_outcome *o = calloc(d.n, sizeof *o);
- *   sl_bench_run(&target, &d, &load, o, &duration, &e);
- *   sl_bench_metrics m; sl_bench_metrics_compute(o, d.n, duration, &m);
+ *   sl_bench_load load = {.request_rate = INFINITY, .stream = 1, .ignore_eos = 1, .mt = &mt};
+ *   sl_bench_run(&target, &d, &load, 0, o, &duration, &e);
+ *   sl_bench_metrics m; sl_bench_metrics_compute(o, d.n, duration, &m, &e);
  *   sl_bench_print(stdout, &report, &m);
+ *   for (int i = 0; i < d.n; i++) sl_bench_outcome_free(&o[i]);
  *
  * Threading: everything here is single-threaded; sl_bench_run blocks until
  * every request has finished.
@@ -199,7 +202,10 @@ sl_status sl_bench_first_model(const sl_bench_target *t, char **id, sl_err *e);
 
 /* Sends every prompt of d to POST /v1/completions under load's arrival
  * process and concurrency cap, and fills out[i] (zeroed by the caller) for
- * prompt i; *duration_s spans the first arrival to the last completion. A
+ * prompt i; *duration_s spans the first arrival to the last completion (or
+ * to the end of the gap drawn after the last arrival, which sglang waits out
+ * too). Requests go out on keep-alive connections, at most one in flight on
+ * each and at most max_concurrency of them; stream asks for SSE with usage. A
  * failed request is an outcome with ok = 0 and an error, not an error of the
  * call; the call fails only when the client itself cannot work (name
  * resolution, memory). max_out caps every request's max_tokens (warmup). */
