@@ -18,6 +18,7 @@
 
 #include "bench.h"
 #include "sl_buf.h"
+#include "sl_log.h"
 
 #define BODY_CAP (16u << 20) /* non-streamed bodies kept for parsing or error text */
 
@@ -343,6 +344,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         if (j && !j->done && k->reused && !k->got_bytes) {
             /* the server dropped a kept-alive connection as we reused it:
              * not the request's fault, send it again on a fresh one */
+            SL_LOGD("bench", "%s dropped a kept-alive connection: sending again", c->hostport);
             k->job = NULL;
             c->in_flight--;
             j->next = c->pend_head;

@@ -26,12 +26,15 @@ class FakeServer:
     """One asyncio loop in a thread; options change how it answers."""
 
     def __init__(self, tokens_per_chunk=1, fail_every=0, send_usage=True, chunk_usage=False,
-                 never_stream=False):
+                 never_stream=False, hang_up=None):
         self.tokens_per_chunk = tokens_per_chunk
         self.fail_every = fail_every  # every n-th completion gets HTTP 500
         self.send_usage = send_usage  # final usage chunk when asked for
         self.chunk_usage = chunk_usage  # usage (running count) in every chunk
         self.never_stream = never_stream  # answer plain JSON even when asked to stream
+        # close each connection after one completion: "announced" says so in a
+        # Connection: close header, "silent" just hangs up (a stale keep-alive)
+        self.hang_up = hang_up
         self.payloads = []
         self.record = []  # per completion: {"recv": t, "sends": [(t, tokens so far)]}
         self.in_flight = 0
@@ -72,6 +75,9 @@ class FakeServer:
                     self._send_json(writer, 200, {"object": "list", "data": [{"id": "fake-model"}]})
                 elif method == "POST" and path == "/v1/completions":
                     await self._completion(writer, json.loads(body), headers, t0)
+                    if self.hang_up:
+                        await writer.drain()
+                        break
                 else:
                     self._send_json(writer, 404, {"error": {"message": f"no route {path}"}})
                 await writer.drain()
@@ -82,8 +88,11 @@ class FakeServer:
 
     def _send_json(self, writer, status, obj):
         data = json.dumps(obj).encode()
-        writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                     % (status, len(data)) + data)
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+                     % (status, len(data), self._connection_header()) + data)
+
+    def _connection_header(self):
+        return b"Connection: close\r\n" if self.hang_up == "announced" else b""
 
     async def _completion(self, writer, req, headers, t0):
         self.payloads.append({**req, "authorization": headers.get("authorization")})
@@ -104,7 +113,7 @@ class FakeServer:
                                               "usage": {"completion_tokens": total}})
                 return
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n")
+                         b"Transfer-Encoding: chunked\r\n%s\r\n" % self._connection_header())
 
             def event(obj):
                 data = b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
@@ -374,6 +383,19 @@ def test_server_errors_are_failures(sluice_bin, server, tokenizer):
     assert "2 of 6 requests failed" in r.stderr
     assert r.stderr.count("HTTP 500: injected failure") == 1  # once, with its count
     assert "2 x HTTP 500: injected failure" in r.stderr
+
+
+@pytest.mark.parametrize("hang_up", ["announced", "silent"])
+def test_server_closing_connections(sluice_bin, server, tokenizer, hang_up):
+    """A server that closes after each response, saying so or not: nothing is lost,
+    a connection the server dropped is replaced (the request sent again)."""
+    srv = server(hang_up=hang_up)
+    r = bench(sluice_bin, srv.port, "--tokenizer", tokenizer, "--num-prompts", 6, "--max-concurrency", 2,
+              "--random-input-len", 8, "--random-output-len", 3, "--random-range-ratio", 1)
+    b, _ = parse_block(r.stdout)
+    assert b["Successful requests"] == "6" and int(b["Total generated tokens"]) == 18
+    assert srv.connections >= 1 + 1 + 6  # /v1/models, warmup, then one per request
+    assert len(srv.payloads) >= 7
 
 
 def test_stream_without_events_fails(sluice_bin, server, tokenizer):
