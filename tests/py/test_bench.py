@@ -246,16 +246,19 @@ def test_stream_metrics_and_payloads(sluice_bin, server, tokenizer, tmp_path):
         timing)
 
     # the block: sglang's labels in sglang's order, sglang's widths
-    labels = [l.split(":")[0] for l in lines[1:] if ":" in l]
-    assert labels[:15] == [
+    heads = [l.split(":")[0] if ":" in l else l for l in lines[1:lines.index("=" * 50)]]
+    dist = lambda name: [f"{s} {name} (ms)" for s in ("Mean", "Median", "P90", "P95", "P99")]
+    assert heads == [
         "Backend", "Traffic request rate", "Max request concurrency", "Successful requests",
         "Benchmark duration (s)", "Total input tokens", "Total generated tokens",
         "Request throughput (req/s)", "Input token throughput (tok/s)", "Output token throughput (tok/s)",
         "Peak output token throughput (tok/s)", "Peak concurrent requests", "Total token throughput (tok/s)",
-        "Concurrency", "Mean E2E Latency (ms)"]
-    assert "----------------End-to-End Latency----------------" in lines
-    assert "-----Time per Output Token (excl. 1st token)------" in lines
-    assert "---------------Inter-Token Latency----------------" in lines
+        "Concurrency",
+        "----------------End-to-End Latency----------------", *dist("E2E Latency"),
+        "---------------Time to First Token----------------", *dist("TTFT"),
+        "-----Time per Output Token (excl. 1st token)------", *dist("TPOT"),
+        "---------------Inter-Token Latency----------------", *dist("ITL"), "Max ITL (ms)"]
+    assert all(len(l) >= 51 and l[40] == " " for l in lines[1:] if ":" in l)  # "{:<40} {:<10}"
     assert lines[1] == "Backend:                                 sglang-oai"
     assert b["Traffic request rate"] == "inf" and b["Max request concurrency"] == "2"
     assert b["Successful requests"] == "8"
