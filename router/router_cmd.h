@@ -12,5 +12,8 @@ int sl_cmd_router(int argc, char **argv);
 int sl_cmd_serve(int argc, char **argv);
 /* a worker without a model, for router tests and benchmarks (mock_worker.c) */
 int sl_cmd_mock_worker(int argc, char **argv);
+/* benchmark an OpenAI-compatible server like sglang.bench_serving (cmd_bench.c, bench.h;
+ * docs/cli.md) */
+int sl_cmd_bench(int argc, char **argv);
 
 #endif

@@ -13,6 +13,7 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
+    {"bench", sl_cmd_bench, "benchmark an OpenAI-compatible server like sglang.bench_serving"},
     {"generate", sl_cmd_generate, "greedy continuation of token ids on a model (CPU or GPU)"},
     {"logits", sl_cmd_logits, "float32 logits of every position of prompts (golden checks)"},
     {"render", sl_cmd_render, "print the chat-template prompt of a request read on stdin"},
