@@ -262,13 +262,13 @@ typedef struct enc {
     sl_tok_ids *out;
     pcre2_match_data *md;
     int32_t *sym, *prev, *next; /* long pieces: symbols as a linked list */
-    uint64_t *heap;             /* long pieces: candidate merges, (rank << 32 | position) */
+    uint64_t *tree;             /* long pieces: pairs as a tournament tree (bpe_large) */
     size_t cap;                 /* symbols the buffers above hold */
     int oom;
 } enc;
 
 /* Pieces up to this many bytes merge by rescanning an array (quadratic, but cache-friendly and
- * allocation-free); longer ones (whitespace runs, CJK sentences) use a heap. */
+ * allocation-free); longer ones (whitespace runs, long CJK sentences) use a tournament tree. */
 #define BPE_SMALL 128
 
 static void emit(enc *c, int32_t id)
@@ -298,65 +298,54 @@ static int bpe_small(const sl_tok *t, int32_t *sym, int n)
     return n;
 }
 
-static void heap_push(uint64_t *h, size_t *n, uint64_t v)
+/* Sets leaf i of the tournament tree (2p entries, leaves at p..2p) and the minima above it,
+ * up to the first that does not change. */
+static void tree_set(uint64_t *tree, size_t p, size_t i, uint64_t v)
 {
-    size_t i = (*n)++;
-    while (i > 0 && h[(i - 1) / 2] > v) {
-        h[i] = h[(i - 1) / 2];
-        i = (i - 1) / 2;
+    size_t k = p + i;
+    tree[k] = v;
+    for (k /= 2; k; k /= 2) {
+        uint64_t m = tree[2 * k] < tree[2 * k + 1] ? tree[2 * k] : tree[2 * k + 1];
+        if (tree[k] == m) break;
+        tree[k] = m;
     }
-    h[i] = v;
 }
 
-static uint64_t heap_pop(uint64_t *h, size_t *n)
-{
-    uint64_t top = h[0], v = h[--*n];
-    size_t i = 0;
-    for (;;) {
-        size_t k = 2 * i + 1;
-        if (k >= *n) break;
-        if (k + 1 < *n && h[k + 1] < h[k]) k++;
-        if (h[k] >= v) break;
-        h[i] = h[k];
-        i = k;
-    }
-    h[i] = v;
-    return top;
-}
-
-static void heap_push_pair(const sl_tok *t, const int32_t *sym, uint64_t *h, size_t *nh, int32_t i,
-                           int32_t j)
+static uint64_t pair_entry(const sl_tok *t, const int32_t *sym, int32_t i, int32_t j)
 {
     uint32_t r = pair_rank(t, sym[i], sym[j]);
-    if (r != NO_RANK) heap_push(h, nh, (uint64_t)r << 32 | (uint32_t)i);
+    return r == NO_RANK ? UINT64_MAX : (uint64_t)r << 32 | (uint32_t)i;
 }
 
-/* Same merge order as bpe_small, in O(n log n): a heap of (rank, position) candidates, stale
- * ones recognised because the pair now at that position has a different rank. The symbols
- * end up in c->sym, linked by c->next from position 0. */
+/* Same merge order as bpe_small, in O(n log n): the leaves of a tournament tree hold
+ * (rank << 32 | position) of the pair starting at each symbol, so its root is the
+ * lowest-ranked pair, leftmost on ties. The symbols end up in c->sym, linked by c->next from
+ * position 0. */
 static void bpe_large(enc *c, int n)
 {
     const sl_tok *t = c->t;
     int32_t *sym = c->sym, *prev = c->prev, *next = c->next;
-    size_t nh = 0;
+    uint64_t *tree = c->tree;
+    size_t p = 1;
+    while (p < (size_t)n)
+        p *= 2;
     for (int i = 0; i < n; i++) {
         prev[i] = i - 1;
         next[i] = i + 1 < n ? i + 1 : -1;
+        tree[p + (size_t)i] = i + 1 < n ? pair_entry(t, sym, i, i + 1) : UINT64_MAX;
     }
-    for (int i = 0; i + 1 < n; i++)
-        heap_push_pair(t, sym, c->heap, &nh, i, i + 1);
-    while (nh) {
-        uint64_t top = heap_pop(c->heap, &nh);
-        int32_t i = (int32_t)(uint32_t)top, j = next[i];
-        if (sym[i] < 0 || j < 0) continue; /* merged away, or now the last symbol */
-        uint32_t r = (uint32_t)(top >> 32);
-        if (pair_rank(t, sym[i], sym[j]) != r) continue;
-        sym[i] = t->merge_id[r];
-        sym[j] = -1;
+    for (size_t k = p + (size_t)n; k < 2 * p; k++)
+        tree[k] = UINT64_MAX;
+    for (size_t k = p - 1; k >= 1; k--)
+        tree[k] = tree[2 * k] < tree[2 * k + 1] ? tree[2 * k] : tree[2 * k + 1];
+    while (tree[1] != UINT64_MAX) {
+        int32_t i = (int32_t)(uint32_t)tree[1], j = next[i];
+        sym[i] = t->merge_id[tree[1] >> 32];
         next[i] = next[j];
         if (next[i] >= 0) prev[next[i]] = i;
-        if (prev[i] >= 0) heap_push_pair(t, sym, c->heap, &nh, prev[i], i);
-        if (next[i] >= 0) heap_push_pair(t, sym, c->heap, &nh, i, next[i]);
+        tree_set(tree, p, (size_t)j, UINT64_MAX);
+        tree_set(tree, p, (size_t)i, next[i] >= 0 ? pair_entry(t, sym, i, next[i]) : UINT64_MAX);
+        if (prev[i] >= 0) tree_set(tree, p, (size_t)prev[i], pair_entry(t, sym, prev[i], i));
     }
 }
 
@@ -371,8 +360,8 @@ static int enc_reserve(enc *c, size_t n)
     if (s) c->sym = s;
     if (s && (p = realloc(c->prev, cap * sizeof *p))) c->prev = p;
     if (p && (q = realloc(c->next, cap * sizeof *q))) c->next = q;
-    /* each merge pushes at most two candidates: 3n bounds the heap */
-    if (q && (h = realloc(c->heap, 3 * cap * sizeof *h))) c->heap = h;
+    /* cap is a power of two, so the tree over at most cap leaves has 2 * cap entries */
+    if (q && (h = realloc(c->tree, 2 * cap * sizeof *h))) c->tree = h;
     if (!h) return -1;
     c->cap = cap;
     return 0;
@@ -423,9 +412,8 @@ static sl_status pretokenize(enc *c, const uint8_t *s, size_t n, sl_err *e)
     size_t pos = 0, from = 0;
     while (from < n && !c->oom) {
         const sl_tok *t = c->t;
-        int rc = t->re_jit
-                     ? pcre2_jit_match(t->re, s, n, from, 0, c->md, t->re_ctx)
-                     : pcre2_match(t->re, s, n, from, PCRE2_NO_UTF_CHECK, c->md, t->re_ctx);
+        int rc = t->re_jit ? pcre2_jit_match(t->re, s, n, from, 0, c->md, t->re_ctx)
+                           : pcre2_match(t->re, s, n, from, PCRE2_NO_UTF_CHECK, c->md, t->re_ctx);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             PCRE2_UCHAR msg[120];
@@ -559,7 +547,7 @@ sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_id
     free(c.sym);
     free(c.prev);
     free(c.next);
-    free(c.heap);
+    free(c.tree);
     return st;
 }
 
