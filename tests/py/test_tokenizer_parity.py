@@ -71,10 +71,12 @@ def test_corpus(hf):
 
 def test_every_code_point(hf):
     """Each code point in contexts that exercise every branch of the pre-tokenizer regex and
-    NFC: letters, digits, contractions, spaces and newlines on both sides. Covers the BMP and
-    the supplementary ranges that have letters, digits or emoji; samples the rest."""
+    NFC: letters, digits, contractions, spaces and newlines on both sides. Covers planes 0 and
+    1 (every script, digit and emoji block) and the tag characters; samples the rest (the
+    CJK ideographs of planes 2-3, private use, unassigned). A full sweep found the two classes
+    pcre2 and Oniguruma disagree on (docs/tokenizer.md)."""
     cps = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000 and
-           (c < 0x30000 or c % 97 == 0 or 0xE0000 <= c < 0xE0200)]
+           (c < 0x20000 or c % 97 == 0 or 0xE0000 <= c < 0xE0200)]
     texts = []
     for i in range(0, len(cps), 96):
         texts.append("".join(f"a{chr(c)}b {chr(c)}1'{chr(c)} \n{chr(c)}\t" for c in cps[i:i + 96]))
