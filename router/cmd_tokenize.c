@@ -26,7 +26,7 @@ static int read_all(FILE *f, sl_buf *b)
     size_t n;
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
         if (sl_buf_append(b, chunk, n)) return -1;
-    if (!b->data && sl_buf_reserve(b, 0)) return -1;
+    if (!b->data && sl_buf_append(b, "", 0)) return -1; /* empty input: "" */
     return ferror(f) ? -1 : 0;
 }
 
@@ -38,9 +38,10 @@ static int print_ids(const sl_tok_ids *ids)
     return 0;
 }
 
-/* Whitespace-separated decimal ids -> ids; names the first bad item. */
-static sl_status parse_ids(const char *s, sl_tok_ids *ids, sl_err *e)
+/* Whitespace-separated decimal ids in s[0..n) -> ids; names the first bad item. */
+static sl_status parse_ids(const char *s, size_t n, sl_tok_ids *ids, sl_err *e)
 {
+    if (memchr(s, 0, n)) return sl_err_set(e, SL_ERR_INVALID, "the ids contain a NUL byte");
     for (size_t item = 1;; item++) {
         while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
             s++;
@@ -103,8 +104,7 @@ static json_t *decode_answer(const sl_tok *t, const json_t *req)
     sl_detok_init(&d, t, flags);
     size_t i;
     const json_t *v;
-    json_array_foreach(jids, i, v)
-    {
+    json_array_foreach(jids, i, v) {
         size_t at = text.len;
         json_int_t id = json_integer_value(v);
         if (!json_is_integer(v) || id < INT32_MIN || id > INT32_MAX) {
@@ -314,7 +314,7 @@ int sl_cmd_tokenize(int argc, char **argv)
             rc = bench_input(t, &in, jsonl, bench);
         } else if (decode) {
             unsigned flags = skip_special ? SL_DETOK_SKIP_SPECIAL : 0;
-            if (parse_ids(in.data, &ids, &e) != SL_OK ||
+            if (parse_ids(in.data, in.len, &ids, &e) != SL_OK ||
                 sl_detok_decode(t, ids.v, ids.n, flags, &text, &e) != SL_OK) {
                 fprintf(stderr, "sluice tokenize: %s\n", e.msg);
                 rc = 1;

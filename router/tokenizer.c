@@ -663,16 +663,14 @@ static sl_status load_vocab(loader *L, const json_t *model)
     const char *key;
     const json_t *v;
     size_t i;
-    json_object_foreach((json_t *)vocab, key, v)
-    {
+    json_object_foreach((json_t *)vocab, key, v) {
         if (!json_is_integer(v) || json_integer_value(v) < 0 ||
             json_integer_value(v) >= TOK_MAX_IDS)
             return sl_err_set(L->e, SL_ERR_PARSE, "%s: vocab entry '%s' has a bad id", L->path,
                               key);
         if (json_integer_value(v) > max_id) max_id = json_integer_value(v);
     }
-    json_array_foreach(added, i, v)
-    {
+    json_array_foreach(added, i, v) {
         json_int_t id = json_integer_value(json_object_get(v, "id"));
         if (!json_is_integer(json_object_get(v, "id")) || id < 0 || id >= TOK_MAX_IDS ||
             !jstr(v, "content"))
@@ -684,16 +682,14 @@ static sl_status load_vocab(loader *L, const json_t *model)
     L->n_ent = (int32_t)max_id + 1;
     L->ent = calloc((size_t)L->n_ent, sizeof *L->ent);
     if (!L->ent) return sl_err_set(L->e, SL_ERR_NOMEM, "%s: out of memory", L->path);
-    json_object_foreach((json_t *)vocab, key, v)
-    {
+    json_object_foreach((json_t *)vocab, key, v) {
         entry *en = &L->ent[json_integer_value(v)];
         if (en->s)
             return sl_err_set(L->e, SL_ERR_PARSE, "%s: id %lld is used by '%s' and '%s'", L->path,
                               (long long)json_integer_value(v), en->s, key);
         *en = (entry){.s = key, .len = strlen(key), .in_vocab = 1};
     }
-    json_array_foreach(added, i, v)
-    {
+    json_array_foreach(added, i, v) {
         const char *content = jstr(v, "content");
         size_t len = json_string_length(json_object_get(v, "content"));
         entry *en = &L->ent[json_integer_value(json_object_get(v, "id"))];
@@ -893,8 +889,7 @@ static sl_status load_normalizer(loader *L)
     if (type && !strcmp(type, "Sequence")) {
         size_t i;
         const json_t *sub;
-        json_array_foreach(json_object_get(n, "normalizers"), i, sub)
-        {
+        json_array_foreach(json_object_get(n, "normalizers"), i, sub) {
             const char *st = jstr(sub, "type");
             if (!st || strcmp(st, "NFC")) return unsupported(L, "normalizer", sub);
             L->t->nfc = 1;
@@ -1028,8 +1023,7 @@ static sl_status load_pretokenizer(loader *L, const json_t *p)
     if (type && !strcmp(type, "Sequence")) {
         size_t i;
         const json_t *sub;
-        json_array_foreach(json_object_get(p, "pretokenizers"), i, sub)
-        {
+        json_array_foreach(json_object_get(p, "pretokenizers"), i, sub) {
             sl_status st = load_pretokenizer(L, sub);
             if (st != SL_OK) return st;
         }
