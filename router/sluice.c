@@ -18,6 +18,7 @@ static const command commands[] = {
     {"render", sl_cmd_render, "print the chat-template prompt of a request read on stdin"},
     {"make-tiny", sl_cmd_make_tiny, "write a small random model of any supported architecture"},
     {"tokenize", sl_cmd_tokenize, "text <-> token ids with a model's tokenizer.json"},
+    {"worker", sl_cmd_worker, "serve a model to a router over nng (batching, prefix cache)"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,244 @@
+/* `sluice worker` end to end over nng: ping/pong + load report, greedy
+ * generation equal to a cold run, cached tokens on a repeat, logprobs,
+ * validation errors answered with error chunks, malformed bytes survived,
+ * abort, clean exit on SIGTERM. */
+#include <nng/nng.h>
+#include <nng/protocol/pair1/pair.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "engine_harness.h"
+#include "sluice.pb-c.h"
+
+static nng_socket sock;
+
+static void send_env(Sluice__Envelope *env)
+{
+    size_t n = sluice__envelope__get_packed_size(env);
+    uint8_t *buf = malloc(n + 1);
+    sluice__envelope__pack(env, buf);
+    CHECK(nng_send(sock, buf, n, 0) == 0);
+    free(buf);
+}
+
+/* Next envelope (NULL after 20 s). */
+static Sluice__Envelope *recv_env(void)
+{
+    void *buf;
+    size_t n;
+    if (nng_recv(sock, &buf, &n, NNG_FLAG_ALLOC)) return NULL;
+    Sluice__Envelope *env = sluice__envelope__unpack(NULL, n, buf);
+    nng_free(buf, n);
+    return env;
+}
+
+/* Collects one request's chunks until its finish; load reports are skipped. */
+typedef struct result {
+    int32_t ids[512];
+    int n;
+    int n_logprobs, n_top;
+    float first_logprob;
+    int32_t first_top[4];
+    Sluice__FinishReason finish;
+    int prompt, completion, cached;
+    char error[256];
+} result;
+
+static int collect(uint64_t rid, result *r)
+{
+    memset(r, 0, sizeof *r);
+    for (;;) {
+        Sluice__Envelope *env = recv_env();
+        if (!env) return -1;
+        if (env->msg_case == SLUICE__ENVELOPE__MSG_CHUNK && env->chunk->rid == rid) {
+            Sluice__TokenChunk *c = env->chunk;
+            for (size_t i = 0; i < c->n_ids && r->n < 512; i++) r->ids[r->n++] = c->ids[i];
+            if (c->n_logprobs && !r->n_logprobs) r->first_logprob = c->logprobs[0];
+            r->n_logprobs += (int)c->n_logprobs;
+            if (c->n_top && !r->n_top)
+                for (size_t i = 0; i < c->top[0]->n_ids && i < 4; i++) r->first_top[i] = c->top[0]->ids[i];
+            r->n_top += (int)c->n_top;
+            if (c->finish) {
+                r->finish = c->finish;
+                if (c->usage) {
+                    r->prompt = c->usage->prompt_tokens;
+                    r->completion = c->usage->completion_tokens;
+                    r->cached = c->usage->cached_tokens;
+                }
+                snprintf(r->error, sizeof r->error, "%s", c->error ? c->error : "");
+                sluice__envelope__free_unpacked(env, NULL);
+                return 0;
+            }
+        }
+        sluice__envelope__free_unpacked(env, NULL);
+    }
+}
+
+static void generate(uint64_t rid, const int32_t *ids, int n, int max_new, int logprobs,
+                     int top, int ignore_eos)
+{
+    Sluice__SamplingParams sp = SLUICE__SAMPLING_PARAMS__INIT;
+    sp.temperature = 0;
+    sp.top_p = 1;
+    sp.repetition_penalty = 1;
+    sp.logprobs = logprobs;
+    sp.top_logprobs = top;
+    sp.ignore_eos = ignore_eos;
+    Sluice__GenerateRequest g = SLUICE__GENERATE_REQUEST__INIT;
+    g.rid = rid;
+    g.n_input_ids = (size_t)n;
+    g.input_ids = (int32_t *)ids;
+    g.sampling = &sp;
+    g.max_new_tokens = max_new;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_GENERATE;
+    env.generate = &g;
+    send_env(&env);
+}
+
+/* Exit status and stderr of `sluice worker ARGS` (it must fail fast). */
+static int worker_rejects(const char *args, const char *expect)
+{
+    const char *bin = getenv("SLUICE_BIN");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s worker %s 2>&1", bin ? bin : "sluice", args);
+    FILE *f = popen(cmd, "r");
+    char out[2048] = {0};
+    size_t n = f ? fread(out, 1, sizeof out - 1, f) : 0;
+    out[n] = 0;
+    int st = f ? pclose(f) : -1;
+    int ok = WIFEXITED(st) && WEXITSTATUS(st) == 2 && strstr(out, expect);
+    if (!ok) fprintf(stderr, "worker %s -> %d: %s\n", args, st, out);
+    return ok;
+}
+
+static void test_flag_checks(void)
+{
+    char dir[256], args[512];
+    if (harness_make_model("qwen3_next", dir)) {
+        CHECK(0);
+        return;
+    }
+    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --page-size 48", dir);
+    CHECK(worker_rejects(args, "max(64, page) must be a multiple of min(64, page)"));
+    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --page-size 16 --mamba-track-interval 40", dir);
+    CHECK(worker_rejects(args, "must be a positive multiple of --page-size 16"));
+    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --mamba-scheduler-strategy lazy", dir);
+    CHECK(worker_rejects(args, "extra_buffer or no_buffer"));
+    CHECK(worker_rejects("--listen ipc:///tmp/x", "--model and --listen are required"));
+    CHECK(worker_rejects("--model /x --listen ipc:///tmp/x --bogus 1", "bogus"));
+    harness_remove(dir);
+}
+
+int main(void)
+{
+    test_flag_checks();
+    char dir[256], url[300];
+    if (harness_make_model("qwen3", dir)) {
+        CHECK(0);
+        return sl_test_done("test_wserver");
+    }
+    snprintf(url, sizeof url, "ipc://%s/worker.sock", dir);
+    const char *bin = getenv("SLUICE_BIN");
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(bin ? bin : "sluice", "sluice", "worker", "--model", dir, "--listen", url,
+              "--page-size", "4", "--max-total-tokens", "2048", "--context-length", "512",
+              "--max-running-requests", "8", (char *)NULL);
+        _exit(127);
+    }
+    CHECK(nng_pair1_open(&sock) == 0);
+    nng_setopt_ms(sock, NNG_OPT_RECVTIMEO, 20000);
+    int rv = -1;
+    for (int i = 0; i < 200 && rv; i++) {
+        rv = nng_dial(sock, url, NULL, 0);
+        if (rv) nanosleep(&(struct timespec){0, 50000000}, NULL);
+    }
+    CHECK_MSG(rv == 0, "dial %s: %s", url, nng_strerror(rv));
+
+    /* ping -> pong + load */
+    Sluice__Ping ping = SLUICE__PING__INIT;
+    ping.seq = 77;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_PING;
+    env.ping = &ping;
+    send_env(&env);
+    int got_pong = 0, got_load = 0;
+    for (int i = 0; i < 4 && !(got_pong && got_load); i++) {
+        Sluice__Envelope *r = recv_env();
+        if (!r) break;
+        if (r->msg_case == SLUICE__ENVELOPE__MSG_PONG) got_pong = r->pong->seq == 77;
+        if (r->msg_case == SLUICE__ENVELOPE__MSG_LOAD) {
+            got_load = 1;
+            CHECK(r->load->vocab_size == 256 && r->load->page_size == 4 &&
+                  r->load->context_length == 512 && r->load->total_kv_pages == 512 &&
+                  r->load->free_kv_pages == 512 && r->load->worker_id != 0);
+        }
+        sluice__envelope__free_unpacked(r, NULL);
+    }
+    CHECK(got_pong && got_load);
+
+    /* greedy generation equals the cold run; a repeat hits the cache */
+    sl_backend *be = sl_backend_cpu_new();
+    sl_model *m = NULL;
+    sl_err e = {0};
+    CHECK(sl_model_load(&m, dir, be, NULL, &e) == SL_OK);
+    int32_t prompt[40];
+    for (int i = 0; i < 40; i++) prompt[i] = 3 + (i * 37) % 200;
+    cold_ref ref;
+    harness_cold(m, prompt, 40, 12, &ref);
+    result r;
+    generate(1, prompt, 40, 12, 0, 0, 0);
+    CHECK(collect(1, &r) == 0);
+    CHECK(r.n == ref.n_out && !memcmp(r.ids, ref.out, sizeof(int32_t) * (size_t)ref.n_out));
+    CHECK(r.finish == (ref.n_out == 12 ? SLUICE__FINISH_REASON__FINISH_LENGTH
+                                        : SLUICE__FINISH_REASON__FINISH_STOP));
+    CHECK(r.prompt == 40 && r.completion == r.n && r.cached == 0 && r.n_logprobs == 0);
+    generate(2, prompt, 40, 12, 1, 3, 0);
+    CHECK(collect(2, &r) == 0);
+    CHECK(r.n == ref.n_out && !memcmp(r.ids, ref.out, sizeof(int32_t) * (size_t)ref.n_out));
+    CHECK_MSG(r.cached == 36, "cached %d", r.cached);
+    CHECK(r.n_logprobs == r.n && r.n_top == r.n && r.first_top[0] == ref.out[0]);
+    CHECK(r.first_logprob < 0 && r.first_logprob > -20);
+    free(ref.first_logits);
+
+    /* validation: each bad request gets an error chunk naming the problem */
+    int32_t bad[3] = {1, 256, 2};
+    generate(10, bad, 3, 4, 0, 0, 0);
+    CHECK(collect(10, &r) == 0 && r.finish == SLUICE__FINISH_REASON__FINISH_ERROR &&
+          strstr(r.error, "vocabulary"));
+    generate(11, prompt, 40, 500, 0, 0, 0);
+    CHECK(collect(11, &r) == 0 && r.finish == SLUICE__FINISH_REASON__FINISH_ERROR &&
+          strstr(r.error, "context length"));
+    generate(12, prompt, 0, 4, 0, 0, 0);
+    CHECK(collect(12, &r) == 0 && r.finish == SLUICE__FINISH_REASON__FINISH_ERROR);
+    /* malformed bytes are dropped; the worker still answers */
+    CHECK(nng_send(sock, "\xff\xff\xff\x01garbage", 11, 0) == 0);
+
+    /* abort a long generation */
+    generate(20, prompt, 40, 400, 0, 0, 1);
+    Sluice__AbortRequest ab = SLUICE__ABORT_REQUEST__INIT;
+    ab.rid = 20;
+    env.msg_case = SLUICE__ENVELOPE__MSG_ABORT;
+    env.abort = &ab;
+    send_env(&env);
+    CHECK(collect(20, &r) == 0 && r.finish == SLUICE__FINISH_REASON__FINISH_ABORT && r.n < 400);
+
+    /* a duplicate request id while the first runs */
+    generate(30, prompt, 40, 300, 0, 0, 1);
+    generate(30, prompt, 40, 4, 0, 0, 0);
+    CHECK(collect(30, &r) == 0 && r.finish == SLUICE__FINISH_REASON__FINISH_ERROR &&
+          strstr(r.error, "already"));
+    CHECK(collect(30, &r) == 0 && r.finish == SLUICE__FINISH_REASON__FINISH_LENGTH);
+
+    kill(pid, SIGTERM);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    nng_close(sock);
+    sl_model_free(m);
+    sl_backend_free(be);
+    harness_remove(dir);
+    return sl_test_done("test_wserver");
+}

@@ -1,0 +1,145 @@
+/* `sluice worker`: load a model and serve it to a router over nng.
+ * Flag names follow SGLang's server arguments where one exists. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine.h"
+#include "model.h"
+#include "sl_log.h"
+#include "sl_opts.h"
+#include "worker_cmd.h"
+#include "wserver.h"
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_flag = 1;
+}
+
+static int usage_error(const sl_err *e)
+{
+    fprintf(stderr, "sluice worker: %s (see sluice worker --help)\n", e->msg);
+    return 2;
+}
+
+/* Rules that depend on the model (hybrid page/interval alignment) are checked
+ * right after config.json is read, before any weight is loaded. */
+static sl_status check_flags(const sl_model_config *mc, const sl_engine_config *c,
+                             const char *strategy, sl_err *e)
+{
+    if (c->page_size <= 0) return sl_err_set(e, SL_ERR_INVALID, "--page-size must be positive");
+    if (c->mem_fraction <= 0 || c->mem_fraction > 1)
+        return sl_err_set(e, SL_ERR_INVALID, "--mem-fraction-static must be in (0, 1]");
+    if (c->max_running < 0 || c->context_len < 0 || c->max_total_tokens < 0 || c->max_mamba_slots < 0)
+        return sl_err_set(e, SL_ERR_INVALID, "sizes must not be negative");
+    if (strcmp(strategy, "extra_buffer") && strcmp(strategy, "no_buffer"))
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "--mamba-scheduler-strategy must be extra_buffer or no_buffer, not '%s'",
+                          strategy);
+    if (mc->n_linear_layers == 0) return SL_OK;
+    sl_sched_config sc = {.page_size = c->page_size, .hybrid = 1, .track_interval = c->track_interval,
+                          .strategy = c->strategy, .overlap = c->overlap, .max_running = 1,
+                          .context_len = 2, .n_pages = 2, .n_slots = 2, .vocab = 1};
+    return sl_sched_config_check(&sc, e);
+}
+
+int sl_cmd_worker(int argc, char **argv)
+{
+    const char *model = NULL, *listen = NULL, *device = "cpu", *load_format = "auto";
+    const char *strategy = "extra_buffer", *served_name = NULL;
+    long long seed = 0, mem_bytes = 0;
+    int disable_overlap = 0;
+    sl_engine_config c;
+    sl_engine_config_default(&c);
+    sl_opt opts[] = {
+        {"--model", "--model-path", SL_OPT_STR, &model, "model directory (Hugging Face layout)"},
+        {"--listen", NULL, SL_OPT_STR, &listen, "nng URL to listen on: tcp://HOST:PORT or ipc:///PATH"},
+        {"--device", NULL, SL_OPT_STR, &device, "cpu (default) or cuda[:N]"},
+        {"--load-format", NULL, SL_OPT_STR, &load_format, "auto (default) or dummy (random weights)"},
+        {"--seed", NULL, SL_OPT_I64, &seed, "seed of dummy weights (default 0)"},
+        {"--served-model-name", NULL, SL_OPT_STR, &served_name, "model name in load reports"},
+        {"--page-size", NULL, SL_OPT_INT, &c.page_size, "tokens per KV page (default 1)"},
+        {"--mem-fraction-static", NULL, SL_OPT_FLOAT, &c.mem_fraction,
+         "share of memory for the KV and state caches (default 0.85)"},
+        {"--mem-bytes", NULL, SL_OPT_I64, &mem_bytes,
+         "cache budget in bytes (overrides --mem-fraction-static; CPU backend)"},
+        {"--max-total-tokens", NULL, SL_OPT_INT, &c.max_total_tokens, "KV pool size in tokens"},
+        {"--max-mamba-cache-size", NULL, SL_OPT_INT, &c.max_mamba_slots, "mamba state slots"},
+        {"--max-running-requests", NULL, SL_OPT_INT, &c.max_running,
+         "requests decoding at once (default: from memory)"},
+        {"--context-length", NULL, SL_OPT_INT, &c.context_len,
+         "longest prompt + output (default: the model's max_position_embeddings)"},
+        {"--chunked-prefill-size", NULL, SL_OPT_INT, &c.chunked_prefill_size,
+         "prefill tokens per batch (default 8192; -1 disables chunking)"},
+        {"--mamba-scheduler-strategy", NULL, SL_OPT_STR, &strategy,
+         "extra_buffer (default) or no_buffer (hybrid models)"},
+        {"--mamba-track-interval", NULL, SL_OPT_INT, &c.track_interval,
+         "decode tokens between cached states (default 256; multiple of --page-size)"},
+        {"--disable-overlap-schedule", NULL, SL_OPT_FLAG, &disable_overlap,
+         "build each batch only after the previous one finished"},
+        {"--disable-radix-cache", NULL, SL_OPT_FLAG, &c.disable_radix, "no prefix caching"},
+        {0}};
+    const char *summary = "Serves a model to a router over nng (proto/sluice.proto messages).";
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            sl_opts_usage(stdout, "worker", summary, opts);
+            return 0;
+        }
+    sl_err e = {0};
+    if (sl_opts_parse(argc, argv, opts, &e)) return usage_error(&e);
+    if (!model || !listen) {
+        sl_err_set(&e, SL_ERR_INVALID, "--model and --listen are required");
+        return usage_error(&e);
+    }
+    int dummy = !strcmp(load_format, "dummy");
+    if (!dummy && strcmp(load_format, "auto") && strcmp(load_format, "safetensors")) {
+        sl_err_set(&e, SL_ERR_INVALID, "--load-format must be auto, safetensors or dummy");
+        return usage_error(&e);
+    }
+    c.overlap = !disable_overlap;
+    c.mem_bytes = mem_bytes > 0 ? (size_t)mem_bytes : 0;
+    c.strategy = !strcmp(strategy, "no_buffer") ? SL_MAMBA_NO_BUFFER : SL_MAMBA_EXTRA_BUFFER;
+    sl_model_config mc;
+    if (sl_model_config_load(&mc, model, &e)) {
+        fprintf(stderr, "sluice worker: %s\n", e.msg);
+        return 1;
+    }
+    if (mc.n_linear_layers && c.strategy == SL_MAMBA_NO_BUFFER && c.overlap) {
+        SL_LOGI("worker", "no_buffer caches the working state at finish: overlap scheduling off");
+        c.overlap = 0;
+    }
+    if (check_flags(&mc, &c, strategy, &e)) return usage_error(&e);
+
+    sl_backend *be = sl_backend_new(device, &e);
+    if (!be) {
+        fprintf(stderr, "sluice worker: %s\n", e.msg);
+        return 1;
+    }
+    sl_model *m = NULL;
+    sl_engine *g = NULL;
+    int rc = 0;
+    sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)seed};
+    if (sl_model_load(&m, model, be, &lo, &e) || sl_engine_new(&g, m, &c, &e)) {
+        fprintf(stderr, "sluice worker: %s\n", e.msg);
+        rc = 1;
+        goto done;
+    }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGPIPE, SIG_IGN);
+    const char *name = served_name ? served_name : strrchr(model, '/') && strrchr(model, '/')[1]
+                                                       ? strrchr(model, '/') + 1
+                                                       : model;
+    sl_wserver_config wc = {.url = listen, .model_name = name};
+    if (sl_wserver_run(g, m, &wc, &stop_flag, &e)) {
+        fprintf(stderr, "sluice worker: %s\n", e.msg);
+        rc = 1;
+    }
+done:
+    sl_engine_free(g);
+    sl_model_free(m);
+    sl_backend_free(be);
+    return rc;
+}

@@ -1,0 +1,95 @@
+/* worker/engine.h: the leader loop that joins scheduler, model and sampler.
+ *
+ * One engine step: the scheduler builds the next batch (radix matching, page
+ * and slot allocation, metadata), the runner executes it (state copies,
+ * forward, logits download, sampling), and the scheduler processes the
+ * results (tokens, finish checks, cache inserts).
+ *
+ * Overlap (default on): the runner is a compute thread. Step k builds batch
+ * N+1 and hands it to the compute thread while batch N is still computing,
+ * then waits for N and processes its results; batch N+1's decode inputs are
+ * batch N's sampled tokens, read by the runner from the sampler states when
+ * N+1 starts (so they never go through the scheduler thread). On the CUDA
+ * backend the same structure overlaps CPU scheduling with device work.
+ * --disable-overlap-schedule runs build, forward and results in sequence.
+ *
+ * Tensor parallelism plugs in at the runner: a batch (sl_sched_batch) is a
+ * set of flat arrays, so rank 0 broadcasts it from the plan hook and every
+ * follower, which built an identical engine (same flags: same pools), runs
+ * it with sl_engine_follow; only rank 0 schedules and samples.
+ *
+ *   sl_engine *g; sl_engine_new(&g, model, &cfg, &e);
+ *   sl_engine_submit(g, &req, &e);
+ *   while (!sl_engine_idle(g)) {
+ *       sl_engine_step(g, &e);
+ *       while (sl_engine_pop_event(g, &ev)) ...;
+ *   }
+ *   sl_engine_free(g);
+ *
+ * Threads: every call from one thread (the leader); the engine owns its
+ * compute thread. The model must not be used by anyone else meanwhile.
+ */
+#ifndef SL_ENGINE_H
+#define SL_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "sched.h"
+
+typedef struct sl_engine_config {
+    int page_size;            /* --page-size (1) */
+    int context_len;          /* --context-length (0: the model's max positions) */
+    int chunked_prefill_size; /* --chunked-prefill-size (8192; <= 0: off) */
+    int max_running;          /* --max-running-requests (0: derive from memory) */
+    double mem_fraction;      /* --mem-fraction-static: share of the memory for caches */
+    size_t mem_bytes;         /* --mem-bytes: cache budget in bytes (overrides the fraction) */
+    int max_total_tokens;     /* --max-total-tokens: KV pool in tokens (0: from the budget) */
+    int max_mamba_slots;      /* --max-mamba-cache-size (0: from the budget) */
+    sl_mamba_strategy strategy;
+    int track_interval;       /* --mamba-track-interval (256) */
+    int overlap;              /* 0 with --disable-overlap-schedule */
+    int disable_radix;        /* --disable-radix-cache */
+} sl_engine_config;
+
+void sl_engine_config_default(sl_engine_config *c);
+
+typedef struct sl_engine sl_engine;
+
+/* Sizes the pools, allocates the cache and starts the compute thread. The
+ * engine uses m but does not own it. */
+sl_status sl_engine_new(sl_engine **out, sl_model *m, const sl_engine_config *c, sl_err *e);
+/* Finishes batches in flight, stops the thread, frees the cache. */
+void sl_engine_free(sl_engine *g);
+
+sl_status sl_engine_submit(sl_engine *g, const sl_sched_req *r, sl_err *e);
+int sl_engine_abort(sl_engine *g, uint64_t rid);
+/* One iteration; *worked (may be NULL) says whether anything ran. A failed
+ * forward (device error) is returned; the engine cannot continue then. */
+sl_status sl_engine_step(sl_engine *g, int *worked, sl_err *e);
+int sl_engine_pop_event(sl_engine *g, sl_sched_event *ev);
+int sl_engine_idle(const sl_engine *g);
+void sl_engine_stats(const sl_engine *g, sl_sched_stats *st);
+sl_status sl_engine_check(const sl_engine *g, sl_err *e);
+int sl_engine_flush_cache(sl_engine *g);
+const sl_sched_config *sl_engine_sched_config(const sl_engine *g);
+
+/* Called on the runner (compute thread) with every batch just before its
+ * forward, input ids resolved: where rank 0 broadcasts the plan. An error
+ * fails the step. */
+typedef sl_status (*sl_engine_plan_fn)(void *ctx, const sl_sched_batch *b, sl_err *e);
+void sl_engine_set_plan_hook(sl_engine *g, sl_engine_plan_fn fn, void *ctx);
+/* Follower side: runs a received batch (state copies + forward) on this
+ * engine's model and cache, without scheduling or sampling. */
+sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e);
+/* The engine's KV/state cache (read-only; for tests and diagnostics). */
+const sl_model_cache *sl_engine_cache(const sl_engine *g);
+
+/* Test hook: called on the compute thread with the logits row of every
+ * sampled token (pos = position of the token these logits follow). */
+typedef void (*sl_engine_logits_fn)(void *ctx, uint64_t rid, int pos, const float *logits,
+                                    int vocab);
+void sl_engine_set_logits_hook(sl_engine *g, sl_engine_logits_fn fn, void *ctx);
+
+#endif

@@ -1,0 +1,63 @@
+/* worker/sampler.h: next-token sampling from one row of logits.
+ *
+ * Order of operations (as in SGLang/vLLM): penalties (repetition over prompt
+ * and output tokens, HF style; frequency and presence over output tokens,
+ * OpenAI style) → greedy if temperature is 0 → temperature → top-k → top-p
+ * → min-p → one draw. The draw uses sl_rng_uniform(seed, output index), so a
+ * request with a seed gives the same tokens however it is batched, retracted
+ * or resumed. Logprobs (when asked) are log-softmax of the raw logits, before
+ * penalties and temperature, like vLLM's default.
+ *
+ *   sl_sampler_state *s = sl_sampler_state_new(&params, prompt, n_prompt, rid);
+ *   sl_sample out;
+ *   sl_sampler_sample(s, logits_row, vocab, &out);   // also records out.token
+ *   sl_sampler_state_free(s);
+ *
+ * Threads: a state is used by one thread at a time (the runner); it may be
+ * created on another thread before it is handed over.
+ */
+#ifndef SL_SAMPLER_H
+#define SL_SAMPLER_H
+
+#include <stdint.h>
+
+#define SL_SAMPLER_MAX_TOP 20
+
+typedef struct sl_sampling {
+    float temperature;        /* 0: greedy */
+    float top_p;              /* 1: off */
+    int top_k;                /* <= 0: off */
+    float min_p;              /* 0: off */
+    float repetition_penalty; /* 1: off */
+    float frequency_penalty, presence_penalty;
+    int has_seed;
+    uint64_t seed;
+    int logprobs;     /* report the sampled token's logprob */
+    int top_logprobs; /* 0..SL_SAMPLER_MAX_TOP alternatives */
+} sl_sampling;
+
+typedef struct sl_sample {
+    int32_t token;
+    float logprob;
+    int n_top;
+    int32_t top_ids[SL_SAMPLER_MAX_TOP];
+    float top_logprobs[SL_SAMPLER_MAX_TOP];
+} sl_sample;
+
+typedef struct sl_sampler_state sl_sampler_state;
+
+/* Copies params; the prompt is read only when a repetition penalty is set.
+ * rid seeds the draws of requests without a seed. NULL when out of memory. */
+sl_sampler_state *sl_sampler_state_new(const sl_sampling *params, const int32_t *prompt,
+                                       int n_prompt, uint64_t rid);
+void sl_sampler_state_free(sl_sampler_state *s);
+/* Counts already generated tokens (a migrated request's output). */
+void sl_sampler_state_add_output(sl_sampler_state *s, const int32_t *ids, int n);
+/* The token sampled last (-1 before the first). */
+int32_t sl_sampler_last_token(const sl_sampler_state *s);
+const sl_sampling *sl_sampler_params(const sl_sampler_state *s);
+
+/* Samples from logits[0..vocab) (modified: scratch) and records the token. */
+void sl_sampler_sample(sl_sampler_state *s, float *logits, int vocab, sl_sample *out);
+
+#endif

@@ -1,0 +1,184 @@
+/* worker/sched.h: the scheduler. Continuous batching over KV pages and mamba
+ * state slots, with the radix prefix cache; it never touches the device.
+ *
+ * Each call to sl_sched_next_batch builds one explicit batch (sl_sched_batch:
+ * flat arrays, the sl_batch_meta of one forward plus state copies and
+ * sampling duties) from:
+ *   1. decode steps of every running request that has finished its prompt
+ *      (one token each; a step that needs a new page and finds none, even
+ *      after evicting the tree, retracts the lowest-priority, newest request:
+ *      its memory is freed, it returns to the queue with its outputs, and is
+ *      prefilled again later: resumed, never lost);
+ *   2. prefill chunks of running requests that are still prefilling;
+ *   3. new requests from the queue (priority, then FCFS), matched against the
+ *      radix cache, while --max-running-requests, the chunk budget
+ *      (--chunked-prefill-size tokens per batch) and memory allow.
+ * Prefill and decode share one batch (mixed batches).
+ *
+ * Hybrid models (mamba_extra_buffer, MAMBA_CACHE.md §8): a running request
+ * owns a working slot W and one track slot T. The batch asks the kernels for
+ * a snapshot of the state into T at checkpoint targets (extend: the last
+ * multiple of C = max(64, page) inside a chunk, or the branching point of its
+ * match; decode: every --mamba-track-interval tokens). As soon as the
+ * snapshot's key tokens are all known (at once for extends; for a decode
+ * step under overlap once the fed token has been sampled) T is inserted into
+ * the tree by index and the request takes a fresh T. Every reader of an
+ * inserted slot or page runs in a later forward, so nothing races on the
+ * single device stream. no_buffer: a non-final chunk ending on a page
+ * boundary snapshots its end, and W itself goes to the tree at finish.
+ *
+ * Overlap: the engine may build batch N+1 before batch N's results are
+ * processed. Then a decode step's input token is "the last token sampled for
+ * this request" (feed_last), read by the runner from the sampler state, and a
+ * request that finishes in batch N runs one discarded step in N+1.
+ *
+ * Usage (one thread):
+ *   sl_sched *s; sl_sched_new(&s, &cfg, &e);
+ *   sl_sched_submit(s, &req, &e);
+ *   while ((b = sl_sched_next_batch(s))) { run(b); sl_sched_complete(s, b); }
+ *   sl_sched_event ev; while (sl_sched_pop_event(s, &ev)) send(ev);
+ *   sl_sched_free(s);
+ *
+ * Threads: every call from one thread. A batch handed out may be read by the
+ * runner thread (and its out[] written) until it is given back with
+ * sl_sched_complete; the sampler states it points to are used only by the
+ * runner while batches are in flight.
+ */
+#ifndef SL_SCHED_H
+#define SL_SCHED_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "sampler.h"
+#include "sl_err.h"
+
+typedef enum sl_mamba_strategy {
+    SL_MAMBA_EXTRA_BUFFER = 0,
+    SL_MAMBA_NO_BUFFER,
+} sl_mamba_strategy;
+
+typedef struct sl_sched_config {
+    int page_size;
+    int n_pages;           /* KV pool */
+    int n_slots;           /* state pool (0 for pure-attention models) */
+    int hybrid;            /* the model has linear-attention layers */
+    int max_running;
+    int context_len;
+    int chunked_prefill_size; /* prefill tokens per batch (<= 0: unlimited) */
+    int disable_radix;
+    sl_mamba_strategy strategy;
+    int track_interval;    /* decode snapshot interval (multiple of page_size) */
+    int overlap;           /* batches are built one ahead of their results */
+    int vocab;
+    int eos[8], n_eos;
+} sl_sched_config;
+
+/* Page/interval rules shared with the command line (MAMBA_CACHE.md §3):
+ * max(64,page) % min(64,page) == 0 and interval % page == 0. */
+sl_status sl_sched_config_check(const sl_sched_config *c, sl_err *e);
+
+typedef struct sl_sched_req {
+    uint64_t rid;
+    const int32_t *prompt;
+    int n_prompt;
+    const int32_t *output; /* already generated (migration), may be NULL */
+    int n_output;
+    int max_new, min_new;
+    const int32_t *stop_ids;
+    int n_stop;
+    int ignore_eos;
+    int priority; /* higher first */
+    sl_sampling sampling;
+} sl_sched_req;
+
+typedef enum sl_finish {
+    SL_FINISH_NONE = 0,
+    SL_FINISH_STOP,
+    SL_FINISH_LENGTH,
+    SL_FINISH_ABORT,
+    SL_FINISH_ERROR,
+} sl_finish;
+
+/* One output token (token >= 0) and/or the end of a request (finish set,
+ * with usage). Events of one request come in order. */
+typedef struct sl_sched_event {
+    uint64_t rid;
+    int32_t token; /* -1: no token (abort, error) */
+    sl_sample sample;
+    int has_sample;
+    int want_logprobs; /* the request asked for logprobs (sample.logprob is meaningful) */
+    sl_finish finish;
+    int prompt_tokens, completion_tokens, cached_tokens;
+} sl_sched_event;
+
+typedef struct sl_sched_req_impl sl_sched_req_impl;
+
+/* One forward. Arrays are owned by the scheduler; meta points into them. */
+typedef struct sl_sched_batch {
+    uint64_t seq; /* batch number */
+    sl_batch_meta meta;
+    int32_t *ids, *pos, *q_start, *kv_len, *page_table, *kv_slot;
+    int32_t *state_slot, *state_fresh, *track_slot, *track_len;
+    /* before the forward: state slot copies (dst <- src; src -1 zeroes) */
+    int n_copy;
+    int32_t *copy_dst, *copy_src;
+    /* per sequence: sampler (NULL: no sample from this sequence), feed_last
+     * (1: ids[q_start[s]] is the sampler's last token, resolved by the
+     * runner), and the logits row of the sequence's last token */
+    sl_sampler_state **sampler;
+    int32_t *feed_last;
+    int32_t *rows; /* [n_rows] token indices whose logits are sampled */
+    int32_t *row_seq;
+    int n_rows;
+    sl_sample *out; /* [n_seqs] written by the runner */
+    uint64_t *rid;  /* [n_seqs] request of each sequence */
+    /* private */
+    sl_sched_req_impl **reqs;
+    int cap_tokens, cap_seqs, cap_pt, cap_copy;
+} sl_sched_batch;
+
+typedef struct sl_sched sl_sched;
+
+sl_status sl_sched_new(sl_sched **out, const sl_sched_config *cfg, sl_err *e);
+/* Frees everything; batches must have been completed. */
+void sl_sched_free(sl_sched *s);
+
+/* Queues a request (copies its arrays). Errors: duplicate rid, a prompt that
+ * can never fit (context length or KV pool), out of memory. */
+sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *r, sl_err *e);
+/* Aborts a queued or running request: its memory is freed at once and an
+ * abort event is queued. Unknown rids are ignored (returns 0, else 1). */
+int sl_sched_abort(sl_sched *s, uint64_t rid);
+
+/* The next batch to run, or NULL when there is nothing to do. At most two
+ * batches are out at a time (overlap). */
+sl_sched_batch *sl_sched_next_batch(sl_sched *s);
+/* Processes the runner's results (out[]) of b and takes b back. Batches are
+ * completed in the order they were built. */
+void sl_sched_complete(sl_sched *s, sl_sched_batch *b);
+
+/* Takes b back without results (its forward failed): the requests it held
+ * are as if it never ran, except that their KV is no longer trustworthy; only
+ * for shutting down after a device error. */
+void sl_sched_abandon(sl_sched *s, sl_sched_batch *b);
+
+int sl_sched_pop_event(sl_sched *s, sl_sched_event *ev);
+
+typedef struct sl_sched_stats {
+    int running, queued, in_flight;
+    int free_pages, total_pages, free_slots, total_slots;
+    int evictable_pages, evictable_states, tree_pages, tree_states;
+    int64_t prompt_tokens, cached_tokens; /* admitted so far: hit rate = cached / prompt */
+    int64_t retractions, evicted_pages;
+    int checkpoint_tokens;
+} sl_sched_stats;
+void sl_sched_get_stats(const sl_sched *s, sl_sched_stats *st);
+/* Evicts every unlocked cache entry (returns the pages freed). */
+int sl_sched_flush_cache(sl_sched *s);
+/* Runs sl_radix_check with what the requests hold. */
+sl_status sl_sched_check(const sl_sched *s, sl_err *e);
+/* 1 when nothing is queued, running or in flight. */
+int sl_sched_idle(const sl_sched *s);
+
+#endif

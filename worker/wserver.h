@@ -1,0 +1,47 @@
+/* worker/wserver.h: the worker's side of the router link.
+ *
+ * One nng PAIR1 socket listens on a tcp:// or ipc:// URL; the router dials
+ * it. Every message is a protobuf sluice.Envelope (proto/sluice.proto):
+ *   router -> worker: generate, abort, ping
+ *   worker -> router: chunk (token ids, optional logprobs, finish reason and
+ *                     usage on the last one), pong + load, periodic load
+ * Every incoming message is validated (size, token ids against the
+ * vocabulary, prompt + max_new_tokens against the context length, sampling
+ * ranges, duplicate request ids); a bad generate is answered with a
+ * FINISH_ERROR chunk naming the problem, and every rejected message is
+ * logged. The server never exits on bad input.
+ *
+ * Sampling defaults (proto3 cannot tell "unset" from 0): a request without
+ * SamplingParams gets the model's generation_config.json values; inside
+ * SamplingParams, top_p = 0, top_k = 0 and repetition_penalty = 0 mean
+ * "the model's default" (top_k = -1 turns top-k off); temperature is always
+ * taken as given (0 = greedy). max_new_tokens = 0 runs the prefill only
+ * (it warms the prefix cache) and finishes with FINISH_LENGTH.
+ *
+ *   sl_wserver_config c = {.url = "tcp://0.0.0.0:30001", .model_name = "tiny"};
+ *   volatile sig_atomic_t stop = 0;
+ *   sl_wserver_run(engine, model, &c, &stop, &e);   // returns when stop is set
+ *
+ * Threads: runs the engine loop on the calling thread until *stop.
+ */
+#ifndef SL_WSERVER_H
+#define SL_WSERVER_H
+
+#include <signal.h>
+
+#include "engine.h"
+#include "model.h"
+
+#define SL_WSERVER_MAX_MSG (64u << 20) /* bytes per incoming message */
+#define SL_WSERVER_MAX_STOP 64         /* stop token ids per request */
+
+typedef struct sl_wserver_config {
+    const char *url;
+    const char *model_name; /* reported in load reports */
+    int load_interval_ms;   /* periodic load reports (0: 1000) */
+} sl_wserver_config;
+
+sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
+                         volatile sig_atomic_t *stop, sl_err *e);
+
+#endif
