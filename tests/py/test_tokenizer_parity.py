@@ -224,6 +224,26 @@ def test_added_token_flags(hf, tmp_path):
                                         for t in texts]
 
 
+@pytest.mark.parametrize("variant", ["gpt2_regex", "no_normalizer", "nfc_sequence"])
+def test_pipeline_variants(variant, tmp_path):
+    """The other pipelines the loader accepts, built from the Qwen3 file: GPT-2's regex (a
+    ByteLevel pre-tokenizer with use_regex), no normalizer, NFC inside a Sequence."""
+    cfg = json.loads((TOK_DIR / "tokenizer.json").read_text(encoding="utf-8"))
+    if variant == "gpt2_regex":
+        cfg["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False,
+                                "trim_offsets": False, "use_regex": True}
+    elif variant == "no_normalizer":
+        cfg["normalizer"] = None
+    else:
+        cfg["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFC"}]}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    tok = tokenizers.Tokenizer.from_file(str(path))
+    rng = random.Random(5)
+    texts = corpus() + [random_text(rng, ["<|im_end|>", " the", "e\u0301"]) for _ in range(300)]
+    check_encode(tok, texts, tokenizer=path)
+
+
 def run_cli(args, stdin):
     return subprocess.run([BIN, "tokenize", *args], input=stdin, capture_output=True, timeout=120)
 
