@@ -530,6 +530,8 @@ static sl_status raw_stretch(enc *c, const uint8_t *s, size_t n, sl_err *e)
 sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e)
 {
     const uint8_t *s = (const uint8_t *)text;
+    if (len > INT32_MAX) /* BPE keeps symbol positions in 32 bits */
+        return sl_err_set(e, SL_ERR_LIMIT, "text of %zu bytes is over the 2 GiB limit", len);
     size_t bad = sl_utf8_valid_prefix(s, len);
     if (bad < len)
         return sl_err_set(e, SL_ERR_INVALID, "text is not valid UTF-8 (byte 0x%02X at offset %zu)",
