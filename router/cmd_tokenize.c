@@ -16,6 +16,7 @@ static const char summary[] =
     "Encodes UTF-8 text from stdin to token ids (space-separated, one line), or with --decode\n"
     "token ids from stdin to text. --jsonl handles one JSON request per line:\n"
     "  {\"text\": S} or {\"hex\": H} -> {\"ids\": [...]}\n"
+    "  {\"text\": S, \"split\": true} -> {\"ends\": [...]} (pre-tokenizer pieces, byte offsets)\n"
     "  {\"ids\": [...], \"skip_special\": B, \"stream\": B} -> {\"text\": S, \"chunks\": [...]}\n"
     "  a failed request -> {\"error\": S}\n"
     "--bench N encodes the input (each JSONL text) N times and prints timings as JSON.";
@@ -80,16 +81,18 @@ static json_t *error_answer(const char *msg)
     return json_pack("{s:s}", "error", msg);
 }
 
-static json_t *encode_answer(const sl_tok *t, const char *s, size_t n)
+/* {"ids": encode(s)}, or with split {"ends": sl_tok_split(s)}. */
+static json_t *encode_answer(const sl_tok *t, const char *s, size_t n, int split)
 {
     sl_tok_ids ids = {0};
     sl_err e = {0};
-    if (sl_tok_encode(t, s, n, &ids, &e) != SL_OK) return error_answer(e.msg);
+    if ((split ? sl_tok_split(t, s, n, &ids, &e) : sl_tok_encode(t, s, n, &ids, &e)) != SL_OK)
+        return error_answer(e.msg);
     json_t *arr = json_array();
     for (size_t i = 0; i < ids.n; i++)
         json_array_append_new(arr, json_integer(ids.v[i]));
     sl_tok_ids_free(&ids);
-    return json_pack("{s:o}", "ids", arr);
+    return json_pack("{s:o}", split ? "ends" : "ids", arr);
 }
 
 static json_t *decode_answer(const sl_tok *t, const json_t *req)
@@ -104,7 +107,8 @@ static json_t *decode_answer(const sl_tok *t, const json_t *req)
     sl_detok_init(&d, t, flags);
     size_t i;
     const json_t *v;
-    json_array_foreach(jids, i, v) {
+    json_array_foreach(jids, i, v)
+    {
         size_t at = text.len;
         json_int_t id = json_integer_value(v);
         if (!json_is_integer(v) || id < INT32_MIN || id > INT32_MAX) {
@@ -166,7 +170,9 @@ static json_t *jsonl_answer(const sl_tok *t, const char *line, size_t len)
         sl_buf raw = {0};
         const char *s, *bad;
         size_t n;
-        ans = (bad = request_text(req, &raw, &s, &n)) ? error_answer(bad) : encode_answer(t, s, n);
+        int split = json_is_true(json_object_get(req, "split"));
+        ans = (bad = request_text(req, &raw, &s, &n)) ? error_answer(bad)
+                                                      : encode_answer(t, s, n, split);
         sl_buf_free(&raw);
     }
     json_decref(req);

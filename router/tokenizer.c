@@ -257,15 +257,20 @@ void sl_tok_ids_free(sl_tok_ids *ids)
 /* ======================================================================== encoding */
 
 /* Per-call scratch: one encode allocates a handful of buffers, never one per token. */
-typedef struct enc {
+typedef struct enc enc;
+typedef void (*piece_fn)(enc *c, const uint8_t *p, size_t n);
+
+struct enc {
     const sl_tok *t;
     sl_tok_ids *out;
+    piece_fn piece;       /* what to do with each pre-tokenized piece: BPE, or record it */
+    const uint8_t *start; /* the text, for sl_tok_split's offsets */
     pcre2_match_data *md;
     int32_t *sym, *prev, *next; /* long pieces: symbols as a linked list */
     uint64_t *tree;             /* long pieces: pairs as a tournament tree (bpe_large) */
     size_t cap;                 /* symbols the buffers above hold */
     int oom;
-} enc;
+};
 
 /* Pieces up to this many bytes merge by rescanning an array (quadratic, but cache-friendly and
  * allocation-free); longer ones (whitespace runs, long CJK sentences) use a tournament tree. */
@@ -402,11 +407,11 @@ static void bpe_piece(enc *c, const uint8_t *p, size_t n)
 }
 
 /* Splits s[0..n) with the pre-tokenizer regex ("Isolated": matches and the gaps between them
- * are pieces) and encodes every piece. */
+ * are pieces) and hands every piece to c->piece. */
 static sl_status pretokenize(enc *c, const uint8_t *s, size_t n, sl_err *e)
 {
     if (!c->t->re) {
-        if (n) bpe_piece(c, s, n);
+        if (n) c->piece(c, s, n);
         return SL_OK;
     }
     size_t pos = 0, from = 0;
@@ -428,11 +433,11 @@ static sl_status pretokenize(enc *c, const uint8_t *s, size_t n, sl_err *e)
             sl_utf8_next(s, &from);
             continue;
         }
-        if (ms > pos) bpe_piece(c, s + pos, ms - pos);
-        bpe_piece(c, s + ms, me - ms);
+        if (ms > pos) c->piece(c, s + pos, ms - pos);
+        c->piece(c, s + ms, me - ms);
         pos = from = me;
     }
-    if (pos < n && !c->oom) bpe_piece(c, s + pos, n - pos);
+    if (pos < n && !c->oom) c->piece(c, s + pos, n - pos);
     return SL_OK;
 }
 
@@ -527,30 +532,63 @@ static sl_status raw_stretch(enc *c, const uint8_t *s, size_t n, sl_err *e)
     return st;
 }
 
-sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e)
+/* What every input must be: valid UTF-8, under 2 GiB (BPE keeps positions in 32 bits). */
+static sl_status check_text(const uint8_t *s, size_t len, sl_err *e)
 {
-    const uint8_t *s = (const uint8_t *)text;
-    if (len > INT32_MAX) /* BPE keeps symbol positions in 32 bits */
+    if (len > INT32_MAX)
         return sl_err_set(e, SL_ERR_LIMIT, "text of %zu bytes is over the 2 GiB limit", len);
     size_t bad = sl_utf8_valid_prefix(s, len);
     if (bad < len)
         return sl_err_set(e, SL_ERR_INVALID, "text is not valid UTF-8 (byte 0x%02X at offset %zu)",
                           s[bad], bad);
+    return SL_OK;
+}
+
+/* Frees the scratch of c; on failure (or when memory ran out) puts c->out back to n0 ids. */
+static sl_status enc_end(enc *c, sl_status st, size_t n0, sl_err *e)
+{
+    if (st == SL_OK && c->oom) st = sl_err_set(e, SL_ERR_NOMEM, "tokenizing: out of memory");
+    if (st != SL_OK) c->out->n = n0;
+    pcre2_match_data_free(c->md);
+    free(c->sym);
+    free(c->prev);
+    free(c->next);
+    free(c->tree);
+    return st;
+}
+
+sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e)
+{
+    const uint8_t *s = (const uint8_t *)text;
+    sl_status st = check_text(s, len, e);
+    if (st != SL_OK) return st;
     size_t n0 = out->n;
-    enc c = {.t = t, .out = out};
-    sl_status st = SL_OK;
+    enc c = {.t = t, .out = out, .piece = bpe_piece, .start = s};
     if (t->re && !(c.md = pcre2_match_data_create_from_pattern(t->re, NULL)))
         c.oom = 1;
     else
         st = added_split(&c, &t->raw_added, s, len, raw_stretch, e);
-    if (st == SL_OK && c.oom) st = sl_err_set(e, SL_ERR_NOMEM, "tokenizing: out of memory");
-    if (st != SL_OK) out->n = n0;
-    pcre2_match_data_free(c.md);
-    free(c.sym);
-    free(c.prev);
-    free(c.next);
-    free(c.tree);
-    return st;
+    return enc_end(&c, st, n0, e);
+}
+
+/* Records the end offset of a piece. */
+static void split_piece(enc *c, const uint8_t *p, size_t n)
+{
+    emit(c, (int32_t)(p + n - c->start));
+}
+
+sl_status sl_tok_split(const sl_tok *t, const char *text, size_t len, sl_tok_ids *ends, sl_err *e)
+{
+    const uint8_t *s = (const uint8_t *)text;
+    sl_status st = check_text(s, len, e);
+    if (st != SL_OK) return st;
+    size_t n0 = ends->n;
+    enc c = {.t = t, .out = ends, .piece = split_piece, .start = s};
+    if (t->re && !(c.md = pcre2_match_data_create_from_pattern(t->re, NULL)))
+        c.oom = 1;
+    else
+        st = pretokenize(&c, s, len, e);
+    return enc_end(&c, st, n0, e);
 }
 
 /* ======================================================================== lookups */
@@ -665,14 +703,16 @@ static sl_status load_vocab(loader *L, const json_t *model)
     const char *key;
     const json_t *v;
     size_t i;
-    json_object_foreach((json_t *)vocab, key, v) {
+    json_object_foreach((json_t *)vocab, key, v)
+    {
         if (!json_is_integer(v) || json_integer_value(v) < 0 ||
             json_integer_value(v) >= TOK_MAX_IDS)
             return sl_err_set(L->e, SL_ERR_PARSE, "%s: vocab entry '%s' has a bad id", L->path,
                               key);
         if (json_integer_value(v) > max_id) max_id = json_integer_value(v);
     }
-    json_array_foreach(added, i, v) {
+    json_array_foreach(added, i, v)
+    {
         json_int_t id = json_integer_value(json_object_get(v, "id"));
         if (!json_is_integer(json_object_get(v, "id")) || id < 0 || id >= TOK_MAX_IDS ||
             !jstr(v, "content"))
@@ -684,14 +724,16 @@ static sl_status load_vocab(loader *L, const json_t *model)
     L->n_ent = (int32_t)max_id + 1;
     L->ent = calloc((size_t)L->n_ent, sizeof *L->ent);
     if (!L->ent) return sl_err_set(L->e, SL_ERR_NOMEM, "%s: out of memory", L->path);
-    json_object_foreach((json_t *)vocab, key, v) {
+    json_object_foreach((json_t *)vocab, key, v)
+    {
         entry *en = &L->ent[json_integer_value(v)];
         if (en->s)
             return sl_err_set(L->e, SL_ERR_PARSE, "%s: id %lld is used by '%s' and '%s'", L->path,
                               (long long)json_integer_value(v), en->s, key);
         *en = (entry){.s = key, .len = strlen(key), .in_vocab = 1};
     }
-    json_array_foreach(added, i, v) {
+    json_array_foreach(added, i, v)
+    {
         const char *content = jstr(v, "content");
         size_t len = json_string_length(json_object_get(v, "content"));
         entry *en = &L->ent[json_integer_value(json_object_get(v, "id"))];
@@ -891,7 +933,8 @@ static sl_status load_normalizer(loader *L)
     if (type && !strcmp(type, "Sequence")) {
         size_t i;
         const json_t *sub;
-        json_array_foreach(json_object_get(n, "normalizers"), i, sub) {
+        json_array_foreach(json_object_get(n, "normalizers"), i, sub)
+        {
             const char *st = jstr(sub, "type");
             if (!st || strcmp(st, "NFC")) return unsupported(L, "normalizer", sub);
             L->t->nfc = 1;
@@ -932,35 +975,57 @@ static sl_status build_nfc_table(loader *L)
     return SL_OK;
 }
 
-/* pcre2 10.42's Unicode tables disagree with Oniguruma's (the engine tokenizers runs these
- * patterns with) on two classes: its \s also matches U+180E MONGOLIAN VOWEL SEPARATOR (white
- * space before Unicode 6.3), and its \p{N} lacks the Kaktovik numerals (Unicode 15). Both were
- * found by encoding every code point with both libraries; the pattern is rewritten to spell
- * the two classes out (inside a character class only the positive forms can be). */
+/* pcre2 10.42's Unicode tables (Unicode 14) disagree with Oniguruma's (Unicode 16, in
+ * tokenizers 0.23) on three classes the pre-tokenizer patterns use: pcre2's \s also matches
+ * U+180E MONGOLIAN VOWEL SEPARATOR (white space before Unicode 6.3), and its \p{L} and \p{N}
+ * lack the letters and digits assigned in Unicode 15 and 16. The pattern is rewritten to spell
+ * the three classes out; inside a character class only their positive forms can be. The
+ * ranges come from splitting every code point in several contexts with both libraries
+ * (tests/py/test_tokenizer_parity.py, test_pre_tokenizer_every_code_point, checks them). */
 #define WS_SET                                                                                     \
-    "\\t-\\r\\x20\\x85\\xA0\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{"   \
-    "3000}"
-#define N_SET "\\p{N}\\x{1D2C0}-\\x{1D2D3}"
+    "\\t-\\r\\x20\\x85\\xA0\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"       \
+    "\\x{3000}"
+#define L_SET                                                                                      \
+    "\\p{L}\\x{1C89}-\\x{1C8A}\\x{A7CB}-\\x{A7CD}\\x{A7DA}-\\x{A7DC}\\x{105C0}-\\x{105F3}"         \
+    "\\x{10D4A}-\\x{10D65}\\x{10D6F}-\\x{10D85}\\x{10EC2}-\\x{10EC4}\\x{1123F}-\\x{11240}"         \
+    "\\x{11380}-\\x{11389}\\x{1138B}\\x{1138E}\\x{11390}-\\x{113B5}\\x{113B7}\\x{113D1}"           \
+    "\\x{113D3}\\x{11BC0}-\\x{11BE0}\\x{11F02}\\x{11F04}-\\x{11F10}\\x{11F12}-\\x{11F33}"          \
+    "\\x{1342F}\\x{13441}-\\x{13446}\\x{13460}-\\x{143FA}\\x{16100}-\\x{1611D}"                    \
+    "\\x{16D40}-\\x{16D6C}\\x{18CFF}\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}"                     \
+    "\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{1E4EB}\\x{1E5D0}-\\x{1E5ED}\\x{1E5F0}\\x{2B739}"          \
+    "\\x{2EBF0}-\\x{2EE5D}\\x{31350}-\\x{323AF}"
+#define N_SET                                                                                      \
+    "\\p{N}\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}\\x{11F50}-\\x{11F59}"   \
+    "\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}\\x{1CCF0}-\\x{1CCF9}\\x{1D2C0}-\\x{1D2D3}"         \
+    "\\x{1E4F0}-\\x{1E4F9}\\x{1E5F1}-\\x{1E5FA}"
+
+/* The spelled-out set for the class escape at p[0..n) (\s \S \p{L} \P{L} \p{N} \P{N}), with
+ * its length in *len and whether it is negated in *neg; NULL for any other text. */
+static const char *class_set(const char *p, size_t n, size_t *len, int *neg)
+{
+    if (n < 2 || p[0] != '\\') return NULL;
+    *neg = p[1] == 'S' || p[1] == 'P';
+    if (p[1] == 's' || p[1] == 'S') {
+        *len = 2;
+        return WS_SET;
+    }
+    if ((p[1] != 'p' && p[1] != 'P') || n < 5) return NULL;
+    *len = 5;
+    return !memcmp(p + 2, "{L}", 3) ? L_SET : !memcmp(p + 2, "{N}", 3) ? N_SET : NULL;
+}
 
 static int rewrite_classes(const char *p, size_t n, sl_buf *out)
 {
     int in_class = 0, bad = 0;
     for (size_t i = 0; i < n && !bad; i++) {
-        const char *set = NULL;
-        int negated = 0;
-        size_t skip = 0;
-        if (p[i] == '\\' && i + 1 < n) {
-            if (p[i + 1] == 's' || p[i + 1] == 'S')
-                set = WS_SET, negated = p[i + 1] == 'S', skip = 2;
-            else if (i + 4 < n && !memcmp(p + i + 2, "{N}", 3) &&
-                     (p[i + 1] == 'p' || p[i + 1] == 'P'))
-                set = N_SET, negated = p[i + 1] == 'P', skip = 5;
-        }
-        if (set && in_class && negated) return -1;
+        size_t len;
+        int neg;
+        const char *set = class_set(p + i, n - i, &len, &neg);
+        if (set && in_class && neg) return -1;
         if (set) {
             bad |= in_class ? sl_buf_puts(out, set)
-                            : sl_buf_printf(out, "[%s%s]", negated ? "^" : "", set);
-            i += skip - 1;
+                            : sl_buf_printf(out, "[%s%s]", neg ? "^" : "", set);
+            i += len - 1;
             continue;
         }
         if (p[i] == '\\' && i + 1 < n) { /* any other escape, e.g. \[ or \x{..}, stays as is */
@@ -992,8 +1057,8 @@ static sl_status set_regex(loader *L, const char *pattern, size_t len, int liter
     if (!literal && rewrite_classes(pattern, len, &fixed)) {
         sl_buf_free(&fixed);
         return sl_err_set(L->e, SL_ERR_UNSUPPORTED,
-                          "%s: pre-tokenizer regex uses \\S or \\P{N} inside a class: %s", L->path,
-                          pattern);
+                          "%s: pre-tokenizer regex uses \\S, \\P{L} or \\P{N} inside a class: %s",
+                          L->path, pattern);
     }
     int err;
     PCRE2_SIZE off;
@@ -1025,7 +1090,8 @@ static sl_status load_pretokenizer(loader *L, const json_t *p)
     if (type && !strcmp(type, "Sequence")) {
         size_t i;
         const json_t *sub;
-        json_array_foreach(json_object_get(p, "pretokenizers"), i, sub) {
+        json_array_foreach(json_object_get(p, "pretokenizers"), i, sub)
+        {
             sl_status st = load_pretokenizer(L, sub);
             if (st != SL_OK) return st;
         }

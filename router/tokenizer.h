@@ -64,6 +64,11 @@ void sl_tok_free(sl_tok *t);
  * event loop. */
 sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e);
 
+/* Diagnostics: the pre-tokenizer's pieces of text[0..len), as the byte offset where each ends,
+ * appended to ends. Only the regex split runs (no added tokens, no normalization), so tests can
+ * compare piece boundaries with Hugging Face's pre_tokenizer directly. Errors as encode. */
+sl_status sl_tok_split(const sl_tok *t, const char *text, size_t len, sl_tok_ids *ends, sl_err *e);
+
 /* One more than the highest id (151669 for Qwen3: the model's embedding rows beyond that are
  * padding and have no text). */
 int32_t sl_tok_vocab_size(const sl_tok *t);
