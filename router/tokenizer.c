@@ -515,20 +515,78 @@ static int nfc_may_change(const sl_tok *t, const uint8_t *s, size_t n)
     return 0;
 }
 
+/* Code points that gained normalization properties (a decomposition, a combining class, a
+ * part in a composition) after Unicode 9.0, the version of tokenizers' NFC tables: there they
+ * are plain starters that nothing composes with. utf8proc knows them; nfc_append keeps them
+ * as they are. Listed from utf8proc's tables and Unicode's DerivedAge; checked against
+ * tokenizers by tests/py/test_tokenizer_parity.py (test_every_code_point). */
+static const uint32_t nfc_newer[][2] = {
+    {0x7FD, 0x7FD},     {0x898, 0x89F},     {0x8CA, 0x8D3},     {0x9FE, 0x9FE},
+    {0xC3C, 0xC3C},     {0xD3B, 0xD3C},     {0xEBA, 0xEBA},     {0x1715, 0x1715},
+    {0x1ABF, 0x1ACE},   {0x1DF6, 0x1DFA},   {0xA82C, 0xA82C},   {0x10D24, 0x10D27},
+    {0x10EAB, 0x10EAC}, {0x10EFD, 0x10EFF}, {0x10F46, 0x10F50}, {0x10F82, 0x10F85},
+    {0x11070, 0x11070}, {0x1133B, 0x1133B}, {0x1145E, 0x1145E}, {0x11839, 0x1183A},
+    {0x11930, 0x11930}, {0x11938, 0x11938}, {0x1193D, 0x1193E}, {0x11943, 0x11943},
+    {0x119E0, 0x119E0}, {0x11A34, 0x11A34}, {0x11A47, 0x11A47}, {0x11A99, 0x11A99},
+    {0x11D42, 0x11D42}, {0x11D44, 0x11D45}, {0x11D97, 0x11D97}, {0x11F41, 0x11F42},
+    {0x16FF0, 0x16FF1}, {0x1E08F, 0x1E08F}, {0x1E130, 0x1E136}, {0x1E2AE, 0x1E2AE},
+    {0x1E2EC, 0x1E2EF}, {0x1E4EC, 0x1E4EF}};
+
+static int is_nfc_newer(uint32_t cp)
+{
+    size_t lo = 0, hi = sizeof nfc_newer / sizeof nfc_newer[0];
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < nfc_newer[mid][0])
+            hi = mid;
+        else if (cp > nfc_newer[mid][1])
+            lo = mid + 1;
+        else
+            return 1;
+    }
+    return 0;
+}
+
+/* Appends NFC(s[0..n)) to out; -1 when memory runs out. */
+static int nfc_part(sl_buf *out, const uint8_t *s, size_t n)
+{
+    if (!n) return 0;
+    utf8proc_uint8_t *norm = NULL;
+    utf8proc_ssize_t m =
+        utf8proc_map(s, (utf8proc_ssize_t)n, &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    int rc = m < 0 ? -1 : sl_buf_append(out, norm, (size_t)m);
+    free(norm);
+    return rc;
+}
+
+/* Appends NFC(s[0..n)) as tokenizers computes it to out: utf8proc's NFC on the text between
+ * the is_nfc_newer code points, which stay as they are (a starter that composes with nothing
+ * splits NFC into independent parts). */
+static int nfc_append(sl_buf *out, const uint8_t *s, size_t n)
+{
+    size_t part = 0;
+    for (size_t i = 0; i < n;) {
+        size_t at = i;
+        if (is_nfc_newer(sl_utf8_next(s, &i))) {
+            if (nfc_part(out, s + part, at - part) || sl_buf_append(out, s + at, i - at)) return -1;
+            part = i;
+        }
+    }
+    return nfc_part(out, s + part, n - part);
+}
+
 /* A stretch between non-normalized added tokens: NFC it (when configured and needed), then
  * match the normalized added tokens in it. */
 static sl_status raw_stretch(enc *c, const uint8_t *s, size_t n, sl_err *e)
 {
     if (!c->t->nfc || !nfc_may_change(c->t, s, n)) return norm_stretch(c, s, n, e);
-    utf8proc_uint8_t *norm = NULL;
-    utf8proc_ssize_t m =
-        utf8proc_map(s, (utf8proc_ssize_t)n, &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-    if (m < 0) {
+    sl_buf norm = {0};
+    sl_status st = SL_OK;
+    if (nfc_append(&norm, s, n) || sl_buf_append(&norm, "", 0))
         c->oom = 1;
-        return SL_OK;
-    }
-    sl_status st = norm_stretch(c, norm, (size_t)m, e);
-    free(norm);
+    else
+        st = norm_stretch(c, (const uint8_t *)norm.data, norm.len, e);
+    sl_buf_free(&norm);
     return st;
 }
 
@@ -1173,20 +1231,17 @@ static sl_status build_added(loader *L)
         added_tok a = {t->str + t->str_off[id], (uint32_t)en->len,   id,
                        (uint8_t)en->lstrip,     (uint8_t)en->rstrip, (uint8_t)en->single_word};
         if (en->normalized && t->nfc) {
-            utf8proc_uint8_t *norm = NULL;
-            utf8proc_ssize_t m =
-                utf8proc_map((const utf8proc_uint8_t *)a.text, (utf8proc_ssize_t)a.len, &norm,
-                             UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-            if (m < 0 || (size_t)m > 4 * en->len) {
-                free(norm);
+            sl_buf norm = {0};
+            if (nfc_append(&norm, (const uint8_t *)a.text, a.len) || norm.len > 4 * en->len) {
+                sl_buf_free(&norm);
                 return sl_err_set(L->e, SL_ERR_NOMEM, "%s: cannot normalize added token '%s'",
                                   L->path, en->s);
             }
-            memcpy(t->added_text + used, norm, (size_t)m);
-            free(norm);
+            if (norm.len) memcpy(t->added_text + used, norm.data, norm.len);
             a.text = t->added_text + used;
-            a.len = (uint32_t)m;
-            used += (size_t)m + 1;
+            a.len = (uint32_t)norm.len;
+            used += norm.len + 1;
+            sl_buf_free(&norm);
         }
         added_set *set = en->normalized ? &t->norm_added : &t->raw_added;
         set->tok[set->n++] = a;
