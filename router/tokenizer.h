@@ -8,6 +8,9 @@
  *        ──▶ NFC on each stretch between them ──▶ normalized added tokens
  *        ──▶ pre-tokenizer regex (pcre2 JIT, UTF + UCP) ──▶ BPE per piece ──▶ ids
  *
+ * Where the libraries' Unicode tables differ (pcre2's are Unicode 14, Oniguruma's 16, the NFC
+ * of tokenizers 9.0, utf8proc's 15) the code follows tokenizers: docs/tokenizer.md.
+ *
  * BPE works on raw bytes (the byte-level alphabet is undone at load), merging the lowest-rank
  * pair first, leftmost on ties, exactly as tokenizers' Word::merge_all does. A piece that is one
  * vocabulary entry and that BPE would leave whole (checked for every entry at load) skips the
