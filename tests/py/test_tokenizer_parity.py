@@ -35,7 +35,7 @@ def hf():
 
 def sluice(requests, tokenizer=TOK_DIR):
     """Answers of one `sluice tokenize --jsonl` run, one per request."""
-    data = "".join(json.dumps(r) + "\n" for r in requests).encode()
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in requests).encode()
     r = subprocess.run([BIN, "tokenize", "--tokenizer", str(tokenizer), "--jsonl"], input=data,
                        capture_output=True, timeout=600)
     answers = [json.loads(line) for line in r.stdout.split(b"\n") if line]
