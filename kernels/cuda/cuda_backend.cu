@@ -134,18 +134,31 @@ static sl_status cu_download(sl_backend *be, const sl_tensor *t, float *dst, sl_
     cu_mat m = cu_mat_of(t);
     int64_t n = m.rows * m.cols;
     if (n == 0) return SL_OK;
-    float *tmp = NULL;
-    CU_TRY(e, cudaMalloc(&tmp, sizeof(float) * (size_t)n));
-    k_to_dense_f32<<<cu_grid_for(n), 256, 0, b->stream>>>(tmp, m);
-    cudaError_t err = cudaGetLastError();
-    if (err == cudaSuccess)
-        err = cudaMemcpyAsync(dst, tmp, sizeof(float) * (size_t)n, cudaMemcpyDeviceToHost,
-                              b->stream);
+    cudaError_t err;
+    if (t->dtype == SL_DTYPE_F32) {
+        /* logits: rows copied straight out, no conversion pass */
+        err = cudaMemcpy2DAsync(dst, sizeof(float) * (size_t)m.cols, t->data, sizeof(float) * (size_t)m.ld,
+                                sizeof(float) * (size_t)m.cols, (size_t)m.rows, cudaMemcpyDeviceToHost,
+                                b->stream);
+    } else {
+        float *tmp = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)n);
+        k_to_dense_f32<<<cu_grid_for(n), 256, 0, b->stream>>>(tmp, m);
+        err = cudaGetLastError();
+        if (err == cudaSuccess)
+            err = cudaMemcpyAsync(dst, tmp, sizeof(float) * (size_t)n, cudaMemcpyDeviceToHost, b->stream);
+        cu_tmp_free(b, tmp);
+    }
     if (err == cudaSuccess) err = cudaStreamSynchronize(b->stream);
-    cudaFree(tmp);
     if (err != cudaSuccess)
         return sl_err_set(e, SL_ERR_DEVICE, "download of %lld elements: %s", (long long)n,
                           cudaGetErrorString(err));
+    return SL_OK;
+}
+
+static sl_status cu_mem_info(sl_backend *be, size_t *free_bytes, size_t *total_bytes, sl_err *e)
+{
+    CU_TRY(e, cudaSetDevice(cu_be(be)->device));
+    CU_TRY(e, cudaMemGetInfo(free_bytes, total_bytes));
     return SL_OK;
 }
 
@@ -265,6 +278,7 @@ static const sl_backend_i cu_iface = {
     .download = cu_download,
     .sync = cu_sync,
     .prepare = cu_prepare,
+    .mem_info = cu_mem_info,
     .embed = cu_embed,
     .matmul = cu_matmul,
     .rmsnorm = cu_rmsnorm,
@@ -283,6 +297,7 @@ static const sl_backend_i cu_iface = {
     .gather_rows = cu_gather_rows,
     .copy_slots = cu_copy_slots,
     .fill_random = cu_fill_random,
+    .argmax = cu_argmax,
 };
 
 static sl_status cu_init(cu_backend *b, int device, sl_err *e)

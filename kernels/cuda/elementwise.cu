@@ -205,3 +205,47 @@ void cu_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, fl
     k_fill_random<<<g, 256, 0, b->stream>>>(t->data, t->dtype, n, seed, scale, offset);
     CU_CHECK_LAUNCH();
 }
+
+// One block per row: each thread keeps its best (value, lowest index), then a
+// warp-shuffle and shared-memory reduction picks the row's winner.
+__device__ __forceinline__ void cu_better(float &v, int &i, float v2, int i2)
+{
+    if (v2 > v || (v2 == v && i2 < i)) {
+        v = v2;
+        i = i2;
+    }
+}
+
+__global__ void k_argmax(int32_t *ids, cu_mat x)
+{
+    int64_t r = blockIdx.x;
+    float best = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) cu_better(best, bi, cu_mat_ld(x, r, c), (int)c);
+    for (int o = 16; o > 0; o >>= 1)
+        cu_better(best, bi, __shfl_down_sync(0xffffffffu, best, o), __shfl_down_sync(0xffffffffu, bi, o));
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    if (l == 0) {
+        sv[w] = best;
+        si[w] = bi;
+    }
+    __syncthreads();
+    if (w == 0) {
+        int nw = blockDim.x / 32;
+        best = l < nw ? sv[l] : -INFINITY;
+        bi = l < nw ? si[l] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1)
+            cu_better(best, bi, __shfl_down_sync(0xffffffffu, best, o), __shfl_down_sync(0xffffffffu, bi, o));
+        if (l == 0) ids[r] = bi == 0x7fffffff ? 0 : bi;
+    }
+}
+
+void cu_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x)
+{
+    int64_t rows = sl_tensor_rows(x);
+    if (rows == 0) return;
+    k_argmax<<<(unsigned)rows, 256, 0, cu_be(be)->stream>>>((int32_t *)ids->data, cu_mat_of(x));
+    CU_CHECK_LAUNCH();
+}

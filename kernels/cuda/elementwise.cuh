@@ -12,6 +12,8 @@ void cu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g);
 void cu_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m);
 // dst slots must be distinct from every src slot (checked): copies run in parallel.
 void cu_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const int32_t *src, int n);
+// ids[r] = argmax of row r (lowest index on ties)
+void cu_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x);
 void cu_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, float offset);
 
 #endif
