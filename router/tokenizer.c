@@ -602,31 +602,38 @@ static sl_status check_text(const uint8_t *s, size_t len, sl_err *e)
     return SL_OK;
 }
 
-/* Frees the scratch of c; on failure (or when memory ran out) puts c->out back to n0 ids. */
-static sl_status enc_end(enc *c, sl_status st, size_t n0, sl_err *e)
-{
-    if (st == SL_OK && c->oom) st = sl_err_set(e, SL_ERR_NOMEM, "tokenizing: out of memory");
-    if (st != SL_OK) c->out->n = n0;
-    pcre2_match_data_free(c->md);
-    free(c->sym);
-    free(c->prev);
-    free(c->next);
-    free(c->tree);
-    return st;
-}
-
-sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e)
+/* Runs fn over text[0..len) with the scratch of one call, appending to out: on failure (or
+ * when memory ran out) out is put back as it was. */
+static sl_status enc_run(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out,
+                         piece_fn piece, stretch_fn fn, sl_err *e)
 {
     const uint8_t *s = (const uint8_t *)text;
     sl_status st = check_text(s, len, e);
     if (st != SL_OK) return st;
     size_t n0 = out->n;
-    enc c = {.t = t, .out = out, .piece = bpe_piece, .start = s};
+    enc c = {.t = t, .out = out, .piece = piece, .start = s};
     if (t->re && !(c.md = pcre2_match_data_create_from_pattern(t->re, NULL)))
         c.oom = 1;
     else
-        st = added_split(&c, &t->raw_added, s, len, raw_stretch, e);
-    return enc_end(&c, st, n0, e);
+        st = fn(&c, s, len, e);
+    if (st == SL_OK && c.oom) st = sl_err_set(e, SL_ERR_NOMEM, "tokenizing: out of memory");
+    if (st != SL_OK) out->n = n0;
+    pcre2_match_data_free(c.md);
+    free(c.sym);
+    free(c.prev);
+    free(c.next);
+    free(c.tree);
+    return st;
+}
+
+static sl_status encode_text(enc *c, const uint8_t *s, size_t n, sl_err *e)
+{
+    return added_split(c, &c->t->raw_added, s, n, raw_stretch, e);
+}
+
+sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e)
+{
+    return enc_run(t, text, len, out, bpe_piece, encode_text, e);
 }
 
 /* Records the end offset of a piece. */
@@ -637,16 +644,7 @@ static void split_piece(enc *c, const uint8_t *p, size_t n)
 
 sl_status sl_tok_split(const sl_tok *t, const char *text, size_t len, sl_tok_ids *ends, sl_err *e)
 {
-    const uint8_t *s = (const uint8_t *)text;
-    sl_status st = check_text(s, len, e);
-    if (st != SL_OK) return st;
-    size_t n0 = ends->n;
-    enc c = {.t = t, .out = ends, .piece = split_piece, .start = s};
-    if (t->re && !(c.md = pcre2_match_data_create_from_pattern(t->re, NULL)))
-        c.oom = 1;
-    else
-        st = pretokenize(&c, s, len, e);
-    return enc_end(&c, st, n0, e);
+    return enc_run(t, text, len, ends, split_piece, pretokenize, e);
 }
 
 /* ======================================================================== lookups */
