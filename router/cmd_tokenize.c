@@ -16,6 +16,7 @@ static const char summary[] =
     "Encodes UTF-8 text from stdin to token ids (space-separated, one line), or with --decode\n"
     "token ids from stdin to text. --jsonl handles one JSON request per line:\n"
     "  {\"text\": S} or {\"hex\": H} -> {\"ids\": [...]}\n"
+    "  {\"text\": S, \"split\": true} -> {\"ends\": [...]} (pre-tokenizer pieces, byte offsets)\n"
     "  {\"ids\": [...], \"skip_special\": B, \"stream\": B} -> {\"text\": S, \"chunks\": [...]}\n"
     "  a failed request -> {\"error\": S}\n"
     "--bench N encodes the input (each JSONL text) N times and prints timings as JSON.";
@@ -26,7 +27,7 @@ static int read_all(FILE *f, sl_buf *b)
     size_t n;
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
         if (sl_buf_append(b, chunk, n)) return -1;
-    if (!b->data && sl_buf_reserve(b, 0)) return -1;
+    if (!b->data && sl_buf_append(b, "", 0)) return -1; /* empty input: "" */
     return ferror(f) ? -1 : 0;
 }
 
@@ -38,9 +39,10 @@ static int print_ids(const sl_tok_ids *ids)
     return 0;
 }
 
-/* Whitespace-separated decimal ids -> ids; names the first bad item. */
-static sl_status parse_ids(const char *s, sl_tok_ids *ids, sl_err *e)
+/* Whitespace-separated decimal ids in s[0..n) -> ids; names the first bad item. */
+static sl_status parse_ids(const char *s, size_t n, sl_tok_ids *ids, sl_err *e)
 {
+    if (memchr(s, 0, n)) return sl_err_set(e, SL_ERR_INVALID, "the ids contain a NUL byte");
     for (size_t item = 1;; item++) {
         while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
             s++;
@@ -79,16 +81,18 @@ static json_t *error_answer(const char *msg)
     return json_pack("{s:s}", "error", msg);
 }
 
-static json_t *encode_answer(const sl_tok *t, const char *s, size_t n)
+/* {"ids": encode(s)}, or with split {"ends": sl_tok_split(s)}. */
+static json_t *encode_answer(const sl_tok *t, const char *s, size_t n, int split)
 {
     sl_tok_ids ids = {0};
     sl_err e = {0};
-    if (sl_tok_encode(t, s, n, &ids, &e) != SL_OK) return error_answer(e.msg);
+    if ((split ? sl_tok_split(t, s, n, &ids, &e) : sl_tok_encode(t, s, n, &ids, &e)) != SL_OK)
+        return error_answer(e.msg);
     json_t *arr = json_array();
     for (size_t i = 0; i < ids.n; i++)
         json_array_append_new(arr, json_integer(ids.v[i]));
     sl_tok_ids_free(&ids);
-    return json_pack("{s:o}", "ids", arr);
+    return json_pack("{s:o}", split ? "ends" : "ids", arr);
 }
 
 static json_t *decode_answer(const sl_tok *t, const json_t *req)
@@ -166,7 +170,9 @@ static json_t *jsonl_answer(const sl_tok *t, const char *line, size_t len)
         sl_buf raw = {0};
         const char *s, *bad;
         size_t n;
-        ans = (bad = request_text(req, &raw, &s, &n)) ? error_answer(bad) : encode_answer(t, s, n);
+        int split = json_is_true(json_object_get(req, "split"));
+        ans = (bad = request_text(req, &raw, &s, &n)) ? error_answer(bad)
+                                                      : encode_answer(t, s, n, split);
         sl_buf_free(&raw);
     }
     json_decref(req);
@@ -314,7 +320,7 @@ int sl_cmd_tokenize(int argc, char **argv)
             rc = bench_input(t, &in, jsonl, bench);
         } else if (decode) {
             unsigned flags = skip_special ? SL_DETOK_SKIP_SPECIAL : 0;
-            if (parse_ids(in.data, &ids, &e) != SL_OK ||
+            if (parse_ids(in.data, in.len, &ids, &e) != SL_OK ||
                 sl_detok_decode(t, ids.v, ids.n, flags, &text, &e) != SL_OK) {
                 fprintf(stderr, "sluice tokenize: %s\n", e.msg);
                 rc = 1;

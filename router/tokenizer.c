@@ -257,18 +257,23 @@ void sl_tok_ids_free(sl_tok_ids *ids)
 /* ======================================================================== encoding */
 
 /* Per-call scratch: one encode allocates a handful of buffers, never one per token. */
-typedef struct enc {
+typedef struct enc enc;
+typedef void (*piece_fn)(enc *c, const uint8_t *p, size_t n);
+
+struct enc {
     const sl_tok *t;
     sl_tok_ids *out;
+    piece_fn piece;       /* what to do with each pre-tokenized piece: BPE, or record it */
+    const uint8_t *start; /* the text, for sl_tok_split's offsets */
     pcre2_match_data *md;
     int32_t *sym, *prev, *next; /* long pieces: symbols as a linked list */
-    uint64_t *heap;             /* long pieces: candidate merges, (rank << 32 | position) */
+    uint64_t *tree;             /* long pieces: pairs as a tournament tree (bpe_large) */
     size_t cap;                 /* symbols the buffers above hold */
     int oom;
-} enc;
+};
 
 /* Pieces up to this many bytes merge by rescanning an array (quadratic, but cache-friendly and
- * allocation-free); longer ones (whitespace runs, CJK sentences) use a heap. */
+ * allocation-free); longer ones (whitespace runs, long CJK sentences) use a tournament tree. */
 #define BPE_SMALL 128
 
 static void emit(enc *c, int32_t id)
@@ -298,65 +303,54 @@ static int bpe_small(const sl_tok *t, int32_t *sym, int n)
     return n;
 }
 
-static void heap_push(uint64_t *h, size_t *n, uint64_t v)
+/* Sets leaf i of the tournament tree (2p entries, leaves at p..2p) and the minima above it,
+ * up to the first that does not change. */
+static void tree_set(uint64_t *tree, size_t p, size_t i, uint64_t v)
 {
-    size_t i = (*n)++;
-    while (i > 0 && h[(i - 1) / 2] > v) {
-        h[i] = h[(i - 1) / 2];
-        i = (i - 1) / 2;
+    size_t k = p + i;
+    tree[k] = v;
+    for (k /= 2; k; k /= 2) {
+        uint64_t m = tree[2 * k] < tree[2 * k + 1] ? tree[2 * k] : tree[2 * k + 1];
+        if (tree[k] == m) break;
+        tree[k] = m;
     }
-    h[i] = v;
 }
 
-static uint64_t heap_pop(uint64_t *h, size_t *n)
-{
-    uint64_t top = h[0], v = h[--*n];
-    size_t i = 0;
-    for (;;) {
-        size_t k = 2 * i + 1;
-        if (k >= *n) break;
-        if (k + 1 < *n && h[k + 1] < h[k]) k++;
-        if (h[k] >= v) break;
-        h[i] = h[k];
-        i = k;
-    }
-    h[i] = v;
-    return top;
-}
-
-static void heap_push_pair(const sl_tok *t, const int32_t *sym, uint64_t *h, size_t *nh, int32_t i,
-                           int32_t j)
+static uint64_t pair_entry(const sl_tok *t, const int32_t *sym, int32_t i, int32_t j)
 {
     uint32_t r = pair_rank(t, sym[i], sym[j]);
-    if (r != NO_RANK) heap_push(h, nh, (uint64_t)r << 32 | (uint32_t)i);
+    return r == NO_RANK ? UINT64_MAX : (uint64_t)r << 32 | (uint32_t)i;
 }
 
-/* Same merge order as bpe_small, in O(n log n): a heap of (rank, position) candidates, stale
- * ones recognised because the pair now at that position has a different rank. The symbols
- * end up in c->sym, linked by c->next from position 0. */
+/* Same merge order as bpe_small, in O(n log n): the leaves of a tournament tree hold
+ * (rank << 32 | position) of the pair starting at each symbol, so its root is the
+ * lowest-ranked pair, leftmost on ties. The symbols end up in c->sym, linked by c->next from
+ * position 0. */
 static void bpe_large(enc *c, int n)
 {
     const sl_tok *t = c->t;
     int32_t *sym = c->sym, *prev = c->prev, *next = c->next;
-    size_t nh = 0;
+    uint64_t *tree = c->tree;
+    size_t p = 1;
+    while (p < (size_t)n)
+        p *= 2;
     for (int i = 0; i < n; i++) {
         prev[i] = i - 1;
         next[i] = i + 1 < n ? i + 1 : -1;
+        tree[p + (size_t)i] = i + 1 < n ? pair_entry(t, sym, i, i + 1) : UINT64_MAX;
     }
-    for (int i = 0; i + 1 < n; i++)
-        heap_push_pair(t, sym, c->heap, &nh, i, i + 1);
-    while (nh) {
-        uint64_t top = heap_pop(c->heap, &nh);
-        int32_t i = (int32_t)(uint32_t)top, j = next[i];
-        if (sym[i] < 0 || j < 0) continue; /* merged away, or now the last symbol */
-        uint32_t r = (uint32_t)(top >> 32);
-        if (pair_rank(t, sym[i], sym[j]) != r) continue;
-        sym[i] = t->merge_id[r];
-        sym[j] = -1;
+    for (size_t k = p + (size_t)n; k < 2 * p; k++)
+        tree[k] = UINT64_MAX;
+    for (size_t k = p - 1; k >= 1; k--)
+        tree[k] = tree[2 * k] < tree[2 * k + 1] ? tree[2 * k] : tree[2 * k + 1];
+    while (tree[1] != UINT64_MAX) {
+        int32_t i = (int32_t)(uint32_t)tree[1], j = next[i];
+        sym[i] = t->merge_id[tree[1] >> 32];
         next[i] = next[j];
         if (next[i] >= 0) prev[next[i]] = i;
-        if (prev[i] >= 0) heap_push_pair(t, sym, c->heap, &nh, prev[i], i);
-        if (next[i] >= 0) heap_push_pair(t, sym, c->heap, &nh, i, next[i]);
+        tree_set(tree, p, (size_t)j, UINT64_MAX);
+        tree_set(tree, p, (size_t)i, next[i] >= 0 ? pair_entry(t, sym, i, next[i]) : UINT64_MAX);
+        if (prev[i] >= 0) tree_set(tree, p, (size_t)prev[i], pair_entry(t, sym, prev[i], i));
     }
 }
 
@@ -371,8 +365,8 @@ static int enc_reserve(enc *c, size_t n)
     if (s) c->sym = s;
     if (s && (p = realloc(c->prev, cap * sizeof *p))) c->prev = p;
     if (p && (q = realloc(c->next, cap * sizeof *q))) c->next = q;
-    /* each merge pushes at most two candidates: 3n bounds the heap */
-    if (q && (h = realloc(c->heap, 3 * cap * sizeof *h))) c->heap = h;
+    /* cap is a power of two, so the tree over at most cap leaves has 2 * cap entries */
+    if (q && (h = realloc(c->tree, 2 * cap * sizeof *h))) c->tree = h;
     if (!h) return -1;
     c->cap = cap;
     return 0;
@@ -413,19 +407,18 @@ static void bpe_piece(enc *c, const uint8_t *p, size_t n)
 }
 
 /* Splits s[0..n) with the pre-tokenizer regex ("Isolated": matches and the gaps between them
- * are pieces) and encodes every piece. */
+ * are pieces) and hands every piece to c->piece. */
 static sl_status pretokenize(enc *c, const uint8_t *s, size_t n, sl_err *e)
 {
     if (!c->t->re) {
-        if (n) bpe_piece(c, s, n);
+        if (n) c->piece(c, s, n);
         return SL_OK;
     }
     size_t pos = 0, from = 0;
     while (from < n && !c->oom) {
         const sl_tok *t = c->t;
-        int rc = t->re_jit
-                     ? pcre2_jit_match(t->re, s, n, from, 0, c->md, t->re_ctx)
-                     : pcre2_match(t->re, s, n, from, PCRE2_NO_UTF_CHECK, c->md, t->re_ctx);
+        int rc = t->re_jit ? pcre2_jit_match(t->re, s, n, from, 0, c->md, t->re_ctx)
+                           : pcre2_match(t->re, s, n, from, PCRE2_NO_UTF_CHECK, c->md, t->re_ctx);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
             PCRE2_UCHAR msg[120];
@@ -440,11 +433,11 @@ static sl_status pretokenize(enc *c, const uint8_t *s, size_t n, sl_err *e)
             sl_utf8_next(s, &from);
             continue;
         }
-        if (ms > pos) bpe_piece(c, s + pos, ms - pos);
-        bpe_piece(c, s + ms, me - ms);
+        if (ms > pos) c->piece(c, s + pos, ms - pos);
+        c->piece(c, s + ms, me - ms);
         pos = from = me;
     }
-    if (pos < n && !c->oom) bpe_piece(c, s + pos, n - pos);
+    if (pos < n && !c->oom) c->piece(c, s + pos, n - pos);
     return SL_OK;
 }
 
@@ -522,45 +515,136 @@ static int nfc_may_change(const sl_tok *t, const uint8_t *s, size_t n)
     return 0;
 }
 
+/* Code points that gained normalization properties (a decomposition, a combining class, a
+ * part in a composition) after Unicode 9.0, the version of tokenizers' NFC tables: there they
+ * are plain starters that nothing composes with. utf8proc knows them; nfc_append keeps them
+ * as they are. Listed from utf8proc's tables and Unicode's DerivedAge; checked against
+ * tokenizers by tests/py/test_tokenizer_parity.py (test_every_code_point). */
+static const uint32_t nfc_newer[][2] = {
+    {0x7FD, 0x7FD},     {0x898, 0x89F},     {0x8CA, 0x8D3},     {0x9FE, 0x9FE},
+    {0xC3C, 0xC3C},     {0xD3B, 0xD3C},     {0xEBA, 0xEBA},     {0x1715, 0x1715},
+    {0x1ABF, 0x1ACE},   {0x1DF6, 0x1DFA},   {0xA82C, 0xA82C},   {0x10D24, 0x10D27},
+    {0x10EAB, 0x10EAC}, {0x10EFD, 0x10EFF}, {0x10F46, 0x10F50}, {0x10F82, 0x10F85},
+    {0x11070, 0x11070}, {0x1133B, 0x1133B}, {0x1145E, 0x1145E}, {0x11839, 0x1183A},
+    {0x11930, 0x11930}, {0x11938, 0x11938}, {0x1193D, 0x1193E}, {0x11943, 0x11943},
+    {0x119E0, 0x119E0}, {0x11A34, 0x11A34}, {0x11A47, 0x11A47}, {0x11A99, 0x11A99},
+    {0x11D42, 0x11D42}, {0x11D44, 0x11D45}, {0x11D97, 0x11D97}, {0x11F41, 0x11F42},
+    {0x16FF0, 0x16FF1}, {0x1E08F, 0x1E08F}, {0x1E130, 0x1E136}, {0x1E2AE, 0x1E2AE},
+    {0x1E2EC, 0x1E2EF}, {0x1E4EC, 0x1E4EF}};
+
+static int is_nfc_newer(uint32_t cp)
+{
+    size_t lo = 0, hi = sizeof nfc_newer / sizeof nfc_newer[0];
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < nfc_newer[mid][0])
+            hi = mid;
+        else if (cp > nfc_newer[mid][1])
+            lo = mid + 1;
+        else
+            return 1;
+    }
+    return 0;
+}
+
+/* Appends NFC(s[0..n)) to out; -1 when memory runs out. */
+static int nfc_part(sl_buf *out, const uint8_t *s, size_t n)
+{
+    if (!n) return 0;
+    utf8proc_uint8_t *norm = NULL;
+    utf8proc_ssize_t m =
+        utf8proc_map(s, (utf8proc_ssize_t)n, &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    int rc = m < 0 ? -1 : sl_buf_append(out, norm, (size_t)m);
+    free(norm);
+    return rc;
+}
+
+/* Appends NFC(s[0..n)) as tokenizers computes it to out: utf8proc's NFC on the text between
+ * the is_nfc_newer code points, which stay as they are (a starter that composes with nothing
+ * splits NFC into independent parts). */
+static int nfc_append(sl_buf *out, const uint8_t *s, size_t n)
+{
+    size_t part = 0;
+    for (size_t i = 0; i < n;) {
+        size_t at = i;
+        if (is_nfc_newer(sl_utf8_next(s, &i))) {
+            if (nfc_part(out, s + part, at - part) || sl_buf_append(out, s + at, i - at)) return -1;
+            part = i;
+        }
+    }
+    return nfc_part(out, s + part, n - part);
+}
+
 /* A stretch between non-normalized added tokens: NFC it (when configured and needed), then
  * match the normalized added tokens in it. */
 static sl_status raw_stretch(enc *c, const uint8_t *s, size_t n, sl_err *e)
 {
     if (!c->t->nfc || !nfc_may_change(c->t, s, n)) return norm_stretch(c, s, n, e);
-    utf8proc_uint8_t *norm = NULL;
-    utf8proc_ssize_t m =
-        utf8proc_map(s, (utf8proc_ssize_t)n, &norm, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-    if (m < 0) {
+    sl_buf norm = {0};
+    sl_status st = SL_OK;
+    if (nfc_append(&norm, s, n) || sl_buf_append(&norm, "", 0))
         c->oom = 1;
-        return SL_OK;
-    }
-    sl_status st = norm_stretch(c, norm, (size_t)m, e);
-    free(norm);
+    else
+        st = norm_stretch(c, (const uint8_t *)norm.data, norm.len, e);
+    sl_buf_free(&norm);
     return st;
 }
 
-sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e)
+/* What every input must be: valid UTF-8, under 2 GiB (BPE keeps positions in 32 bits). */
+static sl_status check_text(const uint8_t *s, size_t len, sl_err *e)
 {
-    const uint8_t *s = (const uint8_t *)text;
+    if (len > INT32_MAX)
+        return sl_err_set(e, SL_ERR_LIMIT, "text of %zu bytes is over the 2 GiB limit", len);
     size_t bad = sl_utf8_valid_prefix(s, len);
     if (bad < len)
         return sl_err_set(e, SL_ERR_INVALID, "text is not valid UTF-8 (byte 0x%02X at offset %zu)",
                           s[bad], bad);
+    return SL_OK;
+}
+
+/* Runs fn over text[0..len) with the scratch of one call, appending to out: on failure (or
+ * when memory ran out) out is put back as it was. */
+static sl_status enc_run(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out,
+                         piece_fn piece, stretch_fn fn, sl_err *e)
+{
+    const uint8_t *s = (const uint8_t *)text;
+    sl_status st = check_text(s, len, e);
+    if (st != SL_OK) return st;
     size_t n0 = out->n;
-    enc c = {.t = t, .out = out};
-    sl_status st = SL_OK;
+    enc c = {.t = t, .out = out, .piece = piece, .start = s};
     if (t->re && !(c.md = pcre2_match_data_create_from_pattern(t->re, NULL)))
         c.oom = 1;
     else
-        st = added_split(&c, &t->raw_added, s, len, raw_stretch, e);
+        st = fn(&c, s, len, e);
     if (st == SL_OK && c.oom) st = sl_err_set(e, SL_ERR_NOMEM, "tokenizing: out of memory");
     if (st != SL_OK) out->n = n0;
     pcre2_match_data_free(c.md);
     free(c.sym);
     free(c.prev);
     free(c.next);
-    free(c.heap);
+    free(c.tree);
     return st;
+}
+
+static sl_status encode_text(enc *c, const uint8_t *s, size_t n, sl_err *e)
+{
+    return added_split(c, &c->t->raw_added, s, n, raw_stretch, e);
+}
+
+sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e)
+{
+    return enc_run(t, text, len, out, bpe_piece, encode_text, e);
+}
+
+/* Records the end offset of a piece. */
+static void split_piece(enc *c, const uint8_t *p, size_t n)
+{
+    emit(c, (int32_t)(p + n - c->start));
+}
+
+sl_status sl_tok_split(const sl_tok *t, const char *text, size_t len, sl_tok_ids *ends, sl_err *e)
+{
+    return enc_run(t, text, len, ends, split_piece, pretokenize, e);
 }
 
 /* ======================================================================== lookups */
@@ -947,35 +1031,57 @@ static sl_status build_nfc_table(loader *L)
     return SL_OK;
 }
 
-/* pcre2 10.42's Unicode tables disagree with Oniguruma's (the engine tokenizers runs these
- * patterns with) on two classes: its \s also matches U+180E MONGOLIAN VOWEL SEPARATOR (white
- * space before Unicode 6.3), and its \p{N} lacks the Kaktovik numerals (Unicode 15). Both were
- * found by encoding every code point with both libraries; the pattern is rewritten to spell
- * the two classes out (inside a character class only the positive forms can be). */
+/* pcre2 10.42's Unicode tables (Unicode 14) disagree with Oniguruma's (Unicode 16, in
+ * tokenizers 0.23) on three classes the pre-tokenizer patterns use: pcre2's \s also matches
+ * U+180E MONGOLIAN VOWEL SEPARATOR (white space before Unicode 6.3), and its \p{L} and \p{N}
+ * lack the letters and digits assigned in Unicode 15 and 16. The pattern is rewritten to spell
+ * the three classes out; inside a character class only their positive forms can be. The
+ * ranges come from splitting every code point in several contexts with both libraries
+ * (tests/py/test_tokenizer_parity.py, test_pre_tokenizer_every_code_point, checks them). */
 #define WS_SET                                                                                     \
-    "\\t-\\r\\x20\\x85\\xA0\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{"   \
-    "3000}"
-#define N_SET "\\p{N}\\x{1D2C0}-\\x{1D2D3}"
+    "\\t-\\r\\x20\\x85\\xA0\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"       \
+    "\\x{3000}"
+#define L_SET                                                                                      \
+    "\\p{L}\\x{1C89}-\\x{1C8A}\\x{A7CB}-\\x{A7CD}\\x{A7DA}-\\x{A7DC}\\x{105C0}-\\x{105F3}"         \
+    "\\x{10D4A}-\\x{10D65}\\x{10D6F}-\\x{10D85}\\x{10EC2}-\\x{10EC4}\\x{1123F}-\\x{11240}"         \
+    "\\x{11380}-\\x{11389}\\x{1138B}\\x{1138E}\\x{11390}-\\x{113B5}\\x{113B7}\\x{113D1}"           \
+    "\\x{113D3}\\x{11BC0}-\\x{11BE0}\\x{11F02}\\x{11F04}-\\x{11F10}\\x{11F12}-\\x{11F33}"          \
+    "\\x{1342F}\\x{13441}-\\x{13446}\\x{13460}-\\x{143FA}\\x{16100}-\\x{1611D}"                    \
+    "\\x{16D40}-\\x{16D6C}\\x{18CFF}\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}"                     \
+    "\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{1E4EB}\\x{1E5D0}-\\x{1E5ED}\\x{1E5F0}\\x{2B739}"          \
+    "\\x{2EBF0}-\\x{2EE5D}\\x{31350}-\\x{323AF}"
+#define N_SET                                                                                      \
+    "\\p{N}\\x{10D40}-\\x{10D49}\\x{116D0}-\\x{116E3}\\x{11BF0}-\\x{11BF9}\\x{11F50}-\\x{11F59}"   \
+    "\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}\\x{1CCF0}-\\x{1CCF9}\\x{1D2C0}-\\x{1D2D3}"         \
+    "\\x{1E4F0}-\\x{1E4F9}\\x{1E5F1}-\\x{1E5FA}"
+
+/* The spelled-out set for the class escape at p[0..n) (\s \S \p{L} \P{L} \p{N} \P{N}), with
+ * its length in *len and whether it is negated in *neg; NULL for any other text. */
+static const char *class_set(const char *p, size_t n, size_t *len, int *neg)
+{
+    if (n < 2 || p[0] != '\\') return NULL;
+    *neg = p[1] == 'S' || p[1] == 'P';
+    if (p[1] == 's' || p[1] == 'S') {
+        *len = 2;
+        return WS_SET;
+    }
+    if ((p[1] != 'p' && p[1] != 'P') || n < 5) return NULL;
+    *len = 5;
+    return !memcmp(p + 2, "{L}", 3) ? L_SET : !memcmp(p + 2, "{N}", 3) ? N_SET : NULL;
+}
 
 static int rewrite_classes(const char *p, size_t n, sl_buf *out)
 {
     int in_class = 0, bad = 0;
     for (size_t i = 0; i < n && !bad; i++) {
-        const char *set = NULL;
-        int negated = 0;
-        size_t skip = 0;
-        if (p[i] == '\\' && i + 1 < n) {
-            if (p[i + 1] == 's' || p[i + 1] == 'S')
-                set = WS_SET, negated = p[i + 1] == 'S', skip = 2;
-            else if (i + 4 < n && !memcmp(p + i + 2, "{N}", 3) &&
-                     (p[i + 1] == 'p' || p[i + 1] == 'P'))
-                set = N_SET, negated = p[i + 1] == 'P', skip = 5;
-        }
-        if (set && in_class && negated) return -1;
+        size_t len;
+        int neg;
+        const char *set = class_set(p + i, n - i, &len, &neg);
+        if (set && in_class && neg) return -1;
         if (set) {
             bad |= in_class ? sl_buf_puts(out, set)
-                            : sl_buf_printf(out, "[%s%s]", negated ? "^" : "", set);
-            i += skip - 1;
+                            : sl_buf_printf(out, "[%s%s]", neg ? "^" : "", set);
+            i += len - 1;
             continue;
         }
         if (p[i] == '\\' && i + 1 < n) { /* any other escape, e.g. \[ or \x{..}, stays as is */
@@ -1007,8 +1113,8 @@ static sl_status set_regex(loader *L, const char *pattern, size_t len, int liter
     if (!literal && rewrite_classes(pattern, len, &fixed)) {
         sl_buf_free(&fixed);
         return sl_err_set(L->e, SL_ERR_UNSUPPORTED,
-                          "%s: pre-tokenizer regex uses \\S or \\P{N} inside a class: %s", L->path,
-                          pattern);
+                          "%s: pre-tokenizer regex uses \\S, \\P{L} or \\P{N} inside a class: %s",
+                          L->path, pattern);
     }
     int err;
     PCRE2_SIZE off;
@@ -1123,20 +1229,17 @@ static sl_status build_added(loader *L)
         added_tok a = {t->str + t->str_off[id], (uint32_t)en->len,   id,
                        (uint8_t)en->lstrip,     (uint8_t)en->rstrip, (uint8_t)en->single_word};
         if (en->normalized && t->nfc) {
-            utf8proc_uint8_t *norm = NULL;
-            utf8proc_ssize_t m =
-                utf8proc_map((const utf8proc_uint8_t *)a.text, (utf8proc_ssize_t)a.len, &norm,
-                             UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-            if (m < 0 || (size_t)m > 4 * en->len) {
-                free(norm);
+            sl_buf norm = {0};
+            if (nfc_append(&norm, (const uint8_t *)a.text, a.len) || norm.len > 4 * en->len) {
+                sl_buf_free(&norm);
                 return sl_err_set(L->e, SL_ERR_NOMEM, "%s: cannot normalize added token '%s'",
                                   L->path, en->s);
             }
-            memcpy(t->added_text + used, norm, (size_t)m);
-            free(norm);
+            if (norm.len) memcpy(t->added_text + used, norm.data, norm.len);
             a.text = t->added_text + used;
-            a.len = (uint32_t)m;
-            used += (size_t)m + 1;
+            a.len = (uint32_t)norm.len;
+            used += norm.len + 1;
+            sl_buf_free(&norm);
         }
         added_set *set = en->normalized ? &t->norm_added : &t->raw_added;
         set->tok[set->n++] = a;

@@ -8,6 +8,9 @@
  *        ──▶ NFC on each stretch between them ──▶ normalized added tokens
  *        ──▶ pre-tokenizer regex (pcre2 JIT, UTF + UCP) ──▶ BPE per piece ──▶ ids
  *
+ * Where the libraries' Unicode tables differ (pcre2's are Unicode 14, Oniguruma's 16, the NFC
+ * of tokenizers 9.0, utf8proc's 15) the code follows tokenizers: docs/tokenizer.md.
+ *
  * BPE works on raw bytes (the byte-level alphabet is undone at load), merging the lowest-rank
  * pair first, leftmost on ties, exactly as tokenizers' Word::merge_all does. A piece that is one
  * vocabulary entry and that BPE would leave whole (checked for every entry at load) skips the
@@ -58,9 +61,16 @@ sl_status sl_tok_load(sl_tok **out, const char *path, sl_err *e);
 void sl_tok_free(sl_tok *t);
 
 /* Appends the ids of text[0..len) to out (existing ids are kept, so a prompt can be built in
- * parts). NUL bytes are ordinary characters. SL_ERR_INVALID for invalid UTF-8 (out keeps what
- * it held before the call), SL_ERR_NOMEM when memory runs out. */
+ * parts). NUL bytes are ordinary characters. Fails with out as it was before the call:
+ * SL_ERR_INVALID for invalid UTF-8, SL_ERR_LIMIT for 2 GiB of text or more, SL_ERR_NOMEM when
+ * memory runs out. CPU-bound (~15-30 MB/s on one core): the router runs long texts off its
+ * event loop. */
 sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e);
+
+/* Diagnostics: the pre-tokenizer's pieces of text[0..len), as the byte offset where each ends,
+ * appended to ends. Only the regex split runs (no added tokens, no normalization), so tests can
+ * compare piece boundaries with Hugging Face's pre_tokenizer directly. Errors as encode. */
+sl_status sl_tok_split(const sl_tok *t, const char *text, size_t len, sl_tok_ids *ends, sl_err *e);
 
 /* One more than the highest id (151669 for Qwen3: the model's embedding rows beyond that are
  * padding and have no text). */

@@ -95,15 +95,12 @@ static void test_lookups(const sl_tok *t)
 /* Id of the single-byte token for byte b. */
 static int32_t byte_token(const sl_tok *t, uint8_t b)
 {
-    sl_tok_ids ids = {0};
-    int32_t id = -1;
-    for (int32_t i = 0; i < 256 * 2 && id < 0; i++) { /* the byte tokens are ids 0..255 */
+    for (int32_t id = 0; id < sl_tok_vocab_size(t); id++) { /* Qwen: found among ids 0..255 */
         size_t n;
-        const uint8_t *p = sl_tok_token_bytes(t, i, &n);
-        if (p && n == 1 && p[0] == b) id = i;
+        const uint8_t *p = sl_tok_token_bytes(t, id, &n);
+        if (p && n == 1 && p[0] == b) return id;
     }
-    sl_tok_ids_free(&ids);
-    return id;
+    return -1;
 }
 
 /* Streams ids through a detokenizer; checks every piece is valid UTF-8 and that the pieces add

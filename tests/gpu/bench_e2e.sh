@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# tests/gpu/bench_e2e.sh BIN_DIR TOKENIZER_DIR [MODEL ...]: end-to-end serving
+# benchmarks on the GPU machine: `sluice serve` (router + one CUDA worker,
+# dummy bf16 weights at the real model shapes in tests/gpu/configs/) driven by
+# `sluice bench` (sglang.bench_serving's random dataset, fixed lengths),
+# 1000 input / 1000 output tokens at concurrency 1 and 64. Logs and JSON lines
+# go to $OUT (or /tmp); a summary table is printed last.
+#   NUM1 / NUM64: prompts at concurrency 1 / 64 (defaults 4 / 128)
+set -uo pipefail
+bin=${1:?BIN_DIR}; tok=${2:?TOKENIZER_DIR}; shift 2
+models=${*:-qwen3-8b qwen3-30b-a3b}
+out=${OUT:-/tmp}
+export NCCL_NVLS_ENABLE=0 LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64
+here=$(cd "$(dirname "$0")" && pwd)
+port=30111
+summary=()
+for name in $models; do
+  dir=/tmp/sluice-bench-$name
+  rm -rf "$dir" && mkdir -p "$dir"
+  cp "$here/configs/$name/config.json" "$dir/"
+  cp "$tok"/tokenizer.json "$tok"/tokenizer_config.json "$dir/"
+  log=$out/serve-$name.log
+  start=$(date +%s)
+  "$bin/sluice" serve --model "$dir" --load-format dummy --device cuda --port $port \
+    --page-size 16 --mem-fraction-static ${MEMFRAC:-0.9} --chunked-prefill-size 4096 \
+    --max-running-requests 64 --context-length 4096 >"$log" 2>&1 &
+  pid=$!
+  ok=0
+  for _ in $(seq 1 240); do
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=1)" 2>/dev/null; then ok=1; break; fi
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.5
+  done
+  if [ $ok != 1 ]; then
+    echo "=== $name: server did not come up"; tail -20 "$log"
+    kill $pid 2>/dev/null; wait $pid 2>/dev/null
+    summary+=("$(printf '%-16s server failed to start' "$name")")
+    continue
+  fi
+  echo "=== $name up after $(( $(date +%s) - start )) s"; grep -E "KV pool|loaded|weights" "$log" | head -3
+  for conc in 1 64; do
+    n=$([ $conc = 1 ] && echo ${NUM1:-4} || echo ${NUM64:-128})
+    res=$out/bench-$name-c$conc.txt
+    timeout ${BENCH_LIMIT:-240} "$bin/sluice" bench --port $port --tokenizer "$dir" --num-prompts $n \
+      --max-concurrency $conc --random-input-len 1000 --random-output-len 1000 \
+      --random-range-ratio 1 --output-file "$out/bench-$name.jsonl" >"$res" 2>&1
+    rc=$?
+    cat "$res"
+    pick() { grep -E "^$1" "$res" | head -1 | awk -F: '{gsub(/ /,"",$2); print $2}'; }
+    summary+=("$(printf '%-16s c=%-3s n=%-4s rc=%-3s out tok/s %-10s TTFT mean %-9s ms  TPOT mean %-8s ms  median %-8s ms' \
+      "$name" "$conc" "$n" "$rc" "$(pick 'Output token throughput')" "$(pick 'Mean TTFT')" \
+      "$(pick 'Mean TPOT')" "$(pick 'Median TPOT')")")
+  done
+  kill $pid; wait $pid 2>/dev/null
+done
+echo
+echo "==================== e2e summary ===================="
+nvidia-smi --query-gpu=name --format=csv,noheader
+for r in "${summary[@]}"; do echo "$r"; done
