@@ -63,7 +63,9 @@ struct sl_seq {
     int completion_tokens, cached_tokens;
     json_t *logprobs;     /* array of per-token entries (OpenAI chat shape) */
     json_t *logprobs_new; /* entries not yet streamed */
-    sl_text_ids out_ids;  /* recorded in the route tree at the end */
+    sl_text_ids out_ids;  /* recorded in the route tree at the end; sent again on migration */
+    int max_new;          /* output budget of the whole choice (tokens) */
+    int migrations;       /* times moved to another worker after its worker died */
     double t_last_ms;
     /* streaming state kept by the encoders */
     int sent_role;

@@ -209,31 +209,34 @@ static void send_abort(worker *w, uint64_t rid)
 
 /* --------------------------------------------------------- liveness */
 
-/* Finishes every generation on worker idx with an error chunk. */
+/* Finishes every generation on worker idx with a lost-error chunk. The rids
+ * are collected first: callbacks may submit (growing the map) or abort. */
 static void fail_inflight(sl_cluster *cl, int idx, const char *why)
 {
     worker *w = cl->w[idx];
+    if (!w->inflight) return;
     char msg[400];
     snprintf(msg, sizeof msg, "worker %s %s; the request was lost", w->url, why);
-    for (size_t b = 0; b < cl->nbuckets && w->inflight; b++) {
-        gen *g = cl->buckets[b];
-        while (g) {
-            gen *nx = g->next;
-            if (g->worker == idx) {
-                map_take(cl, g->rid);
-                Sluice__TokenChunk ch = SLUICE__TOKEN_CHUNK__INIT;
-                ch.rid = g->rid;
-                ch.finish = SLUICE__FINISH_REASON__FINISH_ERROR;
-                ch.error = msg;
-                /* Callbacks may submit or abort other generations: restart
-                 * the bucket scan from the (possibly changed) chain head. */
-                g->cb(g->ud, &ch);
-                free(g);
-                nx = cl->buckets[b];
-            }
-            g = nx;
-        }
+    size_t n = 0, cap = (size_t)w->inflight;
+    uint64_t *rids = malloc(cap * sizeof *rids);
+    if (!rids) {
+        SL_LOGE("cluster", "out of memory failing the requests of %s", w->url);
+        return;
     }
+    for (size_t b = 0; b < cl->nbuckets; b++)
+        for (gen *g = cl->buckets[b]; g && n < cap; g = g->next)
+            if (g->worker == idx) rids[n++] = g->rid;
+    for (size_t i = 0; i < n; i++) {
+        gen *g = map_take(cl, rids[i]);
+        if (!g) continue; /* aborted by an earlier callback */
+        Sluice__TokenChunk ch = SLUICE__TOKEN_CHUNK__INIT;
+        ch.rid = g->rid;
+        ch.finish = SLUICE__FINISH_REASON__FINISH_ERROR;
+        ch.error = msg;
+        g->cb(g->ud, &ch, 1);
+        free(g);
+    }
+    free(rids);
 }
 
 static void set_alive(sl_cluster *cl, int idx, int alive, const char *why)
@@ -286,7 +289,7 @@ static void handle_msg(sl_cluster *cl, worker *w, nng_msg *m)
                                                                   : map_find(cl, ch->rid);
         if (g) {
             /* A chunk from a worker proves it is alive even between pongs. */
-            g->cb(g->ud, ch);
+            g->cb(g->ud, ch, 0);
             if (ch->finish != SLUICE__FINISH_REASON__FINISH_NONE) free(g);
         }
         break;

@@ -11,8 +11,10 @@
  * pong and a LoadReport. A worker is alive while its pipe is up and it was
  * heard from within dead_after_ms. When its pipe drops, it goes silent, or it
  * comes back as a new process (another LoadReport.worker_id), its in-flight
- * generations finish at once with FINISH_ERROR and a message naming it, and
- * it gets no new traffic until it is heard from again.
+ * generations finish at once with FINISH_ERROR, a message naming it and
+ * lost = 1 in the callback (the caller may migrate them: the worker is no
+ * longer alive when the callback runs, so it is not picked again), and it
+ * gets no new traffic until it is heard from again.
  *
  * Completion discipline: a generation submitted with sl_cluster_submit gets
  * chunks through its callback until exactly one final chunk (finish !=
@@ -81,7 +83,10 @@ int sl_cluster_size(const sl_cluster *cl);
 void sl_cluster_info(const sl_cluster *cl, int worker, sl_worker_info *out);
 int sl_cluster_alive(const sl_cluster *cl, int worker);
 
-typedef void (*sl_cluster_chunk_cb)(void *ud, const Sluice__TokenChunk *chunk);
+/* lost: 1 when the worker died with the generation unfinished (the chunk is
+ * the cluster's FINISH_ERROR, not the worker's); 0 for every chunk the worker
+ * sent. The callback may submit and abort generations. */
+typedef void (*sl_cluster_chunk_cb)(void *ud, const Sluice__TokenChunk *chunk, int lost);
 
 /* Sends g (its rid is assigned here and returned in *rid) to worker. g and
  * its arrays stay the caller's. Fails with SL_ERR_CLOSED when the worker is

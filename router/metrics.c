@@ -71,7 +71,14 @@ void sl_metrics_render(const sl_metrics *m, sl_buf *o)
                   "sluice_cached_tokens_total %llu\n"
                   "# HELP sluice_aborted_requests_total Requests whose client went away.\n"
                   "# TYPE sluice_aborted_requests_total counter\n"
-                  "sluice_aborted_requests_total %llu\n",
+                  "sluice_aborted_requests_total %llu\n"
+                  "# HELP sluice_migrations_total Choices moved to another worker after their "
+                  "worker died.\n# TYPE sluice_migrations_total counter\n"
+                  "sluice_migrations_total %llu\n"
+                  "# HELP sluice_lost_total Choices failed because their worker died and no "
+                  "other could take over.\n# TYPE sluice_lost_total counter\n"
+                  "sluice_lost_total %llu\n",
                   (unsigned long long)m->prompt_tokens, (unsigned long long)m->generation_tokens,
-                  (unsigned long long)m->cached_tokens, (unsigned long long)m->aborted);
+                  (unsigned long long)m->cached_tokens, (unsigned long long)m->aborted,
+                  (unsigned long long)m->migrated, (unsigned long long)m->lost);
 }

@@ -39,7 +39,9 @@ typedef struct sl_metrics {
     int nreq;
     sl_metrics_hist_data hist[SL_METRIC_NHIST];
     uint64_t prompt_tokens, generation_tokens, cached_tokens;
-    uint64_t aborted; /* client went away */
+    uint64_t aborted;  /* client went away */
+    uint64_t migrated; /* choices moved to another worker after theirs died */
+    uint64_t lost;     /* choices failed because their worker died and none could take over */
 } sl_metrics;
 
 void sl_metrics_init(sl_metrics *m);

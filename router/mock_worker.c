@@ -1,6 +1,7 @@
 /* `sluice mock-worker`: a stand-in worker that speaks proto/sluice.proto but
  * runs no model. Its output echoes the prompt's token ids cyclically (or
- * plays --reply-ids, then stops), one token per chunk, so the router's tests
+ * plays --reply-ids, then stops), one token per chunk, continuing after
+ * GenerateRequest.output_ids like a real worker, so the router's tests
  * and its overhead benchmark see exactly predictable text, timing and usage. */
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
@@ -168,7 +169,9 @@ static void start(mock *m, const Sluice__GenerateRequest *g)
     a->stop = malloc((a->n_stop + 2) * sizeof *a->stop);
     if (a->n_stop) memcpy(a->stop, g->stop_token_ids, a->n_stop * sizeof *a->stop);
     if (m->eos >= 0 && !(g->sampling && g->sampling->ignore_eos)) a->stop[a->n_stop++] = m->eos;
-    a->max_new = g->max_new_tokens > 0 ? g->max_new_tokens : 16;
+    /* A migrated request continues its cycle where the output left off. */
+    a->produced = (int)g->n_output_ids;
+    a->max_new = a->produced + (g->max_new_tokens > 0 ? g->max_new_tokens : 16);
     a->logprobs = g->sampling && g->sampling->logprobs;
     a->top = g->sampling ? g->sampling->top_logprobs : 0;
     for (int h = 0; h < HISTORY; h++)

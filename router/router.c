@@ -42,6 +42,7 @@ sl_router_config sl_router_config_default(void)
                               .keepalive_ms = 10000,
                               .inline_encode_bytes = 4096,
                               .max_n = 64,
+                              .migration_limit = 3,
                               .default_temperature = 1.0f,
                               .default_top_p = 1.0f,
                               .default_top_k = -1,
@@ -447,7 +448,9 @@ static void add_logprobs(sl_seq *s, const Sluice__TokenChunk *ch)
     }
 }
 
-static void on_chunk(void *ud, const Sluice__TokenChunk *ch)
+static int seq_migrate(sl_seq *s);
+
+static void on_chunk(void *ud, const Sluice__TokenChunk *ch, int lost)
 {
     sl_seq *s = ud;
     sl_job *j = s->job;
@@ -458,9 +461,12 @@ static void on_chunk(void *ud, const Sluice__TokenChunk *ch)
         ch->finish == SLUICE__FINISH_REASON__FINISH_ABORT) {
         s->running = 0;
         j->nrunning--;
+        if (lost && seq_migrate(s)) return;
+        if (lost) rt->metrics.lost++;
         char msg[600];
-        snprintf(msg, sizeof msg, "generation failed: %s",
-                 ch->error && *ch->error ? ch->error : "aborted by the worker");
+        snprintf(msg, sizeof msg, "generation failed: %s%s",
+                 ch->error && *ch->error ? ch->error : "aborted by the worker",
+                 lost ? " (no other worker could continue it)" : "");
         j->failed = 1;
         job_fail(j, 502, "server_error", msg);
         return;
@@ -530,6 +536,86 @@ static void respond_tokenize(sl_job *j)
     job_free(j);
 }
 
+/* The alive workers and their loads, for sl_route_pick. */
+static int candidates(sl_router *rt, sl_route_cand *cand, int max)
+{
+    int ncand = 0;
+    for (int w = 0; w < sl_cluster_size(rt->cluster) && ncand < max; w++) {
+        if (!sl_cluster_alive(rt->cluster, w)) continue;
+        sl_worker_info wi;
+        sl_cluster_info(rt->cluster, w, &wi);
+        int reported = wi.running + wi.queued;
+        cand[ncand++] = (sl_route_cand){.worker = w,
+                                        .load = wi.inflight > reported ? wi.inflight : reported,
+                                        .checkpoint_tokens = wi.checkpoint_tokens};
+    }
+    return ncand;
+}
+
+/* Sends choice s to worker: its prompt, the tokens it already produced
+ * (output_ids, empty unless it migrates) and what is left of its budget.
+ * Sampling (the seed of choice c is seed + c) and stop ids are the same on
+ * every submit, so a continuation is the run that was interrupted. */
+static sl_status seq_submit(sl_seq *s, int worker, sl_err *e)
+{
+    sl_job *j = s->job;
+    sl_router *rt = j->rt;
+    const sl_text_ops *t = rt->cfg.text;
+    const sl_text_ids *in = &j->ids[s->prompt];
+    Sluice__SamplingParams sp = j->p.sampling;
+    if (sp.has_seed) sp.seed += (uint64_t)(s->index % j->p.n);
+    Sluice__GenerateRequest g = SLUICE__GENERATE_REQUEST__INIT;
+    g.n_input_ids = in->n;
+    g.input_ids = in->v;
+    g.n_output_ids = s->out_ids.n;
+    g.output_ids = s->out_ids.v;
+    g.sampling = &sp;
+    g.max_new_tokens = s->max_new - (int)s->out_ids.n;
+    int32_t eos[16];
+    int neos = t->eos_ids ? t->eos_ids(rt->cfg.text_impl, eos, 16) : 0;
+    int32_t stops[64 + 16];
+    int nst = 0;
+    for (int k = 0; k < j->p.n_stop_ids; k++) stops[nst++] = j->p.stop_ids[k];
+    for (int k = 0; k < neos && !sp.ignore_eos; k++) stops[nst++] = eos[k];
+    g.n_stop_token_ids = (size_t)nst;
+    g.stop_token_ids = stops;
+    if (sl_cluster_submit(rt->cluster, worker, &g, on_chunk, s, &s->rid, e) != SL_OK)
+        return e ? e->code : SL_ERR_CLOSED;
+    s->worker = worker;
+    s->running = 1;
+    j->nrunning++;
+    return SL_OK;
+}
+
+/* The worker of s died before s finished (its callback already counted s
+ * as stopped): continue s on another alive worker. Returns 1 when it runs
+ * again, 0 when the caller must fail it. */
+static int seq_migrate(sl_seq *s)
+{
+    sl_job *j = s->job;
+    sl_router *rt = j->rt;
+    if (s->migrations >= rt->cfg.migration_limit) return 0;
+    sl_route_cand cand[256];
+    int ncand = candidates(rt, cand, 256);
+    if (!ncand) return 0;
+    const sl_text_ids *in = &j->ids[s->prompt];
+    int pick = sl_route_pick(rt->route, cand, ncand, in->v, (int)in->n, NULL);
+    int from = s->worker;
+    sl_err e = {0};
+    if (seq_submit(s, cand[pick].worker, &e) != SL_OK) {
+        SL_LOGW("router", "%s: moving choice %d: %s", j->id, s->index, e.msg);
+        return 0;
+    }
+    s->migrations++;
+    rt->metrics.migrated++;
+    sl_worker_info a, b;
+    sl_cluster_info(rt->cluster, from, &a);
+    sl_cluster_info(rt->cluster, s->worker, &b);
+    SL_LOGW("router", "%s: choice %d moved from %s to %s after %zu tokens", j->id, s->index, a.url,
+            b.url, s->out_ids.n);
+    return 1;
+}
+
 static void job_dispatch(sl_job *j)
 {
     sl_router *rt = j->rt;
@@ -565,16 +651,7 @@ static void job_dispatch(sl_job *j)
             }
     }
     sl_route_cand cand[256];
-    int ncand = 0;
-    for (int w = 0; w < sl_cluster_size(rt->cluster) && ncand < 256; w++) {
-        if (!sl_cluster_alive(rt->cluster, w)) continue;
-        sl_worker_info wi;
-        sl_cluster_info(rt->cluster, w, &wi);
-        int reported = wi.running + wi.queued;
-        cand[ncand++] = (sl_route_cand){.worker = w,
-                                        .load = wi.inflight > reported ? wi.inflight : reported,
-                                        .checkpoint_tokens = wi.checkpoint_tokens};
-    }
+    int ncand = candidates(rt, cand, 256);
     if (!ncand) {
         job_fail(j, 503, "server_error", "no worker is available; try again later");
         return;
@@ -585,8 +662,6 @@ static void job_dispatch(sl_job *j)
         job_fail(j, 500, "server_error", "out of memory");
         return;
     }
-    int32_t eos[16];
-    int neos = t->eos_ids ? t->eos_ids(rt->cfg.text_impl, eos, 16) : 0;
     for (int i = 0; i < j->nprompts; i++) {
         int n = (int)j->ids[i].n;
         int pick = sl_route_pick(rt->route, cand, ncand, j->ids[i].v, n, NULL);
@@ -598,12 +673,13 @@ static void job_dispatch(sl_job *j)
             s->job = j;
             s->index = i * j->p.n + c;
             s->prompt = i;
-            s->worker = worker;
             s->stop_index = -1;
             s->block_open = -1;
             s->detok = t->detok_new(rt->cfg.text_impl);
             s->logprobs = json_array();
             s->logprobs_new = json_array();
+            int room = ctx ? ctx - n : 1 << 30;
+            s->max_new = j->p.max_tokens < 0 || j->p.max_tokens > room ? room : j->p.max_tokens;
             if (j->kind != SL_API_COMPLETIONS && t->parser_new) {
                 sl_err e = {0};
                 s->parser = t->parser_new(rt->cfg.text_impl, j->body, j->chat_prompt.data,
@@ -613,28 +689,12 @@ static void job_dispatch(sl_job *j)
                     return;
                 }
             }
-            Sluice__SamplingParams sp = j->p.sampling;
-            if (sp.has_seed) sp.seed += (uint64_t)c;
-            Sluice__GenerateRequest g = SLUICE__GENERATE_REQUEST__INIT;
-            g.n_input_ids = (size_t)n;
-            g.input_ids = j->ids[i].v;
-            g.sampling = &sp;
-            int room = ctx ? ctx - n : 1 << 30;
-            g.max_new_tokens = j->p.max_tokens < 0 || j->p.max_tokens > room ? room : j->p.max_tokens;
-            int32_t stops[80];
-            int nst = 0;
-            for (int k = 0; k < j->p.n_stop_ids; k++) stops[nst++] = j->p.stop_ids[k];
-            for (int k = 0; k < neos && !sp.ignore_eos; k++) stops[nst++] = eos[k];
-            g.n_stop_token_ids = (size_t)nst;
-            g.stop_token_ids = stops;
             sl_err e = {0};
-            if (sl_cluster_submit(rt->cluster, worker, &g, on_chunk, s, &s->rid, &e) != SL_OK) {
+            if (seq_submit(s, worker, &e) != SL_OK) {
                 snprintf(msg, sizeof msg, "no worker could take the request: %s", e.msg);
                 job_fail(j, 503, "server_error", msg);
                 return;
             }
-            s->running = 1;
-            j->nrunning++;
         }
     }
     if (j->p.stream) {

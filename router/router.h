@@ -13,6 +13,10 @@
  *       ─▶ reasoning/tool parsers ─▶ SSE deltas or one JSON at the end
  *
  * The client going away aborts every generation of its request at once.
+ * A worker dying does not end a request: each of its unfinished choices is
+ * resubmitted to another alive worker with the prompt and the token ids
+ * already received as GenerateRequest.output_ids, so the stream goes on with
+ * no token lost or repeated (up to migration_limit times per choice).
  *
  *   sl_router_config cfg = sl_router_config_default();
  *   cfg.text = &ops; cfg.text_impl = impl; cfg.served_model_name = "qwen3";
@@ -43,6 +47,9 @@ typedef struct sl_router_config {
     unsigned keepalive_ms;      /* SSE comment after this long without output */
     size_t inline_encode_bytes; /* longer prompts are tokenized on the pool */
     int max_n;                  /* choices per request */
+    /* times one choice may move to another worker after its worker died
+     * (prompt + tokens so far are resent; 0: the client gets the error) */
+    int migration_limit;
     /* sampling for fields a request leaves out (generation_config.json) */
     float default_temperature, default_top_p, default_min_p;
     int default_top_k;

@@ -19,7 +19,8 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
                            .dead_after_ms = (int)cfg->cluster.dead_after_ms,
                            .dns_refresh_ms = (int)cfg->cluster.dns_refresh_ms,
                            .keepalive_ms = (int)cfg->keepalive_ms,
-                           .drain_timeout_ms = (int)cfg->http.drain_timeout_ms};
+                           .drain_timeout_ms = (int)cfg->http.drain_timeout_ms,
+                           .migration_limit = cfg->migration_limit};
     cfg->served_model_name = NULL;
     int n = 0;
 #define OPT(...) o[n++] = (sl_opt){__VA_ARGS__}
@@ -60,6 +61,8 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
         "largest request body; larger gets 413 (33554432)");
     OPT("--drain-timeout-ms", NULL, SL_OPT_INT, &cli->drain_timeout_ms,
         "on SIGTERM, how long in-flight responses may finish (30000)");
+    OPT("--migration-limit", NULL, SL_OPT_INT, &cli->migration_limit,
+        "times one choice may move to another worker when its worker dies (3; 0: fail)");
 #undef OPT
     return n;
 }
@@ -105,6 +108,10 @@ sl_status sl_router_opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_er
         return sl_err_set(e, SL_ERR_INVALID,
                           "timers: --heartbeat-ms >= 10, --dead-after-ms >= --heartbeat-ms, "
                           "--dns-refresh-ms >= 100, --keepalive-ms >= 10");
+    if (cli->migration_limit < 0)
+        return sl_err_set(e, SL_ERR_INVALID, "--migration-limit %d: expected >= 0",
+                          cli->migration_limit);
+    cfg->migration_limit = cli->migration_limit;
     cfg->route.cache_threshold = cli->cache_threshold;
     cfg->route.balance_abs_threshold = cli->balance_abs_threshold;
     cfg->route.balance_rel_threshold = cli->balance_rel_threshold;

@@ -24,6 +24,7 @@ typedef struct sl_router_cli {
     int balance_abs_threshold;
     long long max_tree_tokens, max_body_bytes;
     int heartbeat_ms, dead_after_ms, dns_refresh_ms, keepalive_ms, drain_timeout_ms;
+    int migration_limit;
     sl_strs workers, worker_dns;
 } sl_router_cli;
 

@@ -158,7 +158,9 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
     }
     sl_sched_req r = {.rid = g->rid, .prompt = g->input_ids, .n_prompt = (int)n_in,
                       .output = g->output_ids, .n_output = (int)n_prev,
-                      .max_new = g->max_new_tokens, .min_new = g->min_new_tokens,
+                      /* the scheduler's limits count the migrated output too */
+                      .max_new = (int)n_prev + g->max_new_tokens,
+                      .min_new = (int)n_prev + g->min_new_tokens,
                       .stop_ids = g->stop_token_ids, .n_stop = (int)g->n_stop_token_ids,
                       .ignore_eos = g->sampling && g->sampling->ignore_eos,
                       .priority = g->priority};

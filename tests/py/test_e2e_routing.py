@@ -101,7 +101,8 @@ def test_dead_worker_fails_fast_and_rejoins(procs):
     urls = [procs.ipc(f"m{i}") for i in range(2)]
     mocks = [procs.start("mock-worker", "--listen", u, "--delay-ms", 20, name=f"m{i}")
              for i, u in enumerate(urls)]
-    router, port = start_router(procs, tok, urls)
+    # --migration-limit 0: no move to the other worker (test_e2e_faults.py has those)
+    router, port = start_router(procs, tok, urls, "--migration-limit", 0)
     c = client(port)
     s = c.completions.create(model="tiny", prompt="Count slowly", max_tokens=500, stream=True)
     next(iter(s))
