@@ -13,6 +13,7 @@
 
 #include "http.h"
 #include "metrics.h"
+#include "router.h"
 #include "sl_buf.h"
 #include "sluice.pb-c.h"
 #include "text.h"
@@ -144,6 +145,13 @@ int sl_api_get_stops(const json_t *o, const char *k, sl_job_params *p, sl_api_er
 extern const sl_api_enc sl_openai_chat_enc, sl_openai_completions_enc, sl_anthropic_enc;
 
 /* ---- helpers from router.c ---- */
+/* Decodes and checks body (a parsed JSON object, owned by the job from here
+ * on) for route the way the router does before tokenizing, with cfg's
+ * defaults and limits, into a job that belongs to no router: for tests and
+ * fuzzing. NULL with err set (4xx, or 500 out of memory) when it is refused. */
+sl_job *sl_api_decode(const sl_router_config *cfg, const char *route, sl_api_kind kind,
+                      json_t *body, sl_api_err *err);
+void sl_api_job_free(sl_job *j);
 /* Allocates n empty prompts (texts, is_ids, ids) for a decoder to fill. */
 int sl_job_prompts(sl_job *j, int n, sl_api_err *err);
 void sl_job_sse(sl_job *j, const char *event, json_t *data); /* steals data */

@@ -141,15 +141,9 @@ static void seq_clear(sl_job *j, sl_seq *s)
     sl_text_ids_free(&s->out_ids);
 }
 
-static void job_free(sl_job *j)
+/* What a decoded job owns (sl_api_decode's jobs have no router and no seqs). */
+static void job_release(sl_job *j)
 {
-    sl_router *rt = j->rt;
-    if (j->prev)
-        j->prev->next = j->next;
-    else if (rt->jobs == j)
-        rt->jobs = j->next;
-    if (j->next) j->next->prev = j->prev;
-    rt->njobs--;
     for (int i = 0; i < j->nseqs; i++) seq_clear(j, &j->seqs[i]);
     free(j->seqs);
     for (int i = 0; i < j->nprompts; i++) {
@@ -163,6 +157,23 @@ static void job_free(sl_job *j)
     sl_buf_free(&j->chat_prompt);
     json_decref(j->body);
     free(j);
+}
+
+static void job_free(sl_job *j)
+{
+    sl_router *rt = j->rt;
+    if (j->prev)
+        j->prev->next = j->next;
+    else if (rt->jobs == j)
+        rt->jobs = j->next;
+    if (j->next) j->next->prev = j->prev;
+    rt->njobs--;
+    job_release(j);
+}
+
+void sl_api_job_free(sl_job *j)
+{
+    if (j) job_release(j);
 }
 
 static void abort_running(sl_job *j)
@@ -915,34 +926,69 @@ static int decode_tokenize(sl_job *j, sl_api_err *err)
     return 0;
 }
 
+/* A new job with the request's defaults (cfg's sampling), body owned by it,
+ * decoded for route; NULL with err set when it is bad or memory runs out
+ * (body is then released). */
+static sl_job *job_decode(const sl_router_config *cfg, const char *route, sl_api_kind kind,
+                          json_t *body, sl_api_err *err)
+{
+    sl_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        json_decref(body);
+        sl_api_fail(err, 500, "server_error", "out of memory");
+        return NULL;
+    }
+    j->kind = kind;
+    j->route = route;
+    j->body = body;
+    j->model = cfg->served_model_name;
+    j->p.n = 1;
+    j->p.max_tokens = -1;
+    j->p.separate_reasoning = 1;
+    j->p.sampling = (Sluice__SamplingParams)SLUICE__SAMPLING_PARAMS__INIT;
+    j->p.sampling.temperature = cfg->default_temperature;
+    j->p.sampling.top_p = cfg->default_top_p;
+    j->p.sampling.top_k = cfg->default_top_k;
+    j->p.sampling.min_p = cfg->default_min_p;
+    j->p.sampling.repetition_penalty = 1.0f;
+    int rc;
+    if (!strcmp(route, "/tokenize")) {
+        rc = sl_job_prompts(j, 1, err) ? -1 : decode_tokenize(j, err);
+    } else if (kind == SL_API_CHAT) {
+        rc = sl_openai_decode_chat(j, err);
+    } else if (kind == SL_API_COMPLETIONS) {
+        rc = sl_openai_decode_completions(j, err);
+    } else {
+        rc = sl_anthropic_decode_messages(j, err);
+    }
+    if (!rc && j->p.n > cfg->max_n)
+        rc = sl_api_fail(err, 400, "invalid_request_error", "n: at most %d choices", cfg->max_n);
+    if (rc) {
+        job_release(j);
+        return NULL;
+    }
+    return j;
+}
+
+sl_job *sl_api_decode(const sl_router_config *cfg, const char *route, sl_api_kind kind,
+                      json_t *body, sl_api_err *err)
+{
+    return job_decode(cfg, route, kind, body, err);
+}
+
 static void handle_generate(sl_router *rt, sl_http_req *r, json_t *body, sl_api_kind kind,
                             const char *route)
 {
-    sl_job *j = calloc(1, sizeof *j);
     sl_api_err err = {0};
+    sl_job *j = job_decode(&rt->cfg, route, kind, body, &err);
     if (!j) {
-        json_decref(body);
-        sl_api_fail(&err, 500, "server_error", "out of memory");
         respond_err(rt, r, route, &err);
         return;
     }
     j->rt = rt;
     j->http = r;
-    j->kind = kind;
-    j->route = route;
-    j->body = body;
     j->t_arrival_ms = sl_http_req_arrival_ms(r);
     j->created = (long)time(NULL);
-    j->model = rt->cfg.served_model_name;
-    j->p.n = 1;
-    j->p.max_tokens = -1;
-    j->p.separate_reasoning = 1;
-    j->p.sampling = (Sluice__SamplingParams)SLUICE__SAMPLING_PARAMS__INIT;
-    j->p.sampling.temperature = rt->cfg.default_temperature;
-    j->p.sampling.top_p = rt->cfg.default_top_p;
-    j->p.sampling.top_k = rt->cfg.default_top_k;
-    j->p.sampling.min_p = rt->cfg.default_min_p;
-    j->p.sampling.repetition_penalty = 1.0f;
     uint64_t seq = ++rt->id_seq;
     snprintf(j->id, sizeof j->id, "%s%016llx%08llx",
              kind == SL_API_CHAT ? "chatcmpl-" : kind == SL_API_MESSAGES ? "msg_" : "cmpl-",
@@ -951,23 +997,6 @@ static void handle_generate(sl_router *rt, sl_http_req *r, json_t *body, sl_api_
     if (rt->jobs) rt->jobs->prev = j;
     rt->jobs = j;
     rt->njobs++;
-    int rc;
-    if (!strcmp(route, "/tokenize")) {
-        rc = sl_job_prompts(j, 1, &err) ? -1 : decode_tokenize(j, &err);
-    } else if (kind == SL_API_CHAT) {
-        rc = sl_openai_decode_chat(j, &err);
-    } else if (kind == SL_API_COMPLETIONS) {
-        rc = sl_openai_decode_completions(j, &err);
-    } else {
-        rc = sl_anthropic_decode_messages(j, &err);
-    }
-    if (!rc && j->p.n > rt->cfg.max_n)
-        rc = sl_api_fail(&err, 400, "invalid_request_error", "n: at most %d choices", rt->cfg.max_n);
-    if (rc) {
-        respond_err(rt, r, route, &err);
-        job_free(j);
-        return;
-    }
     j->enc = kind == SL_API_CHAT          ? &sl_openai_chat_enc
            : kind == SL_API_COMPLETIONS ? &sl_openai_completions_enc
                                         : &sl_anthropic_enc;

@@ -368,7 +368,7 @@ static void test_abort_and_death(void)
     CHECK(g && strstr(g, " 0\nsluice_worker_inflight{") && strstr(g, "} 0\n# HELP sluice_worker_running"));
     free(r);
 
-    /* a request in flight on a worker when it dies: fails fast */
+    /* a request in flight on a worker when it dies: fails fast (no migration) */
     fd = dial();
     (void)!write(fd, head, strlen(head));
     usleep(300000);
@@ -459,6 +459,7 @@ int main(void)
     cfg.inline_encode_bytes = 16; /* longer prompts take the thread-pool path */
     cfg.cluster.heartbeat_ms = 200;
     cfg.cluster.dead_after_ms = 1000;
+    cfg.migration_limit = 0; /* a dying worker fails its requests (test_e2e_faults.py: moves) */
     sl_err e = {0};
     CHECK(sl_router_new(&rt, &loop, &cfg, &e) == SL_OK);
     port = sl_router_port(rt);

@@ -1,5 +1,6 @@
 /* `sluice worker` end to end over nng: ping/pong + load report, greedy
  * generation equal to a cold run, cached tokens on a repeat, logprobs,
+ * a migrated request (output_ids) continuing the undisturbed run,
  * validation errors answered with error chunks, malformed bytes survived,
  * abort, clean exit on SIGTERM. */
 #include <nng/nng.h>
@@ -73,6 +74,29 @@ static int collect(uint64_t rid, result *r)
         }
         sluice__envelope__free_unpacked(env, NULL);
     }
+}
+
+/* A greedy request; out/n_out: tokens already generated (a migration). */
+static void generate_after(uint64_t rid, const int32_t *ids, int n, const int32_t *out, int n_out,
+                           int max_new, float frequency_penalty)
+{
+    Sluice__SamplingParams sp = SLUICE__SAMPLING_PARAMS__INIT;
+    sp.temperature = 0;
+    sp.top_p = 1;
+    sp.repetition_penalty = 1;
+    sp.frequency_penalty = frequency_penalty;
+    Sluice__GenerateRequest g = SLUICE__GENERATE_REQUEST__INIT;
+    g.rid = rid;
+    g.n_input_ids = (size_t)n;
+    g.input_ids = (int32_t *)ids;
+    g.n_output_ids = (size_t)n_out;
+    g.output_ids = (int32_t *)out;
+    g.sampling = &sp;
+    g.max_new_tokens = max_new;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_GENERATE;
+    env.generate = &g;
+    send_env(&env);
 }
 
 static void generate(uint64_t rid, const int32_t *ids, int n, int max_new, int logprobs,
@@ -203,6 +227,18 @@ int main(void)
     CHECK(r.first_logprob < 0 && r.first_logprob > -20);
     free(ref.first_logits);
 
+    /* migration: a request resent with its first k outputs as output_ids
+     * continues exactly where the undisturbed run went on; max_new_tokens
+     * counts after them, and the frequency penalty counts them */
+    result full, rest;
+    generate_after(3, prompt, 40, NULL, 0, 12, 1.5f);
+    CHECK(collect(3, &full) == 0);
+    int k = full.n / 2;
+    generate_after(4, prompt, 40, full.ids, k, 12 - k, 1.5f);
+    CHECK(collect(4, &rest) == 0);
+    CHECK_MSG(rest.n == full.n - k && !memcmp(rest.ids, full.ids + k, sizeof(int32_t) * (size_t)rest.n),
+              "continuation of %d tokens after %d differs", rest.n, k);
+    CHECK(rest.finish == full.finish && rest.prompt == 40);
     /* validation: each bad request gets an error chunk naming the problem */
     int32_t bad[3] = {1, 256, 2};
     generate(10, bad, 3, 4, 0, 0, 0);
