@@ -85,7 +85,7 @@ static int convert_message(json_t *m, size_t idx, json_t *out, sl_api_err *err)
                                  "messages[%zu].content[%zu]: tool_use needs id and name", idx, i);
                 break;
             }
-            char *args = json_dumps(input ? input : json_object(), JSON_COMPACT);
+            char *args = input ? json_dumps(input, JSON_COMPACT) : NULL; /* NULL: "{}" */
             json_array_append_new(calls, json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", id, "type",
                                                    "function", "function", "name", name,
                                                    "arguments", args ? args : "{}"));
@@ -188,7 +188,8 @@ int sl_anthropic_decode_messages(sl_job *j, sl_api_err *err)
             json_t *d = json_object_get(m, "description");
             if (json_is_string(d)) json_object_set(fn, "description", d);
             json_t *schema = json_object_get(m, "input_schema");
-            json_object_set(fn, "parameters", json_is_object(schema) ? schema : json_object());
+            json_object_set_new(fn, "parameters",
+                                json_is_object(schema) ? json_incref(schema) : json_object());
             json_array_append_new(ct, json_pack("{s:s,s:o}", "type", "function", "function", fn));
         }
         json_object_set_new(chat, "tools", ct);

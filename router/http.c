@@ -328,7 +328,8 @@ static void conn_fail(conn *c, int status, const char *type, const char *msg)
     if (c->failed || c->closing) return;
     c->failed = 1;
     uv_timer_stop(&c->timer);
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    /* Reading goes on (input is dropped) so that a client going away is still
+     * noticed and the requests queued before the error are aborted. */
     if (c->cur) {
         req_free(c->cur);
         c->cur = NULL;
@@ -464,15 +465,15 @@ static int on_message_complete(llhttp_t *p)
     c->nq++;
     c->srv->inflight++;
     if (!r->keep_alive) {
-        /* Nothing after a "Connection: close" request is answered. */
+        /* Nothing after a "Connection: close" request is answered; reading
+         * goes on (dropping input) to notice the client going away. */
         c->close_after = 1;
-        uv_read_stop((uv_stream_t *)&c->tcp);
     } else if (c->nq >= c->srv->cfg.max_pipelined) {
         c->paused = 1;
         uv_read_stop((uv_stream_t *)&c->tcp);
     }
     c->srv->on_request(r, c->srv->ud);
-    return (c->closing || c->failed) ? HPE_PAUSED : 0;
+    return (c->closing || c->failed || c->close_after) ? HPE_PAUSED : 0;
 }
 
 /* ------------------------------------------------------------------ timers */
@@ -510,12 +511,12 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
         conn_close(c);
         return;
     }
-    if (!n || c->failed || c->closing) return;
+    if (!n || c->failed || c->closing || c->close_after) return;
     llhttp_errno_t err = llhttp_execute(&c->parser, b->base, (size_t)n);
     if (c->closing || c->failed) return;
     if (err == HPE_PAUSED) {
-        /* Only on_message_complete pauses, and only when it has closed or
-         * failed the connection; resume keeps the parser usable anyway. */
+        /* Only on_message_complete pauses, and only when it has closed,
+         * failed or ended the connection; resume keeps the parser usable. */
         llhttp_resume(&c->parser);
         return;
     }

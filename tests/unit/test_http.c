@@ -58,7 +58,7 @@ static void start_delayed(sl_http_req *r, unsigned ms, unsigned repeat)
 
 static void on_abort(sl_http_req *r, void *ud)
 {
-    aborts++;
+    __atomic_add_fetch(&aborts, 1, __ATOMIC_SEQ_CST); /* the client thread reads it */
     sl_http_respond(r, 200, "text/plain", "late", 4, NULL); /* must be dropped */
 }
 
@@ -234,12 +234,25 @@ static void client(void *arg)
     CHECK_MSG(strstr(buf, "HTTP/1.1 408") == buf, "%s", buf);
     close(fd);
 
-    /* client disconnect: the handler's request is aborted once */
+    /* client disconnect: the handler's request is aborted once ... */
     fd = dial();
     send_all(fd, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
     usleep(100000);
     close(fd);
     usleep(200000);
+    /* ... also after "Connection: close" and after a malformed pipelined
+     * request, when nothing more is parsed but the socket is still watched */
+    fd = dial();
+    send_all(fd, "GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    usleep(100000);
+    close(fd);
+    fd = dial();
+    send_all(fd, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\nG;ET / HTTP/1.1\r\n\r\n");
+    usleep(100000);
+    close(fd);
+    usleep(200000);
+    CHECK_MSG(__atomic_load_n(&aborts, __ATOMIC_SEQ_CST) == 3, "%d aborts before shutdown",
+              __atomic_load_n(&aborts, __ATOMIC_SEQ_CST));
 
     /* graceful shutdown: a stream in flight is finished, then the server stops */
     fd = dial();
@@ -274,7 +287,7 @@ int main(void)
     uv_thread_create(&th, client, NULL);
     uv_run(&loop, UV_RUN_DEFAULT); /* returns once every handle is closed */
     uv_thread_join(&th);
-    CHECK(aborts == 1);
+    CHECK_MSG(aborts == 3, "%d aborts", aborts);
     CHECK(stream_ended == 1);
     CHECK(sl_http_connections(srv) == 0);
     CHECK(sl_http_inflight(srv) == 0);
