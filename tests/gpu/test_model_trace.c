@@ -11,8 +11,10 @@
  *           inherited. A routing near-tie or a recurrence that amplifies
  *           noise shows up in the free run only; a wrong kernel shows up here.
  * Checks: every forced op is within bf16 rounding of the CPU (rel L2 < 2e-2)
- * and chooses the same experts. The free runs are reported, not checked
- * (bf16 may flip a routing near-tie, which then moves a whole token).
+ * and chooses the same experts. The free runs are reported, not checked:
+ * bf16 may flip a routing near-tie (the golden MoE fixtures have router
+ * logit gaps down to 3e-4), which changes that token's MoE output wholesale
+ * and, through attention and the recurrent state, every later token's.
  *
  *   SLUICE_SRC=. build/bin/test_model_trace [arch]   (SL_TRACE_ALL=1: every op)
  */
@@ -153,6 +155,19 @@ static void print_op(const char *what, const rec *a, double err, const char *mar
            (long long)a->cols, is_ids(a->op) ? "differ" : "rel L2", err, mark);
 }
 
+/* The tokens whose expert choices differ between a and b. */
+static void print_flips(const rec *a, const rec *b)
+{
+    printf("  free   L%-2d experts chosen differently for token", a->layer);
+    for (int64_t r = 0; r < a->rows; r++)
+        for (int64_t c = 0; c < a->cols; c++)
+            if (a->v[r * a->cols + c] != b->v[r * a->cols + c]) {
+                printf(" %lld", (long long)r);
+                break;
+            }
+    printf("\n");
+}
+
 /* One case: CPU record, CUDA free and forced replays, report and checks. */
 static void run_case(const char *arch, const char *name, sl_model *mc, sl_model *mg, const int32_t *ids,
                      const int *pieces, int n_pieces)
@@ -187,6 +202,7 @@ static void run_case(const char *arch, const char *name, sl_model *mc, sl_model 
         } else if (!ids_op && ef > NOISE && !jumped) {
             print_op("free", a, ef, "   <== first above bf16 noise (accumulated)");
         }
+        if (ids_op && ef > 0) print_flips(a, &tf.r[i]);
         if (!ids_op && ef > NOISE) jumped = 1;
         if (ids_op ? ex > 0 : ex > OWN) print_op("forced", a, ex, "   <== this op alone is off");
         CHECK_MSG(ids_op ? ex == 0 : ex < OWN, "%s %s: %s (layer %d) alone is off by %.3e", arch, name,
