@@ -13,11 +13,15 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
+    {"bench", sl_cmd_bench, "benchmark an OpenAI-compatible server like sglang.bench_serving"},
     {"generate", sl_cmd_generate, "greedy continuation of token ids on a model (CPU or GPU)"},
     {"logits", sl_cmd_logits, "float32 logits of every position of prompts (golden checks)"},
     {"render", sl_cmd_render, "print the chat-template prompt of a request read on stdin"},
     {"make-tiny", sl_cmd_make_tiny, "write a small random model of any supported architecture"},
     {"tokenize", sl_cmd_tokenize, "text <-> token ids with a model's tokenizer.json"},
+    {"router", sl_cmd_router, "OpenAI/Anthropic-compatible HTTP front end over workers"},
+    {"serve", sl_cmd_serve, "router + local workers in one command (SGLang flags)"},
+    {"mock-worker", sl_cmd_mock_worker, "a worker without a model (router tests and benchmarks)"},
     {"worker", sl_cmd_worker, "serve a model to a router over nng (batching, prefix cache)"},
 };
 

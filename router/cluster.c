@@ -1,0 +1,601 @@
+/* sl_cluster: see cluster.h.
+ *
+ * nng threads only touch the event queue (mutex) and the uv_async; the
+ * worker table, the rid map and every callback live on the loop thread. */
+#include "cluster.h"
+
+#include <nng/nng.h>
+#include <nng/protocol/pair1/pair.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sl_log.h"
+
+enum { EV_MSG, EV_PIPE_UP, EV_PIPE_DOWN };
+
+typedef struct event {
+    struct event *next;
+    int worker;
+    int kind;
+    nng_msg *msg;
+} event;
+
+typedef struct worker {
+    sl_cluster *cl; /* for nng callbacks */
+    int idx;
+    char url[256];
+    nng_socket sock;
+    nng_dialer dialer;
+    nng_aio *aio;
+    int open;  /* socket opened */
+    int piped; /* pipes up: nng may report a new pipe before the old one's removal */
+    int alive;
+    int listed;
+    int dns_source; /* index of the DNS entry that named it, or -1 */
+    uint64_t last_rx_ms;
+    uint64_t ping_seq;
+    int inflight;
+    Sluice__LoadReport load; /* scalar fields only */
+    char model[128];
+    uint64_t failures;
+} worker;
+
+typedef struct gen {
+    struct gen *next; /* hash chain */
+    uint64_t rid;
+    int worker;
+    sl_cluster_chunk_cb cb;
+    void *ud;
+} gen;
+
+typedef struct dns_entry {
+    sl_cluster *cl;
+    char host[256];
+    int port;
+    uv_getaddrinfo_t req;
+    int busy;
+} dns_entry;
+
+struct sl_cluster {
+    uv_loop_t *loop;
+    sl_cluster_config cfg;
+    sl_cluster_event on_event;
+    void *ud;
+    uv_async_t async;
+    uv_timer_t timer;
+    uv_mutex_t mu;
+    event *q_head, *q_tail;
+    worker **w;
+    int nw, capw;
+    dns_entry *dns[16];
+    int ndns;
+    uint64_t last_dns_ms;
+    gen **buckets;
+    size_t nbuckets, ngens;
+    uint64_t next_rid;
+    int closed;
+};
+
+sl_cluster_config sl_cluster_config_default(void)
+{
+    return (sl_cluster_config){
+        .heartbeat_ms = 1000, .dead_after_ms = 5000, .dns_refresh_ms = 5000, .reconnect_ms = 200};
+}
+
+static uint64_t now_ms(void) { return uv_hrtime() / 1000000u; }
+
+/* ----------------------------------------------------------- nng threads */
+
+static void push_event(worker *w, int kind, nng_msg *m)
+{
+    event *ev = malloc(sizeof *ev);
+    if (!ev) {
+        if (m) nng_msg_free(m);
+        return;
+    }
+    ev->next = NULL;
+    ev->worker = w->idx;
+    ev->kind = kind;
+    ev->msg = m;
+    sl_cluster *cl = w->cl;
+    uv_mutex_lock(&cl->mu);
+    if (cl->q_tail)
+        cl->q_tail->next = ev;
+    else
+        cl->q_head = ev;
+    cl->q_tail = ev;
+    uv_mutex_unlock(&cl->mu);
+    uv_async_send(&cl->async);
+}
+
+static void on_recv(void *arg)
+{
+    worker *w = arg;
+    int rv = nng_aio_result(w->aio);
+    if (rv == NNG_ECLOSED || rv == NNG_ECANCELED) return;
+    if (rv == 0) push_event(w, EV_MSG, nng_aio_get_msg(w->aio));
+    nng_recv_aio(w->sock, w->aio);
+}
+
+static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    push_event(arg, ev == NNG_PIPE_EV_ADD_POST ? EV_PIPE_UP : EV_PIPE_DOWN, NULL);
+}
+
+/* ------------------------------------------------------------- rid map */
+
+static size_t bucket_of(const sl_cluster *cl, uint64_t rid)
+{
+    return (size_t)((rid * 0x9e3779b97f4a7c15ull) >> 20) & (cl->nbuckets - 1);
+}
+
+static int map_grow(sl_cluster *cl)
+{
+    size_t nb = cl->nbuckets ? cl->nbuckets * 2 : 1024;
+    gen **b = calloc(nb, sizeof *b);
+    if (!b) return -1;
+    size_t old = cl->nbuckets;
+    gen **ob = cl->buckets;
+    cl->buckets = b;
+    cl->nbuckets = nb;
+    for (size_t i = 0; i < old; i++)
+        for (gen *g = ob[i], *nx; g; g = nx) {
+            nx = g->next;
+            size_t k = bucket_of(cl, g->rid);
+            g->next = b[k];
+            b[k] = g;
+        }
+    free(ob);
+    return 0;
+}
+
+static gen *map_take(sl_cluster *cl, uint64_t rid)
+{
+    if (!cl->nbuckets) return NULL;
+    for (gen **pp = &cl->buckets[bucket_of(cl, rid)]; *pp; pp = &(*pp)->next)
+        if ((*pp)->rid == rid) {
+            gen *g = *pp;
+            *pp = g->next;
+            cl->ngens--;
+            cl->w[g->worker]->inflight--;
+            return g;
+        }
+    return NULL;
+}
+
+static gen *map_find(sl_cluster *cl, uint64_t rid)
+{
+    if (!cl->nbuckets) return NULL;
+    for (gen *g = cl->buckets[bucket_of(cl, rid)]; g; g = g->next)
+        if (g->rid == rid) return g;
+    return NULL;
+}
+
+/* ----------------------------------------------------------- sending */
+
+static int send_env(worker *w, const Sluice__Envelope *env)
+{
+    if (!w->open) return NNG_ECLOSED;
+    size_t n = sluice__envelope__get_packed_size(env);
+    nng_msg *m;
+    int rv = nng_msg_alloc(&m, n);
+    if (rv) return rv;
+    sluice__envelope__pack(env, nng_msg_body(m));
+    rv = nng_sendmsg(w->sock, m, NNG_FLAG_NONBLOCK);
+    if (rv) nng_msg_free(m);
+    return rv;
+}
+
+static void send_ping(worker *w)
+{
+    Sluice__Ping p = SLUICE__PING__INIT;
+    p.seq = ++w->ping_seq;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_PING;
+    env.ping = &p;
+    send_env(w, &env);
+}
+
+static void send_abort(worker *w, uint64_t rid)
+{
+    Sluice__AbortRequest a = SLUICE__ABORT_REQUEST__INIT;
+    a.rid = rid;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_ABORT;
+    env.abort = &a;
+    send_env(w, &env);
+}
+
+/* --------------------------------------------------------- liveness */
+
+/* Finishes every generation on worker idx with an error chunk. */
+static void fail_inflight(sl_cluster *cl, int idx, const char *why)
+{
+    worker *w = cl->w[idx];
+    char msg[400];
+    snprintf(msg, sizeof msg, "worker %s %s; the request was lost", w->url, why);
+    for (size_t b = 0; b < cl->nbuckets && w->inflight; b++) {
+        gen *g = cl->buckets[b];
+        while (g) {
+            gen *nx = g->next;
+            if (g->worker == idx) {
+                map_take(cl, g->rid);
+                Sluice__TokenChunk ch = SLUICE__TOKEN_CHUNK__INIT;
+                ch.rid = g->rid;
+                ch.finish = SLUICE__FINISH_REASON__FINISH_ERROR;
+                ch.error = msg;
+                /* Callbacks may submit or abort other generations: restart
+                 * the bucket scan from the (possibly changed) chain head. */
+                g->cb(g->ud, &ch);
+                free(g);
+                nx = cl->buckets[b];
+            }
+            g = nx;
+        }
+    }
+}
+
+static void set_alive(sl_cluster *cl, int idx, int alive, const char *why)
+{
+    worker *w = cl->w[idx];
+    if (w->alive == alive) return;
+    w->alive = alive;
+    if (alive) {
+        SL_LOGI("cluster", "worker %s is up (model %s)", w->url, w->model);
+    } else {
+        w->failures++;
+        SL_LOGW("cluster", "worker %s %s", w->url, why);
+        fail_inflight(cl, idx, why);
+    }
+    if (cl->on_event) cl->on_event(cl->ud, idx, alive);
+}
+
+static void handle_load(sl_cluster *cl, worker *w, const Sluice__LoadReport *l)
+{
+    if (w->load.worker_id && l->worker_id && l->worker_id != w->load.worker_id) {
+        /* Same address, new process: what ran on the old one is gone. */
+        set_alive(cl, w->idx, 0, "restarted");
+    }
+    w->load = *l;
+    w->load.model = NULL;
+    w->load.base.unknown_fields = NULL;
+    w->load.base.n_unknown_fields = 0;
+    snprintf(w->model, sizeof w->model, "%s", l->model ? l->model : "");
+    set_alive(cl, w->idx, 1, "");
+}
+
+static void handle_msg(sl_cluster *cl, worker *w, nng_msg *m)
+{
+    Sluice__Envelope *env =
+        sluice__envelope__unpack(NULL, nng_msg_len(m), (const uint8_t *)nng_msg_body(m));
+    nng_msg_free(m);
+    if (!env) {
+        SL_LOGW("cluster", "worker %s sent a message that does not decode", w->url);
+        return;
+    }
+    w->last_rx_ms = now_ms();
+    switch (env->msg_case) {
+    case SLUICE__ENVELOPE__MSG_LOAD: handle_load(cl, w, env->load); break;
+    case SLUICE__ENVELOPE__MSG_PONG:
+        if (w->load.worker_id) set_alive(cl, w->idx, 1, "");
+        break;
+    case SLUICE__ENVELOPE__MSG_CHUNK: {
+        Sluice__TokenChunk *ch = env->chunk;
+        gen *g = ch->finish != SLUICE__FINISH_REASON__FINISH_NONE ? map_take(cl, ch->rid)
+                                                                  : map_find(cl, ch->rid);
+        if (g) {
+            /* A chunk from a worker proves it is alive even between pongs. */
+            g->cb(g->ud, ch);
+            if (ch->finish != SLUICE__FINISH_REASON__FINISH_NONE) free(g);
+        }
+        break;
+    }
+    default: break;
+    }
+    sluice__envelope__free_unpacked(env, NULL);
+}
+
+static void on_async(uv_async_t *a)
+{
+    sl_cluster *cl = a->data;
+    uv_mutex_lock(&cl->mu);
+    event *ev = cl->q_head;
+    cl->q_head = cl->q_tail = NULL;
+    uv_mutex_unlock(&cl->mu);
+    while (ev) {
+        event *nx = ev->next;
+        worker *w = cl->w[ev->worker];
+        if (cl->closed) {
+            if (ev->msg) nng_msg_free(ev->msg);
+        } else if (ev->kind == EV_MSG) {
+            handle_msg(cl, w, ev->msg);
+        } else if (ev->kind == EV_PIPE_UP) {
+            w->piped++;
+            send_ping(w); /* the pong's load report makes it alive */
+        } else if (--w->piped <= 0) {
+            w->piped = 0;
+            set_alive(cl, w->idx, 0, "disconnected");
+        }
+        free(ev);
+        ev = nx;
+    }
+}
+
+/* --------------------------------------------------------- DNS */
+
+static int find_url(const sl_cluster *cl, const char *url)
+{
+    for (int i = 0; i < cl->nw; i++)
+        if (!strcmp(cl->w[i]->url, url)) return i;
+    return -1;
+}
+
+static sl_status add_worker(sl_cluster *cl, const char *url, int dns_source, sl_err *e);
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    dns_entry *d = req->data;
+    sl_cluster *cl = d->cl;
+    d->busy = 0;
+    if (cl->closed) {
+        uv_freeaddrinfo(res);
+        return;
+    }
+    if (status < 0) {
+        SL_LOGW("cluster", "resolving %s: %s", d->host, uv_strerror(status));
+        return; /* keep the last known list */
+    }
+    int didx = -1;
+    for (int i = 0; i < cl->ndns; i++)
+        if (cl->dns[i] == d) didx = i;
+    for (int i = 0; i < cl->nw; i++)
+        if (cl->w[i]->dns_source == didx) cl->w[i]->listed = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        char ip[64], url[256];
+        if (ai->ai_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)ai->ai_addr, ip, sizeof ip);
+            snprintf(url, sizeof url, "tcp://%s:%d", ip, d->port);
+        } else if (ai->ai_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)ai->ai_addr, ip, sizeof ip);
+            snprintf(url, sizeof url, "tcp://[%s]:%d", ip, d->port);
+        } else {
+            continue;
+        }
+        int k = find_url(cl, url);
+        if (k >= 0) {
+            cl->w[k]->listed = 1;
+            continue;
+        }
+        sl_err e = {0};
+        if (add_worker(cl, url, didx, &e)) SL_LOGW("cluster", "%s", e.msg);
+    }
+    uv_freeaddrinfo(res);
+}
+
+static void dns_resolve(dns_entry *d)
+{
+    if (d->busy) return;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
+    d->req.data = d;
+    if (!uv_getaddrinfo(d->cl->loop, &d->req, on_resolved, d->host, NULL, &hints)) d->busy = 1;
+}
+
+/* --------------------------------------------------------- timer */
+
+static void on_timer(uv_timer_t *t)
+{
+    sl_cluster *cl = t->data;
+    uint64_t now = now_ms();
+    for (int i = 0; i < cl->nw; i++) {
+        worker *w = cl->w[i];
+        if (!w->piped) continue;
+        if (w->alive && now - w->last_rx_ms > cl->cfg.dead_after_ms)
+            set_alive(cl, i, 0, "stopped answering heartbeats");
+        send_ping(w);
+    }
+    if (now - cl->last_dns_ms >= cl->cfg.dns_refresh_ms) {
+        cl->last_dns_ms = now;
+        for (int i = 0; i < cl->ndns; i++) dns_resolve(cl->dns[i]);
+    }
+}
+
+/* --------------------------------------------------------- public */
+
+sl_status sl_cluster_new(sl_cluster **out, uv_loop_t *loop, const sl_cluster_config *cfg,
+                         sl_cluster_event on_event, void *ud, sl_err *e)
+{
+    sl_cluster *cl = calloc(1, sizeof *cl);
+    if (!cl || map_grow(cl)) {
+        free(cl);
+        return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    }
+    cl->loop = loop;
+    cl->cfg = cfg ? *cfg : sl_cluster_config_default();
+    cl->on_event = on_event;
+    cl->ud = ud;
+    cl->next_rid = (uv_hrtime() & 0xffffffffu) << 20; /* distinct across router restarts */
+    uv_mutex_init(&cl->mu);
+    uv_async_init(loop, &cl->async, on_async);
+    uv_timer_init(loop, &cl->timer);
+    cl->async.data = cl->timer.data = cl;
+    uv_timer_start(&cl->timer, on_timer, cl->cfg.heartbeat_ms, cl->cfg.heartbeat_ms);
+    cl->last_dns_ms = now_ms();
+    *out = cl;
+    return SL_OK;
+}
+
+static sl_status add_worker(sl_cluster *cl, const char *url, int dns_source, sl_err *e)
+{
+    if (strncmp(url, "tcp://", 6) && strncmp(url, "ipc://", 6) && strncmp(url, "inproc://", 9))
+        return sl_err_set(e, SL_ERR_INVALID, "--worker %s: expected tcp://host:port or ipc://path",
+                          url);
+    if (find_url(cl, url) >= 0) return sl_err_set(e, SL_ERR_INVALID, "--worker %s: given twice", url);
+    if (cl->nw == cl->capw) {
+        int cap = cl->capw ? cl->capw * 2 : 8;
+        worker **nw = realloc(cl->w, (size_t)cap * sizeof *nw);
+        if (!nw) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+        cl->w = nw;
+        cl->capw = cap;
+    }
+    worker *w = calloc(1, sizeof *w);
+    if (!w) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    w->cl = cl;
+    w->idx = cl->nw;
+    w->listed = 1;
+    w->dns_source = dns_source;
+    snprintf(w->url, sizeof w->url, "%s", url);
+    int rv = nng_pair1_open(&w->sock);
+    if (!rv) rv = nng_aio_alloc(&w->aio, on_recv, w);
+    if (rv) {
+        if (w->sock.id) nng_close(w->sock);
+        free(w);
+        return sl_err_set(e, SL_ERR_IO, "worker %s: %s", url, nng_strerror(rv));
+    }
+    w->open = 1;
+    cl->w[cl->nw++] = w;
+    nng_socket_set_ms(w->sock, NNG_OPT_RECONNMINT, (nng_duration)cl->cfg.reconnect_ms);
+    nng_socket_set_ms(w->sock, NNG_OPT_RECONNMAXT, (nng_duration)cl->cfg.reconnect_ms * 5);
+    nng_socket_set_int(w->sock, NNG_OPT_SENDBUF, 1024);
+    nng_socket_set_int(w->sock, NNG_OPT_RECVBUF, 1024);
+    nng_socket_set_size(w->sock, NNG_OPT_RECVMAXSZ, 64u << 20);
+    nng_pipe_notify(w->sock, NNG_PIPE_EV_ADD_POST, on_pipe, w);
+    nng_pipe_notify(w->sock, NNG_PIPE_EV_REM_POST, on_pipe, w);
+    nng_recv_aio(w->sock, w->aio);
+    rv = nng_dial(w->sock, url, &w->dialer, NNG_FLAG_NONBLOCK);
+    if (rv) SL_LOGW("cluster", "dialing %s: %s (will not retry)", url, nng_strerror(rv));
+    return SL_OK;
+}
+
+sl_status sl_cluster_add(sl_cluster *cl, const char *url, sl_err *e)
+{
+    return add_worker(cl, url, -1, e);
+}
+
+sl_status sl_cluster_add_dns(sl_cluster *cl, const char *host, int port, sl_err *e)
+{
+    if (cl->ndns == (int)(sizeof cl->dns / sizeof cl->dns[0]))
+        return sl_err_set(e, SL_ERR_LIMIT, "too many --worker-dns names");
+    dns_entry *d = calloc(1, sizeof *d);
+    if (!d) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    d->cl = cl;
+    snprintf(d->host, sizeof d->host, "%s", host);
+    d->port = port;
+    cl->dns[cl->ndns++] = d;
+    dns_resolve(d);
+    return SL_OK;
+}
+
+int sl_cluster_size(const sl_cluster *cl) { return cl->nw; }
+
+int sl_cluster_alive(const sl_cluster *cl, int i)
+{
+    return i >= 0 && i < cl->nw && cl->w[i]->alive && cl->w[i]->listed;
+}
+
+void sl_cluster_info(const sl_cluster *cl, int i, sl_worker_info *o)
+{
+    const worker *w = cl->w[i];
+    *o = (sl_worker_info){.url = w->url,
+                          .alive = w->alive,
+                          .listed = w->listed,
+                          .inflight = w->inflight,
+                          .running = w->load.running,
+                          .queued = w->load.queued,
+                          .free_kv_pages = w->load.free_kv_pages,
+                          .total_kv_pages = w->load.total_kv_pages,
+                          .checkpoint_tokens = w->load.checkpoint_tokens,
+                          .context_length = w->load.context_length,
+                          .vocab_size = w->load.vocab_size,
+                          .cache_hit_rate = w->load.cache_hit_rate,
+                          .model = w->model,
+                          .worker_id = w->load.worker_id,
+                          .failures = w->failures};
+}
+
+sl_status sl_cluster_submit(sl_cluster *cl, int worker_idx, Sluice__GenerateRequest *g,
+                            sl_cluster_chunk_cb cb, void *ud, uint64_t *rid, sl_err *e)
+{
+    if (worker_idx < 0 || worker_idx >= cl->nw || !sl_cluster_alive(cl, worker_idx))
+        return sl_err_set(e, SL_ERR_CLOSED, "worker is not available");
+    worker *w = cl->w[worker_idx];
+    gen *gn = malloc(sizeof *gn);
+    if (!gn) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    if (cl->ngens >= cl->nbuckets && map_grow(cl)) {
+        free(gn);
+        return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    }
+    g->rid = ++cl->next_rid;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_GENERATE;
+    env.generate = g;
+    int rv = send_env(w, &env);
+    if (rv) {
+        free(gn);
+        return sl_err_set(e, SL_ERR_CLOSED, "sending to worker %s: %s", w->url, nng_strerror(rv));
+    }
+    gn->rid = g->rid;
+    gn->worker = worker_idx;
+    gn->cb = cb;
+    gn->ud = ud;
+    size_t k = bucket_of(cl, gn->rid);
+    gn->next = cl->buckets[k];
+    cl->buckets[k] = gn;
+    cl->ngens++;
+    w->inflight++;
+    *rid = gn->rid;
+    return SL_OK;
+}
+
+void sl_cluster_abort(sl_cluster *cl, uint64_t rid)
+{
+    gen *g = map_take(cl, rid);
+    if (!g) return;
+    send_abort(cl->w[g->worker], rid);
+    free(g);
+}
+
+static void on_handle_closed(uv_handle_t *h) {}
+
+void sl_cluster_close(sl_cluster *cl)
+{
+    if (cl->closed) return;
+    cl->closed = 1;
+    for (int i = 0; i < cl->nw; i++) {
+        worker *w = cl->w[i];
+        /* nng_close waits for running callbacks: after it no thread touches w. */
+        nng_close(w->sock);
+        nng_aio_free(w->aio);
+        w->open = 0;
+    }
+    for (size_t b = 0; b < cl->nbuckets; b++)
+        for (gen *g = cl->buckets[b], *nx; g; g = nx) {
+            nx = g->next;
+            free(g);
+        }
+    memset(cl->buckets, 0, cl->nbuckets * sizeof *cl->buckets);
+    cl->ngens = 0;
+    for (int i = 0; i < cl->ndns; i++)
+        if (cl->dns[i]->busy) uv_cancel((uv_req_t *)&cl->dns[i]->req);
+    uv_close((uv_handle_t *)&cl->async, on_handle_closed);
+    uv_close((uv_handle_t *)&cl->timer, on_handle_closed);
+}
+
+void sl_cluster_free(sl_cluster *cl)
+{
+    if (!cl) return;
+    SL_ASSERT(cl->closed);
+    uv_mutex_lock(&cl->mu);
+    for (event *ev = cl->q_head, *nx; ev; ev = nx) {
+        nx = ev->next;
+        if (ev->msg) nng_msg_free(ev->msg);
+        free(ev);
+    }
+    uv_mutex_unlock(&cl->mu);
+    uv_mutex_destroy(&cl->mu);
+    for (int i = 0; i < cl->nw; i++) free(cl->w[i]);
+    for (int i = 0; i < cl->ndns; i++) free(cl->dns[i]);
+    free(cl->w);
+    free(cl->buckets);
+    free(cl);
+}

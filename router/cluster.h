@@ -1,0 +1,100 @@
+/* sl_cluster: the router's view of its workers, over nng PAIR1 sockets (the
+ * worker listens, the router dials, either side sends at any time; see
+ * proto/sluice.proto).
+ *
+ * Workers come from static URLs (tcp://host:port, ipc:///path) or from a DNS
+ * name re-resolved every dns_refresh_ms (a Kubernetes headless Service: one
+ * worker per address). nng redials on its own, so a router restart needs no
+ * worker restart and a restarted worker rejoins by itself.
+ *
+ * Liveness: the router pings every heartbeat_ms; the worker answers with a
+ * pong and a LoadReport. A worker is alive while its pipe is up and it was
+ * heard from within dead_after_ms. When its pipe drops, it goes silent, or it
+ * comes back as a new process (another LoadReport.worker_id), its in-flight
+ * generations finish at once with FINISH_ERROR and a message naming it, and
+ * it gets no new traffic until it is heard from again.
+ *
+ * Completion discipline: a generation submitted with sl_cluster_submit gets
+ * chunks through its callback until exactly one final chunk (finish !=
+ * FINISH_NONE); or the caller ends it with sl_cluster_abort, after which the
+ * callback never runs again. If submit fails, the callback never runs.
+ *
+ *   sl_cluster *cl; sl_cluster_new(&cl, loop, NULL, on_event, app, &e);
+ *   sl_cluster_add(cl, "tcp://10.0.0.5:30000", &e);
+ *   Sluice__GenerateRequest g = SLUICE__GENERATE_REQUEST__INIT; ... input_ids ...
+ *   uint64_t rid; sl_cluster_submit(cl, worker, &g, on_chunk, req, &rid, &e);
+ *   sl_cluster_abort(cl, rid);        // client went away: idempotent
+ *   sl_cluster_close(cl);             // before uv_run returns; then sl_cluster_free
+ *
+ * Threads: nng delivers on its own threads; everything is handed to the loop
+ * through a uv_async, and every function here runs on the loop thread.
+ */
+#ifndef SL_CLUSTER_H
+#define SL_CLUSTER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "sl_err.h"
+#include "sluice.pb-c.h"
+
+typedef struct sl_cluster sl_cluster;
+
+typedef struct sl_cluster_config {
+    unsigned heartbeat_ms;
+    unsigned dead_after_ms;
+    unsigned dns_refresh_ms;
+    unsigned reconnect_ms; /* nng redial interval */
+} sl_cluster_config;
+
+sl_cluster_config sl_cluster_config_default(void);
+
+/* Snapshot of one worker (strings owned by the cluster, valid until the next
+ * loop iteration). */
+typedef struct sl_worker_info {
+    const char *url;
+    int alive;
+    int listed;   /* still named by its DNS record (always 1 for static ones) */
+    int inflight; /* generations this router has running there */
+    int running, queued;
+    int free_kv_pages, total_kv_pages;
+    int checkpoint_tokens;
+    int context_length;
+    int vocab_size;
+    float cache_hit_rate;
+    const char *model; /* "" until the first load report */
+    uint64_t worker_id;
+    uint64_t failures; /* times it was declared dead */
+} sl_worker_info;
+
+/* Called on the loop when a worker becomes alive (alive = 1) or dead. */
+typedef void (*sl_cluster_event)(void *ud, int worker, int alive);
+
+sl_status sl_cluster_new(sl_cluster **out, uv_loop_t *loop, const sl_cluster_config *cfg,
+                         sl_cluster_event on_event, void *ud, sl_err *e);
+/* Adds a worker by URL and starts dialing it (returns at once). */
+sl_status sl_cluster_add(sl_cluster *cl, const char *url, sl_err *e);
+/* Adds every address of host (resolved now and every dns_refresh_ms) as
+ * tcp://addr:port. */
+sl_status sl_cluster_add_dns(sl_cluster *cl, const char *host, int port, sl_err *e);
+int sl_cluster_size(const sl_cluster *cl);
+void sl_cluster_info(const sl_cluster *cl, int worker, sl_worker_info *out);
+int sl_cluster_alive(const sl_cluster *cl, int worker);
+
+typedef void (*sl_cluster_chunk_cb)(void *ud, const Sluice__TokenChunk *chunk);
+
+/* Sends g (its rid is assigned here and returned in *rid) to worker. g and
+ * its arrays stay the caller's. Fails with SL_ERR_CLOSED when the worker is
+ * not alive or its send buffer is full. */
+sl_status sl_cluster_submit(sl_cluster *cl, int worker, Sluice__GenerateRequest *g,
+                            sl_cluster_chunk_cb cb, void *ud, uint64_t *rid, sl_err *e);
+/* Ends a generation: no more callbacks; the worker is told to drop it (if
+ * it is still connected). Unknown or finished rids are ignored. */
+void sl_cluster_abort(sl_cluster *cl, uint64_t rid);
+
+/* Closes every socket and loop handle; in-flight generations get no more
+ * callbacks. The loop must run until the handles are closed, then free. */
+void sl_cluster_close(sl_cluster *cl);
+void sl_cluster_free(sl_cluster *cl);
+
+#endif

@@ -1,0 +1,190 @@
+/* `sluice serve`: one command for one machine, SGLang-style. Starts
+ * --dp-size worker groups as child processes (`sluice worker` on ipc://
+ * sockets, worker flags passed through), then runs the router in this
+ * process over them. On SIGINT/SIGTERM the router drains and the workers are
+ * stopped; they also die with this process if it is killed. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "router_cmd.h"
+#include "router_opts.h"
+#include "sl_log.h"
+
+#define MAX_DP 64
+
+/* Worker flags passed through verbatim when given. */
+typedef struct pass {
+    const char *name;
+    sl_opt_kind kind;
+    const char *help;
+    const char *str;
+    int flag;
+} pass;
+
+static pass passes[] = {
+    {"--load-format", SL_OPT_STR, "auto | safetensors | dummy (workers)", NULL, 0},
+    {"--seed", SL_OPT_STR, "dummy weights seed (workers)", NULL, 0},
+    {"--mem-fraction-static", SL_OPT_STR, "share of memory for the caches (workers)", NULL, 0},
+    {"--mem-bytes", SL_OPT_STR, "cache budget in bytes (workers)", NULL, 0},
+    {"--page-size", SL_OPT_STR, "tokens per KV page (workers)", NULL, 0},
+    {"--max-total-tokens", SL_OPT_STR, "KV pool size in tokens (workers)", NULL, 0},
+    {"--max-mamba-cache-size", SL_OPT_STR, "mamba state slots (workers)", NULL, 0},
+    {"--max-running-requests", SL_OPT_STR, "requests running at once (workers)", NULL, 0},
+    {"--chunked-prefill-size", SL_OPT_STR, "prefill tokens per batch (workers)", NULL, 0},
+    {"--mamba-scheduler-strategy", SL_OPT_STR, "extra_buffer | no_buffer (workers)", NULL, 0},
+    {"--mamba-track-interval", SL_OPT_STR, "decode tokens between cached states (workers)", NULL, 0},
+    {"--disable-overlap-schedule", SL_OPT_FLAG, "build each batch after the previous (workers)", NULL, 0},
+    {"--disable-radix-cache", SL_OPT_FLAG, "no prefix caching (workers)", NULL, 0},
+};
+#define NPASS ((int)(sizeof passes / sizeof passes[0]))
+
+/* Watches the worker children: one that exits stops serve (exit 1) rather
+ * than leaving a router without workers. */
+typedef struct watch {
+    pid_t *pids;
+    int n;
+    uv_signal_t sigchld;
+    sl_router_ctl *ctl;
+} watch;
+
+static void on_sigchld(uv_signal_t *h, int signum)
+{
+    watch *w = h->data;
+    for (int g = 0; g < w->n; g++) {
+        int st;
+        if (w->pids[g] > 0 && waitpid(w->pids[g], &st, WNOHANG) == w->pids[g]) {
+            w->pids[g] = 0;
+            fprintf(stderr, "serve: worker group %d exited (%s %d); stopping\n", g,
+                    WIFEXITED(st) ? "status" : "signal",
+                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+            sl_router_ctl_stop(w->ctl, 1);
+        }
+    }
+}
+
+static void watch_started(uv_loop_t *loop, sl_router_ctl *ctl, void *ud)
+{
+    watch *w = ud;
+    w->ctl = ctl;
+    uv_signal_init(loop, &w->sigchld);
+    w->sigchld.data = w;
+    uv_signal_start(&w->sigchld, on_sigchld, SIGCHLD);
+    on_sigchld(&w->sigchld, SIGCHLD); /* one may have died before the loop ran */
+}
+
+static void watch_stopping(void *ud)
+{
+    watch *w = ud;
+    uv_close((uv_handle_t *)&w->sigchld, NULL);
+}
+
+static pid_t spawn(char **argv)
+{
+    pid_t p = fork();
+    if (p == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive serve */
+        execv("/proc/self/exe", argv);
+        fprintf(stderr, "serve: cannot start %s: exec failed\n", argv[0]);
+        _exit(127);
+    }
+    return p;
+}
+
+int sl_cmd_serve(int argc, char **argv)
+{
+    sl_router_cli cli;
+    sl_router_config cfg;
+    int help = 0, tp = 1, dp = 1;
+    const char *device = "cpu";
+    sl_opt opts[SL_ROUTER_MAX_OPTS];
+    int n = sl_router_opts(opts, &cli, &cfg);
+    opts[n++] = (sl_opt){"--tp-size", "--tp", SL_OPT_INT, &tp, "GPUs per worker group (1)"};
+    opts[n++] = (sl_opt){"--dp-size", "--dp", SL_OPT_INT, &dp, "worker groups behind the router (1)"};
+    opts[n++] = (sl_opt){"--device", NULL, SL_OPT_STR, &device,
+                         "cpu | cuda (group i gets cuda:i*tp) | cuda:N"};
+    for (int i = 0; i < NPASS; i++)
+        opts[n++] = (sl_opt){passes[i].name, NULL, passes[i].kind,
+                             passes[i].kind == SL_OPT_FLAG ? (void *)&passes[i].flag
+                                                           : (void *)&passes[i].str,
+                             passes[i].help};
+    opts[n++] = (sl_opt){"--help", "-h", SL_OPT_FLAG, &help, "show this help"};
+    opts[n] = (sl_opt){0};
+    sl_err e = {0};
+    const char *summary = "router + local workers in one command (SGLang's launch_server flags)";
+    if (sl_opts_parse(argc, argv, opts, &e) || help) {
+        if (!help) fprintf(stderr, "serve: %s\n", e.msg);
+        sl_opts_usage(help ? stdout : stderr, "serve", summary, opts);
+        return help ? 0 : 2;
+    }
+    if (sl_router_opts_finish(&cli, &cfg, &e)) {
+        fprintf(stderr, "serve: %s\n", e.msg);
+        return 2;
+    }
+    if (dp < 1 || dp > MAX_DP || tp < 1 || tp > 64) {
+        fprintf(stderr, "serve: --dp-size 1..%d and --tp-size 1..64\n", MAX_DP);
+        return 2;
+    }
+    if (tp > 1) {
+        /* The flag is accepted for SGLang command lines; the worker has no
+         * tensor parallelism to hand it to yet. */
+        fprintf(stderr, "serve: --tp-size %d: sluice worker runs one GPU per process so far "
+                        "(use --tp-size 1, or --dp-size for more GPUs)\n", tp);
+        return 2;
+    }
+    static char urls[MAX_DP][128];
+    pid_t pids[MAX_DP] = {0};
+    char ctx[32], dev[32];
+    snprintf(ctx, sizeof ctx, "%d", cfg.context_length);
+    for (int g = 0; g < dp; g++) {
+        snprintf(urls[g], sizeof urls[g], "ipc:///tmp/sluice-serve-%d-%d.ipc", (int)getpid(), g);
+        if (!strcmp(device, "cuda"))
+            snprintf(dev, sizeof dev, "cuda:%d", g * tp);
+        else
+            snprintf(dev, sizeof dev, "%s", device);
+        char *wargv[64];
+        int k = 0;
+        wargv[k++] = "sluice";
+        wargv[k++] = "worker";
+        wargv[k++] = "--model-path";
+        wargv[k++] = (char *)cli.model_dir;
+        wargv[k++] = "--listen";
+        wargv[k++] = urls[g];
+        wargv[k++] = "--device";
+        wargv[k++] = dev;
+        wargv[k++] = "--served-model-name";
+        wargv[k++] = (char *)cfg.served_model_name;
+        if (cfg.context_length > 0) {
+            wargv[k++] = "--context-length";
+            wargv[k++] = ctx;
+        }
+        for (int i = 0; i < NPASS; i++) {
+            if (passes[i].kind == SL_OPT_FLAG && passes[i].flag) wargv[k++] = (char *)passes[i].name;
+            if (passes[i].kind != SL_OPT_FLAG && passes[i].str) {
+                wargv[k++] = (char *)passes[i].name;
+                wargv[k++] = (char *)passes[i].str;
+            }
+        }
+        wargv[k] = NULL;
+        pids[g] = spawn(wargv);
+        if (pids[g] < 0) {
+            fprintf(stderr, "serve: fork failed\n");
+            dp = g;
+            break;
+        }
+        cli.workers.v[cli.workers.n++] = urls[g];
+    }
+    watch w = {.pids = pids, .n = dp};
+    sl_router_hooks hooks = {watch_started, watch_stopping, &w};
+    int rc = dp ? sl_router_run(&cli, &cfg, &hooks) : 1;
+    for (int g = 0; g < dp; g++)
+        if (pids[g] > 0) kill(pids[g], SIGTERM);
+    for (int g = 0; g < dp; g++)
+        if (pids[g] > 0) waitpid(pids[g], NULL, 0);
+    for (int g = 0; g < dp; g++) unlink(urls[g] + strlen("ipc://"));
+    return rc;
+}

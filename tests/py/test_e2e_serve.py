@@ -1,0 +1,67 @@
+"""`sluice serve`: one command starts --dp-size CPU workers and the router;
+SIGTERM drains and stops everything it started."""
+import os
+import signal
+import subprocess
+
+import openai
+
+from router_harness import API_KEY, Procs, make_tiny, start_router
+
+
+def children_of(pid):
+    r = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in r.stdout.split()]
+
+
+def test_serve_dp2(tmp_path):
+    procs = Procs()
+    try:
+        model = make_tiny(tmp_path / "tiny")
+        serve, port = start_router(procs, model, [], "--dp-size", 2, "--mem-bytes", 64 << 20,
+                                   "--context-length", 128, "--tool-call-parser", "hermes",
+                                   command="serve", alive=2)
+        workers = children_of(serve.pid)
+        assert len(workers) == 2
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
+                          max_retries=0)
+        r = c.chat.completions.create(model="tiny", max_tokens=3,
+                                      messages=[{"role": "user", "content": "Hi"}])
+        assert r.usage.completion_tokens == 3
+        # --context-length reached the workers: their report is the limit
+        assert c.models.list().data[0].model_extra["max_model_len"] == 128
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(15) == 0
+        for w in workers:  # its workers are gone too
+            assert not os.path.exists(f"/proc/{w}") or \
+                open(f"/proc/{w}/stat").read().split()[2] == "Z"
+    finally:
+        procs.stop()
+
+
+def test_serve_stops_when_a_worker_dies(tmp_path):
+    """Weights that do not load: the worker exits, so serve exits 1 instead of
+    serving 503s forever."""
+    model = make_tiny(tmp_path / "tiny")
+    with open(os.path.join(model, "model.safetensors"), "r+b") as f:
+        f.truncate(100)
+    r = subprocess.run([os.environ.get("SLUICE_BIN", "build/bin/sluice"), "serve",
+                        "--model-path", model, "--port", "0", "--mem-bytes", str(64 << 20)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "worker group 0 exited" in r.stderr, r.stderr
+
+
+def test_serve_bad_flags():
+    r = subprocess.run([os.environ.get("SLUICE_BIN", "build/bin/sluice"), "serve",
+                        "--model-path", "/nonexistent", "--dp-size", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--dp-size" in r.stderr
+    r = subprocess.run([os.environ.get("SLUICE_BIN", "build/bin/sluice"), "router",
+                        "--model-path", "/nonexistent", "--worker", "tcp://127.0.0.1:1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "/nonexistent" in r.stderr
+    r = subprocess.run([os.environ.get("SLUICE_BIN", "build/bin/sluice"), "router",
+                        "--model-path", "x", "--policy", "fastest", "--worker", "tcp://a:1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "fastest" in r.stderr
