@@ -263,6 +263,8 @@ sl_status sl_engine_submit(sl_engine *g, const sl_sched_req *r, sl_err *e)
 
 int sl_engine_abort(sl_engine *g, uint64_t rid) { return sl_sched_abort(g->sched, rid); }
 
+void sl_engine_fail_all(sl_engine *g) { sl_sched_fail_all(g->sched); }
+
 sl_status sl_engine_step(sl_engine *g, int *worked, sl_err *e)
 {
     sl_sched_batch *b = sl_sched_next_batch(g->sched);

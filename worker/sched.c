@@ -406,6 +406,12 @@ int sl_sched_abort(sl_sched *s, uint64_t rid)
     return 1;
 }
 
+void sl_sched_fail_all(sl_sched *s)
+{
+    while (s->running.head) finish(s, s->running.head, SL_FINISH_ERROR);
+    while (s->queue.head) finish(s, s->queue.head, SL_FINISH_ERROR);
+}
+
 /* Back to the queue with its tokens; prefilled again when memory allows. */
 static void retract(sl_sched *s, sl_sched_req_impl *r)
 {

@@ -151,6 +151,10 @@ sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *r, sl_err *e);
  * abort event is queued. Unknown rids are ignored (returns 0, else 1). */
 int sl_sched_abort(sl_sched *s, uint64_t rid);
 
+/* Ends every queued and running request with an SL_FINISH_ERROR event
+ * (shutdown, device failure). */
+void sl_sched_fail_all(sl_sched *s);
+
 /* The next batch to run, or NULL when there is nothing to do. At most two
  * batches are out at a time (overlap). */
 sl_sched_batch *sl_sched_next_batch(sl_sched *s);

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
+#include <nng/supplemental/util/platform.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,8 +204,8 @@ static void on_message(server *sv, const uint8_t *buf, size_t n)
 /* ---- results -------------------------------------------------------------------- */
 
 /* Sends one chunk per event: a token, or the finish (merged into the token
- * chunk when it follows it directly). */
-static void flush_events(server *sv)
+ * chunk when it follows it directly). error_text explains FINISH_ERROR. */
+static void flush_events(server *sv, const char *error_text)
 {
     sl_sched_event ev, next;
     int have_next = sl_engine_pop_event(sv->g, &next);
@@ -247,7 +248,7 @@ static void flush_events(server *sv)
             usage.completion_tokens = comp;
             usage.cached_tokens = cached;
             ch.usage = &usage;
-            if (fin == SL_FINISH_ERROR) ch.error = "internal error";
+            if (fin == SL_FINISH_ERROR) ch.error = (char *)error_text;
         }
         Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
         env.msg_case = SLUICE__ENVELOPE__MSG_CHUNK;
@@ -294,9 +295,24 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
             st = sl_engine_step(g, NULL, e);
             if (st) break;
         }
-        flush_events(&sv);
+        flush_events(&sv, "internal error");
         if (now_ms() - sv.last_load_ms >= interval) send_load(&sv);
     }
+    /* nothing in flight is lost silently: every request gets its end */
+    char why[600];
+    snprintf(why, sizeof why, "worker stopped: %s", st ? e->msg : "shutting down");
+    sl_engine_fail_all(g);
+    flush_events(&sv, why);
+    for (;;) { /* requests still in the socket get the same answer */
+        void *buf = NULL;
+        size_t n = 0;
+        if (nng_recv(sv.sock, &buf, &n, NNG_FLAG_ALLOC | NNG_FLAG_NONBLOCK)) break;
+        Sluice__Envelope *env = sluice__envelope__unpack(NULL, n, buf);
+        if (env && env->msg_case == SLUICE__ENVELOPE__MSG_GENERATE) send_error(&sv, env->generate->rid, why);
+        if (env) sluice__envelope__free_unpacked(env, NULL);
+        nng_free(buf, n);
+    }
+    nng_msleep(200); /* nng_close drops what the pipe has not written yet */
     nng_close(sv.sock);
     return st;
 }

@@ -232,7 +232,25 @@ int main(void)
           strstr(r.error, "already"));
     CHECK(collect(30, &r) == 0 && r.finish == SLUICE__FINISH_REASON__FINISH_LENGTH);
 
+    /* SIGTERM while requests run: each still gets its end (an error chunk
+     * naming the shutdown), and the worker exits with status 0 */
+    for (uint64_t k = 0; k < 20; k++) generate(40 + k, prompt, 40, 470, 0, 0, 1);
+    Sluice__Envelope *first = recv_env();
+    CHECK(first && first->msg_case == SLUICE__ENVELOPE__MSG_CHUNK);
+    if (first) sluice__envelope__free_unpacked(first, NULL);
     kill(pid, SIGTERM);
+    int ended = 0, stopped = 0;
+    while (ended < 20) {
+        Sluice__Envelope *x = recv_env();
+        if (!x) break;
+        if (x->msg_case == SLUICE__ENVELOPE__MSG_CHUNK && x->chunk->finish) {
+            ended++;
+            stopped += x->chunk->finish == SLUICE__FINISH_REASON__FINISH_ERROR &&
+                       strstr(x->chunk->error, "shutting down");
+        }
+        sluice__envelope__free_unpacked(x, NULL);
+    }
+    CHECK_MSG(ended == 20 && stopped > 0, "%d ended, %d by the shutdown", ended, stopped);
     int status = 0;
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
