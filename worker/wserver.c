@@ -303,10 +303,12 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
     snprintf(why, sizeof why, "worker stopped: %s", st ? e->msg : "shutting down");
     sl_engine_fail_all(g);
     flush_events(&sv, why);
-    for (;;) { /* requests still in the socket get the same answer */
+    /* requests still on their way get the same answer (until 100 ms of quiet) */
+    nng_setopt_ms(sv.sock, NNG_OPT_RECVTIMEO, 100);
+    for (;;) {
         void *buf = NULL;
         size_t n = 0;
-        if (nng_recv(sv.sock, &buf, &n, NNG_FLAG_ALLOC | NNG_FLAG_NONBLOCK)) break;
+        if (nng_recv(sv.sock, &buf, &n, NNG_FLAG_ALLOC)) break;
         Sluice__Envelope *env = sluice__envelope__unpack(NULL, n, buf);
         if (env && env->msg_case == SLUICE__ENVELOPE__MSG_GENERATE) send_error(&sv, env->generate->rid, why);
         if (env) sluice__envelope__free_unpacked(env, NULL);
