@@ -7,7 +7,7 @@
  * overlap scheduling on and off. */
 #include "engine_harness.h"
 
-enum { NREQ = 300, STEMS = 6, STEM = 80 };
+enum { NREQ = 300, STEMS = 6, STEM = 150 };
 
 typedef struct workload {
     int32_t prompt[NREQ][STEM + 32];
@@ -42,7 +42,7 @@ static sl_engine *engine_for(sl_model *m, int P, int overlap, sl_mamba_strategy 
     c.page_size = P;
     c.overlap = overlap;
     c.strategy = strat;
-    c.max_total_tokens = 400; /* ~4 long requests: forces eviction and retraction */
+    c.max_total_tokens = 600; /* ~4 long requests: forces eviction and retraction */
     c.max_mamba_slots = 40;
     c.max_running = 12;
     c.context_len = 400;
