@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "chat_template.h"
+#include "router_cmd.h"
 #include "worker_cmd.h"
 
 typedef struct command {
@@ -16,6 +17,7 @@ static const command commands[] = {
     {"logits", sl_cmd_logits, "float32 logits of every position of prompts (golden checks)"},
     {"render", sl_cmd_render, "print the chat-template prompt of a request read on stdin"},
     {"make-tiny", sl_cmd_make_tiny, "write a small random model of any supported architecture"},
+    {"tokenize", sl_cmd_tokenize, "text <-> token ids with a model's tokenizer.json"},
     {"worker", sl_cmd_worker, "serve a model to a router over nng (batching, prefix cache)"},
 };
 

@@ -1,0 +1,83 @@
+/* tokenizer: byte-level BPE (the Qwen2/Qwen3 family) loaded from a Hugging Face tokenizer.json.
+ *
+ * Workers only see token ids; the router turns text into ids with this module and back with
+ * detok.h. Encoding reproduces the `tokenizers` library id for id, with its defaults
+ * (split_special_tokens=false, add_special_tokens adds nothing for ByteLevel post-processing):
+ *
+ *   text ──▶ added tokens (leftmost-longest; lstrip/rstrip/single_word as configured)
+ *        ──▶ NFC on each stretch between them ──▶ normalized added tokens
+ *        ──▶ pre-tokenizer regex (pcre2 JIT, UTF + UCP) ──▶ BPE per piece ──▶ ids
+ *
+ * BPE works on raw bytes (the byte-level alphabet is undone at load), merging the lowest-rank
+ * pair first, leftmost on ties, exactly as tokenizers' Word::merge_all does. A piece that is one
+ * vocabulary entry and that BPE would leave whole (checked for every entry at load) skips the
+ * merge loop, so the tokenizer needs no cache and stays immutable.
+ *
+ * Input must be valid UTF-8 (Hugging Face only ever sees Python str): anything else is rejected
+ * with SL_ERR_INVALID naming the byte offset, never tokenized byte by byte.
+ *
+ *   sl_tok *tok; sl_err e = {0};
+ *   if (sl_tok_load(&tok, "../shared/models/qwen3-tokenizer", &e) != SL_OK) die(e.msg);
+ *   sl_tok_ids ids = {0};
+ *   if (sl_tok_encode(tok, text, strlen(text), &ids, &e) != SL_OK) reply_400(e.msg);
+ *   send(ids.v, ids.n);
+ *   int32_t im_end = sl_tok_token_id(tok, "<|im_end|>");
+ *   sl_tok_ids_free(&ids);
+ *   sl_tok_free(tok);
+ *
+ * Threads: an sl_tok never changes after sl_tok_load returns. Every function taking a
+ * `const sl_tok *` may run on any number of threads at once (the router encodes long prompts in
+ * the libuv thread pool); none blocks on another. An sl_tok_ids belongs to one thread at a time.
+ */
+#ifndef SL_TOKENIZER_H
+#define SL_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sl_err.h"
+
+typedef struct sl_tok sl_tok;
+
+/* A growable array of token ids (caller-owned; zero-initialise, free with sl_tok_ids_free). */
+typedef struct sl_tok_ids {
+    int32_t *v;
+    size_t n;
+    size_t cap;
+} sl_tok_ids;
+
+/* Appends one id; 0, or -1 when memory runs out (ids is unchanged). */
+int sl_tok_ids_push(sl_tok_ids *ids, int32_t id);
+void sl_tok_ids_free(sl_tok_ids *ids);
+
+/* Loads path: a tokenizer.json file, or a directory holding one. Fails with SL_ERR_UNSUPPORTED
+ * (naming the component) for pipelines other than byte-level BPE with an optional NFC
+ * normalizer and a Split-regex and/or ByteLevel pre-tokenizer. Takes ~0.3 s for Qwen3 (11 MB
+ * JSON); blocking, call it at start-up. *out is owned by the caller (sl_tok_free). */
+sl_status sl_tok_load(sl_tok **out, const char *path, sl_err *e);
+void sl_tok_free(sl_tok *t);
+
+/* Appends the ids of text[0..len) to out (existing ids are kept, so a prompt can be built in
+ * parts). NUL bytes are ordinary characters. SL_ERR_INVALID for invalid UTF-8 (out keeps what
+ * it held before the call), SL_ERR_NOMEM when memory runs out. */
+sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e);
+
+/* One more than the highest id (151669 for Qwen3: the model's embedding rows beyond that are
+ * padding and have no text). */
+int32_t sl_tok_vocab_size(const sl_tok *t);
+
+/* The id of a token given as spelled in tokenizer.json ("<|im_end|>", "<think>", "Ġthe"),
+ * or -1. */
+int32_t sl_tok_token_id(const sl_tok *t, const char *token);
+
+/* The tokenizer.json spelling of id (NUL-terminated, owned by t), or NULL for an unknown id. */
+const char *sl_tok_token_str(const sl_tok *t, int32_t id);
+
+/* The bytes id decodes to (not NUL-terminated, may be a fragment of a UTF-8 character; owned by
+ * t), with their count in *len; NULL for an unknown id. */
+const uint8_t *sl_tok_token_bytes(const sl_tok *t, int32_t id, size_t *len);
+
+/* 1 when id is an added token marked "special" (<|im_end|>, <|endoftext|>; not <think>). */
+int sl_tok_is_special(const sl_tok *t, int32_t id);
+
+#endif
