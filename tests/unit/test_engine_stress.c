@@ -170,7 +170,6 @@ int main(void)
         stress(arches[a], m, &w, 4, 1, SL_MAMBA_EXTRA_BUFFER);
         stress(arches[a], m, &w, 1, 0, SL_MAMBA_EXTRA_BUFFER);
         if (a == 2) {
-            stress(arches[a], m, &w, 16, 1, SL_MAMBA_EXTRA_BUFFER);
             stress(arches[a], m, &w, 1, 0, SL_MAMBA_NO_BUFFER);
         }
         overlap_equivalence(arches[a], m, &w);
