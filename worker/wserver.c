@@ -273,11 +273,14 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         return sl_err_set(e, SL_ERR_IO, "listen on %s: %s", c->url, nng_strerror(rv));
     }
     SL_LOGI("wserver", "listening on %s", c->url);
-    int interval = c->load_interval_ms > 0 ? c->load_interval_ms : 1000;
+    int interval = c->load_interval_ms > 0 ? c->load_interval_ms : 1000, was_idle = 1;
     sl_status st = SL_OK;
     while (!*stop) {
         /* idle: wait briefly for a message; busy: only take what is there */
         int idle = sl_engine_idle(g);
+        if (idle && !was_idle && sl_engine_check(g, e)) /* verify the accounting when idle */
+            SL_LOGE("wserver", "cache accounting is broken: %s", e->msg);
+        was_idle = idle;
         nng_setopt_ms(sv.sock, NNG_OPT_RECVTIMEO, idle ? 50 : 0);
         for (int first = 1;; first = 0) {
             void *buf = NULL;
