@@ -42,8 +42,17 @@ typedef struct req_list {
     int n;
 } req_list;
 
+/* rid -> live request (queued or running): open addressing, tombstones. */
+typedef struct rid_slot {
+    uint64_t rid;
+    sl_sched_req_impl *r; /* NULL: empty; &rid_tomb: deleted */
+} rid_slot;
+static sl_sched_req_impl rid_tomb;
+
 struct sl_sched {
     sl_sched_config cfg;
+    rid_slot *map;
+    int map_cap, map_used; /* used counts tombstones too */
     int C;       /* checkpoint unit max(64, page) */
     int max_seq; /* longest sequence: context length, and what the KV pool can hold with a
                   * spare page for the discarded step of overlap */
@@ -217,19 +226,67 @@ void sl_sched_free(sl_sched *s)
     batch_free(&s->batch[0]);
     batch_free(&s->batch[1]);
     free(s->match_pages);
+    free(s->map);
     free(s->ev);
     free(s);
 }
 
 /* ---- submit / abort ------------------------------------------------------------ */
 
+static uint64_t rid_hash(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    return x ^ (x >> 33);
+}
+
 static sl_sched_req_impl *find(const sl_sched *s, uint64_t rid)
 {
-    for (sl_sched_req_impl *r = s->running.head; r; r = r->next)
-        if (r->rid == rid) return r;
-    for (sl_sched_req_impl *r = s->queue.head; r; r = r->next)
-        if (r->rid == rid) return r;
-    return NULL;
+    if (!s->map_cap) return NULL;
+    for (uint64_t i = rid_hash(rid);; i++) {
+        const rid_slot *e = &s->map[i & (uint64_t)(s->map_cap - 1)];
+        if (!e->r) return NULL;
+        if (e->r != &rid_tomb && e->rid == rid) return e->r;
+    }
+}
+
+static int map_put(sl_sched *s, sl_sched_req_impl *r)
+{
+    if (2 * (s->map_used + 1) > s->map_cap) {
+        int live = 0, cap = 256; /* rehashing also drops the tombstones */
+        for (int i = 0; i < s->map_cap; i++) live += s->map[i].r && s->map[i].r != &rid_tomb;
+        while (cap < 4 * (live + 1)) cap *= 2;
+        rid_slot *old = s->map, *nm = calloc((size_t)cap, sizeof *nm);
+        if (!nm) return -1;
+        int ocap = s->map_cap;
+        s->map = nm;
+        s->map_cap = cap;
+        s->map_used = 0;
+        for (int i = 0; i < ocap; i++)
+            if (old[i].r && old[i].r != &rid_tomb) map_put(s, old[i].r);
+        free(old);
+    }
+    for (uint64_t i = rid_hash(r->rid);; i++) {
+        rid_slot *e = &s->map[i & (uint64_t)(s->map_cap - 1)];
+        if (!e->r) {
+            e->rid = r->rid;
+            e->r = r;
+            s->map_used++;
+            return 0;
+        }
+    }
+}
+
+static void map_del(sl_sched *s, uint64_t rid)
+{
+    for (uint64_t i = rid_hash(rid);; i++) {
+        rid_slot *e = &s->map[i & (uint64_t)(s->map_cap - 1)];
+        SL_ASSERT(e->r);
+        if (e->r != &rid_tomb && e->rid == rid) {
+            e->r = &rid_tomb;
+            return;
+        }
+    }
 }
 
 sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
@@ -277,6 +334,10 @@ sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
     r->n_stop = q->n_stop;
     r->W = r->T = r->copy_from = r->pend_slot = -1;
     r->st = REQ_QUEUED;
+    if (map_put(s, r)) {
+        free_req(r);
+        return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    }
     queue_insert(&s->queue, r);
     return SL_OK;
 }
@@ -394,6 +455,7 @@ static void finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why)
     if (r->st == REQ_RUNNING) list_remove(&s->running, r);
     else if (r->st == REQ_QUEUED) list_remove(&s->queue, r);
     release_memory(s, r, why == SL_FINISH_STOP || why == SL_FINISH_LENGTH);
+    map_del(s, r->rid);
     r->st = REQ_DONE;
     if (!r->inflight) free_req(r);
 }
