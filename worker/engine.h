@@ -48,9 +48,9 @@ typedef struct sl_engine_config {
     int max_total_tokens;     /* --max-total-tokens: KV pool in tokens (0: from the budget) */
     int max_mamba_slots;      /* --max-mamba-cache-size (0: from the budget) */
     sl_mamba_strategy strategy;
-    int track_interval;       /* --mamba-track-interval (256) */
-    int overlap;              /* 0 with --disable-overlap-schedule */
-    int disable_radix;        /* --disable-radix-cache */
+    int track_interval; /* --mamba-track-interval (256) */
+    int overlap;        /* 0 with --disable-overlap-schedule */
+    int disable_radix;  /* --disable-radix-cache */
 } sl_engine_config;
 
 void sl_engine_config_default(sl_engine_config *c);

@@ -60,16 +60,16 @@ typedef enum sl_mamba_strategy {
 
 typedef struct sl_sched_config {
     int page_size;
-    int n_pages;           /* KV pool */
-    int n_slots;           /* state pool (0 for pure-attention models) */
-    int hybrid;            /* the model has linear-attention layers */
+    int n_pages; /* KV pool */
+    int n_slots; /* state pool (0 for pure-attention models) */
+    int hybrid;  /* the model has linear-attention layers */
     int max_running;
     int context_len;
     int chunked_prefill_size; /* prefill tokens per batch (<= 0: unlimited) */
     int disable_radix;
     sl_mamba_strategy strategy;
-    int track_interval;    /* decode snapshot interval (multiple of page_size) */
-    int overlap;           /* batches are built one ahead of their results */
+    int track_interval; /* decode snapshot interval (multiple of page_size) */
+    int overlap;        /* batches are built one ahead of their results */
     int vocab;
     int eos[8], n_eos;
 } sl_sched_config;

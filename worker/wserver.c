@@ -107,10 +107,13 @@ static const char *sampling_from(const Sluice__SamplingParams *p, const sl_gen_d
     if (!p) return NULL;
     if (!isfinite(p->temperature) || p->temperature < 0 || p->temperature > 100)
         return "sampling.temperature must be in [0, 100]";
-    if (!isfinite(p->top_p) || p->top_p < 0 || p->top_p > 1) return "sampling.top_p must be in (0, 1]";
+    if (!isfinite(p->top_p) || p->top_p < 0 || p->top_p > 1)
+        return "sampling.top_p must be in (0, 1]";
     if (p->top_k < -1) return "sampling.top_k must be -1 (off), 0 (default) or positive";
-    if (!isfinite(p->min_p) || p->min_p < 0 || p->min_p > 1) return "sampling.min_p must be in [0, 1]";
-    if (!isfinite(p->repetition_penalty) || p->repetition_penalty < 0 || p->repetition_penalty > 100)
+    if (!isfinite(p->min_p) || p->min_p < 0 || p->min_p > 1)
+        return "sampling.min_p must be in [0, 1]";
+    if (!isfinite(p->repetition_penalty) || p->repetition_penalty < 0 ||
+        p->repetition_penalty > 100)
         return "sampling.repetition_penalty must be in (0, 100]";
     if (!isfinite(p->frequency_penalty) || fabsf(p->frequency_penalty) > 2 ||
         !isfinite(p->presence_penalty) || fabsf(p->presence_penalty) > 2)
@@ -146,7 +149,8 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
         snprintf(msg, sizeof msg, "a token id is outside the vocabulary [0, %d)", vocab);
         return send_error(sv, g->rid, msg);
     }
-    if (g->n_stop_token_ids > SL_WSERVER_MAX_STOP || !ids_ok(g->stop_token_ids, g->n_stop_token_ids, vocab))
+    if (g->n_stop_token_ids > SL_WSERVER_MAX_STOP ||
+        !ids_ok(g->stop_token_ids, g->n_stop_token_ids, vocab))
         return send_error(sv, g->rid, "stop_token_ids: at most 64 ids inside the vocabulary");
     if (g->max_new_tokens < 0 || g->min_new_tokens < 0 || g->min_new_tokens > g->max_new_tokens)
         return send_error(sv, g->rid, "need 0 <= min_new_tokens <= max_new_tokens");
@@ -157,10 +161,15 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
                  g->max_new_tokens, ctx);
         return send_error(sv, g->rid, msg);
     }
-    sl_sched_req r = {.rid = g->rid, .prompt = g->input_ids, .n_prompt = (int)n_in,
-                      .output = g->output_ids, .n_output = (int)n_prev,
-                      .max_new = g->max_new_tokens, .min_new = g->min_new_tokens,
-                      .stop_ids = g->stop_token_ids, .n_stop = (int)g->n_stop_token_ids,
+    sl_sched_req r = {.rid = g->rid,
+                      .prompt = g->input_ids,
+                      .n_prompt = (int)n_in,
+                      .output = g->output_ids,
+                      .n_output = (int)n_prev,
+                      .max_new = g->max_new_tokens,
+                      .min_new = g->min_new_tokens,
+                      .stop_ids = g->stop_token_ids,
+                      .n_stop = (int)g->n_stop_token_ids,
                       .ignore_eos = g->sampling && g->sampling->ignore_eos,
                       .priority = g->priority};
     const char *bad = sampling_from(g->sampling, &sv->mc->gen, &r.sampling);
@@ -182,7 +191,8 @@ static void on_message(server *sv, const uint8_t *buf, size_t n)
         break;
     case SLUICE__ENVELOPE__MSG_ABORT:
         if (!sl_engine_abort(sv->g, env->abort->rid))
-            SL_LOGD("wserver", "abort of unknown request %llu", (unsigned long long)env->abort->rid);
+            SL_LOGD("wserver", "abort of unknown request %llu",
+                    (unsigned long long)env->abort->rid);
         break;
     case SLUICE__ENVELOPE__MSG_PING: {
         Sluice__Ping pong = SLUICE__PING__INIT;
@@ -260,10 +270,12 @@ static void flush_events(server *sv, const char *error_text)
 sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
                          volatile sig_atomic_t *stop, sl_err *e)
 {
-    server sv = {.g = g, .mc = sl_model_cfg(m), .sc = sl_engine_sched_config(g),
+    server sv = {.g = g,
+                 .mc = sl_model_cfg(m),
+                 .sc = sl_engine_sched_config(g),
                  .model_name = c->model_name ? c->model_name : ""};
-    sv.worker_id = sl_rng_mix((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^
-                              (uint64_t)(uintptr_t)&sv);
+    sv.worker_id =
+        sl_rng_mix((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&sv);
     int rv = nng_pair1_open(&sv.sock);
     if (rv) return sl_err_set(e, SL_ERR_IO, "nng socket: %s", nng_strerror(rv));
     nng_setopt_size(sv.sock, NNG_OPT_RECVMAXSZ, SL_WSERVER_MAX_MSG);
@@ -285,7 +297,8 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         for (int first = 1;; first = 0) {
             void *buf = NULL;
             size_t n = 0;
-            rv = nng_recv(sv.sock, &buf, &n, NNG_FLAG_ALLOC | (first && idle ? 0 : NNG_FLAG_NONBLOCK));
+            rv = nng_recv(sv.sock, &buf, &n,
+                          NNG_FLAG_ALLOC | (first && idle ? 0 : NNG_FLAG_NONBLOCK));
             if (rv) break;
             on_message(&sv, buf, n);
             nng_free(buf, n);
@@ -313,7 +326,8 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         size_t n = 0;
         if (nng_recv(sv.sock, &buf, &n, NNG_FLAG_ALLOC)) break;
         Sluice__Envelope *env = sluice__envelope__unpack(NULL, n, buf);
-        if (env && env->msg_case == SLUICE__ENVELOPE__MSG_GENERATE) send_error(&sv, env->generate->rid, why);
+        if (env && env->msg_case == SLUICE__ENVELOPE__MSG_GENERATE)
+            send_error(&sv, env->generate->rid, why);
         if (env) sluice__envelope__free_unpacked(env, NULL);
         nng_free(buf, n);
     }

@@ -102,10 +102,11 @@ static void stress(const char *arch, sl_model *m, workload *w, int P, int overla
         int ok = (gs[r].finish == SL_FINISH_STOP || gs[r].finish == SL_FINISH_LENGTH) &&
                  same_tokens(&gs[r], &w->ref[r]);
         if (!ok && bad++ < 5)
-            CHECK_MSG(0, "%s P=%d overlap=%d: request %d (%d tokens) gave %d tokens, finish %d", arch,
-                      P, overlap, r, w->n[r], gs[r].n_out, gs[r].finish);
+            CHECK_MSG(0, "%s P=%d overlap=%d: request %d (%d tokens) gave %d tokens, finish %d",
+                      arch, P, overlap, r, w->n[r], gs[r].n_out, gs[r].finish);
     }
-    CHECK_MSG(!bad, "%s P=%d overlap=%d: %d requests differ from their cold run", arch, P, overlap, bad);
+    CHECK_MSG(!bad, "%s P=%d overlap=%d: %d requests differ from their cold run", arch, P, overlap,
+              bad);
     sl_sched_stats st;
     sl_engine_stats(eng, &st);
     printf("%s P=%d overlap=%d %s: %d steps, %d aborted, %lld retractions, %lld pages evicted, "
@@ -173,7 +174,8 @@ int main(void)
             stress(arches[a], m, &w, 1, 0, SL_MAMBA_NO_BUFFER);
         }
         overlap_equivalence(arches[a], m, &w);
-        for (int r = 0; r < NREQ; r++) free(w.ref[r].first_logits);
+        for (int r = 0; r < NREQ; r++)
+            free(w.ref[r].first_logits);
         sl_model_free(m);
         sl_backend_free(be);
     }

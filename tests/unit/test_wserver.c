@@ -53,11 +53,13 @@ static int collect(uint64_t rid, result *r)
         if (!env) return -1;
         if (env->msg_case == SLUICE__ENVELOPE__MSG_CHUNK && env->chunk->rid == rid) {
             Sluice__TokenChunk *c = env->chunk;
-            for (size_t i = 0; i < c->n_ids && r->n < 512; i++) r->ids[r->n++] = c->ids[i];
+            for (size_t i = 0; i < c->n_ids && r->n < 512; i++)
+                r->ids[r->n++] = c->ids[i];
             if (c->n_logprobs && !r->n_logprobs) r->first_logprob = c->logprobs[0];
             r->n_logprobs += (int)c->n_logprobs;
             if (c->n_top && !r->n_top)
-                for (size_t i = 0; i < c->top[0]->n_ids && i < 4; i++) r->first_top[i] = c->top[0]->ids[i];
+                for (size_t i = 0; i < c->top[0]->n_ids && i < 4; i++)
+                    r->first_top[i] = c->top[0]->ids[i];
             r->n_top += (int)c->n_top;
             if (c->finish) {
                 r->finish = c->finish;
@@ -75,8 +77,8 @@ static int collect(uint64_t rid, result *r)
     }
 }
 
-static void generate(uint64_t rid, const int32_t *ids, int n, int max_new, int logprobs,
-                     int top, int ignore_eos)
+static void generate(uint64_t rid, const int32_t *ids, int n, int max_new, int logprobs, int top,
+                     int ignore_eos)
 {
     Sluice__SamplingParams sp = SLUICE__SAMPLING_PARAMS__INIT;
     sp.temperature = 0;
@@ -122,9 +124,11 @@ static void test_flag_checks(void)
     }
     snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --page-size 48", dir);
     CHECK(worker_rejects(args, "max(64, page) must be a multiple of min(64, page)"));
-    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --page-size 16 --mamba-track-interval 40", dir);
+    snprintf(args, sizeof args,
+             "--model %s --listen ipc:///tmp/x --page-size 16 --mamba-track-interval 40", dir);
     CHECK(worker_rejects(args, "must be a positive multiple of --page-size 16"));
-    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --mamba-scheduler-strategy lazy", dir);
+    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --mamba-scheduler-strategy lazy",
+             dir);
     CHECK(worker_rejects(args, "extra_buffer or no_buffer"));
     CHECK(worker_rejects("--listen ipc:///tmp/x", "--model and --listen are required"));
     CHECK(worker_rejects("--model /x --listen ipc:///tmp/x --bogus 1", "bogus"));
@@ -185,7 +189,8 @@ int main(void)
     sl_err e = {0};
     CHECK(sl_model_load(&m, dir, be, NULL, &e) == SL_OK);
     int32_t prompt[40];
-    for (int i = 0; i < 40; i++) prompt[i] = 3 + (i * 37) % 200;
+    for (int i = 0; i < 40; i++)
+        prompt[i] = 3 + (i * 37) % 200;
     cold_ref ref;
     harness_cold(m, prompt, 40, 12, &ref);
     result r;
@@ -193,7 +198,7 @@ int main(void)
     CHECK(collect(1, &r) == 0);
     CHECK(r.n == ref.n_out && !memcmp(r.ids, ref.out, sizeof(int32_t) * (size_t)ref.n_out));
     CHECK(r.finish == (ref.n_out == 12 ? SLUICE__FINISH_REASON__FINISH_LENGTH
-                                        : SLUICE__FINISH_REASON__FINISH_STOP));
+                                       : SLUICE__FINISH_REASON__FINISH_STOP));
     CHECK(r.prompt == 40 && r.completion == r.n && r.cached == 0 && r.n_logprobs == 0);
     generate(2, prompt, 40, 12, 1, 3, 0);
     CHECK(collect(2, &r) == 0);
@@ -234,7 +239,8 @@ int main(void)
 
     /* SIGTERM while requests run: each still gets its end (an error chunk
      * naming the shutdown), and the worker exits with status 0 */
-    for (uint64_t k = 0; k < 20; k++) generate(40 + k, prompt, 40, 470, 0, 0, 1);
+    for (uint64_t k = 0; k < 20; k++)
+        generate(40 + k, prompt, 40, 470, 0, 0, 1);
     Sluice__Envelope *first = recv_env();
     CHECK(first && first->msg_case == SLUICE__ENVELOPE__MSG_CHUNK);
     if (first) sluice__envelope__free_unpacked(first, NULL);
