@@ -22,6 +22,7 @@ typedef struct server {
     const char *model_name;
     uint64_t worker_id;
     int64_t last_load_ms;
+    int peer_gone; /* a chunk send timed out; cleared by the next incoming message */
 } server;
 
 static int64_t now_ms(void)
@@ -31,7 +32,11 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void send_envelope(server *sv, const Sluice__Envelope *env)
+/* A PAIR1 send waits while no router is connected or its queue is full.
+ * Lossy messages (load reports, pongs) never wait. Chunks wait up to the
+ * send timeout; after one times out the router counts as gone and chunks stop
+ * waiting until the next message arrives from it. */
+static void send_envelope(server *sv, const Sluice__Envelope *env, int lossy)
 {
     size_t n = sluice__envelope__get_packed_size(env);
     uint8_t *buf = nng_alloc(n ? n : 1);
@@ -40,10 +45,14 @@ static void send_envelope(server *sv, const Sluice__Envelope *env)
         return;
     }
     sluice__envelope__pack(env, buf);
-    int rv = nng_send(sv->sock, buf, n, NNG_FLAG_ALLOC);
+    int rv = nng_send(sv->sock, buf, n, NNG_FLAG_ALLOC | NNG_FLAG_NONBLOCK);
+    if (rv == NNG_EAGAIN && !lossy && !sv->peer_gone) {
+        rv = nng_send(sv->sock, buf, n, NNG_FLAG_ALLOC);
+        if (rv == NNG_ETIMEDOUT) sv->peer_gone = 1;
+    }
     if (rv) {
         nng_free(buf, n ? n : 1);
-        SL_LOGW("wserver", "send failed: %s", nng_strerror(rv));
+        if (!lossy) SL_LOGW("wserver", "dropped an outgoing message: %s", nng_strerror(rv));
     }
 }
 
@@ -57,7 +66,7 @@ static void send_error(server *sv, uint64_t rid, const char *msg)
     Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
     env.msg_case = SLUICE__ENVELOPE__MSG_CHUNK;
     env.chunk = &ch;
-    send_envelope(sv, &env);
+    send_envelope(sv, &env, 0);
 }
 
 static void send_load(server *sv)
@@ -81,7 +90,7 @@ static void send_load(server *sv)
     Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
     env.msg_case = SLUICE__ENVELOPE__MSG_LOAD;
     env.load = &lr;
-    send_envelope(sv, &env);
+    send_envelope(sv, &env, 1);
     sv->last_load_ms = now_ms();
 }
 
@@ -200,7 +209,7 @@ static void on_message(server *sv, const uint8_t *buf, size_t n)
         Sluice__Envelope out = SLUICE__ENVELOPE__INIT;
         out.msg_case = SLUICE__ENVELOPE__MSG_PONG;
         out.pong = &pong;
-        send_envelope(sv, &out);
+        send_envelope(sv, &out, 1);
         send_load(sv);
         break;
     }
@@ -263,7 +272,7 @@ static void flush_events(server *sv, const char *error_text)
         Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
         env.msg_case = SLUICE__ENVELOPE__MSG_CHUNK;
         env.chunk = &ch;
-        send_envelope(sv, &env);
+        send_envelope(sv, &env, 0);
     }
 }
 
@@ -279,6 +288,8 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
     int rv = nng_pair1_open(&sv.sock);
     if (rv) return sl_err_set(e, SL_ERR_IO, "nng socket: %s", nng_strerror(rv));
     nng_setopt_size(sv.sock, NNG_OPT_RECVMAXSZ, SL_WSERVER_MAX_MSG);
+    nng_setopt_int(sv.sock, NNG_OPT_SENDBUF, 8192); /* token chunks in flight */
+    nng_setopt_ms(sv.sock, NNG_OPT_SENDTIMEO, 2000);
     rv = nng_listen(sv.sock, c->url, NULL, 0);
     if (rv) {
         nng_close(sv.sock);
@@ -300,6 +311,7 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
             rv = nng_recv(sv.sock, &buf, &n,
                           NNG_FLAG_ALLOC | (first && idle ? 0 : NNG_FLAG_NONBLOCK));
             if (rv) break;
+            sv.peer_gone = 0;
             on_message(&sv, buf, n);
             nng_free(buf, n);
         }

@@ -135,6 +135,34 @@ static void test_flag_checks(void)
     harness_remove(dir);
 }
 
+/* With no router connected the worker must not block on its periodic load
+ * reports: SIGTERM after a few report periods still ends it promptly. */
+static void test_no_peer(const char *dir)
+{
+    char url[300];
+    snprintf(url, sizeof url, "ipc://%s/lonely.sock", dir);
+    const char *bin = getenv("SLUICE_BIN");
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(bin ? bin : "sluice", "sluice", "worker", "--model", dir, "--listen", url,
+              "--max-total-tokens", "1024", "--context-length", "256", (char *)NULL);
+        _exit(127);
+    }
+    nanosleep(&(struct timespec){2, 500000000}, NULL);
+    kill(pid, SIGTERM);
+    int status = -1, done = 0;
+    for (int i = 0; i < 100 && !done; i++) {
+        done = waitpid(pid, &status, WNOHANG) == pid;
+        if (!done) nanosleep(&(struct timespec){0, 50000000}, NULL);
+    }
+    CHECK_MSG(done && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "a worker without a router did not stop on SIGTERM");
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+}
+
 int main(void)
 {
     test_flag_checks();
@@ -257,6 +285,7 @@ int main(void)
         sluice__envelope__free_unpacked(x, NULL);
     }
     CHECK_MSG(ended == 20 && stopped > 0, "%d ended, %d by the shutdown", ended, stopped);
+    test_no_peer(dir);
     int status = 0;
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
