@@ -26,7 +26,7 @@ const char *sl_op_name(sl_op op)
     static const char *n[SL_OP_COUNT] = {
         "embed",    "matmul", "rmsnorm",  "add",     "add_rmsnorm", "rope",        "silu_mul",
         "sigmoid_mul", "kv_store", "attention", "conv1d",     "gdn",         "rmsnorm_gated",
-        "moe_route", "moe_experts", "gather_rows", "copy_slots", "fill_random"};
+        "moe_route", "moe_experts", "gather_rows", "copy_slots", "fill_random", "argmax"};
     return (unsigned)op < SL_OP_COUNT ? n[op] : "?";
 }
 
@@ -204,7 +204,7 @@ int sl_be_supports_op(const sl_backend *be, sl_op op)
         (const void *)i->sigmoid_mul, (const void *)i->kv_store,      (const void *)i->attention,
         (const void *)i->conv1d,      (const void *)i->gdn,           (const void *)i->rmsnorm_gated,
         (const void *)i->moe_route,   (const void *)i->moe_experts,   (const void *)i->gather_rows,
-        (const void *)i->copy_slots,  (const void *)i->fill_random};
+        (const void *)i->copy_slots,  (const void *)i->fill_random,   (const void *)i->argmax};
     return (unsigned)op < SL_OP_COUNT && slot[op] != NULL;
 }
 
@@ -233,6 +233,13 @@ sl_status sl_be_download(sl_backend *be, const sl_tensor *t, float *dst, sl_err 
 }
 
 sl_status sl_be_sync(sl_backend *be, sl_err *e) { return be->i->sync(be, e); }
+
+sl_status sl_be_mem_info(sl_backend *be, size_t *free_bytes, size_t *total_bytes, sl_err *e)
+{
+    if (!be->i->mem_info)
+        return sl_err_set(e, SL_ERR_UNSUPPORTED, "the %s backend has no device memory", be->i->name);
+    return be->i->mem_info(be, free_bytes, total_bytes, e);
+}
 
 sl_status sl_be_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e)
 {
@@ -386,4 +393,11 @@ void sl_be_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale,
 {
     NEED(fill_random);
     be->i->fill_random(be, t, seed, scale, offset);
+}
+
+void sl_be_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x)
+{
+    NEED(argmax);
+    SL_ASSERT(ids->dtype == SL_DTYPE_I32 && sl_tensor_numel(ids) == sl_tensor_rows(x));
+    be->i->argmax(be, ids, x);
 }

@@ -100,6 +100,7 @@ typedef enum sl_op {
     SL_OP_GATHER_ROWS,
     SL_OP_COPY_SLOTS,
     SL_OP_FILL_RANDOM,
+    SL_OP_ARGMAX,
     SL_OP_COUNT
 } sl_op;
 
@@ -166,6 +167,10 @@ sl_status sl_be_upload(sl_backend *be, sl_tensor *t, const void *src, sl_dtype s
 /* Copies t (any layout of the 2-D view) to host as dense f32. Waits. */
 sl_status sl_be_download(sl_backend *be, const sl_tensor *t, float *dst, sl_err *e);
 sl_status sl_be_sync(sl_backend *be, sl_err *e);
+/* Free and total bytes of the memory tensors live in. SL_ERR_UNSUPPORTED
+ * where the backend has no memory of its own (CPU: callers use host
+ * heuristics). */
+sl_status sl_be_mem_info(sl_backend *be, size_t *free_bytes, size_t *total_bytes, sl_err *e);
 /* Mirrors a batch's host arrays for device ops (no-op on CPU). */
 sl_status sl_be_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e);
 
@@ -240,5 +245,9 @@ void sl_be_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const
 /* t[i] = offset + scale·(2u−1), u = sl_rng_uniform(seed, i) (same on every
  * backend, so dummy weights match across CPU, CUDA and TP ranks). */
 void sl_be_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, float offset);
+/* ids[r] = index of the largest of x[r, :] (lowest index on ties); ids is
+ * I32 [R] (any shape with R elements), x [R, V]. Greedy decoding downloads
+ * R ids instead of R rows of logits. */
+void sl_be_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x);
 
 #endif

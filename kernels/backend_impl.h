@@ -16,6 +16,7 @@ typedef struct sl_backend_i {
     sl_status (*download)(sl_backend *be, const sl_tensor *t, float *dst, sl_err *e);
     sl_status (*sync)(sl_backend *be, sl_err *e);
     sl_status (*prepare)(sl_backend *be, sl_batch_meta *m, sl_err *e);
+    sl_status (*mem_info)(sl_backend *be, size_t *free_bytes, size_t *total_bytes, sl_err *e);
 
     void (*embed)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_batch_meta *);
     void (*matmul)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *);
@@ -43,6 +44,7 @@ typedef struct sl_backend_i {
     void (*gather_rows)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_batch_meta *);
     void (*copy_slots)(sl_backend *, sl_tensor *, const int32_t *, const int32_t *, int);
     void (*fill_random)(sl_backend *, sl_tensor *, uint64_t, float, float);
+    void (*argmax)(sl_backend *, sl_tensor *, const sl_tensor *);
 } sl_backend_i;
 
 /* Every backend struct begins with this header. */

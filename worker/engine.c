@@ -18,6 +18,8 @@ struct sl_engine {
     /* runner state (compute thread, or the leader without overlap) */
     sl_tensor logits;
     int logits_cap;
+    sl_tensor argmax_ids; /* [logits_cap] I32: device argmax of greedy batches */
+    int32_t *host_ids;
     float *host;
     int host_cap;
     sl_engine_logits_fn hook;
@@ -63,10 +65,15 @@ static sl_status forward(sl_engine *g, sl_sched_batch *b, sl_err *e)
     const int32_t *rows = b->n_rows ? b->rows : &row0;
     if (n_rows > g->logits_cap) {
         sl_be_release(g->be, &g->logits);
+        sl_be_release(g->be, &g->argmax_ids);
+        free(g->host_ids);
+        g->host_ids = NULL;
         g->logits_cap = 0;
         int cap = n_rows * 2;
-        sl_status st =
-            sl_be_alloc(g->be, &g->logits, SL_DTYPE_F32, 2, (int64_t[]){cap, g->vocab}, e);
+        sl_status st = sl_be_alloc(g->be, &g->logits, SL_DTYPE_F32, 2, (int64_t[]){cap, g->vocab}, e);
+        if (!st) st = sl_be_alloc(g->be, &g->argmax_ids, SL_DTYPE_I32, 1, (int64_t[]){cap}, e);
+        if (!st && !(g->host_ids = malloc(sizeof(int32_t) * (size_t)cap)))
+            st = sl_err_set(e, SL_ERR_NOMEM, "out of memory");
         if (st) return st;
         g->logits_cap = cap;
     }
@@ -90,6 +97,23 @@ static sl_status run_batch(sl_engine *g, sl_sched_batch *b, sl_err *e)
     sl_status st = g->plan ? g->plan(g->plan_ctx, b, e) : SL_OK;
     if (!st) st = forward(g, b, e);
     if (st || !b->n_rows) return st;
+    /* greedy rows need only their argmax: R ids cross to the host, not R×V logits */
+    int all_argmax = !g->hook && sl_be_supports_op(g->be, SL_OP_ARGMAX);
+    for (int r = 0; r < b->n_rows && all_argmax; r++)
+        all_argmax = sl_sampler_is_argmax(b->sampler[b->row_seq[r]]);
+    if (all_argmax) {
+        sl_tensor lv = sl_tensor_rowview(&g->logits, 0, b->n_rows);
+        sl_tensor iv = sl_tensor_make(g->argmax_ids.data, SL_DTYPE_I32, 1, (int64_t[]){b->n_rows});
+        iv.on_device = g->argmax_ids.on_device;
+        sl_be_argmax(g->be, &iv, &lv);
+        float *f = (float *)g->host_ids; /* ids arrive as exact floats (< 2^24) */
+        if ((st = sl_be_download(g->be, &iv, f, e))) return st;
+        for (int r = 0; r < b->n_rows; r++) {
+            int s = b->row_seq[r];
+            sl_sampler_take(b->sampler[s], (int32_t)f[r], &b->out[s]);
+        }
+        return SL_OK;
+    }
     if ((size_t)b->n_rows * g->vocab > (size_t)g->host_cap) {
         free(g->host);
         g->host_cap = b->n_rows * 2 * g->vocab;
@@ -163,12 +187,20 @@ static sl_status wait_for(sl_engine *g, uint64_t ticket, sl_err *e)
 
 /* ---- set-up --------------------------------------------------------------------- */
 
-static size_t default_budget(const sl_engine_config *c)
+static size_t default_budget(const sl_engine_config *c, sl_backend *be)
 {
+    /* Device memory: as SGLang, --mem-fraction-static of the card holds the
+     * weights (already loaded) plus the caches; the rest is for activations. */
+    double frac = c->mem_fraction > 0 ? c->mem_fraction : 0.85;
+    size_t free_b = 0, total_b = 0;
+    if (sl_be_mem_info(be, &free_b, &total_b, NULL) == SL_OK) {
+        double budget = (double)free_b - (double)total_b * (1.0 - frac);
+        return budget > 0 ? (size_t)budget : 0;
+    }
     /* CPU backend: a share of physical memory (--mem-bytes sets it exactly) */
     long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
     double phys = pages > 0 && psz > 0 ? (double)pages * (double)psz : 8e9;
-    return (size_t)(phys * (c->mem_fraction > 0 ? c->mem_fraction : 0.85) * 0.25);
+    return (size_t)(phys * frac * 0.25);
 }
 
 sl_status sl_engine_new(sl_engine **out, sl_model *m, const sl_engine_config *c, sl_err *e)
@@ -178,7 +210,7 @@ sl_status sl_engine_new(sl_engine **out, sl_model *m, const sl_engine_config *c,
     int hybrid = mc->n_linear_layers > 0;
     int ctx = c->context_len > 0 ? c->context_len : mc->max_position_embeddings;
     sl_pool_sizing sz = {
-        .budget_bytes = c->mem_bytes ? c->mem_bytes : default_budget(c),
+        .budget_bytes = c->mem_bytes ? c->mem_bytes : default_budget(c, sl_model_backend(m)),
         .page_bytes = sl_model_page_bytes(m, c->page_size),
         .slot_bytes = hybrid ? sl_model_slot_bytes(m) : 0,
         .page_size = c->page_size,
@@ -261,6 +293,8 @@ void sl_engine_free(sl_engine *g)
     sl_sched_free(g->sched);
     if (g->cache.k) sl_model_cache_free(g->m, &g->cache);
     sl_be_release(g->be, &g->logits);
+    sl_be_release(g->be, &g->argmax_ids);
+    free(g->host_ids);
     free(g->host);
     pthread_mutex_destroy(&g->mu);
     pthread_cond_destroy(&g->cv);

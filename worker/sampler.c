@@ -298,6 +298,20 @@ static int32_t draw(sl_sampler_state *s, float *logits, int vocab)
     return idx[n - 1];
 }
 
+int sl_sampler_is_argmax(const sl_sampler_state *s)
+{
+    const sl_sampling *p = &s->p;
+    return !s->penalize && !p->logprobs && p->top_logprobs <= 0 &&
+           (p->temperature <= 0.0f || p->top_k == 1);
+}
+
+void sl_sampler_take(sl_sampler_state *s, int32_t token, sl_sample *out)
+{
+    memset(out, 0, sizeof *out);
+    out->token = token;
+    record(s, token);
+}
+
 void sl_sampler_sample(sl_sampler_state *s, float *logits, int vocab, sl_sample *out)
 {
     const sl_sampling *p = &s->p;

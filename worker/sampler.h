@@ -57,6 +57,13 @@ void sl_sampler_state_add_output(sl_sampler_state *s, const int32_t *ids, int n)
 int32_t sl_sampler_last_token(const sl_sampler_state *s);
 const sl_sampling *sl_sampler_params(const sl_sampler_state *s);
 
+/* 1 when the next token is the plain argmax of the raw logits (greedy, no
+ * penalties, no logprobs): the runner may then take it from a device argmax
+ * instead of downloading the logits. */
+int sl_sampler_is_argmax(const sl_sampler_state *s);
+/* Records token, chosen by a device argmax, as this step's sample. */
+void sl_sampler_take(sl_sampler_state *s, int32_t token, sl_sample *out);
+
 /* Samples from logits[0..vocab) (modified: scratch) and records the token. */
 void sl_sampler_sample(sl_sampler_state *s, float *logits, int vocab, sl_sample *out);
 

@@ -491,6 +491,17 @@ static void cpu_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float s
         st(&flat, 0, i, offset + scale * (2.0f * sl_rng_uniform(seed, (uint64_t)i) - 1.0f));
 }
 
+static void cpu_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x)
+{
+    (void)be;
+    for (int64_t r = 0; r < sl_tensor_rows(x); r++) {
+        int64_t best = 0;
+        for (int64_t c = 1; c < sl_tensor_cols(x); c++)
+            if (ld(x, r, c) > ld(x, r, best)) best = c;
+        ((int32_t *)ids->data)[r] = (int32_t)best;
+    }
+}
+
 static const sl_backend_i cpu_iface = {
     .name = "cpu",
     .act_dtype = SL_DTYPE_F32,
@@ -520,6 +531,7 @@ static const sl_backend_i cpu_iface = {
     .gather_rows = cpu_gather_rows,
     .copy_slots = cpu_copy_slots,
     .fill_random = cpu_fill_random,
+    .argmax = cpu_argmax,
 };
 
 sl_backend *sl_backend_cpu_new(void)

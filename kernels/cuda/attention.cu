@@ -1,0 +1,533 @@
+// kernels/cuda/attention.cu: paged attention, one kernel for prefill and
+// decode (flash-attention style, bf16 tensor cores through wmma, fp32 softmax
+// and accumulators).
+//
+// A block owns one query tile of 16 rows: qt consecutive tokens of one
+// sequence (from the tiles prepare built) times gh query heads that share one
+// KV head (GQA: every K/V row loaded serves all of them), and one split of
+// the key range. Its 4 warps take 16-key tiles in turn: K and V rows are
+// gathered through the page table into shared memory with cp.async (the next
+// tile loads while this one computes), S = Q·Kᵀ and O += P·V run on the
+// tensor cores, and the online softmax runs one row per lane. The warps merge
+// through shared memory at the end. With one split the block writes the
+// normalised output; with several (long contexts and few tiles: decode) it
+// writes (max, sum, acc) partials that k_attn_combine merges per (token, head).
+#include <cuda_pipeline.h>
+#include <mma.h>
+
+#include "attention.cuh"
+
+#define ATTN_WARPS 4
+
+__global__ void k_kv_store(cu_mat kc, cu_mat vc, cu_mat k, cu_mat v, const int32_t *slot)
+{
+    int64_t t = blockIdx.x, row = slot[t];
+    for (int64_t c = threadIdx.x; c < k.cols; c += blockDim.x)
+        cu_mat_st(kc, row, c, cu_mat_ld(k, t, c));
+    for (int64_t c = threadIdx.x; c < v.cols; c += blockDim.x)
+        cu_mat_st(vc, row, c, cu_mat_ld(v, t, c));
+}
+
+void cu_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const sl_tensor *k,
+                 const sl_tensor *v, const sl_batch_meta *m)
+{
+    cu_backend *b = cu_be(be);
+    const cu_meta *cm = cu_meta_of(m);
+    if (cm->n_tokens == 0) return;
+    k_kv_store<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(kcache), cu_mat_of(vcache),
+                                                    cu_mat_of(k), cu_mat_of(v), cm->kv_slot);
+    CU_CHECK_LAUNCH();
+}
+
+typedef struct cu_attn_args {
+    cu_mat q, out;
+    const __nv_bfloat16 *kc, *vc;
+    int64_t kld, vld;                  // cache row strides (elements)
+    int Hq, G, gh, qt;                 // group size G = Hq/Hkv; gh heads per block
+    float scale_log2;                  // scale·log2(e): softmax in base 2
+    const int2 *tiles;
+    const int32_t *q_start, *kv_len, *page_table, *seq_of;
+    int page_size, max_pages;
+    int chunk, nsplit;                 // keys per split
+    float *part;                       // [T, Hq, nsplit, D+2] when nsplit > 1
+} cu_attn_args;
+
+// Shared memory of k_attn: the block's 16 query rows, then per warp two
+// stages of (K tile, V tile) of 16 keys, the 16x16 score tile (fp32), the
+// probability tile (bf16) and the per-row rescale factors. After the key loop
+// a warp's stages hold its fp32 output rows for the merge.
+template <int D> struct attn_smem {
+    static constexpr int KP = D + 8;                    // bf16 row pitch (16-byte pad)
+    static constexpr int SP = 20;                       // fp32 pitch of the score tile
+    static constexpr int OP = D + 4;                    // fp32 pitch of the merge tile
+    static constexpr size_t Q = 16 * KP * 2;
+    static constexpr size_t STAGE = 2 * 16 * KP * 2;    // K then V
+    static constexpr size_t WARP = 2 * STAGE + 16 * SP * 4 + 16 * 16 * 2 + 16 * 4;
+    static constexpr size_t BYTES = Q + ATTN_WARPS * WARP;
+    static_assert(16 * OP * 4 <= 2 * STAGE, "merge tile fits in the stages");
+};
+
+template <int D>
+__global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
+{
+    using namespace nvcuda;
+    using L = attn_smem<D>;
+    constexpr int KP = L::KP, NF = D / 16;
+    extern __shared__ __align__(128) char smem[];
+    __shared__ float wm[ATTN_WARPS][16], wl[ATTN_WARPS][16];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __nv_bfloat16 *Qs = (__nv_bfloat16 *)smem;
+    char *wb = smem + L::Q + warp * L::WARP;
+    float *Ss = (float *)(wb + 2 * L::STAGE);
+    __nv_bfloat16 *Ps = (__nv_bfloat16 *)(Ss + 16 * L::SP);
+    float *corr = (float *)(Ps + 16 * 16);
+
+    int2 tile = a.tiles[blockIdx.x];
+    int s = tile.x, i0 = tile.y;
+    int n_hb = a.G / a.gh;
+    int kh = blockIdx.y / n_hb, h0 = kh * a.G + (blockIdx.y % n_hb) * a.gh;
+    int q0 = a.q_start[s], qn = a.q_start[s + 1] - q0, prefix = a.kv_len[s] - qn;
+    int ntok = min(a.qt, qn - i0);
+    int kbeg = blockIdx.z * a.chunk;                    // a multiple of 16
+    int kend = min(kbeg + a.chunk, prefix + i0 + ntok); // last row's causal limit
+    if (kbeg >= kend) return;                            // no row has keys in this split
+
+    // row r = (token i0 + r / gh, head h0 + r % gh); rows past qt·gh are padding
+    for (int e = threadIdx.x; e < 16 * D; e += ATTN_WARPS * 32) {
+        int r = e / D, d = e % D, ti = r / a.gh;
+        float v = 0.0f;
+        if (r < a.qt * a.gh && ti < ntok)
+            v = cu_mat_ld(a.q, q0 + i0 + ti, (int64_t)(h0 + r % a.gh) * D + d);
+        Qs[r * KP + d] = __float2bfloat16_rn(v);
+    }
+    // Which row each accumulator element holds: load a tile of row numbers.
+    for (int e = lane; e < 256; e += 32) Ss[(e / 16) * L::SP + e % 16] = (float)(e / 16);
+    __syncthreads();
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[NF], rf;
+    wmma::load_matrix_sync(rf, Ss, L::SP, wmma::mem_row_major);
+    constexpr int NE = sizeof(rf.x) / sizeof(rf.x[0]);
+    int rowof[NE];
+#pragma unroll
+    for (int i = 0; i < NE; i++) rowof[i] = (int)rf.x[i];
+#pragma unroll
+    for (int f = 0; f < NF; f++) wmma::fill_fragment(of[f], 0.0f);
+
+    // lanes 0..15 keep the softmax state of row r = lane
+    int r_ti = lane / a.gh;
+    int nkv_r = lane < 16 && lane < a.qt * a.gh && r_ti < ntok ? prefix + i0 + r_ti + 1 : 0;
+    float m_r = -INFINITY, l_r = 0.0f;
+
+    const int32_t *pages = a.page_table + (int64_t)s * a.max_pages;
+    const int P = a.page_size;
+    const int64_t koff = (int64_t)kh * D;
+    // K and V rows of keys [j0, j0+16) into a stage; keys past kend are zeros
+    auto issue = [&](int j0, __nv_bfloat16 *st) {
+        for (int c = lane; c < 16 * (D / 8); c += 32) {
+            int rr = c / (D / 8), cc = (c % (D / 8)) * 8, j = j0 + rr;
+            bool ok = j < kend;
+            int64_t row = ok ? (int64_t)pages[j / P] * P + j % P : 0;
+            __pipeline_memcpy_async(st + rr * KP + cc, a.kc + row * a.kld + koff + cc, 16,
+                                    ok ? 0 : 16);
+            __pipeline_memcpy_async(st + (16 + rr) * KP + cc, a.vc + row * a.vld + koff + cc, 16,
+                                    ok ? 0 : 16);
+        }
+        __pipeline_commit();
+    };
+    const int step = ATTN_WARPS * 16;
+    int j0 = kbeg + warp * 16, buf = 0;
+    auto stage = [&](int i) { return (__nv_bfloat16 *)(wb + i * L::STAGE); };
+    if (j0 < kend) issue(j0, stage(0));
+    for (; j0 < kend; j0 += step, buf ^= 1) {
+        if (j0 + step < kend) issue(j0 + step, stage(buf ^ 1));
+        else __pipeline_commit(); // an empty group keeps wait_prior(1) exact
+        __pipeline_wait_prior(1);
+        __syncwarp();
+        const __nv_bfloat16 *Ks = stage(buf), *Vs = Ks + 16 * KP;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
+        wmma::fill_fragment(sf, 0.0f);
+#pragma unroll
+        for (int f = 0; f < NF; f++) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qf;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kf;
+            wmma::load_matrix_sync(qf, Qs + f * 16, KP);
+            wmma::load_matrix_sync(kf, Ks + f * 16, KP);
+            wmma::mma_sync(sf, qf, kf, sf);
+        }
+        wmma::store_matrix_sync(Ss, sf, L::SP, wmma::mem_row_major);
+        __syncwarp();
+        if (lane < 16) {
+            float sc[16], mt = -INFINITY;
+#pragma unroll
+            for (int c = 0; c < 16; c++) {
+                int j = j0 + c;
+                sc[c] = j < nkv_r && j < kend ? Ss[lane * L::SP + c] * a.scale_log2 : -INFINITY;
+                mt = fmaxf(mt, sc[c]);
+            }
+            float mn = fmaxf(m_r, mt);
+            float cr = mn == -INFINITY ? 1.0f : exp2f(m_r - mn), sum = 0.0f;
+#pragma unroll
+            for (int c = 0; c < 16; c++) {
+                float p = mn == -INFINITY ? 0.0f : exp2f(sc[c] - mn);
+                Ps[lane * 16 + c] = __float2bfloat16_rn(p);
+                sum += p;
+            }
+            l_r = l_r * cr + sum;
+            m_r = mn;
+            corr[lane] = cr;
+        }
+        __syncwarp();
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pf;
+        wmma::load_matrix_sync(pf, Ps, 16);
+#pragma unroll
+        for (int f = 0; f < NF; f++) {
+#pragma unroll
+            for (int i = 0; i < NE; i++) of[f].x[i] *= corr[rowof[i]];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vf;
+            wmma::load_matrix_sync(vf, Vs + f * 16, KP);
+            wmma::mma_sync(of[f], pf, vf, of[f]);
+        }
+        __syncwarp(); // this stage is refilled two steps on
+    }
+    __pipeline_wait_prior(0);
+
+    // merge the warps: rescale each to the block-wide row max, sum in smem
+    if (lane < 16) {
+        wm[warp][lane] = m_r;
+        wl[warp][lane] = l_r;
+    }
+    __syncthreads();
+    float *Os = (float *)wb;
+#pragma unroll
+    for (int i = 0; i < NE; i++) {
+        int r = rowof[i];
+        float M = -INFINITY;
+        for (int w = 0; w < ATTN_WARPS; w++) M = fmaxf(M, wm[w][r]);
+        float f = wm[warp][r] == -INFINITY ? 0.0f : exp2f(wm[warp][r] - M);
+#pragma unroll
+        for (int k = 0; k < NF; k++) of[k].x[i] *= f;
+    }
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+        wmma::store_matrix_sync(Os + f * 16, of[f], L::OP, wmma::mem_row_major);
+    __syncthreads();
+    for (int e = threadIdx.x; e < 16 * D; e += ATTN_WARPS * 32) {
+        int r = e / D, d = e % D, ti = r / a.gh;
+        if (r >= a.qt * a.gh || ti >= ntok || prefix + i0 + ti + 1 <= kbeg) continue;
+        float M = -INFINITY, Lsum = 0.0f, o = 0.0f;
+        for (int w = 0; w < ATTN_WARPS; w++) M = fmaxf(M, wm[w][r]);
+        for (int w = 0; w < ATTN_WARPS; w++) {
+            if (wm[w][r] != -INFINITY) Lsum += wl[w][r] * exp2f(wm[w][r] - M);
+            o += ((const float *)(smem + L::Q + w * L::WARP))[r * L::OP + d];
+        }
+        int t = q0 + i0 + ti, h = h0 + r % a.gh;
+        if (a.nsplit == 1) {
+            cu_mat_st(a.out, t, (int64_t)h * D + d, o / Lsum);
+        } else {
+            float *p = a.part + (((int64_t)t * a.Hq + h) * a.nsplit + blockIdx.z) * (D + 2);
+            if (d == 0) {
+                p[0] = M;
+                p[1] = Lsum;
+            }
+            p[2 + d] = o;
+        }
+    }
+}
+
+// Prefill: 4 warps own 16 query rows each (64 rows: tokens × heads of one KV
+// head) and share every 32-key K/V tile, loaded by the whole block with
+// cp.async one tile ahead (the FA2 layout: K/V traffic is amortised over 64
+// rows instead of 16). A warp skips the tiles its rows cannot see.
+#define PF_KEYS 32
+template <int D> struct attn_pf_smem {
+    static constexpr int KP = D + 8;                      // bf16 pitch of Q/K/V rows
+    static constexpr int SP = PF_KEYS + 4;                // fp32 pitch of a warp's scores
+    static constexpr int PP = PF_KEYS + 8;                // bf16 pitch of a warp's P
+    static constexpr int OP = D + 4;                      // fp32 pitch of the output tile
+    static constexpr size_t Q = 64 * KP * 2;
+    static constexpr size_t STAGE = 2 * PF_KEYS * KP * 2; // K then V
+    static constexpr size_t WARP = 16 * SP * 4 + 16 * PP * 2 + 16 * 4 + 16 * 4;
+    static constexpr size_t BYTES = Q + 2 * STAGE + ATTN_WARPS * WARP;
+    static_assert(ATTN_WARPS * 16 * OP * 4 <= 2 * STAGE, "output tiles fit in the stages");
+};
+
+template <int D>
+__global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a)
+{
+    using namespace nvcuda;
+    using L = attn_pf_smem<D>;
+    constexpr int KP = L::KP, NF = D / 16;
+    extern __shared__ __align__(128) char smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __nv_bfloat16 *Qs = (__nv_bfloat16 *)smem;
+    char *stages = smem + L::Q;
+    char *wb = stages + 2 * L::STAGE + warp * L::WARP;
+    float *Ss = (float *)wb;
+    __nv_bfloat16 *Ps = (__nv_bfloat16 *)(Ss + 16 * L::SP);
+    float *corr = (float *)(Ps + 16 * L::PP), *lrow = corr + 16;
+
+    int2 tile = a.tiles[blockIdx.x];
+    int s = tile.x, i0 = tile.y;
+    int n_hb = a.G / a.gh;
+    int kh = blockIdx.y / n_hb, h0 = kh * a.G + (blockIdx.y % n_hb) * a.gh;
+    int q0 = a.q_start[s], qn = a.q_start[s + 1] - q0, prefix = a.kv_len[s] - qn;
+    int ntok = min(a.qt, qn - i0);
+    int kbeg = blockIdx.z * a.chunk;
+    int kend = min(kbeg + a.chunk, prefix + i0 + ntok);
+    if (kbeg >= kend) return;
+
+    for (int e = threadIdx.x; e < 64 * D; e += ATTN_WARPS * 32) {
+        int r = e / D, d = e % D, ti = r / a.gh;
+        float v = 0.0f;
+        if (ti < ntok) v = cu_mat_ld(a.q, q0 + i0 + ti, (int64_t)(h0 + r % a.gh) * D + d);
+        Qs[r * KP + d] = __float2bfloat16_rn(v);
+    }
+    for (int e = lane; e < 256; e += 32) Ss[(e / 16) * L::SP + e % 16] = (float)(e / 16);
+    __syncthreads();
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[NF], rf;
+    wmma::load_matrix_sync(rf, Ss, L::SP, wmma::mem_row_major);
+    constexpr int NE = sizeof(rf.x) / sizeof(rf.x[0]);
+    int rowof[NE];
+#pragma unroll
+    for (int i = 0; i < NE; i++) rowof[i] = (int)rf.x[i];
+#pragma unroll
+    for (int f = 0; f < NF; f++) wmma::fill_fragment(of[f], 0.0f);
+
+    // lane r < 16 keeps the softmax state of the warp's row 16·warp + r
+    int R0 = warp * 16, r_ti = (R0 + lane) / a.gh;
+    int nkv_r = lane < 16 && r_ti < ntok ? prefix + i0 + r_ti + 1 : 0;
+    int warp_ti = min((R0 + 15) / a.gh, ntok - 1);
+    int warp_end = R0 / a.gh < ntok ? prefix + i0 + warp_ti + 1 : 0; // keys this warp sees
+    float m_r = -INFINITY, l_r = 0.0f;
+
+    const int32_t *pages = a.page_table + (int64_t)s * a.max_pages;
+    const int P = a.page_size;
+    const int64_t koff = (int64_t)kh * D;
+    auto stage = [&](int i) { return (__nv_bfloat16 *)(stages + i * L::STAGE); };
+    auto issue = [&](int j0, __nv_bfloat16 *st) {
+        for (int c = threadIdx.x; c < PF_KEYS * (D / 8); c += ATTN_WARPS * 32) {
+            int rr = c / (D / 8), cc = (c % (D / 8)) * 8, j = j0 + rr;
+            bool ok = j < kend;
+            int64_t row = ok ? (int64_t)pages[j / P] * P + j % P : 0;
+            __pipeline_memcpy_async(st + rr * KP + cc, a.kc + row * a.kld + koff + cc, 16,
+                                    ok ? 0 : 16);
+            __pipeline_memcpy_async(st + (PF_KEYS + rr) * KP + cc, a.vc + row * a.vld + koff + cc,
+                                    16, ok ? 0 : 16);
+        }
+        __pipeline_commit();
+    };
+    int buf = 0;
+    issue(kbeg, stage(0));
+    for (int j0 = kbeg; j0 < kend; j0 += PF_KEYS, buf ^= 1) {
+        if (j0 + PF_KEYS < kend) issue(j0 + PF_KEYS, stage(buf ^ 1));
+        else __pipeline_commit();
+        __pipeline_wait_prior(1);
+        __syncthreads();
+        if (j0 < warp_end) {
+            const __nv_bfloat16 *Ks = stage(buf), *Vs = Ks + PF_KEYS * KP;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf[2];
+            wmma::fill_fragment(sf[0], 0.0f);
+            wmma::fill_fragment(sf[1], 0.0f);
+#pragma unroll
+            for (int f = 0; f < NF; f++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qf;
+                wmma::load_matrix_sync(qf, Qs + R0 * KP + f * 16, KP);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kf;
+                    wmma::load_matrix_sync(kf, Ks + h * 16 * KP + f * 16, KP);
+                    wmma::mma_sync(sf[h], qf, kf, sf[h]);
+                }
+            }
+            wmma::store_matrix_sync(Ss, sf[0], L::SP, wmma::mem_row_major);
+            wmma::store_matrix_sync(Ss + 16, sf[1], L::SP, wmma::mem_row_major);
+            __syncwarp();
+            if (lane < 16) {
+                float sc[PF_KEYS], mt = -INFINITY;
+#pragma unroll
+                for (int c = 0; c < PF_KEYS; c++) {
+                    int j = j0 + c;
+                    sc[c] = j < nkv_r && j < kend ? Ss[lane * L::SP + c] * a.scale_log2 : -INFINITY;
+                    mt = fmaxf(mt, sc[c]);
+                }
+                float mn = fmaxf(m_r, mt);
+                float cr = mn == -INFINITY ? 1.0f : exp2f(m_r - mn), sum = 0.0f;
+#pragma unroll
+                for (int c = 0; c < PF_KEYS; c++) {
+                    float p = mn == -INFINITY ? 0.0f : exp2f(sc[c] - mn);
+                    Ps[lane * L::PP + c] = __float2bfloat16_rn(p);
+                    sum += p;
+                }
+                l_r = l_r * cr + sum;
+                m_r = mn;
+                corr[lane] = cr;
+            }
+            __syncwarp();
+#pragma unroll
+            for (int f = 0; f < NF; f++)
+#pragma unroll
+                for (int i = 0; i < NE; i++) of[f].x[i] *= corr[rowof[i]];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pf;
+                wmma::load_matrix_sync(pf, Ps + h * 16, L::PP);
+#pragma unroll
+                for (int f = 0; f < NF; f++) {
+                    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vf;
+                    wmma::load_matrix_sync(vf, Vs + h * 16 * KP + f * 16, KP);
+                    wmma::mma_sync(of[f], pf, vf, of[f]);
+                }
+            }
+        }
+        __syncthreads(); // the stage just read is refilled next iteration
+    }
+    __pipeline_wait_prior(0);
+    __syncthreads();
+
+    // each warp writes its own rows: stage memory holds the fp32 tiles
+    float *Os = (float *)stages + warp * 16 * L::OP;
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+        wmma::store_matrix_sync(Os + f * 16, of[f], L::OP, wmma::mem_row_major);
+    if (lane < 16) {
+        corr[lane] = m_r;
+        lrow[lane] = l_r;
+    }
+    __syncwarp();
+    for (int e = lane; e < 16 * D; e += 32) {
+        int r = e / D, d = e % D, ti = (R0 + r) / a.gh;
+        if (ti >= ntok || prefix + i0 + ti + 1 <= kbeg) continue; // padding, or no keys here
+        int t = q0 + i0 + ti, h = h0 + (R0 + r) % a.gh;
+        float o = Os[r * L::OP + d];
+        if (a.nsplit == 1) {
+            cu_mat_st(a.out, t, (int64_t)h * D + d, o / lrow[r]);
+        } else {
+            float *p = a.part + (((int64_t)t * a.Hq + h) * a.nsplit + blockIdx.z) * (D + 2);
+            if (d == 0) {
+                p[0] = corr[r];
+                p[1] = lrow[r];
+            }
+            p[2 + d] = o;
+        }
+    }
+}
+
+__global__ void k_attn_combine(cu_attn_args a, int D)
+{
+    int t = blockIdx.x, h = blockIdx.y;
+    int s = a.seq_of[t], q0 = a.q_start[s], qn = a.q_start[s + 1] - q0;
+    int nkv = a.kv_len[s] - qn + (t - q0) + 1;
+    int ns = (nkv + a.chunk - 1) / a.chunk;
+    const float *p = a.part + ((int64_t)t * a.Hq + h) * a.nsplit * (D + 2);
+    float M = -INFINITY;
+    for (int x = 0; x < ns; x++) M = fmaxf(M, p[x * (D + 2)]);
+    float L = 0.0f;
+    for (int x = 0; x < ns; x++) L += p[x * (D + 2) + 1] * exp2f(p[x * (D + 2)] - M);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float o = 0.0f;
+        for (int x = 0; x < ns; x++) o += p[x * (D + 2) + 2 + d] * exp2f(p[x * (D + 2)] - M);
+        cu_mat_st(a.out, t, (int64_t)h * D + d, o / L);
+    }
+}
+
+// The two kernels by query-tile height: 16 rows (decode, short chunks) or 64.
+template <int D, bool PF> struct attn_kernel {
+    static constexpr size_t BYTES = PF ? attn_pf_smem<D>::BYTES : attn_smem<D>::BYTES;
+    static void (*fn(void))(cu_attn_args) { return PF ? k_attn_prefill<D> : k_attn<D>; }
+};
+
+// Allows the kernel more than 48 KB of shared memory (a per-device setting,
+// so done before every launch: it is cheap) and returns how many of its
+// blocks fit on one multiprocessor.
+template <int D, bool PF>
+static int attn_prepare_kernel(void)
+{
+    using K = attn_kernel<D, PF>;
+    CU_CHECK(cudaFuncSetAttribute(K::fn(), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)K::BYTES));
+    int n = 0;
+    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, K::fn(), ATTN_WARPS * 32, K::BYTES));
+    return n > 0 ? n : 1;
+}
+
+template <int D, bool PF>
+static int attn_run(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int level, int Hkv)
+{
+    using K = attn_kernel<D, PF>;
+    int n_hb = a.G / a.gh;
+    int64_t base = (int64_t)cm->n_tiles[level] * Hkv * n_hb;
+    int max_kv = cm->max_kv_len > 0 ? cm->max_kv_len : 1;
+    // Split the keys only to fill one wave of blocks (decode, few tiles): a
+    // partial second wave would cost more than the splits save.
+    int64_t capacity = (int64_t)attn_prepare_kernel<D, PF>() * b->n_sm;
+    int ns = base >= capacity ? 1 : (int)(capacity / base);
+    int ns_cap = (max_kv + 255) / 256;
+    if (ns > ns_cap) ns = ns_cap;
+    if (ns < 1) ns = 1;
+    a.chunk = (((max_kv + ns - 1) / ns) + 63) / 64 * 64;
+    a.nsplit = (max_kv + a.chunk - 1) / a.chunk;
+    if (a.nsplit > 1)
+        a.part = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)cm->n_tokens * a.Hq * a.nsplit *
+                                              (D + 2));
+    dim3 grid((unsigned)cm->n_tiles[level], (unsigned)(Hkv * n_hb), (unsigned)a.nsplit);
+    K::fn()<<<grid, ATTN_WARPS * 32, K::BYTES, b->stream>>>(a);
+    CU_CHECK_LAUNCH();
+    return a.nsplit;
+}
+
+void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,
+                  const sl_tensor *vcache, int Hq, int Hkv, int D, float scale,
+                  const sl_batch_meta *m)
+{
+    cu_backend *b = cu_be(be);
+    const cu_meta *cm = cu_meta_of(m);
+    if (cm->n_tokens == 0) return;
+    SL_ASSERT(kcache->dtype == SL_DTYPE_BF16 && vcache->dtype == SL_DTYPE_BF16);
+    SL_ASSERT(D == 64 || D == 128 || D == 256);
+    cu_attn_args a;
+    memset(&a, 0, sizeof a);
+    a.q = cu_mat_of(q);
+    a.out = cu_mat_of(out);
+    a.kc = (const __nv_bfloat16 *)kcache->data;
+    a.vc = (const __nv_bfloat16 *)vcache->data;
+    a.kld = sl_tensor_ld(kcache);
+    a.vld = sl_tensor_ld(vcache);
+    SL_ASSERT(a.kld % 8 == 0 && a.vld % 8 == 0);
+    a.Hq = Hq;
+    a.G = Hq / Hkv;
+    // 64-row tiles once a sequence brings 16 or more new tokens (prefill),
+    // else 16-row tiles; gh heads (a power of two dividing G) × qt tokens.
+    bool pf = cm->max_q_len >= 16;
+    int rows = pf ? 64 : 16;
+    a.gh = 1;
+    while (a.G % (a.gh * 2) == 0 && a.gh * 2 <= rows) a.gh *= 2;
+    int level = 0;
+    if (pf) {
+        while ((a.gh << level) < 64) level++;
+    } else {
+        while (cm->max_q_len > (1 << level) && (a.gh << (level + 1)) <= 16) level++;
+    }
+    SL_ASSERT(level < CU_TILE_LEVELS);
+    a.qt = 1 << level;
+    a.scale_log2 = scale * 1.4426950408889634f;
+    a.tiles = cm->tiles[level];
+    a.q_start = cm->q_start;
+    a.kv_len = cm->kv_len;
+    a.page_table = cm->page_table;
+    a.seq_of = cm->seq_of;
+    a.page_size = cm->page_size;
+    a.max_pages = cm->max_pages;
+    int nsplit;
+    switch (D * 2 + pf) {
+    case 128: nsplit = attn_run<64, false>(b, a, cm, level, Hkv); break;
+    case 129: nsplit = attn_run<64, true>(b, a, cm, level, Hkv); break;
+    case 256: nsplit = attn_run<128, false>(b, a, cm, level, Hkv); break;
+    case 257: nsplit = attn_run<128, true>(b, a, cm, level, Hkv); break;
+    case 512: nsplit = attn_run<256, false>(b, a, cm, level, Hkv); break;
+    default: nsplit = attn_run<256, true>(b, a, cm, level, Hkv); break;
+    }
+    if (nsplit > 1) {
+        k_attn_combine<<<dim3((unsigned)cm->n_tokens, (unsigned)Hq), 128, 0, b->stream>>>(a, D);
+        CU_CHECK_LAUNCH();
+        cu_tmp_free(b, a.part);
+    }
+}

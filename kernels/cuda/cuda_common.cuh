@@ -1,0 +1,251 @@
+// kernels/cuda/cuda_common.cuh: what every CUDA op family shares.
+//
+// The backend struct (one device, one stream, one cuBLASLt handle), the check
+// macros, the device-side view of a batch (cu_meta, filled by prepare), a
+// 2-D tensor view that kernels take by value (cu_mat) and dtype-generic
+// element loads and stores: ops accept any float dtype per operand, checked
+// per call, so logits may be F32 while activations are BF16.
+//
+// Errors: a CUDA failure inside an op is a broken invariant (the interface
+// gives ops no status): CU_CHECK aborts with file:line and the CUDA message.
+// Calls that return sl_status use CU_TRY, which turns the failure into an
+// SL_ERR_DEVICE naming the call.
+#ifndef SL_CUDA_COMMON_CUH
+#define SL_CUDA_COMMON_CUH
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+extern "C" {
+#include "../backend_impl.h"
+}
+
+void cu_fail(const char *what, const char *msg, const char *file, int line);
+
+#define CU_CHECK(call)                                                                             \
+    do {                                                                                           \
+        cudaError_t cu_err_ = (call);                                                              \
+        if (cu_err_ != cudaSuccess)                                                                \
+            cu_fail(#call, cudaGetErrorString(cu_err_), __FILE__, __LINE__);                       \
+    } while (0)
+
+// After every kernel launch: launch-configuration errors surface here.
+#define CU_CHECK_LAUNCH() CU_CHECK(cudaGetLastError())
+
+#define CUBLAS_CHECK(call)                                                                         \
+    do {                                                                                           \
+        cublasStatus_t cb_st_ = (call);                                                            \
+        if (cb_st_ != CUBLAS_STATUS_SUCCESS)                                                       \
+            cu_fail(#call, cublasGetStatusString(cb_st_), __FILE__, __LINE__);                     \
+    } while (0)
+
+#define CU_TRY(e, call)                                                                            \
+    do {                                                                                           \
+        cudaError_t cu_err_ = (call);                                                              \
+        if (cu_err_ != cudaSuccess)                                                                \
+            return sl_err_set(e, SL_ERR_DEVICE, "%s (%s:%d): %s", #call, __FILE__, __LINE__,       \
+                              cudaGetErrorString(cu_err_));                                        \
+    } while (0)
+
+// Device mirror of sl_batch_meta. Arrays point into one device buffer that
+// prepare fills with a single async copy. tiles[l] lists the attention query
+// tiles of 2^l consecutive tokens of one sequence: .x = sequence, .y = first
+// token index within the sequence (see attention.cu).
+#define CU_TILE_LEVELS 7
+typedef struct cu_meta {
+    int n_tokens, n_seqs, page_size, max_pages;
+    int max_q_len, max_kv_len;
+    const int32_t *ids, *pos, *q_start, *kv_len, *page_table, *kv_slot;
+    const int32_t *state_slot, *state_fresh, *track_slot, *track_len;
+    const int32_t *seq_of; // [n_tokens] sequence of each token
+    int n_logits;
+    const int32_t *logit_rows;
+    const int2 *tiles[CU_TILE_LEVELS];
+    int n_tiles[CU_TILE_LEVELS];
+} cu_meta;
+
+typedef struct cu_meta_buf {
+    int32_t *host; // pinned
+    int32_t *dev;
+    size_t cap; // int32 elements
+    cudaEvent_t copied;
+    cu_meta meta;
+} cu_meta_buf;
+
+typedef struct cu_backend {
+    struct sl_backend base;
+    int device;
+    int n_sm;
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *lt_ws;
+    size_t lt_ws_bytes;
+    struct cu_matmul_cache *mm_cache; // matmul.cu
+    // prepare: two alternating host (pinned) / device buffers, so a forward
+    // can be prepared while the previous one's copy may still be in flight.
+    cu_meta_buf mb[2];
+    int mb_next;
+} cu_backend;
+
+static inline cu_backend *cu_be(sl_backend *be) { return (cu_backend *)be; }
+
+// Stream-ordered scratch memory (graph-capturable): valid until cu_tmp_free,
+// which is also stream-ordered, so the kernels that use it may still run.
+void *cu_tmp_alloc(cu_backend *b, size_t bytes);
+void cu_tmp_free(cu_backend *b, void *p);
+
+static inline const cu_meta *cu_meta_of(const sl_batch_meta *m)
+{
+    SL_ASSERT(m->dev && "sl_be_prepare() was not called for this batch");
+    return (const cu_meta *)m->dev;
+}
+
+// 2-D view [rows, cols] with row stride ld (elements), passed by value.
+typedef struct cu_mat {
+    void *p;
+    int dt; // sl_dtype
+    int64_t rows, cols, ld;
+} cu_mat;
+
+static inline cu_mat cu_mat_of(const sl_tensor *t)
+{
+    cu_mat m;
+    m.p = t->data;
+    m.dt = t->dtype;
+    m.rows = sl_tensor_rows(t);
+    m.cols = sl_tensor_cols(t);
+    m.ld = sl_tensor_ld(t);
+    return m;
+}
+
+__device__ __forceinline__ float cu_ldf(const void *p, int dt, int64_t i)
+{
+    switch (dt) {
+    case SL_DTYPE_BF16: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    case SL_DTYPE_F32: return ((const float *)p)[i];
+    case SL_DTYPE_F16: return __half2float(((const __half *)p)[i]);
+    default: return (float)((const int32_t *)p)[i];
+    }
+}
+
+__device__ __forceinline__ void cu_stf(void *p, int dt, int64_t i, float v)
+{
+    switch (dt) {
+    case SL_DTYPE_BF16: ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v); break;
+    case SL_DTYPE_F32: ((float *)p)[i] = v; break;
+    case SL_DTYPE_F16: ((__half *)p)[i] = __float2half_rn(v); break;
+    default: break;
+    }
+}
+
+// v as the tensor of dtype dt will hold it (the value a later read returns).
+__device__ __forceinline__ float cu_round(int dt, float v)
+{
+    switch (dt) {
+    case SL_DTYPE_BF16: return __bfloat162float(__float2bfloat16_rn(v));
+    case SL_DTYPE_F16: return __half2float(__float2half_rn(v));
+    default: return v;
+    }
+}
+
+__device__ __forceinline__ float cu_mat_ld(const cu_mat &m, int64_t r, int64_t c)
+{
+    return cu_ldf(m.p, m.dt, r * m.ld + c);
+}
+
+__device__ __forceinline__ void cu_mat_st(const cu_mat &m, int64_t r, int64_t c, float v)
+{
+    cu_stf(m.p, m.dt, r * m.ld + c, v);
+}
+
+// 8 consecutive elements starting at (r, c); the caller guarantees 16-byte
+// alignment of BF16/F16 rows and 32-byte of F32 rows (see cu_mat_vec_ok).
+__device__ __forceinline__ void cu_ld8(const cu_mat &m, int64_t r, int64_t c, float *f)
+{
+    int64_t i = r * m.ld + c;
+    if (m.dt == SL_DTYPE_BF16) {
+        uint4 u = *(const uint4 *)((const __nv_bfloat16 *)m.p + i);
+        const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float2 v = __bfloat1622float2(h[k]);
+            f[2 * k] = v.x;
+            f[2 * k + 1] = v.y;
+        }
+    } else if (m.dt == SL_DTYPE_F32) {
+        float4 a = *(const float4 *)((const float *)m.p + i), b = *((const float4 *)((const float *)m.p + i) + 1);
+        f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) f[k] = cu_ldf(m.p, m.dt, i + k);
+    }
+}
+
+__device__ __forceinline__ void cu_st8(const cu_mat &m, int64_t r, int64_t c, const float *f)
+{
+    int64_t i = r * m.ld + c;
+    if (m.dt == SL_DTYPE_BF16) {
+        uint4 u;
+        __nv_bfloat162 *h = (__nv_bfloat162 *)&u;
+#pragma unroll
+        for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+        *(uint4 *)((__nv_bfloat16 *)m.p + i) = u;
+    } else if (m.dt == SL_DTYPE_F32) {
+        float4 *d = (float4 *)((float *)m.p + i);
+        d[0] = make_float4(f[0], f[1], f[2], f[3]);
+        d[1] = make_float4(f[4], f[5], f[6], f[7]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) cu_stf(m.p, m.dt, i + k, f[k]);
+    }
+}
+
+__device__ __forceinline__ float cu_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float cu_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread
+// gets the total. red must hold 32 floats.
+__device__ __forceinline__ float cu_block_sum(float v, float *red)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = cu_warp_sum(v);
+    __syncthreads(); // red may still be read from a previous call
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0.0f;
+    return cu_warp_sum(v);
+}
+
+// Whether cu_ld8 / cu_st8 may be used on m at every column multiple of 8.
+static inline int cu_mat_vec_ok(const cu_mat &m)
+{
+    int64_t esz = (int64_t)sl_dtype_size((sl_dtype)m.dt);
+    return !m.p || (m.cols % 8 == 0 && m.ld % 8 == 0 && (uintptr_t)m.p % (uintptr_t)(8 * esz) == 0);
+}
+
+static inline unsigned cu_blocks(int64_t n, int threads)
+{
+    return (unsigned)((n + threads - 1) / threads);
+}
+
+// Grid for row-wise kernels: blockIdx.y = row, blockIdx.x strides the columns
+// with 256-thread blocks.
+static inline dim3 cu_row_grid(int64_t rows, int64_t cols)
+{
+    unsigned x = cu_blocks(cols, 256);
+    return dim3(x > 64 ? 64 : x, (unsigned)rows);
+}
+
+#endif

@@ -1,0 +1,251 @@
+// kernels/cuda/elementwise.cu: memory-bound ops, one grid-stride pass each.
+// Rows go to blocks (blockIdx.x = row) so index math stays out of the loop.
+#include "elementwise.cuh"
+#include "sl_rng.h"
+
+__global__ void k_embed(cu_mat out, cu_mat table, const int32_t *ids)
+{
+    int64_t t = blockIdx.x, row = ids[t];
+    for (int64_t c = threadIdx.x; c < out.cols; c += blockDim.x)
+        cu_mat_st(out, t, c, cu_mat_ld(table, row, c));
+}
+
+void cu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_batch_meta *m)
+{
+    cu_backend *b = cu_be(be);
+    const cu_meta *cm = cu_meta_of(m);
+    if (cm->n_tokens == 0) return;
+    k_embed<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(out), cu_mat_of(table), cm->ids);
+    CU_CHECK_LAUNCH();
+}
+
+// inv_freq comes from the host (glibc powf, as the CPU op), so the fp32 angle
+// pos·inv_freq is bit-identical; only sin/cos may differ by an ulp.
+typedef struct cu_rope_freqs {
+    float v[128];
+} cu_rope_freqs;
+
+__global__ void k_rope(cu_mat x, int n_heads, int head_dim, int half, cu_rope_freqs f,
+                       const int32_t *pos)
+{
+    int64_t t = blockIdx.x;
+    float p = (float)pos[t];
+    for (int j = threadIdx.x; j < n_heads * half; j += blockDim.x) {
+        int h = j / half, i = j % half;
+        float ang = p * f.v[i], s, c;
+        sincosf(ang, &s, &c);
+        int64_t c0 = (int64_t)h * head_dim + i, c1 = c0 + half;
+        float x0 = cu_mat_ld(x, t, c0), x1 = cu_mat_ld(x, t, c1);
+        cu_mat_st(x, t, c0, x0 * c - x1 * s);
+        cu_mat_st(x, t, c1, x1 * c + x0 * s);
+    }
+}
+
+void cu_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_dim, float theta,
+             const sl_batch_meta *m)
+{
+    cu_backend *b = cu_be(be);
+    const cu_meta *cm = cu_meta_of(m);
+    int half = rot_dim / 2;
+    SL_ASSERT(half <= 128);
+    if (cm->n_tokens == 0 || half == 0) return;
+    cu_rope_freqs f;
+    for (int i = 0; i < half; i++) f.v[i] = 1.0f / powf(theta, (float)(2 * i) / (float)rot_dim);
+    k_rope<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(x), n_heads, head_dim, half, f, cm->pos);
+    CU_CHECK_LAUNCH();
+}
+
+// VEC: 8 elements per thread step (16-byte bf16 accesses).
+template <bool VEC>
+__global__ void k_silu_mul(cu_mat out, cu_mat gu)
+{
+    constexpr int V = VEC ? 8 : 1;
+    int64_t r = blockIdx.y;
+    for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < out.cols;
+         c += (int64_t)gridDim.x * blockDim.x * V) {
+        float g[V], u[V];
+        if (VEC) {
+            cu_ld8(gu, r, c, g);
+            cu_ld8(gu, r, out.cols + c, u);
+        } else {
+            g[0] = cu_mat_ld(gu, r, c);
+            u[0] = cu_mat_ld(gu, r, out.cols + c);
+        }
+#pragma unroll
+        for (int k = 0; k < V; k++) g[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
+        if (VEC) cu_st8(out, r, c, g);
+        else cu_mat_st(out, r, c, g[0]);
+    }
+}
+
+void cu_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu)
+{
+    cu_backend *b = cu_be(be);
+    cu_mat O = cu_mat_of(out), G = cu_mat_of(gu);
+    if (O.rows == 0) return;
+    if (cu_mat_vec_ok(O) && cu_mat_vec_ok(G))
+        k_silu_mul<true><<<cu_row_grid(O.rows, O.cols / 8), 256, 0, b->stream>>>(O, G);
+    else
+        k_silu_mul<false><<<cu_row_grid(O.rows, O.cols), 256, 0, b->stream>>>(O, G);
+    CU_CHECK_LAUNCH();
+}
+
+// g has x's columns, or one (a per-row gate, broadcast).
+template <bool VEC>
+__global__ void k_sigmoid_mul(cu_mat x, cu_mat g)
+{
+    constexpr int V = VEC ? 8 : 1;
+    int64_t r = blockIdx.y;
+    float g1 = g.cols == 1 ? cu_mat_ld(g, r, 0) : 0.0f;
+    for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < x.cols;
+         c += (int64_t)gridDim.x * blockDim.x * V) {
+        float v[V], w[V];
+        if (VEC) {
+            cu_ld8(x, r, c, v);
+            if (g.cols != 1) cu_ld8(g, r, c, w);
+        } else {
+            v[0] = cu_mat_ld(x, r, c);
+            if (g.cols != 1) w[0] = cu_mat_ld(g, r, c);
+        }
+#pragma unroll
+        for (int k = 0; k < V; k++) v[k] = v[k] / (1.0f + expf(-(g.cols == 1 ? g1 : w[k])));
+        if (VEC) cu_st8(x, r, c, v);
+        else cu_mat_st(x, r, c, v[0]);
+    }
+}
+
+void cu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g)
+{
+    cu_backend *b = cu_be(be);
+    cu_mat X = cu_mat_of(x), G = cu_mat_of(g);
+    if (X.rows == 0) return;
+    if (cu_mat_vec_ok(X) && (G.cols == 1 || cu_mat_vec_ok(G)))
+        k_sigmoid_mul<true><<<cu_row_grid(X.rows, X.cols / 8), 256, 0, b->stream>>>(X, G);
+    else
+        k_sigmoid_mul<false><<<cu_row_grid(X.rows, X.cols), 256, 0, b->stream>>>(X, G);
+    CU_CHECK_LAUNCH();
+}
+
+__global__ void k_gather_rows(cu_mat out, cu_mat x, const int32_t *idx)
+{
+    int64_t i = blockIdx.y, r = idx[i];
+    for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < x.cols;
+         c += (int64_t)gridDim.x * blockDim.x)
+        cu_mat_st(out, i, c, cu_mat_ld(x, r, c));
+}
+
+void cu_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m)
+{
+    cu_backend *b = cu_be(be);
+    const cu_meta *cm = cu_meta_of(m);
+    if (cm->n_logits == 0) return;
+    k_gather_rows<<<cu_row_grid(cm->n_logits, sl_tensor_cols(x)), 256, 0, b->stream>>>(
+        cu_mat_of(out), cu_mat_of(x), cm->logit_rows);
+    CU_CHECK_LAUNCH();
+}
+
+// pairs[i] = (dst, src); blockIdx.y = pair.
+template <typename V>
+__global__ void k_copy_slots(char *pool, int64_t row_bytes, const int32_t *dst, const int32_t *src)
+{
+    int i = blockIdx.y;
+    V *d = (V *)(pool + dst[i] * row_bytes);
+    const V *s = src[i] < 0 ? NULL : (const V *)(pool + src[i] * row_bytes);
+    int64_t n = row_bytes / (int64_t)sizeof(V);
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < n;
+         j += (int64_t)gridDim.x * blockDim.x) {
+        V v;
+        if (s) v = s[j];
+        else memset(&v, 0, sizeof v);
+        d[j] = v;
+    }
+}
+
+void cu_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const int32_t *src, int n)
+{
+    cu_backend *b = cu_be(be);
+    if (n == 0) return;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) SL_ASSERT(dst[i] != src[j] || i == j);
+    int64_t row = sl_tensor_numel(pool) / pool->ne[0] * (int64_t)sl_dtype_size(pool->dtype);
+    int32_t *pairs = (int32_t *)cu_tmp_alloc(b, sizeof(int32_t) * 2 * (size_t)n);
+    CU_CHECK(cudaMemcpyAsync(pairs, dst, sizeof(int32_t) * n, cudaMemcpyHostToDevice, b->stream));
+    CU_CHECK(cudaMemcpyAsync(pairs + n, src, sizeof(int32_t) * n, cudaMemcpyHostToDevice,
+                             b->stream));
+    uintptr_t al = (uintptr_t)pool->data | (uintptr_t)row;
+    int vsz = al % 16 == 0 ? 16 : al % 4 == 0 ? 4 : 1;
+    unsigned gx = cu_blocks(row / vsz, 256);
+    dim3 grid(gx > 128 ? 128 : gx, (unsigned)n);
+    char *p = (char *)pool->data;
+    if (vsz == 16) k_copy_slots<uint4><<<grid, 256, 0, b->stream>>>(p, row, pairs, pairs + n);
+    else if (vsz == 4) k_copy_slots<uint32_t><<<grid, 256, 0, b->stream>>>(p, row, pairs, pairs + n);
+    else k_copy_slots<uint8_t><<<grid, 256, 0, b->stream>>>(p, row, pairs, pairs + n);
+    CU_CHECK_LAUNCH();
+    cu_tmp_free(b, pairs);
+}
+
+// Bit-identical to the CPU before the final rounding: the explicit _rn
+// intrinsics keep the compiler from fusing scale·u + offset into one FMA.
+__global__ void k_fill_random(void *p, int dt, int64_t n, uint64_t seed, float scale, float offset)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float u = sl_rng_uniform(seed, (uint64_t)i);
+        float v = __fadd_rn(offset, __fmul_rn(scale, __fsub_rn(__fmul_rn(2.0f, u), 1.0f)));
+        cu_stf(p, dt, i, v);
+    }
+}
+
+void cu_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, float offset)
+{
+    cu_backend *b = cu_be(be);
+    int64_t n = sl_tensor_numel(t);
+    if (n == 0) return;
+    unsigned g = (unsigned)(n < 8192 * 256 ? cu_blocks(n, 256) : 8192);
+    k_fill_random<<<g, 256, 0, b->stream>>>(t->data, t->dtype, n, seed, scale, offset);
+    CU_CHECK_LAUNCH();
+}
+
+// One block per row: each thread keeps its best (value, lowest index), then a
+// warp-shuffle and shared-memory reduction picks the row's winner.
+__device__ __forceinline__ void cu_better(float &v, int &i, float v2, int i2)
+{
+    if (v2 > v || (v2 == v && i2 < i)) {
+        v = v2;
+        i = i2;
+    }
+}
+
+__global__ void k_argmax(int32_t *ids, cu_mat x)
+{
+    int64_t r = blockIdx.x;
+    float best = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) cu_better(best, bi, cu_mat_ld(x, r, c), (int)c);
+    for (int o = 16; o > 0; o >>= 1)
+        cu_better(best, bi, __shfl_down_sync(0xffffffffu, best, o), __shfl_down_sync(0xffffffffu, bi, o));
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    if (l == 0) {
+        sv[w] = best;
+        si[w] = bi;
+    }
+    __syncthreads();
+    if (w == 0) {
+        int nw = blockDim.x / 32;
+        best = l < nw ? sv[l] : -INFINITY;
+        bi = l < nw ? si[l] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1)
+            cu_better(best, bi, __shfl_down_sync(0xffffffffu, best, o), __shfl_down_sync(0xffffffffu, bi, o));
+        if (l == 0) ids[r] = bi == 0x7fffffff ? 0 : bi;
+    }
+}
+
+void cu_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x)
+{
+    int64_t rows = sl_tensor_rows(x);
+    if (rows == 0) return;
+    k_argmax<<<(unsigned)rows, 256, 0, cu_be(be)->stream>>>((int32_t *)ids->data, cu_mat_of(x));
+    CU_CHECK_LAUNCH();
+}

@@ -1,0 +1,202 @@
+// kernels/cuda/matmul.cu: out = x · wᵀ through cuBLASLt. Row-major [M,K] data
+// is column-major [K,M], so the product is computed as outᵀ[N,M] = w[K,N]ᵀ ·
+// xᵀ[K,M] in cuBLAS's column-major terms: A = w (transposed), B = x.
+// A plan (descriptors + the heuristic's algorithm) is cached per shape, dtype,
+// leading dimensions and pointer alignment: the heuristic query costs more
+// than a decode GEMV.
+#include <string.h>
+
+#include "matmul.cuh"
+
+#define CU_MM_CACHE 64
+#define CU_MM_CANDIDATES 16
+// The heuristic's first choice is not always the fastest (small-N decode
+// GEMVs especially): on a plan's first use outside graph capture, its top
+// candidates run on the real operands and the fastest is kept.
+
+typedef struct cu_mm_key {
+    int64_t M, N, K, ldx, ldw, ldo;
+    int in_dt, out_dt;
+    int align; // min alignment (bytes) of the three pointers, capped at 256
+} cu_mm_key;
+
+typedef struct cu_mm_plan {
+    cu_mm_key key;
+    int used;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+    int n_cand; // heuristic candidates still to be timed (0: tuned)
+    cublasLtMatmulHeuristicResult_t cand[CU_MM_CANDIDATES];
+} cu_mm_plan;
+
+struct cu_matmul_cache {
+    cu_mm_plan p[CU_MM_CACHE];
+    int next; // round-robin victim
+};
+
+static void plan_destroy(cu_mm_plan *p)
+{
+    if (!p->used) return;
+    cublasLtMatmulDescDestroy(p->desc);
+    cublasLtMatrixLayoutDestroy(p->a);
+    cublasLtMatrixLayoutDestroy(p->b);
+    cublasLtMatrixLayoutDestroy(p->c);
+    p->used = 0;
+}
+
+void cu_matmul_free(cu_backend *b)
+{
+    if (!b->mm_cache) return;
+    for (int i = 0; i < CU_MM_CACHE; i++) plan_destroy(&b->mm_cache->p[i]);
+    free(b->mm_cache);
+    b->mm_cache = NULL;
+}
+
+static cudaDataType_t cu_dt(int dt)
+{
+    switch (dt) {
+    case SL_DTYPE_BF16: return CUDA_R_16BF;
+    case SL_DTYPE_F16: return CUDA_R_16F;
+    default: return CUDA_R_32F;
+    }
+}
+
+static int ptr_align(const void *p)
+{
+    uintptr_t u = (uintptr_t)p;
+    int a = 1;
+    while (a < 256 && !(u & (uintptr_t)a)) a <<= 1;
+    return a;
+}
+
+static cu_mm_plan *plan_get(cu_backend *b, const cu_mm_key *k)
+{
+    if (!b->mm_cache) {
+        b->mm_cache = (cu_matmul_cache *)calloc(1, sizeof(cu_matmul_cache));
+        SL_ASSERT(b->mm_cache);
+    }
+    cu_matmul_cache *c = b->mm_cache;
+    for (int i = 0; i < CU_MM_CACHE; i++)
+        if (c->p[i].used && !memcmp(&c->p[i].key, k, sizeof *k)) return &c->p[i];
+    cu_mm_plan *p = &c->p[c->next];
+    c->next = (c->next + 1) % CU_MM_CACHE;
+    plan_destroy(p);
+    p->key = *k;
+    cudaDataType_t in = cu_dt(k->in_dt), out = cu_dt(k->out_dt);
+    cublasComputeType_t ct = CUBLAS_COMPUTE_32F; // fp32 accumulate, no TF32 shortcut
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, ct, CUDA_R_32F));
+    cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof opT));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof opN));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, in, (uint64_t)k->K, (uint64_t)k->N, k->ldw));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, in, (uint64_t)k->K, (uint64_t)k->M, k->ldx));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, out, (uint64_t)k->N, (uint64_t)k->M, k->ldo));
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t ws = b->lt_ws_bytes;
+    uint32_t al = (uint32_t)k->align;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al));
+    int found = 0;
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(b->lt, p->desc, p->a, p->b, p->c, p->c, pref,
+                                                CU_MM_CANDIDATES, p->cand, &found));
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (!found) cu_fail("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this matmul", __FILE__, __LINE__);
+    p->n_cand = found;
+    p->algo = p->cand[0].algo;
+    p->used = 1;
+    return p;
+}
+
+__global__ void k_to_bf16(__nv_bfloat16 *dst, cu_mat m)
+{
+    int64_t n = m.rows * m.cols;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(cu_mat_ld(m, i / m.cols, i % m.cols));
+}
+
+// A dense bf16 copy of a non-bf16 operand, in scratch memory.
+static cu_mat to_bf16(cu_backend *b, cu_mat m)
+{
+    int64_t n = m.rows * m.cols;
+    __nv_bfloat16 *d = (__nv_bfloat16 *)cu_tmp_alloc(b, sizeof(__nv_bfloat16) * (size_t)n);
+    unsigned g = (unsigned)(n < 8192 * 256 ? cu_blocks(n, 256) : 8192);
+    k_to_bf16<<<g, 256, 0, b->stream>>>(d, m);
+    CU_CHECK_LAUNCH();
+    cu_mat r = {d, SL_DTYPE_BF16, m.rows, m.cols, m.cols};
+    return r;
+}
+
+void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w)
+{
+    cu_backend *b = cu_be(be);
+    cu_mat X = cu_mat_of(x), W = cu_mat_of(w), O = cu_mat_of(out);
+    if (X.rows == 0 || W.rows == 0) return;
+    SL_ASSERT(O.dt == SL_DTYPE_BF16 || O.dt == SL_DTYPE_F32);
+    int all_f32 = X.dt == SL_DTYPE_F32 && W.dt == SL_DTYPE_F32 && O.dt == SL_DTYPE_F32;
+    void *tx = NULL, *tw = NULL;
+    if (!all_f32 && X.dt != SL_DTYPE_BF16) {
+        X = to_bf16(b, X);
+        tx = X.p;
+    }
+    if (!all_f32 && W.dt != SL_DTYPE_BF16) {
+        W = to_bf16(b, W);
+        tw = W.p;
+    }
+    cu_mm_key k;
+    memset(&k, 0, sizeof k);
+    k.M = X.rows;
+    k.N = W.rows;
+    k.K = X.cols;
+    k.ldx = X.ld;
+    k.ldw = W.ld;
+    k.ldo = O.ld;
+    k.in_dt = all_f32 ? SL_DTYPE_F32 : SL_DTYPE_BF16;
+    k.out_dt = O.dt;
+    int a = ptr_align(X.p), aw = ptr_align(W.p), ao = ptr_align(O.p);
+    k.align = a < aw ? a : aw;
+    if (ao < k.align) k.align = ao;
+    cu_mm_plan *p = plan_get(b, &k);
+    float one = 1.0f, zero = 0.0f;
+    if (p->n_cand > 1) {
+        cudaStreamCaptureStatus cap;
+        CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
+        if (cap == cudaStreamCaptureStatusNone) {
+            cudaEvent_t e0, e1;
+            CU_CHECK(cudaEventCreate(&e0));
+            CU_CHECK(cudaEventCreate(&e1));
+            float best = 1e30f;
+            for (int c = 0; c < p->n_cand; c++) {
+                float ms = 0.0f;
+                for (int rep = 0; rep < 3; rep++) { // the first run warms up
+                    CU_CHECK(cudaEventRecord(e0, b->stream));
+                    cublasStatus_t st = cublasLtMatmul(b->lt, p->desc, &one, W.p, p->a, X.p, p->b,
+                                                       &zero, O.p, p->c, O.p, p->c, &p->cand[c].algo,
+                                                       b->lt_ws, b->lt_ws_bytes, b->stream);
+                    CU_CHECK(cudaEventRecord(e1, b->stream));
+                    CU_CHECK(cudaEventSynchronize(e1));
+                    float t = 0.0f;
+                    CU_CHECK(cudaEventElapsedTime(&t, e0, e1));
+                    if (st != CUBLAS_STATUS_SUCCESS) t = 1e30f;
+                    if (rep > 0) ms += t;
+                }
+                if (ms < best) {
+                    best = ms;
+                    p->algo = p->cand[c].algo;
+                }
+            }
+            cudaEventDestroy(e0);
+            cudaEventDestroy(e1);
+            p->n_cand = 0;
+        }
+    }
+    CUBLAS_CHECK(cublasLtMatmul(b->lt, p->desc, &one, W.p, p->a, X.p, p->b, &zero, O.p, p->c, O.p,
+                                p->c, &p->algo, b->lt_ws, b->lt_ws_bytes, b->stream));
+    cu_tmp_free(b, tx);
+    cu_tmp_free(b, tw);
+}

@@ -1,0 +1,169 @@
+// kernels/cuda/norm.cu: RMSNorm over groups of D = numel(w) columns (the whole
+// row, or one head). One group per warp when D <= 1024 (per-head norms), one
+// per block otherwise. Two passes over the group: the sum of squares, then
+// the scaled write; the second read hits L1/L2. With VEC, each thread moves 8
+// elements (16 bytes of bf16) at a time. The fused residual add rounds resid
+// to its dtype before squaring, as the CPU op reads the stored value back.
+#include "norm.cuh"
+
+typedef struct cu_norm_args {
+    cu_mat out, x, resid, z, w; // resid.p / z.p NULL when unused; w is [1, D]
+    float eps;
+    int one_plus;
+    int64_t groups_per_row;
+} cu_norm_args;
+
+// Threads [t0, t0+nt) of a warp or block cooperate on group g; sum() reduces
+// over them.
+template <bool VEC, typename Reduce>
+__device__ __forceinline__ void norm_group(const cu_norm_args &a, int64_t g, int t0, int nt,
+                                           Reduce sum)
+{
+    constexpr int V = VEC ? 8 : 1;
+    int64_t D = a.w.cols, r = g / a.groups_per_row, c0 = (g % a.groups_per_row) * D;
+    const cu_mat &src = a.resid.p ? a.resid : a.x;
+    float ss = 0.0f;
+    for (int64_t c = (int64_t)t0 * V; c < D; c += (int64_t)nt * V) {
+        float v[V];
+        if (VEC) cu_ld8(a.x, r, c0 + c, v);
+        else v[0] = cu_mat_ld(a.x, r, c0 + c);
+        if (a.resid.p) {
+            float rv[V];
+            if (VEC) cu_ld8(a.resid, r, c0 + c, rv);
+            else rv[0] = cu_mat_ld(a.resid, r, c0 + c);
+#pragma unroll
+            for (int k = 0; k < V; k++) v[k] = cu_round(a.resid.dt, rv[k] + v[k]);
+            if (VEC) cu_st8(a.resid, r, c0 + c, v);
+            else cu_mat_st(a.resid, r, c0 + c, v[0]);
+        }
+#pragma unroll
+        for (int k = 0; k < V; k++) ss += v[k] * v[k];
+    }
+    ss = sum(ss);
+    float inv = 1.0f / sqrtf(ss / (float)D + a.eps);
+    for (int64_t c = (int64_t)t0 * V; c < D; c += (int64_t)nt * V) {
+        float v[V], w[V], z[V];
+        if (VEC) {
+            cu_ld8(src, r, c0 + c, v);
+            cu_ld8(a.w, 0, c, w);
+            if (a.z.p) cu_ld8(a.z, r, c0 + c, z);
+        } else {
+            v[0] = cu_mat_ld(src, r, c0 + c);
+            w[0] = cu_mat_ld(a.w, 0, c);
+            if (a.z.p) z[0] = cu_mat_ld(a.z, r, c0 + c);
+        }
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            float y = v[k] * inv * (a.one_plus ? 1.0f + w[k] : w[k]);
+            if (a.z.p) y *= z[k] / (1.0f + expf(-z[k]));
+            v[k] = y;
+        }
+        if (VEC) cu_st8(a.out, r, c0 + c, v);
+        else cu_mat_st(a.out, r, c0 + c, v[0]);
+    }
+}
+
+template <bool VEC>
+__global__ void k_norm_warp(cu_norm_args a, int64_t n_groups)
+{
+    int64_t g = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (g >= n_groups) return;
+    norm_group<VEC>(a, g, threadIdx.x & 31, 32, [](float v) { return cu_warp_sum(v); });
+}
+
+template <bool VEC>
+__global__ void k_norm_block(cu_norm_args a)
+{
+    __shared__ float red[32];
+    norm_group<VEC>(a, blockIdx.x, threadIdx.x, blockDim.x,
+                    [&](float v) { return cu_block_sum(v, red); });
+}
+
+static void norm_launch(cu_backend *b, cu_norm_args a)
+{
+    int64_t D = a.w.cols;
+    SL_ASSERT(D > 0 && a.x.cols % D == 0);
+    a.groups_per_row = a.x.cols / D;
+    int64_t n = a.x.rows * a.groups_per_row;
+    if (n == 0) return;
+    bool vec = D % 8 == 0 && cu_mat_vec_ok(a.out) && cu_mat_vec_ok(a.x) &&
+               cu_mat_vec_ok(a.resid) && cu_mat_vec_ok(a.z) && cu_mat_vec_ok(a.w);
+    if (D <= 1024) {
+        if (vec) k_norm_warp<true><<<cu_blocks(n, 8), 256, 0, b->stream>>>(a, n);
+        else k_norm_warp<false><<<cu_blocks(n, 8), 256, 0, b->stream>>>(a, n);
+    } else {
+        if (vec) k_norm_block<true><<<(unsigned)n, 256, 0, b->stream>>>(a);
+        else k_norm_block<false><<<(unsigned)n, 512, 0, b->stream>>>(a);
+    }
+    CU_CHECK_LAUNCH();
+}
+
+static cu_mat no_mat(void)
+{
+    cu_mat m = {NULL, SL_DTYPE_F32, 0, 0, 0};
+    return m;
+}
+
+// w as a [1, D] row
+static cu_mat w_row(const sl_tensor *w)
+{
+    cu_mat m = {w->data, w->dtype, 1, sl_tensor_numel(w), sl_tensor_numel(w)};
+    return m;
+}
+
+void cu_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w, float eps,
+                int one_plus)
+{
+    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), no_mat(), no_mat(), w_row(w), eps, one_plus, 0};
+    norm_launch(cu_be(be), a);
+}
+
+void cu_add_rmsnorm(sl_backend *be, sl_tensor *out, sl_tensor *resid, const sl_tensor *x,
+                    const sl_tensor *w, float eps, int one_plus)
+{
+    SL_ASSERT(sl_tensor_numel(w) == sl_tensor_cols(x));
+    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), cu_mat_of(resid), no_mat(), w_row(w),
+                      eps, one_plus, 0};
+    norm_launch(cu_be(be), a);
+}
+
+void cu_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
+                      const sl_tensor *w, float eps)
+{
+    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), no_mat(), cu_mat_of(z), w_row(w), eps, 0, 0};
+    norm_launch(cu_be(be), a);
+}
+
+template <bool VEC>
+__global__ void k_add(cu_mat out, cu_mat a, cu_mat b)
+{
+    constexpr int V = VEC ? 8 : 1;
+    int64_t r = blockIdx.y;
+    for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < out.cols;
+         c += (int64_t)gridDim.x * blockDim.x * V) {
+        float x[V], y[V];
+        if (VEC) {
+            cu_ld8(a, r, c, x);
+            cu_ld8(b, r, c, y);
+        } else {
+            x[0] = cu_mat_ld(a, r, c);
+            y[0] = cu_mat_ld(b, r, c);
+        }
+#pragma unroll
+        for (int k = 0; k < V; k++) x[k] += y[k];
+        if (VEC) cu_st8(out, r, c, x);
+        else cu_mat_st(out, r, c, x[0]);
+    }
+}
+
+void cu_add(sl_backend *be, sl_tensor *out, const sl_tensor *a, const sl_tensor *b)
+{
+    cu_backend *bk = cu_be(be);
+    cu_mat O = cu_mat_of(out), A = cu_mat_of(a), B = cu_mat_of(b);
+    if (O.rows == 0) return;
+    if (cu_mat_vec_ok(O) && cu_mat_vec_ok(A) && cu_mat_vec_ok(B))
+        k_add<true><<<cu_row_grid(O.rows, O.cols / 8), 256, 0, bk->stream>>>(O, A, B);
+    else
+        k_add<false><<<cu_row_grid(O.rows, O.cols), 256, 0, bk->stream>>>(O, A, B);
+    CU_CHECK_LAUNCH();
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# tests/gpu/run_all.sh BIN_DIR: every GPU check and benchmark in one call, for
+# the GPU machine (which runs prebuilt binaries: build here, ship BIN_DIR).
+# Runs each BIN_DIR/test_* (test_backend_ops also with --perf), keeps full
+# logs under $OUT (or /tmp), and prints a short summary table LAST.
+#   SANITIZE=1  also runs the correctness pass under compute-sanitizer memcheck
+set -uo pipefail
+dir=${1:-build/bin}
+out=${OUT:-/tmp}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,clocks.mem \
+  --format=csv | tee "$out/device.txt"
+declare -a rows
+# run NAME LIMIT ARGS...: one binary with a time limit, its log kept in $out
+run() {
+  local name=$1 limit=$2; shift 2
+  local log="$out/$name${1:+.${1#--}}.log" start=$(date +%s)
+  echo "=== $name $*"
+  timeout -s KILL "$limit" "$dir/$name" "$@" >"$log" 2>&1
+  local rc=$?
+  cat "$log"
+  rows+=("$(printf '%-28s rc=%-3s %4ss  %s' "$name $*" "$rc" "$(( $(date +%s) - start ))" \
+    "$(grep -E '^correctness:|checks,' "$log" | tr '\n' ' ')")")
+}
+for t in "$dir"/test_*; do
+  [ -x "$t" ] || continue
+  name=$(basename "$t")
+  run "$name" "${LIMIT:-150}"
+  [ "$name" = test_backend_ops ] && run "$name" "${PERF_LIMIT:-200}" --perf
+  if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+    timeout -s KILL 200 compute-sanitizer --tool memcheck --print-limit 5 "$t" \
+      >"$out/$name.memcheck.log" 2>&1
+    rows+=("$(printf '%-28s memcheck rc=%s: %s' "$name" "$?" \
+      "$(grep -E 'ERROR SUMMARY' "$out/$name.memcheck.log" | tail -1)")")
+  fi
+done
+echo
+echo "==================== summary ===================="
+grep -h '^PEAK' "$out"/*.log 2>/dev/null
+grep -h '^PERF' "$out"/*.log 2>/dev/null | sed -E 's/^PERF +//; s/ +/ /g' | \
+  awk '{ printf "%-100s\n", $0 }'
+grep -h 'FAIL' "$out"/*.log 2>/dev/null | head -20
+for r in "${rows[@]}"; do echo "$r"; done
