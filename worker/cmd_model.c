@@ -276,14 +276,14 @@ static json_t *tiny_config(const char *arch, int vocab)
         json_object_set_new(c, "architectures", json_pack("[s]", "Qwen3ForCausalLM"));
         json_object_set_new(c, "model_type", json_string("qwen3"));
         json_object_set_new(c, "num_hidden_layers", json_integer(2));
-        json_object_set_new(c, "head_dim", json_integer(16));
+        json_object_set_new(c, "head_dim", json_integer(64));
         json_object_set_new(c, "intermediate_size", json_integer(128));
         json_object_set_new(c, "tie_word_embeddings", json_true());
     } else if (!strcmp(arch, "qwen3_moe")) {
         json_object_set_new(c, "architectures", json_pack("[s]", "Qwen3MoeForCausalLM"));
         json_object_set_new(c, "model_type", json_string("qwen3_moe"));
         json_object_set_new(c, "num_hidden_layers", json_integer(3));
-        json_object_set_new(c, "head_dim", json_integer(16));
+        json_object_set_new(c, "head_dim", json_integer(64));
         json_object_set_new(c, "intermediate_size", json_integer(96));
         json_object_set_new(c, "num_experts", json_integer(8));
         json_object_set_new(c, "num_experts_per_tok", json_integer(2));
@@ -294,15 +294,15 @@ static json_t *tiny_config(const char *arch, int vocab)
         json_object_set_new(c, "architectures", json_pack("[s]", "Qwen3NextForCausalLM"));
         json_object_set_new(c, "model_type", json_string("qwen3_next"));
         json_object_set_new(c, "num_hidden_layers", json_integer(4));
-        json_object_set_new(c, "head_dim", json_integer(32));
+        json_object_set_new(c, "head_dim", json_integer(64));
         json_object_set_new(c, "partial_rotary_factor", json_real(0.25));
         json_object_set_new(c, "intermediate_size", json_integer(96));
         json_object_set_new(c, "layer_types", json_pack("[s,s,s,s]", "linear_attention", "full_attention",
                                                        "linear_attention", "full_attention"));
         json_object_set_new(c, "linear_num_key_heads", json_integer(2));
         json_object_set_new(c, "linear_num_value_heads", json_integer(4));
-        json_object_set_new(c, "linear_key_head_dim", json_integer(16));
-        json_object_set_new(c, "linear_value_head_dim", json_integer(16));
+        json_object_set_new(c, "linear_key_head_dim", json_integer(64));
+        json_object_set_new(c, "linear_value_head_dim", json_integer(64));
         json_object_set_new(c, "linear_conv_kernel_dim", json_integer(4));
         json_object_set_new(c, "num_experts", json_integer(8));
         json_object_set_new(c, "num_experts_per_tok", json_integer(2));

@@ -408,8 +408,7 @@ size_t sl_model_page_bytes(const sl_model *m, int page_size)
 size_t sl_model_slot_bytes(const sl_model *m)
 {
     const sl_model_config *c = &m->cfg;
-    size_t conv = (size_t)sl_model_config_conv_dim(c) * (size_t)(c->conv_kernel - 1) *
-                  sl_dtype_size(sl_be_act_dtype(m->be));
+    size_t conv = (size_t)sl_model_config_conv_dim(c) * (size_t)(c->conv_kernel - 1) * 4;
     size_t ssm = (size_t)c->lin_v_heads * (size_t)c->lin_k_dim * (size_t)c->lin_v_dim * 4;
     return (size_t)c->n_linear_layers * (conv + ssm);
 }
@@ -441,7 +440,8 @@ sl_status sl_model_cache_alloc(sl_model *m, sl_model_cache *c, int n_pages, int 
     }
     int64_t C = sl_model_config_conv_dim(g);
     for (int j = 0; j < c->n_linear && !s; j++) {
-        s = sl_be_alloc(m->be, &c->conv[j], ad, 3, SHP(n_slots, C, g->conv_kernel - 1), e);
+        /* conv history in fp32 like the SSM state: snapshots are exact */
+        s = sl_be_alloc(m->be, &c->conv[j], SL_DTYPE_F32, 3, SHP(n_slots, C, g->conv_kernel - 1), e);
         if (!s)
             s = sl_be_alloc(m->be, &c->ssm[j], SL_DTYPE_F32, 4,
                             SHP(n_slots, g->lin_v_heads, g->lin_k_dim, g->lin_v_dim), e);

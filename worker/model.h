@@ -109,8 +109,8 @@ const sl_model_config *sl_model_cfg(const sl_model *m);
 sl_backend *sl_model_backend(const sl_model *m);
 
 /* Per-model cache memory. Attention layer j: k[j], v[j] are
- * [n_pages*page_size, Hkv*D]; linear layer j: conv[j] is [n_slots, C, K-1],
- * ssm[j] is [n_slots, Hv, Dk, Dv] fp32. Slot and page ids index these. */
+ * [n_pages*page_size, Hkv*D]; linear layer j: conv[j] is [n_slots, C, K-1]
+ * fp32, ssm[j] is [n_slots, Hv, Dk, Dv] fp32. Slot and page ids index these. */
 typedef struct sl_model_cache {
     int page_size, n_pages, n_slots;
     int n_attn, n_linear;

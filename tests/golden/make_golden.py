@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden fixtures from the reference implementation (Hugging Face transformers).
+"""Golden fixtures (head dims 64: the smallest the CUDA attention and GDN kernels take) from the reference implementation (Hugging Face transformers).
 
 Run on a machine with PyTorch and transformers (the GPU machine has 5.17):
 
@@ -37,19 +37,19 @@ def config_for(arch):
                   rms_norm_eps=1e-6, max_position_embeddings=4096, bos_token_id=0,
                   eos_token_id=VOCAB - 1, attn_implementation="eager")
     if arch == "qwen3":
-        return transformers.Qwen3Config(num_hidden_layers=2, head_dim=16, intermediate_size=128,
+        return transformers.Qwen3Config(num_hidden_layers=2, head_dim=64, intermediate_size=128,
                                         tie_word_embeddings=True, rope_theta=10000.0, **common)
     if arch == "qwen3_moe":
-        return transformers.Qwen3MoeConfig(num_hidden_layers=3, head_dim=16, intermediate_size=96,
+        return transformers.Qwen3MoeConfig(num_hidden_layers=3, head_dim=64, intermediate_size=96,
                                            num_experts=8, num_experts_per_tok=2,
                                            moe_intermediate_size=32, mlp_only_layers=[1],
                                            tie_word_embeddings=False, rope_theta=1000000.0, **common)
     if arch == "qwen3_next":
         return transformers.Qwen3NextConfig(
-            num_hidden_layers=4, head_dim=32, partial_rotary_factor=0.25, intermediate_size=96,
+            num_hidden_layers=4, head_dim=64, partial_rotary_factor=0.25, intermediate_size=96,
             layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
-            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
-            linear_value_head_dim=16, linear_conv_kernel_dim=4, num_experts=8, num_experts_per_tok=2,
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=64,
+            linear_value_head_dim=64, linear_conv_kernel_dim=4, num_experts=8, num_experts_per_tok=2,
             moe_intermediate_size=32, shared_expert_intermediate_size=32, norm_topk_prob=True,
             mlp_only_layers=[2], tie_word_embeddings=False, rope_theta=10000.0, **common)
     raise ValueError(arch)

@@ -35,6 +35,12 @@ for t in "$dir"/test_*; do
       "$(grep -E 'ERROR SUMMARY' "$out/$name.memcheck.log" | tail -1)")")
   fi
 done
+if [ -x "$dir/sluice" ]; then
+  start=$(date +%s)
+  python3 "$(dirname "$0")/check_model.py" "$dir" 2>&1 | tee "$out/check_model.log"
+  rows+=("$(printf '%-28s rc=%-3s %4ss  %s' "check_model.py" "${PIPESTATUS[0]}" "$(( $(date +%s) - start ))" \
+    "$(tail -1 "$out/check_model.log")")")
+fi
 echo
 echo "==================== summary ===================="
 grep -h '^PEAK' "$out"/*.log 2>/dev/null

@@ -149,7 +149,7 @@ def test_clear_errors(sluice_bin, tiny, tmp_path):
     del ts["model.layers.1.self_attn.k_norm.weight"]
     st_write(d / "model.safetensors", ts)
     r = run(sluice_bin, "generate", "--model", str(d), "--ids", "1", ok=False)
-    assert "missing tensor model.layers.1.self_attn.k_norm.weight (expected shape [16])" in r.stderr
+    assert "missing tensor model.layers.1.self_attn.k_norm.weight (expected shape [64])" in r.stderr
     # truncated file, bad header
     d = tmp_path / "trunc"
     shutil.copytree(src, d)
