@@ -24,8 +24,9 @@ static int usage_error(const sl_err *e)
     return 2;
 }
 
-/* Rules that depend on the model (hybrid page/interval alignment) are checked
- * right after config.json is read, before any weight is loaded. */
+/* The scheduler's rules (page/interval alignment for hybrid models, chunk
+ * size) are checked right after config.json is read, before any weight is
+ * loaded. */
 static sl_status check_flags(const sl_model_config *mc, const sl_engine_config *c,
                              const char *strategy, sl_err *e)
 {
@@ -39,12 +40,12 @@ static sl_status check_flags(const sl_model_config *mc, const sl_engine_config *
         return sl_err_set(e, SL_ERR_INVALID,
                           "--mamba-scheduler-strategy must be extra_buffer or no_buffer, not '%s'",
                           strategy);
-    if (mc->n_linear_layers == 0) return SL_OK;
     sl_sched_config sc = {.page_size = c->page_size,
-                          .hybrid = 1,
+                          .hybrid = mc->n_linear_layers > 0,
                           .track_interval = c->track_interval,
                           .strategy = c->strategy,
                           .overlap = c->overlap,
+                          .chunked_prefill_size = c->chunked_prefill_size,
                           .max_running = 1,
                           .context_len = 2,
                           .n_pages = 2,

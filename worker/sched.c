@@ -171,6 +171,11 @@ sl_status sl_sched_config_check(const sl_sched_config *c, sl_err *e)
     if (c->hybrid && c->strategy == SL_MAMBA_NO_BUFFER && c->overlap)
         return sl_err_set(e, SL_ERR_INVALID,
                           "--mamba-scheduler-strategy no_buffer needs --disable-overlap-schedule");
+    if (c->chunked_prefill_size > 0 && c->chunked_prefill_size < P)
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "--chunked-prefill-size %d is smaller than --page-size %d: a chunk "
+                          "must hold at least one page",
+                          c->chunked_prefill_size, P);
     if (c->max_running <= 0 || c->context_len <= 1 || c->n_pages < 2 || c->vocab <= 0)
         return sl_err_set(e, SL_ERR_INVALID, "scheduler: bad sizes");
     if (c->hybrid && c->n_slots < 2)

@@ -130,6 +130,9 @@ static void test_flag_checks(void)
     snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --mamba-scheduler-strategy lazy",
              dir);
     CHECK(worker_rejects(args, "extra_buffer or no_buffer"));
+    snprintf(args, sizeof args,
+             "--model %s --listen ipc:///tmp/x --page-size 16 --chunked-prefill-size 8", dir);
+    CHECK(worker_rejects(args, "a chunk must hold at least one page"));
     CHECK(worker_rejects("--listen ipc:///tmp/x", "--model and --listen are required"));
     CHECK(worker_rejects("--model /x --listen ipc:///tmp/x --bogus 1", "bogus"));
     harness_remove(dir);
