@@ -104,7 +104,7 @@ static int worker_rejects(const char *args, const char *expect)
 {
     const char *bin = getenv("SLUICE_BIN");
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s worker %s 2>&1", bin ? bin : "sluice", args);
+    snprintf(cmd, sizeof cmd, "timeout 30 %s worker %s 2>&1", bin ? bin : "sluice", args);
     FILE *f = popen(cmd, "r");
     char out[2048] = {0};
     size_t n = f ? fread(out, 1, sizeof out - 1, f) : 0;
