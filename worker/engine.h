@@ -36,7 +36,7 @@
 #include <stdint.h>
 
 #include "model.h"
-#include "sched.h"
+#include "scheduler.h"
 
 typedef struct sl_engine_config {
     int page_size;            /* --page-size (1) */

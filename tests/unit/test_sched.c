@@ -5,7 +5,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "sched.h"
+#include "scheduler.h"
 #include "sl_test.h"
 
 static int32_t fake_token(uint64_t rid, int pos)

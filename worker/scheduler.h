@@ -1,4 +1,4 @@
-/* worker/sched.h: the scheduler. Continuous batching over KV pages and mamba
+/* worker/scheduler.h: the scheduler. Continuous batching over KV pages and mamba
  * state slots, with the radix prefix cache; it never touches the device.
  *
  * Each call to sl_sched_next_batch builds one explicit batch (sl_sched_batch:
