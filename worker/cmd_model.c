@@ -355,6 +355,75 @@ static void tiny_tensor(void *ctx, const char *name, int ndim, const int64_t *sh
     w->n++;
 }
 
+/* make-tiny's own tokenizer: byte-level BPE with one token per byte (GPT-2's
+ * byte-to-character alphabet), no merges, and the Qwen chat special tokens,
+ * so a tiny model is servable without any outside files. */
+static const char *tiny_specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                                      "<think>", "</think>", "<tool_call>", "</tool_call>",
+                                      "<tool_response>", "</tool_response>"};
+#define TINY_SPECIALS ((int)(sizeof tiny_specials / sizeof tiny_specials[0]))
+#define TINY_TOKENIZER_VOCAB (256 + TINY_SPECIALS)
+
+/* GPT-2's printable stand-in for byte b, as UTF-8 into out (3 bytes max). */
+static void byte_char(int b, char *out)
+{
+    int cp = b;
+    if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255))) {
+        int n = 0; /* the unprintable bytes take 256, 257, ... in byte order */
+        for (int x = 0; x < b; x++)
+            if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) n++;
+        cp = 256 + n;
+    }
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        out[1] = 0;
+    } else {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        out[2] = 0;
+    }
+}
+
+static sl_status write_tiny_tokenizer(const char *dir, sl_err *e)
+{
+    json_t *vocab = json_object();
+    for (int b = 0; b < 256; b++) {
+        char ch[4];
+        byte_char(b, ch);
+        json_object_set_new(vocab, ch, json_integer(b));
+    }
+    json_t *added = json_array();
+    for (int i = 0; i < TINY_SPECIALS; i++)
+        json_array_append_new(added, json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", 256 + i,
+                                               "content", tiny_specials[i], "single_word", 0, "lstrip", 0,
+                                               "rstrip", 0, "normalized", 0, "special", i < 3));
+    json_t *byte_level = json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 0,
+                                   "trim_offsets", 0, "use_regex", 0);
+    json_t *pre = json_deep_copy(byte_level);
+    json_object_set_new(pre, "use_regex", json_true()); /* GPT-2's split regex */
+    json_t *tok = json_pack("{s:s, s:n, s:n, s:o, s:{s:s}, s:o, s:O, s:O, s:{s:s, s:n, s:n, s:s, s:s, "
+                            "s:b, s:b, s:b, s:o, s:[]}}",
+                            "version", "1.0", "truncation", "padding", "added_tokens", added, "normalizer",
+                            "type", "NFC", "pre_tokenizer", pre, "post_processor", byte_level, "decoder",
+                            byte_level, "model", "type", "BPE", "dropout", "unk_token",
+                            "continuing_subword_prefix", "", "end_of_word_suffix", "", "fuse_unk", 0,
+                            "byte_fallback", 0, "ignore_merges", 0, "vocab", vocab, "merges");
+    json_decref(byte_level);
+    json_t *cfg = json_pack("{s:b, s:n, s:s, s:s, s:i, s:s, s:b}", "add_bos_token", 0, "bos_token",
+                            "eos_token", "<|im_end|>", "pad_token", "<|endoftext|>", "model_max_length",
+                            4096, "tokenizer_class", "Qwen2Tokenizer", "split_special_tokens", 0);
+    char path[4096];
+    char *t = json_dumps(tok, JSON_INDENT(1) | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+    char *c = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    sl_status s = sl_file_write(sl_path_join(path, sizeof path, dir, "tokenizer.json"), t, strlen(t), e);
+    if (!s) s = sl_file_write(sl_path_join(path, sizeof path, dir, "tokenizer_config.json"), c, strlen(c), e);
+    free(t);
+    free(c);
+    json_decref(tok);
+    json_decref(cfg);
+    return s;
+}
+
 /* Vocabulary size of a tokenizer.json: 1 + the largest id in vocab and added_tokens. */
 static int tokenizer_vocab(const char *dir, sl_err *e)
 {
@@ -400,12 +469,14 @@ int sl_cmd_make_tiny(int argc, char **argv)
 {
     const char *arch = "qwen3_next", *out = NULL, *tok = NULL;
     long long seed = 1;
-    int vocab = 512;
+    int vocab = 0; /* default: the built-in tokenizer's size */
     sl_opt opts[] = {{"--arch", NULL, SL_OPT_STR, &arch, "qwen3, qwen3_moe or qwen3_next (default)"},
                      {"--out", NULL, SL_OPT_STR, &out, "output directory"},
                      {"--tokenizer", NULL, SL_OPT_STR, &tok,
                       "copy tokenizer files from this directory and size the vocabulary to it"},
-                     {"--vocab-size", NULL, SL_OPT_INT, &vocab, "vocabulary without --tokenizer (512)"},
+                     {"--vocab-size", NULL, SL_OPT_INT, &vocab,
+                      "vocabulary without --tokenizer (default 265: the built-in byte-level "
+                      "tokenizer; below that no tokenizer is written)"},
                      {"--seed", NULL, SL_OPT_I64, &seed, "weights seed (default 1)"},
                      {0}};
     const char *summary = "Writes a small random model (config, bf16 safetensors, tokenizer files).";
@@ -420,6 +491,7 @@ int sl_cmd_make_tiny(int argc, char **argv)
         return usage_error("make-tiny", &e);
     }
     if (tok && (vocab = tokenizer_vocab(tok, &e)) < 0) return fail("make-tiny", &e);
+    if (!vocab) vocab = TINY_TOKENIZER_VOCAB;
     if (vocab < 16) {
         sl_err_set(&e, SL_ERR_INVALID, "--vocab-size must be at least 16");
         return usage_error("make-tiny", &e);
@@ -429,8 +501,12 @@ int sl_cmd_make_tiny(int argc, char **argv)
         sl_err_set(&e, SL_ERR_INVALID, "unknown --arch '%s' (qwen3, qwen3_moe, qwen3_next)", arch);
         return usage_error("make-tiny", &e);
     }
-    /* eos: the real tokenizer's <|im_end|> and <|endoftext|> when copied in, else the last ids */
-    json_t *eos = tok ? json_pack("[i,i]", 151645, 151643) : json_pack("[i]", vocab - 1);
+    /* eos: <|im_end|> and <|endoftext|> of the tokenizer (the real one copied in, or
+     * make-tiny's own when the vocabulary has room for it), else the last id */
+    int own_tok = !tok && vocab >= TINY_TOKENIZER_VOCAB;
+    json_t *eos = tok       ? json_pack("[i,i]", 151645, 151643)
+                  : own_tok ? json_pack("[i,i]", 258, 256)
+                            : json_pack("[i]", vocab - 1);
     json_object_set(cfg, "eos_token_id", eos);
     int rc = 0;
     char path[4096];
@@ -458,6 +534,7 @@ int sl_cmd_make_tiny(int argc, char **argv)
         (copy_file(tok, out, "tokenizer.json", 1, &e) || copy_file(tok, out, "tokenizer_config.json", 0, &e) ||
          copy_file(tok, out, "chat_template.jinja", 0, &e)))
         rc = fail("make-tiny", &e);
+    if (!rc && own_tok && write_tiny_tokenizer(out, &e)) rc = fail("make-tiny", &e);
     if (!rc) printf("wrote %s model to %s (vocab %d, %d tensors)\n", arch, out, vocab, w.n);
 done:
     for (int i = 0; i < w.n; i++) {

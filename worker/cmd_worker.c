@@ -24,24 +24,33 @@ static int usage_error(const sl_err *e)
     return 2;
 }
 
-/* Rules that depend on the model (hybrid page/interval alignment) are checked
- * right after config.json is read, before any weight is loaded. */
+/* The scheduler's rules (page/interval alignment for hybrid models, chunk
+ * size) are checked right after config.json is read, before any weight is
+ * loaded. */
 static sl_status check_flags(const sl_model_config *mc, const sl_engine_config *c,
                              const char *strategy, sl_err *e)
 {
     if (c->page_size <= 0) return sl_err_set(e, SL_ERR_INVALID, "--page-size must be positive");
     if (c->mem_fraction <= 0 || c->mem_fraction > 1)
         return sl_err_set(e, SL_ERR_INVALID, "--mem-fraction-static must be in (0, 1]");
-    if (c->max_running < 0 || c->context_len < 0 || c->max_total_tokens < 0 || c->max_mamba_slots < 0)
+    if (c->max_running < 0 || c->context_len < 0 || c->max_total_tokens < 0 ||
+        c->max_mamba_slots < 0)
         return sl_err_set(e, SL_ERR_INVALID, "sizes must not be negative");
     if (strcmp(strategy, "extra_buffer") && strcmp(strategy, "no_buffer"))
         return sl_err_set(e, SL_ERR_INVALID,
                           "--mamba-scheduler-strategy must be extra_buffer or no_buffer, not '%s'",
                           strategy);
-    if (mc->n_linear_layers == 0) return SL_OK;
-    sl_sched_config sc = {.page_size = c->page_size, .hybrid = 1, .track_interval = c->track_interval,
-                          .strategy = c->strategy, .overlap = c->overlap, .max_running = 1,
-                          .context_len = 2, .n_pages = 2, .n_slots = 2, .vocab = 1};
+    sl_sched_config sc = {.page_size = c->page_size,
+                          .hybrid = mc->n_linear_layers > 0,
+                          .track_interval = c->track_interval,
+                          .strategy = c->strategy,
+                          .overlap = c->overlap,
+                          .chunked_prefill_size = c->chunked_prefill_size,
+                          .max_running = 1,
+                          .context_len = 2,
+                          .n_pages = 2,
+                          .n_slots = 2,
+                          .vocab = 1};
     return sl_sched_config_check(&sc, e);
 }
 
@@ -55,9 +64,11 @@ int sl_cmd_worker(int argc, char **argv)
     sl_engine_config_default(&c);
     sl_opt opts[] = {
         {"--model", "--model-path", SL_OPT_STR, &model, "model directory (Hugging Face layout)"},
-        {"--listen", NULL, SL_OPT_STR, &listen, "nng URL to listen on: tcp://HOST:PORT or ipc:///PATH"},
+        {"--listen", NULL, SL_OPT_STR, &listen,
+         "nng URL to listen on: tcp://HOST:PORT or ipc:///PATH"},
         {"--device", NULL, SL_OPT_STR, &device, "cpu (default) or cuda[:N]"},
-        {"--load-format", NULL, SL_OPT_STR, &load_format, "auto (default) or dummy (random weights)"},
+        {"--load-format", NULL, SL_OPT_STR, &load_format,
+         "auto (default) or dummy (random weights)"},
         {"--seed", NULL, SL_OPT_I64, &seed, "seed of dummy weights (default 0)"},
         {"--served-model-name", NULL, SL_OPT_STR, &served_name, "model name in load reports"},
         {"--page-size", NULL, SL_OPT_INT, &c.page_size, "tokens per KV page (default 1)"},
@@ -129,9 +140,9 @@ int sl_cmd_worker(int argc, char **argv)
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGPIPE, SIG_IGN);
-    const char *name = served_name ? served_name : strrchr(model, '/') && strrchr(model, '/')[1]
-                                                       ? strrchr(model, '/') + 1
-                                                       : model;
+    const char *name = served_name                                     ? served_name
+                       : strrchr(model, '/') && strrchr(model, '/')[1] ? strrchr(model, '/') + 1
+                                                                       : model;
     sl_wserver_config wc = {.url = listen, .model_name = name};
     if (sl_wserver_run(g, m, &wc, &stop_flag, &e)) {
         fprintf(stderr, "sluice worker: %s\n", e.msg);

@@ -80,9 +80,15 @@ static sl_status forward(sl_engine *g, sl_sched_batch *b, sl_err *e)
     return sl_model_forward(g->m, &g->cache, &b->meta, rows, n_rows, &g->logits, e);
 }
 
-sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e) { return forward(g, b, e); }
+sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e)
+{
+    return forward(g, b, e);
+}
 
-const sl_model_cache *sl_engine_cache(const sl_engine *g) { return &g->cache; }
+const sl_model_cache *sl_engine_cache(const sl_engine *g)
+{
+    return &g->cache;
+}
 
 static sl_status run_batch(sl_engine *g, sl_sched_batch *b, sl_err *e)
 {
@@ -134,7 +140,8 @@ static void *compute_main(void *arg)
     sl_engine *g = arg;
     pthread_mutex_lock(&g->mu);
     for (;;) {
-        while (!g->fifo_n && !g->stop) pthread_cond_wait(&g->cv, &g->mu);
+        while (!g->fifo_n && !g->stop)
+            pthread_cond_wait(&g->cv, &g->mu);
         if (!g->fifo_n) break;
         sl_sched_batch *b = g->fifo[g->fifo_head];
         pthread_mutex_unlock(&g->mu);
@@ -170,7 +177,8 @@ static uint64_t launch(sl_engine *g, sl_sched_batch *b)
 static sl_status wait_for(sl_engine *g, uint64_t ticket, sl_err *e)
 {
     pthread_mutex_lock(&g->mu);
-    while (g->finished < ticket) pthread_cond_wait(&g->cv, &g->mu);
+    while (g->finished < ticket)
+        pthread_cond_wait(&g->cv, &g->mu);
     sl_status st = g->failed;
     if (st && e) *e = g->fail_err;
     pthread_mutex_unlock(&g->mu);
@@ -249,13 +257,15 @@ sl_status sl_engine_new(sl_engine **out, sl_model *m, const sl_engine_config *c,
     if (!st && g->overlap) {
         if (pthread_create(&g->thread, NULL, compute_main, g))
             st = sl_err_set(e, SL_ERR_NOMEM, "engine: cannot start the compute thread");
-        else g->have_thread = 1;
+        else
+            g->have_thread = 1;
     }
     if (st) {
         sl_engine_free(g);
         return st;
     }
-    SL_LOGI("engine", "KV pool %d pages of %d tokens, %d state slots, max %d running, context %d, "
+    SL_LOGI("engine",
+            "KV pool %d pages of %d tokens, %d state slots, max %d running, context %d, "
             "overlap %s",
             sc.n_pages, sc.page_size, sc.n_slots, sc.max_running, sc.context_len,
             g->overlap ? "on" : "off");
@@ -267,8 +277,10 @@ void sl_engine_free(sl_engine *g)
 {
     if (!g) return;
     if (g->prev) {
-        if (wait_for(g, g->prev_ticket, NULL)) sl_sched_abandon(g->sched, g->prev);
-        else sl_sched_complete(g->sched, g->prev);
+        if (wait_for(g, g->prev_ticket, NULL))
+            sl_sched_abandon(g->sched, g->prev);
+        else
+            sl_sched_complete(g->sched, g->prev);
         g->prev = NULL;
     }
     if (g->have_thread) {
@@ -296,7 +308,15 @@ sl_status sl_engine_submit(sl_engine *g, const sl_sched_req *r, sl_err *e)
     return sl_sched_submit(g->sched, r, e);
 }
 
-int sl_engine_abort(sl_engine *g, uint64_t rid) { return sl_sched_abort(g->sched, rid); }
+int sl_engine_abort(sl_engine *g, uint64_t rid)
+{
+    return sl_sched_abort(g->sched, rid);
+}
+
+void sl_engine_fail_all(sl_engine *g)
+{
+    sl_sched_fail_all(g->sched);
+}
 
 sl_status sl_engine_step(sl_engine *g, int *worked, sl_err *e)
 {
@@ -305,8 +325,10 @@ sl_status sl_engine_step(sl_engine *g, int *worked, sl_err *e)
     if (!g->overlap) {
         if (!b) return SL_OK;
         sl_status st = run_batch(g, b, e);
-        if (st) sl_sched_abandon(g->sched, b); /* the engine is unusable now */
-        else sl_sched_complete(g->sched, b);
+        if (st)
+            sl_sched_abandon(g->sched, b); /* the engine is unusable now */
+        else
+            sl_sched_complete(g->sched, b);
         return st;
     }
     uint64_t ticket = b ? launch(g, b) : 0;
@@ -329,17 +351,35 @@ sl_status sl_engine_step(sl_engine *g, int *worked, sl_err *e)
     return SL_OK;
 }
 
-int sl_engine_pop_event(sl_engine *g, sl_sched_event *ev) { return sl_sched_pop_event(g->sched, ev); }
+int sl_engine_pop_event(sl_engine *g, sl_sched_event *ev)
+{
+    return sl_sched_pop_event(g->sched, ev);
+}
 
-int sl_engine_idle(const sl_engine *g) { return !g->prev && sl_sched_idle(g->sched); }
+int sl_engine_idle(const sl_engine *g)
+{
+    return !g->prev && sl_sched_idle(g->sched);
+}
 
-void sl_engine_stats(const sl_engine *g, sl_sched_stats *st) { sl_sched_get_stats(g->sched, st); }
+void sl_engine_stats(const sl_engine *g, sl_sched_stats *st)
+{
+    sl_sched_get_stats(g->sched, st);
+}
 
-sl_status sl_engine_check(const sl_engine *g, sl_err *e) { return sl_sched_check(g->sched, e); }
+sl_status sl_engine_check(const sl_engine *g, sl_err *e)
+{
+    return sl_sched_check(g->sched, e);
+}
 
-int sl_engine_flush_cache(sl_engine *g) { return sl_sched_flush_cache(g->sched); }
+int sl_engine_flush_cache(sl_engine *g)
+{
+    return sl_sched_flush_cache(g->sched);
+}
 
-const sl_sched_config *sl_engine_sched_config(const sl_engine *g) { return &g->scfg; }
+const sl_sched_config *sl_engine_sched_config(const sl_engine *g)
+{
+    return &g->scfg;
+}
 
 void sl_engine_set_plan_hook(sl_engine *g, sl_engine_plan_fn fn, void *ctx)
 {

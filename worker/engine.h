@@ -36,7 +36,7 @@
 #include <stdint.h>
 
 #include "model.h"
-#include "sched.h"
+#include "scheduler.h"
 
 typedef struct sl_engine_config {
     int page_size;            /* --page-size (1) */
@@ -48,9 +48,9 @@ typedef struct sl_engine_config {
     int max_total_tokens;     /* --max-total-tokens: KV pool in tokens (0: from the budget) */
     int max_mamba_slots;      /* --max-mamba-cache-size (0: from the budget) */
     sl_mamba_strategy strategy;
-    int track_interval;       /* --mamba-track-interval (256) */
-    int overlap;              /* 0 with --disable-overlap-schedule */
-    int disable_radix;        /* --disable-radix-cache */
+    int track_interval; /* --mamba-track-interval (256) */
+    int overlap;        /* 0 with --disable-overlap-schedule */
+    int disable_radix;  /* --disable-radix-cache */
 } sl_engine_config;
 
 void sl_engine_config_default(sl_engine_config *c);
@@ -65,6 +65,8 @@ void sl_engine_free(sl_engine *g);
 
 sl_status sl_engine_submit(sl_engine *g, const sl_sched_req *r, sl_err *e);
 int sl_engine_abort(sl_engine *g, uint64_t rid);
+/* Ends every request with an error event (shutdown or a failed device). */
+void sl_engine_fail_all(sl_engine *g);
 /* One iteration; *worked (may be NULL) says whether anything ran. A failed
  * forward (device error) is returned; the engine cannot continue then. */
 sl_status sl_engine_step(sl_engine *g, int *worked, sl_err *e);

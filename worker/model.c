@@ -38,9 +38,23 @@ struct sl_model {
     int lm_head_owned;
     layer *layers;
     scratch s;
+    sl_model_trace_fn trace; /* NULL: no tracing */
+    void *trace_ctx;
 };
 
 const sl_model_config *sl_model_cfg(const sl_model *m) { return &m->cfg; }
+
+void sl_model_set_trace(sl_model *m, sl_model_trace_fn fn, void *ctx)
+{
+    m->trace = fn;
+    m->trace_ctx = ctx;
+}
+
+/* Reports op's output t of layer li (-1: outside the layers) to the trace. */
+static void trace(const sl_model *m, int li, const char *op, const sl_tensor *t)
+{
+    if (m->trace) m->trace(m->trace_ctx, li, op, t);
+}
 sl_backend *sl_model_backend(const sl_model *m) { return m->be; }
 
 /* ---- loading ---------------------------------------------------------------
@@ -538,27 +552,35 @@ static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_
 {
     const sl_model_config *g = &m->cfg;
     sl_backend *be = m->be;
-    int T = mt->n_tokens, next = g->arch == SL_ARCH_QWEN3_NEXT;
+    int T = mt->n_tokens, next = g->arch == SL_ARCH_QWEN3_NEXT, li = (int)(ly - m->layers);
     int64_t Hq = g->n_heads, Hkv = g->n_kv_heads, D = g->head_dim, qd = Hq * D, kvd = Hkv * D;
     sl_tensor qkv = rows_of(&m->s.big, T);
     qkv = cols_of(&qkv, 0, sl_tensor_rows(&ly->wqkv));
     sl_be_matmul(be, &qkv, xn, &ly->wqkv);
+    trace(m, li, "qkv", &qkv);
     int64_t off = next ? 2 * qd : qd;
     sl_tensor q = cols_of(&qkv, 0, qd), k = cols_of(&qkv, off, kvd), v = cols_of(&qkv, off + kvd, kvd);
     sl_be_rmsnorm(be, &q, &q, &ly->q_norm, g->rms_eps, next);
     sl_be_rmsnorm(be, &k, &k, &ly->k_norm, g->rms_eps, next);
+    trace(m, li, "q_norm", &q);
+    trace(m, li, "k_norm", &k);
     sl_be_rope(be, &q, (int)Hq, (int)D, g->rot_dim, (float)g->rope_theta, mt);
     sl_be_rope(be, &k, (int)Hkv, (int)D, g->rot_dim, (float)g->rope_theta, mt);
+    trace(m, li, "q_rope", &q);
+    trace(m, li, "k_rope", &k);
     sl_be_kv_store(be, &c->k[ly->cache_idx], &c->v[ly->cache_idx], &k, &v, mt);
     sl_tensor o = rows_of(&m->s.attn, T);
     o = cols_of(&o, 0, qd);
     sl_be_attention(be, &o, &q, &c->k[ly->cache_idx], &c->v[ly->cache_idx], (int)Hq, (int)Hkv,
                     (int)D, 1.0f / sqrtf((float)D), mt);
+    trace(m, li, "attention", &o);
     if (next) {
         sl_tensor gate = cols_of(&qkv, qd, qd);
         sl_be_sigmoid_mul(be, &o, &gate);
+        trace(m, li, "attn_gate", &o);
     }
     sl_be_matmul(be, d, &o, &ly->wo);
+    trace(m, li, "o_proj", d);
 }
 
 static void linear_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_batch_meta *mt,
@@ -566,7 +588,7 @@ static void linear_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_bat
 {
     const sl_model_config *g = &m->cfg;
     sl_backend *be = m->be;
-    int T = mt->n_tokens;
+    int T = mt->n_tokens, li = (int)(ly - m->layers);
     int64_t C = sl_model_config_conv_dim(g), VD = (int64_t)g->lin_v_heads * g->lin_v_dim;
     int64_t Hv = g->lin_v_heads;
     sl_tensor proj = rows_of(&m->s.big, T);
@@ -574,52 +596,69 @@ static void linear_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_bat
     sl_be_matmul(be, &proj, xn, &ly->w_qkvz);
     sl_tensor ba = rows_of(&m->s.ba, T);
     sl_be_matmul(be, &ba, xn, &ly->w_ba);
+    trace(m, li, "qkvz", &proj);
+    trace(m, li, "ba", &ba);
     sl_tensor mixed = cols_of(&proj, 0, C), z = cols_of(&proj, C, VD);
     sl_tensor conv = rows_of(&m->s.conv, T);
     sl_be_conv1d(be, &conv, &mixed, &ly->conv_w, &c->conv[ly->cache_idx], mt);
+    trace(m, li, "conv1d", &conv);
     sl_tensor b = cols_of(&ba, 0, Hv), a = cols_of(&ba, Hv, Hv);
     sl_tensor core = rows_of(&m->s.attn, T);
     core = cols_of(&core, 0, VD);
     sl_be_gdn(be, &core, &conv, &a, &b, &ly->A_log, &ly->dt_bias, &c->ssm[ly->cache_idx],
               g->lin_k_heads, g->lin_v_heads, g->lin_k_dim, g->lin_v_dim, mt);
+    trace(m, li, "gdn", &core);
     sl_tensor normed = rows_of(&m->s.mid, T);
     normed = cols_of(&normed, 0, VD);
     sl_be_rmsnorm_gated(be, &normed, &core, &z, &ly->gnorm, g->rms_eps);
+    trace(m, li, "rmsnorm_gated", &normed);
     sl_be_matmul(be, d, &normed, &ly->w_out);
+    trace(m, li, "out_proj", d);
 }
 
 /* down(silu(gate x) ⊙ up x) into out */
-static void swiglu(sl_model *m, const sl_tensor *gate_up, const sl_tensor *down, const sl_tensor *xn,
-                   sl_tensor *out, int T)
+static void swiglu(sl_model *m, int li, const sl_tensor *gate_up, const sl_tensor *down,
+                   const sl_tensor *xn, sl_tensor *out, int T)
 {
     int64_t I = down->ne[1];
     sl_tensor gu = rows_of(&m->s.big, T);
     gu = cols_of(&gu, 0, 2 * I);
     sl_be_matmul(m->be, &gu, xn, gate_up);
+    trace(m, li, "gate_up", &gu);
     sl_tensor act = rows_of(&m->s.mid, T);
     act = cols_of(&act, 0, I);
     sl_be_silu_mul(m->be, &act, &gu);
+    trace(m, li, "silu_mul", &act);
     sl_be_matmul(m->be, out, &act, down);
+    trace(m, li, "down", out);
 }
 
 static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, sl_tensor *d)
 {
     const sl_model_config *g = &m->cfg;
     sl_backend *be = m->be;
+    int li = (int)(ly - m->layers);
     if (!ly->moe) {
-        swiglu(m, &ly->w_gate_up, &ly->w_down, xn, d, T);
+        swiglu(m, li, &ly->w_gate_up, &ly->w_down, xn, d, T);
         return;
     }
     sl_tensor logits = rows_of(&m->s.rlogits, T), ids = rows_of(&m->s.ids, T), w = rows_of(&m->s.wts, T);
     sl_be_matmul(be, &logits, xn, &ly->router);
+    trace(m, li, "router", &logits);
     sl_be_moe_route(be, &ids, &w, &logits, g->n_experts_per_tok, g->norm_topk_prob);
+    trace(m, li, "route_ids", &ids);
+    trace(m, li, "route_w", &w);
     sl_be_moe_experts(be, d, xn, &ids, &w, &ly->ex_gate_up, &ly->ex_down);
+    trace(m, li, "experts", d);
     if (g->shared_expert_intermediate_size > 0) {
         sl_tensor sh = rows_of(&m->s.shared, T), sg = rows_of(&m->s.sgate, T);
-        swiglu(m, &ly->sh_gate_up, &ly->sh_down, xn, &sh, T);
+        swiglu(m, li, &ly->sh_gate_up, &ly->sh_down, xn, &sh, T);
         sl_be_matmul(be, &sg, xn, &ly->sh_gate);
+        trace(m, li, "shared_gate", &sg);
         sl_be_sigmoid_mul(be, &sh, &sg);
+        trace(m, li, "shared_gated", &sh);
         sl_be_add(be, d, d, &sh);
+        trace(m, li, "moe_out", d);
     }
 }
 
@@ -668,13 +707,18 @@ sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *mt, co
     int one_plus = g->arch == SL_ARCH_QWEN3_NEXT;
     sl_tensor x = rows_of(&m->s.x, T), xn = rows_of(&m->s.xn, T), d = rows_of(&m->s.d, T);
     sl_be_embed(be, &x, &m->embed, mt);
+    trace(m, -1, "embed", &x);
     for (int i = 0; i < g->n_layers; i++) {
         layer *ly = &m->layers[i];
         if (i == 0) sl_be_rmsnorm(be, &xn, &x, &ly->in_norm, g->rms_eps, one_plus);
         else sl_be_add_rmsnorm(be, &xn, &x, &d, &ly->in_norm, g->rms_eps, one_plus);
+        trace(m, i, "in_resid", &x);
+        trace(m, i, "in_norm", &xn);
         if (ly->linear) linear_layer(m, ly, c, mt, &xn, &d);
         else attention_layer(m, ly, c, mt, &xn, &d);
         sl_be_add_rmsnorm(be, &xn, &x, &d, &ly->post_norm, g->rms_eps, one_plus);
+        trace(m, i, "post_resid", &x);
+        trace(m, i, "post_norm", &xn);
         ffn_layer(m, ly, T, &xn, &d);
     }
     /* only the requested rows go through the final norm and the LM head */
@@ -683,6 +727,8 @@ sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *mt, co
     sl_be_gather_rows(be, &gd, &d, mt);
     sl_be_add_rmsnorm(be, &gn, &gx, &gd, &m->final_norm, g->rms_eps, one_plus);
     sl_tensor out = rows_of(logits, n_rows);
+    trace(m, -1, "final_norm", &gn);
     sl_be_matmul(be, &out, &gn, &m->lm_head);
+    trace(m, -1, "lm_head", &out);
     return SL_OK;
 }

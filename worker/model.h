@@ -128,6 +128,14 @@ size_t sl_model_slot_bytes(const sl_model *m);
 void sl_model_cache_copy_slots(sl_model *m, sl_model_cache *c, const int32_t *dst,
                                const int32_t *src, int n);
 
+/* Debugging: fn is called after each op of a forward with the layer index
+ * (-1 outside the layers), a short op name ("qkv", "gdn", "experts", ...)
+ * and the op's output, a view into the model's scratch (valid only during
+ * the call; sl_be_download waits for it). NULL turns tracing off; unset, it
+ * costs nothing. Not while a CUDA graph is captured (downloads wait). */
+typedef void (*sl_model_trace_fn)(void *ctx, int layer, const char *op, const sl_tensor *t);
+void sl_model_set_trace(sl_model *m, sl_model_trace_fn fn, void *ctx);
+
 /* Runs one forward over the batch in meta (sl_be_prepare is called inside)
  * and writes f32 logits of tokens rows[0..n_rows) into logits, a tensor of
  * at least [n_rows, vocab] (F32) on the model's backend. */

@@ -26,7 +26,8 @@ sl_status sl_pool_new(sl_pool **out, const char *what, int n, sl_err *e)
     }
     p->n = p->n_free = n;
     /* lowest ids on top, so allocation order is easy to read in tests */
-    for (int i = 0; i < n; i++) p->stack[i] = n - 1 - i;
+    for (int i = 0; i < n; i++)
+        p->stack[i] = n - 1 - i;
     *out = p;
     return SL_OK;
 }
@@ -61,9 +62,18 @@ void sl_pool_free(sl_pool *p, const int32_t *ids, int n)
     }
 }
 
-int sl_pool_free_count(const sl_pool *p) { return p->n_free; }
-int sl_pool_total(const sl_pool *p) { return p->n; }
-int sl_pool_is_used(const sl_pool *p, int32_t id) { return id >= 0 && id < p->n && p->used[id]; }
+int sl_pool_free_count(const sl_pool *p)
+{
+    return p->n_free;
+}
+int sl_pool_total(const sl_pool *p)
+{
+    return p->n;
+}
+int sl_pool_is_used(const sl_pool *p, int32_t id)
+{
+    return id >= 0 && id < p->n && p->used[id];
+}
 
 sl_status sl_pool_plan_sizes(const sl_pool_sizing *s, sl_pool_plan *out, sl_err *e)
 {
@@ -79,8 +89,8 @@ sl_status sl_pool_plan_sizes(const sl_pool_sizing *s, sl_pool_plan *out, sl_err 
             state_budget = (size_t)((double)s->budget_bytes * r / (1.0 + r));
         }
         kv_budget = s->budget_bytes > state_budget ? s->budget_bytes - state_budget : 0;
-        out->n_slots = s->max_state_slots > 0 ? s->max_state_slots
-                                              : (int)(state_budget / s->slot_bytes);
+        out->n_slots =
+            s->max_state_slots > 0 ? s->max_state_slots : (int)(state_budget / s->slot_bytes);
     }
     if (s->max_total_tokens > 0) {
         out->n_pages = (s->max_total_tokens + s->page_size - 1) / s->page_size;
@@ -89,10 +99,11 @@ sl_status sl_pool_plan_sizes(const sl_pool_sizing *s, sl_pool_plan *out, sl_err 
         out->n_pages = n > 0x7fffffff ? 0x7fffffff : (int)n;
     }
     if (out->n_pages < ctx_pages)
-        return sl_err_set(e, SL_ERR_LIMIT,
-                          "KV pool of %d pages (page size %d) cannot hold one request of "
-                          "--context-length %d: raise the memory budget or lower the context length",
-                          out->n_pages, s->page_size, s->context_len);
+        return sl_err_set(
+            e, SL_ERR_LIMIT,
+            "KV pool of %d pages (page size %d) cannot hold one request of "
+            "--context-length %d: raise the memory budget or lower the context length",
+            out->n_pages, s->page_size, s->context_len);
     int mr = s->max_running;
     if (mr <= 0) {
         mr = out->n_pages; /* at least a page each */

@@ -38,9 +38,9 @@ int sl_pool_is_used(const sl_pool *p, int32_t id);
 /* ---- sizing ---------------------------------------------------------------- */
 
 typedef struct sl_pool_sizing {
-    size_t budget_bytes;   /* memory for KV pages + state slots together */
-    size_t page_bytes;     /* one KV page over all attention layers */
-    size_t slot_bytes;     /* one state slot over all linear layers (0: no linear layers) */
+    size_t budget_bytes; /* memory for KV pages + state slots together */
+    size_t page_bytes;   /* one KV page over all attention layers */
+    size_t slot_bytes;   /* one state slot over all linear layers (0: no linear layers) */
     int page_size;
     int context_len;       /* longest sequence a request may reach */
     int max_running;       /* requested --max-running-requests (0: derive) */

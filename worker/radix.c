@@ -11,12 +11,12 @@
 struct sl_radix_node {
     sl_radix_node *parent, *child, *next, *prev; /* children: doubly linked */
     int32_t *key, *pages;
-    int len;         /* tokens on the edge (multiple of page_size) */
-    int depth;       /* tokens from the root to this node's end */
-    int32_t state;   /* hybrid: slot valid at depth, or -1 (tombstone) */
-    int ref;         /* direct locks */
-    int lock;        /* ref + the children's lock: > 0 protects KV */
-    int state_lock;  /* protects the state */
+    int len;        /* tokens on the edge (multiple of page_size) */
+    int depth;      /* tokens from the root to this node's end */
+    int32_t state;  /* hybrid: slot valid at depth, or -1 (tombstone) */
+    int ref;        /* direct locks */
+    int lock;       /* ref + the children's lock: > 0 protects KV */
+    int state_lock; /* protects the state */
     uint64_t stamp;
 };
 
@@ -27,7 +27,10 @@ struct sl_radix {
     int n_nodes, n_pages, n_states, evictable_pages, evictable_states;
 };
 
-static int node_pages(const sl_radix *r, const sl_radix_node *n) { return n->len / r->cfg.page_size; }
+static int node_pages(const sl_radix *r, const sl_radix_node *n)
+{
+    return n->len / r->cfg.page_size;
+}
 
 sl_status sl_radix_new(sl_radix **out, const sl_radix_config *cfg, sl_err *e)
 {
@@ -42,13 +45,18 @@ sl_status sl_radix_new(sl_radix **out, const sl_radix_config *cfg, sl_err *e)
     return SL_OK;
 }
 
-static void touch(sl_radix *r, sl_radix_node *n) { n->stamp = ++r->clock; }
+static void touch(sl_radix *r, sl_radix_node *n)
+{
+    n->stamp = ++r->clock;
+}
 
 static void unlink_child(sl_radix_node *n)
 {
     sl_radix_node *p = n->parent;
-    if (n->prev) n->prev->next = n->next;
-    else p->child = n->next;
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        p->child = n->next;
     if (n->next) n->next->prev = n->prev;
     n->next = n->prev = NULL;
 }
@@ -103,7 +111,8 @@ static sl_radix_node *delete_cascade(sl_radix *r, sl_radix_node *n, int *freed)
 
 static void free_subtree(sl_radix *r, sl_radix_node *n)
 {
-    while (n->child) free_subtree(r, n->child);
+    while (n->child)
+        free_subtree(r, n->child);
     if (n != &r->root) delete_node(r, n);
 }
 
@@ -126,7 +135,8 @@ static sl_radix_node *find_child(const sl_radix *r, const sl_radix_node *n, cons
 static int match_pages(const sl_radix *r, const sl_radix_node *c, const int32_t *ids, int avail)
 {
     int P = r->cfg.page_size, k = 0, lim = (c->len < avail ? c->len : avail) / P;
-    while (k < lim && !memcmp(c->key + k * P, ids + k * P, sizeof(int32_t) * (size_t)P)) k++;
+    while (k < lim && !memcmp(c->key + k * P, ids + k * P, sizeof(int32_t) * (size_t)P))
+        k++;
     return k;
 }
 
@@ -176,7 +186,8 @@ void sl_radix_match_prefix(sl_radix *r, const int32_t *ids, int n, int32_t *page
         if (!c) break;
         int k = match_pages(r, c, ids + pos, limit - pos);
         if (k * P < c->len) {
-            if (!r->cfg.hybrid) c = split(r, c, k * P); /* the prefix must end on a node */
+            if (!r->cfg.hybrid)
+                c = split(r, c, k * P); /* the prefix must end on a node */
             else {
                 memcpy(pages + np, c->pages, sizeof(int32_t) * (size_t)k);
                 np += k;
@@ -301,8 +312,14 @@ void sl_radix_unlock_state(sl_radix *r, sl_radix_node *node)
     if (--node->state_lock == 0) r->evictable_states++;
 }
 
-int sl_radix_node_depth(const sl_radix_node *node) { return node->depth; }
-int32_t sl_radix_node_state(const sl_radix_node *node) { return node->state; }
+int sl_radix_node_depth(const sl_radix_node *node)
+{
+    return node->depth;
+}
+int32_t sl_radix_node_state(const sl_radix_node *node)
+{
+    return node->state;
+}
 
 /* ---- eviction ------------------------------------------------------------------ */
 
@@ -345,7 +362,10 @@ static sl_radix_node *heap_pop(heap *h)
 
 typedef int (*candidate_fn)(const sl_radix_node *n);
 
-static int kv_candidate(const sl_radix_node *n) { return !n->child && n->lock == 0; }
+static int kv_candidate(const sl_radix_node *n)
+{
+    return !n->child && n->lock == 0;
+}
 
 /* A state can go if its node is not state-locked; a leaf goes whole, so it
  * must not be locked at all. */
@@ -356,7 +376,8 @@ static int state_candidate(const sl_radix_node *n)
 
 static void collect(sl_radix_node *n, candidate_fn ok, heap *h, int skip)
 {
-    for (sl_radix_node *c = n->child; c; c = c->next) collect(c, ok, h, 0);
+    for (sl_radix_node *c = n->child; c; c = c->next)
+        collect(c, ok, h, 0);
     if (!skip && ok(n)) heap_push(h, n);
 }
 
@@ -387,8 +408,10 @@ int sl_radix_evict_states(sl_radix *r, int n_states)
         if (!state_candidate(n)) continue;
         freed++;
         int pages = 0;
-        if (n->child) drop_state(r, n); /* internal: becomes a tombstone */
-        else delete_cascade(r, n, &pages);
+        if (n->child)
+            drop_state(r, n); /* internal: becomes a tombstone */
+        else
+            delete_cascade(r, n, &pages);
     }
     free(h.v);
     return freed;
@@ -442,8 +465,7 @@ static sl_status check_node(check_ctx *x, const sl_radix_node *n)
     x->pages += n->len / P;
     if (!n->lock) x->ev_pages += n->len / P;
     if (n->state >= 0) {
-        if (!r->cfg.hybrid || !sl_pool_is_used(r->cfg.slots, n->state) ||
-            x->slot_seen[n->state]++)
+        if (!r->cfg.hybrid || !sl_pool_is_used(r->cfg.slots, n->state) || x->slot_seen[n->state]++)
             return sl_err_set(x->e, SL_ERR_INVALID, "radix: state slot %d is free or held twice",
                               n->state);
         x->states++;

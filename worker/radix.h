@@ -62,10 +62,10 @@ typedef struct sl_radix_node sl_radix_node;
 
 typedef struct sl_radix_config {
     int page_size;
-    int hybrid;      /* 1: nodes carry mamba states and matches stop at the deepest one */
-    int chunk;       /* branching-point unit C = max(64, page_size) (hybrid only) */
-    sl_pool *pages;  /* KV page pool the tree frees into (not owned) */
-    sl_pool *slots;  /* state slot pool (hybrid only; not owned) */
+    int hybrid;     /* 1: nodes carry mamba states and matches stop at the deepest one */
+    int chunk;      /* branching-point unit C = max(64, page_size) (hybrid only) */
+    sl_pool *pages; /* KV page pool the tree frees into (not owned) */
+    sl_pool *slots; /* state slot pool (hybrid only; not owned) */
 } sl_radix_config;
 
 typedef struct sl_radix_match {

@@ -44,7 +44,8 @@ static int tab_add(sl_sampler_state *s, int32_t tok, int out, int in_prompt)
         int ncap = s->cap ? 2 * s->cap : 64;
         tok_count *old = s->tab, *nt = malloc(sizeof *nt * (size_t)ncap);
         if (!nt) return -1;
-        for (int i = 0; i < ncap; i++) nt[i].token = -1;
+        for (int i = 0; i < ncap; i++)
+            nt[i].token = -1;
         int ocap = s->cap;
         s->tab = nt;
         s->cap = ncap;
@@ -100,11 +101,18 @@ static void record(sl_sampler_state *s, int32_t tok)
 
 void sl_sampler_state_add_output(sl_sampler_state *s, const int32_t *ids, int n)
 {
-    for (int i = 0; i < n; i++) record(s, ids[i]);
+    for (int i = 0; i < n; i++)
+        record(s, ids[i]);
 }
 
-int32_t sl_sampler_last_token(const sl_sampler_state *s) { return s->last; }
-const sl_sampling *sl_sampler_params(const sl_sampler_state *s) { return &s->p; }
+int32_t sl_sampler_last_token(const sl_sampler_state *s)
+{
+    return s->last;
+}
+const sl_sampling *sl_sampler_params(const sl_sampler_state *s)
+{
+    return &s->p;
+}
 
 static void apply_penalties(sl_sampler_state *s, float *logits, int vocab)
 {
@@ -132,7 +140,8 @@ static void fill_logprobs(const float *raw, int vocab, int32_t tok, const sl_sam
 {
     float mx = raw[argmax(raw, vocab)];
     double sum = 0;
-    for (int i = 0; i < vocab; i++) sum += exp((double)(raw[i] - mx));
+    for (int i = 0; i < vocab; i++)
+        sum += exp((double)(raw[i] - mx));
     float lse = mx + (float)log(sum);
     out->logprob = raw[tok] - lse;
     /* top alternatives, largest first (ties: lower id), one pass */
@@ -147,7 +156,8 @@ static void fill_logprobs(const float *raw, int vocab, int32_t tok, const sl_sam
         out->top_ids[j] = i;
     }
     out->n_top = n;
-    for (int j = 0; j < n; j++) out->top_logprobs[j] = raw[out->top_ids[j]] - lse;
+    for (int j = 0; j < n; j++)
+        out->top_logprobs[j] = raw[out->top_ids[j]] - lse;
 }
 
 static int by_prob_desc(const void *a, const void *b, void *ctx)
@@ -162,11 +172,15 @@ static int by_prob_desc(const void *a, const void *b, void *ctx)
 static double sum_all(const float *p, int n)
 {
     double t = 0;
-    for (int i = 0; i < n; i++) t += p[i];
+    for (int i = 0; i < n; i++)
+        t += p[i];
     return t;
 }
 
-static int before(const float *p, int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); }
+static int before(const float *p, int32_t a, int32_t b)
+{
+    return p[a] > p[b] || (p[a] == p[b] && a < b);
+}
 
 /* Reorders idx[0..n) so that idx[0..m) hold the m most probable tokens
  * (ties: lower id), then sorts those m: O(n + m log m) instead of sorting
@@ -178,17 +192,22 @@ static void select_top(int32_t *idx, int n, int m, const float *p)
         int32_t pivot = idx[lo + (hi - lo) / 2];
         int i = lo, j = hi;
         while (i <= j) {
-            while (before(p, idx[i], pivot)) i++;
-            while (before(p, pivot, idx[j])) j--;
+            while (before(p, idx[i], pivot))
+                i++;
+            while (before(p, pivot, idx[j]))
+                j--;
             if (i <= j) {
                 int32_t t = idx[i];
                 idx[i++] = idx[j];
                 idx[j--] = t;
             }
         }
-        if (k <= j) hi = j;
-        else if (k >= i) lo = i;
-        else break;
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            break;
     }
     qsort_r(idx, (size_t)m, sizeof *idx, by_prob_desc, (void *)p);
 }
@@ -205,7 +224,8 @@ static int32_t draw(sl_sampler_state *s, float *logits, int vocab)
         logits[i] = expf((logits[i] - mx) * inv_t);
         sum += logits[i];
     }
-    for (int i = 0; i < vocab; i++) logits[i] = (float)(logits[i] / sum);
+    for (int i = 0; i < vocab; i++)
+        logits[i] = (float)(logits[i] / sum);
     float u = sl_rng_uniform(s->seed, (uint64_t)s->n_out);
     int k = p->top_k > 0 && p->top_k < vocab ? p->top_k : vocab;
     int sorted = k < vocab || p->top_p < 1.0f;
@@ -234,7 +254,8 @@ static int32_t draw(sl_sampler_state *s, float *logits, int vocab)
         s->scratch = vocab;
     }
     int32_t *idx = s->idx;
-    for (int i = 0; i < vocab; i++) idx[i] = i;
+    for (int i = 0; i < vocab; i++)
+        idx[i] = i;
     int n = k;
     if (k < vocab) {
         select_top(idx, vocab, k, logits);
@@ -244,14 +265,16 @@ static int32_t draw(sl_sampler_state *s, float *logits, int vocab)
         for (n = k < 256 ? k : 256;; n = n * 4 < vocab ? n * 4 : vocab) {
             select_top(idx, vocab, n, logits);
             double acc = 0;
-            for (int i = 0; i < n; i++) acc += logits[idx[i]];
+            for (int i = 0; i < n; i++)
+                acc += logits[idx[i]];
             if (n == vocab || acc >= p->top_p * all) break;
         }
     }
     if (p->top_p < 1.0f) {
         double tot = k < vocab ? 0 : sum_all(logits, vocab), acc = 0;
         if (k < vocab)
-            for (int i = 0; i < n; i++) tot += logits[idx[i]];
+            for (int i = 0; i < n; i++)
+                tot += logits[idx[i]];
         for (int i = 0; i < n; i++) {
             acc += logits[idx[i]];
             if (acc >= p->top_p * tot) {
@@ -262,10 +285,12 @@ static int32_t draw(sl_sampler_state *s, float *logits, int vocab)
     }
     if (p->min_p > 0) {
         float floor_p = p->min_p * logits[idx[0]];
-        while (n > 1 && logits[idx[n - 1]] < floor_p) n--;
+        while (n > 1 && logits[idx[n - 1]] < floor_p)
+            n--;
     }
     double tot = 0, acc = 0;
-    for (int i = 0; i < n; i++) tot += logits[idx[i]];
+    for (int i = 0; i < n; i++)
+        tot += logits[idx[i]];
     for (int i = 0; i < n; i++) {
         acc += logits[idx[i]];
         if (acc > u * tot) return idx[i];
@@ -297,8 +322,8 @@ void sl_sampler_sample(sl_sampler_state *s, float *logits, int vocab, sl_sample 
         if (raw) memcpy(raw, logits, sizeof(float) * (size_t)vocab);
     }
     if (s->penalize) apply_penalties(s, logits, vocab);
-    int32_t tok = p->temperature <= 0.0f || p->top_k == 1 ? argmax(logits, vocab)
-                                                          : draw(s, logits, vocab);
+    int32_t tok =
+        p->temperature <= 0.0f || p->top_k == 1 ? argmax(logits, vocab) : draw(s, logits, vocab);
     out->token = tok;
     if (raw) fill_logprobs(raw, vocab, tok, p, out);
     free(raw);

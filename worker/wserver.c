@@ -3,6 +3,7 @@
 #include <math.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
+#include <nng/supplemental/util/platform.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@ typedef struct server {
     const char *model_name;
     uint64_t worker_id;
     int64_t last_load_ms;
+    int peer_gone; /* a chunk send timed out; cleared by the next incoming message */
 } server;
 
 static int64_t now_ms(void)
@@ -30,7 +32,11 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void send_envelope(server *sv, const Sluice__Envelope *env)
+/* A PAIR1 send waits while no router is connected or its queue is full.
+ * Lossy messages (load reports, pongs) never wait. Chunks wait up to the
+ * send timeout; after one times out the router counts as gone and chunks stop
+ * waiting until the next message arrives from it. */
+static void send_envelope(server *sv, const Sluice__Envelope *env, int lossy)
 {
     size_t n = sluice__envelope__get_packed_size(env);
     uint8_t *buf = nng_alloc(n ? n : 1);
@@ -39,10 +45,14 @@ static void send_envelope(server *sv, const Sluice__Envelope *env)
         return;
     }
     sluice__envelope__pack(env, buf);
-    int rv = nng_send(sv->sock, buf, n, NNG_FLAG_ALLOC);
+    int rv = nng_send(sv->sock, buf, n, NNG_FLAG_ALLOC | NNG_FLAG_NONBLOCK);
+    if (rv == NNG_EAGAIN && !lossy && !sv->peer_gone) {
+        rv = nng_send(sv->sock, buf, n, NNG_FLAG_ALLOC);
+        if (rv == NNG_ETIMEDOUT) sv->peer_gone = 1;
+    }
     if (rv) {
         nng_free(buf, n ? n : 1);
-        SL_LOGW("wserver", "send failed: %s", nng_strerror(rv));
+        if (!lossy) SL_LOGW("wserver", "dropped an outgoing message: %s", nng_strerror(rv));
     }
 }
 
@@ -56,7 +66,7 @@ static void send_error(server *sv, uint64_t rid, const char *msg)
     Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
     env.msg_case = SLUICE__ENVELOPE__MSG_CHUNK;
     env.chunk = &ch;
-    send_envelope(sv, &env);
+    send_envelope(sv, &env, 0);
 }
 
 static void send_load(server *sv)
@@ -80,7 +90,7 @@ static void send_load(server *sv)
     Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
     env.msg_case = SLUICE__ENVELOPE__MSG_LOAD;
     env.load = &lr;
-    send_envelope(sv, &env);
+    send_envelope(sv, &env, 1);
     sv->last_load_ms = now_ms();
 }
 
@@ -106,10 +116,13 @@ static const char *sampling_from(const Sluice__SamplingParams *p, const sl_gen_d
     if (!p) return NULL;
     if (!isfinite(p->temperature) || p->temperature < 0 || p->temperature > 100)
         return "sampling.temperature must be in [0, 100]";
-    if (!isfinite(p->top_p) || p->top_p < 0 || p->top_p > 1) return "sampling.top_p must be in (0, 1]";
+    if (!isfinite(p->top_p) || p->top_p < 0 || p->top_p > 1)
+        return "sampling.top_p must be in (0, 1]";
     if (p->top_k < -1) return "sampling.top_k must be -1 (off), 0 (default) or positive";
-    if (!isfinite(p->min_p) || p->min_p < 0 || p->min_p > 1) return "sampling.min_p must be in [0, 1]";
-    if (!isfinite(p->repetition_penalty) || p->repetition_penalty < 0 || p->repetition_penalty > 100)
+    if (!isfinite(p->min_p) || p->min_p < 0 || p->min_p > 1)
+        return "sampling.min_p must be in [0, 1]";
+    if (!isfinite(p->repetition_penalty) || p->repetition_penalty < 0 ||
+        p->repetition_penalty > 100)
         return "sampling.repetition_penalty must be in (0, 100]";
     if (!isfinite(p->frequency_penalty) || fabsf(p->frequency_penalty) > 2 ||
         !isfinite(p->presence_penalty) || fabsf(p->presence_penalty) > 2)
@@ -145,7 +158,8 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
         snprintf(msg, sizeof msg, "a token id is outside the vocabulary [0, %d)", vocab);
         return send_error(sv, g->rid, msg);
     }
-    if (g->n_stop_token_ids > SL_WSERVER_MAX_STOP || !ids_ok(g->stop_token_ids, g->n_stop_token_ids, vocab))
+    if (g->n_stop_token_ids > SL_WSERVER_MAX_STOP ||
+        !ids_ok(g->stop_token_ids, g->n_stop_token_ids, vocab))
         return send_error(sv, g->rid, "stop_token_ids: at most 64 ids inside the vocabulary");
     if (g->max_new_tokens < 0 || g->min_new_tokens < 0 || g->min_new_tokens > g->max_new_tokens)
         return send_error(sv, g->rid, "need 0 <= min_new_tokens <= max_new_tokens");
@@ -156,12 +170,16 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
                  g->max_new_tokens, ctx);
         return send_error(sv, g->rid, msg);
     }
-    sl_sched_req r = {.rid = g->rid, .prompt = g->input_ids, .n_prompt = (int)n_in,
-                      .output = g->output_ids, .n_output = (int)n_prev,
+    sl_sched_req r = {.rid = g->rid,
+                      .prompt = g->input_ids,
+                      .n_prompt = (int)n_in,
+                      .output = g->output_ids,
+                      .n_output = (int)n_prev,
                       /* the scheduler's limits count the migrated output too */
                       .max_new = (int)n_prev + g->max_new_tokens,
                       .min_new = (int)n_prev + g->min_new_tokens,
-                      .stop_ids = g->stop_token_ids, .n_stop = (int)g->n_stop_token_ids,
+                      .stop_ids = g->stop_token_ids,
+                      .n_stop = (int)g->n_stop_token_ids,
                       .ignore_eos = g->sampling && g->sampling->ignore_eos,
                       .priority = g->priority};
     const char *bad = sampling_from(g->sampling, &sv->mc->gen, &r.sampling);
@@ -183,7 +201,8 @@ static void on_message(server *sv, const uint8_t *buf, size_t n)
         break;
     case SLUICE__ENVELOPE__MSG_ABORT:
         if (!sl_engine_abort(sv->g, env->abort->rid))
-            SL_LOGD("wserver", "abort of unknown request %llu", (unsigned long long)env->abort->rid);
+            SL_LOGD("wserver", "abort of unknown request %llu",
+                    (unsigned long long)env->abort->rid);
         break;
     case SLUICE__ENVELOPE__MSG_PING: {
         Sluice__Ping pong = SLUICE__PING__INIT;
@@ -191,7 +210,7 @@ static void on_message(server *sv, const uint8_t *buf, size_t n)
         Sluice__Envelope out = SLUICE__ENVELOPE__INIT;
         out.msg_case = SLUICE__ENVELOPE__MSG_PONG;
         out.pong = &pong;
-        send_envelope(sv, &out);
+        send_envelope(sv, &out, 1);
         send_load(sv);
         break;
     }
@@ -205,8 +224,8 @@ static void on_message(server *sv, const uint8_t *buf, size_t n)
 /* ---- results -------------------------------------------------------------------- */
 
 /* Sends one chunk per event: a token, or the finish (merged into the token
- * chunk when it follows it directly). */
-static void flush_events(server *sv)
+ * chunk when it follows it directly). error_text explains FINISH_ERROR. */
+static void flush_events(server *sv, const char *error_text)
 {
     sl_sched_event ev, next;
     int have_next = sl_engine_pop_event(sv->g, &next);
@@ -249,42 +268,51 @@ static void flush_events(server *sv)
             usage.completion_tokens = comp;
             usage.cached_tokens = cached;
             ch.usage = &usage;
-            if (fin == SL_FINISH_ERROR) ch.error = "internal error";
+            if (fin == SL_FINISH_ERROR) ch.error = (char *)error_text;
         }
         Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
         env.msg_case = SLUICE__ENVELOPE__MSG_CHUNK;
         env.chunk = &ch;
-        send_envelope(sv, &env);
+        send_envelope(sv, &env, 0);
     }
 }
 
 sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
                          volatile sig_atomic_t *stop, sl_err *e)
 {
-    server sv = {.g = g, .mc = sl_model_cfg(m), .sc = sl_engine_sched_config(g),
+    server sv = {.g = g,
+                 .mc = sl_model_cfg(m),
+                 .sc = sl_engine_sched_config(g),
                  .model_name = c->model_name ? c->model_name : ""};
-    sv.worker_id = sl_rng_mix((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^
-                              (uint64_t)(uintptr_t)&sv);
+    sv.worker_id =
+        sl_rng_mix((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&sv);
     int rv = nng_pair1_open(&sv.sock);
     if (rv) return sl_err_set(e, SL_ERR_IO, "nng socket: %s", nng_strerror(rv));
     nng_setopt_size(sv.sock, NNG_OPT_RECVMAXSZ, SL_WSERVER_MAX_MSG);
+    nng_setopt_int(sv.sock, NNG_OPT_SENDBUF, 8192); /* token chunks in flight */
+    nng_setopt_ms(sv.sock, NNG_OPT_SENDTIMEO, 2000);
     rv = nng_listen(sv.sock, c->url, NULL, 0);
     if (rv) {
         nng_close(sv.sock);
         return sl_err_set(e, SL_ERR_IO, "listen on %s: %s", c->url, nng_strerror(rv));
     }
     SL_LOGI("wserver", "listening on %s", c->url);
-    int interval = c->load_interval_ms > 0 ? c->load_interval_ms : 1000;
+    int interval = c->load_interval_ms > 0 ? c->load_interval_ms : 1000, was_idle = 1;
     sl_status st = SL_OK;
     while (!*stop) {
         /* idle: wait briefly for a message; busy: only take what is there */
         int idle = sl_engine_idle(g);
+        if (idle && !was_idle && sl_engine_check(g, e)) /* verify the accounting when idle */
+            SL_LOGE("wserver", "cache accounting is broken: %s", e->msg);
+        was_idle = idle;
         nng_setopt_ms(sv.sock, NNG_OPT_RECVTIMEO, idle ? 50 : 0);
         for (int first = 1;; first = 0) {
             void *buf = NULL;
             size_t n = 0;
-            rv = nng_recv(sv.sock, &buf, &n, NNG_FLAG_ALLOC | (first && idle ? 0 : NNG_FLAG_NONBLOCK));
+            rv = nng_recv(sv.sock, &buf, &n,
+                          NNG_FLAG_ALLOC | (first && idle ? 0 : NNG_FLAG_NONBLOCK));
             if (rv) break;
+            sv.peer_gone = 0;
             on_message(&sv, buf, n);
             nng_free(buf, n);
         }
@@ -296,9 +324,27 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
             st = sl_engine_step(g, NULL, e);
             if (st) break;
         }
-        flush_events(&sv);
+        flush_events(&sv, "internal error");
         if (now_ms() - sv.last_load_ms >= interval) send_load(&sv);
     }
+    /* nothing in flight is lost silently: every request gets its end */
+    char why[600];
+    snprintf(why, sizeof why, "worker stopped: %s", st ? e->msg : "shutting down");
+    sl_engine_fail_all(g);
+    flush_events(&sv, why);
+    /* requests still on their way get the same answer (until 100 ms of quiet) */
+    nng_setopt_ms(sv.sock, NNG_OPT_RECVTIMEO, 100);
+    for (;;) {
+        void *buf = NULL;
+        size_t n = 0;
+        if (nng_recv(sv.sock, &buf, &n, NNG_FLAG_ALLOC)) break;
+        Sluice__Envelope *env = sluice__envelope__unpack(NULL, n, buf);
+        if (env && env->msg_case == SLUICE__ENVELOPE__MSG_GENERATE)
+            send_error(&sv, env->generate->rid, why);
+        if (env) sluice__envelope__free_unpacked(env, NULL);
+        nng_free(buf, n);
+    }
+    nng_msleep(200); /* nng_close drops what the pipe has not written yet */
     nng_close(sv.sock);
     return st;
 }

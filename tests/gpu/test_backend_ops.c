@@ -293,6 +293,12 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL, F32, {7, 1000, 256, 0, 0, 0}, 5e-3},   /* f32 logits */
     {SL_OP_MATMUL, F32, {9, 300, 256, 1, 0, 0}, 5e-3},    /* f32 x, bf16 w */
     {SL_OP_MATMUL, F32, {9, 300, 256, 1, 1, 0}, 1e-5},    /* all fp32 */
+    /* qwen3_next's narrow outputs: shared_expert_gate [1,H] -> [T,1] (ld 1), in_proj_ba -> [T,8],
+     * router -> f32 [T,E] */
+    {SL_OP_MATMUL, BF, {1, 1, 64, 0, 0, 0}, 1e-2},
+    {SL_OP_MATMUL, BF, {70, 1, 64, 0, 0, 0}, 1e-2},
+    {SL_OP_MATMUL, BF, {9, 8, 64, 0, 0, 0}, 1e-2},
+    {SL_OP_MATMUL, F32, {70, 8, 64, 0, 0, 0}, 1e-2},
     /* rmsnorm: rows, cols, one_plus, in place, group D (0: whole row) */
     {SL_OP_RMSNORM, BF, {64, 128, 0, 0}, 1e-2},
     {SL_OP_RMSNORM, BF, {19, 8 * 128, 0, 1, 128}, 1e-2},   /* per-head q/k norm */
@@ -352,9 +358,11 @@ static const tb_case cases[] = {
     {SL_OP_GDN, BF, {3, 20, 2, 4, 128, 128}, 1e-2},
     {SL_OP_GDN, BF, {4, 1, 1, 2, 64, 64}, 1e-2},
     {SL_OP_GDN, BF, {2, 70, 1, 1, 128, 128}, 1e-2},
+    {SL_OP_GDN, BF, {2, 9, 2, 4, 64, 64}, 1e-2},          /* the golden qwen3_next */
     /* rmsnorm_gated: rows, cols, -, -, group D */
     {SL_OP_RMSNORM_GATED, BF, {48, 128, 0, 0, 0}, 1e-2},
     {SL_OP_RMSNORM_GATED, BF, {9, 4 * 128, 0, 0, 128}, 1e-2},
+    {SL_OP_RMSNORM_GATED, BF, {70, 4 * 64, 0, 0, 64}, 1e-2},
     /* add: rows, cols, b dtype (0 bf16, 1 f32), in place */
     {SL_OP_ADD, BF, {17, 4096, 0, 1}, 1e-2},
     {SL_OP_ADD, F32, {5, 1000, 0, 0}, 1e-6},

@@ -62,7 +62,7 @@ def test_make_tiny_generate_deterministic(sluice_bin, tiny, arch):
     b = run(sluice_bin, "generate", "--model", str(tiny[arch]), "--ids", "1,2,3", "--max-new-tokens", "8",
             "--ignore-eos").stdout.split()
     assert len(a) == 8 and a == b
-    assert all(0 <= int(x) < 512 for x in a)
+    assert all(0 <= int(x) < 265 for x in a)
 
 
 def test_sharded_and_dtypes_give_same_logits(sluice_bin, tiny, tmp_path):
@@ -161,7 +161,7 @@ def test_clear_errors(sluice_bin, tiny, tmp_path):
     r = run(sluice_bin, "generate", "--model", str(src), "--ids", "1,x", ok=False)
     assert r.returncode == 2 and "--ids" in r.stderr
     r = run(sluice_bin, "generate", "--model", str(src), "--ids", "99999", ok=False)
-    assert r.returncode == 2 and "[0, 512)" in r.stderr
+    assert r.returncode == 2 and "[0, 265)" in r.stderr
     r = run(sluice_bin, "generate", "--model", str(src), "--bogus", "1", ok=False)
     assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr
     r = run(sluice_bin, "make-tiny", "--arch", "gpt2", "--out", str(tmp_path / "x"), ok=False)
@@ -171,6 +171,25 @@ def test_clear_errors(sluice_bin, tiny, tmp_path):
     r = run(sluice_bin, "logits", "--model", str(src), "--ids-file", str(bad), "--out", str(tmp_path / "o"),
             ok=False)
     assert r.returncode == 2 and "prompt 1, position 1" in r.stderr
+
+
+def test_make_tiny_builtin_tokenizer(sluice_bin, tiny, tmp_path):
+    # without --tokenizer the model carries a byte-level tokenizer of its own that
+    # HF tokenizers reads identically, with the Qwen chat special tokens
+    from tokenizers import Tokenizer
+    d = tiny["qwen3"]
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["vocab_size"] == 265 and cfg["eos_token_id"] == [258, 256]
+    text = "Hi, wörld 🙂\n<|im_start|>user\n<think>x</think><|im_end|>"
+    hf = Tokenizer.from_file(str(d / "tokenizer.json")).encode(text).ids
+    r = subprocess.run([sluice_bin, "tokenize", "--tokenizer", str(d)], input=text, capture_output=True,
+                       text=True, check=True)
+    assert list(map(int, r.stdout.split())) == hf
+    assert 257 in hf and 258 in hf and 259 in hf and 260 in hf
+    # a vocabulary too small for it gets no tokenizer (weights-only models for engine tests)
+    small = tmp_path / "small"
+    run(sluice_bin, "make-tiny", "--arch", "qwen3", "--out", str(small), "--vocab-size", "64")
+    assert not (small / "tokenizer.json").exists()
 
 
 def test_make_tiny_with_real_tokenizer(sluice_bin, shared, tmp_path):

@@ -47,22 +47,28 @@ static inline sl_model *harness_micro_model(const char *arch, sl_backend **be)
                          "\"bos_token_id\": 0, \"eos_token_id\": 127, \"intermediate_size\": 48, "
                          "\"tie_word_embeddings\": false";
     if (!strcmp(arch, "qwen3"))
-        snprintf(js, sizeof js, "{%s, \"architectures\": [\"Qwen3ForCausalLM\"], "
-                 "\"model_type\": \"qwen3\", \"num_hidden_layers\": 2}", common);
+        snprintf(js, sizeof js,
+                 "{%s, \"architectures\": [\"Qwen3ForCausalLM\"], "
+                 "\"model_type\": \"qwen3\", \"num_hidden_layers\": 2}",
+                 common);
     else if (!strcmp(arch, "qwen3_moe"))
-        snprintf(js, sizeof js, "{%s, \"architectures\": [\"Qwen3MoeForCausalLM\"], "
+        snprintf(js, sizeof js,
+                 "{%s, \"architectures\": [\"Qwen3MoeForCausalLM\"], "
                  "\"model_type\": \"qwen3_moe\", \"num_hidden_layers\": 2, \"num_experts\": 4, "
                  "\"num_experts_per_tok\": 2, \"moe_intermediate_size\": 16, "
-                 "\"norm_topk_prob\": true}", common);
+                 "\"norm_topk_prob\": true}",
+                 common);
     else
-        snprintf(js, sizeof js, "{%s, \"architectures\": [\"Qwen3NextForCausalLM\"], "
+        snprintf(js, sizeof js,
+                 "{%s, \"architectures\": [\"Qwen3NextForCausalLM\"], "
                  "\"model_type\": \"qwen3_next\", \"num_hidden_layers\": 3, "
                  "\"partial_rotary_factor\": 0.25, \"layer_types\": [\"linear_attention\", "
                  "\"full_attention\", \"linear_attention\"], \"linear_num_key_heads\": 1, "
                  "\"linear_num_value_heads\": 2, \"linear_key_head_dim\": 16, "
                  "\"linear_value_head_dim\": 16, \"linear_conv_kernel_dim\": 4, "
                  "\"num_experts\": 4, \"num_experts_per_tok\": 2, \"moe_intermediate_size\": 16, "
-                 "\"shared_expert_intermediate_size\": 16, \"norm_topk_prob\": true}", common);
+                 "\"shared_expert_intermediate_size\": 16, \"norm_topk_prob\": true}",
+                 common);
     sl_model_config c;
     sl_err e = {0};
     if (sl_model_config_parse(&c, js, NULL, &e)) {
@@ -95,7 +101,8 @@ typedef struct cold_ref {
     float *first_logits; /* [vocab] */
 } cold_ref;
 
-static inline void harness_cold(sl_model *m, const int32_t *prompt, int n, int max_new, cold_ref *ref)
+static inline void harness_cold(sl_model *m, const int32_t *prompt, int n, int max_new,
+                                cold_ref *ref)
 {
     const sl_model_config *c = sl_model_cfg(m);
     int V = c->vocab_size;
@@ -111,7 +118,8 @@ static inline void harness_cold(sl_model *m, const int32_t *prompt, int n, int m
         int32_t t = sl_argmax(l, V);
         ref->out[ref->n_out++] = t;
         int eos = 0;
-        for (int k = 0; k < c->n_eos; k++) eos |= t == c->eos_token_ids[k];
+        for (int k = 0; k < c->n_eos; k++)
+            eos |= t == c->eos_token_ids[k];
         if (eos || i + 1 == max_new) break;
         CHECK(sl_solo_feed(&s, &t, 1, 0, l, &e) == SL_OK);
     }

@@ -81,7 +81,8 @@ static void test_hits(const char *arch, sl_model *m, int P, int overlap, int int
     /* after eviction: fill the cache with unrelated prompts, then a again */
     for (int k = 0; k < 4; k++) {
         int32_t g2[300];
-        for (int i = 0; i < 300; i++) g2[i] = f[(i + 37 * k) % 300];
+        for (int i = 0; i < 300; i++)
+            g2[i] = f[(i + 37 * k) % 300];
         sl_sched_req r = harness_req(4 + (uint64_t)k, g2, 280, 4);
         sl_err e = {0};
         CHECK(sl_engine_submit(eng, &r, &e) == SL_OK);
@@ -98,7 +99,8 @@ static void test_hits(const char *arch, sl_model *m, int P, int overlap, int int
     sl_engine_flush_cache(eng);
     sl_engine_stats(eng, &st);
     CHECK(st.free_pages == st.total_pages && st.free_slots == st.total_slots);
-    for (int i = 0; i < N; i++) free(gs[i].first_logits);
+    for (int i = 0; i < N; i++)
+        free(gs[i].first_logits);
     sl_engine_free(eng);
 }
 
@@ -118,7 +120,8 @@ static void test_branching(sl_model *m, int P, int overlap, int chunk)
     int32_t p[N][400];
     for (int k = 0; k < N; k++)
         for (int i = 0; i < L; i++)
-            p[k][i] = i < 257 ? 17 + i % 5 : 1 + (int)(sl_rng_uniform(100 + (uint64_t)k, (uint64_t)i) * 250);
+            p[k][i] = i < 257 ? 17 + i % 5
+                              : 1 + (int)(sl_rng_uniform(100 + (uint64_t)k, (uint64_t)i) * 250);
     for (int k = 0; k < N; k++) {
         char what[64];
         snprintf(what, sizeof what, "branch P=%d overlap=%d request %d", P, overlap, k);
@@ -127,11 +130,12 @@ static void test_branching(sl_model *m, int P, int overlap, int chunk)
     /* a chunked first request also snapshots its chunk ends inside the shared part */
     int second = chunk < 257 ? 257 / chunk * chunk : 0;
     CHECK_MSG(cached[0] == 0 && cached[1] == second && cached[2] == 257 / C * C,
-              "P=%d: cached %d %d %d, expected 0 %d %d", P, cached[0], cached[1], cached[2],
-              second, 257 / C * C);
+              "P=%d: cached %d %d %d, expected 0 %d %d", P, cached[0], cached[1], cached[2], second,
+              257 / C * C);
     sl_err e = {0};
     CHECK_MSG(sl_engine_check(eng, &e) == SL_OK, "%s", e.msg);
-    for (int i = 0; i < N; i++) free(gs[i].first_logits);
+    for (int i = 0; i < N; i++)
+        free(gs[i].first_logits);
     sl_engine_free(eng);
 }
 
@@ -151,7 +155,8 @@ static void test_decode_boundary(sl_model *m, int overlap)
         collector col = {.g = gs, .n = 2};
         sl_engine_set_logits_hook(eng, harness_hook, &col);
         int32_t a[100];
-        for (int i = 0; i < 60; i++) a[i] = 1 + (i * 11) % 200;
+        for (int i = 0; i < 60; i++)
+            a[i] = 1 + (i * 11) % 200;
         sl_sched_req r = harness_req(0, a, 60, max_new);
         r.ignore_eos = 1;
         sl_err e = {0};
@@ -160,7 +165,8 @@ static void test_decode_boundary(sl_model *m, int overlap)
         CHECK(gs[0].n_out == max_new);
         memcpy(a + 60, gs[0].out, sizeof(int32_t) * (size_t)max_new);
         int n = 60 + max_new;
-        for (int i = n; i < n + 20; i++) a[i] = 3 + i % 50;
+        for (int i = n; i < n + 20; i++)
+            a[i] = 3 + i % 50;
         char what[64];
         snprintf(what, sizeof what, "boundary overlap=%d max_new=%d", overlap, max_new);
         int cached = serve_and_compare(eng, &col, m, 1, a, n + 20, 3, what);

@@ -45,13 +45,15 @@ static void test_failure(sl_model *m, int overlap)
     int calls = 0;
     sl_engine_set_plan_hook(g, fail_third, &calls);
     int32_t p[40];
-    for (int i = 0; i < 40; i++) p[i] = 1 + i;
+    for (int i = 0; i < 40; i++)
+        p[i] = 1 + i;
     for (uint64_t r = 0; r < 3; r++) {
         sl_sched_req q = harness_req(r, p, 20 + (int)r, 30);
         CHECK(sl_engine_submit(g, &q, &e) == SL_OK);
     }
     sl_status st = SL_OK;
-    for (int i = 0; i < 20 && !st; i++) st = sl_engine_step(g, NULL, &e);
+    for (int i = 0; i < 20 && !st; i++)
+        st = sl_engine_step(g, NULL, &e);
     CHECK(st == SL_ERR_DEVICE && strstr(e.msg, "injected"));
     sl_engine_free(g);
 }
@@ -85,19 +87,22 @@ int main(void)
     int32_t p[8][150];
     for (int r = 0; r < 8; r++) {
         for (int i = 0; i < 150; i++)
-            p[r][i] = i < 70 ? 5 + i % 9 : 1 + (int)(sl_rng_uniform(31 + (uint64_t)r, (uint64_t)i) * 120);
+            p[r][i] =
+                i < 70 ? 5 + i % 9 : 1 + (int)(sl_rng_uniform(31 + (uint64_t)r, (uint64_t)i) * 120);
         sl_sched_req q = harness_req((uint64_t)r, p[r], 80 + 9 * r, 10);
         CHECK(sl_engine_submit(lead, &q, &e) == SL_OK);
     }
     harness_run(lead, &col, 1);
     const sl_model_cache *a = sl_engine_cache(lead), *b = sl_engine_cache(follow);
     int same = 1;
-    for (int j = 0; j < a->n_attn; j++) same &= same_tensor(&a->k[j], &b->k[j]) && same_tensor(&a->v[j], &b->v[j]);
+    for (int j = 0; j < a->n_attn; j++)
+        same &= same_tensor(&a->k[j], &b->k[j]) && same_tensor(&a->v[j], &b->v[j]);
     for (int j = 0; j < a->n_linear; j++)
         same &= same_tensor(&a->conv[j], &b->conv[j]) && same_tensor(&a->ssm[j], &b->ssm[j]);
     CHECK_MSG(same, "follower cache differs from the leader's after %d batches", t.batches);
     CHECK(t.batches > 10);
-    for (int r = 0; r < 8; r++) CHECK(gs[r].finish == SL_FINISH_STOP || gs[r].finish == SL_FINISH_LENGTH);
+    for (int r = 0; r < 8; r++)
+        CHECK(gs[r].finish == SL_FINISH_STOP || gs[r].finish == SL_FINISH_LENGTH);
     sl_engine_free(lead);
     sl_engine_free(follow);
     test_failure(m1, 0);

@@ -19,8 +19,11 @@ static void setup(fixture *f, int P, int n_pages, int hybrid, int n_slots)
     CHECK(sl_pool_new(&f->pages, "kv page", n_pages, &e) == SL_OK);
     f->slots = NULL;
     if (hybrid) CHECK(sl_pool_new(&f->slots, "state slot", n_slots, &e) == SL_OK);
-    sl_radix_config c = {.page_size = P, .hybrid = hybrid, .chunk = 64 > P ? 64 : P,
-                         .pages = f->pages, .slots = f->slots};
+    sl_radix_config c = {.page_size = P,
+                         .hybrid = hybrid,
+                         .chunk = 64 > P ? 64 : P,
+                         .pages = f->pages,
+                         .slots = f->slots};
     CHECK(sl_radix_new(&f->r, &c, &e) == SL_OK);
 }
 
@@ -58,7 +61,8 @@ static void test_pure(void)
     const int P = 4;
     setup(&f, P, 64, 0, 0);
     int32_t a[32], b[32], pages[32];
-    for (int i = 0; i < 32; i++) a[i] = b[i] = 100 + i;
+    for (int i = 0; i < 32; i++)
+        a[i] = b[i] = 100 + i;
     b[12] = 7; /* diverges in the 4th page */
     sl_radix_match m;
     sl_radix_match_prefix(f.r, a, 32, pages, &m);
@@ -126,7 +130,8 @@ static void test_hybrid_branch(void)
     setup(&f, P, 1024, 1, 16);
     static int32_t a[300], b[300], c[300];
     int32_t pages[300];
-    for (int i = 0; i < 300; i++) a[i] = b[i] = c[i] = 5;
+    for (int i = 0; i < 300; i++)
+        a[i] = b[i] = c[i] = 5;
     a[257] = 1, b[257] = 2, c[257] = 3;
     sl_radix_match m;
     CHECK(insert_new(&f, a, 270, P, NULL) == 0);
@@ -173,7 +178,8 @@ static void test_hybrid_locked_tombstone(void)
     const int P = 2;
     setup(&f, P, 64, 1, 8);
     int32_t a[16], pages[16];
-    for (int i = 0; i < 16; i++) a[i] = i;
+    for (int i = 0; i < 16; i++)
+        a[i] = i;
     sl_radix_node *n8, *n16;
     insert_new(&f, a, 8, P, &n8);
     insert_new(&f, a, 16, P, &n16);

@@ -23,8 +23,8 @@ static int32_t sample_once(sl_sampler_state *s)
 
 static void test_greedy_and_logprobs(void)
 {
-    sl_sampling p = {.temperature = 0, .top_p = 1, .repetition_penalty = 1, .logprobs = 1,
-                     .top_logprobs = 3};
+    sl_sampling p = {
+        .temperature = 0, .top_p = 1, .repetition_penalty = 1, .logprobs = 1, .top_logprobs = 3};
     sl_sampler_state *s = sl_sampler_state_new(&p, NULL, 0, 1);
     float l[V];
     memcpy(l, base, sizeof l);
@@ -32,7 +32,8 @@ static void test_greedy_and_logprobs(void)
     sl_sampler_sample(s, l, V, &o);
     CHECK(o.token == 1);
     double z = 0;
-    for (int i = 0; i < V; i++) z += exp(base[i]);
+    for (int i = 0; i < V; i++)
+        z += exp(base[i]);
     CHECK(fabs(o.logprob - (3.0 - log(z))) < 1e-5);
     CHECK(o.n_top == 3 && o.top_ids[0] == 1 && o.top_ids[1] == 5 && o.top_ids[2] == 2);
     CHECK(fabs(o.top_logprobs[1] - (2.9 - log(z))) < 1e-5);
@@ -51,14 +52,16 @@ static void test_penalties(void)
     CHECK(sample_once(s) == 2);
     sl_sampler_state_free(s);
     /* frequency: each output of a token lowers it by 0.3 per occurrence */
-    sl_sampling f = {.temperature = 0, .top_p = 1, .repetition_penalty = 1, .frequency_penalty = 0.3f};
+    sl_sampling f = {
+        .temperature = 0, .top_p = 1, .repetition_penalty = 1, .frequency_penalty = 0.3f};
     s = sl_sampler_state_new(&f, NULL, 0, 1);
     CHECK(sample_once(s) == 1); /* 3.0 */
     CHECK(sample_once(s) == 5); /* 1 now 2.7 < 2.9 */
     CHECK(sample_once(s) == 1); /* 2.7 > 2.6 (5) and > 2.5 */
     sl_sampler_state_free(s);
     /* presence: a flat 1.0 off anything already generated */
-    sl_sampling pr = {.temperature = 0, .top_p = 1, .repetition_penalty = 1, .presence_penalty = 1.0f};
+    sl_sampling pr = {
+        .temperature = 0, .top_p = 1, .repetition_penalty = 1, .presence_penalty = 1.0f};
     s = sl_sampler_state_new(&pr, NULL, 0, 1);
     CHECK(sample_once(s) == 1 && sample_once(s) == 5 && sample_once(s) == 2);
     CHECK(sample_once(s) == 1); /* everything seen: 2.0, 1.9, 1.5, 1.0 (token 0) */
@@ -70,13 +73,15 @@ static void test_filters_and_distribution(void)
     enum { N = 20000 };
     int hist[V];
     /* temperature 1: frequencies follow softmax */
-    sl_sampling p = {.temperature = 1.0f, .top_p = 1, .repetition_penalty = 1,
-                     .has_seed = 1, .seed = 99};
+    sl_sampling p = {
+        .temperature = 1.0f, .top_p = 1, .repetition_penalty = 1, .has_seed = 1, .seed = 99};
     sl_sampler_state *s = sl_sampler_state_new(&p, NULL, 0, 1);
     memset(hist, 0, sizeof hist);
-    for (int i = 0; i < N; i++) hist[sample_once(s)]++;
+    for (int i = 0; i < N; i++)
+        hist[sample_once(s)]++;
     double z = 0;
-    for (int i = 0; i < V; i++) z += exp(base[i]);
+    for (int i = 0; i < V; i++)
+        z += exp(base[i]);
     for (int i = 0; i < V; i++)
         CHECK_MSG(fabs(hist[i] / (double)N - exp(base[i]) / z) < 0.015, "token %d: %d", i, hist[i]);
     sl_sampler_state_free(s);
@@ -84,7 +89,8 @@ static void test_filters_and_distribution(void)
     p.top_k = 2;
     s = sl_sampler_state_new(&p, NULL, 0, 1);
     memset(hist, 0, sizeof hist);
-    for (int i = 0; i < 2000; i++) hist[sample_once(s)]++;
+    for (int i = 0; i < 2000; i++)
+        hist[sample_once(s)]++;
     CHECK(hist[1] + hist[5] == 2000 && hist[1] > hist[5] && hist[5] > 500);
     sl_sampler_state_free(s);
     /* top-p 0.6: p(1)=.36 p(5)=.33 p(2)=.22 -> {1, 5} reach .69 */
@@ -92,7 +98,8 @@ static void test_filters_and_distribution(void)
     p.top_p = 0.6f;
     s = sl_sampler_state_new(&p, NULL, 0, 1);
     memset(hist, 0, sizeof hist);
-    for (int i = 0; i < 2000; i++) hist[sample_once(s)]++;
+    for (int i = 0; i < 2000; i++)
+        hist[sample_once(s)]++;
     CHECK(hist[1] + hist[5] == 2000 && hist[5] > 500);
     sl_sampler_state_free(s);
     /* min-p 0.5: keeps p >= 0.5·p(1): tokens 1, 5, 2 (e^-0.5 = .61) */
@@ -100,15 +107,20 @@ static void test_filters_and_distribution(void)
     p.min_p = 0.5f;
     s = sl_sampler_state_new(&p, NULL, 0, 1);
     memset(hist, 0, sizeof hist);
-    for (int i = 0; i < 3000; i++) hist[sample_once(s)]++;
+    for (int i = 0; i < 3000; i++)
+        hist[sample_once(s)]++;
     CHECK(hist[1] + hist[5] + hist[2] == 3000 && hist[2] > 300);
     sl_sampler_state_free(s);
 }
 
 static void test_seed_reproducible(void)
 {
-    sl_sampling p = {.temperature = 0.8f, .top_p = 0.95f, .top_k = 5, .repetition_penalty = 1,
-                     .has_seed = 1, .seed = 1234};
+    sl_sampling p = {.temperature = 0.8f,
+                     .top_p = 0.95f,
+                     .top_k = 5,
+                     .repetition_penalty = 1,
+                     .has_seed = 1,
+                     .seed = 1234};
     sl_sampler_state *a = sl_sampler_state_new(&p, NULL, 0, 1);
     sl_sampler_state *b = sl_sampler_state_new(&p, NULL, 0, 2); /* rid differs: seed rules */
     int same = 1, distinct = 0;
@@ -125,10 +137,12 @@ static void test_seed_reproducible(void)
     /* resuming: a fresh state that is told the earlier outputs continues alike */
     a = sl_sampler_state_new(&p, NULL, 0, 1);
     int32_t seq[10];
-    for (int i = 0; i < 10; i++) seq[i] = sample_once(a);
+    for (int i = 0; i < 10; i++)
+        seq[i] = sample_once(a);
     b = sl_sampler_state_new(&p, NULL, 0, 1);
     sl_sampler_state_add_output(b, seq, 6);
-    for (int i = 6; i < 10; i++) CHECK(sample_once(b) == seq[i]);
+    for (int i = 6; i < 10; i++)
+        CHECK(sample_once(b) == seq[i]);
     sl_sampler_state_free(a);
     sl_sampler_state_free(b);
 }
@@ -147,18 +161,22 @@ static int32_t reference_draw(const float *logits, int nv, const sl_sampling *p,
     float *pr = malloc(sizeof(float) * (size_t)nv);
     int32_t *idx = malloc(sizeof(int32_t) * (size_t)nv);
     float mx = logits[0];
-    for (int i = 1; i < nv; i++) mx = logits[i] > mx ? logits[i] : mx;
+    for (int i = 1; i < nv; i++)
+        mx = logits[i] > mx ? logits[i] : mx;
     double sum = 0;
     for (int i = 0; i < nv; i++) {
         pr[i] = expf((logits[i] - mx) * (1.0f / p->temperature));
         sum += pr[i];
     }
-    for (int i = 0; i < nv; i++) pr[i] = (float)(pr[i] / sum);
-    for (int i = 0; i < nv; i++) idx[i] = i;
+    for (int i = 0; i < nv; i++)
+        pr[i] = (float)(pr[i] / sum);
+    for (int i = 0; i < nv; i++)
+        idx[i] = i;
     qsort_r(idx, (size_t)nv, sizeof *idx, cmp_desc, pr);
     int n = p->top_k > 0 && p->top_k < nv ? p->top_k : nv;
     double tot = 0, acc = 0;
-    for (int i = 0; i < n; i++) tot += pr[idx[i]];
+    for (int i = 0; i < n; i++)
+        tot += pr[idx[i]];
     if (p->top_p < 1.0f)
         for (int i = 0; i < n; i++) {
             acc += pr[idx[i]];
@@ -168,9 +186,11 @@ static int32_t reference_draw(const float *logits, int nv, const sl_sampling *p,
             }
         }
     if (p->min_p > 0)
-        while (n > 1 && pr[idx[n - 1]] < p->min_p * pr[idx[0]]) n--;
+        while (n > 1 && pr[idx[n - 1]] < p->min_p * pr[idx[0]])
+            n--;
     tot = acc = 0;
-    for (int i = 0; i < n; i++) tot += pr[idx[i]];
+    for (int i = 0; i < n; i++)
+        tot += pr[idx[i]];
     int32_t tok = idx[n - 1];
     for (int i = 0; i < n; i++) {
         acc += pr[idx[i]];
@@ -191,16 +211,33 @@ static void test_selection_matches_full_sort(void)
     static float logits[VB], scratch[VB];
     const sl_sampling cases[] = {
         {.temperature = 1.0f, .top_p = 0.9f, .repetition_penalty = 1, .has_seed = 1, .seed = 3},
-        {.temperature = 0.7f, .top_p = 0.8f, .top_k = 20, .repetition_penalty = 1, .has_seed = 1, .seed = 4},
-        {.temperature = 1.3f, .top_p = 0.99f, .min_p = 0.05f, .repetition_penalty = 1, .has_seed = 1, .seed = 5},
-        {.temperature = 1.0f, .top_p = 1.0f, .top_k = 300, .repetition_penalty = 1, .has_seed = 1, .seed = 6},
+        {.temperature = 0.7f,
+         .top_p = 0.8f,
+         .top_k = 20,
+         .repetition_penalty = 1,
+         .has_seed = 1,
+         .seed = 4},
+        {.temperature = 1.3f,
+         .top_p = 0.99f,
+         .min_p = 0.05f,
+         .repetition_penalty = 1,
+         .has_seed = 1,
+         .seed = 5},
+        {.temperature = 1.0f,
+         .top_p = 1.0f,
+         .top_k = 300,
+         .repetition_penalty = 1,
+         .has_seed = 1,
+         .seed = 6},
     };
     int mismatches = 0;
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         sl_sampler_state *s = sl_sampler_state_new(&cases[c], NULL, 0, 1);
         for (int step = 0; step < 40; step++) {
             for (int i = 0; i < VB; i++) /* peaked, with ties */
-                logits[i] = (float)((int)(sl_rng_uniform(c * 100 + (uint64_t)step, (uint64_t)i) * 40)) * 0.25f;
+                logits[i] =
+                    (float)((int)(sl_rng_uniform(c * 100 + (uint64_t)step, (uint64_t)i) * 40)) *
+                    0.25f;
             float u = sl_rng_uniform(cases[c].seed, (uint64_t)step);
             int32_t want = reference_draw(logits, VB, &cases[c], u);
             memcpy(scratch, logits, sizeof logits);

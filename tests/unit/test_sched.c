@@ -5,10 +5,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "sched.h"
+#include "scheduler.h"
 #include "sl_test.h"
 
-static int32_t fake_token(uint64_t rid, int pos) { return 1 + (int32_t)((rid * 7 + (uint64_t)pos * 13) % 97); }
+static int32_t fake_token(uint64_t rid, int pos)
+{
+    return 1 + (int32_t)((rid * 7 + (uint64_t)pos * 13) % 97);
+}
 
 /* Answers every sampled sequence of b. */
 static void fake_run(sl_sched_batch *b)
@@ -22,9 +25,16 @@ static void fake_run(sl_sched_batch *b)
 
 static sl_sched *make(int P, int pages, int max_running, int chunk, int overlap)
 {
-    sl_sched_config c = {.page_size = P, .n_pages = pages, .max_running = max_running,
-                         .context_len = 4096, .chunked_prefill_size = chunk, .overlap = overlap,
-                         .vocab = 128, .eos = {0}, .n_eos = 1, .track_interval = 64};
+    sl_sched_config c = {.page_size = P,
+                         .n_pages = pages,
+                         .max_running = max_running,
+                         .context_len = 4096,
+                         .chunked_prefill_size = chunk,
+                         .overlap = overlap,
+                         .vocab = 128,
+                         .eos = {0},
+                         .n_eos = 1,
+                         .track_interval = 64};
     sl_sched *s = NULL;
     sl_err e = {0};
     CHECK_MSG(sl_sched_new(&s, &c, &e) == SL_OK, "%s", e.msg);
@@ -34,7 +44,8 @@ static sl_sched *make(int P, int pages, int max_running, int chunk, int overlap)
 static void submit(sl_sched *s, uint64_t rid, int n, int max_new, int prio)
 {
     static int32_t p[4096];
-    for (int i = 0; i < n; i++) p[i] = 1 + (int32_t)((rid * 31 + (uint64_t)i) % 120);
+    for (int i = 0; i < n; i++)
+        p[i] = 1 + (int32_t)((rid * 31 + (uint64_t)i) % 120);
     sl_sched_req r = {.rid = rid, .prompt = p, .n_prompt = n, .max_new = max_new, .priority = prio};
     r.sampling.top_p = 1;
     r.sampling.repetition_penalty = 1;
@@ -78,7 +89,8 @@ static void test_chunks_and_mixing(void)
           b->meta.n_tokens == 65 && b->n_rows == 1);
     fake_run(b);
     sl_sched_complete(s, b);
-    while (step(s)) check_ok(s);
+    while (step(s))
+        check_ok(s);
     sl_sched_event ev;
     int toks[3] = {0}, fin[3] = {0};
     while (sl_sched_pop_event(s, &ev)) {
@@ -106,7 +118,8 @@ static void test_limits_and_priority(void)
     sl_sched_stats st;
     sl_sched_get_stats(s, &st);
     CHECK(st.running == 2 && st.queued == 1);
-    while (step(s)) check_ok(s);
+    while (step(s))
+        check_ok(s);
     sl_sched_free(s);
 }
 
@@ -115,9 +128,11 @@ static void test_limits_and_priority(void)
 static void test_retraction(void)
 {
     sl_sched *s = make(4, 40, 6, 0, 0);
-    for (uint64_t r = 0; r < 6; r++) submit(s, r, 10, 60, 0);
+    for (uint64_t r = 0; r < 6; r++)
+        submit(s, r, 10, 60, 0);
     int steps = 0;
-    while (step(s) && steps++ < 10000) check_ok(s);
+    while (step(s) && steps++ < 10000)
+        check_ok(s);
     sl_sched_stats st;
     sl_sched_get_stats(s, &st);
     CHECK(st.retractions > 0);
@@ -130,7 +145,8 @@ static void test_retraction(void)
         }
         if (ev.finish) fin[ev.rid] = ev.finish;
     }
-    for (int r = 0; r < 6; r++) CHECK(toks[r] == 60 && fin[r] == SL_FINISH_LENGTH);
+    for (int r = 0; r < 6; r++)
+        CHECK(toks[r] == 60 && fin[r] == SL_FINISH_LENGTH);
     sl_sched_flush_cache(s);
     sl_sched_get_stats(s, &st);
     CHECK(st.free_pages == st.total_pages);
@@ -162,7 +178,8 @@ static void test_abort_and_overlap(void)
     check_ok(s);
     sl_sched_event ev;
     int abort_events = 0;
-    while (sl_sched_pop_event(s, &ev)) abort_events += ev.finish == SL_FINISH_ABORT;
+    while (sl_sched_pop_event(s, &ev))
+        abort_events += ev.finish == SL_FINISH_ABORT;
     CHECK(abort_events == 2 && sl_sched_idle(s));
     sl_sched_free(s);
 }
@@ -171,7 +188,8 @@ static void test_abort_and_overlap(void)
 static void bench(void)
 {
     sl_sched *s = make(16, 65536, 256, 8192, 1);
-    for (uint64_t r = 0; r < 512; r++) submit(s, r, 200 + (int)(r % 300), 64, 0);
+    for (uint64_t r = 0; r < 512; r++)
+        submit(s, r, 200 + (int)(r % 300), 64, 0);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int steps = 0;

@@ -54,11 +54,13 @@ static int collect(uint64_t rid, result *r)
         if (!env) return -1;
         if (env->msg_case == SLUICE__ENVELOPE__MSG_CHUNK && env->chunk->rid == rid) {
             Sluice__TokenChunk *c = env->chunk;
-            for (size_t i = 0; i < c->n_ids && r->n < 512; i++) r->ids[r->n++] = c->ids[i];
+            for (size_t i = 0; i < c->n_ids && r->n < 512; i++)
+                r->ids[r->n++] = c->ids[i];
             if (c->n_logprobs && !r->n_logprobs) r->first_logprob = c->logprobs[0];
             r->n_logprobs += (int)c->n_logprobs;
             if (c->n_top && !r->n_top)
-                for (size_t i = 0; i < c->top[0]->n_ids && i < 4; i++) r->first_top[i] = c->top[0]->ids[i];
+                for (size_t i = 0; i < c->top[0]->n_ids && i < 4; i++)
+                    r->first_top[i] = c->top[0]->ids[i];
             r->n_top += (int)c->n_top;
             if (c->finish) {
                 r->finish = c->finish;
@@ -99,8 +101,8 @@ static void generate_after(uint64_t rid, const int32_t *ids, int n, const int32_
     send_env(&env);
 }
 
-static void generate(uint64_t rid, const int32_t *ids, int n, int max_new, int logprobs,
-                     int top, int ignore_eos)
+static void generate(uint64_t rid, const int32_t *ids, int n, int max_new, int logprobs, int top,
+                     int ignore_eos)
 {
     Sluice__SamplingParams sp = SLUICE__SAMPLING_PARAMS__INIT;
     sp.temperature = 0;
@@ -126,7 +128,7 @@ static int worker_rejects(const char *args, const char *expect)
 {
     const char *bin = getenv("SLUICE_BIN");
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s worker %s 2>&1", bin ? bin : "sluice", args);
+    snprintf(cmd, sizeof cmd, "timeout 30 %s worker %s 2>&1", bin ? bin : "sluice", args);
     FILE *f = popen(cmd, "r");
     char out[2048] = {0};
     size_t n = f ? fread(out, 1, sizeof out - 1, f) : 0;
@@ -146,13 +148,46 @@ static void test_flag_checks(void)
     }
     snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --page-size 48", dir);
     CHECK(worker_rejects(args, "max(64, page) must be a multiple of min(64, page)"));
-    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --page-size 16 --mamba-track-interval 40", dir);
+    snprintf(args, sizeof args,
+             "--model %s --listen ipc:///tmp/x --page-size 16 --mamba-track-interval 40", dir);
     CHECK(worker_rejects(args, "must be a positive multiple of --page-size 16"));
-    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --mamba-scheduler-strategy lazy", dir);
+    snprintf(args, sizeof args, "--model %s --listen ipc:///tmp/x --mamba-scheduler-strategy lazy",
+             dir);
     CHECK(worker_rejects(args, "extra_buffer or no_buffer"));
+    snprintf(args, sizeof args,
+             "--model %s --listen ipc:///tmp/x --page-size 16 --chunked-prefill-size 8", dir);
+    CHECK(worker_rejects(args, "a chunk must hold at least one page"));
     CHECK(worker_rejects("--listen ipc:///tmp/x", "--model and --listen are required"));
     CHECK(worker_rejects("--model /x --listen ipc:///tmp/x --bogus 1", "bogus"));
     harness_remove(dir);
+}
+
+/* With no router connected the worker must not block on its periodic load
+ * reports: SIGTERM after a few report periods still ends it promptly. */
+static void test_no_peer(const char *dir)
+{
+    char url[300];
+    snprintf(url, sizeof url, "ipc://%s/lonely.sock", dir);
+    const char *bin = getenv("SLUICE_BIN");
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl(bin ? bin : "sluice", "sluice", "worker", "--model", dir, "--listen", url,
+              "--max-total-tokens", "1024", "--context-length", "256", (char *)NULL);
+        _exit(127);
+    }
+    nanosleep(&(struct timespec){2, 500000000}, NULL);
+    kill(pid, SIGTERM);
+    int status = -1, done = 0;
+    for (int i = 0; i < 100 && !done; i++) {
+        done = waitpid(pid, &status, WNOHANG) == pid;
+        if (!done) nanosleep(&(struct timespec){0, 50000000}, NULL);
+    }
+    CHECK_MSG(done && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "a worker without a router did not stop on SIGTERM");
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
 }
 
 int main(void)
@@ -209,7 +244,8 @@ int main(void)
     sl_err e = {0};
     CHECK(sl_model_load(&m, dir, be, NULL, &e) == SL_OK);
     int32_t prompt[40];
-    for (int i = 0; i < 40; i++) prompt[i] = 3 + (i * 37) % 200;
+    for (int i = 0; i < 40; i++)
+        prompt[i] = 3 + (i * 37) % 200;
     cold_ref ref;
     harness_cold(m, prompt, 40, 12, &ref);
     result r;
@@ -217,7 +253,7 @@ int main(void)
     CHECK(collect(1, &r) == 0);
     CHECK(r.n == ref.n_out && !memcmp(r.ids, ref.out, sizeof(int32_t) * (size_t)ref.n_out));
     CHECK(r.finish == (ref.n_out == 12 ? SLUICE__FINISH_REASON__FINISH_LENGTH
-                                        : SLUICE__FINISH_REASON__FINISH_STOP));
+                                       : SLUICE__FINISH_REASON__FINISH_STOP));
     CHECK(r.prompt == 40 && r.completion == r.n && r.cached == 0 && r.n_logprobs == 0);
     generate(2, prompt, 40, 12, 1, 3, 0);
     CHECK(collect(2, &r) == 0);
@@ -268,7 +304,27 @@ int main(void)
           strstr(r.error, "already"));
     CHECK(collect(30, &r) == 0 && r.finish == SLUICE__FINISH_REASON__FINISH_LENGTH);
 
+    /* SIGTERM while requests run: each still gets its end (an error chunk
+     * naming the shutdown), and the worker exits with status 0 */
+    for (uint64_t k = 0; k < 20; k++)
+        generate(40 + k, prompt, 40, 470, 0, 0, 1);
+    Sluice__Envelope *first = recv_env();
+    CHECK(first && first->msg_case == SLUICE__ENVELOPE__MSG_CHUNK);
+    if (first) sluice__envelope__free_unpacked(first, NULL);
     kill(pid, SIGTERM);
+    int ended = 0, stopped = 0;
+    while (ended < 20) {
+        Sluice__Envelope *x = recv_env();
+        if (!x) break;
+        if (x->msg_case == SLUICE__ENVELOPE__MSG_CHUNK && x->chunk->finish) {
+            ended++;
+            stopped += x->chunk->finish == SLUICE__FINISH_REASON__FINISH_ERROR &&
+                       strstr(x->chunk->error, "shutting down");
+        }
+        sluice__envelope__free_unpacked(x, NULL);
+    }
+    CHECK_MSG(ended == 20 && stopped > 0, "%d ended, %d by the shutdown", ended, stopped);
+    test_no_peer(dir);
     int status = 0;
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);

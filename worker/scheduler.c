@@ -1,4 +1,4 @@
-#include "sched.h"
+#include "scheduler.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -28,11 +28,11 @@ struct sl_sched_req_impl {
     int kv_len;   /* tokens whose KV is computed or being computed */
     int tree_len; /* cached prefix held through node */
     sl_radix_node *node;
-    int32_t W, T;          /* working and track state slots (-1: none) */
-    int32_t copy_from;     /* state to copy into W before the first chunk */
-    int32_t pend_slot;     /* snapshot (or -1 for a KV-only insert) waiting for its key */
-    int pend_len;          /* its depth; 0: nothing pending */
-    int branch_len;        /* hybrid: where siblings would hit, from the match */
+    int32_t W, T;      /* working and track state slots (-1: none) */
+    int32_t copy_from; /* state to copy into W before the first chunk */
+    int32_t pend_slot; /* snapshot (or -1 for a KV-only insert) waiting for its key */
+    int pend_len;      /* its depth; 0: nothing pending */
+    int branch_len;    /* hybrid: where siblings would hit, from the match */
     int cached_tokens, admitted;
     sl_sched_req_impl *prev, *next;
 };
@@ -42,11 +42,20 @@ typedef struct req_list {
     int n;
 } req_list;
 
+/* rid -> live request (queued or running): open addressing, tombstones. */
+typedef struct rid_slot {
+    uint64_t rid;
+    sl_sched_req_impl *r; /* NULL: empty; &rid_tomb: deleted */
+} rid_slot;
+static sl_sched_req_impl rid_tomb;
+
 struct sl_sched {
     sl_sched_config cfg;
-    int C;       /* checkpoint unit max(64, page) */
-    int max_seq; /* longest sequence: context length, and what the KV pool can hold with a
-                  * spare page for the discarded step of overlap */
+    rid_slot *map;
+    int map_cap, map_used; /* used counts tombstones too */
+    int C;                 /* checkpoint unit max(64, page) */
+    int max_seq;           /* longest sequence: context length, and what the KV pool can hold with a
+                            * spare page for the discarded step of overlap */
     sl_pool *pages, *slots;
     sl_radix *tree; /* NULL with --disable-radix-cache */
     req_list queue, running;
@@ -63,10 +72,14 @@ struct sl_sched {
 
 static void list_remove(req_list *l, sl_sched_req_impl *r)
 {
-    if (r->prev) r->prev->next = r->next;
-    else l->head = r->next;
-    if (r->next) r->next->prev = r->prev;
-    else l->tail = r->prev;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        l->head = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    else
+        l->tail = r->prev;
     r->prev = r->next = NULL;
     l->n--;
 }
@@ -75,8 +88,10 @@ static void list_append(req_list *l, sl_sched_req_impl *r)
 {
     r->next = NULL;
     r->prev = l->tail;
-    if (l->tail) l->tail->next = r;
-    else l->head = r;
+    if (l->tail)
+        l->tail->next = r;
+    else
+        l->head = r;
     l->tail = r;
     l->n++;
 }
@@ -94,13 +109,18 @@ static void queue_insert(req_list *l, sl_sched_req_impl *r)
     }
     r->next = at;
     r->prev = at->prev;
-    if (at->prev) at->prev->next = r;
-    else l->head = r;
+    if (at->prev)
+        at->prev->next = r;
+    else
+        l->head = r;
     at->prev = r;
     l->n++;
 }
 
-static int ceil_div(int a, int b) { return (a + b - 1) / b; }
+static int ceil_div(int a, int b)
+{
+    return (a + b - 1) / b;
+}
 
 static void push_event(sl_sched *s, const sl_sched_event *ev)
 {
@@ -108,7 +128,8 @@ static void push_event(sl_sched *s, const sl_sched_event *ev)
         int ncap = s->ev_cap ? 2 * s->ev_cap : 256;
         sl_sched_event *n = malloc(sizeof *n * (size_t)ncap);
         SL_ASSERT(n); /* events are small; running out of memory here is fatal */
-        for (int i = 0; i < s->ev_n; i++) n[i] = s->ev[(s->ev_head + i) % s->ev_cap];
+        for (int i = 0; i < s->ev_n; i++)
+            n[i] = s->ev[(s->ev_head + i) % s->ev_cap];
         free(s->ev);
         s->ev = n;
         s->ev_cap = ncap;
@@ -126,7 +147,10 @@ int sl_sched_pop_event(sl_sched *s, sl_sched_event *ev)
     return 1;
 }
 
-static int hybrid_cache(const sl_sched *s) { return s->cfg.hybrid && s->tree; }
+static int hybrid_cache(const sl_sched *s)
+{
+    return s->cfg.hybrid && s->tree;
+}
 
 /* ---- configuration ------------------------------------------------------------- */
 
@@ -147,6 +171,11 @@ sl_status sl_sched_config_check(const sl_sched_config *c, sl_err *e)
     if (c->hybrid && c->strategy == SL_MAMBA_NO_BUFFER && c->overlap)
         return sl_err_set(e, SL_ERR_INVALID,
                           "--mamba-scheduler-strategy no_buffer needs --disable-overlap-schedule");
+    if (c->chunked_prefill_size > 0 && c->chunked_prefill_size < P)
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "--chunked-prefill-size %d is smaller than --page-size %d: a chunk "
+                          "must hold at least one page",
+                          c->chunked_prefill_size, P);
     if (c->max_running <= 0 || c->context_len <= 1 || c->n_pages < 2 || c->vocab <= 0)
         return sl_err_set(e, SL_ERR_INVALID, "scheduler: bad sizes");
     if (c->hybrid && c->n_slots < 2)
@@ -168,8 +197,11 @@ sl_status sl_sched_new(sl_sched **out, const sl_sched_config *cfg, sl_err *e)
     st = sl_pool_new(&s->pages, "kv page", cfg->n_pages, e);
     if (!st && cfg->hybrid) st = sl_pool_new(&s->slots, "state slot", cfg->n_slots, e);
     if (!st && !cfg->disable_radix) {
-        sl_radix_config rc = {.page_size = cfg->page_size, .hybrid = cfg->hybrid, .chunk = s->C,
-                              .pages = s->pages, .slots = s->slots};
+        sl_radix_config rc = {.page_size = cfg->page_size,
+                              .hybrid = cfg->hybrid,
+                              .chunk = s->C,
+                              .pages = s->pages,
+                              .slots = s->slots};
         st = sl_radix_new(&s->tree, &rc, e);
     }
     if (!st) {
@@ -217,26 +249,77 @@ void sl_sched_free(sl_sched *s)
     batch_free(&s->batch[0]);
     batch_free(&s->batch[1]);
     free(s->match_pages);
+    free(s->map);
     free(s->ev);
     free(s);
 }
 
 /* ---- submit / abort ------------------------------------------------------------ */
 
+static uint64_t rid_hash(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    return x ^ (x >> 33);
+}
+
 static sl_sched_req_impl *find(const sl_sched *s, uint64_t rid)
 {
-    for (sl_sched_req_impl *r = s->running.head; r; r = r->next)
-        if (r->rid == rid) return r;
-    for (sl_sched_req_impl *r = s->queue.head; r; r = r->next)
-        if (r->rid == rid) return r;
-    return NULL;
+    if (!s->map_cap) return NULL;
+    for (uint64_t i = rid_hash(rid);; i++) {
+        const rid_slot *e = &s->map[i & (uint64_t)(s->map_cap - 1)];
+        if (!e->r) return NULL;
+        if (e->r != &rid_tomb && e->rid == rid) return e->r;
+    }
+}
+
+static int map_put(sl_sched *s, sl_sched_req_impl *r)
+{
+    if (2 * (s->map_used + 1) > s->map_cap) {
+        int live = 0, cap = 256; /* rehashing also drops the tombstones */
+        for (int i = 0; i < s->map_cap; i++)
+            live += s->map[i].r && s->map[i].r != &rid_tomb;
+        while (cap < 4 * (live + 1))
+            cap *= 2;
+        rid_slot *old = s->map, *nm = calloc((size_t)cap, sizeof *nm);
+        if (!nm) return -1;
+        int ocap = s->map_cap;
+        s->map = nm;
+        s->map_cap = cap;
+        s->map_used = 0;
+        for (int i = 0; i < ocap; i++)
+            if (old[i].r && old[i].r != &rid_tomb) map_put(s, old[i].r);
+        free(old);
+    }
+    for (uint64_t i = rid_hash(r->rid);; i++) {
+        rid_slot *e = &s->map[i & (uint64_t)(s->map_cap - 1)];
+        if (!e->r) {
+            e->rid = r->rid;
+            e->r = r;
+            s->map_used++;
+            return 0;
+        }
+    }
+}
+
+static void map_del(sl_sched *s, uint64_t rid)
+{
+    for (uint64_t i = rid_hash(rid);; i++) {
+        rid_slot *e = &s->map[i & (uint64_t)(s->map_cap - 1)];
+        SL_ASSERT(e->r);
+        if (e->r != &rid_tomb && e->rid == rid) {
+            e->r = &rid_tomb;
+            return;
+        }
+    }
 }
 
 sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
 {
     int n = q->n_prompt + q->n_output;
-    if (q->n_prompt <= 0) return sl_err_set(e, SL_ERR_INVALID, "request %llu: empty prompt",
-                                            (unsigned long long)q->rid);
+    if (q->n_prompt <= 0)
+        return sl_err_set(e, SL_ERR_INVALID, "request %llu: empty prompt",
+                          (unsigned long long)q->rid);
     if (n >= s->max_seq)
         return sl_err_set(e, SL_ERR_LIMIT,
                           "request %llu: %d input tokens leave no room to generate (context length "
@@ -277,6 +360,10 @@ sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
     r->n_stop = q->n_stop;
     r->W = r->T = r->copy_from = r->pend_slot = -1;
     r->st = REQ_QUEUED;
+    if (map_put(s, r)) {
+        free_req(r);
+        return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    }
     queue_insert(&s->queue, r);
     return SL_OK;
 }
@@ -380,8 +467,11 @@ static void release_memory(sl_sched *s, sl_sched_req_impl *r, int cache)
 
 static void emit_finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why)
 {
-    sl_sched_event ev = {.rid = r->rid, .token = -1, .finish = why,
-                         .prompt_tokens = r->n_prompt, .completion_tokens = r->n_out,
+    sl_sched_event ev = {.rid = r->rid,
+                         .token = -1,
+                         .finish = why,
+                         .prompt_tokens = r->n_prompt,
+                         .completion_tokens = r->n_out,
                          .cached_tokens = r->cached_tokens};
     push_event(s, &ev);
 }
@@ -391,9 +481,12 @@ static void emit_finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why)
 static void finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why)
 {
     emit_finish(s, r, why);
-    if (r->st == REQ_RUNNING) list_remove(&s->running, r);
-    else if (r->st == REQ_QUEUED) list_remove(&s->queue, r);
+    if (r->st == REQ_RUNNING)
+        list_remove(&s->running, r);
+    else if (r->st == REQ_QUEUED)
+        list_remove(&s->queue, r);
     release_memory(s, r, why == SL_FINISH_STOP || why == SL_FINISH_LENGTH);
+    map_del(s, r->rid);
     r->st = REQ_DONE;
     if (!r->inflight) free_req(r);
 }
@@ -404,6 +497,14 @@ int sl_sched_abort(sl_sched *s, uint64_t rid)
     if (!r) return 0;
     finish(s, r, SL_FINISH_ABORT);
     return 1;
+}
+
+void sl_sched_fail_all(sl_sched *s)
+{
+    while (s->running.head)
+        finish(s, s->running.head, SL_FINISH_ERROR);
+    while (s->queue.head)
+        finish(s, s->queue.head, SL_FINISH_ERROR);
 }
 
 /* Back to the queue with its tokens; prefilled again when memory allows. */
@@ -483,11 +584,12 @@ static int add_copy(sl_sched_batch *b, int32_t dst, int32_t src)
 
 static void batch_free(sl_sched_batch *b)
 {
-    void *arrays[] = {b->ids, b->pos, b->kv_slot, b->q_start, b->kv_len, b->state_slot,
-                      b->state_fresh, b->track_slot, b->track_len, b->feed_last, b->rows,
-                      b->row_seq, b->sampler, b->out, b->reqs, b->rid, b->copy_dst, b->copy_src,
-                      b->page_table};
-    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) free(arrays[i]);
+    void *arrays[] = {b->ids,        b->pos,         b->kv_slot,    b->q_start,   b->kv_len,
+                      b->state_slot, b->state_fresh, b->track_slot, b->track_len, b->feed_last,
+                      b->rows,       b->row_seq,     b->sampler,    b->out,       b->reqs,
+                      b->rid,        b->copy_dst,    b->copy_src,   b->page_table};
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
+        free(arrays[i]);
 }
 
 /* Appends q tokens of r starting at kv_len; r's pages must cover them. */
@@ -656,7 +758,10 @@ static int pages_available(const sl_sched *s)
     return n;
 }
 
-static int is_decoding(const sl_sched_req_impl *r) { return r->n_tok - r->kv_len <= 1; }
+static int is_decoding(const sl_sched_req_impl *r)
+{
+    return r->n_tok - r->kv_len <= 1;
+}
 
 /* Retracts requests until every decoding request can get its next page.
  * Returns how many were retracted. */
@@ -683,7 +788,8 @@ sl_sched_batch *sl_sched_next_batch(sl_sched *s)
     sl_sched_batch *b = &s->batch[k];
     memset(&b->meta, 0, sizeof b->meta);
     b->n_copy = b->n_rows = 0;
-    for (sl_sched_req_impl *r = s->running.head; r; r = r->next) resolve_pending(s, r);
+    for (sl_sched_req_impl *r = s->running.head; r; r = r->next)
+        resolve_pending(s, r);
 
     int retracted = make_room_for_decode(s);
     for (sl_sched_req_impl *r = s->running.head; r; r = r->next)
@@ -697,7 +803,8 @@ sl_sched_batch *sl_sched_next_batch(sl_sched *s)
         if (!is_decoding(r)) prefill_chunk(s, b, r, &budget); /* skipped if it does not fit */
 
     int n_decoding = 0;
-    for (sl_sched_req_impl *r = s->running.head; r; r = r->next) n_decoding += is_decoding(r);
+    for (sl_sched_req_impl *r = s->running.head; r; r = r->next)
+        n_decoding += is_decoding(r);
     /* no admissions right after a retraction: it would only thrash */
     for (sl_sched_req_impl *r = retracted ? NULL : s->queue.head, *nx; r && budget > 0; r = nx) {
         nx = r->next;
@@ -726,9 +833,11 @@ sl_sched_batch *sl_sched_next_batch(sl_sched *s)
         int32_t *row = b->page_table + (size_t)i * maxp;
         int np = ceil_div(b->kv_len[i], P);
         memcpy(row, b->reqs[i]->pages, sizeof(int32_t) * (size_t)np);
-        for (int j = np; j < maxp; j++) row[j] = 0;
+        for (int j = np; j < maxp; j++)
+            row[j] = 0;
     }
-    for (sl_sched_req_impl *r = s->running.head; r; r = r->next) resolve_pending(s, r);
+    for (sl_sched_req_impl *r = s->running.head; r; r = r->next)
+        resolve_pending(s, r);
 
     b->seq = s->batch_seq++;
     b->meta.page_size = P;
@@ -788,12 +897,15 @@ void sl_sched_complete(sl_sched *s, sl_sched_batch *b)
         r->toks[r->n_tok++] = t;
         r->n_out++;
         const sl_sampling *sp = sl_sampler_params(r->ss);
-        sl_sched_event ev = {.rid = r->rid, .token = t, .sample = b->out[i], .has_sample = 1,
+        sl_sched_event ev = {.rid = r->rid,
+                             .token = t,
+                             .sample = b->out[i],
+                             .has_sample = 1,
                              .want_logprobs = sp->logprobs || sp->top_logprobs > 0};
         push_event(s, &ev);
         sl_finish why = SL_FINISH_NONE;
-        if (r->n_out >= r->min_new &&
-            ((!r->ignore_eos && is_in(t, s->cfg.eos, s->cfg.n_eos)) || is_in(t, r->stop, r->n_stop)))
+        if (r->n_out >= r->min_new && ((!r->ignore_eos && is_in(t, s->cfg.eos, s->cfg.n_eos)) ||
+                                       is_in(t, r->stop, r->n_stop)))
             why = SL_FINISH_STOP;
         else if (r->n_out >= r->max_new || r->n_tok >= s->max_seq)
             why = SL_FINISH_LENGTH;

@@ -1,4 +1,4 @@
-/* worker/sched.h: the scheduler. Continuous batching over KV pages and mamba
+/* worker/scheduler.h: the scheduler. Continuous batching over KV pages and mamba
  * state slots, with the radix prefix cache; it never touches the device.
  *
  * Each call to sl_sched_next_batch builds one explicit batch (sl_sched_batch:
@@ -60,16 +60,16 @@ typedef enum sl_mamba_strategy {
 
 typedef struct sl_sched_config {
     int page_size;
-    int n_pages;           /* KV pool */
-    int n_slots;           /* state pool (0 for pure-attention models) */
-    int hybrid;            /* the model has linear-attention layers */
+    int n_pages; /* KV pool */
+    int n_slots; /* state pool (0 for pure-attention models) */
+    int hybrid;  /* the model has linear-attention layers */
     int max_running;
     int context_len;
     int chunked_prefill_size; /* prefill tokens per batch (<= 0: unlimited) */
     int disable_radix;
     sl_mamba_strategy strategy;
-    int track_interval;    /* decode snapshot interval (multiple of page_size) */
-    int overlap;           /* batches are built one ahead of their results */
+    int track_interval; /* decode snapshot interval (multiple of page_size) */
+    int overlap;        /* batches are built one ahead of their results */
     int vocab;
     int eos[8], n_eos;
 } sl_sched_config;
@@ -150,6 +150,10 @@ sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *r, sl_err *e);
 /* Aborts a queued or running request: its memory is freed at once and an
  * abort event is queued. Unknown rids are ignored (returns 0, else 1). */
 int sl_sched_abort(sl_sched *s, uint64_t rid);
+
+/* Ends every queued and running request with an SL_FINISH_ERROR event
+ * (shutdown, device failure). */
+void sl_sched_fail_all(sl_sched *s);
 
 /* The next batch to run, or NULL when there is nothing to do. At most two
  * batches are out at a time (overlap). */
