@@ -269,11 +269,11 @@ int main(void)
     result full, rest;
     generate_after(3, prompt, 40, NULL, 0, 12, 1.5f);
     CHECK(collect(3, &full) == 0);
-    int k = full.n / 2;
-    generate_after(4, prompt, 40, full.ids, k, 12 - k, 1.5f);
+    int half = full.n / 2;
+    generate_after(4, prompt, 40, full.ids, half, 12 - half, 1.5f);
     CHECK(collect(4, &rest) == 0);
-    CHECK_MSG(rest.n == full.n - k && !memcmp(rest.ids, full.ids + k, sizeof(int32_t) * (size_t)rest.n),
-              "continuation of %d tokens after %d differs", rest.n, k);
+    CHECK_MSG(rest.n == full.n - half && !memcmp(rest.ids, full.ids + half, sizeof(int32_t) * (size_t)rest.n),
+              "continuation of %d tokens after %d differs", rest.n, half);
     CHECK(rest.finish == full.finish && rest.prompt == 40);
     /* validation: each bad request gets an error chunk naming the problem */
     int32_t bad[3] = {1, 256, 2};
