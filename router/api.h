@@ -39,6 +39,9 @@ int sl_api_fail(sl_api_err *err, int status, const char *type, const char *fmt, 
     __attribute__((format(printf, 4, 5)));
 
 #define SL_JOB_MAX_STOPS 16
+/* Held-back text is rescanned for every stop string on each chunk: longer
+ * strings would make a request's cost quadratic in them. */
+#define SL_JOB_MAX_STOP_BYTES 1024
 
 /* One tool call of a choice, accumulated for non-streaming responses. */
 typedef struct sl_seq_tool {

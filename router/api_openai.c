@@ -69,6 +69,9 @@ int sl_api_get_stops(const json_t *o, const char *k, sl_job_params *p, sl_api_er
         if (!json_is_string(s) || !json_string_length(s))
             return sl_api_fail(err, 400, "invalid_request_error",
                                "%s[%zu]: expected a non-empty string", k, i);
+        if (json_string_length(s) > SL_JOB_MAX_STOP_BYTES)
+            return sl_api_fail(err, 400, "invalid_request_error", "%s[%zu]: at most %d bytes", k,
+                               i, SL_JOB_MAX_STOP_BYTES);
         p->stops[p->n_stops++] = strdup(json_string_value(s));
     }
     return 0;

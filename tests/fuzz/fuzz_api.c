@@ -46,7 +46,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int counting = !strcmp(routes[k].route, "/v1/messages/count_tokens");
     check(p->max_tokens == -1 || p->max_tokens >= 1 || (counting && p->max_tokens == 0));
     check(p->n_stops >= 0 && p->n_stops <= SL_JOB_MAX_STOPS);
-    for (int i = 0; i < p->n_stops; i++) check(p->stops[i] && p->stops[i][0]);
+    for (int i = 0; i < p->n_stops; i++)
+        check(p->stops[i] && p->stops[i][0] && strlen(p->stops[i]) <= SL_JOB_MAX_STOP_BYTES);
     check(p->n_stop_ids >= 0 && p->n_stop_ids <= 64);
     check(p->logprobs >= 0 && p->logprobs <= 21);
     const Sluice__SamplingParams *s = &p->sampling;

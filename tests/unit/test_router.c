@@ -320,6 +320,12 @@ static void test_errors(void)
     o = call("/v1/completions", "{\"prompt\":\"a\",\"logit_bias\":{\"1\":3}}", &st);
     CHECK(st == 400 && strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "logit_bias"));
     json_decref(o);
+    /* a stop string over SL_JOB_MAX_STOP_BYTES */
+    char longstop[1200];
+    snprintf(longstop, sizeof longstop, "{\"prompt\":\"a\",\"stop\":[\"x\",\"%01030d\"]}", 0);
+    o = call("/v1/completions", longstop, &st);
+    CHECK(st == 400 && strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "stop[1]: at most 1024 bytes"));
+    json_decref(o);
     /* tokenize / detokenize */
     o = call("/tokenize", "{\"prompt\":\"hi\"}", &st);
     CHECK(st == 200 && jint(o, "count") == 2 && jint(o, "tokens.1") == 'i');
