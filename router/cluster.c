@@ -229,6 +229,9 @@ static void fail_inflight(sl_cluster *cl, int idx, const char *why)
     for (size_t i = 0; i < n; i++) {
         gen *g = map_take(cl, rids[i]);
         if (!g) continue; /* aborted by an earlier callback */
+        /* A silent worker may only be slow: it must not go on generating
+         * what another worker now continues. */
+        if (w->piped) send_abort(w, g->rid);
         Sluice__TokenChunk ch = SLUICE__TOKEN_CHUNK__INIT;
         ch.rid = g->rid;
         ch.finish = SLUICE__FINISH_REASON__FINISH_ERROR;

@@ -6,6 +6,8 @@ left does the client get an error. Real CPU workers (a tiny random model)
 prove greedy continuations equal undisturbed runs; mock workers make the
 timing of the other cases exact."""
 import itertools
+import signal
+import threading
 import time
 
 import openai
@@ -176,7 +178,6 @@ def test_migration_limit_bounds_the_moves(procs):
     urls, ps = mocks(procs, 3, "--delay-ms", 30)
     _, port = start_router(procs, str(TOKENIZER), urls, "--migration-limit", 1)
     status, body = [None], [None]
-    import threading
 
     def run():
         status[0], body[0] = post(port, "/v1/completions",
@@ -194,3 +195,29 @@ def test_migration_limit_bounds_the_moves(procs):
     assert status[0] == 502, body[0]
     assert "no other worker could continue it" in body[0]["error"]["message"]
     assert metrics(port)["sluice_migrations_total"] == 1
+
+
+def test_silent_worker_is_replaced_and_told_to_stop(procs):
+    """A worker that stops answering (SIGSTOP: its socket stays up) is dead
+    after --dead-after-ms; its stream moves on, and when it wakes up it is
+    told to drop what it was running."""
+    urls, ps = mocks(procs, 2, "--delay-ms", 5)
+    _, port = start_router(procs, str(TOKENIZER), urls)
+    c = client(port)
+    s = c.completions.create(model="tiny", prompt="one two three", max_tokens=400, stream=True)
+    it = iter(s)
+    first = [next(it) for _ in range(3)]
+    victim = victim_of(port, urls)
+    ps[victim].send_signal(signal.SIGSTOP)
+    text, _, finish = collect(itertools.chain(first, it))
+    words = ["one", " two", " three"]
+    assert text == "".join(words[i % 3] for i in range(400)) and finish == "length"
+    assert metrics(port)["sluice_migrations_total"] == 1
+    ps[victim].send_signal(signal.SIGCONT)
+    wait_up(port, urls[victim])
+    # left alone it would run ~2 s more (397 tokens at 5 ms): the abort ends it now
+    running = lambda: metrics(port)[f'sluice_worker_running{{worker="{urls[victim]}"}}']
+    t0 = time.time()
+    while running() and time.time() - t0 < 1.0:
+        time.sleep(0.05)
+    assert running() == 0
