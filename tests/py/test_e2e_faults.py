@@ -19,7 +19,7 @@ from router_harness import (API_KEY, TOKENIZER, Procs, make_tiny, metrics, post,
 PROMPT_A = "The history of the lighthouse keepers on the northern coast"
 PROMPT_B = "A recipe for bread with seeds and a long cold rise"
 CTX = 1024
-LONG = 700  # output tokens of the long greedy streams
+LONG = 240  # output tokens of the long greedy streams (the kill comes after 30)
 
 
 def client(port):
@@ -97,7 +97,7 @@ def test_mid_stream_death_migrates_without_loss(procs, model):
     killed = {}
 
     def kill_at(n):
-        if n == 40 and not killed:
+        if n == 30 and not killed:
             procs.stop(workers[victim], sig=9)
             killed["t"] = time.time()
 
