@@ -78,12 +78,15 @@ static int collect(uint64_t rid, result *r)
     }
 }
 
-/* A greedy request; out/n_out: tokens already generated (a migration). */
+/* out/n_out: tokens already generated (a migration). temperature > 0 draws
+ * with a fixed seed. */
 static void generate_after(uint64_t rid, const int32_t *ids, int n, const int32_t *out, int n_out,
-                           int max_new, float frequency_penalty)
+                           int max_new, float frequency_penalty, float temperature)
 {
     Sluice__SamplingParams sp = SLUICE__SAMPLING_PARAMS__INIT;
-    sp.temperature = 0;
+    sp.temperature = temperature;
+    sp.has_seed = 1;
+    sp.seed = 1234;
     sp.top_p = 1;
     sp.repetition_penalty = 1;
     sp.frequency_penalty = frequency_penalty;
@@ -263,18 +266,24 @@ int main(void)
     CHECK(r.first_logprob < 0 && r.first_logprob > -20);
     free(ref.first_logits);
 
-    /* migration: a request resent with its first k outputs as output_ids
-     * continues exactly where the undisturbed run went on; max_new_tokens
+    /* migration: a request resent with its first outputs as output_ids
+     * continues exactly where the undisturbed run went on (greedy, and
+     * seeded sampling: draws are indexed by output position); max_new_tokens
      * counts after them, and the frequency penalty counts them */
     result full, rest;
-    generate_after(3, prompt, 40, NULL, 0, 12, 1.5f);
-    CHECK(collect(3, &full) == 0);
-    int half = full.n / 2;
-    generate_after(4, prompt, 40, full.ids, half, 12 - half, 1.5f);
-    CHECK(collect(4, &rest) == 0);
-    CHECK_MSG(rest.n == full.n - half && !memcmp(rest.ids, full.ids + half, sizeof(int32_t) * (size_t)rest.n),
-              "continuation of %d tokens after %d differs", rest.n, half);
-    CHECK(rest.finish == full.finish && rest.prompt == 40);
+    for (int seeded = 0; seeded < 2; seeded++) {
+        float temp = seeded ? 1.0f : 0.0f;
+        generate_after(3, prompt, 40, NULL, 0, 12, 1.5f, temp);
+        CHECK(collect(3, &full) == 0);
+        int half = full.n / 2;
+        generate_after(4, prompt, 40, full.ids, half, 12 - half, 1.5f, temp);
+        CHECK(collect(4, &rest) == 0);
+        CHECK_MSG(rest.n == full.n - half &&
+                      !memcmp(rest.ids, full.ids + half, sizeof(int32_t) * (size_t)rest.n),
+                  "%s continuation of %d tokens after %d differs", seeded ? "seeded" : "greedy",
+                  rest.n, half);
+        CHECK(rest.finish == full.finish && rest.prompt == 40);
+    }
     /* validation: each bad request gets an error chunk naming the problem */
     int32_t bad[3] = {1, 256, 2};
     generate(10, bad, 3, 4, 0, 0, 0);
