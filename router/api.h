@@ -42,6 +42,9 @@ int sl_api_fail(sl_api_err *err, int status, const char *type, const char *fmt, 
 /* Held-back text is rescanned for every stop string on each chunk: longer
  * strings would make a request's cost quadratic in them. */
 #define SL_JOB_MAX_STOP_BYTES 1024
+/* A worker takes 64 stop ids (SL_WSERVER_MAX_STOP), the model's eos ids (up
+ * to 16) included. */
+#define SL_JOB_MAX_STOP_IDS 48
 
 /* One tool call of a choice, accumulated for non-streaming responses. */
 typedef struct sl_seq_tool {

@@ -147,9 +147,10 @@ static int decode_common(sl_job *j, sl_api_err *err)
     }
     json_t *sti = json_object_get(b, "stop_token_ids");
     if (sti && !json_is_null(sti)) {
-        if (!json_is_array(sti) || json_array_size(sti) > 64)
+        if (!json_is_array(sti) || json_array_size(sti) > SL_JOB_MAX_STOP_IDS)
             return sl_api_fail(err, 400, "invalid_request_error",
-                               "stop_token_ids: expected an array of at most 64 token ids");
+                               "stop_token_ids: expected an array of at most %d token ids",
+                               SL_JOB_MAX_STOP_IDS);
         size_t i;
         json_t *v;
         json_array_foreach(sti, i, v)

@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(p->n_stops >= 0 && p->n_stops <= SL_JOB_MAX_STOPS);
     for (int i = 0; i < p->n_stops; i++)
         check(p->stops[i] && p->stops[i][0] && strlen(p->stops[i]) <= SL_JOB_MAX_STOP_BYTES);
-    check(p->n_stop_ids >= 0 && p->n_stop_ids <= 64);
+    check(p->n_stop_ids >= 0 && p->n_stop_ids <= SL_JOB_MAX_STOP_IDS);
     check(p->logprobs >= 0 && p->logprobs <= 21);
     const Sluice__SamplingParams *s = &p->sampling;
     check(s->temperature >= 0 && s->temperature <= 2 && s->top_p > 0 && s->top_p <= 1);

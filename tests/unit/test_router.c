@@ -326,6 +326,15 @@ static void test_errors(void)
     o = call("/v1/completions", longstop, &st);
     CHECK(st == 400 && strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "stop[1]: at most 1024 bytes"));
     json_decref(o);
+    /* more stop ids than a worker takes beside the eos ids */
+    sl_buf ids = {0};
+    sl_buf_puts(&ids, "{\"prompt\":\"a\",\"stop_token_ids\":[1");
+    for (int i = 0; i < 48; i++) sl_buf_puts(&ids, ",1"); /* 49 ids */
+    sl_buf_puts(&ids, "]}");
+    o = call("/v1/completions", ids.data, &st);
+    CHECK(st == 400 && strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "at most 48 token ids"));
+    json_decref(o);
+    sl_buf_free(&ids);
     /* tokenize / detokenize */
     o = call("/tokenize", "{\"prompt\":\"hi\"}", &st);
     CHECK(st == 200 && jint(o, "count") == 2 && jint(o, "tokens.1") == 'i');
