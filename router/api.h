@@ -45,6 +45,10 @@ int sl_api_fail(sl_api_err *err, int status, const char *type, const char *fmt, 
 /* A worker takes 64 stop ids (SL_WSERVER_MAX_STOP), the model's eos ids (up
  * to 16) included. */
 #define SL_JOB_MAX_STOP_IDS 48
+/* Counts a client controls beyond the body size: each message and tool is
+ * rendered and scanned, so their number is bounded on its own. */
+#define SL_JOB_MAX_MESSAGES 4096
+#define SL_JOB_MAX_TOOLS 512
 
 /* One tool call of a choice, accumulated for non-streaming responses. */
 typedef struct sl_seq_tool {
@@ -147,6 +151,8 @@ int sl_api_get_int(const json_t *o, const char *k, long lo, long hi, int *out, s
 int sl_api_get_num(const json_t *o, const char *k, double lo, double hi, float *out,
                    sl_api_err *err);
 int sl_api_get_stops(const json_t *o, const char *k, sl_job_params *p, sl_api_err *err);
+/* 400 naming field k when array a holds more than max entries. */
+int sl_api_check_count(const json_t *a, const char *k, size_t max, sl_api_err *err);
 
 extern const sl_api_enc sl_openai_chat_enc, sl_openai_completions_enc, sl_anthropic_enc;
 

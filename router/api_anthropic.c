@@ -137,6 +137,9 @@ int sl_anthropic_decode_messages(sl_job *j, sl_api_err *err)
     json_t *msgs = json_object_get(b, "messages");
     if (!json_is_array(msgs) || !json_array_size(msgs))
         return sl_api_fail(err, 400, "invalid_request_error", "messages: expected a non-empty array");
+    if (sl_api_check_count(msgs, "messages", SL_JOB_MAX_MESSAGES, err) ||
+        sl_api_check_count(json_object_get(b, "tools"), "tools", SL_JOB_MAX_TOOLS, err))
+        return -1;
     p->max_tokens = 0;
     Sluice__SamplingParams *s = &p->sampling;
     if (sl_api_get_int(b, "max_tokens", 1, 1 << 30, &p->max_tokens, err) ||

@@ -52,6 +52,14 @@ int sl_api_get_num(const json_t *o, const char *k, double lo, double hi, float *
     return 0;
 }
 
+int sl_api_check_count(const json_t *a, const char *k, size_t max, sl_api_err *err)
+{
+    if (json_is_array(a) && json_array_size(a) > max)
+        return sl_api_fail(err, 400, "invalid_request_error", "%s: at most %zu entries, got %zu", k, max,
+                           json_array_size(a));
+    return 0;
+}
+
 int sl_api_get_stops(const json_t *o, const char *k, sl_job_params *p, sl_api_err *err)
 {
     json_t *v = json_object_get(o, k);
@@ -174,6 +182,7 @@ static int decode_tools(sl_job *j, sl_api_err *err)
     if (tools && !json_is_null(tools)) {
         if (!json_is_array(tools))
             return sl_api_fail(err, 400, "invalid_request_error", "tools: expected an array");
+        if (sl_api_check_count(tools, "tools", SL_JOB_MAX_TOOLS, err)) return -1;
         size_t i;
         json_t *t;
         json_array_foreach(tools, i, t)
@@ -230,6 +239,7 @@ int sl_openai_decode_chat(sl_job *j, sl_api_err *err)
     if (!json_is_array(msgs) || !json_array_size(msgs))
         return sl_api_fail(err, 400, "invalid_request_error",
                            "messages: expected a non-empty array");
+    if (sl_api_check_count(msgs, "messages", SL_JOB_MAX_MESSAGES, err)) return -1;
     size_t i;
     json_t *m;
     json_array_foreach(msgs, i, m)

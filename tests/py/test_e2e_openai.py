@@ -138,6 +138,12 @@ def test_errors(env):
         c.completions.create(model="tiny", prompt="word " * 300, max_tokens=1)
     with pytest.raises(openai.BadRequestError, match="tool_choice"):
         c.chat.completions.create(model="tiny", messages=MSG, tool_choice="required")
+    # counts a client controls are bounded on their own, not only by the body size
+    with pytest.raises(openai.BadRequestError, match="messages: at most 4096 entries, got 4097"):
+        c.chat.completions.create(model="tiny", messages=MSG * 4097)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError, match="tools: at most 512 entries, got 513"):
+        c.chat.completions.create(model="tiny", messages=MSG, tools=[tool] * 513)
     bad = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
