@@ -74,7 +74,7 @@ struct sl_seq {
     int completion_tokens, cached_tokens;
     json_t *logprobs;     /* array of per-token entries (OpenAI chat shape) */
     json_t *logprobs_new; /* entries not yet streamed */
-    sl_text_ids out_ids;  /* recorded in the route tree at the end; sent again on migration */
+    sl_tok_ids out_ids;  /* recorded in the route tree at the end; sent again on migration */
     int max_new;          /* output budget of the whole choice (tokens) */
     int migrations;       /* times moved to another worker after its worker died */
     double t_last_ms;
@@ -109,7 +109,7 @@ struct sl_job {
     /* prompts: text (to render/tokenize) or ids given directly */
     char **texts;
     int *is_ids; /* per prompt: ids came in the body */
-    sl_text_ids *ids;
+    sl_tok_ids *ids;
     int nprompts;
     sl_buf chat_prompt; /* rendered chat prompt (parsers need it) */
     sl_seq *seqs;

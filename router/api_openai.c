@@ -316,7 +316,7 @@ int sl_openai_decode_completions(sl_job *j, sl_api_err *err)
                 json_integer_value(v) > INT32_MAX)
                 return sl_api_fail(err, 400, "invalid_request_error",
                                    "prompt: element %zu is not a token id", k);
-            if (sl_text_ids_push(&j->ids[i], (int32_t)json_integer_value(v)))
+            if (sl_tok_ids_push(&j->ids[i], (int32_t)json_integer_value(v)))
                 return sl_api_fail(err, 500, "server_error", "out of memory");
         }
     }

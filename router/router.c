@@ -64,25 +64,6 @@ int sl_api_fail(sl_api_err *err, int status, const char *type, const char *fmt, 
     return -1;
 }
 
-int sl_text_ids_push(sl_text_ids *ids, int32_t id)
-{
-    if (ids->n == ids->cap) {
-        size_t cap = ids->cap ? ids->cap * 2 : 64;
-        int32_t *v = realloc(ids->v, cap * sizeof *v);
-        if (!v) return -1;
-        ids->v = v;
-        ids->cap = cap;
-    }
-    ids->v[ids->n++] = id;
-    return 0;
-}
-
-void sl_text_ids_free(sl_text_ids *ids)
-{
-    free(ids->v);
-    *ids = (sl_text_ids){0};
-}
-
 /* ------------------------------------------------------------- responses */
 
 static void respond_json(sl_router *rt, sl_http_req *r, const char *route, int status, json_t *o)
@@ -138,7 +119,7 @@ static void seq_clear(sl_job *j, sl_seq *s)
     free(s->tools);
     json_decref(s->logprobs);
     json_decref(s->logprobs_new);
-    sl_text_ids_free(&s->out_ids);
+    sl_tok_ids_free(&s->out_ids);
 }
 
 /* What a decoded job owns (sl_api_decode's jobs have no router and no seqs). */
@@ -148,7 +129,7 @@ static void job_release(sl_job *j)
     free(j->seqs);
     for (int i = 0; i < j->nprompts; i++) {
         free(j->texts ? j->texts[i] : NULL);
-        if (j->ids) sl_text_ids_free(&j->ids[i]);
+        if (j->ids) sl_tok_ids_free(&j->ids[i]);
     }
     free(j->texts);
     free(j->is_ids);
@@ -422,12 +403,12 @@ static void seq_end(sl_seq *s, const char *finish)
     s->finish = s->ntools && !strcmp(finish, "stop") ? "tool_calls" : finish;
     /* The worker now caches prompt + output: later turns of a conversation
      * should find it. */
-    sl_text_ids *in = &j->ids[s->prompt];
-    sl_text_ids all = {0};
-    for (size_t i = 0; i < in->n; i++) sl_text_ids_push(&all, in->v[i]);
-    for (size_t i = 0; i < s->out_ids.n; i++) sl_text_ids_push(&all, s->out_ids.v[i]);
+    sl_tok_ids *in = &j->ids[s->prompt];
+    sl_tok_ids all = {0};
+    for (size_t i = 0; i < in->n; i++) sl_tok_ids_push(&all, in->v[i]);
+    for (size_t i = 0; i < s->out_ids.n; i++) sl_tok_ids_push(&all, s->out_ids.v[i]);
     sl_route_record(j->rt->route, s->worker, all.v, (int)all.n);
-    sl_text_ids_free(&all);
+    sl_tok_ids_free(&all);
     if (j->p.stream) j->enc->seq_done(s);
 }
 
@@ -492,7 +473,7 @@ static void on_chunk(void *ud, const Sluice__TokenChunk *ch, int lost)
         s->t_last_ms = now;
     }
     s->completion_tokens += (int)ch->n_ids;
-    for (size_t i = 0; i < ch->n_ids; i++) sl_text_ids_push(&s->out_ids, ch->ids[i]);
+    for (size_t i = 0; i < ch->n_ids; i++) sl_tok_ids_push(&s->out_ids, ch->ids[i]);
     if (ch->usage) s->cached_tokens = ch->usage->cached_tokens;
     if (j->p.logprobs && ch->n_logprobs) add_logprobs(s, ch);
     int final = ch->finish != SLUICE__FINISH_REASON__FINISH_NONE;
@@ -572,7 +553,7 @@ static sl_status seq_submit(sl_seq *s, int worker, sl_err *e)
     sl_job *j = s->job;
     sl_router *rt = j->rt;
     const sl_text_ops *t = rt->cfg.text;
-    const sl_text_ids *in = &j->ids[s->prompt];
+    const sl_tok_ids *in = &j->ids[s->prompt];
     Sluice__SamplingParams sp = j->p.sampling;
     if (sp.has_seed) sp.seed += (uint64_t)(s->index % j->p.n);
     Sluice__GenerateRequest g = SLUICE__GENERATE_REQUEST__INIT;
@@ -609,7 +590,7 @@ static int seq_migrate(sl_seq *s)
     sl_route_cand cand[256];
     int ncand = candidates(rt, cand, 256);
     if (!ncand) return 0;
-    const sl_text_ids *in = &j->ids[s->prompt];
+    const sl_tok_ids *in = &j->ids[s->prompt];
     int pick = sl_route_pick(rt->route, cand, ncand, in->v, (int)in->n, NULL);
     int from = s->worker;
     sl_err e = {0};
@@ -881,29 +862,29 @@ static void handle_detokenize(sl_router *rt, sl_http_req *r, json_t *body)
         respond_err(rt, r, "/detokenize", &err);
         return;
     }
-    sl_text_ids ids = {0};
+    sl_tok_ids ids = {0};
     size_t i;
     json_t *v;
     json_array_foreach(toks, i, v)
     {
         if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
-            sl_text_ids_free(&ids);
+            sl_tok_ids_free(&ids);
             sl_api_fail(&err, 400, "invalid_request_error", "tokens[%zu]: expected a token id", i);
             respond_err(rt, r, "/detokenize", &err);
             return;
         }
-        sl_text_ids_push(&ids, (int32_t)json_integer_value(v));
+        sl_tok_ids_push(&ids, (int32_t)json_integer_value(v));
     }
     sl_buf out = {0};
     sl_err e = {0};
     if (rt->cfg.text->decode(rt->cfg.text_impl, ids.v, ids.n, &out, &e) != SL_OK) {
-        sl_text_ids_free(&ids);
+        sl_tok_ids_free(&ids);
         sl_buf_free(&out);
         sl_api_fail(&err, 400, "invalid_request_error", "tokens: %s", e.msg);
         respond_err(rt, r, "/detokenize", &err);
         return;
     }
-    sl_text_ids_free(&ids);
+    sl_tok_ids_free(&ids);
     respond_json(rt, r, "/detokenize", 200,
                  json_pack("{s:s%}", "text", out.data ? out.data : "", out.len));
     sl_buf_free(&out);

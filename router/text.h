@@ -17,14 +17,8 @@
 
 #include "sl_buf.h"
 #include "sl_err.h"
+#include "tokenizer.h" /* sl_tok_ids: the growable id array */
 
-typedef struct sl_text_ids {
-    int32_t *v;
-    size_t n, cap;
-} sl_text_ids;
-
-int sl_text_ids_push(sl_text_ids *ids, int32_t id); /* 0, or -1 out of memory */
-void sl_text_ids_free(sl_text_ids *ids);
 
 /* Where a chat output parser sends what it recognised (all text is UTF-8,
  * not NUL-terminated). */
@@ -38,7 +32,7 @@ typedef struct sl_text_sink {
 
 typedef struct sl_text_ops {
     /* Appends the ids of text to ids. SL_ERR_INVALID for bad UTF-8. */
-    sl_status (*encode)(void *impl, const char *text, size_t len, sl_text_ids *ids, sl_err *e);
+    sl_status (*encode)(void *impl, const char *text, size_t len, sl_tok_ids *ids, sl_err *e);
     /* Appends the prompt of a chat request body (messages, tools,
      * chat_template_kwargs, ...). SL_ERR_INVALID names the bad field. */
     sl_status (*render_chat)(void *impl, const json_t *req, sl_buf *prompt, sl_err *e);

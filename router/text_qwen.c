@@ -21,15 +21,9 @@ typedef struct qwen_text {
     uint64_t seq; /* tool call id seeds */
 } qwen_text;
 
-static sl_status q_encode(void *impl, const char *text, size_t len, sl_text_ids *ids, sl_err *e)
+static sl_status q_encode(void *impl, const char *text, size_t len, sl_tok_ids *ids, sl_err *e)
 {
-    qwen_text *q = impl;
-    sl_tok_ids t = {0};
-    sl_status s = sl_tok_encode(q->tok, text, len, &t, e);
-    for (size_t i = 0; s == SL_OK && i < t.n; i++)
-        if (sl_text_ids_push(ids, t.v[i])) s = sl_err_set(e, SL_ERR_NOMEM, "out of memory");
-    sl_tok_ids_free(&t);
-    return s;
+    return sl_tok_encode(((qwen_text *)impl)->tok, text, len, ids, e); /* appends to ids */
 }
 
 static sl_status q_render(void *impl, const json_t *req, sl_buf *prompt, sl_err *e)

@@ -19,9 +19,9 @@
 
 /* ---- fake text side: token id = byte value ---- */
 
-static sl_status fk_encode(void *impl, const char *t, size_t n, sl_text_ids *ids, sl_err *e)
+static sl_status fk_encode(void *impl, const char *t, size_t n, sl_tok_ids *ids, sl_err *e)
 {
-    for (size_t i = 0; i < n; i++) sl_text_ids_push(ids, (unsigned char)t[i]);
+    for (size_t i = 0; i < n; i++) sl_tok_ids_push(ids, (unsigned char)t[i]);
     return SL_OK;
 }
 
