@@ -88,3 +88,21 @@ void sl_opts_usage(FILE *f, const char *cmd, const char *summary, const sl_opt *
         fprintf(f, "  %-36s %s\n", names, o->help ? o->help : "");
     }
 }
+
+int sl_opts_usage_error(const char *cmd, const char *msg)
+{
+    fprintf(stderr, "sluice %s: %s (see sluice %s --help)\n", cmd, msg, cmd);
+    return 2;
+}
+
+int sl_opts_cli(int argc, char **argv, const char *cmd, const char *summary, const sl_opt *opts)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            sl_opts_usage(stdout, cmd, summary, opts);
+            return 0;
+        }
+    sl_err e = {0};
+    if (sl_opts_parse(argc, argv, opts, &e)) return sl_opts_usage_error(cmd, e.msg);
+    return -1;
+}

@@ -43,4 +43,11 @@ typedef struct sl_opt {
 sl_status sl_opts_parse(int argc, char **argv, const sl_opt *opts, sl_err *e);
 void sl_opts_usage(FILE *f, const char *cmd, const char *summary, const sl_opt *opts);
 
+/* The prologue of a subcommand: --help or -h anywhere prints the usage on
+ * stdout and gives 0; a bad option prints "sluice CMD: error (see sluice CMD
+ * --help)" on stderr and gives 2; otherwise -1: run the command. */
+int sl_opts_cli(int argc, char **argv, const char *cmd, const char *summary, const sl_opt *opts);
+/* Prints "sluice CMD: msg (see sluice CMD --help)" on stderr; returns 2. */
+int sl_opts_usage_error(const char *cmd, const char *msg);
+
 #endif

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "sl_log.h"
+#include "wire.h"
 
 enum { EV_MSG, EV_PIPE_UP, EV_PIPE_DOWN };
 
@@ -177,11 +178,9 @@ static gen *map_find(sl_cluster *cl, uint64_t rid)
 static int send_env(worker *w, const Sluice__Envelope *env)
 {
     if (!w->open) return NNG_ECLOSED;
-    size_t n = sluice__envelope__get_packed_size(env);
     nng_msg *m;
-    int rv = nng_msg_alloc(&m, n);
+    int rv = sl_wire_pack(env, &m);
     if (rv) return rv;
-    sluice__envelope__pack(env, nng_msg_body(m));
     rv = nng_sendmsg(w->sock, m, NNG_FLAG_NONBLOCK);
     if (rv) nng_msg_free(m);
     return rv;
@@ -273,9 +272,7 @@ static void handle_load(sl_cluster *cl, worker *w, const Sluice__LoadReport *l)
 
 static void handle_msg(sl_cluster *cl, worker *w, nng_msg *m)
 {
-    Sluice__Envelope *env =
-        sluice__envelope__unpack(NULL, nng_msg_len(m), (const uint8_t *)nng_msg_body(m));
-    nng_msg_free(m);
+    Sluice__Envelope *env = sl_wire_unpack(m);
     if (!env) {
         SL_LOGW("cluster", "worker %s sent a message that does not decode", w->url);
         return;

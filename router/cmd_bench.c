@@ -29,12 +29,6 @@ static const char summary[] =
     "streaming. Chat backends (sglang-oai-chat) are not supported: a chat request needs text, and\n"
     "sluice bench does not detokenize; use the completions endpoint of the same server.";
 
-static int usage_error(const char *msg)
-{
-    fprintf(stderr, "sluice bench: %s (see sluice bench --help)\n", msg);
-    return 2;
-}
-
 static int is_dir(const char *p)
 {
     struct stat st;
@@ -217,23 +211,19 @@ int sl_cmd_bench(int argc, char **argv)
         {"--disable-ignore-eos", NULL, SL_OPT_FLAG, &a.disable_ignore_eos, "let eos end outputs"},
         {"--disable-tqdm", NULL, SL_OPT_FLAG, &a.disable_tqdm, "accepted for sglang compatibility"},
         {0}};
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            sl_opts_usage(stdout, "bench", summary, opts);
-            return 0;
-        }
+    int cli = sl_opts_cli(argc, argv, "bench", summary, opts);
+    if (cli >= 0) return cli;
     sl_err e = {0};
-    if (sl_opts_parse(argc, argv, opts, &e)) return usage_error(e.msg);
     const char *bad = check_args(&a);
     if (!bad && a.output_details && !a.output_file) bad = "--output-details needs --output-file";
-    if (bad) return usage_error(bad);
+    if (bad) return sl_opts_usage_error("bench", bad);
 
     sl_bench_target t = {.host = a.host, .port = a.port, .prefix = "", .model = a.model,
                          .api_key = a.api_key ? a.api_key : getenv("OPENAI_API_KEY")};
     if (t.api_key && !*t.api_key) t.api_key = NULL;
     char url_host[1024], url_prefix[1024];
     if (a.base_url && parse_base_url(a.base_url, url_host, url_prefix, sizeof url_host, &t))
-        return usage_error("--base-url must look like http://host:port[/prefix]");
+        return sl_opts_usage_error("bench", "--base-url must look like http://host:port[/prefix]");
     signal(SIGPIPE, SIG_IGN); /* a server hanging up is an error to report, not a signal */
     raise_fd_limit();
 
@@ -251,7 +241,7 @@ int sl_cmd_bench(int argc, char **argv)
                                                                   : NULL;
     if (!tok) {
         free(served);
-        return usage_error("no tokenizer: give --tokenizer DIR (holding tokenizer.json) or "
+        return sl_opts_usage_error("bench", "no tokenizer: give --tokenizer DIR (holding tokenizer.json) or "
                            "--model DIR");
     }
 

@@ -14,6 +14,7 @@
 #include "router_cmd.h"
 #include "sl_opts.h"
 #include "sluice.pb-c.h"
+#include "wire.h"
 
 #define MAX_ACTIVE 4096
 #define HISTORY 64
@@ -54,10 +55,8 @@ static double now_ms(void)
 
 static void send_env(mock *m, Sluice__Envelope *env)
 {
-    size_t n = sluice__envelope__get_packed_size(env);
     nng_msg *msg;
-    if (nng_msg_alloc(&msg, n)) return;
-    sluice__envelope__pack(env, nng_msg_body(msg));
+    if (sl_wire_pack(env, &msg)) return;
     if (nng_sendmsg(m->sock, msg, 0)) nng_msg_free(msg);
 }
 
@@ -244,9 +243,7 @@ int sl_cmd_mock_worker(int argc, char **argv)
         nng_msg *msg;
         rv = m->nact && next <= now ? NNG_ETIMEDOUT : nng_recvmsg(m->sock, &msg, 0);
         if (rv == 0) {
-            Sluice__Envelope *env =
-                sluice__envelope__unpack(NULL, nng_msg_len(msg), nng_msg_body(msg));
-            nng_msg_free(msg);
+            Sluice__Envelope *env = sl_wire_unpack(msg);
             if (!env) continue;
             if (env->msg_case == SLUICE__ENVELOPE__MSG_PING)
                 send_load(m, env->ping->seq);

@@ -20,23 +20,10 @@ typedef struct model_args {
     long long seed;
 } model_args;
 
-static int usage_error(const char *cmd, const sl_err *e)
-{
-    fprintf(stderr, "sluice %s: %s (see sluice %s --help)\n", cmd, e->msg, cmd);
-    return 2;
-}
-
 static int fail(const char *cmd, const sl_err *e)
 {
     fprintf(stderr, "sluice %s: %s\n", cmd, e->msg);
     return 1;
-}
-
-static int wants_help(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
-    return 0;
 }
 
 static sl_status open_model(const model_args *a, sl_backend **be, sl_model **m, sl_err *e)
@@ -77,19 +64,16 @@ int sl_cmd_logits(int argc, char **argv)
                      {"--chunk", NULL, SL_OPT_INT, &chunk, "feed prompts in pieces of N tokens (0: whole)"},
                      {0}};
     const char *summary = "Writes float32 logits for every position of every prompt.";
-    if (wants_help(argc, argv)) {
-        sl_opts_usage(stdout, "logits", summary, opts);
-        return 0;
-    }
+    int cli = sl_opts_cli(argc, argv, "logits", summary, opts);
+    if (cli >= 0) return cli;
     sl_err e = {0};
-    if (sl_opts_parse(argc, argv, opts, &e)) return usage_error("logits", &e);
     if (!ids_file || !out) {
         sl_err_set(&e, SL_ERR_INVALID, "--ids-file and --out are required");
-        return usage_error("logits", &e);
+        return sl_opts_usage_error("logits", e.msg);
     }
     if (chunk < 0 || a.page_size <= 0) {
         sl_err_set(&e, SL_ERR_INVALID, "--chunk must be >= 0 and --page-size > 0");
-        return usage_error("logits", &e);
+        return sl_opts_usage_error("logits", e.msg);
     }
     json_error_t je;
     json_t *prompts = json_load_file(ids_file, 0, &je);
@@ -214,15 +198,12 @@ int sl_cmd_generate(int argc, char **argv)
                      {"--ignore-eos", NULL, SL_OPT_FLAG, &ignore_eos, "do not stop at an eos token"},
                      {0}};
     const char *summary = "Prints the greedy continuation of --ids as space-separated token ids.";
-    if (wants_help(argc, argv)) {
-        sl_opts_usage(stdout, "generate", summary, opts);
-        return 0;
-    }
+    int cli = sl_opts_cli(argc, argv, "generate", summary, opts);
+    if (cli >= 0) return cli;
     sl_err e = {0};
-    if (sl_opts_parse(argc, argv, opts, &e)) return usage_error("generate", &e);
     if (!ids_s || max_new < 0 || a.page_size <= 0) {
         sl_err_set(&e, SL_ERR_INVALID, "--ids is required; --max-new-tokens >= 0; --page-size > 0");
-        return usage_error("generate", &e);
+        return sl_opts_usage_error("generate", e.msg);
     }
     sl_backend *be = NULL;
     sl_model *m = NULL;
@@ -231,7 +212,7 @@ int sl_cmd_generate(int argc, char **argv)
     int32_t *ids = NULL;
     int n = 0, rc = 0;
     if (parse_ids(ids_s, &ids, &n, c->vocab_size, &e)) {
-        rc = usage_error("generate", &e);
+        rc = sl_opts_usage_error("generate", e.msg);
         goto done;
     }
     sl_solo s;
@@ -480,26 +461,23 @@ int sl_cmd_make_tiny(int argc, char **argv)
                      {"--seed", NULL, SL_OPT_I64, &seed, "weights seed (default 1)"},
                      {0}};
     const char *summary = "Writes a small random model (config, bf16 safetensors, tokenizer files).";
-    if (wants_help(argc, argv)) {
-        sl_opts_usage(stdout, "make-tiny", summary, opts);
-        return 0;
-    }
+    int cli = sl_opts_cli(argc, argv, "make-tiny", summary, opts);
+    if (cli >= 0) return cli;
     sl_err e = {0};
-    if (sl_opts_parse(argc, argv, opts, &e)) return usage_error("make-tiny", &e);
     if (!out) {
         sl_err_set(&e, SL_ERR_INVALID, "--out is required");
-        return usage_error("make-tiny", &e);
+        return sl_opts_usage_error("make-tiny", e.msg);
     }
     if (tok && (vocab = tokenizer_vocab(tok, &e)) < 0) return fail("make-tiny", &e);
     if (!vocab) vocab = TINY_TOKENIZER_VOCAB;
     if (vocab < 16) {
         sl_err_set(&e, SL_ERR_INVALID, "--vocab-size must be at least 16");
-        return usage_error("make-tiny", &e);
+        return sl_opts_usage_error("make-tiny", e.msg);
     }
     json_t *cfg = tiny_config(arch, vocab);
     if (!cfg) {
         sl_err_set(&e, SL_ERR_INVALID, "unknown --arch '%s' (qwen3, qwen3_moe, qwen3_next)", arch);
-        return usage_error("make-tiny", &e);
+        return sl_opts_usage_error("make-tiny", e.msg);
     }
     /* eos: <|im_end|> and <|endoftext|> of the tokenizer (the real one copied in, or
      * make-tiny's own when the vocabulary has room for it), else the last id */

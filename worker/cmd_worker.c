@@ -18,12 +18,6 @@ static void on_signal(int sig)
     stop_flag = 1;
 }
 
-static int usage_error(const sl_err *e)
-{
-    fprintf(stderr, "sluice worker: %s (see sluice worker --help)\n", e->msg);
-    return 2;
-}
-
 /* The scheduler's rules (page/interval alignment for hybrid models, chunk
  * size) are checked right after config.json is read, before any weight is
  * loaded. */
@@ -93,21 +87,17 @@ int sl_cmd_worker(int argc, char **argv)
         {"--disable-radix-cache", NULL, SL_OPT_FLAG, &c.disable_radix, "no prefix caching"},
         {0}};
     const char *summary = "Serves a model to a router over nng (proto/sluice.proto messages).";
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            sl_opts_usage(stdout, "worker", summary, opts);
-            return 0;
-        }
+    int cli = sl_opts_cli(argc, argv, "worker", summary, opts);
+    if (cli >= 0) return cli;
     sl_err e = {0};
-    if (sl_opts_parse(argc, argv, opts, &e)) return usage_error(&e);
     if (!model || !listen) {
         sl_err_set(&e, SL_ERR_INVALID, "--model and --listen are required");
-        return usage_error(&e);
+        return sl_opts_usage_error("worker", e.msg);
     }
     int dummy = !strcmp(load_format, "dummy");
     if (!dummy && strcmp(load_format, "auto") && strcmp(load_format, "safetensors")) {
         sl_err_set(&e, SL_ERR_INVALID, "--load-format must be auto, safetensors or dummy");
-        return usage_error(&e);
+        return sl_opts_usage_error("worker", e.msg);
     }
     c.overlap = !disable_overlap;
     c.mem_bytes = mem_bytes > 0 ? (size_t)mem_bytes : 0;
@@ -121,7 +111,7 @@ int sl_cmd_worker(int argc, char **argv)
         SL_LOGI("worker", "no_buffer caches the working state at finish: overlap scheduling off");
         c.overlap = 0;
     }
-    if (check_flags(&mc, &c, strategy, &e)) return usage_error(&e);
+    if (check_flags(&mc, &c, strategy, &e)) return sl_opts_usage_error("worker", e.msg);
 
     sl_backend *be = sl_backend_new(device, &e);
     if (!be) {

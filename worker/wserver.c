@@ -13,6 +13,7 @@
 #include "sl_log.h"
 #include "sl_rng.h"
 #include "sluice.pb-c.h"
+#include "wire.h"
 
 typedef struct server {
     nng_socket sock;
@@ -38,20 +39,19 @@ static int64_t now_ms(void)
  * waiting until the next message arrives from it. */
 static void send_envelope(server *sv, const Sluice__Envelope *env, int lossy)
 {
-    size_t n = sluice__envelope__get_packed_size(env);
-    uint8_t *buf = nng_alloc(n ? n : 1);
-    if (!buf) {
+    nng_msg *m;
+    if (sl_wire_pack(env, &m)) {
         SL_LOGE("wserver", "out of memory sending a message");
         return;
     }
-    sluice__envelope__pack(env, buf);
-    int rv = nng_send(sv->sock, buf, n, NNG_FLAG_ALLOC | NNG_FLAG_NONBLOCK);
+    /* a failed send leaves m with us */
+    int rv = nng_sendmsg(sv->sock, m, NNG_FLAG_NONBLOCK);
     if (rv == NNG_EAGAIN && !lossy && !sv->peer_gone) {
-        rv = nng_send(sv->sock, buf, n, NNG_FLAG_ALLOC);
+        rv = nng_sendmsg(sv->sock, m, 0);
         if (rv == NNG_ETIMEDOUT) sv->peer_gone = 1;
     }
     if (rv) {
-        nng_free(buf, n ? n : 1);
+        nng_msg_free(m);
         if (!lossy) SL_LOGW("wserver", "dropped an outgoing message: %s", nng_strerror(rv));
     }
 }
