@@ -29,6 +29,11 @@ static int parse_dtype(const char *s, sl_dtype *dt)
     return 0;
 }
 
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(((const sl_st_tensor *)a)->name, ((const sl_st_tensor *)b)->name);
+}
+
 sl_status sl_st_parse(sl_st *st, const void *file, size_t len, const char *fname, sl_err *e)
 {
     const unsigned char *p = file;
@@ -109,6 +114,9 @@ sl_status sl_st_parse(sl_st *st, const void *file, size_t len, const char *fname
     }
 out:
     json_decref(h);
+    /* sorted by name so lookups are binary searches (real MoE checkpoints hold
+     * tens of thousands of tensors, each looked up once at load) */
+    qsort(st->t, (size_t)st->n, sizeof *st->t, by_name);
     return s;
 }
 
@@ -177,9 +185,8 @@ fail:
 
 const sl_st_tensor *sl_st_find(const sl_st *st, const char *name)
 {
-    for (int i = 0; i < st->n; i++)
-        if (!strcmp(st->t[i].name, name)) return &st->t[i];
-    return NULL;
+    sl_st_tensor key = {.name = name};
+    return st->n ? bsearch(&key, st->t, (size_t)st->n, sizeof *st->t, by_name) : NULL;
 }
 
 void sl_st_close(sl_st *st)
