@@ -116,6 +116,10 @@ sl_status sl_model_config_parse(sl_model_config *c, const char *config_json,
     c->n_kv_heads = get_int(root, "num_key_value_heads", c->n_heads);
     c->head_dim = get_int(root, "head_dim", c->n_heads > 0 ? c->hidden_size / c->n_heads : 0);
     double prf = rope_value(root, "partial_rotary_factor", next ? 0.25 : 1.0);
+    if (!(prf > 0.0 && prf <= 1.0)) { /* also catches NaN */
+        st = bad(e, "partial_rotary_factor must be in (0, 1]");
+        goto done;
+    }
     c->rot_dim = (int)(c->head_dim * prf);
     c->rope_theta = rope_value(root, "rope_theta", 10000.0);
     c->rms_eps = (float)get_num(root, "rms_norm_eps", 1e-6);

@@ -116,7 +116,7 @@ out:
     json_decref(h);
     /* sorted by name so lookups are binary searches (real MoE checkpoints hold
      * tens of thousands of tensors, each looked up once at load) */
-    qsort(st->t, (size_t)st->n, sizeof *st->t, by_name);
+    if (st->n > 1) qsort(st->t, (size_t)st->n, sizeof *st->t, by_name);
     return s;
 }
 
