@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../backend_impl.h"
+#include "cpu_ops.h"
 #include "sl_rng.h"
 
 typedef struct cpu_backend {
@@ -532,6 +533,7 @@ static const sl_backend_i cpu_iface = {
     .copy_slots = cpu_copy_slots,
     .fill_random = cpu_fill_random,
     .argmax = cpu_argmax,
+    .sample = sl_cpu_sample,
 };
 
 sl_backend *sl_backend_cpu_new(void)
