@@ -13,6 +13,7 @@
 #include "matmul.cuh"
 #include "moe.cuh"
 #include "norm.cuh"
+#include "sample.cuh"
 
 void cu_fail(const char *what, const char *msg, const char *file, int line)
 {
@@ -40,6 +41,7 @@ static void cu_free_backend(sl_backend *be)
     cudaSetDevice(b->device);
     cudaStreamSynchronize(b->stream);
     cu_matmul_free(b);
+    cu_sample_free(b);
     for (int i = 0; i < 2; i++) {
         cudaFreeHost(b->mb[i].host);
         cudaFree(b->mb[i].dev);
@@ -298,6 +300,7 @@ static const sl_backend_i cu_iface = {
     .copy_slots = cu_copy_slots,
     .fill_random = cu_fill_random,
     .argmax = cu_argmax,
+    .sample = cu_sample,
 };
 
 static sl_status cu_init(cu_backend *b, int device, sl_err *e)

@@ -10,7 +10,7 @@
  * the CUDA backend does not support.
  *
  *   test_backend_ops [--seed N] [--filter OP]   correctness
- *   test_backend_ops --perf                      timings only
+ *   test_backend_ops --perf [--filter OP]        timings only
  *
  * --perf times each op at Qwen3-8B / Qwen3-30B-A3B shapes with CUDA events
  * (warm-up, median of many reps, inputs rotated through more than the L2) and
@@ -367,6 +367,17 @@ static const tb_case cases[] = {
     {SL_OP_ADD, BF, {17, 4096, 0, 1}, 1e-2},
     {SL_OP_ADD, F32, {5, 1000, 0, 0}, 1e-6},
     {SL_OP_ADD, BF, {3, 333, 1, 0}, 1e-2},
+    /* sample: V, R, logits (0: bf16-rounded uniform, ties; 1: f32 uniform; 2: quarter steps,
+     * peaked, many ties). Ids exact but for rows at a draw/top-p boundary; logprobs 1e-4 abs. */
+    {SL_OP_SAMPLE, F32, {1000, 1, 0}, 1e-4},
+    {SL_OP_SAMPLE, F32, {1000, 7, 1}, 1e-4},
+    {SL_OP_SAMPLE, F32, {1000, 64, 2}, 1e-4},
+    {SL_OP_SAMPLE, F32, {32000, 1, 1}, 1e-4},
+    {SL_OP_SAMPLE, F32, {32000, 7, 2}, 1e-4},
+    {SL_OP_SAMPLE, F32, {32000, 64, 0}, 1e-4},
+    {SL_OP_SAMPLE, F32, {151936, 1, 2}, 1e-4},
+    {SL_OP_SAMPLE, F32, {151936, 7, 0}, 1e-4},
+    {SL_OP_SAMPLE, F32, {151936, 64, 1}, 1e-4},
 };
 
 static int64_t ne2(int64_t *ne, int64_t a, int64_t b)
@@ -374,6 +385,171 @@ static int64_t ne2(int64_t *ne, int64_t a, int64_t b)
     ne[0] = a;
     ne[1] = b;
     return a * b;
+}
+
+/* ---- sample ------------------------------------------------------------------ */
+
+enum { SMIX = 10, SPEN = 30 };
+
+/* Parameter mix m of a sample row; penalised mixes get pen entries. */
+static int sample_mix(sl_sample_row *w, int m)
+{
+    *w = (sl_sample_row){.temperature = 1.0f, .top_p = 1.0f, .repetition_penalty = 1.0f, .pending = -1};
+    int pen = 0;
+    switch (m) {
+    case 0: w->temperature = 0.0f; break;                       /* greedy */
+    case 1: w->temperature = 0.8f; w->logprobs = 1; w->n_top = 20; break; /* temperature only */
+    case 2: w->top_k = 50; break;
+    case 3: w->temperature = 0.7f; w->top_p = 0.9f; break;
+    case 4: w->temperature = 1.1f; w->top_k = 40; w->top_p = 0.8f; break;
+    case 5: w->min_p = 0.05f; break;                            /* id-order path + min-p */
+    case 6: w->temperature = 0.9f; w->top_k = 200; w->top_p = 0.95f; w->min_p = 0.1f; break;
+    case 7: w->temperature = 0.9f; w->top_p = 0.95f; w->logprobs = 1; w->n_top = 5; pen = 1; break;
+    case 8: w->temperature = 0.0f; w->logprobs = 1; w->n_top = 20; pen = 1; break;
+    default: w->temperature = 1.3f; w->top_k = 1000; w->logprobs = 1; w->n_top = 0; break;
+    }
+    if (pen) {
+        w->repetition_penalty = 1.3f;
+        w->frequency_penalty = 0.4f;
+        w->presence_penalty = 0.3f;
+    }
+    return pen;
+}
+
+/* The CPU op on row r alone with row parameters w (boundary checks). */
+static int32_t sample_cpu_row(tb *t, const pair *lg, int r, const sl_sample_row *w,
+                              const sl_sample_args *a)
+{
+    int32_t id = -1;
+    float lp[2 + 2 * SL_SAMPLE_MAX_TOP];
+    sl_tensor lv = sl_tensor_rowview(&lg->c, r, 1);
+    sl_tensor iv = sl_tensor_make(&id, SL_DTYPE_I32, 1, (int64_t[]){1});
+    sl_tensor pv = sl_tensor_make(lp, SL_DTYPE_F32, 2, (int64_t[]){1, 2 + 2 * SL_SAMPLE_MAX_TOP});
+    sl_sample_args one = *a;
+    one.n_rows = 1;
+    one.rows = w;
+    sl_be_sample(t->cpu, &iv, &pv, &lv, &one);
+    return id;
+}
+
+/* 1 when the CPU op lands on want once u (or top_p) moves by 1e-5 relative:
+ * float summation order alone may then pick the neighbour. */
+static int sample_at_boundary(tb *t, const pair *lg, int r, const sl_sample_args *a, int32_t want)
+{
+    for (int k = 0; k < 4; k++) {
+        sl_sample_row w = a->rows[r];
+        float f = k & 1 ? 1.00001f : 0.99999f;
+        if (k < 2) w.u = fminf(w.u * f, 0.99999994f);
+        else if (w.top_p < 1.0f) w.top_p *= f;
+        else continue;
+        if (sample_cpu_row(t, lg, r, &w, a) == want) return 1;
+    }
+    return 0;
+}
+
+static void run_sample(tb *t, const tb_case *c, char *desc, size_t ndesc)
+{
+    int V = c->p[0], R = c->p[1], kind = c->p[2];
+    static const char *kinds[] = {"bf16 ties", "f32", "quarter steps"};
+    int64_t ne[2];
+    pair lg, ids, lp, pend;
+    pair_alloc(t, &lg, F32, 2, (ne2(ne, R, V), ne));
+    float *v = malloc(sizeof(float) * (size_t)R * V);
+    uint64_t s0 = sl_rng_mix(t->seed++);
+    for (int64_t i = 0; i < (int64_t)R * V; i++) {
+        float u = sl_rng_uniform(s0, (uint64_t)i);
+        v[i] = kind == 0 ? bf16_round(12.0f * u - 6.0f)
+             : kind == 1 ? 16.0f * u - 8.0f
+                         : (float)(int)(u * u * u * 60.0f) * 0.25f; /* few high, many low */
+    }
+    pair_set(t, &lg, v);
+    pair_out(t, &ids, SL_DTYPE_I32, 1, (ne[0] = R, ne));
+    pair_out(t, &lp, F32, 2, (ne2(ne, R, 2 + 2 * SL_SAMPLE_MAX_TOP), ne));
+    pair_alloc(t, &pend, SL_DTYPE_I32, 1, (ne[0] = R, ne));
+    sl_sample_row *rows = malloc(sizeof *rows * (size_t)R);
+    int32_t *ptok = malloc(sizeof(int32_t) * (size_t)R * SPEN), *pout = malloc(sizeof(int32_t) * (size_t)R * SPEN),
+            *pprm = malloc(sizeof(int32_t) * (size_t)R * SPEN), *pid = malloc(sizeof(int32_t) * (size_t)R);
+    int rounds = (SMIX + R - 1) / R, n_bad = 0, n_boundary = 0, n_rows = 0;
+    double lp_err = 0;
+    for (int round = 0; round < rounds; round++) {
+        int n_pen = 0;
+        for (int r = 0; r < R; r++) {
+            sl_sample_row *w = &rows[r];
+            int m = (round * R + r) % SMIX;
+            int pen = sample_mix(w, m);
+            w->u = sl_rng_uniform(s0 ^ 0xabcdef, (uint64_t)(round * R + r));
+            const float *row = v + (size_t)r * V;
+            int best = 0;
+            for (int i = 1; i < V; i++) best = row[i] > row[best] ? i : best;
+            pid[r] = r % 2 ? best : (best + V / 2) % V; /* merged into an entry / an entry of its own */
+            if (!pen) continue;
+            w->pen_start = n_pen;
+            w->pen_n = SPEN;
+            w->pending = r;
+            for (int j = 0; j < SPEN; j++) { /* distinct tokens, the row's top one first */
+                ptok[n_pen] = (int32_t)((best + (int64_t)j * 7919) % V);
+                pout[n_pen] = j % 4;
+                pprm[n_pen] = j % 3 == 0;
+                n_pen++;
+            }
+        }
+        pair_set_i32(t, &pend, pid);
+        sl_sample_args a = {R, rows, n_pen, ptok, pout, pprm, &pend.c};
+        sl_be_sample(t->cpu, &ids.c, &lp.c, &lg.c, &a);
+        a.pending_ids = &pend.g;
+        sl_be_sample(t->gpu, &ids.g, &lp.g, &lg.g, &a);
+        a.pending_ids = &pend.c;
+        float *ic = download(t->cpu, &ids.c), *ig = download(t->gpu, &ids.g);
+        float *lc = download(t->cpu, &lp.c), *lgv = download(t->gpu, &lp.g);
+        for (int r = 0; r < R; r++, n_rows++) {
+            if (ic[r] != ig[r]) {
+                if (ig[r] >= 0 && ig[r] < V && sample_at_boundary(t, &lg, r, &a, (int32_t)ig[r])) {
+                    n_boundary++;
+                } else {
+                    n_bad++;
+                    printf("    row %d mix %d: cpu %d cuda %d\n", r, (round * R + r) % SMIX,
+                           (int)ic[r], (int)ig[r]);
+                }
+                continue;
+            }
+            if (!rows[r].logprobs) continue;
+            const float *a1 = lc + r * (2 + 2 * SL_SAMPLE_MAX_TOP), *b1 = lgv + r * (2 + 2 * SL_SAMPLE_MAX_TOP);
+            int n = (int)a1[1], ok = b1[1] == a1[1] && fabsf(a1[0] - b1[0]) <= c->tol;
+            lp_err = fmax(lp_err, fabs((double)a1[0] - b1[0]));
+            for (int j = 0; j < n && ok; j++) {
+                ok = a1[2 + j] == b1[2 + j] &&
+                     fabsf(a1[2 + SL_SAMPLE_MAX_TOP + j] - b1[2 + SL_SAMPLE_MAX_TOP + j]) <= c->tol;
+                lp_err = fmax(lp_err, fabs((double)a1[2 + SL_SAMPLE_MAX_TOP + j] - b1[2 + SL_SAMPLE_MAX_TOP + j]));
+            }
+            if (!ok) {
+                n_bad++;
+                printf("    row %d mix %d: logprobs differ (n %g/%g, lp %g/%g)\n", r,
+                       (round * R + r) % SMIX, a1[1], b1[1], a1[0], b1[0]);
+            }
+        }
+        free(ic);
+        free(ig);
+        free(lc);
+        free(lgv);
+    }
+    snprintf(desc, ndesc, "V=%d R=%d %s", V, R, kinds[kind]);
+    /* boundary rows must stay rare: more means a real disagreement */
+    int ok = n_bad == 0 && n_boundary <= 1 + n_rows / 20;
+    printf("  %-4s %-12s %-44s rows %d, at a boundary %d, max|d| logprob %.2e (tol %.0e)\n",
+           ok ? "ok" : "FAIL", sl_op_name(c->op), desc, n_rows, n_boundary, lp_err, c->tol);
+    if (ok) t->n_pass++;
+    else t->n_fail++;
+    CHECK_MSG(ok, "sample %s", desc);
+    free(v);
+    free(rows);
+    free(ptok);
+    free(pout);
+    free(pprm);
+    free(pid);
+    pair_free(t, &lg);
+    pair_free(t, &ids);
+    pair_free(t, &lp);
+    pair_free(t, &pend);
 }
 
 static void run_case(tb *t, const tb_case *c)
@@ -722,6 +898,7 @@ static void run_case(tb *t, const tb_case *c)
         pair_free(t, &x);
         break;
     }
+    case SL_OP_SAMPLE: run_sample(t, c, desc, sizeof desc); break;
     default:
         SL_ASSERT(0 && "no runner for this op");
     }
@@ -984,6 +1161,57 @@ static void perf_moe(tb *t, int T, int H, int I, int E, int k)
     sl_be_release(t->gpu, &c.dn);
 }
 
+/* sample at V = 151936 (Qwen3): R rows, one parameter mix for all of them */
+#define SAMPLE_SETS 8
+typedef struct pm_sample {
+    sl_tensor lg[SAMPLE_SETS], ids, lp;
+    sl_sample_row rows[64];
+    int R;
+} pm_sample;
+
+static void pf_sample(tb *t, void *ctx, int set)
+{
+    pm_sample *c = ctx;
+    sl_sample_args a = {c->R, c->rows, 0, NULL, NULL, NULL, NULL};
+    sl_be_sample(t->gpu, &c->ids, &c->lp, &c->lg[set], &a);
+}
+
+static void perf_sample(tb *t, int R)
+{
+    const int V = 151936;
+    static const struct { const char *n; float temp, top_p, min_p; int top_k, logprobs; } mix[] = {
+        {"temperature 0.8", 0.8f, 1.0f, 0.0f, 0, 0},
+        {"top-k 50 top-p 0.9", 0.8f, 0.9f, 0.0f, 50, 0},
+        {"top-p 0.95", 1.0f, 0.95f, 0.0f, 0, 0},
+        {"min-p 0.05 + logprobs 20", 1.0f, 1.0f, 0.05f, 0, 1},
+    };
+    pm_sample c;
+    int64_t ne[2];
+    c.R = R;
+    int ns = (int)(L2_ROTATE / ((int64_t)R * V * 4) + 1);
+    if (ns > SAMPLE_SETS) ns = SAMPLE_SETS;
+    for (int i = 0; i < ns; i++) c.lg[i] = gpu_rand(t, F32, 2, (ne2(ne, R, V), ne), 8.0f);
+    c.ids = gpu_rand(t, SL_DTYPE_I32, 1, (ne[0] = R, ne), 0.0f);
+    c.lp = gpu_rand(t, F32, 2, (ne2(ne, R, 2 + 2 * SL_SAMPLE_MAX_TOP), ne), 0.0f);
+    for (size_t m = 0; m < sizeof mix / sizeof mix[0]; m++) {
+        for (int r = 0; r < R; r++)
+            c.rows[r] = (sl_sample_row){.temperature = mix[m].temp,
+                                        .top_k = mix[m].top_k,
+                                        .top_p = mix[m].top_p,
+                                        .min_p = mix[m].min_p,
+                                        .repetition_penalty = 1.0f,
+                                        .u = sl_rng_uniform(t->seed, (uint64_t)r),
+                                        .logprobs = mix[m].logprobs,
+                                        .n_top = mix[m].logprobs ? 20 : 0,
+                                        .pending = -1};
+        double ms = time_op(t, pf_sample, &c, ns, 30);
+        printf("PERF sample       R=%-3d V=%d %-28s %9.1f us per call\n", R, V, mix[m].n, ms * 1e3);
+    }
+    for (int i = 0; i < ns; i++) sl_be_release(t->gpu, &c.lg[i]);
+    sl_be_release(t->gpu, &c.ids);
+    sl_be_release(t->gpu, &c.lp);
+}
+
 static void measure_peaks(tb *t)
 {
     cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
@@ -1023,9 +1251,11 @@ static void measure_peaks(tb *t)
            peak_bw * 1e-9, peak_flops * 1e-12);
 }
 
-static void run_perf(tb *t)
+/* filter: an op name, or NULL for every op */
+static void run_perf(tb *t, const char *filter)
 {
-    measure_peaks(t);
+#define PERF_ON(op) (!filter || !strcmp(filter, sl_op_name(op)))
+    if (!filter || strcmp(filter, sl_op_name(SL_OP_SAMPLE))) measure_peaks(t);
     /* Qwen3-8B: H=4096, Hq=32, Hkv=8, D=128, I=12288 */
     const struct { const char *n; int N, K; } w8b[] = {
         {"8B qkv", (32 + 2 * 8) * 128, 4096},
@@ -1034,23 +1264,32 @@ static void run_perf(tb *t)
         {"8B down", 4096, 12288},
     };
     int Ms[] = {1, 4, 8, 16, 64, 4096};
-    for (size_t i = 0; i < sizeof w8b / sizeof w8b[0]; i++)
+    for (size_t i = 0; i < sizeof w8b / sizeof w8b[0] && PERF_ON(SL_OP_MATMUL); i++)
         for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++)
             perf_matmul(t, w8b[i].n, Ms[j], w8b[i].N, w8b[i].K);
-    perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128);
-    perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128);
-    perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128);
-    perf_attention(t, "30B decode", 32, 1, 4096, 16, 32, 4, 128);
-    perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128);
-    perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128);
-    perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256);
-    perf_row(t, SL_OP_RMSNORM, 4096, 4096);
-    perf_row(t, SL_OP_ADD_RMSNORM, 4096, 4096);
-    perf_row(t, SL_OP_SILU_MUL, 4096, 12288);
-    perf_row(t, SL_OP_RMSNORM, 64, 4096);
-    perf_moe(t, 1, 2048, 768, 128, 8);
-    perf_moe(t, 64, 2048, 768, 128, 8);
-    perf_moe(t, 4096, 2048, 768, 128, 8);
+    if (PERF_ON(SL_OP_ATTENTION)) {
+        perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128);
+        perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128);
+        perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128);
+        perf_attention(t, "30B decode", 32, 1, 4096, 16, 32, 4, 128);
+        perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128);
+        perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128);
+        perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256);
+    }
+    if (PERF_ON(SL_OP_RMSNORM)) perf_row(t, SL_OP_RMSNORM, 4096, 4096);
+    if (PERF_ON(SL_OP_ADD_RMSNORM)) perf_row(t, SL_OP_ADD_RMSNORM, 4096, 4096);
+    if (PERF_ON(SL_OP_SILU_MUL)) perf_row(t, SL_OP_SILU_MUL, 4096, 12288);
+    if (PERF_ON(SL_OP_RMSNORM)) perf_row(t, SL_OP_RMSNORM, 64, 4096);
+    if (PERF_ON(SL_OP_MOE_EXPERTS)) {
+        perf_moe(t, 1, 2048, 768, 128, 8);
+        perf_moe(t, 64, 2048, 768, 128, 8);
+        perf_moe(t, 4096, 2048, 768, 128, 8);
+    }
+    if (PERF_ON(SL_OP_SAMPLE)) {
+        perf_sample(t, 1);
+        perf_sample(t, 64);
+    }
+#undef PERF_ON
 }
 
 int main(int argc, char **argv)
@@ -1079,7 +1318,7 @@ int main(int argc, char **argv)
     }
     printf("test_backend_ops: seed %llu\n", (unsigned long long)t.seed);
     if (perf) { /* perf mode times only: correctness is the plain run */
-        run_perf(&t);
+        run_perf(&t, filter);
         sl_backend_free(t.gpu);
         sl_backend_free(t.cpu);
         return 0;
