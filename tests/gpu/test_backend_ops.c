@@ -389,7 +389,7 @@ static int64_t ne2(int64_t *ne, int64_t a, int64_t b)
 
 /* ---- sample ------------------------------------------------------------------ */
 
-enum { SMIX = 10, SPEN = 30 };
+enum { SMIX = 16, SPEN = 30 };
 
 /* Parameter mix m of a sample row; penalised mixes get pen entries. */
 static int sample_mix(sl_sample_row *w, int m)
@@ -406,7 +406,14 @@ static int sample_mix(sl_sample_row *w, int m)
     case 6: w->temperature = 0.9f; w->top_k = 200; w->top_p = 0.95f; w->min_p = 0.1f; break;
     case 7: w->temperature = 0.9f; w->top_p = 0.95f; w->logprobs = 1; w->n_top = 5; pen = 1; break;
     case 8: w->temperature = 0.0f; w->logprobs = 1; w->n_top = 20; pen = 1; break;
-    default: w->temperature = 1.3f; w->top_k = 1000; w->logprobs = 1; w->n_top = 0; break;
+    case 9: w->temperature = 1.3f; w->top_k = 1000; w->logprobs = 1; w->n_top = 0; break;
+    /* edges: most probabilities 0, top_p 0, min_p above 1 (keeps one / id-order fallback) */
+    case 10: w->temperature = 0.02f; w->top_k = 300; w->top_p = 0.5f; break;
+    case 11: w->temperature = 0.05f; w->min_p = 0.2f; break;
+    case 12: w->top_p = 0.0f; break;
+    case 13: w->min_p = 1.5f; w->top_k = 10; break;
+    case 14: w->min_p = 1.5f; break;
+    default: w->temperature = 2.0f; w->top_p = 0.999f; w->min_p = 0.001f; w->logprobs = 1; w->n_top = 20; break;
     }
     if (pen) {
         w->repetition_penalty = 1.3f;
