@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 size_t sl_dtype_size(sl_dtype t)
 {
@@ -246,6 +247,108 @@ sl_status sl_be_mem_info(sl_backend *be, size_t *free_bytes, size_t *total_bytes
 sl_status sl_be_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e)
 {
     return be->i->prepare ? be->i->prepare(be, m, e) : SL_OK;
+}
+
+/* ---- pipelining ------------------------------------------------------------ */
+
+/* Host-memory backends: ops are done when they return, so an event is a
+ * timestamp and a copy out is a memcpy. */
+struct sl_be_event {
+    double t_ms;
+};
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+void *sl_be_host_alloc(sl_backend *be, size_t bytes)
+{
+    return be->i->host_alloc ? be->i->host_alloc(be, bytes) : malloc(bytes ? bytes : 1);
+}
+
+void sl_be_host_free(sl_backend *be, void *p)
+{
+    if (!p) return;
+    if (be->i->host_free) be->i->host_free(be, p);
+    else free(p);
+}
+
+sl_status sl_be_copy_out(sl_backend *be, const sl_tensor *t, void *dst, sl_err *e)
+{
+    if (be->i->copy_out) return be->i->copy_out(be, t, dst, e);
+    memcpy(dst, t->data, (size_t)sl_tensor_numel(t) * sl_dtype_size(t->dtype));
+    return SL_OK;
+}
+
+sl_status sl_be_event_new(sl_backend *be, sl_be_event **ev, sl_err *e)
+{
+    if (be->i->event_new) return be->i->event_new(be, ev, e);
+    if (!(*ev = calloc(1, sizeof **ev))) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    return SL_OK;
+}
+
+void sl_be_event_free(sl_backend *be, sl_be_event *ev)
+{
+    if (!ev) return;
+    if (be->i->event_free) be->i->event_free(be, ev);
+    else free(ev);
+}
+
+sl_status sl_be_event_record(sl_backend *be, sl_be_event *ev, sl_err *e)
+{
+    if (be->i->event_record) return be->i->event_record(be, ev, e);
+    ev->t_ms = now_ms();
+    return SL_OK;
+}
+
+sl_status sl_be_event_wait(sl_backend *be, sl_be_event *ev, sl_err *e)
+{
+    return be->i->event_wait ? be->i->event_wait(be, ev, e) : SL_OK;
+}
+
+float sl_be_event_ms(sl_backend *be, sl_be_event *from, sl_be_event *to)
+{
+    if (be->i->event_ms) return be->i->event_ms(be, from, to);
+    return (float)(to->t_ms - from->t_ms);
+}
+
+int sl_be_has_graphs(const sl_backend *be)
+{
+    return be->i->capture_begin != NULL;
+}
+
+sl_status sl_be_prepare_fixed(sl_backend *be, sl_batch_meta *m, int max_tokens, int max_ctx,
+                              sl_err *e)
+{
+    SL_ASSERT(m->n_tokens <= max_tokens && m->n_seqs <= max_tokens);
+    if (be->i->prepare_fixed) return be->i->prepare_fixed(be, m, max_tokens, max_ctx, e);
+    return sl_be_prepare(be, m, e);
+}
+
+sl_status sl_be_capture_begin(sl_backend *be, sl_err *e)
+{
+    if (!be->i->capture_begin)
+        return sl_err_set(e, SL_ERR_UNSUPPORTED, "the %s backend has no graphs", be->i->name);
+    return be->i->capture_begin(be, e);
+}
+
+sl_status sl_be_capture_end(sl_backend *be, sl_be_graph **g, sl_err *e)
+{
+    *g = NULL;
+    return be->i->capture_end(be, g, e);
+}
+
+sl_status sl_be_graph_launch(sl_backend *be, sl_be_graph *g, sl_err *e)
+{
+    return be->i->graph_launch(be, g, e);
+}
+
+void sl_be_graph_free(sl_backend *be, sl_be_graph *g)
+{
+    if (g) be->i->graph_free(be, g);
 }
 
 #define NEED(slot) SL_ASSERT(be->i->slot && "op not supported by this backend")

@@ -95,8 +95,10 @@ static void cpu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table,
 {
     (void)be;
     int64_t H = sl_tensor_cols(table);
-    for (int t = 0; t < m->n_tokens; t++)
-        for (int64_t c = 0; c < H; c++) st(out, t, c, ld(table, m->ids[t], c));
+    for (int t = 0; t < m->n_tokens; t++) {
+        int32_t id = m->feed && m->feed[t] >= 0 ? m->feed_ids[m->feed[t]] : m->ids[t];
+        for (int64_t c = 0; c < H; c++) st(out, t, c, ld(table, id, c));
+    }
 }
 
 static void cpu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w)

@@ -48,9 +48,19 @@ typedef struct cu_attn_args {
     const int2 *tiles;
     const int32_t *q_start, *kv_len, *page_table, *seq_of;
     int page_size, max_pages;
-    int chunk, nsplit;                 // keys per split
+    int nsplit;                        // key splits (blockIdx.z)
     float *part;                       // [T, Hq, nsplit, D+2] when nsplit > 1
 } cu_attn_args;
+
+// Keys per split of a sequence with kv_len cached keys: its splits share them
+// evenly in 64-key multiples of at least 256 keys (shorter splits cost more
+// in the merge than they save), so one launch sized for the longest context
+// serves every length (a decode graph replays at any context); splits past
+// the sequence's keys exit at once.
+__device__ __forceinline__ int attn_chunk(const cu_attn_args &a, int kv_len)
+{
+    return a.nsplit == 1 ? kv_len : max(256, ((kv_len + a.nsplit - 1) / a.nsplit + 63) / 64 * 64);
+}
 
 // Shared memory of k_attn: the block's 16 query rows, then per warp two
 // stages of (K tile, V tile) of 16 keys, the 16x16 score tile (fp32), the
@@ -88,8 +98,9 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
     int kh = blockIdx.y / n_hb, h0 = kh * a.G + (blockIdx.y % n_hb) * a.gh;
     int q0 = a.q_start[s], qn = a.q_start[s + 1] - q0, prefix = a.kv_len[s] - qn;
     int ntok = min(a.qt, qn - i0);
-    int kbeg = blockIdx.z * a.chunk;                    // a multiple of 16
-    int kend = min(kbeg + a.chunk, prefix + i0 + ntok); // last row's causal limit
+    int chunk = attn_chunk(a, a.kv_len[s]);
+    int kbeg = blockIdx.z * chunk;                    // a multiple of 16
+    int kend = min(kbeg + chunk, prefix + i0 + ntok); // last row's causal limit
     if (kbeg >= kend) return;                            // no row has keys in this split
 
     // row r = (token i0 + r / gh, head h0 + r % gh); rows past qt·gh are padding
@@ -271,8 +282,9 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a
     int kh = blockIdx.y / n_hb, h0 = kh * a.G + (blockIdx.y % n_hb) * a.gh;
     int q0 = a.q_start[s], qn = a.q_start[s + 1] - q0, prefix = a.kv_len[s] - qn;
     int ntok = min(a.qt, qn - i0);
-    int kbeg = blockIdx.z * a.chunk;
-    int kend = min(kbeg + a.chunk, prefix + i0 + ntok);
+    int chunk = attn_chunk(a, a.kv_len[s]);
+    int kbeg = blockIdx.z * chunk;
+    int kend = min(kbeg + chunk, prefix + i0 + ntok);
     if (kbeg >= kend) return;
 
     for (int e = threadIdx.x; e < 64 * D; e += ATTN_WARPS * 32) {
@@ -416,7 +428,7 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
     int t = blockIdx.x, h = blockIdx.y;
     int s = a.seq_of[t], q0 = a.q_start[s], qn = a.q_start[s + 1] - q0;
     int nkv = a.kv_len[s] - qn + (t - q0) + 1;
-    int ns = (nkv + a.chunk - 1) / a.chunk;
+    int chunk = attn_chunk(a, a.kv_len[s]), ns = (nkv + chunk - 1) / chunk;
     const float *p = a.part + ((int64_t)t * a.Hq + h) * a.nsplit * (D + 2);
     float M = -INFINITY;
     for (int x = 0; x < ns; x++) M = fmaxf(M, p[x * (D + 2)]);
@@ -463,8 +475,7 @@ static int attn_run(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int level
     int ns_cap = (max_kv + 255) / 256;
     if (ns > ns_cap) ns = ns_cap;
     if (ns < 1) ns = 1;
-    a.chunk = (((max_kv + ns - 1) / ns) + 63) / 64 * 64;
-    a.nsplit = (max_kv + a.chunk - 1) / a.chunk;
+    a.nsplit = ns;
     if (a.nsplit > 1)
         a.part = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)cm->n_tokens * a.Hq * a.nsplit *
                                               (D + 2));

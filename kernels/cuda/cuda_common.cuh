@@ -61,6 +61,7 @@ typedef struct cu_meta {
     const int32_t *ids, *pos, *q_start, *kv_len, *page_table, *kv_slot;
     const int32_t *state_slot, *state_fresh, *track_slot, *track_len;
     const int32_t *seq_of; // [n_tokens] sequence of each token
+    const int32_t *feed;   // [n_tokens] see sl_batch_meta
     int n_logits;
     const int32_t *logit_rows;
     const int2 *tiles[CU_TILE_LEVELS];
@@ -89,6 +90,10 @@ typedef struct cu_backend {
     // can be prepared while the previous one's copy may still be in flight.
     cu_meta_buf mb[2];
     int mb_next;
+    // prepare_fixed: the one device region graph batches are mirrored into
+    // (their host side still alternates through mb)
+    int32_t *fixed;
+    int fixed_tokens, fixed_ctx;
 } cu_backend;
 
 static inline cu_backend *cu_be(sl_backend *be) { return (cu_backend *)be; }

@@ -3,9 +3,10 @@
 #include "elementwise.cuh"
 #include "sl_rng.h"
 
-__global__ void k_embed(cu_mat out, cu_mat table, const int32_t *ids)
+__global__ void k_embed(cu_mat out, cu_mat table, const int32_t *ids, const int32_t *feed,
+                        const int32_t *feed_ids)
 {
-    int64_t t = blockIdx.x, row = ids[t];
+    int64_t t = blockIdx.x, row = feed && feed[t] >= 0 ? feed_ids[feed[t]] : ids[t];
     for (int64_t c = threadIdx.x; c < out.cols; c += blockDim.x)
         cu_mat_st(out, t, c, cu_mat_ld(table, row, c));
 }
@@ -15,7 +16,8 @@ void cu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_b
     cu_backend *b = cu_be(be);
     const cu_meta *cm = cu_meta_of(m);
     if (cm->n_tokens == 0) return;
-    k_embed<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(out), cu_mat_of(table), cm->ids);
+    k_embed<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(out), cu_mat_of(table), cm->ids,
+                                                 m->feed_ids ? cm->feed : NULL, m->feed_ids);
     CU_CHECK_LAUNCH();
 }
 
