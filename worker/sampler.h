@@ -75,7 +75,8 @@ const sl_sampling *sl_sampler_params(const sl_sampler_state *s);
  * penalties, no logprobs): the runner may then take it from a device argmax
  * instead of downloading the logits. */
 int sl_sampler_is_argmax(const sl_sampler_state *s);
-/* Records token, chosen by a device argmax, as this step's sample. */
+/* Records token, chosen by a device argmax, as this step's sample (a commit
+ * without logprobs). */
 void sl_sampler_take(sl_sampler_state *s, int32_t token, sl_sample *out);
 
 /* Penalty entries of a batch's rows (the pen_* arrays of sl_sample_args),
@@ -84,6 +85,7 @@ typedef struct sl_sample_pen {
     int n, cap;
     int32_t *tok, *out, *prompt;
 } sl_sample_pen;
+/* Frees the arrays; pen is then empty ({0}) and may be reused. */
 void sl_sample_pen_free(sl_sample_pen *pen);
 
 /* Fills row for s's next token and appends its penalty entries to pen.

@@ -475,7 +475,9 @@ static void run_sample(tb *t, const tb_case *c, char *desc, size_t ndesc)
     pair_alloc(t, &pend, SL_DTYPE_I32, 1, (ne[0] = R, ne));
     sl_sample_row *rows = malloc(sizeof *rows * (size_t)R);
     int32_t *ptok = malloc(sizeof(int32_t) * (size_t)R * SPEN), *pout = malloc(sizeof(int32_t) * (size_t)R * SPEN),
-            *pprm = malloc(sizeof(int32_t) * (size_t)R * SPEN), *pid = malloc(sizeof(int32_t) * (size_t)R);
+            *pprm = malloc(sizeof(int32_t) * (size_t)R * SPEN), *pid = malloc(sizeof(int32_t) * (size_t)R),
+            *pid_poison = malloc(sizeof(int32_t) * (size_t)R);
+    sl_err e = {0};
     int rounds = (SMIX + R - 1) / R, n_bad = 0, n_boundary = 0, n_rows = 0;
     double lp_err = 0;
     for (int round = 0; round < rounds; round++) {
@@ -501,6 +503,8 @@ static void run_sample(tb *t, const tb_case *c, char *desc, size_t ndesc)
             }
         }
         pair_set_i32(t, &pend, pid);
+        for (int r = 0; r < R; r++) pid_poison[r] = INT32_MIN; /* every round must write every id */
+        if (sl_be_upload(t->gpu, &ids.g, pid_poison, SL_DTYPE_I32, &e)) die_err("poison", &e);
         sl_sample_args a = {R, rows, n_pen, ptok, pout, pprm, &pend.c};
         sl_be_sample(t->cpu, &ids.c, &lp.c, &lg.c, &a);
         a.pending_ids = &pend.g;
@@ -553,6 +557,7 @@ static void run_sample(tb *t, const tb_case *c, char *desc, size_t ndesc)
     free(pout);
     free(pprm);
     free(pid);
+    free(pid_poison);
     pair_free(t, &lg);
     pair_free(t, &ids);
     pair_free(t, &lp);
