@@ -501,6 +501,7 @@ static const sl_backend_i cu_iface = {
     .copy_slots = cu_copy_slots,
     .fill_random = cu_fill_random,
     .argmax = cu_argmax,
+    .attn_prep = cu_attn_prep,
 };
 
 static sl_status cu_init(cu_backend *b, int device, sl_err *e)

@@ -240,6 +240,20 @@ static inline int cu_mat_vec_ok(const cu_mat &m)
     return !m.p || (m.cols % 8 == 0 && m.ld % 8 == 0 && (uintptr_t)m.p % (uintptr_t)(8 * esz) == 0);
 }
 
+// Rotary inv_freq computed on the host (glibc powf, as the CPU op), so the
+// fp32 angle pos·inv_freq is bit-identical; only sin/cos may differ by an ulp.
+typedef struct cu_rope_freqs {
+    float v[128];
+} cu_rope_freqs;
+
+static inline cu_rope_freqs cu_rope_freqs_make(float theta, int rot_dim)
+{
+    cu_rope_freqs f;
+    SL_ASSERT(rot_dim / 2 <= 128);
+    for (int i = 0; i < rot_dim / 2; i++) f.v[i] = 1.0f / powf(theta, (float)(2 * i) / (float)rot_dim);
+    return f;
+}
+
 static inline unsigned cu_blocks(int64_t n, int threads)
 {
     return (unsigned)((n + threads - 1) / threads);
