@@ -93,6 +93,10 @@ typedef struct cu_backend {
     // (their host side still alternates through mb)
     int32_t *fixed;
     int fixed_tokens, fixed_ctx;
+    // upload: two pinned staging chunks (host memcpy of one overlaps the DMA
+    // of the other) and their device twins for conversions; made at first use
+    void *up_host[2], *up_dev[2];
+    cudaEvent_t up_free[2];
 } cu_backend;
 
 static inline cu_backend *cu_be(sl_backend *be) { return (cu_backend *)be; }
