@@ -28,7 +28,7 @@ const char *sl_op_name(sl_op op)
         "embed",    "matmul", "rmsnorm",  "add",     "add_rmsnorm", "rope",        "silu_mul",
         "sigmoid_mul", "kv_store", "attention", "conv1d",     "gdn",         "rmsnorm_gated",
         "moe_route", "moe_experts", "gather_rows", "copy_slots", "fill_random", "argmax",
-        "sample"};
+        "attn_prep", "sample"};
     return (unsigned)op < SL_OP_COUNT ? n[op] : "?";
 }
 
@@ -207,7 +207,7 @@ int sl_be_supports_op(const sl_backend *be, sl_op op)
         (const void *)i->conv1d,      (const void *)i->gdn,           (const void *)i->rmsnorm_gated,
         (const void *)i->moe_route,   (const void *)i->moe_experts,   (const void *)i->gather_rows,
         (const void *)i->copy_slots,  (const void *)i->fill_random,   (const void *)i->argmax,
-        (const void *)i->sample};
+        (const void *)i->attn_prep,   (const void *)i->sample};
     return (unsigned)op < SL_OP_COUNT && slot[op] != NULL;
 }
 
@@ -422,6 +422,20 @@ void sl_be_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const 
     NEED(kv_store);
     SL_ASSERT(sl_tensor_cols(kcache) == sl_tensor_cols(k) && sl_tensor_cols(vcache) == sl_tensor_cols(v));
     be->i->kv_store(be, kcache, vcache, k, v, m);
+}
+
+void sl_be_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_tensor *v,
+                     const sl_tensor *q_norm, const sl_tensor *k_norm, float eps, int one_plus,
+                     int head_dim, int rot_dim, float theta, sl_tensor *kcache, sl_tensor *vcache,
+                     const sl_batch_meta *m)
+{
+    NEED(attn_prep);
+    SL_ASSERT(sl_tensor_numel(q_norm) == head_dim && sl_tensor_numel(k_norm) == head_dim);
+    SL_ASSERT(sl_tensor_cols(q) % head_dim == 0 && sl_tensor_cols(k) % head_dim == 0);
+    SL_ASSERT(rot_dim <= head_dim && rot_dim % 2 == 0 && sl_tensor_rows(q) == m->n_tokens);
+    SL_ASSERT(sl_tensor_cols(kcache) == sl_tensor_cols(k) && sl_tensor_cols(vcache) == sl_tensor_cols(v));
+    be->i->attn_prep(be, q, k, v, q_norm, k_norm, eps, one_plus, head_dim, rot_dim, theta, kcache,
+                     vcache, m);
 }
 
 void sl_be_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,

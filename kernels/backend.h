@@ -101,6 +101,7 @@ typedef enum sl_op {
     SL_OP_COPY_SLOTS,
     SL_OP_FILL_RANDOM,
     SL_OP_ARGMAX,
+    SL_OP_ATTN_PREP,
     SL_OP_SAMPLE,
     SL_OP_COUNT
 } sl_op;
@@ -249,6 +250,14 @@ void sl_be_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot
 void sl_be_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu);
 /* x[M,N] ⊙= σ(g), g [M,N] or [M,1] (one gate per row, broadcast) */
 void sl_be_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g);
+/* The attention prologue in one pass (what rmsnorm of q and k per head,
+ * rope of both and kv_store do in turn): q [T, Hq*D] and k [T, Hkv*D] are
+ * normalised per head with q_norm / k_norm ([D]) and rotated in place, then
+ * k and v [T, Hkv*D] go to the cache rows kv_slot[t]. */
+void sl_be_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_tensor *v,
+                     const sl_tensor *q_norm, const sl_tensor *k_norm, float eps, int one_plus,
+                     int head_dim, int rot_dim, float theta, sl_tensor *kcache, sl_tensor *vcache,
+                     const sl_batch_meta *m);
 /* Scatter k,v [T, Hkv*D] into cache [n_pages*page_size, Hkv*D] rows kv_slot[t]. */
 void sl_be_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const sl_tensor *k,
                     const sl_tensor *v, const sl_batch_meta *m);

@@ -62,6 +62,9 @@ typedef struct sl_backend_i {
     void (*copy_slots)(sl_backend *, sl_tensor *, const int32_t *, const int32_t *, int);
     void (*fill_random)(sl_backend *, sl_tensor *, uint64_t, float, float);
     void (*argmax)(sl_backend *, sl_tensor *, const sl_tensor *);
+    void (*attn_prep)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_tensor *,
+                      const sl_tensor *, float, int, int, int, float, sl_tensor *, sl_tensor *,
+                      const sl_batch_meta *);
     void (*sample)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_sample_args *);
 } sl_backend_i;
 

@@ -588,15 +588,20 @@ static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_
     trace(m, li, "qkv", &qkv);
     int64_t off = next ? 2 * qd : qd;
     sl_tensor q = cols_of(&qkv, 0, qd), k = cols_of(&qkv, off, kvd), v = cols_of(&qkv, off + kvd, kvd);
-    sl_be_rmsnorm(be, &q, &q, &ly->q_norm, g->rms_eps, next);
-    sl_be_rmsnorm(be, &k, &k, &ly->k_norm, g->rms_eps, next);
-    trace(m, li, "q_norm", &q);
-    trace(m, li, "k_norm", &k);
-    sl_be_rope(be, &q, (int)Hq, (int)D, g->rot_dim, (float)g->rope_theta, mt);
-    sl_be_rope(be, &k, (int)Hkv, (int)D, g->rot_dim, (float)g->rope_theta, mt);
-    trace(m, li, "q_rope", &q);
-    trace(m, li, "k_rope", &k);
-    sl_be_kv_store(be, &c->k[ly->cache_idx], &c->v[ly->cache_idx], &k, &v, mt);
+    if (!m->trace && sl_be_supports_op(be, SL_OP_ATTN_PREP)) {
+        sl_be_attn_prep(be, &q, &k, &v, &ly->q_norm, &ly->k_norm, g->rms_eps, next, (int)D,
+                        g->rot_dim, (float)g->rope_theta, &c->k[ly->cache_idx], &c->v[ly->cache_idx], mt);
+    } else { /* the same steps one by one, each traced */
+        sl_be_rmsnorm(be, &q, &q, &ly->q_norm, g->rms_eps, next);
+        sl_be_rmsnorm(be, &k, &k, &ly->k_norm, g->rms_eps, next);
+        trace(m, li, "q_norm", &q);
+        trace(m, li, "k_norm", &k);
+        sl_be_rope(be, &q, (int)Hq, (int)D, g->rot_dim, (float)g->rope_theta, mt);
+        sl_be_rope(be, &k, (int)Hkv, (int)D, g->rot_dim, (float)g->rope_theta, mt);
+        trace(m, li, "q_rope", &q);
+        trace(m, li, "k_rope", &k);
+        sl_be_kv_store(be, &c->k[ly->cache_idx], &c->v[ly->cache_idx], &k, &v, mt);
+    }
     sl_tensor o = rows_of(&m->s.attn, T);
     o = cols_of(&o, 0, qd);
     sl_be_attention(be, &o, &q, &c->k[ly->cache_idx], &c->v[ly->cache_idx], (int)Hq, (int)Hkv,

@@ -221,6 +221,18 @@ static void cpu_kv_store(sl_backend *be, sl_tensor *kc, sl_tensor *vc, const sl_
     }
 }
 
+static void cpu_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_tensor *v,
+                          const sl_tensor *qn, const sl_tensor *kn, float eps, int one_plus,
+                          int head_dim, int rot_dim, float theta, sl_tensor *kc, sl_tensor *vc,
+                          const sl_batch_meta *m)
+{
+    cpu_rmsnorm(be, q, q, qn, eps, one_plus);
+    cpu_rmsnorm(be, k, k, kn, eps, one_plus);
+    cpu_rope(be, q, (int)(sl_tensor_cols(q) / head_dim), head_dim, rot_dim, theta, m);
+    cpu_rope(be, k, (int)(sl_tensor_cols(k) / head_dim), head_dim, rot_dim, theta, m);
+    cpu_kv_store(be, kc, vc, k, v, m);
+}
+
 static void cpu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q,
                           const sl_tensor *kc, const sl_tensor *vc, int Hq, int Hkv, int D,
                           float scale, const sl_batch_meta *m)
@@ -535,6 +547,7 @@ static const sl_backend_i cpu_iface = {
     .copy_slots = cpu_copy_slots,
     .fill_random = cpu_fill_random,
     .argmax = cpu_argmax,
+    .attn_prep = cpu_attn_prep,
     .sample = sl_cpu_sample,
 };
 

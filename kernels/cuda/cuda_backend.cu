@@ -48,6 +48,11 @@ static void cu_free_backend(sl_backend *be)
         if (b->mb[i].copied) cudaEventDestroy(b->mb[i].copied);
     }
     cudaFree(b->fixed);
+    for (int i = 0; i < 2; i++) {
+        cudaFreeHost(b->up_host[i]);
+        cudaFree(b->up_dev[i]);
+        if (b->up_free[i]) cudaEventDestroy(b->up_free[i]);
+    }
     if (b->lt_ws) cudaFree(b->lt_ws);
     if (b->lt) cublasLtDestroy(b->lt);
     if (b->stream) cudaStreamDestroy(b->stream);
@@ -84,43 +89,50 @@ __global__ void k_convert(void *dst, int ddt, const void *src, int sdt, int64_t 
 
 static unsigned cu_grid_for(int64_t n) { return (unsigned)(n < 4096 * 256 ? cu_blocks(n, 256) : 4096); }
 
-// Uploads in chunks through a scratch buffer so a multi-GB weight needs
-// little extra device memory.
+#define CU_UP_CHUNK ((size_t)32 << 20) // bytes per staging chunk
+
+static sl_status cu_upload_init(cu_backend *b, sl_err *e)
+{
+    if (b->up_host[0]) return SL_OK;
+    for (int i = 0; i < 2; i++) {
+        CU_TRY(e, cudaMallocHost(&b->up_host[i], CU_UP_CHUNK));
+        CU_TRY(e, cudaMalloc(&b->up_dev[i], CU_UP_CHUNK));
+        CU_TRY(e, cudaEventCreateWithFlags(&b->up_free[i], cudaEventDisableTiming));
+    }
+    return SL_OK;
+}
+
+// Weights come from mmap'ed files (pageable): each chunk is copied into a
+// pinned staging buffer by the host while the device pulls the previous one,
+// then lands in t directly or through a conversion kernel. Waits at the end.
 static sl_status cu_upload(sl_backend *be, sl_tensor *t, const void *src, sl_dtype src_dt,
                            sl_err *e)
 {
     cu_backend *b = cu_be(be);
     int64_t n = sl_tensor_numel(t);
-    size_t ssz = sl_dtype_size(src_dt);
-    if (src_dt == t->dtype) {
-        CU_TRY(e, cudaMemcpyAsync(t->data, src, (size_t)n * ssz, cudaMemcpyHostToDevice, b->stream));
-        CU_TRY(e, cudaStreamSynchronize(b->stream));
-        return SL_OK;
-    }
-    if (t->dtype == SL_DTYPE_I32 || src_dt == SL_DTYPE_I32)
+    size_t ssz = sl_dtype_size(src_dt), dsz = sl_dtype_size(t->dtype);
+    int same = src_dt == t->dtype;
+    if (!same && (t->dtype == SL_DTYPE_I32 || src_dt == SL_DTYPE_I32))
         return sl_err_set(e, SL_ERR_UNSUPPORTED, "cannot convert %s to %s", sl_dtype_name(src_dt),
                           sl_dtype_name(t->dtype));
-    const int64_t chunk = (int64_t)1 << 24;
-    void *tmp = NULL;
-    CU_TRY(e, cudaMalloc(&tmp, (size_t)(n < chunk ? n : chunk) * ssz));
-    size_t dsz = sl_dtype_size(t->dtype);
-    sl_status st = SL_OK;
-    for (int64_t i0 = 0; i0 < n && st == SL_OK; i0 += chunk) {
+    sl_status st = cu_upload_init(b, e);
+    if (st) return st;
+    const int64_t chunk = (int64_t)(CU_UP_CHUNK / ssz);
+    for (int64_t i0 = 0, k = 0; i0 < n; i0 += chunk, k ^= 1) {
         int64_t c = n - i0 < chunk ? n - i0 : chunk;
-        cudaError_t err = cudaMemcpyAsync(tmp, (const char *)src + i0 * ssz, (size_t)c * ssz,
-                                          cudaMemcpyHostToDevice, b->stream);
-        if (err == cudaSuccess) {
-            k_convert<<<cu_grid_for(c), 256, 0, b->stream>>>((char *)t->data + i0 * dsz, t->dtype,
-                                                            tmp, src_dt, c);
-            err = cudaGetLastError();
+        CU_TRY(e, cudaEventSynchronize(b->up_free[k])); // its last DMA is done
+        memcpy(b->up_host[k], (const char *)src + i0 * ssz, (size_t)c * ssz);
+        void *dst = (char *)t->data + i0 * dsz;
+        CU_TRY(e, cudaMemcpyAsync(same ? dst : b->up_dev[k], b->up_host[k], (size_t)c * ssz,
+                                  cudaMemcpyHostToDevice, b->stream));
+        if (!same) {
+            k_convert<<<cu_grid_for(c), 256, 0, b->stream>>>(dst, t->dtype, b->up_dev[k], src_dt, c);
+            CU_TRY(e, cudaGetLastError());
         }
-        if (err == cudaSuccess) err = cudaStreamSynchronize(b->stream);
-        if (err != cudaSuccess)
-            st = sl_err_set(e, SL_ERR_DEVICE, "upload of %lld elements: %s", (long long)n,
-                            cudaGetErrorString(err));
+        CU_TRY(e, cudaEventRecord(b->up_free[k], b->stream));
     }
-    cudaFree(tmp);
-    return st;
+    CU_TRY(e, cudaStreamSynchronize(b->stream));
+    return SL_OK;
 }
 
 __global__ void k_to_dense_f32(float *dst, cu_mat m)
@@ -503,6 +515,7 @@ static const sl_backend_i cu_iface = {
     .copy_slots = cu_copy_slots,
     .fill_random = cu_fill_random,
     .argmax = cu_argmax,
+    .attn_prep = cu_attn_prep,
     .sample = cu_sample,
 };
 

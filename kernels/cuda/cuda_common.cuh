@@ -94,6 +94,10 @@ typedef struct cu_backend {
     // (their host side still alternates through mb)
     int32_t *fixed;
     int fixed_tokens, fixed_ctx;
+    // upload: two pinned staging chunks (host memcpy of one overlaps the DMA
+    // of the other) and their device twins for conversions; made at first use
+    void *up_host[2], *up_dev[2];
+    cudaEvent_t up_free[2];
 } cu_backend;
 
 static inline cu_backend *cu_be(sl_backend *be) { return (cu_backend *)be; }
@@ -239,6 +243,20 @@ static inline int cu_mat_vec_ok(const cu_mat &m)
 {
     int64_t esz = (int64_t)sl_dtype_size((sl_dtype)m.dt);
     return !m.p || (m.cols % 8 == 0 && m.ld % 8 == 0 && (uintptr_t)m.p % (uintptr_t)(8 * esz) == 0);
+}
+
+// Rotary inv_freq computed on the host (glibc powf, as the CPU op), so the
+// fp32 angle pos·inv_freq is bit-identical; only sin/cos may differ by an ulp.
+typedef struct cu_rope_freqs {
+    float v[128];
+} cu_rope_freqs;
+
+static inline cu_rope_freqs cu_rope_freqs_make(float theta, int rot_dim)
+{
+    cu_rope_freqs f;
+    SL_ASSERT(rot_dim / 2 <= 128);
+    for (int i = 0; i < rot_dim / 2; i++) f.v[i] = 1.0f / powf(theta, (float)(2 * i) / (float)rot_dim);
+    return f;
 }
 
 static inline unsigned cu_blocks(int64_t n, int threads)

@@ -21,12 +21,6 @@ void cu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_b
     CU_CHECK_LAUNCH();
 }
 
-// inv_freq comes from the host (glibc powf, as the CPU op), so the fp32 angle
-// pos·inv_freq is bit-identical; only sin/cos may differ by an ulp.
-typedef struct cu_rope_freqs {
-    float v[128];
-} cu_rope_freqs;
-
 __global__ void k_rope(cu_mat x, int n_heads, int head_dim, int half, cu_rope_freqs f,
                        const int32_t *pos)
 {
@@ -51,8 +45,7 @@ void cu_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_di
     int half = rot_dim / 2;
     SL_ASSERT(half <= 128);
     if (cm->n_tokens == 0 || half == 0) return;
-    cu_rope_freqs f;
-    for (int i = 0; i < half; i++) f.v[i] = 1.0f / powf(theta, (float)(2 * i) / (float)rot_dim);
+    cu_rope_freqs f = cu_rope_freqs_make(theta, rot_dim);
     k_rope<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(x), n_heads, head_dim, half, f, cm->pos);
     CU_CHECK_LAUNCH();
 }

@@ -10,7 +10,7 @@
  * the CUDA backend does not support.
  *
  *   test_backend_ops [--seed N] [--filter OP]   correctness
- *   test_backend_ops --perf [--filter OP]        timings only
+ *   test_backend_ops --perf                      timings only
  *
  * --perf times each op at Qwen3-8B / Qwen3-30B-A3B shapes with CUDA events
  * (warm-up, median of many reps, inputs rotated through more than the L2) and
@@ -267,126 +267,6 @@ static void batch_free(tb_batch *b)
     free(b->logit_rows);
 }
 
-/* ---- cases ------------------------------------------------------------------ */
-
-typedef struct tb_case {
-    sl_op op;
-    sl_dtype dt;   /* GPU dtype of the op's activations / outputs */
-    int p[8];      /* op-specific shape, see run_case */
-    double tol;    /* max rel L2; < 0: exact */
-} tb_case;
-
-#define BF SL_DTYPE_BF16
-#define F32 SL_DTYPE_F32
-
-static const tb_case cases[] = {
-    /* embed: vocab, H, T */
-    {SL_OP_EMBED, BF, {1000, 512, 37}, 0},
-    {SL_OP_EMBED, F32, {300, 4096, 5}, 0},
-    /* matmul: M, N, K, x dtype (0 bf16, 1 f32), w dtype, x column offset into a wider row */
-    {SL_OP_MATMUL, BF, {1, 512, 1024, 0, 0, 0}, 1e-2},    /* GEMV path: M <= 8 */
-    {SL_OP_MATMUL, BF, {3, 77, 1000, 0, 0, 0}, 1e-2},
-    {SL_OP_MATMUL, F32, {8, 300, 520, 0, 0, 8}, 1e-2},
-    {SL_OP_MATMUL, BF, {2, 64, 100, 0, 0, 0}, 1e-2},      /* K % 8 != 0: cuBLASLt */
-    {SL_OP_MATMUL, BF, {37, 768, 512, 0, 0, 0}, 1e-2},
-    {SL_OP_MATMUL, BF, {130, 200, 328, 0, 0, 8}, 1e-2},
-    {SL_OP_MATMUL, F32, {7, 1000, 256, 0, 0, 0}, 5e-3},   /* f32 logits */
-    {SL_OP_MATMUL, F32, {9, 300, 256, 1, 0, 0}, 5e-3},    /* f32 x, bf16 w */
-    {SL_OP_MATMUL, F32, {9, 300, 256, 1, 1, 0}, 1e-5},    /* all fp32 */
-    /* qwen3_next's narrow outputs: shared_expert_gate [1,H] -> [T,1] (ld 1), in_proj_ba -> [T,8],
-     * router -> f32 [T,E] */
-    {SL_OP_MATMUL, BF, {1, 1, 64, 0, 0, 0}, 1e-2},
-    {SL_OP_MATMUL, BF, {70, 1, 64, 0, 0, 0}, 1e-2},
-    {SL_OP_MATMUL, BF, {9, 8, 64, 0, 0, 0}, 1e-2},
-    {SL_OP_MATMUL, F32, {70, 8, 64, 0, 0, 0}, 1e-2},
-    /* rmsnorm: rows, cols, one_plus, in place, group D (0: whole row) */
-    {SL_OP_RMSNORM, BF, {64, 128, 0, 0}, 1e-2},
-    {SL_OP_RMSNORM, BF, {19, 8 * 128, 0, 1, 128}, 1e-2},   /* per-head q/k norm */
-    {SL_OP_RMSNORM, BF, {5, 4 * 256, 1, 0, 256}, 1e-2},
-    {SL_OP_RMSNORM, BF, {6, 3 * 100, 0, 0, 100}, 1e-2},    /* unaligned: scalar path */
-    {SL_OP_RMSNORM, BF, {7, 4096, 1, 0}, 1e-2},
-    {SL_OP_RMSNORM, BF, {33, 2048, 0, 1}, 1e-2},
-    {SL_OP_RMSNORM, F32, {5, 3000, 1, 0}, 1e-5},
-    /* add_rmsnorm: rows, D, one_plus, resid dtype (0 bf16, 1 f32) */
-    {SL_OP_ADD_RMSNORM, BF, {17, 4096, 0, 0}, 1e-2},
-    {SL_OP_ADD_RMSNORM, BF, {9, 2048, 1, 1}, 1e-2},
-    {SL_OP_ADD_RMSNORM, BF, {40, 256, 0, 1}, 1e-2},
-    /* rope: T, heads, head_dim, rot_dim, max position */
-    {SL_OP_ROPE, BF, {19, 8, 128, 128, 40000}, 1e-2},
-    {SL_OP_ROPE, BF, {11, 4, 256, 64, 5000}, 1e-2},
-    {SL_OP_ROPE, F32, {5, 2, 64, 64, 100000}, 1e-4},
-    /* silu_mul: M, I */
-    {SL_OP_SILU_MUL, BF, {13, 1536}, 1e-2},
-    {SL_OP_SILU_MUL, F32, {3, 1000}, 1e-5},
-    /* sigmoid_mul: M, N */
-    {SL_OP_SIGMOID_MUL, BF, {21, 4096}, 1e-2},
-    {SL_OP_SIGMOID_MUL, BF, {7, 512, 1}, 1e-2},     /* one gate per row */
-    /* kv_store: seqs, q_len, prefix, page size, Hkv*D */
-    {SL_OP_KV_STORE, BF, {3, 20, 30, 16, 512}, 0},
-    {SL_OP_KV_STORE, BF, {2, 5, 3, 1, 256}, 0},
-    /* attention: seqs, q_len (even seqs; odd seqs decode 1), prefix, page size, Hq, Hkv, D */
-    {SL_OP_ATTENTION, BF, {4, 1, 300, 16, 32, 8, 128}, 2e-2},     /* decode, GQA 4 */
-    {SL_OP_ATTENTION, BF, {2, 1, 3000, 32, 16, 2, 128}, 2e-2},    /* long decode: split-KV */
-    {SL_OP_ATTENTION, BF, {3, 45, 70, 64, 8, 4, 64}, 2e-2},       /* mixed prefill + decode */
-    {SL_OP_ATTENTION, BF, {2, 33, 0, 1, 4, 4, 256}, 2e-2},        /* MHA, page 1, D 256 */
-    {SL_OP_ATTENTION, BF, {3, 70, 20, 16, 32, 4, 128}, 2e-2},     /* GQA 8 prefill */
-    {SL_OP_ATTENTION, BF, {2, 17, 40, 32, 16, 16, 64}, 2e-2},
-    {SL_OP_ATTENTION, BF, {3, 1, 5000, 16, 16, 2, 256}, 2e-2},    /* qwen3_next decode */
-    {SL_OP_ATTENTION, BF, {3, 5, 100, 16, 32, 8, 128}, 2e-2},     /* short chunks: 16-row tiles */
-    {SL_OP_ATTENTION, BF, {1, 20, 3000, 16, 16, 2, 128}, 2e-2},   /* 64-row tiles + split-KV */
-    {SL_OP_ATTENTION, BF, {2, 30, 10, 16, 12, 2, 64}, 2e-2},      /* G = 6 */
-    {SL_OP_ATTENTION, BF, {1, 200, 0, 16, 16, 2, 256}, 2e-2},     /* qwen3_next prefill */
-    /* moe_route: T, E, k, norm */
-    {SL_OP_MOE_ROUTE, F32, {33, 128, 8, 1}, 1e-5},
-    {SL_OP_MOE_ROUTE, F32, {9, 60, 4, 0}, 1e-5},
-    /* moe_experts: T, H, I, E, k */
-    {SL_OP_MOE_EXPERTS, BF, {5, 256, 96, 16, 4}, 2e-2},
-    {SL_OP_MOE_EXPERTS, BF, {70, 512, 128, 32, 8}, 2e-2},
-    /* gather_rows: seqs, q pattern, cols */
-    {SL_OP_GATHER_ROWS, BF, {7, 3, 1000}, 0},
-    {SL_OP_GATHER_ROWS, F32, {12, 5, 333}, 0},
-    /* copy_slots: slots, row elements, n */
-    {SL_OP_COPY_SLOTS, F32, {12, 4096, 4}, -1},
-    {SL_OP_COPY_SLOTS, BF, {9, 333, 3}, -1},
-    /* fill_random: n, scale*1000, offset*1000 */
-    {SL_OP_FILL_RANDOM, BF, {100003, 20, 0}, -1},
-    {SL_OP_FILL_RANDOM, F32, {65536, 1000, 1000}, -1},
-    /* conv1d: seqs, q_len (even seqs; odd seqs 1), C, K */
-    {SL_OP_CONV1D, BF, {3, 40, 512, 4}, 1e-2},
-    {SL_OP_CONV1D, BF, {4, 1, 8192, 4}, 1e-2},
-    /* gdn: seqs, q_len (even seqs; odd seqs 1), Hk, Hv, Dk, Dv */
-    {SL_OP_GDN, BF, {3, 20, 2, 4, 128, 128}, 1e-2},
-    {SL_OP_GDN, BF, {4, 1, 1, 2, 64, 64}, 1e-2},
-    {SL_OP_GDN, BF, {2, 70, 1, 1, 128, 128}, 1e-2},
-    {SL_OP_GDN, BF, {2, 9, 2, 4, 64, 64}, 1e-2},          /* the golden qwen3_next */
-    /* rmsnorm_gated: rows, cols, -, -, group D */
-    {SL_OP_RMSNORM_GATED, BF, {48, 128, 0, 0, 0}, 1e-2},
-    {SL_OP_RMSNORM_GATED, BF, {9, 4 * 128, 0, 0, 128}, 1e-2},
-    {SL_OP_RMSNORM_GATED, BF, {70, 4 * 64, 0, 0, 64}, 1e-2},
-    /* add: rows, cols, b dtype (0 bf16, 1 f32), in place */
-    {SL_OP_ADD, BF, {17, 4096, 0, 1}, 1e-2},
-    {SL_OP_ADD, F32, {5, 1000, 0, 0}, 1e-6},
-    {SL_OP_ADD, BF, {3, 333, 1, 0}, 1e-2},
-    /* sample: V, R, logits (0: bf16-rounded uniform, ties; 1: f32 uniform; 2: quarter steps,
-     * peaked, many ties). Ids exact but for rows at a draw/top-p boundary; logprobs 1e-4 abs. */
-    {SL_OP_SAMPLE, F32, {1000, 1, 0}, 1e-4},
-    {SL_OP_SAMPLE, F32, {1000, 7, 1}, 1e-4},
-    {SL_OP_SAMPLE, F32, {1000, 64, 2}, 1e-4},
-    {SL_OP_SAMPLE, F32, {32000, 1, 1}, 1e-4},
-    {SL_OP_SAMPLE, F32, {32000, 7, 2}, 1e-4},
-    {SL_OP_SAMPLE, F32, {32000, 64, 0}, 1e-4},
-    {SL_OP_SAMPLE, F32, {151936, 1, 2}, 1e-4},
-    {SL_OP_SAMPLE, F32, {151936, 7, 0}, 1e-4},
-    {SL_OP_SAMPLE, F32, {151936, 64, 1}, 1e-4},
-};
-
-static int64_t ne2(int64_t *ne, int64_t a, int64_t b)
-{
-    ne[0] = a;
-    ne[1] = b;
-    return a * b;
-}
-
 /* ---- sample ------------------------------------------------------------------ */
 
 enum { SMIX = 16, SPEN = 30 };
@@ -454,13 +334,13 @@ static int sample_at_boundary(tb *t, const pair *lg, int r, const sl_sample_args
     return 0;
 }
 
-static void run_sample(tb *t, const tb_case *c, char *desc, size_t ndesc)
+/* Case {V, R, kind}: every parameter mix on rows of logits of that kind, CUDA against the CPU op.
+ * (Before the case table, so it reads no tb_case.) */
+static void run_sample(tb *t, int V, int R, int kind, double tol, char *desc, size_t ndesc)
 {
-    int V = c->p[0], R = c->p[1], kind = c->p[2];
     static const char *kinds[] = {"bf16 ties", "f32", "quarter steps"};
-    int64_t ne[2];
     pair lg, ids, lp, pend;
-    pair_alloc(t, &lg, F32, 2, (ne2(ne, R, V), ne));
+    pair_alloc(t, &lg, SL_DTYPE_F32, 2, (int64_t[]){R, V});
     float *v = malloc(sizeof(float) * (size_t)R * V);
     uint64_t s0 = sl_rng_mix(t->seed++);
     for (int64_t i = 0; i < (int64_t)R * V; i++) {
@@ -470,9 +350,9 @@ static void run_sample(tb *t, const tb_case *c, char *desc, size_t ndesc)
                          : (float)(int)(u * u * u * 60.0f) * 0.25f; /* few high, many low */
     }
     pair_set(t, &lg, v);
-    pair_out(t, &ids, SL_DTYPE_I32, 1, (ne[0] = R, ne));
-    pair_out(t, &lp, F32, 2, (ne2(ne, R, 2 + 2 * SL_SAMPLE_MAX_TOP), ne));
-    pair_alloc(t, &pend, SL_DTYPE_I32, 1, (ne[0] = R, ne));
+    pair_out(t, &ids, SL_DTYPE_I32, 1, (int64_t[]){R});
+    pair_out(t, &lp, SL_DTYPE_F32, 2, (int64_t[]){R, 2 + 2 * SL_SAMPLE_MAX_TOP});
+    pair_alloc(t, &pend, SL_DTYPE_I32, 1, (int64_t[]){R});
     sl_sample_row *rows = malloc(sizeof *rows * (size_t)R);
     int32_t *ptok = malloc(sizeof(int32_t) * (size_t)R * SPEN), *pout = malloc(sizeof(int32_t) * (size_t)R * SPEN),
             *pprm = malloc(sizeof(int32_t) * (size_t)R * SPEN), *pid = malloc(sizeof(int32_t) * (size_t)R),
@@ -502,7 +382,9 @@ static void run_sample(tb *t, const tb_case *c, char *desc, size_t ndesc)
                 n_pen++;
             }
         }
-        pair_set_i32(t, &pend, pid);
+        if (sl_be_upload(t->cpu, &pend.c, pid, SL_DTYPE_I32, &e) ||
+            sl_be_upload(t->gpu, &pend.g, pid, SL_DTYPE_I32, &e))
+            die_err("upload", &e);
         for (int r = 0; r < R; r++) pid_poison[r] = INT32_MIN; /* every round must write every id */
         if (sl_be_upload(t->gpu, &ids.g, pid_poison, SL_DTYPE_I32, &e)) die_err("poison", &e);
         sl_sample_args a = {R, rows, n_pen, ptok, pout, pprm, &pend.c};
@@ -525,11 +407,11 @@ static void run_sample(tb *t, const tb_case *c, char *desc, size_t ndesc)
             }
             if (!rows[r].logprobs) continue;
             const float *a1 = lc + r * (2 + 2 * SL_SAMPLE_MAX_TOP), *b1 = lgv + r * (2 + 2 * SL_SAMPLE_MAX_TOP);
-            int n = (int)a1[1], ok = b1[1] == a1[1] && fabsf(a1[0] - b1[0]) <= c->tol;
+            int n = (int)a1[1], ok = b1[1] == a1[1] && fabsf(a1[0] - b1[0]) <= tol;
             lp_err = fmax(lp_err, fabs((double)a1[0] - b1[0]));
             for (int j = 0; j < n && ok; j++) {
                 ok = a1[2 + j] == b1[2 + j] &&
-                     fabsf(a1[2 + SL_SAMPLE_MAX_TOP + j] - b1[2 + SL_SAMPLE_MAX_TOP + j]) <= c->tol;
+                     fabsf(a1[2 + SL_SAMPLE_MAX_TOP + j] - b1[2 + SL_SAMPLE_MAX_TOP + j]) <= tol;
                 lp_err = fmax(lp_err, fabs((double)a1[2 + SL_SAMPLE_MAX_TOP + j] - b1[2 + SL_SAMPLE_MAX_TOP + j]));
             }
             if (!ok) {
@@ -547,7 +429,7 @@ static void run_sample(tb *t, const tb_case *c, char *desc, size_t ndesc)
     /* boundary rows must stay rare: more means a real disagreement */
     int ok = n_bad == 0 && n_boundary <= 1 + n_rows / 20;
     printf("  %-4s %-12s %-44s rows %d, at a boundary %d, max|d| logprob %.2e (tol %.0e)\n",
-           ok ? "ok" : "FAIL", sl_op_name(c->op), desc, n_rows, n_boundary, lp_err, c->tol);
+           ok ? "ok" : "FAIL", sl_op_name(SL_OP_SAMPLE), desc, n_rows, n_boundary, lp_err, tol);
     if (ok) t->n_pass++;
     else t->n_fail++;
     CHECK_MSG(ok, "sample %s", desc);
@@ -562,6 +444,132 @@ static void run_sample(tb *t, const tb_case *c, char *desc, size_t ndesc)
     pair_free(t, &ids);
     pair_free(t, &lp);
     pair_free(t, &pend);
+}
+
+/* ---- cases ------------------------------------------------------------------ */
+
+typedef struct tb_case {
+    sl_op op;
+    sl_dtype dt;   /* GPU dtype of the op's activations / outputs */
+    int p[9];      /* op-specific shape, see run_case */
+    double tol;    /* max rel L2; < 0: exact */
+} tb_case;
+
+#define BF SL_DTYPE_BF16
+#define F32 SL_DTYPE_F32
+
+static const tb_case cases[] = {
+    /* embed: vocab, H, T */
+    {SL_OP_EMBED, BF, {1000, 512, 37}, 0},
+    {SL_OP_EMBED, F32, {300, 4096, 5}, 0},
+    /* matmul: M, N, K, x dtype (0 bf16, 1 f32), w dtype, x column offset into a wider row */
+    {SL_OP_MATMUL, BF, {1, 512, 1024, 0, 0, 0}, 1e-2},    /* GEMV path: M <= 8 */
+    {SL_OP_MATMUL, BF, {3, 77, 1000, 0, 0, 0}, 1e-2},
+    {SL_OP_MATMUL, F32, {8, 300, 520, 0, 0, 8}, 1e-2},
+    {SL_OP_MATMUL, BF, {2, 64, 100, 0, 0, 0}, 1e-2},      /* K % 8 != 0: cuBLASLt */
+    {SL_OP_MATMUL, BF, {37, 768, 512, 0, 0, 0}, 1e-2},
+    {SL_OP_MATMUL, BF, {130, 200, 328, 0, 0, 8}, 1e-2},
+    {SL_OP_MATMUL, F32, {7, 1000, 256, 0, 0, 0}, 5e-3},   /* f32 logits */
+    {SL_OP_MATMUL, F32, {9, 300, 256, 1, 0, 0}, 5e-3},    /* f32 x, bf16 w */
+    {SL_OP_MATMUL, F32, {9, 300, 256, 1, 1, 0}, 1e-5},    /* all fp32 */
+    /* qwen3_next's narrow outputs: shared_expert_gate [1,H] -> [T,1] (ld 1), in_proj_ba -> [T,8],
+     * router -> f32 [T,E] */
+    {SL_OP_MATMUL, BF, {1, 1, 64, 0, 0, 0}, 1e-2},
+    {SL_OP_MATMUL, BF, {70, 1, 64, 0, 0, 0}, 1e-2},
+    {SL_OP_MATMUL, BF, {9, 8, 64, 0, 0, 0}, 1e-2},
+    {SL_OP_MATMUL, F32, {70, 8, 64, 0, 0, 0}, 1e-2},
+    /* rmsnorm: rows, cols, one_plus, in place, group D (0: whole row) */
+    {SL_OP_RMSNORM, BF, {64, 128, 0, 0}, 1e-2},
+    {SL_OP_RMSNORM, BF, {19, 8 * 128, 0, 1, 128}, 1e-2},   /* per-head q/k norm */
+    {SL_OP_RMSNORM, BF, {5, 4 * 256, 1, 0, 256}, 1e-2},
+    {SL_OP_RMSNORM, BF, {6, 3 * 100, 0, 0, 100}, 1e-2},    /* unaligned: scalar path */
+    {SL_OP_RMSNORM, BF, {7, 4096, 1, 0}, 1e-2},
+    {SL_OP_RMSNORM, BF, {33, 2048, 0, 1}, 1e-2},
+    {SL_OP_RMSNORM, F32, {5, 3000, 1, 0}, 1e-5},
+    /* add_rmsnorm: rows, D, one_plus, resid dtype (0 bf16, 1 f32) */
+    {SL_OP_ADD_RMSNORM, BF, {17, 4096, 0, 0}, 1e-2},
+    {SL_OP_ADD_RMSNORM, BF, {9, 2048, 1, 1}, 1e-2},
+    {SL_OP_ADD_RMSNORM, BF, {40, 256, 0, 1}, 1e-2},
+    /* rope: T, heads, head_dim, rot_dim, max position */
+    {SL_OP_ROPE, BF, {19, 8, 128, 128, 40000}, 1e-2},
+    {SL_OP_ROPE, BF, {11, 4, 256, 64, 5000}, 1e-2},
+    {SL_OP_ROPE, F32, {5, 2, 64, 64, 100000}, 1e-4},
+    /* silu_mul: M, I */
+    {SL_OP_SILU_MUL, BF, {13, 1536}, 1e-2},
+    {SL_OP_SILU_MUL, F32, {3, 1000}, 1e-5},
+    /* sigmoid_mul: M, N */
+    {SL_OP_SIGMOID_MUL, BF, {21, 4096}, 1e-2},
+    {SL_OP_SIGMOID_MUL, BF, {7, 512, 1}, 1e-2},     /* one gate per row */
+    /* kv_store: seqs, q_len, prefix, page size, Hkv*D */
+    {SL_OP_KV_STORE, BF, {3, 20, 30, 16, 512}, 0},
+    {SL_OP_KV_STORE, BF, {2, 5, 3, 1, 256}, 0},
+    /* attn_prep: seqs, q_len (even seqs; odd seqs decode 1), prefix, page size, Hq, Hkv, D,
+     * rot_dim, one_plus */
+    {SL_OP_ATTN_PREP, BF, {3, 20, 30, 16, 32, 8, 128, 128, 0}, 1e-2},     /* qwen3 */
+    {SL_OP_ATTN_PREP, BF, {4, 1, 500, 1, 32, 4, 128, 128, 0}, 1e-2},      /* decode, page 1 */
+    {SL_OP_ATTN_PREP, BF, {2, 9, 3, 16, 16, 2, 256, 64, 1}, 1e-2},        /* qwen3_next */
+    {SL_OP_ATTN_PREP, BF, {2, 5, 7, 32, 4, 4, 64, 64, 0}, 1e-2},
+    /* attention: seqs, q_len (even seqs; odd seqs decode 1), prefix, page size, Hq, Hkv, D */
+    {SL_OP_ATTENTION, BF, {4, 1, 300, 16, 32, 8, 128}, 2e-2},     /* decode, GQA 4 */
+    {SL_OP_ATTENTION, BF, {2, 1, 3000, 32, 16, 2, 128}, 2e-2},    /* long decode: split-KV */
+    {SL_OP_ATTENTION, BF, {3, 45, 70, 64, 8, 4, 64}, 2e-2},       /* mixed prefill + decode */
+    {SL_OP_ATTENTION, BF, {2, 33, 0, 1, 4, 4, 256}, 2e-2},        /* MHA, page 1, D 256 */
+    {SL_OP_ATTENTION, BF, {3, 70, 20, 16, 32, 4, 128}, 2e-2},     /* GQA 8 prefill */
+    {SL_OP_ATTENTION, BF, {2, 17, 40, 32, 16, 16, 64}, 2e-2},
+    {SL_OP_ATTENTION, BF, {3, 1, 5000, 16, 16, 2, 256}, 2e-2},    /* qwen3_next decode */
+    {SL_OP_ATTENTION, BF, {3, 5, 100, 16, 32, 8, 128}, 2e-2},     /* short chunks: 16-row tiles */
+    {SL_OP_ATTENTION, BF, {1, 20, 3000, 16, 16, 2, 128}, 2e-2},   /* 64-row tiles + split-KV */
+    {SL_OP_ATTENTION, BF, {2, 30, 10, 16, 12, 2, 64}, 2e-2},      /* G = 6 */
+    {SL_OP_ATTENTION, BF, {1, 200, 0, 16, 16, 2, 256}, 2e-2},     /* qwen3_next prefill */
+    /* moe_route: T, E, k, norm */
+    {SL_OP_MOE_ROUTE, F32, {33, 128, 8, 1}, 1e-5},
+    {SL_OP_MOE_ROUTE, F32, {9, 60, 4, 0}, 1e-5},
+    /* moe_experts: T, H, I, E, k */
+    {SL_OP_MOE_EXPERTS, BF, {5, 256, 96, 16, 4}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {70, 512, 128, 32, 8}, 2e-2},
+    /* gather_rows: seqs, q pattern, cols */
+    {SL_OP_GATHER_ROWS, BF, {7, 3, 1000}, 0},
+    {SL_OP_GATHER_ROWS, F32, {12, 5, 333}, 0},
+    /* copy_slots: slots, row elements, n */
+    {SL_OP_COPY_SLOTS, F32, {12, 4096, 4}, -1},
+    {SL_OP_COPY_SLOTS, BF, {9, 333, 3}, -1},
+    /* fill_random: n, scale*1000, offset*1000 */
+    {SL_OP_FILL_RANDOM, BF, {100003, 20, 0}, -1},
+    {SL_OP_FILL_RANDOM, F32, {65536, 1000, 1000}, -1},
+    /* conv1d: seqs, q_len (even seqs; odd seqs 1), C, K */
+    {SL_OP_CONV1D, BF, {3, 40, 512, 4}, 1e-2},
+    {SL_OP_CONV1D, BF, {4, 1, 8192, 4}, 1e-2},
+    /* gdn: seqs, q_len (even seqs; odd seqs 1), Hk, Hv, Dk, Dv */
+    {SL_OP_GDN, BF, {3, 20, 2, 4, 128, 128}, 1e-2},
+    {SL_OP_GDN, BF, {4, 1, 1, 2, 64, 64}, 1e-2},
+    {SL_OP_GDN, BF, {2, 70, 1, 1, 128, 128}, 1e-2},
+    {SL_OP_GDN, BF, {2, 9, 2, 4, 64, 64}, 1e-2},          /* the golden qwen3_next */
+    /* rmsnorm_gated: rows, cols, -, -, group D */
+    {SL_OP_RMSNORM_GATED, BF, {48, 128, 0, 0, 0}, 1e-2},
+    {SL_OP_RMSNORM_GATED, BF, {9, 4 * 128, 0, 0, 128}, 1e-2},
+    {SL_OP_RMSNORM_GATED, BF, {70, 4 * 64, 0, 0, 64}, 1e-2},
+    /* add: rows, cols, b dtype (0 bf16, 1 f32), in place */
+    {SL_OP_ADD, BF, {17, 4096, 0, 1}, 1e-2},
+    {SL_OP_ADD, F32, {5, 1000, 0, 0}, 1e-6},
+    {SL_OP_ADD, BF, {3, 333, 1, 0}, 1e-2},
+    /* sample: V, R, logits (0: bf16-rounded uniform, ties; 1: f32 uniform; 2: quarter steps,
+     * peaked, many ties). Ids exact but for rows at a draw/top-p boundary; logprobs 1e-4 abs. */
+    {SL_OP_SAMPLE, F32, {1000, 1, 0}, 1e-4},
+    {SL_OP_SAMPLE, F32, {1000, 7, 1}, 1e-4},
+    {SL_OP_SAMPLE, F32, {1000, 64, 2}, 1e-4},
+    {SL_OP_SAMPLE, F32, {32000, 1, 1}, 1e-4},
+    {SL_OP_SAMPLE, F32, {32000, 7, 2}, 1e-4},
+    {SL_OP_SAMPLE, F32, {32000, 64, 0}, 1e-4},
+    {SL_OP_SAMPLE, F32, {151936, 1, 2}, 1e-4},
+    {SL_OP_SAMPLE, F32, {151936, 7, 0}, 1e-4},
+    {SL_OP_SAMPLE, F32, {151936, 64, 1}, 1e-4},
+};
+
+static int64_t ne2(int64_t *ne, int64_t a, int64_t b)
+{
+    ne[0] = a;
+    ne[1] = b;
+    return a * b;
 }
 
 static void run_case(tb *t, const tb_case *c)
@@ -742,6 +750,45 @@ static void run_case(tb *t, const tb_case *c)
         batch_free(&b);
         break;
     }
+    case SL_OP_ATTN_PREP: {
+        int S = p[0], P = p[3], Hq = p[4], Hkv = p[5], D = p[6], rot = p[7], op1 = p[8];
+        int q[16], pre[16], T = 0;
+        for (int s = 0; s < S; s++) {
+            q[s] = s % 2 == 0 ? p[1] : 1;
+            pre[s] = p[2] + 37 * s;
+            T += q[s];
+        }
+        snprintf(desc, sizeof desc, "S=%d q=%d page=%d Hq=%d Hkv=%d D=%d rot=%d%s", S, p[1], P,
+                 Hq, Hkv, D, rot, op1 ? " 1+w" : "");
+        tb_batch b;
+        batch_make(t, &b, S, q, pre, P, 10);
+        int64_t rows = (int64_t)b.n_pages * P, C = (int64_t)Hkv * D, W = (int64_t)(Hq + 2 * Hkv) * D;
+        pair kc, vc, qn, kn;
+        pair_rand(t, &kc, dt, 2, (ne2(ne, rows, C), ne), -2, 2);
+        pair_rand(t, &vc, dt, 2, (ne2(ne, rows, C), ne), -2, 2);
+        pair_rand(t, &x, dt, 2, (ne2(ne, T, W), ne), -2, 2); /* the fused qkv projection */
+        pair_rand(t, &qn, SL_DTYPE_F32, 1, (ne[0] = D, ne), -1, 1);
+        pair_rand(t, &kn, SL_DTYPE_F32, 1, (ne[0] = D, ne), -1, 1);
+        for (int side = 0; side < 2; side++) {
+            sl_backend *be = side ? t->gpu : t->cpu;
+            sl_tensor *xx = side ? &x.g : &x.c;
+            sl_tensor qv = sl_tensor_colview(xx, 0, (int64_t)Hq * D);
+            sl_tensor kv = sl_tensor_colview(xx, (int64_t)Hq * D, C);
+            sl_tensor vv = sl_tensor_colview(xx, (int64_t)Hq * D + C, C);
+            sl_be_attn_prep(be, &qv, &kv, &vv, side ? &qn.g : &qn.c, side ? &kn.g : &kn.c, 1e-6f,
+                            op1, D, rot, 1e6f, side ? &kc.g : &kc.c, side ? &vc.g : &vc.c, &b.m);
+        }
+        compare(t, c->op, desc, "qkv", &x.c, &x.g, c->tol);
+        compare(t, c->op, desc, "kcache", &kc.c, &kc.g, c->tol);
+        compare(t, c->op, desc, "vcache", &vc.c, &vc.g, c->tol);
+        pair_free(t, &kc);
+        pair_free(t, &vc);
+        pair_free(t, &qn);
+        pair_free(t, &kn);
+        pair_free(t, &x);
+        batch_free(&b);
+        break;
+    }
     case SL_OP_CONV1D:
     case SL_OP_GDN: {
         int S = p[0], q[16], pre[16], T = 0;
@@ -910,7 +957,7 @@ static void run_case(tb *t, const tb_case *c)
         pair_free(t, &x);
         break;
     }
-    case SL_OP_SAMPLE: run_sample(t, c, desc, sizeof desc); break;
+    case SL_OP_SAMPLE: run_sample(t, p[0], p[1], p[2], c->tol, desc, sizeof desc); break;
     default:
         SL_ASSERT(0 && "no runner for this op");
     }
@@ -1067,6 +1114,74 @@ static void perf_attention(tb *t, const char *name, int S, int qlen, int ctx, in
     batch_free(&c.b);
 }
 
+/* sample at V = 151936 (Qwen3): R rows, one parameter mix for all of them; median of 30 calls
+ * timed with events, logits rotated through more than the L2. Run by --perf --filter sample. */
+#define SAMPLE_SETS 8
+static void perf_sample(tb *t, int R)
+{
+    enum { V = 151936, REPS = 30 };
+    const int reps = REPS;
+    static const struct { const char *n; float temp, top_p, min_p; int top_k, logprobs; } mix[] = {
+        {"temperature 0.8", 0.8f, 1.0f, 0.0f, 0, 0},
+        {"top-k 50 top-p 0.9", 0.8f, 0.9f, 0.0f, 50, 0},
+        {"top-p 0.95", 1.0f, 0.95f, 0.0f, 0, 0},
+        {"min-p 0.05 + logprobs 20", 1.0f, 1.0f, 0.05f, 0, 1},
+        {"greedy + penalties 64/row", 0.0f, 1.0f, 0.0f, 0, 0},
+    };
+    enum { NPEN = 64 };
+    sl_tensor lg[SAMPLE_SETS], ids, lp;
+    sl_sample_row *rows = malloc(sizeof *rows * (size_t)R);
+    int32_t *ptok = malloc(sizeof(int32_t) * (size_t)R * NPEN), *pcnt = malloc(sizeof(int32_t) * (size_t)R * NPEN);
+    int64_t ne[2];
+    int ns = (int)(L2_ROTATE / ((int64_t)R * V * 4) + 1);
+    if (ns > SAMPLE_SETS) ns = SAMPLE_SETS;
+    for (int i = 0; i < ns; i++) lg[i] = gpu_rand(t, F32, 2, (ne2(ne, R, V), ne), 8.0f);
+    ids = gpu_rand(t, SL_DTYPE_I32, 1, (ne[0] = R, ne), 0.0f);
+    lp = gpu_rand(t, F32, 2, (ne2(ne, R, 2 + 2 * SL_SAMPLE_MAX_TOP), ne), 0.0f);
+    for (int i = 0; i < R * NPEN; i++) {
+        ptok[i] = (int32_t)((i * 7919) % V);
+        pcnt[i] = 1 + i % 3;
+    }
+    cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
+    cudaEvent_t ev[2 * REPS];
+    float ms[REPS];
+    for (int i = 0; i < 2 * reps; i++) CK(cudaEventCreate(&ev[i]));
+    for (size_t m = 0; m < sizeof mix / sizeof mix[0]; m++) {
+        int pen = mix[m].temp <= 0.0f;
+        for (int r = 0; r < R; r++)
+            rows[r] = (sl_sample_row){.temperature = mix[m].temp,
+                                      .top_k = mix[m].top_k,
+                                      .top_p = mix[m].top_p,
+                                      .min_p = mix[m].min_p,
+                                      .repetition_penalty = pen ? 1.2f : 1.0f,
+                                      .frequency_penalty = pen ? 0.5f : 0.0f,
+                                      .u = sl_rng_uniform(t->seed, (uint64_t)r),
+                                      .logprobs = mix[m].logprobs,
+                                      .n_top = mix[m].logprobs ? 20 : 0,
+                                      .pen_start = r * NPEN,
+                                      .pen_n = pen ? NPEN : 0,
+                                      .pending = -1};
+        sl_sample_args a = {R, rows, R * NPEN, ptok, pcnt, pcnt, NULL};
+        for (int i = 0; i < 3; i++) sl_be_sample(t->gpu, &ids, &lp, &lg[i % ns], &a);
+        for (int i = 0; i < reps; i++) {
+            CK(cudaEventRecord(ev[2 * i], s));
+            sl_be_sample(t->gpu, &ids, &lp, &lg[i % ns], &a);
+            CK(cudaEventRecord(ev[2 * i + 1], s));
+        }
+        CK(cudaStreamSynchronize(s));
+        for (int i = 0; i < reps; i++) CK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+        qsort(ms, (size_t)reps, sizeof(float), cmp_float);
+        printf("PERF sample       R=%-3d V=%d %-28s %9.1f us per call\n", R, V, mix[m].n, ms[reps / 2] * 1e3);
+    }
+    for (int i = 0; i < 2 * reps; i++) cudaEventDestroy(ev[i]);
+    for (int i = 0; i < ns; i++) sl_be_release(t->gpu, &lg[i]);
+    sl_be_release(t->gpu, &ids);
+    sl_be_release(t->gpu, &lp);
+    free(rows);
+    free(ptok);
+    free(pcnt);
+}
+
 /* row-wise ops on [M, N] bf16: sets of inputs */
 typedef struct pm_row {
     sl_op op;
@@ -1173,57 +1288,6 @@ static void perf_moe(tb *t, int T, int H, int I, int E, int k)
     sl_be_release(t->gpu, &c.dn);
 }
 
-/* sample at V = 151936 (Qwen3): R rows, one parameter mix for all of them */
-#define SAMPLE_SETS 8
-typedef struct pm_sample {
-    sl_tensor lg[SAMPLE_SETS], ids, lp;
-    sl_sample_row rows[64];
-    int R;
-} pm_sample;
-
-static void pf_sample(tb *t, void *ctx, int set)
-{
-    pm_sample *c = ctx;
-    sl_sample_args a = {c->R, c->rows, 0, NULL, NULL, NULL, NULL};
-    sl_be_sample(t->gpu, &c->ids, &c->lp, &c->lg[set], &a);
-}
-
-static void perf_sample(tb *t, int R)
-{
-    const int V = 151936;
-    static const struct { const char *n; float temp, top_p, min_p; int top_k, logprobs; } mix[] = {
-        {"temperature 0.8", 0.8f, 1.0f, 0.0f, 0, 0},
-        {"top-k 50 top-p 0.9", 0.8f, 0.9f, 0.0f, 50, 0},
-        {"top-p 0.95", 1.0f, 0.95f, 0.0f, 0, 0},
-        {"min-p 0.05 + logprobs 20", 1.0f, 1.0f, 0.05f, 0, 1},
-    };
-    pm_sample c;
-    int64_t ne[2];
-    c.R = R;
-    int ns = (int)(L2_ROTATE / ((int64_t)R * V * 4) + 1);
-    if (ns > SAMPLE_SETS) ns = SAMPLE_SETS;
-    for (int i = 0; i < ns; i++) c.lg[i] = gpu_rand(t, F32, 2, (ne2(ne, R, V), ne), 8.0f);
-    c.ids = gpu_rand(t, SL_DTYPE_I32, 1, (ne[0] = R, ne), 0.0f);
-    c.lp = gpu_rand(t, F32, 2, (ne2(ne, R, 2 + 2 * SL_SAMPLE_MAX_TOP), ne), 0.0f);
-    for (size_t m = 0; m < sizeof mix / sizeof mix[0]; m++) {
-        for (int r = 0; r < R; r++)
-            c.rows[r] = (sl_sample_row){.temperature = mix[m].temp,
-                                        .top_k = mix[m].top_k,
-                                        .top_p = mix[m].top_p,
-                                        .min_p = mix[m].min_p,
-                                        .repetition_penalty = 1.0f,
-                                        .u = sl_rng_uniform(t->seed, (uint64_t)r),
-                                        .logprobs = mix[m].logprobs,
-                                        .n_top = mix[m].logprobs ? 20 : 0,
-                                        .pending = -1};
-        double ms = time_op(t, pf_sample, &c, ns, 30);
-        printf("PERF sample       R=%-3d V=%d %-28s %9.1f us per call\n", R, V, mix[m].n, ms * 1e3);
-    }
-    for (int i = 0; i < ns; i++) sl_be_release(t->gpu, &c.lg[i]);
-    sl_be_release(t->gpu, &c.ids);
-    sl_be_release(t->gpu, &c.lp);
-}
-
 static void measure_peaks(tb *t)
 {
     cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
@@ -1263,11 +1327,9 @@ static void measure_peaks(tb *t)
            peak_bw * 1e-9, peak_flops * 1e-12);
 }
 
-/* filter: an op name, or NULL for every op */
-static void run_perf(tb *t, const char *filter)
+static void run_perf(tb *t)
 {
-#define PERF_ON(op) (!filter || !strcmp(filter, sl_op_name(op)))
-    if (!filter || strcmp(filter, sl_op_name(SL_OP_SAMPLE))) measure_peaks(t);
+    measure_peaks(t);
     /* Qwen3-8B: H=4096, Hq=32, Hkv=8, D=128, I=12288 */
     const struct { const char *n; int N, K; } w8b[] = {
         {"8B qkv", (32 + 2 * 8) * 128, 4096},
@@ -1276,32 +1338,23 @@ static void run_perf(tb *t, const char *filter)
         {"8B down", 4096, 12288},
     };
     int Ms[] = {1, 4, 8, 16, 64, 4096};
-    for (size_t i = 0; i < sizeof w8b / sizeof w8b[0] && PERF_ON(SL_OP_MATMUL); i++)
+    for (size_t i = 0; i < sizeof w8b / sizeof w8b[0]; i++)
         for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++)
             perf_matmul(t, w8b[i].n, Ms[j], w8b[i].N, w8b[i].K);
-    if (PERF_ON(SL_OP_ATTENTION)) {
-        perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128);
-        perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128);
-        perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128);
-        perf_attention(t, "30B decode", 32, 1, 4096, 16, 32, 4, 128);
-        perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128);
-        perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128);
-        perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256);
-    }
-    if (PERF_ON(SL_OP_RMSNORM)) perf_row(t, SL_OP_RMSNORM, 4096, 4096);
-    if (PERF_ON(SL_OP_ADD_RMSNORM)) perf_row(t, SL_OP_ADD_RMSNORM, 4096, 4096);
-    if (PERF_ON(SL_OP_SILU_MUL)) perf_row(t, SL_OP_SILU_MUL, 4096, 12288);
-    if (PERF_ON(SL_OP_RMSNORM)) perf_row(t, SL_OP_RMSNORM, 64, 4096);
-    if (PERF_ON(SL_OP_MOE_EXPERTS)) {
-        perf_moe(t, 1, 2048, 768, 128, 8);
-        perf_moe(t, 64, 2048, 768, 128, 8);
-        perf_moe(t, 4096, 2048, 768, 128, 8);
-    }
-    if (PERF_ON(SL_OP_SAMPLE)) {
-        perf_sample(t, 1);
-        perf_sample(t, 64);
-    }
-#undef PERF_ON
+    perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128);
+    perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128);
+    perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128);
+    perf_attention(t, "30B decode", 32, 1, 4096, 16, 32, 4, 128);
+    perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128);
+    perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128);
+    perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256);
+    perf_row(t, SL_OP_RMSNORM, 4096, 4096);
+    perf_row(t, SL_OP_ADD_RMSNORM, 4096, 4096);
+    perf_row(t, SL_OP_SILU_MUL, 4096, 12288);
+    perf_row(t, SL_OP_RMSNORM, 64, 4096);
+    perf_moe(t, 1, 2048, 768, 128, 8);
+    perf_moe(t, 64, 2048, 768, 128, 8);
+    perf_moe(t, 4096, 2048, 768, 128, 8);
 }
 
 int main(int argc, char **argv)
@@ -1328,9 +1381,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "test_backend_ops: no CUDA backend: %s\n", e.msg);
         return 1;
     }
+    if (perf && filter && !strcmp(filter, sl_op_name(SL_OP_SAMPLE))) { /* the sample op alone */
+        perf_sample(&t, 1);
+        perf_sample(&t, 64);
+        sl_backend_free(t.gpu);
+        sl_backend_free(t.cpu);
+        return 0;
+    }
     printf("test_backend_ops: seed %llu\n", (unsigned long long)t.seed);
     if (perf) { /* perf mode times only: correctness is the plain run */
-        run_perf(&t, filter);
+        run_perf(&t);
         sl_backend_free(t.gpu);
         sl_backend_free(t.cpu);
         return 0;
