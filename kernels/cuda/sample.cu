@@ -11,8 +11,10 @@
 // the draw); ties at the final key are resolved by arithmetic (they all weigh
 // the same) and their ids found in id order by a block scan. Masses are
 // 2^-50 fixed point in 64-bit integer atomics, so a row samples the same
-// token on every run. Without top-k and top-p the draw is the CPU's id-order
-// inverse CDF, as a block scan over per-thread chunks.
+// token on every run. Once top-k has left at most 1024 tokens (Qwen3's
+// default is 20) they are gathered into shared memory and ranked, and top-p,
+// min-p and the draw are block scans there. Without top-k and top-p the draw
+// is the CPU's id-order inverse CDF, as a block scan over per-thread chunks.
 //
 // Host arrays (rows, penalty entries) reach the device through a pinned
 // staging buffer owned by the op, double-buffered with an event like
@@ -54,7 +56,7 @@ struct sb_shared {
     uint32_t cnt[SB_BINS];
     u64 mass[SB_BINS];
     u64 red[SB_NT / 32];
-    int found, n_gt, pen_found;
+    int found, n_gt, n_c, pen_found;
     uint32_t digit;
     u64 above_c, above_m, grp_c;
     int32_t id;
@@ -84,13 +86,15 @@ __device__ __forceinline__ u64 sb_mass(uint32_t k)
 // bits every run).
 template <typename T, typename Op> __device__ T sb_reduce(T v, Op op, sb_shared &s)
 {
-    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(SB_FULL, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = op(v, __shfl_xor_sync(SB_FULL, v, o));
     T *r = reinterpret_cast<T *>(s.red);
     __syncthreads();
     if ((threadIdx.x & 31) == 0) r[threadIdx.x >> 5] = v;
     __syncthreads();
     v = r[0];
-    for (int i = 1; i < SB_NT / 32; i++) v = op(v, r[i]);
+    for (int i = 1; i < SB_NT / 32; i++)
+        v = op(v, r[i]);
     return v;
 }
 
@@ -199,8 +203,10 @@ __device__ sb_pick sb_select(const float *a, int V, sb_cand c, double t, sb_shar
     pk.above_m = am;
     if (MASS) { // smallest j with am + j*v > t; all ties weigh v > 0
         u64 v = sb_mass(pfx), j = (u64)((t - (double)am) / (double)v) + 1;
-        while (j > 1 && (double)(am + (j - 1) * v) > t) j--;
-        while (j < gc && (double)(am + j * v) <= t) j++;
+        while (j > 1 && (double)(am + (j - 1) * v) > t)
+            j--;
+        while (j < gc && (double)(am + j * v) <= t)
+            j++;
         pk.j = j;
     } else {
         pk.j = (u64)(t - (double)ac) + 1;
@@ -210,11 +216,13 @@ __device__ sb_pick sb_select(const float *a, int V, sb_cand c, double t, sb_shar
 
 // out[r - r0] = id of the r-th (0-based, id order) element with key == K,
 // for r in [r0, r1). Per-thread contiguous chunks, ranked by a block scan.
-__device__ void sb_emit(const float *a, int V, uint32_t K, u64 r0, u64 r1, int32_t *out, sb_shared &s)
+__device__ void sb_emit(const float *a, int V, uint32_t K, u64 r0, u64 r1, int32_t *out,
+                        sb_shared &s)
 {
     int ch = (V + SB_NT - 1) / SB_NT, lo = (int)threadIdx.x * ch, hi = min(V, lo + ch);
     u64 n = 0, tot;
-    for (int i = lo; i < hi; i++) n += sb_key(a[i]) == K;
+    for (int i = lo; i < hi; i++)
+        n += sb_key(a[i]) == K;
     u64 r = sb_scan(n, s, &tot);
     if (n && r < r1 && r + n > r0)
         for (int i = lo; i < hi && r < r1; i++)
@@ -248,6 +256,110 @@ __device__ int sb_find_mass(const float *p, int V, float floor_p, double t, sb_s
     int id = s.id;
     __syncthreads();
     return id;
+}
+
+// The ranked path once the candidate set c holds at most SB_NT tokens (a
+// top-k of up to 1024, or a small vocabulary): the set is gathered into
+// shared memory, ranked, and top-p, min-p and the draw run on block scans of
+// the ranked masses instead of passes over the row. Same cuts, same integer
+// masses as the radix path. The histograms are free by now: their memory
+// holds the gathered ids and keys, then the ranked ids.
+__device__ int32_t sb_draw_small(const float *ps, int V, sb_cand c, const sl_sample_row &w,
+                                 float pmax, sb_shared &s)
+{
+    int32_t *cid = reinterpret_cast<int32_t *>(s.cnt),
+            *ranked = reinterpret_cast<int32_t *>(s.mass);
+    uint32_t *ckey = s.cnt + SB_NT;
+    const int tid = threadIdx.x;
+    auto umin_op = [](u64 a, u64 b) { return a < b ? a : b; };
+    auto usum_op = [](u64 a, u64 b) { return a + b; };
+    __syncthreads(); // the last select has read its histograms
+    if (tid == 0) s.n_c = 0;
+    __syncthreads();
+    for (int i = tid; i < V; i += SB_NT)
+        if (sb_key(ps[i]) > c.key) cid[atomicAdd(&s.n_c, 1)] = i;
+    __syncthreads();
+    int ngt = s.n_c, n = ngt + (int)c.m;
+    sb_emit(ps, V, c.key, 0, c.m, cid + ngt, s); // ends with a barrier
+    if (tid < n) ckey[tid] = sb_key(ps[cid[tid]]);
+    __syncthreads();
+    if (tid < n) { // rank = how many come first (prob desc, id asc)
+        int32_t me = cid[tid];
+        uint32_t mk = ckey[tid];
+        int r = 0;
+        for (int j = 0; j < n; j++)
+            r += ckey[j] > mk || (ckey[j] == mk && cid[j] < me);
+        ranked[r] = me;
+    }
+    __syncthreads();
+    uint32_t key = tid < n ? sb_key(ps[ranked[tid]]) : 0u;
+    u64 m = tid < n ? sb_mass(key) : 0, tot;
+    u64 cum = sb_scan(m, s, &tot) + m; // inclusive, rank order
+    // index of the first rank < lim whose cumulative mass exceeds t (SB_NT: none)
+    auto first_over = [&](double t, int lim) {
+        return (int)sb_reduce(tid < lim && (double)cum > t ? (u64)tid : (u64)SB_NT, umin_op, s);
+    };
+    int np = n;
+    if (w.top_p < 1.0f)
+        np = first_over(fmax(ceil((double)w.top_p * (double)tot) - 1.0, 0.0), n) + 1;
+    int nm = np;
+    if (w.min_p > 0) { // probabilities fall with rank: the kept ones are a prefix
+        float floor_p = __fmul_rn(w.min_p, pmax);
+        u64 keep = sb_reduce((u64)(tid < np && sb_val(key) >= floor_p), usum_op, s);
+        nm = keep ? (int)keep : 1;
+    }
+    u64 kept = sb_reduce(tid == nm - 1 ? cum : 0ull, usum_op, s);
+    int at = first_over((double)w.u * (double)kept, nm);
+    return ranked[at < nm ? at : nm - 1];
+}
+
+// The ranked path over the whole row: cuts and the draw by radix selects;
+// c (with mass cmass) is the set left by top-k, or every token.
+__device__ int32_t sb_draw_radix(const float *ps, int V, sb_cand c, u64 cmass,
+                                 const sl_sample_row &w, float pmax, sb_shared &s)
+{
+    const int tid = threadIdx.x;
+    auto usum_op = [](u64 a, u64 b) { return a + b; };
+    auto umin_op = [](u64 a, u64 b) { return a < b ? a : b; };
+    if (w.top_p < 1.0f) {
+        // first prefix with mass >= top_p*tot, i.e. > ceil(top_p*tot) - 1
+        double t = fmax(ceil((double)w.top_p * (double)cmass) - 1.0, 0.0);
+        sb_pick pk = sb_select<true, true>(ps, V, c, t, s);
+        c = sb_cand{pk.key, pk.j};
+        cmass = pk.above_m + pk.j * sb_mass(pk.key);
+    }
+    if (w.min_p > 0) {
+        float floor_p = __fmul_rn(w.min_p, pmax);
+        if (sb_val(c.key) < floor_p) {
+            // the smallest key of the set that is still >= floor_p
+            u64 kmin = ~0ull;
+            for (int i = tid; i < V; i += SB_NT) {
+                uint32_t kk = sb_key(ps[i]);
+                if (kk > c.key && ps[i] >= floor_p && kk < kmin) kmin = kk;
+            }
+            kmin = sb_reduce(kmin, umin_op, s);
+            if (kmin == ~0ull) { // keeps the top token
+                c = sb_cand{sb_key(pmax), 1};
+                cmass = sb_mass(c.key);
+            } else {
+                u64 n = 0, m = 0;
+                for (int i = tid; i < V; i += SB_NT) {
+                    uint32_t kk = sb_key(ps[i]);
+                    n += kk == (uint32_t)kmin;
+                    if (kk >= (uint32_t)kmin) m += sb_mass(kk);
+                }
+                c = sb_cand{(uint32_t)kmin, sb_reduce(n, usum_op, s)};
+                cmass = sb_reduce(m, usum_op, s);
+            }
+        }
+    }
+    sb_pick pk = sb_select<true, true>(ps, V, c, (double)w.u * (double)cmass, s);
+    if (!pk.found) { // u*tot at the very end: the last of the set
+        pk.key = c.key;
+        pk.j = c.m;
+    }
+    sb_emit(ps, V, pk.key, pk.j - 1, pk.j, &s.id, s);
+    return s.id;
 }
 
 __device__ __forceinline__ float sb_penalize(float l, int out, int prompt, const sl_sample_row &w)
@@ -308,10 +420,12 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample(sb_args g)
     int n_top = 0;
     if (w.logprobs) {
         float mx = -INFINITY;
-        for (int i = tid; i < V; i += SB_NT) mx = fmaxf(mx, raw[i]);
+        for (int i = tid; i < V; i += SB_NT)
+            mx = fmaxf(mx, raw[i]);
         mx = sb_reduce(mx, fmax_op, s);
         double sum = 0;
-        for (int i = tid; i < V; i += SB_NT) sum += exp((double)__fsub_rn(raw[i], mx));
+        for (int i = tid; i < V; i += SB_NT)
+            sum += exp((double)__fsub_rn(raw[i], mx));
         sum = sb_reduce(sum, dsum_op, s);
         lse = __fadd_rn(mx, (float)log(sum));
         if (w.n_top > 0) n_top = sb_top_raw(raw, V, min(w.n_top, V), s);
@@ -320,10 +434,12 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample(sb_args g)
     // penalties, into a copy of the row
     const float *x = raw;
     int32_t pend = w.pending >= 0 ? g.pending[w.pending] : -1;
-    int pen = (w.pen_n > 0 || pend >= 0) &&
-              (w.repetition_penalty != 1.0f || w.frequency_penalty != 0.0f || w.presence_penalty != 0.0f);
+    int pen =
+        (w.pen_n > 0 || pend >= 0) &&
+        (w.repetition_penalty != 1.0f || w.frequency_penalty != 0.0f || w.presence_penalty != 0.0f);
     if (pen) {
-        for (int i = tid; i < V; i += SB_NT) ps[i] = raw[i];
+        for (int i = tid; i < V; i += SB_NT)
+            ps[i] = raw[i];
         __syncthreads();
         for (int e = tid; e < w.pen_n; e += SB_NT) { // tokens are distinct: no write conflicts
             int32_t t = g.pen_tok[w.pen_start + e];
@@ -333,7 +449,8 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample(sb_args g)
                                     g.pen_prompt[w.pen_start + e], w);
         }
         __syncthreads();
-        if (tid == 0 && pend >= 0 && pend < V && !s.pen_found) ps[pend] = sb_penalize(ps[pend], 1, 0, w);
+        if (tid == 0 && pend >= 0 && pend < V && !s.pen_found)
+            ps[pend] = sb_penalize(ps[pend], 1, 0, w);
         __syncthreads();
         x = ps;
     }
@@ -347,14 +464,16 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample(sb_args g)
             best = c > best ? c : best;
         }
         best = sb_reduce(best, umax_op, s);
-        tok = (int32_t)~(uint32_t)best;
+        tok = (int32_t) ~(uint32_t)best;
     } else {
         float inv_t = __fdiv_rn(1.0f, w.temperature);
         float mx = -INFINITY;
-        for (int i = tid; i < V; i += SB_NT) mx = fmaxf(mx, x[i]);
+        for (int i = tid; i < V; i += SB_NT)
+            mx = fmaxf(mx, x[i]);
         mx = sb_reduce(mx, fmax_op, s);
         double sum = 0;
-        for (int i = tid; i < V; i += SB_NT) sum += expf(__fmul_rn(__fsub_rn(x[i], mx), inv_t));
+        for (int i = tid; i < V; i += SB_NT)
+            sum += expf(__fmul_rn(__fsub_rn(x[i], mx), inv_t));
         sum = sb_reduce(sum, dsum_op, s);
         // probabilities in place (each thread rewrites what it read); zeros
         // and the total mass on the way
@@ -367,7 +486,7 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample(sb_args g)
         }
         nzero = sb_reduce(nzero, usum_op, s);
         mass = sb_reduce(mass, usum_op, s); // the barriers inside publish ps
-        float pmax = (float)(1.0 / sum);     // the top logit's exp is exactly 1
+        float pmax = (float)(1.0 / sum);    // the top logit's exp is exactly 1
         double u = (double)w.u;
         int k = w.top_k > 0 && w.top_k < V ? w.top_k : V;
         if (k == V && w.top_p >= 1.0f) {
@@ -396,45 +515,11 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample(sb_args g)
                 c = sb_cand{pk.key, pk.j};
                 cmass = pk.above_m + pk.j * sb_mass(pk.key);
             }
-            if (w.top_p < 1.0f) {
-                // first prefix with mass >= top_p*tot, i.e. > ceil(top_p*tot) - 1
-                double t = fmax(ceil((double)w.top_p * (double)cmass) - 1.0, 0.0);
-                sb_pick pk = sb_select<true, true>(ps, V, c, t, s);
-                c = sb_cand{pk.key, pk.j};
-                cmass = pk.above_m + pk.j * sb_mass(pk.key);
+            if (k <= SB_NT) {
+                tok = sb_draw_small(ps, V, c, w, pmax, s);
+            } else {
+                tok = sb_draw_radix(ps, V, c, cmass, w, pmax, s);
             }
-            if (w.min_p > 0) {
-                float floor_p = __fmul_rn(w.min_p, pmax);
-                if (sb_val(c.key) < floor_p) {
-                    // the smallest key of the set that is still >= floor_p
-                    u64 kmin = ~0ull;
-                    for (int i = tid; i < V; i += SB_NT) {
-                        uint32_t kk = sb_key(ps[i]);
-                        if (kk > c.key && ps[i] >= floor_p && kk < kmin) kmin = kk;
-                    }
-                    kmin = sb_reduce(kmin, [](u64 a, u64 b) { return a < b ? a : b; }, s);
-                    if (kmin == ~0ull) { // keeps the top token
-                        c = sb_cand{sb_key(pmax), 1};
-                        cmass = sb_mass(c.key);
-                    } else {
-                        u64 n = 0, m = 0;
-                        for (int i = tid; i < V; i += SB_NT) {
-                            uint32_t kk = sb_key(ps[i]);
-                            n += kk == (uint32_t)kmin;
-                            if (kk >= (uint32_t)kmin) m += sb_mass(kk);
-                        }
-                        c = sb_cand{(uint32_t)kmin, sb_reduce(n, usum_op, s)};
-                        cmass = sb_reduce(m, usum_op, s);
-                    }
-                }
-            }
-            sb_pick pk = sb_select<true, true>(ps, V, c, u * (double)cmass, s);
-            if (!pk.found) { // u*tot at the very end: the last of the set
-                pk.key = c.key;
-                pk.j = c.m;
-            }
-            sb_emit(ps, V, pk.key, pk.j - 1, pk.j, &s.id, s);
-            tok = s.id;
         }
     }
     if (tid == 0) {
@@ -463,7 +548,8 @@ static char *stage(cu_backend *b, const sl_sample_args *a)
             CU_CHECK(cudaEventCreateWithFlags(&b->sample->buf[i].copied, cudaEventDisableTiming));
     }
     cu_sample_stage *st = b->sample;
-    size_t rows = sizeof(sl_sample_row) * (size_t)a->n_rows, pen = sizeof(int32_t) * (size_t)a->n_pen;
+    size_t rows = sizeof(sl_sample_row) * (size_t)a->n_rows,
+           pen = sizeof(int32_t) * (size_t)a->n_pen;
     size_t need = rows + 3 * pen;
     auto *buf = &st->buf[st->next];
     st->next ^= 1;
