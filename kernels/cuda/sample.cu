@@ -14,7 +14,7 @@
 // token on every run. Once top-k has left at most 1024 tokens (Qwen3's
 // default is 20) they are gathered into shared memory and ranked, and top-p,
 // min-p and the draw are block scans there. Without top-k and top-p the draw
-// is the CPU's id-order inverse CDF, as a block scan over per-thread chunks.
+// is the CPU's id-order inverse CDF, a walk over the row by tiles.
 //
 // Host arrays (rows, penalty entries) reach the device through a pinned
 // staging buffer owned by the op, double-buffered with an event like
@@ -214,22 +214,34 @@ __device__ sb_pick sb_select(const float *a, int V, sb_cand c, double t, sb_shar
     return pk;
 }
 
+// Walks of the row in id order go by tiles of SB_TILE ids, each thread
+// taking 4 consecutive ones (a warp reads 512 contiguous bytes per load), with
+// one block scan per tile; per-thread chunks of the whole row would make
+// every warp load touch 32 cache lines.
+#define SB_TILE (4 * SB_NT)
+
 // out[r - r0] = id of the r-th (0-based, id order) element with key == K,
-// for r in [r0, r1). Per-thread contiguous chunks, ranked by a block scan.
+// for r in [r0, r1).
 __device__ void sb_emit(const float *a, int V, uint32_t K, u64 r0, u64 r1, int32_t *out,
                         sb_shared &s)
 {
-    int ch = (V + SB_NT - 1) / SB_NT, lo = (int)threadIdx.x * ch, hi = min(V, lo + ch);
-    u64 n = 0, tot;
-    for (int i = lo; i < hi; i++)
-        n += sb_key(a[i]) == K;
-    u64 r = sb_scan(n, s, &tot);
-    if (n && r < r1 && r + n > r0)
-        for (int i = lo; i < hi && r < r1; i++)
-            if (sb_key(a[i]) == K) {
-                if (r >= r0) out[r - r0] = i;
+    u64 base = 0; // matches in the tiles before this one (the same in every thread)
+    for (int t0 = 0; t0 < V && base < r1; t0 += SB_TILE) {
+        int i0 = t0 + 4 * (int)threadIdx.x;
+        bool hit[4];
+        u64 n = 0, tot;
+        for (int q = 0; q < 4; q++) {
+            hit[q] = i0 + q < V && sb_key(a[i0 + q]) == K;
+            n += hit[q];
+        }
+        u64 r = base + sb_scan(n, s, &tot);
+        for (int q = 0; q < 4; q++)
+            if (hit[q]) {
+                if (r >= r0 && r < r1) out[r - r0] = i0 + q;
                 r++;
             }
+        base += tot;
+    }
     __syncthreads();
 }
 
@@ -237,25 +249,32 @@ __device__ void sb_emit(const float *a, int V, uint32_t K, u64 r0, u64 r1, int32
 // inclusive cumulative mass exceeds t, or -1 when they weigh no more than t.
 __device__ int sb_find_mass(const float *p, int V, float floor_p, double t, sb_shared &s)
 {
-    int ch = (V + SB_NT - 1) / SB_NT, lo = (int)threadIdx.x * ch, hi = min(V, lo + ch);
-    u64 m = 0, tot;
-    for (int i = lo; i < hi; i++)
-        if (p[i] >= floor_p) m += sb_mass(sb_key(p[i]));
-    u64 r = sb_scan(m, s, &tot);
-    if ((double)tot <= t) return -1;
-    if ((double)r <= t && t < (double)(r + m))
-        for (int i = lo; i < hi; i++)
-            if (p[i] >= floor_p) {
-                r += sb_mass(sb_key(p[i]));
-                if ((double)r > t) {
-                    s.id = i;
-                    break;
+    u64 base = 0;
+    for (int t0 = 0; t0 < V; t0 += SB_TILE) {
+        int i0 = t0 + 4 * (int)threadIdx.x;
+        u64 w[4], m = 0, tot;
+        for (int q = 0; q < 4; q++) {
+            w[q] = i0 + q < V && p[i0 + q] >= floor_p ? sb_mass(sb_key(p[i0 + q])) : 0;
+            m += w[q];
+        }
+        u64 r = base + sb_scan(m, s, &tot);
+        if ((double)(base + tot) > t) { // the crossing is in this tile
+            if ((double)r <= t && t < (double)(r + m))
+                for (int q = 0; q < 4; q++) {
+                    r += w[q];
+                    if ((double)r > t) {
+                        s.id = i0 + q;
+                        break;
+                    }
                 }
-            }
-    __syncthreads();
-    int id = s.id;
-    __syncthreads();
-    return id;
+            __syncthreads();
+            int id = s.id;
+            __syncthreads();
+            return id;
+        }
+        base += tot;
+    }
+    return -1;
 }
 
 // The ranked path once the candidate set c holds at most SB_NT tokens (a
@@ -582,8 +601,7 @@ void cu_sample(sl_backend *be, sl_tensor *ids, sl_tensor *lp, const sl_tensor *l
     int R = a->n_rows;
     int64_t V = sl_tensor_cols(logits);
     if (R == 0) return;
-    // the tie walks rank one chunk of V / SB_NT per thread
-    SL_ASSERT(V > 0 && V <= (int64_t)SB_NT * SB_NT && "vocabulary too large for the sampling op");
+    SL_ASSERT(V > 0 && V < INT32_MAX / 2);
     char *dev = stage(b, a);
     size_t rows = sizeof(sl_sample_row) * (size_t)R, pen = sizeof(int32_t) * (size_t)a->n_pen;
     sb_args g;
