@@ -1,0 +1,214 @@
+// kernels/cuda/gemv.cu: decode-shaped out = x · wᵀ (M ≤ 16 rows of x) on the
+// tensor cores, built to stream the bf16 weight once at full bandwidth.
+//
+// Fragments without shuffles: one mma.sync m16n8k16 multiplies 16 weight rows
+// (A) by 8 rows of x (B). A dot product does not care in which order k is
+// summed, so any permutation of k applied to both operands alike gives the
+// same result: each lane loads 8 consecutive k of its two weight rows (g and
+// g+8) with one 16-byte load each and reads its B fragment from the same 8 k
+// of x row g; the first half of those k feed one mma, the second half the
+// next. For M ≤ 8 the B columns past M are zeros: tensor-core time is cheap
+// next to the weight stream.
+//
+// Work split: a warp owns 16 weight rows; a block of nw warps (16·nw rows)
+// stages its k range of x in shared memory once per chunk (x is read from L2
+// once per 16·nw weight rows, not once per weight load). Each lane keeps the
+// next batch of GV_U k-steps (2·GV_U 16-byte loads) in flight while it
+// multiplies the current one. Narrow outputs split K over a thread-block
+// cluster of up to 8 blocks (grid.y); the partial sums meet in distributed
+// shared memory and are added in split order, so results are deterministic.
+#include <cooperative_groups.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "gemv.cuh"
+
+namespace cg = cooperative_groups;
+
+#define GV_U 4                  // k-steps of 32 per batch of loads
+#define GV_BATCH (32 * GV_U)    // k per batch; chunk and split lengths are multiples
+#define GV_MAX_SPLIT 8          // portable cluster size
+#define GV_X_SMEM 32768         // bytes of x per staged chunk (2 blocks/SM fit easily)
+
+typedef struct gv_args {
+    const __nv_bfloat16 *w, *x;
+    int64_t ldw, ldx, ldo;
+    void *out;
+    int out_dt;
+    int M, N, K;
+    int kb; // k per split (multiple of GV_BATCH)
+    int kc; // k per staged chunk (multiple of GV_BATCH, ≤ kb)
+} gv_args;
+
+// Weights are read exactly once: keep them out of L1, fetch 256 B lines into L2.
+// volatile: the callers' bounds checks must not be hoisted over the load.
+__device__ __forceinline__ uint4 gv_ld_stream(const __nv_bfloat16 *p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ void gv_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// One batch of weights: v[s][0] from row wa, v[s][1] from row wb, 8 k each at
+// this lane's kt + 32 s; zeros past ke or past N (va, vb), so tails need no
+// special case.
+__device__ __forceinline__ void gv_load(uint4 (&v)[GV_U][2], const __nv_bfloat16 *wa,
+                                        const __nv_bfloat16 *wb, bool va, bool vb, int kt, int ke)
+{
+#pragma unroll
+    for (int s = 0; s < GV_U; s++) {
+        bool in = kt + 32 * s < ke;
+        v[s][0] = va && in ? gv_ld_stream(wa + kt + 32 * s) : make_uint4(0, 0, 0, 0);
+        v[s][1] = vb && in ? gv_ld_stream(wb + kt + 32 * s) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+template <int NT> // n-tiles of 8 x rows: 1 for M ≤ 8, 2 for M ≤ 16
+__global__ void __launch_bounds__(256, 2) k_gemv(gv_args a)
+{
+    extern __shared__ uint4 gv_smem[];
+    __nv_bfloat16 *xs = (__nv_bfloat16 *)gv_smem; // [M][kc + 32]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int rows = 16 * (blockDim.x >> 5); // weight rows per block
+    const int g = lane >> 2, t = lane & 3;
+    const int row0 = blockIdx.x * rows + warp * 16;
+    const int ks = blockIdx.y * a.kb, ke = min(a.K, ks + a.kb);
+    // Row stride ≡ 64 bytes mod 128: the 8 lanes of one shared-memory phase
+    // read 64 bytes of row g and 64 of row g+1, on disjoint banks.
+    const int xld = a.kc + 32;
+    const bool va = row0 + g < a.N, vb = row0 + g + 8 < a.N;
+    const __nv_bfloat16 *wa = a.w + (int64_t)(va ? row0 + g : 0) * a.ldw;
+    const __nv_bfloat16 *wb = a.w + (int64_t)(vb ? row0 + g + 8 : 0) * a.ldw;
+
+    uint4 cur[GV_U][2], nxt[GV_U][2];
+    float acc[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    gv_load(cur, wa, wb, va, vb, ks + t * 8, ke); // in flight while x is staged
+    for (int c0 = ks; c0 < ke; c0 += a.kc) {
+        const int c1 = min(ke, c0 + a.kc);
+        const int w8 = (c1 - c0 + GV_BATCH - 1) / GV_BATCH * (GV_BATCH / 8); // 16-byte slots per row
+        __syncthreads(); // every warp is done with the previous chunk
+        for (int i = threadIdx.x; i < a.M * w8; i += blockDim.x) {
+            int m = i / w8, j = (i - m * w8) * 8;
+            uint4 v = make_uint4(0, 0, 0, 0); // zeros past the chunk: 0 · 0, never 0 · garbage
+            if (c0 + j < c1) v = __ldg((const uint4 *)(a.x + m * a.ldx + c0 + j));
+            *(uint4 *)(xs + m * xld + j) = v;
+        }
+        __syncthreads();
+        for (int k = c0; k < c1; k += GV_BATCH) {
+            gv_load(nxt, wa, wb, va, vb, k + GV_BATCH + t * 8, ke);
+#pragma unroll
+            for (int s = 0; s < GV_U; s++) {
+                const int xo = k - c0 + 32 * s + t * 8;
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                    const int m = 8 * n + g;
+                    uint4 xb = m < a.M ? *(const uint4 *)(xs + m * xld + xo) : make_uint4(0, 0, 0, 0);
+                    gv_mma(acc[n], cur[s][0].x, cur[s][1].x, cur[s][0].y, cur[s][1].y, xb.x, xb.y);
+                    gv_mma(acc[n], cur[s][0].z, cur[s][1].z, cur[s][0].w, cur[s][1].w, xb.z, xb.w);
+                }
+            }
+#pragma unroll
+            for (int s = 0; s < GV_U; s++) cur[s][0] = nxt[s][0], cur[s][1] = nxt[s][1];
+        }
+    }
+
+    // C fragment: acc[n][i] is weight row g + 8 (i >> 1), x row 8 n + 2 t + (i & 1).
+    if (gridDim.y == 1) {
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int m = 8 * n + 2 * t + (i & 1), r = row0 + g + 8 * (i >> 1);
+                if (m < a.M && r < a.N) cu_stf(a.out, a.out_dt, m * a.ldo + r, acc[n][i]);
+            }
+        return;
+    }
+    float *part = (float *)gv_smem; // [M][rows], reusing the x buffer
+    __syncthreads();
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int m = 8 * n + 2 * t + (i & 1);
+            if (m < a.M) part[m * rows + warp * 16 + g + 8 * (i >> 1)] = acc[n][i];
+        }
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync();
+    const int S = gridDim.y, rank = (int)cl.block_rank();
+    for (int e = rank * blockDim.x + threadIdx.x; e < a.M * rows; e += S * blockDim.x) {
+        float sum = 0.0f;
+        for (int s = 0; s < S; s++) sum += cl.map_shared_rank(part, s)[e];
+        int m = e / rows, r = blockIdx.x * rows + e % rows;
+        if (r < a.N) cu_stf(a.out, a.out_dt, m * a.ldo + r, sum);
+    }
+    cl.sync(); // part stays alive until every block of the cluster has read it
+}
+
+static int cdiv(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
+
+int cu_gemv_ok(const cu_mat *X, const cu_mat *W, const cu_mat *O)
+{
+    return X->dt == SL_DTYPE_BF16 && W->dt == SL_DTYPE_BF16 &&
+           (O->dt == SL_DTYPE_BF16 || O->dt == SL_DTYPE_F32) && X->rows <= 16 &&
+           X->cols > 0 && X->cols % 8 == 0 && X->ld % 8 == 0 && W->ld % 8 == 0 && (uintptr_t)X->p % 16 == 0 &&
+           (uintptr_t)W->p % 16 == 0 && W->rows < (1 << 30) && X->cols < (1 << 30);
+}
+
+void cu_gemv(cu_backend *b, cu_mat O, cu_mat X, cu_mat W)
+{
+    gv_args a;
+    a.w = (const __nv_bfloat16 *)W.p;
+    a.x = (const __nv_bfloat16 *)X.p;
+    a.ldw = W.ld;
+    a.ldx = X.ld;
+    a.ldo = O.ld;
+    a.out = O.p;
+    a.out_dt = O.dt;
+    a.M = (int)X.rows;
+    a.N = (int)W.rows;
+    a.K = (int)X.cols;
+    // Enough blocks for two per SM; narrow N first takes smaller blocks, then
+    // splits K.
+    int target = 2 * b->n_sm, nw = 8;
+    const char *cfg = getenv("SL_GEMV_CFG"); // DEV: "nw,target"
+    if (cfg) sscanf(cfg, "%d,%d", &nw, &target);
+    int rb = cdiv(a.N, 16 * nw);
+    if (!cfg && rb * GV_MAX_SPLIT < target) rb = cdiv(a.N, 16 * (nw = 4));
+    int S = cdiv(target, rb);
+    if (S > GV_MAX_SPLIT) S = GV_MAX_SPLIT;
+    if (S < 1) S = 1;
+    a.kb = cdiv(cdiv(a.K, S), GV_BATCH) * GV_BATCH;
+    S = cdiv(a.K, a.kb);
+    int kc_max = (GV_X_SMEM / (2 * a.M) - 32) / GV_BATCH * GV_BATCH;
+    a.kc = a.kb < kc_max ? a.kb : kc_max;
+    size_t smem = (size_t)a.M * (a.kc + 32) * 2, red = (size_t)a.M * 16 * nw * 4;
+    if (S > 1 && red > smem) smem = red;
+
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = dim3((unsigned)rb, (unsigned)S);
+    lc.blockDim = dim3((unsigned)(32 * nw));
+    lc.dynamicSmemBytes = smem;
+    lc.stream = b->stream;
+    cudaLaunchAttribute at;
+    at.id = cudaLaunchAttributeClusterDimension;
+    at.val.clusterDim.x = 1;
+    at.val.clusterDim.y = (unsigned)S;
+    at.val.clusterDim.z = 1;
+    lc.attrs = &at;
+    lc.numAttrs = 1;
+    if (a.M <= 8) CU_CHECK(cudaLaunchKernelEx(&lc, k_gemv<1>, a));
+    else CU_CHECK(cudaLaunchKernelEx(&lc, k_gemv<2>, a));
+}
