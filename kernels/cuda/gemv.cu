@@ -74,8 +74,25 @@ __device__ __forceinline__ void gv_load(uint4 (&v)[GV_U][2], const __nv_bfloat16
     }
 }
 
+// acc += one batch: weights w (gv_load's layout) times x rows g and g + 8
+// (xk: this lane's 8-k slot of x row 0 in shared memory, rows xld apart).
+template <int NT>
+__device__ __forceinline__ void gv_batch(float (&acc)[NT][4], const uint4 (&w)[GV_U][2],
+                                         const __nv_bfloat16 *xk, int xld, int g, int M)
+{
+#pragma unroll
+    for (int s = 0; s < GV_U; s++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            const int m = 8 * n + g;
+            uint4 xb = m < M ? *(const uint4 *)(xk + m * xld + 32 * s) : make_uint4(0, 0, 0, 0);
+            gv_mma(acc[n], w[s][0].x, w[s][1].x, w[s][0].y, w[s][1].y, xb.x, xb.y);
+            gv_mma(acc[n], w[s][0].z, w[s][1].z, w[s][0].w, w[s][1].w, xb.z, xb.w);
+        }
+}
+
 template <int NT> // n-tiles of 8 x rows: 1 for M ≤ 8, 2 for M ≤ 16
-__global__ void __launch_bounds__(256, 2) k_gemv(gv_args a)
+__global__ void __launch_bounds__(256, 1) k_gemv(gv_args a)
 {
     extern __shared__ uint4 gv_smem[];
     __nv_bfloat16 *xs = (__nv_bfloat16 *)gv_smem; // [M][kc + 32]
@@ -91,11 +108,16 @@ __global__ void __launch_bounds__(256, 2) k_gemv(gv_args a)
     const __nv_bfloat16 *wa = a.w + (int64_t)(va ? row0 + g : 0) * a.ldw;
     const __nv_bfloat16 *wb = a.w + (int64_t)(vb ? row0 + g + 8 : 0) * a.ldw;
 
-    uint4 cur[GV_U][2], nxt[GV_U][2];
+    // Two register buffers alternate (no copies, which would wait for the
+    // loads): a batch is multiplied while the other buffer's batch loads, then
+    // its buffer is refilled two batches ahead. Two batches are in flight while
+    // x is staged.
+    uint4 w0[GV_U][2], w1[GV_U][2];
     float acc[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-    gv_load(cur, wa, wb, va, vb, ks + t * 8, ke); // in flight while x is staged
+    gv_load(w0, wa, wb, va, vb, ks + t * 8, ke);
+    gv_load(w1, wa, wb, va, vb, ks + GV_BATCH + t * 8, ke);
     for (int c0 = ks; c0 < ke; c0 += a.kc) {
         const int c1 = min(ke, c0 + a.kc);
         const int w8 = (c1 - c0 + GV_BATCH - 1) / GV_BATCH * (GV_BATCH / 8); // 16-byte slots per row
@@ -108,20 +130,14 @@ __global__ void __launch_bounds__(256, 2) k_gemv(gv_args a)
         }
         __syncthreads();
         for (int k = c0; k < c1; k += GV_BATCH) {
-            gv_load(nxt, wa, wb, va, vb, k + GV_BATCH + t * 8, ke);
-#pragma unroll
-            for (int s = 0; s < GV_U; s++) {
-                const int xo = k - c0 + 32 * s + t * 8;
-#pragma unroll
-                for (int n = 0; n < NT; n++) {
-                    const int m = 8 * n + g;
-                    uint4 xb = m < a.M ? *(const uint4 *)(xs + m * xld + xo) : make_uint4(0, 0, 0, 0);
-                    gv_mma(acc[n], cur[s][0].x, cur[s][1].x, cur[s][0].y, cur[s][1].y, xb.x, xb.y);
-                    gv_mma(acc[n], cur[s][0].z, cur[s][1].z, cur[s][0].w, cur[s][1].w, xb.z, xb.w);
-                }
+            const __nv_bfloat16 *xk = xs + (k - c0) + t * 8;
+            if (((k - ks) / GV_BATCH & 1) == 0) {
+                gv_batch<NT>(acc, w0, xk, xld, g, a.M);
+                gv_load(w0, wa, wb, va, vb, k + 2 * GV_BATCH + t * 8, ke);
+            } else {
+                gv_batch<NT>(acc, w1, xk, xld, g, a.M);
+                gv_load(w1, wa, wb, va, vb, k + 2 * GV_BATCH + t * 8, ke);
             }
-#pragma unroll
-            for (int s = 0; s < GV_U; s++) cur[s][0] = nxt[s][0], cur[s][1] = nxt[s][1];
         }
     }
 

@@ -128,7 +128,11 @@ static cublasStatus_t lt_run(cu_backend *b, cu_mm_plan *p, const cublasLtMatmulA
 }
 
 // Times each candidate (cuBLASLt's, then cu_gemv if gemv_ok) on the real
-// operands, two runs after a warm-up, and keeps the fastest. Synchronizes.
+// operands and keeps the fastest. Each timed run follows a 64 MB memset of
+// the workspace: the weights come from HBM as in a decode step (not from L2,
+// where the warm-up run left them), and the GPU is busy while this thread
+// enqueues the run, so the events time the kernel and not the launch rate.
+// Synchronizes.
 static void plan_tune(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, cu_mat W, int gemv_ok)
 {
     cudaEvent_t e0, e1;
@@ -139,6 +143,7 @@ static void plan_tune(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, cu_mat W
         float ms = 0.0f;
         for (int rep = 0; rep < 3; rep++) { // the first run warms up
             cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+            CU_CHECK(cudaMemsetAsync(b->lt_ws, rep, b->lt_ws_bytes, b->stream));
             CU_CHECK(cudaEventRecord(e0, b->stream));
             if (c < p->n_cand) st = lt_run(b, p, &p->cand[c].algo, O, X, W);
             else cu_gemv(b, O, X, W);
