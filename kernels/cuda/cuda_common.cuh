@@ -86,6 +86,7 @@ typedef struct cu_backend {
     struct cu_matmul_cache *mm_cache; // matmul.cu
     int mm_force;                     // sl_cuda_mm (cuda_backend.h)
     const char *mm_last;              // kernel of the last matmul: "cublaslt" or "gemv"
+    int gemv_smem_set;                // gemv.cu: shared-memory limit raised
     // prepare: two alternating host (pinned) / device buffers, so a forward
     // can be prepared while the previous one's copy may still be in flight.
     cu_meta_buf mb[2];

@@ -10,16 +10,14 @@
 // next. For M ≤ 8 the B columns past M are zeros: tensor-core time is cheap
 // next to the weight stream.
 //
-// Work split: a warp owns 16 weight rows; a block of nw warps (16·nw rows)
-// stages its k range of x in shared memory once per chunk (x is read from L2
-// once per 16·nw weight rows, not once per weight load). Each lane keeps the
+// Work split: a warp owns 16 weight rows; a block of GV_WARPS warps stages its
+// k range of x in shared memory once (x is read from L2 once per 64 weight
+// rows, not once per weight load; for long k ranges once per chunk). Each lane keeps the
 // next batch of GV_U k-steps (2·GV_U 16-byte loads) in flight while it
 // multiplies the current one. Narrow outputs split K over a thread-block
 // cluster of up to 8 blocks (grid.y); the partial sums meet in distributed
 // shared memory and are added in split order, so results are deterministic.
 #include <cooperative_groups.h>
-#include <stdio.h>
-#include <stdlib.h>
 
 #include "gemv.cuh"
 
@@ -28,7 +26,8 @@ namespace cg = cooperative_groups;
 #define GV_U 4                  // k-steps of 32 per batch of loads
 #define GV_BATCH (32 * GV_U)    // k per batch; chunk and split lengths are multiples
 #define GV_MAX_SPLIT 8          // portable cluster size
-#define GV_X_SMEM 32768         // bytes of x per staged chunk (2 blocks/SM fit easily)
+#define GV_WARPS 4              // per block: 64 weight rows
+#define GV_X_SMEM 65536         // bytes of x per staged chunk (3 blocks/SM fit)
 
 typedef struct gv_args {
     const __nv_bfloat16 *w, *x;
@@ -92,7 +91,7 @@ __device__ __forceinline__ void gv_batch(float (&acc)[NT][4], const uint4 (&w)[G
 }
 
 template <int NT> // n-tiles of 8 x rows: 1 for M ≤ 8, 2 for M ≤ 16
-__global__ void __launch_bounds__(256, 1) k_gemv(gv_args a)
+__global__ void __launch_bounds__(32 * GV_WARPS, 3) k_gemv(gv_args a)
 {
     extern __shared__ uint4 gv_smem[];
     __nv_bfloat16 *xs = (__nv_bfloat16 *)gv_smem; // [M][kc + 32]
@@ -196,26 +195,28 @@ void cu_gemv(cu_backend *b, cu_mat O, cu_mat X, cu_mat W)
     a.M = (int)X.rows;
     a.N = (int)W.rows;
     a.K = (int)X.cols;
-    // Enough blocks for two per SM; narrow N first takes smaller blocks, then
-    // splits K.
-    int target = 2 * b->n_sm, nw = 8;
-    const char *cfg = getenv("SL_GEMV_CFG"); // DEV: "nw,target"
-    if (cfg) sscanf(cfg, "%d,%d", &nw, &target);
-    int rb = cdiv(a.N, 16 * nw);
-    if (!cfg && rb * GV_MAX_SPLIT < target) rb = cdiv(a.N, 16 * (nw = 4));
-    int S = cdiv(target, rb);
+    // Enough blocks for two per SM: narrow N splits K (at most a cluster).
+    // x chunks: the split is raised so that one chunk covers a block's k range
+    // where it can (a second chunk waits for its staging).
+    int target = 2 * b->n_sm, rb = cdiv(a.N, 16 * GV_WARPS);
+    int kc_max = (GV_X_SMEM / (2 * a.M) - 32) / GV_BATCH * GV_BATCH;
+    int S = cdiv(target, rb), S_chunk = cdiv(a.K, kc_max);
+    if (S < S_chunk) S = S_chunk;
     if (S > GV_MAX_SPLIT) S = GV_MAX_SPLIT;
-    if (S < 1) S = 1;
     a.kb = cdiv(cdiv(a.K, S), GV_BATCH) * GV_BATCH;
     S = cdiv(a.K, a.kb);
-    int kc_max = (GV_X_SMEM / (2 * a.M) - 32) / GV_BATCH * GV_BATCH;
     a.kc = a.kb < kc_max ? a.kb : kc_max;
-    size_t smem = (size_t)a.M * (a.kc + 32) * 2, red = (size_t)a.M * 16 * nw * 4;
+    size_t smem = (size_t)a.M * (a.kc + 32) * 2, red = (size_t)a.M * 16 * GV_WARPS * 4;
     if (S > 1 && red > smem) smem = red;
+    if (!b->gemv_smem_set) { // per kernel and device: once per backend
+        CU_CHECK(cudaFuncSetAttribute(k_gemv<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, GV_X_SMEM));
+        CU_CHECK(cudaFuncSetAttribute(k_gemv<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, GV_X_SMEM));
+        b->gemv_smem_set = 1;
+    }
 
     cudaLaunchConfig_t lc = {};
     lc.gridDim = dim3((unsigned)rb, (unsigned)S);
-    lc.blockDim = dim3((unsigned)(32 * nw));
+    lc.blockDim = dim3(32 * GV_WARPS);
     lc.dynamicSmemBytes = smem;
     lc.stream = b->stream;
     cudaLaunchAttribute at;

@@ -802,8 +802,10 @@ static void CUDART_CB hold_stream(void *arg)
 /* Median ms of one call of fn over reps, after warm-up; set rotates inputs.
  * The reps are queued behind hold_stream and then run back to back, as a CUDA
  * graph replays a decode step: the events time the GPU, not how fast this
- * thread launches (a few µs per call, more than a small GEMV takes). */
-static double time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps)
+ * thread launches (a few µs per call, more than a small GEMV takes).
+ * b2b (may be NULL): the mean ms per call of the same reps queued with no
+ * events between them, a graph's view (no per-call event overhead). */
+static double time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps, double *b2b)
 {
     cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
     cudaEvent_t ev[2 * 64];
@@ -822,6 +824,18 @@ static double time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps)
     atomic_store(&go, 1);
     CK(cudaStreamSynchronize(s));
     for (int i = 0; i < reps; i++) CK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+    if (b2b) {
+        float all;
+        atomic_store(&go, 0);
+        CK(cudaLaunchHostFunc(s, hold_stream, &go));
+        CK(cudaEventRecord(ev[0], s));
+        for (int i = 0; i < reps; i++) fn(t, ctx, i % n_sets);
+        CK(cudaEventRecord(ev[1], s));
+        atomic_store(&go, 1);
+        CK(cudaStreamSynchronize(s));
+        CK(cudaEventElapsedTime(&all, ev[0], ev[1]));
+        *b2b = all / reps;
+    }
     for (int i = 0; i < 2 * reps; i++) cudaEventDestroy(ev[i]);
     qsort(ms, (size_t)reps, sizeof(float), cmp_float);
     return ms[reps / 2];
@@ -861,34 +875,40 @@ static void pf_mm(tb *t, void *ctx, int set)
     sl_be_matmul(t->gpu, &c->y[set], &c->x[set], &c->w[set]);
 }
 
-static void perf_matmul(tb *t, const char *name, int M, int N, int K)
+/* sets: how many (w, x, out) sets to rotate through; 0: enough to exceed 256 MB */
+static void perf_matmul(tb *t, const char *name, int M, int N, int K, int sets)
 {
     pm_mm c;
     int64_t ne[2];
     int64_t set_bytes = 2 * ((int64_t)M * K + (int64_t)M * N);
     int64_t wb = 2 * (int64_t)N * K;
-    int ns = (int)(L2_ROTATE / (wb + set_bytes) + 1);
+    int ns = sets ? sets : (int)(L2_ROTATE / (wb + set_bytes) + 1);
     if (ns > 64) ns = 64;
     for (int i = 0; i < ns; i++) {
         c.w[i] = gpu_rand(t, BF, 2, (ne2(ne, N, K), ne), 0.05f);
         c.x[i] = gpu_rand(t, BF, 2, (ne2(ne, M, K), ne), 1.0f);
         c.y[i] = gpu_rand(t, BF, 2, (ne2(ne, M, N), ne), 1.0f);
     }
-    double bytes = (double)wb + (double)set_bytes;
-    double ms = time_op(t, pf_mm, &c, ns, 30); /* autotuned */
-    char desc[96], note[160] = "";
+    double bytes = (double)wb + (double)set_bytes, b2b;
+    double ms = time_op(t, pf_mm, &c, ns, 30, &b2b); /* autotuned */
+    char desc[96], note[200];
     const char *chosen = sl_cuda_matmul_last(t->gpu);
+    snprintf(note, sizeof note, " [%s; b2b %.1f us %.0f%%", chosen, b2b * 1e3,
+             100 * bytes / (b2b * 1e-3) / peak_bw);
     if (M <= 16) { /* decode: both kernels forced too */
-        sl_cuda_matmul_force(t->gpu, SL_CUDA_MM_GEMV);
-        double mg = time_op(t, pf_mm, &c, ns, 30);
-        sl_cuda_matmul_force(t->gpu, SL_CUDA_MM_CUBLASLT);
-        double ml = time_op(t, pf_mm, &c, ns, 30);
+        static const sl_cuda_mm force[] = {SL_CUDA_MM_GEMV, SL_CUDA_MM_CUBLASLT};
+        for (int f = 0; f < 2; f++) {
+            sl_cuda_matmul_force(t->gpu, force[f]);
+            double mf = time_op(t, pf_mm, &c, ns, 30, &b2b);
+            size_t n = strlen(note);
+            snprintf(note + n, sizeof note - n, "; %s %.1f us %.0f%% b2b %.1f us %.0f%%",
+                     f ? "cublaslt" : "gemv", mf * 1e3, 100 * bytes / (mf * 1e-3) / peak_bw,
+                     b2b * 1e3, 100 * bytes / (b2b * 1e-3) / peak_bw);
+        }
         sl_cuda_matmul_force(t->gpu, SL_CUDA_MM_AUTO);
-        snprintf(note, sizeof note, " [%s; gemv %.1f us %.0f%%, cublaslt %.1f us %.0f%%]", chosen,
-                 mg * 1e3, 100 * bytes / (mg * 1e-3) / peak_bw, ml * 1e3,
-                 100 * bytes / (ml * 1e-3) / peak_bw);
     }
-    snprintf(desc, sizeof desc, "%s M=%d N=%d K=%d", name, M, N, K);
+    strcat(note, "]");
+    snprintf(desc, sizeof desc, "%s M=%d N=%d K=%d%s", name, M, N, K, sets ? " 1 set" : "");
     report("matmul", desc, ms, bytes, 2.0 * M * N * K, note);
     for (int i = 0; i < ns; i++) {
         sl_be_release(t->gpu, &c.w[i]);
@@ -937,7 +957,7 @@ static void perf_attention(tb *t, const char *name, int S, int qlen, int ctx, in
     c.Hq = Hq;
     c.Hkv = Hkv;
     c.D = D;
-    double ms = time_op(t, pf_attn, &c, ns, 20);
+    double ms = time_op(t, pf_attn, &c, ns, 20, NULL);
     double bytes = kv_tokens * Hkv * D * 2 * 2 + 2.0 * 2 * T * Hq * D;
     char desc[96];
     snprintf(desc, sizeof desc, "%s S=%d q=%d ctx=%d page=%d", name, S, qlen, ctx, P);
@@ -984,7 +1004,7 @@ static void perf_row(tb *t, sl_op op, int M, int N)
         c.y[i] = gpu_rand(t, BF, 2, (ne2(ne, M, N), ne), 1.0f);
         if (op == SL_OP_ADD_RMSNORM) c.r[i] = gpu_rand(t, BF, 2, (ne2(ne, M, N), ne), 1.0f);
     }
-    double ms = time_op(t, pf_row, &c, ns, 30);
+    double ms = time_op(t, pf_row, &c, ns, 30, NULL);
     /* add_rmsnorm: x, resid read; resid, out written */
     double bytes = op == SL_OP_ADD_RMSNORM ? 2.0 * M * N * 4 : 2.0 * ((double)M * xin + (double)M * N);
     char desc[96];
@@ -1040,7 +1060,7 @@ static void perf_moe(tb *t, int T, int H, int I, int E, int k)
     if (sl_be_alloc(t->gpu, &c.wt, F32, 2, (ne2(ne, T, k), ne), &e) ||
         sl_be_upload(t->gpu, &c.wt, wv, F32, &e))
         die_err("moe perf", &e);
-    double ms = time_op(t, pf_moe, &c, MOE_SETS, 24);
+    double ms = time_op(t, pf_moe, &c, MOE_SETS, 24, NULL);
     double bytes = (double)active * 3.0 * I * H * 2 + 2.0 * T * H * 2;
     double flops = 2.0 * T * k * 3.0 * I * H;
     char desc[96];
@@ -1087,7 +1107,7 @@ static void measure_peaks(tb *t)
     c.w[0] = gpu_rand(t, BF, 2, (ne2(ne, N, N), ne), 0.05f);
     c.x[0] = gpu_rand(t, BF, 2, (ne2(ne, N, N), ne), 1.0f);
     c.y[0] = gpu_rand(t, BF, 2, (ne2(ne, N, N), ne), 1.0f);
-    double ms = time_op(t, pf_mm, &c, 1, 10);
+    double ms = time_op(t, pf_mm, &c, 1, 10, NULL);
     peak_flops = 2.0 * N * (double)N * N / (ms * 1e-3);
     sl_be_release(t->gpu, &c.w[0]);
     sl_be_release(t->gpu, &c.x[0]);
@@ -1114,7 +1134,11 @@ static void run_perf(tb *t, const char *only)
     int Ms[] = {1, 2, 4, 8, 16, 64, 4096};
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
         for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++)
-            if (Ms[j] <= 16 || ws[i].prefill) perf_matmul(t, ws[i].n, Ms[j], ws[i].N, ws[i].K);
+            if (Ms[j] <= 16 || ws[i].prefill) perf_matmul(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, 0);
+    /* where the fixed cost per call goes: launch + events (a tiny GEMV), and
+     * the same weights every call (pages already mapped) against a fresh set */
+    perf_matmul(t, "tiny", 1, 64, 256, 0);
+    perf_matmul(t, "8B down", 1, 4096, 12288, 1);
     if (only && !strcmp(only, "matmul")) return;
     perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128);
     perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128);
