@@ -50,6 +50,17 @@ __device__ __forceinline__ uint4 gv_ld_stream(const __nv_bfloat16 *p)
     return v;
 }
 
+// 16 bytes of x into shared memory without a register round trip, so a
+// thread's copies are all in flight at once (staging 16 rows is one L2
+// latency, not one per copy); zeros where !in (past the chunk: 0 · 0, never
+// 0 · garbage).
+__device__ __forceinline__ void gv_stage16(__nv_bfloat16 *dst, const __nv_bfloat16 *src, bool in)
+{
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(in ? 16 : 0)
+                 : "memory");
+}
+
 __device__ __forceinline__ void gv_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                        uint32_t b0, uint32_t b1)
 {
@@ -123,10 +134,10 @@ __global__ void __launch_bounds__(32 * GV_WARPS, 3) k_gemv(gv_args a)
         __syncthreads(); // every warp is done with the previous chunk
         for (int i = threadIdx.x; i < a.M * w8; i += blockDim.x) {
             int m = i / w8, j = (i - m * w8) * 8;
-            uint4 v = make_uint4(0, 0, 0, 0); // zeros past the chunk: 0 · 0, never 0 · garbage
-            if (c0 + j < c1) v = __ldg((const uint4 *)(a.x + m * a.ldx + c0 + j));
-            *(uint4 *)(xs + m * xld + j) = v;
+            bool in = c0 + j < c1; // else no byte is read: point at x itself, in bounds
+            gv_stage16(xs + m * xld + j, in ? a.x + m * a.ldx + c0 + j : a.x, in);
         }
+        asm volatile("cp.async.wait_all;" ::: "memory");
         __syncthreads();
         for (int k = c0; k < c1; k += GV_BATCH) {
             const __nv_bfloat16 *xk = xs + (k - c0) + t * 8;
@@ -225,7 +236,7 @@ void cu_gemv(cu_backend *b, cu_mat O, cu_mat X, cu_mat W)
     at.val.clusterDim.y = (unsigned)S;
     at.val.clusterDim.z = 1;
     lc.attrs = &at;
-    lc.numAttrs = 1;
+    lc.numAttrs = S > 1; // a cluster only where K is split
     if (a.M <= 8) CU_CHECK(cudaLaunchKernelEx(&lc, k_gemv<1>, a));
     else CU_CHECK(cudaLaunchKernelEx(&lc, k_gemv<2>, a));
 }
