@@ -11,12 +11,14 @@
 // next to the weight stream.
 //
 // Work split: a warp owns 16 weight rows; a block of GV_WARPS warps stages its
-// k range of x in shared memory once (x is read from L2 once per 64 weight
-// rows, not once per weight load; for long k ranges once per chunk). Each lane keeps the
-// next batch of GV_U k-steps (2·GV_U 16-byte loads) in flight while it
-// multiplies the current one. Narrow outputs split K over a thread-block
-// cluster of up to 8 blocks (grid.y); the partial sums meet in distributed
-// shared memory and are added in split order, so results are deterministic.
+// k range of x in shared memory once, with cp.async (x is read from L2 once
+// per 64 weight rows, not once per weight load; K is split further so that one
+// chunk covers a block where shared memory allows). Each lane has one or two
+// batches of GV_U k-steps (2·GV_U 16-byte loads each) in flight: it multiplies
+// one register buffer while the other loads. Narrow outputs split K over a
+// thread-block cluster of up to 8 blocks (grid.y); the partial sums meet in
+// distributed shared memory and are added in split order, so results are
+// deterministic. Measurements and what did not work: kernels/dev/NOTES.md v6.
 #include <cooperative_groups.h>
 
 #include "gemv.cuh"
