@@ -569,3 +569,15 @@ extern "C" void *sl_cuda_stream(sl_backend *be)
     SL_ASSERT(be->i == &cu_iface);
     return cu_be(be)->stream;
 }
+
+extern "C" void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which)
+{
+    SL_ASSERT(be->i == &cu_iface);
+    cu_be(be)->mm_force = which;
+}
+
+extern "C" const char *sl_cuda_matmul_last(sl_backend *be)
+{
+    SL_ASSERT(be->i == &cu_iface);
+    return cu_be(be)->mm_last;
+}

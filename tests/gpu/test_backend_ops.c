@@ -10,7 +10,7 @@
  * the CUDA backend does not support.
  *
  *   test_backend_ops [--seed N] [--filter OP]   correctness
- *   test_backend_ops --perf                      timings only
+ *   test_backend_ops --perf [--filter matmul]    timings only
  *
  * --perf times each op at Qwen3-8B / Qwen3-30B-A3B shapes with CUDA events
  * (warm-up, median of many reps, inputs rotated through more than the L2) and
@@ -19,6 +19,7 @@
  */
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -462,8 +463,9 @@ static const tb_case cases[] = {
     /* embed: vocab, H, T */
     {SL_OP_EMBED, BF, {1000, 512, 37}, 0},
     {SL_OP_EMBED, F32, {300, 4096, 5}, 0},
-    /* matmul: M, N, K, x dtype (0 bf16, 1 f32), w dtype, x column offset into a wider row */
-    {SL_OP_MATMUL, BF, {1, 512, 1024, 0, 0, 0}, 1e-2},    /* GEMV path: M <= 8 */
+    /* matmul: M, N, K, x dtype (0 bf16, 1 f32), w dtype, x column offset into a wider row,
+     * kernel (0 autotuned, 1 forced GEMV, 2 forced GEMV inside a CUDA graph capture) */
+    {SL_OP_MATMUL, BF, {1, 512, 1024, 0, 0, 0}, 1e-2},
     {SL_OP_MATMUL, BF, {3, 77, 1000, 0, 0, 0}, 1e-2},
     {SL_OP_MATMUL, F32, {8, 300, 520, 0, 0, 8}, 1e-2},
     {SL_OP_MATMUL, BF, {2, 64, 100, 0, 0, 0}, 1e-2},      /* K % 8 != 0: cuBLASLt */
@@ -478,6 +480,22 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL, BF, {70, 1, 64, 0, 0, 0}, 1e-2},
     {SL_OP_MATMUL, BF, {9, 8, 64, 0, 0, 0}, 1e-2},
     {SL_OP_MATMUL, F32, {70, 8, 64, 0, 0, 0}, 1e-2},
+    /* the decode GEMV forced: every M of a decode batch, N and K tails (N % 16, K % 128), K
+     * split over a cluster (narrow N), several staged x chunks per block, one block per
+     * weight-row tile (wide N: no split), views, f32 x, f32 out */
+    {SL_OP_MATMUL, BF, {1, 4096, 4096, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {1, 77, 1000, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, F32, {2, 300, 520, 0, 0, 8, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {3, 40000, 256, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {4, 2048, 4096, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, F32, {8, 1000, 2056, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, F32, {9, 300, 256, 1, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {13, 600, 12288, 0, 0, 8, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {16, 129, 1032, 0, 0, 8, 1}, 1e-2},
+    {SL_OP_MATMUL, F32, {16, 34000, 1000, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {16, 4096, 4096, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {5, 1000, 2048, 0, 0, 0, 2}, 1e-2},
+    {SL_OP_MATMUL, F32, {16, 2048, 4096, 1, 0, 8, 2}, 1e-2},
     /* rmsnorm: rows, cols, one_plus, in place, group D (0: whole row) */
     {SL_OP_RMSNORM, BF, {64, 128, 0, 0}, 1e-2},
     {SL_OP_RMSNORM, BF, {19, 8 * 128, 0, 1, 128}, 1e-2},   /* per-head q/k norm */
@@ -598,14 +616,35 @@ static void run_case(tb *t, const tb_case *c)
     case SL_OP_MATMUL: {
         int M = p[0], N = p[1], K = p[2], off = p[5];
         sl_dtype xdt = p[3] ? F32 : BF, wdt = p[4] ? F32 : BF;
-        snprintf(desc, sizeof desc, "M=%d N=%d K=%d x%s w%s ->%s%s", M, N, K, sl_dtype_name(xdt),
-                 sl_dtype_name(wdt), sl_dtype_name(dt), off ? " view" : "");
+        static const char *kern[] = {"", " gemv", " gemv graph"};
+        snprintf(desc, sizeof desc, "M=%d N=%d K=%d x%s w%s ->%s%s%s", M, N, K, sl_dtype_name(xdt),
+                 sl_dtype_name(wdt), sl_dtype_name(dt), off ? " view" : "", kern[p[6]]);
         pair_rand(t, &x, xdt, 2, (ne2(ne, M, K + 2 * off), ne), -1, 1);
         pair_rand(t, &w, wdt, 2, (ne2(ne, N, K), ne), -1, 1);
         pair_out(t, &y, dt, 2, (ne2(ne, M, N), ne));
         sl_tensor xc = sl_tensor_colview(&x.c, off, K), xg = sl_tensor_colview(&x.g, off, K);
         sl_be_matmul(t->cpu, &y.c, &xc, &w.c);
-        sl_be_matmul(t->gpu, &y.g, &xg, &w.g);
+        if (p[6]) sl_cuda_matmul_force(t->gpu, SL_CUDA_MM_GEMV);
+        if (p[6] == 2) { /* captured, then replayed: no sync, no allocation outside the graph */
+            cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
+            cudaGraph_t gr;
+            cudaGraphExec_t ge;
+            CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+            sl_be_matmul(t->gpu, &y.g, &xg, &w.g);
+            CHECK(cudaStreamEndCapture(s, &gr) == cudaSuccess);
+            CHECK(cudaGraphInstantiate(&ge, gr, 0) == cudaSuccess);
+            CHECK(cudaGraphLaunch(ge, s) == cudaSuccess);
+            CHECK(cudaStreamSynchronize(s) == cudaSuccess);
+            cudaGraphExecDestroy(ge);
+            cudaGraphDestroy(gr);
+        } else {
+            sl_be_matmul(t->gpu, &y.g, &xg, &w.g);
+        }
+        if (p[6]) {
+            const char *ran = sl_cuda_matmul_last(t->gpu);
+            CHECK_MSG(ran && !strcmp(ran, "gemv"), "%s ran %s", desc, ran ? ran : "nothing");
+            sl_cuda_matmul_force(t->gpu, SL_CUDA_MM_AUTO);
+        }
         compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
         pair_free(t, &x);
         pair_free(t, &w);
@@ -983,8 +1022,26 @@ static int cmp_float(const void *a, const void *b)
 
 typedef void (*tb_perf_fn)(tb *t, void *ctx, int set);
 
-/* Median ms of one call of fn over reps, after warm-up; set rotates inputs. */
-static double time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps)
+/* A host function that holds the stream until *arg is set (or 2 s pass, so an
+ * op that synchronizes inside cannot hang the run: it is then timed as it is
+ * launched). */
+static void CUDART_CB hold_stream(void *arg)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+    } while (!atomic_load((atomic_int *)arg) &&
+             (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) < 2000000000L);
+}
+
+/* Median ms of one call of fn over reps, after warm-up; set rotates inputs.
+ * The reps are queued behind hold_stream and then run back to back, as a CUDA
+ * graph replays a decode step: the events time the GPU, not how fast this
+ * thread launches (a few µs per call, more than a small GEMV takes).
+ * b2b (may be NULL): the mean ms per call of the same reps queued with no
+ * events between them, a graph's view (no per-call event overhead). */
+static double time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps, double *b2b)
 {
     cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
     cudaEvent_t ev[2 * 64];
@@ -992,13 +1049,29 @@ static double time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps)
     if (reps > 64) reps = 64;
     for (int i = 0; i < 2 * reps; i++) CK(cudaEventCreate(&ev[i]));
     for (int i = 0; i < 3; i++) fn(t, ctx, i % n_sets);
+    CK(cudaStreamSynchronize(s));
+    atomic_int go = 0;
+    CK(cudaLaunchHostFunc(s, hold_stream, &go));
     for (int i = 0; i < reps; i++) {
         CK(cudaEventRecord(ev[2 * i], s));
         fn(t, ctx, i % n_sets);
         CK(cudaEventRecord(ev[2 * i + 1], s));
     }
+    atomic_store(&go, 1);
     CK(cudaStreamSynchronize(s));
     for (int i = 0; i < reps; i++) CK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+    if (b2b) {
+        float all;
+        atomic_store(&go, 0);
+        CK(cudaLaunchHostFunc(s, hold_stream, &go));
+        CK(cudaEventRecord(ev[0], s));
+        for (int i = 0; i < reps; i++) fn(t, ctx, i % n_sets);
+        CK(cudaEventRecord(ev[1], s));
+        atomic_store(&go, 1);
+        CK(cudaStreamSynchronize(s));
+        CK(cudaEventElapsedTime(&all, ev[0], ev[1]));
+        *b2b = all / reps;
+    }
     for (int i = 0; i < 2 * reps; i++) cudaEventDestroy(ev[i]);
     qsort(ms, (size_t)reps, sizeof(float), cmp_float);
     return ms[reps / 2];
@@ -1016,13 +1089,15 @@ static sl_tensor gpu_rand(tb *t, sl_dtype dt, int ndim, const int64_t *ne, float
     return x;
 }
 
-static void report(const char *op, const char *desc, double ms, double bytes, double flops)
+/* note: appended to the line (matmul: which kernel ran, and each one forced) */
+static void report(const char *op, const char *desc, double ms, double bytes, double flops,
+                   const char *note)
 {
     double bw = bytes / (ms * 1e-3), fl = flops / (ms * 1e-3);
     double fb = bw / peak_bw, ff = fl / peak_flops;
-    printf("PERF %-12s %-46s %9.3f ms %8.1f GB/s (%4.0f%% bw) %7.1f TFLOP/s (%4.0f%% mma) -> %s %.0f%%\n",
+    printf("PERF %-12s %-46s %9.3f ms %8.1f GB/s (%4.0f%% bw) %7.1f TFLOP/s (%4.0f%% mma) -> %s %.0f%%%s\n",
            op, desc, ms, bw * 1e-9, 100 * fb, fl * 1e-12, 100 * ff, fb > ff ? "bw" : "mma",
-           100 * (fb > ff ? fb : ff));
+           100 * (fb > ff ? fb : ff), note);
 }
 
 /* matmul: sets of (w, x, out), so the weight is not served from L2 either */
@@ -1036,23 +1111,41 @@ static void pf_mm(tb *t, void *ctx, int set)
     sl_be_matmul(t->gpu, &c->y[set], &c->x[set], &c->w[set]);
 }
 
-static void perf_matmul(tb *t, const char *name, int M, int N, int K)
+/* sets: how many (w, x, out) sets to rotate through; 0: enough to exceed 256 MB */
+static void perf_matmul(tb *t, const char *name, int M, int N, int K, int sets)
 {
     pm_mm c;
     int64_t ne[2];
     int64_t set_bytes = 2 * ((int64_t)M * K + (int64_t)M * N);
     int64_t wb = 2 * (int64_t)N * K;
-    int ns = (int)(L2_ROTATE / (wb + set_bytes) + 1);
+    int ns = sets ? sets : (int)(L2_ROTATE / (wb + set_bytes) + 1);
     if (ns > 64) ns = 64;
     for (int i = 0; i < ns; i++) {
         c.w[i] = gpu_rand(t, BF, 2, (ne2(ne, N, K), ne), 0.05f);
         c.x[i] = gpu_rand(t, BF, 2, (ne2(ne, M, K), ne), 1.0f);
         c.y[i] = gpu_rand(t, BF, 2, (ne2(ne, M, N), ne), 1.0f);
     }
-    double ms = time_op(t, pf_mm, &c, ns, 30);
-    char desc[96];
-    snprintf(desc, sizeof desc, "%s M=%d N=%d K=%d", name, M, N, K);
-    report("matmul", desc, ms, (double)wb + (double)set_bytes, 2.0 * M * N * K);
+    double bytes = (double)wb + (double)set_bytes, b2b;
+    double ms = time_op(t, pf_mm, &c, ns, 30, &b2b); /* autotuned */
+    char desc[96], note[200];
+    const char *chosen = sl_cuda_matmul_last(t->gpu);
+    snprintf(note, sizeof note, " [%s; b2b %.1f us %.0f%%", chosen, b2b * 1e3,
+             100 * bytes / (b2b * 1e-3) / peak_bw);
+    if (M <= 16) { /* decode: both kernels forced too */
+        static const sl_cuda_mm force[] = {SL_CUDA_MM_GEMV, SL_CUDA_MM_CUBLASLT};
+        for (int f = 0; f < 2; f++) {
+            sl_cuda_matmul_force(t->gpu, force[f]);
+            double mf = time_op(t, pf_mm, &c, ns, 30, &b2b);
+            size_t n = strlen(note);
+            snprintf(note + n, sizeof note - n, "; %s %.1f us %.0f%% b2b %.1f us %.0f%%",
+                     f ? "cublaslt" : "gemv", mf * 1e3, 100 * bytes / (mf * 1e-3) / peak_bw,
+                     b2b * 1e3, 100 * bytes / (b2b * 1e-3) / peak_bw);
+        }
+        sl_cuda_matmul_force(t->gpu, SL_CUDA_MM_AUTO);
+    }
+    strcat(note, "]");
+    snprintf(desc, sizeof desc, "%s M=%d N=%d K=%d%s", name, M, N, K, sets ? " 1 set" : "");
+    report("matmul", desc, ms, bytes, 2.0 * M * N * K, note);
     for (int i = 0; i < ns; i++) {
         sl_be_release(t->gpu, &c.w[i]);
         sl_be_release(t->gpu, &c.x[i]);
@@ -1100,11 +1193,11 @@ static void perf_attention(tb *t, const char *name, int S, int qlen, int ctx, in
     c.Hq = Hq;
     c.Hkv = Hkv;
     c.D = D;
-    double ms = time_op(t, pf_attn, &c, ns, 20);
+    double ms = time_op(t, pf_attn, &c, ns, 20, NULL);
     double bytes = kv_tokens * Hkv * D * 2 * 2 + 2.0 * 2 * T * Hq * D;
     char desc[96];
     snprintf(desc, sizeof desc, "%s S=%d q=%d ctx=%d page=%d", name, S, qlen, ctx, P);
-    report("attention", desc, ms, bytes, flops);
+    report("attention", desc, ms, bytes, flops, "");
     sl_be_release(t->gpu, &c.kc);
     sl_be_release(t->gpu, &c.vc);
     for (int i = 0; i < ns; i++) {
@@ -1215,12 +1308,12 @@ static void perf_row(tb *t, sl_op op, int M, int N)
         c.y[i] = gpu_rand(t, BF, 2, (ne2(ne, M, N), ne), 1.0f);
         if (op == SL_OP_ADD_RMSNORM) c.r[i] = gpu_rand(t, BF, 2, (ne2(ne, M, N), ne), 1.0f);
     }
-    double ms = time_op(t, pf_row, &c, ns, 30);
+    double ms = time_op(t, pf_row, &c, ns, 30, NULL);
     /* add_rmsnorm: x, resid read; resid, out written */
     double bytes = op == SL_OP_ADD_RMSNORM ? 2.0 * M * N * 4 : 2.0 * ((double)M * xin + (double)M * N);
     char desc[96];
     snprintf(desc, sizeof desc, "M=%d N=%d bf16", M, N);
-    report(sl_op_name(op), desc, ms, bytes, 0);
+    report(sl_op_name(op), desc, ms, bytes, 0, "");
     sl_be_release(t->gpu, &c.w);
     for (int i = 0; i < ns; i++) {
         sl_be_release(t->gpu, &c.x[i]);
@@ -1271,12 +1364,12 @@ static void perf_moe(tb *t, int T, int H, int I, int E, int k)
     if (sl_be_alloc(t->gpu, &c.wt, F32, 2, (ne2(ne, T, k), ne), &e) ||
         sl_be_upload(t->gpu, &c.wt, wv, F32, &e))
         die_err("moe perf", &e);
-    double ms = time_op(t, pf_moe, &c, MOE_SETS, 24);
+    double ms = time_op(t, pf_moe, &c, MOE_SETS, 24, NULL);
     double bytes = (double)active * 3.0 * I * H * 2 + 2.0 * T * H * 2;
     double flops = 2.0 * T * k * 3.0 * I * H;
     char desc[96];
     snprintf(desc, sizeof desc, "30B-A3B T=%d E=%d k=%d I=%d (%d active)", T, E, k, I, active);
-    report("moe_experts", desc, ms, bytes, flops);
+    report("moe_experts", desc, ms, bytes, flops, "");
     free(iv);
     free(wv);
     free(used);
@@ -1318,7 +1411,7 @@ static void measure_peaks(tb *t)
     c.w[0] = gpu_rand(t, BF, 2, (ne2(ne, N, N), ne), 0.05f);
     c.x[0] = gpu_rand(t, BF, 2, (ne2(ne, N, N), ne), 1.0f);
     c.y[0] = gpu_rand(t, BF, 2, (ne2(ne, N, N), ne), 1.0f);
-    double ms = time_op(t, pf_mm, &c, 1, 10);
+    double ms = time_op(t, pf_mm, &c, 1, 10, NULL);
     peak_flops = 2.0 * N * (double)N * N / (ms * 1e-3);
     sl_be_release(t->gpu, &c.w[0]);
     sl_be_release(t->gpu, &c.x[0]);
@@ -1327,20 +1420,30 @@ static void measure_peaks(tb *t)
            peak_bw * 1e-9, peak_flops * 1e-12);
 }
 
-static void run_perf(tb *t)
+/* only: NULL for every op, else the one op to time ("matmul") */
+static void run_perf(tb *t, const char *only)
 {
     measure_peaks(t);
-    /* Qwen3-8B: H=4096, Hq=32, Hkv=8, D=128, I=12288 */
-    const struct { const char *n; int N, K; } w8b[] = {
-        {"8B qkv", (32 + 2 * 8) * 128, 4096},
-        {"8B o", 4096, 32 * 128},
-        {"8B gate_up", 2 * 12288, 4096},
-        {"8B down", 4096, 12288},
+    /* Qwen3-8B: H=4096, Hq=32, Hkv=8, D=128, I=12288, vocab 151936; Qwen3-30B-A3B attention:
+     * H=2048, Hq=32, Hkv=4, D=128. Prefill sizes (M = 64, 4096) only where they were timed before. */
+    const struct { const char *n; int N, K, prefill; } ws[] = {
+        {"8B qkv", (32 + 2 * 8) * 128, 4096, 1},
+        {"8B o", 4096, 32 * 128, 1},
+        {"8B gate_up", 2 * 12288, 4096, 1},
+        {"8B down", 4096, 12288, 1},
+        {"8B lm_head", 151936, 4096, 0},
+        {"30B qkv", (32 + 2 * 4) * 128, 2048, 0},
+        {"30B o", 2048, 32 * 128, 0},
     };
-    int Ms[] = {1, 4, 8, 16, 64, 4096};
-    for (size_t i = 0; i < sizeof w8b / sizeof w8b[0]; i++)
+    int Ms[] = {1, 2, 4, 8, 16, 64, 4096};
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
         for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++)
-            perf_matmul(t, w8b[i].n, Ms[j], w8b[i].N, w8b[i].K);
+            if (Ms[j] <= 16 || ws[i].prefill) perf_matmul(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, 0);
+    /* where the fixed cost per call goes: launch + events (a tiny GEMV), and
+     * the same weights every call (pages already mapped) against a fresh set */
+    perf_matmul(t, "tiny", 1, 64, 256, 0);
+    perf_matmul(t, "8B down", 1, 4096, 12288, 1);
+    if (only && !strcmp(only, "matmul")) return;
     perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128);
     perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128);
     perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128);
@@ -1390,7 +1493,7 @@ int main(int argc, char **argv)
     }
     printf("test_backend_ops: seed %llu\n", (unsigned long long)t.seed);
     if (perf) { /* perf mode times only: correctness is the plain run */
-        run_perf(&t);
+        run_perf(&t, filter);
         sl_backend_free(t.gpu);
         sl_backend_free(t.cpu);
         return 0;
