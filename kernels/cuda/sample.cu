@@ -56,6 +56,7 @@ struct sb_shared {
     uint32_t cnt[SB_BINS];
     u64 mass[SB_BINS];
     u64 red[SB_NT / 32];
+    u64 slot[SB_NT / 32][32]; // per-warp exchange of histogram masses
     int found, n_gt, n_c, pen_found;
     uint32_t digit;
     u64 above_c, above_m, grp_c;
@@ -160,13 +161,31 @@ __device__ sb_pick sb_select(const float *a, int V, sb_cand c, double t, sb_shar
             atomicAdd(&s.cnt[d], (uint32_t)c.m);
             if (TRACK) atomicAdd(&s.mass[d], c.m * sb_mass(c.key));
         }
-        for (int i = threadIdx.x; i < V; i += SB_NT) {
-            uint32_t k = sb_key(a[i]);
-            if (k > c.key && (uint32_t)((u64)k >> hi) == pfx) {
-                int d = (int)((k >> lo) & (uint32_t)(nb - 1));
-                atomicAdd(&s.cnt[d], 1u);
-                if (TRACK) atomicAdd(&s.mass[d], sb_mass(k));
+        // one atomic per distinct digit per warp: the first pass puts most of
+        // the row in a few bins, and 64-bit shared atomics retry on conflict
+        u64 *slot = s.slot[threadIdx.x >> 5];
+        int lane = threadIdx.x & 31;
+        for (int i0 = 0; i0 < V; i0 += SB_NT) {
+            int i = i0 + (int)threadIdx.x;
+            uint32_t k = i < V ? sb_key(a[i]) : 0u;
+            int d = i < V && k > c.key && (uint32_t)((u64)k >> hi) == pfx
+                        ? (int)((k >> lo) & (uint32_t)(nb - 1))
+                        : -1;
+            unsigned peers = __match_any_sync(SB_FULL, d);
+            if (TRACK) {
+                slot[lane] = d >= 0 ? sb_mass(k) : 0;
+                __syncwarp();
             }
+            if (d >= 0 && lane == __ffs(peers) - 1) {
+                atomicAdd(&s.cnt[d], (uint32_t)__popc(peers));
+                if (TRACK) {
+                    u64 m = 0;
+                    for (unsigned b = peers; b; b &= b - 1)
+                        m += slot[__ffs(b) - 1];
+                    atomicAdd(&s.mass[d], m);
+                }
+            }
+            if (TRACK) __syncwarp(); // slot is rewritten next round
         }
         __syncthreads();
         // thread order = descending digit order
