@@ -8,13 +8,17 @@
 #include "pool.h"
 #include "sl_log.h"
 
+#define LP_COLS (2 + 2 * SL_SAMPLE_MAX_TOP)
+
 /* A launched batch whose sampled ids are on their way to the host. Two
  * alternate: batch N+1 is launched before batch N's results are read. */
 typedef struct flight {
     sl_sched_batch *b;
     int half;        /* token buffer half its samples went to */
     int32_t *ids;    /* host copy of the sampled ids (pinned) */
-    int committed;   /* results already in b->out (sampled on the host) */
+    float *lp;       /* host copy of the logprob rows (pinned), valid when has_lp */
+    int has_lp;
+    int sampled;     /* 0: every row took its argmax (no sampler row was built) */
     int decode;      /* every sequence brought one token */
     sl_be_event *start, *done;
 } flight;
@@ -30,12 +34,15 @@ struct sl_engine {
     int cap;          /* rows of logits / samples a batch may have */
     sl_tensor logits; /* [cap, vocab] F32 */
     sl_tensor tok;    /* [2, cap] I32: sampled ids, one half per launch parity */
+    sl_tensor lp;     /* [cap, LP_COLS] F32: logprob rows of the op */
+    sl_sample_row *rows;
+    sl_sample_pen pen;
     flight fl[2];
     flight *pend;     /* launched, results not yet committed */
     uint64_t n_launch;
     int32_t *feed;    /* [feed_cap] per-token index into tok, -1: ids[t] */
     int feed_cap;
-    float *host;      /* logits rows for host sampling */
+    float *host;      /* logits rows for the test hook */
     size_t host_cap;
     sl_engine_gaps gaps;
     sl_engine_logits_fn hook;
@@ -83,14 +90,12 @@ const sl_model_cache *sl_engine_cache(const sl_engine *g)
     return &g->cache;
 }
 
-/* Whether b's rows must be sampled on the host: then its inputs must be
- * known on the host too (the batch before it committed first). */
-static int host_sampled(const sl_engine *g, const sl_sched_batch *b)
+/* Whether every row of b is the plain argmax of its logits. */
+static int all_argmax(const sl_sched_batch *b)
 {
-    if (g->hook || !sl_be_supports_op(g->be, SL_OP_ARGMAX)) return 1;
     for (int r = 0; r < b->n_rows; r++)
-        if (!sl_sampler_is_argmax(b->sampler[b->row_seq[r]])) return 1;
-    return 0;
+        if (!sl_sampler_is_argmax(b->sampler[b->row_seq[r]])) return 0;
+    return 1;
 }
 
 /* The row of the sampler's last sample in the pending batch, or -1. */
@@ -129,24 +134,57 @@ static sl_status resolve_inputs(sl_engine *g, sl_sched_batch *b, sl_err *e)
     return SL_OK;
 }
 
-static sl_status ensure_host(sl_engine *g, size_t n, sl_err *e)
+/* The test hook sees every sampled row's logits (a download: waits). */
+static sl_status run_hook(sl_engine *g, const sl_sched_batch *b, const sl_tensor *lv, sl_err *e)
 {
-    if (n <= g->host_cap) return SL_OK;
-    free(g->host);
-    g->host_cap = 0;
-    if (!(g->host = malloc(sizeof(float) * n))) return sl_err_set(e, SL_ERR_NOMEM, "out of memory for logits");
-    g->host_cap = n;
-    return SL_OK;
+    size_t n = (size_t)b->n_rows * (size_t)g->vocab;
+    if (n > g->host_cap) {
+        free(g->host);
+        g->host_cap = 0;
+        if (!(g->host = malloc(sizeof(float) * n))) return sl_err_set(e, SL_ERR_NOMEM, "out of memory for logits");
+        g->host_cap = n;
+    }
+    sl_status st = sl_be_download(g->be, lv, g->host, e);
+    for (int r = 0; r < b->n_rows && !st; r++) {
+        int s = b->row_seq[r];
+        g->hook(g->hook_ctx, b->rid[s], b->pos[b->rows[r]], g->host + (size_t)r * g->vocab, g->vocab);
+    }
+    return st;
+}
+
+/* Samples b's rows on the backend into iv: a plain argmax when every row is
+ * greedy, else the sampling op with each sampler's row (pending: its token
+ * from the uncommitted batch before, counted for penalties and the draw). */
+static sl_status sample_rows(sl_engine *g, sl_sched_batch *b, flight *f, sl_tensor *iv,
+                             const sl_tensor *lv, sl_err *e)
+{
+    f->sampled = !all_argmax(b) || !sl_be_supports_op(g->be, SL_OP_ARGMAX);
+    f->has_lp = 0;
+    if (!f->sampled) {
+        sl_be_argmax(g->be, iv, lv);
+        return SL_OK;
+    }
+    g->pen.n = 0;
+    for (int r = 0; r < b->n_rows; r++) {
+        int s = b->row_seq[r], t = b->q_start[s];
+        int32_t pending = b->feed_last[s] && g->feed[t] >= 0 ? g->feed[t] : -1;
+        sl_status st = sl_sampler_row(b->sampler[s], &g->rows[r], &g->pen, pending, e);
+        if (st) return st;
+        f->has_lp |= g->rows[r].logprobs;
+    }
+    sl_tensor lpv = sl_tensor_rowview(&g->lp, 0, b->n_rows);
+    sl_sample_args a = {b->n_rows, g->rows, g->pen.n, g->pen.tok, g->pen.out, g->pen.prompt, &g->tok};
+    sl_be_sample(g->be, iv, f->has_lp ? &lpv : NULL, lv, &a);
+    return f->has_lp ? sl_be_copy_out(g->be, &lpv, f->lp, e) : SL_OK;
 }
 
 /* Launches b: state copies, forward, sampling into its half of tok and the
- * copy of the ids to the host. Returns without waiting, except for rows
- * sampled on the host. */
+ * copies of the results to the host. Returns without waiting (but for the
+ * test hook). */
 static sl_status launch_batch(sl_engine *g, sl_sched_batch *b, flight *f, sl_err *e)
 {
     f->b = b;
     f->half = (int)(g->n_launch++ & 1);
-    f->committed = 0;
     f->decode = b->meta.n_tokens == b->meta.n_seqs;
     sl_status st = SL_OK;
     if (g->timing) st = sl_be_event_record(g->be, f->start, e);
@@ -160,28 +198,14 @@ static sl_status launch_batch(sl_engine *g, sl_sched_batch *b, flight *f, sl_err
         st = sl_model_forward(g->m, &g->cache, &b->meta, b->n_rows ? b->rows : &row0,
                               b->n_rows ? b->n_rows : 1, &g->logits, e);
     if (st || !b->n_rows) return st ? st : sl_be_event_record(g->be, f->done, e);
+    SL_ASSERT(b->n_rows <= g->cap);
     sl_tensor lv = sl_tensor_rowview(&g->logits, 0, b->n_rows);
     sl_tensor iv = sl_tensor_make((int32_t *)g->tok.data + f->half * g->cap, SL_DTYPE_I32, 1,
                                   (int64_t[]){b->n_rows});
     iv.on_device = g->tok.on_device;
-    if (host_sampled(g, b)) {
-        if ((st = ensure_host(g, (size_t)b->n_rows * (size_t)g->vocab, e))) return st;
-        if ((st = sl_be_download(g->be, &lv, g->host, e))) return st;
-        for (int r = 0; r < b->n_rows; r++) {
-            int s = b->row_seq[r];
-            float *row = g->host + (size_t)r * g->vocab;
-            if (g->hook) g->hook(g->hook_ctx, b->rid[s], b->pos[b->rows[r]], row, g->vocab);
-            sl_sampler_sample(b->sampler[s], row, g->vocab, &b->out[s]);
-            f->ids[r] = b->out[s].token;
-        }
-        f->committed = 1;
-        /* the next step may feed these tokens from the device */
-        st = sl_be_upload(g->be, &iv, f->ids, SL_DTYPE_I32, e);
-    } else {
-        /* greedy rows need only their argmax: R ids cross to the host, not R×V logits */
-        sl_be_argmax(g->be, &iv, &lv);
-        st = sl_be_copy_out(g->be, &iv, f->ids, e);
-    }
+    if (g->hook) st = run_hook(g, b, &lv, e);
+    if (!st) st = sample_rows(g, b, f, &iv, &lv, e);
+    if (!st) st = sl_be_copy_out(g->be, &iv, f->ids, e);
     if (!st) st = sl_be_event_record(g->be, f->done, e);
     return st;
 }
@@ -217,12 +241,14 @@ static sl_status commit(sl_engine *g, flight *f, const flight *next, sl_err *e)
     if (st) return st;
     count_gap(g, f, next);
     sl_sched_batch *b = f->b;
-    if (!f->committed)
-        for (int r = 0; r < b->n_rows; r++) {
-            int s = b->row_seq[r];
+    for (int r = 0; r < b->n_rows; r++) {
+        int s = b->row_seq[r];
+        if (f->sampled)
+            sl_sampler_commit(b->sampler[s], f->ids[r], f->has_lp ? f->lp + (size_t)r * LP_COLS : NULL,
+                              &b->out[s]);
+        else
             sl_sampler_take(b->sampler[s], f->ids[r], &b->out[s]);
-        }
-    f->committed = 1;
+    }
     return SL_OK;
 }
 
@@ -233,8 +259,8 @@ static sl_status run_batch(sl_engine *g, sl_sched_batch *b, int *done_prev, sl_e
     flight *p = g->pend, *f = &g->fl[p == &g->fl[0]];
     sl_status st = SL_OK;
     *done_prev = 0;
-    /* host inputs (plan hook) or host sampling need the pending samples first */
-    if (p && (g->plan || host_sampled(g, b))) {
+    /* the plan hook broadcasts ids: they must be known on the host */
+    if (p && g->plan) {
         st = commit(g, p, NULL, e);
         g->pend = NULL;
         *done_prev = 1;
@@ -362,10 +388,14 @@ static sl_status runner_alloc(sl_engine *g, const sl_engine_config *c, int ctx, 
     g->cap = g->scfg.max_running > 0 ? g->scfg.max_running : 1;
     sl_status st = sl_be_alloc(g->be, &g->logits, SL_DTYPE_F32, 2, (int64_t[]){g->cap, g->vocab}, e);
     if (!st) st = sl_be_alloc(g->be, &g->tok, SL_DTYPE_I32, 1, (int64_t[]){2 * (int64_t)g->cap}, e);
+    if (!st) st = sl_be_alloc(g->be, &g->lp, SL_DTYPE_F32, 2, (int64_t[]){g->cap, LP_COLS}, e);
+    if (!st && !(g->rows = malloc(sizeof *g->rows * (size_t)g->cap)))
+        st = sl_err_set(e, SL_ERR_NOMEM, "engine: out of memory");
     for (int i = 0; i < 2 && !st; i++) {
         flight *f = &g->fl[i];
-        if (!(f->ids = sl_be_host_alloc(g->be, sizeof(int32_t) * (size_t)g->cap)))
-            st = sl_err_set(e, SL_ERR_NOMEM, "engine: out of pinned memory");
+        f->ids = sl_be_host_alloc(g->be, sizeof(int32_t) * (size_t)g->cap);
+        f->lp = sl_be_host_alloc(g->be, sizeof(float) * LP_COLS * (size_t)g->cap);
+        if (!f->ids || !f->lp) st = sl_err_set(e, SL_ERR_NOMEM, "engine: out of pinned memory");
         if (!st) st = sl_be_event_new(g->be, &f->start, e);
         if (!st) st = sl_be_event_new(g->be, &f->done, e);
     }
@@ -470,8 +500,12 @@ void sl_engine_free(sl_engine *g)
     if (g->cache.k) sl_model_cache_free(g->m, &g->cache);
     sl_be_release(g->be, &g->logits);
     sl_be_release(g->be, &g->tok);
+    sl_be_release(g->be, &g->lp);
+    free(g->rows);
+    sl_sample_pen_free(&g->pen);
     for (int i = 0; i < 2; i++) {
         sl_be_host_free(g->be, g->fl[i].ids);
+        sl_be_host_free(g->be, g->fl[i].lp);
         sl_be_event_free(g->be, g->fl[i].start);
         sl_be_event_free(g->be, g->fl[i].done);
     }

@@ -195,22 +195,3 @@ void sl_sampler_take(sl_sampler_state *s, int32_t token, sl_sample *out)
 {
     sl_sampler_commit(s, token, NULL, out);
 }
-
-void sl_sampler_sample(sl_sampler_state *s, float *logits, int vocab, sl_sample *out)
-{
-    sl_sample_row row;
-    sl_sample_pen pen = {0};
-    sl_backend *cpu = sl_backend_cpu_new();
-    int32_t tok = 0;
-    float lp[2 + 2 * SL_SAMPLE_MAX_TOP];
-    int ok = cpu && sl_sampler_row(s, &row, &pen, -1, NULL) == SL_OK;
-    SL_ASSERT(ok && "out of memory for sampling");
-    sl_tensor ids = sl_tensor_make(&tok, SL_DTYPE_I32, 1, (int64_t[]){1});
-    sl_tensor lpt = sl_tensor_make(lp, SL_DTYPE_F32, 2, (int64_t[]){1, 2 + 2 * SL_SAMPLE_MAX_TOP});
-    sl_tensor lt = sl_tensor_make(logits, SL_DTYPE_F32, 2, (int64_t[]){1, vocab});
-    sl_sample_args a = {1, &row, pen.n, pen.tok, pen.out, pen.prompt, NULL};
-    sl_be_sample(cpu, &ids, &lpt, &lt, &a);
-    sl_sampler_commit(s, tok, row.logprobs ? lp : NULL, out);
-    sl_sample_pen_free(&pen);
-    sl_backend_free(cpu);
-}

@@ -97,9 +97,4 @@ sl_status sl_sampler_row(const sl_sampler_state *s, sl_sample_row *row, sl_sampl
  * with logprobs from lp_row (a row of the op's lp; NULL: none asked). */
 void sl_sampler_commit(sl_sampler_state *s, int32_t token, const float *lp_row, sl_sample *out);
 
-/* TRANSITIONAL, for worker/engine.c's host path until it calls sl_be_sample
- * itself (then delete): samples logits[0..vocab) (host memory, unchanged)
- * through the CPU op and records the token. */
-void sl_sampler_sample(sl_sampler_state *s, float *logits, int vocab, sl_sample *out);
-
 #endif
