@@ -10,7 +10,7 @@
  * the CUDA backend does not support.
  *
  *   test_backend_ops [--seed N] [--filter OP]   correctness
- *   test_backend_ops --perf                      timings only
+ *   test_backend_ops --perf [--filter OP]        timings only (of OP's family)
  *
  * --perf times each op at Qwen3-8B / Qwen3-30B-A3B shapes with CUDA events
  * (warm-up, median of many reps, inputs rotated through more than the L2) and
@@ -82,14 +82,6 @@ static void pair_set(tb *t, pair *p, const float *v)
         die_err("upload", &e);
 }
 
-static void pair_set_i32(tb *t, pair *p, const int32_t *v)
-{
-    sl_err e = {0};
-    if (sl_be_upload(t->cpu, &p->c, v, SL_DTYPE_I32, &e) ||
-        sl_be_upload(t->gpu, &p->g, v, SL_DTYPE_I32, &e))
-        die_err("upload", &e);
-}
-
 /* Uniform in [lo, hi), rounded to the GPU dtype; a fresh stream per call. */
 static void pair_rand(tb *t, pair *p, sl_dtype gdt, int ndim, const int64_t *ne, float lo, float hi)
 {
@@ -157,6 +149,16 @@ static void compare(tb *t, sl_op op, const char *desc, const char *what, const s
     free(vc);
     free(vg);
 }
+
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t err_ = (call);                                                                 \
+        if (err_ != cudaSuccess) {                                                                 \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                        \
+                    cudaGetErrorString(err_));                                                     \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
 
 /* ---- batch metadata --------------------------------------------------------- */
 
@@ -339,9 +341,23 @@ static const tb_case cases[] = {
     /* moe_route: T, E, k, norm */
     {SL_OP_MOE_ROUTE, F32, {33, 128, 8, 1}, 1e-5},
     {SL_OP_MOE_ROUTE, F32, {9, 60, 4, 0}, 1e-5},
-    /* moe_experts: T, H, I, E, k */
+    /* moe_experts: T, H, I, E, k, pool (experts drawn from a random pool of that many; 0: all
+     * E, skewed to low ids). Up to MOE_GV_MAX_PAIRS (moe.cu) pairs T*k take the few-token path,
+     * more the grouped GEMM. */
     {SL_OP_MOE_EXPERTS, BF, {5, 256, 96, 16, 4}, 2e-2},
     {SL_OP_MOE_EXPERTS, BF, {70, 512, 128, 32, 8}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {150, 512, 128, 32, 8}, 2e-2},       /* grouped GEMM */
+    {SL_OP_MOE_EXPERTS, BF, {1, 256, 96, 16, 4}, 2e-2},          /* tiny shape */
+    {SL_OP_MOE_EXPERTS, BF, {3, 256, 96, 16, 4, 5}, 2e-2},
+    {SL_OP_MOE_EXPERTS, F32, {8, 264, 40, 16, 4, 6}, 2e-2},      /* f32 x/out, ragged tiles */
+    {SL_OP_MOE_EXPERTS, BF, {64, 256, 96, 16, 4, 6}, 2e-2},      /* ~43 tokens per expert */
+    {SL_OP_MOE_EXPERTS, BF, {1, 2048, 768, 128, 8, 8}, 2e-2},    /* Qwen3-30B-A3B */
+    {SL_OP_MOE_EXPERTS, BF, {3, 2048, 768, 128, 8, 12}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {8, 2048, 768, 128, 8, 16}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {64, 2048, 768, 128, 8, 24}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {1, 2048, 512, 512, 10, 10}, 2e-2},  /* Qwen3-Coder-Next */
+    {SL_OP_MOE_EXPERTS, BF, {8, 2048, 512, 512, 10, 24}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {64, 2048, 512, 512, 10, 32}, 2e-2},
     /* gather_rows: seqs, q pattern, cols */
     {SL_OP_GATHER_ROWS, BF, {7, 3, 1000}, 0},
     {SL_OP_GATHER_ROWS, F32, {12, 5, 333}, 0},
@@ -374,6 +390,124 @@ static int64_t ne2(int64_t *ne, int64_t a, int64_t b)
     ne[0] = a;
     ne[1] = b;
     return a * b;
+}
+
+/* The same device tensor downloaded twice must match bit for bit. */
+static void compare_gpu_exact(tb *t, sl_op op, const char *desc, const char *what,
+                              const sl_tensor *a, const sl_tensor *b)
+{
+    int64_t n = sl_tensor_rows(a) * sl_tensor_cols(a);
+    float *va = download(t->gpu, a), *vb = download(t->gpu, b);
+    int ok = memcmp(va, vb, sizeof(float) * (size_t)n) == 0;
+    printf("  %-4s %-12s %-44s %-6s bit-identical\n", ok ? "ok" : "FAIL", sl_op_name(op), desc, what);
+    if (ok) t->n_pass++;
+    else t->n_fail++;
+    CHECK_MSG(ok, "%s %s %s", sl_op_name(op), desc, what);
+    free(va);
+    free(vb);
+}
+
+/* moe_experts. With a pool, ids come from `pool` random experts of E (each
+ * token distinct ones, so tokens share experts), the GPU gets the full
+ * [E, ...] weights with every other expert NaN (reading a wrong expert
+ * fails the case) and the CPU only the pool's experts, ids remapped: the
+ * real model shapes without E full experts on the host. The GPU op runs
+ * twice and must repeat itself bit for bit. */
+static void run_moe_experts(tb *t, const tb_case *c)
+{
+    const int *p = c->p;
+    int T = p[0], H = p[1], I = p[2], E = p[3], k = p[4], pool = p[5];
+    char desc[96];
+    snprintf(desc, sizeof desc, "T=%d H=%d I=%d E=%d k=%d%s %s", T, H, I, E, k,
+             pool ? " pooled" : "", sl_dtype_name(c->dt));
+    int64_t ne[3];
+    pair x, y, ids, wt;
+    pair_rand(t, &x, c->dt, 2, (ne2(ne, T, H), ne), -2, 2);
+    int n_cpu = pool ? pool : E;
+    int32_t *pool_e = malloc(sizeof(int32_t) * (size_t)n_cpu); /* CPU expert -> GPU expert */
+    uint64_t rs = sl_rng_mix(t->seed++);
+    for (int i = 0; i < n_cpu; i++) {
+        int e, dup;
+        uint64_t n = 0;
+        do {
+            e = pool ? (int)(sl_rng_uniform(rs, 5000000u + (uint64_t)i * 1000 + n++) * (float)E) : i;
+            dup = 0;
+            for (int j = 0; j < i; j++) dup |= pool_e[j] == e;
+        } while (dup);
+        pool_e[i] = e;
+    }
+    /* weights: CPU [n_cpu, ...] f32; GPU [E, ...] bf16, experts outside the pool NaN */
+    sl_tensor gu_c, dn_c, gu_g, dn_g;
+    sl_err e = {0};
+    int64_t gu_n = 2 * (int64_t)I * H, dn_n = (int64_t)H * I;
+    int64_t ne_gu[3] = {n_cpu, 2 * (int64_t)I, H}, ne_dn[3] = {n_cpu, H, I};
+    if (sl_be_alloc(t->cpu, &gu_c, F32, 3, ne_gu, &e) || sl_be_alloc(t->cpu, &dn_c, F32, 3, ne_dn, &e))
+        die_err("alloc", &e);
+    ne_gu[0] = ne_dn[0] = E;
+    if (sl_be_alloc(t->gpu, &gu_g, BF, 3, ne_gu, &e) || sl_be_alloc(t->gpu, &dn_g, BF, 3, ne_dn, &e))
+        die_err("alloc", &e);
+    if (pool) {
+        CK(cudaMemset(gu_g.data, 0xff, sizeof(uint16_t) * (size_t)(E * gu_n))); /* bf16 NaN */
+        CK(cudaMemset(dn_g.data, 0xff, sizeof(uint16_t) * (size_t)(E * dn_n)));
+        CK(cudaDeviceSynchronize()); /* before uploads on the backend's stream */
+    }
+    for (int i = 0; i < n_cpu; i++) {
+        sl_tensor *cs[2] = {&gu_c, &dn_c}, *gs[2] = {&gu_g, &dn_g};
+        int64_t n2[2] = {gu_n, dn_n};
+        for (int w = 0; w < 2; w++) {
+            float *hc = (float *)cs[w]->data + (int64_t)i * n2[w];
+            uint64_t s = sl_rng_mix(t->seed++);
+            for (int64_t j = 0; j < n2[w]; j++) hc[j] = bf16_round(-0.1f + 0.2f * sl_rng_uniform(s, (uint64_t)j));
+            sl_tensor slice = sl_tensor_make((uint16_t *)gs[w]->data + (int64_t)pool_e[i] * n2[w], BF,
+                                             1, &n2[w]);
+            slice.on_device = 1;
+            if (sl_be_upload(t->gpu, &slice, hc, F32, &e)) die_err("upload", &e);
+        }
+    }
+    /* ids: distinct experts per token; without a pool skewed toward low ids so
+     * some experts get many tokens (several GEMM tiles) and some none */
+    int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * k)), *ic = malloc(sizeof(int32_t) * (size_t)(T * k));
+    float *wv = malloc(sizeof(float) * (size_t)(T * k));
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < k; j++) {
+            int m, dup;
+            uint64_t n = 0;
+            do {
+                float u = sl_rng_uniform(rs, (uint64_t)(i * 64 + j) * 1000 + n++);
+                m = pool ? (int)(u * (float)pool) : (int)(u * u * (float)E);
+                dup = 0;
+                for (int jj = 0; jj < j; jj++) dup |= ic[i * k + jj] == m;
+            } while (dup);
+            ic[i * k + j] = m;
+            iv[i * k + j] = pool_e[m];
+            wv[i * k + j] = 0.05f + sl_rng_uniform(rs, (uint64_t)(i * 64 + j)) * 0.3f;
+        }
+    pair_alloc(t, &ids, SL_DTYPE_I32, 2, (ne2(ne, T, k), ne));
+    if (sl_be_upload(t->cpu, &ids.c, ic, SL_DTYPE_I32, &e) || sl_be_upload(t->gpu, &ids.g, iv, SL_DTYPE_I32, &e))
+        die_err("upload", &e);
+    pair_alloc(t, &wt, F32, 2, (ne2(ne, T, k), ne));
+    pair_set(t, &wt, wv);
+    pair_out(t, &y, c->dt, 2, (ne2(ne, T, H), ne));
+    sl_tensor y2;
+    if (sl_be_alloc(t->gpu, &y2, c->dt, 2, (ne2(ne, T, H), ne), &e)) die_err("alloc", &e);
+    sl_be_moe_experts(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &gu_c, &dn_c);
+    sl_be_moe_experts(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gu_g, &dn_g);
+    sl_be_moe_experts(t->gpu, &y2, &x.g, &ids.g, &wt.g, &gu_g, &dn_g);
+    compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
+    compare_gpu_exact(t, c->op, desc, "rerun", &y.g, &y2);
+    free(pool_e);
+    free(iv);
+    free(ic);
+    free(wv);
+    sl_be_release(t->cpu, &gu_c);
+    sl_be_release(t->cpu, &dn_c);
+    sl_be_release(t->gpu, &gu_g);
+    sl_be_release(t->gpu, &dn_g);
+    sl_be_release(t->gpu, &y2);
+    pair_free(t, &ids);
+    pair_free(t, &wt);
+    pair_free(t, &x);
+    pair_free(t, &y);
 }
 
 static void run_case(tb *t, const tb_case *c)
@@ -621,52 +755,9 @@ static void run_case(tb *t, const tb_case *c)
         pair_free(t, &w);
         break;
     }
-    case SL_OP_MOE_EXPERTS: {
-        int T = p[0], H = p[1], I = p[2], E = p[3], k = p[4];
-        snprintf(desc, sizeof desc, "T=%d H=%d I=%d E=%d k=%d", T, H, I, E, k);
-        pair gu, dn, ids, wt;
-        pair_rand(t, &x, dt, 2, (ne2(ne, T, H), ne), -2, 2);
-        int64_t ne3[3] = {E, 2 * (int64_t)I, H};
-        pair_rand(t, &gu, BF, 3, ne3, -0.1f, 0.1f);
-        ne3[1] = H;
-        ne3[2] = I;
-        pair_rand(t, &dn, BF, 3, ne3, -0.1f, 0.1f);
-        /* distinct experts per token, skewed toward low ids so some experts
-         * get many tokens (several GEMM tiles) and some none */
-        int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * k));
-        float *wv = malloc(sizeof(float) * (size_t)(T * k));
-        uint64_t rs = sl_rng_mix(t->seed++);
-        for (int i = 0; i < T; i++)
-            for (int j = 0; j < k; j++) {
-                int e, dup;
-                uint64_t n = 0;
-                do {
-                    float u = sl_rng_uniform(rs, (uint64_t)(i * 64 + j) * 1000 + n++);
-                    e = (int)(u * u * (float)E);
-                    dup = 0;
-                    for (int jj = 0; jj < j; jj++) dup |= iv[i * k + jj] == e;
-                } while (dup);
-                iv[i * k + j] = e;
-                wv[i * k + j] = 0.05f + sl_rng_uniform(rs, (uint64_t)(i * 64 + j)) * 0.3f;
-            }
-        pair_alloc(t, &ids, SL_DTYPE_I32, 2, (ne2(ne, T, k), ne));
-        pair_set_i32(t, &ids, iv);
-        pair_alloc(t, &wt, F32, 2, (ne2(ne, T, k), ne));
-        pair_set(t, &wt, wv);
-        pair_out(t, &y, dt, 2, (ne2(ne, T, H), ne));
-        sl_be_moe_experts(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &gu.c, &dn.c);
-        sl_be_moe_experts(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gu.g, &dn.g);
-        compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
-        free(iv);
-        free(wv);
-        pair_free(t, &gu);
-        pair_free(t, &dn);
-        pair_free(t, &ids);
-        pair_free(t, &wt);
-        pair_free(t, &x);
-        pair_free(t, &y);
+    case SL_OP_MOE_EXPERTS:
+        run_moe_experts(t, c);
         break;
-    }
     case SL_OP_GATHER_ROWS: { /* the last token row of each sequence */
         int S = p[0], C = p[2];
         snprintf(desc, sizeof desc, "seqs=%d C=%d %s", S, C, sl_dtype_name(dt));
@@ -729,15 +820,6 @@ static void run_case(tb *t, const tb_case *c)
 
 /* ---- perf ------------------------------------------------------------------- */
 
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        cudaError_t err_ = (call);                                                                 \
-        if (err_ != cudaSuccess) {                                                                 \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                        \
-                    cudaGetErrorString(err_));                                                     \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 static int cmp_float(const void *a, const void *b)
 {
@@ -925,7 +1007,8 @@ static void perf_row(tb *t, sl_op op, int M, int N)
     }
 }
 
-/* MoE experts at Qwen3-30B-A3B shapes */
+/* MoE experts at Qwen3-30B-A3B and Qwen3-Coder-Next shapes; bytes count the distinct
+ * active experts' weights (what a decode step must stream) plus x and out */
 #define MOE_SETS 8
 typedef struct pm_moe {
     sl_tensor x, ids[MOE_SETS], wt, gu, dn, y;
@@ -937,7 +1020,7 @@ static void pf_moe(tb *t, void *ctx, int set)
     sl_be_moe_experts(t->gpu, &c->y, &c->x, &c->ids[set], &c->wt, &c->gu, &c->dn);
 }
 
-static void perf_moe(tb *t, int T, int H, int I, int E, int k)
+static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k)
 {
     pm_moe c;
     int64_t ne[3] = {E, 2 * (int64_t)I, H};
@@ -971,7 +1054,7 @@ static void perf_moe(tb *t, int T, int H, int I, int E, int k)
     double bytes = (double)active * 3.0 * I * H * 2 + 2.0 * T * H * 2;
     double flops = 2.0 * T * k * 3.0 * I * H;
     char desc[96];
-    snprintf(desc, sizeof desc, "30B-A3B T=%d E=%d k=%d I=%d (%d active)", T, E, k, I, active);
+    snprintf(desc, sizeof desc, "%s T=%d E=%d k=%d I=%d (%d active)", name, T, E, k, I, active);
     report("moe_experts", desc, ms, bytes, flops);
     free(iv);
     free(wv);
@@ -1023,7 +1106,10 @@ static void measure_peaks(tb *t)
            peak_bw * 1e-9, peak_flops * 1e-12);
 }
 
-static void run_perf(tb *t)
+/* Whether the perf group of op runs under --filter. */
+static int perf_on(const char *filter, sl_op op) { return !filter || !strcmp(filter, sl_op_name(op)); }
+
+static void run_perf(tb *t, const char *filter)
 {
     measure_peaks(t);
     /* Qwen3-8B: H=4096, Hq=32, Hkv=8, D=128, I=12288 */
@@ -1034,23 +1120,33 @@ static void run_perf(tb *t)
         {"8B down", 4096, 12288},
     };
     int Ms[] = {1, 4, 8, 16, 64, 4096};
-    for (size_t i = 0; i < sizeof w8b / sizeof w8b[0]; i++)
-        for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++)
-            perf_matmul(t, w8b[i].n, Ms[j], w8b[i].N, w8b[i].K);
-    perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128);
-    perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128);
-    perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128);
-    perf_attention(t, "30B decode", 32, 1, 4096, 16, 32, 4, 128);
-    perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128);
-    perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128);
-    perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256);
-    perf_row(t, SL_OP_RMSNORM, 4096, 4096);
-    perf_row(t, SL_OP_ADD_RMSNORM, 4096, 4096);
-    perf_row(t, SL_OP_SILU_MUL, 4096, 12288);
-    perf_row(t, SL_OP_RMSNORM, 64, 4096);
-    perf_moe(t, 1, 2048, 768, 128, 8);
-    perf_moe(t, 64, 2048, 768, 128, 8);
-    perf_moe(t, 4096, 2048, 768, 128, 8);
+    if (perf_on(filter, SL_OP_MATMUL))
+        for (size_t i = 0; i < sizeof w8b / sizeof w8b[0]; i++)
+            for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++)
+                perf_matmul(t, w8b[i].n, Ms[j], w8b[i].N, w8b[i].K);
+    if (perf_on(filter, SL_OP_ATTENTION)) {
+        perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128);
+        perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128);
+        perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128);
+        perf_attention(t, "30B decode", 32, 1, 4096, 16, 32, 4, 128);
+        perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128);
+        perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128);
+        perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256);
+    }
+    if (perf_on(filter, SL_OP_RMSNORM)) perf_row(t, SL_OP_RMSNORM, 4096, 4096);
+    if (perf_on(filter, SL_OP_ADD_RMSNORM)) perf_row(t, SL_OP_ADD_RMSNORM, 4096, 4096);
+    if (perf_on(filter, SL_OP_SILU_MUL)) perf_row(t, SL_OP_SILU_MUL, 4096, 12288);
+    if (perf_on(filter, SL_OP_RMSNORM)) perf_row(t, SL_OP_RMSNORM, 64, 4096);
+    if (perf_on(filter, SL_OP_MOE_EXPERTS)) {
+        /* 1-128 tokens: the few-token path (T*k <= MOE_GV_MAX_PAIRS in moe.cu) and its
+         * threshold; 4096: the grouped GEMM */
+        int moe_T[] = {1, 8, 64, 128};
+        for (size_t i = 0; i < sizeof moe_T / sizeof moe_T[0]; i++) {
+            perf_moe(t, "30B-A3B", moe_T[i], 2048, 768, 128, 8);
+            perf_moe(t, "Coder-Next", moe_T[i], 2048, 512, 512, 10);
+        }
+        perf_moe(t, "30B-A3B", 4096, 2048, 768, 128, 8);
+    }
 }
 
 int main(int argc, char **argv)
@@ -1079,7 +1175,7 @@ int main(int argc, char **argv)
     }
     printf("test_backend_ops: seed %llu\n", (unsigned long long)t.seed);
     if (perf) { /* perf mode times only: correctness is the plain run */
-        run_perf(&t);
+        run_perf(&t, filter);
         sl_backend_free(t.gpu);
         sl_backend_free(t.cpu);
         return 0;
