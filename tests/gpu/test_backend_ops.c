@@ -399,9 +399,12 @@ static void compare_gpu_exact(tb *t, sl_op op, const char *desc, const char *wha
     int64_t n = sl_tensor_rows(a) * sl_tensor_cols(a);
     float *va = download(t->gpu, a), *vb = download(t->gpu, b);
     int ok = memcmp(va, vb, sizeof(float) * (size_t)n) == 0;
-    printf("  %-4s %-12s %-44s %-6s bit-identical\n", ok ? "ok" : "FAIL", sl_op_name(op), desc, what);
-    if (ok) t->n_pass++;
-    else t->n_fail++;
+    printf("  %-4s %-12s %-44s %-6s bit-identical\n", ok ? "ok" : "FAIL", sl_op_name(op), desc,
+           what);
+    if (ok)
+        t->n_pass++;
+    else
+        t->n_fail++;
     CHECK_MSG(ok, "%s %s %s", sl_op_name(op), desc, what);
     free(va);
     free(vb);
@@ -430,9 +433,11 @@ static void run_moe_experts(tb *t, const tb_case *c)
         int e, dup;
         uint64_t n = 0;
         do {
-            e = pool ? (int)(sl_rng_uniform(rs, 5000000u + (uint64_t)i * 1000 + n++) * (float)E) : i;
+            e = pool ? (int)(sl_rng_uniform(rs, 5000000u + (uint64_t)i * 1000 + n++) * (float)E)
+                     : i;
             dup = 0;
-            for (int j = 0; j < i; j++) dup |= pool_e[j] == e;
+            for (int j = 0; j < i; j++)
+                dup |= pool_e[j] == e;
         } while (dup);
         pool_e[i] = e;
     }
@@ -441,10 +446,12 @@ static void run_moe_experts(tb *t, const tb_case *c)
     sl_err e = {0};
     int64_t gu_n = 2 * (int64_t)I * H, dn_n = (int64_t)H * I;
     int64_t ne_gu[3] = {n_cpu, 2 * (int64_t)I, H}, ne_dn[3] = {n_cpu, H, I};
-    if (sl_be_alloc(t->cpu, &gu_c, F32, 3, ne_gu, &e) || sl_be_alloc(t->cpu, &dn_c, F32, 3, ne_dn, &e))
+    if (sl_be_alloc(t->cpu, &gu_c, F32, 3, ne_gu, &e) ||
+        sl_be_alloc(t->cpu, &dn_c, F32, 3, ne_dn, &e))
         die_err("alloc", &e);
     ne_gu[0] = ne_dn[0] = E;
-    if (sl_be_alloc(t->gpu, &gu_g, BF, 3, ne_gu, &e) || sl_be_alloc(t->gpu, &dn_g, BF, 3, ne_dn, &e))
+    if (sl_be_alloc(t->gpu, &gu_g, BF, 3, ne_gu, &e) ||
+        sl_be_alloc(t->gpu, &dn_g, BF, 3, ne_dn, &e))
         die_err("alloc", &e);
     if (pool) {
         CK(cudaMemset(gu_g.data, 0xff, sizeof(uint16_t) * (size_t)(E * gu_n))); /* bf16 NaN */
@@ -457,16 +464,18 @@ static void run_moe_experts(tb *t, const tb_case *c)
         for (int w = 0; w < 2; w++) {
             float *hc = (float *)cs[w]->data + (int64_t)i * n2[w];
             uint64_t s = sl_rng_mix(t->seed++);
-            for (int64_t j = 0; j < n2[w]; j++) hc[j] = bf16_round(-0.1f + 0.2f * sl_rng_uniform(s, (uint64_t)j));
-            sl_tensor slice = sl_tensor_make((uint16_t *)gs[w]->data + (int64_t)pool_e[i] * n2[w], BF,
-                                             1, &n2[w]);
+            for (int64_t j = 0; j < n2[w]; j++)
+                hc[j] = bf16_round(-0.1f + 0.2f * sl_rng_uniform(s, (uint64_t)j));
+            sl_tensor slice =
+                sl_tensor_make((uint16_t *)gs[w]->data + (int64_t)pool_e[i] * n2[w], BF, 1, &n2[w]);
             slice.on_device = 1;
             if (sl_be_upload(t->gpu, &slice, hc, F32, &e)) die_err("upload", &e);
         }
     }
     /* ids: distinct experts per token; without a pool skewed toward low ids so
      * some experts get many tokens (several GEMM tiles) and some none */
-    int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * k)), *ic = malloc(sizeof(int32_t) * (size_t)(T * k));
+    int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * k)),
+            *ic = malloc(sizeof(int32_t) * (size_t)(T * k));
     float *wv = malloc(sizeof(float) * (size_t)(T * k));
     for (int i = 0; i < T; i++)
         for (int j = 0; j < k; j++) {
@@ -476,14 +485,16 @@ static void run_moe_experts(tb *t, const tb_case *c)
                 float u = sl_rng_uniform(rs, (uint64_t)(i * 64 + j) * 1000 + n++);
                 m = pool ? (int)(u * (float)pool) : (int)(u * u * (float)E);
                 dup = 0;
-                for (int jj = 0; jj < j; jj++) dup |= ic[i * k + jj] == m;
+                for (int jj = 0; jj < j; jj++)
+                    dup |= ic[i * k + jj] == m;
             } while (dup);
             ic[i * k + j] = m;
             iv[i * k + j] = pool_e[m];
             wv[i * k + j] = 0.05f + sl_rng_uniform(rs, (uint64_t)(i * 64 + j)) * 0.3f;
         }
     pair_alloc(t, &ids, SL_DTYPE_I32, 2, (ne2(ne, T, k), ne));
-    if (sl_be_upload(t->cpu, &ids.c, ic, SL_DTYPE_I32, &e) || sl_be_upload(t->gpu, &ids.g, iv, SL_DTYPE_I32, &e))
+    if (sl_be_upload(t->cpu, &ids.c, ic, SL_DTYPE_I32, &e) ||
+        sl_be_upload(t->gpu, &ids.g, iv, SL_DTYPE_I32, &e))
         die_err("upload", &e);
     pair_alloc(t, &wt, F32, 2, (ne2(ne, T, k), ne));
     pair_set(t, &wt, wv);
@@ -850,7 +861,38 @@ static double time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps)
     return ms[reps / 2];
 }
 
-static double peak_bw, peak_flops; /* bytes/s, flop/s */
+/* Mean ms of one call of fn when n_sets calls (one per set) replay as one
+ * CUDA graph, as a captured decode step runs them: no host work between
+ * kernels. */
+static double time_graph(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps)
+{
+    cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    cudaEvent_t e0, e1;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < n_sets; i++)
+        fn(t, ctx, i);
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    CK(cudaGraphLaunch(ge, s));
+    CK(cudaEventRecord(e0, s));
+    for (int i = 0; i < reps; i++)
+        CK(cudaGraphLaunch(ge, s));
+    CK(cudaEventRecord(e1, s));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    return ms / (reps * n_sets);
+}
+
+static double peak_bw, peak_flops;                   /* bytes/s, flop/s */
 static const int64_t L2_ROTATE = (int64_t)256 << 20; /* rotate inputs through >= 256 MB */
 
 static sl_tensor gpu_rand(tb *t, sl_dtype dt, int ndim, const int64_t *ne, float scale)
@@ -1056,6 +1098,11 @@ static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k)
     char desc[96];
     snprintf(desc, sizeof desc, "%s T=%d E=%d k=%d I=%d (%d active)", name, T, E, k, I, active);
     report("moe_experts", desc, ms, bytes, flops);
+    if (T <= 128) { /* decode sizes: also as a captured graph replays them */
+        ms = time_graph(t, pf_moe, &c, MOE_SETS, 10);
+        snprintf(desc, sizeof desc, "%s T=%d graph", name, T);
+        report("moe_experts", desc, ms, bytes, flops);
+    }
     free(iv);
     free(wv);
     free(used);
@@ -1107,7 +1154,10 @@ static void measure_peaks(tb *t)
 }
 
 /* Whether the perf group of op runs under --filter. */
-static int perf_on(const char *filter, sl_op op) { return !filter || !strcmp(filter, sl_op_name(op)); }
+static int perf_on(const char *filter, sl_op op)
+{
+    return !filter || !strcmp(filter, sl_op_name(op));
+}
 
 static void run_perf(tb *t, const char *filter)
 {
