@@ -12,10 +12,11 @@
  *   test_backend_ops [--seed N] [--filter OP]   correctness
  *   test_backend_ops --perf [--filter OP]        timings only (of OP's family)
  *
- * --perf times each op at Qwen3-8B / Qwen3-30B-A3B shapes with CUDA events
- * (warm-up, median of many reps, inputs rotated through more than the L2) and
- * prints achieved GB/s or TFLOP/s against the peaks measured in the same run:
- * a large device-to-device copy and a large bf16 GEMM.
+ * --perf times each op at Qwen3-8B / Qwen3-30B-A3B / Qwen3-Coder-Next shapes
+ * with CUDA events (warm-up, median of many reps, inputs rotated through more
+ * than the L2) and prints achieved GB/s or TFLOP/s against the peaks measured
+ * in the same run: a large device-to-device copy and a large bf16 GEMM.
+ * Decode-sized moe_experts is also timed as a replayed CUDA graph.
  */
 #include <cuda_runtime.h>
 #include <math.h>
