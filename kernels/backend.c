@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 size_t sl_dtype_size(sl_dtype t)
 {
@@ -26,7 +27,8 @@ const char *sl_op_name(sl_op op)
     static const char *n[SL_OP_COUNT] = {
         "embed",    "matmul", "rmsnorm",  "add",     "add_rmsnorm", "rope",        "silu_mul",
         "sigmoid_mul", "kv_store", "attention", "conv1d",     "gdn",         "rmsnorm_gated",
-        "moe_route", "moe_experts", "gather_rows", "copy_slots", "fill_random", "argmax"};
+        "moe_route", "moe_experts", "gather_rows", "copy_slots", "fill_random", "argmax",
+        "attn_prep"};
     return (unsigned)op < SL_OP_COUNT ? n[op] : "?";
 }
 
@@ -204,7 +206,8 @@ int sl_be_supports_op(const sl_backend *be, sl_op op)
         (const void *)i->sigmoid_mul, (const void *)i->kv_store,      (const void *)i->attention,
         (const void *)i->conv1d,      (const void *)i->gdn,           (const void *)i->rmsnorm_gated,
         (const void *)i->moe_route,   (const void *)i->moe_experts,   (const void *)i->gather_rows,
-        (const void *)i->copy_slots,  (const void *)i->fill_random,   (const void *)i->argmax};
+        (const void *)i->copy_slots,  (const void *)i->fill_random,   (const void *)i->argmax,
+        (const void *)i->attn_prep};
     return (unsigned)op < SL_OP_COUNT && slot[op] != NULL;
 }
 
@@ -244,6 +247,108 @@ sl_status sl_be_mem_info(sl_backend *be, size_t *free_bytes, size_t *total_bytes
 sl_status sl_be_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e)
 {
     return be->i->prepare ? be->i->prepare(be, m, e) : SL_OK;
+}
+
+/* ---- pipelining ------------------------------------------------------------ */
+
+/* Host-memory backends: ops are done when they return, so an event is a
+ * timestamp and a copy out is a memcpy. */
+struct sl_be_event {
+    double t_ms;
+};
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+void *sl_be_host_alloc(sl_backend *be, size_t bytes)
+{
+    return be->i->host_alloc ? be->i->host_alloc(be, bytes) : malloc(bytes ? bytes : 1);
+}
+
+void sl_be_host_free(sl_backend *be, void *p)
+{
+    if (!p) return;
+    if (be->i->host_free) be->i->host_free(be, p);
+    else free(p);
+}
+
+sl_status sl_be_copy_out(sl_backend *be, const sl_tensor *t, void *dst, sl_err *e)
+{
+    if (be->i->copy_out) return be->i->copy_out(be, t, dst, e);
+    memcpy(dst, t->data, (size_t)sl_tensor_numel(t) * sl_dtype_size(t->dtype));
+    return SL_OK;
+}
+
+sl_status sl_be_event_new(sl_backend *be, sl_be_event **ev, sl_err *e)
+{
+    if (be->i->event_new) return be->i->event_new(be, ev, e);
+    if (!(*ev = calloc(1, sizeof **ev))) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    return SL_OK;
+}
+
+void sl_be_event_free(sl_backend *be, sl_be_event *ev)
+{
+    if (!ev) return;
+    if (be->i->event_free) be->i->event_free(be, ev);
+    else free(ev);
+}
+
+sl_status sl_be_event_record(sl_backend *be, sl_be_event *ev, sl_err *e)
+{
+    if (be->i->event_record) return be->i->event_record(be, ev, e);
+    ev->t_ms = now_ms();
+    return SL_OK;
+}
+
+sl_status sl_be_event_wait(sl_backend *be, sl_be_event *ev, sl_err *e)
+{
+    return be->i->event_wait ? be->i->event_wait(be, ev, e) : SL_OK;
+}
+
+float sl_be_event_ms(sl_backend *be, sl_be_event *from, sl_be_event *to)
+{
+    if (be->i->event_ms) return be->i->event_ms(be, from, to);
+    return (float)(to->t_ms - from->t_ms);
+}
+
+int sl_be_has_graphs(const sl_backend *be)
+{
+    return be->i->capture_begin != NULL;
+}
+
+sl_status sl_be_prepare_fixed(sl_backend *be, sl_batch_meta *m, int max_tokens, int max_ctx,
+                              sl_err *e)
+{
+    SL_ASSERT(m->n_tokens <= max_tokens && m->n_seqs <= max_tokens);
+    if (be->i->prepare_fixed) return be->i->prepare_fixed(be, m, max_tokens, max_ctx, e);
+    return sl_be_prepare(be, m, e);
+}
+
+sl_status sl_be_capture_begin(sl_backend *be, sl_err *e)
+{
+    if (!be->i->capture_begin)
+        return sl_err_set(e, SL_ERR_UNSUPPORTED, "the %s backend has no graphs", be->i->name);
+    return be->i->capture_begin(be, e);
+}
+
+sl_status sl_be_capture_end(sl_backend *be, sl_be_graph **g, sl_err *e)
+{
+    *g = NULL;
+    return be->i->capture_end(be, g, e);
+}
+
+sl_status sl_be_graph_launch(sl_backend *be, sl_be_graph *g, sl_err *e)
+{
+    return be->i->graph_launch(be, g, e);
+}
+
+void sl_be_graph_free(sl_backend *be, sl_be_graph *g)
+{
+    if (g) be->i->graph_free(be, g);
 }
 
 #define NEED(slot) SL_ASSERT(be->i->slot && "op not supported by this backend")
@@ -317,6 +422,20 @@ void sl_be_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const 
     NEED(kv_store);
     SL_ASSERT(sl_tensor_cols(kcache) == sl_tensor_cols(k) && sl_tensor_cols(vcache) == sl_tensor_cols(v));
     be->i->kv_store(be, kcache, vcache, k, v, m);
+}
+
+void sl_be_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_tensor *v,
+                     const sl_tensor *q_norm, const sl_tensor *k_norm, float eps, int one_plus,
+                     int head_dim, int rot_dim, float theta, sl_tensor *kcache, sl_tensor *vcache,
+                     const sl_batch_meta *m)
+{
+    NEED(attn_prep);
+    SL_ASSERT(sl_tensor_numel(q_norm) == head_dim && sl_tensor_numel(k_norm) == head_dim);
+    SL_ASSERT(sl_tensor_cols(q) % head_dim == 0 && sl_tensor_cols(k) % head_dim == 0);
+    SL_ASSERT(rot_dim <= head_dim && rot_dim % 2 == 0 && sl_tensor_rows(q) == m->n_tokens);
+    SL_ASSERT(sl_tensor_cols(kcache) == sl_tensor_cols(k) && sl_tensor_cols(vcache) == sl_tensor_cols(v));
+    be->i->attn_prep(be, q, k, v, q_norm, k_norm, eps, one_plus, head_dim, rot_dim, theta, kcache,
+                     vcache, m);
 }
 
 void sl_be_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,

@@ -101,6 +101,7 @@ typedef enum sl_op {
     SL_OP_COPY_SLOTS,
     SL_OP_FILL_RANDOM,
     SL_OP_ARGMAX,
+    SL_OP_ATTN_PREP,
     SL_OP_COUNT
 } sl_op;
 
@@ -139,6 +140,11 @@ typedef struct sl_batch_meta {
     const int32_t *track_len;   /* [n_seqs] */
     int n_logits;
     const int32_t *logit_rows;  /* [n_logits] token rows whose logits are wanted */
+    /* Optional (NULL: every id is in ids): token t's id is feed_ids[feed[t]]
+     * when feed[t] >= 0, a token an earlier forward sampled that is still only
+     * on the backend (overlap: the next step runs before the host saw it). */
+    const int32_t *feed;        /* [n_tokens] */
+    const int32_t *feed_ids;    /* backend memory (I32) */
     void *dev;                  /* backend-private device mirror */
 } sl_batch_meta;
 
@@ -174,6 +180,49 @@ sl_status sl_be_mem_info(sl_backend *be, size_t *free_bytes, size_t *total_bytes
 /* Mirrors a batch's host arrays for device ops (no-op on CPU). */
 sl_status sl_be_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e);
 
+/* ---- pipelining: results out without waiting, events, graphs --------------
+ *
+ * The engine launches step N+1 before it reads step N's sampled ids: results
+ * go out with sl_be_copy_out into host memory from sl_be_host_alloc (pinned on
+ * CUDA) and are read after sl_be_event_wait on an event recorded behind them.
+ * On the CPU backend every op has finished when it returns: copies are
+ * memcpys and events only carry a timestamp.
+ *
+ * Decode graphs (backends with sl_be_has_graphs): the ops issued between
+ * sl_be_capture_begin and sl_be_capture_end are recorded instead of run, and
+ * sl_be_graph_launch replays them in one call. A replay reads the batch
+ * mirror at the addresses it was captured with, so graph batches are mirrored
+ * with sl_be_prepare_fixed: one device region laid out for up to max_tokens
+ * tokens and sequences of up to max_ctx cache positions, the same for every
+ * batch within those bounds (keep the bounds constant: new bounds move the
+ * region and stale every graph), and attention sizes its key splits for
+ * max_ctx instead of the batch's longest context. Two batches of equal shape
+ * (n_tokens, n_seqs, n_logits, query lengths) then launch identically. */
+void *sl_be_host_alloc(sl_backend *be, size_t bytes); /* NULL when out of memory */
+void sl_be_host_free(sl_backend *be, void *p);
+/* Starts copying the elements of t (contiguous, any dtype, raw bytes) to dst. */
+sl_status sl_be_copy_out(sl_backend *be, const sl_tensor *t, void *dst, sl_err *e);
+
+typedef struct sl_be_event sl_be_event;
+sl_status sl_be_event_new(sl_backend *be, sl_be_event **ev, sl_err *e);
+void sl_be_event_free(sl_backend *be, sl_be_event *ev);
+/* Marks the point the backend's queue has reached. */
+sl_status sl_be_event_record(sl_backend *be, sl_be_event *ev, sl_err *e);
+/* Waits until everything queued before the last record has run. */
+sl_status sl_be_event_wait(sl_backend *be, sl_be_event *ev, sl_err *e);
+/* Milliseconds between two completed events (device clock on CUDA). */
+float sl_be_event_ms(sl_backend *be, sl_be_event *from, sl_be_event *to);
+
+int sl_be_has_graphs(const sl_backend *be);
+sl_status sl_be_prepare_fixed(sl_backend *be, sl_batch_meta *m, int max_tokens, int max_ctx,
+                              sl_err *e);
+typedef struct sl_be_graph sl_be_graph;
+sl_status sl_be_capture_begin(sl_backend *be, sl_err *e);
+/* Ends the capture; *g is the replayable graph (NULL on error). */
+sl_status sl_be_capture_end(sl_backend *be, sl_be_graph **g, sl_err *e);
+sl_status sl_be_graph_launch(sl_backend *be, sl_be_graph *g, sl_err *e);
+void sl_be_graph_free(sl_backend *be, sl_be_graph *g);
+
 /* ---- ops ----------------------------------------------------------------- */
 
 /* out[T,H] = table[ids[t], :] */
@@ -200,6 +249,14 @@ void sl_be_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot
 void sl_be_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu);
 /* x[M,N] ⊙= σ(g), g [M,N] or [M,1] (one gate per row, broadcast) */
 void sl_be_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g);
+/* The attention prologue in one pass (what rmsnorm of q and k per head,
+ * rope of both and kv_store do in turn): q [T, Hq*D] and k [T, Hkv*D] are
+ * normalised per head with q_norm / k_norm ([D]) and rotated in place, then
+ * k and v [T, Hkv*D] go to the cache rows kv_slot[t]. */
+void sl_be_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_tensor *v,
+                     const sl_tensor *q_norm, const sl_tensor *k_norm, float eps, int one_plus,
+                     int head_dim, int rot_dim, float theta, sl_tensor *kcache, sl_tensor *vcache,
+                     const sl_batch_meta *m);
 /* Scatter k,v [T, Hkv*D] into cache [n_pages*page_size, Hkv*D] rows kv_slot[t]. */
 void sl_be_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const sl_tensor *k,
                     const sl_tensor *v, const sl_batch_meta *m);

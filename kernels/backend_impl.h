@@ -17,6 +17,23 @@ typedef struct sl_backend_i {
     sl_status (*sync)(sl_backend *be, sl_err *e);
     sl_status (*prepare)(sl_backend *be, sl_batch_meta *m, sl_err *e);
     sl_status (*mem_info)(sl_backend *be, size_t *free_bytes, size_t *total_bytes, sl_err *e);
+    /* pipelining; NULL on a backend whose memory is host memory and whose
+     * ops finish before they return (backend.c then supplies plain versions) */
+    void *(*host_alloc)(sl_backend *be, size_t bytes);
+    void (*host_free)(sl_backend *be, void *p);
+    sl_status (*copy_out)(sl_backend *be, const sl_tensor *t, void *dst, sl_err *e);
+    sl_status (*event_new)(sl_backend *be, sl_be_event **ev, sl_err *e);
+    void (*event_free)(sl_backend *be, sl_be_event *ev);
+    sl_status (*event_record)(sl_backend *be, sl_be_event *ev, sl_err *e);
+    sl_status (*event_wait)(sl_backend *be, sl_be_event *ev, sl_err *e);
+    float (*event_ms)(sl_backend *be, sl_be_event *from, sl_be_event *to);
+    /* graphs; NULL where the backend cannot capture */
+    sl_status (*prepare_fixed)(sl_backend *be, sl_batch_meta *m, int max_tokens, int max_ctx,
+                               sl_err *e);
+    sl_status (*capture_begin)(sl_backend *be, sl_err *e);
+    sl_status (*capture_end)(sl_backend *be, sl_be_graph **g, sl_err *e);
+    sl_status (*graph_launch)(sl_backend *be, sl_be_graph *g, sl_err *e);
+    void (*graph_free)(sl_backend *be, sl_be_graph *g);
 
     void (*embed)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_batch_meta *);
     void (*matmul)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *);
@@ -45,6 +62,9 @@ typedef struct sl_backend_i {
     void (*copy_slots)(sl_backend *, sl_tensor *, const int32_t *, const int32_t *, int);
     void (*fill_random)(sl_backend *, sl_tensor *, uint64_t, float, float);
     void (*argmax)(sl_backend *, sl_tensor *, const sl_tensor *);
+    void (*attn_prep)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_tensor *,
+                      const sl_tensor *, float, int, int, int, float, sl_tensor *, sl_tensor *,
+                      const sl_batch_meta *);
 } sl_backend_i;
 
 /* Every backend struct begins with this header. */

@@ -40,6 +40,9 @@ static pass passes[] = {
     {"--mamba-track-interval", SL_OPT_STR, "decode tokens between cached states (workers)", NULL, 0},
     {"--disable-overlap-schedule", SL_OPT_FLAG, "build each batch after the previous (workers)", NULL, 0},
     {"--disable-radix-cache", SL_OPT_FLAG, "no prefix caching (workers)", NULL, 0},
+    {"--cuda-graph-max-bs", SL_OPT_STR, "largest decode batch run from a CUDA graph (workers)", NULL, 0},
+    {"--disable-cuda-graph", SL_OPT_FLAG, "run decode batches eagerly (workers)", NULL, 0},
+    {"--step-timing", SL_OPT_FLAG, "log decode step device time and idle gaps (workers)", NULL, 0},
 };
 #define NPASS ((int)(sizeof passes / sizeof passes[0]))
 

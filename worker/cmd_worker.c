@@ -28,7 +28,7 @@ static sl_status check_flags(const sl_model_config *mc, const sl_engine_config *
     if (c->mem_fraction <= 0 || c->mem_fraction > 1)
         return sl_err_set(e, SL_ERR_INVALID, "--mem-fraction-static must be in (0, 1]");
     if (c->max_running < 0 || c->context_len < 0 || c->max_total_tokens < 0 ||
-        c->max_mamba_slots < 0)
+        c->max_mamba_slots < 0 || c->graph_max_bs < 0)
         return sl_err_set(e, SL_ERR_INVALID, "sizes must not be negative");
     if (strcmp(strategy, "extra_buffer") && strcmp(strategy, "no_buffer"))
         return sl_err_set(e, SL_ERR_INVALID,
@@ -53,7 +53,7 @@ int sl_cmd_worker(int argc, char **argv)
     const char *model = NULL, *listen = NULL, *device = "cpu", *load_format = "auto";
     const char *strategy = "extra_buffer", *served_name = NULL;
     long long seed = 0, mem_bytes = 0;
-    int disable_overlap = 0;
+    int disable_overlap = 0, disable_graph = 0;
     sl_engine_config c;
     sl_engine_config_default(&c);
     sl_opt opts[] = {
@@ -85,6 +85,11 @@ int sl_cmd_worker(int argc, char **argv)
         {"--disable-overlap-schedule", NULL, SL_OPT_FLAG, &disable_overlap,
          "build each batch only after the previous one finished"},
         {"--disable-radix-cache", NULL, SL_OPT_FLAG, &c.disable_radix, "no prefix caching"},
+        {"--cuda-graph-max-bs", NULL, SL_OPT_INT, &c.graph_max_bs,
+         "largest decode batch replayed from a CUDA graph (default 256)"},
+        {"--disable-cuda-graph", NULL, SL_OPT_FLAG, &disable_graph, "run decode batches eagerly"},
+        {"--step-timing", NULL, SL_OPT_FLAG, &c.step_timing,
+         "log device time and idle gaps of decode steps (every 2000 steps)"},
         {0}};
     const char *summary = "Serves a model to a router over nng (proto/sluice.proto messages).";
     int cli = sl_opts_cli(argc, argv, "worker", summary, opts);
@@ -100,6 +105,7 @@ int sl_cmd_worker(int argc, char **argv)
         return sl_opts_usage_error("worker", e.msg);
     }
     c.overlap = !disable_overlap;
+    if (disable_graph) c.graph_max_bs = 0;
     c.mem_bytes = mem_bytes > 0 ? (size_t)mem_bytes : 0;
     c.strategy = !strcmp(strategy, "no_buffer") ? SL_MAMBA_NO_BUFFER : SL_MAMBA_EXTRA_BUFFER;
     sl_model_config mc;

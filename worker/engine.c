@@ -8,20 +8,36 @@
 #include "pool.h"
 #include "sl_log.h"
 
+/* A launched batch whose sampled ids are on their way to the host. Two
+ * alternate: batch N+1 is launched before batch N's results are read. */
+typedef struct flight {
+    sl_sched_batch *b;
+    int half;        /* token buffer half its samples went to */
+    int32_t *ids;    /* host copy of the sampled ids (pinned) */
+    int committed;   /* results already in b->out (sampled on the host) */
+    int decode;      /* every sequence brought one token */
+    sl_be_event *start, *done;
+} flight;
+
 struct sl_engine {
     sl_model *m;
     sl_backend *be;
     sl_model_cache cache;
     sl_sched *sched;
     sl_sched_config scfg;
-    int vocab, overlap;
+    int vocab, overlap, timing;
     /* runner state (compute thread, or the leader without overlap) */
-    sl_tensor logits;
-    int logits_cap;
-    sl_tensor argmax_ids; /* [logits_cap] I32: device argmax of greedy batches */
-    int32_t *host_ids;
-    float *host;
-    int host_cap;
+    int cap;          /* rows of logits / samples a batch may have */
+    sl_tensor logits; /* [cap, vocab] F32 */
+    sl_tensor tok;    /* [2, cap] I32: sampled ids, one half per launch parity */
+    flight fl[2];
+    flight *pend;     /* launched, results not yet committed */
+    uint64_t n_launch;
+    int32_t *feed;    /* [feed_cap] per-token index into tok, -1: ids[t] */
+    int feed_cap;
+    float *host;      /* logits rows for host sampling */
+    size_t host_cap;
+    sl_engine_gaps gaps;
     sl_engine_logits_fn hook;
     void *hook_ctx;
     sl_engine_plan_fn plan;
@@ -33,7 +49,7 @@ struct sl_engine {
     pthread_cond_t cv;
     sl_sched_batch *fifo[4];
     int fifo_head, fifo_n, stop;
-    uint64_t launched, finished;
+    uint64_t launched, finished, wanted;
     sl_status failed;
     sl_err fail_err;
     sl_sched_batch *prev; /* launched, results not yet processed */
@@ -49,40 +65,17 @@ void sl_engine_config_default(sl_engine_config *c)
     c->strategy = SL_MAMBA_EXTRA_BUFFER;
     c->track_interval = 256;
     c->overlap = 1;
+    c->graph_max_bs = 256;
 }
 
 /* ---- runner --------------------------------------------------------------------- */
 
-/* State copies and the forward of b; logits of b's sampled rows land in
- * g->logits. */
-static sl_status forward(sl_engine *g, sl_sched_batch *b, sl_err *e)
-{
-    if (b->n_copy) sl_model_cache_copy_slots(g->m, &g->cache, b->copy_dst, b->copy_src, b->n_copy);
-    /* a batch of unfinished prefill chunks samples nothing; the model still
-     * wants one row of logits */
-    int n_rows = b->n_rows ? b->n_rows : 1;
-    int32_t row0 = 0;
-    const int32_t *rows = b->n_rows ? b->rows : &row0;
-    if (n_rows > g->logits_cap) {
-        sl_be_release(g->be, &g->logits);
-        sl_be_release(g->be, &g->argmax_ids);
-        free(g->host_ids);
-        g->host_ids = NULL;
-        g->logits_cap = 0;
-        int cap = n_rows * 2;
-        sl_status st = sl_be_alloc(g->be, &g->logits, SL_DTYPE_F32, 2, (int64_t[]){cap, g->vocab}, e);
-        if (!st) st = sl_be_alloc(g->be, &g->argmax_ids, SL_DTYPE_I32, 1, (int64_t[]){cap}, e);
-        if (!st && !(g->host_ids = malloc(sizeof(int32_t) * (size_t)cap)))
-            st = sl_err_set(e, SL_ERR_NOMEM, "out of memory");
-        if (st) return st;
-        g->logits_cap = cap;
-    }
-    return sl_model_forward(g->m, &g->cache, &b->meta, rows, n_rows, &g->logits, e);
-}
-
 sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e)
 {
-    return forward(g, b, e);
+    if (b->n_copy) sl_model_cache_copy_slots(g->m, &g->cache, b->copy_dst, b->copy_src, b->n_copy);
+    int32_t row0 = 0;
+    return sl_model_forward(g->m, &g->cache, &b->meta, b->n_rows ? b->rows : &row0,
+                            b->n_rows ? b->n_rows : 1, &g->logits, e);
 }
 
 const sl_model_cache *sl_engine_cache(const sl_engine *g)
@@ -90,73 +83,228 @@ const sl_model_cache *sl_engine_cache(const sl_engine *g)
     return &g->cache;
 }
 
-static sl_status run_batch(sl_engine *g, sl_sched_batch *b, sl_err *e)
+/* Whether b's rows must be sampled on the host: then its inputs must be
+ * known on the host too (the batch before it committed first). */
+static int host_sampled(const sl_engine *g, const sl_sched_batch *b)
 {
-    for (int i = 0; i < b->meta.n_seqs; i++)
-        if (b->feed_last[i]) b->ids[b->q_start[i]] = sl_sampler_last_token(b->sampler[i]);
-    sl_status st = g->plan ? g->plan(g->plan_ctx, b, e) : SL_OK;
-    if (!st) st = forward(g, b, e);
-    if (st || !b->n_rows) return st;
-    /* greedy rows need only their argmax: R ids cross to the host, not R×V logits */
-    int all_argmax = !g->hook && sl_be_supports_op(g->be, SL_OP_ARGMAX);
-    for (int r = 0; r < b->n_rows && all_argmax; r++)
-        all_argmax = sl_sampler_is_argmax(b->sampler[b->row_seq[r]]);
-    if (all_argmax) {
-        sl_tensor lv = sl_tensor_rowview(&g->logits, 0, b->n_rows);
-        sl_tensor iv = sl_tensor_make(g->argmax_ids.data, SL_DTYPE_I32, 1, (int64_t[]){b->n_rows});
-        iv.on_device = g->argmax_ids.on_device;
-        sl_be_argmax(g->be, &iv, &lv);
-        float *f = (float *)g->host_ids; /* ids arrive as exact floats (< 2^24) */
-        if ((st = sl_be_download(g->be, &iv, f, e))) return st;
-        for (int r = 0; r < b->n_rows; r++) {
-            int s = b->row_seq[r];
-            sl_sampler_take(b->sampler[s], (int32_t)f[r], &b->out[s]);
+    if (g->hook || !sl_be_supports_op(g->be, SL_OP_ARGMAX)) return 1;
+    for (int r = 0; r < b->n_rows; r++)
+        if (!sl_sampler_is_argmax(b->sampler[b->row_seq[r]])) return 1;
+    return 0;
+}
+
+/* The row of the sampler's last sample in the pending batch, or -1. */
+static int pending_row(const flight *p, const sl_sampler_state *s)
+{
+    const sl_sched_batch *pb = p->b;
+    for (int r = 0; r < pb->n_rows; r++)
+        if (pb->sampler[pb->row_seq[r]] == s) return r;
+    return -1;
+}
+
+/* Resolves b's fed tokens: from the pending batch's samples on the device
+ * when it has not committed yet, else from the sampler on the host. */
+static sl_status resolve_inputs(sl_engine *g, sl_sched_batch *b, sl_err *e)
+{
+    int T = b->meta.n_tokens;
+    if (T > g->feed_cap) {
+        int32_t *f = realloc(g->feed, sizeof(int32_t) * (size_t)T * 2);
+        if (!f) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+        g->feed = f;
+        g->feed_cap = T * 2;
+    }
+    for (int t = 0; t < T; t++) g->feed[t] = -1;
+    for (int i = 0; i < b->meta.n_seqs; i++) {
+        if (!b->feed_last[i]) continue;
+        int t = b->q_start[i], r = g->pend ? pending_row(g->pend, b->sampler[i]) : -1;
+        if (r >= 0) {
+            b->ids[t] = 0; /* checked placeholder; the embedding reads tok */
+            g->feed[t] = g->pend->half * g->cap + r;
+        } else {
+            b->ids[t] = sl_sampler_last_token(b->sampler[i]);
         }
-        return SL_OK;
     }
-    if ((size_t)b->n_rows * g->vocab > (size_t)g->host_cap) {
-        free(g->host);
-        g->host_cap = b->n_rows * 2 * g->vocab;
-        g->host = malloc(sizeof(float) * (size_t)g->host_cap);
-        if (!g->host) {
-            g->host_cap = 0;
-            return sl_err_set(e, SL_ERR_NOMEM, "out of memory for logits");
-        }
-    }
-    sl_tensor lv = sl_tensor_rowview(&g->logits, 0, b->n_rows);
-    st = sl_be_download(g->be, &lv, g->host, e);
-    if (st) return st;
-    for (int r = 0; r < b->n_rows; r++) {
-        int s = b->row_seq[r];
-        float *row = g->host + (size_t)r * g->vocab;
-        if (g->hook) g->hook(g->hook_ctx, b->rid[s], b->pos[b->rows[r]], row, g->vocab);
-        sl_sampler_sample(b->sampler[s], row, g->vocab, &b->out[s]);
-    }
+    b->meta.feed = g->feed;
+    b->meta.feed_ids = g->tok.data;
     return SL_OK;
 }
 
+static sl_status ensure_host(sl_engine *g, size_t n, sl_err *e)
+{
+    if (n <= g->host_cap) return SL_OK;
+    free(g->host);
+    g->host_cap = 0;
+    if (!(g->host = malloc(sizeof(float) * n))) return sl_err_set(e, SL_ERR_NOMEM, "out of memory for logits");
+    g->host_cap = n;
+    return SL_OK;
+}
+
+/* Launches b: state copies, forward, sampling into its half of tok and the
+ * copy of the ids to the host. Returns without waiting, except for rows
+ * sampled on the host. */
+static sl_status launch_batch(sl_engine *g, sl_sched_batch *b, flight *f, sl_err *e)
+{
+    f->b = b;
+    f->half = (int)(g->n_launch++ & 1);
+    f->committed = 0;
+    f->decode = b->meta.n_tokens == b->meta.n_seqs;
+    sl_status st = SL_OK;
+    if (g->timing) st = sl_be_event_record(g->be, f->start, e);
+    if (!st) st = resolve_inputs(g, b, e);
+    if (!st && g->plan) st = g->plan(g->plan_ctx, b, e);
+    if (b->n_copy && !st) sl_model_cache_copy_slots(g->m, &g->cache, b->copy_dst, b->copy_src, b->n_copy);
+    /* a batch of unfinished prefill chunks samples nothing; the model still
+     * wants one row of logits */
+    int32_t row0 = 0;
+    if (!st)
+        st = sl_model_forward(g->m, &g->cache, &b->meta, b->n_rows ? b->rows : &row0,
+                              b->n_rows ? b->n_rows : 1, &g->logits, e);
+    if (st || !b->n_rows) return st ? st : sl_be_event_record(g->be, f->done, e);
+    sl_tensor lv = sl_tensor_rowview(&g->logits, 0, b->n_rows);
+    sl_tensor iv = sl_tensor_make((int32_t *)g->tok.data + f->half * g->cap, SL_DTYPE_I32, 1,
+                                  (int64_t[]){b->n_rows});
+    iv.on_device = g->tok.on_device;
+    if (host_sampled(g, b)) {
+        if ((st = ensure_host(g, (size_t)b->n_rows * (size_t)g->vocab, e))) return st;
+        if ((st = sl_be_download(g->be, &lv, g->host, e))) return st;
+        for (int r = 0; r < b->n_rows; r++) {
+            int s = b->row_seq[r];
+            float *row = g->host + (size_t)r * g->vocab;
+            if (g->hook) g->hook(g->hook_ctx, b->rid[s], b->pos[b->rows[r]], row, g->vocab);
+            sl_sampler_sample(b->sampler[s], row, g->vocab, &b->out[s]);
+            f->ids[r] = b->out[s].token;
+        }
+        f->committed = 1;
+        /* the next step may feed these tokens from the device */
+        st = sl_be_upload(g->be, &iv, f->ids, SL_DTYPE_I32, e);
+    } else {
+        /* greedy rows need only their argmax: R ids cross to the host, not R×V logits */
+        sl_be_argmax(g->be, &iv, &lv);
+        st = sl_be_copy_out(g->be, &iv, f->ids, e);
+    }
+    if (!st) st = sl_be_event_record(g->be, f->done, e);
+    return st;
+}
+
+static void count_gap(sl_engine *g, const flight *f, const flight *next)
+{
+    if (!g->timing || !f->decode || !next || !next->decode) return;
+    if (sl_be_event_wait(g->be, next->start, NULL)) return;
+    float gap = sl_be_event_ms(g->be, f->done, next->start) * 1e3f;
+    float busy = sl_be_event_ms(g->be, f->start, f->done) * 1e3f;
+    if (gap < 0 || busy < 0) return;
+    sl_engine_gaps *q = &g->gaps;
+    static const float edge[SL_GAP_BINS - 1] = {2, 5, 10, 50, 200};
+    int k = 0;
+    while (k < SL_GAP_BINS - 1 && gap >= edge[k]) k++;
+    q->hist[k]++;
+    q->steps++;
+    q->gap_us_sum += gap;
+    q->busy_us_sum += busy;
+    if (gap > q->gap_us_max) q->gap_us_max = gap;
+    if (q->steps % 2000 == 0)
+        SL_LOGI("engine", "decode steps %lld: GPU busy %.0f us/step, idle gap mean %.1f us, max %.0f us, "
+                "<2us %lld, <5us %lld, <10us %lld, <50us %lld, <200us %lld, more %lld",
+                (long long)q->steps, q->busy_us_sum / q->steps, q->gap_us_sum / q->steps,
+                q->gap_us_max, (long long)q->hist[0], (long long)q->hist[1], (long long)q->hist[2],
+                (long long)q->hist[3], (long long)q->hist[4], (long long)q->hist[5]);
+}
+
+/* Waits for f's ids and records them as its samples. */
+static sl_status commit(sl_engine *g, flight *f, const flight *next, sl_err *e)
+{
+    sl_status st = sl_be_event_wait(g->be, f->done, e);
+    if (st) return st;
+    count_gap(g, f, next);
+    sl_sched_batch *b = f->b;
+    if (!f->committed)
+        for (int r = 0; r < b->n_rows; r++) {
+            int s = b->row_seq[r];
+            sl_sampler_take(b->sampler[s], f->ids[r], &b->out[s]);
+        }
+    f->committed = 1;
+    return SL_OK;
+}
+
+/* One batch through the runner: launched behind the pending one, which then
+ * commits. *done_prev says whether a pending batch was committed. */
+static sl_status run_batch(sl_engine *g, sl_sched_batch *b, int *done_prev, sl_err *e)
+{
+    flight *p = g->pend, *f = &g->fl[p == &g->fl[0]];
+    sl_status st = SL_OK;
+    *done_prev = 0;
+    /* host inputs (plan hook) or host sampling need the pending samples first */
+    if (p && (g->plan || host_sampled(g, b))) {
+        st = commit(g, p, NULL, e);
+        g->pend = NULL;
+        *done_prev = 1;
+        if (st) return st;
+    }
+    st = launch_batch(g, b, f, e);
+    if (g->pend) {
+        sl_status cs = commit(g, g->pend, st ? NULL : f, e);
+        *done_prev = 1;
+        if (!st) st = cs;
+    }
+    g->pend = st ? NULL : f;
+    return st;
+}
+
+static void mark_finished(sl_engine *g, sl_status st, const sl_err *e, int n)
+{
+    pthread_mutex_lock(&g->mu);
+    if (st && !g->failed) {
+        g->failed = st;
+        g->fail_err = *e;
+    }
+    g->finished += (uint64_t)n;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* The compute thread launches each batch as soon as it arrives and commits
+ * the one before it afterwards, so the device queue always holds the next
+ * step while the host reads this one's ids; a pending batch alone commits
+ * once the leader waits for it. */
 static void *compute_main(void *arg)
 {
     sl_engine *g = arg;
     pthread_mutex_lock(&g->mu);
     for (;;) {
-        while (!g->fifo_n && !g->stop)
+        uint64_t pend_ticket = g->launched - (uint64_t)g->fifo_n; /* last launched by us */
+        while (!g->fifo_n && !g->stop && !(g->pend && g->wanted >= pend_ticket))
             pthread_cond_wait(&g->cv, &g->mu);
-        if (!g->fifo_n) break;
-        sl_sched_batch *b = g->fifo[g->fifo_head];
-        pthread_mutex_unlock(&g->mu);
-        sl_err e = {0};
-        /* after a failure the remaining batches are not run */
-        sl_status st = g->failed ? g->failed : run_batch(g, b, &e);
-        pthread_mutex_lock(&g->mu);
-        if (st && !g->failed) {
-            g->failed = st;
-            g->fail_err = e;
+        if (g->fifo_n) {
+            sl_sched_batch *b = g->fifo[g->fifo_head];
+            g->fifo_head = (g->fifo_head + 1) % 4;
+            g->fifo_n--;
+            sl_status failed = g->failed;
+            pthread_mutex_unlock(&g->mu);
+            sl_err e = {0};
+            int done_prev = 0;
+            sl_status st = failed;
+            if (failed) { /* after a failure nothing runs: drop the pending batch too */
+                done_prev = g->pend != NULL;
+                g->pend = NULL;
+            } else {
+                st = run_batch(g, b, &done_prev, &e);
+            }
+            /* b itself finishes later, when its ids are committed; a failed
+             * b finishes now */
+            int n = done_prev + (st || failed ? 1 : 0);
+            if (st || failed) g->pend = NULL;
+            mark_finished(g, st, &e, n);
+            pthread_mutex_lock(&g->mu);
+        } else if (g->pend) {
+            pthread_mutex_unlock(&g->mu);
+            sl_err e = {0};
+            sl_status st = commit(g, g->pend, NULL, &e);
+            g->pend = NULL;
+            mark_finished(g, st, &e, 1);
+            pthread_mutex_lock(&g->mu);
+        } else {
+            break; /* stop, nothing left */
         }
-        g->fifo_head = (g->fifo_head + 1) % 4;
-        g->fifo_n--;
-        g->finished++;
-        pthread_cond_broadcast(&g->cv);
     }
     pthread_mutex_unlock(&g->mu);
     return NULL;
@@ -177,6 +325,10 @@ static uint64_t launch(sl_engine *g, sl_sched_batch *b)
 static sl_status wait_for(sl_engine *g, uint64_t ticket, sl_err *e)
 {
     pthread_mutex_lock(&g->mu);
+    if (ticket > g->wanted) {
+        g->wanted = ticket;
+        pthread_cond_broadcast(&g->cv);
+    }
     while (g->finished < ticket)
         pthread_cond_wait(&g->cv, &g->mu);
     sl_status st = g->failed;
@@ -201,6 +353,27 @@ static size_t default_budget(const sl_engine_config *c, sl_backend *be)
     long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
     double phys = pages > 0 && psz > 0 ? (double)pages * (double)psz : 8e9;
     return (size_t)(phys * frac * 0.25);
+}
+
+/* Buffers at fixed addresses (decode graphs bake them in): logits and
+ * sampled ids for the largest batch, host copies, events; then the graphs. */
+static sl_status runner_alloc(sl_engine *g, const sl_engine_config *c, int ctx, sl_err *e)
+{
+    g->cap = g->scfg.max_running > 0 ? g->scfg.max_running : 1;
+    sl_status st = sl_be_alloc(g->be, &g->logits, SL_DTYPE_F32, 2, (int64_t[]){g->cap, g->vocab}, e);
+    if (!st) st = sl_be_alloc(g->be, &g->tok, SL_DTYPE_I32, 1, (int64_t[]){2 * (int64_t)g->cap}, e);
+    for (int i = 0; i < 2 && !st; i++) {
+        flight *f = &g->fl[i];
+        if (!(f->ids = sl_be_host_alloc(g->be, sizeof(int32_t) * (size_t)g->cap)))
+            st = sl_err_set(e, SL_ERR_NOMEM, "engine: out of pinned memory");
+        if (!st) st = sl_be_event_new(g->be, &f->start, e);
+        if (!st) st = sl_be_event_new(g->be, &f->done, e);
+    }
+    if (st || c->graph_max_bs <= 0 || !sl_be_has_graphs(g->be)) return st;
+    int bs = c->graph_max_bs < g->cap ? c->graph_max_bs : g->cap;
+    st = sl_model_enable_graphs(g->m, bs, ctx, e);
+    if (!st) st = sl_model_warm_graphs(g->m, &g->cache, &g->logits, g->tok.data, e);
+    return st;
 }
 
 sl_status sl_engine_new(sl_engine **out, sl_model *m, const sl_engine_config *c, sl_err *e)
@@ -249,11 +422,13 @@ sl_status sl_engine_new(sl_engine **out, sl_model *m, const sl_engine_config *c,
     g->be = sl_model_backend(m);
     g->vocab = mc->vocab_size;
     g->overlap = c->overlap;
+    g->timing = c->step_timing;
     g->scfg = sc;
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
     st = sl_sched_new(&g->sched, &sc, e);
     if (!st) st = sl_model_cache_alloc(m, &g->cache, sc.n_pages, sc.page_size, sc.n_slots, e);
+    if (!st) st = runner_alloc(g, c, ctx, e);
     if (!st && g->overlap) {
         if (pthread_create(&g->thread, NULL, compute_main, g))
             st = sl_err_set(e, SL_ERR_NOMEM, "engine: cannot start the compute thread");
@@ -266,9 +441,9 @@ sl_status sl_engine_new(sl_engine **out, sl_model *m, const sl_engine_config *c,
     }
     SL_LOGI("engine",
             "KV pool %d pages of %d tokens, %d state slots, max %d running, context %d, "
-            "overlap %s",
+            "overlap %s, graphs up to %d",
             sc.n_pages, sc.page_size, sc.n_slots, sc.max_running, sc.context_len,
-            g->overlap ? "on" : "off");
+            g->overlap ? "on" : "off", sl_model_graph_max_bs(m));
     *out = g;
     return SL_OK;
 }
@@ -291,10 +466,16 @@ void sl_engine_free(sl_engine *g)
         pthread_join(g->thread, NULL);
     }
     sl_sched_free(g->sched);
+    sl_model_enable_graphs(g->m, 0, 0, NULL); /* graphs hold the cache's addresses */
     if (g->cache.k) sl_model_cache_free(g->m, &g->cache);
     sl_be_release(g->be, &g->logits);
-    sl_be_release(g->be, &g->argmax_ids);
-    free(g->host_ids);
+    sl_be_release(g->be, &g->tok);
+    for (int i = 0; i < 2; i++) {
+        sl_be_host_free(g->be, g->fl[i].ids);
+        sl_be_event_free(g->be, g->fl[i].start);
+        sl_be_event_free(g->be, g->fl[i].done);
+    }
+    free(g->feed);
     free(g->host);
     pthread_mutex_destroy(&g->mu);
     pthread_cond_destroy(&g->cv);
@@ -324,7 +505,10 @@ sl_status sl_engine_step(sl_engine *g, int *worked, sl_err *e)
     if (worked) *worked = b || g->prev;
     if (!g->overlap) {
         if (!b) return SL_OK;
-        sl_status st = run_batch(g, b, e);
+        int done_prev;
+        sl_status st = run_batch(g, b, &done_prev, e);
+        if (!st) st = commit(g, g->pend, NULL, e);
+        g->pend = NULL;
         if (st)
             sl_sched_abandon(g->sched, b); /* the engine is unusable now */
         else
@@ -385,6 +569,11 @@ void sl_engine_set_plan_hook(sl_engine *g, sl_engine_plan_fn fn, void *ctx)
 {
     g->plan = fn;
     g->plan_ctx = ctx;
+}
+
+void sl_engine_get_gaps(const sl_engine *g, sl_engine_gaps *out)
+{
+    *out = g->gaps;
 }
 
 void sl_engine_set_logits_hook(sl_engine *g, sl_engine_logits_fn fn, void *ctx)

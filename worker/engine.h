@@ -7,10 +7,12 @@
  *
  * Overlap (default on): the runner is a compute thread. Step k builds batch
  * N+1 and hands it to the compute thread while batch N is still computing,
- * then waits for N and processes its results; batch N+1's decode inputs are
- * batch N's sampled tokens, read by the runner from the sampler states when
- * N+1 starts (so they never go through the scheduler thread). On the CUDA
- * backend the same structure overlaps CPU scheduling with device work.
+ * then waits for N and processes its results. The compute thread launches
+ * N+1 at once, behind N on the device queue, and only then waits for N's
+ * sampled ids: N+1's decode inputs are N's samples still on the device (the
+ * embedding reads them from the token buffer through meta->feed), so the
+ * device runs step after step without waiting for the host. Decode batches
+ * replay CUDA graphs (sl_model_enable_graphs) on backends that have them.
  * --disable-overlap-schedule runs build, forward and results in sequence.
  *
  * Tensor parallelism plugs in at the runner: a batch (sl_sched_batch) is a
@@ -51,6 +53,8 @@ typedef struct sl_engine_config {
     int track_interval; /* --mamba-track-interval (256) */
     int overlap;        /* 0 with --disable-overlap-schedule */
     int disable_radix;  /* --disable-radix-cache */
+    int graph_max_bs;   /* --cuda-graph-max-bs (256; 0 with --disable-cuda-graph) */
+    int step_timing;    /* --step-timing: time decode steps on the device */
 } sl_engine_config;
 
 void sl_engine_config_default(sl_engine_config *c);
@@ -87,6 +91,19 @@ void sl_engine_set_plan_hook(sl_engine *g, sl_engine_plan_fn fn, void *ctx);
 sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e);
 /* The engine's KV/state cache (read-only; for tests and diagnostics). */
 const sl_model_cache *sl_engine_cache(const sl_engine *g);
+
+/* Steady-decode timing (--step-timing): for every two consecutive decode
+ * batches, the device time of the first and the idle gap between its end and
+ * the start of the next, from device events. Logged every 2000 steps. */
+#define SL_GAP_BINS 6
+typedef struct sl_engine_gaps {
+    int64_t steps;
+    double busy_us_sum, gap_us_sum;
+    float gap_us_max;
+    int64_t hist[SL_GAP_BINS]; /* gaps < 2, 5, 10, 50, 200 us, and longer */
+} sl_engine_gaps;
+/* Read on the leader while the engine is idle. */
+void sl_engine_get_gaps(const sl_engine *g, sl_engine_gaps *out);
 
 /* Test hook: called on the compute thread with the logits row of every
  * sampled token (pos = position of the token these logits follow). */

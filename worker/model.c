@@ -31,6 +31,27 @@ typedef struct scratch {
     sl_tensor gx, gd, gn;
 } scratch;
 
+#define MAX_GRAPHS 40
+
+/* One captured decode graph and what it baked in: replayed only while all of
+ * it still holds. */
+typedef struct graph_slot {
+    sl_be_graph *g;
+    uint64_t scratch_gen;
+    const sl_model_cache *cache;
+    const void *k0, *logits, *feed_ids;
+} graph_slot;
+
+/* Decode graphs: buckets of batch sizes, and the padded batch they run. */
+typedef struct graphs {
+    int max_bs, max_ctx, n_buckets;
+    int bucket[MAX_GRAPHS];
+    graph_slot slot[MAX_GRAPHS];
+    int cap, pt_cap; /* host arrays below: [cap] and [pt_cap] */
+    int32_t *ids, *pos, *q_start, *kv_len, *kv_slot, *state_slot, *state_fresh;
+    int32_t *track_slot, *track_len, *feed, *rows, *pt;
+} graphs;
+
 struct sl_model {
     sl_model_config cfg;
     sl_backend *be;
@@ -38,6 +59,8 @@ struct sl_model {
     int lm_head_owned;
     layer *layers;
     scratch s;
+    uint64_t scratch_gen; /* bumped whenever scratch moves */
+    graphs gr;
     sl_model_trace_fn trace; /* NULL: no tracing */
     void *trace_ctx;
 };
@@ -384,6 +407,8 @@ static void release_all(sl_backend *be, sl_tensor *t, size_t n)
     for (size_t i = 0; i < n; i++) sl_be_release(be, &t[i]);
 }
 
+static void graphs_free(sl_model *m);
+
 static void scratch_free(sl_model *m)
 {
     scratch *s = &m->s;
@@ -406,6 +431,7 @@ void sl_model_free(sl_model *m)
     sl_be_release(m->be, &m->embed);
     sl_be_release(m->be, &m->final_norm);
     if (m->lm_head_owned) sl_be_release(m->be, &m->lm_head);
+    graphs_free(m);
     scratch_free(m);
     free(m);
 }
@@ -449,16 +475,17 @@ sl_status sl_model_cache_alloc(sl_model *m, sl_model_cache *c, int n_pages, int 
     sl_status s = SL_OK;
     int64_t kvd = (int64_t)g->n_kv_heads * g->head_dim;
     for (int j = 0; j < c->n_attn && !s; j++) {
-        s = sl_be_alloc(m->be, &c->k[j], ad, 2, SHP((int64_t)n_pages * page_size, kvd), e);
-        if (!s) s = sl_be_alloc(m->be, &c->v[j], ad, 2, SHP((int64_t)n_pages * page_size, kvd), e);
+        /* one page past n_pages: where padding sequences of graph batches write */
+        s = sl_be_alloc(m->be, &c->k[j], ad, 2, SHP((int64_t)(n_pages + 1) * page_size, kvd), e);
+        if (!s) s = sl_be_alloc(m->be, &c->v[j], ad, 2, SHP((int64_t)(n_pages + 1) * page_size, kvd), e);
     }
     int64_t C = sl_model_config_conv_dim(g);
     for (int j = 0; j < c->n_linear && !s; j++) {
         /* conv history in fp32 like the SSM state: snapshots are exact */
-        s = sl_be_alloc(m->be, &c->conv[j], SL_DTYPE_F32, 3, SHP(n_slots, C, g->conv_kernel - 1), e);
+        s = sl_be_alloc(m->be, &c->conv[j], SL_DTYPE_F32, 3, SHP(n_slots + 1, C, g->conv_kernel - 1), e);
         if (!s)
             s = sl_be_alloc(m->be, &c->ssm[j], SL_DTYPE_F32, 4,
-                            SHP(n_slots, g->lin_v_heads, g->lin_k_dim, g->lin_v_dim), e);
+                            SHP(n_slots + 1, g->lin_v_heads, g->lin_k_dim, g->lin_v_dim), e);
     }
     if (s) sl_model_cache_free(m, c);
     return s;
@@ -494,6 +521,7 @@ static sl_status scratch_ensure(sl_model *m, int T, int rows, sl_err *e)
     scratch *s = &m->s;
     if (T <= s->cap && rows <= s->cap_rows) return SL_OK;
     scratch_free(m);
+    m->scratch_gen++;
     int cap = 16, cap_rows = 4;
     while (cap < T) cap *= 2;
     while (cap_rows < rows) cap_rows *= 2;
@@ -560,15 +588,20 @@ static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_
     trace(m, li, "qkv", &qkv);
     int64_t off = next ? 2 * qd : qd;
     sl_tensor q = cols_of(&qkv, 0, qd), k = cols_of(&qkv, off, kvd), v = cols_of(&qkv, off + kvd, kvd);
-    sl_be_rmsnorm(be, &q, &q, &ly->q_norm, g->rms_eps, next);
-    sl_be_rmsnorm(be, &k, &k, &ly->k_norm, g->rms_eps, next);
-    trace(m, li, "q_norm", &q);
-    trace(m, li, "k_norm", &k);
-    sl_be_rope(be, &q, (int)Hq, (int)D, g->rot_dim, (float)g->rope_theta, mt);
-    sl_be_rope(be, &k, (int)Hkv, (int)D, g->rot_dim, (float)g->rope_theta, mt);
-    trace(m, li, "q_rope", &q);
-    trace(m, li, "k_rope", &k);
-    sl_be_kv_store(be, &c->k[ly->cache_idx], &c->v[ly->cache_idx], &k, &v, mt);
+    if (!m->trace && sl_be_supports_op(be, SL_OP_ATTN_PREP)) {
+        sl_be_attn_prep(be, &q, &k, &v, &ly->q_norm, &ly->k_norm, g->rms_eps, next, (int)D,
+                        g->rot_dim, (float)g->rope_theta, &c->k[ly->cache_idx], &c->v[ly->cache_idx], mt);
+    } else { /* the same steps one by one, each traced */
+        sl_be_rmsnorm(be, &q, &q, &ly->q_norm, g->rms_eps, next);
+        sl_be_rmsnorm(be, &k, &k, &ly->k_norm, g->rms_eps, next);
+        trace(m, li, "q_norm", &q);
+        trace(m, li, "k_norm", &k);
+        sl_be_rope(be, &q, (int)Hq, (int)D, g->rot_dim, (float)g->rope_theta, mt);
+        sl_be_rope(be, &k, (int)Hkv, (int)D, g->rot_dim, (float)g->rope_theta, mt);
+        trace(m, li, "q_rope", &q);
+        trace(m, li, "k_rope", &k);
+        sl_be_kv_store(be, &c->k[ly->cache_idx], &c->v[ly->cache_idx], &k, &v, mt);
+    }
     sl_tensor o = rows_of(&m->s.attn, T);
     o = cols_of(&o, 0, qd);
     sl_be_attention(be, &o, &q, &c->k[ly->cache_idx], &c->v[ly->cache_idx], (int)Hq, (int)Hkv,
@@ -689,21 +722,13 @@ static sl_status check_meta(const sl_model *m, const sl_model_cache *c, const sl
     return SL_OK;
 }
 
-sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *mt, const int32_t *rows,
-                           int n_rows, sl_tensor *logits, sl_err *e)
+/* The ops of one forward over a prepared batch; logits rows 0..n_rows-1. */
+static void forward_ops(sl_model *m, sl_model_cache *c, const sl_batch_meta *mt, int n_rows,
+                        sl_tensor *logits)
 {
     const sl_model_config *g = &m->cfg;
     sl_backend *be = m->be;
     int T = mt->n_tokens;
-    mt->page_size = c->page_size;
-    mt->n_logits = n_rows;
-    mt->logit_rows = rows;
-    sl_status s = check_meta(m, c, mt, e);
-    for (int i = 0; i < n_rows && !s; i++)
-        if (rows[i] < 0 || rows[i] >= T) s = sl_err_set(e, SL_ERR_INVALID, "logit row %d out of range", rows[i]);
-    if (!s) s = scratch_ensure(m, T, n_rows, e);
-    if (!s) s = sl_be_prepare(be, mt, e);
-    if (s) return s;
     int one_plus = g->arch == SL_ARCH_QWEN3_NEXT;
     sl_tensor x = rows_of(&m->s.x, T), xn = rows_of(&m->s.xn, T), d = rows_of(&m->s.d, T);
     sl_be_embed(be, &x, &m->embed, mt);
@@ -730,5 +755,157 @@ sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *mt, co
     trace(m, -1, "final_norm", &gn);
     sl_be_matmul(be, &out, &gn, &m->lm_head);
     trace(m, -1, "lm_head", &out);
+}
+
+/* ---- decode graphs ------------------------------------------------------------ */
+
+static void graphs_free(sl_model *m)
+{
+    graphs *gr = &m->gr;
+    for (int i = 0; i < gr->n_buckets; i++) sl_be_graph_free(m->be, gr->slot[i].g);
+    int32_t *arrs[] = {gr->ids, gr->pos, gr->q_start, gr->kv_len, gr->kv_slot, gr->state_slot,
+                       gr->state_fresh, gr->track_slot, gr->track_len, gr->feed, gr->rows, gr->pt};
+    for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++) free(arrs[i]);
+    memset(gr, 0, sizeof *gr);
+}
+
+sl_status sl_model_enable_graphs(sl_model *m, int max_bs, int max_ctx, sl_err *e)
+{
+    graphs_free(m);
+    if (max_bs <= 0) return SL_OK;
+    if (!sl_be_has_graphs(m->be))
+        return sl_err_set(e, SL_ERR_UNSUPPORTED, "the %s backend cannot capture graphs", sl_be_name(m->be));
+    graphs *gr = &m->gr;
+    /* every size to 16 (padding a MoE batch costs whole experts), then
+     * steps of 8 to 64, 16 to 128, 32 beyond */
+    for (int b = 1; gr->n_buckets < MAX_GRAPHS;) {
+        int last = b >= max_bs;
+        gr->bucket[gr->n_buckets++] = last ? max_bs : b;
+        if (last) break;
+        b += b < 16 ? 1 : b < 64 ? 8 : b < 128 ? 16 : 32;
+    }
+    gr->max_bs = gr->bucket[gr->n_buckets - 1];
+    gr->max_ctx = max_ctx;
+    gr->cap = gr->max_bs + 1;
+    int32_t **arrs[] = {&gr->ids, &gr->pos, &gr->q_start, &gr->kv_len, &gr->kv_slot, &gr->state_slot,
+                        &gr->state_fresh, &gr->track_slot, &gr->track_len, &gr->feed, &gr->rows};
+    for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++)
+        if (!(*arrs[i] = malloc(sizeof(int32_t) * (size_t)gr->cap))) {
+            graphs_free(m);
+            return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+        }
+    return SL_OK;
+}
+
+int sl_model_graph_max_bs(const sl_model *m)
+{
+    return m->gr.max_bs;
+}
+
+/* The bucket a decode batch of n sequences runs in, or -1 (no graph). */
+static int graph_bucket(const sl_model *m, const sl_batch_meta *mt, const int32_t *rows, int n_rows)
+{
+    const graphs *gr = &m->gr;
+    int n = mt->n_seqs;
+    if (!gr->n_buckets || m->trace || mt->n_tokens != n || n > gr->max_bs || n_rows != n ||
+        (int64_t)mt->max_pages * mt->page_size > gr->max_ctx + mt->page_size - 1)
+        return -1;
+    for (int i = 0; i < n; i++)
+        if (rows[i] != i || mt->kv_len[i] > gr->max_ctx) return -1;
+    int k = 0;
+    while (gr->bucket[k] < n) k++;
+    return k;
+}
+
+/* Runs the n decode sequences of mt (n may be 0: a warm-up) in bucket k's
+ * graph, padded with sequences of one token on the cache's spare page and
+ * slot; captures the graph first when there is none or it went stale. */
+static sl_status graph_forward(sl_model *m, sl_model_cache *c, const sl_batch_meta *mt, int k,
+                               sl_tensor *logits, sl_err *e)
+{
+    graphs *gr = &m->gr;
+    int B = gr->bucket[k], n = mt->n_seqs, P = mt->max_pages > 0 ? mt->max_pages : 1;
+    if (B * P > gr->pt_cap) {
+        free(gr->pt);
+        gr->pt_cap = 0;
+        if (!(gr->pt = malloc(sizeof(int32_t) * (size_t)B * (size_t)P)))
+            return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+        gr->pt_cap = B * P;
+    }
+    int hybrid = c->n_linear > 0;
+    for (int i = 0; i < B; i++) {
+        int real = i < n;
+        gr->ids[i] = real ? mt->ids[i] : 0;
+        gr->pos[i] = real ? mt->pos[i] : 0;
+        gr->q_start[i] = i;
+        gr->kv_len[i] = real ? mt->kv_len[i] : 1;
+        gr->kv_slot[i] = real ? mt->kv_slot[i] : c->n_pages * c->page_size;
+        gr->state_slot[i] = real && hybrid ? mt->state_slot[i] : hybrid ? c->n_slots : -1;
+        gr->state_fresh[i] = real && hybrid ? mt->state_fresh[i] : 1;
+        gr->track_slot[i] = real && hybrid ? mt->track_slot[i] : -1;
+        gr->track_len[i] = real && hybrid ? mt->track_len[i] : 0;
+        gr->feed[i] = real && mt->feed ? mt->feed[i] : -1;
+        gr->rows[i] = i;
+        if (real) memcpy(gr->pt + (size_t)i * P, mt->page_table + (size_t)i * mt->max_pages, sizeof(int32_t) * (size_t)P);
+        else
+            for (int j = 0; j < P; j++) gr->pt[(size_t)i * P + j] = c->n_pages;
+    }
+    gr->q_start[B] = B;
+    sl_batch_meta pm = {
+        .n_tokens = B, .n_seqs = B, .page_size = c->page_size, .max_pages = P,
+        .ids = gr->ids, .pos = gr->pos, .q_start = gr->q_start, .kv_len = gr->kv_len,
+        .page_table = gr->pt, .kv_slot = gr->kv_slot, .state_slot = gr->state_slot,
+        .state_fresh = gr->state_fresh, .track_slot = gr->track_slot, .track_len = gr->track_len,
+        .n_logits = B, .logit_rows = gr->rows, .feed = gr->feed, .feed_ids = mt->feed_ids,
+    };
+    sl_status s = scratch_ensure(m, B, B, e);
+    if (!s) s = sl_be_prepare_fixed(m->be, &pm, gr->max_bs, gr->max_ctx, e);
+    if (s) return s;
+    graph_slot *g = &gr->slot[k];
+    const void *k0 = c->n_attn ? c->k[0].data : c->conv[0].data;
+    if (g->g && g->scratch_gen == m->scratch_gen && g->cache == c && g->k0 == k0 &&
+        g->logits == logits->data && g->feed_ids == mt->feed_ids)
+        return sl_be_graph_launch(m->be, g->g, e);
+    /* (re)capture: one eager run computes this step and tunes the matmul
+     * plans the capture then records */
+    sl_be_graph_free(m->be, g->g);
+    memset(g, 0, sizeof *g);
+    forward_ops(m, c, &pm, B, logits);
+    if ((s = sl_be_capture_begin(m->be, e))) return s;
+    forward_ops(m, c, &pm, B, logits);
+    if ((s = sl_be_capture_end(m->be, &g->g, e))) return s;
+    *g = (graph_slot){.g = g->g, .scratch_gen = m->scratch_gen, .cache = c, .k0 = k0,
+                      .logits = logits->data, .feed_ids = mt->feed_ids};
+    return SL_OK;
+}
+
+sl_status sl_model_warm_graphs(sl_model *m, sl_model_cache *c, sl_tensor *logits,
+                               const int32_t *feed_ids, sl_err *e)
+{
+    sl_batch_meta none = {.max_pages = 1, .feed_ids = feed_ids};
+    for (int k = 0; k < m->gr.n_buckets; k++) {
+        sl_status s = graph_forward(m, c, &none, k, logits, e);
+        if (s) return s;
+    }
+    return sl_be_sync(m->be, e);
+}
+
+sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *mt, const int32_t *rows,
+                           int n_rows, sl_tensor *logits, sl_err *e)
+{
+    int T = mt->n_tokens;
+    mt->page_size = c->page_size;
+    mt->n_logits = n_rows;
+    mt->logit_rows = rows;
+    sl_status s = check_meta(m, c, mt, e);
+    for (int i = 0; i < n_rows && !s; i++)
+        if (rows[i] < 0 || rows[i] >= T) s = sl_err_set(e, SL_ERR_INVALID, "logit row %d out of range", rows[i]);
+    if (s) return s;
+    int k = graph_bucket(m, mt, rows, n_rows);
+    if (k >= 0) return graph_forward(m, c, mt, k, logits, e);
+    if (!s) s = scratch_ensure(m, T, n_rows, e);
+    if (!s) s = sl_be_prepare(m->be, mt, e);
+    if (s) return s;
+    forward_ops(m, c, mt, n_rows, logits);
     return SL_OK;
 }

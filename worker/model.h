@@ -142,4 +142,24 @@ void sl_model_set_trace(sl_model *m, sl_model_trace_fn fn, void *ctx);
 sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *meta,
                            const int32_t *rows, int n_rows, sl_tensor *logits, sl_err *e);
 
+/* Decode graphs (backends with sl_be_has_graphs): once enabled, a batch of
+ * n <= max_bs single-token sequences whose logits rows are 0..n-1 (plain
+ * decode) runs as one replay of a graph captured for the smallest bucket of
+ * batch sizes >= n (every size to 16, then steps of 8, 16 and 32 up to
+ * max_bs), padded with one-token sequences on the cache's spare page and
+ * state slot (sl_model_cache_alloc keeps one of each past its counts). A
+ * bucket is captured at its first use (an eager forward first, which also
+ * tunes the matmul plans) and again whenever what it baked in moved: the
+ * scratch, the cache, the logits tensor or meta->feed_ids. Sequences must
+ * stay within max_ctx cache positions (longer ones run eagerly). Logits
+ * tensors must hold at least max_bs rows. max_bs <= 0 turns graphs off.
+ * SL_ERR_UNSUPPORTED on backends without graphs. */
+sl_status sl_model_enable_graphs(sl_model *m, int max_bs, int max_ctx, sl_err *e);
+/* The largest bucket (0 when graphs are off). */
+int sl_model_graph_max_bs(const sl_model *m);
+/* Captures every bucket now (all-padding batches), so serving never pays a
+ * capture; feed_ids as the forwards will pass it. Waits. */
+sl_status sl_model_warm_graphs(sl_model *m, sl_model_cache *c, sl_tensor *logits,
+                               const int32_t *feed_ids, sl_err *e);
+
 #endif

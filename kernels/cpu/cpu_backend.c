@@ -94,8 +94,10 @@ static void cpu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table,
 {
     (void)be;
     int64_t H = sl_tensor_cols(table);
-    for (int t = 0; t < m->n_tokens; t++)
-        for (int64_t c = 0; c < H; c++) st(out, t, c, ld(table, m->ids[t], c));
+    for (int t = 0; t < m->n_tokens; t++) {
+        int32_t id = m->feed && m->feed[t] >= 0 ? m->feed_ids[m->feed[t]] : m->ids[t];
+        for (int64_t c = 0; c < H; c++) st(out, t, c, ld(table, id, c));
+    }
 }
 
 static void cpu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w)
@@ -216,6 +218,18 @@ static void cpu_kv_store(sl_backend *be, sl_tensor *kc, sl_tensor *vc, const sl_
         for (int64_t c = 0; c < sl_tensor_cols(k); c++) st(kc, row, c, ld(k, t, c));
         for (int64_t c = 0; c < sl_tensor_cols(v); c++) st(vc, row, c, ld(v, t, c));
     }
+}
+
+static void cpu_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_tensor *v,
+                          const sl_tensor *qn, const sl_tensor *kn, float eps, int one_plus,
+                          int head_dim, int rot_dim, float theta, sl_tensor *kc, sl_tensor *vc,
+                          const sl_batch_meta *m)
+{
+    cpu_rmsnorm(be, q, q, qn, eps, one_plus);
+    cpu_rmsnorm(be, k, k, kn, eps, one_plus);
+    cpu_rope(be, q, (int)(sl_tensor_cols(q) / head_dim), head_dim, rot_dim, theta, m);
+    cpu_rope(be, k, (int)(sl_tensor_cols(k) / head_dim), head_dim, rot_dim, theta, m);
+    cpu_kv_store(be, kc, vc, k, v, m);
 }
 
 static void cpu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q,
@@ -532,6 +546,7 @@ static const sl_backend_i cpu_iface = {
     .copy_slots = cpu_copy_slots,
     .fill_random = cpu_fill_random,
     .argmax = cpu_argmax,
+    .attn_prep = cpu_attn_prep,
 };
 
 sl_backend *sl_backend_cpu_new(void)

@@ -39,6 +39,95 @@ void cu_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const sl_
     CU_CHECK_LAUNCH();
 }
 
+// The attention prologue: block (t, y) takes token t's heads y·PREP_WARPS +
+// warp (q heads, then k heads), one per warp: the sum of squares through the
+// warp, the normalised head rounded to the tensor's dtype (what a separate
+// rmsnorm would store) in shared memory, then rotated from there and written
+// back, k heads also to the cache row; blocks y = 0 copy v to the cache.
+#define PREP_WARPS 8
+
+typedef struct cu_prep_args {
+    cu_mat q, k, v, qn, kn, kc, vc;
+    float eps;
+    int one_plus, D, half, Hq, Hkv;
+    cu_rope_freqs f;
+    const int32_t *pos, *slot;
+} cu_prep_args;
+
+__global__ void __launch_bounds__(PREP_WARPS * 32) k_attn_prep(cu_prep_args a)
+{
+    __shared__ float hs[PREP_WARPS][256];
+    int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int h = blockIdx.y * PREP_WARPS + warp;
+    int64_t slot = a.slot[t];
+    if (h < a.Hq + a.Hkv) {
+        bool isk = h >= a.Hq;
+        const cu_mat &x = isk ? a.k : a.q, &w = isk ? a.kn : a.qn;
+        int64_t c0 = (int64_t)(isk ? h - a.Hq : h) * a.D;
+        float *row = hs[warp], ss = 0.0f;
+        for (int c = lane; c < a.D; c += 32) {
+            float v = cu_mat_ld(x, t, c0 + c);
+            row[c] = v;
+            ss += v * v;
+        }
+        float inv = 1.0f / sqrtf(cu_warp_sum(ss) / (float)a.D + a.eps);
+        for (int c = lane; c < a.D; c += 32) {
+            float wv = cu_mat_ld(w, 0, c);
+            row[c] = cu_round(x.dt, row[c] * inv * (a.one_plus ? 1.0f + wv : wv));
+        }
+        __syncwarp();
+        float p = (float)a.pos[t];
+        for (int c = lane; c < a.D; c += 32) {
+            float y = row[c];
+            if (c < 2 * a.half) {
+                int i = c < a.half ? c : c - a.half;
+                float sn, cs;
+                sincosf(p * a.f.v[i], &sn, &cs);
+                float x0 = row[i], x1 = row[i + a.half];
+                y = c < a.half ? x0 * cs - x1 * sn : x1 * cs + x0 * sn;
+            }
+            cu_mat_st(x, t, c0 + c, y);
+            if (isk) cu_mat_st(a.kc, slot, c0 + c, y);
+        }
+    }
+    if (blockIdx.y == 0)
+        for (int64_t c = threadIdx.x; c < a.v.cols; c += blockDim.x)
+            cu_mat_st(a.vc, slot, c, cu_mat_ld(a.v, t, c));
+}
+
+void cu_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_tensor *v,
+                  const sl_tensor *q_norm, const sl_tensor *k_norm, float eps, int one_plus,
+                  int head_dim, int rot_dim, float theta, sl_tensor *kcache, sl_tensor *vcache,
+                  const sl_batch_meta *m)
+{
+    cu_backend *b = cu_be(be);
+    const cu_meta *cm = cu_meta_of(m);
+    if (cm->n_tokens == 0) return;
+    SL_ASSERT(head_dim <= 256);
+    cu_prep_args a;
+    a.q = cu_mat_of(q);
+    a.k = cu_mat_of(k);
+    a.v = cu_mat_of(v);
+    a.qn = cu_mat_of(q_norm);
+    a.kn = cu_mat_of(k_norm);
+    a.qn.cols = a.kn.cols = head_dim; // [D] as one row
+    a.qn.rows = a.kn.rows = 1;
+    a.kc = cu_mat_of(kcache);
+    a.vc = cu_mat_of(vcache);
+    a.eps = eps;
+    a.one_plus = one_plus;
+    a.D = head_dim;
+    a.half = rot_dim / 2;
+    a.Hq = (int)(a.q.cols / head_dim);
+    a.Hkv = (int)(a.k.cols / head_dim);
+    a.f = cu_rope_freqs_make(theta, rot_dim);
+    a.pos = cm->pos;
+    a.slot = cm->kv_slot;
+    dim3 grid((unsigned)cm->n_tokens, (unsigned)((a.Hq + a.Hkv + PREP_WARPS - 1) / PREP_WARPS));
+    k_attn_prep<<<grid, PREP_WARPS * 32, 0, b->stream>>>(a);
+    CU_CHECK_LAUNCH();
+}
+
 typedef struct cu_attn_args {
     cu_mat q, out;
     const __nv_bfloat16 *kc, *vc;
@@ -48,9 +137,19 @@ typedef struct cu_attn_args {
     const int2 *tiles;
     const int32_t *q_start, *kv_len, *page_table, *seq_of;
     int page_size, max_pages;
-    int chunk, nsplit;                 // keys per split
+    int nsplit;                        // key splits (blockIdx.z)
     float *part;                       // [T, Hq, nsplit, D+2] when nsplit > 1
 } cu_attn_args;
+
+// Keys per split of a sequence with kv_len cached keys: its splits share them
+// evenly in 64-key multiples of at least 256 keys (shorter splits cost more
+// in the merge than they save), so one launch sized for the longest context
+// serves every length (a decode graph replays at any context); splits past
+// the sequence's keys exit at once.
+__device__ __forceinline__ int attn_chunk(const cu_attn_args &a, int kv_len)
+{
+    return a.nsplit == 1 ? kv_len : max(256, ((kv_len + a.nsplit - 1) / a.nsplit + 63) / 64 * 64);
+}
 
 // Shared memory of k_attn: the block's 16 query rows, then per warp two
 // stages of (K tile, V tile) of 16 keys, the 16x16 score tile (fp32), the
@@ -88,8 +187,9 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
     int kh = blockIdx.y / n_hb, h0 = kh * a.G + (blockIdx.y % n_hb) * a.gh;
     int q0 = a.q_start[s], qn = a.q_start[s + 1] - q0, prefix = a.kv_len[s] - qn;
     int ntok = min(a.qt, qn - i0);
-    int kbeg = blockIdx.z * a.chunk;                    // a multiple of 16
-    int kend = min(kbeg + a.chunk, prefix + i0 + ntok); // last row's causal limit
+    int chunk = attn_chunk(a, a.kv_len[s]);
+    int kbeg = blockIdx.z * chunk;                    // a multiple of 16
+    int kend = min(kbeg + chunk, prefix + i0 + ntok); // last row's causal limit
     if (kbeg >= kend) return;                            // no row has keys in this split
 
     // row r = (token i0 + r / gh, head h0 + r % gh); rows past qt·gh are padding
@@ -271,8 +371,9 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a
     int kh = blockIdx.y / n_hb, h0 = kh * a.G + (blockIdx.y % n_hb) * a.gh;
     int q0 = a.q_start[s], qn = a.q_start[s + 1] - q0, prefix = a.kv_len[s] - qn;
     int ntok = min(a.qt, qn - i0);
-    int kbeg = blockIdx.z * a.chunk;
-    int kend = min(kbeg + a.chunk, prefix + i0 + ntok);
+    int chunk = attn_chunk(a, a.kv_len[s]);
+    int kbeg = blockIdx.z * chunk;
+    int kend = min(kbeg + chunk, prefix + i0 + ntok);
     if (kbeg >= kend) return;
 
     for (int e = threadIdx.x; e < 64 * D; e += ATTN_WARPS * 32) {
@@ -416,7 +517,7 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
     int t = blockIdx.x, h = blockIdx.y;
     int s = a.seq_of[t], q0 = a.q_start[s], qn = a.q_start[s + 1] - q0;
     int nkv = a.kv_len[s] - qn + (t - q0) + 1;
-    int ns = (nkv + a.chunk - 1) / a.chunk;
+    int chunk = attn_chunk(a, a.kv_len[s]), ns = (nkv + chunk - 1) / chunk;
     const float *p = a.part + ((int64_t)t * a.Hq + h) * a.nsplit * (D + 2);
     float M = -INFINITY;
     for (int x = 0; x < ns; x++) M = fmaxf(M, p[x * (D + 2)]);
@@ -463,8 +564,7 @@ static int attn_run(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int level
     int ns_cap = (max_kv + 255) / 256;
     if (ns > ns_cap) ns = ns_cap;
     if (ns < 1) ns = 1;
-    a.chunk = (((max_kv + ns - 1) / ns) + 63) / 64 * 64;
-    a.nsplit = (max_kv + a.chunk - 1) / a.chunk;
+    a.nsplit = ns;
     if (a.nsplit > 1)
         a.part = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)cm->n_tokens * a.Hq * a.nsplit *
                                               (D + 2));

@@ -45,6 +45,12 @@ static void cu_free_backend(sl_backend *be)
         cudaFree(b->mb[i].dev);
         if (b->mb[i].copied) cudaEventDestroy(b->mb[i].copied);
     }
+    cudaFree(b->fixed);
+    for (int i = 0; i < 2; i++) {
+        cudaFreeHost(b->up_host[i]);
+        cudaFree(b->up_dev[i]);
+        if (b->up_free[i]) cudaEventDestroy(b->up_free[i]);
+    }
     if (b->lt_ws) cudaFree(b->lt_ws);
     if (b->lt) cublasLtDestroy(b->lt);
     if (b->stream) cudaStreamDestroy(b->stream);
@@ -81,43 +87,50 @@ __global__ void k_convert(void *dst, int ddt, const void *src, int sdt, int64_t 
 
 static unsigned cu_grid_for(int64_t n) { return (unsigned)(n < 4096 * 256 ? cu_blocks(n, 256) : 4096); }
 
-// Uploads in chunks through a scratch buffer so a multi-GB weight needs
-// little extra device memory.
+#define CU_UP_CHUNK ((size_t)32 << 20) // bytes per staging chunk
+
+static sl_status cu_upload_init(cu_backend *b, sl_err *e)
+{
+    if (b->up_host[0]) return SL_OK;
+    for (int i = 0; i < 2; i++) {
+        CU_TRY(e, cudaMallocHost(&b->up_host[i], CU_UP_CHUNK));
+        CU_TRY(e, cudaMalloc(&b->up_dev[i], CU_UP_CHUNK));
+        CU_TRY(e, cudaEventCreateWithFlags(&b->up_free[i], cudaEventDisableTiming));
+    }
+    return SL_OK;
+}
+
+// Weights come from mmap'ed files (pageable): each chunk is copied into a
+// pinned staging buffer by the host while the device pulls the previous one,
+// then lands in t directly or through a conversion kernel. Waits at the end.
 static sl_status cu_upload(sl_backend *be, sl_tensor *t, const void *src, sl_dtype src_dt,
                            sl_err *e)
 {
     cu_backend *b = cu_be(be);
     int64_t n = sl_tensor_numel(t);
-    size_t ssz = sl_dtype_size(src_dt);
-    if (src_dt == t->dtype) {
-        CU_TRY(e, cudaMemcpyAsync(t->data, src, (size_t)n * ssz, cudaMemcpyHostToDevice, b->stream));
-        CU_TRY(e, cudaStreamSynchronize(b->stream));
-        return SL_OK;
-    }
-    if (t->dtype == SL_DTYPE_I32 || src_dt == SL_DTYPE_I32)
+    size_t ssz = sl_dtype_size(src_dt), dsz = sl_dtype_size(t->dtype);
+    int same = src_dt == t->dtype;
+    if (!same && (t->dtype == SL_DTYPE_I32 || src_dt == SL_DTYPE_I32))
         return sl_err_set(e, SL_ERR_UNSUPPORTED, "cannot convert %s to %s", sl_dtype_name(src_dt),
                           sl_dtype_name(t->dtype));
-    const int64_t chunk = (int64_t)1 << 24;
-    void *tmp = NULL;
-    CU_TRY(e, cudaMalloc(&tmp, (size_t)(n < chunk ? n : chunk) * ssz));
-    size_t dsz = sl_dtype_size(t->dtype);
-    sl_status st = SL_OK;
-    for (int64_t i0 = 0; i0 < n && st == SL_OK; i0 += chunk) {
+    sl_status st = cu_upload_init(b, e);
+    if (st) return st;
+    const int64_t chunk = (int64_t)(CU_UP_CHUNK / ssz);
+    for (int64_t i0 = 0, k = 0; i0 < n; i0 += chunk, k ^= 1) {
         int64_t c = n - i0 < chunk ? n - i0 : chunk;
-        cudaError_t err = cudaMemcpyAsync(tmp, (const char *)src + i0 * ssz, (size_t)c * ssz,
-                                          cudaMemcpyHostToDevice, b->stream);
-        if (err == cudaSuccess) {
-            k_convert<<<cu_grid_for(c), 256, 0, b->stream>>>((char *)t->data + i0 * dsz, t->dtype,
-                                                            tmp, src_dt, c);
-            err = cudaGetLastError();
+        CU_TRY(e, cudaEventSynchronize(b->up_free[k])); // its last DMA is done
+        memcpy(b->up_host[k], (const char *)src + i0 * ssz, (size_t)c * ssz);
+        void *dst = (char *)t->data + i0 * dsz;
+        CU_TRY(e, cudaMemcpyAsync(same ? dst : b->up_dev[k], b->up_host[k], (size_t)c * ssz,
+                                  cudaMemcpyHostToDevice, b->stream));
+        if (!same) {
+            k_convert<<<cu_grid_for(c), 256, 0, b->stream>>>(dst, t->dtype, b->up_dev[k], src_dt, c);
+            CU_TRY(e, cudaGetLastError());
         }
-        if (err == cudaSuccess) err = cudaStreamSynchronize(b->stream);
-        if (err != cudaSuccess)
-            st = sl_err_set(e, SL_ERR_DEVICE, "upload of %lld elements: %s", (long long)n,
-                            cudaGetErrorString(err));
+        CU_TRY(e, cudaEventRecord(b->up_free[k], b->stream));
     }
-    cudaFree(tmp);
-    return st;
+    CU_TRY(e, cudaStreamSynchronize(b->stream));
+    return SL_OK;
 }
 
 __global__ void k_to_dense_f32(float *dst, cu_mat m)
@@ -179,30 +192,35 @@ static int cu_count_tiles(const sl_batch_meta *m, int level)
 }
 
 // Appends n int32s (or -1s when src is NULL: an array the batch leaves unset)
-// to the host staging buffer; returns where they will be on the device.
-static const int32_t *put_i32(cu_meta_buf *mb, size_t *o, const int32_t *src, size_t n)
+// to the host staging buffer at *o, returning their device address: dev + *o
+// with the normal layout, the fixed slot of this array with the fixed one.
+static const int32_t *put_i32(int32_t *h, size_t *o, const int32_t *dev, const int32_t *src, size_t n)
 {
-    if (src) memcpy(mb->host + *o, src, n * sizeof(int32_t));
-    else memset(mb->host + *o, 0xff, n * sizeof(int32_t));
+    if (src) memcpy(h + *o, src, n * sizeof(int32_t));
+    else memset(h + *o, 0xff, n * sizeof(int32_t));
     *o += n;
-    return mb->dev + *o - n;
+    return dev;
 }
 
-static sl_status cu_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e)
+// The mirror of a batch. Host staging (pinned, alternating) holds every array
+// packed, page table last; the device copy is either the staging buffer's
+// twin (normal: one copy) or the fixed region (graphs: every array at an
+// offset that depends only on the bounds, the page table with a stride of
+// max_ctx pages: two copies).
+static sl_status cu_prepare_into(cu_backend *b, sl_batch_meta *m, int fixed_tokens, int fixed_ctx,
+                                 sl_err *e)
 {
-    cu_backend *b = cu_be(be);
-    int T = m->n_tokens, S = m->n_seqs;
+    int T = m->n_tokens, S = m->n_seqs, fixed = fixed_tokens > 0;
     int ntiles[CU_TILE_LEVELS];
-    size_t need = 0;
-    // int32 layout: ids pos kv_slot seq_of [T] | q_start [S+1] | kv_len state_slot
-    // state_fresh track_slot track_len [S] | page_table [S*max_pages] | logit_rows | tiles (int2)
-    need += 4 * (size_t)T + (size_t)S + 1 + 5 * (size_t)S + (size_t)S * (size_t)m->max_pages +
-            (size_t)m->n_logits;
+    // int32 layout: ids pos kv_slot seq_of feed [T] | q_start [S+1] | kv_len state_slot
+    // state_fresh track_slot track_len [S] | logit_rows | tiles (int2) | page_table [S*max_pages]
+    size_t need = 5 * (size_t)T + (size_t)S + 1 + 5 * (size_t)S + (size_t)m->n_logits;
     need = (need + 1) & ~(size_t)1; // int2 alignment
     for (int l = 0; l < CU_TILE_LEVELS; l++) {
         ntiles[l] = cu_count_tiles(m, l);
         need += 2 * (size_t)ntiles[l];
     }
+    need += (size_t)S * (size_t)m->max_pages;
     int which = b->mb_next;
     b->mb_next ^= 1;
     cu_meta_buf *mb = &b->mb[which];
@@ -220,49 +238,233 @@ static sl_status cu_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e)
         CU_TRY(e, cudaMalloc(&mb->dev, cap * sizeof(int32_t)));
         mb->cap = cap;
     }
-    int32_t *h = mb->host, *d = mb->dev;
+    int32_t *h = mb->host;
+    // device offsets: packed (normal) or by the bounds (fixed)
+    size_t cT = fixed ? (size_t)fixed_tokens : (size_t)T, cS = fixed ? (size_t)fixed_tokens : (size_t)S;
+    size_t cL = fixed ? (size_t)fixed_tokens : (size_t)m->n_logits;
+    int32_t *d = fixed ? b->fixed : mb->dev;
+    int pstride = fixed ? (fixed_ctx + m->page_size - 1) / m->page_size : m->max_pages;
+    SL_ASSERT(m->max_pages <= pstride);
     cu_meta *cm = &mb->meta;
     memset(cm, 0, sizeof *cm);
     cm->n_tokens = T;
     cm->n_seqs = S;
     cm->page_size = m->page_size;
-    cm->max_pages = m->max_pages;
-    size_t o = 0;
-    cm->ids = put_i32(mb, &o, m->ids, T);
-    cm->pos = put_i32(mb, &o, m->pos, T);
-    cm->kv_slot = put_i32(mb, &o, m->kv_slot, T);
+    cm->max_pages = pstride;
+    size_t o = 0, od = 0;
+#define PUT(field, src, n, cap)                                                                    \
+    do {                                                                                           \
+        cm->field = put_i32(h, &o, d + od, src, n);                                                \
+        od += cap;                                                                                 \
+    } while (0)
+    PUT(ids, m->ids, T, cT);
+    PUT(pos, m->pos, T, cT);
+    PUT(kv_slot, m->kv_slot, T, cT);
     int32_t *seq_of = h + o;
-    cm->seq_of = put_i32(mb, &o, NULL, T);
+    PUT(seq_of, NULL, T, cT);
     for (int s = 0; s < S; s++)
         for (int t = m->q_start[s]; t < m->q_start[s + 1]; t++) seq_of[t] = s;
-    cm->q_start = put_i32(mb, &o, m->q_start, S + 1);
-    cm->kv_len = put_i32(mb, &o, m->kv_len, S);
-    cm->state_slot = put_i32(mb, &o, m->state_slot, S);
-    cm->state_fresh = put_i32(mb, &o, m->state_fresh, S);
-    cm->track_slot = put_i32(mb, &o, m->track_slot, S);
-    cm->track_len = put_i32(mb, &o, m->track_len, S);
-    cm->page_table = put_i32(mb, &o, m->page_table, (size_t)S * m->max_pages);
+    PUT(feed, m->feed, T, cT);
+    PUT(q_start, m->q_start, S + 1, cS + 1);
+    PUT(kv_len, m->kv_len, S, cS);
+    PUT(state_slot, m->state_slot, S, cS);
+    PUT(state_fresh, m->state_fresh, S, cS);
+    PUT(track_slot, m->track_slot, S, cS);
+    PUT(track_len, m->track_len, S, cS);
     cm->n_logits = m->n_logits;
-    cm->logit_rows = put_i32(mb, &o, m->logit_rows, (size_t)m->n_logits);
+    PUT(logit_rows, m->logit_rows, m->n_logits, cL);
+#undef PUT
     o = (o + 1) & ~(size_t)1;
+    od = (od + 1) & ~(size_t)1;
     for (int l = 0; l < CU_TILE_LEVELS; l++) {
         int q = 1 << l, k = 0;
         int2 *th = (int2 *)(h + o);
         for (int s = 0; s < S; s++)
             for (int i = 0; i < m->q_start[s + 1] - m->q_start[s]; i += q) th[k++] = make_int2(s, i);
-        cm->tiles[l] = (const int2 *)(d + o);
+        cm->tiles[l] = (const int2 *)(d + od);
         cm->n_tiles[l] = ntiles[l];
         o += 2 * (size_t)ntiles[l];
+        od += 2 * (fixed ? cT : (size_t)ntiles[l]);
     }
+    size_t front = o; // everything before the page table
+    cm->page_table = put_i32(h, &o, d + od, m->page_table, (size_t)S * m->max_pages);
     for (int s = 0; s < S; s++) {
         int qn = m->q_start[s + 1] - m->q_start[s];
         if (qn > cm->max_q_len) cm->max_q_len = qn;
         if (m->kv_len && m->kv_len[s] > cm->max_kv_len) cm->max_kv_len = m->kv_len[s];
     }
-    CU_TRY(e, cudaMemcpyAsync(d, h, o * sizeof(int32_t), cudaMemcpyHostToDevice, b->stream));
+    if (!fixed) {
+        CU_TRY(e, cudaMemcpyAsync(d, h, o * sizeof(int32_t), cudaMemcpyHostToDevice, b->stream));
+    } else {
+        // the staging is packed: each array goes to its own fixed offset
+        cm->max_kv_len = fixed_ctx;
+        const int32_t *runs[] = {cm->ids, cm->pos, cm->kv_slot, cm->seq_of, cm->feed, cm->q_start,
+                                 cm->kv_len, cm->state_slot, cm->state_fresh, cm->track_slot,
+                                 cm->track_len, cm->logit_rows};
+        size_t lens[] = {(size_t)T, (size_t)T, (size_t)T, (size_t)T, (size_t)T, (size_t)S + 1,
+                         (size_t)S, (size_t)S, (size_t)S, (size_t)S, (size_t)S, (size_t)m->n_logits};
+        size_t ho = 0;
+        for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+            if (lens[i])
+                CU_TRY(e, cudaMemcpyAsync((void *)runs[i], h + ho, lens[i] * sizeof(int32_t),
+                                          cudaMemcpyHostToDevice, b->stream));
+            ho += lens[i];
+        }
+        ho = (ho + 1) & ~(size_t)1;
+        for (int l = 0; l < CU_TILE_LEVELS; l++) {
+            if (ntiles[l])
+                CU_TRY(e, cudaMemcpyAsync((void *)cm->tiles[l], h + ho, 2 * (size_t)ntiles[l] * sizeof(int32_t),
+                                          cudaMemcpyHostToDevice, b->stream));
+            ho += 2 * (size_t)ntiles[l];
+        }
+        if (S && m->max_pages)
+            CU_TRY(e, cudaMemcpy2DAsync((void *)cm->page_table, (size_t)pstride * sizeof(int32_t), h + front,
+                                        (size_t)m->max_pages * sizeof(int32_t),
+                                        (size_t)m->max_pages * sizeof(int32_t), (size_t)S,
+                                        cudaMemcpyHostToDevice, b->stream));
+    }
     CU_TRY(e, cudaEventRecord(mb->copied, b->stream));
     m->dev = cm;
     return SL_OK;
+}
+
+static sl_status cu_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e)
+{
+    return cu_prepare_into(cu_be(be), m, 0, 0, e);
+}
+
+static sl_status cu_prepare_fixed(sl_backend *be, sl_batch_meta *m, int max_tokens, int max_ctx,
+                                  sl_err *e)
+{
+    cu_backend *b = cu_be(be);
+    if (!b->fixed || max_tokens != b->fixed_tokens || max_ctx != b->fixed_ctx) {
+        // new bounds: the region moves (graphs captured before are stale)
+        size_t pages = (size_t)(max_ctx + m->page_size - 1) / (size_t)m->page_size;
+        size_t n = 12 * (size_t)max_tokens + 2 + 2 * CU_TILE_LEVELS * (size_t)max_tokens +
+                   (size_t)max_tokens * pages;
+        CU_TRY(e, cudaStreamSynchronize(b->stream));
+        cudaFree(b->fixed);
+        b->fixed = NULL;
+        CU_TRY(e, cudaMalloc(&b->fixed, n * sizeof(int32_t)));
+        b->fixed_tokens = max_tokens;
+        b->fixed_ctx = max_ctx;
+    }
+    return cu_prepare_into(b, m, max_tokens, max_ctx, e);
+}
+
+// ---- pipelining and graphs ------------------------------------------------------
+
+struct sl_be_event {
+    cudaEvent_t ev;
+};
+
+static void *cu_host_alloc(sl_backend *be, size_t bytes)
+{
+    (void)be;
+    void *p = NULL;
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_host_free(sl_backend *be, void *p)
+{
+    (void)be;
+    cudaFreeHost(p);
+}
+
+static sl_status cu_copy_out(sl_backend *be, const sl_tensor *t, void *dst, sl_err *e)
+{
+    size_t n = (size_t)sl_tensor_numel(t) * sl_dtype_size(t->dtype);
+    if (n) CU_TRY(e, cudaMemcpyAsync(dst, t->data, n, cudaMemcpyDeviceToHost, cu_be(be)->stream));
+    return SL_OK;
+}
+
+static sl_status cu_event_new(sl_backend *be, sl_be_event **ev, sl_err *e)
+{
+    (void)be;
+    *ev = (sl_be_event *)calloc(1, sizeof **ev);
+    if (!*ev) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    // blocking sync: the runner sleeps instead of spinning a core while it waits
+    cudaError_t err = cudaEventCreateWithFlags(&(*ev)->ev, cudaEventBlockingSync);
+    if (err != cudaSuccess) {
+        free(*ev);
+        *ev = NULL;
+        return sl_err_set(e, SL_ERR_DEVICE, "cudaEventCreate: %s", cudaGetErrorString(err));
+    }
+    return SL_OK;
+}
+
+static void cu_event_free(sl_backend *be, sl_be_event *ev)
+{
+    (void)be;
+    cudaEventDestroy(ev->ev);
+    free(ev);
+}
+
+static sl_status cu_event_record(sl_backend *be, sl_be_event *ev, sl_err *e)
+{
+    CU_TRY(e, cudaEventRecord(ev->ev, cu_be(be)->stream));
+    return SL_OK;
+}
+
+static sl_status cu_event_wait(sl_backend *be, sl_be_event *ev, sl_err *e)
+{
+    (void)be;
+    CU_TRY(e, cudaEventSynchronize(ev->ev));
+    return SL_OK;
+}
+
+static float cu_event_ms(sl_backend *be, sl_be_event *from, sl_be_event *to)
+{
+    (void)be;
+    float ms = -1.0f;
+    if (cudaEventElapsedTime(&ms, from->ev, to->ev) != cudaSuccess) {
+        cudaGetLastError();
+        return -1.0f;
+    }
+    return ms;
+}
+
+struct sl_be_graph {
+    cudaGraphExec_t exec;
+};
+
+static sl_status cu_capture_begin(sl_backend *be, sl_err *e)
+{
+    CU_TRY(e, cudaStreamBeginCapture(cu_be(be)->stream, cudaStreamCaptureModeThreadLocal));
+    return SL_OK;
+}
+
+static sl_status cu_capture_end(sl_backend *be, sl_be_graph **out, sl_err *e)
+{
+    cudaGraph_t graph = NULL;
+    CU_TRY(e, cudaStreamEndCapture(cu_be(be)->stream, &graph));
+    sl_be_graph *g = (sl_be_graph *)calloc(1, sizeof *g);
+    cudaError_t err = g ? cudaGraphInstantiate(&g->exec, graph, 0) : cudaErrorMemoryAllocation;
+    cudaGraphDestroy(graph);
+    if (err != cudaSuccess) {
+        free(g);
+        cudaGetLastError();
+        return sl_err_set(e, SL_ERR_DEVICE, "cudaGraphInstantiate: %s", cudaGetErrorString(err));
+    }
+    *out = g;
+    return SL_OK;
+}
+
+static sl_status cu_graph_launch(sl_backend *be, sl_be_graph *g, sl_err *e)
+{
+    CU_TRY(e, cudaGraphLaunch(g->exec, cu_be(be)->stream));
+    return SL_OK;
+}
+
+static void cu_graph_free(sl_backend *be, sl_be_graph *g)
+{
+    cudaStreamSynchronize(cu_be(be)->stream); // a replay may still run
+    cudaGraphExecDestroy(g->exec);
+    free(g);
 }
 
 // ---- backend ------------------------------------------------------------------------
@@ -279,6 +481,19 @@ static const sl_backend_i cu_iface = {
     .sync = cu_sync,
     .prepare = cu_prepare,
     .mem_info = cu_mem_info,
+    .host_alloc = cu_host_alloc,
+    .host_free = cu_host_free,
+    .copy_out = cu_copy_out,
+    .event_new = cu_event_new,
+    .event_free = cu_event_free,
+    .event_record = cu_event_record,
+    .event_wait = cu_event_wait,
+    .event_ms = cu_event_ms,
+    .prepare_fixed = cu_prepare_fixed,
+    .capture_begin = cu_capture_begin,
+    .capture_end = cu_capture_end,
+    .graph_launch = cu_graph_launch,
+    .graph_free = cu_graph_free,
     .embed = cu_embed,
     .matmul = cu_matmul,
     .rmsnorm = cu_rmsnorm,
@@ -298,6 +513,7 @@ static const sl_backend_i cu_iface = {
     .copy_slots = cu_copy_slots,
     .fill_random = cu_fill_random,
     .argmax = cu_argmax,
+    .attn_prep = cu_attn_prep,
 };
 
 static sl_status cu_init(cu_backend *b, int device, sl_err *e)

@@ -61,6 +61,7 @@ typedef struct cu_meta {
     const int32_t *ids, *pos, *q_start, *kv_len, *page_table, *kv_slot;
     const int32_t *state_slot, *state_fresh, *track_slot, *track_len;
     const int32_t *seq_of; // [n_tokens] sequence of each token
+    const int32_t *feed;   // [n_tokens] see sl_batch_meta
     int n_logits;
     const int32_t *logit_rows;
     const int2 *tiles[CU_TILE_LEVELS];
@@ -88,6 +89,14 @@ typedef struct cu_backend {
     // can be prepared while the previous one's copy may still be in flight.
     cu_meta_buf mb[2];
     int mb_next;
+    // prepare_fixed: the one device region graph batches are mirrored into
+    // (their host side still alternates through mb)
+    int32_t *fixed;
+    int fixed_tokens, fixed_ctx;
+    // upload: two pinned staging chunks (host memcpy of one overlaps the DMA
+    // of the other) and their device twins for conversions; made at first use
+    void *up_host[2], *up_dev[2];
+    cudaEvent_t up_free[2];
 } cu_backend;
 
 static inline cu_backend *cu_be(sl_backend *be) { return (cu_backend *)be; }
@@ -233,6 +242,20 @@ static inline int cu_mat_vec_ok(const cu_mat &m)
 {
     int64_t esz = (int64_t)sl_dtype_size((sl_dtype)m.dt);
     return !m.p || (m.cols % 8 == 0 && m.ld % 8 == 0 && (uintptr_t)m.p % (uintptr_t)(8 * esz) == 0);
+}
+
+// Rotary inv_freq computed on the host (glibc powf, as the CPU op), so the
+// fp32 angle pos·inv_freq is bit-identical; only sin/cos may differ by an ulp.
+typedef struct cu_rope_freqs {
+    float v[128];
+} cu_rope_freqs;
+
+static inline cu_rope_freqs cu_rope_freqs_make(float theta, int rot_dim)
+{
+    cu_rope_freqs f;
+    SL_ASSERT(rot_dim / 2 <= 128);
+    for (int i = 0; i < rot_dim / 2; i++) f.v[i] = 1.0f / powf(theta, (float)(2 * i) / (float)rot_dim);
+    return f;
 }
 
 static inline unsigned cu_blocks(int64_t n, int threads)

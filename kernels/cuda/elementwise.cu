@@ -3,9 +3,10 @@
 #include "elementwise.cuh"
 #include "sl_rng.h"
 
-__global__ void k_embed(cu_mat out, cu_mat table, const int32_t *ids)
+__global__ void k_embed(cu_mat out, cu_mat table, const int32_t *ids, const int32_t *feed,
+                        const int32_t *feed_ids)
 {
-    int64_t t = blockIdx.x, row = ids[t];
+    int64_t t = blockIdx.x, row = feed && feed[t] >= 0 ? feed_ids[feed[t]] : ids[t];
     for (int64_t c = threadIdx.x; c < out.cols; c += blockDim.x)
         cu_mat_st(out, t, c, cu_mat_ld(table, row, c));
 }
@@ -15,15 +16,10 @@ void cu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_b
     cu_backend *b = cu_be(be);
     const cu_meta *cm = cu_meta_of(m);
     if (cm->n_tokens == 0) return;
-    k_embed<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(out), cu_mat_of(table), cm->ids);
+    k_embed<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(out), cu_mat_of(table), cm->ids,
+                                                 m->feed_ids ? cm->feed : NULL, m->feed_ids);
     CU_CHECK_LAUNCH();
 }
-
-// inv_freq comes from the host (glibc powf, as the CPU op), so the fp32 angle
-// pos·inv_freq is bit-identical; only sin/cos may differ by an ulp.
-typedef struct cu_rope_freqs {
-    float v[128];
-} cu_rope_freqs;
 
 __global__ void k_rope(cu_mat x, int n_heads, int head_dim, int half, cu_rope_freqs f,
                        const int32_t *pos)
@@ -49,8 +45,7 @@ void cu_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_di
     int half = rot_dim / 2;
     SL_ASSERT(half <= 128);
     if (cm->n_tokens == 0 || half == 0) return;
-    cu_rope_freqs f;
-    for (int i = 0; i < half; i++) f.v[i] = 1.0f / powf(theta, (float)(2 * i) / (float)rot_dim);
+    cu_rope_freqs f = cu_rope_freqs_make(theta, rot_dim);
     k_rope<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(x), n_heads, head_dim, half, f, cm->pos);
     CU_CHECK_LAUNCH();
 }

@@ -6,6 +6,10 @@
 # 1000 input / 1000 output tokens at concurrency 1 and 64. Logs and JSON lines
 # go to $OUT (or /tmp); a summary table is printed last.
 #   NUM1 / NUM64: prompts at concurrency 1 / 64 (defaults 4 / 128)
+#   CONCS: concurrencies to run (default "1 64"); EXTRA: more serve flags
+#   (e.g. --disable-cuda-graph). Workers log decode step timing (device busy
+#   time and idle gaps between steps, --step-timing); the last such line per
+#   model is printed with the summary.
 set -uo pipefail
 bin=${1:?BIN_DIR}; tok=${2:?TOKENIZER_DIR}; shift 2
 models=${*:-qwen3-8b qwen3-30b-a3b}
@@ -23,11 +27,11 @@ for name in $models; do
   start=$(date +%s)
   "$bin/sluice" serve --model "$dir" --load-format dummy --device cuda --port $port \
     --page-size 16 --mem-fraction-static ${MEMFRAC:-0.9} --chunked-prefill-size 4096 \
-    --max-running-requests 64 --context-length 4096 >"$log" 2>&1 &
+    --max-running-requests 64 --context-length 4096 --step-timing ${EXTRA:-} >"$log" 2>&1 &
   pid=$!
   ok=0
   for _ in $(seq 1 240); do
-    if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=1)" 2>/dev/null; then ok=1; break; fi
+    if python3 -c "import urllib.request,json,sys; sys.exit(json.load(urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=1))['workers_alive'] < 1)" 2>/dev/null; then ok=1; break; fi
     kill -0 $pid 2>/dev/null || break
     sleep 0.5
   done
@@ -38,7 +42,7 @@ for name in $models; do
     continue
   fi
   echo "=== $name up after $(( $(date +%s) - start )) s"; grep -E "KV pool|loaded|weights" "$log" | head -3
-  for conc in 1 64; do
+  for conc in ${CONCS:-1 64}; do
     n=$([ $conc = 1 ] && echo ${NUM1:-4} || echo ${NUM64:-128})
     res=$out/bench-$name-c$conc.txt
     timeout ${BENCH_LIMIT:-240} "$bin/sluice" bench --port $port --tokenizer "$dir" --num-prompts $n \
@@ -52,6 +56,8 @@ for name in $models; do
       "$(pick 'Mean TPOT')" "$(pick 'Median TPOT')")")
   done
   kill $pid; wait $pid 2>/dev/null
+  gaps=$(grep "decode steps" "$log" | tail -1 | sed 's/.*decode steps/decode steps/')
+  summary+=("$(printf '%-16s %s' "$name" "${gaps:-no step timing logged}")")
 done
 echo
 echo "==================== e2e summary ===================="

@@ -275,7 +275,7 @@ static void batch_free(tb_batch *b)
 typedef struct tb_case {
     sl_op op;
     sl_dtype dt;   /* GPU dtype of the op's activations / outputs */
-    int p[8];      /* op-specific shape, see run_case */
+    int p[9];      /* op-specific shape, see run_case */
     double tol;    /* max rel L2; < 0: exact */
 } tb_case;
 
@@ -327,6 +327,12 @@ static const tb_case cases[] = {
     /* kv_store: seqs, q_len, prefix, page size, Hkv*D */
     {SL_OP_KV_STORE, BF, {3, 20, 30, 16, 512}, 0},
     {SL_OP_KV_STORE, BF, {2, 5, 3, 1, 256}, 0},
+    /* attn_prep: seqs, q_len (even seqs; odd seqs decode 1), prefix, page size, Hq, Hkv, D,
+     * rot_dim, one_plus */
+    {SL_OP_ATTN_PREP, BF, {3, 20, 30, 16, 32, 8, 128, 128, 0}, 1e-2},     /* qwen3 */
+    {SL_OP_ATTN_PREP, BF, {4, 1, 500, 1, 32, 4, 128, 128, 0}, 1e-2},      /* decode, page 1 */
+    {SL_OP_ATTN_PREP, BF, {2, 9, 3, 16, 16, 2, 256, 64, 1}, 1e-2},        /* qwen3_next */
+    {SL_OP_ATTN_PREP, BF, {2, 5, 7, 32, 4, 4, 64, 64, 0}, 1e-2},
     /* attention: seqs, q_len (even seqs; odd seqs decode 1), prefix, page size, Hq, Hkv, D */
     {SL_OP_ATTENTION, BF, {4, 1, 300, 16, 32, 8, 128}, 2e-2},     /* decode, GQA 4 */
     {SL_OP_ATTENTION, BF, {2, 1, 3000, 32, 16, 2, 128}, 2e-2},    /* long decode: split-KV */
@@ -697,6 +703,45 @@ static void run_case(tb *t, const tb_case *c)
         pair_free(t, &vc);
         pair_free(t, &x);
         pair_free(t, &z);
+        batch_free(&b);
+        break;
+    }
+    case SL_OP_ATTN_PREP: {
+        int S = p[0], P = p[3], Hq = p[4], Hkv = p[5], D = p[6], rot = p[7], op1 = p[8];
+        int q[16], pre[16], T = 0;
+        for (int s = 0; s < S; s++) {
+            q[s] = s % 2 == 0 ? p[1] : 1;
+            pre[s] = p[2] + 37 * s;
+            T += q[s];
+        }
+        snprintf(desc, sizeof desc, "S=%d q=%d page=%d Hq=%d Hkv=%d D=%d rot=%d%s", S, p[1], P,
+                 Hq, Hkv, D, rot, op1 ? " 1+w" : "");
+        tb_batch b;
+        batch_make(t, &b, S, q, pre, P, 10);
+        int64_t rows = (int64_t)b.n_pages * P, C = (int64_t)Hkv * D, W = (int64_t)(Hq + 2 * Hkv) * D;
+        pair kc, vc, qn, kn;
+        pair_rand(t, &kc, dt, 2, (ne2(ne, rows, C), ne), -2, 2);
+        pair_rand(t, &vc, dt, 2, (ne2(ne, rows, C), ne), -2, 2);
+        pair_rand(t, &x, dt, 2, (ne2(ne, T, W), ne), -2, 2); /* the fused qkv projection */
+        pair_rand(t, &qn, SL_DTYPE_F32, 1, (ne[0] = D, ne), -1, 1);
+        pair_rand(t, &kn, SL_DTYPE_F32, 1, (ne[0] = D, ne), -1, 1);
+        for (int side = 0; side < 2; side++) {
+            sl_backend *be = side ? t->gpu : t->cpu;
+            sl_tensor *xx = side ? &x.g : &x.c;
+            sl_tensor qv = sl_tensor_colview(xx, 0, (int64_t)Hq * D);
+            sl_tensor kv = sl_tensor_colview(xx, (int64_t)Hq * D, C);
+            sl_tensor vv = sl_tensor_colview(xx, (int64_t)Hq * D + C, C);
+            sl_be_attn_prep(be, &qv, &kv, &vv, side ? &qn.g : &qn.c, side ? &kn.g : &kn.c, 1e-6f,
+                            op1, D, rot, 1e6f, side ? &kc.g : &kc.c, side ? &vc.g : &vc.c, &b.m);
+        }
+        compare(t, c->op, desc, "qkv", &x.c, &x.g, c->tol);
+        compare(t, c->op, desc, "kcache", &kc.c, &kc.g, c->tol);
+        compare(t, c->op, desc, "vcache", &vc.c, &vc.g, c->tol);
+        pair_free(t, &kc);
+        pair_free(t, &vc);
+        pair_free(t, &qn);
+        pair_free(t, &kn);
+        pair_free(t, &x);
         batch_free(&b);
         break;
     }
