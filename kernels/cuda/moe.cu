@@ -472,7 +472,7 @@ typedef struct moe_gv_args {
     int64_t gu_es, dn_es; // expert strides (elements)
     __nv_bfloat16 *act;   // [P, I]
     float *y;             // [P, H]
-    int32_t *done;        // [H / 16] items finished per down row tile
+    int32_t *done;        // [down row tiles] items finished, over all experts
 } moe_gv_args;
 
 // The K-split tile of this block's warps for one item and token group:
@@ -522,7 +522,8 @@ template <class L> __device__ void moe_gv_load(__nv_bfloat16 *xs, int K, int nt,
     }
 }
 
-// The smem regions after the plan.
+// The warps' tiles for the K reduction, right after the plan in smem (the
+// vectors follow them).
 __device__ __forceinline__ float *moe_gv_red(int *sm, const moe_gv_args &a)
 {
     return (float *)((char *)sm + moe_gv_plan_bytes(a.T * a.k, a.E));
