@@ -417,12 +417,38 @@ static void compare_gpu_exact(tb *t, sl_op op, const char *desc, const char *wha
     free(vb);
 }
 
+/* Routing for moe_experts (draw `round` of it): distinct experts per token;
+ * with a pool, CPU ids ic index pool_e (the GPU's ids iv); without one, ids
+ * skew toward low ids so some experts get many tokens (several GEMM tiles)
+ * and some none. */
+static void moe_draw_ids(uint64_t rs, int round, int T, int k, int E, int pool,
+                         const int32_t *pool_e, int32_t *iv, int32_t *ic, float *wv)
+{
+    uint64_t salt = (uint64_t)round << 40;
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < k; j++) {
+            int m, dup;
+            uint64_t n = 0;
+            do {
+                float u = sl_rng_uniform(rs, salt + (uint64_t)(i * 64 + j) * 1000 + n++);
+                m = pool ? (int)(u * (float)pool) : (int)(u * u * (float)E);
+                dup = 0;
+                for (int jj = 0; jj < j; jj++)
+                    dup |= ic[i * k + jj] == m;
+            } while (dup);
+            ic[i * k + j] = m;
+            iv[i * k + j] = pool_e[m];
+            wv[i * k + j] = 0.05f + sl_rng_uniform(rs, salt + (uint64_t)(i * 64 + j)) * 0.3f;
+        }
+}
+
 /* moe_experts. With a pool, ids come from `pool` random experts of E (each
  * token distinct ones, so tokens share experts), the GPU gets the full
  * [E, ...] weights with every other expert NaN (reading a wrong expert
  * fails the case) and the CPU only the pool's experts, ids remapped: the
- * real model shapes without E full experts on the host. The GPU op runs
- * twice and must repeat itself bit for bit. */
+ * real model shapes without E full experts on the host. The GPU op also
+ * runs captured in a CUDA graph: bit for bit the direct run, then replayed
+ * on other routing. */
 static void run_moe_experts(tb *t, const tb_case *c)
 {
     const int *p = c->p;
@@ -479,26 +505,10 @@ static void run_moe_experts(tb *t, const tb_case *c)
             if (sl_be_upload(t->gpu, &slice, hc, F32, &e)) die_err("upload", &e);
         }
     }
-    /* ids: distinct experts per token; without a pool skewed toward low ids so
-     * some experts get many tokens (several GEMM tiles) and some none */
     int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * k)),
             *ic = malloc(sizeof(int32_t) * (size_t)(T * k));
     float *wv = malloc(sizeof(float) * (size_t)(T * k));
-    for (int i = 0; i < T; i++)
-        for (int j = 0; j < k; j++) {
-            int m, dup;
-            uint64_t n = 0;
-            do {
-                float u = sl_rng_uniform(rs, (uint64_t)(i * 64 + j) * 1000 + n++);
-                m = pool ? (int)(u * (float)pool) : (int)(u * u * (float)E);
-                dup = 0;
-                for (int jj = 0; jj < j; jj++)
-                    dup |= ic[i * k + jj] == m;
-            } while (dup);
-            ic[i * k + j] = m;
-            iv[i * k + j] = pool_e[m];
-            wv[i * k + j] = 0.05f + sl_rng_uniform(rs, (uint64_t)(i * 64 + j)) * 0.3f;
-        }
+    moe_draw_ids(rs, 0, T, k, E, pool, pool_e, iv, ic, wv);
     pair_alloc(t, &ids, SL_DTYPE_I32, 2, (ne2(ne, T, k), ne));
     if (sl_be_upload(t->cpu, &ids.c, ic, SL_DTYPE_I32, &e) ||
         sl_be_upload(t->gpu, &ids.g, iv, SL_DTYPE_I32, &e))
@@ -510,9 +520,28 @@ static void run_moe_experts(tb *t, const tb_case *c)
     if (sl_be_alloc(t->gpu, &y2, c->dt, 2, (ne2(ne, T, H), ne), &e)) die_err("alloc", &e);
     sl_be_moe_experts(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &gu_c, &dn_c);
     sl_be_moe_experts(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gu_g, &dn_g);
-    sl_be_moe_experts(t->gpu, &y2, &x.g, &ids.g, &wt.g, &gu_g, &dn_g);
     compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
-    compare_gpu_exact(t, c->op, desc, "rerun", &y.g, &y2);
+    /* as a decode graph runs it: captured once, replayed (bit-identical to the
+     * direct run), then replayed with other ids and weights in the same tensors */
+    cudaStream_t st = (cudaStream_t)sl_cuda_stream(t->gpu);
+    cudaGraph_t gr;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    sl_be_moe_experts(t->gpu, &y2, &x.g, &ids.g, &wt.g, &gu_g, &dn_g);
+    CK(cudaStreamEndCapture(st, &gr));
+    CK(cudaGraphInstantiate(&ge, gr, 0));
+    CK(cudaGraphLaunch(ge, st));
+    compare_gpu_exact(t, c->op, desc, "graph", &y.g, &y2);
+    moe_draw_ids(rs, 1, T, k, E, pool, pool_e, iv, ic, wv);
+    if (sl_be_upload(t->cpu, &ids.c, ic, SL_DTYPE_I32, &e) ||
+        sl_be_upload(t->gpu, &ids.g, iv, SL_DTYPE_I32, &e))
+        die_err("upload", &e);
+    pair_set(t, &wt, wv);
+    sl_be_moe_experts(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &gu_c, &dn_c);
+    CK(cudaGraphLaunch(ge, st));
+    compare(t, c->op, desc, "replay", &y.c, &y2, c->tol);
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(gr));
     free(pool_e);
     free(iv);
     free(ic);
