@@ -28,7 +28,7 @@ const char *sl_op_name(sl_op op)
         "embed",    "matmul", "rmsnorm",  "add",     "add_rmsnorm", "rope",        "silu_mul",
         "sigmoid_mul", "kv_store", "attention", "conv1d",     "gdn",         "rmsnorm_gated",
         "moe_route", "moe_experts", "gather_rows", "copy_slots", "fill_random", "argmax",
-        "attn_prep"};
+        "attn_prep", "sample"};
     return (unsigned)op < SL_OP_COUNT ? n[op] : "?";
 }
 
@@ -207,7 +207,7 @@ int sl_be_supports_op(const sl_backend *be, sl_op op)
         (const void *)i->conv1d,      (const void *)i->gdn,           (const void *)i->rmsnorm_gated,
         (const void *)i->moe_route,   (const void *)i->moe_experts,   (const void *)i->gather_rows,
         (const void *)i->copy_slots,  (const void *)i->fill_random,   (const void *)i->argmax,
-        (const void *)i->attn_prep};
+        (const void *)i->attn_prep,   (const void *)i->sample};
     return (unsigned)op < SL_OP_COUNT && slot[op] != NULL;
 }
 
@@ -519,4 +519,24 @@ void sl_be_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x)
     NEED(argmax);
     SL_ASSERT(ids->dtype == SL_DTYPE_I32 && sl_tensor_numel(ids) == sl_tensor_rows(x));
     be->i->argmax(be, ids, x);
+}
+
+void sl_be_sample(sl_backend *be, sl_tensor *ids, sl_tensor *lp, const sl_tensor *logits,
+                  const sl_sample_args *a)
+{
+    NEED(sample);
+    int64_t R = sl_tensor_rows(logits);
+    SL_ASSERT(logits->dtype == SL_DTYPE_F32 && a->n_rows == R);
+    SL_ASSERT(ids->dtype == SL_DTYPE_I32 && sl_tensor_numel(ids) == R);
+    SL_ASSERT(!lp || (lp->dtype == SL_DTYPE_F32 && sl_tensor_rows(lp) == R &&
+                      sl_tensor_cols(lp) == 2 + 2 * SL_SAMPLE_MAX_TOP));
+    int64_t n_pending = a->pending_ids ? sl_tensor_numel(a->pending_ids) : 0;
+    SL_ASSERT(!a->pending_ids || a->pending_ids->dtype == SL_DTYPE_I32);
+    for (int r = 0; r < a->n_rows; r++) {
+        const sl_sample_row *w = &a->rows[r];
+        SL_ASSERT(w->n_top >= 0 && w->n_top <= SL_SAMPLE_MAX_TOP && (lp || !w->logprobs));
+        SL_ASSERT(w->pen_n >= 0 && w->pen_start >= 0 && w->pen_start + w->pen_n <= a->n_pen);
+        SL_ASSERT(w->pending < n_pending && w->u >= 0.0f && w->u < 1.0f);
+    }
+    be->i->sample(be, ids, lp, logits, a);
 }

@@ -102,6 +102,7 @@ typedef enum sl_op {
     SL_OP_FILL_RANDOM,
     SL_OP_ARGMAX,
     SL_OP_ATTN_PREP,
+    SL_OP_SAMPLE,
     SL_OP_COUNT
 } sl_op;
 
@@ -306,5 +307,46 @@ void sl_be_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale,
  * I32 [R] (any shape with R elements), x [R, V]. Greedy decoding downloads
  * R ids instead of R rows of logits. */
 void sl_be_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x);
+
+#define SL_SAMPLE_MAX_TOP 20
+/* Per-row parameters of sl_be_sample (host memory). */
+typedef struct sl_sample_row {
+    float temperature;        /* <= 0: greedy (argmax of the penalised logits, lowest id on ties) */
+    int top_k;                /* <= 0 or >= vocab: off; 1: greedy */
+    float top_p;              /* >= 1: off */
+    float min_p;              /* <= 0: off */
+    float repetition_penalty; /* 1: off */
+    float frequency_penalty, presence_penalty;
+    float u;                  /* this row's uniform draw in [0, 1) */
+    int logprobs;             /* 1: fill this row of lp */
+    int n_top;                /* top logprobs wanted, 0..SL_SAMPLE_MAX_TOP (with logprobs) */
+    int pen_start, pen_n;     /* this row's entries in the sl_sample_args pen_* arrays */
+    int32_t pending;          /* index into pending_ids of a token sampled earlier but not yet in
+                                 the counts (one more output occurrence of it), or -1 */
+} sl_sample_row;
+typedef struct sl_sample_args {
+    int n_rows;
+    const sl_sample_row *rows;                    /* host [n_rows] */
+    int n_pen;
+    const int32_t *pen_tok, *pen_out, *pen_prompt; /* host [n_pen]: token, its count in the output,
+                                                     1 if it is in the prompt (repetition penalty) */
+    const sl_tensor *pending_ids;                 /* I32 on the backend; NULL when no row is pending */
+} sl_sample_args;
+/* ids (I32, R elements, may be a view into a larger buffer) = the token sampled from each row of
+ * logits (F32 [R, V], left unchanged). lp (NULL, or F32 [R, 2 + 2*SL_SAMPLE_MAX_TOP]): for rows with
+ * logprobs, [0] = logprob of the sampled token under log_softmax of the RAW logits (before penalties and
+ * temperature, as today), [1] = n_top, [2 .. 2+n_top) = top ids (as floats, largest first, lowest id on
+ * ties), [2+SL_SAMPLE_MAX_TOP .. +n_top) their logprobs. Asynchronous like every op.
+ *
+ * Per row: penalties on a copy of the row (per entry (token, out, prompt), the pending token merged in
+ * as one more output occurrence: repetition if out > 0 or prompt: l = l > 0 ? l/rep : l*rep; then if
+ * out > 0: l -= freq*out + pres) -> greedy when temperature <= 0 or top_k == 1 -> softmax(l / T) ->
+ * top-k -> top-p (shortest prefix in rank order (prob desc, id asc) holding top_p of the remaining
+ * mass) -> min-p (drops the tail below min_p * max prob, keeping one) -> the first token in rank order
+ * whose cumulative mass exceeds u * total. Without top-k and top-p the draw walks the tokens in id
+ * order instead (same distribution, no ranking needed). The host arrays are read before the call
+ * returns. */
+void sl_be_sample(sl_backend *be, sl_tensor *ids, sl_tensor *lp, const sl_tensor *logits,
+                  const sl_sample_args *a);
 
 #endif

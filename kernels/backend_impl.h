@@ -65,6 +65,7 @@ typedef struct sl_backend_i {
     void (*attn_prep)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                       const sl_tensor *, float, int, int, int, float, sl_tensor *, sl_tensor *,
                       const sl_batch_meta *);
+    void (*sample)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_sample_args *);
 } sl_backend_i;
 
 /* Every backend struct begins with this header. */

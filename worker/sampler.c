@@ -1,8 +1,5 @@
-#define _GNU_SOURCE /* qsort_r */
 #include "sampler.h"
 
-#include <float.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,8 +21,6 @@ struct sl_sampler_state {
     int penalize;
     tok_count *tab;
     int cap, used;
-    int32_t *idx; /* scratch for candidate sorting */
-    int scratch;
 };
 
 static tok_count *tab_slot(sl_sampler_state *s, int32_t tok)
@@ -70,7 +65,7 @@ sl_sampler_state *sl_sampler_state_new(const sl_sampling *params, const int32_t 
     sl_sampler_state *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->p = *params;
-    if (s->p.top_logprobs > SL_SAMPLER_MAX_TOP) s->p.top_logprobs = SL_SAMPLER_MAX_TOP;
+    if (s->p.top_logprobs > SL_SAMPLE_MAX_TOP) s->p.top_logprobs = SL_SAMPLE_MAX_TOP;
     s->seed = params->has_seed ? params->seed : sl_rng_mix(rid ^ 0x5ca1ab1eull);
     s->last = -1;
     s->penalize = params->repetition_penalty != 1.0f || params->frequency_penalty != 0.0f ||
@@ -88,7 +83,6 @@ void sl_sampler_state_free(sl_sampler_state *s)
 {
     if (!s) return;
     free(s->tab);
-    free(s->idx);
     free(s);
 }
 
@@ -114,190 +108,6 @@ const sl_sampling *sl_sampler_params(const sl_sampler_state *s)
     return &s->p;
 }
 
-static void apply_penalties(sl_sampler_state *s, float *logits, int vocab)
-{
-    const sl_sampling *p = &s->p;
-    for (int i = 0; i < s->cap; i++) {
-        tok_count *c = &s->tab[i];
-        if (c->token < 0 || c->token >= vocab) continue;
-        float *l = &logits[c->token];
-        if (p->repetition_penalty != 1.0f && (c->out || c->in_prompt))
-            *l = *l > 0 ? *l / p->repetition_penalty : *l * p->repetition_penalty;
-        if (c->out) *l -= p->frequency_penalty * (float)c->out + p->presence_penalty;
-    }
-}
-
-static int argmax(const float *x, int n)
-{
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
-static void fill_logprobs(const float *raw, int vocab, int32_t tok, const sl_sampling *p,
-                          sl_sample *out)
-{
-    float mx = raw[argmax(raw, vocab)];
-    double sum = 0;
-    for (int i = 0; i < vocab; i++)
-        sum += exp((double)(raw[i] - mx));
-    float lse = mx + (float)log(sum);
-    out->logprob = raw[tok] - lse;
-    /* top alternatives, largest first (ties: lower id), one pass */
-    int n = 0, want = p->top_logprobs < vocab ? p->top_logprobs : vocab;
-    for (int i = 0; i < vocab && want > 0; i++) {
-        if (n == want && raw[i] <= raw[out->top_ids[n - 1]]) continue;
-        int j = n < want ? n++ : n - 1;
-        while (j > 0 && raw[out->top_ids[j - 1]] < raw[i]) {
-            out->top_ids[j] = out->top_ids[j - 1];
-            j--;
-        }
-        out->top_ids[j] = i;
-    }
-    out->n_top = n;
-    for (int j = 0; j < n; j++)
-        out->top_logprobs[j] = raw[out->top_ids[j]] - lse;
-}
-
-static int by_prob_desc(const void *a, const void *b, void *ctx)
-{
-    const float *prob = ctx;
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    float px = prob[x], py = prob[y];
-    if (px != py) return px > py ? -1 : 1;
-    return x < y ? -1 : x > y;
-}
-
-static double sum_all(const float *p, int n)
-{
-    double t = 0;
-    for (int i = 0; i < n; i++)
-        t += p[i];
-    return t;
-}
-
-static int before(const float *p, int32_t a, int32_t b)
-{
-    return p[a] > p[b] || (p[a] == p[b] && a < b);
-}
-
-/* Reorders idx[0..n) so that idx[0..m) hold the m most probable tokens
- * (ties: lower id), then sorts those m: O(n + m log m) instead of sorting
- * the whole vocabulary for every sampled row. */
-static void select_top(int32_t *idx, int n, int m, const float *p)
-{
-    int lo = 0, hi = n - 1, k = m - 1;
-    while (lo < hi) {
-        int32_t pivot = idx[lo + (hi - lo) / 2];
-        int i = lo, j = hi;
-        while (i <= j) {
-            while (before(p, idx[i], pivot))
-                i++;
-            while (before(p, pivot, idx[j]))
-                j--;
-            if (i <= j) {
-                int32_t t = idx[i];
-                idx[i++] = idx[j];
-                idx[j--] = t;
-            }
-        }
-        if (k <= j)
-            hi = j;
-        else if (k >= i)
-            lo = i;
-        else
-            break;
-    }
-    qsort_r(idx, (size_t)m, sizeof *idx, by_prob_desc, (void *)p);
-}
-
-/* Draws from the filtered distribution. logits is scratch: it ends up
- * holding probabilities. */
-static int32_t draw(sl_sampler_state *s, float *logits, int vocab)
-{
-    const sl_sampling *p = &s->p;
-    float inv_t = 1.0f / p->temperature;
-    float mx = logits[argmax(logits, vocab)];
-    double sum = 0;
-    for (int i = 0; i < vocab; i++) {
-        logits[i] = expf((logits[i] - mx) * inv_t);
-        sum += logits[i];
-    }
-    for (int i = 0; i < vocab; i++)
-        logits[i] = (float)(logits[i] / sum);
-    float u = sl_rng_uniform(s->seed, (uint64_t)s->n_out);
-    int k = p->top_k > 0 && p->top_k < vocab ? p->top_k : vocab;
-    int sorted = k < vocab || p->top_p < 1.0f;
-    if (!sorted) {
-        /* plain temperature (+ min-p): inverse CDF in id order */
-        float floor_p = p->min_p > 0 ? p->min_p * logits[argmax(logits, vocab)] : 0.0f;
-        double tot = 0, acc = 0;
-        for (int i = 0; i < vocab; i++)
-            if (logits[i] >= floor_p) tot += logits[i];
-        int last = 0;
-        for (int i = 0; i < vocab; i++) {
-            if (logits[i] < floor_p) continue;
-            acc += logits[i];
-            last = i;
-            if (acc > u * tot) return i;
-        }
-        return last;
-    }
-    if (s->scratch < vocab) {
-        free(s->idx);
-        s->idx = malloc(sizeof(int32_t) * (size_t)vocab);
-        if (!s->idx) { /* out of memory: greedy is the safe answer */
-            s->scratch = 0;
-            return argmax(logits, vocab);
-        }
-        s->scratch = vocab;
-    }
-    int32_t *idx = s->idx;
-    for (int i = 0; i < vocab; i++)
-        idx[i] = i;
-    int n = k;
-    if (k < vocab) {
-        select_top(idx, vocab, k, logits);
-    } else {
-        /* top-p alone: grow the sorted head until it holds the nucleus */
-        double all = sum_all(logits, vocab);
-        for (n = k < 256 ? k : 256;; n = n * 4 < vocab ? n * 4 : vocab) {
-            select_top(idx, vocab, n, logits);
-            double acc = 0;
-            for (int i = 0; i < n; i++)
-                acc += logits[idx[i]];
-            if (n == vocab || acc >= p->top_p * all) break;
-        }
-    }
-    if (p->top_p < 1.0f) {
-        double tot = k < vocab ? 0 : sum_all(logits, vocab), acc = 0;
-        if (k < vocab)
-            for (int i = 0; i < n; i++)
-                tot += logits[idx[i]];
-        for (int i = 0; i < n; i++) {
-            acc += logits[idx[i]];
-            if (acc >= p->top_p * tot) {
-                n = i + 1;
-                break;
-            }
-        }
-    }
-    if (p->min_p > 0) {
-        float floor_p = p->min_p * logits[idx[0]];
-        while (n > 1 && logits[idx[n - 1]] < floor_p)
-            n--;
-    }
-    double tot = 0, acc = 0;
-    for (int i = 0; i < n; i++)
-        tot += logits[idx[i]];
-    for (int i = 0; i < n; i++) {
-        acc += logits[idx[i]];
-        if (acc > u * tot) return idx[i];
-    }
-    return idx[n - 1];
-}
-
 int sl_sampler_is_argmax(const sl_sampler_state *s)
 {
     const sl_sampling *p = &s->p;
@@ -305,27 +115,102 @@ int sl_sampler_is_argmax(const sl_sampler_state *s)
            (p->temperature <= 0.0f || p->top_k == 1);
 }
 
-void sl_sampler_take(sl_sampler_state *s, int32_t token, sl_sample *out)
+void sl_sample_pen_free(sl_sample_pen *pen)
+{
+    free(pen->tok);
+    free(pen->out);
+    free(pen->prompt);
+    *pen = (sl_sample_pen){0};
+}
+
+static int grow(int32_t **arr, int cap)
+{
+    int32_t *p = realloc(*arr, sizeof(int32_t) * (size_t)cap);
+    if (!p) return -1;
+    *arr = p;
+    return 0;
+}
+
+static int pen_reserve(sl_sample_pen *pen, int need)
+{
+    if (need <= pen->cap) return 0;
+    int cap = pen->cap ? pen->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    /* on failure the arrays grown so far keep their contents */
+    if (grow(&pen->tok, cap) || grow(&pen->out, cap) || grow(&pen->prompt, cap)) return -1;
+    pen->cap = cap;
+    return 0;
+}
+
+sl_status sl_sampler_row(const sl_sampler_state *s, sl_sample_row *row, sl_sample_pen *pen,
+                         int32_t pending, sl_err *e)
+{
+    const sl_sampling *p = &s->p;
+    int n = s->used; /* the table is only filled when a penalty is set */
+    if (pen_reserve(pen, pen->n + n))
+        return sl_err_set(e, SL_ERR_NOMEM, "out of memory for %d penalty entries", pen->n + n);
+    *row = (sl_sample_row){
+        .temperature = p->temperature,
+        .top_k = p->top_k,
+        .top_p = p->top_p,
+        .min_p = p->min_p,
+        .repetition_penalty = p->repetition_penalty,
+        .frequency_penalty = p->frequency_penalty,
+        .presence_penalty = p->presence_penalty,
+        .u = sl_rng_uniform(s->seed, (uint64_t)s->n_out + (pending >= 0)),
+        .logprobs = p->logprobs || p->top_logprobs > 0,
+        .n_top = p->top_logprobs > 0 ? p->top_logprobs : 0,
+        .pen_start = pen->n,
+        .pen_n = n,
+        .pending = pending,
+    };
+    for (int i = 0; i < s->cap; i++) {
+        const tok_count *c = &s->tab[i];
+        if (c->token < 0) continue;
+        pen->tok[pen->n] = c->token;
+        pen->out[pen->n] = c->out;
+        pen->prompt[pen->n] = c->in_prompt;
+        pen->n++;
+    }
+    return SL_OK;
+}
+
+void sl_sampler_commit(sl_sampler_state *s, int32_t token, const float *lp_row, sl_sample *out)
 {
     memset(out, 0, sizeof *out);
     out->token = token;
+    if (lp_row) {
+        out->logprob = lp_row[0];
+        out->n_top = (int)lp_row[1];
+        for (int j = 0; j < out->n_top; j++) {
+            out->top_ids[j] = (int32_t)lp_row[2 + j];
+            out->top_logprobs[j] = lp_row[2 + SL_SAMPLE_MAX_TOP + j];
+        }
+    }
     record(s, token);
+}
+
+void sl_sampler_take(sl_sampler_state *s, int32_t token, sl_sample *out)
+{
+    sl_sampler_commit(s, token, NULL, out);
 }
 
 void sl_sampler_sample(sl_sampler_state *s, float *logits, int vocab, sl_sample *out)
 {
-    const sl_sampling *p = &s->p;
-    float *raw = NULL;
-    memset(out, 0, sizeof *out);
-    if (p->logprobs || p->top_logprobs > 0) {
-        raw = malloc(sizeof(float) * (size_t)vocab);
-        if (raw) memcpy(raw, logits, sizeof(float) * (size_t)vocab);
-    }
-    if (s->penalize) apply_penalties(s, logits, vocab);
-    int32_t tok =
-        p->temperature <= 0.0f || p->top_k == 1 ? argmax(logits, vocab) : draw(s, logits, vocab);
-    out->token = tok;
-    if (raw) fill_logprobs(raw, vocab, tok, p, out);
-    free(raw);
-    record(s, tok);
+    sl_sample_row row;
+    sl_sample_pen pen = {0};
+    sl_backend *cpu = sl_backend_cpu_new();
+    int32_t tok = 0;
+    float lp[2 + 2 * SL_SAMPLE_MAX_TOP];
+    int ok = cpu && sl_sampler_row(s, &row, &pen, -1, NULL) == SL_OK;
+    SL_ASSERT(ok && "out of memory for sampling");
+    sl_tensor ids = sl_tensor_make(&tok, SL_DTYPE_I32, 1, (int64_t[]){1});
+    sl_tensor lpt = sl_tensor_make(lp, SL_DTYPE_F32, 2, (int64_t[]){1, 2 + 2 * SL_SAMPLE_MAX_TOP});
+    sl_tensor lt = sl_tensor_make(logits, SL_DTYPE_F32, 2, (int64_t[]){1, vocab});
+    sl_sample_args a = {1, &row, pen.n, pen.tok, pen.out, pen.prompt, NULL};
+    sl_be_sample(cpu, &ids, &lpt, &lt, &a);
+    sl_sampler_commit(s, tok, row.logprobs ? lp : NULL, out);
+    sl_sample_pen_free(&pen);
+    sl_backend_free(cpu);
 }

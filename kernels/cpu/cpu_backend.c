@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../backend_impl.h"
+#include "cpu_ops.h"
 #include "sl_rng.h"
 
 typedef struct cpu_backend {
@@ -547,6 +548,7 @@ static const sl_backend_i cpu_iface = {
     .fill_random = cpu_fill_random,
     .argmax = cpu_argmax,
     .attn_prep = cpu_attn_prep,
+    .sample = sl_cpu_sample,
 };
 
 sl_backend *sl_backend_cpu_new(void)

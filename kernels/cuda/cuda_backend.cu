@@ -13,6 +13,7 @@
 #include "matmul.cuh"
 #include "moe.cuh"
 #include "norm.cuh"
+#include "sample.cuh"
 
 void cu_fail(const char *what, const char *msg, const char *file, int line)
 {
@@ -40,6 +41,7 @@ static void cu_free_backend(sl_backend *be)
     cudaSetDevice(b->device);
     cudaStreamSynchronize(b->stream);
     cu_matmul_free(b);
+    cu_sample_free(b);
     for (int i = 0; i < 2; i++) {
         cudaFreeHost(b->mb[i].host);
         cudaFree(b->mb[i].dev);
@@ -514,6 +516,7 @@ static const sl_backend_i cu_iface = {
     .fill_random = cu_fill_random,
     .argmax = cu_argmax,
     .attn_prep = cu_attn_prep,
+    .sample = cu_sample,
 };
 
 static sl_status cu_init(cu_backend *b, int device, sl_err *e)
@@ -565,4 +568,16 @@ extern "C" void *sl_cuda_stream(sl_backend *be)
 {
     SL_ASSERT(be->i == &cu_iface);
     return cu_be(be)->stream;
+}
+
+extern "C" void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which)
+{
+    SL_ASSERT(be->i == &cu_iface);
+    cu_be(be)->mm_force = which;
+}
+
+extern "C" const char *sl_cuda_matmul_last(sl_backend *be)
+{
+    SL_ASSERT(be->i == &cu_iface);
+    return cu_be(be)->mm_last;
 }

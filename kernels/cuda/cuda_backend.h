@@ -18,6 +18,23 @@ extern "C" {
  * must come from sl_backend_cuda_new; the stream lives as long as be. */
 void *sl_cuda_stream(sl_backend *be);
 
+/* Which kernel sl_be_matmul runs where more than one can. AUTO (the default)
+ * times cuBLASLt's candidates and, for decode shapes, the hand-written GEMV
+ * once per shape and keeps the fastest; CUBLASLT and GEMV force one, for tests
+ * and benchmarks (GEMV only where it applies: bf16 weights, M <= 16,
+ * K % 8 == 0, 16-byte aligned x and w rows; elsewhere cuBLASLt runs). Not
+ * thread-safe against ops running on be. */
+typedef enum sl_cuda_mm {
+    SL_CUDA_MM_AUTO,
+    SL_CUDA_MM_CUBLASLT,
+    SL_CUDA_MM_GEMV,
+} sl_cuda_mm;
+void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which);
+
+/* The kernel the last sl_be_matmul on be ran: "cublaslt" or "gemv" (a static
+ * string; NULL before the first matmul). */
+const char *sl_cuda_matmul_last(sl_backend *be);
+
 #ifdef __cplusplus
 }
 #endif

@@ -85,6 +85,10 @@ typedef struct cu_backend {
     void *lt_ws;
     size_t lt_ws_bytes;
     struct cu_matmul_cache *mm_cache; // matmul.cu
+    int mm_force;                     // sl_cuda_mm (cuda_backend.h)
+    const char *mm_last;              // kernel of the last matmul: "cublaslt" or "gemv"
+    int gemv_smem_set;                // gemv.cu: shared-memory limit raised
+    struct cu_sample_stage *sample;   // sample.cu
     // prepare: two alternating host (pinned) / device buffers, so a forward
     // can be prepared while the previous one's copy may still be in flight.
     cu_meta_buf mb[2];

@@ -3,16 +3,21 @@
 // xᵀ[K,M] in cuBLAS's column-major terms: A = w (transposed), B = x.
 // A plan (descriptors + the heuristic's algorithm) is cached per shape, dtype,
 // leading dimensions and pointer alignment: the heuristic query costs more
-// than a decode GEMV.
+// than a decode GEMV. For decode shapes the hand-written tensor-core GEMV
+// (gemv.cu) is one more candidate.
 #include <string.h>
 
+#include "gemv.cuh"
 #include "matmul.cuh"
+// after cuda_common.cuh, which declares backend.h extern "C"
+#include "cuda_backend.h"
 
 #define CU_MM_CACHE 64
 #define CU_MM_CANDIDATES 16
 // The heuristic's first choice is not always the fastest (small-N decode
 // GEMVs especially): on a plan's first use outside graph capture, its top
-// candidates run on the real operands and the fastest is kept.
+// candidates (and cu_gemv where it applies) run on the real operands and the
+// fastest is kept.
 
 typedef struct cu_mm_key {
     int64_t M, N, K, ldx, ldw, ldo;
@@ -25,7 +30,8 @@ typedef struct cu_mm_plan {
     int used;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
-    cublasLtMatmulAlgo_t algo;
+    cublasLtMatmulAlgo_t algo; // the fastest cuBLASLt candidate
+    int gemv;                  // cu_gemv beat it
     int n_cand; // heuristic candidates still to be timed (0: tuned)
     cublasLtMatmulHeuristicResult_t cand[CU_MM_CANDIDATES];
 } cu_mm_plan;
@@ -108,8 +114,58 @@ static cu_mm_plan *plan_get(cu_backend *b, const cu_mm_key *k)
     if (!found) cu_fail("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this matmul", __FILE__, __LINE__);
     p->n_cand = found;
     p->algo = p->cand[0].algo;
+    p->gemv = 0;
     p->used = 1;
     return p;
+}
+
+static cublasStatus_t lt_run(cu_backend *b, cu_mm_plan *p, const cublasLtMatmulAlgo_t *algo,
+                             cu_mat O, cu_mat X, cu_mat W)
+{
+    float one = 1.0f, zero = 0.0f;
+    return cublasLtMatmul(b->lt, p->desc, &one, W.p, p->a, X.p, p->b, &zero, O.p, p->c, O.p, p->c,
+                          algo, b->lt_ws, b->lt_ws_bytes, b->stream);
+}
+
+// Times each candidate (cuBLASLt's, then cu_gemv if gemv_ok) on the real
+// operands and keeps the fastest. Each timed run follows a 64 MB memset of
+// the workspace: the weights come from HBM as in a decode step (not from L2,
+// where the warm-up run left them), and the GPU is busy while this thread
+// enqueues the run, so the events time the kernel and not the launch rate.
+// Synchronizes.
+static void plan_tune(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, cu_mat W, int gemv_ok)
+{
+    cudaEvent_t e0, e1;
+    CU_CHECK(cudaEventCreate(&e0));
+    CU_CHECK(cudaEventCreate(&e1));
+    float best = 1e30f, best_lt = 1e30f;
+    for (int c = 0; c < p->n_cand + gemv_ok; c++) {
+        float ms = 0.0f;
+        for (int rep = 0; rep < 3; rep++) { // the first run warms up
+            cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+            CU_CHECK(cudaMemsetAsync(b->lt_ws, rep, b->lt_ws_bytes, b->stream));
+            CU_CHECK(cudaEventRecord(e0, b->stream));
+            if (c < p->n_cand) st = lt_run(b, p, &p->cand[c].algo, O, X, W);
+            else cu_gemv(b, O, X, W);
+            CU_CHECK(cudaEventRecord(e1, b->stream));
+            CU_CHECK(cudaEventSynchronize(e1));
+            float t = 0.0f;
+            CU_CHECK(cudaEventElapsedTime(&t, e0, e1));
+            if (st != CUBLAS_STATUS_SUCCESS) t = 1e30f;
+            if (rep > 0) ms += t;
+        }
+        if (c < p->n_cand && ms < best_lt) {
+            best_lt = ms;
+            p->algo = p->cand[c].algo;
+        }
+        if (ms < best) {
+            best = ms;
+            p->gemv = c == p->n_cand;
+        }
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    p->n_cand = 0;
 }
 
 __global__ void k_to_bf16(__nv_bfloat16 *dst, cu_mat m)
@@ -162,41 +218,20 @@ void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tens
     k.align = a < aw ? a : aw;
     if (ao < k.align) k.align = ao;
     cu_mm_plan *p = plan_get(b, &k);
-    float one = 1.0f, zero = 0.0f;
-    if (p->n_cand > 1) {
+    int gemv_ok = !tw && cu_gemv_ok(&X, &W, &O); // only bf16 weights as they are
+    if (p->n_cand > 0) {
         cudaStreamCaptureStatus cap;
         CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
-        if (cap == cudaStreamCaptureStatusNone) {
-            cudaEvent_t e0, e1;
-            CU_CHECK(cudaEventCreate(&e0));
-            CU_CHECK(cudaEventCreate(&e1));
-            float best = 1e30f;
-            for (int c = 0; c < p->n_cand; c++) {
-                float ms = 0.0f;
-                for (int rep = 0; rep < 3; rep++) { // the first run warms up
-                    CU_CHECK(cudaEventRecord(e0, b->stream));
-                    cublasStatus_t st = cublasLtMatmul(b->lt, p->desc, &one, W.p, p->a, X.p, p->b,
-                                                       &zero, O.p, p->c, O.p, p->c, &p->cand[c].algo,
-                                                       b->lt_ws, b->lt_ws_bytes, b->stream);
-                    CU_CHECK(cudaEventRecord(e1, b->stream));
-                    CU_CHECK(cudaEventSynchronize(e1));
-                    float t = 0.0f;
-                    CU_CHECK(cudaEventElapsedTime(&t, e0, e1));
-                    if (st != CUBLAS_STATUS_SUCCESS) t = 1e30f;
-                    if (rep > 0) ms += t;
-                }
-                if (ms < best) {
-                    best = ms;
-                    p->algo = p->cand[c].algo;
-                }
-            }
-            cudaEventDestroy(e0);
-            cudaEventDestroy(e1);
-            p->n_cand = 0;
-        }
+        if (cap == cudaStreamCaptureStatusNone) plan_tune(b, p, O, X, W, gemv_ok);
     }
-    CUBLAS_CHECK(cublasLtMatmul(b->lt, p->desc, &one, W.p, p->a, X.p, p->b, &zero, O.p, p->c, O.p,
-                                p->c, &p->algo, b->lt_ws, b->lt_ws_bytes, b->stream));
+    int gemv = b->mm_force == SL_CUDA_MM_AUTO ? p->gemv : b->mm_force == SL_CUDA_MM_GEMV;
+    if (gemv_ok && gemv) {
+        cu_gemv(b, O, X, W);
+        b->mm_last = "gemv";
+    } else {
+        CUBLAS_CHECK(lt_run(b, p, &p->algo, O, X, W));
+        b->mm_last = "cublaslt";
+    }
     cu_tmp_free(b, tx);
     cu_tmp_free(b, tw);
 }

@@ -272,7 +272,7 @@ __global__ void k_moe_combine(cu_mat out, const float *y, const float *w, int64_
 // kernel runs in between. Both kernels are launched programmatically
 // dependent (PDL): glu's blocks are resident while the previous kernel
 // drains, down's plan while glu drains. Prefetching the first item's
-// weights into L2 was tried and cost 3-6 % at T=1 (NOTES.md v6).
+// weights into L2 was tried and cost 3-6 % at T=1 (NOTES.md v7).
 //
 // A warp computes a 16-row x 8-token tile over a slice of K with
 // mma.m16n8k16 (bf16 in, fp32 accumulate): each lane loads 16 bytes of a
@@ -284,7 +284,7 @@ __global__ void k_moe_combine(cu_mat out, const float *y, const float *w, int64_
 
 #ifndef MOE_GV_MAX_PAIRS
 // Up to this many (token, expert) pairs: 512 and 640 (T=64) gain, 1024
-// (30B-A3B T=128, 8 tokens an expert) loses to the grouped GEMM (NOTES.md v6).
+// (30B-A3B T=128, 8 tokens an expert) loses to the grouped GEMM (NOTES.md v7).
 #define MOE_GV_MAX_PAIRS 640
 #endif
 #ifndef MOE_GV_GLU_RW

@@ -20,6 +20,7 @@
  */
 #include <cuda_runtime.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -270,6 +271,185 @@ static void batch_free(tb_batch *b)
     free(b->logit_rows);
 }
 
+/* ---- sample ------------------------------------------------------------------ */
+
+enum { SMIX = 16, SPEN = 30 };
+
+/* Parameter mix m of a sample row; penalised mixes get pen entries. */
+static int sample_mix(sl_sample_row *w, int m)
+{
+    *w = (sl_sample_row){.temperature = 1.0f, .top_p = 1.0f, .repetition_penalty = 1.0f, .pending = -1};
+    int pen = 0;
+    switch (m) {
+    case 0: w->temperature = 0.0f; break;                       /* greedy */
+    case 1: w->temperature = 0.8f; w->logprobs = 1; w->n_top = 20; break; /* temperature only */
+    case 2: w->top_k = 50; break;
+    case 3: w->temperature = 0.7f; w->top_p = 0.9f; break;
+    case 4: w->temperature = 1.1f; w->top_k = 40; w->top_p = 0.8f; break;
+    case 5: w->min_p = 0.05f; break;                            /* id-order path + min-p */
+    case 6: w->temperature = 0.9f; w->top_k = 200; w->top_p = 0.95f; w->min_p = 0.1f; break;
+    case 7: w->temperature = 0.9f; w->top_p = 0.95f; w->logprobs = 1; w->n_top = 5; pen = 1; break;
+    case 8: w->temperature = 0.0f; w->logprobs = 1; w->n_top = 20; pen = 1; break;
+    case 9: w->temperature = 1.3f; w->top_k = 1000; w->logprobs = 1; w->n_top = 0; break;
+    /* edges: most probabilities 0, top_p 0, min_p above 1 (keeps one / id-order fallback) */
+    case 10: w->temperature = 0.02f; w->top_k = 300; w->top_p = 0.5f; break;
+    case 11: w->temperature = 0.05f; w->min_p = 0.2f; break;
+    case 12: w->top_p = 0.0f; break;
+    case 13: w->min_p = 1.5f; w->top_k = 10; break;
+    case 14: w->min_p = 1.5f; break;
+    default: w->temperature = 2.0f; w->top_p = 0.999f; w->min_p = 0.001f; w->logprobs = 1; w->n_top = 20; break;
+    }
+    if (pen) {
+        w->repetition_penalty = 1.3f;
+        w->frequency_penalty = 0.4f;
+        w->presence_penalty = 0.3f;
+    }
+    return pen;
+}
+
+/* The CPU op on row r alone with row parameters w (boundary checks). */
+static int32_t sample_cpu_row(tb *t, const pair *lg, int r, const sl_sample_row *w,
+                              const sl_sample_args *a)
+{
+    int32_t id = -1;
+    float lp[2 + 2 * SL_SAMPLE_MAX_TOP];
+    sl_tensor lv = sl_tensor_rowview(&lg->c, r, 1);
+    sl_tensor iv = sl_tensor_make(&id, SL_DTYPE_I32, 1, (int64_t[]){1});
+    sl_tensor pv = sl_tensor_make(lp, SL_DTYPE_F32, 2, (int64_t[]){1, 2 + 2 * SL_SAMPLE_MAX_TOP});
+    sl_sample_args one = *a;
+    one.n_rows = 1;
+    one.rows = w;
+    sl_be_sample(t->cpu, &iv, &pv, &lv, &one);
+    return id;
+}
+
+/* 1 when the CPU op lands on want once u (or top_p) moves by 1e-5 relative:
+ * float summation order alone may then pick the neighbour. */
+static int sample_at_boundary(tb *t, const pair *lg, int r, const sl_sample_args *a, int32_t want)
+{
+    for (int k = 0; k < 4; k++) {
+        sl_sample_row w = a->rows[r];
+        float f = k & 1 ? 1.00001f : 0.99999f;
+        if (k < 2) w.u = fminf(w.u * f, 0.99999994f);
+        else if (w.top_p < 1.0f) w.top_p *= f;
+        else continue;
+        if (sample_cpu_row(t, lg, r, &w, a) == want) return 1;
+    }
+    return 0;
+}
+
+/* Case {V, R, kind}: every parameter mix on rows of logits of that kind, CUDA against the CPU op.
+ * (Before the case table, so it reads no tb_case.) */
+static void run_sample(tb *t, int V, int R, int kind, double tol, char *desc, size_t ndesc)
+{
+    static const char *kinds[] = {"bf16 ties", "f32", "quarter steps"};
+    pair lg, ids, lp, pend;
+    pair_alloc(t, &lg, SL_DTYPE_F32, 2, (int64_t[]){R, V});
+    float *v = malloc(sizeof(float) * (size_t)R * V);
+    uint64_t s0 = sl_rng_mix(t->seed++);
+    for (int64_t i = 0; i < (int64_t)R * V; i++) {
+        float u = sl_rng_uniform(s0, (uint64_t)i);
+        v[i] = kind == 0 ? bf16_round(12.0f * u - 6.0f)
+             : kind == 1 ? 16.0f * u - 8.0f
+                         : (float)(int)(u * u * u * 60.0f) * 0.25f; /* few high, many low */
+    }
+    pair_set(t, &lg, v);
+    pair_out(t, &ids, SL_DTYPE_I32, 1, (int64_t[]){R});
+    pair_out(t, &lp, SL_DTYPE_F32, 2, (int64_t[]){R, 2 + 2 * SL_SAMPLE_MAX_TOP});
+    pair_alloc(t, &pend, SL_DTYPE_I32, 1, (int64_t[]){R});
+    sl_sample_row *rows = malloc(sizeof *rows * (size_t)R);
+    int32_t *ptok = malloc(sizeof(int32_t) * (size_t)R * SPEN), *pout = malloc(sizeof(int32_t) * (size_t)R * SPEN),
+            *pprm = malloc(sizeof(int32_t) * (size_t)R * SPEN), *pid = malloc(sizeof(int32_t) * (size_t)R),
+            *pid_poison = malloc(sizeof(int32_t) * (size_t)R);
+    sl_err e = {0};
+    int rounds = (SMIX + R - 1) / R, n_bad = 0, n_boundary = 0, n_rows = 0;
+    double lp_err = 0;
+    for (int round = 0; round < rounds; round++) {
+        int n_pen = 0;
+        for (int r = 0; r < R; r++) {
+            sl_sample_row *w = &rows[r];
+            int m = (round * R + r) % SMIX;
+            int pen = sample_mix(w, m);
+            w->u = sl_rng_uniform(s0 ^ 0xabcdef, (uint64_t)(round * R + r));
+            const float *row = v + (size_t)r * V;
+            int best = 0;
+            for (int i = 1; i < V; i++) best = row[i] > row[best] ? i : best;
+            pid[r] = r % 2 ? best : (best + V / 2) % V; /* merged into an entry / an entry of its own */
+            if (!pen) continue;
+            w->pen_start = n_pen;
+            w->pen_n = SPEN;
+            w->pending = r;
+            for (int j = 0; j < SPEN; j++) { /* distinct tokens, the row's top one first */
+                ptok[n_pen] = (int32_t)((best + (int64_t)j * 7919) % V);
+                pout[n_pen] = j % 4;
+                pprm[n_pen] = j % 3 == 0;
+                n_pen++;
+            }
+        }
+        if (sl_be_upload(t->cpu, &pend.c, pid, SL_DTYPE_I32, &e) ||
+            sl_be_upload(t->gpu, &pend.g, pid, SL_DTYPE_I32, &e))
+            die_err("upload", &e);
+        for (int r = 0; r < R; r++) pid_poison[r] = INT32_MIN; /* every round must write every id */
+        if (sl_be_upload(t->gpu, &ids.g, pid_poison, SL_DTYPE_I32, &e)) die_err("poison", &e);
+        sl_sample_args a = {R, rows, n_pen, ptok, pout, pprm, &pend.c};
+        sl_be_sample(t->cpu, &ids.c, &lp.c, &lg.c, &a);
+        a.pending_ids = &pend.g;
+        sl_be_sample(t->gpu, &ids.g, &lp.g, &lg.g, &a);
+        a.pending_ids = &pend.c;
+        float *ic = download(t->cpu, &ids.c), *ig = download(t->gpu, &ids.g);
+        float *lc = download(t->cpu, &lp.c), *lgv = download(t->gpu, &lp.g);
+        for (int r = 0; r < R; r++, n_rows++) {
+            if (ic[r] != ig[r]) {
+                if (ig[r] >= 0 && ig[r] < V && sample_at_boundary(t, &lg, r, &a, (int32_t)ig[r])) {
+                    n_boundary++;
+                } else {
+                    n_bad++;
+                    printf("    row %d mix %d: cpu %d cuda %d\n", r, (round * R + r) % SMIX,
+                           (int)ic[r], (int)ig[r]);
+                }
+                continue;
+            }
+            if (!rows[r].logprobs) continue;
+            const float *a1 = lc + r * (2 + 2 * SL_SAMPLE_MAX_TOP), *b1 = lgv + r * (2 + 2 * SL_SAMPLE_MAX_TOP);
+            int n = (int)a1[1], ok = b1[1] == a1[1] && fabsf(a1[0] - b1[0]) <= tol;
+            lp_err = fmax(lp_err, fabs((double)a1[0] - b1[0]));
+            for (int j = 0; j < n && ok; j++) {
+                ok = a1[2 + j] == b1[2 + j] &&
+                     fabsf(a1[2 + SL_SAMPLE_MAX_TOP + j] - b1[2 + SL_SAMPLE_MAX_TOP + j]) <= tol;
+                lp_err = fmax(lp_err, fabs((double)a1[2 + SL_SAMPLE_MAX_TOP + j] - b1[2 + SL_SAMPLE_MAX_TOP + j]));
+            }
+            if (!ok) {
+                n_bad++;
+                printf("    row %d mix %d: logprobs differ (n %g/%g, lp %g/%g)\n", r,
+                       (round * R + r) % SMIX, a1[1], b1[1], a1[0], b1[0]);
+            }
+        }
+        free(ic);
+        free(ig);
+        free(lc);
+        free(lgv);
+    }
+    snprintf(desc, ndesc, "V=%d R=%d %s", V, R, kinds[kind]);
+    /* boundary rows must stay rare: more means a real disagreement */
+    int ok = n_bad == 0 && n_boundary <= 1 + n_rows / 20;
+    printf("  %-4s %-12s %-44s rows %d, at a boundary %d, max|d| logprob %.2e (tol %.0e)\n",
+           ok ? "ok" : "FAIL", sl_op_name(SL_OP_SAMPLE), desc, n_rows, n_boundary, lp_err, tol);
+    if (ok) t->n_pass++;
+    else t->n_fail++;
+    CHECK_MSG(ok, "sample %s", desc);
+    free(v);
+    free(rows);
+    free(ptok);
+    free(pout);
+    free(pprm);
+    free(pid);
+    free(pid_poison);
+    pair_free(t, &lg);
+    pair_free(t, &ids);
+    pair_free(t, &lp);
+    pair_free(t, &pend);
+}
+
 /* ---- cases ------------------------------------------------------------------ */
 
 typedef struct tb_case {
@@ -286,8 +466,9 @@ static const tb_case cases[] = {
     /* embed: vocab, H, T */
     {SL_OP_EMBED, BF, {1000, 512, 37}, 0},
     {SL_OP_EMBED, F32, {300, 4096, 5}, 0},
-    /* matmul: M, N, K, x dtype (0 bf16, 1 f32), w dtype, x column offset into a wider row */
-    {SL_OP_MATMUL, BF, {1, 512, 1024, 0, 0, 0}, 1e-2},    /* GEMV path: M <= 8 */
+    /* matmul: M, N, K, x dtype (0 bf16, 1 f32), w dtype, x column offset into a wider row,
+     * kernel (0 autotuned, 1 forced GEMV, 2 forced GEMV inside a CUDA graph capture) */
+    {SL_OP_MATMUL, BF, {1, 512, 1024, 0, 0, 0}, 1e-2},
     {SL_OP_MATMUL, BF, {3, 77, 1000, 0, 0, 0}, 1e-2},
     {SL_OP_MATMUL, F32, {8, 300, 520, 0, 0, 8}, 1e-2},
     {SL_OP_MATMUL, BF, {2, 64, 100, 0, 0, 0}, 1e-2},      /* K % 8 != 0: cuBLASLt */
@@ -302,6 +483,22 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL, BF, {70, 1, 64, 0, 0, 0}, 1e-2},
     {SL_OP_MATMUL, BF, {9, 8, 64, 0, 0, 0}, 1e-2},
     {SL_OP_MATMUL, F32, {70, 8, 64, 0, 0, 0}, 1e-2},
+    /* the decode GEMV forced: every M of a decode batch, N and K tails (N % 16, K % 128), K
+     * split over a cluster (narrow N), several staged x chunks per block, one block per
+     * weight-row tile (wide N: no split), views, f32 x, f32 out */
+    {SL_OP_MATMUL, BF, {1, 4096, 4096, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {1, 77, 1000, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, F32, {2, 300, 520, 0, 0, 8, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {3, 40000, 256, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {4, 2048, 4096, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, F32, {8, 1000, 2056, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, F32, {9, 300, 256, 1, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {13, 600, 12288, 0, 0, 8, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {16, 129, 1032, 0, 0, 8, 1}, 1e-2},
+    {SL_OP_MATMUL, F32, {16, 34000, 1000, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {16, 4096, 4096, 0, 0, 0, 1}, 1e-2},
+    {SL_OP_MATMUL, BF, {5, 1000, 2048, 0, 0, 0, 2}, 1e-2},
+    {SL_OP_MATMUL, F32, {16, 2048, 4096, 1, 0, 8, 2}, 1e-2},
     /* rmsnorm: rows, cols, one_plus, in place, group D (0: whole row) */
     {SL_OP_RMSNORM, BF, {64, 128, 0, 0}, 1e-2},
     {SL_OP_RMSNORM, BF, {19, 8 * 128, 0, 1, 128}, 1e-2},   /* per-head q/k norm */
@@ -390,6 +587,17 @@ static const tb_case cases[] = {
     {SL_OP_ADD, BF, {17, 4096, 0, 1}, 1e-2},
     {SL_OP_ADD, F32, {5, 1000, 0, 0}, 1e-6},
     {SL_OP_ADD, BF, {3, 333, 1, 0}, 1e-2},
+    /* sample: V, R, logits (0: bf16-rounded uniform, ties; 1: f32 uniform; 2: quarter steps,
+     * peaked, many ties). Ids exact but for rows at a draw/top-p boundary; logprobs 1e-4 abs. */
+    {SL_OP_SAMPLE, F32, {1000, 1, 0}, 1e-4},
+    {SL_OP_SAMPLE, F32, {1000, 7, 1}, 1e-4},
+    {SL_OP_SAMPLE, F32, {1000, 64, 2}, 1e-4},
+    {SL_OP_SAMPLE, F32, {32000, 1, 1}, 1e-4},
+    {SL_OP_SAMPLE, F32, {32000, 7, 2}, 1e-4},
+    {SL_OP_SAMPLE, F32, {32000, 64, 0}, 1e-4},
+    {SL_OP_SAMPLE, F32, {151936, 1, 2}, 1e-4},
+    {SL_OP_SAMPLE, F32, {151936, 7, 0}, 1e-4},
+    {SL_OP_SAMPLE, F32, {151936, 64, 1}, 1e-4},
 };
 
 static int64_t ne2(int64_t *ne, int64_t a, int64_t b)
@@ -583,14 +791,35 @@ static void run_case(tb *t, const tb_case *c)
     case SL_OP_MATMUL: {
         int M = p[0], N = p[1], K = p[2], off = p[5];
         sl_dtype xdt = p[3] ? F32 : BF, wdt = p[4] ? F32 : BF;
-        snprintf(desc, sizeof desc, "M=%d N=%d K=%d x%s w%s ->%s%s", M, N, K, sl_dtype_name(xdt),
-                 sl_dtype_name(wdt), sl_dtype_name(dt), off ? " view" : "");
+        static const char *kern[] = {"", " gemv", " gemv graph"};
+        snprintf(desc, sizeof desc, "M=%d N=%d K=%d x%s w%s ->%s%s%s", M, N, K, sl_dtype_name(xdt),
+                 sl_dtype_name(wdt), sl_dtype_name(dt), off ? " view" : "", kern[p[6]]);
         pair_rand(t, &x, xdt, 2, (ne2(ne, M, K + 2 * off), ne), -1, 1);
         pair_rand(t, &w, wdt, 2, (ne2(ne, N, K), ne), -1, 1);
         pair_out(t, &y, dt, 2, (ne2(ne, M, N), ne));
         sl_tensor xc = sl_tensor_colview(&x.c, off, K), xg = sl_tensor_colview(&x.g, off, K);
         sl_be_matmul(t->cpu, &y.c, &xc, &w.c);
-        sl_be_matmul(t->gpu, &y.g, &xg, &w.g);
+        if (p[6]) sl_cuda_matmul_force(t->gpu, SL_CUDA_MM_GEMV);
+        if (p[6] == 2) { /* captured, then replayed: no sync, no allocation outside the graph */
+            cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
+            cudaGraph_t gr;
+            cudaGraphExec_t ge;
+            CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+            sl_be_matmul(t->gpu, &y.g, &xg, &w.g);
+            CHECK(cudaStreamEndCapture(s, &gr) == cudaSuccess);
+            CHECK(cudaGraphInstantiate(&ge, gr, 0) == cudaSuccess);
+            CHECK(cudaGraphLaunch(ge, s) == cudaSuccess);
+            CHECK(cudaStreamSynchronize(s) == cudaSuccess);
+            cudaGraphExecDestroy(ge);
+            cudaGraphDestroy(gr);
+        } else {
+            sl_be_matmul(t->gpu, &y.g, &xg, &w.g);
+        }
+        if (p[6]) {
+            const char *ran = sl_cuda_matmul_last(t->gpu);
+            CHECK_MSG(ran && !strcmp(ran, "gemv"), "%s ran %s", desc, ran ? ran : "nothing");
+            sl_cuda_matmul_force(t->gpu, SL_CUDA_MM_AUTO);
+        }
         compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
         pair_free(t, &x);
         pair_free(t, &w);
@@ -899,6 +1128,7 @@ static void run_case(tb *t, const tb_case *c)
         pair_free(t, &x);
         break;
     }
+    case SL_OP_SAMPLE: run_sample(t, p[0], p[1], p[2], c->tol, desc, sizeof desc); break;
     default:
         SL_ASSERT(0 && "no runner for this op");
     }
@@ -915,8 +1145,26 @@ static int cmp_float(const void *a, const void *b)
 
 typedef void (*tb_perf_fn)(tb *t, void *ctx, int set);
 
-/* Median ms of one call of fn over reps, after warm-up; set rotates inputs. */
-static double time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps)
+/* A host function that holds the stream until *arg is set (or 2 s pass, so an
+ * op that synchronizes inside cannot hang the run: it is then timed as it is
+ * launched). */
+static void CUDART_CB hold_stream(void *arg)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+    } while (!atomic_load((atomic_int *)arg) &&
+             (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) < 2000000000L);
+}
+
+/* Median ms of one call of fn over reps, after warm-up; set rotates inputs.
+ * The reps are queued behind hold_stream and then run back to back, as a CUDA
+ * graph replays a decode step: the events time the GPU, not how fast this
+ * thread launches (a few µs per call, more than a small GEMV takes).
+ * b2b (may be NULL): the mean ms per call of the same reps queued with no
+ * events between them, a graph's view (no per-call event overhead). */
+static double time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps, double *b2b)
 {
     cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
     cudaEvent_t ev[2 * 64];
@@ -924,13 +1172,29 @@ static double time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps)
     if (reps > 64) reps = 64;
     for (int i = 0; i < 2 * reps; i++) CK(cudaEventCreate(&ev[i]));
     for (int i = 0; i < 3; i++) fn(t, ctx, i % n_sets);
+    CK(cudaStreamSynchronize(s));
+    atomic_int go = 0;
+    CK(cudaLaunchHostFunc(s, hold_stream, &go));
     for (int i = 0; i < reps; i++) {
         CK(cudaEventRecord(ev[2 * i], s));
         fn(t, ctx, i % n_sets);
         CK(cudaEventRecord(ev[2 * i + 1], s));
     }
+    atomic_store(&go, 1);
     CK(cudaStreamSynchronize(s));
     for (int i = 0; i < reps; i++) CK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+    if (b2b) {
+        float all;
+        atomic_store(&go, 0);
+        CK(cudaLaunchHostFunc(s, hold_stream, &go));
+        CK(cudaEventRecord(ev[0], s));
+        for (int i = 0; i < reps; i++) fn(t, ctx, i % n_sets);
+        CK(cudaEventRecord(ev[1], s));
+        atomic_store(&go, 1);
+        CK(cudaStreamSynchronize(s));
+        CK(cudaEventElapsedTime(&all, ev[0], ev[1]));
+        *b2b = all / reps;
+    }
     for (int i = 0; i < 2 * reps; i++) cudaEventDestroy(ev[i]);
     qsort(ms, (size_t)reps, sizeof(float), cmp_float);
     return ms[reps / 2];
@@ -979,13 +1243,15 @@ static sl_tensor gpu_rand(tb *t, sl_dtype dt, int ndim, const int64_t *ne, float
     return x;
 }
 
-static void report(const char *op, const char *desc, double ms, double bytes, double flops)
+/* note: appended to the line (matmul: which kernel ran, and each one forced) */
+static void report(const char *op, const char *desc, double ms, double bytes, double flops,
+                   const char *note)
 {
     double bw = bytes / (ms * 1e-3), fl = flops / (ms * 1e-3);
     double fb = bw / peak_bw, ff = fl / peak_flops;
-    printf("PERF %-12s %-46s %9.3f ms %8.1f GB/s (%4.0f%% bw) %7.1f TFLOP/s (%4.0f%% mma) -> %s %.0f%%\n",
+    printf("PERF %-12s %-46s %9.3f ms %8.1f GB/s (%4.0f%% bw) %7.1f TFLOP/s (%4.0f%% mma) -> %s %.0f%%%s\n",
            op, desc, ms, bw * 1e-9, 100 * fb, fl * 1e-12, 100 * ff, fb > ff ? "bw" : "mma",
-           100 * (fb > ff ? fb : ff));
+           100 * (fb > ff ? fb : ff), note);
 }
 
 /* matmul: sets of (w, x, out), so the weight is not served from L2 either */
@@ -999,23 +1265,41 @@ static void pf_mm(tb *t, void *ctx, int set)
     sl_be_matmul(t->gpu, &c->y[set], &c->x[set], &c->w[set]);
 }
 
-static void perf_matmul(tb *t, const char *name, int M, int N, int K)
+/* sets: how many (w, x, out) sets to rotate through; 0: enough to exceed 256 MB */
+static void perf_matmul(tb *t, const char *name, int M, int N, int K, int sets)
 {
     pm_mm c;
     int64_t ne[2];
     int64_t set_bytes = 2 * ((int64_t)M * K + (int64_t)M * N);
     int64_t wb = 2 * (int64_t)N * K;
-    int ns = (int)(L2_ROTATE / (wb + set_bytes) + 1);
+    int ns = sets ? sets : (int)(L2_ROTATE / (wb + set_bytes) + 1);
     if (ns > 64) ns = 64;
     for (int i = 0; i < ns; i++) {
         c.w[i] = gpu_rand(t, BF, 2, (ne2(ne, N, K), ne), 0.05f);
         c.x[i] = gpu_rand(t, BF, 2, (ne2(ne, M, K), ne), 1.0f);
         c.y[i] = gpu_rand(t, BF, 2, (ne2(ne, M, N), ne), 1.0f);
     }
-    double ms = time_op(t, pf_mm, &c, ns, 30);
-    char desc[96];
-    snprintf(desc, sizeof desc, "%s M=%d N=%d K=%d", name, M, N, K);
-    report("matmul", desc, ms, (double)wb + (double)set_bytes, 2.0 * M * N * K);
+    double bytes = (double)wb + (double)set_bytes, b2b;
+    double ms = time_op(t, pf_mm, &c, ns, 30, &b2b); /* autotuned */
+    char desc[96], note[200];
+    const char *chosen = sl_cuda_matmul_last(t->gpu);
+    snprintf(note, sizeof note, " [%s; b2b %.1f us %.0f%%", chosen, b2b * 1e3,
+             100 * bytes / (b2b * 1e-3) / peak_bw);
+    if (M <= 16) { /* decode: both kernels forced too */
+        static const sl_cuda_mm force[] = {SL_CUDA_MM_GEMV, SL_CUDA_MM_CUBLASLT};
+        for (int f = 0; f < 2; f++) {
+            sl_cuda_matmul_force(t->gpu, force[f]);
+            double mf = time_op(t, pf_mm, &c, ns, 30, &b2b);
+            size_t n = strlen(note);
+            snprintf(note + n, sizeof note - n, "; %s %.1f us %.0f%% b2b %.1f us %.0f%%",
+                     f ? "cublaslt" : "gemv", mf * 1e3, 100 * bytes / (mf * 1e-3) / peak_bw,
+                     b2b * 1e3, 100 * bytes / (b2b * 1e-3) / peak_bw);
+        }
+        sl_cuda_matmul_force(t->gpu, SL_CUDA_MM_AUTO);
+    }
+    strcat(note, "]");
+    snprintf(desc, sizeof desc, "%s M=%d N=%d K=%d%s", name, M, N, K, sets ? " 1 set" : "");
+    report("matmul", desc, ms, bytes, 2.0 * M * N * K, note);
     for (int i = 0; i < ns; i++) {
         sl_be_release(t->gpu, &c.w[i]);
         sl_be_release(t->gpu, &c.x[i]);
@@ -1063,11 +1347,11 @@ static void perf_attention(tb *t, const char *name, int S, int qlen, int ctx, in
     c.Hq = Hq;
     c.Hkv = Hkv;
     c.D = D;
-    double ms = time_op(t, pf_attn, &c, ns, 20);
+    double ms = time_op(t, pf_attn, &c, ns, 20, NULL);
     double bytes = kv_tokens * Hkv * D * 2 * 2 + 2.0 * 2 * T * Hq * D;
     char desc[96];
     snprintf(desc, sizeof desc, "%s S=%d q=%d ctx=%d page=%d", name, S, qlen, ctx, P);
-    report("attention", desc, ms, bytes, flops);
+    report("attention", desc, ms, bytes, flops, "");
     sl_be_release(t->gpu, &c.kc);
     sl_be_release(t->gpu, &c.vc);
     for (int i = 0; i < ns; i++) {
@@ -1075,6 +1359,74 @@ static void perf_attention(tb *t, const char *name, int S, int qlen, int ctx, in
         sl_be_release(t->gpu, &c.y[i]);
     }
     batch_free(&c.b);
+}
+
+/* sample at V = 151936 (Qwen3): R rows, one parameter mix for all of them; median of 30 calls
+ * timed with events, logits rotated through more than the L2. Run by --perf --filter sample. */
+#define SAMPLE_SETS 8
+static void perf_sample(tb *t, int R)
+{
+    enum { V = 151936, REPS = 30 };
+    const int reps = REPS;
+    static const struct { const char *n; float temp, top_p, min_p; int top_k, logprobs; } mix[] = {
+        {"temperature 0.8", 0.8f, 1.0f, 0.0f, 0, 0},
+        {"top-k 50 top-p 0.9", 0.8f, 0.9f, 0.0f, 50, 0},
+        {"top-p 0.95", 1.0f, 0.95f, 0.0f, 0, 0},
+        {"min-p 0.05 + logprobs 20", 1.0f, 1.0f, 0.05f, 0, 1},
+        {"greedy + penalties 64/row", 0.0f, 1.0f, 0.0f, 0, 0},
+    };
+    enum { NPEN = 64 };
+    sl_tensor lg[SAMPLE_SETS], ids, lp;
+    sl_sample_row *rows = malloc(sizeof *rows * (size_t)R);
+    int32_t *ptok = malloc(sizeof(int32_t) * (size_t)R * NPEN), *pcnt = malloc(sizeof(int32_t) * (size_t)R * NPEN);
+    int64_t ne[2];
+    int ns = (int)(L2_ROTATE / ((int64_t)R * V * 4) + 1);
+    if (ns > SAMPLE_SETS) ns = SAMPLE_SETS;
+    for (int i = 0; i < ns; i++) lg[i] = gpu_rand(t, F32, 2, (ne2(ne, R, V), ne), 8.0f);
+    ids = gpu_rand(t, SL_DTYPE_I32, 1, (ne[0] = R, ne), 0.0f);
+    lp = gpu_rand(t, F32, 2, (ne2(ne, R, 2 + 2 * SL_SAMPLE_MAX_TOP), ne), 0.0f);
+    for (int i = 0; i < R * NPEN; i++) {
+        ptok[i] = (int32_t)((i * 7919) % V);
+        pcnt[i] = 1 + i % 3;
+    }
+    cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
+    cudaEvent_t ev[2 * REPS];
+    float ms[REPS];
+    for (int i = 0; i < 2 * reps; i++) CK(cudaEventCreate(&ev[i]));
+    for (size_t m = 0; m < sizeof mix / sizeof mix[0]; m++) {
+        int pen = mix[m].temp <= 0.0f;
+        for (int r = 0; r < R; r++)
+            rows[r] = (sl_sample_row){.temperature = mix[m].temp,
+                                      .top_k = mix[m].top_k,
+                                      .top_p = mix[m].top_p,
+                                      .min_p = mix[m].min_p,
+                                      .repetition_penalty = pen ? 1.2f : 1.0f,
+                                      .frequency_penalty = pen ? 0.5f : 0.0f,
+                                      .u = sl_rng_uniform(t->seed, (uint64_t)r),
+                                      .logprobs = mix[m].logprobs,
+                                      .n_top = mix[m].logprobs ? 20 : 0,
+                                      .pen_start = r * NPEN,
+                                      .pen_n = pen ? NPEN : 0,
+                                      .pending = -1};
+        sl_sample_args a = {R, rows, R * NPEN, ptok, pcnt, pcnt, NULL};
+        for (int i = 0; i < 3; i++) sl_be_sample(t->gpu, &ids, &lp, &lg[i % ns], &a);
+        for (int i = 0; i < reps; i++) {
+            CK(cudaEventRecord(ev[2 * i], s));
+            sl_be_sample(t->gpu, &ids, &lp, &lg[i % ns], &a);
+            CK(cudaEventRecord(ev[2 * i + 1], s));
+        }
+        CK(cudaStreamSynchronize(s));
+        for (int i = 0; i < reps; i++) CK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+        qsort(ms, (size_t)reps, sizeof(float), cmp_float);
+        printf("PERF sample       R=%-3d V=%d %-28s %9.1f us per call\n", R, V, mix[m].n, ms[reps / 2] * 1e3);
+    }
+    for (int i = 0; i < 2 * reps; i++) cudaEventDestroy(ev[i]);
+    for (int i = 0; i < ns; i++) sl_be_release(t->gpu, &lg[i]);
+    sl_be_release(t->gpu, &ids);
+    sl_be_release(t->gpu, &lp);
+    free(rows);
+    free(ptok);
+    free(pcnt);
 }
 
 /* row-wise ops on [M, N] bf16: sets of inputs */
@@ -1110,12 +1462,12 @@ static void perf_row(tb *t, sl_op op, int M, int N)
         c.y[i] = gpu_rand(t, BF, 2, (ne2(ne, M, N), ne), 1.0f);
         if (op == SL_OP_ADD_RMSNORM) c.r[i] = gpu_rand(t, BF, 2, (ne2(ne, M, N), ne), 1.0f);
     }
-    double ms = time_op(t, pf_row, &c, ns, 30);
+    double ms = time_op(t, pf_row, &c, ns, 30, NULL);
     /* add_rmsnorm: x, resid read; resid, out written */
     double bytes = op == SL_OP_ADD_RMSNORM ? 2.0 * M * N * 4 : 2.0 * ((double)M * xin + (double)M * N);
     char desc[96];
     snprintf(desc, sizeof desc, "M=%d N=%d bf16", M, N);
-    report(sl_op_name(op), desc, ms, bytes, 0);
+    report(sl_op_name(op), desc, ms, bytes, 0, "");
     sl_be_release(t->gpu, &c.w);
     for (int i = 0; i < ns; i++) {
         sl_be_release(t->gpu, &c.x[i]);
@@ -1167,16 +1519,16 @@ static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k)
     if (sl_be_alloc(t->gpu, &c.wt, F32, 2, (ne2(ne, T, k), ne), &e) ||
         sl_be_upload(t->gpu, &c.wt, wv, F32, &e))
         die_err("moe perf", &e);
-    double ms = time_op(t, pf_moe, &c, MOE_SETS, 24);
+    double ms = time_op(t, pf_moe, &c, MOE_SETS, 24, NULL);
     double bytes = (double)active * 3.0 * I * H * 2 + 2.0 * T * H * 2;
     double flops = 2.0 * T * k * 3.0 * I * H;
     char desc[96];
     snprintf(desc, sizeof desc, "%s T=%d E=%d k=%d I=%d (%d active)", name, T, E, k, I, active);
-    report("moe_experts", desc, ms, bytes, flops);
+    report("moe_experts", desc, ms, bytes, flops, "");
     if (T <= 128) { /* decode sizes: also as a captured graph replays them */
         ms = time_graph(t, pf_moe, &c, MOE_SETS, 10);
         snprintf(desc, sizeof desc, "%s T=%d graph", name, T);
-        report("moe_experts", desc, ms, bytes, flops);
+        report("moe_experts", desc, ms, bytes, flops, "");
     }
     free(iv);
     free(wv);
@@ -1219,7 +1571,7 @@ static void measure_peaks(tb *t)
     c.w[0] = gpu_rand(t, BF, 2, (ne2(ne, N, N), ne), 0.05f);
     c.x[0] = gpu_rand(t, BF, 2, (ne2(ne, N, N), ne), 1.0f);
     c.y[0] = gpu_rand(t, BF, 2, (ne2(ne, N, N), ne), 1.0f);
-    double ms = time_op(t, pf_mm, &c, 1, 10);
+    double ms = time_op(t, pf_mm, &c, 1, 10, NULL);
     peak_flops = 2.0 * N * (double)N * N / (ms * 1e-3);
     sl_be_release(t->gpu, &c.w[0]);
     sl_be_release(t->gpu, &c.x[0]);
@@ -1237,18 +1589,28 @@ static int perf_on(const char *filter, sl_op op)
 static void run_perf(tb *t, const char *filter)
 {
     measure_peaks(t);
-    /* Qwen3-8B: H=4096, Hq=32, Hkv=8, D=128, I=12288 */
-    const struct { const char *n; int N, K; } w8b[] = {
-        {"8B qkv", (32 + 2 * 8) * 128, 4096},
-        {"8B o", 4096, 32 * 128},
-        {"8B gate_up", 2 * 12288, 4096},
-        {"8B down", 4096, 12288},
+    /* Qwen3-8B: H=4096, Hq=32, Hkv=8, D=128, I=12288, vocab 151936; Qwen3-30B-A3B attention:
+     * H=2048, Hq=32, Hkv=4, D=128. Prefill sizes (M = 64, 4096) only where they were timed before. */
+    const struct { const char *n; int N, K, prefill; } ws[] = {
+        {"8B qkv", (32 + 2 * 8) * 128, 4096, 1},
+        {"8B o", 4096, 32 * 128, 1},
+        {"8B gate_up", 2 * 12288, 4096, 1},
+        {"8B down", 4096, 12288, 1},
+        {"8B lm_head", 151936, 4096, 0},
+        {"30B qkv", (32 + 2 * 4) * 128, 2048, 0},
+        {"30B o", 2048, 32 * 128, 0},
     };
-    int Ms[] = {1, 4, 8, 16, 64, 4096};
-    if (perf_on(filter, SL_OP_MATMUL))
-        for (size_t i = 0; i < sizeof w8b / sizeof w8b[0]; i++)
+    int Ms[] = {1, 2, 4, 8, 16, 64, 4096};
+    if (perf_on(filter, SL_OP_MATMUL)) {
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
             for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++)
-                perf_matmul(t, w8b[i].n, Ms[j], w8b[i].N, w8b[i].K);
+                if (Ms[j] <= 16 || ws[i].prefill)
+                    perf_matmul(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, 0);
+        /* where the fixed cost per call goes: launch + events (a tiny GEMV), and
+         * the same weights every call (pages already mapped) against a fresh set */
+        perf_matmul(t, "tiny", 1, 64, 256, 0);
+        perf_matmul(t, "8B down", 1, 4096, 12288, 1);
+    }
     if (perf_on(filter, SL_OP_ATTENTION)) {
         perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128);
         perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128);
@@ -1297,6 +1659,13 @@ int main(int argc, char **argv)
     if (!t.gpu) {
         fprintf(stderr, "test_backend_ops: no CUDA backend: %s\n", e.msg);
         return 1;
+    }
+    if (perf && filter && !strcmp(filter, sl_op_name(SL_OP_SAMPLE))) { /* the sample op alone */
+        perf_sample(&t, 1);
+        perf_sample(&t, 64);
+        sl_backend_free(t.gpu);
+        sl_backend_free(t.cpu);
+        return 0;
     }
     printf("test_backend_ops: seed %llu\n", (unsigned long long)t.seed);
     if (perf) { /* perf mode times only: correctness is the plain run */

@@ -1,5 +1,6 @@
-/* Sampler: greedy, filters (top-k, top-p, min-p), penalties, seeded
- * reproducibility, empirical distribution, logprobs. */
+/* Sampler front end + the CPU sampling op: greedy, filters (top-k, top-p,
+ * min-p), penalties, seeded reproducibility, empirical distribution,
+ * logprobs, and rows built with a pending (not yet committed) token. */
 #define _GNU_SOURCE /* qsort_r */
 #include <math.h>
 #include <stdlib.h>
@@ -11,14 +12,40 @@
 
 #define V 8
 static const float base[V] = {1.0f, 3.0f, 2.5f, 0.0f, -1.0f, 2.9f, 0.5f, -3.0f};
+static sl_backend *cpu;
+
+/* One row through the op: sl_sampler_row -> CPU sl_be_sample -> (commit).
+ * pending: the token sampled before but not yet committed, or -1. logits
+ * must come back unchanged. Returns the token; fills *o when committing. */
+static int32_t sample_row(sl_sampler_state *s, const float *logits, int nv, int32_t pending,
+                          int commit, sl_sample *o)
+{
+    sl_sample_pen pen = {0};
+    sl_sample_row row;
+    sl_err e = {0};
+    CHECK(sl_sampler_row(s, &row, &pen, pending >= 0 ? 0 : -1, &e) == SL_OK);
+    int32_t tok = -1, pend = pending;
+    float lp[2 + 2 * SL_SAMPLE_MAX_TOP];
+    float *copy = malloc(sizeof(float) * (size_t)nv);
+    memcpy(copy, logits, sizeof(float) * (size_t)nv);
+    sl_tensor ids = sl_tensor_make(&tok, SL_DTYPE_I32, 1, (int64_t[]){1});
+    sl_tensor lpt = sl_tensor_make(lp, SL_DTYPE_F32, 2, (int64_t[]){1, 2 + 2 * SL_SAMPLE_MAX_TOP});
+    sl_tensor lt = sl_tensor_make(copy, SL_DTYPE_F32, 2, (int64_t[]){1, nv});
+    sl_tensor pt = sl_tensor_make(&pend, SL_DTYPE_I32, 1, (int64_t[]){1});
+    sl_sample_args a = {1, &row, pen.n, pen.tok, pen.out, pen.prompt, pending >= 0 ? &pt : NULL};
+    sl_be_sample(cpu, &ids, &lpt, &lt, &a);
+    CHECK(memcmp(copy, logits, sizeof(float) * (size_t)nv) == 0);
+    CHECK(tok >= 0 && tok < nv);
+    if (commit) sl_sampler_commit(s, tok, row.logprobs ? lp : NULL, o);
+    free(copy);
+    sl_sample_pen_free(&pen);
+    return tok;
+}
 
 static int32_t sample_once(sl_sampler_state *s)
 {
-    float l[V];
-    memcpy(l, base, sizeof l);
     sl_sample o;
-    sl_sampler_sample(s, l, V, &o);
-    return o.token;
+    return sample_row(s, base, V, -1, 1, &o);
 }
 
 static void test_greedy_and_logprobs(void)
@@ -26,10 +53,8 @@ static void test_greedy_and_logprobs(void)
     sl_sampling p = {
         .temperature = 0, .top_p = 1, .repetition_penalty = 1, .logprobs = 1, .top_logprobs = 3};
     sl_sampler_state *s = sl_sampler_state_new(&p, NULL, 0, 1);
-    float l[V];
-    memcpy(l, base, sizeof l);
     sl_sample o;
-    sl_sampler_sample(s, l, V, &o);
+    CHECK(sample_row(s, base, V, -1, 1, &o) == 1);
     CHECK(o.token == 1);
     double z = 0;
     for (int i = 0; i < V; i++)
@@ -208,7 +233,7 @@ static int32_t reference_draw(const float *logits, int nv, const sl_sampling *p,
 static void test_selection_matches_full_sort(void)
 {
     enum { VB = 5000 };
-    static float logits[VB], scratch[VB];
+    static float logits[VB];
     const sl_sampling cases[] = {
         {.temperature = 1.0f, .top_p = 0.9f, .repetition_penalty = 1, .has_seed = 1, .seed = 3},
         {.temperature = 0.7f,
@@ -240,22 +265,78 @@ static void test_selection_matches_full_sort(void)
                     0.25f;
             float u = sl_rng_uniform(cases[c].seed, (uint64_t)step);
             int32_t want = reference_draw(logits, VB, &cases[c], u);
-            memcpy(scratch, logits, sizeof logits);
             sl_sample o;
-            sl_sampler_sample(s, scratch, VB, &o);
-            mismatches += o.token != want;
+            mismatches += sample_row(s, logits, VB, -1, 1, &o) != want;
         }
         sl_sampler_state_free(s);
     }
     CHECK_MSG(mismatches == 0, "%d draws differ from the full-sort reference", mismatches);
 }
 
+/* A pending token counts as one more output (merged into its entry, or an
+ * entry of its own) and moves the draw to the next output index: a row built
+ * with it pending samples what a row built after committing it samples. */
+static void test_pending(void)
+{
+    sl_sampling f = {
+        .temperature = 0, .top_p = 1, .repetition_penalty = 1, .frequency_penalty = 0.3f};
+    sl_sampler_state *s = sl_sampler_state_new(&f, NULL, 0, 1);
+    sl_sample o;
+    /* no entry yet: pending 1 becomes (1, out 1): 2.7 < 2.9 */
+    CHECK(sample_row(s, base, V, 1, 0, &o) == 5);
+    CHECK(sample_once(s) == 1);
+    /* entry (1, out 1) + pending 1 -> out 2: 2.4; 5 (2.9) wins */
+    CHECK(sample_row(s, base, V, 1, 0, &o) == 5);
+    /* pending 5 on top of (1, out 1): 1 at 2.7 beats 5 at 2.6 */
+    CHECK(sample_row(s, base, V, 5, 0, &o) == 1);
+    sl_sampler_state_free(s);
+    /* repetition + presence: pending 1 penalised only as an output */
+    sl_sampling r = {.temperature = 0,
+                     .top_p = 1,
+                     .repetition_penalty = 2.0f,
+                     .presence_penalty = 0.5f};
+    int32_t prompt[1] = {5};
+    s = sl_sampler_state_new(&r, prompt, 1, 1);
+    /* 1: 3/2 - 0.5 = 1.0; 5 (prompt): 1.45; 2: 2.5 */
+    CHECK(sample_row(s, base, V, 1, 0, &o) == 2);
+    sl_sampler_state_free(s);
+    /* seeded draws with penalties: a pipelined state (each row built while
+     * the previous token is pending) samples the sequential sequence */
+    sl_sampling p = {.temperature = 0.9f,
+                     .top_p = 0.9f,
+                     .top_k = 6,
+                     .repetition_penalty = 1.3f,
+                     .frequency_penalty = 0.2f,
+                     .presence_penalty = 0.1f,
+                     .has_seed = 1,
+                     .seed = 77};
+    sl_sampler_state *a = sl_sampler_state_new(&p, prompt, 1, 1);
+    sl_sampler_state *b = sl_sampler_state_new(&p, prompt, 1, 1);
+    int32_t prev = sample_row(a, base, V, -1, 0, &o); /* committed one step late */
+    int same = prev == sample_once(b), distinct = 0;
+    for (int i = 0; i < 200; i++) {
+        int32_t next = sample_row(a, base, V, prev, 0, &o); /* a runs one token ahead */
+        sl_sampler_commit(a, prev, NULL, &o);
+        same &= next == sample_once(b);
+        distinct |= next != prev;
+        prev = next;
+    }
+    CHECK(distinct);
+    CHECK(same);
+    sl_sampler_state_free(a);
+    sl_sampler_state_free(b);
+}
+
 int main(void)
 {
+    cpu = sl_backend_cpu_new();
+    CHECK(cpu && sl_be_supports_op(cpu, SL_OP_SAMPLE));
     test_selection_matches_full_sort();
     test_greedy_and_logprobs();
     test_penalties();
     test_filters_and_distribution();
     test_seed_reproducible();
+    test_pending();
+    sl_backend_free(cpu);
     return sl_test_done("test_sampler");
 }
