@@ -1,5 +1,7 @@
-// kernels/cuda/moe.cu: routing (one warp per token) and the expert FFNs as
-// grouped GEMMs over the active experts, all on the device (no host sync):
+// kernels/cuda/moe.cu: routing (one warp per token) and the expert FFNs,
+// all on the device (no host sync). Up to MOE_GV_MAX_PAIRS (token, expert)
+// pairs (decode) the FFNs run as GEMVs over the active experts' weights
+// (see "few tokens" below); more as grouped GEMMs:
 //   count   pairs (t, j) per expert, each pair's rank within its expert
 //   plan    offsets = exclusive scan of counts; tiles of BM rows per expert
 //   gather  xs[offset[e] + rank] = bf16(x[t])   (token permutation)
@@ -255,6 +257,464 @@ __global__ void k_moe_combine(cu_mat out, const float *y, const float *w, int64_
     }
 }
 
+// ---- expert FFNs for few tokens (decode) ----------------------------------------
+//
+// With a few pairs per expert the FFNs are GEMVs that must stream each
+// active expert's weights once; the grouped GEMM above gets too few tiles
+// for that (8 experts x 12 column tiles at one token). Two kernels, each a
+// wave of blocks sharing the work items (active expert, 16-row tile):
+//   glu   act[i] = silu(gate_e x_t) ⊙ (up_e x_t)   i = (t, j): pair t*k + j
+//   down  y[i] = down_e act[i]; the block finishing a row tile's last item
+//         writes out[t] = Σ_j w[t,j] y[t,j] for those rows (fixed order, no
+//         float atomics: deterministic)
+// Every block plans from ids alone (the pairs of each active expert, in
+// shared memory), so the routing never leaves the device and no planning
+// kernel runs in between. Both kernels are launched programmatically
+// dependent (PDL): glu's blocks are resident while the previous kernel
+// drains, down's plan while glu drains. Prefetching the first item's
+// weights into L2 was tried and cost 3-6 % at T=1 (NOTES.md v7).
+//
+// A warp computes a 16-row x 8-token tile over a slice of K with
+// mma.m16n8k16 (bf16 in, fp32 accumulate): each lane loads 16 bytes of a
+// row straight from global memory, several in flight, and the tensor cores
+// make the math free, so up to 8 tokens of an expert share one pass over
+// its weights (more go over them again, from L2, per 8). Tokens' vectors
+// sit in shared memory as bf16; warps of a block that split K add their
+// tiles in warp order.
+
+#ifndef MOE_GV_MAX_PAIRS
+// Up to this many (token, expert) pairs: 512 and 640 (T=64) gain, 1024
+// (30B-A3B T=128, 8 tokens an expert) loses to the grouped GEMM (NOTES.md v7).
+#define MOE_GV_MAX_PAIRS 640
+#endif
+#ifndef MOE_GV_GLU_RW
+#define MOE_GV_GLU_RW 1 // glu: 16-row groups a block takes (its warps split K among them)
+#endif
+#ifndef MOE_GV_DOWN_RW
+#define MOE_GV_DOWN_RW 2 // down: same
+#endif
+#ifndef MOE_GV_BLOCKS_PER_SM
+#define MOE_GV_BLOCKS_PER_SM 3 // the grid: one wave of these
+#endif
+#ifndef MOE_GV_J
+#define MOE_GV_J 4 // 32-wide K chunks a lane has in flight (2 rows: 2*J loads)
+#endif
+#define MOE_GV_WARPS 8
+#define MOE_GV_THREADS (MOE_GV_WARPS * 32)
+#define MOE_GV_NT 8       // tokens of one mma tile
+#define MOE_GV_MAX_E 1024 // experts the plan can hold
+
+// The routing as every block sees it (shared memory): active experts in
+// ascending id, and per expert its pairs in ascending order at
+// pairs[off[e] .. off[e] + cnt[e]).
+typedef struct moe_gv_plan {
+    int n_active;
+    int *slot_e; // [n_active] expert of each slot
+    int *off;    // [E]
+    int *cnt;    // [E]
+    int *pairs;  // [P] pair indices grouped by expert
+} moe_gv_plan;
+
+// Exclusive prefix sums over val(0..n-1): sink(i, prefix) for each i;
+// returns the total. All threads of the block call it.
+template <class V, class S> __device__ int moe_block_scan(int n, V val, S sink)
+{
+    __shared__ int warp_sum[32];
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5, base = 0;
+    for (int c0 = 0; c0 < n; c0 += blockDim.x) {
+        int i = c0 + threadIdx.x, v = i < n ? val(i) : 0, x = v;
+        for (int o = 1; o < 32; o <<= 1) {
+            int y = __shfl_up_sync(0xffffffffu, x, o);
+            if (lane >= o) x += y;
+        }
+        if (lane == 31) warp_sum[w] = x;
+        __syncthreads();
+        int before = base, tot = 0;
+        for (int j = 0; j < nw; j++) {
+            if (j < w) before += warp_sum[j];
+            tot += warp_sum[j];
+        }
+        if (i < n) sink(i, before + x - v);
+        base += tot;
+        __syncthreads(); // warp_sum is rewritten next round
+    }
+    return base;
+}
+
+// Shared-memory bytes: the plan (slot_e, off, cnt [E]; pairs, and while
+// planning ids and ranks [P]), the warps' tiles for the K reduction, then
+// MOE_GV_NT bf16 vectors of K (padded, see moe_gv_xld).
+__host__ __device__ inline int moe_gv_xld(int64_t K)
+{
+    return (int)((K + 31) / 32 * 32 + 8);
+}
+__host__ __device__ inline size_t moe_gv_plan_bytes(int64_t P, int E)
+{
+    return (sizeof(int) * (size_t)(3 * E + 3 * P) + 15) & ~(size_t)15;
+}
+__host__ __device__ inline size_t moe_gv_smem(int64_t P, int E, int64_t K)
+{
+    return moe_gv_plan_bytes(P, E) + sizeof(float) * MOE_GV_THREADS * 4 +
+           2 * MOE_GV_NT * (size_t)moe_gv_xld(K);
+}
+
+// Builds the plan in smem. Ranks within an expert follow the pair order
+// (one warp, 32 pairs a step), so every run groups the tokens alike.
+__device__ moe_gv_plan moe_gv_make_plan(const int32_t *ids, int64_t ld, int T, int k, int E,
+                                        int *sm)
+{
+    int P = T * k, lane = threadIdx.x & 31;
+    moe_gv_plan p;
+    p.slot_e = sm;
+    p.off = sm + E;
+    p.cnt = p.off + E;
+    p.pairs = p.cnt + E;
+    int *sid = p.pairs + P, *rank = sid + P;
+    for (int e = threadIdx.x; e < E; e += blockDim.x)
+        p.cnt[e] = 0;
+    for (int i = threadIdx.x; i < P; i += blockDim.x)
+        sid[i] = ids[(int64_t)(i / k) * ld + i % k];
+    __syncthreads();
+    if (threadIdx.x < 32)
+        for (int c0 = 0; c0 < P; c0 += 32) {
+            int i = c0 + lane;
+            unsigned live = __ballot_sync(0xffffffffu, i < P);
+            if (i < P) {
+                int e = sid[i];
+                unsigned same = __match_any_sync(live, e);
+                int lead = __ffs(same) - 1, base = 0;
+                if (lane == lead) base = p.cnt[e];
+                base = __shfl_sync(same, base, lead);
+                rank[i] = base + __popc(same & ((1u << lane) - 1));
+                if (lane == lead) p.cnt[e] = base + __popc(same);
+            }
+            __syncwarp();
+        }
+    __syncthreads();
+    p.n_active = moe_block_scan(
+        E, [&](int e) { return p.cnt[e] > 0 ? 1 : 0; },
+        [&](int e, int s) {
+            if (p.cnt[e] > 0) p.slot_e[s] = e;
+        });
+    moe_block_scan(
+        E, [&](int e) { return p.cnt[e]; }, [&](int e, int s) { p.off[e] = s; });
+    for (int i = threadIdx.x; i < P; i += blockDim.x)
+        p.pairs[p.off[sid[i]] + rank[i]] = i;
+    __syncthreads();
+    return p;
+}
+
+__device__ __forceinline__ uint4 moe_ld_stream(const __nv_bfloat16 *p)
+{
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ void moe_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                        uint32_t a3, uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// c += W·Xᵀ over 32-wide K chunks [ch0, ch1): W rows lo (tile row g) and hi
+// (row g+8), X the 8 token vectors at xs (bf16, row pitch xld). Lane (g, q)
+// loads k = 32ch + 8q .. +7 of its two rows and of token g's vector; the
+// two mma steps of a chunk take k 8q+4s .. +3 (s = 0, 1) as their logical
+// k 2q, 2q+1, 2q+8, 2q+9: the same permutation of k in A and B, so the
+// dot products are unchanged and no register moves are needed. c: rows g,
+// g+8 x tokens 2q, 2q+1 (the mma accumulator layout).
+__device__ __forceinline__ void moe_gv_tile(const __nv_bfloat16 *lo, const __nv_bfloat16 *hi, int K,
+                                            int ch0, int ch1, const __nv_bfloat16 *xs, int xld,
+                                            float (&c)[4])
+{
+    int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    for (int c0 = ch0; c0 < ch1; c0 += MOE_GV_J) {
+        uint4 a[MOE_GV_J][2];
+#pragma unroll
+        for (int j = 0; j < MOE_GV_J; j++) {
+            int k0 = 32 * (c0 + j) + 8 * q;
+            bool ok = c0 + j < ch1 && k0 < K;
+            a[j][0] = ok ? moe_ld_stream(lo + k0) : make_uint4(0, 0, 0, 0);
+            a[j][1] = ok ? moe_ld_stream(hi + k0) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int j = 0; j < MOE_GV_J; j++) {
+            if (c0 + j >= ch1) break;
+            uint4 b = *(const uint4 *)(xs + g * xld + 32 * (c0 + j) + 8 * q);
+            moe_mma(c, a[j][0].x, a[j][1].x, a[j][0].y, a[j][1].y, b.x, b.y);
+            moe_mma(c, a[j][0].z, a[j][1].z, a[j][0].w, a[j][1].w, b.z, b.w);
+        }
+    }
+}
+
+// Item range of this block: items are (slot, tile), slot-major, so a
+// block's consecutive items mostly share the expert and its loaded vectors.
+__device__ __forceinline__ void moe_gv_items(int n_items, int *lo, int *hi)
+{
+    *lo = (int)((int64_t)blockIdx.x * n_items / gridDim.x);
+    *hi = (int)((int64_t)(blockIdx.x + 1) * n_items / gridDim.x);
+}
+
+typedef struct moe_gv_args {
+    cu_mat x, out;
+    int x_vec; // x rows allow cu_ld8
+    const int32_t *ids;
+    int64_t ids_ld, w_ld;
+    const float *w;
+    int T, k, E, H, I;
+    const __nv_bfloat16 *gu, *dn;
+    int64_t gu_es, dn_es; // expert strides (elements)
+    __nv_bfloat16 *act;   // [P, I]
+    float *y;             // [P, H]
+    int32_t *done;        // [down row tiles] items finished, over all experts
+} moe_gv_args;
+
+// The K-split tile of this block's warps for one item and token group:
+// warp w takes 16-row group w / KW (rows lo(r), hi(r) of the group) and
+// K-slice w % KW; the sums of the K-slices land, in warp order, in every
+// lane of the group's first warp: rows g, g+8 x tokens 2q, 2q+1. Returns
+// whether this warp holds a result.
+template <int RW, class Rows>
+__device__ bool moe_gv_block_tile(int K, Rows rows, const __nv_bfloat16 *xs, float *red,
+                                  float (&c)[4])
+{
+    constexpr int KW = MOE_GV_WARPS / RW;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, rg = warp / KW, ks = warp % KW;
+    int nch = (K + 31) / 32, per = (nch + KW - 1) / KW;
+    const __nv_bfloat16 *lo, *hi;
+    rows(rg, lane >> 2, &lo, &hi);
+    c[0] = c[1] = c[2] = c[3] = 0.0f;
+    moe_gv_tile(lo, hi, K, ks * per, min(nch, (ks + 1) * per), xs, moe_gv_xld(K), c);
+    if (KW == 1) return true;
+    *(float4 *)(red + 4 * threadIdx.x) = make_float4(c[0], c[1], c[2], c[3]);
+    __syncthreads();
+    bool mine = ks == 0;
+    if (mine)
+        for (int s = 1; s < KW; s++) {
+            float4 v = *(const float4 *)(red + 4 * (threadIdx.x + 32 * s));
+            c[0] += v.x, c[1] += v.y, c[2] += v.z, c[3] += v.w;
+        }
+    __syncthreads(); // red is reused by the next tile
+    return mine;
+}
+
+// Loads the vectors of nt pairs (load8(t, c, f): 8 floats at column c of
+// pair t's vector) into xs as bf16; tokens nt..7 and the padding are zero.
+template <class L> __device__ void moe_gv_load(__nv_bfloat16 *xs, int K, int nt, L load8)
+{
+    int xld = moe_gv_xld(K), nch = xld / 8;
+    for (int i = threadIdx.x; i < MOE_GV_NT * nch; i += blockDim.x) {
+        int t = i / nch, c = 8 * (i % nch);
+        float f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (t < nt && c < K) load8(t, c, f);
+        uint4 u;
+        __nv_bfloat162 *h = (__nv_bfloat162 *)&u;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            h[j] = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);
+        *(uint4 *)(xs + t * xld + c) = u;
+    }
+}
+
+// The warps' tiles for the K reduction, right after the plan in smem (the
+// vectors follow them).
+__device__ __forceinline__ float *moe_gv_red(int *sm, const moe_gv_args &a)
+{
+    return (float *)((char *)sm + moe_gv_plan_bytes(a.T * a.k, a.E));
+}
+
+// Calls tile_fn(tile, e, pairs + p0, nt) for each of the block's items
+// and token groups, with the group's vectors loaded into xs by load8 (see
+// moe_gv_load) when they are not there yet, and done_fn(tile) after each
+// item.
+template <class L, class F, class D>
+__device__ void moe_gv_for_items(const moe_gv_plan &p, int tiles, int K, __nv_bfloat16 *xs, L load8,
+                                 F tile_fn, D done_fn)
+{
+    int lo, hi, have_slot = -1, have_p0 = 0;
+    moe_gv_items(p.n_active * tiles, &lo, &hi);
+    for (int it = lo; it < hi; it++) {
+        int slot = it / tiles, tile = it % tiles, e = p.slot_e[slot], n = p.cnt[e];
+        const int *pr = p.pairs + p.off[e];
+        for (int p0 = 0; p0 < n; p0 += MOE_GV_NT) {
+            int nt = min(MOE_GV_NT, n - p0);
+            if (slot != have_slot || p0 != have_p0) { // block-uniform
+                __syncthreads();
+                moe_gv_load(xs, K, nt, [&](int t, int c, float *f) { load8(pr[p0 + t], c, f); });
+                __syncthreads();
+                have_slot = slot;
+                have_p0 = p0;
+            }
+            tile_fn(tile, e, pr + p0, nt);
+        }
+        done_fn(tile);
+    }
+}
+
+__global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM)
+    k_moe_gv_glu(moe_gv_args a, int n_down_tiles)
+{
+    extern __shared__ __align__(16) int moe_sm[];
+    // Launched programmatically dependent on the previous kernel (blocks
+    // resident before it ends): nothing is read or written before this.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    // let the down kernel's blocks start (and plan) as this grid's retire
+    asm volatile("griddepcontrol.launch_dependents;");
+    if (blockIdx.x == 0) // the down kernel's counters
+        for (int i = threadIdx.x; i < n_down_tiles; i += blockDim.x)
+            a.done[i] = 0;
+    moe_gv_plan p = moe_gv_make_plan(a.ids, a.ids_ld, a.T, a.k, a.E, moe_sm);
+    float *red = moe_gv_red(moe_sm, a);
+    __nv_bfloat16 *xs = (__nv_bfloat16 *)(red + MOE_GV_THREADS * 4);
+    constexpr int RT = 8 * MOE_GV_GLU_RW; // columns a tile: gate rows g, up rows g+8
+    int tiles = (a.I + RT - 1) / RT, lane = threadIdx.x & 31;
+    auto rows_of = [&](int tile, int e) {
+        const __nv_bfloat16 *W = a.gu + e * a.gu_es;
+        return [=](int rg, int g, const __nv_bfloat16 **lo, const __nv_bfloat16 **hi) {
+            int64_t n = min(tile * RT + rg * 8 + g, a.I - 1); // past the edge: dropped
+            *lo = W + n * a.H;
+            *hi = W + (a.I + n) * a.H;
+        };
+    };
+    moe_gv_for_items(
+        p, tiles, a.H, xs,
+        [&](int pair, int c, float *f) {
+            int64_t tok = pair / a.k;
+            if (a.x_vec)
+                cu_ld8(a.x, tok, c, f);
+            else
+                for (int j = 0; j < 8; j++)
+                    f[j] = cu_mat_ld(a.x, tok, c + j);
+        },
+        [&](int tile, int e, const int *pr, int nt) {
+            float c[4];
+            if (!moe_gv_block_tile<MOE_GV_GLU_RW>(a.H, rows_of(tile, e), xs, red, c)) return;
+            int rg = (threadIdx.x >> 5) / (MOE_GV_WARPS / MOE_GV_GLU_RW);
+            int n = tile * RT + rg * 8 + (lane >> 2), t = 2 * (lane & 3);
+            if (n >= a.I) return;
+            for (int u = 0; u < 2; u++)
+                if (t + u < nt)
+                    a.act[(int64_t)pr[t + u] * a.I + n] =
+                        __float2bfloat16_rn(c[u] / (1.0f + expf(-c[u])) * c[2 + u]);
+        },
+        [](int) {});
+}
+
+__global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM) k_moe_gv_down(moe_gv_args a)
+{
+    extern __shared__ __align__(16) int moe_sm[];
+    __shared__ int last;
+    moe_gv_plan p = moe_gv_make_plan(a.ids, a.ids_ld, a.T, a.k, a.E, moe_sm);
+    float *red = moe_gv_red(moe_sm, a);
+    __nv_bfloat16 *xs = (__nv_bfloat16 *)(red + MOE_GV_THREADS * 4);
+    constexpr int RT = 16 * MOE_GV_DOWN_RW;
+    int tiles = (a.H + RT - 1) / RT, lane = threadIdx.x & 31;
+    auto rows_of = [&](int tile, int e) {
+        const __nv_bfloat16 *W = a.dn + e * a.dn_es;
+        int r0 = tile * RT;
+        return [=](int rg, int g, const __nv_bfloat16 **lo, const __nv_bfloat16 **hi) {
+            *lo = W + (int64_t)min(r0 + rg * 16 + g, a.H - 1) * a.I;
+            *hi = W + (int64_t)min(r0 + rg * 16 + g + 8, a.H - 1) * a.I;
+        };
+    };
+    // act and the counters come from the glu kernel
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    moe_gv_for_items(
+        p, tiles, a.I, xs,
+        [&](int pair, int c, float *f) {
+            uint4 u = *(const uint4 *)(a.act + (int64_t)pair * a.I + c);
+            const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+            for (int j = 0; j < 4; j++) {
+                float2 v = __bfloat1622float2(h[j]);
+                f[2 * j] = v.x, f[2 * j + 1] = v.y;
+            }
+        },
+        [&](int tile, int e, const int *pr, int nt) {
+            float c[4];
+            if (!moe_gv_block_tile<MOE_GV_DOWN_RW>(a.I, rows_of(tile, e), xs, red, c)) return;
+            int rg = (threadIdx.x >> 5) / (MOE_GV_WARPS / MOE_GV_DOWN_RW);
+            int r = tile * RT + rg * 16 + (lane >> 2), t = 2 * (lane & 3);
+            for (int h = 0; h < 2; h++)
+                for (int u = 0; u < 2; u++)
+                    if (t + u < nt && r + 8 * h < a.H)
+                        a.y[(int64_t)pr[t + u] * a.H + r + 8 * h] = c[2 * h + u];
+        },
+        [&](int tile) {
+            // The block finishing a row tile's last item (over all experts)
+            // sums its rows for every token, in pair order. Per item, so
+            // these sums spread over the kernel instead of piling up at its
+            // end (measured: batching them per block cost 10 % at T=64).
+            __threadfence();
+            __syncthreads();
+            if (threadIdx.x == 0) last = atomicAdd(&a.done[tile], 1) == p.n_active - 1;
+            __syncthreads();
+            if (!last) return;
+            __threadfence();
+            int r0 = tile * RT, nr = min(RT, a.H - r0);
+            for (int i = threadIdx.x; i < a.T * nr; i += blockDim.x) {
+                int t = i / nr, col = r0 + i % nr;
+                float s = 0.0f;
+                for (int j = 0; j < a.k; j++)
+                    s += a.w[(int64_t)t * a.w_ld + j] *
+                         __ldcg(a.y + ((int64_t)t * a.k + j) * a.H + col);
+                cu_mat_st(a.out, t, col, s);
+            }
+        });
+}
+
+// Whether the few-token path takes this call; it needs the plan and
+// MOE_GV_NT vectors of H in shared memory.
+static int moe_gv_fits(cu_backend *b, int64_t P, int E, int64_t H)
+{
+    if (P > MOE_GV_MAX_PAIRS || E > MOE_GV_MAX_E) return 0;
+    int max_smem = 0;
+    CU_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, b->device));
+    return moe_gv_smem(P, E, H) <= (size_t)max_smem;
+}
+
+static void moe_gv_run(cu_backend *b, moe_gv_args &a)
+{
+    int64_t P = (int64_t)a.T * a.k, slots = P < a.E ? P : a.E;
+    int64_t glu_tiles = (a.I + 8 * MOE_GV_GLU_RW - 1) / (8 * MOE_GV_GLU_RW);
+    int64_t down_tiles = (a.H + 16 * MOE_GV_DOWN_RW - 1) / (16 * MOE_GV_DOWN_RW);
+    // one scratch block: act (bf16), y, counters
+    size_t act_b = (sizeof(__nv_bfloat16) * (size_t)(P * a.I) + 255) & ~(size_t)255;
+    size_t y_b = sizeof(float) * (size_t)(P * a.H);
+    char *tmp = (char *)cu_tmp_alloc(b, act_b + y_b + sizeof(int32_t) * (size_t)down_tiles);
+    a.act = (__nv_bfloat16 *)tmp;
+    a.y = (float *)(tmp + act_b);
+    a.done = (int32_t *)(tmp + act_b + y_b);
+    // one wave: blocks share the items (their number is known on the device only)
+    int64_t wave = (int64_t)b->n_sm * MOE_GV_BLOCKS_PER_SM;
+    size_t s1 = moe_gv_smem(P, a.E, a.H), s2 = moe_gv_smem(P, a.E, a.I);
+    cudaFuncAttribute smem_attr = cudaFuncAttributeMaxDynamicSharedMemorySize;
+    CU_CHECK(cudaFuncSetAttribute(k_moe_gv_glu, smem_attr, (int)s1));
+    CU_CHECK(cudaFuncSetAttribute(k_moe_gv_down, smem_attr, (int)s2));
+    unsigned g1 = (unsigned)(wave < slots * glu_tiles ? wave : slots * glu_tiles);
+    unsigned g2 = (unsigned)(wave < slots * down_tiles ? wave : slots * down_tiles);
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.blockDim = dim3(MOE_GV_THREADS);
+    cfg.stream = b->stream;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    cfg.gridDim = dim3(g1);
+    cfg.dynamicSmemBytes = s1;
+    CU_CHECK(cudaLaunchKernelEx(&cfg, k_moe_gv_glu, a, (int)down_tiles));
+    cfg.gridDim = dim3(g2);
+    cfg.dynamicSmemBytes = s2;
+    CU_CHECK(cudaLaunchKernelEx(&cfg, k_moe_gv_down, a));
+    cu_tmp_free(b, tmp);
+}
+
 void cu_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                     const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *down)
 {
@@ -264,11 +724,34 @@ void cu_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl
     int E = (int)gate_up->ne[0], k = (int)sl_tensor_cols(ids);
     SL_ASSERT(H % 8 == 0 && I % 8 == 0);
     if (T == 0) return;
-    int64_t P = T * k, max_tiles = (P + MOE_BM - 1) / MOE_BM + E;
+    int64_t P = T * k;
+    if (moe_gv_fits(b, P, E, H)) {
+        moe_gv_args a;
+        a.x = cu_mat_of(x);
+        a.out = cu_mat_of(out);
+        a.x_vec = cu_mat_vec_ok(a.x);
+        a.ids = (const int32_t *)ids->data;
+        a.ids_ld = sl_tensor_ld(ids);
+        a.w = (const float *)weights->data;
+        a.w_ld = sl_tensor_ld(weights);
+        a.T = (int)T;
+        a.k = k;
+        a.E = E;
+        a.H = (int)H;
+        a.I = (int)I;
+        a.gu = (const __nv_bfloat16 *)gate_up->data;
+        a.dn = (const __nv_bfloat16 *)down->data;
+        a.gu_es = gate_up->st[0];
+        a.dn_es = down->st[0];
+        moe_gv_run(b, a);
+        return;
+    }
+    int64_t max_tiles = (P + MOE_BM - 1) / MOE_BM + E;
     const int32_t *idp = (const int32_t *)ids->data;
     int64_t id_ld = sl_tensor_ld(ids);
     cu_moe_plan p;
-    int32_t *ints = (int32_t *)cu_tmp_alloc(b, sizeof(int32_t) * (size_t)(2 * E + 2 + 2 * P + 2 * max_tiles + 2));
+    int32_t *ints = (int32_t *)cu_tmp_alloc(b, sizeof(int32_t) *
+                                                   (size_t)(2 * E + 2 + 2 * P + 2 * max_tiles + 2));
     p.count = ints;
     p.offset = p.count + E;
     p.n_tiles = p.offset + E + 1;

@@ -10,12 +10,13 @@
  * the CUDA backend does not support.
  *
  *   test_backend_ops [--seed N] [--filter OP]   correctness
- *   test_backend_ops --perf [--filter matmul]    timings only
+ *   test_backend_ops --perf [--filter OP]        timings only (of OP's family)
  *
- * --perf times each op at Qwen3-8B / Qwen3-30B-A3B shapes with CUDA events
- * (warm-up, median of many reps, inputs rotated through more than the L2) and
- * prints achieved GB/s or TFLOP/s against the peaks measured in the same run:
- * a large device-to-device copy and a large bf16 GEMM.
+ * --perf times each op at Qwen3-8B / Qwen3-30B-A3B / Qwen3-Coder-Next shapes
+ * with CUDA events (warm-up, median of many reps, inputs rotated through more
+ * than the L2) and prints achieved GB/s or TFLOP/s against the peaks measured
+ * in the same run: a large device-to-device copy and a large bf16 GEMM.
+ * Decode-sized moe_experts is also timed as a replayed CUDA graph.
  */
 #include <cuda_runtime.h>
 #include <math.h>
@@ -80,14 +81,6 @@ static void pair_set(tb *t, pair *p, const float *v)
     sl_err e = {0};
     if (sl_be_upload(t->cpu, &p->c, v, SL_DTYPE_F32, &e) ||
         sl_be_upload(t->gpu, &p->g, v, SL_DTYPE_F32, &e))
-        die_err("upload", &e);
-}
-
-static void pair_set_i32(tb *t, pair *p, const int32_t *v)
-{
-    sl_err e = {0};
-    if (sl_be_upload(t->cpu, &p->c, v, SL_DTYPE_I32, &e) ||
-        sl_be_upload(t->gpu, &p->g, v, SL_DTYPE_I32, &e))
         die_err("upload", &e);
 }
 
@@ -158,6 +151,16 @@ static void compare(tb *t, sl_op op, const char *desc, const char *what, const s
     free(vc);
     free(vg);
 }
+
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t err_ = (call);                                                                 \
+        if (err_ != cudaSuccess) {                                                                 \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                        \
+                    cudaGetErrorString(err_));                                                     \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
 
 /* ---- batch metadata --------------------------------------------------------- */
 
@@ -542,9 +545,23 @@ static const tb_case cases[] = {
     /* moe_route: T, E, k, norm */
     {SL_OP_MOE_ROUTE, F32, {33, 128, 8, 1}, 1e-5},
     {SL_OP_MOE_ROUTE, F32, {9, 60, 4, 0}, 1e-5},
-    /* moe_experts: T, H, I, E, k */
+    /* moe_experts: T, H, I, E, k, pool (experts drawn from a random pool of that many; 0: all
+     * E, skewed to low ids). Up to MOE_GV_MAX_PAIRS (moe.cu) pairs T*k take the few-token path,
+     * more the grouped GEMM. */
     {SL_OP_MOE_EXPERTS, BF, {5, 256, 96, 16, 4}, 2e-2},
     {SL_OP_MOE_EXPERTS, BF, {70, 512, 128, 32, 8}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {150, 512, 128, 32, 8}, 2e-2},       /* grouped GEMM */
+    {SL_OP_MOE_EXPERTS, BF, {1, 256, 96, 16, 4}, 2e-2},          /* tiny shape */
+    {SL_OP_MOE_EXPERTS, BF, {3, 256, 96, 16, 4, 5}, 2e-2},
+    {SL_OP_MOE_EXPERTS, F32, {8, 264, 40, 16, 4, 6}, 2e-2},      /* f32 x/out, ragged tiles */
+    {SL_OP_MOE_EXPERTS, BF, {64, 256, 96, 16, 4, 6}, 2e-2},      /* ~43 tokens per expert */
+    {SL_OP_MOE_EXPERTS, BF, {1, 2048, 768, 128, 8, 8}, 2e-2},    /* Qwen3-30B-A3B */
+    {SL_OP_MOE_EXPERTS, BF, {3, 2048, 768, 128, 8, 12}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {8, 2048, 768, 128, 8, 16}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {64, 2048, 768, 128, 8, 24}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {1, 2048, 512, 512, 10, 10}, 2e-2},  /* Qwen3-Coder-Next */
+    {SL_OP_MOE_EXPERTS, BF, {8, 2048, 512, 512, 10, 24}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {64, 2048, 512, 512, 10, 32}, 2e-2},
     /* gather_rows: seqs, q pattern, cols */
     {SL_OP_GATHER_ROWS, BF, {7, 3, 1000}, 0},
     {SL_OP_GATHER_ROWS, F32, {12, 5, 333}, 0},
@@ -588,6 +605,164 @@ static int64_t ne2(int64_t *ne, int64_t a, int64_t b)
     ne[0] = a;
     ne[1] = b;
     return a * b;
+}
+
+/* The same device tensor downloaded twice must match bit for bit. */
+static void compare_gpu_exact(tb *t, sl_op op, const char *desc, const char *what,
+                              const sl_tensor *a, const sl_tensor *b)
+{
+    int64_t n = sl_tensor_rows(a) * sl_tensor_cols(a);
+    float *va = download(t->gpu, a), *vb = download(t->gpu, b);
+    int ok = memcmp(va, vb, sizeof(float) * (size_t)n) == 0;
+    printf("  %-4s %-12s %-44s %-6s bit-identical\n", ok ? "ok" : "FAIL", sl_op_name(op), desc,
+           what);
+    if (ok)
+        t->n_pass++;
+    else
+        t->n_fail++;
+    CHECK_MSG(ok, "%s %s %s", sl_op_name(op), desc, what);
+    free(va);
+    free(vb);
+}
+
+/* Routing for moe_experts (draw `round` of it): distinct experts per token;
+ * with a pool, CPU ids ic index pool_e (the GPU's ids iv); without one, ids
+ * skew toward low ids so some experts get many tokens (several GEMM tiles)
+ * and some none. */
+static void moe_draw_ids(uint64_t rs, int round, int T, int k, int E, int pool,
+                         const int32_t *pool_e, int32_t *iv, int32_t *ic, float *wv)
+{
+    uint64_t salt = (uint64_t)round << 40;
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < k; j++) {
+            int m, dup;
+            uint64_t n = 0;
+            do {
+                float u = sl_rng_uniform(rs, salt + (uint64_t)(i * 64 + j) * 1000 + n++);
+                m = pool ? (int)(u * (float)pool) : (int)(u * u * (float)E);
+                dup = 0;
+                for (int jj = 0; jj < j; jj++)
+                    dup |= ic[i * k + jj] == m;
+            } while (dup);
+            ic[i * k + j] = m;
+            iv[i * k + j] = pool_e[m];
+            wv[i * k + j] = 0.05f + sl_rng_uniform(rs, salt + (uint64_t)(i * 64 + j)) * 0.3f;
+        }
+}
+
+/* moe_experts. With a pool, ids come from `pool` random experts of E (each
+ * token distinct ones, so tokens share experts), the GPU gets the full
+ * [E, ...] weights with every other expert NaN (reading a wrong expert
+ * fails the case) and the CPU only the pool's experts, ids remapped: the
+ * real model shapes without E full experts on the host. The GPU op also
+ * runs captured in a CUDA graph: bit for bit the direct run, then replayed
+ * on other routing. */
+static void run_moe_experts(tb *t, const tb_case *c)
+{
+    const int *p = c->p;
+    int T = p[0], H = p[1], I = p[2], E = p[3], k = p[4], pool = p[5];
+    char desc[96];
+    snprintf(desc, sizeof desc, "T=%d H=%d I=%d E=%d k=%d%s %s", T, H, I, E, k,
+             pool ? " pooled" : "", sl_dtype_name(c->dt));
+    int64_t ne[3];
+    pair x, y, ids, wt;
+    pair_rand(t, &x, c->dt, 2, (ne2(ne, T, H), ne), -2, 2);
+    int n_cpu = pool ? pool : E;
+    int32_t *pool_e = malloc(sizeof(int32_t) * (size_t)n_cpu); /* CPU expert -> GPU expert */
+    uint64_t rs = sl_rng_mix(t->seed++);
+    for (int i = 0; i < n_cpu; i++) {
+        int e, dup;
+        uint64_t n = 0;
+        do {
+            e = pool ? (int)(sl_rng_uniform(rs, 5000000u + (uint64_t)i * 1000 + n++) * (float)E)
+                     : i;
+            dup = 0;
+            for (int j = 0; j < i; j++)
+                dup |= pool_e[j] == e;
+        } while (dup);
+        pool_e[i] = e;
+    }
+    /* weights: CPU [n_cpu, ...] f32; GPU [E, ...] bf16, experts outside the pool NaN */
+    sl_tensor gu_c, dn_c, gu_g, dn_g;
+    sl_err e = {0};
+    int64_t gu_n = 2 * (int64_t)I * H, dn_n = (int64_t)H * I;
+    int64_t ne_gu[3] = {n_cpu, 2 * (int64_t)I, H}, ne_dn[3] = {n_cpu, H, I};
+    if (sl_be_alloc(t->cpu, &gu_c, F32, 3, ne_gu, &e) ||
+        sl_be_alloc(t->cpu, &dn_c, F32, 3, ne_dn, &e))
+        die_err("alloc", &e);
+    ne_gu[0] = ne_dn[0] = E;
+    if (sl_be_alloc(t->gpu, &gu_g, BF, 3, ne_gu, &e) ||
+        sl_be_alloc(t->gpu, &dn_g, BF, 3, ne_dn, &e))
+        die_err("alloc", &e);
+    if (pool) {
+        CK(cudaMemset(gu_g.data, 0xff, sizeof(uint16_t) * (size_t)(E * gu_n))); /* bf16 NaN */
+        CK(cudaMemset(dn_g.data, 0xff, sizeof(uint16_t) * (size_t)(E * dn_n)));
+        CK(cudaDeviceSynchronize()); /* before uploads on the backend's stream */
+    }
+    for (int i = 0; i < n_cpu; i++) {
+        sl_tensor *cs[2] = {&gu_c, &dn_c}, *gs[2] = {&gu_g, &dn_g};
+        int64_t n2[2] = {gu_n, dn_n};
+        for (int w = 0; w < 2; w++) {
+            float *hc = (float *)cs[w]->data + (int64_t)i * n2[w];
+            uint64_t s = sl_rng_mix(t->seed++);
+            for (int64_t j = 0; j < n2[w]; j++)
+                hc[j] = bf16_round(-0.1f + 0.2f * sl_rng_uniform(s, (uint64_t)j));
+            sl_tensor slice =
+                sl_tensor_make((uint16_t *)gs[w]->data + (int64_t)pool_e[i] * n2[w], BF, 1, &n2[w]);
+            slice.on_device = 1;
+            if (sl_be_upload(t->gpu, &slice, hc, F32, &e)) die_err("upload", &e);
+        }
+    }
+    int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * k)),
+            *ic = malloc(sizeof(int32_t) * (size_t)(T * k));
+    float *wv = malloc(sizeof(float) * (size_t)(T * k));
+    moe_draw_ids(rs, 0, T, k, E, pool, pool_e, iv, ic, wv);
+    pair_alloc(t, &ids, SL_DTYPE_I32, 2, (ne2(ne, T, k), ne));
+    if (sl_be_upload(t->cpu, &ids.c, ic, SL_DTYPE_I32, &e) ||
+        sl_be_upload(t->gpu, &ids.g, iv, SL_DTYPE_I32, &e))
+        die_err("upload", &e);
+    pair_alloc(t, &wt, F32, 2, (ne2(ne, T, k), ne));
+    pair_set(t, &wt, wv);
+    pair_out(t, &y, c->dt, 2, (ne2(ne, T, H), ne));
+    sl_tensor y2;
+    if (sl_be_alloc(t->gpu, &y2, c->dt, 2, (ne2(ne, T, H), ne), &e)) die_err("alloc", &e);
+    sl_be_moe_experts(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &gu_c, &dn_c);
+    sl_be_moe_experts(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gu_g, &dn_g);
+    compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
+    /* as a decode graph runs it: captured once, replayed (bit-identical to the
+     * direct run), then replayed with other ids and weights in the same tensors */
+    cudaStream_t st = (cudaStream_t)sl_cuda_stream(t->gpu);
+    cudaGraph_t gr;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    sl_be_moe_experts(t->gpu, &y2, &x.g, &ids.g, &wt.g, &gu_g, &dn_g);
+    CK(cudaStreamEndCapture(st, &gr));
+    CK(cudaGraphInstantiate(&ge, gr, 0));
+    CK(cudaGraphLaunch(ge, st));
+    compare_gpu_exact(t, c->op, desc, "graph", &y.g, &y2);
+    moe_draw_ids(rs, 1, T, k, E, pool, pool_e, iv, ic, wv);
+    if (sl_be_upload(t->cpu, &ids.c, ic, SL_DTYPE_I32, &e) ||
+        sl_be_upload(t->gpu, &ids.g, iv, SL_DTYPE_I32, &e))
+        die_err("upload", &e);
+    pair_set(t, &wt, wv);
+    sl_be_moe_experts(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &gu_c, &dn_c);
+    CK(cudaGraphLaunch(ge, st));
+    compare(t, c->op, desc, "replay", &y.c, &y2, c->tol);
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(gr));
+    free(pool_e);
+    free(iv);
+    free(ic);
+    free(wv);
+    sl_be_release(t->cpu, &gu_c);
+    sl_be_release(t->cpu, &dn_c);
+    sl_be_release(t->gpu, &gu_g);
+    sl_be_release(t->gpu, &dn_g);
+    sl_be_release(t->gpu, &y2);
+    pair_free(t, &ids);
+    pair_free(t, &wt);
+    pair_free(t, &x);
+    pair_free(t, &y);
 }
 
 static void run_case(tb *t, const tb_case *c)
@@ -895,52 +1070,9 @@ static void run_case(tb *t, const tb_case *c)
         pair_free(t, &w);
         break;
     }
-    case SL_OP_MOE_EXPERTS: {
-        int T = p[0], H = p[1], I = p[2], E = p[3], k = p[4];
-        snprintf(desc, sizeof desc, "T=%d H=%d I=%d E=%d k=%d", T, H, I, E, k);
-        pair gu, dn, ids, wt;
-        pair_rand(t, &x, dt, 2, (ne2(ne, T, H), ne), -2, 2);
-        int64_t ne3[3] = {E, 2 * (int64_t)I, H};
-        pair_rand(t, &gu, BF, 3, ne3, -0.1f, 0.1f);
-        ne3[1] = H;
-        ne3[2] = I;
-        pair_rand(t, &dn, BF, 3, ne3, -0.1f, 0.1f);
-        /* distinct experts per token, skewed toward low ids so some experts
-         * get many tokens (several GEMM tiles) and some none */
-        int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * k));
-        float *wv = malloc(sizeof(float) * (size_t)(T * k));
-        uint64_t rs = sl_rng_mix(t->seed++);
-        for (int i = 0; i < T; i++)
-            for (int j = 0; j < k; j++) {
-                int e, dup;
-                uint64_t n = 0;
-                do {
-                    float u = sl_rng_uniform(rs, (uint64_t)(i * 64 + j) * 1000 + n++);
-                    e = (int)(u * u * (float)E);
-                    dup = 0;
-                    for (int jj = 0; jj < j; jj++) dup |= iv[i * k + jj] == e;
-                } while (dup);
-                iv[i * k + j] = e;
-                wv[i * k + j] = 0.05f + sl_rng_uniform(rs, (uint64_t)(i * 64 + j)) * 0.3f;
-            }
-        pair_alloc(t, &ids, SL_DTYPE_I32, 2, (ne2(ne, T, k), ne));
-        pair_set_i32(t, &ids, iv);
-        pair_alloc(t, &wt, F32, 2, (ne2(ne, T, k), ne));
-        pair_set(t, &wt, wv);
-        pair_out(t, &y, dt, 2, (ne2(ne, T, H), ne));
-        sl_be_moe_experts(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &gu.c, &dn.c);
-        sl_be_moe_experts(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gu.g, &dn.g);
-        compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
-        free(iv);
-        free(wv);
-        pair_free(t, &gu);
-        pair_free(t, &dn);
-        pair_free(t, &ids);
-        pair_free(t, &wt);
-        pair_free(t, &x);
-        pair_free(t, &y);
+    case SL_OP_MOE_EXPERTS:
+        run_moe_experts(t, c);
         break;
-    }
     case SL_OP_GATHER_ROWS: { /* the last token row of each sequence */
         int S = p[0], C = p[2];
         snprintf(desc, sizeof desc, "seqs=%d C=%d %s", S, C, sl_dtype_name(dt));
@@ -1004,15 +1136,6 @@ static void run_case(tb *t, const tb_case *c)
 
 /* ---- perf ------------------------------------------------------------------- */
 
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        cudaError_t err_ = (call);                                                                 \
-        if (err_ != cudaSuccess) {                                                                 \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                        \
-                    cudaGetErrorString(err_));                                                     \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 static int cmp_float(const void *a, const void *b)
 {
@@ -1077,7 +1200,38 @@ static double time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps, dou
     return ms[reps / 2];
 }
 
-static double peak_bw, peak_flops; /* bytes/s, flop/s */
+/* Mean ms of one call of fn when n_sets calls (one per set) replay as one
+ * CUDA graph, as a captured decode step runs them: no host work between
+ * kernels. */
+static double time_graph(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps)
+{
+    cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    cudaEvent_t e0, e1;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < n_sets; i++)
+        fn(t, ctx, i);
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    CK(cudaGraphLaunch(ge, s));
+    CK(cudaEventRecord(e0, s));
+    for (int i = 0; i < reps; i++)
+        CK(cudaGraphLaunch(ge, s));
+    CK(cudaEventRecord(e1, s));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    return ms / (reps * n_sets);
+}
+
+static double peak_bw, peak_flops;                   /* bytes/s, flop/s */
 static const int64_t L2_ROTATE = (int64_t)256 << 20; /* rotate inputs through >= 256 MB */
 
 static sl_tensor gpu_rand(tb *t, sl_dtype dt, int ndim, const int64_t *ne, float scale)
@@ -1322,7 +1476,8 @@ static void perf_row(tb *t, sl_op op, int M, int N)
     }
 }
 
-/* MoE experts at Qwen3-30B-A3B shapes */
+/* MoE experts at Qwen3-30B-A3B and Qwen3-Coder-Next shapes; bytes count the distinct
+ * active experts' weights (what a decode step must stream) plus x and out */
 #define MOE_SETS 8
 typedef struct pm_moe {
     sl_tensor x, ids[MOE_SETS], wt, gu, dn, y;
@@ -1334,7 +1489,7 @@ static void pf_moe(tb *t, void *ctx, int set)
     sl_be_moe_experts(t->gpu, &c->y, &c->x, &c->ids[set], &c->wt, &c->gu, &c->dn);
 }
 
-static void perf_moe(tb *t, int T, int H, int I, int E, int k)
+static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k)
 {
     pm_moe c;
     int64_t ne[3] = {E, 2 * (int64_t)I, H};
@@ -1368,8 +1523,13 @@ static void perf_moe(tb *t, int T, int H, int I, int E, int k)
     double bytes = (double)active * 3.0 * I * H * 2 + 2.0 * T * H * 2;
     double flops = 2.0 * T * k * 3.0 * I * H;
     char desc[96];
-    snprintf(desc, sizeof desc, "30B-A3B T=%d E=%d k=%d I=%d (%d active)", T, E, k, I, active);
+    snprintf(desc, sizeof desc, "%s T=%d E=%d k=%d I=%d (%d active)", name, T, E, k, I, active);
     report("moe_experts", desc, ms, bytes, flops, "");
+    if (T <= 128) { /* decode sizes: also as a captured graph replays them */
+        ms = time_graph(t, pf_moe, &c, MOE_SETS, 10);
+        snprintf(desc, sizeof desc, "%s T=%d graph", name, T);
+        report("moe_experts", desc, ms, bytes, flops, "");
+    }
     free(iv);
     free(wv);
     free(used);
@@ -1420,8 +1580,13 @@ static void measure_peaks(tb *t)
            peak_bw * 1e-9, peak_flops * 1e-12);
 }
 
-/* only: NULL for every op, else the one op to time ("matmul") */
-static void run_perf(tb *t, const char *only)
+/* Whether the perf group of op runs under --filter. */
+static int perf_on(const char *filter, sl_op op)
+{
+    return !filter || !strcmp(filter, sl_op_name(op));
+}
+
+static void run_perf(tb *t, const char *filter)
 {
     measure_peaks(t);
     /* Qwen3-8B: H=4096, Hq=32, Hkv=8, D=128, I=12288, vocab 151936; Qwen3-30B-A3B attention:
@@ -1436,28 +1601,39 @@ static void run_perf(tb *t, const char *only)
         {"30B o", 2048, 32 * 128, 0},
     };
     int Ms[] = {1, 2, 4, 8, 16, 64, 4096};
-    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
-        for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++)
-            if (Ms[j] <= 16 || ws[i].prefill) perf_matmul(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, 0);
-    /* where the fixed cost per call goes: launch + events (a tiny GEMV), and
-     * the same weights every call (pages already mapped) against a fresh set */
-    perf_matmul(t, "tiny", 1, 64, 256, 0);
-    perf_matmul(t, "8B down", 1, 4096, 12288, 1);
-    if (only && !strcmp(only, "matmul")) return;
-    perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128);
-    perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128);
-    perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128);
-    perf_attention(t, "30B decode", 32, 1, 4096, 16, 32, 4, 128);
-    perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128);
-    perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128);
-    perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256);
-    perf_row(t, SL_OP_RMSNORM, 4096, 4096);
-    perf_row(t, SL_OP_ADD_RMSNORM, 4096, 4096);
-    perf_row(t, SL_OP_SILU_MUL, 4096, 12288);
-    perf_row(t, SL_OP_RMSNORM, 64, 4096);
-    perf_moe(t, 1, 2048, 768, 128, 8);
-    perf_moe(t, 64, 2048, 768, 128, 8);
-    perf_moe(t, 4096, 2048, 768, 128, 8);
+    if (perf_on(filter, SL_OP_MATMUL)) {
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++)
+                if (Ms[j] <= 16 || ws[i].prefill)
+                    perf_matmul(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, 0);
+        /* where the fixed cost per call goes: launch + events (a tiny GEMV), and
+         * the same weights every call (pages already mapped) against a fresh set */
+        perf_matmul(t, "tiny", 1, 64, 256, 0);
+        perf_matmul(t, "8B down", 1, 4096, 12288, 1);
+    }
+    if (perf_on(filter, SL_OP_ATTENTION)) {
+        perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128);
+        perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128);
+        perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128);
+        perf_attention(t, "30B decode", 32, 1, 4096, 16, 32, 4, 128);
+        perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128);
+        perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128);
+        perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256);
+    }
+    if (perf_on(filter, SL_OP_RMSNORM)) perf_row(t, SL_OP_RMSNORM, 4096, 4096);
+    if (perf_on(filter, SL_OP_ADD_RMSNORM)) perf_row(t, SL_OP_ADD_RMSNORM, 4096, 4096);
+    if (perf_on(filter, SL_OP_SILU_MUL)) perf_row(t, SL_OP_SILU_MUL, 4096, 12288);
+    if (perf_on(filter, SL_OP_RMSNORM)) perf_row(t, SL_OP_RMSNORM, 64, 4096);
+    if (perf_on(filter, SL_OP_MOE_EXPERTS)) {
+        /* 1-128 tokens: the few-token path (T*k <= MOE_GV_MAX_PAIRS in moe.cu) and its
+         * threshold; 4096: the grouped GEMM */
+        int moe_T[] = {1, 8, 64, 128};
+        for (size_t i = 0; i < sizeof moe_T / sizeof moe_T[0]; i++) {
+            perf_moe(t, "30B-A3B", moe_T[i], 2048, 768, 128, 8);
+            perf_moe(t, "Coder-Next", moe_T[i], 2048, 512, 512, 10);
+        }
+        perf_moe(t, "30B-A3B", 4096, 2048, 768, 128, 8);
+    }
 }
 
 int main(int argc, char **argv)
