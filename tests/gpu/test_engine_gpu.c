@@ -1,7 +1,9 @@
 /* The batching engine on the CUDA backend: the golden models' greedy prompts
- * served concurrently (overlap on, page 16) agree with transformers' greedy
- * continuations, so does a second round served from the prefix cache, and
- * the cache accounting checks out afterwards. */
+ * served concurrently (overlap on, page 16, decode from CUDA graphs) agree
+ * with transformers' greedy continuations, so does a second round served from
+ * the prefix cache, and the cache accounting checks out afterwards. Seeded
+ * sampling on the device (temperature, top-k/p, min-p, penalties, logprobs)
+ * is deterministic run to run. */
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,25 +14,13 @@
 #define MAXR 8
 #define MAXT 64
 
-static void serve(sl_engine *eng, json_t *greedy, uint64_t rid0, int32_t out[][MAXT], int *n_out)
+/* Steps until every submitted request of rid0 .. rid0+n-1 has finished,
+ * collecting tokens (and logprobs when lp). */
+static void drain(sl_engine *eng, uint64_t rid0, int n, int32_t out[][MAXT], int *n_out, int *fin,
+                  float lp[][MAXT])
 {
-    size_t i;
-    json_t *c;
-    int n = (int)json_array_size(greedy);
-    int32_t prompts[MAXR][256];
-    json_array_foreach(greedy, i, c)
-    {
-        json_t *p = json_object_get(c, "prompt");
-        int np = (int)json_array_size(p);
-        for (int t = 0; t < np; t++) prompts[i][t] = (int32_t)json_integer_value(json_array_get(p, (size_t)t));
-        sl_sched_req r = {.rid = rid0 + i, .prompt = prompts[i], .n_prompt = np,
-                          .max_new = (int)json_array_size(json_object_get(c, "output")),
-                          .sampling = {.temperature = 0, .top_p = 1, .repetition_penalty = 1}};
-        sl_err e = {0};
-        CHECK_MSG(sl_engine_submit(eng, &r, &e) == SL_OK, "%s", e.msg);
-        n_out[i] = 0;
-    }
     int done = 0;
+    for (int k = 0; k < n; k++) done += fin[k];
     for (int guard = 0; done < n && guard < 100000; guard++) {
         sl_err e = {0};
         if (sl_engine_step(eng, NULL, &e) != SL_OK) {
@@ -40,11 +30,51 @@ static void serve(sl_engine *eng, json_t *greedy, uint64_t rid0, int32_t out[][M
         sl_sched_event ev;
         while (sl_engine_pop_event(eng, &ev)) {
             int k = (int)(ev.rid - rid0);
-            if (ev.token >= 0 && n_out[k] < MAXT) out[k][n_out[k]++] = ev.token;
-            if (ev.finish != SL_FINISH_NONE) done++;
+            if (ev.token >= 0 && n_out[k] < MAXT) {
+                if (lp) {
+                    CHECK(ev.has_sample && ev.sample.logprob <= 0 && ev.sample.n_top == 5);
+                    for (int j = 1; j < ev.sample.n_top; j++)
+                        CHECK(ev.sample.top_logprobs[j] <= ev.sample.top_logprobs[j - 1]);
+                    lp[k][n_out[k]] = ev.sample.logprob;
+                }
+                out[k][n_out[k]++] = ev.token;
+            }
+            if (ev.finish != SL_FINISH_NONE) {
+                fin[k] = 1;
+                done++;
+            }
         }
     }
     CHECK(done == n);
+}
+
+static const sl_sampling greedy_params = {.temperature = 0, .top_p = 1, .repetition_penalty = 1};
+
+/* Serves the prompts of greedy with params (request i seeded 1000 + i), all
+ * at once or, when serial, one after the other. */
+static void serve_with(sl_engine *eng, json_t *greedy, uint64_t rid0, const sl_sampling *params,
+                       int serial, int32_t out[][MAXT], int *n_out, float lp[][MAXT])
+{
+    int n = (int)json_array_size(greedy), fin[MAXR] = {0};
+    int32_t prompts[MAXR][256];
+    for (int i = 0; i < n; i++) {
+        json_t *c = json_array_get(greedy, (size_t)i), *p = json_object_get(c, "prompt");
+        int np = (int)json_array_size(p);
+        for (int t = 0; t < np; t++) prompts[i][t] = (int32_t)json_integer_value(json_array_get(p, (size_t)t));
+        sl_sched_req r = {.rid = rid0 + (uint64_t)i, .prompt = prompts[i], .n_prompt = np,
+                          .max_new = (int)json_array_size(json_object_get(c, "output")),
+                          .sampling = *params};
+        r.sampling.seed = 1000 + (uint64_t)i;
+        sl_err e = {0};
+        CHECK_MSG(sl_engine_submit(eng, &r, &e) == SL_OK, "%s", e.msg);
+        n_out[i] = 0;
+        if (serial || i == n - 1) drain(eng, rid0, i + 1, out, n_out, fin, lp);
+    }
+}
+
+static void serve(sl_engine *eng, json_t *greedy, uint64_t rid0, int32_t out[][MAXT], int *n_out)
+{
+    serve_with(eng, greedy, rid0, &greedy_params, 0, out, n_out, NULL);
 }
 
 static int agreement(const int32_t *out, int n, json_t *ref)
@@ -109,6 +139,33 @@ int main(void)
             printf("%s request %zu: %d and %d of %d tokens as transformers (cold, cached)\n", archs[a], i,
                    a1, a2, (int)json_array_size(ref));
         }
+        /* seeded sampling on the device: the same batches give the same
+         * tokens (deterministic kernels, fixed-point sampling masses); served
+         * one at a time (other GEMM shapes, so logits move in the last bits)
+         * they agree until a draw lands on a moved boundary */
+        sl_sampling sp = {.temperature = 0.8f, .top_p = 0.95f, .top_k = 50, .min_p = 0.02f,
+                          .repetition_penalty = 1.1f, .frequency_penalty = 0.3f,
+                          .presence_penalty = 0.2f, .has_seed = 1, .logprobs = 1, .top_logprobs = 5};
+        int32_t s1[MAXR][MAXT], s2[MAXR][MAXT], s3[MAXR][MAXT];
+        float l1[MAXR][MAXT], l2[MAXR][MAXT], l3[MAXR][MAXT];
+        int m1[MAXR], m2[MAXR], m3[MAXR], differs = 0;
+        sl_engine_flush_cache(eng);
+        serve_with(eng, greedy, 300, &sp, 0, s1, m1, l1);
+        sl_engine_flush_cache(eng);
+        serve_with(eng, greedy, 400, &sp, 0, s2, m2, l2);
+        sl_engine_flush_cache(eng);
+        serve_with(eng, greedy, 500, &sp, 1, s3, m3, l3);
+        for (int k = 0; k < (int)json_array_size(greedy); k++) {
+            CHECK_MSG(m1[k] == m2[k] && !memcmp(s1[k], s2[k], sizeof(int32_t) * (size_t)m1[k]),
+                      "%s request %d: seeded samples differ between identical runs", archs[a], k);
+            for (int t = 0; t < m1[k] && t < m2[k]; t++) CHECK(l1[k][t] == l2[k][t]);
+            int same = 0;
+            while (same < m1[k] && same < m3[k] && s1[k][same] == s3[k][same]) same++;
+            differs += m1[k] != n1[k] || memcmp(s1[k], out1[k], sizeof(int32_t) * (size_t)m1[k]);
+            printf("%s request %d: sampled batched and alone agree for %d of %d tokens\n", archs[a], k,
+                   same, m1[k]);
+        }
+        CHECK_MSG(differs > 0, "%s: sampling at temperature 0.8 gave the greedy tokens", archs[a]);
         sl_sched_stats st;
         sl_engine_stats(eng, &st);
         CHECK_MSG(st.cached_tokens > 0, "%s: the second round hit no cache", archs[a]);
