@@ -9,7 +9,7 @@
 // float. A cut is a radix select over keys (digits of 11, 11 and 10 bits,
 // shared-memory histograms) by count (top-k) or by probability mass (top-p,
 // the draw); ties at the final key are resolved by arithmetic (they all weigh
-// the same) and their ids found in id order by a block scan. Masses are
+// the same) and their ids found by a walk in id order. Masses are
 // 2^-50 fixed point in 64-bit integer atomics, so a row samples the same
 // token on every run. Once top-k has left at most 1024 tokens (Qwen3's
 // default is 20) they are gathered into shared memory and ranked, and top-p,
@@ -18,7 +18,9 @@
 //
 // Host arrays (rows, penalty entries) reach the device through a pinned
 // staging buffer owned by the op, double-buffered with an event like
-// prepare's; the probabilities live in stream-ordered scratch.
+// prepare's (so the op is not for CUDA graph capture: a replay would read
+// the staged rows of capture time); the probabilities live in stream-ordered
+// scratch.
 #include <math.h>
 #include <string.h>
 
