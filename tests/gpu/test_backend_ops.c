@@ -1362,7 +1362,7 @@ static void perf_attention(tb *t, const char *name, int S, int qlen, int ctx, in
 }
 
 /* sample at V = 151936 (Qwen3): R rows, one parameter mix for all of them; median of 30 calls
- * timed with events, logits rotated through more than the L2. Run by --perf --filter sample. */
+ * timed with events, logits rotated through more than the L2. */
 #define SAMPLE_SETS 8
 static void perf_sample(tb *t, int R)
 {
@@ -1634,6 +1634,10 @@ static void run_perf(tb *t, const char *filter)
         }
         perf_moe(t, "30B-A3B", 4096, 2048, 768, 128, 8);
     }
+    if (perf_on(filter, SL_OP_SAMPLE)) {
+        perf_sample(t, 1);
+        perf_sample(t, 64);
+    }
 }
 
 int main(int argc, char **argv)
@@ -1659,13 +1663,6 @@ int main(int argc, char **argv)
     if (!t.gpu) {
         fprintf(stderr, "test_backend_ops: no CUDA backend: %s\n", e.msg);
         return 1;
-    }
-    if (perf && filter && !strcmp(filter, sl_op_name(SL_OP_SAMPLE))) { /* the sample op alone */
-        perf_sample(&t, 1);
-        perf_sample(&t, 64);
-        sl_backend_free(t.gpu);
-        sl_backend_free(t.cpu);
-        return 0;
     }
     printf("test_backend_ops: seed %llu\n", (unsigned long long)t.seed);
     if (perf) { /* perf mode times only: correctness is the plain run */
