@@ -21,6 +21,8 @@
 
 __global__ void k_kv_store(cu_mat kc, cu_mat vc, cu_mat k, cu_mat v, const int32_t *slot)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     int64_t t = blockIdx.x, row = slot[t];
     for (int64_t c = threadIdx.x; c < k.cols; c += blockDim.x)
         cu_mat_st(kc, row, c, cu_mat_ld(k, t, c));
@@ -34,9 +36,8 @@ void cu_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const sl_
     cu_backend *b = cu_be(be);
     const cu_meta *cm = cu_meta_of(m);
     if (cm->n_tokens == 0) return;
-    k_kv_store<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(kcache), cu_mat_of(vcache),
-                                                    cu_mat_of(k), cu_mat_of(v), cm->kv_slot);
-    CU_CHECK_LAUNCH();
+    cu_launch(b, k_kv_store, cm->n_tokens, 256, 0, cu_mat_of(kcache), cu_mat_of(vcache),
+              cu_mat_of(k), cu_mat_of(v), cm->kv_slot);
 }
 
 // The attention prologue: block (t, y) takes token t's heads y·PREP_WARPS +
@@ -59,6 +60,8 @@ __global__ void __launch_bounds__(PREP_WARPS * 32) k_attn_prep(cu_prep_args a)
     __shared__ float hs[PREP_WARPS][256];
     int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int h = blockIdx.y * PREP_WARPS + warp;
+    cu_pdl_wait();
+    cu_pdl_trigger();
     int64_t slot = a.slot[t];
     if (h < a.Hq + a.Hkv) {
         bool isk = h >= a.Hq;
@@ -124,8 +127,7 @@ void cu_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_tensor *v
     a.pos = cm->pos;
     a.slot = cm->kv_slot;
     dim3 grid((unsigned)cm->n_tokens, (unsigned)((a.Hq + a.Hkv + PREP_WARPS - 1) / PREP_WARPS));
-    k_attn_prep<<<grid, PREP_WARPS * 32, 0, b->stream>>>(a);
-    CU_CHECK_LAUNCH();
+    cu_launch(b, k_attn_prep, grid, PREP_WARPS * 32, 0, a);
 }
 
 typedef struct cu_attn_args {
@@ -181,6 +183,8 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
     __nv_bfloat16 *Ps = (__nv_bfloat16 *)(Ss + 16 * L::SP);
     float *corr = (float *)(Ps + 16 * 16);
 
+    cu_pdl_wait();
+    cu_pdl_trigger();
     int2 tile = a.tiles[blockIdx.x];
     int s = tile.x, i0 = tile.y;
     int n_hb = a.G / a.gh;
@@ -365,6 +369,8 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a
     __nv_bfloat16 *Ps = (__nv_bfloat16 *)(Ss + 16 * L::SP);
     float *corr = (float *)(Ps + 16 * L::PP), *lrow = corr + 16;
 
+    cu_pdl_wait();
+    cu_pdl_trigger();
     int2 tile = a.tiles[blockIdx.x];
     int s = tile.x, i0 = tile.y;
     int n_hb = a.G / a.gh;
@@ -515,6 +521,8 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a
 __global__ void k_attn_combine(cu_attn_args a, int D)
 {
     int t = blockIdx.x, h = blockIdx.y;
+    cu_pdl_wait();
+    cu_pdl_trigger();
     int s = a.seq_of[t], q0 = a.q_start[s], qn = a.q_start[s + 1] - q0;
     int nkv = a.kv_len[s] - qn + (t - q0) + 1;
     int chunk = attn_chunk(a, a.kv_len[s]), ns = (nkv + chunk - 1) / chunk;
@@ -569,8 +577,7 @@ static int attn_run(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int level
         a.part = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)cm->n_tokens * a.Hq * a.nsplit *
                                               (D + 2));
     dim3 grid((unsigned)cm->n_tiles[level], (unsigned)(Hkv * n_hb), (unsigned)a.nsplit);
-    K::fn()<<<grid, ATTN_WARPS * 32, K::BYTES, b->stream>>>(a);
-    CU_CHECK_LAUNCH();
+    cu_launch(b, K::fn(), grid, ATTN_WARPS * 32, K::BYTES, a);
     return a.nsplit;
 }
 
@@ -626,8 +633,7 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     default: nsplit = attn_run<256, true>(b, a, cm, level, Hkv); break;
     }
     if (nsplit > 1) {
-        k_attn_combine<<<dim3((unsigned)cm->n_tokens, (unsigned)Hq), 128, 0, b->stream>>>(a, D);
-        CU_CHECK_LAUNCH();
+        cu_launch(b, k_attn_combine, dim3((unsigned)cm->n_tokens, (unsigned)Hq), 128, 0, a, D);
         cu_tmp_free(b, a.part);
     }
 }

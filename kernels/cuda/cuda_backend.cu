@@ -534,6 +534,8 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
                           device, prop.name, prop.major, prop.minor);
     b->device = device;
     b->n_sm = prop.multiProcessorCount;
+    const char *pdl = getenv("SL_CUDA_PDL");
+    b->pdl = !(pdl && strcmp(pdl, "0") == 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     // Keep freed scratch in the pool instead of returning it at every sync.
     cudaMemPool_t pool;

@@ -101,6 +101,9 @@ typedef struct cu_backend {
     // of the other) and their device twins for conversions; made at first use
     void *up_host[2], *up_dev[2];
     cudaEvent_t up_free[2];
+    // cu_launch: programmatic dependent launch on (env SL_CUDA_PDL=0: off,
+    // for A/B timing); fence: the next cu_launch is a plain one (see there)
+    int pdl, pdl_fence;
 } cu_backend;
 
 static inline cu_backend *cu_be(sl_backend *be) { return (cu_backend *)be; }
@@ -114,6 +117,75 @@ static inline const cu_meta *cu_meta_of(const sl_batch_meta *m)
 {
     SL_ASSERT(m->dev && "sl_be_prepare() was not called for this batch");
     return (const cu_meta *)m->dev;
+}
+
+// ---- programmatic dependent launch (PDL) -------------------------------------
+//
+// Every kernel of a decode step is launched by cu_launch with programmatic
+// stream serialization: its blocks may start while the kernel before it on
+// the stream still runs (once that one's blocks have all called
+// cu_pdl_trigger, or exited), so launch and ramp-up overlap the previous
+// kernel's drain, and work that reads only what no kernel writes (weights)
+// overlaps its tail. The contract for a kernel launched so:
+//   - cu_pdl_wait() in every block before its first read of anything an
+//     earlier kernel wrote and before its first global write (an earlier
+//     kernel may still read what it overwrites); it returns once the previous
+//     kernel has completed with its writes visible. As each kernel waits so,
+//     completion is transitive: a kernel past its wait sees all earlier ones.
+//   - cu_pdl_trigger() anywhere (after the wait is the simple choice): the
+//     next kernel's blocks may then become resident and run up to their wait.
+// Both are no-ops in a kernel launched plainly (<<<>>>, SL_CUDA_PDL=0).
+// Kernels that read before their wait read only weights: they must not be
+// the direct successor of a kernel that wrote those weights, which is why
+// the backend ops that write tensors outside a forward (fill_random) set
+// pdl_fence.
+__device__ __forceinline__ void cu_pdl_wait(void)
+{
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
+__device__ __forceinline__ void cu_pdl_trigger(void)
+{
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+// Launches k<<<grid, block, smem, b->stream>>>(args...) as above; cluster_y
+// > 1 groups blocks (1, cluster_y, 1) into thread-block clusters. Aborts on a
+// launch error (CU_CHECK).
+template <class... P, class... A>
+static inline void cu_launch_cl(cu_backend *b, unsigned cluster_y, void (*k)(P...), dim3 grid,
+                                dim3 block, size_t smem, A... args)
+{
+    cudaLaunchAttribute at[2];
+    unsigned n = 0;
+    if (b->pdl && !b->pdl_fence) {
+        at[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[n].val.programmaticStreamSerializationAllowed = 1;
+        n++;
+    }
+    b->pdl_fence = 0;
+    if (cluster_y > 1) {
+        at[n].id = cudaLaunchAttributeClusterDimension;
+        at[n].val.clusterDim.x = 1;
+        at[n].val.clusterDim.y = cluster_y;
+        at[n].val.clusterDim.z = 1;
+        n++;
+    }
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = grid;
+    lc.blockDim = block;
+    lc.dynamicSmemBytes = smem;
+    lc.stream = b->stream;
+    lc.attrs = at;
+    lc.numAttrs = n;
+    CU_CHECK(cudaLaunchKernelEx(&lc, k, args...));
+}
+
+template <class... P, class... A>
+static inline void cu_launch(cu_backend *b, void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                             A... args)
+{
+    cu_launch_cl(b, 1, k, grid, block, smem, args...);
 }
 
 // 2-D view [rows, cols] with row stride ld (elements), passed by value.

@@ -6,6 +6,8 @@
 __global__ void k_embed(cu_mat out, cu_mat table, const int32_t *ids, const int32_t *feed,
                         const int32_t *feed_ids)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     int64_t t = blockIdx.x, row = feed && feed[t] >= 0 ? feed_ids[feed[t]] : ids[t];
     for (int64_t c = threadIdx.x; c < out.cols; c += blockDim.x)
         cu_mat_st(out, t, c, cu_mat_ld(table, row, c));
@@ -16,15 +18,16 @@ void cu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_b
     cu_backend *b = cu_be(be);
     const cu_meta *cm = cu_meta_of(m);
     if (cm->n_tokens == 0) return;
-    k_embed<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(out), cu_mat_of(table), cm->ids,
-                                                 m->feed_ids ? cm->feed : NULL, m->feed_ids);
-    CU_CHECK_LAUNCH();
+    cu_launch(b, k_embed, cm->n_tokens, 256, 0, cu_mat_of(out), cu_mat_of(table), cm->ids,
+              m->feed_ids ? cm->feed : (const int32_t *)NULL, (const int32_t *)m->feed_ids);
 }
 
 __global__ void k_rope(cu_mat x, int n_heads, int head_dim, int half, cu_rope_freqs f,
                        const int32_t *pos)
 {
     int64_t t = blockIdx.x;
+    cu_pdl_wait();
+    cu_pdl_trigger();
     float p = (float)pos[t];
     for (int j = threadIdx.x; j < n_heads * half; j += blockDim.x) {
         int h = j / half, i = j % half;
@@ -46,8 +49,7 @@ void cu_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_di
     SL_ASSERT(half <= 128);
     if (cm->n_tokens == 0 || half == 0) return;
     cu_rope_freqs f = cu_rope_freqs_make(theta, rot_dim);
-    k_rope<<<cm->n_tokens, 256, 0, b->stream>>>(cu_mat_of(x), n_heads, head_dim, half, f, cm->pos);
-    CU_CHECK_LAUNCH();
+    cu_launch(b, k_rope, cm->n_tokens, 256, 0, cu_mat_of(x), n_heads, head_dim, half, f, cm->pos);
 }
 
 // VEC: 8 elements per thread step (16-byte bf16 accesses).
@@ -56,6 +58,8 @@ __global__ void k_silu_mul(cu_mat out, cu_mat gu)
 {
     constexpr int V = VEC ? 8 : 1;
     int64_t r = blockIdx.y;
+    cu_pdl_wait();
+    cu_pdl_trigger();
     for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < out.cols;
          c += (int64_t)gridDim.x * blockDim.x * V) {
         float g[V], u[V];
@@ -79,10 +83,9 @@ void cu_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu)
     cu_mat O = cu_mat_of(out), G = cu_mat_of(gu);
     if (O.rows == 0) return;
     if (cu_mat_vec_ok(O) && cu_mat_vec_ok(G))
-        k_silu_mul<true><<<cu_row_grid(O.rows, O.cols / 8), 256, 0, b->stream>>>(O, G);
+        cu_launch(b, k_silu_mul<true>, cu_row_grid(O.rows, O.cols / 8), 256, 0, O, G);
     else
-        k_silu_mul<false><<<cu_row_grid(O.rows, O.cols), 256, 0, b->stream>>>(O, G);
-    CU_CHECK_LAUNCH();
+        cu_launch(b, k_silu_mul<false>, cu_row_grid(O.rows, O.cols), 256, 0, O, G);
 }
 
 // g has x's columns, or one (a per-row gate, broadcast).
@@ -91,6 +94,8 @@ __global__ void k_sigmoid_mul(cu_mat x, cu_mat g)
 {
     constexpr int V = VEC ? 8 : 1;
     int64_t r = blockIdx.y;
+    cu_pdl_wait();
+    cu_pdl_trigger();
     float g1 = g.cols == 1 ? cu_mat_ld(g, r, 0) : 0.0f;
     for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < x.cols;
          c += (int64_t)gridDim.x * blockDim.x * V) {
@@ -115,14 +120,15 @@ void cu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g)
     cu_mat X = cu_mat_of(x), G = cu_mat_of(g);
     if (X.rows == 0) return;
     if (cu_mat_vec_ok(X) && (G.cols == 1 || cu_mat_vec_ok(G)))
-        k_sigmoid_mul<true><<<cu_row_grid(X.rows, X.cols / 8), 256, 0, b->stream>>>(X, G);
+        cu_launch(b, k_sigmoid_mul<true>, cu_row_grid(X.rows, X.cols / 8), 256, 0, X, G);
     else
-        k_sigmoid_mul<false><<<cu_row_grid(X.rows, X.cols), 256, 0, b->stream>>>(X, G);
-    CU_CHECK_LAUNCH();
+        cu_launch(b, k_sigmoid_mul<false>, cu_row_grid(X.rows, X.cols), 256, 0, X, G);
 }
 
 __global__ void k_gather_rows(cu_mat out, cu_mat x, const int32_t *idx)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     int64_t i = blockIdx.y, r = idx[i];
     for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < x.cols;
          c += (int64_t)gridDim.x * blockDim.x)
@@ -134,9 +140,8 @@ void cu_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl
     cu_backend *b = cu_be(be);
     const cu_meta *cm = cu_meta_of(m);
     if (cm->n_logits == 0) return;
-    k_gather_rows<<<cu_row_grid(cm->n_logits, sl_tensor_cols(x)), 256, 0, b->stream>>>(
-        cu_mat_of(out), cu_mat_of(x), cm->logit_rows);
-    CU_CHECK_LAUNCH();
+    cu_launch(b, k_gather_rows, cu_row_grid(cm->n_logits, sl_tensor_cols(x)), 256, 0,
+              cu_mat_of(out), cu_mat_of(x), cm->logit_rows);
 }
 
 // pairs[i] = (dst, src); blockIdx.y = pair.
@@ -199,6 +204,7 @@ void cu_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, fl
     unsigned g = (unsigned)(n < 8192 * 256 ? cu_blocks(n, 256) : 8192);
     k_fill_random<<<g, 256, 0, b->stream>>>(t->data, t->dtype, n, seed, scale, offset);
     CU_CHECK_LAUNCH();
+    b->pdl_fence = 1; // t may be a weight the next kernel reads before its wait
 }
 
 // One block per row: each thread keeps its best (value, lowest index), then a
@@ -214,6 +220,8 @@ __device__ __forceinline__ void cu_better(float &v, int &i, float v2, int i2)
 __global__ void k_argmax(int32_t *ids, cu_mat x)
 {
     int64_t r = blockIdx.x;
+    cu_pdl_wait();
+    cu_pdl_trigger();
     float best = -INFINITY;
     int bi = 0x7fffffff;
     for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) cu_better(best, bi, cu_mat_ld(x, r, c), (int)c);
@@ -241,6 +249,5 @@ void cu_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x)
 {
     int64_t rows = sl_tensor_rows(x);
     if (rows == 0) return;
-    k_argmax<<<(unsigned)rows, 256, 0, cu_be(be)->stream>>>((int32_t *)ids->data, cu_mat_of(x));
-    CU_CHECK_LAUNCH();
+    cu_launch(cu_be(be), k_argmax, (unsigned)rows, 256, 0, (int32_t *)ids->data, cu_mat_of(x));
 }

@@ -16,6 +16,8 @@ __global__ void k_conv1d(cu_mat y, cu_mat x, cu_mat w, float *state, int K, cons
 {
     int s = blockIdx.y;
     int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, C = x.cols;
+    cu_pdl_wait();
+    cu_pdl_trigger();
     if (c >= C) return;
     const int H = K - 1;
     float hist[CONV_MAXK], wc[CONV_MAXK];
@@ -63,10 +65,9 @@ void cu_conv1d(sl_backend *be, sl_tensor *y, const sl_tensor *x, const sl_tensor
     if (cm->n_seqs == 0) return;
     int64_t C = sl_tensor_cols(x);
     dim3 grid(cu_blocks(C, 128), (unsigned)cm->n_seqs);
-    k_conv1d<<<grid, 128, 0, b->stream>>>(cu_mat_of(y), cu_mat_of(x), cu_mat_of(w),
-                                          (float *)state->data, K, cm->q_start, cm->state_slot,
-                                          cm->state_fresh, cm->track_slot, cm->track_len);
-    CU_CHECK_LAUNCH();
+    cu_launch(b, k_conv1d, grid, 128, 0, cu_mat_of(y), cu_mat_of(x), cu_mat_of(w),
+              (float *)state->data, K, cm->q_start, cm->state_slot, cm->state_fresh,
+              cm->track_slot, cm->track_len);
 }
 
 typedef struct cu_gdn_args {
@@ -87,6 +88,8 @@ __global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g)
     __shared__ float qs[DK], ks[DK], red[32];
     int s = blockIdx.x / g.Hv, h = blockIdx.x % g.Hv, kh = h / (g.Hv / g.Hk);
     int tid = threadIdx.x, c = tid >> 1, d0 = (tid & 1) * DH, Dv = g.Dv;
+    cu_pdl_wait();
+    cu_pdl_trigger();
     int64_t sz = (int64_t)DK * Dv, slot_sz = (int64_t)g.Hv * sz;
     float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz;
     float S[DH];
@@ -151,7 +154,5 @@ void cu_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_tenso
                      dt_bias->data, A_log->dtype, dt_bias->dtype, (float *)ssm->data, Hk, Hv, Dv,
                      cm->q_start, cm->state_slot, cm->state_fresh, cm->track_slot, cm->track_len};
     unsigned grid = (unsigned)(cm->n_seqs * Hv);
-    if (Dk == 64) k_gdn<64><<<grid, 2 * Dv, 0, bk->stream>>>(g);
-    else k_gdn<128><<<grid, 2 * Dv, 0, bk->stream>>>(g);
-    CU_CHECK_LAUNCH();
+    cu_launch(bk, Dk == 64 ? k_gdn<64> : k_gdn<128>, grid, 2 * Dv, 0, g);
 }

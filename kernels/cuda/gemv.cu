@@ -130,6 +130,10 @@ __global__ void __launch_bounds__(32 * GV_WARPS, 3) k_gemv(gv_args a)
     for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
     gv_load(w0, wa, wb, va, vb, ks + t * 8, ke);
     gv_load(w1, wa, wb, va, vb, ks + GV_BATCH + t * 8, ke);
+    // Launched dependent (cu_launch): the two weight batches above load while
+    // the previous kernel (the producer of x) drains; x and out wait for it.
+    cu_pdl_wait();
+    cu_pdl_trigger();
     for (int c0 = ks; c0 < ke; c0 += a.kc) {
         const int c1 = min(ke, c0 + a.kc);
         const int w8 = (c1 - c0 + GV_BATCH - 1) / GV_BATCH * (GV_BATCH / 8); // 16-byte slots per row
@@ -227,18 +231,7 @@ void cu_gemv(cu_backend *b, cu_mat O, cu_mat X, cu_mat W)
         b->gemv_smem_set = 1;
     }
 
-    cudaLaunchConfig_t lc = {};
-    lc.gridDim = dim3((unsigned)rb, (unsigned)S);
-    lc.blockDim = dim3(32 * GV_WARPS);
-    lc.dynamicSmemBytes = smem;
-    lc.stream = b->stream;
-    cudaLaunchAttribute at;
-    at.id = cudaLaunchAttributeClusterDimension;
-    at.val.clusterDim.x = 1;
-    at.val.clusterDim.y = (unsigned)S;
-    at.val.clusterDim.z = 1;
-    lc.attrs = &at;
-    lc.numAttrs = S > 1; // a cluster only where K is split
-    if (a.M <= 8) CU_CHECK(cudaLaunchKernelEx(&lc, k_gemv<1>, a));
-    else CU_CHECK(cudaLaunchKernelEx(&lc, k_gemv<2>, a));
+    // a cluster only where K is split
+    cu_launch_cl(b, (unsigned)S, a.M <= 8 ? k_gemv<1> : k_gemv<2>, dim3((unsigned)rb, (unsigned)S),
+                 32 * GV_WARPS, smem, a);
 }

@@ -23,6 +23,8 @@ __global__ void k_moe_route(cu_mat logits, int32_t *ids, int64_t ids_ld, float *
     extern __shared__ float sp[];
     int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     int64_t t = (int64_t)blockIdx.x * (blockDim.x >> 5) + wid;
+    cu_pdl_wait();
+    cu_pdl_trigger();
     if (t >= logits.rows) return;
     int E = (int)logits.cols;
     float *p = sp + (size_t)wid * E;
@@ -77,10 +79,8 @@ void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_t
     SL_ASSERT(L.cols <= 1024 && k <= 32);
     if (L.rows == 0) return;
     size_t smem = sizeof(float) * 8 * (size_t)L.cols;
-    k_moe_route<<<cu_blocks(L.rows, 8), 256, smem, b->stream>>>(
-        L, (int32_t *)ids->data, sl_tensor_ld(ids), (float *)weights->data, sl_tensor_ld(weights),
-        k, norm);
-    CU_CHECK_LAUNCH();
+    cu_launch(b, k_moe_route, cu_blocks(L.rows, 8), 256, smem, L, (int32_t *)ids->data,
+              sl_tensor_ld(ids), (float *)weights->data, sl_tensor_ld(weights), k, norm);
 }
 
 // ---- expert FFNs -----------------------------------------------------------------
@@ -561,11 +561,10 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM)
     k_moe_gv_glu(moe_gv_args a, int n_down_tiles)
 {
     extern __shared__ __align__(16) int moe_sm[];
-    // Launched programmatically dependent on the previous kernel (blocks
-    // resident before it ends): nothing is read or written before this.
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    // let the down kernel's blocks start (and plan) as this grid's retire
-    asm volatile("griddepcontrol.launch_dependents;");
+    // nothing is read or written before the wait (the plan reads ids); the
+    // down kernel's blocks may start (and plan) as this grid's retire
+    cu_pdl_wait();
+    cu_pdl_trigger();
     if (blockIdx.x == 0) // the down kernel's counters
         for (int i = threadIdx.x; i < n_down_tiles; i += blockDim.x)
             a.done[i] = 0;
@@ -624,7 +623,8 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM) k_moe_gv
         };
     };
     // act and the counters come from the glu kernel
-    asm volatile("griddepcontrol.wait;" ::: "memory");
+    cu_pdl_wait();
+    cu_pdl_trigger();
     moe_gv_for_items(
         p, tiles, a.I, xs,
         [&](int pair, int c, float *f) {
@@ -698,20 +698,8 @@ static void moe_gv_run(cu_backend *b, moe_gv_args &a)
     CU_CHECK(cudaFuncSetAttribute(k_moe_gv_down, smem_attr, (int)s2));
     unsigned g1 = (unsigned)(wave < slots * glu_tiles ? wave : slots * glu_tiles);
     unsigned g2 = (unsigned)(wave < slots * down_tiles ? wave : slots * down_tiles);
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cfg.blockDim = dim3(MOE_GV_THREADS);
-    cfg.stream = b->stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    cfg.gridDim = dim3(g1);
-    cfg.dynamicSmemBytes = s1;
-    CU_CHECK(cudaLaunchKernelEx(&cfg, k_moe_gv_glu, a, (int)down_tiles));
-    cfg.gridDim = dim3(g2);
-    cfg.dynamicSmemBytes = s2;
-    CU_CHECK(cudaLaunchKernelEx(&cfg, k_moe_gv_down, a));
+    cu_launch(b, k_moe_gv_glu, g1, MOE_GV_THREADS, s1, a, (int)down_tiles);
+    cu_launch(b, k_moe_gv_down, g2, MOE_GV_THREADS, s2, a);
     cu_tmp_free(b, tmp);
 }
 

@@ -67,6 +67,8 @@ template <bool VEC>
 __global__ void k_norm_warp(cu_norm_args a, int64_t n_groups)
 {
     int64_t g = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    cu_pdl_wait();
+    cu_pdl_trigger();
     if (g >= n_groups) return;
     norm_group<VEC>(a, g, threadIdx.x & 31, 32, [](float v) { return cu_warp_sum(v); });
 }
@@ -75,6 +77,8 @@ template <bool VEC>
 __global__ void k_norm_block(cu_norm_args a)
 {
     __shared__ float red[32];
+    cu_pdl_wait();
+    cu_pdl_trigger();
     norm_group<VEC>(a, blockIdx.x, threadIdx.x, blockDim.x,
                     [&](float v) { return cu_block_sum(v, red); });
 }
@@ -89,13 +93,11 @@ static void norm_launch(cu_backend *b, cu_norm_args a)
     bool vec = D % 8 == 0 && cu_mat_vec_ok(a.out) && cu_mat_vec_ok(a.x) &&
                cu_mat_vec_ok(a.resid) && cu_mat_vec_ok(a.z) && cu_mat_vec_ok(a.w);
     if (D <= 1024) {
-        if (vec) k_norm_warp<true><<<cu_blocks(n, 8), 256, 0, b->stream>>>(a, n);
-        else k_norm_warp<false><<<cu_blocks(n, 8), 256, 0, b->stream>>>(a, n);
+        cu_launch(b, vec ? k_norm_warp<true> : k_norm_warp<false>, cu_blocks(n, 8), 256, 0, a, n);
     } else {
-        if (vec) k_norm_block<true><<<(unsigned)n, 256, 0, b->stream>>>(a);
-        else k_norm_block<false><<<(unsigned)n, 512, 0, b->stream>>>(a);
+        if (vec) cu_launch(b, k_norm_block<true>, (unsigned)n, 256, 0, a);
+        else cu_launch(b, k_norm_block<false>, (unsigned)n, 512, 0, a);
     }
-    CU_CHECK_LAUNCH();
 }
 
 static cu_mat no_mat(void)
@@ -139,6 +141,8 @@ __global__ void k_add(cu_mat out, cu_mat a, cu_mat b)
 {
     constexpr int V = VEC ? 8 : 1;
     int64_t r = blockIdx.y;
+    cu_pdl_wait();
+    cu_pdl_trigger();
     for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < out.cols;
          c += (int64_t)gridDim.x * blockDim.x * V) {
         float x[V], y[V];
@@ -162,8 +166,7 @@ void cu_add(sl_backend *be, sl_tensor *out, const sl_tensor *a, const sl_tensor 
     cu_mat O = cu_mat_of(out), A = cu_mat_of(a), B = cu_mat_of(b);
     if (O.rows == 0) return;
     if (cu_mat_vec_ok(O) && cu_mat_vec_ok(A) && cu_mat_vec_ok(B))
-        k_add<true><<<cu_row_grid(O.rows, O.cols / 8), 256, 0, bk->stream>>>(O, A, B);
+        cu_launch(bk, k_add<true>, cu_row_grid(O.rows, O.cols / 8), 256, 0, O, A, B);
     else
-        k_add<false><<<cu_row_grid(O.rows, O.cols), 256, 0, bk->stream>>>(O, A, B);
-    CU_CHECK_LAUNCH();
+        cu_launch(bk, k_add<false>, cu_row_grid(O.rows, O.cols), 256, 0, O, A, B);
 }
