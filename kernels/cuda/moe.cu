@@ -299,6 +299,9 @@ __global__ void k_moe_combine(cu_mat out, const float *y, const float *w, int64_
 #ifndef MOE_GV_J
 #define MOE_GV_J 4 // 32-wide K chunks a lane has in flight (2 rows: 2*J loads)
 #endif
+#ifndef MOE_GV_PREFETCH
+#define MOE_GV_PREFETCH 0 // down: its first item's weights into L2 before the wait (see there)
+#endif
 #define MOE_GV_WARPS 8
 #define MOE_GV_THREADS (MOE_GV_WARPS * 32)
 #define MOE_GV_NT 8       // tokens of one mma tile
@@ -622,6 +625,17 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM) k_moe_gv
             *hi = W + (int64_t)min(r0 + rg * 16 + g + 8, a.H - 1) * a.I;
         };
     };
+    if (MOE_GV_PREFETCH) { // while glu drains: the first item's rows are contiguous
+        int lo, hi;
+        moe_gv_items(p.n_active * tiles, &lo, &hi);
+        if (lo < hi) {
+            int tile = lo % tiles, nr = min(RT, a.H - tile * RT);
+            const char *w0 = (const char *)(a.dn + p.slot_e[lo / tiles] * a.dn_es +
+                                            (int64_t)tile * RT * a.I);
+            for (int64_t o = 128 * (int64_t)threadIdx.x; o < (int64_t)nr * a.I * 2; o += 128 * blockDim.x)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(w0 + o));
+        }
+    }
     // act and the counters come from the glu kernel
     cu_pdl_wait();
     cu_pdl_trigger();
