@@ -4,6 +4,10 @@
  *
  *   cudaStream_t s = (cudaStream_t)sl_cuda_stream(be);
  *   cudaEventRecord(start, s); sl_be_matmul(be, ...); cudaEventRecord(stop, s);
+ *
+ * Decode-step kernels launch programmatically dependent (PDL: each may start
+ * while the previous one drains; see cuda_common.cuh). SL_CUDA_PDL=0 in the
+ * environment when the backend is created launches them plainly (A/B timing).
  */
 #ifndef SL_CUDA_BACKEND_H
 #define SL_CUDA_BACKEND_H

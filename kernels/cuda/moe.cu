@@ -270,9 +270,10 @@ __global__ void k_moe_combine(cu_mat out, const float *y, const float *w, int64_
 // Every block plans from ids alone (the pairs of each active expert, in
 // shared memory), so the routing never leaves the device and no planning
 // kernel runs in between. Both kernels are launched programmatically
-// dependent (PDL): glu's blocks are resident while the previous kernel
-// drains, down's plan while glu drains. Prefetching the first item's
-// weights into L2 was tried and cost 3-6 % at T=1 (NOTES.md v7).
+// dependent (PDL, cu_launch): glu's blocks are resident while the previous
+// kernel drains, down's plan while glu drains. Prefetching the first item's
+// weights into L2 was tried (glu: NOTES.md v7; down, before its wait: v8)
+// and cost 3-8 % at T=1.
 //
 // A warp computes a 16-row x 8-token tile over a slice of K with
 // mma.m16n8k16 (bf16 in, fp32 accumulate): each lane loads 16 bytes of a
@@ -298,9 +299,6 @@ __global__ void k_moe_combine(cu_mat out, const float *y, const float *w, int64_
 #endif
 #ifndef MOE_GV_J
 #define MOE_GV_J 4 // 32-wide K chunks a lane has in flight (2 rows: 2*J loads)
-#endif
-#ifndef MOE_GV_PREFETCH
-#define MOE_GV_PREFETCH 0 // down: its first item's weights into L2 before the wait (see there)
 #endif
 #define MOE_GV_WARPS 8
 #define MOE_GV_THREADS (MOE_GV_WARPS * 32)
@@ -625,17 +623,6 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM) k_moe_gv
             *hi = W + (int64_t)min(r0 + rg * 16 + g + 8, a.H - 1) * a.I;
         };
     };
-    if (MOE_GV_PREFETCH) { // while glu drains: the first item's rows are contiguous
-        int lo, hi;
-        moe_gv_items(p.n_active * tiles, &lo, &hi);
-        if (lo < hi) {
-            int tile = lo % tiles, nr = min(RT, a.H - tile * RT);
-            const char *w0 = (const char *)(a.dn + p.slot_e[lo / tiles] * a.dn_es +
-                                            (int64_t)tile * RT * a.I);
-            for (int64_t o = 128 * (int64_t)threadIdx.x; o < (int64_t)nr * a.I * 2; o += 128 * blockDim.x)
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(w0 + o));
-        }
-    }
     // act and the counters come from the glu kernel
     cu_pdl_wait();
     cu_pdl_trigger();
