@@ -7,6 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <nng/nng.h>
+
 #include "router.h"
 #include "router_cmd.h"
 #include "router_opts.h"
@@ -114,6 +116,9 @@ int sl_router_run(const sl_router_cli *cli, const sl_router_config *cfg_in,
 out:
     uv_loop_close(&loop);
     sl_text_qwen_close(text);
+    /* every socket is closed: let nng free what it still queued for a peer
+     * that stopped reading (a SIGSTOPped worker's pings) */
+    nng_fini();
     return rc;
 }
 
