@@ -1,6 +1,23 @@
-// kernels/cuda/sample.cu: sl_be_sample on the device, one 1024-thread block
-// per row; it draws the same token as the CPU op (kernels/cpu/sample.c) on
-// the same inputs, up to summation order.
+// kernels/cuda/sample.cu: sl_be_sample on the device; it draws the same
+// token as the CPU op (kernels/cpu/sample.c) on the same inputs, up to
+// summation order.
+//
+// Four kernels. The first three split each row into B slices of the
+// vocabulary, one 1024-thread block per (slice, row), B chosen so that a few
+// rows still fill the GPU (a row is 600 KB at V = 151936; one SM walking it
+// many times made a single row cost 50-600 us): pass 1 copies and penalises
+// the slice and takes its maxima (argmax for greedy rows) and its head of
+// n_top raw logits; pass 2 its sums of exponentials under the row's maxima;
+// pass 3 its probabilities, their zero count and masses, and its head of k
+// (top-k rows). Each block folds the slices' partials in slice order, so
+// every kernel sees the same row maximum and sum. Pass 4, one block per row,
+// cuts and draws. A slice's head holds every member of the row's head in
+// that slice (rank order is the same total order everywhere), so top-k of at
+// most 1024 and the top logprobs are chosen among the slices' heads laid end
+// to end (still in id order) instead of the row; the id-order draw without
+// top-k and top-p finds the slice where the cumulative kept mass crosses and
+// walks that slice alone. Top-p without top-k and top-k above 1024 still
+// walk the whole row in the draw block.
 //
 // Nothing is sorted. Every cut (top-k, top-p, min-p) and the draw keep a
 // prefix of the rank order (prob desc, id asc), so the surviving set is
@@ -10,17 +27,16 @@
 // shared-memory histograms) by count (top-k) or by probability mass (top-p,
 // the draw); ties at the final key are resolved by arithmetic (they all weigh
 // the same) and their ids found by a walk in id order. Masses are
-// 2^-50 fixed point in 64-bit integer atomics, so a row samples the same
-// token on every run. Once top-k has left at most 1024 tokens (Qwen3's
-// default is 20) they are gathered into shared memory and ranked, and top-p,
-// min-p and the draw are block scans there. Without top-k and top-p the draw
-// is the CPU's id-order inverse CDF, a walk over the row by tiles.
+// 2^-50 fixed point in 64-bit integer sums, so a row samples the same token
+// on every run, and the slices' masses add up exactly. Once top-k has left
+// at most 1024 tokens (Qwen3's default is 20) they are gathered into shared
+// memory and ranked, and top-p, min-p and the draw are block scans there.
 //
 // Host arrays (rows, penalty entries) reach the device through a pinned
 // staging buffer owned by the op, double-buffered with an event like
 // prepare's (so the op is not for CUDA graph capture: a replay would read
-// the staged rows of capture time); the probabilities live in stream-ordered
-// scratch.
+// the staged rows of capture time); the probabilities, the slices' partials
+// and heads live in stream-ordered scratch.
 #include <math.h>
 #include <string.h>
 
@@ -44,7 +60,6 @@ typedef struct cu_sample_stage {
 
 // One slice's share of its row (pass 1 to 3), folded by sb_fold.
 struct sb_part {
-    double sum_raw, sum; // exponentials of the raw / tempered penalised logits
     u64 best;            // greedy: max of (key, ~id)
     u64 nzero, mass;     // zero probabilities, fixed-point mass
     u64 kept;            // mass of the probabilities >= the min-p floor
@@ -64,8 +79,10 @@ struct sb_args {
     const int32_t *pen_tok, *pen_out, *pen_prompt;
     const int32_t *pending;
     float *scratch; // [R, V]: penalised logits, then probabilities
-    int B, S;       // slices per row, ids per slice
+    int B, S;       // slices per row, ids per slice (whole chunks of SB_NT ids)
+    int NC;         // chunks per row
     sb_part *part;  // [R, B]
+    double *csum;   // [R, NC, 2]: per chunk, sums of exp of the raw / tempered logits
     // slice heads ([R, B, SB_NT] for top-k, [R, B, SL_SAMPLE_MAX_TOP] for
     // the top raw logits) and the same laid end to end per row
     float *cand_v, *join_v, *head_v, *hjoin_v;
@@ -554,8 +571,10 @@ __device__ int sb_join(const float *v, const int32_t *id, const sb_part *part, i
     return off;
 }
 
-// The row's maxima and sums, folded from its slices in slice order (every
-// kernel folds the same way, so all see the same bits).
+// The row's maxima and sums, folded from its slices (maxima, integers) and
+// its chunks (the fp64 sums, in chunk order): every kernel folds the same
+// way, so all see the same bits, and the sums do not depend on the slicing
+// (nor, through it, on the batch size).
 struct sb_tot {
     float mx_raw, mx;
     double sum_raw, sum;
@@ -563,15 +582,18 @@ struct sb_tot {
     int last;
 };
 
-__device__ sb_tot sb_fold(const sb_part *part, int B)
+__device__ sb_tot sb_fold(const sb_args &g, int r, bool sums = true)
 {
     sb_tot t = {-INFINITY, -INFINITY, 0, 0, 0, 0, 0, 0};
-    for (int b = 0; b < B; b++) {
-        const sb_part &p = part[b];
+    const double *cs = g.csum + (size_t)r * g.NC * 2;
+    for (int c = 0; sums && c < g.NC; c++) {
+        t.sum_raw += cs[2 * c];
+        t.sum += cs[2 * c + 1];
+    }
+    for (int b = 0; b < g.B; b++) {
+        const sb_part &p = g.part[(size_t)r * g.B + b];
         t.mx_raw = fmaxf(t.mx_raw, p.mx_raw);
         t.mx = fmaxf(t.mx, p.mx);
-        t.sum_raw += p.sum_raw;
-        t.sum += p.sum;
         t.nzero += p.nzero;
         t.mass += p.mass;
         t.kept += p.kept;
@@ -648,8 +670,8 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample_max(sb_args g)
     }
 }
 
-// Pass 2, per (slice, row): the slice's sums of exponentials under the row's
-// maxima.
+// Pass 2, per (slice, row): the sums of exponentials under the row's maxima,
+// one per chunk of SB_NT ids (a slice is whole chunks).
 __global__ void __launch_bounds__(SB_NT, 1) k_sample_sum(sb_args g)
 {
     __shared__ sb_shared s;
@@ -660,23 +682,21 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample_sum(sb_args g)
     const int lo = q.lo, hi = q.lo + q.len;
     const float *raw = g.logits + r * g.ld;
     const float *x = q.pen ? g.scratch + (int64_t)r * g.V : raw;
-    const sb_tot t = sb_fold(g.part + (size_t)r * g.B, g.B);
-    sb_part *part = g.part + (size_t)r * g.B + b;
+    const sb_tot t = sb_fold(g, r, false); // the sums are this pass's output
     auto dsum_op = [](double a, double b) { return a + b; };
-    if (w.logprobs) {
-        double sum = 0;
-        for (int i = lo + tid; i < hi; i += SB_NT)
-            sum += exp((double)__fsub_rn(raw[i], t.mx_raw));
-        sum = sb_reduce(sum, dsum_op, s);
-        if (tid == 0) part->sum_raw = sum;
-    }
-    if (!q.greedy) {
-        float inv_t = __fdiv_rn(1.0f, w.temperature);
-        double sum = 0;
-        for (int i = lo + tid; i < hi; i += SB_NT)
-            sum += expf(__fmul_rn(__fsub_rn(x[i], t.mx), inv_t));
-        sum = sb_reduce(sum, dsum_op, s);
-        if (tid == 0) part->sum = sum;
+    float inv_t = q.greedy ? 1.0f : __fdiv_rn(1.0f, w.temperature);
+    for (int c0 = lo; c0 < hi; c0 += SB_NT) {
+        int i = c0 + tid;
+        double a = 0, e = 0;
+        if (i < hi && w.logprobs) a = exp((double)__fsub_rn(raw[i], t.mx_raw));
+        if (i < hi && !q.greedy) e = expf(__fmul_rn(__fsub_rn(x[i], t.mx), inv_t));
+        if (w.logprobs) a = sb_reduce(a, dsum_op, s);
+        if (!q.greedy) e = sb_reduce(e, dsum_op, s);
+        if (tid == 0) {
+            double *cs = g.csum + ((size_t)r * g.NC + c0 / SB_NT) * 2;
+            cs[0] = a;
+            cs[1] = e;
+        }
     }
 }
 
@@ -693,7 +713,7 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample_prob(sb_args g)
     const int lo = q.lo, hi = q.lo + q.len;
     const float *x = q.pen ? g.scratch + (int64_t)r * g.V : g.logits + r * g.ld;
     float *ps = g.scratch + (int64_t)r * g.V;
-    const sb_tot t = sb_fold(g.part + (size_t)r * g.B, g.B);
+    const sb_tot t = sb_fold(g, r);
     sb_part *part = g.part + (size_t)r * g.B + b;
     auto usum_op = [](u64 a, u64 b) { return a + b; };
     auto umax_op = [](u64 a, u64 b) { return a > b ? a : b; };
@@ -741,7 +761,7 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample_draw(sb_args g)
     const float *raw = g.logits + r * g.ld;
     const float *ps = g.scratch + (int64_t)r * V;
     const sb_part *part = g.part + (size_t)r * g.B;
-    const sb_tot t = sb_fold(part, g.B);
+    const sb_tot t = sb_fold(g, r);
 
     int32_t tok;
     if (q.greedy) {
@@ -871,21 +891,24 @@ void cu_sample(sl_backend *be, sl_tensor *ids, sl_tensor *lp, const sl_tensor *l
     g.pen_out = (const int32_t *)(dev + rows + pen);
     g.pen_prompt = (const int32_t *)(dev + rows + 2 * pen);
     g.pending = a->pending_ids ? (const int32_t *)a->pending_ids->data : NULL;
-    // slices: enough blocks to fill the GPU twice over, each of >= SB_NT ids
-    int B = (2 * b->n_sm + R - 1) / R;
+    // slices of whole chunks, enough to fill the GPU twice over
+    int NC = (int)((V + SB_NT - 1) / SB_NT), B = (2 * b->n_sm + R - 1) / R;
     B = B < SB_MAXB ? B : SB_MAXB;
-    B = B < (int)((V + SB_NT - 1) / SB_NT) ? B : (int)((V + SB_NT - 1) / SB_NT);
-    B = B > 0 ? B : 1;
+    B = B < NC ? B : NC;
+    int per = (NC + B - 1) / B; // chunks per slice
+    B = (NC + per - 1) / per;
     SL_ASSERT(R < 65536);
     g.B = B;
-    g.S = (int)((V + B - 1) / B);
-    size_t nrb = (size_t)R * (size_t)B, off[8], at = 0;
-    const size_t bytes[8] = {
+    g.S = per * SB_NT;
+    g.NC = NC;
+    size_t nrb = (size_t)R * (size_t)B, off[9], at = 0;
+    const size_t bytes[9] = {
         sizeof(float) * (size_t)R * (size_t)V,          sizeof(sb_part) * nrb,
         sizeof(float) * nrb * SB_NT,                    sizeof(float) * nrb * SB_NT,
         sizeof(int32_t) * nrb * SB_NT,                  sizeof(int32_t) * nrb * SB_NT,
-        2 * sizeof(float) * nrb * SL_SAMPLE_MAX_TOP,   2 * sizeof(int32_t) * nrb * SL_SAMPLE_MAX_TOP};
-    for (int i = 0; i < 8; i++) {
+        2 * sizeof(float) * nrb * SL_SAMPLE_MAX_TOP,   2 * sizeof(int32_t) * nrb * SL_SAMPLE_MAX_TOP,
+        2 * sizeof(double) * (size_t)R * (size_t)NC};
+    for (int i = 0; i < 9; i++) {
         off[i] = at;
         at += (bytes[i] + 255) & ~(size_t)255;
     }
@@ -900,6 +923,7 @@ void cu_sample(sl_backend *be, sl_tensor *ids, sl_tensor *lp, const sl_tensor *l
     g.hjoin_v = g.head_v + nrb * SL_SAMPLE_MAX_TOP;
     g.head_id = (int32_t *)(tmp + off[7]);
     g.hjoin_id = g.head_id + nrb * SL_SAMPLE_MAX_TOP;
+    g.csum = (double *)(tmp + off[8]);
     dim3 grid((unsigned)B, (unsigned)R);
     k_sample_max<<<grid, SB_NT, 0, b->stream>>>(g);
     CU_CHECK_LAUNCH();
