@@ -46,6 +46,7 @@
 #define SB_BINS 2048
 #define SB_FULL 0xffffffffu
 #define SB_MAXB 64 // slices per row at most
+#define SB_CB 8    // chunks per round of the exp sums
 
 typedef unsigned long long u64;
 
@@ -683,19 +684,35 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample_sum(sb_args g)
     const float *raw = g.logits + r * g.ld;
     const float *x = q.pen ? g.scratch + (int64_t)r * g.V : raw;
     const sb_tot t = sb_fold(g, r, false); // the sums are this pass's output
-    auto dsum_op = [](double a, double b) { return a + b; };
     float inv_t = q.greedy ? 1.0f : __fdiv_rn(1.0f, w.temperature);
-    for (int c0 = lo; c0 < hi; c0 += SB_NT) {
-        int i = c0 + tid;
-        double a = 0, e = 0;
-        if (i < hi && w.logprobs) a = exp((double)__fsub_rn(raw[i], t.mx_raw));
-        if (i < hi && !q.greedy) e = expf(__fmul_rn(__fsub_rn(x[i], t.mx), inv_t));
-        if (w.logprobs) a = sb_reduce(a, dsum_op, s);
-        if (!q.greedy) e = sb_reduce(e, dsum_op, s);
-        if (tid == 0) {
-            double *cs = g.csum + ((size_t)r * g.NC + c0 / SB_NT) * 2;
-            cs[0] = a;
-            cs[1] = e;
+    // SB_CB chunks per round, each summed by the same fixed tree (warp
+    // butterflies, then the 32 warps in order) whatever the round holds
+    double *red = reinterpret_cast<double *>(s.slot); // [2][SB_CB][32]
+    const int lane = tid & 31, wp = tid >> 5;
+    for (int c0 = lo; c0 < hi; c0 += SB_CB * SB_NT) {
+        double v[2][SB_CB];
+        for (int j = 0; j < SB_CB; j++) {
+            int i = c0 + j * SB_NT + tid;
+            v[0][j] = i < hi && w.logprobs ? exp((double)__fsub_rn(raw[i], t.mx_raw)) : 0.0;
+            v[1][j] = i < hi && !q.greedy ? (double)expf(__fmul_rn(__fsub_rn(x[i], t.mx), inv_t))
+                                          : 0.0;
+            for (int h = 0; h < 2; h++)
+                for (int o = 16; o > 0; o >>= 1)
+                    v[h][j] += __shfl_xor_sync(SB_FULL, v[h][j], o);
+        }
+        __syncthreads(); // the previous round's partials have been read
+        if (lane == 0)
+            for (int h = 0; h < 2; h++)
+                for (int j = 0; j < SB_CB; j++)
+                    red[(h * SB_CB + j) * 32 + wp] = v[h][j];
+        __syncthreads();
+        int h = tid / SB_CB, j = tid % SB_CB;
+        if (tid < 2 * SB_CB && c0 + j * SB_NT < hi) {
+            const double *rr = red + (h * SB_CB + j) * 32;
+            double sum = rr[0];
+            for (int k = 1; k < SB_NT / 32; k++)
+                sum += rr[k];
+            g.csum[((size_t)r * g.NC + c0 / SB_NT + j) * 2 + h] = sum;
         }
     }
 }
