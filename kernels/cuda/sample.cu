@@ -1,6 +1,23 @@
-// kernels/cuda/sample.cu: sl_be_sample on the device, one 1024-thread block
-// per row; it draws the same token as the CPU op (kernels/cpu/sample.c) on
-// the same inputs, up to summation order.
+// kernels/cuda/sample.cu: sl_be_sample on the device; it draws the same
+// token as the CPU op (kernels/cpu/sample.c) on the same inputs, up to
+// summation order.
+//
+// Four kernels. The first three split each row into B slices of the
+// vocabulary, one 1024-thread block per (slice, row), B chosen so that a few
+// rows still fill the GPU (a row is 600 KB at V = 151936; one SM walking it
+// many times made a single row cost 50-600 us): pass 1 copies and penalises
+// the slice and takes its maxima (argmax for greedy rows) and its head of
+// n_top raw logits; pass 2 its sums of exponentials under the row's maxima;
+// pass 3 its probabilities, their zero count and masses, and its head of k
+// (top-k rows). Each block folds the slices' partials in slice order, so
+// every kernel sees the same row maximum and sum. Pass 4, one block per row,
+// cuts and draws. A slice's head holds every member of the row's head in
+// that slice (rank order is the same total order everywhere), so top-k of at
+// most 1024 and the top logprobs are chosen among the slices' heads laid end
+// to end (still in id order) instead of the row; the id-order draw without
+// top-k and top-p finds the slice where the cumulative kept mass crosses and
+// walks that slice alone. Top-p without top-k and top-k above 1024 still
+// walk the whole row in the draw block.
 //
 // Nothing is sorted. Every cut (top-k, top-p, min-p) and the draw keep a
 // prefix of the rank order (prob desc, id asc), so the surviving set is
@@ -10,17 +27,16 @@
 // shared-memory histograms) by count (top-k) or by probability mass (top-p,
 // the draw); ties at the final key are resolved by arithmetic (they all weigh
 // the same) and their ids found by a walk in id order. Masses are
-// 2^-50 fixed point in 64-bit integer atomics, so a row samples the same
-// token on every run. Once top-k has left at most 1024 tokens (Qwen3's
-// default is 20) they are gathered into shared memory and ranked, and top-p,
-// min-p and the draw are block scans there. Without top-k and top-p the draw
-// is the CPU's id-order inverse CDF, a walk over the row by tiles.
+// 2^-50 fixed point in 64-bit integer sums, so a row samples the same token
+// on every run, and the slices' masses add up exactly. Once top-k has left
+// at most 1024 tokens (Qwen3's default is 20) they are gathered into shared
+// memory and ranked, and top-p, min-p and the draw are block scans there.
 //
 // Host arrays (rows, penalty entries) reach the device through a pinned
 // staging buffer owned by the op, double-buffered with an event like
 // prepare's (so the op is not for CUDA graph capture: a replay would read
-// the staged rows of capture time); the probabilities live in stream-ordered
-// scratch.
+// the staged rows of capture time); the probabilities, the slices' partials
+// and heads live in stream-ordered scratch.
 #include <math.h>
 #include <string.h>
 
@@ -29,6 +45,8 @@
 #define SB_NT 1024
 #define SB_BINS 2048
 #define SB_FULL 0xffffffffu
+#define SB_MAXB 64 // slices per row at most
+#define SB_CB 8    // chunks per round of the exp sums
 
 typedef unsigned long long u64;
 
@@ -41,6 +59,16 @@ typedef struct cu_sample_stage {
     int next;
 } cu_sample_stage;
 
+// One slice's share of its row (pass 1 to 3), folded by sb_fold.
+struct sb_part {
+    u64 best;            // greedy: max of (key, ~id)
+    u64 nzero, mass;     // zero probabilities, fixed-point mass
+    u64 kept;            // mass of the probabilities >= the min-p floor
+    float mx_raw, mx;
+    int last;            // last id kept by the floor, + 1 (0: none)
+    int n_cand, n_top;   // head sizes (top-k of probabilities, n_top of raw logits)
+};
+
 struct sb_args {
     const float *logits;
     int64_t ld;
@@ -51,7 +79,15 @@ struct sb_args {
     const sl_sample_row *rows;
     const int32_t *pen_tok, *pen_out, *pen_prompt;
     const int32_t *pending;
-    float *scratch; // [R, V]
+    float *scratch; // [R, V]: penalised logits, then probabilities
+    int B, S;       // slices per row, ids per slice (whole chunks of SB_NT ids)
+    int NC;         // chunks per row
+    sb_part *part;  // [R, B]
+    double *csum;   // [R, NC, 2]: per chunk, sums of exp of the raw / tempered logits
+    // slice heads ([R, B, SB_NT] for top-k, [R, B, SL_SAMPLE_MAX_TOP] for
+    // the top raw logits) and the same laid end to end per row
+    float *cand_v, *join_v, *head_v, *hjoin_v;
+    int32_t *cand_id, *join_id, *head_id, *hjoin_id;
 };
 
 struct sb_shared {
@@ -267,10 +303,11 @@ __device__ void sb_emit(const float *a, int V, uint32_t K, u64 r0, u64 r1, int32
 }
 
 // Id-order inverse CDF over the tokens with p >= floor_p: the first whose
-// inclusive cumulative mass exceeds t, or -1 when they weigh no more than t.
-__device__ int sb_find_mass(const float *p, int V, float floor_p, double t, sb_shared &s)
+// inclusive cumulative mass, counted from base (the mass before p[0]),
+// exceeds t, or -1 when they weigh no more than t.
+__device__ int sb_find_mass(const float *p, int V, float floor_p, double t, u64 base,
+                            sb_shared &s)
 {
-    u64 base = 0;
     for (int t0 = 0; t0 < V; t0 += SB_TILE) {
         int i0 = t0 + 4 * (int)threadIdx.x;
         u64 w[4], m = 0, tot;
@@ -437,143 +474,377 @@ __device__ int sb_top_raw(const float *raw, int V, int n, sb_shared &s)
     return ngt + (int)pk.j;
 }
 
-__global__ void __launch_bounds__(SB_NT, 1) k_sample(sb_args g)
+// What every kernel of the op needs to know about its row.
+struct sb_row {
+    sl_sample_row w;
+    int32_t pend;   // the pending token, or -1
+    int pen, greedy;
+    int k;          // top-k, V when off
+    int cand;       // top-k through per-slice candidates (k < V, k <= SB_NT)
+    int lo, len;    // this block's slice of the vocabulary
+};
+
+__device__ sb_row sb_row_of(const sb_args &g, int r, int b, sb_shared &s)
 {
-    __shared__ sb_shared s;
-    const int V = g.V, tid = threadIdx.x;
-    const float *raw = g.logits + blockIdx.x * g.ld;
-    float *ps = g.scratch + (int64_t)blockIdx.x * V;
-    if (tid == 0) {
-        s.w = g.rows[blockIdx.x];
+    if (threadIdx.x == 0) {
+        s.w = g.rows[r];
         s.n_gt = 0;
         s.pen_found = 0;
     }
     __syncthreads();
-    const sl_sample_row w = s.w;
+    sb_row q;
+    q.w = s.w;
+    const sl_sample_row &w = q.w;
+    const int V = g.V;
+    q.pend = w.pending >= 0 ? g.pending[w.pending] : -1;
+    q.pen = (w.pen_n > 0 || q.pend >= 0) &&
+            (w.repetition_penalty != 1.0f || w.frequency_penalty != 0.0f ||
+             w.presence_penalty != 0.0f);
+    q.greedy = w.temperature <= 0.0f || w.top_k == 1;
+    q.k = w.top_k > 0 && w.top_k < V ? w.top_k : V;
+    q.cand = !q.greedy && q.k < V && q.k <= SB_NT;
+    q.lo = min(b * g.S, V);
+    q.len = min(g.S, V - q.lo);
+    return q;
+}
+
+// The first k of a slice a[0, len) in rank order (key desc, id asc), written
+// in id order to out_v/out_id (ids offset by lo); returns how many (k, or
+// len when the slice is shorter). The union of the slices' heads holds the
+// row's head, in id order when the slices are laid end to end.
+__device__ int sb_slice_head(const float *a, int len, int lo, int k, float *out_v,
+                             int32_t *out_id, sb_shared &s)
+{
+    uint32_t K = 0;
+    u64 j = 0;
+    if (len > k) {
+        sb_pick pk = sb_select<false, false>(a, len, sb_cand{0u, 0}, (double)(k - 1), s);
+        if (pk.found) {
+            K = pk.key;
+            j = pk.j;
+        }
+    }
+    u64 ties = 0, kept = 0; // before this tile (the same in every thread)
+    for (int t0 = 0; t0 < len; t0 += SB_TILE) {
+        int i0 = t0 + 4 * (int)threadIdx.x;
+        uint32_t key[4];
+        u64 nt = 0, nk = 0, tt, tk;
+        for (int q = 0; q < 4; q++) {
+            key[q] = i0 + q < len ? sb_key(a[i0 + q]) : 0u;
+            nt += i0 + q < len && key[q] == K;
+        }
+        u64 rt = ties + sb_scan(nt, s, &tt);
+        bool keep[4];
+        for (int q = 0; q < 4; q++) {
+            bool tie = i0 + q < len && key[q] == K;
+            keep[q] = i0 + q < len && (key[q] > K || (tie && rt < j));
+            rt += tie;
+            nk += keep[q];
+        }
+        u64 rk = kept + sb_scan(nk, s, &tk);
+        for (int q = 0; q < 4; q++)
+            if (keep[q]) {
+                out_v[rk] = a[i0 + q];
+                out_id[rk] = lo + i0 + q;
+                rk++;
+            }
+        ties += tt;
+        kept += tk;
+    }
+    return (int)kept;
+}
+
+// Lays the slices' heads (n of slice b at cap*b) end to end into dst;
+// returns their total.
+__device__ int sb_join(const float *v, const int32_t *id, const sb_part *part, int B, int cap,
+                       float *dst_v, int32_t *dst_id, bool top)
+{
+    int off = 0;
+    for (int b = 0; b < B; b++) {
+        int n = top ? part[b].n_top : part[b].n_cand;
+        for (int i = threadIdx.x; i < n; i += SB_NT) {
+            dst_v[off + i] = v[(size_t)b * cap + i];
+            dst_id[off + i] = id[(size_t)b * cap + i];
+        }
+        off += n;
+    }
+    __syncthreads();
+    return off;
+}
+
+// The row's maxima and sums, folded from its slices (maxima, integers) and
+// its chunks (the fp64 sums, in chunk order): every kernel folds the same
+// way, so all see the same bits, and the sums do not depend on the slicing
+// (nor, through it, on the batch size).
+struct sb_tot {
+    float mx_raw, mx;
+    double sum_raw, sum;
+    u64 nzero, mass, kept;
+    int last;
+};
+
+__device__ sb_tot sb_fold(const sb_args &g, int r, bool sums = true)
+{
+    sb_tot t = {-INFINITY, -INFINITY, 0, 0, 0, 0, 0, 0};
+    const double *cs = g.csum + (size_t)r * g.NC * 2;
+    for (int c = 0; sums && c < g.NC; c++) {
+        t.sum_raw += cs[2 * c];
+        t.sum += cs[2 * c + 1];
+    }
+    for (int b = 0; b < g.B; b++) {
+        const sb_part &p = g.part[(size_t)r * g.B + b];
+        t.mx_raw = fmaxf(t.mx_raw, p.mx_raw);
+        t.mx = fmaxf(t.mx, p.mx);
+        t.nzero += p.nzero;
+        t.mass += p.mass;
+        t.kept += p.kept;
+        t.last = max(t.last, p.last);
+    }
+    return t;
+}
+
+// Pass 1, one block per (slice, row): the penalised copy of the slice, its
+// maxima (raw and penalised; the argmax for greedy rows) and its head of n_top
+// raw logits.
+__global__ void __launch_bounds__(SB_NT, 1) k_sample_max(sb_args g)
+{
+    __shared__ sb_shared s;
+    const int r = blockIdx.y, b = blockIdx.x, tid = threadIdx.x;
+    const sb_row q = sb_row_of(g, r, b, s);
+    const sl_sample_row &w = q.w;
+    const int lo = q.lo, hi = q.lo + q.len;
+    const float *raw = g.logits + r * g.ld;
+    float *ps = g.scratch + (int64_t)r * g.V;
+    sb_part *part = g.part + (size_t)r * g.B + b;
     auto fmax_op = [](float a, float b) { return fmaxf(a, b); };
-    auto dsum_op = [](double a, double b) { return a + b; };
-    auto usum_op = [](u64 a, u64 b) { return a + b; };
     auto umax_op = [](u64 a, u64 b) { return a > b ? a : b; };
 
-    // logprobs of the raw row
-    float lse = 0.0f;
-    int n_top = 0;
     if (w.logprobs) {
         float mx = -INFINITY;
-        for (int i = tid; i < V; i += SB_NT)
+        for (int i = lo + tid; i < hi; i += SB_NT)
             mx = fmaxf(mx, raw[i]);
         mx = sb_reduce(mx, fmax_op, s);
-        double sum = 0;
-        for (int i = tid; i < V; i += SB_NT)
-            sum += exp((double)__fsub_rn(raw[i], mx));
-        sum = sb_reduce(sum, dsum_op, s);
-        lse = __fadd_rn(mx, (float)log(sum));
-        if (w.n_top > 0) n_top = sb_top_raw(raw, V, min(w.n_top, V), s);
+        int n = 0;
+        if (w.n_top > 0) {
+            size_t at = ((size_t)r * g.B + b) * SL_SAMPLE_MAX_TOP;
+            n = sb_slice_head(raw + lo, q.len, lo, w.n_top, g.head_v + at, g.head_id + at, s);
+        }
+        if (tid == 0) {
+            part->mx_raw = mx;
+            part->n_top = n;
+        }
     }
 
-    // penalties, into a copy of the row
     const float *x = raw;
-    int32_t pend = w.pending >= 0 ? g.pending[w.pending] : -1;
-    int pen =
-        (w.pen_n > 0 || pend >= 0) &&
-        (w.repetition_penalty != 1.0f || w.frequency_penalty != 0.0f || w.presence_penalty != 0.0f);
-    if (pen) {
-        for (int i = tid; i < V; i += SB_NT)
+    if (q.pen) {
+        for (int i = lo + tid; i < hi; i += SB_NT)
             ps[i] = raw[i];
         __syncthreads();
         for (int e = tid; e < w.pen_n; e += SB_NT) { // tokens are distinct: no write conflicts
             int32_t t = g.pen_tok[w.pen_start + e];
-            if (t == pend) s.pen_found = 1;
-            if (t >= 0 && t < V)
-                ps[t] = sb_penalize(ps[t], g.pen_out[w.pen_start + e] + (t == pend),
+            if (t == q.pend) s.pen_found = 1;
+            if (t >= lo && t < hi)
+                ps[t] = sb_penalize(ps[t], g.pen_out[w.pen_start + e] + (t == q.pend),
                                     g.pen_prompt[w.pen_start + e], w);
         }
         __syncthreads();
-        if (tid == 0 && pend >= 0 && pend < V && !s.pen_found)
-            ps[pend] = sb_penalize(ps[pend], 1, 0, w);
+        if (tid == 0 && q.pend >= lo && q.pend < hi && !s.pen_found)
+            ps[q.pend] = sb_penalize(ps[q.pend], 1, 0, w);
         __syncthreads();
         x = ps;
     }
-
-    int32_t tok;
-    if (w.temperature <= 0.0f || w.top_k == 1) {
+    if (q.greedy) {
         // argmax, lowest id on ties: max of (key, ~id)
         u64 best = 0;
-        for (int i = tid; i < V; i += SB_NT) {
+        for (int i = lo + tid; i < hi; i += SB_NT) {
             u64 c = ((u64)sb_key(x[i]) << 32) | (uint32_t)~i;
             best = c > best ? c : best;
         }
         best = sb_reduce(best, umax_op, s);
-        tok = (int32_t) ~(uint32_t)best;
+        if (tid == 0) part->best = best;
     } else {
-        float inv_t = __fdiv_rn(1.0f, w.temperature);
         float mx = -INFINITY;
-        for (int i = tid; i < V; i += SB_NT)
+        for (int i = lo + tid; i < hi; i += SB_NT)
             mx = fmaxf(mx, x[i]);
         mx = sb_reduce(mx, fmax_op, s);
-        double sum = 0;
-        for (int i = tid; i < V; i += SB_NT)
-            sum += expf(__fmul_rn(__fsub_rn(x[i], mx), inv_t));
-        sum = sb_reduce(sum, dsum_op, s);
-        // probabilities in place (each thread rewrites what it read); zeros
-        // and the total mass on the way
-        u64 nzero = 0, mass = 0;
-        for (int i = tid; i < V; i += SB_NT) {
-            float p = (float)((double)expf(__fmul_rn(__fsub_rn(x[i], mx), inv_t)) / sum);
-            ps[i] = p;
-            nzero += p == 0.0f;
-            mass += sb_mass(sb_key(p));
+        if (tid == 0) part->mx = mx;
+    }
+}
+
+// Pass 2, per (slice, row): the sums of exponentials under the row's maxima,
+// one per chunk of SB_NT ids (a slice is whole chunks).
+__global__ void __launch_bounds__(SB_NT, 1) k_sample_sum(sb_args g)
+{
+    __shared__ sb_shared s;
+    const int r = blockIdx.y, b = blockIdx.x, tid = threadIdx.x;
+    const sb_row q = sb_row_of(g, r, b, s);
+    const sl_sample_row &w = q.w;
+    if (q.greedy && !w.logprobs) return;
+    const int lo = q.lo, hi = q.lo + q.len;
+    const float *raw = g.logits + r * g.ld;
+    const float *x = q.pen ? g.scratch + (int64_t)r * g.V : raw;
+    const sb_tot t = sb_fold(g, r, false); // the sums are this pass's output
+    float inv_t = q.greedy ? 1.0f : __fdiv_rn(1.0f, w.temperature);
+    // SB_CB chunks per round, each summed by the same fixed tree (warp
+    // butterflies, then the 32 warps in order) whatever the round holds
+    double *red = reinterpret_cast<double *>(s.slot); // [2][SB_CB][32]
+    const int lane = tid & 31, wp = tid >> 5;
+    for (int c0 = lo; c0 < hi; c0 += SB_CB * SB_NT) {
+        double v[2][SB_CB];
+        for (int j = 0; j < SB_CB; j++) {
+            int i = c0 + j * SB_NT + tid;
+            v[0][j] = i < hi && w.logprobs ? exp((double)__fsub_rn(raw[i], t.mx_raw)) : 0.0;
+            v[1][j] = i < hi && !q.greedy ? (double)expf(__fmul_rn(__fsub_rn(x[i], t.mx), inv_t))
+                                          : 0.0;
+            for (int h = 0; h < 2; h++)
+                for (int o = 16; o > 0; o >>= 1)
+                    v[h][j] += __shfl_xor_sync(SB_FULL, v[h][j], o);
         }
-        nzero = sb_reduce(nzero, usum_op, s);
-        mass = sb_reduce(mass, usum_op, s); // the barriers inside publish ps
-        float pmax = (float)(1.0 / sum);    // the top logit's exp is exactly 1
-        double u = (double)w.u;
-        int k = w.top_k > 0 && w.top_k < V ? w.top_k : V;
-        if (k == V && w.top_p >= 1.0f) {
+        __syncthreads(); // the previous round's partials have been read
+        if (lane == 0)
+            for (int h = 0; h < 2; h++)
+                for (int j = 0; j < SB_CB; j++)
+                    red[(h * SB_CB + j) * 32 + wp] = v[h][j];
+        __syncthreads();
+        int h = tid / SB_CB, j = tid % SB_CB;
+        if (tid < 2 * SB_CB && c0 + j * SB_NT < hi) {
+            const double *rr = red + (h * SB_CB + j) * 32;
+            double sum = rr[0];
+            for (int k = 1; k < SB_NT / 32; k++)
+                sum += rr[k];
+            g.csum[((size_t)r * g.NC + c0 / SB_NT + j) * 2 + h] = sum;
+        }
+    }
+}
+
+// Pass 3, per (slice, row) of sampled rows: the slice's probabilities (in
+// place), its zeros and mass, and either its top-k head (top-k rows) or,
+// for the id-order draw, its kept mass and last kept id (+1).
+__global__ void __launch_bounds__(SB_NT, 1) k_sample_prob(sb_args g)
+{
+    __shared__ sb_shared s;
+    const int r = blockIdx.y, b = blockIdx.x, tid = threadIdx.x;
+    const sb_row q = sb_row_of(g, r, b, s);
+    const sl_sample_row &w = q.w;
+    if (q.greedy) return;
+    const int lo = q.lo, hi = q.lo + q.len;
+    const float *x = q.pen ? g.scratch + (int64_t)r * g.V : g.logits + r * g.ld;
+    float *ps = g.scratch + (int64_t)r * g.V;
+    const sb_tot t = sb_fold(g, r);
+    sb_part *part = g.part + (size_t)r * g.B + b;
+    auto usum_op = [](u64 a, u64 b) { return a + b; };
+    auto umax_op = [](u64 a, u64 b) { return a > b ? a : b; };
+    float inv_t = __fdiv_rn(1.0f, w.temperature);
+    float pmax = (float)(1.0 / t.sum); // the top logit's exp is exactly 1
+    float floor_p = w.min_p > 0 ? __fmul_rn(w.min_p, pmax) : 0.0f;
+    // each thread rewrites what it read
+    u64 nzero = 0, mass = 0, kept = 0, last = 0;
+    for (int i = lo + tid; i < hi; i += SB_NT) {
+        float p = (float)((double)expf(__fmul_rn(__fsub_rn(x[i], t.mx), inv_t)) / t.sum);
+        ps[i] = p;
+        u64 m = sb_mass(sb_key(p));
+        nzero += p == 0.0f;
+        mass += m;
+        if (p >= floor_p) { // as sb_find_mass keeps them
+            kept += m;
+            last = (u64)i + 1;
+        }
+    }
+    nzero = sb_reduce(nzero, usum_op, s);
+    mass = sb_reduce(mass, usum_op, s); // the barriers inside publish ps
+    kept = sb_reduce(kept, usum_op, s);
+    last = sb_reduce(last, umax_op, s);
+    int n = 0;
+    if (q.cand) {
+        size_t at = ((size_t)r * g.B + b) * SB_NT;
+        n = sb_slice_head(ps + lo, q.len, lo, q.k, g.cand_v + at, g.cand_id + at, s);
+    }
+    if (tid == 0) {
+        part->nzero = nzero;
+        part->mass = mass;
+        part->kept = kept;
+        part->last = (int)last;
+        part->n_cand = n;
+    }
+}
+
+// Pass 4, one block per row: the cuts and the draw, and the logprobs.
+__global__ void __launch_bounds__(SB_NT, 1) k_sample_draw(sb_args g)
+{
+    __shared__ sb_shared s;
+    const int r = blockIdx.x, tid = threadIdx.x, V = g.V;
+    const sb_row q = sb_row_of(g, r, 0, s);
+    const sl_sample_row &w = q.w;
+    const float *raw = g.logits + r * g.ld;
+    const float *ps = g.scratch + (int64_t)r * V;
+    const sb_part *part = g.part + (size_t)r * g.B;
+    const sb_tot t = sb_fold(g, r);
+
+    int32_t tok;
+    if (q.greedy) {
+        u64 best = 0;
+        for (int b = 0; b < g.B; b++)
+            best = part[b].best > best ? part[b].best : best;
+        tok = (int32_t) ~(uint32_t)best;
+    } else {
+        float pmax = (float)(1.0 / t.sum);
+        if (q.cand) { // the row's top-k is within the slices' heads, laid end to end
+            size_t at = (size_t)r * g.B * SB_NT;
+            float *a = g.join_v + at;
+            int32_t *id = g.join_id + at;
+            int n = sb_join(g.cand_v + at, g.cand_id + at, part, g.B, SB_NT, a, id, false);
+            sb_pick pk = sb_select<false, false>(a, n, sb_cand{0u, 0}, (double)(q.k - 1), s);
+            tok = id[sb_draw_small(a, n, sb_cand{pk.key, pk.j}, w, pmax, s)];
+        } else if (q.k == V && w.top_p >= 1.0f) {
+            // id-order inverse CDF: the slice where the cumulative kept mass
+            // crosses u*kept, then a walk of that slice alone
+            double u = (double)w.u * (double)t.kept;
             float floor_p = w.min_p > 0 ? __fmul_rn(w.min_p, pmax) : 0.0f;
-            u64 tot = 0;
-            if (w.min_p > 0) {
-                for (int i = tid; i < V; i += SB_NT)
-                    if (ps[i] >= floor_p) tot += sb_mass(sb_key(ps[i]));
-                tot = sb_reduce(tot, usum_op, s);
-            } else {
-                tot = mass;
+            u64 base = 0;
+            tok = -1;
+            for (int b = 0; b < g.B && tok < 0; b++) {
+                if ((double)(base + part[b].kept) > u) {
+                    int lo = b * g.S, f = sb_find_mass(ps + lo, min(g.S, V - lo), floor_p, u, base, s);
+                    tok = f < 0 ? -1 : lo + f;
+                }
+                base += part[b].kept;
             }
-            tok = sb_find_mass(ps, V, floor_p, u * (double)tot, s);
-            if (tok < 0) { // rounding left u*tot at the very end: the last kept token
-                u64 last = 0;
-                for (int i = tid; i < V; i += SB_NT)
-                    if (ps[i] >= floor_p) last = (u64)i + 1;
-                last = sb_reduce(last, umax_op, s);
-                tok = last ? (int32_t)(last - 1) : 0;
-            }
+            if (tok < 0) // rounding left u*kept at the very end: the last kept token
+                tok = t.last ? t.last - 1 : 0;
         } else {
-            sb_cand c = {sb_key(0.0f), nzero};
-            u64 cmass = mass;
-            if (k < V) {
-                sb_pick pk = sb_select<false, true>(ps, V, c, (double)(k - 1), s);
+            sb_cand c = {sb_key(0.0f), t.nzero};
+            u64 cmass = t.mass;
+            if (q.k < V) {
+                sb_pick pk = sb_select<false, true>(ps, V, c, (double)(q.k - 1), s);
                 c = sb_cand{pk.key, pk.j};
                 cmass = pk.above_m + pk.j * sb_mass(pk.key);
             }
-            if (k <= SB_NT) {
-                tok = sb_draw_small(ps, V, c, w, pmax, s);
-            } else {
-                tok = sb_draw_radix(ps, V, c, cmass, w, pmax, s);
-            }
+            tok = q.k <= SB_NT ? sb_draw_small(ps, V, c, w, pmax, s)
+                               : sb_draw_radix(ps, V, c, cmass, w, pmax, s);
         }
     }
-    if (tid == 0) {
-        g.ids[blockIdx.x] = tok;
-        if (w.logprobs) {
-            float *l = g.lp + blockIdx.x * g.lp_ld;
+    if (w.logprobs) {
+        float lse = __fadd_rn(t.mx_raw, (float)log(t.sum_raw));
+        int n_top = 0;
+        size_t at = (size_t)r * g.B * SL_SAMPLE_MAX_TOP;
+        float *a = g.hjoin_v + at;
+        int32_t *id = g.hjoin_id + at;
+        if (w.n_top > 0) {
+            int n = sb_join(g.head_v + at, g.head_id + at, part, g.B, SL_SAMPLE_MAX_TOP, a, id,
+                            true);
+            n_top = sb_top_raw(a, n, min(w.n_top, n), s);
+        }
+        if (tid == 0) {
+            float *l = g.lp + r * g.lp_ld;
             l[0] = __fsub_rn(raw[tok], lse);
             l[1] = (float)n_top;
             for (int j = 0; j < n_top; j++) {
-                l[2 + j] = (float)s.top[j];
-                l[2 + SL_SAMPLE_MAX_TOP + j] = __fsub_rn(raw[s.top[j]], lse);
+                l[2 + j] = (float)id[s.top[j]];
+                l[2 + SL_SAMPLE_MAX_TOP + j] = __fsub_rn(a[s.top[j]], lse);
             }
         }
     }
+    if (tid == 0) g.ids[r] = tok;
 }
 
 // Copies the host arrays into this call's half of the staging buffer and on
@@ -637,10 +908,49 @@ void cu_sample(sl_backend *be, sl_tensor *ids, sl_tensor *lp, const sl_tensor *l
     g.pen_out = (const int32_t *)(dev + rows + pen);
     g.pen_prompt = (const int32_t *)(dev + rows + 2 * pen);
     g.pending = a->pending_ids ? (const int32_t *)a->pending_ids->data : NULL;
-    g.scratch = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)R * (size_t)V);
-    k_sample<<<(unsigned)R, SB_NT, 0, b->stream>>>(g);
+    // slices of whole chunks, enough to fill the GPU twice over
+    int NC = (int)((V + SB_NT - 1) / SB_NT), B = (2 * b->n_sm + R - 1) / R;
+    B = B < SB_MAXB ? B : SB_MAXB;
+    B = B < NC ? B : NC;
+    int per = (NC + B - 1) / B; // chunks per slice
+    B = (NC + per - 1) / per;
+    SL_ASSERT(R < 65536);
+    g.B = B;
+    g.S = per * SB_NT;
+    g.NC = NC;
+    size_t nrb = (size_t)R * (size_t)B, off[9], at = 0;
+    const size_t bytes[9] = {
+        sizeof(float) * (size_t)R * (size_t)V,          sizeof(sb_part) * nrb,
+        sizeof(float) * nrb * SB_NT,                    sizeof(float) * nrb * SB_NT,
+        sizeof(int32_t) * nrb * SB_NT,                  sizeof(int32_t) * nrb * SB_NT,
+        2 * sizeof(float) * nrb * SL_SAMPLE_MAX_TOP,   2 * sizeof(int32_t) * nrb * SL_SAMPLE_MAX_TOP,
+        2 * sizeof(double) * (size_t)R * (size_t)NC};
+    for (int i = 0; i < 9; i++) {
+        off[i] = at;
+        at += (bytes[i] + 255) & ~(size_t)255;
+    }
+    char *tmp = (char *)cu_tmp_alloc(b, at);
+    g.scratch = (float *)(tmp + off[0]);
+    g.part = (sb_part *)(tmp + off[1]);
+    g.cand_v = (float *)(tmp + off[2]);
+    g.join_v = (float *)(tmp + off[3]);
+    g.cand_id = (int32_t *)(tmp + off[4]);
+    g.join_id = (int32_t *)(tmp + off[5]);
+    g.head_v = (float *)(tmp + off[6]);
+    g.hjoin_v = g.head_v + nrb * SL_SAMPLE_MAX_TOP;
+    g.head_id = (int32_t *)(tmp + off[7]);
+    g.hjoin_id = g.head_id + nrb * SL_SAMPLE_MAX_TOP;
+    g.csum = (double *)(tmp + off[8]);
+    dim3 grid((unsigned)B, (unsigned)R);
+    k_sample_max<<<grid, SB_NT, 0, b->stream>>>(g);
     CU_CHECK_LAUNCH();
-    cu_tmp_free(b, g.scratch);
+    k_sample_sum<<<grid, SB_NT, 0, b->stream>>>(g);
+    CU_CHECK_LAUNCH();
+    k_sample_prob<<<grid, SB_NT, 0, b->stream>>>(g);
+    CU_CHECK_LAUNCH();
+    k_sample_draw<<<(unsigned)R, SB_NT, 0, b->stream>>>(g);
+    CU_CHECK_LAUNCH();
+    cu_tmp_free(b, tmp);
 }
 
 void cu_sample_free(cu_backend *b)
