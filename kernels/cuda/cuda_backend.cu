@@ -193,13 +193,21 @@ static int cu_count_tiles(const sl_batch_meta *m, int level)
     return n;
 }
 
+// A run of int32s of the mirror: where it sits in the host staging and on
+// the device.
+typedef struct cu_seg {
+    size_t h, n;
+    int32_t *d;
+} cu_seg;
+
 // Appends n int32s (or -1s when src is NULL: an array the batch leaves unset)
-// to the host staging buffer at *o, returning their device address: dev + *o
-// with the normal layout, the fixed slot of this array with the fixed one.
-static const int32_t *put_i32(int32_t *h, size_t *o, const int32_t *dev, const int32_t *src, size_t n)
+// to the host staging buffer at *o, to go to dev; returns dev.
+static const int32_t *put_i32(int32_t *h, size_t *o, cu_seg *seg, int32_t *dev, const int32_t *src,
+                              size_t n)
 {
     if (src) memcpy(h + *o, src, n * sizeof(int32_t));
     else memset(h + *o, 0xff, n * sizeof(int32_t));
+    *seg = (cu_seg){*o, n, dev};
     *o += n;
     return dev;
 }
@@ -253,10 +261,14 @@ static sl_status cu_prepare_into(cu_backend *b, sl_batch_meta *m, int fixed_toke
     cm->n_seqs = S;
     cm->page_size = m->page_size;
     cm->max_pages = pstride;
+    // every array before the page table: one run each (the fixed layout
+    // copies them run by run)
+    cu_seg seg[12 + CU_TILE_LEVELS];
+    int nseg = 0;
     size_t o = 0, od = 0;
 #define PUT(field, src, n, cap)                                                                    \
     do {                                                                                           \
-        cm->field = put_i32(h, &o, d + od, src, n);                                                \
+        cm->field = put_i32(h, &o, &seg[nseg++], d + od, src, n);                                  \
         od += cap;                                                                                 \
     } while (0)
     PUT(ids, m->ids, T, cT);
@@ -285,11 +297,12 @@ static sl_status cu_prepare_into(cu_backend *b, sl_batch_meta *m, int fixed_toke
             for (int i = 0; i < m->q_start[s + 1] - m->q_start[s]; i += q) th[k++] = make_int2(s, i);
         cm->tiles[l] = (const int2 *)(d + od);
         cm->n_tiles[l] = ntiles[l];
+        seg[nseg++] = (cu_seg){o, 2 * (size_t)ntiles[l], d + od};
         o += 2 * (size_t)ntiles[l];
         od += 2 * (fixed ? cT : (size_t)ntiles[l]);
     }
-    size_t front = o; // everything before the page table
-    cm->page_table = put_i32(h, &o, d + od, m->page_table, (size_t)S * m->max_pages);
+    cu_seg pt;
+    cm->page_table = put_i32(h, &o, &pt, d + od, m->page_table, (size_t)S * m->max_pages);
     for (int s = 0; s < S; s++) {
         int qn = m->q_start[s + 1] - m->q_start[s];
         if (qn > cm->max_q_len) cm->max_q_len = qn;
@@ -298,29 +311,15 @@ static sl_status cu_prepare_into(cu_backend *b, sl_batch_meta *m, int fixed_toke
     if (!fixed) {
         CU_TRY(e, cudaMemcpyAsync(d, h, o * sizeof(int32_t), cudaMemcpyHostToDevice, b->stream));
     } else {
-        // the staging is packed: each array goes to its own fixed offset
+        // the staging is packed: each run goes to its own fixed offset, the
+        // page table rows to the fixed stride
         cm->max_kv_len = fixed_ctx;
-        const int32_t *runs[] = {cm->ids, cm->pos, cm->kv_slot, cm->seq_of, cm->feed, cm->q_start,
-                                 cm->kv_len, cm->state_slot, cm->state_fresh, cm->track_slot,
-                                 cm->track_len, cm->logit_rows};
-        size_t lens[] = {(size_t)T, (size_t)T, (size_t)T, (size_t)T, (size_t)T, (size_t)S + 1,
-                         (size_t)S, (size_t)S, (size_t)S, (size_t)S, (size_t)S, (size_t)m->n_logits};
-        size_t ho = 0;
-        for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
-            if (lens[i])
-                CU_TRY(e, cudaMemcpyAsync((void *)runs[i], h + ho, lens[i] * sizeof(int32_t),
+        for (int i = 0; i < nseg; i++)
+            if (seg[i].n)
+                CU_TRY(e, cudaMemcpyAsync(seg[i].d, h + seg[i].h, seg[i].n * sizeof(int32_t),
                                           cudaMemcpyHostToDevice, b->stream));
-            ho += lens[i];
-        }
-        ho = (ho + 1) & ~(size_t)1;
-        for (int l = 0; l < CU_TILE_LEVELS; l++) {
-            if (ntiles[l])
-                CU_TRY(e, cudaMemcpyAsync((void *)cm->tiles[l], h + ho, 2 * (size_t)ntiles[l] * sizeof(int32_t),
-                                          cudaMemcpyHostToDevice, b->stream));
-            ho += 2 * (size_t)ntiles[l];
-        }
         if (S && m->max_pages)
-            CU_TRY(e, cudaMemcpy2DAsync((void *)cm->page_table, (size_t)pstride * sizeof(int32_t), h + front,
+            CU_TRY(e, cudaMemcpy2DAsync(pt.d, (size_t)pstride * sizeof(int32_t), h + pt.h,
                                         (size_t)m->max_pages * sizeof(int32_t),
                                         (size_t)m->max_pages * sizeof(int32_t), (size_t)S,
                                         cudaMemcpyHostToDevice, b->stream));
