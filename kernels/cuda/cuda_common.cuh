@@ -288,6 +288,33 @@ __device__ __forceinline__ void cu_st8(const cu_mat &m, int64_t r, int64_t c, co
     }
 }
 
+// V = VEC ? 8 : 1 consecutive elements at (r, c): cu_ld8 / cu_st8, or one
+// element, so a row-wise kernel has one body for both paths.
+template <bool VEC>
+__device__ __forceinline__ void cu_ldv(const cu_mat &m, int64_t r, int64_t c, float *f)
+{
+    if (VEC) cu_ld8(m, r, c, f);
+    else f[0] = cu_mat_ld(m, r, c);
+}
+
+template <bool VEC>
+__device__ __forceinline__ void cu_stv(const cu_mat &m, int64_t r, int64_t c, const float *f)
+{
+    if (VEC) cu_st8(m, r, c, f);
+    else cu_mat_st(m, r, c, f[0]);
+}
+
+// The column loop of a row-wise kernel launched on cu_row_grid (with cols / 8
+// when VEC): this thread's columns c of [0, cols) in steps of V = VEC ? 8 : 1,
+// strided over the row's blocks; body(c) handles columns c .. c + V - 1.
+template <bool VEC, typename F> __device__ __forceinline__ void cu_row_cols(int64_t cols, F body)
+{
+    constexpr int V = VEC ? 8 : 1;
+    for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < cols;
+         c += (int64_t)gridDim.x * blockDim.x * V)
+        body(c);
+}
+
 __device__ __forceinline__ float cu_warp_sum(float v)
 {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

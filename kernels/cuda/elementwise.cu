@@ -60,21 +60,14 @@ __global__ void k_silu_mul(cu_mat out, cu_mat gu)
     int64_t r = blockIdx.y;
     cu_pdl_wait();
     cu_pdl_trigger();
-    for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < out.cols;
-         c += (int64_t)gridDim.x * blockDim.x * V) {
+    cu_row_cols<VEC>(out.cols, [&](int64_t c) {
         float g[V], u[V];
-        if (VEC) {
-            cu_ld8(gu, r, c, g);
-            cu_ld8(gu, r, out.cols + c, u);
-        } else {
-            g[0] = cu_mat_ld(gu, r, c);
-            u[0] = cu_mat_ld(gu, r, out.cols + c);
-        }
+        cu_ldv<VEC>(gu, r, c, g);
+        cu_ldv<VEC>(gu, r, out.cols + c, u);
 #pragma unroll
         for (int k = 0; k < V; k++) g[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
-        if (VEC) cu_st8(out, r, c, g);
-        else cu_mat_st(out, r, c, g[0]);
-    }
+        cu_stv<VEC>(out, r, c, g);
+    });
 }
 
 void cu_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu)
@@ -97,21 +90,14 @@ __global__ void k_sigmoid_mul(cu_mat x, cu_mat g)
     cu_pdl_wait();
     cu_pdl_trigger();
     float g1 = g.cols == 1 ? cu_mat_ld(g, r, 0) : 0.0f;
-    for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < x.cols;
-         c += (int64_t)gridDim.x * blockDim.x * V) {
+    cu_row_cols<VEC>(x.cols, [&](int64_t c) {
         float v[V], w[V];
-        if (VEC) {
-            cu_ld8(x, r, c, v);
-            if (g.cols != 1) cu_ld8(g, r, c, w);
-        } else {
-            v[0] = cu_mat_ld(x, r, c);
-            if (g.cols != 1) w[0] = cu_mat_ld(g, r, c);
-        }
+        cu_ldv<VEC>(x, r, c, v);
+        if (g.cols != 1) cu_ldv<VEC>(g, r, c, w);
 #pragma unroll
         for (int k = 0; k < V; k++) v[k] = v[k] / (1.0f + expf(-(g.cols == 1 ? g1 : w[k])));
-        if (VEC) cu_st8(x, r, c, v);
-        else cu_mat_st(x, r, c, v[0]);
-    }
+        cu_stv<VEC>(x, r, c, v);
+    });
 }
 
 void cu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g)

@@ -25,16 +25,13 @@ __device__ __forceinline__ void norm_group(const cu_norm_args &a, int64_t g, int
     float ss = 0.0f;
     for (int64_t c = (int64_t)t0 * V; c < D; c += (int64_t)nt * V) {
         float v[V];
-        if (VEC) cu_ld8(a.x, r, c0 + c, v);
-        else v[0] = cu_mat_ld(a.x, r, c0 + c);
+        cu_ldv<VEC>(a.x, r, c0 + c, v);
         if (a.resid.p) {
             float rv[V];
-            if (VEC) cu_ld8(a.resid, r, c0 + c, rv);
-            else rv[0] = cu_mat_ld(a.resid, r, c0 + c);
+            cu_ldv<VEC>(a.resid, r, c0 + c, rv);
 #pragma unroll
             for (int k = 0; k < V; k++) v[k] = cu_round(a.resid.dt, rv[k] + v[k]);
-            if (VEC) cu_st8(a.resid, r, c0 + c, v);
-            else cu_mat_st(a.resid, r, c0 + c, v[0]);
+            cu_stv<VEC>(a.resid, r, c0 + c, v);
         }
 #pragma unroll
         for (int k = 0; k < V; k++) ss += v[k] * v[k];
@@ -43,23 +40,16 @@ __device__ __forceinline__ void norm_group(const cu_norm_args &a, int64_t g, int
     float inv = 1.0f / sqrtf(ss / (float)D + a.eps);
     for (int64_t c = (int64_t)t0 * V; c < D; c += (int64_t)nt * V) {
         float v[V], w[V], z[V];
-        if (VEC) {
-            cu_ld8(src, r, c0 + c, v);
-            cu_ld8(a.w, 0, c, w);
-            if (a.z.p) cu_ld8(a.z, r, c0 + c, z);
-        } else {
-            v[0] = cu_mat_ld(src, r, c0 + c);
-            w[0] = cu_mat_ld(a.w, 0, c);
-            if (a.z.p) z[0] = cu_mat_ld(a.z, r, c0 + c);
-        }
+        cu_ldv<VEC>(src, r, c0 + c, v);
+        cu_ldv<VEC>(a.w, 0, c, w);
+        if (a.z.p) cu_ldv<VEC>(a.z, r, c0 + c, z);
 #pragma unroll
         for (int k = 0; k < V; k++) {
             float y = v[k] * inv * (a.one_plus ? 1.0f + w[k] : w[k]);
             if (a.z.p) y *= z[k] / (1.0f + expf(-z[k]));
             v[k] = y;
         }
-        if (VEC) cu_st8(a.out, r, c0 + c, v);
-        else cu_mat_st(a.out, r, c0 + c, v[0]);
+        cu_stv<VEC>(a.out, r, c0 + c, v);
     }
 }
 
@@ -143,21 +133,14 @@ __global__ void k_add(cu_mat out, cu_mat a, cu_mat b)
     int64_t r = blockIdx.y;
     cu_pdl_wait();
     cu_pdl_trigger();
-    for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < out.cols;
-         c += (int64_t)gridDim.x * blockDim.x * V) {
+    cu_row_cols<VEC>(out.cols, [&](int64_t c) {
         float x[V], y[V];
-        if (VEC) {
-            cu_ld8(a, r, c, x);
-            cu_ld8(b, r, c, y);
-        } else {
-            x[0] = cu_mat_ld(a, r, c);
-            y[0] = cu_mat_ld(b, r, c);
-        }
+        cu_ldv<VEC>(a, r, c, x);
+        cu_ldv<VEC>(b, r, c, y);
 #pragma unroll
         for (int k = 0; k < V; k++) x[k] += y[k];
-        if (VEC) cu_st8(out, r, c, x);
-        else cu_mat_st(out, r, c, x[0]);
-    }
+        cu_stv<VEC>(out, r, c, x);
+    });
 }
 
 void cu_add(sl_backend *be, sl_tensor *out, const sl_tensor *a, const sl_tensor *b)
