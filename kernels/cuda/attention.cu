@@ -153,6 +153,50 @@ __device__ __forceinline__ int attn_chunk(const cu_attn_args &a, int kv_len)
     return a.nsplit == 1 ? kv_len : max(256, ((kv_len + a.nsplit - 1) / a.nsplit + 63) / 64 * 64);
 }
 
+// What a block of k_attn / k_attn_prefill works on: query tile blockIdx.x
+// (tokens [i0, i0 + ntok) of sequence s, rows q0 + i0 .. of q; prefix cached
+// keys before them), the gh query heads from h0 of kv head kh (blockIdx.y),
+// and split blockIdx.z's keys [kbeg, kend) (kbeg a multiple of 16, kend the
+// last row's causal limit; empty when no row has keys in this split).
+struct attn_tile {
+    int s, i0, kh, h0, q0, prefix, ntok, kbeg, kend;
+};
+
+__device__ __forceinline__ attn_tile attn_tile_of(const cu_attn_args &a)
+{
+    attn_tile t;
+    int2 tile = a.tiles[blockIdx.x];
+    t.s = tile.x;
+    t.i0 = tile.y;
+    int n_hb = a.G / a.gh;
+    t.kh = blockIdx.y / n_hb;
+    t.h0 = t.kh * a.G + (blockIdx.y % n_hb) * a.gh;
+    t.q0 = a.q_start[t.s];
+    int qn = a.q_start[t.s + 1] - t.q0;
+    t.prefix = a.kv_len[t.s] - qn;
+    t.ntok = min(a.qt, qn - t.i0);
+    int chunk = attn_chunk(a, a.kv_len[t.s]);
+    t.kbeg = blockIdx.z * chunk;
+    t.kend = min(t.kbeg + chunk, t.prefix + t.i0 + t.ntok);
+    return t;
+}
+
+// The tile's ROWS query rows into Qs (bf16, pitch KP): row r = (token
+// i0 + r / gh, head h0 + r % gh); zero past the tile's tokens and, with PAD,
+// from row qt·gh on (padding up to the 16 rows of k_attn).
+template <int ROWS, bool PAD, int D, int KP>
+__device__ __forceinline__ void attn_load_q(const cu_attn_args &a, const attn_tile &t,
+                                            __nv_bfloat16 *Qs)
+{
+    for (int e = threadIdx.x; e < ROWS * D; e += ATTN_WARPS * 32) {
+        int r = e / D, d = e % D, ti = r / a.gh;
+        float v = 0.0f;
+        if ((!PAD || r < a.qt * a.gh) && ti < t.ntok)
+            v = cu_mat_ld(a.q, t.q0 + t.i0 + ti, (int64_t)(t.h0 + r % a.gh) * D + d);
+        Qs[r * KP + d] = __float2bfloat16_rn(v);
+    }
+}
+
 // Shared memory of k_attn: the block's 16 query rows, then per warp two
 // stages of (K tile, V tile) of 16 keys, the 16x16 score tile (fp32), the
 // probability tile (bf16) and the per-row rescale factors. After the key loop
@@ -185,25 +229,12 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
 
     cu_pdl_wait();
     cu_pdl_trigger();
-    int2 tile = a.tiles[blockIdx.x];
-    int s = tile.x, i0 = tile.y;
-    int n_hb = a.G / a.gh;
-    int kh = blockIdx.y / n_hb, h0 = kh * a.G + (blockIdx.y % n_hb) * a.gh;
-    int q0 = a.q_start[s], qn = a.q_start[s + 1] - q0, prefix = a.kv_len[s] - qn;
-    int ntok = min(a.qt, qn - i0);
-    int chunk = attn_chunk(a, a.kv_len[s]);
-    int kbeg = blockIdx.z * chunk;                    // a multiple of 16
-    int kend = min(kbeg + chunk, prefix + i0 + ntok); // last row's causal limit
-    if (kbeg >= kend) return;                            // no row has keys in this split
+    const attn_tile tl = attn_tile_of(a);
+    const int s = tl.s, i0 = tl.i0, kh = tl.kh, h0 = tl.h0, q0 = tl.q0, prefix = tl.prefix,
+              ntok = tl.ntok, kbeg = tl.kbeg, kend = tl.kend;
+    if (kbeg >= kend) return; // no row has keys in this split
 
-    // row r = (token i0 + r / gh, head h0 + r % gh); rows past qt·gh are padding
-    for (int e = threadIdx.x; e < 16 * D; e += ATTN_WARPS * 32) {
-        int r = e / D, d = e % D, ti = r / a.gh;
-        float v = 0.0f;
-        if (r < a.qt * a.gh && ti < ntok)
-            v = cu_mat_ld(a.q, q0 + i0 + ti, (int64_t)(h0 + r % a.gh) * D + d);
-        Qs[r * KP + d] = __float2bfloat16_rn(v);
-    }
+    attn_load_q<16, true, D, KP>(a, tl, Qs);
     // Which row each accumulator element holds: load a tile of row numbers.
     for (int e = lane; e < 256; e += 32) Ss[(e / 16) * L::SP + e % 16] = (float)(e / 16);
     __syncthreads();
@@ -371,23 +402,12 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a
 
     cu_pdl_wait();
     cu_pdl_trigger();
-    int2 tile = a.tiles[blockIdx.x];
-    int s = tile.x, i0 = tile.y;
-    int n_hb = a.G / a.gh;
-    int kh = blockIdx.y / n_hb, h0 = kh * a.G + (blockIdx.y % n_hb) * a.gh;
-    int q0 = a.q_start[s], qn = a.q_start[s + 1] - q0, prefix = a.kv_len[s] - qn;
-    int ntok = min(a.qt, qn - i0);
-    int chunk = attn_chunk(a, a.kv_len[s]);
-    int kbeg = blockIdx.z * chunk;
-    int kend = min(kbeg + chunk, prefix + i0 + ntok);
+    const attn_tile tl = attn_tile_of(a);
+    const int s = tl.s, i0 = tl.i0, kh = tl.kh, h0 = tl.h0, q0 = tl.q0, prefix = tl.prefix,
+              ntok = tl.ntok, kbeg = tl.kbeg, kend = tl.kend;
     if (kbeg >= kend) return;
 
-    for (int e = threadIdx.x; e < 64 * D; e += ATTN_WARPS * 32) {
-        int r = e / D, d = e % D, ti = r / a.gh;
-        float v = 0.0f;
-        if (ti < ntok) v = cu_mat_ld(a.q, q0 + i0 + ti, (int64_t)(h0 + r % a.gh) * D + d);
-        Qs[r * KP + d] = __float2bfloat16_rn(v);
-    }
+    attn_load_q<64, false, D, KP>(a, tl, Qs);
     for (int e = lane; e < 256; e += 32) Ss[(e / 16) * L::SP + e % 16] = (float)(e / 16);
     __syncthreads();
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[NF], rf;
