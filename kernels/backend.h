@@ -80,7 +80,7 @@ sl_tensor sl_tensor_rowview(const sl_tensor *t, int64_t r0, int64_t n);
 /* Same memory, new contiguous shape (t must be contiguous). */
 sl_tensor sl_tensor_reshape(const sl_tensor *t, int ndim, const int64_t *ne);
 
-/* Ops, for supports_op and the op-by-op harness (tests/unit/test_backend_ops*). */
+/* Ops, for supports_op and the op-by-op harness (tests/gpu/ops/harness.c). */
 typedef enum sl_op {
     SL_OP_EMBED = 0,
     SL_OP_MATMUL,

@@ -1,0 +1,280 @@
+/* tests/gpu/ops/ops_moe.c: moe_route and moe_experts (the few-token path, the grouped
+ * GEMM, CUDA graph replay). */
+#include <string.h>
+
+#include "harness.h"
+
+/* Routing for moe_experts (draw `round` of it): distinct experts per token;
+ * with a pool, CPU ids ic index pool_e (the GPU's ids iv); without one, ids
+ * skew toward low ids so some experts get many tokens (several GEMM tiles)
+ * and some none. */
+static void moe_draw_ids(uint64_t rs, int round, int T, int k, int E, int pool,
+                         const int32_t *pool_e, int32_t *iv, int32_t *ic, float *wv)
+{
+    uint64_t salt = (uint64_t)round << 40;
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < k; j++) {
+            int m, dup;
+            uint64_t n = 0;
+            do {
+                float u = sl_rng_uniform(rs, salt + (uint64_t)(i * 64 + j) * 1000 + n++);
+                m = pool ? (int)(u * (float)pool) : (int)(u * u * (float)E);
+                dup = 0;
+                for (int jj = 0; jj < j; jj++)
+                    dup |= ic[i * k + jj] == m;
+            } while (dup);
+            ic[i * k + j] = m;
+            iv[i * k + j] = pool_e[m];
+            wv[i * k + j] = 0.05f + sl_rng_uniform(rs, salt + (uint64_t)(i * 64 + j)) * 0.3f;
+        }
+}
+
+/* moe_experts. With a pool, ids come from `pool` random experts of E (each
+ * token distinct ones, so tokens share experts), the GPU gets the full
+ * [E, ...] weights with every other expert NaN (reading a wrong expert
+ * fails the case) and the CPU only the pool's experts, ids remapped: the
+ * real model shapes without E full experts on the host. The GPU op also
+ * runs captured in a CUDA graph: bit for bit the direct run, then replayed
+ * on other routing. */
+static void run_moe_experts(tb *t, const tb_case *c)
+{
+    const int *p = c->p;
+    int T = p[0], H = p[1], I = p[2], E = p[3], k = p[4], pool = p[5];
+    char desc[96];
+    snprintf(desc, sizeof desc, "T=%d H=%d I=%d E=%d k=%d%s %s", T, H, I, E, k,
+             pool ? " pooled" : "", sl_dtype_name(c->dt));
+    int64_t ne[3];
+    tb_pair x, y, ids, wt;
+    tb_pair_rand(t, &x, c->dt, 2, (tb_ne2(ne, T, H), ne), -2, 2);
+    int n_cpu = pool ? pool : E;
+    int32_t *pool_e = malloc(sizeof(int32_t) * (size_t)n_cpu); /* CPU expert -> GPU expert */
+    uint64_t rs = sl_rng_mix(t->seed++);
+    for (int i = 0; i < n_cpu; i++) {
+        int e, dup;
+        uint64_t n = 0;
+        do {
+            e = pool ? (int)(sl_rng_uniform(rs, 5000000u + (uint64_t)i * 1000 + n++) * (float)E)
+                     : i;
+            dup = 0;
+            for (int j = 0; j < i; j++)
+                dup |= pool_e[j] == e;
+        } while (dup);
+        pool_e[i] = e;
+    }
+    /* weights: CPU [n_cpu, ...] f32; GPU [E, ...] bf16, experts outside the pool NaN */
+    sl_tensor gu_c, dn_c, gu_g, dn_g;
+    sl_err e = {0};
+    int64_t gu_n = 2 * (int64_t)I * H, dn_n = (int64_t)H * I;
+    int64_t ne_gu[3] = {n_cpu, 2 * (int64_t)I, H}, ne_dn[3] = {n_cpu, H, I};
+    if (sl_be_alloc(t->cpu, &gu_c, F32, 3, ne_gu, &e) ||
+        sl_be_alloc(t->cpu, &dn_c, F32, 3, ne_dn, &e))
+        tb_die("alloc", &e);
+    ne_gu[0] = ne_dn[0] = E;
+    if (sl_be_alloc(t->gpu, &gu_g, BF, 3, ne_gu, &e) ||
+        sl_be_alloc(t->gpu, &dn_g, BF, 3, ne_dn, &e))
+        tb_die("alloc", &e);
+    if (pool) {
+        TB_CK(cudaMemset(gu_g.data, 0xff, sizeof(uint16_t) * (size_t)(E * gu_n))); /* bf16 NaN */
+        TB_CK(cudaMemset(dn_g.data, 0xff, sizeof(uint16_t) * (size_t)(E * dn_n)));
+        TB_CK(cudaDeviceSynchronize()); /* before uploads on the backend's stream */
+    }
+    for (int i = 0; i < n_cpu; i++) {
+        sl_tensor *cs[2] = {&gu_c, &dn_c}, *gs[2] = {&gu_g, &dn_g};
+        int64_t n2[2] = {gu_n, dn_n};
+        for (int w = 0; w < 2; w++) {
+            float *hc = (float *)cs[w]->data + (int64_t)i * n2[w];
+            uint64_t s = sl_rng_mix(t->seed++);
+            for (int64_t j = 0; j < n2[w]; j++)
+                hc[j] = tb_bf16_round(-0.1f + 0.2f * sl_rng_uniform(s, (uint64_t)j));
+            sl_tensor slice =
+                sl_tensor_make((uint16_t *)gs[w]->data + (int64_t)pool_e[i] * n2[w], BF, 1, &n2[w]);
+            slice.on_device = 1;
+            if (sl_be_upload(t->gpu, &slice, hc, F32, &e)) tb_die("upload", &e);
+        }
+    }
+    int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * k)),
+            *ic = malloc(sizeof(int32_t) * (size_t)(T * k));
+    float *wv = malloc(sizeof(float) * (size_t)(T * k));
+    moe_draw_ids(rs, 0, T, k, E, pool, pool_e, iv, ic, wv);
+    tb_pair_alloc(t, &ids, SL_DTYPE_I32, 2, (tb_ne2(ne, T, k), ne));
+    if (sl_be_upload(t->cpu, &ids.c, ic, SL_DTYPE_I32, &e) ||
+        sl_be_upload(t->gpu, &ids.g, iv, SL_DTYPE_I32, &e))
+        tb_die("upload", &e);
+    tb_pair_alloc(t, &wt, F32, 2, (tb_ne2(ne, T, k), ne));
+    tb_pair_set(t, &wt, wv);
+    tb_pair_out(t, &y, c->dt, 2, (tb_ne2(ne, T, H), ne));
+    sl_tensor y2;
+    if (sl_be_alloc(t->gpu, &y2, c->dt, 2, (tb_ne2(ne, T, H), ne), &e)) tb_die("alloc", &e);
+    sl_be_moe_experts(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &gu_c, &dn_c);
+    sl_be_moe_experts(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gu_g, &dn_g);
+    tb_compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
+    /* as a decode graph runs it: captured once, replayed (bit-identical to the
+     * direct run), then replayed with other ids and weights in the same tensors */
+    cudaStream_t st = (cudaStream_t)sl_cuda_stream(t->gpu);
+    cudaGraph_t gr;
+    cudaGraphExec_t ge;
+    TB_CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    sl_be_moe_experts(t->gpu, &y2, &x.g, &ids.g, &wt.g, &gu_g, &dn_g);
+    TB_CK(cudaStreamEndCapture(st, &gr));
+    TB_CK(cudaGraphInstantiate(&ge, gr, 0));
+    TB_CK(cudaGraphLaunch(ge, st));
+    tb_compare_exact(t, c->op, desc, "graph", &y.g, &y2);
+    moe_draw_ids(rs, 1, T, k, E, pool, pool_e, iv, ic, wv);
+    if (sl_be_upload(t->cpu, &ids.c, ic, SL_DTYPE_I32, &e) ||
+        sl_be_upload(t->gpu, &ids.g, iv, SL_DTYPE_I32, &e))
+        tb_die("upload", &e);
+    tb_pair_set(t, &wt, wv);
+    sl_be_moe_experts(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &gu_c, &dn_c);
+    TB_CK(cudaGraphLaunch(ge, st));
+    tb_compare(t, c->op, desc, "replay", &y.c, &y2, c->tol);
+    TB_CK(cudaGraphExecDestroy(ge));
+    TB_CK(cudaGraphDestroy(gr));
+    free(pool_e);
+    free(iv);
+    free(ic);
+    free(wv);
+    sl_be_release(t->cpu, &gu_c);
+    sl_be_release(t->cpu, &dn_c);
+    sl_be_release(t->gpu, &gu_g);
+    sl_be_release(t->gpu, &dn_g);
+    sl_be_release(t->gpu, &y2);
+    tb_pair_free(t, &ids);
+    tb_pair_free(t, &wt);
+    tb_pair_free(t, &x);
+    tb_pair_free(t, &y);
+}
+
+static const tb_case cases[] = {
+    /* moe_route: T, E, k, norm */
+    {SL_OP_MOE_ROUTE, F32, {33, 128, 8, 1}, 1e-5},
+    {SL_OP_MOE_ROUTE, F32, {9, 60, 4, 0}, 1e-5},
+    /* moe_experts: T, H, I, E, k, pool (experts drawn from a random pool of that many; 0: all
+     * E, skewed to low ids). Up to MOE_GV_MAX_PAIRS (moe.cu) pairs T*k take the few-token path,
+     * more the grouped GEMM. */
+    {SL_OP_MOE_EXPERTS, BF, {5, 256, 96, 16, 4}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {70, 512, 128, 32, 8}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {150, 512, 128, 32, 8}, 2e-2},       /* grouped GEMM */
+    {SL_OP_MOE_EXPERTS, BF, {1, 256, 96, 16, 4}, 2e-2},          /* tiny shape */
+    {SL_OP_MOE_EXPERTS, BF, {3, 256, 96, 16, 4, 5}, 2e-2},
+    {SL_OP_MOE_EXPERTS, F32, {8, 264, 40, 16, 4, 6}, 2e-2},      /* f32 x/out, ragged tiles */
+    {SL_OP_MOE_EXPERTS, BF, {64, 256, 96, 16, 4, 6}, 2e-2},      /* ~43 tokens per expert */
+    {SL_OP_MOE_EXPERTS, BF, {1, 2048, 768, 128, 8, 8}, 2e-2},    /* Qwen3-30B-A3B */
+    {SL_OP_MOE_EXPERTS, BF, {3, 2048, 768, 128, 8, 12}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {8, 2048, 768, 128, 8, 16}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {64, 2048, 768, 128, 8, 24}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {1, 2048, 512, 512, 10, 10}, 2e-2},  /* Qwen3-Coder-Next */
+    {SL_OP_MOE_EXPERTS, BF, {8, 2048, 512, 512, 10, 24}, 2e-2},
+    {SL_OP_MOE_EXPERTS, BF, {64, 2048, 512, 512, 10, 32}, 2e-2},
+};
+
+static void moe_run(tb *t, const tb_case *c)
+{
+    const int *p = c->p;
+    char desc[96];
+    int64_t ne[4];
+    tb_pair x, y, w;
+    sl_dtype dt = c->dt;
+    switch (c->op) {
+    case SL_OP_MOE_ROUTE: {
+        int T = p[0], E = p[1], k = p[2];
+        snprintf(desc, sizeof desc, "T=%d E=%d k=%d%s", T, E, k, p[3] ? " norm" : "");
+        tb_pair_rand(t, &x, dt, 2, (tb_ne2(ne, T, E), ne), -4, 4);
+        tb_pair_out(t, &y, SL_DTYPE_I32, 2, (tb_ne2(ne, T, k), ne));
+        tb_pair_out(t, &w, F32, 2, (tb_ne2(ne, T, k), ne));
+        sl_be_moe_route(t->cpu, &y.c, &w.c, &x.c, k, p[3]);
+        sl_be_moe_route(t->gpu, &y.g, &w.g, &x.g, k, p[3]);
+        tb_compare(t, c->op, desc, "ids", &y.c, &y.g, -1);
+        tb_compare(t, c->op, desc, "weights", &w.c, &w.g, c->tol);
+        tb_pair_free(t, &x);
+        tb_pair_free(t, &y);
+        tb_pair_free(t, &w);
+        break;
+    }
+    case SL_OP_MOE_EXPERTS:
+        run_moe_experts(t, c);
+        break;
+    default:
+        SL_ASSERT(0 && "not a moe op");
+    }
+}
+
+/* MoE experts at Qwen3-30B-A3B and Qwen3-Coder-Next shapes; bytes count the distinct
+ * active experts' weights (what a decode step must stream) plus x and out */
+#define MOE_SETS 8
+typedef struct pm_moe {
+    sl_tensor x, ids[MOE_SETS], wt, gu, dn, y;
+} pm_moe;
+
+static void pf_moe(tb *t, void *ctx, int set)
+{
+    pm_moe *c = ctx;
+    sl_be_moe_experts(t->gpu, &c->y, &c->x, &c->ids[set], &c->wt, &c->gu, &c->dn);
+}
+
+static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k)
+{
+    pm_moe c;
+    int64_t ne[3] = {E, 2 * (int64_t)I, H};
+    c.gu = tb_gpu_rand(t, BF, 3, ne, 0.05f);
+    ne[1] = H;
+    ne[2] = I;
+    c.dn = tb_gpu_rand(t, BF, 3, ne, 0.05f);
+    c.x = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
+    c.y = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
+    int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * k));
+    float *wv = malloc(sizeof(float) * (size_t)(T * k));
+    int *used = calloc((size_t)E, sizeof(int));
+    sl_err e = {0};
+    int active = 0; /* distinct experts of set 0 (all sets alike) */
+    for (int st = 0; st < MOE_SETS; st++) {
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j < k; j++) {
+                unsigned v = (unsigned)(i * 7919 + j * (E / k) + i / 3 + st * 13) % (unsigned)E;
+                iv[i * k + j] = (int32_t)v;
+                wv[i * k + j] = 1.0f / (float)k;
+                if (st == 0 && !used[v]++) active++;
+            }
+        if (sl_be_alloc(t->gpu, &c.ids[st], SL_DTYPE_I32, 2, (tb_ne2(ne, T, k), ne), &e) ||
+            sl_be_upload(t->gpu, &c.ids[st], iv, SL_DTYPE_I32, &e))
+            tb_die("moe perf", &e);
+    }
+    if (sl_be_alloc(t->gpu, &c.wt, F32, 2, (tb_ne2(ne, T, k), ne), &e) ||
+        sl_be_upload(t->gpu, &c.wt, wv, F32, &e))
+        tb_die("moe perf", &e);
+    double ms = tb_time_op(t, pf_moe, &c, MOE_SETS, 24, NULL);
+    double bytes = (double)active * 3.0 * I * H * 2 + 2.0 * T * H * 2;
+    double flops = 2.0 * T * k * 3.0 * I * H;
+    char desc[96];
+    snprintf(desc, sizeof desc, "%s T=%d E=%d k=%d I=%d (%d active)", name, T, E, k, I, active);
+    tb_report(t, "moe_experts", desc, ms, bytes, flops, "");
+    if (T <= 128) { /* decode sizes: also as a captured graph replays them */
+        ms = tb_time_graph(t, pf_moe, &c, MOE_SETS, 10);
+        snprintf(desc, sizeof desc, "%s T=%d graph", name, T);
+        tb_report(t, "moe_experts", desc, ms, bytes, flops, "");
+    }
+    free(iv);
+    free(wv);
+    free(used);
+    sl_be_release(t->gpu, &c.x);
+    sl_be_release(t->gpu, &c.y);
+    for (int st = 0; st < MOE_SETS; st++) sl_be_release(t->gpu, &c.ids[st]);
+    sl_be_release(t->gpu, &c.wt);
+    sl_be_release(t->gpu, &c.gu);
+    sl_be_release(t->gpu, &c.dn);
+}
+
+static void moe_perf(tb *t, const char *filter)
+{
+    if (tb_perf_on(filter, SL_OP_MOE_EXPERTS)) {
+        /* 1-128 tokens: the few-token path (T*k <= MOE_GV_MAX_PAIRS in moe.cu) and its
+         * threshold; 4096: the grouped GEMM */
+        int moe_T[] = {1, 8, 64, 128};
+        for (size_t i = 0; i < sizeof moe_T / sizeof moe_T[0]; i++) {
+            perf_moe(t, "30B-A3B", moe_T[i], 2048, 768, 128, 8);
+            perf_moe(t, "Coder-Next", moe_T[i], 2048, 512, 512, 10);
+        }
+        perf_moe(t, "30B-A3B", 4096, 2048, 768, 128, 8);
+    }
+}
+
+const tb_family tb_family_moe = {cases, sizeof cases / sizeof cases[0], moe_run, moe_perf};
