@@ -17,6 +17,7 @@
 #include "sl_buf.h"
 #include "sluice.pb-c.h"
 #include "text.h"
+#include "wire.h"
 
 typedef struct sl_router sl_router;
 typedef struct sl_job sl_job;
@@ -42,9 +43,10 @@ int sl_api_fail(sl_api_err *err, int status, const char *type, const char *fmt, 
 /* Held-back text is rescanned for every stop string on each chunk: longer
  * strings would make a request's cost quadratic in them. */
 #define SL_JOB_MAX_STOP_BYTES 1024
-/* A worker takes 64 stop ids (SL_WSERVER_MAX_STOP), the model's eos ids (up
- * to 16) included. */
-#define SL_JOB_MAX_STOP_IDS 48
+/* A worker takes SL_WIRE_MAX_STOP_IDS stop ids, the model's eos ids
+ * included: the client's share is what the eos ids leave. */
+#define SL_JOB_MAX_EOS_IDS 16
+#define SL_JOB_MAX_STOP_IDS (SL_WIRE_MAX_STOP_IDS - SL_JOB_MAX_EOS_IDS)
 /* Counts a client controls beyond the body size: each message and tool is
  * rendered and scanned, so their number is bounded on its own. */
 #define SL_JOB_MAX_MESSAGES 4096
@@ -90,7 +92,7 @@ typedef struct sl_job_params {
     int n;
     int max_tokens; /* -1: up to the context length */
     Sluice__SamplingParams sampling;
-    int32_t stop_ids[64];
+    int32_t stop_ids[SL_JOB_MAX_STOP_IDS];
     int n_stop_ids;
     char *stops[SL_JOB_MAX_STOPS];
     int n_stops;

@@ -563,9 +563,9 @@ static sl_status seq_submit(sl_seq *s, int worker, sl_err *e)
     g.output_ids = s->out_ids.v;
     g.sampling = &sp;
     g.max_new_tokens = s->max_new - (int)s->out_ids.n;
-    int32_t eos[16];
-    int neos = t->eos_ids ? t->eos_ids(rt->cfg.text_impl, eos, 16) : 0;
-    int32_t stops[64 + 16];
+    int32_t eos[SL_JOB_MAX_EOS_IDS];
+    int neos = t->eos_ids ? t->eos_ids(rt->cfg.text_impl, eos, SL_JOB_MAX_EOS_IDS) : 0;
+    int32_t stops[SL_WIRE_MAX_STOP_IDS];
     int nst = 0;
     for (int k = 0; k < j->p.n_stop_ids; k++) stops[nst++] = j->p.stop_ids[k];
     for (int k = 0; k < neos && !sp.ignore_eos; k++) stops[nst++] = eos[k];
