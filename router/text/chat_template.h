@@ -70,7 +70,4 @@ sl_status sl_tmpl_load(const char *model_dir, const char *override_name, sl_tmpl
  * request is only read. */
 sl_status sl_tmpl_render(sl_tmpl_family f, const json_t *request, sl_buf *out, sl_err *e);
 
-/* `sluice render`: request body on stdin -> prompt on stdout. */
-int sl_cmd_render(int argc, char **argv);
-
 #endif
