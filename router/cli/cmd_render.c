@@ -11,10 +11,11 @@
 int sl_cmd_render(int argc, char **argv)
 {
     const char *model = NULL, *name = NULL;
-    sl_opt opts[] = {
-        {"--model", "--model-path", SL_OPT_STR, &model, "model directory whose chat template is used"},
-        {"--chat-template", NULL, SL_OPT_STR, &name, "force a template family: qwen3 | qwen3_coder"},
-        {0}};
+    sl_opt opts[] = {{"--model", "--model-path", SL_OPT_STR, &model,
+                      "model directory whose chat template is used"},
+                     {"--chat-template", NULL, SL_OPT_STR, &name,
+                      "force a template family: qwen3 | qwen3_coder"},
+                     {0}};
     const char *summary = "reads a chat-completions request (JSON) on stdin, prints the prompt";
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -28,8 +29,8 @@ int sl_cmd_render(int argc, char **argv)
         sl_opts_usage(stderr, "render", summary, opts);
         return 2;
     }
-    sl_tmpl_family fam;
-    if (sl_tmpl_load(model, name, &fam, &e)) {
+    sl_chat_template_family fam;
+    if (sl_chat_template_load(model, name, &fam, &e)) {
         fprintf(stderr, "sluice render: %s\n", e.msg);
         return name ? 2 : 1;
     }
@@ -41,7 +42,7 @@ int sl_cmd_render(int argc, char **argv)
         return 1;
     }
     sl_buf prompt = {0};
-    sl_status s = sl_tmpl_render(fam, body, &prompt, &e);
+    sl_status s = sl_chat_template_render(fam, body, &prompt, &e);
     json_decref(body);
     if (s) {
         fprintf(stderr, "sluice render: %s\n", e.msg);

@@ -5,17 +5,17 @@
  * tool-call parser (tool_parser.h), so a <tool_call> written while thinking
  * stays reasoning. Output is one ordered delta list (delta.h).
  *
- *   sl_outp_config c = {.reasoning = sl_reason_mode_for_prompt(prompt, n),
+ *   sl_output_parser_config c = {.reasoning = sl_reasoning_mode_for_prompt(prompt, n),
  *                       .tool_calls = tools != NULL,
- *                       .tool_kind = sl_outp_tool_kind_for(family),
+ *                       .tool_kind = sl_output_parser_tool_kind_for(family),
  *                       .tools = tools, .seed = request_seed};
- *   sl_outp *p = sl_outp_new(&c);            // per request
- *   sl_outp_feed(p, chunk, len, &d, &e);     // per detokenized chunk
- *   sl_outp_finish(p, &d, &e);               // at the end
- *   sl_outp_free(p);
+ *   sl_output_parser *p = sl_output_parser_new(&c);            // per request
+ *   sl_output_parser_feed(p, chunk, len, &d, &e);     // per detokenized chunk
+ *   sl_output_parser_finish(p, &d, &e);               // at the end
+ *   sl_output_parser_free(p);
  *
  *   json_t *msg;                             // or all at once:
- *   sl_outp_parse_message(&c, text, len, &msg, &e);
+ *   sl_output_parser_parse_message(&c, text, len, &msg, &e);
  *
  * One parser per response; not thread-safe; never blocks.
  */
@@ -30,29 +30,30 @@
 #include "reasoning.h"
 #include "tool_parser.h"
 
-typedef struct sl_outp_config {
-    sl_reason_mode reasoning; /* SL_REASON_MODE_OFF: no reasoning split */
+typedef struct sl_output_parser_config {
+    sl_reasoning_mode reasoning; /* SL_REASONING_MODE_OFF: no reasoning split */
     int tool_calls;           /* 0: no tool-call parsing (request without tools) */
-    sl_toolp_kind tool_kind;
-    const json_t *tools; /* the request's tools (borrowed for the call to sl_outp_new) */
+    sl_tool_parser_kind tool_kind;
+    const json_t *tools; /* the request's tools (borrowed for the call to sl_output_parser_new) */
     uint64_t seed;       /* tool call ids */
-} sl_outp_config;
+} sl_output_parser_config;
 
-typedef struct sl_outp sl_outp;
+typedef struct sl_output_parser sl_output_parser;
 
 /* The tool-call format a template family teaches its model. */
-sl_toolp_kind sl_outp_tool_kind_for(sl_tmpl_family f);
+sl_tool_parser_kind sl_output_parser_tool_kind_for(sl_chat_template_family f);
 
 /* NULL when memory runs out. */
-sl_outp *sl_outp_new(const sl_outp_config *c);
+sl_output_parser *sl_output_parser_new(const sl_output_parser_config *c);
 /* Appends the deltas text resolves. SL_ERR_NOMEM only. */
-sl_status sl_outp_feed(sl_outp *p, const char *text, size_t len, sl_deltas *out, sl_err *e);
-sl_status sl_outp_finish(sl_outp *p, sl_deltas *out, sl_err *e);
-void sl_outp_free(sl_outp *p);
+sl_status sl_output_parser_feed(sl_output_parser *p, const char *text, size_t len, sl_deltas *out,
+                                sl_err *e);
+sl_status sl_output_parser_finish(sl_output_parser *p, sl_deltas *out, sl_err *e);
+void sl_output_parser_free(sl_output_parser *p);
 
 /* Non-streaming: the whole output -> the final assistant message (see
  * sl_deltas_message), a new reference in *message. */
-sl_status sl_outp_parse_message(const sl_outp_config *c, const char *text, size_t len,
-                                json_t **message, sl_err *e);
+sl_status sl_output_parser_parse_message(const sl_output_parser_config *c, const char *text,
+                                         size_t len, json_t **message, sl_err *e);
 
 #endif
