@@ -12,15 +12,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *text = malloc(size + 1);
     memcpy(text, data, size);
     text[size] = 0;
-    sl_tmpl_family f;
-    sl_tmpl_detect(text, &f, NULL);
+    sl_chat_template_family f;
+    sl_chat_template_detect(text, &f, NULL);
     json_t *body = json_loadb(text, size, 0, NULL);
     for (int fam = 0; body && fam < 2; fam++) {
         sl_buf a = {0}, b = {0};
         sl_err e = {0};
-        if (sl_tmpl_render((sl_tmpl_family)fam, body, &a, &e) == SL_OK) {
-            if (sl_tmpl_render((sl_tmpl_family)fam, body, &b, &e) != SL_OK || a.len != b.len ||
-                (a.len && memcmp(a.data, b.data, a.len)))
+        if (sl_chat_template_render((sl_chat_template_family)fam, body, &a, &e) == SL_OK) {
+            if (sl_chat_template_render((sl_chat_template_family)fam, body, &b, &e) != SL_OK ||
+                a.len != b.len || (a.len && memcmp(a.data, b.data, a.len)))
                 __builtin_trap();
         } else if (!e.msg[0]) {
             __builtin_trap(); /* every refusal names its reason */

@@ -7,16 +7,17 @@
 #include "sl_test.h"
 
 typedef struct rcase {
-    sl_reason_mode mode;
+    sl_reasoning_mode mode;
     const char *in, *reasoning, *content;
 } rcase;
 
-#define DETECT SL_REASON_MODE_DETECT
-#define OPEN SL_REASON_MODE_OPEN
-#define OFF SL_REASON_MODE_OFF
+#define DETECT SL_REASONING_MODE_DETECT
+#define OPEN SL_REASONING_MODE_OPEN
+#define OFF SL_REASONING_MODE_OFF
 
 static const rcase cases[] = {
-    {DETECT, "<think>\nLet me think.\n</think>\n\nThe answer is 4.", "Let me think.", "The answer is 4."},
+    {DETECT, "<think>\nLet me think.\n</think>\n\nThe answer is 4.", "Let me think.",
+     "The answer is 4."},
     {DETECT, "  \n<think>a\n\nb</think>c  \n", "a\n\nb", "c  \n"},
     {DETECT, "No thinking here.", "", "No thinking here."},
     {DETECT, "<thinking is a word", "", "<thinking is a word"},
@@ -26,7 +27,8 @@ static const rcase cases[] = {
     {DETECT, "", "", ""},
     {DETECT, "  ", "", "  "},
     {DETECT, "Answer </think> later", "", "Answer </think> later"},
-    {DETECT, "<think>\n\xe6\x80\x9d\xe8\x80\x83 \xf0\x9f\x98\x80\n</think>\n\n\xe7\xad\x94", "\xe6\x80\x9d\xe8\x80\x83 \xf0\x9f\x98\x80", "\xe7\xad\x94"},
+    {DETECT, "<think>\n\xe6\x80\x9d\xe8\x80\x83 \xf0\x9f\x98\x80\n</think>\n\n\xe7\xad\x94",
+     "\xe6\x80\x9d\xe8\x80\x83 \xf0\x9f\x98\x80", "\xe7\xad\x94"},
     {OPEN, "step 1\nstep 2\n</think>\n\nDone.", "step 1\nstep 2", "Done."},
     {OPEN, "\nno close at all\n", "no close at all", ""},
     {OPEN, "</think>only content", "", "only content"},
@@ -40,37 +42,39 @@ static void join(const sl_deltas *d, sl_buf *reasoning, sl_buf *content)
     for (int i = 0; i < d->n; i++) {
         CHECK(d->v[i].kind == SL_DELTA_REASONING || d->v[i].kind == SL_DELTA_CONTENT);
         CHECK(d->v[i].len > 0);
-        sl_buf_append(d->v[i].kind == SL_DELTA_REASONING ? reasoning : content, d->v[i].text, d->v[i].len);
+        sl_buf_append(d->v[i].kind == SL_DELTA_REASONING ? reasoning : content, d->v[i].text,
+                      d->v[i].len);
     }
 }
 
 /* Feeds c->in cut at the given points (sorted, ending at strlen). */
 static int run(const rcase *c, const size_t *cuts, int ncuts)
 {
-    sl_reason *r = sl_reason_new(c->mode);
+    sl_reasoning *r = sl_reasoning_new(c->mode);
     sl_deltas all = {0}, d = {0};
     sl_err e = {0};
     size_t at = 0;
     for (int i = 0; i < ncuts; i++) {
-        CHECK(sl_reason_feed(r, c->in + at, cuts[i] - at, &d, &e) == SL_OK);
+        CHECK(sl_reasoning_feed(r, c->in + at, cuts[i] - at, &d, &e) == SL_OK);
         sl_deltas_extend(&all, &d); /* what a router sends per chunk */
         sl_deltas_clear(&d);
         at = cuts[i];
     }
-    CHECK(sl_reason_finish(r, &all, &e) == SL_OK);
+    CHECK(sl_reasoning_finish(r, &all, &e) == SL_OK);
     sl_buf rs = {0}, cs = {0};
     sl_buf_puts(&rs, "");
     sl_buf_puts(&cs, "");
     join(&all, &rs, &cs);
     int ok = !strcmp(rs.data, c->reasoning) && !strcmp(cs.data, c->content);
     if (!ok)
-        fprintf(stderr, "input [%s] cut %d ways: reasoning [%s] want [%s], content [%s] want [%s]\n", c->in,
+        fprintf(stderr,
+                "input [%s] cut %d ways: reasoning [%s] want [%s], content [%s] want [%s]\n", c->in,
                 ncuts, rs.data, c->reasoning, cs.data, c->content);
     sl_buf_free(&rs);
     sl_buf_free(&cs);
     sl_deltas_free(&all);
     sl_deltas_free(&d);
-    sl_reason_free(r);
+    sl_reasoning_free(r);
     return ok;
 }
 
@@ -93,43 +97,45 @@ static void test_cases(void)
 /* A tag cut at a chunk end is held back, not shown as text. */
 static void test_partial_tag_held(void)
 {
-    sl_reason *r = sl_reason_new(OPEN);
+    sl_reasoning *r = sl_reasoning_new(OPEN);
     sl_deltas d = {0};
     sl_err e = {0};
-    sl_reason_feed(r, "abc \n</thi", 10, &d, &e);
+    sl_reasoning_feed(r, "abc \n</thi", 10, &d, &e);
     CHECK(d.n == 1 && d.v[0].kind == SL_DELTA_REASONING && !strcmp(d.v[0].text, "abc"));
     sl_deltas_clear(&d);
-    sl_reason_feed(r, "nk>\n\nDone", 9, &d, &e);
+    sl_reasoning_feed(r, "nk>\n\nDone", 9, &d, &e);
     CHECK(d.n == 1 && d.v[0].kind == SL_DELTA_CONTENT && !strcmp(d.v[0].text, "Done"));
     sl_deltas_free(&d);
-    sl_reason_free(r);
+    sl_reasoning_free(r);
 
-    r = sl_reason_new(DETECT);
-    sl_reason_feed(r, "\n<thin", 6, &d, &e);
+    r = sl_reasoning_new(DETECT);
+    sl_reasoning_feed(r, "\n<thin", 6, &d, &e);
     CHECK(d.n == 0);
-    sl_reason_feed(r, "k>x", 3, &d, &e);
+    sl_reasoning_feed(r, "k>x", 3, &d, &e);
     CHECK(d.n == 1 && d.v[0].kind == SL_DELTA_REASONING && !strcmp(d.v[0].text, "x"));
     sl_deltas_free(&d);
-    sl_reason_free(r);
+    sl_reasoning_free(r);
 }
 
 static void test_mode_for_prompt(void)
 {
     static const struct {
         const char *prompt;
-        sl_reason_mode want;
+        sl_reasoning_mode want;
     } t[] = {
         {"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", DETECT},
         {"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", OFF},
         {"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n", OPEN},
-        {"<|im_start|>assistant\n<think>\nold\n</think>\n\nA<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n"
+        {"<|im_start|>assistant\n<think>\nold\n</"
+         "think>\n\nA<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n"
          "<|im_start|>assistant\n",
          DETECT},
         {"<|im_start|>user\nwhat does <think> do?<|im_end|>\n<|im_start|>assistant\n", DETECT},
         {"", DETECT},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-        CHECK_MSG(sl_reason_mode_for_prompt(t[i].prompt, strlen(t[i].prompt)) == t[i].want, "prompt %zu", i);
+        CHECK_MSG(sl_reasoning_mode_for_prompt(t[i].prompt, strlen(t[i].prompt)) == t[i].want,
+                  "prompt %zu", i);
 }
 
 int main(void)

@@ -17,10 +17,12 @@
 #include "sl_buf.h"
 #include "sluice.pb-c.h"
 #include "text.h"
+#include "wire.h"
 
 typedef struct sl_router sl_router;
 typedef struct sl_job sl_job;
 typedef struct sl_seq sl_seq;
+typedef struct sl_api_dialect sl_api_dialect;
 
 typedef enum sl_api_kind {
     SL_API_CHAT,
@@ -28,23 +30,49 @@ typedef enum sl_api_kind {
     SL_API_MESSAGES,
 } sl_api_kind;
 
-/* A request error on its way to the client (status + OpenAI error type). */
+/* Every error a request can end with. sl_api_status_info() maps each to its
+ * HTTP code and to the error type each dialect names it by: the one table
+ * every error path goes through. */
+typedef enum sl_api_status {
+    SL_API_STATUS_INVALID,      /* 400: the request is malformed or out of range */
+    SL_API_STATUS_UNAUTHORIZED, /* 401: missing or wrong API key */
+    SL_API_STATUS_NOT_FOUND,    /* 404: no such route or model */
+    SL_API_STATUS_METHOD,       /* 405: the route takes another method */
+    SL_API_STATUS_CLIENT_GONE,  /* 499: the client closed or stopped reading */
+    SL_API_STATUS_SERVER,       /* 500: out of memory */
+    SL_API_STATUS_WORKER_LOST,  /* 502: a worker failed the generation */
+    SL_API_STATUS_UNAVAILABLE,  /* 503: no worker, or shutting down */
+    SL_API_STATUS_COUNT
+} sl_api_status;
+
+typedef struct sl_api_status_info {
+    int http;
+    const char *openai_type, *anthropic_type;
+} sl_api_status_info;
+
+const sl_api_status_info *sl_api_status_get(sl_api_status st);
+
+/* A request error on its way to the client. status and type are st's HTTP
+ * code and OpenAI error type. */
 typedef struct sl_api_err {
+    sl_api_status st;
     int status;
-    const char *type; /* "invalid_request_error", "authentication_error", ... */
+    const char *type;
     char msg[512];
 } sl_api_err;
 
-int sl_api_fail(sl_api_err *err, int status, const char *type, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+/* Fills err; returns -1 so a decoder can `return sl_api_fail(...)`. */
+int sl_api_fail(sl_api_err *err, sl_api_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #define SL_JOB_MAX_STOPS 16
 /* Held-back text is rescanned for every stop string on each chunk: longer
  * strings would make a request's cost quadratic in them. */
 #define SL_JOB_MAX_STOP_BYTES 1024
-/* A worker takes 64 stop ids (SL_WSERVER_MAX_STOP), the model's eos ids (up
- * to 16) included. */
-#define SL_JOB_MAX_STOP_IDS 48
+/* A worker takes SL_WIRE_MAX_STOP_IDS stop ids, the model's eos ids
+ * included: the client's share is what the eos ids leave. */
+#define SL_JOB_MAX_EOS_IDS 16
+#define SL_JOB_MAX_STOP_IDS (SL_WIRE_MAX_STOP_IDS - SL_JOB_MAX_EOS_IDS)
 /* Counts a client controls beyond the body size: each message and tool is
  * rendered and scanned, so their number is bounded on its own. */
 #define SL_JOB_MAX_MESSAGES 4096
@@ -90,7 +118,7 @@ typedef struct sl_job_params {
     int n;
     int max_tokens; /* -1: up to the context length */
     Sluice__SamplingParams sampling;
-    int32_t stop_ids[64];
+    int32_t stop_ids[SL_JOB_MAX_STOP_IDS];
     int n_stop_ids;
     char *stops[SL_JOB_MAX_STOPS];
     int n_stops;
@@ -124,12 +152,16 @@ struct sl_job {
     double t_arrival_ms, t_first_ms, t_last_write_ms;
     uv_work_t work;
     sl_err work_err;
-    const struct sl_api_enc *enc;
+    const sl_api_dialect *dialect;
 };
 
-/* How one API shapes its responses. Streaming hooks write SSE through
- * sl_job_sse(); the final hook builds the whole body. */
-typedef struct sl_api_enc {
+/* One API dialect (OpenAI chat, OpenAI completions, Anthropic messages):
+ * how its bodies are decoded and its responses and errors shaped. The job
+ * lifecycle (router.c) calls only through this table. Streaming hooks write
+ * SSE through sl_job_sse(); the final hook builds the whole body. */
+struct sl_api_dialect {
+    const char *id_prefix; /* response ids: "chatcmpl-", "cmpl-", "msg_" */
+    int (*decode)(sl_job *j, sl_api_err *err); /* fills j->p and the prompts */
     void (*content)(sl_seq *s, const char *text, size_t len);
     void (*reasoning)(sl_seq *s, const char *text, size_t len);
     void (*tool_start)(sl_seq *s, int index, const char *id, const char *name);
@@ -139,13 +171,11 @@ typedef struct sl_api_enc {
     json_t *(*final)(sl_job *j);   /* non-streaming body (new reference) */
     /* streaming error after headers went out */
     void (*stream_error)(sl_job *j, const char *msg);
-} sl_api_enc;
+    /* the error body before headers went out (new reference) */
+    json_t *(*error_body)(sl_api_status st, const char *msg);
+};
 
-/* ---- decoding (api_openai.c, api_anthropic.c): fill j->p and prompts ---- */
-int sl_openai_decode_chat(sl_job *j, sl_api_err *err);
-int sl_openai_decode_completions(sl_job *j, sl_api_err *err);
-int sl_anthropic_decode_messages(sl_job *j, sl_api_err *err);
-/* Shared field readers: set err and return -1 on a bad value. */
+/* Shared field readers (api_fields.c): set err and return -1 on a bad value. */
 int sl_api_get_bool(const json_t *o, const char *k, int *out, sl_api_err *err);
 int sl_api_get_int(const json_t *o, const char *k, long lo, long hi, int *out, sl_api_err *err);
 int sl_api_get_num(const json_t *o, const char *k, double lo, double hi, float *out,
@@ -154,7 +184,9 @@ int sl_api_get_stops(const json_t *o, const char *k, sl_job_params *p, sl_api_er
 /* 400 naming field k when array a holds more than max entries. */
 int sl_api_check_count(const json_t *a, const char *k, size_t max, sl_api_err *err);
 
-extern const sl_api_enc sl_openai_chat_enc, sl_openai_completions_enc, sl_anthropic_enc;
+extern const sl_api_dialect sl_openai_chat, sl_openai_completions, sl_anthropic_messages;
+/* The dialect of a generation route's kind. */
+const sl_api_dialect *sl_api_dialect_of(sl_api_kind kind);
 
 /* ---- helpers from router.c ---- */
 /* Decodes and checks body (a parsed JSON object, owned by the job from here

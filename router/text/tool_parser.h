@@ -2,7 +2,7 @@
  *
  * Two formats, matching the chat template families:
  *
- *   SL_TOOLP_KIND_QWEN3_CODER  (template qwen3_coder)
+ *   SL_TOOL_PARSER_KIND_QWEN3_CODER  (template qwen3_coder)
  *       <tool_call>\n<function=NAME>\n<parameter=P>\nvalue\n</parameter>\n
  *       </function>\n</tool_call>
  *     A bare "<function=NAME>...</function>" without <tool_call> is a call too.
@@ -11,7 +11,7 @@
  *     type; an unknown type or parameter is JSON when it parses, else a
  *     string. One newline after the opening tag and before the closing tag is
  *     part of the format, not of the value.
- *   SL_TOOLP_KIND_HERMES       (template qwen3; alias "qwen25")
+ *   SL_TOOL_PARSER_KIND_HERMES       (template qwen3; alias "qwen25")
  *       <tool_call>\n{"name": NAME, "arguments": {...}}\n</tool_call>
  *
  * Output is a list of deltas (delta.h): CONTENT for text outside calls, and
@@ -33,10 +33,10 @@
  *     last call is dropped; all other text is kept as content.
  * Feeding the same text in any split gives the same deltas once joined.
  *
- *   sl_toolp *p = sl_toolp_new(SL_TOOLP_KIND_QWEN3_CODER, request_tools, seed);
- *   sl_toolp_feed(p, chunk, len, &deltas, &e);   // per detokenized chunk
- *   sl_toolp_finish(p, &deltas, &e);             // at end of generation
- *   sl_toolp_free(p);
+ *   sl_tool_parser *p = sl_tool_parser_new(SL_TOOL_PARSER_KIND_QWEN3_CODER, request_tools, seed);
+ *   sl_tool_parser_feed(p, chunk, len, &deltas, &e);   // per detokenized chunk
+ *   sl_tool_parser_finish(p, &deltas, &e);             // at end of generation
+ *   sl_tool_parser_free(p);
  *
  * One parser per response; not thread-safe; never blocks.
  */
@@ -49,25 +49,26 @@
 #include "delta.h"
 #include "sl_err.h"
 
-typedef enum sl_toolp_kind {
-    SL_TOOLP_KIND_QWEN3_CODER,
-    SL_TOOLP_KIND_HERMES,
-} sl_toolp_kind;
+typedef enum sl_tool_parser_kind {
+    SL_TOOL_PARSER_KIND_QWEN3_CODER,
+    SL_TOOL_PARSER_KIND_HERMES,
+} sl_tool_parser_kind;
 
-typedef struct sl_toolp sl_toolp;
+typedef struct sl_tool_parser sl_tool_parser;
 
 /* "qwen3_coder", "hermes" or "qwen25" -> kind; SL_ERR_INVALID otherwise. */
-sl_status sl_toolp_kind_parse(const char *name, sl_toolp_kind *out, sl_err *e);
+sl_status sl_tool_parser_kind_parse(const char *name, sl_tool_parser_kind *out, sl_err *e);
 
 /* tools: the request's "tools" array (borrowed reference taken; may be NULL:
  * then any function name is accepted and no types are known). seed makes
  * the call ids (the router passes a random or request-derived value).
  * NULL when memory runs out. */
-sl_toolp *sl_toolp_new(sl_toolp_kind kind, const json_t *tools, uint64_t seed);
+sl_tool_parser *sl_tool_parser_new(sl_tool_parser_kind kind, const json_t *tools, uint64_t seed);
 /* Appends the deltas this text resolves. SL_ERR_NOMEM only. */
-sl_status sl_toolp_feed(sl_toolp *p, const char *text, size_t len, sl_deltas *out, sl_err *e);
+sl_status sl_tool_parser_feed(sl_tool_parser *p, const char *text, size_t len, sl_deltas *out,
+                              sl_err *e);
 /* End of output: resolves everything held back. */
-sl_status sl_toolp_finish(sl_toolp *p, sl_deltas *out, sl_err *e);
-void sl_toolp_free(sl_toolp *p);
+sl_status sl_tool_parser_finish(sl_tool_parser *p, sl_deltas *out, sl_err *e);
+void sl_tool_parser_free(sl_tool_parser *p);
 
 #endif

@@ -34,8 +34,8 @@ typedef enum step {
     STEP_OOM,
 } step;
 
-struct sl_toolp {
-    sl_toolp_kind kind;
+struct sl_tool_parser {
+    sl_tool_parser_kind kind;
     json_t *tools; /* reference held; NULL accepts any name */
     uint64_t seed;
     state state;
@@ -50,19 +50,20 @@ struct sl_toolp {
     char *param;    /* open coder parameter's name */
 };
 
-sl_status sl_toolp_kind_parse(const char *name, sl_toolp_kind *out, sl_err *e)
+sl_status sl_tool_parser_kind_parse(const char *name, sl_tool_parser_kind *out, sl_err *e)
 {
-    if (!strcmp(name, "qwen3_coder")) *out = SL_TOOLP_KIND_QWEN3_CODER;
-    else if (!strcmp(name, "hermes") || !strcmp(name, "qwen25")) *out = SL_TOOLP_KIND_HERMES;
+    if (!strcmp(name, "qwen3_coder")) *out = SL_TOOL_PARSER_KIND_QWEN3_CODER;
+    else if (!strcmp(name, "hermes") || !strcmp(name, "qwen25")) *out = SL_TOOL_PARSER_KIND_HERMES;
     else
         return sl_err_set(e, SL_ERR_INVALID,
-                          "unknown tool-call parser '%s' (known: qwen3_coder, hermes, qwen25)", name);
+                          "unknown tool-call parser '%s' (known: qwen3_coder, hermes, qwen25)",
+                          name);
     return SL_OK;
 }
 
-sl_toolp *sl_toolp_new(sl_toolp_kind kind, const json_t *tools, uint64_t seed)
+sl_tool_parser *sl_tool_parser_new(sl_tool_parser_kind kind, const json_t *tools, uint64_t seed)
 {
-    sl_toolp *p = calloc(1, sizeof *p);
+    sl_tool_parser *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->kind = kind;
     p->tools = json_is_array(tools) && json_array_size(tools) ? json_incref((json_t *)tools) : NULL;
@@ -70,7 +71,7 @@ sl_toolp *sl_toolp_new(sl_toolp_kind kind, const json_t *tools, uint64_t seed)
     return p;
 }
 
-void sl_toolp_free(sl_toolp *p)
+void sl_tool_parser_free(sl_tool_parser *p)
 {
     if (!p) return;
     json_decref(p->tools);
@@ -84,7 +85,7 @@ void sl_toolp_free(sl_toolp *p)
 /* ---- tools and schemas ---- */
 
 /* The function object of the request tool called name, or NULL. */
-static const json_t *find_function(const sl_toolp *p, const char *name)
+static const json_t *find_function(const sl_tool_parser *p, const char *name)
 {
     size_t i;
     json_t *t;
@@ -96,13 +97,13 @@ static const json_t *find_function(const sl_toolp *p, const char *name)
     return NULL;
 }
 
-static int name_allowed(const sl_toolp *p, const char *name)
+static int name_allowed(const sl_tool_parser *p, const char *name)
 {
     return *name && (!p->tools || find_function(p, name));
 }
 
 /* JSON schema type of a parameter; for a type list, its first non-"null". */
-static const char *param_type(const sl_toolp *p, const char *func, const char *param)
+static const char *param_type(const sl_tool_parser *p, const char *func, const char *param)
 {
     const json_t *fn = p->tools ? find_function(p, func) : NULL;
     json_t *t = json_object_get(json_object_get(json_object_get(json_object_get(fn, "parameters"),
@@ -111,7 +112,8 @@ static const char *param_type(const sl_toolp *p, const char *func, const char *p
         size_t i;
         json_t *x;
         json_array_foreach(t, i, x) {
-            if (json_is_string(x) && strcmp(json_string_value(x), "null")) return json_string_value(x);
+            if (json_is_string(x) && strcmp(json_string_value(x), "null"))
+                return json_string_value(x);
         }
         return NULL;
     }
@@ -121,7 +123,8 @@ static const char *param_type(const sl_toolp *p, const char *func, const char *p
 static int type_is(const char *type, const char *const *names, int prefix)
 {
     for (; *names; names++)
-        if (prefix ? !strncasecmp(type, *names, strlen(*names)) : !strcasecmp(type, *names)) return 1;
+        if (prefix ? !strncasecmp(type, *names, strlen(*names)) : !strcasecmp(type, *names))
+            return 1;
     return 0;
 }
 
@@ -141,7 +144,8 @@ static json_t *convert_value(const char *type, const char *s, size_t n)
         return sl_pyjson_string(s, n);
     }
     json_t *v = json_loadb(s, n, JSON_DECODE_ANY, NULL);
-    int fits = !type || !(type_is(type, ints, 1) || type_is(type, nums, 1)) || /* object, array, unknown */
+    int fits = !type ||
+               !(type_is(type, ints, 1) || type_is(type, nums, 1)) || /* object, array, unknown */
                (type_is(type, ints, 1) ? json_is_integer(v) : json_is_number(v));
     if (v && fits) return v;
     json_decref(v);
@@ -150,7 +154,7 @@ static json_t *convert_value(const char *type, const char *s, size_t n)
 
 /* ---- emitting ---- */
 
-static int start_call(sl_toolp *p, sl_deltas *out, const char *name)
+static int start_call(sl_tool_parser *p, sl_deltas *out, const char *name)
 {
     uint64_t a = sl_rng_mix(p->seed ^ sl_rng_mix((uint64_t)p->ncalls)), b = sl_rng_mix(a);
     char id[40];
@@ -159,7 +163,7 @@ static int start_call(sl_toolp *p, sl_deltas *out, const char *name)
     return sl_deltas_tool_start(out, p->ncalls, id, name);
 }
 
-static void end_call(sl_toolp *p)
+static void end_call(sl_tool_parser *p)
 {
     p->ncalls++;
     p->after_call = 1;
@@ -169,7 +173,7 @@ static void end_call(sl_toolp *p)
 
 /* A call that turned out malformed: its text so far becomes content, and the
  * held text is read again as plain text. */
-static step fail_call(sl_toolp *p, sl_deltas *out)
+static step fail_call(sl_tool_parser *p, sl_deltas *out)
 {
     if (sl_deltas_text(out, SL_DELTA_CONTENT, 0, p->raw.data, p->raw.len)) return STEP_OOM;
     sl_buf_clear(&p->raw);
@@ -181,13 +185,13 @@ static step fail_call(sl_toolp *p, sl_deltas *out)
 /* Searches held text for tag from where the last search of this state
  * stopped: a long value streamed in small chunks is scanned once, not once
  * per chunk. */
-static const char *find_new(sl_toolp *p, const char *tag)
+static const char *find_new(sl_tool_parser *p, const char *tag)
 {
     return sl_scan_find(p->held.data + p->scanned, p->held.len - p->scanned, tag);
 }
 
 /* Nothing closed yet: the next search may start where a tag could still begin. */
-static step wait_scanned(sl_toolp *p)
+static step wait_scanned(sl_tool_parser *p)
 {
     p->scanned = p->held.len > TAG_MAX_LEN ? p->held.len - TAG_MAX_LEN : 0;
     return STEP_WAIT;
@@ -195,7 +199,7 @@ static step wait_scanned(sl_toolp *p)
 
 /* ---- states ---- */
 
-static step on_text(sl_toolp *p, sl_deltas *out, int at_end)
+static step on_text(sl_tool_parser *p, sl_deltas *out, int at_end)
 {
     sl_buf *h = &p->held;
     if (p->after_call) {
@@ -208,7 +212,7 @@ static step on_text(sl_toolp *p, sl_deltas *out, int at_end)
     const char *s = h->data;
     const char *open = sl_scan_find(s, h->len, CALL_OPEN), *bare = NULL;
     size_t hold = at_end ? 0 : sl_scan_partial(s, h->len, CALL_OPEN);
-    if (p->kind == SL_TOOLP_KIND_QWEN3_CODER) {
+    if (p->kind == SL_TOOL_PARSER_KIND_QWEN3_CODER) {
         bare = sl_scan_find(s, open ? (size_t)(open - s) : h->len, FUNC_OPEN);
         size_t fhold = at_end ? 0 : sl_scan_partial(s, h->len, FUNC_OPEN);
         hold = fhold > hold ? fhold : hold;
@@ -233,7 +237,7 @@ static step on_text(sl_toolp *p, sl_deltas *out, int at_end)
 }
 
 /* hermes: the JSON object between <tool_call> and </tool_call>. */
-static step on_hermes_call(sl_toolp *p, sl_deltas *out, int at_end)
+static step on_hermes_call(sl_tool_parser *p, sl_deltas *out, int at_end)
 {
     sl_buf *h = &p->held;
     const char *close = find_new(p, CALL_CLOSE);
@@ -291,7 +295,7 @@ static int read_named_tag(const sl_buf *h, size_t from, const char *tag, int at_
 
 /* qwen3_coder: "<function=NAME>" after <tool_call> (whitespace allowed), or
  * the "NAME>" of a bare "<function=". */
-static step on_coder_call(sl_toolp *p, sl_deltas *out, int at_end)
+static step on_coder_call(sl_tool_parser *p, sl_deltas *out, int at_end)
 {
     sl_buf *h = &p->held;
     size_t ws = p->bare ? 0 : sl_scan_lead_space(h->data, h->len), taken;
@@ -316,7 +320,7 @@ static step on_coder_call(sl_toolp *p, sl_deltas *out, int at_end)
     return STEP_MORE;
 }
 
-static int close_coder_call(sl_toolp *p, sl_deltas *out)
+static int close_coder_call(sl_tool_parser *p, sl_deltas *out)
 {
     const char *tail = p->nparams ? "}" : "{}";
     if (sl_deltas_text(out, SL_DELTA_TOOL_ARGS, p->ncalls, tail, strlen(tail))) return -1;
@@ -324,7 +328,7 @@ static int close_coder_call(sl_toolp *p, sl_deltas *out)
     return 0;
 }
 
-static step on_params(sl_toolp *p, sl_deltas *out, int at_end)
+static step on_params(sl_tool_parser *p, sl_deltas *out, int at_end)
 {
     sl_buf *h = &p->held;
     sl_scan_consume(h, sl_scan_lead_space(h->data, h->len));
@@ -362,7 +366,7 @@ static step on_params(sl_toolp *p, sl_deltas *out, int at_end)
 
 /* A value ends at </parameter>, or where the model forgot it: at the next
  * <parameter=, </function> or </tool_call>. */
-static step on_value(sl_toolp *p, sl_deltas *out, int at_end)
+static step on_value(sl_tool_parser *p, sl_deltas *out, int at_end)
 {
     static const char *const ends[] = {PARAM_CLOSE, PARAM_OPEN, FUNC_CLOSE, CALL_CLOSE, NULL};
     sl_buf *h = &p->held;
@@ -379,8 +383,9 @@ static step on_value(sl_toolp *p, sl_deltas *out, int at_end)
     json_t *value = convert_value(param_type(p, p->func, p->param), v, vn);
     sl_buf frag = {0};
     json_t *key = sl_pyjson_string(p->param, strlen(p->param));
-    int oom = !value || !key || sl_buf_puts(&frag, p->nparams ? ", " : "{") || sl_pyjson_dumps(&frag, key) ||
-              sl_buf_puts(&frag, ": ") || sl_pyjson_dumps(&frag, value) ||
+    int oom = !value || !key || sl_buf_puts(&frag, p->nparams ? ", " : "{") ||
+              sl_pyjson_dumps(&frag, key) || sl_buf_puts(&frag, ": ") ||
+              sl_pyjson_dumps(&frag, value) ||
               sl_deltas_text(out, SL_DELTA_TOOL_ARGS, p->ncalls, frag.data, frag.len);
     json_decref(value);
     json_decref(key);
@@ -392,27 +397,29 @@ static step on_value(sl_toolp *p, sl_deltas *out, int at_end)
     return STEP_MORE;
 }
 
-static step on_call_end(sl_toolp *p, sl_deltas *out, int at_end)
+static step on_call_end(sl_tool_parser *p, sl_deltas *out, int at_end)
 {
     sl_buf *h = &p->held;
     size_t ws = sl_scan_lead_space(h->data, h->len);
-    if (sl_scan_is_prefix(h->data + ws, h->len - ws, CALL_CLOSE) && h->len - ws < strlen(CALL_CLOSE) &&
-        !at_end)
+    if (sl_scan_is_prefix(h->data + ws, h->len - ws, CALL_CLOSE) &&
+        h->len - ws < strlen(CALL_CLOSE) && !at_end)
         return STEP_WAIT;
     if (h->len - ws >= strlen(CALL_CLOSE) && !memcmp(h->data + ws, CALL_CLOSE, strlen(CALL_CLOSE)))
         sl_scan_consume(h, ws + strlen(CALL_CLOSE));
     return close_coder_call(p, out) ? STEP_OOM : STEP_MORE;
 }
 
-static sl_status run(sl_toolp *p, sl_deltas *out, int at_end, sl_err *e)
+static sl_status run(sl_tool_parser *p, sl_deltas *out, int at_end, sl_err *e)
 {
-    if (sl_buf_reserve(&p->held, 0)) return sl_err_set(e, SL_ERR_NOMEM, "tool-call parser: out of memory");
+    if (sl_buf_reserve(&p->held, 0))
+        return sl_err_set(e, SL_ERR_NOMEM, "tool-call parser: out of memory");
     for (;;) {
         step r = STEP_WAIT;
         switch (p->state) {
         case STATE_TEXT: r = on_text(p, out, at_end); break;
         case STATE_CALL:
-            r = p->kind == SL_TOOLP_KIND_HERMES ? on_hermes_call(p, out, at_end) : on_coder_call(p, out, at_end);
+            r = p->kind == SL_TOOL_PARSER_KIND_HERMES ? on_hermes_call(p, out, at_end)
+                                                      : on_coder_call(p, out, at_end);
             break;
         case STATE_PARAMS: r = on_params(p, out, at_end); break;
         case STATE_VALUE: r = on_value(p, out, at_end); break;
@@ -424,10 +431,15 @@ static sl_status run(sl_toolp *p, sl_deltas *out, int at_end, sl_err *e)
     }
 }
 
-sl_status sl_toolp_feed(sl_toolp *p, const char *text, size_t len, sl_deltas *out, sl_err *e)
+sl_status sl_tool_parser_feed(sl_tool_parser *p, const char *text, size_t len, sl_deltas *out,
+                              sl_err *e)
 {
-    if (sl_buf_append(&p->held, text, len)) return sl_err_set(e, SL_ERR_NOMEM, "tool-call parser: out of memory");
+    if (sl_buf_append(&p->held, text, len))
+        return sl_err_set(e, SL_ERR_NOMEM, "tool-call parser: out of memory");
     return run(p, out, 0, e);
 }
 
-sl_status sl_toolp_finish(sl_toolp *p, sl_deltas *out, sl_err *e) { return run(p, out, 1, e); }
+sl_status sl_tool_parser_finish(sl_tool_parser *p, sl_deltas *out, sl_err *e)
+{
+    return run(p, out, 1, e);
+}

@@ -175,35 +175,16 @@ static gen *map_find(sl_cluster *cl, uint64_t rid)
 
 /* ----------------------------------------------------------- sending */
 
-static int send_env(worker *w, const Sluice__Envelope *env)
-{
-    if (!w->open) return NNG_ECLOSED;
-    nng_msg *m;
-    int rv = sl_wire_pack(env, &m);
-    if (rv) return rv;
-    rv = nng_sendmsg(w->sock, m, NNG_FLAG_NONBLOCK);
-    if (rv) nng_msg_free(m);
-    return rv;
-}
-
+/* Sends never block the loop thread: a full queue fails the send. */
 static void send_ping(worker *w)
 {
-    Sluice__Ping p = SLUICE__PING__INIT;
-    p.seq = ++w->ping_seq;
-    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-    env.msg_case = SLUICE__ENVELOPE__MSG_PING;
-    env.ping = &p;
-    send_env(w, &env);
+    if (w->open)
+        sl_wire_send_ping(w->sock, SLUICE__ENVELOPE__MSG_PING, ++w->ping_seq, NNG_FLAG_NONBLOCK);
 }
 
 static void send_abort(worker *w, uint64_t rid)
 {
-    Sluice__AbortRequest a = SLUICE__ABORT_REQUEST__INIT;
-    a.rid = rid;
-    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-    env.msg_case = SLUICE__ENVELOPE__MSG_ABORT;
-    env.abort = &a;
-    send_env(w, &env);
+    if (w->open) sl_wire_send_abort(w->sock, rid, NNG_FLAG_NONBLOCK);
 }
 
 /* --------------------------------------------------------- liveness */
@@ -529,10 +510,7 @@ sl_status sl_cluster_submit(sl_cluster *cl, int worker_idx, Sluice__GenerateRequ
         return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     }
     g->rid = ++cl->next_rid;
-    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-    env.msg_case = SLUICE__ENVELOPE__MSG_GENERATE;
-    env.generate = g;
-    int rv = send_env(w, &env);
+    int rv = w->open ? sl_wire_send_generate(w->sock, g, NNG_FLAG_NONBLOCK) : NNG_ECLOSED;
     if (rv) {
         free(gn);
         return sl_err_set(e, SL_ERR_CLOSED, "sending to worker %s: %s", w->url, nng_strerror(rv));

@@ -28,10 +28,10 @@
  *   - qwen3_coder only: a tool without "parameters" renders as if it had
  *     an empty object (the Jinja template would raise).
  *
- *   sl_tmpl_family fam;
- *   if (sl_tmpl_load(model_dir, NULL, &fam, &e)) ...   // at start-up
+ *   sl_chat_template_family fam;
+ *   if (sl_chat_template_load(model_dir, NULL, &fam, &e)) ...   // at start-up
  *   sl_buf prompt = {0};
- *   if (sl_tmpl_render(fam, request_json, &prompt, &e)) ...  // per request
+ *   if (sl_chat_template_render(fam, request_json, &prompt, &e)) ...  // per request
  *
  * Everything here is pure and reentrant: any thread may render.
  */
@@ -43,34 +43,33 @@
 #include "sl_buf.h"
 #include "sl_err.h"
 
-typedef enum sl_tmpl_family {
-    SL_TMPL_FAMILY_QWEN3,
-    SL_TMPL_FAMILY_QWEN3_CODER,
-} sl_tmpl_family;
+typedef enum sl_chat_template_family {
+    SL_CHAT_TEMPLATE_FAMILY_QWEN3,
+    SL_CHAT_TEMPLATE_FAMILY_QWEN3_CODER,
+} sl_chat_template_family;
 
 /* "qwen3" / "qwen3_coder". */
-const char *sl_tmpl_family_name(sl_tmpl_family f);
+const char *sl_chat_template_family_name(sl_chat_template_family f);
 /* Name -> family; SL_ERR_INVALID naming the accepted names otherwise. */
-sl_status sl_tmpl_family_parse(const char *name, sl_tmpl_family *out, sl_err *e);
+sl_status sl_chat_template_family_parse(const char *name, sl_chat_template_family *out, sl_err *e);
 
 /* Which family a Jinja template's text is (several distinctive fragments must
  * all be present, so small edits elsewhere do not matter);
  * SL_ERR_UNSUPPORTED when none matches. */
-sl_status sl_tmpl_detect(const char *template_text, sl_tmpl_family *out, sl_err *e);
+sl_status sl_chat_template_detect(const char *template_text, sl_chat_template_family *out,
+                                  sl_err *e);
 
 /* Start-up choice: override_name when non-NULL (model_dir may then be NULL);
  * otherwise the template of model_dir (chat_template.jinja, else
- * tokenizer_config.json "chat_template") recognised by sl_tmpl_detect.
+ * tokenizer_config.json "chat_template") recognised by sl_chat_template_detect.
  * Errors name the file and what is missing or unrecognised. Blocks on file I/O. */
-sl_status sl_tmpl_load(const char *model_dir, const char *override_name, sl_tmpl_family *out,
-                       sl_err *e);
+sl_status sl_chat_template_load(const char *model_dir, const char *override_name,
+                                sl_chat_template_family *out, sl_err *e);
 
 /* Appends the prompt for request to out. SL_ERR_INVALID (naming the field,
  * e.g. "messages[2].content") for wrong shapes; out may then hold a prefix.
  * request is only read. */
-sl_status sl_tmpl_render(sl_tmpl_family f, const json_t *request, sl_buf *out, sl_err *e);
-
-/* `sluice render`: request body on stdin -> prompt on stdout. */
-int sl_cmd_render(int argc, char **argv);
+sl_status sl_chat_template_render(sl_chat_template_family f, const json_t *request, sl_buf *out,
+                                  sl_err *e);
 
 #endif

@@ -53,17 +53,6 @@ sl_router_config sl_router_config_default(void)
 
 static double now_ms(void) { return (double)uv_hrtime() / 1e6; }
 
-int sl_api_fail(sl_api_err *err, int status, const char *type, const char *fmt, ...)
-{
-    err->status = status;
-    err->type = type;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 /* ------------------------------------------------------------- responses */
 
 static void respond_json(sl_router *rt, sl_http_req *r, const char *route, int status, json_t *o)
@@ -75,29 +64,22 @@ static void respond_json(sl_router *rt, sl_http_req *r, const char *route, int s
     sl_metrics_request(&rt->metrics, route, status);
 }
 
-/* Errors in the shape the route's API uses (Anthropic's for /v1/messages). */
-static void route_error(sl_http_req *r, const char *route, int status, const char *type,
-                        const char *msg)
+/* An error in the shape of dialect d's API, before any header went out. */
+static void respond_error(sl_http_req *r, const sl_api_dialect *d, sl_api_status st,
+                          const char *msg)
 {
-    if (strncmp(route, "/v1/messages", 12)) {
-        sl_http_respond_error(r, status, type, msg);
-        return;
-    }
-    json_t *o = json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type",
-                          status == 401 ? "authentication_error"
-                          : status >= 500 ? "api_error"
-                          : status == 404 ? "not_found_error"
-                                          : "invalid_request_error",
-                          "message", msg);
+    json_t *o = d->error_body(st, msg);
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    sl_http_respond(r, status, "application/json", s, strlen(s), NULL);
+    sl_http_respond(r, sl_api_status_get(st)->http, "application/json", s ? s : "{}",
+                    s ? strlen(s) : 2, NULL);
     free(s);
 }
 
-static void respond_err(sl_router *rt, sl_http_req *r, const char *route, const sl_api_err *err)
+static void respond_err(sl_router *rt, sl_http_req *r, const char *route,
+                        const sl_api_dialect *d, const sl_api_err *err)
 {
-    route_error(r, route, err->status, err->type, err->msg);
+    respond_error(r, d, err->st, err->msg);
     sl_metrics_request(&rt->metrics, route, err->status);
 }
 
@@ -183,7 +165,7 @@ static void job_end_metrics(sl_job *j, int status)
 
 /* Ends a job with an error: a JSON error before any header went out, an
  * in-stream error event after. */
-static void job_fail(sl_job *j, int status, const char *type, const char *msg)
+static void job_fail(sl_job *j, sl_api_status st, const char *msg)
 {
     abort_running(j);
     if (j->aborted) {
@@ -196,22 +178,22 @@ static void job_fail(sl_job *j, int status, const char *type, const char *msg)
         return;
     }
     if (j->headers_sent) {
-        j->enc->stream_error(j, msg);
+        j->dialect->stream_error(j, msg);
         sl_http_stream_end(j->http);
     } else {
-        route_error(j->http, j->route, status, type, msg);
+        respond_error(j->http, j->dialect, st, msg);
     }
-    job_end_metrics(j, status);
+    job_end_metrics(j, sl_api_status_get(st)->http);
     job_free(j);
 }
 
 static void job_complete(sl_job *j)
 {
     if (j->p.stream) {
-        j->enc->stream_end(j);
+        j->dialect->stream_end(j);
         sl_http_stream_end(j->http);
     } else {
-        json_t *o = j->enc->final(j);
+        json_t *o = j->dialect->final(j);
         char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
         json_decref(o);
         sl_http_respond(j->http, 200, "application/json", s ? s : "{}", s ? strlen(s) : 2, NULL);
@@ -228,7 +210,7 @@ int sl_job_prompts(sl_job *j, int n, sl_api_err *err)
     j->is_ids = calloc((size_t)n, sizeof *j->is_ids);
     j->ids = calloc((size_t)n, sizeof *j->ids);
     if (!j->texts || !j->is_ids || !j->ids)
-        return sl_api_fail(err, 500, "server_error", "out of memory");
+        return sl_api_fail(err, SL_API_STATUS_SERVER, "out of memory");
     return 0;
 }
 
@@ -281,7 +263,7 @@ static void sink_content(void *ud, const char *t, size_t n)
     sl_seq *s = ud;
     if (!n) return;
     if (s->job->p.stream)
-        s->job->enc->content(s, t, n);
+        s->job->dialect->content(s, t, n);
     else
         sl_buf_append(&s->content, t, n);
 }
@@ -296,7 +278,7 @@ static void sink_reasoning(void *ud, const char *t, size_t n)
         return;
     }
     if (s->job->p.stream)
-        s->job->enc->reasoning(s, t, n);
+        s->job->dialect->reasoning(s, t, n);
     else
         sl_buf_append(&s->reasoning, t, n);
 }
@@ -308,14 +290,14 @@ static void sink_tool_start(void *ud, int index, const char *id, const char *nam
     if (!nt) return;
     s->tools = nt;
     nt[s->ntools++] = (sl_seq_tool){.id = strdup(id), .name = strdup(name)};
-    if (s->job->p.stream) s->job->enc->tool_start(s, index, id, name);
+    if (s->job->p.stream) s->job->dialect->tool_start(s, index, id, name);
 }
 
 static void sink_tool_args(void *ud, int index, const char *t, size_t n)
 {
     sl_seq *s = ud;
     if (index >= 0 && index < s->ntools) sl_buf_append(&s->tools[index].args, t, n);
-    if (s->job->p.stream) s->job->enc->tool_args(s, index, t, n);
+    if (s->job->p.stream) s->job->dialect->tool_args(s, index, t, n);
 }
 
 /* Text past the stop matcher goes to the output parser (or is content). */
@@ -409,7 +391,7 @@ static void seq_end(sl_seq *s, const char *finish)
     for (size_t i = 0; i < s->out_ids.n; i++) sl_tok_ids_push(&all, s->out_ids.v[i]);
     sl_route_record(j->rt->route, s->worker, all.v, (int)all.n);
     sl_tok_ids_free(&all);
-    if (j->p.stream) j->enc->seq_done(s);
+    if (j->p.stream) j->dialect->seq_done(s);
 }
 
 static void add_logprobs(sl_seq *s, const Sluice__TokenChunk *ch)
@@ -460,7 +442,7 @@ static void on_chunk(void *ud, const Sluice__TokenChunk *ch, int lost)
                  ch->error && *ch->error ? ch->error : "aborted by the worker",
                  lost ? " (no other worker could continue it)" : "");
         j->failed = 1;
-        job_fail(j, 502, "server_error", msg);
+        job_fail(j, SL_API_STATUS_WORKER_LOST, msg);
         return;
     }
     if (ch->n_ids) {
@@ -563,9 +545,9 @@ static sl_status seq_submit(sl_seq *s, int worker, sl_err *e)
     g.output_ids = s->out_ids.v;
     g.sampling = &sp;
     g.max_new_tokens = s->max_new - (int)s->out_ids.n;
-    int32_t eos[16];
-    int neos = t->eos_ids ? t->eos_ids(rt->cfg.text_impl, eos, 16) : 0;
-    int32_t stops[64 + 16];
+    int32_t eos[SL_JOB_MAX_EOS_IDS];
+    int neos = t->eos_ids ? t->eos_ids(rt->cfg.text_impl, eos, SL_JOB_MAX_EOS_IDS) : 0;
+    int32_t stops[SL_WIRE_MAX_STOP_IDS];
     int nst = 0;
     for (int k = 0; k < j->p.n_stop_ids; k++) stops[nst++] = j->p.stop_ids[k];
     for (int k = 0; k < neos && !sp.ignore_eos; k++) stops[nst++] = eos[k];
@@ -617,7 +599,7 @@ static void job_dispatch(sl_job *j)
     for (int i = 0; i < j->nprompts; i++) {
         int n = (int)j->ids[i].n;
         if (!n) {
-            job_fail(j, 400, "invalid_request_error", "the prompt is empty");
+            job_fail(j, SL_API_STATUS_INVALID, "the prompt is empty");
             return;
         }
         if (ctx && n >= ctx) {
@@ -625,7 +607,7 @@ static void job_dispatch(sl_job *j)
                      "This model's maximum context length is %d tokens. However, your request "
                      "has %d input tokens. Please reduce the length of the input.",
                      ctx, n);
-            job_fail(j, 400, "invalid_request_error", msg);
+            job_fail(j, SL_API_STATUS_INVALID, msg);
             return;
         }
         int vocab = 0;
@@ -638,20 +620,20 @@ static void job_dispatch(sl_job *j)
             if (j->ids[i].v[k] < 0 || j->ids[i].v[k] >= vocab) {
                 snprintf(msg, sizeof msg, "prompt token id %d is outside the vocabulary [0, %d)",
                          j->ids[i].v[k], vocab);
-                job_fail(j, 400, "invalid_request_error", msg);
+                job_fail(j, SL_API_STATUS_INVALID, msg);
                 return;
             }
     }
     sl_route_cand cand[256];
     int ncand = candidates(rt, cand, 256);
     if (!ncand) {
-        job_fail(j, 503, "server_error", "no worker is available; try again later");
+        job_fail(j, SL_API_STATUS_UNAVAILABLE, "no worker is available; try again later");
         return;
     }
     j->nseqs = j->nprompts * j->p.n;
     j->seqs = calloc((size_t)j->nseqs, sizeof *j->seqs);
     if (!j->seqs) {
-        job_fail(j, 500, "server_error", "out of memory");
+        job_fail(j, SL_API_STATUS_SERVER, "out of memory");
         return;
     }
     for (int i = 0; i < j->nprompts; i++) {
@@ -677,14 +659,14 @@ static void job_dispatch(sl_job *j)
                 s->parser = t->parser_new(rt->cfg.text_impl, j->body, j->chat_prompt.data,
                                           j->chat_prompt.len, &e);
                 if (!s->parser && e.code) {
-                    job_fail(j, 400, "invalid_request_error", e.msg);
+                    job_fail(j, SL_API_STATUS_INVALID, e.msg);
                     return;
                 }
             }
             sl_err e = {0};
             if (seq_submit(s, worker, &e) != SL_OK) {
                 snprintf(msg, sizeof msg, "no worker could take the request: %s", e.msg);
-                job_fail(j, 503, "server_error", msg);
+                job_fail(j, SL_API_STATUS_UNAVAILABLE, msg);
                 return;
             }
         }
@@ -717,14 +699,14 @@ static void after_encode(sl_job *j)
 {
     j->encoding = 0;
     if (j->aborted) {
-        job_fail(j, 499, "invalid_request_error", "client closed the connection");
+        job_fail(j, SL_API_STATUS_CLIENT_GONE, "client closed the connection");
         return;
     }
     if (j->work_err.code) {
         char msg[600];
         snprintf(msg, sizeof msg, "%s", j->work_err.msg);
-        job_fail(j, j->work_err.code == SL_ERR_NOMEM ? 500 : 400,
-                 j->work_err.code == SL_ERR_NOMEM ? "server_error" : "invalid_request_error", msg);
+        job_fail(j, j->work_err.code == SL_ERR_NOMEM ? SL_API_STATUS_SERVER : SL_API_STATUS_INVALID,
+                 msg);
         return;
     }
     if (!strcmp(j->route, "/tokenize") || !strcmp(j->route, "/v1/messages/count_tokens")) {
@@ -774,7 +756,7 @@ static void on_client_abort(sl_http_req *r, void *ud)
     j->rt->metrics.aborted++;
     abort_running(j);
     if (j->encoding) return; /* after_encode ends it */
-    job_fail(j, 499, "invalid_request_error", "client closed the connection");
+    job_fail(j, SL_API_STATUS_CLIENT_GONE, "client closed the connection");
 }
 
 /* ------------------------------------------------------------ endpoints */
@@ -858,8 +840,8 @@ static void handle_detokenize(sl_router *rt, sl_http_req *r, json_t *body)
     sl_api_err err = {0};
     json_t *toks = json_object_get(body, "tokens");
     if (!json_is_array(toks)) {
-        sl_api_fail(&err, 400, "invalid_request_error", "tokens: expected an array of token ids");
-        respond_err(rt, r, "/detokenize", &err);
+        sl_api_fail(&err, SL_API_STATUS_INVALID, "tokens: expected an array of token ids");
+        respond_err(rt, r, "/detokenize", &sl_openai_chat, &err);
         return;
     }
     sl_tok_ids ids = {0};
@@ -869,8 +851,8 @@ static void handle_detokenize(sl_router *rt, sl_http_req *r, json_t *body)
     {
         if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
             sl_tok_ids_free(&ids);
-            sl_api_fail(&err, 400, "invalid_request_error", "tokens[%zu]: expected a token id", i);
-            respond_err(rt, r, "/detokenize", &err);
+            sl_api_fail(&err, SL_API_STATUS_INVALID, "tokens[%zu]: expected a token id", i);
+            respond_err(rt, r, "/detokenize", &sl_openai_chat, &err);
             return;
         }
         sl_tok_ids_push(&ids, (int32_t)json_integer_value(v));
@@ -880,8 +862,8 @@ static void handle_detokenize(sl_router *rt, sl_http_req *r, json_t *body)
     if (rt->cfg.text->decode(rt->cfg.text_impl, ids.v, ids.n, &out, &e) != SL_OK) {
         sl_tok_ids_free(&ids);
         sl_buf_free(&out);
-        sl_api_fail(&err, 400, "invalid_request_error", "tokens: %s", e.msg);
-        respond_err(rt, r, "/detokenize", &err);
+        sl_api_fail(&err, SL_API_STATUS_INVALID, "tokens: %s", e.msg);
+        respond_err(rt, r, "/detokenize", &sl_openai_chat, &err);
         return;
     }
     sl_tok_ids_free(&ids);
@@ -901,8 +883,7 @@ static int decode_tokenize(sl_job *j, sl_api_err *err)
         return 0;
     }
     if (!json_is_string(prompt))
-        return sl_api_fail(err, 400, "invalid_request_error",
-                           "prompt: expected a string (or messages: a chat)");
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "prompt: expected a string (or messages: a chat)");
     j->texts[0] = strdup(json_string_value(prompt));
     return 0;
 }
@@ -916,10 +897,11 @@ static sl_job *job_decode(const sl_router_config *cfg, const char *route, sl_api
     sl_job *j = calloc(1, sizeof *j);
     if (!j) {
         json_decref(body);
-        sl_api_fail(err, 500, "server_error", "out of memory");
+        sl_api_fail(err, SL_API_STATUS_SERVER, "out of memory");
         return NULL;
     }
     j->kind = kind;
+    j->dialect = sl_api_dialect_of(kind);
     j->route = route;
     j->body = body;
     j->model = cfg->served_model_name;
@@ -935,15 +917,11 @@ static sl_job *job_decode(const sl_router_config *cfg, const char *route, sl_api
     int rc;
     if (!strcmp(route, "/tokenize")) {
         rc = sl_job_prompts(j, 1, err) ? -1 : decode_tokenize(j, err);
-    } else if (kind == SL_API_CHAT) {
-        rc = sl_openai_decode_chat(j, err);
-    } else if (kind == SL_API_COMPLETIONS) {
-        rc = sl_openai_decode_completions(j, err);
     } else {
-        rc = sl_anthropic_decode_messages(j, err);
+        rc = j->dialect->decode(j, err);
     }
     if (!rc && j->p.n > cfg->max_n)
-        rc = sl_api_fail(err, 400, "invalid_request_error", "n: at most %d choices", cfg->max_n);
+        rc = sl_api_fail(err, SL_API_STATUS_INVALID, "n: at most %d choices", cfg->max_n);
     if (rc) {
         job_release(j);
         return NULL;
@@ -963,7 +941,7 @@ static void handle_generate(sl_router *rt, sl_http_req *r, json_t *body, sl_api_
     sl_api_err err = {0};
     sl_job *j = job_decode(&rt->cfg, route, kind, body, &err);
     if (!j) {
-        respond_err(rt, r, route, &err);
+        respond_err(rt, r, route, sl_api_dialect_of(kind), &err);
         return;
     }
     j->rt = rt;
@@ -971,16 +949,12 @@ static void handle_generate(sl_router *rt, sl_http_req *r, json_t *body, sl_api_
     j->t_arrival_ms = sl_http_req_arrival_ms(r);
     j->created = (long)time(NULL);
     uint64_t seq = ++rt->id_seq;
-    snprintf(j->id, sizeof j->id, "%s%016llx%08llx",
-             kind == SL_API_CHAT ? "chatcmpl-" : kind == SL_API_MESSAGES ? "msg_" : "cmpl-",
+    snprintf(j->id, sizeof j->id, "%s%016llx%08llx", j->dialect->id_prefix,
              (unsigned long long)sl_rng_mix(uv_hrtime() ^ seq), (unsigned long long)seq);
     j->next = rt->jobs;
     if (rt->jobs) rt->jobs->prev = j;
     rt->jobs = j;
     rt->njobs++;
-    j->enc = kind == SL_API_CHAT          ? &sl_openai_chat_enc
-           : kind == SL_API_COMPLETIONS ? &sl_openai_completions_enc
-                                        : &sl_anthropic_enc;
     sl_http_req_on_abort(r, on_client_abort, j);
     job_start(j);
 }
@@ -990,46 +964,48 @@ static void on_request(sl_http_req *r, void *ud)
     sl_router *rt = ud;
     const char *path = sl_http_req_path(r);
     const char *method = sl_http_req_method(r);
+    /* errors: each route answers in its API's dialect (OpenAI's when none) */
     static const struct {
         const char *path, *method;
         int kind; /* -1: not a generation */
-    } routes[] = {{"/v1/chat/completions", "POST", SL_API_CHAT},
-                  {"/v1/completions", "POST", SL_API_COMPLETIONS},
-                  {"/v1/messages", "POST", SL_API_MESSAGES},
-                  {"/v1/messages/count_tokens", "POST", SL_API_MESSAGES},
-                  {"/tokenize", "POST", SL_API_COMPLETIONS},
-                  {"/detokenize", "POST", -1},
-                  {"/v1/models", "GET", -1},
-                  {"/health", "GET", -1},
-                  {"/metrics", "GET", -1}};
+        const sl_api_dialect *dialect;
+    } routes[] = {{"/v1/chat/completions", "POST", SL_API_CHAT, &sl_openai_chat},
+                  {"/v1/completions", "POST", SL_API_COMPLETIONS, &sl_openai_completions},
+                  {"/v1/messages", "POST", SL_API_MESSAGES, &sl_anthropic_messages},
+                  {"/v1/messages/count_tokens", "POST", SL_API_MESSAGES, &sl_anthropic_messages},
+                  {"/tokenize", "POST", SL_API_COMPLETIONS, &sl_openai_completions},
+                  {"/detokenize", "POST", -1, &sl_openai_chat},
+                  {"/v1/models", "GET", -1, &sl_openai_chat},
+                  {"/health", "GET", -1, &sl_openai_chat},
+                  {"/metrics", "GET", -1, &sl_openai_chat}};
     int k = -1;
     for (int i = 0; i < (int)(sizeof routes / sizeof routes[0]); i++)
         if (!strcmp(path, routes[i].path)) k = i;
     sl_api_err err = {0};
     if (k < 0) {
-        sl_api_fail(&err, 404, "invalid_request_error", "no route %s %s", method, path);
-        respond_err(rt, r, "other", &err);
+        sl_api_fail(&err, SL_API_STATUS_NOT_FOUND, "no route %s %s", method, path);
+        respond_err(rt, r, "other", &sl_openai_chat, &err);
         return;
     }
     const char *route = routes[k].path;
+    const sl_api_dialect *d = routes[k].dialect;
     if (strcmp(method, routes[k].method)) {
-        sl_api_fail(&err, 405, "invalid_request_error", "%s takes %s, not %s", path,
-                    routes[k].method, method);
-        respond_err(rt, r, route, &err);
+        sl_api_fail(&err, SL_API_STATUS_METHOD, "%s takes %s, not %s", path, routes[k].method,
+                    method);
+        respond_err(rt, r, route, d, &err);
         return;
     }
     if (strcmp(route, "/health") && !auth_ok(rt, r)) {
-        sl_api_fail(&err, 401, "authentication_error",
-                    "invalid or missing API key (Authorization: Bearer <key>)");
-        respond_err(rt, r, route, &err);
+        sl_api_fail(&err, SL_API_STATUS_UNAUTHORIZED, "invalid or missing API key (Authorization: Bearer <key>)");
+        respond_err(rt, r, route, d, &err);
         return;
     }
     if (!strcmp(route, "/health")) return handle_health(rt, r);
     if (!strcmp(route, "/v1/models")) return handle_models(rt, r);
     if (!strcmp(route, "/metrics")) return handle_metrics(rt, r);
     if (rt->shutting_down) {
-        sl_api_fail(&err, 503, "server_error", "the router is shutting down");
-        respond_err(rt, r, route, &err);
+        sl_api_fail(&err, SL_API_STATUS_UNAVAILABLE, "the router is shutting down");
+        respond_err(rt, r, route, d, &err);
         return;
     }
     size_t blen;
@@ -1038,13 +1014,12 @@ static void on_request(sl_http_req *r, void *ud)
     json_t *body = json_loadb(b, blen, JSON_REJECT_DUPLICATES, &je);
     if (!body || !json_is_object(body)) {
         if (body)
-            sl_api_fail(&err, 400, "invalid_request_error", "the body must be a JSON object");
+            sl_api_fail(&err, SL_API_STATUS_INVALID, "the body must be a JSON object");
         else
-            sl_api_fail(&err, 400, "invalid_request_error",
-                        "malformed JSON body: %s (line %d, column %d)", je.text, je.line,
+            sl_api_fail(&err, SL_API_STATUS_INVALID, "malformed JSON body: %s (line %d, column %d)", je.text, je.line,
                         je.column);
         json_decref(body);
-        respond_err(rt, r, route, &err);
+        respond_err(rt, r, route, d, &err);
         return;
     }
     if (!strcmp(route, "/detokenize")) {
@@ -1071,7 +1046,7 @@ static void on_tick(uv_timer_t *t)
             SL_LOGW("router", "%s: client is not reading its stream; aborting", j->id);
             j->aborted = 1;
             rt->metrics.aborted++;
-            job_fail(j, 499, "invalid_request_error", "client too slow");
+            job_fail(j, SL_API_STATUS_CLIENT_GONE, "client too slow");
             continue;
         }
         if (now - j->t_last_write_ms >= rt->cfg.keepalive_ms) sl_job_sse_raw(j, ": keep-alive\n\n");
@@ -1145,7 +1120,7 @@ static void on_http_drained(void *ud)
         sl_job *j = rt->jobs;
         if (j->encoding) break; /* after_encode frees it; the loop keeps running */
         j->aborted = 1;
-        job_fail(j, 503, "server_error", "the router is shutting down");
+        job_fail(j, SL_API_STATUS_UNAVAILABLE, "the router is shutting down");
     }
     sl_cluster_close(rt->cluster);
     uv_close((uv_handle_t *)&rt->tick, on_tick_closed);

@@ -7,6 +7,8 @@
 
 /* text <-> token ids with a model's tokenizer.json (cmd_tokenize.c; docs/cli.md) */
 int sl_cmd_tokenize(int argc, char **argv);
+/* request body on stdin -> chat-template prompt on stdout (cmd_render.c) */
+int sl_cmd_render(int argc, char **argv);
 /* the HTTP front end (cmd_router.c), router + local workers (cmd_serve.c) */
 int sl_cmd_router(int argc, char **argv);
 int sl_cmd_serve(int argc, char **argv);

@@ -18,16 +18,14 @@ static int blocks_text(json_t *c, const char *where, sl_buf *out, sl_api_err *er
 {
     if (json_is_string(c)) return sl_buf_puts(out, json_string_value(c)) ? -1 : 0;
     if (!json_is_array(c))
-        return sl_api_fail(err, 400, "invalid_request_error",
-                           "%s: expected a string or an array of content blocks", where);
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "%s: expected a string or an array of content blocks", where);
     size_t i;
     json_t *b;
     json_array_foreach(c, i, b)
     {
         const char *ty = json_string_value(json_object_get(b, "type"));
         if (!ty || strcmp(ty, "text") || !json_is_string(json_object_get(b, "text")))
-            return sl_api_fail(err, 400, "invalid_request_error",
-                               "%s[%zu]: expected a text block", where, i);
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "%s[%zu]: expected a text block", where, i);
         if (out->len) sl_buf_puts(out, "\n");
         sl_buf_puts(out, json_string_value(json_object_get(b, "text")));
     }
@@ -39,16 +37,14 @@ static int convert_message(json_t *m, size_t idx, json_t *out, sl_api_err *err)
 {
     const char *role = json_string_value(json_object_get(m, "role"));
     if (!role || (strcmp(role, "user") && strcmp(role, "assistant")))
-        return sl_api_fail(err, 400, "invalid_request_error",
-                           "messages[%zu].role: expected \"user\" or \"assistant\"", idx);
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "messages[%zu].role: expected \"user\" or \"assistant\"", idx);
     json_t *c = json_object_get(m, "content");
     if (json_is_string(c)) {
         json_array_append_new(out, json_pack("{s:s,s:O}", "role", role, "content", c));
         return 0;
     }
     if (!json_is_array(c))
-        return sl_api_fail(err, 400, "invalid_request_error",
-                           "messages[%zu].content: expected a string or an array of blocks", idx);
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "messages[%zu].content: expected a string or an array of blocks", idx);
     sl_buf text = {0}, thinking = {0};
     json_t *calls = json_array();
     size_t i;
@@ -58,15 +54,13 @@ static int convert_message(json_t *m, size_t idx, json_t *out, sl_api_err *err)
     {
         const char *ty = json_string_value(json_object_get(b, "type"));
         if (!ty) {
-            rc = sl_api_fail(err, 400, "invalid_request_error",
-                             "messages[%zu].content[%zu].type: expected a string", idx, i);
+            rc = sl_api_fail(err, SL_API_STATUS_INVALID, "messages[%zu].content[%zu].type: expected a string", idx, i);
             break;
         }
         if (!strcmp(ty, "text")) {
             const char *t = json_string_value(json_object_get(b, "text"));
             if (!t) {
-                rc = sl_api_fail(err, 400, "invalid_request_error",
-                                 "messages[%zu].content[%zu].text: expected a string", idx, i);
+                rc = sl_api_fail(err, SL_API_STATUS_INVALID, "messages[%zu].content[%zu].text: expected a string", idx, i);
                 break;
             }
             if (text.len) sl_buf_puts(&text, "\n");
@@ -81,8 +75,7 @@ static int convert_message(json_t *m, size_t idx, json_t *out, sl_api_err *err)
             const char *name = json_string_value(json_object_get(b, "name"));
             json_t *input = json_object_get(b, "input");
             if (!id || !name) {
-                rc = sl_api_fail(err, 400, "invalid_request_error",
-                                 "messages[%zu].content[%zu]: tool_use needs id and name", idx, i);
+                rc = sl_api_fail(err, SL_API_STATUS_INVALID, "messages[%zu].content[%zu]: tool_use needs id and name", idx, i);
                 break;
             }
             char *args = input ? json_dumps(input, JSON_COMPACT) : NULL; /* NULL: "{}" */
@@ -100,8 +93,7 @@ static int convert_message(json_t *m, size_t idx, json_t *out, sl_api_err *err)
             if (!id || (rc_content && blocks_text(rc_content, where, &r, err))) {
                 sl_buf_free(&r);
                 rc = id ? -1
-                        : sl_api_fail(err, 400, "invalid_request_error",
-                                      "messages[%zu].content[%zu].tool_use_id: expected a string",
+                        : sl_api_fail(err, SL_API_STATUS_INVALID, "messages[%zu].content[%zu].tool_use_id: expected a string",
                                       idx, i);
                 break;
             }
@@ -109,8 +101,7 @@ static int convert_message(json_t *m, size_t idx, json_t *out, sl_api_err *err)
                                                  id, "content", r.data ? r.data : ""));
             sl_buf_free(&r);
         } else {
-            rc = sl_api_fail(err, 400, "invalid_request_error",
-                             "messages[%zu].content[%zu]: %s blocks are not supported", idx, i, ty);
+            rc = sl_api_fail(err, SL_API_STATUS_INVALID, "messages[%zu].content[%zu]: %s blocks are not supported", idx, i, ty);
             break;
         }
     }
@@ -126,17 +117,17 @@ static int convert_message(json_t *m, size_t idx, json_t *out, sl_api_err *err)
     return rc;
 }
 
-int sl_anthropic_decode_messages(sl_job *j, sl_api_err *err)
+static int an_decode(sl_job *j, sl_api_err *err)
 {
     json_t *b = j->body;
     sl_job_params *p = &j->p;
     json_t *model = json_object_get(b, "model");
     if (!json_is_string(model))
-        return sl_api_fail(err, 400, "invalid_request_error", "model: expected a string");
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "model: expected a string");
     /* Claude Code asks for its own model names: any name maps to the served model. */
     json_t *msgs = json_object_get(b, "messages");
     if (!json_is_array(msgs) || !json_array_size(msgs))
-        return sl_api_fail(err, 400, "invalid_request_error", "messages: expected a non-empty array");
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "messages: expected a non-empty array");
     if (sl_api_check_count(msgs, "messages", SL_JOB_MAX_MESSAGES, err) ||
         sl_api_check_count(json_object_get(b, "tools"), "tools", SL_JOB_MAX_TOOLS, err))
         return -1;
@@ -150,7 +141,7 @@ int sl_anthropic_decode_messages(sl_job *j, sl_api_err *err)
         sl_api_get_stops(b, "stop_sequences", p, err))
         return -1;
     if (!p->max_tokens && strcmp(j->route, "/v1/messages/count_tokens"))
-        return sl_api_fail(err, 400, "invalid_request_error", "max_tokens: required");
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "max_tokens: required");
     json_t *chat = json_object();
     json_t *out = json_array();
     json_object_set_new(chat, "messages", out);
@@ -184,8 +175,7 @@ int sl_anthropic_decode_messages(sl_job *j, sl_api_err *err)
             if (!name) {
                 json_decref(ct);
                 json_decref(chat);
-                return sl_api_fail(err, 400, "invalid_request_error",
-                                   "tools[%zu].name: expected a string", i);
+                return sl_api_fail(err, SL_API_STATUS_INVALID, "tools[%zu].name: expected a string", i);
             }
             json_t *fn = json_pack("{s:s}", "name", name);
             json_t *d = json_object_get(m, "description");
@@ -311,11 +301,16 @@ static void an_seq_done(sl_seq *s)
 
 static void an_stream_end(sl_job *j) {}
 
+static json_t *an_error_body(sl_api_status st, const char *msg)
+{
+    return json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type",
+                     sl_api_status_get(st)->anthropic_type, "message", msg);
+}
+
+/* Headers went out, so the status is lost: the event names a server error. */
 static void an_stream_error(sl_job *j, const char *msg)
 {
-    sl_job_sse(j, "error",
-               json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type", "api_error",
-                         "message", msg));
+    sl_job_sse(j, "error", an_error_body(SL_API_STATUS_WORKER_LOST, msg));
 }
 
 static json_t *an_final(sl_job *j)
@@ -351,11 +346,14 @@ static json_t *an_final(sl_job *j)
     return o;
 }
 
-const sl_api_enc sl_anthropic_enc = {.content = an_content,
-                                     .reasoning = an_reasoning,
-                                     .tool_start = an_tool_start,
-                                     .tool_args = an_tool_args,
-                                     .seq_done = an_seq_done,
-                                     .stream_end = an_stream_end,
-                                     .final = an_final,
-                                     .stream_error = an_stream_error};
+const sl_api_dialect sl_anthropic_messages = {.id_prefix = "msg_",
+                                              .decode = an_decode,
+                                              .content = an_content,
+                                              .reasoning = an_reasoning,
+                                              .tool_start = an_tool_start,
+                                              .tool_args = an_tool_args,
+                                              .seq_done = an_seq_done,
+                                              .stream_end = an_stream_end,
+                                              .final = an_final,
+                                              .stream_error = an_stream_error,
+                                              .error_body = an_error_body};

@@ -53,21 +53,9 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static void send_env(mock *m, Sluice__Envelope *env)
-{
-    nng_msg *msg;
-    if (sl_wire_pack(env, &msg)) return;
-    if (nng_sendmsg(m->sock, msg, 0)) nng_msg_free(msg);
-}
-
 static void send_load(mock *m, uint64_t pong_seq)
 {
-    Sluice__Ping pong = SLUICE__PING__INIT;
-    pong.seq = pong_seq;
-    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-    env.msg_case = SLUICE__ENVELOPE__MSG_PONG;
-    env.pong = &pong;
-    send_env(m, &env);
+    sl_wire_send_ping(m->sock, SLUICE__ENVELOPE__MSG_PONG, pong_seq, 0);
     Sluice__LoadReport l = SLUICE__LOAD_REPORT__INIT;
     l.running = m->nact;
     l.total_kv_pages = l.free_kv_pages = 1024;
@@ -77,10 +65,7 @@ static void send_load(mock *m, uint64_t pong_seq)
     l.model = (char *)m->model;
     l.worker_id = m->worker_id;
     l.vocab_size = m->vocab;
-    Sluice__Envelope env2 = SLUICE__ENVELOPE__INIT;
-    env2.msg_case = SLUICE__ENVELOPE__MSG_LOAD;
-    env2.load = &l;
-    send_env(m, &env2);
+    sl_wire_send_load(m->sock, &l, 0);
 }
 
 static void finish(mock *m, int i, Sluice__FinishReason why)
@@ -94,10 +79,7 @@ static void finish(mock *m, int i, Sluice__FinishReason why)
     ch.rid = a->rid;
     ch.finish = why;
     ch.usage = &u;
-    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-    env.msg_case = SLUICE__ENVELOPE__MSG_CHUNK;
-    env.chunk = &ch;
-    send_env(m, &env);
+    sl_wire_send_chunk(m->sock, &ch, 0);
     free(m->hist[m->hist_next]);
     m->hist[m->hist_next] = a->in;
     m->hist_n[m->hist_next] = a->n_in;
@@ -140,10 +122,7 @@ static void step(mock *m, int i)
         ch.n_top = 1;
         ch.top = &topp;
     }
-    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-    env.msg_case = SLUICE__ENVELOPE__MSG_CHUNK;
-    env.chunk = &ch;
-    send_env(m, &env);
+    sl_wire_send_chunk(m->sock, &ch, 0);
     a->due_ms = now_ms() + m->delay_ms;
     if (why) finish(m, i, why);
 }

@@ -17,38 +17,40 @@ typedef enum phase {
     PHASE_ANSWER,      /* content to the end */
 } phase;
 
-struct sl_reason {
+struct sl_reasoning {
     phase phase;
     sl_buf held; /* fed text not yet resolved into deltas */
 };
 
-sl_reason_mode sl_reason_mode_for_prompt(const char *prompt, size_t len)
+sl_reasoning_mode sl_reasoning_mode_for_prompt(const char *prompt, size_t len)
 {
     static const char closed[] = THINK_OPEN "\n\n" THINK_CLOSE "\n\n";
     if (len >= strlen(closed) && !memcmp(prompt + len - strlen(closed), closed, strlen(closed)))
-        return SL_REASON_MODE_OFF;
+        return SL_REASONING_MODE_OFF;
     /* only the turn being generated matters: from the last <|im_start|> on */
     const char *turn = prompt, *hit;
-    while ((hit = sl_scan_find(turn, len - (size_t)(turn - prompt), "<|im_start|>"))) turn = hit + 1;
+    while ((hit = sl_scan_find(turn, len - (size_t)(turn - prompt), "<|im_start|>")))
+        turn = hit + 1;
     const char *open = NULL;
-    for (const char *p = turn; (hit = sl_scan_find(p, len - (size_t)(p - prompt), THINK_OPEN)); p = hit + 1)
+    for (const char *p = turn; (hit = sl_scan_find(p, len - (size_t)(p - prompt), THINK_OPEN));
+         p = hit + 1)
         open = hit;
     if (open && !sl_scan_find(open, len - (size_t)(open - prompt), THINK_CLOSE))
-        return SL_REASON_MODE_OPEN;
-    return SL_REASON_MODE_DETECT;
+        return SL_REASONING_MODE_OPEN;
+    return SL_REASONING_MODE_DETECT;
 }
 
-sl_reason *sl_reason_new(sl_reason_mode mode)
+sl_reasoning *sl_reasoning_new(sl_reasoning_mode mode)
 {
-    sl_reason *r = calloc(1, sizeof *r);
+    sl_reasoning *r = calloc(1, sizeof *r);
     if (!r) return NULL;
-    r->phase = mode == SL_REASON_MODE_OFF    ? PHASE_ANSWER
-               : mode == SL_REASON_MODE_OPEN ? PHASE_THINK_LEAD
+    r->phase = mode == SL_REASONING_MODE_OFF    ? PHASE_ANSWER
+               : mode == SL_REASONING_MODE_OPEN ? PHASE_THINK_LEAD
                                              : PHASE_START;
     return r;
 }
 
-void sl_reason_free(sl_reason *r)
+void sl_reasoning_free(sl_reasoning *r)
 {
     if (!r) return;
     sl_buf_free(&r->held);
@@ -56,7 +58,7 @@ void sl_reason_free(sl_reason *r)
 }
 
 /* Resolves as much of r->held as possible; at_end resolves all of it. */
-static int step(sl_reason *r, sl_deltas *out, int at_end)
+static int step(sl_reasoning *r, sl_deltas *out, int at_end)
 {
     sl_buf *h = &r->held;
     for (;;) {
@@ -81,7 +83,8 @@ static int step(sl_reason *r, sl_deltas *out, int at_end)
             break;
         case PHASE_THINK: {
             const char *close = sl_scan_find(s, n, THINK_CLOSE);
-            size_t emit = close ? (size_t)(close - s) : n - (at_end ? 0 : sl_scan_partial(s, n, THINK_CLOSE));
+            size_t emit =
+                close ? (size_t)(close - s) : n - (at_end ? 0 : sl_scan_partial(s, n, THINK_CLOSE));
             /* whitespace before </think> is dropped, so trailing whitespace
              * waits until something follows it */
             while (emit && sl_scan_space(s[emit - 1])) emit--;
@@ -102,14 +105,15 @@ static int step(sl_reason *r, sl_deltas *out, int at_end)
     }
 }
 
-sl_status sl_reason_feed(sl_reason *r, const char *text, size_t len, sl_deltas *out, sl_err *e)
+sl_status sl_reasoning_feed(sl_reasoning *r, const char *text, size_t len, sl_deltas *out,
+                            sl_err *e)
 {
     if (sl_buf_append(&r->held, text, len) || step(r, out, 0))
         return sl_err_set(e, SL_ERR_NOMEM, "reasoning parser: out of memory");
     return SL_OK;
 }
 
-sl_status sl_reason_finish(sl_reason *r, sl_deltas *out, sl_err *e)
+sl_status sl_reasoning_finish(sl_reasoning *r, sl_deltas *out, sl_err *e)
 {
     if (step(r, out, 1)) return sl_err_set(e, SL_ERR_NOMEM, "reasoning parser: out of memory");
     return SL_OK;

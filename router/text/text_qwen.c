@@ -12,9 +12,9 @@
 
 typedef struct qwen_text {
     sl_tok *tok;
-    sl_tmpl_family fam;
+    sl_chat_template_family fam;
     int tool_parser; /* a --tool-call-parser was given */
-    sl_toolp_kind tool_kind;
+    sl_tool_parser_kind tool_kind;
     int reasoning; /* a --reasoning-parser was given */
     int32_t eos[2];
     int neos;
@@ -28,7 +28,7 @@ static sl_status q_encode(void *impl, const char *text, size_t len, sl_tok_ids *
 
 static sl_status q_render(void *impl, const json_t *req, sl_buf *prompt, sl_err *e)
 {
-    return sl_tmpl_render(((qwen_text *)impl)->fam, req, prompt, e);
+    return sl_chat_template_render(((qwen_text *)impl)->fam, req, prompt, e);
 }
 
 static sl_status q_decode(void *impl, const int32_t *ids, size_t n, sl_buf *out, sl_err *e)
@@ -64,15 +64,15 @@ static void *q_parser_new(void *impl, const json_t *req, const char *prompt, siz
     json_t *tools = json_object_get(req, "tools");
     /* separate_reasoning: false asks for the raw text, think tags included. */
     int split = q->reasoning && !json_is_false(json_object_get(req, "separate_reasoning"));
-    sl_outp_config c = {
-        .reasoning = split ? sl_reason_mode_for_prompt(prompt ? prompt : "", plen)
-                           : SL_REASON_MODE_OFF,
+    sl_output_parser_config c = {
+        .reasoning = split ? sl_reasoning_mode_for_prompt(prompt ? prompt : "", plen)
+                           : SL_REASONING_MODE_OFF,
         .tool_calls = q->tool_parser && json_is_array(tools) && json_array_size(tools),
         .tool_kind = q->tool_kind,
         .tools = tools,
         .seed = ++q->seq ^ (uint64_t)(uintptr_t)req};
-    if (c.reasoning == SL_REASON_MODE_OFF && !c.tool_calls) return NULL; /* all content */
-    sl_outp *p = sl_outp_new(&c);
+    if (c.reasoning == SL_REASONING_MODE_OFF && !c.tool_calls) return NULL; /* all content */
+    sl_output_parser *p = sl_output_parser_new(&c);
     if (!p) sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     return p;
 }
@@ -94,7 +94,7 @@ static sl_status q_parser_feed(void *p, const char *text, size_t len, const sl_t
                                sl_err *e)
 {
     sl_deltas d = {0};
-    sl_status st = sl_outp_feed(p, text, len, &d, e);
+    sl_status st = sl_output_parser_feed(p, text, len, &d, e);
     if (st == SL_OK) to_sink(&d, s);
     sl_deltas_free(&d);
     return st;
@@ -103,13 +103,13 @@ static sl_status q_parser_feed(void *p, const char *text, size_t len, const sl_t
 static sl_status q_parser_finish(void *p, const sl_text_sink *s, sl_err *e)
 {
     sl_deltas d = {0};
-    sl_status st = sl_outp_finish(p, &d, e);
+    sl_status st = sl_output_parser_finish(p, &d, e);
     if (st == SL_OK) to_sink(&d, s);
     sl_deltas_free(&d);
     return st;
 }
 
-static void q_parser_free(void *p) { sl_outp_free(p); }
+static void q_parser_free(void *p) { sl_output_parser_free(p); }
 
 static int q_eos(void *impl, int32_t *out, int cap)
 {
@@ -146,7 +146,7 @@ sl_status sl_text_qwen_open(const sl_text_options *o, void **impl, sl_err *e)
         q->reasoning = 1;
     }
     if (o->tool_call_parser) {
-        if (sl_toolp_kind_parse(o->tool_call_parser, &q->tool_kind, e)) {
+        if (sl_tool_parser_kind_parse(o->tool_call_parser, &q->tool_kind, e)) {
             free(q);
             return sl_err_wrap(e, "--tool-call-parser: ");
         }
@@ -156,7 +156,7 @@ sl_status sl_text_qwen_open(const sl_text_options *o, void **impl, sl_err *e)
         free(q);
         return e ? e->code : SL_ERR_IO;
     }
-    if (sl_tmpl_load(o->dir, o->chat_template, &q->fam, e)) {
+    if (sl_chat_template_load(o->dir, o->chat_template, &q->fam, e)) {
         sl_tok_free(q->tok);
         free(q);
         return e ? e->code : SL_ERR_IO;

@@ -16,7 +16,7 @@
  * just frees the request. Nothing is written for an aborted request.
  *
  *   static void on_req(sl_http_req *r, void *ud) {
- *       sl_http_respond(r, 200, "application/json", "{}", 2);
+ *       sl_http_respond(r, 200, "application/json", "{}", 2, NULL);
  *   }
  *   sl_http_config cfg = sl_http_config_default();
  *   sl_http *h; sl_http_start(&h, loop, "127.0.0.1", 8000, &cfg, on_req, app, &e);

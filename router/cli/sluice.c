@@ -2,7 +2,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "chat_template.h"
 #include "router_cmd.h"
 #include "worker_cmd.h"
 

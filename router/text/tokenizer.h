@@ -20,7 +20,7 @@
  * with SL_ERR_INVALID naming the byte offset, never tokenized byte by byte.
  *
  *   sl_tok *tok; sl_err e = {0};
- *   if (sl_tok_load(&tok, "../shared/models/qwen3-tokenizer", &e) != SL_OK) die(e.msg);
+ *   if (sl_tok_load(&tok, "tests/data/qwen3-tokenizer", &e) != SL_OK) die(e.msg);
  *   sl_tok_ids ids = {0};
  *   if (sl_tok_encode(tok, text, strlen(text), &ids, &e) != SL_OK) reply_400(e.msg);
  *   send(ids.v, ids.n);

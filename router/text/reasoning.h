@@ -3,15 +3,15 @@
  * Qwen3 thinks inside <think>...</think> before it answers. Where the think
  * block opens depends on the chat template:
  *
- *   SL_REASON_MODE_DETECT  the model writes "<think>" itself (Qwen3 with
+ *   SL_REASONING_MODE_DETECT  the model writes "<think>" itself (Qwen3 with
  *                          thinking on): reasoning only if the output starts
  *                          with it (after whitespace), otherwise all content;
- *   SL_REASON_MODE_OPEN    the prompt already ended inside "<think>" (templates
+ *   SL_REASONING_MODE_OPEN    the prompt already ended inside "<think>" (templates
  *                          that open it), so the output starts in reasoning and
  *                          only "</think>" appears;
- *   SL_REASON_MODE_OFF     thinking disabled (the prompt closed an empty think
+ *   SL_REASONING_MODE_OFF     thinking disabled (the prompt closed an empty think
  *                          block): everything is content.
- * sl_reason_mode_for_prompt() picks the mode from the rendered prompt.
+ * sl_reasoning_mode_for_prompt() picks the mode from the rendered prompt.
  *
  * Whitespace right after <think>, right before </think> and right after
  * </think> is dropped. An unclosed think block is all reasoning (the model ran
@@ -19,10 +19,10 @@
  * inside a character is harmless; a tag split across feeds ("</thi" + "nk>")
  * is held back until it is resolved, never emitted half as text.
  *
- *   sl_reason *r = sl_reason_new(sl_reason_mode_for_prompt(prompt, n));
- *   while (chunk) sl_reason_feed(r, chunk, len, &deltas);  // CONTENT, REASONING
- *   sl_reason_finish(r, &deltas);
- *   sl_reason_free(r);
+ *   sl_reasoning *r = sl_reasoning_new(sl_reasoning_mode_for_prompt(prompt, n));
+ *   while (chunk) sl_reasoning_feed(r, chunk, len, &deltas);  // CONTENT, REASONING
+ *   sl_reasoning_finish(r, &deltas);
+ *   sl_reasoning_free(r);
  *
  * One parser per response; not thread-safe; no blocking.
  */
@@ -34,25 +34,26 @@
 #include "delta.h"
 #include "sl_err.h"
 
-typedef enum sl_reason_mode {
-    SL_REASON_MODE_OFF,
-    SL_REASON_MODE_DETECT,
-    SL_REASON_MODE_OPEN,
-} sl_reason_mode;
+typedef enum sl_reasoning_mode {
+    SL_REASONING_MODE_OFF,
+    SL_REASONING_MODE_DETECT,
+    SL_REASONING_MODE_OPEN,
+} sl_reasoning_mode;
 
-typedef struct sl_reason sl_reason;
+typedef struct sl_reasoning sl_reasoning;
 
 /* OFF when the prompt ends with a closed empty think block
  * ("<think>\n\n</think>\n\n"), OPEN when its last "<think>" after the last
  * "<|im_start|>" is not closed, DETECT otherwise. */
-sl_reason_mode sl_reason_mode_for_prompt(const char *prompt, size_t len);
+sl_reasoning_mode sl_reasoning_mode_for_prompt(const char *prompt, size_t len);
 
 /* NULL when memory runs out. */
-sl_reason *sl_reason_new(sl_reason_mode mode);
+sl_reasoning *sl_reasoning_new(sl_reasoning_mode mode);
 /* Appends the deltas that text resolves (maybe none). SL_ERR_NOMEM only. */
-sl_status sl_reason_feed(sl_reason *r, const char *text, size_t len, sl_deltas *out, sl_err *e);
+sl_status sl_reasoning_feed(sl_reasoning *r, const char *text, size_t len, sl_deltas *out,
+                            sl_err *e);
 /* End of output: flushes what was held back. Feeding after finish is a bug. */
-sl_status sl_reason_finish(sl_reason *r, sl_deltas *out, sl_err *e);
-void sl_reason_free(sl_reason *r);
+sl_status sl_reasoning_finish(sl_reasoning *r, sl_deltas *out, sl_err *e);
+void sl_reasoning_free(sl_reasoning *r);
 
 #endif

@@ -17,7 +17,7 @@
  * always agree.
  *
  *   sl_deltas d = {0};
- *   sl_toolp_feed(p, text, n, &d);                  // appends
+ *   sl_tool_parser_feed(p, text, n, &d);                  // appends
  *   for (int i = 0; i < d.n; i++) send(sl_delta_json(&d.v[i]));
  *   sl_deltas_clear(&d);                            // reuse for the next chunk
  *   ...

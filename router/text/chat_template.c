@@ -8,7 +8,6 @@
 
 #include "pyjson.h"
 #include "sl_file.h"
-#include "sl_opts.h"
 
 /* ---- families and recognition ---- */
 
@@ -24,13 +23,13 @@ static const char *const qwen3_coder_marks[] = {
     "<|im_start|>", "<tools>", "<function=", "<parameter=", "<tool_response>",
     "You have access to the following functions", "render_item_list", NULL};
 
-const char *sl_tmpl_family_name(sl_tmpl_family f) { return family_names[f]; }
+const char *sl_chat_template_family_name(sl_chat_template_family f) { return family_names[f]; }
 
-sl_status sl_tmpl_family_parse(const char *name, sl_tmpl_family *out, sl_err *e)
+sl_status sl_chat_template_family_parse(const char *name, sl_chat_template_family *out, sl_err *e)
 {
     for (int i = 0; i < 2; i++)
         if (!strcmp(name, family_names[i])) {
-            *out = (sl_tmpl_family)i;
+            *out = (sl_chat_template_family)i;
             return SL_OK;
         }
     return sl_err_set(e, SL_ERR_INVALID, "unknown chat template '%s' (known: qwen3, qwen3_coder)",
@@ -44,11 +43,11 @@ static int has_all(const char *text, const char *const *marks)
     return 1;
 }
 
-sl_status sl_tmpl_detect(const char *text, sl_tmpl_family *out, sl_err *e)
+sl_status sl_chat_template_detect(const char *text, sl_chat_template_family *out, sl_err *e)
 {
     int coder = has_all(text, qwen3_coder_marks), qwen3 = has_all(text, qwen3_marks);
     if (coder != qwen3) {
-        *out = coder ? SL_TMPL_FAMILY_QWEN3_CODER : SL_TMPL_FAMILY_QWEN3;
+        *out = coder ? SL_CHAT_TEMPLATE_FAMILY_QWEN3_CODER : SL_CHAT_TEMPLATE_FAMILY_QWEN3;
         return SL_OK;
     }
     return sl_err_set(e, SL_ERR_UNSUPPORTED,
@@ -73,7 +72,8 @@ static sl_status read_template(const char *dir, char **text, char *path, size_t 
         json_t *item, *pick = NULL;
         json_array_foreach(t, i, item) {
             const char *name = json_string_value(json_object_get(item, "name"));
-            if (!pick || (name && !strcmp(name, "default"))) pick = json_object_get(item, "template");
+            if (!pick || (name && !strcmp(name, "default")))
+                pick = json_object_get(item, "template");
         }
         t = pick;
     }
@@ -86,14 +86,15 @@ static sl_status read_template(const char *dir, char **text, char *path, size_t 
     return s;
 }
 
-sl_status sl_tmpl_load(const char *model_dir, const char *override_name, sl_tmpl_family *out,
-                       sl_err *e)
+sl_status sl_chat_template_load(const char *model_dir, const char *override_name,
+                                sl_chat_template_family *out, sl_err *e)
 {
-    if (override_name) return sl_tmpl_family_parse(override_name, out, e);
-    if (!model_dir) return sl_err_set(e, SL_ERR_INVALID, "need a model directory or a template name");
+    if (override_name) return sl_chat_template_family_parse(override_name, out, e);
+    if (!model_dir)
+        return sl_err_set(e, SL_ERR_INVALID, "need a model directory or a template name");
     char path[4096], *text = NULL;
     sl_status s = read_template(model_dir, &text, path, sizeof path, e);
-    if (s == SL_OK && (s = sl_tmpl_detect(text, out, e))) sl_err_wrap(e, "%s: ", path);
+    if (s == SL_OK && (s = sl_chat_template_detect(text, out, e))) sl_err_wrap(e, "%s: ", path);
     free(text);
     return s;
 }
@@ -105,7 +106,10 @@ typedef struct slice {
     size_t n;
 } slice;
 
-static slice str_of(const json_t *s) { return (slice){json_string_value(s), json_string_length(s)}; }
+static slice str_of(const json_t *s)
+{
+    return (slice){json_string_value(s), json_string_length(s)};
+}
 
 static slice lstrip_nl(slice s)
 {
@@ -124,13 +128,15 @@ static slice py_strip(slice s)
 {
     utf8proc_int32_t cp;
     utf8proc_ssize_t k;
-    while (s.n && (k = utf8proc_iterate((const utf8proc_uint8_t *)s.p, (utf8proc_ssize_t)s.n, &cp)) > 0 &&
+    while (s.n &&
+           (k = utf8proc_iterate((const utf8proc_uint8_t *)s.p, (utf8proc_ssize_t)s.n, &cp)) > 0 &&
            sl_pyjson_isspace(cp))
         s.p += k, s.n -= (size_t)k;
     while (s.n) {
         size_t start = s.n - 1; /* back to the first byte of the last code point */
         while (start && ((unsigned char)s.p[start] & 0xc0) == 0x80) start--;
-        k = utf8proc_iterate((const utf8proc_uint8_t *)s.p + start, (utf8proc_ssize_t)(s.n - start), &cp);
+        k = utf8proc_iterate((const utf8proc_uint8_t *)s.p + start, (utf8proc_ssize_t)(s.n - start),
+                             &cp);
         if (k <= 0 || !sl_pyjson_isspace(cp)) break;
         s.n = start;
     }
@@ -154,7 +160,10 @@ static const char *find_last(slice s, const char *needle)
     return last;
 }
 
-static int starts_with(slice s, const char *x) { return s.n >= strlen(x) && !memcmp(s.p, x, strlen(x)); }
+static int starts_with(slice s, const char *x)
+{
+    return s.n >= strlen(x) && !memcmp(s.p, x, strlen(x));
+}
 
 static int ends_with(slice s, const char *x)
 {
@@ -233,12 +242,14 @@ static sl_status normalise_content(json_t *m, size_t i, sl_err *e)
     json_t *part;
     json_array_foreach(c, j, part) {
         json_t *t = attr(part, "text");
-        if (!json_is_string(attr(part, "type")) || strcmp(json_string_value(attr(part, "type")), "text") ||
-            !json_is_string(t)) {
+        if (!json_is_string(attr(part, "type")) ||
+            strcmp(json_string_value(attr(part, "type")), "text") || !json_is_string(t)) {
             sl_buf_free(&text);
-            return sl_err_set(e, SL_ERR_UNSUPPORTED,
-                              "messages[%zu].content[%zu]: only {\"type\": \"text\", \"text\": ...} "
-                              "parts are supported", i, j);
+            return sl_err_set(
+                e, SL_ERR_UNSUPPORTED,
+                "messages[%zu].content[%zu]: only {\"type\": \"text\", \"text\": ...} "
+                "parts are supported",
+                i, j);
         }
         if (j) oom |= sl_buf_puts(&text, "\n");
         oom |= sl_buf_append(&text, json_string_value(t), json_string_length(t));
@@ -267,14 +278,15 @@ static sl_status decode_arguments(json_t *fn, size_t i, size_t j, sl_err *e)
     }
     if (args && !json_is_object(args))
         return sl_err_set(e, SL_ERR_INVALID,
-                          "messages[%zu].tool_calls[%zu].function.arguments must be a JSON object", i,
-                          j);
+                          "messages[%zu].tool_calls[%zu].function.arguments must be a JSON object",
+                          i, j);
     return SL_OK;
 }
 
-static sl_status normalise_message(sl_tmpl_family f, json_t *m, size_t i, sl_err *e)
+static sl_status normalise_message(sl_chat_template_family f, json_t *m, size_t i, sl_err *e)
 {
-    if (!json_is_object(m)) return sl_err_set(e, SL_ERR_INVALID, "messages[%zu] must be an object", i);
+    if (!json_is_object(m))
+        return sl_err_set(e, SL_ERR_INVALID, "messages[%zu] must be an object", i);
     if (!json_is_string(json_object_get(m, "role")))
         return sl_err_set(e, SL_ERR_INVALID, "messages[%zu].role must be a string", i);
     sl_status s = normalise_content(m, i, e);
@@ -293,16 +305,18 @@ static sl_status normalise_message(sl_tmpl_family f, json_t *m, size_t i, sl_err
             return sl_err_set(e, SL_ERR_INVALID, "messages[%zu].tool_calls[%zu] must be an object",
                               i, j);
         json_t *fn = json_object_get(tc, "function");
-        if (f == SL_TMPL_FAMILY_QWEN3_CODER && (s = decode_arguments(fn ? fn : tc, i, j, e)))
+        if (f == SL_CHAT_TEMPLATE_FAMILY_QWEN3_CODER &&
+            (s = decode_arguments(fn ? fn : tc, i, j, e)))
             return s;
     }
     return SL_OK;
 }
 
-static sl_status request_init(request *r, sl_tmpl_family f, const json_t *body, sl_err *e)
+static sl_status request_init(request *r, sl_chat_template_family f, const json_t *body, sl_err *e)
 {
     *r = (request){.add_generation_prompt = 1};
-    if (!json_is_object(body)) return sl_err_set(e, SL_ERR_INVALID, "request must be a JSON object");
+    if (!json_is_object(body))
+        return sl_err_set(e, SL_ERR_INVALID, "request must be a JSON object");
     json_t *msgs = json_object_get(body, "messages");
     if (!json_is_array(msgs) || !json_array_size(msgs))
         return sl_err_set(e, SL_ERR_INVALID, "messages must be a non-empty array");
@@ -469,7 +483,8 @@ static sl_status render_qwen3(const request *r, out *o, sl_err *e)
  * or mapping keys, as Jinja iterates them) as "\n<required>[`a`, 1]</required>". */
 static void coder_item_list(const json_t *v, out *o)
 {
-    int is_seq = (json_is_array(v) && json_array_size(v)) || (json_is_object(v) && json_object_size(v)) ||
+    int is_seq = (json_is_array(v) && json_array_size(v)) ||
+                 (json_is_object(v) && json_object_size(v)) ||
                  (json_is_string(v) && json_string_length(v));
     if (!is_seq) return;
     put(o, "\n<required>[");
@@ -495,7 +510,8 @@ static void coder_item_list(const json_t *v, out *o)
         slice s = str_of(v);
         for (size_t i = 0; i < s.n;) {
             utf8proc_int32_t cp;
-            utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s.p + i, (utf8proc_ssize_t)(s.n - i), &cp);
+            utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s.p + i,
+                                                  (utf8proc_ssize_t)(s.n - i), &cp);
             if (k <= 0) k = 1;
             put(o, i ? ", `" : "`");
             put_slice(o, (slice){s.p + i, (size_t)k});
@@ -542,7 +558,8 @@ static sl_status coder_tool(const json_t *tool, size_t i, out *o, sl_err *e)
     put(o, "</description>\n<parameters>");
     json_t *params = attr(tool, "parameters"), *props = attr(params, "properties");
     if (props && !json_is_object(props))
-        return sl_err_set(e, SL_ERR_INVALID, "tools[%zu]: parameters.properties must be an object", i);
+        return sl_err_set(e, SL_ERR_INVALID, "tools[%zu]: parameters.properties must be an object",
+                          i);
     const char *name;
     json_t *fields;
     json_object_foreach(props, name, fields) {
@@ -591,7 +608,8 @@ static sl_status coder_tool_calls(const json_t *m, size_t i, out *o, sl_err *e)
         json_t *tc = json_array_get(calls, j);
         if (attr(tc, "function")) tc = attr(tc, "function");
         if (!json_is_string(attr(tc, "name")))
-            return sl_err_set(e, SL_ERR_INVALID, "messages[%zu].tool_calls[%zu].function.name must be a string", i, j);
+            return sl_err_set(e, SL_ERR_INVALID,
+                              "messages[%zu].tool_calls[%zu].function.name must be a string", i, j);
         put(o, "\n<tool_call>\n<function=");
         put_slice(o, str_of(attr(tc, "name")));
         put(o, ">\n");
@@ -629,21 +647,23 @@ static sl_status render_qwen3_coder(const request *r, out *o, sl_err *e)
             sl_status s = coder_tool(json_array_get(r->tools, i), i, o, e);
             if (s) return s;
         }
-        put(o, "\n</tools>\n\nIf you choose to call a function ONLY reply in the following format "
-               "with NO suffix:\n\n<tool_call>\n<function=example_function_name>\n"
-               "<parameter=example_parameter_1>\nvalue_1\n</parameter>\n"
-               "<parameter=example_parameter_2>\nThis is the value for the second parameter\n"
-               "that can span\nmultiple lines\n</parameter>\n</function>\n</tool_call>\n\n"
-               "<IMPORTANT>\nReminder:\n- Function calls MUST follow the specified format: an inner "
-               "<function=...></function> block must be nested within <tool_call></tool_call> XML "
-               "tags\n- Required parameters MUST be specified\n- You may provide optional reasoning "
-               "for your function call in natural language BEFORE the function call, but NOT after\n"
-               "- If there is no function call available, answer the question like normal with your "
-               "current knowledge and do not tell the user about function calls\n</IMPORTANT>");
+        put(o,
+            "\n</tools>\n\nIf you choose to call a function ONLY reply in the following format "
+            "with NO suffix:\n\n<tool_call>\n<function=example_function_name>\n"
+            "<parameter=example_parameter_1>\nvalue_1\n</parameter>\n"
+            "<parameter=example_parameter_2>\nThis is the value for the second parameter\n"
+            "that can span\nmultiple lines\n</parameter>\n</function>\n</tool_call>\n\n"
+            "<IMPORTANT>\nReminder:\n- Function calls MUST follow the specified format: an inner "
+            "<function=...></function> block must be nested within <tool_call></tool_call> XML "
+            "tags\n- Required parameters MUST be specified\n- You may provide optional reasoning "
+            "for your function call in natural language BEFORE the function call, but NOT after\n"
+            "- If there is no function call available, answer the question like normal with your "
+            "current knowledge and do not tell the user about function calls\n</IMPORTANT>");
     }
     if (has_system || r->tools) put(o, "<|im_end|>\n");
 
-    size_t first = has_system ? 1 : 0; /* the template loops over messages[1:] after a system turn */
+    size_t first =
+        has_system ? 1 : 0; /* the template loops over messages[1:] after a system turn */
     for (size_t i = first; i < n; i++) {
         json_t *m = json_array_get(msgs, i);
         json_t *calls = json_object_get(m, "tool_calls");
@@ -651,7 +671,8 @@ static sl_status render_qwen3_coder(const request *r, out *o, sl_err *e)
             sl_status s = coder_tool_calls(m, i, o, e);
             if (s) return s;
         } else if (role_is(m, "tool")) {
-            if (i > first && !role_is(json_array_get(msgs, i - 1), "tool")) put(o, "<|im_start|>user\n");
+            if (i > first && !role_is(json_array_get(msgs, i - 1), "tool"))
+                put(o, "<|im_start|>user\n");
             put(o, "<tool_response>\n");
             put_slice(o, content_of(m));
             put(o, "\n</tool_response>\n");
@@ -668,62 +689,16 @@ static sl_status render_qwen3_coder(const request *r, out *o, sl_err *e)
     return SL_OK;
 }
 
-sl_status sl_tmpl_render(sl_tmpl_family f, const json_t *body, sl_buf *dst, sl_err *e)
+sl_status sl_chat_template_render(sl_chat_template_family f, const json_t *body, sl_buf *dst,
+                                  sl_err *e)
 {
     request r;
     sl_status s = request_init(&r, f, body, e);
     if (s) return s;
     out o = {dst, sl_buf_reserve(dst, 4096)};
-    s = f == SL_TMPL_FAMILY_QWEN3 ? render_qwen3(&r, &o, e) : render_qwen3_coder(&r, &o, e);
+    s = f == SL_CHAT_TEMPLATE_FAMILY_QWEN3 ? render_qwen3(&r, &o, e)
+                                           : render_qwen3_coder(&r, &o, e);
     json_decref(r.messages);
     if (s == SL_OK && o.oom) s = sl_err_set(e, SL_ERR_NOMEM, "rendering the prompt: out of memory");
     return s;
-}
-
-/* ---- sluice render ---- */
-
-int sl_cmd_render(int argc, char **argv)
-{
-    const char *model = NULL, *name = NULL;
-    sl_opt opts[] = {
-        {"--model", "--model-path", SL_OPT_STR, &model, "model directory whose chat template is used"},
-        {"--chat-template", NULL, SL_OPT_STR, &name, "force a template family: qwen3 | qwen3_coder"},
-        {0}};
-    const char *summary = "reads a chat-completions request (JSON) on stdin, prints the prompt";
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            sl_opts_usage(stdout, "render", summary, opts);
-            return 0;
-        }
-    sl_err e = {0};
-    if (sl_opts_parse(argc, argv, opts, &e) || (!model && !name &&
-        sl_err_set(&e, SL_ERR_INVALID, "--model or --chat-template is required"))) {
-        fprintf(stderr, "sluice render: %s\n", e.msg);
-        sl_opts_usage(stderr, "render", summary, opts);
-        return 2;
-    }
-    sl_tmpl_family fam;
-    if (sl_tmpl_load(model, name, &fam, &e)) {
-        fprintf(stderr, "sluice render: %s\n", e.msg);
-        return name ? 2 : 1;
-    }
-    json_error_t je;
-    json_t *body = json_loadf(stdin, 0, &je);
-    if (!body) {
-        fprintf(stderr, "sluice render: request is not valid JSON: %s (line %d, column %d)\n",
-                je.text, je.line, je.column);
-        return 1;
-    }
-    sl_buf prompt = {0};
-    sl_status s = sl_tmpl_render(fam, body, &prompt, &e);
-    json_decref(body);
-    if (s) {
-        fprintf(stderr, "sluice render: %s\n", e.msg);
-        sl_buf_free(&prompt);
-        return 1;
-    }
-    int ok = fwrite(prompt.data, 1, prompt.len, stdout) == prompt.len && fflush(stdout) == 0;
-    sl_buf_free(&prompt);
-    if (!ok) fprintf(stderr, "sluice render: writing the prompt failed\n");
-    return ok ? 0 : 1;
 }

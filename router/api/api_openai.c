@@ -11,80 +11,6 @@
 
 #include "api.h"
 
-/* ------------------------------------------------------------ readers */
-
-int sl_api_get_bool(const json_t *o, const char *k, int *out, sl_api_err *err)
-{
-    json_t *v = json_object_get(o, k);
-    if (!v || json_is_null(v)) return 0;
-    if (!json_is_boolean(v))
-        return sl_api_fail(err, 400, "invalid_request_error", "%s: expected a boolean", k);
-    *out = json_is_true(v);
-    return 0;
-}
-
-int sl_api_get_int(const json_t *o, const char *k, long lo, long hi, int *out, sl_api_err *err)
-{
-    json_t *v = json_object_get(o, k);
-    if (!v || json_is_null(v)) return 0;
-    if (!json_is_integer(v))
-        return sl_api_fail(err, 400, "invalid_request_error", "%s: expected an integer", k);
-    json_int_t x = json_integer_value(v);
-    if (x < lo || x > hi)
-        return sl_api_fail(err, 400, "invalid_request_error", "%s: %lld is outside [%ld, %ld]", k,
-                           (long long)x, lo, hi);
-    *out = (int)x;
-    return 0;
-}
-
-int sl_api_get_num(const json_t *o, const char *k, double lo, double hi, float *out,
-                   sl_api_err *err)
-{
-    json_t *v = json_object_get(o, k);
-    if (!v || json_is_null(v)) return 0;
-    if (!json_is_number(v))
-        return sl_api_fail(err, 400, "invalid_request_error", "%s: expected a number", k);
-    double x = json_number_value(v);
-    if (x < lo || x > hi)
-        return sl_api_fail(err, 400, "invalid_request_error", "%s: %g is outside [%g, %g]", k, x,
-                           lo, hi);
-    *out = (float)x;
-    return 0;
-}
-
-int sl_api_check_count(const json_t *a, const char *k, size_t max, sl_api_err *err)
-{
-    if (json_is_array(a) && json_array_size(a) > max)
-        return sl_api_fail(err, 400, "invalid_request_error", "%s: at most %zu entries, got %zu", k, max,
-                           json_array_size(a));
-    return 0;
-}
-
-int sl_api_get_stops(const json_t *o, const char *k, sl_job_params *p, sl_api_err *err)
-{
-    json_t *v = json_object_get(o, k);
-    if (!v || json_is_null(v)) return 0;
-    json_t *one = json_is_string(v) ? v : NULL;
-    if (!one && !json_is_array(v))
-        return sl_api_fail(err, 400, "invalid_request_error",
-                           "%s: expected a string or an array of strings", k);
-    size_t n = one ? 1 : json_array_size(v);
-    if (n > SL_JOB_MAX_STOPS)
-        return sl_api_fail(err, 400, "invalid_request_error", "%s: at most %d stop strings", k,
-                           SL_JOB_MAX_STOPS);
-    for (size_t i = 0; i < n; i++) {
-        json_t *s = one ? one : json_array_get(v, i);
-        if (!json_is_string(s) || !json_string_length(s))
-            return sl_api_fail(err, 400, "invalid_request_error",
-                               "%s[%zu]: expected a non-empty string", k, i);
-        if (json_string_length(s) > SL_JOB_MAX_STOP_BYTES)
-            return sl_api_fail(err, 400, "invalid_request_error", "%s[%zu]: at most %d bytes", k,
-                               i, SL_JOB_MAX_STOP_BYTES);
-        p->stops[p->n_stops++] = strdup(json_string_value(s));
-    }
-    return 0;
-}
-
 /* Fields chat and completions share. */
 static int decode_common(sl_job *j, sl_api_err *err)
 {
@@ -93,10 +19,9 @@ static int decode_common(sl_job *j, sl_api_err *err)
     json_t *model = json_object_get(b, "model");
     if (model && !json_is_null(model)) {
         if (!json_is_string(model))
-            return sl_api_fail(err, 400, "invalid_request_error", "model: expected a string");
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "model: expected a string");
         if (strcmp(json_string_value(model), j->model))
-            return sl_api_fail(err, 404, "invalid_request_error",
-                               "The model `%s` does not exist (this server serves `%s`).",
+            return sl_api_fail(err, SL_API_STATUS_NOT_FOUND, "The model `%s` does not exist (this server serves `%s`).",
                                json_string_value(model), j->model);
     }
     static const char *const rejected[][2] = {
@@ -108,19 +33,18 @@ static int decode_common(sl_job *j, sl_api_err *err)
         json_t *v = json_object_get(b, rejected[i][0]);
         if (v && !json_is_null(v) && !(json_is_object(v) && !json_object_size(v)) &&
             !(json_is_string(v) && !json_string_length(v)))
-            return sl_api_fail(err, 400, "invalid_request_error", "%s", rejected[i][1]);
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "%s", rejected[i][1]);
     }
     json_t *rf = json_object_get(b, "response_format");
     if (rf && !json_is_null(rf)) {
         json_t *t = json_object_get(rf, "type");
         if (!json_is_string(t) || strcmp(json_string_value(t), "text"))
-            return sl_api_fail(err, 400, "invalid_request_error",
-                               "response_format: only {\"type\": \"text\"} is supported");
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "response_format: only {\"type\": \"text\"} is supported");
     }
     int best_of = 1, echo = 0;
     if (sl_api_get_int(b, "best_of", 1, 1, &best_of, err) || sl_api_get_bool(b, "echo", &echo, err))
         return -1;
-    if (echo) return sl_api_fail(err, 400, "invalid_request_error", "echo is not supported");
+    if (echo) return sl_api_fail(err, SL_API_STATUS_INVALID, "echo is not supported");
     Sluice__SamplingParams *s = &p->sampling;
     int seed_given = 0, seed = 0, max_tokens = -1;
     json_t *sv = json_object_get(b, "seed");
@@ -149,15 +73,13 @@ static int decode_common(sl_job *j, sl_api_err *err)
     json_t *so = json_object_get(b, "stream_options");
     if (so && !json_is_null(so)) {
         if (!json_is_object(so))
-            return sl_api_fail(err, 400, "invalid_request_error",
-                               "stream_options: expected an object");
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "stream_options: expected an object");
         if (sl_api_get_bool(so, "include_usage", &p->include_usage, err)) return -1;
     }
     json_t *sti = json_object_get(b, "stop_token_ids");
     if (sti && !json_is_null(sti)) {
         if (!json_is_array(sti) || json_array_size(sti) > SL_JOB_MAX_STOP_IDS)
-            return sl_api_fail(err, 400, "invalid_request_error",
-                               "stop_token_ids: expected an array of at most %d token ids",
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "stop_token_ids: expected an array of at most %d token ids",
                                SL_JOB_MAX_STOP_IDS);
         size_t i;
         json_t *v;
@@ -165,8 +87,7 @@ static int decode_common(sl_job *j, sl_api_err *err)
         {
             if (!json_is_integer(v) || json_integer_value(v) < 0 ||
                 json_integer_value(v) > INT32_MAX)
-                return sl_api_fail(err, 400, "invalid_request_error",
-                                   "stop_token_ids[%zu]: expected a token id", i);
+                return sl_api_fail(err, SL_API_STATUS_INVALID, "stop_token_ids[%zu]: expected a token id", i);
             p->stop_ids[p->n_stop_ids++] = (int32_t)json_integer_value(v);
         }
     }
@@ -181,7 +102,7 @@ static int decode_tools(sl_job *j, sl_api_err *err)
     size_t ntools = 0;
     if (tools && !json_is_null(tools)) {
         if (!json_is_array(tools))
-            return sl_api_fail(err, 400, "invalid_request_error", "tools: expected an array");
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "tools: expected an array");
         if (sl_api_check_count(tools, "tools", SL_JOB_MAX_TOOLS, err)) return -1;
         size_t i;
         json_t *t;
@@ -189,15 +110,12 @@ static int decode_tools(sl_job *j, sl_api_err *err)
         {
             json_t *ty = json_object_get(t, "type"), *fn = json_object_get(t, "function");
             if (!json_is_object(t) || !json_is_string(ty) || strcmp(json_string_value(ty), "function"))
-                return sl_api_fail(err, 400, "invalid_request_error",
-                                   "tools[%zu].type: expected \"function\"", i);
+                return sl_api_fail(err, SL_API_STATUS_INVALID, "tools[%zu].type: expected \"function\"", i);
             if (!json_is_object(fn) || !json_is_string(json_object_get(fn, "name")))
-                return sl_api_fail(err, 400, "invalid_request_error",
-                                   "tools[%zu].function.name: expected a string", i);
+                return sl_api_fail(err, SL_API_STATUS_INVALID, "tools[%zu].function.name: expected a string", i);
             json_t *params = json_object_get(fn, "parameters");
             if (params && !json_is_null(params) && !json_is_object(params))
-                return sl_api_fail(err, 400, "invalid_request_error",
-                                   "tools[%zu].function.parameters: expected an object", i);
+                return sl_api_fail(err, SL_API_STATUS_INVALID, "tools[%zu].function.parameters: expected an object", i);
         }
         ntools = json_array_size(tools);
     }
@@ -211,34 +129,29 @@ static int decode_tools(sl_job *j, sl_api_err *err)
             return 0;
         }
         if (strcmp(v, "auto") && strcmp(v, "required"))
-            return sl_api_fail(err, 400, "invalid_request_error",
-                               "tool_choice: expected \"none\", \"auto\", \"required\" or "
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: expected \"none\", \"auto\", \"required\" or "
                                "{\"type\": \"function\", \"function\": {\"name\": ...}}");
         if (!strcmp(v, "required") && !ntools)
-            return sl_api_fail(err, 400, "invalid_request_error",
-                               "tool_choice: \"required\" needs tools");
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: \"required\" needs tools");
         return 0;
     }
     json_t *fn = json_object_get(tc, "function");
     const char *name = json_string_value(json_object_get(fn, "name"));
     if (!json_is_object(tc) || !name)
-        return sl_api_fail(err, 400, "invalid_request_error",
-                           "tool_choice: expected a string or {\"type\": \"function\", "
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: expected a string or {\"type\": \"function\", "
                            "\"function\": {\"name\": ...}}");
     for (size_t i = 0; i < ntools; i++) {
         json_t *f = json_object_get(json_array_get(tools, i), "function");
         if (!strcmp(json_string_value(json_object_get(f, "name")), name)) return 0;
     }
-    return sl_api_fail(err, 400, "invalid_request_error",
-                       "tool_choice: function `%s` is not among the tools", name);
+    return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: function `%s` is not among the tools", name);
 }
 
-int sl_openai_decode_chat(sl_job *j, sl_api_err *err)
+static int decode_chat(sl_job *j, sl_api_err *err)
 {
     json_t *msgs = json_object_get(j->body, "messages");
     if (!json_is_array(msgs) || !json_array_size(msgs))
-        return sl_api_fail(err, 400, "invalid_request_error",
-                           "messages: expected a non-empty array");
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "messages: expected a non-empty array");
     if (sl_api_check_count(msgs, "messages", SL_JOB_MAX_MESSAGES, err)) return -1;
     size_t i;
     json_t *m;
@@ -246,35 +159,31 @@ int sl_openai_decode_chat(sl_job *j, sl_api_err *err)
     {
         json_t *role = json_object_get(m, "role");
         if (!json_is_object(m) || !json_is_string(role))
-            return sl_api_fail(err, 400, "invalid_request_error",
-                               "messages[%zu].role: expected a string", i);
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "messages[%zu].role: expected a string", i);
         const char *r = json_string_value(role);
         if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant") &&
             strcmp(r, "tool") && strcmp(r, "developer"))
-            return sl_api_fail(err, 400, "invalid_request_error",
-                               "messages[%zu].role: unknown role `%s`", i, r);
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "messages[%zu].role: unknown role `%s`", i, r);
         json_t *c = json_object_get(m, "content");
         if (c && !json_is_null(c) && !json_is_string(c) && !json_is_array(c))
-            return sl_api_fail(err, 400, "invalid_request_error",
-                               "messages[%zu].content: expected a string or an array of parts", i);
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "messages[%zu].content: expected a string or an array of parts", i);
     }
     json_t *kw = json_object_get(j->body, "chat_template_kwargs");
     if (kw && !json_is_null(kw) && !json_is_object(kw))
-        return sl_api_fail(err, 400, "invalid_request_error",
-                           "chat_template_kwargs: expected an object");
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "chat_template_kwargs: expected an object");
     int top = 0;
     if (decode_common(j, err) || decode_tools(j, err) ||
         sl_api_get_bool(j->body, "logprobs", &j->p.logprobs, err) ||
         sl_api_get_int(j->body, "top_logprobs", 0, 20, &top, err))
         return -1;
     if (top && !j->p.logprobs)
-        return sl_api_fail(err, 400, "invalid_request_error", "top_logprobs: needs logprobs: true");
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "top_logprobs: needs logprobs: true");
     j->p.sampling.logprobs = j->p.logprobs;
     j->p.sampling.top_logprobs = top;
     return sl_job_prompts(j, 1, err);
 }
 
-int sl_openai_decode_completions(sl_job *j, sl_api_err *err)
+static int decode_completions(sl_job *j, sl_api_err *err)
 {
     json_t *pr = json_object_get(j->body, "prompt");
     int lp = -1;
@@ -293,11 +202,11 @@ int sl_openai_decode_completions(sl_job *j, sl_api_err *err)
         return 0;
     }
     if (!json_is_array(pr) || !json_array_size(pr))
-        return sl_api_fail(err, 400, "invalid_request_error", "%s", bad);
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "%s", bad);
     json_t *first = json_array_get(pr, 0);
     int flat_ids = json_is_integer(first);
     int n = flat_ids ? 1 : (int)json_array_size(pr);
-    if (n > 64) return sl_api_fail(err, 400, "invalid_request_error", "prompt: at most 64 prompts");
+    if (n > 64) return sl_api_fail(err, SL_API_STATUS_INVALID, "prompt: at most 64 prompts");
     if (sl_job_prompts(j, n, err)) return -1;
     for (int i = 0; i < n; i++) {
         json_t *one = flat_ids ? pr : json_array_get(pr, (size_t)i);
@@ -306,7 +215,7 @@ int sl_openai_decode_completions(sl_job *j, sl_api_err *err)
             continue;
         }
         if (!json_is_array(one) || !json_array_size(one))
-            return sl_api_fail(err, 400, "invalid_request_error", "%s", bad);
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "%s", bad);
         j->is_ids[i] = 1;
         size_t k;
         json_t *v;
@@ -314,10 +223,9 @@ int sl_openai_decode_completions(sl_job *j, sl_api_err *err)
         {
             if (!json_is_integer(v) || json_integer_value(v) < 0 ||
                 json_integer_value(v) > INT32_MAX)
-                return sl_api_fail(err, 400, "invalid_request_error",
-                                   "prompt: element %zu is not a token id", k);
+                return sl_api_fail(err, SL_API_STATUS_INVALID, "prompt: element %zu is not a token id", k);
             if (sl_tok_ids_push(&j->ids[i], (int32_t)json_integer_value(v)))
-                return sl_api_fail(err, 500, "server_error", "out of memory");
+                return sl_api_fail(err, SL_API_STATUS_SERVER, "out of memory");
         }
     }
     return 0;
@@ -403,11 +311,17 @@ static void stream_end(sl_job *j, const char *object)
 static void chat_stream_end(sl_job *j) { stream_end(j, "chat.completion.chunk"); }
 static void completions_stream_end(sl_job *j) { stream_end(j, "text_completion"); }
 
+static json_t *openai_error_body(sl_api_status st, const char *msg)
+{
+    const sl_api_status_info *in = sl_api_status_get(st);
+    return json_pack("{s:{s:s,s:s,s:n,s:i}}", "error", "message", msg, "type", in->openai_type,
+                     "param", "code", in->http);
+}
+
+/* Headers went out, so the status is lost: the event names a server error. */
 static void openai_stream_error(sl_job *j, const char *msg)
 {
-    sl_job_sse(j, NULL,
-               json_pack("{s:{s:s,s:s,s:n,s:i}}", "error", "message", msg, "type", "server_error",
-                         "param", "code", 502));
+    sl_job_sse(j, NULL, openai_error_body(SL_API_STATUS_WORKER_LOST, msg));
     sl_job_sse_raw(j, "data: [DONE]\n\n");
 }
 
@@ -517,21 +431,27 @@ static void no_text(sl_seq *s, const char *t, size_t n) {}
 static void no_tool_start(sl_seq *s, int i, const char *id, const char *name) {}
 static void no_tool_args(sl_seq *s, int i, const char *t, size_t n) {}
 
-const sl_api_enc sl_openai_chat_enc = {.content = chat_content,
+const sl_api_dialect sl_openai_chat = {.id_prefix = "chatcmpl-",
+                                       .decode = decode_chat,
+                                       .content = chat_content,
                                        .reasoning = chat_reasoning,
                                        .tool_start = chat_tool_start,
                                        .tool_args = chat_tool_args,
                                        .seq_done = chat_seq_done,
                                        .stream_end = chat_stream_end,
                                        .final = chat_final,
-                                       .stream_error = openai_stream_error};
+                                       .stream_error = openai_stream_error,
+                                       .error_body = openai_error_body};
 
 /* Completions have no chat parsers: only content arrives. */
-const sl_api_enc sl_openai_completions_enc = {.content = completions_content,
+const sl_api_dialect sl_openai_completions = {.id_prefix = "cmpl-",
+                                              .decode = decode_completions,
+                                              .content = completions_content,
                                               .reasoning = no_text,
                                               .tool_start = no_tool_start,
                                               .tool_args = no_tool_args,
                                               .seq_done = completions_seq_done,
                                               .stream_end = completions_stream_end,
                                               .final = completions_final,
-                                              .stream_error = openai_stream_error};
+                                              .stream_error = openai_stream_error,
+                                              .error_body = openai_error_body};
