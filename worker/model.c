@@ -1,5 +1,5 @@
 /* Qwen3-family models: weight packing at load and the forward pass.
- * The math follows /work/shared/QWEN3_NEXT.md (transformers 5.17). */
+ * The math follows docs/qwen3_next.md (transformers 5.17). */
 #include "model.h"
 
 #include <math.h>

@@ -244,8 +244,8 @@ void sl_sched_free(sl_sched *s)
         free_req(r);
     }
     sl_radix_destroy(s->tree);
-    sl_pool_destroy(s->pages);
-    sl_pool_destroy(s->slots);
+    sl_pool_free(s->pages);
+    sl_pool_free(s->slots);
     batch_free(&s->batch[0]);
     batch_free(&s->batch[1]);
     free(s->match_pages);
@@ -387,7 +387,7 @@ static int take_slot(sl_sched *s, int32_t *out)
 static void free_slot(sl_sched *s, int32_t *slot)
 {
     if (*slot < 0) return;
-    sl_pool_free(s->slots, slot, 1);
+    sl_pool_release(s->slots, slot, 1);
     *slot = -1;
 }
 
@@ -454,7 +454,7 @@ static void release_memory(sl_sched *s, sl_sched_req_impl *r, int cache)
     }
     if (r->node) sl_radix_unlock(s->tree, r->node);
     int own = r->tree_len / P;
-    if (r->n_pages > own) sl_pool_free(s->pages, r->pages + own, r->n_pages - own);
+    if (r->n_pages > own) sl_pool_release(s->pages, r->pages + own, r->n_pages - own);
     if (s->slots) {
         free_slot(s, &r->W);
         free_slot(s, &r->T);

@@ -15,7 +15,7 @@
  *      (--chunked-prefill-size tokens per batch) and memory allow.
  * Prefill and decode share one batch (mixed batches).
  *
- * Hybrid models (mamba_extra_buffer, MAMBA_CACHE.md §8): a running request
+ * Hybrid models (mamba_extra_buffer, docs/mamba_cache.md §8): a running request
  * owns a working slot W and one track slot T. The batch asks the kernels for
  * a snapshot of the state into T at checkpoint targets (extend: the last
  * multiple of C = max(64, page) inside a chunk, or the branching point of its
@@ -74,7 +74,7 @@ typedef struct sl_sched_config {
     int eos[8], n_eos;
 } sl_sched_config;
 
-/* Page/interval rules shared with the command line (MAMBA_CACHE.md §3):
+/* Page/interval rules shared with the command line (docs/mamba_cache.md §3):
  * max(64,page) % min(64,page) == 0 and interval % page == 0. */
 sl_status sl_sched_config_check(const sl_sched_config *c, sl_err *e);
 
