@@ -842,17 +842,6 @@ sl_sched_batch *sl_sched_next_batch(sl_sched *s)
     b->seq = s->batch_seq++;
     b->meta.page_size = P;
     b->meta.max_pages = maxp;
-    b->meta.ids = b->ids;
-    b->meta.pos = b->pos;
-    b->meta.q_start = b->q_start;
-    b->meta.kv_len = b->kv_len;
-    b->meta.page_table = b->page_table;
-    b->meta.kv_slot = b->kv_slot;
-    b->meta.state_slot = b->state_slot;
-    b->meta.state_fresh = b->state_fresh;
-    b->meta.track_slot = b->track_slot;
-    b->meta.track_len = b->track_len;
-    b->meta.dev = NULL;
     s->busy[k] = 1;
     return b;
 }
