@@ -1,0 +1,483 @@
+/* Qwen3-family models: the KV/state cache, the forward pass and decode graphs.
+ * The math follows docs/qwen3_next.md (transformers 5.17). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_impl.h"
+#include "sl_log.h"
+
+/* ---- caches ---------------------------------------------------------------- */
+
+size_t sl_model_page_bytes(const sl_model *m, int page_size)
+{
+    const sl_model_config *c = &m->cfg;
+    return (size_t)c->n_attn_layers * 2 * (size_t)page_size * (size_t)(c->n_kv_heads * c->head_dim) *
+           sl_dtype_size(sl_be_act_dtype(m->be));
+}
+
+size_t sl_model_slot_bytes(const sl_model *m)
+{
+    const sl_model_config *c = &m->cfg;
+    size_t conv = (size_t)sl_model_config_conv_dim(c) * (size_t)(c->conv_kernel - 1) * 4;
+    size_t ssm = (size_t)c->lin_v_heads * (size_t)c->lin_k_dim * (size_t)c->lin_v_dim * 4;
+    return (size_t)c->n_linear_layers * (conv + ssm);
+}
+
+sl_status sl_model_cache_alloc(sl_model *m, sl_model_cache *c, int n_pages, int page_size,
+                               int n_slots, sl_err *e)
+{
+    const sl_model_config *g = &m->cfg;
+    memset(c, 0, sizeof *c);
+    c->page_size = page_size;
+    c->n_pages = n_pages;
+    c->n_slots = n_slots;
+    c->n_attn = g->n_attn_layers;
+    c->n_linear = g->n_linear_layers;
+    c->k = calloc((size_t)c->n_attn + 1, sizeof(sl_tensor));
+    c->v = calloc((size_t)c->n_attn + 1, sizeof(sl_tensor));
+    c->conv = calloc((size_t)c->n_linear + 1, sizeof(sl_tensor));
+    c->ssm = calloc((size_t)c->n_linear + 1, sizeof(sl_tensor));
+    if (!c->k || !c->v || !c->conv || !c->ssm) {
+        sl_model_cache_free(m, c);
+        return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    }
+    sl_dtype ad = sl_be_act_dtype(m->be);
+    sl_status s = SL_OK;
+    int64_t kvd = (int64_t)g->n_kv_heads * g->head_dim;
+    for (int j = 0; j < c->n_attn && !s; j++) {
+        /* one page past n_pages: where padding sequences of graph batches write */
+        s = sl_be_alloc(m->be, &c->k[j], ad, 2, SHP((int64_t)(n_pages + 1) * page_size, kvd), e);
+        if (!s) s = sl_be_alloc(m->be, &c->v[j], ad, 2, SHP((int64_t)(n_pages + 1) * page_size, kvd), e);
+    }
+    int64_t C = sl_model_config_conv_dim(g);
+    for (int j = 0; j < c->n_linear && !s; j++) {
+        /* conv history in fp32 like the SSM state: snapshots are exact */
+        s = sl_be_alloc(m->be, &c->conv[j], SL_DTYPE_F32, 3, SHP(n_slots + 1, C, g->conv_kernel - 1), e);
+        if (!s)
+            s = sl_be_alloc(m->be, &c->ssm[j], SL_DTYPE_F32, 4,
+                            SHP(n_slots + 1, g->lin_v_heads, g->lin_k_dim, g->lin_v_dim), e);
+    }
+    if (s) sl_model_cache_free(m, c);
+    return s;
+}
+
+void sl_model_cache_free(sl_model *m, sl_model_cache *c)
+{
+    if (c->k) release_all(m->be, c->k, (size_t)c->n_attn);
+    if (c->v) release_all(m->be, c->v, (size_t)c->n_attn);
+    if (c->conv) release_all(m->be, c->conv, (size_t)c->n_linear);
+    if (c->ssm) release_all(m->be, c->ssm, (size_t)c->n_linear);
+    free(c->k);
+    free(c->v);
+    free(c->conv);
+    free(c->ssm);
+    memset(c, 0, sizeof *c);
+}
+
+void sl_model_cache_copy_slots(sl_model *m, sl_model_cache *c, const int32_t *dst,
+                               const int32_t *src, int n)
+{
+    for (int j = 0; j < c->n_linear; j++) {
+        sl_be_copy_slots(m->be, &c->conv[j], dst, src, n);
+        sl_be_copy_slots(m->be, &c->ssm[j], dst, src, n);
+    }
+}
+
+/* ---- forward ---------------------------------------------------------------- */
+
+/* Widest per-token activation each scratch buffer must hold. */
+static sl_status scratch_ensure(sl_model *m, int T, int rows, sl_err *e)
+{
+    scratch *s = &m->s;
+    if (T <= s->cap && rows <= s->cap_rows) return SL_OK;
+    model_scratch_free(m);
+    m->scratch_gen++;
+    int cap = 16, cap_rows = 4;
+    while (cap < T) cap *= 2;
+    while (cap_rows < rows) cap_rows *= 2;
+    const sl_model_config *c = &m->cfg;
+    int64_t H = c->hidden_size, D = c->head_dim;
+    int64_t qkv = (c->arch == SL_ARCH_QWEN3_NEXT ? 2 : 1) * c->n_heads * D + 2 * c->n_kv_heads * D;
+    int64_t C = sl_model_config_conv_dim(c), VD = (int64_t)c->lin_v_heads * c->lin_v_dim;
+    int64_t big = qkv, mid = c->n_heads * D;
+    for (int i = 0; i < c->n_layers; i++) {
+        if (c->layer_linear[i] && C + VD > big) big = C + VD;
+        if (!c->layer_moe[i] && 2 * c->intermediate_size > big) big = 2 * c->intermediate_size;
+    }
+    if (c->shared_expert_intermediate_size * 2 > big) big = c->shared_expert_intermediate_size * 2;
+    if (VD > mid) mid = VD;
+    if (c->intermediate_size > mid) mid = c->intermediate_size;
+    if (c->shared_expert_intermediate_size > mid) mid = c->shared_expert_intermediate_size;
+    int64_t E = c->n_experts > 0 ? c->n_experts : 1, k = c->n_experts_per_tok > 0 ? c->n_experts_per_tok : 1;
+    sl_dtype ad = sl_be_act_dtype(m->be);
+    sl_backend *be = m->be;
+    sl_status st = SL_OK;
+#define A(t, dt, cols) if (!st) st = sl_be_alloc(be, &s->t, dt, 2, SHP(cap, cols), e)
+#define R(t, dt, cols) if (!st) st = sl_be_alloc(be, &s->t, dt, 2, SHP(cap_rows, cols), e)
+    A(x, ad, H);
+    A(xn, ad, H);
+    A(d, ad, H);
+    A(big, ad, big);
+    A(mid, ad, mid);
+    A(mid2, ad, mid);
+    A(attn, ad, c->n_heads * D > VD ? c->n_heads * D : VD);
+    A(conv, ad, C > 0 ? C : 1);
+    A(ba, ad, 2 * (c->lin_v_heads > 0 ? c->lin_v_heads : 1));
+    A(rlogits, SL_DTYPE_F32, E);
+    A(ids, SL_DTYPE_I32, k);
+    A(wts, SL_DTYPE_F32, k);
+    A(shared, ad, H);
+    A(sgate, ad, 1);
+    R(gx, ad, H);
+    R(gd, ad, H);
+    R(gn, ad, H);
+#undef A
+#undef R
+    if (st) {
+        model_scratch_free(m);
+        return st;
+    }
+    s->cap = cap;
+    s->cap_rows = cap_rows;
+    return SL_OK;
+}
+
+static sl_tensor rows_of(const sl_tensor *t, int n) { return sl_tensor_rowview(t, 0, n); }
+static sl_tensor cols_of(const sl_tensor *t, int64_t c0, int64_t n) { return sl_tensor_colview(t, c0, n); }
+
+static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_batch_meta *mt,
+                            const sl_tensor *xn, sl_tensor *d)
+{
+    const sl_model_config *g = &m->cfg;
+    sl_backend *be = m->be;
+    int T = mt->n_tokens, next = g->arch == SL_ARCH_QWEN3_NEXT, li = (int)(ly - m->layers);
+    int64_t Hq = g->n_heads, Hkv = g->n_kv_heads, D = g->head_dim, qd = Hq * D, kvd = Hkv * D;
+    sl_tensor qkv = rows_of(&m->s.big, T);
+    qkv = cols_of(&qkv, 0, sl_tensor_rows(&ly->wqkv));
+    sl_be_matmul(be, &qkv, xn, &ly->wqkv);
+    trace(m, li, "qkv", &qkv);
+    int64_t off = next ? 2 * qd : qd;
+    sl_tensor q = cols_of(&qkv, 0, qd), k = cols_of(&qkv, off, kvd), v = cols_of(&qkv, off + kvd, kvd);
+    if (!m->trace && sl_be_supports_op(be, SL_OP_ATTN_PREP)) {
+        sl_be_attn_prep(be, &q, &k, &v, &ly->q_norm, &ly->k_norm, g->rms_eps, next, (int)D,
+                        g->rot_dim, (float)g->rope_theta, &c->k[ly->cache_idx], &c->v[ly->cache_idx], mt);
+    } else { /* the same steps one by one, each traced */
+        sl_be_rmsnorm(be, &q, &q, &ly->q_norm, g->rms_eps, next);
+        sl_be_rmsnorm(be, &k, &k, &ly->k_norm, g->rms_eps, next);
+        trace(m, li, "q_norm", &q);
+        trace(m, li, "k_norm", &k);
+        sl_be_rope(be, &q, (int)Hq, (int)D, g->rot_dim, (float)g->rope_theta, mt);
+        sl_be_rope(be, &k, (int)Hkv, (int)D, g->rot_dim, (float)g->rope_theta, mt);
+        trace(m, li, "q_rope", &q);
+        trace(m, li, "k_rope", &k);
+        sl_be_kv_store(be, &c->k[ly->cache_idx], &c->v[ly->cache_idx], &k, &v, mt);
+    }
+    sl_tensor o = rows_of(&m->s.attn, T);
+    o = cols_of(&o, 0, qd);
+    sl_be_attention(be, &o, &q, &c->k[ly->cache_idx], &c->v[ly->cache_idx], (int)Hq, (int)Hkv,
+                    (int)D, 1.0f / sqrtf((float)D), mt);
+    trace(m, li, "attention", &o);
+    if (next) {
+        sl_tensor gate = cols_of(&qkv, qd, qd);
+        sl_be_sigmoid_mul(be, &o, &gate);
+        trace(m, li, "attn_gate", &o);
+    }
+    sl_be_matmul(be, d, &o, &ly->wo);
+    trace(m, li, "o_proj", d);
+}
+
+static void linear_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_batch_meta *mt,
+                         const sl_tensor *xn, sl_tensor *d)
+{
+    const sl_model_config *g = &m->cfg;
+    sl_backend *be = m->be;
+    int T = mt->n_tokens, li = (int)(ly - m->layers);
+    int64_t C = sl_model_config_conv_dim(g), VD = (int64_t)g->lin_v_heads * g->lin_v_dim;
+    int64_t Hv = g->lin_v_heads;
+    sl_tensor proj = rows_of(&m->s.big, T);
+    proj = cols_of(&proj, 0, C + VD);
+    sl_be_matmul(be, &proj, xn, &ly->w_qkvz);
+    sl_tensor ba = rows_of(&m->s.ba, T);
+    sl_be_matmul(be, &ba, xn, &ly->w_ba);
+    trace(m, li, "qkvz", &proj);
+    trace(m, li, "ba", &ba);
+    sl_tensor mixed = cols_of(&proj, 0, C), z = cols_of(&proj, C, VD);
+    sl_tensor conv = rows_of(&m->s.conv, T);
+    sl_be_conv1d(be, &conv, &mixed, &ly->conv_w, &c->conv[ly->cache_idx], mt);
+    trace(m, li, "conv1d", &conv);
+    sl_tensor b = cols_of(&ba, 0, Hv), a = cols_of(&ba, Hv, Hv);
+    sl_tensor core = rows_of(&m->s.attn, T);
+    core = cols_of(&core, 0, VD);
+    sl_be_gdn(be, &core, &conv, &a, &b, &ly->A_log, &ly->dt_bias, &c->ssm[ly->cache_idx],
+              g->lin_k_heads, g->lin_v_heads, g->lin_k_dim, g->lin_v_dim, mt);
+    trace(m, li, "gdn", &core);
+    sl_tensor normed = rows_of(&m->s.mid, T);
+    normed = cols_of(&normed, 0, VD);
+    sl_be_rmsnorm_gated(be, &normed, &core, &z, &ly->gnorm, g->rms_eps);
+    trace(m, li, "rmsnorm_gated", &normed);
+    sl_be_matmul(be, d, &normed, &ly->w_out);
+    trace(m, li, "out_proj", d);
+}
+
+/* down(silu(gate x) ⊙ up x) into out */
+static void swiglu(sl_model *m, int li, const sl_tensor *gate_up, const sl_tensor *down,
+                   const sl_tensor *xn, sl_tensor *out, int T)
+{
+    int64_t I = down->ne[1];
+    sl_tensor gu = rows_of(&m->s.big, T);
+    gu = cols_of(&gu, 0, 2 * I);
+    sl_be_matmul(m->be, &gu, xn, gate_up);
+    trace(m, li, "gate_up", &gu);
+    sl_tensor act = rows_of(&m->s.mid, T);
+    act = cols_of(&act, 0, I);
+    sl_be_silu_mul(m->be, &act, &gu);
+    trace(m, li, "silu_mul", &act);
+    sl_be_matmul(m->be, out, &act, down);
+    trace(m, li, "down", out);
+}
+
+static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, sl_tensor *d)
+{
+    const sl_model_config *g = &m->cfg;
+    sl_backend *be = m->be;
+    int li = (int)(ly - m->layers);
+    if (!ly->moe) {
+        swiglu(m, li, &ly->w_gate_up, &ly->w_down, xn, d, T);
+        return;
+    }
+    sl_tensor logits = rows_of(&m->s.rlogits, T), ids = rows_of(&m->s.ids, T), w = rows_of(&m->s.wts, T);
+    sl_be_matmul(be, &logits, xn, &ly->router);
+    trace(m, li, "router", &logits);
+    sl_be_moe_route(be, &ids, &w, &logits, g->n_experts_per_tok, g->norm_topk_prob);
+    trace(m, li, "route_ids", &ids);
+    trace(m, li, "route_w", &w);
+    sl_be_moe_experts(be, d, xn, &ids, &w, &ly->ex_gate_up, &ly->ex_down);
+    trace(m, li, "experts", d);
+    if (g->shared_expert_intermediate_size > 0) {
+        sl_tensor sh = rows_of(&m->s.shared, T), sg = rows_of(&m->s.sgate, T);
+        swiglu(m, li, &ly->sh_gate_up, &ly->sh_down, xn, &sh, T);
+        sl_be_matmul(be, &sg, xn, &ly->sh_gate);
+        trace(m, li, "shared_gate", &sg);
+        sl_be_sigmoid_mul(be, &sh, &sg);
+        trace(m, li, "shared_gated", &sh);
+        sl_be_add(be, d, d, &sh);
+        trace(m, li, "moe_out", d);
+    }
+}
+
+static sl_status check_meta(const sl_model *m, const sl_model_cache *c, const sl_batch_meta *mt,
+                            sl_err *e)
+{
+    if (mt->n_tokens <= 0 || mt->n_seqs <= 0 || mt->q_start[0] != 0 ||
+        mt->q_start[mt->n_seqs] != mt->n_tokens)
+        return sl_err_set(e, SL_ERR_INVALID, "batch: token ranges do not cover the batch");
+    for (int t = 0; t < mt->n_tokens; t++)
+        if (mt->ids[t] < 0 || mt->ids[t] >= m->cfg.vocab_size)
+            return sl_err_set(e, SL_ERR_INVALID, "batch: token id %d outside the vocabulary (%d)",
+                              mt->ids[t], m->cfg.vocab_size);
+    if (c->n_attn > 0)
+        for (int t = 0; t < mt->n_tokens; t++)
+            if (mt->kv_slot[t] < 0 || mt->kv_slot[t] >= c->n_pages * c->page_size)
+                return sl_err_set(e, SL_ERR_INVALID, "batch: kv slot %d out of range", mt->kv_slot[t]);
+    for (int s = 0; s < mt->n_seqs; s++) {
+        int qn = mt->q_start[s + 1] - mt->q_start[s];
+        if (qn <= 0 || mt->kv_len[s] < qn || (c->n_attn > 0 && mt->kv_len[s] > mt->max_pages * c->page_size))
+            return sl_err_set(e, SL_ERR_INVALID, "batch: sequence %d has bad lengths", s);
+        if (c->n_linear > 0) {
+            if (mt->state_slot[s] < 0 || mt->state_slot[s] >= c->n_slots ||
+                mt->track_slot[s] >= c->n_slots)
+                return sl_err_set(e, SL_ERR_INVALID, "batch: sequence %d has a bad state slot", s);
+        }
+    }
+    return SL_OK;
+}
+
+/* The ops of one forward over a prepared batch; logits rows 0..n_rows-1. */
+static void forward_ops(sl_model *m, sl_model_cache *c, const sl_batch_meta *mt, int n_rows,
+                        sl_tensor *logits)
+{
+    const sl_model_config *g = &m->cfg;
+    sl_backend *be = m->be;
+    int T = mt->n_tokens;
+    int one_plus = g->arch == SL_ARCH_QWEN3_NEXT;
+    sl_tensor x = rows_of(&m->s.x, T), xn = rows_of(&m->s.xn, T), d = rows_of(&m->s.d, T);
+    sl_be_embed(be, &x, &m->embed, mt);
+    trace(m, -1, "embed", &x);
+    for (int i = 0; i < g->n_layers; i++) {
+        layer *ly = &m->layers[i];
+        if (i == 0) sl_be_rmsnorm(be, &xn, &x, &ly->in_norm, g->rms_eps, one_plus);
+        else sl_be_add_rmsnorm(be, &xn, &x, &d, &ly->in_norm, g->rms_eps, one_plus);
+        trace(m, i, "in_resid", &x);
+        trace(m, i, "in_norm", &xn);
+        if (ly->linear) linear_layer(m, ly, c, mt, &xn, &d);
+        else attention_layer(m, ly, c, mt, &xn, &d);
+        sl_be_add_rmsnorm(be, &xn, &x, &d, &ly->post_norm, g->rms_eps, one_plus);
+        trace(m, i, "post_resid", &x);
+        trace(m, i, "post_norm", &xn);
+        ffn_layer(m, ly, T, &xn, &d);
+    }
+    /* only the requested rows go through the final norm and the LM head */
+    sl_tensor gx = rows_of(&m->s.gx, n_rows), gd = rows_of(&m->s.gd, n_rows), gn = rows_of(&m->s.gn, n_rows);
+    sl_be_gather_rows(be, &gx, &x, mt);
+    sl_be_gather_rows(be, &gd, &d, mt);
+    sl_be_add_rmsnorm(be, &gn, &gx, &gd, &m->final_norm, g->rms_eps, one_plus);
+    sl_tensor out = rows_of(logits, n_rows);
+    trace(m, -1, "final_norm", &gn);
+    sl_be_matmul(be, &out, &gn, &m->lm_head);
+    trace(m, -1, "lm_head", &out);
+}
+
+/* ---- decode graphs ------------------------------------------------------------ */
+
+void model_graphs_free(sl_model *m)
+{
+    graphs *gr = &m->gr;
+    for (int i = 0; i < gr->n_buckets; i++) sl_be_graph_free(m->be, gr->slot[i].g);
+    int32_t *arrs[] = {gr->ids, gr->pos, gr->q_start, gr->kv_len, gr->kv_slot, gr->state_slot,
+                       gr->state_fresh, gr->track_slot, gr->track_len, gr->feed, gr->rows, gr->pt};
+    for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++) free(arrs[i]);
+    memset(gr, 0, sizeof *gr);
+}
+
+sl_status sl_model_enable_graphs(sl_model *m, int max_bs, int max_ctx, sl_err *e)
+{
+    model_graphs_free(m);
+    if (max_bs <= 0) return SL_OK;
+    if (!sl_be_has_graphs(m->be))
+        return sl_err_set(e, SL_ERR_UNSUPPORTED, "the %s backend cannot capture graphs", sl_be_name(m->be));
+    graphs *gr = &m->gr;
+    /* every size to 16 (padding a MoE batch costs whole experts), then
+     * steps of 8 to 64, 16 to 128, 32 beyond */
+    for (int b = 1; gr->n_buckets < MAX_GRAPHS;) {
+        int last = b >= max_bs;
+        gr->bucket[gr->n_buckets++] = last ? max_bs : b;
+        if (last) break;
+        b += b < 16 ? 1 : b < 64 ? 8 : b < 128 ? 16 : 32;
+    }
+    gr->max_bs = gr->bucket[gr->n_buckets - 1];
+    gr->max_ctx = max_ctx;
+    gr->cap = gr->max_bs + 1;
+    int32_t **arrs[] = {&gr->ids, &gr->pos, &gr->q_start, &gr->kv_len, &gr->kv_slot, &gr->state_slot,
+                        &gr->state_fresh, &gr->track_slot, &gr->track_len, &gr->feed, &gr->rows};
+    for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++)
+        if (!(*arrs[i] = malloc(sizeof(int32_t) * (size_t)gr->cap))) {
+            model_graphs_free(m);
+            return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+        }
+    return SL_OK;
+}
+
+int sl_model_graph_max_bs(const sl_model *m)
+{
+    return m->gr.max_bs;
+}
+
+/* The bucket a decode batch of n sequences runs in, or -1 (no graph). */
+static int graph_bucket(const sl_model *m, const sl_batch_meta *mt, const int32_t *rows, int n_rows)
+{
+    const graphs *gr = &m->gr;
+    int n = mt->n_seqs;
+    if (!gr->n_buckets || m->trace || mt->n_tokens != n || n > gr->max_bs || n_rows != n ||
+        (int64_t)mt->max_pages * mt->page_size > gr->max_ctx + mt->page_size - 1)
+        return -1;
+    for (int i = 0; i < n; i++)
+        if (rows[i] != i || mt->kv_len[i] > gr->max_ctx) return -1;
+    int k = 0;
+    while (gr->bucket[k] < n) k++;
+    return k;
+}
+
+/* Runs the n decode sequences of mt (n may be 0: a warm-up) in bucket k's
+ * graph, padded with sequences of one token on the cache's spare page and
+ * slot; captures the graph first when there is none or it went stale. */
+static sl_status graph_forward(sl_model *m, sl_model_cache *c, const sl_batch_meta *mt, int k,
+                               sl_tensor *logits, sl_err *e)
+{
+    graphs *gr = &m->gr;
+    int B = gr->bucket[k], n = mt->n_seqs, P = mt->max_pages > 0 ? mt->max_pages : 1;
+    if (B * P > gr->pt_cap) {
+        free(gr->pt);
+        gr->pt_cap = 0;
+        if (!(gr->pt = malloc(sizeof(int32_t) * (size_t)B * (size_t)P)))
+            return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+        gr->pt_cap = B * P;
+    }
+    int hybrid = c->n_linear > 0;
+    for (int i = 0; i < B; i++) {
+        int real = i < n;
+        gr->ids[i] = real ? mt->ids[i] : 0;
+        gr->pos[i] = real ? mt->pos[i] : 0;
+        gr->q_start[i] = i;
+        gr->kv_len[i] = real ? mt->kv_len[i] : 1;
+        gr->kv_slot[i] = real ? mt->kv_slot[i] : c->n_pages * c->page_size;
+        gr->state_slot[i] = real && hybrid ? mt->state_slot[i] : hybrid ? c->n_slots : -1;
+        gr->state_fresh[i] = real && hybrid ? mt->state_fresh[i] : 1;
+        gr->track_slot[i] = real && hybrid ? mt->track_slot[i] : -1;
+        gr->track_len[i] = real && hybrid ? mt->track_len[i] : 0;
+        gr->feed[i] = real && mt->feed ? mt->feed[i] : -1;
+        gr->rows[i] = i;
+        if (real) memcpy(gr->pt + (size_t)i * P, mt->page_table + (size_t)i * mt->max_pages, sizeof(int32_t) * (size_t)P);
+        else
+            for (int j = 0; j < P; j++) gr->pt[(size_t)i * P + j] = c->n_pages;
+    }
+    gr->q_start[B] = B;
+    sl_batch_meta pm = {
+        .n_tokens = B, .n_seqs = B, .page_size = c->page_size, .max_pages = P,
+        .ids = gr->ids, .pos = gr->pos, .q_start = gr->q_start, .kv_len = gr->kv_len,
+        .page_table = gr->pt, .kv_slot = gr->kv_slot, .state_slot = gr->state_slot,
+        .state_fresh = gr->state_fresh, .track_slot = gr->track_slot, .track_len = gr->track_len,
+        .n_logits = B, .logit_rows = gr->rows, .feed = gr->feed, .feed_ids = mt->feed_ids,
+    };
+    sl_status s = scratch_ensure(m, B, B, e);
+    if (!s) s = sl_be_prepare_fixed(m->be, &pm, gr->max_bs, gr->max_ctx, e);
+    if (s) return s;
+    graph_slot *g = &gr->slot[k];
+    const void *k0 = c->n_attn ? c->k[0].data : c->conv[0].data;
+    if (g->g && g->scratch_gen == m->scratch_gen && g->cache == c && g->k0 == k0 &&
+        g->logits == logits->data && g->feed_ids == mt->feed_ids)
+        return sl_be_graph_launch(m->be, g->g, e);
+    /* (re)capture: one eager run computes this step and tunes the matmul
+     * plans the capture then records */
+    sl_be_graph_free(m->be, g->g);
+    memset(g, 0, sizeof *g);
+    forward_ops(m, c, &pm, B, logits);
+    if ((s = sl_be_capture_begin(m->be, e))) return s;
+    forward_ops(m, c, &pm, B, logits);
+    if ((s = sl_be_capture_end(m->be, &g->g, e))) return s;
+    *g = (graph_slot){.g = g->g, .scratch_gen = m->scratch_gen, .cache = c, .k0 = k0,
+                      .logits = logits->data, .feed_ids = mt->feed_ids};
+    return SL_OK;
+}
+
+sl_status sl_model_warm_graphs(sl_model *m, sl_model_cache *c, sl_tensor *logits,
+                               const int32_t *feed_ids, sl_err *e)
+{
+    sl_batch_meta none = {.max_pages = 1, .feed_ids = feed_ids};
+    for (int k = 0; k < m->gr.n_buckets; k++) {
+        sl_status s = graph_forward(m, c, &none, k, logits, e);
+        if (s) return s;
+    }
+    return sl_be_sync(m->be, e);
+}
+
+sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *mt, const int32_t *rows,
+                           int n_rows, sl_tensor *logits, sl_err *e)
+{
+    int T = mt->n_tokens;
+    mt->page_size = c->page_size;
+    mt->n_logits = n_rows;
+    mt->logit_rows = rows;
+    sl_status s = check_meta(m, c, mt, e);
+    for (int i = 0; i < n_rows && !s; i++)
+        if (rows[i] < 0 || rows[i] >= T) s = sl_err_set(e, SL_ERR_INVALID, "logit row %d out of range", rows[i]);
+    if (s) return s;
+    int k = graph_bucket(m, mt, rows, n_rows);
+    if (k >= 0) return graph_forward(m, c, mt, k, logits, e);
+    if (!s) s = scratch_ensure(m, T, n_rows, e);
+    if (!s) s = sl_be_prepare(m->be, mt, e);
+    if (s) return s;
+    forward_ops(m, c, mt, n_rows, logits);
+    return SL_OK;
+}
