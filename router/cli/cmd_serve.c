@@ -11,40 +11,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "engine_flags.h"
 #include "router_cmd.h"
 #include "router_opts.h"
 #include "sl_log.h"
 
 #define MAX_DP 64
 
-/* Worker flags passed through verbatim when given. */
-typedef struct pass {
-    const char *name;
-    sl_opt_kind kind;
-    const char *help;
-    const char *str;
-    int flag;
-} pass;
-
-static pass passes[] = {
-    {"--load-format", SL_OPT_STR, "auto | safetensors | dummy (workers)", NULL, 0},
-    {"--seed", SL_OPT_STR, "dummy weights seed (workers)", NULL, 0},
-    {"--mem-fraction-static", SL_OPT_STR, "share of memory for the caches (workers)", NULL, 0},
-    {"--mem-bytes", SL_OPT_STR, "cache budget in bytes (workers)", NULL, 0},
-    {"--page-size", SL_OPT_STR, "tokens per KV page (workers)", NULL, 0},
-    {"--max-total-tokens", SL_OPT_STR, "KV pool size in tokens (workers)", NULL, 0},
-    {"--max-mamba-cache-size", SL_OPT_STR, "mamba state slots (workers)", NULL, 0},
-    {"--max-running-requests", SL_OPT_STR, "requests running at once (workers)", NULL, 0},
-    {"--chunked-prefill-size", SL_OPT_STR, "prefill tokens per batch (workers)", NULL, 0},
-    {"--mamba-scheduler-strategy", SL_OPT_STR, "extra_buffer | no_buffer (workers)", NULL, 0},
-    {"--mamba-track-interval", SL_OPT_STR, "decode tokens between cached states (workers)", NULL, 0},
-    {"--disable-overlap-schedule", SL_OPT_FLAG, "build each batch after the previous (workers)", NULL, 0},
-    {"--disable-radix-cache", SL_OPT_FLAG, "no prefix caching (workers)", NULL, 0},
-    {"--cuda-graph-max-bs", SL_OPT_STR, "largest decode batch run from a CUDA graph (workers)", NULL, 0},
-    {"--disable-cuda-graph", SL_OPT_FLAG, "run decode batches eagerly (workers)", NULL, 0},
-    {"--step-timing", SL_OPT_FLAG, "log decode step device time and idle gaps (workers)", NULL, 0},
-};
-#define NPASS ((int)(sizeof passes / sizeof passes[0]))
+/* Worker flags (worker/cli/engine_flags.h) passed through verbatim when given. */
+static sl_engine_flags_pass passes;
 
 /* Watches the worker children: one that exits stops serve (exit 1) rather
  * than leaving a router without workers. */
@@ -110,11 +85,7 @@ int sl_cmd_serve(int argc, char **argv)
     opts[n++] = (sl_opt){"--dp-size", "--dp", SL_OPT_INT, &dp, "worker groups behind the router (1)"};
     opts[n++] = (sl_opt){"--device", NULL, SL_OPT_STR, &device,
                          "cpu | cuda (group i gets cuda:i*tp) | cuda:N"};
-    for (int i = 0; i < NPASS; i++)
-        opts[n++] = (sl_opt){passes[i].name, NULL, passes[i].kind,
-                             passes[i].kind == SL_OPT_FLAG ? (void *)&passes[i].flag
-                                                           : (void *)&passes[i].str,
-                             passes[i].help};
+    n += sl_engine_flags_pass_opts(&passes, opts + n);
     opts[n++] = (sl_opt){"--help", "-h", SL_OPT_FLAG, &help, "show this help"};
     opts[n] = (sl_opt){0};
     sl_err e = {0};
@@ -165,13 +136,7 @@ int sl_cmd_serve(int argc, char **argv)
             wargv[k++] = "--context-length";
             wargv[k++] = ctx;
         }
-        for (int i = 0; i < NPASS; i++) {
-            if (passes[i].kind == SL_OPT_FLAG && passes[i].flag) wargv[k++] = (char *)passes[i].name;
-            if (passes[i].kind != SL_OPT_FLAG && passes[i].str) {
-                wargv[k++] = (char *)passes[i].name;
-                wargv[k++] = (char *)passes[i].str;
-            }
-        }
+        k += sl_engine_flags_pass_argv(&passes, wargv + k);
         wargv[k] = NULL;
         pids[g] = spawn(wargv);
         if (pids[g] < 0) {

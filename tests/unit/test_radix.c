@@ -34,8 +34,8 @@ static void teardown(fixture *f)
     sl_radix_destroy(f->r);
     CHECK(sl_pool_free_count(f->pages) == sl_pool_total(f->pages));
     if (f->slots) CHECK(sl_pool_free_count(f->slots) == sl_pool_total(f->slots));
-    sl_pool_destroy(f->pages);
-    sl_pool_destroy(f->slots);
+    sl_pool_free(f->pages);
+    sl_pool_free(f->slots);
 }
 
 static void check_ok(fixture *f, int held_pages, int held_slots)

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "sampler.h"
+#include "sampler_op.h"
 #include "sl_rng.h"
 #include "sl_test.h"
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "pool.h"
+#include "sampler_op.h"
 #include "sl_log.h"
 
 #define LP_COLS (2 + 2 * SL_SAMPLE_MAX_TOP)
@@ -14,6 +15,7 @@
  * alternate: batch N+1 is launched before batch N's results are read. */
 typedef struct flight {
     sl_sched_batch *b;
+    sl_batch_meta meta; /* b as the model's forward batch */
     int half;        /* token buffer half its samples went to */
     int32_t *ids;    /* host copy of the sampled ids (pinned) */
     float *lp;       /* host copy of the logprob rows (pinned), valid when has_lp */
@@ -77,11 +79,34 @@ void sl_engine_config_default(sl_engine_config *c)
 
 /* ---- runner --------------------------------------------------------------------- */
 
+/* The ScheduleBatch -> ForwardBatch step: the model's view of b's arrays. */
+static void forward_meta(const sl_sched_batch *b, sl_batch_meta *m)
+{
+    *m = (sl_batch_meta){
+        .n_tokens = b->meta.n_tokens,
+        .n_seqs = b->meta.n_seqs,
+        .page_size = b->meta.page_size,
+        .max_pages = b->meta.max_pages,
+        .ids = b->ids,
+        .pos = b->pos,
+        .q_start = b->q_start,
+        .kv_len = b->kv_len,
+        .page_table = b->page_table,
+        .kv_slot = b->kv_slot,
+        .state_slot = b->state_slot,
+        .state_fresh = b->state_fresh,
+        .track_slot = b->track_slot,
+        .track_len = b->track_len,
+    };
+}
+
 sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e)
 {
     if (b->n_copy) sl_model_cache_copy_slots(g->m, &g->cache, b->copy_dst, b->copy_src, b->n_copy);
+    sl_batch_meta meta;
+    forward_meta(b, &meta);
     int32_t row0 = 0;
-    return sl_model_forward(g->m, &g->cache, &b->meta, b->n_rows ? b->rows : &row0,
+    return sl_model_forward(g->m, &g->cache, &meta, b->n_rows ? b->rows : &row0,
                             b->n_rows ? b->n_rows : 1, &g->logits, e);
 }
 
@@ -109,7 +134,7 @@ static int pending_row(const flight *p, const sl_sampler_state *s)
 
 /* Resolves b's fed tokens: from the pending batch's samples on the device
  * when it has not committed yet, else from the sampler on the host. */
-static sl_status resolve_inputs(sl_engine *g, sl_sched_batch *b, sl_err *e)
+static sl_status resolve_inputs(sl_engine *g, sl_sched_batch *b, sl_batch_meta *m, sl_err *e)
 {
     int T = b->meta.n_tokens;
     if (T > g->feed_cap) {
@@ -129,8 +154,8 @@ static sl_status resolve_inputs(sl_engine *g, sl_sched_batch *b, sl_err *e)
             b->ids[t] = sl_sampler_last_token(b->sampler[i]);
         }
     }
-    b->meta.feed = g->feed;
-    b->meta.feed_ids = g->tok.data;
+    m->feed = g->feed;
+    m->feed_ids = g->tok.data;
     return SL_OK;
 }
 
@@ -184,18 +209,19 @@ static sl_status sample_rows(sl_engine *g, sl_sched_batch *b, flight *f, sl_tens
 static sl_status launch_batch(sl_engine *g, sl_sched_batch *b, flight *f, sl_err *e)
 {
     f->b = b;
+    forward_meta(b, &f->meta);
     f->half = (int)(g->n_launch++ & 1);
     f->decode = b->meta.n_tokens == b->meta.n_seqs;
     sl_status st = SL_OK;
     if (g->timing) st = sl_be_event_record(g->be, f->start, e);
-    if (!st) st = resolve_inputs(g, b, e);
+    if (!st) st = resolve_inputs(g, b, &f->meta, e);
     if (!st && g->plan) st = g->plan(g->plan_ctx, b, e);
     if (b->n_copy && !st) sl_model_cache_copy_slots(g->m, &g->cache, b->copy_dst, b->copy_src, b->n_copy);
     /* a batch of unfinished prefill chunks samples nothing; the model still
      * wants one row of logits */
     int32_t row0 = 0;
     if (!st)
-        st = sl_model_forward(g->m, &g->cache, &b->meta, b->n_rows ? b->rows : &row0,
+        st = sl_model_forward(g->m, &g->cache, &f->meta, b->n_rows ? b->rows : &row0,
                               b->n_rows ? b->n_rows : 1, &g->logits, e);
     if (st || !b->n_rows) return st ? st : sl_be_event_record(g->be, f->done, e);
     SL_ASSERT(b->n_rows <= g->cap);

@@ -65,7 +65,7 @@ sl_sampler_state *sl_sampler_state_new(const sl_sampling *params, const int32_t 
     sl_sampler_state *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->p = *params;
-    if (s->p.top_logprobs > SL_SAMPLE_MAX_TOP) s->p.top_logprobs = SL_SAMPLE_MAX_TOP;
+    if (s->p.top_logprobs > SL_SAMPLER_MAX_TOP) s->p.top_logprobs = SL_SAMPLER_MAX_TOP;
     s->seed = params->has_seed ? params->seed : sl_rng_mix(rid ^ 0x5ca1ab1eull);
     s->last = -1;
     s->penalize = params->repetition_penalty != 1.0f || params->frequency_penalty != 0.0f ||
@@ -115,83 +115,32 @@ int sl_sampler_is_argmax(const sl_sampler_state *s)
            (p->temperature <= 0.0f || p->top_k == 1);
 }
 
-void sl_sample_pen_free(sl_sample_pen *pen)
+float sl_sampler_uniform(const sl_sampler_state *s, int ahead)
 {
-    free(pen->tok);
-    free(pen->out);
-    free(pen->prompt);
-    *pen = (sl_sample_pen){0};
+    return sl_rng_uniform(s->seed, (uint64_t)s->n_out + (uint64_t)ahead);
 }
 
-static int grow(int32_t **arr, int cap)
+int sl_sampler_pen_count(const sl_sampler_state *s)
 {
-    int32_t *p = realloc(*arr, sizeof(int32_t) * (size_t)cap);
-    if (!p) return -1;
-    *arr = p;
-    return 0;
+    return s->used; /* the table is only filled when a penalty is set */
 }
 
-static int pen_reserve(sl_sample_pen *pen, int need)
+void sl_sampler_pen_fill(const sl_sampler_state *s, int32_t *tok, int32_t *out, int32_t *prompt)
 {
-    if (need <= pen->cap) return 0;
-    int cap = pen->cap ? pen->cap : 256;
-    while (cap < need)
-        cap *= 2;
-    /* on failure the arrays grown so far keep their contents */
-    if (grow(&pen->tok, cap) || grow(&pen->out, cap) || grow(&pen->prompt, cap)) return -1;
-    pen->cap = cap;
-    return 0;
-}
-
-sl_status sl_sampler_row(const sl_sampler_state *s, sl_sample_row *row, sl_sample_pen *pen,
-                         int32_t pending, sl_err *e)
-{
-    const sl_sampling *p = &s->p;
-    int n = s->used; /* the table is only filled when a penalty is set */
-    if (pen_reserve(pen, pen->n + n))
-        return sl_err_set(e, SL_ERR_NOMEM, "out of memory for %d penalty entries", pen->n + n);
-    *row = (sl_sample_row){
-        .temperature = p->temperature,
-        .top_k = p->top_k,
-        .top_p = p->top_p,
-        .min_p = p->min_p,
-        .repetition_penalty = p->repetition_penalty,
-        .frequency_penalty = p->frequency_penalty,
-        .presence_penalty = p->presence_penalty,
-        .u = sl_rng_uniform(s->seed, (uint64_t)s->n_out + (pending >= 0)),
-        .logprobs = p->logprobs || p->top_logprobs > 0,
-        .n_top = p->top_logprobs > 0 ? p->top_logprobs : 0,
-        .pen_start = pen->n,
-        .pen_n = n,
-        .pending = pending,
-    };
+    int n = 0;
     for (int i = 0; i < s->cap; i++) {
         const tok_count *c = &s->tab[i];
         if (c->token < 0) continue;
-        pen->tok[pen->n] = c->token;
-        pen->out[pen->n] = c->out;
-        pen->prompt[pen->n] = c->in_prompt;
-        pen->n++;
+        tok[n] = c->token;
+        out[n] = c->out;
+        prompt[n] = c->in_prompt;
+        n++;
     }
-    return SL_OK;
-}
-
-void sl_sampler_commit(sl_sampler_state *s, int32_t token, const float *lp_row, sl_sample *out)
-{
-    memset(out, 0, sizeof *out);
-    out->token = token;
-    if (lp_row) {
-        out->logprob = lp_row[0];
-        out->n_top = (int)lp_row[1];
-        for (int j = 0; j < out->n_top; j++) {
-            out->top_ids[j] = (int32_t)lp_row[2 + j];
-            out->top_logprobs[j] = lp_row[2 + SL_SAMPLE_MAX_TOP + j];
-        }
-    }
-    record(s, token);
 }
 
 void sl_sampler_take(sl_sampler_state *s, int32_t token, sl_sample *out)
 {
-    sl_sampler_commit(s, token, NULL, out);
+    memset(out, 0, sizeof *out);
+    out->token = token;
+    record(s, token);
 }

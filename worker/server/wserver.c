@@ -127,7 +127,7 @@ static const char *sampling_from(const Sluice__SamplingParams *p, const sl_gen_d
     if (!isfinite(p->frequency_penalty) || fabsf(p->frequency_penalty) > 2 ||
         !isfinite(p->presence_penalty) || fabsf(p->presence_penalty) > 2)
         return "sampling.frequency_penalty and presence_penalty must be in [-2, 2]";
-    if (p->top_logprobs < 0 || p->top_logprobs > SL_SAMPLE_MAX_TOP)
+    if (p->top_logprobs < 0 || p->top_logprobs > SL_SAMPLER_MAX_TOP)
         return "sampling.top_logprobs must be in [0, 20]";
     s->temperature = p->temperature;
     if (p->top_p > 0) s->top_p = p->top_p;

@@ -4,7 +4,7 @@
  * that hold those tokens' K/V (len / page_size of them). For hybrid models a
  * node may also own one mamba state slot: the recurrent state after the
  * tokens root..end of that node, valid ONLY at that end (a point value, it
- * cannot be cut). See /work/shared/MAMBA_CACHE.md for the rules this follows.
+ * cannot be cut). See docs/mamba_cache.md for the rules this follows.
  *
  *   root ─[a b c d | e f g h]─●            ● node with a state   ○ tombstone
  *

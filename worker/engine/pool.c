@@ -21,7 +21,7 @@ sl_status sl_pool_new(sl_pool **out, const char *what, int n, sl_err *e)
     p->stack = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
     p->used = calloc((size_t)(n ? n : 1), 1);
     if (!p->stack || !p->used) {
-        sl_pool_destroy(p);
+        sl_pool_free(p);
         return sl_err_set(e, SL_ERR_NOMEM, "%s pool: out of memory for %d ids", what, n);
     }
     p->n = p->n_free = n;
@@ -32,7 +32,7 @@ sl_status sl_pool_new(sl_pool **out, const char *what, int n, sl_err *e)
     return SL_OK;
 }
 
-void sl_pool_destroy(sl_pool *p)
+void sl_pool_free(sl_pool *p)
 {
     if (!p) return;
     free(p->stack);
@@ -52,7 +52,7 @@ int sl_pool_alloc(sl_pool *p, int n, int32_t *out)
     return 0;
 }
 
-void sl_pool_free(sl_pool *p, const int32_t *ids, int n)
+void sl_pool_release(sl_pool *p, const int32_t *ids, int n)
 {
     for (int i = 0; i < n; i++) {
         int32_t id = ids[i];

@@ -1,6 +1,7 @@
-/* worker/sampler.h: per-request sampling state, the front end of the
- * sampling op (sl_be_sample, kernels/backend.h), which does the math on the
- * backend so only ids and logprob rows cross to the host.
+/* worker/engine/sampler.h: per-request sampling state (parameters, the
+ * tokens counted for penalties, the seed and the output index of the next
+ * draw). The front end of the sampling op that turns a state into a row of
+ * sl_be_sample (kernels/backend.h) is the runner's: runner/sampler_op.h.
  *
  * Order of operations (as in SGLang/vLLM): penalties (repetition over prompt
  * and output tokens, HF style; frequency and presence over output tokens,
@@ -11,20 +12,10 @@
  * penalties and temperature, like vLLM's default.
  *
  *   sl_sampler_state *s = sl_sampler_state_new(&params, prompt, n_prompt, rid);
- *   sl_sample_pen pen = {0};
- *   sl_sample_row row;
- *   sl_sampler_row(s, &row, &pen, -1, &e);             // one row per sampled request
- *   sl_be_sample(be, &ids, &lp, &logits, &(sl_sample_args){1, &row, pen.n, pen.tok,
- *                                                          pen.out, pen.prompt, NULL});
- *   ... download ids (and lp rows) ...
+ *   ... the runner samples (runner/sampler_op.h) and records the token:
  *   sl_sample out;
- *   sl_sampler_commit(s, id, lp_row_or_NULL, &out);     // records the token
- *   sl_sample_pen_free(&pen);
+ *   sl_sampler_take(s, token, &out);   // or sl_sampler_commit with logprobs
  *   sl_sampler_state_free(s);
- *
- * A row may be built before the previous token is committed (a pipelined
- * engine): pass that token's place in the op's pending_ids as pending; the op
- * counts it as one more output and the draw uses the next output index.
  *
  * Threads: a state is used by one thread at a time (the runner); it may be
  * created on another thread before it is handed over.
@@ -34,8 +25,11 @@
 
 #include <stdint.h>
 
-#include "backend.h"
 #include "sl_err.h"
+
+/* Top logprobs a sample can carry; equal to the sampling op's
+ * SL_SAMPLE_MAX_TOP (runner/sampler_op.c checks it). */
+#define SL_SAMPLER_MAX_TOP 20
 
 typedef struct sl_sampling {
     float temperature;        /* 0: greedy */
@@ -47,15 +41,15 @@ typedef struct sl_sampling {
     int has_seed;
     uint64_t seed;
     int logprobs;     /* report the sampled token's logprob */
-    int top_logprobs; /* 0..SL_SAMPLE_MAX_TOP alternatives */
+    int top_logprobs; /* 0..SL_SAMPLER_MAX_TOP alternatives */
 } sl_sampling;
 
 typedef struct sl_sample {
     int32_t token;
     float logprob;
     int n_top;
-    int32_t top_ids[SL_SAMPLE_MAX_TOP];
-    float top_logprobs[SL_SAMPLE_MAX_TOP];
+    int32_t top_ids[SL_SAMPLER_MAX_TOP];
+    float top_logprobs[SL_SAMPLER_MAX_TOP];
 } sl_sample;
 
 typedef struct sl_sampler_state sl_sampler_state;
@@ -79,22 +73,12 @@ int sl_sampler_is_argmax(const sl_sampler_state *s);
  * without logprobs). */
 void sl_sampler_take(sl_sampler_state *s, int32_t token, sl_sample *out);
 
-/* Penalty entries of a batch's rows (the pen_* arrays of sl_sample_args),
- * grown by sl_sampler_row. Start a batch with n = 0; the arrays are kept. */
-typedef struct sl_sample_pen {
-    int n, cap;
-    int32_t *tok, *out, *prompt;
-} sl_sample_pen;
-/* Frees the arrays; pen is then empty ({0}) and may be reused. */
-void sl_sample_pen_free(sl_sample_pen *pen);
-
-/* Fills row for s's next token and appends its penalty entries to pen.
- * pending: row->pending (see the overview), or -1. SL_ERR_NOMEM when pen
- * cannot grow (row and pen then unchanged). */
-sl_status sl_sampler_row(const sl_sampler_state *s, sl_sample_row *row, sl_sample_pen *pen,
-                         int32_t pending, sl_err *e);
-/* Records token, sampled from s's row, as this step's sample; fills out,
- * with logprobs from lp_row (a row of the op's lp; NULL: none asked). */
-void sl_sampler_commit(sl_sampler_state *s, int32_t token, const float *lp_row, sl_sample *out);
+/* What the sampling op's row needs (runner/sampler_op.c): the draw of the
+ * output ahead outputs after those recorded (ahead 1: a token sampled but
+ * not yet committed), and the penalty table: n entries (token, count in the
+ * output, 1 if in the prompt), in a fixed order. */
+float sl_sampler_uniform(const sl_sampler_state *s, int ahead);
+int sl_sampler_pen_count(const sl_sampler_state *s);
+void sl_sampler_pen_fill(const sl_sampler_state *s, int32_t *tok, int32_t *out, int32_t *prompt);
 
 #endif

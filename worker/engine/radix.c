@@ -7,7 +7,7 @@
 /* LRU order is kept as a stamp per node (a counter bumped on every touch);
  * eviction builds a min-heap of the candidates of one kind (unlocked leaves
  * for KV, unlocked stateful nodes for states), which is the two-list LRU of
- * MAMBA_CACHE.md without maintaining the lists on every lookup. */
+ * docs/mamba_cache.md without maintaining the lists on every lookup. */
 struct sl_radix_node {
     sl_radix_node *parent, *child, *next, *prev; /* children: doubly linked */
     int32_t *key, *pages;
@@ -74,7 +74,7 @@ static void link_child(sl_radix_node *p, sl_radix_node *n)
 static void drop_state(sl_radix *r, sl_radix_node *n)
 {
     if (n->state < 0) return;
-    sl_pool_free(r->cfg.slots, &n->state, 1);
+    sl_pool_release(r->cfg.slots, &n->state, 1);
     n->state = -1;
     r->n_states--;
     if (n->state_lock == 0) r->evictable_states--;
@@ -85,7 +85,7 @@ static void delete_node(sl_radix *r, sl_radix_node *n)
 {
     SL_ASSERT(!n->child && n != &r->root);
     drop_state(r, n);
-    sl_pool_free(r->cfg.pages, n->pages, node_pages(r, n));
+    sl_pool_release(r->cfg.pages, n->pages, node_pages(r, n));
     r->n_pages -= node_pages(r, n);
     if (n->lock == 0) r->evictable_pages -= node_pages(r, n);
     unlink_child(n);
@@ -222,7 +222,7 @@ static void dedupe(sl_radix *r, const sl_radix_node *c, int32_t *pages)
 {
     for (int i = 0; i < node_pages(r, c); i++) {
         if (pages[i] != c->pages[i]) {
-            sl_pool_free(r->cfg.pages, &pages[i], 1);
+            sl_pool_release(r->cfg.pages, &pages[i], 1);
             pages[i] = c->pages[i];
         }
     }
@@ -271,7 +271,7 @@ int sl_radix_insert(sl_radix *r, const int32_t *ids, int n, int32_t *pages, int3
             r->n_states++;
             if (node->state_lock == 0) r->evictable_states++;
         } else {
-            sl_pool_free(r->cfg.slots, &state, 1);
+            sl_pool_release(r->cfg.slots, &state, 1);
         }
     }
     if (end) *end = node;

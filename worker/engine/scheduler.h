@@ -2,8 +2,8 @@
  * state slots, with the radix prefix cache; it never touches the device.
  *
  * Each call to sl_sched_next_batch builds one explicit batch (sl_sched_batch:
- * flat arrays, the sl_batch_meta of one forward plus state copies and
- * sampling duties) from:
+ * its shape and flat arrays, plus state copies and sampling duties; the
+ * runner turns it into the backend's sl_batch_meta) from:
  *   1. decode steps of every running request that has finished its prompt
  *      (one token each; a step that needs a new page and finds none, even
  *      after evicting the tree, retracts the lowest-priority, newest request:
@@ -15,7 +15,7 @@
  *      (--chunked-prefill-size tokens per batch) and memory allow.
  * Prefill and decode share one batch (mixed batches).
  *
- * Hybrid models (mamba_extra_buffer, MAMBA_CACHE.md §8): a running request
+ * Hybrid models (mamba_extra_buffer, docs/mamba_cache.md §8): a running request
  * owns a working slot W and one track slot T. The batch asks the kernels for
  * a snapshot of the state into T at checkpoint targets (extend: the last
  * multiple of C = max(64, page) inside a chunk, or the branching point of its
@@ -49,7 +49,6 @@
 
 #include <stdint.h>
 
-#include "backend.h"
 #include "sampler.h"
 #include "sl_err.h"
 
@@ -74,7 +73,7 @@ typedef struct sl_sched_config {
     int eos[8], n_eos;
 } sl_sched_config;
 
-/* Page/interval rules shared with the command line (MAMBA_CACHE.md §3):
+/* Page/interval rules shared with the command line (docs/mamba_cache.md §3):
  * max(64,page) % min(64,page) == 0 and interval % page == 0. */
 sl_status sl_sched_config_check(const sl_sched_config *c, sl_err *e);
 
@@ -114,10 +113,19 @@ typedef struct sl_sched_event {
 
 typedef struct sl_sched_req_impl sl_sched_req_impl;
 
-/* One forward. Arrays are owned by the scheduler; meta points into them. */
+/* The shape of one forward (the plain part of the backend's sl_batch_meta). */
+typedef struct sl_sched_shape {
+    int n_tokens, n_seqs;
+    int page_size, max_pages; /* page_table is [n_seqs * max_pages] */
+} sl_sched_shape;
+
+/* One forward (SGLang's ScheduleBatch): plain arrays owned by the scheduler,
+ * no backend types. The runner translates it into an sl_batch_meta
+ * (ForwardBatch) for the model. */
 typedef struct sl_sched_batch {
     uint64_t seq; /* batch number */
-    sl_batch_meta meta;
+    sl_sched_shape meta;
+    /* [n_tokens]: ids, pos, kv_slot; [n_seqs + 1]: q_start; [n_seqs]: the rest */
     int32_t *ids, *pos, *q_start, *kv_len, *page_table, *kv_slot;
     int32_t *state_slot, *state_fresh, *track_slot, *track_len;
     /* before the forward: state slot copies (dst <- src; src -1 zeroes) */

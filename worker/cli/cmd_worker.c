@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "engine_flags.h"
 #include "model.h"
 #include "sl_log.h"
 #include "sl_opts.h"
@@ -50,47 +51,21 @@ static sl_status check_flags(const sl_model_config *mc, const sl_engine_config *
 
 int sl_cmd_worker(int argc, char **argv)
 {
-    const char *model = NULL, *listen = NULL, *device = "cpu", *load_format = "auto";
-    const char *strategy = "extra_buffer", *served_name = NULL;
-    long long seed = 0, mem_bytes = 0;
-    int disable_overlap = 0, disable_graph = 0;
-    sl_engine_config c;
-    sl_engine_config_default(&c);
-    sl_opt opts[] = {
-        {"--model", "--model-path", SL_OPT_STR, &model, "model directory (Hugging Face layout)"},
-        {"--listen", NULL, SL_OPT_STR, &listen,
-         "nng URL to listen on: tcp://HOST:PORT or ipc:///PATH"},
-        {"--device", NULL, SL_OPT_STR, &device, "cpu (default) or cuda[:N]"},
-        {"--load-format", NULL, SL_OPT_STR, &load_format,
-         "auto (default) or dummy (random weights)"},
-        {"--seed", NULL, SL_OPT_I64, &seed, "seed of dummy weights (default 0)"},
-        {"--served-model-name", NULL, SL_OPT_STR, &served_name, "model name in load reports"},
-        {"--page-size", NULL, SL_OPT_INT, &c.page_size, "tokens per KV page (default 1)"},
-        {"--mem-fraction-static", NULL, SL_OPT_FLOAT, &c.mem_fraction,
-         "share of memory for the KV and state caches (default 0.85)"},
-        {"--mem-bytes", NULL, SL_OPT_I64, &mem_bytes,
-         "cache budget in bytes (overrides --mem-fraction-static; CPU backend)"},
-        {"--max-total-tokens", NULL, SL_OPT_INT, &c.max_total_tokens, "KV pool size in tokens"},
-        {"--max-mamba-cache-size", NULL, SL_OPT_INT, &c.max_mamba_slots, "mamba state slots"},
-        {"--max-running-requests", NULL, SL_OPT_INT, &c.max_running,
-         "requests decoding at once (default: from memory)"},
-        {"--context-length", NULL, SL_OPT_INT, &c.context_len,
-         "longest prompt + output (default: the model's max_position_embeddings)"},
-        {"--chunked-prefill-size", NULL, SL_OPT_INT, &c.chunked_prefill_size,
-         "prefill tokens per batch (default 8192; -1 disables chunking)"},
-        {"--mamba-scheduler-strategy", NULL, SL_OPT_STR, &strategy,
-         "extra_buffer (default) or no_buffer (hybrid models)"},
-        {"--mamba-track-interval", NULL, SL_OPT_INT, &c.track_interval,
-         "decode tokens between cached states (default 256; multiple of --page-size)"},
-        {"--disable-overlap-schedule", NULL, SL_OPT_FLAG, &disable_overlap,
-         "build each batch only after the previous one finished"},
-        {"--disable-radix-cache", NULL, SL_OPT_FLAG, &c.disable_radix, "no prefix caching"},
-        {"--cuda-graph-max-bs", NULL, SL_OPT_INT, &c.graph_max_bs,
-         "largest decode batch replayed from a CUDA graph (default 256)"},
-        {"--disable-cuda-graph", NULL, SL_OPT_FLAG, &disable_graph, "run decode batches eagerly"},
-        {"--step-timing", NULL, SL_OPT_FLAG, &c.step_timing,
-         "log device time and idle gaps of decode steps (every 2000 steps)"},
-        {0}};
+    const char *model = NULL, *listen = NULL, *device = "cpu", *served_name = NULL;
+    sl_engine_flags f;
+    sl_engine_flags_default(&f);
+    sl_engine_config *cp = &f.c;
+    sl_opt opts[8 + SL_ENGINE_NFLAGS];
+    int n = 0;
+    opts[n++] = (sl_opt){"--model", "--model-path", SL_OPT_STR, &model, "model directory (Hugging Face layout)"};
+    opts[n++] = (sl_opt){"--listen", NULL, SL_OPT_STR, &listen,
+                         "nng URL to listen on: tcp://HOST:PORT or ipc:///PATH"};
+    opts[n++] = (sl_opt){"--device", NULL, SL_OPT_STR, &device, "cpu (default) or cuda[:N]"};
+    opts[n++] = (sl_opt){"--served-model-name", NULL, SL_OPT_STR, &served_name, "model name in load reports"};
+    opts[n++] = (sl_opt){"--context-length", NULL, SL_OPT_INT, &cp->context_len,
+                         "longest prompt + output (default: the model's max_position_embeddings)"};
+    n += sl_engine_flags_opts(&f, opts + n);
+    opts[n] = (sl_opt){0};
     const char *summary = "Serves a model to a router over nng (proto/sluice.proto messages).";
     int cli = sl_opts_cli(argc, argv, "worker", summary, opts);
     if (cli >= 0) return cli;
@@ -99,15 +74,13 @@ int sl_cmd_worker(int argc, char **argv)
         sl_err_set(&e, SL_ERR_INVALID, "--model and --listen are required");
         return sl_opts_usage_error("worker", e.msg);
     }
-    int dummy = !strcmp(load_format, "dummy");
-    if (!dummy && strcmp(load_format, "auto") && strcmp(load_format, "safetensors")) {
+    int dummy = !strcmp(f.load_format, "dummy");
+    if (!dummy && strcmp(f.load_format, "auto") && strcmp(f.load_format, "safetensors")) {
         sl_err_set(&e, SL_ERR_INVALID, "--load-format must be auto, safetensors or dummy");
         return sl_opts_usage_error("worker", e.msg);
     }
-    c.overlap = !disable_overlap;
-    if (disable_graph) c.graph_max_bs = 0;
-    c.mem_bytes = mem_bytes > 0 ? (size_t)mem_bytes : 0;
-    c.strategy = !strcmp(strategy, "no_buffer") ? SL_MAMBA_NO_BUFFER : SL_MAMBA_EXTRA_BUFFER;
+    sl_engine_flags_finish(&f);
+    sl_engine_config c = f.c;
     sl_model_config mc;
     if (sl_model_config_load(&mc, model, &e)) {
         fprintf(stderr, "sluice worker: %s\n", e.msg);
@@ -117,7 +90,7 @@ int sl_cmd_worker(int argc, char **argv)
         SL_LOGI("worker", "no_buffer caches the working state at finish: overlap scheduling off");
         c.overlap = 0;
     }
-    if (check_flags(&mc, &c, strategy, &e)) return sl_opts_usage_error("worker", e.msg);
+    if (check_flags(&mc, &c, f.strategy, &e)) return sl_opts_usage_error("worker", e.msg);
 
     sl_backend *be = sl_backend_new(device, &e);
     if (!be) {
@@ -127,7 +100,7 @@ int sl_cmd_worker(int argc, char **argv)
     sl_model *m = NULL;
     sl_engine *g = NULL;
     int rc = 0;
-    sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)seed};
+    sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)f.seed};
     if (sl_model_load(&m, model, be, &lo, &e) || sl_engine_new(&g, m, &c, &e)) {
         fprintf(stderr, "sluice worker: %s\n", e.msg);
         rc = 1;

@@ -9,8 +9,8 @@
  *
  *   sl_pool *pages; sl_pool_new(&pages, "kv page", n_pages, &e);
  *   int32_t ids[4];
- *   if (sl_pool_alloc(pages, 4, ids) == 0) { ...; sl_pool_free(pages, ids, 4); }
- *   sl_pool_destroy(pages);
+ *   if (sl_pool_alloc(pages, 4, ids) == 0) { ...; sl_pool_release(pages, ids, 4); }
+ *   sl_pool_free(pages);
  *
  * Threads: one thread (the scheduler) uses a pool.
  */
@@ -26,11 +26,11 @@ typedef struct sl_pool sl_pool;
 
 /* what names the ids in messages ("kv page"); n may be 0 (an empty pool). */
 sl_status sl_pool_new(sl_pool **out, const char *what, int n, sl_err *e);
-void sl_pool_destroy(sl_pool *p);
+void sl_pool_free(sl_pool *p);
 /* All-or-nothing: 0 and n ids in out, or -1 (nothing taken) if fewer are free. */
 int sl_pool_alloc(sl_pool *p, int n, int32_t *out);
 /* Returns ids to the pool; every id must be allocated (asserted). */
-void sl_pool_free(sl_pool *p, const int32_t *ids, int n);
+void sl_pool_release(sl_pool *p, const int32_t *ids, int n);
 int sl_pool_free_count(const sl_pool *p);
 int sl_pool_total(const sl_pool *p);
 int sl_pool_is_used(const sl_pool *p, int32_t id);

@@ -1,0 +1,81 @@
+/* worker/model/model_impl.h: the model's private state, shared by model.c
+ * (loading) and model_forward.c (caches, forward, decode graphs). Not for
+ * other modules. */
+#ifndef SL_MODEL_IMPL_H
+#define SL_MODEL_IMPL_H
+
+#include "model.h"
+
+typedef struct layer {
+    int linear, moe, cache_idx; /* cache_idx: index among attention or linear layers */
+    sl_tensor in_norm, post_norm;
+    /* attention: wqkv rows [q | gate (qwen3_next) | k | v] */
+    sl_tensor wqkv, wo, q_norm, k_norm;
+    /* Gated DeltaNet: w_qkvz rows [q | k | v | z], w_ba rows [b | a] */
+    sl_tensor w_qkvz, w_ba, conv_w, A_log, dt_bias, gnorm, w_out;
+    /* feed-forward */
+    sl_tensor w_gate_up, w_down;
+    sl_tensor router, ex_gate_up, ex_down;
+    sl_tensor sh_gate_up, sh_down, sh_gate;
+} layer;
+
+/* Activations for up to cap tokens; views of the first T rows are used. */
+typedef struct scratch {
+    int cap, cap_rows;
+    sl_tensor x, xn, d, big, mid, mid2, attn, conv, ba, rlogits, ids, wts, shared, sgate;
+    sl_tensor gx, gd, gn;
+} scratch;
+
+#define MAX_GRAPHS 40
+
+/* One captured decode graph and what it baked in: replayed only while all of
+ * it still holds. */
+typedef struct graph_slot {
+    sl_be_graph *g;
+    uint64_t scratch_gen;
+    const sl_model_cache *cache;
+    const void *k0, *logits, *feed_ids;
+} graph_slot;
+
+/* Decode graphs: buckets of batch sizes, and the padded batch they run. */
+typedef struct graphs {
+    int max_bs, max_ctx, n_buckets;
+    int bucket[MAX_GRAPHS];
+    graph_slot slot[MAX_GRAPHS];
+    int cap, pt_cap; /* host arrays below: [cap] and [pt_cap] */
+    int32_t *ids, *pos, *q_start, *kv_len, *kv_slot, *state_slot, *state_fresh;
+    int32_t *track_slot, *track_len, *feed, *rows, *pt;
+} graphs;
+
+struct sl_model {
+    sl_model_config cfg;
+    sl_backend *be;
+    sl_tensor embed, final_norm, lm_head;
+    int lm_head_owned;
+    layer *layers;
+    scratch s;
+    uint64_t scratch_gen; /* bumped whenever scratch moves */
+    graphs gr;
+    sl_model_trace_fn trace; /* NULL: no tracing */
+    void *trace_ctx;
+};
+
+/* Reports op's output t of layer li (-1: outside the layers) to the trace. */
+static inline void trace(const sl_model *m, int li, const char *op, const sl_tensor *t)
+{
+    if (m->trace) m->trace(m->trace_ctx, li, op, t);
+}
+
+#define SHP(...) ((const int64_t[]){__VA_ARGS__})
+
+static inline void release_all(sl_backend *be, sl_tensor *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++) sl_be_release(be, &t[i]);
+}
+
+/* model.c: releases the forward scratch tensors */
+void model_scratch_free(sl_model *m);
+/* model_forward.c: frees the decode graphs */
+void model_graphs_free(sl_model *m);
+
+#endif
