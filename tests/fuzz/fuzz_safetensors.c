@@ -6,14 +6,14 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    sl_st *st = sl_st_new_empty();
+    sl_st *st = sl_safetensors_new_empty();
     sl_err e = {0};
-    if (sl_st_parse(st, data, size, "fuzz", &e) == SL_OK) {
+    if (sl_safetensors_parse(st, data, size, "fuzz", &e) == SL_OK) {
         /* every accepted tensor must lie inside the input */
-        const sl_st_tensor *t = sl_st_find(st, "a");
+        const sl_safetensors_tensor *t = sl_safetensors_find(st, "a");
         if (t && ((const uint8_t *)t->data < data || (const uint8_t *)t->data + t->nbytes > data + size))
             __builtin_trap();
     }
-    sl_st_close(st);
+    sl_safetensors_close(st);
     return 0;
 }

@@ -300,7 +300,7 @@ static json_t *tiny_config(const char *arch, int vocab)
 }
 
 typedef struct tiny_writer {
-    sl_st_tensor *ts;
+    sl_safetensors_tensor *ts;
     int n, cap;
     uint64_t seed;
     int failed;
@@ -315,7 +315,7 @@ static void tiny_tensor(void *ctx, const char *name, int ndim, const int64_t *sh
         w->cap = w->cap ? 2 * w->cap : 64;
         w->ts = realloc(w->ts, sizeof *w->ts * (size_t)w->cap);
     }
-    sl_st_tensor *t = &w->ts[w->n];
+    sl_safetensors_tensor *t = &w->ts[w->n];
     memset(t, 0, sizeof *t);
     t->name = strdup(name);
     t->dtype = SL_DTYPE_BF16;
@@ -497,7 +497,7 @@ int sl_cmd_make_tiny(int argc, char **argv)
         rc = fail("make-tiny", &e);
         goto done;
     }
-    if (w.failed || sl_st_write(sl_path_join(path, sizeof path, out, "model.safetensors"), w.ts, w.n, &e)) {
+    if (w.failed || sl_safetensors_write(sl_path_join(path, sizeof path, out, "model.safetensors"), w.ts, w.n, &e)) {
         if (w.failed) sl_err_set(&e, SL_ERR_NOMEM, "out of memory");
         rc = fail("make-tiny", &e);
         goto done;

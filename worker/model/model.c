@@ -93,7 +93,7 @@ static void pack_piece(loader *L, const char *name, int ndim, const int64_t *sha
         L->collect(L->collect_ctx, name, ndim, shape, L->scale, L->offset);
         return;
     }
-    const sl_st_tensor *t = sl_st_find(L->st, name);
+    const sl_safetensors_tensor *t = sl_safetensors_find(L->st, name);
     char want[96], got[96];
     fmt_shape(want, sizeof want, ndim, shape);
     if (!t) {
@@ -331,10 +331,10 @@ sl_status sl_model_load(sl_model **out, const char *dir, sl_backend *be,
     if (s) return s;
     int dummy = opts && opts->dummy;
     sl_st *st = NULL;
-    if (!dummy && (s = sl_st_open(&st, dir, e))) return s;
+    if (!dummy && (s = sl_safetensors_open(&st, dir, e))) return s;
     s = model_new(out, &c, be, st, dummy, opts ? opts->seed : 0, e);
     if (s && !dummy) sl_err_wrap(e, "loading %s", dir);
-    sl_st_close(st); /* weights were copied into backend memory */
+    sl_safetensors_close(st); /* weights were copied into backend memory */
     return s;
 }
 

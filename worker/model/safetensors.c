@@ -13,11 +13,11 @@
 struct sl_st {
     sl_mmap maps[MAX_SHARDS];
     int n_maps;
-    sl_st_tensor *t;
+    sl_safetensors_tensor *t;
     int n, cap;
 };
 
-sl_st *sl_st_new_empty(void) { return calloc(1, sizeof(sl_st)); }
+sl_st *sl_safetensors_new_empty(void) { return calloc(1, sizeof(sl_st)); }
 
 static int parse_dtype(const char *s, sl_dtype *dt)
 {
@@ -31,10 +31,10 @@ static int parse_dtype(const char *s, sl_dtype *dt)
 
 static int by_name(const void *a, const void *b)
 {
-    return strcmp(((const sl_st_tensor *)a)->name, ((const sl_st_tensor *)b)->name);
+    return strcmp(((const sl_safetensors_tensor *)a)->name, ((const sl_safetensors_tensor *)b)->name);
 }
 
-sl_status sl_st_parse(sl_st *st, const void *file, size_t len, const char *fname, sl_err *e)
+sl_status sl_safetensors_parse(sl_st *st, const void *file, size_t len, const char *fname, sl_err *e)
 {
     const unsigned char *p = file;
     if (len < 8) return sl_err_set(e, SL_ERR_PARSE, "%s: too short for a safetensors file", fname);
@@ -59,7 +59,7 @@ sl_status sl_st_parse(sl_st *st, const void *file, size_t len, const char *fname
         if (!strcmp(key, "__metadata__")) continue;
         const char *dts = json_string_value(json_object_get(v, "dtype"));
         json_t *shape = json_object_get(v, "shape"), *off = json_object_get(v, "data_offsets");
-        sl_st_tensor t = {0};
+        sl_safetensors_tensor t = {0};
         if (!dts || !json_is_array(shape) || !json_is_array(off) || json_array_size(off) != 2) {
             s = sl_err_set(e, SL_ERR_PARSE, "%s: tensor %s: malformed entry", fname, key);
             break;
@@ -101,7 +101,7 @@ sl_status sl_st_parse(sl_st *st, const void *file, size_t len, const char *fname
         t.name = strdup(key);
         if (st->n == st->cap) {
             int cap = st->cap ? st->cap * 2 : 64;
-            sl_st_tensor *nt = realloc(st->t, sizeof *nt * (size_t)cap);
+            sl_safetensors_tensor *nt = realloc(st->t, sizeof *nt * (size_t)cap);
             if (!nt) {
                 free((char *)t.name);
                 s = sl_err_set(e, SL_ERR_NOMEM, "out of memory");
@@ -128,12 +128,12 @@ static sl_status open_file(sl_st *st, const char *dir, const char *name, sl_err 
     sl_status s = sl_mmap_open(m, sl_path_join(path, sizeof path, dir, name), e);
     if (s) return s;
     st->n_maps++;
-    return sl_st_parse(st, m->data, m->len, name, e);
+    return sl_safetensors_parse(st, m->data, m->len, name, e);
 }
 
-sl_status sl_st_open(sl_st **out, const char *dir, sl_err *e)
+sl_status sl_safetensors_open(sl_st **out, const char *dir, sl_err *e)
 {
-    sl_st *st = sl_st_new_empty();
+    sl_st *st = sl_safetensors_new_empty();
     if (!st) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     char path[4096];
     sl_status s;
@@ -179,17 +179,17 @@ sl_status sl_st_open(sl_st **out, const char *dir, sl_err *e)
     *out = st;
     return SL_OK;
 fail:
-    sl_st_close(st);
+    sl_safetensors_close(st);
     return s;
 }
 
-const sl_st_tensor *sl_st_find(const sl_st *st, const char *name)
+const sl_safetensors_tensor *sl_safetensors_find(const sl_st *st, const char *name)
 {
-    sl_st_tensor key = {.name = name};
+    sl_safetensors_tensor key = {.name = name};
     return st->n ? bsearch(&key, st->t, (size_t)st->n, sizeof *st->t, by_name) : NULL;
 }
 
-void sl_st_close(sl_st *st)
+void sl_safetensors_close(sl_st *st)
 {
     if (!st) return;
     for (int i = 0; i < st->n; i++) free((char *)st->t[i].name);
@@ -198,7 +198,7 @@ void sl_st_close(sl_st *st)
     free(st);
 }
 
-sl_status sl_st_write(const char *path, const sl_st_tensor *ts, int n, sl_err *e)
+sl_status sl_safetensors_write(const char *path, const sl_safetensors_tensor *ts, int n, sl_err *e)
 {
     static const char *dname[] = {"F32", "BF16", "F16", "I32"};
     json_t *h = json_object();

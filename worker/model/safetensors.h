@@ -3,9 +3,9 @@
  * model.safetensors.index.json), memory-mapped; and a writer for the small
  * models sluice makes itself.
  *
- *   sl_st *st; sl_st_open(&st, dir, &e);
- *   const sl_st_tensor *t = sl_st_find(st, "model.norm.weight");
- *   ... t->data is valid until sl_st_close(st)
+ *   sl_st *st; sl_safetensors_open(&st, dir, &e);
+ *   const sl_safetensors_tensor *t = sl_safetensors_find(st, "model.norm.weight");
+ *   ... t->data is valid until sl_safetensors_close(st)
  *
  * Every header is validated (dtype known, shape × dtype size equal to the
  * byte range, range inside the file) before any tensor is handed out. */
@@ -18,27 +18,27 @@
 #include "backend.h"
 #include "sl_err.h"
 
-typedef struct sl_st_tensor {
+typedef struct sl_safetensors_tensor {
     const char *name;
     sl_dtype dtype;
     int ndim;
     int64_t shape[SL_MAX_DIMS];
     const void *data;
     size_t nbytes;
-} sl_st_tensor;
+} sl_safetensors_tensor;
 
 typedef struct sl_st sl_st;
 
-sl_status sl_st_open(sl_st **out, const char *dir, sl_err *e);
+sl_status sl_safetensors_open(sl_st **out, const char *dir, sl_err *e);
 /* NULL if absent. */
-const sl_st_tensor *sl_st_find(const sl_st *st, const char *name);
-void sl_st_close(sl_st *st);
+const sl_safetensors_tensor *sl_safetensors_find(const sl_st *st, const char *name);
+void sl_safetensors_close(sl_st *st);
 
 /* Parses one file image (header + data); exposed for the fuzzer and tests. */
-sl_status sl_st_parse(sl_st *st, const void *file, size_t len, const char *fname, sl_err *e);
-sl_st *sl_st_new_empty(void);
+sl_status sl_safetensors_parse(sl_st *st, const void *file, size_t len, const char *fname, sl_err *e);
+sl_st *sl_safetensors_new_empty(void);
 
 /* Writes tensors to a single safetensors file (dtype of each as given). */
-sl_status sl_st_write(const char *path, const sl_st_tensor *ts, int n, sl_err *e);
+sl_status sl_safetensors_write(const char *path, const sl_safetensors_tensor *ts, int n, sl_err *e);
 
 #endif
