@@ -6,7 +6,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    sl_st *st = sl_safetensors_new_empty();
+    sl_safetensors *st = sl_safetensors_new_empty();
     sl_err e = {0};
     if (sl_safetensors_parse(st, data, size, "fuzz", &e) == SL_OK) {
         /* every accepted tensor must lie inside the input */

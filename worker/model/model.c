@@ -33,7 +33,7 @@ sl_backend *sl_model_backend(const sl_model *m) { return m->be; }
 
 typedef struct loader {
     sl_model *m;
-    sl_st *st;
+    sl_safetensors *st;
     sl_dtype wd; /* weight dtype of the backend */
     int dummy;
     /* collect mode: only report checkpoint tensors (make-tiny) */
@@ -306,7 +306,7 @@ sl_status sl_model_checkpoint_tensors(const sl_model_config *c, sl_tensor_cb cb,
     return s;
 }
 
-static sl_status model_new(sl_model **out, const sl_model_config *c, sl_backend *be, sl_st *st,
+static sl_status model_new(sl_model **out, const sl_model_config *c, sl_backend *be, sl_safetensors *st,
                            int dummy, uint64_t seed, sl_err *e)
 {
     sl_model *m = calloc(1, sizeof *m);
@@ -330,7 +330,7 @@ sl_status sl_model_load(sl_model **out, const char *dir, sl_backend *be,
     sl_status s = sl_model_config_load(&c, dir, e);
     if (s) return s;
     int dummy = opts && opts->dummy;
-    sl_st *st = NULL;
+    sl_safetensors *st = NULL;
     if (!dummy && (s = sl_safetensors_open(&st, dir, e))) return s;
     s = model_new(out, &c, be, st, dummy, opts ? opts->seed : 0, e);
     if (s && !dummy) sl_err_wrap(e, "loading %s", dir);

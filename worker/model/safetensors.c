@@ -10,14 +10,14 @@
 #define MAX_SHARDS 256
 #define MAX_HEADER (100u << 20) /* the format's own limit on header size */
 
-struct sl_st {
+struct sl_safetensors {
     sl_mmap maps[MAX_SHARDS];
     int n_maps;
     sl_safetensors_tensor *t;
     int n, cap;
 };
 
-sl_st *sl_safetensors_new_empty(void) { return calloc(1, sizeof(sl_st)); }
+sl_safetensors *sl_safetensors_new_empty(void) { return calloc(1, sizeof(sl_safetensors)); }
 
 static int parse_dtype(const char *s, sl_dtype *dt)
 {
@@ -34,7 +34,7 @@ static int by_name(const void *a, const void *b)
     return strcmp(((const sl_safetensors_tensor *)a)->name, ((const sl_safetensors_tensor *)b)->name);
 }
 
-sl_status sl_safetensors_parse(sl_st *st, const void *file, size_t len, const char *fname, sl_err *e)
+sl_status sl_safetensors_parse(sl_safetensors *st, const void *file, size_t len, const char *fname, sl_err *e)
 {
     const unsigned char *p = file;
     if (len < 8) return sl_err_set(e, SL_ERR_PARSE, "%s: too short for a safetensors file", fname);
@@ -120,7 +120,7 @@ out:
     return s;
 }
 
-static sl_status open_file(sl_st *st, const char *dir, const char *name, sl_err *e)
+static sl_status open_file(sl_safetensors *st, const char *dir, const char *name, sl_err *e)
 {
     char path[4096];
     if (st->n_maps == MAX_SHARDS) return sl_err_set(e, SL_ERR_LIMIT, "more than %d shards", MAX_SHARDS);
@@ -131,9 +131,9 @@ static sl_status open_file(sl_st *st, const char *dir, const char *name, sl_err 
     return sl_safetensors_parse(st, m->data, m->len, name, e);
 }
 
-sl_status sl_safetensors_open(sl_st **out, const char *dir, sl_err *e)
+sl_status sl_safetensors_open(sl_safetensors **out, const char *dir, sl_err *e)
 {
-    sl_st *st = sl_safetensors_new_empty();
+    sl_safetensors *st = sl_safetensors_new_empty();
     if (!st) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     char path[4096];
     sl_status s;
@@ -183,13 +183,13 @@ fail:
     return s;
 }
 
-const sl_safetensors_tensor *sl_safetensors_find(const sl_st *st, const char *name)
+const sl_safetensors_tensor *sl_safetensors_find(const sl_safetensors *st, const char *name)
 {
     sl_safetensors_tensor key = {.name = name};
     return st->n ? bsearch(&key, st->t, (size_t)st->n, sizeof *st->t, by_name) : NULL;
 }
 
-void sl_safetensors_close(sl_st *st)
+void sl_safetensors_close(sl_safetensors *st)
 {
     if (!st) return;
     for (int i = 0; i < st->n; i++) free((char *)st->t[i].name);

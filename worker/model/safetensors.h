@@ -3,7 +3,7 @@
  * model.safetensors.index.json), memory-mapped; and a writer for the small
  * models sluice makes itself.
  *
- *   sl_st *st; sl_safetensors_open(&st, dir, &e);
+ *   sl_safetensors *st; sl_safetensors_open(&st, dir, &e);
  *   const sl_safetensors_tensor *t = sl_safetensors_find(st, "model.norm.weight");
  *   ... t->data is valid until sl_safetensors_close(st)
  *
@@ -27,16 +27,16 @@ typedef struct sl_safetensors_tensor {
     size_t nbytes;
 } sl_safetensors_tensor;
 
-typedef struct sl_st sl_st;
+typedef struct sl_safetensors sl_safetensors;
 
-sl_status sl_safetensors_open(sl_st **out, const char *dir, sl_err *e);
+sl_status sl_safetensors_open(sl_safetensors **out, const char *dir, sl_err *e);
 /* NULL if absent. */
-const sl_safetensors_tensor *sl_safetensors_find(const sl_st *st, const char *name);
-void sl_safetensors_close(sl_st *st);
+const sl_safetensors_tensor *sl_safetensors_find(const sl_safetensors *st, const char *name);
+void sl_safetensors_close(sl_safetensors *st);
 
 /* Parses one file image (header + data); exposed for the fuzzer and tests. */
-sl_status sl_safetensors_parse(sl_st *st, const void *file, size_t len, const char *fname, sl_err *e);
-sl_st *sl_safetensors_new_empty(void);
+sl_status sl_safetensors_parse(sl_safetensors *st, const void *file, size_t len, const char *fname, sl_err *e);
+sl_safetensors *sl_safetensors_new_empty(void);
 
 /* Writes tensors to a single safetensors file (dtype of each as given). */
 sl_status sl_safetensors_write(const char *path, const sl_safetensors_tensor *ts, int n, sl_err *e);
