@@ -19,12 +19,18 @@ int64_t comm_now_ms(void)
 const char *comm_op_name(comm_op op)
 {
     switch (op) {
-    case COMM_OP_AGREE: return "handshake";
-    case COMM_OP_ALL_REDUCE: return "all-reduce";
-    case COMM_OP_ALL_GATHER: return "all-gather";
-    case COMM_OP_BROADCAST: return "broadcast";
-    case COMM_OP_BARRIER: return "barrier";
-    case COMM_OP_P2P: return "send/recv";
+    case COMM_OP_AGREE:
+        return "handshake";
+    case COMM_OP_ALL_REDUCE:
+        return "all-reduce";
+    case COMM_OP_ALL_GATHER:
+        return "all-gather";
+    case COMM_OP_BROADCAST:
+        return "broadcast";
+    case COMM_OP_BARRIER:
+        return "barrier";
+    case COMM_OP_P2P:
+        return "send/recv";
     }
     return "?";
 }
@@ -37,9 +43,12 @@ sl_comm_kind sl_comm_kind_for(const sl_backend *be)
 const char *sl_comm_kind_name(sl_comm_kind k)
 {
     switch (k) {
-    case SL_COMM_KIND_AUTO: return "auto";
-    case SL_COMM_KIND_CPU: return "cpu";
-    case SL_COMM_KIND_NCCL: return "nccl";
+    case SL_COMM_KIND_AUTO:
+        return "auto";
+    case SL_COMM_KIND_CPU:
+        return "cpu";
+    case SL_COMM_KIND_NCCL:
+        return "nccl";
     }
     return "?";
 }
@@ -47,10 +56,14 @@ const char *sl_comm_kind_name(sl_comm_kind k)
 const char *sl_comm_transport_name(sl_comm_transport t)
 {
     switch (t) {
-    case SL_COMM_TRANSPORT_AUTO: return "auto";
-    case SL_COMM_TRANSPORT_SHM: return "shm";
-    case SL_COMM_TRANSPORT_TCP: return "tcp";
-    case SL_COMM_TRANSPORT_NCCL: return "nccl";
+    case SL_COMM_TRANSPORT_AUTO:
+        return "auto";
+    case SL_COMM_TRANSPORT_SHM:
+        return "shm";
+    case SL_COMM_TRANSPORT_TCP:
+        return "tcp";
+    case SL_COMM_TRANSPORT_NCCL:
+        return "nccl";
     }
     return "?";
 }
@@ -89,7 +102,8 @@ void comm_reduce(sl_dtype dt, void *out, const void *const *srcs, int nsrc, size
         float *o = out;
         for (size_t i = 0; i < n; i++) {
             float acc = ((const float *)srcs[0])[i];
-            for (int k = 1; k < nsrc; k++) acc += ((const float *)srcs[k])[i];
+            for (int k = 1; k < nsrc; k++)
+                acc += ((const float *)srcs[k])[i];
             o[i] = acc;
         }
     } else {
@@ -97,7 +111,8 @@ void comm_reduce(sl_dtype dt, void *out, const void *const *srcs, int nsrc, size
         uint16_t *o = out;
         for (size_t i = 0; i < n; i++) {
             float acc = sl_bf16_to_f32(((const uint16_t *)srcs[0])[i]);
-            for (int k = 1; k < nsrc; k++) acc += sl_bf16_to_f32(((const uint16_t *)srcs[k])[i]);
+            for (int k = 1; k < nsrc; k++)
+                acc += sl_bf16_to_f32(((const uint16_t *)srcs[k])[i]);
             o[i] = sl_f32_to_bf16(acc);
         }
     }
@@ -148,7 +163,8 @@ sl_status sl_comm_new(sl_comm **out, const sl_comm_config *cfg, sl_err *e)
     c->world = cfg->world_size;
     c->timeout_ms = cfg->timeout_ms;
     c->kind = kind;
-    for (int i = 0; i < SL_COMM_MAX_WORLD; i++) c->fd[i] = -1;
+    for (int i = 0; i < SL_COMM_MAX_WORLD; i++)
+        c->fd[i] = -1;
     atomic_init(&c->aborted, 0);
 
     sl_status st = comm_net_bootstrap(c, cfg, e);
@@ -189,10 +205,22 @@ void sl_comm_abort(sl_comm *c)
     comm_net_abort(c);
 }
 
-int sl_comm_rank(const sl_comm *c) { return c->rank; }
-int sl_comm_world_size(const sl_comm *c) { return c->world; }
-sl_comm_kind sl_comm_kind_of(const sl_comm *c) { return c->kind; }
-sl_comm_transport sl_comm_transport_of(const sl_comm *c) { return c->transport; }
+int sl_comm_rank(const sl_comm *c)
+{
+    return c->rank;
+}
+int sl_comm_world_size(const sl_comm *c)
+{
+    return c->world;
+}
+sl_comm_kind sl_comm_kind_of(const sl_comm *c)
+{
+    return c->kind;
+}
+sl_comm_transport sl_comm_transport_of(const sl_comm *c)
+{
+    return c->transport;
+}
 
 /* ---- argument checks ------------------------------------------------------ */
 
@@ -237,8 +265,8 @@ static size_t tensor_bytes(const sl_tensor *t)
 static sl_status check_peer(sl_comm *c, int peer, const char *what, sl_err *e)
 {
     if (peer < 0 || peer >= c->world || peer == c->rank)
-        return sl_err_set(e, SL_ERR_INVALID, "%s: peer %d is not another rank of 0..%d", what,
-                          peer, c->world - 1);
+        return sl_err_set(e, SL_ERR_INVALID, "%s: peer %d is not another rank of 0..%d", what, peer,
+                          c->world - 1);
     return SL_OK;
 }
 
@@ -249,9 +277,9 @@ sl_status sl_comm_all_reduce(sl_comm *c, sl_tensor *t, sl_err *e)
     sl_status st = comm_ready(c, "all-reduce", e);
     if (st == SL_OK) st = check_tensor(c, t, "all-reduce", e);
     if (st != SL_OK) return st;
-    int ok = t->dtype == SL_DTYPE_F32 || t->dtype == SL_DTYPE_BF16 ||
-             (c->kind == SL_COMM_KIND_NCCL &&
-              (t->dtype == SL_DTYPE_F16 || t->dtype == SL_DTYPE_I32));
+    int ok =
+        t->dtype == SL_DTYPE_F32 || t->dtype == SL_DTYPE_BF16 ||
+        (c->kind == SL_COMM_KIND_NCCL && (t->dtype == SL_DTYPE_F16 || t->dtype == SL_DTYPE_I32));
     if (!ok)
         return sl_err_set(e, SL_ERR_UNSUPPORTED, "all-reduce of %s on a %s communicator",
                           sl_dtype_name(t->dtype), sl_comm_kind_name(c->kind));
@@ -274,8 +302,10 @@ sl_status sl_comm_all_gather(sl_comm *c, sl_tensor *out, const sl_tensor *in, in
                           "times %d, same dtype",
                           dim, c->world);
     size_t outer = 1, inner = sl_dtype_size(in->dtype);
-    for (int d = 0; d < dim; d++) outer *= (size_t)in->ne[d];
-    for (int d = dim; d < in->ndim; d++) inner *= (size_t)in->ne[d];
+    for (int d = 0; d < dim; d++)
+        outer *= (size_t)in->ne[d];
+    for (int d = dim; d < in->ndim; d++)
+        inner *= (size_t)in->ne[d];
     if (outer * inner == 0) return SL_OK;
     return c->ops->all_gather(c, out->data, in->data, outer, inner, e);
 }

@@ -87,16 +87,16 @@ typedef enum sl_comm_transport {
 } sl_comm_transport;
 
 typedef struct sl_comm_config {
-    int rank;              /* 0..world_size-1, unique in the group */
-    int world_size;        /* 1..SL_COMM_MAX_WORLD */
-    const char *init_addr; /* rank 0's HOST:PORT ([v6]:PORT); rank 0 listens there */
-    int timeout_ms;        /* deadline of creation and of every blocking call (> 0) */
+    int rank;                /* 0..world_size-1, unique in the group */
+    int world_size;          /* 1..SL_COMM_MAX_WORLD */
+    const char *init_addr;   /* rank 0's HOST:PORT ([v6]:PORT); rank 0 listens there */
+    int timeout_ms;          /* deadline of creation and of every blocking call (> 0) */
     const char *fingerprint; /* must be equal on all ranks; NULL = ""; <= 255 bytes */
     sl_comm_kind kind;
     sl_comm_transport transport; /* CPU kind: AUTO or TCP (SHM is what AUTO picks) */
-    sl_backend *be;        /* NCCL: the CUDA backend whose stream runs the collectives */
-    size_t shm_bytes;      /* CPU/shm: bytes per staging slot (0: 2 MiB); larger
-                              buffers go through in pieces */
+    sl_backend *be;              /* NCCL: the CUDA backend whose stream runs the collectives */
+    size_t shm_bytes;            /* CPU/shm: bytes per staging slot (0: 2 MiB); larger
+                                    buffers go through in pieces */
 } sl_comm_config;
 
 /* The kind AUTO resolves to for be: NCCL for "cuda*" backends, CPU otherwise. */

@@ -50,8 +50,8 @@ struct sl_comm {
     int rank, world, timeout_ms;
     sl_comm_kind kind;
     sl_comm_transport transport;
-    const comm_ops *ops;  /* tensor collectives */
-    const comm_ops *host; /* barrier, bcast_bytes: shm or tcp */
+    const comm_ops *ops;       /* tensor collectives */
+    const comm_ops *host;      /* barrier, bcast_bytes: shm or tcp */
     int fd[SL_COMM_MAX_WORLD]; /* mesh socket to each peer; -1 for self */
     uint64_t group;            /* random id chosen by rank 0 */
     atomic_int aborted;
@@ -67,7 +67,10 @@ extern const comm_ops comm_tcp_ops, comm_shm_ops;
 
 /* Monotonic clock in ms; deadline of a call starting now. */
 int64_t comm_now_ms(void);
-static inline int64_t comm_deadline(const sl_comm *c) { return comm_now_ms() + c->timeout_ms; }
+static inline int64_t comm_deadline(const sl_comm *c)
+{
+    return comm_now_ms() + c->timeout_ms;
+}
 const char *comm_op_name(comm_op op);
 
 /* Records the error in e, marks c broken (later calls: SL_ERR_CLOSED) and

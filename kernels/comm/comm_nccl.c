@@ -99,19 +99,24 @@ sl_status comm_nccl_init(sl_comm *c, const sl_comm_config *cfg, sl_err *e)
 static ncclDataType_t nccl_type(sl_dtype dt)
 {
     switch (dt) {
-    case SL_DTYPE_F32: return ncclFloat32;
-    case SL_DTYPE_BF16: return ncclBfloat16;
-    case SL_DTYPE_F16: return ncclFloat16;
-    case SL_DTYPE_I32: return ncclInt32;
-    default: SL_ASSERT(!"dtype checked by comm.c");
+    case SL_DTYPE_F32:
+        return ncclFloat32;
+    case SL_DTYPE_BF16:
+        return ncclBfloat16;
+    case SL_DTYPE_F16:
+        return ncclFloat16;
+    case SL_DTYPE_I32:
+        return ncclInt32;
+    default:
+        SL_ASSERT(!"dtype checked by comm.c");
     }
     return ncclFloat32;
 }
 
 static sl_status nccl_all_reduce(sl_comm *c, void *buf, size_t n, sl_dtype dt, sl_err *e)
 {
-    ncclResult_t r = ncclAllReduce(buf, buf, n, nccl_type(dt), ncclSum, c->nccl->comm,
-                                   c->nccl->stream);
+    ncclResult_t r =
+        ncclAllReduce(buf, buf, n, nccl_type(dt), ncclSum, c->nccl->comm, c->nccl->stream);
     return nccl_settle(c, r, "all-reduce", comm_deadline(c), e);
 }
 
@@ -153,9 +158,9 @@ static sl_status nccl_all_gather(sl_comm *c, void *out, const void *in, size_t o
     ncclResult_t r = ncclAllGather(in, n->scratch, inb, ncclInt8, n->comm, n->stream);
     sl_status st = nccl_settle(c, r, "all-gather", comm_deadline(c), e);
     for (int k = 0; st == SL_OK && k < c->world; k++) {
-        cudaError_t ce = cudaMemcpy2DAsync((char *)out + (size_t)k * inner, inner * (size_t)c->world,
-                                           n->scratch + (size_t)k * inb, inner, inner, outer,
-                                           cudaMemcpyDeviceToDevice, n->stream);
+        cudaError_t ce = cudaMemcpy2DAsync(
+            (char *)out + (size_t)k * inner, inner * (size_t)c->world, n->scratch + (size_t)k * inb,
+            inner, inner, outer, cudaMemcpyDeviceToDevice, n->stream);
         if (ce != cudaSuccess)
             st = comm_fail(c, e, SL_ERR_DEVICE, "all-gather reorder: %s", cudaGetErrorString(ce));
     }
@@ -196,10 +201,8 @@ static sl_status nccl_sync(sl_comm *c, sl_err *e)
         /* NCCL over NVLink does not notice a dead peer: its kernel just waits.
          * The mesh socket of a dead process closes; abort then. */
         int dead = comm_net_dead_peer(c);
-        if (dead)
-            return comm_fail(c, e, SL_ERR_CLOSED, "rank %d left the group", dead - 1);
-        if (atomic_load(&c->aborted))
-            return comm_fail(c, e, SL_ERR_CLOSED, "communicator aborted");
+        if (dead) return comm_fail(c, e, SL_ERR_CLOSED, "rank %d left the group", dead - 1);
+        if (atomic_load(&c->aborted)) return comm_fail(c, e, SL_ERR_CLOSED, "communicator aborted");
         if (comm_now_ms() >= deadline)
             return comm_fail(c, e, SL_ERR_LIMIT,
                              "collectives did not complete within %d ms (a peer stalled?)",

@@ -124,8 +124,7 @@ static int split_addr(const char *addr, char *host, size_t hn, char *port, size_
     return 0;
 }
 
-static void numeric_host(const struct sockaddr *sa, socklen_t len, char *host, size_t hn,
-                         int *port)
+static void numeric_host(const struct sockaddr *sa, socklen_t len, char *host, size_t hn, int *port)
 {
     char serv[16] = "0";
     if (getnameinfo(sa, len, host, (socklen_t)hn, serv, sizeof serv,
@@ -136,8 +135,7 @@ static void numeric_host(const struct sockaddr *sa, socklen_t len, char *host, s
 
 /* Connects to host:port before the deadline, retrying refused or unreachable
  * attempts (the listener may not be up yet). -1 with why filled on failure. */
-static int connect_retry(const char *host, const char *port, int64_t deadline, char *why,
-                         size_t wn)
+static int connect_retry(const char *host, const char *port, int64_t deadline, char *why, size_t wn)
 {
     snprintf(why, wn, "no attempt before the deadline");
     for (;;) {
@@ -154,7 +152,8 @@ static int connect_retry(const char *host, const char *port, int64_t deadline, c
                 if (err == EINPROGRESS) {
                     struct pollfd pfd = {fd, POLLOUT, 0};
                     int rem = remaining_ms(deadline);
-                    if (poll(&pfd, 1, rem) <= 0) err = ETIMEDOUT;
+                    if (poll(&pfd, 1, rem) <= 0)
+                        err = ETIMEDOUT;
                     else {
                         socklen_t sl = sizeof err;
                         getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &sl);
@@ -200,8 +199,7 @@ static int accept_until(int lfd, int64_t deadline)
             sock_setup(fd);
             return fd;
         }
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-            errno != ECONNABORTED)
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
             return -1;
         int rem = remaining_ms(deadline);
         if (rem == 0) return -1;
@@ -242,8 +240,8 @@ static sl_status boot_rank0(sl_comm *c, const sl_comm_config *cfg, int64_t deadl
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
     int rc = getaddrinfo(host, port, &hints, &ai);
     if (rc)
-        return sl_err_set(e, SL_ERR_IO, "cannot listen on --dist-init-addr %s: %s",
-                          cfg->init_addr, gai_strerror(rc));
+        return sl_err_set(e, SL_ERR_IO, "cannot listen on --dist-init-addr %s: %s", cfg->init_addr,
+                          gai_strerror(rc));
     int lfd = listen_on(ai->ai_addr, ai->ai_addrlen, c->world);
     if (lfd < 0 && errno == EADDRNOTAVAIL) {
         /* The name resolves to an address this host does not own (a service
@@ -260,8 +258,8 @@ static sl_status boot_rank0(sl_comm *c, const sl_comm_config *cfg, int64_t deadl
     int lerr = errno;
     freeaddrinfo(ai);
     if (lfd < 0)
-        return sl_err_set(e, SL_ERR_IO, "cannot listen on --dist-init-addr %s: %s",
-                          cfg->init_addr, strerror(lerr));
+        return sl_err_set(e, SL_ERR_IO, "cannot listen on --dist-init-addr %s: %s", cfg->init_addr,
+                          strerror(lerr));
 
     const char *fp = cfg->fingerprint ? cfg->fingerprint : "";
     char my_id[128];
@@ -280,7 +278,8 @@ static sl_status boot_rank0(sl_comm *c, const sl_comm_config *cfg, int64_t deadl
         int fd = accept_until(lfd, deadline);
         if (fd < 0) {
             int r = 1;
-            while (c->fd[r] >= 0) r++;
+            while (c->fd[r] >= 0)
+                r++;
             rep.code = SL_ERR_LIMIT;
             snprintf(rep.msg, sizeof rep.msg,
                      "rank %d never arrived within %d ms at --dist-init-addr %s (%d of %d ranks "
@@ -351,15 +350,13 @@ static sl_status boot_rank0(sl_comm *c, const sl_comm_config *cfg, int64_t deadl
     free(hello);
     free(table);
     if (rep.code != SL_OK) return sl_err_set(e, (sl_status)rep.code, "%s", rep.msg);
-    if (io_err)
-        return sl_err_set(e, SL_ERR_CLOSED, "rank %d left during the handshake", io_err);
+    if (io_err) return sl_err_set(e, SL_ERR_CLOSED, "rank %d left during the handshake", io_err);
     c->group = rep.group;
     c->transport = (sl_comm_transport)rep.transport;
     return SL_OK;
 }
 
-static sl_status boot_peer_rank(sl_comm *c, const sl_comm_config *cfg, int64_t deadline,
-                                sl_err *e)
+static sl_status boot_peer_rank(sl_comm *c, const sl_comm_config *cfg, int64_t deadline, sl_err *e)
 {
     char host[256], port[32], why[128];
     if (split_addr(cfg->init_addr, host, sizeof host, port, sizeof port))
@@ -376,12 +373,14 @@ static sl_status boot_peer_rank(sl_comm *c, const sl_comm_config *cfg, int64_t d
     struct sockaddr_storage me;
     socklen_t ml = sizeof me;
     getsockname(fd0, (struct sockaddr *)&me, &ml);
-    if (me.ss_family == AF_INET) ((struct sockaddr_in *)&me)->sin_port = 0;
-    else ((struct sockaddr_in6 *)&me)->sin6_port = 0;
+    if (me.ss_family == AF_INET)
+        ((struct sockaddr_in *)&me)->sin_port = 0;
+    else
+        ((struct sockaddr_in6 *)&me)->sin6_port = 0;
     int lfd = listen_on((struct sockaddr *)&me, ml, c->world);
     if (lfd < 0) return sl_err_set(e, SL_ERR_IO, "mesh listener: %s", strerror(errno));
-    boot_hello h = {.magic = BOOT_MAGIC, .rank = c->rank, .world = c->world,
-                    .want_tcp = wants_tcp(c, cfg)};
+    boot_hello h = {
+        .magic = BOOT_MAGIC, .rank = c->rank, .world = c->world, .want_tcp = wants_tcp(c, cfg)};
     ml = sizeof me;
     getsockname(lfd, (struct sockaddr *)&me, &ml);
     int lport;
@@ -403,8 +402,7 @@ static sl_status boot_peer_rank(sl_comm *c, const sl_comm_config *cfg, int64_t d
         st = sl_err_set(e, SL_ERR_CLOSED, "handshake with rank 0 at %s: %s", cfg->init_addr,
                         err == EPIPE ? "connection closed" : strerror(err));
     else if (memcmp(rep.magic, BOOT_MAGIC, 8))
-        st = sl_err_set(e, SL_ERR_PARSE, "%s does not answer like a sluice rank 0",
-                        cfg->init_addr);
+        st = sl_err_set(e, SL_ERR_PARSE, "%s does not answer like a sluice rank 0", cfg->init_addr);
     else if (rep.code != SL_OK) {
         rep.msg[sizeof rep.msg - 1] = 0;
         st = sl_err_set(e, (sl_status)rep.code, "%s", rep.msg);
@@ -434,11 +432,12 @@ static sl_status boot_peer_rank(sl_comm *c, const sl_comm_config *cfg, int64_t d
         if (fd < 0 || sock_io(fd, &mh, sizeof mh, 0, deadline)) {
             if (fd >= 0) close(fd);
             int r = c->rank + 1;
-            while (c->fd[r] >= 0) r++;
-            st = sl_err_set(e, SL_ERR_LIMIT, "rank %d never connected to rank %d within %d ms",
-                            r, c->rank, c->timeout_ms);
-        } else if (memcmp(mh.magic, BOOT_MAGIC, 8) || mh.group != c->group ||
-                   mh.rank <= c->rank || mh.rank >= c->world || c->fd[mh.rank] >= 0) {
+            while (c->fd[r] >= 0)
+                r++;
+            st = sl_err_set(e, SL_ERR_LIMIT, "rank %d never connected to rank %d within %d ms", r,
+                            c->rank, c->timeout_ms);
+        } else if (memcmp(mh.magic, BOOT_MAGIC, 8) || mh.group != c->group || mh.rank <= c->rank ||
+                   mh.rank >= c->world || c->fd[mh.rank] >= 0) {
             close(fd);
             n++; /* a stranger (an older group on a reused port): keep waiting */
         } else {
@@ -455,8 +454,8 @@ sl_status comm_net_bootstrap(sl_comm *c, const sl_comm_config *cfg, sl_err *e)
     c->transport = SL_COMM_TRANSPORT_TCP;
     if (c->world == 1) return SL_OK;
     int64_t deadline = comm_deadline(c);
-    sl_status st = c->rank == 0 ? boot_rank0(c, cfg, deadline, e)
-                                : boot_peer_rank(c, cfg, deadline, e);
+    sl_status st =
+        c->rank == 0 ? boot_rank0(c, cfg, deadline, e) : boot_peer_rank(c, cfg, deadline, e);
     if (st != SL_OK) return st;
     /* Everyone is connected to everyone: one round over the mesh so that no
      * rank reports success while another is still failing its links. */
@@ -508,7 +507,8 @@ sl_status comm_net_xchg(sl_comm *c, comm_op op, comm_xfer *tx, int ntx, comm_xfe
         memcpy(tx[i].hdr + 8, &len, 8);
         tx[i].done = 0;
     }
-    for (int i = 0; i < nrx; i++) rx[i].done = 0;
+    for (int i = 0; i < nrx; i++)
+        rx[i].done = 0;
     struct pollfd pfd[2 * SL_COMM_MAX_WORLD];
     comm_xfer *who[2 * SL_COMM_MAX_WORLD];
     for (;;) {
@@ -542,7 +542,8 @@ sl_status comm_net_xchg(sl_comm *c, comm_op op, comm_xfer *tx, int ntx, comm_xfe
             int err = xfer_step(c, x, sending);
             if (err == EPIPE)
                 return comm_fail(c, e, SL_ERR_CLOSED,
-                                 "%s: rank %d left the group (connection closed)", what, x->peer);
+                                 "%s: rank %d left the group (died or aborted: connection closed)",
+                                 what, x->peer);
             if (err)
                 return comm_fail(c, e, SL_ERR_IO, "%s with rank %d: %s", what, x->peer,
                                  strerror(err));
@@ -614,13 +615,15 @@ static sl_status tcp_all_reduce(sl_comm *c, void *buf, size_t n, sl_dtype dt, sl
 #define LO(k) (n * (size_t)(k) / W)
     size_t mine = LO(r + 1) - LO(r);
     sl_status st = comm_scratch(c, W * mine * es, e);
-    if (st != SL_OK) return comm_fail(c, e, st, "all-reduce: no memory for %zu bytes", W * mine * es);
+    if (st != SL_OK)
+        return comm_fail(c, e, st, "all-reduce: no memory for %zu bytes", W * mine * es);
     comm_xfer tx[SL_COMM_MAX_WORLD], rx[SL_COMM_MAX_WORLD];
     int nx = 0;
     for (int k = 0; k < c->world; k++) {
         if (k == c->rank) continue;
         tx[nx] = (comm_xfer){.peer = k, .buf = b + LO(k) * es, .len = (LO(k + 1) - LO(k)) * es};
-        rx[nx] = (comm_xfer){.peer = k, .buf = c->scratch + (size_t)k * mine * es, .len = mine * es};
+        rx[nx] =
+            (comm_xfer){.peer = k, .buf = c->scratch + (size_t)k * mine * es, .len = mine * es};
         nx++;
     }
     st = comm_net_xchg(c, COMM_OP_ALL_REDUCE, tx, nx, rx, nx, deadline, e);
@@ -654,9 +657,8 @@ static sl_status tcp_all_gather(sl_comm *c, void *out, const void *in, size_t ou
     int nx = to_all(c, tx, (char *)in, inb);
     for (int i = 0; i < nx; i++) {
         size_t k = (size_t)tx[i].peer;
-        rx[i] = (comm_xfer){.peer = tx[i].peer,
-                            .buf = (direct ? (char *)out : c->scratch) + k * inb,
-                            .len = inb};
+        rx[i] = (comm_xfer){
+            .peer = tx[i].peer, .buf = (direct ? (char *)out : c->scratch) + k * inb, .len = inb};
     }
     sl_status st = comm_net_xchg(c, COMM_OP_ALL_GATHER, tx, nx, rx, nx, comm_deadline(c), e);
     if (st != SL_OK) return st;

@@ -49,8 +49,14 @@ struct comm_shm {
     shm_hdr *hdr;
 };
 
-static char *shm_slot(const sl_comm *c, int k) { return c->shm->base + SHM_HDR_BYTES + (size_t)k * c->shm->slot; }
-static char *shm_result(const sl_comm *c) { return shm_slot(c, c->world); }
+static char *shm_slot(const sl_comm *c, int k)
+{
+    return c->shm->base + SHM_HDR_BYTES + (size_t)k * c->shm->slot;
+}
+static char *shm_result(const sl_comm *c)
+{
+    return shm_slot(c, c->world);
+}
 
 static void futex_wait(atomic_uint *w, unsigned val, int ms)
 {
@@ -84,8 +90,8 @@ static sl_status shm_wait(sl_comm *c, comm_op op, int64_t deadline, sl_err *e)
         futex_wait(&h->gen, g, 1);
         int dead = comm_net_dead_peer(c);
         if (dead)
-            return comm_fail(c, e, SL_ERR_CLOSED, "%s: rank %d left the group", comm_op_name(op),
-                             dead - 1);
+            return comm_fail(c, e, SL_ERR_CLOSED, "%s: rank %d left the group (died or aborted)",
+                             comm_op_name(op), dead - 1);
         if (comm_now_ms() >= deadline)
             return comm_fail(c, e, SL_ERR_LIMIT,
                              "%s: timed out after %d ms with %u of %d ranks arrived",
@@ -109,7 +115,8 @@ sl_status comm_shm_attach(sl_comm *c, size_t slot_bytes, sl_err *e)
         int err = fd < 0 ? errno : 0;
         /* Reserve the pages now: a full /dev/shm is then an error here, not a
          * SIGBUS in the middle of a collective. */
-        if (!err && (ftruncate(fd, (off_t)s->map_bytes) || (err = posix_fallocate(fd, 0, (off_t)s->map_bytes))))
+        if (!err && (ftruncate(fd, (off_t)s->map_bytes) ||
+                     (err = posix_fallocate(fd, 0, (off_t)s->map_bytes))))
             err = err ? err : errno;
         if (!err) {
             s->base = mmap(NULL, s->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -118,7 +125,8 @@ sl_status comm_shm_attach(sl_comm *c, size_t slot_bytes, sl_err *e)
         if (fd >= 0) close(fd);
         if (err) {
             ok = 0;
-            snprintf(why, sizeof why, "create %s (%zu bytes): %s", s->name, s->map_bytes, strerror(err));
+            snprintf(why, sizeof why, "create %s (%zu bytes): %s", s->name, s->map_bytes,
+                     strerror(err));
             shm_unlink(s->name);
         } else {
             s->hdr = (shm_hdr *)s->base;
@@ -133,14 +141,18 @@ sl_status comm_shm_attach(sl_comm *c, size_t slot_bytes, sl_err *e)
     if (st == SL_OK && c->rank != 0 && ok) {
         int fd = shm_open(s->name, O_RDWR, 0);
         struct stat sb;
-        int err = fd < 0 ? errno : fstat(fd, &sb) ? errno : (size_t)sb.st_size != s->map_bytes ? EINVAL : 0;
+        int err = fd < 0                               ? errno
+                  : fstat(fd, &sb)                     ? errno
+                  : (size_t)sb.st_size != s->map_bytes ? EINVAL
+                                                       : 0;
         if (!err) {
             s->base = mmap(NULL, s->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
             if (s->base == MAP_FAILED) err = errno, s->base = NULL;
         }
         if (fd >= 0) close(fd);
         s->hdr = (shm_hdr *)s->base;
-        if (!err && (s->hdr->group != c->group || s->hdr->world != (uint32_t)c->world)) err = EINVAL;
+        if (!err && (s->hdr->group != c->group || s->hdr->world != (uint32_t)c->world))
+            err = EINVAL;
         if (err) {
             ok = 0;
             snprintf(why, sizeof why, "open %s: %s", s->name, strerror(err));
@@ -149,13 +161,15 @@ sl_status comm_shm_attach(sl_comm *c, size_t slot_bytes, sl_err *e)
     if (st == SL_OK) st = comm_tcp_ops.all_gather(c, oks, &ok, 1, 1, e);
     if (c->rank == 0 && s->base) shm_unlink(s->name);
     int all = st == SL_OK;
-    for (int k = 0; all && k < c->world; k++) all = oks[k];
+    for (int k = 0; all && k < c->world; k++)
+        all = oks[k];
     if (all) {
         c->shm = s;
         return SL_OK;
     }
     if (why[0]) SL_LOGW("comm", "rank %d: shared memory unusable (%s)", c->rank, why);
-    if (st == SL_OK) SL_LOGW("comm", "rank %d: a rank could not map the segment; using TCP", c->rank);
+    if (st == SL_OK)
+        SL_LOGW("comm", "rank %d: a rank could not map the segment; using TCP", c->rank);
     if (s->base) munmap(s->base, s->map_bytes);
     free(s);
     return st;
@@ -183,7 +197,8 @@ static sl_status shm_all_reduce(sl_comm *c, void *buf, size_t n, sl_dtype dt, sl
         /* This rank's share of the piece, summed in rank order. */
         size_t lo = cnt * r / W, hi = cnt * (r + 1) / W;
         const void *srcs[SL_COMM_MAX_WORLD];
-        for (int k = 0; k < c->world; k++) srcs[k] = shm_slot(c, k) + lo * es;
+        for (int k = 0; k < c->world; k++)
+            srcs[k] = shm_slot(c, k) + lo * es;
         comm_reduce(dt, shm_result(c) + lo * es, srcs, c->world, hi - lo);
         if ((st = shm_wait(c, COMM_OP_ALL_REDUCE, deadline, e)) != SL_OK) return st;
         memcpy(b + off * es, shm_result(c), cnt * es);

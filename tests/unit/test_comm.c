@@ -98,7 +98,8 @@ static int run_group(group *g, rank_fn fn, int limit_ms, int killed_ok)
         if (p > 0) {
             left--;
             int r = 0;
-            while (pid[r] != p) r++;
+            while (pid[r] != p)
+                r++;
             int ok = (WIFEXITED(st) && WEXITSTATUS(st) == 0) ||
                      (r == killed_ok && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
             if (!ok) {
@@ -109,8 +110,10 @@ static int run_group(group *g, rank_fn fn, int limit_ms, int killed_ok)
         }
         if (now_ms() > deadline) {
             fprintf(stderr, "group of %d hung: killing it\n", g->world);
-            for (int r = 0; r < n; r++) kill(pid[r], SIGKILL);
-            while (wait(NULL) > 0) {}
+            for (int r = 0; r < n; r++)
+                kill(pid[r], SIGKILL);
+            while (wait(NULL) > 0) {
+            }
             return bad + left;
         }
         usleep(2000);
@@ -148,18 +151,21 @@ static void collectives_rank(const group *g, int rank)
     int W = g->world;
     CHECK(sl_comm_rank(c) == rank && sl_comm_world_size(c) == W);
     if (W > 1)
-        CHECK_MSG(sl_comm_transport_of(c) == (g->tcp ? SL_COMM_TRANSPORT_TCP : SL_COMM_TRANSPORT_SHM),
+        CHECK_MSG(sl_comm_transport_of(c) ==
+                      (g->tcp ? SL_COMM_TRANSPORT_TCP : SL_COMM_TRANSPORT_SHM),
                   "transport %s", sl_comm_transport_name(sl_comm_transport_of(c)));
 
     /* all-reduce f32: exact, rank order */
     float x[NRED];
-    for (int i = 0; i < NRED; i++) x[i] = red_in(rank, i);
+    for (int i = 0; i < NRED; i++)
+        x[i] = red_in(rank, i);
     sl_tensor t = sl_tensor_make(x, SL_DTYPE_F32, 2, (int64_t[]){10, NRED / 10});
     CHECK_MSG(sl_comm_all_reduce(c, &t, &e) == SL_OK, "%s", e.msg);
     int wrong = 0;
     for (int i = 0; i < NRED; i++) {
         float want = red_in(0, i);
-        for (int r = 1; r < W; r++) want += red_in(r, i);
+        for (int r = 1; r < W; r++)
+            want += red_in(r, i);
         wrong += x[i] != want;
     }
     CHECK_MSG(wrong == 0, "%d all-reduce f32 values differ", wrong);
@@ -168,13 +174,15 @@ static void collectives_rank(const group *g, int rank)
 
     /* all-reduce bf16: f32 accumulate, one rounding */
     uint16_t b[NBF];
-    for (int i = 0; i < NBF; i++) b[i] = bf_in(rank, i);
+    for (int i = 0; i < NBF; i++)
+        b[i] = bf_in(rank, i);
     t = sl_tensor_make(b, SL_DTYPE_BF16, 1, (int64_t[]){NBF});
     CHECK_MSG(sl_comm_all_reduce(c, &t, &e) == SL_OK, "%s", e.msg);
     wrong = 0;
     for (int i = 0; i < NBF; i++) {
         float acc = 0;
-        for (int r = 0; r < W; r++) acc += sl_bf16_to_f32(bf_in(r, i));
+        for (int r = 0; r < W; r++)
+            acc += sl_bf16_to_f32(bf_in(r, i));
         wrong += b[i] != sl_f32_to_bf16(acc);
     }
     CHECK_MSG(wrong == 0, "%d all-reduce bf16 values differ", wrong);
@@ -184,7 +192,8 @@ static void collectives_rank(const group *g, int rank)
     /* all-gather along dim 0 and along dim 1 (rows cross the shm pieces) */
     enum { A = 5, B = 37 };
     float in[A * B], out[A * B * MAXW];
-    for (int i = 0; i < A * B; i++) in[i] = (float)(1000 * rank + i);
+    for (int i = 0; i < A * B; i++)
+        in[i] = (float)(1000 * rank + i);
     sl_tensor ti = sl_tensor_make(in, SL_DTYPE_F32, 2, (int64_t[]){A, B});
     for (int dim = 0; dim < 2; dim++) {
         memset(out, 0, sizeof out);
@@ -205,11 +214,13 @@ static void collectives_rank(const group *g, int rank)
 
     /* broadcast from the last rank */
     float bc[300];
-    for (int i = 0; i < 300; i++) bc[i] = rank == W - 1 ? (float)i * 0.5f : -1.0f;
+    for (int i = 0; i < 300; i++)
+        bc[i] = rank == W - 1 ? (float)i * 0.5f : -1.0f;
     t = sl_tensor_make(bc, SL_DTYPE_F32, 1, (int64_t[]){300});
     CHECK_MSG(sl_comm_broadcast(c, &t, W - 1, &e) == SL_OK, "%s", e.msg);
     wrong = 0;
-    for (int i = 0; i < 300; i++) wrong += bc[i] != (float)i * 0.5f;
+    for (int i = 0; i < 300; i++)
+        wrong += bc[i] != (float)i * 0.5f;
     CHECK(wrong == 0);
     char msg[32] = "";
     if (rank == 0) snprintf(msg, sizeof msg, "seed=%d", 4242);
@@ -229,7 +240,8 @@ static void collectives_rank(const group *g, int rank)
     if (W > 1) {
         int32_t sbuf[64], rbuf[64];
         int to = (rank + 1) % W, from = (rank + W - 1) % W;
-        for (int i = 0; i < 64; i++) sbuf[i] = rank * 1000 + i;
+        for (int i = 0; i < 64; i++)
+            sbuf[i] = rank * 1000 + i;
         sl_tensor ts = sl_tensor_make(sbuf, SL_DTYPE_I32, 1, (int64_t[]){64});
         sl_tensor tr = sl_tensor_make(rbuf, SL_DTYPE_I32, 1, (int64_t[]){64});
         for (int step = 0; step < 2; step++) {
@@ -238,7 +250,8 @@ static void collectives_rank(const group *g, int rank)
             CHECK_MSG(st == SL_OK, "%s", e.msg);
         }
         wrong = 0;
-        for (int i = 0; i < 64; i++) wrong += rbuf[i] != from * 1000 + i;
+        for (int i = 0; i < 64; i++)
+            wrong += rbuf[i] != from * 1000 + i;
         CHECK(wrong == 0);
         CHECK(sl_comm_send(c, &ts, rank, &e) == SL_ERR_INVALID);
     }
@@ -358,7 +371,8 @@ static void dying_rank(const group *g, int rank)
     }
     CHECK(sl_comm_barrier(c, &e) == SL_OK);
     float x[4096];
-    for (int i = 0; i < 4096; i++) x[i] = 1;
+    for (int i = 0; i < 4096; i++)
+        x[i] = 1;
     sl_tensor t = sl_tensor_make(x, SL_DTYPE_F32, 1, (int64_t[]){4096});
     if (rank == 2) {
         usleep(100000); /* the others are inside the all-reduce by now */
