@@ -86,6 +86,7 @@ static int run_group(group *g, rank_fn fn, int limit_ms, int killed_ok)
         pid[r] = fork();
         if (pid[r] == 0) {
             fn(g, r);
+            fflush(stdout);
             fflush(stderr);
             _exit(sl_test_failed ? 1 : 0);
         }
@@ -493,6 +494,48 @@ static void test_config(void)
     sl_backend_free(be);
 }
 
+/* ---- micro-benchmark (SLUICE_COMM_BENCH=1): all-reduce latency/bandwidth -- */
+
+static size_t bench_n;
+static void bench_rank(const group *g, int rank)
+{
+    sl_err e = {0};
+    sl_comm *c;
+    sl_comm_config cfg = make_cfg(g, rank);
+    cfg.shm_bytes = 0; /* the default slot size */
+    if (sl_comm_new(&c, &cfg, &e) != SL_OK) {
+        CHECK_MSG(0, "%s", e.msg);
+        return;
+    }
+    float *x = calloc(bench_n, sizeof *x);
+    sl_tensor t = sl_tensor_make(x, SL_DTYPE_F32, 1, (int64_t[]){(int64_t)bench_n});
+    int iters = bench_n > 100000 ? 10 : 200;
+    CHECK(sl_comm_all_reduce(c, &t, &e) == SL_OK);
+    CHECK(sl_comm_barrier(c, &e) == SL_OK);
+    int64_t t0 = now_ms();
+    for (int i = 0; i < iters; i++)
+        CHECK(sl_comm_all_reduce(c, &t, &e) == SL_OK);
+    double ms = (double)(now_ms() - t0) / iters;
+    if (rank == 0)
+        printf("bench: world %d %s all-reduce %zu f32: %.3f ms/call, %.2f GB/s of buffer\n",
+               g->world, g->tcp ? "tcp" : "shm", bench_n, ms,
+               ms > 0 ? (double)bench_n * 4 / (ms * 1e6) : 0.0);
+    free(x);
+    sl_comm_free(c);
+}
+
+static void bench(void)
+{
+    size_t sizes[2] = {4096, 4u << 20};
+    for (int tcp = 0; tcp < 2; tcp++)
+        for (int w = 2; w <= 4; w *= 2)
+            for (int s = 0; s < 2; s++) {
+                bench_n = sizes[s];
+                group g = {.world = w, .tcp = tcp, .timeout_ms = 30000};
+                CHECK(run_group(&g, bench_rank, 120000, -1) == 0);
+            }
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -506,5 +549,6 @@ int main(void)
     test_peer_dies();
     test_out_of_order();
     test_abort();
+    if (getenv("SLUICE_COMM_BENCH")) bench();
     return sl_test_done("test_comm");
 }
