@@ -145,7 +145,10 @@ sl_status sl_comm_bcast_bytes(sl_comm *c, void *buf, size_t n, int root, sl_err 
 /* A send must be matched by one recv of the same byte size on peer; pairs
  * between two ranks match in issue order. CPU: send blocks until the data is
  * handed to the kernel's socket buffer or the peer took it; recv until it has
- * arrived. NCCL: enqueued on the stream. */
+ * arrived. NCCL: enqueued on the stream, where a send waits for its recv: two
+ * ranks that both send first deadlock on the GPU (sl_comm_sync then times out)
+ * unless large exchanges are ordered (even ranks send first, odd ranks
+ * receive first). */
 sl_status sl_comm_send(sl_comm *c, const sl_tensor *t, int peer, sl_err *e);
 sl_status sl_comm_recv(sl_comm *c, sl_tensor *t, int peer, sl_err *e);
 
