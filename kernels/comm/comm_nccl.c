@@ -91,6 +91,7 @@ sl_status comm_nccl_init(sl_comm *c, const sl_comm_config *cfg, sl_err *e)
                           c->world, ncclGetErrorString(r));
     st = nccl_settle(c, r, "NCCL communicator init", deadline, e);
     if (st != SL_OK) return st;
+    c->transport = SL_COMM_TRANSPORT_NCCL;
     SL_LOGI("comm", "rank %d: NCCL %d.%d communicator on device %d", c->rank, NCCL_MAJOR,
             NCCL_MINOR, dev);
     return SL_OK;
