@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api.h"
+#include "job.h"
 
 /* Text of a string or of an array of {"type": "text", "text"} blocks. */
 static int blocks_text(json_t *c, const char *where, sl_buf *out, sl_api_err *err)
@@ -229,34 +229,59 @@ static void ensure_started(sl_seq *s)
     sl_job_sse(j, "message_start", json_pack("{s:s,s:o}", "type", "message_start", "message", msg));
 }
 
+/* The content blocks one streamed choice has sent (sl_seq.dialect_state). */
+typedef struct an_blocks {
+    int open; /* index of the open content block, -1 none */
+    int kind; /* of the open block: 0 text, 1 thinking, 2 tool_use */
+    int n;    /* blocks started */
+} an_blocks;
+
+static int an_seq_init(sl_seq *s)
+{
+    an_blocks *b = malloc(sizeof *b);
+    if (!b) return -1;
+    *b = (an_blocks){.open = -1};
+    s->dialect_state = b;
+    return 0;
+}
+
+static void an_seq_fini(sl_seq *s)
+{
+    free(s->dialect_state);
+    s->dialect_state = NULL;
+}
+
 static void close_block(sl_seq *s)
 {
-    if (s->block_open < 0) return;
+    an_blocks *b = s->dialect_state;
+    if (b->open < 0) return;
     sl_job_sse(s->job, "content_block_stop",
-               json_pack("{s:s,s:i}", "type", "content_block_stop", "index", s->block_open));
-    s->block_open = -1;
+               json_pack("{s:s,s:i}", "type", "content_block_stop", "index", b->open));
+    b->open = -1;
 }
 
 /* Opens a block of kind (0 text, 1 thinking, 2 tool_use) unless one is open. */
 static void open_block(sl_seq *s, int kind, json_t *block)
 {
+    an_blocks *b = s->dialect_state;
     ensure_started(s);
-    if (s->block_open >= 0 && s->block_kind == kind && kind != 2) {
+    if (b->open >= 0 && b->kind == kind && kind != 2) {
         json_decref(block);
         return;
     }
     close_block(s);
-    s->block_open = s->nblocks++;
-    s->block_kind = kind;
+    b->open = b->n++;
+    b->kind = kind;
     sl_job_sse(s->job, "content_block_start",
-               json_pack("{s:s,s:i,s:o}", "type", "content_block_start", "index", s->block_open,
+               json_pack("{s:s,s:i,s:o}", "type", "content_block_start", "index", b->open,
                          "content_block", block));
 }
 
 static void delta(sl_seq *s, json_t *d)
 {
+    const an_blocks *b = s->dialect_state;
     sl_job_sse(s->job, "content_block_delta",
-               json_pack("{s:s,s:i,s:o}", "type", "content_block_delta", "index", s->block_open,
+               json_pack("{s:s,s:i,s:o}", "type", "content_block_delta", "index", b->open,
                          "delta", d));
 }
 
@@ -280,7 +305,8 @@ static void an_tool_start(sl_seq *s, int index, const char *id, const char *name
 
 static void an_tool_args(sl_seq *s, int index, const char *t, size_t n)
 {
-    if (s->block_open < 0 || s->block_kind != 2) return;
+    const an_blocks *b = s->dialect_state;
+    if (b->open < 0 || b->kind != 2) return;
     delta(s, json_pack("{s:s,s:s%}", "type", "input_json_delta", "partial_json", t, n));
 }
 
@@ -352,6 +378,8 @@ const sl_api_dialect sl_anthropic_messages = {.id_prefix = "msg_",
                                               .reasoning = an_reasoning,
                                               .tool_start = an_tool_start,
                                               .tool_args = an_tool_args,
+                                              .seq_init = an_seq_init,
+                                              .seq_fini = an_seq_fini,
                                               .seq_done = an_seq_done,
                                               .stream_end = an_stream_end,
                                               .final = an_final,

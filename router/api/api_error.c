@@ -1,7 +1,10 @@
 /* The status table of api.h: every error path of the API layer reads its
- * HTTP code and error type here. */
+ * HTTP code and error type here, and errors before any header went out are
+ * answered here. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "api.h"
 
@@ -30,9 +33,13 @@ int sl_api_fail(sl_api_err *err, sl_api_status st, const char *fmt, ...)
     return -1;
 }
 
-const sl_api_dialect *sl_api_dialect_of(sl_api_kind kind)
+void sl_api_respond_error(sl_http_req *r, const sl_api_dialect *d, sl_api_status st,
+                          const char *msg)
 {
-    return kind == SL_API_CHAT          ? &sl_openai_chat
-         : kind == SL_API_COMPLETIONS ? &sl_openai_completions
-                                      : &sl_anthropic_messages;
+    json_t *o = d->error_body(st, msg);
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    sl_http_respond(r, sl_api_status_get(st)->http, "application/json", s ? s : "{}",
+                    s ? strlen(s) : 2, NULL);
+    free(s);
 }

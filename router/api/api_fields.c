@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api.h"
+#include "job.h"
 
 int sl_api_get_bool(const json_t *o, const char *k, int *out, sl_api_err *err)
 {

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api.h"
+#include "job.h"
 
 /* Fields chat and completions share. */
 static int decode_common(sl_job *j, sl_api_err *err)

@@ -126,26 +126,15 @@ int sl_cmd_router(int argc, char **argv)
 {
     sl_router_cli cli;
     sl_router_config cfg;
-    int help = 0;
     sl_opt opts[SL_ROUTER_MAX_OPTS];
     int n = sl_router_opts(opts, &cli, &cfg);
     opts[n++] = (sl_opt){"--worker", NULL, SL_OPT_STRS, &cli.workers,
                          "worker URL, tcp://host:port or ipc:///path (repeatable)"};
     opts[n++] = (sl_opt){"--worker-dns", NULL, SL_OPT_STRS, &cli.worker_dns,
                          "HOST:PORT whose addresses are all workers, re-resolved (repeatable)"};
-    opts[n++] = (sl_opt){"--help", "-h", SL_OPT_FLAG, &help, "show this help"};
-    opts[n] = (sl_opt){0};
-    sl_err e = {0};
     const char *summary = "OpenAI/Anthropic-compatible HTTP front end routing to sluice workers";
-    if (sl_opts_parse(argc, argv, opts, &e) || help) {
-        if (!help) fprintf(stderr, "router: %s\n", e.msg);
-        sl_opts_usage(help ? stdout : stderr, "router", summary, opts);
-        return help ? 0 : 2;
-    }
-    if (sl_router_opts_finish(&cli, &cfg, &e)) {
-        fprintf(stderr, "router: %s\n", e.msg);
-        return 2;
-    }
+    int rc = sl_router_opts_parse(argc, argv, opts, n, "router", summary, &cli, &cfg);
+    if (rc >= 0) return rc;
     if (!cli.workers.n && !cli.worker_dns.n) {
         fprintf(stderr, "router: give at least one --worker or --worker-dns\n");
         return 2;

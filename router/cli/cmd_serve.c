@@ -77,7 +77,7 @@ int sl_cmd_serve(int argc, char **argv)
 {
     sl_router_cli cli;
     sl_router_config cfg;
-    int help = 0, tp = 1, dp = 1;
+    int tp = 1, dp = 1;
     const char *device = "cpu";
     sl_opt opts[SL_ROUTER_MAX_OPTS];
     int n = sl_router_opts(opts, &cli, &cfg);
@@ -86,19 +86,9 @@ int sl_cmd_serve(int argc, char **argv)
     opts[n++] = (sl_opt){"--device", NULL, SL_OPT_STR, &device,
                          "cpu | cuda (group i gets cuda:i*tp) | cuda:N"};
     n += sl_engine_flags_pass_opts(&passes, opts + n);
-    opts[n++] = (sl_opt){"--help", "-h", SL_OPT_FLAG, &help, "show this help"};
-    opts[n] = (sl_opt){0};
-    sl_err e = {0};
     const char *summary = "router + local workers in one command (SGLang's launch_server flags)";
-    if (sl_opts_parse(argc, argv, opts, &e) || help) {
-        if (!help) fprintf(stderr, "serve: %s\n", e.msg);
-        sl_opts_usage(help ? stdout : stderr, "serve", summary, opts);
-        return help ? 0 : 2;
-    }
-    if (sl_router_opts_finish(&cli, &cfg, &e)) {
-        fprintf(stderr, "serve: %s\n", e.msg);
-        return 2;
-    }
+    int rc = sl_router_opts_parse(argc, argv, opts, n, "serve", summary, &cli, &cfg);
+    if (rc >= 0) return rc;
     if (dp < 1 || dp > MAX_DP || tp < 1 || tp > 64) {
         fprintf(stderr, "serve: --dp-size 1..%d and --tp-size 1..64\n", MAX_DP);
         return 2;
@@ -148,7 +138,7 @@ int sl_cmd_serve(int argc, char **argv)
     }
     watch w = {.pids = pids, .n = dp};
     sl_router_hooks hooks = {watch_started, watch_stopping, &w};
-    int rc = dp ? sl_router_run(&cli, &cfg, &hooks) : 1;
+    rc = dp ? sl_router_run(&cli, &cfg, &hooks) : 1;
     for (int g = 0; g < dp; g++)
         if (pids[g] > 0) kill(pids[g], SIGTERM);
     for (int g = 0; g < dp; g++)

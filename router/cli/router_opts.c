@@ -2,6 +2,7 @@
 #include "router_opts.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "sl_file.h"
@@ -88,7 +89,8 @@ static void load_gen_defaults(const char *dir, sl_router_config *cfg)
     json_decref(g);
 }
 
-sl_status sl_router_opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_err *e)
+/* Checks the parsed options and converts them into cfg. */
+static sl_status opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_err *e)
 {
     if (!cli->model_dir)
         return sl_err_set(e, SL_ERR_INVALID, "--model-path is required (tokenizer and template)");
@@ -123,4 +125,23 @@ sl_status sl_router_opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_er
     cfg->cluster.dns_refresh_ms = (unsigned)cli->dns_refresh_ms;
     cfg->keepalive_ms = (unsigned)cli->keepalive_ms;
     return SL_OK;
+}
+
+int sl_router_opts_parse(int argc, char **argv, sl_opt *opts, int n, const char *cmd,
+                         const char *summary, sl_router_cli *cli, sl_router_config *cfg)
+{
+    int help = 0;
+    opts[n++] = (sl_opt){"--help", "-h", SL_OPT_FLAG, &help, "show this help"};
+    opts[n] = (sl_opt){0};
+    sl_err e = {0};
+    if (sl_opts_parse(argc, argv, opts, &e) || help) {
+        if (!help) fprintf(stderr, "%s: %s\n", cmd, e.msg);
+        sl_opts_usage(help ? stdout : stderr, cmd, summary, opts);
+        return help ? 0 : 2;
+    }
+    if (opts_finish(cli, cfg, &e)) {
+        fprintf(stderr, "%s: %s\n", cmd, e.msg);
+        return 2;
+    }
+    return -1;
 }

@@ -3,9 +3,9 @@
  *
  *   sl_router_cli cli; sl_router_config cfg; sl_opt opts[SL_ROUTER_MAX_OPTS];
  *   int n = sl_router_opts(opts, &cli, &cfg);    // fills defaults, returns count
- *   ... append command-specific options at opts[n], end with {0} ...
- *   sl_opts_parse(argc, argv, opts, &e);
- *   sl_router_opts_finish(&cli, &cfg, &e);       // checks and converts
+ *   ... append command-specific options at opts[n++] ...
+ *   int rc = sl_router_opts_parse(argc, argv, opts, n, "router", summary, &cli, &cfg);
+ *   if (rc >= 0) return rc;                      // --help, or a bad command line
  *   return sl_router_run(&cli, &cfg, NULL);      // blocks until SIGINT/SIGTERM
  */
 #ifndef SL_ROUTER_OPTS_H
@@ -29,7 +29,13 @@ typedef struct sl_router_cli {
 } sl_router_cli;
 
 int sl_router_opts(sl_opt *opts, sl_router_cli *cli, sl_router_config *cfg);
-sl_status sl_router_opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_err *e);
+/* Ends opts (n filled, room for two more) with --help, parses argv into
+ * them, then checks and converts the shared options into cfg. Returns -1
+ * when command cmd goes on, else its exit status: 0 after printing the
+ * usage for --help, 2 after printing what is wrong (and the usage when the
+ * command line itself is). */
+int sl_router_opts_parse(int argc, char **argv, sl_opt *opts, int n, const char *cmd,
+                         const char *summary, sl_router_cli *cli, sl_router_config *cfg);
 /* Lets a caller watch the router's loop (`serve` watches its workers).
  * started(loop, ud) runs once the router listens; it may call stop(ctl, rc)
  * later (on the loop) to drain and exit with rc. Handles it opens must be

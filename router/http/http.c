@@ -321,6 +321,19 @@ static void conn_advance(conn *c)
     if (!c->head && !c->cur) conn_arm_idle(c);
 }
 
+/* Queues r behind c's requests: responses go out in request order. */
+static void conn_enqueue(conn *c, sl_http_req *r)
+{
+    r->c = c;
+    r->srv = c->srv;
+    if (c->tail)
+        c->tail->next = r;
+    else
+        c->head = r;
+    c->tail = r;
+    c->nq++;
+}
+
 /* Server-side error: answered in order after the requests already queued,
  * then the connection closes. */
 static void conn_fail(conn *c, int status, const char *type, const char *msg)
@@ -339,16 +352,9 @@ static void conn_fail(conn *c, int status, const char *type, const char *msg)
         conn_close(c);
         return;
     }
-    r->c = c;
-    r->srv = c->srv;
     r->internal = 1;
     r->keep_alive = 0;
-    if (c->tail)
-        c->tail->next = r;
-    else
-        c->head = r;
-    c->tail = r;
-    c->nq++;
+    conn_enqueue(c, r);
     sl_http_respond_error(r, status, type, msg);
 }
 
@@ -452,17 +458,10 @@ static int on_message_complete(llhttp_t *p)
     sl_http_req *r = c->cur;
     c->cur = NULL;
     uv_timer_stop(&c->timer);
-    r->c = c;
-    r->srv = c->srv;
     r->keep_alive = llhttp_should_keep_alive(p) && !c->srv->shutting_down;
     r->arrival_ms = now_ms();
     if (!r->body.data) sl_buf_append(&r->body, "", 0);
-    if (c->tail)
-        c->tail->next = r;
-    else
-        c->head = r;
-    c->tail = r;
-    c->nq++;
+    conn_enqueue(c, r);
     c->srv->inflight++;
     if (!r->keep_alive) {
         /* Nothing after a "Connection: close" request is answered; reading

@@ -1,5 +1,5 @@
 /* libFuzzer: OpenAI and Anthropic request bodies through the router's
- * decoding and validation (sl_api_decode). The first byte picks the route,
+ * decoding and validation (sl_job_decode). The first byte picks the route,
  * the rest is the body. An accepted request must be within every limit the
  * router promises its workers (docs/operations.md); a refused one gets a
  * 4xx with a message. */
@@ -7,16 +7,17 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "api.h"
+#include "job.h"
 
 static const struct {
     const char *route;
     sl_api_kind kind;
-} routes[] = {{"/v1/chat/completions", SL_API_CHAT},
-              {"/v1/completions", SL_API_COMPLETIONS},
-              {"/v1/messages", SL_API_MESSAGES},
-              {"/v1/messages/count_tokens", SL_API_MESSAGES},
-              {"/tokenize", SL_API_COMPLETIONS}};
+    const sl_api_dialect *dialect;
+} routes[] = {{"/v1/chat/completions", SL_API_CHAT, &sl_openai_chat},
+              {"/v1/completions", SL_API_COMPLETIONS, &sl_openai_completions},
+              {"/v1/messages", SL_API_MESSAGES, &sl_anthropic_messages},
+              {"/v1/messages/count_tokens", SL_API_MESSAGES, &sl_anthropic_messages},
+              {"/tokenize", SL_API_COMPLETIONS, &sl_openai_completions}};
 
 static void check(int ok)
 {
@@ -35,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sl_router_config cfg = sl_router_config_default();
     cfg.served_model_name = "tiny";
     sl_api_err err = {0};
-    sl_job *j = sl_api_decode(&cfg, routes[k].route, routes[k].kind, body, &err);
+    sl_job *j = sl_job_decode(&cfg, routes[k].route, routes[k].kind, routes[k].dialect, body, &err);
     if (!j) {
         check(err.status >= 400 && err.status < 500 && err.type && err.msg[0]);
         return 0;
@@ -60,6 +61,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             for (size_t t = 0; t < j->ids[i].n; t++) check(j->ids[i].v[t] >= 0);
         }
     }
-    sl_api_job_free(j);
+    sl_job_free(j);
     return 0;
 }

@@ -5,7 +5,7 @@ jinja2's ImmutableSandboxedEnvironment with trim_blocks, lstrip_blocks and the
 loopcontrols extension, HF's tojson override (json.dumps, ensure_ascii=False)
 and a raise_exception global; messages, tools, add_generation_prompt and the
 request's chat_template_kwargs are the template's variables. Before rendering,
-both sides apply the normalisation documented in router/chat_template.h
+both sides apply the normalisation documented in router/text/chat_template.h
 (content null -> "", text parts joined; qwen3_coder decodes JSON-string
 arguments and gives a tool without parameters an empty object).
 """

@@ -1,0 +1,149 @@
+/* job: one HTTP generation request on its way through the router, and the
+ * helpers the dialects use to fill and answer it. Internal to router/api.
+ *
+ *   decode (sl_job_decode, the route's dialect) ─▶ start (sl_job_start):
+ *   render + tokenize (inline when short, libuv pool when long) ─▶ route
+ *   ─▶ one GenerateRequest per choice ─▶ token chunks ─▶ complete
+ *        └──────────────┴──────────────┴────────────┴─▶ sl_job_fail / client abort
+ *
+ * A job owns one seq per choice (n per prompt). Completion discipline: a
+ * started job ends exactly once, in sl_job_complete() or sl_job_fail(),
+ * which complete its HTTP request and free it. job.c holds the life cycle
+ * and the dialects' helpers, job_run.c what runs between start and the end.
+ *
+ * Threads: all functions on the router's loop thread. */
+#ifndef SL_JOB_H
+#define SL_JOB_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "api.h"
+#include "router.h"
+#include "sl_buf.h"
+#include "sluice.pb-c.h"
+#include "text.h"
+#include "wire.h"
+
+#define SL_JOB_MAX_STOPS 16
+/* Held-back text is rescanned for every stop string on each chunk: longer
+ * strings would make a request's cost quadratic in them. */
+#define SL_JOB_MAX_STOP_BYTES 1024
+/* A worker takes SL_WIRE_MAX_STOP_IDS stop ids, the model's eos ids
+ * included: the client's share is what the eos ids leave. */
+#define SL_JOB_MAX_EOS_IDS 16
+#define SL_JOB_MAX_STOP_IDS (SL_WIRE_MAX_STOP_IDS - SL_JOB_MAX_EOS_IDS)
+/* Counts a client controls beyond the body size: each message and tool is
+ * rendered and scanned, so their number is bounded on its own. */
+#define SL_JOB_MAX_MESSAGES 4096
+#define SL_JOB_MAX_TOOLS 512
+
+/* One tool call of a choice, accumulated for non-streaming responses. */
+typedef struct sl_seq_tool {
+    char *id, *name;
+    sl_buf args;
+} sl_seq_tool;
+
+struct sl_seq {
+    sl_job *job;
+    int index;  /* choice index in the response */
+    int prompt; /* index into job->ids */
+    uint64_t rid;
+    int worker;
+    int running; /* submitted and not finished */
+    void *detok, *parser;
+    sl_buf text; /* detokenized output not yet released past the stop matcher */
+    /* what was released (non-streaming responses and usage) */
+    sl_buf content, reasoning;
+    sl_seq_tool *tools;
+    int ntools;
+    const char *finish;  /* "stop", "length", "tool_calls", NULL while running */
+    int stop_index;      /* stop string that ended it, or -1 */
+    int completion_tokens, cached_tokens;
+    json_t *logprobs;     /* array of per-token entries (OpenAI chat shape) */
+    json_t *logprobs_new; /* entries not yet streamed */
+    sl_tok_ids out_ids;  /* recorded in the route tree at the end; sent again on migration */
+    int max_new;          /* output budget of the whole choice (tokens) */
+    int migrations;       /* times moved to another worker after its worker died */
+    double t_last_ms;
+    /* streaming state kept by the encoders */
+    int sent_role;
+    void *dialect_state; /* the dialect's own (sl_api_dialect.seq_init) */
+};
+
+struct sl_job_params {
+    int stream, include_usage;
+    int n;
+    int max_tokens; /* -1: up to the context length */
+    Sluice__SamplingParams sampling;
+    int32_t stop_ids[SL_JOB_MAX_STOP_IDS];
+    int n_stop_ids;
+    char *stops[SL_JOB_MAX_STOPS];
+    int n_stops;
+    int logprobs;     /* chat: bool; completions: number of alternatives + 1 */
+    int separate_reasoning;
+};
+
+struct sl_job {
+    sl_router *rt;
+    sl_http_req *http;
+    sl_job *prev, *next; /* router's list (SSE keep-alive, shutdown) */
+    sl_api_kind kind;
+    const char *route; /* metrics label */
+    json_t *body;      /* the request (owned) */
+    sl_job_params p;
+    /* prompts: text (to render/tokenize) or ids given directly */
+    char **texts;
+    int *is_ids; /* per prompt: ids came in the body */
+    sl_tok_ids *ids;
+    int nprompts;
+    sl_buf chat_prompt; /* rendered chat prompt (parsers need it) */
+    sl_seq *seqs;
+    int nseqs, nrunning;
+    char id[64];
+    long created;
+    const char *model;
+    int headers_sent;
+    int encoding; /* tokenization runs on the pool */
+    int aborted;  /* client went away */
+    int failed;   /* an error was already sent */
+    double t_arrival_ms, t_first_ms, t_last_write_ms;
+    uv_work_t work;
+    sl_err work_err;
+    const sl_api_dialect *dialect;
+};
+
+/* A new job for route (its kind, its dialect d), with cfg's defaults and
+ * limits, body owned by it from here on, decoded and checked the way the
+ * router does before tokenizing. The job belongs to no router until
+ * sl_job_start (tests and fuzzers decode only). NULL with err set (4xx, or
+ * 500 out of memory) when it is refused; body is then released. */
+sl_job *sl_job_decode(const sl_router_config *cfg, const char *route, sl_api_kind kind,
+                      const sl_api_dialect *d, json_t *body, sl_api_err *err);
+/* Frees j and what it owns, unlinking it from its router's list when it has
+ * one; does not complete its HTTP request. NULL is ignored. */
+void sl_job_free(sl_job *j);
+
+/* Hands decoded j to rt to answer r: j joins rt's list, is tokenized and
+ * dispatched; it ends in sl_job_complete or sl_job_fail (job_run.c). */
+void sl_job_start(sl_job *j, sl_router *rt, sl_http_req *r);
+/* Ends j with an error: a JSON error before any header went out, an
+ * in-stream error event after; frees j. */
+void sl_job_fail(sl_job *j, sl_api_status st, const char *msg);
+/* Ends j with its dialect's final body or stream end; frees j. */
+void sl_job_complete(sl_job *j);
+/* Asks the workers to stop every choice of j still running. */
+void sl_job_abort_running(sl_job *j);
+/* The context length requests get: the configured one, else the smallest
+ * an alive worker reports (0: none known). */
+int sl_job_context_length(const sl_router *rt);
+
+/* ---- for the dialects ---- */
+/* Allocates n empty prompts (texts, is_ids, ids) for a decoder to fill. */
+int sl_job_prompts(sl_job *j, int n, sl_api_err *err);
+void sl_job_sse(sl_job *j, const char *event, json_t *data); /* steals data */
+void sl_job_sse_raw(sl_job *j, const char *text);
+/* Usage totals over all choices. */
+void sl_job_usage(const sl_job *j, int *prompt, int *completion, int *cached);
+
+#endif
