@@ -328,6 +328,32 @@ static void test_pending(void)
     sl_sampler_state_free(b);
 }
 
+/* Ids name states across threads: a removed state's id, and {0}, look up
+ * as NULL even after its entry is reused. */
+static void test_table_ids(void)
+{
+    sl_err e = {0};
+    sl_sampler_table *t;
+    CHECK(sl_sampler_table_new(&t, &e) == SL_OK);
+    sl_sampling p = {.top_p = 1, .repetition_penalty = 1};
+    sl_sampler_id ids[3000];
+    for (int i = 0; i < 3000; i++) /* spans several segments */
+        CHECK(sl_sampler_table_add(t, sl_sampler_state_new(&p, NULL, 0, (uint64_t)i), &ids[i], &e) ==
+              SL_OK);
+    CHECK(sl_sampler_table_get(t, (sl_sampler_id){0}) == NULL);
+    sl_sampler_state *s5 = sl_sampler_table_get(t, ids[5]);
+    CHECK(s5 && s5 != sl_sampler_table_get(t, ids[2999]));
+    sl_sampler_table_remove(t, ids[5]);
+    CHECK(sl_sampler_table_get(t, ids[5]) == NULL);
+    sl_sampler_id again;
+    CHECK(sl_sampler_table_add(t, sl_sampler_state_new(&p, NULL, 0, 7), &again, &e) == SL_OK);
+    CHECK(again.v != ids[5].v && sl_sampler_table_get(t, again));
+    CHECK(sl_sampler_table_get(t, ids[5]) == NULL);
+    sl_sampler_table_remove(t, ids[5]); /* stale: ignored */
+    CHECK(sl_sampler_table_get(t, again));
+    sl_sampler_table_free(t); /* frees the states left */
+}
+
 int main(void)
 {
     cpu = sl_backend_cpu_new();
@@ -338,6 +364,7 @@ int main(void)
     test_filters_and_distribution();
     test_seed_reproducible();
     test_pending();
+    test_table_ids();
     sl_backend_free(cpu);
     return sl_test_done("test_sampler");
 }

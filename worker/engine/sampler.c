@@ -144,3 +144,88 @@ void sl_sampler_take(sl_sampler_state *s, int32_t token, sl_sample *out)
     out->token = token;
     record(s, token);
 }
+
+/* ---- table -------------------------------------------------------------------- */
+
+/* Segments of TAB_SEG entries, allocated as needed and never moved: up to
+ * TAB_NSEG * TAB_SEG states alive at once (queued and running requests). */
+#define TAB_SEG 1024
+#define TAB_NSEG 4096
+
+typedef struct tab_entry {
+    sl_sampler_state *s; /* NULL: free */
+    uint32_t gen;        /* bumped on remove: older ids go stale */
+    uint32_t next_free;  /* free list link (index + 1; 0: end) */
+} tab_entry;
+
+struct sl_sampler_table {
+    tab_entry *seg[TAB_NSEG];
+    uint32_t n;         /* entries made so far */
+    uint32_t free_head; /* index + 1 of a free entry; 0: none */
+};
+
+static tab_entry *tab_entry_at(const sl_sampler_table *t, uint32_t i)
+{
+    return &t->seg[i / TAB_SEG][i % TAB_SEG];
+}
+
+sl_status sl_sampler_table_new(sl_sampler_table **out, sl_err *e)
+{
+    *out = calloc(1, sizeof **out);
+    return *out ? SL_OK : sl_err_set(e, SL_ERR_NOMEM, "sampler table: out of memory");
+}
+
+void sl_sampler_table_free(sl_sampler_table *t)
+{
+    if (!t) return;
+    for (uint32_t i = 0; i < t->n; i++)
+        sl_sampler_state_free(tab_entry_at(t, i)->s);
+    for (int k = 0; k < TAB_NSEG && t->seg[k]; k++)
+        free(t->seg[k]);
+    free(t);
+}
+
+sl_status sl_sampler_table_add(sl_sampler_table *t, sl_sampler_state *s, sl_sampler_id *id,
+                               sl_err *e)
+{
+    uint32_t i;
+    if (t->free_head) {
+        i = t->free_head - 1;
+        t->free_head = tab_entry_at(t, i)->next_free;
+    } else {
+        if (t->n == (uint32_t)TAB_NSEG * TAB_SEG)
+            return sl_err_set(e, SL_ERR_LIMIT, "more than %d requests at once",
+                              TAB_NSEG * TAB_SEG);
+        i = t->n;
+        if (!t->seg[i / TAB_SEG] && !(t->seg[i / TAB_SEG] = calloc(TAB_SEG, sizeof(tab_entry))))
+            return sl_err_set(e, SL_ERR_NOMEM, "sampler table: out of memory");
+        t->n++;
+        tab_entry_at(t, i)->gen = 1;
+    }
+    tab_entry *en = tab_entry_at(t, i);
+    en->s = s;
+    en->next_free = 0;
+    *id = (sl_sampler_id){(uint64_t)en->gen << 32 | i};
+    return SL_OK;
+}
+
+void sl_sampler_table_remove(sl_sampler_table *t, sl_sampler_id id)
+{
+    sl_sampler_state *s = sl_sampler_table_get(t, id);
+    if (!s) return;
+    uint32_t i = (uint32_t)id.v;
+    tab_entry *en = tab_entry_at(t, i);
+    sl_sampler_state_free(s);
+    en->s = NULL;
+    en->gen = en->gen == UINT32_MAX ? 1 : en->gen + 1; /* never 0: {0} stays "none" */
+    en->next_free = t->free_head;
+    t->free_head = i + 1;
+}
+
+sl_sampler_state *sl_sampler_table_get(const sl_sampler_table *t, sl_sampler_id id)
+{
+    uint32_t i = (uint32_t)id.v, gen = (uint32_t)(id.v >> 32);
+    if (!gen || i >= (uint32_t)TAB_NSEG * TAB_SEG || !t->seg[i / TAB_SEG]) return NULL;
+    const tab_entry *en = tab_entry_at(t, i);
+    return en->gen == gen ? en->s : NULL;
+}

@@ -19,6 +19,11 @@
  *
  * Threads: a state is used by one thread at a time (the runner); it may be
  * created on another thread before it is handed over.
+ *
+ * The table (sl_sampler_table) is how states cross threads: the owner (the
+ * scheduler, on the leader) adds and removes states, and batches carry their
+ * ids; the runner looks an id up on its own thread. A removed state's id is
+ * stale and looks up as NULL.
  */
 #ifndef SL_SAMPLER_H
 #define SL_SAMPLER_H
@@ -80,5 +85,29 @@ void sl_sampler_take(sl_sampler_state *s, int32_t token, sl_sample *out);
 float sl_sampler_uniform(const sl_sampler_state *s, int ahead);
 int sl_sampler_pen_count(const sl_sampler_state *s);
 void sl_sampler_pen_fill(const sl_sampler_state *s, int32_t *tok, int32_t *out, int32_t *prompt);
+
+/* A state's handle: its index and generation in an sl_sampler_table. {0}
+ * names no state. */
+typedef struct sl_sampler_id {
+    uint64_t v;
+} sl_sampler_id;
+
+typedef struct sl_sampler_table sl_sampler_table;
+
+/* Entries live at fixed addresses (the table grows by segments), so a
+ * lookup never races with an add of another entry. */
+sl_status sl_sampler_table_new(sl_sampler_table **out, sl_err *e);
+/* Frees the table and every state still in it. */
+void sl_sampler_table_free(sl_sampler_table *t);
+/* Takes s and names it by *id. SL_ERR_LIMIT/NOMEM: s is not taken. Owner
+ * thread only. */
+sl_status sl_sampler_table_add(sl_sampler_table *t, sl_sampler_state *s, sl_sampler_id *id,
+                               sl_err *e);
+/* Frees id's state; id is stale from then on (an unknown id is ignored).
+ * Owner thread only, and only once no other thread may look id up. */
+void sl_sampler_table_remove(sl_sampler_table *t, sl_sampler_id id);
+/* id's state, NULL for {0} or a stale id. Any thread, for ids it received
+ * after their add through a lock (the engine's hand-off). */
+sl_sampler_state *sl_sampler_table_get(const sl_sampler_table *t, sl_sampler_id id);
 
 #endif

@@ -124,7 +124,7 @@ void sched_finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why)
     sched_release_memory(s, r, why == SL_FINISH_STOP || why == SL_FINISH_LENGTH);
     sched_map_del(s, r->rid);
     r->st = REQ_DONE;
-    if (!r->inflight) sched_free_req(r);
+    if (!r->inflight) sched_free_req(s, r);
 }
 
 int sl_sched_abort(sl_sched *s, uint64_t rid)
@@ -250,7 +250,7 @@ static int add_seq(sl_sched *s, sl_sched_batch *b, sl_sched_req_impl *r, int q, 
     b->track_slot[i] = track_slot;
     b->track_len[i] = track_slot >= 0 ? track_len : 0;
     b->feed_last[i] = feed_last;
-    b->sampler[i] = sample ? r->ss : NULL;
+    b->sampler[i] = sample ? r->sampler : (sl_sampler_id){0};
     b->reqs[i] = r;
     b->rid[i] = r->rid;
     if (sample) {

@@ -75,7 +75,8 @@ sl_status sl_sched_new(sl_sched **out, const sl_sched_config *cfg, sl_err *e)
     s->C = cfg->page_size > 64 ? cfg->page_size : 64;
     s->max_seq = (cfg->n_pages - 1) * cfg->page_size;
     if (s->max_seq > cfg->context_len) s->max_seq = cfg->context_len;
-    st = sl_pool_new(&s->pages, "kv page", cfg->n_pages, e);
+    st = sl_sampler_table_new(&s->samplers, e);
+    if (!st) st = sl_pool_new(&s->pages, "kv page", cfg->n_pages, e);
     if (!st && cfg->hybrid) st = sl_pool_new(&s->slots, "state slot", cfg->n_slots, e);
     if (!st && !cfg->disable_radix) {
         sl_radix_config rc = {.page_size = cfg->page_size,
@@ -97,9 +98,9 @@ sl_status sl_sched_new(sl_sched **out, const sl_sched_config *cfg, sl_err *e)
     return SL_OK;
 }
 
-void sched_free_req(sl_sched_req_impl *r)
+void sched_free_req(sl_sched *s, sl_sched_req_impl *r)
 {
-    sl_sampler_state_free(r->ss);
+    sl_sampler_table_remove(s->samplers, r->sampler);
     free(r->toks);
     free(r->stop);
     free(r->pages);
@@ -115,12 +116,12 @@ void sl_sched_free(sl_sched *s)
         sl_sched_req_impl *r = s->running.head;
         list_remove(&s->running, r);
         sched_release_memory(s, r, 0);
-        sched_free_req(r);
+        sched_free_req(s, r);
     }
     while (s->queue.head) {
         sl_sched_req_impl *r = s->queue.head;
         list_remove(&s->queue, r);
-        sched_free_req(r);
+        sched_free_req(s, r);
     }
     sl_radix_destroy(s->tree);
     sl_pool_free(s->pages);
@@ -128,6 +129,7 @@ void sl_sched_free(sl_sched *s)
     sched_batch_free(&s->batch[0]);
     sched_batch_free(&s->batch[1]);
     free(s->match_pages);
+    sl_sampler_table_free(s->samplers);
     free(s->map);
     free(s->ev);
     free(s);
@@ -216,16 +218,22 @@ sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
     r->cap_tok = n + 16;
     r->toks = malloc(sizeof(int32_t) * (size_t)r->cap_tok);
     r->stop = malloc(sizeof(int32_t) * (size_t)(q->n_stop + 1));
-    r->ss = sl_sampler_state_new(&q->sampling, q->prompt, q->n_prompt, q->rid);
-    if (!r->toks || !r->stop || !r->ss) {
-        sched_free_req(r);
+    sl_sampler_state *ss = sl_sampler_state_new(&q->sampling, q->prompt, q->n_prompt, q->rid);
+    if (!r->toks || !r->stop || !ss) {
+        sl_sampler_state_free(ss);
+        sched_free_req(s, r);
         return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     }
-    memcpy(r->toks, q->prompt, sizeof(int32_t) * (size_t)q->n_prompt);
-    if (q->n_output) {
-        memcpy(r->toks + q->n_prompt, q->output, sizeof(int32_t) * (size_t)q->n_output);
-        sl_sampler_state_add_output(r->ss, q->output, q->n_output);
+    if (q->n_output) sl_sampler_state_add_output(ss, q->output, q->n_output);
+    sl_status st = sl_sampler_table_add(s->samplers, ss, &r->sampler, e);
+    if (st) {
+        sl_sampler_state_free(ss);
+        sched_free_req(s, r);
+        return st;
     }
+    memcpy(r->toks, q->prompt, sizeof(int32_t) * (size_t)q->n_prompt);
+    if (q->n_output) memcpy(r->toks + q->n_prompt, q->output, sizeof(int32_t) * (size_t)q->n_output);
+    r->want_logprobs = q->sampling.logprobs || q->sampling.top_logprobs > 0;
     if (q->n_stop) memcpy(r->stop, q->stop_ids, sizeof(int32_t) * (size_t)q->n_stop);
     r->rid = q->rid;
     r->arrival = s->arrivals++;
@@ -240,7 +248,7 @@ sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
     r->W = r->T = r->copy_from = r->pend_slot = -1;
     r->st = REQ_QUEUED;
     if (map_put(s, r)) {
-        sched_free_req(r);
+        sched_free_req(s, r);
         return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     }
     queue_insert(&s->queue, r);
@@ -254,19 +262,35 @@ static int is_in(int32_t t, const int32_t *v, int n)
     return 0;
 }
 
-void sl_sched_complete(sl_sched *s, sl_sched_batch *b)
+/* Drops sequence i's hold on its request. Returns the request when it is
+ * still live and i sampled a token for it (a result to process), else NULL;
+ * a finished request is freed with its last hold. */
+static sl_sched_req_impl *batch_release(sl_sched *s, sl_sched_batch *b, int i)
+{
+    sl_sched_req_impl *r = b->reqs[i];
+    int sampled = b->sampler[i].v != 0;
+    r->inflight--;
+    r->n_pending -= sampled;
+    if (r->st == REQ_DONE) {
+        if (!r->inflight) sched_free_req(s, r);
+        return NULL;
+    }
+    return sampled ? r : NULL;
+}
+
+/* Takes b back: its slot may be built again. */
+static void batch_return(sl_sched *s, sl_sched_batch *b)
 {
     int k = b == &s->batch[1];
     SL_ASSERT(s->busy[k]);
+    s->busy[k] = 0;
+}
+
+void sl_sched_complete(sl_sched *s, sl_sched_batch *b)
+{
     for (int i = 0; i < b->meta.n_seqs; i++) {
-        sl_sched_req_impl *r = b->reqs[i];
-        r->inflight--;
-        if (b->sampler[i]) r->n_pending--;
-        if (r->st == REQ_DONE) {
-            if (!r->inflight) sched_free_req(r);
-            continue;
-        }
-        if (!b->sampler[i]) continue;
+        sl_sched_req_impl *r = batch_release(s, b, i);
+        if (!r) continue;
         if (r->n_out >= r->max_new) { /* max_new_tokens = 0: prefill only */
             sched_finish(s, r, SL_FINISH_LENGTH);
             continue;
@@ -284,12 +308,11 @@ void sl_sched_complete(sl_sched *s, sl_sched_batch *b)
         }
         r->toks[r->n_tok++] = t;
         r->n_out++;
-        const sl_sampling *sp = sl_sampler_params(r->ss);
         sl_sched_event ev = {.rid = r->rid,
                              .token = t,
                              .sample = b->out[i],
                              .has_sample = 1,
-                             .want_logprobs = sp->logprobs || sp->top_logprobs > 0};
+                             .want_logprobs = r->want_logprobs};
         sched_push_event(s, &ev);
         sl_finish why = SL_FINISH_NONE;
         if (r->n_out >= r->min_new && ((!r->ignore_eos && is_in(t, s->cfg.eos, s->cfg.n_eos)) ||
@@ -299,23 +322,22 @@ void sl_sched_complete(sl_sched *s, sl_sched_batch *b)
             why = SL_FINISH_LENGTH;
         if (why) sched_finish(s, r, why);
     }
-    s->busy[k] = 0;
+    batch_return(s, b);
 }
 
 void sl_sched_abandon(sl_sched *s, sl_sched_batch *b)
 {
-    int k = b == &s->batch[1];
-    SL_ASSERT(s->busy[k]);
-    for (int i = 0; i < b->meta.n_seqs; i++) {
-        sl_sched_req_impl *r = b->reqs[i];
-        r->inflight--;
-        if (b->sampler[i]) r->n_pending--;
-        if (r->st == REQ_DONE && !r->inflight) sched_free_req(r);
-    }
-    s->busy[k] = 0;
+    for (int i = 0; i < b->meta.n_seqs; i++)
+        batch_release(s, b, i);
+    batch_return(s, b);
 }
 
 /* ---- introspection ------------------------------------------------------------- */
+
+const sl_sampler_table *sl_sched_samplers(const sl_sched *s)
+{
+    return s->samplers;
+}
 
 void sl_sched_get_stats(const sl_sched *s, sl_sched_stats *st)
 {

@@ -39,10 +39,12 @@
  *   sl_sched_event ev; while (sl_sched_pop_event(s, &ev)) send(ev);
  *   sl_sched_free(s);
  *
- * Threads: every call from one thread. A batch handed out may be read by the
- * runner thread (and its out[] written) until it is given back with
- * sl_sched_complete; the sampler states it points to are used only by the
- * runner while batches are in flight.
+ * Threads: every call from one thread (the leader). A batch handed out may be
+ * read by the runner thread (and its out[] written) until it is given back
+ * with sl_sched_complete. It names sampler states by id (sl_sampler_id); the
+ * runner looks them up in sl_sched_samplers' table and is the only user of a
+ * state while a batch naming it is out; the scheduler removes a state only
+ * once no batch out names it.
  */
 #ifndef SL_SCHED_H
 #define SL_SCHED_H
@@ -131,10 +133,10 @@ typedef struct sl_sched_batch {
     /* before the forward: state slot copies (dst <- src; src -1 zeroes) */
     int n_copy;
     int32_t *copy_dst, *copy_src;
-    /* per sequence: sampler (NULL: no sample from this sequence), feed_last
-     * (1: ids[q_start[s]] is the sampler's last token, resolved by the
-     * runner), and the logits row of the sequence's last token */
-    sl_sampler_state **sampler;
+    /* per sequence: sampler (in sl_sched_samplers; {0}: no sample from this
+     * sequence), feed_last (1: ids[q_start[s]] is the sampler's last token,
+     * resolved by the runner), and the logits row of the sequence's last token */
+    sl_sampler_id *sampler;
     int32_t *feed_last;
     int32_t *rows; /* [n_rows] token indices whose logits are sampled */
     int32_t *row_seq;
@@ -176,6 +178,10 @@ void sl_sched_complete(sl_sched *s, sl_sched_batch *b);
 void sl_sched_abandon(sl_sched *s, sl_sched_batch *b);
 
 int sl_sched_pop_event(sl_sched *s, sl_sched_event *ev);
+
+/* The table of the requests' sampler states that batches' sampler ids name
+ * (lookups only, from the runner; see Threads above). */
+const sl_sampler_table *sl_sched_samplers(const sl_sched *s);
 
 typedef struct sl_sched_stats {
     int running, queued, in_flight;

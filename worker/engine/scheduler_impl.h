@@ -20,7 +20,8 @@ struct sl_sched_req_impl {
     int n_tok, cap_tok, n_prompt, n_out;
     int max_new, min_new, ignore_eos, n_stop;
     int32_t *stop;
-    sl_sampler_state *ss;
+    sl_sampler_id sampler; /* its state in the scheduler's table */
+    int want_logprobs;
     req_state st;
     int inflight;  /* built batches (not yet completed) that hold this request */
     int n_pending; /* of those, how many sample a token for it */
@@ -54,6 +55,7 @@ extern sl_sched_req_impl sched_rid_tomb;
 
 struct sl_sched {
     sl_sched_config cfg;
+    sl_sampler_table *samplers; /* request sampling states, read by the runner */
     rid_slot *map;
     int map_cap, map_used; /* used counts tombstones too */
     int C;                 /* checkpoint unit max(64, page) */
@@ -136,7 +138,7 @@ void sched_push_event(sl_sched *s, const sl_sched_event *ev);
 /* scheduler.c: the rid map and request records */
 sl_sched_req_impl *sched_find(const sl_sched *s, uint64_t rid);
 void sched_map_del(sl_sched *s, uint64_t rid);
-void sched_free_req(sl_sched_req_impl *r);
+void sched_free_req(sl_sched *s, sl_sched_req_impl *r);
 /* sched_batch.c: memory, finishing, batches */
 void sched_release_memory(sl_sched *s, sl_sched_req_impl *r, int cache);
 void sched_finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why);

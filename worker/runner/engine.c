@@ -10,12 +10,18 @@
 #include "sl_log.h"
 
 #define LP_COLS (2 + 2 * SL_SAMPLE_MAX_TOP)
+/* Batches handed to the compute thread and not yet finished: at most two
+ * (the scheduler's limit), so ticket t's ring slot t % RING is free again
+ * long before ticket t + RING. */
+#define RING 4
 
 /* A launched batch whose sampled ids are on their way to the host. Two
  * alternate: batch N+1 is launched before batch N's results are read. */
 typedef struct flight {
     sl_sched_batch *b;
-    sl_batch_meta meta; /* b as the model's forward batch */
+    sl_batch_meta meta;    /* b as the model's forward batch */
+    sl_sampler_state **ss; /* [ss_cap] b's sampler states by sequence (NULL: none) */
+    int ss_cap;
     int half;        /* token buffer half its samples went to */
     int32_t *ids;    /* host copy of the sampled ids (pinned) */
     float *lp;       /* host copy of the logprob rows (pinned), valid when has_lp */
@@ -30,6 +36,7 @@ struct sl_engine {
     sl_backend *be;
     sl_model_cache cache;
     sl_sched *sched;
+    const sl_sampler_table *samplers; /* the scheduler's; looked up by the runner */
     sl_sched_config scfg;
     int vocab, overlap, timing;
     /* runner state (compute thread, or the leader without overlap) */
@@ -51,18 +58,21 @@ struct sl_engine {
     void *hook_ctx;
     sl_engine_plan_fn plan;
     void *plan_ctx;
-    /* compute thread: a FIFO of launched batches, finished in order */
+    /* compute thread hand-off: only tickets cross the lock. Ticket t (1, 2,
+     * ...) is the t-th batch launched; the leader puts it in ring[t % RING]
+     * and publishes launched = t; the compute thread takes tickets in order
+     * (taken) and owns the slot until finished >= t, when the leader takes
+     * the batch back. Batches finish in order. */
     pthread_t thread;
     int have_thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    sl_sched_batch *fifo[4];
-    int fifo_head, fifo_n, stop;
-    uint64_t launched, finished, wanted;
+    sl_sched_batch *ring[RING];
+    int stop;
+    uint64_t launched, taken, finished, wanted;
     sl_status failed;
     sl_err fail_err;
-    sl_sched_batch *prev; /* launched, results not yet processed */
-    uint64_t prev_ticket;
+    uint64_t prev; /* leader: ticket launched, results not yet processed (0: none) */
 };
 
 void sl_engine_config_default(sl_engine_config *c)
@@ -100,14 +110,23 @@ static void forward_meta(const sl_sched_batch *b, sl_batch_meta *m)
     };
 }
 
-sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e)
+/* b's state copies, then its forward into g->logits. */
+static sl_status copy_and_forward(sl_engine *g, const sl_sched_batch *b, sl_batch_meta *meta,
+                                  sl_err *e)
 {
     if (b->n_copy) sl_model_cache_copy_slots(g->m, &g->cache, b->copy_dst, b->copy_src, b->n_copy);
+    /* a batch of unfinished prefill chunks samples nothing; the model still
+     * wants one row of logits */
+    int32_t row0 = 0;
+    return sl_model_forward(g->m, &g->cache, meta, b->n_rows ? b->rows : &row0,
+                            b->n_rows ? b->n_rows : 1, &g->logits, e);
+}
+
+sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e)
+{
     sl_batch_meta meta;
     forward_meta(b, &meta);
-    int32_t row0 = 0;
-    return sl_model_forward(g->m, &g->cache, &meta, b->n_rows ? b->rows : &row0,
-                            b->n_rows ? b->n_rows : 1, &g->logits, e);
+    return copy_and_forward(g, b, &meta, e);
 }
 
 const sl_model_cache *sl_engine_cache(const sl_engine *g)
@@ -115,32 +134,52 @@ const sl_model_cache *sl_engine_cache(const sl_engine *g)
     return &g->cache;
 }
 
-/* Whether every row of b is the plain argmax of its logits. */
-static int all_argmax(const sl_sched_batch *b)
+/* Looks up b's sampler ids into f->ss; a stale id fails the batch. */
+static sl_status lookup_samplers(sl_engine *g, const sl_sched_batch *b, flight *f, sl_err *e)
 {
-    for (int r = 0; r < b->n_rows; r++)
-        if (!sl_sampler_is_argmax(b->sampler[b->row_seq[r]])) return 0;
+    int n = b->meta.n_seqs;
+    if (n > f->ss_cap) {
+        sl_sampler_state **ss = realloc(f->ss, sizeof *ss * (size_t)n * 2);
+        if (!ss) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+        f->ss = ss;
+        f->ss_cap = n * 2;
+    }
+    for (int i = 0; i < n; i++) {
+        f->ss[i] = b->sampler[i].v ? sl_sampler_table_get(g->samplers, b->sampler[i]) : NULL;
+        if (b->sampler[i].v && !f->ss[i])
+            return sl_err_set(e, SL_ERR_INVALID, "batch %llu: request %llu has no sampler state",
+                              (unsigned long long)b->seq, (unsigned long long)b->rid[i]);
+    }
+    return SL_OK;
+}
+
+/* Whether every row of f's batch is the plain argmax of its logits. */
+static int all_argmax(const flight *f)
+{
+    for (int r = 0; r < f->b->n_rows; r++)
+        if (!sl_sampler_is_argmax(f->ss[f->b->row_seq[r]])) return 0;
     return 1;
 }
 
 /* The row of the sampler's last sample in the pending batch, or -1. */
-static int pending_row(const flight *p, const sl_sampler_state *s)
+static int pending_row(const flight *p, sl_sampler_id id)
 {
     const sl_sched_batch *pb = p->b;
     for (int r = 0; r < pb->n_rows; r++)
-        if (pb->sampler[pb->row_seq[r]] == s) return r;
+        if (pb->sampler[pb->row_seq[r]].v == id.v) return r;
     return -1;
 }
 
 /* Resolves b's fed tokens: from the pending batch's samples on the device
  * when it has not committed yet, else from the sampler on the host. */
-static sl_status resolve_inputs(sl_engine *g, sl_sched_batch *b, sl_batch_meta *m, sl_err *e)
+static sl_status resolve_inputs(sl_engine *g, flight *f, sl_err *e)
 {
+    sl_sched_batch *b = f->b;
     int T = b->meta.n_tokens;
     if (T > g->feed_cap) {
-        int32_t *f = realloc(g->feed, sizeof(int32_t) * (size_t)T * 2);
-        if (!f) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
-        g->feed = f;
+        int32_t *nf = realloc(g->feed, sizeof(int32_t) * (size_t)T * 2);
+        if (!nf) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+        g->feed = nf;
         g->feed_cap = T * 2;
     }
     for (int t = 0; t < T; t++) g->feed[t] = -1;
@@ -151,11 +190,11 @@ static sl_status resolve_inputs(sl_engine *g, sl_sched_batch *b, sl_batch_meta *
             b->ids[t] = 0; /* checked placeholder; the embedding reads tok */
             g->feed[t] = g->pend->half * g->cap + r;
         } else {
-            b->ids[t] = sl_sampler_last_token(b->sampler[i]);
+            b->ids[t] = sl_sampler_last_token(f->ss[i]);
         }
     }
-    m->feed = g->feed;
-    m->feed_ids = g->tok.data;
+    f->meta.feed = g->feed;
+    f->meta.feed_ids = g->tok.data;
     return SL_OK;
 }
 
@@ -180,10 +219,11 @@ static sl_status run_hook(sl_engine *g, const sl_sched_batch *b, const sl_tensor
 /* Samples b's rows on the backend into iv: a plain argmax when every row is
  * greedy, else the sampling op with each sampler's row (pending: its token
  * from the uncommitted batch before, counted for penalties and the draw). */
-static sl_status sample_rows(sl_engine *g, sl_sched_batch *b, flight *f, sl_tensor *iv,
-                             const sl_tensor *lv, sl_err *e)
+static sl_status sample_rows(sl_engine *g, flight *f, sl_tensor *iv, const sl_tensor *lv,
+                             sl_err *e)
 {
-    f->sampled = !all_argmax(b) || !sl_be_supports_op(g->be, SL_OP_ARGMAX);
+    const sl_sched_batch *b = f->b;
+    f->sampled = !all_argmax(f) || !sl_be_supports_op(g->be, SL_OP_ARGMAX);
     f->has_lp = 0;
     if (!f->sampled) {
         sl_be_argmax(g->be, iv, lv);
@@ -193,7 +233,7 @@ static sl_status sample_rows(sl_engine *g, sl_sched_batch *b, flight *f, sl_tens
     for (int r = 0; r < b->n_rows; r++) {
         int s = b->row_seq[r], t = b->q_start[s];
         int32_t pending = b->feed_last[s] && g->feed[t] >= 0 ? g->feed[t] : -1;
-        sl_status st = sl_sampler_row(b->sampler[s], &g->rows[r], &g->pen, pending, e);
+        sl_status st = sl_sampler_row(f->ss[s], &g->rows[r], &g->pen, pending, e);
         if (st) return st;
         f->has_lp |= g->rows[r].logprobs;
     }
@@ -214,15 +254,10 @@ static sl_status launch_batch(sl_engine *g, sl_sched_batch *b, flight *f, sl_err
     f->decode = b->meta.n_tokens == b->meta.n_seqs;
     sl_status st = SL_OK;
     if (g->timing) st = sl_be_event_record(g->be, f->start, e);
-    if (!st) st = resolve_inputs(g, b, &f->meta, e);
+    if (!st) st = lookup_samplers(g, b, f, e);
+    if (!st) st = resolve_inputs(g, f, e);
     if (!st && g->plan) st = g->plan(g->plan_ctx, b, e);
-    if (b->n_copy && !st) sl_model_cache_copy_slots(g->m, &g->cache, b->copy_dst, b->copy_src, b->n_copy);
-    /* a batch of unfinished prefill chunks samples nothing; the model still
-     * wants one row of logits */
-    int32_t row0 = 0;
-    if (!st)
-        st = sl_model_forward(g->m, &g->cache, &f->meta, b->n_rows ? b->rows : &row0,
-                              b->n_rows ? b->n_rows : 1, &g->logits, e);
+    if (!st) st = copy_and_forward(g, b, &f->meta, e);
     if (st || !b->n_rows) return st ? st : sl_be_event_record(g->be, f->done, e);
     SL_ASSERT(b->n_rows <= g->cap);
     sl_tensor lv = sl_tensor_rowview(&g->logits, 0, b->n_rows);
@@ -230,7 +265,7 @@ static sl_status launch_batch(sl_engine *g, sl_sched_batch *b, flight *f, sl_err
                                   (int64_t[]){b->n_rows});
     iv.on_device = g->tok.on_device;
     if (g->hook) st = run_hook(g, b, &lv, e);
-    if (!st) st = sample_rows(g, b, f, &iv, &lv, e);
+    if (!st) st = sample_rows(g, f, &iv, &lv, e);
     if (!st) st = sl_be_copy_out(g->be, &iv, f->ids, e);
     if (!st) st = sl_be_event_record(g->be, f->done, e);
     return st;
@@ -270,10 +305,10 @@ static sl_status commit(sl_engine *g, flight *f, const flight *next, sl_err *e)
     for (int r = 0; r < b->n_rows; r++) {
         int s = b->row_seq[r];
         if (f->sampled)
-            sl_sampler_commit(b->sampler[s], f->ids[r], f->has_lp ? f->lp + (size_t)r * LP_COLS : NULL,
+            sl_sampler_commit(f->ss[s], f->ids[r], f->has_lp ? f->lp + (size_t)r * LP_COLS : NULL,
                               &b->out[s]);
         else
-            sl_sampler_take(b->sampler[s], f->ids[r], &b->out[s]);
+            sl_sampler_take(f->ss[s], f->ids[r], &b->out[s]);
     }
     return SL_OK;
 }
@@ -323,13 +358,11 @@ static void *compute_main(void *arg)
     sl_engine *g = arg;
     pthread_mutex_lock(&g->mu);
     for (;;) {
-        uint64_t pend_ticket = g->launched - (uint64_t)g->fifo_n; /* last launched by us */
-        while (!g->fifo_n && !g->stop && !(g->pend && g->wanted >= pend_ticket))
+        /* the pending batch is ticket `taken`: commit it alone once wanted */
+        while (g->taken == g->launched && !g->stop && !(g->pend && g->wanted >= g->taken))
             pthread_cond_wait(&g->cv, &g->mu);
-        if (g->fifo_n) {
-            sl_sched_batch *b = g->fifo[g->fifo_head];
-            g->fifo_head = (g->fifo_head + 1) % 4;
-            g->fifo_n--;
+        if (g->taken < g->launched) {
+            sl_sched_batch *b = g->ring[++g->taken % RING];
             sl_status failed = g->failed;
             pthread_mutex_unlock(&g->mu);
             sl_err e = {0};
@@ -362,13 +395,13 @@ static void *compute_main(void *arg)
     return NULL;
 }
 
+/* Hands b to the compute thread; returns its ticket. */
 static uint64_t launch(sl_engine *g, sl_sched_batch *b)
 {
     pthread_mutex_lock(&g->mu);
-    SL_ASSERT(g->fifo_n < 4);
-    g->fifo[(g->fifo_head + g->fifo_n) % 4] = b;
-    g->fifo_n++;
+    SL_ASSERT(g->launched - g->finished < RING);
     uint64_t ticket = ++g->launched;
+    g->ring[ticket % RING] = b;
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
     return ticket;
@@ -419,6 +452,9 @@ static sl_status runner_alloc(sl_engine *g, const sl_engine_config *c, int ctx, 
         st = sl_err_set(e, SL_ERR_NOMEM, "engine: out of memory");
     for (int i = 0; i < 2 && !st; i++) {
         flight *f = &g->fl[i];
+        f->ss_cap = g->cap;
+        if (!(f->ss = malloc(sizeof *f->ss * (size_t)f->ss_cap)))
+            st = sl_err_set(e, SL_ERR_NOMEM, "engine: out of memory");
         f->ids = sl_be_host_alloc(g->be, sizeof(int32_t) * (size_t)g->cap);
         f->lp = sl_be_host_alloc(g->be, sizeof(float) * LP_COLS * (size_t)g->cap);
         if (!f->ids || !f->lp) st = sl_err_set(e, SL_ERR_NOMEM, "engine: out of pinned memory");
@@ -483,6 +519,7 @@ sl_status sl_engine_new(sl_engine **out, sl_model *m, const sl_engine_config *c,
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
     st = sl_sched_new(&g->sched, &sc, e);
+    if (!st) g->samplers = sl_sched_samplers(g->sched);
     if (!st) st = sl_model_cache_alloc(m, &g->cache, sc.n_pages, sc.page_size, sc.n_slots, e);
     if (!st) st = runner_alloc(g, c, ctx, e);
     if (!st && g->overlap) {
@@ -508,11 +545,12 @@ void sl_engine_free(sl_engine *g)
 {
     if (!g) return;
     if (g->prev) {
-        if (wait_for(g, g->prev_ticket, NULL))
-            sl_sched_abandon(g->sched, g->prev);
+        sl_sched_batch *pb = g->ring[g->prev % RING];
+        if (wait_for(g, g->prev, NULL))
+            sl_sched_abandon(g->sched, pb);
         else
-            sl_sched_complete(g->sched, g->prev);
-        g->prev = NULL;
+            sl_sched_complete(g->sched, pb);
+        g->prev = 0;
     }
     if (g->have_thread) {
         pthread_mutex_lock(&g->mu);
@@ -530,6 +568,7 @@ void sl_engine_free(sl_engine *g)
     free(g->rows);
     sl_sample_pen_free(&g->pen);
     for (int i = 0; i < 2; i++) {
+        free(g->fl[i].ss);
         sl_be_host_free(g->be, g->fl[i].ids);
         sl_be_host_free(g->be, g->fl[i].lp);
         sl_be_event_free(g->be, g->fl[i].start);
@@ -577,21 +616,21 @@ sl_status sl_engine_step(sl_engine *g, int *worked, sl_err *e)
     }
     uint64_t ticket = b ? launch(g, b) : 0;
     if (g->prev) {
-        sl_status st = wait_for(g, g->prev_ticket, e);
+        sl_sched_batch *pb = g->ring[g->prev % RING];
+        sl_status st = wait_for(g, g->prev, e);
         if (st) {
             /* the compute thread skips everything after a failure */
             if (b) {
                 wait_for(g, ticket, NULL);
                 sl_sched_abandon(g->sched, b);
             }
-            sl_sched_abandon(g->sched, g->prev);
-            g->prev = NULL;
+            sl_sched_abandon(g->sched, pb);
+            g->prev = 0;
             return st;
         }
-        sl_sched_complete(g->sched, g->prev);
+        sl_sched_complete(g->sched, pb);
     }
-    g->prev = b;
-    g->prev_ticket = ticket;
+    g->prev = ticket;
     return SL_OK;
 }
 

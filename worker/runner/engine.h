@@ -15,6 +15,15 @@
  * replay CUDA graphs (sl_model_enable_graphs) on backends that have them.
  * --disable-overlap-schedule runs build, forward and results in sequence.
  *
+ * The hand-off carries ids, not pointers: the leader parks a batch in a slot
+ * of an engine-owned ring and passes its ticket (the slot is ticket % ring
+ * size) under the engine's lock; the compute thread owns that slot until it
+ * marks the ticket finished, and only then does the leader complete the
+ * batch. The batch names its sampler states by id; the compute thread looks
+ * them up in the scheduler's table once per launch (a stale id fails the
+ * step) and is their only user while the batch is out. Nothing is allocated
+ * per step.
+ *
  * Tensor parallelism plugs in at the runner: a batch (sl_sched_batch) is a
  * set of flat arrays, so rank 0 broadcasts it from the plan hook and every
  * follower, which built an identical engine (same flags: same pools), runs
@@ -87,7 +96,8 @@ const sl_sched_config *sl_engine_sched_config(const sl_engine *g);
 typedef sl_status (*sl_engine_plan_fn)(void *ctx, const sl_sched_batch *b, sl_err *e);
 void sl_engine_set_plan_hook(sl_engine *g, sl_engine_plan_fn fn, void *ctx);
 /* Follower side: runs a received batch (state copies + forward) on this
- * engine's model and cache, without scheduling or sampling. */
+ * engine's model and cache, without scheduling or sampling (its sampler ids
+ * are rank 0's and are not looked up). */
 sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e);
 /* The engine's KV/state cache (read-only; for tests and diagnostics). */
 const sl_model_cache *sl_engine_cache(const sl_engine *g);

@@ -34,26 +34,26 @@ static int64_t now_ms(void)
 }
 
 /* A PAIR1 send waits while no router is connected or its queue is full.
- * Lossy messages (load reports, pongs) never wait. Chunks wait up to the
- * send timeout; after one times out the router counts as gone and chunks stop
- * waiting until the next message arrives from it. */
-static void send_envelope(server *sv, const Sluice__Envelope *env, int lossy)
+ * Lossy messages (load reports, pongs) never wait: they go out with
+ * NNG_FLAG_NONBLOCK or not at all. Chunks wait up to the send timeout; after
+ * one times out the router counts as gone and chunks stop waiting until the
+ * next message arrives from it. */
+static void log_send(int rv, int lossy)
 {
-    nng_msg *m;
-    if (sl_wire_pack(env, &m)) {
+    if (rv == NNG_ENOMEM)
         SL_LOGE("wserver", "out of memory sending a message");
-        return;
-    }
-    /* a failed send leaves m with us */
-    int rv = nng_sendmsg(sv->sock, m, NNG_FLAG_NONBLOCK);
-    if (rv == NNG_EAGAIN && !lossy && !sv->peer_gone) {
-        rv = nng_sendmsg(sv->sock, m, 0);
+    else if (rv && !lossy)
+        SL_LOGW("wserver", "dropped an outgoing message: %s", nng_strerror(rv));
+}
+
+static void send_chunk(server *sv, Sluice__TokenChunk *ch)
+{
+    int rv = sl_wire_send_chunk(sv->sock, ch, NNG_FLAG_NONBLOCK);
+    if (rv == NNG_EAGAIN && !sv->peer_gone) { /* packed again: only when the queue is full */
+        rv = sl_wire_send_chunk(sv->sock, ch, 0);
         if (rv == NNG_ETIMEDOUT) sv->peer_gone = 1;
     }
-    if (rv) {
-        nng_msg_free(m);
-        if (!lossy) SL_LOGW("wserver", "dropped an outgoing message: %s", nng_strerror(rv));
-    }
+    log_send(rv, 0);
 }
 
 static void send_error(server *sv, uint64_t rid, const char *msg)
@@ -63,10 +63,7 @@ static void send_error(server *sv, uint64_t rid, const char *msg)
     ch.rid = rid;
     ch.finish = SLUICE__FINISH_REASON__FINISH_ERROR;
     ch.error = (char *)msg;
-    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-    env.msg_case = SLUICE__ENVELOPE__MSG_CHUNK;
-    env.chunk = &ch;
-    send_envelope(sv, &env, 0);
+    send_chunk(sv, &ch);
 }
 
 static void send_load(server *sv)
@@ -87,10 +84,7 @@ static void send_load(server *sv)
     lr.model = (char *)sv->model_name;
     lr.worker_id = sv->worker_id;
     lr.vocab_size = sv->mc->vocab_size;
-    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-    env.msg_case = SLUICE__ENVELOPE__MSG_LOAD;
-    env.load = &lr;
-    send_envelope(sv, &env, 1);
+    log_send(sl_wire_send_load(sv->sock, &lr, NNG_FLAG_NONBLOCK), 1);
     sv->last_load_ms = now_ms();
 }
 
@@ -158,9 +152,12 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
         snprintf(msg, sizeof msg, "a token id is outside the vocabulary [0, %d)", vocab);
         return send_error(sv, g->rid, msg);
     }
-    if (g->n_stop_token_ids > SL_WSERVER_MAX_STOP ||
-        !ids_ok(g->stop_token_ids, g->n_stop_token_ids, vocab))
-        return send_error(sv, g->rid, "stop_token_ids: at most 64 ids inside the vocabulary");
+    if (g->n_stop_token_ids > SL_WIRE_MAX_STOP_IDS ||
+        !ids_ok(g->stop_token_ids, g->n_stop_token_ids, vocab)) {
+        snprintf(msg, sizeof msg, "stop_token_ids: at most %d ids inside the vocabulary",
+                 SL_WIRE_MAX_STOP_IDS);
+        return send_error(sv, g->rid, msg);
+    }
     if (g->max_new_tokens < 0 || g->min_new_tokens < 0 || g->min_new_tokens > g->max_new_tokens)
         return send_error(sv, g->rid, "need 0 <= min_new_tokens <= max_new_tokens");
     if ((int64_t)n_in + (int64_t)n_prev + g->max_new_tokens > ctx) {
@@ -188,9 +185,11 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
     if (sl_engine_submit(sv->g, &r, &e)) return send_error(sv, g->rid, e.msg);
 }
 
-static void on_message(server *sv, const uint8_t *buf, size_t n)
+/* Handles and frees m. */
+static void on_message(server *sv, nng_msg *m)
 {
-    Sluice__Envelope *env = sluice__envelope__unpack(NULL, n, buf);
+    size_t n = nng_msg_len(m);
+    Sluice__Envelope *env = sl_wire_unpack(m);
     if (!env) {
         SL_LOGW("wserver", "dropped a malformed message of %zu bytes", n);
         return;
@@ -204,16 +203,12 @@ static void on_message(server *sv, const uint8_t *buf, size_t n)
             SL_LOGD("wserver", "abort of unknown request %llu",
                     (unsigned long long)env->abort->rid);
         break;
-    case SLUICE__ENVELOPE__MSG_PING: {
-        Sluice__Ping pong = SLUICE__PING__INIT;
-        pong.seq = env->ping->seq;
-        Sluice__Envelope out = SLUICE__ENVELOPE__INIT;
-        out.msg_case = SLUICE__ENVELOPE__MSG_PONG;
-        out.pong = &pong;
-        send_envelope(sv, &out, 1);
+    case SLUICE__ENVELOPE__MSG_PING:
+        log_send(sl_wire_send_ping(sv->sock, SLUICE__ENVELOPE__MSG_PONG, env->ping->seq,
+                                   NNG_FLAG_NONBLOCK),
+                 1);
         send_load(sv);
         break;
-    }
     default:
         SL_LOGW("wserver", "dropped a message of unexpected kind %d", (int)env->msg_case);
         break;
@@ -270,10 +265,7 @@ static void flush_events(server *sv, const char *error_text)
             ch.usage = &usage;
             if (fin == SL_FINISH_ERROR) ch.error = (char *)error_text;
         }
-        Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-        env.msg_case = SLUICE__ENVELOPE__MSG_CHUNK;
-        env.chunk = &ch;
-        send_envelope(sv, &env, 0);
+        send_chunk(sv, &ch);
     }
 }
 
@@ -307,14 +299,11 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         was_idle = idle;
         nng_setopt_ms(sv.sock, NNG_OPT_RECVTIMEO, idle ? 50 : 0);
         for (int first = 1;; first = 0) {
-            void *buf = NULL;
-            size_t n = 0;
-            rv = nng_recv(sv.sock, &buf, &n,
-                          NNG_FLAG_ALLOC | (first && idle ? 0 : NNG_FLAG_NONBLOCK));
+            nng_msg *msg;
+            rv = nng_recvmsg(sv.sock, &msg, first && idle ? 0 : NNG_FLAG_NONBLOCK);
             if (rv) break;
             sv.peer_gone = 0;
-            on_message(&sv, buf, n);
-            nng_free(buf, n);
+            on_message(&sv, msg);
         }
         if (rv && rv != NNG_EAGAIN && rv != NNG_ETIMEDOUT) {
             st = sl_err_set(e, SL_ERR_IO, "receive: %s", nng_strerror(rv));
@@ -335,14 +324,12 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
     /* requests still on their way get the same answer (until 100 ms of quiet) */
     nng_setopt_ms(sv.sock, NNG_OPT_RECVTIMEO, 100);
     for (;;) {
-        void *buf = NULL;
-        size_t n = 0;
-        if (nng_recv(sv.sock, &buf, &n, NNG_FLAG_ALLOC)) break;
-        Sluice__Envelope *env = sluice__envelope__unpack(NULL, n, buf);
+        nng_msg *msg;
+        if (nng_recvmsg(sv.sock, &msg, 0)) break;
+        Sluice__Envelope *env = sl_wire_unpack(msg);
         if (env && env->msg_case == SLUICE__ENVELOPE__MSG_GENERATE)
             send_error(&sv, env->generate->rid, why);
         if (env) sluice__envelope__free_unpacked(env, NULL);
-        nng_free(buf, n);
     }
     nng_msleep(200); /* nng_close drops what the pipe has not written yet */
     nng_close(sv.sock);

@@ -32,8 +32,9 @@
 #include "engine.h"
 #include "model.h"
 
-#define SL_WSERVER_MAX_MSG (64u << 20) /* bytes per incoming message */
-#define SL_WSERVER_MAX_STOP 64         /* stop token ids per request */
+/* Bytes per incoming message. Stop token ids per request: proto/wire.h's
+ * SL_WIRE_MAX_STOP_IDS. */
+#define SL_WSERVER_MAX_MSG (64u << 20)
 
 typedef struct sl_wserver_config {
     const char *url;
