@@ -12,13 +12,14 @@ size_t sl_dtype_size(sl_dtype t)
     case SL_DTYPE_BF16: return 2;
     case SL_DTYPE_F16: return 2;
     case SL_DTYPE_I32: return 4;
+    case SL_DTYPE_F8E4M3: return 1;
     default: return 0;
     }
 }
 
 const char *sl_dtype_name(sl_dtype t)
 {
-    static const char *n[] = {"f32", "bf16", "f16", "i32"};
+    static const char *n[] = {"f32", "bf16", "f16", "i32", "f8e4m3"};
     return (unsigned)t < SL_DTYPE_COUNT ? n[t] : "?";
 }
 
@@ -174,6 +175,57 @@ uint16_t sl_f32_to_f16(float f)
     return (uint16_t)(s | r);
 }
 
+uint8_t sl_f32_to_e4m3(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint8_t sign = (uint8_t)((u >> 24) & 0x80);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7f;  /* NaN */
+    if (a >= 0x43e00000u) return sign | 0x7e; /* >= 448 or inf: saturate to 448 */
+    int e = (int)(a >> 23) - 127;             /* unbiased exponent */
+    uint32_t m = a & 0x7fffffu;
+    if (e >= -6) { /* e4m3 normal: keep 3 of 23 mantissa bits */
+        uint32_t r = ((uint32_t)(e + 7) << 3) | (m >> 20), rem = m & 0xfffffu;
+        if (rem > 0x80000u || (rem == 0x80000u && (r & 1))) r++; /* may carry into the exponent */
+        return sign | (uint8_t)r;
+    }
+    if (e < -10) return sign; /* below half the smallest subnormal 2^-9 */
+    /* subnormal: units of 2^-9; the full significand shifted right by 14 - e */
+    uint32_t M = m | 0x800000u, sh = (uint32_t)(14 - e);
+    uint32_t r = M >> sh, rem = M & ((1u << sh) - 1), half = 1u << (sh - 1);
+    if (rem > half || (rem == half && (r & 1))) r++; /* 8 = the smallest normal: still right */
+    return sign | (uint8_t)r;
+}
+
+float sl_e4m3_to_f32(uint8_t v)
+{
+    int e = (v >> 3) & 15, m = v & 7;
+    float x;
+    if (e == 15 && m == 7) x = NAN;
+    else if (e == 0) x = ldexpf((float)m, -9);
+    else x = ldexpf((float)(8 + m), e - 10);
+    return (v & 0x80) ? -x : x;
+}
+
+void sl_fp8_quantize_blocks(const float *w, int64_t rows, int64_t cols, uint8_t *q, float *scale_inv)
+{
+    const int64_t B = SL_FP8_BLOCK, nrb = (rows + B - 1) / B, ncb = (cols + B - 1) / B;
+    for (int64_t rb = 0; rb < nrb; rb++)
+        for (int64_t cb = 0; cb < ncb; cb++) {
+            int64_t r1 = (rb + 1) * B < rows ? (rb + 1) * B : rows;
+            int64_t c1 = (cb + 1) * B < cols ? (cb + 1) * B : cols;
+            float amax = 0.0f;
+            for (int64_t r = rb * B; r < r1; r++)
+                for (int64_t c = cb * B; c < c1; c++) amax = fmaxf(amax, fabsf(w[r * cols + c]));
+            float s = amax / SL_FP8_MAX;
+            scale_inv[rb * ncb + cb] = s;
+            for (int64_t r = rb * B; r < r1; r++)
+                for (int64_t c = cb * B; c < c1; c++)
+                    q[r * cols + c] = s > 0.0f ? sl_f32_to_e4m3(w[r * cols + c] / s) : 0; /* zero block */
+        }
+}
+
 float sl_load_f32(const void *p, sl_dtype dt, int64_t i)
 {
     switch (dt) {
@@ -181,6 +233,7 @@ float sl_load_f32(const void *p, sl_dtype dt, int64_t i)
     case SL_DTYPE_BF16: return sl_bf16_to_f32(((const uint16_t *)p)[i]);
     case SL_DTYPE_F16: return sl_f16_to_f32(((const uint16_t *)p)[i]);
     case SL_DTYPE_I32: return (float)((const int32_t *)p)[i];
+    case SL_DTYPE_F8E4M3: return sl_e4m3_to_f32(((const uint8_t *)p)[i]);
     default: SL_ASSERT(0 && "bad dtype");
     }
     return NAN;

@@ -41,6 +41,9 @@ typedef enum sl_dtype {
     SL_DTYPE_BF16,
     SL_DTYPE_F16,
     SL_DTYPE_I32,
+    SL_DTYPE_F8E4M3, /* OCP float8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa; no
+                        infinities, 0x7f/0xff NaN, largest finite ±448. Weight storage of
+                        FP8 block-quantized projections (see sl_be_matmul_fp8). */
     SL_DTYPE_COUNT
 } sl_dtype;
 
@@ -52,6 +55,21 @@ float sl_bf16_to_f32(uint16_t h);
 uint16_t sl_f32_to_bf16(float f); /* round to nearest even */
 float sl_f16_to_f32(uint16_t h);
 uint16_t sl_f32_to_f16(float f);
+/* float8 e4m3fn <-> f32 (host code; the device twins are in cuda_common.cuh).
+ * f32 -> e4m3 rounds to nearest even and saturates: every finite |x| >= 448
+ * and ±inf give ±448 (there is no e4m3 infinity); NaN gives 0x7f (sign kept).
+ * |x| below half the smallest subnormal (2^-10) gives ±0. e4m3 -> f32 is exact
+ * (every e4m3 value is an f32); 0x7f/0xff read as NaN. */
+uint8_t sl_f32_to_e4m3(float f);
+float sl_e4m3_to_f32(uint8_t v);
+#define SL_FP8_MAX 448.0f
+#define SL_FP8_BLOCK 128 /* the only weight_block_size sluice serves: [128, 128] */
+/* Block-wise quantization of a weight w[rows, cols] (f32) as the -FP8
+ * checkpoints store it: for each 128×128 block (edge blocks partial)
+ * scale_inv[rb, cb] = max|block| / 448 and q = e4m3(w / scale_inv); an all-zero
+ * block gets scale_inv 0 and zero codes. q [rows, cols], scale_inv
+ * [ceil(rows/128), ceil(cols/128)]. */
+void sl_fp8_quantize_blocks(const float *w, int64_t rows, int64_t cols, uint8_t *q, float *scale_inv);
 /* Reads element i (of a dense buffer of dtype dt) as f32. */
 float sl_load_f32(const void *p, sl_dtype dt, int64_t i);
 
