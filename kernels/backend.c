@@ -29,7 +29,7 @@ const char *sl_op_name(sl_op op)
         "embed",    "matmul", "rmsnorm",  "add",     "add_rmsnorm", "rope",        "silu_mul",
         "sigmoid_mul", "kv_store", "attention", "conv1d",     "gdn",         "rmsnorm_gated",
         "moe_route", "moe_experts", "gather_rows", "copy_slots", "fill_random", "argmax",
-        "attn_prep", "sample"};
+        "attn_prep", "sample", "matmul_fp8", "moe_experts_fp8"};
     return (unsigned)op < SL_OP_COUNT ? n[op] : "?";
 }
 
@@ -260,7 +260,8 @@ int sl_be_supports_op(const sl_backend *be, sl_op op)
         (const void *)i->conv1d,      (const void *)i->gdn,           (const void *)i->rmsnorm_gated,
         (const void *)i->moe_route,   (const void *)i->moe_experts,   (const void *)i->gather_rows,
         (const void *)i->copy_slots,  (const void *)i->fill_random,   (const void *)i->argmax,
-        (const void *)i->attn_prep,   (const void *)i->sample};
+        (const void *)i->attn_prep,   (const void *)i->sample,        (const void *)i->matmul_fp8,
+        (const void *)i->moe_experts_fp8};
     return (unsigned)op < SL_OP_COUNT && slot[op] != NULL;
 }
 
@@ -421,6 +422,18 @@ void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_t
     be->i->matmul(be, out, x, w);
 }
 
+void sl_be_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
+                      const sl_tensor *w_scale)
+{
+    NEED(matmul_fp8);
+    int64_t N = sl_tensor_rows(w), K = sl_tensor_cols(w), B = SL_FP8_BLOCK;
+    SL_ASSERT(w->dtype == SL_DTYPE_F8E4M3 && w_scale->dtype == SL_DTYPE_F32);
+    SL_ASSERT(sl_tensor_cols(x) == K && sl_tensor_cols(w_scale) == (K + B - 1) / B);
+    SL_ASSERT(sl_tensor_rows(w_scale) == N || sl_tensor_rows(w_scale) == (N + B - 1) / B);
+    SL_ASSERT(sl_tensor_rows(out) == sl_tensor_rows(x) && sl_tensor_cols(out) == N);
+    be->i->matmul_fp8(be, out, x, w, w_scale);
+}
+
 void sl_be_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
                    float eps, int one_plus)
 {
@@ -545,6 +558,23 @@ void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const
     SL_ASSERT(gate_up->ndim == 3 && down->ndim == 3 && gate_up->ne[2] == sl_tensor_cols(x));
     SL_ASSERT(down->ne[2] * 2 == gate_up->ne[1]);
     be->i->moe_experts(be, out, x, ids, weights, gate_up, down);
+}
+
+void sl_be_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
+                           const sl_tensor *weights, const sl_tensor *gate_up,
+                           const sl_tensor *gate_up_scale, const sl_tensor *down,
+                           const sl_tensor *down_scale)
+{
+    NEED(moe_experts_fp8);
+    int64_t B = SL_FP8_BLOCK, H = sl_tensor_cols(x);
+    SL_ASSERT(gate_up->ndim == 3 && down->ndim == 3 && gate_up->ne[2] == H);
+    SL_ASSERT(down->ne[2] * 2 == gate_up->ne[1] && down->ne[1] == H);
+    SL_ASSERT(gate_up->dtype == SL_DTYPE_F8E4M3 && down->dtype == SL_DTYPE_F8E4M3);
+    SL_ASSERT(gate_up_scale->ndim == 3 && gate_up_scale->ne[0] == gate_up->ne[0] &&
+              gate_up_scale->ne[1] == gate_up->ne[1] && gate_up_scale->ne[2] == (H + B - 1) / B);
+    SL_ASSERT(down_scale->ndim == 3 && down_scale->ne[0] == down->ne[0] && down_scale->ne[1] == H &&
+              down_scale->ne[2] == (down->ne[2] + B - 1) / B);
+    be->i->moe_experts_fp8(be, out, x, ids, weights, gate_up, gate_up_scale, down, down_scale);
 }
 
 void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m)

@@ -121,6 +121,8 @@ typedef enum sl_op {
     SL_OP_ARGMAX,
     SL_OP_ATTN_PREP,
     SL_OP_SAMPLE,
+    SL_OP_MATMUL_FP8,
+    SL_OP_MOE_EXPERTS_FP8,
     SL_OP_COUNT
 } sl_op;
 
@@ -248,6 +250,17 @@ void sl_be_graph_free(sl_backend *be, sl_be_graph *g);
 void sl_be_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_batch_meta *m);
 /* out[M,N] = x[M,K] · w[N,K]ᵀ (w in any float dtype) */
 void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w);
+/* FP8 block-quantized matmul (DeepGEMM / w8a8_block_fp8_matmul arithmetic):
+ * out[M,N] = x[M,K] · dequant(w)ᵀ with w F8E4M3 [N,K] (2-D view) and w_scale
+ * F32 [SR, ceil(K/128)], SR = N (one scale row per output row: what the model
+ * loader keeps, so fused and permuted projections need no block alignment)
+ * or SR = ceil(N/128) (the checkpoint's [128,128] blocks: row n uses n/128).
+ * Each row of x is quantized per 128-wide group g of K: s_x = max|x_g|/448,
+ * x_q = e4m3(x/s_x) (an all-zero group: s_x = 0, x_q = 0); then, in fp32,
+ *   out[m,n] = Σ_g (Σ_{k∈g} x_q[m,k]·w[n,k]) · (s_x[m,g]·w_scale[n,g]).
+ * Edge groups (K, N not multiples of 128) are partial. */
+void sl_be_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
+                      const sl_tensor *w_scale);
 /* RMSNorm over groups of D = numel(w) columns (D = cols: the whole row; D =
  * head_dim: per head, for q/k norm): y = x/sqrt(mean(x²)+eps) · (w or 1+w).
  * out may alias x. */
@@ -311,6 +324,15 @@ void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const s
  * gate_up [E, 2I, H] (gate rows first), down [E, H, I]. */
 void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                        const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *down);
+/* sl_be_moe_experts with FP8 experts: gate_up F8E4M3 [E, 2I, H] with
+ * gate_up_scale F32 [E, 2I, ceil(H/128)], down F8E4M3 [E, H, I] with
+ * down_scale F32 [E, H, ceil(I/128)] (per output row, as sl_be_matmul_fp8 with
+ * SR = N). x and the activation silu(g)⊙u are quantized per token and
+ * 128-group as in sl_be_matmul_fp8. */
+void sl_be_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
+                           const sl_tensor *weights, const sl_tensor *gate_up,
+                           const sl_tensor *gate_up_scale, const sl_tensor *down,
+                           const sl_tensor *down_scale);
 /* out[i, :] = x[logit_rows[i], :] for i < n_logits (the rows that need
  * logits; part of the batch so a captured decode graph replays them) */
 void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m);

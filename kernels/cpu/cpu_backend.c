@@ -550,6 +550,8 @@ static const sl_backend_i cpu_iface = {
     .argmax = cpu_argmax,
     .attn_prep = cpu_attn_prep,
     .sample = sl_cpu_sample,
+    .matmul_fp8 = sl_cpu_matmul_fp8,
+    .moe_experts_fp8 = sl_cpu_moe_experts_fp8,
 };
 
 sl_backend *sl_backend_cpu_new(void)

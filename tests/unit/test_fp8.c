@@ -97,9 +97,199 @@ static void test_quantize_blocks(void)
     free(q);
 }
 
+/* ---- ops ------------------------------------------------------------------- */
+
+static float urand(uint64_t seed, uint64_t i) { return 2.0f * sl_rng_uniform(seed, i) - 1.0f; }
+
+/* The same arithmetic in double: activations quantized exactly as specified
+ * (the quantization itself is f32: it defines the codes), then every sum in
+ * double. srow_shift: 0 (scale per row) or 7 (per 128-row block). */
+static void ref_fp8(double *y, const float *x, int M, int K, const uint8_t *w, const float *ws, int N,
+                    int srow_shift)
+{
+    int NG = (K + 127) / 128;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            for (int g = 0; g < NG; g++) {
+                int k1 = g * 128 + 128 < K ? g * 128 + 128 : K;
+                float amax = 0;
+                for (int k = g * 128; k < k1; k++) amax = fmaxf(amax, fabsf(x[m * K + k]));
+                float sx = amax / 448.0f;
+                double p = 0;
+                for (int k = g * 128; k < k1; k++) {
+                    double xq = sx > 0 ? sl_e4m3_to_f32(sl_f32_to_e4m3(x[m * K + k] / sx)) : 0.0;
+                    p += xq * sl_e4m3_to_f32(w[n * K + k]);
+                }
+                acc += p * sx * ws[(n >> srow_shift) * NG + g];
+            }
+            y[m * N + n] = acc;
+        }
+}
+
+/* fp8 weights from random f32 ones: codes, block scales and per-row scales */
+typedef struct qw {
+    int N, K;
+    float *w;      /* [N, K] original */
+    uint8_t *q;    /* [N, K] */
+    float *sblk;   /* [ceil(N/128), ceil(K/128)] */
+    float *srow;   /* [N, ceil(K/128)] */
+} qw;
+
+static qw qw_make(int N, int K, uint64_t seed)
+{
+    qw a = {.N = N, .K = K};
+    int NG = (K + 127) / 128, NB = (N + 127) / 128;
+    a.w = malloc(sizeof(float) * (size_t)N * K);
+    a.q = malloc((size_t)N * K);
+    a.sblk = malloc(sizeof(float) * (size_t)NB * NG);
+    a.srow = malloc(sizeof(float) * (size_t)N * NG);
+    for (int i = 0; i < N * K; i++) a.w[i] = urand(seed, (uint64_t)i) * (1.0f + (float)(i % 7));
+    sl_fp8_quantize_blocks(a.w, N, K, a.q, a.sblk);
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < NG; g++) a.srow[n * NG + g] = a.sblk[(n / 128) * NG + g];
+    return a;
+}
+
+static void qw_free(qw *a)
+{
+    free(a->w);
+    free(a->q);
+    free(a->sblk);
+    free(a->srow);
+}
+
+static void test_matmul_fp8(int M, int N, int K)
+{
+    sl_backend *be = sl_backend_cpu_new();
+    CHECK(sl_be_supports_op(be, SL_OP_MATMUL_FP8) && sl_be_supports_op(be, SL_OP_MOE_EXPERTS_FP8));
+    qw a = qw_make(N, K, 11 + (uint64_t)N);
+    int NG = (K + 127) / 128, NB = (N + 127) / 128;
+    float *x = malloc(sizeof(float) * (size_t)M * K);
+    for (int i = 0; i < M * K; i++) x[i] = urand(5, (uint64_t)i) * 3.0f;
+    if (M > 1) /* row 0, group 0 all zero: s_x = 0 */
+        for (int k = 0; k < K && k < 128; k++) x[k] = 0.0f;
+    sl_tensor xt = sl_tensor_make(x, SL_DTYPE_F32, 2, (int64_t[]){M, K});
+    sl_tensor wt = sl_tensor_make(a.q, SL_DTYPE_F8E4M3, 2, (int64_t[]){N, K});
+    sl_tensor sr = sl_tensor_make(a.srow, SL_DTYPE_F32, 2, (int64_t[]){N, NG});
+    sl_tensor sb = sl_tensor_make(a.sblk, SL_DTYPE_F32, 2, (int64_t[]){NB, NG});
+    float *y1 = malloc(sizeof(float) * (size_t)M * N), *y2 = malloc(sizeof(float) * (size_t)M * N);
+    float *yd = malloc(sizeof(float) * (size_t)M * N), *yf = malloc(sizeof(float) * (size_t)M * N);
+    double *yr = malloc(sizeof(double) * (size_t)M * N);
+    sl_tensor o1 = sl_tensor_make(y1, SL_DTYPE_F32, 2, (int64_t[]){M, N});
+    sl_tensor o2 = sl_tensor_make(y2, SL_DTYPE_F32, 2, (int64_t[]){M, N});
+    sl_be_matmul_fp8(be, &o1, &xt, &wt, &sr);
+    sl_be_matmul_fp8(be, &o2, &xt, &wt, &sb);
+    CHECK(!memcmp(y1, y2, sizeof(float) * (size_t)M * N)); /* per-row and per-block scales agree */
+    ref_fp8(yr, x, M, K, a.q, a.sblk, N, 7);
+    double err = 0, ref = 0;
+    for (int i = 0; i < M * N; i++) {
+        err += (y1[i] - yr[i]) * (y1[i] - yr[i]);
+        ref += yr[i] * yr[i];
+        CHECK(isfinite(y1[i]));
+    }
+    CHECK_MSG(sqrt(err / ref) < 1e-6, "M=%d N=%d K=%d: vs double reference %g", M, N, K, sqrt(err / ref));
+    /* loose: the plain f32 matmul with dequantized weights and unquantized x */
+    float *wd = malloc(sizeof(float) * (size_t)N * K);
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) wd[n * K + k] = sl_e4m3_to_f32(a.q[n * K + k]) * a.sblk[(n / 128) * NG + k / 128];
+    sl_tensor wdt = sl_tensor_make(wd, SL_DTYPE_F32, 2, (int64_t[]){N, K});
+    sl_tensor od = sl_tensor_make(yd, SL_DTYPE_F32, 2, (int64_t[]){M, N});
+    sl_be_matmul(be, &od, &xt, &wdt);
+    double rd = sl_test_rel_l2(y1, yd, (long)M * N);
+    CHECK_MSG(rd > 0 && rd < 0.05, "M=%d N=%d K=%d: vs dequantized matmul %g", M, N, K, rd);
+    /* and against the unquantized weights: further, but still close */
+    sl_tensor wft = sl_tensor_make(a.w, SL_DTYPE_F32, 2, (int64_t[]){N, K});
+    sl_tensor of = sl_tensor_make(yf, SL_DTYPE_F32, 2, (int64_t[]){M, N});
+    sl_be_matmul(be, &of, &xt, &wft);
+    double rf = sl_test_rel_l2(y1, yf, (long)M * N);
+    CHECK_MSG(rf < 0.08, "M=%d N=%d K=%d: vs f32 weights %g", M, N, K, rf);
+    free(wd);
+    free(x);
+    free(y1);
+    free(y2);
+    free(yd);
+    free(yf);
+    free(yr);
+    qw_free(&a);
+    sl_backend_free(be);
+}
+
+/* experts_fp8 against a double reference built from ref_fp8 */
+static void test_experts_fp8(void)
+{
+    enum { T = 5, H = 192, I = 160, E = 3, KS = 2 };
+    sl_backend *be = sl_backend_cpu_new();
+    int GH = (H + 127) / 128, GI = (I + 127) / 128;
+    qw gu[E], dn[E];
+    uint8_t *guq = malloc((size_t)E * 2 * I * H), *dnq = malloc((size_t)E * H * I);
+    float *gus = malloc(sizeof(float) * E * 2 * I * GH), *dns = malloc(sizeof(float) * E * H * GI);
+    for (int e = 0; e < E; e++) {
+        gu[e] = qw_make(2 * I, H, 100 + (uint64_t)e);
+        dn[e] = qw_make(H, I, 200 + (uint64_t)e);
+        memcpy(guq + (size_t)e * 2 * I * H, gu[e].q, (size_t)2 * I * H);
+        memcpy(gus + (size_t)e * 2 * I * GH, gu[e].srow, sizeof(float) * 2 * I * GH);
+        memcpy(dnq + (size_t)e * H * I, dn[e].q, (size_t)H * I);
+        memcpy(dns + (size_t)e * H * GI, dn[e].srow, sizeof(float) * H * GI);
+    }
+    float x[T * H], wts[T * KS], y[T * H];
+    int32_t ids[T * KS];
+    for (int i = 0; i < T * H; i++) x[i] = urand(9, (uint64_t)i);
+    for (int t = 0; t < T; t++) {
+        ids[t * KS] = t % E;
+        ids[t * KS + 1] = (t + 1) % E;
+        wts[t * KS] = 0.7f;
+        wts[t * KS + 1] = 0.3f;
+    }
+    sl_tensor xt = sl_tensor_make(x, SL_DTYPE_F32, 2, (int64_t[]){T, H});
+    sl_tensor it = sl_tensor_make(ids, SL_DTYPE_I32, 2, (int64_t[]){T, KS});
+    sl_tensor wt = sl_tensor_make(wts, SL_DTYPE_F32, 2, (int64_t[]){T, KS});
+    sl_tensor gut = sl_tensor_make(guq, SL_DTYPE_F8E4M3, 3, (int64_t[]){E, 2 * I, H});
+    sl_tensor gust = sl_tensor_make(gus, SL_DTYPE_F32, 3, (int64_t[]){E, 2 * I, GH});
+    sl_tensor dnt = sl_tensor_make(dnq, SL_DTYPE_F8E4M3, 3, (int64_t[]){E, H, I});
+    sl_tensor dnst = sl_tensor_make(dns, SL_DTYPE_F32, 3, (int64_t[]){E, H, GI});
+    sl_tensor yt = sl_tensor_make(y, SL_DTYPE_F32, 2, (int64_t[]){T, H});
+    sl_be_moe_experts_fp8(be, &yt, &xt, &it, &wt, &gut, &gust, &dnt, &dnst);
+    double err = 0, ref = 0;
+    for (int t = 0; t < T; t++) {
+        double acc[H] = {0};
+        for (int j = 0; j < KS; j++) {
+            int e = ids[t * KS + j];
+            double h[2 * I], hy[H];
+            ref_fp8(h, x + t * H, 1, H, gu[e].q, gu[e].srow, 2 * I, 0);
+            float act[I];
+            for (int o = 0; o < I; o++) {
+                float g = (float)h[o]; /* the op keeps h in f32 */
+                act[o] = g / (1.0f + expf(-g)) * (float)h[I + o];
+            }
+            ref_fp8(hy, act, 1, I, dn[e].q, dn[e].srow, H, 0);
+            for (int c = 0; c < H; c++) acc[c] += wts[t * KS + j] * hy[c];
+        }
+        for (int c = 0; c < H; c++) {
+            err += (y[t * H + c] - acc[c]) * (y[t * H + c] - acc[c]);
+            ref += acc[c] * acc[c];
+        }
+    }
+    CHECK_MSG(sqrt(err / ref) < 1e-4, "experts_fp8 vs double reference %g", sqrt(err / ref));
+    for (int e = 0; e < E; e++) {
+        qw_free(&gu[e]);
+        qw_free(&dn[e]);
+    }
+    free(guq);
+    free(dnq);
+    free(gus);
+    free(dns);
+    sl_backend_free(be);
+}
+
 int main(void)
 {
     test_conversions();
     test_quantize_blocks();
+    test_matmul_fp8(1, 128, 128);
+    test_matmul_fp8(3, 320, 192); /* partial row and column blocks */
+    test_matmul_fp8(7, 96, 64);   /* everything smaller than one block */
+    test_matmul_fp8(2, 257, 385);
+    test_experts_fp8();
     return sl_test_done("test_fp8");
 }
