@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "model.h"
 #include "sl_rng.h"
 #include "sl_test.h"
 
@@ -282,8 +283,50 @@ static void test_experts_fp8(void)
     sl_backend_free(be);
 }
 
+/* ---- quantization_config --------------------------------------------------- */
+
+static void test_config(void)
+{
+    const char *base = "{\"architectures\":[\"Qwen3ForCausalLM\"],\"vocab_size\":10,\"hidden_size\":8,"
+                       "\"num_hidden_layers\":1,\"num_attention_heads\":2,\"num_key_value_heads\":1,"
+                       "\"head_dim\":4,\"intermediate_size\":8,\"quantization_config\":";
+    struct {
+        const char *q;
+        sl_status want;
+        const char *msg;
+    } cases[] = {
+        {"{\"quant_method\":\"fp8\",\"fmt\":\"e4m3\",\"activation_scheme\":\"dynamic\","
+         "\"weight_block_size\":[128,128],\"modules_to_not_convert\":[\"lm_head\"]}", SL_OK, NULL},
+        {"{\"quant_method\":\"fp8\",\"fmt\":\"e5m2\",\"weight_block_size\":[128,128]}",
+         SL_ERR_UNSUPPORTED, "fmt 'e5m2'"},
+        {"{\"quant_method\":\"fp8\",\"weight_block_size\":[64,128]}", SL_ERR_UNSUPPORTED, "weight_block_size"},
+        {"{\"quant_method\":\"fp8\"}", SL_ERR_UNSUPPORTED, "weight_block_size"},
+        {"{\"quant_method\":\"fp8\",\"activation_scheme\":\"static\",\"weight_block_size\":[128,128]}",
+         SL_ERR_UNSUPPORTED, "activation_scheme 'static'"},
+        {"{\"quant_method\":\"awq\"}", SL_ERR_UNSUPPORTED, "quant_method 'awq'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char js[1024];
+        snprintf(js, sizeof js, "%s%s}", base, cases[i].q);
+        sl_model_config c;
+        sl_err e = {0};
+        sl_status s = sl_model_config_parse(&c, js, NULL, &e);
+        CHECK_MSG(s == cases[i].want, "case %zu: %d (%s)", i, s, e.msg);
+        if (cases[i].msg) CHECK_MSG(strstr(e.msg, cases[i].msg) != NULL, "case %zu: %s", i, e.msg);
+        else CHECK(c.quant_fp8 == 1);
+    }
+    CHECK(sl_model_fp8_target("model.layers.3.self_attn.k_proj.weight"));
+    CHECK(sl_model_fp8_target("model.layers.3.mlp.experts.7.down_proj.weight"));
+    CHECK(sl_model_fp8_target("model.layers.0.linear_attn.in_proj_qkvz.weight"));
+    CHECK(!sl_model_fp8_target("model.layers.0.linear_attn.in_proj_ba.weight"));
+    CHECK(!sl_model_fp8_target("model.layers.0.mlp.gate.weight"));
+    CHECK(!sl_model_fp8_target("model.layers.0.mlp.shared_expert_gate.weight"));
+    CHECK(!sl_model_fp8_target("lm_head.weight"));
+}
+
 int main(void)
 {
+    test_config();
     test_conversions();
     test_quantize_blocks();
     test_matmul_fp8(1, 128, 128);
