@@ -283,6 +283,12 @@ static void proj_begin(loader *L, sl_tensor *dst, sl_tensor *dst_s, int ndim, co
         pack_begin(L, dst, L->wd, ndim, ne, id, scale, 0);
         return;
     }
+    sl_op need = ndim == 3 ? SL_OP_MOE_EXPERTS_FP8 : SL_OP_MATMUL_FP8;
+    if (!sl_be_supports_op(L->m->be, need)) {
+        L->status = sl_err_set(L->e, SL_ERR_UNSUPPORTED, "%s is FP8 but the %s backend has no %s op", id,
+                               sl_be_name(L->m->be), sl_op_name(need));
+        return;
+    }
     pack_begin(L, dst, SL_DTYPE_F8E4M3, ndim, ne, id, SL_FP8_MAX, 0);
     if (L->status) return;
     int64_t sne[SL_MAX_DIMS];
