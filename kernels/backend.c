@@ -12,13 +12,14 @@ size_t sl_dtype_size(sl_dtype t)
     case SL_DTYPE_BF16: return 2;
     case SL_DTYPE_F16: return 2;
     case SL_DTYPE_I32: return 4;
+    case SL_DTYPE_F8E4M3: return 1;
     default: return 0;
     }
 }
 
 const char *sl_dtype_name(sl_dtype t)
 {
-    static const char *n[] = {"f32", "bf16", "f16", "i32"};
+    static const char *n[] = {"f32", "bf16", "f16", "i32", "f8e4m3"};
     return (unsigned)t < SL_DTYPE_COUNT ? n[t] : "?";
 }
 
@@ -28,7 +29,7 @@ const char *sl_op_name(sl_op op)
         "embed",    "matmul", "rmsnorm",  "add",     "add_rmsnorm", "rope",        "silu_mul",
         "sigmoid_mul", "kv_store", "attention", "conv1d",     "gdn",         "rmsnorm_gated",
         "moe_route", "moe_experts", "gather_rows", "copy_slots", "fill_random", "argmax",
-        "attn_prep", "sample"};
+        "attn_prep", "sample", "matmul_fp8", "moe_experts_fp8"};
     return (unsigned)op < SL_OP_COUNT ? n[op] : "?";
 }
 
@@ -174,6 +175,57 @@ uint16_t sl_f32_to_f16(float f)
     return (uint16_t)(s | r);
 }
 
+uint8_t sl_f32_to_e4m3(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint8_t sign = (uint8_t)((u >> 24) & 0x80);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7f;  /* NaN */
+    if (a >= 0x43e00000u) return sign | 0x7e; /* >= 448 or inf: saturate to 448 */
+    int e = (int)(a >> 23) - 127;             /* unbiased exponent */
+    uint32_t m = a & 0x7fffffu;
+    if (e >= -6) { /* e4m3 normal: keep 3 of 23 mantissa bits */
+        uint32_t r = ((uint32_t)(e + 7) << 3) | (m >> 20), rem = m & 0xfffffu;
+        if (rem > 0x80000u || (rem == 0x80000u && (r & 1))) r++; /* may carry into the exponent */
+        return sign | (uint8_t)r;
+    }
+    if (e < -10) return sign; /* below half the smallest subnormal 2^-9 */
+    /* subnormal: units of 2^-9; the full significand shifted right by 14 - e */
+    uint32_t M = m | 0x800000u, sh = (uint32_t)(14 - e);
+    uint32_t r = M >> sh, rem = M & ((1u << sh) - 1), half = 1u << (sh - 1);
+    if (rem > half || (rem == half && (r & 1))) r++; /* 8 = the smallest normal: still right */
+    return sign | (uint8_t)r;
+}
+
+float sl_e4m3_to_f32(uint8_t v)
+{
+    int e = (v >> 3) & 15, m = v & 7;
+    float x;
+    if (e == 15 && m == 7) x = NAN;
+    else if (e == 0) x = ldexpf((float)m, -9);
+    else x = ldexpf((float)(8 + m), e - 10);
+    return (v & 0x80) ? -x : x;
+}
+
+void sl_fp8_quantize_blocks(const float *w, int64_t rows, int64_t cols, uint8_t *q, float *scale_inv)
+{
+    const int64_t B = SL_FP8_BLOCK, nrb = (rows + B - 1) / B, ncb = (cols + B - 1) / B;
+    for (int64_t rb = 0; rb < nrb; rb++)
+        for (int64_t cb = 0; cb < ncb; cb++) {
+            int64_t r1 = (rb + 1) * B < rows ? (rb + 1) * B : rows;
+            int64_t c1 = (cb + 1) * B < cols ? (cb + 1) * B : cols;
+            float amax = 0.0f;
+            for (int64_t r = rb * B; r < r1; r++)
+                for (int64_t c = cb * B; c < c1; c++) amax = fmaxf(amax, fabsf(w[r * cols + c]));
+            float s = amax / SL_FP8_MAX;
+            scale_inv[rb * ncb + cb] = s;
+            for (int64_t r = rb * B; r < r1; r++)
+                for (int64_t c = cb * B; c < c1; c++)
+                    q[r * cols + c] = s > 0.0f ? sl_f32_to_e4m3(w[r * cols + c] / s) : 0; /* zero block */
+        }
+}
+
 float sl_load_f32(const void *p, sl_dtype dt, int64_t i)
 {
     switch (dt) {
@@ -181,6 +233,7 @@ float sl_load_f32(const void *p, sl_dtype dt, int64_t i)
     case SL_DTYPE_BF16: return sl_bf16_to_f32(((const uint16_t *)p)[i]);
     case SL_DTYPE_F16: return sl_f16_to_f32(((const uint16_t *)p)[i]);
     case SL_DTYPE_I32: return (float)((const int32_t *)p)[i];
+    case SL_DTYPE_F8E4M3: return sl_e4m3_to_f32(((const uint8_t *)p)[i]);
     default: SL_ASSERT(0 && "bad dtype");
     }
     return NAN;
@@ -207,7 +260,8 @@ int sl_be_supports_op(const sl_backend *be, sl_op op)
         (const void *)i->conv1d,      (const void *)i->gdn,           (const void *)i->rmsnorm_gated,
         (const void *)i->moe_route,   (const void *)i->moe_experts,   (const void *)i->gather_rows,
         (const void *)i->copy_slots,  (const void *)i->fill_random,   (const void *)i->argmax,
-        (const void *)i->attn_prep,   (const void *)i->sample};
+        (const void *)i->attn_prep,   (const void *)i->sample,        (const void *)i->matmul_fp8,
+        (const void *)i->moe_experts_fp8};
     return (unsigned)op < SL_OP_COUNT && slot[op] != NULL;
 }
 
@@ -368,6 +422,18 @@ void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_t
     be->i->matmul(be, out, x, w);
 }
 
+void sl_be_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
+                      const sl_tensor *w_scale)
+{
+    NEED(matmul_fp8);
+    int64_t N = sl_tensor_rows(w), K = sl_tensor_cols(w), B = SL_FP8_BLOCK;
+    SL_ASSERT(w->dtype == SL_DTYPE_F8E4M3 && w_scale->dtype == SL_DTYPE_F32);
+    SL_ASSERT(sl_tensor_cols(x) == K && sl_tensor_cols(w_scale) == (K + B - 1) / B);
+    SL_ASSERT(sl_tensor_rows(w_scale) == N || sl_tensor_rows(w_scale) == (N + B - 1) / B);
+    SL_ASSERT(sl_tensor_rows(out) == sl_tensor_rows(x) && sl_tensor_cols(out) == N);
+    be->i->matmul_fp8(be, out, x, w, w_scale);
+}
+
 void sl_be_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
                    float eps, int one_plus)
 {
@@ -492,6 +558,23 @@ void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const
     SL_ASSERT(gate_up->ndim == 3 && down->ndim == 3 && gate_up->ne[2] == sl_tensor_cols(x));
     SL_ASSERT(down->ne[2] * 2 == gate_up->ne[1]);
     be->i->moe_experts(be, out, x, ids, weights, gate_up, down);
+}
+
+void sl_be_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
+                           const sl_tensor *weights, const sl_tensor *gate_up,
+                           const sl_tensor *gate_up_scale, const sl_tensor *down,
+                           const sl_tensor *down_scale)
+{
+    NEED(moe_experts_fp8);
+    int64_t B = SL_FP8_BLOCK, H = sl_tensor_cols(x);
+    SL_ASSERT(gate_up->ndim == 3 && down->ndim == 3 && gate_up->ne[2] == H);
+    SL_ASSERT(down->ne[2] * 2 == gate_up->ne[1] && down->ne[1] == H);
+    SL_ASSERT(gate_up->dtype == SL_DTYPE_F8E4M3 && down->dtype == SL_DTYPE_F8E4M3);
+    SL_ASSERT(gate_up_scale->ndim == 3 && gate_up_scale->ne[0] == gate_up->ne[0] &&
+              gate_up_scale->ne[1] == gate_up->ne[1] && gate_up_scale->ne[2] == (H + B - 1) / B);
+    SL_ASSERT(down_scale->ndim == 3 && down_scale->ne[0] == down->ne[0] && down_scale->ne[1] == H &&
+              down_scale->ne[2] == (down->ne[2] + B - 1) / B);
+    be->i->moe_experts_fp8(be, out, x, ids, weights, gate_up, gate_up_scale, down, down_scale);
 }
 
 void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m)

@@ -41,6 +41,9 @@ typedef enum sl_dtype {
     SL_DTYPE_BF16,
     SL_DTYPE_F16,
     SL_DTYPE_I32,
+    SL_DTYPE_F8E4M3, /* OCP float8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa; no
+                        infinities, 0x7f/0xff NaN, largest finite ±448. Weight storage of
+                        FP8 block-quantized projections (see sl_be_matmul_fp8). */
     SL_DTYPE_COUNT
 } sl_dtype;
 
@@ -52,6 +55,21 @@ float sl_bf16_to_f32(uint16_t h);
 uint16_t sl_f32_to_bf16(float f); /* round to nearest even */
 float sl_f16_to_f32(uint16_t h);
 uint16_t sl_f32_to_f16(float f);
+/* float8 e4m3fn <-> f32 (host code; the device twins are in cuda_common.cuh).
+ * f32 -> e4m3 rounds to nearest even and saturates: every finite |x| >= 448
+ * and ±inf give ±448 (there is no e4m3 infinity); NaN gives 0x7f (sign kept).
+ * |x| below half the smallest subnormal (2^-10) gives ±0. e4m3 -> f32 is exact
+ * (every e4m3 value is an f32); 0x7f/0xff read as NaN. */
+uint8_t sl_f32_to_e4m3(float f);
+float sl_e4m3_to_f32(uint8_t v);
+#define SL_FP8_MAX 448.0f
+#define SL_FP8_BLOCK 128 /* the only weight_block_size sluice serves: [128, 128] */
+/* Block-wise quantization of a weight w[rows, cols] (f32) as the -FP8
+ * checkpoints store it: for each 128×128 block (edge blocks partial)
+ * scale_inv[rb, cb] = max|block| / 448 and q = e4m3(w / scale_inv); an all-zero
+ * block gets scale_inv 0 and zero codes. q [rows, cols], scale_inv
+ * [ceil(rows/128), ceil(cols/128)]. */
+void sl_fp8_quantize_blocks(const float *w, int64_t rows, int64_t cols, uint8_t *q, float *scale_inv);
 /* Reads element i (of a dense buffer of dtype dt) as f32. */
 float sl_load_f32(const void *p, sl_dtype dt, int64_t i);
 
@@ -103,6 +121,8 @@ typedef enum sl_op {
     SL_OP_ARGMAX,
     SL_OP_ATTN_PREP,
     SL_OP_SAMPLE,
+    SL_OP_MATMUL_FP8,
+    SL_OP_MOE_EXPERTS_FP8,
     SL_OP_COUNT
 } sl_op;
 
@@ -230,6 +250,17 @@ void sl_be_graph_free(sl_backend *be, sl_be_graph *g);
 void sl_be_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_batch_meta *m);
 /* out[M,N] = x[M,K] · w[N,K]ᵀ (w in any float dtype) */
 void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w);
+/* FP8 block-quantized matmul (DeepGEMM / w8a8_block_fp8_matmul arithmetic):
+ * out[M,N] = x[M,K] · dequant(w)ᵀ with w F8E4M3 [N,K] (2-D view) and w_scale
+ * F32 [SR, ceil(K/128)], SR = N (one scale row per output row: what the model
+ * loader keeps, so fused and permuted projections need no block alignment)
+ * or SR = ceil(N/128) (the checkpoint's [128,128] blocks: row n uses n/128).
+ * Each row of x is quantized per 128-wide group g of K: s_x = max|x_g|/448,
+ * x_q = e4m3(x/s_x) (an all-zero group: s_x = 0, x_q = 0); then, in fp32,
+ *   out[m,n] = Σ_g (Σ_{k∈g} x_q[m,k]·w[n,k]) · (s_x[m,g]·w_scale[n,g]).
+ * Edge groups (K, N not multiples of 128) are partial. */
+void sl_be_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
+                      const sl_tensor *w_scale);
 /* RMSNorm over groups of D = numel(w) columns (D = cols: the whole row; D =
  * head_dim: per head, for q/k norm): y = x/sqrt(mean(x²)+eps) · (w or 1+w).
  * out may alias x. */
@@ -293,6 +324,15 @@ void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const s
  * gate_up [E, 2I, H] (gate rows first), down [E, H, I]. */
 void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                        const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *down);
+/* sl_be_moe_experts with FP8 experts: gate_up F8E4M3 [E, 2I, H] with
+ * gate_up_scale F32 [E, 2I, ceil(H/128)], down F8E4M3 [E, H, I] with
+ * down_scale F32 [E, H, ceil(I/128)] (per output row, as sl_be_matmul_fp8 with
+ * SR = N). x and the activation silu(g)⊙u are quantized per token and
+ * 128-group as in sl_be_matmul_fp8. */
+void sl_be_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
+                           const sl_tensor *weights, const sl_tensor *gate_up,
+                           const sl_tensor *gate_up_scale, const sl_tensor *down,
+                           const sl_tensor *down_scale);
 /* out[i, :] = x[logit_rows[i], :] for i < n_logits (the rows that need
  * logits; part of the batch so a captured decode graph replays them) */
 void sl_be_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m);

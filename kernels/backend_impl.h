@@ -66,6 +66,11 @@ typedef struct sl_backend_i {
                       const sl_tensor *, float, int, int, int, float, sl_tensor *, sl_tensor *,
                       const sl_batch_meta *);
     void (*sample)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_sample_args *);
+    void (*matmul_fp8)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
+                       const sl_tensor *);
+    void (*moe_experts_fp8)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
+                            const sl_tensor *, const sl_tensor *, const sl_tensor *,
+                            const sl_tensor *, const sl_tensor *);
 } sl_backend_i;
 
 /* Every backend struct begins with this header. */

@@ -28,6 +28,7 @@ static inline void st(sl_tensor *t, int64_t r, int64_t c, float v)
     case SL_DTYPE_F32: ((float *)t->data)[i] = v; break;
     case SL_DTYPE_BF16: ((uint16_t *)t->data)[i] = sl_f32_to_bf16(v); break;
     case SL_DTYPE_F16: ((uint16_t *)t->data)[i] = sl_f32_to_f16(v); break;
+    case SL_DTYPE_F8E4M3: ((uint8_t *)t->data)[i] = sl_f32_to_e4m3(v); break;
     default: SL_ASSERT(0 && "store to non-float tensor");
     }
 }
@@ -549,6 +550,8 @@ static const sl_backend_i cpu_iface = {
     .argmax = cpu_argmax,
     .attn_prep = cpu_attn_prep,
     .sample = sl_cpu_sample,
+    .matmul_fp8 = sl_cpu_matmul_fp8,
+    .moe_experts_fp8 = sl_cpu_moe_experts_fp8,
 };
 
 sl_backend *sl_backend_cpu_new(void)

@@ -9,6 +9,7 @@
 #include "cuda_backend.h"
 #include "cuda_common.cuh"
 #include "elementwise.cuh"
+#include "fp8.cuh"
 #include "gdn.cuh"
 #include "matmul.cuh"
 #include "moe.cuh"
@@ -516,6 +517,7 @@ static const sl_backend_i cu_iface = {
     .argmax = cu_argmax,
     .attn_prep = cu_attn_prep,
     .sample = cu_sample,
+    .matmul_fp8 = cu_matmul_fp8,
 };
 
 static sl_status cu_init(cu_backend *b, int device, sl_err *e)

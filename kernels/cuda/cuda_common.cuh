@@ -16,6 +16,7 @@
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -206,12 +207,27 @@ static inline cu_mat cu_mat_of(const sl_tensor *t)
     return m;
 }
 
+// float8 e4m3fn, as the host sl_f32_to_e4m3 / sl_e4m3_to_f32 (backend.h):
+// round to nearest even, saturating at ±448 (SATFINITE: inf -> ±448), NaN
+// stays NaN; the decode is exact.
+__device__ __forceinline__ uint8_t cu_f32_to_e4m3(float v)
+{
+    return (uint8_t)__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+}
+
+__device__ __forceinline__ float cu_e4m3_to_f32(uint8_t v)
+{
+    __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)v, __NV_E4M3);
+    return __half2float(__half(h));
+}
+
 __device__ __forceinline__ float cu_ldf(const void *p, int dt, int64_t i)
 {
     switch (dt) {
     case SL_DTYPE_BF16: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
     case SL_DTYPE_F32: return ((const float *)p)[i];
     case SL_DTYPE_F16: return __half2float(((const __half *)p)[i]);
+    case SL_DTYPE_F8E4M3: return cu_e4m3_to_f32(((const uint8_t *)p)[i]);
     default: return (float)((const int32_t *)p)[i];
     }
 }
@@ -222,6 +238,7 @@ __device__ __forceinline__ void cu_stf(void *p, int dt, int64_t i, float v)
     case SL_DTYPE_BF16: ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v); break;
     case SL_DTYPE_F32: ((float *)p)[i] = v; break;
     case SL_DTYPE_F16: ((__half *)p)[i] = __float2half_rn(v); break;
+    case SL_DTYPE_F8E4M3: ((uint8_t *)p)[i] = cu_f32_to_e4m3(v); break;
     default: break;
     }
 }

@@ -15,7 +15,7 @@
 #include "worker_cmd.h"
 
 typedef struct model_args {
-    const char *model, *device, *load_format;
+    const char *model, *device, *load_format, *quantization;
     int page_size;
     long long seed;
 } model_args;
@@ -33,9 +33,11 @@ static sl_status open_model(const model_args *a, sl_backend **be, sl_model **m, 
     if (a->load_format && !strcmp(a->load_format, "dummy")) dummy = 1;
     else if (a->load_format && strcmp(a->load_format, "auto") && strcmp(a->load_format, "safetensors"))
         return sl_err_set(e, SL_ERR_INVALID, "--load-format must be auto, safetensors or dummy");
+    if (a->quantization && strcmp(a->quantization, "fp8"))
+        return sl_err_set(e, SL_ERR_INVALID, "--quantization must be fp8");
     *be = sl_backend_new(a->device, e);
     if (!*be) return e->code ? e->code : SL_ERR_DEVICE;
-    sl_model_load_opts o = {.dummy = dummy, .seed = (uint64_t)a->seed};
+    sl_model_load_opts o = {.dummy = dummy, .seed = (uint64_t)a->seed, .quantize_fp8 = a->quantization != NULL};
     sl_status s = sl_model_load(m, a->model, *be, &o, e);
     if (s) {
         sl_backend_free(*be);
@@ -49,6 +51,8 @@ static sl_status open_model(const model_args *a, sl_backend **be, sl_model **m, 
         {"--device", NULL, SL_OPT_STR, &(a).device, "cpu (default) or cuda[:N]"},                 \
         {"--load-format", NULL, SL_OPT_STR, &(a).load_format, "auto (default) or dummy"},         \
         {"--seed", NULL, SL_OPT_I64, &(a).seed, "seed of dummy weights (default 0)"},             \
+        {"--quantization", NULL, SL_OPT_STR, &(a).quantization,                                   \
+         "fp8: quantize projections to FP8 blocks at load"},                                      \
         {"--page-size", NULL, SL_OPT_INT, &(a).page_size, "KV page size (default 16)"}
 
 /* ---- logits ------------------------------------------------------------------- */
@@ -303,20 +307,63 @@ typedef struct tiny_writer {
     sl_safetensors_tensor *ts;
     int n, cap;
     uint64_t seed;
+    int fp8; /* quantize sl_model_fp8_target projections block-wise */
     int failed;
 } tiny_writer;
 
-static void tiny_tensor(void *ctx, const char *name, int ndim, const int64_t *shape, float scale,
-                        float offset)
+static sl_safetensors_tensor *tiny_slot(tiny_writer *w)
 {
-    tiny_writer *w = ctx;
-    if (w->failed) return;
     if (w->n == w->cap) {
         w->cap = w->cap ? 2 * w->cap : 64;
         w->ts = realloc(w->ts, sizeof *w->ts * (size_t)w->cap);
     }
     sl_safetensors_tensor *t = &w->ts[w->n];
     memset(t, 0, sizeof *t);
+    return t;
+}
+
+/* t (bf16 [rows, cols]) -> F8_E4M3 codes in place of it plus t's
+ * weight_scale_inv [ceil(rows/128), ceil(cols/128)] F32 as the next tensor:
+ * the bf16 values are what the bf16 twin of this model holds, so loading that
+ * twin with --quantization fp8 gives this model exactly. */
+static void tiny_quantize(tiny_writer *w, int idx)
+{
+    sl_safetensors_tensor *t = &w->ts[idx];
+    int64_t R = t->shape[0], C = t->shape[1], B = SL_FP8_BLOCK;
+    int64_t nrb = (R + B - 1) / B, ncb = (C + B - 1) / B;
+    float *f = malloc(sizeof(float) * (size_t)(R * C)), *sc = malloc(sizeof(float) * (size_t)(nrb * ncb));
+    uint8_t *q = malloc((size_t)(R * C));
+    char *sname = malloc(strlen(t->name) + 16);
+    if (!f || !sc || !q || !sname) {
+        free(f), free(sc), free(q), free(sname);
+        w->failed = 1;
+        return;
+    }
+    for (int64_t i = 0; i < R * C; i++) f[i] = sl_bf16_to_f32(((const uint16_t *)t->data)[i]);
+    sl_fp8_quantize_blocks(f, R, C, q, sc);
+    free(f);
+    free((void *)t->data);
+    t->data = q;
+    t->dtype = SL_DTYPE_F8E4M3;
+    t->nbytes = (size_t)(R * C);
+    sprintf(sname, "%s_scale_inv", t->name);
+    sl_safetensors_tensor *s = tiny_slot(w); /* may move w->ts: t is not used below */
+    s->name = sname;
+    s->dtype = SL_DTYPE_F32;
+    s->ndim = 2;
+    s->shape[0] = nrb;
+    s->shape[1] = ncb;
+    s->data = sc;
+    s->nbytes = sizeof(float) * (size_t)(nrb * ncb);
+    w->n++;
+}
+
+static void tiny_tensor(void *ctx, const char *name, int ndim, const int64_t *shape, float scale,
+                        float offset)
+{
+    tiny_writer *w = ctx;
+    if (w->failed) return;
+    sl_safetensors_tensor *t = tiny_slot(w);
     t->name = strdup(name);
     t->dtype = SL_DTYPE_BF16;
     t->ndim = ndim;
@@ -334,6 +381,7 @@ static void tiny_tensor(void *ctx, const char *name, int ndim, const int64_t *sh
     t->data = data;
     t->nbytes = sizeof(uint16_t) * (size_t)numel;
     w->n++;
+    if (w->fp8 && ndim == 2 && sl_model_fp8_target(name)) tiny_quantize(w, w->n - 1);
 }
 
 /* make-tiny's own tokenizer: byte-level BPE with one token per byte (GPT-2's
@@ -448,8 +496,9 @@ static sl_status copy_file(const char *from_dir, const char *to_dir, const char 
 
 int sl_cmd_make_tiny(int argc, char **argv)
 {
-    const char *arch = "qwen3_next", *out = NULL, *tok = NULL;
+    const char *arch = "qwen3_next", *out = NULL, *tok = NULL, *quant = NULL;
     long long seed = 1;
+    int hidden = 64;
     int vocab = 0; /* default: the built-in tokenizer's size */
     sl_opt opts[] = {{"--arch", NULL, SL_OPT_STR, &arch, "qwen3, qwen3_moe or qwen3_next (default)"},
                      {"--out", NULL, SL_OPT_STR, &out, "output directory"},
@@ -459,6 +508,11 @@ int sl_cmd_make_tiny(int argc, char **argv)
                       "vocabulary without --tokenizer (default 265: the built-in byte-level "
                       "tokenizer; below that no tokenizer is written)"},
                      {"--seed", NULL, SL_OPT_I64, &seed, "weights seed (default 1)"},
+                     {"--hidden-size", NULL, SL_OPT_INT, &hidden,
+                      "hidden size (default 64; 192 gives FP8 models partial 128-blocks)"},
+                     {"--quantization", NULL, SL_OPT_STR, &quant,
+                      "fp8: write an FP8 block-wise checkpoint (the bf16 model of the same seed, "
+                      "quantized as --quantization fp8 does at load)"},
                      {0}};
     const char *summary = "Writes a small random model (config, bf16 safetensors, tokenizer files).";
     int cli = sl_opts_cli(argc, argv, "make-tiny", summary, opts);
@@ -474,11 +528,21 @@ int sl_cmd_make_tiny(int argc, char **argv)
         sl_err_set(&e, SL_ERR_INVALID, "--vocab-size must be at least 16");
         return sl_opts_usage_error("make-tiny", e.msg);
     }
+    if ((quant && strcmp(quant, "fp8")) || hidden < 8 || hidden % 8) {
+        sl_err_set(&e, SL_ERR_INVALID, "--quantization must be fp8; --hidden-size a multiple of 8");
+        return sl_opts_usage_error("make-tiny", e.msg);
+    }
     json_t *cfg = tiny_config(arch, vocab);
     if (!cfg) {
         sl_err_set(&e, SL_ERR_INVALID, "unknown --arch '%s' (qwen3, qwen3_moe, qwen3_next)", arch);
         return sl_opts_usage_error("make-tiny", e.msg);
     }
+    json_object_set_new(cfg, "hidden_size", json_integer(hidden));
+    if (quant)
+        json_object_set_new(cfg, "quantization_config",
+                            json_pack("{s:s, s:s, s:s, s:[i,i]}", "quant_method", "fp8", "fmt", "e4m3",
+                                      "activation_scheme", "dynamic", "weight_block_size", SL_FP8_BLOCK,
+                                      SL_FP8_BLOCK));
     /* eos: <|im_end|> and <|endoftext|> of the tokenizer (the real one copied in, or
      * make-tiny's own when the vocabulary has room for it), else the last id */
     int own_tok = !tok && vocab >= TINY_TOKENIZER_VOCAB;
@@ -490,7 +554,7 @@ int sl_cmd_make_tiny(int argc, char **argv)
     char path[4096];
     char *txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     sl_model_config mc;
-    tiny_writer w = {.seed = (uint64_t)seed};
+    tiny_writer w = {.seed = (uint64_t)seed, .fp8 = quant != NULL};
     if (sl_mkdirs(out, &e) || sl_model_config_parse(&mc, txt, NULL, &e) ||
         sl_file_write(sl_path_join(path, sizeof path, out, "config.json"), txt, strlen(txt), &e) ||
         sl_model_checkpoint_tensors(&mc, tiny_tensor, &w, &e)) {

@@ -79,6 +79,10 @@ int sl_cmd_worker(int argc, char **argv)
         sl_err_set(&e, SL_ERR_INVALID, "--load-format must be auto, safetensors or dummy");
         return sl_opts_usage_error("worker", e.msg);
     }
+    if (f.quantization && strcmp(f.quantization, "fp8")) {
+        sl_err_set(&e, SL_ERR_INVALID, "--quantization must be fp8");
+        return sl_opts_usage_error("worker", e.msg);
+    }
     sl_engine_flags_finish(&f);
     sl_engine_config c = f.c;
     sl_model_config mc;
@@ -100,7 +104,7 @@ int sl_cmd_worker(int argc, char **argv)
     sl_model *m = NULL;
     sl_engine *g = NULL;
     int rc = 0;
-    sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)f.seed};
+    sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)f.seed, .quantize_fp8 = f.quantization != NULL};
     if (sl_model_load(&m, model, be, &lo, &e) || sl_engine_new(&g, m, &c, &e)) {
         fprintf(stderr, "sluice worker: %s\n", e.msg);
         rc = 1;

@@ -20,6 +20,8 @@ typedef struct flag_row {
 static const flag_row rows[SL_ENGINE_NFLAGS] = {
     {"--load-format", SL_OPT_STR, F_(load_format), "auto (default), safetensors or dummy (random weights)"},
     {"--seed", SL_OPT_I64, F_(seed), "seed of dummy weights (default 0)"},
+    {"--quantization", SL_OPT_STR, F_(quantization),
+     "fp8: quantize the projections of a bf16 checkpoint to FP8 blocks at load"},
     {"--mem-fraction-static", SL_OPT_FLOAT, C_(mem_fraction),
      "share of memory for the KV and state caches (default 0.85)"},
     {"--mem-bytes", SL_OPT_I64, F_(mem_bytes),

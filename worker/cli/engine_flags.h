@@ -19,13 +19,14 @@
 #include "engine.h"
 #include "sl_opts.h"
 
-#define SL_ENGINE_NFLAGS 16
+#define SL_ENGINE_NFLAGS 17
 
 /* What the worker parses the flags into. */
 typedef struct sl_engine_flags {
     sl_engine_config c;
     const char *load_format; /* auto | safetensors | dummy */
     long long seed;          /* dummy weights */
+    const char *quantization; /* NULL | "fp8": quantize projections at load */
     long long mem_bytes;
     const char *strategy; /* extra_buffer | no_buffer */
     int disable_overlap, disable_graph;

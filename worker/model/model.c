@@ -46,6 +46,13 @@ typedef struct loader {
     float *stage;
     int64_t rows, cols;
     sl_tensor *cur;
+    /* FP8: quantize target projections at load (--quantization fp8); and,
+     * while an FP8 projection is packed (fp8 = 1), its scale tensor and the
+     * scale stage [rows, ceil(cols/128)] */
+    int quantize_fp8;
+    int fp8;
+    sl_tensor *cur_s;
+    float *sstage;
 } loader;
 
 static uint64_t name_hash(const char *s)
@@ -62,6 +69,8 @@ static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape)
         k += (size_t)snprintf(buf + k, n - k, "%s%lld", d ? ", " : "", (long long)shape[d]);
     if (k < n) snprintf(buf + k, n - k, "]");
 }
+
+static float mat_scale(int64_t fan_in) { return sqrtf(3.0f / (float)fan_in); }
 
 /* Starts packed tensor dst of shape [ne0, ne1(, ne2)], dtype dt. id names it
  * for dummy seeding; dummy values are offset + scale·U(−1, 1). */
@@ -83,6 +92,120 @@ static void pack_begin(loader *L, sl_tensor *dst, sl_dtype dt, int ndim, const i
     L->cols = sl_tensor_cols(dst);
     L->stage = malloc(sizeof(float) * (size_t)(L->rows * L->cols));
     if (!L->stage) L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s: out of memory", id);
+}
+
+/* Copies the rows of src ([rows, cols], dtype sdt) into dst (f32, cols wide)
+ * from row row0 on: its rows form `groups` blocks of segments seg[0..nseg) and
+ * segment j of every group lands together (source row (g, j, i) → packed row
+ * row0 + Σ_{q<j} seg[q]·groups + g·seg[j] + i). */
+static void permute_rows(float *dst, int64_t row0, const void *src, sl_dtype sdt, int64_t cols,
+                         int groups, int nseg, const int64_t *seg)
+{
+    int64_t per_group = 0, seg_base = 0;
+    for (int j = 0; j < nseg; j++) per_group += seg[j];
+    for (int j = 0; j < nseg; j++) {
+        int64_t src_off = 0;
+        for (int q = 0; q < j; q++) src_off += seg[q];
+        for (int g = 0; g < groups; g++)
+            for (int64_t i = 0; i < seg[j]; i++) {
+                int64_t from = g * per_group + src_off + i, to = row0 + seg_base + g * seg[j] + i;
+                float *o = dst + to * cols;
+                for (int64_t c = 0; c < cols; c++) o[c] = sl_load_f32(src, sdt, from * cols + c);
+            }
+        seg_base += seg[j] * groups;
+    }
+}
+
+/* ---- FP8 projections ---------------------------------------------------------
+ * A projection is FP8 when its checkpoint weight has a weight_scale_inv
+ * ([ceil(rows/128), ceil(cols/128)], real weight = w · scale_inv of its
+ * 128×128 block), or when --quantization fp8 quantizes it here exactly as
+ * make-tiny --quantization fp8 writes it (sl_fp8_quantize_blocks on the
+ * checkpoint tensor as stored, before any repacking). The packed weight keeps
+ * the e4m3 codes; the scales are expanded to one row per weight row, so the
+ * fused layouts (wqkv, gate_up, the qkvz and q/gate reorderings, stacked
+ * experts) repack scales with the same row permutation as the weights and no
+ * projection has to start on a 128-row boundary. Costs 4 bytes per 128
+ * weights (3% over the fp8 weight). */
+
+int sl_model_fp8_target(const char *name)
+{
+    static const char *sfx[] = {".q_proj.weight",  ".k_proj.weight",    ".v_proj.weight",
+                                ".o_proj.weight",  ".gate_proj.weight", ".up_proj.weight",
+                                ".down_proj.weight", ".in_proj_qkvz.weight", ".out_proj.weight"};
+    size_t n = strlen(name);
+    for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
+        size_t k = strlen(sfx[i]);
+        if (n >= k && !strcmp(name + n - k, sfx[i])) return 1;
+    }
+    return 0;
+}
+
+/* Whether the projection whose first checkpoint piece is `first` loads as FP8. */
+static int proj_is_fp8(const loader *L, const char *first)
+{
+    if (L->collect) return 0;
+    if (L->dummy) return (L->m->cfg.quant_fp8 || L->quantize_fp8) && sl_model_fp8_target(first);
+    char sn[320];
+    snprintf(sn, sizeof sn, "%s_scale_inv", first);
+    if (sl_safetensors_find(L->st, sn)) return 1;
+    const sl_safetensors_tensor *t = sl_safetensors_find(L->st, first);
+    return L->quantize_fp8 && sl_model_fp8_target(first) && t && t->dtype != SL_DTYPE_F8E4M3;
+}
+
+/* One piece of an FP8 projection: codes into the stage (exact f32 values),
+ * per-row scales into the scale stage, both in the packed order. */
+static void fp8_piece(loader *L, const char *name, const sl_safetensors_tensor *t, int64_t rows,
+                      int64_t cols, int64_t row0, int groups, int nseg, const int64_t *seg)
+{
+    const int64_t B = SL_FP8_BLOCK, nrb = (rows + B - 1) / B, G = (cols + B - 1) / B;
+    char sn[320], want[96], got[96];
+    snprintf(sn, sizeof sn, "%s_scale_inv", name);
+    fmt_shape(want, sizeof want, 2, SHP(nrb, G));
+    const sl_safetensors_tensor *sc = sl_safetensors_find(L->st, sn);
+    uint8_t *codes = NULL;
+    float *blk = malloc(sizeof(float) * (size_t)(nrb * G)), *rowsc = malloc(sizeof(float) * (size_t)(rows * G));
+    const void *src = t->data;
+    if (!blk || !rowsc) {
+        L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s: out of memory", sn);
+    } else if (sc) {
+        int same = sc->ndim == 2 && sc->shape[0] == nrb && sc->shape[1] == G;
+        fmt_shape(got, sizeof got, sc->ndim, sc->shape);
+        if (t->dtype != SL_DTYPE_F8E4M3)
+            L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s is %s but has a weight_scale_inv (expected F8_E4M3)",
+                                   name, sl_dtype_name(t->dtype));
+        else if (!same)
+            L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s has shape %s, expected %s (the 128x128 blocks of %s)",
+                                   sn, got, want, name);
+        else if (sc->dtype == SL_DTYPE_I32 || sc->dtype == SL_DTYPE_F8E4M3)
+            L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s is %s, expected F32", sn, sl_dtype_name(sc->dtype));
+        else
+            for (int64_t i = 0; i < nrb * G; i++) blk[i] = sl_load_f32(sc->data, sc->dtype, i);
+    } else if (L->quantize_fp8 && t->dtype != SL_DTYPE_F8E4M3) {
+        float *w = malloc(sizeof(float) * (size_t)(rows * cols));
+        codes = malloc((size_t)(rows * cols));
+        if (!w || !codes) {
+            L->status = sl_err_set(L->e, SL_ERR_NOMEM, "quantizing %s: out of memory", name);
+        } else {
+            for (int64_t i = 0; i < rows * cols; i++) w[i] = sl_load_f32(t->data, t->dtype, i);
+            sl_fp8_quantize_blocks(w, rows, cols, codes, blk);
+            src = codes;
+        }
+        free(w);
+    } else {
+        L->status = sl_err_set(L->e, SL_ERR_NOTFOUND,
+                               "missing tensor %s (expected shape %s): %s belongs to an FP8 projection", sn,
+                               want, name);
+    }
+    if (!L->status) {
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t g = 0; g < G; g++) rowsc[r * G + g] = blk[(r / B) * G + g];
+        permute_rows(L->stage, row0, src, SL_DTYPE_F8E4M3, cols, groups, nseg, seg);
+        permute_rows(L->sstage, row0, rowsc, SL_DTYPE_F32, G, groups, nseg, seg);
+    }
+    free(codes);
+    free(blk);
+    free(rowsc);
 }
 
 static void pack_piece(loader *L, const char *name, int ndim, const int64_t *shape, int64_t row0,
@@ -115,20 +238,16 @@ static void pack_piece(loader *L, const char *name, int ndim, const int64_t *sha
     int64_t per_group = 0;
     for (int j = 0; j < nseg; j++) per_group += seg[j];
     SL_ASSERT(per_group * groups == rows);
-    /* source row (g, j, i) → packed row row0 + j·groups·… */
-    int64_t seg_base = 0;
-    for (int j = 0; j < nseg; j++) {
-        int64_t src_off = 0;
-        for (int q = 0; q < j; q++) src_off += seg[q];
-        for (int g = 0; g < groups; g++)
-            for (int64_t i = 0; i < seg[j]; i++) {
-                int64_t src = g * per_group + src_off + i;
-                int64_t dst = row0 + seg_base + g * seg[j] + i;
-                float *o = L->stage + dst * cols;
-                for (int64_t c = 0; c < cols; c++) o[c] = sl_load_f32(t->data, t->dtype, src * cols + c);
-            }
-        seg_base += seg[j] * groups;
+    if (L->fp8) {
+        fp8_piece(L, name, t, rows, cols, row0, groups, nseg, seg);
+        return;
     }
+    if (t->dtype == SL_DTYPE_F8E4M3) {
+        L->status = sl_err_set(L->e, SL_ERR_NOTFOUND, "tensor %s is F8_E4M3 but %s_scale_inv is missing%s", name,
+                               name, sl_model_fp8_target(name) ? "" : " (or the fused projection it belongs to is not fp8)");
+        return;
+    }
+    permute_rows(L->stage, row0, t->data, t->dtype, cols, groups, nseg, seg);
 }
 
 /* identity piece */
@@ -142,8 +261,60 @@ static void pack_end(loader *L)
     if (L->collect) return;
     if (!L->status && !L->dummy)
         L->status = sl_be_upload(L->m->be, L->cur, L->stage, SL_DTYPE_F32, L->e);
+    if (!L->status && !L->dummy && L->fp8)
+        L->status = sl_be_upload(L->m->be, L->cur_s, L->sstage, SL_DTYPE_F32, L->e);
     free(L->stage);
-    L->stage = NULL;
+    free(L->sstage);
+    L->stage = L->sstage = NULL;
+    L->fp8 = 0;
+}
+
+/* Starts a projection packed from checkpoint tensors, the first named first:
+ * plain (the backend's weight dtype; dst_s left empty) or FP8 (dst F8E4M3,
+ * dst_s F32 [.., rows, ceil(cols/128)]). Dummy FP8 weights: codes over the
+ * whole e4m3 range and scales around scale/448, so dequantized values have
+ * the plain dummy's range. */
+static void proj_begin(loader *L, sl_tensor *dst, sl_tensor *dst_s, int ndim, const int64_t *ne,
+                       const char *id, const char *first, float scale)
+{
+    L->fp8 = 0;
+    if (L->status) return;
+    if (!proj_is_fp8(L, first)) {
+        pack_begin(L, dst, L->wd, ndim, ne, id, scale, 0);
+        return;
+    }
+    sl_op need = ndim == 3 ? SL_OP_MOE_EXPERTS_FP8 : SL_OP_MATMUL_FP8;
+    if (!sl_be_supports_op(L->m->be, need)) {
+        L->status = sl_err_set(L->e, SL_ERR_UNSUPPORTED, "%s is FP8 but the %s backend has no %s op", id,
+                               sl_be_name(L->m->be), sl_op_name(need));
+        return;
+    }
+    pack_begin(L, dst, SL_DTYPE_F8E4M3, ndim, ne, id, SL_FP8_MAX, 0);
+    if (L->status) return;
+    int64_t sne[SL_MAX_DIMS];
+    for (int d = 0; d < ndim; d++) sne[d] = ne[d];
+    sne[ndim - 1] = (ne[ndim - 1] + SL_FP8_BLOCK - 1) / SL_FP8_BLOCK;
+    L->status = sl_be_alloc(L->m->be, dst_s, SL_DTYPE_F32, ndim, sne, L->e);
+    if (L->status) return;
+    L->fp8 = 1;
+    L->cur_s = dst_s;
+    if (L->dummy) {
+        sl_be_fill_random(L->m->be, dst_s, L->seed ^ name_hash(id) ^ 0x5ca1e5ull, 0.5f * scale / SL_FP8_MAX,
+                          scale / SL_FP8_MAX);
+        return;
+    }
+    L->sstage = malloc(sizeof(float) * (size_t)(sl_tensor_rows(dst_s) * sne[ndim - 1]));
+    if (!L->sstage) L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s scales: out of memory", id);
+}
+
+/* One projection from one checkpoint tensor `name` [rows, cols]: plain, or
+ * FP8 weight + scales (dst_s). */
+static void load_proj(loader *L, sl_tensor *dst, sl_tensor *dst_s, const char *name, int64_t rows,
+                      int64_t cols)
+{
+    proj_begin(L, dst, dst_s, 2, SHP(rows, cols), name, name, mat_scale(cols));
+    pack_rows(L, name, 2, SHP(rows, cols), 0);
+    pack_end(L);
 }
 
 /* A whole packed tensor from one checkpoint tensor of the same shape. */
@@ -155,22 +326,20 @@ static void load_one(loader *L, sl_tensor *dst, sl_dtype dt, const char *name, i
     pack_end(L);
 }
 
-static float mat_scale(int64_t fan_in) { return sqrtf(3.0f / (float)fan_in); }
 
-static void load_mlp(loader *L, sl_tensor *gu, sl_tensor *down, const char *pfx, int64_t H,
-                     int64_t I)
+static void load_mlp(loader *L, sl_tensor *gu, sl_tensor *gu_s, sl_tensor *down, sl_tensor *down_s,
+                     const char *pfx, int64_t H, int64_t I)
 {
-    char n[256];
-    sl_dtype wd = L->wd;
+    char n[256], first[256];
     snprintf(n, sizeof n, "%s.gate_up", pfx);
-    pack_begin(L, gu, wd, 2, SHP(2 * I, H), n, mat_scale(H), 0);
-    snprintf(n, sizeof n, "%s.gate_proj.weight", pfx);
-    pack_rows(L, n, 2, SHP(I, H), 0);
+    snprintf(first, sizeof first, "%s.gate_proj.weight", pfx);
+    proj_begin(L, gu, gu_s, 2, SHP(2 * I, H), n, first, mat_scale(H));
+    pack_rows(L, first, 2, SHP(I, H), 0);
     snprintf(n, sizeof n, "%s.up_proj.weight", pfx);
     pack_rows(L, n, 2, SHP(I, H), I);
     pack_end(L);
     snprintf(n, sizeof n, "%s.down_proj.weight", pfx);
-    load_one(L, down, wd, n, 2, SHP(H, I), mat_scale(I), 0);
+    load_proj(L, down, down_s, n, H, I);
 }
 
 static void load_layer(loader *L, int i)
@@ -193,12 +362,12 @@ static void load_layer(loader *L, int i)
         int64_t Hk = c->lin_k_heads, Hv = c->lin_v_heads, Dk = c->lin_k_dim, Dv = c->lin_v_dim;
         int64_t r = Hv / Hk, C = sl_model_config_conv_dim(c), K = c->conv_kernel;
         snprintf(n, sizeof n, "%s.linear_attn.in_proj_qkvz.weight", p);
-        pack_begin(L, &ly->w_qkvz, wd, 2, SHP(C + Hv * Dv, H), n, mat_scale(H), 0);
+        proj_begin(L, &ly->w_qkvz, &ly->w_qkvz_s, 2, SHP(C + Hv * Dv, H), n, n, mat_scale(H));
         pack_piece(L, n, 2, SHP(2 * Hk * Dk + 2 * Hv * Dv, H), 0, (int)Hk, 4,
                    SHP(Dk, Dk, r * Dv, r * Dv));
         pack_end(L);
         snprintf(n, sizeof n, "%s.linear_attn.in_proj_ba.weight", p);
-        pack_begin(L, &ly->w_ba, wd, 2, SHP(2 * Hv, H), n, mat_scale(H), 0);
+        proj_begin(L, &ly->w_ba, &ly->w_ba_s, 2, SHP(2 * Hv, H), n, n, mat_scale(H));
         pack_piece(L, n, 2, SHP(2 * Hv, H), 0, (int)Hk, 2, SHP(r, r));
         pack_end(L);
         snprintf(n, sizeof n, "%s.linear_attn.conv1d.weight", p);
@@ -212,12 +381,14 @@ static void load_layer(loader *L, int i)
         snprintf(n, sizeof n, "%s.linear_attn.norm.weight", p);
         load_one(L, &ly->gnorm, SL_DTYPE_F32, n, 1, SHP(Dv), 0.1f, 1.0f);
         snprintf(n, sizeof n, "%s.linear_attn.out_proj.weight", p);
-        load_one(L, &ly->w_out, wd, n, 2, SHP(H, Hv * Dv), mat_scale(Hv * Dv), 0);
+        load_proj(L, &ly->w_out, &ly->w_out_s, n, H, Hv * Dv);
     } else {
         int64_t Hq = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim;
         int64_t qrows = next ? 2 * Hq * D : Hq * D;
+        char first[256];
         snprintf(n, sizeof n, "%s.self_attn.qkv", p);
-        pack_begin(L, &ly->wqkv, wd, 2, SHP(qrows + 2 * Hkv * D, H), n, mat_scale(H), 0);
+        snprintf(first, sizeof first, "%s.self_attn.q_proj.weight", p);
+        proj_begin(L, &ly->wqkv, &ly->wqkv_s, 2, SHP(qrows + 2 * Hkv * D, H), n, first, mat_scale(H));
         snprintf(n, sizeof n, "%s.self_attn.q_proj.weight", p);
         if (next) pack_piece(L, n, 2, SHP(qrows, H), 0, (int)Hq, 2, SHP(D, D));
         else pack_rows(L, n, 2, SHP(qrows, H), 0);
@@ -227,7 +398,7 @@ static void load_layer(loader *L, int i)
         pack_rows(L, n, 2, SHP(Hkv * D, H), qrows + Hkv * D);
         pack_end(L);
         snprintf(n, sizeof n, "%s.self_attn.o_proj.weight", p);
-        load_one(L, &ly->wo, wd, n, 2, SHP(H, Hq * D), mat_scale(Hq * D), 0);
+        load_proj(L, &ly->wo, &ly->wo_s, n, H, Hq * D);
         snprintf(n, sizeof n, "%s.self_attn.q_norm.weight", p);
         load_one(L, &ly->q_norm, SL_DTYPE_F32, n, 1, SHP(D), 0.1f, norm_off);
         snprintf(n, sizeof n, "%s.self_attn.k_norm.weight", p);
@@ -238,8 +409,10 @@ static void load_layer(loader *L, int i)
         int64_t E = c->n_experts, I = c->moe_intermediate_size;
         snprintf(n, sizeof n, "%s.mlp.gate.weight", p);
         load_one(L, &ly->router, wd, n, 2, SHP(E, H), mat_scale(H), 0);
+        char first[256];
         snprintf(n, sizeof n, "%s.mlp.experts.gate_up", p);
-        pack_begin(L, &ly->ex_gate_up, wd, 3, SHP(E, 2 * I, H), n, mat_scale(H), 0);
+        snprintf(first, sizeof first, "%s.mlp.experts.0.gate_proj.weight", p);
+        proj_begin(L, &ly->ex_gate_up, &ly->ex_gate_up_s, 3, SHP(E, 2 * I, H), n, first, mat_scale(H));
         for (int64_t x = 0; x < E; x++) {
             snprintf(n, sizeof n, "%s.mlp.experts.%lld.gate_proj.weight", p, (long long)x);
             pack_rows(L, n, 2, SHP(I, H), x * 2 * I);
@@ -248,7 +421,8 @@ static void load_layer(loader *L, int i)
         }
         pack_end(L);
         snprintf(n, sizeof n, "%s.mlp.experts.down", p);
-        pack_begin(L, &ly->ex_down, wd, 3, SHP(E, H, I), n, mat_scale(I), 0);
+        snprintf(first, sizeof first, "%s.mlp.experts.0.down_proj.weight", p);
+        proj_begin(L, &ly->ex_down, &ly->ex_down_s, 3, SHP(E, H, I), n, first, mat_scale(I));
         for (int64_t x = 0; x < E; x++) {
             snprintf(n, sizeof n, "%s.mlp.experts.%lld.down_proj.weight", p, (long long)x);
             pack_rows(L, n, 2, SHP(H, I), x * H);
@@ -256,13 +430,14 @@ static void load_layer(loader *L, int i)
         pack_end(L);
         if (c->shared_expert_intermediate_size > 0) {
             snprintf(n, sizeof n, "%s.mlp.shared_expert", p);
-            load_mlp(L, &ly->sh_gate_up, &ly->sh_down, n, H, c->shared_expert_intermediate_size);
+            load_mlp(L, &ly->sh_gate_up, &ly->sh_gate_up_s, &ly->sh_down, &ly->sh_down_s, n, H,
+                     c->shared_expert_intermediate_size);
             snprintf(n, sizeof n, "%s.mlp.shared_expert_gate.weight", p);
             load_one(L, &ly->sh_gate, wd, n, 2, SHP(1, H), mat_scale(H), 0);
         }
     } else {
         snprintf(n, sizeof n, "%s.mlp", p);
-        load_mlp(L, &ly->w_gate_up, &ly->w_down, n, H, c->intermediate_size);
+        load_mlp(L, &ly->w_gate_up, &ly->w_gate_up_s, &ly->w_down, &ly->w_down_s, n, H, c->intermediate_size);
     }
 }
 
@@ -307,13 +482,14 @@ sl_status sl_model_checkpoint_tensors(const sl_model_config *c, sl_tensor_cb cb,
 }
 
 static sl_status model_new(sl_model **out, const sl_model_config *c, sl_backend *be, sl_safetensors *st,
-                           int dummy, uint64_t seed, sl_err *e)
+                           int dummy, uint64_t seed, int quantize_fp8, sl_err *e)
 {
     sl_model *m = calloc(1, sizeof *m);
     if (!m) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     m->cfg = *c;
     m->be = be;
-    loader L = {.m = m, .st = st, .wd = sl_be_weight_dtype(be), .dummy = dummy, .seed = seed, .e = e};
+    loader L = {.m = m, .st = st, .wd = sl_be_weight_dtype(be), .dummy = dummy, .seed = seed,
+                .quantize_fp8 = quantize_fp8, .e = e};
     sl_status s = walk_weights(&L);
     if (s) {
         sl_model_free(m);
@@ -332,7 +508,7 @@ sl_status sl_model_load(sl_model **out, const char *dir, sl_backend *be,
     int dummy = opts && opts->dummy;
     sl_safetensors *st = NULL;
     if (!dummy && (s = sl_safetensors_open(&st, dir, e))) return s;
-    s = model_new(out, &c, be, st, dummy, opts ? opts->seed : 0, e);
+    s = model_new(out, &c, be, st, dummy, opts ? opts->seed : 0, opts && opts->quantize_fp8, e);
     if (s && !dummy) sl_err_wrap(e, "loading %s", dir);
     sl_safetensors_close(st); /* weights were copied into backend memory */
     return s;
@@ -341,7 +517,7 @@ sl_status sl_model_load(sl_model **out, const char *dir, sl_backend *be,
 sl_status sl_model_from_config(sl_model **out, const sl_model_config *c, sl_backend *be,
                                uint64_t seed, sl_err *e)
 {
-    return model_new(out, c, be, NULL, 1, seed, e);
+    return model_new(out, c, be, NULL, 1, seed, 0, e);
 }
 
 void model_scratch_free(sl_model *m)
@@ -360,7 +536,7 @@ void sl_model_free(sl_model *m)
     if (m->layers) {
         for (int i = 0; i < m->cfg.n_layers; i++)
             release_all(m->be, &m->layers[i].in_norm,
-                        (size_t)(&m->layers[i].sh_gate - &m->layers[i].in_norm) + 1);
+                        (size_t)(&m->layers[i].ex_down_s - &m->layers[i].in_norm) + 1);
         free(m->layers);
     }
     sl_be_release(m->be, &m->embed);

@@ -65,6 +65,10 @@ typedef struct sl_model_config {
     uint8_t layer_linear[SL_MAX_LAYERS]; /* 1: linear attention, 0: full attention */
     uint8_t layer_moe[SL_MAX_LAYERS];    /* 1: sparse MoE block, 0: dense MLP */
     int n_attn_layers, n_linear_layers;
+    /* quantization_config: 1 = FP8 block-wise checkpoint (quant_method fp8,
+     * fmt e4m3, weight_block_size [128, 128], dynamic activations). Which
+     * projections are fp8 is told by their weight_scale_inv tensors. */
+    int quant_fp8;
     /* tokens */
     int bos_token_id;
     int eos_token_ids[SL_MAX_EOS];
@@ -82,9 +86,19 @@ sl_status sl_model_config_load(sl_model_config *c, const char *dir, sl_err *e);
 int sl_model_config_conv_dim(const sl_model_config *c);
 
 typedef struct sl_model_load_opts {
-    int dummy;      /* 1: seeded random weights, no weight files read */
-    uint64_t seed;  /* dummy weights seed */
+    int dummy;        /* 1: seeded random weights, no weight files read */
+    uint64_t seed;    /* dummy weights seed */
+    int quantize_fp8; /* 1: (--quantization fp8) quantize the projections that FP8
+                         checkpoints quantize (sl_model_fp8_target) block-wise at
+                         load, exactly as make-tiny --quantization fp8 writes them */
 } sl_model_load_opts;
+
+/* 1 if the checkpoint tensor name is a projection weight that FP8 block-wise
+ * checkpoints quantize: q/k/v/o_proj, gate/up/down_proj (MLP, experts, shared
+ * expert), linear_attn in_proj_qkvz and out_proj. Router gates, the shared
+ * expert gate, in_proj_ba, conv1d, norms, embeddings and the LM head stay in
+ * their float dtype. */
+int sl_model_fp8_target(const char *name);
 
 typedef struct sl_model sl_model;
 

@@ -78,6 +78,38 @@ static sl_status validate(const sl_model_config *c, sl_err *e)
     return SL_OK;
 }
 
+/* quantization_config: only FP8 block-wise (the official -FP8 releases). */
+static sl_status parse_quant(sl_model_config *c, json_t *q, sl_err *e)
+{
+    if (!q || json_is_null(q)) return SL_OK;
+    if (!json_is_object(q)) return bad(e, "quantization_config must be an object");
+    const char *method = json_string_value(json_object_get(q, "quant_method"));
+    if (!method || strcmp(method, "fp8"))
+        return sl_err_set(e, SL_ERR_UNSUPPORTED,
+                          "config.json: quantization_config.quant_method '%s' is not supported (fp8)",
+                          method ? method : "(missing)");
+    json_t *fmt = json_object_get(q, "fmt");
+    if (fmt && (!json_is_string(fmt) || strcmp(json_string_value(fmt), "e4m3")))
+        return sl_err_set(e, SL_ERR_UNSUPPORTED,
+                          "config.json: quantization_config.fmt '%s' is not supported (e4m3)",
+                          json_is_string(fmt) ? json_string_value(fmt) : "(not a string)");
+    json_t *bs = json_object_get(q, "weight_block_size");
+    if (!json_is_array(bs) || json_array_size(bs) != 2 ||
+        json_integer_value(json_array_get(bs, 0)) != SL_FP8_BLOCK ||
+        json_integer_value(json_array_get(bs, 1)) != SL_FP8_BLOCK)
+        return sl_err_set(e, SL_ERR_UNSUPPORTED,
+                          "config.json: quantization_config.weight_block_size must be [128, 128] "
+                          "(per-tensor and other block sizes are not supported)");
+    const char *act = json_string_value(json_object_get(q, "activation_scheme"));
+    if (act && strcmp(act, "dynamic"))
+        return sl_err_set(e, SL_ERR_UNSUPPORTED,
+                          "config.json: quantization_config.activation_scheme '%s' is not supported: "
+                          "sluice quantizes activations dynamically per token and 128-group and reads "
+                          "no input_scale tensors (dynamic)", act);
+    c->quant_fp8 = 1;
+    return SL_OK;
+}
+
 sl_status sl_model_config_parse(sl_model_config *c, const char *config_json,
                                 const char *generation_json, sl_err *e)
 {
@@ -176,6 +208,7 @@ sl_status sl_model_config_parse(sl_model_config *c, const char *config_json,
         if (c->layer_linear[i]) c->n_linear_layers++;
         else c->n_attn_layers++;
     }
+    if ((st = parse_quant(c, json_object_get(root, "quantization_config"), e))) goto done;
     c->bos_token_id = get_int(root, "bos_token_id", -1);
     read_eos(c, json_object_get(root, "eos_token_id"));
     c->gen = (sl_gen_defaults){.temperature = 1.0f, .top_p = 1.0f, .min_p = 0.0f,

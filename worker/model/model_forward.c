@@ -156,7 +156,7 @@ static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_
     int64_t Hq = g->n_heads, Hkv = g->n_kv_heads, D = g->head_dim, qd = Hq * D, kvd = Hkv * D;
     sl_tensor qkv = rows_of(&m->s.big, T);
     qkv = cols_of(&qkv, 0, sl_tensor_rows(&ly->wqkv));
-    sl_be_matmul(be, &qkv, xn, &ly->wqkv);
+    model_proj(be, &qkv, xn, &ly->wqkv, &ly->wqkv_s);
     trace(m, li, "qkv", &qkv);
     int64_t off = next ? 2 * qd : qd;
     sl_tensor q = cols_of(&qkv, 0, qd), k = cols_of(&qkv, off, kvd), v = cols_of(&qkv, off + kvd, kvd);
@@ -184,7 +184,7 @@ static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_
         sl_be_sigmoid_mul(be, &o, &gate);
         trace(m, li, "attn_gate", &o);
     }
-    sl_be_matmul(be, d, &o, &ly->wo);
+    model_proj(be, d, &o, &ly->wo, &ly->wo_s);
     trace(m, li, "o_proj", d);
 }
 
@@ -198,9 +198,9 @@ static void linear_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_bat
     int64_t Hv = g->lin_v_heads;
     sl_tensor proj = rows_of(&m->s.big, T);
     proj = cols_of(&proj, 0, C + VD);
-    sl_be_matmul(be, &proj, xn, &ly->w_qkvz);
+    model_proj(be, &proj, xn, &ly->w_qkvz, &ly->w_qkvz_s);
     sl_tensor ba = rows_of(&m->s.ba, T);
-    sl_be_matmul(be, &ba, xn, &ly->w_ba);
+    model_proj(be, &ba, xn, &ly->w_ba, &ly->w_ba_s);
     trace(m, li, "qkvz", &proj);
     trace(m, li, "ba", &ba);
     sl_tensor mixed = cols_of(&proj, 0, C), z = cols_of(&proj, C, VD);
@@ -217,24 +217,25 @@ static void linear_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_bat
     normed = cols_of(&normed, 0, VD);
     sl_be_rmsnorm_gated(be, &normed, &core, &z, &ly->gnorm, g->rms_eps);
     trace(m, li, "rmsnorm_gated", &normed);
-    sl_be_matmul(be, d, &normed, &ly->w_out);
+    model_proj(be, d, &normed, &ly->w_out, &ly->w_out_s);
     trace(m, li, "out_proj", d);
 }
 
 /* down(silu(gate x) ⊙ up x) into out */
-static void swiglu(sl_model *m, int li, const sl_tensor *gate_up, const sl_tensor *down,
-                   const sl_tensor *xn, sl_tensor *out, int T)
+static void swiglu(sl_model *m, int li, const sl_tensor *gate_up, const sl_tensor *gate_up_s,
+                   const sl_tensor *down, const sl_tensor *down_s, const sl_tensor *xn, sl_tensor *out,
+                   int T)
 {
     int64_t I = down->ne[1];
     sl_tensor gu = rows_of(&m->s.big, T);
     gu = cols_of(&gu, 0, 2 * I);
-    sl_be_matmul(m->be, &gu, xn, gate_up);
+    model_proj(m->be, &gu, xn, gate_up, gate_up_s);
     trace(m, li, "gate_up", &gu);
     sl_tensor act = rows_of(&m->s.mid, T);
     act = cols_of(&act, 0, I);
     sl_be_silu_mul(m->be, &act, &gu);
     trace(m, li, "silu_mul", &act);
-    sl_be_matmul(m->be, out, &act, down);
+    model_proj(m->be, out, &act, down, down_s);
     trace(m, li, "down", out);
 }
 
@@ -244,7 +245,7 @@ static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, sl_ten
     sl_backend *be = m->be;
     int li = (int)(ly - m->layers);
     if (!ly->moe) {
-        swiglu(m, li, &ly->w_gate_up, &ly->w_down, xn, d, T);
+        swiglu(m, li, &ly->w_gate_up, &ly->w_gate_up_s, &ly->w_down, &ly->w_down_s, xn, d, T);
         return;
     }
     sl_tensor logits = rows_of(&m->s.rlogits, T), ids = rows_of(&m->s.ids, T), w = rows_of(&m->s.wts, T);
@@ -253,11 +254,15 @@ static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, sl_ten
     sl_be_moe_route(be, &ids, &w, &logits, g->n_experts_per_tok, g->norm_topk_prob);
     trace(m, li, "route_ids", &ids);
     trace(m, li, "route_w", &w);
-    sl_be_moe_experts(be, d, xn, &ids, &w, &ly->ex_gate_up, &ly->ex_down);
+    if (ly->ex_gate_up_s.data)
+        sl_be_moe_experts_fp8(be, d, xn, &ids, &w, &ly->ex_gate_up, &ly->ex_gate_up_s, &ly->ex_down,
+                              &ly->ex_down_s);
+    else
+        sl_be_moe_experts(be, d, xn, &ids, &w, &ly->ex_gate_up, &ly->ex_down);
     trace(m, li, "experts", d);
     if (g->shared_expert_intermediate_size > 0) {
         sl_tensor sh = rows_of(&m->s.shared, T), sg = rows_of(&m->s.sgate, T);
-        swiglu(m, li, &ly->sh_gate_up, &ly->sh_down, xn, &sh, T);
+        swiglu(m, li, &ly->sh_gate_up, &ly->sh_gate_up_s, &ly->sh_down, &ly->sh_down_s, xn, &sh, T);
         sl_be_matmul(be, &sg, xn, &ly->sh_gate);
         trace(m, li, "shared_gate", &sg);
         sl_be_sigmoid_mul(be, &sh, &sg);

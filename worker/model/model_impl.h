@@ -17,7 +17,22 @@ typedef struct layer {
     sl_tensor w_gate_up, w_down;
     sl_tensor router, ex_gate_up, ex_down;
     sl_tensor sh_gate_up, sh_down, sh_gate;
+    /* FP8 scales of the projections above that load as F8E4M3: F32
+     * [rows, ceil(cols/128)] (3-D [E, rows, ...] for experts), one scale row
+     * per weight row, so fusing and row permutations need no 128-row block
+     * alignment (see sl_be_matmul_fp8). data NULL: that projection is not fp8.
+     * Keep these last: sl_model_free releases in_norm .. ex_down_s. */
+    sl_tensor wqkv_s, wo_s, w_qkvz_s, w_ba_s, w_out_s, w_gate_up_s, w_down_s, sh_gate_up_s, sh_down_s;
+    sl_tensor ex_gate_up_s, ex_down_s;
 } layer;
+
+/* y = x · wᵀ with w plain or FP8 (ws its scales, data NULL when plain) */
+static inline void model_proj(sl_backend *be, sl_tensor *y, const sl_tensor *x, const sl_tensor *w,
+                              const sl_tensor *ws)
+{
+    if (ws->data) sl_be_matmul_fp8(be, y, x, w, ws);
+    else sl_be_matmul(be, y, x, w);
+}
 
 /* Activations for up to cap tokens; views of the first T rows are used. */
 typedef struct scratch {

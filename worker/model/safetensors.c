@@ -25,6 +25,7 @@ static int parse_dtype(const char *s, sl_dtype *dt)
     else if (!strcmp(s, "F16")) *dt = SL_DTYPE_F16;
     else if (!strcmp(s, "F32")) *dt = SL_DTYPE_F32;
     else if (!strcmp(s, "I32")) *dt = SL_DTYPE_I32;
+    else if (!strcmp(s, "F8_E4M3")) *dt = SL_DTYPE_F8E4M3;
     else return -1;
     return 0;
 }
@@ -65,7 +66,7 @@ sl_status sl_safetensors_parse(sl_safetensors *st, const void *file, size_t len,
             break;
         }
         if (parse_dtype(dts, &t.dtype)) {
-            s = sl_err_set(e, SL_ERR_UNSUPPORTED, "%s: tensor %s: dtype %s not supported (BF16, F16, F32)",
+            s = sl_err_set(e, SL_ERR_UNSUPPORTED, "%s: tensor %s: dtype %s not supported (BF16, F16, F32, I32, F8_E4M3)",
                            fname, key, dts);
             break;
         }
@@ -200,7 +201,7 @@ void sl_safetensors_close(sl_safetensors *st)
 
 sl_status sl_safetensors_write(const char *path, const sl_safetensors_tensor *ts, int n, sl_err *e)
 {
-    static const char *dname[] = {"F32", "BF16", "F16", "I32"};
+    static const char *dname[] = {"F32", "BF16", "F16", "I32", "F8_E4M3"};
     json_t *h = json_object();
     size_t off = 0;
     for (int i = 0; i < n; i++) {

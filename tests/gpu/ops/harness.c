@@ -29,7 +29,7 @@
 /* The families in the order they run (and their --perf groups). */
 static const tb_family *const families[] = {
     &tb_family_matmul, &tb_family_attention, &tb_family_norm, &tb_family_moe,
-    &tb_family_gdn,    &tb_family_misc,      &tb_family_sample,
+    &tb_family_gdn,    &tb_family_misc,      &tb_family_sample, &tb_family_fp8,
 };
 
 /* bf16 round trip on the host, so CPU inputs equal what the GPU stores */

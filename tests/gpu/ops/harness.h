@@ -54,7 +54,7 @@ typedef struct tb_family {
 } tb_family;
 
 extern const tb_family tb_family_matmul, tb_family_attention, tb_family_norm, tb_family_moe,
-    tb_family_gdn, tb_family_misc, tb_family_sample;
+    tb_family_gdn, tb_family_misc, tb_family_sample, tb_family_fp8;
 
 #define TB_CK(call)                                                                                   \
     do {                                                                                           \

@@ -1,0 +1,13 @@
+// kernels/cuda/fp8.cuh: FP8 block-quantized matmul (sl_be_matmul_fp8).
+#ifndef SL_CUDA_FP8_CUH
+#define SL_CUDA_FP8_CUH
+
+#include "cuda_common.cuh"
+
+// out[M,N] = x[M,K] · dequant(w)ᵀ, the arithmetic of the CPU op
+// (kernels/cpu/fp8.c): activations quantized per token and 128-group first
+// (k_fp8_quant_act), then a GEMV (M ≤ 16) or a tiled GEMM.
+void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
+                   const sl_tensor *w_scale);
+
+#endif

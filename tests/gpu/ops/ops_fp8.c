@@ -1,0 +1,126 @@
+/* tests/gpu/ops/ops_fp8.c: matmul_fp8 (activation quantization, the FP8 GEMV for M <= 16, the
+ * tiled FP8 GEMM) against the CPU oracle kernels/cpu/fp8.c. */
+#include <string.h>
+
+#include "harness.h"
+
+static const tb_case cases[] = {
+    /* matmul_fp8: M, N, K, x dtype (0 bf16, 1 f32), scales (0 per row, 1 per 128-row block) */
+    {SL_OP_MATMUL_FP8, BF, {1, 128, 128, 0, 0}, 1e-2},
+    {SL_OP_MATMUL_FP8, BF, {1, 320, 192, 0, 1}, 1e-2},   /* partial blocks both ways */
+    {SL_OP_MATMUL_FP8, BF, {3, 320, 192, 0, 0}, 1e-2},
+    {SL_OP_MATMUL_FP8, F32, {7, 257, 385, 1, 1}, 1e-2},  /* odd everything; K % 16 != 0: scalar path */
+    {SL_OP_MATMUL_FP8, BF, {16, 4096, 4096, 0, 1}, 1e-2},
+    {SL_OP_MATMUL_FP8, BF, {17, 320, 192, 0, 0}, 1e-2},  /* first GEMM size */
+    {SL_OP_MATMUL_FP8, BF, {37, 768, 512, 0, 1}, 1e-2},
+    {SL_OP_MATMUL_FP8, F32, {130, 200, 328, 1, 0}, 1e-2},
+    {SL_OP_MATMUL_FP8, BF, {300, 1536, 2048, 0, 1}, 1e-2},
+};
+
+/* fp8 weight [N, K] + scales (per row [N, G] or per block [ceil(N/128), G]) on both backends */
+static void fp8_weight(tb *t, int N, int K, int per_block, sl_tensor wc_ws[2], sl_tensor wg_ws[2])
+{
+    int G = (K + 127) / 128, NB = (N + 127) / 128, SR = per_block ? NB : N;
+    float *w = malloc(sizeof(float) * (size_t)N * K), *sb = malloc(sizeof(float) * (size_t)NB * G);
+    float *s = malloc(sizeof(float) * (size_t)SR * G);
+    uint8_t *q = malloc((size_t)N * K);
+    for (int64_t i = 0; i < (int64_t)N * K; i++)
+        w[i] = (2.0f * sl_rng_uniform(t->seed ^ 0xf8, (uint64_t)i) - 1.0f) * (1.0f + (float)(i / K % 5));
+    sl_fp8_quantize_blocks(w, N, K, q, sb);
+    for (int r = 0; r < SR; r++)
+        for (int g = 0; g < G; g++) s[r * G + g] = sb[(per_block ? r : r / 128) * G + g];
+    sl_err e = {0};
+    sl_backend *be[2] = {t->cpu, t->gpu};
+    sl_tensor *out[2] = {wc_ws, wg_ws};
+    for (int b = 0; b < 2; b++) {
+        if (sl_be_alloc(be[b], &out[b][0], SL_DTYPE_F8E4M3, 2, (int64_t[]){N, K}, &e) ||
+            sl_be_upload(be[b], &out[b][0], q, SL_DTYPE_F8E4M3, &e) ||
+            sl_be_alloc(be[b], &out[b][1], F32, 2, (int64_t[]){SR, G}, &e) ||
+            sl_be_upload(be[b], &out[b][1], s, F32, &e))
+            tb_die("fp8 weight", &e);
+    }
+    free(w);
+    free(sb);
+    free(s);
+    free(q);
+}
+
+static void fp8_run(tb *t, const tb_case *c)
+{
+    const int *p = c->p;
+    int M = p[0], N = p[1], K = p[2];
+    char desc[96];
+    int64_t ne[2];
+    tb_pair x, y;
+    sl_tensor wc[2], wg[2];
+    snprintf(desc, sizeof desc, "M=%d N=%d K=%d x%s scales per %s -> %s", M, N, K, p[3] ? "f32" : "bf16",
+             p[4] ? "block" : "row", sl_dtype_name(c->dt));
+    tb_pair_rand(t, &x, p[3] ? F32 : BF, 2, (tb_ne2(ne, M, K), ne), -2, 2);
+    tb_pair_out(t, &y, c->dt, 2, (tb_ne2(ne, M, N), ne));
+    fp8_weight(t, N, K, p[4], wc, wg);
+    sl_be_matmul_fp8(t->cpu, &y.c, &x.c, &wc[0], &wc[1]);
+    sl_be_matmul_fp8(t->gpu, &y.g, &x.g, &wg[0], &wg[1]);
+    tb_compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
+    for (int i = 0; i < 2; i++) {
+        sl_be_release(t->cpu, &wc[i]);
+        sl_be_release(t->gpu, &wg[i]);
+    }
+    tb_pair_free(t, &x);
+    tb_pair_free(t, &y);
+}
+
+typedef struct pm_fp8 {
+    sl_tensor w[64], s[64], x[64], y[64];
+} pm_fp8;
+
+static void pf_fp8(tb *t, void *ctx, int set)
+{
+    pm_fp8 *c = ctx;
+    sl_be_matmul_fp8(t->gpu, &c->y[set], &c->x[set], &c->w[set], &c->s[set]);
+}
+
+static void perf_fp8(tb *t, const char *name, int M, int N, int K)
+{
+    pm_fp8 c;
+    int64_t ne[2], G = (K + 127) / 128;
+    int64_t wb = (int64_t)N * K + 4 * (int64_t)N * G, set_bytes = 2 * ((int64_t)M * K + (int64_t)M * N);
+    int ns = (int)(TB_L2_ROTATE / (wb + set_bytes) + 1);
+    if (ns > 64) ns = 64;
+    for (int i = 0; i < ns; i++) {
+        c.w[i] = tb_gpu_rand(t, SL_DTYPE_F8E4M3, 2, (tb_ne2(ne, N, K), ne), 448.0f);
+        c.s[i] = tb_gpu_rand(t, F32, 2, (tb_ne2(ne, N, G), ne), 1e-4f);
+        c.x[i] = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, M, K), ne), 1.0f);
+        c.y[i] = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, M, N), ne), 1.0f);
+    }
+    double b2b, bytes = (double)(wb + set_bytes);
+    double ms = tb_time_op(t, pf_fp8, &c, ns, 30, &b2b);
+    char desc[96], note[160];
+    snprintf(desc, sizeof desc, "%s M=%d N=%d K=%d", name, M, N, K);
+    snprintf(note, sizeof note, " [%s; b2b %.1f us %.0f%% of peak bandwidth]", sl_cuda_matmul_last(t->gpu),
+             b2b * 1e3, 100 * bytes / (b2b * 1e-3) / t->peak_bw);
+    tb_report(t, "matmul_fp8", desc, ms, bytes, 2.0 * M * N * K, note);
+    for (int i = 0; i < ns; i++) {
+        sl_be_release(t->gpu, &c.w[i]);
+        sl_be_release(t->gpu, &c.s[i]);
+        sl_be_release(t->gpu, &c.x[i]);
+        sl_be_release(t->gpu, &c.y[i]);
+    }
+}
+
+static void fp8_perf(tb *t, const char *filter)
+{
+    /* Qwen3-8B projections (H=4096, I=12288): decode GEMV bandwidth, prefill GEMM TFLOP/s */
+    const struct { const char *n; int N, K; } ws[] = {
+        {"8B qkv", (32 + 2 * 8) * 128, 4096},
+        {"8B o", 4096, 4096},
+        {"8B gate_up", 2 * 12288, 4096},
+        {"8B up", 12288, 4096},
+        {"8B down", 4096, 12288},
+    };
+    int Ms[] = {1, 4, 16, 4096};
+    if (!tb_perf_on(filter, SL_OP_MATMUL_FP8)) return;
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+        for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++) perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K);
+}
+
+const tb_family tb_family_fp8 = {cases, sizeof cases / sizeof cases[0], fp8_run, fp8_perf};
