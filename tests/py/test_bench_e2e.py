@@ -66,11 +66,10 @@ def bench(sluice_bin, port, *args):
     return block(r.stdout)
 
 
-def test_router_over_mock_worker(sluice_bin, shared, tmp_path):
+def test_router_over_mock_worker(sluice_bin, tokenizer_dir, tmp_path):
     """The router adds little to a worker's pace: 50 ms to the first token, 10 ms a token."""
-    if not (has_command(sluice_bin, "router") and has_command(sluice_bin, "mock-worker")):
-        pytest.skip("no `sluice router` / `sluice mock-worker` in this build yet")
-    tok = shared / "models" / "qwen3-tokenizer"
+    assert has_command(sluice_bin, "router") and has_command(sluice_bin, "mock-worker")
+    tok = tokenizer_dir
     url = f"ipc://{tmp_path}/w0"
     port = free_port()
     worker = subprocess.Popen([sluice_bin, "mock-worker", "--listen", url, "--first-token-delay-ms", "50",
@@ -92,13 +91,12 @@ def test_router_over_mock_worker(sluice_bin, shared, tmp_path):
         stop(worker)
 
 
-def test_serve_tiny_model(sluice_bin, shared, tmp_path):
+def test_serve_tiny_model(sluice_bin, tokenizer_dir, tmp_path):
     """A real engine end to end: every request answered with exactly max_tokens tokens."""
-    if not has_command(sluice_bin, "serve"):
-        pytest.skip("no `sluice serve` in this build yet")
+    assert has_command(sluice_bin, "serve")
     model = tmp_path / "tiny"
     subprocess.run([sluice_bin, "make-tiny", "--arch", "qwen3", "--out", str(model), "--tokenizer",
-                    str(shared / "models" / "qwen3-tokenizer")], check=True, capture_output=True)
+                    str(tokenizer_dir)], check=True, capture_output=True)
     port = free_port()
     serve = subprocess.Popen([sluice_bin, "serve", "--model-path", str(model), "--port", str(port)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
