@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "http.h"
+#include "http_client.h"
 #include "sl_test.h"
 
 static int port;
@@ -98,18 +99,6 @@ static void on_stop(uv_async_t *a)
 
 /* ---- client side (its own thread, blocking sockets) ---- */
 
-static int dial(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 static void send_all(int fd, const char *s) { (void)!write(fd, s, strlen(s)); }
 
 /* Reads until `need` occurrences of `until` were seen, EOF, or timeout. */
@@ -142,7 +131,7 @@ static void client(void *arg)
 {
     char buf[16384];
     /* keep-alive: two requests on one connection, query and headers */
-    int fd = dial();
+    int fd = http_client_dial(port);
     send_all(fd, "POST /echo?a=1 HTTP/1.1\r\nHost: x\r\nX-Test: hi\r\nContent-Length: 5\r\n\r\nhello");
     read_until(fd, buf, sizeof buf, "hello", 1, 2000);
     CHECK(strstr(buf, "HTTP/1.1 200 OK") == buf);
@@ -165,7 +154,7 @@ static void client(void *arg)
     close(fd);
 
     /* chunked request body */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                  "4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n");
     read_until(fd, buf, sizeof buf, "abcdefg", 1, 2000);
@@ -174,7 +163,7 @@ static void client(void *arg)
     close(fd);
 
     /* Expect: 100-continue is answered before the body is sent */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
     read_until(fd, buf, sizeof buf, "\r\n\r\n", 1, 2000);
     CHECK(!strcmp(buf, "HTTP/1.1 100 Continue\r\n\r\n"));
@@ -184,7 +173,7 @@ static void client(void *arg)
     close(fd);
 
     /* malformed request line -> 400 with OpenAI error JSON, closed */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "BLAH\x01 / HTTP/1.1\r\n\r\n");
     read_until(fd, buf, sizeof buf, "}}", 1, 2000);
     CHECK(strstr(buf, "HTTP/1.1 400") == buf);
@@ -193,7 +182,7 @@ static void client(void *arg)
     close(fd);
 
     /* header too large -> 400 */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "GET /echo HTTP/1.1\r\nX-Big: ");
     char big[5000];
     memset(big, 'a', sizeof big - 1);
@@ -205,7 +194,7 @@ static void client(void *arg)
     close(fd);
 
     /* body too large by Content-Length -> 413 before the body is sent */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n");
     read_until(fd, buf, sizeof buf, "}}", 1, 2000);
     CHECK(strstr(buf, "HTTP/1.1 413") == buf);
@@ -213,7 +202,7 @@ static void client(void *arg)
     close(fd);
 
     /* body too large in chunks -> 413 */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
     for (int i = 0; i < 3; i++) {
         send_all(fd, "1000\r\n");
@@ -228,25 +217,25 @@ static void client(void *arg)
     close(fd);
 
     /* slow headers -> 408 */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "GET /echo HTTP/1.1\r\nHost: x\r\n");
     read_until(fd, buf, sizeof buf, "}}", 1, 3000);
     CHECK_MSG(strstr(buf, "HTTP/1.1 408") == buf, "%s", buf);
     close(fd);
 
     /* client disconnect: the handler's request is aborted once ... */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
     usleep(100000);
     close(fd);
     usleep(200000);
     /* ... also after "Connection: close" and after a malformed pipelined
      * request, when nothing more is parsed but the socket is still watched */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     usleep(100000);
     close(fd);
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\nG;ET / HTTP/1.1\r\n\r\n");
     usleep(100000);
     close(fd);
@@ -255,7 +244,7 @@ static void client(void *arg)
               __atomic_load_n(&aborts, __ATOMIC_SEQ_CST));
 
     /* graceful shutdown: a stream in flight is finished, then the server stops */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "GET /longstream HTTP/1.1\r\nHost: x\r\n\r\n");
     read_until(fd, buf, sizeof buf, "part0", 1, 2000);
     CHECK(strstr(buf, "Connection: keep-alive") != NULL);
@@ -264,7 +253,7 @@ static void client(void *arg)
     CHECK_MSG(strstr(buf, "part2\n") != NULL, "drained stream: %s", buf);
     CHECK(is_closed(fd, 2000));
     close(fd);
-    CHECK(dial() < 0); /* no longer listening */
+    CHECK(http_client_dial(port) < 0); /* no longer listening */
 }
 
 int main(void)
