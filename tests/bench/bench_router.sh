@@ -6,7 +6,7 @@
 set -euo pipefail
 bin=${1:-build/bin/sluice}
 secs=${2:-10}
-tok=${TOKENIZER:-../shared/models/qwen3-tokenizer}
+tok=${TOKENIZER:-$(cd "$(dirname "$0")/../data/qwen3-tokenizer" && pwd)}
 dir=$(mktemp -d)
 trap 'kill $(cat $dir/*.pid 2>/dev/null) 2>/dev/null; rm -rf $dir' EXIT
 cat > $dir/completions.lua <<'LUA'

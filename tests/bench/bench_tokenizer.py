@@ -28,7 +28,7 @@ os.environ["RAYON_NUM_THREADS"] = "1"
 import tokenizers  # noqa: E402  (after the environment it reads)
 
 REPO = Path(__file__).resolve().parents[2]
-TOK_DIR = REPO.parent / "shared" / "models" / "qwen3-tokenizer"
+TOK_DIR = REPO / "tests" / "data" / "qwen3-tokenizer"
 
 
 def hf_bench(tok, docs, passes):

@@ -17,14 +17,14 @@ static sl_tok *tok;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    /* this file is <repo>/tests/fuzz/fuzz_tokenizer.c; the tokenizer is in <repo>/../shared */
+    /* this file is <repo>/tests/fuzz/fuzz_tokenizer.c; the tokenizer is <repo>/tests/data/qwen3-tokenizer */
     char path[4096];
     snprintf(path, sizeof path, "%s", __FILE__);
-    for (int up = 0; up < 3; up++) {
+    for (int up = 0; up < 2; up++) {
         char *slash = strrchr(path, '/');
         if (slash) *slash = 0;
     }
-    strncat(path, "/../shared/models/qwen3-tokenizer", sizeof path - strlen(path) - 1);
+    strncat(path, "/data/qwen3-tokenizer", sizeof path - strlen(path) - 1);
     sl_err e = {0};
     if (sl_tok_load(&tok, path, &e) != SL_OK) {
         fprintf(stderr, "fuzz_tokenizer: %s\n", e.msg);

@@ -16,8 +16,17 @@ import urllib.request
 
 SRC = pathlib.Path(os.environ.get("SLUICE_SRC", pathlib.Path(__file__).resolve().parents[2]))
 BIN = os.environ.get("SLUICE_BIN", str(SRC / "build" / "bin" / "sluice"))
-TOKENIZER = SRC.parent / "shared" / "models" / "qwen3-tokenizer"
+DATA = SRC / "tests" / "data"
+TOKENIZER = DATA / "qwen3-tokenizer"  # the real Qwen3 tokenizer, shipped in tests/data
+CODER_TEMPLATE = DATA / "qwen3-coder-template"  # the Qwen3-Coder chat template
 API_KEY = "test-key"
+
+
+def data_path(p):
+    """p itself; a missing test input fails the test that needs it, naming the file."""
+    p = pathlib.Path(p)
+    assert p.exists(), f"test data missing: {p}"
+    return p
 
 
 class Procs:
@@ -72,7 +81,8 @@ class Procs:
 
 def make_tiny(out, arch="qwen3"):
     subprocess.run([BIN, "make-tiny", "--arch", arch, "--out", str(out), "--tokenizer",
-                    str(TOKENIZER)], check=True, capture_output=True)
+                    str(data_path(TOKENIZER / "tokenizer.json").parent)], check=True,
+                   capture_output=True)
     return str(out)
 
 
@@ -113,6 +123,15 @@ def post(port, path, body, key=API_KEY, raw=None):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def start_mock_router(procs, model, reply, *flags):
+    """A mock worker that answers every request with the tokens of `reply` then
+    <|im_end|>, and a router over it with `flags`. Returns the router's port."""
+    ids = tokenize(model, reply) + tokenize(model, "<|im_end|>")
+    w = start_mock(procs, f"mock{procs.n}", "--reply-ids", ",".join(map(str, ids)))
+    _, port = start_router(procs, model, [w], *flags)
+    return port
 
 
 def start_router(procs, model, workers, *extra, alive=None, command="router"):

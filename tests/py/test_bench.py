@@ -156,10 +156,8 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def tokenizer(shared):
-    p = shared / "models" / "qwen3-tokenizer"
-    assert (p / "tokenizer.json").exists()
-    return p
+def tokenizer(tokenizer_dir):
+    return tokenizer_dir
 
 
 def bench(sluice_bin, port, *args, ok=True):

@@ -1,19 +1,11 @@
 """`sluice bench` against sluice itself: the router over a mock worker with a
-known token pace, and `sluice serve` on a tiny model (CPU). Skipped while the
-binary has no `serve` / `router` / `mock-worker` commands."""
+known token pace, and `sluice serve` on a tiny model (CPU)."""
 import json
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
-
-import pytest
-
-
-def has_command(sluice_bin, name):
-    r = subprocess.run([sluice_bin, name, "--help"], capture_output=True, text=True, timeout=30)
-    return r.returncode == 0
 
 
 def free_port():
@@ -66,11 +58,9 @@ def bench(sluice_bin, port, *args):
     return block(r.stdout)
 
 
-def test_router_over_mock_worker(sluice_bin, shared, tmp_path):
+def test_router_over_mock_worker(sluice_bin, tokenizer_dir, tmp_path):
     """The router adds little to a worker's pace: 50 ms to the first token, 10 ms a token."""
-    if not (has_command(sluice_bin, "router") and has_command(sluice_bin, "mock-worker")):
-        pytest.skip("no `sluice router` / `sluice mock-worker` in this build yet")
-    tok = shared / "models" / "qwen3-tokenizer"
+    tok = tokenizer_dir
     url = f"ipc://{tmp_path}/w0"
     port = free_port()
     worker = subprocess.Popen([sluice_bin, "mock-worker", "--listen", url, "--first-token-delay-ms", "50",
@@ -92,13 +82,11 @@ def test_router_over_mock_worker(sluice_bin, shared, tmp_path):
         stop(worker)
 
 
-def test_serve_tiny_model(sluice_bin, shared, tmp_path):
+def test_serve_tiny_model(sluice_bin, tokenizer_dir, tmp_path):
     """A real engine end to end: every request answered with exactly max_tokens tokens."""
-    if not has_command(sluice_bin, "serve"):
-        pytest.skip("no `sluice serve` in this build yet")
     model = tmp_path / "tiny"
     subprocess.run([sluice_bin, "make-tiny", "--arch", "qwen3", "--out", str(model), "--tokenizer",
-                    str(shared / "models" / "qwen3-tokenizer")], check=True, capture_output=True)
+                    str(tokenizer_dir)], check=True, capture_output=True)
     port = free_port()
     serve = subprocess.Popen([sluice_bin, "serve", "--model-path", str(model), "--port", str(port)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

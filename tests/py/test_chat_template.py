@@ -19,11 +19,12 @@ import jinja2.ext
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from router_harness import CODER_TEMPLATE, TOKENIZER, data_path
+
 SRC = os.environ.get("SLUICE_SRC", os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("SLUICE_BIN", os.path.join(SRC, "build", "bin", "sluice"))
-MODELS = os.path.join(SRC, "..", "shared", "models")
-QWEN3_DIR = os.path.join(MODELS, "qwen3-tokenizer")
-CODER_DIR = os.path.join(MODELS, "qwen3-coder-template")
+QWEN3_DIR = str(data_path(TOKENIZER / "tokenizer_config.json").parent)
+CODER_DIR = str(data_path(CODER_TEMPLATE / "chat_template.jinja").parent)
 
 
 def template_text(family):

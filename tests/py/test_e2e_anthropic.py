@@ -5,7 +5,7 @@ workers answer with fixed token ids so every block is known exactly."""
 import anthropic
 import pytest
 
-from router_harness import API_KEY, Procs, make_tiny, post, start_mock, start_router, tokenize
+from router_harness import API_KEY, TOKENIZER, Procs, make_tiny, post, start_mock_router, tokenize
 
 TOOLS = [{"name": "get_weather", "description": "Weather of a city",
           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -20,13 +20,10 @@ def env(tmp_path_factory):
     procs = Procs()
     try:
         model = make_tiny(tmp_path_factory.mktemp("m") / "tiny")
-        im_end = tokenize(model, "<|im_end|>")
 
         def router(reply):
-            ids = ",".join(map(str, tokenize(model, reply) + im_end))
-            w = start_mock(procs, f"mock{procs.n}", "--reply-ids", ids)
-            _, port = start_router(procs, model, [w], "--tool-call-parser", "hermes",
-                                   "--reasoning-parser", "qwen3")
+            port = start_mock_router(procs, model, reply, "--tool-call-parser", "hermes",
+                                     "--reasoning-parser", "qwen3")
             return anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY,
                                        max_retries=0, timeout=30), port
 
@@ -67,8 +64,7 @@ def test_text_and_thinking(env):
 
 
 def tokenize_reply(text):
-    import router_harness
-    return router_harness.tokenize(str(router_harness.TOKENIZER), text)
+    return tokenize(str(TOKENIZER), text)
 
 
 def test_tool_use(env):

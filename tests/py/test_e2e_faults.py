@@ -13,8 +13,7 @@ import time
 import openai
 import pytest
 
-from router_harness import (API_KEY, TOKENIZER, Procs, make_tiny, metrics, post,
-                            start_router, start_worker)
+from router_harness import API_KEY, TOKENIZER, metrics, post, start_router, start_worker
 
 PROMPT_A = "The history of the lighthouse keepers on the northern coast"
 PROMPT_B = "A recipe for bread with seeds and a long cold rise"
@@ -25,18 +24,6 @@ LONG = 240  # output tokens of the long greedy streams (the kill comes after 30)
 def client(port):
     return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
                          max_retries=0, timeout=60)
-
-
-@pytest.fixture
-def procs():
-    p = Procs()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("m") / "tiny")
 
 
 def greedy(c, prompt, stream, max_tokens=LONG):

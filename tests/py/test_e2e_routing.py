@@ -8,8 +8,8 @@ import time
 import openai
 import pytest
 
-from router_harness import (API_KEY, TOKENIZER, Procs, make_tiny, metrics, start_mock,
-                            start_router, start_worker)
+from router_harness import (API_KEY, TOKENIZER, metrics, start_mock, start_router,
+                            start_worker)
 
 SYSTEM = ("You are a careful assistant for a shipping company. Answer questions about "
           "parcels, tracking numbers, customs forms and delivery windows. ") * 3
@@ -23,18 +23,6 @@ def client(port):
 def inflight(port):
     m = metrics(port)
     return sorted(int(v) for k, v in m.items() if k.startswith("sluice_worker_inflight"))
-
-
-@pytest.fixture
-def procs():
-    p = Procs()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("m") / "tiny")
 
 
 def test_shared_prefix_lands_on_one_worker(procs, model):

@@ -7,8 +7,7 @@ import json
 import openai
 import pytest
 
-from router_harness import (API_KEY, Procs, make_tiny, post, start_mock, start_router,
-                            tokenize)
+from router_harness import API_KEY, Procs, make_tiny, post, start_mock_router
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather of a city",
@@ -26,12 +25,9 @@ def env(tmp_path_factory):
     procs = Procs()
     try:
         model = make_tiny(tmp_path_factory.mktemp("m") / "tiny")
-        im_end = tokenize(model, "<|im_end|>")
 
         def router(reply, *flags):
-            ids = ",".join(map(str, tokenize(model, reply) + im_end))
-            w = start_mock(procs, f"mock{procs.n}", "--reply-ids", ids)
-            _, port = start_router(procs, model, [w], *flags)
+            port = start_mock_router(procs, model, reply, *flags)
             return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
                                  max_retries=0, timeout=30), port
 

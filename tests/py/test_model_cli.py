@@ -192,8 +192,8 @@ def test_make_tiny_builtin_tokenizer(sluice_bin, tiny, tmp_path):
     assert not (small / "tokenizer.json").exists()
 
 
-def test_make_tiny_with_real_tokenizer(sluice_bin, shared, tmp_path):
-    tok = shared / "models" / "qwen3-tokenizer"
+def test_make_tiny_with_real_tokenizer(sluice_bin, tokenizer_dir, tmp_path):
+    tok = tokenizer_dir
     d = tmp_path / "withtok"
     r = run(sluice_bin, "make-tiny", "--arch", "qwen3", "--out", str(d), "--tokenizer", str(tok))
     assert "vocab 151669" in r.stdout

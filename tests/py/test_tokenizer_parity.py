@@ -17,15 +17,14 @@ from pathlib import Path
 
 import pytest
 
-tokenizers = pytest.importorskip("tokenizers")
+import tokenizers
+
+from router_harness import TOKENIZER, data_path
 
 SRC = Path(os.environ.get("SLUICE_SRC", Path(__file__).resolve().parents[2]))
 BIN = os.environ.get("SLUICE_BIN", str(SRC / "build" / "bin" / "sluice"))
-TOK_DIR = SRC.parent / "shared" / "models" / "qwen3-tokenizer"
-CORPUS = SRC / "tests" / "data" / "tokenizer_corpus.jsonl"
-
-pytestmark = pytest.mark.skipif(not (TOK_DIR / "tokenizer.json").exists(),
-                                reason="Qwen3 tokenizer not found next to the repo")
+TOK_DIR = data_path(TOKENIZER / "tokenizer.json").parent
+CORPUS = data_path(SRC / "tests" / "data" / "tokenizer_corpus.jsonl")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 /* Prefix-cache correctness on tiny models of all three architectures: a
  * request served from the cache (full hit, partial hit, branch point, after
  * eviction) gives the logits and greedy tokens of a cold run; the branching
- * scenario of MAMBA_CACHE.md §7 reports cached tokens 0, 0, floor(257/C)·C. */
+ * scenario of docs/mamba_cache.md §7 reports cached tokens 0, 0, floor(257/C)·C. */
 #include <math.h>
 
 #include "engine_harness.h"
@@ -139,7 +139,7 @@ static void test_branching(sl_model *m, int P, int overlap, int chunk)
     sl_engine_free(eng);
 }
 
-/* MAMBA_CACHE.md §8 scenarios around a decode checkpoint (interval 8, prompt
+/* docs/mamba_cache.md §8 scenarios around a decode checkpoint (interval 8, prompt
  * 60: the state at 64 is taken when the 4th output token is fed). A request
  * finishing with 3, 4 or 5 outputs, then a continuation of its text: the
  * continuation's logits equal a cold run, and it hits 64 exactly when that

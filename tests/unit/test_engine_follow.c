@@ -29,15 +29,21 @@ static sl_status fail_third(void *ctx, const sl_sched_batch *b, sl_err *e)
     return ++*n == 3 ? sl_err_set(e, SL_ERR_DEVICE, "injected device failure") : SL_OK;
 }
 
+/* The engine both tests use: 4-token pages, 512 tokens, 16 mamba slots, 4 running. */
+static void small_config(sl_engine_config *c)
+{
+    sl_engine_config_default(c);
+    c->page_size = 4;
+    c->max_total_tokens = 512;
+    c->max_mamba_slots = 16;
+    c->max_running = 4;
+    c->context_len = 256;
+}
+
 static void test_failure(sl_model *m, int overlap)
 {
     sl_engine_config c;
-    sl_engine_config_default(&c);
-    c.page_size = 4;
-    c.max_total_tokens = 512;
-    c.max_mamba_slots = 16;
-    c.max_running = 4;
-    c.context_len = 256;
+    small_config(&c);
     c.overlap = overlap;
     sl_engine *g = NULL;
     sl_err e = {0};
@@ -66,12 +72,7 @@ int main(void)
     CHECK(m1 && m2);
     if (!m1 || !m2) return sl_test_done("test_engine_follow");
     sl_engine_config c;
-    sl_engine_config_default(&c);
-    c.page_size = 4;
-    c.max_total_tokens = 512;
-    c.max_mamba_slots = 16;
-    c.max_running = 4;
-    c.context_len = 256;
+    small_config(&c);
     c.chunked_prefill_size = 64;
     c.track_interval = 8;
     sl_engine *lead = NULL, *follow = NULL;

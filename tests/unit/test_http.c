@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "http.h"
+#include "http_client.h"
 #include "sl_test.h"
 
 static int port;
@@ -98,18 +99,6 @@ static void on_stop(uv_async_t *a)
 
 /* ---- client side (its own thread, blocking sockets) ---- */
 
-static int dial(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 static void send_all(int fd, const char *s) { (void)!write(fd, s, strlen(s)); }
 
 /* Reads until `need` occurrences of `until` were seen, EOF, or timeout. */
@@ -130,6 +119,16 @@ static int read_until(int fd, char *buf, int cap, const char *until, int need, i
     }
 }
 
+/* Dials the server, sends `request` and reads the answer into buf until `until`
+ * (or EOF, or timeout_ms); returns the connection, which the caller closes. */
+static int exchange(const char *request, char *buf, int cap, const char *until, int timeout_ms)
+{
+    int fd = http_client_dial(port);
+    send_all(fd, request);
+    read_until(fd, buf, cap, until, 1, timeout_ms);
+    return fd;
+}
+
 static int is_closed(int fd, int timeout_ms)
 {
     struct pollfd pf = {.fd = fd, .events = POLLIN};
@@ -142,9 +141,9 @@ static void client(void *arg)
 {
     char buf[16384];
     /* keep-alive: two requests on one connection, query and headers */
-    int fd = dial();
-    send_all(fd, "POST /echo?a=1 HTTP/1.1\r\nHost: x\r\nX-Test: hi\r\nContent-Length: 5\r\n\r\nhello");
-    read_until(fd, buf, sizeof buf, "hello", 1, 2000);
+    int fd = exchange("POST /echo?a=1 HTTP/1.1\r\nHost: x\r\nX-Test: hi\r\n"
+                      "Content-Length: 5\r\n\r\nhello",
+                      buf, sizeof buf, "hello", 2000);
     CHECK(strstr(buf, "HTTP/1.1 200 OK") == buf);
     CHECK(strstr(buf, "X-Query: a=1") != NULL);
     CHECK(strstr(buf, "X-Test: hi") != NULL);
@@ -165,18 +164,17 @@ static void client(void *arg)
     close(fd);
 
     /* chunked request body */
-    fd = dial();
-    send_all(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 "4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n");
-    read_until(fd, buf, sizeof buf, "abcdefg", 1, 2000);
+    fd = exchange("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n",
+                  buf, sizeof buf, "abcdefg", 2000);
     CHECK(strstr(buf, "Content-Length: 7\r\n") != NULL);
     CHECK(strstr(buf, "\r\n\r\nabcdefg") != NULL);
     close(fd);
 
     /* Expect: 100-continue is answered before the body is sent */
-    fd = dial();
-    send_all(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
-    read_until(fd, buf, sizeof buf, "\r\n\r\n", 1, 2000);
+    fd = exchange("POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  "Content-Length: 4\r\n\r\n",
+                  buf, sizeof buf, "\r\n\r\n", 2000);
     CHECK(!strcmp(buf, "HTTP/1.1 100 Continue\r\n\r\n"));
     send_all(fd, "body");
     read_until(fd, buf, sizeof buf, "body", 1, 2000);
@@ -184,16 +182,14 @@ static void client(void *arg)
     close(fd);
 
     /* malformed request line -> 400 with OpenAI error JSON, closed */
-    fd = dial();
-    send_all(fd, "BLAH\x01 / HTTP/1.1\r\n\r\n");
-    read_until(fd, buf, sizeof buf, "}}", 1, 2000);
+    fd = exchange("BLAH\x01 / HTTP/1.1\r\n\r\n", buf, sizeof buf, "}}", 2000);
     CHECK(strstr(buf, "HTTP/1.1 400") == buf);
     CHECK(strstr(buf, "\"error\"") && strstr(buf, "malformed HTTP request"));
     CHECK(is_closed(fd, 2000));
     close(fd);
 
     /* header too large -> 400 */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "GET /echo HTTP/1.1\r\nX-Big: ");
     char big[5000];
     memset(big, 'a', sizeof big - 1);
@@ -205,15 +201,14 @@ static void client(void *arg)
     close(fd);
 
     /* body too large by Content-Length -> 413 before the body is sent */
-    fd = dial();
-    send_all(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n");
-    read_until(fd, buf, sizeof buf, "}}", 1, 2000);
+    fd = exchange("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n",
+                  buf, sizeof buf, "}}", 2000);
     CHECK(strstr(buf, "HTTP/1.1 413") == buf);
     CHECK(strstr(buf, "\"code\":413") != NULL);
     close(fd);
 
     /* body too large in chunks -> 413 */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
     for (int i = 0; i < 3; i++) {
         send_all(fd, "1000\r\n");
@@ -228,25 +223,23 @@ static void client(void *arg)
     close(fd);
 
     /* slow headers -> 408 */
-    fd = dial();
-    send_all(fd, "GET /echo HTTP/1.1\r\nHost: x\r\n");
-    read_until(fd, buf, sizeof buf, "}}", 1, 3000);
+    fd = exchange("GET /echo HTTP/1.1\r\nHost: x\r\n", buf, sizeof buf, "}}", 3000);
     CHECK_MSG(strstr(buf, "HTTP/1.1 408") == buf, "%s", buf);
     close(fd);
 
     /* client disconnect: the handler's request is aborted once ... */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n");
     usleep(100000);
     close(fd);
     usleep(200000);
     /* ... also after "Connection: close" and after a malformed pipelined
      * request, when nothing more is parsed but the socket is still watched */
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     usleep(100000);
     close(fd);
-    fd = dial();
+    fd = http_client_dial(port);
     send_all(fd, "GET /hold HTTP/1.1\r\nHost: x\r\n\r\nG;ET / HTTP/1.1\r\n\r\n");
     usleep(100000);
     close(fd);
@@ -255,16 +248,14 @@ static void client(void *arg)
               __atomic_load_n(&aborts, __ATOMIC_SEQ_CST));
 
     /* graceful shutdown: a stream in flight is finished, then the server stops */
-    fd = dial();
-    send_all(fd, "GET /longstream HTTP/1.1\r\nHost: x\r\n\r\n");
-    read_until(fd, buf, sizeof buf, "part0", 1, 2000);
+    fd = exchange("GET /longstream HTTP/1.1\r\nHost: x\r\n\r\n", buf, sizeof buf, "part0", 2000);
     CHECK(strstr(buf, "Connection: keep-alive") != NULL);
     uv_async_send(&stop_async);
     read_until(fd, buf, sizeof buf, "0\r\n\r\n", 1, 3000);
     CHECK_MSG(strstr(buf, "part2\n") != NULL, "drained stream: %s", buf);
     CHECK(is_closed(fd, 2000));
     close(fd);
-    CHECK(dial() < 0); /* no longer listening */
+    CHECK(http_client_dial(port) < 0); /* no longer listening */
 }
 
 int main(void)

@@ -121,7 +121,7 @@ static void test_pure(void)
     teardown(&f);
 }
 
-/* MAMBA_CACHE.md §4: root─[P+A]●, R2 with P+B matches KV 257 deep but no state:
+/* docs/mamba_cache.md §4: root─[P+A]●, R2 with P+B matches KV 257 deep but no state:
  * best = root, branch = 256; after R2 inserts at 256 a third request hits 256. */
 static void test_hybrid_branch(void)
 {

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "http_client.h"
 #include "router.h"
 #include "sl_test.h"
 
@@ -88,24 +89,12 @@ static int port;
 static uv_async_t stop_async;
 static sl_router *rt;
 
-static int dial(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a)) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* One request on its own connection; returns the status, *body the body
  * (malloc'd; chunked encoding left as is: SSE tests look for substrings). */
 static int req(const char *method, const char *path, const char *body, const char *hdrs,
                char **resp)
 {
-    int fd = dial();
+    int fd = http_client_dial(port);
     char head[1024];
     snprintf(head, sizeof head,
              "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%sContent-Length: %zu\r\n\r\n",
@@ -195,6 +184,16 @@ static json_t *call(const char *path, const char *body, int *status)
     if (!o) fprintf(stderr, "not JSON (%d): %s\n", *status, r);
     free(r);
     return o;
+}
+
+/* POSTs body to path: the answer must be `status` with `msg` in error.message. */
+static void check_error(const char *path, const char *body, int status, const char *msg)
+{
+    int st;
+    json_t *o = call(path, body, &st);
+    const char *m = jstr(o, "error.message");
+    CHECK_MSG(st == status && m && strstr(m, msg), "%s %s: %d %s", path, body, st, m ? m : "-");
+    json_decref(o);
 }
 
 static void test_completions(void)
@@ -294,46 +293,37 @@ static void test_errors(void)
     CHECK(strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "malformed JSON") != NULL);
     CHECK(streq(jstr(o, "error.type"), "invalid_request_error"));
     json_decref(o);
-    o = call("/v1/chat/completions",
-             "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"max_tokens\":\"x\"}", &st);
-    CHECK(st == 400 && strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "max_tokens"));
-    json_decref(o);
-    o = call("/v1/chat/completions", "{\"model\":\"gpt-9\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}", &st);
-    CHECK(st == 404 && strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "gpt-9"));
-    json_decref(o);
+    check_error("/v1/chat/completions",
+                "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"max_tokens\":\"x\"}",
+                400, "max_tokens");
+    check_error("/v1/chat/completions",
+                "{\"model\":\"gpt-9\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}",
+                404, "gpt-9");
     o = call("/v1/chat/completions", "{\"messages\":[]}", &st);
     CHECK(st == 400);
     json_decref(o);
-    o = call("/v1/chat/completions",
-             "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"temperature\":7}", &st);
-    CHECK(st == 400 && strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "temperature"));
-    json_decref(o);
+    check_error("/v1/chat/completions",
+                "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"temperature\":7}",
+                400, "temperature");
     /* too long for the 64-token context */
     char big[200];
     snprintf(big, sizeof big, "{\"prompt\":\"%070d\",\"max_tokens\":1}", 0);
-    o = call("/v1/completions", big, &st);
-    CHECK(st == 400 && strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "maximum context length is 64"));
-    json_decref(o);
+    check_error("/v1/completions", big, 400, "maximum context length is 64");
     o = call("/v1/completions", "{\"prompt\":[1,\"a\"]}", &st);
     CHECK(st == 400);
     json_decref(o);
-    o = call("/v1/completions", "{\"prompt\":\"a\",\"logit_bias\":{\"1\":3}}", &st);
-    CHECK(st == 400 && strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "logit_bias"));
-    json_decref(o);
+    check_error("/v1/completions", "{\"prompt\":\"a\",\"logit_bias\":{\"1\":3}}", 400,
+                "logit_bias");
     /* a stop string over SL_JOB_MAX_STOP_BYTES */
     char longstop[1200];
     snprintf(longstop, sizeof longstop, "{\"prompt\":\"a\",\"stop\":[\"x\",\"%01030d\"]}", 0);
-    o = call("/v1/completions", longstop, &st);
-    CHECK(st == 400 && strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "stop[1]: at most 1024 bytes"));
-    json_decref(o);
+    check_error("/v1/completions", longstop, 400, "stop[1]: at most 1024 bytes");
     /* more stop ids than a worker takes beside the eos ids */
     sl_buf ids = {0};
     sl_buf_puts(&ids, "{\"prompt\":\"a\",\"stop_token_ids\":[1");
     for (int i = 0; i < 48; i++) sl_buf_puts(&ids, ",1"); /* 49 ids */
     sl_buf_puts(&ids, "]}");
-    o = call("/v1/completions", ids.data, &st);
-    CHECK(st == 400 && strstr(jstr(o, "error.message") ? jstr(o, "error.message") : "", "at most 48 token ids"));
-    json_decref(o);
+    check_error("/v1/completions", ids.data, 400, "at most 48 token ids");
     sl_buf_free(&ids);
     /* tokenize / detokenize */
     o = call("/tokenize", "{\"prompt\":\"hi\"}", &st);
@@ -363,7 +353,7 @@ static void test_abort_and_death(void)
 {
     /* Workers take 20 ms a token: a streaming request is cut by the client;
      * the router must abort it at the worker at once. */
-    int fd = dial();
+    int fd = http_client_dial(port);
     const char *body = "{\"prompt\":[[1,2,3]],\"max_tokens\":50,\"stream\":true}";
     char head[512];
     snprintf(head, sizeof head,
@@ -384,7 +374,7 @@ static void test_abort_and_death(void)
     free(r);
 
     /* a request in flight on a worker when it dies: fails fast (no migration) */
-    fd = dial();
+    fd = http_client_dial(port);
     (void)!write(fd, head, strlen(head));
     usleep(300000);
     req("GET", "/metrics", NULL, AUTH, &r);

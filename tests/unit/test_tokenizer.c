@@ -360,10 +360,10 @@ int main(void)
 {
     const char *src = getenv("SLUICE_SRC");
     char path[4096];
-    snprintf(path, sizeof path, "%s/../shared/models/qwen3-tokenizer", src ? src : ".");
+    snprintf(path, sizeof path, "%s/tests/data/qwen3-tokenizer", src ? src : ".");
     sl_tok *t = NULL;
     sl_err e = {0};
-    CHECK_MSG(sl_tok_load(&t, path, &e) == SL_OK, "%s", e.msg);
+    CHECK_MSG(sl_tok_load(&t, path, &e) == SL_OK, "%s: %s", path, e.msg);
     if (t) {
         test_qwen_known(t);
         test_lookups(t);

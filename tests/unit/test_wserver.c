@@ -78,6 +78,24 @@ static int collect(uint64_t rid, result *r)
     }
 }
 
+/* One GenerateRequest to the worker: prompt ids[0..n), out[0..n_out) already generated. */
+static void send_generate(uint64_t rid, const int32_t *ids, int n, const int32_t *out, int n_out,
+                          int max_new, Sluice__SamplingParams *sp)
+{
+    Sluice__GenerateRequest g = SLUICE__GENERATE_REQUEST__INIT;
+    g.rid = rid;
+    g.n_input_ids = (size_t)n;
+    g.input_ids = (int32_t *)ids;
+    g.n_output_ids = (size_t)n_out;
+    g.output_ids = (int32_t *)out;
+    g.sampling = sp;
+    g.max_new_tokens = max_new;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_GENERATE;
+    env.generate = &g;
+    send_env(&env);
+}
+
 /* out/n_out: tokens already generated (a migration). temperature > 0 draws
  * with a fixed seed. */
 static void generate_after(uint64_t rid, const int32_t *ids, int n, const int32_t *out, int n_out,
@@ -90,18 +108,7 @@ static void generate_after(uint64_t rid, const int32_t *ids, int n, const int32_
     sp.top_p = 1;
     sp.repetition_penalty = 1;
     sp.frequency_penalty = frequency_penalty;
-    Sluice__GenerateRequest g = SLUICE__GENERATE_REQUEST__INIT;
-    g.rid = rid;
-    g.n_input_ids = (size_t)n;
-    g.input_ids = (int32_t *)ids;
-    g.n_output_ids = (size_t)n_out;
-    g.output_ids = (int32_t *)out;
-    g.sampling = &sp;
-    g.max_new_tokens = max_new;
-    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-    env.msg_case = SLUICE__ENVELOPE__MSG_GENERATE;
-    env.generate = &g;
-    send_env(&env);
+    send_generate(rid, ids, n, out, n_out, max_new, &sp);
 }
 
 static void generate(uint64_t rid, const int32_t *ids, int n, int max_new, int logprobs, int top,
@@ -114,16 +121,7 @@ static void generate(uint64_t rid, const int32_t *ids, int n, int max_new, int l
     sp.logprobs = logprobs;
     sp.top_logprobs = top;
     sp.ignore_eos = ignore_eos;
-    Sluice__GenerateRequest g = SLUICE__GENERATE_REQUEST__INIT;
-    g.rid = rid;
-    g.n_input_ids = (size_t)n;
-    g.input_ids = (int32_t *)ids;
-    g.sampling = &sp;
-    g.max_new_tokens = max_new;
-    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-    env.msg_case = SLUICE__ENVELOPE__MSG_GENERATE;
-    env.generate = &g;
-    send_env(&env);
+    send_generate(rid, ids, n, NULL, 0, max_new, &sp);
 }
 
 /* Exit status and stderr of `sluice worker ARGS` (it must fail fast). */
