@@ -72,8 +72,10 @@ def qn(tmp_path_factory):
 
 
 def serve(procs, model, *extra, alive=1):
+    # a TP group answers heartbeats between steps: allow slow steps on a loaded CI box
     return start_router(procs, model, [], "--mem-bytes", 64 << 20, "--context-length", CTX,
-                        "--dist-timeout", 3, *extra, command="serve", alive=alive)
+                        "--dist-timeout", 3, "--dead-after-ms", 8000, *extra, command="serve",
+                        alive=alive)
 
 
 def worker(*args, env=None, timeout=20):
@@ -135,14 +137,14 @@ def test_tp2_prefix_cache_hybrid(procs, qn):
 
 def test_killed_rank_moves_the_stream_to_the_other_group(procs, q3):
     s1, p1 = serve(procs, q3)
-    ref = greedy(client(p1), PROMPTS[0], 120).choices[0].text
+    n = 230  # long enough to outlast the detection (--dist-timeout 1)
+    ref = greedy(client(p1), PROMPTS[0], n).choices[0].text
     procs.stop(s1)
-    srv, port = serve(procs, q3, "--tp-size", 2, "--dp-size", 2, "--heartbeat-ms", 200,
-                      "--dead-after-ms", 1500, alive=2)
+    srv, port = serve(procs, q3, "--tp-size", 2, "--dp-size", 2, "--dist-timeout", 1, alive=2)
     c = client(port)
-    s = greedy(c, PROMPTS[0], 120, stream=True)
+    s = greedy(c, PROMPTS[0], n, stream=True)
     it = iter(s)
-    text = "".join(next(it).choices[0].text for _ in range(5))
+    text = next(it).choices[0].text
     m = metrics(port)
     busy = [k.split('"')[1] for k, v in m.items()
             if k.startswith("sluice_worker_inflight") and v == 1]
@@ -165,8 +167,8 @@ def test_killed_rank_moves_the_stream_to_the_other_group(procs, q3):
     else:
         raise AssertionError("the leader outlived its group")
     assert srv.poll() is None  # the other group still serves
-    assert greedy(c, PROMPTS[0], 16).choices[0].text == ref[:len(greedy(c, PROMPTS[0], 16)
-                                                                  .choices[0].text)]
+    again = greedy(c, PROMPTS[0], n).choices[0].text
+    assert again == ref
 
 
 def test_rank_death_fails_the_group_fast(tmp_path, q3):
