@@ -1,8 +1,16 @@
 /* `sluice serve`: one command for one machine, SGLang-style. Starts
  * --dp-size worker groups as child processes (`sluice worker` on ipc://
  * sockets, worker flags passed through), then runs the router in this
- * process over them. On SIGINT/SIGTERM the router drains and the workers are
+ * process over them. A group of --tp-size N > 1 is one `sluice worker
+ * --tp-size N` process (rank 0, the one the router dials) that starts its
+ * N-1 other ranks itself; the group meets on a free 127.0.0.1 port; group g
+ * uses cuda:g*N .. cuda:g*N+N-1. A group that exits leaves the others
+ * serving (the router migrates its requests); serve stops (exit 1) when no
+ * group is left. On SIGINT/SIGTERM the router drains and the workers are
  * stopped; they also die with this process if it is killed. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,8 +29,8 @@
 /* Worker flags (worker/cli/engine_flags.h) passed through verbatim when given. */
 static sl_engine_flags_pass passes;
 
-/* Watches the worker children: one that exits stops serve (exit 1) rather
- * than leaving a router without workers. */
+/* Watches the worker children: when the last one exits serve stops (exit 1)
+ * rather than leaving a router without workers. */
 typedef struct watch {
     pid_t *pids;
     int n;
@@ -37,12 +45,29 @@ static void on_sigchld(uv_signal_t *h, int signum)
         int st;
         if (w->pids[g] > 0 && waitpid(w->pids[g], &st, WNOHANG) == w->pids[g]) {
             w->pids[g] = 0;
-            fprintf(stderr, "serve: worker group %d exited (%s %d); stopping\n", g,
+            int left = 0;
+            for (int k = 0; k < w->n; k++) left += w->pids[k] > 0;
+            fprintf(stderr, "serve: worker group %d exited (%s %d); %s\n", g,
                     WIFEXITED(st) ? "status" : "signal",
-                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-            sl_router_ctl_stop(w->ctl, 1);
+                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st),
+                    left ? "the other groups go on" : "stopping");
+            if (!left) sl_router_ctl_stop(w->ctl, 1);
         }
     }
+}
+
+/* A free TCP port on 127.0.0.1 (for a group's --dist-init-addr), or 0. */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t n = sizeof a;
+    int port = 0;
+    if (fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof a) &&
+        !getsockname(fd, (struct sockaddr *)&a, &n))
+        port = ntohs(a.sin_port);
+    if (fd >= 0) close(fd);
+    return port;
 }
 
 static void watch_started(uv_loop_t *loop, sl_router_ctl *ctl, void *ud)
@@ -78,13 +103,15 @@ int sl_cmd_serve(int argc, char **argv)
     sl_router_cli cli;
     sl_router_config cfg;
     int tp = 1, dp = 1;
-    const char *device = "cpu";
+    const char *device = "cpu", *dist_timeout = NULL;
     sl_opt opts[SL_ROUTER_MAX_OPTS];
     int n = sl_router_opts(opts, &cli, &cfg);
     opts[n++] = (sl_opt){"--tp-size", "--tp", SL_OPT_INT, &tp, "GPUs per worker group (1)"};
     opts[n++] = (sl_opt){"--dp-size", "--dp", SL_OPT_INT, &dp, "worker groups behind the router (1)"};
     opts[n++] = (sl_opt){"--device", NULL, SL_OPT_STR, &device,
-                         "cpu | cuda (group i gets cuda:i*tp) | cuda:N"};
+                         "cpu | cuda (group i gets cuda:i*tp ..) | cuda:N"};
+    opts[n++] = (sl_opt){"--dist-timeout", NULL, SL_OPT_STR, &dist_timeout,
+                         "seconds a rank waits for its group before it fails (workers; 60)"};
     n += sl_engine_flags_pass_opts(&passes, opts + n);
     const char *summary = "router + local workers in one command (SGLang's launch_server flags)";
     int rc = sl_router_opts_parse(argc, argv, opts, n, "serve", summary, &cli, &cfg);
@@ -93,16 +120,10 @@ int sl_cmd_serve(int argc, char **argv)
         fprintf(stderr, "serve: --dp-size 1..%d and --tp-size 1..64\n", MAX_DP);
         return 2;
     }
-    if (tp > 1) {
-        /* The flag is accepted for SGLang command lines; the worker has no
-         * tensor parallelism to hand it to yet. */
-        fprintf(stderr, "serve: --tp-size %d: sluice worker runs one GPU per process so far "
-                        "(use --tp-size 1, or --dp-size for more GPUs)\n", tp);
-        return 2;
-    }
     static char urls[MAX_DP][128];
     pid_t pids[MAX_DP] = {0};
-    char ctx[32], dev[32];
+    char ctx[32], dev[32], tps[16], addr[MAX_DP][48];
+    snprintf(tps, sizeof tps, "%d", tp);
     snprintf(ctx, sizeof ctx, "%d", cfg.context_length);
     for (int g = 0; g < dp; g++) {
         snprintf(urls[g], sizeof urls[g], "ipc:///tmp/sluice-serve-%d-%d.ipc", (int)getpid(), g);
@@ -125,6 +146,23 @@ int sl_cmd_serve(int argc, char **argv)
         if (cfg.context_length > 0) {
             wargv[k++] = "--context-length";
             wargv[k++] = ctx;
+        }
+        if (tp > 1) {
+            int port = free_port();
+            if (!port) {
+                fprintf(stderr, "serve: no free port for the group's --dist-init-addr\n");
+                dp = g;
+                break;
+            }
+            snprintf(addr[g], sizeof addr[g], "127.0.0.1:%d", port);
+            wargv[k++] = "--tp-size";
+            wargv[k++] = tps;
+            wargv[k++] = "--dist-init-addr";
+            wargv[k++] = addr[g];
+        }
+        if (dist_timeout) {
+            wargv[k++] = "--dist-timeout";
+            wargv[k++] = (char *)dist_timeout;
         }
         k += sl_engine_flags_pass_argv(&passes, wargv + k);
         wargv[k] = NULL;

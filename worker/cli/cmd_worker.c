@@ -1,11 +1,25 @@
 /* `sluice worker`: load a model and serve it to a router over nng.
- * Flag names follow SGLang's server arguments where one exists. */
+ * Flag names follow SGLang's server arguments where one exists.
+ *
+ * Tensor parallelism (docs/parallel.md): with --tp-size N > 1 the process is
+ * one rank of a group meeting at --dist-init-addr. --tp-rank R runs exactly
+ * rank R; without it the process runs the first of its node's N/M ranks
+ * (--nnodes M, --node-rank i: ranks i*N/M ..) and starts the others as child
+ * processes (the same command line plus --tp-rank and, on CUDA, the next
+ * device). Rank 0 listens for the router; the others follow it. */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "engine_flags.h"
+#include "group.h"
 #include "model.h"
 #include "sl_log.h"
 #include "sl_opts.h"
@@ -49,29 +63,165 @@ static sl_status check_flags(const sl_model_config *mc, const sl_engine_config *
     return sl_sched_config_check(&sc, e);
 }
 
+/* "HOST:PORT" or "[V6]:PORT" with a port in 1..65535. */
+static int addr_ok(const char *a)
+{
+    const char *colon = a[0] == '[' ? strstr(a, "]:") : strrchr(a, ':');
+    if (!colon || colon == a || (a[0] == '[' && colon == a + 1)) return 0;
+    const char *port = colon + (a[0] == '[' ? 2 : 1);
+    char *end;
+    long p = strtol(port, &end, 10);
+    return *port && !*end && p >= 1 && p <= 65535;
+}
+
+static uint32_t fnv(const void *p, size_t n, uint32_t h)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 16777619u;
+    return h;
+}
+
+/* What every rank must agree on: the model (directory name and config.json
+ * contents), the backend kind and the flags that shape the engine. */
+static void fingerprint(char *out, size_t cap, const char *model, const char *device,
+                        const sl_engine_flags *f, const sl_engine_config *c)
+{
+    uint32_t h = 2166136261u;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", model);
+    FILE *fp = fopen(path, "rb");
+    if (fp) {
+        char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, fp)) > 0) h = fnv(buf, n, h);
+        fclose(fp);
+    }
+    const char *base = strrchr(model, '/');
+    while (base && !base[1] && base > model) { /* trailing slash */
+        const char *q = base - 1;
+        while (q > model && *q != '/') q--;
+        base = q;
+    }
+    base = base ? base + (*base == '/') : model;
+    char name[64];
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(base, "/"), base);
+    snprintf(out, cap,
+             "model=%s config=%08x device=%.4s load=%s seed=%lld page=%d ctx=%d chunk=%d "
+             "running=%d tokens=%d mamba=%d strategy=%s interval=%d radix=%d quant=%s",
+             name, h, device, f->load_format, f->seed, c->page_size, c->context_len,
+             c->chunked_prefill_size, c->max_running, c->max_total_tokens, c->max_mamba_slots,
+             f->strategy, c->track_interval, !c->disable_radix,
+             f->quantization ? f->quantization : "none");
+}
+
+/* Starts local ranks base+1 .. base+n-1 as children of this process. */
+static int spawn_ranks(int argc, char **argv, int base, int n, const char *device, pid_t *pids)
+{
+    int dev0 = -1;
+    if (!strncmp(device, "cuda", 4)) dev0 = device[4] == ':' ? atoi(device + 5) : 0;
+    for (int l = 1; l < n; l++) {
+        char rank[16], dev[32];
+        snprintf(rank, sizeof rank, "%d", base + l);
+        if (dev0 >= 0)
+            snprintf(dev, sizeof dev, "cuda:%d", dev0 + l);
+        else
+            snprintf(dev, sizeof dev, "%s", device);
+        char **cargv = calloc((size_t)argc + 8, sizeof *cargv);
+        if (!cargv) return -1;
+        int k = 0;
+        cargv[k++] = "sluice";
+        for (int i = 0; i < argc; i++) cargv[k++] = argv[i];
+        cargv[k++] = "--tp-rank";
+        cargv[k++] = rank;
+        cargv[k++] = "--device";
+        cargv[k++] = dev;
+        cargv[k] = NULL;
+        pid_t p = fork();
+        if (p == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the first local rank */
+            execv("/proc/self/exe", cargv);
+            fprintf(stderr, "sluice worker: cannot start rank %d: %s\n", base + l, strerror(errno));
+            _exit(127);
+        }
+        free(cargv);
+        if (p < 0) return -1;
+        pids[l] = p;
+    }
+    return 0;
+}
+
+/* Waits for the local children (at most a few seconds each, then kills). */
+static int reap(pid_t *pids, int n)
+{
+    int bad = 0;
+    for (int l = 1; l < n; l++) {
+        if (pids[l] <= 0) continue;
+        int st = 0;
+        for (int t = 0; t < 100 && waitpid(pids[l], &st, WNOHANG) == 0; t++) {
+            if (t == 99) {
+                kill(pids[l], SIGKILL);
+                waitpid(pids[l], &st, 0);
+            }
+            nanosleep(&(struct timespec){0, 50 * 1000000}, NULL);
+        }
+        bad |= !WIFEXITED(st) || WEXITSTATUS(st);
+    }
+    return bad;
+}
+
 int sl_cmd_worker(int argc, char **argv)
 {
     const char *model = NULL, *listen = NULL, *device = "cpu", *served_name = NULL;
+    const char *dist_addr = NULL;
+    int tp = 1, tp_rank = -1, nnodes = 1, node_rank = 0;
+    double dist_timeout = 60;
     sl_engine_flags f;
     sl_engine_flags_default(&f);
     sl_engine_config *cp = &f.c;
-    sl_opt opts[8 + SL_ENGINE_NFLAGS];
+    sl_opt opts[16 + SL_ENGINE_NFLAGS];
     int n = 0;
     opts[n++] = (sl_opt){"--model", "--model-path", SL_OPT_STR, &model, "model directory (Hugging Face layout)"};
     opts[n++] = (sl_opt){"--listen", NULL, SL_OPT_STR, &listen,
-                         "nng URL to listen on: tcp://HOST:PORT or ipc:///PATH"};
-    opts[n++] = (sl_opt){"--device", NULL, SL_OPT_STR, &device, "cpu (default) or cuda[:N]"};
+                         "nng URL to listen on: tcp://HOST:PORT or ipc:///PATH (rank 0)"};
+    opts[n++] = (sl_opt){"--device", NULL, SL_OPT_STR, &device,
+                         "cpu (default) or cuda[:N] (local rank l of a group: cuda:N+l)"};
     opts[n++] = (sl_opt){"--served-model-name", NULL, SL_OPT_STR, &served_name, "model name in load reports"};
     opts[n++] = (sl_opt){"--context-length", NULL, SL_OPT_INT, &cp->context_len,
                          "longest prompt + output (default: the model's max_position_embeddings)"};
+    opts[n++] = (sl_opt){"--tp-size", "--tp", SL_OPT_INT, &tp, "ranks of the tensor-parallel group (1)"};
+    opts[n++] = (sl_opt){"--tp-rank", NULL, SL_OPT_INT, &tp_rank,
+                         "run exactly this rank (default: all of this node's ranks)"};
+    opts[n++] = (sl_opt){"--dist-init-addr", NULL, SL_OPT_STR, &dist_addr,
+                         "HOST:PORT of rank 0, where the group meets (--tp-size > 1)"};
+    opts[n++] = (sl_opt){"--nnodes", NULL, SL_OPT_INT, &nnodes, "nodes the group spans (1)"};
+    opts[n++] = (sl_opt){"--node-rank", NULL, SL_OPT_INT, &node_rank,
+                         "this node's index: it runs ranks node_rank*tp/nnodes .. (0)"};
+    opts[n++] = (sl_opt){"--dist-timeout", NULL, SL_OPT_FLOAT, &dist_timeout,
+                         "seconds a rank waits for the others before the group fails (60)"};
     n += sl_engine_flags_opts(&f, opts + n);
     opts[n] = (sl_opt){0};
     const char *summary = "Serves a model to a router over nng (proto/sluice.proto messages).";
     int cli = sl_opts_cli(argc, argv, "worker", summary, opts);
     if (cli >= 0) return cli;
     sl_err e = {0};
-    if (!model || !listen) {
-        sl_err_set(&e, SL_ERR_INVALID, "--model and --listen are required");
+    if (tp < 1 || tp > SL_COMM_MAX_WORLD)
+        return sl_opts_usage_error("worker", "--tp-size must be in 1..256");
+    if (nnodes < 1 || tp % nnodes || node_rank < 0 || node_rank >= nnodes)
+        return sl_opts_usage_error("worker", "--nnodes must divide --tp-size and "
+                                             "0 <= --node-rank < --nnodes");
+    if (tp_rank >= tp || (tp_rank >= 0 && tp == 1))
+        return sl_opts_usage_error("worker", "--tp-rank must be in 0..--tp-size-1");
+    if (tp > 1 && (!dist_addr || !addr_ok(dist_addr))) {
+        sl_err_set(&e, SL_ERR_INVALID, "--dist-init-addr must be HOST:PORT (rank 0's address), not '%s'",
+                   dist_addr ? dist_addr : "");
+        return sl_opts_usage_error("worker", e.msg);
+    }
+    if (!(dist_timeout > 0 && dist_timeout <= 86400))
+        return sl_opts_usage_error("worker", "--dist-timeout must be in (0, 86400] seconds");
+    int local = tp / nnodes, rank = tp_rank >= 0 ? tp_rank : node_rank * local;
+    if (!model || (rank == 0 && !listen)) {
+        sl_err_set(&e, SL_ERR_INVALID, "--model and --listen are required%s",
+                   tp > 1 ? " (--listen on the node of rank 0)" : "");
         return sl_opts_usage_error("worker", e.msg);
     }
     int dummy = !strcmp(f.load_format, "dummy");
@@ -96,34 +246,96 @@ int sl_cmd_worker(int argc, char **argv)
     }
     if (check_flags(&mc, &c, f.strategy, &e)) return sl_opts_usage_error("worker", e.msg);
 
-    sl_backend *be = sl_backend_new(device, &e);
-    if (!be) {
-        fprintf(stderr, "sluice worker: %s\n", e.msg);
+    pid_t kids[SL_COMM_MAX_WORLD] = {0};
+    int n_kids = tp > 1 && tp_rank < 0 ? local : 0;
+    if (n_kids > 1 && spawn_ranks(argc, argv, rank, local, device, kids)) {
+        fprintf(stderr, "sluice worker: cannot start the local ranks\n");
         return 1;
-    }
-    sl_model *m = NULL;
-    sl_engine *g = NULL;
-    int rc = 0;
-    sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)f.seed, .quantize_fp8 = f.quantization != NULL};
-    if (sl_model_load(&m, model, be, &lo, &e) || sl_engine_new(&g, m, &c, &e)) {
-        fprintf(stderr, "sluice worker: %s\n", e.msg);
-        rc = 1;
-        goto done;
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGPIPE, SIG_IGN);
+    sl_backend *be = sl_backend_new(device, &e);
+    if (!be) {
+        fprintf(stderr, "sluice worker: %s\n", e.msg);
+        reap(kids, n_kids);
+        return 1;
+    }
+    sl_model *m = NULL;
+    sl_engine *g = NULL;
+    sl_group *tg = NULL;
+    int rc = 0;
+    sl_status st;
+    if (tp > 1) {
+        char fp[SL_COMM_MAX_FINGERPRINT + 1];
+        fingerprint(fp, sizeof fp, model, device, &f, &c);
+        sl_group_config gc = {.tp_size = tp,
+                              .tp_rank = rank,
+                              .init_addr = dist_addr,
+                              .timeout_ms = (int)(dist_timeout * 1000),
+                              .fingerprint = fp,
+                              .be = be};
+        if (sl_group_join(&tg, &gc, &e)) {
+            fprintf(stderr, "sluice worker: rank %d: %s\n", rank, e.msg);
+            rc = 1;
+            goto done;
+        }
+    }
+    /* Sharding plugs in here: the loader gets sl_group_comm(tg) once
+     * sl_model_load_opts has its comm field; until then every rank loads
+     * the whole model (replicated: the outputs are the same). */
+    sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)f.seed, .quantize_fp8 = f.quantization != NULL};
+    st = sl_model_load(&m, model, be, &lo, &e);
+    if (!st && rank == 0) st = sl_engine_new(&g, m, &c, &e);
+    if (tg) {
+        /* every rank learns whether all loaded (the first failure's text) */
+        if (!st) st = sl_group_agree(tg, SL_OK, NULL, &e);
+        else sl_group_agree(tg, st, e.msg, &(sl_err){0});
+        if (!st) st = sl_group_sizes(tg, &c, g ? sl_engine_sched_config(g) : NULL, &e);
+        sl_status mine = st;
+        if (!st && rank) st = sl_engine_new(&g, m, &c, &e);
+        if (!st && rank) st = sl_group_check_sizes(tg, g, &e);
+        if (!mine) {
+            sl_err ae = {0};
+            sl_status all = sl_group_agree(tg, st, st ? e.msg : NULL, &ae);
+            if (all && !st) e = ae;
+            st = all ? all : st;
+        }
+    }
+    if (st) {
+        fprintf(stderr, "sluice worker: %s%s\n", tg ? "tensor-parallel group failed to start: " : "",
+                e.msg);
+        rc = 1;
+        goto done;
+    }
+    if (rank > 0) {
+        if (sl_group_follow(tg, g, &stop_flag, &e)) {
+            fprintf(stderr, "sluice worker: %s\n", e.msg);
+            rc = 1;
+        }
+        goto done;
+    }
     const char *name = served_name                                     ? served_name
                        : strrchr(model, '/') && strrchr(model, '/')[1] ? strrchr(model, '/') + 1
                                                                        : model;
     sl_wserver_config wc = {.url = listen, .model_name = name};
+    if (tg) {
+        sl_group_lead(tg, g);
+        wc.tick = sl_group_tick;
+        wc.tick_ctx = tg;
+        wc.close_on_failure = 1;
+    }
     if (sl_wserver_run(g, m, &wc, &stop_flag, &e)) {
         fprintf(stderr, "sluice worker: %s\n", e.msg);
         rc = 1;
+    } else {
+        sl_group_stop(tg);
     }
 done:
     sl_engine_free(g);
     sl_model_free(m);
+    sl_group_free(tg);
     sl_backend_free(be);
+    if (reap(kids, n_kids) && !rc && !stop_flag) rc = 1;
     return rc;
 }

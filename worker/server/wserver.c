@@ -315,6 +315,14 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         }
         flush_events(&sv, "internal error");
         if (now_ms() - sv.last_load_ms >= interval) send_load(&sv);
+        if (c->tick && (st = c->tick(c->tick_ctx, e))) break;
+    }
+    if (st && c->close_on_failure) {
+        /* the group is down: vanish, so the router migrates what ran here */
+        SL_LOGE("wserver", "closing the router link: %s", e->msg);
+        sl_engine_fail_all(g);
+        nng_close(sv.sock);
+        return st;
     }
     /* nothing in flight is lost silently: every request gets its end */
     char why[600];

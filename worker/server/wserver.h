@@ -40,6 +40,14 @@ typedef struct sl_wserver_config {
     const char *url;
     const char *model_name; /* reported in load reports */
     int load_interval_ms;   /* periodic load reports (0: 1000) */
+    /* Tensor-parallel leader (worker/group/group.h): tick runs every loop
+     * turn (the group's keep-alives); an error ends the loop like a failed
+     * step. With close_on_failure a failed step or tick closes the link at
+     * once without answering the requests in flight: the router sees the
+     * worker vanish and migrates them to another group. */
+    sl_status (*tick)(void *ctx, sl_err *e);
+    void *tick_ctx;
+    int close_on_failure;
 } sl_wserver_config;
 
 sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
