@@ -263,7 +263,7 @@ static int decode_tools(sl_job *j, sl_api_err *err)
     }
     if (v && strcmp(v, "required"))
         return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: expected \"auto\" or \"none\"");
-    return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: only \"auto\" and \"none\" are supported yet (required and named choices are not)");
+    return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: required and named choices are not supported yet (only \"auto\" and \"none\")");
 }
 
 static int rs_decode(sl_job *j, sl_api_err *err)
@@ -312,7 +312,7 @@ static int rs_decode(sl_job *j, sl_api_err *err)
     if (is_set(fmt)) {
         const char *t = json_string_value(json_object_get(fmt, "type"));
         if (!t || strcmp(t, "text"))
-            return sl_api_fail(err, SL_API_STATUS_INVALID, "text.format: only {\"type\": \"text\"} is supported yet (json_schema and json_object are not)");
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "text.format: %s is not supported yet (only {\"type\": \"text\"})", t ? t : "this format");
     }
     if (decode_input(j, err) || decode_tools(j, err)) return -1;
     return sl_job_prompts(j, 1, err);
