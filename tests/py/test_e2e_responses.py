@@ -6,6 +6,7 @@ mock workers that answer with fixed token ids (as in test_e2e_tools.py), so
 the parsers' items and their stream events are checked end to end. The
 translated prompt is checked against /tokenize of the equivalent chat body."""
 import json
+import signal
 
 import openai
 import pytest
@@ -276,3 +277,30 @@ def test_errors(env):
     # the route takes POST only
     with pytest.raises(Exception, match="405"):
         get(port, "/v1/responses")
+
+
+def test_stream_error_event(env, tmp_path):
+    """A worker that dies mid-stream (no other to continue): an `error` event,
+    then response.failed, still numbered."""
+    procs = Procs()
+    try:
+        model = make_tiny(tmp_path / "tiny")
+        ids = ",".join(map(str, tokenize(model, "one two three four five six seven " * 8)))
+        url = procs.ipc("slow")
+        w = procs.start("mock-worker", "--listen", url, "--reply-ids", ids, "--delay-ms", 50,
+                        name="slow")
+        _, port = start_router(procs, model, [url])
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
+                          max_retries=0, timeout=60)
+        events = []
+        for e in c.responses.create(model="tiny", input=USER, stream=True):
+            events.append(e)
+            if e.type == "response.output_text.delta" and w.poll() is None:
+                procs.stop(w, sig=signal.SIGKILL)
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+        assert "generation failed" in events[-2].message
+        assert events[-1].response.status == "failed"
+        assert events[-1].response.error.code == "server_error"
+    finally:
+        procs.stop()
