@@ -1,5 +1,5 @@
-/* api: what an API dialect is (api_openai.c, api_anthropic.c) and the
- * errors every request path ends with. Internal to the router; see router.h
+/* api: what an API dialect is (api_openai.c, api_responses.c,
+ * api_anthropic.c) and the errors every request path ends with. Internal to the router; see router.h
  * for the public face and job.h for the request objects the dialects fill
  * and encode.
  *
@@ -98,6 +98,7 @@ int sl_api_get_stops(const json_t *o, const char *k, sl_job_params *p, sl_api_er
 /* 400 naming field k when array a holds more than max entries. */
 int sl_api_check_count(const json_t *a, const char *k, size_t max, sl_api_err *err);
 
-extern const sl_api_dialect sl_openai_chat, sl_openai_completions, sl_anthropic_messages;
+extern const sl_api_dialect sl_openai_chat, sl_openai_completions, sl_anthropic_messages,
+    sl_openai_responses;
 
 #endif

@@ -185,6 +185,7 @@ static void on_request(sl_http_req *r, void *ud)
         const sl_api_dialect *dialect;
     } routes[] = {{"/v1/chat/completions", "POST", SL_API_CHAT, &sl_openai_chat},
                   {"/v1/completions", "POST", SL_API_COMPLETIONS, &sl_openai_completions},
+                  {"/v1/responses", "POST", SL_API_CHAT, &sl_openai_responses},
                   {"/v1/messages", "POST", SL_API_MESSAGES, &sl_anthropic_messages},
                   {"/v1/messages/count_tokens", "POST", SL_API_MESSAGES, &sl_anthropic_messages},
                   {"/tokenize", "POST", SL_API_COMPLETIONS, &sl_openai_completions},

@@ -15,6 +15,7 @@ static const struct {
     const sl_api_dialect *dialect;
 } routes[] = {{"/v1/chat/completions", SL_API_CHAT, &sl_openai_chat},
               {"/v1/completions", SL_API_COMPLETIONS, &sl_openai_completions},
+              {"/v1/responses", SL_API_CHAT, &sl_openai_responses},
               {"/v1/messages", SL_API_MESSAGES, &sl_anthropic_messages},
               {"/v1/messages/count_tokens", SL_API_MESSAGES, &sl_anthropic_messages},
               {"/tokenize", SL_API_COMPLETIONS, &sl_openai_completions}};
