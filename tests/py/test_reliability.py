@@ -250,3 +250,57 @@ def test_f10_aborted_tokens_counted(router):
             break
         time.sleep(0.02)
     assert m["sluice_generation_tokens_total"] >= 19, m["sluice_generation_tokens_total"]
+
+
+def stream_tokens(port, body, out):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(20)
+    s.sendall(completion_req(json.dumps(body).encode()))
+    got = b""
+    while not got.endswith(b"0\r\n\r\n"):
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+    s.close()
+    out.append(got)
+
+
+def test_f2_big_bodies_do_not_stall_heartbeats(procs, model):
+    w = start_mock(procs, "m0", "--delay-ms", 5, "--vocab-size", 1000)
+    _, port = start_router(procs, model, [w], "--heartbeat-ms", 100, "--dead-after-ms", 400)
+    out = []
+    t = threading.Thread(target=stream_tokens, args=(
+        port, {"prompt": [[1, 2]], "max_tokens": 300, "stream": True}, out))
+    t.start()
+    time.sleep(0.2)
+    big = b'{"prompt":[[1,2]],"max_tokens":1,"user":"' + b"a" * (30 << 20) + b'"}'
+    for _ in range(2):
+        st, _ = post(port, "/v1/completions", None, raw=big)
+        assert st in (200, 400)
+    t.join()
+    assert out and out[0].count(b'"text"') == 301 and b"[DONE]" in out[0], out[0][-300:]
+    m = metrics(port)
+    assert m[f'sluice_worker_up{{worker="{w}"}}'] == 1
+    assert m["sluice_migrations_total"] == 0 and m["sluice_lost_total"] == 0
+
+
+def test_f4_huge_n_queues_and_aborts_arrive(procs, model):
+    w = start_mock(procs, "m0", "--delay-ms", 2, "--vocab-size", 1000)
+    _, port = start_router(procs, model, [w])
+    # 64 prompts x n=64: 4096 generates, more than nng's buffers hold
+    st, o = post(port, "/v1/completions", {"prompt": [[1, 2]] * 64, "n": 64, "max_tokens": 2})
+    assert st == 200 and len(o["choices"]) == 4096, (st, str(o)[:300])
+    # the same streaming and cut at once: every generation must be aborted
+    body = {"prompt": [[1, 2]] * 64, "n": 64, "max_tokens": 100000, "stream": True}
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(completion_req(json.dumps(body).encode()))
+    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    s.close()
+    for _ in range(200):
+        m = metrics(port)
+        if m[f'sluice_worker_running{{worker="{w}"}}'] == 0 and \
+                m["sluice_aborted_requests_total"] >= 1:
+            break
+        time.sleep(0.05)
+    assert m[f'sluice_worker_running{{worker="{w}"}}'] == 0, m
