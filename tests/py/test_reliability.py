@@ -304,3 +304,26 @@ def test_f4_huge_n_queues_and_aborts_arrive(procs, model):
             break
         time.sleep(0.05)
     assert m[f'sluice_worker_running{{worker="{w}"}}'] == 0, m
+
+
+def test_f5_serve_restarts_a_killed_worker(procs, model):
+    serve, port = start_router(procs, model, [], "--dp-size", 2, "--mem-bytes", 64 << 20,
+                               "--context-length", 128, command="serve", alive=2)
+    import subprocess
+    kids = [int(x) for x in subprocess.run(["pgrep", "-P", str(serve.pid)], capture_output=True,
+                                           text=True).stdout.split()]
+    assert len(kids) == 2
+    os.kill(kids[0], signal.SIGKILL)
+    t0 = time.time()
+    seen_dead = False
+    while time.time() - t0 < 20:
+        assert serve.poll() is None, procs.log_of(serve)
+        h = json.loads(get(port, "/health"))
+        seen_dead |= h["workers_alive"] < 2
+        st, _ = post(port, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
+        assert st == 200  # the other worker serves meanwhile
+        if seen_dead and h["workers_alive"] == 2:
+            break
+        time.sleep(0.1)
+    assert seen_dead and h["workers_alive"] == 2, h
+    assert "restarted" in procs.log_of(serve)
