@@ -120,11 +120,11 @@ void sl_job_abort_running(sl_job *j)
     }
 }
 
-static void job_end_metrics(sl_job *j, int status)
+/* Tokens are counted for every job that ran, aborted ones included: the
+ * workers spent them. */
+static void job_count_tokens(sl_job *j)
 {
     sl_router *rt = j->rt;
-    sl_metrics_request(&rt->metrics, j->route, status);
-    sl_metrics_observe(&rt->metrics, SL_METRIC_E2E, (sl_router_now_ms() - j->t_arrival_ms) / 1e3);
     int p, c, k;
     sl_job_usage(j, &p, &c, &k);
     rt->metrics.prompt_tokens += (uint64_t)p;
@@ -132,11 +132,20 @@ static void job_end_metrics(sl_job *j, int status)
     rt->metrics.cached_tokens += (uint64_t)k;
 }
 
+static void job_end_metrics(sl_job *j, int status)
+{
+    sl_router *rt = j->rt;
+    sl_metrics_request(&rt->metrics, j->route, status);
+    sl_metrics_observe(&rt->metrics, SL_METRIC_E2E, (sl_router_now_ms() - j->t_arrival_ms) / 1e3);
+    job_count_tokens(j);
+}
+
 void sl_job_fail(sl_job *j, sl_api_status st, const char *msg)
 {
     sl_job_abort_running(j);
     if (j->aborted) {
         /* The client is gone: complete the orphaned request silently. */
+        job_count_tokens(j);
         if (j->headers_sent)
             sl_http_stream_end(j->http);
         else

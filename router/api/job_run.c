@@ -392,6 +392,15 @@ static void job_dispatch(sl_job *j)
                 sl_job_fail(j, SL_API_STATUS_INVALID, msg);
                 return;
             }
+        /* the worker refuses these (502) and cannot be blamed: ours is a 400 */
+        for (int k = 0; vocab && i == 0 && k < j->p.n_stop_ids; k++)
+            if (j->p.stop_ids[k] < 0 || j->p.stop_ids[k] >= vocab) {
+                snprintf(msg, sizeof msg,
+                         "stop_token_ids: token id %d is outside the vocabulary [0, %d)",
+                         j->p.stop_ids[k], vocab);
+                sl_job_fail(j, SL_API_STATUS_INVALID, msg);
+                return;
+            }
     }
     sl_route_cand cand[256];
     int ncand = candidates(rt, cand, 256);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "intake.h"
 #include "job.h"
 #include "metrics.h"
 #include "router_impl.h"
@@ -49,24 +50,6 @@ static void respond_err(sl_router *rt, sl_http_req *r, const char *route,
 }
 
 /* ------------------------------------------------------------ endpoints */
-
-static int auth_ok(const sl_router *rt, sl_http_req *r)
-{
-    const char *key = rt->cfg.api_key;
-    if (!key || !*key) return 1;
-    const char *h = sl_http_req_header(r, "authorization");
-    const char *given = NULL;
-    if (h && !strncasecmp(h, "Bearer ", 7))
-        given = h + 7;
-    else
-        given = sl_http_req_header(r, "x-api-key");
-    if (!given) return 0;
-    size_t a = strlen(key), b = strlen(given);
-    /* Constant time in the key's length: every byte is compared. */
-    unsigned diff = (unsigned)(a ^ b);
-    for (size_t i = 0; i < a; i++) diff |= (unsigned char)key[i] ^ (unsigned char)(i < b ? given[i] : 0);
-    return diff == 0;
-}
 
 static void handle_models(sl_router *rt, sl_http_req *r)
 {
@@ -124,55 +107,6 @@ static void handle_metrics(sl_router *rt, sl_http_req *r)
     sl_metrics_request(&rt->metrics, "/metrics", 200);
 }
 
-static void handle_detokenize(sl_router *rt, sl_http_req *r, json_t *body)
-{
-    sl_api_err err = {0};
-    json_t *toks = json_object_get(body, "tokens");
-    if (!json_is_array(toks)) {
-        sl_api_fail(&err, SL_API_STATUS_INVALID, "tokens: expected an array of token ids");
-        respond_err(rt, r, "/detokenize", &sl_openai_chat, &err);
-        return;
-    }
-    sl_tok_ids ids = {0};
-    size_t i;
-    json_t *v;
-    json_array_foreach(toks, i, v)
-    {
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX) {
-            sl_tok_ids_free(&ids);
-            sl_api_fail(&err, SL_API_STATUS_INVALID, "tokens[%zu]: expected a token id", i);
-            respond_err(rt, r, "/detokenize", &sl_openai_chat, &err);
-            return;
-        }
-        sl_tok_ids_push(&ids, (int32_t)json_integer_value(v));
-    }
-    sl_buf out = {0};
-    sl_err e = {0};
-    if (rt->cfg.text->decode(rt->cfg.text_impl, ids.v, ids.n, &out, &e) != SL_OK) {
-        sl_tok_ids_free(&ids);
-        sl_buf_free(&out);
-        sl_api_fail(&err, SL_API_STATUS_INVALID, "tokens: %s", e.msg);
-        respond_err(rt, r, "/detokenize", &sl_openai_chat, &err);
-        return;
-    }
-    sl_tok_ids_free(&ids);
-    respond_json(rt, r, "/detokenize", 200,
-                 json_pack("{s:s%}", "text", out.data ? out.data : "", out.len));
-    sl_buf_free(&out);
-}
-
-static void handle_generate(sl_router *rt, sl_http_req *r, json_t *body, sl_api_kind kind,
-                            const char *route, const sl_api_dialect *d)
-{
-    sl_api_err err = {0};
-    sl_job *j = sl_job_decode(&rt->cfg, route, kind, d, body, &err);
-    if (!j) {
-        respond_err(rt, r, route, d, &err);
-        return;
-    }
-    sl_job_start(j, rt, r);
-}
-
 static void on_request(sl_http_req *r, void *ud)
 {
     sl_router *rt = ud;
@@ -210,7 +144,7 @@ static void on_request(sl_http_req *r, void *ud)
         respond_err(rt, r, route, d, &err);
         return;
     }
-    if (strcmp(route, "/health") && !auth_ok(rt, r)) {
+    if (strcmp(route, "/health") && !sl_intake_auth_ok(rt, r)) {
         sl_api_fail(&err, SL_API_STATUS_UNAUTHORIZED, "invalid or missing API key (Authorization: Bearer <key>)");
         respond_err(rt, r, route, d, &err);
         return;
@@ -223,26 +157,8 @@ static void on_request(sl_http_req *r, void *ud)
         respond_err(rt, r, route, d, &err);
         return;
     }
-    size_t blen;
-    const char *b = sl_http_req_body(r, &blen);
-    json_error_t je;
-    json_t *body = json_loadb(b, blen, JSON_REJECT_DUPLICATES, &je);
-    if (!body || !json_is_object(body)) {
-        if (body)
-            sl_api_fail(&err, SL_API_STATUS_INVALID, "the body must be a JSON object");
-        else
-            sl_api_fail(&err, SL_API_STATUS_INVALID, "malformed JSON body: %s (line %d, column %d)", je.text, je.line,
-                        je.column);
-        json_decref(body);
-        respond_err(rt, r, route, d, &err);
-        return;
-    }
-    if (!strcmp(route, "/detokenize")) {
-        handle_detokenize(rt, r, body);
-        json_decref(body);
-        return;
-    }
-    handle_generate(rt, r, body, (sl_api_kind)routes[k].kind, route, d);
+    /* JSON, decoding and /detokenize: off the loop when the body is big. */
+    sl_intake_start(rt, r, route, routes[k].kind, d);
 }
 
 /* --------------------------------------------------------- keep-alive */
@@ -301,6 +217,7 @@ sl_status sl_router_new(sl_router **out, uv_loop_t *loop, const sl_router_config
         free(rt);
         return e ? e->code : SL_ERR_IO;
     }
+    sl_http_set_gate(rt->http, sl_intake_gate);
     uv_timer_init(loop, &rt->tick);
     rt->tick.data = rt;
     unsigned period = cfg->keepalive_ms < 1000 ? cfg->keepalive_ms / 2 + 1 : 500;

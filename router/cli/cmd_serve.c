@@ -29,33 +29,6 @@
 /* Worker flags (worker/cli/engine_flags.h) passed through verbatim when given. */
 static sl_engine_flags_pass passes;
 
-/* Watches the worker children: when the last one exits serve stops (exit 1)
- * rather than leaving a router without workers. */
-typedef struct watch {
-    pid_t *pids;
-    int n;
-    uv_signal_t sigchld;
-    sl_router_ctl *ctl;
-} watch;
-
-static void on_sigchld(uv_signal_t *h, int signum)
-{
-    watch *w = h->data;
-    for (int g = 0; g < w->n; g++) {
-        int st;
-        if (w->pids[g] > 0 && waitpid(w->pids[g], &st, WNOHANG) == w->pids[g]) {
-            w->pids[g] = 0;
-            int left = 0;
-            for (int k = 0; k < w->n; k++) left += w->pids[k] > 0;
-            fprintf(stderr, "serve: worker group %d exited (%s %d); %s\n", g,
-                    WIFEXITED(st) ? "status" : "signal",
-                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st),
-                    left ? "the other groups go on" : "stopping");
-            if (!left) sl_router_ctl_stop(w->ctl, 1);
-        }
-    }
-}
-
 /* A free TCP port on 127.0.0.1 (for a group's --dist-init-addr), or 0. */
 static int free_port(void)
 {
@@ -70,22 +43,6 @@ static int free_port(void)
     return port;
 }
 
-static void watch_started(uv_loop_t *loop, sl_router_ctl *ctl, void *ud)
-{
-    watch *w = ud;
-    w->ctl = ctl;
-    uv_signal_init(loop, &w->sigchld);
-    w->sigchld.data = w;
-    uv_signal_start(&w->sigchld, on_sigchld, SIGCHLD);
-    on_sigchld(&w->sigchld, SIGCHLD); /* one may have died before the loop ran */
-}
-
-static void watch_stopping(void *ud)
-{
-    watch *w = ud;
-    uv_close((uv_handle_t *)&w->sigchld, NULL);
-}
-
 static pid_t spawn(char **argv)
 {
     pid_t p = fork();
@@ -96,6 +53,102 @@ static pid_t spawn(char **argv)
         _exit(127);
     }
     return p;
+}
+
+/* Watches the worker children: one that exits is started again after a
+ * back-off (1 s, 2 s, 4 s ... capped at 30 s; back to 1 s once a worker has
+ * lived a minute) while the router keeps serving with the others. The
+ * router marks it dead when its socket drops and alive again at its first
+ * load report (docs/operations.md). A group that exits on its own within
+ * 10 s of its first start never started (weights, flags): serve stops. */
+#define RESTART_MAX_MS 30000
+typedef struct watch {
+    pid_t *pids;
+    int n;
+    char **argv[MAX_DP]; /* each group's command line (owned) */
+    unsigned backoff_ms[MAX_DP];
+    int restarts[MAX_DP];
+    uint64_t started_ms[MAX_DP];
+    uv_timer_t restart[MAX_DP];
+    uv_signal_t sigchld;
+    sl_router_ctl *ctl;
+    int stopping;
+} watch;
+
+static void on_restart(uv_timer_t *t)
+{
+    watch *w = t->data;
+    int g = (int)(t - w->restart);
+    if (w->stopping || w->pids[g] > 0) return;
+    w->pids[g] = spawn(w->argv[g]);
+    w->started_ms[g] = uv_now(t->loop);
+    if (w->pids[g] < 0) {
+        w->pids[g] = 0;
+        uv_timer_start(t, on_restart, w->backoff_ms[g], 0);
+    } else {
+        fprintf(stderr, "serve: worker group %d restarted (pid %d)\n", g, (int)w->pids[g]);
+    }
+}
+
+static void on_sigchld(uv_signal_t *h, int signum)
+{
+    watch *w = h->data;
+    for (int g = 0; g < w->n; g++) {
+        int st;
+        if (w->pids[g] > 0 && waitpid(w->pids[g], &st, WNOHANG) == w->pids[g]) {
+            w->pids[g] = 0;
+            if (w->stopping) continue;
+            uint64_t now = uv_now(h->loop);
+            if (!w->restarts[g] && WIFEXITED(st) && now - w->started_ms[g] < 10000) {
+                /* never started (weights, flags, device): a restart would
+                 * fail the same way */
+                fprintf(stderr, "serve: worker group %d exited (status %d) while starting; "
+                                "stopping\n", g, WEXITSTATUS(st));
+                sl_router_ctl_stop(w->ctl, 1);
+                continue;
+            }
+            w->restarts[g]++;
+            if (now - w->started_ms[g] > 60000) w->backoff_ms[g] = 0;
+            w->backoff_ms[g] = w->backoff_ms[g] ? w->backoff_ms[g] * 2 : 1000;
+            if (w->backoff_ms[g] > RESTART_MAX_MS) w->backoff_ms[g] = RESTART_MAX_MS;
+            fprintf(stderr, "serve: worker group %d exited (%s %d); restarting in %u ms\n", g,
+                    WIFEXITED(st) ? "status" : "signal",
+                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), w->backoff_ms[g]);
+            uv_timer_start(&w->restart[g], on_restart, w->backoff_ms[g], 0);
+        }
+    }
+}
+
+static void watch_started(uv_loop_t *loop, sl_router_ctl *ctl, void *ud)
+{
+    watch *w = ud;
+    w->ctl = ctl;
+    for (int g = 0; g < w->n; g++) {
+        uv_timer_init(loop, &w->restart[g]);
+        w->restart[g].data = w;
+        w->started_ms[g] = uv_now(loop);
+    }
+    uv_signal_init(loop, &w->sigchld);
+    w->sigchld.data = w;
+    uv_signal_start(&w->sigchld, on_sigchld, SIGCHLD);
+    on_sigchld(&w->sigchld, SIGCHLD); /* one may have died before the loop ran */
+}
+
+static void watch_stopping(void *ud)
+{
+    watch *w = ud;
+    w->stopping = 1;
+    for (int g = 0; g < w->n; g++) uv_close((uv_handle_t *)&w->restart[g], NULL);
+    uv_close((uv_handle_t *)&w->sigchld, NULL);
+}
+
+static char **argv_dup(char **argv)
+{
+    int n = 0;
+    while (argv[n]) n++;
+    char **d = calloc((size_t)n + 1, sizeof *d);
+    for (int i = 0; d && i < n; i++) d[i] = strdup(argv[i]);
+    return d;
 }
 
 int sl_cmd_serve(int argc, char **argv)
@@ -122,6 +175,8 @@ int sl_cmd_serve(int argc, char **argv)
     }
     static char urls[MAX_DP][128];
     pid_t pids[MAX_DP] = {0};
+    static watch w;
+    w.pids = pids;
     char ctx[32], dev[32], tps[16], addr[MAX_DP][48];
     snprintf(tps, sizeof tps, "%d", tp);
     snprintf(ctx, sizeof ctx, "%d", cfg.context_length);
@@ -166,6 +221,7 @@ int sl_cmd_serve(int argc, char **argv)
         }
         k += sl_engine_flags_pass_argv(&passes, wargv + k);
         wargv[k] = NULL;
+        w.argv[g] = argv_dup(wargv);
         pids[g] = spawn(wargv);
         if (pids[g] < 0) {
             fprintf(stderr, "serve: fork failed\n");
@@ -174,7 +230,7 @@ int sl_cmd_serve(int argc, char **argv)
         }
         cli.workers.v[cli.workers.n++] = urls[g];
     }
-    watch w = {.pids = pids, .n = dp};
+    w.n = dp;
     sl_router_hooks hooks = {watch_started, watch_stopping, &w};
     rc = dp ? sl_router_run(&cli, &cfg, &hooks) : 1;
     for (int g = 0; g < dp; g++)
@@ -182,5 +238,9 @@ int sl_cmd_serve(int argc, char **argv)
     for (int g = 0; g < dp; g++)
         if (pids[g] > 0) waitpid(pids[g], NULL, 0);
     for (int g = 0; g < dp; g++) unlink(urls[g] + strlen("ipc://"));
+    for (int g = 0; g < dp; g++) {
+        for (char **a = w.argv[g]; a && *a; a++) free(*a);
+        free(w.argv[g]);
+    }
     return rc;
 }

@@ -21,7 +21,10 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
                            .dns_refresh_ms = (int)cfg->cluster.dns_refresh_ms,
                            .keepalive_ms = (int)cfg->keepalive_ms,
                            .drain_timeout_ms = (int)cfg->http.drain_timeout_ms,
-                           .migration_limit = cfg->migration_limit};
+                           .migration_limit = cfg->migration_limit,
+                           .max_buffered_bytes = (long long)cfg->http.max_buffered_bytes,
+                           .max_connections = cfg->http.max_connections,
+                           .body_timeout_ms = (int)cfg->http.body_timeout_ms};
     cfg->served_model_name = NULL;
     int n = 0;
 #define OPT(...) o[n++] = (sl_opt){__VA_ARGS__}
@@ -64,6 +67,12 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
         "on SIGTERM, how long in-flight responses may finish (30000)");
     OPT("--migration-limit", NULL, SL_OPT_INT, &cli->migration_limit,
         "times one choice may move to another worker when its worker dies (3; 0: fail)");
+    OPT("--max-connections", NULL, SL_OPT_INT, &cli->max_connections,
+        "open HTTP connections; one more gets 503 and is closed (4096)");
+    OPT("--max-buffered-bytes", NULL, SL_OPT_I64, &cli->max_buffered_bytes,
+        "request bodies held in memory, all connections together; over it 503 (1073741824)");
+    OPT("--body-timeout-ms", NULL, SL_OPT_INT, &cli->body_timeout_ms,
+        "deadline for a whole request body after its headers; over it 408 (60000)");
 #undef OPT
     return n;
 }
@@ -114,6 +123,14 @@ static sl_status opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_err *
         return sl_err_set(e, SL_ERR_INVALID, "--migration-limit %d: expected >= 0",
                           cli->migration_limit);
     cfg->migration_limit = cli->migration_limit;
+    if (cli->max_connections < 1 || cli->max_buffered_bytes < cli->max_body_bytes ||
+        cli->body_timeout_ms < 100)
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "--max-connections >= 1, --max-buffered-bytes >= --max-body-bytes, "
+                          "--body-timeout-ms >= 100");
+    cfg->http.max_connections = cli->max_connections;
+    cfg->http.max_buffered_bytes = (size_t)cli->max_buffered_bytes;
+    cfg->http.body_timeout_ms = (unsigned)cli->body_timeout_ms;
     cfg->route.cache_threshold = cli->cache_threshold;
     cfg->route.balance_abs_threshold = cli->balance_abs_threshold;
     cfg->route.balance_rel_threshold = cli->balance_rel_threshold;

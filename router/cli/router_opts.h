@@ -25,6 +25,9 @@ typedef struct sl_router_cli {
     long long max_tree_tokens, max_body_bytes;
     int heartbeat_ms, dead_after_ms, dns_refresh_ms, keepalive_ms, drain_timeout_ms;
     int migration_limit;
+    /* reliability limits (docs/operations.md) */
+    long long max_buffered_bytes;
+    int max_connections, body_timeout_ms;
     sl_strs workers, worker_dns;
 } sl_router_cli;
 

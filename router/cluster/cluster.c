@@ -38,6 +38,15 @@ typedef struct worker {
     uint64_t ping_seq;
     int inflight;
     Sluice__LoadReport load; /* scalar fields only */
+    /* Messages nng's send buffer had no room for, sent in order as it
+     * drains (flush_aborts): aborts first, never dropped; then generates. */
+    uint64_t *abq;
+    size_t nabq, capabq;
+    struct outmsg {
+        uint64_t rid;
+        nng_msg *m;
+    } *outq;
+    size_t outq_head, nout, capout;
     char model[128];
     uint64_t failures;
 } worker;
@@ -75,6 +84,7 @@ struct sl_cluster {
     gen **buckets;
     size_t nbuckets, ngens;
     uint64_t next_rid;
+    uint64_t last_tick_ms; /* when on_timer last ran: its lateness is the loop's stall */
     int closed;
 };
 
@@ -175,16 +185,110 @@ static gen *map_find(sl_cluster *cl, uint64_t rid)
 
 /* ----------------------------------------------------------- sending */
 
-/* Sends never block the loop thread: a full queue fails the send. */
+/* Sends never block the loop thread. A ping that finds the queue full is
+ * dropped (the next one follows); aborts and generates wait in the worker's
+ * own queues instead (see worker.abq / worker.outq). */
 static void send_ping(worker *w)
 {
     if (w->open)
         sl_wire_send_ping(w->sock, SLUICE__ENVELOPE__MSG_PING, ++w->ping_seq, NNG_FLAG_NONBLOCK);
 }
 
+static void outq_clear(worker *w)
+{
+    for (size_t i = w->outq_head; i < w->outq_head + w->nout; i++) nng_msg_free(w->outq[i].m);
+    w->outq_head = w->nout = 0;
+}
+
+/* Removes rid's generate if it is still waiting here: 1 when it was. */
+static int outq_drop(worker *w, uint64_t rid)
+{
+    for (size_t i = w->outq_head; i < w->outq_head + w->nout; i++)
+        if (w->outq[i].rid == rid) {
+            nng_msg_free(w->outq[i].m);
+            memmove(&w->outq[i], &w->outq[i + 1],
+                    (w->outq_head + w->nout - i - 1) * sizeof *w->outq);
+            w->nout--;
+            return 1;
+        }
+    return 0;
+}
+
+/* Sends what waits for w, aborts first, until nng's buffer is full again. */
+static void flush_worker(worker *w)
+{
+    if (!w->open) return;
+    size_t k = 0;
+    while (k < w->nabq && !sl_wire_send_abort(w->sock, w->abq[k], NNG_FLAG_NONBLOCK)) k++;
+    memmove(w->abq, w->abq + k, (w->nabq - k) * sizeof *w->abq);
+    w->nabq -= k;
+    if (w->nabq) return;
+    while (w->nout && !nng_sendmsg(w->sock, w->outq[w->outq_head].m, NNG_FLAG_NONBLOCK)) {
+        w->outq_head++;
+        w->nout--;
+    }
+    if (!w->nout) w->outq_head = 0;
+}
+
+static void flush_aborts(sl_cluster *cl)
+{
+    for (int i = 0; i < cl->nw; i++)
+        if (cl->w[i]->nabq || cl->w[i]->nout) flush_worker(cl->w[i]);
+}
+
+/* An abort is never dropped: when nng's buffer is full it waits in abq and
+ * goes out before anything else. A generate still waiting is just removed. */
 static void send_abort(worker *w, uint64_t rid)
 {
-    if (w->open) sl_wire_send_abort(w->sock, rid, NNG_FLAG_NONBLOCK);
+    if (!w->open || outq_drop(w, rid)) return;
+    if (!w->nabq && !sl_wire_send_abort(w->sock, rid, NNG_FLAG_NONBLOCK)) return;
+    if (w->nabq == w->capabq) {
+        size_t cap = w->capabq ? w->capabq * 2 : 64;
+        uint64_t *q = realloc(w->abq, cap * sizeof *q);
+        if (!q) {
+            SL_LOGE("cluster", "out of memory queueing an abort for %s", w->url);
+            return;
+        }
+        w->abq = q;
+        w->capabq = cap;
+    }
+    w->abq[w->nabq++] = rid;
+}
+
+/* A generate goes out now, or waits in outq (in order) while nng's buffer
+ * is full: a burst (n = 64 over many prompts) queues instead of failing. */
+static int send_generate(worker *w, Sluice__GenerateRequest *g)
+{
+    if (!w->open) return NNG_ECLOSED;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_GENERATE;
+    env.generate = g;
+    nng_msg *m;
+    int rv = sl_wire_pack(&env, &m);
+    if (rv) return rv;
+    if (!w->nout && !w->nabq && !nng_sendmsg(w->sock, m, NNG_FLAG_NONBLOCK)) return 0;
+    if (w->nout >= SL_CLUSTER_MAX_QUEUED) {
+        nng_msg_free(m);
+        return NNG_EAGAIN;
+    }
+    if (w->outq_head + w->nout == w->capout) {
+        if (w->outq_head) {
+            memmove(w->outq, w->outq + w->outq_head, w->nout * sizeof *w->outq);
+            w->outq_head = 0;
+        }
+        if (w->nout == w->capout) {
+            size_t cap = w->capout ? w->capout * 2 : 256;
+            struct outmsg *q = realloc(w->outq, cap * sizeof *q);
+            if (!q) {
+                nng_msg_free(m);
+                return NNG_ENOMEM;
+            }
+            w->outq = q;
+            w->capout = cap;
+        }
+    }
+    w->outq[w->outq_head + w->nout++] = (struct outmsg){g->rid, m};
+    return 0;
 }
 
 /* --------------------------------------------------------- liveness */
@@ -232,6 +336,7 @@ static void set_alive(sl_cluster *cl, int idx, int alive, const char *why)
     } else {
         w->failures++;
         SL_LOGW("cluster", "worker %s %s", w->url, why);
+        outq_clear(w); /* their generations are failed (and migrated) now */
         fail_inflight(cl, idx, why);
     }
     if (cl->on_event) cl->on_event(cl->ud, idx, alive);
@@ -280,9 +385,8 @@ static void handle_msg(sl_cluster *cl, worker *w, nng_msg *m)
     sluice__envelope__free_unpacked(env, NULL);
 }
 
-static void on_async(uv_async_t *a)
+static void drain_events(sl_cluster *cl)
 {
-    sl_cluster *cl = a->data;
     uv_mutex_lock(&cl->mu);
     event *ev = cl->q_head;
     cl->q_head = cl->q_tail = NULL;
@@ -299,12 +403,16 @@ static void on_async(uv_async_t *a)
             send_ping(w); /* the pong's load report makes it alive */
         } else if (--w->piped <= 0) {
             w->piped = 0;
+            w->nabq = 0; /* nothing runs there any more */
             set_alive(cl, w->idx, 0, "disconnected");
         }
         free(ev);
         ev = nx;
     }
+    flush_aborts(cl);
 }
+
+static void on_async(uv_async_t *a) { drain_events(a->data); }
 
 /* --------------------------------------------------------- DNS */
 
@@ -370,7 +478,22 @@ static void dns_resolve(dns_entry *d)
 static void on_timer(uv_timer_t *t)
 {
     sl_cluster *cl = t->data;
+    /* Never blame a worker for the router's own stall: read what arrived
+     * while the loop was busy first, and extend every deadline by how late
+     * this tick runs (a stalled loop neither pinged nor read). */
+    drain_events(cl);
     uint64_t now = now_ms();
+    uint64_t late = now - cl->last_tick_ms > cl->cfg.heartbeat_ms
+                        ? now - cl->last_tick_ms - cl->cfg.heartbeat_ms : 0;
+    cl->last_tick_ms = now;
+    if (late > cl->cfg.heartbeat_ms / 2) {
+        SL_LOGW("cluster", "the router's loop stalled %llu ms; worker deadlines extended",
+                (unsigned long long)late);
+        for (int i = 0; i < cl->nw; i++)
+            if (cl->w[i]->last_rx_ms)
+                cl->w[i]->last_rx_ms =
+                    cl->w[i]->last_rx_ms + late < now ? cl->w[i]->last_rx_ms + late : now;
+    }
     for (int i = 0; i < cl->nw; i++) {
         worker *w = cl->w[i];
         if (!w->piped) continue;
@@ -404,7 +527,7 @@ sl_status sl_cluster_new(sl_cluster **out, uv_loop_t *loop, const sl_cluster_con
     uv_timer_init(loop, &cl->timer);
     cl->async.data = cl->timer.data = cl;
     uv_timer_start(&cl->timer, on_timer, cl->cfg.heartbeat_ms, cl->cfg.heartbeat_ms);
-    cl->last_dns_ms = now_ms();
+    cl->last_dns_ms = cl->last_tick_ms = now_ms();
     *out = cl;
     return SL_OK;
 }
@@ -510,7 +633,13 @@ sl_status sl_cluster_submit(sl_cluster *cl, int worker_idx, Sluice__GenerateRequ
         return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     }
     g->rid = ++cl->next_rid;
-    int rv = w->open ? sl_wire_send_generate(w->sock, g, NNG_FLAG_NONBLOCK) : NNG_ECLOSED;
+    int rv = send_generate(w, g);
+    if (rv == NNG_EAGAIN) {
+        free(gn);
+        return sl_err_set(e, SL_ERR_LIMIT,
+                          "worker %s has %d requests waiting to be sent; try again later",
+                          w->url, SL_CLUSTER_MAX_QUEUED);
+    }
     if (rv) {
         free(gn);
         return sl_err_set(e, SL_ERR_CLOSED, "sending to worker %s: %s", w->url, nng_strerror(rv));
@@ -574,7 +703,12 @@ void sl_cluster_free(sl_cluster *cl)
     }
     uv_mutex_unlock(&cl->mu);
     uv_mutex_destroy(&cl->mu);
-    for (int i = 0; i < cl->nw; i++) free(cl->w[i]);
+    for (int i = 0; i < cl->nw; i++) {
+        outq_clear(cl->w[i]);
+        free(cl->w[i]->outq);
+        free(cl->w[i]->abq);
+        free(cl->w[i]);
+    }
     for (int i = 0; i < cl->ndns; i++) free(cl->dns[i]);
     free(cl->w);
     free(cl->buckets);

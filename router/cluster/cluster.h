@@ -42,6 +42,10 @@
 
 typedef struct sl_cluster sl_cluster;
 
+/* Generates waiting for room in one worker's send buffer (beyond nng's 1024)
+ * before submit refuses with SL_ERR_LIMIT (HTTP 503 with a message). */
+#define SL_CLUSTER_MAX_QUEUED 65536
+
 typedef struct sl_cluster_config {
     unsigned heartbeat_ms;
     unsigned dead_after_ms;
@@ -89,12 +93,16 @@ int sl_cluster_alive(const sl_cluster *cl, int worker);
 typedef void (*sl_cluster_chunk_cb)(void *ud, const Sluice__TokenChunk *chunk, int lost);
 
 /* Sends g (its rid is assigned here and returned in *rid) to worker. g and
- * its arrays stay the caller's. Fails with SL_ERR_CLOSED when the worker is
- * not alive or its send buffer is full. */
+ * its arrays stay the caller's. When nng's send buffer is full the message
+ * waits in the worker's queue (sent in order as the buffer drains). Fails
+ * with SL_ERR_CLOSED when the worker is not alive, SL_ERR_LIMIT when
+ * SL_CLUSTER_MAX_QUEUED generates already wait for it. */
 sl_status sl_cluster_submit(sl_cluster *cl, int worker, Sluice__GenerateRequest *g,
                             sl_cluster_chunk_cb cb, void *ud, uint64_t *rid, sl_err *e);
 /* Ends a generation: no more callbacks; the worker is told to drop it (if
- * it is still connected). Unknown or finished rids are ignored. */
+ * it is still connected): the abort is never dropped on a full send buffer,
+ * it waits and goes out before anything else. Unknown or finished rids are
+ * ignored. */
 void sl_cluster_abort(sl_cluster *cl, uint64_t rid);
 
 /* Closes every socket and loop handle; in-flight generations get no more

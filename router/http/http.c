@@ -10,6 +10,8 @@
 
 #include <jansson.h>
 #include <llhttp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +44,8 @@ struct sl_http_req {
     void (*abort_cb)(sl_http_req *, void *);
     void *abort_ud;
     double arrival_ms;
+    size_t counted; /* body bytes counted in srv->buffered */
+    int wrote;      /* something of its response reached the socket */
 };
 
 struct conn {
@@ -55,11 +59,13 @@ struct conn {
     int nq;
     size_t hdr_bytes;
     int last_was_value;
+    const char *value_end; /* end of the last header-value piece in this read */
     int closing;     /* uv_close issued */
     int close_after; /* close once the queue is empty */
     int failed;      /* a protocol error was answered; ignore further input */
     int paused;      /* reading stopped for the pipelining cap */
     int shutdown_sent;
+    int peer_eof; /* the client half-closed after its requests */
     int open_handles;
     conn *prev, *next;
 };
@@ -77,6 +83,8 @@ struct sl_http {
     int inflight;
     int port;
     int shutting_down;
+    size_t buffered; /* request body bytes held, all connections */
+    int (*gate)(sl_http_req *, void *);
     int open_handles; /* listener + drain timer */
     void (*done)(void *);
     void *done_ud;
@@ -88,10 +96,12 @@ sl_http_config sl_http_config_default(void)
     return (sl_http_config){.max_header_bytes = 64 * 1024,
                             .max_body_bytes = 32u << 20,
                             .header_timeout_ms = 10000,
-                            .body_timeout_ms = 30000,
+                            .body_timeout_ms = 60000,
                             .idle_timeout_ms = 75000,
                             .drain_timeout_ms = 30000,
-                            .max_pipelined = 32};
+                            .max_pipelined = 32,
+                            .max_connections = 4096,
+                            .max_buffered_bytes = (size_t)1 << 30};
 }
 
 static double now_ms(void) { return (double)uv_hrtime() / 1e6; }
@@ -129,6 +139,7 @@ char *sl_http_error_json(const char *type, const char *message, int status)
 
 static void req_free(sl_http_req *r)
 {
+    if (r->srv) r->srv->buffered -= r->counted;
     sl_buf_free(&r->url);
     for (int i = 0; i < r->nhdr; i++) {
         sl_buf_free(&r->hname[i]);
@@ -218,8 +229,10 @@ static void conn_write(conn *c, const char *data, size_t len)
 static void req_emit(sl_http_req *r, const char *data, size_t len)
 {
     if (!r->c || r->aborted) return;
-    if (r->c->head == r)
+    if (r->c->head == r) {
+        r->wrote = 1;
         conn_write(r->c, data, len);
+    }
     else if (sl_buf_append(&r->out, data, len))
         SL_LOGW("http", "out of memory buffering a pipelined response");
 }
@@ -283,7 +296,14 @@ static void conn_close(conn *c)
 static void on_shutdown(uv_shutdown_t *sh, int status)
 {
     conn *c = sh->data;
-    conn_close(c);
+    /* After an error the client may still be sending (a body refused at its
+     * headers): closing with unread input would reset the connection and
+     * could destroy the response before the client reads it. Input is
+     * drained and dropped for a moment (lingering close), then closed. */
+    if (c->failed && status == 0 && !c->closing)
+        conn_arm(c, 1000);
+    else
+        conn_close(c);
 }
 
 /* Pops completed requests off the head, flushing the next one's buffered
@@ -305,7 +325,7 @@ static void conn_advance(conn *c)
     }
     if (c->closing) return;
     if (c->close_after && !c->head) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        if (!c->failed) uv_read_stop((uv_stream_t *)&c->tcp);
         uv_timer_stop(&c->timer);
         c->shut.data = c;
         if (!c->shutdown_sent) {
@@ -368,6 +388,7 @@ static int on_message_begin(llhttp_t *p)
     if (c->closing || c->failed) return -1;
     c->cur = calloc(1, sizeof *c->cur);
     if (!c->cur) return -1;
+    c->cur->srv = c->srv;
     c->hdr_bytes = 0;
     c->last_was_value = 0;
     uv_timer_stop(&c->timer);
@@ -413,9 +434,28 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
     conn *c = parser_conn(p);
     sl_http_req *r = c->cur;
     if (count_header_bytes(c, n)) return -1;
+    if (c->last_was_value && c->value_end && at != c->value_end) {
+        /* llhttp passes obs-fold ("Name: a\r\n b") as a second value piece
+         * that does not continue the first in the same read */
+        conn_fail(c, 400, "invalid_request_error",
+                  "malformed HTTP request: obs-fold (a header value continued on the next line)");
+        return -1;
+    }
     c->last_was_value = 1;
+    c->value_end = at + n;
     if (!r->nhdr) return -1;
     return sl_buf_append(&r->hval[r->nhdr - 1], at, n) ? -1 : 0;
+}
+
+/* RFC 9112: an HTTP/1.1 request names its Host; obs-fold (a value continued
+ * on the next line) and bare CR/LF in values are refused, not unfolded. */
+static const char *headers_invalid(const sl_http_req *r)
+{
+    if (!r->http10 && !sl_http_req_header(r, "host")) return "malformed HTTP request: no Host header";
+    for (int i = 0; i < r->nhdr; i++)
+        if (r->hval[i].data && strpbrk(r->hval[i].data, "\r\n"))
+            return "malformed HTTP request: obs-fold or CR/LF in a header value";
+    return NULL;
 }
 
 static int on_headers_complete(llhttp_t *p)
@@ -429,6 +469,26 @@ static int on_headers_complete(llhttp_t *p)
     if (q) *q = '\0';
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->srv->cfg.max_body_bytes) {
         conn_fail(c, 413, "invalid_request_error", "request body too large");
+        return -1;
+    }
+    const char *bad = headers_invalid(r);
+    if (bad) {
+        conn_fail(c, 400, "invalid_request_error", bad);
+        return -1;
+    }
+    if (c->srv->gate && c->srv->gate(r, c->srv->ud)) {
+        /* Answered before its body (e.g. no API key): the body is dropped
+         * unread and the connection closes after the response. */
+        c->cur = NULL;
+        uv_timer_stop(&c->timer);
+        c->failed = 1;
+        r->keep_alive = 0;
+        r->arrival_ms = now_ms();
+        sl_buf_append(&r->body, "", 0);
+        conn_enqueue(c, r);
+        c->close_after = 1;
+        c->srv->inflight++;
+        c->srv->on_request(r, c->srv->ud);
         return -1;
     }
     /* curl waits a second for this before sending bodies over 1 KiB; it may
@@ -448,8 +508,17 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
         conn_fail(c, 413, "invalid_request_error", "request body too large");
         return -1;
     }
-    conn_arm(c, c->srv->cfg.body_timeout_ms);
-    return sl_buf_append(&r->body, at, n) ? -1 : 0;
+    if (c->srv->buffered + n > c->srv->cfg.max_buffered_bytes) {
+        conn_fail(c, 503, "server_error",
+                  "the server holds too many request bodies; try again later");
+        return -1;
+    }
+    /* body_timeout_ms is a deadline for the whole body (armed at the last
+     * header): a byte every few seconds does not hold the connection. */
+    if (sl_buf_append(&r->body, at, n)) return -1;
+    r->counted += n;
+    c->srv->buffered += n;
+    return 0;
 }
 
 static int on_message_complete(llhttp_t *p)
@@ -458,7 +527,8 @@ static int on_message_complete(llhttp_t *p)
     sl_http_req *r = c->cur;
     c->cur = NULL;
     uv_timer_stop(&c->timer);
-    r->keep_alive = llhttp_should_keep_alive(p) && !c->srv->shutting_down;
+    /* Upgrade / CONNECT are not supported: answered normally, then closed. */
+    r->keep_alive = llhttp_should_keep_alive(p) && !c->srv->shutting_down && !p->upgrade;
     r->arrival_ms = now_ms();
     if (!r->body.data) sl_buf_append(&r->body, "", 0);
     conn_enqueue(c, r);
@@ -503,16 +573,52 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
     b->len = sizeof c->srv->slab;
 }
 
+/* A client that half-closed is still owed its responses; one that closed
+ * completely resets the connection when written to. A 100 Continue (any
+ * HTTP/1.1 client must skip an unexpected 1xx) is that write when nothing
+ * else went out yet; the timer watches for the reset. */
+static void on_eof_timer(uv_timer_t *t)
+{
+    conn *c = t->data;
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) < 0 ||
+        getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 || ti.tcpi_state == TCP_CLOSE)
+        conn_close(c);
+}
+
+static void conn_peer_eof(conn *c)
+{
+    c->peer_eof = 1;
+    c->close_after = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (c->head && !c->head->wrote && !c->head->done && !c->head->http10) {
+        c->head->wrote = 1;
+        conn_write(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    }
+    uv_timer_start(&c->timer, on_eof_timer, 50, 50);
+}
+
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
 {
     conn *c = st->data;
+    if (n == UV_EOF && c->head && !c->cur && !c->failed && !c->closing) {
+        conn_peer_eof(c);
+        return;
+    }
     if (n < 0) {
         conn_close(c);
         return;
     }
     if (!n || c->failed || c->closing || c->close_after) return;
+    c->value_end = NULL;
     llhttp_errno_t err = llhttp_execute(&c->parser, b->base, (size_t)n);
     if (c->closing || c->failed) return;
+    if (err == HPE_PAUSED_UPGRADE) {
+        c->close_after = 1; /* the request was answered; nothing follows */
+        return;
+    }
     if (err == HPE_PAUSED) {
         /* Only on_message_complete pauses, and only when it has closed,
          * failed or ended the connection; resume keeps the parser usable. */
@@ -554,6 +660,10 @@ static void on_connection(uv_stream_t *ls, int status)
     uv_tcp_nodelay(&c->tcp, 1);
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
     c->parser.data = c;
+    if (s->nconns > s->cfg.max_connections) {
+        conn_fail(c, 503, "server_error", "too many open connections; try again later");
+        return;
+    }
     conn_arm_idle(c);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
@@ -709,6 +819,8 @@ sl_status sl_http_start(sl_http **out, uv_loop_t *loop, const char *host, int po
 }
 
 int sl_http_port(const sl_http *h) { return h->port; }
+void sl_http_set_gate(sl_http *h, int (*gate)(sl_http_req *, void *)) { h->gate = gate; }
+size_t sl_http_buffered_bytes(const sl_http *h) { return h->buffered; }
 int sl_http_connections(const sl_http *h) { return h->nconns; }
 int sl_http_inflight(const sl_http *h) { return h->inflight; }
 

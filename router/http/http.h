@@ -6,7 +6,14 @@
  * bodies may be chunked. Limits and slow clients are answered by the server
  * itself with an OpenAI-style error JSON: headers over max_header_bytes -> 400,
  * body over max_body_bytes -> 413, malformed HTTP -> 400, headers or body not
- * received in time -> 408; the connection is then closed.
+ * received in time -> 408 (the body has one deadline for all of it, not per
+ * piece), more than max_connections open or max_buffered_bytes of bodies held
+ * -> 503; the connection is then closed. HTTP/1.1 without Host, obs-fold
+ * (a header line continued on the next) and CR/LF in values -> 400. Upgrade
+ * and CONNECT requests are answered like any other, then the connection
+ * closes. A client that half-closes (shutdown(SHUT_WR)) after its requests
+ * still gets their responses; one that closed completely is noticed with a
+ * 100 Continue probe and its requests are aborted.
  *
  * Completion discipline: every sl_http_req handed to on_request is completed
  * exactly once by the handler, with sl_http_respond() or with
@@ -41,10 +48,13 @@ typedef struct sl_http_config {
     size_t max_header_bytes;  /* request line + headers */
     size_t max_body_bytes;
     unsigned header_timeout_ms; /* from a message's first byte to its last header */
-    unsigned body_timeout_ms;   /* longest pause between two pieces of a body */
+    unsigned body_timeout_ms;   /* whole body, from the last header to the last byte */
     unsigned idle_timeout_ms;   /* keep-alive connection with nothing in flight */
     unsigned drain_timeout_ms;  /* sl_http_shutdown: in-flight streams get this long */
     int max_pipelined;          /* queued requests per connection before reading pauses */
+    int max_connections;        /* open connections; one more gets 503 and is closed */
+    size_t max_buffered_bytes;  /* request bodies held in memory, all connections together;
+                                   a body that would go over gets 503 */
 } sl_http_config;
 
 sl_http_config sl_http_config_default(void);
@@ -57,6 +67,13 @@ sl_status sl_http_start(sl_http **out, uv_loop_t *loop, const char *host, int po
                         const sl_http_config *cfg, sl_http_handler on_request, void *ud,
                         sl_err *e);
 int sl_http_port(const sl_http *h);
+/* gate(r, ud) runs when r's headers are complete, before any of its body is
+ * read. Returning nonzero hands r to on_request at once with an empty body
+ * (the handler answers it, e.g. 401) and the connection closes after that
+ * response: the body is never buffered. Optional; set before traffic. */
+void sl_http_set_gate(sl_http *h, int (*gate)(sl_http_req *r, void *ud));
+/* Bytes of request bodies held now (for tests and /metrics). */
+size_t sl_http_buffered_bytes(const sl_http *h);
 /* Stops accepting; idle connections close now, busy ones once their requests
  * are complete (responses carry Connection: close); after drain_timeout_ms the
  * rest are closed and their requests aborted. done(ud) runs once everything is
