@@ -236,6 +236,14 @@ sl_status sl_router_add_worker_dns(sl_router *rt, const char *host, int port, sl
     return sl_cluster_add_dns(rt->cluster, host, port, e);
 }
 
+int sl_router_worker_ready(const sl_router *rt, int i)
+{
+    if (i < 0 || i >= sl_cluster_size(rt->cluster)) return 0;
+    sl_worker_info wi;
+    sl_cluster_info(rt->cluster, i, &wi);
+    return wi.model && wi.model[0];
+}
+
 int sl_router_port(const sl_router *rt) { return sl_http_port(rt->http); }
 
 static void on_tick_closed(uv_handle_t *h)

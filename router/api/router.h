@@ -70,6 +70,9 @@ sl_status sl_router_new(sl_router **out, uv_loop_t *loop, const sl_router_config
 sl_status sl_router_add_worker(sl_router *rt, const char *url, sl_err *e);
 sl_status sl_router_add_worker_dns(sl_router *rt, const char *host, int port, sl_err *e);
 int sl_router_port(const sl_router *rt);
+/* 1 once worker i (in the order added) has sent a load report: it loaded its
+ * model and served, so an exit later is a crash, not a failed start. */
+int sl_router_worker_ready(const sl_router *rt, int i);
 /* Stops accepting, lets in-flight responses finish (up to the HTTP drain
  * timeout), closes the workers' sockets; then done(ud). */
 void sl_router_shutdown(sl_router *rt, void (*done)(void *ud), void *ud);

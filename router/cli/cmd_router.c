@@ -32,6 +32,11 @@ static void on_router_done(void *ud)
     uv_close((uv_handle_t *)&a->sigterm, on_closed);
 }
 
+int sl_router_ctl_worker_ready(const sl_router_ctl *a, int worker)
+{
+    return sl_router_worker_ready(a->rt, worker);
+}
+
 void sl_router_ctl_stop(sl_router_ctl *a, int rc)
 {
     if (a->stopping) return;

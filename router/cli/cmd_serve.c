@@ -59,8 +59,9 @@ static pid_t spawn(char **argv)
  * back-off (1 s, 2 s, 4 s ... capped at 30 s; back to 1 s once a worker has
  * lived a minute) while the router keeps serving with the others. The
  * router marks it dead when its socket drops and alive again at its first
- * load report (docs/operations.md). A group that exits on its own within
- * 10 s of its first start never started (weights, flags): serve stops. */
+ * load report (docs/operations.md). A group that exits on its own before
+ * the router ever had a load report from it never started (weights, flags,
+ * device): serve stops. */
 #define RESTART_MAX_MS 30000
 typedef struct watch {
     pid_t *pids;
@@ -99,7 +100,7 @@ static void on_sigchld(uv_signal_t *h, int signum)
             w->pids[g] = 0;
             if (w->stopping) continue;
             uint64_t now = uv_now(h->loop);
-            if (!w->restarts[g] && WIFEXITED(st) && now - w->started_ms[g] < 10000) {
+            if (!w->restarts[g] && WIFEXITED(st) && !sl_router_ctl_worker_ready(w->ctl, g)) {
                 /* never started (weights, flags, device): a restart would
                  * fail the same way */
                 fprintf(stderr, "serve: worker group %d exited (status %d) while starting; "

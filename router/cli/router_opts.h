@@ -50,6 +50,8 @@ typedef struct sl_router_hooks {
     void *ud;
 } sl_router_hooks;
 void sl_router_ctl_stop(sl_router_ctl *ctl, int rc);
+/* sl_router_worker_ready of the router ctl runs. */
+int sl_router_ctl_worker_ready(const sl_router_ctl *ctl, int worker);
 
 /* Loads the model's text side, starts the router on its workers, runs until
  * a signal (or hooks) drains it; returns the exit status. hooks may be NULL. */
