@@ -3,6 +3,7 @@
  * The math follows docs/qwen3_next.md (transformers 5.17). */
 #include "model.h"
 #include "model_impl.h"
+#include "comm.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -26,10 +27,15 @@ sl_backend *sl_model_backend(const sl_model *m) { return m->be; }
 
 /* ---- loading ---------------------------------------------------------------
  * A packed tensor is built on the host in f32 from one or more checkpoint
- * tensors ("pieces"), then uploaded once. A piece may be a row permutation:
- * its rows form `groups` blocks of segments seg[0..nseg) and the packed layout
- * wants segment j of every group together (q_proj [q_h | g_h] per head →
- * [all q | all g]; in_proj_qkvz per key group → [q | k | v | z]). */
+ * tensors ("pieces"), then uploaded once. Each piece says which part of its
+ * checkpoint tensor it takes (a slice: the checkpoint row of each packed row,
+ * and a column range) and where it lands (the first packed row). Slices
+ * express both the repacking (q_proj [q_h | g_h] per head → [all q | all g];
+ * in_proj_qkvz per key group → [q | k | v | z]) and the tensor-parallel shard
+ * (this rank's heads, key groups, intermediate rows or input columns). Only
+ * the slice is read from the memory-mapped file. Dummy weights fill the same
+ * slice with the values the whole checkpoint tensor would have, so every TP
+ * size sees the same global weights. */
 
 typedef struct loader {
     sl_model *m;
@@ -46,7 +52,61 @@ typedef struct loader {
     float *stage;
     int64_t rows, cols;
     sl_tensor *cur;
+    int64_t *map; /* row list of the slice being built (slice_groups, slice_ranges) */
+    int64_t map_cap;
 } loader;
+
+/* Which part of a checkpoint tensor (viewed as [rows, cols]: dim 0 is rows,
+ * the rest columns; a 1-D tensor is one row) a piece takes. */
+typedef struct slice {
+    int64_t n;           /* rows taken; 0: all */
+    const int64_t *rows; /* checkpoint row of packed row i; NULL: first + i */
+    int64_t first;
+    int64_t col0, ncols; /* columns taken; ncols 0: all */
+} slice;
+
+static const slice SLICE_ALL = {0};
+
+static slice slice_rows(int64_t first, int64_t n) { return (slice){.n = n, .first = first}; }
+static slice slice_cols(int64_t c0, int64_t n) { return (slice){.col0 = c0, .ncols = n}; }
+
+static int64_t *map_reserve(loader *L, int64_t n)
+{
+    if (n > L->map_cap) {
+        int64_t *p = realloc(L->map, sizeof(int64_t) * (size_t)n);
+        if (!p) return NULL;
+        L->map = p;
+        L->map_cap = n;
+    }
+    return L->map;
+}
+
+/* Rows form `groups` blocks of segments seg[0..nseg); the piece takes groups
+ * [g0, g1) with segment j of every taken group together. */
+static slice slice_groups(loader *L, int groups, int g0, int g1, int nseg, const int64_t *seg)
+{
+    int64_t per_group = 0, n = 0;
+    for (int j = 0; j < nseg; j++) per_group += seg[j];
+    int64_t *map = map_reserve(L, per_group * (g1 - g0));
+    SL_ASSERT(map && g0 >= 0 && g1 <= groups);
+    for (int j = 0, off = 0; j < nseg; off += (int)seg[j], j++)
+        for (int g = g0; g < g1; g++)
+            for (int64_t i = 0; i < seg[j]; i++) map[n++] = g * per_group + off + i;
+    return (slice){.n = n, .rows = map};
+}
+
+/* Row ranges [start[k], start[k] + len[k]) one after another. */
+static slice slice_ranges(loader *L, int k, const int64_t *start, const int64_t *len)
+{
+    int64_t n = 0;
+    for (int i = 0; i < k; i++) n += len[i];
+    int64_t *map = map_reserve(L, n);
+    SL_ASSERT(map);
+    n = 0;
+    for (int i = 0; i < k; i++)
+        for (int64_t r = 0; r < len[i]; r++) map[n++] = start[i] + r;
+    return (slice){.n = n, .rows = map};
+}
 
 static uint64_t name_hash(const char *s)
 {
@@ -63,8 +123,8 @@ static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape)
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
-/* Starts packed tensor dst of shape [ne0, ne1(, ne2)], dtype dt. id names it
- * for dummy seeding; dummy values are offset + scale·U(−1, 1). */
+/* Starts packed tensor dst of shape [ne0, ne1(, ne2)], dtype dt (this rank's
+ * shape). id names it in errors; dummy values are offset + scale·U(−1, 1). */
 static void pack_begin(loader *L, sl_tensor *dst, sl_dtype dt, int ndim, const int64_t *ne,
                        const char *id, float scale, float offset)
 {
@@ -75,22 +135,31 @@ static void pack_begin(loader *L, sl_tensor *dst, sl_dtype dt, int ndim, const i
     L->status = sl_be_alloc(L->m->be, dst, dt, ndim, ne, L->e);
     if (L->status) return;
     L->cur = dst;
-    if (L->dummy) {
-        sl_be_fill_random(L->m->be, dst, L->seed ^ name_hash(id), scale, offset);
-        return;
-    }
     L->rows = sl_tensor_rows(dst);
     L->cols = sl_tensor_cols(dst);
+    if (L->dummy) return;
     L->stage = malloc(sizeof(float) * (size_t)(L->rows * L->cols));
     if (!L->stage) L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s: out of memory", id);
 }
 
+/* Checkpoint tensor name (shape as on disk) → packed rows row0.. of the
+ * tensor begun last, taking slice s of it. */
 static void pack_piece(loader *L, const char *name, int ndim, const int64_t *shape, int64_t row0,
-                       int groups, int nseg, const int64_t *seg)
+                       slice s)
 {
-    if (L->status || L->dummy) return;
+    if (L->status) return;
     if (L->collect) {
         L->collect(L->collect_ctx, name, ndim, shape, L->scale, L->offset);
+        return;
+    }
+    int64_t rows = ndim == 1 ? 1 : shape[0], cols = ndim == 1 ? shape[0] : 1;
+    for (int d = 1; d < ndim; d++) cols *= shape[d];
+    int64_t n = s.n ? s.n : rows, nc = s.ncols ? s.ncols : cols;
+    SL_ASSERT(nc == L->cols && row0 + n <= L->rows && s.col0 + nc <= cols);
+    if (L->dummy) {
+        sl_tensor dst = sl_tensor_rowview(L->cur, row0, n);
+        sl_fill_index ix = {.rows = s.rows, .row0 = s.first, .g_cols = cols, .col0 = s.col0};
+        sl_be_fill_random_at(L->m->be, &dst, L->seed ^ name_hash(name), L->scale, L->offset, &ix);
         return;
     }
     const sl_safetensors_tensor *t = sl_safetensors_find(L->st, name);
@@ -107,34 +176,12 @@ static void pack_piece(loader *L, const char *name, int ndim, const int64_t *sha
         L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s has shape %s, expected %s", name, got, want);
         return;
     }
-    /* a 1-D tensor is one row; otherwise dim 0 is rows, the rest columns */
-    int64_t rows = ndim == 1 ? 1 : shape[0], cols = ndim == 1 ? shape[0] : 1;
-    for (int d = 1; d < ndim; d++) cols *= shape[d];
-    SL_ASSERT(cols == L->cols && row0 + rows <= L->rows);
-    if (ndim == 1) seg = &rows;
-    int64_t per_group = 0;
-    for (int j = 0; j < nseg; j++) per_group += seg[j];
-    SL_ASSERT(per_group * groups == rows);
-    /* source row (g, j, i) → packed row row0 + j·groups·… */
-    int64_t seg_base = 0;
-    for (int j = 0; j < nseg; j++) {
-        int64_t src_off = 0;
-        for (int q = 0; q < j; q++) src_off += seg[q];
-        for (int g = 0; g < groups; g++)
-            for (int64_t i = 0; i < seg[j]; i++) {
-                int64_t src = g * per_group + src_off + i;
-                int64_t dst = row0 + seg_base + g * seg[j] + i;
-                float *o = L->stage + dst * cols;
-                for (int64_t c = 0; c < cols; c++) o[c] = sl_load_f32(t->data, t->dtype, src * cols + c);
-            }
-        seg_base += seg[j] * groups;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t src = s.rows ? s.rows[i] : s.first + i;
+        SL_ASSERT(src >= 0 && src < rows);
+        float *o = L->stage + (row0 + i) * nc;
+        for (int64_t c = 0; c < nc; c++) o[c] = sl_load_f32(t->data, t->dtype, src * cols + s.col0 + c);
     }
-}
-
-/* identity piece */
-static void pack_rows(loader *L, const char *name, int ndim, const int64_t *shape, int64_t row0)
-{
-    pack_piece(L, name, ndim, shape, row0, 1, 1, shape);
 }
 
 static void pack_end(loader *L)
@@ -146,36 +193,49 @@ static void pack_end(loader *L)
     L->stage = NULL;
 }
 
-/* A whole packed tensor from one checkpoint tensor of the same shape. */
+/* A packed tensor from slice s of one checkpoint tensor (shape: on disk; ne:
+ * the packed, per-rank shape). */
+static void load_slice(loader *L, sl_tensor *dst, sl_dtype dt, const char *name, int ndim,
+                       const int64_t *shape, const int64_t *ne, slice s, float scale, float offset)
+{
+    pack_begin(L, dst, dt, ndim, ne, name, scale, offset);
+    pack_piece(L, name, ndim, shape, 0, s);
+    pack_end(L);
+}
+
+/* A whole (replicated) packed tensor from one checkpoint tensor of the same shape. */
 static void load_one(loader *L, sl_tensor *dst, sl_dtype dt, const char *name, int ndim,
                      const int64_t *ne, float scale, float offset)
 {
-    pack_begin(L, dst, dt, ndim, ne, name, scale, offset);
-    pack_rows(L, name, ndim, ne, 0);
-    pack_end(L);
+    load_slice(L, dst, dt, name, ndim, ne, ne, SLICE_ALL, scale, offset);
 }
 
 static float mat_scale(int64_t fan_in) { return sqrtf(3.0f / (float)fan_in); }
 
+/* SwiGLU MLP with global intermediate size I: gate/up column-parallel (this
+ * rank's I/TP rows of each), down row-parallel (its I/TP input columns). */
 static void load_mlp(loader *L, sl_tensor *gu, sl_tensor *down, const char *pfx, int64_t H,
                      int64_t I)
 {
+    const tp_shard *tp = &L->m->tp;
+    int64_t Il = I / tp->size, i0 = tp->rank * Il;
     char n[256];
     sl_dtype wd = L->wd;
     snprintf(n, sizeof n, "%s.gate_up", pfx);
-    pack_begin(L, gu, wd, 2, SHP(2 * I, H), n, mat_scale(H), 0);
+    pack_begin(L, gu, wd, 2, SHP(2 * Il, H), n, mat_scale(H), 0);
     snprintf(n, sizeof n, "%s.gate_proj.weight", pfx);
-    pack_rows(L, n, 2, SHP(I, H), 0);
+    pack_piece(L, n, 2, SHP(I, H), 0, slice_rows(i0, Il));
     snprintf(n, sizeof n, "%s.up_proj.weight", pfx);
-    pack_rows(L, n, 2, SHP(I, H), I);
+    pack_piece(L, n, 2, SHP(I, H), Il, slice_rows(i0, Il));
     pack_end(L);
     snprintf(n, sizeof n, "%s.down_proj.weight", pfx);
-    load_one(L, down, wd, n, 2, SHP(H, I), mat_scale(I), 0);
+    load_slice(L, down, wd, n, 2, SHP(H, I), SHP(H, Il), slice_cols(i0, Il), mat_scale(I), 0);
 }
 
 static void load_layer(loader *L, int i)
 {
-    const sl_model_config *c = &L->m->cfg;
+    const sl_model_config *c = &L->m->cfg, *lc = &L->m->lc;
+    const tp_shard *tp = &L->m->tp;
     layer *ly = &L->m->layers[i];
     sl_dtype wd = L->wd;
     int next = c->arch == SL_ARCH_QWEN3_NEXT;
@@ -190,44 +250,57 @@ static void load_layer(loader *L, int i)
     load_one(L, &ly->post_norm, SL_DTYPE_F32, n, 1, SHP(H), 0.1f, norm_off);
 
     if (ly->linear) {
+        /* global dims, then this rank's key groups [g0, g0 + hk) and their
+         * value heads [g0·r, (g0 + hk)·r) */
         int64_t Hk = c->lin_k_heads, Hv = c->lin_v_heads, Dk = c->lin_k_dim, Dv = c->lin_v_dim;
         int64_t r = Hv / Hk, C = sl_model_config_conv_dim(c), K = c->conv_kernel;
+        int64_t hk = lc->lin_k_heads, hv = lc->lin_v_heads, Cl = sl_model_config_conv_dim(lc);
+        int g0 = (int)(tp->rank * hk), g1 = (int)(g0 + hk);
         snprintf(n, sizeof n, "%s.linear_attn.in_proj_qkvz.weight", p);
-        pack_begin(L, &ly->w_qkvz, wd, 2, SHP(C + Hv * Dv, H), n, mat_scale(H), 0);
-        pack_piece(L, n, 2, SHP(2 * Hk * Dk + 2 * Hv * Dv, H), 0, (int)Hk, 4,
-                   SHP(Dk, Dk, r * Dv, r * Dv));
+        pack_begin(L, &ly->w_qkvz, wd, 2, SHP(Cl + hv * Dv, H), n, mat_scale(H), 0);
+        pack_piece(L, n, 2, SHP(2 * Hk * Dk + 2 * Hv * Dv, H), 0,
+                   slice_groups(L, (int)Hk, g0, g1, 4, SHP(Dk, Dk, r * Dv, r * Dv)));
         pack_end(L);
         snprintf(n, sizeof n, "%s.linear_attn.in_proj_ba.weight", p);
-        pack_begin(L, &ly->w_ba, wd, 2, SHP(2 * Hv, H), n, mat_scale(H), 0);
-        pack_piece(L, n, 2, SHP(2 * Hv, H), 0, (int)Hk, 2, SHP(r, r));
+        pack_begin(L, &ly->w_ba, wd, 2, SHP(2 * hv, H), n, mat_scale(H), 0);
+        pack_piece(L, n, 2, SHP(2 * Hv, H), 0, slice_groups(L, (int)Hk, g0, g1, 2, SHP(r, r)));
         pack_end(L);
+        /* conv channels [q | k | v]: each block sliced on its own */
         snprintf(n, sizeof n, "%s.linear_attn.conv1d.weight", p);
-        pack_begin(L, &ly->conv_w, wd, 2, SHP(C, K), n, mat_scale(K), 0);
-        pack_rows(L, n, 3, SHP(C, 1, K), 0);
+        pack_begin(L, &ly->conv_w, wd, 2, SHP(Cl, K), n, mat_scale(K), 0);
+        pack_piece(L, n, 3, SHP(C, 1, K), 0,
+                   slice_ranges(L, 3, SHP(g0 * Dk, Hk * Dk + g0 * Dk, 2 * Hk * Dk + g0 * r * Dv),
+                                SHP(hk * Dk, hk * Dk, hv * Dv)));
         pack_end(L);
         snprintf(n, sizeof n, "%s.linear_attn.A_log", p);
-        load_one(L, &ly->A_log, SL_DTYPE_F32, n, 1, SHP(Hv), 1.0f, 0.0f);
+        load_slice(L, &ly->A_log, SL_DTYPE_F32, n, 1, SHP(Hv), SHP(hv), slice_cols(g0 * r, hv), 1.0f, 0.0f);
         snprintf(n, sizeof n, "%s.linear_attn.dt_bias", p);
-        load_one(L, &ly->dt_bias, SL_DTYPE_F32, n, 1, SHP(Hv), 1.0f, 0.0f);
+        load_slice(L, &ly->dt_bias, SL_DTYPE_F32, n, 1, SHP(Hv), SHP(hv), slice_cols(g0 * r, hv), 1.0f, 0.0f);
         snprintf(n, sizeof n, "%s.linear_attn.norm.weight", p);
         load_one(L, &ly->gnorm, SL_DTYPE_F32, n, 1, SHP(Dv), 0.1f, 1.0f);
         snprintf(n, sizeof n, "%s.linear_attn.out_proj.weight", p);
-        load_one(L, &ly->w_out, wd, n, 2, SHP(H, Hv * Dv), mat_scale(Hv * Dv), 0);
+        load_slice(L, &ly->w_out, wd, n, 2, SHP(H, Hv * Dv), SHP(H, hv * Dv),
+                   slice_cols(g0 * r * Dv, hv * Dv), mat_scale(Hv * Dv), 0);
     } else {
+        /* this rank's query heads [h0, h0 + hq) (each with its gate), KV
+         * heads [kv0, kv0 + hkv) (replicated when TP > kv heads) */
         int64_t Hq = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim;
-        int64_t qrows = next ? 2 * Hq * D : Hq * D;
+        int64_t hq = lc->n_heads, hkv = lc->n_kv_heads, h0 = tp->rank * hq, kv0 = tp->kv_head0;
+        int64_t qrows = next ? 2 * Hq * D : Hq * D, ql = next ? 2 * hq * D : hq * D;
         snprintf(n, sizeof n, "%s.self_attn.qkv", p);
-        pack_begin(L, &ly->wqkv, wd, 2, SHP(qrows + 2 * Hkv * D, H), n, mat_scale(H), 0);
+        pack_begin(L, &ly->wqkv, wd, 2, SHP(ql + 2 * hkv * D, H), n, mat_scale(H), 0);
         snprintf(n, sizeof n, "%s.self_attn.q_proj.weight", p);
-        if (next) pack_piece(L, n, 2, SHP(qrows, H), 0, (int)Hq, 2, SHP(D, D));
-        else pack_rows(L, n, 2, SHP(qrows, H), 0);
+        pack_piece(L, n, 2, SHP(qrows, H), 0,
+                   next ? slice_groups(L, (int)Hq, (int)h0, (int)(h0 + hq), 2, SHP(D, D))
+                        : slice_rows(h0 * D, hq * D));
         snprintf(n, sizeof n, "%s.self_attn.k_proj.weight", p);
-        pack_rows(L, n, 2, SHP(Hkv * D, H), qrows);
+        pack_piece(L, n, 2, SHP(Hkv * D, H), ql, slice_rows(kv0 * D, hkv * D));
         snprintf(n, sizeof n, "%s.self_attn.v_proj.weight", p);
-        pack_rows(L, n, 2, SHP(Hkv * D, H), qrows + Hkv * D);
+        pack_piece(L, n, 2, SHP(Hkv * D, H), ql + hkv * D, slice_rows(kv0 * D, hkv * D));
         pack_end(L);
         snprintf(n, sizeof n, "%s.self_attn.o_proj.weight", p);
-        load_one(L, &ly->wo, wd, n, 2, SHP(H, Hq * D), mat_scale(Hq * D), 0);
+        load_slice(L, &ly->wo, wd, n, 2, SHP(H, Hq * D), SHP(H, hq * D), slice_cols(h0 * D, hq * D),
+                   mat_scale(Hq * D), 0);
         snprintf(n, sizeof n, "%s.self_attn.q_norm.weight", p);
         load_one(L, &ly->q_norm, SL_DTYPE_F32, n, 1, SHP(D), 0.1f, norm_off);
         snprintf(n, sizeof n, "%s.self_attn.k_norm.weight", p);
@@ -235,23 +308,25 @@ static void load_layer(loader *L, int i)
     }
 
     if (ly->moe) {
-        int64_t E = c->n_experts, I = c->moe_intermediate_size;
+        /* router replicated; every expert's intermediate dim split */
+        int64_t E = c->n_experts, I = c->moe_intermediate_size, Il = lc->moe_intermediate_size;
+        int64_t i0 = tp->rank * Il;
         snprintf(n, sizeof n, "%s.mlp.gate.weight", p);
         load_one(L, &ly->router, wd, n, 2, SHP(E, H), mat_scale(H), 0);
         snprintf(n, sizeof n, "%s.mlp.experts.gate_up", p);
-        pack_begin(L, &ly->ex_gate_up, wd, 3, SHP(E, 2 * I, H), n, mat_scale(H), 0);
+        pack_begin(L, &ly->ex_gate_up, wd, 3, SHP(E, 2 * Il, H), n, mat_scale(H), 0);
         for (int64_t x = 0; x < E; x++) {
             snprintf(n, sizeof n, "%s.mlp.experts.%lld.gate_proj.weight", p, (long long)x);
-            pack_rows(L, n, 2, SHP(I, H), x * 2 * I);
+            pack_piece(L, n, 2, SHP(I, H), x * 2 * Il, slice_rows(i0, Il));
             snprintf(n, sizeof n, "%s.mlp.experts.%lld.up_proj.weight", p, (long long)x);
-            pack_rows(L, n, 2, SHP(I, H), x * 2 * I + I);
+            pack_piece(L, n, 2, SHP(I, H), x * 2 * Il + Il, slice_rows(i0, Il));
         }
         pack_end(L);
         snprintf(n, sizeof n, "%s.mlp.experts.down", p);
-        pack_begin(L, &ly->ex_down, wd, 3, SHP(E, H, I), n, mat_scale(I), 0);
+        pack_begin(L, &ly->ex_down, wd, 3, SHP(E, H, Il), n, mat_scale(I), 0);
         for (int64_t x = 0; x < E; x++) {
             snprintf(n, sizeof n, "%s.mlp.experts.%lld.down_proj.weight", p, (long long)x);
-            pack_rows(L, n, 2, SHP(H, I), x * H);
+            pack_piece(L, n, 2, SHP(H, I), x * H, slice_cols(i0, Il));
         }
         pack_end(L);
         if (c->shared_expert_intermediate_size > 0) {
@@ -281,25 +356,88 @@ static sl_status walk_weights(loader *L)
         ly->moe = c->layer_moe[i];
         ly->cache_idx = ly->linear ? nl++ : na++;
     }
-    int64_t V = c->vocab_size, H = c->hidden_size;
+    /* vocab-parallel embedding / LM head: rows [v0, v0 + nv) (all when replicated) */
+    int64_t V = c->vocab_size, H = c->hidden_size, v0 = m->tp.v0, nv = m->tp.nv;
     sl_dtype wd = L->wd;
-    load_one(L, &m->embed, wd, "model.embed_tokens.weight", 2, SHP(V, H), 1.0f, 0);
+    load_slice(L, &m->embed, wd, "model.embed_tokens.weight", 2, SHP(V, H), SHP(nv, H),
+               slice_rows(v0, nv), 1.0f, 0);
     for (int i = 0; i < c->n_layers && !L->status; i++) load_layer(L, i);
     load_one(L, &m->final_norm, SL_DTYPE_F32, "model.norm.weight", 1, SHP(H), 0.1f,
              c->arch == SL_ARCH_QWEN3_NEXT ? 0.0f : 1.0f);
     if (c->tie_embeddings) {
         m->lm_head = m->embed;
     } else {
-        load_one(L, &m->lm_head, wd, "lm_head.weight", 2, SHP(V, H), mat_scale(H), 0);
+        load_slice(L, &m->lm_head, wd, "lm_head.weight", 2, SHP(V, H), SHP(nv, H), slice_rows(v0, nv),
+                   mat_scale(H), 0);
         m->lm_head_owned = !L->collect;
     }
+    free(L->map);
+    L->map = NULL;
     return L->status;
+}
+
+sl_status sl_model_tp_check(const sl_model_config *c, int tp, sl_err *e)
+{
+    if (tp < 1) return sl_err_set(e, SL_ERR_INVALID, "--tp-size must be at least 1 (got %d)", tp);
+    int dense = 0, moe = 0;
+    for (int i = 0; i < c->n_layers; i++) {
+        dense |= !c->layer_moe[i];
+        moe |= c->layer_moe[i];
+    }
+#define NEED_DIV(cond, what, val)                                                                  \
+    if (cond)                                                                                      \
+        return sl_err_set(e, SL_ERR_INVALID, "--tp-size %d does not divide " what " %d", tp, (int)(val))
+    NEED_DIV(c->n_attn_layers && c->n_heads % tp, "num_attention_heads", c->n_heads);
+    NEED_DIV(c->n_attn_layers && tp <= c->n_kv_heads && c->n_kv_heads % tp, "num_key_value_heads",
+             c->n_kv_heads);
+    if (c->n_attn_layers && tp > c->n_kv_heads && tp % c->n_kv_heads)
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "--tp-size %d is neither a divisor nor a multiple of num_key_value_heads %d "
+                          "(KV heads are split, or replicated when the TP size is larger)",
+                          tp, c->n_kv_heads);
+    NEED_DIV(c->n_linear_layers && c->lin_k_heads % tp, "linear_num_key_heads", c->lin_k_heads);
+    NEED_DIV(dense && c->intermediate_size % tp, "intermediate_size", c->intermediate_size);
+    NEED_DIV(moe && c->moe_intermediate_size % tp, "moe_intermediate_size", c->moe_intermediate_size);
+    NEED_DIV(moe && c->shared_expert_intermediate_size % tp, "shared_expert_intermediate_size",
+             c->shared_expert_intermediate_size);
+#undef NEED_DIV
+    return SL_OK;
+}
+
+/* m->tp and m->lc for rank of size (checked by sl_model_tp_check). */
+static void tp_setup(sl_model *m, sl_comm *comm)
+{
+    tp_shard *tp = &m->tp;
+    const sl_model_config *c = &m->cfg;
+    tp->comm = comm;
+    tp->rank = comm ? sl_comm_rank(comm) : 0;
+    tp->size = comm ? sl_comm_world_size(comm) : 1;
+    int P = tp->size, r = tp->rank;
+    sl_model_config *lc = &m->lc;
+    *lc = *c;
+    lc->n_heads = c->n_heads / P;
+    if (c->n_kv_heads > 0 && P > c->n_kv_heads) { /* replicated: rank r uses head r / (P / Hkv) */
+        lc->n_kv_heads = 1;
+        tp->kv_head0 = r / (P / c->n_kv_heads);
+    } else {
+        lc->n_kv_heads = c->n_kv_heads / P;
+        tp->kv_head0 = r * lc->n_kv_heads;
+    }
+    lc->intermediate_size = c->intermediate_size / P;
+    lc->moe_intermediate_size = c->moe_intermediate_size / P;
+    lc->shared_expert_intermediate_size = c->shared_expert_intermediate_size / P;
+    lc->lin_k_heads = c->lin_k_heads / P;
+    lc->lin_v_heads = c->lin_v_heads / P;
+    tp->vocab_parallel = P > 1 && c->vocab_size % P == 0;
+    tp->nv = tp->vocab_parallel ? c->vocab_size / P : c->vocab_size;
+    tp->v0 = tp->vocab_parallel ? r * tp->nv : 0;
 }
 
 sl_status sl_model_checkpoint_tensors(const sl_model_config *c, sl_tensor_cb cb, void *ctx,
                                       sl_err *e)
 {
     sl_model m = {.cfg = *c};
+    tp_setup(&m, NULL);
     loader L = {.m = &m, .wd = SL_DTYPE_F32, .collect = cb, .collect_ctx = ctx, .e = e};
     sl_status s = walk_weights(&L);
     free(m.layers);
@@ -307,14 +445,17 @@ sl_status sl_model_checkpoint_tensors(const sl_model_config *c, sl_tensor_cb cb,
 }
 
 static sl_status model_new(sl_model **out, const sl_model_config *c, sl_backend *be, sl_safetensors *st,
-                           int dummy, uint64_t seed, sl_err *e)
+                           int dummy, uint64_t seed, sl_comm *comm, sl_err *e)
 {
+    sl_status s = sl_model_tp_check(c, comm ? sl_comm_world_size(comm) : 1, e);
+    if (s) return s;
     sl_model *m = calloc(1, sizeof *m);
     if (!m) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     m->cfg = *c;
     m->be = be;
+    tp_setup(m, comm);
     loader L = {.m = m, .st = st, .wd = sl_be_weight_dtype(be), .dummy = dummy, .seed = seed, .e = e};
-    sl_status s = walk_weights(&L);
+    s = walk_weights(&L);
     if (s) {
         sl_model_free(m);
         return s;
@@ -330,18 +471,20 @@ sl_status sl_model_load(sl_model **out, const char *dir, sl_backend *be,
     sl_status s = sl_model_config_load(&c, dir, e);
     if (s) return s;
     int dummy = opts && opts->dummy;
+    sl_comm *comm = opts ? opts->comm : NULL;
+    if ((s = sl_model_tp_check(&c, comm ? sl_comm_world_size(comm) : 1, e))) return s;
     sl_safetensors *st = NULL;
     if (!dummy && (s = sl_safetensors_open(&st, dir, e))) return s;
-    s = model_new(out, &c, be, st, dummy, opts ? opts->seed : 0, e);
+    s = model_new(out, &c, be, st, dummy, opts ? opts->seed : 0, comm, e);
     if (s && !dummy) sl_err_wrap(e, "loading %s", dir);
     sl_safetensors_close(st); /* weights were copied into backend memory */
     return s;
 }
 
 sl_status sl_model_from_config(sl_model **out, const sl_model_config *c, sl_backend *be,
-                               uint64_t seed, sl_err *e)
+                               const sl_model_load_opts *opts, sl_err *e)
 {
-    return model_new(out, c, be, NULL, 1, seed, e);
+    return model_new(out, c, be, NULL, 1, opts ? opts->seed : 0, opts ? opts->comm : NULL, e);
 }
 
 void model_scratch_free(sl_model *m)
@@ -349,7 +492,7 @@ void model_scratch_free(sl_model *m)
     scratch *s = &m->s;
     sl_tensor *all[] = {&s->x,    &s->xn,      &s->d,   &s->big, &s->mid,    &s->mid2,
                         &s->attn, &s->conv,    &s->ba,  &s->rlogits, &s->ids, &s->wts,
-                        &s->shared, &s->sgate, &s->gx,  &s->gd,  &s->gn};
+                        &s->shared, &s->sgate, &s->gx,  &s->gd,  &s->gn, &s->lg};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sl_be_release(m->be, all[i]);
     s->cap = s->cap_rows = 0;
 }
