@@ -607,6 +607,7 @@ int sl_cmd_make_tiny(int argc, char **argv)
     const char *arch = "qwen3_next", *out = NULL, *tok = NULL, *quant = NULL;
     long long seed = 1;
     int hidden = 64;
+    int inter = 0; /* 0: the arch's tiny default */
     int vocab = 0; /* default: the built-in tokenizer's size */
     sl_opt opts[] = {{"--arch", NULL, SL_OPT_STR, &arch, "qwen3, qwen3_moe or qwen3_next (default)"},
                      {"--out", NULL, SL_OPT_STR, &out, "output directory"},
@@ -618,6 +619,8 @@ int sl_cmd_make_tiny(int argc, char **argv)
                      {"--seed", NULL, SL_OPT_I64, &seed, "weights seed (default 1)"},
                      {"--hidden-size", NULL, SL_OPT_INT, &hidden,
                       "hidden size (default 64; 192 gives FP8 models partial 128-blocks)"},
+                     {"--intermediate-size", NULL, SL_OPT_INT, &inter,
+                      "dense MLP intermediate size (default: 128 qwen3, 96 qwen3_moe/qwen3_next)"},
                      {"--quantization", NULL, SL_OPT_STR, &quant,
                       "fp8: write an FP8 block-wise checkpoint (the bf16 model of the same seed, "
                       "quantized as --quantization fp8 does at load)"},
@@ -636,8 +639,9 @@ int sl_cmd_make_tiny(int argc, char **argv)
         sl_err_set(&e, SL_ERR_INVALID, "--vocab-size must be at least 16");
         return sl_opts_usage_error("make-tiny", e.msg);
     }
-    if ((quant && strcmp(quant, "fp8")) || hidden < 8 || hidden % 8) {
-        sl_err_set(&e, SL_ERR_INVALID, "--quantization must be fp8; --hidden-size a multiple of 8");
+    if ((quant && strcmp(quant, "fp8")) || hidden < 8 || hidden % 8 || inter < 0 || inter % 8) {
+        sl_err_set(&e, SL_ERR_INVALID,
+                   "--quantization must be fp8; --hidden-size and --intermediate-size multiples of 8");
         return sl_opts_usage_error("make-tiny", e.msg);
     }
     json_t *cfg = tiny_config(arch, vocab);
@@ -646,6 +650,7 @@ int sl_cmd_make_tiny(int argc, char **argv)
         return sl_opts_usage_error("make-tiny", e.msg);
     }
     json_object_set_new(cfg, "hidden_size", json_integer(hidden));
+    if (inter) json_object_set_new(cfg, "intermediate_size", json_integer(inter));
     if (quant)
         json_object_set_new(cfg, "quantization_config",
                             json_pack("{s:s, s:s, s:s, s:[i,i]}", "quant_method", "fp8", "fmt", "e4m3",
