@@ -411,7 +411,15 @@ void sl_be_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const s
 {
     NEED(embed);
     SL_ASSERT(sl_tensor_rows(out) == m->n_tokens && sl_tensor_cols(out) == sl_tensor_cols(table));
-    be->i->embed(be, out, table, m);
+    be->i->embed(be, out, table, 0, m);
+}
+
+void sl_be_embed_shard(sl_backend *be, sl_tensor *out, const sl_tensor *table, int64_t v0,
+                       const sl_batch_meta *m)
+{
+    NEED(embed);
+    SL_ASSERT(sl_tensor_rows(out) == m->n_tokens && sl_tensor_cols(out) == sl_tensor_cols(table));
+    be->i->embed(be, out, table, v0, m);
 }
 
 void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w)
@@ -594,7 +602,14 @@ void sl_be_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const
 void sl_be_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, float offset)
 {
     NEED(fill_random);
-    be->i->fill_random(be, t, seed, scale, offset);
+    be->i->fill_random(be, t, seed, scale, offset, NULL);
+}
+
+void sl_be_fill_random_at(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, float offset,
+                          const sl_fill_index *ix)
+{
+    NEED(fill_random);
+    be->i->fill_random(be, t, seed, scale, offset, ix);
 }
 
 void sl_be_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x)

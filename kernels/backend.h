@@ -248,6 +248,12 @@ void sl_be_graph_free(sl_backend *be, sl_be_graph *g);
 
 /* out[T,H] = table[ids[t], :] */
 void sl_be_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_batch_meta *m);
+/* Vocab-parallel embedding: table holds vocabulary rows [v0, v0 + rows);
+ * out[t, :] = table[ids[t] - v0, :] for ids in that range, zeros elsewhere
+ * (the sum over TP ranks is the full lookup). v0 = 0 with the whole table is
+ * sl_be_embed. */
+void sl_be_embed_shard(sl_backend *be, sl_tensor *out, const sl_tensor *table, int64_t v0,
+                       const sl_batch_meta *m);
 /* out[M,N] = x[M,K] · w[N,K]ᵀ (w in any float dtype) */
 void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w);
 /* FP8 block-quantized matmul (DeepGEMM / w8a8_block_fp8_matmul arithmetic):
@@ -343,6 +349,21 @@ void sl_be_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const
 /* t[i] = offset + scale·(2u−1), u = sl_rng_uniform(seed, i) (same on every
  * backend, so dummy weights match across CPU, CUDA and TP ranks). */
 void sl_be_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, float offset);
+/* Which random index each element of a sliced fill takes: element (i, j) of
+ * t's 2-D view gets index row(i)·g_cols + col0 + j of a (virtual) global
+ * tensor with g_cols columns, row(i) = rows ? rows[i] : row0 + i (rows: host
+ * array of sl_tensor_rows(t) entries). This is how a TP rank fills its slice
+ * of the same global dummy weights, and how a repacked tensor takes the
+ * values of the checkpoint tensor it was cut from. */
+typedef struct sl_fill_index {
+    const int64_t *rows;
+    int64_t row0, g_cols, col0;
+} sl_fill_index;
+/* t[i, j] = offset + scale·(2u−1), u = sl_rng_uniform(seed, index(i, j)).
+ * ix NULL: sl_be_fill_random (flat index). The CUDA fill stays on the device
+ * (only the row list is uploaded). */
+void sl_be_fill_random_at(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, float offset,
+                          const sl_fill_index *ix);
 /* ids[r] = index of the largest of x[r, :] (lowest index on ties); ids is
  * I32 [R] (any shape with R elements), x [R, V]. Greedy decoding downloads
  * R ids instead of R rows of logits. */

@@ -35,7 +35,7 @@ typedef struct sl_backend_i {
     sl_status (*graph_launch)(sl_backend *be, sl_be_graph *g, sl_err *e);
     void (*graph_free)(sl_backend *be, sl_be_graph *g);
 
-    void (*embed)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_batch_meta *);
+    void (*embed)(sl_backend *, sl_tensor *, const sl_tensor *, int64_t v0, const sl_batch_meta *);
     void (*matmul)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *);
     void (*rmsnorm)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *, float, int);
     void (*add)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *);
@@ -60,7 +60,7 @@ typedef struct sl_backend_i {
                         const sl_tensor *, const sl_tensor *, const sl_tensor *);
     void (*gather_rows)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_batch_meta *);
     void (*copy_slots)(sl_backend *, sl_tensor *, const int32_t *, const int32_t *, int);
-    void (*fill_random)(sl_backend *, sl_tensor *, uint64_t, float, float);
+    void (*fill_random)(sl_backend *, sl_tensor *, uint64_t, float, float, const sl_fill_index *);
     void (*argmax)(sl_backend *, sl_tensor *, const sl_tensor *);
     void (*attn_prep)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                       const sl_tensor *, float, int, int, int, float, sl_tensor *, sl_tensor *,

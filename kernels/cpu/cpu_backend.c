@@ -91,14 +91,15 @@ static sl_status cpu_sync(sl_backend *be, sl_err *e)
 
 /* ---- dense ops -------------------------------------------------------------- */
 
-static void cpu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table,
+static void cpu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, int64_t v0,
                       const sl_batch_meta *m)
 {
     (void)be;
-    int64_t H = sl_tensor_cols(table);
+    int64_t H = sl_tensor_cols(table), V = sl_tensor_rows(table);
     for (int t = 0; t < m->n_tokens; t++) {
-        int32_t id = m->feed && m->feed[t] >= 0 ? m->feed_ids[m->feed[t]] : m->ids[t];
-        for (int64_t c = 0; c < H; c++) st(out, t, c, ld(table, id, c));
+        int64_t id = (m->feed && m->feed[t] >= 0 ? m->feed_ids[m->feed[t]] : m->ids[t]) - v0;
+        int in = id >= 0 && id < V; /* vocab-parallel: rows outside this shard are zero */
+        for (int64_t c = 0; c < H; c++) st(out, t, c, in ? ld(table, id, c) : 0.0f);
     }
 }
 
@@ -498,9 +499,17 @@ static void cpu_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst,
 }
 
 static void cpu_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale,
-                            float offset)
+                            float offset, const sl_fill_index *ix)
 {
     (void)be;
+    if (ix) {
+        for (int64_t r = 0; r < sl_tensor_rows(t); r++) {
+            int64_t base = (ix->rows ? ix->rows[r] : ix->row0 + r) * ix->g_cols + ix->col0;
+            for (int64_t c = 0; c < sl_tensor_cols(t); c++)
+                st(t, r, c, offset + scale * (2.0f * sl_rng_uniform(seed, (uint64_t)(base + c)) - 1.0f));
+        }
+        return;
+    }
     int64_t n = sl_tensor_numel(t);
     sl_tensor flat = sl_tensor_make(t->data, t->dtype, 1, &n);
     for (int64_t i = 0; i < n; i++)

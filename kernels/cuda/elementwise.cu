@@ -3,22 +3,24 @@
 #include "elementwise.cuh"
 #include "sl_rng.h"
 
-__global__ void k_embed(cu_mat out, cu_mat table, const int32_t *ids, const int32_t *feed,
+// v0: first vocabulary row of table (vocab-parallel shard); other ids give zeros
+__global__ void k_embed(cu_mat out, cu_mat table, int64_t v0, const int32_t *ids, const int32_t *feed,
                         const int32_t *feed_ids)
 {
     cu_pdl_wait();
     cu_pdl_trigger();
-    int64_t t = blockIdx.x, row = feed && feed[t] >= 0 ? feed_ids[feed[t]] : ids[t];
+    int64_t t = blockIdx.x, row = (feed && feed[t] >= 0 ? feed_ids[feed[t]] : ids[t]) - v0;
+    bool in = row >= 0 && row < table.rows;
     for (int64_t c = threadIdx.x; c < out.cols; c += blockDim.x)
-        cu_mat_st(out, t, c, cu_mat_ld(table, row, c));
+        cu_mat_st(out, t, c, in ? cu_mat_ld(table, row, c) : 0.0f);
 }
 
-void cu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, const sl_batch_meta *m)
+void cu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, int64_t v0, const sl_batch_meta *m)
 {
     cu_backend *b = cu_be(be);
     const cu_meta *cm = cu_meta_of(m);
     if (cm->n_tokens == 0) return;
-    cu_launch(b, k_embed, cm->n_tokens, 256, 0, cu_mat_of(out), cu_mat_of(table), cm->ids,
+    cu_launch(b, k_embed, cm->n_tokens, 256, 0, cu_mat_of(out), cu_mat_of(table), v0, cm->ids,
               m->feed_ids ? cm->feed : (const int32_t *)NULL, (const int32_t *)m->feed_ids);
 }
 
@@ -182,11 +184,43 @@ __global__ void k_fill_random(void *p, int dt, int64_t n, uint64_t seed, float s
     }
 }
 
-void cu_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, float offset)
+// Sliced fill (sl_fill_index): one block-row loop per tensor row; rows is a
+// device copy of the host row list or NULL (row0 + r).
+__global__ void k_fill_random_at(cu_mat t, const int64_t *rows, int64_t row0, int64_t g_cols,
+                                 int64_t col0, uint64_t seed, float scale, float offset)
+{
+    for (int64_t r = blockIdx.x; r < t.rows; r += gridDim.x) {
+        int64_t base = (rows ? rows[r] : row0 + r) * g_cols + col0;
+        for (int64_t c = threadIdx.x; c < t.cols; c += blockDim.x) {
+            float u = sl_rng_uniform(seed, (uint64_t)(base + c));
+            cu_mat_st(t, r, c, __fadd_rn(offset, __fmul_rn(scale, __fsub_rn(__fmul_rn(2.0f, u), 1.0f))));
+        }
+    }
+}
+
+void cu_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, float offset,
+                    const sl_fill_index *ix)
 {
     cu_backend *b = cu_be(be);
     int64_t n = sl_tensor_numel(t);
     if (n == 0) return;
+    if (ix) {
+        int64_t R = sl_tensor_rows(t);
+        int64_t *rows = NULL;
+        if (ix->rows) {
+            rows = (int64_t *)cu_tmp_alloc(b, sizeof(int64_t) * (size_t)R);
+            CU_CHECK(cudaMemcpyAsync(rows, ix->rows, sizeof(int64_t) * (size_t)R, cudaMemcpyHostToDevice,
+                                     b->stream));
+            CU_CHECK(cudaStreamSynchronize(b->stream)); // ix->rows is the caller's, reused at once
+        }
+        unsigned g = (unsigned)(R < 65535 ? R : 65535);
+        k_fill_random_at<<<g, 256, 0, b->stream>>>(cu_mat_of(t), rows, ix->row0, ix->g_cols, ix->col0,
+                                                   seed, scale, offset);
+        CU_CHECK_LAUNCH();
+        if (rows) cu_tmp_free(b, rows);
+        b->pdl_fence = 1;
+        return;
+    }
     unsigned g = (unsigned)(n < 8192 * 256 ? cu_blocks(n, 256) : 8192);
     k_fill_random<<<g, 256, 0, b->stream>>>(t->data, t->dtype, n, seed, scale, offset);
     CU_CHECK_LAUNCH();

@@ -38,7 +38,7 @@ static sl_model *model_from(const char *json, sl_backend *be)
     sl_model_config c;
     sl_err e = {0};
     sl_model *m = NULL;
-    if (sl_model_config_parse(&c, json, NULL, &e) || sl_model_from_config(&m, &c, be, 11, &e))
+    if (sl_model_config_parse(&c, json, NULL, &e) || sl_model_from_config(&m, &c, be, &(sl_model_load_opts){.seed = 11}, &e))
         fprintf(stderr, "model: %s\n", e.msg);
     return m;
 }

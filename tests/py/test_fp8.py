@@ -151,3 +151,36 @@ def test_fp8_dummy_and_errors(sluice_bin, models, tmp_path):
     assert k in broken("missing", edit_ts=lambda ts: ts.pop(k))
     err = broken("shape", edit_ts=lambda ts: ts.update({k: ("F32", [2, 2], b"\0" * 16)}))
     assert k in err and "[1, 2]" in err
+
+
+def test_fp8_tensor_parallel(sluice_bin, tmp_path):
+    """FP8 x TP on qwen3 with hidden 256 / intermediate 256: o_proj and down_proj
+    inputs are 128 per rank at TP 2, whole FP8 blocks. TP 2 == TP 1 for the FP8
+    checkpoint, for --quantization fp8 of its bf16 twin (blocks of the global tensor)
+    and for dummy FP8 weights; a TP size that cuts a 128-block exits 2 naming it."""
+    dims = ["--hidden-size", "256", "--intermediate-size", "256"]
+    fp8, bf16 = tmp_path / "fp8", tmp_path / "bf16"
+    run(sluice_bin, "make-tiny", "--arch", "qwen3", "--out", str(fp8), *dims, "--quantization", "fp8")
+    run(sluice_bin, "make-tiny", "--arch", "qwen3", "--out", str(bf16), *dims)
+    ref = logits(sluice_bin, fp8, PROMPTS, tmp_path)
+    assert np.isfinite(ref).all()
+    assert rel(logits(sluice_bin, fp8, PROMPTS, tmp_path, "--tp-size", "2"), ref) <= 1e-5
+    q2 = logits(sluice_bin, bf16, PROMPTS, tmp_path, "--quantization", "fp8", "--tp-size", "2")
+    assert rel(q2, ref) <= 1e-5
+    d1 = logits(sluice_bin, fp8, PROMPTS, tmp_path, "--load-format", "dummy", "--seed", "3")
+    d2 = logits(sluice_bin, fp8, PROMPTS, tmp_path, "--load-format", "dummy", "--seed", "3", "--tp-size", "2")
+    assert np.isfinite(d1).all() and rel(d2, d1) <= 1e-5
+
+    def split_fails(model, tp, msg, *extra):
+        r = run(sluice_bin, "generate", "--model", str(model), "--ids", "1,2,3", "--max-new-tokens", "2",
+                "--tp-size", tp, *extra, ok=False)
+        assert r.returncode == 2, r.stderr
+        assert msg in r.stderr, r.stderr
+
+    block = "is not a multiple of the 128-wide FP8 block"
+    split_fails(fp8, "4", f"--tp-size 4: o_proj input dim 256/4 = 64 {block}")
+    split_fails(bf16, "4", f"--tp-size 4: o_proj input dim 256/4 = 64 {block}", "--quantization", "fp8")
+    wide = tmp_path / "wide"
+    run(sluice_bin, "make-tiny", "--arch", "qwen3", "--out", str(wide), "--hidden-size", "256",
+        "--intermediate-size", "384", "--quantization", "fp8")
+    split_fails(wide, "2", f"--tp-size 2: down_proj input dim 384/2 = 192 {block}")

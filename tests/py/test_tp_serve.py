@@ -227,8 +227,6 @@ def test_bad_group_input(tmp_path, q3):
     assert "fingerprint mismatch" in err + err0 and "page=4" in err + err0, (err, err0)
 
 
-@pytest.mark.skip(reason="needs the sharded loader (sl_model_load_opts.comm): until it lands "
-                  "every rank loads the whole model and any --tp-size fits")
 def test_tp_size_not_dividing_the_model(procs, q3):
     rc, err = worker("--model", q3, "--listen", "ipc:///tmp/x.ipc", "--tp-size", 3,
                      "--dist-init-addr", f"127.0.0.1:{free_port()}", "--dist-timeout", 5)

@@ -77,7 +77,7 @@ static inline sl_model *harness_micro_model(const char *arch, sl_backend **be)
     }
     *be = sl_backend_cpu_new();
     sl_model *m = NULL;
-    if (sl_model_from_config(&m, &c, *be, 7, &e)) fprintf(stderr, "micro %s: %s\n", arch, e.msg);
+    if (sl_model_from_config(&m, &c, *be, &(sl_model_load_opts){.seed = 7}, &e)) fprintf(stderr, "micro %s: %s\n", arch, e.msg);
     return m;
 }
 

@@ -57,7 +57,7 @@ static void test_batch(const char *cfg_json)
     CHECK(sl_model_config_parse(&c, cfg_json, NULL, &e) == SL_OK);
     sl_backend *be = sl_backend_cpu_new();
     sl_model *m = NULL;
-    CHECK(sl_model_from_config(&m, &c, be, 3, &e) == SL_OK);
+    CHECK(sl_model_from_config(&m, &c, be, &(sl_model_load_opts){.seed = 3}, &e) == SL_OK);
     const int V = c.vocab_size, P = 4, NA0 = 9, NA1 = 5, NB = 12;
     int32_t a[14], b[12];
     for (int i = 0; i < 14; i++) a[i] = (i * 7 + 3) % V;

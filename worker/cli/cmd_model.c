@@ -1,11 +1,17 @@
 /* `sluice logits`, `sluice generate`, `sluice make-tiny`: the model on its own,
  * one sequence at a time (golden checks, demos, tiny test models). */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include "comm.h"
 #include "model.h"
 #include "safetensors.h"
 #include "sl_file.h"
@@ -15,9 +21,17 @@
 #include "worker_cmd.h"
 
 typedef struct model_args {
-    const char *model, *device, *load_format, *quantization;
-    int page_size;
+    const char *model, *device, *load_format, *quantization, *dist_init_addr;
+    int page_size, tp_size;
     long long seed;
+    /* set by tp_start: this process's rank, its communicator, the children
+     * rank 0 forked (ranks 1..tp_size-1) */
+    int rank;
+    sl_comm *comm;
+    pid_t kids[SL_COMM_MAX_WORLD];
+    int n_kids;
+    char addr[64];
+    char device_buf[32];
 } model_args;
 
 static int fail(const char *cmd, const sl_err *e)
@@ -26,7 +40,77 @@ static int fail(const char *cmd, const sl_err *e)
     return 1;
 }
 
-static sl_status open_model(const model_args *a, sl_backend **be, sl_model **m, sl_err *e)
+/* --tp-size N: checks that the model splits N ways (exit 2 naming the
+ * dimension), picks a free 127.0.0.1 port unless --dist-init-addr is given,
+ * and forks ranks 1..N-1; every process then runs the rest of the command on
+ * its shard (CPU: a CPU communicator; CUDA: rank r on device base + r) and
+ * only rank 0 prints. Returns -1 to continue, or an exit code. */
+static int tp_start(model_args *a, const char *cmd)
+{
+    a->rank = 0;
+    if (a->tp_size == 1) return -1;
+    sl_err e = {0};
+    if (a->tp_size < 1 || a->tp_size > SL_COMM_MAX_WORLD) {
+        sl_err_set(&e, SL_ERR_INVALID, "--tp-size must be in [1, %d]", SL_COMM_MAX_WORLD);
+        return sl_opts_usage_error(cmd, e.msg);
+    }
+    if (!a->model) return sl_opts_usage_error(cmd, "--model is required");
+    sl_model_config c;
+    if (sl_model_config_load(&c, a->model, &e)) return fail(cmd, &e);
+    if (sl_model_tp_check(&c, a->tp_size, &e)) return sl_opts_usage_error(cmd, e.msg);
+    if ((c.quant_fp8 || a->quantization) && sl_model_fp8_tp_check(&c, a->tp_size, &e))
+        return sl_opts_usage_error(cmd, e.msg);
+    if (!a->dist_init_addr) { /* a free port: bind port 0, read it back, let it go */
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof sa;
+        if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) || getsockname(fd, (struct sockaddr *)&sa, &len)) {
+            fprintf(stderr, "sluice %s: cannot find a free port: %s\n", cmd, strerror(errno));
+            if (fd >= 0) close(fd);
+            return 1;
+        }
+        close(fd);
+        snprintf(a->addr, sizeof a->addr, "127.0.0.1:%d", ntohs(sa.sin_port));
+        a->dist_init_addr = a->addr;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    for (int r = 1; r < a->tp_size; r++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            fprintf(stderr, "sluice %s: fork: %s\n", cmd, strerror(errno));
+            return 1; /* the children forked so far time out joining the group */
+        }
+        if (pid == 0) {
+            a->rank = r;
+            a->n_kids = 0;
+            break;
+        }
+        a->kids[a->n_kids++] = pid;
+    }
+    if (!strncmp(a->device, "cuda", 4)) { /* rank r on device base + r */
+        int base = a->device[4] == ':' ? atoi(a->device + 5) : 0;
+        snprintf(a->device_buf, sizeof a->device_buf, "cuda:%d", base + a->rank);
+        a->device = a->device_buf;
+    }
+    return -1;
+}
+
+/* Ends a TP run: frees the communicator, and on rank 0 waits for the other
+ * ranks; the exit code is rc, or 1 when another rank failed. */
+static int tp_finish(model_args *a, int rc)
+{
+    sl_comm_free(a->comm);
+    a->comm = NULL;
+    for (int i = 0; i < a->n_kids; i++) {
+        int st = 0;
+        while (waitpid(a->kids[i], &st, 0) < 0 && errno == EINTR) {}
+        if (!rc && (!WIFEXITED(st) || WEXITSTATUS(st))) rc = 1;
+    }
+    return rc;
+}
+
+static sl_status open_model(model_args *a, sl_backend **be, sl_model **m, sl_err *e)
 {
     if (!a->model) return sl_err_set(e, SL_ERR_INVALID, "--model is required");
     int dummy = 0;
@@ -37,9 +121,20 @@ static sl_status open_model(const model_args *a, sl_backend **be, sl_model **m, 
         return sl_err_set(e, SL_ERR_INVALID, "--quantization must be fp8");
     *be = sl_backend_new(a->device, e);
     if (!*be) return e->code ? e->code : SL_ERR_DEVICE;
-    sl_model_load_opts o = {.dummy = dummy, .seed = (uint64_t)a->seed, .quantize_fp8 = a->quantization != NULL};
-    sl_status s = sl_model_load(m, a->model, *be, &o, e);
+    sl_status s = SL_OK;
+    if (a->tp_size > 1) {
+        char fp[SL_COMM_MAX_FINGERPRINT + 1];
+        snprintf(fp, sizeof fp, "%.200s|%s|%lld|%s", a->model, dummy ? "dummy" : "auto", a->seed,
+                 a->quantization ? a->quantization : "none");
+        sl_comm_config cc = {.rank = a->rank, .world_size = a->tp_size, .init_addr = a->dist_init_addr,
+                             .timeout_ms = 60000, .fingerprint = fp, .be = *be};
+        s = sl_comm_new(&a->comm, &cc, e);
+    }
+    sl_model_load_opts o = {.dummy = dummy, .seed = (uint64_t)a->seed, .quantize_fp8 = a->quantization != NULL,
+                            .comm = a->comm};
+    if (!s) s = sl_model_load(m, a->model, *be, &o, e);
     if (s) {
+        if (a->comm) sl_comm_abort(a->comm); /* the other ranks fail fast */
         sl_backend_free(*be);
         *be = NULL;
     }
@@ -53,13 +148,17 @@ static sl_status open_model(const model_args *a, sl_backend **be, sl_model **m, 
         {"--seed", NULL, SL_OPT_I64, &(a).seed, "seed of dummy weights (default 0)"},             \
         {"--quantization", NULL, SL_OPT_STR, &(a).quantization,                                   \
          "fp8: quantize projections to FP8 blocks at load"},                                      \
-        {"--page-size", NULL, SL_OPT_INT, &(a).page_size, "KV page size (default 16)"}
+        {"--page-size", NULL, SL_OPT_INT, &(a).page_size, "KV page size (default 16)"},           \
+        {"--tp-size", NULL, SL_OPT_INT, &(a).tp_size,                                             \
+         "tensor-parallel ranks, forked locally (default 1; CUDA: rank r on device N+r)"},         \
+        {"--dist-init-addr", NULL, SL_OPT_STR, &(a).dist_init_addr,                               \
+         "HOST:PORT where the ranks meet (default: a free 127.0.0.1 port)"}
 
 /* ---- logits ------------------------------------------------------------------- */
 
 int sl_cmd_logits(int argc, char **argv)
 {
-    model_args a = {.device = "cpu", .page_size = 16};
+    model_args a = {.device = "cpu", .page_size = 16, .tp_size = 1};
     const char *ids_file = NULL, *out = NULL;
     int chunk = 0;
     sl_opt opts[] = {MODEL_OPTS(a),
@@ -87,11 +186,16 @@ int sl_cmd_logits(int argc, char **argv)
         json_decref(prompts);
         return 2;
     }
+    int tp = tp_start(&a, "logits");
+    if (tp >= 0) {
+        json_decref(prompts);
+        return tp;
+    }
     sl_backend *be = NULL;
     sl_model *m = NULL;
     if (open_model(&a, &be, &m, &e)) {
         json_decref(prompts);
-        return fail("logits", &e);
+        return tp_finish(&a, fail("logits", &e));
     }
     int V = sl_model_cfg(m)->vocab_size, rc = 0, max_len = 0;
     size_t i;
@@ -105,7 +209,7 @@ int sl_cmd_logits(int argc, char **argv)
         }
         if ((int)json_array_size(p) > max_len) max_len = (int)json_array_size(p);
     }
-    FILE *f = fopen(out, "wb");
+    FILE *f = fopen(a.rank ? "/dev/null" : out, "wb"); /* TP: rank 0 writes */
     if (!f) {
         fprintf(stderr, "sluice logits: cannot create %s: %s\n", out, strerror(errno));
         rc = 1;
@@ -151,9 +255,10 @@ int sl_cmd_logits(int argc, char **argv)
     if (fclose(f) != 0 && !rc) rc = 1;
 done:
     json_decref(prompts);
+    if (rc && a.comm) sl_comm_abort(a.comm);
     sl_model_free(m);
     sl_backend_free(be);
-    return rc;
+    return tp_finish(&a, rc);
 }
 
 /* ---- generate ------------------------------------------------------------------ */
@@ -193,7 +298,7 @@ static int parse_ids(const char *s, int32_t **out, int *n, int vocab, sl_err *e)
 
 int sl_cmd_generate(int argc, char **argv)
 {
-    model_args a = {.device = "cpu", .page_size = 16};
+    model_args a = {.device = "cpu", .page_size = 16, .tp_size = 1};
     const char *ids_s = NULL;
     int max_new = 16, ignore_eos = 0;
     sl_opt opts[] = {MODEL_OPTS(a),
@@ -209,9 +314,11 @@ int sl_cmd_generate(int argc, char **argv)
         sl_err_set(&e, SL_ERR_INVALID, "--ids is required; --max-new-tokens >= 0; --page-size > 0");
         return sl_opts_usage_error("generate", e.msg);
     }
+    int tp = tp_start(&a, "generate");
+    if (tp >= 0) return tp;
     sl_backend *be = NULL;
     sl_model *m = NULL;
-    if (open_model(&a, &be, &m, &e)) return fail("generate", &e);
+    if (open_model(&a, &be, &m, &e)) return tp_finish(&a, fail("generate", &e));
     const sl_model_config *c = sl_model_cfg(m);
     int32_t *ids = NULL;
     int n = 0, rc = 0;
@@ -228,22 +335,23 @@ int sl_cmd_generate(int argc, char **argv)
     int32_t tok;
     sl_status st = n ? sl_solo_feed(&s, ids, n, 0, lg, &e) : SL_OK;
     for (int i = 0; i < max_new && !st; i++) {
-        tok = sl_argmax(lg, c->vocab_size);
-        printf("%s%d", i ? " " : "", tok);
+        tok = sl_argmax(lg, c->vocab_size); /* the same on every TP rank: logits are gathered */
+        if (!a.rank) printf("%s%d", i ? " " : "", tok);
         int eos = 0;
         for (int j = 0; j < c->n_eos; j++) eos |= tok == c->eos_token_ids[j];
         if (eos && !ignore_eos) break;
         if (i + 1 < max_new) st = sl_solo_feed(&s, &tok, 1, 0, lg, &e);
     }
-    printf("\n");
+    if (!a.rank) printf("\n");
     if (st) rc = fail("generate", &e);
     free(lg);
     sl_solo_free(&s);
 done:
     free(ids);
+    if (rc && a.comm) sl_comm_abort(a.comm);
     sl_model_free(m);
     sl_backend_free(be);
-    return rc;
+    return tp_finish(&a, rc);
 }
 
 /* ---- make-tiny ----------------------------------------------------------------- */
@@ -499,6 +607,7 @@ int sl_cmd_make_tiny(int argc, char **argv)
     const char *arch = "qwen3_next", *out = NULL, *tok = NULL, *quant = NULL;
     long long seed = 1;
     int hidden = 64;
+    int inter = 0; /* 0: the arch's tiny default */
     int vocab = 0; /* default: the built-in tokenizer's size */
     sl_opt opts[] = {{"--arch", NULL, SL_OPT_STR, &arch, "qwen3, qwen3_moe or qwen3_next (default)"},
                      {"--out", NULL, SL_OPT_STR, &out, "output directory"},
@@ -510,6 +619,8 @@ int sl_cmd_make_tiny(int argc, char **argv)
                      {"--seed", NULL, SL_OPT_I64, &seed, "weights seed (default 1)"},
                      {"--hidden-size", NULL, SL_OPT_INT, &hidden,
                       "hidden size (default 64; 192 gives FP8 models partial 128-blocks)"},
+                     {"--intermediate-size", NULL, SL_OPT_INT, &inter,
+                      "dense MLP intermediate size (default: 128 qwen3, 96 qwen3_moe/qwen3_next)"},
                      {"--quantization", NULL, SL_OPT_STR, &quant,
                       "fp8: write an FP8 block-wise checkpoint (the bf16 model of the same seed, "
                       "quantized as --quantization fp8 does at load)"},
@@ -528,8 +639,9 @@ int sl_cmd_make_tiny(int argc, char **argv)
         sl_err_set(&e, SL_ERR_INVALID, "--vocab-size must be at least 16");
         return sl_opts_usage_error("make-tiny", e.msg);
     }
-    if ((quant && strcmp(quant, "fp8")) || hidden < 8 || hidden % 8) {
-        sl_err_set(&e, SL_ERR_INVALID, "--quantization must be fp8; --hidden-size a multiple of 8");
+    if ((quant && strcmp(quant, "fp8")) || hidden < 8 || hidden % 8 || inter < 0 || inter % 8) {
+        sl_err_set(&e, SL_ERR_INVALID,
+                   "--quantization must be fp8; --hidden-size and --intermediate-size multiples of 8");
         return sl_opts_usage_error("make-tiny", e.msg);
     }
     json_t *cfg = tiny_config(arch, vocab);
@@ -538,6 +650,7 @@ int sl_cmd_make_tiny(int argc, char **argv)
         return sl_opts_usage_error("make-tiny", e.msg);
     }
     json_object_set_new(cfg, "hidden_size", json_integer(hidden));
+    if (inter) json_object_set_new(cfg, "intermediate_size", json_integer(inter));
     if (quant)
         json_object_set_new(cfg, "quantization_config",
                             json_pack("{s:s, s:s, s:s, s:[i,i]}", "quant_method", "fp8", "fmt", "e4m3",

@@ -281,10 +281,9 @@ int sl_cmd_worker(int argc, char **argv)
             goto done;
         }
     }
-    /* Sharding plugs in here: the loader gets sl_group_comm(tg) once
-     * sl_model_load_opts has its comm field; until then every rank loads
-     * the whole model (replicated: the outputs are the same). */
-    sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)f.seed, .quantize_fp8 = f.quantization != NULL};
+    /* every rank loads its shard; the forward runs the collectives on the group's comm */
+    sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)f.seed,
+                             .quantize_fp8 = f.quantization != NULL, .comm = tg ? sl_group_comm(tg) : NULL};
     st = sl_model_load(&m, model, be, &lo, &e);
     if (!st && rank == 0) st = sl_engine_new(&g, m, &c, &e);
     if (tg) {

@@ -3,6 +3,7 @@
  * The math follows docs/qwen3_next.md (transformers 5.17). */
 #include "model.h"
 #include "model_impl.h"
+#include "comm.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -26,10 +27,15 @@ sl_backend *sl_model_backend(const sl_model *m) { return m->be; }
 
 /* ---- loading ---------------------------------------------------------------
  * A packed tensor is built on the host in f32 from one or more checkpoint
- * tensors ("pieces"), then uploaded once. A piece may be a row permutation:
- * its rows form `groups` blocks of segments seg[0..nseg) and the packed layout
- * wants segment j of every group together (q_proj [q_h | g_h] per head →
- * [all q | all g]; in_proj_qkvz per key group → [q | k | v | z]). */
+ * tensors ("pieces"), then uploaded once. Each piece says which part of its
+ * checkpoint tensor it takes (a slice: the checkpoint row of each packed row,
+ * and a column range) and where it lands (the first packed row). Slices
+ * express both the repacking (q_proj [q_h | g_h] per head → [all q | all g];
+ * in_proj_qkvz per key group → [q | k | v | z]) and the tensor-parallel shard
+ * (this rank's heads, key groups, intermediate rows or input columns). Only
+ * the slice is read from the memory-mapped file. Dummy weights fill the same
+ * slice with the values the whole checkpoint tensor would have, so every TP
+ * size sees the same global weights. */
 
 typedef struct loader {
     sl_model *m;
@@ -46,14 +52,69 @@ typedef struct loader {
     float *stage;
     int64_t rows, cols;
     sl_tensor *cur;
+    int64_t *map; /* row list of the slice being built (slice_groups, slice_ranges) */
+    int64_t map_cap;
     /* FP8: quantize target projections at load (--quantization fp8); and,
-     * while an FP8 projection is packed (fp8 = 1), its scale tensor and the
-     * scale stage [rows, ceil(cols/128)] */
+     * while an FP8 projection is packed (fp8 = 1), its scale tensor, the
+     * scale stage [rows, ceil(cols/128)] and the projection's dummy scale */
     int quantize_fp8;
     int fp8;
     sl_tensor *cur_s;
     float *sstage;
+    float fp8_scale;
 } loader;
+
+/* Which part of a checkpoint tensor (viewed as [rows, cols]: dim 0 is rows,
+ * the rest columns; a 1-D tensor is one row) a piece takes. */
+typedef struct slice {
+    int64_t n;           /* rows taken; 0: all */
+    const int64_t *rows; /* checkpoint row of packed row i; NULL: first + i */
+    int64_t first;
+    int64_t col0, ncols; /* columns taken; ncols 0: all */
+} slice;
+
+static const slice SLICE_ALL = {0};
+
+static slice slice_rows(int64_t first, int64_t n) { return (slice){.n = n, .first = first}; }
+static slice slice_cols(int64_t c0, int64_t n) { return (slice){.col0 = c0, .ncols = n}; }
+
+static int64_t *map_reserve(loader *L, int64_t n)
+{
+    if (n > L->map_cap) {
+        int64_t *p = realloc(L->map, sizeof(int64_t) * (size_t)n);
+        if (!p) return NULL;
+        L->map = p;
+        L->map_cap = n;
+    }
+    return L->map;
+}
+
+/* Rows form `groups` blocks of segments seg[0..nseg); the piece takes groups
+ * [g0, g1) with segment j of every taken group together. */
+static slice slice_groups(loader *L, int groups, int g0, int g1, int nseg, const int64_t *seg)
+{
+    int64_t per_group = 0, n = 0;
+    for (int j = 0; j < nseg; j++) per_group += seg[j];
+    int64_t *map = map_reserve(L, per_group * (g1 - g0));
+    SL_ASSERT(map && g0 >= 0 && g1 <= groups);
+    for (int j = 0, off = 0; j < nseg; off += (int)seg[j], j++)
+        for (int g = g0; g < g1; g++)
+            for (int64_t i = 0; i < seg[j]; i++) map[n++] = g * per_group + off + i;
+    return (slice){.n = n, .rows = map};
+}
+
+/* Row ranges [start[k], start[k] + len[k]) one after another. */
+static slice slice_ranges(loader *L, int k, const int64_t *start, const int64_t *len)
+{
+    int64_t n = 0;
+    for (int i = 0; i < k; i++) n += len[i];
+    int64_t *map = map_reserve(L, n);
+    SL_ASSERT(map);
+    n = 0;
+    for (int i = 0; i < k; i++)
+        for (int64_t r = 0; r < len[i]; r++) map[n++] = start[i] + r;
+    return (slice){.n = n, .rows = map};
+}
 
 static uint64_t name_hash(const char *s)
 {
@@ -72,8 +133,8 @@ static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape)
 
 static float mat_scale(int64_t fan_in) { return sqrtf(3.0f / (float)fan_in); }
 
-/* Starts packed tensor dst of shape [ne0, ne1(, ne2)], dtype dt. id names it
- * for dummy seeding; dummy values are offset + scale·U(−1, 1). */
+/* Starts packed tensor dst of shape [ne0, ne1(, ne2)], dtype dt (this rank's
+ * shape). id names it in errors; dummy values are offset + scale·U(−1, 1). */
 static void pack_begin(loader *L, sl_tensor *dst, sl_dtype dt, int ndim, const int64_t *ne,
                        const char *id, float scale, float offset)
 {
@@ -84,48 +145,27 @@ static void pack_begin(loader *L, sl_tensor *dst, sl_dtype dt, int ndim, const i
     L->status = sl_be_alloc(L->m->be, dst, dt, ndim, ne, L->e);
     if (L->status) return;
     L->cur = dst;
-    if (L->dummy) {
-        sl_be_fill_random(L->m->be, dst, L->seed ^ name_hash(id), scale, offset);
-        return;
-    }
     L->rows = sl_tensor_rows(dst);
     L->cols = sl_tensor_cols(dst);
+    if (L->dummy) return;
     L->stage = malloc(sizeof(float) * (size_t)(L->rows * L->cols));
     if (!L->stage) L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s: out of memory", id);
-}
-
-/* Copies the rows of src ([rows, cols], dtype sdt) into dst (f32, cols wide)
- * from row row0 on: its rows form `groups` blocks of segments seg[0..nseg) and
- * segment j of every group lands together (source row (g, j, i) → packed row
- * row0 + Σ_{q<j} seg[q]·groups + g·seg[j] + i). */
-static void permute_rows(float *dst, int64_t row0, const void *src, sl_dtype sdt, int64_t cols,
-                         int groups, int nseg, const int64_t *seg)
-{
-    int64_t per_group = 0, seg_base = 0;
-    for (int j = 0; j < nseg; j++) per_group += seg[j];
-    for (int j = 0; j < nseg; j++) {
-        int64_t src_off = 0;
-        for (int q = 0; q < j; q++) src_off += seg[q];
-        for (int g = 0; g < groups; g++)
-            for (int64_t i = 0; i < seg[j]; i++) {
-                int64_t from = g * per_group + src_off + i, to = row0 + seg_base + g * seg[j] + i;
-                float *o = dst + to * cols;
-                for (int64_t c = 0; c < cols; c++) o[c] = sl_load_f32(src, sdt, from * cols + c);
-            }
-        seg_base += seg[j] * groups;
-    }
 }
 
 /* ---- FP8 projections ---------------------------------------------------------
  * A projection is FP8 when its checkpoint weight has a weight_scale_inv
  * ([ceil(rows/128), ceil(cols/128)], real weight = w · scale_inv of its
  * 128×128 block), or when --quantization fp8 quantizes it here exactly as
- * make-tiny --quantization fp8 writes it (sl_fp8_quantize_blocks on the
- * checkpoint tensor as stored, before any repacking). The packed weight keeps
- * the e4m3 codes; the scales are expanded to one row per weight row, so the
- * fused layouts (wqkv, gate_up, the qkvz and q/gate reorderings, stacked
- * experts) repack scales with the same row permutation as the weights and no
- * projection has to start on a 128-row boundary. Costs 4 bytes per 128
+ * make-tiny --quantization fp8 writes it (sl_fp8_quantize_blocks on the whole
+ * checkpoint tensor as stored, before any repacking or TP slicing, so every
+ * TP size sees the same codes and scales). The packed weight keeps the e4m3
+ * codes; the scales are expanded to one row per weight row, so a piece's
+ * slice takes the codes exactly like plain weights (its row map and column
+ * range) and packed row i's scales are the block row (checkpoint row of i) /
+ * 128, columns the 128-groups the column range covers. Rows therefore need
+ * no 128 alignment (fused layouts, head/group permutations, column-parallel
+ * shards); a column range (row-parallel shard) must start and end on a
+ * 128-column block boundary (or the tensor end). Costs 4 bytes per 128
  * weights (3% over the fp8 weight). */
 
 int sl_model_fp8_target(const char *name)
@@ -153,20 +193,79 @@ static int proj_is_fp8(const loader *L, const char *first)
     return L->quantize_fp8 && sl_model_fp8_target(first) && t && t->dtype != SL_DTYPE_F8E4M3;
 }
 
-/* One piece of an FP8 projection: codes into the stage (exact f32 values),
- * per-row scales into the scale stage, both in the packed order. */
+/* The error for an FP8 input dim of `global` columns that TP size tp cuts
+ * into `local`-wide shards off the 128-column blocks; what names it. */
+static sl_status fp8_split_error(sl_err *e, int tp, const char *what, int64_t global, int64_t local)
+{
+    return sl_err_set(e, SL_ERR_INVALID,
+                      "--tp-size %d: %s input dim %lld/%d = %lld is not a multiple of the %d-wide FP8 block",
+                      tp, what, (long long)global, tp, (long long)local, SL_FP8_BLOCK);
+}
+
+/* Short name of a checkpoint tensor for errors: "down_proj" of
+ * "model.layers.0.mlp.down_proj.weight". */
+static void short_name(char *buf, size_t n, const char *name)
+{
+    size_t len = strlen(name);
+    if (len >= 7 && !strcmp(name + len - 7, ".weight")) len -= 7;
+    size_t b = len;
+    while (b > 0 && name[b - 1] != '.') b--;
+    snprintf(buf, n, "%.*s", (int)(len - b), name + b);
+}
+
+/* A column range of an FP8 tensor with `cols` columns must cover whole
+ * 128-column blocks (the last may end at the tensor end). */
+static int fp8_cols_ok(loader *L, const char *name, int64_t cols, slice s)
+{
+    const int64_t B = SL_FP8_BLOCK;
+    if (!s.ncols || (s.col0 % B == 0 && (s.ncols % B == 0 || s.col0 + s.ncols == cols))) return 1;
+    char sn[128];
+    short_name(sn, sizeof sn, name);
+    L->status = fp8_split_error(L->e, L->m->tp.size, sn, cols, s.ncols);
+    sl_err_wrap(L->e, "%s", name);
+    return 0;
+}
+
+sl_status sl_model_fp8_tp_check(const sl_model_config *c, int tp, sl_err *e)
+{
+    if (tp <= 1) return SL_OK;
+    const int64_t B = SL_FP8_BLOCK;
+    int dense = 0, moe = 0;
+    for (int i = 0; i < c->n_layers; i++) {
+        dense |= !c->layer_moe[i];
+        moe |= c->layer_moe[i];
+    }
+    /* the row-parallel projections: their input dims are split */
+    struct { int on; const char *what; int64_t dim; } rp[] = {
+        {c->n_attn_layers > 0, "o_proj", (int64_t)c->n_heads * c->head_dim},
+        {c->n_linear_layers > 0, "out_proj", (int64_t)c->lin_v_heads * c->lin_v_dim},
+        {dense, "down_proj", c->intermediate_size},
+        {moe, "experts down_proj", c->moe_intermediate_size},
+        {moe && c->shared_expert_intermediate_size > 0, "shared_expert down_proj",
+         c->shared_expert_intermediate_size},
+    };
+    for (size_t i = 0; i < sizeof rp / sizeof rp[0]; i++)
+        if (rp[i].on && (rp[i].dim / tp) % B)
+            return fp8_split_error(e, tp, rp[i].what, rp[i].dim, rp[i].dim / tp);
+    return SL_OK;
+}
+
+/* One piece of an FP8 projection: checkpoint tensor t ([rows, cols] as
+ * stored), slice s of it → the codes into the stage (exact f32 values) and
+ * the per-row scales into the scale stage, packed rows row0... */
 static void fp8_piece(loader *L, const char *name, const sl_safetensors_tensor *t, int64_t rows,
-                      int64_t cols, int64_t row0, int groups, int nseg, const int64_t *seg)
+                      int64_t cols, int64_t row0, slice s)
 {
     const int64_t B = SL_FP8_BLOCK, nrb = (rows + B - 1) / B, G = (cols + B - 1) / B;
+    const int64_t n = s.n ? s.n : rows, nc = s.ncols ? s.ncols : cols, g0 = s.col0 / B, Gl = (nc + B - 1) / B;
     char sn[320], want[96], got[96];
     snprintf(sn, sizeof sn, "%s_scale_inv", name);
     fmt_shape(want, sizeof want, 2, SHP(nrb, G));
     const sl_safetensors_tensor *sc = sl_safetensors_find(L->st, sn);
     uint8_t *codes = NULL;
-    float *blk = malloc(sizeof(float) * (size_t)(nrb * G)), *rowsc = malloc(sizeof(float) * (size_t)(rows * G));
+    float *blk = malloc(sizeof(float) * (size_t)(nrb * G));
     const void *src = t->data;
-    if (!blk || !rowsc) {
+    if (!blk) {
         L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s: out of memory", sn);
     } else if (sc) {
         int same = sc->ndim == 2 && sc->shape[0] == nrb && sc->shape[1] == G;
@@ -182,6 +281,8 @@ static void fp8_piece(loader *L, const char *name, const sl_safetensors_tensor *
         else
             for (int64_t i = 0; i < nrb * G; i++) blk[i] = sl_load_f32(sc->data, sc->dtype, i);
     } else if (L->quantize_fp8 && t->dtype != SL_DTYPE_F8E4M3) {
+        /* blocks of the whole checkpoint tensor (as make-tiny writes them),
+         * whatever part of it this piece takes */
         float *w = malloc(sizeof(float) * (size_t)(rows * cols));
         codes = malloc((size_t)(rows * cols));
         if (!w || !codes) {
@@ -198,22 +299,46 @@ static void fp8_piece(loader *L, const char *name, const sl_safetensors_tensor *
                                want, name);
     }
     if (!L->status) {
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t g = 0; g < G; g++) rowsc[r * G + g] = blk[(r / B) * G + g];
-        permute_rows(L->stage, row0, src, SL_DTYPE_F8E4M3, cols, groups, nseg, seg);
-        permute_rows(L->sstage, row0, rowsc, SL_DTYPE_F32, G, groups, nseg, seg);
+        SL_ASSERT(Gl == (L->cols + B - 1) / B);
+        for (int64_t i = 0; i < n; i++) {
+            int64_t r = s.rows ? s.rows[i] : s.first + i;
+            SL_ASSERT(r >= 0 && r < rows);
+            float *o = L->stage + (row0 + i) * nc, *so = L->sstage + (row0 + i) * Gl;
+            for (int64_t c = 0; c < nc; c++) o[c] = sl_load_f32(src, SL_DTYPE_F8E4M3, r * cols + s.col0 + c);
+            for (int64_t g = 0; g < Gl; g++) so[g] = blk[(r / B) * G + g0 + g];
+        }
     }
     free(codes);
     free(blk);
-    free(rowsc);
 }
 
+/* Checkpoint tensor name (shape as on disk) → packed rows row0.. of the
+ * tensor begun last, taking slice s of it. */
 static void pack_piece(loader *L, const char *name, int ndim, const int64_t *shape, int64_t row0,
-                       int groups, int nseg, const int64_t *seg)
+                       slice s)
 {
-    if (L->status || L->dummy) return;
+    if (L->status) return;
     if (L->collect) {
         L->collect(L->collect_ctx, name, ndim, shape, L->scale, L->offset);
+        return;
+    }
+    int64_t rows = ndim == 1 ? 1 : shape[0], cols = ndim == 1 ? shape[0] : 1;
+    for (int d = 1; d < ndim; d++) cols *= shape[d];
+    int64_t n = s.n ? s.n : rows, nc = s.ncols ? s.ncols : cols;
+    SL_ASSERT(nc == L->cols && row0 + n <= L->rows && s.col0 + nc <= cols);
+    if (L->fp8 && !fp8_cols_ok(L, name, cols, s)) return;
+    if (L->dummy) {
+        sl_tensor dst = sl_tensor_rowview(L->cur, row0, n);
+        sl_fill_index ix = {.rows = s.rows, .row0 = s.first, .g_cols = cols, .col0 = s.col0};
+        sl_be_fill_random_at(L->m->be, &dst, L->seed ^ name_hash(name), L->scale, L->offset, &ix);
+        if (L->fp8) { /* scales around fp8_scale/448 of the checkpoint's rows and column blocks */
+            const int64_t B = SL_FP8_BLOCK;
+            sl_tensor ds = sl_tensor_rowview(L->cur_s, row0, n);
+            sl_fill_index sx = {.rows = s.rows, .row0 = s.first, .g_cols = (cols + B - 1) / B,
+                                .col0 = s.col0 / B};
+            sl_be_fill_random_at(L->m->be, &ds, L->seed ^ name_hash(name) ^ 0x5ca1e5ull,
+                                 0.5f * L->fp8_scale / SL_FP8_MAX, L->fp8_scale / SL_FP8_MAX, &sx);
+        }
         return;
     }
     const sl_safetensors_tensor *t = sl_safetensors_find(L->st, name);
@@ -230,16 +355,8 @@ static void pack_piece(loader *L, const char *name, int ndim, const int64_t *sha
         L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s has shape %s, expected %s", name, got, want);
         return;
     }
-    /* a 1-D tensor is one row; otherwise dim 0 is rows, the rest columns */
-    int64_t rows = ndim == 1 ? 1 : shape[0], cols = ndim == 1 ? shape[0] : 1;
-    for (int d = 1; d < ndim; d++) cols *= shape[d];
-    SL_ASSERT(cols == L->cols && row0 + rows <= L->rows);
-    if (ndim == 1) seg = &rows;
-    int64_t per_group = 0;
-    for (int j = 0; j < nseg; j++) per_group += seg[j];
-    SL_ASSERT(per_group * groups == rows);
     if (L->fp8) {
-        fp8_piece(L, name, t, rows, cols, row0, groups, nseg, seg);
+        fp8_piece(L, name, t, rows, cols, row0, s);
         return;
     }
     if (t->dtype == SL_DTYPE_F8E4M3) {
@@ -247,13 +364,12 @@ static void pack_piece(loader *L, const char *name, int ndim, const int64_t *sha
                                name, sl_model_fp8_target(name) ? "" : " (or the fused projection it belongs to is not fp8)");
         return;
     }
-    permute_rows(L->stage, row0, t->data, t->dtype, cols, groups, nseg, seg);
-}
-
-/* identity piece */
-static void pack_rows(loader *L, const char *name, int ndim, const int64_t *shape, int64_t row0)
-{
-    pack_piece(L, name, ndim, shape, row0, 1, 1, shape);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t src = s.rows ? s.rows[i] : s.first + i;
+        SL_ASSERT(src >= 0 && src < rows);
+        float *o = L->stage + (row0 + i) * nc;
+        for (int64_t c = 0; c < nc; c++) o[c] = sl_load_f32(t->data, t->dtype, src * cols + s.col0 + c);
+    }
 }
 
 static void pack_end(loader *L)
@@ -269,11 +385,13 @@ static void pack_end(loader *L)
     L->fp8 = 0;
 }
 
-/* Starts a projection packed from checkpoint tensors, the first named first:
- * plain (the backend's weight dtype; dst_s left empty) or FP8 (dst F8E4M3,
- * dst_s F32 [.., rows, ceil(cols/128)]). Dummy FP8 weights: codes over the
- * whole e4m3 range and scales around scale/448, so dequantized values have
- * the plain dummy's range. */
+/* Starts a projection packed from checkpoint tensors, the first named first
+ * (ne: this rank's packed shape): plain (the backend's weight dtype; dst_s
+ * left empty) or FP8 (dst F8E4M3, dst_s F32 [.., rows, ceil(cols/128)]).
+ * Dummy FP8 weights (filled per piece by global checkpoint index, codes and
+ * scales alike, so TP ranks hold slices of the same global values): codes
+ * over the whole e4m3 range and scales around scale/448, so dequantized
+ * values have the plain dummy's range. */
 static void proj_begin(loader *L, sl_tensor *dst, sl_tensor *dst_s, int ndim, const int64_t *ne,
                        const char *id, const char *first, float scale)
 {
@@ -298,53 +416,62 @@ static void proj_begin(loader *L, sl_tensor *dst, sl_tensor *dst_s, int ndim, co
     if (L->status) return;
     L->fp8 = 1;
     L->cur_s = dst_s;
-    if (L->dummy) {
-        sl_be_fill_random(L->m->be, dst_s, L->seed ^ name_hash(id) ^ 0x5ca1e5ull, 0.5f * scale / SL_FP8_MAX,
-                          scale / SL_FP8_MAX);
-        return;
-    }
+    L->fp8_scale = scale;
+    if (L->dummy) return;
     L->sstage = malloc(sizeof(float) * (size_t)(sl_tensor_rows(dst_s) * sne[ndim - 1]));
     if (!L->sstage) L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s scales: out of memory", id);
 }
 
-/* One projection from one checkpoint tensor `name` [rows, cols]: plain, or
- * FP8 weight + scales (dst_s). */
-static void load_proj(loader *L, sl_tensor *dst, sl_tensor *dst_s, const char *name, int64_t rows,
-                      int64_t cols)
+/* A packed tensor from slice s of one checkpoint tensor (shape: on disk; ne:
+ * the packed, per-rank shape). */
+static void load_slice(loader *L, sl_tensor *dst, sl_dtype dt, const char *name, int ndim,
+                       const int64_t *shape, const int64_t *ne, slice s, float scale, float offset)
 {
-    proj_begin(L, dst, dst_s, 2, SHP(rows, cols), name, name, mat_scale(cols));
-    pack_rows(L, name, 2, SHP(rows, cols), 0);
+    pack_begin(L, dst, dt, ndim, ne, name, scale, offset);
+    pack_piece(L, name, ndim, shape, 0, s);
     pack_end(L);
 }
 
-/* A whole packed tensor from one checkpoint tensor of the same shape. */
+/* A projection from slice s of one checkpoint tensor `name` (shape: on
+ * disk; ne: the packed, per-rank shape): plain, or FP8 weight + scales (dst_s). */
+static void load_proj(loader *L, sl_tensor *dst, sl_tensor *dst_s, const char *name, const int64_t *shape,
+                      const int64_t *ne, slice s)
+{
+    proj_begin(L, dst, dst_s, 2, ne, name, name, mat_scale(shape[1]));
+    pack_piece(L, name, 2, shape, 0, s);
+    pack_end(L);
+}
+
+/* A whole (replicated) packed tensor from one checkpoint tensor of the same shape. */
 static void load_one(loader *L, sl_tensor *dst, sl_dtype dt, const char *name, int ndim,
                      const int64_t *ne, float scale, float offset)
 {
-    pack_begin(L, dst, dt, ndim, ne, name, scale, offset);
-    pack_rows(L, name, ndim, ne, 0);
-    pack_end(L);
+    load_slice(L, dst, dt, name, ndim, ne, ne, SLICE_ALL, scale, offset);
 }
 
-
+/* SwiGLU MLP with global intermediate size I: gate/up column-parallel (this
+ * rank's I/TP rows of each), down row-parallel (its I/TP input columns). */
 static void load_mlp(loader *L, sl_tensor *gu, sl_tensor *gu_s, sl_tensor *down, sl_tensor *down_s,
                      const char *pfx, int64_t H, int64_t I)
 {
+    const tp_shard *tp = &L->m->tp;
+    int64_t Il = I / tp->size, i0 = tp->rank * Il;
     char n[256], first[256];
     snprintf(n, sizeof n, "%s.gate_up", pfx);
     snprintf(first, sizeof first, "%s.gate_proj.weight", pfx);
-    proj_begin(L, gu, gu_s, 2, SHP(2 * I, H), n, first, mat_scale(H));
-    pack_rows(L, first, 2, SHP(I, H), 0);
+    proj_begin(L, gu, gu_s, 2, SHP(2 * Il, H), n, first, mat_scale(H));
+    pack_piece(L, first, 2, SHP(I, H), 0, slice_rows(i0, Il));
     snprintf(n, sizeof n, "%s.up_proj.weight", pfx);
-    pack_rows(L, n, 2, SHP(I, H), I);
+    pack_piece(L, n, 2, SHP(I, H), Il, slice_rows(i0, Il));
     pack_end(L);
     snprintf(n, sizeof n, "%s.down_proj.weight", pfx);
-    load_proj(L, down, down_s, n, H, I);
+    load_proj(L, down, down_s, n, SHP(H, I), SHP(H, Il), slice_cols(i0, Il));
 }
 
 static void load_layer(loader *L, int i)
 {
-    const sl_model_config *c = &L->m->cfg;
+    const sl_model_config *c = &L->m->cfg, *lc = &L->m->lc;
+    const tp_shard *tp = &L->m->tp;
     layer *ly = &L->m->layers[i];
     sl_dtype wd = L->wd;
     int next = c->arch == SL_ARCH_QWEN3_NEXT;
@@ -359,46 +486,58 @@ static void load_layer(loader *L, int i)
     load_one(L, &ly->post_norm, SL_DTYPE_F32, n, 1, SHP(H), 0.1f, norm_off);
 
     if (ly->linear) {
+        /* global dims, then this rank's key groups [g0, g0 + hk) and their
+         * value heads [g0·r, (g0 + hk)·r) */
         int64_t Hk = c->lin_k_heads, Hv = c->lin_v_heads, Dk = c->lin_k_dim, Dv = c->lin_v_dim;
         int64_t r = Hv / Hk, C = sl_model_config_conv_dim(c), K = c->conv_kernel;
+        int64_t hk = lc->lin_k_heads, hv = lc->lin_v_heads, Cl = sl_model_config_conv_dim(lc);
+        int g0 = (int)(tp->rank * hk), g1 = (int)(g0 + hk);
         snprintf(n, sizeof n, "%s.linear_attn.in_proj_qkvz.weight", p);
-        proj_begin(L, &ly->w_qkvz, &ly->w_qkvz_s, 2, SHP(C + Hv * Dv, H), n, n, mat_scale(H));
-        pack_piece(L, n, 2, SHP(2 * Hk * Dk + 2 * Hv * Dv, H), 0, (int)Hk, 4,
-                   SHP(Dk, Dk, r * Dv, r * Dv));
+        proj_begin(L, &ly->w_qkvz, &ly->w_qkvz_s, 2, SHP(Cl + hv * Dv, H), n, n, mat_scale(H));
+        pack_piece(L, n, 2, SHP(2 * Hk * Dk + 2 * Hv * Dv, H), 0,
+                   slice_groups(L, (int)Hk, g0, g1, 4, SHP(Dk, Dk, r * Dv, r * Dv)));
         pack_end(L);
         snprintf(n, sizeof n, "%s.linear_attn.in_proj_ba.weight", p);
-        proj_begin(L, &ly->w_ba, &ly->w_ba_s, 2, SHP(2 * Hv, H), n, n, mat_scale(H));
-        pack_piece(L, n, 2, SHP(2 * Hv, H), 0, (int)Hk, 2, SHP(r, r));
+        proj_begin(L, &ly->w_ba, &ly->w_ba_s, 2, SHP(2 * hv, H), n, n, mat_scale(H));
+        pack_piece(L, n, 2, SHP(2 * Hv, H), 0, slice_groups(L, (int)Hk, g0, g1, 2, SHP(r, r)));
         pack_end(L);
+        /* conv channels [q | k | v]: each block sliced on its own */
         snprintf(n, sizeof n, "%s.linear_attn.conv1d.weight", p);
-        pack_begin(L, &ly->conv_w, wd, 2, SHP(C, K), n, mat_scale(K), 0);
-        pack_rows(L, n, 3, SHP(C, 1, K), 0);
+        pack_begin(L, &ly->conv_w, wd, 2, SHP(Cl, K), n, mat_scale(K), 0);
+        pack_piece(L, n, 3, SHP(C, 1, K), 0,
+                   slice_ranges(L, 3, SHP(g0 * Dk, Hk * Dk + g0 * Dk, 2 * Hk * Dk + g0 * r * Dv),
+                                SHP(hk * Dk, hk * Dk, hv * Dv)));
         pack_end(L);
         snprintf(n, sizeof n, "%s.linear_attn.A_log", p);
-        load_one(L, &ly->A_log, SL_DTYPE_F32, n, 1, SHP(Hv), 1.0f, 0.0f);
+        load_slice(L, &ly->A_log, SL_DTYPE_F32, n, 1, SHP(Hv), SHP(hv), slice_cols(g0 * r, hv), 1.0f, 0.0f);
         snprintf(n, sizeof n, "%s.linear_attn.dt_bias", p);
-        load_one(L, &ly->dt_bias, SL_DTYPE_F32, n, 1, SHP(Hv), 1.0f, 0.0f);
+        load_slice(L, &ly->dt_bias, SL_DTYPE_F32, n, 1, SHP(Hv), SHP(hv), slice_cols(g0 * r, hv), 1.0f, 0.0f);
         snprintf(n, sizeof n, "%s.linear_attn.norm.weight", p);
         load_one(L, &ly->gnorm, SL_DTYPE_F32, n, 1, SHP(Dv), 0.1f, 1.0f);
         snprintf(n, sizeof n, "%s.linear_attn.out_proj.weight", p);
-        load_proj(L, &ly->w_out, &ly->w_out_s, n, H, Hv * Dv);
+        load_proj(L, &ly->w_out, &ly->w_out_s, n, SHP(H, Hv * Dv), SHP(H, hv * Dv),
+                  slice_cols(g0 * r * Dv, hv * Dv));
     } else {
+        /* this rank's query heads [h0, h0 + hq) (each with its gate), KV
+         * heads [kv0, kv0 + hkv) (replicated when TP > kv heads) */
         int64_t Hq = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim;
-        int64_t qrows = next ? 2 * Hq * D : Hq * D;
+        int64_t hq = lc->n_heads, hkv = lc->n_kv_heads, h0 = tp->rank * hq, kv0 = tp->kv_head0;
+        int64_t qrows = next ? 2 * Hq * D : Hq * D, ql = next ? 2 * hq * D : hq * D;
         char first[256];
         snprintf(n, sizeof n, "%s.self_attn.qkv", p);
         snprintf(first, sizeof first, "%s.self_attn.q_proj.weight", p);
-        proj_begin(L, &ly->wqkv, &ly->wqkv_s, 2, SHP(qrows + 2 * Hkv * D, H), n, first, mat_scale(H));
+        proj_begin(L, &ly->wqkv, &ly->wqkv_s, 2, SHP(ql + 2 * hkv * D, H), n, first, mat_scale(H));
         snprintf(n, sizeof n, "%s.self_attn.q_proj.weight", p);
-        if (next) pack_piece(L, n, 2, SHP(qrows, H), 0, (int)Hq, 2, SHP(D, D));
-        else pack_rows(L, n, 2, SHP(qrows, H), 0);
+        pack_piece(L, n, 2, SHP(qrows, H), 0,
+                   next ? slice_groups(L, (int)Hq, (int)h0, (int)(h0 + hq), 2, SHP(D, D))
+                        : slice_rows(h0 * D, hq * D));
         snprintf(n, sizeof n, "%s.self_attn.k_proj.weight", p);
-        pack_rows(L, n, 2, SHP(Hkv * D, H), qrows);
+        pack_piece(L, n, 2, SHP(Hkv * D, H), ql, slice_rows(kv0 * D, hkv * D));
         snprintf(n, sizeof n, "%s.self_attn.v_proj.weight", p);
-        pack_rows(L, n, 2, SHP(Hkv * D, H), qrows + Hkv * D);
+        pack_piece(L, n, 2, SHP(Hkv * D, H), ql + hkv * D, slice_rows(kv0 * D, hkv * D));
         pack_end(L);
         snprintf(n, sizeof n, "%s.self_attn.o_proj.weight", p);
-        load_proj(L, &ly->wo, &ly->wo_s, n, H, Hq * D);
+        load_proj(L, &ly->wo, &ly->wo_s, n, SHP(H, Hq * D), SHP(H, hq * D), slice_cols(h0 * D, hq * D));
         snprintf(n, sizeof n, "%s.self_attn.q_norm.weight", p);
         load_one(L, &ly->q_norm, SL_DTYPE_F32, n, 1, SHP(D), 0.1f, norm_off);
         snprintf(n, sizeof n, "%s.self_attn.k_norm.weight", p);
@@ -406,26 +545,28 @@ static void load_layer(loader *L, int i)
     }
 
     if (ly->moe) {
-        int64_t E = c->n_experts, I = c->moe_intermediate_size;
+        /* router replicated; every expert's intermediate dim split */
+        int64_t E = c->n_experts, I = c->moe_intermediate_size, Il = lc->moe_intermediate_size;
+        int64_t i0 = tp->rank * Il;
         snprintf(n, sizeof n, "%s.mlp.gate.weight", p);
         load_one(L, &ly->router, wd, n, 2, SHP(E, H), mat_scale(H), 0);
         char first[256];
         snprintf(n, sizeof n, "%s.mlp.experts.gate_up", p);
         snprintf(first, sizeof first, "%s.mlp.experts.0.gate_proj.weight", p);
-        proj_begin(L, &ly->ex_gate_up, &ly->ex_gate_up_s, 3, SHP(E, 2 * I, H), n, first, mat_scale(H));
+        proj_begin(L, &ly->ex_gate_up, &ly->ex_gate_up_s, 3, SHP(E, 2 * Il, H), n, first, mat_scale(H));
         for (int64_t x = 0; x < E; x++) {
             snprintf(n, sizeof n, "%s.mlp.experts.%lld.gate_proj.weight", p, (long long)x);
-            pack_rows(L, n, 2, SHP(I, H), x * 2 * I);
+            pack_piece(L, n, 2, SHP(I, H), x * 2 * Il, slice_rows(i0, Il));
             snprintf(n, sizeof n, "%s.mlp.experts.%lld.up_proj.weight", p, (long long)x);
-            pack_rows(L, n, 2, SHP(I, H), x * 2 * I + I);
+            pack_piece(L, n, 2, SHP(I, H), x * 2 * Il + Il, slice_rows(i0, Il));
         }
         pack_end(L);
         snprintf(n, sizeof n, "%s.mlp.experts.down", p);
         snprintf(first, sizeof first, "%s.mlp.experts.0.down_proj.weight", p);
-        proj_begin(L, &ly->ex_down, &ly->ex_down_s, 3, SHP(E, H, I), n, first, mat_scale(I));
+        proj_begin(L, &ly->ex_down, &ly->ex_down_s, 3, SHP(E, H, Il), n, first, mat_scale(I));
         for (int64_t x = 0; x < E; x++) {
             snprintf(n, sizeof n, "%s.mlp.experts.%lld.down_proj.weight", p, (long long)x);
-            pack_rows(L, n, 2, SHP(H, I), x * H);
+            pack_piece(L, n, 2, SHP(H, I), x * H, slice_cols(i0, Il));
         }
         pack_end(L);
         if (c->shared_expert_intermediate_size > 0) {
@@ -456,25 +597,88 @@ static sl_status walk_weights(loader *L)
         ly->moe = c->layer_moe[i];
         ly->cache_idx = ly->linear ? nl++ : na++;
     }
-    int64_t V = c->vocab_size, H = c->hidden_size;
+    /* vocab-parallel embedding / LM head: rows [v0, v0 + nv) (all when replicated) */
+    int64_t V = c->vocab_size, H = c->hidden_size, v0 = m->tp.v0, nv = m->tp.nv;
     sl_dtype wd = L->wd;
-    load_one(L, &m->embed, wd, "model.embed_tokens.weight", 2, SHP(V, H), 1.0f, 0);
+    load_slice(L, &m->embed, wd, "model.embed_tokens.weight", 2, SHP(V, H), SHP(nv, H),
+               slice_rows(v0, nv), 1.0f, 0);
     for (int i = 0; i < c->n_layers && !L->status; i++) load_layer(L, i);
     load_one(L, &m->final_norm, SL_DTYPE_F32, "model.norm.weight", 1, SHP(H), 0.1f,
              c->arch == SL_ARCH_QWEN3_NEXT ? 0.0f : 1.0f);
     if (c->tie_embeddings) {
         m->lm_head = m->embed;
     } else {
-        load_one(L, &m->lm_head, wd, "lm_head.weight", 2, SHP(V, H), mat_scale(H), 0);
+        load_slice(L, &m->lm_head, wd, "lm_head.weight", 2, SHP(V, H), SHP(nv, H), slice_rows(v0, nv),
+                   mat_scale(H), 0);
         m->lm_head_owned = !L->collect;
     }
+    free(L->map);
+    L->map = NULL;
     return L->status;
+}
+
+sl_status sl_model_tp_check(const sl_model_config *c, int tp, sl_err *e)
+{
+    if (tp < 1) return sl_err_set(e, SL_ERR_INVALID, "--tp-size must be at least 1 (got %d)", tp);
+    int dense = 0, moe = 0;
+    for (int i = 0; i < c->n_layers; i++) {
+        dense |= !c->layer_moe[i];
+        moe |= c->layer_moe[i];
+    }
+#define NEED_DIV(cond, what, val)                                                                  \
+    if (cond)                                                                                      \
+        return sl_err_set(e, SL_ERR_INVALID, "--tp-size %d does not divide " what " %d", tp, (int)(val))
+    NEED_DIV(c->n_attn_layers && c->n_heads % tp, "num_attention_heads", c->n_heads);
+    NEED_DIV(c->n_attn_layers && tp <= c->n_kv_heads && c->n_kv_heads % tp, "num_key_value_heads",
+             c->n_kv_heads);
+    if (c->n_attn_layers && tp > c->n_kv_heads && tp % c->n_kv_heads)
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "--tp-size %d is neither a divisor nor a multiple of num_key_value_heads %d "
+                          "(KV heads are split, or replicated when the TP size is larger)",
+                          tp, c->n_kv_heads);
+    NEED_DIV(c->n_linear_layers && c->lin_k_heads % tp, "linear_num_key_heads", c->lin_k_heads);
+    NEED_DIV(dense && c->intermediate_size % tp, "intermediate_size", c->intermediate_size);
+    NEED_DIV(moe && c->moe_intermediate_size % tp, "moe_intermediate_size", c->moe_intermediate_size);
+    NEED_DIV(moe && c->shared_expert_intermediate_size % tp, "shared_expert_intermediate_size",
+             c->shared_expert_intermediate_size);
+#undef NEED_DIV
+    return SL_OK;
+}
+
+/* m->tp and m->lc for rank of size (checked by sl_model_tp_check). */
+static void tp_setup(sl_model *m, sl_comm *comm)
+{
+    tp_shard *tp = &m->tp;
+    const sl_model_config *c = &m->cfg;
+    tp->comm = comm;
+    tp->rank = comm ? sl_comm_rank(comm) : 0;
+    tp->size = comm ? sl_comm_world_size(comm) : 1;
+    int P = tp->size, r = tp->rank;
+    sl_model_config *lc = &m->lc;
+    *lc = *c;
+    lc->n_heads = c->n_heads / P;
+    if (c->n_kv_heads > 0 && P > c->n_kv_heads) { /* replicated: rank r uses head r / (P / Hkv) */
+        lc->n_kv_heads = 1;
+        tp->kv_head0 = r / (P / c->n_kv_heads);
+    } else {
+        lc->n_kv_heads = c->n_kv_heads / P;
+        tp->kv_head0 = r * lc->n_kv_heads;
+    }
+    lc->intermediate_size = c->intermediate_size / P;
+    lc->moe_intermediate_size = c->moe_intermediate_size / P;
+    lc->shared_expert_intermediate_size = c->shared_expert_intermediate_size / P;
+    lc->lin_k_heads = c->lin_k_heads / P;
+    lc->lin_v_heads = c->lin_v_heads / P;
+    tp->vocab_parallel = P > 1 && c->vocab_size % P == 0;
+    tp->nv = tp->vocab_parallel ? c->vocab_size / P : c->vocab_size;
+    tp->v0 = tp->vocab_parallel ? r * tp->nv : 0;
 }
 
 sl_status sl_model_checkpoint_tensors(const sl_model_config *c, sl_tensor_cb cb, void *ctx,
                                       sl_err *e)
 {
     sl_model m = {.cfg = *c};
+    tp_setup(&m, NULL);
     loader L = {.m = &m, .wd = SL_DTYPE_F32, .collect = cb, .collect_ctx = ctx, .e = e};
     sl_status s = walk_weights(&L);
     free(m.layers);
@@ -482,15 +686,20 @@ sl_status sl_model_checkpoint_tensors(const sl_model_config *c, sl_tensor_cb cb,
 }
 
 static sl_status model_new(sl_model **out, const sl_model_config *c, sl_backend *be, sl_safetensors *st,
-                           int dummy, uint64_t seed, int quantize_fp8, sl_err *e)
+                           int dummy, uint64_t seed, int quantize_fp8, sl_comm *comm, sl_err *e)
 {
+    int tp = comm ? sl_comm_world_size(comm) : 1;
+    sl_status s = sl_model_tp_check(c, tp, e);
+    if (!s && (c->quant_fp8 || quantize_fp8)) s = sl_model_fp8_tp_check(c, tp, e);
+    if (s) return s;
     sl_model *m = calloc(1, sizeof *m);
     if (!m) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     m->cfg = *c;
     m->be = be;
+    tp_setup(m, comm);
     loader L = {.m = m, .st = st, .wd = sl_be_weight_dtype(be), .dummy = dummy, .seed = seed,
                 .quantize_fp8 = quantize_fp8, .e = e};
-    sl_status s = walk_weights(&L);
+    s = walk_weights(&L);
     if (s) {
         sl_model_free(m);
         return s;
@@ -506,18 +715,21 @@ sl_status sl_model_load(sl_model **out, const char *dir, sl_backend *be,
     sl_status s = sl_model_config_load(&c, dir, e);
     if (s) return s;
     int dummy = opts && opts->dummy;
+    sl_comm *comm = opts ? opts->comm : NULL;
+    if ((s = sl_model_tp_check(&c, comm ? sl_comm_world_size(comm) : 1, e))) return s;
     sl_safetensors *st = NULL;
     if (!dummy && (s = sl_safetensors_open(&st, dir, e))) return s;
-    s = model_new(out, &c, be, st, dummy, opts ? opts->seed : 0, opts && opts->quantize_fp8, e);
+    s = model_new(out, &c, be, st, dummy, opts ? opts->seed : 0, opts && opts->quantize_fp8, comm, e);
     if (s && !dummy) sl_err_wrap(e, "loading %s", dir);
     sl_safetensors_close(st); /* weights were copied into backend memory */
     return s;
 }
 
 sl_status sl_model_from_config(sl_model **out, const sl_model_config *c, sl_backend *be,
-                               uint64_t seed, sl_err *e)
+                               const sl_model_load_opts *opts, sl_err *e)
 {
-    return model_new(out, c, be, NULL, 1, seed, 0, e);
+    return model_new(out, c, be, NULL, 1, opts ? opts->seed : 0, opts && opts->quantize_fp8,
+                     opts ? opts->comm : NULL, e);
 }
 
 void model_scratch_free(sl_model *m)
@@ -525,7 +737,7 @@ void model_scratch_free(sl_model *m)
     scratch *s = &m->s;
     sl_tensor *all[] = {&s->x,    &s->xn,      &s->d,   &s->big, &s->mid,    &s->mid2,
                         &s->attn, &s->conv,    &s->ba,  &s->rlogits, &s->ids, &s->wts,
-                        &s->shared, &s->sgate, &s->gx,  &s->gd,  &s->gn};
+                        &s->shared, &s->sgate, &s->gx,  &s->gd,  &s->gn, &s->lg};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sl_be_release(m->be, all[i]);
     s->cap = s->cap_rows = 0;
 }

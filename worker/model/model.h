@@ -10,7 +10,11 @@
  *              in_proj_ba to [b all | a all]: the conv input is a prefix of
  *              the projection's output, no split kernel needed
  *   MLP / MoE  gate_up [2I, H] (gate rows first), experts stacked [E, 2I, H]
- * `--load-format dummy` fills every tensor with sl_rng values instead.
+ * `--load-format dummy` fills every tensor with sl_rng values instead: the
+ * value of checkpoint tensor N's element i is a function of (seed, N, i), so
+ * dummy packed tensors, TP shards and make-tiny checkpoints agree.
+ * Tensor parallel (opts->comm): each rank reads only its slice of each
+ * checkpoint tensor (docs/parallel.md, Sharding).
  *
  * The forward pass reads and writes an sl_model_cache (paged KV for
  * attention layers, conv + SSM state slots for linear-attention layers)
@@ -85,12 +89,19 @@ sl_status sl_model_config_load(sl_model_config *c, const char *dir, sl_err *e);
 /* Conv channels of a linear layer: 2·Hk·Dk + Hv·Dv. */
 int sl_model_config_conv_dim(const sl_model_config *c);
 
+typedef struct sl_comm sl_comm; /* kernels/comm/comm.h */
+
 typedef struct sl_model_load_opts {
     int dummy;        /* 1: seeded random weights, no weight files read */
     uint64_t seed;    /* dummy weights seed */
     int quantize_fp8; /* 1: (--quantization fp8) quantize the projections that FP8
                          checkpoints quantize (sl_model_fp8_target) block-wise at
-                         load, exactly as make-tiny --quantization fp8 writes them */
+                         load, exactly as make-tiny --quantization fp8 writes them
+                         (under TP: blocks of the global tensor, then sliced) */
+    sl_comm *comm;    /* tensor parallelism: NULL = TP 1; otherwise this rank
+                         (sl_comm_rank of sl_comm_world_size) loads only its
+                         shard and sl_model_forward runs the collectives on comm.
+                         Borrowed: must outlive the model. */
 } sl_model_load_opts;
 
 /* 1 if the checkpoint tensor name is a projection weight that FP8 block-wise
@@ -107,9 +118,23 @@ typedef struct sl_model sl_model;
  * and the expected shape. */
 sl_status sl_model_load(sl_model **out, const char *dir, sl_backend *be,
                         const sl_model_load_opts *opts, sl_err *e);
-/* A model from a config alone with dummy weights (opts->dummy implied). */
+/* A model from a config alone with dummy weights (opts->dummy implied; opts
+ * may be NULL: seed 0, TP 1). */
 sl_status sl_model_from_config(sl_model **out, const sl_model_config *c, sl_backend *be,
-                               uint64_t seed, sl_err *e);
+                               const sl_model_load_opts *opts, sl_err *e);
+/* Whether config c can be split over tp ranks; the error names the
+ * dimension ("--tp-size 3 does not divide num_key_value_heads 2"). Heads,
+ * linear key heads and intermediate sizes must divide; KV heads are
+ * replicated when tp > kv heads (then tp must be a multiple of them); a
+ * vocabulary that does not divide is replicated instead of split. */
+sl_status sl_model_tp_check(const sl_model_config *c, int tp, sl_err *e);
+/* Whether an FP8 model of config c (an FP8 checkpoint, or --quantization
+ * fp8) can be split over tp ranks: the row-parallel projections (o_proj,
+ * out_proj, down_proj of the MLP, experts and shared expert) are split along
+ * their input dim, which must then fall on the 128-column FP8 blocks; the
+ * error names it ("--tp-size 4: down_proj input dim 768/4 = 192 is not a
+ * multiple of the 128-wide FP8 block"). Row splits need no alignment. */
+sl_status sl_model_fp8_tp_check(const sl_model_config *c, int tp, sl_err *e);
 void sl_model_free(sl_model *m);
 
 /* Lists the tensors a Hugging Face checkpoint of config c holds (name and
@@ -135,7 +160,9 @@ typedef struct sl_model_cache {
 sl_status sl_model_cache_alloc(sl_model *m, sl_model_cache *c, int n_pages, int page_size,
                                int n_slots, sl_err *e);
 void sl_model_cache_free(sl_model *m, sl_model_cache *c);
-/* Bytes one KV page / one state slot costs across all layers (for sizing). */
+/* Bytes one KV page / one state slot costs across all layers (for sizing).
+ * Tensor parallel: this rank's share (its KV heads, its conv channels and
+ * value heads); page and slot ids are global, identical on every rank. */
 size_t sl_model_page_bytes(const sl_model *m, int page_size);
 size_t sl_model_slot_bytes(const sl_model *m);
 /* Copies (or zeroes, src = -1) state slots in every linear layer. */
@@ -152,7 +179,11 @@ void sl_model_set_trace(sl_model *m, sl_model_trace_fn fn, void *ctx);
 
 /* Runs one forward over the batch in meta (sl_be_prepare is called inside)
  * and writes f32 logits of tokens rows[0..n_rows) into logits, a tensor of
- * at least [n_rows, vocab] (F32) on the model's backend. */
+ * at least [n_rows, vocab] (F32, rows contiguous) on the model's backend.
+ * Tensor parallel: every rank calls it with the same batch; the forward runs
+ * the all-reduces and the logits all-gather itself, so logits hold the FULL
+ * vocabulary on every rank. A failed collective is returned as an error
+ * (the communicator is then broken for good). */
 sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *meta,
                            const int32_t *rows, int n_rows, sl_tensor *logits, sl_err *e);
 

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "model_impl.h"
 #include "sl_log.h"
 
@@ -12,14 +13,14 @@
 
 size_t sl_model_page_bytes(const sl_model *m, int page_size)
 {
-    const sl_model_config *c = &m->cfg;
+    const sl_model_config *c = &m->lc;
     return (size_t)c->n_attn_layers * 2 * (size_t)page_size * (size_t)(c->n_kv_heads * c->head_dim) *
            sl_dtype_size(sl_be_act_dtype(m->be));
 }
 
 size_t sl_model_slot_bytes(const sl_model *m)
 {
-    const sl_model_config *c = &m->cfg;
+    const sl_model_config *c = &m->lc;
     size_t conv = (size_t)sl_model_config_conv_dim(c) * (size_t)(c->conv_kernel - 1) * 4;
     size_t ssm = (size_t)c->lin_v_heads * (size_t)c->lin_k_dim * (size_t)c->lin_v_dim * 4;
     return (size_t)c->n_linear_layers * (conv + ssm);
@@ -28,7 +29,7 @@ size_t sl_model_slot_bytes(const sl_model *m)
 sl_status sl_model_cache_alloc(sl_model *m, sl_model_cache *c, int n_pages, int page_size,
                                int n_slots, sl_err *e)
 {
-    const sl_model_config *g = &m->cfg;
+    const sl_model_config *g = &m->lc;
     memset(c, 0, sizeof *c);
     c->page_size = page_size;
     c->n_pages = n_pages;
@@ -97,7 +98,7 @@ static sl_status scratch_ensure(sl_model *m, int T, int rows, sl_err *e)
     int cap = 16, cap_rows = 4;
     while (cap < T) cap *= 2;
     while (cap_rows < rows) cap_rows *= 2;
-    const sl_model_config *c = &m->cfg;
+    const sl_model_config *c = &m->lc;
     int64_t H = c->hidden_size, D = c->head_dim;
     int64_t qkv = (c->arch == SL_ARCH_QWEN3_NEXT ? 2 : 1) * c->n_heads * D + 2 * c->n_kv_heads * D;
     int64_t C = sl_model_config_conv_dim(c), VD = (int64_t)c->lin_v_heads * c->lin_v_dim;
@@ -133,6 +134,7 @@ static sl_status scratch_ensure(sl_model *m, int T, int rows, sl_err *e)
     R(gx, ad, H);
     R(gd, ad, H);
     R(gn, ad, H);
+    if (m->tp.vocab_parallel) R(lg, SL_DTYPE_F32, m->tp.nv);
 #undef A
 #undef R
     if (st) {
@@ -150,7 +152,7 @@ static sl_tensor cols_of(const sl_tensor *t, int64_t c0, int64_t n) { return sl_
 static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_batch_meta *mt,
                             const sl_tensor *xn, sl_tensor *d)
 {
-    const sl_model_config *g = &m->cfg;
+    const sl_model_config *g = &m->lc;
     sl_backend *be = m->be;
     int T = mt->n_tokens, next = g->arch == SL_ARCH_QWEN3_NEXT, li = (int)(ly - m->layers);
     int64_t Hq = g->n_heads, Hkv = g->n_kv_heads, D = g->head_dim, qd = Hq * D, kvd = Hkv * D;
@@ -191,7 +193,7 @@ static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_
 static void linear_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_batch_meta *mt,
                          const sl_tensor *xn, sl_tensor *d)
 {
-    const sl_model_config *g = &m->cfg;
+    const sl_model_config *g = &m->lc;
     sl_backend *be = m->be;
     int T = mt->n_tokens, li = (int)(ly - m->layers);
     int64_t C = sl_model_config_conv_dim(g), VD = (int64_t)g->lin_v_heads * g->lin_v_dim;
@@ -241,7 +243,7 @@ static void swiglu(sl_model *m, int li, const sl_tensor *gate_up, const sl_tenso
 
 static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, sl_tensor *d)
 {
-    const sl_model_config *g = &m->cfg;
+    const sl_model_config *g = &m->lc;
     sl_backend *be = m->be;
     int li = (int)(ly - m->layers);
     if (!ly->moe) {
@@ -299,16 +301,35 @@ static sl_status check_meta(const sl_model *m, const sl_model_cache *c, const sl
     return SL_OK;
 }
 
-/* The ops of one forward over a prepared batch; logits rows 0..n_rows-1. */
-static void forward_ops(sl_model *m, sl_model_cache *c, const sl_batch_meta *mt, int n_rows,
-                        sl_tensor *logits)
+/* Tensor parallel: t = Σ over ranks of t (a no-op at TP 1). The first failure
+ * is kept in *s; later collectives on the broken communicator fail at once. */
+static void tp_all_reduce(sl_model *m, sl_tensor *t, sl_status *s, sl_err *e)
 {
-    const sl_model_config *g = &m->cfg;
+    if (m->tp.size == 1 || *s) return;
+    *s = sl_comm_all_reduce(m->tp.comm, t, e);
+}
+
+/* The ops of one forward over a prepared batch; logits rows 0..n_rows-1.
+ * Under TP every rank runs the same ops on its shard: the embedding
+ * (vocab-parallel) and the two row-parallel outputs of each layer are
+ * all-reduced before the residual add + RMSNorm that follows them (fusing
+ * the three is a CUDA optimisation, docs/parallel.md), and the LM head's
+ * logits columns are all-gathered. */
+static sl_status forward_ops(sl_model *m, sl_model_cache *c, const sl_batch_meta *mt, int n_rows,
+                             sl_tensor *logits, sl_err *e)
+{
+    const sl_model_config *g = &m->lc;
     sl_backend *be = m->be;
+    sl_status s = SL_OK;
     int T = mt->n_tokens;
     int one_plus = g->arch == SL_ARCH_QWEN3_NEXT;
     sl_tensor x = rows_of(&m->s.x, T), xn = rows_of(&m->s.xn, T), d = rows_of(&m->s.d, T);
-    sl_be_embed(be, &x, &m->embed, mt);
+    if (m->tp.vocab_parallel) {
+        sl_be_embed_shard(be, &x, &m->embed, m->tp.v0, mt);
+        tp_all_reduce(m, &x, &s, e);
+    } else {
+        sl_be_embed(be, &x, &m->embed, mt);
+    }
     trace(m, -1, "embed", &x);
     for (int i = 0; i < g->n_layers; i++) {
         layer *ly = &m->layers[i];
@@ -318,10 +339,12 @@ static void forward_ops(sl_model *m, sl_model_cache *c, const sl_batch_meta *mt,
         trace(m, i, "in_norm", &xn);
         if (ly->linear) linear_layer(m, ly, c, mt, &xn, &d);
         else attention_layer(m, ly, c, mt, &xn, &d);
+        tp_all_reduce(m, &d, &s, e); /* o_proj / out_proj are row-parallel */
         sl_be_add_rmsnorm(be, &xn, &x, &d, &ly->post_norm, g->rms_eps, one_plus);
         trace(m, i, "post_resid", &x);
         trace(m, i, "post_norm", &xn);
         ffn_layer(m, ly, T, &xn, &d);
+        tp_all_reduce(m, &d, &s, e); /* down projections (+ shared expert) are row-parallel */
     }
     /* only the requested rows go through the final norm and the LM head */
     sl_tensor gx = rows_of(&m->s.gx, n_rows), gd = rows_of(&m->s.gd, n_rows), gn = rows_of(&m->s.gn, n_rows);
@@ -330,8 +353,16 @@ static void forward_ops(sl_model *m, sl_model_cache *c, const sl_batch_meta *mt,
     sl_be_add_rmsnorm(be, &gn, &gx, &gd, &m->final_norm, g->rms_eps, one_plus);
     sl_tensor out = rows_of(logits, n_rows);
     trace(m, -1, "final_norm", &gn);
-    sl_be_matmul(be, &out, &gn, &m->lm_head);
+    if (m->tp.vocab_parallel) {
+        /* this rank's vocabulary columns, then every rank's, rank-major */
+        sl_tensor part = rows_of(&m->s.lg, n_rows);
+        sl_be_matmul(be, &part, &gn, &m->lm_head);
+        if (!s) s = sl_comm_all_gather(m->tp.comm, &out, &part, 1, e);
+    } else {
+        sl_be_matmul(be, &out, &gn, &m->lm_head);
+    }
     trace(m, -1, "lm_head", &out);
+    return s;
 }
 
 /* ---- decode graphs ------------------------------------------------------------ */
@@ -447,10 +478,11 @@ static sl_status graph_forward(sl_model *m, sl_model_cache *c, const sl_batch_me
      * plans the capture then records */
     sl_be_graph_free(m->be, g->g);
     memset(g, 0, sizeof *g);
-    forward_ops(m, c, &pm, B, logits);
+    if ((s = forward_ops(m, c, &pm, B, logits, e))) return s;
     if ((s = sl_be_capture_begin(m->be, e))) return s;
-    forward_ops(m, c, &pm, B, logits);
+    sl_status fs = forward_ops(m, c, &pm, B, logits, e);
     if ((s = sl_be_capture_end(m->be, &g->g, e))) return s;
+    if (fs) return fs;
     *g = (graph_slot){.g = g->g, .scratch_gen = m->scratch_gen, .cache = c, .k0 = k0,
                       .logits = logits->data, .feed_ids = mt->feed_ids};
     return SL_OK;
@@ -483,6 +515,5 @@ sl_status sl_model_forward(sl_model *m, sl_model_cache *c, sl_batch_meta *mt, co
     if (!s) s = scratch_ensure(m, T, n_rows, e);
     if (!s) s = sl_be_prepare(m->be, mt, e);
     if (s) return s;
-    forward_ops(m, c, mt, n_rows, logits);
-    return SL_OK;
+    return forward_ops(m, c, mt, n_rows, logits, e);
 }

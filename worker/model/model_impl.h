@@ -4,6 +4,7 @@
 #ifndef SL_MODEL_IMPL_H
 #define SL_MODEL_IMPL_H
 
+#include "comm.h"
 #include "model.h"
 
 typedef struct layer {
@@ -39,6 +40,7 @@ typedef struct scratch {
     int cap, cap_rows;
     sl_tensor x, xn, d, big, mid, mid2, attn, conv, ba, rlogits, ids, wts, shared, sgate;
     sl_tensor gx, gd, gn;
+    sl_tensor lg; /* vocab-parallel: this rank's logits columns [cap_rows, nv] */
 } scratch;
 
 #define MAX_GRAPHS 40
@@ -62,8 +64,21 @@ typedef struct graphs {
     int32_t *track_slot, *track_len, *feed, *rows, *pt;
 } graphs;
 
+/* This rank's part of a tensor-parallel group (docs/parallel.md, Sharding).
+ * size 1 (comm NULL): the whole model. */
+typedef struct tp_shard {
+    sl_comm *comm;
+    int rank, size;
+    int kv_head0;       /* first KV head this rank holds (replicated when size > kv heads) */
+    int vocab_parallel; /* embed / lm_head hold vocabulary rows [v0, v0 + nv) */
+    int64_t v0, nv;     /* nv = vocab_size when replicated */
+} tp_shard;
+
 struct sl_model {
-    sl_model_config cfg;
+    sl_model_config cfg; /* the checkpoint's (global) config: what sl_model_cfg returns */
+    sl_model_config lc;  /* this rank's dims: heads, KV heads, intermediate sizes, linear
+                            heads divided by the TP size; the forward and caches use it */
+    tp_shard tp;
     sl_backend *be;
     sl_tensor embed, final_norm, lm_head;
     int lm_head_owned;
