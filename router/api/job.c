@@ -186,10 +186,17 @@ void sl_job_usage(const sl_job *j, int *prompt, int *completion, int *cached)
     /* n choices of one prompt are n prefills; OpenAI counts the prompt once. */
     *prompt = *completion = *cached = 0;
     for (int i = 0; i < j->nprompts && j->ids; i++) *prompt += (int)j->ids[i].n;
-    for (int i = 0; i < j->nseqs; i++) {
-        *completion += j->seqs[i].completion_tokens;
-        *cached += j->seqs[i].cached_tokens;
+    /* Likewise the cached share: per prompt the best any of its choices
+     * found (the others usually hit what the first prefilled), never more
+     * than the prompt itself. */
+    for (int p = 0; p < j->nprompts && j->ids; p++) {
+        int best = 0;
+        for (int i = 0; i < j->nseqs; i++)
+            if (j->seqs[i].prompt == p && j->seqs[i].cached_tokens > best)
+                best = j->seqs[i].cached_tokens;
+        *cached += best < (int)j->ids[p].n ? best : (int)j->ids[p].n;
     }
+    for (int i = 0; i < j->nseqs; i++) *completion += j->seqs[i].completion_tokens;
 }
 
 void sl_job_sse_raw(sl_job *j, const char *text)

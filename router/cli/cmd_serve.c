@@ -66,6 +66,10 @@ static pid_t spawn(char **argv)
     pid_t p = fork();
     if (p == 0) {
         prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive serve */
+        /* A process group of its own: Ctrl-C in a terminal signals the whole
+         * foreground group, and the workers must outlive the router's drain
+         * (serve stops them with SIGTERM once in-flight streams finished). */
+        setpgid(0, 0);
         execv("/proc/self/exe", argv);
         fprintf(stderr, "serve: cannot start %s: exec failed\n", argv[0]);
         _exit(127);
