@@ -130,6 +130,8 @@ static void job_end_metrics(sl_job *j, int status)
     rt->metrics.prompt_tokens += (uint64_t)p;
     rt->metrics.generation_tokens += (uint64_t)c;
     rt->metrics.cached_tokens += (uint64_t)k;
+    sl_router_access_log(rt, strcmp(j->route, "/health_generate") ? "POST" : "GET", j->route,
+                         status, p, c, j->t_arrival_ms);
 }
 
 void sl_job_fail(sl_job *j, sl_api_status st, const char *msg)

@@ -45,6 +45,7 @@ typedef struct sl_http_config {
     unsigned idle_timeout_ms;   /* keep-alive connection with nothing in flight */
     unsigned drain_timeout_ms;  /* sl_http_shutdown: in-flight streams get this long */
     int max_pipelined;          /* queued requests per connection before reading pauses */
+    const char *allow_origin;   /* CORS: sent as Access-Control-Allow-Origin on every answer */
 } sl_http_config;
 
 sl_http_config sl_http_config_default(void);

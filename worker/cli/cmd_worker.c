@@ -2,7 +2,10 @@
  * Flag names follow SGLang's server arguments where one exists. */
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "engine_flags.h"
@@ -47,6 +50,13 @@ static sl_status check_flags(const sl_model_config *mc, const sl_engine_config *
                           .n_slots = 2,
                           .vocab = 1};
     return sl_sched_config_check(&sc, e);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 int sl_cmd_worker(int argc, char **argv)
@@ -101,11 +111,18 @@ int sl_cmd_worker(int argc, char **argv)
     sl_engine *g = NULL;
     int rc = 0;
     sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)f.seed};
+    SL_LOGI("worker", "loading %s on %s (%s weights)", model, device, dummy ? "dummy" : "checkpoint");
+    double t0 = now_s();
+    /* Test hook only (tests/py/test_e2e_readiness.py): stretches the load
+     * so readiness can be observed. Not for production use. */
+    const char *delay = getenv("SLUICE_TEST_LOAD_DELAY_MS");
+    if (delay && atoi(delay) > 0) usleep((useconds_t)atoi(delay) * 1000);
     if (sl_model_load(&m, model, be, &lo, &e) || sl_engine_new(&g, m, &c, &e)) {
         fprintf(stderr, "sluice worker: %s\n", e.msg);
         rc = 1;
         goto done;
     }
+    SL_LOGI("worker", "model loaded in %.1f s; serving on %s", now_s() - t0, listen);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGPIPE, SIG_IGN);
