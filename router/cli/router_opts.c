@@ -140,7 +140,7 @@ static sl_status resolve_model_path(const char **model, sl_err *e)
     if (is_dir(m)) return SL_OK;
     const char *slash = strchr(m, '/');
     if (!slash || m[0] == '/' || m[0] == '.' || strchr(slash + 1, '/') || !slash[1])
-        return sl_err_set(e, SL_ERR_INVALID, "--model-path %s: no such directory", m);
+        return SL_OK; /* a path: the loaders say what is wrong with it */
     char hub[2048], repo[3072], ref[256] = {0};
     const char *v;
     if ((v = getenv("HF_HUB_CACHE")) && *v)
