@@ -197,7 +197,9 @@ def test_chat_template_file_and_hf_cache(model, tmp_path):
     try:
         w = start_mock(procs, "mock")
         tpl = TOKENIZER.parent / "qwen3-coder-template" / "chat_template.jinja"
-        start_router(procs, model, [w], "--chat-template", tpl)
+        # SGLang's other names for the same parsers start too
+        start_router(procs, model, [w], "--chat-template", tpl, "--tool-call-parser", "qwen",
+                     "--reasoning-parser", "qwen3-thinking")
         # a Qwen3 template file taken from tokenizer_config.json works too
         cfg = json.loads((TOKENIZER / "tokenizer_config.json").read_text())
         q3 = tmp_path / "qwen3.jinja"
