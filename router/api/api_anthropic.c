@@ -7,14 +7,22 @@
  *   each tool call -> "tool_use" block (input streamed as input_json_delta).
  *
  * Streaming events: message_start, content_block_start/delta/stop,
- * message_delta (stop_reason, usage), message_stop. */
+ * ping (right after message_start, as Anthropic sends it), message_delta
+ * (stop_reason, usage), message_stop. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "job.h"
+#include "sl_log.h"
 
-/* Text of a string or of an array of {"type": "text", "text"} blocks. */
-static int blocks_text(json_t *c, const char *where, sl_buf *out, sl_api_err *err)
+/* What a text-only model is shown in place of an image a tool returned
+ * (Claude Code's screenshot and Read tools return images). */
+#define AN_IMAGE_PLACEHOLDER "[image omitted: this model reads text only]"
+
+/* Text of a string or of an array of {"type": "text", "text"} blocks; with
+ * images_ok (a tool_result's content), image and document blocks become
+ * AN_IMAGE_PLACEHOLDER instead of failing the request. */
+static int blocks_text(json_t *c, const char *where, int images_ok, sl_buf *out, sl_api_err *err)
 {
     if (json_is_string(c)) return sl_buf_puts(out, json_string_value(c)) ? -1 : 0;
     if (!json_is_array(c))
@@ -24,6 +32,11 @@ static int blocks_text(json_t *c, const char *where, sl_buf *out, sl_api_err *er
     json_array_foreach(c, i, b)
     {
         const char *ty = json_string_value(json_object_get(b, "type"));
+        if (images_ok && ty && (!strcmp(ty, "image") || !strcmp(ty, "document"))) {
+            if (out->len) sl_buf_puts(out, "\n");
+            sl_buf_puts(out, AN_IMAGE_PLACEHOLDER);
+            continue;
+        }
         if (!ty || strcmp(ty, "text") || !json_is_string(json_object_get(b, "text")))
             return sl_api_fail(err, SL_API_STATUS_INVALID, "%s[%zu]: expected a text block", where, i);
         if (out->len) sl_buf_puts(out, "\n");
@@ -90,7 +103,7 @@ static int convert_message(json_t *m, size_t idx, json_t *out, sl_api_err *err)
             sl_buf r = {0};
             char where[96];
             snprintf(where, sizeof where, "messages[%zu].content[%zu].content", idx, i);
-            if (!id || (rc_content && blocks_text(rc_content, where, &r, err))) {
+            if (!id || (rc_content && blocks_text(rc_content, where, 1, &r, err))) {
                 sl_buf_free(&r);
                 rc = id ? -1
                         : sl_api_fail(err, SL_API_STATUS_INVALID, "messages[%zu].content[%zu].tool_use_id: expected a string",
@@ -148,7 +161,7 @@ static int an_decode(sl_job *j, sl_api_err *err)
     json_t *sys = json_object_get(b, "system");
     if (sys && !json_is_null(sys)) {
         sl_buf t = {0};
-        if (blocks_text(sys, "system", &t, err)) {
+        if (blocks_text(sys, "system", 0, &t, err)) {
             sl_buf_free(&t);
             json_decref(chat);
             return -1;
@@ -172,6 +185,15 @@ static int an_decode(sl_job *j, sl_api_err *err)
         json_array_foreach(tools, i, m)
         {
             const char *name = json_string_value(json_object_get(m, "name"));
+            /* Server tools (web_search_20250305, ...) run on Anthropic's side:
+             * this model cannot call them, so they are left out of the prompt
+             * (Claude Code sends them and would fail on a 400). */
+            const char *type = json_string_value(json_object_get(m, "type"));
+            if (type && strcmp(type, "custom") && strcmp(type, "function")) {
+                SL_LOGW("anthropic", "tools[%zu] (%s, type %s): server tools are not supported; "
+                        "left out of the prompt", i, name ? name : "?", type);
+                continue;
+            }
             if (!name) {
                 json_decref(ct);
                 json_decref(chat);
@@ -185,7 +207,10 @@ static int an_decode(sl_job *j, sl_api_err *err)
                                 json_is_object(schema) ? json_incref(schema) : json_object());
             json_array_append_new(ct, json_pack("{s:s,s:o}", "type", "function", "function", fn));
         }
-        json_object_set_new(chat, "tools", ct);
+        if (json_array_size(ct))
+            json_object_set_new(chat, "tools", ct);
+        else
+            json_decref(ct);
     }
     json_t *thinking = json_object_get(b, "thinking");
     const char *tt = json_string_value(json_object_get(thinking, "type"));
@@ -227,6 +252,16 @@ static void ensure_started(sl_seq *s)
                             "stop_reason", "stop_sequence", "usage", "input_tokens", p,
                             "output_tokens", 0);
     sl_job_sse(j, "message_start", json_pack("{s:s,s:o}", "type", "message_start", "message", msg));
+    sl_job_sse(j, "ping", json_pack("{s:s}", "type", "ping"));
+}
+
+/* Anthropic tool-use ids read toolu_...: the parsers' call_<hex> is renamed. */
+static void tool_id(char *out, size_t size, const char *id)
+{
+    if (!strncmp(id, "call_", 5))
+        snprintf(out, size, "toolu_%s", id + 5);
+    else
+        snprintf(out, size, "%s", id);
 }
 
 /* The content blocks one streamed choice has sent (sl_seq.dialect_state). */
@@ -299,7 +334,9 @@ static void an_reasoning(sl_seq *s, const char *t, size_t n)
 
 static void an_tool_start(sl_seq *s, int index, const char *id, const char *name)
 {
-    open_block(s, 2, json_pack("{s:s,s:s,s:s,s:{}}", "type", "tool_use", "id", id, "name", name,
+    char tid[96];
+    tool_id(tid, sizeof tid, id);
+    open_block(s, 2, json_pack("{s:s,s:s,s:s,s:{}}", "type", "tool_use", "id", tid, "name", name,
                                "input"));
 }
 
@@ -359,8 +396,10 @@ static json_t *an_final(sl_job *j)
             json_decref(input);
             input = json_object();
         }
+        char tid[96];
+        tool_id(tid, sizeof tid, s->tools[k].id);
         json_array_append_new(content, json_pack("{s:s,s:s,s:s,s:o}", "type", "tool_use", "id",
-                                                 s->tools[k].id, "name", s->tools[k].name,
+                                                 tid, "name", s->tools[k].name,
                                                  "input", input));
     }
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:o}", "id", j->id, "type", "message", "role",

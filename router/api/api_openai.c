@@ -251,7 +251,8 @@ static json_t *chunk_base(const sl_job *j, const char *object, json_t *choice)
 static json_t *take_new_logprobs(sl_seq *s)
 {
     if (!s->job->p.logprobs) return json_null();
-    json_t *o = json_pack("{s:O}", "content", s->logprobs_new);
+    /* a copy: the array is cleared for the next chunk right after */
+    json_t *o = json_pack("{s:o}", "content", json_copy(s->logprobs_new));
     json_array_clear(s->logprobs_new);
     return o;
 }

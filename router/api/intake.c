@@ -44,12 +44,20 @@ int sl_intake_auth_ok(const sl_router *rt, const sl_http_req *r)
     return diff == 0;
 }
 
+int sl_intake_open_route(const sl_router *rt, const char *route)
+{
+    /* Probes and scrapers carry no key (SGLang leaves these open too). */
+    return !strcmp(route, "/health") || !strcmp(route, "/health_generate") ||
+           !strcmp(route, "/version") ||
+           (!strcmp(route, "/metrics") && !rt->cfg.metrics_require_key);
+}
+
 int sl_intake_gate(sl_http_req *r, void *ud)
 {
     const sl_router *rt = ud;
-    /* /health answers without a key; on_request answers the rest (401 in
+    /* open routes answer without a key; on_request answers the rest (401 in
      * the route's dialect) from headers alone. */
-    return strcmp(sl_http_req_path(r), "/health") && !sl_intake_auth_ok(rt, r);
+    return !sl_intake_open_route(rt, sl_http_req_path(r)) && !sl_intake_auth_ok(rt, r);
 }
 
 /* ------------------------------------------------------------- limits */

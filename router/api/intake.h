@@ -31,6 +31,9 @@ struct sl_api_dialect;
 int sl_intake_auth_ok(const sl_router *rt, const sl_http_req *r);
 /* sl_http gate: nonzero (answer now, without the body) for a request that
  * needs a key and has none that matches. ud is the router. */
+/* 1 for the routes that answer without the API key (probes, /version, /metrics
+ * unless --metrics-require-key). */
+int sl_intake_open_route(const sl_router *rt, const char *route);
 int sl_intake_gate(sl_http_req *r, void *ud);
 /* Parses r's body and runs route (kind -1: /detokenize; else the job kind)
  * in dialect d; completes r (an error, the detokenized text) or starts its

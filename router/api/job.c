@@ -122,22 +122,25 @@ void sl_job_abort_running(sl_job *j)
 
 /* Tokens are counted for every job that ran, aborted ones included: the
  * workers spent them. */
-static void job_count_tokens(sl_job *j)
+static void job_count_tokens(sl_job *j, int *p, int *c)
 {
     sl_router *rt = j->rt;
-    int p, c, k;
-    sl_job_usage(j, &p, &c, &k);
-    rt->metrics.prompt_tokens += (uint64_t)p;
-    rt->metrics.generation_tokens += (uint64_t)c;
+    int k;
+    sl_job_usage(j, p, c, &k);
+    rt->metrics.prompt_tokens += (uint64_t)*p;
+    rt->metrics.generation_tokens += (uint64_t)*c;
     rt->metrics.cached_tokens += (uint64_t)k;
 }
 
 static void job_end_metrics(sl_job *j, int status)
 {
     sl_router *rt = j->rt;
+    int p, c;
     sl_metrics_request(&rt->metrics, j->route, status);
     sl_metrics_observe(&rt->metrics, SL_METRIC_E2E, (sl_router_now_ms() - j->t_arrival_ms) / 1e3);
-    job_count_tokens(j);
+    job_count_tokens(j, &p, &c);
+    sl_router_access_log(rt, strcmp(j->route, "/health_generate") ? "POST" : "GET", j->route,
+                         status, p, c, j->t_arrival_ms);
 }
 
 void sl_job_fail(sl_job *j, sl_api_status st, const char *msg)
@@ -145,7 +148,8 @@ void sl_job_fail(sl_job *j, sl_api_status st, const char *msg)
     sl_job_abort_running(j);
     if (j->aborted) {
         /* The client is gone: complete the orphaned request silently. */
-        job_count_tokens(j);
+        int p, c;
+        job_count_tokens(j, &p, &c);
         if (j->headers_sent)
             sl_http_stream_end(j->http);
         else
@@ -195,10 +199,17 @@ void sl_job_usage(const sl_job *j, int *prompt, int *completion, int *cached)
     /* n choices of one prompt are n prefills; OpenAI counts the prompt once. */
     *prompt = *completion = *cached = 0;
     for (int i = 0; i < j->nprompts && j->ids; i++) *prompt += (int)j->ids[i].n;
-    for (int i = 0; i < j->nseqs; i++) {
-        *completion += j->seqs[i].completion_tokens;
-        *cached += j->seqs[i].cached_tokens;
+    /* Likewise the cached share: per prompt the best any of its choices
+     * found (the others usually hit what the first prefilled), never more
+     * than the prompt itself. */
+    for (int p = 0; p < j->nprompts && j->ids; p++) {
+        int best = 0;
+        for (int i = 0; i < j->nseqs; i++)
+            if (j->seqs[i].prompt == p && j->seqs[i].cached_tokens > best)
+                best = j->seqs[i].cached_tokens;
+        *cached += best < (int)j->ids[p].n ? best : (int)j->ids[p].n;
     }
+    for (int i = 0; i < j->nseqs; i++) *completion += j->seqs[i].completion_tokens;
 }
 
 void sl_job_sse_raw(sl_job *j, const char *text)

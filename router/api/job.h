@@ -143,7 +143,8 @@ int sl_job_context_length(const sl_router *rt);
 int sl_job_prompts(sl_job *j, int n, sl_api_err *err);
 void sl_job_sse(sl_job *j, const char *event, json_t *data); /* steals data */
 void sl_job_sse_raw(sl_job *j, const char *text);
-/* Usage totals over all choices. */
+/* Usage totals: each prompt and its cached share counted once (OpenAI
+ * counts n choices of one prompt as one prompt), completions summed. */
 void sl_job_usage(const sl_job *j, int *prompt, int *completion, int *cached);
 
 #endif

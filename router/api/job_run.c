@@ -224,6 +224,7 @@ static void on_chunk(void *ud, const Sluice__TokenChunk *ch, int lost)
         s->t_last_ms = now;
     }
     s->completion_tokens += (int)ch->n_ids;
+    j->rt->out_tokens_live += ch->n_ids;
     for (size_t i = 0; i < ch->n_ids; i++) sl_tok_ids_push(&s->out_ids, ch->ids[i]);
     if (ch->usage) s->cached_tokens = ch->usage->cached_tokens;
     if (j->p.logprobs && ch->n_logprobs) add_logprobs(s, ch);

@@ -9,6 +9,9 @@ static const double bounds[SL_METRICS_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.
 static const char *const hist_name[SL_METRIC_NHIST] = {
     "sluice_time_to_first_token_seconds", "sluice_inter_token_latency_seconds",
     "sluice_e2e_request_latency_seconds"};
+static const char *const sglang_hist_name[SL_METRIC_NHIST] = {
+    "sglang:time_to_first_token_seconds", "sglang:inter_token_latency_seconds",
+    "sglang:e2e_request_latency_seconds"};
 static const char *const hist_help[SL_METRIC_NHIST] = {
     "Request arrival to first output token.", "Time between two output tokens of one choice.",
     "Request arrival to the end of its response."};
@@ -45,21 +48,30 @@ void sl_metrics_render(const sl_metrics *m, sl_buf *o)
     for (int i = 0; i < m->nreq; i++)
         sl_buf_printf(o, "sluice_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
                       m->req[i].route, m->req[i].status, (unsigned long long)m->req[i].n);
-    for (int h = 0; h < SL_METRIC_NHIST; h++) {
-        const sl_metrics_hist_data *d = &m->hist[h];
-        sl_buf_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", hist_name[h], hist_help[h],
-                      hist_name[h]);
+    for (int h = 0; h < 2 * SL_METRIC_NHIST; h++) {
+        /* each histogram twice: sluice's name, then SGLang's (dashboards) */
+        const sl_metrics_hist_data *d = &m->hist[h % SL_METRIC_NHIST];
+        const char *name = h < SL_METRIC_NHIST ? hist_name[h] : sglang_hist_name[h - SL_METRIC_NHIST];
+        sl_buf_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name,
+                      hist_help[h % SL_METRIC_NHIST], name);
         uint64_t cum = 0;
         for (int b = 0; b < SL_METRICS_BUCKETS; b++) {
             cum += d->bucket[b];
-            sl_buf_printf(o, "%s_bucket{le=\"%g\"} %llu\n", hist_name[h], bounds[b],
+            sl_buf_printf(o, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[b],
                           (unsigned long long)cum);
         }
         cum += d->bucket[SL_METRICS_BUCKETS];
-        sl_buf_printf(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", hist_name[h],
-                      (unsigned long long)cum, hist_name[h], d->sum, hist_name[h],
-                      (unsigned long long)d->count);
+        sl_buf_printf(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
+                      (unsigned long long)cum, name, d->sum, name, (unsigned long long)d->count);
     }
+    static const char *const sg[][2] = {
+        {"sglang:prompt_tokens_total", "Prompt tokens sent to workers."},
+        {"sglang:generation_tokens_total", "Output tokens received."},
+        {"sglang:cached_tokens_total", "Prompt tokens served from a prefix cache."}};
+    const uint64_t sv[] = {m->prompt_tokens, m->generation_tokens, m->cached_tokens};
+    for (int i = 0; i < 3; i++)
+        sl_buf_printf(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", sg[i][0], sg[i][1],
+                      sg[i][0], sg[i][0], (unsigned long long)sv[i]);
     sl_buf_printf(o,
                   "# HELP sluice_prompt_tokens_total Prompt tokens sent to workers.\n"
                   "# TYPE sluice_prompt_tokens_total counter\nsluice_prompt_tokens_total %llu\n"

@@ -12,7 +12,9 @@
 #include "job.h"
 #include "metrics.h"
 #include "router_impl.h"
+#include "sl_file.h"
 #include "sl_log.h"
+#include "sl_version.h"
 
 sl_router_config sl_router_config_default(void)
 {
@@ -22,6 +24,7 @@ sl_router_config sl_router_config_default(void)
                               .keepalive_ms = 10000,
                               .inline_encode_bytes = 4096,
                               .max_n = 64,
+                              .stats_interval_ms = 10000,
                               .migration_limit = 3,
                               .default_temperature = 1.0f,
                               .default_top_p = 1.0f,
@@ -33,20 +36,43 @@ sl_router_config sl_router_config_default(void)
 
 /* ------------------------------------------------------------- responses */
 
+void sl_router_access_log(const sl_router *rt, const char *method, const char *route, int status,
+                          int prompt_tokens, int completion_tokens, double t_arrival_ms)
+{
+    if (!sl_log_enabled(SL_LOG_INFO)) return;
+    sl_log_write(SL_LOG_INFO, "access", "%s %s %d prompt_tokens=%d completion_tokens=%d %.1fms",
+                 method, route, status, prompt_tokens, completion_tokens,
+                 sl_router_now_ms() - t_arrival_ms);
+}
+
+/* The method of r, copied: r is gone once it has been answered. */
+static void method_of(sl_http_req *r, char out[16])
+{
+    snprintf(out, 16, "%s", sl_http_req_method(r));
+}
+
 static void respond_json(sl_router *rt, sl_http_req *r, const char *route, int status, json_t *o)
 {
     char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
     json_decref(o);
+    char m[16];
+    method_of(r, m);
+    double t0 = sl_router_now_ms();
     sl_http_respond(r, status, "application/json", s ? s : "{}", s ? strlen(s) : 2, NULL);
     free(s);
     sl_metrics_request(&rt->metrics, route, status);
+    sl_router_access_log(rt, m, route, status, 0, 0, t0);
 }
 
 static void respond_err(sl_router *rt, sl_http_req *r, const char *route,
                         const sl_api_dialect *d, const sl_api_err *err)
 {
+    char m[16];
+    method_of(r, m);
+    double t0 = sl_router_now_ms();
     sl_api_respond_error(r, d, err->st, err->msg);
     sl_metrics_request(&rt->metrics, route, err->status);
+    sl_router_access_log(rt, m, route, err->status, 0, 0, t0);
 }
 
 /* ------------------------------------------------------------ endpoints */
@@ -59,15 +85,77 @@ static void handle_models(sl_router *rt, sl_http_req *r)
     respond_json(rt, r, "/v1/models", 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m));
 }
 
-static void handle_health(sl_router *rt, sl_http_req *r)
+static int alive_workers(const sl_router *rt)
 {
     int alive = 0;
     for (int i = 0; i < sl_cluster_size(rt->cluster); i++) alive += sl_cluster_alive(rt->cluster, i);
-    respond_json(rt, r, "/health", 200,
-                 json_pack("{s:s,s:i,s:i}", "status", "ok", "workers", sl_cluster_size(rt->cluster),
-                           "workers_alive", alive));
+    return alive;
 }
 
+/* 200 once a worker (group) answers, 503 before (the model is loading) and
+ * whenever none does, so a load balancer or `curl --fail` waits for it. */
+static void handle_health(sl_router *rt, sl_http_req *r)
+{
+    int alive = alive_workers(rt), n = sl_cluster_size(rt->cluster);
+    const char *status = alive ? "ok" : rt->ever_ready ? "unavailable" : "starting";
+    json_t *o = json_pack("{s:s,s:i,s:i}", "status", status, "workers", n, "workers_alive", alive);
+    if (!alive)
+        json_object_set_new(o, "message",
+                            json_string(rt->ever_ready
+                                            ? "no worker is alive"
+                                            : "no worker is ready yet (the model is loading)"));
+    respond_json(rt, r, "/health", alive ? 200 : 503, o);
+}
+
+static void handle_version(sl_router *rt, sl_http_req *r)
+{
+    respond_json(rt, r, "/version", 200,
+                 json_pack("{s:s,s:s}", "version", SLUICE_VERSION, "git", SLUICE_GIT_DESCRIBE));
+}
+
+/* SGLang's /get_model_info, with what config.json says of the model. */
+static void handle_model_info(sl_router *rt, sl_http_req *r)
+{
+    const char *mp = rt->cfg.model_path ? rt->cfg.model_path : rt->cfg.served_model_name;
+    json_t *o = json_pack("{s:s,s:s,s:b,s:n,s:n,s:b,s:b,s:s,s:i}", "model_path", mp,
+                          "tokenizer_path", rt->cfg.tokenizer_path ? rt->cfg.tokenizer_path : mp,
+                          "is_generation", 1, "preferred_sampling_params", "weight_version",
+                          "has_image_understanding", 0, "has_audio_understanding", 0,
+                          "served_model_name", rt->cfg.served_model_name, "max_model_len",
+                          sl_job_context_length(rt));
+    char path[4096];
+    json_t *c = json_load_file(sl_path_join(path, sizeof path, mp, "config.json"), 0, NULL);
+    json_t *v;
+    if (json_is_string(v = json_object_get(c, "model_type"))) json_object_set(o, "model_type", v);
+    if (json_is_array(v = json_object_get(c, "architectures")))
+        json_object_set(o, "architectures", v);
+    json_decref(c);
+    respond_json(rt, r, "/get_model_info", 200, o);
+}
+
+static void handle_server_info(sl_router *rt, sl_http_req *r)
+{
+    json_t *o = rt->cfg.server_args_json ? json_loads(rt->cfg.server_args_json, 0, NULL) : NULL;
+    if (!json_is_object(o)) {
+        json_decref(o);
+        o = json_object();
+    }
+    json_object_set_new(o, "version", json_string(SLUICE_VERSION));
+    int n = sl_cluster_size(rt->cluster), alive = alive_workers(rt);
+    json_t *ws = json_array();
+    for (int i = 0; i < n; i++) {
+        sl_worker_info w;
+        sl_cluster_info(rt->cluster, i, &w);
+        json_array_append_new(
+            ws, json_pack("{s:s,s:b,s:i,s:i,s:i,s:i,s:f}", "url", w.url, "alive", w.alive,
+                          "running", w.running, "queued", w.queued, "free_kv_pages",
+                          w.free_kv_pages, "total_kv_pages", w.total_kv_pages, "cache_hit_rate",
+                          (double)w.cache_hit_rate));
+    }
+    json_object_set_new(o, "workers", ws);
+    json_object_set_new(o, "workers_alive", json_integer(alive));
+    respond_json(rt, r, "/get_server_info", 200, o);
+}
 static void handle_metrics(sl_router *rt, sl_http_req *r)
 {
     sl_buf o = {0};
@@ -102,6 +190,31 @@ static void handle_metrics(sl_router *rt, sl_http_req *r)
             sl_buf_printf(&o, "%s{worker=\"%s\"} %g\n", gauges[g][0], w.url, v);
         }
     }
+    /* SGLang's names for the cluster's totals, so its dashboards work. */
+    double running = 0, queued = 0, hit = 0, used = 0, total = 0;
+    int alive = 0;
+    for (int i = 0; i < n; i++) {
+        sl_worker_info w;
+        sl_cluster_info(rt->cluster, i, &w);
+        if (!w.alive) continue;
+        alive++;
+        running += w.running;
+        queued += w.queued;
+        hit += w.cache_hit_rate;
+        used += w.total_kv_pages - w.free_kv_pages;
+        total += w.total_kv_pages;
+    }
+    static const char *const sg[][2] = {
+        {"sglang:num_running_reqs", "Requests running on the workers."},
+        {"sglang:num_queue_reqs", "Requests queued on the workers."},
+        {"sglang:gen_throughput", "Output tokens per second (last stats interval)."},
+        {"sglang:cache_hit_rate", "Prefix cache hit rate (mean over alive workers)."},
+        {"sglang:token_usage", "Share of the KV pool in use."}};
+    double sv[] = {running, queued, rt->gen_throughput, alive ? hit / alive : 0,
+                   total > 0 ? used / total : 0};
+    for (int g = 0; g < 5; g++)
+        sl_buf_printf(&o, "# HELP %s %s\n# TYPE %s gauge\n%s %g\n", sg[g][0], sg[g][1], sg[g][0],
+                      sg[g][0], sv[g]);
     sl_http_respond(r, 200, "text/plain; version=0.0.4", o.data, o.len, NULL);
     sl_buf_free(&o);
     sl_metrics_request(&rt->metrics, "/metrics", 200);
@@ -126,11 +239,26 @@ static void on_request(sl_http_req *r, void *ud)
                   {"/detokenize", "POST", -1, &sl_openai_chat},
                   {"/v1/models", "GET", -1, &sl_openai_chat},
                   {"/health", "GET", -1, &sl_openai_chat},
+                  {"/health_generate", "GET", -1, &sl_openai_completions},
+                  {"/get_model_info", "GET", -1, &sl_openai_chat},
+                  {"/get_server_info", "GET", -1, &sl_openai_chat},
+                  {"/version", "GET", -1, &sl_openai_chat},
                   {"/metrics", "GET", -1, &sl_openai_chat}};
     int k = -1;
     for (int i = 0; i < (int)(sizeof routes / sizeof routes[0]); i++)
         if (!strcmp(path, routes[i].path)) k = i;
     sl_api_err err = {0};
+    if (!strcmp(method, "OPTIONS") && rt->cfg.allow_origin) {
+        /* CORS preflight: Access-Control-Allow-Origin comes from the HTTP
+         * layer on every answer (http.allow_origin). */
+        sl_http_respond(r, 204, "text/plain", "", 0,
+                        "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+                        "Access-Control-Allow-Headers: Authorization, Content-Type, x-api-key, "
+                        "anthropic-version, anthropic-beta\r\n"
+                        "Access-Control-Max-Age: 86400\r\n");
+        sl_metrics_request(&rt->metrics, "other", 204);
+        return;
+    }
     if (k < 0) {
         sl_api_fail(&err, SL_API_STATUS_NOT_FOUND, "no route %s %s", method, path);
         respond_err(rt, r, "other", &sl_openai_chat, &err);
@@ -138,13 +266,14 @@ static void on_request(sl_http_req *r, void *ud)
     }
     const char *route = routes[k].path;
     const sl_api_dialect *d = routes[k].dialect;
-    if (strcmp(method, routes[k].method)) {
+    int head = !strcmp(method, "HEAD") && !strcmp(routes[k].method, "GET");
+    if (strcmp(method, routes[k].method) && !head) {
         sl_api_fail(&err, SL_API_STATUS_METHOD, "%s takes %s, not %s", path, routes[k].method,
                     method);
         respond_err(rt, r, route, d, &err);
         return;
     }
-    if (strcmp(route, "/health") && !sl_intake_auth_ok(rt, r)) {
+    if (!sl_intake_open_route(rt, route) && !sl_intake_auth_ok(rt, r)) {
         sl_api_fail(&err, SL_API_STATUS_UNAUTHORIZED, "invalid or missing API key (Authorization: Bearer <key>)");
         respond_err(rt, r, route, d, &err);
         return;
@@ -152,6 +281,26 @@ static void on_request(sl_http_req *r, void *ud)
     if (!strcmp(route, "/health")) return handle_health(rt, r);
     if (!strcmp(route, "/v1/models")) return handle_models(rt, r);
     if (!strcmp(route, "/metrics")) return handle_metrics(rt, r);
+    if (!strcmp(route, "/version")) return handle_version(rt, r);
+    if (!strcmp(route, "/get_model_info")) return handle_model_info(rt, r);
+    if (!strcmp(route, "/get_server_info")) return handle_server_info(rt, r);
+    if (!strcmp(route, "/health_generate")) {
+        /* One token through a worker: 200 when the engine answers. */
+        if (!alive_workers(rt)) {
+            sl_api_fail(&err, SL_API_STATUS_UNAVAILABLE, "no worker is alive");
+            respond_err(rt, r, route, d, &err);
+            return;
+        }
+        json_t *probe = json_pack("{s:[i],s:i,s:f}", "prompt", 0, "max_tokens", 1,
+                                  "temperature", 0.0);
+        sl_job *j = sl_job_decode(&rt->cfg, route, SL_API_COMPLETIONS, d, probe, &err); /* owns probe */
+        if (!j) {
+            respond_err(rt, r, route, d, &err);
+            return;
+        }
+        sl_job_start(j, rt, r);
+        return;
+    }
     if (rt->shutting_down) {
         sl_api_fail(&err, SL_API_STATUS_UNAVAILABLE, "the router is shutting down");
         respond_err(rt, r, route, d, &err);
@@ -159,6 +308,40 @@ static void on_request(sl_http_req *r, void *ud)
     }
     /* JSON, decoding and /detokenize: off the loop when the body is big. */
     sl_intake_start(rt, r, route, routes[k].kind, d);
+}
+
+/* ---------------------------------------------------- periodic stats */
+
+/* Every stats_interval_ms: the throughput gauge, and at info (when there was
+ * traffic) one line like SGLang's "Decode batch" lines. */
+static void log_stats(sl_router *rt, double now)
+{
+    double dt = (now - rt->t_stats_ms) / 1e3;
+    uint64_t out = rt->out_tokens_live, in = rt->metrics.prompt_tokens;
+    uint64_t d_out = out - rt->stats_out_tokens, d_in = in - rt->stats_in_tokens;
+    rt->gen_throughput = dt > 0 ? (double)d_out / dt : 0;
+    rt->t_stats_ms = now;
+    rt->stats_out_tokens = out;
+    rt->stats_in_tokens = in;
+    if (dt <= 0 || (!d_out && !d_in && !rt->njobs)) return;
+    int running = 0, queued = 0, alive = 0, n = sl_cluster_size(rt->cluster);
+    double hit = 0, used = 0, total = 0;
+    for (int i = 0; i < n; i++) {
+        sl_worker_info w;
+        sl_cluster_info(rt->cluster, i, &w);
+        if (!w.alive) continue;
+        alive++;
+        running += w.running;
+        queued += w.queued;
+        hit += w.cache_hit_rate;
+        used += w.total_kv_pages - w.free_kv_pages;
+        total += w.total_kv_pages;
+    }
+    SL_LOGI("stats",
+            "workers %d/%d, #running-req %d, #queue-req %d, #router-req %d, gen throughput "
+            "%.1f tok/s, prompt %.1f tok/s, cache hit rate %.1f%%, token usage %.2f",
+            alive, n, running, queued, rt->njobs, rt->gen_throughput, (double)d_in / dt,
+            alive ? 100 * hit / alive : 0.0, total > 0 ? used / total : 0.0);
 }
 
 /* --------------------------------------------------------- keep-alive */
@@ -182,6 +365,8 @@ static void on_tick(uv_timer_t *t)
         }
         if (now - j->t_last_write_ms >= rt->cfg.keepalive_ms) sl_job_sse_raw(j, ": keep-alive\n\n");
     }
+    if (rt->cfg.stats_interval_ms && now - rt->t_stats_ms >= rt->cfg.stats_interval_ms)
+        log_stats(rt, now);
 }
 
 /* ------------------------------------------------------------ lifetime */
@@ -192,6 +377,10 @@ static void on_worker_event(void *ud, int worker, int alive)
 {
     sl_router *rt = ud;
     if (!alive) sl_route_forget(rt->route, worker);
+    if (alive && !rt->ever_ready) {
+        rt->ever_ready = 1;
+        SL_LOGI("router", "ready: worker %d answers; serving requests", worker);
+    }
 }
 
 sl_status sl_router_new(sl_router **out, uv_loop_t *loop, const sl_router_config *cfg, sl_err *e)
@@ -218,6 +407,7 @@ sl_status sl_router_new(sl_router **out, uv_loop_t *loop, const sl_router_config
         return e ? e->code : SL_ERR_IO;
     }
     sl_http_set_gate(rt->http, sl_intake_gate);
+    rt->t_stats_ms = sl_router_now_ms();
     uv_timer_init(loop, &rt->tick);
     rt->tick.data = rt;
     unsigned period = cfg->keepalive_ms < 1000 ? cfg->keepalive_ms / 2 + 1 : 500;

@@ -3,6 +3,8 @@
  *
  *   POST /v1/chat/completions   POST /v1/completions   POST /v1/messages
  *   GET  /v1/models   POST /tokenize   POST /detokenize   GET /health   GET /metrics
+ *   GET  /health_generate   GET /get_model_info   GET /get_server_info   GET /version
+ *   (every GET also answers HEAD; OPTIONS preflights when allow_origin is set)
  *
  * (docs/api.md lists every field). A request's life:
  *
@@ -53,6 +55,12 @@ typedef struct sl_router_config {
     /* sampling for fields a request leaves out (generation_config.json) */
     float default_temperature, default_top_p, default_min_p;
     int default_top_k;
+    /* what GET /get_model_info and /get_server_info report */
+    const char *model_path, *tokenizer_path;
+    const char *server_args_json; /* a JSON object of the command's flags (NULL: {}) */
+    int metrics_require_key;      /* /metrics needs the API key too (default: open) */
+    const char *allow_origin;     /* CORS: Access-Control-Allow-Origin value (NULL: none) */
+    unsigned stats_interval_ms;   /* periodic load line at info while busy (0: none) */
     sl_http_config http;
     sl_route_config route;
     sl_cluster_config cluster;

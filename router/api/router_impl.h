@@ -16,6 +16,11 @@ struct sl_router {
     sl_route *route;
     sl_metrics metrics;
     uv_timer_t tick;
+    int ever_ready;         /* a worker has been alive once (/health: loading vs down) */
+    double t_stats_ms;      /* last periodic load line */
+    uint64_t stats_out_tokens, stats_in_tokens; /* counters at that line */
+    uint64_t out_tokens_live; /* output tokens as they arrive (throughput) */
+    double gen_throughput;  /* output tokens/s over the last stats interval */
     sl_job *jobs; /* in flight */
     int njobs;
     uint64_t id_seq;
@@ -23,6 +28,11 @@ struct sl_router {
     void (*done)(void *);
     void *done_ud;
 };
+
+/* One access-log line at info: method, route, status, tokens, latency (no
+ * content). */
+void sl_router_access_log(const sl_router *rt, const char *method, const char *route, int status,
+                          int prompt_tokens, int completion_tokens, double t_arrival_ms);
 
 static inline double sl_router_now_ms(void) { return (double)uv_hrtime() / 1e6; }
 

@@ -63,7 +63,7 @@ int sl_router_run(const sl_router_cli *cli, const sl_router_config *cfg_in,
     sl_err e = {0};
     sl_router_config cfg = *cfg_in;
     void *text = NULL;
-    sl_text_options to = {.dir = cli->model_dir,
+    sl_text_options to = {.dir = cli->tokenizer_path ? cli->tokenizer_path : cli->model_dir,
                           .chat_template = cli->chat_template,
                           .tool_call_parser = cli->tool_call_parser,
                           .reasoning_parser = cli->reasoning_parser};
@@ -113,7 +113,10 @@ int sl_router_run(const sl_router_cli *cli, const sl_router_config *cfg_in,
     uv_signal_start(&a.sigterm, on_signal, SIGTERM);
     SL_LOGI("router", "model %s, policy %s, %d worker(s)", cfg.served_model_name,
             sl_route_policy_name(cfg.route.policy), cli->workers.n + cli->worker_dns.n);
-    fprintf(stderr, "sluice router: listening on http://%s:%d\n", cfg.host, sl_router_port(a.rt));
+    /* an IPv6 address is bracketed in a URL: http://[::]:30000 */
+    int v6 = strchr(cfg.host, ':') != NULL;
+    fprintf(stderr, "sluice router: listening on http://%s%s%s:%d\n", v6 ? "[" : "", cfg.host,
+            v6 ? "]" : "", sl_router_port(a.rt));
     if (hooks && hooks->started) hooks->started(&loop, &a, hooks->ud);
     uv_run(&loop, UV_RUN_DEFAULT);
     sl_router_free(a.rt);

@@ -11,11 +11,14 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -48,6 +51,10 @@ static pid_t spawn(char **argv)
     pid_t p = fork();
     if (p == 0) {
         prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive serve */
+        /* A process group of its own: Ctrl-C in a terminal signals the whole
+         * foreground group, and the workers must outlive the router's drain
+         * (serve stops them with SIGTERM once in-flight streams finished). */
+        setpgid(0, 0);
         execv("/proc/self/exe", argv);
         fprintf(stderr, "serve: cannot start %s: exec failed\n", argv[0]);
         _exit(127);
@@ -152,6 +159,38 @@ static char **argv_dup(char **argv)
     return d;
 }
 
+/* Whether host:port can be bound now, so a port in use is reported before
+ * the workers spend minutes loading the model (the router binds it for
+ * real right after; port 0 always can). */
+static int port_free(const char *host, int port, char *why, size_t whyn)
+{
+    if (!port) return 1;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    if (getaddrinfo(host, ps, &hints, &ai) || !ai) return 1; /* the router will say */
+    int fd = socket(ai->ai_family, SOCK_STREAM, 0), ok = 1;
+    if (fd >= 0) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen)) {
+            ok = 0;
+            snprintf(why, whyn, "%s", strerror(errno));
+        }
+        close(fd);
+    }
+    freeaddrinfo(ai);
+    return ok;
+}
+
+/* The serve option named name (its value slot), or NULL. */
+static const char **serve_opt_str(sl_opt *opts, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(opts[i].name, name) && opts[i].kind == SL_OPT_STR) return opts[i].dst;
+    return NULL;
+}
+
 int sl_cmd_serve(int argc, char **argv)
 {
     sl_router_cli cli;
@@ -170,6 +209,15 @@ int sl_cmd_serve(int argc, char **argv)
     const char *summary = "router + local workers in one command (SGLang's launch_server flags)";
     int rc = sl_router_opts_parse(argc, argv, opts, n, "serve", summary, &cli, &cfg);
     if (rc >= 0) return rc;
+    /* SGLang's --max-prefill-tokens is the prefill budget of one batch: the
+     * worker's --chunked-prefill-size, unless that is given too */
+    const char **chunk = serve_opt_str(opts, n, "--chunked-prefill-size");
+    if (cli.max_prefill_tokens && chunk && !*chunk) *chunk = cli.max_prefill_tokens;
+    char why[128] = "";
+    if (!port_free(cfg.host, cfg.port, why, sizeof why)) {
+        fprintf(stderr, "serve: cannot listen on %s port %d: %s\n", cfg.host, cfg.port, why);
+        return 1;
+    }
     if (dp < 1 || dp > MAX_DP || tp < 1 || tp > 64) {
         fprintf(stderr, "serve: --dp-size 1..%d and --tp-size 1..64\n", MAX_DP);
         return 2;

@@ -3,9 +3,13 @@
 
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "chat_template.h"
 #include "sl_file.h"
+#include "sl_log.h"
 
 int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
 {
@@ -24,7 +28,8 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
                            .migration_limit = cfg->migration_limit,
                            .max_buffered_bytes = (long long)cfg->http.max_buffered_bytes,
                            .max_connections = cfg->http.max_connections,
-                           .body_timeout_ms = (int)cfg->http.body_timeout_ms};
+                           .body_timeout_ms = (int)cfg->http.body_timeout_ms,
+                           .stats_interval_ms = (int)cfg->stats_interval_ms};
     cfg->served_model_name = NULL;
     int n = 0;
 #define OPT(...) o[n++] = (sl_opt){__VA_ARGS__}
@@ -73,6 +78,37 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
         "request bodies held in memory, all connections together; over it 503 (1073741824)");
     OPT("--body-timeout-ms", NULL, SL_OPT_INT, &cli->body_timeout_ms,
         "deadline for a whole request body after its headers; over it 408 (60000)");
+    OPT("--log-level", NULL, SL_OPT_STR, &cli->log_level,
+        "debug | info (default) | warning | error (overrides $SLUICE_LOG)");
+    OPT("--stats-interval-ms", NULL, SL_OPT_INT, &cli->stats_interval_ms,
+        "periodic load line (info) while there is traffic; 0: none (10000)");
+    OPT("--allow-origin", "--allowed-origins", SL_OPT_STR, &cfg->allow_origin,
+        "CORS: answer preflights and send Access-Control-Allow-Origin: VALUE ('*' for any)");
+    OPT("--metrics-require-key", NULL, SL_OPT_FLAG, &cfg->metrics_require_key,
+        "/metrics needs --api-key too (default: open, like /health)");
+    OPT("--tokenizer-path", NULL, SL_OPT_STR, &cli->tokenizer_path,
+        "directory with tokenizer.json and the chat template (default: --model-path)");
+    /* SGLang flags with nothing (or little) to do here: see docs/cli.md */
+    OPT("--enable-metrics", NULL, SL_OPT_FLAG, &cli->enable_metrics,
+        "accepted: /metrics is always on");
+    OPT("--trust-remote-code", NULL, SL_OPT_FLAG, &cli->trust_remote_code,
+        "accepted: sluice runs no model code from the hub");
+    OPT("--skip-server-warmup", NULL, SL_OPT_FLAG, &cli->skip_server_warmup,
+        "accepted: sluice sends no warmup request");
+    OPT("--allow-auto-truncate", NULL, SL_OPT_FLAG, &cli->allow_auto_truncate,
+        "accepted with a warning: over-long prompts get 400");
+    OPT("--dtype", NULL, SL_OPT_STR, &cli->dtype, "auto | bfloat16 (weights and compute)");
+    OPT("--kv-cache-dtype", NULL, SL_OPT_STR, &cli->kv_cache_dtype, "auto | bfloat16");
+    OPT("--mamba-ssm-dtype", NULL, SL_OPT_STR, &cli->mamba_ssm_dtype,
+        "accepted with a warning (the engine picks the state dtype)");
+    OPT("--schedule-policy", NULL, SL_OPT_STR, &cli->schedule_policy,
+        "fcfs (the worker's order); lpm, random, dfs-weight, lof accepted with a warning");
+    OPT("--attention-backend", NULL, SL_OPT_STR, &cli->attention_backend,
+        "accepted with a warning (one attention implementation per device)");
+    OPT("--grammar-backend", NULL, SL_OPT_STR, &cli->grammar_backend,
+        "none; others accepted with a warning (no constrained decoding)");
+    OPT("--max-prefill-tokens", NULL, SL_OPT_STR, &cli->max_prefill_tokens,
+        "serve: prefill tokens per batch (--chunked-prefill-size when that is not given)");
 #undef OPT
     return n;
 }
@@ -98,12 +134,197 @@ static void load_gen_defaults(const char *dir, sl_router_config *cfg)
     json_decref(g);
 }
 
+static int is_dir(const char *p)
+{
+    struct stat st;
+    return p && !stat(p, &st) && S_ISDIR(st.st_mode);
+}
+
+/* --model-path ORG/NAME that is not a directory: the snapshot the Hugging
+ * Face cache holds (HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub,
+ * models--ORG--NAME/snapshots/<refs/main>). sluice downloads nothing. */
+static sl_status resolve_model_path(const char **model, sl_err *e)
+{
+    const char *m = *model;
+    if (is_dir(m)) return SL_OK;
+    const char *slash = strchr(m, '/');
+    if (!slash || m[0] == '/' || m[0] == '.' || strchr(slash + 1, '/') || !slash[1])
+        return SL_OK; /* a path: the loaders say what is wrong with it */
+    char hub[2048], repo[3072], ref[256] = {0};
+    const char *v;
+    if ((v = getenv("HF_HUB_CACHE")) && *v)
+        snprintf(hub, sizeof hub, "%s", v);
+    else if ((v = getenv("HF_HOME")) && *v)
+        snprintf(hub, sizeof hub, "%s/hub", v);
+    else
+        snprintf(hub, sizeof hub, "%s/.cache/huggingface/hub", getenv("HOME") ? getenv("HOME") : "");
+    snprintf(repo, sizeof repo, "%s/models--%.*s--%s", hub, (int)(slash - m), m, slash + 1);
+    char refpath[3200];
+    snprintf(refpath, sizeof refpath, "%s/refs/main", repo);
+    FILE *f = fopen(refpath, "r");
+    if (f) {
+        if (!fgets(ref, sizeof ref, f)) ref[0] = 0;
+        fclose(f);
+        ref[strcspn(ref, " \r\n")] = 0;
+    }
+    static char snap[3600];
+    if (ref[0] && !strchr(ref, '/')) {
+        snprintf(snap, sizeof snap, "%s/snapshots/%s", repo, ref);
+        if (is_dir(snap)) {
+            SL_LOGI("router", "--model-path %s: Hugging Face cache snapshot %s", m, snap);
+            *model = snap;
+            return SL_OK;
+        }
+    }
+    return sl_err_set(e, SL_ERR_INVALID,
+                      "--model-path %s: not a directory, and not in the Hugging Face cache "
+                      "(looked for %s/snapshots/<refs/main>); sluice does not download models: "
+                      "fetch it first (huggingface-cli download %s) or pass its directory",
+                      m, repo, m);
+}
+
+/* A value among names ("a|b|c"); */
+static int one_of(const char *v, const char *names)
+{
+    size_t n = strlen(v);
+    for (const char *p = names; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t k = bar ? (size_t)(bar - p) : strlen(p);
+        if (k == n && !strncmp(p, v, n)) return 1;
+        if (!bar) break;
+        p = bar + 1;
+    }
+    return 0;
+}
+
+/* SGLang flags: mapped, accepted (a warning when the value is ignored) or
+ * refused with what sluice can do instead. */
+static sl_status sglang_flags(sl_router_cli *cli, sl_err *e)
+{
+    if (cli->log_level) {
+        const char *l = cli->log_level;
+        sl_log_level lvl;
+        const char *env;
+        if (!strcmp(l, "debug")) lvl = SL_LOG_DEBUG, env = "debug";
+        else if (!strcmp(l, "info")) lvl = SL_LOG_INFO, env = "info";
+        else if (!strcmp(l, "warning") || !strcmp(l, "warn")) lvl = SL_LOG_WARN, env = "warn";
+        else if (!strcmp(l, "error") || !strcmp(l, "critical")) lvl = SL_LOG_ERROR, env = "error";
+        else
+            return sl_err_set(e, SL_ERR_INVALID,
+                              "--log-level %s: expected debug, info, warning or error", l);
+        sl_log_set_level(lvl);
+        setenv("SLUICE_LOG", env, 1); /* serve's workers inherit it */
+    }
+    if (cli->dtype && !one_of(cli->dtype, "auto|bfloat16|bf16"))
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "--dtype %s: sluice runs models in bfloat16 (use auto or bfloat16)",
+                          cli->dtype);
+    if (cli->kv_cache_dtype && !one_of(cli->kv_cache_dtype, "auto|bfloat16|bf16"))
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "--kv-cache-dtype %s: the KV cache is bfloat16 (use auto or bfloat16)",
+                          cli->kv_cache_dtype);
+    if (cli->schedule_policy) {
+        if (!one_of(cli->schedule_policy, "fcfs|lpm|random|dfs-weight|lof|priority"))
+            return sl_err_set(e, SL_ERR_INVALID,
+                              "--schedule-policy %s: expected fcfs, lpm, random, dfs-weight, lof "
+                              "or priority", cli->schedule_policy);
+        if (strcmp(cli->schedule_policy, "fcfs"))
+            SL_LOGW("router", "--schedule-policy %s: ignored; workers run requests first come, "
+                    "first served", cli->schedule_policy);
+    }
+    if (cli->grammar_backend && strcmp(cli->grammar_backend, "none"))
+        SL_LOGW("router", "--grammar-backend %s: ignored; sluice has no constrained decoding "
+                "(response_format other than text gets 400)", cli->grammar_backend);
+    if (cli->attention_backend)
+        SL_LOGW("router", "--attention-backend %s: ignored; sluice has one attention "
+                "implementation per device", cli->attention_backend);
+    if (cli->mamba_ssm_dtype)
+        SL_LOGW("router", "--mamba-ssm-dtype %s: ignored; the engine chooses the state dtype",
+                cli->mamba_ssm_dtype);
+    if (cli->allow_auto_truncate)
+        SL_LOGW("router", "--allow-auto-truncate: ignored; prompts over the context length "
+                "get 400");
+    if (cli->max_prefill_tokens) {
+        char *end;
+        long v = strtol(cli->max_prefill_tokens, &end, 10);
+        if (*end || v < 1)
+            return sl_err_set(e, SL_ERR_INVALID, "--max-prefill-tokens %s: expected a number >= 1",
+                              cli->max_prefill_tokens);
+    }
+    return SL_OK;
+}
+
+/* --reasoning-parser / --tool-call-parser / --chat-template, checked before
+ * anything starts (serve spawns its workers after this). */
+static sl_status text_flags(sl_router_cli *cli, sl_err *e)
+{
+    if (cli->reasoning_parser && !one_of(cli->reasoning_parser, "qwen3|qwen3-thinking"))
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "--reasoning-parser %s: unknown here; sluice serves Qwen3-family "
+                          "models, whose parser is qwen3 (or qwen3-thinking)",
+                          cli->reasoning_parser);
+    if (cli->tool_call_parser &&
+        !one_of(cli->tool_call_parser, "qwen3_coder|hermes|qwen25|qwen"))
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "--tool-call-parser %s: unknown; known: qwen3_coder (Qwen3-Coder), "
+                          "hermes, qwen25 or qwen (Qwen3 and Qwen2.5: <tool_call> JSON)",
+                          cli->tool_call_parser);
+    sl_chat_template_family fam;
+    if (cli->chat_template && sl_chat_template_load(NULL, cli->chat_template, &fam, e))
+        return SL_ERR_INVALID;
+    return SL_OK;
+}
+
+/* The flags as a JSON object for GET /get_server_info (SGLang's keys:
+ * no leading dashes, '-' -> '_'); the API key is never shown. */
+static char *server_args_json(const sl_opt *opts)
+{
+    json_t *o = json_object();
+    for (const sl_opt *p = opts; p->name; p++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s", p->name + 2);
+        for (char *c = key; *c; c++)
+            if (*c == '-') *c = '_';
+        if (!strcmp(key, "help") || !strcmp(key, "api_key")) continue;
+        json_t *v = NULL;
+        switch (p->kind) {
+        case SL_OPT_STR: {
+            const char *sv = *(const char **)p->dst;
+            v = sv ? json_string(sv) : json_null();
+            break;
+        }
+        case SL_OPT_INT: v = json_integer(*(int *)p->dst); break;
+        case SL_OPT_I64: v = json_integer(*(long long *)p->dst); break;
+        case SL_OPT_FLOAT: v = json_real(*(double *)p->dst); break;
+        case SL_OPT_FLAG: v = json_boolean(*(int *)p->dst); break;
+        case SL_OPT_STRS: {
+            const sl_strs *ss = p->dst;
+            v = json_array();
+            for (int i = 0; i < ss->n; i++) json_array_append_new(v, json_string(ss->v[i]));
+            break;
+        }
+        }
+        json_object_set_new(o, key, v);
+    }
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
 /* Checks the parsed options and converts them into cfg. */
 static sl_status opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_err *e)
 {
     if (!cli->model_dir)
         return sl_err_set(e, SL_ERR_INVALID, "--model-path is required (tokenizer and template)");
+    if (sglang_flags(cli, e) || text_flags(cli, e)) return SL_ERR_INVALID;
     if (!cfg->served_model_name) cfg->served_model_name = cli->model_dir;
+    if (resolve_model_path(&cli->model_dir, e)) return SL_ERR_INVALID;
+    if (cli->tokenizer_path && !is_dir(cli->tokenizer_path))
+        return sl_err_set(e, SL_ERR_INVALID, "--tokenizer-path %s: no such directory",
+                          cli->tokenizer_path);
+    cfg->model_path = cli->model_dir;
+    cfg->tokenizer_path = cli->tokenizer_path ? cli->tokenizer_path : cli->model_dir;
+    cfg->http.allow_origin = cfg->allow_origin;
     load_gen_defaults(cli->model_dir, cfg);
     if (cfg->port < 0 || cfg->port > 65535)
         return sl_err_set(e, SL_ERR_INVALID, "--port %d: expected 0..65535", cfg->port);
@@ -131,6 +352,9 @@ static sl_status opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_err *
     cfg->http.max_connections = cli->max_connections;
     cfg->http.max_buffered_bytes = (size_t)cli->max_buffered_bytes;
     cfg->http.body_timeout_ms = (unsigned)cli->body_timeout_ms;
+    if (cli->stats_interval_ms < 0)
+        return sl_err_set(e, SL_ERR_INVALID, "--stats-interval-ms: expected >= 0");
+    cfg->stats_interval_ms = (unsigned)cli->stats_interval_ms;
     cfg->route.cache_threshold = cli->cache_threshold;
     cfg->route.balance_abs_threshold = cli->balance_abs_threshold;
     cfg->route.balance_rel_threshold = cli->balance_rel_threshold;
@@ -160,5 +384,6 @@ int sl_router_opts_parse(int argc, char **argv, sl_opt *opts, int n, const char 
         fprintf(stderr, "%s: %s\n", cmd, e.msg);
         return 2;
     }
+    cfg->server_args_json = server_args_json(opts); /* lives as long as the process */
     return -1;
 }

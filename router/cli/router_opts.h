@@ -14,7 +14,7 @@
 #include "router.h"
 #include "sl_opts.h"
 
-#define SL_ROUTER_MAX_OPTS 64
+#define SL_ROUTER_MAX_OPTS 96
 
 typedef struct sl_router_cli {
     const char *model_dir; /* tokenizer.json + chat template */
@@ -28,7 +28,13 @@ typedef struct sl_router_cli {
     /* reliability limits (docs/operations.md) */
     long long max_buffered_bytes;
     int max_connections, body_timeout_ms;
+    int stats_interval_ms;
     sl_strs workers, worker_dns;
+    /* SGLang launch_server flags that sluice maps, accepts or refuses
+     * (docs/cli.md has the table); checked in sl_router_opts_parse */
+    const char *log_level, *tokenizer_path, *dtype, *kv_cache_dtype, *mamba_ssm_dtype;
+    const char *schedule_policy, *attention_backend, *grammar_backend, *max_prefill_tokens;
+    int enable_metrics, trust_remote_code, skip_server_warmup, allow_auto_truncate;
 } sl_router_cli;
 
 int sl_router_opts(sl_opt *opts, sl_router_cli *cli, sl_router_config *cfg);

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "router_cmd.h"
+#include "sl_version.h"
 #include "worker_cmd.h"
 
 typedef struct command {
@@ -26,7 +27,8 @@ static const command commands[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: sluice <command> [options]   (sluice <command> --help for its options)\n\n"
+    fprintf(f, "usage: sluice <command> [options]   (sluice <command> --help for its options;\n"
+               "       sluice --version)\n\n"
                "commands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
@@ -34,6 +36,11 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))) {
+        printf("sluice %s%s%s\n", SLUICE_VERSION, *SLUICE_GIT_DESCRIBE ? " " : "",
+               SLUICE_GIT_DESCRIBE);
+        return 0;
+    }
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -696,6 +696,9 @@ static void write_head(sl_http_req *r, int status, const char *ctype, const char
     else if (!r->http10)
         sl_buf_puts(&h, "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n");
     if (extra) sl_buf_puts(&h, extra);
+    if (r->srv->cfg.allow_origin)
+        sl_buf_printf(&h, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n",
+                      r->srv->cfg.allow_origin);
     sl_buf_puts(&h, close ? "Connection: close\r\n\r\n" : "Connection: keep-alive\r\n\r\n");
     if (content_length < 0 && r->http10) r->keep_alive = 0;
     req_emit(r, h.data, h.len);
@@ -707,7 +710,7 @@ void sl_http_respond(sl_http_req *r, int status, const char *content_type, const
 {
     SL_ASSERT(!r->streaming);
     write_head(r, status, content_type, extra_headers, (long)len);
-    req_emit(r, body, len);
+    if (strcmp(r->method, "HEAD")) req_emit(r, body, len); /* HEAD: the length, no body */
     req_complete(r);
 }
 

@@ -55,6 +55,7 @@ typedef struct sl_http_config {
     int max_connections;        /* open connections; one more gets 503 and is closed */
     size_t max_buffered_bytes;  /* request bodies held in memory, all connections together;
                                    a body that would go over gets 503 */
+    const char *allow_origin;   /* CORS: sent as Access-Control-Allow-Origin on every answer */
 } sl_http_config;
 
 sl_http_config sl_http_config_default(void);

@@ -89,6 +89,20 @@ static sl_status read_template(const char *dir, char **text, char *path, size_t 
 sl_status sl_chat_template_load(const char *model_dir, const char *override_name,
                                 sl_chat_template_family *out, sl_err *e)
 {
+    if (override_name && (strchr(override_name, '/') || strstr(override_name, ".jinja"))) {
+        /* a template file (SGLang's --chat-template PATH): usable when it is
+         * one of the families rendered here, recognised as a directory's is */
+        char *text = NULL;
+        if (!sl_file_exists(override_name))
+            return sl_err_set(e, SL_ERR_NOTFOUND, "--chat-template %s: no such file",
+                              override_name);
+        sl_status s = sl_file_read(override_name, &text, NULL, e);
+        if (s == SL_OK && (s = sl_chat_template_detect(text, out, e)))
+            sl_err_wrap(e, "--chat-template %s: sluice renders only the qwen3 and qwen3_coder "
+                           "templates natively, and this file is neither", override_name);
+        free(text);
+        return s;
+    }
     if (override_name) return sl_chat_template_family_parse(override_name, out, e);
     if (!model_dir)
         return sl_err_set(e, SL_ERR_INVALID, "need a model directory or a template name");

@@ -59,7 +59,8 @@ sl_status sl_chat_template_family_parse(const char *name, sl_chat_template_famil
 sl_status sl_chat_template_detect(const char *template_text, sl_chat_template_family *out,
                                   sl_err *e);
 
-/* Start-up choice: override_name when non-NULL (model_dir may then be NULL);
+/* Start-up choice: override_name when non-NULL (model_dir may then be NULL):
+ * a family name, or the path of a .jinja file recognised as below;
  * otherwise the template of model_dir (chat_template.jinja, else
  * tokenizer_config.json "chat_template") recognised by sl_chat_template_detect.
  * Errors name the file and what is missing or unrecognised. Blocks on file I/O. */

@@ -138,9 +138,9 @@ sl_status sl_text_qwen_open(const sl_text_options *o, void **impl, sl_err *e)
     qwen_text *q = calloc(1, sizeof *q);
     if (!q) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     if (o->reasoning_parser) {
-        if (strcmp(o->reasoning_parser, "qwen3") && strcmp(o->reasoning_parser, "deepseek-r1")) {
+        if (strcmp(o->reasoning_parser, "qwen3") && strcmp(o->reasoning_parser, "qwen3-thinking")) {
             free(q);
-            return sl_err_set(e, SL_ERR_INVALID, "--reasoning-parser %s: expected qwen3",
+            return sl_err_set(e, SL_ERR_INVALID, "--reasoning-parser %s: expected qwen3 or qwen3-thinking",
                               o->reasoning_parser);
         }
         q->reasoning = 1;

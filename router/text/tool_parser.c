@@ -53,10 +53,11 @@ struct sl_tool_parser {
 sl_status sl_tool_parser_kind_parse(const char *name, sl_tool_parser_kind *out, sl_err *e)
 {
     if (!strcmp(name, "qwen3_coder")) *out = SL_TOOL_PARSER_KIND_QWEN3_CODER;
-    else if (!strcmp(name, "hermes") || !strcmp(name, "qwen25")) *out = SL_TOOL_PARSER_KIND_HERMES;
+    else if (!strcmp(name, "hermes") || !strcmp(name, "qwen25") || !strcmp(name, "qwen"))
+        *out = SL_TOOL_PARSER_KIND_HERMES;
     else
         return sl_err_set(e, SL_ERR_INVALID,
-                          "unknown tool-call parser '%s' (known: qwen3_coder, hermes, qwen25)",
+                          "unknown tool-call parser '%s' (known: qwen3_coder, hermes, qwen25, qwen)",
                           name);
     return SL_OK;
 }

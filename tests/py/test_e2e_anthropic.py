@@ -48,6 +48,11 @@ def test_text_and_thinking(env):
         events = [e.type for e in s]
         final = s.get_final_message()
     assert events[0] == "message_start" and events[-1] == "message_stop"
+    # the raw stream carries a ping right after message_start, as Anthropic's does
+    with c.messages.with_streaming_response.create(model="x", max_tokens=64, messages=MSG,
+                                                   stream=True) as raw:
+        names = [ln[7:] for ln in raw.iter_lines() if ln.startswith("event: ")]
+    assert names[:2] == ["message_start", "ping"]
     assert "content_block_delta" in events and "message_delta" in events
     assert [(b.type, getattr(b, "text", None) or getattr(b, "thinking", None))
             for b in final.content] == [("thinking", "The user greets me."),
@@ -74,7 +79,7 @@ def test_tool_use(env):
     assert m.stop_reason == "tool_use"
     [tu] = [b for b in m.content if b.type == "tool_use"]
     assert tu.name == "get_weather" and tu.input == {"city": "Paris"}
-    assert tu.id.startswith("call_")
+    assert tu.id.startswith("toolu_")  # Anthropic's spelling, not OpenAI's call_
 
     with c.messages.stream(model="x", max_tokens=128, tools=TOOLS,
                            messages=[{"role": "user", "content": "Weather?"}]) as s:
@@ -83,6 +88,7 @@ def test_tool_use(env):
     assert "input_json_delta" in deltas
     [tu2] = [b for b in final.content if b.type == "tool_use"]
     assert tu2.input == {"city": "Paris"} and final.stop_reason == "tool_use"
+    assert tu2.id.startswith("toolu_")
 
     # the next turn carries the tool_use and its tool_result
     follow = [{"role": "user", "content": "Weather in Paris?"},
@@ -116,3 +122,32 @@ def test_errors(env):
     status, body = post(port, "/v1/messages", None, raw=b"{oops")
     assert status == 400 and body["type"] == "error"
     assert body["error"]["type"] == "invalid_request_error"
+
+
+def test_claude_code_details(env):
+    """What Claude Code sends that a text-only model must survive: an image
+    inside a tool_result (a screenshot) and Anthropic server tools."""
+    c, port = env["tool"]
+
+    def turn(result_content):
+        return [{"role": "user", "content": "Look"},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": result_content}]}]
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": "AAAA"}}
+    with_image = turn([{"type": "text", "text": "shot:"}, image])
+    m = c.messages.create(model="x", max_tokens=64, tools=TOOLS, messages=with_image)
+    assert m.stop_reason == "tool_use"
+    # the image became the visible placeholder in the prompt
+    placeholder = turn([{"type": "text", "text": "shot:"},
+                        {"type": "text", "text": "[image omitted: this model reads text only]"}])
+    assert c.messages.count_tokens(model="x", tools=TOOLS, messages=with_image).input_tokens == \
+        c.messages.count_tokens(model="x", tools=TOOLS, messages=placeholder).input_tokens
+    # server tools are left out of the prompt, the request is served
+    web = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+    m = c.messages.create(model="x", max_tokens=64, tools=TOOLS + [web], messages=MSG)
+    assert m.stop_reason == "tool_use"
+    assert c.messages.count_tokens(model="x", tools=TOOLS + [web], messages=MSG).input_tokens == \
+        c.messages.count_tokens(model="x", tools=TOOLS, messages=MSG).input_tokens

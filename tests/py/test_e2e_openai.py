@@ -178,3 +178,30 @@ def test_client_disconnect_aborts(env):
     assert m["sluice_aborted_requests_total"] >= 1
     assert sum(v for k, v in m.items() if k.startswith("sluice_worker_inflight")) == 0
     assert m["sluice_generation_tokens_total"] < 10_000
+
+
+def test_stream_logprobs_and_n_usage(env):
+    """Streamed chat logprobs carry each chunk's entries (they were always
+    empty), and with n=2 the cached share is counted once per prompt."""
+    c = env["client"]
+    kw = dict(model="tiny", messages=MSG, max_tokens=8, temperature=0, logprobs=True,
+              top_logprobs=2)
+    r = c.chat.completions.create(**kw)
+    want = [(e.token, e.logprob) for e in r.choices[0].logprobs.content]
+    assert len(want) == 8
+    got = []
+    for chunk in c.chat.completions.create(**kw, stream=True):
+        for d in chunk.choices:
+            if d.logprobs and d.logprobs.content:
+                assert all(len(e.top_logprobs) == 2 for e in d.logprobs.content)
+                got += [(e.token, e.logprob) for e in d.logprobs.content]
+    assert [t for t, _ in got] == [t for t, _ in want]
+    assert [lp for _, lp in got] == pytest.approx([lp for _, lp in want], abs=1e-4)
+
+    long = [{"role": "user", "content": "The sea, the sea, the endless sea " * 4}]
+    for _ in range(2):  # the second time the prompt is cached
+        r = c.chat.completions.create(model="tiny", messages=long, max_tokens=2, n=2,
+                                      temperature=0)
+        u = r.usage
+        assert 0 <= u.prompt_tokens_details.cached_tokens <= u.prompt_tokens
+    assert u.prompt_tokens_details.cached_tokens > 0

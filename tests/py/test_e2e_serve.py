@@ -65,3 +65,26 @@ def test_serve_bad_flags():
                         "--model-path", "x", "--policy", "fastest", "--worker", "tcp://a:1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "fastest" in r.stderr
+
+
+def test_serve_ctrl_c_drains(tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process
+    group: the workers must keep serving while the router drains, so a
+    stream in flight ends normally (it used to end with a 502 error event)."""
+    procs = Procs()
+    try:
+        model = make_tiny(tmp_path / "tiny")
+        serve, port = start_router(procs, model, [], "--mem-bytes", 64 << 20,
+                                   "--context-length", 512, command="serve", alive=1)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
+                          max_retries=0, timeout=30)
+        s = c.completions.create(model="tiny", prompt="The sea", max_tokens=400, stream=True,
+                                 extra_body={"ignore_eos": True})
+        it = iter(s)
+        next(it)
+        os.killpg(serve.pid, signal.SIGINT)  # what the terminal does
+        rest = list(it)
+        assert rest[-1].choices[0].finish_reason == "length"
+        assert serve.wait(15) == 0
+    finally:
+        procs.stop()

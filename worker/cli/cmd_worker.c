@@ -169,6 +169,13 @@ static int reap(pid_t *pids, int n)
     return bad;
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 int sl_cmd_worker(int argc, char **argv)
 {
     const char *model = NULL, *listen = NULL, *device = "cpu", *served_name = NULL;
@@ -284,7 +291,14 @@ int sl_cmd_worker(int argc, char **argv)
     /* every rank loads its shard; the forward runs the collectives on the group's comm */
     sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)f.seed,
                              .quantize_fp8 = f.quantization != NULL, .comm = tg ? sl_group_comm(tg) : NULL};
+    SL_LOGI("worker", "loading %s on %s (%s weights)", model, device, dummy ? "dummy" : "checkpoint");
+    double t0 = now_s();
+    /* Test hook only (tests/py/test_e2e_frontdoor.py): stretches the load
+     * so readiness can be observed. Not for production use. */
+    const char *delay = getenv("SLUICE_TEST_LOAD_DELAY_MS");
+    if (delay && atoi(delay) > 0) usleep((useconds_t)atoi(delay) * 1000);
     st = sl_model_load(&m, model, be, &lo, &e);
+    if (!st) SL_LOGI("worker", "model loaded in %.1f s", now_s() - t0);
     if (!st && rank == 0) st = sl_engine_new(&g, m, &c, &e);
     if (tg) {
         /* every rank learns whether all loaded (the first failure's text) */

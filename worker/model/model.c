@@ -602,7 +602,13 @@ static sl_status walk_weights(loader *L)
     sl_dtype wd = L->wd;
     load_slice(L, &m->embed, wd, "model.embed_tokens.weight", 2, SHP(V, H), SHP(nv, H),
                slice_rows(v0, nv), 1.0f, 0);
-    for (int i = 0; i < c->n_layers && !L->status; i++) load_layer(L, i);
+    for (int i = 0; i < c->n_layers && !L->status; i++) {
+        load_layer(L, i);
+        /* progress at info, about every tenth of the model */
+        if (!L->collect && ((i + 1) % (c->n_layers / 10 + 1) == 0 || i + 1 == c->n_layers))
+            SL_LOGI("model", "%s weights: layer %d/%d", L->dummy ? "dummy" : "loading", i + 1,
+                    c->n_layers);
+    }
     load_one(L, &m->final_norm, SL_DTYPE_F32, "model.norm.weight", 1, SHP(H), 0.1f,
              c->arch == SL_ARCH_QWEN3_NEXT ? 0.0f : 1.0f);
     if (c->tie_embeddings) {
