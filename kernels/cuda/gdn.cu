@@ -1,14 +1,31 @@
-// kernels/cuda/gdn.cu: the recurrent forms, exact to the CPU's order of
-// operations and sequential over each sequence's tokens (decode and prefill
-// alike; the chunked prefill form is future work, see kernels/dev/NOTES.md).
+// kernels/cuda/gdn.cu: Gated DeltaNet, two forms of each op.
+// Recurrent (decode, short prompts), exact to the CPU's order of operations
+// and sequential over each sequence's tokens:
 //   conv1d: one thread per (sequence, channel); the K-1 history in registers.
 //   gdn:    one block per (sequence, value head); two adjacent lanes own
 //           column c of the Dk x Dv fp32 state in registers (half the rows
 //           each, partial dots summed by one shuffle); q and k
 //           (l2-normalised) go through shared memory each token.
+// Parallel / chunked (prefill; see kernels/dev/NOTES.md, "gdn chunked"):
+//   conv1d: one thread per (4-token tile, channel) reading its window from x
+//           or, before the sequence's first token, from the old state; a
+//           second kernel per (sequence, channel) writes snapshot and state.
+//   gdn:    the WY chunked form (flash-linear-attention's
+//           chunk_gated_delta_rule), 64-token chunks, one block per
+//           (sequence, value head, value-column tile), tf32 tensor cores
+//           (wmma m16n16k8) with fp32 accumulation, fp32 state and solve.
+#include <limits.h>
+#include <mma.h>
+
 #include "gdn.cuh"
 
+using namespace nvcuda;
+
 #define CONV_MAXK 8
+// Batches whose longest sequence has at least this many new tokens run the
+// parallel conv1d (both kernels handle every sequence; not measured: a guess).
+#define CONV_PAR_MIN 8
+#define CONV_TT 4 // tokens per thread of the parallel conv1d
 
 __global__ void k_conv1d(cu_mat y, cu_mat x, cu_mat w, float *state, int K, const int32_t *q_start,
                          const int32_t *state_slot, const int32_t *state_fresh,
@@ -55,6 +72,92 @@ __global__ void k_conv1d(cu_mat y, cu_mat x, cu_mat w, float *state, int K, cons
         if (j < H) mine[j] = hist[j];
 }
 
+// Register array element i (i not a compile-time constant) without local memory.
+__device__ __forceinline__ float conv_pick(const float (&v)[CONV_MAXK], int i)
+{
+    float r = 0.0f;
+#pragma unroll
+    for (int j = 0; j < CONV_MAXK; j++)
+        if (j == i) r = v[j];
+    return r;
+}
+
+// y only: thread (tile, c) computes CONV_TT consecutive tokens of channel c
+// (any sequence each); the K-1 inputs before a sequence's first token come
+// from its old state (zeros if fresh), which k_conv1d_state rewrites only
+// after this kernel has finished.
+__global__ void k_conv1d_par(cu_mat y, cu_mat x, cu_mat w, const float *state, int K,
+                             const int32_t *q_start, const int32_t *seq_of,
+                             const int32_t *state_slot, const int32_t *state_fresh)
+{
+    int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, C = x.cols;
+    int t0 = blockIdx.y * CONV_TT;
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    if (c >= C) return;
+    const int H = K - 1;
+    float wc[CONV_MAXK];
+#pragma unroll
+    for (int j = 0; j < CONV_MAXK; j++) wc[j] = j < K ? cu_mat_ld(w, c, j) : 0.0f;
+    for (int tt = 0; tt < CONV_TT; tt++) {
+        int t = t0 + tt;
+        if (t >= x.rows) break;
+        int s = seq_of[t], q0 = q_start[s];
+        const float *hist = state + ((int64_t)state_slot[s] * C + c) * H;
+        bool fresh = state_fresh[s];
+        // the CPU's order: history terms oldest first, then the current input
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < CONV_MAXK; j++) {
+            if (j > H) break;
+            int p = t - H + j;
+            float xv = p >= q0 ? cu_mat_ld(x, p, c) : fresh ? 0.0f : hist[p - q0 + H];
+            acc += wc[j] * xv;
+        }
+        cu_mat_st(y, t, c, acc / (1.0f + expf(-acc)));
+    }
+}
+
+// The conv state after the sequence (and the track snapshot): the K-1 inputs
+// before that point, from x or, for a sequence shorter than K-1, partly from
+// the old state. One thread per (sequence, channel) reads all of its old
+// state before writing.
+__global__ void k_conv1d_state(cu_mat x, float *state, int K, const int32_t *q_start,
+                               const int32_t *state_slot, const int32_t *state_fresh,
+                               const int32_t *track_slot, const int32_t *track_len)
+{
+    int s = blockIdx.y;
+    int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, C = x.cols;
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    if (c >= C) return;
+    const int H = K - 1;
+    float old[CONV_MAXK], fin[CONV_MAXK], snap[CONV_MAXK];
+    float *mine = state + ((int64_t)state_slot[s] * C + c) * H;
+    bool fresh = state_fresh[s];
+#pragma unroll
+    for (int j = 0; j < CONV_MAXK; j++) old[j] = j < H && !fresh ? mine[j] : 0.0f;
+    int q0 = q_start[s], qn = q_start[s + 1] - q0;
+    int ts = track_slot[s], tl = ts >= 0 ? track_len[s] : 0;
+#pragma unroll
+    for (int j = 0; j < CONV_MAXK; j++) {
+        if (j >= H) break;
+        int p = qn - H + j; // sequence-relative input index
+        fin[j] = p >= 0 ? cu_mat_ld(x, q0 + p, c) : conv_pick(old, p + H);
+        p = tl - H + j;
+        snap[j] = p >= 0 ? cu_mat_ld(x, q0 + p, c) : conv_pick(old, p + H);
+    }
+    if (ts >= 0 && tl >= 1 && tl <= qn) {
+        float *sp = state + ((int64_t)ts * C + c) * H;
+#pragma unroll
+        for (int j = 0; j < CONV_MAXK; j++)
+            if (j < H) sp[j] = snap[j];
+    }
+#pragma unroll
+    for (int j = 0; j < CONV_MAXK; j++)
+        if (j < H) mine[j] = fin[j];
+}
+
 void cu_conv1d(sl_backend *be, sl_tensor *y, const sl_tensor *x, const sl_tensor *w,
                sl_tensor *state, const sl_batch_meta *m)
 {
@@ -64,6 +167,16 @@ void cu_conv1d(sl_backend *be, sl_tensor *y, const sl_tensor *x, const sl_tensor
     SL_ASSERT(state->dtype == SL_DTYPE_F32 && K >= 1 && K <= CONV_MAXK);
     if (cm->n_seqs == 0) return;
     int64_t C = sl_tensor_cols(x);
+    if (cm->max_q_len >= CONV_PAR_MIN && cm->n_tokens > 0) {
+        dim3 gy(cu_blocks(C, 128), (unsigned)((cm->n_tokens + CONV_TT - 1) / CONV_TT));
+        cu_launch(b, k_conv1d_par, gy, 128, 0, cu_mat_of(y), cu_mat_of(x), cu_mat_of(w),
+                  (const float *)state->data, K, cm->q_start, cm->seq_of, cm->state_slot,
+                  cm->state_fresh);
+        dim3 gs(cu_blocks(C, 128), (unsigned)cm->n_seqs);
+        cu_launch(b, k_conv1d_state, gs, 128, 0, cu_mat_of(x), (float *)state->data, K,
+                  cm->q_start, cm->state_slot, cm->state_fresh, cm->track_slot, cm->track_len);
+        return;
+    }
     dim3 grid(cu_blocks(C, 128), (unsigned)cm->n_seqs);
     cu_launch(b, k_conv1d, grid, 128, 0, cu_mat_of(y), cu_mat_of(x), cu_mat_of(w),
               (float *)state->data, K, cm->q_start, cm->state_slot, cm->state_fresh,
@@ -81,8 +194,9 @@ typedef struct cu_gdn_args {
 
 __device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
+// max_len: sequences with more new tokens are left to k_gdn_chunk.
 template <int DK>
-__global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g)
+__global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g, int max_len)
 {
     constexpr int DH = DK / 2; // state rows per thread
     __shared__ float qs[DK], ks[DK], red[32];
@@ -90,6 +204,7 @@ __global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g)
     int tid = threadIdx.x, c = tid >> 1, d0 = (tid & 1) * DH, Dv = g.Dv;
     cu_pdl_wait();
     cu_pdl_trigger();
+    if (g.q_start[s + 1] - g.q_start[s] > max_len) return; // block-uniform
     int64_t sz = (int64_t)DK * Dv, slot_sz = (int64_t)g.Hv * sz;
     float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz;
     float S[DH];
@@ -142,6 +257,332 @@ __global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g)
     for (int d = 0; d < DH; d++) mine[(int64_t)(d0 + d) * Dv + c] = S[d];
 }
 
+
+// ---- chunked form ----------------------------------------------------------------
+//
+// Per sequence, chunks of up to C = 64 tokens; a chunk also ends where the
+// track snapshot is asked for, so the snapshot is always a chunk-end state.
+// Within a chunk (i, j token indices, G the inclusive cumulative log gate
+// from the chunk start, S0 the state at the chunk start):
+//   L  = strictly lower (β_i e^(G_i−G_j) k_i·k_j),   T = (I + L)⁻¹ (fp32)
+//   W  = T diag(β e^G) K,   U = T diag(β) V − W S0          (= v_new)
+//   O  = (Q ⊙ e^G) S0 + (Q Kᵀ ⊙ e^(G_i−G_j), j ≤ i) U
+//   S  = e^(G_last) S0 + (K ⊙ e^(G_last−G))ᵀ U
+// Only differences G_i − G_j with j ≤ i are exponentiated (all ≤ 0). Padding
+// rows of a short chunk have q = k = v = 0, β = 0, g = 0: their L rows and
+// U rows are zero and G stays at the last real token's value.
+// The value columns are independent in all of it, so a block owns BV of
+// them; the chunk-local L, T, W, QKᵀ are recomputed by each column tile.
+
+#define GDN_C 64
+// Sequences with at least this many new tokens take the chunked kernel (a
+// guess, not measured: one chunk costs about what a few recurrent tokens do).
+#define GDN_CHUNK_MIN 16
+
+template <int DK, int BV> struct gdn_smem {
+    static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = BV + 4; // padded row strides
+    static constexpr int Q = 0;                      // [C][LK] q, then q ⊙ e^G
+    static constexpr int K = Q + GDN_C * LK;         // [C][LK] k, then k ⊙ e^(G_last−G)
+    static constexpr int W = K + GDN_C * LK;         // [C][LK] w
+    static constexpr int L = W + GDN_C * LK;         // [C][LC] L, then T diag(β)
+    static constexpr int T = L + GDN_C * LC;         // [C][LC] T, then T diag(β e^G)
+    static constexpr int QK = T + GDN_C * LC;        // [C][LC] masked, decayed q kᵀ
+    static constexpr int V = QK + GDN_C * LC;        // [C][LV] v, then o
+    static constexpr int U = V + GDN_C * LV;         // [C][LV] solve scratch, u, then v_new
+    static constexpr int S = U + GDN_C * LV;         // [DK][LV] state columns, fp32
+    static constexpr int G = S + DK * LV;            // [C] cumulative log gate
+    static constexpr int B = G + GDN_C;              // [C] β
+    static constexpr int FLOATS = B + GDN_C;
+    static constexpr size_t BYTES = FLOATS * sizeof(float);
+    static_assert(Q % 8 == 0 && K % 8 == 0 && W % 8 == 0 && L % 8 == 0 && T % 8 == 0 &&
+                      QK % 8 == 0 && V % 8 == 0 && U % 8 == 0 && S % 8 == 0,
+                  "wmma tiles need 32-byte aligned bases");
+    static_assert(3 * 256 <= GDN_C * LV, "solve scratch");
+};
+
+typedef wmma::fragment<wmma::accumulator, 16, 16, 8, float> gdn_acc;
+
+// c += A·B over nk k-steps of 8. A: 16 x 8nk (layout LA, leading dim lda,
+// astep floats per k-step); B: 8nk x 16 (LB, ldb, bstep). Operands rounded
+// to tf32 (nearest).
+template <class LA, class LB>
+__device__ __forceinline__ void gdn_mma(gdn_acc &c, const float *A, int lda, int astep,
+                                        const float *B, int ldb, int bstep, int nk)
+{
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LA> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LB> b;
+    for (int k = 0; k < nk; k++) {
+        wmma::load_matrix_sync(a, A + k * astep, lda);
+        wmma::load_matrix_sync(b, B + k * bstep, ldb);
+#pragma unroll
+        for (int i = 0; i < a.num_elements; i++) a.x[i] = wmma::__float_to_tf32(a.x[i]);
+#pragma unroll
+        for (int i = 0; i < b.num_elements; i++) b.x[i] = wmma::__float_to_tf32(b.x[i]);
+        wmma::mma_sync(c, a, b, c);
+    }
+}
+
+// Lower-triangular 16x16 tile index (10 tiles of a 4x4 grid) -> (mi, nj).
+__device__ __forceinline__ void gdn_tri(int idx, int &mi, int &nj)
+{
+    mi = idx < 1 ? 0 : idx < 3 ? 1 : idx < 6 ? 2 : 3;
+    nj = idx - mi * (mi + 1) / 2;
+}
+
+// Block (sequence, value head, value-column tile of BV); 256 threads;
+// sequences with fewer than min_len new tokens are left to k_gdn.
+template <int DK, int BV>
+__global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
+{
+    using SM = gdn_smem<DK, BV>;
+    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV, NT = 256, NW = NT / 32;
+    extern __shared__ __align__(128) float sm[];
+    float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ws = sm + SM::W, *Ls = sm + SM::L;
+    float *Ts = sm + SM::T, *QKs = sm + SM::QK, *Vs = sm + SM::V, *Us = sm + SM::U;
+    float *Ss = sm + SM::S, *Gs = sm + SM::G, *Bs = sm + SM::B;
+    const int Dv = g.Dv, nvt = Dv / BV;
+    int s = blockIdx.x / (g.Hv * nvt), rem = blockIdx.x % (g.Hv * nvt);
+    int h = rem / nvt, vt = rem % nvt, kh = h / (g.Hv / g.Hk);
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    int q0 = g.q_start[s], qn = g.q_start[s + 1] - q0;
+    if (qn < min_len) return; // block-uniform
+    int64_t sz = (int64_t)DK * Dv, slot_sz = (int64_t)g.Hv * sz;
+    float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz + vt * BV; // row stride Dv
+    bool fresh = g.state_fresh[s];
+    for (int e = tid; e < DK * BV; e += NT) {
+        int d = e / BV, c = e % BV;
+        Ss[d * LV + c] = fresh ? 0.0f : mine[(int64_t)d * Dv + c];
+    }
+    float Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);
+    float qscale = 1.0f / sqrtf((float)DK);
+    int tslot = g.track_slot[s], tlen = tslot >= 0 ? g.track_len[s] : -1;
+    int64_t koff = (int64_t)g.Hk * DK + (int64_t)kh * DK, qoff = (int64_t)kh * DK;
+    int64_t voff = 2 * (int64_t)g.Hk * DK + (int64_t)h * Dv + vt * BV;
+    int64_t ooff = (int64_t)h * Dv + vt * BV;
+    for (int c0 = 0; c0 < qn;) {
+        int n = min(C, qn - c0);
+        if (c0 < tlen && c0 + n > tlen) n = tlen - c0; // end the chunk at the snapshot
+        int tb = q0 + c0;
+        __syncthreads(); // the previous chunk's readers of Q, K, V (o), G, B are done
+        // q, k: one warp per row, l2-normalised (q also scaled by Dk^-1/2)
+        for (int i = warp; i < C; i += NW) {
+            float qv[DK / 32], kv[DK / 32], qss = 0.0f, kss = 0.0f;
+#pragma unroll
+            for (int j = 0; j < DK / 32; j++) {
+                qv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, qoff + lane + 32 * j) : 0.0f;
+                kv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, koff + lane + 32 * j) : 0.0f;
+                qss += qv[j] * qv[j];
+                kss += kv[j] * kv[j];
+            }
+            qss = cu_warp_sum(qss);
+            kss = cu_warp_sum(kss);
+            float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
+#pragma unroll
+            for (int j = 0; j < DK / 32; j++) {
+                Qs[i * LK + lane + 32 * j] = qv[j] * qi * qscale;
+                Ks[i * LK + lane + 32 * j] = kv[j] * ki;
+            }
+        }
+        for (int e = tid; e < C * BV; e += NT) {
+            int i = e / BV, c = e % BV;
+            Vs[i * LV + c] = i < n ? cu_mat_ld(g.qkv, tb + i, voff + c) : 0.0f;
+        }
+        if (warp == 0) { // gates: lane owns tokens lane and lane + 32; inclusive scan
+            float gl[2];
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                int i = lane + 32 * k;
+                float gi = 0.0f, bi = 0.0f;
+                if (i < n) {
+                    gi = Aexp * softplus(cu_mat_ld(g.a, tb + i, h) + bias);
+                    bi = 1.0f / (1.0f + expf(-cu_mat_ld(g.b, tb + i, h)));
+                }
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    float up = __shfl_up_sync(0xffffffffu, gi, o);
+                    if (lane >= o) gi += up;
+                }
+                gl[k] = gi;
+                Bs[i] = bi;
+            }
+            gl[1] += __shfl_sync(0xffffffffu, gl[0], 31);
+            Gs[lane] = gl[0];
+            Gs[lane + 32] = gl[1];
+        }
+        __syncthreads();
+        // K Kᵀ and Q Kᵀ, lower-triangular tiles (the rest is masked to 0 below)
+        for (int job = warp; job < 20; job += NW) {
+            int mi, nj;
+            gdn_tri(job % 10, mi, nj);
+            const float *A = (job < 10 ? Ks : Qs) + mi * 16 * LK;
+            gdn_acc acc;
+            wmma::fill_fragment(acc, 0.0f);
+            gdn_mma<wmma::row_major, wmma::col_major>(acc, A, LK, 8, Ks + nj * 16 * LK, LK, 8,
+                                                      DK / 8);
+            wmma::store_matrix_sync((job < 10 ? Ls : QKs) + mi * 16 * LC + nj * 16, acc, LC,
+                                    wmma::mem_row_major);
+        }
+        __syncthreads();
+        for (int e = tid; e < C * C; e += NT) {
+            int i = e / C, j = e % C;
+            float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;
+            Ls[i * LC + j] = j < i ? Bs[i] * dec * Ls[i * LC + j] : 0.0f;
+            QKs[i * LC + j] = j <= i ? dec * QKs[i * LC + j] : 0.0f;
+            if ((j >> 4) > (i >> 4)) Ts[i * LC + j] = 0.0f;
+        }
+        __syncthreads();
+        // T = (I + L)^-1: the four 16x16 diagonal blocks by forward
+        // substitution, one column per thread ...
+        if (tid < 64) {
+            int bb = tid >> 4, c = tid & 15;
+            const float *Lb = Ls + bb * 16 * LC + bb * 16;
+            float x[16];
+#pragma unroll
+            for (int r = 0; r < 16; r++) {
+                float acc = r == c ? 1.0f : 0.0f;
+#pragma unroll
+                for (int j = 0; j < r; j++) acc -= Lb[r * LC + j] * x[j];
+                x[r] = r < c ? 0.0f : acc;
+            }
+#pragma unroll
+            for (int r = 0; r < 16; r++) Ts[(bb * 16 + r) * LC + bb * 16 + c] = x[r];
+        }
+        __syncthreads();
+        // ... then block row a: T_ab = −T_aa · Σ_{b<=m<a} L_am T_mb
+        for (int a = 1; a < 4; a++) {
+            for (int e = tid; e < a * 256; e += NT) {
+                int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
+                float acc = 0.0f;
+                for (int J = bb * 16; J < a * 16; J++)
+                    acc += Ls[(a * 16 + r) * LC + J] * Ts[J * LC + bb * 16 + c];
+                Us[e] = acc;
+            }
+            __syncthreads();
+            for (int e = tid; e < a * 256; e += NT) {
+                int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
+                float acc = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 16; j++)
+                    acc += Ts[(a * 16 + r) * LC + a * 16 + j] * Us[(bb << 8) + j * 16 + c];
+                Ts[(a * 16 + r) * LC + bb * 16 + c] = -acc;
+            }
+            __syncthreads();
+        }
+        // T diag(β) into L's place, T diag(β e^G) in place; q ⊙ e^G
+        for (int e = tid; e < C * C; e += NT) {
+            int i = e / C, j = e % C;
+            float tv = Ts[i * LC + j] * Bs[j];
+            Ls[i * LC + j] = tv;
+            Ts[i * LC + j] = tv * expf(Gs[j]);
+        }
+        for (int e = tid; e < C * DK; e += NT) {
+            int i = e / DK, d = e % DK;
+            Qs[i * LK + d] *= expf(Gs[i]);
+        }
+        __syncthreads();
+        // W = T diag(β e^G) K [C x DK];  U = T diag(β) V [C x BV] (T lower: k < 16(mi+1))
+        {
+            constexpr int NWJ = 4 * (DK / 16), NUJ = 4 * (BV / 16);
+            for (int job = warp; job < NWJ + NUJ; job += NW) {
+                gdn_acc acc;
+                wmma::fill_fragment(acc, 0.0f);
+                if (job < NWJ) {
+                    int mi = job / (DK / 16), nd = job % (DK / 16);
+                    gdn_mma<wmma::row_major, wmma::row_major>(acc, Ts + mi * 16 * LC, LC, 8,
+                                                              Ks + nd * 16, LK, 8 * LK,
+                                                              2 * (mi + 1));
+                    wmma::store_matrix_sync(Ws + mi * 16 * LK + nd * 16, acc, LK,
+                                            wmma::mem_row_major);
+                } else {
+                    int jj = job - NWJ, mi = jj / (BV / 16), nv = jj % (BV / 16);
+                    gdn_mma<wmma::row_major, wmma::row_major>(acc, Ls + mi * 16 * LC, LC, 8,
+                                                              Vs + nv * 16, LV, 8 * LV,
+                                                              2 * (mi + 1));
+                    wmma::store_matrix_sync(Us + mi * 16 * LV + nv * 16, acc, LV,
+                                            wmma::mem_row_major);
+                }
+            }
+        }
+        __syncthreads();
+        // v_new = U − W S0;  k ⊙ e^(G_last − G)
+        float glast = Gs[C - 1];
+        for (int job = warp; job < 4 * (BV / 16); job += NW) {
+            int mi = job / (BV / 16), nv = job % (BV / 16);
+            gdn_acc u, ws;
+            wmma::fill_fragment(ws, 0.0f);
+            gdn_mma<wmma::row_major, wmma::row_major>(ws, Ws + mi * 16 * LK, LK, 8, Ss + nv * 16,
+                                                      LV, 8 * LV, DK / 8);
+            float *up = Us + mi * 16 * LV + nv * 16;
+            wmma::load_matrix_sync(u, up, LV, wmma::mem_row_major);
+#pragma unroll
+            for (int i = 0; i < u.num_elements; i++) u.x[i] -= ws.x[i];
+            wmma::store_matrix_sync(up, u, LV, wmma::mem_row_major);
+        }
+        for (int e = tid; e < C * DK; e += NT) {
+            int i = e / DK, d = e % DK;
+            Ks[i * LK + d] *= expf(glast - Gs[i]);
+        }
+        __syncthreads();
+        // O = (Q ⊙ e^G) S0 + QKm v_new, into V's place
+        for (int job = warp; job < 4 * (BV / 16); job += NW) {
+            int mi = job / (BV / 16), nv = job % (BV / 16);
+            gdn_acc o;
+            wmma::fill_fragment(o, 0.0f);
+            gdn_mma<wmma::row_major, wmma::row_major>(o, Qs + mi * 16 * LK, LK, 8, Ss + nv * 16,
+                                                      LV, 8 * LV, DK / 8);
+            gdn_mma<wmma::row_major, wmma::row_major>(o, QKs + mi * 16 * LC, LC, 8, Us + nv * 16,
+                                                      LV, 8 * LV, 2 * (mi + 1));
+            wmma::store_matrix_sync(Vs + mi * 16 * LV + nv * 16, o, LV, wmma::mem_row_major);
+        }
+        __syncthreads();
+        // S = e^(G_last) S0 + (K ⊙ e^(G_last−G))ᵀ v_new; o out
+        {
+            float el = expf(glast);
+            int nk = (n + 7) >> 3; // rows >= n of K and v_new are zero
+            for (int job = warp; job < (DK / 16) * (BV / 16); job += NW) {
+                int md = job / (BV / 16), nv = job % (BV / 16);
+                float *sp = Ss + md * 16 * LV + nv * 16;
+                gdn_acc acc;
+                wmma::load_matrix_sync(acc, sp, LV, wmma::mem_row_major);
+#pragma unroll
+                for (int i = 0; i < acc.num_elements; i++) acc.x[i] *= el;
+                gdn_mma<wmma::col_major, wmma::row_major>(acc, Ks + md * 16, LK, 8 * LK,
+                                                          Us + nv * 16, LV, 8 * LV, nk);
+                wmma::store_matrix_sync(sp, acc, LV, wmma::mem_row_major);
+            }
+            for (int e = tid; e < n * BV; e += NT) {
+                int i = e / BV, c = e % BV;
+                cu_mat_st(g.out, tb + i, ooff + c, Vs[i * LV + c]);
+            }
+        }
+        __syncthreads();
+        if (c0 + n == tlen) {
+            float *snap = g.ssm + (int64_t)tslot * slot_sz + h * sz + vt * BV;
+            for (int e = tid; e < DK * BV; e += NT) {
+                int d = e / BV, c = e % BV;
+                snap[(int64_t)d * Dv + c] = Ss[d * LV + c];
+            }
+        }
+        c0 += n;
+    }
+    for (int e = tid; e < DK * BV; e += NT) {
+        int d = e / BV, c = e % BV;
+        mine[(int64_t)d * Dv + c] = Ss[d * LV + c];
+    }
+}
+
+template <int DK, int BV>
+static void gdn_chunk_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs)
+{
+    size_t smem = gdn_smem<DK, BV>::BYTES;
+    CU_CHECK(cudaFuncSetAttribute(k_gdn_chunk<DK, BV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)smem));
+    unsigned grid = (unsigned)(n_seqs * g.Hv * (g.Dv / BV));
+    cu_launch(b, k_gdn_chunk<DK, BV>, grid, 256, smem, g, GDN_CHUNK_MIN);
+}
+
 void cu_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_tensor *a,
             const sl_tensor *b, const sl_tensor *A_log, const sl_tensor *dt_bias, sl_tensor *ssm,
             int Hk, int Hv, int Dk, int Dv, const sl_batch_meta *m)
@@ -153,6 +594,26 @@ void cu_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_tenso
     cu_gdn_args g = {cu_mat_of(out), cu_mat_of(qkv), cu_mat_of(a), cu_mat_of(b), A_log->data,
                      dt_bias->data, A_log->dtype, dt_bias->dtype, (float *)ssm->data, Hk, Hv, Dv,
                      cm->q_start, cm->state_slot, cm->state_fresh, cm->track_slot, cm->track_len};
-    unsigned grid = (unsigned)(cm->n_seqs * Hv);
-    cu_launch(bk, Dk == 64 ? k_gdn<64> : k_gdn<128>, grid, 2 * Dv, 0, g);
+    // Per sequence: >= GDN_CHUNK_MIN new tokens chunked, fewer recurrent; a
+    // kernel launches only if some sequence is its (each skips the others).
+    int n_long = 0;
+    for (int s = 0; s < cm->n_seqs; s++)
+        n_long += m->q_start[s + 1] - m->q_start[s] >= GDN_CHUNK_MIN;
+    if (Dv % 32 != 0) n_long = 0; // no column tiling: all recurrent
+    if (n_long < cm->n_seqs) {
+        unsigned grid = (unsigned)(cm->n_seqs * Hv);
+        int max_len = n_long ? GDN_CHUNK_MIN - 1 : INT_MAX;
+        cu_launch(bk, Dk == 64 ? k_gdn<64> : k_gdn<128>, grid, 2 * Dv, 0, g, max_len);
+    }
+    if (n_long) {
+        // 64 value columns a block unless that leaves SMs idle (one long prompt)
+        bool wide = Dv % 64 == 0 && (int64_t)n_long * Hv * (Dv / 64) >= bk->n_sm;
+        if (Dk == 64) {
+            if (wide) gdn_chunk_launch<64, 64>(bk, g, cm->n_seqs);
+            else gdn_chunk_launch<64, 32>(bk, g, cm->n_seqs);
+        } else {
+            if (wide) gdn_chunk_launch<128, 64>(bk, g, cm->n_seqs);
+            else gdn_chunk_launch<128, 32>(bk, g, cm->n_seqs);
+        }
+    }
 }
