@@ -289,6 +289,10 @@ int sl_cmd_worker(int argc, char **argv)
         }
     }
     /* every rank loads its shard; the forward runs the collectives on the group's comm */
+    /* the graph warm-up runs forwards (collectives): every rank warms after the
+     * last agree, at the same point, not inside sl_engine_new (the leader builds
+     * its engine before the followers) */
+    c.defer_warmup = tg != NULL;
     sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)f.seed,
                              .quantize_fp8 = f.quantization != NULL, .comm = tg ? sl_group_comm(tg) : NULL};
     SL_LOGI("worker", "loading %s on %s (%s weights)", model, device, dummy ? "dummy" : "checkpoint");
@@ -314,6 +318,7 @@ int sl_cmd_worker(int argc, char **argv)
             if (all && !st) e = ae;
             st = all ? all : st;
         }
+        if (!st) st = sl_engine_warm(g, &e);
     }
     if (st) {
         fprintf(stderr, "sluice worker: %s%s\n", tg ? "tensor-parallel group failed to start: " : "",

@@ -14,7 +14,12 @@
 struct sl_group {
     sl_comm *comm;
     int rank, world, timeout_ms, keep_ms;
-    pthread_mutex_t mu; /* leader: the plan hook (compute thread) vs sl_group_tick */
+    int sync_all; /* SLUICE_GROUP_SYNC_ALL=1: every message carries SYNC (tests) */
+    int stopped;  /* leader: STOP sent; no plan may follow it */
+    /* leader: held from a plan's broadcast to the end of its forward (the
+     * forward's collectives use the same comm), by sl_group_tick while it
+     * sends a KEEP, and by sl_group_stop */
+    pthread_mutex_t mu;
     uint64_t seq;
     int64_t last_send_ms, last_sync_ms;
     sl_plan_buf buf;
@@ -53,6 +58,8 @@ sl_status sl_group_join(sl_group **out, const sl_group_config *c, sl_err *e)
     g->timeout_ms = c->timeout_ms;
     g->keep_ms = c->timeout_ms / 4 < 1000 ? c->timeout_ms / 4 : 1000;
     if (g->keep_ms < 10) g->keep_ms = 10;
+    const char *sa = getenv("SLUICE_GROUP_SYNC_ALL");
+    g->sync_all = sa && !strcmp(sa, "1");
     pthread_mutex_init(&g->mu, NULL);
     g->last_send_ms = g->last_sync_ms = now_ms();
     SL_LOGI("group", "rank %d of %d joined at %s (%s, %s transport)", g->rank, g->world,
@@ -165,11 +172,12 @@ sl_status sl_group_check_sizes(sl_group *g, const sl_engine *eng, sl_err *e)
 /* ---- leader --------------------------------------------------------------------- */
 
 /* Sends one message (header, then body); a SYNC one is followed by a
- * barrier. Caller holds mu. */
+ * barrier, before anything else (a PLAN's forward) uses the comm: the
+ * followers enter it at the same point (sl_group_follow). Caller holds mu. */
 static sl_status send_locked(sl_group *g, sl_plan_header *h, const uint8_t *body, sl_err *e)
 {
     int64_t now = now_ms();
-    if (now - g->last_sync_ms >= g->keep_ms) h->flags |= SL_PLAN_FLAG_SYNC;
+    if (g->sync_all || now - g->last_sync_ms >= g->keep_ms) h->flags |= SL_PLAN_FLAG_SYNC;
     h->seq = ++g->seq;
     uint8_t hdr[SL_PLAN_HEADER_BYTES];
     sl_plan_header_pack(hdr, h);
@@ -183,20 +191,33 @@ static sl_status send_locked(sl_group *g, sl_plan_header *h, const uint8_t *body
     return st ? broken(g, st, e, "a follower is gone or not answering") : SL_OK;
 }
 
+/* The plan hook: broadcasts b and keeps mu until on_plan_end, after b's
+ * forward. Every rank then issues the same collectives in the same order:
+ * the plan's broadcasts (and barrier), the forward's all-reduces and
+ * all-gather; no KEEP or STOP from the main thread lands in the middle. */
 static sl_status on_plan(void *ctx, const sl_sched_batch *b, sl_err *e)
 {
     sl_group *g = ctx;
     pthread_mutex_lock(&g->mu);
     sl_plan_header h = {0};
-    sl_status st = sl_plan_encode(b, &g->buf, &h, e);
+    sl_status st = g->stopped ? sl_err_set(e, SL_ERR_CLOSED, "tensor-parallel group stopped")
+                              : sl_plan_encode(b, &g->buf, &h, e);
     if (!st) st = send_locked(g, &h, g->buf.p, e);
-    pthread_mutex_unlock(&g->mu);
+    if (st) pthread_mutex_unlock(&g->mu);
     return st;
+}
+
+static void on_plan_end(void *ctx)
+{
+    sl_group *g = ctx;
+    pthread_mutex_unlock(&g->mu);
 }
 
 void sl_group_lead(sl_group *g, sl_engine *eng)
 {
-    if (g->world > 1) sl_engine_set_plan_hook(eng, on_plan, g);
+    if (g->world < 2) return;
+    sl_engine_set_plan_hook(eng, on_plan, g);
+    sl_engine_set_plan_end(eng, on_plan_end);
 }
 
 sl_status sl_group_tick(void *ctx, sl_err *e)
@@ -204,7 +225,8 @@ sl_status sl_group_tick(void *ctx, sl_err *e)
     sl_group *g = ctx;
     if (g->world < 2) return SL_OK;
     sl_status st = SL_OK;
-    /* the compute thread may be sending a plan: then the group is not idle */
+    /* the compute thread may be sending a plan or running its forward: then
+     * the group is not idle */
     if (pthread_mutex_trylock(&g->mu)) return SL_OK;
     if (now_ms() - g->last_send_ms >= g->keep_ms) {
         sl_plan_header h = {.kind = SL_PLAN_KIND_KEEP};
@@ -218,6 +240,11 @@ void sl_group_stop(sl_group *g)
 {
     if (!g || g->rank || g->world < 2) return;
     pthread_mutex_lock(&g->mu);
+    if (g->stopped) {
+        pthread_mutex_unlock(&g->mu);
+        return;
+    }
+    g->stopped = 1;
     sl_plan_header h = {.kind = SL_PLAN_KIND_STOP};
     uint8_t hdr[SL_PLAN_HEADER_BYTES];
     h.seq = ++g->seq;
@@ -267,14 +294,19 @@ sl_status sl_group_follow(sl_group *g, sl_engine *eng, volatile sig_atomic_t *st
             }
             if ((st = sl_comm_bcast_bytes(g->comm, g->buf.p, h.body_len, 0, e)))
                 return broken(g, st, e, "the leader (rank 0) is gone or silent");
+        }
+        /* the leader enters the barrier right after sending, before its
+         * forward: so does every follower, or the barrier would pair with
+         * one of the forward's collectives (wrong data over shared memory) */
+        if ((h.flags & SL_PLAN_FLAG_SYNC) && (st = sl_comm_barrier(g->comm, e)))
+            return broken(g, st, e, "the leader (rank 0) is gone or silent");
+        if (h.kind == SL_PLAN_KIND_PLAN) {
             sl_sched_batch b;
             if ((st = sl_plan_decode(&h, g->buf.p, &lim, &b, e)))
                 return broken(g, st, e, "rejected a plan");
             if ((st = sl_engine_follow(eng, &b, e))) return broken(g, st, e, "forward");
             plans++;
         }
-        if ((h.flags & SL_PLAN_FLAG_SYNC) && (st = sl_comm_barrier(g->comm, e)))
-            return broken(g, st, e, "the leader (rank 0) is gone or silent");
     }
     return SL_OK;
 }

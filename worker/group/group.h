@@ -13,10 +13,11 @@
  *   ... load the model with sl_group_comm(tg) ...
  *   sl_group_agree(tg, st, e.msg, &e);                     // everyone loaded?
  *   leader:   sl_engine_new(&g, ...); sl_group_sizes(tg, &c, &g_sched_cfg, &e);
- *             sl_group_agree(...); sl_group_lead(tg, g);
+ *             sl_group_agree(...); sl_engine_warm(g, ...); sl_group_lead(tg, g);
  *             wserver loop with sl_group_tick as its tick; sl_group_stop(tg)
  *   follower: sl_group_sizes(tg, &c, NULL, &e); sl_engine_new(&g, ...);
  *             sl_group_check_sizes(tg, g, &e); sl_group_agree(...);
+ *             sl_engine_warm(g, ...);
  *             sl_group_follow(tg, g, &stop, &e);           // until STOP or failure
  *   sl_group_free(tg);
  *
@@ -27,9 +28,16 @@
  * group within the timeout, busy or idle. Any comm error aborts the comm:
  * peers fail fast.
  *
+ * Order: the forward runs collectives on the same comm, which has no tags,
+ * so every rank issues, per message, the same sequence: header, body, the
+ * SYNC barrier, then the forward (followers: sl_engine_follow, the leader's
+ * forward exactly). The graph warm-up (sl_engine_warm) also runs forwards:
+ * every rank warms after the last agree (the engine defers it).
+ *
  * Threads: the plan hook runs on the engine's compute thread, sl_group_tick
- * on the leader's main thread; a mutex orders them. Everything else: one
- * thread.
+ * and sl_group_stop on the leader's main thread; a mutex orders them, held by
+ * the hook from the plan's broadcast to the end of its forward. Everything
+ * else: one thread.
  */
 #ifndef SL_GROUP_H
 #define SL_GROUP_H

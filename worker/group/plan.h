@@ -15,9 +15,10 @@
  *               track_len[S] copy_dst[C] copy_src[C] rows[R]
  *
  * Kinds: PLAN (a batch: the follower runs it with sl_engine_follow), KEEP
- * (no body: the leader is idle but alive; with flag SYNC every rank then
- * enters sl_comm_barrier, which is how a stopped rank is noticed), STOP (no
- * body: the leader shuts down cleanly; followers exit 0).
+ * (no body: the leader is idle but alive), STOP (no body: the leader shuts
+ * down cleanly; followers exit 0). Flag SYNC (any kind): every rank enters
+ * sl_comm_barrier right after the message, before a PLAN's forward (whose
+ * collectives share the comm), which is how a stopped rank is noticed.
  *
  * Validation (sl_plan_decode): the same discipline as the router link. A
  * follower never trusts the leader's bytes: the header's magic, version,

@@ -57,6 +57,7 @@ struct sl_engine {
     sl_engine_logits_fn hook;
     void *hook_ctx;
     sl_engine_plan_fn plan;
+    sl_engine_plan_end_fn plan_end;
     void *plan_ctx;
     /* compute thread hand-off: only tickets cross the lock. Ticket t (1, 2,
      * ...) is the t-th batch launched; the leader puts it in ring[t % RING]
@@ -124,8 +125,13 @@ static sl_status copy_and_forward(sl_engine *g, const sl_sched_batch *b, sl_batc
 
 sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e)
 {
+    /* the leader's forward exactly: with a plan hook every fed id is on the
+     * host (no feed), and the token buffer is this engine's own, as the
+     * leader's is (a decode graph captured for it is replayed, not
+     * recaptured every step) */
     sl_batch_meta meta;
     forward_meta(b, &meta);
+    meta.feed_ids = g->tok.data;
     return copy_and_forward(g, b, &meta, e);
 }
 
@@ -256,8 +262,16 @@ static sl_status launch_batch(sl_engine *g, sl_sched_batch *b, flight *f, sl_err
     if (g->timing) st = sl_be_event_record(g->be, f->start, e);
     if (!st) st = lookup_samplers(g, b, f, e);
     if (!st) st = resolve_inputs(g, f, e);
-    if (!st && g->plan) st = g->plan(g->plan_ctx, b, e);
-    if (!st) st = copy_and_forward(g, b, &f->meta, e);
+    if (!st && g->plan) {
+        /* the plan's broadcast and the forward's collectives are one
+         * section: plan_end closes it whatever the forward returned */
+        if (!(st = g->plan(g->plan_ctx, b, e))) {
+            st = copy_and_forward(g, b, &f->meta, e);
+            if (g->plan_end) g->plan_end(g->plan_ctx);
+        }
+    } else if (!st) {
+        st = copy_and_forward(g, b, &f->meta, e);
+    }
     if (st || !b->n_rows) return st ? st : sl_be_event_record(g->be, f->done, e);
     SL_ASSERT(b->n_rows <= g->cap);
     sl_tensor lv = sl_tensor_rowview(&g->logits, 0, b->n_rows);
@@ -464,8 +478,14 @@ static sl_status runner_alloc(sl_engine *g, const sl_engine_config *c, int ctx, 
     if (st || c->graph_max_bs <= 0 || !sl_be_has_graphs(g->be)) return st;
     int bs = c->graph_max_bs < g->cap ? c->graph_max_bs : g->cap;
     st = sl_model_enable_graphs(g->m, bs, ctx, e);
-    if (!st) st = sl_model_warm_graphs(g->m, &g->cache, &g->logits, g->tok.data, e);
+    if (!st && !c->defer_warmup) st = sl_engine_warm(g, e);
     return st;
+}
+
+sl_status sl_engine_warm(sl_engine *g, sl_err *e)
+{
+    if (sl_model_graph_max_bs(g->m) <= 0) return SL_OK;
+    return sl_model_warm_graphs(g->m, &g->cache, &g->logits, g->tok.data, e);
 }
 
 sl_status sl_engine_new(sl_engine **out, sl_model *m, const sl_engine_config *c, sl_err *e)
@@ -667,7 +687,13 @@ const sl_sched_config *sl_engine_sched_config(const sl_engine *g)
 void sl_engine_set_plan_hook(sl_engine *g, sl_engine_plan_fn fn, void *ctx)
 {
     g->plan = fn;
+    g->plan_end = NULL;
     g->plan_ctx = ctx;
+}
+
+void sl_engine_set_plan_end(sl_engine *g, sl_engine_plan_end_fn end)
+{
+    g->plan_end = end;
 }
 
 void sl_engine_get_gaps(const sl_engine *g, sl_engine_gaps *out)

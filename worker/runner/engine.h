@@ -64,6 +64,9 @@ typedef struct sl_engine_config {
     int disable_radix;  /* --disable-radix-cache */
     int graph_max_bs;   /* --cuda-graph-max-bs (256; 0 with --disable-cuda-graph) */
     int step_timing;    /* --step-timing: time decode steps on the device */
+    int defer_warmup;   /* graphs are warmed by sl_engine_warm, not sl_engine_new (a
+                           tensor-parallel group: the warm-up forwards run collectives,
+                           so every rank warms at the same point of its start-up) */
 } sl_engine_config;
 
 void sl_engine_config_default(sl_engine_config *c);
@@ -73,6 +76,9 @@ typedef struct sl_engine sl_engine;
 /* Sizes the pools, allocates the cache and starts the compute thread. The
  * engine uses m but does not own it. */
 sl_status sl_engine_new(sl_engine **out, sl_model *m, const sl_engine_config *c, sl_err *e);
+/* Captures the decode graphs (forwards of every bucket; a no-op without
+ * graphs). sl_engine_new calls it unless c->defer_warmup. */
+sl_status sl_engine_warm(sl_engine *g, sl_err *e);
 /* Finishes batches in flight, stops the thread, frees the cache. */
 void sl_engine_free(sl_engine *g);
 
@@ -95,6 +101,13 @@ const sl_sched_config *sl_engine_sched_config(const sl_engine *g);
  * fails the step. */
 typedef sl_status (*sl_engine_plan_fn)(void *ctx, const sl_sched_batch *b, sl_err *e);
 void sl_engine_set_plan_hook(sl_engine *g, sl_engine_plan_fn fn, void *ctx);
+/* Optional (set after the hook, same ctx): called on the runner right after
+ * the forward of every batch whose plan hook returned SL_OK, whatever the
+ * forward returned. Hook, forward and end are one section: under tensor
+ * parallelism the forward runs collectives on the group's comm, and nothing
+ * else (a keep-alive from another thread) may use the comm in between. */
+typedef void (*sl_engine_plan_end_fn)(void *ctx);
+void sl_engine_set_plan_end(sl_engine *g, sl_engine_plan_end_fn end);
 /* Follower side: runs a received batch (state copies + forward) on this
  * engine's model and cache, without scheduling or sampling (its sampler ids
  * are rank 0's and are not looked up). */
