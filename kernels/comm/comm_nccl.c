@@ -193,7 +193,8 @@ static sl_status nccl_sync(sl_comm *c, sl_err *e)
         return sl_err_set(e, SL_ERR_INVALID, "sl_comm_sync inside a graph capture");
     int64_t deadline = comm_deadline(c);
     cudaError_t ce = cudaEventRecord(n->done, n->stream);
-    while (ce == cudaSuccess && (ce = cudaEventQuery(n->done)) == cudaErrorNotReady) {
+    if (ce == cudaSuccess) ce = cudaEventQuery(n->done);
+    for (; ce == cudaErrorNotReady; ce = cudaEventQuery(n->done)) {
         ncclResult_t ar = ncclSuccess;
         ncclCommGetAsyncError(n->comm, &ar);
         if (ar != ncclSuccess && ar != ncclInProgress)
