@@ -64,6 +64,8 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
         "on SIGTERM, how long in-flight responses may finish (30000)");
     OPT("--migration-limit", NULL, SL_OPT_INT, &cli->migration_limit,
         "times one choice may move to another worker when its worker dies (3; 0: fail)");
+    OPT("--link-secret-file", NULL, SL_OPT_STR, &cli->link_secret_file,
+        "shared secret workers must prove (default: $SLUICE_LINK_SECRET; none: unauthenticated)");
 #undef OPT
     return n;
 }
@@ -113,6 +115,8 @@ static sl_status opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_err *
     if (cli->migration_limit < 0)
         return sl_err_set(e, SL_ERR_INVALID, "--migration-limit %d: expected >= 0",
                           cli->migration_limit);
+    if (sl_link_secret_load(&cli->link_secret, cli->link_secret_file, e)) return SL_ERR_INVALID;
+    cfg->cluster.secret = cli->link_secret.len ? &cli->link_secret : NULL;
     cfg->migration_limit = cli->migration_limit;
     cfg->route.cache_threshold = cli->cache_threshold;
     cfg->route.balance_abs_threshold = cli->balance_abs_threshold;

@@ -11,6 +11,7 @@
 #ifndef SL_ROUTER_OPTS_H
 #define SL_ROUTER_OPTS_H
 
+#include "link_auth.h"
 #include "router.h"
 #include "sl_opts.h"
 
@@ -26,6 +27,8 @@ typedef struct sl_router_cli {
     int heartbeat_ms, dead_after_ms, dns_refresh_ms, keepalive_ms, drain_timeout_ms;
     int migration_limit;
     sl_strs workers, worker_dns;
+    const char *link_secret_file;
+    sl_link_secret link_secret; /* loaded by the parse; cfg->cluster.secret points here */
 } sl_router_cli;
 
 int sl_router_opts(sl_opt *opts, sl_router_cli *cli, sl_router_config *cfg);

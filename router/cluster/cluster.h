@@ -7,6 +7,10 @@
  * worker per address). nng redials on its own, so a router restart needs no
  * worker restart and a restarted worker rejoins by itself.
  *
+ * Authentication: with cfg->secret every pipe starts with the handshake of
+ * proto/link_auth.h (the worker challenges, the router answers and checks
+ * the worker's proof); a worker becomes reachable only after it.
+ *
  * Liveness: the router pings every heartbeat_ms; the worker answers with a
  * pong and a LoadReport. A worker is alive while its pipe is up and it was
  * heard from within dead_after_ms. When its pipe drops, it goes silent, or it
@@ -47,6 +51,11 @@ typedef struct sl_cluster_config {
     unsigned dead_after_ms;
     unsigned dns_refresh_ms;
     unsigned reconnect_ms; /* nng redial interval */
+    /* Link secret (proto/link_auth.h; NULL or len 0: none). With one, a
+     * worker's pipe carries nothing but the handshake until the worker has
+     * proved it knows the secret: no ping, no request, and what it sends
+     * is ignored; a wrong proof closes the pipe. Owned by the caller. */
+    const struct sl_link_secret *secret;
 } sl_cluster_config;
 
 sl_cluster_config sl_cluster_config_default(void);
