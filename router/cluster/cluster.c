@@ -49,6 +49,7 @@ typedef struct worker {
     uint64_t pipe_up_ms;
     uint8_t nw[SL_LINK_NONCE], nr[SL_LINK_NONCE];
     int answered; /* sent our RESPONSE on this pipe */
+    int refused;  /* failed the handshake: everything from this pipe is ignored */
 } worker;
 
 typedef struct gen {
@@ -267,10 +268,13 @@ static int authenticating(const sl_cluster *cl)
     return cl->cfg.secret && cl->cfg.secret->len;
 }
 
+/* The pipe is ignored from now on (not closed: closing a pipe from here can
+ * hang nng 1.5's reaper; a worker that fails the handshake gets nothing). */
 static void refuse(worker *w, nng_pipe p, const char *why)
 {
-    SL_LOGW("cluster", "worker %s refused: %s", w->url, why);
-    nng_pipe_close(p);
+    (void)p;
+    if (!w->refused) SL_LOGW("cluster", "worker %s refused: %s", w->url, why);
+    w->refused = 1;
 }
 
 /* The handshake on a worker's pipe (link_auth.h): answer its challenge,
@@ -318,13 +322,15 @@ static void handle_msg(sl_cluster *cl, worker *w, nng_msg *m)
         env->auth->step == SLUICE__LINK_STEP__LINK_CHALLENGE && pid != w->pipe) {
         /* a new pipe's challenge may come before its pipe event */
         w->pipe = pid;
-        w->authed = w->answered = w->auth_warned = 0;
+        w->authed = w->answered = w->auth_warned = w->refused = 0;
         w->pipe_up_ms = now_ms();
     }
     if (authenticating(cl) && (!w->authed || pid != w->pipe)) {
         /* nothing counts before the handshake, not even as a sign of life */
         if (pid != w->pipe)
             ; /* a pipe already gone */
+        else if (w->refused)
+            ; /* until the pipe goes */
         else if (env->msg_case == SLUICE__ENVELOPE__MSG_AUTH)
             handle_auth(cl, w, p, env->auth);
         else
@@ -372,13 +378,13 @@ static void on_async(uv_async_t *a)
             w->piped++;
             if (ev->pipe != w->pipe) { /* else its challenge came first */
                 w->pipe = ev->pipe;
-                w->authed = w->answered = w->auth_warned = 0;
+                w->authed = w->answered = w->auth_warned = w->refused = 0;
                 w->pipe_up_ms = now_ms();
             }
             if (!authenticating(cl))
                 send_ping(w); /* the pong's load report makes it alive */
         } else {
-            if (ev->pipe == w->pipe) w->authed = w->answered = 0;
+            if (ev->pipe == w->pipe) w->authed = w->answered = w->refused = 0;
             if (--w->piped <= 0) {
                 w->piped = 0;
                 set_alive(cl, w->idx, 0, "disconnected");
@@ -458,7 +464,7 @@ static void on_timer(uv_timer_t *t)
         worker *w = cl->w[i];
         if (!w->piped) continue;
         if (authenticating(cl) && !w->authed) {
-            if (!w->auth_warned && now - w->pipe_up_ms > cl->cfg.dead_after_ms) {
+            if (!w->auth_warned && !w->refused && now - w->pipe_up_ms > cl->cfg.dead_after_ms) {
                 w->auth_warned = 1;
                 SL_LOGW("cluster", "worker %s connected but has not authenticated (does it have "
                                    "the link secret?)", w->url);

@@ -54,7 +54,7 @@ typedef struct sl_cluster_config {
     /* Link secret (proto/link_auth.h; NULL or len 0: none). With one, a
      * worker's pipe carries nothing but the handshake until the worker has
      * proved it knows the secret: no ping, no request, and what it sends
-     * is ignored; a wrong proof closes the pipe. Owned by the caller. */
+     * is ignored; after a wrong proof the pipe is ignored. Owned by the caller. */
     const struct sl_link_secret *secret;
 } sl_cluster_config;
 

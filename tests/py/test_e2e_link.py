@@ -187,7 +187,7 @@ def test_fake_worker_gets_nothing(procs, model, with_secret):
         r, port = start_router(procs, model, [f"ipc://{path}"], *extra,
                                alive=0 if with_secret else 1)
         if with_secret:
-            wait_for(lambda: fake.pipes >= 2, "the router to redial the refused fake", 20)
+            wait_for(lambda: "refused" in procs.log_of(r), "the router to refuse the fake", 20)
         c = client(port, timeout=5)
         try:
             c.completions.create(model="tiny", prompt="secret prompt", max_tokens=4)

@@ -79,6 +79,17 @@ static void log_send(int rv, int lossy)
         SL_LOGW("wserver", "dropped an outgoing message: %s", nng_strerror(rv));
 }
 
+enum { SENDBUF = 8192 };
+
+/* Drops what waits in the socket's send queue: PAIR1 keeps it across pipes
+ * and would hand it to whoever connects next (resizing the queue frees
+ * what does not fit). */
+static void purge_sendq(server *sv)
+{
+    nng_socket_set_int(sv->sock, NNG_OPT_SENDBUF, 0);
+    nng_socket_set_int(sv->sock, NNG_OPT_SENDBUF, SENDBUF);
+}
+
 static void send_chunk(server *sv, Sluice__TokenChunk *ch)
 {
     int rv = sl_wire_send_chunk(sv->sock, ch, NNG_FLAG_NONBLOCK);
@@ -354,7 +365,10 @@ static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
         if (was_router) sv->router_pipe = 0;
         if (sv->pending_pipe == id) sv->pending_pipe = 0;
         pthread_mutex_unlock(&sv->mu);
-        if (was_router) inbox_push(sv, NULL); /* abort what that router asked for */
+        if (was_router) {
+            purge_sendq(sv);
+            inbox_push(sv, NULL); /* abort what that router asked for */
+        }
     }
 }
 
@@ -417,6 +431,10 @@ static void on_message(server *sv, nng_msg *m)
             sluice__envelope__free_unpacked(env, NULL);
             return;
         }
+    } else {
+        pthread_mutex_lock(&sv->mu);
+        if (!sv->router_pipe) sv->router_pipe = (uint32_t)nng_pipe_id(p); /* before its event */
+        pthread_mutex_unlock(&sv->mu);
     }
     atomic_store(&sv->peer_gone, 0);
     switch (env->msg_case) {
@@ -479,6 +497,7 @@ static void router_gone(server *sv)
     sl_sched_event ev;
     while (sl_engine_pop_event(sv->g, &ev)) {
     }
+    if (!link_up(sv)) purge_sendq(sv); /* a chunk sent as the pipe went */
     if (n)
         SL_LOGW("wserver", "router disconnected: aborted %d requests", n);
     else
@@ -532,6 +551,11 @@ static void take_inbox(server *sv, int wait_ms)
 static void flush_events(server *sv, const char *error_text)
 {
     sl_sched_event ev, next;
+    if (!link_up(sv)) { /* no router to read them: never queue them for the next peer */
+        while (sl_engine_pop_event(sv->g, &ev)) {
+        }
+        return;
+    }
     int have_next = sl_engine_pop_event(sv->g, &next);
     while (have_next) {
         ev = next;
@@ -614,7 +638,7 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         return sl_err_set(e, SL_ERR_IO, "nng socket: %s", nng_strerror(rv));
     }
     nng_setopt_size(sv.sock, NNG_OPT_RECVMAXSZ, SL_WSERVER_MAX_MSG);
-    nng_setopt_int(sv.sock, NNG_OPT_SENDBUF, 8192); /* token chunks in flight */
+    nng_setopt_int(sv.sock, NNG_OPT_SENDBUF, SENDBUF); /* token chunks in flight */
     nng_setopt_int(sv.sock, NNG_OPT_RECVBUF, 1024);
     nng_setopt_ms(sv.sock, NNG_OPT_SENDTIMEO, 2000);
     nng_setopt_ms(sv.sock, NNG_OPT_RECVTIMEO, 100);
