@@ -591,7 +591,9 @@ void sl_cluster_info(const sl_cluster *cl, int i, sl_worker_info *o)
                           .cache_hit_rate = w->load.cache_hit_rate,
                           .model = w->model,
                           .worker_id = w->load.worker_id,
-                          .failures = w->failures};
+                          .failures = w->failures,
+                          .steps = w->load.steps,
+                          .busy_ms = w->load.busy_ms};
 }
 
 sl_status sl_cluster_submit(sl_cluster *cl, int worker_idx, Sluice__GenerateRequest *g,

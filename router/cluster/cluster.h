@@ -76,6 +76,11 @@ typedef struct sl_worker_info {
     const char *model; /* "" until the first load report */
     uint64_t worker_id;
     uint64_t failures; /* times it was declared dead */
+    /* from its last load report: engine steps run, and how long the step
+     * then running had taken (0: idle). A worker answers pings during a
+     * step, so a large busy_ms with fresh reports is a long step, not a hang. */
+    uint64_t steps;
+    int64_t busy_ms;
 } sl_worker_info;
 
 /* Called on the loop when a worker becomes alive (alive = 1) or dead. */
