@@ -2,10 +2,10 @@
 
 #include <math.h>
 #include <nng/nng.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <nng/protocol/pair1/pair.h>
 #include <nng/supplemental/util/platform.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,8 +118,8 @@ static void send_load_published(server *sv)
     st = sv->stats;
     uint64_t steps = sv->steps;
     int64_t busy = sv->step_start_ms ? now_ms() - sv->step_start_ms : 0;
+    if (busy < 1 && sv->step_start_ms) busy = 1; /* running, even if just begun */
     pthread_mutex_unlock(&sv->mu);
-    if (busy < 1 && sv->step_start_ms) busy = 1;
     Sluice__LoadReport lr = SLUICE__LOAD_REPORT__INIT;
     lr.running = st.running;
     lr.queued = st.queued;
@@ -506,7 +506,7 @@ static void router_gone(server *sv)
 
 /* Takes what the link thread queued (waiting up to wait_ms for something
  * when there is nothing) and applies it: generates and disconnects in
- * order, then the aborts. */
+ * order, then the aborts; publishes the new state when anything came. */
 static void take_inbox(server *sv, int wait_ms)
 {
     pthread_mutex_lock(&sv->mu);
@@ -527,6 +527,7 @@ static void take_inbox(server *sv, int wait_ms)
         sv->n_aborts = 0;
     }
     pthread_mutex_unlock(&sv->mu);
+    int any = it || aborts;
     while (it) {
         inbox_item *nx = it->next;
         if (it->env) {
@@ -542,6 +543,7 @@ static void take_inbox(server *sv, int wait_ms)
         if (!sl_engine_abort(sv->g, aborts[i]))
             SL_LOGD("wserver", "abort of unknown request %llu", (unsigned long long)aborts[i]);
     free(aborts);
+    if (any) publish(sv, 0); /* pongs before the next step see the aborts */
 }
 
 /* ---- results -------------------------------------------------------------------- */
