@@ -93,8 +93,8 @@ static void watch_stopping(void *ud)
     uv_close((uv_handle_t *)&w->sigchld, NULL);
 }
 
-/* A private directory for the sockets and a random secret in it (hex, 0600);
- * returns 0, or -1 after printing why. */
+/* A private directory for the sockets and, unless secret_path is NULL, a
+ * random secret in it (hex, 0600); returns 0, or -1 after printing why. */
 static int make_private_dir(char *dir, size_t cap, char *secret_path, size_t scap)
 {
     const char *tmp = getenv("TMPDIR");
@@ -104,6 +104,7 @@ static int make_private_dir(char *dir, size_t cap, char *secret_path, size_t sca
         return -1;
     }
     chmod(dir, 0700);
+    if (!secret_path) return 0;
     snprintf(secret_path, scap, "%s/link-secret", dir);
     uint8_t raw[32];
     char hex[2 * sizeof raw + 2];
@@ -160,7 +161,8 @@ int sl_cmd_serve(int argc, char **argv)
     }
     static char urls[MAX_DP][4200], dir[4096], secret_path[4200];
     pid_t pids[MAX_DP] = {0};
-    if (make_private_dir(dir, sizeof dir, secret_path, sizeof secret_path)) {
+    if (make_private_dir(dir, sizeof dir, cli.link_secret_file ? NULL : secret_path,
+                         sizeof secret_path)) {
         if (dir[0] && !strstr(dir, "XXXXXX")) rmdir(dir);
         return 1;
     }
@@ -237,7 +239,7 @@ int sl_cmd_serve(int argc, char **argv)
     for (int g = 0; g < dp; g++)
         if (pids[g] > 0) waitpid(pids[g], NULL, 0);
     for (int g = 0; g < dp; g++) unlink(urls[g] + strlen("ipc://"));
-    unlink(secret_path);
+    if (secret_path[0]) unlink(secret_path);
     rmdir(dir);
     return rc;
 }

@@ -231,11 +231,23 @@ def test_fake_router_refused(procs, model):
     wait_for(listening, "the worker to listen", 90, step=0.3)
     time.sleep(0.5)  # the probe's pipe is closed (refused) before the fake connects
 
+    def challenged():
+        """A connection that got the worker's challenge (PAIR1 refuses a new
+        pipe until the last one is fully gone: retry)."""
+        for _ in range(50):
+            c = SPConn(socket.create_connection(("127.0.0.1", tcp_port)), ipc=False)
+            try:
+                assert envelope_kind(c.recv()) == 7
+                return c
+            except (ConnectionError, OSError):
+                c.close()
+                time.sleep(0.2)
+        raise AssertionError("the worker never challenged")
+
     def fake_router():
-        c = SPConn(socket.create_connection(("127.0.0.1", tcp_port)), ipc=False)
-        kinds = []
+        c = challenged()
+        kinds = [7]
         try:
-            kinds.append(envelope_kind(c.recv()))  # the worker's challenge
             c.send(field(5, vfield(1, 1)))  # a ping, unauthenticated
             gen = vfield(1, 42) + field(2, bytes([1, 2, 3])) + vfield(4, 4)
             c.send(field(1, gen))
@@ -251,8 +263,7 @@ def test_fake_router_refused(procs, model):
     assert kinds == [7], f"an unauthenticated router got {kinds}"
     assert "refused a peer" in procs.log_of(w)
     # a forged answer to the challenge is refused too
-    c = SPConn(socket.create_connection(("127.0.0.1", tcp_port)), ipc=False)
-    assert envelope_kind(c.recv()) == 7
+    c = challenged()
     c.send(field(7, vfield(1, 2) + field(2, os.urandom(32)) + field(3, os.urandom(32))))
     with pytest.raises((ConnectionError, OSError)):
         while True:
