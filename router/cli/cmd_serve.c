@@ -7,18 +7,24 @@
  * uses cuda:g*N .. cuda:g*N+N-1. A group that exits leaves the others
  * serving (the router migrates its requests); serve stops (exit 1) when no
  * group is left. On SIGINT/SIGTERM the router drains and the workers are
- * stopped; they also die with this process if it is killed. */
+ * stopped; they also die with this process if it is killed.
+ *
+ * The router link is private: the sockets live in a fresh mkdtemp
+ * directory (0700; sockets 0600) and every pipe is authenticated with a
+ * random secret (proto/link_auth.h) written to a 0600 file there, unless
+ * --link-secret-file names one. The directory goes away on exit. */
 #include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <netdb.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -150,6 +156,38 @@ static void watch_stopping(void *ud)
     uv_close((uv_handle_t *)&w->sigchld, NULL);
 }
 
+/* A private directory for the sockets and, unless secret_path is NULL, a
+ * random secret in it (hex, 0600); returns 0, or -1 after printing why. */
+static int make_private_dir(char *dir, size_t cap, char *secret_path, size_t scap)
+{
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, cap, "%s/sluice-serve-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "serve: cannot create a private directory in %s\n", tmp ? tmp : "/tmp");
+        return -1;
+    }
+    chmod(dir, 0700);
+    if (!secret_path) return 0;
+    snprintf(secret_path, scap, "%s/link-secret", dir);
+    uint8_t raw[32];
+    char hex[2 * sizeof raw + 2];
+    if (sl_link_random(raw, sizeof raw)) {
+        fprintf(stderr, "serve: no random bytes for the link secret\n");
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof raw; i++) snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+    hex[2 * sizeof raw] = '\n';
+    int fd = open(secret_path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
+    ssize_t n = fd >= 0 ? write(fd, hex, 2 * sizeof raw + 1) : -1;
+    if (fd >= 0) close(fd);
+    if (n != (ssize_t)(2 * sizeof raw + 1)) {
+        fprintf(stderr, "serve: cannot write %s\n", secret_path);
+        unlink(secret_path);
+        return -1;
+    }
+    return 0;
+}
+
 static char **argv_dup(char **argv)
 {
     int n = 0;
@@ -222,15 +260,31 @@ int sl_cmd_serve(int argc, char **argv)
         fprintf(stderr, "serve: --dp-size 1..%d and --tp-size 1..64\n", MAX_DP);
         return 2;
     }
-    static char urls[MAX_DP][128];
+    static char urls[MAX_DP][4200], dir[4096], secret_path[4200];
     pid_t pids[MAX_DP] = {0};
     static watch w;
     w.pids = pids;
+    if (make_private_dir(dir, sizeof dir, cli.link_secret_file ? NULL : secret_path,
+                         sizeof secret_path)) {
+        if (dir[0] && !strstr(dir, "XXXXXX")) rmdir(dir);
+        return 1;
+    }
+    const char *link_secret = cli.link_secret_file ? cli.link_secret_file : secret_path;
+    if (!cli.link_secret_file) {
+        sl_err e = {0};
+        if (sl_link_secret_load(&cli.link_secret, secret_path, &e)) {
+            fprintf(stderr, "serve: %s\n", e.msg);
+            unlink(secret_path);
+            rmdir(dir);
+            return 1;
+        }
+        cfg.cluster.secret = &cli.link_secret;
+    }
     char ctx[32], dev[32], tps[16], addr[MAX_DP][48];
     snprintf(tps, sizeof tps, "%d", tp);
     snprintf(ctx, sizeof ctx, "%d", cfg.context_length);
     for (int g = 0; g < dp; g++) {
-        snprintf(urls[g], sizeof urls[g], "ipc:///tmp/sluice-serve-%d-%d.ipc", (int)getpid(), g);
+        snprintf(urls[g], sizeof urls[g], "ipc://%s/worker-%d.ipc", dir, g);
         if (!strcmp(device, "cuda"))
             snprintf(dev, sizeof dev, "cuda:%d", g * tp);
         else
@@ -247,6 +301,8 @@ int sl_cmd_serve(int argc, char **argv)
         wargv[k++] = dev;
         wargv[k++] = "--served-model-name";
         wargv[k++] = (char *)cfg.served_model_name;
+        wargv[k++] = "--link-secret-file";
+        wargv[k++] = (char *)link_secret;
         if (cfg.context_length > 0) {
             wargv[k++] = "--context-length";
             wargv[k++] = ctx;
@@ -291,5 +347,7 @@ int sl_cmd_serve(int argc, char **argv)
         for (char **a = w.argv[g]; a && *a; a++) free(*a);
         free(w.argv[g]);
     }
+    if (secret_path[0]) unlink(secret_path);
+    rmdir(dir);
     return rc;
 }

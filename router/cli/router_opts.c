@@ -109,6 +109,8 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
         "none; others accepted with a warning (no constrained decoding)");
     OPT("--max-prefill-tokens", NULL, SL_OPT_STR, &cli->max_prefill_tokens,
         "serve: prefill tokens per batch (--chunked-prefill-size when that is not given)");
+    OPT("--link-secret-file", NULL, SL_OPT_STR, &cli->link_secret_file,
+        "shared secret workers must prove (default: $SLUICE_LINK_SECRET; none: unauthenticated)");
 #undef OPT
     return n;
 }
@@ -343,6 +345,8 @@ static sl_status opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_err *
     if (cli->migration_limit < 0)
         return sl_err_set(e, SL_ERR_INVALID, "--migration-limit %d: expected >= 0",
                           cli->migration_limit);
+    if (sl_link_secret_load(&cli->link_secret, cli->link_secret_file, e)) return SL_ERR_INVALID;
+    cfg->cluster.secret = cli->link_secret.len ? &cli->link_secret : NULL;
     cfg->migration_limit = cli->migration_limit;
     if (cli->max_connections < 1 || cli->max_buffered_bytes < cli->max_body_bytes ||
         cli->body_timeout_ms < 100)

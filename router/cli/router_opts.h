@@ -11,6 +11,7 @@
 #ifndef SL_ROUTER_OPTS_H
 #define SL_ROUTER_OPTS_H
 
+#include "link_auth.h"
 #include "router.h"
 #include "sl_opts.h"
 
@@ -35,6 +36,8 @@ typedef struct sl_router_cli {
     const char *log_level, *tokenizer_path, *dtype, *kv_cache_dtype, *mamba_ssm_dtype;
     const char *schedule_policy, *attention_backend, *grammar_backend, *max_prefill_tokens;
     int enable_metrics, trust_remote_code, skip_server_warmup, allow_auto_truncate;
+    const char *link_secret_file;
+    sl_link_secret link_secret; /* loaded by the parse; cfg->cluster.secret points here */
 } sl_router_cli;
 
 int sl_router_opts(sl_opt *opts, sl_router_cli *cli, sl_router_config *cfg);

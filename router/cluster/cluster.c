@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "link_auth.h"
 #include "sl_log.h"
 #include "wire.h"
 
@@ -19,6 +20,7 @@ typedef struct event {
     struct event *next;
     int worker;
     int kind;
+    uint32_t pipe; /* pipe events */
     nng_msg *msg;
 } event;
 
@@ -49,6 +51,14 @@ typedef struct worker {
     size_t outq_head, nout, capout;
     char model[128];
     uint64_t failures;
+    /* link authentication (cfg.secret) */
+    uint32_t pipe;   /* the pipe last reported up */
+    int authed;      /* that pipe passed the handshake */
+    int auth_warned; /* logged that it has not, once per pipe */
+    uint64_t pipe_up_ms;
+    uint8_t nw[SL_LINK_NONCE], nr[SL_LINK_NONCE];
+    int answered; /* sent our RESPONSE on this pipe */
+    int refused;  /* failed the handshake: everything from this pipe is ignored */
 } worker;
 
 typedef struct gen {
@@ -98,7 +108,7 @@ static uint64_t now_ms(void) { return uv_hrtime() / 1000000u; }
 
 /* ----------------------------------------------------------- nng threads */
 
-static void push_event(worker *w, int kind, nng_msg *m)
+static void push_event(worker *w, int kind, nng_msg *m, uint32_t pipe)
 {
     event *ev = malloc(sizeof *ev);
     if (!ev) {
@@ -109,6 +119,7 @@ static void push_event(worker *w, int kind, nng_msg *m)
     ev->worker = w->idx;
     ev->kind = kind;
     ev->msg = m;
+    ev->pipe = pipe;
     sl_cluster *cl = w->cl;
     uv_mutex_lock(&cl->mu);
     if (cl->q_tail)
@@ -125,13 +136,14 @@ static void on_recv(void *arg)
     worker *w = arg;
     int rv = nng_aio_result(w->aio);
     if (rv == NNG_ECLOSED || rv == NNG_ECANCELED) return;
-    if (rv == 0) push_event(w, EV_MSG, nng_aio_get_msg(w->aio));
+    if (rv == 0) push_event(w, EV_MSG, nng_aio_get_msg(w->aio), 0);
     nng_recv_aio(w->sock, w->aio);
 }
 
 static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
-    push_event(arg, ev == NNG_PIPE_EV_ADD_POST ? EV_PIPE_UP : EV_PIPE_DOWN, NULL);
+    push_event(arg, ev == NNG_PIPE_EV_ADD_POST ? EV_PIPE_UP : EV_PIPE_DOWN, NULL,
+               (uint32_t)nng_pipe_id(p));
 }
 
 /* ------------------------------------------------------------- rid map */
@@ -356,11 +368,79 @@ static void handle_load(sl_cluster *cl, worker *w, const Sluice__LoadReport *l)
     set_alive(cl, w->idx, 1, "");
 }
 
+static int authenticating(const sl_cluster *cl)
+{
+    return cl->cfg.secret && cl->cfg.secret->len;
+}
+
+/* The pipe is ignored from now on (not closed: closing a pipe from here can
+ * hang nng 1.5's reaper; a worker that fails the handshake gets nothing). */
+static void refuse(worker *w, nng_pipe p, const char *why)
+{
+    (void)p;
+    if (!w->refused) SL_LOGW("cluster", "worker %s refused: %s", w->url, why);
+    w->refused = 1;
+}
+
+/* The handshake on a worker's pipe (link_auth.h): answer its challenge,
+ * then check its proof. */
+static void handle_auth(sl_cluster *cl, worker *w, nng_pipe p, const Sluice__LinkAuth *la)
+{
+    if (la->step == SLUICE__LINK_STEP__LINK_CHALLENGE && !w->answered &&
+        la->nonce.len == SL_LINK_NONCE) {
+        memcpy(w->nw, la->nonce.data, SL_LINK_NONCE);
+        if (sl_link_random(w->nr, SL_LINK_NONCE)) return refuse(w, p, "no random bytes");
+        uint8_t mac[SL_LINK_MAC];
+        sl_link_mac(cl->cfg.secret, SL_LINK_ROLE_ROUTER, w->nw, w->nr, mac);
+        Sluice__LinkAuth r = SLUICE__LINK_AUTH__INIT;
+        r.step = SLUICE__LINK_STEP__LINK_RESPONSE;
+        r.nonce.data = w->nr;
+        r.nonce.len = SL_LINK_NONCE;
+        r.mac.data = mac;
+        r.mac.len = SL_LINK_MAC;
+        Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+        env.msg_case = SLUICE__ENVELOPE__MSG_AUTH;
+        env.auth = &r;
+        w->answered = 1;
+        sl_wire_send(w->sock, &env, NNG_FLAG_NONBLOCK);
+    } else if (la->step == SLUICE__LINK_STEP__LINK_ACCEPT && w->answered &&
+               sl_link_mac_ok(cl->cfg.secret, SL_LINK_ROLE_WORKER, w->nw, w->nr, la->mac.data,
+                              la->mac.len)) {
+        w->authed = 1;
+        SL_LOGI("cluster", "worker %s authenticated", w->url);
+        send_ping(w); /* the pong's load report makes it alive */
+    } else {
+        refuse(w, p, "link authentication failed (wrong secret?)");
+    }
+}
+
 static void handle_msg(sl_cluster *cl, worker *w, nng_msg *m)
 {
+    nng_pipe p = nng_msg_get_pipe(m);
     Sluice__Envelope *env = sl_wire_unpack(m);
     if (!env) {
         SL_LOGW("cluster", "worker %s sent a message that does not decode", w->url);
+        return;
+    }
+    uint32_t pid = (uint32_t)nng_pipe_id(p);
+    if (authenticating(cl) && env->msg_case == SLUICE__ENVELOPE__MSG_AUTH &&
+        env->auth->step == SLUICE__LINK_STEP__LINK_CHALLENGE && pid != w->pipe) {
+        /* a new pipe's challenge may come before its pipe event */
+        w->pipe = pid;
+        w->authed = w->answered = w->auth_warned = w->refused = 0;
+        w->pipe_up_ms = now_ms();
+    }
+    if (authenticating(cl) && (!w->authed || pid != w->pipe)) {
+        /* nothing counts before the handshake, not even as a sign of life */
+        if (pid != w->pipe)
+            ; /* a pipe already gone */
+        else if (w->refused)
+            ; /* until the pipe goes */
+        else if (env->msg_case == SLUICE__ENVELOPE__MSG_AUTH)
+            handle_auth(cl, w, p, env->auth);
+        else
+            refuse(w, p, "it sent a message before authenticating (no link secret?)");
+        sluice__envelope__free_unpacked(env, NULL);
         return;
     }
     w->last_rx_ms = now_ms();
@@ -400,11 +480,20 @@ static void drain_events(sl_cluster *cl)
             handle_msg(cl, w, ev->msg);
         } else if (ev->kind == EV_PIPE_UP) {
             w->piped++;
-            send_ping(w); /* the pong's load report makes it alive */
-        } else if (--w->piped <= 0) {
-            w->piped = 0;
-            w->nabq = 0; /* nothing runs there any more */
-            set_alive(cl, w->idx, 0, "disconnected");
+            if (ev->pipe != w->pipe) { /* else its challenge came first */
+                w->pipe = ev->pipe;
+                w->authed = w->answered = w->auth_warned = w->refused = 0;
+                w->pipe_up_ms = now_ms();
+            }
+            if (!authenticating(cl))
+                send_ping(w); /* the pong's load report makes it alive */
+        } else {
+            if (ev->pipe == w->pipe) w->authed = w->answered = w->refused = 0;
+            if (--w->piped <= 0) {
+                w->piped = 0;
+                w->nabq = 0; /* nothing runs there any more */
+                set_alive(cl, w->idx, 0, "disconnected");
+            }
         }
         free(ev);
         ev = nx;
@@ -497,6 +586,14 @@ static void on_timer(uv_timer_t *t)
     for (int i = 0; i < cl->nw; i++) {
         worker *w = cl->w[i];
         if (!w->piped) continue;
+        if (authenticating(cl) && !w->authed) {
+            if (!w->auth_warned && !w->refused && now - w->pipe_up_ms > cl->cfg.dead_after_ms) {
+                w->auth_warned = 1;
+                SL_LOGW("cluster", "worker %s connected but has not authenticated (does it have "
+                                   "the link secret?)", w->url);
+            }
+            continue;
+        }
         if (w->alive && now - w->last_rx_ms > cl->cfg.dead_after_ms)
             set_alive(cl, i, 0, "stopped answering heartbeats");
         send_ping(w);
@@ -617,7 +714,9 @@ void sl_cluster_info(const sl_cluster *cl, int i, sl_worker_info *o)
                           .cache_hit_rate = w->load.cache_hit_rate,
                           .model = w->model,
                           .worker_id = w->load.worker_id,
-                          .failures = w->failures};
+                          .failures = w->failures,
+                          .steps = w->load.steps,
+                          .busy_ms = w->load.busy_ms};
 }
 
 sl_status sl_cluster_submit(sl_cluster *cl, int worker_idx, Sluice__GenerateRequest *g,

@@ -7,6 +7,10 @@
  * worker per address). nng redials on its own, so a router restart needs no
  * worker restart and a restarted worker rejoins by itself.
  *
+ * Authentication: with cfg->secret every pipe starts with the handshake of
+ * proto/link_auth.h (the worker challenges, the router answers and checks
+ * the worker's proof); a worker becomes reachable only after it.
+ *
  * Liveness: the router pings every heartbeat_ms; the worker answers with a
  * pong and a LoadReport. A worker is alive while its pipe is up and it was
  * heard from within dead_after_ms. When its pipe drops, it goes silent, or it
@@ -51,6 +55,11 @@ typedef struct sl_cluster_config {
     unsigned dead_after_ms;
     unsigned dns_refresh_ms;
     unsigned reconnect_ms; /* nng redial interval */
+    /* Link secret (proto/link_auth.h; NULL or len 0: none). With one, a
+     * worker's pipe carries nothing but the handshake until the worker has
+     * proved it knows the secret: no ping, no request, and what it sends
+     * is ignored; after a wrong proof the pipe is ignored. Owned by the caller. */
+    const struct sl_link_secret *secret;
 } sl_cluster_config;
 
 sl_cluster_config sl_cluster_config_default(void);
@@ -71,6 +80,11 @@ typedef struct sl_worker_info {
     const char *model; /* "" until the first load report */
     uint64_t worker_id;
     uint64_t failures; /* times it was declared dead */
+    /* from its last load report: engine steps run, and how long the step
+     * then running had taken (0: idle). A worker answers pings during a
+     * step, so a large busy_ms with fresh reports is a long step, not a hang. */
+    uint64_t steps;
+    int64_t busy_ms;
 } sl_worker_info;
 
 /* Called on the loop when a worker becomes alive (alive = 1) or dead. */

@@ -20,6 +20,7 @@
 #include "engine.h"
 #include "engine_flags.h"
 #include "group.h"
+#include "link_auth.h"
 #include "model.h"
 #include "sl_log.h"
 #include "sl_opts.h"
@@ -179,7 +180,7 @@ static double now_s(void)
 int sl_cmd_worker(int argc, char **argv)
 {
     const char *model = NULL, *listen = NULL, *device = "cpu", *served_name = NULL;
-    const char *dist_addr = NULL;
+    const char *dist_addr = NULL, *secret_file = NULL;
     int tp = 1, tp_rank = -1, nnodes = 1, node_rank = 0;
     double dist_timeout = 60;
     sl_engine_flags f;
@@ -205,6 +206,9 @@ int sl_cmd_worker(int argc, char **argv)
                          "this node's index: it runs ranks node_rank*tp/nnodes .. (0)"};
     opts[n++] = (sl_opt){"--dist-timeout", NULL, SL_OPT_FLOAT, &dist_timeout,
                          "seconds a rank waits for the others before the group fails (60)"};
+    opts[n++] = (sl_opt){"--link-secret-file", NULL, SL_OPT_STR, &secret_file,
+                         "shared secret the router must prove (default: $SLUICE_LINK_SECRET; none: "
+                         "unauthenticated)"};
     n += sl_engine_flags_opts(&f, opts + n);
     opts[n] = (sl_opt){0};
     const char *summary = "Serves a model to a router over nng (proto/sluice.proto messages).";
@@ -240,6 +244,9 @@ int sl_cmd_worker(int argc, char **argv)
         sl_err_set(&e, SL_ERR_INVALID, "--quantization must be fp8");
         return sl_opts_usage_error("worker", e.msg);
     }
+    static sl_link_secret secret; /* large: not on the stack */
+    if (rank == 0 && sl_link_secret_load(&secret, secret_file, &e))
+        return sl_opts_usage_error("worker", e.msg);
     sl_engine_flags_finish(&f);
     sl_engine_config c = f.c;
     sl_model_config mc;
@@ -336,7 +343,7 @@ int sl_cmd_worker(int argc, char **argv)
     const char *name = served_name                                     ? served_name
                        : strrchr(model, '/') && strrchr(model, '/')[1] ? strrchr(model, '/') + 1
                                                                        : model;
-    sl_wserver_config wc = {.url = listen, .model_name = name};
+    sl_wserver_config wc = {.url = listen, .model_name = name, .secret = &secret};
     if (tg) {
         sl_group_lead(tg, g);
         wc.tick = sl_group_tick;

@@ -22,7 +22,14 @@
  *   volatile sig_atomic_t stop = 0;
  *   sl_wserver_run(engine, model, &c, &stop, &e);   // returns when stop is set
  *
- * Threads: runs the engine loop on the calling thread until *stop.
+ * Threads: runs the engine loop on the calling thread until *stop, and a
+ * link thread that receives every message as it arrives, so the router is
+ * heard during a long step: pings are answered at once (the LoadReport says
+ * how long the current step has run: LoadReport.busy_ms), aborts and
+ * requests are queued and applied at the next step boundary (an abort of a
+ * request still queued drops it there). When the router's pipe goes away
+ * every request is aborted at the next step boundary (a new router starts
+ * afresh). ipc:// sockets are created 0600.
  */
 #ifndef SL_WSERVER_H
 #define SL_WSERVER_H
@@ -48,6 +55,11 @@ typedef struct sl_wserver_config {
     sl_status (*tick)(void *ctx, sl_err *e);
     void *tick_ctx;
     int close_on_failure;
+    /* Link authentication (proto/link_auth.h): with a secret (len > 0) a
+     * new pipe must answer the challenge within handshake_ms (0: 5000)
+     * before anything it sends is read; anything else closes it. */
+    const struct sl_link_secret *secret;
+    int handshake_ms;
 } sl_wserver_config;
 
 sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
