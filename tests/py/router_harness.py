@@ -112,6 +112,14 @@ def get(port, path, key=API_KEY):
         return r.read().decode()
 
 
+def health(port):
+    """/health's JSON whatever its status (503 until a worker is ready)."""
+    try:
+        return json.loads(get(port, "/health"))
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read() or b"{}")
+
+
 def post(port, path, body, key=API_KEY, raw=None):
     """POST JSON (or raw bytes); returns (status, parsed JSON body)."""
     data = raw if raw is not None else json.dumps(body).encode()
@@ -152,11 +160,11 @@ def start_router(procs, model, workers, *extra, alive=None, command="router"):
                 port = int(m.group(1))
         if port:
             try:
-                h = json.loads(get(port, "/health"))
-                if h["workers_alive"] == (len(workers) if alive is None else alive):
-                    return p, port
+                h = health(port)
             except OSError:
-                pass
+                h = {}
+            if h.get("workers_alive") == (len(workers) if alive is None else alive):
+                return p, port
         time.sleep(0.05)
     raise AssertionError("router did not come up:\n" + procs.log_of(p))
 

@@ -29,7 +29,7 @@ import time
 import openai
 import pytest
 
-from router_harness import (API_KEY, get, metrics, start_router, start_worker)
+from router_harness import (API_KEY, get, health, metrics, start_router, start_worker)
 
 SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -200,7 +200,7 @@ def test_fake_worker_gets_nothing(procs, model, with_secret):
             assert status == 503
             assert 1 not in fake.kinds, "a GenerateRequest reached the fake worker"
             assert set(fake.kinds) <= {7}, fake.kinds  # nothing but the handshake
-            assert json.loads(get(port, "/health"))["workers_alive"] == 0
+            assert health(port)["workers_alive"] == 0
             assert "refused" in procs.log_of(r)
         else:
             assert 1 in fake.kinds, "control: without a secret the fake gets the request"
@@ -275,7 +275,7 @@ def test_fake_router_refused(procs, model):
         f.write("not the secret, but long enough\n")
     rb, pb = start_router(procs, model, [url], "--link-secret-file", bad, alive=0)
     time.sleep(2)
-    assert json.loads(get(pb, "/health"))["workers_alive"] == 0
+    assert health(pb)["workers_alive"] == 0
     procs.stop(rb)
     # the real router is served, and keeps being served while a fake knocks
     _, port = start_router(procs, model, [url], "--link-secret-file", sf)
@@ -295,7 +295,7 @@ def test_fake_router_refused(procs, model):
     t.join(10)
     assert out.choices[0].finish_reason in ("length", "stop")
     assert 3 not in done.get("kinds", []) and 4 not in done.get("kinds", [])
-    assert json.loads(get(port, "/health"))["workers_alive"] == 1
+    assert health(port)["workers_alive"] == 1
 
 
 def test_long_prefill_keeps_workers_alive(procs, model):
