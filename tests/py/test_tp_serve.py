@@ -94,6 +94,24 @@ def free_port():
         return s.getsockname()[1]
 
 
+_HELD = []  # reserve_port's sockets: open until this pytest process exits
+
+
+def reserve_port(host="127.0.0.1"):
+    """A port for --dist-init-addr that no other process gets meanwhile: a socket bound
+    there with SO_REUSEADDR and held, never listening, until the tests end. Rank 0 sets
+    SO_REUSEADDR too, so it still binds and listens there, and a rank that finds nobody
+    listening is refused as before. free_port's bind-and-close let a loaded machine hand
+    the number to someone else before rank 0 bound it (as tests/unit/test_comm.c once
+    saw). Only for the communicator's address: the nng --listen URL keeps free_port."""
+    import socket
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, 0))
+    _HELD.append(s)
+    return s.getsockname()[1]
+
+
 def test_tp2_streams_the_tp1_text_and_aborts(procs, q3, monkeypatch):
     s1, p1 = serve(procs, q3)
     ref = {p: greedy(client(p1), p, 24).choices[0].text for p in PROMPTS}
@@ -179,7 +197,7 @@ def test_rank_death_fails_the_group_fast(tmp_path, q3):
     """Separate rank processes: a dead or stopped peer ends the other rank
     with an error within the timeout (idle group: the keep-alives notice)."""
     for victim, sig in ((1, signal.SIGKILL), (0, signal.SIGKILL), (1, signal.SIGSTOP)):
-        addr = f"127.0.0.1:{free_port()}"
+        addr = f"127.0.0.1:{reserve_port()}"
         args = ["--model", q3, "--listen", f"ipc://{tmp_path}/w{victim}{int(sig)}.ipc",
                 "--mem-bytes", 64 << 20, "--context-length", CTX, "--tp-size", 2,
                 "--dist-init-addr", addr, "--dist-timeout", 2]
@@ -212,15 +230,15 @@ def test_bad_group_input(tmp_path, q3):
     assert rc == 2 and "--nnodes" in err, err
     # unreachable rank 0
     rc, err = worker("--model", q3, "--tp-size", 2, "--tp-rank", 1, "--dist-init-addr",
-                     f"127.0.0.1:{free_port()}", "--dist-timeout", 1)
+                     f"127.0.0.1:{reserve_port()}", "--dist-timeout", 1)
     assert rc == 1 and "cannot reach --dist-init-addr" in err, err
     # a rank that never arrives
     rc, err = worker("--model", q3, "--listen", f"ipc://{tmp_path}/a.ipc", "--tp-size", 2,
-                     "--tp-rank", 0, "--dist-init-addr", f"127.0.0.1:{free_port()}",
+                     "--tp-rank", 0, "--dist-init-addr", f"127.0.0.1:{reserve_port()}",
                      "--dist-timeout", 1)
     assert rc == 1 and "rank 1 never arrived" in err, err
     # ranks started with different flags
-    addr = f"127.0.0.1:{free_port()}"
+    addr = f"127.0.0.1:{reserve_port()}"
     base = ["--model", q3, "--tp-size", 2, "--dist-init-addr", addr, "--dist-timeout", 5,
             "--mem-bytes", 64 << 20]
     p0 = subprocess.Popen([BIN, "worker", *map(str, base), "--listen", f"ipc://{tmp_path}/b.ipc",
@@ -233,7 +251,7 @@ def test_bad_group_input(tmp_path, q3):
 
 def test_tp_size_not_dividing_the_model(procs, q3):
     rc, err = worker("--model", q3, "--listen", "ipc:///tmp/x.ipc", "--tp-size", 3,
-                     "--dist-init-addr", f"127.0.0.1:{free_port()}", "--dist-timeout", 5)
+                     "--dist-init-addr", f"127.0.0.1:{reserve_port()}", "--dist-timeout", 5)
     # the message names the flag and the model dimension it does not divide
     assert rc == 1 and "--tp-size 3" in err and "does not divide num_attention_heads 4" in err, err
 
@@ -296,7 +314,7 @@ def test_two_nodes_over_tcp(tmp_path, q3):
         lead, addr, link = "10.213.0.1", "10.213.0.1:29500", "tcp://10.213.1.1:30000"
     else:
         pre = [[], [], []]
-        lead, addr, link = "127.0.0.2", f"127.0.0.2:{free_port()}", f"tcp://127.0.0.2:{free_port()}"
+        lead, addr, link = "127.0.0.2", f"127.0.0.2:{reserve_port('127.0.0.2')}", f"tcp://127.0.0.2:{free_port()}"
     env = {**os.environ, "SLUICE_COMM_TRANSPORT": "tcp", "SLUICE_LOG": "info"}
     common = ["--model", q3, "--tp-size", "2", "--nnodes", "2", "--dist-init-addr", addr,
               "--mem-bytes", str(64 << 20), "--context-length", str(CTX), "--dist-timeout", "5"]

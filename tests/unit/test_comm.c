@@ -41,15 +41,25 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int free_port(void)
+/* Reserves a loopback port for a group's --dist-init-addr: a socket bound to
+ * port 0 with SO_REUSEADDR and kept open, but never listening, for as long as
+ * the group runs. While it is bound the kernel hands the port to no one else
+ * (no bind(0), no outgoing connection's local port), and rank 0, which also
+ * sets SO_REUSEADDR, can still bind and listen there. Closing the probe
+ * socket before the ranks bound (as this test once did) let a busy machine
+ * give the port away in between. Returns the socket; *port the number. */
+static int reserve_port(int *port)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof a;
-    bind(fd, (struct sockaddr *)&a, sizeof a);
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    close(fd);
-    return ntohs(a.sin_port);
+    CHECK(fd >= 0);
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0);
+    CHECK(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    *port = ntohs(a.sin_port);
+    return fd;
 }
 
 typedef struct group {
@@ -77,7 +87,8 @@ static sl_comm_config make_cfg(const group *g, int rank)
  * SIGKILL (-1: none). */
 static int run_group(group *g, rank_fn fn, int limit_ms, int killed_ok)
 {
-    snprintf(g->addr, sizeof g->addr, "127.0.0.1:%d", free_port());
+    int port, held = reserve_port(&port); /* closed once every rank is gone */
+    snprintf(g->addr, sizeof g->addr, "127.0.0.1:%d", port);
     int n = g->ranks_started ? g->ranks_started : g->world;
     pid_t pid[MAXW];
     fflush(stdout);
@@ -115,10 +126,12 @@ static int run_group(group *g, rank_fn fn, int limit_ms, int killed_ok)
                 kill(pid[r], SIGKILL);
             while (wait(NULL) > 0) {
             }
+            close(held);
             return bad + left;
         }
         usleep(2000);
     }
+    close(held);
     return bad;
 }
 

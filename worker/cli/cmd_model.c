@@ -30,6 +30,7 @@ typedef struct model_args {
     sl_comm *comm;
     pid_t kids[SL_COMM_MAX_WORLD];
     int n_kids;
+    int port_held, port_fd; /* rank 0's reservation of the port it picked (tp_start) */
     char addr[64];
     char device_buf[32];
 } model_args;
@@ -60,16 +61,22 @@ static int tp_start(model_args *a, const char *cmd)
     if (sl_model_tp_check(&c, a->tp_size, &e)) return sl_opts_usage_error(cmd, e.msg);
     if ((c.quant_fp8 || a->quantization) && sl_model_fp8_tp_check(&c, a->tp_size, &e))
         return sl_opts_usage_error(cmd, e.msg);
-    if (!a->dist_init_addr) { /* a free port: bind port 0, read it back, let it go */
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (!a->dist_init_addr) {
+        /* A free port, reserved: bound with SO_REUSEADDR and held (never listening)
+         * until tp_finish, so that the kernel gives it to no one else before rank 0
+         * listens there (rank 0's listener sets SO_REUSEADDR too). Letting it go
+         * right away raced with other processes on a loaded machine. */
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
         struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         socklen_t len = sizeof sa;
-        if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) || getsockname(fd, (struct sockaddr *)&sa, &len)) {
+        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
+            bind(fd, (struct sockaddr *)&sa, sizeof sa) || getsockname(fd, (struct sockaddr *)&sa, &len)) {
             fprintf(stderr, "sluice %s: cannot find a free port: %s\n", cmd, strerror(errno));
             if (fd >= 0) close(fd);
             return 1;
         }
-        close(fd);
+        a->port_held = 1;
+        a->port_fd = fd;
         snprintf(a->addr, sizeof a->addr, "127.0.0.1:%d", ntohs(sa.sin_port));
         a->dist_init_addr = a->addr;
     }
@@ -84,6 +91,8 @@ static int tp_start(model_args *a, const char *cmd)
         if (pid == 0) {
             a->rank = r;
             a->n_kids = 0;
+            if (a->port_held) close(a->port_fd); /* rank 0's to hold */
+            a->port_held = 0;
             break;
         }
         a->kids[a->n_kids++] = pid;
@@ -102,6 +111,8 @@ static int tp_finish(model_args *a, int rc)
 {
     sl_comm_free(a->comm);
     a->comm = NULL;
+    if (a->port_held) close(a->port_fd);
+    a->port_held = 0;
     for (int i = 0; i < a->n_kids; i++) {
         int st = 0;
         while (waitpid(a->kids[i], &st, 0) < 0 && errno == EINTR) {}
