@@ -55,7 +55,7 @@ __global__ void k_fp8_quant_silu(const float *h, int I, uint8_t *xq, float *sx, 
     __shared__ float red[4];
     cu_pdl_wait();
     cu_pdl_trigger();
-    int p = blockIdx.y, g = blockIdx.x, k = g * FP8_G + threadIdx.x;
+    int p = blockIdx.x, g = blockIdx.y, k = g * FP8_G + threadIdx.x;
     float v = 0.0f;
     if (k < I) {
         float gv = h[(int64_t)p * 2 * I + k], uv = h[(int64_t)p * 2 * I + I + k];
@@ -77,7 +77,7 @@ typedef struct fp8_args {
     int M, N, K, G, srow_shift;
     int vec; // weight rows 16-byte aligned and K % 16 == 0
     cu_mat out;
-    // MoE (ids != NULL; M = 1): blockIdx.y = pair p = t·topk + j, expert
+    // MoE (ids != NULL; M = 1): blockIdx.x = pair p (blockIdx.y: row block) = t·topk + j, expert
     // e = ids[t·ids_ld + j], weights w + e·ew (scales ws + e·ews), x row
     // p / x_div (x_div = topk: the token's row; 1: the pair's), out row p
     const int32_t *ids;
@@ -114,13 +114,13 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a)
     cu_pdl_wait();
     cu_pdl_trigger();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
-    int n0 = blockIdx.x * 16;
+    int n0 = (a.ids ? blockIdx.y : blockIdx.x) * 16;
     const uint8_t *w = a.w, *xq = a.xq;
     const float *ws = a.ws, *sx = a.sx;
     int M = a.M;
     int64_t orow0 = 0;
     if (a.ids) {
-        int p = blockIdx.y, t = p / a.topk, j = p - t * a.topk;
+        int p = blockIdx.x, t = p / a.topk, j = p - t * a.topk;
         int64_t e = a.ids[(int64_t)t * a.ids_ld + j];
         w += e * a.ew;
         ws += e * a.ews;
@@ -396,7 +396,8 @@ __global__ void __launch_bounds__(256) k_fp8_gemm(fp8_args a)
 
 static void fp8_gemv_launch(cu_backend *b, const fp8_args &a, unsigned pairs)
 {
-    dim3 grid((unsigned)cu_blocks(a.N, 16), pairs);
+    dim3 grid((unsigned)cu_blocks(a.N, 16), 1);
+    if (a.ids) grid = dim3(pairs, (unsigned)cu_blocks(a.N, 16));
     dim3 blk(32 * GV8_WARPS);
     int M = a.ids ? 1 : a.M;
     if (M <= 8)
@@ -507,7 +508,7 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     a.vec = a.vec && (a.ew % 16) == 0;
     fp8_gemv_launch(b, a, (unsigned)P);
 
-    cu_launch(b, k_fp8_quant_silu, dim3((unsigned)GI, (unsigned)P), dim3(FP8_G), 0, (const float *)h, I, hq, sh,
+    cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)GI), dim3(FP8_G), 0, (const float *)h, I, hq, sh,
               GI);
 
     cu_mat ym = {y, SL_DTYPE_F32, P, H, H};
