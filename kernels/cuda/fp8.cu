@@ -449,12 +449,9 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
         fp8_gemv_launch(b, a, 1);
         b->mm_last = "fp8_gemv_tc";
     } else if (a.vec) {
-        static int smem_set = -1; // per device: the attribute is per function and device
-        int dev = 0;
-        CU_CHECK(cudaGetDevice(&dev));
-        if (smem_set != dev) {
+        if (!b->fp8_smem_set) { // per kernel and device: once per backend
             CU_CHECK(cudaFuncSetAttribute(k_fp8_gemm_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_SMEM));
-            smem_set = dev;
+            b->fp8_smem_set = 1;
         }
         cu_launch(b, k_fp8_gemm_tc, dim3(cu_blocks(N, TC_BN), cu_blocks(M, TC_BM)), dim3(256), TC_SMEM, a);
         b->mm_last = "fp8_gemm_tc";
