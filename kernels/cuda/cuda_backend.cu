@@ -518,6 +518,7 @@ static const sl_backend_i cu_iface = {
     .attn_prep = cu_attn_prep,
     .sample = cu_sample,
     .matmul_fp8 = cu_matmul_fp8,
+    .moe_experts_fp8 = cu_moe_experts_fp8,
 };
 
 static sl_status cu_init(cu_backend *b, int device, sl_err *e)

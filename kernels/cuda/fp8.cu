@@ -1,20 +1,33 @@
-// kernels/cuda/fp8.cu: FP8 (e4m3, 128-wide K groups) matmuls, checked against
-// kernels/cpu/fp8.c by tests/gpu/ops/ops_fp8.c.
+// kernels/cuda/fp8.cu: FP8 (e4m3, 128-wide K groups) matmuls and FP8 MoE experts,
+// checked against kernels/cpu/fp8.c by tests/gpu/ops/ops_fp8.c.
 //
 // 1. k_fp8_quant_act: one block of 128 threads per (token, group): s = max|x|/448,
-//    codes e4m3(x/s) (s = 0: zero codes, no NaN), as the CPU op. Codes [M, K]
-//    u8 and scales [M, G] f32 go to stream-ordered scratch.
-// 2. k_fp8_gemv (M ≤ 16, decode): one warp per weight row; each lane loads 16
-//    codes (one uint4) at a time, so 8 lanes cover one 128-group; the 16
-//    products of each token are summed in fp32 and scaled by s_x·s_w of the
-//    group before the warp reduction. The CPU sums the whole group before
-//    scaling: results agree to fp32 rounding, not bit for bit.
-// 3. k_fp8_gemm (prefill): 64×64 output tiles, 256 threads with 4×4 outputs
-//    each; per 128-group, 32-wide K slices of decoded codes are staged in shared
-//    memory and the group's partial sums are scaled into the fp32 accumulator
-//    once per group. CUDA cores only: the first correct version. Next steps:
-//    mma.sync m16n8k32 e4m3 (or wgmma) on the same staging, with the per-group
-//    rescale of the mma accumulator.
+//    codes e4m3(x/s) (s = 0: zero codes, no NaN), as the CPU op. Codes go to
+//    stream-ordered scratch [M, G*128] u8 (row stride padded to whole groups,
+//    the pad zero, so readers never guard K), scales [M, G] f32.
+// 2. k_fp8_gemv_tc<NT> (M ≤ 64, decode): FP8 tensor cores (mma.sync m16n8k32
+//    e4m3) with the weights as the A operand (16 rows per block) and up to NT·8
+//    tokens as B, so each weight byte is read once for all tokens. The 8 warps
+//    of a block split the 128-groups of K; per group a warp sums the group in
+//    a fresh mma accumulator and adds it ·s_x·s_w into fp32; the warps' sums are
+//    added in warp order through shared memory (deterministic).
+//    K permutation: a lane (groupID g, thread-in-group t) loads 16 contiguous
+//    bytes at k0 + t·16 of its A rows (g, g+8) and of its B token g; bytes 0-7
+//    feed one mma, 8-15 the next. The mma's logical k order is a permutation of
+//    the physical one, the same for A and B, so each group's dot product is
+//    unchanged (fp32 sums in another order: fp32-rounding agreement with the
+//    CPU, as any GPU order).
+// 3. k_fp8_gemm_tc (prefill, M > 64, K % 16 == 0, 16-byte aligned weights):
+//    128×128 output tiles, 8 warps of 64×32, BK = 128 = one scale group, two
+//    cp.async stages (zero-filled past M, N, K) in XOR-swizzled shared memory,
+//    the same K permutation; per group the mma partials are scaled by
+//    s_x(token)·s_w(row) into the fp32 accumulator.
+// 4. k_fp8_gemm (CUDA cores, 64×64 tiles): only for weights the tensor-core
+//    GEMM cannot stage (K % 16 != 0 or unaligned rows).
+// 5. cu_moe_experts_fp8: per (token, expert) pair the GEMV kernel with the
+//    pair's expert (gate_up), silu·up quantized per pair row, the GEMV again
+//    (down), then the routing-weighted sum in j order. Correct for any T but
+//    it streams an expert once per pair: a grouped GEMM is the next step.
 #include "fp8.cuh"
 
 #define FP8_G 128
@@ -31,70 +44,290 @@ __global__ void k_fp8_quant_act(cu_mat x, uint8_t *xq, float *sx, int G)
     __syncthreads();
     a = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
     float s = a / SL_FP8_MAX;
-    // an all-zero group: s = 0 and zero codes (x / 0 would be NaN)
-    if (k < x.cols) xq[(int64_t)m * x.cols + k] = s > 0.0f ? cu_f32_to_e4m3(v / s) : 0;
+    // an all-zero group: s = 0 and zero codes (x / 0 would be NaN); pad codes 0
+    xq[(int64_t)m * G * FP8_G + k] = (k < x.cols && s > 0.0f) ? cu_f32_to_e4m3(v / s) : 0;
     if (threadIdx.x == 0) sx[(int64_t)m * G + g] = s;
+}
+
+// MoE: a = silu(h[p, o]) · h[p, I + o] for o < I (h f32 [P, 2I]), quantized as above
+__global__ void k_fp8_quant_silu(const float *h, int I, uint8_t *xq, float *sx, int G)
+{
+    __shared__ float red[4];
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    int p = blockIdx.x, g = blockIdx.y, k = g * FP8_G + threadIdx.x;
+    float v = 0.0f;
+    if (k < I) {
+        float gv = h[(int64_t)p * 2 * I + k], uv = h[(int64_t)p * 2 * I + I + k];
+        v = gv / (1.0f + expf(-gv)) * uv;
+    }
+    float a = cu_warp_max(fabsf(v));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = a;
+    __syncthreads();
+    a = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+    float s = a / SL_FP8_MAX;
+    xq[(int64_t)p * G * FP8_G + k] = (k < I && s > 0.0f) ? cu_f32_to_e4m3(v / s) : 0;
+    if (threadIdx.x == 0) sx[(int64_t)p * G + g] = s;
 }
 
 typedef struct fp8_args {
     const uint8_t *w, *xq;
     const float *ws, *sx;
-    int64_t ldw, ldws;
+    int64_t ldw, ldws, ldx; // ldx: xq row stride (G*128)
     int M, N, K, G, srow_shift;
+    int vec; // weight rows 16-byte aligned and K % 16 == 0
     cu_mat out;
+    // MoE (ids != NULL; M = 1): blockIdx.x = pair p (blockIdx.y: row block) = t·topk + j, expert
+    // e = ids[t·ids_ld + j], weights w + e·ew (scales ws + e·ews), x row
+    // p / x_div (x_div = topk: the token's row; 1: the pair's), out row p
+    const int32_t *ids;
+    int64_t ids_ld, ew, ews;
+    int topk, x_div;
 } fp8_args;
 
-#define GV8_MAXM 16
-
-__global__ void __launch_bounds__(256) k_fp8_gemv(fp8_args a)
+__device__ __forceinline__ void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1)
 {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+                 "{%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// 16 weight codes of row wr at k (zeros past K); vec: one 16-byte load where whole
+__device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int vec)
+{
+    if (vec && k + 16 <= K) return __ldg((const uint4 *)(wr + k));
+    uint32_t v[4] = {0, 0, 0, 0};
+    for (int i = 0; i < 16; i++)
+        if (k + i < K) v[i >> 2] |= (uint32_t)wr[k + i] << (8 * (i & 3));
+    return make_uint4(v[0], v[1], v[2], v[3]);
+}
+
+#define GV8_WARPS 8
+#define GV8_MAXM 64
+
+template <int NT>
+__global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a)
+{
+    __shared__ float red[16][NT * 8 + 1];
     cu_pdl_wait();
     cu_pdl_trigger();
-    int lane = threadIdx.x & 31;
-    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (n >= a.N) return;
-    const uint8_t *wr = a.w + n * a.ldw;
-    const float *wsr = a.ws + (int64_t)(n >> a.srow_shift) * a.ldws;
-    float acc[GV8_MAXM];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
+    int n0 = (a.ids ? blockIdx.y : blockIdx.x) * 16;
+    const uint8_t *w = a.w, *xq = a.xq;
+    const float *ws = a.ws, *sx = a.sx;
+    int M = a.M;
+    int64_t orow0 = 0;
+    if (a.ids) {
+        int p = blockIdx.x, t = p / a.topk, j = p - t * a.topk;
+        int64_t e = a.ids[(int64_t)t * a.ids_ld + j];
+        w += e * a.ew;
+        ws += e * a.ews;
+        int xr = p / a.x_div;
+        xq += (int64_t)xr * a.ldx;
+        sx += (int64_t)xr * a.G;
+        orow0 = p;
+        M = 1;
+    }
+    int ra = n0 + gq, rb = n0 + gq + 8; // this lane's weight rows
+    bool oka = ra < a.N, okb = rb < a.N;
+    const uint8_t *wa = w + (int64_t)(oka ? ra : 0) * a.ldw, *wb = w + (int64_t)(okb ? rb : 0) * a.ldw;
+    const float *swa = ws + (int64_t)((oka ? ra : 0) >> a.srow_shift) * a.ldws;
+    const float *swb = ws + (int64_t)((okb ? rb : 0) >> a.srow_shift) * a.ldws;
+    float acc[NT][4];
 #pragma unroll
-    for (int m = 0; m < GV8_MAXM; m++) acc[m] = 0.0f;
-    bool vec = (a.K % 16) == 0 && ((uintptr_t)wr % 16) == 0;
-    if (vec) {
-        for (int k0 = lane * 16; k0 < a.K; k0 += 32 * 16) {
-            uint4 u = *(const uint4 *)(wr + k0);
-            const uint8_t *wb = (const uint8_t *)&u;
-            float wf[16];
+    for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-            for (int i = 0; i < 16; i++) wf[i] = cu_e4m3_to_f32(wb[i]);
-            int g = k0 / FP8_G;
-            float sw = wsr[g];
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+    for (int g = warp; g < a.G; g += GV8_WARPS) {
+        int kb = g * FP8_G + tq * 16;
+        uint4 A[2][2]; // [half][row g / g+8]
 #pragma unroll
-            for (int m = 0; m < GV8_MAXM; m++) {
-                if (m >= a.M) break;
-                const uint8_t *xr = a.xq + (int64_t)m * a.K + k0;
-                uint4 xu = *(const uint4 *)xr;
-                const uint8_t *xb = (const uint8_t *)&xu;
-                float p = 0.0f;
+        for (int h = 0; h < 2; h++) {
+            A[h][0] = oka ? fp8_ld16(wa, kb + h * 64, a.K, a.vec) : make_uint4(0, 0, 0, 0);
+            A[h][1] = okb ? fp8_ld16(wb, kb + h * 64, a.K, a.vec) : make_uint4(0, 0, 0, 0);
+        }
+        float sa = oka ? swa[g] : 0.0f, sb = okb ? swb[g] : 0.0f;
 #pragma unroll
-                for (int i = 0; i < 16; i++) p += cu_e4m3_to_f32(xb[i]) * wf[i];
-                acc[m] += p * (a.sx[(int64_t)m * a.G + g] * sw);
+        for (int nt = 0; nt < NT; nt++) {
+            int m = nt * 8 + gq; // B column of this lane
+            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (nt * 8 < M) { // warp-uniform
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    uint4 B = m < M ? *(const uint4 *)(xq + (int64_t)m * a.ldx + kb + h * 64)
+                                    : make_uint4(0, 0, 0, 0);
+                    mma_e4m3(part, A[h][0].x, A[h][1].x, A[h][0].y, A[h][1].y, B.x, B.y);
+                    mma_e4m3(part, A[h][0].z, A[h][1].z, A[h][0].w, A[h][1].w, B.z, B.w);
+                }
+                // C: rows (weights) gq, gq+8; columns (tokens) 2tq, 2tq+1
+                int m0 = nt * 8 + 2 * tq;
+                float x0 = m0 < M ? sx[(int64_t)m0 * a.G + g] : 0.0f;
+                float x1 = m0 + 1 < M ? sx[(int64_t)(m0 + 1) * a.G + g] : 0.0f;
+                acc[nt][0] += part[0] * (x0 * sa);
+                acc[nt][1] += part[1] * (x1 * sa);
+                acc[nt][2] += part[2] * (x0 * sb);
+                acc[nt][3] += part[3] * (x1 * sb);
             }
         }
-    } else { // any K or alignment: one code per lane and step
-        for (int k = lane; k < a.K; k += 32) {
-            float wf = cu_e4m3_to_f32(wr[k]);
-            int g = k / FP8_G;
-            for (int m = 0; m < a.M; m++)
-                acc[m] += cu_e4m3_to_f32(a.xq[(int64_t)m * a.K + k]) * wf * (a.sx[(int64_t)m * a.G + g] * wsr[g]);
-        }
     }
+    // sum of the warps' partials, in warp order
+    for (int wv = 0; wv < GV8_WARPS; wv++) {
+        if (warp == wv) {
 #pragma unroll
-    for (int m = 0; m < GV8_MAXM; m++) {
-        if (m >= a.M) break;
-        float v = cu_warp_sum(acc[m]);
-        if (lane == 0) cu_mat_st(a.out, m, n, v);
+            for (int nt = 0; nt < NT; nt++) {
+                int c = nt * 8 + 2 * tq;
+                if (wv == 0) {
+                    red[gq][c] = acc[nt][0];
+                    red[gq][c + 1] = acc[nt][1];
+                    red[gq + 8][c] = acc[nt][2];
+                    red[gq + 8][c + 1] = acc[nt][3];
+                } else {
+                    red[gq][c] += acc[nt][0];
+                    red[gq][c + 1] += acc[nt][1];
+                    red[gq + 8][c] += acc[nt][2];
+                    red[gq + 8][c + 1] += acc[nt][3];
+                }
+            }
+        }
+        __syncthreads();
+    }
+    for (int i = threadIdx.x; i < 16 * NT * 8; i += 32 * GV8_WARPS) {
+        int m = i >> 4, r = i & 15, n = n0 + r;
+        if (m < M && n < a.N) cu_mat_st(a.out, orow0 + m, n, red[r][m]);
     }
 }
+
+// ---- tensor-core GEMM ----------------------------------------------------------
+
+#define TC_BM 128
+#define TC_BN 128
+#define TC_STAGE (2 * 128 * FP8_G) // x tile then w tile, bytes
+#define TC_SMEM (2 * TC_STAGE)
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+
+// 16-byte chunk c of tile row r lives at chunk c ^ 4·(r & 1): the 8 lanes of a
+// quarter warp (rows 2q, 2q+1; chunks t or 4 + t) hit all 32 banks once
+__device__ __forceinline__ int tc_off(int r, int c) { return r * FP8_G + ((c ^ ((r & 1) << 2)) << 4); }
+
+__device__ __forceinline__ void tc_load(const fp8_args &a, uint32_t sbase, int m0, int n0, int g)
+{
+    int k0 = g * FP8_G;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int c = threadIdx.x + i * 256; // 0..2047: x chunks then w chunks
+        int r = (c >> 3) & 127, ch = c & 7;
+        if (c < 1024) {
+            int m = m0 + r;
+            const uint8_t *src = m < a.M ? a.xq + (int64_t)m * a.ldx + k0 + ch * 16 : a.xq;
+            cp_async16(sbase + tc_off(r, ch), src, m < a.M ? 16 : 0);
+        } else {
+            int n = n0 + r, k = k0 + ch * 16;
+            bool ok = n < a.N && k < a.K;
+            const uint8_t *src = ok ? a.w + (int64_t)n * a.ldw + k : a.w;
+            cp_async16(sbase + 128 * FP8_G + tc_off(r, ch), src, ok ? 16 : 0);
+        }
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+__global__ void __launch_bounds__(256, 1) k_fp8_gemm_tc(fp8_args a)
+{
+    extern __shared__ __align__(128) uint8_t tc_smem[];
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
+    int wm = warp >> 2, wn = warp & 3; // warp tile rows wm·64, cols wn·32
+    int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+    uint32_t s0 = (uint32_t)__cvta_generic_to_shared(tc_smem);
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
+    tc_load(a, s0, m0, n0, 0);
+    for (int g = 0; g < a.G; g++) {
+        if (g + 1 < a.G) {
+            tc_load(a, s0 + ((g + 1) & 1) * TC_STAGE, m0, n0, g + 1);
+            asm volatile("cp.async.wait_group 1;\n" ::);
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
+        }
+        __syncthreads();
+        const uint8_t *xs = tc_smem + (g & 1) * TC_STAGE, *wsm = xs + 128 * FP8_G;
+        float part[4][4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) part[i][j][q] = 0.0f;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            uint4 A[4][2], B[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int r = wm * 64 + i * 16 + gq;
+                A[i][0] = *(const uint4 *)(xs + tc_off(r, h * 4 + tq));
+                A[i][1] = *(const uint4 *)(xs + tc_off(r + 8, h * 4 + tq));
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) B[j] = *(const uint4 *)(wsm + tc_off(wn * 32 + j * 8 + gq, h * 4 + tq));
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    mma_e4m3(part[i][j], A[i][0].x, A[i][1].x, A[i][0].y, A[i][1].y, B[j].x, B[j].y);
+                    mma_e4m3(part[i][j], A[i][0].z, A[i][1].z, A[i][0].w, A[i][1].w, B[j].z, B[j].w);
+                }
+        }
+        // C: rows (tokens) gq, gq+8 of each m16 tile; columns (weights) 2tq, 2tq+1
+        float xsc[4][2], wsc[4][2];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                int m = m0 + wm * 64 + i * 16 + gq + 8 * u;
+                xsc[i][u] = m < a.M ? a.sx[(int64_t)m * a.G + g] : 0.0f;
+            }
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                int n = n0 + wn * 32 + j * 8 + 2 * tq + u;
+                wsc[j][u] = n < a.N ? a.ws[(int64_t)(n >> a.srow_shift) * a.ldws + g] : 0.0f;
+            }
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                acc[i][j][0] += part[i][j][0] * (xsc[i][0] * wsc[j][0]);
+                acc[i][j][1] += part[i][j][1] * (xsc[i][0] * wsc[j][1]);
+                acc[i][j][2] += part[i][j][2] * (xsc[i][1] * wsc[j][0]);
+                acc[i][j][3] += part[i][j][3] * (xsc[i][1] * wsc[j][1]);
+            }
+        __syncthreads(); // this stage is refilled by the next iteration's load
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                int m = m0 + wm * 64 + i * 16 + gq + 8 * (q >> 1);
+                int n = n0 + wn * 32 + j * 8 + 2 * tq + (q & 1);
+                if (m < a.M && n < a.N) cu_mat_st(a.out, m, n, acc[i][j][q]);
+            }
+}
+
+// ---- CUDA-core GEMM (odd K or unaligned weights) ------------------------------
 
 #define TM 64
 #define TN 64
@@ -119,7 +352,7 @@ __global__ void __launch_bounds__(256) k_fp8_gemm(fp8_args a)
             for (int i = threadIdx.x; i < TK * TM; i += 256) {
                 int r = i / TK, c = i % TK, k = k0 + c;
                 int m = m0 + r, n = n0 + r;
-                xs[c][r] = (m < a.M && k < kend) ? cu_e4m3_to_f32(a.xq[(int64_t)m * a.K + k]) : 0.0f;
+                xs[c][r] = (m < a.M && k < kend) ? cu_e4m3_to_f32(a.xq[(int64_t)m * a.ldx + k]) : 0.0f;
                 wsm[c][r] = (n < a.N && k < kend) ? cu_e4m3_to_f32(a.w[(int64_t)n * a.ldw + k]) : 0.0f;
             }
             __syncthreads();
@@ -159,6 +392,46 @@ __global__ void __launch_bounds__(256) k_fp8_gemm(fp8_args a)
         }
 }
 
+// ---- host ----------------------------------------------------------------------
+
+static void fp8_gemv_launch(cu_backend *b, const fp8_args &a, unsigned pairs)
+{
+    dim3 grid((unsigned)cu_blocks(a.N, 16), 1);
+    if (a.ids) grid = dim3(pairs, (unsigned)cu_blocks(a.N, 16));
+    dim3 blk(32 * GV8_WARPS);
+    int M = a.ids ? 1 : a.M;
+    if (M <= 8)
+        cu_launch(b, k_fp8_gemv_tc<1>, grid, blk, 0, a);
+    else if (M <= 16)
+        cu_launch(b, k_fp8_gemv_tc<2>, grid, blk, 0, a);
+    else if (M <= 32)
+        cu_launch(b, k_fp8_gemv_tc<4>, grid, blk, 0, a);
+    else
+        cu_launch(b, k_fp8_gemv_tc<8>, grid, blk, 0, a);
+}
+
+static fp8_args fp8_args_of(const uint8_t *w, int64_t ldw, const float *ws, int64_t ldws, int N, int K,
+                            int srow_shift, const uint8_t *xq, const float *sx, int M, cu_mat out)
+{
+    fp8_args a;
+    memset(&a, 0, sizeof a);
+    a.w = w;
+    a.xq = xq;
+    a.ws = ws;
+    a.sx = sx;
+    a.ldw = ldw;
+    a.ldws = ldws;
+    a.M = M;
+    a.N = N;
+    a.K = K;
+    a.G = (K + FP8_G - 1) / FP8_G;
+    a.ldx = (int64_t)a.G * FP8_G;
+    a.srow_shift = srow_shift;
+    a.vec = (K % 16) == 0 && (ldw % 16) == 0 && ((uintptr_t)w % 16) == 0;
+    a.out = out;
+    return a;
+}
+
 void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
                    const sl_tensor *w_scale)
 {
@@ -166,27 +439,94 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
     int M = (int)sl_tensor_rows(x), K = (int)sl_tensor_cols(x), N = (int)sl_tensor_rows(w);
     int G = (K + FP8_G - 1) / FP8_G;
     if (M == 0) return;
-    uint8_t *xq = (uint8_t *)cu_tmp_alloc(b, (size_t)M * K);
+    uint8_t *xq = (uint8_t *)cu_tmp_alloc(b, (size_t)M * G * FP8_G);
     float *sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)M * G);
     cu_launch(b, k_fp8_quant_act, dim3((unsigned)G, (unsigned)M), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, G);
-    fp8_args a;
-    a.w = (const uint8_t *)w->data;
-    a.xq = xq;
-    a.ws = (const float *)w_scale->data;
-    a.sx = sx;
-    a.ldw = sl_tensor_ld(w);
-    a.ldws = sl_tensor_ld(w_scale);
-    a.M = M;
-    a.N = N;
-    a.K = K;
-    a.G = G;
-    a.srow_shift = sl_tensor_rows(w_scale) == N ? 0 : 7;
-    a.out = cu_mat_of(out);
-    if (M <= GV8_MAXM)
-        cu_launch(b, k_fp8_gemv, dim3(cu_blocks(N, 8)), dim3(256), 0, a);
-    else
+    fp8_args a = fp8_args_of((const uint8_t *)w->data, sl_tensor_ld(w), (const float *)w_scale->data,
+                             sl_tensor_ld(w_scale), N, K, sl_tensor_rows(w_scale) == N ? 0 : 7, xq, sx, M,
+                             cu_mat_of(out));
+    if (M <= GV8_MAXM) {
+        fp8_gemv_launch(b, a, 1);
+        b->mm_last = "fp8_gemv_tc";
+    } else if (a.vec) {
+        if (!b->fp8_smem_set) { // per kernel and device: once per backend
+            CU_CHECK(cudaFuncSetAttribute(k_fp8_gemm_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_SMEM));
+            b->fp8_smem_set = 1;
+        }
+        cu_launch(b, k_fp8_gemm_tc, dim3(cu_blocks(N, TC_BN), cu_blocks(M, TC_BM)), dim3(256), TC_SMEM, a);
+        b->mm_last = "fp8_gemm_tc";
+    } else {
         cu_launch(b, k_fp8_gemm, dim3(cu_blocks(N, TN), cu_blocks(M, TM)), dim3(256), 0, a);
-    b->mm_last = M <= GV8_MAXM ? "fp8_gemv" : "fp8_gemm";
+        b->mm_last = "fp8_gemm";
+    }
+    cu_tmp_free(b, sx);
+    cu_tmp_free(b, xq);
+}
+
+// out[t, c] = Σ_j weights[t, j] · y[t·k + j, c], j in order (as the CPU op)
+__global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, int64_t wt_ld, int k, int H)
+{
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    int t = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= H) return;
+    float acc = 0.0f;
+    for (int j = 0; j < k; j++) acc += wt[(int64_t)t * wt_ld + j] * y[((int64_t)t * k + j) * H + c];
+    cu_mat_st(out, t, c, acc);
+}
+
+void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
+                        const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *gate_up_scale,
+                        const sl_tensor *down, const sl_tensor *down_scale)
+{
+    cu_backend *b = cu_be(be);
+    int T = (int)sl_tensor_rows(x), H = (int)sl_tensor_cols(x), I = (int)down->ne[2];
+    int k = (int)sl_tensor_cols(ids), P = T * k;
+    int GH = (H + FP8_G - 1) / FP8_G, GI = (I + FP8_G - 1) / FP8_G;
+    SL_ASSERT(ids->dtype == SL_DTYPE_I32 && weights->dtype == SL_DTYPE_F32);
+    if (T == 0) return;
+    uint8_t *xq = (uint8_t *)cu_tmp_alloc(b, (size_t)T * GH * FP8_G);
+    float *sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)T * GH);
+    float *h = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * 2 * I);
+    uint8_t *hq = (uint8_t *)cu_tmp_alloc(b, (size_t)P * GI * FP8_G);
+    float *sh = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * GI);
+    float *y = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * H);
+    cu_launch(b, k_fp8_quant_act, dim3((unsigned)GH, (unsigned)T), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, GH);
+
+    cu_mat hm = {h, SL_DTYPE_F32, P, 2 * I, 2 * I};
+    fp8_args a = fp8_args_of((const uint8_t *)gate_up->data, gate_up->st[1], (const float *)gate_up_scale->data,
+                             gate_up_scale->st[1], 2 * I, H, 0, xq, sx, 1, hm);
+    a.ids = (const int32_t *)ids->data;
+    a.ids_ld = sl_tensor_ld(ids);
+    a.topk = k;
+    a.x_div = k;
+    a.ew = gate_up->st[0];
+    a.ews = gate_up_scale->st[0];
+    a.vec = a.vec && (a.ew % 16) == 0;
+    fp8_gemv_launch(b, a, (unsigned)P);
+
+    cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)GI), dim3(FP8_G), 0, (const float *)h, I, hq, sh,
+              GI);
+
+    cu_mat ym = {y, SL_DTYPE_F32, P, H, H};
+    fp8_args d = fp8_args_of((const uint8_t *)down->data, down->st[1], (const float *)down_scale->data,
+                             down_scale->st[1], H, I, 0, hq, sh, 1, ym);
+    d.ids = a.ids;
+    d.ids_ld = a.ids_ld;
+    d.topk = k;
+    d.x_div = 1;
+    d.ew = down->st[0];
+    d.ews = down_scale->st[0];
+    d.vec = d.vec && (d.ew % 16) == 0;
+    fp8_gemv_launch(b, d, (unsigned)P);
+
+    cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0, cu_mat_of(out),
+              (const float *)y, (const float *)weights->data, sl_tensor_ld(weights), k, H);
+    b->mm_last = "fp8_moe_gemv";
+    cu_tmp_free(b, y);
+    cu_tmp_free(b, sh);
+    cu_tmp_free(b, hq);
+    cu_tmp_free(b, h);
     cu_tmp_free(b, sx);
     cu_tmp_free(b, xq);
 }

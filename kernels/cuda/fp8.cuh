@@ -10,4 +10,9 @@
 void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
                    const sl_tensor *w_scale);
 
+// sl_be_moe_experts_fp8 (kernels/backend.h), the arithmetic of the CPU op.
+void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
+                        const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *gate_up_scale,
+                        const sl_tensor *down, const sl_tensor *down_scale);
+
 #endif

@@ -1,5 +1,6 @@
-/* tests/gpu/ops/ops_fp8.c: matmul_fp8 (activation quantization, the FP8 GEMV for M <= 16, the
- * tiled FP8 GEMM) against the CPU oracle kernels/cpu/fp8.c. */
+/* tests/gpu/ops/ops_fp8.c: matmul_fp8 (activation quantization, the tensor-core FP8 GEMV for
+ * M <= 64, the tensor-core GEMM for larger M with K % 16 == 0, the CUDA-core GEMM otherwise)
+ * and moe_experts_fp8 against the CPU oracle kernels/cpu/fp8.c. */
 #include <string.h>
 
 #include "harness.h"
@@ -11,10 +12,21 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL_FP8, BF, {3, 320, 192, 0, 0}, 1e-2},
     {SL_OP_MATMUL_FP8, F32, {7, 257, 385, 1, 1}, 1e-2},  /* odd everything; K % 16 != 0: scalar path */
     {SL_OP_MATMUL_FP8, BF, {16, 4096, 4096, 0, 1}, 1e-2},
-    {SL_OP_MATMUL_FP8, BF, {17, 320, 192, 0, 0}, 1e-2},  /* first GEMM size */
-    {SL_OP_MATMUL_FP8, BF, {37, 768, 512, 0, 1}, 1e-2},
-    {SL_OP_MATMUL_FP8, F32, {130, 200, 328, 1, 0}, 1e-2},
+    {SL_OP_MATMUL_FP8, BF, {17, 320, 192, 0, 0}, 1e-2},  /* GEMV, 4 token tiles */
+    {SL_OP_MATMUL_FP8, BF, {37, 768, 512, 0, 1}, 1e-2},  /* GEMV, 8 token tiles */
+    {SL_OP_MATMUL_FP8, F32, {64, 1000, 4096, 1, 0}, 1e-2}, /* largest GEMV */
+    {SL_OP_MATMUL_FP8, F32, {33, 257, 385, 1, 1}, 1e-2}, /* GEMV, scalar weight loads */
+    {SL_OP_MATMUL_FP8, BF, {65, 320, 192, 0, 0}, 1e-2},  /* first tensor-core GEMM size */
+    {SL_OP_MATMUL_FP8, F32, {130, 200, 328, 1, 0}, 1e-2}, /* K % 16 != 0: CUDA-core GEMM */
+    {SL_OP_MATMUL_FP8, F32, {130, 200, 336, 1, 1}, 1e-2}, /* tensor-core GEMM, partial group */
+    {SL_OP_MATMUL_FP8, BF, {300, 320, 192, 0, 1}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {300, 1536, 2048, 0, 1}, 1e-2},
+    {SL_OP_MATMUL_FP8, BF, {513, 2304, 1024, 0, 0}, 1e-2},
+    /* moe_experts_fp8: T, H, I, E, k */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1, 256, 128, 8, 2}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {3, 320, 192, 16, 4}, 1e-2}, /* partial groups both ways */
+    {SL_OP_MOE_EXPERTS_FP8, F32, {40, 512, 384, 32, 8}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {7, 200, 136, 6, 3}, 1e-2},  /* H % 16 != 0: scalar loads */
 };
 
 /* fp8 weight [N, K] + scales (per row [N, G] or per block [ceil(N/128), G]) on both backends */
@@ -45,9 +57,95 @@ static void fp8_weight(tb *t, int N, int K, int per_block, sl_tensor wc_ws[2], s
     free(q);
 }
 
+/* [E, R, C] fp8 experts and per-row scales [E, R, ceil(C/128)] on both backends */
+static void fp8_experts(tb *t, int E, int R, int C, uint64_t salt, sl_tensor wc_ws[2], sl_tensor wg_ws[2])
+{
+    int G = (C + 127) / 128, RB = (R + 127) / 128;
+    float *w = malloc(sizeof(float) * (size_t)R * C), *sb = malloc(sizeof(float) * (size_t)RB * G);
+    float *s = malloc(sizeof(float) * (size_t)E * R * G);
+    uint8_t *q = malloc((size_t)E * R * C);
+    for (int e = 0; e < E; e++) {
+        for (int64_t i = 0; i < (int64_t)R * C; i++)
+            w[i] = (2.0f * sl_rng_uniform(t->seed ^ salt, (uint64_t)e * R * C + (uint64_t)i) - 1.0f) *
+                   (1.0f + (float)((i / C + e) % 5));
+        sl_fp8_quantize_blocks(w, R, C, q + (size_t)e * R * C, sb);
+        for (int r = 0; r < R; r++)
+            for (int g = 0; g < G; g++) s[((size_t)e * R + r) * G + g] = sb[(r / 128) * G + g];
+    }
+    sl_err er = {0};
+    sl_backend *be[2] = {t->cpu, t->gpu};
+    sl_tensor *out[2] = {wc_ws, wg_ws};
+    for (int b = 0; b < 2; b++) {
+        if (sl_be_alloc(be[b], &out[b][0], SL_DTYPE_F8E4M3, 3, (int64_t[]){E, R, C}, &er) ||
+            sl_be_upload(be[b], &out[b][0], q, SL_DTYPE_F8E4M3, &er) ||
+            sl_be_alloc(be[b], &out[b][1], F32, 3, (int64_t[]){E, R, G}, &er) ||
+            sl_be_upload(be[b], &out[b][1], s, F32, &er))
+            tb_die("fp8 experts", &er);
+    }
+    free(w);
+    free(sb);
+    free(s);
+    free(q);
+}
+
+static void moe_fp8_run(tb *t, const tb_case *c)
+{
+    const int *p = c->p;
+    int T = p[0], H = p[1], I = p[2], E = p[3], k = p[4];
+    char desc[96];
+    int64_t ne[2];
+    tb_pair x, y, ids, wt;
+    sl_tensor guc[2], gug[2], dnc[2], dng[2];
+    sl_err er = {0};
+    snprintf(desc, sizeof desc, "T=%d H=%d I=%d E=%d k=%d x%s", T, H, I, E, k, sl_dtype_name(c->dt));
+    tb_pair_rand(t, &x, c->dt, 2, (tb_ne2(ne, T, H), ne), -2, 2);
+    tb_pair_out(t, &y, c->dt, 2, (tb_ne2(ne, T, H), ne));
+    int32_t *iv = malloc(sizeof(int32_t) * (size_t)T * k);
+    float *wv = malloc(sizeof(float) * (size_t)T * k);
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < k; j++) {
+            int m, dup;
+            uint64_t n = 0;
+            do { /* distinct experts per token */
+                m = (int)(sl_rng_uniform(t->seed ^ 0xe8, (uint64_t)(i * 64 + j) * 1000 + n++) * (float)E);
+                if (m >= E) m = E - 1;
+                dup = 0;
+                for (int jj = 0; jj < j; jj++) dup |= iv[i * k + jj] == m;
+            } while (dup);
+            iv[i * k + j] = m;
+            wv[i * k + j] = 0.05f + sl_rng_uniform(t->seed ^ 0xe9, (uint64_t)(i * 64 + j)) * 0.3f;
+        }
+    tb_pair_alloc(t, &ids, SL_DTYPE_I32, 2, (tb_ne2(ne, T, k), ne));
+    if (sl_be_upload(t->cpu, &ids.c, iv, SL_DTYPE_I32, &er) || sl_be_upload(t->gpu, &ids.g, iv, SL_DTYPE_I32, &er))
+        tb_die("moe fp8 ids", &er);
+    tb_pair_alloc(t, &wt, F32, 2, (tb_ne2(ne, T, k), ne));
+    tb_pair_set(t, &wt, wv);
+    fp8_experts(t, E, 2 * I, H, 0x9a, guc, gug);
+    fp8_experts(t, E, H, I, 0xd0, dnc, dng);
+    sl_be_moe_experts_fp8(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &guc[0], &guc[1], &dnc[0], &dnc[1]);
+    sl_be_moe_experts_fp8(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
+    tb_compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
+    for (int i = 0; i < 2; i++) {
+        sl_be_release(t->cpu, &guc[i]);
+        sl_be_release(t->gpu, &gug[i]);
+        sl_be_release(t->cpu, &dnc[i]);
+        sl_be_release(t->gpu, &dng[i]);
+    }
+    free(iv);
+    free(wv);
+    tb_pair_free(t, &x);
+    tb_pair_free(t, &y);
+    tb_pair_free(t, &ids);
+    tb_pair_free(t, &wt);
+}
+
 static void fp8_run(tb *t, const tb_case *c)
 {
     const int *p = c->p;
+    if (c->op == SL_OP_MOE_EXPERTS_FP8) {
+        moe_fp8_run(t, c);
+        return;
+    }
     int M = p[0], N = p[1], K = p[2];
     char desc[96];
     int64_t ne[2];
@@ -117,7 +215,7 @@ static void fp8_perf(tb *t, const char *filter)
         {"8B up", 12288, 4096},
         {"8B down", 4096, 12288},
     };
-    int Ms[] = {1, 4, 16, 4096};
+    int Ms[] = {1, 4, 16, 64, 4096};
     if (!tb_perf_on(filter, SL_OP_MATMUL_FP8)) return;
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
         for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++) perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K);
