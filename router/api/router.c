@@ -119,6 +119,7 @@ static void handle_metrics(sl_router *rt, sl_http_req *r)
             sl_buf_printf(&o, "%s{worker=\"%s\"} %g\n", gauges[g][0], w.url, v);
         }
     }
+    sl_job_pd_metrics(rt, &o);
     sl_http_respond(r, 200, "text/plain; version=0.0.4", o.data, o.len, NULL);
     sl_buf_free(&o);
     sl_metrics_request(&rt->metrics, "/metrics", 200);
@@ -292,6 +293,7 @@ sl_status sl_router_new(sl_router **out, uv_loop_t *loop, const sl_router_config
         free(rt);
         return e ? e->code : SL_ERR_NOMEM;
     }
+    sl_job_pd_init(rt);
     if (sl_http_start(&rt->http, loop, cfg->host, cfg->port, &cfg->http, on_request, rt, e)) {
         sl_cluster_close(rt->cluster);
         uv_run(loop, UV_RUN_NOWAIT);

@@ -26,6 +26,7 @@ typedef struct sl_router_cli {
     int heartbeat_ms, dead_after_ms, dns_refresh_ms, keepalive_ms, drain_timeout_ms;
     int migration_limit;
     sl_strs workers, worker_dns;
+    sl_strs prefill, decode; /* --prefill / --decode URLs (PD mode) */
 } sl_router_cli;
 
 int sl_router_opts(sl_opt *opts, sl_router_cli *cli, sl_router_config *cfg);

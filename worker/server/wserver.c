@@ -24,6 +24,7 @@ typedef struct server {
     uint64_t worker_id;
     int64_t last_load_ms;
     int peer_gone; /* a chunk send timed out; cleared by the next incoming message */
+    sl_pd *pd;     /* disaggregation role, or NULL */
 } server;
 
 static int64_t now_ms(void)
@@ -84,6 +85,7 @@ static void send_load(server *sv)
     lr.model = (char *)sv->model_name;
     lr.worker_id = sv->worker_id;
     lr.vocab_size = sv->mc->vocab_size;
+    if (sv->pd) sl_pd_fill_load(sv->pd, &lr);
     log_send(sl_wire_send_load(sv->sock, &lr, NNG_FLAG_NONBLOCK), 1);
     sv->last_load_ms = now_ms();
 }
@@ -181,8 +183,16 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
                       .priority = g->priority};
     const char *bad = sampling_from(g->sampling, &sv->mc->gen, &r.sampling);
     if (bad) return send_error(sv, g->rid, bad);
+    if (g->pd && g->pd->role && !sv->pd)
+        return send_error(sv, g->rid, "this worker runs without --disaggregation-mode");
+    if (sv->pd && (bad = sl_pd_on_generate(sv->pd, g, &r))) return send_error(sv, g->rid, bad);
     sl_err e = {0};
-    if (sl_engine_submit(sv->g, &r, &e)) return send_error(sv, g->rid, e.msg);
+    if (sl_engine_submit(sv->g, &r, &e)) {
+        if (sv->pd) /* forget its room */
+            sl_pd_on_event(sv->pd, &(sl_sched_event){.rid = g->rid, .token = -1,
+                                                     .finish = SL_FINISH_ERROR});
+        return send_error(sv, g->rid, e.msg);
+    }
 }
 
 /* Handles and frees m. */
@@ -202,6 +212,9 @@ static void on_message(server *sv, nng_msg *m)
         if (!sl_engine_abort(sv->g, env->abort->rid))
             SL_LOGD("wserver", "abort of unknown request %llu",
                     (unsigned long long)env->abort->rid);
+        break;
+    case SLUICE__ENVELOPE__MSG_KV_READY:
+        if (sv->pd) sl_pd_on_kv_ready(sv->pd, env->kv_ready);
         break;
     case SLUICE__ENVELOPE__MSG_PING:
         log_send(sl_wire_send_ping(sv->sock, SLUICE__ENVELOPE__MSG_PONG, env->ping->seq,
@@ -227,6 +240,7 @@ static void flush_events(server *sv, const char *error_text)
     while (have_next) {
         ev = next;
         have_next = sl_engine_pop_event(sv->g, &next);
+        if (sv->pd && sl_pd_on_event(sv->pd, &ev)) continue;
         sl_finish fin = ev.finish;
         int prompt = ev.prompt_tokens, comp = ev.completion_tokens, cached = ev.cached_tokens;
         if (!fin && have_next && next.rid == ev.rid && next.finish && next.token < 0) {
@@ -275,7 +289,8 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
     server sv = {.g = g,
                  .mc = sl_model_cfg(m),
                  .sc = sl_engine_sched_config(g),
-                 .model_name = c->model_name ? c->model_name : ""};
+                 .model_name = c->model_name ? c->model_name : "",
+                 .pd = c->pd};
     sv.worker_id =
         sl_rng_mix((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&sv);
     int rv = nng_pair1_open(&sv.sock);
@@ -289,6 +304,7 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         return sl_err_set(e, SL_ERR_IO, "listen on %s: %s", c->url, nng_strerror(rv));
     }
     SL_LOGI("wserver", "listening on %s", c->url);
+    if (sv.pd) sl_pd_attach(sv.pd, sv.sock);
     int interval = c->load_interval_ms > 0 ? c->load_interval_ms : 1000, was_idle = 1;
     sl_status st = SL_OK;
     while (!*stop) {
@@ -297,7 +313,8 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         if (idle && !was_idle && sl_engine_check(g, e)) /* verify the accounting when idle */
             SL_LOGE("wserver", "cache accounting is broken: %s", e->msg);
         was_idle = idle;
-        nng_setopt_ms(sv.sock, NNG_OPT_RECVTIMEO, idle ? 50 : 0);
+        int pd_wait = sv.pd && sl_pd_poll(sv.pd); /* transfers in, timeouts */
+        nng_setopt_ms(sv.sock, NNG_OPT_RECVTIMEO, idle ? (pd_wait ? 1 : 50) : 0);
         for (int first = 1;; first = 0) {
             nng_msg *msg;
             rv = nng_recvmsg(sv.sock, &msg, first && idle ? 0 : NNG_FLAG_NONBLOCK);

@@ -31,6 +31,7 @@
 
 #include "engine.h"
 #include "model.h"
+#include "pd.h"
 
 /* Bytes per incoming message. Stop token ids per request: proto/wire.h's
  * SL_WIRE_MAX_STOP_IDS. */
@@ -48,6 +49,8 @@ typedef struct sl_wserver_config {
     sl_status (*tick)(void *ctx, sl_err *e);
     void *tick_ctx;
     int close_on_failure;
+    /* --disaggregation-mode prefill|decode (worker/pd/pd.h; NULL: unified) */
+    sl_pd *pd;
 } sl_wserver_config;
 
 sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
