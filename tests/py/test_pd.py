@@ -70,7 +70,7 @@ def prompts(vocab_hi=2000):
     ]
 
 
-def pools_empty(port, urls, timeout=10):
+def pools_empty(port, urls, timeout=20):
     """Every worker in urls reports nothing running or waiting and all its
     pages and slots free (or evictable cache)."""
     deadline = time.time() + timeout
@@ -156,9 +156,12 @@ def test_pd_failures(tmp_path):
         pres = [start_role(procs, model, f"pre{i}", "prefill", *extra) for i in range(2)]
         decs = [start_role(procs, model, f"dec{i}", "decode", *extra) for i in range(2)]
         _, up = start_router(procs, model, [uni])
+        # a frozen worker counts as dead only after 10 s: the kills below are
+        # seen at once (its pipe drops)
         _, pp = start_router(procs, model, [], "--pd-disaggregation",
                              "--prefill", pres[0].url, "--prefill", pres[1].url,
-                             "--decode", decs[0].url, "--decode", decs[1].url, alive=4)
+                             "--decode", decs[0].url, "--decode", decs[1].url,
+                             "--dead-after-ms", 10000, alive=4)
         ids = prompts()[1]
 
         # 1. the decode worker dies mid-stream
