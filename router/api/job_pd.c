@@ -255,9 +255,11 @@ void sl_job_pd_metrics(sl_router *rt, sl_buf *o)
         {"sluice_worker_pd_failures", "Transfers that failed (timeouts, errors)."},
         {"sluice_worker_total_kv_pages", "KV cache pages (its report)."},
         {"sluice_worker_free_mamba_slots", "Free or evictable state slots (its report)."},
-        {"sluice_worker_total_mamba_slots", "State slots (its report)."}};
+        {"sluice_worker_total_mamba_slots", "State slots (its report)."},
+        {"sluice_worker_pd_queue_seconds", "Summed waits: prefill arrival to computed, decode arrival to admitted."},
+        {"sluice_worker_pd_hold_seconds", "Summed holds: prefill computed to sent, decode admitted to activated."}};
     int n = sl_cluster_size(rt->cluster);
-    for (int k = 0; k < 9; k++) {
+    for (int k = 0; k < 11; k++) {
         sl_buf_printf(o, "# HELP %s %s\n# TYPE %s gauge\n", g[k][0], g[k][1], g[k][0]);
         for (int i = 0; i < n; i++) {
             sl_worker_info w;
@@ -270,7 +272,9 @@ void sl_job_pd_metrics(sl_router *rt, sl_buf *o)
                        : k == 5 ? (double)w.pd_failures
                        : k == 6 ? w.total_kv_pages
                        : k == 7 ? w.free_mamba_slots
-                                : w.total_mamba_slots;
+                       : k == 8 ? w.total_mamba_slots
+                       : k == 9 ? w.pd_queue_seconds
+                                : w.pd_hold_seconds;
             sl_buf_printf(o, "%s{worker=\"%s\"} %g\n", g[k][0], w.url, v);
         }
     }

@@ -520,7 +520,9 @@ void sl_cluster_info(const sl_cluster *cl, int i, sl_worker_info *o)
                           .pd_transfers = w->load.pd_transfers,
                           .pd_transfer_bytes = w->load.pd_transfer_bytes,
                           .pd_failures = w->load.pd_failures,
-                          .pd_transfer_seconds = w->load.pd_transfer_seconds};
+                          .pd_transfer_seconds = w->load.pd_transfer_seconds,
+                          .pd_queue_seconds = w->load.pd_queue_seconds,
+                          .pd_hold_seconds = w->load.pd_hold_seconds};
 }
 
 void sl_cluster_set_kv_ready(sl_cluster *cl, sl_cluster_kv_ready_cb cb, void *ud)

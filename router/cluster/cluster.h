@@ -73,7 +73,7 @@ typedef struct sl_worker_info {
     const char *layout;       /* cache layout fingerprint ("" before the first report) */
     int free_mamba_slots, total_mamba_slots, pd_waiting;
     uint64_t pd_transfers, pd_transfer_bytes, pd_failures;
-    double pd_transfer_seconds;
+    double pd_transfer_seconds, pd_queue_seconds, pd_hold_seconds;
 } sl_worker_info;
 
 /* Called on the loop when a worker becomes alive (alive = 1) or dead. */

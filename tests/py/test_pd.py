@@ -126,6 +126,9 @@ def test_pd_equals_unified(tmp_path, arch):
         assert m[f'sluice_worker_pd_transfers{{worker="{dec}"}}'] == 2 * len(ps)
         assert m[f'sluice_worker_pd_transfer_bytes{{worker="{pre}"}}'] > 0
         assert m[f'sluice_worker_pd_failures{{worker="{dec}"}}'] == 0
+        for w in (pre, dec):  # queue waits and holds are reported on both sides
+            assert m[f'sluice_worker_pd_queue_seconds{{worker="{w}"}}'] > 0
+            assert m[f'sluice_worker_pd_hold_seconds{{worker="{w}"}}'] >= 0
 
         # a follow-up turn: the decode side reuses what it received and generated
         first = ps[1] + [7, 8]

@@ -89,7 +89,7 @@ typedef struct room {
     uint64_t rid;  /* this side's request id */
     uint64_t room; /* the decode side's rid */
     char peer[256];
-    int64_t t0_ms;
+    int64_t t0_ms, hold_ms; /* arrival; computed (prefill) or admitted (decode) */
     int computed; /* prefill: held, first token known */
     int ready;    /* prefill: KvReady came */
     int skip;
@@ -113,7 +113,7 @@ struct sl_pd {
     size_t buf_cap;
     /* metrics */
     uint64_t transfers, bytes, failures;
-    double seconds;
+    double seconds, queue_seconds, hold_seconds;
 };
 
 static int64_t now_ms(void)
@@ -456,6 +456,7 @@ static void prefill_send(sl_pd *pd, room *rm)
     pd->transfers++;
     pd->bytes += kvb + stb;
     pd->seconds += (double)(now_ms() - t0) / 1e3;
+    pd->hold_seconds += (double)(now_ms() - rm->hold_ms) / 1e3;
     SL_LOGD("pd", "request %llu: sent %d tokens from %d (%zu bytes) to room %llu",
             (unsigned long long)rm->rid, mem.n_tokens - rm->skip, rm->skip, kvb + stb,
             (unsigned long long)rm->room);
@@ -534,6 +535,7 @@ static void on_transfer(sl_pd *pd, const Sluice__KvTransfer *kt)
             s.top_logprobs[i] = kt->top->logprobs[i];
             s.n_top = (int)i + 1;
         }
+    pd->hold_seconds += (double)(now_ms() - rm->hold_ms) / 1e3;
     drop_room(pd, rm); /* an ordinary request from here on */
     if (sl_engine_pd_activate(pd->g, kt->room, kt->token, &s, &e)) {
         pd->failures++;
@@ -572,6 +574,8 @@ int sl_pd_on_event(sl_pd *pd, const sl_sched_event *ev)
     if (!rm) return 0;
     if (pd->c.role == SLUICE__DISAGG_ROLE__DISAGG_DECODE) {
         if (ev->pd_ready) {
+            rm->hold_ms = now_ms();
+            pd->queue_seconds += (double)(rm->hold_ms - rm->t0_ms) / 1e3;
             send_ready(pd, ev);
             return 1;
         }
@@ -591,6 +595,8 @@ int sl_pd_on_event(sl_pd *pd, const sl_sched_event *ev)
         }
         rm->computed = 1;
         rm->cached = ev->cached_tokens;
+        rm->hold_ms = now_ms();
+        pd->queue_seconds += (double)(rm->hold_ms - rm->t0_ms) / 1e3;
         if (rm->ready) prefill_send(pd, rm);
         return 1;
     }
@@ -636,6 +642,8 @@ void sl_pd_fill_load(sl_pd *pd, Sluice__LoadReport *lr)
     lr->pd_transfer_bytes = pd->bytes;
     lr->pd_transfer_seconds = pd->seconds;
     lr->pd_failures = pd->failures;
+    lr->pd_queue_seconds = pd->queue_seconds;
+    lr->pd_hold_seconds = pd->hold_seconds;
     lr->layout = pd->layout;
     sl_sched_stats st;
     sl_engine_stats(pd->g, &st);
