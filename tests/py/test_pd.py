@@ -223,3 +223,20 @@ def test_pd_layout_mismatch(tmp_path):
         pools_empty(pp, [pre, dec])
     finally:
         procs.stop()
+
+
+def test_serve_pd_layout(tmp_path):
+    """`sluice serve --pd-prefill 1 --pd-decode 1` starts a PD layout."""
+    procs = Procs()
+    try:
+        model = make_tiny(tmp_path / "m")
+        _, port = start_router(procs, model, [], "--pd-prefill", 1, "--pd-decode", 1,
+                               "--mem-bytes", MEM, command="serve", alive=2)
+        text, _, usage = complete(port, prompts()[0], max_tokens=5)
+        assert usage["completion_tokens"] == 5
+        m = metrics(port)
+        assert m["sluice_pd_pairs_total"] == 1 and m["sluice_pd_prefill_done_total"] == 1
+        roles = sorted(v for k, v in m.items() if k.startswith("sluice_worker_pd_role"))
+        assert roles == [1, 2]
+    finally:
+        procs.stop()

@@ -89,7 +89,7 @@ typedef struct room {
     uint64_t rid;  /* this side's request id */
     uint64_t room; /* the decode side's rid */
     char peer[256];
-    int64_t t0_ms, hold_ms; /* arrival; computed (prefill) or admitted (decode) */
+    int64_t t0_us, hold_us; /* arrival; computed (prefill) or admitted (decode) */
     int computed; /* prefill: held, first token known */
     int ready;    /* prefill: KvReady came */
     int skip;
@@ -116,11 +116,11 @@ struct sl_pd {
     double seconds, queue_seconds, hold_seconds;
 };
 
-static int64_t now_ms(void)
+static int64_t now_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 int sl_pd_role_parse(const char *s, Sluice__DisaggRole *out)
@@ -236,7 +236,7 @@ static room *add_room(sl_pd *pd, uint64_t rid)
     room *r = &pd->rooms[pd->n_rooms++];
     memset(r, 0, sizeof *r);
     r->rid = rid;
-    r->t0_ms = now_ms();
+    r->t0_us = now_us();
     return r;
 }
 
@@ -412,7 +412,7 @@ static void prefill_send(sl_pd *pd, room *rm)
         prefill_fail(pd, rm, "the decode side asked for a bad start token");
         return;
     }
-    int64_t t0 = now_ms();
+    int64_t t0 = now_us();
     int p0 = rm->skip / P, np = (mem.n_tokens + P - 1) / P - p0;
     size_t kvb = kv_bytes(c, np), stb = mem.state >= 0 ? state_bytes(c) : 0;
     sl_err e = {0};
@@ -455,8 +455,8 @@ static void prefill_send(sl_pd *pd, room *rm)
     }
     pd->transfers++;
     pd->bytes += kvb + stb;
-    pd->seconds += (double)(now_ms() - t0) / 1e3;
-    pd->hold_seconds += (double)(now_ms() - rm->hold_ms) / 1e3;
+    pd->seconds += (double)(now_us() - t0) / 1e6;
+    pd->hold_seconds += (double)(now_us() - rm->hold_us) / 1e6;
     SL_LOGD("pd", "request %llu: sent %d tokens from %d (%zu bytes) to room %llu",
             (unsigned long long)rm->rid, mem.n_tokens - rm->skip, rm->skip, kvb + stb,
             (unsigned long long)rm->room);
@@ -499,7 +499,7 @@ static void decode_fail(sl_pd *pd, uint64_t rid, const char *why)
 
 static void on_transfer(sl_pd *pd, const Sluice__KvTransfer *kt)
 {
-    int64_t t0 = now_ms();
+    int64_t t0 = now_us();
     room *rm = find_room(pd, kt->room);
     sl_sched_pd_mem mem;
     if (!rm || sl_engine_pd_view(pd->g, kt->room, &mem)) {
@@ -535,7 +535,7 @@ static void on_transfer(sl_pd *pd, const Sluice__KvTransfer *kt)
             s.top_logprobs[i] = kt->top->logprobs[i];
             s.n_top = (int)i + 1;
         }
-    pd->hold_seconds += (double)(now_ms() - rm->hold_ms) / 1e3;
+    pd->hold_seconds += (double)(now_us() - rm->hold_us) / 1e6;
     drop_room(pd, rm); /* an ordinary request from here on */
     if (sl_engine_pd_activate(pd->g, kt->room, kt->token, &s, &e)) {
         pd->failures++;
@@ -544,7 +544,7 @@ static void on_transfer(sl_pd *pd, const Sluice__KvTransfer *kt)
     }
     pd->transfers++;
     pd->bytes += kvb + stb;
-    pd->seconds += (double)(now_ms() - t0) / 1e3;
+    pd->seconds += (double)(now_us() - t0) / 1e6;
 }
 
 static void send_ready(sl_pd *pd, const sl_sched_event *ev)
@@ -574,8 +574,8 @@ int sl_pd_on_event(sl_pd *pd, const sl_sched_event *ev)
     if (!rm) return 0;
     if (pd->c.role == SLUICE__DISAGG_ROLE__DISAGG_DECODE) {
         if (ev->pd_ready) {
-            rm->hold_ms = now_ms();
-            pd->queue_seconds += (double)(rm->hold_ms - rm->t0_ms) / 1e3;
+            rm->hold_us = now_us();
+            pd->queue_seconds += (double)(rm->hold_us - rm->t0_us) / 1e6;
             send_ready(pd, ev);
             return 1;
         }
@@ -595,8 +595,8 @@ int sl_pd_on_event(sl_pd *pd, const sl_sched_event *ev)
         }
         rm->computed = 1;
         rm->cached = ev->cached_tokens;
-        rm->hold_ms = now_ms();
-        pd->queue_seconds += (double)(rm->hold_ms - rm->t0_ms) / 1e3;
+        rm->hold_us = now_us();
+        pd->queue_seconds += (double)(rm->hold_us - rm->t0_us) / 1e6;
         if (rm->ready) prefill_send(pd, rm);
         return 1;
     }
@@ -614,10 +614,10 @@ int sl_pd_poll(sl_pd *pd)
             SL_LOGW("pd", "dropped a transfer-link message of kind %d", (int)env->msg_case);
         sluice__envelope__free_unpacked(env, NULL);
     }
-    int64_t now = now_ms();
+    int64_t now = now_us();
     for (int i = 0; i < pd->n_rooms;) {
         room *rm = &pd->rooms[i];
-        if (now - rm->t0_ms <= pd->c.timeout_ms) {
+        if (now - rm->t0_us <= (int64_t)pd->c.timeout_ms * 1000) {
             i++;
             continue;
         }
