@@ -70,9 +70,11 @@ def prompts(vocab_hi=2000):
     ]
 
 
-def pools_empty(port, urls, timeout=20):
+def pools_empty(port, urls, timeout=20, until=lambda m: True):
     """Every worker in urls reports nothing running or waiting and all its
-    pages and slots free (or evictable cache)."""
+    pages and slots free (or evictable cache), and until(metrics) holds (load
+    reports come every heartbeat: counters catch up with a delay)."""
+    time.sleep(0.5)  # a fresh load report from everyone (heartbeats every 200 ms)
     deadline = time.time() + timeout
     while True:
         m = metrics(port)
@@ -85,7 +87,7 @@ def pools_empty(port, urls, timeout=20):
                     or m["sluice_worker_free_mamba_slots" + k] !=
                     m["sluice_worker_total_mamba_slots" + k]):
                 bad.append(u)
-        if not bad:
+        if not bad and until(m):
             return m
         if time.time() > deadline:
             raise AssertionError(f"pools not empty on {bad}: " +
@@ -119,7 +121,11 @@ def test_pd_equals_unified(tmp_path, arch):
             got = list(ex.map(lambda p: complete(pp, p), ps[::-1]))
         for w, g in zip(want[::-1], got):
             assert g[0] == w[0]
-        m = pools_empty(pp, [pre, dec])
+        n = 2 * len(ps)
+        m = pools_empty(pp, [pre, dec], until=lambda m: (
+            m["sluice_pd_prefill_done_total"] == n and
+            m[f'sluice_worker_pd_transfers{{worker="{dec}"}}'] == n and
+            m[f'sluice_worker_pd_transfers{{worker="{pre}"}}'] == n))
         assert m["sluice_pd_pairs_total"] == 2 * len(ps)
         assert m["sluice_pd_prefill_done_total"] == 2 * len(ps)
         assert m["sluice_pd_fallbacks_total"] == 0
@@ -184,7 +190,8 @@ def test_pd_failures(tmp_path):
         assert len(killed) == 1
         assert got == want
         alive = [d for d in decs if d not in killed]
-        m = pools_empty(pp, [p.url for p in pres] + [alive[0].url])
+        m = pools_empty(pp, [p.url for p in pres] + [alive[0].url],
+                        until=lambda m: m["sluice_pd_prefill_done_total"] == 2)
         assert m["sluice_pd_pairs_total"] == 2  # the move paired again
 
         # 2. the prefill workers die while the decode side waits for its transfer
@@ -234,8 +241,8 @@ def test_serve_pd_layout(tmp_path):
                                "--mem-bytes", MEM, command="serve", alive=2)
         text, _, usage = complete(port, prompts()[0], max_tokens=5)
         assert usage["completion_tokens"] == 5
-        m = metrics(port)
-        assert m["sluice_pd_pairs_total"] == 1 and m["sluice_pd_prefill_done_total"] == 1
+        m = pools_empty(port, [], until=lambda m: m["sluice_pd_prefill_done_total"] == 1)
+        assert m["sluice_pd_pairs_total"] == 1
         roles = sorted(v for k, v in m.items() if k.startswith("sluice_worker_pd_role"))
         assert roles == [1, 2]
     finally:
