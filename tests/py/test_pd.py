@@ -247,3 +247,50 @@ def test_serve_pd_layout(tmp_path):
         assert roles == [1, 2]
     finally:
         procs.stop()
+
+
+def test_pd_client_disconnect(tmp_path):
+    """The client goes away while the decode side waits for its transfer (the
+    prefill worker frozen), and again mid-stream: both sides free everything."""
+    procs = Procs()
+    try:
+        model = make_tiny(tmp_path / "m", arch="qwen3_next")
+        pre = start_role(procs, model, "pre", "prefill")
+        dec = start_role(procs, model, "dec", "decode")
+        _, pp = start_router(procs, model, [], "--pd-disaggregation", "--prefill", pre.url,
+                             "--decode", dec.url, "--dead-after-ms", 10000, alive=2)
+        ids = prompts()[1]
+
+        def open_stream():
+            c = http.client.HTTPConnection("127.0.0.1", pp, timeout=60)
+            body = {"model": "tiny", "prompt": ids, "max_tokens": 600, "temperature": 0,
+                    "ignore_eos": True, "stream": True}
+            c.request("POST", "/v1/completions", json.dumps(body),
+                      {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"})
+            return c
+
+        pre.send_signal(signal.SIGSTOP)
+        c = open_stream()
+        deadline = time.time() + 10
+        while not metrics(pp).get(f'sluice_worker_pd_waiting{{worker="{dec.url}"}}'):
+            assert time.time() < deadline, "the decode side never waited"
+            time.sleep(0.05)
+        c.close()  # the router aborts both sides
+        time.sleep(0.3)
+        pre.send_signal(signal.SIGCONT)  # it reads the abort after its generate
+        m = pools_empty(pp, [pre.url, dec.url])
+        assert m["sluice_aborted_requests_total"] == 1
+        # the prefill side may still compute and send (it reads the abort late):
+        # the decode side drops what arrives for a request it no longer has
+        assert m[f'sluice_worker_pd_transfers{{worker="{dec.url}"}}'] == 0
+
+        c = open_stream()
+        r = c.getresponse()
+        for _ in range(3):
+            r.readline()
+        c.close()
+        m = pools_empty(pp, [pre.url, dec.url])
+        assert m["sluice_aborted_requests_total"] == 2
+        assert m["sluice_pd_failed_total"] == 0
+    finally:
+        procs.stop()
