@@ -152,6 +152,8 @@ sl_status sl_job_pd_submit(sl_seq *s, int dworker, Sluice__GenerateRequest *g,
 void sl_job_pd_seq_chunk(sl_seq *s, const Sluice__TokenChunk *ch);
 /* The router stopped the decode side of s (abort): the companion goes too. */
 void sl_job_pd_seq_stop(sl_seq *s);
+/* Frees every pair (router shutdown: the cluster is closed, no callbacks come). */
+void sl_job_pd_free_all(sl_router *rt);
 /* Appends the PD gauges and counters to a /metrics body. */
 void sl_job_pd_metrics(sl_router *rt, sl_buf *o);
 /* Ends j with its dialect's final body or stream end; frees j. */

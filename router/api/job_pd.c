@@ -232,6 +232,15 @@ void sl_job_pd_seq_stop(sl_seq *s)
     if (s->pd) decode_gone(s->pd);
 }
 
+void sl_job_pd_free_all(sl_router *rt)
+{
+    while (rt->pd_pairs) {
+        sl_pd_pair *p = rt->pd_pairs;
+        if (p->s && p->s->pd == p) p->s->pd = NULL;
+        pair_unlink(p);
+    }
+}
+
 void sl_job_pd_metrics(sl_router *rt, sl_buf *o)
 {
     if (!rt->cfg.pd) return;

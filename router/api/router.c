@@ -355,6 +355,7 @@ void sl_router_free(sl_router *rt)
 {
     if (!rt) return;
     sl_http_free(rt->http);
+    sl_job_pd_free_all(rt);
     sl_cluster_free(rt->cluster);
     sl_route_free(rt->route);
     free(rt);

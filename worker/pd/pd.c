@@ -376,11 +376,11 @@ const char *sl_pd_on_generate(sl_pd *pd, const Sluice__GenerateRequest *g, sl_sc
         r->n_stop = 0;
         r->ignore_eos = 1;
     } else {
+        if (r->max_new <= r->n_output) return "a decode-role request must generate at least one token";
         room *rm = add_room(pd, g->rid);
         if (!rm) return "out of memory";
         rm->room = g->rid;
         r->pd = SL_PD_DECODE;
-        if (r->max_new <= r->n_output) return "a decode-role request must generate at least one token";
     }
     return NULL;
 }
