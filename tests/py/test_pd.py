@@ -294,3 +294,33 @@ def test_pd_client_disconnect(tmp_path):
         assert m["sluice_pd_failed_total"] == 0
     finally:
         procs.stop()
+
+
+def test_pd_decode_memory(tmp_path):
+    """The decode side honours its own pool: two prompts that do not fit
+    together wait for each other there (both complete, equal to unified), and
+    a prompt longer than the decode side's context fails cleanly; nothing
+    stays held."""
+    procs = Procs()
+    try:
+        model = make_tiny(tmp_path / "m")
+        uni = procs.ipc("uni")
+        procs.start("worker", "--model", model, "--listen", uni, "--mem-bytes", MEM,
+                    "--context-length", 1024, name="uni")
+        pre = start_role(procs, model, "pre", "prefill").url
+        dec = start_role(procs, model, "dec", "decode", "--max-total-tokens", 420,
+                         "--context-length", 400).url
+        _, up = start_router(procs, model, [uni])
+        _, pp = start_router(procs, model, [], "--pd-disaggregation", "--prefill", pre,
+                             "--decode", dec, alive=2)
+        a = [(i * 13 + 1) % 1900 + 5 for i in range(300)]
+        b = [(i * 17 + 2) % 1900 + 5 for i in range(300)]
+        want = [complete(up, p, max_tokens=20) for p in (a, b)]
+        with ThreadPoolExecutor(2) as ex:
+            got = list(ex.map(lambda p: complete(pp, p, max_tokens=20), (a, b)))
+        assert [g[0] for g in got] == [w[0] for w in want]
+        st, r = post(pp, "/v1/completions", {"model": "tiny", "prompt": a + b, "max_tokens": 3})
+        assert st == 400 and "maximum context length is 400" in json.dumps(r), r
+        pools_empty(pp, [pre, dec])
+    finally:
+        procs.stop()
