@@ -20,8 +20,10 @@
  * keep only the small header on this path. */
 typedef struct sl_pd_transport {
     const char *name;
-    /* prefill: send env to the decode worker at url (blocks up to the send timeout) */
-    int (*send)(void *impl, const char *url, const Sluice__Envelope *env);
+    /* prefill: sends m (a packed Envelope) to the decode worker at url without
+     * blocking: 0 (m is consumed), NNG_EAGAIN (not now: try again later; m
+     * stays the caller's) or another nng error (m stays the caller's) */
+    int (*send)(void *impl, const char *url, nng_msg *m);
     /* decode: the next received message, or NULL (never blocks) */
     Sluice__Envelope *(*recv)(void *impl);
     void (*free)(void *impl);
@@ -39,7 +41,7 @@ typedef struct nng_tp {
     int n_peer;
 } nng_tp;
 
-static int nng_tp_send(void *impl, const char *url, const Sluice__Envelope *env)
+static int nng_tp_send(void *impl, const char *url, nng_msg *m)
 {
     nng_tp *t = impl;
     int k = 0;
@@ -48,7 +50,6 @@ static int nng_tp_send(void *impl, const char *url, const Sluice__Envelope *env)
         if (t->n_peer == MAX_PEERS || strlen(url) >= sizeof t->peer[0].url) return NNG_ENOMEM;
         int rv = nng_push0_open(&t->peer[k].push);
         if (rv) return rv;
-        nng_setopt_ms(t->peer[k].push, NNG_OPT_SENDTIMEO, 5000);
         nng_setopt_ms(t->peer[k].push, NNG_OPT_RECONNMINT, 50);
         nng_setopt_ms(t->peer[k].push, NNG_OPT_RECONNMAXT, 500);
         rv = nng_dial(t->peer[k].push, url, NULL, NNG_FLAG_NONBLOCK);
@@ -59,7 +60,7 @@ static int nng_tp_send(void *impl, const char *url, const Sluice__Envelope *env)
         snprintf(t->peer[k].url, sizeof t->peer[k].url, "%s", url);
         t->n_peer++;
     }
-    return sl_wire_send(t->peer[k].push, env, 0);
+    return nng_sendmsg(t->peer[k].push, m, NNG_FLAG_NONBLOCK);
 }
 
 static Sluice__Envelope *nng_tp_recv(void *impl)
@@ -96,6 +97,11 @@ typedef struct room {
     int cached; /* prefill: prefix-cache hit */
     sl_sample first;
     int have_first;
+    /* prefill: the packed transfer waiting for the link (memory already released) */
+    nng_msg *pending;
+    size_t pending_bytes;
+    int n_tokens;
+    int64_t send_t0_us;
 } room;
 
 struct sl_pd {
@@ -202,6 +208,8 @@ void sl_pd_free(sl_pd *pd)
 {
     if (!pd) return;
     if (pd->tp) pd->tp->free(pd->tp_impl);
+    for (int i = 0; i < pd->n_rooms; i++)
+        if (pd->rooms[i].pending) nng_msg_free(pd->rooms[i].pending);
     free(pd->rooms);
     free(pd->buf);
     free(pd);
@@ -221,6 +229,7 @@ static room *find_room(sl_pd *pd, uint64_t rid)
 
 static void drop_room(sl_pd *pd, room *r)
 {
+    if (r->pending) nng_msg_free(r->pending);
     *r = pd->rooms[--pd->n_rooms];
 }
 
@@ -398,7 +407,10 @@ static void prefill_fail(sl_pd *pd, room *rm, const char *why)
     drop_room(pd, rm);
 }
 
-/* Both the computed state and the decode side's KvReady are there: send. */
+static int try_send(sl_pd *pd, room *rm);
+
+/* Both the computed state and the decode side's KvReady are there: copy the
+ * request out of the cache into one message, release the cache, send. */
 static void prefill_send(sl_pd *pd, room *rm)
 {
     sl_sched_pd_mem mem;
@@ -446,24 +458,47 @@ static void prefill_send(sl_pd *pd, room *rm)
     Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
     env.msg_case = SLUICE__ENVELOPE__MSG_KV_TRANSFER;
     env.kv_transfer = &kt;
-    int rv = pd->tp->send(pd->tp_impl, rm->peer, &env);
+    nng_msg *m = NULL;
+    int rv = sl_wire_pack(&env, &m);
+    if (rv) {
+        prefill_fail(pd, rm, "out of memory packing the transfer");
+        return;
+    }
+    /* the bytes are in the message: the cache's pages and slot can go (the
+     * prefix stays in this worker's radix cache) */
+    sl_engine_pd_release(pd->g, rm->rid);
+    rm->pending = m;
+    rm->pending_bytes = kvb + stb;
+    rm->n_tokens = mem.n_tokens;
+    rm->send_t0_us = t0;
+    try_send(pd, rm);
+}
+
+/* Sends rm's pending transfer if the link takes it. Returns 1 when rm is
+ * gone (sent or failed), 0 when it still waits. */
+static int try_send(sl_pd *pd, room *rm)
+{
+    int rv = pd->tp->send(pd->tp_impl, rm->peer, rm->pending);
+    if (rv == NNG_EAGAIN) return 0;
     if (rv) {
         char why[400];
         snprintf(why, sizeof why, "sending the KV to %s: %s", rm->peer, nng_strerror(rv));
         prefill_fail(pd, rm, why);
-        return;
+        return 1;
     }
+    rm->pending = NULL; /* consumed */
+    int64_t now = now_us();
     pd->transfers++;
-    pd->bytes += kvb + stb;
-    pd->seconds += (double)(now_us() - t0) / 1e6;
-    pd->hold_seconds += (double)(now_us() - rm->hold_us) / 1e6;
+    pd->bytes += rm->pending_bytes;
+    pd->seconds += (double)(now - rm->send_t0_us) / 1e6;
+    pd->hold_seconds += (double)(now - rm->hold_us) / 1e6;
     SL_LOGD("pd", "request %llu: sent %d tokens from %d (%zu bytes) to room %llu",
-            (unsigned long long)rm->rid, mem.n_tokens - rm->skip, rm->skip, kvb + stb,
+            (unsigned long long)rm->rid, rm->n_tokens - rm->skip, rm->skip, rm->pending_bytes,
             (unsigned long long)rm->room);
-    sl_engine_pd_release(pd->g, rm->rid);
-    send_router_chunk(pd, rm->rid, SLUICE__FINISH_REASON__FINISH_STOP, NULL, mem.n_tokens,
+    send_router_chunk(pd, rm->rid, SLUICE__FINISH_REASON__FINISH_STOP, NULL, rm->n_tokens,
                       rm->cached);
     drop_room(pd, rm);
+    return 1;
 }
 
 void sl_pd_on_kv_ready(sl_pd *pd, const Sluice__KvReady *k)
@@ -614,6 +649,8 @@ int sl_pd_poll(sl_pd *pd)
             SL_LOGW("pd", "dropped a transfer-link message of kind %d", (int)env->msg_case);
         sluice__envelope__free_unpacked(env, NULL);
     }
+    for (int i = 0; i < pd->n_rooms;) /* transfers waiting for their link */
+        if (!pd->rooms[i].pending || !try_send(pd, &pd->rooms[i])) i++;
     int64_t now = now_us();
     for (int i = 0; i < pd->n_rooms;) {
         room *rm = &pd->rooms[i];

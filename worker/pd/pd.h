@@ -14,9 +14,10 @@
  *            token streams to the router like any other.
  *   prefill: generate(role PREFILL, room, peer) -> engine computes the prompt
  *            and the first token, then HOLDS the memory -> KvReady (relayed
- *            by the router) says where to start -> KvTransfer to the peer ->
- *            memory released (the prefix stays in this worker's cache) ->
- *            a FINISH_STOP chunk with usage to the router ("prefill done").
+ *            by the router) says where to start -> KvTransfer packed, memory
+ *            released (the prefix stays in this worker's cache) -> sent
+ *            without blocking (retried each poll) -> a FINISH_STOP chunk with
+ *            usage to the router ("prefill done").
  *
  * Transport: sl_pd_transport is the seam. The implementation here is nng:
  * the decode worker listens (PULL) on its transfer URL, prefill workers dial
