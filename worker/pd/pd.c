@@ -267,7 +267,8 @@ static void send_router_chunk(sl_pd *pd, uint64_t rid, Sluice__FinishReason fin,
 
 /* ---- cache copies (host staged) -------------------------------------------------- */
 
-/* Copies rows [r0, r0+n) of t to or from host. */
+/* Copies rows [r0, r0+n) of t to or from host. Device downloads are only
+ * started: the caller syncs once (copy_request). */
 static sl_status copy_rows(sl_pd *pd, sl_tensor *t, int64_t r0, int64_t n, uint8_t *host,
                            int to_host, sl_err *e)
 {
@@ -282,8 +283,21 @@ static sl_status copy_rows(sl_pd *pd, sl_tensor *t, int64_t r0, int64_t n, uint8
     }
     sl_backend *be = sl_model_backend(pd->m);
     if (!to_host) return sl_be_upload(be, &v, host, v.dtype, e);
-    sl_status st = sl_be_copy_out(be, &v, host, e);
-    return st ? st : sl_be_sync(be, e);
+    return sl_be_copy_out(be, &v, host, e);
+}
+
+/* Pages pages[0..n) of t (P rows each) to or from host (page after page),
+ * one copy per run of consecutive page ids. */
+static sl_status copy_pages(sl_pd *pd, sl_tensor *t, const int32_t *pages, int n, int64_t P,
+                            size_t pb, uint8_t *host, int to_host, sl_err *e)
+{
+    sl_status st = SL_OK;
+    for (int i = 0, len; i < n && !st; i += len, host += pb * (size_t)len) {
+        for (len = 1; i + len < n && pages[i + len] == pages[i] + len; len++) {
+        }
+        st = copy_rows(pd, t, (int64_t)pages[i] * P, (int64_t)len * P, host, to_host, e);
+    }
+    return st;
 }
 
 static size_t page_bytes(const sl_model_cache *c, int layer)
@@ -324,15 +338,17 @@ static sl_status copy_request(sl_pd *pd, const int32_t *pages, int p0, int n, in
     sl_model_cache *c = sl_engine_cache_rw(pd->g);
     int64_t P = c->page_size;
     sl_status st = SL_OK;
+    int device = 0;
     for (int j = 0; j < c->n_attn && !st; j++) {
         size_t pb = page_bytes(c, j);
-        for (int i = 0; i < n && !st; i++, kv += pb)
-            st = copy_rows(pd, &c->k[j], (int64_t)pages[p0 + i] * P, P, kv, to_host, e);
-        for (int i = 0; i < n && !st; i++, kv += pb)
-            st = copy_rows(pd, &c->v[j], (int64_t)pages[p0 + i] * P, P, kv, to_host, e);
+        device |= c->k[j].on_device;
+        st = copy_pages(pd, &c->k[j], pages + p0, n, P, pb, kv, to_host, e);
+        kv += pb * (size_t)n;
+        if (!st) st = copy_pages(pd, &c->v[j], pages + p0, n, P, pb, kv, to_host, e);
+        kv += pb * (size_t)n;
     }
-    if (slot < 0) return st;
-    for (int j = 0; j < c->n_linear && !st; j++) {
+    for (int j = 0; slot >= 0 && j < c->n_linear && !st; j++) {
+        device |= c->conv[j].on_device;
         sl_tensor *ts[2] = {&c->conv[j], &c->ssm[j]};
         for (int k = 0; k < 2 && !st; k++) {
             int64_t rows = slot_rows(ts[k]);
@@ -340,6 +356,7 @@ static sl_status copy_request(sl_pd *pd, const int32_t *pages, int p0, int n, in
             state += slot_bytes(ts[k]);
         }
     }
+    if (!st && device && to_host) st = sl_be_sync(sl_model_backend(pd->m), e);
     return st;
 }
 
