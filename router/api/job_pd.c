@@ -110,8 +110,9 @@ static void on_prefill_chunk(void *ud, const Sluice__TokenChunk *ch, int lost)
     sl_err e = {0};
     if (lost && sl_job_seq_submit(s, s->worker, 0, &e) == SL_OK) {
         rt->pd_fallbacks++;
-        SL_LOGW("router", "%s: prefill worker lost (%s); choice %d runs unified on its decode worker",
-                j->id, why, s->index);
+        SL_LOGW("router",
+                "%s: prefill worker lost (%s); choice %d runs unified on its decode worker", j->id,
+                why, s->index);
         return;
     }
     rt->pd_failed++;
@@ -174,7 +175,8 @@ sl_status sl_job_pd_submit(sl_seq *s, int dworker, Sluice__GenerateRequest *g,
         return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     }
     memcpy(all, g->input_ids, sizeof(int32_t) * g->n_input_ids);
-    if (g->n_output_ids) memcpy(all + g->n_input_ids, g->output_ids, sizeof(int32_t) * g->n_output_ids);
+    if (g->n_output_ids)
+        memcpy(all + g->n_input_ids, g->output_ids, sizeof(int32_t) * g->n_output_ids);
     int pick = sl_route_pick(rt->route, cand, ncand, all, n, NULL);
     int pworker = cand[pick].worker;
     sl_route_record(rt->route, pworker, all, n);
@@ -265,8 +267,10 @@ void sl_job_pd_metrics(sl_router *rt, sl_buf *o)
         {"sluice_worker_total_kv_pages", "KV cache pages (its report)."},
         {"sluice_worker_free_mamba_slots", "Free or evictable state slots (its report)."},
         {"sluice_worker_total_mamba_slots", "State slots (its report)."},
-        {"sluice_worker_pd_queue_seconds", "Summed waits: prefill arrival to computed, decode arrival to admitted."},
-        {"sluice_worker_pd_hold_seconds", "Summed holds: prefill computed to sent, decode admitted to activated."}};
+        {"sluice_worker_pd_queue_seconds",
+         "Summed waits: prefill arrival to computed, decode arrival to admitted."},
+        {"sluice_worker_pd_hold_seconds",
+         "Summed holds: prefill computed to sent, decode admitted to activated."}};
     int n = sl_cluster_size(rt->cluster);
     for (int k = 0; k < 11; k++) {
         sl_buf_printf(o, "# HELP %s %s\n# TYPE %s gauge\n", g[k][0], g[k][1], g[k][0]);

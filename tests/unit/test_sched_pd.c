@@ -34,7 +34,8 @@ static int32_t prompt[512];
 
 static void submit(sl_sched *s, uint64_t rid, int n, int max_new, sl_pd_role pd)
 {
-    for (int i = 0; i < n; i++) prompt[i] = 1 + (i * 7) % 120;
+    for (int i = 0; i < n; i++)
+        prompt[i] = 1 + (i * 7) % 120;
     sl_sched_req r = {.rid = rid, .pd = pd, .prompt = prompt, .n_prompt = n, .max_new = max_new};
     r.sampling.top_p = 1;
     r.sampling.repetition_penalty = 1;
@@ -104,10 +105,12 @@ static void test_decode_await_activate(void)
     CHECK(sl_sched_pop_event(s, &ev) && ev.token == 7 && ev.sample.logprob == -0.5f);
     sl_sched_batch *b = sl_sched_next_batch(s);
     CHECK(b && b->meta.n_seqs == 1 && b->meta.n_tokens == 1 && b->pos[0] == 10 && b->ids[0] == 7);
-    for (int r = 0; b && r < b->n_rows; r++) b->out[b->row_seq[r]].token = 9;
+    for (int r = 0; b && r < b->n_rows; r++)
+        b->out[b->row_seq[r]].token = 9;
     if (b) sl_sched_complete(s, b);
     int tokens = 1, fin = 0;
-    for (int i = 0; i < 10 && !sl_sched_idle(s); i++) step(s);
+    for (int i = 0; i < 10 && !sl_sched_idle(s); i++)
+        step(s);
     while (sl_sched_pop_event(s, &ev)) {
         tokens += ev.token >= 0;
         if (ev.finish) fin = ev.finish;

@@ -490,7 +490,7 @@ sl_sched_batch *sl_sched_next_batch(sl_sched *s)
     for (sl_sched_req_impl *r = retracted ? NULL : s->queue.head, *nx; r && budget > 0; r = nx) {
         nx = r->next;
         if (s->running.n + s->await.n >= s->cfg.max_running) break;
-        if (r->n_pending) continue; /* retracted with a token still being sampled */
+        if (r->n_pending) continue;  /* retracted with a token still being sampled */
         if (r->pd == SL_PD_DECODE) { /* memory only: the prompt comes over the network */
             if (pages_available(s) < ceil_div(r->n_tok, s->cfg.page_size) + n_decoding) break;
             if (sched_admit_await(s, r)) break;

@@ -44,7 +44,7 @@ sl_status sl_sched_pd_activate(sl_sched *s, uint64_t rid, int32_t token, const s
     list_remove(&s->await, r);
     list_append(&s->running, r);
     r->st = REQ_RUNNING;
-    r->pd = SL_PD_NONE; /* an ordinary request from now on (a retraction re-prefills here) */
+    r->pd = SL_PD_NONE;   /* an ordinary request from now on (a retraction re-prefills here) */
     r->kv_len = r->n_tok; /* every known token's KV is in place; W is the state after them */
     /* no batch names r yet: the leader may update its sampler state */
     sl_sampler_state *ss = sl_sampler_table_get(s->samplers, r->sampler);

@@ -107,7 +107,6 @@ void sched_free_req(sl_sched *s, sl_sched_req_impl *r)
     free(r);
 }
 
-
 void sl_sched_free(sl_sched *s)
 {
     if (!s) return;
@@ -240,7 +239,8 @@ sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
         return st;
     }
     memcpy(r->toks, q->prompt, sizeof(int32_t) * (size_t)q->n_prompt);
-    if (q->n_output) memcpy(r->toks + q->n_prompt, q->output, sizeof(int32_t) * (size_t)q->n_output);
+    if (q->n_output)
+        memcpy(r->toks + q->n_prompt, q->output, sizeof(int32_t) * (size_t)q->n_output);
     r->want_logprobs = q->sampling.logprobs || q->sampling.top_logprobs > 0;
     if (q->n_stop) memcpy(r->stop, q->stop_ids, sizeof(int32_t) * (size_t)q->n_stop);
     r->rid = q->rid;
@@ -309,15 +309,13 @@ void sched_take_token(sl_sched *s, sl_sched_req_impl *r, int32_t t, const sl_sam
     }
     r->toks[r->n_tok++] = t;
     r->n_out++;
-    sl_sched_event ev = {.rid = r->rid,
-                         .token = t,
-                         .has_sample = sample != NULL,
-                         .want_logprobs = r->want_logprobs};
+    sl_sched_event ev = {
+        .rid = r->rid, .token = t, .has_sample = sample != NULL, .want_logprobs = r->want_logprobs};
     if (sample) ev.sample = *sample;
     sched_push_event(s, &ev);
     sl_finish why = SL_FINISH_NONE;
-    if (r->n_out >= r->min_new && ((!r->ignore_eos && is_in(t, s->cfg.eos, s->cfg.n_eos)) ||
-                                   is_in(t, r->stop, r->n_stop)))
+    if (r->n_out >= r->min_new &&
+        ((!r->ignore_eos && is_in(t, s->cfg.eos, s->cfg.n_eos)) || is_in(t, r->stop, r->n_stop)))
         why = SL_FINISH_STOP;
     else if (r->n_out >= r->max_new || r->n_tok >= s->max_seq)
         why = SL_FINISH_LENGTH;
@@ -404,13 +402,13 @@ sl_status sl_sched_check(const sl_sched *s, sl_err *e)
     int P = s->cfg.page_size, held_pages = 0, held_slots = 0;
     const req_list *lists[3] = {&s->running, &s->held, &s->await};
     for (int k = 0; k < 3; k++)
-    for (const sl_sched_req_impl *r = lists[k]->head; r; r = r->next) {
-        held_pages += r->n_pages - r->tree_len / P;
-        held_slots += (r->W >= 0) + (r->T >= 0) + (r->pend_slot >= 0);
-        if (r->kv_len > r->n_pages * P || r->tree_len > r->kv_len)
-            return sl_err_set(e, SL_ERR_INVALID, "request %llu: kv %d, tree %d, %d pages",
-                              (unsigned long long)r->rid, r->kv_len, r->tree_len, r->n_pages);
-    }
+        for (const sl_sched_req_impl *r = lists[k]->head; r; r = r->next) {
+            held_pages += r->n_pages - r->tree_len / P;
+            held_slots += (r->W >= 0) + (r->T >= 0) + (r->pend_slot >= 0);
+            if (r->kv_len > r->n_pages * P || r->tree_len > r->kv_len)
+                return sl_err_set(e, SL_ERR_INVALID, "request %llu: kv %d, tree %d, %d pages",
+                                  (unsigned long long)r->rid, r->kv_len, r->tree_len, r->n_pages);
+        }
     for (const sl_sched_req_impl *r = s->queue.head; r; r = r->next)
         if (r->n_pages || r->W >= 0 || r->T >= 0 || r->pend_slot >= 0 || r->node)
             return sl_err_set(e, SL_ERR_INVALID, "queued request %llu holds memory",

@@ -45,7 +45,8 @@ static int nng_tp_send(void *impl, const char *url, nng_msg *m)
 {
     nng_tp *t = impl;
     int k = 0;
-    while (k < t->n_peer && strcmp(t->peer[k].url, url)) k++;
+    while (k < t->n_peer && strcmp(t->peer[k].url, url))
+        k++;
     if (k == t->n_peer) {
         if (t->n_peer == MAX_PEERS || strlen(url) >= sizeof t->peer[0].url) return NNG_ENOMEM;
         int rv = nng_push0_open(&t->peer[k].push);
@@ -78,7 +79,8 @@ static void nng_tp_free(void *impl)
     nng_tp *t = impl;
     if (!t) return;
     if (t->have_pull) nng_close(t->pull);
-    for (int k = 0; k < t->n_peer; k++) nng_close(t->peer[k].push);
+    for (int k = 0; k < t->n_peer; k++)
+        nng_close(t->peer[k].push);
     free(t);
 }
 
@@ -91,8 +93,8 @@ typedef struct room {
     uint64_t room; /* the decode side's rid */
     char peer[256];
     int64_t t0_us, hold_us; /* arrival; computed (prefill) or admitted (decode) */
-    int computed; /* prefill: held, first token known */
-    int ready;    /* prefill: KvReady came */
+    int computed;           /* prefill: held, first token known */
+    int ready;              /* prefill: KvReady came */
     int skip;
     int cached; /* prefill: prefix-cache hit */
     sl_sample first;
@@ -261,8 +263,9 @@ static void send_router_chunk(sl_pd *pd, uint64_t rid, Sluice__FinishReason fin,
     u.cached_tokens = cached;
     ch.usage = &u;
     int rv = sl_wire_send_chunk(pd->router, &ch, 0);
-    if (rv) SL_LOGW("pd", "request %llu: telling the router: %s", (unsigned long long)rid,
-                    nng_strerror(rv));
+    if (rv)
+        SL_LOGW("pd", "request %llu: telling the router: %s", (unsigned long long)rid,
+                nng_strerror(rv));
 }
 
 /* ---- cache copies (host staged) -------------------------------------------------- */
@@ -319,14 +322,16 @@ static size_t slot_bytes(const sl_tensor *t)
 static size_t kv_bytes(const sl_model_cache *c, int n_pages)
 {
     size_t b = 0;
-    for (int j = 0; j < c->n_attn; j++) b += 2 * page_bytes(c, j) * (size_t)n_pages;
+    for (int j = 0; j < c->n_attn; j++)
+        b += 2 * page_bytes(c, j) * (size_t)n_pages;
     return b;
 }
 
 static size_t state_bytes(const sl_model_cache *c)
 {
     size_t b = 0;
-    for (int j = 0; j < c->n_linear; j++) b += slot_bytes(&c->conv[j]) + slot_bytes(&c->ssm[j]);
+    for (int j = 0; j < c->n_linear; j++)
+        b += slot_bytes(&c->conv[j]) + slot_bytes(&c->ssm[j]);
     return b;
 }
 
@@ -390,7 +395,7 @@ const char *sl_pd_on_generate(sl_pd *pd, const Sluice__GenerateRequest *g, sl_sc
     }
     if (find_room(pd, g->rid)) return "duplicate request id";
     if (d->role == SLUICE__DISAGG_ROLE__DISAGG_PREFILL) {
-        if (!d->peer || !*d->peer || strlen(d->peer) >= sizeof ((room *)0)->peer)
+        if (!d->peer || !*d->peer || strlen(d->peer) >= sizeof((room *)0)->peer)
             return "a prefill-role request needs the decode worker's transfer URL (pd.peer)";
         room *rm = add_room(pd, g->rid);
         if (!rm) return "out of memory";
@@ -402,7 +407,8 @@ const char *sl_pd_on_generate(sl_pd *pd, const Sluice__GenerateRequest *g, sl_sc
         r->n_stop = 0;
         r->ignore_eos = 1;
     } else {
-        if (r->max_new <= r->n_output) return "a decode-role request must generate at least one token";
+        if (r->max_new <= r->n_output)
+            return "a decode-role request must generate at least one token";
         room *rm = add_room(pd, g->rid);
         if (!rm) return "out of memory";
         rm->room = g->rid;
@@ -418,7 +424,7 @@ static void prefill_fail(sl_pd *pd, room *rm, const char *why)
     pd->failures++;
     SL_LOGW("pd", "request %llu (room %llu): %s", (unsigned long long)rm->rid,
             (unsigned long long)rm->room, why);
-    sl_engine_pd_release(pd->g, rm->rid); /* held memory back (the prefix stays cached) */
+    sl_engine_pd_release(pd->g, rm->rid);    /* held memory back (the prefix stays cached) */
     if (!sl_engine_fail_req(pd->g, rm->rid)) /* still computing: its error event says it */
         send_router_chunk(pd, rm->rid, SLUICE__FINISH_REASON__FINISH_ERROR, why, 0, 0);
     drop_room(pd, rm);
@@ -576,8 +582,8 @@ static void on_transfer(sl_pd *pd, const Sluice__KvTransfer *kt)
     }
     sl_err e = {0};
     if (copy_request(pd, mem.pages, p0, np, mem.state, kt->kv.data, kt->state.data, 0, &e) ||
-        (mem.state_copy >= 0 && copy_request(pd, mem.pages, p0, 0, mem.state_copy, NULL,
-                                             kt->state.data, 0, &e)))
+        (mem.state_copy >= 0 &&
+         copy_request(pd, mem.pages, p0, 0, mem.state_copy, NULL, kt->state.data, 0, &e)))
         return decode_fail(pd, kt->room, e.msg);
     sl_sample s = {.token = kt->token, .logprob = kt->logprob};
     if (kt->top)

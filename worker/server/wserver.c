@@ -189,8 +189,8 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
     sl_err e = {0};
     if (sl_engine_submit(sv->g, &r, &e)) {
         if (sv->pd) /* forget its room */
-            sl_pd_on_event(sv->pd, &(sl_sched_event){.rid = g->rid, .token = -1,
-                                                     .finish = SL_FINISH_ERROR});
+            sl_pd_on_event(
+                sv->pd, &(sl_sched_event){.rid = g->rid, .token = -1, .finish = SL_FINISH_ERROR});
         return send_error(sv, g->rid, e.msg);
     }
 }
