@@ -324,9 +324,9 @@ sl_status sl_job_seq_submit(sl_seq *s, int worker, int allow_pd, sl_err *e)
     for (int k = 0; k < neos && !sp.ignore_eos; k++) stops[nst++] = eos[k];
     g.n_stop_token_ids = (size_t)nst;
     g.stop_token_ids = stops;
-    sl_status st = allow_pd && rt->cfg.pd ? sl_job_pd_submit(s, worker, &g, on_chunk, e)
-                                          : sl_cluster_submit(rt->cluster, worker, &g, on_chunk, s,
-                                                              &s->rid, e);
+    sl_status st = allow_pd && rt->cfg.pd
+                       ? sl_job_pd_submit(s, worker, &g, on_chunk, e)
+                       : sl_cluster_submit(rt->cluster, worker, &g, on_chunk, s, &s->rid, e);
     if (st != SL_OK) return e ? e->code : SL_ERR_CLOSED;
     s->worker = worker;
     s->running = 1;

@@ -540,14 +540,17 @@ int sl_cluster_gen_worker(const sl_cluster *cl, uint64_t rid)
 sl_status sl_cluster_send_kv_ready(sl_cluster *cl, uint64_t rid, Sluice__KvReady *k, sl_err *e)
 {
     gen *g = map_find(cl, rid);
-    if (!g) return sl_err_set(e, SL_ERR_CLOSED, "generation %llu is not running", (unsigned long long)rid);
+    if (!g)
+        return sl_err_set(e, SL_ERR_CLOSED, "generation %llu is not running",
+                          (unsigned long long)rid);
     worker *w = cl->w[g->worker];
     k->rid = rid;
     Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
     env.msg_case = SLUICE__ENVELOPE__MSG_KV_READY;
     env.kv_ready = k;
     int rv = w->open ? sl_wire_send(w->sock, &env, NNG_FLAG_NONBLOCK) : NNG_ECLOSED;
-    if (rv) return sl_err_set(e, SL_ERR_CLOSED, "sending to worker %s: %s", w->url, nng_strerror(rv));
+    if (rv)
+        return sl_err_set(e, SL_ERR_CLOSED, "sending to worker %s: %s", w->url, nng_strerror(rv));
     return SL_OK;
 }
 

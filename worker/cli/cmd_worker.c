@@ -243,12 +243,14 @@ int sl_cmd_worker(int argc, char **argv)
     }
     Sluice__DisaggRole role;
     if (sl_pd_role_parse(pd_mode, &role))
-        return sl_opts_usage_error("worker", "--disaggregation-mode must be prefill, decode or null");
+        return sl_opts_usage_error("worker",
+                                   "--disaggregation-mode must be prefill, decode or null");
     if (role && tp > 1)
         return sl_opts_usage_error("worker", "--disaggregation-mode with --tp-size > 1 is not "
                                              "supported yet (each rank would send its shard)");
     if (!(pd_timeout > 0 && pd_timeout <= 3600))
-        return sl_opts_usage_error("worker", "--disaggregation-timeout must be in (0, 3600] seconds");
+        return sl_opts_usage_error("worker",
+                                   "--disaggregation-timeout must be in (0, 3600] seconds");
     char pd_url_buf[300];
     if (role == SLUICE__DISAGG_ROLE__DISAGG_DECODE && !pd_url) {
         if (sl_pd_default_url(listen, pd_url_buf, sizeof pd_url_buf))
@@ -264,7 +266,8 @@ int sl_cmd_worker(int argc, char **argv)
     }
     if (role == SLUICE__DISAGG_ROLE__DISAGG_DECODE && strcmp(device, "cpu") && c.overlap) {
         /* host-staged uploads use the backend between steps only */
-        SL_LOGI("worker", "decode worker on a device: overlap scheduling off (host-staged transfer)");
+        SL_LOGI("worker",
+                "decode worker on a device: overlap scheduling off (host-staged transfer)");
         c.overlap = 0;
     }
     sl_model_config mc;
@@ -359,7 +362,8 @@ int sl_cmd_worker(int argc, char **argv)
     }
     sl_pd *pd = NULL;
     if (role) {
-        sl_pd_config pc = {.role = role, .transfer_url = pd_url, .timeout_ms = (int)(pd_timeout * 1000)};
+        sl_pd_config pc = {
+            .role = role, .transfer_url = pd_url, .timeout_ms = (int)(pd_timeout * 1000)};
         if (sl_pd_new(&pd, &pc, g, m, &e)) {
             fprintf(stderr, "sluice worker: %s\n", e.msg);
             rc = 1;
