@@ -114,6 +114,7 @@ void sl_job_abort_running(sl_job *j)
         sl_seq *s = &j->seqs[i];
         if (s->running) {
             sl_cluster_abort(j->rt->cluster, s->rid);
+            sl_job_pd_seq_stop(s);
             s->running = 0;
             j->nrunning--;
         }

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "api.h"
+#include "cluster.h"
 #include "router.h"
 #include "sl_buf.h"
 #include "sluice.pb-c.h"
@@ -65,6 +66,7 @@ struct sl_seq {
     sl_tok_ids out_ids;  /* recorded in the route tree at the end; sent again on migration */
     int max_new;          /* output budget of the whole choice (tokens) */
     int migrations;       /* times moved to another worker after its worker died */
+    struct sl_pd_pair *pd; /* disaggregation: its prefill companion (job_pd.c), or NULL */
     double t_last_ms;
     /* streaming state kept by the encoders */
     int sent_role;
@@ -130,6 +132,30 @@ void sl_job_start(sl_job *j, sl_router *rt, sl_http_req *r);
 /* Ends j with an error: a JSON error before any header went out, an
  * in-stream error event after; frees j. */
 void sl_job_fail(sl_job *j, sl_api_status st, const char *msg);
+/* Submits choice s to worker (job_run.c); with allow_pd and --pd-disaggregation
+ * through a prefill companion (job_pd.c). */
+sl_status sl_job_seq_submit(sl_seq *s, int worker, int allow_pd, sl_err *e);
+
+/* ---- prefill/decode disaggregation (job_pd.c, docs/disaggregation.md) ---- */
+typedef struct sl_pd_pair sl_pd_pair;
+/* Registers the KvReady relay on the router's cluster. */
+void sl_job_pd_init(sl_router *rt);
+/* 1 when worker may take choices: a decode worker in PD mode, any otherwise. */
+int sl_job_pd_decode_ok(sl_router *rt, int worker);
+/* Sends g for s to decode worker dworker and to a prefill worker chosen by
+ * prefix affinity (g->pd is set and reset here); on_chunk gets the decode
+ * side's chunks like a unified submission. Without a usable prefill worker
+ * the decode worker runs it unified. s->rid, s->pd are set. */
+sl_status sl_job_pd_submit(sl_seq *s, int dworker, Sluice__GenerateRequest *g,
+                           sl_cluster_chunk_cb on_chunk, sl_err *e);
+/* The decode side of s sent ch (call before handling it). */
+void sl_job_pd_seq_chunk(sl_seq *s, const Sluice__TokenChunk *ch);
+/* The router stopped the decode side of s (abort): the companion goes too. */
+void sl_job_pd_seq_stop(sl_seq *s);
+/* Frees every pair (router shutdown: the cluster is closed, no callbacks come). */
+void sl_job_pd_free_all(sl_router *rt);
+/* Appends the PD gauges and counters to a /metrics body. */
+void sl_job_pd_metrics(sl_router *rt, sl_buf *o);
 /* Ends j with its dialect's final body or stream end; frees j. */
 void sl_job_complete(sl_job *j);
 /* Asks the workers to stop every choice of j still running. */

@@ -200,6 +200,7 @@ static void on_chunk(void *ud, const Sluice__TokenChunk *ch, int lost)
     sl_router *rt = j->rt;
     const sl_text_ops *t = rt->cfg.text;
     double now = sl_router_now_ms();
+    if (s->pd) sl_job_pd_seq_chunk(s, ch); /* disaggregation: the companion's fate */
     if (ch->finish == SLUICE__FINISH_REASON__FINISH_ERROR ||
         ch->finish == SLUICE__FINISH_REASON__FINISH_ABORT) {
         s->running = 0;
@@ -233,6 +234,7 @@ static void on_chunk(void *ud, const Sluice__TokenChunk *ch, int lost)
     if (final) t->detok_finish(s->detok, &s->text);
     if (scan_stops(s, final)) {
         if (s->running) sl_cluster_abort(rt->cluster, s->rid);
+        sl_job_pd_seq_stop(s);
         seq_end(s, "stop");
         job_maybe_complete(j);
         return;
@@ -285,7 +287,7 @@ static int candidates(sl_router *rt, sl_route_cand *cand, int max)
 {
     int ncand = 0;
     for (int w = 0; w < sl_cluster_size(rt->cluster) && ncand < max; w++) {
-        if (!sl_cluster_alive(rt->cluster, w)) continue;
+        if (!sl_cluster_alive(rt->cluster, w) || !sl_job_pd_decode_ok(rt, w)) continue;
         sl_worker_info wi;
         sl_cluster_info(rt->cluster, w, &wi);
         int reported = wi.running + wi.queued;
@@ -300,7 +302,7 @@ static int candidates(sl_router *rt, sl_route_cand *cand, int max)
  * (output_ids, empty unless it migrates) and what is left of its budget.
  * Sampling (the seed of choice c is seed + c) and stop ids are the same on
  * every submit, so a continuation is the run that was interrupted. */
-static sl_status seq_submit(sl_seq *s, int worker, sl_err *e)
+sl_status sl_job_seq_submit(sl_seq *s, int worker, int allow_pd, sl_err *e)
 {
     sl_job *j = s->job;
     sl_router *rt = j->rt;
@@ -323,12 +325,19 @@ static sl_status seq_submit(sl_seq *s, int worker, sl_err *e)
     for (int k = 0; k < neos && !sp.ignore_eos; k++) stops[nst++] = eos[k];
     g.n_stop_token_ids = (size_t)nst;
     g.stop_token_ids = stops;
-    if (sl_cluster_submit(rt->cluster, worker, &g, on_chunk, s, &s->rid, e) != SL_OK)
-        return e ? e->code : SL_ERR_CLOSED;
+    sl_status st = allow_pd && rt->cfg.pd
+                       ? sl_job_pd_submit(s, worker, &g, on_chunk, e)
+                       : sl_cluster_submit(rt->cluster, worker, &g, on_chunk, s, &s->rid, e);
+    if (st != SL_OK) return e ? e->code : SL_ERR_CLOSED;
     s->worker = worker;
     s->running = 1;
     j->nrunning++;
     return SL_OK;
+}
+
+static sl_status seq_submit(sl_seq *s, int worker, sl_err *e)
+{
+    return sl_job_seq_submit(s, worker, 1, e);
 }
 
 /* The worker of s died before s finished (its callback already counted s

@@ -215,6 +215,7 @@ static void handle_metrics(sl_router *rt, sl_http_req *r)
     for (int g = 0; g < 5; g++)
         sl_buf_printf(&o, "# HELP %s %s\n# TYPE %s gauge\n%s %g\n", sg[g][0], sg[g][1], sg[g][0],
                       sg[g][0], sv[g]);
+    sl_job_pd_metrics(rt, &o);
     sl_http_respond(r, 200, "text/plain; version=0.0.4", o.data, o.len, NULL);
     sl_buf_free(&o);
     sl_metrics_request(&rt->metrics, "/metrics", 200);
@@ -398,6 +399,7 @@ sl_status sl_router_new(sl_router **out, uv_loop_t *loop, const sl_router_config
         free(rt);
         return e ? e->code : SL_ERR_NOMEM;
     }
+    sl_job_pd_init(rt);
     if (sl_http_start(&rt->http, loop, cfg->host, cfg->port, &cfg->http, on_request, rt, e)) {
         sl_cluster_close(rt->cluster);
         uv_run(loop, UV_RUN_NOWAIT);
@@ -469,6 +471,7 @@ void sl_router_free(sl_router *rt)
 {
     if (!rt) return;
     sl_http_free(rt->http);
+    sl_job_pd_free_all(rt);
     sl_cluster_free(rt->cluster);
     sl_route_free(rt->route);
     free(rt);

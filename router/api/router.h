@@ -52,6 +52,9 @@ typedef struct sl_router_config {
     /* times one choice may move to another worker after its worker died
      * (prompt + tokens so far are resent; 0: the client gets the error) */
     int migration_limit;
+    /* --pd-disaggregation: choices run on decode workers with a prefill
+     * companion (docs/disaggregation.md) */
+    int pd;
     /* sampling for fields a request leaves out (generation_config.json) */
     float default_temperature, default_top_p, default_min_p;
     int default_top_k;

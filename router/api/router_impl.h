@@ -25,6 +25,9 @@ struct sl_router {
     int njobs;
     uint64_t id_seq;
     int shutting_down;
+    /* disaggregation (job_pd.c) */
+    struct sl_pd_pair *pd_pairs;
+    uint64_t pd_started, pd_done, pd_fallbacks, pd_failed;
     void (*done)(void *);
     void *done_ud;
 };

@@ -140,9 +140,29 @@ int sl_cmd_router(int argc, char **argv)
                          "worker URL, tcp://host:port or ipc:///path (repeatable)"};
     opts[n++] = (sl_opt){"--worker-dns", NULL, SL_OPT_STRS, &cli.worker_dns,
                          "HOST:PORT whose addresses are all workers, re-resolved (repeatable)"};
+    opts[n++] = (sl_opt){"--prefill", NULL, SL_OPT_STRS, &cli.prefill,
+                         "prefill worker URL with --pd-disaggregation (repeatable)"};
+    opts[n++] = (sl_opt){"--decode", NULL, SL_OPT_STRS, &cli.decode,
+                         "decode worker URL with --pd-disaggregation (repeatable)"};
     const char *summary = "OpenAI/Anthropic-compatible HTTP front end routing to sluice workers";
     int rc = sl_router_opts_parse(argc, argv, opts, n, "router", summary, &cli, &cfg);
     if (rc >= 0) return rc;
+    if ((cli.prefill.n || cli.decode.n) && !cfg.pd) {
+        fprintf(stderr, "router: --prefill and --decode need --pd-disaggregation\n");
+        return 2;
+    }
+    if (cfg.pd && !cli.decode.n && !cli.workers.n && !cli.worker_dns.n) {
+        fprintf(stderr, "router: --pd-disaggregation needs at least one --decode worker\n");
+        return 2;
+    }
+    for (int i = 0; i < cli.prefill.n + cli.decode.n; i++) {
+        if (cli.workers.n == 64) {
+            fprintf(stderr, "router: at most 64 workers\n");
+            return 2;
+        }
+        cli.workers.v[cli.workers.n++] =
+            i < cli.prefill.n ? cli.prefill.v[i] : cli.decode.v[i - cli.prefill.n];
+    }
     if (!cli.workers.n && !cli.worker_dns.n) {
         fprintf(stderr, "router: give at least one --worker or --worker-dns\n");
         return 2;

@@ -235,6 +235,8 @@ int sl_cmd_serve(int argc, char **argv)
     sl_router_config cfg;
     int tp = 1, dp = 1;
     const char *device = "cpu", *dist_timeout = NULL;
+    int pd_prefill = 0, pd_decode = 0;
+    const char *pd_pdev = NULL, *pd_ddev = NULL, *pd_timeout = NULL;
     sl_opt opts[SL_ROUTER_MAX_OPTS];
     int n = sl_router_opts(opts, &cli, &cfg);
     opts[n++] = (sl_opt){"--tp-size", "--tp", SL_OPT_INT, &tp, "GPUs per worker group (1)"};
@@ -243,6 +245,15 @@ int sl_cmd_serve(int argc, char **argv)
                          "cpu | cuda (group i gets cuda:i*tp ..) | cuda:N"};
     opts[n++] = (sl_opt){"--dist-timeout", NULL, SL_OPT_STR, &dist_timeout,
                          "seconds a rank waits for its group before it fails (workers; 60)"};
+    opts[n++] = (sl_opt){"--pd-prefill", NULL, SL_OPT_INT, &pd_prefill,
+                         "prefill/decode disaggregation: prefill workers (with --pd-decode)"};
+    opts[n++] = (sl_opt){"--pd-decode", NULL, SL_OPT_INT, &pd_decode, "decode workers (PD layout)"};
+    opts[n++] = (sl_opt){"--pd-prefill-devices", NULL, SL_OPT_STR, &pd_pdev,
+                         "PD layout: one prefill worker per device, e.g. cuda:0,cuda:1"};
+    opts[n++] = (sl_opt){"--pd-decode-devices", NULL, SL_OPT_STR, &pd_ddev,
+                         "PD layout: one decode worker per device, e.g. cuda:2,cuda:3"};
+    opts[n++] = (sl_opt){"--disaggregation-timeout", NULL, SL_OPT_STR, &pd_timeout,
+                         "seconds a PD request waits for the other side (workers; 30)"};
     n += sl_engine_flags_pass_opts(&passes, opts + n);
     const char *summary = "router + local workers in one command (SGLang's launch_server flags)";
     int rc = sl_router_opts_parse(argc, argv, opts, n, "serve", summary, &cli, &cfg);
@@ -259,6 +270,37 @@ int sl_cmd_serve(int argc, char **argv)
     if (dp < 1 || dp > MAX_DP || tp < 1 || tp > 64) {
         fprintf(stderr, "serve: --dp-size 1..%d and --tp-size 1..64\n", MAX_DP);
         return 2;
+    }
+    /* PD layout: prefill workers first, then decode workers, one per device */
+    static char pd_devs[MAX_DP][32];
+    int pd_role[MAX_DP] = {0}; /* 0 unified, 1 prefill, 2 decode */
+    const char *lists[2] = {pd_pdev, pd_ddev};
+    int counts[2] = {pd_prefill, pd_decode}, npd = 0;
+    for (int r = 0; r < 2; r++) {
+        if (lists[r]) {
+            counts[r] = 0;
+            for (const char *q = lists[r]; *q && npd < MAX_DP;) {
+                size_t len = strcspn(q, ",");
+                snprintf(pd_devs[npd], sizeof pd_devs[npd], "%.*s", (int)len, q);
+                pd_role[npd++] = r + 1;
+                counts[r]++;
+                q += len + (q[len] == ',');
+            }
+        } else {
+            for (int k = 0; k < counts[r] && npd < MAX_DP; k++) {
+                snprintf(pd_devs[npd], sizeof pd_devs[npd], "%s", device);
+                pd_role[npd++] = r + 1;
+            }
+        }
+    }
+    if (npd) {
+        if (counts[1] < 1 || counts[0] < 0 || tp != 1 || dp != 1) {
+            fprintf(stderr, "serve: a PD layout needs at least one decode worker, --tp-size 1 and "
+                            "no --dp-size\n");
+            return 2;
+        }
+        dp = npd;
+        cfg.pd = 1;
     }
     static char urls[MAX_DP][4200], dir[4096], secret_path[4200];
     pid_t pids[MAX_DP] = {0};
@@ -285,7 +327,9 @@ int sl_cmd_serve(int argc, char **argv)
     snprintf(ctx, sizeof ctx, "%d", cfg.context_length);
     for (int g = 0; g < dp; g++) {
         snprintf(urls[g], sizeof urls[g], "ipc://%s/worker-%d.ipc", dir, g);
-        if (!strcmp(device, "cuda"))
+        if (npd)
+            snprintf(dev, sizeof dev, "%s", pd_devs[g]);
+        else if (!strcmp(device, "cuda"))
             snprintf(dev, sizeof dev, "cuda:%d", g * tp);
         else
             snprintf(dev, sizeof dev, "%s", device);
@@ -324,6 +368,14 @@ int sl_cmd_serve(int argc, char **argv)
             wargv[k++] = "--dist-timeout";
             wargv[k++] = (char *)dist_timeout;
         }
+        if (npd) {
+            wargv[k++] = "--disaggregation-mode";
+            wargv[k++] = pd_role[g] == 1 ? "prefill" : "decode";
+            if (pd_timeout) {
+                wargv[k++] = "--disaggregation-timeout";
+                wargv[k++] = (char *)pd_timeout;
+            }
+        }
         k += sl_engine_flags_pass_argv(&passes, wargv + k);
         wargv[k] = NULL;
         w.argv[g] = argv_dup(wargv);
@@ -342,8 +394,11 @@ int sl_cmd_serve(int argc, char **argv)
         if (pids[g] > 0) kill(pids[g], SIGTERM);
     for (int g = 0; g < dp; g++)
         if (pids[g] > 0) waitpid(pids[g], NULL, 0);
-    for (int g = 0; g < dp; g++) unlink(urls[g] + strlen("ipc://"));
     for (int g = 0; g < dp; g++) {
+        char kv[4300];
+        unlink(urls[g] + strlen("ipc://"));
+        snprintf(kv, sizeof kv, "%s.kv", urls[g] + strlen("ipc://"));
+        if (pd_role[g] == 2) unlink(kv);
         for (char **a = w.argv[g]; a && *a; a++) free(*a);
         free(w.argv[g]);
     }

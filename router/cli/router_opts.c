@@ -70,6 +70,9 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
         "largest request body; larger gets 413 (33554432)");
     OPT("--drain-timeout-ms", NULL, SL_OPT_INT, &cli->drain_timeout_ms,
         "on SIGTERM, how long in-flight responses may finish (30000)");
+    OPT("--pd-disaggregation", NULL, SL_OPT_FLAG, &cfg->pd,
+        "prefill/decode disaggregation: choices run on decode workers, prompts on prefill "
+        "workers (docs/disaggregation.md)");
     OPT("--migration-limit", NULL, SL_OPT_INT, &cli->migration_limit,
         "times one choice may move to another worker when its worker dies (3; 0: fail)");
     OPT("--max-connections", NULL, SL_OPT_INT, &cli->max_connections,

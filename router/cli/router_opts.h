@@ -38,6 +38,7 @@ typedef struct sl_router_cli {
     int enable_metrics, trust_remote_code, skip_server_warmup, allow_auto_truncate;
     const char *link_secret_file;
     sl_link_secret link_secret; /* loaded by the parse; cfg->cluster.secret points here */
+    sl_strs prefill, decode; /* --prefill / --decode URLs (PD mode) */
 } sl_router_cli;
 
 int sl_router_opts(sl_opt *opts, sl_router_cli *cli, sl_router_config *cfg);

@@ -50,6 +50,7 @@ typedef struct worker {
     } *outq;
     size_t outq_head, nout, capout;
     char model[128];
+    char transfer_url[256], layout[256];
     uint64_t failures;
     /* link authentication (cfg.secret) */
     uint32_t pipe;   /* the pipe last reported up */
@@ -96,6 +97,8 @@ struct sl_cluster {
     uint64_t next_rid;
     uint64_t last_tick_ms; /* when on_timer last ran: its lateness is the loop's stall */
     int closed;
+    sl_cluster_kv_ready_cb kv_ready;
+    void *kv_ready_ud;
 };
 
 sl_cluster_config sl_cluster_config_default(void)
@@ -361,7 +364,17 @@ static void handle_load(sl_cluster *cl, worker *w, const Sluice__LoadReport *l)
         set_alive(cl, w->idx, 0, "restarted");
     }
     w->load = *l;
-    w->load.model = NULL;
+    w->load.model = w->load.transfer_url = w->load.layout = NULL;
+    snprintf(w->layout, sizeof w->layout, "%s", l->layout ? l->layout : "");
+    /* a decode worker listening on a wildcard address is reached on the host we dial */
+    const char *tu = l->transfer_url ? l->transfer_url : "";
+    const char *wild = strstr(tu, "://0.0.0.0:") ? "0.0.0.0" : strstr(tu, "://*:") ? "*" : NULL;
+    const char *hs = strstr(w->url, "://"), *he = hs ? strrchr(hs + 3, ':') : NULL;
+    if (wild && hs && he && !strncmp(w->url, "tcp", 3))
+        snprintf(w->transfer_url, sizeof w->transfer_url, "tcp://%.*s%s", (int)(he - hs - 3),
+                 hs + 3, strstr(tu, wild) + strlen(wild));
+    else
+        snprintf(w->transfer_url, sizeof w->transfer_url, "%s", tu);
     w->load.base.unknown_fields = NULL;
     w->load.base.n_unknown_fields = 0;
     snprintf(w->model, sizeof w->model, "%s", l->model ? l->model : "");
@@ -446,6 +459,9 @@ static void handle_msg(sl_cluster *cl, worker *w, nng_msg *m)
     w->last_rx_ms = now_ms();
     switch (env->msg_case) {
     case SLUICE__ENVELOPE__MSG_LOAD: handle_load(cl, w, env->load); break;
+    case SLUICE__ENVELOPE__MSG_KV_READY:
+        if (cl->kv_ready) cl->kv_ready(cl->kv_ready_ud, w->idx, env->kv_ready);
+        break;
     case SLUICE__ENVELOPE__MSG_PONG:
         if (w->load.worker_id) set_alive(cl, w->idx, 1, "");
         break;
@@ -716,7 +732,49 @@ void sl_cluster_info(const sl_cluster *cl, int i, sl_worker_info *o)
                           .worker_id = w->load.worker_id,
                           .failures = w->failures,
                           .steps = w->load.steps,
-                          .busy_ms = w->load.busy_ms};
+                          .busy_ms = w->load.busy_ms,
+
+                          .pd_role = (int)w->load.disaggregation_mode,
+                          .transfer_url = w->transfer_url,
+                          .layout = w->layout,
+                          .free_mamba_slots = w->load.free_mamba_slots,
+                          .total_mamba_slots = w->load.total_mamba_slots,
+                          .pd_waiting = w->load.pd_waiting,
+                          .pd_transfers = w->load.pd_transfers,
+                          .pd_transfer_bytes = w->load.pd_transfer_bytes,
+                          .pd_failures = w->load.pd_failures,
+                          .pd_transfer_seconds = w->load.pd_transfer_seconds,
+                          .pd_queue_seconds = w->load.pd_queue_seconds,
+                          .pd_hold_seconds = w->load.pd_hold_seconds};
+}
+
+void sl_cluster_set_kv_ready(sl_cluster *cl, sl_cluster_kv_ready_cb cb, void *ud)
+{
+    cl->kv_ready = cb;
+    cl->kv_ready_ud = ud;
+}
+
+int sl_cluster_gen_worker(const sl_cluster *cl, uint64_t rid)
+{
+    gen *g = map_find((sl_cluster *)cl, rid);
+    return g ? g->worker : -1;
+}
+
+sl_status sl_cluster_send_kv_ready(sl_cluster *cl, uint64_t rid, Sluice__KvReady *k, sl_err *e)
+{
+    gen *g = map_find(cl, rid);
+    if (!g)
+        return sl_err_set(e, SL_ERR_CLOSED, "generation %llu is not running",
+                          (unsigned long long)rid);
+    worker *w = cl->w[g->worker];
+    k->rid = rid;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_KV_READY;
+    env.kv_ready = k;
+    int rv = w->open ? sl_wire_send(w->sock, &env, NNG_FLAG_NONBLOCK) : NNG_ECLOSED;
+    if (rv)
+        return sl_err_set(e, SL_ERR_CLOSED, "sending to worker %s: %s", w->url, nng_strerror(rv));
+    return SL_OK;
 }
 
 sl_status sl_cluster_submit(sl_cluster *cl, int worker_idx, Sluice__GenerateRequest *g,

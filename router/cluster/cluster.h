@@ -85,6 +85,13 @@ typedef struct sl_worker_info {
      * step, so a large busy_ms with fresh reports is a long step, not a hang. */
     uint64_t steps;
     int64_t busy_ms;
+    /* disaggregation (docs/disaggregation.md), from its reports */
+    int pd_role;              /* Sluice__DisaggRole: 0 unified, 1 prefill, 2 decode */
+    const char *transfer_url; /* decode workers: where prefill workers send KV ("" if none) */
+    const char *layout;       /* cache layout fingerprint ("" before the first report) */
+    int free_mamba_slots, total_mamba_slots, pd_waiting;
+    uint64_t pd_transfers, pd_transfer_bytes, pd_failures;
+    double pd_transfer_seconds, pd_queue_seconds, pd_hold_seconds;
 } sl_worker_info;
 
 /* Called on the loop when a worker becomes alive (alive = 1) or dead. */
@@ -118,6 +125,16 @@ sl_status sl_cluster_submit(sl_cluster *cl, int worker, Sluice__GenerateRequest 
  * it waits and goes out before anything else. Unknown or finished rids are
  * ignored. */
 void sl_cluster_abort(sl_cluster *cl, uint64_t rid);
+
+/* Disaggregation: KvReady messages from workers go to cb (on the loop);
+ * sl_cluster_send_kv_ready relays one to the worker running generation rid
+ * (k->rid is set to rid). Fails with SL_ERR_CLOSED when rid is unknown or
+ * its worker's link is down. */
+typedef void (*sl_cluster_kv_ready_cb)(void *ud, int worker, const Sluice__KvReady *k);
+void sl_cluster_set_kv_ready(sl_cluster *cl, sl_cluster_kv_ready_cb cb, void *ud);
+sl_status sl_cluster_send_kv_ready(sl_cluster *cl, uint64_t rid, Sluice__KvReady *k, sl_err *e);
+/* The worker running generation rid, or -1. */
+int sl_cluster_gen_worker(const sl_cluster *cl, uint64_t rid);
 
 /* Closes every socket and loop handle; in-flight generations get no more
  * callbacks. The loop must run until the handles are closed, then free. */

@@ -43,9 +43,11 @@ ALLOW = {
     "worker/model": ("kernels", "kernels/comm", "common"),
     "worker/engine": ("common",),  # never the backend: scheduler and caches are CPU-only
     "worker/runner": ("worker/model", "worker/engine", "kernels", "common"),
-    "worker/server": ("worker/runner", "worker/model", "worker/engine", "kernels", "proto", "common"),
+    "worker/server": ("worker/pd", "worker/runner", "worker/model", "worker/engine", "kernels", "proto",
+                      "common"),
     "worker/group": ("worker/runner", "worker/model", "worker/engine", "kernels", "kernels/comm", "common"),
-    "worker/cli": ("worker/server", "worker/group", "worker/runner", "worker/model", "worker/engine",
+    "worker/pd": ("worker/runner", "worker/model", "worker/engine", "kernels", "proto", "common"),
+    "worker/cli": ("worker/server", "worker/group", "worker/pd", "worker/runner", "worker/model", "worker/engine",
                    "kernels", "kernels/comm", "proto", "common"),
     "router/http": ("common",),
     "router/text": ("common",),  # no HTTP, API or cluster: text is usable on its own

@@ -181,6 +181,8 @@ int sl_cmd_worker(int argc, char **argv)
 {
     const char *model = NULL, *listen = NULL, *device = "cpu", *served_name = NULL;
     const char *dist_addr = NULL, *secret_file = NULL;
+    const char *pd_mode = "null", *pd_url = NULL;
+    double pd_timeout = 30;
     int tp = 1, tp_rank = -1, nnodes = 1, node_rank = 0;
     double dist_timeout = 60;
     sl_engine_flags f;
@@ -209,6 +211,12 @@ int sl_cmd_worker(int argc, char **argv)
     opts[n++] = (sl_opt){"--link-secret-file", NULL, SL_OPT_STR, &secret_file,
                          "shared secret the router must prove (default: $SLUICE_LINK_SECRET; none: "
                          "unauthenticated)"};
+    opts[n++] = (sl_opt){"--disaggregation-mode", NULL, SL_OPT_STR, &pd_mode,
+                         "prefill | decode | null (unified, the default): docs/disaggregation.md"};
+    opts[n++] = (sl_opt){"--disaggregation-transfer-url", NULL, SL_OPT_STR, &pd_url,
+                         "decode: where prefill workers send KV (--listen + 1 port, or .kv)"};
+    opts[n++] = (sl_opt){"--disaggregation-timeout", NULL, SL_OPT_FLOAT, &pd_timeout,
+                         "seconds a request waits for the other side (30)"};
     n += sl_engine_flags_opts(&f, opts + n);
     opts[n] = (sl_opt){0};
     const char *summary = "Serves a model to a router over nng (proto/sluice.proto messages).";
@@ -247,8 +255,35 @@ int sl_cmd_worker(int argc, char **argv)
     static sl_link_secret secret; /* large: not on the stack */
     if (rank == 0 && sl_link_secret_load(&secret, secret_file, &e))
         return sl_opts_usage_error("worker", e.msg);
+    Sluice__DisaggRole role;
+    if (sl_pd_role_parse(pd_mode, &role))
+        return sl_opts_usage_error("worker",
+                                   "--disaggregation-mode must be prefill, decode or null");
+    if (role && tp > 1)
+        return sl_opts_usage_error("worker", "--disaggregation-mode with --tp-size > 1 is not "
+                                             "supported yet (each rank would send its shard)");
+    if (!(pd_timeout > 0 && pd_timeout <= 3600))
+        return sl_opts_usage_error("worker",
+                                   "--disaggregation-timeout must be in (0, 3600] seconds");
+    char pd_url_buf[300];
+    if (role == SLUICE__DISAGG_ROLE__DISAGG_DECODE && !pd_url) {
+        if (sl_pd_default_url(listen, pd_url_buf, sizeof pd_url_buf))
+            return sl_opts_usage_error("worker", "--listen URL too long");
+        pd_url = pd_url_buf;
+    }
     sl_engine_flags_finish(&f);
     sl_engine_config c = f.c;
+    if (role == SLUICE__DISAGG_ROLE__DISAGG_PREFILL && c.overlap) {
+        /* the held request's memory must not be touched by a batch built ahead */
+        SL_LOGI("worker", "prefill worker: overlap scheduling off");
+        c.overlap = 0;
+    }
+    if (role == SLUICE__DISAGG_ROLE__DISAGG_DECODE && strcmp(device, "cpu") && c.overlap) {
+        /* host-staged uploads use the backend between steps only */
+        SL_LOGI("worker",
+                "decode worker on a device: overlap scheduling off (host-staged transfer)");
+        c.overlap = 0;
+    }
     sl_model_config mc;
     if (sl_model_config_load(&mc, model, &e)) {
         fprintf(stderr, "sluice worker: %s\n", e.msg);
@@ -350,12 +385,24 @@ int sl_cmd_worker(int argc, char **argv)
         wc.tick_ctx = tg;
         wc.close_on_failure = 1;
     }
+    sl_pd *pd = NULL;
+    if (role) {
+        sl_pd_config pc = {
+            .role = role, .transfer_url = pd_url, .timeout_ms = (int)(pd_timeout * 1000)};
+        if (sl_pd_new(&pd, &pc, g, m, &e)) {
+            fprintf(stderr, "sluice worker: %s\n", e.msg);
+            rc = 1;
+            goto done;
+        }
+        wc.pd = pd;
+    }
     if (sl_wserver_run(g, m, &wc, &stop_flag, &e)) {
         fprintf(stderr, "sluice worker: %s\n", e.msg);
         rc = 1;
     } else {
         sl_group_stop(tg);
     }
+    sl_pd_free(pd);
 done:
     sl_engine_free(g);
     sl_model_free(m);

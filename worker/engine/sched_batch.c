@@ -101,7 +101,7 @@ void sched_release_memory(sl_sched *s, sl_sched_req_impl *r, int cache)
     r->copy_from = -1;
 }
 
-static void emit_finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why)
+void sched_emit_finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why)
 {
     sl_sched_event ev = {.rid = r->rid,
                          .token = -1,
@@ -116,11 +116,15 @@ static void emit_finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why)
  * while a built batch still refers to it. */
 void sched_finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why)
 {
-    emit_finish(s, r, why);
+    sched_emit_finish(s, r, why);
     if (r->st == REQ_RUNNING)
         list_remove(&s->running, r);
     else if (r->st == REQ_QUEUED)
         list_remove(&s->queue, r);
+    else if (r->st == REQ_HELD)
+        list_remove(&s->held, r);
+    else if (r->st == REQ_AWAIT)
+        list_remove(&s->await, r);
     sched_release_memory(s, r, why == SL_FINISH_STOP || why == SL_FINISH_LENGTH);
     sched_map_del(s, r->rid);
     r->st = REQ_DONE;
@@ -141,6 +145,10 @@ void sl_sched_fail_all(sl_sched *s)
         sched_finish(s, s->running.head, SL_FINISH_ERROR);
     while (s->queue.head)
         sched_finish(s, s->queue.head, SL_FINISH_ERROR);
+    while (s->held.head)
+        sched_finish(s, s->held.head, SL_FINISH_ERROR);
+    while (s->await.head)
+        sched_finish(s, s->await.head, SL_FINISH_ERROR);
 }
 
 /* Back to the queue with its tokens; prefilled again when memory allows. */
@@ -383,6 +391,43 @@ static void unadmit(sl_sched *s, sl_sched_req_impl *r)
     queue_insert(&s->queue, r);
 }
 
+/* Decode role: the cached prefix (matched as usual), pages for every token,
+ * W (and T), and for the tree a copy of the transferred prefix: pure
+ * attention its whole pages, hybrid a second slot that receives the same
+ * state (when the length is page aligned). The state arrives by transfer:
+ * no copy from the matched node, no branch snapshot. */
+int sched_admit_await(sl_sched *s, sl_sched_req_impl *r)
+{
+    int P = s->cfg.page_size, n = r->n_tok;
+    if (admit(s, r)) return -1;
+    r->copy_from = -1;
+    r->branch_len = 0;
+    if (grow_pages(s, r, n)) {
+        unadmit(s, r);
+        return -1;
+    }
+    if (s->tree && !s->cfg.hybrid && n / P * P > r->tree_len) {
+        r->pend_len = n / P * P;
+        r->pend_slot = -1;
+    } else if (hybrid_cache(s) && n % P == 0 && n > r->tree_len) {
+        int32_t slot;
+        if (!take_slot(s, &slot)) {
+            r->pend_slot = slot;
+            r->pend_len = n;
+        }
+    }
+    list_remove(&s->running, r);
+    list_append(&s->await, r);
+    r->st = REQ_AWAIT;
+    sl_sched_event ev = {.rid = r->rid,
+                         .token = -1,
+                         .pd_ready = 1,
+                         .prompt_tokens = n,
+                         .cached_tokens = r->tree_len};
+    sched_push_event(s, &ev);
+    return 0;
+}
+
 static int pages_available(const sl_sched *s)
 {
     int n = sl_pool_free_count(s->pages);
@@ -444,8 +489,13 @@ sl_sched_batch *sl_sched_next_batch(sl_sched *s)
     /* no admissions right after a retraction: it would only thrash */
     for (sl_sched_req_impl *r = retracted ? NULL : s->queue.head, *nx; r && budget > 0; r = nx) {
         nx = r->next;
-        if (s->running.n >= s->cfg.max_running) break;
-        if (r->n_pending) continue; /* retracted with a token still being sampled */
+        if (s->running.n + s->await.n >= s->cfg.max_running) break;
+        if (r->n_pending) continue;  /* retracted with a token still being sampled */
+        if (r->pd == SL_PD_DECODE) { /* memory only: the prompt comes over the network */
+            if (pages_available(s) < ceil_div(r->n_tok, s->cfg.page_size) + n_decoding) break;
+            if (sched_admit_await(s, r)) break;
+            continue;
+        }
         int want = r->n_tok < budget ? r->n_tok : budget;
         if (pages_available(s) < ceil_div(want, s->cfg.page_size) + n_decoding) break;
         if (admit(s, r)) break;

@@ -107,7 +107,6 @@ void sched_free_req(sl_sched *s, sl_sched_req_impl *r)
     free(r);
 }
 
-
 void sl_sched_free(sl_sched *s)
 {
     if (!s) return;
@@ -118,6 +117,14 @@ void sl_sched_free(sl_sched *s)
         sched_release_memory(s, r, 0);
         sched_free_req(s, r);
     }
+    req_list *lists[2] = {&s->held, &s->await};
+    for (int k = 0; k < 2; k++)
+        while (lists[k]->head) {
+            sl_sched_req_impl *r = lists[k]->head;
+            list_remove(lists[k], r);
+            sched_release_memory(s, r, 0);
+            sched_free_req(s, r);
+        }
     while (s->queue.head) {
         sl_sched_req_impl *r = s->queue.head;
         list_remove(&s->queue, r);
@@ -232,10 +239,12 @@ sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
         return st;
     }
     memcpy(r->toks, q->prompt, sizeof(int32_t) * (size_t)q->n_prompt);
-    if (q->n_output) memcpy(r->toks + q->n_prompt, q->output, sizeof(int32_t) * (size_t)q->n_output);
+    if (q->n_output)
+        memcpy(r->toks + q->n_prompt, q->output, sizeof(int32_t) * (size_t)q->n_output);
     r->want_logprobs = q->sampling.logprobs || q->sampling.top_logprobs > 0;
     if (q->n_stop) memcpy(r->stop, q->stop_ids, sizeof(int32_t) * (size_t)q->n_stop);
     r->rid = q->rid;
+    r->pd = q->pd;
     r->arrival = s->arrivals++;
     r->priority = q->priority;
     r->n_tok = n;
@@ -286,6 +295,44 @@ static void batch_return(sl_sched *s, sl_sched_batch *b)
     s->busy[k] = 0;
 }
 
+void sched_take_token(sl_sched *s, sl_sched_req_impl *r, int32_t t, const sl_sample *sample)
+{
+    if (r->n_tok == r->cap_tok) {
+        int cap = r->cap_tok * 2;
+        int32_t *nt = realloc(r->toks, sizeof(int32_t) * (size_t)cap);
+        if (!nt) {
+            sched_finish(s, r, SL_FINISH_ERROR);
+            return;
+        }
+        r->toks = nt;
+        r->cap_tok = cap;
+    }
+    r->toks[r->n_tok++] = t;
+    r->n_out++;
+    sl_sched_event ev = {
+        .rid = r->rid, .token = t, .has_sample = sample != NULL, .want_logprobs = r->want_logprobs};
+    if (sample) ev.sample = *sample;
+    sched_push_event(s, &ev);
+    sl_finish why = SL_FINISH_NONE;
+    if (r->n_out >= r->min_new &&
+        ((!r->ignore_eos && is_in(t, s->cfg.eos, s->cfg.n_eos)) || is_in(t, r->stop, r->n_stop)))
+        why = SL_FINISH_STOP;
+    else if (r->n_out >= r->max_new || r->n_tok >= s->max_seq)
+        why = SL_FINISH_LENGTH;
+    if (!why) return;
+    if (r->pd == SL_PD_PREFILL) {
+        /* hold the memory for the transfer (no batch out names r: prefill
+         * workers run without overlap) */
+        SL_ASSERT(!r->inflight);
+        sched_emit_finish(s, r, why);
+        list_remove(&s->running, r);
+        list_append(&s->held, r);
+        r->st = REQ_HELD;
+        return;
+    }
+    sched_finish(s, r, why);
+}
+
 void sl_sched_complete(sl_sched *s, sl_sched_batch *b)
 {
     for (int i = 0; i < b->meta.n_seqs; i++) {
@@ -295,32 +342,7 @@ void sl_sched_complete(sl_sched *s, sl_sched_batch *b)
             sched_finish(s, r, SL_FINISH_LENGTH);
             continue;
         }
-        int32_t t = b->out[i].token;
-        if (r->n_tok == r->cap_tok) {
-            int cap = r->cap_tok * 2;
-            int32_t *nt = realloc(r->toks, sizeof(int32_t) * (size_t)cap);
-            if (!nt) {
-                sched_finish(s, r, SL_FINISH_ERROR);
-                continue;
-            }
-            r->toks = nt;
-            r->cap_tok = cap;
-        }
-        r->toks[r->n_tok++] = t;
-        r->n_out++;
-        sl_sched_event ev = {.rid = r->rid,
-                             .token = t,
-                             .sample = b->out[i],
-                             .has_sample = 1,
-                             .want_logprobs = r->want_logprobs};
-        sched_push_event(s, &ev);
-        sl_finish why = SL_FINISH_NONE;
-        if (r->n_out >= r->min_new && ((!r->ignore_eos && is_in(t, s->cfg.eos, s->cfg.n_eos)) ||
-                                       is_in(t, r->stop, r->n_stop)))
-            why = SL_FINISH_STOP;
-        else if (r->n_out >= r->max_new || r->n_tok >= s->max_seq)
-            why = SL_FINISH_LENGTH;
-        if (why) sched_finish(s, r, why);
+        sched_take_token(s, r, b->out[i].token, &b->out[i]);
     }
     batch_return(s, b);
 }
@@ -350,6 +372,7 @@ void sl_sched_get_stats(const sl_sched *s, sl_sched_stats *st)
     st->free_slots = s->slots ? sl_pool_free_count(s->slots) : 0;
     st->total_slots = s->slots ? sl_pool_total(s->slots) : 0;
     st->checkpoint_tokens = s->cfg.hybrid ? s->C : 0;
+    st->pd_waiting = s->held.n + s->await.n;
     if (s->tree) {
         sl_radix_stats rs;
         sl_radix_get_stats(s->tree, &rs);
@@ -370,19 +393,22 @@ int sl_sched_flush_cache(sl_sched *s)
 
 int sl_sched_idle(const sl_sched *s)
 {
+    /* held and awaiting requests wait for the network, not for a step */
     return !s->running.n && !s->queue.n && !s->busy[0] && !s->busy[1];
 }
 
 sl_status sl_sched_check(const sl_sched *s, sl_err *e)
 {
     int P = s->cfg.page_size, held_pages = 0, held_slots = 0;
-    for (const sl_sched_req_impl *r = s->running.head; r; r = r->next) {
-        held_pages += r->n_pages - r->tree_len / P;
-        held_slots += (r->W >= 0) + (r->T >= 0) + (r->pend_slot >= 0);
-        if (r->kv_len > r->n_pages * P || r->tree_len > r->kv_len)
-            return sl_err_set(e, SL_ERR_INVALID, "request %llu: kv %d, tree %d, %d pages",
-                              (unsigned long long)r->rid, r->kv_len, r->tree_len, r->n_pages);
-    }
+    const req_list *lists[3] = {&s->running, &s->held, &s->await};
+    for (int k = 0; k < 3; k++)
+        for (const sl_sched_req_impl *r = lists[k]->head; r; r = r->next) {
+            held_pages += r->n_pages - r->tree_len / P;
+            held_slots += (r->W >= 0) + (r->T >= 0) + (r->pend_slot >= 0);
+            if (r->kv_len > r->n_pages * P || r->tree_len > r->kv_len)
+                return sl_err_set(e, SL_ERR_INVALID, "request %llu: kv %d, tree %d, %d pages",
+                                  (unsigned long long)r->rid, r->kv_len, r->tree_len, r->n_pages);
+        }
     for (const sl_sched_req_impl *r = s->queue.head; r; r = r->next)
         if (r->n_pages || r->W >= 0 || r->T >= 0 || r->pend_slot >= 0 || r->node)
             return sl_err_set(e, SL_ERR_INVALID, "queued request %llu holds memory",

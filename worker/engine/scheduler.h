@@ -79,8 +79,22 @@ typedef struct sl_sched_config {
  * max(64,page) % min(64,page) == 0 and interval % page == 0. */
 sl_status sl_sched_config_check(const sl_sched_config *c, sl_err *e);
 
+/* Prefill/decode disaggregation (docs/disaggregation.md): a PREFILL request
+ * computes its prompt and first token, then is HELD with its pages and
+ * working state until sl_sched_pd_release (the transfer has read them); a
+ * DECODE request is admitted like any other (its memory limits honoured) but
+ * only allocates pages for its tokens and a working slot, announces itself
+ * with a pd_ready event and WAITS until sl_sched_pd_activate gives it the
+ * first token (its KV and state written into the slots by the caller). */
+typedef enum sl_pd_role {
+    SL_PD_NONE = 0,
+    SL_PD_PREFILL,
+    SL_PD_DECODE,
+} sl_pd_role;
+
 typedef struct sl_sched_req {
     uint64_t rid;
+    sl_pd_role pd;
     const int32_t *prompt;
     int n_prompt;
     const int32_t *output; /* already generated (migration), may be NULL */
@@ -111,6 +125,9 @@ typedef struct sl_sched_event {
     int want_logprobs; /* the request asked for logprobs (sample.logprob is meaningful) */
     sl_finish finish;
     int prompt_tokens, completion_tokens, cached_tokens;
+    /* decode role: memory is allocated (no token, no finish); cached_tokens
+     * = the prefix already in the tree, prompt_tokens = tokens to receive */
+    int pd_ready;
 } sl_sched_event;
 
 typedef struct sl_sched_req_impl sl_sched_req_impl;
@@ -190,8 +207,34 @@ typedef struct sl_sched_stats {
     int64_t prompt_tokens, cached_tokens; /* admitted so far: hit rate = cached / prompt */
     int64_t retractions, evicted_pages;
     int checkpoint_tokens;
+    int pd_waiting; /* held (prefill) and awaiting (decode) requests */
 } sl_sched_stats;
 void sl_sched_get_stats(const sl_sched *s, sl_sched_stats *st);
+/* ---- disaggregation (see sl_pd_role) ---- */
+
+/* The memory of a held (prefill) or awaiting (decode) request. pages[i]
+ * holds tokens [i*P, (i+1)*P); valid until release, activate or finish. */
+typedef struct sl_sched_pd_mem {
+    const int32_t *pages;
+    int n_pages;
+    int n_tokens;      /* tokens whose KV is (to be) there */
+    int skip_tokens;   /* decode: the prefix the tree already holds */
+    int32_t state;     /* working slot W (-1: pure attention) */
+    int32_t state_copy; /* decode: a second slot that takes the same state for the tree (-1) */
+} sl_sched_pd_mem;
+/* 0 and *m, or -1 when rid is not held/awaiting. */
+int sl_sched_pd_view(const sl_sched *s, uint64_t rid, sl_sched_pd_mem *m);
+/* Prefill: the transfer is done (or abandoned): the computed prefix goes to
+ * the tree, the rest back to the pools. No event. */
+int sl_sched_pd_release(sl_sched *s, uint64_t rid);
+/* Decode: the KV and state are in place; token is the first output token
+ * (sample: its logprobs, may be NULL). The request decodes from now on; the
+ * transferred prefix enters the tree as if computed here. */
+sl_status sl_sched_pd_activate(sl_sched *s, uint64_t rid, int32_t token, const sl_sample *sample,
+                               sl_err *e);
+/* Ends a queued, held or awaiting request with an error event. */
+int sl_sched_fail(sl_sched *s, uint64_t rid);
+
 /* Evicts every unlocked cache entry (returns the pages freed). */
 int sl_sched_flush_cache(sl_sched *s);
 /* Runs sl_radix_check with what the requests hold. */

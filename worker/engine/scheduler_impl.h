@@ -11,7 +11,9 @@
 #include "scheduler.h"
 #include "sl_log.h"
 
-typedef enum req_state { REQ_QUEUED, REQ_RUNNING, REQ_DONE } req_state;
+/* HELD: a prefill-role request whose first token is out, keeping its memory
+ * for the transfer; AWAIT: a decode-role request with memory, waiting for it */
+typedef enum req_state { REQ_QUEUED, REQ_RUNNING, REQ_HELD, REQ_AWAIT, REQ_DONE } req_state;
 
 struct sl_sched_req_impl {
     uint64_t rid, arrival;
@@ -38,6 +40,7 @@ struct sl_sched_req_impl {
     int pend_len;      /* its depth; 0: nothing pending */
     int branch_len;    /* hybrid: where siblings would hit, from the match */
     int cached_tokens, admitted;
+    sl_pd_role pd;
     sl_sched_req_impl *prev, *next;
 };
 
@@ -64,6 +67,7 @@ struct sl_sched {
     sl_pool *pages, *slots;
     sl_radix *tree; /* NULL with --disable-radix-cache */
     req_list queue, running;
+    req_list held, await; /* disaggregation: see req_state */
     uint64_t arrivals, batch_seq;
     sl_sched_batch batch[2];
     int busy[2];
@@ -142,6 +146,12 @@ void sched_free_req(sl_sched *s, sl_sched_req_impl *r);
 /* sched_batch.c: memory, finishing, batches */
 void sched_release_memory(sl_sched *s, sl_sched_req_impl *r, int cache);
 void sched_finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why);
+void sched_emit_finish(sl_sched *s, sl_sched_req_impl *r, sl_finish why);
+/* scheduler.c: appends a sampled token to r, emits it and finishes r if it
+ * ends there */
+void sched_take_token(sl_sched *s, sl_sched_req_impl *r, int32_t t, const sl_sample *sample);
+/* sched_batch.c: admits a decode-role request (memory, pd_ready event) */
+int sched_admit_await(sl_sched *s, sl_sched_req_impl *r);
 void sched_batch_free(sl_sched_batch *b);
 
 #endif

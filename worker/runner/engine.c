@@ -659,6 +659,32 @@ int sl_engine_pop_event(sl_engine *g, sl_sched_event *ev)
     return sl_sched_pop_event(g->sched, ev);
 }
 
+int sl_engine_pd_view(const sl_engine *g, uint64_t rid, sl_sched_pd_mem *m)
+{
+    return sl_sched_pd_view(g->sched, rid, m);
+}
+
+int sl_engine_pd_release(sl_engine *g, uint64_t rid)
+{
+    return sl_sched_pd_release(g->sched, rid);
+}
+
+sl_status sl_engine_pd_activate(sl_engine *g, uint64_t rid, int32_t token, const sl_sample *s,
+                                sl_err *e)
+{
+    return sl_sched_pd_activate(g->sched, rid, token, s, e);
+}
+
+int sl_engine_fail_req(sl_engine *g, uint64_t rid)
+{
+    return sl_sched_fail(g->sched, rid);
+}
+
+sl_model_cache *sl_engine_cache_rw(sl_engine *g)
+{
+    return &g->cache;
+}
+
 int sl_engine_idle(const sl_engine *g)
 {
     return !g->prev && sl_sched_idle(g->sched);

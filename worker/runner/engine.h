@@ -112,6 +112,16 @@ void sl_engine_set_plan_end(sl_engine *g, sl_engine_plan_end_fn end);
  * engine's model and cache, without scheduling or sampling (its sampler ids
  * are rank 0's and are not looked up). */
 sl_status sl_engine_follow(sl_engine *g, sl_sched_batch *b, sl_err *e);
+/* Disaggregation (worker/pd): the scheduler's sl_sched_pd_* calls, and the
+ * cache the transfer reads and writes. Only between steps on the leader;
+ * a held request's memory is never touched by a batch, an awaiting one's
+ * not before activate (device caches: only without overlap). */
+int sl_engine_pd_view(const sl_engine *g, uint64_t rid, sl_sched_pd_mem *m);
+int sl_engine_pd_release(sl_engine *g, uint64_t rid);
+sl_status sl_engine_pd_activate(sl_engine *g, uint64_t rid, int32_t token, const sl_sample *s,
+                                sl_err *e);
+int sl_engine_fail_req(sl_engine *g, uint64_t rid);
+sl_model_cache *sl_engine_cache_rw(sl_engine *g);
 /* The engine's KV/state cache (read-only; for tests and diagnostics). */
 const sl_model_cache *sl_engine_cache(const sl_engine *g);
 

@@ -57,6 +57,7 @@ typedef struct server {
     sl_sched_stats stats;       /* mu: published after every step */
     uint64_t steps;             /* mu */
     int64_t step_start_ms;      /* mu: 0 while no step runs */
+    sl_pd *pd;                  /* disaggregation role, or NULL */
 } server;
 
 static int64_t now_ms(void)
@@ -136,6 +137,7 @@ static void send_load_published(server *sv)
     lr.vocab_size = sv->mc->vocab_size;
     lr.steps = steps;
     lr.busy_ms = busy;
+    if (sv->pd) sl_pd_fill_load(sv->pd, &lr);
     log_send(sl_wire_send_load(sv->sock, &lr, NNG_FLAG_NONBLOCK), 1);
 }
 
@@ -259,8 +261,16 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
                       .priority = g->priority};
     const char *bad = sampling_from(g->sampling, &sv->mc->gen, &r.sampling);
     if (bad) return send_error(sv, g->rid, bad);
+    if (g->pd && g->pd->role && !sv->pd)
+        return send_error(sv, g->rid, "this worker runs without --disaggregation-mode");
+    if (sv->pd && (bad = sl_pd_on_generate(sv->pd, g, &r))) return send_error(sv, g->rid, bad);
     sl_err e = {0};
-    if (sl_engine_submit(sv->g, &r, &e)) return send_error(sv, g->rid, e.msg);
+    if (sl_engine_submit(sv->g, &r, &e)) {
+        if (sv->pd) /* forget its room */
+            sl_pd_on_event(
+                sv->pd, &(sl_sched_event){.rid = g->rid, .token = -1, .finish = SL_FINISH_ERROR});
+        return send_error(sv, g->rid, e.msg);
+    }
 }
 
 /* ---- the link thread ------------------------------------------------------------ */
@@ -442,6 +452,12 @@ static void on_message(server *sv, nng_msg *m)
         inbox_push(sv, env); /* the engine thread frees it */
         return;
     case SLUICE__ENVELOPE__MSG_ABORT: abort_push(sv, env->abort->rid); break;
+    case SLUICE__ENVELOPE__MSG_KV_READY:
+        if (sv->pd) {
+            inbox_push(sv, env); /* the engine thread hands it to the PD side and frees it */
+            return;
+        }
+        break;
     case SLUICE__ENVELOPE__MSG_PING:
         log_send(sl_wire_send_ping(sv->sock, SLUICE__ENVELOPE__MSG_PONG, env->ping->seq,
                                    NNG_FLAG_NONBLOCK),
@@ -531,7 +547,10 @@ static void take_inbox(server *sv, int wait_ms)
     while (it) {
         inbox_item *nx = it->next;
         if (it->env) {
-            on_generate(sv, it->env->generate);
+            if (it->env->msg_case == SLUICE__ENVELOPE__MSG_KV_READY)
+                sl_pd_on_kv_ready(sv->pd, it->env->kv_ready);
+            else
+                on_generate(sv, it->env->generate);
             sluice__envelope__free_unpacked(it->env, NULL);
         } else {
             router_gone(sv);
@@ -562,6 +581,7 @@ static void flush_events(server *sv, const char *error_text)
     while (have_next) {
         ev = next;
         have_next = sl_engine_pop_event(sv->g, &next);
+        if (sv->pd && sl_pd_on_event(sv->pd, &ev)) continue;
         sl_finish fin = ev.finish;
         int prompt = ev.prompt_tokens, comp = ev.completion_tokens, cached = ev.cached_tokens;
         if (!fin && have_next && next.rid == ev.rid && next.finish && next.token < 0) {
@@ -627,7 +647,8 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
                  .sc = sl_engine_sched_config(g),
                  .model_name = c->model_name ? c->model_name : "",
                  .secret = c->secret,
-                 .handshake_ms = c->handshake_ms > 0 ? c->handshake_ms : 5000};
+                 .handshake_ms = c->handshake_ms > 0 ? c->handshake_ms : 5000,
+                 .pd = c->pd};
     sv.worker_id =
         sl_rng_mix((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&sv);
     pthread_mutex_init(&sv.mu, NULL);
@@ -658,6 +679,7 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
                            "read results (docs/operations.md, --link-secret-file)", c->url);
     SL_LOGI("wserver", "listening on %s%s", c->url,
             authenticating(&sv) ? " (link authenticated)" : "");
+    if (sv.pd) sl_pd_attach(sv.pd, sv.sock);
     if (pthread_create(&sv.link_thread, NULL, link_main, &sv)) {
         nng_close(sv.sock);
         pthread_cond_destroy(&sv.cv);
@@ -672,7 +694,8 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         if (idle && !was_idle && sl_engine_check(g, e)) /* verify the accounting when idle */
             SL_LOGE("wserver", "cache accounting is broken: %s", e->msg);
         was_idle = idle;
-        take_inbox(&sv, idle ? 50 : 0);
+        int pd_wait = sv.pd && sl_pd_poll(sv.pd); /* transfers in, timeouts */
+        take_inbox(&sv, idle ? (pd_wait ? 1 : 50) : 0);
         if (!sl_engine_idle(g)) {
             pthread_mutex_lock(&sv.mu);
             sv.step_start_ms = now_ms();

@@ -38,6 +38,7 @@
 
 #include "engine.h"
 #include "model.h"
+#include "pd.h"
 
 /* Bytes per incoming message. Stop token ids per request: proto/wire.h's
  * SL_WIRE_MAX_STOP_IDS. */
@@ -60,6 +61,8 @@ typedef struct sl_wserver_config {
      * before anything it sends is read; anything else closes it. */
     const struct sl_link_secret *secret;
     int handshake_ms;
+    /* --disaggregation-mode prefill|decode (worker/pd/pd.h; NULL: unified) */
+    sl_pd *pd;
 } sl_wserver_config;
 
 sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,

@@ -1,0 +1,711 @@
+/* The worker's side of prefill/decode disaggregation: see pd.h and
+ * docs/disaggregation.md. */
+#include "pd.h"
+
+#include <nng/protocol/pipeline0/pull.h>
+#include <nng/protocol/pipeline0/push.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "sl_log.h"
+#include "wire.h"
+
+/* ---- transport: the seam ------------------------------------------------------- */
+
+/* How transfers move. The nng implementation below sends one packed
+ * KvTransfer per request; a device transport (NCCL send/recv through the
+ * communicator) would send the pages straight from the cache instead and
+ * keep only the small header on this path. */
+typedef struct sl_pd_transport {
+    const char *name;
+    /* prefill: sends m (a packed Envelope) to the decode worker at url without
+     * blocking: 0 (m is consumed), NNG_EAGAIN (not now: try again later; m
+     * stays the caller's) or another nng error (m stays the caller's) */
+    int (*send)(void *impl, const char *url, nng_msg *m);
+    /* decode: the next received message, or NULL (never blocks) */
+    Sluice__Envelope *(*recv)(void *impl);
+    void (*free)(void *impl);
+} sl_pd_transport;
+
+#define MAX_PEERS 64
+
+typedef struct nng_tp {
+    nng_socket pull; /* decode */
+    int have_pull;
+    struct {
+        char url[256];
+        nng_socket push;
+    } peer[MAX_PEERS];
+    int n_peer;
+} nng_tp;
+
+static int nng_tp_send(void *impl, const char *url, nng_msg *m)
+{
+    nng_tp *t = impl;
+    int k = 0;
+    while (k < t->n_peer && strcmp(t->peer[k].url, url))
+        k++;
+    if (k == t->n_peer) {
+        if (t->n_peer == MAX_PEERS || strlen(url) >= sizeof t->peer[0].url) return NNG_ENOMEM;
+        int rv = nng_push0_open(&t->peer[k].push);
+        if (rv) return rv;
+        nng_setopt_ms(t->peer[k].push, NNG_OPT_RECONNMINT, 50);
+        nng_setopt_ms(t->peer[k].push, NNG_OPT_RECONNMAXT, 500);
+        rv = nng_dial(t->peer[k].push, url, NULL, NNG_FLAG_NONBLOCK);
+        if (rv) {
+            nng_close(t->peer[k].push);
+            return rv;
+        }
+        snprintf(t->peer[k].url, sizeof t->peer[k].url, "%s", url);
+        t->n_peer++;
+    }
+    return nng_sendmsg(t->peer[k].push, m, NNG_FLAG_NONBLOCK);
+}
+
+static Sluice__Envelope *nng_tp_recv(void *impl)
+{
+    nng_tp *t = impl;
+    nng_msg *m;
+    if (!t->have_pull || nng_recvmsg(t->pull, &m, NNG_FLAG_NONBLOCK)) return NULL;
+    Sluice__Envelope *env = sl_wire_unpack(m);
+    if (!env) SL_LOGW("pd", "dropped a malformed transfer message");
+    return env;
+}
+
+static void nng_tp_free(void *impl)
+{
+    nng_tp *t = impl;
+    if (!t) return;
+    if (t->have_pull) nng_close(t->pull);
+    for (int k = 0; k < t->n_peer; k++)
+        nng_close(t->peer[k].push);
+    free(t);
+}
+
+static const sl_pd_transport nng_transport = {"nng", nng_tp_send, nng_tp_recv, nng_tp_free};
+
+/* ---- state ---------------------------------------------------------------------- */
+
+typedef struct room {
+    uint64_t rid;  /* this side's request id */
+    uint64_t room; /* the decode side's rid */
+    char peer[256];
+    int64_t t0_us, hold_us; /* arrival; computed (prefill) or admitted (decode) */
+    int computed;           /* prefill: held, first token known */
+    int ready;              /* prefill: KvReady came */
+    int skip;
+    int cached; /* prefill: prefix-cache hit */
+    sl_sample first;
+    int have_first;
+    /* prefill: the packed transfer waiting for the link (memory already released) */
+    nng_msg *pending;
+    size_t pending_bytes;
+    int n_tokens;
+    int64_t send_t0_us;
+} room;
+
+struct sl_pd {
+    sl_pd_config c;
+    sl_engine *g;
+    sl_model *m;
+    nng_socket router;
+    const sl_pd_transport *tp;
+    void *tp_impl;
+    char url[256];
+    char layout[256];
+    room *rooms;
+    int n_rooms, cap_rooms;
+    uint8_t *buf; /* staging for one request's pages */
+    size_t buf_cap;
+    /* metrics */
+    uint64_t transfers, bytes, failures;
+    double seconds, queue_seconds, hold_seconds;
+};
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int sl_pd_role_parse(const char *s, Sluice__DisaggRole *out)
+{
+    if (!s || !strcmp(s, "null") || !strcmp(s, "none"))
+        *out = SLUICE__DISAGG_ROLE__DISAGG_NONE;
+    else if (!strcmp(s, "prefill"))
+        *out = SLUICE__DISAGG_ROLE__DISAGG_PREFILL;
+    else if (!strcmp(s, "decode"))
+        *out = SLUICE__DISAGG_ROLE__DISAGG_DECODE;
+    else
+        return -1;
+    return 0;
+}
+
+int sl_pd_default_url(const char *listen, char *out, size_t n)
+{
+    const char *colon = strrchr(listen, ':');
+    if (!strncmp(listen, "tcp://", 6) && colon && colon > listen + 5) {
+        int port = atoi(colon + 1);
+        int w = snprintf(out, n, "%.*s:%d", (int)(colon - listen), listen, port + 1);
+        return w > 0 && (size_t)w < n ? 0 : -1;
+    }
+    int w = snprintf(out, n, "%s.kv", listen);
+    return w > 0 && (size_t)w < n ? 0 : -1;
+}
+
+/* What both sides must agree on for pages and slots to mean the same bytes. */
+static void make_layout(sl_pd *pd)
+{
+    const sl_model_config *mc = sl_model_cfg(pd->m);
+    const sl_model_cache *c = sl_engine_cache(pd->g);
+    snprintf(pd->layout, sizeof pd->layout,
+             "%s attn=%d lin=%d kv=%lldx%s page=%d conv=%lld ssm=%lld tp=1", mc->arch_name,
+             c->n_attn, c->n_linear, c->n_attn ? (long long)sl_tensor_cols(&c->k[0]) : 0LL,
+             c->n_attn ? sl_dtype_name(c->k[0].dtype) : "-", c->page_size,
+             c->n_linear ? (long long)(sl_tensor_numel(&c->conv[0]) / c->conv[0].ne[0]) : 0LL,
+             c->n_linear ? (long long)(sl_tensor_numel(&c->ssm[0]) / c->ssm[0].ne[0]) : 0LL);
+}
+
+sl_status sl_pd_new(sl_pd **out, const sl_pd_config *c, sl_engine *g, sl_model *m, sl_err *e)
+{
+    sl_pd *pd = calloc(1, sizeof *pd);
+    nng_tp *t = calloc(1, sizeof *t);
+    if (!pd || !t) {
+        free(pd);
+        free(t);
+        return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    }
+    pd->c = *c;
+    if (pd->c.timeout_ms <= 0) pd->c.timeout_ms = 30000;
+    pd->g = g;
+    pd->m = m;
+    pd->tp = &nng_transport;
+    pd->tp_impl = t;
+    make_layout(pd);
+    if (c->role == SLUICE__DISAGG_ROLE__DISAGG_DECODE) {
+        int rv = nng_pull0_open(&t->pull);
+        if (!rv) {
+            t->have_pull = 1;
+            nng_setopt_size(t->pull, NNG_OPT_RECVMAXSZ, 0); /* a request's KV: no limit */
+            rv = nng_listen(t->pull, c->transfer_url, NULL, 0);
+        }
+        if (rv) {
+            sl_pd_free(pd);
+            return sl_err_set(e, SL_ERR_IO, "transfer endpoint %s: %s", c->transfer_url,
+                              nng_strerror(rv));
+        }
+        snprintf(pd->url, sizeof pd->url, "%s", c->transfer_url);
+        SL_LOGI("pd", "decode worker: transfers on %s (%s)", pd->url, pd->layout);
+    } else {
+        SL_LOGI("pd", "prefill worker (%s)", pd->layout);
+    }
+    *out = pd;
+    return SL_OK;
+}
+
+void sl_pd_free(sl_pd *pd)
+{
+    if (!pd) return;
+    if (pd->tp) pd->tp->free(pd->tp_impl);
+    for (int i = 0; i < pd->n_rooms; i++)
+        if (pd->rooms[i].pending) nng_msg_free(pd->rooms[i].pending);
+    free(pd->rooms);
+    free(pd->buf);
+    free(pd);
+}
+
+void sl_pd_attach(sl_pd *pd, nng_socket router)
+{
+    pd->router = router;
+}
+
+static room *find_room(sl_pd *pd, uint64_t rid)
+{
+    for (int i = 0; i < pd->n_rooms; i++)
+        if (pd->rooms[i].rid == rid) return &pd->rooms[i];
+    return NULL;
+}
+
+static void drop_room(sl_pd *pd, room *r)
+{
+    if (r->pending) nng_msg_free(r->pending);
+    *r = pd->rooms[--pd->n_rooms];
+}
+
+static room *add_room(sl_pd *pd, uint64_t rid)
+{
+    if (pd->n_rooms == pd->cap_rooms) {
+        int cap = pd->cap_rooms ? pd->cap_rooms * 2 : 64;
+        room *p = realloc(pd->rooms, sizeof *p * (size_t)cap);
+        if (!p) return NULL;
+        pd->rooms = p;
+        pd->cap_rooms = cap;
+    }
+    room *r = &pd->rooms[pd->n_rooms++];
+    memset(r, 0, sizeof *r);
+    r->rid = rid;
+    r->t0_us = now_us();
+    return r;
+}
+
+static void send_router_chunk(sl_pd *pd, uint64_t rid, Sluice__FinishReason fin, const char *err,
+                              int prompt, int cached)
+{
+    Sluice__TokenChunk ch = SLUICE__TOKEN_CHUNK__INIT;
+    Sluice__Usage u = SLUICE__USAGE__INIT;
+    ch.rid = rid;
+    ch.finish = fin;
+    ch.error = (char *)err;
+    u.prompt_tokens = prompt;
+    u.cached_tokens = cached;
+    ch.usage = &u;
+    int rv = sl_wire_send_chunk(pd->router, &ch, 0);
+    if (rv)
+        SL_LOGW("pd", "request %llu: telling the router: %s", (unsigned long long)rid,
+                nng_strerror(rv));
+}
+
+/* ---- cache copies (host staged) -------------------------------------------------- */
+
+/* Copies rows [r0, r0+n) of t to or from host. Device downloads are only
+ * started: the caller syncs once (copy_request). */
+static sl_status copy_rows(sl_pd *pd, sl_tensor *t, int64_t r0, int64_t n, uint8_t *host,
+                           int to_host, sl_err *e)
+{
+    sl_tensor v = sl_tensor_rowview(t, r0, n);
+    size_t bytes = (size_t)n * (size_t)sl_tensor_cols(t) * sl_dtype_size(t->dtype);
+    if (!t->on_device) {
+        if (to_host)
+            memcpy(host, v.data, bytes);
+        else
+            memcpy(v.data, host, bytes);
+        return SL_OK;
+    }
+    sl_backend *be = sl_model_backend(pd->m);
+    if (!to_host) return sl_be_upload(be, &v, host, v.dtype, e);
+    return sl_be_copy_out(be, &v, host, e);
+}
+
+/* Pages pages[0..n) of t (P rows each) to or from host (page after page),
+ * one copy per run of consecutive page ids. */
+static sl_status copy_pages(sl_pd *pd, sl_tensor *t, const int32_t *pages, int n, int64_t P,
+                            size_t pb, uint8_t *host, int to_host, sl_err *e)
+{
+    sl_status st = SL_OK;
+    for (int i = 0, len; i < n && !st; i += len, host += pb * (size_t)len) {
+        for (len = 1; i + len < n && pages[i + len] == pages[i] + len; len++) {
+        }
+        st = copy_rows(pd, t, (int64_t)pages[i] * P, (int64_t)len * P, host, to_host, e);
+    }
+    return st;
+}
+
+static size_t page_bytes(const sl_model_cache *c, int layer)
+{
+    return (size_t)c->page_size * (size_t)sl_tensor_cols(&c->k[layer]) *
+           sl_dtype_size(c->k[layer].dtype);
+}
+
+static int64_t slot_rows(const sl_tensor *t)
+{
+    return sl_tensor_rows(t) / t->ne[0];
+}
+
+static size_t slot_bytes(const sl_tensor *t)
+{
+    return (size_t)slot_rows(t) * (size_t)sl_tensor_cols(t) * sl_dtype_size(t->dtype);
+}
+
+static size_t kv_bytes(const sl_model_cache *c, int n_pages)
+{
+    size_t b = 0;
+    for (int j = 0; j < c->n_attn; j++)
+        b += 2 * page_bytes(c, j) * (size_t)n_pages;
+    return b;
+}
+
+static size_t state_bytes(const sl_model_cache *c)
+{
+    size_t b = 0;
+    for (int j = 0; j < c->n_linear; j++)
+        b += slot_bytes(&c->conv[j]) + slot_bytes(&c->ssm[j]);
+    return b;
+}
+
+/* Pages [p0, p0+n) of pages (layer by layer, k then v) and, when slot >= 0,
+ * the state of slot (conv then ssm, layer by layer), to or from host. */
+static sl_status copy_request(sl_pd *pd, const int32_t *pages, int p0, int n, int32_t slot,
+                              uint8_t *kv, uint8_t *state, int to_host, sl_err *e)
+{
+    sl_model_cache *c = sl_engine_cache_rw(pd->g);
+    int64_t P = c->page_size;
+    sl_status st = SL_OK;
+    int device = 0;
+    for (int j = 0; j < c->n_attn && !st; j++) {
+        size_t pb = page_bytes(c, j);
+        device |= c->k[j].on_device;
+        st = copy_pages(pd, &c->k[j], pages + p0, n, P, pb, kv, to_host, e);
+        kv += pb * (size_t)n;
+        if (!st) st = copy_pages(pd, &c->v[j], pages + p0, n, P, pb, kv, to_host, e);
+        kv += pb * (size_t)n;
+    }
+    for (int j = 0; slot >= 0 && j < c->n_linear && !st; j++) {
+        device |= c->conv[j].on_device;
+        sl_tensor *ts[2] = {&c->conv[j], &c->ssm[j]};
+        for (int k = 0; k < 2 && !st; k++) {
+            int64_t rows = slot_rows(ts[k]);
+            st = copy_rows(pd, ts[k], (int64_t)slot * rows, rows, state, to_host, e);
+            state += slot_bytes(ts[k]);
+        }
+    }
+    if (!st && device && to_host) st = sl_be_sync(sl_model_backend(pd->m), e);
+    return st;
+}
+
+static int reserve(sl_pd *pd, size_t n)
+{
+    if (n <= pd->buf_cap) return 0;
+    uint8_t *p = realloc(pd->buf, n);
+    if (!p) return -1;
+    pd->buf = p;
+    pd->buf_cap = n;
+    return 0;
+}
+
+/* ---- generate ------------------------------------------------------------------- */
+
+const char *sl_pd_on_generate(sl_pd *pd, const Sluice__GenerateRequest *g, sl_sched_req *r)
+{
+    const Sluice__Disagg *d = g->pd;
+    if (!d || d->role == SLUICE__DISAGG_ROLE__DISAGG_NONE) return NULL; /* unified request */
+    if (d->role != pd->c.role)
+        return pd->c.role == SLUICE__DISAGG_ROLE__DISAGG_PREFILL
+                   ? "this is a prefill worker; it takes prefill-role requests only"
+                   : "this is a decode worker; it takes decode-role requests only";
+    if (d->layout && *d->layout && strcmp(d->layout, pd->layout)) {
+        static char msg[700];
+        snprintf(msg, sizeof msg,
+                 "the prefill and decode workers lay out their caches differently (different "
+                 "model, page size, dtype or TP size: not supported): '%s' vs '%s'",
+                 pd->layout, d->layout);
+        return msg;
+    }
+    if (find_room(pd, g->rid)) return "duplicate request id";
+    if (d->role == SLUICE__DISAGG_ROLE__DISAGG_PREFILL) {
+        if (!d->peer || !*d->peer || strlen(d->peer) >= sizeof((room *)0)->peer)
+            return "a prefill-role request needs the decode worker's transfer URL (pd.peer)";
+        room *rm = add_room(pd, g->rid);
+        if (!rm) return "out of memory";
+        rm->room = d->room;
+        snprintf(rm->peer, sizeof rm->peer, "%s", d->peer);
+        r->pd = SL_PD_PREFILL;
+        r->max_new = r->n_output + 1; /* the first token only; decode applies the limits */
+        r->min_new = 0;
+        r->n_stop = 0;
+        r->ignore_eos = 1;
+    } else {
+        if (r->max_new <= r->n_output)
+            return "a decode-role request must generate at least one token";
+        room *rm = add_room(pd, g->rid);
+        if (!rm) return "out of memory";
+        rm->room = g->rid;
+        r->pd = SL_PD_DECODE;
+    }
+    return NULL;
+}
+
+/* ---- prefill side ---------------------------------------------------------------- */
+
+static void prefill_fail(sl_pd *pd, room *rm, const char *why)
+{
+    pd->failures++;
+    SL_LOGW("pd", "request %llu (room %llu): %s", (unsigned long long)rm->rid,
+            (unsigned long long)rm->room, why);
+    sl_engine_pd_release(pd->g, rm->rid);    /* held memory back (the prefix stays cached) */
+    if (!sl_engine_fail_req(pd->g, rm->rid)) /* still computing: its error event says it */
+        send_router_chunk(pd, rm->rid, SLUICE__FINISH_REASON__FINISH_ERROR, why, 0, 0);
+    drop_room(pd, rm);
+}
+
+static int try_send(sl_pd *pd, room *rm);
+
+/* Both the computed state and the decode side's KvReady are there: copy the
+ * request out of the cache into one message, release the cache, send. */
+static void prefill_send(sl_pd *pd, room *rm)
+{
+    sl_sched_pd_mem mem;
+    if (sl_engine_pd_view(pd->g, rm->rid, &mem)) {
+        prefill_fail(pd, rm, "the computed request vanished before its transfer");
+        return;
+    }
+    const sl_model_cache *c = sl_engine_cache(pd->g);
+    int P = c->page_size;
+    if (rm->skip < 0 || rm->skip % P || rm->skip > mem.n_tokens) {
+        prefill_fail(pd, rm, "the decode side asked for a bad start token");
+        return;
+    }
+    int64_t t0 = now_us();
+    int p0 = rm->skip / P, np = (mem.n_tokens + P - 1) / P - p0;
+    size_t kvb = kv_bytes(c, np), stb = mem.state >= 0 ? state_bytes(c) : 0;
+    sl_err e = {0};
+    if (reserve(pd, kvb + stb)) {
+        prefill_fail(pd, rm, "out of memory staging the transfer");
+        return;
+    }
+    if (copy_request(pd, mem.pages, p0, np, mem.state, pd->buf, pd->buf + kvb, 1, &e)) {
+        prefill_fail(pd, rm, e.msg);
+        return;
+    }
+    Sluice__KvTransfer kt = SLUICE__KV_TRANSFER__INIT;
+    Sluice__TopLogprob top = SLUICE__TOP_LOGPROB__INIT;
+    kt.room = rm->room;
+    kt.start_token = rm->skip;
+    kt.n_tokens = mem.n_tokens;
+    kt.kv.data = pd->buf;
+    kt.kv.len = kvb;
+    kt.state.data = pd->buf + kvb;
+    kt.state.len = stb;
+    kt.token = rm->first.token;
+    kt.logprob = rm->first.logprob;
+    kt.layout = pd->layout;
+    kt.cached_tokens = rm->cached;
+    if (rm->first.n_top > 0) {
+        top.n_ids = top.n_logprobs = (size_t)rm->first.n_top;
+        top.ids = rm->first.top_ids;
+        top.logprobs = rm->first.top_logprobs;
+        kt.top = &top;
+    }
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_KV_TRANSFER;
+    env.kv_transfer = &kt;
+    nng_msg *m = NULL;
+    int rv = sl_wire_pack(&env, &m);
+    if (rv) {
+        prefill_fail(pd, rm, "out of memory packing the transfer");
+        return;
+    }
+    /* the bytes are in the message: the cache's pages and slot can go (the
+     * prefix stays in this worker's radix cache) */
+    sl_engine_pd_release(pd->g, rm->rid);
+    rm->pending = m;
+    rm->pending_bytes = kvb + stb;
+    rm->n_tokens = mem.n_tokens;
+    rm->send_t0_us = t0;
+    try_send(pd, rm);
+}
+
+/* Sends rm's pending transfer if the link takes it. Returns 1 when rm is
+ * gone (sent or failed), 0 when it still waits. */
+static int try_send(sl_pd *pd, room *rm)
+{
+    int rv = pd->tp->send(pd->tp_impl, rm->peer, rm->pending);
+    if (rv == NNG_EAGAIN) return 0;
+    if (rv) {
+        char why[400];
+        snprintf(why, sizeof why, "sending the KV to %s: %s", rm->peer, nng_strerror(rv));
+        prefill_fail(pd, rm, why);
+        return 1;
+    }
+    rm->pending = NULL; /* consumed */
+    int64_t now = now_us();
+    pd->transfers++;
+    pd->bytes += rm->pending_bytes;
+    pd->seconds += (double)(now - rm->send_t0_us) / 1e6;
+    pd->hold_seconds += (double)(now - rm->hold_us) / 1e6;
+    SL_LOGD("pd", "request %llu: sent %d tokens from %d (%zu bytes) to room %llu",
+            (unsigned long long)rm->rid, rm->n_tokens - rm->skip, rm->skip, rm->pending_bytes,
+            (unsigned long long)rm->room);
+    send_router_chunk(pd, rm->rid, SLUICE__FINISH_REASON__FINISH_STOP, NULL, rm->n_tokens,
+                      rm->cached);
+    drop_room(pd, rm);
+    return 1;
+}
+
+void sl_pd_on_kv_ready(sl_pd *pd, const Sluice__KvReady *k)
+{
+    room *rm = find_room(pd, k->rid);
+    if (!rm || pd->c.role != SLUICE__DISAGG_ROLE__DISAGG_PREFILL) {
+        SL_LOGD("pd", "KvReady for unknown request %llu", (unsigned long long)k->rid);
+        return;
+    }
+    if (k->error && *k->error) {
+        prefill_fail(pd, rm, k->error);
+        return;
+    }
+    if (k->layout && *k->layout && strcmp(k->layout, pd->layout)) {
+        prefill_fail(pd, rm, "the decode side's cache layout differs from this worker's");
+        return;
+    }
+    rm->ready = 1;
+    rm->skip = k->skip_tokens;
+    if (rm->computed) prefill_send(pd, rm);
+}
+
+/* ---- decode side ---------------------------------------------------------------- */
+
+static void decode_fail(sl_pd *pd, uint64_t rid, const char *why)
+{
+    pd->failures++;
+    SL_LOGW("pd", "request %llu: %s", (unsigned long long)rid, why);
+    sl_engine_fail_req(pd->g, rid); /* frees pages and slots, error event to the router */
+    room *rm = find_room(pd, rid);
+    if (rm) drop_room(pd, rm);
+}
+
+static void on_transfer(sl_pd *pd, const Sluice__KvTransfer *kt)
+{
+    int64_t t0 = now_us();
+    room *rm = find_room(pd, kt->room);
+    sl_sched_pd_mem mem;
+    if (!rm || sl_engine_pd_view(pd->g, kt->room, &mem)) {
+        SL_LOGD("pd", "transfer for room %llu that no longer waits: dropped",
+                (unsigned long long)kt->room);
+        return;
+    }
+    if (kt->error && *kt->error) return decode_fail(pd, kt->room, kt->error);
+    const sl_model_cache *c = sl_engine_cache(pd->g);
+    int P = c->page_size;
+    int p0 = mem.skip_tokens / P, np = (mem.n_tokens + P - 1) / P - p0;
+    size_t kvb = kv_bytes(c, np), stb = mem.state >= 0 ? state_bytes(c) : 0;
+    if ((kt->layout && strcmp(kt->layout, pd->layout)) || kt->start_token != mem.skip_tokens ||
+        kt->n_tokens != mem.n_tokens || kt->kv.len != kvb || kt->state.len != stb) {
+        char why[600];
+        snprintf(why, sizeof why,
+                 "transfer does not fit: tokens %d..%d (want %d..%d), %zu+%zu bytes (want "
+                 "%zu+%zu), layout '%s' (mine '%s')",
+                 kt->start_token, kt->n_tokens, mem.skip_tokens, mem.n_tokens, kt->kv.len,
+                 kt->state.len, kvb, stb, kt->layout ? kt->layout : "", pd->layout);
+        return decode_fail(pd, kt->room, why);
+    }
+    sl_err e = {0};
+    if (copy_request(pd, mem.pages, p0, np, mem.state, kt->kv.data, kt->state.data, 0, &e) ||
+        (mem.state_copy >= 0 &&
+         copy_request(pd, mem.pages, p0, 0, mem.state_copy, NULL, kt->state.data, 0, &e)))
+        return decode_fail(pd, kt->room, e.msg);
+    sl_sample s = {.token = kt->token, .logprob = kt->logprob};
+    if (kt->top)
+        for (size_t i = 0; i < kt->top->n_ids && i < kt->top->n_logprobs && i < SL_SAMPLER_MAX_TOP;
+             i++) {
+            s.top_ids[i] = kt->top->ids[i];
+            s.top_logprobs[i] = kt->top->logprobs[i];
+            s.n_top = (int)i + 1;
+        }
+    pd->hold_seconds += (double)(now_us() - rm->hold_us) / 1e6;
+    drop_room(pd, rm); /* an ordinary request from here on */
+    if (sl_engine_pd_activate(pd->g, kt->room, kt->token, &s, &e)) {
+        pd->failures++;
+        SL_LOGW("pd", "room %llu: %s", (unsigned long long)kt->room, e.msg);
+        return;
+    }
+    pd->transfers++;
+    pd->bytes += kvb + stb;
+    pd->seconds += (double)(now_us() - t0) / 1e6;
+}
+
+static void send_ready(sl_pd *pd, const sl_sched_event *ev)
+{
+    sl_sched_pd_mem mem;
+    if (sl_engine_pd_view(pd->g, ev->rid, &mem)) return;
+    Sluice__KvReady k = SLUICE__KV_READY__INIT;
+    k.rid = ev->rid;
+    k.room = ev->rid;
+    k.skip_tokens = ev->cached_tokens;
+    k.n_pages = (size_t)mem.n_pages;
+    k.pages = (int32_t *)mem.pages;
+    k.slot = mem.state;
+    k.layout = pd->layout;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_KV_READY;
+    env.kv_ready = &k;
+    int rv = sl_wire_send(pd->router, &env, 0);
+    if (rv) decode_fail(pd, ev->rid, "cannot tell the router the request is ready");
+}
+
+/* ---- events, poll, load --------------------------------------------------------- */
+
+int sl_pd_on_event(sl_pd *pd, const sl_sched_event *ev)
+{
+    room *rm = find_room(pd, ev->rid);
+    if (!rm) return 0;
+    if (pd->c.role == SLUICE__DISAGG_ROLE__DISAGG_DECODE) {
+        if (ev->pd_ready) {
+            rm->hold_us = now_us();
+            pd->queue_seconds += (double)(rm->hold_us - rm->t0_us) / 1e6;
+            send_ready(pd, ev);
+            return 1;
+        }
+        if (ev->finish) drop_room(pd, rm); /* failed or aborted while waiting */
+        return 0;
+    }
+    if (ev->token >= 0) { /* the first token: it travels with the KV */
+        rm->first = ev->sample;
+        rm->first.token = ev->token;
+        rm->have_first = 1;
+        return 1;
+    }
+    if (ev->finish == SL_FINISH_STOP || ev->finish == SL_FINISH_LENGTH) {
+        if (!rm->have_first) { /* cannot happen: prefill requests sample one token */
+            prefill_fail(pd, rm, "prefill finished without a token");
+            return 1;
+        }
+        rm->computed = 1;
+        rm->cached = ev->cached_tokens;
+        rm->hold_us = now_us();
+        pd->queue_seconds += (double)(rm->hold_us - rm->t0_us) / 1e6;
+        if (rm->ready) prefill_send(pd, rm);
+        return 1;
+    }
+    drop_room(pd, rm); /* aborted or failed: the router hears it */
+    return 0;
+}
+
+int sl_pd_poll(sl_pd *pd)
+{
+    Sluice__Envelope *env;
+    while ((env = pd->tp->recv(pd->tp_impl))) {
+        if (env->msg_case == SLUICE__ENVELOPE__MSG_KV_TRANSFER)
+            on_transfer(pd, env->kv_transfer);
+        else
+            SL_LOGW("pd", "dropped a transfer-link message of kind %d", (int)env->msg_case);
+        sluice__envelope__free_unpacked(env, NULL);
+    }
+    for (int i = 0; i < pd->n_rooms;) /* transfers waiting for their link */
+        if (!pd->rooms[i].pending || !try_send(pd, &pd->rooms[i])) i++;
+    int64_t now = now_us();
+    for (int i = 0; i < pd->n_rooms;) {
+        room *rm = &pd->rooms[i];
+        if (now - rm->t0_us <= (int64_t)pd->c.timeout_ms * 1000) {
+            i++;
+            continue;
+        }
+        char why[200];
+        snprintf(why, sizeof why, "no %s from the other side within %d ms",
+                 pd->c.role == SLUICE__DISAGG_ROLE__DISAGG_DECODE ? "transfer" : "KvReady",
+                 pd->c.timeout_ms);
+        if (pd->c.role == SLUICE__DISAGG_ROLE__DISAGG_DECODE)
+            decode_fail(pd, rm->rid, why);
+        else
+            prefill_fail(pd, rm, why);
+        /* rooms[i] now holds another room: look at it too */
+    }
+    return pd->n_rooms > 0;
+}
+
+void sl_pd_fill_load(sl_pd *pd, Sluice__LoadReport *lr)
+{
+    lr->disaggregation_mode = pd->c.role;
+    lr->transfer_url = pd->url;
+    lr->pd_transfers = pd->transfers;
+    lr->pd_transfer_bytes = pd->bytes;
+    lr->pd_transfer_seconds = pd->seconds;
+    lr->pd_failures = pd->failures;
+    lr->pd_queue_seconds = pd->queue_seconds;
+    lr->pd_hold_seconds = pd->hold_seconds;
+    lr->layout = pd->layout;
+    sl_sched_stats st;
+    sl_engine_stats(pd->g, &st);
+    lr->pd_waiting = st.pd_waiting;
+}
