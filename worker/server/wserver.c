@@ -165,6 +165,8 @@ static int link_up(server *sv)
 static void send_load(server *sv)
 {
     sv->last_load_ms = now_ms();
+    /* state also changes between steps (PD transfers, releases): report it fresh */
+    publish(sv, 0);
     if (link_up(sv)) send_load_published(sv);
 }
 
