@@ -236,6 +236,17 @@ __device__ __forceinline__ void tc_load(const fp8_args &a, uint32_t sbase, int m
     asm volatile("cp.async.commit_group;\n" ::);
 }
 
+// A warp's 4×4 mma tiles of 4 floats each, zeroed in registers.
+__device__ __forceinline__ void tc_zero(float (&v)[4][4][4])
+{
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) v[i][j][q] = 0.0f;
+}
+
 __global__ void __launch_bounds__(256, 1) k_fp8_gemm_tc(fp8_args a)
 {
     extern __shared__ __align__(128) uint8_t tc_smem[];
@@ -246,12 +257,7 @@ __global__ void __launch_bounds__(256, 1) k_fp8_gemm_tc(fp8_args a)
     int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
     uint32_t s0 = (uint32_t)__cvta_generic_to_shared(tc_smem);
     float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.0f;
+    tc_zero(acc);
     tc_load(a, s0, m0, n0, 0);
     for (int g = 0; g < a.G; g++) {
         if (g + 1 < a.G) {
@@ -263,12 +269,7 @@ __global__ void __launch_bounds__(256, 1) k_fp8_gemm_tc(fp8_args a)
         __syncthreads();
         const uint8_t *xs = tc_smem + (g & 1) * TC_STAGE, *wsm = xs + 128 * FP8_G;
         float part[4][4][4];
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-#pragma unroll
-                for (int q = 0; q < 4; q++) part[i][j][q] = 0.0f;
+        tc_zero(part);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             uint4 A[4][2], B[4];

@@ -27,6 +27,17 @@ using namespace nvcuda;
 #define CONV_PAR_MIN 8
 #define CONV_TT 4 // tokens per thread of the parallel conv1d
 
+// The K-1 history of one (slot, channel) into registers (zeros past H or when
+// fresh); returns where that history lives in the state.
+__device__ __forceinline__ float *conv_load_hist(float (&v)[CONV_MAXK], float *state, int32_t slot,
+                                                 int64_t C, int64_t c, int H, bool fresh)
+{
+    float *mine = state + ((int64_t)slot * C + c) * H;
+#pragma unroll
+    for (int j = 0; j < CONV_MAXK; j++) v[j] = j < H && !fresh ? mine[j] : 0.0f;
+    return mine;
+}
+
 __global__ void k_conv1d(cu_mat y, cu_mat x, cu_mat w, float *state, int K, const int32_t *q_start,
                          const int32_t *state_slot, const int32_t *state_fresh,
                          const int32_t *track_slot, const int32_t *track_len)
@@ -38,12 +49,9 @@ __global__ void k_conv1d(cu_mat y, cu_mat x, cu_mat w, float *state, int K, cons
     if (c >= C) return;
     const int H = K - 1;
     float hist[CONV_MAXK], wc[CONV_MAXK];
-    float *mine = state + ((int64_t)state_slot[s] * C + c) * H;
+    float *mine = conv_load_hist(hist, state, state_slot[s], C, c, H, state_fresh[s]);
 #pragma unroll
-    for (int j = 0; j < CONV_MAXK; j++) {
-        hist[j] = j < H && !state_fresh[s] ? mine[j] : 0.0f;
-        wc[j] = j < K ? cu_mat_ld(w, c, j) : 0.0f;
-    }
+    for (int j = 0; j < CONV_MAXK; j++) wc[j] = j < K ? cu_mat_ld(w, c, j) : 0.0f;
     int q0 = q_start[s], qn = q_start[s + 1] - q0;
     for (int i = 0; i < qn; i++) {
         float xt = cu_mat_ld(x, q0 + i, c), acc = 0.0f;
@@ -133,10 +141,8 @@ __global__ void k_conv1d_state(cu_mat x, float *state, int K, const int32_t *q_s
     if (c >= C) return;
     const int H = K - 1;
     float old[CONV_MAXK], fin[CONV_MAXK], snap[CONV_MAXK];
-    float *mine = state + ((int64_t)state_slot[s] * C + c) * H;
     bool fresh = state_fresh[s];
-#pragma unroll
-    for (int j = 0; j < CONV_MAXK; j++) old[j] = j < H && !fresh ? mine[j] : 0.0f;
+    float *mine = conv_load_hist(old, state, state_slot[s], C, c, H, fresh);
     int q0 = q_start[s], qn = q_start[s + 1] - q0;
     int ts = track_slot[s], tl = ts >= 0 ? track_len[s] : 0;
 #pragma unroll

@@ -92,6 +92,30 @@ static int alive_workers(const sl_router *rt)
     return alive;
 }
 
+/* Sums over the alive workers, for /metrics and the periodic stats line. */
+typedef struct {
+    int alive, running, queued;
+    double hit, used, total; /* hit: sum of hit rates; used/total: KV pages */
+} router_totals;
+
+static router_totals router_cluster_totals(const sl_router *rt)
+{
+    router_totals t = {0};
+    int n = sl_cluster_size(rt->cluster);
+    for (int i = 0; i < n; i++) {
+        sl_worker_info w;
+        sl_cluster_info(rt->cluster, i, &w);
+        if (!w.alive) continue;
+        t.alive++;
+        t.running += w.running;
+        t.queued += w.queued;
+        t.hit += w.cache_hit_rate;
+        t.used += w.total_kv_pages - w.free_kv_pages;
+        t.total += w.total_kv_pages;
+    }
+    return t;
+}
+
 /* 200 once a worker (group) answers, 503 before (the model is loading) and
  * whenever none does, so a load balancer or `curl --fail` waits for it. */
 static void handle_health(sl_router *rt, sl_http_req *r)
@@ -191,27 +215,15 @@ static void handle_metrics(sl_router *rt, sl_http_req *r)
         }
     }
     /* SGLang's names for the cluster's totals, so its dashboards work. */
-    double running = 0, queued = 0, hit = 0, used = 0, total = 0;
-    int alive = 0;
-    for (int i = 0; i < n; i++) {
-        sl_worker_info w;
-        sl_cluster_info(rt->cluster, i, &w);
-        if (!w.alive) continue;
-        alive++;
-        running += w.running;
-        queued += w.queued;
-        hit += w.cache_hit_rate;
-        used += w.total_kv_pages - w.free_kv_pages;
-        total += w.total_kv_pages;
-    }
+    router_totals t = router_cluster_totals(rt);
     static const char *const sg[][2] = {
         {"sglang:num_running_reqs", "Requests running on the workers."},
         {"sglang:num_queue_reqs", "Requests queued on the workers."},
         {"sglang:gen_throughput", "Output tokens per second (last stats interval)."},
         {"sglang:cache_hit_rate", "Prefix cache hit rate (mean over alive workers)."},
         {"sglang:token_usage", "Share of the KV pool in use."}};
-    double sv[] = {running, queued, rt->gen_throughput, alive ? hit / alive : 0,
-                   total > 0 ? used / total : 0};
+    double sv[] = {t.running, t.queued, rt->gen_throughput, t.alive ? t.hit / t.alive : 0,
+                   t.total > 0 ? t.used / t.total : 0};
     for (int g = 0; g < 5; g++)
         sl_buf_printf(&o, "# HELP %s %s\n# TYPE %s gauge\n%s %g\n", sg[g][0], sg[g][1], sg[g][0],
                       sg[g][0], sv[g]);
@@ -325,24 +337,13 @@ static void log_stats(sl_router *rt, double now)
     rt->stats_out_tokens = out;
     rt->stats_in_tokens = in;
     if (dt <= 0 || (!d_out && !d_in && !rt->njobs)) return;
-    int running = 0, queued = 0, alive = 0, n = sl_cluster_size(rt->cluster);
-    double hit = 0, used = 0, total = 0;
-    for (int i = 0; i < n; i++) {
-        sl_worker_info w;
-        sl_cluster_info(rt->cluster, i, &w);
-        if (!w.alive) continue;
-        alive++;
-        running += w.running;
-        queued += w.queued;
-        hit += w.cache_hit_rate;
-        used += w.total_kv_pages - w.free_kv_pages;
-        total += w.total_kv_pages;
-    }
+    int n = sl_cluster_size(rt->cluster);
+    router_totals t = router_cluster_totals(rt);
     SL_LOGI("stats",
             "workers %d/%d, #running-req %d, #queue-req %d, #router-req %d, gen throughput "
             "%.1f tok/s, prompt %.1f tok/s, cache hit rate %.1f%%, token usage %.2f",
-            alive, n, running, queued, rt->njobs, rt->gen_throughput, (double)d_in / dt,
-            alive ? 100 * hit / alive : 0.0, total > 0 ? used / total : 0.0);
+            t.alive, n, t.running, t.queued, rt->njobs, rt->gen_throughput, (double)d_in / dt,
+            t.alive ? 100 * t.hit / t.alive : 0.0, t.total > 0 ? t.used / t.total : 0.0);
 }
 
 /* --------------------------------------------------------- keep-alive */

@@ -20,11 +20,9 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from deploy_manifests import config, find, load, render
 from netns import Net
-from router_harness import API_KEY, BIN, make_tiny
+from router_harness import API_KEY, BIN
 
 NS = "sluice"
 PROMPT = "The history of the lighthouse keepers"
@@ -189,11 +187,6 @@ def stream_across_takeaway(hosts, router, victim_of, ref):
     assert taken, "the stream ended before a host could be taken away"
     print(f"took {taken} away; the stream finished {time.time() - t0:.1f} s later")
     return text, finish
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("m") / "tiny")
 
 
 def test_layouts_on_separate_hosts_survive_a_lost_host(tmp_path, model):

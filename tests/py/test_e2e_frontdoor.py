@@ -14,8 +14,7 @@ import urllib.request
 import openai
 import pytest
 
-from router_harness import (API_KEY, BIN, TOKENIZER, Procs, make_tiny, start_mock,
-                            start_router)
+from router_harness import API_KEY, BIN, TOKENIZER, Procs, start_mock, start_router
 
 
 def http(port, path, method="GET", key=None, headers=None):
@@ -28,11 +27,6 @@ def http(port, path, method="GET", key=None, headers=None):
             return r.status, r.read().decode(), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(), dict(e.headers)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("m") / "tiny")
 
 
 def run(*args, env=None, timeout=30):

@@ -22,20 +22,7 @@ import time
 
 import pytest
 
-from router_harness import (API_KEY, Procs, get, make_tiny, metrics, post, start_mock,
-                            start_router)
-
-
-@pytest.fixture
-def procs():
-    p = Procs()
-    yield p
-    p.stop()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("m") / "tiny")
+from router_harness import API_KEY, get, metrics, post, start_mock, start_router
 
 
 def vm(pid, key):

@@ -56,16 +56,10 @@ def cmdline(pid):
         return []
 
 
-@pytest.fixture
-def procs():
-    p = Procs()
-    yield p
-    p.stop()
-
-
 @pytest.fixture(scope="module")
-def q3(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("m") / "tiny")
+def q3(model):
+    """conftest's tiny qwen3 model, named beside qn."""
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,17 @@ static sl_comm_config make_cfg(const group *g, int rank)
                             .shm_bytes = 256}; /* tiny slots: every shm call runs in pieces */
 }
 
+/* sl_comm_new, failing the test (NULL) when it fails. */
+static sl_comm *open_comm(const sl_comm_config *cfg, sl_err *e)
+{
+    sl_comm *c;
+    if (sl_comm_new(&c, cfg, e) != SL_OK) {
+        CHECK_MSG(0, "%s", e->msg);
+        return NULL;
+    }
+    return c;
+}
+
 /* Forks the ranks, waits at most limit_ms for all of them (then kills them),
  * and returns how many exited non-zero; killed_ok: rank that may die by
  * SIGKILL (-1: none). */
@@ -377,12 +388,9 @@ static int kill_mode;
 static void dying_rank(const group *g, int rank)
 {
     sl_err e = {0};
-    sl_comm *c;
     sl_comm_config cfg = make_cfg(g, rank);
-    if (sl_comm_new(&c, &cfg, &e) != SL_OK) {
-        CHECK_MSG(0, "%s", e.msg);
-        return;
-    }
+    sl_comm *c = open_comm(&cfg, &e);
+    if (!c) return;
     CHECK(sl_comm_barrier(c, &e) == SL_OK);
     float x[4096];
     for (int i = 0; i < 4096; i++)
@@ -435,12 +443,9 @@ static void test_peer_dies(void)
 static void out_of_order_rank(const group *g, int rank)
 {
     sl_err e = {0};
-    sl_comm *c;
     sl_comm_config cfg = make_cfg(g, rank);
-    if (sl_comm_new(&c, &cfg, &e) != SL_OK) {
-        CHECK_MSG(0, "%s", e.msg);
-        return;
-    }
+    sl_comm *c = open_comm(&cfg, &e);
+    if (!c) return;
     float x[20] = {0};
     sl_tensor t = sl_tensor_make(x, SL_DTYPE_F32, 1, (int64_t[]){rank ? 20 : 10});
     sh->status[rank] = sl_comm_all_reduce(c, &t, &e);
@@ -464,12 +469,9 @@ static void test_out_of_order(void)
 static void abort_rank(const group *g, int rank)
 {
     sl_err e = {0};
-    sl_comm *c;
     sl_comm_config cfg = make_cfg(g, rank);
-    if (sl_comm_new(&c, &cfg, &e) != SL_OK) {
-        CHECK_MSG(0, "%s", e.msg);
-        return;
-    }
+    sl_comm *c = open_comm(&cfg, &e);
+    if (!c) return;
     int64_t t0 = now_ms();
     if (rank == 1) {
         usleep(50000);
@@ -513,13 +515,10 @@ static size_t bench_n;
 static void bench_rank(const group *g, int rank)
 {
     sl_err e = {0};
-    sl_comm *c;
     sl_comm_config cfg = make_cfg(g, rank);
     cfg.shm_bytes = 0; /* the default slot size */
-    if (sl_comm_new(&c, &cfg, &e) != SL_OK) {
-        CHECK_MSG(0, "%s", e.msg);
-        return;
-    }
+    sl_comm *c = open_comm(&cfg, &e);
+    if (!c) return;
     float *x = calloc(bench_n, sizeof *x);
     sl_tensor t = sl_tensor_make(x, SL_DTYPE_F32, 1, (int64_t[]){(int64_t)bench_n});
     int iters = bench_n > 100000 ? 10 : 200;

@@ -111,6 +111,15 @@ static void send_error(server *sv, uint64_t rid, const char *msg)
     send_chunk(sv, &ch);
 }
 
+/* One step of the link handshake, wrapped in its envelope. */
+static void send_auth(server *sv, Sluice__LinkAuth *la)
+{
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_AUTH;
+    env.auth = la;
+    log_send(sl_wire_send(sv->sock, &env, NNG_FLAG_NONBLOCK), 0);
+}
+
 /* Sends a load report from the progress last published (any thread). */
 static void send_load_published(server *sv)
 {
@@ -367,10 +376,7 @@ static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
         la.step = SLUICE__LINK_STEP__LINK_CHALLENGE;
         la.nonce.data = nonce;
         la.nonce.len = sizeof nonce;
-        Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-        env.msg_case = SLUICE__ENVELOPE__MSG_AUTH;
-        env.auth = &la;
-        log_send(sl_wire_send(sv->sock, &env, NNG_FLAG_NONBLOCK), 0);
+        send_auth(sv, &la);
     } else if (ev == NNG_PIPE_EV_REM_POST) {
         pthread_mutex_lock(&sv->mu);
         int was_router = sv->router_pipe == id;
@@ -407,14 +413,11 @@ static void on_auth(server *sv, nng_pipe p, const Sluice__LinkAuth *la)
     ok.step = SLUICE__LINK_STEP__LINK_ACCEPT;
     ok.mac.data = mac;
     ok.mac.len = sizeof mac;
-    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
-    env.msg_case = SLUICE__ENVELOPE__MSG_AUTH;
-    env.auth = &ok;
     pthread_mutex_lock(&sv->mu);
     sv->pending_pipe = 0;
     sv->router_pipe = id;
     pthread_mutex_unlock(&sv->mu);
-    log_send(sl_wire_send(sv->sock, &env, NNG_FLAG_NONBLOCK), 0);
+    send_auth(sv, &ok);
     SL_LOGI("wserver", "router authenticated");
 }
 
