@@ -30,9 +30,10 @@ def ready(h):
     return h.get("workers", 0) > 0 and h.get("workers_alive") == h.get("workers")
 while time.time() - t0 < 240 and not ready(health()):
     time.sleep(0.5)
+model = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5))["data"][0]["id"]
 out = []
 for i in range(4):
-    body = {"model": "x", "prompt": [(7 * i + j) % 5000 + 100 for j in range(2000)],
+    body = {"model": model, "prompt": [(7 * i + j) % 5000 + 100 for j in range(2000)],
             "max_tokens": 32, "temperature": 0}
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
