@@ -55,7 +55,8 @@ sl_status sl_sampler_row(const sl_sampler_state *s, sl_sample_row *row, sl_sampl
         .pen_n = n,
         .pending = pending,
     };
-    sl_sampler_pen_fill(s, pen->tok + pen->n, pen->out + pen->n, pen->prompt + pen->n);
+    if (n) /* the arrays are NULL until a row has penalties */
+        sl_sampler_pen_fill(s, pen->tok + pen->n, pen->out + pen->n, pen->prompt + pen->n);
     pen->n += n;
     return SL_OK;
 }
