@@ -284,12 +284,15 @@ def test_f4_huge_n_queues_and_aborts_arrive(procs, model):
     s.sendall(completion_req(json.dumps(body).encode()))
     assert s.recv(4096).startswith(b"HTTP/1.1 200")
     s.close()
-    for _ in range(200):
+    # 4096 aborts through a busy mock worker: seconds on an idle machine, more on a loaded
+    # 2-core CI box (the test is that every one arrives, not how fast)
+    deadline = time.time() + 45
+    while time.time() < deadline:
         m = metrics(port)
         if m[f'sluice_worker_running{{worker="{w}"}}'] == 0 and \
                 m["sluice_aborted_requests_total"] >= 1:
             break
-        time.sleep(0.05)
+        time.sleep(0.1)
     assert m[f'sluice_worker_running{{worker="{w}"}}'] == 0, m
 
 
