@@ -235,8 +235,10 @@ static void flush_worker(worker *w)
     if (!w->open) return;
     size_t k = 0;
     while (k < w->nabq && !sl_wire_send_abort(w->sock, w->abq[k], NNG_FLAG_NONBLOCK)) k++;
-    memmove(w->abq, w->abq + k, (w->nabq - k) * sizeof *w->abq);
-    w->nabq -= k;
+    if (k) { /* abq is NULL until the first abort waits */
+        memmove(w->abq, w->abq + k, (w->nabq - k) * sizeof *w->abq);
+        w->nabq -= k;
+    }
     if (w->nabq) return;
     while (w->nout && !nng_sendmsg(w->sock, w->outq[w->outq_head].m, NNG_FLAG_NONBLOCK)) {
         w->outq_head++;
