@@ -735,7 +735,6 @@ void sl_cluster_info(const sl_cluster *cl, int i, sl_worker_info *o)
                           .failures = w->failures,
                           .steps = w->load.steps,
                           .busy_ms = w->load.busy_ms,
-
                           .pd_role = (int)w->load.disaggregation_mode,
                           .transfer_url = w->transfer_url,
                           .layout = w->layout,
