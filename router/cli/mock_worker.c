@@ -220,9 +220,10 @@ int sl_cmd_mock_worker(int argc, char **argv)
             if (m->act[i].due_ms < next) next = m->act[i].due_ms;
         nng_socket_set_ms(m->sock, NNG_OPT_RECVTIMEO, next > now ? (nng_duration)(next - now) + 1 : 0);
         nng_msg *msg;
-        rv = m->nact && next <= now ? NNG_ETIMEDOUT : nng_recvmsg(m->sock, &msg, 0);
-        /* Take in everything that waits before stepping again: one message per
-         * round of steps would make thousands of aborts take minutes. */
+        /* Take in everything that waits before stepping again, also when steps
+         * are already due: a mock busy with thousands of due requests would
+         * otherwise never read their aborts. */
+        rv = nng_recvmsg(m->sock, &msg, m->nact && next <= now ? NNG_FLAG_NONBLOCK : 0);
         for (; rv == 0; rv = nng_recvmsg(m->sock, &msg, NNG_FLAG_NONBLOCK)) {
             Sluice__Envelope *env = sl_wire_unpack(msg);
             if (!env) continue;
