@@ -157,10 +157,15 @@ enum {
 sl_csch *sl_csch_new(sl_cg *g, const json_t *root, const sl_cspell *sp, int jansson,
                      const char *where);
 void sl_csch_free(sl_csch *s);
+/* Drops the rules made after mark (sl_cg_mark) and what s remembers of them. */
+void sl_csch_rollback(sl_csch *s, size_t mark);
 /* The expression of schema's values (each followed by `space`), appended to out. */
 sl_status sl_csch_value(sl_csch *s, const json_t *schema, sl_buf *out, sl_err *e);
 /* The same restricted to JSON objects (tool arguments). */
 sl_status sl_csch_object(sl_csch *s, const json_t *schema, sl_buf *out, sl_err *e);
+/* schema ($ref followed) when it is a plain object schema (type, properties, required,
+ * additionalProperties and annotations only, objects allowed); NULL with e set otherwise. */
+const json_t *sl_csch_object_schema(sl_csch *s, const json_t *schema, sl_err *e);
 /* Rules: any JSON value (followed by space), and any JSON object. */
 const char *sl_csch_any(sl_csch *s);
 const char *sl_csch_any_object(sl_csch *s);

@@ -332,6 +332,7 @@ static sl_status parse_quant(rx *r, int *has, long *min, long *max)
 static void quantify(sl_cg *g, sl_buf *piece, const char *atom, long min, long max)
 {
     if (!*atom || max == 0) return;
+    if (min == 1 && max == 1) return sl_cg_put(g, piece, atom);
     int wrap = !single_item(atom);
     if (wrap) sl_cg_put(g, piece, "( ");
     sl_cg_put(g, piece, atom);

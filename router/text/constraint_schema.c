@@ -1283,21 +1283,36 @@ sl_status sl_csch_value(sl_csch *s, const json_t *schema, sl_buf *out, sl_err *e
     return value(s, schema, out);
 }
 
-sl_status sl_csch_object(sl_csch *s, const json_t *schema, sl_buf *out, sl_err *e)
+void sl_csch_rollback(sl_csch *s, size_t mark)
+{
+    sl_cg_rollback(s->g, mark);
+    size_t k = 0;
+    for (size_t i = 0; i < s->n_refs; i++)
+        if (s->refs[i].rule < mark) s->refs[k++] = s->refs[i];
+    s->n_refs = k;
+}
+
+const json_t *sl_csch_object_schema(sl_csch *s, const json_t *schema, sl_err *e)
 {
     s->e = e;
     const json_t *t = sl_csch_deref(s, schema, e);
-    if (!t) return SL_ERR_INVALID;
-    if (!json_is_object(t)) return bad(s, "the arguments schema must be an object schema");
+    if (!t) return NULL;
+    if (!json_is_object(t)) return bad(s, "the arguments schema must be an object schema"), NULL;
     const char *k;
     json_t *x;
     json_object_foreach((json_t *)t, k, x) if (!sl_csch_annotation(k) && !in_list(known, k))
-        return bad(s, "unsupported keyword `%s`", k);
+        return bad(s, "unsupported keyword `%s`", k), NULL;
     static const char *const plain[] = {"type", "properties", "required", "additionalProperties", NULL};
     const char *other = other_keyword(t, plain);
-    if (other) return bad(s, "`%s` in an arguments schema is not supported", other);
-    if (!(sl_csch_types(t) & SL_CT_OBJECT)) return bad(s, "the arguments schema must allow objects");
-    return object_branch(s, t, out);
+    if (other) return bad(s, "`%s` in an arguments schema is not supported", other), NULL;
+    if (!(sl_csch_types(t) & SL_CT_OBJECT)) return bad(s, "the arguments schema must allow objects"), NULL;
+    return t;
+}
+
+sl_status sl_csch_object(sl_csch *s, const json_t *schema, sl_buf *out, sl_err *e)
+{
+    const json_t *t = sl_csch_object_schema(s, schema, e);
+    return t ? object_branch(s, t, out) : SL_ERR_INVALID;
 }
 
 sl_status sl_constraint_json_schema(const json_t *schema, sl_buf *out, sl_err *e)
