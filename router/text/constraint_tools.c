@@ -105,6 +105,7 @@ static sl_status string_value(tools *t, sl_csch *s, const json_t *p, sl_buf *out
     const json_t *en = json_object_get(p, "enum"), *c = json_object_get(p, "const");
     if (en || c) {
         int n = 0;
+        sl_buf alts = {0};
         for (size_t i = 0; i < (c ? 1 : json_array_size(en)); i++) {
             const json_t *v = c ? c : json_array_get(en, i);
             const char *txt = json_string_value(v);
@@ -113,9 +114,11 @@ static sl_status string_value(tools *t, sl_csch *s, const json_t *p, sl_buf *out
             else if (!txt || strlen(txt) != len || !strcasecmp(txt, "null") ||
                      sl_cspell_tag_in(&t->raw, txt, len))
                 continue; /* a value this format cannot carry back */
-            if (n++) sl_cg_put(t->g, out, " | ");
-            sl_cg_text(t->g, out, &t->raw, txt, len);
+            if (n++) sl_cg_put(t->g, &alts, " | ");
+            sl_cg_text(t->g, &alts, &t->raw, txt, len);
         }
+        if (n) sl_cg_printf(t->g, out, n > 1 ? "( %s )" : "%s", alts.data);
+        sl_buf_free(&alts);
         if (!n) return sl_err_set(e, SL_ERR_INVALID, "no `enum` value can be written as raw text");
         return sl_cg_status(t->g, e);
     }

@@ -10,6 +10,9 @@
  *   constraint_tool check GBNF_FILE          reads JSON strings, one per line, from stdin and
  *                                            prints 1 when the grammar accepts the whole text,
  *                                            else 0
+ *   constraint_tool parse KIND FILE          reads JSON strings likewise and prints, one line
+ *                                            each, the assistant message sl_tool_parser makes
+ *                                            of them with the tools in FILE
  * A failing conversion prints "error: <status>: <message>" and exits 2. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +20,7 @@
 
 #include "constraint.h"
 #include "grammar.h"
+#include "tool_parser.h"
 #include "sl_file.h"
 
 static json_t *load(const char *path)
@@ -71,6 +75,42 @@ static int check(const char *path)
     return 0;
 }
 
+static int parse(const char *kind_name, const char *path)
+{
+    sl_tool_parser_kind kind;
+    sl_err e = {0};
+    json_t *tools = load(path);
+    if (!tools || sl_tool_parser_kind_parse(kind_name, &kind, &e)) {
+        fprintf(stderr, "%s\n", e.msg);
+        json_decref(tools);
+        return 1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, stdin)) > 0) {
+        json_t *s = json_loadb(line, (size_t)n, JSON_DECODE_ANY, NULL);
+        sl_tool_parser *p = sl_tool_parser_new(kind, tools, 1);
+        sl_deltas d = {0};
+        json_t *msg = NULL;
+        if (p && json_is_string(s) &&
+            sl_tool_parser_feed(p, json_string_value(s), json_string_length(s), &d, &e) == SL_OK &&
+            sl_tool_parser_finish(p, &d, &e) == SL_OK)
+            msg = sl_deltas_message(&d);
+        char *out = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+        printf("%s\n", out ? out : "null");
+        fflush(stdout);
+        free(out);
+        json_decref(msg);
+        sl_deltas_free(&d);
+        sl_tool_parser_free(p);
+        json_decref(s);
+    }
+    free(line);
+    json_decref(tools);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     sl_buf g = {0};
@@ -99,7 +139,8 @@ int main(int argc, char **argv)
         return rc;
     }
     if (argc >= 3 && !strcmp(argv[1], "check")) return check(argv[2]);
+    if (argc >= 4 && !strcmp(argv[1], "parse")) return parse(argv[2], argv[3]);
     fprintf(stderr, "usage: constraint_tool schema FILE | regex PATTERN | tools KIND FILE [ONLY] "
-                    "[PARALLEL] | check GBNF_FILE\n");
+                    "[PARALLEL] | check GBNF_FILE | parse KIND FILE\n");
     return 1;
 }
