@@ -11,6 +11,7 @@
 #include "sl_file.h"
 #include "sl_rng.h"
 #include "sl_test.h"
+#include "tokenizer.h"
 
 static const char *src_dir(void)
 {
@@ -401,6 +402,17 @@ static void test_mask_qwen(void)
     CHECK((b = sl_gram_vocab_token(v, 151657, &len)) && len == 11 && !memcmp(b, "<tool_call>", 11));
     CHECK(!sl_gram_vocab_token(v, 151644, &len) && len == 0); /* <|im_start|>: special */
     CHECK(!sl_gram_vocab_token(v, 151700, &len));             /* past the tokenizer: a hole */
+    /* every id decodes to the bytes the router's tokenizer gives it (the shared alphabet) */
+    sl_tok *t = NULL;
+    CHECK_MSG(sl_tok_load(&t, path, &e) == SL_OK, "%s", e.msg);
+    int32_t same = 0;
+    for (int32_t id = 0; t && id < sl_tok_vocab_size(t); id++) {
+        size_t tl, gl;
+        const uint8_t *tb = sl_tok_token_bytes(t, id, &tl), *gb = sl_gram_vocab_token(v, id, &gl);
+        if (sl_tok_is_special(t, id) ? !gb : gb && tl == gl && !memcmp(tb, gb, tl)) same++;
+    }
+    CHECK(same == 151669);
+    sl_tok_free(t);
     sl_gram *g = compile_file("json.gbnf");
     if (!g) {
         sl_gram_vocab_free(v);
