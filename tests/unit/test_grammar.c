@@ -175,6 +175,16 @@ static void test_accept_features(void)
     CHECK(accepts(g, "a\xF0\x90\x80\x80") == 1 && accepts(g, "a\xEF\xBF\xBF") == 0);
     sl_gram_free(g);
 
+    /* surrogates have no UTF-8: a range across them skips them, negation leaves them out */
+    g = compile("root ::= [\\u0100-\\uFFFF] | \"n\" [^a] | \"c\" [\\uD7FF-\\uE000]");
+    CHECK(accepts(g, "\xED\x9F\xBF") == 1 && accepts(g, "\xEE\x80\x80") == 1 &&
+          accepts(g, "\xED\xA0\x80") == 0 && accepts(g, "\xEF\xBF\xBF") == 1);
+    CHECK(accepts(g, "nb") == 1 && accepts(g, "na") == 0 && accepts(g, "n\xED\xBF\xBF") == 0 &&
+          accepts(g, "n\xF4\x8F\xBF\xBF") == 1 && accepts(g, "n\xF4\x90\x80\x80") == 0);
+    CHECK(accepts(g, "c\xED\x9F\xBF") == 1 && accepts(g, "c\xEE\x80\x80") == 1 &&
+          accepts(g, "c\xED\xA0\x80") == 0);
+    sl_gram_free(g);
+
     /* literal escapes: \xHH is the code point U+00HH (UTF-8 C3 A9 for \xE9), as in llama.cpp */
     g = compile("root ::= \"\\t\\n\\r\\\"\\\\\\xE9\\u20AC\\U0001F600\"");
     CHECK(accepts(g, "\t\n\r\"\\\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80") == 1);
