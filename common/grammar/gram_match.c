@@ -124,7 +124,7 @@ static uint32_t state_of_found(sl_gram_matcher *m)
          i = gram_map_after(&m->s_map, i)) {
         uint32_t s = m->s_map.val[i];
         if (m->s_map.key[i] == h && m->s_len[s] == n &&
-            !memcmp(m->pool + m->s_off[s], f, (size_t)n * sizeof *f))
+            (!n || !memcmp(m->pool + m->s_off[s], f, (size_t)n * sizeof *f)))
             return s;
     }
     size_t nc = (size_t)1 << m->row_shift;
@@ -136,7 +136,7 @@ static uint32_t state_of_found(sl_gram_matcher *m)
         m->row = row;
         m->cap_s = c;
     }
-    if (m->n_pool + n > m->cap_pool) {
+    if (m->n_pool + n >= m->cap_pool) { /* >=: the pool exists even for the empty state */
         size_t c = m->cap_pool ? m->cap_pool : 1024;
         while (c < m->n_pool + n)
             c *= 2;
@@ -146,7 +146,7 @@ static uint32_t state_of_found(sl_gram_matcher *m)
         m->cap_pool = c;
     }
     if (gram_map_put(&m->s_map, h, m->n_s)) return GRAM_NONE;
-    memcpy(m->pool + m->n_pool, f, (size_t)n * sizeof *f);
+    if (n) memcpy(m->pool + m->n_pool, f, (size_t)n * sizeof *f);
     m->s_off[m->n_s] = (uint32_t)m->n_pool;
     m->s_len[m->n_s] = n;
     m->n_pool += n;

@@ -11,6 +11,7 @@
 #include "sl_file.h"
 #include "sl_rng.h"
 #include "sl_test.h"
+#include "tokenizer.h"
 
 static const char *src_dir(void)
 {
@@ -172,6 +173,16 @@ static void test_accept_features(void)
           accepts(g, "\xE0\xA0\x82") == 0);
     CHECK(accepts(g, "\xF0\x9F\x98\x80") == 1 && accepts(g, "\xF0\x9F\x98\x81") == 0);
     CHECK(accepts(g, "a\xF0\x90\x80\x80") == 1 && accepts(g, "a\xEF\xBF\xBF") == 0);
+    sl_gram_free(g);
+
+    /* surrogates have no UTF-8: a range across them skips them, negation leaves them out */
+    g = compile("root ::= [\\u0100-\\uFFFF] | \"n\" [^a] | \"c\" [\\uD7FF-\\uE000]");
+    CHECK(accepts(g, "\xED\x9F\xBF") == 1 && accepts(g, "\xEE\x80\x80") == 1 &&
+          accepts(g, "\xED\xA0\x80") == 0 && accepts(g, "\xEF\xBF\xBF") == 1);
+    CHECK(accepts(g, "nb") == 1 && accepts(g, "na") == 0 && accepts(g, "n\xED\xBF\xBF") == 0 &&
+          accepts(g, "n\xF4\x8F\xBF\xBF") == 1 && accepts(g, "n\xF4\x90\x80\x80") == 0);
+    CHECK(accepts(g, "c\xED\x9F\xBF") == 1 && accepts(g, "c\xEE\x80\x80") == 1 &&
+          accepts(g, "c\xED\xA0\x80") == 0);
     sl_gram_free(g);
 
     /* literal escapes: \xHH is the code point U+00HH (UTF-8 C3 A9 for \xE9), as in llama.cpp */
@@ -401,6 +412,17 @@ static void test_mask_qwen(void)
     CHECK((b = sl_gram_vocab_token(v, 151657, &len)) && len == 11 && !memcmp(b, "<tool_call>", 11));
     CHECK(!sl_gram_vocab_token(v, 151644, &len) && len == 0); /* <|im_start|>: special */
     CHECK(!sl_gram_vocab_token(v, 151700, &len));             /* past the tokenizer: a hole */
+    /* every id decodes to the bytes the router's tokenizer gives it (the shared alphabet) */
+    sl_tok *t = NULL;
+    CHECK_MSG(sl_tok_load(&t, path, &e) == SL_OK, "%s", e.msg);
+    int32_t same = 0;
+    for (int32_t id = 0; t && id < sl_tok_vocab_size(t); id++) {
+        size_t tl, gl;
+        const uint8_t *tb = sl_tok_token_bytes(t, id, &tl), *gb = sl_gram_vocab_token(v, id, &gl);
+        if (sl_tok_is_special(t, id) ? !gb : gb && tl == gl && !memcmp(tb, gb, tl)) same++;
+    }
+    CHECK(same == 151669);
+    sl_tok_free(t);
     sl_gram *g = compile_file("json.gbnf");
     if (!g) {
         sl_gram_vocab_free(v);
@@ -439,6 +461,87 @@ static void test_mask_qwen(void)
     sl_gram_vocab_free(v);
 }
 
+/* ---- the compiled-grammar cache ---- */
+
+typedef struct cache_job {
+    sl_gram_cache *c;
+    sl_gram_vocab *v;
+    int worker, ok;
+} cache_job;
+
+/* Compiles (through the cache) and uses one of three grammars per round, as worker threads do:
+ * every thread must see the same sl_gram for the same text, and masks shared through it. */
+static void *cache_thread(void *arg)
+{
+    cache_job *j = arg;
+    static const struct {
+        const char *text;
+        char first; /* a byte the start allows */
+    } gr[] = {{"root ::= [a-c]+ \"!\"", 'b'}, {"root ::= \"{\" [0-9]* \"}\"", '{'},
+              {"root ::= (\"ab\" | \"a\")* \"b\"", 'a'}};
+    j->ok = 1;
+    for (int round = 0; round < 200; round++) {
+        const char *t = gr[(round + j->worker) % 3].text;
+        sl_gram *g = NULL;
+        sl_gram_matcher *m = NULL;
+        sl_err e = {0};
+        uint32_t bits[32];
+        if (sl_gram_cache_compile(j->c, t, strlen(t), &g, &e) ||
+            sl_gram_matcher_new(g, j->v, &m, &e) || sl_gram_matcher_fill_mask(m, bits, &e) ||
+            !bit(bits, gr[(round + j->worker) % 3].first) || bit(bits, '}'))
+            j->ok = 0;
+        sl_gram_matcher_free(m);
+        sl_gram_free(g);
+    }
+    return NULL;
+}
+
+static void test_gram_cache(void)
+{
+    sl_gram_cache *c = NULL;
+    sl_err e = {0};
+    CHECK(sl_gram_cache_new(0, &c, &e) == SL_ERR_INVALID);
+    CHECK(sl_gram_cache_new(2, &c, &e) == SL_OK);
+    const char *a = "root ::= \"a\"", *b = "root ::= \"b\"", *d = "root ::= \"d\"";
+    sl_gram *ga, *ga2, *gb, *gd, *x;
+    CHECK(sl_gram_cache_get(c, a, strlen(a)) == NULL);
+    CHECK(sl_gram_cache_compile(c, a, strlen(a), &ga, &e) == SL_OK);
+    CHECK(sl_gram_cache_compile(c, a, strlen(a), &ga2, &e) == SL_OK && ga2 == ga);
+    CHECK(sl_gram_cache_compile(c, "root ::= (", 10, &x, &e) == SL_ERR_PARSE && !x);
+    CHECK(sl_gram_cache_get(c, "root ::= (", 10) == NULL); /* failures are not cached */
+    /* put of a grammar equal to a cached one hands back the cached one */
+    sl_gram *dup = compile(a);
+    CHECK(sl_gram_cache_put(c, a, strlen(a), dup) == ga);
+    sl_gram_free(ga); /* the reference put returned */
+    CHECK(sl_gram_cache_compile(c, b, strlen(b), &gb, &e) == SL_OK);
+    CHECK(sl_gram_cache_get(c, a, strlen(a)) == ga); /* a is now the most recent */
+    sl_gram_free(ga);
+    CHECK(sl_gram_cache_compile(c, d, strlen(d), &gd, &e) == SL_OK); /* evicts b */
+    CHECK((x = sl_gram_cache_get(c, b, strlen(b))) == NULL);
+    CHECK((x = sl_gram_cache_get(c, a, strlen(a))) == ga);
+    sl_gram_free(x);
+    /* grammars handed out outlive the cache */
+    sl_gram_cache_free(c);
+    CHECK(accepts(ga, "a") == 1 && accepts(gb, "b") == 1 && accepts(gd, "d") == 1);
+    sl_gram_free(ga), sl_gram_free(ga2), sl_gram_free(gb), sl_gram_free(gd);
+
+    /* threads */
+    sl_gram_vocab *v = synthetic_vocab();
+    CHECK(sl_gram_cache_new(2, &c, &e) == SL_OK);
+    cache_job job[4];
+    pthread_t th[4];
+    for (int k = 0; k < 4; k++) {
+        job[k] = (cache_job){c, v, k, 0};
+        pthread_create(&th[k], NULL, cache_thread, &job[k]);
+    }
+    for (int k = 0; k < 4; k++) {
+        pthread_join(th[k], NULL);
+        CHECK(job[k].ok);
+    }
+    sl_gram_cache_free(c);
+    sl_gram_vocab_free(v);
+}
+
 int main(void)
 {
     test_parse_errors();
@@ -446,6 +549,7 @@ int main(void)
     test_accept_features();
     test_utf8_split();
     test_mask_synthetic();
+    test_gram_cache();
     test_mask_qwen();
     return sl_test_done("test_grammar");
 }
