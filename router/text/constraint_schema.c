@@ -21,7 +21,8 @@
 #include "pyjson.h"
 
 #define SCH_MAX_DEPTH 64 /* nested schemas; deeper is SL_ERR_LIMIT */
-#define ONEOF_MAX_DEPTH 8 /* how far the oneOf overlap check looks into properties */
+#define ONEOF_MAX_DEPTH 8     /* how far the oneOf overlap check looks into properties */
+#define ONEOF_BUDGET 100000   /* schema pairs one oneOf may compare (then: "may overlap") */
 
 typedef struct ref_entry {
     const json_t *target;
@@ -36,6 +37,7 @@ struct sl_csch {
     sl_cspell sp;
     int jansson;
     int depth, guard;
+    long budget; /* disjoint() calls left for the oneOf being checked */
     ref_entry *refs;
     size_t n_refs, cap_refs;
     sl_buf ptr; /* the JSON pointer of the schema being converted, for messages */
@@ -336,8 +338,21 @@ const char *sl_csch_any_object(sl_csch *s)
 
 /* ---- literals: enum and const ---- */
 
-/* A JSON text as one GBNF literal, unless it spells an avoided tag or a character outside the
- * universe (tool calls). */
+/* SL_OK when every character of the string str[0..n) is in the spelling's universe (tool
+ * calls: jansson refuses U+0000). */
+static sl_status in_universe(sl_csch *s, const char *str, size_t n)
+{
+    for (size_t i = 0; s->sp.universe && i < n;) {
+        uint32_t c;
+        size_t k = sl_utf8_decode(str + i, n - i, &c);
+        if (!k || !sl_cset_has(s->sp.universe, c))
+            return bad(s, "a constant string with a character tool-call arguments cannot contain");
+        i += k;
+    }
+    return SL_OK;
+}
+
+/* A JSON text as one GBNF literal, unless it spells an avoided tag (tool calls). */
 static sl_status put_json_text(sl_csch *s, sl_buf *out, const char *t, size_t n)
 {
     const char *tag = sl_cspell_tag_in(&s->sp, t, n);
@@ -346,6 +361,8 @@ static sl_status put_json_text(sl_csch *s, sl_buf *out, const char *t, size_t n)
     sl_cg_text(s->g, out, &raw, t, n);
     return SL_OK;
 }
+
+static sl_status put_key(sl_csch *s, sl_buf *out, const char *name);
 
 /* v as json.dumps writes it, with `space` between tokens; then space. */
 static sl_status literal(sl_csch *s, const json_t *v, sl_buf *out)
@@ -366,13 +383,7 @@ static sl_status literal(sl_csch *s, const json_t *v, sl_buf *out)
             if (obj) {
                 k = json_object_iter_key(it);
                 x = json_object_iter_value(it);
-                json_t *ks = json_string(k);
-                sl_buf kt = {0};
-                if (!ks || sl_pyjson_dumps(&kt, ks)) sl_cg_oom(s->g);
-                else st = put_json_text(s, out, kt.data, kt.len);
-                json_decref(ks);
-                sl_buf_free(&kt);
-                sl_cg_printf(s->g, out, " %s \":\" %s ", sp, sp);
+                st = put_key(s, out, k);
                 it = json_object_iter_next((json_t *)v, it);
             } else {
                 x = json_array_get(v, i);
@@ -383,17 +394,8 @@ static sl_status literal(sl_csch *s, const json_t *v, sl_buf *out)
         sl_cg_printf(s->g, out, " \"%c\" %s", obj ? '}' : ']', sp);
         return cg_status(s);
     }
-    if (json_is_string(v) && s->sp.universe) { /* tool calls: jansson refuses \u0000 */
-        const char *t = json_string_value(v);
-        size_t n = json_string_length(v);
-        for (size_t i = 0; i < n;) {
-            uint32_t c;
-            size_t k = sl_utf8_decode(t + i, n - i, &c);
-            if (!k || !sl_cset_has(s->sp.universe, c))
-                return bad(s, "a constant string with a character tool-call arguments cannot contain");
-            i += k;
-        }
-    }
+    if (json_is_string(v) && (st = in_universe(s, json_string_value(v), json_string_length(v))))
+        return st;
     sl_buf t = {0};
     if (sl_pyjson_dumps(&t, v)) sl_cg_oom(s->g);
     else st = put_json_text(s, out, t.data, t.len);
@@ -770,7 +772,8 @@ static sl_status put_key(sl_csch *s, sl_buf *out, const char *name)
 {
     json_t *k = json_string(name);
     sl_buf t = {0};
-    sl_status st = SL_OK;
+    sl_status st = in_universe(s, name, strlen(name));
+    if (st) return json_decref(k), st;
     if (!k || sl_pyjson_dumps(&t, k)) sl_cg_oom(s->g);
     else st = put_json_text(s, out, t.data, t.len);
     json_decref(k);
@@ -1089,7 +1092,7 @@ static const json_t *constant(const json_t *one, const json_t *list, size_t i)
  * types, different constants, or objects that require a property whose schemas are disjoint. */
 static int disjoint(sl_csch *s, const json_t *a, const json_t *b, int depth)
 {
-    if (depth > ONEOF_MAX_DEPTH) return 0;
+    if (depth > ONEOF_MAX_DEPTH || --s->budget < 0) return 0;
     if (!(a = sl_csch_deref(s, a, NULL)) || !(b = sl_csch_deref(s, b, NULL))) return 0;
     unsigned ta = value_types(a), tb = value_types(b);
     if (ta & SL_CT_NUMBER) ta |= SL_CT_INTEGER; /* integers are numbers */
@@ -1135,6 +1138,7 @@ static sl_status combinator(sl_csch *s, const json_t *sch, const char *kw, sl_bu
     size_t n = json_array_size(list);
     if (!strcmp(kw, "allOf") && n > 1)
         return bad(s, "`%s` with more than one schema is not supported", kw);
+    s->budget = ONEOF_BUDGET;
     if (!strcmp(kw, "oneOf"))
         for (size_t i = 0; i < n; i++)
             for (size_t j = i + 1; j < n; j++)
