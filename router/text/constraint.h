@@ -48,9 +48,9 @@
  *   grammar text up to 2 MiB (SL_ERR_LIMIT).
  *   `pattern` is a search, as in JSON Schema: the string must contain a match unless the
  *   pattern is anchored with ^ and $. \d \w \s and `.` there keep to the characters on which
- *   ECMA-262 (JSON Schema's dialect) and Python's re (what Python validators run) agree: the
- *   positive classes are ASCII, \D \W \S match only ASCII characters, `.` excludes \n \r
- *   U+2028 U+2029.
+ *   ECMA-262 (JSON Schema's dialect) and Python's re (what Python validators run) agree: \d is
+ *   [0-9], \w ASCII, \s the spaces both count; \D no Unicode digit, \S nothing either counts
+ *   as a space, \W only ASCII; `.` excludes \n \r U+2028 U+2029.
  *   format: date (YYYY-MM-DD, real calendar days, leap years), time (HH:MM:SS[.frac] and Z or
  *   ±HH:MM), date-time (date "T" time), uuid (8-4-4-4-12 hex digits), email (dot-atom local
  *   part @ a dotted host name: a subset of what the format allows), ipv4 (dotted decimal

@@ -302,7 +302,9 @@ static size_t rule_new(sl_cg *g, const char *hint, const char *body)
     if (!k) base[k++] = 'r';
     base[k] = 0;
     snprintf(name, sizeof name, "%s", base);
-    for (unsigned i = 2; name_taken(g, name); i++) snprintf(name, sizeof name, "%s-%u", base, i);
+    /* a taken name gets a number; counting from the rule count keeps many rules of one hint
+     * (the nodes of a trie) from trying every smaller number first */
+    for (size_t i = g->n + 1; name_taken(g, name); i++) snprintf(name, sizeof name, "%s-%zu", base, i);
 
     size_t len = strlen(name) + (body ? strlen(body) : 0) + 6;
     if (g->bytes + len > SL_CONSTRAINT_MAX_BYTES) {
@@ -354,9 +356,7 @@ void sl_cg_define(sl_cg *g, size_t rule, const char *body)
 {
     if (g->st || rule >= g->n) return;
     cg_rule *r = &g->rule[rule];
-    if (g->bytes + strlen(body) > SL_CONSTRAINT_MAX_BYTES) {
-        return too_big(g);
-    }
+    if (g->bytes + strlen(body) > SL_CONSTRAINT_MAX_BYTES) return too_big(g);
     SL_ASSERT(!r->body);
     if (!(r->body = strdup(body))) return sl_cg_oom(g);
     r->hash = hash_str(body);
@@ -410,9 +410,7 @@ sl_status sl_cg_write(sl_cg *g, const char *root_body, sl_buf *out, sl_err *e)
 void sl_cg_putn(sl_cg *g, sl_buf *b, const char *s, size_t n)
 {
     if (g->st) return;
-    if (b->len + n > SL_CONSTRAINT_MAX_BYTES) {
-        return too_big(g);
-    }
+    if (b->len + n > SL_CONSTRAINT_MAX_BYTES) return too_big(g);
     if (sl_buf_append(b, s, n)) sl_cg_oom(g);
 }
 
@@ -606,10 +604,12 @@ static char json_short_escape(uint32_t c)
 }
 
 /* The effective set of sp for set: within the universe, without the avoided tags' first
- * characters (only free text, which tracks the tags, may write those). */
+ * characters (only free text, which tracks the tags, may write those), and without the
+ * surrogates (no UTF-8 text holds them). */
 static void effective(const sl_cspell *sp, const sl_cset *set, sl_cset *out)
 {
     sl_cset_copy(out, set);
+    sl_cset_remove(out, 0xD800, 0xDFFF);
     if (sp->universe) sl_cset_keep_set(out, sp->universe);
     for (const char *const *t = sp->avoid; t && *t; t++)
         sl_cset_remove(out, (unsigned char)**t, (unsigned char)**t);
@@ -951,6 +951,7 @@ const char *sl_cg_free_text(sl_cg *g, const sl_cspell *sp, const char *const *wo
     sl_cset u = {0};
     if (sp->universe) sl_cset_copy(&u, sp->universe);
     else sl_cset_add(&u, 0, SL_CP_MAX);
+    sl_cset_remove(&u, 0xD800, 0xDFFF);
     if (u.oom) sl_cg_oom(g);
     const cg_auto *x = auto_rules(g, sp, &a, &u);
     const char *res = "";

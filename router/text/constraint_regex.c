@@ -59,7 +59,45 @@ static int peek(const rx *r) { return r->i < r->n ? (unsigned char)r->s[r->i] : 
 
 static int is_digit(int c) { return c >= '0' && c <= '9'; }
 
-/* \d \w \s (upper case: negated) into c. */
+/* Python's re matches \d to every Unicode decimal digit (category Nd): these ranges (Unicode
+ * 15.0, from utf8proc 2.8; a superset of the Unicode 14 in Python 3.11) are what \d may match
+ * in a pattern, so \D keeps clear of them. */
+static const uint32_t unicode_digits[][2] = {
+    {0x30, 0x39},       {0x660, 0x669},     {0x6F0, 0x6F9},     {0x7C0, 0x7C9},
+    {0x966, 0x96F},     {0x9E6, 0x9EF},     {0xA66, 0xA6F},     {0xAE6, 0xAEF},
+    {0xB66, 0xB6F},     {0xBE6, 0xBEF},     {0xC66, 0xC6F},     {0xCE6, 0xCEF},
+    {0xD66, 0xD6F},     {0xDE6, 0xDEF},     {0xE50, 0xE59},     {0xED0, 0xED9},
+    {0xF20, 0xF29},     {0x1040, 0x1049},   {0x1090, 0x1099},   {0x17E0, 0x17E9},
+    {0x1810, 0x1819},   {0x1946, 0x194F},   {0x19D0, 0x19D9},   {0x1A80, 0x1A89},
+    {0x1A90, 0x1A99},   {0x1B50, 0x1B59},   {0x1BB0, 0x1BB9},   {0x1C40, 0x1C49},
+    {0x1C50, 0x1C59},   {0xA620, 0xA629},   {0xA8D0, 0xA8D9},   {0xA900, 0xA909},
+    {0xA9D0, 0xA9D9},   {0xA9F0, 0xA9F9},   {0xAA50, 0xAA59},   {0xABF0, 0xABF9},
+    {0xFF10, 0xFF19},   {0x104A0, 0x104A9}, {0x10D30, 0x10D39}, {0x11066, 0x1106F},
+    {0x110F0, 0x110F9}, {0x11136, 0x1113F}, {0x111D0, 0x111D9}, {0x112F0, 0x112F9},
+    {0x11450, 0x11459}, {0x114D0, 0x114D9}, {0x11650, 0x11659}, {0x116C0, 0x116C9},
+    {0x11730, 0x11739}, {0x118E0, 0x118E9}, {0x11950, 0x11959}, {0x11C50, 0x11C59},
+    {0x11D50, 0x11D59}, {0x11DA0, 0x11DA9}, {0x11F50, 0x11F59}, {0x16A60, 0x16A69},
+    {0x16AC0, 0x16AC9}, {0x16B50, 0x16B59}, {0x1D7CE, 0x1D7FF}, {0x1E140, 0x1E149},
+    {0x1E2F0, 0x1E2F9}, {0x1E4F0, 0x1E4F9}, {0x1E950, 0x1E959}, {0x1FBF0, 0x1FBF9},
+};
+
+/* The white space both engines match (ECMA-262's WhiteSpace and LineTerminator and Python's
+ * str.isspace() share these), and what only one of them does: Python also \x1c-\x1f and
+ * U+0085, ECMA-262 also U+FEFF. */
+static const uint32_t spaces_both[][2] = {{0x09, 0x0D}, {0x20, 0x20},     {0xA0, 0xA0},
+                                          {0x1680, 0x1680}, {0x2000, 0x200A}, {0x2028, 0x2029},
+                                          {0x202F, 0x202F}, {0x205F, 0x205F}, {0x3000, 0x3000}};
+static const uint32_t spaces_either[][2] = {{0x1C, 0x1F}, {0x85, 0x85}, {0xFEFF, 0xFEFF}};
+
+#define ADD_ALL(set, table)                                                                      \
+    for (size_t i_ = 0; i_ < sizeof table / sizeof table[0]; i_++)                               \
+    sl_cset_add(set, table[i_][0], table[i_][1])
+
+/* \d \w \s (upper case: negated) into c. Outside patterns they are ASCII (re.ASCII). In a
+ * pattern lo is what both engines match and hi what either may: \d is [0-9] in ECMA-262 and
+ * every Unicode digit in Python; \s as above; \w is ASCII in ECMA-262 and every Unicode
+ * letter and digit in Python, taken here as every non-ASCII character (so \W keeps to ASCII:
+ * the table of letters would be larger than the grammars it serves). */
 static void shorthand(const rx *r, int letter, cls *c)
 {
     int lower = letter | 0x20;
@@ -73,12 +111,12 @@ static void shorthand(const rx *r, int letter, cls *c)
     if (lower == 's') {
         sl_cset_add(&c->lo, '\t', '\r');
         sl_cset_add(&c->lo, ' ', ' ');
+        if (r->search) ADD_ALL(&c->lo, spaces_both);
     }
     sl_cset_copy(&c->hi, &c->lo);
-    if (r->search) { /* Python's Unicode classes beyond ASCII, and its \s adds \x1c-\x1f */
-        sl_cset_add(&c->hi, 0x80, SL_CP_MAX);
-        if (lower == 's') sl_cset_add(&c->hi, 0x1C, 0x1F);
-    }
+    if (r->search && lower == 'd') ADD_ALL(&c->hi, unicode_digits);
+    if (r->search && lower == 's') ADD_ALL(&c->hi, spaces_either);
+    if (r->search && lower == 'w') sl_cset_add(&c->hi, 0x80, SL_CP_MAX);
     if (letter != lower) cls_negate(c);
 }
 
@@ -277,54 +315,69 @@ static void seq_add(sl_cg *g, sl_buf *seq, const char *piece, int *lit)
 
 static sl_status parse_alt(rx *r, sl_buf *out, int top);
 
-/* The quantifier after an atom, if any: *min, *max (-1: unbounded); 0 when none. */
-static sl_status parse_quant(rx *r, int *has, long *min, long *max)
+/* A counted quantifier {m}, {m,}, {m,n} or {,n} at r->i: 1 with *a, *b (-1: unbounded; *a
+ * -1 for {,n}; counts clamped above the limit) and *end after the '}'; 0 when the '{' there is
+ * a literal. */
+static int brace_quant(const rx *r, long *a, long *b, size_t *end)
 {
-    *has = 0;
+    size_t j = r->i + 1;
+    int da = 0, db = 0;
+    *a = 0;
+    for (; j < r->n && is_digit(r->s[j]); j++, da++) /* clamped: only "too big" matters */
+        *a = *a > SL_CONSTRAINT_MAX_REPEAT ? *a : *a * 10 + (r->s[j] - '0');
+    *b = *a;
+    if (j < r->n && r->s[j] == ',') {
+        j++;
+        *b = 0;
+        for (; j < r->n && is_digit(r->s[j]); j++, db++)
+            *b = *b > SL_CONSTRAINT_MAX_REPEAT ? *b : *b * 10 + (r->s[j] - '0');
+        if (!db) *b = -1;
+    } else {
+        db = da;
+    }
+    if (j >= r->n || r->s[j] != '}' || (!da && !db)) return 0;
+    if (!da) *a = -1;
+    *end = j + 1;
+    return 1;
+}
+
+static int at_quantifier(const rx *r)
+{
+    long a, b;
+    size_t end;
     int c = peek(r);
-    size_t at = r->i;
+    return c == '*' || c == '+' || c == '?' || (c == '{' && brace_quant(r, &a, &b, &end));
+}
+
+/* The quantifier after an atom, if any, into *min, *max (-1: unbounded); none leaves them. */
+static sl_status parse_quant(rx *r, long *min, long *max)
+{
+    int c = peek(r);
+    size_t at = r->i, end;
+    long a, b;
     if (c == '*' || c == '+' || c == '?') {
         r->i++;
         *min = c == '+';
         *max = c == '?' ? 1 : -1;
-    } else if (c == '{') {
-        size_t j = r->i + 1;
-        long a = 0, b;
-        int da = 0, db = 0;
-        for (; j < r->n && is_digit(r->s[j]); j++, da++) /* clamped: only "too big" matters */
-            a = a > SL_CONSTRAINT_MAX_REPEAT ? a : a * 10 + (r->s[j] - '0');
-        b = a;
-        if (j < r->n && r->s[j] == ',') {
-            j++;
-            b = 0;
-            for (; j < r->n && is_digit(r->s[j]); j++, db++)
-                b = b > SL_CONSTRAINT_MAX_REPEAT ? b : b * 10 + (r->s[j] - '0');
-            if (!db) b = -1;
-        } else {
-            db = da;
-        }
-        if (j >= r->n || r->s[j] != '}' || (!da && !db)) return SL_OK; /* a literal '{' */
-        if (!da) return rx_err(r, at, "a {,n} quantifier", "engines disagree on it: write {0,n}");
+    } else if (c == '{' && brace_quant(r, &a, &b, &end)) {
+        if (a < 0) return rx_err(r, at, "a {,n} quantifier", "engines disagree on it: write {0,n}");
         if (a > SL_CONSTRAINT_MAX_REPEAT || b > SL_CONSTRAINT_MAX_REPEAT)
             return sl_err_set(r->e, SL_ERR_LIMIT, "regex: a repetition count above %d at offset %zu",
                               SL_CONSTRAINT_MAX_REPEAT, at);
         if (b >= 0 && b < a) return rx_err(r, at, "a {m,n} quantifier with n < m", NULL);
-        r->i = j + 1;
+        r->i = end;
         *min = a;
         *max = b;
     } else {
         return SL_OK;
     }
-    *has = 1;
     if (peek(r) == '?') r->i++; /* lazy: the same language */
     else if (peek(r) == '+') {
         if (r->search)
             return rx_err(r, r->i, "a possessive quantifier", "ECMA-262 patterns have none");
         r->i++; /* read as greedy: see constraint.h */
     }
-    c = peek(r);
-    if (c == '*' || c == '+' || c == '?' || (c == '{' && r->i + 1 < r->n && is_digit(r->s[r->i + 1])))
-        return rx_err(r, r->i, "a repeated quantifier", NULL);
+    if (at_quantifier(r)) return rx_err(r, r->i, "a repeated quantifier", NULL);
     return SL_OK;
 }
 
@@ -412,7 +465,7 @@ static sl_status parse_piece(rx *r, sl_buf *seq, int *lit, int top, int *anchor_
         return rx_err(r, at, "'$' inside the pattern", "only the end of a top-level branch may have it");
     }
     if (c == '^') return rx_err(r, at, "'^' inside the pattern", "only the start of a top-level branch may have it");
-    if (c == '*' || c == '+' || c == '?') return rx_err(r, at, "a quantifier with nothing to repeat", NULL);
+    if (at_quantifier(r)) return rx_err(r, at, "a quantifier with nothing to repeat", NULL);
     r->i++;
     if (c == '(') {
         if (++r->depth > RX_MAX_NEST)
@@ -455,9 +508,8 @@ static sl_status parse_piece(rx *r, sl_buf *seq, int *lit, int top, int *anchor_
         if (literal_char(r, &cp, &st)) st = put_char(r, &atom, cp, at);
     }
     cls_free(&k);
-    int has;
     long min = 1, max = 1;
-    if (st == SL_OK) st = parse_quant(r, &has, &min, &max);
+    if (st == SL_OK) st = parse_quant(r, &min, &max);
     if (st == SL_OK) {
         sl_buf piece = {0};
         quantify(r->g, &piece, atom.data ? atom.data : "", min, max);

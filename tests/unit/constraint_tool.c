@@ -59,7 +59,7 @@ static int check(const char *path)
     size_t cap = 0;
     ssize_t n;
     while ((n = getline(&line, &cap, stdin)) > 0) {
-        json_t *s = json_loadb(line, (size_t)n, JSON_DECODE_ANY, NULL);
+        json_t *s = json_loadb(line, (size_t)n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
         sl_gram_matcher *m = NULL;
         int ok = json_is_string(s) && sl_gram_matcher_new(g, NULL, &m, &e) == SL_OK &&
                  sl_gram_matcher_accept_bytes(m, json_string_value(s), json_string_length(s), &e) ==
@@ -89,7 +89,7 @@ static int parse(const char *kind_name, const char *path)
     size_t cap = 0;
     ssize_t n;
     while ((n = getline(&line, &cap, stdin)) > 0) {
-        json_t *s = json_loadb(line, (size_t)n, JSON_DECODE_ANY, NULL);
+        json_t *s = json_loadb(line, (size_t)n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
         sl_tool_parser *p = sl_tool_parser_new(kind, tools, 1);
         sl_deltas d = {0};
         json_t *msg = NULL;

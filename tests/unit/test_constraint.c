@@ -283,6 +283,7 @@ static const struct {
     {"[[:alpha:]]", "POSIX class", SL_ERR_INVALID},
     {"a**", "a repeated quantifier", SL_ERR_INVALID},
     {"*a", "nothing to repeat", SL_ERR_INVALID},
+    {"(|{2})", "nothing to repeat", SL_ERR_INVALID},
     {"(ab", "an unclosed '('", SL_ERR_INVALID},
     {"ab)", "an unmatched ')'", SL_ERR_INVALID},
     {"[a-", "unterminated character class", SL_ERR_INVALID},
