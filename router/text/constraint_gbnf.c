@@ -371,10 +371,16 @@ const char *sl_cg_memo(const sl_cg *g, const char *key)
     return NULL;
 }
 
-void sl_cg_memo_put(sl_cg *g, const char *key, size_t rule)
+void sl_cg_memo_put(sl_cg *g, const char *key, const char *name)
 {
+    if (g->st) return;
     SL_ASSERT(g->n_memo < sizeof g->memo / sizeof g->memo[0]); /* a handful of fixed keys */
-    if (rule < g->n) g->memo[g->n_memo++] = (cg_memo){key, rule};
+    for (size_t i = (size_t)hash_str(name) & (g->tab_cap - 1); g->by_name[i];
+         i = (i + 1) & (g->tab_cap - 1))
+        if (!strcmp(g->rule[g->by_name[i] - 1].name, name)) {
+            g->memo[g->n_memo++] = (cg_memo){key, g->by_name[i] - 1};
+            return;
+        }
 }
 
 size_t sl_cg_mark(const sl_cg *g) { return g->n; }

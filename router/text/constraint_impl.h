@@ -74,10 +74,11 @@ const char *sl_cg_rule(sl_cg *g, const char *hint, const char *body);
 size_t sl_cg_reserve(sl_cg *g, const char *hint);
 const char *sl_cg_name(const sl_cg *g, size_t rule);
 void sl_cg_define(sl_cg *g, size_t rule, const char *body);
-/* A rule remembered under key (recursive shared rules, such as any JSON value, that body
- * deduplication cannot find): its name, or NULL. A rollback forgets rules it drops. */
+/* A rule remembered under key (a string constant): recursive shared rules, such as any
+ * JSON value, that body deduplication cannot find. Its name, or NULL; a rollback forgets the
+ * rules it drops. One grammar has one JSON spelling, so a key names one rule. */
 const char *sl_cg_memo(const sl_cg *g, const char *key);
-void sl_cg_memo_put(sl_cg *g, const char *key, size_t rule);
+void sl_cg_memo_put(sl_cg *g, const char *key, const char *name);
 /* Marks the rules so far; rollback drops every rule made after the mark. */
 size_t sl_cg_mark(const sl_cg *g);
 void sl_cg_rollback(sl_cg *g, size_t mark);

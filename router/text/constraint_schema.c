@@ -302,10 +302,10 @@ static const char *number_rule(sl_csch *s)
 
 /* ---- any JSON value ---- */
 
-const char *sl_csch_any(sl_csch *s)
+/* value, object and array: any JSON (recursive, so remembered rather than found by body). */
+static void any_rules(sl_csch *s)
 {
-    const char *have = sl_cg_memo(s->g, "any-value");
-    if (have) return have;
+    if (sl_cg_memo(s->g, "any-value")) return;
     size_t v = sl_cg_reserve(s->g, "value");
     const char *vn = sl_cg_name(s->g, v), *sp = space(s), *str = string_rule(s);
     sl_buf b = {0};
@@ -320,20 +320,22 @@ const char *sl_csch_any(sl_csch *s)
                  str, number_rule(s), sp);
     sl_cg_define(s->g, v, b.data ? b.data : "");
     sl_buf_free(&b);
-    if (sl_cg_status(s->g, NULL)) return "";
-    sl_cg_memo_put(s->g, "any-value", v);
-    return vn;
+    sl_cg_memo_put(s->g, "any-value", vn);
+    sl_cg_memo_put(s->g, "any-object", obj);
+}
+
+const char *sl_csch_any(sl_csch *s)
+{
+    any_rules(s);
+    const char *r = sl_cg_memo(s->g, "any-value");
+    return r ? r : "";
 }
 
 const char *sl_csch_any_object(sl_csch *s)
 {
-    const char *vn = sl_csch_any(s), *sp = space(s), *str = string_rule(s);
-    sl_buf b = {0};
-    sl_cg_printf(s->g, &b, "\"{\" %s ( %s \":\" %s %s ( \",\" %s %s \":\" %s %s )* )? \"}\" %s",
-                 sp, str, sp, vn, sp, str, sp, vn, sp);
-    const char *r = sl_cg_rule(s->g, "object", b.data ? b.data : ""); /* the one any-value made */
-    sl_buf_free(&b);
-    return r;
+    any_rules(s);
+    const char *r = sl_cg_memo(s->g, "any-object");
+    return r ? r : "";
 }
 
 /* ---- literals: enum and const ---- */
@@ -462,10 +464,11 @@ int sl_csch_type_of(const json_t *v, unsigned bits)
 
 /* ---- formats ---- */
 
+/* The text of each format (no quotes); date-time is date "T" time. */
 static const struct {
-    const char *name, *hint, *body;
+    const char *name, *body;
 } formats[] = {
-    {"date", "date",
+    {"date",
      "( [0-9]{3} [1-9] | [0-9]{2} [1-9] \"0\" | [0-9] [1-9] \"00\" | [1-9] \"000\" ) \"-\" "
      "( ( \"0\" [13578] | \"1\" [02] ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"3\" [01] ) | "
      "( \"0\" [469] | \"11\" ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"30\" ) | "
@@ -473,17 +476,17 @@ static const struct {
      /* February 29th: years divisible by 4 but not 100, or by 400 (never year 0) */
      "( [0-9]{2} ( \"0\" [48] | [2468] [048] | [13579] [26] ) | "
      "( \"0\" [48] | [2468] [048] | [13579] [26] ) \"00\" ) \"-02-29\""},
-    {"time", "time",
+    {"time",
      "( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] \":\" [0-5] [0-9] ( \".\" [0-9]+ )? "
      "( \"Z\" | [+\\-] ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] )"},
-    {"uuid", "uuid",
+    {"uuid",
      "[0-9a-fA-F]{8} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" "
      "[0-9a-fA-F]{12}"},
-    {"email", "email",
+    {"email",
      "[A-Za-z0-9!#$%&'*+/=?\\^_`{|}~\\-]+ ( \".\" [A-Za-z0-9!#$%&'*+/=?\\^_`{|}~\\-]+ )* \"@\" "
      "[A-Za-z0-9] ( [A-Za-z0-9\\-]{0,61} [A-Za-z0-9] )? "
      "( \".\" [A-Za-z0-9] ( [A-Za-z0-9\\-]{0,61} [A-Za-z0-9] )? )+"},
-    {"ipv4", "ipv4",
+    {"ipv4",
      "( \"25\" [0-5] | \"2\" [0-4] [0-9] | \"1\" [0-9] [0-9] | [1-9] [0-9] | [0-9] ) "
      "( \".\" ( \"25\" [0-5] | \"2\" [0-4] [0-9] | \"1\" [0-9] [0-9] | [1-9] [0-9] | [0-9] ) ){3}"},
 };
@@ -497,7 +500,7 @@ const char *sl_csch_format(sl_csch *s, const char *format)
         return sl_cg_rule(s->g, "date-time", body);
     }
     for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++)
-        if (!strcmp(format, formats[i].name)) return sl_cg_rule(s->g, formats[i].hint, formats[i].body);
+        if (!strcmp(format, formats[i].name)) return sl_cg_rule(s->g, formats[i].name, formats[i].body);
     return NULL;
 }
 
@@ -1219,7 +1222,7 @@ static sl_status typed_value(sl_csch *s, const json_t *sch, unsigned types, sl_b
         if (t == SL_CT_OBJECT) st = object_branch(s, sch, &alts);
         else if (t == SL_CT_ARRAY) st = array_branch(s, sch, &alts);
         else if (t == SL_CT_STRING) st = string_branch(s, sch, &alts);
-        else if ((t == SL_CT_NUMBER || t == SL_CT_INTEGER) && (has_bounds(sch) || s->jansson))
+        else if ((t == SL_CT_NUMBER || t == SL_CT_INTEGER) && has_bounds(sch))
             st = bounded_number(s, sch, t == SL_CT_INTEGER, &alts);
         else if (t == SL_CT_NUMBER) sl_cg_put(s->g, &alts, number_rule(s));
         else if (t == SL_CT_INTEGER) sl_cg_put(s->g, &alts, integer_rule(s));

@@ -134,9 +134,10 @@ static sl_status string_value(tools *t, sl_csch *s, const json_t *p, sl_buf *out
  * JSON), free text when p declares several types (convert_value would use only the first). */
 static sl_status coder_value(tools *t, sl_csch *s, const json_t *p, sl_buf *out, sl_err *e)
 {
-    int several;
-    const char *type = declared_type(p, &several);
-    int plain = json_is_true(p) || (json_is_object(p) && !json_object_size(p));
+    int several, plain = json_is_true(p) || json_is_object(p);
+    const char *type = declared_type(p, &several), *k;
+    json_t *x;
+    json_object_foreach((json_t *)p, k, x) plain &= sl_csch_annotation(k); /* any value: any text */
     if (several || plain) {
         free_value(t, 1, out);
         return sl_cg_status(t->g, e);
