@@ -727,7 +727,8 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         sl_engine_fail_all(g);
         flush_events(&sv, why);
         /* requests queued or still on their way get the same answer (until
-         * 100 ms of quiet) */
+         * 100 ms of quiet, at most a second: a router that keeps pinging must
+         * not hold the shutdown) */
         for (inbox_item *it = sv.in_head, *nx; it; it = nx) {
             nx = it->next;
             if (it->env) {
@@ -737,7 +738,7 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
             free(it);
         }
         sv.in_head = sv.in_tail = NULL;
-        for (;;) {
+        for (int64_t until = now_ms() + 1000; now_ms() < until;) {
             nng_msg *msg;
             if (nng_recvmsg(sv.sock, &msg, 0)) break;
             nng_pipe p = nng_msg_get_pipe(msg);
