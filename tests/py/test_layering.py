@@ -34,6 +34,7 @@ GENERATED = {"sluice.pb-c.h": "proto", "sl_version.h": "common"}
 ROUTER_LIBS = ("router/http", "router/text", "router/cluster", "router/api", "router/bench")
 ALLOW = {
     "common": (),
+    "common/grammar": ("common",),  # sl_grammar: used by both halves, so it sits under common/
     "kernels": ("common",),
     "kernels/cpu": ("kernels", "common"),
     "kernels/cuda": ("kernels", "common"),
@@ -48,7 +49,7 @@ ALLOW = {
     "worker/group": ("worker/runner", "worker/model", "worker/engine", "kernels", "kernels/comm", "common"),
     "worker/pd": ("worker/runner", "worker/model", "worker/engine", "kernels", "proto", "common"),
     "worker/cli": ("worker/server", "worker/group", "worker/pd", "worker/runner", "worker/model", "worker/engine",
-                   "kernels", "kernels/comm", "proto", "common"),
+                   "kernels", "kernels/comm", "proto", "common", "common/grammar"),
     "router/http": ("common",),
     "router/text": ("common",),  # no HTTP, API or cluster: text is usable on its own
     "router/cluster": ("proto", "common"),

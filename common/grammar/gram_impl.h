@@ -1,0 +1,228 @@
+/* gram_impl.h: the layout of a compiled grammar and the helpers the grammar files share.
+ * Not a public header: only the files of common/grammar include it.
+ *
+ * A compiled grammar is a flat array of elements. Rule r has alternatives
+ * alt_pos[alt_off[r] .. alt_off[r+1]); each is a run of elements ended by GEL_END. An element
+ * matches one byte out of a 256-bit set (GEL_BYTES) or a whole rule (GEL_REF). Character classes
+ * and literals are compiled to bytes at compile time: a class becomes a rule whose alternatives
+ * are its UTF-8 byte sequences ([a-zé] -> [a-z] | C3 A9), so the matcher never decodes UTF-8 and
+ * a token that stops inside a character is just a stack in the middle of a sequence.
+ *
+ * The bytes that no set tells apart form one byte class (cls[b]); the matcher memoizes its
+ * transitions per class, so a state's row has n_cls entries instead of 256. */
+#ifndef SL_GRAM_IMPL_H
+#define SL_GRAM_IMPL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "grammar.h"
+
+enum { GEL_END, GEL_BYTES, GEL_REF };
+
+typedef struct gel {
+    uint32_t kind : 2;
+    uint32_t arg : 30; /* GEL_BYTES: index into set; GEL_REF: rule */
+} gel;
+
+#define GRAM_NONE UINT32_MAX
+
+/* ---- open-addressing map from a 64-bit hash to a uint32 id ----
+ * The caller resolves collisions (equal hashes of different keys) by comparing the keys the
+ * ids stand for:
+ *   for (uint32_t i = gram_map_first(m, h); m->val[i] != GRAM_NONE; i = gram_map_after(m, i))
+ *       if (m->key[i] == h && same_key(m->val[i])) return m->val[i];
+ */
+typedef struct gram_map {
+    uint64_t *key;
+    uint32_t *val; /* GRAM_NONE: empty slot */
+    uint32_t mask, n;
+} gram_map;
+
+static inline uint32_t gram_map_first(const gram_map *m, uint64_t h)
+{
+    return (uint32_t)(h ^ h >> 32) & m->mask;
+}
+static inline uint32_t gram_map_after(const gram_map *m, uint32_t i)
+{
+    return (i + 1) & m->mask;
+}
+/* 0, or -1 when out of memory. */
+int gram_map_init(gram_map *m, uint32_t cap);
+/* Adds (h, val) without looking for it first; grows at half load. 0 or -1 (out of memory). */
+int gram_map_put(gram_map *m, uint64_t h, uint32_t val);
+void gram_map_clear(gram_map *m);
+void gram_map_free(gram_map *m);
+uint64_t gram_hash(const void *p, size_t n);
+
+/* ---- LRU of byte-string keys to values with a cost (the caller's unit), bounded by the total ----
+ * Not locked: the cache that embeds it holds its own mutex around every call. */
+typedef struct gram_lru_entry {
+    struct gram_lru_entry *hnext;       /* hash chain */
+    struct gram_lru_entry *prev, *next; /* recency list, most recent first */
+    uint64_t hash;
+    size_t key_len, cost;
+    void *value;
+    uint8_t key[]; /* key_len bytes */
+} gram_lru_entry;
+
+typedef struct gram_lru {
+    gram_lru_entry **bucket;
+    uint32_t n_bucket; /* power of two */
+    uint32_t n;
+    gram_lru_entry *head, *tail;
+    size_t cost, limit;
+    void (*drop)(void *value); /* frees an evicted entry's value */
+} gram_lru;
+
+void gram_lru_init(gram_lru *l, size_t limit, void (*drop)(void *value));
+/* The entry of key (made most recent), or NULL. */
+gram_lru_entry *gram_lru_get(gram_lru *l, uint64_t hash, const void *key, size_t key_len);
+/* Inserts key -> value (key copied; the caller checked it is absent), then evicts the least
+ * recent entries until the cost is within the limit, the new one last. A value that alone
+ * exceeds the limit is dropped at once. 0, or -1 when out of memory (value not taken). */
+int gram_lru_put(gram_lru *l, uint64_t hash, const void *key, size_t key_len, void *value,
+                 size_t cost);
+/* Evicts entries until the cost is within limit (which becomes the new limit). */
+void gram_lru_set_limit(gram_lru *l, size_t limit);
+void gram_lru_free(gram_lru *l);
+
+/* ---- the compiled grammar ---- */
+
+struct sl_gram {
+    atomic_int refs;
+    gel *el;
+    uint32_t n_el;
+    uint32_t n_rules, root;
+    uint32_t *alt_off; /* [n_rules + 1] into alt_pos */
+    uint32_t *alt_pos; /* element index where each alternative starts */
+    uint64_t (*set)[4]; /* byte sets of the GEL_BYTES elements */
+    uint32_t n_sets;
+    uint8_t cls[256];      /* byte -> byte class */
+    uint8_t cls_byte[256]; /* byte class -> one byte of it */
+    uint32_t n_cls;
+    /* The mask cache: keyed by vocabulary id + the state's canonical stacks
+     * (gram_mask.c). Only part of the grammar that changes after compiling. */
+    pthread_mutex_t mu;
+    gram_lru masks;
+};
+
+static inline int gram_set_has(const sl_gram *g, uint32_t set, unsigned b)
+{
+    return (int)(g->set[set][b >> 6] >> (b & 63) & 1);
+}
+
+/* ---- the vocabulary and its byte trie (gram_vocab.c) ----
+ * The trie is stored in preorder: node i's subtree is [i, end[i]); depth[i] is the length of
+ * the byte string it spells (>= 1) and byte[i] its last byte. tok[i] is the first token whose
+ * bytes end there (-1: none), tok_next chains the other tokens with the same bytes. */
+struct sl_gram_vocab {
+    atomic_int refs;
+    uint64_t uid; /* distinct per vocabulary made in this process: part of the mask keys */
+    int32_t n;
+    uint32_t *off; /* [n + 1] into bytes; a hole has off[i] == off[i + 1] and is_hole */
+    uint8_t *bytes;
+    uint8_t *hole;
+    int32_t *eos;
+    int n_eos;
+    uint32_t n_nodes;
+    uint8_t *node_byte;
+    uint16_t *node_depth;
+    uint32_t *node_end;
+    int32_t *node_tok;
+    int32_t *tok_next;
+    uint32_t max_depth;
+};
+
+/* ---- the matcher (gram_match.c; the mask walk in gram_mask.c reads it) ----
+ *
+ * A stack is a chain of frames: frame f = (pos[f], up[f]) says "match from element pos[f],
+ * then continue with frame up[f]"; frame 0 is the bottom (the root is done). Frames are
+ * interned, so equal stacks are equal ids. A state is the sorted set of the stacks the text can
+ * be in: each one's top frame sits on a GEL_BYTES element, or is frame 0 (the text may end).
+ * States are interned too, and memoized as a DFA: row[s * n_cls + c] is the state after a byte
+ * of class c, computed on first use (-1 until then). The memo is bounded (GRAM_MEMO_BYTES): when
+ * it grows past that it is rebuilt around the states still in use. */
+#define GRAM_DEAD 0u /* the state with no stack: nothing matches */
+#define GRAM_MEMO_BYTES ((size_t)16 << 20)
+
+typedef struct gram_words {
+    uint32_t *v;
+    size_t n, cap;
+} gram_words;
+int gram_words_push(gram_words *w, uint32_t x); /* 0, or -1 when out of memory */
+
+typedef struct gram_hist {
+    uint32_t state;
+    int ended;
+} gram_hist;
+
+struct sl_gram_matcher {
+    sl_gram *g;
+    sl_gram_vocab *v; /* may be NULL */
+    /* frames */
+    uint32_t *f_pos, *f_up, *f_seen; /* f_seen: expansion epoch that last visited the frame */
+    uint32_t n_f, cap_f;
+    gram_map f_map;
+    /* states */
+    uint32_t *s_off, *s_len; /* into pool */
+    uint32_t n_s, cap_s;
+    uint32_t *pool;
+    size_t n_pool, cap_pool;
+    gram_map s_map;
+    int32_t *row;
+    /* expansion scratch */
+    uint32_t epoch;
+    uint32_t *work, *found;
+    uint32_t n_work, cap_work, n_found, cap_found;
+    /* where the text is */
+    uint32_t start, state;
+    int ended; /* an eos token was accepted */
+    gram_hist hist[SL_GRAM_MAX_ROLLBACK];
+    int hist_n, hist_at;
+    sl_gram_stats stats;
+    /* fill_mask scratch: the cache key, the state per trie depth */
+    gram_words key;
+    uint32_t *walk;
+};
+
+/* The state after byte class c from state s (not GRAM_DEAD), computing and memoizing it when
+ * new. keep[0..n_keep) are states the caller still holds: if the memo is rebuilt they are
+ * renumbered in place (s and the matcher's own states always are). GRAM_NONE: out of memory. */
+uint32_t gram_next(sl_gram_matcher *m, uint32_t s, uint32_t c, uint32_t *keep, int n_keep);
+/* Appends the canonical content of state s (independent of the matcher's numbering) to key.
+ * 0, or -1 when out of memory. */
+int gram_state_key(sl_gram_matcher *m, uint32_t s, gram_words *key);
+
+static inline int gram_state_can_end(const sl_gram_matcher *m, uint32_t s)
+{
+    return m->s_len[s] && m->pool[m->s_off[s]] == 0; /* sorted: frame 0 comes first */
+}
+
+/* UTF-8 of code point cp (a Unicode scalar value) into out; returns the length 1..4. */
+static inline int gram_utf8_put(uint32_t cp, uint8_t out[4])
+{
+    if (cp < 0x80) {
+        out[0] = (uint8_t)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (uint8_t)(0xC0 | cp >> 6);
+        out[1] = (uint8_t)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (uint8_t)(0xE0 | cp >> 12);
+        out[1] = (uint8_t)(0x80 | (cp >> 6 & 0x3F));
+        out[2] = (uint8_t)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (uint8_t)(0xF0 | cp >> 18);
+    out[1] = (uint8_t)(0x80 | (cp >> 12 & 0x3F));
+    out[2] = (uint8_t)(0x80 | (cp >> 6 & 0x3F));
+    out[3] = (uint8_t)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+#endif

@@ -1,0 +1,83 @@
+/* Token masks: a walk of the vocabulary's byte trie with the matcher's memoized transitions,
+ * skipping every subtree whose prefix no stack accepts, behind the grammar's mask cache. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "gram_impl.h"
+
+/* Sets the bits of every trie token whose bytes the current state accepts. Each node costs a
+ * lookup in the memo row of its parent's state (computed on first use); a dead transition
+ * skips the node's whole subtree. */
+static sl_status walk(sl_gram_matcher *m, uint32_t *bits, uint64_t *visited)
+{
+    const sl_gram_vocab *v = m->v;
+    const uint8_t *cls = m->g->cls, *byte = v->node_byte;
+    const uint16_t *depth = v->node_depth;
+    const uint32_t *end = v->node_end;
+    const int32_t *tok = v->node_tok, *next_tok = v->tok_next;
+    const size_t n_cls = m->g->n_cls;
+    uint32_t *st = m->walk; /* st[d]: the state after the first d bytes of the current path */
+    uint64_t seen = 0;
+    st[0] = m->state;
+    for (uint32_t i = 0; i < v->n_nodes;) {
+        uint32_t d = depth[i], c = cls[byte[i]];
+        int32_t t = m->row[st[d - 1] * n_cls + c];
+        seen++;
+        if (t < 0 && (t = (int32_t)gram_next(m, st[d - 1], c, st, (int)d)) == (int32_t)GRAM_NONE)
+            return SL_ERR_NOMEM;
+        if (t == GRAM_DEAD) {
+            i = end[i];
+            continue;
+        }
+        st[d] = (uint32_t)t;
+        for (int32_t id = tok[i]; id >= 0; id = next_tok[id])
+            bits[id >> 5] |= 1u << (id & 31);
+        i++;
+    }
+    *visited = seen;
+    return SL_OK;
+}
+
+sl_status sl_gram_matcher_fill_mask(sl_gram_matcher *m, uint32_t *bits, sl_err *e)
+{
+    const sl_gram_vocab *v = m->v;
+    if (!v) return sl_err_set(e, SL_ERR_INVALID, "grammar matcher has no vocabulary");
+    size_t words = sl_gram_vocab_mask_words(v);
+    memset(bits, 0, words * sizeof *bits);
+    m->stats.masks++;
+    if (m->ended) return SL_OK;
+    sl_gram *g = m->g;
+    /* the key: the vocabulary, then the state's canonical stacks */
+    m->key.n = 0;
+    if (gram_words_push(&m->key, (uint32_t)v->uid) || gram_words_push(&m->key, (uint32_t)(v->uid >> 32)) ||
+        gram_state_key(m, m->state, &m->key))
+        return sl_err_set(e, SL_ERR_NOMEM, "grammar mask: out of memory");
+    size_t key_bytes = m->key.n * sizeof *m->key.v;
+    uint64_t h = gram_hash(m->key.v, key_bytes);
+    pthread_mutex_lock(&g->mu);
+    gram_lru_entry *x = gram_lru_get(&g->masks, h, m->key.v, key_bytes);
+    if (x) memcpy(bits, x->value, words * sizeof *bits);
+    int caching = g->masks.limit > 0;
+    pthread_mutex_unlock(&g->mu);
+    if (x) {
+        m->stats.mask_hits++;
+        return SL_OK;
+    }
+    uint64_t visited = 0;
+    if (walk(m, bits, &visited)) return sl_err_set(e, SL_ERR_NOMEM, "grammar mask: out of memory");
+    m->stats.trie_nodes += visited;
+    if (gram_state_can_end(m, m->state))
+        for (int k = 0; k < v->n_eos; k++)
+            bits[v->eos[k] >> 5] |= 1u << (v->eos[k] & 31);
+    uint32_t *copy = caching ? malloc(words * sizeof *copy) : NULL;
+    if (!copy) return SL_OK; /* the cache is an optimization: no room, no entry */
+    memcpy(copy, bits, words * sizeof *copy);
+    pthread_mutex_lock(&g->mu);
+    /* another matcher may have put the same state meanwhile: keep the first */
+    if (gram_lru_get(&g->masks, h, m->key.v, key_bytes) ||
+        gram_lru_put(&g->masks, h, m->key.v, key_bytes, copy,
+                     words * sizeof *copy + key_bytes + sizeof(gram_lru_entry)))
+        free(copy);
+    pthread_mutex_unlock(&g->mu);
+    return SL_OK;
+}
