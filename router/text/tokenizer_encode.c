@@ -239,7 +239,7 @@ static sl_status pretokenize(enc *c, const uint8_t *s, size_t n, sl_err *e)
     return SL_OK;
 }
 
-/* Index of the first literal range that ends after offset o (n_lit when none does). */
+/* Index of the first literal range that ends after offset o (l->n when none does). */
 static size_t lit_after(const lit_ranges *l, size_t o)
 {
     size_t lo = 0, hi = l->n;
