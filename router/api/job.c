@@ -46,12 +46,13 @@ sl_job *sl_job_decode(const sl_router_config *cfg, const char *route, sl_api_kin
     j->p.sampling.top_k = cfg->default_top_k;
     j->p.sampling.min_p = cfg->default_min_p;
     j->p.sampling.repetition_penalty = 1.0f;
-    int rc;
-    if (!strcmp(route, "/tokenize")) {
+    j->p.split_special_tokens = cfg->split_special_tokens;
+    /* Read here for every route: the Anthropic and Responses decoders replace the body. */
+    int rc = sl_api_get_bool(body, "split_special_tokens", &j->p.split_special_tokens, err);
+    if (!rc && !strcmp(route, "/tokenize"))
         rc = sl_job_prompts(j, 1, err) ? -1 : decode_tokenize(j, err);
-    } else {
+    else if (!rc)
         rc = j->dialect->decode(j, err);
-    }
     if (!rc && j->p.n > cfg->max_n)
         rc = sl_api_fail(err, SL_API_STATUS_INVALID, "n: at most %d choices", cfg->max_n);
     if (rc) {

@@ -84,6 +84,7 @@ struct sl_job_params {
     int n_stops;
     int logprobs;     /* chat: bool; completions: number of alternatives + 1 */
     int separate_reasoning;
+    int split_special_tokens; /* the client's text is encoded with no control tokens */
 };
 
 struct sl_job {

@@ -469,21 +469,31 @@ static void job_dispatch(sl_job *j)
     }
 }
 
-/* Renders and tokenizes the prompts: on the pool for long ones. */
+/* Renders and tokenizes the prompts: on the pool for long ones. With
+ * split_special_tokens the client's text (the template's record of it, or
+ * a whole text prompt) is encoded with no control tokens. */
 static void encode_all(sl_job *j)
 {
     const sl_router_config *c = &j->rt->cfg;
     sl_err *e = &j->work_err;
+    int split = j->p.split_special_tokens;
     if (j->kind == SL_API_CHAT || j->kind == SL_API_MESSAGES) {
-        if (c->text->render_chat(c->text_impl, j->body, &j->chat_prompt, e) != SL_OK) return;
-        if (c->text->encode(c->text_impl, j->chat_prompt.data, j->chat_prompt.len, &j->ids[0], e))
-            return;
+        sl_tok_spans typed = {0};
+        if (c->text->render_chat(c->text_impl, j->body, &j->chat_prompt, split ? &typed : NULL,
+                                 e) == SL_OK)
+            c->text->encode(c->text_impl, j->chat_prompt.data, j->chat_prompt.len,
+                            split ? &typed : NULL, &j->ids[0], e);
+        sl_tok_spans_free(&typed);
         return;
     }
-    for (int i = 0; i < j->nprompts; i++)
-        if (!j->is_ids[i] &&
-            c->text->encode(c->text_impl, j->texts[i], strlen(j->texts[i]), &j->ids[i], e))
+    for (int i = 0; i < j->nprompts; i++) {
+        if (j->is_ids[i]) continue;
+        size_t len = strlen(j->texts[i]);
+        sl_tok_span all = {0, len};
+        sl_tok_spans typed = {&all, len ? 1 : 0, 1};
+        if (c->text->encode(c->text_impl, j->texts[i], len, split ? &typed : NULL, &j->ids[i], e))
             return;
+    }
 }
 
 static void after_encode(sl_job *j)

@@ -42,7 +42,7 @@ int sl_cmd_render(int argc, char **argv)
         return 1;
     }
     sl_buf prompt = {0};
-    sl_status s = sl_chat_template_render(fam, body, &prompt, &e);
+    sl_status s = sl_chat_template_render(fam, body, &prompt, NULL, &e);
     json_decref(body);
     if (s) {
         fprintf(stderr, "sluice render: %s\n", e.msg);

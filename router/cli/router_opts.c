@@ -91,6 +91,9 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
         "/metrics needs --api-key too (default: open, like /health)");
     OPT("--tokenizer-path", NULL, SL_OPT_STR, &cli->tokenizer_path,
         "directory with tokenizer.json and the chat template (default: --model-path)");
+    OPT("--split-special-tokens", NULL, SL_OPT_FLAG, &cfg->split_special_tokens,
+        "special tokens typed in requests (messages, tools, prompts) are plain text, not "
+        "control tokens (a request's split_special_tokens overrides it)");
     /* SGLang flags with nothing (or little) to do here: see docs/cli.md */
     OPT("--enable-metrics", NULL, SL_OPT_FLAG, &cli->enable_metrics,
         "accepted: /metrics is always on");

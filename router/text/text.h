@@ -17,8 +17,7 @@
 
 #include "sl_buf.h"
 #include "sl_err.h"
-#include "tokenizer.h" /* sl_tok_ids: the growable id array */
-
+#include "tokenizer.h" /* sl_tok_ids, sl_tok_spans */
 
 /* Where a chat output parser sends what it recognised (all text is UTF-8,
  * not NUL-terminated). */
@@ -31,11 +30,18 @@ typedef struct sl_text_sink {
 } sl_text_sink;
 
 typedef struct sl_text_ops {
-    /* Appends the ids of text to ids. SL_ERR_INVALID for bad UTF-8. */
-    sl_status (*encode)(void *impl, const char *text, size_t len, sl_tok_ids *ids, sl_err *e);
+    /* Appends the ids of text to ids. literal (NULL: none) lists the ranges
+     * of text a client typed, where special tokens are plain text
+     * (split_special_tokens; tokenizer.h, sl_tok_encode_literal).
+     * SL_ERR_INVALID for bad UTF-8 or bad ranges. */
+    sl_status (*encode)(void *impl, const char *text, size_t len, const sl_tok_spans *literal,
+                        sl_tok_ids *ids, sl_err *e);
     /* Appends the prompt of a chat request body (messages, tools,
-     * chat_template_kwargs, ...). SL_ERR_INVALID names the bad field. */
-    sl_status (*render_chat)(void *impl, const json_t *req, sl_buf *prompt, sl_err *e);
+     * chat_template_kwargs, ...) and, when literal is not NULL, the ranges
+     * of it that hold the request's text. SL_ERR_INVALID names the bad
+     * field. */
+    sl_status (*render_chat)(void *impl, const json_t *req, sl_buf *prompt, sl_tok_spans *literal,
+                             sl_err *e);
     /* Whole decode (tokens of /detokenize, logprob token strings). */
     sl_status (*decode)(void *impl, const int32_t *ids, size_t n, sl_buf *out, sl_err *e);
     /* Streaming detokenizer: push appends the text that is complete. */

@@ -21,14 +21,17 @@ typedef struct qwen_text {
     uint64_t seq; /* tool call id seeds */
 } qwen_text;
 
-static sl_status q_encode(void *impl, const char *text, size_t len, sl_tok_ids *ids, sl_err *e)
+static sl_status q_encode(void *impl, const char *text, size_t len, const sl_tok_spans *literal,
+                          sl_tok_ids *ids, sl_err *e)
 {
-    return sl_tok_encode(((qwen_text *)impl)->tok, text, len, ids, e); /* appends to ids */
+    /* appends to ids */
+    return sl_tok_encode_literal(((qwen_text *)impl)->tok, text, len, literal, ids, e);
 }
 
-static sl_status q_render(void *impl, const json_t *req, sl_buf *prompt, sl_err *e)
+static sl_status q_render(void *impl, const json_t *req, sl_buf *prompt, sl_tok_spans *literal,
+                          sl_err *e)
 {
-    return sl_chat_template_render(((qwen_text *)impl)->fam, req, prompt, e);
+    return sl_chat_template_render(((qwen_text *)impl)->fam, req, prompt, literal, e);
 }
 
 static sl_status q_decode(void *impl, const int32_t *ids, size_t n, sl_buf *out, sl_err *e)
