@@ -114,25 +114,30 @@ static inline int gram_set_has(const sl_gram *g, uint32_t set, unsigned b)
 }
 
 /* ---- the vocabulary and its byte trie (gram_vocab.c) ----
- * The trie is stored in preorder: node i's subtree is [i, end[i]); depth[i] is the length of
- * the byte string it spells (>= 1) and byte[i] its last byte. tok[i] is the first token whose
- * bytes end there (-1: none), tok_next chains the other tokens with the same bytes. */
+ * The trie is stored in preorder: node i's subtree is [i, end[i]). A node holds what the mask
+ * walk reads for every node, in 8 bytes: its last byte, its depth (the length of the byte string
+ * it spells, >= 1) and the token that ends there: tok >= 0 one token, -1 none, tok <= -2 several
+ * tokens with the same bytes, dup_id[dup_off[-2 - tok] .. dup_off[-1 - tok]). */
+typedef struct gram_node {
+    uint8_t byte;
+    uint16_t depth;
+    int32_t tok;
+} gram_node;
+
 struct sl_gram_vocab {
     atomic_int refs;
     uint64_t uid; /* distinct per vocabulary made in this process: part of the mask keys */
     int32_t n;
-    uint32_t *off; /* [n + 1] into bytes; a hole has off[i] == off[i + 1] and is_hole */
+    uint32_t *off; /* [n + 1] into bytes */
     uint8_t *bytes;
-    uint8_t *hole;
+    uint8_t *hole; /* 1: never allowed (special, unnamed, padding) */
     int32_t *eos;
     int n_eos;
-    uint32_t n_nodes;
-    uint8_t *node_byte;
-    uint16_t *node_depth;
-    uint32_t *node_end;
-    int32_t *node_tok;
-    int32_t *tok_next;
-    uint32_t max_depth;
+    gram_node *node;
+    uint32_t *end;
+    uint32_t n_nodes, max_depth;
+    uint32_t *dup_off;
+    int32_t *dup_id;
 };
 
 /* ---- the matcher (gram_match.c; the mask walk in gram_mask.c reads it) ----
@@ -142,10 +147,9 @@ struct sl_gram_vocab {
  * interned, so equal stacks are equal ids. A state is the sorted set of the stacks the text can
  * be in: each one's top frame sits on a GEL_BYTES element, or is frame 0 (the text may end).
  * States are interned too, and memoized as a DFA: row[s * n_cls + c] is the state after a byte
- * of class c, computed on first use (-1 until then). The memo is bounded (GRAM_MEMO_BYTES): when
- * it grows past that it is rebuilt around the states still in use. */
+ * of class c, computed on first use (-1 until then). The memo is bounded (memo_limit): when it
+ * grows past that it is rebuilt around the states still in use. */
 #define GRAM_DEAD 0u /* the state with no stack: nothing matches */
-#define GRAM_MEMO_BYTES ((size_t)16 << 20)
 
 typedef struct gram_words {
     uint32_t *v;
@@ -172,6 +176,8 @@ struct sl_gram_matcher {
     size_t n_pool, cap_pool;
     gram_map s_map;
     int32_t *row;
+    uint32_t row_shift; /* a row has 1 << row_shift entries (>= n_cls): s << row_shift indexes it */
+    size_t memo_limit;
     /* expansion scratch */
     uint32_t epoch;
     uint32_t *work, *found;

@@ -11,27 +11,33 @@
 static sl_status walk(sl_gram_matcher *m, uint32_t *bits, uint64_t *visited)
 {
     const sl_gram_vocab *v = m->v;
-    const uint8_t *cls = m->g->cls, *byte = v->node_byte;
-    const uint16_t *depth = v->node_depth;
-    const uint32_t *end = v->node_end;
-    const int32_t *tok = v->node_tok, *next_tok = v->tok_next;
-    const size_t n_cls = m->g->n_cls;
+    const gram_node *node = v->node;
+    const uint8_t *cls = m->g->cls;
+    const int32_t *row = m->row;
+    const uint32_t sh = m->row_shift;
     uint32_t *st = m->walk; /* st[d]: the state after the first d bytes of the current path */
     uint64_t seen = 0;
     st[0] = m->state;
     for (uint32_t i = 0; i < v->n_nodes;) {
-        uint32_t d = depth[i], c = cls[byte[i]];
-        int32_t t = m->row[st[d - 1] * n_cls + c];
+        gram_node x = node[i];
+        uint32_t c = cls[x.byte];
+        int32_t t = row[((size_t)st[x.depth - 1] << sh) + c];
         seen++;
-        if (t < 0 && (t = (int32_t)gram_next(m, st[d - 1], c, st, (int)d)) == (int32_t)GRAM_NONE)
-            return SL_ERR_NOMEM;
+        if (t < 0) { /* first use of this transition (may rebuild the memo: reload the rows) */
+            if ((t = (int32_t)gram_next(m, st[x.depth - 1], c, st, x.depth)) == (int32_t)GRAM_NONE)
+                return SL_ERR_NOMEM;
+            row = m->row;
+        }
         if (t == GRAM_DEAD) {
-            i = end[i];
+            i = v->end[i];
             continue;
         }
-        st[d] = (uint32_t)t;
-        for (int32_t id = tok[i]; id >= 0; id = next_tok[id])
-            bits[id >> 5] |= 1u << (id & 31);
+        st[x.depth] = (uint32_t)t;
+        if (x.tok >= 0)
+            bits[x.tok >> 5] |= 1u << (x.tok & 31);
+        else if (x.tok < -1)
+            for (uint32_t k = v->dup_off[-2 - x.tok]; k < v->dup_off[-1 - x.tok]; k++)
+                bits[v->dup_id[k] >> 5] |= 1u << (v->dup_id[k] & 31);
         i++;
     }
     *visited = seen;

@@ -124,10 +124,10 @@ static uint32_t state_of_found(sl_gram_matcher *m)
          i = gram_map_after(&m->s_map, i)) {
         uint32_t s = m->s_map.val[i];
         if (m->s_map.key[i] == h && m->s_len[s] == n &&
-            !memcmp(m->pool + m->s_off[s], f, (size_t)n * sizeof *f))
+            (!n || !memcmp(m->pool + m->s_off[s], f, (size_t)n * sizeof *f)))
             return s;
     }
-    uint32_t nc = m->g->n_cls;
+    size_t nc = (size_t)1 << m->row_shift;
     if (m->n_s == m->cap_s) {
         uint32_t c = m->cap_s, c2 = m->cap_s;
         if (grow32(&m->s_off, &c, m->n_s + 1) || grow32(&m->s_len, &c2, m->n_s + 1)) return GRAM_NONE;
@@ -136,7 +136,7 @@ static uint32_t state_of_found(sl_gram_matcher *m)
         m->row = row;
         m->cap_s = c;
     }
-    if (m->n_pool + n > m->cap_pool) {
+    if (m->n_pool + n >= m->cap_pool) { /* >=: the pool exists even for the empty state */
         size_t c = m->cap_pool ? m->cap_pool : 1024;
         while (c < m->n_pool + n)
             c *= 2;
@@ -146,11 +146,11 @@ static uint32_t state_of_found(sl_gram_matcher *m)
         m->cap_pool = c;
     }
     if (gram_map_put(&m->s_map, h, m->n_s)) return GRAM_NONE;
-    memcpy(m->pool + m->n_pool, f, (size_t)n * sizeof *f);
+    if (n) memcpy(m->pool + m->n_pool, f, (size_t)n * sizeof *f);
     m->s_off[m->n_s] = (uint32_t)m->n_pool;
     m->s_len[m->n_s] = n;
     m->n_pool += n;
-    memset(m->row + (size_t)m->n_s * nc, 0xFF, nc * sizeof *m->row);
+    memset(m->row + ((size_t)m->n_s << m->row_shift), 0xFF, nc * sizeof *m->row);
     return m->n_s++;
 }
 
@@ -262,7 +262,7 @@ static uint32_t state_from_key(sl_gram_matcher *m, const uint32_t *key, size_t *
 static size_t memo_bytes(const sl_gram_matcher *m)
 {
     return (size_t)m->n_f * (3 * sizeof(uint32_t) + 24) +
-           (size_t)m->n_s * (2 * sizeof(uint32_t) + 24 + m->g->n_cls * sizeof(int32_t)) +
+           (size_t)m->n_s * (2 * sizeof(uint32_t) + 24 + (sizeof(int32_t) << m->row_shift)) +
            m->n_pool * sizeof(uint32_t);
 }
 
@@ -308,9 +308,9 @@ static int memo_rebuild(sl_gram_matcher *m, uint32_t *keep, int n_keep)
 
 uint32_t gram_next(sl_gram_matcher *m, uint32_t s, uint32_t c, uint32_t *keep, int n_keep)
 {
-    int32_t t = m->row[(size_t)s * m->g->n_cls + c];
+    int32_t t = m->row[((size_t)s << m->row_shift) + c];
     if (t >= 0) return (uint32_t)t;
-    if (memo_bytes(m) > GRAM_MEMO_BYTES) {
+    if (memo_bytes(m) > m->memo_limit) {
         /* s rides along as one more kept state */
         uint32_t *all = malloc(((size_t)n_keep + 1) * sizeof *all);
         if (!all) return GRAM_NONE;
@@ -323,7 +323,7 @@ uint32_t gram_next(sl_gram_matcher *m, uint32_t s, uint32_t c, uint32_t *keep, i
         if (rc) return GRAM_NONE;
     }
     uint32_t next = step(m, s, m->g->cls_byte[c]);
-    if (next != GRAM_NONE) m->row[(size_t)s * m->g->n_cls + c] = (int32_t)next;
+    if (next != GRAM_NONE) m->row[((size_t)s << m->row_shift) + c] = (int32_t)next;
     return next;
 }
 
@@ -349,6 +349,9 @@ sl_status sl_gram_matcher_new(sl_gram *g, sl_gram_vocab *v, sl_gram_matcher **ou
     if (!m) return sl_err_set(e, SL_ERR_NOMEM, "grammar matcher: out of memory");
     m->g = sl_gram_ref(g);
     m->v = v ? sl_gram_vocab_ref(v) : NULL;
+    m->memo_limit = SL_GRAM_MEMO_DEFAULT;
+    while ((1u << m->row_shift) < g->n_cls)
+        m->row_shift++;
     m->cap_f = 1024;
     if (gram_map_init(&m->f_map, 1024) || gram_map_init(&m->s_map, 256) ||
         !(m->f_pos = malloc(m->cap_f * sizeof *m->f_pos)) ||
@@ -364,6 +367,11 @@ sl_status sl_gram_matcher_new(sl_gram *g, sl_gram_vocab *v, sl_gram_matcher **ou
 oom:
     sl_gram_matcher_free(m);
     return sl_err_set(e, SL_ERR_NOMEM, "grammar matcher: out of memory");
+}
+
+void sl_gram_matcher_set_memo_bytes(sl_gram_matcher *m, size_t bytes)
+{
+    m->memo_limit = bytes;
 }
 
 void sl_gram_matcher_reset(sl_gram_matcher *m)
@@ -438,7 +446,7 @@ sl_status sl_gram_matcher_accept_token(sl_gram_matcher *m, int32_t id, sl_err *e
                           "token %d is special or unused: a grammar never allows it", id);
     sl_status st = advance(m, b, len, &bad);
     if (st == SL_ERR_NOMEM) return sl_err_set(e, st, "grammar matcher: out of memory");
-    if (st) {
+    if (st && e) {
         char shown[48];
         size_t k = 0;
         for (size_t i = 0; i < len && k + 5 < sizeof shown; i++)
@@ -448,7 +456,7 @@ sl_status sl_gram_matcher_accept_token(sl_gram_matcher *m, int32_t id, sl_err *e
         return sl_err_set(e, st, "token %d (\"%s\") is not allowed by the grammar here (byte %zu)",
                           id, shown, bad);
     }
-    return SL_OK;
+    return st;
 }
 
 int sl_gram_matcher_can_end(const sl_gram_matcher *m)

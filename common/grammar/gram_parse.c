@@ -257,22 +257,25 @@ static void ranges_normalize(range *r, uint32_t *n, int negate)
         if (next <= 0x10FFFF) r[m++] = (range){next, 0x10FFFF};
         k = m;
     }
-    uint32_t m = 0;
-    range tmp[2];
-    for (uint32_t i = 0; i < k; i++) { /* cut [D800, DFFF] out; a range may split in two */
-        int t = 0;
-        if (r[i].lo < 0xD800) tmp[t++] = (range){r[i].lo, r[i].hi < 0xD800 ? r[i].hi : 0xD7FF};
-        if (r[i].hi > 0xDFFF) tmp[t++] = (range){r[i].lo > 0xDFFF ? r[i].lo : 0xE000, r[i].hi};
-        if (t == 2) { /* one more range: shift the rest right (room for 2 extra) */
-            memmove(&r[i + 2], &r[i + 1], (k - i - 1) * sizeof *r);
-            r[i] = tmp[0];
-            r[i + 1] = tmp[1];
-            k++;
-            i++;
-            m += 2;
-            continue;
-        }
-        if (t) r[m++] = tmp[0];
+    /* cut [D800, DFFF] out: ranges inside it go, ranges across an end are clipped, and the one
+     * range that may contain it whole splits in two (shifting the rest right by one) */
+    uint32_t m = 0, across = GRAM_NONE;
+    for (uint32_t i = 0; i < k; i++) {
+        range x = r[i];
+        if (x.lo >= 0xD800 && x.hi <= 0xDFFF) continue;
+        if (x.lo < 0xD800 && x.hi > 0xDFFF)
+            across = m;
+        else if (x.lo < 0xD800 && x.hi >= 0xD800)
+            x.hi = 0xD7FF;
+        else if (x.lo <= 0xDFFF && x.hi > 0xDFFF)
+            x.lo = 0xE000;
+        r[m++] = x;
+    }
+    if (across != GRAM_NONE) {
+        memmove(&r[across + 2], &r[across + 1], (m - across - 1) * sizeof *r);
+        r[across + 1] = (range){0xE000, r[across].hi};
+        r[across].hi = 0xD7FF;
+        m++;
     }
     *n = m;
 }

@@ -20,7 +20,7 @@ void sl_gram_vocab_free(sl_gram_vocab *v)
 {
     if (!v || atomic_fetch_sub(&v->refs, 1) != 1) return;
     free(v->off), free(v->bytes), free(v->hole), free(v->eos);
-    free(v->node_byte), free(v->node_depth), free(v->node_end), free(v->node_tok), free(v->tok_next);
+    free(v->node), free(v->end), free(v->dup_off), free(v->dup_id);
     free(v);
 }
 
@@ -92,40 +92,49 @@ static sl_status build_trie(sl_gram_vocab *v, sl_err *e)
         if (len > v->max_depth) v->max_depth = len;
     }
     qsort(t, nt, sizeof *t, tok_cmp);
-    uint32_t n = 0;
-    for (uint32_t k = 0; k < nt; k++)
-        n += t[k].len - (k ? lcp(&t[k - 1], &t[k]) : 0);
+    uint32_t n = 0, n_same = 0; /* n_same: tokens with the bytes of the one before */
+    for (uint32_t k = 0; k < nt; k++) {
+        uint32_t l = k ? lcp(&t[k - 1], &t[k]) : 0;
+        n += t[k].len - l;
+        n_same += k && l == t[k].len && l == t[k - 1].len;
+    }
     v->n_nodes = n;
-    v->node_byte = malloc((size_t)n + 1);
-    v->node_depth = malloc(((size_t)n + 1) * sizeof *v->node_depth);
-    v->node_end = malloc(((size_t)n + 1) * sizeof *v->node_end);
-    v->node_tok = malloc(((size_t)n + 1) * sizeof *v->node_tok);
-    v->tok_next = malloc(((size_t)v->n + 1) * sizeof *v->tok_next);
+    v->node = malloc(((size_t)n + 1) * sizeof *v->node);
+    v->end = malloc(((size_t)n + 1) * sizeof *v->end);
+    v->dup_off = malloc(((size_t)n_same + 1) * sizeof *v->dup_off);
+    v->dup_id = malloc((2 * (size_t)n_same + 1) * sizeof *v->dup_id);
     path = malloc(((size_t)v->max_depth + 1) * sizeof *path);
-    if (!v->node_byte || !v->node_depth || !v->node_end || !v->node_tok || !v->tok_next || !path) {
+    if (!v->node || !v->end || !v->dup_off || !v->dup_id || !path) {
         free(t), free(path);
         return sl_err_set(e, SL_ERR_NOMEM, "grammar vocabulary: out of memory");
     }
     /* path[d]: the node at depth d on the way to the last token; a node's subtree closes when a
-     * token no longer shares its prefix */
-    uint32_t at = 0, depth = 0;
+     * token no longer shares its prefix. Tokens with equal bytes are adjacent in the order. */
+    uint32_t at = 0, depth = 0, n_lists = 0, n_ids = 0;
+    v->dup_off[0] = 0;
     for (uint32_t k = 0; k < nt; k++) {
         uint32_t l = k ? lcp(&t[k - 1], &t[k]) : 0;
         for (; depth > l; depth--)
-            v->node_end[path[depth]] = at;
+            v->end[path[depth]] = at;
         for (; depth < t[k].len; depth++) {
             path[depth + 1] = at;
-            v->node_byte[at] = t[k].p[depth];
-            v->node_depth[at] = (uint16_t)(depth + 1);
-            v->node_tok[at] = -1;
-            at++;
+            v->node[at++] = (gram_node){t[k].p[depth], (uint16_t)(depth + 1), -1};
         }
-        uint32_t node = path[t[k].len];
-        v->tok_next[t[k].id] = v->node_tok[node];
-        v->node_tok[node] = t[k].id;
+        gram_node *x = &v->node[path[t[k].len]];
+        if (x->tok == -1) {
+            x->tok = t[k].id;
+            continue;
+        }
+        if (x->tok >= 0) { /* a second token with these bytes: a list, the first one in it */
+            v->dup_off[n_lists] = n_ids;
+            v->dup_id[n_ids++] = x->tok;
+            x->tok = -2 - (int32_t)n_lists++;
+        }
+        v->dup_id[n_ids++] = t[k].id; /* lists are built one at a time: equal bytes are adjacent */
+        v->dup_off[n_lists] = n_ids;
     }
     for (; depth > 0; depth--)
-        v->node_end[path[depth]] = at;
+        v->end[path[depth]] = at;
     free(t), free(path);
     return SL_OK;
 }

@@ -129,13 +129,19 @@ sl_status sl_gram_matcher_fill_mask(sl_gram_matcher *m, uint32_t *bits, sl_err *
  * no more than were made since the start or the last reset; else SL_ERR_LIMIT, unchanged). */
 sl_status sl_gram_matcher_rollback(sl_gram_matcher *m, int n, sl_err *e);
 
+/* Bounds the matcher's memo of states and transitions (default SL_GRAM_MEMO_DEFAULT bytes; at
+ * most about twice that is allocated). Past it the memo is rebuilt around the states in use:
+ * slower masks for a while, same answers. */
+#define SL_GRAM_MEMO_DEFAULT ((size_t)16 << 20)
+void sl_gram_matcher_set_memo_bytes(sl_gram_matcher *m, size_t bytes);
+
 /* Counters since the matcher was made (for benchmarks and tests). */
 typedef struct sl_gram_stats {
     uint64_t masks;       /* fill_mask calls */
     uint64_t mask_hits;   /* of them answered by the grammar's mask cache */
     uint64_t trie_nodes;  /* vocabulary trie nodes visited by the mask walks */
     uint32_t dfa_states;  /* stack sets the matcher knows now (its transition memo) */
-    uint32_t dfa_resets;  /* times the memo was cleared for its memory bound */
+    uint32_t dfa_resets;  /* times the memo was rebuilt for its memory bound */
 } sl_gram_stats;
 void sl_gram_matcher_stats(const sl_gram_matcher *m, sl_gram_stats *s);
 

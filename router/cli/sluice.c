@@ -15,6 +15,7 @@ typedef struct command {
 static const command commands[] = {
     {"bench", sl_cmd_bench, "benchmark an OpenAI-compatible server like sglang.bench_serving"},
     {"generate", sl_cmd_generate, "greedy continuation of token ids on a model (CPU or GPU)"},
+    {"grammar", sl_cmd_grammar, "check text against a GBNF grammar, or time its token masks"},
     {"logits", sl_cmd_logits, "float32 logits of every position of prompts (golden checks)"},
     {"render", sl_cmd_render, "print the chat-template prompt of a request read on stdin"},
     {"make-tiny", sl_cmd_make_tiny, "write a small random model of any supported architecture"},

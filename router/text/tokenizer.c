@@ -1,4 +1,4 @@
-/* Byte-level BPE: the tables of an sl_tok (byte alphabet, id maps, merge slots), its
+/* Byte-level BPE: the tables of an sl_tok (id maps, merge slots), its
  * lookups and its release. See tokenizer.h for the contract and tokenizer_impl.h for the
  * layout; encoding is in tokenizer_encode.c, loading tokenizer.json in tokenizer_load.c. */
 #define XXH_INLINE_ALL
@@ -8,24 +8,6 @@
 #include <xxhash.h>
 
 #include "tokenizer_impl.h"
-
-/* ---- byte-level alphabet ----
- * GPT-2 spells every byte as a printable code point: bytes that are printable Latin-1 keep
- * their own code point, the other 68 take U+0100.. in byte order. */
-
-static int byte_is_printable(int b)
-{
-    return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-}
-
-void sl_tok_byte_alphabet(int16_t byte_of_cp[324])
-{
-    int extra = 0;
-    for (int i = 0; i < 324; i++)
-        byte_of_cp[i] = -1;
-    for (int b = 0; b < 256; b++)
-        byte_of_cp[byte_is_printable(b) ? b : 0x100 + extra++] = (int16_t)b;
-}
 
 /* ---- byte string -> id maps: see tokenizer_impl.h ---- */
 

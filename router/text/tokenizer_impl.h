@@ -120,9 +120,6 @@ static inline keyset raw_keys(const sl_tok *t)
     return (keyset){t->raw, t->raw_off, 0};
 }
 
-
-/* byte_of_cp[cp]: the byte code point cp spells, or -1 (the alphabet ends at U+0143). */
-void sl_tok_byte_alphabet(int16_t byte_of_cp[324]);
 /* Index of the merge slot holding key, or of the empty slot where it belongs. */
 uint64_t sl_tok_merge_slot(const sl_tok *t, uint64_t key);
 /* Pieces up to this many bytes merge by rescanning an array (quadratic, but cache-friendly and

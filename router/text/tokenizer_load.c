@@ -7,9 +7,9 @@
 #include <utf8proc.h>
 
 #include "sl_buf.h"
+#include "sl_bytelevel.h"
 #include "sl_file.h"
 #include "tokenizer_impl.h"
-#include "utf8.h"
 
 /* GPT-2's pattern, used by a ByteLevel pre-tokenizer with use_regex=true */
 static const char gpt2_pattern[] =
@@ -62,23 +62,6 @@ static sl_status unsupported(loader *L, const char *what, const json_t *node)
                dump ? dump : "");
     free(dump);
     return SL_ERR_UNSUPPORTED;
-}
-
-/* Bytes a spelling decodes to, as the ByteLevel decoder does it: the byte of each code point
- * when all of them are in the alphabet, else the spelling's own UTF-8 (written to dst, which
- * has room for len bytes; returns the count). */
-static size_t spelling_bytes(const int16_t byte_of_cp[324], const char *s, size_t len, uint8_t *dst)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len;) {
-        uint32_t cp = sl_utf8_next((const uint8_t *)s, &i);
-        if (cp >= 324 || byte_of_cp[cp] < 0) {
-            memcpy(dst, s, len);
-            return len;
-        }
-        dst[n++] = (uint8_t)byte_of_cp[cp];
-    }
-    return n;
 }
 
 static sl_status load_vocab(loader *L, const json_t *model)
@@ -148,8 +131,6 @@ static sl_status load_vocab(loader *L, const json_t *model)
 static sl_status build_tokens(loader *L)
 {
     sl_tok *t = L->t;
-    int16_t byte_of_cp[324];
-    sl_tok_byte_alphabet(byte_of_cp);
     size_t total = 0;
     for (int32_t id = 0; id < L->n_ent; id++)
         total += L->ent[id].len + 1;
@@ -172,7 +153,7 @@ static sl_status build_tokens(loader *L)
         if (en->s) {
             /* a spelling is a JSON string: valid UTF-8, possibly with NUL characters */
             memcpy(t->str + so, en->s, en->len);
-            ro += (uint32_t)spelling_bytes(byte_of_cp, en->s, en->len, t->raw + ro);
+            ro += (uint32_t)sl_bytelevel_decode(en->s, en->len, t->raw + ro);
             so += (uint32_t)en->len;
             t->flags[id] =
                 TOK_PRESENT | (en->added ? TOK_ADDED : 0) | (en->special ? TOK_SPECIAL : 0);

@@ -14,6 +14,7 @@
 #include "comm.h"
 #include "model.h"
 #include "safetensors.h"
+#include "sl_bytelevel.h"
 #include "sl_file.h"
 #include "sl_opts.h"
 #include "sl_rng.h"
@@ -512,16 +513,10 @@ static const char *tiny_specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end
 #define TINY_SPECIALS ((int)(sizeof tiny_specials / sizeof tiny_specials[0]))
 #define TINY_TOKENIZER_VOCAB (256 + TINY_SPECIALS)
 
-/* GPT-2's printable stand-in for byte b, as UTF-8 into out (3 bytes max). */
+/* GPT-2's printable stand-in for byte b (sl_bytelevel.h), as UTF-8 into out (3 bytes max). */
 static void byte_char(int b, char *out)
 {
-    int cp = b;
-    if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255))) {
-        int n = 0; /* the unprintable bytes take 256, 257, ... in byte order */
-        for (int x = 0; x < b; x++)
-            if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) n++;
-        cp = 256 + n;
-    }
+    uint32_t cp = sl_bytelevel_cp((uint8_t)b); /* below U+0144: one or two UTF-8 bytes */
     if (cp < 0x80) {
         out[0] = (char)cp;
         out[1] = 0;
