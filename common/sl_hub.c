@@ -208,6 +208,9 @@ typedef struct hub {
     char endpoint[1024];
     char auth[1100];           /* "Authorization: Bearer TOKEN", or "" */
     char token_from[SL_HUB_PATH_MAX]; /* where the token came from, for messages */
+    CURL *curl;                       /* during a download (curl_open) */
+    struct curl_slist *headers;
+    char curl_err[CURL_ERROR_SIZE];
 } hub;
 
 /* huggingface_hub's HF_HOME: $HF_HOME, else $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface. */
@@ -423,26 +426,18 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud)
     return len;
 }
 
-/* GETs url into x (range: "START-" or NULL). SL_OK when an answer came,
- * whatever its status (x->status); else SL_ERR_IO with libcurl's reason. */
-static sl_status http_get(const hub *h, const char *url, const char *range, xfer *x, sl_err *e)
+/* The handle every request of one resolution uses, so that connections (and
+ * TLS sessions) to the hub and its CDN carry over from file to file. */
+static sl_status curl_open(hub *h, sl_err *e)
 {
-    CURL *c = g_curl.easy_init();
-    if (!c) return sl_err_set(e, SL_ERR_NOMEM, "GET %s: curl_easy_init failed", url);
-    struct curl_slist *hdr = h->auth[0] ? g_curl.slist_append(NULL, h->auth) : NULL;
-    char errbuf[CURL_ERROR_SIZE] = "";
-    x->status = 0;
-    x->got = 0;
-    x->t_last = now_ns();
-    x->at_last = x->off;
-    x->server_msg[0] = 0;
-    x->bad_range = x->write_errno = 0;
-    sl_buf_clear(&x->body);
-    g_curl.setopt(c, CURLOPT_URL, url);
+    if (!(h->curl = g_curl.easy_init()) ||
+        (h->auth[0] && !(h->headers = g_curl.slist_append(NULL, h->auth))))
+        return sl_err_set(e, SL_ERR_NOMEM, "%s: cannot set up libcurl", h->id);
+    CURL *c = h->curl;
     g_curl.setopt(c, CURLOPT_USERAGENT, "sluice/" SLUICE_VERSION);
     /* libcurl sends this header to the endpoint's host only, not to the CDN
      * a redirect leads to (unless CURLOPT_UNRESTRICTED_AUTH, never set) */
-    if (hdr) g_curl.setopt(c, CURLOPT_HTTPHEADER, hdr);
+    if (h->headers) g_curl.setopt(c, CURLOPT_HTTPHEADER, h->headers);
     g_curl.setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
     g_curl.setopt(c, CURLOPT_MAXREDIRS, 10L);
     g_curl.setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -450,19 +445,42 @@ static sl_status http_get(const hub *h, const char *url, const char *range, xfer
     /* a connection that stalls (under 1 kB/s for a minute) is cut and resumed */
     g_curl.setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
     g_curl.setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
-    g_curl.setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    g_curl.setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024); /* fewer, larger writes of weights */
+    g_curl.setopt(c, CURLOPT_ERRORBUFFER, h->curl_err);
     g_curl.setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    g_curl.setopt(c, CURLOPT_HEADERDATA, x);
     g_curl.setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    g_curl.setopt(c, CURLOPT_WRITEDATA, x);
-    if (range) g_curl.setopt(c, CURLOPT_RANGE, range);
-    x->rc = g_curl.perform(c);
-    g_curl.cleanup(c);
-    g_curl.slist_free_all(hdr);
+    return SL_OK;
+}
+
+static void curl_close(hub *h)
+{
+    if (h->curl) g_curl.cleanup(h->curl);
+    g_curl.slist_free_all(h->headers);
+    h->curl = NULL;
+    h->headers = NULL;
+}
+
+/* GETs url into x (range: "START-" or NULL). SL_OK when an answer came,
+ * whatever its status (x->status); else SL_ERR_IO with libcurl's reason. */
+static sl_status http_get(hub *h, const char *url, const char *range, xfer *x, sl_err *e)
+{
+    x->status = 0;
+    x->got = 0;
+    x->t_last = now_ns();
+    x->at_last = x->off;
+    x->server_msg[0] = 0;
+    x->bad_range = x->write_errno = 0;
+    sl_buf_clear(&x->body);
+    h->curl_err[0] = 0;
+    g_curl.setopt(h->curl, CURLOPT_URL, url);
+    g_curl.setopt(h->curl, CURLOPT_RANGE, range);
+    g_curl.setopt(h->curl, CURLOPT_HEADERDATA, x);
+    g_curl.setopt(h->curl, CURLOPT_WRITEDATA, x);
+    x->rc = g_curl.perform(h->curl);
     if (x->rc == CURLE_OK) return SL_OK;
     if (x->write_errno)
         return sl_err_set(e, SL_ERR_IO, "GET %s: writing the file: %s", url, strerror(x->write_errno));
-    return sl_err_set(e, SL_ERR_IO, "GET %s: %s", url, errbuf[0] ? errbuf : g_curl.strerror(x->rc));
+    return sl_err_set(e, SL_ERR_IO, "GET %s: %s", url, h->curl_err[0] ? h->curl_err : g_curl.strerror(x->rc));
 }
 
 /* Whether an attempt that failed may succeed when repeated: the network, a
@@ -534,7 +552,7 @@ typedef struct hub_file {
 
 /* GET /api/models/ID/revision/REV?blobs=true: the commit REV names and the
  * wanted files. *json keeps the strings alive (caller json_decref()s it). */
-static sl_status list_files(const hub *h, char commit[41], hub_file **files, int *nfiles,
+static sl_status list_files(hub *h, char commit[41], hub_file **files, int *nfiles,
                             json_t **json, sl_err *e)
 {
     char rev[600], url[2048];
@@ -623,7 +641,7 @@ static void restart_part(const xfer *x)
 /* One request for the rest of the file (a Range request when the part holds
  * some of it). SL_OK once the part holds all of it; else x->retry says
  * whether another attempt may do better. */
-static sl_status fetch_rest(const hub *h, const char *url, const hub_file *f, xfer *x, sl_err *e)
+static sl_status fetch_rest(hub *h, const char *url, const hub_file *f, xfer *x, sl_err *e)
 {
     struct stat st;
     x->retry = 0;
@@ -662,7 +680,7 @@ static sl_status fetch_rest(const hub *h, const char *url, const hub_file *f, xf
 
 /* Downloads url into part until it holds f->size bytes, resuming after a
  * cut; *fetched counts the bytes that came. */
-static sl_status download(const hub *h, const char *url, const char *part, const hub_file *f,
+static sl_status download(hub *h, const char *url, const char *part, const hub_file *f,
                           uint64_t *fetched, sl_err *e)
 {
     int fd = open(part, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -751,7 +769,8 @@ static sl_status download_all(hub *h, char *snap, size_t cap, sl_err *e)
     hub_file *files = NULL;
     int n = 0;
     json_t *json = NULL;
-    sl_status s = list_files(h, commit, &files, &n, &json, e);
+    sl_status s = curl_open(h, e);
+    if (!s) s = list_files(h, commit, &files, &n, &json, e);
     if (!s && !n)
         s = sl_err_set(e, SL_ERR_NOTFOUND, "%s (revision %s) has no config, tokenizer or "
                        "safetensors files at its top level", h->id, h->rev);
@@ -799,6 +818,7 @@ static sl_status download_all(hub *h, char *snap, size_t cap, sl_err *e)
     if (!s)
         SL_LOGI("hub", "%s: %s downloaded in %.1f s (%.1f MB/s); snapshot %s", h->id,
                 human(a, fetched), secs, secs > 0 ? (double)fetched / 1e6 / secs : 0.0, snap);
+    curl_close(h);
     free(files);
     json_decref(json);
     return s;
