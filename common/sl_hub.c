@@ -85,7 +85,7 @@ static void curl_load(void)
 
 /* snprintf into a path buffer; a path that does not fit is an error. */
 __attribute__((format(printf, 4, 5))) static sl_status pathf(char *out, size_t cap, sl_err *e,
-                                                              const char *fmt, ...)
+                                                             const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -112,8 +112,8 @@ static int env_true(const char *name)
 
 static int name_char(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.';
 }
 
 /* One side of ORG/NAME: the Hub's rules for user, organisation and repository names. */
@@ -153,7 +153,10 @@ static int is_hex(const char *s, size_t min, size_t max)
     return 1;
 }
 
-static int is_commit(const char *s) { return is_hex(s, 40, 40); }
+static int is_commit(const char *s)
+{
+    return is_hex(s, 40, 40);
+}
 
 static int exists_in(const char *dir, const char *name)
 {
@@ -171,10 +174,14 @@ static int is_dir(const char *p)
 /* "3.9 GB" */
 static const char *human(char out[16], uint64_t n)
 {
-    if (n >= 1000000000ull) snprintf(out, 16, "%.1f GB", (double)n / 1e9);
-    else if (n >= 1000000ull) snprintf(out, 16, "%.1f MB", (double)n / 1e6);
-    else if (n >= 1000ull) snprintf(out, 16, "%.1f kB", (double)n / 1e3);
-    else snprintf(out, 16, "%u B", (unsigned)n);
+    if (n >= 1000000000ull)
+        snprintf(out, 16, "%.1f GB", (double)n / 1e9);
+    else if (n >= 1000000ull)
+        snprintf(out, 16, "%.1f MB", (double)n / 1e6);
+    else if (n >= 1000ull)
+        snprintf(out, 16, "%.1f kB", (double)n / 1e3);
+    else
+        snprintf(out, 16, "%u B", (unsigned)n);
     return out;
 }
 
@@ -191,8 +198,10 @@ static void url_escape(char *out, size_t cap, const char *s)
     size_t n = 0;
     for (; *s && n + 4 < cap; s++) {
         unsigned char c = (unsigned char)*s;
-        if (name_char((char)c) || c == '~') out[n++] = (char)c;
-        else n += (size_t)snprintf(out + n, cap - n, "%%%02X", c);
+        if (name_char((char)c) || c == '~')
+            out[n++] = (char)c;
+        else
+            n += (size_t)snprintf(out + n, cap - n, "%%%02X", c);
     }
     out[n] = 0;
 }
@@ -206,14 +215,15 @@ typedef struct hub {
     char repo[SL_HUB_PATH_MAX];  /* cache/models--ORG--NAME */
     char locks[SL_HUB_PATH_MAX]; /* cache/.locks/models--ORG--NAME */
     char endpoint[1024];
-    char auth[1100];           /* "Authorization: Bearer TOKEN", or "" */
+    char auth[1100];                  /* "Authorization: Bearer TOKEN", or "" */
     char token_from[SL_HUB_PATH_MAX]; /* where the token came from, for messages */
     CURL *curl;                       /* during a download (curl_open) */
     struct curl_slist *headers;
     char curl_err[CURL_ERROR_SIZE];
 } hub;
 
-/* huggingface_hub's HF_HOME: $HF_HOME, else $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface. */
+/* huggingface_hub's HF_HOME: $HF_HOME, else $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface.
+ */
 static sl_status hf_home(char *out, size_t cap, sl_err *e)
 {
     const char *v;
@@ -234,7 +244,8 @@ static sl_status load_token(hub *h, sl_err *e)
         snprintf(h->token_from, sizeof h->token_from, "HUGGING_FACE_HUB_TOKEN");
     if (!t) {
         char home[SL_HUB_PATH_MAX];
-        if (env("HF_TOKEN_PATH")) snprintf(h->token_from, sizeof h->token_from, "%s", env("HF_TOKEN_PATH"));
+        if (env("HF_TOKEN_PATH"))
+            snprintf(h->token_from, sizeof h->token_from, "%s", env("HF_TOKEN_PATH"));
         else if (hf_home(home, sizeof home, e) ||
                  pathf(h->token_from, sizeof h->token_from, e, "%s/token", home))
             return SL_ERR_LIMIT;
@@ -245,12 +256,15 @@ static sl_status load_token(hub *h, sl_err *e)
         if (!t) return SL_OK;
     }
     size_t n = strlen(t);
-    while (n && (t[n - 1] == '\n' || t[n - 1] == '\r' || t[n - 1] == ' ')) n--;
+    while (n && (t[n - 1] == '\n' || t[n - 1] == '\r' || t[n - 1] == ' '))
+        n--;
     if (!n) return SL_OK;
     for (size_t i = 0; i < n; i++)
         if (t[i] <= ' ' || t[i] > '~')
-            return sl_err_set(e, SL_ERR_INVALID, "the Hugging Face token in %s holds a character "
-                              "an HTTP header cannot carry", h->token_from);
+            return sl_err_set(e, SL_ERR_INVALID,
+                              "the Hugging Face token in %s holds a character "
+                              "an HTTP header cannot carry",
+                              h->token_from);
     return pathf(h->auth, sizeof h->auth, e, "Authorization: Bearer %.*s", (int)n, t);
 }
 
@@ -259,17 +273,22 @@ static sl_status hub_init(hub *h, sl_err *e)
     const char *v;
     char home[SL_HUB_PATH_MAX];
     sl_status s = SL_OK;
-    if ((v = env("HF_HUB_CACHE"))) s = pathf(h->cache, sizeof h->cache, e, "%s", v);
-    else if (!(s = hf_home(home, sizeof home, e))) s = pathf(h->cache, sizeof h->cache, e, "%s/hub", home);
+    if ((v = env("HF_HUB_CACHE")))
+        s = pathf(h->cache, sizeof h->cache, e, "%s", v);
+    else if (!(s = hf_home(home, sizeof home, e)))
+        s = pathf(h->cache, sizeof h->cache, e, "%s/hub", home);
     if (s) return s;
     const char *slash = strchr(h->id, '/');
     int org = (int)(slash - h->id);
-    if ((s = pathf(h->repo, sizeof h->repo, e, "%s/models--%.*s--%s", h->cache, org, h->id, slash + 1)) ||
+    if ((s = pathf(h->repo, sizeof h->repo, e, "%s/models--%.*s--%s", h->cache, org, h->id,
+                   slash + 1)) ||
         (s = pathf(h->locks, sizeof h->locks, e, "%s/.locks/models--%.*s--%s", h->cache, org, h->id,
                    slash + 1)))
         return s;
-    snprintf(h->endpoint, sizeof h->endpoint, "%s", env("HF_ENDPOINT") ? env("HF_ENDPOINT") : "https://huggingface.co");
-    for (size_t n = strlen(h->endpoint); n && h->endpoint[n - 1] == '/'; n--) h->endpoint[n - 1] = 0;
+    snprintf(h->endpoint, sizeof h->endpoint, "%s",
+             env("HF_ENDPOINT") ? env("HF_ENDPOINT") : "https://huggingface.co");
+    for (size_t n = strlen(h->endpoint); n && h->endpoint[n - 1] == '/'; n--)
+        h->endpoint[n - 1] = 0;
     return SL_OK;
 }
 
@@ -309,7 +328,8 @@ static int snapshot_ready(const char *snap, sl_hub_files files)
     int ok = json_object_size(map) > 0;
     const char *k;
     json_t *v;
-    json_object_foreach(map, k, v) ok = ok && json_is_string(v) && exists_in(snap, json_string_value(v));
+    json_object_foreach(map, k, v) ok =
+        ok && json_is_string(v) && exists_in(snap, json_string_value(v));
     json_decref(idx);
     return ok;
 }
@@ -319,9 +339,14 @@ static int snapshot_ready(const char *snap, sl_hub_files files)
  * README, subfolders) stays on the Hub. */
 static int wanted(const char *name, sl_hub_files files)
 {
-    static const char *const text[] = {"config.json", "generation_config.json", "tokenizer.json",
-                                       "tokenizer_config.json", "special_tokens_map.json",
-                                       "added_tokens.json", "vocab.json", "merges.txt",
+    static const char *const text[] = {"config.json",
+                                       "generation_config.json",
+                                       "tokenizer.json",
+                                       "tokenizer_config.json",
+                                       "special_tokens_map.json",
+                                       "added_tokens.json",
+                                       "vocab.json",
+                                       "merges.txt",
                                        "chat_template.json"};
     if (strchr(name, '/') || name[0] == '.') return 0;
     for (size_t i = 0; i < sizeof text / sizeof *text; i++)
@@ -337,8 +362,8 @@ static int wanted(const char *name, sl_hub_files files)
 
 /* One GET: its state, shared with libcurl's callbacks. */
 typedef struct xfer {
-    const char *what; /* the file, in progress lines */
-    long status;      /* of the latest response: a redirect's, then the final one's */
+    const char *what;      /* the file, in progress lines */
+    long status;           /* of the latest response: a redirect's, then the final one's */
     long long range_start; /* where a 206 says its bytes start; -1 without Content-Range */
     char server_msg[160];  /* X-Error-Message */
     sl_buf body;           /* the API's JSON, or the start of an error page */
@@ -348,9 +373,9 @@ typedef struct xfer {
     uint64_t total;        /* the file's size */
     int64_t t_last;        /* the last progress line: when, and how far */
     uint64_t at_last;
-    int write_errno;       /* writing the part failed (not worth a retry) */
-    int bad_range;         /* a 206 that does not start where asked (start over) */
-    int retry;             /* a file download's attempt failed in a way another may not */
+    int write_errno; /* writing the part failed (not worth a retry) */
+    int bad_range;   /* a 206 that does not start where asked (start over) */
+    int retry;       /* a file download's attempt failed in a way another may not */
     CURLcode rc;
 } xfer;
 
@@ -364,7 +389,8 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud)
     line[k] = 0;
     line[strcspn(line, "\r\n")] = 0;
     char *colon = strchr(line, ':'), *val = colon ? colon + 1 : NULL;
-    while (val && *val == ' ') val++;
+    while (val && *val == ' ')
+        val++;
     if (!strncmp(line, "HTTP/", 5)) {
         const char *sp = strchr(line, ' ');
         x->status = sp ? strtol(sp + 1, NULL, 10) : 0;
@@ -400,7 +426,7 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud)
         if (x->body.len + len > (ok ? API_MAX_BYTES : ERROR_BODY_MAX)) return ok ? 0 : len;
         return sl_buf_append(&x->body, p, len) ? 0 : len;
     }
-    if (!x->got) { /* this response's first bytes */
+    if (!x->got) {                        /* this response's first bytes */
         if (x->status == 200 && x->off) { /* the whole file, not the range asked for */
             if (ftruncate(x->fd, 0)) {
                 x->write_errno = errno;
@@ -479,8 +505,10 @@ static sl_status http_get(hub *h, const char *url, const char *range, xfer *x, s
     x->rc = g_curl.perform(h->curl);
     if (x->rc == CURLE_OK) return SL_OK;
     if (x->write_errno)
-        return sl_err_set(e, SL_ERR_IO, "GET %s: writing the file: %s", url, strerror(x->write_errno));
-    return sl_err_set(e, SL_ERR_IO, "GET %s: %s", url, h->curl_err[0] ? h->curl_err : g_curl.strerror(x->rc));
+        return sl_err_set(e, SL_ERR_IO, "GET %s: writing the file: %s", url,
+                          strerror(x->write_errno));
+    return sl_err_set(e, SL_ERR_IO, "GET %s: %s", url,
+                      h->curl_err[0] ? h->curl_err : g_curl.strerror(x->rc));
 }
 
 /* Whether an attempt that failed may succeed when repeated: the network, a
@@ -503,7 +531,8 @@ static void pause_before(int next, int attempts, int progressed, const sl_err *e
     SL_LOGW("hub", "%s; %s (attempt %d of %d)", e->msg, secs ? "retrying" : "resuming", next,
             attempts);
     struct timespec ts = {secs, 0};
-    while (secs && nanosleep(&ts, &ts) && errno == EINTR) {}
+    while (secs && nanosleep(&ts, &ts) && errno == EINTR) {
+    }
 }
 
 /* The error of an answer that is not a success, with what to do about it. */
@@ -515,23 +544,28 @@ static sl_status http_error(const hub *h, const xfer *x, const char *url, sl_err
     } else if (x->body.len) {
         json_t *j = json_loads(x->body.data, 0, NULL);
         if (json_is_string(json_object_get(j, "error")))
-            snprintf(server, sizeof server, " (server: %.120s)", json_string_value(json_object_get(j, "error")));
+            snprintf(server, sizeof server, " (server: %.120s)",
+                     json_string_value(json_object_get(j, "error")));
         json_decref(j);
     }
     char hint[300];
     sl_status code = SL_ERR_IO;
     if (x->status == 401 && h->auth[0]) {
-        snprintf(hint, sizeof hint, "the token from %.150s was refused (or the model does not "
-                 "exist): set HF_TOKEN to a valid token", h->token_from);
+        snprintf(hint, sizeof hint,
+                 "the token from %.150s was refused (or the model does not "
+                 "exist): set HF_TOKEN to a valid token",
+                 h->token_from);
         code = SL_ERR_INVALID;
     } else if (x->status == 401) {
-        snprintf(hint, sizeof hint, "the model is gated or private, or does not exist: set "
+        snprintf(hint, sizeof hint,
+                 "the model is gated or private, or does not exist: set "
                  "HF_TOKEN to a token that can read it");
         code = SL_ERR_INVALID;
     } else if (x->status == 403) {
-        snprintf(hint, sizeof hint, "access denied: %s", h->auth[0]
-                 ? "for a gated model, accept its conditions on its Hub page with the account of the token"
-                 : "set HF_TOKEN to a token that can read the model");
+        snprintf(hint, sizeof hint, "access denied: %s",
+                 h->auth[0] ? "for a gated model, accept its conditions on its Hub page with the "
+                              "account of the token"
+                            : "set HF_TOKEN to a token that can read the model");
         code = SL_ERR_INVALID;
     } else if (x->status == 404) {
         snprintf(hint, sizeof hint, "no such model or revision");
@@ -552,12 +586,13 @@ typedef struct hub_file {
 
 /* GET /api/models/ID/revision/REV?blobs=true: the commit REV names and the
  * wanted files. *json keeps the strings alive (caller json_decref()s it). */
-static sl_status list_files(hub *h, char commit[41], hub_file **files, int *nfiles,
-                            json_t **json, sl_err *e)
+static sl_status list_files(hub *h, char commit[41], hub_file **files, int *nfiles, json_t **json,
+                            sl_err *e)
 {
     char rev[600], url[2048];
     url_escape(rev, sizeof rev, h->rev);
-    sl_status s = pathf(url, sizeof url, e, "%s/api/models/%s/revision/%s?blobs=true", h->endpoint, h->id, rev);
+    sl_status s = pathf(url, sizeof url, e, "%s/api/models/%s/revision/%s?blobs=true", h->endpoint,
+                        h->id, rev);
     xfer x = {.what = "file list", .fd = -1};
     for (int a = 1; !s; a++) {
         s = http_get(h, url, NULL, &x, e);
@@ -576,23 +611,29 @@ static sl_status list_files(hub *h, char commit[41], hub_file **files, int *nfil
     const char *sha = json_string_value(json_object_get(j, "sha"));
     json_t *sib = json_object_get(j, "siblings");
     if (!sha || !is_commit(sha) || !json_is_array(sib))
-        return sl_err_set(e, SL_ERR_PARSE, "%s: GET %s: no commit \"sha\" and \"siblings\" list in "
-                          "the answer", h->id, url);
+        return sl_err_set(e, SL_ERR_PARSE,
+                          "%s: GET %s: no commit \"sha\" and \"siblings\" list in "
+                          "the answer",
+                          h->id, url);
     memcpy(commit, sha, 41);
     *files = calloc(json_array_size(sib) + 1, sizeof **files);
     if (!*files) return sl_err_set(e, SL_ERR_NOMEM, "%s: out of memory", h->id);
     *nfiles = 0;
     size_t i;
     json_t *f;
-    json_array_foreach(sib, i, f) {
+    json_array_foreach(sib, i, f)
+    {
         const char *name = json_string_value(json_object_get(f, "rfilename"));
         if (!name || !wanted(name, h->files)) continue;
         json_t *lfs = json_object_get(f, "lfs");
-        const char *blob = json_string_value(json_object_get(lfs ? lfs : f, lfs ? "sha256" : "blobId"));
+        const char *blob =
+            json_string_value(json_object_get(lfs ? lfs : f, lfs ? "sha256" : "blobId"));
         json_t *size = json_object_get(lfs ? lfs : f, "size");
         /* a blob id names a file under blobs/: hex only, never a path */
-        if (!blob || !is_hex(blob, 40, 64) || !json_is_integer(size) || json_integer_value(size) < 0)
-            return sl_err_set(e, SL_ERR_PARSE, "%s: GET %s: %s has no blob id and size (an endpoint "
+        if (!blob || !is_hex(blob, 40, 64) || !json_is_integer(size) ||
+            json_integer_value(size) < 0)
+            return sl_err_set(e, SL_ERR_PARSE,
+                              "%s: GET %s: %s has no blob id and size (an endpoint "
                               "without ?blobs=true, which sluice needs to name cache files)",
                               h->id, url, name);
         (*files)[(*nfiles)++] = (hub_file){name, blob, (uint64_t)json_integer_value(size)};
@@ -613,7 +654,8 @@ static int lock_blob(const hub *h, const hub_file *f, sl_err *e)
     }
     if (flock(fd, LOCK_EX | LOCK_NB)) {
         SL_LOGI("hub", "%s: another process is downloading it (%s held); waiting", f->name, p);
-        while (flock(fd, LOCK_EX) && errno == EINTR) {}
+        while (flock(fd, LOCK_EX) && errno == EINTR) {
+        }
     }
     return fd;
 }
@@ -645,7 +687,8 @@ static sl_status fetch_rest(hub *h, const char *url, const hub_file *f, xfer *x,
 {
     struct stat st;
     x->retry = 0;
-    if (fstat(x->fd, &st)) return sl_err_set(e, SL_ERR_IO, "%s: fstat: %s", f->name, strerror(errno));
+    if (fstat(x->fd, &st))
+        return sl_err_set(e, SL_ERR_IO, "%s: fstat: %s", f->name, strerror(errno));
     x->off = (uint64_t)st.st_size;
     if (x->off > f->size) {
         restart_part(x);
@@ -772,22 +815,27 @@ static sl_status download_all(hub *h, char *snap, size_t cap, sl_err *e)
     sl_status s = curl_open(h, e);
     if (!s) s = list_files(h, commit, &files, &n, &json, e);
     if (!s && !n)
-        s = sl_err_set(e, SL_ERR_NOTFOUND, "%s (revision %s) has no config, tokenizer or "
-                       "safetensors files at its top level", h->id, h->rev);
+        s = sl_err_set(e, SL_ERR_NOTFOUND,
+                       "%s (revision %s) has no config, tokenizer or "
+                       "safetensors files at its top level",
+                       h->id, h->rev);
     if (!s) s = pathf(snap, cap, e, "%s/snapshots/%s", h->repo, commit);
     if (!s) s = pathf(blobs, sizeof blobs, e, "%s/blobs", h->repo);
     if (!s && !(s = sl_mkdirs(blobs, e))) s = sl_mkdirs(snap, e);
     uint64_t need = 0, fetched = 0;
     int missing = 0;
-    for (int i = 0; !s && i < n; i++) missing += blob_missing(h, &files[i], &need);
+    for (int i = 0; !s && i < n; i++)
+        missing += blob_missing(h, &files[i], &need);
     char a[16], b[16];
     struct statvfs vfs;
     if (!s && !statvfs(blobs, &vfs) && (uint64_t)vfs.f_bavail * vfs.f_frsize < need)
         SL_LOGW("hub", "%s: %s to download but %s free in %s", h->id, human(a, need),
                 human(b, (uint64_t)vfs.f_bavail * vfs.f_frsize), blobs);
     if (!s)
-        SL_LOGI("hub", "%s: revision %s is commit %s; %d of its %d files to download (%s) from %s "
-                "into %s", h->id, h->rev, commit, missing, n, human(a, need), h->endpoint, snap);
+        SL_LOGI("hub",
+                "%s: revision %s is commit %s; %d of its %d files to download (%s) from %s "
+                "into %s",
+                h->id, h->rev, commit, missing, n, human(a, need), h->endpoint, snap);
     int64_t t0 = now_ns();
     for (int i = 0, k = 0; !s && i < n; i++) {
         const hub_file *f = &files[i];
@@ -795,7 +843,8 @@ static sl_status download_all(hub *h, char *snap, size_t cap, sl_err *e)
         url_escape(name, sizeof name, f->name);
         if ((s = pathf(blob, sizeof blob, e, "%s/%s", blobs, f->blob)) ||
             (s = pathf(part, sizeof part, e, "%s.incomplete", blob)) ||
-            (s = pathf(url, sizeof url, e, "%s/%s/resolve/%s/%s", h->endpoint, h->id, commit, name)))
+            (s = pathf(url, sizeof url, e, "%s/%s/resolve/%s/%s", h->endpoint, h->id, commit,
+                       name)))
             break;
         if (!blob_done(blob, f)) {
             int lk = lock_blob(h, f, e);
@@ -804,7 +853,8 @@ static sl_status download_all(hub *h, char *snap, size_t cap, sl_err *e)
                 break;
             }
             if (!blob_done(blob, f)) { /* not fetched meanwhile by whoever held the lock */
-                SL_LOGI("hub", "%s (%d/%d): %s from %s", f->name, ++k, missing, human(a, f->size), url);
+                SL_LOGI("hub", "%s (%d/%d): %s from %s", f->name, ++k, missing, human(a, f->size),
+                        url);
                 s = download(h, url, part, f, &fetched, e);
                 if (!s && rename(part, blob))
                     s = sl_err_set(e, SL_ERR_IO, "cannot rename %s: %s", part, strerror(errno));
@@ -849,8 +899,10 @@ sl_status sl_hub_resolve(const char *path, const char *revision, sl_hub_files fi
                               "and HF_HUB_OFFLINE is set: download it where the Hub can be "
                               "reached and copy the cache, or pass the model's directory",
                               path, h.rev, h.repo);
-        SL_LOGW("hub", "%s (revision %s): HF_HUB_OFFLINE: the cached snapshot %s lacks files a "
-                "download would add", path, h.rev, snap);
+        SL_LOGW("hub",
+                "%s (revision %s): HF_HUB_OFFLINE: the cached snapshot %s lacks files a "
+                "download would add",
+                path, h.rev, snap);
         return pathf(dir, cap, e, "%s", snap);
     }
     if ((s = load_token(&h, e)) || (s = download_all(&h, snap, sizeof snap, e))) return s;
