@@ -602,6 +602,7 @@ static sl_status list_files(hub *h, char commit[41], hub_file **files, int *nfil
         pause_before(a + 1, API_ATTEMPTS, 0, e);
         s = SL_OK;
     }
+    if (s && x.rc != CURLE_OK) sl_err_wrap(e, "%s: the Hub cannot be reached", h->id);
     json_t *j = NULL;
     if (!s && !(j = json_loads(x.body.data ? x.body.data : "", 0, NULL)))
         s = sl_err_set(e, SL_ERR_PARSE, "%s: GET %s: the answer is not JSON", h->id, url);
@@ -856,6 +857,9 @@ static sl_status download_all(hub *h, char *snap, size_t cap, sl_err *e)
                 SL_LOGI("hub", "%s (%d/%d): %s from %s", f->name, ++k, missing, human(a, f->size),
                         url);
                 s = download(h, url, part, f, &fetched, e);
+                if (s == SL_ERR_IO)
+                    sl_err_wrap(e, "%s: %s not downloaded (the next start resumes it)", h->id,
+                                f->name);
                 if (!s && rename(part, blob))
                     s = sl_err_set(e, SL_ERR_IO, "cannot rename %s: %s", part, strerror(errno));
             }

@@ -81,6 +81,7 @@ class FakeHub:
         self.by_sha256 = {hashlib.sha256(d).hexdigest(): d for r in repos.values() for d in r.values()}
         self.cut = set()  # sha256 of files whose next CDN answer stops half-way
         self.slow = {}  # sha256 -> seconds the CDN pauses half-way
+        self.busy = set()  # resolve paths answered 503 once
         self.log = []
         self.lock = threading.Lock()
         self.servers = [self._serve("hub", self._hub), self._serve("cdn", self._cdn)]
@@ -152,6 +153,11 @@ class FakeHub:
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([0-9a-f]{40})/(.+)", h.path)
         if m and m.group(1) in self.repos and m.group(2) == SHA:
             repo, name = m.group(1), urllib.parse.unquote(m.group(3))
+            with self.lock:
+                busy = h.path in self.busy
+                self.busy.discard(h.path)
+            if busy:
+                return self._send(h, 503, b'{"error":"try again"}')
             if not self._auth_ok(h, repo):
                 return
             data = self.repos[repo].get(name)
@@ -228,6 +234,7 @@ def cache(tmp_path, monkeypatch, hub):
         hub.log.clear()
         hub.cut.clear()
         hub.slow.clear()
+        hub.busy.clear()
     return tmp_path / "hf" / "hub"
 
 
@@ -290,11 +297,14 @@ def test_serve_downloads_resumes_then_uses_the_cache(hub, cache, files):
 
 def test_router_downloads_no_weights_and_resumes_a_part(hub, cache, files):
     """`sluice router` reads only the text files; a part an earlier process left
-    is resumed with a Range request (on the hub itself: tokenizer.json is no LFS file)."""
+    is resumed with a Range request (on the hub itself: tokenizer.json is no LFS file);
+    a 503 is retried."""
     blobs = cache / "models--fakeorg--tiny" / "blobs"
     blobs.mkdir(parents=True)
     tok = files["tokenizer.json"]
     (blobs / (git_blob_id(tok) + ".incomplete")).write_bytes(tok[:1000])
+    busy = "/fakeorg/tiny/resolve/%s/tokenizer_config.json" % SHA
+    hub.busy.add(busy)
     procs = Procs()
     try:
         w = start_mock(procs, "mock")
@@ -308,6 +318,7 @@ def test_router_downloads_no_weights_and_resumes_a_part(hub, cache, files):
     assert ("/fakeorg/tiny/resolve/%s/tokenizer.json" % SHA, "bytes=1000-") in asked, asked
     assert "/api/models/fakeorg/tiny/revision/v1?blobs=true" in [p for p, _ in asked]
     assert not [p for p, _ in asked if "safetensors" in p], asked
+    assert [p for p, _ in asked].count(busy) == 2 and "HTTP 503" in log, log
 
 
 def test_token_goes_to_the_hub_only(hub, cache, files, tmp_path):
@@ -341,6 +352,8 @@ def test_errors_say_what_to_do(hub, cache):
     assert r.returncode == 1 and "HUGGING_FACE_HUB_TOKEN was refused" in r.stderr, r.stderr
     r = run("serve", "--model-path", "fakeorg/tiny", "--revision", "../x")
     assert r.returncode == 2 and "--revision ../x: not a branch, tag or commit" in r.stderr, r.stderr
+    r = run("tokenize", "--model", "fakeorg/tiny", input="hi", HF_ENDPOINT="http://127.0.0.1:9")
+    assert r.returncode == 1 and "fakeorg/tiny: the Hub cannot be reached: GET http://127.0.0.1:9/" in r.stderr
     # offline: not a single request, and a message naming the variable and the cache
     with hub.lock:
         hub.log.clear()

@@ -139,7 +139,6 @@ static int tp_finish(model_args *a, int rc)
 
 static sl_status open_model(model_args *a, sl_backend **be, sl_model **m, sl_err *e)
 {
-    if (!a->model) return sl_err_set(e, SL_ERR_INVALID, "--model is required");
     int dummy = 0;
     if (a->load_format && !strcmp(a->load_format, "dummy")) dummy = 1;
     else if (a->load_format && strcmp(a->load_format, "auto") && strcmp(a->load_format, "safetensors"))
