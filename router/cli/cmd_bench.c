@@ -11,6 +11,7 @@
 
 #include "bench.h"
 #include "router_cmd.h"
+#include "sl_hub.h"
 #include "sl_opts.h"
 
 typedef struct bench_args {
@@ -194,7 +195,8 @@ int sl_cmd_bench(int argc, char **argv)
         {"--port", NULL, SL_OPT_INT, &a.port, "server port (default 30000)"},
         {"--dataset-name", NULL, SL_OPT_STR, &a.dataset, "random (the only dataset)"},
         {"--model", NULL, SL_OPT_STR, &a.model, "model name sent (default: first of GET /v1/models)"},
-        {"--tokenizer", NULL, SL_OPT_STR, &a.tokenizer, "dir with tokenizer.json (default: --model)"},
+        {"--tokenizer", NULL, SL_OPT_STR, &a.tokenizer,
+         "dir with tokenizer.json, or Hugging Face model id ORG/NAME (default: --model)"},
         {"--num-prompts", NULL, SL_OPT_INT, &a.num_prompts, "requests to send (default 1000)"},
         {"--random-input-len", "--random-input", SL_OPT_INT, &a.input_len, "prompt tokens (1024)"},
         {"--random-output-len", "--random-output", SL_OPT_INT, &a.output_len, "output tokens (1024)"},
@@ -236,14 +238,23 @@ int sl_cmd_bench(int argc, char **argv)
         }
         t.model = served;
     }
-    const char *tok = a.tokenizer ? a.tokenizer : is_dir(a.model) ? a.model
-                                               : is_dir(served)  ? served
-                                                                  : NULL;
+    /* as in SGLang's bench_serving, a model id names the tokenizer too */
+    const char *tok = a.tokenizer                                              ? a.tokenizer
+                      : is_dir(a.model) || sl_hub_is_model_id(a.model)         ? a.model
+                      : is_dir(served) || sl_hub_is_model_id(served)           ? served
+                                                                               : NULL;
     if (!tok) {
         free(served);
         return sl_opts_usage_error("bench", "no tokenizer: give --tokenizer DIR (holding tokenizer.json) or "
-                           "--model DIR");
+                           "--model DIR (or a Hugging Face model id ORG/NAME)");
     }
+    char tok_dir[SL_HUB_PATH_MAX];
+    if (sl_hub_resolve(tok, NULL, SL_HUB_TEXT, tok_dir, sizeof tok_dir, &e)) {
+        fprintf(stderr, "sluice bench: %s\n", e.msg);
+        free(served);
+        return 1;
+    }
+    tok = tok_dir;
 
     int rc = 1;
     sl_bench_vocab v = {0};

@@ -9,6 +9,7 @@
 
 #include "detok.h"
 #include "router_cmd.h"
+#include "sl_hub.h"
 #include "sl_opts.h"
 #include "tokenizer.h"
 
@@ -323,7 +324,8 @@ int sl_cmd_tokenize(int argc, char **argv)
     const char *path = NULL;
     int decode = 0, skip_special = 0, jsonl = 0, bench = 0, split_special = 0, help = 0;
     const sl_opt opts[] = {
-        {"--tokenizer", "--model", SL_OPT_STR, &path, "tokenizer.json, or a directory holding it"},
+        {"--tokenizer", "--model", SL_OPT_STR, &path,
+         "tokenizer.json, a directory holding it, or Hugging Face model id ORG/NAME"},
         {"--decode", NULL, SL_OPT_FLAG, &decode, "read token ids, write text"},
         {"--skip-special", NULL, SL_OPT_FLAG, &skip_special, "decoding drops special tokens"},
         {"--jsonl", NULL, SL_OPT_FLAG, &jsonl, "one JSON request per line in, one answer out"},
@@ -345,8 +347,13 @@ int sl_cmd_tokenize(int argc, char **argv)
         sl_opts_usage(stdout, "tokenize", summary, opts);
         return 0;
     }
+    char dir[SL_HUB_PATH_MAX];
+    if (sl_hub_resolve(path, NULL, SL_HUB_TEXT, dir, sizeof dir, &e)) {
+        fprintf(stderr, "sluice tokenize: %s\n", e.msg);
+        return 1;
+    }
     sl_tok *t;
-    if (sl_tok_load(&t, path, &e) != SL_OK) {
+    if (sl_tok_load(&t, dir, &e) != SL_OK) {
         fprintf(stderr, "sluice tokenize: %s\n", e.msg);
         return 1;
     }

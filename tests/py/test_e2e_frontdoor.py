@@ -203,9 +203,10 @@ def test_chat_template_file_and_hf_cache(model, tmp_path):
         # --model-path ORG/NAME found in the Hugging Face cache layout
         hub = tmp_path / "hf" / "hub" / "models--Org--Tiny"
         (hub / "refs").mkdir(parents=True)
-        (hub / "refs" / "main").write_text("abc123")
+        commit = "abc123" * 6 + "abcd"  # 40 hex digits, as the Hub's commits
+        (hub / "refs" / "main").write_text(commit)
         (hub / "snapshots").mkdir()
-        os.symlink(model, hub / "snapshots" / "abc123")
+        os.symlink(model, hub / "snapshots" / commit)
         env = dict(os.environ, HF_HOME=str(tmp_path / "hf"))
         w3 = start_mock(procs, "mock3")
         old = os.environ.get("HF_HOME")
@@ -218,10 +219,12 @@ def test_chat_template_file_and_hf_cache(model, tmp_path):
             else:
                 os.environ["HF_HOME"] = old
         st, body, _ = http(port, "/get_model_info", key=API_KEY)
-        assert json.loads(body)["model_path"].endswith("snapshots/abc123")
+        assert json.loads(body)["model_path"].endswith("snapshots/" + commit)
+        # a model not in the cache is downloaded (tests/py/test_hub.py), unless offline
+        env["HF_HUB_OFFLINE"] = "1"
         r = run("router", "--model-path", "Org/Missing", "--worker", "ipc:///x", env=env)
         assert r.returncode == 2 and "models--Org--Missing" in r.stderr
-        assert "does not download" in r.stderr
+        assert "HF_HUB_OFFLINE is set" in r.stderr
     finally:
         procs.stop()
 
