@@ -18,7 +18,7 @@ if [ -n "$missing" ]; then
 fi
 # Python tools for the tests (references and real clients), never for sluice itself.
 py_need=""
-for m in tokenizers:tokenizers jinja2:jinja2 openai:openai anthropic:anthropic pytest:pytest numpy:numpy \
+for m in tokenizers:tokenizers jinja2:jinja2 openai:openai anthropic:anthropic pytest:pytest numpy:numpy jsonschema:jsonschema \
          yaml:pyyaml kubernetes_validate:kubernetes-validate; do
   python3 -c "import ${m%%:*}" 2>/dev/null || py_need="$py_need ${m##*:}"
 done

@@ -59,6 +59,16 @@ typedef struct sl_text_ops {
     void (*parser_free)(void *p);
     /* Token ids that end generation besides the worker's eos (may be NULL). */
     int (*eos_ids)(void *impl, int32_t *out, int cap);
+    /* Constrained decoding (each may be NULL: not offered). tool_grammar
+     * appends the GBNF of tool calls in the active tool parser's format:
+     * calls to only (NULL: to any of tools, a chat tools array), exactly
+     * one when parallel is 0; SL_ERR_INVALID says what it cannot enforce
+     * (no tool parser). answer_start: the id after which a constrained
+     * answer starts for this rendered prompt (the end of a reasoning
+     * model's thinking), or -1: at the first output token. */
+    sl_status (*tool_grammar)(void *impl, const json_t *tools, const char *only, int parallel,
+                              sl_buf *gbnf, sl_err *e);
+    int32_t (*answer_start)(void *impl, const json_t *req, const char *prompt, size_t plen);
 } sl_text_ops;
 
 /* ---- text_qwen.c: the real text side of a model directory ---- */

@@ -409,6 +409,10 @@ int sl_cmd_worker(int argc, char **argv)
         }
         wc.pd = pd;
     }
+    /* constrained decoding reads the tokens' bytes from the model's tokenizer.json */
+    sl_err ve = {0};
+    if (sl_gram_vocab_load(model, sl_model_cfg(m)->vocab_size, NULL, 0, &wc.vocab, &ve))
+        SL_LOGW("worker", "constrained decoding is off: %s", ve.msg);
     if (sl_wserver_run(g, m, &wc, &stop_flag, &e)) {
         fprintf(stderr, "sluice worker: %s\n", e.msg);
         rc = 1;
@@ -416,6 +420,7 @@ int sl_cmd_worker(int argc, char **argv)
         sl_group_stop(tg);
     }
     sl_pd_free(pd);
+    sl_gram_vocab_free(wc.vocab);
 done:
     sl_engine_free(g);
     sl_model_free(m);
