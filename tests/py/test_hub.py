@@ -24,7 +24,7 @@ import urllib.parse
 
 import pytest
 
-from router_harness import BIN, Procs, post, start_mock, start_router
+from router_harness import BIN, SRC, Procs, post, start_mock, start_router
 
 SHA = "0123456789abcdef0123456789abcdef01234567"  # the one commit every revision names
 REVISIONS = {"main", "v1"}
@@ -296,6 +296,12 @@ def test_serve_downloads_resumes_then_uses_the_cache(hub, cache, files):
     assert r.returncode == 0 and "cached snapshot %s" % snap in r.stderr, r.stderr
     r = generate("fakeorg/tiny", HF_HUB_OFFLINE="1")
     assert r.returncode == 0, r.stderr
+    # the other commands that read a tokenizer take the id too
+    r = run("tokenize", "--model", "fakeorg/tiny", input="hi", HF_HUB_OFFLINE="1")
+    assert r.returncode == 0 and r.stdout.split(), r.stderr
+    r = run("grammar", "--grammar", SRC / "tests" / "data" / "grammar" / "json.gbnf", "--bench",
+            "--tokenizer", "fakeorg/tiny", "--steps", 3, HF_HUB_OFFLINE="1")
+    assert r.returncode == 0 and "vocabulary: 265 ids (%s" % snap in r.stdout, r.stdout + r.stderr
     assert hub.requests() == []
 
 
