@@ -5,8 +5,9 @@ in this process: the model API, resolve URLs and a CDN the weights redirect to, 
 Checked: serve downloads a model into the cache layout huggingface_hub uses and serves it;
 the next start uses the cache without the network (and with HF_HUB_OFFLINE); a cut
 connection and a part left by an earlier process resume with a Range request; the router
-downloads no weights; two processes download a file once; a missing model, a bad token and
-HF_HUB_OFFLINE give clear errors and a non-zero exit; the binary does not link libcurl.
+downloads no weights; two processes download a file once; huggingface_hub reads what sluice
+wrote; a missing model, a bad token, an unreachable hub and HF_HUB_OFFLINE give clear errors
+and a non-zero exit; the binary does not link libcurl.
 """
 import hashlib
 import http.server
@@ -16,13 +17,14 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
 
 import pytest
 
-from router_harness import BIN, Procs, post, start_mock, start_router
+from router_harness import BIN, SRC, Procs, post, start_mock, start_router
 
 SHA = "0123456789abcdef0123456789abcdef01234567"  # the one commit every revision names
 REVISIONS = {"main", "v1"}
@@ -135,17 +137,19 @@ class FakeHub:
         return True
 
     def _hub(self, h):
-        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/?]+)\?blobs=true", h.path)
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/?]+)(\?blobs=true)?", h.path)
         if m:
-            repo, rev = m.group(1), urllib.parse.unquote(m.group(2))
+            repo, rev, blobs = m.group(1), urllib.parse.unquote(m.group(2)), m.group(3)
             if not self._auth_ok(h, repo):
                 return
             if repo not in self.repos or rev not in REVISIONS:
                 return self._send(h, 404, b'{"error":"Repository not found"}', [("X-Error-Message", "Repository not found")])
             sib = []
             for name, data in sorted(self.repos[repo].items()):
-                s = {"rfilename": name, "blobId": git_blob_id(data), "size": len(data)}
-                if is_lfs(name):
+                s = {"rfilename": name}
+                if blobs:  # as the Hub: blob ids and sizes only when asked for
+                    s.update(blobId=git_blob_id(data), size=len(data))
+                if blobs and is_lfs(name):
                     s["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 130}
                 sib.append(s)
             body = json.dumps({"id": repo, "sha": SHA, "siblings": sib}).encode()
@@ -292,6 +296,12 @@ def test_serve_downloads_resumes_then_uses_the_cache(hub, cache, files):
     assert r.returncode == 0 and "cached snapshot %s" % snap in r.stderr, r.stderr
     r = generate("fakeorg/tiny", HF_HUB_OFFLINE="1")
     assert r.returncode == 0, r.stderr
+    # the other commands that read a tokenizer take the id too
+    r = run("tokenize", "--model", "fakeorg/tiny", input="hi", HF_HUB_OFFLINE="1")
+    assert r.returncode == 0 and r.stdout.split(), r.stderr
+    r = run("grammar", "--grammar", SRC / "tests" / "data" / "grammar" / "json.gbnf", "--bench",
+            "--tokenizer", "fakeorg/tiny", "--steps", 3, HF_HUB_OFFLINE="1")
+    assert r.returncode == 0 and "vocabulary: 265 ids (%s" % snap in r.stdout, r.stdout + r.stderr
     assert hub.requests() == []
 
 
@@ -378,6 +388,26 @@ def test_two_processes_download_a_file_once(hub, cache, files):
     whole = [p for _, p, h in hub.requests("cdn") if p.endswith(shard) and "Range" not in h]
     assert len(whole) == 1, hub.requests("cdn")
     check_snapshot(cache, files, TEXT + WEIGHTS)
+
+
+def test_huggingface_hub_reads_the_cache(hub, cache, files):
+    """Python tools find what sluice downloaded (huggingface_hub comes with tokenizers)."""
+    pytest.importorskip("huggingface_hub")
+    r = generate("fakeorg/tiny")
+    assert r.returncode == 0, r.stderr
+    code = ("import huggingface_hub as h, sys\n"
+            "info = h.scan_cache_dir()\n"
+            "assert not info.warnings, info.warnings\n"
+            "(repo,) = info.repos\n"
+            "(rev,) = repo.revisions\n"
+            "print(repo.repo_id, rev.commit_hash, sorted(rev.refs), sorted(f.file_name for f in rev.files))\n"
+            "print(h.hf_hub_download('fakeorg/tiny', 'config.json'))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "fakeorg/tiny %s ['main'] %s" % (SHA, sorted(TEXT + WEIGHTS)), lines
+    assert lines[1] == str(cache / "models--fakeorg--tiny" / "snapshots" / SHA / "config.json")
 
 
 def test_libcurl_is_not_linked():
