@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from router_harness import API_KEY, Procs, make_tiny, metrics, post, start_router
+from router_harness import API_KEY, SLOW, Procs, make_tiny, metrics, post, start_router
 
 MEM = 64 << 20
 
@@ -29,7 +29,7 @@ def start_role(procs, model, name, role, *extra):
 
 def stream(port, ids, max_tokens, on_chunk):
     """Streams a greedy completion; on_chunk(n) after every chunk. Returns the text."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60 * SLOW)
     body = {"model": "tiny", "prompt": ids, "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True, "stream": True}
     c.request("POST", "/v1/completions", json.dumps(body),
@@ -70,7 +70,7 @@ def prompts(vocab_hi=2000):
     ]
 
 
-def pools_empty(port, urls, timeout=20, until=lambda m: True):
+def pools_empty(port, urls, timeout=20 * SLOW, until=lambda m: True):
     """Every worker in urls reports nothing running or waiting and all its
     pages and slots free (or evictable cache), and until(metrics) holds (load
     reports come every heartbeat: counters catch up with a delay)."""
@@ -265,7 +265,7 @@ def test_pd_client_disconnect(tmp_path):
         ids = prompts()[1]
 
         def open_stream():
-            c = http.client.HTTPConnection("127.0.0.1", pp, timeout=60)
+            c = http.client.HTTPConnection("127.0.0.1", pp, timeout=60 * SLOW)
             body = {"model": "tiny", "prompt": ids, "max_tokens": 600, "temperature": 0,
                     "ignore_eos": True, "stream": True}
             c.request("POST", "/v1/completions", json.dumps(body),
