@@ -1,6 +1,7 @@
 /* `sluice bench`: sglang.bench_serving's random-dataset benchmark against an
  * OpenAI-compatible completions endpoint (flags, defaults and output as
  * sglang's, see docs/cli.md). */
+#include <jansson.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@ typedef struct bench_args {
     const char *backend, *base_url, *host, *dataset, *model, *tokenizer, *output_file, *api_key;
     int port, num_prompts, input_len, output_len, max_concurrency, warmup;
     int disable_stream, disable_ignore_eos, disable_tqdm, output_details;
+    const char *extra_body;
     double range_ratio, request_rate;
     long long seed;
 } bench_args;
@@ -212,12 +214,29 @@ int sl_cmd_bench(int argc, char **argv)
         {"--disable-stream", NULL, SL_OPT_FLAG, &a.disable_stream, "non-streamed requests"},
         {"--disable-ignore-eos", NULL, SL_OPT_FLAG, &a.disable_ignore_eos, "let eos end outputs"},
         {"--disable-tqdm", NULL, SL_OPT_FLAG, &a.disable_tqdm, "accepted for sglang compatibility"},
+        {"--extra-request-body", NULL, SL_OPT_STR, &a.extra_body,
+         "JSON object whose fields join every request (e.g. '{\"regex\": \"[a-z ]+\"}')"},
         {0}};
     int cli = sl_opts_cli(argc, argv, "bench", summary, opts);
     if (cli >= 0) return cli;
     sl_err e = {0};
     const char *bad = check_args(&a);
     if (!bad && a.output_details && !a.output_file) bad = "--output-details needs --output-file";
+    /* --extra-request-body as sglang's bench_serving: its fields are appended to each body
+     * (kept in a static buffer: it lives as long as the command) */
+    static char extra[16384];
+    if (!bad && a.extra_body) {
+        json_t *x = json_loads(a.extra_body, 0, NULL);
+        char *txt = json_is_object(x) ? json_dumps(x, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        if (!txt)
+            bad = "--extra-request-body: expected a JSON object";
+        else if (strlen(txt) >= sizeof extra)
+            bad = "--extra-request-body: longer than 16 KiB";
+        else if (json_object_size(x))
+            snprintf(extra, sizeof extra, "%.*s", (int)strlen(txt) - 2, txt + 1); /* no braces */
+        json_decref(x);
+        free(txt);
+    }
     if (bad) return sl_opts_usage_error("bench", bad);
 
     sl_bench_target t = {.host = a.host, .port = a.port, .prefix = "", .model = a.model,
@@ -272,7 +291,7 @@ int sl_cmd_bench(int argc, char **argv)
     sl_bench_load load = {.request_rate = a.request_rate,
                           .max_concurrency = a.max_concurrency > 0 ? a.max_concurrency : 0,
                           .stream = !a.disable_stream, .ignore_eos = !a.disable_ignore_eos,
-                          .mt = &mt};
+                          .extra_body = extra[0] ? extra : NULL, .mt = &mt};
     if (a.warmup > 0 && warmup(&t, &d, &load, a.warmup)) goto out;
     usleep(1000000); /* sglang lets the server settle for a second before the run */
 
