@@ -179,6 +179,7 @@ struct sl_gram_matcher {
     uint32_t row_shift; /* a row has 1 << row_shift entries (>= n_cls): s << row_shift indexes it */
     size_t memo_limit;
     /* expansion scratch */
+    int too_many; /* the last expansion stopped at SL_GRAM_MAX_STACKS (else: out of memory) */
     uint32_t epoch;
     uint32_t *work, *found;
     uint32_t n_work, cap_work, n_found, cap_found;
@@ -195,8 +196,10 @@ struct sl_gram_matcher {
 
 /* The state after byte class c from state s (not GRAM_DEAD), computing and memoizing it when
  * new. keep[0..n_keep) are states the caller still holds: if the memo is rebuilt they are
- * renumbered in place (s and the matcher's own states always are). GRAM_NONE: out of memory. */
+ * renumbered in place (s and the matcher's own states always are). GRAM_NONE: see gram_fail. */
 uint32_t gram_next(sl_gram_matcher *m, uint32_t s, uint32_t c, uint32_t *keep, int n_keep);
+/* The error for a GRAM_NONE from gram_next: too many stacks or out of memory. */
+sl_status gram_fail(const sl_gram_matcher *m, sl_err *e);
 /* Appends the canonical content of state s (independent of the matcher's numbering) to key.
  * 0, or -1 when out of memory. */
 int gram_state_key(sl_gram_matcher *m, uint32_t s, gram_words *key);

@@ -5,7 +5,8 @@
 
 #include "gram_impl.h"
 
-/* Sets the bits of every trie token whose bytes the current state accepts. Each node costs a
+/* Sets the bits of every trie token whose bytes the current state accepts (SL_ERR_NOMEM: see
+ * gram_fail). Each node costs a
  * lookup in the memo row of its parent's state (computed on first use); a dead transition
  * skips the node's whole subtree. */
 static sl_status walk(sl_gram_matcher *m, uint32_t *bits, uint64_t *visited)
@@ -70,7 +71,7 @@ sl_status sl_gram_matcher_fill_mask(sl_gram_matcher *m, uint32_t *bits, sl_err *
         return SL_OK;
     }
     uint64_t visited = 0;
-    if (walk(m, bits, &visited)) return sl_err_set(e, SL_ERR_NOMEM, "grammar mask: out of memory");
+    if (walk(m, bits, &visited)) return gram_fail(m, e);
     m->stats.trie_nodes += visited;
     if (gram_state_can_end(m, m->state))
         for (int k = 0; k < v->n_eos; k++)

@@ -82,6 +82,10 @@ static int expand(sl_gram_matcher *m)
         m->f_seen[f] = m->epoch;
         gel el = f ? g->el[m->f_pos[f]] : (gel){GEL_BYTES, 0};
         if (!f || el.kind == GEL_BYTES) {
+            if (m->n_found == SL_GRAM_MAX_STACKS) {
+                m->too_many = 1;
+                return -1;
+            }
             if (grow32(&m->found, &m->cap_found, m->n_found + 1)) return -1;
             m->found[m->n_found++] = f;
         } else if (el.kind == GEL_END) {
@@ -96,6 +100,15 @@ static int expand(sl_gram_matcher *m)
     return 0;
 }
 
+sl_status gram_fail(const sl_gram_matcher *m, sl_err *e)
+{
+    if (m->too_many)
+        return sl_err_set(e, SL_ERR_LIMIT,
+                          "the grammar is too ambiguous here: more than %d parse stacks at once",
+                          SL_GRAM_MAX_STACKS);
+    return sl_err_set(e, SL_ERR_NOMEM, "grammar matcher: out of memory");
+}
+
 /* A new expansion: fresh visit marks, empty lists. */
 static void expand_begin(sl_gram_matcher *m)
 {
@@ -104,6 +117,7 @@ static void expand_begin(sl_gram_matcher *m)
         m->epoch = 1;
     }
     m->n_work = m->n_found = 0;
+    m->too_many = 0;
 }
 
 /* ---- states ---- */
@@ -359,7 +373,11 @@ sl_status sl_gram_matcher_new(sl_gram *g, sl_gram_vocab *v, sl_gram_matcher **ou
         !(m->f_seen = malloc(m->cap_f * sizeof *m->f_seen)) ||
         (v && !(m->walk = malloc(((size_t)v->max_depth + 1) * sizeof *m->walk))) || memo_clear(m))
         goto oom;
-    if ((m->start = initial_state(m)) == GRAM_NONE) goto oom;
+    if ((m->start = initial_state(m)) == GRAM_NONE) {
+        sl_status st = gram_fail(m, e);
+        sl_gram_matcher_free(m);
+        return st;
+    }
     m->state = m->start;
     m->stats.dfa_states = m->n_s;
     *out = m;
@@ -388,14 +406,15 @@ static void hist_push(sl_gram_matcher *m)
     if (m->hist_n < SL_GRAM_MAX_ROLLBACK) m->hist_n++;
 }
 
-/* Runs bytes from the current state; commits only when every byte is accepted. On refusal
- * *bad gets the offset of the byte no stack accepts. */
-static sl_status advance(sl_gram_matcher *m, const uint8_t *p, size_t n, size_t *bad)
+/* Runs bytes from the current state; commits only when every byte is accepted. A refusal is
+ * SL_ERR_INVALID with *bad the offset of the byte no stack accepts, and e left for the caller to
+ * word; other failures are set in e (gram_fail). */
+static sl_status advance(sl_gram_matcher *m, const uint8_t *p, size_t n, size_t *bad, sl_err *e)
 {
     uint32_t s = m->state;
     for (size_t i = 0; i < n; i++) {
         uint32_t t = gram_next(m, s, m->g->cls[p[i]], NULL, 0);
-        if (t == GRAM_NONE) return SL_ERR_NOMEM;
+        if (t == GRAM_NONE) return gram_fail(m, e);
         if (t == GRAM_DEAD) {
             *bad = i;
             return SL_ERR_INVALID;
@@ -414,12 +433,11 @@ sl_status sl_gram_matcher_accept_bytes(sl_gram_matcher *m, const void *bytes, si
     if (m->ended)
         return sl_err_set(e, SL_ERR_INVALID, "the grammar has ended (an eos token was accepted)");
     size_t bad = 0;
-    sl_status st = advance(m, bytes, n, &bad);
-    if (st == SL_ERR_NOMEM) return sl_err_set(e, st, "grammar matcher: out of memory");
-    if (st)
+    sl_status st = advance(m, bytes, n, &bad, e);
+    if (st == SL_ERR_INVALID)
         return sl_err_set(e, st, "byte %zu (0x%02X) is not allowed by the grammar here", bad,
                           ((const uint8_t *)bytes)[bad]);
-    return SL_OK;
+    return st;
 }
 
 sl_status sl_gram_matcher_accept_token(sl_gram_matcher *m, int32_t id, sl_err *e)
@@ -444,9 +462,8 @@ sl_status sl_gram_matcher_accept_token(sl_gram_matcher *m, int32_t id, sl_err *e
     if (!b)
         return sl_err_set(e, SL_ERR_INVALID,
                           "token %d is special or unused: a grammar never allows it", id);
-    sl_status st = advance(m, b, len, &bad);
-    if (st == SL_ERR_NOMEM) return sl_err_set(e, st, "grammar matcher: out of memory");
-    if (st && e) {
+    sl_status st = advance(m, b, len, &bad, e);
+    if (st == SL_ERR_INVALID && e) {
         char shown[48];
         size_t k = 0;
         for (size_t i = 0; i < len && k + 5 < sizeof shown; i++)

@@ -119,6 +119,19 @@ static void test_parse_errors(void)
             strcat(big, " \"a\"{10000}");
         expect_error(big, SL_ERR_LIMIT, "grammar too large");
     }
+    /* exponential ambiguity: 2^k stacks after k '(' — a limit error, not a blow-up */
+    {
+        sl_gram *amb = compile("root ::= e\ne ::= \"(\" e \")\" | \"(\" e e \")\" | \"x\"");
+        sl_gram_matcher *m;
+        sl_err e = {0};
+        CHECK(amb && sl_gram_matcher_new(amb, NULL, &m, &e) == SL_OK);
+        CHECK(sl_gram_matcher_accept_bytes(m, "((((((((((", 10, &e) == SL_OK);
+        CHECK(sl_gram_matcher_accept_bytes(m, "((((((((((", 10, &e) == SL_ERR_LIMIT &&
+              strstr(e.msg, "more than 65536 parse stacks"));
+        CHECK(sl_gram_matcher_accept_bytes(m, "x)", 2, &e) == SL_OK); /* state unchanged */
+        sl_gram_matcher_free(m);
+        sl_gram_free(amb);
+    }
     /* left recursion through nullable rules that only repeat is fine: (x?)* */
     sl_gram *g = compile("root ::= (\"x\"?)* \"y\"");
     CHECK(g && accepts(g, "y") == 1 && accepts(g, "xxxy") == 1 && accepts(g, "xx") == 0);
