@@ -146,8 +146,10 @@ static uint32_t state_of_found(sl_gram_matcher *m)
         uint32_t c = m->cap_s, c2 = m->cap_s;
         if (grow32(&m->s_off, &c, m->n_s + 1) || grow32(&m->s_len, &c2, m->n_s + 1)) return GRAM_NONE;
         int32_t *row = realloc(m->row, (size_t)c * nc * sizeof *row);
-        if (!row) return GRAM_NONE;
-        m->row = row;
+        if (row) m->row = row;
+        gram_loop *loop = realloc(m->loop, (size_t)c * sizeof *loop);
+        if (loop) m->loop = loop;
+        if (!row || !loop) return GRAM_NONE;
         m->cap_s = c;
     }
     if (m->n_pool + n >= m->cap_pool) { /* >=: the pool exists even for the empty state */
@@ -165,6 +167,7 @@ static uint32_t state_of_found(sl_gram_matcher *m)
     m->s_len[m->n_s] = n;
     m->n_pool += n;
     memset(m->row + ((size_t)m->n_s << m->row_shift), 0xFF, nc * sizeof *m->row);
+    m->loop[m->n_s].known = 0;
     return m->n_s++;
 }
 
@@ -276,7 +279,7 @@ static uint32_t state_from_key(sl_gram_matcher *m, const uint32_t *key, size_t *
 static size_t memo_bytes(const sl_gram_matcher *m)
 {
     return (size_t)m->n_f * (3 * sizeof(uint32_t) + 24) +
-           (size_t)m->n_s * (2 * sizeof(uint32_t) + 24 + (sizeof(int32_t) << m->row_shift)) +
+           (size_t)m->n_s * (2 * sizeof(uint32_t) + 24 + sizeof(gram_loop) + (sizeof(int32_t) << m->row_shift)) +
            m->n_pool * sizeof(uint32_t);
 }
 
@@ -324,7 +327,7 @@ uint32_t gram_next(sl_gram_matcher *m, uint32_t s, uint32_t c, uint32_t *keep, i
 {
     int32_t t = m->row[((size_t)s << m->row_shift) + c];
     if (t >= 0) return (uint32_t)t;
-    if (memo_bytes(m) > m->memo_limit) {
+    if (!m->pinned && memo_bytes(m) > m->memo_limit) {
         /* s rides along as one more kept state */
         uint32_t *all = malloc(((size_t)n_keep + 1) * sizeof *all);
         if (!all) return GRAM_NONE;
@@ -341,6 +344,70 @@ uint32_t gram_next(sl_gram_matcher *m, uint32_t s, uint32_t c, uint32_t *keep, i
     return next;
 }
 
+/* ---- loop summaries ---- */
+
+/* The UTF-8 characters from U+0080 on, by lead byte: continuation bytes after it, and the range
+ * of the first one (the later ones are 80..BF). */
+static const struct {
+    uint8_t lo, hi, n, lo2, hi2;
+} utf8_leads[] = {{0xC2, 0xDF, 1, 0x80, 0xBF}, {0xE0, 0xE0, 2, 0xA0, 0xBF}, {0xE1, 0xEC, 2, 0x80, 0xBF},
+                  {0xED, 0xED, 2, 0x80, 0x9F}, {0xEE, 0xEF, 2, 0x80, 0xBF}, {0xF0, 0xF0, 3, 0x90, 0xBF},
+                  {0xF1, 0xF3, 3, 0x80, 0xBF}, {0xF4, 0xF4, 3, 0x80, 0x8F}};
+
+/* 1 when every byte of [lo, hi] (by class) leads u to a live state and, after `more` further
+ * continuation bytes, back to home. */
+static int utf8_returns(sl_gram_matcher *m, uint32_t home, uint32_t u, unsigned lo, unsigned hi, int more)
+{
+    uint8_t done[256] = {0};
+    for (unsigned b = lo; b <= hi; b++) {
+        uint32_t c = m->g->cls[b];
+        if (done[c]) continue;
+        done[c] = 1;
+        uint32_t t = gram_next(m, u, c, NULL, 0);
+        if (t == GRAM_NONE || t == GRAM_DEAD) return 0;
+        if (more ? !utf8_returns(m, home, t, 0x80, 0xBF, more - 1) : t != home) return 0;
+    }
+    return 1;
+}
+
+const gram_loop *gram_state_loop(sl_gram_matcher *m, uint32_t s)
+{
+    gram_loop *l = &m->loop[s];
+    if (l->known) return l;
+    gram_loop r = {{0, 0}, 1, 1};
+    uint8_t done[256] = {0}, loops[256] = {0};
+    m->pinned = 1; /* s and the states below stay numbered as they are */
+    for (unsigned b = 0; b < 0x80; b++) {
+        uint32_t c = m->g->cls[b];
+        if (!done[c]) {
+            uint32_t t = gram_next(m, s, c, NULL, 0);
+            if (t == GRAM_NONE) {
+                m->pinned = 0;
+                return NULL;
+            }
+            done[c] = 1;
+            loops[c] = t == s;
+        }
+        if (loops[c]) r.ascii[b >> 6] |= 1ull << (b & 63);
+    }
+    for (size_t k = 0; k < sizeof utf8_leads / sizeof *utf8_leads && r.utf8; k++) {
+        memset(done, 0, sizeof done);
+        for (unsigned b = utf8_leads[k].lo; b <= utf8_leads[k].hi && r.utf8; b++) {
+            uint32_t c = m->g->cls[b], t;
+            if (done[c]) continue;
+            done[c] = 1;
+            t = gram_next(m, s, c, NULL, 0);
+            r.utf8 = t != GRAM_NONE && t != GRAM_DEAD &&
+                     utf8_returns(m, s, t, utf8_leads[k].lo2, utf8_leads[k].hi2, utf8_leads[k].n - 1);
+        }
+    }
+    m->pinned = 0;
+    m->too_many = 0; /* a failure here only means "no loop" */
+    l = &m->loop[s]; /* the arrays may have grown */
+    *l = r;
+    return l;
+}
+
 /* ---- the matcher ---- */
 
 void sl_gram_matcher_free(sl_gram_matcher *m)
@@ -348,7 +415,7 @@ void sl_gram_matcher_free(sl_gram_matcher *m)
     if (!m) return;
     free(m->f_pos), free(m->f_up), free(m->f_seen);
     gram_map_free(&m->f_map);
-    free(m->s_off), free(m->s_len), free(m->pool), free(m->row);
+    free(m->s_off), free(m->s_len), free(m->pool), free(m->row), free(m->loop);
     gram_map_free(&m->s_map);
     free(m->work), free(m->found), free(m->key.v), free(m->walk);
     sl_gram_free(m->g);
