@@ -8,7 +8,7 @@
 #   NUM1 / NUM64: prompts at concurrency 1 / 64 (defaults 4 / 128)
 #   CONCS: concurrencies to run (default "1 64"); EXTRA: more serve flags
 #   (e.g. --disable-cuda-graph); BENCH_EXTRA: a JSON object added to every request
-#   (bench --extra-request-body), e.g. '{"regex": "[a-z ]{1000}"}' to measure
+#   (bench --extra-request-body), e.g. '{"regex": "[a-z ]+"}' to measure
 #   constrained decoding against the same run without it. Workers log decode step timing (device busy
 #   time and idle gaps between steps, --step-timing); the last such line per
 #   model is printed with the summary.
