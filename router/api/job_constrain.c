@@ -59,6 +59,10 @@ int sl_job_constraint_build(sl_job *j, const sl_router_config *cfg, sl_api_err *
     const sl_job_cons *c = &j->p.cons;
     sl_err e = {0};
     sl_status st = SL_OK;
+    if (c->kind && cfg->no_constraints)
+        return sl_api_fail(err, SL_API_STATUS_INVALID,
+                           "%s: constrained decoding is off on this server (--grammar-backend none)",
+                           c->field);
     switch (c->kind) {
     case SL_CONS_KIND_NONE: return 0;
     case SL_CONS_KIND_JSON_OBJECT:

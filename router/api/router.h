@@ -55,6 +55,8 @@ typedef struct sl_router_config {
     /* --pd-disaggregation: choices run on decode workers with a prefill
      * companion (docs/disaggregation.md) */
     int pd;
+    /* --grammar-backend none: requests that constrain their output get a 400 */
+    int no_constraints;
     /* --split-special-tokens: special tokens spelled in a request's text
      * (messages, tools, text prompts) are encoded as plain text, not as
      * control tokens; a request's split_special_tokens overrides it */

@@ -117,7 +117,7 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
     OPT("--attention-backend", NULL, SL_OPT_STR, &cli->attention_backend,
         "accepted with a warning (one attention implementation per device)");
     OPT("--grammar-backend", NULL, SL_OPT_STR, &cli->grammar_backend,
-        "none; others accepted with a warning (no constrained decoding)");
+        "none turns constrained decoding off; xgrammar, outlines, llguidance: sluice's own engine");
     OPT("--max-prefill-tokens", NULL, SL_OPT_STR, &cli->max_prefill_tokens,
         "serve: prefill tokens per batch (--chunked-prefill-size when that is not given)");
     OPT("--link-secret-file", NULL, SL_OPT_STR, &cli->link_secret_file,
@@ -189,7 +189,7 @@ static int one_of(const char *v, const char *names)
 
 /* SGLang flags: mapped, accepted (a warning when the value is ignored) or
  * refused with what sluice can do instead. */
-static sl_status sglang_flags(sl_router_cli *cli, sl_err *e)
+static sl_status sglang_flags(sl_router_cli *cli, sl_router_config *cfg, sl_err *e)
 {
     if (cli->log_level) {
         const char *l = cli->log_level;
@@ -222,9 +222,14 @@ static sl_status sglang_flags(sl_router_cli *cli, sl_err *e)
             SL_LOGW("router", "--schedule-policy %s: ignored; workers run requests first come, "
                     "first served", cli->schedule_policy);
     }
-    if (cli->grammar_backend && strcmp(cli->grammar_backend, "none"))
-        SL_LOGW("router", "--grammar-backend %s: ignored; sluice has no constrained decoding "
-                "(response_format other than text gets 400)", cli->grammar_backend);
+    if (cli->grammar_backend) {
+        if (!one_of(cli->grammar_backend, "xgrammar|outlines|llguidance|none"))
+            return sl_err_set(e, SL_ERR_INVALID,
+                              "--grammar-backend %s: expected xgrammar, outlines, llguidance or none",
+                              cli->grammar_backend);
+        /* one grammar engine (common/grammar) serves every name but none */
+        cfg->no_constraints = !strcmp(cli->grammar_backend, "none");
+    }
     if (cli->attention_backend)
         SL_LOGW("router", "--attention-backend %s: ignored; sluice has one attention "
                 "implementation per device", cli->attention_backend);
@@ -306,7 +311,7 @@ static sl_status opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_err *
 {
     if (!cli->model_dir)
         return sl_err_set(e, SL_ERR_INVALID, "--model-path is required (tokenizer and template)");
-    if (sglang_flags(cli, e) || text_flags(cli, e)) return SL_ERR_INVALID;
+    if (sglang_flags(cli, cfg, e) || text_flags(cli, e)) return SL_ERR_INVALID;
     if (!cfg->served_model_name) cfg->served_model_name = cli->model_dir;
     if (resolve_hub_paths(cli, e)) return SL_ERR_INVALID;
     if (cli->tokenizer_path && !is_dir(cli->tokenizer_path))

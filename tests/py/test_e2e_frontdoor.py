@@ -14,7 +14,7 @@ import urllib.request
 import openai
 import pytest
 
-from router_harness import API_KEY, BIN, TOKENIZER, Procs, start_mock, start_router
+from router_harness import API_KEY, BIN, TOKENIZER, Procs, post, start_mock, start_router
 
 
 def http(port, path, method="GET", key=None, headers=None):
@@ -150,8 +150,23 @@ def test_cors_metrics_access_log(rt):
     assert "Hello" not in log
     assert re.search(r"stats.*#running-req \d+, #queue-req \d+.*gen throughput", log), log
     for flag in ["--schedule-policy lpm", "--attention-backend fa3",
-                 "--grammar-backend xgrammar", "--mamba-ssm-dtype", "--allow-auto-truncate"]:
+                 "--mamba-ssm-dtype", "--allow-auto-truncate"]:
         assert flag in log, flag
+    # --grammar-backend xgrammar: sluice's own engine serves it, so no warning
+    assert "--grammar-backend" not in log
+
+
+def test_grammar_backend_none_refuses_constraints(model):
+    procs = Procs()
+    try:
+        w = start_mock(procs, "mock")
+        _, port = start_router(procs, model, [w], "--grammar-backend", "none")
+        st, o = post(port, "/v1/completions", {"prompt": "a", "max_tokens": 2, "regex": "a+"})
+        assert st == 400 and "--grammar-backend none" in o["error"]["message"], o
+        st, o = post(port, "/v1/completions", {"prompt": "a", "max_tokens": 2})
+        assert st == 200, o
+    finally:
+        procs.stop()
 
 
 def test_metrics_require_key(model):
@@ -173,6 +188,7 @@ def test_sglang_flags_refused_clearly(model, tmp_path):
              (["--tool-call-parser", "qwen3"], "tool-call-parser qwen3: unknown"),
              (["--log-level", "loud"], "debug, info"),
              (["--schedule-policy", "best"], "fcfs"),
+             (["--grammar-backend", "regexy"], "xgrammar, outlines, llguidance or none"),
              (["--no-such-flag"], "no-such-flag")]
     for extra, want in cases:
         r = run(*base, *extra)
