@@ -167,13 +167,7 @@ static int decode_tool_choice(sl_job *j, const json_t *tc, const json_t *tools, 
     json_t *name = json_object_get(tc, "name");
     if (!json_is_string(name))
         return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice.name: expected a string");
-    for (size_t i = 0; i < ntools; i++) {
-        json_t *f = json_object_get(json_array_get(tools, i), "function");
-        if (!strcmp(json_string_value(json_object_get(f, "name")), json_string_value(name)))
-            return sl_job_constrain(j, SL_CONS_KIND_TOOLS, "tool_choice", name, err);
-    }
-    return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: tool `%s` is not among the tools",
-                       json_string_value(name));
+    return sl_job_constrain_tool(j, tools, name, err);
 }
 
 static int an_decode(sl_job *j, sl_api_err *err)

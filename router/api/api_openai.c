@@ -182,12 +182,7 @@ static int decode_tools(sl_job *j, sl_api_err *err)
     if (!json_is_object(tc) || !name)
         return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: expected a string or {\"type\": \"function\", "
                            "\"function\": {\"name\": ...}}");
-    for (size_t i = 0; i < ntools; i++) {
-        json_t *f = json_object_get(json_array_get(tools, i), "function");
-        if (!strcmp(json_string_value(json_object_get(f, "name")), name))
-            return sl_job_constrain(j, SL_CONS_KIND_TOOLS, "tool_choice", json_object_get(fn, "name"), err);
-    }
-    return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: function `%s` is not among the tools", name);
+    return sl_job_constrain_tool(j, tools, json_object_get(fn, "name"), err);
 }
 
 static int decode_chat(sl_job *j, sl_api_err *err)

@@ -273,13 +273,7 @@ static int decode_tools(sl_job *j, sl_api_err *err)
     if (v || !ty || strcmp(ty, "function") || !json_is_string(name))
         return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: expected \"auto\", \"none\", \"required\" or "
                            "{\"type\": \"function\", \"name\": ...}");
-    for (size_t i = 0; i < ntools; i++) {
-        json_t *f = json_object_get(json_array_get(ct, i), "function");
-        if (!strcmp(json_string_value(json_object_get(f, "name")), json_string_value(name)))
-            return sl_job_constrain(j, SL_CONS_KIND_TOOLS, "tool_choice", name, err);
-    }
-    return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: function `%s` is not among the tools",
-                       json_string_value(name));
+    return sl_job_constrain_tool(j, ct, name, err);
 }
 
 static int rs_decode(sl_job *j, sl_api_err *err)

@@ -166,6 +166,10 @@ sl_status sl_job_seq_submit(sl_seq *s, int worker, int allow_pd, sl_err *e);
  * type. */
 int sl_job_constrain(sl_job *j, sl_cons_kind kind, const char *field, const json_t *value,
                      sl_api_err *err);
+/* tool_choice naming one function: constrains j to calls of it when name
+ * (a JSON string) is among tools (chat tools: {"function": {"name"}}), else
+ * a 400. */
+int sl_job_constrain_tool(sl_job *j, const json_t *tools, const json_t *name, sl_api_err *err);
 /* Turns p.cons into j->grammar and checks it compiles: a 400 naming what
  * cannot be enforced. Runs at the end of sl_job_decode. */
 int sl_job_constraint_build(sl_job *j, const sl_router_config *cfg, sl_api_err *err);

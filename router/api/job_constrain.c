@@ -54,6 +54,20 @@ int sl_job_constrain(sl_job *j, sl_cons_kind kind, const char *field, const json
     return 0;
 }
 
+int sl_job_constrain_tool(sl_job *j, const json_t *tools, const json_t *name, sl_api_err *err)
+{
+    size_t i;
+    const json_t *t;
+    json_array_foreach(tools, i, t)
+    {
+        const char *n = json_string_value(json_object_get(json_object_get(t, "function"), "name"));
+        if (n && !strcmp(n, json_string_value(name)))
+            return sl_job_constrain(j, SL_CONS_KIND_TOOLS, "tool_choice", name, err);
+    }
+    return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: function `%s` is not among the tools",
+                       json_string_value(name));
+}
+
 int sl_job_constraint_build(sl_job *j, const sl_router_config *cfg, sl_api_err *err)
 {
     const sl_job_cons *c = &j->p.cons;
