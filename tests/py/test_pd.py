@@ -6,6 +6,7 @@ killing the prefill worker mid-transfer or the decode worker mid-stream ends
 cleanly with every pool empty on the survivors."""
 import http.client
 import json
+import re
 import signal
 import threading
 import time
@@ -148,6 +149,14 @@ def test_pd_equals_unified(tmp_path, arch, page):
         got2 = complete(pp, second, max_tokens=6)
         assert got2[0] == want2[0]
         assert got2[2]["prompt_tokens_details"]["cached_tokens"] >= len(first) // page * page
+        # constrained decoding: the prefill side masks the first token, the decode side
+        # replays it through its own matcher and masks the rest; greedy equals unified
+        body = {"model": "tiny", "prompt": ps[0], "max_tokens": 40, "temperature": 0,
+                "regex": r"(yes|no)-[0-9]{1,3}\.( ok)?"}
+        cu, cp = post(up, "/v1/completions", body), post(pp, "/v1/completions", body)
+        assert cu[0] == cp[0] == 200, (cu, cp)
+        assert re.fullmatch(body["regex"], cp[1]["choices"][0]["text"]), cp
+        assert cp[1]["choices"][0]["text"] == cu[1]["choices"][0]["text"]
         pools_empty(pp, [pre, dec])
     finally:
         procs.stop()
