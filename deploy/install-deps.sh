@@ -2,9 +2,11 @@
 # Installs what sluice needs to build and test on Debian/Ubuntu (idempotent:
 # skips what is already there). CUDA comes from /usr/local/cuda when present.
 set -euo pipefail
+# libcurl4-openssl-dev: curl/curl.h only; sluice dlopen()s libcurl.so.4 to download models
+# (common/sl_hub.c), so the binary runs where libcurl is missing.
 pkgs="build-essential cmake ninja-build pkg-config python3 python3-pip libuv1-dev libnng-dev
 libmbedtls-dev libprotobuf-c-dev protobuf-c-compiler node-llhttp libjansson-dev libutf8proc-dev
-libpcre2-dev libxxhash-dev clang libclang-rt-14-dev"
+libpcre2-dev libxxhash-dev libcurl4-openssl-dev clang libclang-rt-14-dev"
 missing=""
 for p in $pkgs; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

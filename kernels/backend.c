@@ -635,6 +635,8 @@ void sl_be_sample(sl_backend *be, sl_tensor *ids, sl_tensor *lp, const sl_tensor
         SL_ASSERT(w->n_top >= 0 && w->n_top <= SL_SAMPLE_MAX_TOP && (lp || !w->logprobs));
         SL_ASSERT(w->pen_n >= 0 && w->pen_start >= 0 && w->pen_start + w->pen_n <= a->n_pen);
         SL_ASSERT(w->pending < n_pending && w->u >= 0.0f && w->u < 1.0f);
+        SL_ASSERT(!a->mask || w->mask_row < a->n_mask_rows);
     }
+    SL_ASSERT(!a->mask || (int64_t)a->mask_words * 32 >= sl_tensor_cols(logits));
     be->i->sample(be, ids, lp, logits, a);
 }

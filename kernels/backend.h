@@ -384,6 +384,8 @@ typedef struct sl_sample_row {
     int pen_start, pen_n;     /* this row's entries in the sl_sample_args pen_* arrays */
     int32_t pending;          /* index into pending_ids of a token sampled earlier but not yet in
                                  the counts (one more output occurrence of it), or -1 */
+    int32_t mask_row;         /* row of sl_sample_args.mask with this row's allowed tokens, or -1
+                                 (read only when mask is set) */
 } sl_sample_row;
 typedef struct sl_sample_args {
     int n_rows;
@@ -392,6 +394,12 @@ typedef struct sl_sample_args {
     const int32_t *pen_tok, *pen_out, *pen_prompt; /* host [n_pen]: token, its count in the output,
                                                      1 if it is in the prompt (repetition penalty) */
     const sl_tensor *pending_ids;                 /* I32 on the backend; NULL when no row is pending */
+    /* Constrained decoding: host bitsets of the allowed tokens, n_mask_rows
+     * rows of mask_words words (bit t % 32 of word t / 32 set: token t
+     * allowed; mask_words * 32 >= V). NULL: no row is masked. A masked row
+     * allows at least one token. */
+    const uint32_t *mask;
+    int n_mask_rows, mask_words;
 } sl_sample_args;
 /* ids (I32, R elements, may be a view into a larger buffer) = the token sampled from each row of
  * logits (F32 [R, V], left unchanged). lp (NULL, or F32 [R, 2 + 2*SL_SAMPLE_MAX_TOP]): for rows with
@@ -399,7 +407,8 @@ typedef struct sl_sample_args {
  * temperature, as today), [1] = n_top, [2 .. 2+n_top) = top ids (as floats, largest first, lowest id on
  * ties), [2+SL_SAMPLE_MAX_TOP .. +n_top) their logprobs. Asynchronous like every op.
  *
- * Per row: penalties on a copy of the row (per entry (token, out, prompt), the pending token merged in
+ * Per row: the mask (a token it excludes is -inf from here on, so it is never drawn; the logprobs
+ * stay those of the raw row) -> penalties on a copy of the row (per entry (token, out, prompt), the pending token merged in
  * as one more output occurrence: repetition if out > 0 or prompt: l = l > 0 ? l/rep : l*rep; then if
  * out > 0: l -= freq*out + pres) -> greedy when temperature <= 0 or top_k == 1 -> softmax(l / T) ->
  * top-k -> top-p (shortest prefix in rank order (prob desc, id asc) holding top_p of the remaining

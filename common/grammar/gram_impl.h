@@ -117,9 +117,25 @@ static inline int gram_set_has(const sl_gram *g, uint32_t set, unsigned b)
  * The trie is stored in preorder: node i's subtree is [i, end[i]). A node holds what the mask
  * walk reads for every node, in 8 bytes: its last byte, its depth (the length of the byte string
  * it spells, >= 1) and the token that ends there: tok >= 0 one token, -1 none, tok <= -2 several
- * tokens with the same bytes, dup_id[dup_off[-2 - tok] .. dup_off[-1 - tok]). */
+ * tokens with the same bytes, dup_id[dup_off[-2 - tok] .. dup_off[-1 - tok]).
+ *
+ * For skipping subtrees (gram_mask.c), a node with at least GRAM_BIG_NODES nodes in its
+ * subtree says what its descendants' bytes are, read from just after it to each token's end:
+ * whether they are all ASCII (GRAM_BELOW_ASCII) or all UTF-8 from a character boundary, the
+ * last character of a token possibly unfinished (GRAM_BELOW_UTF8); big[] (by node, ascending)
+ * has the set of their ASCII bytes and the subtree's tokens, pre_tok[tok_lo .. tok_hi) (the
+ * trie's tokens in preorder). Smaller nodes have below == 0. */
+#define GRAM_BIG_NODES 32
+enum { GRAM_BELOW_BIG = 1, GRAM_BELOW_ASCII = 2, GRAM_BELOW_UTF8 = 4 };
+
+typedef struct gram_big {
+    uint32_t node, tok_lo, tok_hi;
+    uint64_t ascii[2]; /* bit b of word b / 64: ASCII byte b occurs below the node */
+} gram_big;
+
 typedef struct gram_node {
     uint8_t byte;
+    uint8_t below; /* GRAM_BELOW_* */
     uint16_t depth;
     int32_t tok;
 } gram_node;
@@ -138,6 +154,9 @@ struct sl_gram_vocab {
     uint32_t n_nodes, max_depth;
     uint32_t *dup_off;
     int32_t *dup_id;
+    gram_big *big;
+    uint32_t n_big;
+    int32_t *pre_tok;
 };
 
 /* ---- the matcher (gram_match.c; the mask walk in gram_mask.c reads it) ----
@@ -156,6 +175,14 @@ typedef struct gram_words {
     size_t n, cap;
 } gram_words;
 int gram_words_push(gram_words *w, uint32_t x); /* 0, or -1 when out of memory */
+
+/* What a state does with the bytes of plain text (gram_state_loop): the ASCII bytes that lead
+ * it back to itself, and whether every UTF-8 character does too (through live states: a
+ * token may stop inside one). Inside a JSON string both hold for nearly everything. */
+typedef struct gram_loop {
+    uint64_t ascii[2];
+    uint8_t known, utf8;
+} gram_loop;
 
 typedef struct gram_hist {
     uint32_t state;
@@ -176,9 +203,12 @@ struct sl_gram_matcher {
     size_t n_pool, cap_pool;
     gram_map s_map;
     int32_t *row;
+    gram_loop *loop; /* per state, computed on first use */
     uint32_t row_shift; /* a row has 1 << row_shift entries (>= n_cls): s << row_shift indexes it */
     size_t memo_limit;
+    int pinned; /* no rebuild now: state ids held in locals must stay valid */
     /* expansion scratch */
+    int too_many; /* the last expansion stopped at SL_GRAM_MAX_STACKS (else: out of memory) */
     uint32_t epoch;
     uint32_t *work, *found;
     uint32_t n_work, cap_work, n_found, cap_found;
@@ -195,8 +225,13 @@ struct sl_gram_matcher {
 
 /* The state after byte class c from state s (not GRAM_DEAD), computing and memoizing it when
  * new. keep[0..n_keep) are states the caller still holds: if the memo is rebuilt they are
- * renumbered in place (s and the matcher's own states always are). GRAM_NONE: out of memory. */
+ * renumbered in place (s and the matcher's own states always are). GRAM_NONE: see gram_fail. */
 uint32_t gram_next(sl_gram_matcher *m, uint32_t s, uint32_t c, uint32_t *keep, int n_keep);
+/* The loop summary of state s (which stays valid: the memo is not rebuilt meanwhile); NULL when
+ * it cannot be computed (then callers assume no loop). */
+const gram_loop *gram_state_loop(sl_gram_matcher *m, uint32_t s);
+/* The error for a GRAM_NONE from gram_next: too many stacks or out of memory. */
+sl_status gram_fail(const sl_gram_matcher *m, sl_err *e);
 /* Appends the canonical content of state s (independent of the matcher's numbering) to key.
  * 0, or -1 when out of memory. */
 int gram_state_key(sl_gram_matcher *m, uint32_t s, gram_words *key);

@@ -5,9 +5,12 @@
 
 #include "gram_impl.h"
 
-/* Sets the bits of every trie token whose bytes the current state accepts. Each node costs a
- * lookup in the memo row of its parent's state (computed on first use); a dead transition
- * skips the node's whole subtree. */
+/* Sets the bits of every trie token whose bytes the current state accepts (SL_ERR_NOMEM: see
+ * gram_fail). Each node costs a lookup in the memo row of its parent's state (computed on first
+ * use); a dead transition skips the node's whole subtree. A subtree whose bytes all lead the
+ * state back to itself (plain text inside a string: its ASCII bytes loop, and so do whole UTF-8
+ * characters) is accepted whole without walking it: its tokens are a range of pre_tok. Only big
+ * nodes (gram_impl.h) are asked, the rest costs one test of a byte already loaded. */
 static sl_status walk(sl_gram_matcher *m, uint32_t *bits, uint64_t *visited)
 {
     const sl_gram_vocab *v = m->v;
@@ -17,6 +20,7 @@ static sl_status walk(sl_gram_matcher *m, uint32_t *bits, uint64_t *visited)
     const uint32_t sh = m->row_shift;
     uint32_t *st = m->walk; /* st[d]: the state after the first d bytes of the current path */
     uint64_t seen = 0;
+    uint32_t bi = 0; /* big[bi]: the first big node not before i (nodes are visited ascending) */
     st[0] = m->state;
     for (uint32_t i = 0; i < v->n_nodes;) {
         gram_node x = node[i];
@@ -33,6 +37,20 @@ static sl_status walk(sl_gram_matcher *m, uint32_t *bits, uint64_t *visited)
             continue;
         }
         st[x.depth] = (uint32_t)t;
+        if (x.below) {
+            while (v->big[bi].node < i)
+                bi++;
+            const gram_big *b = &v->big[bi];
+            const gram_loop *l = gram_state_loop(m, (uint32_t)t);
+            row = m->row;
+            if (l && !(b->ascii[0] & ~l->ascii[0]) && !(b->ascii[1] & ~l->ascii[1]) &&
+                ((x.below & GRAM_BELOW_ASCII) || ((x.below & GRAM_BELOW_UTF8) && l->utf8))) {
+                for (uint32_t k = b->tok_lo; k < b->tok_hi; k++)
+                    bits[v->pre_tok[k] >> 5] |= 1u << (v->pre_tok[k] & 31);
+                i = v->end[i];
+                continue;
+            }
+        }
         if (x.tok >= 0)
             bits[x.tok >> 5] |= 1u << (x.tok & 31);
         else if (x.tok < -1)
@@ -70,7 +88,7 @@ sl_status sl_gram_matcher_fill_mask(sl_gram_matcher *m, uint32_t *bits, sl_err *
         return SL_OK;
     }
     uint64_t visited = 0;
-    if (walk(m, bits, &visited)) return sl_err_set(e, SL_ERR_NOMEM, "grammar mask: out of memory");
+    if (walk(m, bits, &visited)) return gram_fail(m, e);
     m->stats.trie_nodes += visited;
     if (gram_state_can_end(m, m->state))
         for (int k = 0; k < v->n_eos; k++)

@@ -82,6 +82,10 @@ static int expand(sl_gram_matcher *m)
         m->f_seen[f] = m->epoch;
         gel el = f ? g->el[m->f_pos[f]] : (gel){GEL_BYTES, 0};
         if (!f || el.kind == GEL_BYTES) {
+            if (m->n_found == SL_GRAM_MAX_STACKS) {
+                m->too_many = 1;
+                return -1;
+            }
             if (grow32(&m->found, &m->cap_found, m->n_found + 1)) return -1;
             m->found[m->n_found++] = f;
         } else if (el.kind == GEL_END) {
@@ -96,6 +100,15 @@ static int expand(sl_gram_matcher *m)
     return 0;
 }
 
+sl_status gram_fail(const sl_gram_matcher *m, sl_err *e)
+{
+    if (m->too_many)
+        return sl_err_set(e, SL_ERR_LIMIT,
+                          "the grammar is too ambiguous here: more than %d parse stacks at once",
+                          SL_GRAM_MAX_STACKS);
+    return sl_err_set(e, SL_ERR_NOMEM, "grammar matcher: out of memory");
+}
+
 /* A new expansion: fresh visit marks, empty lists. */
 static void expand_begin(sl_gram_matcher *m)
 {
@@ -104,6 +117,7 @@ static void expand_begin(sl_gram_matcher *m)
         m->epoch = 1;
     }
     m->n_work = m->n_found = 0;
+    m->too_many = 0;
 }
 
 /* ---- states ---- */
@@ -132,8 +146,10 @@ static uint32_t state_of_found(sl_gram_matcher *m)
         uint32_t c = m->cap_s, c2 = m->cap_s;
         if (grow32(&m->s_off, &c, m->n_s + 1) || grow32(&m->s_len, &c2, m->n_s + 1)) return GRAM_NONE;
         int32_t *row = realloc(m->row, (size_t)c * nc * sizeof *row);
-        if (!row) return GRAM_NONE;
-        m->row = row;
+        if (row) m->row = row;
+        gram_loop *loop = realloc(m->loop, (size_t)c * sizeof *loop);
+        if (loop) m->loop = loop;
+        if (!row || !loop) return GRAM_NONE;
         m->cap_s = c;
     }
     if (m->n_pool + n >= m->cap_pool) { /* >=: the pool exists even for the empty state */
@@ -151,6 +167,7 @@ static uint32_t state_of_found(sl_gram_matcher *m)
     m->s_len[m->n_s] = n;
     m->n_pool += n;
     memset(m->row + ((size_t)m->n_s << m->row_shift), 0xFF, nc * sizeof *m->row);
+    m->loop[m->n_s].known = 0;
     return m->n_s++;
 }
 
@@ -262,7 +279,7 @@ static uint32_t state_from_key(sl_gram_matcher *m, const uint32_t *key, size_t *
 static size_t memo_bytes(const sl_gram_matcher *m)
 {
     return (size_t)m->n_f * (3 * sizeof(uint32_t) + 24) +
-           (size_t)m->n_s * (2 * sizeof(uint32_t) + 24 + (sizeof(int32_t) << m->row_shift)) +
+           (size_t)m->n_s * (2 * sizeof(uint32_t) + 24 + sizeof(gram_loop) + (sizeof(int32_t) << m->row_shift)) +
            m->n_pool * sizeof(uint32_t);
 }
 
@@ -310,7 +327,7 @@ uint32_t gram_next(sl_gram_matcher *m, uint32_t s, uint32_t c, uint32_t *keep, i
 {
     int32_t t = m->row[((size_t)s << m->row_shift) + c];
     if (t >= 0) return (uint32_t)t;
-    if (memo_bytes(m) > m->memo_limit) {
+    if (!m->pinned && memo_bytes(m) > m->memo_limit) {
         /* s rides along as one more kept state */
         uint32_t *all = malloc(((size_t)n_keep + 1) * sizeof *all);
         if (!all) return GRAM_NONE;
@@ -327,6 +344,70 @@ uint32_t gram_next(sl_gram_matcher *m, uint32_t s, uint32_t c, uint32_t *keep, i
     return next;
 }
 
+/* ---- loop summaries ---- */
+
+/* The UTF-8 characters from U+0080 on, by lead byte: continuation bytes after it, and the range
+ * of the first one (the later ones are 80..BF). */
+static const struct {
+    uint8_t lo, hi, n, lo2, hi2;
+} utf8_leads[] = {{0xC2, 0xDF, 1, 0x80, 0xBF}, {0xE0, 0xE0, 2, 0xA0, 0xBF}, {0xE1, 0xEC, 2, 0x80, 0xBF},
+                  {0xED, 0xED, 2, 0x80, 0x9F}, {0xEE, 0xEF, 2, 0x80, 0xBF}, {0xF0, 0xF0, 3, 0x90, 0xBF},
+                  {0xF1, 0xF3, 3, 0x80, 0xBF}, {0xF4, 0xF4, 3, 0x80, 0x8F}};
+
+/* 1 when every byte of [lo, hi] (by class) leads u to a live state and, after `more` further
+ * continuation bytes, back to home. */
+static int utf8_returns(sl_gram_matcher *m, uint32_t home, uint32_t u, unsigned lo, unsigned hi, int more)
+{
+    uint8_t done[256] = {0};
+    for (unsigned b = lo; b <= hi; b++) {
+        uint32_t c = m->g->cls[b];
+        if (done[c]) continue;
+        done[c] = 1;
+        uint32_t t = gram_next(m, u, c, NULL, 0);
+        if (t == GRAM_NONE || t == GRAM_DEAD) return 0;
+        if (more ? !utf8_returns(m, home, t, 0x80, 0xBF, more - 1) : t != home) return 0;
+    }
+    return 1;
+}
+
+const gram_loop *gram_state_loop(sl_gram_matcher *m, uint32_t s)
+{
+    gram_loop *l = &m->loop[s];
+    if (l->known) return l;
+    gram_loop r = {{0, 0}, 1, 1};
+    uint8_t done[256] = {0}, loops[256] = {0};
+    m->pinned = 1; /* s and the states below stay numbered as they are */
+    for (unsigned b = 0; b < 0x80; b++) {
+        uint32_t c = m->g->cls[b];
+        if (!done[c]) {
+            uint32_t t = gram_next(m, s, c, NULL, 0);
+            if (t == GRAM_NONE) {
+                m->pinned = 0;
+                return NULL;
+            }
+            done[c] = 1;
+            loops[c] = t == s;
+        }
+        if (loops[c]) r.ascii[b >> 6] |= 1ull << (b & 63);
+    }
+    for (size_t k = 0; k < sizeof utf8_leads / sizeof *utf8_leads && r.utf8; k++) {
+        memset(done, 0, sizeof done);
+        for (unsigned b = utf8_leads[k].lo; b <= utf8_leads[k].hi && r.utf8; b++) {
+            uint32_t c = m->g->cls[b], t;
+            if (done[c]) continue;
+            done[c] = 1;
+            t = gram_next(m, s, c, NULL, 0);
+            r.utf8 = t != GRAM_NONE && t != GRAM_DEAD &&
+                     utf8_returns(m, s, t, utf8_leads[k].lo2, utf8_leads[k].hi2, utf8_leads[k].n - 1);
+        }
+    }
+    m->pinned = 0;
+    m->too_many = 0; /* a failure here only means "no loop" */
+    l = &m->loop[s]; /* the arrays may have grown */
+    *l = r;
+    return l;
+}
+
 /* ---- the matcher ---- */
 
 void sl_gram_matcher_free(sl_gram_matcher *m)
@@ -334,7 +415,7 @@ void sl_gram_matcher_free(sl_gram_matcher *m)
     if (!m) return;
     free(m->f_pos), free(m->f_up), free(m->f_seen);
     gram_map_free(&m->f_map);
-    free(m->s_off), free(m->s_len), free(m->pool), free(m->row);
+    free(m->s_off), free(m->s_len), free(m->pool), free(m->row), free(m->loop);
     gram_map_free(&m->s_map);
     free(m->work), free(m->found), free(m->key.v), free(m->walk);
     sl_gram_free(m->g);
@@ -359,7 +440,11 @@ sl_status sl_gram_matcher_new(sl_gram *g, sl_gram_vocab *v, sl_gram_matcher **ou
         !(m->f_seen = malloc(m->cap_f * sizeof *m->f_seen)) ||
         (v && !(m->walk = malloc(((size_t)v->max_depth + 1) * sizeof *m->walk))) || memo_clear(m))
         goto oom;
-    if ((m->start = initial_state(m)) == GRAM_NONE) goto oom;
+    if ((m->start = initial_state(m)) == GRAM_NONE) {
+        sl_status st = gram_fail(m, e);
+        sl_gram_matcher_free(m);
+        return st;
+    }
     m->state = m->start;
     m->stats.dfa_states = m->n_s;
     *out = m;
@@ -388,14 +473,15 @@ static void hist_push(sl_gram_matcher *m)
     if (m->hist_n < SL_GRAM_MAX_ROLLBACK) m->hist_n++;
 }
 
-/* Runs bytes from the current state; commits only when every byte is accepted. On refusal
- * *bad gets the offset of the byte no stack accepts. */
-static sl_status advance(sl_gram_matcher *m, const uint8_t *p, size_t n, size_t *bad)
+/* Runs bytes from the current state; commits only when every byte is accepted. A refusal is
+ * SL_ERR_INVALID with *bad the offset of the byte no stack accepts, and e left for the caller to
+ * word; other failures are set in e (gram_fail). */
+static sl_status advance(sl_gram_matcher *m, const uint8_t *p, size_t n, size_t *bad, sl_err *e)
 {
     uint32_t s = m->state;
     for (size_t i = 0; i < n; i++) {
         uint32_t t = gram_next(m, s, m->g->cls[p[i]], NULL, 0);
-        if (t == GRAM_NONE) return SL_ERR_NOMEM;
+        if (t == GRAM_NONE) return gram_fail(m, e);
         if (t == GRAM_DEAD) {
             *bad = i;
             return SL_ERR_INVALID;
@@ -414,12 +500,11 @@ sl_status sl_gram_matcher_accept_bytes(sl_gram_matcher *m, const void *bytes, si
     if (m->ended)
         return sl_err_set(e, SL_ERR_INVALID, "the grammar has ended (an eos token was accepted)");
     size_t bad = 0;
-    sl_status st = advance(m, bytes, n, &bad);
-    if (st == SL_ERR_NOMEM) return sl_err_set(e, st, "grammar matcher: out of memory");
-    if (st)
+    sl_status st = advance(m, bytes, n, &bad, e);
+    if (st == SL_ERR_INVALID)
         return sl_err_set(e, st, "byte %zu (0x%02X) is not allowed by the grammar here", bad,
                           ((const uint8_t *)bytes)[bad]);
-    return SL_OK;
+    return st;
 }
 
 sl_status sl_gram_matcher_accept_token(sl_gram_matcher *m, int32_t id, sl_err *e)
@@ -444,9 +529,8 @@ sl_status sl_gram_matcher_accept_token(sl_gram_matcher *m, int32_t id, sl_err *e
     if (!b)
         return sl_err_set(e, SL_ERR_INVALID,
                           "token %d is special or unused: a grammar never allows it", id);
-    sl_status st = advance(m, b, len, &bad);
-    if (st == SL_ERR_NOMEM) return sl_err_set(e, st, "grammar matcher: out of memory");
-    if (st && e) {
+    sl_status st = advance(m, b, len, &bad, e);
+    if (st == SL_ERR_INVALID && e) {
         char shown[48];
         size_t k = 0;
         for (size_t i = 0; i < len && k + 5 < sizeof shown; i++)

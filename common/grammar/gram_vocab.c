@@ -21,6 +21,7 @@ void sl_gram_vocab_free(sl_gram_vocab *v)
     if (!v || atomic_fetch_sub(&v->refs, 1) != 1) return;
     free(v->off), free(v->bytes), free(v->hole), free(v->eos);
     free(v->node), free(v->end), free(v->dup_off), free(v->dup_id);
+    free(v->big), free(v->pre_tok);
     free(v);
 }
 
@@ -74,6 +75,92 @@ static uint32_t lcp(const tok_ref *a, const tok_ref *b)
     return k;
 }
 
+/* 1 when s[0..n) is UTF-8 that starts at a character boundary and is well-formed up to its end,
+ * where a character may be unfinished (a token cut inside a character). */
+static int utf8_from_boundary(const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        uint8_t c = s[i], lo = 0x80, hi = 0xBF;
+        size_t need;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF)
+            need = 1;
+        else if (c >= 0xE0 && c <= 0xEF)
+            need = 2, lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+        else if (c >= 0xF0 && c <= 0xF4)
+            need = 3, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+        else
+            return 0;
+        for (size_t k = 1; k <= need; k++, lo = 0x80, hi = 0xBF) {
+            if (i + k == n) return 1; /* unfinished at the end */
+            if (s[i + k] < lo || s[i + k] > hi) return 0;
+        }
+        i += need + 1;
+    }
+    return 1;
+}
+
+/* What lies below the big nodes (gram_impl.h): each token informs the big nodes on its path
+ * about its bytes after them. Tokens are short (Qwen3: 128 bytes at most), so this is
+ * quadratic in token length only. */
+static sl_status describe_below(sl_gram_vocab *v, const tok_ref *t, uint32_t nt, sl_err *e)
+{
+    uint32_t n = v->n_nodes, at = 0, n_big = 0;
+    for (uint32_t i = 0; i < n; i++)
+        n_big += v->end[i] - i >= GRAM_BIG_NODES;
+    uint32_t *path = malloc(((size_t)v->max_depth + 1) * sizeof *path);
+    uint32_t *slot = malloc(((size_t)n + 1) * sizeof *slot); /* node -> index in big, or NONE */
+    uint32_t *before = malloc(((size_t)n + 1) * sizeof *before); /* tokens at nodes < i */
+    v->big = calloc((size_t)n_big + 1, sizeof *v->big);
+    v->pre_tok = malloc(((size_t)nt + 1) * sizeof *v->pre_tok);
+    if (!path || !slot || !before || !v->big || !v->pre_tok) {
+        free(path), free(slot), free(before);
+        return sl_err_set(e, SL_ERR_NOMEM, "grammar vocabulary: out of memory");
+    }
+    /* the tokens in preorder are the nodes' tokens in node order */
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        before[i] = k;
+        int32_t tk = v->node[i].tok;
+        if (tk >= 0)
+            v->pre_tok[k++] = tk;
+        else if (tk < -1)
+            for (uint32_t d = v->dup_off[-2 - tk]; d < v->dup_off[-1 - tk]; d++)
+                v->pre_tok[k++] = v->dup_id[d];
+    }
+    before[n] = k;
+    for (uint32_t i = 0, b = 0; i < n; i++) {
+        slot[i] = GRAM_NONE;
+        if (v->end[i] - i < GRAM_BIG_NODES) continue;
+        slot[i] = b;
+        v->big[b++] = (gram_big){.node = i, .tok_lo = before[i], .tok_hi = before[v->end[i]]};
+        v->node[i].below = GRAM_BELOW_BIG | GRAM_BELOW_ASCII | GRAM_BELOW_UTF8;
+    }
+    v->n_big = n_big;
+    /* walk the trie again in the sorted token order to know each token's path */
+    for (uint32_t q = 0; q < nt; q++) {
+        uint32_t l = q ? lcp(&t[q - 1], &t[q]) : 0;
+        for (uint32_t depth = l; depth < t[q].len; depth++)
+            path[depth + 1] = at++;
+        for (uint32_t d = 1; d < t[q].len; d++) {
+            uint32_t i = path[d];
+            if (slot[i] == GRAM_NONE) continue;
+            for (uint32_t j = d; j < t[q].len; j++)
+                if (t[q].p[j] < 0x80)
+                    v->big[slot[i]].ascii[t[q].p[j] >> 6] |= 1ull << (t[q].p[j] & 63);
+                else
+                    v->node[i].below &= (uint8_t)~GRAM_BELOW_ASCII;
+            if (!utf8_from_boundary(t[q].p + d, t[q].len - d))
+                v->node[i].below &= (uint8_t)~GRAM_BELOW_UTF8;
+        }
+    }
+    free(path), free(slot), free(before);
+    return SL_OK;
+}
+
 /* The preorder trie of every token a mask can allow: not holes, not eos, not empty. */
 static sl_status build_trie(sl_gram_vocab *v, sl_err *e)
 {
@@ -118,7 +205,7 @@ static sl_status build_trie(sl_gram_vocab *v, sl_err *e)
             v->end[path[depth]] = at;
         for (; depth < t[k].len; depth++) {
             path[depth + 1] = at;
-            v->node[at++] = (gram_node){t[k].p[depth], (uint16_t)(depth + 1), -1};
+            v->node[at++] = (gram_node){t[k].p[depth], 0, (uint16_t)(depth + 1), -1};
         }
         gram_node *x = &v->node[path[t[k].len]];
         if (x->tok == -1) {
@@ -135,8 +222,10 @@ static sl_status build_trie(sl_gram_vocab *v, sl_err *e)
     }
     for (; depth > 0; depth--)
         v->end[path[depth]] = at;
-    free(t), free(path);
-    return SL_OK;
+    free(path);
+    sl_status st = describe_below(v, t, nt, e);
+    free(t);
+    return st;
 }
 
 /* Takes over off/bytes/hole (n tokens), copies the eos ids, builds the trie. */

@@ -50,6 +50,9 @@
 #define SL_GRAM_MAX_NEST 200            /* nesting depth of ( ) groups */
 #define SL_GRAM_MAX_REPEAT 10000        /* m and n of {m,n} */
 #define SL_GRAM_MAX_ELEMENTS (1u << 21) /* grammar size once repetitions are expanded */
+/* Stacks a matcher state may hold: an ambiguous grammar can double them per byte
+ * (e ::= "(" e ")" | "(" e e ")" | "x"); past this a call fails with SL_ERR_LIMIT. */
+#define SL_GRAM_MAX_STACKS 65536
 /* Tokens a matcher can roll back (sl_gram_matcher_rollback). */
 #define SL_GRAM_MAX_ROLLBACK 64
 
@@ -109,7 +112,9 @@ void sl_gram_matcher_reset(sl_gram_matcher *m);
 
 /* Advances by token id's bytes. A token the grammar does not allow here, a hole, a special token
  * or an eos id while the grammar cannot end is SL_ERR_INVALID, and the state is unchanged. An
- * eos id accepted ends the matcher: nothing else is accepted and the mask is empty. */
+ * eos id accepted ends the matcher: nothing else is accepted and the mask is empty. Like every
+ * call that advances or masks, it can also fail with SL_ERR_LIMIT (SL_GRAM_MAX_STACKS) or
+ * SL_ERR_NOMEM, the state unchanged. */
 sl_status sl_gram_matcher_accept_token(sl_gram_matcher *m, int32_t id, sl_err *e);
 /* Advances by raw bytes (may stop inside a UTF-8 character). All or nothing, like accept_token;
  * the message gives the offset of the first byte that no stack accepts. */
@@ -122,8 +127,8 @@ int sl_gram_matcher_must_end(const sl_gram_matcher *m);
 /* Writes the allowed tokens of the current state into bits[0..sl_gram_vocab_mask_words(v)):
  * bit id set = token id may come next. eos ids are set exactly when can_end. The result comes
  * from the grammar's mask cache when another matcher (or this one) was in the same state
- * before; otherwise it is computed by walking the vocabulary's byte trie. Fails only without a
- * vocabulary (SL_ERR_INVALID) or out of memory. */
+ * before; otherwise it is computed by walking the vocabulary's byte trie. Fails without a
+ * vocabulary (SL_ERR_INVALID), past SL_GRAM_MAX_STACKS (SL_ERR_LIMIT) or out of memory. */
 sl_status sl_gram_matcher_fill_mask(sl_gram_matcher *m, uint32_t *bits, sl_err *e);
 /* Undoes the last n successful accept_token / accept_bytes calls (n <= SL_GRAM_MAX_ROLLBACK and
  * no more than were made since the start or the last reset; else SL_ERR_LIMIT, unchanged). */

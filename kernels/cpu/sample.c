@@ -115,7 +115,7 @@ static int32_t draw(float *x, int64_t V, const sl_sample_row *w, int32_t *idx)
             if (x[i] >= floor_p) tot += x[i];
         int32_t last = 0;
         for (int64_t i = 0; i < V; i++) {
-            if (x[i] < floor_p) continue;
+            if (x[i] < floor_p || x[i] == 0.0f) continue; /* zero: masked out, or underflow */
             acc += x[i];
             last = (int32_t)i;
             if (acc > u * tot) return (int32_t)i;
@@ -207,6 +207,11 @@ void sl_cpu_sample(sl_backend *be, sl_tensor *ids, sl_tensor *lp, const sl_tenso
         const float *raw = (const float *)logits->data + r * sl_tensor_ld(logits);
         int32_t pend = w->pending >= 0 ? ((const int32_t *)a->pending_ids->data)[w->pending] : -1;
         memcpy(x, raw, sizeof(float) * (size_t)V);
+        if (a->mask && w->mask_row >= 0) {
+            const uint32_t *bits = a->mask + (size_t)w->mask_row * (size_t)a->mask_words;
+            for (int64_t i = 0; i < V; i++)
+                if (!(bits[i >> 5] >> (i & 31) & 1)) x[i] = -INFINITY;
+        }
         apply_penalties(x, V, w, a, pend);
         int32_t tok = w->temperature <= 0.0f || w->top_k == 1 ? (int32_t)argmax(x, V)
                                                                : draw(x, V, w, idx);

@@ -56,7 +56,7 @@ typedef struct cu_sample_stage {
 
 // Copies the host arrays into this call's half of the staging buffer and on
 // to the device; returns the device copy (rows first, then pen_tok, pen_out,
-// pen_prompt).
+// pen_prompt, then the mask rows).
 static char *stage(cu_backend *b, const sl_sample_args *a)
 {
     if (!b->sample) {
@@ -68,7 +68,8 @@ static char *stage(cu_backend *b, const sl_sample_args *a)
     cu_sample_stage *st = b->sample;
     size_t rows = sizeof(sl_sample_row) * (size_t)a->n_rows,
            pen = sizeof(int32_t) * (size_t)a->n_pen;
-    size_t need = rows + 3 * pen;
+    size_t mask = a->mask ? sizeof(uint32_t) * (size_t)a->n_mask_rows * (size_t)a->mask_words : 0;
+    size_t need = rows + 3 * pen + mask;
     auto *buf = &st->buf[st->next];
     st->next ^= 1;
     // the host half may still be the source of its previous copy
@@ -88,6 +89,7 @@ static char *stage(cu_backend *b, const sl_sample_args *a)
         memcpy(buf->host + rows + pen, a->pen_out, pen);
         memcpy(buf->host + rows + 2 * pen, a->pen_prompt, pen);
     }
+    if (mask) memcpy(buf->host + rows + 3 * pen, a->mask, mask);
     CU_CHECK(cudaMemcpyAsync(buf->dev, buf->host, need, cudaMemcpyHostToDevice, b->stream));
     CU_CHECK(cudaEventRecord(buf->copied, b->stream));
     return buf->dev;
@@ -115,6 +117,8 @@ void cu_sample(sl_backend *be, sl_tensor *ids, sl_tensor *lp, const sl_tensor *l
     g.pen_out = (const int32_t *)(dev + rows + pen);
     g.pen_prompt = (const int32_t *)(dev + rows + 2 * pen);
     g.pending = a->pending_ids ? (const int32_t *)a->pending_ids->data : NULL;
+    g.mask = a->mask ? (const uint32_t *)(dev + rows + 3 * pen) : NULL;
+    g.mask_words = a->mask_words;
     // slices of whole chunks, enough to fill the GPU twice over
     int NC = (int)((V + SB_NT - 1) / SB_NT), B = (2 * b->n_sm + R - 1) / R;
     B = B < SB_MAXB ? B : SB_MAXB;

@@ -37,6 +37,8 @@ struct sb_args {
     const sl_sample_row *rows;
     const int32_t *pen_tok, *pen_out, *pen_prompt;
     const int32_t *pending;
+    const uint32_t *mask; // [n_mask_rows][mask_words] on the device, or NULL
+    int mask_words;
     float *scratch; // [R, V]: penalised logits, then probabilities
     int B, S;       // slices per row, ids per slice (whole chunks of SB_NT ids)
     int NC;         // chunks per row
@@ -121,7 +123,8 @@ static __device__ u64 sb_scan(u64 v, sb_shared &s, u64 *total)
 struct sb_row {
     sl_sample_row w;
     int32_t pend;   // the pending token, or -1
-    int pen, greedy;
+    const uint32_t *mask; // this row's allowed-token bits, or NULL
+    int pen, greedy;      // pen: the row is rewritten into scratch (penalties or a mask)
     int k;          // top-k, V when off
     int cand;       // top-k through per-slice candidates (k < V, k <= SB_NT)
     int lo, len;    // this block's slice of the vocabulary
@@ -140,9 +143,11 @@ static __device__ sb_row sb_row_of(const sb_args &g, int r, int b, sb_shared &s)
     const sl_sample_row &w = q.w;
     const int V = g.V;
     q.pend = w.pending >= 0 ? g.pending[w.pending] : -1;
-    q.pen = (w.pen_n > 0 || q.pend >= 0) &&
-            (w.repetition_penalty != 1.0f || w.frequency_penalty != 0.0f ||
-             w.presence_penalty != 0.0f);
+    q.mask = g.mask && w.mask_row >= 0 ? g.mask + (size_t)w.mask_row * g.mask_words : NULL;
+    q.pen = ((w.pen_n > 0 || q.pend >= 0) &&
+             (w.repetition_penalty != 1.0f || w.frequency_penalty != 0.0f ||
+              w.presence_penalty != 0.0f)) ||
+            q.mask;
     q.greedy = w.temperature <= 0.0f || w.top_k == 1;
     q.k = w.top_k > 0 && w.top_k < V ? w.top_k : V;
     q.cand = !q.greedy && q.k < V && q.k <= SB_NT;

@@ -93,8 +93,12 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample_max(sb_args g)
 
     const float *x = raw;
     if (q.pen) {
-        for (int i = lo + tid; i < hi; i += SB_NT)
-            ps[i] = raw[i];
+        if (q.mask) // a token the grammar excludes is -inf for every later step of the op
+            for (int i = lo + tid; i < hi; i += SB_NT)
+                ps[i] = q.mask[i >> 5] >> (i & 31) & 1 ? raw[i] : -INFINITY;
+        else
+            for (int i = lo + tid; i < hi; i += SB_NT)
+                ps[i] = raw[i];
         __syncthreads();
         for (int e = tid; e < w.pen_n; e += SB_NT) { // tokens are distinct: no write conflicts
             int32_t t = g.pen_tok[w.pen_start + e];
@@ -203,7 +207,7 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample_prob(sb_args g)
         mass += m;
         if (p >= floor_p) { // as sb_find_mass keeps them
             kept += m;
-            last = (u64)i + 1;
+            if (p > 0.0f) last = (u64)i + 1; // never a masked-out (or underflowed) token
         }
     }
     nzero = sb_reduce(nzero, usum_op, s);

@@ -130,6 +130,46 @@ static int convert_message(json_t *m, size_t idx, json_t *out, sl_api_err *err)
     return rc;
 }
 
+
+/* output_format {"type": "json_schema", "schema"} (Anthropic's structured
+ * outputs): the text answer validates against schema. */
+static int decode_output_format(sl_job *j, const json_t *of, sl_api_err *err)
+{
+    if (!of || json_is_null(of)) return 0;
+    const char *ty = json_string_value(json_object_get(of, "type"));
+    if (!ty || strcmp(ty, "json_schema"))
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "output_format: expected {\"type\": \"json_schema\", "
+                           "\"schema\": {...}}");
+    return sl_job_constrain(j, SL_CONS_KIND_JSON_SCHEMA, "output_format.schema",
+                            json_object_get(of, "schema"), err);
+}
+
+/* tool_choice {"type": "auto" | "any" | "tool" (name) | "none"} and
+ * disable_parallel_tool_use; any and tool are enforced by the tool-call
+ * grammar (job_constrain.c). tools: the chat tools the request became. */
+static int decode_tool_choice(sl_job *j, const json_t *tc, const json_t *tools, sl_api_err *err)
+{
+    if (!tc || json_is_null(tc)) return 0;
+    const char *ty = json_string_value(json_object_get(tc, "type"));
+    if (!json_is_object(tc) || !ty)
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: expected {\"type\": \"auto\" | \"any\" | "
+                           "\"tool\" | \"none\"}");
+    int no_parallel = 0;
+    if (sl_api_get_bool(tc, "disable_parallel_tool_use", &no_parallel, err)) return -1;
+    j->p.parallel_tool_calls = !no_parallel;
+    if (!strcmp(ty, "auto") || !strcmp(ty, "none")) return 0;
+    size_t ntools = json_is_array(tools) ? json_array_size(tools) : 0;
+    if (strcmp(ty, "any") && strcmp(ty, "tool"))
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice.type: expected \"auto\", \"any\", \"tool\" or "
+                           "\"none\"");
+    if (!ntools) return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: \"%s\" needs tools", ty);
+    if (!strcmp(ty, "any")) return sl_job_constrain(j, SL_CONS_KIND_TOOLS, "tool_choice", NULL, err);
+    json_t *name = json_object_get(tc, "name");
+    if (!json_is_string(name))
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice.name: expected a string");
+    return sl_job_constrain_tool(j, tools, name, err);
+}
+
 static int an_decode(sl_job *j, sl_api_err *err)
 {
     json_t *b = j->body;
@@ -211,6 +251,11 @@ static int an_decode(sl_job *j, sl_api_err *err)
             json_object_set_new(chat, "tools", ct);
         else
             json_decref(ct);
+    }
+    if (decode_tool_choice(j, tc, json_object_get(chat, "tools"), err) ||
+        decode_output_format(j, json_object_get(b, "output_format"), err)) {
+        json_decref(chat);
+        return -1;
     }
     json_t *thinking = json_object_get(b, "thinking");
     const char *tt = json_string_value(json_object_get(thinking, "type"));

@@ -3,13 +3,58 @@
  *
  * Field policy (docs/api.md): known fields are type- and range-checked and a
  * bad one is a 400 naming it; fields sluice cannot honour (logit_bias,
- * response_format other than text, best_of > 1, echo, suffix, functions) are
+ * best_of > 1, echo, suffix, functions) are
  * rejected with a 400 saying so; anything else unknown is ignored, as
  * SGLang and vLLM do. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "job.h"
+
+/* response_format and SGLang's regex / ebnf / json_schema (a schema as JSON
+ * text): what constrains the output (job_constrain.c). */
+static int decode_constraint(sl_job *j, sl_api_err *err)
+{
+    const json_t *b = j->body;
+    json_t *rf = json_object_get(b, "response_format");
+    if (rf && !json_is_null(rf)) {
+        const char *t = json_string_value(json_object_get(rf, "type"));
+        if (!json_is_object(rf) || !t)
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "response_format: expected {\"type\": \"text\" | "
+                               "\"json_object\" | \"json_schema\", ...}");
+        if (!strcmp(t, "json_object")) {
+            if (sl_job_constrain(j, SL_CONS_KIND_JSON_OBJECT, "response_format", NULL, err)) return -1;
+        } else if (!strcmp(t, "json_schema")) {
+            json_t *js = json_object_get(rf, "json_schema");
+            if (!json_is_object(js))
+                return sl_api_fail(err, SL_API_STATUS_INVALID, "response_format.json_schema: expected an object "
+                                   "with name and schema");
+            if (sl_job_constrain(j, SL_CONS_KIND_JSON_SCHEMA, "response_format.json_schema.schema",
+                                 json_object_get(js, "schema"), err))
+                return -1;
+        } else if (strcmp(t, "text")) {
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "response_format.type: expected \"text\", "
+                               "\"json_object\" or \"json_schema\", not \"%s\"", t);
+        }
+    }
+    json_t *v = json_object_get(b, "regex");
+    if (v && !json_is_null(v) && sl_job_constrain(j, SL_CONS_KIND_REGEX, "regex", v, err)) return -1;
+    v = json_object_get(b, "ebnf");
+    if (v && !json_is_null(v) && sl_job_constrain(j, SL_CONS_KIND_EBNF, "ebnf", v, err)) return -1;
+    v = json_object_get(b, "json_schema");
+    if (v && !json_is_null(v)) {
+        if (!json_is_string(v))
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "json_schema: expected a JSON Schema as a string");
+        json_error_t je;
+        json_t *schema = json_loads(json_string_value(v), 0, &je);
+        if (!schema)
+            return sl_api_fail(err, SL_API_STATUS_INVALID, "json_schema: not valid JSON: %s", je.text);
+        int rc = sl_job_constrain(j, SL_CONS_KIND_JSON_SCHEMA, "json_schema", schema, err);
+        json_decref(schema);
+        if (rc) return -1;
+    }
+    return 0;
+}
 
 /* Fields chat and completions share. */
 static int decode_common(sl_job *j, sl_api_err *err)
@@ -35,12 +80,7 @@ static int decode_common(sl_job *j, sl_api_err *err)
             !(json_is_string(v) && !json_string_length(v)))
             return sl_api_fail(err, SL_API_STATUS_INVALID, "%s", rejected[i][1]);
     }
-    json_t *rf = json_object_get(b, "response_format");
-    if (rf && !json_is_null(rf)) {
-        json_t *t = json_object_get(rf, "type");
-        if (!json_is_string(t) || strcmp(json_string_value(t), "text"))
-            return sl_api_fail(err, SL_API_STATUS_INVALID, "response_format: only {\"type\": \"text\"} is supported");
-    }
+    if (decode_constraint(j, err)) return -1;
     int best_of = 1, echo = 0;
     if (sl_api_get_int(b, "best_of", 1, 1, &best_of, err) || sl_api_get_bool(b, "echo", &echo, err))
         return -1;
@@ -119,6 +159,7 @@ static int decode_tools(sl_job *j, sl_api_err *err)
         }
         ntools = json_array_size(tools);
     }
+    if (sl_api_get_bool(b, "parallel_tool_calls", &j->p.parallel_tool_calls, err)) return -1;
     json_t *tc = json_object_get(b, "tool_choice");
     if (!tc || json_is_null(tc)) return 0;
     if (json_is_string(tc)) {
@@ -133,18 +174,15 @@ static int decode_tools(sl_job *j, sl_api_err *err)
                                "{\"type\": \"function\", \"function\": {\"name\": ...}}");
         if (!strcmp(v, "required") && !ntools)
             return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: \"required\" needs tools");
-        return 0;
+        /* required: the output is tool calls, enforced by their grammar */
+        return strcmp(v, "required") ? 0 : sl_job_constrain(j, SL_CONS_KIND_TOOLS, "tool_choice", NULL, err);
     }
     json_t *fn = json_object_get(tc, "function");
     const char *name = json_string_value(json_object_get(fn, "name"));
     if (!json_is_object(tc) || !name)
         return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: expected a string or {\"type\": \"function\", "
                            "\"function\": {\"name\": ...}}");
-    for (size_t i = 0; i < ntools; i++) {
-        json_t *f = json_object_get(json_array_get(tools, i), "function");
-        if (!strcmp(json_string_value(json_object_get(f, "name")), name)) return 0;
-    }
-    return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: function `%s` is not among the tools", name);
+    return sl_job_constrain_tool(j, tools, json_object_get(fn, "name"), err);
 }
 
 static int decode_chat(sl_job *j, sl_api_err *err)

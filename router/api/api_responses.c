@@ -212,7 +212,8 @@ static int decode_input(sl_job *j, sl_api_err *err)
     return rc;
 }
 
-/* Flat function tools -> chat tools; tool_choice auto / none. */
+/* Flat function tools -> chat tools; tool_choice auto, none, required or a
+ * named function (the last two enforced by the tool-call grammar). */
 static int decode_tools(sl_job *j, sl_api_err *err)
 {
     json_t *b = j->body;
@@ -261,9 +262,18 @@ static int decode_tools(sl_job *j, sl_api_err *err)
         json_object_del(b, "tools");
         return 0;
     }
-    if (v && strcmp(v, "required"))
-        return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: expected \"auto\" or \"none\"");
-    return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: required and named choices are not supported yet (only \"auto\" and \"none\")");
+    json_t *ct = json_object_get(b, "tools");
+    size_t ntools = json_is_array(ct) ? json_array_size(ct) : 0;
+    if (v && !strcmp(v, "required")) {
+        if (!ntools) return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: \"required\" needs tools");
+        return sl_job_constrain(j, SL_CONS_KIND_TOOLS, "tool_choice", NULL, err);
+    }
+    const char *ty = json_string_value(json_object_get(tc, "type"));
+    json_t *name = json_object_get(tc, "name");
+    if (v || !ty || strcmp(ty, "function") || !json_is_string(name))
+        return sl_api_fail(err, SL_API_STATUS_INVALID, "tool_choice: expected \"auto\", \"none\", \"required\" or "
+                           "{\"type\": \"function\", \"name\": ...}");
+    return sl_job_constrain_tool(j, ct, name, err);
 }
 
 static int rs_decode(sl_job *j, sl_api_err *err)
@@ -285,12 +295,12 @@ static int rs_decode(sl_job *j, sl_api_err *err)
         return sl_api_fail(err, SL_API_STATUS_INVALID, "conversation is not supported: this server keeps no conversations; send the full input");
     if (is_set(json_object_get(b, "prompt")))
         return sl_api_fail(err, SL_API_STATUS_INVALID, "prompt: stored prompt templates are not supported; send instructions and input");
-    int background = 0, store = 0, parallel = 1, top_logprobs = 0;
+    int background = 0, store = 0, top_logprobs = 0;
     Sluice__SamplingParams *s = &p->sampling;
     if (sl_api_get_bool(b, "stream", &p->stream, err) ||
         sl_api_get_bool(b, "store", &store, err) ||
         sl_api_get_bool(b, "background", &background, err) ||
-        sl_api_get_bool(b, "parallel_tool_calls", &parallel, err) ||
+        sl_api_get_bool(b, "parallel_tool_calls", &p->parallel_tool_calls, err) ||
         sl_api_get_int(b, "max_output_tokens", 1, 1 << 30, &p->max_tokens, err) ||
         sl_api_get_num(b, "temperature", 0, 2, &s->temperature, err) ||
         sl_api_get_num(b, "top_p", 1e-6, 1, &s->top_p, err) ||
@@ -311,8 +321,16 @@ static int rs_decode(sl_job *j, sl_api_err *err)
     json_t *fmt = json_object_get(json_object_get(b, "text"), "format");
     if (is_set(fmt)) {
         const char *t = json_string_value(json_object_get(fmt, "type"));
-        if (!t || strcmp(t, "text"))
-            return sl_api_fail(err, SL_API_STATUS_INVALID, "text.format: %s is not supported yet (only {\"type\": \"text\"})", t ? t : "this format");
+        int rc = 0;
+        if (t && !strcmp(t, "json_schema"))
+            rc = sl_job_constrain(j, SL_CONS_KIND_JSON_SCHEMA, "text.format.schema",
+                                  json_object_get(fmt, "schema"), err);
+        else if (t && !strcmp(t, "json_object"))
+            rc = sl_job_constrain(j, SL_CONS_KIND_JSON_OBJECT, "text.format", NULL, err);
+        else if (!t || strcmp(t, "text"))
+            rc = sl_api_fail(err, SL_API_STATUS_INVALID, "text.format.type: expected \"text\", \"json_object\" or "
+                             "\"json_schema\"");
+        if (rc) return -1;
     }
     if (decode_input(j, err) || decode_tools(j, err)) return -1;
     return sl_job_prompts(j, 1, err);

@@ -40,20 +40,24 @@ sl_job *sl_job_decode(const sl_router_config *cfg, const char *route, sl_api_kin
     j->p.n = 1;
     j->p.max_tokens = -1;
     j->p.separate_reasoning = 1;
+    j->p.parallel_tool_calls = 1;
+    j->answer_start = -1;
     j->p.sampling = (Sluice__SamplingParams)SLUICE__SAMPLING_PARAMS__INIT;
     j->p.sampling.temperature = cfg->default_temperature;
     j->p.sampling.top_p = cfg->default_top_p;
     j->p.sampling.top_k = cfg->default_top_k;
     j->p.sampling.min_p = cfg->default_min_p;
     j->p.sampling.repetition_penalty = 1.0f;
-    int rc;
-    if (!strcmp(route, "/tokenize")) {
+    j->p.split_special_tokens = cfg->split_special_tokens;
+    /* Read here for every route: the Anthropic and Responses decoders replace the body. */
+    int rc = sl_api_get_bool(body, "split_special_tokens", &j->p.split_special_tokens, err);
+    if (!rc && !strcmp(route, "/tokenize"))
         rc = sl_job_prompts(j, 1, err) ? -1 : decode_tokenize(j, err);
-    } else {
+    else if (!rc)
         rc = j->dialect->decode(j, err);
-    }
     if (!rc && j->p.n > cfg->max_n)
         rc = sl_api_fail(err, SL_API_STATUS_INVALID, "n: at most %d choices", cfg->max_n);
+    if (!rc) rc = sl_job_constraint_build(j, cfg, err);
     if (rc) {
         sl_job_free(j);
         return NULL;
@@ -104,6 +108,8 @@ void sl_job_free(sl_job *j)
     free(j->ids);
     for (int i = 0; i < j->p.n_stops; i++) free(j->p.stops[i]);
     sl_buf_free(&j->chat_prompt);
+    sl_buf_free(&j->grammar);
+    sl_job_cons_free(&j->p.cons);
     json_decref(j->body);
     free(j);
 }

@@ -73,6 +73,24 @@ struct sl_seq {
     void *dialect_state; /* the dialect's own (sl_api_dialect.seq_init) */
 };
 
+/* What constrains a request's output (job_constrain.c). */
+typedef enum sl_cons_kind {
+    SL_CONS_KIND_NONE,
+    SL_CONS_KIND_JSON_OBJECT, /* any JSON object */
+    SL_CONS_KIND_JSON_SCHEMA, /* schema */
+    SL_CONS_KIND_REGEX,       /* text */
+    SL_CONS_KIND_EBNF,        /* text: a GBNF grammar as given */
+    SL_CONS_KIND_TOOLS,       /* tool calls in the tool parser's format: tool, or any */
+} sl_cons_kind;
+
+typedef struct sl_job_cons {
+    sl_cons_kind kind;
+    const char *field; /* the request field that asked for it (static), for errors */
+    json_t *schema;    /* owned */
+    char *text;        /* owned */
+    char *tool;        /* owned; NULL: any of the tools */
+} sl_job_cons;
+
 struct sl_job_params {
     int stream, include_usage;
     int n;
@@ -84,6 +102,9 @@ struct sl_job_params {
     int n_stops;
     int logprobs;     /* chat: bool; completions: number of alternatives + 1 */
     int separate_reasoning;
+    int split_special_tokens; /* the client's text is encoded with no control tokens */
+    sl_job_cons cons;
+    int parallel_tool_calls; /* 0: at most one tool call per choice */
 };
 
 struct sl_job {
@@ -100,6 +121,8 @@ struct sl_job {
     sl_tok_ids *ids;
     int nprompts;
     sl_buf chat_prompt; /* rendered chat prompt (parsers need it) */
+    sl_buf grammar;     /* GBNF of p.cons (empty: unconstrained) */
+    int32_t answer_start; /* the grammar starts after this id (end of thinking), or -1 */
     sl_seq *seqs;
     int nseqs, nrunning;
     char id[64];
@@ -135,6 +158,23 @@ void sl_job_fail(sl_job *j, sl_api_status st, const char *msg);
 /* Submits choice s to worker (job_run.c); with allow_pd and --pd-disaggregation
  * through a prefill companion (job_pd.c). */
 sl_status sl_job_seq_submit(sl_seq *s, int worker, int allow_pd, sl_err *e);
+
+/* ---- constrained decoding (job_constrain.c, docs/structured-outputs.md) ---- */
+/* Records that field asks for kind (value: the schema for JSON_SCHEMA, a
+ * string for REGEX/EBNF, the function name or NULL for TOOLS). A 400 when
+ * another field already constrains the request, or value has the wrong
+ * type. */
+int sl_job_constrain(sl_job *j, sl_cons_kind kind, const char *field, const json_t *value,
+                     sl_api_err *err);
+/* tool_choice naming one function: constrains j to calls of it when name
+ * (a JSON string) is among tools (chat tools: {"function": {"name"}}), else
+ * a 400. */
+int sl_job_constrain_tool(sl_job *j, const json_t *tools, const json_t *name, sl_api_err *err);
+/* Turns p.cons into j->grammar and checks it compiles: a 400 naming what
+ * cannot be enforced. Runs at the end of sl_job_decode. */
+int sl_job_constraint_build(sl_job *j, const sl_router_config *cfg, sl_api_err *err);
+/* Frees p.cons. */
+void sl_job_cons_free(sl_job_cons *c);
 
 /* ---- prefill/decode disaggregation (job_pd.c, docs/disaggregation.md) ---- */
 typedef struct sl_pd_pair sl_pd_pair;

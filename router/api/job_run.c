@@ -55,6 +55,8 @@ static void sink_reasoning(void *ud, const char *t, size_t n)
 static void sink_tool_start(void *ud, int index, const char *id, const char *name)
 {
     sl_seq *s = ud;
+    /* parallel_tool_calls false: the first call is the answer, later ones are dropped */
+    if (!s->job->p.parallel_tool_calls && index > 0) return;
     sl_seq_tool *nt = realloc(s->tools, (size_t)(s->ntools + 1) * sizeof *nt);
     if (!nt) return;
     s->tools = nt;
@@ -65,7 +67,8 @@ static void sink_tool_start(void *ud, int index, const char *id, const char *nam
 static void sink_tool_args(void *ud, int index, const char *t, size_t n)
 {
     sl_seq *s = ud;
-    if (index >= 0 && index < s->ntools) sl_buf_append(&s->tools[index].args, t, n);
+    if (index < 0 || index >= s->ntools) return; /* a dropped call's arguments */
+    sl_buf_append(&s->tools[index].args, t, n);
     if (s->job->p.stream) s->job->dialect->tool_args(s, index, t, n);
 }
 
@@ -325,6 +328,13 @@ sl_status sl_job_seq_submit(sl_seq *s, int worker, int allow_pd, sl_err *e)
     for (int k = 0; k < neos && !sp.ignore_eos; k++) stops[nst++] = eos[k];
     g.n_stop_token_ids = (size_t)nst;
     g.stop_token_ids = stops;
+    Sluice__Constraint cons = SLUICE__CONSTRAINT__INIT;
+    if (j->grammar.len) {
+        cons.grammar = j->grammar.data;
+        cons.n_start_after = j->answer_start >= 0;
+        cons.start_after = &j->answer_start;
+        g.constraint = &cons;
+    }
     sl_status st = allow_pd && rt->cfg.pd
                        ? sl_job_pd_submit(s, worker, &g, on_chunk, e)
                        : sl_cluster_submit(rt->cluster, worker, &g, on_chunk, s, &s->rid, e);
@@ -412,6 +422,10 @@ static void job_dispatch(sl_job *j)
                 return;
             }
     }
+    /* a thinking model's constrained answer starts when its thinking ends */
+    if (j->grammar.len && j->kind != SL_API_COMPLETIONS && t->answer_start)
+        j->answer_start = t->answer_start(rt->cfg.text_impl, j->body, j->chat_prompt.data,
+                                          j->chat_prompt.len);
     sl_route_cand cand[256];
     int ncand = candidates(rt, cand, 256);
     if (!ncand) {
@@ -469,21 +483,31 @@ static void job_dispatch(sl_job *j)
     }
 }
 
-/* Renders and tokenizes the prompts: on the pool for long ones. */
+/* Renders and tokenizes the prompts: on the pool for long ones. With
+ * split_special_tokens the client's text (the template's record of it, or
+ * a whole text prompt) is encoded with no control tokens. */
 static void encode_all(sl_job *j)
 {
     const sl_router_config *c = &j->rt->cfg;
     sl_err *e = &j->work_err;
+    int split = j->p.split_special_tokens;
     if (j->kind == SL_API_CHAT || j->kind == SL_API_MESSAGES) {
-        if (c->text->render_chat(c->text_impl, j->body, &j->chat_prompt, e) != SL_OK) return;
-        if (c->text->encode(c->text_impl, j->chat_prompt.data, j->chat_prompt.len, &j->ids[0], e))
-            return;
+        sl_tok_spans typed = {0};
+        if (c->text->render_chat(c->text_impl, j->body, &j->chat_prompt, split ? &typed : NULL,
+                                 e) == SL_OK)
+            c->text->encode(c->text_impl, j->chat_prompt.data, j->chat_prompt.len,
+                            split ? &typed : NULL, &j->ids[0], e);
+        sl_tok_spans_free(&typed);
         return;
     }
-    for (int i = 0; i < j->nprompts; i++)
-        if (!j->is_ids[i] &&
-            c->text->encode(c->text_impl, j->texts[i], strlen(j->texts[i]), &j->ids[i], e))
+    for (int i = 0; i < j->nprompts; i++) {
+        if (j->is_ids[i]) continue;
+        size_t len = strlen(j->texts[i]);
+        sl_tok_span all = {0, len};
+        sl_tok_spans typed = {&all, len ? 1 : 0, 1};
+        if (c->text->encode(c->text_impl, j->texts[i], len, split ? &typed : NULL, &j->ids[i], e))
             return;
+    }
 }
 
 static void after_encode(sl_job *j)

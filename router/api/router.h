@@ -55,6 +55,12 @@ typedef struct sl_router_config {
     /* --pd-disaggregation: choices run on decode workers with a prefill
      * companion (docs/disaggregation.md) */
     int pd;
+    /* --grammar-backend none: requests that constrain their output get a 400 */
+    int no_constraints;
+    /* --split-special-tokens: special tokens spelled in a request's text
+     * (messages, tools, text prompts) are encoded as plain text, not as
+     * control tokens; a request's split_special_tokens overrides it */
+    int split_special_tokens;
     /* sampling for fields a request leaves out (generation_config.json) */
     float default_temperature, default_top_p, default_min_p;
     int default_top_k;

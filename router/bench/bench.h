@@ -193,6 +193,7 @@ typedef struct sl_bench_load {
     double request_rate; /* requests/s, Poisson arrivals; INFINITY: all at once */
     int max_concurrency; /* 0: unbounded */
     int stream, ignore_eos;
+    const char *extra_body; /* JSON members added to every request body ("k":v,...), or NULL */
     sl_bench_mt *mt; /* draws the Poisson gaps (unused when the rate is infinite) */
 } sl_bench_load;
 

@@ -68,6 +68,7 @@ struct client {
     struct sockaddr_storage addr;
     char hostport[300], model_json[1024];
     int stream, ignore_eos, limit;
+    const char *extra_body;
     job *jobs;
     int n_jobs, n_done, in_flight;
     job *pend_head, *pend_tail;
@@ -525,6 +526,7 @@ static write_req *build_completion(client *c, const job *j)
                         j->max_tokens, c->stream ? "true" : "false",
                         c->ignore_eos ? "true" : "false");
     if (c->stream) rc |= sl_buf_puts(b, ",\"stream_options\":{\"include_usage\":true}");
+    if (c->extra_body) rc |= sl_buf_printf(b, ",%s", c->extra_body);
     rc |= sl_buf_puts(b, "}");
     rc |= put_request_head(c, &w->head, "POST", "/v1/completions", b->len);
     if (rc) {
@@ -699,6 +701,7 @@ sl_status sl_bench_run(const sl_bench_target *t, const sl_bench_dataset *d,
     if (s) return s;
     c.stream = load->stream;
     c.ignore_eos = load->ignore_eos;
+    c.extra_body = load->extra_body;
     c.limit = load->max_concurrency;
     c.jobs = calloc((size_t)d->n, sizeof *c.jobs);
     c.arrive = calloc((size_t)d->n, sizeof *c.arrive);

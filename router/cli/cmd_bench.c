@@ -1,6 +1,7 @@
 /* `sluice bench`: sglang.bench_serving's random-dataset benchmark against an
  * OpenAI-compatible completions endpoint (flags, defaults and output as
  * sglang's, see docs/cli.md). */
+#include <jansson.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -11,12 +12,14 @@
 
 #include "bench.h"
 #include "router_cmd.h"
+#include "sl_hub.h"
 #include "sl_opts.h"
 
 typedef struct bench_args {
     const char *backend, *base_url, *host, *dataset, *model, *tokenizer, *output_file, *api_key;
     int port, num_prompts, input_len, output_len, max_concurrency, warmup;
     int disable_stream, disable_ignore_eos, disable_tqdm, output_details;
+    const char *extra_body;
     double range_ratio, request_rate;
     long long seed;
 } bench_args;
@@ -194,7 +197,8 @@ int sl_cmd_bench(int argc, char **argv)
         {"--port", NULL, SL_OPT_INT, &a.port, "server port (default 30000)"},
         {"--dataset-name", NULL, SL_OPT_STR, &a.dataset, "random (the only dataset)"},
         {"--model", NULL, SL_OPT_STR, &a.model, "model name sent (default: first of GET /v1/models)"},
-        {"--tokenizer", NULL, SL_OPT_STR, &a.tokenizer, "dir with tokenizer.json (default: --model)"},
+        {"--tokenizer", NULL, SL_OPT_STR, &a.tokenizer,
+         "dir with tokenizer.json, or Hugging Face model id ORG/NAME (default: --model)"},
         {"--num-prompts", NULL, SL_OPT_INT, &a.num_prompts, "requests to send (default 1000)"},
         {"--random-input-len", "--random-input", SL_OPT_INT, &a.input_len, "prompt tokens (1024)"},
         {"--random-output-len", "--random-output", SL_OPT_INT, &a.output_len, "output tokens (1024)"},
@@ -210,12 +214,29 @@ int sl_cmd_bench(int argc, char **argv)
         {"--disable-stream", NULL, SL_OPT_FLAG, &a.disable_stream, "non-streamed requests"},
         {"--disable-ignore-eos", NULL, SL_OPT_FLAG, &a.disable_ignore_eos, "let eos end outputs"},
         {"--disable-tqdm", NULL, SL_OPT_FLAG, &a.disable_tqdm, "accepted for sglang compatibility"},
+        {"--extra-request-body", NULL, SL_OPT_STR, &a.extra_body,
+         "JSON object whose fields join every request (e.g. '{\"regex\": \"[a-z ]+\"}')"},
         {0}};
     int cli = sl_opts_cli(argc, argv, "bench", summary, opts);
     if (cli >= 0) return cli;
     sl_err e = {0};
     const char *bad = check_args(&a);
     if (!bad && a.output_details && !a.output_file) bad = "--output-details needs --output-file";
+    /* --extra-request-body as sglang's bench_serving: its fields are appended to each body
+     * (kept in a static buffer: it lives as long as the command) */
+    static char extra[16384];
+    if (!bad && a.extra_body) {
+        json_t *x = json_loads(a.extra_body, 0, NULL);
+        char *txt = json_is_object(x) ? json_dumps(x, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        if (!txt)
+            bad = "--extra-request-body: expected a JSON object";
+        else if (strlen(txt) >= sizeof extra)
+            bad = "--extra-request-body: longer than 16 KiB";
+        else if (json_object_size(x))
+            snprintf(extra, sizeof extra, "%.*s", (int)strlen(txt) - 2, txt + 1); /* no braces */
+        json_decref(x);
+        free(txt);
+    }
     if (bad) return sl_opts_usage_error("bench", bad);
 
     sl_bench_target t = {.host = a.host, .port = a.port, .prefix = "", .model = a.model,
@@ -236,14 +257,23 @@ int sl_cmd_bench(int argc, char **argv)
         }
         t.model = served;
     }
-    const char *tok = a.tokenizer ? a.tokenizer : is_dir(a.model) ? a.model
-                                               : is_dir(served)  ? served
-                                                                  : NULL;
+    /* as in SGLang's bench_serving, a model id names the tokenizer too */
+    const char *tok = a.tokenizer                                              ? a.tokenizer
+                      : is_dir(a.model) || sl_hub_is_model_id(a.model)         ? a.model
+                      : is_dir(served) || sl_hub_is_model_id(served)           ? served
+                                                                               : NULL;
     if (!tok) {
         free(served);
         return sl_opts_usage_error("bench", "no tokenizer: give --tokenizer DIR (holding tokenizer.json) or "
-                           "--model DIR");
+                           "--model DIR (or a Hugging Face model id ORG/NAME)");
     }
+    char tok_dir[SL_HUB_PATH_MAX];
+    if (sl_hub_resolve(tok, NULL, SL_HUB_TEXT, tok_dir, sizeof tok_dir, &e)) {
+        fprintf(stderr, "sluice bench: %s\n", e.msg);
+        free(served);
+        return 1;
+    }
+    tok = tok_dir;
 
     int rc = 1;
     sl_bench_vocab v = {0};
@@ -261,7 +291,7 @@ int sl_cmd_bench(int argc, char **argv)
     sl_bench_load load = {.request_rate = a.request_rate,
                           .max_concurrency = a.max_concurrency > 0 ? a.max_concurrency : 0,
                           .stream = !a.disable_stream, .ignore_eos = !a.disable_ignore_eos,
-                          .mt = &mt};
+                          .extra_body = extra[0] ? extra : NULL, .mt = &mt};
     if (a.warmup > 0 && warmup(&t, &d, &load, a.warmup)) goto out;
     usleep(1000000); /* sglang lets the server settle for a second before the run */
 

@@ -6,13 +6,15 @@
 
 #include "chat_template.h"
 #include "router_cmd.h"
+#include "sl_hub.h"
 #include "sl_opts.h"
 
 int sl_cmd_render(int argc, char **argv)
 {
     const char *model = NULL, *name = NULL;
     sl_opt opts[] = {{"--model", "--model-path", SL_OPT_STR, &model,
-                      "model directory whose chat template is used"},
+                      "model directory (or Hugging Face model id ORG/NAME) whose chat template "
+                      "is used"},
                      {"--chat-template", NULL, SL_OPT_STR, &name,
                       "force a template family: qwen3 | qwen3_coder"},
                      {0}};
@@ -29,8 +31,13 @@ int sl_cmd_render(int argc, char **argv)
         sl_opts_usage(stderr, "render", summary, opts);
         return 2;
     }
+    char dir[SL_HUB_PATH_MAX];
+    if (model && sl_hub_resolve(model, NULL, SL_HUB_TEXT, dir, sizeof dir, &e)) {
+        fprintf(stderr, "sluice render: %s\n", e.msg);
+        return 1;
+    }
     sl_chat_template_family fam;
-    if (sl_chat_template_load(model, name, &fam, &e)) {
+    if (sl_chat_template_load(model ? dir : NULL, name, &fam, &e)) {
         fprintf(stderr, "sluice render: %s\n", e.msg);
         return name ? 2 : 1;
     }
@@ -42,7 +49,7 @@ int sl_cmd_render(int argc, char **argv)
         return 1;
     }
     sl_buf prompt = {0};
-    sl_status s = sl_chat_template_render(fam, body, &prompt, &e);
+    sl_status s = sl_chat_template_render(fam, body, &prompt, NULL, &e);
     json_decref(body);
     if (s) {
         fprintf(stderr, "sluice render: %s\n", e.msg);

@@ -255,6 +255,7 @@ int sl_cmd_serve(int argc, char **argv)
     opts[n++] = (sl_opt){"--disaggregation-timeout", NULL, SL_OPT_STR, &pd_timeout,
                          "seconds a PD request waits for the other side (workers; 30)"};
     n += sl_engine_flags_pass_opts(&passes, opts + n);
+    cli.load_format = serve_opt_str(opts, n, "--load-format"); /* the workers' download */
     const char *summary = "router + local workers in one command (SGLang's launch_server flags)";
     int rc = sl_router_opts_parse(argc, argv, opts, n, "serve", summary, &cli, &cfg);
     if (rc >= 0) return rc;

@@ -9,6 +9,7 @@
 
 #include "detok.h"
 #include "router_cmd.h"
+#include "sl_hub.h"
 #include "sl_opts.h"
 #include "tokenizer.h"
 
@@ -16,6 +17,8 @@ static const char summary[] =
     "Encodes UTF-8 text from stdin to token ids (space-separated, one line), or with --decode\n"
     "token ids from stdin to text. --jsonl handles one JSON request per line:\n"
     "  {\"text\": S} or {\"hex\": H} -> {\"ids\": [...]}\n"
+    "  {\"text\": S, \"literal\": [[START, END], ...]} -> {\"ids\": [...]} (byte ranges whose\n"
+    "    special tokens are plain text; --split-special-tokens: all of S when absent)\n"
     "  {\"text\": S, \"split\": true} -> {\"ends\": [...]} (pre-tokenizer pieces, byte offsets)\n"
     "  {\"ids\": [...], \"skip_special\": B, \"stream\": B} -> {\"text\": S, \"chunks\": [...]}\n"
     "  a failed request -> {\"error\": S}\n"
@@ -81,12 +84,15 @@ static json_t *error_answer(const char *msg)
     return json_pack("{s:s}", "error", msg);
 }
 
-/* {"ids": encode(s)}, or with split {"ends": sl_tok_split(s)}. */
-static json_t *encode_answer(const sl_tok *t, const char *s, size_t n, int split)
+/* {"ids": encode(s)} (special tokens plain text in lit), or with split
+ * {"ends": sl_tok_split(s)}. */
+static json_t *encode_answer(const sl_tok *t, const char *s, size_t n, const sl_tok_spans *lit,
+                             int split)
 {
     sl_tok_ids ids = {0};
     sl_err e = {0};
-    if ((split ? sl_tok_split(t, s, n, &ids, &e) : sl_tok_encode(t, s, n, &ids, &e)) != SL_OK)
+    if ((split ? sl_tok_split(t, s, n, &ids, &e) : sl_tok_encode_literal(t, s, n, lit, &ids, &e)) !=
+        SL_OK)
         return error_answer(e.msg);
     json_t *arr = json_array();
     for (size_t i = 0; i < ids.n; i++)
@@ -154,7 +160,30 @@ static const char *request_text(const json_t *req, sl_buf *raw, const char **s, 
     return NULL;
 }
 
-static json_t *jsonl_answer(const sl_tok *t, const char *line, size_t len)
+/* All of s[0..n) as one literal range (none for an empty text). */
+static sl_tok_spans whole_text(sl_tok_span *all, size_t n)
+{
+    *all = (sl_tok_span){0, n};
+    return (sl_tok_spans){all, n ? 1 : 0, 1};
+}
+
+/* A request's "literal": [[start, end], ...] into lit (the ranges are checked by the encoder). */
+static const char *request_literal(const json_t *req, sl_tok_spans *lit)
+{
+    const json_t *v = json_object_get(req, "literal"), *r;
+    size_t i;
+    json_array_foreach(v, i, r)
+    {
+        json_int_t a = json_integer_value(json_array_get(r, 0));
+        json_int_t b = json_integer_value(json_array_get(r, 1));
+        if (json_array_size(r) != 2 || a < 0 || b < 0)
+            return "\"literal\" takes [start, end] pairs";
+        if (sl_tok_spans_push(lit, (size_t)a, (size_t)b)) return "out of memory";
+    }
+    return json_is_array(v) ? NULL : "\"literal\" takes [start, end] pairs";
+}
+
+static json_t *jsonl_answer(const sl_tok *t, int split_special, const char *line, size_t len)
 {
     json_error_t je;
     json_t *req = json_loadb(line, len, JSON_ALLOW_NUL, &je), *ans;
@@ -168,18 +197,29 @@ static json_t *jsonl_answer(const sl_tok *t, const char *line, size_t len)
         ans = decode_answer(t, req);
     else {
         sl_buf raw = {0};
-        const char *s, *bad;
-        size_t n;
+        sl_tok_spans given = {0}, all;
+        sl_tok_span whole;
+        const sl_tok_spans *lit = NULL;
+        const char *s = NULL;
+        size_t n = 0;
+        const char *bad = request_text(req, &raw, &s, &n);
         int split = json_is_true(json_object_get(req, "split"));
-        ans = (bad = request_text(req, &raw, &s, &n)) ? error_answer(bad)
-                                                      : encode_answer(t, s, n, split);
+        if (!bad && json_object_get(req, "literal")) {
+            bad = request_literal(req, &given);
+            lit = &given;
+        } else if (split_special) {
+            all = whole_text(&whole, n);
+            lit = &all;
+        }
+        ans = bad ? error_answer(bad) : encode_answer(t, s, n, lit, split);
+        sl_tok_spans_free(&given);
         sl_buf_free(&raw);
     }
     json_decref(req);
     return ans;
 }
 
-static int run_jsonl(const sl_tok *t)
+static int run_jsonl(const sl_tok *t, int split_special)
 {
     char *line = NULL;
     size_t cap = 0;
@@ -189,7 +229,7 @@ static int run_jsonl(const sl_tok *t)
         while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
             len--;
         if (!len) continue;
-        json_t *ans = jsonl_answer(t, line, (size_t)len);
+        json_t *ans = jsonl_answer(t, split_special, line, (size_t)len);
         failed |= ans == NULL || json_object_get(ans, "error") != NULL;
         char *out = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
         puts(out ? out : "{\"error\":\"out of memory\"}");
@@ -209,7 +249,7 @@ static double now_s(void)
 
 /* Encodes every document `passes` times on this thread; prints sizes and timings. */
 static int run_bench(const sl_tok *t, const char **doc, const size_t *len, size_t n_docs,
-                     int passes)
+                     int passes, int split_special)
 {
     sl_tok_ids ids = {0};
     sl_err e = {0};
@@ -219,7 +259,10 @@ static int run_bench(const sl_tok *t, const char **doc, const size_t *len, size_
         double t0 = now_s();
         for (size_t i = 0; i < n_docs; i++) {
             ids.n = 0;
-            if (sl_tok_encode(t, doc[i], len[i], &ids, &e) != SL_OK) {
+            sl_tok_span whole;
+            sl_tok_spans all = whole_text(&whole, len[i]);
+            if (sl_tok_encode_literal(t, doc[i], len[i], split_special ? &all : NULL, &ids, &e) !=
+                SL_OK) {
                 fprintf(stderr, "sluice tokenize: document %zu: %s\n", i + 1, e.msg);
                 sl_tok_ids_free(&ids);
                 return 1;
@@ -240,11 +283,11 @@ static int run_bench(const sl_tok *t, const char **doc, const size_t *len, size_
 }
 
 /* --bench input: the whole of stdin as one document, or one per JSONL "text". */
-static int bench_input(const sl_tok *t, const sl_buf *in, int jsonl, int passes)
+static int bench_input(const sl_tok *t, const sl_buf *in, int jsonl, int passes, int split_special)
 {
     if (!jsonl) {
         const char *doc = in->data;
-        return run_bench(t, &doc, &in->len, 1, passes);
+        return run_bench(t, &doc, &in->len, 1, passes, split_special);
     }
     json_t *all = json_array();
     for (const char *p = in->data, *end = in->data + in->len; p < end;) {
@@ -269,7 +312,7 @@ static int bench_input(const sl_tok *t, const sl_buf *in, int jsonl, int passes)
         doc[i] = json_string_value(json_array_get(all, i));
         len[i] = json_string_length(json_array_get(all, i));
     }
-    int rc = doc && len ? run_bench(t, doc, len, n_docs, passes) : 1;
+    int rc = doc && len ? run_bench(t, doc, len, n_docs, passes, split_special) : 1;
     free(doc);
     free(len);
     json_decref(all);
@@ -279,13 +322,16 @@ static int bench_input(const sl_tok *t, const sl_buf *in, int jsonl, int passes)
 int sl_cmd_tokenize(int argc, char **argv)
 {
     const char *path = NULL;
-    int decode = 0, skip_special = 0, jsonl = 0, bench = 0, help = 0;
+    int decode = 0, skip_special = 0, jsonl = 0, bench = 0, split_special = 0, help = 0;
     const sl_opt opts[] = {
-        {"--tokenizer", "--model", SL_OPT_STR, &path, "tokenizer.json, or a directory holding it"},
+        {"--tokenizer", "--model", SL_OPT_STR, &path,
+         "tokenizer.json, a directory holding it, or Hugging Face model id ORG/NAME"},
         {"--decode", NULL, SL_OPT_FLAG, &decode, "read token ids, write text"},
         {"--skip-special", NULL, SL_OPT_FLAG, &skip_special, "decoding drops special tokens"},
         {"--jsonl", NULL, SL_OPT_FLAG, &jsonl, "one JSON request per line in, one answer out"},
         {"--bench", NULL, SL_OPT_INT, &bench, "time N encoding passes over the input"},
+        {"--split-special-tokens", NULL, SL_OPT_FLAG, &split_special,
+         "encoding takes special tokens in the text as plain text (as a client's text)"},
         {"--help", "-h", SL_OPT_FLAG, &help, "show this help"},
         {0}};
     sl_err e = {0};
@@ -301,14 +347,19 @@ int sl_cmd_tokenize(int argc, char **argv)
         sl_opts_usage(stdout, "tokenize", summary, opts);
         return 0;
     }
+    char dir[SL_HUB_PATH_MAX];
+    if (sl_hub_resolve(path, NULL, SL_HUB_TEXT, dir, sizeof dir, &e)) {
+        fprintf(stderr, "sluice tokenize: %s\n", e.msg);
+        return 1;
+    }
     sl_tok *t;
-    if (sl_tok_load(&t, path, &e) != SL_OK) {
+    if (sl_tok_load(&t, dir, &e) != SL_OK) {
         fprintf(stderr, "sluice tokenize: %s\n", e.msg);
         return 1;
     }
     int rc = 0;
     if (jsonl && !bench)
-        rc = run_jsonl(t);
+        rc = run_jsonl(t, split_special);
     else {
         sl_buf in = {0};
         sl_tok_ids ids = {0};
@@ -317,7 +368,7 @@ int sl_cmd_tokenize(int argc, char **argv)
             fprintf(stderr, "sluice tokenize: cannot read stdin\n");
             rc = 1;
         } else if (bench) {
-            rc = bench_input(t, &in, jsonl, bench);
+            rc = bench_input(t, &in, jsonl, bench, split_special);
         } else if (decode) {
             unsigned flags = skip_special ? SL_DETOK_SKIP_SPECIAL : 0;
             if (parse_ids(in.data, in.len, &ids, &e) != SL_OK ||
@@ -326,11 +377,16 @@ int sl_cmd_tokenize(int argc, char **argv)
                 rc = 1;
             } else
                 fwrite(text.data ? text.data : "", 1, text.len, stdout);
-        } else if (sl_tok_encode(t, in.data, in.len, &ids, &e) != SL_OK) {
-            fprintf(stderr, "sluice tokenize: %s\n", e.msg);
-            rc = 1;
-        } else
-            rc = print_ids(&ids);
+        } else {
+            sl_tok_span whole;
+            sl_tok_spans all = whole_text(&whole, in.len);
+            if (sl_tok_encode_literal(t, in.data, in.len, split_special ? &all : NULL, &ids, &e) !=
+                SL_OK) {
+                fprintf(stderr, "sluice tokenize: %s\n", e.msg);
+                rc = 1;
+            } else
+                rc = print_ids(&ids);
+        }
         sl_buf_free(&in);
         sl_buf_free(&text);
         sl_tok_ids_free(&ids);

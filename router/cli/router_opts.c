@@ -9,6 +9,7 @@
 
 #include "chat_template.h"
 #include "sl_file.h"
+#include "sl_hub.h"
 #include "sl_log.h"
 
 int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
@@ -34,7 +35,10 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
     int n = 0;
 #define OPT(...) o[n++] = (sl_opt){__VA_ARGS__}
     OPT("--model-path", "--model", SL_OPT_STR, &cli->model_dir,
-        "model directory (tokenizer.json and chat template are read from it)");
+        "model directory, or Hugging Face model id ORG/NAME (downloaded into the HF cache "
+        "when not there)");
+    OPT("--revision", NULL, SL_OPT_STR, &cli->revision,
+        "ORG/NAME: the branch, tag or commit (main)");
     OPT("--host", NULL, SL_OPT_STR, &cfg->host, "address to listen on (127.0.0.1)");
     OPT("--port", NULL, SL_OPT_INT, &cfg->port, "HTTP port (30000)");
     OPT("--served-model-name", NULL, SL_OPT_STR, &cfg->served_model_name,
@@ -90,7 +94,11 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
     OPT("--metrics-require-key", NULL, SL_OPT_FLAG, &cfg->metrics_require_key,
         "/metrics needs --api-key too (default: open, like /health)");
     OPT("--tokenizer-path", NULL, SL_OPT_STR, &cli->tokenizer_path,
-        "directory with tokenizer.json and the chat template (default: --model-path)");
+        "directory (or ORG/NAME) with tokenizer.json and the chat template (default: "
+        "--model-path)");
+    OPT("--split-special-tokens", NULL, SL_OPT_FLAG, &cfg->split_special_tokens,
+        "special tokens typed in requests (messages, tools, prompts) are plain text, not "
+        "control tokens (a request's split_special_tokens overrides it)");
     /* SGLang flags with nothing (or little) to do here: see docs/cli.md */
     OPT("--enable-metrics", NULL, SL_OPT_FLAG, &cli->enable_metrics,
         "accepted: /metrics is always on");
@@ -109,7 +117,7 @@ int sl_router_opts(sl_opt *o, sl_router_cli *cli, sl_router_config *cfg)
     OPT("--attention-backend", NULL, SL_OPT_STR, &cli->attention_backend,
         "accepted with a warning (one attention implementation per device)");
     OPT("--grammar-backend", NULL, SL_OPT_STR, &cli->grammar_backend,
-        "none; others accepted with a warning (no constrained decoding)");
+        "none turns constrained decoding off; xgrammar, outlines, llguidance: sluice's own engine");
     OPT("--max-prefill-tokens", NULL, SL_OPT_STR, &cli->max_prefill_tokens,
         "serve: prefill tokens per batch (--chunked-prefill-size when that is not given)");
     OPT("--link-secret-file", NULL, SL_OPT_STR, &cli->link_secret_file,
@@ -145,47 +153,24 @@ static int is_dir(const char *p)
     return p && !stat(p, &st) && S_ISDIR(st.st_mode);
 }
 
-/* --model-path ORG/NAME that is not a directory: the snapshot the Hugging
- * Face cache holds (HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub,
- * models--ORG--NAME/snapshots/<refs/main>). sluice downloads nothing. */
-static sl_status resolve_model_path(const char **model, sl_err *e)
+/* --model-path and --tokenizer-path ORG/NAME: the Hugging Face cache,
+ * downloading what this process needs when it is not there (common/sl_hub.h):
+ * serve's workers the weights too (unless --load-format dummy), the router
+ * only the tokenizer, template and config files. */
+static sl_status resolve_hub_paths(sl_router_cli *cli, sl_err *e)
 {
-    const char *m = *model;
-    if (is_dir(m)) return SL_OK;
-    const char *slash = strchr(m, '/');
-    if (!slash || m[0] == '/' || m[0] == '.' || strchr(slash + 1, '/') || !slash[1])
-        return SL_OK; /* a path: the loaders say what is wrong with it */
-    char hub[2048], repo[3072], ref[256] = {0};
-    const char *v;
-    if ((v = getenv("HF_HUB_CACHE")) && *v)
-        snprintf(hub, sizeof hub, "%s", v);
-    else if ((v = getenv("HF_HOME")) && *v)
-        snprintf(hub, sizeof hub, "%s/hub", v);
-    else
-        snprintf(hub, sizeof hub, "%s/.cache/huggingface/hub", getenv("HOME") ? getenv("HOME") : "");
-    snprintf(repo, sizeof repo, "%s/models--%.*s--%s", hub, (int)(slash - m), m, slash + 1);
-    char refpath[3200];
-    snprintf(refpath, sizeof refpath, "%s/refs/main", repo);
-    FILE *f = fopen(refpath, "r");
-    if (f) {
-        if (!fgets(ref, sizeof ref, f)) ref[0] = 0;
-        fclose(f);
-        ref[strcspn(ref, " \r\n")] = 0;
-    }
-    static char snap[3600];
-    if (ref[0] && !strchr(ref, '/')) {
-        snprintf(snap, sizeof snap, "%s/snapshots/%s", repo, ref);
-        if (is_dir(snap)) {
-            SL_LOGI("router", "--model-path %s: Hugging Face cache snapshot %s", m, snap);
-            *model = snap;
-            return SL_OK;
-        }
-    }
-    return sl_err_set(e, SL_ERR_INVALID,
-                      "--model-path %s: not a directory, and not in the Hugging Face cache "
-                      "(looked for %s/snapshots/<refs/main>); sluice does not download models: "
-                      "fetch it first (huggingface-cli download %s) or pass its directory",
-                      m, repo, m);
+    static char model[SL_HUB_PATH_MAX], tok[SL_HUB_PATH_MAX]; /* one parse per process */
+    const char *lf = cli->load_format ? *cli->load_format : NULL;
+    sl_hub_files files = cli->load_format && !(lf && !strcmp(lf, "dummy")) ? SL_HUB_WEIGHTS
+                                                                            : SL_HUB_TEXT;
+    if (sl_hub_resolve(cli->model_dir, cli->revision, files, model, sizeof model, e))
+        return e->code;
+    cli->model_dir = model;
+    if (!cli->tokenizer_path) return SL_OK;
+    if (sl_hub_resolve(cli->tokenizer_path, cli->revision, SL_HUB_TEXT, tok, sizeof tok, e))
+        return e->code;
+    cli->tokenizer_path = tok;
+    return SL_OK;
 }
 
 /* A value among names ("a|b|c"); */
@@ -204,7 +189,7 @@ static int one_of(const char *v, const char *names)
 
 /* SGLang flags: mapped, accepted (a warning when the value is ignored) or
  * refused with what sluice can do instead. */
-static sl_status sglang_flags(sl_router_cli *cli, sl_err *e)
+static sl_status sglang_flags(sl_router_cli *cli, sl_router_config *cfg, sl_err *e)
 {
     if (cli->log_level) {
         const char *l = cli->log_level;
@@ -237,9 +222,14 @@ static sl_status sglang_flags(sl_router_cli *cli, sl_err *e)
             SL_LOGW("router", "--schedule-policy %s: ignored; workers run requests first come, "
                     "first served", cli->schedule_policy);
     }
-    if (cli->grammar_backend && strcmp(cli->grammar_backend, "none"))
-        SL_LOGW("router", "--grammar-backend %s: ignored; sluice has no constrained decoding "
-                "(response_format other than text gets 400)", cli->grammar_backend);
+    if (cli->grammar_backend) {
+        if (!one_of(cli->grammar_backend, "xgrammar|outlines|llguidance|none"))
+            return sl_err_set(e, SL_ERR_INVALID,
+                              "--grammar-backend %s: expected xgrammar, outlines, llguidance or none",
+                              cli->grammar_backend);
+        /* one grammar engine (common/grammar) serves every name but none */
+        cfg->no_constraints = !strcmp(cli->grammar_backend, "none");
+    }
     if (cli->attention_backend)
         SL_LOGW("router", "--attention-backend %s: ignored; sluice has one attention "
                 "implementation per device", cli->attention_backend);
@@ -321,9 +311,9 @@ static sl_status opts_finish(sl_router_cli *cli, sl_router_config *cfg, sl_err *
 {
     if (!cli->model_dir)
         return sl_err_set(e, SL_ERR_INVALID, "--model-path is required (tokenizer and template)");
-    if (sglang_flags(cli, e) || text_flags(cli, e)) return SL_ERR_INVALID;
+    if (sglang_flags(cli, cfg, e) || text_flags(cli, e)) return SL_ERR_INVALID;
     if (!cfg->served_model_name) cfg->served_model_name = cli->model_dir;
-    if (resolve_model_path(&cli->model_dir, e)) return SL_ERR_INVALID;
+    if (resolve_hub_paths(cli, e)) return SL_ERR_INVALID;
     if (cli->tokenizer_path && !is_dir(cli->tokenizer_path))
         return sl_err_set(e, SL_ERR_INVALID, "--tokenizer-path %s: no such directory",
                           cli->tokenizer_path);

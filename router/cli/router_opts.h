@@ -18,7 +18,12 @@
 #define SL_ROUTER_MAX_OPTS 96
 
 typedef struct sl_router_cli {
-    const char *model_dir; /* tokenizer.json + chat template */
+    const char *model_dir; /* tokenizer.json + chat template (ORG/NAME: its snapshot, after the parse) */
+    const char *revision;  /* of a Hugging Face model id (NULL: main) */
+    /* Set by serve before the parse: its --load-format value slot. A model id's
+     * download includes the weights unless that is "dummy"; NULL (router): only
+     * the tokenizer, template and config files. */
+    const char *const *load_format;
     const char *chat_template, *tool_call_parser, *reasoning_parser;
     const char *policy;
     double cache_threshold, balance_rel_threshold;

@@ -212,17 +212,51 @@ static int role_is(const json_t *m, const char *role)
     return r && !strcmp(r, role);
 }
 
-/* The output and a sticky allocation failure, checked once at the end. */
+/* The output, where the request's own text landed in it (NULL: not wanted) and a sticky
+ * allocation failure, checked once at the end. */
 typedef struct out {
     sl_buf *b;
+    sl_tok_spans *lit;
     int oom;
 } out;
 
+/* Template text: only put() writes it. */
 static void put(out *o, const char *s) { o->oom |= sl_buf_puts(o->b, s); }
-static void put_slice(out *o, slice s) { o->oom |= sl_buf_append(o->b, s.p, s.n); }
+
+/* The request's text (contents, names, arguments, tools: whatever the client sent) goes through
+ * the put_* below, which record its range as literal: special tokens spelled there are not
+ * control tokens (sl_tok_encode_literal). */
+static void lit_since(out *o, size_t from)
+{
+    if (o->lit) o->oom |= sl_tok_spans_push(o->lit, from, o->b->len);
+}
+
+static void put_slice(out *o, slice s)
+{
+    size_t from = o->b->len;
+    o->oom |= sl_buf_append(o->b, s.p, s.n);
+    lit_since(o, from);
+}
+
+static void put_cstr(out *o, const char *s)
+{
+    put_slice(o, (slice){s, strlen(s)});
+}
+
 /* `{{ v }}` and `~ v`: str(v); Undefined prints nothing. */
-static void put_str(out *o, const json_t *v) { o->oom |= v ? sl_pyjson_str(o->b, v) : 0; }
-static void put_json(out *o, const json_t *v) { o->oom |= sl_pyjson_dumps(o->b, v); }
+static void put_str(out *o, const json_t *v)
+{
+    size_t from = o->b->len;
+    o->oom |= v ? sl_pyjson_str(o->b, v) : 0;
+    lit_since(o, from);
+}
+
+static void put_json(out *o, const json_t *v)
+{
+    size_t from = o->b->len;
+    o->oom |= sl_pyjson_dumps(o->b, v);
+    lit_since(o, from);
+}
 
 /* `v | trim` */
 static void put_trim(out *o, const json_t *v)
@@ -516,7 +550,7 @@ static void coder_item_list(const json_t *v, out *o)
         int first = 1;
         json_object_foreach((json_t *)v, k, x) {
             put(o, first ? "`" : ", `");
-            put(o, k);
+            put_cstr(o, k);
             put(o, "`");
             first = 0;
         }
@@ -551,12 +585,12 @@ static void coder_schema_extras(const json_t *fields, out *o)
         for (const char *c = k; *c; c++)
             if (*c != '$') o->oom |= sl_buf_append(&tag, *c == '-' || *c == ' ' ? "_" : c, 1);
         put(o, "\n<");
-        put(o, tag.data ? tag.data : "");
+        put_cstr(o, tag.data ? tag.data : "");
         put(o, ">");
         if (json_is_object(v)) put_json(o, v);
         else put_str(o, v);
         put(o, "</");
-        put(o, tag.data ? tag.data : "");
+        put_cstr(o, tag.data ? tag.data : "");
         put(o, ">");
         sl_buf_free(&tag);
     }
@@ -578,7 +612,7 @@ static sl_status coder_tool(const json_t *tool, size_t i, out *o, sl_err *e)
     json_t *fields;
     json_object_foreach(props, name, fields) {
         put(o, "\n<parameter>\n<name>");
-        put(o, name);
+        put_cstr(o, name);
         put(o, "</name>");
         if (attr(fields, "type")) {
             put(o, "\n<type>");
@@ -631,7 +665,7 @@ static sl_status coder_tool_calls(const json_t *m, size_t i, out *o, sl_err *e)
         json_t *v;
         json_object_foreach(attr(tc, "arguments"), k, v) {
             put(o, "<parameter=");
-            put(o, k);
+            put_cstr(o, k);
             put(o, ">\n");
             put_str(o, v);
             put(o, "\n</parameter>\n");
@@ -704,12 +738,12 @@ static sl_status render_qwen3_coder(const request *r, out *o, sl_err *e)
 }
 
 sl_status sl_chat_template_render(sl_chat_template_family f, const json_t *body, sl_buf *dst,
-                                  sl_err *e)
+                                  sl_tok_spans *literal, sl_err *e)
 {
     request r;
     sl_status s = request_init(&r, f, body, e);
     if (s) return s;
-    out o = {dst, sl_buf_reserve(dst, 4096)};
+    out o = {dst, literal, sl_buf_reserve(dst, 4096)};
     s = f == SL_CHAT_TEMPLATE_FAMILY_QWEN3 ? render_qwen3(&r, &o, e)
                                            : render_qwen3_coder(&r, &o, e);
     json_decref(r.messages);

@@ -31,7 +31,15 @@
  *   sl_chat_template_family fam;
  *   if (sl_chat_template_load(model_dir, NULL, &fam, &e)) ...   // at start-up
  *   sl_buf prompt = {0};
- *   if (sl_chat_template_render(fam, request_json, &prompt, &e)) ...  // per request
+ *   sl_tok_spans typed = {0};   // or NULL below
+ *   if (sl_chat_template_render(fam, request_json, &prompt, &typed, &e)) ...  // per request
+ *   sl_tok_encode_literal(tok, prompt.data, prompt.len, &typed, &ids, &e);
+ *
+ * Literal ranges: everything of the prompt that comes from the request
+ * (message contents, reasoning, roles, tool names, arguments and results,
+ * tool definitions) is recorded as a range, the template's own text is not.
+ * Encoding with them (sl_tok_encode_literal) keeps a client's "<|im_end|>"
+ * from becoming the control token (SGLang/vLLM's split_special_tokens).
  *
  * Everything here is pure and reentrant: any thread may render.
  */
@@ -42,6 +50,7 @@
 
 #include "sl_buf.h"
 #include "sl_err.h"
+#include "tokenizer.h" /* sl_tok_spans */
 
 typedef enum sl_chat_template_family {
     SL_CHAT_TEMPLATE_FAMILY_QWEN3,
@@ -67,10 +76,12 @@ sl_status sl_chat_template_detect(const char *template_text, sl_chat_template_fa
 sl_status sl_chat_template_load(const char *model_dir, const char *override_name,
                                 sl_chat_template_family *out, sl_err *e);
 
-/* Appends the prompt for request to out. SL_ERR_INVALID (naming the field,
- * e.g. "messages[2].content") for wrong shapes; out may then hold a prefix.
- * request is only read. */
+/* Appends the prompt for request to out and, when literal is not NULL, the
+ * ranges of out that hold the request's text to literal (offsets into out,
+ * in order). SL_ERR_INVALID (naming the field, e.g. "messages[2].content")
+ * for wrong shapes; out and literal may then hold a prefix. request is only
+ * read. */
 sl_status sl_chat_template_render(sl_chat_template_family f, const json_t *request, sl_buf *out,
-                                  sl_err *e);
+                                  sl_tok_spans *literal, sl_err *e);
 
 #endif

@@ -17,8 +17,7 @@
 
 #include "sl_buf.h"
 #include "sl_err.h"
-#include "tokenizer.h" /* sl_tok_ids: the growable id array */
-
+#include "tokenizer.h" /* sl_tok_ids, sl_tok_spans */
 
 /* Where a chat output parser sends what it recognised (all text is UTF-8,
  * not NUL-terminated). */
@@ -31,11 +30,18 @@ typedef struct sl_text_sink {
 } sl_text_sink;
 
 typedef struct sl_text_ops {
-    /* Appends the ids of text to ids. SL_ERR_INVALID for bad UTF-8. */
-    sl_status (*encode)(void *impl, const char *text, size_t len, sl_tok_ids *ids, sl_err *e);
+    /* Appends the ids of text to ids. literal (NULL: none) lists the ranges
+     * of text a client typed, where special tokens are plain text
+     * (split_special_tokens; tokenizer.h, sl_tok_encode_literal).
+     * SL_ERR_INVALID for bad UTF-8 or bad ranges. */
+    sl_status (*encode)(void *impl, const char *text, size_t len, const sl_tok_spans *literal,
+                        sl_tok_ids *ids, sl_err *e);
     /* Appends the prompt of a chat request body (messages, tools,
-     * chat_template_kwargs, ...). SL_ERR_INVALID names the bad field. */
-    sl_status (*render_chat)(void *impl, const json_t *req, sl_buf *prompt, sl_err *e);
+     * chat_template_kwargs, ...) and, when literal is not NULL, the ranges
+     * of it that hold the request's text. SL_ERR_INVALID names the bad
+     * field. */
+    sl_status (*render_chat)(void *impl, const json_t *req, sl_buf *prompt, sl_tok_spans *literal,
+                             sl_err *e);
     /* Whole decode (tokens of /detokenize, logprob token strings). */
     sl_status (*decode)(void *impl, const int32_t *ids, size_t n, sl_buf *out, sl_err *e);
     /* Streaming detokenizer: push appends the text that is complete. */
@@ -53,6 +59,16 @@ typedef struct sl_text_ops {
     void (*parser_free)(void *p);
     /* Token ids that end generation besides the worker's eos (may be NULL). */
     int (*eos_ids)(void *impl, int32_t *out, int cap);
+    /* Constrained decoding (each may be NULL: not offered). tool_grammar
+     * appends the GBNF of tool calls in the active tool parser's format:
+     * calls to only (NULL: to any of tools, a chat tools array), exactly
+     * one when parallel is 0; SL_ERR_INVALID says what it cannot enforce
+     * (no tool parser). answer_start: the id after which a constrained
+     * answer starts for this rendered prompt (the end of a reasoning
+     * model's thinking), or -1: at the first output token. */
+    sl_status (*tool_grammar)(void *impl, const json_t *tools, const char *only, int parallel,
+                              sl_buf *gbnf, sl_err *e);
+    int32_t (*answer_start)(void *impl, const json_t *req, const char *prompt, size_t plen);
 } sl_text_ops;
 
 /* ---- text_qwen.c: the real text side of a model directory ---- */

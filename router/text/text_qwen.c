@@ -4,8 +4,10 @@
 #include <string.h>
 
 #include "chat_template.h"
+#include "constraint.h"
 #include "detok.h"
 #include "output_parser.h"
+#include "reasoning.h"
 #include "sl_log.h"
 #include "text.h"
 #include "tokenizer.h"
@@ -18,17 +20,21 @@ typedef struct qwen_text {
     int reasoning; /* a --reasoning-parser was given */
     int32_t eos[2];
     int neos;
+    int32_t think_end; /* "</think>", or -1 */
     uint64_t seq; /* tool call id seeds */
 } qwen_text;
 
-static sl_status q_encode(void *impl, const char *text, size_t len, sl_tok_ids *ids, sl_err *e)
+static sl_status q_encode(void *impl, const char *text, size_t len, const sl_tok_spans *literal,
+                          sl_tok_ids *ids, sl_err *e)
 {
-    return sl_tok_encode(((qwen_text *)impl)->tok, text, len, ids, e); /* appends to ids */
+    /* appends to ids */
+    return sl_tok_encode_literal(((qwen_text *)impl)->tok, text, len, literal, ids, e);
 }
 
-static sl_status q_render(void *impl, const json_t *req, sl_buf *prompt, sl_err *e)
+static sl_status q_render(void *impl, const json_t *req, sl_buf *prompt, sl_tok_spans *literal,
+                          sl_err *e)
 {
-    return sl_chat_template_render(((qwen_text *)impl)->fam, req, prompt, e);
+    return sl_chat_template_render(((qwen_text *)impl)->fam, req, prompt, literal, e);
 }
 
 static sl_status q_decode(void *impl, const int32_t *ids, size_t n, sl_buf *out, sl_err *e)
@@ -119,6 +125,30 @@ static int q_eos(void *impl, int32_t *out, int cap)
     return n;
 }
 
+static sl_status q_tool_grammar(void *impl, const json_t *tools, const char *only, int parallel,
+                                sl_buf *gbnf, sl_err *e)
+{
+    qwen_text *q = impl;
+    if (!q->tool_parser)
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "enforcing tool calls needs a tool-call format: start the server with "
+                          "--tool-call-parser");
+    return sl_constraint_tool_calls(q->tool_kind, tools, only, parallel, gbnf, e);
+}
+
+/* With a reasoning parser the answer follows the thinking: constraining the
+ * thinking itself would leave the model no room to think (SGLang does the
+ * same). A prompt that closed an empty think block answers at once. */
+static int32_t q_answer_start(void *impl, const json_t *req, const char *prompt, size_t plen)
+{
+    qwen_text *q = impl;
+    (void)req;
+    if (!q->reasoning || q->think_end < 0) return -1;
+    return sl_reasoning_mode_for_prompt(prompt ? prompt : "", plen) == SL_REASONING_MODE_OFF
+               ? -1
+               : q->think_end;
+}
+
 const sl_text_ops sl_text_qwen_ops = {.encode = q_encode,
                                       .render_chat = q_render,
                                       .decode = q_decode,
@@ -130,7 +160,9 @@ const sl_text_ops sl_text_qwen_ops = {.encode = q_encode,
                                       .parser_feed = q_parser_feed,
                                       .parser_finish = q_parser_finish,
                                       .parser_free = q_parser_free,
-                                      .eos_ids = q_eos};
+                                      .eos_ids = q_eos,
+                                      .tool_grammar = q_tool_grammar,
+                                      .answer_start = q_answer_start};
 
 sl_status sl_text_qwen_open(const sl_text_options *o, void **impl, sl_err *e)
 {
@@ -166,6 +198,7 @@ sl_status sl_text_qwen_open(const sl_text_options *o, void **impl, sl_err *e)
         int32_t id = sl_tok_token_id(q->tok, eos[i]);
         if (id >= 0) q->eos[q->neos++] = id;
     }
+    q->think_end = sl_tok_token_id(q->tok, "</think>");
     *impl = q;
     return SL_OK;
 }

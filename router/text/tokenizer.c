@@ -88,6 +88,29 @@ void sl_tok_ids_free(sl_tok_ids *ids)
     *ids = (sl_tok_ids){0};
 }
 
+int sl_tok_spans_push(sl_tok_spans *s, size_t start, size_t end)
+{
+    if (start >= end) return 0;
+    if (s->n && s->v[s->n - 1].end == start) {
+        s->v[s->n - 1].end = end;
+        return 0;
+    }
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 16;
+        sl_tok_span *v = realloc(s->v, cap * sizeof *v);
+        if (!v) return -1;
+        s->v = v;
+        s->cap = cap;
+    }
+    s->v[s->n++] = (sl_tok_span){start, end};
+    return 0;
+}
+
+void sl_tok_spans_free(sl_tok_spans *s)
+{
+    free(s->v);
+    *s = (sl_tok_spans){0};
+}
 
 /* ======================================================================== lookups */
 

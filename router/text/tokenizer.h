@@ -67,6 +67,37 @@ void sl_tok_free(sl_tok *t);
  * event loop. */
 sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e);
 
+/* Byte ranges [start, end) of a text, in increasing order and disjoint (caller-owned;
+ * zero-initialise, free with sl_tok_spans_free). */
+typedef struct sl_tok_span {
+    size_t start, end;
+} sl_tok_span;
+
+typedef struct sl_tok_spans {
+    sl_tok_span *v;
+    size_t n;
+    size_t cap;
+} sl_tok_spans;
+
+/* Appends [start, end) after the last range (start >= its end): an empty range is dropped, one
+ * that starts where the last ends extends it. 0, or -1 when memory runs out (s unchanged). */
+int sl_tok_spans_push(sl_tok_spans *s, size_t start, size_t end);
+void sl_tok_spans_free(sl_tok_spans *s);
+
+/* sl_tok_encode, except that inside the ranges of literal (text a client typed: a message, a
+ * prompt) added tokens marked special are not matched: their spelling is encoded as the
+ * characters it is made of, as tokenizers does with encode_special_tokens=true. A special token
+ * is one id only where its whole match lies outside the ranges (template text); added tokens
+ * not marked special (<think>, <tool_call> in Qwen3) stay one id everywhere, as in tokenizers.
+ * Everything else runs over the whole text as sl_tok_encode does, so a text whose ranges hold
+ * no special token's spelling gets exactly sl_tok_encode's ids. One exception: NFC runs
+ * separately inside and outside the ranges (a combining mark that opens a range does not
+ * compose with the character before it).
+ * literal must be ordered, disjoint, inside text and on character boundaries
+ * (SL_ERR_INVALID otherwise); NULL or empty is sl_tok_encode. Other errors as sl_tok_encode. */
+sl_status sl_tok_encode_literal(const sl_tok *t, const char *text, size_t len,
+                                const sl_tok_spans *literal, sl_tok_ids *out, sl_err *e);
+
 /* Diagnostics: the pre-tokenizer's pieces of text[0..len), as the byte offset where each ends,
  * appended to ends. Only the regex split runs (no added tokens, no normalization), so tests can
  * compare piece boundaries with Hugging Face's pre_tokenizer directly. Errors as encode. */

@@ -50,6 +50,15 @@ static uint32_t pair_rank(const sl_tok *t, int32_t a, int32_t b)
 
 /* ======================================================================== encoding */
 
+/* sl_tok_encode_literal: the ranges where special tokens are plain text (n = 0: none), as
+ * offsets into base: the text, or a stretch's NFC while its normalized added tokens are
+ * matched (raw_stretch). */
+typedef struct lit_ranges {
+    const sl_tok_span *v;
+    size_t n;
+    const uint8_t *base;
+} lit_ranges;
+
 /* Per-call scratch: one encode allocates a handful of buffers, never one per token. */
 typedef struct enc enc;
 typedef void (*piece_fn)(enc *c, const uint8_t *p, size_t n);
@@ -59,6 +68,7 @@ struct enc {
     sl_tok_ids *out;
     piece_fn piece;       /* what to do with each pre-tokenized piece: BPE, or record it */
     const uint8_t *start; /* the text, for sl_tok_split's offsets */
+    lit_ranges lit;
     pcre2_match_data *md;
     int32_t *sym, *prev, *next; /* long pieces: symbols as a linked list */
     uint64_t *tree;             /* long pieces: pairs as a tournament tree (bpe_large) */
@@ -229,6 +239,27 @@ static sl_status pretokenize(enc *c, const uint8_t *s, size_t n, sl_err *e)
     return SL_OK;
 }
 
+/* Index of the first literal range that ends after offset o (l->n when none does). */
+static size_t lit_after(const lit_ranges *l, size_t o)
+{
+    size_t lo = 0, hi = l->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (l->v[mid].end <= o)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* 1 when p[0..n) (inside l->base's text) shares a byte with a literal range. */
+static int lit_overlaps(const lit_ranges *l, const uint8_t *p, size_t n)
+{
+    size_t o = (size_t)(p - l->base), k = lit_after(l, o);
+    return k < l->n && l->v[k].start < o + n;
+}
+
 /* Finds the leftmost-longest added token in s[from..n); returns its index in set or -1. */
 static int added_find(const added_set *set, const uint8_t *s, size_t n, size_t from, size_t *at)
 {
@@ -249,8 +280,9 @@ typedef sl_status (*stretch_fn)(enc *c, const uint8_t *s, size_t n, sl_err *e);
 
 /* Splits s[0..n) on the tokens of set, emitting their ids and handing the stretches between
  * them to fn. Mirrors tokenizers' AddedVocabulary::find_matches: a single_word token touching a
- * word character is skipped (the search goes on after it), lstrip/rstrip swallow the white
- * space beside a token, and the search resumes at the end of the match itself. */
+ * word character is skipped (the search goes on after it), and so is a special token that
+ * touches literal text (encode_special_tokens), lstrip/rstrip swallow the white space beside a
+ * token, and the search resumes at the end of the match itself. */
 static sl_status added_split(enc *c, const added_set *set, const uint8_t *s, size_t n,
                              stretch_fn fn, sl_err *e)
 {
@@ -260,6 +292,8 @@ static sl_status added_split(enc *c, const added_set *set, const uint8_t *s, siz
         const added_tok *a = &set->tok[k];
         size_t start = at, stop = at + a->len, j;
         from = stop;
+        if (c->lit.n && (c->t->flags[a->id] & TOK_SPECIAL) && lit_overlaps(&c->lit, s + at, a->len))
+            continue;
         if (a->single_word) {
             size_t q = stop;
             if ((start > 0 && cp_is_word(sl_utf8_prev(s, start, &j))) ||
@@ -360,17 +394,46 @@ int sl_tok_nfc_append(sl_buf *out, const uint8_t *s, size_t n)
     return nfc_part(out, s + part, n - part);
 }
 
+/* NFC of s[0..n) (a stretch of the text) run by run, each run wholly inside or outside the
+ * literal ranges, so that the ranges' places in the normalized text are known: they go to lit.
+ * -1 when memory runs out. */
+static int nfc_runs(const lit_ranges *l, const uint8_t *s, size_t n, sl_buf *norm,
+                    sl_tok_spans *lit)
+{
+    size_t off = (size_t)(s - l->base), at = 0;
+    for (size_t k = lit_after(l, off); at < n; k++) {
+        size_t ls = n, le = n; /* the next literal run, s[ls..le) */
+        if (k < l->n && l->v[k].start < off + n) {
+            ls = l->v[k].start > off + at ? l->v[k].start - off : at;
+            le = l->v[k].end < off + n ? l->v[k].end - off : n;
+        }
+        if (sl_tok_nfc_append(norm, s + at, ls - at)) return -1;
+        size_t from = norm->len;
+        if (sl_tok_nfc_append(norm, s + ls, le - ls) || sl_tok_spans_push(lit, from, norm->len))
+            return -1;
+        at = le;
+    }
+    return 0;
+}
+
 /* A stretch between non-normalized added tokens: NFC it (when configured and needed), then
- * match the normalized added tokens in it. */
+ * match the normalized added tokens in it, with the literal ranges carried over to the NFC. */
 static sl_status raw_stretch(enc *c, const uint8_t *s, size_t n, sl_err *e)
 {
     if (!c->t->nfc || !nfc_may_change(c->t, s, n)) return norm_stretch(c, s, n, e);
     sl_buf norm = {0};
+    sl_tok_spans lit = {0};
     sl_status st = SL_OK;
-    if (sl_tok_nfc_append(&norm, s, n) || sl_buf_append(&norm, "", 0))
+    lit_ranges outer = c->lit;
+    if ((outer.n ? nfc_runs(&outer, s, n, &norm, &lit) : sl_tok_nfc_append(&norm, s, n)) ||
+        sl_buf_append(&norm, "", 0)) {
         c->oom = 1;
-    else
+    } else {
+        if (outer.n) c->lit = (lit_ranges){lit.v, lit.n, (const uint8_t *)norm.data};
         st = norm_stretch(c, (const uint8_t *)norm.data, norm.len, e);
+        c->lit = outer;
+    }
+    sl_tok_spans_free(&lit);
     sl_buf_free(&norm);
     return st;
 }
@@ -387,16 +450,34 @@ static sl_status check_text(const uint8_t *s, size_t len, sl_err *e)
     return SL_OK;
 }
 
+/* What literal ranges must be: ordered, disjoint, non-empty, inside s[0..len) and on
+ * character boundaries (NFC runs inside and outside them separately). */
+static sl_status check_literal(const uint8_t *s, size_t len, const sl_tok_spans *lit, sl_err *e)
+{
+    for (size_t i = 0; i < lit->n; i++) {
+        size_t a = lit->v[i].start, b = lit->v[i].end;
+        if (a >= b || b > len || (i && a < lit->v[i - 1].end) || (s[a] & 0xC0) == 0x80 ||
+            (b < len && (s[b] & 0xC0) == 0x80))
+            return sl_err_set(e, SL_ERR_INVALID,
+                              "literal range %zu [%zu, %zu) is empty, out of order, past the end "
+                              "of the %zu-byte text or inside a character",
+                              i, a, b, len);
+    }
+    return SL_OK;
+}
+
 /* Runs fn over text[0..len) with the scratch of one call, appending to out: on failure (or
  * when memory ran out) out is put back as it was. */
-static sl_status enc_run(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out,
-                         piece_fn piece, stretch_fn fn, sl_err *e)
+static sl_status enc_run(const sl_tok *t, const char *text, size_t len, const sl_tok_spans *lit,
+                         sl_tok_ids *out, piece_fn piece, stretch_fn fn, sl_err *e)
 {
     const uint8_t *s = (const uint8_t *)text;
     sl_status st = check_text(s, len, e);
+    if (st == SL_OK && lit) st = check_literal(s, len, lit, e);
     if (st != SL_OK) return st;
     size_t n0 = out->n;
     enc c = {.t = t, .out = out, .piece = piece, .start = s};
+    if (lit) c.lit = (lit_ranges){lit->v, lit->n, s};
     if (t->re && !(c.md = pcre2_match_data_create_from_pattern(t->re, NULL)))
         c.oom = 1;
     else
@@ -418,7 +499,13 @@ static sl_status encode_text(enc *c, const uint8_t *s, size_t n, sl_err *e)
 
 sl_status sl_tok_encode(const sl_tok *t, const char *text, size_t len, sl_tok_ids *out, sl_err *e)
 {
-    return enc_run(t, text, len, out, bpe_piece, encode_text, e);
+    return sl_tok_encode_literal(t, text, len, NULL, out, e);
+}
+
+sl_status sl_tok_encode_literal(const sl_tok *t, const char *text, size_t len,
+                                const sl_tok_spans *literal, sl_tok_ids *out, sl_err *e)
+{
+    return enc_run(t, text, len, literal, out, bpe_piece, encode_text, e);
 }
 
 /* Records the end offset of a piece. */
@@ -429,6 +516,6 @@ static void split_piece(enc *c, const uint8_t *p, size_t n)
 
 sl_status sl_tok_split(const sl_tok *t, const char *text, size_t len, sl_tok_ids *ends, sl_err *e)
 {
-    return enc_run(t, text, len, ends, split_piece, pretokenize, e);
+    return enc_run(t, text, len, NULL, ends, split_piece, pretokenize, e);
 }
 

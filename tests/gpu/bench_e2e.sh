@@ -7,7 +7,9 @@
 # go to $OUT (or /tmp); a summary table is printed last.
 #   NUM1 / NUM64: prompts at concurrency 1 / 64 (defaults 4 / 128)
 #   CONCS: concurrencies to run (default "1 64"); EXTRA: more serve flags
-#   (e.g. --disable-cuda-graph). Workers log decode step timing (device busy
+#   (e.g. --disable-cuda-graph); BENCH_EXTRA: a JSON object added to every request
+#   (bench --extra-request-body), e.g. '{"regex": "[a-z ]+"}' to measure
+#   constrained decoding against the same run without it. Workers log decode step timing (device busy
 #   time and idle gaps between steps, --step-timing); the last such line per
 #   model is printed with the summary.
 set -uo pipefail
@@ -47,7 +49,8 @@ for name in $models; do
     res=$out/bench-$name-c$conc.txt
     timeout ${BENCH_LIMIT:-240} "$bin/sluice" bench --port $port --tokenizer "$dir" --num-prompts $n \
       --max-concurrency $conc --random-input-len 1000 --random-output-len 1000 \
-      --random-range-ratio 1 --output-file "$out/bench-$name.jsonl" >"$res" 2>&1
+      --random-range-ratio 1 --output-file "$out/bench-$name.jsonl" \
+      ${BENCH_EXTRA:+--extra-request-body "$BENCH_EXTRA"} >"$res" 2>&1
     rc=$?
     cat "$res"
     pick() { grep -E "^$1" "$res" | head -1 | awk -F: '{gsub(/ /,"",$2); print $2}'; }

@@ -20,6 +20,8 @@ DATA = SRC / "tests" / "data"
 TOKENIZER = DATA / "qwen3-tokenizer"  # the real Qwen3 tokenizer, shipped in tests/data
 CODER_TEMPLATE = DATA / "qwen3-coder-template"  # the Qwen3-Coder chat template
 API_KEY = "test-key"
+# How much slower the binaries under test run (3 under the sanitizers): deadlines of waits scale.
+SLOW = float(os.environ.get("SLUICE_SLOW", "1"))
 
 
 def data_path(p):
@@ -56,7 +58,7 @@ class Procs:
             if q.poll() is None:
                 q.send_signal(sig)
                 try:
-                    q.wait(10)
+                    q.wait(10 * SLOW)
                 except subprocess.TimeoutExpired:
                     q.kill()
                     q.wait()

@@ -375,6 +375,17 @@ def test_disable_stream(sluice_bin, server, tokenizer):
     assert int(b["Total generated tokens"]) == 12
 
 
+def test_extra_request_body(sluice_bin, server, tokenizer):
+    srv = server()
+    extra = {"regex": "[a-z]+", "response_format": {"type": "json_object"}, "temperature": 0.7}
+    bench(sluice_bin, srv.port, "--tokenizer", tokenizer, "--num-prompts", 3, "--random-input-len", 8,
+          "--random-output-len", 4, "--extra-request-body", json.dumps(extra))
+    # every request (warmup too) carries the fields; a field the bench sets is overridden
+    assert len(srv.payloads) == 4 and all(
+        p["regex"] == "[a-z]+" and p["response_format"] == {"type": "json_object"}
+        and p["temperature"] == 0.7 and p["max_tokens"] > 0 for p in srv.payloads)
+
+
 def test_server_errors_are_failures(sluice_bin, server, tokenizer):
     srv = server(fail_every=3)
     r = bench(sluice_bin, srv.port, "--tokenizer", tokenizer, "--num-prompts", 6, "--random-input-len", 8,
@@ -433,6 +444,8 @@ def test_connection_refused(sluice_bin, tokenizer):
     (["--bogus"], "--bogus"),
     (["--model", "m"], "no tokenizer"),
     (["--output-details"], "--output-file"),
+    (["--extra-request-body", "[1]"], "--extra-request-body"),
+    (["--extra-request-body", "{bad"], "--extra-request-body"),
 ])
 def test_bad_flags(sluice_bin, args, msg):
     r = subprocess.run([sluice_bin, "bench", *args], capture_output=True, text=True, timeout=30)

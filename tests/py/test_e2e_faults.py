@@ -23,7 +23,7 @@ LONG = 240  # output tokens of the long greedy streams (the kill comes after 30)
 
 def client(port):
     return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
-                         max_retries=0, timeout=60)
+                         max_retries=0, timeout=180)
 
 
 def greedy(c, prompt, stream, max_tokens=LONG):

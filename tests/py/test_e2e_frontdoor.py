@@ -14,7 +14,7 @@ import urllib.request
 import openai
 import pytest
 
-from router_harness import API_KEY, BIN, TOKENIZER, Procs, start_mock, start_router
+from router_harness import API_KEY, BIN, TOKENIZER, Procs, post, start_mock, start_router
 
 
 def http(port, path, method="GET", key=None, headers=None):
@@ -150,8 +150,23 @@ def test_cors_metrics_access_log(rt):
     assert "Hello" not in log
     assert re.search(r"stats.*#running-req \d+, #queue-req \d+.*gen throughput", log), log
     for flag in ["--schedule-policy lpm", "--attention-backend fa3",
-                 "--grammar-backend xgrammar", "--mamba-ssm-dtype", "--allow-auto-truncate"]:
+                 "--mamba-ssm-dtype", "--allow-auto-truncate"]:
         assert flag in log, flag
+    # --grammar-backend xgrammar: sluice's own engine serves it, so no warning
+    assert "--grammar-backend" not in log
+
+
+def test_grammar_backend_none_refuses_constraints(model):
+    procs = Procs()
+    try:
+        w = start_mock(procs, "mock")
+        _, port = start_router(procs, model, [w], "--grammar-backend", "none")
+        st, o = post(port, "/v1/completions", {"prompt": "a", "max_tokens": 2, "regex": "a+"})
+        assert st == 400 and "--grammar-backend none" in o["error"]["message"], o
+        st, o = post(port, "/v1/completions", {"prompt": "a", "max_tokens": 2})
+        assert st == 200, o
+    finally:
+        procs.stop()
 
 
 def test_metrics_require_key(model):
@@ -173,6 +188,7 @@ def test_sglang_flags_refused_clearly(model, tmp_path):
              (["--tool-call-parser", "qwen3"], "tool-call-parser qwen3: unknown"),
              (["--log-level", "loud"], "debug, info"),
              (["--schedule-policy", "best"], "fcfs"),
+             (["--grammar-backend", "regexy"], "xgrammar, outlines, llguidance or none"),
              (["--no-such-flag"], "no-such-flag")]
     for extra, want in cases:
         r = run(*base, *extra)
@@ -203,9 +219,10 @@ def test_chat_template_file_and_hf_cache(model, tmp_path):
         # --model-path ORG/NAME found in the Hugging Face cache layout
         hub = tmp_path / "hf" / "hub" / "models--Org--Tiny"
         (hub / "refs").mkdir(parents=True)
-        (hub / "refs" / "main").write_text("abc123")
+        commit = "abc123" * 6 + "abcd"  # 40 hex digits, as the Hub's commits
+        (hub / "refs" / "main").write_text(commit)
         (hub / "snapshots").mkdir()
-        os.symlink(model, hub / "snapshots" / "abc123")
+        os.symlink(model, hub / "snapshots" / commit)
         env = dict(os.environ, HF_HOME=str(tmp_path / "hf"))
         w3 = start_mock(procs, "mock3")
         old = os.environ.get("HF_HOME")
@@ -218,10 +235,12 @@ def test_chat_template_file_and_hf_cache(model, tmp_path):
             else:
                 os.environ["HF_HOME"] = old
         st, body, _ = http(port, "/get_model_info", key=API_KEY)
-        assert json.loads(body)["model_path"].endswith("snapshots/abc123")
+        assert json.loads(body)["model_path"].endswith("snapshots/" + commit)
+        # a model not in the cache is downloaded (tests/py/test_hub.py), unless offline
+        env["HF_HUB_OFFLINE"] = "1"
         r = run("router", "--model-path", "Org/Missing", "--worker", "ipc:///x", env=env)
         assert r.returncode == 2 and "models--Org--Missing" in r.stderr
-        assert "does not download" in r.stderr
+        assert "HF_HUB_OFFLINE is set" in r.stderr
     finally:
         procs.stop()
 

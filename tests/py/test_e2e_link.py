@@ -29,7 +29,7 @@ import time
 import openai
 import pytest
 
-from router_harness import (API_KEY, get, health, metrics, start_router, start_worker)
+from router_harness import (API_KEY, SLOW, get, health, metrics, start_router, start_worker)
 
 SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -378,7 +378,7 @@ def test_dropped_stream_aborts_fast(procs, model):
         r = metrics(port)[key]
         peak[0] = max(peak[0], r)
         return r == 0
-    wait_for(idle, "the worker to drop the aborted choices", 20, step=0.2)
+    wait_for(idle, "the worker to drop the aborted choices", 20 * SLOW, step=0.2)
     print(f"running back to 0 after {time.time() - t0:.1f} s (peak {peak[0]})")
 
 

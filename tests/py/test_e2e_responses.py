@@ -252,13 +252,18 @@ def test_errors(env):
     bad({"input": "hi", "tools": [{"type": "function"}]}, "tools[0].name")
     bad({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type",
         "web_search tools are not supported")
+    # enforced tool choices need the server's tool-call format (this one has none)
     bad({"input": "hi", "tools": TOOLS, "tool_choice": "required"}, "tool_choice",
-        "not supported yet")
+        "--tool-call-parser")
     bad({"input": "hi", "tools": TOOLS, "tool_choice": {"type": "function",
                                                         "name": "get_weather"}},
-        "tool_choice", "not supported yet")
-    bad({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}},
-        "text.format", "not supported yet")
+        "tool_choice", "--tool-call-parser")
+    bad({"input": "hi", "tools": TOOLS, "tool_choice": {"type": "function", "name": "nope"}},
+        "tool_choice", "not among the tools")
+    bad({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x",
+                                            "schema": {"not": {"type": "string"}}}}},
+        "text.format.schema", "unsupported keyword `not`")
+    bad({"input": "hi", "text": {"format": {"type": "xml"}}}, "text.format.type")
     bad({"input": "hi", "temperature": "hot"}, "temperature")
     bad({"input": "hi", "max_output_tokens": 0}, "max_output_tokens")
     bad({"input": "hi", "stream": "yes"}, "stream")

@@ -78,7 +78,7 @@ def test_serve_ctrl_c_drains(tmp_path):
                                    "--context-length", 512, command="serve", alive=1)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
                           max_retries=0, timeout=30)
-        s = c.completions.create(model="tiny", prompt="The sea", max_tokens=400, stream=True,
+        s = c.completions.create(model="tiny", prompt="The sea", max_tokens=120, stream=True,
                                  extra_body={"ignore_eos": True})
         it = iter(s)
         next(it)

@@ -42,10 +42,10 @@ ALLOW = {
     "kernels/dev": ("kernels", "kernels/cpu", "kernels/cuda", "common"),
     "proto": ("common",),
     "worker/model": ("kernels", "kernels/comm", "common"),
-    "worker/engine": ("common",),  # never the backend: scheduler and caches are CPU-only
+    "worker/engine": ("common", "common/grammar"),  # never the backend: scheduler and caches are CPU-only
     "worker/runner": ("worker/model", "worker/engine", "kernels", "common"),
     "worker/server": ("worker/pd", "worker/runner", "worker/model", "worker/engine", "kernels", "proto",
-                      "common"),
+                      "common", "common/grammar"),
     "worker/group": ("worker/runner", "worker/model", "worker/engine", "kernels", "kernels/comm", "common"),
     "worker/pd": ("worker/runner", "worker/model", "worker/engine", "kernels", "proto", "common"),
     "worker/cli": ("worker/server", "worker/group", "worker/pd", "worker/runner", "worker/model", "worker/engine",
@@ -54,7 +54,7 @@ ALLOW = {
     "router/text": ("common",),  # no HTTP, API or cluster: text is usable on its own
     "router/cluster": ("proto", "common"),
     "router/bench": ("common",),
-    "router/api": ("router/http", "router/text", "router/cluster", "proto", "common"),
+    "router/api": ("router/http", "router/text", "router/cluster", "proto", "common", "common/grammar"),
     "router/cli": ROUTER_LIBS + ("proto", "common"),
 }
 # The sluice executable (router/cli) joins both halves through exactly these worker headers.

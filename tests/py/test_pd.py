@@ -6,6 +6,7 @@ killing the prefill worker mid-transfer or the decode worker mid-stream ends
 cleanly with every pool empty on the survivors."""
 import http.client
 import json
+import re
 import signal
 import threading
 import time
@@ -13,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from router_harness import API_KEY, Procs, make_tiny, metrics, post, start_router
+from router_harness import API_KEY, SLOW, Procs, make_tiny, metrics, post, start_router
 
 MEM = 64 << 20
 
@@ -29,7 +30,7 @@ def start_role(procs, model, name, role, *extra):
 
 def stream(port, ids, max_tokens, on_chunk):
     """Streams a greedy completion; on_chunk(n) after every chunk. Returns the text."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60 * SLOW)
     body = {"model": "tiny", "prompt": ids, "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True, "stream": True}
     c.request("POST", "/v1/completions", json.dumps(body),
@@ -70,7 +71,7 @@ def prompts(vocab_hi=2000):
     ]
 
 
-def pools_empty(port, urls, timeout=20, until=lambda m: True):
+def pools_empty(port, urls, timeout=20 * SLOW, until=lambda m: True):
     """Every worker in urls reports nothing running or waiting and all its
     pages and slots free (or evictable cache), and until(metrics) holds (load
     reports come every heartbeat: counters catch up with a delay)."""
@@ -148,6 +149,14 @@ def test_pd_equals_unified(tmp_path, arch, page):
         got2 = complete(pp, second, max_tokens=6)
         assert got2[0] == want2[0]
         assert got2[2]["prompt_tokens_details"]["cached_tokens"] >= len(first) // page * page
+        # constrained decoding: the prefill side masks the first token, the decode side
+        # replays it through its own matcher and masks the rest; greedy equals unified
+        body = {"model": "tiny", "prompt": ps[0], "max_tokens": 40, "temperature": 0,
+                "regex": r"(yes|no)-[0-9]{1,3}\.( ok)?"}
+        cu, cp = post(up, "/v1/completions", body), post(pp, "/v1/completions", body)
+        assert cu[0] == cp[0] == 200, (cu, cp)
+        assert re.fullmatch(body["regex"], cp[1]["choices"][0]["text"]), cp
+        assert cp[1]["choices"][0]["text"] == cu[1]["choices"][0]["text"]
         pools_empty(pp, [pre, dec])
     finally:
         procs.stop()
@@ -265,7 +274,7 @@ def test_pd_client_disconnect(tmp_path):
         ids = prompts()[1]
 
         def open_stream():
-            c = http.client.HTTPConnection("127.0.0.1", pp, timeout=60)
+            c = http.client.HTTPConnection("127.0.0.1", pp, timeout=60 * SLOW)
             body = {"model": "tiny", "prompt": ids, "max_tokens": 600, "temperature": 0,
                     "ignore_eos": True, "stream": True}
             c.request("POST", "/v1/completions", json.dumps(body),

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from router_harness import API_KEY, get, metrics, post, start_mock, start_router
+from router_harness import API_KEY, SLOW, get, metrics, post, start_mock, start_router
 
 
 def vm(pid, key):
@@ -286,7 +286,7 @@ def test_f4_huge_n_queues_and_aborts_arrive(procs, model):
     s.close()
     # 4096 aborts through a busy mock worker: seconds on an idle machine, more on a loaded
     # 2-core CI box (the test is that every one arrives, not how fast)
-    deadline = time.time() + 45
+    deadline = time.time() + 45 * SLOW
     while time.time() < deadline:
         m = metrics(port)
         if m[f'sluice_worker_running{{worker="{w}"}}'] == 0 and \

@@ -20,7 +20,7 @@ import time
 import openai
 import pytest
 
-from router_harness import API_KEY, BIN, Procs, make_tiny, metrics, start_router
+from router_harness import API_KEY, BIN, SLOW, Procs, make_tiny, metrics, start_router
 
 CTX = 256
 PROMPTS = ["The history of the lighthouse keepers", "A recipe for bread with seeds"]
@@ -28,7 +28,7 @@ PROMPTS = ["The history of the lighthouse keepers", "A recipe for bread with see
 
 def client(port):
     return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY,
-                         max_retries=0, timeout=30)
+                         max_retries=0, timeout=30 * SLOW)
 
 
 def greedy(c, prompt, n, stream=False):
@@ -74,7 +74,7 @@ def serve(procs, model, *extra, alive=1):
                         alive=alive)
 
 
-def worker(*args, env=None, timeout=20):
+def worker(*args, env=None, timeout=20 * SLOW):
     """Runs `sluice worker ARGS` to its end: (exit code, stderr)."""
     r = subprocess.run([BIN, "worker", *map(str, args)], capture_output=True, text=True,
                        timeout=timeout, env={**os.environ, **(env or {})})
@@ -238,7 +238,7 @@ def test_bad_group_input(tmp_path, q3):
     p0 = subprocess.Popen([BIN, "worker", *map(str, base), "--listen", f"ipc://{tmp_path}/b.ipc",
                            "--tp-rank", "0"], stderr=subprocess.PIPE, text=True)
     rc, err = worker(*base, "--tp-rank", 1, "--page-size", 4)
-    err0 = p0.communicate(timeout=20)[1]
+    err0 = p0.communicate(timeout=20 * SLOW)[1]
     assert rc == 1 and p0.returncode == 1
     assert "fingerprint mismatch" in err + err0 and "page=4" in err + err0, (err, err0)
 

@@ -119,6 +119,19 @@ static void test_parse_errors(void)
             strcat(big, " \"a\"{10000}");
         expect_error(big, SL_ERR_LIMIT, "grammar too large");
     }
+    /* exponential ambiguity: 2^k stacks after k '(' — a limit error, not a blow-up */
+    {
+        sl_gram *amb = compile("root ::= e\ne ::= \"(\" e \")\" | \"(\" e e \")\" | \"x\"");
+        sl_gram_matcher *m = NULL;
+        sl_err e = {0};
+        CHECK(amb && sl_gram_matcher_new(amb, NULL, &m, &e) == SL_OK);
+        CHECK(sl_gram_matcher_accept_bytes(m, "((((((((((", 10, &e) == SL_OK);
+        CHECK(sl_gram_matcher_accept_bytes(m, "((((((((((", 10, &e) == SL_ERR_LIMIT &&
+              strstr(e.msg, "more than 65536 parse stacks"));
+        CHECK(sl_gram_matcher_accept_bytes(m, "x)", 2, &e) == SL_OK); /* state unchanged */
+        sl_gram_matcher_free(m);
+        sl_gram_free(amb);
+    }
     /* left recursion through nullable rules that only repeat is fine: (x?)* */
     sl_gram *g = compile("root ::= (\"x\"?)* \"y\"");
     CHECK(g && accepts(g, "y") == 1 && accepts(g, "xxxy") == 1 && accepts(g, "xx") == 0);
@@ -311,7 +324,9 @@ static int mask_walk(sl_gram *g, sl_gram_vocab *v, const char *prefix, uint64_t 
 }
 
 /* Every byte alone, every pair over bytes that matter to the test grammars, tokens that split
- * multi-byte characters, a few words; id 3 is special (a hole), ids 1 and 2 are eos. */
+ * multi-byte characters, a few words, and three families big enough for the mask walk to try
+ * skipping their subtrees whole ("q" + each printable ASCII byte, C3 + each continuation byte,
+ * "w" + the prefixes of U+2080..U+20BF); id 3 is special (a hole), ids 1 and 2 are eos. */
 static sl_gram_vocab *synthetic_vocab(void)
 {
     static const char pair_bytes[] = "{}[]\":,0a1- \\\n\xC3\xA9\xE2\x82\xAC\xF0\x9F";
@@ -319,7 +334,7 @@ static sl_gram_vocab *synthetic_vocab(void)
                                   "\xAC\"", "\xA9\xC3", "2024-01-0", "INFO ", "ERROR x: ",
                                   "\x9F\x98\x80", ".0e+1", "\\u00e9", "\n2025"};
     size_t np = sizeof pair_bytes - 1, nw = sizeof words / sizeof *words;
-    int32_t n = (int32_t)(256 + np * np + nw);
+    int32_t n = (int32_t)(256 + np * np + nw + 95 + 64 + 2 * 64);
     char(*tok)[16] = calloc((size_t)n, sizeof *tok);
     const char **ptr = calloc((size_t)n, sizeof *ptr);
     size_t *len = calloc((size_t)n, sizeof *len);
@@ -331,6 +346,14 @@ static sl_gram_vocab *synthetic_vocab(void)
             tok[id][0] = pair_bytes[a], tok[id][1] = pair_bytes[b], len[id] = 2;
     for (size_t w = 0; w < nw; w++, id++)
         len[id] = strlen(words[w]), memcpy(tok[id], words[w], len[id]);
+    for (int c = 0x20; c < 0x7F; c++, id++)
+        tok[id][0] = 'q', tok[id][1] = (char)c, len[id] = 2;
+    for (int c = 0x80; c < 0xC0; c++, id++)
+        tok[id][0] = (char)0xC3, tok[id][1] = (char)c, len[id] = 2;
+    for (int c = 0x80; c < 0xC0; c++, id += 2) {
+        memcpy(tok[id], "w\xE2\x82", 3), tok[id][3] = (char)c, len[id] = 4;
+        memcpy(tok[id + 1], tok[id], 4), tok[id + 1][4] = (char)(c & 1 ? '"' : 'q'), len[id + 1] = 5;
+    }
     for (int32_t i = 0; i < n; i++)
         ptr[i] = i == 3 ? NULL : tok[i];
     int32_t eos[] = {1, 2};
@@ -346,13 +369,17 @@ static void test_mask_synthetic(void)
     sl_gram_vocab *v = synthetic_vocab();
     sl_gram *json = compile_file("json.gbnf"), *log = compile_file("log.gbnf");
     sl_gram *utf = compile("root ::= ([\u00e0-\u00ff] | \"\u20ac\" | [\U0001F600-\U0001F64F])* \"}\"");
-    if (!v || !json || !log || !utf) return;
+    /* states that loop on plain text: all of it but '"' (UTF-8 too), or ASCII letters only */
+    sl_gram *text = compile("root ::= [^\\\"]* \"\\\"\" [a-z q]* \".\"");
+    if (!v || !json || !log || !utf || !text) return;
     int checked = 0;
     for (uint64_t seed = 0; seed < 6; seed++) {
         checked += mask_walk(json, v, "", seed, 40, 0, "json");
         checked += mask_walk(json, v, "{\"a\": [1, {\"b\": \"x", seed, 20, 0, "json string");
         checked += mask_walk(log, v, "", seed, 40, 0, "log");
         checked += mask_walk(utf, v, "\xC3", seed, 20, 0, "utf8");
+        checked += mask_walk(text, v, "", seed, 30, 0, "text");
+        checked += mask_walk(text, v, "x\"", seed, 30, 0, "letters");
     }
     /* a memo bound so small that it is rebuilt again and again, mid-walk included (no mask
      * cache, so that every mask walks the trie) */
@@ -387,7 +414,7 @@ static void test_mask_synthetic(void)
         CHECK(bit(bits, id) == (id == 1 || id == 2));
     sl_gram_matcher_free(m);
     sl_gram_free(fixed);
-    sl_gram_free(json), sl_gram_free(log), sl_gram_free(utf);
+    sl_gram_free(json), sl_gram_free(log), sl_gram_free(utf), sl_gram_free(text);
     sl_gram_vocab_free(v);
 }
 

@@ -20,13 +20,15 @@
 
 /* ---- fake text side: token id = byte value ---- */
 
-static sl_status fk_encode(void *impl, const char *t, size_t n, sl_tok_ids *ids, sl_err *e)
+static sl_status fk_encode(void *impl, const char *t, size_t n, const sl_tok_spans *literal,
+                           sl_tok_ids *ids, sl_err *e)
 {
     for (size_t i = 0; i < n; i++) sl_tok_ids_push(ids, (unsigned char)t[i]);
     return SL_OK;
 }
 
-static sl_status fk_render(void *impl, const json_t *req, sl_buf *out, sl_err *e)
+static sl_status fk_render(void *impl, const json_t *req, sl_buf *out, sl_tok_spans *literal,
+                           sl_err *e)
 {
     size_t i;
     json_t *m;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grammar.h"
 #include "sampler.h"
 #include "sampler_op.h"
 #include "sl_rng.h"
@@ -33,7 +34,7 @@ static int32_t sample_row(sl_sampler_state *s, const float *logits, int nv, int3
     sl_tensor lpt = sl_tensor_make(lp, SL_DTYPE_F32, 2, (int64_t[]){1, 2 + 2 * SL_SAMPLE_MAX_TOP});
     sl_tensor lt = sl_tensor_make(copy, SL_DTYPE_F32, 2, (int64_t[]){1, nv});
     sl_tensor pt = sl_tensor_make(&pend, SL_DTYPE_I32, 1, (int64_t[]){1});
-    sl_sample_args a = {1, &row, pen.n, pen.tok, pen.out, pen.prompt, pending >= 0 ? &pt : NULL};
+    sl_sample_args a = {1, &row, pen.n, pen.tok, pen.out, pen.prompt, pending >= 0 ? &pt : NULL, NULL, 0, 0};
     sl_be_sample(cpu, &ids, &lpt, &lt, &a);
     CHECK(memcmp(copy, logits, sizeof(float) * (size_t)nv) == 0);
     CHECK(tok >= 0 && tok < nv);
@@ -354,6 +355,87 @@ static void test_table_ids(void)
     sl_sampler_table_free(t); /* frees the states left */
 }
 
+/* One greedy draw with s's grammar mask (when it constrains this token), committed. */
+static sl_sample draw_masked(sl_sampler_state *s, const float *logits)
+{
+    uint32_t bits[1] = {0};
+    sl_sample_pen pen = {0};
+    sl_sample_row row;
+    sl_err e = {0};
+    CHECK(sl_sampler_row(s, &row, &pen, -1, &e) == SL_OK);
+    int masked = sl_sampler_fill_mask(s, bits, 1, V);
+    if (masked) row.mask_row = 0;
+    int32_t tok = -1;
+    sl_tensor ids = sl_tensor_make(&tok, SL_DTYPE_I32, 1, (int64_t[]){1});
+    sl_tensor lt = sl_tensor_make((float *)logits, SL_DTYPE_F32, 2, (int64_t[]){1, V});
+    sl_sample_args a = {1, &row, pen.n, pen.tok, pen.out, pen.prompt, NULL, masked ? bits : NULL, 1, 1};
+    sl_be_sample(cpu, &ids, NULL, &lt, &a);
+    CHECK(!masked || (bits[0] >> tok & 1));
+    sl_sample o;
+    sl_sampler_commit(s, tok, NULL, &o);
+    sl_sample_pen_free(&pen);
+    return o;
+}
+
+static void test_grammar(void)
+{
+    /* ids: a b ab { } 1 2 <eos> */
+    static const char *const tok[V] = {"a", "b", "ab", "{", "}", "1", "2", NULL};
+    size_t len[V];
+    for (int i = 0; i < V; i++) len[i] = tok[i] ? strlen(tok[i]) : 0;
+    sl_gram_vocab *v;
+    sl_err e = {0};
+    CHECK_MSG(sl_gram_vocab_new(tok, len, V, NULL, 0, &v, &e) == SL_OK, "%s", e.msg);
+    const char *braces = "root ::= \"{\" [12]{1,2} \"}\"";
+    sl_gram *g;
+    CHECK_MSG(sl_gram_compile(braces, strlen(braces), &g, &e) == SL_OK, "%s", e.msg);
+    sl_sampling p = {.temperature = 0, .top_p = 1, .repetition_penalty = 1};
+    int32_t eos = 7, start = 1;
+
+    /* the grammar starts after "b" (the first, unconstrained draw: argmax 1),
+     * then forces { 1 1 } (greedy among the allowed) and ends the request */
+    sl_sampler_state *s = sl_sampler_state_new(&p, NULL, 0, 1);
+    sl_gram_matcher *m;
+    CHECK(sl_gram_matcher_new(g, v, &m, &e) == SL_OK);
+    CHECK(sl_sampler_set_grammar(s, m, &eos, 1, &start, 1, &e) == SL_OK);
+    CHECK(sl_sampler_constrained(s) && !sl_sampler_is_argmax(s));
+    static const int32_t want[5] = {1, 3, 5, 5, 4};
+    for (int i = 0; i < 5; i++) {
+        sl_sample o = draw_masked(s, base);
+        CHECK_MSG(o.token == want[i], "step %d: token %d, want %d", i, (int)o.token, (int)want[i]);
+        CHECK(o.complete == (i == 4));
+    }
+    sl_sampler_state_free(s);
+
+    /* an end id is allowed once the grammar can end, and ends it */
+    const char *digits = "root ::= [12]+";
+    sl_gram *g2;
+    CHECK(sl_gram_compile(digits, strlen(digits), &g2, &e) == SL_OK);
+    float l[V];
+    memcpy(l, base, sizeof l);
+    l[7] = 5.0f; /* eos is the argmax whenever it is allowed */
+    s = sl_sampler_state_new(&p, NULL, 0, 2);
+    CHECK(sl_gram_matcher_new(g2, v, &m, &e) == SL_OK);
+    CHECK(sl_sampler_set_grammar(s, m, &eos, 1, NULL, 0, &e) == SL_OK);
+    sl_sample o = draw_masked(s, l);
+    CHECK(o.token == 5 && !o.complete);
+    o = draw_masked(s, l);
+    CHECK(o.token == 7 && o.complete);
+    sl_sampler_state_free(s);
+
+    /* a migrated output replays through the grammar: { 1 then 1 or } */
+    s = sl_sampler_state_new(&p, NULL, 0, 3);
+    CHECK(sl_gram_matcher_new(g, v, &m, &e) == SL_OK);
+    CHECK(sl_sampler_set_grammar(s, m, &eos, 1, NULL, 0, &e) == SL_OK);
+    sl_sampler_state_add_output(s, (const int32_t[]){3, 6, 6}, 3);
+    o = draw_masked(s, base);
+    CHECK(o.token == 4 && o.complete);
+    sl_sampler_state_free(s);
+    sl_gram_free(g);
+    sl_gram_free(g2);
+    sl_gram_vocab_free(v);
+}
+
 int main(void)
 {
     cpu = sl_backend_cpu_new();
@@ -365,6 +447,7 @@ int main(void)
     test_seed_reproducible();
     test_pending();
     test_table_ids();
+    test_grammar();
     sl_backend_free(cpu);
     return sl_test_done("test_sampler");
 }

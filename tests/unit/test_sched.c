@@ -105,6 +105,41 @@ static void test_chunks_and_mixing(void)
     sl_sched_free(s);
 }
 
+/* --chunked-prefill-size is one budget per step for decodes and prefill
+ * chunks together: a long prompt arriving among decoding requests takes what
+ * the decodes leave (checkpoint aligned), never stretching their step. */
+static void test_shared_budget(void)
+{
+    sl_sched *s = make(16, 1024, 16, 256, 0);
+    for (uint64_t rid = 1; rid <= 8; rid++) submit(s, rid, 16, 100, 0);
+    sl_sched_batch *b = step(s); /* the eight prompts in one batch */
+    CHECK(b && b->meta.n_tokens == 128);
+    submit(s, 100, 1000, 1, 0);
+    int prefilled = 0, steps = 0;
+    while (prefilled < 1000 && (b = sl_sched_next_batch(s))) {
+        int decodes = 0, chunk = 0;
+        for (int i = 0; i < b->meta.n_seqs; i++) {
+            int q = (i + 1 < b->meta.n_seqs ? b->q_start[i + 1] : b->meta.n_tokens) - b->q_start[i];
+            if (b->rid[i] == 100)
+                chunk = q;
+            else
+                decodes += q;
+        }
+        CHECK_MSG(decodes == 8 && b->meta.n_tokens <= 256,
+                  "step %d: %d decodes, %d tokens", steps, decodes, b->meta.n_tokens);
+        /* 248 left: 192 (three checkpoint units), then the last 232 whole */
+        CHECK_MSG(chunk == 192 || prefilled + chunk == 1000, "step %d: chunk %d", steps, chunk);
+        prefilled += chunk;
+        steps++;
+        fake_run(b);
+        sl_sched_complete(s, b);
+    }
+    CHECK_MSG(prefilled == 1000 && steps == 5, "%d tokens in %d steps", prefilled, steps);
+    while (step(s))
+        check_ok(s);
+    sl_sched_free(s);
+}
+
 static void test_limits_and_priority(void)
 {
     sl_sched *s = make(4, 256, 2, 0, 0);
@@ -211,6 +246,7 @@ static void bench(void)
 int main(void)
 {
     test_chunks_and_mixing();
+    test_shared_budget();
     test_limits_and_priority();
     test_retraction();
     test_abort_and_overlap();

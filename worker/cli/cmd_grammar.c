@@ -8,6 +8,7 @@
 
 #include "grammar.h"
 #include "sl_file.h"
+#include "sl_hub.h"
 #include "sl_opts.h"
 #include "sl_rng.h"
 #include "worker_cmd.h"
@@ -205,7 +206,8 @@ int sl_cmd_grammar(int argc, char **argv)
         {"--check", NULL, SL_OPT_STR, &a.check, "text to check against the grammar"},
         {"--check-file", NULL, SL_OPT_STR, &a.check_file, "file whose bytes to check"},
         {"--tokenizer", NULL, SL_OPT_STR, &a.tokenizer,
-         "tokenizer.json or its directory (byte-level BPE) for --bench"},
+         "tokenizer.json, its directory or a Hugging Face model id ORG/NAME (byte-level "
+         "BPE) for --bench"},
         {"--vocab-size", NULL, SL_OPT_INT, &a.vocab_size,
          "model vocabulary size, >= the tokenizer's (default: the tokenizer's)"},
         {"--eos", NULL, SL_OPT_STRS, &a.eos, "eos token id (repeatable); allowed when the grammar can end"},
@@ -226,6 +228,12 @@ int sl_cmd_grammar(int argc, char **argv)
     char *text = NULL;
     size_t len = 0;
     sl_err e = {0};
+    char tok_dir[SL_HUB_PATH_MAX]; /* --tokenizer ORG/NAME: its text files from the Hub */
+    if (a.tokenizer && sl_hub_resolve(a.tokenizer, NULL, SL_HUB_TEXT, tok_dir, sizeof tok_dir, &e)) {
+        fprintf(stderr, "sluice grammar: %s\n", e.msg);
+        return 1;
+    }
+    if (a.tokenizer) a.tokenizer = tok_dir;
     if (sl_file_read(a.grammar, &text, &len, &e)) {
         fprintf(stderr, "sluice grammar: %s\n", e.msg);
         return 1;

@@ -16,13 +16,14 @@
 #include "safetensors.h"
 #include "sl_bytelevel.h"
 #include "sl_file.h"
+#include "sl_hub.h"
 #include "sl_opts.h"
 #include "sl_rng.h"
 #include "solo.h"
 #include "worker_cmd.h"
 
 typedef struct model_args {
-    const char *model, *device, *load_format, *quantization, *dist_init_addr;
+    const char *model, *revision, *device, *load_format, *quantization, *dist_init_addr;
     int page_size, tp_size;
     long long seed;
     /* set by tp_start: this process's rank, its communicator, the children
@@ -34,6 +35,7 @@ typedef struct model_args {
     int port_held, port_fd; /* rank 0's reservation of the port it picked (tp_start) */
     char addr[64];
     char device_buf[32];
+    char model_dir[SL_HUB_PATH_MAX]; /* --model ORG/NAME: its snapshot in the Hugging Face cache */
 } model_args;
 
 static int fail(const char *cmd, const sl_err *e)
@@ -56,7 +58,6 @@ static int tp_start(model_args *a, const char *cmd)
         sl_err_set(&e, SL_ERR_INVALID, "--tp-size must be in [1, %d]", SL_COMM_MAX_WORLD);
         return sl_opts_usage_error(cmd, e.msg);
     }
-    if (!a->model) return sl_opts_usage_error(cmd, "--model is required");
     sl_model_config c;
     if (sl_model_config_load(&c, a->model, &e)) return fail(cmd, &e);
     if (sl_model_tp_check(&c, a->tp_size, &e)) return sl_opts_usage_error(cmd, e.msg);
@@ -106,6 +107,21 @@ static int tp_start(model_args *a, const char *cmd)
     return -1;
 }
 
+/* The start of logits and generate: --model ORG/NAME becomes its snapshot in
+ * the Hugging Face cache, downloaded when missing (the weights too unless
+ * --load-format dummy), then tp_start. Returns -1 to continue, or an exit code. */
+static int model_start(model_args *a, const char *cmd)
+{
+    if (!a->model) return sl_opts_usage_error(cmd, "--model is required");
+    sl_err e = {0};
+    int dummy = a->load_format && !strcmp(a->load_format, "dummy");
+    if (sl_hub_resolve(a->model, a->revision, dummy ? SL_HUB_TEXT : SL_HUB_WEIGHTS, a->model_dir,
+                       sizeof a->model_dir, &e))
+        return fail(cmd, &e);
+    a->model = a->model_dir;
+    return tp_start(a, cmd);
+}
+
 /* Ends a TP run: frees the communicator, and on rank 0 waits for the other
  * ranks; the exit code is rc, or 1 when another rank failed. */
 static int tp_finish(model_args *a, int rc)
@@ -124,7 +140,6 @@ static int tp_finish(model_args *a, int rc)
 
 static sl_status open_model(model_args *a, sl_backend **be, sl_model **m, sl_err *e)
 {
-    if (!a->model) return sl_err_set(e, SL_ERR_INVALID, "--model is required");
     int dummy = 0;
     if (a->load_format && !strcmp(a->load_format, "dummy")) dummy = 1;
     else if (a->load_format && strcmp(a->load_format, "auto") && strcmp(a->load_format, "safetensors"))
@@ -154,7 +169,9 @@ static sl_status open_model(model_args *a, sl_backend **be, sl_model **m, sl_err
 }
 
 #define MODEL_OPTS(a)                                                                              \
-    {"--model", "--model-path", SL_OPT_STR, &(a).model, "model directory (Hugging Face layout)"},   \
+    {"--model", "--model-path", SL_OPT_STR, &(a).model,                                           \
+     "model directory (Hugging Face layout), or Hugging Face model id ORG/NAME"},                  \
+        {"--revision", NULL, SL_OPT_STR, &(a).revision, "ORG/NAME: branch, tag or commit (main)"}, \
         {"--device", NULL, SL_OPT_STR, &(a).device, "cpu (default) or cuda[:N]"},                 \
         {"--load-format", NULL, SL_OPT_STR, &(a).load_format, "auto (default) or dummy"},         \
         {"--seed", NULL, SL_OPT_I64, &(a).seed, "seed of dummy weights (default 0)"},             \
@@ -198,7 +215,7 @@ int sl_cmd_logits(int argc, char **argv)
         json_decref(prompts);
         return 2;
     }
-    int tp = tp_start(&a, "logits");
+    int tp = model_start(&a, "logits");
     if (tp >= 0) {
         json_decref(prompts);
         return tp;
@@ -326,7 +343,7 @@ int sl_cmd_generate(int argc, char **argv)
         sl_err_set(&e, SL_ERR_INVALID, "--ids is required; --max-new-tokens >= 0; --page-size > 0");
         return sl_opts_usage_error("generate", e.msg);
     }
-    int tp = tp_start(&a, "generate");
+    int tp = model_start(&a, "generate");
     if (tp >= 0) return tp;
     sl_backend *be = NULL;
     sl_model *m = NULL;
@@ -618,7 +635,8 @@ int sl_cmd_make_tiny(int argc, char **argv)
     sl_opt opts[] = {{"--arch", NULL, SL_OPT_STR, &arch, "qwen3, qwen3_moe or qwen3_next (default)"},
                      {"--out", NULL, SL_OPT_STR, &out, "output directory"},
                      {"--tokenizer", NULL, SL_OPT_STR, &tok,
-                      "copy tokenizer files from this directory and size the vocabulary to it"},
+                      "copy tokenizer files from this directory (or Hugging Face model id "
+                      "ORG/NAME) and size the vocabulary to it"},
                      {"--vocab-size", NULL, SL_OPT_INT, &vocab,
                       "vocabulary without --tokenizer (default 265: the built-in byte-level "
                       "tokenizer; below that no tokenizer is written)"},
@@ -639,6 +657,10 @@ int sl_cmd_make_tiny(int argc, char **argv)
         sl_err_set(&e, SL_ERR_INVALID, "--out is required");
         return sl_opts_usage_error("make-tiny", e.msg);
     }
+    char tok_dir[SL_HUB_PATH_MAX];
+    if (tok && sl_hub_resolve(tok, NULL, SL_HUB_TEXT, tok_dir, sizeof tok_dir, &e))
+        return fail("make-tiny", &e);
+    if (tok) tok = tok_dir;
     if (tok && (vocab = tokenizer_vocab(tok, &e)) < 0) return fail("make-tiny", &e);
     if (!vocab) vocab = TINY_TOKENIZER_VOCAB;
     if (vocab < 16) {

@@ -22,6 +22,7 @@
 #include "group.h"
 #include "link_auth.h"
 #include "model.h"
+#include "sl_hub.h"
 #include "sl_log.h"
 #include "sl_opts.h"
 #include "worker_cmd.h"
@@ -179,7 +180,7 @@ static double now_s(void)
 
 int sl_cmd_worker(int argc, char **argv)
 {
-    const char *model = NULL, *listen = NULL, *device = "cpu", *served_name = NULL;
+    const char *model = NULL, *revision = NULL, *listen = NULL, *device = "cpu", *served_name = NULL;
     const char *dist_addr = NULL, *secret_file = NULL;
     const char *pd_mode = "null", *pd_url = NULL;
     double pd_timeout = 30;
@@ -188,9 +189,12 @@ int sl_cmd_worker(int argc, char **argv)
     sl_engine_flags f;
     sl_engine_flags_default(&f);
     sl_engine_config *cp = &f.c;
-    sl_opt opts[16 + SL_ENGINE_NFLAGS];
+    sl_opt opts[17 + SL_ENGINE_NFLAGS]; /* 16 own options and the terminator */
     int n = 0;
-    opts[n++] = (sl_opt){"--model", "--model-path", SL_OPT_STR, &model, "model directory (Hugging Face layout)"};
+    opts[n++] = (sl_opt){"--model", "--model-path", SL_OPT_STR, &model,
+                         "model directory (Hugging Face layout), or Hugging Face model id ORG/NAME"};
+    opts[n++] = (sl_opt){"--revision", NULL, SL_OPT_STR, &revision,
+                         "ORG/NAME: branch, tag or commit (main)"};
     opts[n++] = (sl_opt){"--listen", NULL, SL_OPT_STR, &listen,
                          "nng URL to listen on: tcp://HOST:PORT or ipc:///PATH (rank 0)"};
     opts[n++] = (sl_opt){"--device", NULL, SL_OPT_STR, &device,
@@ -284,6 +288,15 @@ int sl_cmd_worker(int argc, char **argv)
                 "decode worker on a device: overlap scheduling off (host-staged transfer)");
         c.overlap = 0;
     }
+    /* ORG/NAME: the snapshot in the Hugging Face cache, downloaded when missing
+     * (ranks this process starts find it there) */
+    static char model_dir[SL_HUB_PATH_MAX];
+    if (sl_hub_resolve(model, revision, dummy ? SL_HUB_TEXT : SL_HUB_WEIGHTS, model_dir,
+                       sizeof model_dir, &e)) {
+        fprintf(stderr, "sluice worker: %s\n", e.msg);
+        return 1;
+    }
+    model = model_dir;
     sl_model_config mc;
     if (sl_model_config_load(&mc, model, &e)) {
         fprintf(stderr, "sluice worker: %s\n", e.msg);
@@ -396,6 +409,10 @@ int sl_cmd_worker(int argc, char **argv)
         }
         wc.pd = pd;
     }
+    /* constrained decoding reads the tokens' bytes from the model's tokenizer.json */
+    sl_err ve = {0};
+    if (sl_gram_vocab_load(model, sl_model_cfg(m)->vocab_size, NULL, 0, &wc.vocab, &ve))
+        SL_LOGW("worker", "constrained decoding is off: %s", ve.msg);
     if (sl_wserver_run(g, m, &wc, &stop_flag, &e)) {
         fprintf(stderr, "sluice worker: %s\n", e.msg);
         rc = 1;
@@ -403,6 +420,7 @@ int sl_cmd_worker(int argc, char **argv)
         sl_group_stop(tg);
     }
     sl_pd_free(pd);
+    sl_gram_vocab_free(wc.vocab);
 done:
     sl_engine_free(g);
     sl_model_free(m);

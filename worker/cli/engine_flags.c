@@ -32,7 +32,7 @@ static const flag_row rows[SL_ENGINE_NFLAGS] = {
     {"--max-running-requests", SL_OPT_INT, C_(max_running),
      "requests decoding at once (default: from memory)"},
     {"--chunked-prefill-size", SL_OPT_INT, C_(chunked_prefill_size),
-     "prefill tokens per batch (default 8192; -1 disables chunking)"},
+     "tokens per batch, decodes included (default 8192; -1 disables chunking)"},
     {"--mamba-scheduler-strategy", SL_OPT_STR, F_(strategy),
      "extra_buffer (default) or no_buffer (hybrid models)"},
     {"--mamba-track-interval", SL_OPT_INT, C_(track_interval),

@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grammar.h"
+#include "sl_log.h"
 #include "sl_rng.h"
 
 /* Token counts for the penalties: open addressing, token -> (output count,
@@ -21,6 +23,13 @@ struct sl_sampler_state {
     int penalize;
     tok_count *tab;
     int cap, used;
+    /* constrained decoding (sl_sampler_set_grammar): the matcher, the ids
+     * that end the output (allowed once the grammar can end) and those after
+     * which the grammar starts (a reasoning model's end of thinking) */
+    sl_gram_matcher *gram;
+    int32_t *end_ids, *start_ids;
+    int n_end, n_start;
+    int gram_on; /* the grammar constrains the next token */
 };
 
 static tok_count *tab_slot(sl_sampler_state *s, int32_t tok)
@@ -83,14 +92,101 @@ void sl_sampler_state_free(sl_sampler_state *s)
 {
     if (!s) return;
     free(s->tab);
+    sl_gram_matcher_free(s->gram);
+    free(s->end_ids);
+    free(s->start_ids);
     free(s);
 }
 
-static void record(sl_sampler_state *s, int32_t tok)
+static int has_id(const int32_t *v, int n, int32_t t)
+{
+    for (int i = 0; i < n; i++)
+        if (v[i] == t) return 1;
+    return 0;
+}
+
+/* Moves the grammar past tok. Returns 1 when the constrained output is
+ * complete with tok (the request ends with it). */
+static int gram_advance(sl_sampler_state *s, int32_t tok)
+{
+    if (!s->gram) return 0;
+    if (!s->gram_on) {
+        s->gram_on = has_id(s->start_ids, s->n_start, tok);
+        return 0;
+    }
+    if (has_id(s->end_ids, s->n_end, tok)) return sl_gram_matcher_can_end(s->gram);
+    if (sl_gram_matcher_accept_token(s->gram, tok, NULL)) {
+        /* only a backend without the mask gets here: end rather than go on unconstrained */
+        SL_LOGW("sampler", "token %d is outside the grammar; ending the output", (int)tok);
+        return 1;
+    }
+    return sl_gram_matcher_must_end(s->gram);
+}
+
+static int record(sl_sampler_state *s, int32_t tok)
 {
     s->last = tok;
     s->n_out++;
     if (s->penalize) tab_add(s, tok, 1, 0); /* out of memory only weakens a penalty */
+    return gram_advance(s, tok);
+}
+
+static int32_t *dup_ids(const int32_t *v, int n)
+{
+    int32_t *d = malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+    if (d && n) memcpy(d, v, sizeof(int32_t) * (size_t)n);
+    return d;
+}
+
+sl_status sl_sampler_set_grammar(sl_sampler_state *s, sl_gram_matcher *m, const int32_t *end_ids,
+                                 int n_end, const int32_t *start_ids, int n_start, sl_err *e)
+{
+    int32_t *ends = dup_ids(end_ids, n_end), *starts = dup_ids(start_ids, n_start);
+    if (!ends || !starts) {
+        free(ends);
+        free(starts);
+        return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    }
+    sl_gram_matcher_free(s->gram);
+    free(s->end_ids);
+    free(s->start_ids);
+    s->gram = m;
+    s->end_ids = ends;
+    s->start_ids = starts;
+    s->n_end = n_end;
+    s->n_start = n_start;
+    s->gram_on = n_start == 0;
+    return SL_OK;
+}
+
+int sl_sampler_constrained(const sl_sampler_state *s)
+{
+    return s->gram != NULL;
+}
+
+int sl_sampler_fill_mask(sl_sampler_state *s, uint32_t *bits, int words, int vocab)
+{
+    if (!s->gram || !s->gram_on) return 0;
+    sl_err e = {0};
+    if (sl_gram_matcher_fill_mask(s->gram, bits, &e)) { /* out of memory */
+        SL_LOGW("sampler", "no grammar mask for this token: %s", e.msg);
+        return 0;
+    }
+    int can_end = sl_gram_matcher_can_end(s->gram);
+    for (int i = 0; i < s->n_end; i++) {
+        int32_t t = s->end_ids[i];
+        if (t < 0 || t >= vocab) continue;
+        if (can_end)
+            bits[t >> 5] |= 1u << (t & 31);
+        else
+            bits[t >> 5] &= ~(1u << (t & 31));
+    }
+    for (int w = 0; w < words; w++)
+        if (bits[w]) return 1;
+    /* nothing allowed (a grammar that cannot end, with no end id): sample
+     * unconstrained rather than from an empty set; the next commit ends it */
+    SL_LOGW("sampler", "the grammar allows no token here; the output ends");
+    return 0;
 }
 
 void sl_sampler_state_add_output(sl_sampler_state *s, const int32_t *ids, int n)
@@ -111,7 +207,7 @@ const sl_sampling *sl_sampler_params(const sl_sampler_state *s)
 int sl_sampler_is_argmax(const sl_sampler_state *s)
 {
     const sl_sampling *p = &s->p;
-    return !s->penalize && !p->logprobs && p->top_logprobs <= 0 &&
+    return !s->penalize && !s->gram && !p->logprobs && p->top_logprobs <= 0 &&
            (p->temperature <= 0.0f || p->top_k == 1);
 }
 
@@ -142,7 +238,7 @@ void sl_sampler_take(sl_sampler_state *s, int32_t token, sl_sample *out)
 {
     memset(out, 0, sizeof *out);
     out->token = token;
-    record(s, token);
+    out->complete = record(s, token);
 }
 
 /* ---- table -------------------------------------------------------------------- */

@@ -30,6 +30,7 @@
 
 #include <stdint.h>
 
+#include "grammar.h"
 #include "sl_err.h"
 
 /* Top logprobs a sample can carry; equal to the sampling op's
@@ -51,6 +52,7 @@ typedef struct sl_sampling {
 
 typedef struct sl_sample {
     int32_t token;
+    int complete; /* the constrained output is complete with token: the request stops here */
     float logprob;
     int n_top;
     int32_t top_ids[SL_SAMPLER_MAX_TOP];
@@ -64,6 +66,19 @@ typedef struct sl_sampler_state sl_sampler_state;
 sl_sampler_state *sl_sampler_state_new(const sl_sampling *params, const int32_t *prompt,
                                        int n_prompt, uint64_t rid);
 void sl_sampler_state_free(sl_sampler_state *s);
+/* Constrained decoding: s takes m (the grammar's matcher, freed with s).
+ * end_ids (eos and stop ids) are allowed exactly when the grammar can end;
+ * with start_ids the grammar starts after the first of them is sampled (the
+ * end of a reasoning model's thinking), else at the first token. Call
+ * before sl_sampler_state_add_output. SL_ERR_NOMEM: m is not taken. */
+sl_status sl_sampler_set_grammar(sl_sampler_state *s, sl_gram_matcher *m, const int32_t *end_ids,
+                                 int n_end, const int32_t *start_ids, int n_start, sl_err *e);
+/* 1 when s has a grammar (its draws are never a plain argmax). */
+int sl_sampler_constrained(const sl_sampler_state *s);
+/* Fills bits (words words, vocab ids) with the tokens the grammar allows
+ * next; returns 1, or 0 when the next token is unconstrained (the grammar
+ * has not started, or allows nothing: then bits are meaningless). */
+int sl_sampler_fill_mask(sl_sampler_state *s, uint32_t *bits, int words, int vocab);
 /* Counts already generated tokens (a migrated request's output). */
 void sl_sampler_state_add_output(sl_sampler_state *s, const int32_t *ids, int n);
 /* The token sampled last (-1 before the first). */

@@ -202,7 +202,33 @@ void sched_map_del(sl_sched *s, uint64_t rid)
     }
 }
 
-sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
+static int is_in(int32_t t, const int32_t *v, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (v[i] == t) return 1;
+    return 0;
+}
+
+/* Hands q's grammar to ss: the output may end with the request's stop ids
+ * and, unless it ignores eos, the model's eos ids. The matcher is ss's once
+ * this returns SL_OK; ss (and the matcher) are freed on a later failure. */
+static sl_status set_grammar(sl_sched *s, const sl_sched_req *q, sl_sampler_state *ss, sl_err *e)
+{
+    int n = 0, cap = q->n_stop + s->cfg.n_eos;
+    int32_t *ends = malloc(sizeof(int32_t) * (size_t)(cap > 0 ? cap : 1));
+    if (!ends) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < q->n_stop; i++) ends[n++] = q->stop_ids[i];
+    for (int i = 0; !q->ignore_eos && i < s->cfg.n_eos; i++)
+        if (!is_in(s->cfg.eos[i], ends, n)) ends[n++] = s->cfg.eos[i];
+    sl_status st = sl_sampler_set_grammar(ss, q->grammar, ends, n, q->grammar_start,
+                                          q->n_grammar_start, e);
+    free(ends);
+    return st;
+}
+
+/* sl_sched_submit; *taken: q->grammar went to the request's sampler state
+ * (which frees it with itself). */
+static sl_status submit_req(sl_sched *s, const sl_sched_req *q, int *taken, sl_err *e)
 {
     int n = q->n_prompt + q->n_output;
     if (q->n_prompt <= 0)
@@ -231,8 +257,12 @@ sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
         sched_free_req(s, r);
         return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     }
-    if (q->n_output) sl_sampler_state_add_output(ss, q->output, q->n_output);
-    sl_status st = sl_sampler_table_add(s->samplers, ss, &r->sampler, e);
+    sl_status st = q->grammar ? set_grammar(s, q, ss, e) : SL_OK;
+    *taken = q->grammar && !st;
+    if (!st) {
+        if (q->n_output) sl_sampler_state_add_output(ss, q->output, q->n_output);
+        st = sl_sampler_table_add(s->samplers, ss, &r->sampler, e);
+    }
     if (st) {
         sl_sampler_state_free(ss);
         sched_free_req(s, r);
@@ -264,12 +294,14 @@ sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
     return SL_OK;
 }
 
-static int is_in(int32_t t, const int32_t *v, int n)
+sl_status sl_sched_submit(sl_sched *s, const sl_sched_req *q, sl_err *e)
 {
-    for (int i = 0; i < n; i++)
-        if (v[i] == t) return 1;
-    return 0;
+    int taken = 0;
+    sl_status st = submit_req(s, q, &taken, e);
+    if (st && !taken) sl_gram_matcher_free(q->grammar);
+    return st;
 }
+
 
 /* Drops sequence i's hold on its request. Returns the request when it is
  * still live and i sampled a token for it (a result to process), else NULL;
@@ -314,7 +346,9 @@ void sched_take_token(sl_sched *s, sl_sched_req_impl *r, int32_t t, const sl_sam
     if (sample) ev.sample = *sample;
     sched_push_event(s, &ev);
     sl_finish why = SL_FINISH_NONE;
-    if (r->n_out >= r->min_new &&
+    if (sample && sample->complete) /* the grammar accepts nothing after t */
+        why = SL_FINISH_STOP;
+    else if (r->n_out >= r->min_new &&
         ((!r->ignore_eos && is_in(t, s->cfg.eos, s->cfg.n_eos)) || is_in(t, r->stop, r->n_stop)))
         why = SL_FINISH_STOP;
     else if (r->n_out >= r->max_new || r->n_tok >= s->max_seq)

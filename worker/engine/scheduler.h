@@ -105,6 +105,12 @@ typedef struct sl_sched_req {
     int ignore_eos;
     int priority; /* higher first */
     sl_sampling sampling;
+    /* constrained decoding (NULL: none): sl_sched_submit takes the matcher
+     * (a failed submit frees it); the grammar starts after one of
+     * grammar_start (n_grammar_start 0: at the first token) */
+    sl_gram_matcher *grammar;
+    const int32_t *grammar_start;
+    int n_grammar_start;
 } sl_sched_req;
 
 typedef enum sl_finish {

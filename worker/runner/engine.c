@@ -46,6 +46,9 @@ struct sl_engine {
     sl_tensor lp;     /* [cap, LP_COLS] F32: logprob rows of the op */
     sl_sample_row *rows;
     sl_sample_pen pen;
+    uint32_t *mask;   /* [cap][mask_words] allowed-token bits of constrained rows (on first use) */
+    int mask_words;
+    int early;        /* this launch committed the pending batch (constrained rows) */
     flight fl[2];
     flight *pend;     /* launched, results not yet committed */
     uint64_t n_launch;
@@ -222,9 +225,48 @@ static sl_status run_hook(sl_engine *g, const sl_sched_batch *b, const sl_tensor
     return st;
 }
 
+static sl_status commit(sl_engine *g, flight *f, const flight *next, sl_err *e);
+
+/* A grammar's next mask depends on the token sampled last: when b has a
+ * constrained row, the pending batch commits now. The device is already
+ * running b's forward, so the wait and the masks overlap with it. */
+static sl_status commit_for_masks(sl_engine *g, flight *f, int *constrained, sl_err *e)
+{
+    const sl_sched_batch *b = f->b;
+    *constrained = 0;
+    for (int r = 0; r < b->n_rows && !*constrained; r++)
+        *constrained = sl_sampler_constrained(f->ss[b->row_seq[r]]);
+    if (!*constrained || !g->pend) return SL_OK;
+    flight *p = g->pend;
+    g->pend = NULL;
+    g->early = 1;
+    return commit(g, p, f, e);
+}
+
+/* The allowed-token bits of b's constrained rows into g->mask; sets their
+ * mask_row. Returns the number of mask rows. */
+static int fill_masks(sl_engine *g, flight *f, sl_err *e)
+{
+    const sl_sched_batch *b = f->b;
+    if (!g->mask) {
+        g->mask_words = (g->vocab + 31) / 32;
+        g->mask = malloc(sizeof(uint32_t) * (size_t)g->cap * (size_t)g->mask_words);
+        if (!g->mask) return sl_err_set(e, SL_ERR_NOMEM, "out of memory for token masks"), -1;
+    }
+    int n = 0;
+    for (int r = 0; r < b->n_rows; r++) {
+        sl_sampler_state *s = f->ss[b->row_seq[r]];
+        if (sl_sampler_constrained(s) &&
+            sl_sampler_fill_mask(s, g->mask + (size_t)n * g->mask_words, g->mask_words, g->vocab))
+            g->rows[r].mask_row = n++;
+    }
+    return n;
+}
+
 /* Samples b's rows on the backend into iv: a plain argmax when every row is
  * greedy, else the sampling op with each sampler's row (pending: its token
- * from the uncommitted batch before, counted for penalties and the draw). */
+ * from the uncommitted batch before, counted for penalties and the draw;
+ * constrained rows: masked by their grammars). */
 static sl_status sample_rows(sl_engine *g, flight *f, sl_tensor *iv, const sl_tensor *lv,
                              sl_err *e)
 {
@@ -235,16 +277,23 @@ static sl_status sample_rows(sl_engine *g, flight *f, sl_tensor *iv, const sl_te
         sl_be_argmax(g->be, iv, lv);
         return SL_OK;
     }
+    int constrained;
+    sl_status st = commit_for_masks(g, f, &constrained, e);
+    if (st) return st;
     g->pen.n = 0;
     for (int r = 0; r < b->n_rows; r++) {
         int s = b->row_seq[r], t = b->q_start[s];
-        int32_t pending = b->feed_last[s] && g->feed[t] >= 0 ? g->feed[t] : -1;
-        sl_status st = sl_sampler_row(f->ss[s], &g->rows[r], &g->pen, pending, e);
+        /* after an early commit every token is counted already */
+        int32_t pending = !g->early && b->feed_last[s] && g->feed[t] >= 0 ? g->feed[t] : -1;
+        st = sl_sampler_row(f->ss[s], &g->rows[r], &g->pen, pending, e);
         if (st) return st;
         f->has_lp |= g->rows[r].logprobs;
     }
+    int n_mask = constrained ? fill_masks(g, f, e) : 0;
+    if (n_mask < 0) return e->code;
     sl_tensor lpv = sl_tensor_rowview(&g->lp, 0, b->n_rows);
-    sl_sample_args a = {b->n_rows, g->rows, g->pen.n, g->pen.tok, g->pen.out, g->pen.prompt, &g->tok};
+    sl_sample_args a = {b->n_rows, g->rows, g->pen.n, g->pen.tok, g->pen.out, g->pen.prompt, &g->tok,
+                        n_mask ? g->mask : NULL, n_mask, g->mask_words};
     sl_be_sample(g->be, iv, f->has_lp ? &lpv : NULL, lv, &a);
     return f->has_lp ? sl_be_copy_out(g->be, &lpv, f->lp, e) : SL_OK;
 }
@@ -341,7 +390,9 @@ static sl_status run_batch(sl_engine *g, sl_sched_batch *b, int *done_prev, sl_e
         *done_prev = 1;
         if (st) return st;
     }
+    g->early = 0;
     st = launch_batch(g, b, f, e);
+    if (g->early) *done_prev = 1; /* committed for the masks of b's constrained rows */
     if (g->pend) {
         sl_status cs = commit(g, g->pend, st ? NULL : f, e);
         *done_prev = 1;
@@ -586,6 +637,7 @@ void sl_engine_free(sl_engine *g)
     sl_be_release(g->be, &g->tok);
     sl_be_release(g->be, &g->lp);
     free(g->rows);
+    free(g->mask);
     sl_sample_pen_free(&g->pen);
     for (int i = 0; i < 2; i++) {
         free(g->fl[i].ss);

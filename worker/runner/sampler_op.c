@@ -54,6 +54,7 @@ sl_status sl_sampler_row(const sl_sampler_state *s, sl_sample_row *row, sl_sampl
         .pen_start = pen->n,
         .pen_n = n,
         .pending = pending,
+        .mask_row = -1, /* the runner sets it for a constrained row */
     };
     if (n) /* the arrays are NULL until a row has penalties */
         sl_sampler_pen_fill(s, pen->tok + pen->n, pen->out + pen->n, pen->prompt + pen->n);

@@ -58,6 +58,8 @@ typedef struct server {
     uint64_t steps;             /* mu */
     int64_t step_start_ms;      /* mu: 0 while no step runs */
     sl_pd *pd;                  /* disaggregation role, or NULL */
+    sl_gram_vocab *vocab;       /* constrained decoding: the model's tokens, or NULL */
+    sl_gram_cache *grammars;    /* compiled grammars (made on first use) */
 } server;
 
 static int64_t now_ms(void)
@@ -228,6 +230,22 @@ static const char *sampling_from(const Sluice__SamplingParams *p, const sl_gen_d
     return NULL;
 }
 
+/* A matcher of grammar over the model's vocabulary; each distinct grammar
+ * is compiled once (the cache) and shares its masks between requests. */
+static sl_status constraint_matcher(server *sv, const char *grammar, sl_gram_matcher **m, sl_err *e)
+{
+    if (!sv->vocab)
+        return sl_err_set(e, SL_ERR_INVALID, "constrained decoding needs the model's tokenizer.json "
+                                             "(this worker has none in its model directory)");
+    if (!sv->grammars && sl_gram_cache_new(SL_WSERVER_GRAMMARS, &sv->grammars, e)) return e->code;
+    sl_gram *gr;
+    if (sl_gram_cache_compile(sv->grammars, grammar, strlen(grammar), &gr, e))
+        return sl_err_wrap(e, "constraint.grammar: ");
+    sl_status st = sl_gram_matcher_new(gr, sv->vocab, m, e);
+    sl_gram_free(gr);
+    return st;
+}
+
 static void on_generate(server *sv, const Sluice__GenerateRequest *g)
 {
     char msg[256];
@@ -276,7 +294,15 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
         return send_error(sv, g->rid, "this worker runs without --disaggregation-mode");
     if (sv->pd && (bad = sl_pd_on_generate(sv->pd, g, &r))) return send_error(sv, g->rid, bad);
     sl_err e = {0};
-    if (sl_engine_submit(sv->g, &r, &e)) {
+    if (g->constraint && g->constraint->grammar && *g->constraint->grammar) {
+        const Sluice__Constraint *c = g->constraint;
+        if (!ids_ok(c->start_after, c->n_start_after, vocab))
+            return send_error(sv, g->rid, "constraint.start_after: a token id is outside the vocabulary");
+        if (constraint_matcher(sv, c->grammar, &r.grammar, &e)) return send_error(sv, g->rid, e.msg);
+        r.grammar_start = c->start_after;
+        r.n_grammar_start = (int)c->n_start_after;
+    }
+    if (sl_engine_submit(sv->g, &r, &e)) { /* the engine frees r.grammar */
         if (sv->pd) /* forget its room */
             sl_pd_on_event(
                 sv->pd, &(sl_sched_event){.rid = g->rid, .token = -1, .finish = SL_FINISH_ERROR});
@@ -653,7 +679,8 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
                  .model_name = c->model_name ? c->model_name : "",
                  .secret = c->secret,
                  .handshake_ms = c->handshake_ms > 0 ? c->handshake_ms : 5000,
-                 .pd = c->pd};
+                 .pd = c->pd,
+                 .vocab = c->vocab};
     sv.worker_id =
         sl_rng_mix((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&sv);
     pthread_mutex_init(&sv.mu, NULL);
@@ -727,7 +754,8 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         sl_engine_fail_all(g);
         flush_events(&sv, why);
         /* requests queued or still on their way get the same answer (until
-         * 100 ms of quiet) */
+         * 100 ms of quiet, at most a second: a router that keeps pinging must
+         * not hold the shutdown) */
         for (inbox_item *it = sv.in_head, *nx; it; it = nx) {
             nx = it->next;
             if (it->env) {
@@ -737,7 +765,7 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
             free(it);
         }
         sv.in_head = sv.in_tail = NULL;
-        for (;;) {
+        for (int64_t until = now_ms() + 1000; now_ms() < until;) {
             nng_msg *msg;
             if (nng_recvmsg(sv.sock, &msg, 0)) break;
             nng_pipe p = nng_msg_get_pipe(msg);
@@ -756,6 +784,7 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         free(it);
     }
     free(sv.aborts);
+    sl_gram_cache_free(sv.grammars);
     pthread_cond_destroy(&sv.cv);
     pthread_mutex_destroy(&sv.mu);
     return st;

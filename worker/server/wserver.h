@@ -37,6 +37,7 @@
 #include <signal.h>
 
 #include "engine.h"
+#include "grammar.h"
 #include "model.h"
 #include "pd.h"
 
@@ -63,7 +64,13 @@ typedef struct sl_wserver_config {
     int handshake_ms;
     /* --disaggregation-mode prefill|decode (worker/pd/pd.h; NULL: unified) */
     sl_pd *pd;
+    /* The model's tokens as bytes, for constrained decoding (common/grammar;
+     * NULL: a request with a grammar is refused). The caller keeps it. */
+    sl_gram_vocab *vocab;
 } sl_wserver_config;
+
+/* Compiled grammars a worker keeps (least recently used goes first). */
+#define SL_WSERVER_GRAMMARS 64
 
 sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
                          volatile sig_atomic_t *stop, sl_err *e);

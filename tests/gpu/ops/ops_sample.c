@@ -88,6 +88,8 @@ static void run_sample(tb *t, int V, int R, int kind, double tol, char *desc, si
     tb_pair_out(t, &lp, SL_DTYPE_F32, 2, (int64_t[]){R, 2 + 2 * SL_SAMPLE_MAX_TOP});
     tb_pair_alloc(t, &pend, SL_DTYPE_I32, 1, (int64_t[]){R});
     sl_sample_row *rows = malloc(sizeof *rows * (size_t)R);
+    int words = (V + 31) / 32;
+    uint32_t *mask = malloc(sizeof(uint32_t) * (size_t)R * (size_t)words);
     int32_t *ptok = malloc(sizeof(int32_t) * (size_t)R * SPEN), *pout = malloc(sizeof(int32_t) * (size_t)R * SPEN),
             *pprm = malloc(sizeof(int32_t) * (size_t)R * SPEN), *pid = malloc(sizeof(int32_t) * (size_t)R),
             *pid_poison = malloc(sizeof(int32_t) * (size_t)R);
@@ -121,7 +123,18 @@ static void run_sample(tb *t, int V, int R, int kind, double tol, char *desc, si
             tb_die("upload", &e);
         for (int r = 0; r < R; r++) pid_poison[r] = INT32_MIN; /* every round must write every id */
         if (sl_be_upload(t->gpu, &ids.g, pid_poison, SL_DTYPE_I32, &e)) tb_die("poison", &e);
-        sl_sample_args a = {R, rows, n_pen, ptok, pout, pprm, &pend.c};
+        /* every third row constrained: a sparse mask (about 2 % of the ids, always the
+         * row's fifth-best region too), as a grammar gives */
+        for (int r = 0; r < R; r++) {
+            rows[r].mask_row = r % 3 == 1 ? r : -1;
+            uint32_t *bits = mask + (size_t)r * words;
+            memset(bits, 0, sizeof(uint32_t) * (size_t)words);
+            for (int i = 0; i < V; i++)
+                if (sl_rng_uniform(s0 ^ 0x5eed, (uint64_t)(round * R + r) * V + i) < 0.02f ||
+                    i == (r * 7919 + round) % V)
+                    bits[i >> 5] |= 1u << (i & 31);
+        }
+        sl_sample_args a = {R, rows, n_pen, ptok, pout, pprm, &pend.c, mask, R, words};
         sl_be_sample(t->cpu, &ids.c, &lp.c, &lg.c, &a);
         a.pending_ids = &pend.g;
         sl_be_sample(t->gpu, &ids.g, &lp.g, &lg.g, &a);
@@ -129,6 +142,16 @@ static void run_sample(tb *t, int V, int R, int kind, double tol, char *desc, si
         float *ic = tb_download(t->cpu, &ids.c), *ig = tb_download(t->gpu, &ids.g);
         float *lc = tb_download(t->cpu, &lp.c), *lgv = tb_download(t->gpu, &lp.g);
         for (int r = 0; r < R; r++, n_rows++) {
+            const uint32_t *bits = mask + (size_t)r * words;
+            int32_t tc = (int32_t)ic[r], tg = (int32_t)ig[r];
+            if (rows[r].mask_row >= 0 && (tc < 0 || tc >= V || tg < 0 || tg >= V ||
+                                          !(bits[tc >> 5] >> (tc & 31) & 1) ||
+                                          !(bits[tg >> 5] >> (tg & 31) & 1))) {
+                n_bad++;
+                printf("    row %d mix %d: a masked-out token (cpu %d cuda %d)\n", r,
+                       (round * R + r) % SMIX, (int)tc, (int)tg);
+                continue;
+            }
             if (ic[r] != ig[r]) {
                 if (ig[r] >= 0 && ig[r] < V && sample_at_boundary(t, &lg, r, &a, (int32_t)ig[r])) {
                     n_boundary++;
@@ -169,6 +192,7 @@ static void run_sample(tb *t, int V, int R, int kind, double tol, char *desc, si
     CHECK_MSG(ok, "sample %s", desc);
     free(v);
     free(rows);
+    free(mask);
     free(ptok);
     free(pout);
     free(pprm);
@@ -247,7 +271,7 @@ static void perf_sample(tb *t, int R)
                                       .pen_start = r * NPEN,
                                       .pen_n = pen ? NPEN : 0,
                                       .pending = -1};
-        sl_sample_args a = {R, rows, R * NPEN, ptok, pcnt, pcnt, NULL};
+        sl_sample_args a = {R, rows, R * NPEN, ptok, pcnt, pcnt, NULL, NULL, 0, 0};
         for (int i = 0; i < 3; i++) sl_be_sample(t->gpu, &ids, &lp, &lg[i % ns], &a);
         for (int i = 0; i < reps; i++) {
             TB_CK(cudaEventRecord(ev[2 * i], s));
