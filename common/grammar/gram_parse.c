@@ -996,7 +996,7 @@ static sl_status build(parser *p, sl_gram *g)
     g->alt_pos = malloc((size_t)n_alt * sizeof *g->alt_pos + 4);
     g->set = malloc((size_t)p->n_set * sizeof *g->set + 32);
     if (!g->el || !g->alt_off || !g->alt_pos || !g->set) return nomem(p);
-    memcpy(g->set, p->set, (size_t)p->n_set * sizeof *g->set);
+    if (p->n_set) memcpy(g->set, p->set, (size_t)p->n_set * sizeof *g->set); /* none: NULL */
     g->n_sets = p->n_set;
     uint32_t a = 0, at = 0;
     for (uint32_t r = 0; r < p->n_rule; r++) {
