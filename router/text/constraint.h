@@ -44,8 +44,8 @@
  *   `type` allows every type its keywords allow (keywords of other types do not constrain).
  *   Refused combinations: `$ref`, `anyOf`/`oneOf`/`allOf` or `enum`/`const` next to other
  *   constraining keywords; `pattern` or `format` with length bounds; exclusive or fractional
- *   number bounds; contradictions (nothing valid). Limits: nesting 64 deep, counts up to SL_CONSTRAINT_MAX_REPEAT (10000),
- *   grammar text up to 2 MiB (SL_ERR_LIMIT).
+ *   number bounds; contradictions (nothing valid). Limits: nesting 64 deep, counts up to
+ *   SL_CONSTRAINT_MAX_REPEAT (10000), grammar text up to 2 MiB (SL_ERR_LIMIT).
  *   `pattern` is a search, as in JSON Schema: the string must contain a match unless the
  *   pattern is anchored with ^ and $. \d \w \s and `.` there keep to the characters on which
  *   ECMA-262 (JSON Schema's dialect) and Python's re (what Python validators run) agree: \d is
@@ -114,7 +114,7 @@ sl_status sl_constraint_regex(const char *re, size_t n, sl_buf *out, sl_err *e);
  * tools: the OpenAI chat tools array ({"type": "function", "function": {"name", "parameters"}},
  * or the function objects themselves). SL_ERR_INVALID: no tools, a tool without a usable
  * name, or `only` not among them; SL_ERR_LIMIT, SL_ERR_NOMEM. */
-sl_status sl_constraint_tool_calls(sl_tool_parser_kind kind, const json_t *tools,
-                                   const char *only, int parallel, sl_buf *out, sl_err *e);
+sl_status sl_constraint_tool_calls(sl_tool_parser_kind kind, const json_t *tools, const char *only,
+                                   int parallel, sl_buf *out, sl_err *e);
 
 #endif

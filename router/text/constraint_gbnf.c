@@ -14,7 +14,8 @@ static int cset_grow(sl_cset *s, size_t n)
 {
     if (n <= s->cap) return 0;
     size_t cap = s->cap ? s->cap * 2 : 8;
-    while (cap < n) cap *= 2;
+    while (cap < n)
+        cap *= 2;
     void *p = realloc(s->r, cap * sizeof *s->r);
     if (!p) return s->oom = 1, -1;
     s->r = p;
@@ -27,22 +28,26 @@ void sl_cset_add(sl_cset *s, uint32_t lo, uint32_t hi)
     if (lo > hi || cset_grow(s, s->n + 1)) return;
     /* ranges before lo that cannot touch it stay; the run that touches [lo, hi] merges */
     size_t i = 0;
-    while (i < s->n && s->r[i][1] + 1 < lo) i++;
+    while (i < s->n && s->r[i][1] + 1 < lo)
+        i++;
     size_t j = i;
     while (j < s->n && s->r[j][0] <= hi + 1) {
         if (s->r[j][0] < lo) lo = s->r[j][0];
         if (s->r[j][1] > hi) hi = s->r[j][1];
         j++;
     }
-    if (j == i) memmove(&s->r[i + 1], &s->r[i], (s->n - i) * sizeof *s->r), s->n++;
-    else if (j > i + 1) memmove(&s->r[i + 1], &s->r[j], (s->n - j) * sizeof *s->r), s->n -= j - i - 1;
+    if (j == i)
+        memmove(&s->r[i + 1], &s->r[i], (s->n - i) * sizeof *s->r), s->n++;
+    else if (j > i + 1)
+        memmove(&s->r[i + 1], &s->r[j], (s->n - j) * sizeof *s->r), s->n -= j - i - 1;
     s->r[i][0] = lo;
     s->r[i][1] = hi;
 }
 
 void sl_cset_add_set(sl_cset *s, const sl_cset *t)
 {
-    for (size_t i = 0; i < t->n; i++) sl_cset_add(s, t->r[i][0], t->r[i][1]);
+    for (size_t i = 0; i < t->n; i++)
+        sl_cset_add(s, t->r[i][0], t->r[i][1]);
     s->oom |= t->oom;
 }
 
@@ -60,8 +65,10 @@ void sl_cset_remove(sl_cset *s, uint32_t lo, uint32_t hi)
             s->r[i + 1][0] = hi + 1;
             return;
         }
-        if (a < lo) s->r[i][1] = lo - 1;
-        else if (b > hi) s->r[i][0] = hi + 1;
+        if (a < lo)
+            s->r[i][1] = lo - 1;
+        else if (b > hi)
+            s->r[i][0] = hi + 1;
         else { /* covered: drop */
             memmove(&s->r[i], &s->r[i + 1], (s->n - i - 1) * sizeof *s->r);
             s->n--;
@@ -72,7 +79,8 @@ void sl_cset_remove(sl_cset *s, uint32_t lo, uint32_t hi)
 
 void sl_cset_remove_set(sl_cset *s, const sl_cset *t)
 {
-    for (size_t i = 0; i < t->n; i++) sl_cset_remove(s, t->r[i][0], t->r[i][1]);
+    for (size_t i = 0; i < t->n; i++)
+        sl_cset_remove(s, t->r[i][0], t->r[i][1]);
 }
 
 void sl_cset_invert(sl_cset *s)
@@ -196,7 +204,8 @@ struct sl_cg {
 static uint64_t hash_str(const char *s)
 {
     uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return h;
 }
 
@@ -207,7 +216,10 @@ static void fail(sl_cg *g, sl_status st, const char *msg)
     snprintf(g->msg, sizeof g->msg, "%s", msg);
 }
 
-void sl_cg_oom(sl_cg *g) { fail(g, SL_ERR_NOMEM, "out of memory"); }
+void sl_cg_oom(sl_cg *g)
+{
+    fail(g, SL_ERR_NOMEM, "out of memory");
+}
 
 static void too_big(sl_cg *g)
 {
@@ -216,14 +228,19 @@ static void too_big(sl_cg *g)
     fail(g, SL_ERR_LIMIT, m);
 }
 
-sl_cg *sl_cg_new(void) { return calloc(1, sizeof(sl_cg)); }
+sl_cg *sl_cg_new(void)
+{
+    return calloc(1, sizeof(sl_cg));
+}
 
 static void free_autos_from(sl_cg *g, size_t mark)
 {
     size_t k = 0;
     for (size_t i = 0; i < g->n_autos; i++) {
-        if (g->autos[i].first_rule >= mark) free(g->autos[i].state);
-        else g->autos[k++] = g->autos[i];
+        if (g->autos[i].first_rule >= mark)
+            free(g->autos[i].state);
+        else
+            g->autos[k++] = g->autos[i];
     }
     g->n_autos = k;
 }
@@ -251,7 +268,8 @@ sl_status sl_cg_status(const sl_cg *g, sl_err *e)
 static void tab_put(uint32_t *tab, size_t cap, uint64_t h, size_t idx)
 {
     size_t i = (size_t)h & (cap - 1);
-    while (tab[i]) i = (i + 1) & (cap - 1);
+    while (tab[i])
+        i = (i + 1) & (cap - 1);
     tab[i] = (uint32_t)idx + 1;
 }
 
@@ -295,16 +313,20 @@ static size_t rule_new(sl_cg *g, const char *hint, const char *body)
     for (const char *h = hint; *h && k < 32; h++) {
         char c = *h;
         int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-        if (ok) base[k++] = c;
-        else if (k && base[k - 1] != '-') base[k++] = '-';
+        if (ok)
+            base[k++] = c;
+        else if (k && base[k - 1] != '-')
+            base[k++] = '-';
     }
-    while (k && base[k - 1] == '-') k--;
+    while (k && base[k - 1] == '-')
+        k--;
     if (!k) base[k++] = 'r';
     base[k] = 0;
     snprintf(name, sizeof name, "%s", base);
     /* a taken name gets a number; counting from the rule count keeps many rules of one hint
      * (the nodes of a trie) from trying every smaller number first */
-    for (size_t i = g->n + 1; name_taken(g, name); i++) snprintf(name, sizeof name, "%s-%zu", base, i);
+    for (size_t i = g->n + 1; name_taken(g, name); i++)
+        snprintf(name, sizeof name, "%s-%zu", base, i);
 
     size_t len = strlen(name) + (body ? strlen(body) : 0) + 6;
     if (g->bytes + len > SL_CONSTRAINT_MAX_BYTES) {
@@ -340,7 +362,8 @@ const char *sl_cg_rule(sl_cg *g, const char *hint, const char *body)
     if (g->st) return "";
     uint64_t h = hash_str(body);
     if (g->tab_cap)
-        for (size_t i = (size_t)h & (g->tab_cap - 1); g->by_body[i]; i = (i + 1) & (g->tab_cap - 1)) {
+        for (size_t i = (size_t)h & (g->tab_cap - 1); g->by_body[i];
+             i = (i + 1) & (g->tab_cap - 1)) {
             const cg_rule *r = &g->rule[g->by_body[i] - 1];
             if (r->hash == h && !strcmp(r->body, body)) return r->name;
         }
@@ -348,9 +371,15 @@ const char *sl_cg_rule(sl_cg *g, const char *hint, const char *body)
     return i == SIZE_MAX ? "" : g->rule[i].name;
 }
 
-size_t sl_cg_reserve(sl_cg *g, const char *hint) { return rule_new(g, hint, NULL); }
+size_t sl_cg_reserve(sl_cg *g, const char *hint)
+{
+    return rule_new(g, hint, NULL);
+}
 
-const char *sl_cg_name(const sl_cg *g, size_t rule) { return rule < g->n ? g->rule[rule].name : ""; }
+const char *sl_cg_name(const sl_cg *g, size_t rule)
+{
+    return rule < g->n ? g->rule[rule].name : "";
+}
 
 void sl_cg_define(sl_cg *g, size_t rule, const char *body)
 {
@@ -383,7 +412,10 @@ void sl_cg_memo_put(sl_cg *g, const char *key, const char *name)
         }
 }
 
-size_t sl_cg_mark(const sl_cg *g) { return g->n; }
+size_t sl_cg_mark(const sl_cg *g)
+{
+    return g->n;
+}
 
 void sl_cg_rollback(sl_cg *g, size_t mark)
 {
@@ -420,7 +452,10 @@ void sl_cg_putn(sl_cg *g, sl_buf *b, const char *s, size_t n)
     if (sl_buf_append(b, s, n)) sl_cg_oom(g);
 }
 
-void sl_cg_put(sl_cg *g, sl_buf *b, const char *s) { sl_cg_putn(g, b, s, strlen(s)); }
+void sl_cg_put(sl_cg *g, sl_buf *b, const char *s)
+{
+    sl_cg_putn(g, b, s, strlen(s));
+}
 
 void sl_cg_printf(sl_cg *g, sl_buf *b, const char *fmt, ...)
 {
@@ -439,7 +474,10 @@ void sl_cg_printf(sl_cg *g, sl_buf *b, const char *fmt, ...)
 
 /* JSON whitespace between tokens, bounded so that a model cannot loop on it: nothing, one
  * space, or a line break and an indent of up to 20 (pretty-printed JSON 10 levels deep). */
-const char *sl_cg_space(sl_cg *g) { return sl_cg_rule(g, "space", "( \" \" | \"\\n\" [ \\t]{0,20} )?"); }
+const char *sl_cg_space(sl_cg *g)
+{
+    return sl_cg_rule(g, "space", "( \" \" | \"\\n\" [ \\t]{0,20} )?");
+}
 
 /* ---- sequences of optional items (object properties, tool parameters) ----
  *
@@ -450,21 +488,23 @@ const char *sl_cg_space(sl_cg *g) { return sl_cg_rule(g, "space", "( \" \" | \"\
  * where R(i), the rest after some item, is  [sep item_i] R(i+1)  (bracketed when optional)
  * and R(n) is (sep extra)*. Each R(i) that two places use is a rule; the others are inlined. */
 
-void sl_cg_seq(sl_cg *g, const char *hint, const char *const *items, const int *required,
-               size_t n, const char *extra, const char *sep, sl_buf *out)
+void sl_cg_seq(sl_cg *g, const char *hint, const char *const *items, const int *required, size_t n,
+               const char *extra, const char *sep, sl_buf *out)
 {
     size_t r = 0;
-    while (r < n && !required[r]) r++;
+    while (r < n && !required[r])
+        r++;
     char rest_hint[48];
     snprintf(rest_hint, sizeof rest_hint, "%s-rest", hint);
     const char **rest = calloc(n + 2, sizeof *rest); /* rest[i]: R(i) as a rule name or text */
-    char **own = calloc(n + 2, sizeof *own);          /* inlined R(i) texts to free */
+    char **own = calloc(n + 2, sizeof *own);         /* inlined R(i) texts to free */
     if (!rest || !own) {
         free(rest);
         free(own);
         return sl_cg_oom(g);
     }
-    for (size_t i = 0; i <= n + 1; i++) rest[i] = "";
+    for (size_t i = 0; i <= n + 1; i++)
+        rest[i] = "";
     sl_buf b = {0};
     for (size_t i = n; !g->st; i--) { /* R(n) down to R(1); R(0) only when n = 0 */
         sl_buf_clear(&b);
@@ -516,7 +556,8 @@ void sl_cg_seq(sl_cg *g, const char *hint, const char *const *items, const int *
     if (n_alts > 1 || (optional && n_alts)) sl_cg_put(g, out, "( ");
     if (n_alts) sl_cg_put(g, out, alts.data);
     if (n_alts > 1 || (optional && n_alts)) sl_cg_put(g, out, optional ? " )?" : " )");
-    for (size_t i = 0; i <= n; i++) free(own[i]);
+    for (size_t i = 0; i <= n; i++)
+        free(own[i]);
     free(own);
     free(rest);
     sl_buf_free(&b);
@@ -537,16 +578,23 @@ static void put_cp(sl_cg *g, sl_buf *b, uint32_t c, int in_class)
     if (c == '\n') return sl_cg_put(g, b, "\\n");
     if (c == '\t') return sl_cg_put(g, b, "\\t");
     if (c == '\r') return sl_cg_put(g, b, "\\r");
-    if (c < 0x20 || c == 0x7F) snprintf(tmp, sizeof tmp, "\\x%02X", c);
-    else if (c < 0x80) snprintf(tmp, sizeof tmp, "%c", (char)c);
-    else if (c <= 0xFFFF) snprintf(tmp, sizeof tmp, "\\u%04X", c);
-    else snprintf(tmp, sizeof tmp, "\\U%08X", c);
+    if (c < 0x20 || c == 0x7F)
+        snprintf(tmp, sizeof tmp, "\\x%02X", c);
+    else if (c < 0x80)
+        snprintf(tmp, sizeof tmp, "%c", (char)c);
+    else if (c <= 0xFFFF)
+        snprintf(tmp, sizeof tmp, "\\u%04X", c);
+    else
+        snprintf(tmp, sizeof tmp, "\\U%08X", c);
     sl_cg_put(g, b, tmp);
 }
 
 /* s with the surrogates added: they have no UTF-8 form, so whether a class names them does not
  * matter, and with them a set and its complement both come out in fewer ranges. */
-static void fill_surrogates(sl_cset *s) { sl_cset_add(s, 0xD800, 0xDFFF); }
+static void fill_surrogates(sl_cset *s)
+{
+    sl_cset_add(s, 0xD800, 0xDFFF);
+}
 
 /* Writes one range of a class, without the surrogates (the grammar rejects their escapes). */
 static void put_range(sl_cg *g, sl_buf *b, uint32_t lo, uint32_t hi)
@@ -563,7 +611,8 @@ static void put_range(sl_cg *g, sl_buf *b, uint32_t lo, uint32_t hi)
 static int count_ranges(const sl_cset *s)
 {
     int n = 0;
-    for (size_t i = 0; i < s->n; i++) n += !(s->r[i][0] >= 0xD800 && s->r[i][1] <= 0xDFFF);
+    for (size_t i = 0; i < s->n; i++)
+        n += !(s->r[i][0] >= 0xD800 && s->r[i][1] <= 0xDFFF);
     return n;
 }
 
@@ -583,11 +632,13 @@ static void put_class(sl_cg *g, sl_buf *b, const sl_cset *s)
         sl_cg_put(g, b, "\"");
     } else if (neg.n && count_ranges(&neg) < count_ranges(&pos)) {
         sl_cg_put(g, b, "[^");
-        for (size_t i = 0; i < neg.n; i++) put_range(g, b, neg.r[i][0], neg.r[i][1]);
+        for (size_t i = 0; i < neg.n; i++)
+            put_range(g, b, neg.r[i][0], neg.r[i][1]);
         sl_cg_put(g, b, "]");
     } else {
         sl_cg_put(g, b, "[");
-        for (size_t i = 0; i < pos.n; i++) put_range(g, b, pos.r[i][0], pos.r[i][1]);
+        for (size_t i = 0; i < pos.n; i++)
+            put_range(g, b, pos.r[i][0], pos.r[i][1]);
         sl_cg_put(g, b, "]");
     }
     sl_cset_free(&pos);
@@ -598,14 +649,22 @@ static void put_class(sl_cg *g, sl_buf *b, const sl_cset *s)
 static char json_short_escape(uint32_t c)
 {
     switch (c) {
-    case '"': return '"';
-    case '\\': return '\\';
-    case '\b': return 'b';
-    case '\f': return 'f';
-    case '\n': return 'n';
-    case '\r': return 'r';
-    case '\t': return 't';
-    default: return 0;
+    case '"':
+        return '"';
+    case '\\':
+        return '\\';
+    case '\b':
+        return 'b';
+    case '\f':
+        return 'f';
+    case '\n':
+        return 'n';
+    case '\r':
+        return 'r';
+    case '\t':
+        return 't';
+    default:
+        return 0;
     }
 }
 
@@ -639,8 +698,10 @@ static void put_chars(sl_cg *g, sl_buf *b, const sl_cspell *sp, const sl_cset *s
     for (uint32_t c = 0; c <= '\\'; c++) {
         if ((c > 0x1F && c != '"' && c != '\\') || !sl_cset_has(s, c)) continue;
         char e = json_short_escape(c);
-        if (e) shorts[n_short++] = e;
-        else hex[c >> 4] |= 1u << (c & 15);
+        if (e)
+            shorts[n_short++] = e;
+        else
+            hex[c >> 4] |= 1u << (c & 15);
     }
     alts += (n_short > 0) + (hex[0] != 0) + (hex[1] != 0);
     if (alts > 1) sl_cg_put(g, b, "( ");
@@ -653,7 +714,8 @@ static void put_chars(sl_cg *g, sl_buf *b, const sl_cspell *sp, const sl_cset *s
         sl_cg_put(g, b, sep);
         sl_cg_put(g, b, "\"\\\\\" ");
         sl_cset esc = {0};
-        for (int i = 0; i < n_short; i++) sl_cset_add(&esc, (unsigned char)shorts[i], (unsigned char)shorts[i]);
+        for (int i = 0; i < n_short; i++)
+            sl_cset_add(&esc, (unsigned char)shorts[i], (unsigned char)shorts[i]);
         put_class(g, b, &esc);
         sl_cset_free(&esc);
         sep = " | ";
@@ -696,9 +758,12 @@ void sl_cg_text(sl_cg *g, sl_buf *b, const sl_cspell *sp, const char *s, size_t 
         if (sp->json && (c < 0x20 || c == '"' || c == '\\')) {
             /* the JSON escape, each of its characters written into the GBNF literal */
             char esc[8], e = json_short_escape(c);
-            if (e) snprintf(esc, sizeof esc, "\\%c", e);
-            else snprintf(esc, sizeof esc, "\\u%04x", c);
-            for (const char *p = esc; *p; p++) put_cp(g, b, (unsigned char)*p, 0);
+            if (e)
+                snprintf(esc, sizeof esc, "\\%c", e);
+            else
+                snprintf(esc, sizeof esc, "\\u%04x", c);
+            for (const char *p = esc; *p; p++)
+                put_cp(g, b, (unsigned char)*p, 0);
         } else if (c >= 0xA0) {
             sl_cg_putn(g, b, s + i, k); /* as itself: the grammar stays readable */
         } else {
@@ -798,7 +863,8 @@ static void put_moves(sl_cg *g, sl_buf *b, const sl_cspell *sp, const tagauto *a
 {
     sl_cset tagc = {0};
     for (const char *const *t = a->avoid; t && *t; t++)
-        for (const char *c = *t; *c; c++) sl_cset_add(&tagc, (unsigned char)*c, (unsigned char)*c);
+        for (const char *c = *t; *c; c++)
+            sl_cset_add(&tagc, (unsigned char)*c, (unsigned char)*c);
     for (int t = 0; t < a->n; t++) {
         sl_cset to = {0};
         if (t == 0) {
@@ -823,8 +889,7 @@ static void put_moves(sl_cg *g, sl_buf *b, const sl_cspell *sp, const tagauto *a
 }
 
 /* The state rules of sp's automaton over u, made once per spelling. */
-static const cg_auto *auto_rules(sl_cg *g, const sl_cspell *sp, const tagauto *a,
-                                 const sl_cset *u)
+static const cg_auto *auto_rules(sl_cg *g, const sl_cspell *sp, const tagauto *a, const sl_cset *u)
 {
     for (size_t i = 0; i < g->n_autos; i++) {
         const cg_auto *x = &g->autos[i];
@@ -847,8 +912,10 @@ static const cg_auto *auto_rules(sl_cg *g, const sl_cspell *sp, const tagauto *a
         names[0] = sl_cg_rule(g, sp->json ? "json-chars" : "text", body.data ? body.data : "");
     } else {
         size_t rules[AUTO_MAX_STATES];
-        for (int s = 0; s < a->n; s++) rules[s] = sl_cg_reserve(g, sp->json ? "json-text" : "text");
-        for (int s = 0; s < a->n; s++) names[s] = sl_cg_name(g, rules[s]);
+        for (int s = 0; s < a->n; s++)
+            rules[s] = sl_cg_reserve(g, sp->json ? "json-text" : "text");
+        for (int s = 0; s < a->n; s++)
+            names[s] = sl_cg_name(g, rules[s]);
         for (int s = 0; s < a->n && !g->st; s++) {
             const char *sep = "";
             sl_buf_clear(&body);
@@ -868,10 +935,10 @@ static const cg_auto *auto_rules(sl_cg *g, const sl_cspell *sp, const tagauto *a
 }
 
 typedef struct trie {
-    uint32_t c;          /* the character that leads here (lower case when folding) */
-    int word;            /* a whole word ends here */
-    int state;           /* automaton state after the path */
-    size_t first, next;  /* first child, next sibling (0: none; node 0 is the root) */
+    uint32_t c;         /* the character that leads here (lower case when folding) */
+    int word;           /* a whole word ends here */
+    int state;          /* automaton state after the path */
+    size_t first, next; /* first child, next sibling (0: none; node 0 is the root) */
     size_t rule;
 } trie;
 
@@ -894,7 +961,8 @@ static int trie_add(trie_vec *t, const tagauto *a, const char *w, size_t wn, int
         int st = auto_step(a, t->v[at].state, c);
         if (st < 0) return 0;
         size_t next = t->v[at].first;
-        while (next && t->v[next].c != c) next = t->v[next].next;
+        while (next && t->v[next].c != c)
+            next = t->v[next].next;
         if (!next) {
             if (t->n == t->cap) {
                 size_t cap = t->cap * 2;
@@ -955,21 +1023,28 @@ const char *sl_cg_free_text(sl_cg *g, const sl_cspell *sp, const char *const *wo
     tagauto a;
     auto_build(&a, sp->avoid);
     sl_cset u = {0};
-    if (sp->universe) sl_cset_copy(&u, sp->universe);
-    else sl_cset_add(&u, 0, SL_CP_MAX);
+    if (sp->universe)
+        sl_cset_copy(&u, sp->universe);
+    else
+        sl_cset_add(&u, 0, SL_CP_MAX);
     sl_cset_remove(&u, 0xD800, 0xDFFF);
     if (u.oom) sl_cg_oom(g);
     const cg_auto *x = auto_rules(g, sp, &a, &u);
     const char *res = "";
     trie_vec t = {malloc(16 * sizeof(trie)), 1, 16};
-    if (!t.v) sl_cg_oom(g);
-    else t.v[0] = (trie){0};
+    if (!t.v)
+        sl_cg_oom(g);
+    else
+        t.v[0] = (trie){0};
     for (size_t i = 0; x && t.v && !g->st && i < nw; i++)
         if (trie_add(&t, &a, words[i], strlen(words[i]), fold)) sl_cg_oom(g);
-    if (x && !nw) res = x->state[0];
+    if (x && !nw)
+        res = x->state[0];
     else if (x && !g->st) {
-        for (size_t i = 0; i < t.n; i++) t.v[i].rule = sl_cg_reserve(g, "text-except");
-        for (size_t i = 0; i < t.n && !g->st; i++) trie_rule(g, sp, &a, &t, i, x->state, &u, fold);
+        for (size_t i = 0; i < t.n; i++)
+            t.v[i].rule = sl_cg_reserve(g, "text-except");
+        for (size_t i = 0; i < t.n && !g->st; i++)
+            trie_rule(g, sp, &a, &t, i, x->state, &u, fold);
         res = sl_cg_name(g, t.v[0].rule);
     }
     free(t.v);

@@ -31,7 +31,7 @@
 typedef struct sl_cset {
     uint32_t (*r)[2]; /* [lo, hi] ranges, sorted, disjoint, not adjacent */
     size_t n, cap;
-    int oom;          /* an add failed: the set is incomplete */
+    int oom; /* an add failed: the set is incomplete */
 } sl_cset;
 
 void sl_cset_add(sl_cset *s, uint32_t lo, uint32_t hi);
@@ -124,8 +124,8 @@ size_t sl_utf8_decode(const char *s, size_t n, uint32_t *cp);
  * any number of extra items when extra != NULL; each item after the first is preceded by sep
  * (GBNF, may be ""). Appends the expression (it may match nothing at all when no item is
  * required). Linear in n: the rest of the sequence after item i is one rule. */
-void sl_cg_seq(sl_cg *g, const char *hint, const char *const *items, const int *required,
-               size_t n, const char *extra, const char *sep, sl_buf *out);
+void sl_cg_seq(sl_cg *g, const char *hint, const char *const *items, const int *required, size_t n,
+               const char *extra, const char *sep, sl_buf *out);
 
 /* ---- converters, for each other ---- */
 

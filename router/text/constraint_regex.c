@@ -51,13 +51,19 @@ static void cls_negate(cls *c)
 
 static sl_status rx_err(rx *r, size_t at, const char *what, const char *why)
 {
-    return sl_err_set(r->e, SL_ERR_INVALID, "regex: %s at offset %zu%s%s", what, at, why ? ": " : "",
-                      why ? why : "");
+    return sl_err_set(r->e, SL_ERR_INVALID, "regex: %s at offset %zu%s%s", what, at,
+                      why ? ": " : "", why ? why : "");
 }
 
-static int peek(const rx *r) { return r->i < r->n ? (unsigned char)r->s[r->i] : -1; }
+static int peek(const rx *r)
+{
+    return r->i < r->n ? (unsigned char)r->s[r->i] : -1;
+}
 
-static int is_digit(int c) { return c >= '0' && c <= '9'; }
+static int is_digit(int c)
+{
+    return c >= '0' && c <= '9';
+}
 
 /* Python's re matches \d to every Unicode decimal digit (category Nd): these ranges (Unicode
  * 15.0, from utf8proc 2.8; a superset of the Unicode 14 in Python 3.11) are what \d may match
@@ -84,13 +90,13 @@ static const uint32_t unicode_digits[][2] = {
 /* The white space both engines match (ECMA-262's WhiteSpace and LineTerminator and Python's
  * str.isspace() share these), and what only one of them does: Python also \x1c-\x1f and
  * U+0085, ECMA-262 also U+FEFF. */
-static const uint32_t spaces_both[][2] = {{0x09, 0x0D}, {0x20, 0x20},     {0xA0, 0xA0},
+static const uint32_t spaces_both[][2] = {{0x09, 0x0D},     {0x20, 0x20},     {0xA0, 0xA0},
                                           {0x1680, 0x1680}, {0x2000, 0x200A}, {0x2028, 0x2029},
                                           {0x202F, 0x202F}, {0x205F, 0x205F}, {0x3000, 0x3000}};
 static const uint32_t spaces_either[][2] = {{0x1C, 0x1F}, {0x85, 0x85}, {0xFEFF, 0xFEFF}};
 
-#define ADD_ALL(set, table)                                                                      \
-    for (size_t i_ = 0; i_ < sizeof table / sizeof table[0]; i_++)                               \
+#define ADD_ALL(set, table)                                                                        \
+    for (size_t i_ = 0; i_ < sizeof table / sizeof table[0]; i_++)                                 \
     sl_cset_add(set, table[i_][0], table[i_][1])
 
 /* \d \w \s (upper case: negated) into c. Outside patterns they are ASCII (re.ASCII). In a
@@ -126,7 +132,9 @@ static int hex_digits(rx *r, int n, uint32_t *cp)
     uint32_t v = 0;
     for (int k = 0; k < n; k++) {
         int c = peek(r);
-        int d = is_digit(c) ? c - '0' : (c | 0x20) >= 'a' && (c | 0x20) <= 'f' ? (c | 0x20) - 'a' + 10 : -1;
+        int d = is_digit(c)                              ? c - '0'
+                : (c | 0x20) >= 'a' && (c | 0x20) <= 'f' ? (c | 0x20) - 'a' + 10
+                                                         : -1;
         if (d < 0) return -1;
         v = v << 4 | (uint32_t)d;
         r->i++;
@@ -144,14 +152,29 @@ static int escape(rx *r, int in_class, uint32_t *cp, cls *c, sl_status *st)
     if (ch < 0) return *st = rx_err(r, at, "a trailing backslash", NULL), 0;
     r->i++;
     switch (ch) {
-    case 'd': case 'D': case 'w': case 'W': case 's': case 'S':
+    case 'd':
+    case 'D':
+    case 'w':
+    case 'W':
+    case 's':
+    case 'S':
         shorthand(r, ch, c);
         return 2;
-    case 'n': *cp = '\n'; return 1;
-    case 'r': *cp = '\r'; return 1;
-    case 't': *cp = '\t'; return 1;
-    case 'f': *cp = '\f'; return 1;
-    case 'v': *cp = '\v'; return 1;
+    case 'n':
+        *cp = '\n';
+        return 1;
+    case 'r':
+        *cp = '\r';
+        return 1;
+    case 't':
+        *cp = '\t';
+        return 1;
+    case 'f':
+        *cp = '\f';
+        return 1;
+    case 'v':
+        *cp = '\v';
+        return 1;
     case '0':
         if (is_digit(peek(r))) break; /* octal: below */
         *cp = 0;
@@ -159,8 +182,12 @@ static int escape(rx *r, int in_class, uint32_t *cp, cls *c, sl_status *st)
     case 'x':
     case 'u':
     case 'U':
-        if (hex_digits(r, ch == 'x' ? 2 : ch == 'u' ? 4 : 8, cp) || *cp > SL_CP_MAX ||
-            (*cp >= 0xD800 && *cp <= 0xDFFF))
+        if (hex_digits(r,
+                       ch == 'x'   ? 2
+                       : ch == 'u' ? 4
+                                   : 8,
+                       cp) ||
+            *cp > SL_CP_MAX || (*cp >= 0xD800 && *cp <= 0xDFFF))
             return *st = rx_err(r, at, "a bad \\x/\\u/\\U escape",
                                 "expected 2, 4 or 8 hex digits naming a Unicode scalar value"),
                    0;
@@ -175,9 +202,10 @@ static int escape(rx *r, int in_class, uint32_t *cp, cls *c, sl_status *st)
         break;
     }
     if (ch >= '1' && ch <= '9')
-        return *st = rx_err(r, at, "unsupported backreference", "a grammar cannot repeat earlier text"), 0;
-    if (ch == '0')
-        return *st = rx_err(r, at, "unsupported octal escape", "use \\xHH"), 0;
+        return *st = rx_err(r, at, "unsupported backreference",
+                            "a grammar cannot repeat earlier text"),
+               0;
+    if (ch == '0') return *st = rx_err(r, at, "unsupported octal escape", "use \\xHH"), 0;
     if (ch == 'B' || ch == 'A' || ch == 'Z' || ch == 'z' || ch == 'G')
         return *st = rx_err(r, at, "unsupported anchor escape", "use ^ and $ at the ends"), 0;
     if (ch == 'k') return *st = rx_err(r, at, "unsupported named backreference \\k", NULL), 0;
@@ -244,7 +272,8 @@ static sl_status parse_class(rx *r, cls *out)
                 kind = literal_char(r, &hi, &st);
             }
             if (!kind) return cls_free(&sh), st;
-            if (kind == 2) return cls_free(&sh), rx_err(r, at, "a range to a class shorthand", NULL);
+            if (kind == 2)
+                return cls_free(&sh), rx_err(r, at, "a range to a class shorthand", NULL);
             if (hi < lo) return rx_err(r, at, "a backwards range", NULL);
         }
         sl_cset_add(&out->lo, lo, hi);
@@ -279,12 +308,15 @@ static int single_item(const char *t)
                     char close = *p == '"' ? '"' : ']';
                     for (p++; *p && *p != close; p++)
                         if (*p == '\\' && p[1]) p++;
-                } else if (*p == '(') depth++;
-                else if (*p == ')' && --depth == 0) break;
+                } else if (*p == '(')
+                    depth++;
+                else if (*p == ')' && --depth == 0)
+                    break;
             }
             if (*p) p++;
         } else {
-            while (*p && *p != ' ') p++;
+            while (*p && *p != ' ')
+                p++;
         }
     }
     return items == 1;
@@ -362,7 +394,8 @@ static sl_status parse_quant(rx *r, long *min, long *max)
     } else if (c == '{' && brace_quant(r, &a, &b, &end)) {
         if (a < 0) return rx_err(r, at, "a {,n} quantifier", "engines disagree on it: write {0,n}");
         if (a > SL_CONSTRAINT_MAX_REPEAT || b > SL_CONSTRAINT_MAX_REPEAT)
-            return sl_err_set(r->e, SL_ERR_LIMIT, "regex: a repetition count above %d at offset %zu",
+            return sl_err_set(r->e, SL_ERR_LIMIT,
+                              "regex: a repetition count above %d at offset %zu",
                               SL_CONSTRAINT_MAX_REPEAT, at);
         if (b >= 0 && b < a) return rx_err(r, at, "a {m,n} quantifier with n < m", NULL);
         r->i = end;
@@ -371,7 +404,8 @@ static sl_status parse_quant(rx *r, long *min, long *max)
     } else {
         return SL_OK;
     }
-    if (peek(r) == '?') r->i++; /* lazy: the same language */
+    if (peek(r) == '?')
+        r->i++; /* lazy: the same language */
     else if (peek(r) == '+') {
         if (r->search)
             return rx_err(r, r->i, "a possessive quantifier", "ECMA-262 patterns have none");
@@ -390,18 +424,25 @@ static void quantify(sl_cg *g, sl_buf *piece, const char *atom, long min, long m
     if (wrap) sl_cg_put(g, piece, "( ");
     sl_cg_put(g, piece, atom);
     if (wrap) sl_cg_put(g, piece, " )");
-    if (min == 0 && max == 1) sl_cg_put(g, piece, "?");
-    else if (min == 0 && max < 0) sl_cg_put(g, piece, "*");
-    else if (min == 1 && max < 0) sl_cg_put(g, piece, "+");
-    else if (max < 0) sl_cg_printf(g, piece, "{%ld,}", min);
-    else if (min == max) sl_cg_printf(g, piece, "{%ld}", min);
-    else sl_cg_printf(g, piece, "{%ld,%ld}", min, max);
+    if (min == 0 && max == 1)
+        sl_cg_put(g, piece, "?");
+    else if (min == 0 && max < 0)
+        sl_cg_put(g, piece, "*");
+    else if (min == 1 && max < 0)
+        sl_cg_put(g, piece, "+");
+    else if (max < 0)
+        sl_cg_printf(g, piece, "{%ld,}", min);
+    else if (min == max)
+        sl_cg_printf(g, piece, "{%ld}", min);
+    else
+        sl_cg_printf(g, piece, "{%ld,%ld}", min, max);
 }
 
 /* One character c as text, or an error when the spelling cannot write it. */
 static sl_status put_char(rx *r, sl_buf *atom, uint32_t c, size_t at)
 {
-    if (!sl_cspell_allows(r->sp, c)) return rx_err(r, at, "a character this output cannot contain", NULL);
+    if (!sl_cspell_allows(r->sp, c))
+        return rx_err(r, at, "a character this output cannot contain", NULL);
     char u[4];
     sl_cg_text(r->g, atom, r->sp, u, sl_utf8_encode(c, u));
     return SL_OK;
@@ -462,15 +503,18 @@ static sl_status parse_piece(rx *r, sl_buf *seq, int *lit, int top, int *anchor_
             *anchor_end = 1;
             return SL_OK;
         }
-        return rx_err(r, at, "'$' inside the pattern", "only the end of a top-level branch may have it");
+        return rx_err(r, at, "'$' inside the pattern",
+                      "only the end of a top-level branch may have it");
     }
-    if (c == '^') return rx_err(r, at, "'^' inside the pattern", "only the start of a top-level branch may have it");
+    if (c == '^')
+        return rx_err(r, at, "'^' inside the pattern",
+                      "only the start of a top-level branch may have it");
     if (at_quantifier(r)) return rx_err(r, at, "a quantifier with nothing to repeat", NULL);
     r->i++;
     if (c == '(') {
         if (++r->depth > RX_MAX_NEST)
-            return sl_err_set(r->e, SL_ERR_LIMIT, "regex: groups nested deeper than %d at offset %zu",
-                              RX_MAX_NEST, at);
+            return sl_err_set(r->e, SL_ERR_LIMIT,
+                              "regex: groups nested deeper than %d at offset %zu", RX_MAX_NEST, at);
         if ((st = group_kind(r, at))) return st;
         sl_buf inner = {0};
         st = parse_alt(r, &inner, 0);
@@ -501,8 +545,10 @@ static sl_status parse_piece(rx *r, sl_buf *seq, int *lit, int top, int *anchor_
         st = put_cls(r, &atom, &k, at);
     } else if (c == '\\') {
         int kind = escape(r, 0, &cp, &k, &st);
-        if (kind == 1) st = put_char(r, &atom, cp, at);
-        else if (kind == 2) st = put_cls(r, &atom, &k, at);
+        if (kind == 1)
+            st = put_char(r, &atom, cp, at);
+        else if (kind == 2)
+            st = put_cls(r, &atom, &k, at);
     } else {
         r->i--;
         if (literal_char(r, &cp, &st)) st = put_char(r, &atom, cp, at);
@@ -565,7 +611,8 @@ static sl_status parse_alt(rx *r, sl_buf *out, int top)
             seq = b;
         }
         if (st == SL_OK) {
-            if (!seq.len) any_empty = 1;
+            if (!seq.len)
+                any_empty = 1;
             else {
                 if (n_alts++) sl_cg_put(r->g, &alts, " | ");
                 sl_cg_put(r->g, &alts, seq.data);

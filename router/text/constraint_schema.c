@@ -20,9 +20,9 @@
 #include "constraint_impl.h"
 #include "pyjson.h"
 
-#define SCH_MAX_DEPTH 64 /* nested schemas; deeper is SL_ERR_LIMIT */
-#define ONEOF_MAX_DEPTH 8     /* how far the oneOf overlap check looks into properties */
-#define ONEOF_BUDGET 100000   /* schema pairs one oneOf may compare (then: "may overlap") */
+#define SCH_MAX_DEPTH 64    /* nested schemas; deeper is SL_ERR_LIMIT */
+#define ONEOF_MAX_DEPTH 8   /* how far the oneOf overlap check looks into properties */
+#define ONEOF_BUDGET 100000 /* schema pairs one oneOf may compare (then: "may overlap") */
 
 typedef struct ref_entry {
     const json_t *target;
@@ -44,18 +44,34 @@ struct sl_csch {
     sl_err *e;
 };
 
-static const char *const annotations[] = {"title",    "description", "default", "examples",
-                                          "$schema",  "$id",         "$comment", "deprecated",
-                                          "readOnly", "writeOnly",   "strict",  "$defs",
-                                          "definitions", NULL};
+static const char *const annotations[] = {
+    "title",      "description", "default",   "examples", "$schema", "$id",         "$comment",
+    "deprecated", "readOnly",    "writeOnly", "strict",   "$defs",   "definitions", NULL};
 
 /* Keywords the converter handles; anything else is refused by name. */
-static const char *const known[] = {"type",        "enum",       "const",       "anyOf",
-                                    "oneOf",       "allOf",      "$ref",        "properties",
-                                    "required",    "additionalProperties", "items", "prefixItems",
-                                    "minItems",    "maxItems",   "minLength",   "maxLength",
-                                    "pattern",     "format",     "minimum",     "maximum",
-                                    "exclusiveMinimum", "exclusiveMaximum", NULL};
+static const char *const known[] = {"type",
+                                    "enum",
+                                    "const",
+                                    "anyOf",
+                                    "oneOf",
+                                    "allOf",
+                                    "$ref",
+                                    "properties",
+                                    "required",
+                                    "additionalProperties",
+                                    "items",
+                                    "prefixItems",
+                                    "minItems",
+                                    "maxItems",
+                                    "minLength",
+                                    "maxLength",
+                                    "pattern",
+                                    "format",
+                                    "minimum",
+                                    "maximum",
+                                    "exclusiveMinimum",
+                                    "exclusiveMaximum",
+                                    NULL};
 
 static int in_list(const char *const *l, const char *k)
 {
@@ -64,11 +80,17 @@ static int in_list(const char *const *l, const char *k)
     return 0;
 }
 
-int sl_csch_annotation(const char *key) { return in_list(annotations, key); }
+int sl_csch_annotation(const char *key)
+{
+    return in_list(annotations, key);
+}
 
 /* ---- pointers and errors ---- */
 
-static const char *where(const sl_csch *s) { return s->ptr.data ? s->ptr.data : "#"; }
+static const char *where(const sl_csch *s)
+{
+    return s->ptr.data ? s->ptr.data : "#";
+}
 
 /* Appends /seg (escaped as a JSON pointer) to the current pointer; returns the old length. */
 static size_t ptr_push(sl_csch *s, const char *seg)
@@ -76,9 +98,12 @@ static size_t ptr_push(sl_csch *s, const char *seg)
     size_t old = s->ptr.len;
     sl_cg_put(s->g, &s->ptr, "/");
     for (; *seg; seg++) {
-        if (*seg == '~') sl_cg_put(s->g, &s->ptr, "~0");
-        else if (*seg == '/') sl_cg_put(s->g, &s->ptr, "~1");
-        else sl_cg_putn(s->g, &s->ptr, seg, 1);
+        if (*seg == '~')
+            sl_cg_put(s->g, &s->ptr, "~0");
+        else if (*seg == '/')
+            sl_cg_put(s->g, &s->ptr, "~1");
+        else
+            sl_cg_putn(s->g, &s->ptr, seg, 1);
     }
     return old;
 }
@@ -101,12 +126,14 @@ __attribute__((format(printf, 2, 3))) static sl_status bad(sl_csch *s, const cha
     return sl_err_set(s->e, SL_ERR_INVALID, "%s at %s", msg, where(s));
 }
 
-static sl_status cg_status(sl_csch *s) { return sl_cg_status(s->g, s->e); }
+static sl_status cg_status(sl_csch *s)
+{
+    return sl_cg_status(s->g, s->e);
+}
 
 /* ---- construction ---- */
 
-sl_csch *sl_csch_new(sl_cg *g, const json_t *root, const sl_cspell *sp, int jansson,
-                     const char *at)
+sl_csch *sl_csch_new(sl_cg *g, const json_t *root, const sl_cspell *sp, int jansson, const char *at)
 {
     sl_csch *s = calloc(1, sizeof *s);
     if (!s) return NULL;
@@ -128,7 +155,10 @@ void sl_csch_free(sl_csch *s)
 
 /* ---- shared rules ---- */
 
-static const char *space(sl_csch *s) { return sl_cg_space(s->g); }
+static const char *space(sl_csch *s)
+{
+    return sl_cg_space(s->g);
+}
 
 /* One string character as spelled (length-bounded strings). */
 static const char *char_rule(sl_csch *s)
@@ -160,29 +190,35 @@ static const char *string_rule(sl_csch *s)
 static int n_digits(uint64_t v)
 {
     int n = 1;
-    while (v >= 10) v /= 10, n++;
+    while (v >= 10)
+        v /= 10, n++;
     return n;
 }
 
 static uint64_t pow10u(int k)
 {
     uint64_t p = 1;
-    while (k-- > 0) p *= 10;
+    while (k-- > 0)
+        p *= 10;
     return p;
 }
 
 /* "[a-b]" or "\"a\"" for one digit position. */
 static void digit_class(sl_cg *g, sl_buf *b, char lo, char hi)
 {
-    if (lo == hi) sl_cg_printf(g, b, "\"%c\"", lo);
-    else sl_cg_printf(g, b, "[%c-%c]", lo, hi);
+    if (lo == hi)
+        sl_cg_printf(g, b, "\"%c\"", lo);
+    else
+        sl_cg_printf(g, b, "[%c-%c]", lo, hi);
 }
 
 /* m digits, any. */
 static void any_digits(sl_cg *g, sl_buf *b, size_t m)
 {
-    if (m == 1) sl_cg_put(g, b, "[0-9]");
-    else if (m > 1) sl_cg_printf(g, b, "[0-9]{%zu}", m);
+    if (m == 1)
+        sl_cg_put(g, b, "[0-9]");
+    else if (m > 1)
+        sl_cg_printf(g, b, "[0-9]{%zu}", m);
 }
 
 /* The m-digit strings (leading zeros allowed) >= s (ge) or <= s (!ge). */
@@ -190,7 +226,8 @@ static void digits_bound(sl_cg *g, sl_buf *b, const char *s, size_t m, int ge)
 {
     char edge = ge ? '0' : '9'; /* s all edge: every string qualifies */
     size_t k = 0;
-    while (k < m && s[k] == edge) k++;
+    while (k < m && s[k] == edge)
+        k++;
     if (k == m) return any_digits(g, b, m);
     if (m == 1) return ge ? digit_class(g, b, s[0], '9') : digit_class(g, b, '0', s[0]);
     int other = ge ? s[0] < '9' : s[0] > '0';
@@ -199,8 +236,10 @@ static void digits_bound(sl_cg *g, sl_buf *b, const char *s, size_t m, int ge)
     digits_bound(g, b, s + 1, m - 1, ge);
     if (other) {
         sl_cg_put(g, b, " | ");
-        if (ge) digit_class(g, b, (char)(s[0] + 1), '9');
-        else digit_class(g, b, '0', (char)(s[0] - 1));
+        if (ge)
+            digit_class(g, b, (char)(s[0] + 1), '9');
+        else
+            digit_class(g, b, '0', (char)(s[0] - 1));
         sl_cg_put(g, b, " ");
         any_digits(g, b, m - 1);
         sl_cg_put(g, b, " )");
@@ -211,12 +250,15 @@ static void digits_bound(sl_cg *g, sl_buf *b, const char *s, size_t m, int ge)
 static void digits_between(sl_cg *g, sl_buf *b, const char *x, const char *y, size_t n)
 {
     size_t k = 0;
-    while (k < n && x[k] == y[k]) k++;
+    while (k < n && x[k] == y[k])
+        k++;
     if (k) sl_cg_printf(g, b, "\"%.*s\"%s", (int)k, x, k < n ? " " : "");
     if (k == n) return;
     size_t m = n - k - 1, z = 0, nine = 0;
-    while (z < m && x[k + 1 + z] == '0') z++;
-    while (nine < m && y[k + 1 + nine] == '9') nine++;
+    while (z < m && x[k + 1 + z] == '0')
+        z++;
+    while (nine < m && y[k + 1 + nine] == '9')
+        nine++;
     int x_low = z == m, y_high = nine == m; /* the edge digits join the middle run */
     char lo = (char)(x[k] + !x_low), hi = (char)(y[k] - !y_high);
     int alts = !x_low + !y_high + (lo <= hi);
@@ -309,8 +351,8 @@ static void any_rules(sl_csch *s)
     size_t v = sl_cg_reserve(s->g, "value");
     const char *vn = sl_cg_name(s->g, v), *sp = space(s), *str = string_rule(s);
     sl_buf b = {0};
-    sl_cg_printf(s->g, &b, "\"{\" %s ( %s \":\" %s %s ( \",\" %s %s \":\" %s %s )* )? \"}\" %s",
-                 sp, str, sp, vn, sp, str, sp, vn, sp);
+    sl_cg_printf(s->g, &b, "\"{\" %s ( %s \":\" %s %s ( \",\" %s %s \":\" %s %s )* )? \"}\" %s", sp,
+                 str, sp, vn, sp, str, sp, vn, sp);
     const char *obj = sl_cg_rule(s->g, "object", b.data ? b.data : "");
     sl_buf_clear(&b);
     sl_cg_printf(s->g, &b, "\"[\" %s ( %s ( \",\" %s %s )* )? \"]\" %s", sp, vn, sp, vn, sp);
@@ -399,8 +441,10 @@ static sl_status literal(sl_csch *s, const json_t *v, sl_buf *out)
     if (json_is_string(v) && (st = in_universe(s, json_string_value(v), json_string_length(v))))
         return st;
     sl_buf t = {0};
-    if (sl_pyjson_dumps(&t, v)) sl_cg_oom(s->g);
-    else st = put_json_text(s, out, t.data, t.len);
+    if (sl_pyjson_dumps(&t, v))
+        sl_cg_oom(s->g);
+    else
+        st = put_json_text(s, out, t.data, t.len);
     sl_buf_free(&t);
     sl_cg_put(s->g, out, " ");
     sl_cg_put(s->g, out, sp);
@@ -412,8 +456,8 @@ static sl_status literal(sl_csch *s, const json_t *v, sl_buf *out)
 static const struct {
     const char *name;
     unsigned bit;
-} type_names[] = {{"null", SL_CT_NULL},     {"boolean", SL_CT_BOOLEAN}, {"object", SL_CT_OBJECT},
-                  {"array", SL_CT_ARRAY},   {"string", SL_CT_STRING},   {"integer", SL_CT_INTEGER},
+} type_names[] = {{"null", SL_CT_NULL},    {"boolean", SL_CT_BOOLEAN}, {"object", SL_CT_OBJECT},
+                  {"array", SL_CT_ARRAY},  {"string", SL_CT_STRING},   {"integer", SL_CT_INTEGER},
                   {"number", SL_CT_NUMBER}};
 
 static unsigned type_bit(const json_t *name)
@@ -431,7 +475,8 @@ unsigned sl_csch_types(const json_t *schema)
     unsigned bits = 0;
     size_t i;
     json_t *x;
-    json_array_foreach(t, i, x) {
+    json_array_foreach(t, i, x)
+    {
         unsigned b = type_bit(x);
         if (!b) return 0;
         bits |= b;
@@ -450,14 +495,20 @@ static int integral(const json_t *v)
 int sl_csch_type_of(const json_t *v, unsigned bits)
 {
     switch (json_typeof(v)) {
-    case JSON_NULL: return (bits & SL_CT_NULL) != 0;
+    case JSON_NULL:
+        return (bits & SL_CT_NULL) != 0;
     case JSON_TRUE:
-    case JSON_FALSE: return (bits & SL_CT_BOOLEAN) != 0;
-    case JSON_OBJECT: return (bits & SL_CT_OBJECT) != 0;
-    case JSON_ARRAY: return (bits & SL_CT_ARRAY) != 0;
-    case JSON_STRING: return (bits & SL_CT_STRING) != 0;
+    case JSON_FALSE:
+        return (bits & SL_CT_BOOLEAN) != 0;
+    case JSON_OBJECT:
+        return (bits & SL_CT_OBJECT) != 0;
+    case JSON_ARRAY:
+        return (bits & SL_CT_ARRAY) != 0;
+    case JSON_STRING:
+        return (bits & SL_CT_STRING) != 0;
     case JSON_INTEGER:
-    case JSON_REAL: return (bits & SL_CT_NUMBER) || ((bits & SL_CT_INTEGER) && integral(v));
+    case JSON_REAL:
+        return (bits & SL_CT_NUMBER) || ((bits & SL_CT_INTEGER) && integral(v));
     }
     return 0;
 }
@@ -468,20 +519,17 @@ int sl_csch_type_of(const json_t *v, unsigned bits)
 static const struct {
     const char *name, *body;
 } formats[] = {
-    {"date",
-     "( [0-9]{3} [1-9] | [0-9]{2} [1-9] \"0\" | [0-9] [1-9] \"00\" | [1-9] \"000\" ) \"-\" "
-     "( ( \"0\" [13578] | \"1\" [02] ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"3\" [01] ) | "
-     "( \"0\" [469] | \"11\" ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"30\" ) | "
-     "\"02-\" ( \"0\" [1-9] | \"1\" [0-9] | \"2\" [0-8] ) ) | "
-     /* February 29th: years divisible by 4 but not 100, or by 400 (never year 0) */
-     "( [0-9]{2} ( \"0\" [48] | [2468] [048] | [13579] [26] ) | "
-     "( \"0\" [48] | [2468] [048] | [13579] [26] ) \"00\" ) \"-02-29\""},
-    {"time",
-     "( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] \":\" [0-5] [0-9] ( \".\" [0-9]+ )? "
-     "( \"Z\" | [+\\-] ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] )"},
-    {"uuid",
-     "[0-9a-fA-F]{8} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" "
-     "[0-9a-fA-F]{12}"},
+    {"date", "( [0-9]{3} [1-9] | [0-9]{2} [1-9] \"0\" | [0-9] [1-9] \"00\" | [1-9] \"000\" ) \"-\" "
+             "( ( \"0\" [13578] | \"1\" [02] ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"3\" [01] ) | "
+             "( \"0\" [469] | \"11\" ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"30\" ) | "
+             "\"02-\" ( \"0\" [1-9] | \"1\" [0-9] | \"2\" [0-8] ) ) | "
+             /* February 29th: years divisible by 4 but not 100, or by 400 (never year 0) */
+             "( [0-9]{2} ( \"0\" [48] | [2468] [048] | [13579] [26] ) | "
+             "( \"0\" [48] | [2468] [048] | [13579] [26] ) \"00\" ) \"-02-29\""},
+    {"time", "( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] \":\" [0-5] [0-9] ( \".\" [0-9]+ )? "
+             "( \"Z\" | [+\\-] ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] )"},
+    {"uuid", "[0-9a-fA-F]{8} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" [0-9a-fA-F]{4} \"-\" "
+             "[0-9a-fA-F]{12}"},
     {"email",
      "[A-Za-z0-9!#$%&'*+/=?\\^_`{|}~\\-]+ ( \".\" [A-Za-z0-9!#$%&'*+/=?\\^_`{|}~\\-]+ )* \"@\" "
      "[A-Za-z0-9] ( [A-Za-z0-9\\-]{0,61} [A-Za-z0-9] )? "
@@ -500,7 +548,8 @@ const char *sl_csch_format(sl_csch *s, const char *format)
         return sl_cg_rule(s->g, "date-time", body);
     }
     for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++)
-        if (!strcmp(format, formats[i].name)) return sl_cg_rule(s->g, formats[i].name, formats[i].body);
+        if (!strcmp(format, formats[i].name))
+            return sl_cg_rule(s->g, formats[i].name, formats[i].body);
     return NULL;
 }
 
@@ -511,7 +560,8 @@ static sl_status count_kw(sl_csch *s, const json_t *sch, const char *k, long *v)
 {
     const json_t *x = json_object_get(sch, k);
     if (!x) return SL_OK;
-    if (!integral(x) || json_number_value(x) < 0) return bad(s, "`%s` must be a non-negative integer", k);
+    if (!integral(x) || json_number_value(x) < 0)
+        return bad(s, "`%s` must be a non-negative integer", k);
     double d = json_number_value(x);
     if (d > SL_CONSTRAINT_MAX_REPEAT)
         return sl_err_set(s->e, SL_ERR_LIMIT, "`%s` above %d is not supported at %s", k,
@@ -532,7 +582,8 @@ typedef struct bound {
  * numbers take integral bounds only, inclusive only (see constraint.h). */
 static sl_status read_bounds(sl_csch *s, const json_t *sch, int integer, bound *lo, bound *hi)
 {
-    static const char *const keys[] = {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"};
+    static const char *const keys[] = {"minimum", "exclusiveMinimum", "maximum",
+                                       "exclusiveMaximum"};
     for (int i = 0; i < 4; i++) {
         const json_t *x = json_object_get(sch, keys[i]);
         if (!x) continue;
@@ -542,9 +593,10 @@ static sl_status read_bounds(sl_csch *s, const json_t *sch, int integer, bound *
         if (fabs(d) > (double)BOUND_MAX)
             return bad(s, "`%s` beyond ±2^53 is not supported", keys[i]);
         if (!integer && (excl || d != floor(d)))
-            return bad(s, excl ? "`%s` on a number cannot be enforced exactly (decimal rounding); "
-                                 "use `minimum`/`maximum` with integral values or type `integer`"
-                               : "`%s` on a number must be an integer to be enforced exactly",
+            return bad(s,
+                       excl ? "`%s` on a number cannot be enforced exactly (decimal rounding); "
+                              "use `minimum`/`maximum` with integral values or type `integer`"
+                            : "`%s` on a number must be an integer to be enforced exactly",
                        keys[i]);
         int64_t v = upper ? (int64_t)floor(d) : (int64_t)ceil(d);
         if (excl && d == floor(d)) v += upper ? -1 : 1; /* integers: x > 3 is x >= 4 */
@@ -599,13 +651,15 @@ static void magnitude(sl_csch *s, sl_buf *b, const char *sign, bound lo, bound h
         fq = hi.excl ? FRAC_NONE : FRAC_ZERO;
     }
     int q_open = !hi.has; /* I unbounded above */
-    if (integer) { /* an integer has no fraction: ANY and ZERO mean "allowed" */
+    /* an integer has no fraction: ANY and ZERO mean "allowed" */
+    if (integer) {
         fp = fp == FRAC_NONZERO ? FRAC_NONE : FRAC_ANY;
         fq = fq == FRAC_NONE ? FRAC_NONE : FRAC_ANY;
     }
     run part[3];
     int k = 0;
-    if (!q_open && p == q) part[k++] = (run){p, p, 0, frac_meet(fp, fq)};
+    if (!q_open && p == q)
+        part[k++] = (run){p, p, 0, frac_meet(fp, fq)};
     else if (q_open || p < q) {
         if (p >= 0) part[k++] = (run){p, p, 0, fp};
         int64_t a = p + 1, z = q_open ? 0 : q - 1;
@@ -636,7 +690,7 @@ static sl_status bounded_number(sl_csch *s, const json_t *sch, int integer, sl_b
     int n = 0;
     if (!hi.has || hi.v >= 0) magnitude(s, &b, "", lo, hi, integer, &n);
     if (!lo.has || lo.v < 0) {
-        bound mlo = {1, 1, 0}, mhi = {0};          /* magnitude > 0 */
+        bound mlo = {1, 1, 0}, mhi = {0}; /* magnitude > 0 */
         if (hi.has && hi.v < 0) mlo = (bound){1, 0, -hi.v};
         if (lo.has) mhi = (bound){1, 0, -lo.v};
         magnitude(s, &b, "\"-\" ", mlo, mhi, integer, &n);
@@ -672,8 +726,10 @@ static sl_status sub_value(sl_csch *s, const json_t *sch, const char *seg, const
     sl_status st = value(s, sch, &b);
     if (st == SL_OK) {
         const char *hint = seg2 && !(seg2[0] >= '0' && seg2[0] <= '9') ? seg2 : seg;
-        if (b.len > 64) sl_cg_put(s->g, out, sl_cg_rule(s->g, hint, b.data));
-        else sl_cg_put(s->g, out, b.data ? b.data : "");
+        if (b.len > 64)
+            sl_cg_put(s->g, out, sl_cg_rule(s->g, hint, b.data));
+        else
+            sl_cg_put(s->g, out, b.data ? b.data : "");
     }
     sl_buf_free(&b);
     ptr_pop(s, old);
@@ -692,7 +748,8 @@ static sl_status string_branch(sl_csch *s, const json_t *sch, sl_buf *out)
     if (fmt && (pat || lengths))
         return bad(s, "`format` together with `%s` is not supported",
                    pat ? "pattern" : "minLength`/`maxLength");
-    if (pat && lengths) return bad(s, "`pattern` together with `minLength`/`maxLength` is not supported");
+    if (pat && lengths)
+        return bad(s, "`pattern` together with `minLength`/`maxLength` is not supported");
     const char *q = "\"\\\"\"";
     if (fmt) {
         if (!json_is_string(fmt)) return bad(s, "`%s` must be a string", "format");
@@ -703,7 +760,8 @@ static sl_status string_branch(sl_csch *s, const json_t *sch, sl_buf *out)
         if (!json_is_string(pat)) return bad(s, "`%s` must be a string", "pattern");
         sl_buf body = {0};
         sl_err pe = {0};
-        st = sl_cre_expr(s->g, json_string_value(pat), json_string_length(pat), &s->sp, 1, &body, &pe);
+        st = sl_cre_expr(s->g, json_string_value(pat), json_string_length(pat), &s->sp, 1, &body,
+                         &pe);
         if (st == SL_OK) {
             sl_cg_printf(s->g, out, "%s ", q);
             if (body.len) {
@@ -716,10 +774,14 @@ static sl_status string_branch(sl_csch *s, const json_t *sch, sl_buf *out)
         if (st) return sl_err_set(s->e, st, "`pattern` at %s: %s", where(s), pe.msg);
     } else if (lengths) {
         const char *c = char_rule(s);
-        if (max < 0) sl_cg_printf(s->g, out, "%s %s{%ld,} %s ", q, c, min, q);
-        else if (max == 0) sl_cg_put(s->g, out, "\"\\\"\\\"\" ");
-        else if (min == max) sl_cg_printf(s->g, out, "%s %s{%ld} %s ", q, c, min, q);
-        else sl_cg_printf(s->g, out, "%s %s{%ld,%ld} %s ", q, c, min, max, q);
+        if (max < 0)
+            sl_cg_printf(s->g, out, "%s %s{%ld,} %s ", q, c, min, q);
+        else if (max == 0)
+            sl_cg_put(s->g, out, "\"\\\"\\\"\" ");
+        else if (min == max)
+            sl_cg_printf(s->g, out, "%s %s{%ld} %s ", q, c, min, q);
+        else
+            sl_cg_printf(s->g, out, "%s %s{%ld,%ld} %s ", q, c, min, max, q);
     } else {
         sl_cg_put(s->g, out, string_rule(s));
         return cg_status(s);
@@ -743,26 +805,34 @@ sl_status sl_csch_props(sl_csch *s, const json_t *sch, sl_cprop **props, size_t 
     *extra = !add || json_is_true(add) ? json_true() : json_is_false(add) ? NULL : add;
     size_t i, cap = json_object_size(pr) + json_array_size(req);
     json_t *x;
-    json_array_foreach(req, i, x) if (!json_is_string(x))
-        return bad(s, "`%s` must be an array of strings", "required");
+    json_array_foreach(req, i, x)
+    {
+        if (!json_is_string(x)) return bad(s, "`required` must be an array of strings");
+    }
     sl_cprop *p = calloc(cap ? cap : 1, sizeof *p);
     if (!p) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     const char *k;
-    json_object_foreach((json_t *)pr, k, x) {
+    json_object_foreach((json_t *)pr, k, x)
+    {
         int r = 0;
         json_t *y;
         json_array_foreach(req, i, y) r |= !strcmp(json_string_value(y), k);
         p[(*n)++] = (sl_cprop){k, x, r};
     }
-    json_array_foreach(req, i, x) { /* required but not listed: any value additionalProperties allows */
+    /* required but not listed: a property with any value additionalProperties allows */
+    json_array_foreach(req, i, x)
+    {
         const char *name = json_string_value(x);
         int listed = json_object_get(pr, name) != NULL;
-        for (size_t j = 0; j < *n && !listed; j++) listed = !strcmp(p[j].name, name);
+        for (size_t j = 0; j < *n && !listed; j++)
+            listed = !strcmp(p[j].name, name);
         if (listed) continue;
         if (!*extra) {
             free(p);
-            return bad(s, "required property `%s` is not in `properties` and `additionalProperties` "
-                          "is false: no object is valid", name);
+            return bad(s,
+                       "required property `%s` is not in `properties` and `additionalProperties` "
+                       "is false: no object is valid",
+                       name);
         }
         p[(*n)++] = (sl_cprop){name, *extra, 1};
     }
@@ -777,8 +847,10 @@ static sl_status put_key(sl_csch *s, sl_buf *out, const char *name)
     sl_buf t = {0};
     sl_status st = in_universe(s, name, strlen(name));
     if (st) return json_decref(k), st;
-    if (!k || sl_pyjson_dumps(&t, k)) sl_cg_oom(s->g);
-    else st = put_json_text(s, out, t.data, t.len);
+    if (!k || sl_pyjson_dumps(&t, k))
+        sl_cg_oom(s->g);
+    else
+        st = put_json_text(s, out, t.data, t.len);
     json_decref(k);
     sl_buf_free(&t);
     const char *sp = space(s);
@@ -803,9 +875,12 @@ static sl_status object_branch(sl_csch *s, const json_t *sch, sl_buf *out)
         sl_buf_clear(&kv);
         if ((st = put_key(s, &kv, p[i].name))) break;
         int listed = json_object_get(json_object_get(sch, "properties"), p[i].name) != NULL;
-        if (listed) st = sub_value(s, p[i].schema, "properties", p[i].name, &kv);
-        else st = sub_value(s, p[i].schema, "additionalProperties", NULL, &kv);
-        if (st == SL_OK && !(items[i] = strdup(kv.data))) st = sl_err_set(s->e, SL_ERR_NOMEM, "out of memory");
+        if (listed)
+            st = sub_value(s, p[i].schema, "properties", p[i].name, &kv);
+        else
+            st = sub_value(s, p[i].schema, "additionalProperties", NULL, &kv);
+        if (st == SL_OK && !(items[i] = strdup(kv.data)))
+            st = sl_err_set(s->e, SL_ERR_NOMEM, "out of memory");
         req[i] = p[i].required;
         names[i] = p[i].name;
     }
@@ -836,7 +911,8 @@ static sl_status object_branch(sl_csch *s, const json_t *sch, sl_buf *out)
         sl_buf_free(&body);
         st = cg_status(s);
     }
-    for (size_t i = 0; items && i < n; i++) free(items[i]);
+    for (size_t i = 0; items && i < n; i++)
+        free(items[i]);
     free(items);
     free(req);
     free(names);
@@ -853,12 +929,18 @@ static void repeat_sep(sl_csch *s, sl_buf *out, const char *sep, const char *ite
     sl_cg_printf(s->g, out, "( %s", sep);
     sl_cg_put(s->g, out, item);
     sl_cg_put(s->g, out, " )");
-    if (b < 0 && !a) sl_cg_put(s->g, out, "*");
-    else if (b < 0 && a == 1) sl_cg_put(s->g, out, "+");
-    else if (b < 0) sl_cg_printf(s->g, out, "{%ld,}", a);
-    else if (a == 0 && b == 1) sl_cg_put(s->g, out, "?");
-    else if (a == b) sl_cg_printf(s->g, out, "{%ld}", a);
-    else sl_cg_printf(s->g, out, "{%ld,%ld}", a, b);
+    if (b < 0 && !a)
+        sl_cg_put(s->g, out, "*");
+    else if (b < 0 && a == 1)
+        sl_cg_put(s->g, out, "+");
+    else if (b < 0)
+        sl_cg_printf(s->g, out, "{%ld,}", a);
+    else if (a == 0 && b == 1)
+        sl_cg_put(s->g, out, "?");
+    else if (a == b)
+        sl_cg_printf(s->g, out, "{%ld}", a);
+    else
+        sl_cg_printf(s->g, out, "{%ld,%ld}", a, b);
 }
 
 /* Arrays: prefixItems p_0..p_k-1 at their positions, `items` S after them, length m..M.
@@ -868,18 +950,22 @@ static sl_status array_branch(sl_csch *s, const json_t *sch, sl_buf *out)
 {
     long m = 0, big = -1;
     sl_status st;
-    if ((st = count_kw(s, sch, "minItems", &m)) || (st = count_kw(s, sch, "maxItems", &big))) return st;
+    if ((st = count_kw(s, sch, "minItems", &m)) || (st = count_kw(s, sch, "maxItems", &big)))
+        return st;
     const json_t *items = json_object_get(sch, "items"), *pre = json_object_get(sch, "prefixItems");
-    if (json_is_array(items)) return bad(s, "`%s` as an array is not supported: use `prefixItems`", "items");
+    if (json_is_array(items))
+        return bad(s, "`%s` as an array is not supported: use `prefixItems`", "items");
     if (items && !json_is_object(items) && !json_is_boolean(items))
         return bad(s, "`%s` must be a schema", "items");
-    if (pre && !json_is_array(pre)) return bad(s, "`%s` must be an array of schemas", "prefixItems");
+    if (pre && !json_is_array(pre))
+        return bad(s, "`%s` must be an array of schemas", "prefixItems");
     long k = (long)json_array_size(pre), M = big;
     int open = !json_is_false(items); /* elements after the prefix allowed */
     if (!open && (M < 0 || M > k)) M = k;
     if (M >= 0 && m > M) return bad(s, "`minItems` is above what `maxItems` and `items` allow");
     if (k > SL_CONSTRAINT_MAX_REPEAT)
-        return sl_err_set(s->e, SL_ERR_LIMIT, "`prefixItems` longer than %d at %s", SL_CONSTRAINT_MAX_REPEAT, where(s));
+        return sl_err_set(s->e, SL_ERR_LIMIT, "`prefixItems` longer than %d at %s",
+                          SL_CONSTRAINT_MAX_REPEAT, where(s));
     const char *sp = space(s);
     sl_buf sep = {0}, tail = {0}, el = {0}, body = {0};
     sl_cg_printf(s->g, &sep, "\",\" %s ", sp);
@@ -954,7 +1040,8 @@ static const json_t *resolve(const sl_csch *s, const char *ref)
         size_t n = 0;
         for (p++; *p && *p != '/'; p++) {
             char c = *p;
-            if (c == '~' && (p[1] == '0' || p[1] == '1')) c = *++p == '0' ? '~' : '/';
+            if (c == '~' && (p[1] == '0' || p[1] == '1'))
+                c = *++p == '0' ? '~' : '/';
             else if (c == '%' && p[1] && p[2]) {
                 char hex[3] = {p[1], p[2], 0}, *end;
                 long v = strtol(hex, &end, 16);
@@ -985,7 +1072,8 @@ static sl_status ref_value(sl_csch *s, const json_t *sch, sl_buf *out)
     if (!ref) return bad(s, "`%s` must be a string", "$ref");
     const json_t *target = resolve(s, ref);
     if (!target) {
-        if (ref[0] != '#') return bad(s, "unsupported `$ref` %s: only pointers into this schema (#...)", ref);
+        if (ref[0] != '#')
+            return bad(s, "unsupported `$ref` %s: only pointers into this schema (#...)", ref);
         return bad(s, "`$ref` %s does not resolve", ref);
     }
     for (size_t i = 0; i < s->n_refs; i++) {
@@ -1061,15 +1149,16 @@ static unsigned value_types(const json_t *sch)
     if (!json_is_object(sch)) return json_is_false(sch) ? 0 : SL_CT_ALL;
     const json_t *en = json_object_get(sch, "enum"), *c = json_object_get(sch, "const");
     if (!en && !c) {
-        if (json_object_get(sch, "anyOf") || json_object_get(sch, "oneOf") || json_object_get(sch, "allOf") ||
-            json_object_get(sch, "$ref"))
+        if (json_object_get(sch, "anyOf") || json_object_get(sch, "oneOf") ||
+            json_object_get(sch, "allOf") || json_object_get(sch, "$ref"))
             return json_object_get(sch, "type") ? sl_csch_types(sch) : SL_CT_ALL;
         return sl_csch_types(sch);
     }
     unsigned t = 0;
     size_t i;
     json_t *v;
-    json_array_foreach(en, i, v) {
+    json_array_foreach(en, i, v)
+    {
         for (unsigned b = 1; b <= SL_CT_NUMBER; b <<= 1)
             if (sl_csch_type_of(v, b)) t |= b;
     }
@@ -1116,12 +1205,14 @@ static int disjoint(sl_csch *s, const json_t *a, const json_t *b, int depth)
             if (sl_csch_type_of(constant(o, l, i), other)) return 0;
         return 1;
     }
-    if ((ta & tb) != SL_CT_OBJECT || value_types(a) != SL_CT_OBJECT || value_types(b) != SL_CT_OBJECT)
+    if ((ta & tb) != SL_CT_OBJECT || value_types(a) != SL_CT_OBJECT ||
+        value_types(b) != SL_CT_OBJECT)
         return 0;
     const json_t *ra = json_object_get(a, "required"), *rb = json_object_get(b, "required");
     size_t i, j;
     json_t *x, *y;
-    json_array_foreach(ra, i, x) json_array_foreach(rb, j, y) {
+    json_array_foreach(ra, i, x) json_array_foreach(rb, j, y)
+    {
         if (!json_is_string(x) || !json_equal(x, y)) continue;
         const char *k = json_string_value(x);
         const json_t *pa = json_object_get(json_object_get(a, "properties"), k);
@@ -1146,8 +1237,9 @@ static sl_status combinator(sl_csch *s, const json_t *sch, const char *kw, sl_bu
         for (size_t i = 0; i < n; i++)
             for (size_t j = i + 1; j < n; j++)
                 if (!disjoint(s, json_array_get(list, i), json_array_get(list, j), 0))
-                    return bad(s, "`oneOf` whose branches %zu and %zu may overlap is not supported "
-                                  "(the grammar cannot require that only one matches; use `anyOf`)",
+                    return bad(s,
+                               "`oneOf` whose branches %zu and %zu may overlap is not supported "
+                               "(the grammar cannot require that only one matches; use `anyOf`)",
                                i, j);
     sl_buf alts = {0};
     sl_status st = SL_OK;
@@ -1169,12 +1261,28 @@ static sl_status combinator(sl_csch *s, const json_t *sch, const char *kw, sl_bu
 
 /* ---- one schema ---- */
 
+/* The first keyword of sch the converter does not know (neither handled nor an annotation),
+ * or NULL. */
+static const char *unknown_keyword(const json_t *sch)
+{
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)sch, k, x)
+    {
+        if (!sl_csch_annotation(k) && !in_list(known, k)) return k;
+    }
+    return NULL;
+}
+
 /* The first keyword of sch that constrains values, other than those in allow; NULL if none. */
 static const char *other_keyword(const json_t *sch, const char *const *allow)
 {
     const char *k;
     json_t *x;
-    json_object_foreach((json_t *)sch, k, x) if (!sl_csch_annotation(k) && !in_list(allow, k)) return k;
+    json_object_foreach((json_t *)sch, k, x)
+    {
+        if (!sl_csch_annotation(k) && !in_list(allow, k)) return k;
+    }
     return NULL;
 }
 
@@ -1213,21 +1321,28 @@ static sl_status typed_value(sl_csch *s, const json_t *sch, unsigned types, sl_b
     sl_buf alts = {0};
     int n = 0;
     sl_status st = SL_OK;
-    static const unsigned order[] = {SL_CT_OBJECT, SL_CT_ARRAY,   SL_CT_STRING, SL_CT_NUMBER,
+    static const unsigned order[] = {SL_CT_OBJECT,  SL_CT_ARRAY,   SL_CT_STRING, SL_CT_NUMBER,
                                      SL_CT_INTEGER, SL_CT_BOOLEAN, SL_CT_NULL};
     for (size_t i = 0; i < sizeof order / sizeof order[0] && st == SL_OK; i++) {
         unsigned t = order[i];
         if (!(types & t)) continue;
         if (n++) sl_cg_put(s->g, &alts, " | ");
-        if (t == SL_CT_OBJECT) st = object_branch(s, sch, &alts);
-        else if (t == SL_CT_ARRAY) st = array_branch(s, sch, &alts);
-        else if (t == SL_CT_STRING) st = string_branch(s, sch, &alts);
+        if (t == SL_CT_OBJECT)
+            st = object_branch(s, sch, &alts);
+        else if (t == SL_CT_ARRAY)
+            st = array_branch(s, sch, &alts);
+        else if (t == SL_CT_STRING)
+            st = string_branch(s, sch, &alts);
         else if ((t == SL_CT_NUMBER || t == SL_CT_INTEGER) && has_bounds(sch))
             st = bounded_number(s, sch, t == SL_CT_INTEGER, &alts);
-        else if (t == SL_CT_NUMBER) sl_cg_put(s->g, &alts, number_rule(s));
-        else if (t == SL_CT_INTEGER) sl_cg_put(s->g, &alts, integer_rule(s));
-        else if (t == SL_CT_BOOLEAN) sl_cg_printf(s->g, &alts, "( \"true\" | \"false\" ) %s", space(s));
-        else sl_cg_printf(s->g, &alts, "\"null\" %s", space(s));
+        else if (t == SL_CT_NUMBER)
+            sl_cg_put(s->g, &alts, number_rule(s));
+        else if (t == SL_CT_INTEGER)
+            sl_cg_put(s->g, &alts, integer_rule(s));
+        else if (t == SL_CT_BOOLEAN)
+            sl_cg_printf(s->g, &alts, "( \"true\" | \"false\" ) %s", space(s));
+        else
+            sl_cg_printf(s->g, &alts, "\"null\" %s", space(s));
     }
     if (st == SL_OK) {
         if (n > 1) sl_cg_put(s->g, out, "( ");
@@ -1248,11 +1363,10 @@ static sl_status value(sl_csch *s, const json_t *sch, sl_buf *out)
     if (json_is_false(sch)) return bad(s, "schema `false` allows no value");
     if (!json_is_object(sch)) return bad(s, "a schema must be an object or a boolean");
     if (s->depth >= SCH_MAX_DEPTH)
-        return sl_err_set(s->e, SL_ERR_LIMIT, "schema nested deeper than %d at %s", SCH_MAX_DEPTH, where(s));
-    const char *k;
-    json_t *x;
-    json_object_foreach((json_t *)sch, k, x) if (!sl_csch_annotation(k) && !in_list(known, k))
-        return bad(s, "unsupported keyword `%s`", k);
+        return sl_err_set(s->e, SL_ERR_LIMIT, "schema nested deeper than %d at %s", SCH_MAX_DEPTH,
+                          where(s));
+    const char *unknown = unknown_keyword(sch);
+    if (unknown) return bad(s, "unsupported keyword `%s`", unknown);
     unsigned types = sl_csch_types(sch);
     if (!types)
         return bad(s, "`type` must be one of null, boolean, object, array, string, integer, "
@@ -1265,16 +1379,19 @@ static sl_status value(sl_csch *s, const json_t *sch, sl_buf *out)
         if (json_object_get(sch, *c)) combi = *c;
     if (json_object_get(sch, "$ref")) {
         static const char *const only[] = {"$ref", NULL};
-        st = (other = other_keyword(sch, only)) ? bad(s, "`$ref` next to `%s` is not supported", other)
-                                                 : ref_value(s, sch, out);
+        st = (other = other_keyword(sch, only))
+                 ? bad(s, "`$ref` next to `%s` is not supported", other)
+                 : ref_value(s, sch, out);
     } else if (combi) {
         const char *const only[] = {combi, NULL};
-        st = (other = other_keyword(sch, only)) ? bad(s, "`%s` next to `%s` is not supported", combi, other)
-                                                 : combinator(s, sch, combi, out);
+        st = (other = other_keyword(sch, only))
+                 ? bad(s, "`%s` next to `%s` is not supported", combi, other)
+                 : combinator(s, sch, combi, out);
     } else if (json_object_get(sch, "enum") || json_object_get(sch, "const")) {
         static const char *const only[] = {"enum", "const", "type", NULL};
-        st = (other = other_keyword(sch, only)) ? bad(s, "`enum`/`const` next to `%s` is not supported", other)
-                                                 : enum_value(s, sch, types, out);
+        st = (other = other_keyword(sch, only))
+                 ? bad(s, "`enum`/`const` next to `%s` is not supported", other)
+                 : enum_value(s, sch, types, out);
     } else {
         st = typed_value(s, sch, types, out);
     }
@@ -1305,14 +1422,14 @@ const json_t *sl_csch_object_schema(sl_csch *s, const json_t *schema, sl_err *e)
     const json_t *t = sl_csch_deref(s, schema, e);
     if (!t) return NULL;
     if (!json_is_object(t)) return bad(s, "the arguments schema must be an object schema"), NULL;
-    const char *k;
-    json_t *x;
-    json_object_foreach((json_t *)t, k, x) if (!sl_csch_annotation(k) && !in_list(known, k))
-        return bad(s, "unsupported keyword `%s`", k), NULL;
-    static const char *const plain[] = {"type", "properties", "required", "additionalProperties", NULL};
+    const char *unknown = unknown_keyword(t);
+    if (unknown) return bad(s, "unsupported keyword `%s`", unknown), NULL;
+    static const char *const plain[] = {"type", "properties", "required", "additionalProperties",
+                                        NULL};
     const char *other = other_keyword(t, plain);
     if (other) return bad(s, "`%s` in an arguments schema is not supported", other), NULL;
-    if (!(sl_csch_types(t) & SL_CT_OBJECT)) return bad(s, "the arguments schema must allow objects"), NULL;
+    if (!(sl_csch_types(t) & SL_CT_OBJECT))
+        return bad(s, "the arguments schema must allow objects"), NULL;
     return t;
 }
 

@@ -80,11 +80,14 @@ static const char *declared_type(const json_t *p, int *several)
     const char *first = NULL;
     size_t i;
     json_t *x;
-    json_array_foreach(t, i, x) {
+    json_array_foreach(t, i, x)
+    {
         const char *n = json_string_value(x);
         if (!n || !strcmp(n, "null")) continue;
-        if (first) *several = 1;
-        else first = n;
+        if (first)
+            *several = 1;
+        else
+            first = n;
     }
     return first;
 }
@@ -110,7 +113,8 @@ static sl_status string_value(tools *t, sl_csch *s, const json_t *p, sl_buf *out
             const json_t *v = c ? c : json_array_get(en, i);
             const char *txt = json_string_value(v);
             size_t len = json_string_length(v);
-            if (json_is_null(v) && null_ok) txt = "null", len = 4;
+            if (json_is_null(v) && null_ok)
+                txt = "null", len = 4;
             else if (!txt || strlen(txt) != len || !strcasecmp(txt, "null") ||
                      sl_cspell_tag_in(&t->raw, txt, len))
                 continue; /* a value this format cannot carry back */
@@ -124,8 +128,10 @@ static sl_status string_value(tools *t, sl_csch *s, const json_t *p, sl_buf *out
     }
     const char *fmt = json_string_value(json_object_get(p, "format"));
     const char *rule = fmt && !json_object_get(p, "pattern") ? sl_csch_format(s, fmt) : NULL;
-    if (rule) sl_cg_printf(t->g, out, null_ok ? "( %s | \"null\" )" : "%s", rule);
-    else free_value(t, null_ok, out);
+    if (rule)
+        sl_cg_printf(t->g, out, null_ok ? "( %s | \"null\" )" : "%s", rule);
+    else
+        free_value(t, null_ok, out);
     return sl_cg_status(t->g, e);
 }
 
@@ -137,7 +143,10 @@ static sl_status coder_value(tools *t, sl_csch *s, const json_t *p, sl_buf *out,
     int several, plain = json_is_true(p) || json_is_object(p);
     const char *type = declared_type(p, &several), *k;
     json_t *x;
-    json_object_foreach((json_t *)p, k, x) plain &= sl_csch_annotation(k); /* any value: any text */
+    json_object_foreach((json_t *)p, k, x)
+    {
+        plain &= sl_csch_annotation(k); /* only annotations: any value, so any text */
+    }
     if (several || plain) {
         free_value(t, 1, out);
         return sl_cg_status(t->g, e);
@@ -145,8 +154,10 @@ static sl_status coder_value(tools *t, sl_csch *s, const json_t *p, sl_buf *out,
     if (type && !strcmp(type, "string")) {
         sl_buf b = {0};
         sl_status st = string_value(t, s, p, &b, e);
-        if (st == SL_OK) sl_cg_put(t->g, out, b.data ? b.data : "");
-        else free_value(t, (sl_csch_types(p) & SL_CT_NULL) != 0, out);
+        if (st == SL_OK)
+            sl_cg_put(t->g, out, b.data ? b.data : "");
+        else
+            free_value(t, (sl_csch_types(p) & SL_CT_NULL) != 0, out);
         sl_buf_free(&b);
         return sl_cg_status(t->g, e);
     }
@@ -166,11 +177,13 @@ static sl_status coder_params(tools *t, const json_t *params, const char *where,
     char **items = calloc(n + 1, sizeof *items);
     int *req = calloc(n + 1, sizeof *req);
     const char **names = calloc(n + 1, sizeof *names);
-    if (st == SL_OK && (!items || !req || !names)) st = sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    if (st == SL_OK && (!items || !req || !names))
+        st = sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     sl_buf kv = {0}, tag = {0};
     for (size_t i = 0; i < n && st == SL_OK; i++) {
         if (!name_ok(p[i].name)) {
-            st = sl_err_set(e, SL_ERR_INVALID, "parameter name `%s` cannot be written as a tag", p[i].name);
+            st = sl_err_set(e, SL_ERR_INVALID, "parameter name `%s` cannot be written as a tag",
+                            p[i].name);
             break;
         }
         sl_buf_clear(&kv);
@@ -199,13 +212,17 @@ static sl_status coder_params(tools *t, const json_t *params, const char *where,
         names[n] = "";
         sl_cg_printf(t->g, &ex, "\"<parameter=\" %s \">\\n\" ",
                      sl_cg_free_text(t->g, &t->names, names, n + 1, 0));
-        if (json_is_true(extra)) free_value(t, 1, &ex);
-        else st = sl_csch_value(s, extra, &ex, e); /* unknown names: JSON when it parses */
+        if (json_is_true(extra))
+            free_value(t, 1, &ex);
+        else
+            st = sl_csch_value(s, extra, &ex, e); /* unknown names: JSON when it parses */
         sl_cg_put(t->g, &ex, " \"\\n</parameter>\\n\"");
     }
     if (st == SL_OK)
-        sl_cg_seq(t->g, "params", (const char *const *)items, req, n, extra ? ex.data : NULL, "", out);
-    for (size_t i = 0; items && i < n; i++) free(items[i]);
+        sl_cg_seq(t->g, "params", (const char *const *)items, req, n, extra ? ex.data : NULL, "",
+                  out);
+    for (size_t i = 0; items && i < n; i++)
+        free(items[i]);
     free(items);
     free(req);
     free(names);
@@ -248,8 +265,10 @@ static sl_status one_call(tools *t, const json_t *fn, size_t index, sl_buf *out)
         sl_buf_clear(&args);
         if (t->kind == SL_TOOL_PARSER_KIND_HERMES) {
             sl_csch *s = sl_csch_new(t->g, NULL, &t->json, 1, where);
-            if (s) sl_cg_put(t->g, &args, sl_csch_any_object(s));
-            else sl_cg_oom(t->g);
+            if (s)
+                sl_cg_put(t->g, &args, sl_csch_any_object(s));
+            else
+                sl_cg_oom(t->g);
             sl_csch_free(s);
         } else {
             coder_any_params(t, &args);
@@ -262,10 +281,11 @@ static sl_status one_call(tools *t, const json_t *fn, size_t index, sl_buf *out)
             /* as the chat template writes it: {"name": "NAME", "arguments": ...} */
             json_t *js = json_string(name);
             sl_buf head = {0};
-            if (!js || sl_buf_puts(&head, "<tool_call>\n{\"name\": ") || sl_pyjson_dumps(&head, js) ||
-                sl_buf_puts(&head, ", \"arguments\": "))
+            if (!js || sl_buf_puts(&head, "<tool_call>\n{\"name\": ") ||
+                sl_pyjson_dumps(&head, js) || sl_buf_puts(&head, ", \"arguments\": "))
                 sl_cg_oom(t->g);
-            else sl_cg_text(t->g, &body, &t->raw, head.data, head.len);
+            else
+                sl_cg_text(t->g, &body, &t->raw, head.data, head.len);
             sl_cg_put(t->g, &body, " ");
             sl_cg_put(t->g, &body, args.data ? args.data : "\"{}\"");
             sl_cg_put(t->g, &body, " \"}\\n</tool_call>\"");
@@ -296,8 +316,10 @@ sl_status sl_constraint_tool_calls(sl_tool_parser_kind kind, const json_t *tools
     size_t n = json_array_size(tools_json), picked = 0;
     if (!n) return sl_err_set(e, SL_ERR_INVALID, "tool calls need a non-empty `tools` array");
     for (size_t i = 0; i < n; i++) {
-        const char *name = json_string_value(json_object_get(function_of(json_array_get(tools_json, i)), "name"));
-        if (!name || !name_ok(name) || (kind == SL_TOOL_PARSER_KIND_QWEN3_CODER && strchr(name, '\n')))
+        const char *name =
+            json_string_value(json_object_get(function_of(json_array_get(tools_json, i)), "name"));
+        if (!name || !name_ok(name) ||
+            (kind == SL_TOOL_PARSER_KIND_QWEN3_CODER && strchr(name, '\n')))
             return sl_err_set(e, SL_ERR_INVALID,
                               "tools[%zu].function.name must be a non-empty name without '<', '>', "
                               "control characters or surrounding blanks",
@@ -305,7 +327,8 @@ sl_status sl_constraint_tool_calls(sl_tool_parser_kind kind, const json_t *tools
         picked += !only || !strcmp(name, only);
     }
     if (only && !picked)
-        return sl_err_set(e, SL_ERR_INVALID, "tool_choice names function `%s`, which is not in `tools`", only);
+        return sl_err_set(e, SL_ERR_INVALID,
+                          "tool_choice names function `%s`, which is not in `tools`", only);
     tools t = {.kind = kind, .e = e};
     if (!(t.g = sl_cg_new())) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     sl_cset_add(&t.no_nul, 1, SL_CP_MAX);
@@ -317,7 +340,8 @@ sl_status sl_constraint_tool_calls(sl_tool_parser_kind kind, const json_t *tools
     t.json = (sl_cspell){1, &t.no_nul, tags};
     t.raw = (sl_cspell){0, &t.no_nul, tags};
     t.names = (sl_cspell){0, &t.name_chars, NULL};
-    sl_status st = t.no_nul.oom || t.name_chars.oom ? sl_err_set(e, SL_ERR_NOMEM, "out of memory") : SL_OK;
+    sl_status st =
+        t.no_nul.oom || t.name_chars.oom ? sl_err_set(e, SL_ERR_NOMEM, "out of memory") : SL_OK;
     sl_buf calls = {0};
     int k = 0;
     for (size_t i = 0; i < n && st == SL_OK; i++) {
@@ -330,8 +354,10 @@ sl_status sl_constraint_tool_calls(sl_tool_parser_kind kind, const json_t *tools
         const char *call = k > 1 ? sl_cg_rule(t.g, "call", calls.data) : calls.data;
         sl_buf root = {0};
         /* parallel calls: one per line, as the chat templates separate them */
-        if (parallel) sl_cg_printf(t.g, &root, "%s ( \"\\n\" %s )*", call, call);
-        else sl_cg_put(t.g, &root, call);
+        if (parallel)
+            sl_cg_printf(t.g, &root, "%s ( \"\\n\" %s )*", call, call);
+        else
+            sl_cg_put(t.g, &root, call);
         st = sl_cg_write(t.g, root.data ? root.data : "", out, e);
         sl_buf_free(&root);
     }

@@ -20,8 +20,8 @@
 
 #include "constraint.h"
 #include "grammar.h"
-#include "tool_parser.h"
 #include "sl_file.h"
+#include "tool_parser.h"
 
 static json_t *load(const char *path)
 {

@@ -54,16 +54,17 @@ typedef struct scase {
 static const scase schemas[] = {
     {"{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\"}, \"b\": {\"type\": "
      "\"string\"}}, \"required\": [\"b\"], \"additionalProperties\": false}",
-     {"{\"b\": \"x\"}", "{\"a\": -12, \"b\": \"\"}", "{ \"a\" : 0 ,\n  \"b\": \"\\n\\\"\\u0001\" }\n",
-      "{\"b\": \"\xc3\xa9\xf0\x9f\x98\x80\"}"},
-     {"{}", "{\"a\": 1}", "{\"b\": \"x\", \"a\": 1}", "{\"b\": \"x\", \"c\": 1}", "{\"a\": 1.5, \"b\": \"x\"}",
-      "{\"b\": \"\\u00e9\"}", "{\"b\": \"\\u001F\"}", "{\"b\": \"\x01\"}", " {\"b\": \"x\"}",
-      "{\"b\":      \"x\"}"}},
+     {"{\"b\": \"x\"}", "{\"a\": -12, \"b\": \"\"}",
+      "{ \"a\" : 0 ,\n  \"b\": \"\\n\\\"\\u0001\" }\n", "{\"b\": \"\xc3\xa9\xf0\x9f\x98\x80\"}"},
+     {"{}", "{\"a\": 1}", "{\"b\": \"x\", \"a\": 1}", "{\"b\": \"x\", \"c\": 1}",
+      "{\"a\": 1.5, \"b\": \"x\"}", "{\"b\": \"\\u00e9\"}", "{\"b\": \"\\u001F\"}",
+      "{\"b\": \"\x01\"}", " {\"b\": \"x\"}", "{\"b\":      \"x\"}"}},
     /* extra keys after the listed ones, never a listed name again */
     {"{\"properties\": {\"id\": {\"type\": \"integer\"}}, \"type\": \"object\"}",
      {"{\"id\": 1, \"x\": [true, null]}", "{\"idx\": 1}", "{\"i\": {}}", "{}"},
      {"{\"id\": 1, \"id\": 2}", "{\"x\": 1, \"id\": 2}", "{\"id\": \"1\"}"}},
-    {"{\"type\": \"array\", \"prefixItems\": [{\"const\": \"t\"}, {\"type\": \"boolean\"}], \"items\": "
+    {"{\"type\": \"array\", \"prefixItems\": [{\"const\": \"t\"}, {\"type\": \"boolean\"}], "
+     "\"items\": "
      "{\"type\": \"null\"}, \"minItems\": 1, \"maxItems\": 3}",
      {"[\"t\"]", "[\"t\", true]", "[\"t\", false, null]"},
      {"[]", "[\"u\"]", "[\"t\", null]", "[\"t\", true, null, null]"}},
@@ -80,32 +81,44 @@ static const scase schemas[] = {
     {"{\"type\": \"string\", \"format\": \"date-time\"}",
      {"\"2024-02-29T23:59:59Z\"", "\"2024-02-29T00:00:00.123+05:30\""},
      {"\"2024-02-29 23:59:59Z\"", "\"2024-02-29T24:00:00Z\"", "\"2024-02-29T23:59:59\""}},
-    {"{\"type\": \"string\", \"format\": \"ipv4\"}", {"\"0.0.0.0\"", "\"255.255.255.255\""},
+    {"{\"type\": \"string\", \"format\": \"ipv4\"}",
+     {"\"0.0.0.0\"", "\"255.255.255.255\""},
      {"\"256.0.0.0\"", "\"01.2.3.4\"", "\"1.2.3\""}},
-    {"{\"type\": \"string\", \"format\": \"uuid\"}", {"\"123e4567-e89b-12d3-A456-426614174000\""},
+    {"{\"type\": \"string\", \"format\": \"uuid\"}",
+     {"\"123e4567-e89b-12d3-A456-426614174000\""},
      {"\"123e4567e89b12d3a456426614174000\"", "\"123e4567-e89b-12d3-a456-42661417400g\""}},
-    {"{\"type\": \"string\", \"pattern\": \"^[a-z]+-\\\\d{2}$\"}", {"\"ab-12\""}, {"\"ab-1\"", "\"Ab-12\"", "\"x ab-12\""}},
-    {"{\"type\": \"string\", \"pattern\": \"b\\\"c\"}", {"\"b\\\"c\"", "\"ab\\\"cd\""}, {"\"bc\"", "\"b\\\\\\\"c\""}},
+    {"{\"type\": \"string\", \"pattern\": \"^[a-z]+-\\\\d{2}$\"}",
+     {"\"ab-12\""},
+     {"\"ab-1\"", "\"Ab-12\"", "\"x ab-12\""}},
+    {"{\"type\": \"string\", \"pattern\": \"b\\\"c\"}",
+     {"\"b\\\"c\"", "\"ab\\\"cd\""},
+     {"\"bc\"", "\"b\\\\\\\"c\""}},
     {"{\"type\": \"string\", \"minLength\": 2, \"maxLength\": 3}",
-     {"\"ab\"", "\"\\n\\t\"", "\"\xc3\xa9\xc3\xa9\xc3\xa9\""}, {"\"a\"", "\"abcd\"", "\"\\\\\""}},
+     {"\"ab\"", "\"\\n\\t\"", "\"\xc3\xa9\xc3\xa9\xc3\xa9\""},
+     {"\"a\"", "\"abcd\"", "\"\\\\\""}},
     {"{\"enum\": [\"a\", 1, null, [1, {\"k\": true}]]}",
      {"\"a\"", "1", "null", "[1, {\"k\": true}]", "[ 1 ,{ \"k\" :true } ]"},
      {"\"b\"", "1.0", "[1]", "true"}},
-    {"{\"anyOf\": [{\"type\": \"string\", \"maxLength\": 1}, {\"type\": \"null\"}]}", {"\"a\"", "null"},
+    {"{\"anyOf\": [{\"type\": \"string\", \"maxLength\": 1}, {\"type\": \"null\"}]}",
+     {"\"a\"", "null"},
      {"\"ab\"", "0"}},
-    {"{\"oneOf\": [{\"type\": \"object\", \"properties\": {\"k\": {\"const\": 1}}, \"required\": [\"k\"]},"
+    {"{\"oneOf\": [{\"type\": \"object\", \"properties\": {\"k\": {\"const\": 1}}, \"required\": "
+     "[\"k\"]},"
      " {\"type\": \"object\", \"properties\": {\"k\": {\"const\": 2}}, \"required\": [\"k\"]}]}",
-     {"{\"k\": 1}", "{\"k\": 2, \"x\": 0}"}, {"{\"k\": 3}", "{}"}},
+     {"{\"k\": 1}", "{\"k\": 2, \"x\": 0}"},
+     {"{\"k\": 3}", "{}"}},
     /* recursion through $ref, and to the root */
     {"{\"$defs\": {\"list\": {\"type\": [\"object\", \"null\"], \"properties\": {\"v\": {\"type\": "
      "\"integer\"}, \"next\": {\"$ref\": \"#/$defs/list\"}}, \"required\": [\"v\", \"next\"], "
      "\"additionalProperties\": false}}, \"$ref\": \"#/$defs/list\"}",
      {"null", "{\"v\": 1, \"next\": {\"v\": 2, \"next\": null}}"},
      {"{\"v\": 1}", "{\"v\": 1, \"next\": {\"v\": 2}}"}},
-    {"{\"type\": [\"array\", \"string\"], \"items\": {\"$ref\": \"#\"}}", {"\"x\"", "[[\"a\", []], \"b\"]"},
+    {"{\"type\": [\"array\", \"string\"], \"items\": {\"$ref\": \"#\"}}",
+     {"\"x\"", "[[\"a\", []], \"b\"]"},
      {"[1]", "[[null]]"}},
     /* no type: every type its keywords leave */
-    {"{\"maxLength\": 1, \"required\": [\"q\"]}", {"\"a\"", "5", "[\"long\"]", "{\"q\": 1}", "true"},
+    {"{\"maxLength\": 1, \"required\": [\"q\"]}",
+     {"\"a\"", "5", "[\"long\"]", "{\"q\": 1}", "true"},
      {"\"ab\"", "{}"}},
     {"true", {"1", "{\"a\": [null]}", "\"s\""}, {"", "{", "'s'"}},
 };
@@ -119,31 +132,37 @@ typedef struct ecase {
 static const ecase schema_errors[] = {
     {"{\"type\": \"object\", \"properties\": {\"x\": {\"not\": {}}}}", SL_ERR_INVALID,
      "unsupported keyword `not` at #/properties/x"},
-    {"{\"items\": {\"uniqueItems\": true}}", SL_ERR_INVALID, "unsupported keyword `uniqueItems` at #/items"},
-    {"{\"properties\": {\"a~b/c\": {\"nullable\": true}}}", SL_ERR_INVALID, "at #/properties/a~0b~1c"},
+    {"{\"items\": {\"uniqueItems\": true}}", SL_ERR_INVALID,
+     "unsupported keyword `uniqueItems` at #/items"},
+    {"{\"properties\": {\"a~b/c\": {\"nullable\": true}}}", SL_ERR_INVALID,
+     "at #/properties/a~0b~1c"},
     {"{\"type\": \"string\", \"pattern\": \"a(?=b)\"}", SL_ERR_INVALID,
      "`pattern` at #: regex: unsupported lookahead at offset 1"},
-    {"{\"$defs\": {\"a\": {\"anyOf\": [{\"$ref\": \"#/$defs/a\"}, {\"type\": \"null\"}]}}, \"$ref\": "
+    {"{\"$defs\": {\"a\": {\"anyOf\": [{\"$ref\": \"#/$defs/a\"}, {\"type\": \"null\"}]}}, "
+     "\"$ref\": "
      "\"#/$defs/a\"}",
      SL_ERR_INVALID, "refers back to itself before any input"},
     {"{\"$ref\": \"https://example.com/s.json\"}", SL_ERR_INVALID, "unsupported `$ref`"},
     {"{\"$ref\": \"#/$defs/missing\"}", SL_ERR_INVALID, "does not resolve"},
     {"{\"$ref\": \"#/$defs/a\", \"type\": \"object\", \"$defs\": {\"a\": {}}}", SL_ERR_INVALID,
      "`$ref` next to `type`"},
-    {"{\"oneOf\": [{\"type\": \"string\"}, {\"type\": \"string\", \"maxLength\": 3}]}", SL_ERR_INVALID,
-     "`oneOf` whose branches 0 and 1 may overlap"},
-    {"{\"oneOf\": [{\"type\": \"integer\"}, {\"type\": \"number\"}]}", SL_ERR_INVALID, "may overlap"},
+    {"{\"oneOf\": [{\"type\": \"string\"}, {\"type\": \"string\", \"maxLength\": 3}]}",
+     SL_ERR_INVALID, "`oneOf` whose branches 0 and 1 may overlap"},
+    {"{\"oneOf\": [{\"type\": \"integer\"}, {\"type\": \"number\"}]}", SL_ERR_INVALID,
+     "may overlap"},
     {"{\"allOf\": [{\"type\": \"string\"}, {\"maxLength\": 3}]}", SL_ERR_INVALID,
      "`allOf` with more than one schema"},
     {"{\"type\": \"object\", \"anyOf\": [{}]}", SL_ERR_INVALID, "`anyOf` next to `type`"},
     {"{\"enum\": [1, 2], \"minimum\": 2}", SL_ERR_INVALID, "`enum`/`const` next to `minimum`"},
     {"{\"type\": \"string\", \"enum\": [1, 2]}", SL_ERR_INVALID, "no value of `enum` has a type"},
-    {"{\"type\": \"number\", \"exclusiveMinimum\": 0}", SL_ERR_INVALID, "cannot be enforced exactly"},
+    {"{\"type\": \"number\", \"exclusiveMinimum\": 0}", SL_ERR_INVALID,
+     "cannot be enforced exactly"},
     {"{\"type\": \"number\", \"maximum\": 0.5}", SL_ERR_INVALID, "must be an integer"},
     {"{\"type\": \"integer\", \"minimum\": 5, \"exclusiveMaximum\": 5}", SL_ERR_INVALID,
      "no integer satisfies"},
     {"{\"type\": \"integer\", \"minimum\": 1e300}", SL_ERR_INVALID, "beyond"},
-    {"{\"type\": \"string\", \"format\": \"hostname\"}", SL_ERR_INVALID, "unsupported format `hostname`"},
+    {"{\"type\": \"string\", \"format\": \"hostname\"}", SL_ERR_INVALID,
+     "unsupported format `hostname`"},
     {"{\"type\": \"string\", \"format\": \"date\", \"maxLength\": 10}", SL_ERR_INVALID,
      "`format` together with"},
     {"{\"type\": \"string\", \"pattern\": \"a\", \"minLength\": 1}", SL_ERR_INVALID,
@@ -153,14 +172,16 @@ static const ecase schema_errors[] = {
     {"{\"type\": \"string\", \"maxLength\": -1}", SL_ERR_INVALID, "must be a non-negative integer"},
     {"{\"type\": \"string\", \"maxLength\": 100000}", SL_ERR_LIMIT, "above 10000"},
     {"{\"type\": \"array\", \"items\": [{}]}", SL_ERR_INVALID, "`items` as an array"},
-    {"{\"type\": \"array\", \"items\": false, \"minItems\": 1}", SL_ERR_INVALID, "`minItems` is above"},
-    {"{\"type\": \"object\", \"required\": [\"a\"], \"additionalProperties\": false}", SL_ERR_INVALID,
-     "required property `a` is not in `properties`"},
+    {"{\"type\": \"array\", \"items\": false, \"minItems\": 1}", SL_ERR_INVALID,
+     "`minItems` is above"},
+    {"{\"type\": \"object\", \"required\": [\"a\"], \"additionalProperties\": false}",
+     SL_ERR_INVALID, "required property `a` is not in `properties`"},
     {"{\"type\": \"object\", \"required\": \"a\"}", SL_ERR_INVALID, "`required` must be an array"},
     {"{\"type\": \"bogus\"}", SL_ERR_INVALID, "`type` must be one of"},
     {"{\"type\": []}", SL_ERR_INVALID, "`type` must be one of"},
     {"false", SL_ERR_INVALID, "schema `false` allows no value at #"},
-    {"{\"properties\": {\"a\": false}}", SL_ERR_INVALID, "schema `false` allows no value at #/properties/a"},
+    {"{\"properties\": {\"a\": false}}", SL_ERR_INVALID,
+     "schema `false` allows no value at #/properties/a"},
     {"5", SL_ERR_INVALID, "a schema must be an object or a boolean"},
 };
 
@@ -175,9 +196,11 @@ static void test_schemas(void)
         CHECK_MSG(st == SL_OK, "%s: %s", c->schema, e.msg);
         sl_gram *g = st == SL_OK ? compile(&b, c->schema) : NULL;
         for (int k = 0; g && k < 10 && c->yes[k]; k++)
-            CHECK_MSG(accepts(g, c->yes[k]) == 1, "%s should accept %s\n%s", c->schema, c->yes[k], b.data);
+            CHECK_MSG(accepts(g, c->yes[k]) == 1, "%s should accept %s\n%s", c->schema, c->yes[k],
+                      b.data);
         for (int k = 0; g && k < 10 && c->no[k]; k++)
-            CHECK_MSG(accepts(g, c->no[k]) == 0, "%s should refuse %s\n%s", c->schema, c->no[k], b.data);
+            CHECK_MSG(accepts(g, c->no[k]) == 0, "%s should refuse %s\n%s", c->schema, c->no[k],
+                      b.data);
         sl_gram_free(g);
         sl_buf_free(&b);
         json_decref(s);
@@ -188,8 +211,8 @@ static void test_schemas(void)
         sl_buf b = {0};
         sl_err e = {0};
         sl_status st = sl_constraint_json_schema(s, &b, &e);
-        CHECK_MSG(st == c->code && strstr(e.msg, c->msg), "%s: got %s \"%s\", want %s \"%s\"", c->schema,
-                  sl_status_str(st), e.msg, sl_status_str(c->code), c->msg);
+        CHECK_MSG(st == c->code && strstr(e.msg, c->msg), "%s: got %s \"%s\", want %s \"%s\"",
+                  c->schema, sl_status_str(st), e.msg, sl_status_str(c->code), c->msg);
         sl_buf_free(&b);
         json_decref(s);
     }
@@ -199,9 +222,11 @@ static void test_schemas(void)
 static void test_schema_limits(void)
 {
     sl_buf text = {0}, b = {0};
-    for (int i = 0; i < 200; i++) sl_buf_puts(&text, "{\"items\": ");
+    for (int i = 0; i < 200; i++)
+        sl_buf_puts(&text, "{\"items\": ");
     sl_buf_puts(&text, "{}");
-    for (int i = 0; i < 200; i++) sl_buf_puts(&text, "}");
+    for (int i = 0; i < 200; i++)
+        sl_buf_puts(&text, "}");
     json_t *s = parse_json(text.data);
     sl_err e = {0};
     CHECK(sl_constraint_json_schema(s, &b, &e) == SL_ERR_LIMIT && strstr(e.msg, "deeper than 64"));
@@ -210,7 +235,8 @@ static void test_schema_limits(void)
     sl_buf_clear(&text);
     sl_buf_clear(&b);
     sl_buf_puts(&text, "{\"type\": \"object\", \"properties\": {");
-    for (int i = 0; i < 300; i++) sl_buf_printf(&text, "%s\"p%d\": {\"enum\": [%d, \"v%d\"]}", i ? ", " : "", i, i, i);
+    for (int i = 0; i < 300; i++)
+        sl_buf_printf(&text, "%s\"p%d\": {\"enum\": [%d, \"v%d\"]}", i ? ", " : "", i, i, i);
     sl_buf_puts(&text, "}, \"required\": [\"p299\"]}");
     s = parse_json(text.data);
     CHECK_MSG(sl_constraint_json_schema(s, &b, &e) == SL_OK, "%s", e.msg);
@@ -254,7 +280,10 @@ static const rcase regexes[] = {
     {"(?P<y>\\d{4})-(?<m>\\d\\d)", {"2024-01"}, {"2024-1", "202a-01"}},
     {"[^a-c\\d]x", {"dx", "-x", "\xc3\xa9x", "\nx"}, {"ax", "5x"}},
     {"\\w+\\s\\W", {"a_1 !"}, {"a b", "\xc3\xa9 !"}},
-    {"a.c", {"abc", "a\xe4\xb8\xad" "c"}, {"a\nc", "ac"}},
+    {"a.c",
+     {"abc", "a\xe4\xb8\xad"
+             "c"},
+     {"a\nc", "ac"}},
     {"x*?y+?z??", {"y", "xxyyz"}, {"z", "x"}},
     {"a{2}b{1,}c{0,2}", {"aab", "aabbbcc"}, {"ab", "aabccc"}},
     {"[\\]\\-^]+", {"]-^"}, {"a"}},
@@ -307,9 +336,11 @@ static void test_regex(void)
         CHECK_MSG(st == SL_OK, "%s: %s", c->re, e.msg);
         sl_gram *g = st == SL_OK ? compile(&b, c->re) : NULL;
         for (int k = 0; g && k < 6 && c->yes[k]; k++)
-            CHECK_MSG(accepts(g, c->yes[k]) == 1, "/%s/ should match \"%s\"\n%s", c->re, c->yes[k], b.data);
+            CHECK_MSG(accepts(g, c->yes[k]) == 1, "/%s/ should match \"%s\"\n%s", c->re, c->yes[k],
+                      b.data);
         for (int k = 0; g && k < 6 && c->no[k]; k++)
-            CHECK_MSG(accepts(g, c->no[k]) == 0, "/%s/ should not match \"%s\"\n%s", c->re, c->no[k], b.data);
+            CHECK_MSG(accepts(g, c->no[k]) == 0, "/%s/ should not match \"%s\"\n%s", c->re,
+                      c->no[k], b.data);
         sl_gram_free(g);
         sl_buf_free(&b);
     }
@@ -317,8 +348,8 @@ static void test_regex(void)
         sl_buf b = {0};
         sl_err e = {0};
         sl_status st = sl_constraint_regex(regex_errors[i].re, strlen(regex_errors[i].re), &b, &e);
-        CHECK_MSG(st == regex_errors[i].code && strstr(e.msg, regex_errors[i].msg), "/%s/: got %s \"%s\"",
-                  regex_errors[i].re, sl_status_str(st), e.msg);
+        CHECK_MSG(st == regex_errors[i].code && strstr(e.msg, regex_errors[i].msg),
+                  "/%s/: got %s \"%s\"", regex_errors[i].re, sl_status_str(st), e.msg);
         sl_buf_free(&b);
     }
 }
@@ -326,12 +357,16 @@ static void test_regex(void)
 /* ---- tool calls ---- */
 
 static const char *const tools_json =
-    "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": {\"type\": "
-    "\"object\", \"properties\": {\"city\": {\"type\": \"string\"}, \"days\": {\"type\": \"integer\", "
-    "\"minimum\": 1}, \"unit\": {\"enum\": [\"c\", \"f\"], \"type\": \"string\"}, \"note\": {\"type\": "
+    "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": "
+    "{\"type\": "
+    "\"object\", \"properties\": {\"city\": {\"type\": \"string\"}, \"days\": {\"type\": "
+    "\"integer\", "
+    "\"minimum\": 1}, \"unit\": {\"enum\": [\"c\", \"f\"], \"type\": \"string\"}, \"note\": "
+    "{\"type\": "
     "[\"string\", \"null\"]}}, \"required\": [\"city\"], \"additionalProperties\": false}}},"
     " {\"type\": \"function\", \"function\": {\"name\": \"list_files\"}},"
-    " {\"type\": \"function\", \"function\": {\"name\": \"odd\", \"parameters\": {\"type\": \"object\", "
+    " {\"type\": \"function\", \"function\": {\"name\": \"odd\", \"parameters\": {\"type\": "
+    "\"object\", "
     "\"properties\": {\"x\": {\"type\": \"string\", \"not\": {}}}, \"patternProperties\": {}}}}]";
 
 typedef struct tcase {
@@ -345,16 +380,25 @@ typedef struct tcase {
 
 #define HERMES SL_TOOL_PARSER_KIND_HERMES
 #define CODER SL_TOOL_PARSER_KIND_QWEN3_CODER
-#define H_CALL(args) "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": " args "}\n</tool_call>"
+#define H_CALL(args)                                                                               \
+    "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": " args "}\n</tool_call>"
 #define H_LIST "<tool_call>\n{\"name\": \"list_files\", \"arguments\": {}}\n</tool_call>"
 #define C_OPEN "<tool_call>\n<function=get_weather>\n<parameter=city>\n"
 #define C_CLOSE "\n</parameter>\n</function>\n</tool_call>"
 #define C_LIST "<tool_call>\n<function=list_files>\n</function>\n</tool_call>"
 
 static const tcase tool_cases[] = {
-    {HERMES, NULL, 1, H_CALL("{\"city\": \"Paris\", \"days\": 3}"), 1,
+    {HERMES,
+     NULL,
+     1,
+     H_CALL("{\"city\": \"Paris\", \"days\": 3}"),
+     1,
      {{"get_weather", "{\"city\": \"Paris\", \"days\": 3}"}}},
-    {HERMES, NULL, 1, H_CALL("{\"city\": \"a</tool_cal\\\\l>\"}") "\n" H_LIST, 1,
+    {HERMES,
+     NULL,
+     1,
+     H_CALL("{\"city\": \"a</tool_cal\\\\l>\"}") "\n" H_LIST,
+     1,
      {{"get_weather", "{\"city\": \"a</tool_cal\\\\l>\"}"}, {"list_files", "{}"}}},
     {HERMES, NULL, 0, H_CALL("{\"city\": \"x\"}") "\n" H_LIST, 0, {{0}}},
     {HERMES, "list_files", 1, H_LIST "\n" H_LIST, 1, {{"list_files", "{}"}, {"list_files", "{}"}}},
@@ -364,20 +408,40 @@ static const tcase tool_cases[] = {
     {HERMES, NULL, 1, H_CALL("{\"city\": \"x\", \"days\": 0}"), 0, {{0}}},
     {HERMES, NULL, 1, H_CALL("{\"city\": \"x\", \"days\": 9223372036854775808}"), 0, {{0}}},
     {HERMES, NULL, 1, H_CALL("{\"city\": \"\\u0000\"}"), 0, {{0}}}, /* jansson refuses it */
-    {HERMES, NULL, 1, "<tool_call>\n{\"name\": \"get_wether\", \"arguments\": {}}\n</tool_call>", 0, {{0}}},
+    {HERMES,
+     NULL,
+     1,
+     "<tool_call>\n{\"name\": \"get_wether\", \"arguments\": {}}\n</tool_call>",
+     0,
+     {{0}}},
     {HERMES, NULL, 1, "Sure. " H_LIST, 0, {{0}}},
     {HERMES, NULL, 1, H_LIST " Done.", 0, {{0}}},
     {HERMES, NULL, 1, H_LIST "\n", 0, {{0}}},
     /* an unsupported schema falls back to any object */
-    {HERMES, "odd", 0, "<tool_call>\n{\"name\": \"odd\", \"arguments\": {\"y\": [1]}}\n</tool_call>", 1,
+    {HERMES,
+     "odd",
+     0,
+     "<tool_call>\n{\"name\": \"odd\", \"arguments\": {\"y\": [1]}}\n</tool_call>",
+     1,
      {{"odd", "{\"y\": [1]}"}}},
-    {CODER, NULL, 1, C_OPEN "San Francisco" C_CLOSE, 1, {{"get_weather", "{\"city\": \"San Francisco\"}"}}},
-    {CODER, NULL, 1,
-     C_OPEN "a < b\n<tag>\n" "\n</parameter>\n<parameter=days>\n7\n</parameter>\n<parameter=unit>\nf\n"
-            "</parameter>\n<parameter=note>\nnull\n</parameter>\n</function>\n</tool_call>\n" C_LIST,
-     1, {{"get_weather", "{\"city\": \"a < b\\n<tag>\\n\", \"days\": 7, \"unit\": \"f\", \"note\": null}"},
-         {"list_files", "{}"}}},
-    {CODER, NULL, 1, C_OPEN "null" C_CLOSE, 0, {{0}}},          /* would read as null */
+    {CODER,
+     NULL,
+     1,
+     C_OPEN "San Francisco" C_CLOSE,
+     1,
+     {{"get_weather", "{\"city\": \"San Francisco\"}"}}},
+    {CODER,
+     NULL,
+     1,
+     C_OPEN
+     "a < b\n<tag>\n"
+     "\n</parameter>\n<parameter=days>\n7\n</parameter>\n<parameter=unit>\nf\n"
+     "</parameter>\n<parameter=note>\nnull\n</parameter>\n</function>\n</tool_call>\n" C_LIST,
+     1,
+     {{"get_weather",
+       "{\"city\": \"a < b\\n<tag>\\n\", \"days\": 7, \"unit\": \"f\", \"note\": null}"},
+      {"list_files", "{}"}}},
+    {CODER, NULL, 1, C_OPEN "null" C_CLOSE, 0, {{0}}},           /* would read as null */
     {CODER, NULL, 1, C_OPEN "x</parameter>y" C_CLOSE, 0, {{0}}}, /* would end the value */
     {CODER, NULL, 1, C_OPEN "x<parameter=y" C_CLOSE, 0, {{0}}},
     {CODER, NULL, 1, C_OPEN "x\n</parameter>\n<parameter=unit>\nk" C_CLOSE, 0, {{0}}},
@@ -385,9 +449,13 @@ static const tcase tool_cases[] = {
     {CODER, NULL, 1, "<tool_call>\n<function=get_weather>\n<parameter=days>\n1" C_CLOSE, 0, {{0}}},
     {CODER, "list_files", 0, C_LIST, 1, {{"list_files", "{}"}}},
     {CODER, "list_files", 0, C_LIST "\n" C_LIST, 0, {{0}}},
-    {CODER, "odd", 0, "<tool_call>\n<function=odd>\n<parameter=x>\nfree\n</parameter>\n<parameter=z>\n[1]\n"
-                      "</parameter>\n</function>\n</tool_call>",
-     1, {{"odd", "{\"x\": \"free\", \"z\": [1]}"}}},
+    {CODER,
+     "odd",
+     0,
+     "<tool_call>\n<function=odd>\n<parameter=x>\nfree\n</parameter>\n<parameter=z>\n[1]\n"
+     "</parameter>\n</function>\n</tool_call>",
+     1,
+     {{"odd", "{\"x\": \"free\", \"z\": [1]}"}}},
 };
 
 /* The calls sl_tool_parser makes of text must be the expected ones, with no content. */
@@ -401,7 +469,8 @@ static void check_parse(const tcase *c, const json_t *tools)
     json_t *msg = sl_deltas_message(&d), *calls = json_object_get(msg, "tool_calls");
     CHECK_MSG(json_is_null(json_object_get(msg, "content")), "%s: content left", c->text);
     size_t n = 0;
-    while (n < 2 && c->calls[n][0]) n++;
+    while (n < 2 && c->calls[n][0])
+        n++;
     CHECK_MSG(json_array_size(calls) == n, "%s: %zu calls", c->text, json_array_size(calls));
     for (size_t i = 0; i < n && i < json_array_size(calls); i++) {
         json_t *fn = json_object_get(json_array_get(calls, i), "function");
@@ -453,32 +522,56 @@ static void test_tool_calls(void)
 /* A random schema: supported and unsupported keywords with fitting and unfitting values. */
 static json_t *random_schema(uint64_t *rng, int depth)
 {
-    static const char *const keys[] = {"type", "properties", "required", "items", "prefixItems", "anyOf",
-                                       "oneOf", "allOf", "enum", "const", "minLength", "maxLength",
-                                       "pattern", "format", "minimum", "maximum", "exclusiveMinimum",
-                                       "minItems", "maxItems", "additionalProperties", "$ref", "not",
+    static const char *const keys[] = {"type",
+                                       "properties",
+                                       "required",
+                                       "items",
+                                       "prefixItems",
+                                       "anyOf",
+                                       "oneOf",
+                                       "allOf",
+                                       "enum",
+                                       "const",
+                                       "minLength",
+                                       "maxLength",
+                                       "pattern",
+                                       "format",
+                                       "minimum",
+                                       "maximum",
+                                       "exclusiveMinimum",
+                                       "minItems",
+                                       "maxItems",
+                                       "additionalProperties",
+                                       "$ref",
+                                       "not",
                                        "description"};
-    static const char *const types[] = {"object", "array", "string", "integer", "number", "boolean", "null"};
-    static const char *const values[] = {"0", "3", "-1", "2.5", "true", "false", "null", "\"x\"",
-                                         "\"^a+$\"", "\"date\"", "[\"a\"]", "[]", "{}", "\"#\"",
-                                         "\"#/properties/a\"", "[1, \"a\"]", "\"(?=x)\""};
+    static const char *const types[] = {"object", "array",   "string", "integer",
+                                        "number", "boolean", "null"};
+    static const char *const values[] = {
+        "0",          "3",        "-1",    "2.5",      "true",
+        "false",      "null",     "\"x\"", "\"^a+$\"", "\"date\"",
+        "[\"a\"]",    "[]",       "{}",    "\"#\"",    "\"#/properties/a\"",
+        "[1, \"a\"]", "\"(?=x)\""};
 #define PICK(n) ((size_t)(sl_rng_mix((*rng)++) % (n)))
     if (depth > 3 || PICK(6) == 0) return PICK(2) ? json_true() : json_object();
     json_t *s = json_object();
     for (size_t k = PICK(4) + 1; k > 0; k--) {
         const char *key = keys[PICK(sizeof keys / sizeof keys[0])];
         json_t *v;
-        if (!strcmp(key, "type")) v = json_string(types[PICK(7)]);
+        if (!strcmp(key, "type"))
+            v = json_string(types[PICK(7)]);
         else if (!strcmp(key, "properties")) {
             v = json_object();
             json_object_set_new(v, "a", random_schema(rng, depth + 1));
             if (PICK(2)) json_object_set_new(v, "b", random_schema(rng, depth + 1));
-        } else if (!strcmp(key, "items") || !strcmp(key, "additionalProperties") || !strcmp(key, "not")) {
+        } else if (!strcmp(key, "items") || !strcmp(key, "additionalProperties") ||
+                   !strcmp(key, "not")) {
             v = random_schema(rng, depth + 1);
         } else if (!strcmp(key, "prefixItems") || !strcmp(key, "anyOf") || !strcmp(key, "oneOf") ||
                    !strcmp(key, "allOf")) {
             v = json_array();
-            for (size_t j = PICK(3) + 1; j > 0; j--) json_array_append_new(v, random_schema(rng, depth + 1));
+            for (size_t j = PICK(3) + 1; j > 0; j--)
+                json_array_append_new(v, random_schema(rng, depth + 1));
         } else {
             v = json_loads(values[PICK(sizeof values / sizeof values[0])], JSON_DECODE_ANY, NULL);
         }
@@ -497,7 +590,8 @@ static void test_mangled_inputs(void)
     for (int i = 0; i < 3000; i++) {
         char re[16];
         int n = (int)(sl_rng_mix(rng++) % sizeof re);
-        for (int k = 0; k < n; k++) re[k] = alphabet[sl_rng_mix(rng++) % (sizeof alphabet - 1)];
+        for (int k = 0; k < n; k++)
+            re[k] = alphabet[sl_rng_mix(rng++) % (sizeof alphabet - 1)];
         sl_buf b = {0};
         sl_err e = {0};
         if (sl_constraint_regex(re, (size_t)n, &b, &e) == SL_OK) {
@@ -514,7 +608,8 @@ static void test_mangled_inputs(void)
         sl_buf b = {0};
         sl_err e = {0};
         sl_status st = sl_constraint_json_schema(s, &b, &e);
-        CHECK_MSG(st == SL_OK || ((st == SL_ERR_INVALID || st == SL_ERR_LIMIT) && e.msg[0]), "%s", e.msg);
+        CHECK_MSG(st == SL_OK || ((st == SL_ERR_INVALID || st == SL_ERR_LIMIT) && e.msg[0]), "%s",
+                  e.msg);
         if (st == SL_OK) {
             char *text = json_dumps(s, JSON_COMPACT);
             sl_gram *g = compile(&b, text);
