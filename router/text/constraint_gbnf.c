@@ -77,7 +77,7 @@ void sl_cset_remove(sl_cset *s, uint32_t lo, uint32_t hi)
     }
 }
 
-void sl_cset_remove_set(sl_cset *s, const sl_cset *t)
+static void cset_remove_set(sl_cset *s, const sl_cset *t)
 {
     for (size_t i = 0; i < t->n; i++)
         sl_cset_remove(s, t->r[i][0], t->r[i][1]);
@@ -97,19 +97,21 @@ void sl_cset_invert(sl_cset *s)
     *s = t;
 }
 
-void sl_cset_keep_set(sl_cset *s, const sl_cset *t)
+/* s = s ∩ t */
+static void cset_keep_set(sl_cset *s, const sl_cset *t)
 {
     sl_cset gaps = {0};
     sl_cset_copy(&gaps, t);
     sl_cset_invert(&gaps);
-    sl_cset_remove_set(s, &gaps);
+    cset_remove_set(s, &gaps);
     s->oom |= gaps.oom;
     sl_cset_free(&gaps);
 }
 
 void sl_cset_copy(sl_cset *dst, const sl_cset *src)
 {
-    sl_cset_clear(dst);
+    dst->n = 0;
+    dst->oom = 0;
     sl_cset_add_set(dst, src);
 }
 
@@ -118,12 +120,6 @@ int sl_cset_has(const sl_cset *s, uint32_t c)
     for (size_t i = 0; i < s->n; i++)
         if (c >= s->r[i][0] && c <= s->r[i][1]) return 1;
     return 0;
-}
-
-void sl_cset_clear(sl_cset *s)
-{
-    s->n = 0;
-    s->oom = 0;
 }
 
 void sl_cset_free(sl_cset *s)
@@ -675,7 +671,7 @@ static void effective(const sl_cspell *sp, const sl_cset *set, sl_cset *out)
 {
     sl_cset_copy(out, set);
     sl_cset_remove(out, 0xD800, 0xDFFF);
-    if (sp->universe) sl_cset_keep_set(out, sp->universe);
+    if (sp->universe) cset_keep_set(out, sp->universe);
     for (const char *const *t = sp->avoid; t && *t; t++)
         sl_cset_remove(out, (unsigned char)**t, (unsigned char)**t);
 }
@@ -869,7 +865,7 @@ static void put_moves(sl_cg *g, sl_buf *b, const sl_cspell *sp, const tagauto *a
         sl_cset to = {0};
         if (t == 0) {
             sl_cset_copy(&to, u);
-            sl_cset_remove_set(&to, &tagc);
+            cset_remove_set(&to, &tagc);
         }
         for (size_t i = 0; i < tagc.n; i++)
             for (uint32_t c = tagc.r[i][0]; c <= tagc.r[i][1]; c++)
@@ -996,8 +992,8 @@ static void trie_rule(sl_cg *g, const sl_cspell *sp, const tagauto *a, const tri
         sl_cset one = {0};
         sl_cset_add(&one, c, c);
         if (fold && c >= 'a' && c <= 'z') sl_cset_add(&one, c - 32, c - 32);
-        sl_cset_keep_set(&one, u);
-        sl_cset_remove_set(&rest, &one);
+        cset_keep_set(&one, u);
+        cset_remove_set(&rest, &one);
         if (one.oom) sl_cg_oom(g);
         if (one.n) {
             sl_cg_put(g, &body, sep);

@@ -37,12 +37,9 @@ typedef struct sl_cset {
 void sl_cset_add(sl_cset *s, uint32_t lo, uint32_t hi);
 void sl_cset_add_set(sl_cset *s, const sl_cset *t);
 void sl_cset_remove(sl_cset *s, uint32_t lo, uint32_t hi);
-void sl_cset_remove_set(sl_cset *s, const sl_cset *t);
-void sl_cset_keep_set(sl_cset *s, const sl_cset *t); /* s = s ∩ t */
-void sl_cset_invert(sl_cset *s);                     /* complement in [0, SL_CP_MAX] */
+void sl_cset_invert(sl_cset *s); /* complement in [0, SL_CP_MAX] */
 void sl_cset_copy(sl_cset *dst, const sl_cset *src);
 int sl_cset_has(const sl_cset *s, uint32_t c);
-void sl_cset_clear(sl_cset *s);
 void sl_cset_free(sl_cset *s);
 
 /* ---- grammar under construction ---- */
@@ -167,16 +164,10 @@ sl_status sl_csch_object(sl_csch *s, const json_t *schema, sl_buf *out, sl_err *
 /* schema ($ref followed) when it is a plain object schema (type, properties, required,
  * additionalProperties and annotations only, objects allowed); NULL with e set otherwise. */
 const json_t *sl_csch_object_schema(sl_csch *s, const json_t *schema, sl_err *e);
-/* Rules: any JSON value (followed by space), and any JSON object. */
-const char *sl_csch_any(sl_csch *s);
+/* The rule of any JSON object (followed by space). */
 const char *sl_csch_any_object(sl_csch *s);
-/* schema with $ref (and allOf of one schema) followed; NULL with e set when they do not
- * resolve or form a cycle. */
-const json_t *sl_csch_deref(sl_csch *s, const json_t *schema, sl_err *e);
 /* The SL_CT_ bits the `type` keyword allows (SL_CT_ALL without it; 0 when malformed). */
 unsigned sl_csch_types(const json_t *schema);
-/* 1 when v is a JSON value of a type in bits. */
-int sl_csch_type_of(const json_t *v, unsigned bits);
 /* 1 when key is an annotation (ignored by the converter: title, description, ...). */
 int sl_csch_annotation(const char *key);
 /* The rule of a supported `format` (its text, no quotes), or NULL. */

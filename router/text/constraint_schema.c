@@ -366,7 +366,7 @@ static void any_rules(sl_csch *s)
     sl_cg_memo_put(s->g, "any-object", obj);
 }
 
-const char *sl_csch_any(sl_csch *s)
+static const char *any_value(sl_csch *s)
 {
     any_rules(s);
     const char *r = sl_cg_memo(s->g, "any-value");
@@ -492,7 +492,8 @@ static int integral(const json_t *v)
     return json_is_real(v) && d == floor(d) && fabs(d) < 1e300;
 }
 
-int sl_csch_type_of(const json_t *v, unsigned bits)
+/* 1 when v is a JSON value of a type in bits. */
+static int type_of(const json_t *v, unsigned bits)
 {
     switch (json_typeof(v)) {
     case JSON_NULL:
@@ -973,7 +974,7 @@ static sl_status array_branch(sl_csch *s, const json_t *sch, sl_buf *out)
     sl_buf item = {0};
     if (open && (M < 0 || M > k)) {
         st = items && !json_is_true(items) ? sub_value(s, items, "items", NULL, &item)
-                                           : (sl_cg_put(s->g, &item, sl_csch_any(s)), cg_status(s));
+                                           : (sl_cg_put(s->g, &item, any_value(s)), cg_status(s));
         long a = m > k ? m - k : 0, b = M < 0 ? -1 : M - k;
         if (st == SL_OK && k == 0) { /* S ( "," S ){a-1,b-1}, optional when a = 0 */
             if (!a) sl_cg_put(s->g, &tail, "( ");
@@ -1114,7 +1115,9 @@ static sl_status ref_value(sl_csch *s, const json_t *sch, sl_buf *out)
     return st;
 }
 
-const json_t *sl_csch_deref(sl_csch *s, const json_t *sch, sl_err *e)
+/* sch with $ref (and allOf of one schema) followed; NULL with e set when they do not resolve
+ * or form a cycle. */
+static const json_t *deref(sl_csch *s, const json_t *sch, sl_err *e)
 {
     for (int hops = 0; hops < SCH_MAX_DEPTH; hops++) {
         const json_t *all = json_object_get(sch, "allOf");
@@ -1160,10 +1163,10 @@ static unsigned value_types(const json_t *sch)
     json_array_foreach(en, i, v)
     {
         for (unsigned b = 1; b <= SL_CT_NUMBER; b <<= 1)
-            if (sl_csch_type_of(v, b)) t |= b;
+            if (type_of(v, b)) t |= b;
     }
     for (unsigned b = 1; c && b <= SL_CT_NUMBER; b <<= 1)
-        if (sl_csch_type_of(c, b)) t |= b;
+        if (type_of(c, b)) t |= b;
     return t;
 }
 
@@ -1185,7 +1188,7 @@ static const json_t *constant(const json_t *one, const json_t *list, size_t i)
 static int disjoint(sl_csch *s, const json_t *a, const json_t *b, int depth)
 {
     if (depth > ONEOF_MAX_DEPTH || --s->budget < 0) return 0;
-    if (!(a = sl_csch_deref(s, a, NULL)) || !(b = sl_csch_deref(s, b, NULL))) return 0;
+    if (!(a = deref(s, a, NULL)) || !(b = deref(s, b, NULL))) return 0;
     unsigned ta = value_types(a), tb = value_types(b);
     if (ta & SL_CT_NUMBER) ta |= SL_CT_INTEGER; /* integers are numbers */
     if (tb & SL_CT_NUMBER) tb |= SL_CT_INTEGER;
@@ -1202,7 +1205,7 @@ static int disjoint(sl_csch *s, const json_t *a, const json_t *b, int depth)
         const json_t *o = na ? oa : ob, *l = na ? la : lb;
         unsigned other = na ? sl_csch_types(b) : sl_csch_types(a);
         for (size_t i = 0; i < (na ? na : nb); i++)
-            if (sl_csch_type_of(constant(o, l, i), other)) return 0;
+            if (type_of(constant(o, l, i), other)) return 0;
         return 1;
     }
     if ((ta & tb) != SL_CT_OBJECT || value_types(a) != SL_CT_OBJECT ||
@@ -1298,7 +1301,7 @@ static sl_status enum_value(sl_csch *s, const json_t *sch, unsigned types, sl_bu
     sl_status st = SL_OK;
     for (size_t i = 0; i < n && st == SL_OK; i++) {
         const json_t *v = constant(one, list, i);
-        if (!sl_csch_type_of(v, types)) continue;
+        if (!type_of(v, types)) continue;
         if (k++) sl_cg_put(s->g, &alts, " | ");
         st = literal(s, v, &alts);
     }
@@ -1357,7 +1360,7 @@ static sl_status typed_value(sl_csch *s, const json_t *sch, unsigned types, sl_b
 static sl_status value(sl_csch *s, const json_t *sch, sl_buf *out)
 {
     if (json_is_true(sch)) {
-        sl_cg_put(s->g, out, sl_csch_any(s));
+        sl_cg_put(s->g, out, any_value(s));
         return cg_status(s);
     }
     if (json_is_false(sch)) return bad(s, "schema `false` allows no value");
@@ -1419,7 +1422,7 @@ void sl_csch_rollback(sl_csch *s, size_t mark)
 const json_t *sl_csch_object_schema(sl_csch *s, const json_t *schema, sl_err *e)
 {
     s->e = e;
-    const json_t *t = sl_csch_deref(s, schema, e);
+    const json_t *t = deref(s, schema, e);
     if (!t) return NULL;
     if (!json_is_object(t)) return bad(s, "the arguments schema must be an object schema"), NULL;
     const char *unknown = unknown_keyword(t);
