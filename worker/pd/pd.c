@@ -344,7 +344,9 @@ static sl_status copy_request(sl_pd *pd, const int32_t *pages, int p0, int n, in
     int64_t P = c->page_size;
     sl_status st = SL_OK;
     int device = 0;
-    for (int j = 0; j < c->n_attn && !st; j++) {
+    /* n = 0 (the whole prompt was cached on the decode side): pages and kv
+     * may be NULL, and NULL + 0 is undefined */
+    for (int j = 0; n > 0 && j < c->n_attn && !st; j++) {
         size_t pb = page_bytes(c, j);
         device |= c->k[j].on_device;
         st = copy_pages(pd, &c->k[j], pages + p0, n, P, pb, kv, to_host, e);
