@@ -50,9 +50,10 @@ class Procs:
         return f"ipc://{self.dir}/{name}.ipc"
 
     def stop(self, p=None, sig=signal.SIGTERM):
-        """Stops p (default: everything). A router or mock worker that does
-        not exit 0 on SIGTERM, or whose log holds a sanitizer report (the
-        ASan/UBSan CI run), fails the test after everything is stopped."""
+        """Stops p (default: everything). A router that does not exit 0 on
+        SIGTERM, or any process whose log holds a sanitizer report (the
+        ASan/UBSan CI run: workers too), fails the test after everything is
+        stopped."""
         problems = []
         for q in [p] if p else list(self.procs):
             if q.poll() is None:
@@ -65,7 +66,7 @@ class Procs:
                     problems.append(f"{q.args[1]} ignored signal {sig}")
             if q in self.procs:
                 self.procs.remove(q)
-            if q.args[1] in ("router", "serve", "mock-worker"):
+            if q.args[1] in ("router", "serve", "mock-worker", "worker"):
                 log = self.log_of(q)
                 if "Sanitizer" in log or "runtime error:" in log:
                     problems.append(f"{q.args[1]}:\n{log[-4000:]}")
