@@ -153,10 +153,10 @@ def test_tp2_prefix_cache_hybrid(procs, qn, monkeypatch):
 
 def test_killed_rank_moves_the_stream_to_the_other_group(procs, q3):
     s1, p1 = serve(procs, q3)
-    n = 230  # long enough to outlast the detection (--dist-timeout 1)
+    n = 230  # long enough to outlast the detection (--dist-timeout 2)
     ref = greedy(client(p1), PROMPTS[0], n).choices[0].text
     procs.stop(s1)
-    srv, port = serve(procs, q3, "--tp-size", 2, "--dp-size", 2, "--dist-timeout", 1 * SLOW, alive=2)
+    srv, port = serve(procs, q3, "--tp-size", 2, "--dp-size", 2, "--dist-timeout", 2 * SLOW, alive=2)
     c = client(port)
     s = greedy(c, PROMPTS[0], n, stream=True)
     it = iter(s)
@@ -168,9 +168,15 @@ def test_killed_rank_moves_the_stream_to_the_other_group(procs, q3):
     leader = next(w for w in children_of(srv.pid) if busy[0] in cmdline(w))
     follower = children_of(leader)[0]
     os.kill(follower, signal.SIGKILL)
-    t0 = time.time()
-    rest, finish = stream_text(it)
-    assert time.time() - t0 < 20 * SLOW
+    # the stream stalls while the group's death is detected and the request moves: that
+    # stall (the longest gap between chunks), not the generation after it, is bounded
+    rest, finish, last, stall = "", None, time.time(), 0.0
+    for ev in it:
+        now = time.time()
+        stall, last = max(stall, now - last), now
+        rest += ev.choices[0].text
+        finish = ev.choices[0].finish_reason or finish
+    assert stall < 20 * SLOW, stall
     # the group died with its rank; its leader went away and the router moved
     # the request, with what it had streamed, to the other group
     assert (text + rest, finish) == (ref, "length")
