@@ -23,7 +23,7 @@ def start_role(procs, model, name, role, *extra):
     url = procs.ipc(name)
     p = procs.start("worker", "--model", model, "--listen", url, "--mem-bytes", MEM,
                     "--context-length", 1024, "--disaggregation-mode", role,
-                    "--disaggregation-timeout", 10, *extra, name=name)
+                    "--disaggregation-timeout", 10 * SLOW, *extra, name=name)
     p.url = url
     return p
 
