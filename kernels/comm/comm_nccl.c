@@ -203,7 +203,13 @@ static sl_status nccl_sync(sl_comm *c, sl_err *e)
         /* NCCL over NVLink does not notice a dead peer: its kernel just waits.
          * The mesh socket of a dead process closes; abort then. */
         int dead = comm_net_dead_peer(c);
-        if (dead) return comm_fail(c, e, SL_ERR_CLOSED, "rank %d left the group", dead - 1);
+        /* a peer that finished the same collective may exit before this rank's
+         * kernel does: give the stream a second before calling it dead */
+        for (int k = 0; dead && k < 1000 && (ce = cudaEventQuery(n->done)) == cudaErrorNotReady; k++)
+            nap_us(1000);
+        if (dead && ce == cudaErrorNotReady)
+            return comm_fail(c, e, SL_ERR_CLOSED, "rank %d left the group", dead - 1);
+        if (ce != cudaErrorNotReady) break;
         if (atomic_load(&c->aborted)) return comm_fail(c, e, SL_ERR_CLOSED, "communicator aborted");
         if (comm_now_ms() >= deadline)
             return comm_fail(c, e, SL_ERR_LIMIT,

@@ -88,8 +88,12 @@ static sl_status shm_wait(sl_comm *c, comm_op op, int64_t deadline, sl_err *e)
             continue;
         }
         futex_wait(&h->gen, g, 1);
+        /* The last rank to arrive may finish and exit (closing its socket) before
+         * this one looks: a hang-up after the collective completed is no dead
+         * peer. The generation is read after the poll, so a peer that arrived
+         * before it hung up is always seen arrived. */
         int dead = comm_net_dead_peer(c);
-        if (dead)
+        if (dead && atomic_load(&h->gen) == g)
             return comm_fail(c, e, SL_ERR_CLOSED, "%s: rank %d left the group (died or aborted)",
                              comm_op_name(op), dead - 1);
         if (comm_now_ms() >= deadline)

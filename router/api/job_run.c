@@ -128,9 +128,11 @@ static int scan_stops(sl_seq *s, int final)
         sl_buf_clear(t);
         return 1;
     }
-    memmove(t->data, t->data + cut, keep);
+    if (t->data) { /* NULL while no text came (a chunk of skipped special tokens) */
+        memmove(t->data, t->data + cut, keep);
+        t->data[keep] = 0;
+    }
     t->len = keep;
-    if (t->data) t->data[keep] = 0;
     return 0;
 }
 

@@ -57,7 +57,7 @@ static sl_sched_batch *step(sl_sched *s)
     for (int r = 0; r < b->n_rows; r++) {
         int q = b->row_seq[r];
         memset(&b->out[q], 0, sizeof b->out[q]);
-        b->out[q].token = 9;
+        b->out[q] = (sl_sample){.token = 9}; /* a whole sample, as the runner writes it */
     }
     sl_sched_complete(s, b);
     check_ok(s);
@@ -106,7 +106,7 @@ static void test_decode_await_activate(void)
     sl_sched_batch *b = sl_sched_next_batch(s);
     CHECK(b && b->meta.n_seqs == 1 && b->meta.n_tokens == 1 && b->pos[0] == 10 && b->ids[0] == 7);
     for (int r = 0; b && r < b->n_rows; r++)
-        b->out[b->row_seq[r]].token = 9;
+        b->out[b->row_seq[r]] = (sl_sample){.token = 9};
     if (b) sl_sched_complete(s, b);
     int tokens = 1, fin = 0;
     for (int i = 0; i < 10 && !sl_sched_idle(s); i++)
