@@ -1227,6 +1227,20 @@ static int disjoint(sl_csch *s, const json_t *a, const json_t *b, int depth)
     return 0;
 }
 
+/* Ends a rule body of n alternatives built in alts (freed here): out gets
+ * them, grouped when there are several. st: the status so far. */
+static sl_status put_alts(sl_csch *s, sl_status st, sl_buf *alts, size_t n, sl_buf *out)
+{
+    if (st == SL_OK) {
+        if (n > 1) sl_cg_put(s->g, out, "( ");
+        sl_cg_put(s->g, out, alts->data ? alts->data : "");
+        if (n > 1) sl_cg_put(s->g, out, " )");
+        st = cg_status(s);
+    }
+    sl_buf_free(alts);
+    return st;
+}
+
 static sl_status combinator(sl_csch *s, const json_t *sch, const char *kw, sl_buf *out)
 {
     const json_t *list = json_object_get(sch, kw);
@@ -1252,14 +1266,7 @@ static sl_status combinator(sl_csch *s, const json_t *sch, const char *kw, sl_bu
         if (i) sl_cg_put(s->g, &alts, " | ");
         st = sub_value(s, json_array_get(list, i), kw, idx, &alts);
     }
-    if (st == SL_OK) {
-        if (n > 1) sl_cg_put(s->g, out, "( ");
-        sl_cg_put(s->g, out, alts.data ? alts.data : "");
-        if (n > 1) sl_cg_put(s->g, out, " )");
-        st = cg_status(s);
-    }
-    sl_buf_free(&alts);
-    return st;
+    return put_alts(s, st, &alts, n, out);
 }
 
 /* ---- one schema ---- */
@@ -1347,14 +1354,7 @@ static sl_status typed_value(sl_csch *s, const json_t *sch, unsigned types, sl_b
         else
             sl_cg_printf(s->g, &alts, "\"null\" %s", space(s));
     }
-    if (st == SL_OK) {
-        if (n > 1) sl_cg_put(s->g, out, "( ");
-        sl_cg_put(s->g, out, alts.data ? alts.data : "");
-        if (n > 1) sl_cg_put(s->g, out, " )");
-        st = cg_status(s);
-    }
-    sl_buf_free(&alts);
-    return st;
+    return put_alts(s, st, &alts, n, out);
 }
 
 static sl_status value(sl_csch *s, const json_t *sch, sl_buf *out)
