@@ -17,13 +17,16 @@ def free_port():
 
 
 def wait_healthy(port, proc, timeout=60):
+    """/health answers 200 only once a worker is ready (/v1/models answers as soon as the router
+    listens, and a request then could still get 503)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"server exited with {proc.returncode}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                 if r.status == 200:
-                    return json.load(r)
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as m:
+                        return json.load(m)
         except OSError:
             pass
         time.sleep(0.1)
