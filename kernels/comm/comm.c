@@ -356,6 +356,22 @@ sl_status sl_comm_recv(sl_comm *c, sl_tensor *t, int peer, sl_err *e)
     return c->ops->recv(c, t->data, tensor_bytes(t), peer, e);
 }
 
+sl_status sl_comm_send_bytes(sl_comm *c, const void *buf, size_t n, int peer, sl_err *e)
+{
+    sl_status st = comm_ready(c, "send_bytes", e);
+    if (st == SL_OK) st = check_peer(c, peer, "send_bytes", e);
+    if (st != SL_OK) return st;
+    return c->host->send(c, buf, n, peer, e);
+}
+
+sl_status sl_comm_recv_bytes(sl_comm *c, void *buf, size_t n, int peer, sl_err *e)
+{
+    sl_status st = comm_ready(c, "recv_bytes", e);
+    if (st == SL_OK) st = check_peer(c, peer, "recv_bytes", e);
+    if (st != SL_OK) return st;
+    return c->host->recv(c, buf, n, peer, e);
+}
+
 sl_status sl_comm_sync(sl_comm *c, sl_err *e)
 {
     sl_status st = comm_ready(c, "sync", e);

@@ -152,6 +152,13 @@ sl_status sl_comm_bcast_bytes(sl_comm *c, void *buf, size_t n, int root, sl_err 
 sl_status sl_comm_send(sl_comm *c, const sl_tensor *t, int peer, sl_err *e);
 sl_status sl_comm_recv(sl_comm *c, sl_tensor *t, int peer, sl_err *e);
 
+/* Host bytes to or from one peer, on every kind (the bootstrap's TCP mesh:
+ * bulk state that leaves through the host anyway, such as a request's cache
+ * gathered for a prefill/decode transfer). The same pairing rules as above;
+ * send blocks until the peer has taken the bytes or the deadline passed. */
+sl_status sl_comm_send_bytes(sl_comm *c, const void *buf, size_t n, int peer, sl_err *e);
+sl_status sl_comm_recv_bytes(sl_comm *c, void *buf, size_t n, int peer, sl_err *e);
+
 /* Waits until the collectives issued so far have completed, at most
  * timeout_ms; a peer that died or an NCCL error aborts the communicator and
  * returns an error instead of hanging. CPU kind: returns SL_OK at once (its

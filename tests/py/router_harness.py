@@ -89,6 +89,24 @@ def make_tiny(out, arch="qwen3"):
     return str(out)
 
 
+_HELD = []  # reserve_port's sockets: open until this pytest process exits
+
+
+def reserve_port(host="127.0.0.1"):
+    """A port for --dist-init-addr that no other process gets meanwhile: a socket bound
+    there with SO_REUSEADDR and held, never listening, until the tests end. Rank 0 sets
+    SO_REUSEADDR too, so it still binds and listens there, and a rank that finds nobody
+    listening is refused as before. free_port's bind-and-close let a loaded machine hand
+    the number to someone else before rank 0 bound it (as tests/unit/test_comm.c once
+    saw). Only for the communicator's address: the nng --listen URL keeps free_port."""
+    import socket
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, 0))
+    _HELD.append(s)
+    return s.getsockname()[1]
+
+
 def tokenize(model, text):
     r = subprocess.run([BIN, "tokenize", "--model", model], input=text.encode(), check=True,
                        capture_output=True)

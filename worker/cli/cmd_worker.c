@@ -263,9 +263,6 @@ int sl_cmd_worker(int argc, char **argv)
     if (sl_pd_role_parse(pd_mode, &role))
         return sl_opts_usage_error("worker",
                                    "--disaggregation-mode must be prefill, decode or null");
-    if (role && tp > 1)
-        return sl_opts_usage_error("worker", "--disaggregation-mode with --tp-size > 1 is not "
-                                             "supported yet (each rank would send its shard)");
     if (!(pd_timeout > 0 && pd_timeout <= 3600))
         return sl_opts_usage_error("worker",
                                    "--disaggregation-timeout must be in (0, 3600] seconds");
@@ -326,6 +323,7 @@ int sl_cmd_worker(int argc, char **argv)
     sl_model *m = NULL;
     sl_engine *g = NULL;
     sl_group *tg = NULL;
+    sl_pd_shard *shard = NULL;
     int rc = 0;
     sl_status st;
     if (tp > 1) {
@@ -381,6 +379,14 @@ int sl_cmd_worker(int argc, char **argv)
         rc = 1;
         goto done;
     }
+    /* PD: every rank copies its cache shard in and out of transfers (rank 0
+     * gathers and scatters them): the group's side jobs */
+    if (role && sl_pd_shard_new(&shard, g, m, tg ? sl_group_comm(tg) : NULL, &e)) {
+        fprintf(stderr, "sluice worker: %s\n", e.msg);
+        rc = 1;
+        goto done;
+    }
+    if (tg && shard) sl_group_set_side(tg, sl_pd_shard_run, shard);
     if (rank > 0) {
         if (sl_group_follow(tg, g, &stop_flag, &e)) {
             fprintf(stderr, "sluice worker: %s\n", e.msg);
@@ -400,8 +406,12 @@ int sl_cmd_worker(int argc, char **argv)
     }
     sl_pd *pd = NULL;
     if (role) {
-        sl_pd_config pc = {
-            .role = role, .transfer_url = pd_url, .timeout_ms = (int)(pd_timeout * 1000)};
+        sl_pd_config pc = {.role = role,
+                           .transfer_url = pd_url,
+                           .timeout_ms = (int)(pd_timeout * 1000),
+                           .shard = shard,
+                           .side = tg ? sl_group_side : NULL,
+                           .side_ctx = tg};
         if (sl_pd_new(&pd, &pc, g, m, &e)) {
             fprintf(stderr, "sluice worker: %s\n", e.msg);
             rc = 1;
@@ -422,6 +432,7 @@ int sl_cmd_worker(int argc, char **argv)
     sl_pd_free(pd);
     sl_gram_vocab_free(wc.vocab);
 done:
+    sl_pd_shard_free(shard);
     sl_engine_free(g);
     sl_model_free(m);
     sl_group_free(tg);

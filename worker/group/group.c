@@ -24,6 +24,8 @@ struct sl_group {
     int64_t last_send_ms, last_sync_ms;
     sl_plan_buf buf;
     sl_sched_config sizes; /* the leader's pools */
+    sl_group_side_fn side; /* side jobs (every rank), or NULL */
+    void *side_ctx;
 };
 
 static int64_t now_ms(void)
@@ -255,6 +257,29 @@ void sl_group_stop(sl_group *g)
     pthread_mutex_unlock(&g->mu);
 }
 
+void sl_group_set_side(sl_group *g, sl_group_side_fn fn, void *ctx)
+{
+    g->side = fn;
+    g->side_ctx = ctx;
+}
+
+sl_status sl_group_side(void *ctx, const uint8_t *body, size_t n, sl_err *e)
+{
+    sl_group *g = ctx;
+    if (!g->side) return sl_err_set(e, SL_ERR_INVALID, "tensor-parallel group: no side handler");
+    if (n < 4 || n > SL_PLAN_MAX_BODY || n % 4)
+        return sl_err_set(e, SL_ERR_INVALID, "side job of %zu bytes", n);
+    if (g->world < 2) return g->side(g->side_ctx, body, n, e);
+    pthread_mutex_lock(&g->mu);
+    sl_plan_header h = {.kind = SL_PLAN_KIND_SIDE, .body_len = (uint32_t)n,
+                        .checksum = sl_plan_checksum(body, n)};
+    sl_status st = g->stopped ? sl_err_set(e, SL_ERR_CLOSED, "tensor-parallel group stopped")
+                              : send_locked(g, &h, body, e);
+    if (!st && (st = g->side(g->side_ctx, body, n, e))) st = broken(g, st, e, "side job");
+    pthread_mutex_unlock(&g->mu);
+    return st;
+}
+
 /* ---- follower ------------------------------------------------------------------- */
 
 sl_status sl_group_follow(sl_group *g, sl_engine *eng, volatile sig_atomic_t *stop, sl_err *e)
@@ -285,7 +310,7 @@ sl_status sl_group_follow(sl_group *g, sl_engine *eng, volatile sig_atomic_t *st
                     (unsigned long long)plans);
             return SL_OK;
         }
-        if (h.kind == SL_PLAN_KIND_PLAN) {
+        if (h.kind == SL_PLAN_KIND_PLAN || h.kind == SL_PLAN_KIND_SIDE) {
             if (h.body_len > g->buf.cap) {
                 uint8_t *p = realloc(g->buf.p, h.body_len);
                 if (!p) return broken(g, sl_err_set(e, SL_ERR_NOMEM, "out of memory"), e, "plan");
@@ -306,6 +331,15 @@ sl_status sl_group_follow(sl_group *g, sl_engine *eng, volatile sig_atomic_t *st
                 return broken(g, st, e, "rejected a plan");
             if ((st = sl_engine_follow(eng, &b, e))) return broken(g, st, e, "forward");
             plans++;
+        } else if (h.kind == SL_PLAN_KIND_SIDE) {
+            if (sl_plan_checksum(g->buf.p, h.body_len) != h.checksum)
+                return broken(g, sl_err_set(e, SL_ERR_INVALID, "side job: checksum mismatch"), e,
+                              "bad message");
+            if (!g->side)
+                return broken(g, sl_err_set(e, SL_ERR_INVALID, "no side handler on this rank"),
+                              e, "side job");
+            if ((st = g->side(g->side_ctx, g->buf.p, h.body_len, e)))
+                return broken(g, st, e, "side job");
         }
     }
     return SL_OK;

@@ -43,6 +43,8 @@
 #define SL_GROUP_H
 
 #include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "comm.h"
 #include "engine.h"
@@ -86,6 +88,19 @@ void sl_group_lead(sl_group *g, sl_engine *eng);
 sl_status sl_group_tick(void *g, sl_err *e);
 /* Leader: tells the followers to exit (best effort). */
 void sl_group_stop(sl_group *g);
+
+/* Side jobs: work outside the forward that every rank joins (a
+ * prefill/decode transfer: each rank copies its shard of a request's cache
+ * and the leader gathers or scatters them, worker/pd/pd_shard.h). fn runs
+ * with the job's body on every rank and may use the comm; an error breaks
+ * the group. Every rank installs the same handler (before following). */
+typedef sl_status (*sl_group_side_fn)(void *ctx, const uint8_t *body, size_t n, sl_err *e);
+void sl_group_set_side(sl_group *g, sl_group_side_fn fn, void *ctx);
+/* Leader, main thread: broadcasts body (n: a multiple of 4, at least 4) as a
+ * SIDE message and runs the handler here too, between two forwards (it takes
+ * the plan mutex). ctx is an sl_group (the signature of sl_group_side_fn, so
+ * a caller that may or may not be in a group takes one function pointer). */
+sl_status sl_group_side(void *g, const uint8_t *body, size_t n, sl_err *e);
 
 /* Follower: receives and runs plans until STOP (returns SL_OK), *stop (a
  * signal; returns SL_OK), or a failure: a malformed plan, a forward error, or

@@ -83,6 +83,10 @@ sl_status sl_plan_header_unpack(sl_plan_header *h, const uint8_t in[SL_PLAN_HEAD
         if (h->body_len < BODY_FIXED || h->body_len > SL_PLAN_MAX_BODY || h->body_len % 4)
             return sl_err_set(e, SL_ERR_INVALID, "plan: body of %u bytes", h->body_len);
         return SL_OK;
+    case SL_PLAN_KIND_SIDE:
+        if (h->body_len < 4 || h->body_len > SL_PLAN_MAX_BODY || h->body_len % 4)
+            return sl_err_set(e, SL_ERR_INVALID, "plan: side body of %u bytes", h->body_len);
+        return SL_OK;
     case SL_PLAN_KIND_KEEP:
     case SL_PLAN_KIND_STOP:
         if (h->body_len)

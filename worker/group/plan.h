@@ -16,7 +16,10 @@
  *
  * Kinds: PLAN (a batch: the follower runs it with sl_engine_follow), KEEP
  * (no body: the leader is idle but alive), STOP (no body: the leader shuts
- * down cleanly; followers exit 0). Flag SYNC (any kind): every rank enters
+ * down cleanly; followers exit 0), SIDE (a body of 4..SL_PLAN_MAX_BODY bytes
+ * for the group's side handler, group.h: work outside the forward that every
+ * rank joins, such as copying a request's cache shard for a prefill/decode
+ * transfer). Flag SYNC (any kind): every rank enters
  * sl_comm_barrier right after the message, before a PLAN's forward (whose
  * collectives share the comm), which is how a stopped rank is noticed.
  *
@@ -50,6 +53,7 @@ typedef enum sl_plan_kind {
     SL_PLAN_KIND_PLAN = 1,
     SL_PLAN_KIND_KEEP = 2,
     SL_PLAN_KIND_STOP = 3,
+    SL_PLAN_KIND_SIDE = 4,
 } sl_plan_kind;
 
 typedef struct sl_plan_header {
@@ -78,7 +82,7 @@ void sl_plan_buf_free(sl_plan_buf *b);
 
 void sl_plan_header_pack(uint8_t out[SL_PLAN_HEADER_BYTES], const sl_plan_header *h);
 /* Checks magic, version, kind and body_len (PLAN: 24..SL_PLAN_MAX_BODY;
- * others: 0). */
+ * SIDE: 4..SL_PLAN_MAX_BODY; others: 0). */
 sl_status sl_plan_header_unpack(sl_plan_header *h, const uint8_t in[SL_PLAN_HEADER_BYTES],
                                 sl_err *e);
 

@@ -114,7 +114,7 @@ struct sl_pd {
     const sl_pd_transport *tp;
     void *tp_impl;
     char url[256];
-    char layout[256];
+    const char *layout; /* the shard's */
     room *rooms;
     int n_rooms, cap_rooms;
     uint8_t *buf; /* staging for one request's pages */
@@ -156,21 +156,9 @@ int sl_pd_default_url(const char *listen, char *out, size_t n)
     return w > 0 && (size_t)w < n ? 0 : -1;
 }
 
-/* What both sides must agree on for pages and slots to mean the same bytes. */
-static void make_layout(sl_pd *pd)
-{
-    const sl_model_config *mc = sl_model_cfg(pd->m);
-    const sl_model_cache *c = sl_engine_cache(pd->g);
-    snprintf(pd->layout, sizeof pd->layout,
-             "%s attn=%d lin=%d kv=%lldx%s page=%d conv=%lld ssm=%lld tp=1", mc->arch_name,
-             c->n_attn, c->n_linear, c->n_attn ? (long long)sl_tensor_cols(&c->k[0]) : 0LL,
-             c->n_attn ? sl_dtype_name(c->k[0].dtype) : "-", c->page_size,
-             c->n_linear ? (long long)(sl_tensor_numel(&c->conv[0]) / c->conv[0].ne[0]) : 0LL,
-             c->n_linear ? (long long)(sl_tensor_numel(&c->ssm[0]) / c->ssm[0].ne[0]) : 0LL);
-}
-
 sl_status sl_pd_new(sl_pd **out, const sl_pd_config *c, sl_engine *g, sl_model *m, sl_err *e)
 {
+    if (!c->shard) return sl_err_set(e, SL_ERR_INVALID, "pd: no cache shard");
     sl_pd *pd = calloc(1, sizeof *pd);
     nng_tp *t = calloc(1, sizeof *t);
     if (!pd || !t) {
@@ -184,7 +172,7 @@ sl_status sl_pd_new(sl_pd **out, const sl_pd_config *c, sl_engine *g, sl_model *
     pd->m = m;
     pd->tp = &nng_transport;
     pd->tp_impl = t;
-    make_layout(pd);
+    pd->layout = sl_pd_shard_layout(c->shard);
     if (c->role == SLUICE__DISAGG_ROLE__DISAGG_DECODE) {
         int rv = nng_pull0_open(&t->pull);
         if (!rv) {
@@ -268,102 +256,21 @@ static void send_router_chunk(sl_pd *pd, uint64_t rid, Sluice__FinishReason fin,
                 nng_strerror(rv));
 }
 
-/* ---- cache copies (host staged) -------------------------------------------------- */
+/* ---- cache copies (host staged, any TP size: pd_shard.h) ------------------------- */
 
-/* Copies rows [r0, r0+n) of t to or from host. Device downloads are only
- * started: the caller syncs once (copy_request). */
-static sl_status copy_rows(sl_pd *pd, sl_tensor *t, int64_t r0, int64_t n, uint8_t *host,
-                           int to_host, sl_err *e)
+/* Runs a cache job: alone at TP 1, as a side job every rank joins in a group. */
+static sl_status run_job(sl_pd *pd, int op, const int32_t *pages, int n, int32_t slot,
+                         int32_t slot2, uint8_t *kv, uint8_t *state, sl_err *e)
 {
-    sl_tensor v = sl_tensor_rowview(t, r0, n);
-    size_t bytes = (size_t)n * (size_t)sl_tensor_cols(t) * sl_dtype_size(t->dtype);
-    if (!t->on_device) {
-        if (to_host)
-            memcpy(host, v.data, bytes);
-        else
-            memcpy(v.data, host, bytes);
-        return SL_OK;
-    }
-    sl_backend *be = sl_model_backend(pd->m);
-    if (!to_host) return sl_be_upload(be, &v, host, v.dtype, e);
-    return sl_be_copy_out(be, &v, host, e);
-}
-
-/* Pages pages[0..n) of t (P rows each) to or from host (page after page),
- * one copy per run of consecutive page ids. */
-static sl_status copy_pages(sl_pd *pd, sl_tensor *t, const int32_t *pages, int n, int64_t P,
-                            size_t pb, uint8_t *host, int to_host, sl_err *e)
-{
-    sl_status st = SL_OK;
-    for (int i = 0, len; i < n && !st; i += len, host += pb * (size_t)len) {
-        for (len = 1; i + len < n && pages[i + len] == pages[i] + len; len++) {
-        }
-        st = copy_rows(pd, t, (int64_t)pages[i] * P, (int64_t)len * P, host, to_host, e);
-    }
-    return st;
-}
-
-static size_t page_bytes(const sl_model_cache *c, int layer)
-{
-    return (size_t)c->page_size * (size_t)sl_tensor_cols(&c->k[layer]) *
-           sl_dtype_size(c->k[layer].dtype);
-}
-
-static int64_t slot_rows(const sl_tensor *t)
-{
-    return sl_tensor_rows(t) / t->ne[0];
-}
-
-static size_t slot_bytes(const sl_tensor *t)
-{
-    return (size_t)slot_rows(t) * (size_t)sl_tensor_cols(t) * sl_dtype_size(t->dtype);
-}
-
-static size_t kv_bytes(const sl_model_cache *c, int n_pages)
-{
-    size_t b = 0;
-    for (int j = 0; j < c->n_attn; j++)
-        b += 2 * page_bytes(c, j) * (size_t)n_pages;
-    return b;
-}
-
-static size_t state_bytes(const sl_model_cache *c)
-{
-    size_t b = 0;
-    for (int j = 0; j < c->n_linear; j++)
-        b += slot_bytes(&c->conv[j]) + slot_bytes(&c->ssm[j]);
-    return b;
-}
-
-/* Pages [p0, p0+n) of pages (layer by layer, k then v) and, when slot >= 0,
- * the state of slot (conv then ssm, layer by layer), to or from host. */
-static sl_status copy_request(sl_pd *pd, const int32_t *pages, int p0, int n, int32_t slot,
-                              uint8_t *kv, uint8_t *state, int to_host, sl_err *e)
-{
-    sl_model_cache *c = sl_engine_cache_rw(pd->g);
-    int64_t P = c->page_size;
-    sl_status st = SL_OK;
-    int device = 0;
-    /* n = 0 (the whole prompt was cached on the decode side): pages and kv
-     * may be NULL, and NULL + 0 is undefined */
-    for (int j = 0; n > 0 && j < c->n_attn && !st; j++) {
-        size_t pb = page_bytes(c, j);
-        device |= c->k[j].on_device;
-        st = copy_pages(pd, &c->k[j], pages + p0, n, P, pb, kv, to_host, e);
-        kv += pb * (size_t)n;
-        if (!st) st = copy_pages(pd, &c->v[j], pages + p0, n, P, pb, kv, to_host, e);
-        kv += pb * (size_t)n;
-    }
-    for (int j = 0; slot >= 0 && j < c->n_linear && !st; j++) {
-        device |= c->conv[j].on_device;
-        sl_tensor *ts[2] = {&c->conv[j], &c->ssm[j]};
-        for (int k = 0; k < 2 && !st; k++) {
-            int64_t rows = slot_rows(ts[k]);
-            st = copy_rows(pd, ts[k], (int64_t)slot * rows, rows, state, to_host, e);
-            state += slot_bytes(ts[k]);
-        }
-    }
-    if (!st && device && to_host) st = sl_be_sync(sl_model_backend(pd->m), e);
+    size_t cap = 16 + 4 * (size_t)n;
+    uint8_t *body = malloc(cap);
+    if (!body) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    size_t len = sl_pd_shard_job(body, cap, op, pages, n, slot, slot2);
+    sl_pd_shard_bind(pd->c.shard, kv, state);
+    sl_status st = pd->c.side ? pd->c.side(pd->c.side_ctx, body, len, e)
+                              : sl_pd_shard_run(pd->c.shard, body, len, e);
+    sl_pd_shard_bind(pd->c.shard, NULL, NULL);
+    free(body);
     return st;
 }
 
@@ -443,21 +350,22 @@ static void prefill_send(sl_pd *pd, room *rm)
         prefill_fail(pd, rm, "the computed request vanished before its transfer");
         return;
     }
-    const sl_model_cache *c = sl_engine_cache(pd->g);
-    int P = c->page_size;
+    int P = sl_engine_cache(pd->g)->page_size;
     if (rm->skip < 0 || rm->skip % P || rm->skip > mem.n_tokens) {
         prefill_fail(pd, rm, "the decode side asked for a bad start token");
         return;
     }
     int64_t t0 = now_us();
     int p0 = rm->skip / P, np = (mem.n_tokens + P - 1) / P - p0;
-    size_t kvb = kv_bytes(c, np), stb = mem.state >= 0 ? state_bytes(c) : 0;
+    size_t kvb = sl_pd_shard_kv_bytes(pd->c.shard, np);
+    size_t stb = mem.state >= 0 ? sl_pd_shard_state_bytes(pd->c.shard) : 0;
     sl_err e = {0};
     if (reserve(pd, kvb + stb)) {
         prefill_fail(pd, rm, "out of memory staging the transfer");
         return;
     }
-    if (copy_request(pd, mem.pages, p0, np, mem.state, pd->buf, pd->buf + kvb, 1, &e)) {
+    if (run_job(pd, SL_PD_EXPORT, np ? mem.pages + p0 : NULL, np, mem.state, -1, pd->buf,
+                pd->buf + kvb, &e)) {
         prefill_fail(pd, rm, e.msg);
         return;
     }
@@ -472,7 +380,7 @@ static void prefill_send(sl_pd *pd, room *rm)
     kt.state.len = stb;
     kt.token = rm->first.token;
     kt.logprob = rm->first.logprob;
-    kt.layout = pd->layout;
+    kt.layout = (char *)pd->layout;
     kt.cached_tokens = rm->cached;
     if (rm->first.n_top > 0) {
         top.n_ids = top.n_logprobs = (size_t)rm->first.n_top;
@@ -568,10 +476,10 @@ static void on_transfer(sl_pd *pd, const Sluice__KvTransfer *kt)
         return;
     }
     if (kt->error && *kt->error) return decode_fail(pd, kt->room, kt->error);
-    const sl_model_cache *c = sl_engine_cache(pd->g);
-    int P = c->page_size;
+    int P = sl_engine_cache(pd->g)->page_size;
     int p0 = mem.skip_tokens / P, np = (mem.n_tokens + P - 1) / P - p0;
-    size_t kvb = kv_bytes(c, np), stb = mem.state >= 0 ? state_bytes(c) : 0;
+    size_t kvb = sl_pd_shard_kv_bytes(pd->c.shard, np);
+    size_t stb = mem.state >= 0 ? sl_pd_shard_state_bytes(pd->c.shard) : 0;
     if ((kt->layout && strcmp(kt->layout, pd->layout)) || kt->start_token != mem.skip_tokens ||
         kt->n_tokens != mem.n_tokens || kt->kv.len != kvb || kt->state.len != stb) {
         char why[600];
@@ -583,9 +491,10 @@ static void on_transfer(sl_pd *pd, const Sluice__KvTransfer *kt)
         return decode_fail(pd, kt->room, why);
     }
     sl_err e = {0};
-    if (copy_request(pd, mem.pages, p0, np, mem.state, kt->kv.data, kt->state.data, 0, &e) ||
-        (mem.state_copy >= 0 &&
-         copy_request(pd, mem.pages, p0, 0, mem.state_copy, NULL, kt->state.data, 0, &e)))
+    /* the state goes to W and, for the tree, its copy (written and activated
+     * in one go: nothing zeroes a slot after its transfer committed) */
+    if (run_job(pd, SL_PD_IMPORT, np ? mem.pages + p0 : NULL, np, mem.state,
+                mem.state >= 0 ? mem.state_copy : -1, kt->kv.data, kt->state.data, &e))
         return decode_fail(pd, kt->room, e.msg);
     sl_sample s = {.token = kt->token, .logprob = kt->logprob};
     if (kt->top)
@@ -618,7 +527,7 @@ static void send_ready(sl_pd *pd, const sl_sched_event *ev)
     k.n_pages = (size_t)mem.n_pages;
     k.pages = (int32_t *)mem.pages;
     k.slot = mem.state;
-    k.layout = pd->layout;
+    k.layout = (char *)pd->layout;
     Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
     env.msg_case = SLUICE__ENVELOPE__MSG_KV_READY;
     env.kv_ready = &k;
@@ -706,7 +615,7 @@ void sl_pd_fill_load(sl_pd *pd, Sluice__LoadReport *lr)
     lr->pd_failures = pd->failures;
     lr->pd_queue_seconds = pd->queue_seconds;
     lr->pd_hold_seconds = pd->hold_seconds;
-    lr->layout = pd->layout;
+    lr->layout = (char *)pd->layout;
     sl_sched_stats st;
     sl_engine_stats(pd->g, &st);
     lr->pd_waiting = st.pd_waiting;

@@ -23,8 +23,11 @@
  * the decode worker listens (PULL) on its transfer URL, prefill workers dial
  * it (PUSH), and every transfer is one KvTransfer message, host staged
  * (pages copied out of the cache into the message, and into the cache on the
- * other side). An NCCL point-to-point transport would implement the same
- * calls with the communicator of kernels/comm/comm.h.
+ * other side). What travels is the whole model's cache (pd_shard.h): a group
+ * gathers its ranks' shards on rank 0 before sending and cuts them out after
+ * receiving, so the two sides' TP sizes may differ. An NCCL point-to-point
+ * transport would implement the same calls with the communicator of
+ * kernels/comm/comm.h.
  *
  * Failures: every request waits at most timeout_ms for the other side; then
  * (or on an error from the other side, a bad layout, an abort) its memory is
@@ -43,6 +46,7 @@
 
 #include "engine.h"
 #include "model.h"
+#include "pd_shard.h"
 #include "sluice.pb-c.h"
 
 typedef struct sl_pd sl_pd;
@@ -51,6 +55,11 @@ typedef struct sl_pd_config {
     Sluice__DisaggRole role;  /* PREFILL or DECODE */
     const char *transfer_url; /* decode: where to listen for transfers */
     int timeout_ms;           /* wait for the other side (0: 30000) */
+    sl_pd_shard *shard;       /* this rank's cache jobs (used, not owned) */
+    /* tensor parallel: runs a cache job on every rank of the group
+     * (sl_group_side with side_ctx the group); NULL at TP 1 */
+    sl_status (*side)(void *ctx, const uint8_t *body, size_t n, sl_err *e);
+    void *side_ctx;
 } sl_pd_config;
 
 /* Parses "prefill" | "decode" | "null" (NONE). Returns -1 on anything else. */

@@ -1,0 +1,61 @@
+"""Prefill/decode disaggregation with tensor-parallel groups on either side
+(docs/disaggregation.md, "Different TP sizes"), CPU backend, real processes.
+
+What travels is the whole model's cache of a request: the prefill group's
+ranks send their shards to rank 0, which assembles them (KV heads, the conv
+state's q | k | v channel blocks each from its rank, the SSM heads); the
+decode group's rank 0 cuts the whole into its ranks' shards. So a prefill TP 2
+feeds a decode TP 1 (and the reverse), and greedy outputs equal a TP 1
+unified worker's. qwen3 with prefill TP 4 replicates its 2 KV heads over the
+ranks (rank r holds head r/2) and feeds a decode TP 2 that splits them."""
+import pytest
+
+from router_harness import Procs, make_tiny, reserve_port, start_router
+from test_pd import MEM, complete, pools_empty, prompts, start_role
+
+
+def tp_args(tp):
+    return ["--tp-size", tp, "--dist-init-addr", f"127.0.0.1:{reserve_port()}"] if tp > 1 else []
+
+
+@pytest.mark.parametrize("arch,pre_tp,dec_tp", [("qwen3_next", 2, 1), ("qwen3_next", 1, 2),
+                                                ("qwen3", 4, 2)])
+def test_pd_tp_equals_tp1_unified(tmp_path, arch, pre_tp, dec_tp):
+    procs = Procs()
+    try:
+        model = make_tiny(tmp_path / "m", arch=arch)
+        extra = ["--mamba-scheduler-strategy", "extra_buffer"] if arch == "qwen3_next" else []
+        uni = procs.ipc("uni")
+        procs.start("worker", "--model", model, "--listen", uni, "--mem-bytes", MEM,
+                    "--context-length", 1024, *extra, name="uni")
+        pre = start_role(procs, model, "pre", "prefill", *extra, *tp_args(pre_tp)).url
+        dec = start_role(procs, model, "dec", "decode", *extra, *tp_args(dec_tp)).url
+        _, up = start_router(procs, model, [uni])
+        _, pp = start_router(procs, model, [], "--pd-disaggregation", "--prefill", pre,
+                             "--decode", dec, alive=2)
+        ps = prompts()
+        want = [complete(up, p) for p in ps]
+        # one after the other: the shared-prefix prompts hit the prefill side's cache
+        # (a branch point on qwen3_next), so fewer tokens travel for them
+        got = [complete(pp, p) for p in ps]
+        for w, g in zip(want, got):
+            assert g[0] == w[0]
+            # TP sums the row-parallel products per rank, then over ranks
+            assert g[1] == pytest.approx(w[1], abs=1e-3)
+        # a follow-up turn on the decode side: its cache kept the received prefix
+        first = ps[1] + [7, 8]
+        complete(pp, first, max_tokens=4)
+        text, _, usage = complete(pp, first + [300, 301], max_tokens=6)
+        assert text == complete(up, first + [300, 301], max_tokens=6)[0]
+        assert usage["prompt_tokens_details"]["cached_tokens"] >= len(first)
+        n = len(ps) + 2
+        m = pools_empty(pp, [pre, dec], until=lambda m: (
+            m[f'sluice_worker_pd_transfers{{worker="{dec}"}}'] == n and
+            m[f'sluice_worker_pd_transfers{{worker="{pre}"}}'] == n))
+        # the same whole-model bytes left one group and entered the other
+        assert m[f'sluice_worker_pd_transfer_bytes{{worker="{pre}"}}'] == \
+            m[f'sluice_worker_pd_transfer_bytes{{worker="{dec}"}}'] > 0
+        assert m[f'sluice_worker_pd_failures{{worker="{dec}"}}'] == 0
+        assert m["sluice_pd_fallbacks_total"] == 0
+    finally:
+        procs.stop()
