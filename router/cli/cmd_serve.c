@@ -235,7 +235,7 @@ int sl_cmd_serve(int argc, char **argv)
     sl_router_config cfg;
     int tp = 1, dp = 1;
     const char *device = "cpu", *dist_timeout = NULL;
-    int pd_prefill = 0, pd_decode = 0;
+    int pd_prefill = 0, pd_decode = 0, pd_prefill_tp = 0, pd_decode_tp = 0;
     const char *pd_pdev = NULL, *pd_ddev = NULL, *pd_timeout = NULL;
     sl_opt opts[SL_ROUTER_MAX_OPTS];
     int n = sl_router_opts(opts, &cli, &cfg);
@@ -252,6 +252,10 @@ int sl_cmd_serve(int argc, char **argv)
                          "PD layout: one prefill worker per device, e.g. cuda:0,cuda:1"};
     opts[n++] = (sl_opt){"--pd-decode-devices", NULL, SL_OPT_STR, &pd_ddev,
                          "PD layout: one decode worker per device, e.g. cuda:2,cuda:3"};
+    opts[n++] = (sl_opt){"--pd-prefill-tp", NULL, SL_OPT_INT, &pd_prefill_tp,
+                         "PD layout: TP size of each prefill worker (default --tp-size)"};
+    opts[n++] = (sl_opt){"--pd-decode-tp", NULL, SL_OPT_INT, &pd_decode_tp,
+                         "PD layout: TP size of each decode worker (default --tp-size)"};
     opts[n++] = (sl_opt){"--disaggregation-timeout", NULL, SL_OPT_STR, &pd_timeout,
                          "seconds a PD request waits for the other side (workers; 30)"};
     n += sl_engine_flags_pass_opts(&passes, opts + n);
@@ -294,15 +298,31 @@ int sl_cmd_serve(int argc, char **argv)
             }
         }
     }
+    /* each group's TP size: the two PD roles may differ (the whole cache
+     * travels, docs/disaggregation.md) */
+    int gtp[MAX_DP];
+    if (!pd_prefill_tp) pd_prefill_tp = tp;
+    if (!pd_decode_tp) pd_decode_tp = tp;
     if (npd) {
-        if (counts[1] < 1 || counts[0] < 0 || tp != 1 || dp != 1) {
-            fprintf(stderr, "serve: a PD layout needs at least one decode worker, --tp-size 1 and "
-                            "no --dp-size\n");
+        if (counts[1] < 1 || counts[0] < 0 || dp != 1) {
+            fprintf(stderr, "serve: a PD layout needs at least one decode worker and no "
+                            "--dp-size\n");
+            return 2;
+        }
+        if (pd_prefill_tp < 1 || pd_prefill_tp > 64 || pd_decode_tp < 1 || pd_decode_tp > 64) {
+            fprintf(stderr, "serve: --pd-prefill-tp and --pd-decode-tp 1..64\n");
             return 2;
         }
         dp = npd;
         cfg.pd = 1;
+    } else if (pd_prefill_tp != tp || pd_decode_tp != tp) {
+        fprintf(stderr, "serve: --pd-prefill-tp and --pd-decode-tp need a PD layout "
+                        "(--pd-decode or --pd-decode-devices)\n");
+        return 2;
     }
+    /* a PD worker's ranks run on its device and the ones after it (cuda:N+l) */
+    for (int g = 0; g < dp; g++)
+        gtp[g] = !npd ? tp : pd_role[g] == 1 ? pd_prefill_tp : pd_decode_tp;
     static char urls[MAX_DP][4200], dir[4096], secret_path[4200];
     pid_t pids[MAX_DP] = {0};
     static watch w;
@@ -323,8 +343,7 @@ int sl_cmd_serve(int argc, char **argv)
         }
         cfg.cluster.secret = &cli.link_secret;
     }
-    char ctx[32], dev[32], tps[16], addr[MAX_DP][48];
-    snprintf(tps, sizeof tps, "%d", tp);
+    char ctx[32], dev[32], tps[MAX_DP][16], addr[MAX_DP][48];
     snprintf(ctx, sizeof ctx, "%d", cfg.context_length);
     for (int g = 0; g < dp; g++) {
         snprintf(urls[g], sizeof urls[g], "ipc://%s/worker-%d.ipc", dir, g);
@@ -352,7 +371,7 @@ int sl_cmd_serve(int argc, char **argv)
             wargv[k++] = "--context-length";
             wargv[k++] = ctx;
         }
-        if (tp > 1) {
+        if (gtp[g] > 1) {
             int port = free_port();
             if (!port) {
                 fprintf(stderr, "serve: no free port for the group's --dist-init-addr\n");
@@ -360,8 +379,9 @@ int sl_cmd_serve(int argc, char **argv)
                 break;
             }
             snprintf(addr[g], sizeof addr[g], "127.0.0.1:%d", port);
+            snprintf(tps[g], sizeof tps[g], "%d", gtp[g]);
             wargv[k++] = "--tp-size";
-            wargv[k++] = tps;
+            wargv[k++] = tps[g];
             wargv[k++] = "--dist-init-addr";
             wargv[k++] = addr[g];
         }
