@@ -8,10 +8,25 @@ decode group's rank 0 cuts the whole into its ranks' shards. So a prefill TP 2
 feeds a decode TP 1 (and the reverse), and greedy outputs equal a TP 1
 unified worker's. qwen3 with prefill TP 4 replicates its 2 KV heads over the
 ranks (rank r holds head r/2) and feeds a decode TP 2 that splits them."""
+import subprocess
+
 import pytest
 
-from router_harness import Procs, make_tiny, reserve_port, start_router
+from router_harness import BIN, Procs, make_tiny, reserve_port, start_router
 from test_pd import MEM, complete, pools_empty, prompts, start_role
+
+
+def descendants(pid):
+    r = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    kids = [int(x) for x in r.stdout.split()]
+    return kids + [d for k in kids for d in descendants(k)]
+
+
+def cmdline(pid):
+    try:
+        return open(f"/proc/{pid}/cmdline").read().split("\0")
+    except OSError:
+        return []
 
 
 def tp_args(tp):
@@ -59,3 +74,25 @@ def test_pd_tp_equals_tp1_unified(tmp_path, arch, pre_tp, dec_tp):
         assert m["sluice_pd_fallbacks_total"] == 0
     finally:
         procs.stop()
+
+
+def test_serve_pd_tp_layout(tmp_path):
+    """`sluice serve --pd-prefill 1 --pd-decode 1 --pd-prefill-tp 2` starts a prefill
+    group of two ranks beside a one-rank decode worker; the TP flags need a PD layout."""
+    procs = Procs()
+    try:
+        model = make_tiny(tmp_path / "m")
+        srv, port = start_router(procs, model, [], "--pd-prefill", 1, "--pd-decode", 1,
+                                 "--pd-prefill-tp", 2, "--mem-bytes", MEM, command="serve",
+                                 alive=2)
+        ranks = [c for c in descendants(srv.pid) if "--tp-rank" in cmdline(c)]
+        assert len(ranks) == 1 and "prefill" in cmdline(ranks[0]), [cmdline(c) for c in ranks]
+        _, _, usage = complete(port, prompts()[1], max_tokens=5)
+        assert usage["completion_tokens"] == 5
+        m = pools_empty(port, [], until=lambda m: m["sluice_pd_prefill_done_total"] == 1)
+        assert m["sluice_pd_pairs_total"] == 1
+    finally:
+        procs.stop()
+    r = subprocess.run([BIN, "serve", "--model-path", model, "--pd-decode-tp", "2"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "need a PD layout" in r.stderr, r.stderr

@@ -279,6 +279,16 @@ static void collectives_rank(const group *g, int rank)
             wrong += rbuf[i] != from * 1000 + i;
         CHECK(wrong == 0);
         CHECK(sl_comm_send(c, &ts, rank, &e) == SL_ERR_INVALID);
+        /* host bytes to rank 0 (a PD gather): every follower's, in rank order */
+        if (rank) {
+            CHECK_MSG(sl_comm_send_bytes(c, sbuf, sizeof sbuf, 0, &e) == SL_OK, "%s", e.msg);
+        } else {
+            for (int r = 1; r < W; r++) {
+                CHECK_MSG(sl_comm_recv_bytes(c, rbuf, sizeof rbuf, r, &e) == SL_OK, "%s", e.msg);
+                CHECK(rbuf[0] == r * 1000 && rbuf[63] == r * 1000 + 63);
+            }
+        }
+        CHECK(sl_comm_recv_bytes(c, rbuf, 4, rank, &e) == SL_ERR_INVALID);
     }
     CHECK(sl_comm_sync(c, &e) == SL_OK);
     sl_comm_free(c);

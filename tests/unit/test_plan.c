@@ -92,6 +92,15 @@ int main(void)
     sl_plan_header keep = {.kind = SL_PLAN_KIND_KEEP, .body_len = 8};
     sl_plan_header_pack(bad, &keep);
     CHECK(sl_plan_header_unpack(&h2, bad, &e) && strstr(e.msg, "carries"));
+    sl_plan_header side = {.kind = SL_PLAN_KIND_SIDE, .body_len = 16};
+    sl_plan_header_pack(bad, &side);
+    CHECK(sl_plan_header_unpack(&h2, bad, &e) == SL_OK && h2.kind == SL_PLAN_KIND_SIDE);
+    side.body_len = 0; /* a side job always has a body, of whole words */
+    sl_plan_header_pack(bad, &side);
+    CHECK(sl_plan_header_unpack(&h2, bad, &e) && strstr(e.msg, "side body"));
+    side.body_len = 18;
+    sl_plan_header_pack(bad, &side);
+    CHECK(sl_plan_header_unpack(&h2, bad, &e) && strstr(e.msg, "side body"));
 
     /* body problems: checksum, length, each field out of range */
     h2 = h;
