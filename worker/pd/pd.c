@@ -276,6 +276,7 @@ static sl_status run_job(sl_pd *pd, int op, const int32_t *pages, int n, int32_t
 
 static int reserve(sl_pd *pd, size_t n)
 {
+    if (n == 0) n = 1; /* nothing to send still gets a buffer: no NULL + 0 */
     if (n <= pd->buf_cap) return 0;
     uint8_t *p = realloc(pd->buf, n);
     if (!p) return -1;

@@ -263,6 +263,7 @@ static void place(const sl_pd_shard *s, const shard_map *m, int n_pages, int has
 
 static sl_status reserve(sl_pd_shard *s, size_t n, sl_err *e)
 {
+    if (n == 0) n = 1; /* an empty shard still gets a buffer: no NULL + 0 below */
     if (n <= s->tmp_cap) return SL_OK;
     uint8_t *p = realloc(s->tmp, n);
     if (!p) return sl_err_set(e, SL_ERR_NOMEM, "out of memory staging a cache shard (%zu bytes)", n);
