@@ -403,7 +403,7 @@ def test_router_kill_aborts_on_worker(procs, model):
     def aborted():
         m = re.findall(r"router disconnected: aborted (\d+) requests", procs.log_of(w))
         return m and int(m[-1]) > 0
-    wait_for(aborted, "the worker to abort the orphaned requests", 10)
+    wait_for(aborted, "the worker to abort the orphaned requests", 10 * SLOW)
     _, port2 = start_router(procs, model, [url])
     wait_for(lambda: metrics(port2)[f'sluice_worker_running{{worker="{url}"}}'] == 0,
              "the worker to report itself idle", 10)

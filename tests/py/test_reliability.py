@@ -181,8 +181,8 @@ def test_f7_json_limits(router):
         time.sleep(0.01)
     t.join()
     assert done[0][0] == 200 and len(done[0][1]["text"]) > 0
-    assert lag < 0.3, lag
-    assert time.time() - t0 < 30
+    assert lag < 0.3 * SLOW, lag  # a loaded (sanitizer) box stretches one /health round trip
+    assert time.time() - t0 < 30 * SLOW
 
 
 def test_f8_upgrade_one_response(router):
