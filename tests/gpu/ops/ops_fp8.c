@@ -258,16 +258,11 @@ static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, in
     c.y = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
     int32_t *iv = malloc(sizeof(int32_t) * (size_t)T * k);
     float *wv = malloc(sizeof(float) * (size_t)T * k);
-    int *used = calloc((size_t)E, sizeof(int)), active = 0; /* distinct experts of set 0 */
+    int active = 0; /* distinct experts of set 0 */
     sl_err e = {0};
     for (int st = 0; st < MOE_FP8_SETS; st++) {
-        for (int i = 0; i < T; i++)
-            for (int j = 0; j < k; j++) { /* as ops_moe.c: distinct within a token */
-                unsigned v = (unsigned)(i * 7919 + j * (E / k) + i / 3 + st * 13) % (unsigned)E;
-                iv[i * k + j] = (int32_t)v;
-                wv[i * k + j] = 1.0f / (float)k;
-                if (st == 0 && !used[v]++) active++;
-            }
+        int n = tb_moe_perf_route(T, k, E, st, iv, wv);
+        if (st == 0) active = n;
         if (sl_be_alloc(t->gpu, &c.ids[st], SL_DTYPE_I32, 2, (tb_ne2(ne, T, k), ne), &e) ||
             sl_be_upload(t->gpu, &c.ids[st], iv, SL_DTYPE_I32, &e))
             tb_die("moe fp8 perf", &e);
@@ -285,7 +280,6 @@ static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, in
     sl_cuda_moe_fp8_path(t->gpu, SL_CUDA_MOE_FP8_GEMV);
     free(iv);
     free(wv);
-    free(used);
     sl_tensor *ts[] = {&c.x, &c.y, &c.wt, &c.gu, &c.gus, &c.dn, &c.dns};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) sl_be_release(t->gpu, ts[i]);
     for (int st = 0; st < MOE_FP8_SETS; st++) sl_be_release(t->gpu, &c.ids[st]);
