@@ -538,6 +538,9 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->n_sm = prop.multiProcessorCount;
     const char *pdl = getenv("SL_CUDA_PDL");
     b->pdl = !(pdl && strcmp(pdl, "0") == 0);
+    // grouped FP8 MoE GEMMs for prefill: off until validated on a GPU (NOTES.md v11)
+    const char *grouped = getenv("SL_CUDA_MOE_FP8_GROUPED");
+    b->moe_fp8_path = grouped && strcmp(grouped, "1") == 0 ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     // Keep freed scratch in the pool instead of returning it at every sync.
     cudaMemPool_t pool;
@@ -578,6 +581,12 @@ extern "C" void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which)
 {
     SL_ASSERT(be->i == &cu_iface);
     cu_be(be)->mm_force = which;
+}
+
+extern "C" void sl_cuda_moe_fp8_path(sl_backend *be, sl_cuda_moe_fp8 which)
+{
+    SL_ASSERT(be->i == &cu_iface);
+    cu_be(be)->moe_fp8_path = which;
 }
 
 extern "C" const char *sl_cuda_matmul_last(sl_backend *be)

@@ -36,8 +36,24 @@ typedef enum sl_cuda_mm {
 void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which);
 
 /* The kernel the last sl_be_matmul on be ran: "cublaslt" or "gemv" (a static
- * string; NULL before the first matmul). */
+ * string; NULL before the first matmul); sl_be_matmul_fp8 and
+ * sl_be_moe_experts_fp8 set it too ("fp8_gemm_tc", "fp8_moe_grouped", ...). */
 const char *sl_cuda_matmul_last(sl_backend *be);
+
+/* Which kernels sl_be_moe_experts_fp8 runs. GEMV: per (token, expert) pair
+ * GEMVs at every size (the default). AUTO: grouped GEMMs (pairs sorted by
+ * expert, one tensor-core FP8 GEMM per expert tile) from a prefill-sized
+ * number of pairs on, GEMVs below; SL_CUDA_MOE_FP8_GROUPED=1 in the
+ * environment when the backend is created selects it. GROUPED: grouped GEMMs
+ * at every size (tests). The grouped path needs K % 16 == 0 and 16-byte
+ * aligned expert weights (H and I multiples of 16); elsewhere the GEMVs run.
+ * Not thread-safe against ops running on be. */
+typedef enum sl_cuda_moe_fp8 {
+    SL_CUDA_MOE_FP8_GEMV,
+    SL_CUDA_MOE_FP8_AUTO,
+    SL_CUDA_MOE_FP8_GROUPED,
+} sl_cuda_moe_fp8;
+void sl_cuda_moe_fp8_path(sl_backend *be, sl_cuda_moe_fp8 which);
 
 #ifdef __cplusplus
 }

@@ -89,7 +89,8 @@ typedef struct cu_backend {
     int mm_force;                     // sl_cuda_mm (cuda_backend.h)
     const char *mm_last;              // kernel of the last matmul: "cublaslt" or "gemv"
     int gemv_smem_set;                // gemv.cu: shared-memory limit raised
-    int fp8_smem_set;                 // fp8.cu: k_fp8_gemm_tc shared-memory limit raised
+    int fp8_smem_set;                 // fp8.cu: bit per tensor-core kernel whose smem limit is raised
+    int moe_fp8_path;                 // sl_cuda_moe_fp8 (cuda_backend.h)
     struct cu_sample_stage *sample;   // sample.cu
     // prepare: two alternating host (pinned) / device buffers, so a forward
     // can be prepared while the previous one's copy may still be in flight.

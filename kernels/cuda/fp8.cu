@@ -18,17 +18,26 @@
 //    unchanged (fp32 sums in another order: fp32-rounding agreement with the
 //    CPU, as any GPU order).
 // 3. k_fp8_gemm_tc (prefill, M > 64, K % 16 == 0, 16-byte aligned weights):
-//    128×128 output tiles, 8 warps of 64×32, BK = 128 = one scale group, two
-//    cp.async stages (zero-filled past M, N, K) in XOR-swizzled shared memory,
-//    the same K permutation; per group the mma partials are scaled by
-//    s_x(token)·s_w(row) into the fp32 accumulator.
+//    128×128 output tiles (tc_tile), 8 warps of 64×32, BK = 128 = one scale
+//    group, two cp.async stages (zero-filled past M, N, K) in XOR-swizzled
+//    shared memory, the same K permutation; per group the mma partials are
+//    scaled by s_x(token)·s_w(row) into the fp32 accumulator.
 // 4. k_fp8_gemm (CUDA cores, 64×64 tiles): only for weights the tensor-core
 //    GEMM cannot stage (K % 16 != 0 or unaligned rows).
-// 5. cu_moe_experts_fp8: per (token, expert) pair the GEMV kernel with the
+// 5. cu_moe_experts_fp8, per pair (the default): the GEMV kernel with the
 //    pair's expert (gate_up), silu·up quantized per pair row, the GEMV again
-//    (down), then the routing-weighted sum in j order. Correct for any T but
-//    it streams an expert once per pair: a grouped GEMM is the next step.
+//    (down), then the routing-weighted sum in j order. It streams an expert
+//    once per pair.
+// 6. cu_moe_experts_fp8, grouped (sl_cuda_moe_fp8 AUTO / GROUPED; env
+//    SL_CUDA_MOE_FP8_GROUPED=1): pairs sorted by expert with moe.cu's plan,
+//    k_fp8_moe_gemm_tc = tc_tile on BM×128 tiles of one expert's rows (BM 128
+//    or 64), gate_up reading x rows through the plan's perm, silu·up requantized
+//    per row, down, then moe.cu's combine in j order. Written blind: not run on
+//    a GPU yet (kernels/dev/NOTES.md v11).
 #include "fp8.cuh"
+
+#include "cuda_backend.h"
+#include "moe.cuh"
 
 #define FP8_G 128
 
@@ -83,6 +92,7 @@ typedef struct fp8_args {
     const int32_t *ids;
     int64_t ids_ld, ew, ews;
     int topk, x_div;
+    int x_perm; // k_fp8_moe_gemm_tc: x rows through the plan's perm (see there)
 } fp8_args;
 
 __device__ __forceinline__ void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -200,11 +210,22 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a)
 }
 
 // ---- tensor-core GEMM ----------------------------------------------------------
+//
+// tc_tile<BM> computes one BM×128 output tile (BM = 128 or 64): 8 warps of
+// BM/2 × 32 (warp rows wm = 0, 1; columns wn = 0..3), BK = 128 = one scale
+// group, two cp.async stages. The x rows come through xrow(r) (tile row r ->
+// row of xq / sx, -1: none), so the dense GEMM (x row m0 + r) and the MoE
+// experts (rows through the routing plan's permutation) share it.
 
 #define TC_BM 128
 #define TC_BN 128
-#define TC_STAGE (2 * 128 * FP8_G) // x tile then w tile, bytes
-#define TC_SMEM (2 * TC_STAGE)
+#define TC_THREADS 256
+
+template <int BM> struct tc_cfg {
+    static constexpr int MI = BM / 32;                  // m16 tiles of a warp
+    static constexpr int STAGE = (BM + TC_BN) * FP8_G; // x tile then w tile, bytes
+    static constexpr int SMEM = 2 * STAGE;
+};
 
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int bytes)
 {
@@ -215,74 +236,80 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int by
 // quarter warp (rows 2q, 2q+1; chunks t or 4 + t) hit all 32 banks once
 __device__ __forceinline__ int tc_off(int r, int c) { return r * FP8_G + ((c ^ ((r & 1) << 2)) << 4); }
 
-__device__ __forceinline__ void tc_load(const fp8_args &a, uint32_t sbase, int m0, int n0, int g)
+// Group g of the tile into a stage: chunk tid & 7 of x rows (tid >> 3) + 32i
+// (row xrow(r) of xq; past rows zero-filled) and of weight rows n0 + (tid >> 3)
+// + 32i of w (past N or K zero-filled). Addresses are recomputed per load:
+// holding them in registers made the dense kernel spill.
+template <int BM, class XR>
+__device__ __forceinline__ void tc_load(const fp8_args &a, const uint8_t *w, XR xrow, int rows, int n0,
+                                        uint32_t sbase, int g)
 {
-    int k0 = g * FP8_G;
+    int k0 = g * FP8_G, ch = threadIdx.x & 7, r = threadIdx.x >> 3;
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        int c = threadIdx.x + i * 256; // 0..2047: x chunks then w chunks
-        int r = (c >> 3) & 127, ch = c & 7;
-        if (c < 1024) {
-            int m = m0 + r;
-            const uint8_t *src = m < a.M ? a.xq + (int64_t)m * a.ldx + k0 + ch * 16 : a.xq;
-            cp_async16(sbase + tc_off(r, ch), src, m < a.M ? 16 : 0);
-        } else {
-            int n = n0 + r, k = k0 + ch * 16;
-            bool ok = n < a.N && k < a.K;
-            const uint8_t *src = ok ? a.w + (int64_t)n * a.ldw + k : a.w;
-            cp_async16(sbase + 128 * FP8_G + tc_off(r, ch), src, ok ? 16 : 0);
-        }
+    for (int i = 0; i < BM / 32; i++) {
+        int64_t m = r + 32 * i < rows ? xrow(r + 32 * i) : -1;
+        const uint8_t *src = m >= 0 ? a.xq + m * a.ldx + k0 + ch * 16 : a.xq;
+        cp_async16(sbase + tc_off(r + 32 * i, ch), src, m >= 0 ? 16 : 0);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        int n = n0 + r + 32 * i, k = k0 + ch * 16;
+        bool ok = n < a.N && k < a.K;
+        const uint8_t *src = ok ? w + (int64_t)n * a.ldw + k : a.xq;
+        cp_async16(sbase + BM * FP8_G + tc_off(r + 32 * i, ch), src, ok ? 16 : 0);
     }
     asm volatile("cp.async.commit_group;\n" ::);
 }
 
-// A warp's 4×4 mma tiles of 4 floats each, zeroed in registers.
-__device__ __forceinline__ void tc_zero(float (&v)[4][4][4])
+// A warp's MI×4 mma tiles of 4 floats each, zeroed in registers.
+template <int MI> __device__ __forceinline__ void tc_zero(float (&v)[MI][4][4])
 {
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < MI; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
             for (int q = 0; q < 4; q++) v[i][j][q] = 0.0f;
 }
 
-__global__ void __launch_bounds__(256, 1) k_fp8_gemm_tc(fp8_args a)
+// out[obase + r, n0 + c] for r < rows, n0 + c < a.N: Σ_g (x_q·w_q)_g · s_x(row, g)·s_w(n, g)
+// with x row xrow(r) of a.xq / a.sx (row strides a.ldx, a.G) and weight rows of
+// w / ws (strides a.ldw, a.ldws >> a.srow_shift), a.K columns. smem: tc_cfg<BM>::SMEM bytes.
+template <int BM, class XR>
+__device__ __forceinline__ void tc_tile(const fp8_args &a, uint8_t *smem, const uint8_t *w, const float *ws,
+                                        XR xrow, int rows, int64_t obase, int n0)
 {
-    extern __shared__ __align__(128) uint8_t tc_smem[];
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    constexpr int MI = tc_cfg<BM>::MI, STAGE = tc_cfg<BM>::STAGE, WR = BM / 2;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
-    int wm = warp >> 2, wn = warp & 3; // warp tile rows wm·64, cols wn·32
-    int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
-    uint32_t s0 = (uint32_t)__cvta_generic_to_shared(tc_smem);
-    float acc[4][4][4];
-    tc_zero(acc);
-    tc_load(a, s0, m0, n0, 0);
+    int wm = warp >> 2, wn = warp & 3; // warp tile rows wm·BM/2, cols wn·32
+    uint32_t s0 = (uint32_t)__cvta_generic_to_shared(smem);
+    float acc[MI][4][4];
+    tc_zero<MI>(acc);
+    tc_load<BM>(a, w, xrow, rows, n0, s0, 0);
     for (int g = 0; g < a.G; g++) {
         if (g + 1 < a.G) {
-            tc_load(a, s0 + ((g + 1) & 1) * TC_STAGE, m0, n0, g + 1);
+            tc_load<BM>(a, w, xrow, rows, n0, s0 + ((g + 1) & 1) * STAGE, g + 1);
             asm volatile("cp.async.wait_group 1;\n" ::);
         } else {
             asm volatile("cp.async.wait_group 0;\n" ::);
         }
         __syncthreads();
-        const uint8_t *xs = tc_smem + (g & 1) * TC_STAGE, *wsm = xs + 128 * FP8_G;
-        float part[4][4][4];
-        tc_zero(part);
+        const uint8_t *xs = smem + (g & 1) * STAGE, *wsm = xs + BM * FP8_G;
+        float part[MI][4][4];
+        tc_zero<MI>(part);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            uint4 A[4][2], B[4];
+            uint4 A[MI][2], B[4];
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                int r = wm * 64 + i * 16 + gq;
+            for (int i = 0; i < MI; i++) {
+                int r = wm * WR + i * 16 + gq;
                 A[i][0] = *(const uint4 *)(xs + tc_off(r, h * 4 + tq));
                 A[i][1] = *(const uint4 *)(xs + tc_off(r + 8, h * 4 + tq));
             }
 #pragma unroll
             for (int j = 0; j < 4; j++) B[j] = *(const uint4 *)(wsm + tc_off(wn * 32 + j * 8 + gq, h * 4 + tq));
 #pragma unroll
-            for (int i = 0; i < 4; i++)
+            for (int i = 0; i < MI; i++)
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     mma_e4m3(part[i][j], A[i][0].x, A[i][1].x, A[i][0].y, A[i][1].y, B[j].x, B[j].y);
@@ -290,23 +317,24 @@ __global__ void __launch_bounds__(256, 1) k_fp8_gemm_tc(fp8_args a)
                 }
         }
         // C: rows (tokens) gq, gq+8 of each m16 tile; columns (weights) 2tq, 2tq+1
-        float xsc[4][2], wsc[4][2];
+        float xsc[MI][2], wsc[4][2];
 #pragma unroll
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < MI; i++)
 #pragma unroll
             for (int u = 0; u < 2; u++) {
-                int m = m0 + wm * 64 + i * 16 + gq + 8 * u;
-                xsc[i][u] = m < a.M ? a.sx[(int64_t)m * a.G + g] : 0.0f;
+                int r = wm * WR + i * 16 + gq + 8 * u;
+                int64_t m = r < rows ? xrow(r) : -1;
+                xsc[i][u] = m >= 0 ? a.sx[m * a.G + g] : 0.0f;
             }
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
             for (int u = 0; u < 2; u++) {
                 int n = n0 + wn * 32 + j * 8 + 2 * tq + u;
-                wsc[j][u] = n < a.N ? a.ws[(int64_t)(n >> a.srow_shift) * a.ldws + g] : 0.0f;
+                wsc[j][u] = n < a.N ? ws[(int64_t)(n >> a.srow_shift) * a.ldws + g] : 0.0f;
             }
 #pragma unroll
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < MI; i++)
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 acc[i][j][0] += part[i][j][0] * (xsc[i][0] * wsc[j][0]);
@@ -317,15 +345,48 @@ __global__ void __launch_bounds__(256, 1) k_fp8_gemm_tc(fp8_args a)
         __syncthreads(); // this stage is refilled by the next iteration's load
     }
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < MI; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
             for (int q = 0; q < 4; q++) {
-                int m = m0 + wm * 64 + i * 16 + gq + 8 * (q >> 1);
+                int r = wm * WR + i * 16 + gq + 8 * (q >> 1);
                 int n = n0 + wn * 32 + j * 8 + 2 * tq + (q & 1);
-                if (m < a.M && n < a.N) cu_mat_st(a.out, m, n, acc[i][j][q]);
+                if (r < rows && n < a.N) cu_mat_st(a.out, obase + r, n, acc[i][j][q]);
             }
+}
+
+__global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_gemm_tc(fp8_args a)
+{
+    extern __shared__ __align__(128) uint8_t tc_smem[];
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    int m0 = blockIdx.y * TC_BM;
+    tc_tile<TC_BM>(a, tc_smem, a.w, a.ws, [&](int r) -> int64_t { return m0 + r; }, min(TC_BM, a.M - m0), m0,
+                   blockIdx.x * TC_BN);
+}
+
+// MoE experts, grouped: blockIdx.y = tile of the routing plan (expert e, BM
+// rows from r0 = offset[e] + first), blockIdx.x = 128 weight rows of expert e
+// (w + e·ew, ws + e·ews). Out rows r0 + r (the permuted order); x row of
+// permuted row q: perm[q] / x_div (x_perm: gate_up reads the token's row) or
+// q (down reads the pair's activation row).
+template <int BM>
+__global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_gemm_tc(fp8_args a, cu_moe_plan p)
+{
+    extern __shared__ __align__(128) uint8_t tc_smem[];
+    __shared__ int xr[BM];
+    cu_pdl_wait(); // the plan, x and the activations come from earlier kernels
+    cu_pdl_trigger();
+    if ((int)blockIdx.y >= *p.n_tiles) return; // the grid is an upper bound (block-uniform)
+    int2 tile = p.tiles[blockIdx.y];
+    int64_t e = tile.x;
+    int r0 = p.offset[e] + tile.y, rows = min(BM, p.offset[e + 1] - r0);
+    for (int r = threadIdx.x; r < BM; r += blockDim.x)
+        xr[r] = r >= rows ? -1 : a.x_perm ? p.perm[r0 + r] / a.x_div : r0 + r;
+    __syncthreads();
+    tc_tile<BM>(a, tc_smem, a.w + e * a.ew, a.ws + e * a.ews, [&](int r) -> int64_t { return xr[r]; }, rows, r0,
+                blockIdx.x * TC_BN);
 }
 
 // ---- CUDA-core GEMM (odd K or unaligned weights) ------------------------------
@@ -411,6 +472,15 @@ static void fp8_gemv_launch(cu_backend *b, const fp8_args &a, unsigned pairs)
         cu_launch(b, k_fp8_gemv_tc<8>, grid, blk, 0, a);
 }
 
+// Raises k's dynamic shared-memory limit to smem once per backend (bit: k's
+// bit in b->fp8_smem_set; per kernel and device).
+template <class F> static void fp8_smem_raise(cu_backend *b, F *k, int bit, int smem)
+{
+    if (b->fp8_smem_set & bit) return;
+    CU_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    b->fp8_smem_set |= bit;
+}
+
 static fp8_args fp8_args_of(const uint8_t *w, int64_t ldw, const float *ws, int64_t ldws, int N, int K,
                             int srow_shift, const uint8_t *xq, const float *sx, int M, cu_mat out)
 {
@@ -450,11 +520,9 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
         fp8_gemv_launch(b, a, 1);
         b->mm_last = "fp8_gemv_tc";
     } else if (a.vec) {
-        if (!b->fp8_smem_set) { // per kernel and device: once per backend
-            CU_CHECK(cudaFuncSetAttribute(k_fp8_gemm_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_SMEM));
-            b->fp8_smem_set = 1;
-        }
-        cu_launch(b, k_fp8_gemm_tc, dim3(cu_blocks(N, TC_BN), cu_blocks(M, TC_BM)), dim3(256), TC_SMEM, a);
+        fp8_smem_raise(b, k_fp8_gemm_tc, 1, tc_cfg<TC_BM>::SMEM);
+        cu_launch(b, k_fp8_gemm_tc, dim3(cu_blocks(N, TC_BN), cu_blocks(M, TC_BM)), dim3(TC_THREADS),
+                  tc_cfg<TC_BM>::SMEM, a);
         b->mm_last = "fp8_gemm_tc";
     } else {
         cu_launch(b, k_fp8_gemm, dim3(cu_blocks(N, TN), cu_blocks(M, TM)), dim3(256), 0, a);
@@ -476,13 +544,57 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
     cu_mat_st(out, t, c, acc);
 }
 
+#ifndef MOE_FP8_GROUPED_MIN_PAIRS
+// AUTO (sl_cuda_moe_fp8): the grouped GEMMs from this many pairs and 2 per
+// expert on; below, each pair's GEMV streams about what a tile would (a guess
+// until measured: NOTES.md v11).
+#define MOE_FP8_GROUPED_MIN_PAIRS 64
+#endif
+
+template <int BM> static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p)
+{
+    fp8_smem_raise(b, k_fp8_moe_gemm_tc<BM>, BM == 64 ? 4 : 2, tc_cfg<BM>::SMEM);
+    cu_launch(b, k_fp8_moe_gemm_tc<BM>, dim3(cu_blocks(a.N, TC_BN), (unsigned)p.max_tiles), dim3(TC_THREADS),
+              tc_cfg<BM>::SMEM, a, p);
+}
+
+// The grouped path: pairs sorted by expert (moe.cuh's plan, with perm), per
+// tile of one expert's rows the tensor-core GEMM over that expert's gate_up
+// (x rows read through perm: no gather) into h in the permuted order, silu·up
+// quantized per row, the GEMM over down into y (permuted rows), then the
+// combine in j order through pos. Every row is computed from its own codes
+// and scales alone, so results do not depend on the permutation.
+static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, const float *h, int T, int k, int E,
+                            cu_mat out, const sl_tensor *weights, const float *y)
+{
+    int64_t P = (int64_t)T * k;
+    // 128-row tiles once experts average 96 rows, else 64 (less padding; a guess)
+    int bm = P >= 96 * (int64_t)E ? 128 : 64;
+    cu_moe_plan p;
+    cu_moe_plan_make(b, &p, a.ids, a.ids_ld, T, k, E, bm, 1);
+    a.M = (int)P;
+    a.x_perm = 1;
+    if (bm == 128) moe_fp8_gemm_launch<128>(b, a, p);
+    else moe_fp8_gemm_launch<64>(b, a, p);
+    int I = a.N / 2;
+    cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)d.G), dim3(FP8_G), 0, h, I, (uint8_t *)d.xq,
+              (float *)d.sx, d.G);
+    d.M = (int)P;
+    d.x_perm = 0;
+    if (bm == 128) moe_fp8_gemm_launch<128>(b, d, p);
+    else moe_fp8_gemm_launch<64>(b, d, p);
+    cu_moe_combine_run(b, out, y, (const float *)weights->data, sl_tensor_ld(weights), k, &p);
+    cu_moe_plan_free(b, &p);
+    b->mm_last = bm == 128 ? "fp8_moe_grouped128" : "fp8_moe_grouped64";
+}
+
 void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                         const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *gate_up_scale,
                         const sl_tensor *down, const sl_tensor *down_scale)
 {
     cu_backend *b = cu_be(be);
     int T = (int)sl_tensor_rows(x), H = (int)sl_tensor_cols(x), I = (int)down->ne[2];
-    int k = (int)sl_tensor_cols(ids), P = T * k;
+    int k = (int)sl_tensor_cols(ids), P = T * k, E = (int)gate_up->ne[0];
     int GH = (H + FP8_G - 1) / FP8_G, GI = (I + FP8_G - 1) / FP8_G;
     SL_ASSERT(ids->dtype == SL_DTYPE_I32 && weights->dtype == SL_DTYPE_F32);
     if (T == 0) return;
@@ -504,10 +616,6 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     a.ew = gate_up->st[0];
     a.ews = gate_up_scale->st[0];
     a.vec = a.vec && (a.ew % 16) == 0;
-    fp8_gemv_launch(b, a, (unsigned)P);
-
-    cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)GI), dim3(FP8_G), 0, (const float *)h, I, hq, sh,
-              GI);
 
     cu_mat ym = {y, SL_DTYPE_F32, P, H, H};
     fp8_args d = fp8_args_of((const uint8_t *)down->data, down->st[1], (const float *)down_scale->data,
@@ -519,11 +627,21 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     d.ew = down->st[0];
     d.ews = down_scale->st[0];
     d.vec = d.vec && (d.ew % 16) == 0;
-    fp8_gemv_launch(b, d, (unsigned)P);
 
-    cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0, cu_mat_of(out),
-              (const float *)y, (const float *)weights->data, sl_tensor_ld(weights), k, H);
-    b->mm_last = "fp8_moe_gemv";
+    int path = b->moe_fp8_path;
+    int grouped = path == SL_CUDA_MOE_FP8_GROUPED ||
+                  (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_MIN_PAIRS && P >= 2 * E);
+    if (grouped && a.vec && d.vec) {
+        moe_fp8_grouped(b, a, d, h, T, k, E, cu_mat_of(out), weights, y);
+    } else {
+        fp8_gemv_launch(b, a, (unsigned)P);
+        cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)GI), dim3(FP8_G), 0, (const float *)h, I, hq,
+                  sh, GI);
+        fp8_gemv_launch(b, d, (unsigned)P);
+        cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0,
+                  cu_mat_of(out), (const float *)y, (const float *)weights->data, sl_tensor_ld(weights), k, H);
+        b->mm_last = "fp8_moe_gemv";
+    }
     cu_tmp_free(b, y);
     cu_tmp_free(b, sh);
     cu_tmp_free(b, hq);

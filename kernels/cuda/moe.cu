@@ -91,14 +91,13 @@ void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_t
 #define MOE_THREADS 128
 #define MOE_STAGES 3
 
-typedef struct cu_moe_plan {
-    int32_t *count;   // [E]
-    int32_t *offset;  // [E+1]
-    int32_t *rank;    // [T*k] rank of pair (t,j) within its expert
-    int32_t *pos;     // [T*k] row of pair (t,j) in the permuted order
-    int32_t *n_tiles; // [1]
-    int2 *tiles;      // [max_tiles] (expert, first row within the expert)
-} cu_moe_plan;
+// Row of pair i in the permuted order (the plan's offsets and ranks are in)
+__device__ __forceinline__ int64_t moe_pair_row(const int32_t *ids, int64_t ld, int k, const cu_moe_plan &p,
+                                                int64_t i)
+{
+    int e = ids[(i / k) * ld + i % k];
+    return p.offset[e] + p.rank[i];
+}
 
 __global__ void k_moe_count(const int32_t *ids, int64_t ld, int64_t T, int k, cu_moe_plan p)
 {
@@ -108,28 +107,69 @@ __global__ void k_moe_count(const int32_t *ids, int64_t ld, int64_t T, int k, cu
     p.rank[i] = atomicAdd(&p.count[e], 1);
 }
 
-__global__ void k_moe_plan(int E, cu_moe_plan p)
+__global__ void k_moe_plan(int E, int bm, cu_moe_plan p)
 {
     if (threadIdx.x != 0) return;
     int off = 0, nt = 0;
     for (int e = 0; e < E; e++) {
         p.offset[e] = off;
-        for (int m0 = 0; m0 < p.count[e]; m0 += MOE_BM) p.tiles[nt++] = make_int2(e, m0);
+        for (int m0 = 0; m0 < p.count[e]; m0 += bm) p.tiles[nt++] = make_int2(e, m0);
         off += p.count[e];
     }
     p.offset[E] = off;
     *p.n_tiles = nt;
 }
 
+// pos and perm of every pair, for consumers that read x through the permutation
+__global__ void k_moe_index(const int32_t *ids, int64_t ld, int64_t T, int k, cu_moe_plan p)
+{
+    int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= T * k) return;
+    int64_t row = moe_pair_row(ids, ld, k, p, i);
+    p.pos[i] = (int32_t)row;
+    p.perm[row] = (int32_t)i;
+}
+
 __global__ void k_moe_gather(__nv_bfloat16 *xs, cu_mat x, const int32_t *ids, int64_t ld, int k,
                              cu_moe_plan p)
 {
     int64_t i = blockIdx.x, t = i / k;
-    int e = ids[t * ld + i % k];
-    int64_t row = p.offset[e] + p.rank[i];
+    int64_t row = moe_pair_row(ids, ld, k, p, i);
     if (threadIdx.x == 0) p.pos[i] = (int32_t)row;
     for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x)
         xs[row * x.cols + c] = __float2bfloat16_rn(cu_mat_ld(x, t, c));
+}
+
+void cu_moe_plan_make(cu_backend *b, cu_moe_plan *p, const int32_t *ids, int64_t ld, int64_t T, int k,
+                      int E, int bm, int index)
+{
+    int64_t P = T * k;
+    p->max_tiles = (int)((P + bm - 1) / bm + E);
+    // one scratch block: count [E], offset [E+1], n_tiles, rank, pos, perm [P], tiles
+    size_t n = (size_t)(2 * E + 2 + 3 * P + 2 * (int64_t)p->max_tiles + 2);
+    int32_t *ints = (int32_t *)cu_tmp_alloc(b, sizeof(int32_t) * n);
+    p->count = ints;
+    p->offset = p->count + E;
+    p->n_tiles = p->offset + E + 1;
+    p->rank = p->n_tiles + 1;
+    p->pos = p->rank + P;
+    p->perm = index ? p->pos + P : NULL;
+    p->tiles = (int2 *)(((uintptr_t)(p->pos + 2 * P) + 7) & ~(uintptr_t)7);
+    CU_CHECK(cudaMemsetAsync(p->count, 0, sizeof(int32_t) * (size_t)E, b->stream));
+    k_moe_count<<<cu_blocks(P, 256), 256, 0, b->stream>>>(ids, ld, T, k, *p);
+    CU_CHECK_LAUNCH();
+    k_moe_plan<<<1, 32, 0, b->stream>>>(E, bm, *p);
+    CU_CHECK_LAUNCH();
+    if (index) {
+        k_moe_index<<<cu_blocks(P, 256), 256, 0, b->stream>>>(ids, ld, T, k, *p);
+        CU_CHECK_LAUNCH();
+    }
+}
+
+void cu_moe_plan_free(cu_backend *b, cu_moe_plan *p)
+{
+    cu_tmp_free(b, p->count);
+    p->count = NULL;
 }
 
 // C[rows of expert e, N] = A[rows, K] · B_e[N, K]ᵀ on bf16 tensor cores
@@ -255,6 +295,13 @@ __global__ void k_moe_combine(cu_mat out, const float *y, const float *w, int64_
         for (int j = 0; j < k; j++) acc += w[t * w_ld + j] * y[p.pos[t * k + j] * out.cols + c];
         cu_mat_st(out, t, c, acc);
     }
+}
+
+void cu_moe_combine_run(cu_backend *b, cu_mat out, const float *y, const float *w, int64_t w_ld, int k,
+                        const cu_moe_plan *p)
+{
+    k_moe_combine<<<cu_row_grid(out.rows, out.cols), 256, 0, b->stream>>>(out, y, w, w_ld, k, *p);
+    CU_CHECK_LAUNCH();
 }
 
 // ---- expert FFNs for few tokens (decode) ----------------------------------------
@@ -735,44 +782,28 @@ void cu_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl
         moe_gv_run(b, a);
         return;
     }
-    int64_t max_tiles = (P + MOE_BM - 1) / MOE_BM + E;
     const int32_t *idp = (const int32_t *)ids->data;
     int64_t id_ld = sl_tensor_ld(ids);
     cu_moe_plan p;
-    int32_t *ints = (int32_t *)cu_tmp_alloc(b, sizeof(int32_t) *
-                                                   (size_t)(2 * E + 2 + 2 * P + 2 * max_tiles + 2));
-    p.count = ints;
-    p.offset = p.count + E;
-    p.n_tiles = p.offset + E + 1;
-    p.rank = p.n_tiles + 1;
-    p.pos = p.rank + P;
-    p.tiles = (int2 *)(((uintptr_t)(p.pos + P) + 7) & ~(uintptr_t)7);
+    cu_moe_plan_make(b, &p, idp, id_ld, T, k, E, MOE_BM, 0);
     __nv_bfloat16 *xs = (__nv_bfloat16 *)cu_tmp_alloc(b, sizeof(__nv_bfloat16) * (size_t)(P * H));
     __nv_bfloat16 *act = (__nv_bfloat16 *)cu_tmp_alloc(b, sizeof(__nv_bfloat16) * (size_t)(P * I));
     float *y = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)(P * H));
 
-    CU_CHECK(cudaMemsetAsync(p.count, 0, sizeof(int32_t) * (size_t)E, b->stream));
-    k_moe_count<<<cu_blocks(P, 256), 256, 0, b->stream>>>(idp, id_ld, T, k, p);
-    CU_CHECK_LAUNCH();
-    k_moe_plan<<<1, 32, 0, b->stream>>>(E, p);
-    CU_CHECK_LAUNCH();
     k_moe_gather<<<(unsigned)P, 256, 0, b->stream>>>(xs, cu_mat_of(x), idp, id_ld, k, p);
     CU_CHECK_LAUNCH();
-    dim3 g1(cu_blocks(I, MOE_BN), (unsigned)max_tiles);
+    dim3 g1(cu_blocks(I, MOE_BN), (unsigned)p.max_tiles);
     k_moe_gemm<true><<<g1, MOE_THREADS, 0, b->stream>>>(xs, (const __nv_bfloat16 *)gate_up->data,
                                                         gate_up->st[0], act, SL_DTYPE_BF16,
                                                         (int)I, (int)H, p);
     CU_CHECK_LAUNCH();
-    dim3 g2(cu_blocks(H, MOE_BN), (unsigned)max_tiles);
+    dim3 g2(cu_blocks(H, MOE_BN), (unsigned)p.max_tiles);
     k_moe_gemm<false><<<g2, MOE_THREADS, 0, b->stream>>>(act, (const __nv_bfloat16 *)down->data,
                                                          down->st[0], y, SL_DTYPE_F32, (int)H,
                                                          (int)I, p);
     CU_CHECK_LAUNCH();
-    k_moe_combine<<<cu_row_grid(T, H), 256, 0, b->stream>>>(cu_mat_of(out), y,
-                                                             (const float *)weights->data,
-                                                             sl_tensor_ld(weights), k, p);
-    CU_CHECK_LAUNCH();
-    cu_tmp_free(b, ints);
+    cu_moe_combine_run(b, cu_mat_of(out), y, (const float *)weights->data, sl_tensor_ld(weights), k, &p);
+    cu_moe_plan_free(b, &p);
     cu_tmp_free(b, xs);
     cu_tmp_free(b, act);
     cu_tmp_free(b, y);

@@ -369,6 +369,20 @@ sl_tensor tb_gpu_rand(tb *t, sl_dtype dt, int ndim, const int64_t *ne, float sca
     return x;
 }
 
+int tb_moe_perf_route(int T, int k, int E, int st, int32_t *iv, float *wv)
+{
+    int *used = calloc((size_t)E, sizeof(int)), active = 0;
+    for (int i = 0; i < T; i++)
+        for (int j = 0; j < k; j++) {
+            unsigned v = (unsigned)(i * 7919 + j * (E / k) + i / 3 + st * 13) % (unsigned)E;
+            iv[i * k + j] = (int32_t)v;
+            wv[i * k + j] = 1.0f / (float)k;
+            if (!used[v]++) active++;
+        }
+    free(used);
+    return active;
+}
+
 /* note: appended to the line (matmul: which kernel ran, and each one forced) */
 void tb_report(tb *t, const char *op, const char *desc, double ms, double bytes, double flops,
                    const char *note)

@@ -122,6 +122,10 @@ double tb_time_op(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps, double 
 double tb_time_graph(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps);
 /* A GPU tensor filled with random values. */
 sl_tensor tb_gpu_rand(tb *t, sl_dtype dt, int ndim, const int64_t *ne, float scale);
+/* Routing of perf set st: T tokens to k of E experts each (distinct within a
+ * token, a spread that shifts with st) into iv [T·k], weights 1/k into wv;
+ * returns how many distinct experts the set hits. */
+int tb_moe_perf_route(int T, int k, int E, int st, int32_t *iv, float *wv);
 /* One PERF line: achieved GB/s and TFLOP/s against the measured peaks; note is
  * appended to the line. */
 void tb_report(tb *t, const char *op, const char *desc, double ms, double bytes, double flops,

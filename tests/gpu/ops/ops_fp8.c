@@ -1,6 +1,7 @@
 /* tests/gpu/ops/ops_fp8.c: matmul_fp8 (activation quantization, the tensor-core FP8 GEMV for
  * M <= 64, the tensor-core GEMM for larger M with K % 16 == 0, the CUDA-core GEMM otherwise)
- * and moe_experts_fp8 against the CPU oracle kernels/cpu/fp8.c. */
+ * and moe_experts_fp8 (per-pair GEMVs, and the grouped GEMMs forced with
+ * sl_cuda_moe_fp8_path) against the CPU oracle kernels/cpu/fp8.c. */
 #include <string.h>
 
 #include "harness.h"
@@ -22,11 +23,23 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL_FP8, BF, {300, 320, 192, 0, 1}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {300, 1536, 2048, 0, 1}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {513, 2304, 1024, 0, 0}, 1e-2},
-    /* moe_experts_fp8: T, H, I, E, k */
-    {SL_OP_MOE_EXPERTS_FP8, BF, {1, 256, 128, 8, 2}, 1e-2},
-    {SL_OP_MOE_EXPERTS_FP8, BF, {3, 320, 192, 16, 4}, 1e-2}, /* partial groups both ways */
-    {SL_OP_MOE_EXPERTS_FP8, F32, {40, 512, 384, 32, 8}, 1e-2},
-    {SL_OP_MOE_EXPERTS_FP8, BF, {7, 200, 136, 6, 3}, 1e-2},  /* H % 16 != 0: scalar loads */
+    /* moe_experts_fp8: T, H, I, E, k, path (0: per-pair GEMVs, 1: grouped GEMMs forced) */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1, 256, 128, 8, 2, 0}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {3, 320, 192, 16, 4, 0}, 1e-2}, /* partial groups both ways */
+    {SL_OP_MOE_EXPERTS_FP8, F32, {40, 512, 384, 32, 8, 0}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {7, 200, 136, 6, 3, 0}, 1e-2},  /* H % 16 != 0: scalar loads */
+    /* grouped: 64-row tiles below 96 pairs an expert, 128-row ones above */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1, 256, 128, 8, 2, 1}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {3, 320, 192, 16, 4, 1}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {7, 200, 136, 6, 3, 1}, 1e-2},    /* H % 16 != 0: GEMVs after all */
+    {SL_OP_MOE_EXPERTS_FP8, F32, {40, 512, 384, 32, 8, 1}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {63, 192, 320, 128, 8, 1}, 1e-2},  /* partial 128-blocks */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {200, 192, 320, 512, 8, 1}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1000, 192, 320, 128, 8, 1}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1000, 320, 192, 8, 4, 1}, 1e-2},  /* 128-row tiles, partial last */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {32, 2048, 768, 128, 8, 1}, 1e-2}, /* Qwen3-30B-A3B */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {32, 2048, 512, 512, 10, 1}, 1e-2}, /* Qwen3-Coder-Next */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {130, 2048, 768, 2, 2, 1}, 1e-2},  /* 128-row tiles, 30B dims */
 };
 
 /* fp8 weight [N, K] + scales (per row [N, G] or per block [ceil(N/128), G]) on both backends */
@@ -91,13 +104,14 @@ static void fp8_experts(tb *t, int E, int R, int C, uint64_t salt, sl_tensor wc_
 static void moe_fp8_run(tb *t, const tb_case *c)
 {
     const int *p = c->p;
-    int T = p[0], H = p[1], I = p[2], E = p[3], k = p[4];
+    int T = p[0], H = p[1], I = p[2], E = p[3], k = p[4], grouped = p[5];
     char desc[96];
     int64_t ne[2];
     tb_pair x, y, ids, wt;
     sl_tensor guc[2], gug[2], dnc[2], dng[2];
     sl_err er = {0};
-    snprintf(desc, sizeof desc, "T=%d H=%d I=%d E=%d k=%d x%s", T, H, I, E, k, sl_dtype_name(c->dt));
+    snprintf(desc, sizeof desc, "T=%d H=%d I=%d E=%d k=%d x%s %s", T, H, I, E, k, sl_dtype_name(c->dt),
+             grouped ? "grouped" : "gemv");
     tb_pair_rand(t, &x, c->dt, 2, (tb_ne2(ne, T, H), ne), -2, 2);
     tb_pair_out(t, &y, c->dt, 2, (tb_ne2(ne, T, H), ne));
     int32_t *iv = malloc(sizeof(int32_t) * (size_t)T * k);
@@ -123,8 +137,22 @@ static void moe_fp8_run(tb *t, const tb_case *c)
     fp8_experts(t, E, 2 * I, H, 0x9a, guc, gug);
     fp8_experts(t, E, H, I, 0xd0, dnc, dng);
     sl_be_moe_experts_fp8(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &guc[0], &guc[1], &dnc[0], &dnc[1]);
+    sl_cuda_moe_fp8_path(t->gpu, grouped ? SL_CUDA_MOE_FP8_GROUPED : SL_CUDA_MOE_FP8_GEMV);
     sl_be_moe_experts_fp8(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
+    /* the grouped path runs where the weights allow it (H, I multiples of 16) */
+    const char *ran = sl_cuda_matmul_last(t->gpu);
+    int want = grouped && H % 16 == 0 && I % 16 == 0;
+    CHECK_MSG(ran && !strncmp(ran, want ? "fp8_moe_grouped" : "fp8_moe_gemv", want ? 15 : 12), "%s: ran %s", desc,
+              ran ? ran : "nothing");
     tb_compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
+    if (grouped) { /* the plan's row order varies from run to run; the result must not */
+        sl_tensor y2;
+        if (sl_be_alloc(t->gpu, &y2, c->dt, 2, (tb_ne2(ne, T, H), ne), &er)) tb_die("moe fp8 y2", &er);
+        sl_be_moe_experts_fp8(t->gpu, &y2, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
+        tb_compare_exact(t, c->op, desc, "rerun", &y.g, &y2);
+        sl_be_release(t->gpu, &y2);
+    }
+    sl_cuda_moe_fp8_path(t->gpu, SL_CUDA_MOE_FP8_GEMV);
     for (int i = 0; i < 2; i++) {
         sl_be_release(t->cpu, &guc[i]);
         sl_be_release(t->gpu, &gug[i]);
@@ -205,8 +233,69 @@ static void perf_fp8(tb *t, const char *name, int M, int N, int K)
     }
 }
 
+/* moe_experts_fp8 at Qwen3-30B-A3B / Coder-Next shapes, per-pair GEMVs vs grouped GEMMs;
+ * bytes: the active experts' weights (scales included) plus x and out */
+#define MOE_FP8_SETS 4
+typedef struct pm_moe_fp8 {
+    sl_tensor x, y, wt, gu, gus, dn, dns, ids[MOE_FP8_SETS];
+} pm_moe_fp8;
+
+static void pf_moe_fp8(tb *t, void *ctx, int set)
+{
+    pm_moe_fp8 *c = ctx;
+    sl_be_moe_experts_fp8(t->gpu, &c->y, &c->x, &c->ids[set], &c->wt, &c->gu, &c->gus, &c->dn, &c->dns);
+}
+
+static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, int k, int grouped)
+{
+    pm_moe_fp8 c;
+    int64_t ne[3], GH = (H + 127) / 128, GI = (I + 127) / 128;
+    c.gu = tb_gpu_rand(t, SL_DTYPE_F8E4M3, 3, (int64_t[]){E, 2 * (int64_t)I, H}, 448.0f);
+    c.gus = tb_gpu_rand(t, F32, 3, (int64_t[]){E, 2 * (int64_t)I, GH}, 1e-4f);
+    c.dn = tb_gpu_rand(t, SL_DTYPE_F8E4M3, 3, (int64_t[]){E, H, I}, 448.0f);
+    c.dns = tb_gpu_rand(t, F32, 3, (int64_t[]){E, H, GI}, 1e-4f);
+    c.x = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
+    c.y = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
+    int32_t *iv = malloc(sizeof(int32_t) * (size_t)T * k);
+    float *wv = malloc(sizeof(float) * (size_t)T * k);
+    int active = 0; /* distinct experts of set 0 */
+    sl_err e = {0};
+    for (int st = 0; st < MOE_FP8_SETS; st++) {
+        int n = tb_moe_perf_route(T, k, E, st, iv, wv);
+        if (st == 0) active = n;
+        if (sl_be_alloc(t->gpu, &c.ids[st], SL_DTYPE_I32, 2, (tb_ne2(ne, T, k), ne), &e) ||
+            sl_be_upload(t->gpu, &c.ids[st], iv, SL_DTYPE_I32, &e))
+            tb_die("moe fp8 perf", &e);
+    }
+    if (sl_be_alloc(t->gpu, &c.wt, F32, 2, (tb_ne2(ne, T, k), ne), &e) || sl_be_upload(t->gpu, &c.wt, wv, F32, &e))
+        tb_die("moe fp8 perf", &e);
+    sl_cuda_moe_fp8_path(t->gpu, grouped ? SL_CUDA_MOE_FP8_GROUPED : SL_CUDA_MOE_FP8_GEMV);
+    double ms = tb_time_op(t, pf_moe_fp8, &c, MOE_FP8_SETS, 10, NULL);
+    double bytes = (double)active * (3.0 * I * H + 4.0 * (2.0 * I * GH + (double)H * GI)) + 4.0 * T * H;
+    double flops = 2.0 * T * k * 3.0 * I * H;
+    char desc[96], note[64];
+    snprintf(desc, sizeof desc, "%s T=%d E=%d k=%d I=%d (%d active)", name, T, E, k, I, active);
+    snprintf(note, sizeof note, " [%s]", sl_cuda_matmul_last(t->gpu));
+    tb_report(t, "moe_experts_fp8", desc, ms, bytes, flops, note);
+    sl_cuda_moe_fp8_path(t->gpu, SL_CUDA_MOE_FP8_GEMV);
+    free(iv);
+    free(wv);
+    sl_tensor *ts[] = {&c.x, &c.y, &c.wt, &c.gu, &c.gus, &c.dn, &c.dns};
+    for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) sl_be_release(t->gpu, ts[i]);
+    for (int st = 0; st < MOE_FP8_SETS; st++) sl_be_release(t->gpu, &c.ids[st]);
+}
+
 static void fp8_perf(tb *t, const char *filter)
 {
+    if (tb_perf_on(filter, SL_OP_MOE_EXPERTS_FP8)) {
+        /* prefill: 128 and 4096 tokens, both paths (the GEMVs as the baseline) */
+        int Ts[] = {128, 4096};
+        for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++)
+            for (int grouped = 0; grouped < 2; grouped++) {
+                perf_moe_fp8(t, "30B-A3B", Ts[i], 2048, 768, 128, 8, grouped);
+                perf_moe_fp8(t, "Coder-Next", Ts[i], 2048, 512, 512, 10, grouped);
+            }
+    }
     /* Qwen3-8B projections (H=4096, I=12288): decode GEMV bandwidth, prefill GEMM TFLOP/s */
     const struct { const char *n; int N, K; } ws[] = {
         {"8B qkv", (32 + 2 * 8) * 128, 4096},

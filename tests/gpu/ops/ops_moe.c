@@ -223,17 +223,11 @@ static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k)
     c.y = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
     int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * k));
     float *wv = malloc(sizeof(float) * (size_t)(T * k));
-    int *used = calloc((size_t)E, sizeof(int));
     sl_err e = {0};
     int active = 0; /* distinct experts of set 0 (all sets alike) */
     for (int st = 0; st < MOE_SETS; st++) {
-        for (int i = 0; i < T; i++)
-            for (int j = 0; j < k; j++) {
-                unsigned v = (unsigned)(i * 7919 + j * (E / k) + i / 3 + st * 13) % (unsigned)E;
-                iv[i * k + j] = (int32_t)v;
-                wv[i * k + j] = 1.0f / (float)k;
-                if (st == 0 && !used[v]++) active++;
-            }
+        int n = tb_moe_perf_route(T, k, E, st, iv, wv);
+        if (st == 0) active = n;
         if (sl_be_alloc(t->gpu, &c.ids[st], SL_DTYPE_I32, 2, (tb_ne2(ne, T, k), ne), &e) ||
             sl_be_upload(t->gpu, &c.ids[st], iv, SL_DTYPE_I32, &e))
             tb_die("moe perf", &e);
@@ -254,7 +248,6 @@ static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k)
     }
     free(iv);
     free(wv);
-    free(used);
     sl_be_release(t->gpu, &c.x);
     sl_be_release(t->gpu, &c.y);
     for (int st = 0; st < MOE_SETS; st++) sl_be_release(t->gpu, &c.ids[st]);
