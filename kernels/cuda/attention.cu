@@ -12,6 +12,9 @@
 // through shared memory at the end. With one split the block writes the
 // normalised output; with several (long contexts and few tiles: decode) it
 // writes (max, sum, acc) partials that k_attn_combine merges per (token, head).
+// Prefill batches run k_attn_prefill (64-row tiles, wmma) or, with
+// SL_CUDA_ATTN_FA2=1, k_attn_fa2 (the same tiles on mma.sync, FlashAttention-2
+// style: S, P and O in registers; written blind, see kernels/dev/NOTES.md v11).
 #include <cuda_pipeline.h>
 #include <mma.h>
 
@@ -153,7 +156,7 @@ __device__ __forceinline__ int attn_chunk(const cu_attn_args &a, int kv_len)
     return a.nsplit == 1 ? kv_len : max(256, ((kv_len + a.nsplit - 1) / a.nsplit + 63) / 64 * 64);
 }
 
-// What a block of k_attn / k_attn_prefill works on: query tile blockIdx.x
+// What a block of k_attn / k_attn_prefill works on: query tile x (blockIdx.x)
 // (tokens [i0, i0 + ntok) of sequence s, rows q0 + i0 .. of q; prefix cached
 // keys before them), the gh query heads from h0 of kv head kh (blockIdx.y),
 // and split blockIdx.z's keys [kbeg, kend) (kbeg a multiple of 16, kend the
@@ -162,10 +165,10 @@ struct attn_tile {
     int s, i0, kh, h0, q0, prefix, ntok, kbeg, kend;
 };
 
-__device__ __forceinline__ attn_tile attn_tile_of(const cu_attn_args &a)
+__device__ __forceinline__ attn_tile attn_tile_of(const cu_attn_args &a, int x)
 {
     attn_tile t;
-    int2 tile = a.tiles[blockIdx.x];
+    int2 tile = a.tiles[x];
     t.s = tile.x;
     t.i0 = tile.y;
     int n_hb = a.G / a.gh;
@@ -229,7 +232,7 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
 
     cu_pdl_wait();
     cu_pdl_trigger();
-    const attn_tile tl = attn_tile_of(a);
+    const attn_tile tl = attn_tile_of(a, blockIdx.x);
     const int s = tl.s, i0 = tl.i0, kh = tl.kh, h0 = tl.h0, q0 = tl.q0, prefix = tl.prefix,
               ntok = tl.ntok, kbeg = tl.kbeg, kend = tl.kend;
     if (kbeg >= kend) return; // no row has keys in this split
@@ -402,7 +405,7 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a
 
     cu_pdl_wait();
     cu_pdl_trigger();
-    const attn_tile tl = attn_tile_of(a);
+    const attn_tile tl = attn_tile_of(a, blockIdx.x);
     const int s = tl.s, i0 = tl.i0, kh = tl.kh, h0 = tl.h0, q0 = tl.q0, prefix = tl.prefix,
               ntok = tl.ntok, kbeg = tl.kbeg, kend = tl.kend;
     if (kbeg >= kend) return;
@@ -622,7 +625,9 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
 
     cu_pdl_wait();
     cu_pdl_trigger();
-    const attn_tile tl = attn_tile_of(a);
+    // tiles in reverse: a sequence's last tiles see the most keys, so the
+    // longest blocks start first and the short ones fill the tail of the wave
+    const attn_tile tl = attn_tile_of(a, gridDim.x - 1 - blockIdx.x);
     if (tl.kbeg >= tl.kend) return; // no row has keys in this split
 
     attn_load_q<64, false, D, KP>(a, tl, Qs);
