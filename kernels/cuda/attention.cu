@@ -12,6 +12,9 @@
 // through shared memory at the end. With one split the block writes the
 // normalised output; with several (long contexts and few tiles: decode) it
 // writes (max, sum, acc) partials that k_attn_combine merges per (token, head).
+// Prefill batches run k_attn_prefill (64-row tiles, wmma) or, with
+// SL_CUDA_ATTN_FA2=1, k_attn_fa2 (the same tiles on mma.sync, FlashAttention-2
+// style: S, P and O in registers; written blind, see kernels/dev/NOTES.md v12).
 #include <cuda_pipeline.h>
 #include <mma.h>
 
@@ -153,7 +156,7 @@ __device__ __forceinline__ int attn_chunk(const cu_attn_args &a, int kv_len)
     return a.nsplit == 1 ? kv_len : max(256, ((kv_len + a.nsplit - 1) / a.nsplit + 63) / 64 * 64);
 }
 
-// What a block of k_attn / k_attn_prefill works on: query tile blockIdx.x
+// What a block of k_attn / k_attn_prefill works on: query tile x (blockIdx.x)
 // (tokens [i0, i0 + ntok) of sequence s, rows q0 + i0 .. of q; prefix cached
 // keys before them), the gh query heads from h0 of kv head kh (blockIdx.y),
 // and split blockIdx.z's keys [kbeg, kend) (kbeg a multiple of 16, kend the
@@ -162,10 +165,10 @@ struct attn_tile {
     int s, i0, kh, h0, q0, prefix, ntok, kbeg, kend;
 };
 
-__device__ __forceinline__ attn_tile attn_tile_of(const cu_attn_args &a)
+__device__ __forceinline__ attn_tile attn_tile_of(const cu_attn_args &a, int x)
 {
     attn_tile t;
-    int2 tile = a.tiles[blockIdx.x];
+    int2 tile = a.tiles[x];
     t.s = tile.x;
     t.i0 = tile.y;
     int n_hb = a.G / a.gh;
@@ -229,7 +232,7 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
 
     cu_pdl_wait();
     cu_pdl_trigger();
-    const attn_tile tl = attn_tile_of(a);
+    const attn_tile tl = attn_tile_of(a, blockIdx.x);
     const int s = tl.s, i0 = tl.i0, kh = tl.kh, h0 = tl.h0, q0 = tl.q0, prefix = tl.prefix,
               ntok = tl.ntok, kbeg = tl.kbeg, kend = tl.kend;
     if (kbeg >= kend) return; // no row has keys in this split
@@ -402,7 +405,7 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a
 
     cu_pdl_wait();
     cu_pdl_trigger();
-    const attn_tile tl = attn_tile_of(a);
+    const attn_tile tl = attn_tile_of(a, blockIdx.x);
     const int s = tl.s, i0 = tl.i0, kh = tl.kh, h0 = tl.h0, q0 = tl.q0, prefix = tl.prefix,
               ntok = tl.ntok, kbeg = tl.kbeg, kend = tl.kend;
     if (kbeg >= kend) return;
@@ -538,6 +541,299 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a
     }
 }
 
+// ---- FlashAttention-2 prefill (SL_CUDA_ATTN_FA2=1; written blind) -----------
+//
+// The same tiles, grid, key splits and outputs as k_attn_prefill (64 query
+// rows per block: tokens × the gh q heads of one KV head, so every K/V tile
+// serves all of them), on mma.sync m16n8k16 bf16 with fp32 accumulators and
+// no round trip of S through shared memory. Warp w owns rows 16w..16w+15;
+// its S (16 × BC), P and O (16 × D) live in registers in the mma fragment
+// layout: lane = 4·g + q holds rows g and g + 8, columns 8n + 2q, 8n + 2q + 1
+// of every 8-column block n. The online softmax runs on those registers (row
+// max and sum over the 4 lanes of a row group by shuffles), P is repacked to
+// bf16 A fragments in place (an S accumulator pair is exactly a P A-fragment
+// pair) and multiplied with V loaded by ldmatrix.trans. K/V tiles of BC keys
+// are gathered through the page table with cp.async by the whole block, the
+// next one in flight while this one computes (two stages). Q is staged once in
+// shared memory; with D ≤ 128 its fragments then stay in registers.
+//
+// Shared memory (bf16, rows padded by 8 elements so the 8 rows of an ldmatrix
+// phase fall on 8 distinct 16-byte bank groups): Q [64][D+8], 2 × (K [BC][D+8],
+// V [BC][D+8]). D 128: BC 64, 87 040 B; D 256: BC 32 (O alone takes 128
+// registers), 101 376 B; D 64: BC 64, 46 080 B. Two blocks per SM.
+#define FA2_WARPS 4
+static_assert(FA2_WARPS == ATTN_WARPS, "attn_load_q strides by ATTN_WARPS threads");
+
+template <int D> struct fa2_cfg {
+    static constexpr int BC = D == 256 ? 32 : 64; // keys per K/V tile
+    static constexpr int KP = D + 8;              // bf16 row pitch
+    static constexpr bool QREG = D <= 128;        // Q fragments kept in registers
+    static constexpr size_t Q = 64 * KP * 2;
+    static constexpr size_t STAGE = 2 * BC * KP * 2; // K then V
+    static constexpr size_t BYTES = Q + 2 * STAGE;
+    static_assert(BC % 16 == 0 && D % 16 == 0, "whole mma tiles");
+};
+
+// ldmatrix x4: lanes 8i..8i+7 give the row addresses of 8×8 matrix i, which
+// lands in r[i] (lane 4g + q: row g, columns 2q, 2q + 1; with .trans row 2q
+// and 2q + 1 of column g).
+__device__ __forceinline__ void fa2_ldsm4(uint32_t (&r)[4], uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void fa2_ldsm4_t(uint32_t (&r)[4], uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// c += a·b: a 16×16 row-major (a[0] rows 0-7 k 0-7, a[1] rows 8-15 k 0-7,
+// a[2] rows 0-7 k 8-15, a[3] rows 8-15 k 8-15), b 16×8 column-major (b0 k
+// 0-7, b1 k 8-15), c 16×8 (c[0..1] row g, c[2..3] row g + 8).
+__device__ __forceinline__ void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                        uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as a bf16 pair, lo in the low half (the lower column index).
+__device__ __forceinline__ uint32_t fa2_pack(float lo, float hi)
+{
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+
+template <int D>
+__global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
+{
+    using C = fa2_cfg<D>;
+    constexpr int KP = C::KP, BC = C::BC, NB = BC / 8, NO = D / 8, NK = D / 16;
+    extern __shared__ __align__(128) char smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, q = lane & 3; // fragment row group, lane in the group
+    __nv_bfloat16 *Qs = (__nv_bfloat16 *)smem;
+    char *stages = smem + C::Q;
+
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    // tiles in reverse: a sequence's last tiles see the most keys, so the
+    // longest blocks start first and the short ones fill the tail of the wave
+    const attn_tile tl = attn_tile_of(a, gridDim.x - 1 - blockIdx.x);
+    if (tl.kbeg >= tl.kend) return; // no row has keys in this split
+
+    attn_load_q<64, false, D, KP>(a, tl, Qs);
+
+    // Causal limits (keys [kbeg, lim) visible, capped at the split's end):
+    // rows past the tile's tokens (zero Q rows, never written) take the last
+    // token's, so no row is fully masked but by a split.
+    const int R0 = warp * 16, last = tl.ntok - 1;
+    auto lim = [&](int r) { return min(tl.prefix + tl.i0 + min(r / a.gh, last) + 1, tl.kend); };
+    const int limA = lim(R0 + g), limB = lim(R0 + g + 8);
+    const int warp_lo = lim(R0);                               // below: no mask in this warp
+    const int warp_end = R0 / a.gh <= last ? lim(R0 + 15) : 0; // from here: nothing to do
+
+    const int32_t *pages = a.page_table + (int64_t)tl.s * a.max_pages;
+    const int P = a.page_size;
+    const int64_t koff = (int64_t)tl.kh * D;
+    auto stage = [&](int i) { return (__nv_bfloat16 *)(stages + i * C::STAGE); };
+    // K and V rows of keys [j0, j0 + BC) into a stage; keys past kend are zeros
+    // (a zero V row times a masked p = 0 keeps garbage out of O).
+    auto issue = [&](int j0, __nv_bfloat16 *st) {
+        constexpr int CH = D / 8; // 16-byte chunks per row
+        static_assert(BC * CH % (FA2_WARPS * 32) == 0, "whole rounds of chunks");
+#pragma unroll
+        for (int it = 0; it < BC * CH / (FA2_WARPS * 32); it++) {
+            int c = threadIdx.x + it * FA2_WARPS * 32;
+            int rr = c / CH, cc = (c % CH) * 8, j = j0 + rr;
+            bool ok = j < tl.kend;
+            int64_t row = ok ? (int64_t)pages[j / P] * P + j % P : 0;
+            __pipeline_memcpy_async(st + rr * KP + cc, a.kc + row * a.kld + koff + cc, 16,
+                                    ok ? 0 : 16);
+            __pipeline_memcpy_async(st + (BC + rr) * KP + cc, a.vc + row * a.vld + koff + cc, 16,
+                                    ok ? 0 : 16);
+        }
+        __pipeline_commit();
+    };
+    issue(tl.kbeg, stage(0));
+
+    // ldmatrix row addresses of this lane (bytes): Q as A fragments (rows
+    // lane & 15, columns + 8 for lanes 16-31), K as B fragments of two 8-key
+    // blocks (keys + 8 for lanes 16-31, d + 8 for lanes 8-15 and 24-31), V
+    // transposed as B fragments of two 8-column blocks (keys + 8 for lanes
+    // 8-15 and 24-31, d + 8 for lanes 16-31).
+    const uint32_t q_addr =
+        (uint32_t)__cvta_generic_to_shared(Qs + (R0 + (lane & 15)) * KP + (lane >> 4) * 8);
+    const uint32_t k_off = (uint32_t)((((lane >> 4) * 8 + (lane & 7)) * KP + ((lane >> 3) & 1) * 8) * 2);
+    const uint32_t v_off =
+        (uint32_t)(((((lane >> 3) & 1) * 8 + (lane & 7)) * KP + (lane >> 4) * 8) * 2 + BC * KP * 2);
+    const uint32_t st0 = (uint32_t)__cvta_generic_to_shared(stages);
+
+    __syncthreads(); // Q stored
+    uint32_t qf[C::QREG ? NK : 1][4];
+    if constexpr (C::QREG) {
+#pragma unroll
+        for (int kk = 0; kk < NK; kk++) fa2_ldsm4(qf[kk], q_addr + kk * 32);
+    }
+
+    float o[NO][4];
+#pragma unroll
+    for (int f = 0; f < NO; f++) o[f][0] = o[f][1] = o[f][2] = o[f][3] = 0.0f;
+    // rows g (A) and g + 8 (B): running max (scaled, base 2) and this lane's
+    // part of the running sum (the 4 lanes of a row are summed at the end)
+    float mA = -INFINITY, mB = -INFINITY, lA = 0.0f, lB = 0.0f;
+    const float sl2 = a.scale_log2;
+
+    int buf = 0;
+    for (int j0 = tl.kbeg; j0 < tl.kend; j0 += BC, buf ^= 1) {
+        if (j0 + BC < tl.kend) issue(j0 + BC, stage(buf ^ 1));
+        else __pipeline_commit(); // an empty group keeps wait_prior(1) exact
+        __pipeline_wait_prior(1);
+        __syncthreads();
+        if (j0 < warp_end) {
+            const uint32_t kb = st0 + buf * (uint32_t)C::STAGE + k_off;
+            const uint32_t vb = st0 + buf * (uint32_t)C::STAGE + v_off;
+            // S = Q·Kᵀ (raw dot products)
+            float s[NB][4];
+#pragma unroll
+            for (int n = 0; n < NB; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < NK; kk++) {
+                uint32_t qa[4];
+                if constexpr (C::QREG) {
+                    qa[0] = qf[kk][0], qa[1] = qf[kk][1], qa[2] = qf[kk][2], qa[3] = qf[kk][3];
+                } else {
+                    fa2_ldsm4(qa, q_addr + kk * 32);
+                }
+#pragma unroll
+                for (int p = 0; p < BC / 16; p++) {
+                    uint32_t kf[4];
+                    fa2_ldsm4(kf, kb + (uint32_t)((p * 16 * KP + kk * 16) * 2));
+                    fa2_mma(s[2 * p], qa, kf[0], kf[1]);
+                    fa2_mma(s[2 * p + 1], qa, kf[2], kf[3]);
+                }
+            }
+            // causal mask and the split's end (warp-uniform test)
+            if (j0 + BC > warp_lo) {
+#pragma unroll
+                for (int n = 0; n < NB; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int j = j0 + n * 8 + 2 * q + (e & 1);
+                        if (j >= (e < 2 ? limA : limB)) s[n][e] = -INFINITY;
+                    }
+            }
+            // online softmax: the row max over the quad, then p = 2^(s·scale - m)
+            float xA = -INFINITY, xB = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < NB; n++) {
+                xA = fmaxf(xA, fmaxf(s[n][0], s[n][1]));
+                xB = fmaxf(xB, fmaxf(s[n][2], s[n][3]));
+            }
+#pragma unroll
+            for (int x = 1; x <= 2; x <<= 1) {
+                xA = fmaxf(xA, __shfl_xor_sync(0xffffffffu, xA, x));
+                xB = fmaxf(xB, __shfl_xor_sync(0xffffffffu, xB, x));
+            }
+            float nA = fmaxf(mA, xA * sl2), nB = fmaxf(mB, xB * sl2);
+            // a row with no visible key yet keeps m = -inf: subtract 0 instead,
+            // so every p and the rescale factor are 0, never NaN
+            float uA = nA == -INFINITY ? 0.0f : nA, uB = nB == -INFINITY ? 0.0f : nB;
+            float cA = exp2f(mA - uA), cB = exp2f(mB - uB), sA = 0.0f, sB = 0.0f;
+            mA = nA;
+            mB = nB;
+#pragma unroll
+            for (int n = 0; n < NB; n++) {
+                s[n][0] = exp2f(fmaf(s[n][0], sl2, -uA));
+                s[n][1] = exp2f(fmaf(s[n][1], sl2, -uA));
+                s[n][2] = exp2f(fmaf(s[n][2], sl2, -uB));
+                s[n][3] = exp2f(fmaf(s[n][3], sl2, -uB));
+                sA += s[n][0] + s[n][1];
+                sB += s[n][2] + s[n][3];
+            }
+            lA = lA * cA + sA;
+            lB = lB * cB + sB;
+#pragma unroll
+            for (int f = 0; f < NO; f++) {
+                o[f][0] *= cA;
+                o[f][1] *= cA;
+                o[f][2] *= cB;
+                o[f][3] *= cB;
+            }
+            // O += P·V: the S accumulators of key blocks 2kk, 2kk + 1 are the
+            // A fragment of key step kk
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) {
+                uint32_t pa[4];
+                pa[0] = fa2_pack(s[2 * kk][0], s[2 * kk][1]);
+                pa[1] = fa2_pack(s[2 * kk][2], s[2 * kk][3]);
+                pa[2] = fa2_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                pa[3] = fa2_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+                for (int dp = 0; dp < D / 16; dp++) {
+                    uint32_t vf[4];
+                    fa2_ldsm4_t(vf, vb + (uint32_t)((kk * 16 * KP + dp * 16) * 2));
+                    fa2_mma(o[2 * dp], pa, vf[0], vf[1]);
+                    fa2_mma(o[2 * dp + 1], pa, vf[2], vf[3]);
+                }
+            }
+        }
+        __syncthreads(); // the stage just read is refilled next iteration
+    }
+    __pipeline_wait_prior(0);
+
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) {
+        lA += __shfl_xor_sync(0xffffffffu, lA, x);
+        lB += __shfl_xor_sync(0xffffffffu, lB, x);
+    }
+    const bool bf2 = a.out.dt == SL_DTYPE_BF16 && a.out.ld % 2 == 0 && (uintptr_t)a.out.p % 4 == 0;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        int r = R0 + g + 8 * hf, ti = r / a.gh;
+        if (ti >= tl.ntok || tl.prefix + tl.i0 + ti + 1 <= tl.kbeg) continue; // padding, no keys
+        int64_t t = tl.q0 + tl.i0 + ti;
+        int h = tl.h0 + r % a.gh;
+        float l = hf ? lB : lA, m = hf ? mB : mA;
+        int64_t c0 = (int64_t)h * D + 2 * q;
+        if (a.nsplit == 1) {
+            float inv = 1.0f / l;
+            if (bf2) {
+                __nv_bfloat16 *dst = (__nv_bfloat16 *)a.out.p + t * a.out.ld + c0;
+#pragma unroll
+                for (int f = 0; f < NO; f++)
+                    *(__nv_bfloat162 *)(dst + f * 8) =
+                        __floats2bfloat162_rn(o[f][2 * hf] * inv, o[f][2 * hf + 1] * inv);
+            } else {
+#pragma unroll
+                for (int f = 0; f < NO; f++) {
+                    cu_mat_st(a.out, t, c0 + f * 8, o[f][2 * hf] * inv);
+                    cu_mat_st(a.out, t, c0 + f * 8 + 1, o[f][2 * hf + 1] * inv);
+                }
+            }
+        } else {
+            float *p = a.part + (((int64_t)t * a.Hq + h) * a.nsplit + blockIdx.z) * (D + 2);
+            if (q == 0) {
+                p[0] = m;
+                p[1] = l;
+            }
+#pragma unroll
+            for (int f = 0; f < NO; f++) {
+                p[2 + f * 8 + 2 * q] = o[f][2 * hf];
+                p[2 + f * 8 + 2 * q + 1] = o[f][2 * hf + 1];
+            }
+        }
+    }
+}
+
 __global__ void k_attn_combine(cu_attn_args a, int D)
 {
     int t = blockIdx.x, h = blockIdx.y;
@@ -558,36 +854,43 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
     }
 }
 
-// The two kernels by query-tile height: 16 rows (decode, short chunks) or 64.
-template <int D, bool PF> struct attn_kernel {
-    static constexpr size_t BYTES = PF ? attn_pf_smem<D>::BYTES : attn_smem<D>::BYTES;
-    static void (*fn(void))(cu_attn_args) { return PF ? k_attn_prefill<D> : k_attn<D>; }
+// The kernels: 16-row tiles (decode, short chunks), 64-row tiles on wmma
+// (prefill), or the same 64-row tiles on mma.sync (prefill, SL_CUDA_ATTN_FA2).
+enum { ATTN_K_DECODE, ATTN_K_PREFILL, ATTN_K_FA2 };
+template <int D, int K> struct attn_kernel {
+    static constexpr size_t BYTES = K == ATTN_K_FA2       ? fa2_cfg<D>::BYTES
+                                    : K == ATTN_K_PREFILL ? attn_pf_smem<D>::BYTES
+                                                          : attn_smem<D>::BYTES;
+    static void (*fn(void))(cu_attn_args)
+    {
+        return K == ATTN_K_FA2 ? k_attn_fa2<D> : K == ATTN_K_PREFILL ? k_attn_prefill<D> : k_attn<D>;
+    }
 };
 
 // Allows the kernel more than 48 KB of shared memory (a per-device setting,
 // so done before every launch: it is cheap) and returns how many of its
 // blocks fit on one multiprocessor.
-template <int D, bool PF>
+template <int D, int K>
 static int attn_prepare_kernel(void)
 {
-    using K = attn_kernel<D, PF>;
-    CU_CHECK(cudaFuncSetAttribute(K::fn(), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)K::BYTES));
+    using A = attn_kernel<D, K>;
+    CU_CHECK(cudaFuncSetAttribute(A::fn(), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)A::BYTES));
     int n = 0;
-    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, K::fn(), ATTN_WARPS * 32, K::BYTES));
+    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, A::fn(), ATTN_WARPS * 32, A::BYTES));
     return n > 0 ? n : 1;
 }
 
-template <int D, bool PF>
+template <int D, int K>
 static int attn_run(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int level, int Hkv)
 {
-    using K = attn_kernel<D, PF>;
+    using A = attn_kernel<D, K>;
     int n_hb = a.G / a.gh;
     int64_t base = (int64_t)cm->n_tiles[level] * Hkv * n_hb;
     int max_kv = cm->max_kv_len > 0 ? cm->max_kv_len : 1;
     // Split the keys only to fill one wave of blocks (decode, few tiles): a
     // partial second wave would cost more than the splits save.
-    int64_t capacity = (int64_t)attn_prepare_kernel<D, PF>() * b->n_sm;
+    int64_t capacity = (int64_t)attn_prepare_kernel<D, K>() * b->n_sm;
     int ns = base >= capacity ? 1 : (int)(capacity / base);
     int ns_cap = (max_kv + 255) / 256;
     if (ns > ns_cap) ns = ns_cap;
@@ -597,7 +900,7 @@ static int attn_run(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int level
         a.part = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)cm->n_tokens * a.Hq * a.nsplit *
                                               (D + 2));
     dim3 grid((unsigned)cm->n_tiles[level], (unsigned)(Hkv * n_hb), (unsigned)a.nsplit);
-    cu_launch(b, K::fn(), grid, ATTN_WARPS * 32, K::BYTES, a);
+    cu_launch(b, A::fn(), grid, ATTN_WARPS * 32, A::BYTES, a);
     return a.nsplit;
 }
 
@@ -643,14 +946,17 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.seq_of = cm->seq_of;
     a.page_size = cm->page_size;
     a.max_pages = cm->max_pages;
-    int nsplit;
-    switch (D * 2 + pf) {
-    case 128: nsplit = attn_run<64, false>(b, a, cm, level, Hkv); break;
-    case 129: nsplit = attn_run<64, true>(b, a, cm, level, Hkv); break;
-    case 256: nsplit = attn_run<128, false>(b, a, cm, level, Hkv); break;
-    case 257: nsplit = attn_run<128, true>(b, a, cm, level, Hkv); break;
-    case 512: nsplit = attn_run<256, false>(b, a, cm, level, Hkv); break;
-    default: nsplit = attn_run<256, true>(b, a, cm, level, Hkv); break;
+    int kind = pf ? (b->attn_fa2 ? ATTN_K_FA2 : ATTN_K_PREFILL) : ATTN_K_DECODE, nsplit;
+    switch (D * 4 + kind) {
+    case 64 * 4 + ATTN_K_DECODE: nsplit = attn_run<64, ATTN_K_DECODE>(b, a, cm, level, Hkv); break;
+    case 64 * 4 + ATTN_K_PREFILL: nsplit = attn_run<64, ATTN_K_PREFILL>(b, a, cm, level, Hkv); break;
+    case 64 * 4 + ATTN_K_FA2: nsplit = attn_run<64, ATTN_K_FA2>(b, a, cm, level, Hkv); break;
+    case 128 * 4 + ATTN_K_DECODE: nsplit = attn_run<128, ATTN_K_DECODE>(b, a, cm, level, Hkv); break;
+    case 128 * 4 + ATTN_K_PREFILL: nsplit = attn_run<128, ATTN_K_PREFILL>(b, a, cm, level, Hkv); break;
+    case 128 * 4 + ATTN_K_FA2: nsplit = attn_run<128, ATTN_K_FA2>(b, a, cm, level, Hkv); break;
+    case 256 * 4 + ATTN_K_DECODE: nsplit = attn_run<256, ATTN_K_DECODE>(b, a, cm, level, Hkv); break;
+    case 256 * 4 + ATTN_K_PREFILL: nsplit = attn_run<256, ATTN_K_PREFILL>(b, a, cm, level, Hkv); break;
+    default: nsplit = attn_run<256, ATTN_K_FA2>(b, a, cm, level, Hkv); break;
     }
     if (nsplit > 1) {
         cu_launch(b, k_attn_combine, dim3((unsigned)cm->n_tokens, (unsigned)Hq), 128, 0, a, D);

@@ -541,6 +541,8 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // grouped FP8 MoE GEMMs for prefill: off until validated on a GPU (NOTES.md v11)
     const char *grouped = getenv("SL_CUDA_MOE_FP8_GROUPED");
     b->moe_fp8_path = grouped && strcmp(grouped, "1") == 0 ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
+    const char *fa2 = getenv("SL_CUDA_ATTN_FA2");
+    b->attn_fa2 = fa2 && strcmp(fa2, "1") == 0;
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     // Keep freed scratch in the pool instead of returning it at every sync.
     cudaMemPool_t pool;
@@ -575,6 +577,14 @@ extern "C" void *sl_cuda_stream(sl_backend *be)
 {
     SL_ASSERT(be->i == &cu_iface);
     return cu_be(be)->stream;
+}
+
+extern "C" int sl_cuda_attn_fa2(sl_backend *be, int on)
+{
+    SL_ASSERT(be->i == &cu_iface);
+    int was = cu_be(be)->attn_fa2;
+    cu_be(be)->attn_fa2 = on != 0;
+    return was;
 }
 
 extern "C" void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which)

@@ -8,6 +8,8 @@
  * Decode-step kernels launch programmatically dependent (PDL: each may start
  * while the previous one drains; see cuda_common.cuh). SL_CUDA_PDL=0 in the
  * environment when the backend is created launches them plainly (A/B timing).
+ * SL_CUDA_ATTN_FA2=1 there runs prefill attention on the FlashAttention-2
+ * kernel (see sl_cuda_attn_fa2).
  */
 #ifndef SL_CUDA_BACKEND_H
 #define SL_CUDA_BACKEND_H
@@ -34,6 +36,14 @@ typedef enum sl_cuda_mm {
     SL_CUDA_MM_GEMV,
 } sl_cuda_mm;
 void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which);
+
+/* Which kernel sl_be_attention runs for prefill batches (a sequence with 16
+ * or more new tokens): 0 the wmma kernel, 1 the FlashAttention-2 one
+ * (mma.sync, S/P/O in registers; written without a GPU, not yet validated).
+ * A backend starts with SL_CUDA_ATTN_FA2=1 in the environment at creation ->
+ * 1, else 0. Returns the previous setting. Not thread-safe against ops
+ * running on be. */
+int sl_cuda_attn_fa2(sl_backend *be, int on);
 
 /* The kernel the last sl_be_matmul on be ran: "cublaslt" or "gemv" (a static
  * string; NULL before the first matmul); sl_be_matmul_fp8 and

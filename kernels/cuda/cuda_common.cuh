@@ -107,6 +107,9 @@ typedef struct cu_backend {
     // cu_launch: programmatic dependent launch on (env SL_CUDA_PDL=0: off,
     // for A/B timing); fence: the next cu_launch is a plain one (see there)
     int pdl, pdl_fence;
+    // cu_attention: prefill batches on k_attn_fa2 instead of k_attn_prefill
+    // (env SL_CUDA_ATTN_FA2=1, or sl_cuda_attn_fa2; written blind, off by default)
+    int attn_fa2;
 } cu_backend;
 
 static inline cu_backend *cu_be(sl_backend *be) { return (cu_backend *)be; }

@@ -1,0 +1,115 @@
+// kernels/dev/fa2_emu/fa2_emu_driver.cpp: random paged batches (pages a random permutation,
+// NaN-poisoned output, garbage shared memory) through k_attn_fa2 (+ k_attn_combine for key
+// splits), compared with a float64 reference; appended to the kernel code by fa2_emu.py.
+static uint64_t rs = 88172645463325252ull;
+static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
+static float frand(float lo, float hi) { return lo + (hi - lo) * (rnd() >> 8) / 16777216.0f; }
+
+template <int D>
+static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int Hkv, int nsplit, int qf32)
+{
+    int G = Hq / Hkv, T = 0;
+    std::vector<int> q_start(S + 1), kv_len(S);
+    for (int s = 0; s < S; s++) { q_start[s] = T; T += qlen[s]; kv_len[s] = pre[s] + qlen[s]; }
+    q_start[S] = T;
+    int max_pages = 0, n_pages = 0;
+    for (int s = 0; s < S; s++) { int np = (kv_len[s] + P - 1) / P; max_pages = max(max_pages, np); n_pages += np; }
+    std::vector<int> perm(n_pages);
+    for (int i = 0; i < n_pages; i++) perm[i] = i;
+    for (int i = n_pages - 1; i > 0; i--) std::swap(perm[i], perm[rnd() % (i + 1)]);
+    std::vector<int> pt((size_t)S * max_pages, -1), seq_of(T);
+    int pi = 0;
+    for (int s = 0; s < S; s++) for (int p = 0; p < (kv_len[s] + P - 1) / P; p++) pt[(size_t)s * max_pages + p] = perm[pi++];
+    for (int s = 0; s < S; s++) for (int t = q_start[s]; t < q_start[s + 1]; t++) seq_of[t] = s;
+    int64_t rows = (int64_t)n_pages * P, C = (int64_t)Hkv * D;
+    std::vector<__nv_bfloat16> kc(rows * C), vc(rows * C), qb((size_t)T * Hq * D), out((size_t)T * Hq * D);
+    std::vector<float> qfv((size_t)T * Hq * D);
+    for (auto &x : kc) x = __float2bfloat16_rn(frand(-2, 2));
+    for (auto &x : vc) x = __float2bfloat16_rn(frand(-2, 2));
+    for (size_t i = 0; i < qb.size(); i++) { qb[i] = __float2bfloat16_rn(frand(-2, 2)); qfv[i] = __bfloat162float(qb[i]); }
+    for (auto &x : out) x.b = 0x7fc1; // NaN poison
+    // as cu_attention, prefill path
+    cu_attn_args a;
+    memset(&a, 0, sizeof a);
+    a.q = {qf32 ? (void *)qfv.data() : (void *)qb.data(), qf32 ? SL_DTYPE_F32 : SL_DTYPE_BF16, T, (int64_t)Hq * D, (int64_t)Hq * D};
+    a.out = {out.data(), SL_DTYPE_BF16, T, (int64_t)Hq * D, (int64_t)Hq * D};
+    a.kc = kc.data(); a.vc = vc.data(); a.kld = C; a.vld = C;
+    a.Hq = Hq; a.G = G; a.gh = 1;
+    while (a.G % (a.gh * 2) == 0 && a.gh * 2 <= 64) a.gh *= 2;
+    int level = 0;
+    while ((a.gh << level) < 64) level++;
+    a.qt = 1 << level;
+    float scale = 1.0f / sqrtf((float)D);
+    a.scale_log2 = scale * 1.4426950408889634f;
+    std::vector<int2> tiles;
+    for (int s = 0; s < S; s++) for (int i0 = 0; i0 < qlen[s]; i0 += a.qt) tiles.push_back({s, i0});
+    a.tiles = tiles.data(); a.q_start = q_start.data(); a.kv_len = kv_len.data(); a.page_table = pt.data();
+    a.seq_of = seq_of.data(); a.page_size = P; a.max_pages = max_pages; a.nsplit = nsplit;
+    std::vector<float> part;
+    if (nsplit > 1) { part.assign((size_t)T * Hq * nsplit * (D + 2), NAN); a.part = part.data(); }
+    int n_hb = a.G / a.gh;
+    for (unsigned z = 0; z < (unsigned)nsplit; z++)
+        for (unsigned y = 0; y < (unsigned)(Hkv * n_hb); y++)
+            for (unsigned x = 0; x < tiles.size(); x++) {
+                emu_block blk;
+                blk.smem.assign(fa2_cfg<D>::BYTES, (char)0xff); // NaN-ish garbage
+                std::vector<std::thread> th;
+                for (unsigned t = 0; t < 128; t++)
+                    th.emplace_back([&, t] {
+                        emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = {128, 1, 1};
+                        gridDim = {(unsigned)tiles.size(), (unsigned)(Hkv * n_hb), (unsigned)nsplit};
+                        k_attn_fa2<D>(a);
+                    });
+                for (auto &t : th) t.join();
+            }
+    if (nsplit > 1)
+        for (unsigned t = 0; t < (unsigned)T; t++) for (unsigned h = 0; h < (unsigned)Hq; h++) {
+            threadIdx = {0, 0, 0}; blockIdx = {t, h, 0}; blockDim = {1, 1, 1};
+            k_attn_combine(a, D);
+        }
+    // reference
+    double e2 = 0, r2 = 0, maxe = 0; int bad = 0;
+    for (int s = 0; s < S; s++) for (int i = 0; i < qlen[s]; i++) for (int h = 0; h < Hq; h++) {
+        int t = q_start[s] + i, kh = h / G, nk = pre[s] + i + 1;
+        std::vector<double> sc(nk); double m = -1e300;
+        for (int j = 0; j < nk; j++) {
+            int64_t row = (int64_t)pt[(size_t)s * max_pages + j / P] * P + j % P;
+            double d = 0;
+            for (int c = 0; c < D; c++) d += (double)qfv[((size_t)t * Hq + h) * D + c] * __bfloat162float(kc[row * C + kh * D + c]);
+            sc[j] = d * scale; m = max(m, sc[j]);
+        }
+        double l = 0;
+        for (int j = 0; j < nk; j++) { sc[j] = exp(sc[j] - m); l += sc[j]; }
+        for (int c = 0; c < D; c++) {
+            double o = 0;
+            for (int j = 0; j < nk; j++) {
+                int64_t row = (int64_t)pt[(size_t)s * max_pages + j / P] * P + j % P;
+                o += sc[j] * __bfloat162float(vc[row * C + kh * D + c]);
+            }
+            o /= l;
+            float g = __bfloat162float(out[((size_t)t * Hq + h) * D + c]);
+            if (!std::isfinite(g)) { bad++; continue; }
+            e2 += (g - o) * (g - o); r2 += o * o; maxe = max(maxe, fabs(g - o));
+        }
+    }
+    double rel = sqrt(e2 / r2);
+    printf("D=%d S=%d q0=%d pre0=%d P=%d Hq=%d Hkv=%d nsplit=%d q%s: rel L2 %.2e max abs %.2e nonfinite %d -> %s\n",
+           D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", rel, maxe, bad,
+           bad == 0 && rel < 1e-2 ? "ok" : "FAIL");
+    return bad == 0 && rel < 1e-2;
+}
+
+int main(int argc, char **argv)
+{
+    int ok = 1;
+    { int q[] = {70}, p[] = {0}; ok &= run_case<128>(1, q, p, 16, 4, 4, 1, 0); }
+    { int q[] = {77, 3, 20}, p[] = {13, 50, 87}; ok &= run_case<128>(3, q, p, 1, 8, 2, 1, 0); }
+    { int q[] = {45, 17}, p[] = {100, 137}; ok &= run_case<128>(2, q, p, 16, 8, 1, 1, 1); }
+    { int q[] = {20}, p[] = {700}; ok &= run_case<128>(1, q, p, 16, 4, 2, 3, 0); }
+    { int q[] = {40, 1}, p[] = {29, 66}; ok &= run_case<256>(2, q, p, 1, 4, 1, 1, 0); }
+    { int q[] = {33}, p[] = {0}; ok &= run_case<256>(1, q, p, 16, 2, 2, 1, 0); }
+    { int q[] = {19, 100}, p[] = {61, 600}; ok &= run_case<256>(2, q, p, 16, 8, 2, 3, 0); }
+    { int q[] = {30, 5}, p[] = {10, 47}; ok &= run_case<64>(2, q, p, 16, 12, 2, 1, 0); }
+    printf("%s\n", ok ? "ALL OK" : "SOME FAILED");
+    return !ok;
+}

@@ -1,0 +1,117 @@
+// kernels/dev/fa2_emu/fa2_emu_shim.hpp: host emulation shim for k_attn_fa2 (see fa2_emu.py):
+// every CUDA thread is a std::thread; ldmatrix, mma.sync and shuffles are warp collectives
+// (barrier, exchange), with the fragment layouts of the PTX ISA.
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <algorithm>
+#include <thread>
+#include <vector>
+using std::max;
+using std::min;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n)
+#define ATTN_WARPS 4
+#define SL_ASSERT(x) do { if (!(x)) { fprintf(stderr, "assert %s\n", #x); abort(); } } while (0)
+enum { SL_DTYPE_F32 = 0, SL_DTYPE_BF16 = 1 };
+struct dim3 { unsigned x, y, z; };
+struct int2 { int x, y; };
+thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+struct __nv_bfloat16 { uint16_t b; };
+struct __nv_bfloat162 { __nv_bfloat16 x, y; };
+static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return {(uint16_t)((u >> 16) | 0x40)};
+    u += 0x7fff + ((u >> 16) & 1);
+    return {(uint16_t)(u >> 16)};
+}
+static inline float __bfloat162float(__nv_bfloat16 h) { uint32_t u = (uint32_t)h.b << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)}; }
+typedef struct cu_mat { void *p; int dt; int64_t rows, cols, ld; } cu_mat;
+static inline float cu_mat_ld(const cu_mat &m, int64_t r, int64_t c) {
+    int64_t i = r * m.ld + c;
+    return m.dt == SL_DTYPE_BF16 ? __bfloat162float(((__nv_bfloat16 *)m.p)[i]) : ((float *)m.p)[i];
+}
+static inline void cu_mat_st(const cu_mat &m, int64_t r, int64_t c, float v) {
+    int64_t i = r * m.ld + c;
+    if (m.dt == SL_DTYPE_BF16) ((__nv_bfloat16 *)m.p)[i] = __float2bfloat16_rn(v); else ((float *)m.p)[i] = v;
+}
+static inline void cu_pdl_wait(void) {}
+static inline void cu_pdl_trigger(void) {}
+
+struct emu_warp {
+    std::barrier<> bar{32};
+    uint32_t addr[32];
+    uint32_t a[32][4], b[32][2];
+    float f[32];
+};
+struct emu_block {
+    std::barrier<> bar{128};
+    std::vector<char> smem;
+    emu_warp w[4];
+};
+thread_local emu_block *emu_b;
+static inline char *emu_smem(void) { return emu_b->smem.data(); }
+static inline void __syncthreads(void) { emu_b->bar.arrive_and_wait(); }
+static inline emu_warp &W(void) { return emu_b->w[threadIdx.x >> 5]; }
+static inline float __shfl_xor_sync(unsigned, float v, int x) {
+    emu_warp &w = W(); int l = threadIdx.x & 31;
+    w.f[l] = v; w.bar.arrive_and_wait();
+    float r = w.f[l ^ x]; w.bar.arrive_and_wait();
+    return r;
+}
+static inline uint32_t __cvta_generic_to_shared(const void *p) {
+    ptrdiff_t d = (const char *)p - emu_smem();
+    SL_ASSERT(d >= 0 && (size_t)d < emu_b->smem.size());
+    return (uint32_t)d;
+}
+static inline uint16_t emu_h(uint32_t addr) {
+    SL_ASSERT(addr % 2 == 0 && addr + 2 <= emu_b->smem.size());
+    uint16_t h; memcpy(&h, emu_smem() + addr, 2); return h;
+}
+static inline void emu_ldsm(uint32_t (&r)[4], uint32_t addr, bool trans) {
+    emu_warp &w = W(); int l = threadIdx.x & 31;
+    SL_ASSERT(addr % 16 == 0);
+    w.addr[l] = addr; w.bar.arrive_and_wait();
+    int g = l >> 2, q = l & 3;
+    for (int i = 0; i < 4; i++) {
+        uint16_t lo, hi;
+        if (!trans) { lo = emu_h(w.addr[8 * i + g] + 4 * q); hi = emu_h(w.addr[8 * i + g] + 4 * q + 2); }
+        else { lo = emu_h(w.addr[8 * i + 2 * q] + 2 * g); hi = emu_h(w.addr[8 * i + 2 * q + 1] + 2 * g); }
+        r[i] = lo | (uint32_t)hi << 16;
+    }
+    w.bar.arrive_and_wait();
+}
+static inline void fa2_ldsm4(uint32_t (&r)[4], uint32_t addr) { emu_ldsm(r, addr, false); }
+static inline void fa2_ldsm4_t(uint32_t (&r)[4], uint32_t addr) { emu_ldsm(r, addr, true); }
+static inline float emu_bf(uint32_t reg, int half) { __nv_bfloat16 h = {(uint16_t)(half ? reg >> 16 : reg & 0xffff)}; return __bfloat162float(h); }
+static inline void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    emu_warp &w = W(); int l = threadIdx.x & 31;
+    for (int i = 0; i < 4; i++) w.a[l][i] = a[i];
+    w.b[l][0] = b0; w.b[l][1] = b1;
+    w.bar.arrive_and_wait();
+    int g = l >> 2, q = l & 3;
+    for (int e = 0; e < 4; e++) {
+        int row = g + 8 * (e >> 1), col = 2 * q + (e & 1);
+        float acc = 0;
+        for (int k = 0; k < 16; k++) {
+            float A = emu_bf(w.a[(row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
+            float B = emu_bf(w.b[col * 4 + (k % 8) / 2][k >= 8], k % 2);
+            acc += A * B;
+        }
+        c[e] += acc;
+    }
+    w.bar.arrive_and_wait();
+}
+static inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n, size_t zfill) {
+    memcpy(dst, src, n - zfill);
+    memset((char *)dst + (n - zfill), 0, zfill);
+}
+static inline void __pipeline_commit(void) {}
+static inline void __pipeline_wait_prior(int) {}
