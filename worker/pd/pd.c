@@ -299,7 +299,7 @@ const char *sl_pd_on_generate(sl_pd *pd, const Sluice__GenerateRequest *g, sl_sc
         static char msg[700];
         snprintf(msg, sizeof msg,
                  "the prefill and decode workers lay out their caches differently (different "
-                 "model, page size, dtype or TP size: not supported): '%s' vs '%s'",
+                 "model, page size or dtype: not supported): '%s' vs '%s'",
                  pd->layout, d->layout);
         return msg;
     }
