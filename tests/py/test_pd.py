@@ -228,7 +228,7 @@ def test_pd_failures(tmp_path):
 
 
 def test_pd_layout_mismatch(tmp_path):
-    """Workers whose caches differ (here the page size; a TP mismatch the
+    """Workers whose caches differ (here the page size; a dtype the
     same way) are refused with a clear error, and nothing is left held."""
     procs = Procs()
     try:
