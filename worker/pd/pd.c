@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "sl_buf.h"
 #include "sl_log.h"
 #include "wire.h"
 
@@ -117,8 +118,7 @@ struct sl_pd {
     const char *layout; /* the shard's */
     room *rooms;
     int n_rooms, cap_rooms;
-    uint8_t *buf; /* staging for one request's pages */
-    size_t buf_cap;
+    sl_buf buf; /* staging for one request's pages (bytes at buf.data) */
     /* metrics */
     uint64_t transfers, bytes, failures;
     double seconds, queue_seconds, hold_seconds;
@@ -201,7 +201,7 @@ void sl_pd_free(sl_pd *pd)
     for (int i = 0; i < pd->n_rooms; i++)
         if (pd->rooms[i].pending) nng_msg_free(pd->rooms[i].pending);
     free(pd->rooms);
-    free(pd->buf);
+    sl_buf_free(&pd->buf);
     free(pd);
 }
 
@@ -272,17 +272,6 @@ static sl_status run_job(sl_pd *pd, int op, const int32_t *pages, int n, int32_t
     sl_pd_shard_bind(pd->c.shard, NULL, NULL);
     free(body);
     return st;
-}
-
-static int reserve(sl_pd *pd, size_t n)
-{
-    if (n == 0) n = 1; /* nothing to send still gets a buffer: no NULL + 0 */
-    if (n <= pd->buf_cap) return 0;
-    uint8_t *p = realloc(pd->buf, n);
-    if (!p) return -1;
-    pd->buf = p;
-    pd->buf_cap = n;
-    return 0;
 }
 
 /* ---- generate ------------------------------------------------------------------- */
@@ -361,12 +350,13 @@ static void prefill_send(sl_pd *pd, room *rm)
     size_t kvb = sl_pd_shard_kv_bytes(pd->c.shard, np);
     size_t stb = mem.state >= 0 ? sl_pd_shard_state_bytes(pd->c.shard) : 0;
     sl_err e = {0};
-    if (reserve(pd, kvb + stb)) {
+    if (sl_buf_reserve(&pd->buf, kvb + stb)) {
         prefill_fail(pd, rm, "out of memory staging the transfer");
         return;
     }
-    if (run_job(pd, SL_PD_EXPORT, np ? mem.pages + p0 : NULL, np, mem.state, -1, pd->buf,
-                pd->buf + kvb, &e)) {
+    uint8_t *staged = (uint8_t *)pd->buf.data; /* never NULL once reserved */
+    if (run_job(pd, SL_PD_EXPORT, np ? mem.pages + p0 : NULL, np, mem.state, -1, staged,
+                staged + kvb, &e)) {
         prefill_fail(pd, rm, e.msg);
         return;
     }
@@ -375,9 +365,9 @@ static void prefill_send(sl_pd *pd, room *rm)
     kt.room = rm->room;
     kt.start_token = rm->skip;
     kt.n_tokens = mem.n_tokens;
-    kt.kv.data = pd->buf;
+    kt.kv.data = staged;
     kt.kv.len = kvb;
-    kt.state.data = pd->buf + kvb;
+    kt.state.data = staged + kvb;
     kt.state.len = stb;
     kt.token = rm->first.token;
     kt.logprob = rm->first.logprob;

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sl_buf.h"
+
 /* Where one rank's shard sits in the whole cache (pd_shard.h): in elements
  * of a K/V row, conv channels (each of W values) and SSM slot values. */
 typedef struct shard_map {
@@ -23,8 +25,7 @@ struct sl_pd_shard {
     size_t kv_es, conv_es, ssm_es;                /* element sizes */
     char layout[256];
     uint8_t *kv, *state; /* rank 0: the bound whole bytes */
-    uint8_t *tmp;        /* one rank's shard */
-    size_t tmp_cap;
+    sl_buf tmp;          /* one rank's shard (bytes at tmp.data) */
 };
 
 static void map_for(const sl_pd_shard *s, int r, shard_map *o)
@@ -133,7 +134,7 @@ sl_status sl_pd_shard_new(sl_pd_shard **out, sl_engine *g, sl_model *m, sl_comm 
 void sl_pd_shard_free(sl_pd_shard *s)
 {
     if (!s) return;
-    free(s->tmp);
+    sl_buf_free(&s->tmp);
     free(s);
 }
 
@@ -261,17 +262,6 @@ static void place(const sl_pd_shard *s, const shard_map *m, int n_pages, int has
     }
 }
 
-static sl_status reserve(sl_pd_shard *s, size_t n, sl_err *e)
-{
-    if (n == 0) n = 1; /* an empty shard still gets a buffer: no NULL + 0 below */
-    if (n <= s->tmp_cap) return SL_OK;
-    uint8_t *p = realloc(s->tmp, n);
-    if (!p) return sl_err_set(e, SL_ERR_NOMEM, "out of memory staging a cache shard (%zu bytes)", n);
-    s->tmp = p;
-    s->tmp_cap = n;
-    return SL_OK;
-}
-
 /* ---- jobs ----------------------------------------------------------------------- */
 
 typedef struct job {
@@ -335,34 +325,36 @@ static sl_status run_group(sl_pd_shard *s, const job *j, sl_err *e)
     map_for(s, s->rank, &m);
     size_t kb = kv_span(s, j->n, m.kv_cols), sb = has_state ? state_span(s, m.ch_local, m.ssm_n) : 0;
     /* every rank's shard is the same size: one buffer serves all */
-    sl_status st = reserve(s, kb + sb, e);
-    if (st) return st;
+    if (sl_buf_reserve(&s->tmp, kb + sb))
+        return sl_err_set(e, SL_ERR_NOMEM, "out of memory staging a cache shard (%zu bytes)", kb + sb);
+    uint8_t *tmp = (uint8_t *)s->tmp.data; /* never NULL once reserved */
+    sl_status st = SL_OK;
     if (j->op == SL_PD_EXPORT) {
-        st = copy_local(s, j->pages, j->n, j->slot, s->tmp, s->tmp + kb, 1, e);
+        st = copy_local(s, j->pages, j->n, j->slot, tmp, tmp + kb, 1, e);
         if (st) return st;
-        if (s->rank) return sl_comm_send_bytes(s->comm, s->tmp, kb + sb, 0, e);
-        place(s, &m, j->n, has_state, s->tmp, 1);
+        if (s->rank) return sl_comm_send_bytes(s->comm, tmp, kb + sb, 0, e);
+        place(s, &m, j->n, has_state, tmp, 1);
         for (int r = 1; r < s->size && !st; r++) {
             shard_map mr;
             map_for(s, r, &mr);
-            if (!(st = sl_comm_recv_bytes(s->comm, s->tmp, kb + sb, r, e)))
-                place(s, &mr, j->n, has_state, s->tmp, 1);
+            if (!(st = sl_comm_recv_bytes(s->comm, tmp, kb + sb, r, e)))
+                place(s, &mr, j->n, has_state, tmp, 1);
         }
         return st;
     }
     if (s->rank) {
-        st = sl_comm_recv_bytes(s->comm, s->tmp, kb + sb, 0, e);
+        st = sl_comm_recv_bytes(s->comm, tmp, kb + sb, 0, e);
     } else {
         for (int r = 1; r < s->size && !st; r++) {
             shard_map mr;
             map_for(s, r, &mr);
-            place(s, &mr, j->n, has_state, s->tmp, 0);
-            st = sl_comm_send_bytes(s->comm, s->tmp, kb + sb, r, e);
+            place(s, &mr, j->n, has_state, tmp, 0);
+            st = sl_comm_send_bytes(s->comm, tmp, kb + sb, r, e);
         }
-        if (!st) place(s, &m, j->n, has_state, s->tmp, 0);
+        if (!st) place(s, &m, j->n, has_state, tmp, 0);
     }
-    if (!st) st = copy_local(s, j->pages, j->n, j->slot, s->tmp, s->tmp + kb, 0, e);
-    if (!st) st = import_copy(s, j, s->tmp + kb, e);
+    if (!st) st = copy_local(s, j->pages, j->n, j->slot, tmp, tmp + kb, 0, e);
+    if (!st) st = import_copy(s, j, tmp + kb, e);
     return st;
 }
 
