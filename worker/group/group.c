@@ -269,7 +269,6 @@ sl_status sl_group_side(void *ctx, const uint8_t *body, size_t n, sl_err *e)
     if (!g->side) return sl_err_set(e, SL_ERR_INVALID, "tensor-parallel group: no side handler");
     if (n < 4 || n > SL_PLAN_MAX_BODY || n % 4)
         return sl_err_set(e, SL_ERR_INVALID, "side job of %zu bytes", n);
-    if (g->world < 2) return g->side(g->side_ctx, body, n, e);
     pthread_mutex_lock(&g->mu);
     sl_plan_header h = {.kind = SL_PLAN_KIND_SIDE, .body_len = (uint32_t)n,
                         .checksum = sl_plan_checksum(body, n)};
