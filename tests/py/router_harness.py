@@ -107,6 +107,23 @@ def reserve_port(host="127.0.0.1"):
     return s.getsockname()[1]
 
 
+def children_of(pid):
+    r = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in r.stdout.split()]
+
+
+def cmdline(pid):
+    try:
+        return open(f"/proc/{pid}/cmdline").read().split("\0")
+    except OSError:
+        return []
+
+
+def descendants(pid):
+    kids = children_of(pid)
+    return kids + [d for k in kids for d in descendants(k)]
+
+
 def tokenize(model, text):
     r = subprocess.run([BIN, "tokenize", "--model", model], input=text.encode(), check=True,
                        capture_output=True)

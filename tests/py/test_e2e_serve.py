@@ -6,12 +6,7 @@ import subprocess
 
 import openai
 
-from router_harness import API_KEY, Procs, make_tiny, start_router
-
-
-def children_of(pid):
-    r = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in r.stdout.split()]
+from router_harness import API_KEY, Procs, children_of, make_tiny, start_router
 
 
 def test_serve_dp2(tmp_path):

@@ -28,6 +28,21 @@ def start_role(procs, model, name, role, *extra):
     return p
 
 
+def start_pair(procs, model, extra=(), pre_extra=(), dec_extra=()):
+    """A unified worker behind one router, and a prefill and a decode worker
+    behind a PD router (extra goes to all three). Returns (unified port, PD
+    port, prefill URL, decode URL)."""
+    uni = procs.ipc("uni")
+    procs.start("worker", "--model", model, "--listen", uni, "--mem-bytes", MEM,
+                "--context-length", 1024, *extra, name="uni")
+    pre = start_role(procs, model, "pre", "prefill", *extra, *pre_extra).url
+    dec = start_role(procs, model, "dec", "decode", *extra, *dec_extra).url
+    _, up = start_router(procs, model, [uni])
+    _, pp = start_router(procs, model, [], "--pd-disaggregation", "--prefill", pre,
+                         "--decode", dec, alive=2)
+    return up, pp, pre, dec
+
+
 def stream(port, ids, max_tokens, on_chunk):
     """Streams a greedy completion; on_chunk(n) after every chunk. Returns the text."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60 * SLOW)
@@ -105,14 +120,7 @@ def test_pd_equals_unified(tmp_path, arch, page):
         model = make_tiny(tmp_path / "m", arch=arch)
         extra = ["--mamba-scheduler-strategy", "extra_buffer"] if arch == "qwen3_next" else []
         extra += ["--page-size", page]
-        uni = procs.ipc("uni")
-        procs.start("worker", "--model", model, "--listen", uni, "--mem-bytes", MEM,
-                    "--context-length", 1024, *extra, name="uni")
-        pre = start_role(procs, model, "pre", "prefill", *extra).url
-        dec = start_role(procs, model, "dec", "decode", *extra).url
-        _, up = start_router(procs, model, [uni])
-        _, pp = start_router(procs, model, [], "--pd-disaggregation", "--prefill", pre,
-                             "--decode", dec, alive=2)
+        up, pp, pre, dec = start_pair(procs, model, extra)
         ps = prompts()
         want = [complete(up, p) for p in ps]
         # one after the other: the later shared-prefix prompts hit the prefill cache
@@ -316,15 +324,8 @@ def test_pd_decode_memory(tmp_path):
     procs = Procs()
     try:
         model = make_tiny(tmp_path / "m")
-        uni = procs.ipc("uni")
-        procs.start("worker", "--model", model, "--listen", uni, "--mem-bytes", MEM,
-                    "--context-length", 1024, name="uni")
-        pre = start_role(procs, model, "pre", "prefill").url
-        dec = start_role(procs, model, "dec", "decode", "--max-total-tokens", 420,
-                         "--context-length", 400).url
-        _, up = start_router(procs, model, [uni])
-        _, pp = start_router(procs, model, [], "--pd-disaggregation", "--prefill", pre,
-                             "--decode", dec, alive=2)
+        up, pp, pre, dec = start_pair(procs, model, dec_extra=["--max-total-tokens", 420,
+                                                               "--context-length", 400])
         a = [(i * 13 + 1) % 1900 + 5 for i in range(300)]
         b = [(i * 17 + 2) % 1900 + 5 for i in range(300)]
         want = [complete(up, p, max_tokens=20) for p in (a, b)]

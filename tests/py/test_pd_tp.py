@@ -12,21 +12,8 @@ import subprocess
 
 import pytest
 
-from router_harness import BIN, Procs, make_tiny, reserve_port, start_router
-from test_pd import MEM, complete, pools_empty, prompts, start_role
-
-
-def descendants(pid):
-    r = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    kids = [int(x) for x in r.stdout.split()]
-    return kids + [d for k in kids for d in descendants(k)]
-
-
-def cmdline(pid):
-    try:
-        return open(f"/proc/{pid}/cmdline").read().split("\0")
-    except OSError:
-        return []
+from router_harness import BIN, Procs, cmdline, descendants, make_tiny, reserve_port, start_router
+from test_pd import MEM, complete, pools_empty, prompts, start_pair
 
 
 def tp_args(tp):
@@ -40,14 +27,7 @@ def test_pd_tp_equals_tp1_unified(tmp_path, arch, pre_tp, dec_tp):
     try:
         model = make_tiny(tmp_path / "m", arch=arch)
         extra = ["--mamba-scheduler-strategy", "extra_buffer"] if arch == "qwen3_next" else []
-        uni = procs.ipc("uni")
-        procs.start("worker", "--model", model, "--listen", uni, "--mem-bytes", MEM,
-                    "--context-length", 1024, *extra, name="uni")
-        pre = start_role(procs, model, "pre", "prefill", *extra, *tp_args(pre_tp)).url
-        dec = start_role(procs, model, "dec", "decode", *extra, *tp_args(dec_tp)).url
-        _, up = start_router(procs, model, [uni])
-        _, pp = start_router(procs, model, [], "--pd-disaggregation", "--prefill", pre,
-                             "--decode", dec, alive=2)
+        up, pp, pre, dec = start_pair(procs, model, extra, tp_args(pre_tp), tp_args(dec_tp))
         ps = prompts()
         want = [complete(up, p) for p in ps]
         # one after the other: the shared-prefix prompts hit the prefill side's cache

@@ -20,7 +20,8 @@ import time
 import openai
 import pytest
 
-from router_harness import API_KEY, BIN, SLOW, Procs, make_tiny, metrics, reserve_port, start_router
+from router_harness import (API_KEY, BIN, SLOW, Procs, children_of, cmdline, make_tiny, metrics,
+                            reserve_port, start_router)
 
 CTX = 256
 PROMPTS = ["The history of the lighthouse keepers", "A recipe for bread with seeds"]
@@ -42,18 +43,6 @@ def stream_text(s):
         text += ev.choices[0].text
         finish = ev.choices[0].finish_reason or finish
     return text, finish
-
-
-def children_of(pid):
-    r = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in r.stdout.split()]
-
-
-def cmdline(pid):
-    try:
-        return open(f"/proc/{pid}/cmdline").read().split("\0")
-    except OSError:
-        return []
 
 
 @pytest.fixture(scope="module")
