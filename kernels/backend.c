@@ -270,14 +270,22 @@ sl_status sl_be_alloc(sl_backend *be, sl_tensor *t, sl_dtype dt, int ndim, const
 {
     *t = sl_tensor_make(NULL, dt, ndim, ne);
     size_t bytes = (size_t)sl_tensor_numel(t) * sl_dtype_size(dt);
-    return be->i->alloc(be, t, bytes ? bytes : 1, e);
+    sl_status st = be->i->alloc(be, t, bytes ? bytes : 1, e);
+    if (!st) be->held += bytes;
+    return st;
 }
 
 void sl_be_release(sl_backend *be, sl_tensor *t)
 {
-    if (t->data) be->i->release(be, t);
+    if (t->data) {
+        be->i->release(be, t);
+        size_t bytes = (size_t)sl_tensor_numel(t) * sl_dtype_size(t->dtype);
+        be->held -= bytes < be->held ? bytes : be->held;
+    }
     t->data = NULL;
 }
+
+size_t sl_be_held_bytes(const sl_backend *be) { return be->held; }
 
 sl_status sl_be_upload(sl_backend *be, sl_tensor *t, const void *src, sl_dtype src_dt, sl_err *e)
 {

@@ -198,6 +198,10 @@ sl_status sl_be_sync(sl_backend *be, sl_err *e);
  * where the backend has no memory of its own (CPU: callers use host
  * heuristics). */
 sl_status sl_be_mem_info(sl_backend *be, size_t *free_bytes, size_t *total_bytes, sl_err *e);
+/* Bytes this backend holds in tensors from sl_be_alloc not yet released
+ * (weights, caches; not its scratch): what this process uses of a device
+ * other processes may share. */
+size_t sl_be_held_bytes(const sl_backend *be);
 /* Mirrors a batch's host arrays for device ops (no-op on CPU). */
 sl_status sl_be_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e);
 
@@ -375,7 +379,7 @@ typedef struct sl_sample_row {
     float temperature;        /* <= 0: greedy (argmax of the penalised logits, lowest id on ties) */
     int top_k;                /* <= 0 or >= vocab: off; 1: greedy */
     float top_p;              /* >= 1: off */
-    float min_p;              /* <= 0: off */
+    float min_p;              /* <= 0: off; above 1 acts as 1 (the top token always stays) */
     float repetition_penalty; /* 1: off */
     float frequency_penalty, presence_penalty;
     float u;                  /* this row's uniform draw in [0, 1) */

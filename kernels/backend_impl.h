@@ -76,6 +76,7 @@ typedef struct sl_backend_i {
 /* Every backend struct begins with this header. */
 struct sl_backend {
     const sl_backend_i *i;
+    size_t held; /* bytes in live sl_be_alloc tensors (sl_be_held_bytes) */
 };
 
 #endif

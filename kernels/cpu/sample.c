@@ -109,7 +109,7 @@ static int32_t draw(float *x, int64_t V, const sl_sample_row *w, int32_t *idx)
     int sorted = k < V || w->top_p < 1.0f;
     if (!sorted) {
         /* plain temperature (+ min-p): inverse CDF in id order */
-        float floor_p = w->min_p > 0 ? w->min_p * x[argmax(x, V)] : 0.0f;
+        float floor_p = w->min_p > 0 ? fminf(w->min_p, 1.0f) * x[argmax(x, V)] : 0.0f;
         double tot = 0, acc = 0;
         for (int64_t i = 0; i < V; i++)
             if (x[i] >= floor_p) tot += x[i];
@@ -152,7 +152,7 @@ static int32_t draw(float *x, int64_t V, const sl_sample_row *w, int32_t *idx)
         }
     }
     if (w->min_p > 0) {
-        float floor_p = w->min_p * x[idx[0]];
+        float floor_p = fminf(w->min_p, 1.0f) * x[idx[0]];
         while (n > 1 && x[idx[n - 1]] < floor_p)
             n--;
     }

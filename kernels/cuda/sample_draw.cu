@@ -82,7 +82,7 @@ __device__ int32_t sb_draw_small(const float *ps, int V, sb_cand c, const sl_sam
         np = first_over(fmax(ceil((double)w.top_p * (double)tot) - 1.0, 0.0), n) + 1;
     int nm = np;
     if (w.min_p > 0) { // probabilities fall with rank: the kept ones are a prefix
-        float floor_p = __fmul_rn(w.min_p, pmax);
+        float floor_p = __fmul_rn(fminf(w.min_p, 1.0f), pmax);
         u64 keep = sb_reduce((u64)(tid < np && sb_val(key) >= floor_p), usum_op, s);
         nm = keep ? (int)keep : 1;
     }
@@ -107,7 +107,7 @@ __device__ int32_t sb_draw_radix(const float *ps, int V, sb_cand c, u64 cmass,
         cmass = pk.above_m + pk.j * sb_mass(pk.key);
     }
     if (w.min_p > 0) {
-        float floor_p = __fmul_rn(w.min_p, pmax);
+        float floor_p = __fmul_rn(fminf(w.min_p, 1.0f), pmax);
         if (sb_val(c.key) < floor_p) {
             // the smallest key of the set that is still >= floor_p
             u64 kmin = ~0ull;
@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample_draw(sb_args g)
             // id-order inverse CDF: the slice where the cumulative kept mass
             // crosses u*kept, then a walk of that slice alone
             double u = (double)w.u * (double)t.kept;
-            float floor_p = w.min_p > 0 ? __fmul_rn(w.min_p, pmax) : 0.0f;
+            float floor_p = w.min_p > 0 ? __fmul_rn(fminf(w.min_p, 1.0f), pmax) : 0.0f;
             u64 base = 0;
             tok = -1;
             for (int b = 0; b < g.B && tok < 0; b++) {

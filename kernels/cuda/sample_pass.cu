@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(SB_NT, 1) k_sample_prob(sb_args g)
     auto umax_op = [](u64 a, u64 b) { return a > b ? a : b; };
     float inv_t = __fdiv_rn(1.0f, w.temperature);
     float pmax = (float)(1.0 / t.sum); // the top logit's exp is exactly 1
-    float floor_p = w.min_p > 0 ? __fmul_rn(w.min_p, pmax) : 0.0f;
+    float floor_p = w.min_p > 0 ? __fmul_rn(fminf(w.min_p, 1.0f), pmax) : 0.0f;
     // each thread rewrites what it read
     u64 nzero = 0, mass = 0, kept = 0, last = 0;
     for (int i = lo + tid; i < hi; i += SB_NT) {

@@ -58,6 +58,19 @@ for name in $models; do
       "$name" "$conc" "$n" "$rc" "$(pick 'Output token throughput')" "$(pick 'Mean TTFT')" \
       "$(pick 'Mean TPOT')" "$(pick 'Median TPOT')")")
   done
+  if [ -n "${BENCH_EXTRA:-}" ]; then # proof the extra body was honoured: one answer, shown
+    sample=$(python3 - "$port" "$BENCH_EXTRA" <<'PY'
+import json, sys, urllib.request
+port, extra = sys.argv[1], json.loads(sys.argv[2])
+model = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models"))["data"][0]["id"]
+body = {"model": model, "prompt": "Say something.", "max_tokens": 48, "temperature": 1.0, **extra}
+req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", json.dumps(body).encode(),
+                             {"Content-Type": "application/json"})
+print(json.dumps(json.load(urllib.request.urlopen(req, timeout=60))["choices"][0]["text"]))
+PY
+)
+    summary+=("$(printf '%-16s with %s: %s' "$name" "$BENCH_EXTRA" "${sample:0:120}")")
+  fi
   kill $pid; wait $pid 2>/dev/null
   gaps=$(grep "decode steps" "$log" | tail -1 | sed 's/.*decode steps/decode steps/')
   summary+=("$(printf '%-16s %s' "$name" "${gaps:-no step timing logged}")")

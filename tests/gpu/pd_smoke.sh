@@ -16,7 +16,7 @@ run() { # NAME PORT FLAGS...: serve, 4 greedy completions of 2000-token prompts,
   "$bin/sluice" serve "${common[@]}" --port "$port" "$@" >"${OUT:-/tmp}/pd-$name.log" 2>&1 &
   local pid=$!
   python3 - "$port" "$name" <<'PY'
-import json, sys, time, urllib.request, urllib.error
+import json, os, sys, time, urllib.request, urllib.error
 port, name = int(sys.argv[1]), sys.argv[2]
 def health():
     try:
@@ -28,7 +28,9 @@ def health():
 t0 = time.time()
 def ready(h):
     return h.get("workers", 0) > 0 and h.get("workers_alive") == h.get("workers")
-while time.time() - t0 < 240 and not ready(health()):
+while not ready(health()):
+    if time.time() - t0 > float(os.environ.get("READY_S", 240)):
+        sys.exit(f"{name}: not ready after {time.time() - t0:.0f} s")
     time.sleep(0.5)
 model = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5))["data"][0]["id"]
 out = []
@@ -38,17 +40,19 @@ for i in range(4):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     t = time.time()
-    r = json.load(urllib.request.urlopen(req, timeout=120))
+    r = json.load(urllib.request.urlopen(req, timeout=60))
     out.append({"text": r["choices"][0]["text"], "s": round(time.time() - t, 3)})
 m = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 pd = [l for l in m.splitlines() if l.startswith("sluice_worker_pd_transfer")]
 json.dump({"name": name, "out": out, "pd": pd}, open(f"/tmp/pd-{name}.json", "w"))
 print(name, [o["s"] for o in out], *pd, sep="\n  ")
 PY
+  [ $? = 0 ] || { echo "$name: FAIL; the server's log ends:"; tail -40 "${OUT:-/tmp}/pd-$name.log"; }
   kill "$pid"; wait "$pid" 2>/dev/null
 }
-run unified 30211 --mem-fraction-static 0.2
-run pd 30212 --pd-prefill 1 --pd-decode 1 --mem-fraction-static 0.2
+run unified 30211 --mem-fraction-static 0.4
+# the two workers share the card: each counts only its own weights and caches
+run pd 30212 --pd-prefill 1 --pd-decode 1 --mem-fraction-static 0.4
 python3 - <<'PY'
 import json
 u, p = (json.load(open(f"/tmp/pd-{n}.json")) for n in ("unified", "pd"))

@@ -88,7 +88,10 @@ static void test_batch(const char *cfg_json)
                         .state_slot = &st1, .state_fresh = &fr1, .track_slot = &tr1,
                         .track_len = &tl1};
     sl_tensor lg;
+    size_t held = sl_be_held_bytes(be); /* weights and caches: what sizes a shared card */
+    CHECK(held > 0);
     CHECK(sl_be_alloc(be, &lg, SL_DTYPE_F32, 2, (int64_t[]){17, V}, &e) == SL_OK);
+    CHECK(sl_be_held_bytes(be) == held + sizeof(float) * 17 * (size_t)V);
     CHECK(sl_model_forward(m, &cache, &m1, rows, NA0, &lg, &e) == SL_OK);
     float *out = malloc(sizeof(float) * 17 * V);
     sl_tensor v1 = sl_tensor_rowview(&lg, 0, NA0);
@@ -164,6 +167,7 @@ static void test_batch(const char *cfg_json)
     sl_model_cache_free(m, &cache);
     sl_solo_free(&s);
     sl_model_free(m);
+    CHECK_MSG(sl_be_held_bytes(be) == 0, "%zu bytes still counted", sl_be_held_bytes(be));
     sl_backend_free(be);
 }
 

@@ -436,6 +436,21 @@ static void test_grammar(void)
     sl_gram_vocab_free(v);
 }
 
+/* min-p above 1 on a masked row (the id-order draw): the top allowed token, never id 0
+ * (the walk's fallback when min-p kept nothing, which the mask excludes) */
+static void test_mask_min_p(void)
+{
+    sl_sample_row row = {.temperature = 1.0f, .top_p = 1.0f, .min_p = 1.5f, .repetition_penalty = 1.0f,
+                         .pending = -1, .mask_row = 0, .u = 0.5f};
+    uint32_t bits[1] = {1u << 2 | 1u << 5};
+    int32_t tok = -1;
+    sl_tensor ids = sl_tensor_make(&tok, SL_DTYPE_I32, 1, (int64_t[]){1});
+    sl_tensor lt = sl_tensor_make((float *)base, SL_DTYPE_F32, 2, (int64_t[]){1, V});
+    sl_sample_args a = {1, &row, 0, NULL, NULL, NULL, NULL, bits, 1, 1};
+    sl_be_sample(cpu, &ids, NULL, &lt, &a);
+    CHECK_MSG(tok == 5, "token %d, want 5 (the top allowed one)", (int)tok);
+}
+
 int main(void)
 {
     cpu = sl_backend_cpu_new();
@@ -448,6 +463,7 @@ int main(void)
     test_pending();
     test_table_ids();
     test_grammar();
+    test_mask_min_p();
     sl_backend_free(cpu);
     return sl_test_done("test_sampler");
 }

@@ -491,12 +491,18 @@ static sl_status wait_for(sl_engine *g, uint64_t ticket, sl_err *e)
 
 static size_t default_budget(const sl_engine_config *c, sl_backend *be)
 {
-    /* Device memory: as SGLang, --mem-fraction-static of the card holds the
-     * weights (already loaded) plus the caches; the rest is for activations. */
+    /* Device memory: as SGLang, --mem-fraction-static of the card holds this
+     * worker's weights (already loaded) plus its caches; the rest is for
+     * activations. This worker's own tensors count, not the card's free
+     * memory: two workers sharing a card (a PD pair, 0.4 each) would each
+     * count the other's weights as their own. Capped by what is free, less
+     * 5 % of the card for this worker's activations. */
     double frac = c->mem_fraction > 0 ? c->mem_fraction : 0.85;
     size_t free_b = 0, total_b = 0;
     if (sl_be_mem_info(be, &free_b, &total_b, NULL) == SL_OK) {
-        double budget = (double)free_b - (double)total_b * (1.0 - frac);
+        double own = (double)total_b * frac - (double)sl_be_held_bytes(be);
+        double room = (double)free_b - 0.05 * (double)total_b;
+        double budget = own < room ? own : room;
         return budget > 0 ? (size_t)budget : 0;
     }
     /* CPU backend: a share of physical memory (--mem-bytes sets it exactly) */

@@ -288,8 +288,9 @@ static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, in
 static void fp8_perf(tb *t, const char *filter)
 {
     if (tb_perf_on(filter, SL_OP_MOE_EXPERTS_FP8)) {
-        /* prefill: 128 and 4096 tokens, both paths (the GEMVs as the baseline) */
-        int Ts[] = {128, 4096};
+        /* decode batches (16, 64) and prefill (128, 4096 tokens), both paths: where
+         * AUTO's switch to the grouped GEMMs belongs */
+        int Ts[] = {16, 64, 128, 4096};
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++)
             for (int grouped = 0; grouped < 2; grouped++) {
                 perf_moe_fp8(t, "30B-A3B", Ts[i], 2048, 768, 128, 8, grouped);
