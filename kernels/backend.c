@@ -287,6 +287,44 @@ void sl_be_release(sl_backend *be, sl_tensor *t)
 
 size_t sl_be_held_bytes(const sl_backend *be) { return be->held; }
 
+sl_status sl_be_copy(sl_backend *be, sl_tensor *dst, const sl_tensor *src, sl_err *e)
+{
+    size_t bytes = (size_t)sl_tensor_numel(src) * sl_dtype_size(src->dtype);
+    if (src->dtype != dst->dtype || sl_tensor_numel(src) != sl_tensor_numel(dst))
+        return sl_err_set(e, SL_ERR_INVALID, "copy: %lld to %lld elements or dtypes differ",
+                          (long long)sl_tensor_numel(src), (long long)sl_tensor_numel(dst));
+    if (!be->i->copy) {
+        memcpy(dst->data, src->data, bytes);
+        return SL_OK;
+    }
+    return be->i->copy(be, dst, src, bytes, e);
+}
+
+int sl_be_device_id(sl_backend *be, char *out, size_t n)
+{
+    return be->i->device_id ? be->i->device_id(be, out, n) : -1;
+}
+
+sl_status sl_be_share_export(sl_backend *be, const sl_tensor *t, sl_be_share *h, sl_err *e)
+{
+    if (!be->i->share_export)
+        return sl_err_set(e, SL_ERR_UNSUPPORTED, "the %s backend cannot share tensors", be->i->name);
+    return be->i->share_export(be, t, h, e);
+}
+
+sl_status sl_be_share_open(sl_backend *be, const sl_be_share *h, sl_tensor *t, sl_err *e)
+{
+    if (!be->i->share_open)
+        return sl_err_set(e, SL_ERR_UNSUPPORTED, "the %s backend cannot share tensors", be->i->name);
+    return be->i->share_open(be, h, t, e);
+}
+
+void sl_be_share_close(sl_backend *be, sl_tensor *t)
+{
+    if (t->data && be->i->share_close) be->i->share_close(be, t);
+    t->data = NULL;
+}
+
 sl_status sl_be_upload(sl_backend *be, sl_tensor *t, const void *src, sl_dtype src_dt, sl_err *e)
 {
     return be->i->upload(be, t, src, src_dt, e);

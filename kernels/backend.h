@@ -202,6 +202,30 @@ sl_status sl_be_mem_info(sl_backend *be, size_t *free_bytes, size_t *total_bytes
  * (weights, caches; not its scratch): what this process uses of a device
  * other processes may share. */
 size_t sl_be_held_bytes(const sl_backend *be);
+/* Copies src into dst (same dtype and element count, both contiguous: this
+ * backend's tensors, views of them, or tensors opened with
+ * sl_be_share_open), queued on the backend like an op. */
+sl_status sl_be_copy(sl_backend *be, sl_tensor *dst, const sl_tensor *src, sl_err *e);
+
+/* ---- tensors shared with another process on the same device -------------
+ *
+ * A prefill worker and a decode worker on one GPU move a request's cache
+ * without the host: one exports its cache tensors, the other opens them and
+ * copies with sl_be_copy. Only where both report the same sl_be_device_id
+ * (CUDA: the GPU's UUID; cudaIpc handles); elsewhere SL_ERR_UNSUPPORTED. */
+#define SL_BE_SHARE_BYTES 64
+typedef struct sl_be_share {
+    uint8_t b[SL_BE_SHARE_BYTES];
+} sl_be_share;
+/* The device's identity into out (n >= 48), or -1 where tensors cannot be shared. */
+int sl_be_device_id(sl_backend *be, char *out, size_t n);
+/* A handle to t, a whole tensor from sl_be_alloc (not a view). */
+sl_status sl_be_share_export(sl_backend *be, const sl_tensor *t, sl_be_share *h, sl_err *e);
+/* Maps another process's exported tensor: t's dtype and shape are the
+ * caller's (the exporter's); its data is set. Undo with sl_be_share_close. */
+sl_status sl_be_share_open(sl_backend *be, const sl_be_share *h, sl_tensor *t, sl_err *e);
+void sl_be_share_close(sl_backend *be, sl_tensor *t);
+
 /* Mirrors a batch's host arrays for device ops (no-op on CPU). */
 sl_status sl_be_prepare(sl_backend *be, sl_batch_meta *m, sl_err *e);
 

@@ -17,6 +17,13 @@ typedef struct sl_backend_i {
     sl_status (*sync)(sl_backend *be, sl_err *e);
     sl_status (*prepare)(sl_backend *be, sl_batch_meta *m, sl_err *e);
     sl_status (*mem_info)(sl_backend *be, size_t *free_bytes, size_t *total_bytes, sl_err *e);
+    /* NULL: a plain memcpy (host memory) */
+    sl_status (*copy)(sl_backend *be, sl_tensor *dst, const sl_tensor *src, size_t bytes, sl_err *e);
+    /* sharing with another process (backend.h); NULL where unsupported */
+    int (*device_id)(sl_backend *be, char *out, size_t n);
+    sl_status (*share_export)(sl_backend *be, const sl_tensor *t, sl_be_share *h, sl_err *e);
+    sl_status (*share_open)(sl_backend *be, const sl_be_share *h, sl_tensor *t, sl_err *e);
+    void (*share_close)(sl_backend *be, sl_tensor *t);
     /* pipelining; NULL on a backend whose memory is host memory and whose
      * ops finish before they return (backend.c then supplies plain versions) */
     void *(*host_alloc)(sl_backend *be, size_t bytes);

@@ -178,6 +178,59 @@ static sl_status cu_mem_info(sl_backend *be, size_t *free_bytes, size_t *total_b
     return SL_OK;
 }
 
+static sl_status cu_copy(sl_backend *be, sl_tensor *dst, const sl_tensor *src, size_t bytes, sl_err *e)
+{
+    CU_TRY(e, cudaMemcpyAsync(dst->data, src->data, bytes, cudaMemcpyDefault, cu_be(be)->stream));
+    return SL_OK;
+}
+
+// ---- sharing with another process on the same GPU (cudaIpc) -------------------
+
+static_assert(sizeof(cudaIpcMemHandle_t) == SL_BE_SHARE_BYTES, "an IPC handle is 64 bytes");
+
+static int cu_device_id(sl_backend *be, char *out, size_t n)
+{
+    cudaDeviceProp prop;
+    if (n < 48 || cudaGetDeviceProperties(&prop, cu_be(be)->device) != cudaSuccess) return -1;
+    const unsigned char *u = (const unsigned char *)prop.uuid.bytes;
+    int w = snprintf(out, n, "GPU-");
+    for (int i = 0; i < 16; i++) w += snprintf(out + w, n - (size_t)w, "%02x", u[i]);
+    return 0;
+}
+
+static sl_status cu_share_export(sl_backend *be, const sl_tensor *t, sl_be_share *h, sl_err *e)
+{
+    CU_TRY(e, cudaSetDevice(cu_be(be)->device));
+    cudaIpcMemHandle_t m;
+    CU_TRY(e, cudaIpcGetMemHandle(&m, t->data));
+    memcpy(h->b, &m, sizeof m);
+    return SL_OK;
+}
+
+static sl_status cu_share_open(sl_backend *be, const sl_be_share *h, sl_tensor *t, sl_err *e)
+{
+    CU_TRY(e, cudaSetDevice(cu_be(be)->device));
+    cudaIpcMemHandle_t m;
+    memcpy(&m, h->b, sizeof m);
+    void *p = NULL;
+    cudaError_t err = cudaIpcOpenMemHandle(&p, m, cudaIpcMemLazyEnablePeerAccess);
+    if (err != cudaSuccess) {
+        cudaGetLastError(); // not sticky: the caller falls back or fails one request
+        return sl_err_set(e, SL_ERR_DEVICE, "opening another process's tensor: %s",
+                          cudaGetErrorString(err));
+    }
+    t->data = p;
+    t->on_device = 1;
+    return SL_OK;
+}
+
+static void cu_share_close(sl_backend *be, sl_tensor *t)
+{
+    // copies from it may still be queued
+    CU_CHECK(cudaStreamSynchronize(cu_be(be)->stream));
+    cudaIpcCloseMemHandle(t->data);
+}
+
 static sl_status cu_sync(sl_backend *be, sl_err *e)
 {
     CU_TRY(e, cudaStreamSynchronize(cu_be(be)->stream));
@@ -483,6 +536,11 @@ static const sl_backend_i cu_iface = {
     .sync = cu_sync,
     .prepare = cu_prepare,
     .mem_info = cu_mem_info,
+    .copy = cu_copy,
+    .device_id = cu_device_id,
+    .share_export = cu_share_export,
+    .share_open = cu_share_open,
+    .share_close = cu_share_close,
     .host_alloc = cu_host_alloc,
     .host_free = cu_host_free,
     .copy_out = cu_copy_out,

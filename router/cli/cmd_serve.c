@@ -236,7 +236,7 @@ int sl_cmd_serve(int argc, char **argv)
     int tp = 1, dp = 1;
     const char *device = "cpu", *dist_timeout = NULL;
     int pd_prefill = 0, pd_decode = 0, pd_prefill_tp = 0, pd_decode_tp = 0;
-    const char *pd_pdev = NULL, *pd_ddev = NULL, *pd_timeout = NULL;
+    const char *pd_pdev = NULL, *pd_ddev = NULL, *pd_timeout = NULL, *pd_backend = NULL;
     sl_opt opts[SL_ROUTER_MAX_OPTS];
     int n = sl_router_opts(opts, &cli, &cfg);
     opts[n++] = (sl_opt){"--tp-size", "--tp", SL_OPT_INT, &tp, "GPUs per worker group (1)"};
@@ -258,6 +258,8 @@ int sl_cmd_serve(int argc, char **argv)
                          "PD layout: TP size of each decode worker (default --tp-size)"};
     opts[n++] = (sl_opt){"--disaggregation-timeout", NULL, SL_OPT_STR, &pd_timeout,
                          "seconds a PD request waits for the other side (workers; 30)"};
+    opts[n++] = (sl_opt){"--disaggregation-transfer-backend", NULL, SL_OPT_STR, &pd_backend,
+                         "auto (device to device on a shared GPU, else nng) | nng (workers)"};
     n += sl_engine_flags_pass_opts(&passes, opts + n);
     cli.load_format = serve_opt_str(opts, n, "--load-format"); /* the workers' download */
     const char *summary = "router + local workers in one command (SGLang's launch_server flags)";
@@ -353,7 +355,7 @@ int sl_cmd_serve(int argc, char **argv)
             snprintf(dev, sizeof dev, "cuda:%d", g * tp);
         else
             snprintf(dev, sizeof dev, "%s", device);
-        char *wargv[64];
+        char *wargv[80];
         int k = 0;
         wargv[k++] = "sluice";
         wargv[k++] = "worker";
@@ -395,6 +397,10 @@ int sl_cmd_serve(int argc, char **argv)
             if (pd_timeout) {
                 wargv[k++] = "--disaggregation-timeout";
                 wargv[k++] = (char *)pd_timeout;
+            }
+            if (pd_backend) {
+                wargv[k++] = "--disaggregation-transfer-backend";
+                wargv[k++] = (char *)pd_backend;
             }
         }
         k += sl_engine_flags_pass_argv(&passes, wargv + k);

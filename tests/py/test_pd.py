@@ -8,13 +8,14 @@ import http.client
 import json
 import re
 import signal
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from router_harness import API_KEY, SLOW, Procs, make_tiny, metrics, post, start_router
+from router_harness import API_KEY, BIN, SLOW, Procs, make_tiny, metrics, post, start_router
 
 MEM = 64 << 20
 
@@ -253,11 +254,13 @@ def test_pd_layout_mismatch(tmp_path):
 
 
 def test_serve_pd_layout(tmp_path):
-    """`sluice serve --pd-prefill 1 --pd-decode 1` starts a PD layout."""
+    """`sluice serve --pd-prefill 1 --pd-decode 1` starts a PD layout (the
+    transfer backend passed on to both workers)."""
     procs = Procs()
     try:
         model = make_tiny(tmp_path / "m")
         _, port = start_router(procs, model, [], "--pd-prefill", 1, "--pd-decode", 1,
+                               "--disaggregation-transfer-backend", "nng",
                                "--mem-bytes", MEM, command="serve", alive=2)
         text, _, usage = complete(port, prompts()[0], max_tokens=5)
         assert usage["completion_tokens"] == 5
@@ -267,6 +270,15 @@ def test_serve_pd_layout(tmp_path):
         assert roles == [1, 2]
     finally:
         procs.stop()
+
+
+def test_transfer_backend_flag(tmp_path):
+    """A transfer backend other than auto or nng is a usage error, named."""
+    model = make_tiny(tmp_path / "m")
+    r = subprocess.run([BIN, "worker", "--model", str(model), "--listen", "ipc:///tmp/x",
+                        "--disaggregation-mode", "prefill", "--disaggregation-transfer-backend",
+                        "nixl"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--disaggregation-transfer-backend must be auto or nng" in r.stderr, r.stderr
 
 
 def test_pd_client_disconnect(tmp_path):

@@ -182,14 +182,14 @@ int sl_cmd_worker(int argc, char **argv)
 {
     const char *model = NULL, *revision = NULL, *listen = NULL, *device = "cpu", *served_name = NULL;
     const char *dist_addr = NULL, *secret_file = NULL;
-    const char *pd_mode = "null", *pd_url = NULL;
+    const char *pd_mode = "null", *pd_url = NULL, *pd_backend = "auto";
     double pd_timeout = 30;
     int tp = 1, tp_rank = -1, nnodes = 1, node_rank = 0;
     double dist_timeout = 60;
     sl_engine_flags f;
     sl_engine_flags_default(&f);
     sl_engine_config *cp = &f.c;
-    sl_opt opts[17 + SL_ENGINE_NFLAGS]; /* 16 own options and the terminator */
+    sl_opt opts[18 + SL_ENGINE_NFLAGS]; /* 17 own options and the terminator */
     int n = 0;
     opts[n++] = (sl_opt){"--model", "--model-path", SL_OPT_STR, &model,
                          "model directory (Hugging Face layout), or Hugging Face model id ORG/NAME"};
@@ -221,6 +221,8 @@ int sl_cmd_worker(int argc, char **argv)
                          "decode: where prefill workers send KV (--listen + 1 port, or .kv)"};
     opts[n++] = (sl_opt){"--disaggregation-timeout", NULL, SL_OPT_FLOAT, &pd_timeout,
                          "seconds a request waits for the other side (30)"};
+    opts[n++] = (sl_opt){"--disaggregation-transfer-backend", NULL, SL_OPT_STR, &pd_backend,
+                         "auto (device to device when both sides share a GPU, else nng) | nng"};
     n += sl_engine_flags_opts(&f, opts + n);
     opts[n] = (sl_opt){0};
     const char *summary = "Serves a model to a router over nng (proto/sluice.proto messages).";
@@ -263,6 +265,8 @@ int sl_cmd_worker(int argc, char **argv)
     if (sl_pd_role_parse(pd_mode, &role))
         return sl_opts_usage_error("worker",
                                    "--disaggregation-mode must be prefill, decode or null");
+    if (strcmp(pd_backend, "auto") && strcmp(pd_backend, "nng"))
+        return sl_opts_usage_error("worker", "--disaggregation-transfer-backend must be auto or nng");
     if (!(pd_timeout > 0 && pd_timeout <= 3600))
         return sl_opts_usage_error("worker",
                                    "--disaggregation-timeout must be in (0, 3600] seconds");
@@ -410,6 +414,7 @@ int sl_cmd_worker(int argc, char **argv)
                            .transfer_url = pd_url,
                            .timeout_ms = (int)(pd_timeout * 1000),
                            .shard = shard,
+                           .share = !tg && !strcmp(pd_backend, "auto"),
                            .side = tg ? sl_group_side : NULL,
                            .side_ctx = tg};
         if (sl_pd_new(&pd, &pc, g, m, &e)) {

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "pd_share.h"
 #include "sl_buf.h"
 #include "sl_log.h"
 #include "wire.h"
@@ -105,7 +106,16 @@ typedef struct room {
     size_t pending_bytes;
     int n_tokens;
     int64_t send_t0_us;
+    int share;            /* prefill: the decode side copies device to device */
+    int64_t lent_until;   /* prefill: memory held for the decode side's copy until then */
 } room;
+
+/* Device-to-device transfers (pd_share.h): how long the prefill side holds a
+ * request's pages and slot for the decode side's copy, and how much of that
+ * the decode side must have left before it starts copying. The copy itself
+ * takes milliseconds. */
+#define SHARE_HOLD_US 3000000
+#define SHARE_MARGIN_US 500000
 
 struct sl_pd {
     sl_pd_config c;
@@ -116,6 +126,7 @@ struct sl_pd {
     void *tp_impl;
     char url[256];
     const char *layout; /* the shard's */
+    sl_pd_share *share; /* NULL: host staged only */
     room *rooms;
     int n_rooms, cap_rooms;
     sl_buf buf; /* staging for one request's pages (bytes at buf.data) */
@@ -173,6 +184,7 @@ sl_status sl_pd_new(sl_pd **out, const sl_pd_config *c, sl_engine *g, sl_model *
     pd->tp = &nng_transport;
     pd->tp_impl = t;
     pd->layout = sl_pd_shard_layout(c->shard);
+    if (c->share) pd->share = sl_pd_share_new(g, m);
     if (c->role == SLUICE__DISAGG_ROLE__DISAGG_DECODE) {
         int rv = nng_pull0_open(&t->pull);
         if (!rv) {
@@ -198,6 +210,7 @@ void sl_pd_free(sl_pd *pd)
 {
     if (!pd) return;
     if (pd->tp) pd->tp->free(pd->tp_impl);
+    sl_pd_share_free(pd->share);
     for (int i = 0; i < pd->n_rooms; i++)
         if (pd->rooms[i].pending) nng_msg_free(pd->rooms[i].pending);
     free(pd->rooms);
@@ -350,25 +363,41 @@ static void prefill_send(sl_pd *pd, room *rm)
     size_t kvb = sl_pd_shard_kv_bytes(pd->c.shard, np);
     size_t stb = mem.state >= 0 ? sl_pd_shard_state_bytes(pd->c.shard) : 0;
     sl_err e = {0};
-    if (sl_buf_reserve(&pd->buf, kvb + stb)) {
-        prefill_fail(pd, rm, "out of memory staging the transfer");
-        return;
-    }
-    uint8_t *staged = (uint8_t *)pd->buf.data; /* never NULL once reserved */
-    if (run_job(pd, SL_PD_EXPORT, np ? mem.pages + p0 : NULL, np, mem.state, -1, staged,
-                staged + kvb, &e)) {
-        prefill_fail(pd, rm, e.msg);
-        return;
-    }
     Sluice__KvTransfer kt = SLUICE__KV_TRANSFER__INIT;
+    const uint8_t *blob;
+    size_t blob_n;
+    if (rm->share && sl_pd_share_lend(pd->share, &blob, &blob_n, &e)) {
+        SL_LOGW("pd", "request %llu: no device-to-device transfer (%s): host staged",
+                (unsigned long long)rm->rid, e.msg);
+        rm->share = 0;
+    }
+    if (rm->share) { /* the decode side copies out of this worker's cache */
+        kt.share.data = (uint8_t *)blob;
+        kt.share.len = blob_n;
+        kt.n_src_pages = (size_t)np;
+        kt.src_pages = np ? (int32_t *)mem.pages + p0 : NULL;
+        kt.src_slot = mem.state;
+        kt.deadline_us = t0 + SHARE_HOLD_US;
+    } else {
+        if (sl_buf_reserve(&pd->buf, kvb + stb)) {
+            prefill_fail(pd, rm, "out of memory staging the transfer");
+            return;
+        }
+        uint8_t *staged = (uint8_t *)pd->buf.data; /* never NULL once reserved */
+        if (run_job(pd, SL_PD_EXPORT, np ? mem.pages + p0 : NULL, np, mem.state, -1, staged,
+                    staged + kvb, &e)) {
+            prefill_fail(pd, rm, e.msg);
+            return;
+        }
+        kt.kv.data = staged;
+        kt.kv.len = kvb;
+        kt.state.data = staged + kvb;
+        kt.state.len = stb;
+    }
     Sluice__TopLogprob top = SLUICE__TOP_LOGPROB__INIT;
     kt.room = rm->room;
     kt.start_token = rm->skip;
     kt.n_tokens = mem.n_tokens;
-    kt.kv.data = staged;
-    kt.kv.len = kvb;
-    kt.state.data = staged + kvb;
-    kt.state.len = stb;
     kt.token = rm->first.token;
     kt.logprob = rm->first.logprob;
     kt.layout = (char *)pd->layout;
@@ -389,8 +418,11 @@ static void prefill_send(sl_pd *pd, room *rm)
         return;
     }
     /* the bytes are in the message: the cache's pages and slot can go (the
-     * prefix stays in this worker's radix cache) */
-    sl_engine_pd_release(pd->g, rm->rid);
+     * prefix stays in this worker's radix cache); lent ones go at the deadline */
+    if (rm->share)
+        rm->lent_until = kt.deadline_us;
+    else
+        sl_engine_pd_release(pd->g, rm->rid);
     rm->pending = m;
     rm->pending_bytes = kvb + stb;
     rm->n_tokens = mem.n_tokens;
@@ -399,7 +431,8 @@ static void prefill_send(sl_pd *pd, room *rm)
 }
 
 /* Sends rm's pending transfer if the link takes it. Returns 1 when rm is
- * gone (sent or failed), 0 when it still waits. */
+ * gone (sent or failed), 0 when it stays (waiting for the link, or sent with
+ * its memory lent until its deadline). */
 static int try_send(sl_pd *pd, room *rm)
 {
     int rv = pd->tp->send(pd->tp_impl, rm->peer, rm->pending);
@@ -421,6 +454,7 @@ static int try_send(sl_pd *pd, room *rm)
             (unsigned long long)rm->room);
     send_router_chunk(pd, rm->rid, SLUICE__FINISH_REASON__FINISH_STOP, NULL, rm->n_tokens,
                       rm->cached);
+    if (rm->lent_until) return 0; /* released by sl_pd_poll at the deadline */
     drop_room(pd, rm);
     return 1;
 }
@@ -442,6 +476,7 @@ void sl_pd_on_kv_ready(sl_pd *pd, const Sluice__KvReady *k)
     }
     rm->ready = 1;
     rm->skip = k->skip_tokens;
+    rm->share = pd->share && k->share_id && !strcmp(k->share_id, sl_pd_share_id(pd->share));
     if (rm->computed) prefill_send(pd, rm);
 }
 
@@ -471,22 +506,42 @@ static void on_transfer(sl_pd *pd, const Sluice__KvTransfer *kt)
     int p0 = mem.skip_tokens / P, np = (mem.n_tokens + P - 1) / P - p0;
     size_t kvb = sl_pd_shard_kv_bytes(pd->c.shard, np);
     size_t stb = mem.state >= 0 ? sl_pd_shard_state_bytes(pd->c.shard) : 0;
+    int shared = kt->share.len > 0; /* device to device: no bytes in the message */
     if ((kt->layout && strcmp(kt->layout, pd->layout)) || kt->start_token != mem.skip_tokens ||
-        kt->n_tokens != mem.n_tokens || kt->kv.len != kvb || kt->state.len != stb) {
+        kt->n_tokens != mem.n_tokens || kt->kv.len != (shared ? 0 : kvb) ||
+        kt->state.len != (shared ? 0 : stb) ||
+        (shared && (kt->n_src_pages != (size_t)np || (kt->src_slot >= 0) != (mem.state >= 0)))) {
         char why[600];
         snprintf(why, sizeof why,
                  "transfer does not fit: tokens %d..%d (want %d..%d), %zu+%zu bytes (want "
-                 "%zu+%zu), layout '%s' (mine '%s')",
+                 "%zu+%zu), %zu shared pages, layout '%s' (mine '%s')",
                  kt->start_token, kt->n_tokens, mem.skip_tokens, mem.n_tokens, kt->kv.len,
-                 kt->state.len, kvb, stb, kt->layout ? kt->layout : "", pd->layout);
+                 kt->state.len, kvb, stb, kt->n_src_pages, kt->layout ? kt->layout : "", pd->layout);
         return decode_fail(pd, kt->room, why);
     }
     sl_err e = {0};
     /* the state goes to W and, for the tree, its copy (written and activated
      * in one go: nothing zeroes a slot after its transfer committed) */
-    if (run_job(pd, SL_PD_IMPORT, np ? mem.pages + p0 : NULL, np, mem.state,
-                mem.state >= 0 ? mem.state_copy : -1, kt->kv.data, kt->state.data, &e))
+    int32_t slot2 = mem.state >= 0 ? mem.state_copy : -1;
+    if (shared) {
+        /* the prefill side holds its pages until the deadline: copy well
+         * before it, and only use what was copied before it */
+        size_t copied;
+        if (!pd->share)
+            return decode_fail(pd, kt->room, "the prefill worker sent its cache device to device, "
+                                             "which this worker cannot open");
+        if (now_us() > kt->deadline_us - SHARE_MARGIN_US)
+            return decode_fail(pd, kt->room, "the device-to-device transfer arrived too late to copy");
+        if (sl_pd_share_pull(pd->share, kt->share.data, kt->share.len, kt->src_pages,
+                             np ? mem.pages + p0 : NULL, np, kt->src_slot, mem.state, slot2, &copied, &e))
+            return decode_fail(pd, kt->room, e.msg);
+        if (now_us() >= kt->deadline_us)
+            return decode_fail(pd, kt->room, "the device-to-device copy ended after the prefill "
+                                             "worker's hold");
+    } else if (run_job(pd, SL_PD_IMPORT, np ? mem.pages + p0 : NULL, np, mem.state, slot2,
+                       kt->kv.data, kt->state.data, &e)) {
         return decode_fail(pd, kt->room, e.msg);
+    }
     sl_sample s = {.token = kt->token, .logprob = kt->logprob};
     if (kt->top)
         for (size_t i = 0; i < kt->top->n_ids && i < kt->top->n_logprobs && i < SL_SAMPLER_MAX_TOP;
@@ -519,6 +574,7 @@ static void send_ready(sl_pd *pd, const sl_sched_event *ev)
     k.pages = (int32_t *)mem.pages;
     k.slot = mem.state;
     k.layout = (char *)pd->layout;
+    if (pd->share) k.share_id = (char *)sl_pd_share_id(pd->share);
     Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
     env.msg_case = SLUICE__ENVELOPE__MSG_KV_READY;
     env.kv_ready = &k;
@@ -579,7 +635,16 @@ int sl_pd_poll(sl_pd *pd)
     int64_t now = now_us();
     for (int i = 0; i < pd->n_rooms;) {
         room *rm = &pd->rooms[i];
-        if (now - rm->t0_us <= (int64_t)pd->c.timeout_ms * 1000) {
+        if (rm->lent_until && now >= rm->lent_until) { /* the decode side had its chance */
+            if (rm->pending) {
+                prefill_fail(pd, rm, "the transfer link did not take the transfer before its deadline");
+            } else {
+                sl_engine_pd_release(pd->g, rm->rid);
+                drop_room(pd, rm);
+            }
+            continue;
+        }
+        if (rm->lent_until || now - rm->t0_us <= (int64_t)pd->c.timeout_ms * 1000) {
             i++;
             continue;
         }

@@ -23,7 +23,9 @@
  * the decode worker listens (PULL) on its transfer URL, prefill workers dial
  * it (PUSH), and every transfer is one KvTransfer message, host staged
  * (pages copied out of the cache into the message, and into the cache on the
- * other side). What travels is the whole model's cache (pd_shard.h): a group
+ * other side). Between two TP 1 workers on the same GPU the message carries
+ * no bytes: the decode worker copies the pages device to device out of the
+ * prefill worker's cache, which holds them until a deadline (pd_share.h). What travels is the whole model's cache (pd_shard.h): a group
  * gathers its ranks' shards on rank 0 before sending and cuts them out after
  * receiving, so the two sides' TP sizes may differ. An NCCL point-to-point
  * transport would implement the same calls with the communicator of
@@ -56,6 +58,8 @@ typedef struct sl_pd_config {
     const char *transfer_url; /* decode: where to listen for transfers */
     int timeout_ms;           /* wait for the other side (0: 30000) */
     sl_pd_shard *shard;       /* this rank's cache jobs (used, not owned) */
+    int share;                /* TP 1: device to device with a worker on the same GPU
+                                 (pd_share.h) when the backend can */
     /* tensor parallel: runs a cache job on every rank of the group
      * (sl_group_side with side_ctx the group); NULL at TP 1 */
     sl_status (*side)(void *ctx, const uint8_t *body, size_t n, sl_err *e);
