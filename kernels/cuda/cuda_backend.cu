@@ -26,6 +26,7 @@ void *cu_tmp_alloc(cu_backend *b, size_t bytes)
 {
     void *p = NULL;
     CU_CHECK(cudaMallocAsync(&p, bytes ? bytes : 1, b->stream));
+    if (b->poison) CU_CHECK(cudaMemsetAsync(p, 0xff, bytes, b->stream));
     return p;
 }
 
@@ -69,6 +70,7 @@ static sl_status cu_alloc(sl_backend *be, sl_tensor *t, size_t bytes, sl_err *e)
         return sl_err_set(e, SL_ERR_NOMEM, "cudaMalloc of %zu bytes on device %d: %s", bytes,
                           cu_be(be)->device, cudaGetErrorString(err));
     }
+    if (cu_be(be)->poison) CU_CHECK(cudaMemset(p, 0xff, bytes));
     t->data = p;
     t->on_device = 1;
     return SL_OK;
@@ -602,6 +604,8 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->moe_fp8_path = grouped && strcmp(grouped, "0") == 0 ? SL_CUDA_MOE_FP8_GEMV : SL_CUDA_MOE_FP8_AUTO;
     const char *fa2 = getenv("SL_CUDA_ATTN_FA2");
     b->attn_fa2 = !(fa2 && strcmp(fa2, "0") == 0);
+    const char *poison = getenv("SL_CUDA_POISON");
+    b->poison = poison && strcmp(poison, "1") == 0;
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     // Keep freed scratch in the pool instead of returning it at every sync.
     cudaMemPool_t pool;

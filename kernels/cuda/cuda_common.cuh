@@ -108,8 +108,11 @@ typedef struct cu_backend {
     // for A/B timing); fence: the next cu_launch is a plain one (see there)
     int pdl, pdl_fence;
     // cu_attention: prefill batches on k_attn_fa2 instead of k_attn_prefill
-    // (env SL_CUDA_ATTN_FA2=1, or sl_cuda_attn_fa2; written blind, off by default)
+    // (the default; env SL_CUDA_ATTN_FA2=0, or sl_cuda_attn_fa2, goes back)
     int attn_fa2;
+    // env SL_CUDA_POISON=1: every new tensor and scratch buffer starts as NaN
+    // (all bits set), so a kernel reading memory nothing wrote shows
+    int poison;
 } cu_backend;
 
 static inline cu_backend *cu_be(sl_backend *be) { return (cu_backend *)be; }

@@ -13,14 +13,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,
   --format=csv | tee "$out/device.txt"
 declare -a rows
 # run NAME LIMIT ARGS...: one binary with a time limit, its log kept in $out
+# (TAG=word names a variant run in the log and the summary)
 run() {
   local name=$1 limit=$2; shift 2
-  local log="$out/$name${1:+.${1#--}}.log" start=$(date +%s)
-  echo "=== $name $*"
+  local log="$out/$name${TAG:+.$TAG}${1:+.${1#--}}.log" start=$(date +%s)
+  echo "=== $name ${TAG:-} $*"
   timeout -s KILL "$limit" "$dir/$name" "$@" >"$log" 2>&1
   local rc=$?
   cat "$log"
-  rows+=("$(printf '%-28s rc=%-3s %4ss  %s' "$name $*" "$rc" "$(( $(date +%s) - start ))" \
+  rows+=("$(printf '%-28s rc=%-3s %4ss  %s' "$name ${TAG:-}$*" "$rc" "$(( $(date +%s) - start ))" \
     "$(grep -E '^correctness:|checks,' "$log" | tr '\n' ' ')")")
 }
 for t in "$dir"/test_*; do
@@ -28,6 +29,8 @@ for t in "$dir"/test_*; do
   name=$(basename "$t")
   run "$name" "${LIMIT:-150}"
   [ "$name" = test_backend_ops ] && run "$name" "${PERF_LIMIT:-200}" --perf
+  # every allocation NaN: a kernel reading memory nothing wrote fails the checks
+  [ "$name" = test_engine_gpu ] && SL_CUDA_POISON=1 TAG=poisoned run "$name" "${LIMIT:-150}"
   if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
     timeout -s KILL 200 compute-sanitizer --tool memcheck --print-limit 5 "$t" \
       >"$out/$name.memcheck.log" 2>&1
