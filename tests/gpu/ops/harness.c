@@ -369,17 +369,30 @@ sl_tensor tb_gpu_rand(tb *t, sl_dtype dt, int ndim, const int64_t *ne, float sca
     return x;
 }
 
-int tb_moe_perf_route(int T, int k, int E, int st, int32_t *iv, float *wv)
+int tb_moe_perf_ids(tb *t, int T, int k, int E, sl_tensor *ids, int n_sets, sl_tensor *wt)
 {
+    int32_t *iv = malloc(sizeof(int32_t) * (size_t)T * k);
+    float *wv = malloc(sizeof(float) * (size_t)T * k);
     int *used = calloc((size_t)E, sizeof(int)), active = 0;
-    for (int i = 0; i < T; i++)
-        for (int j = 0; j < k; j++) {
-            unsigned v = (unsigned)(i * 7919 + j * (E / k) + i / 3 + st * 13) % (unsigned)E;
-            iv[i * k + j] = (int32_t)v;
-            wv[i * k + j] = 1.0f / (float)k;
-            if (!used[v]++) active++;
-        }
+    const int64_t ne[2] = {T, k};
+    sl_err e = {0};
+    for (int st = 0; st < n_sets; st++) {
+        for (int i = 0; i < T; i++)
+            for (int j = 0; j < k; j++) {
+                unsigned v = (unsigned)(i * 7919 + j * (E / k) + i / 3 + st * 13) % (unsigned)E;
+                iv[i * k + j] = (int32_t)v;
+                wv[i * k + j] = 1.0f / (float)k;
+                if (st == 0 && !used[v]++) active++;
+            }
+        if (sl_be_alloc(t->gpu, &ids[st], SL_DTYPE_I32, 2, ne, &e) ||
+            sl_be_upload(t->gpu, &ids[st], iv, SL_DTYPE_I32, &e))
+            tb_die("moe perf routing", &e);
+    }
+    if (sl_be_alloc(t->gpu, wt, SL_DTYPE_F32, 2, ne, &e) || sl_be_upload(t->gpu, wt, wv, SL_DTYPE_F32, &e))
+        tb_die("moe perf routing", &e);
     free(used);
+    free(iv);
+    free(wv);
     return active;
 }
 

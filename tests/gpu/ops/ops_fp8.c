@@ -256,19 +256,7 @@ static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, in
     c.dns = tb_gpu_rand(t, F32, 3, (int64_t[]){E, H, GI}, 1e-4f);
     c.x = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
     c.y = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
-    int32_t *iv = malloc(sizeof(int32_t) * (size_t)T * k);
-    float *wv = malloc(sizeof(float) * (size_t)T * k);
-    int active = 0; /* distinct experts of set 0 */
-    sl_err e = {0};
-    for (int st = 0; st < MOE_FP8_SETS; st++) {
-        int n = tb_moe_perf_route(T, k, E, st, iv, wv);
-        if (st == 0) active = n;
-        if (sl_be_alloc(t->gpu, &c.ids[st], SL_DTYPE_I32, 2, (tb_ne2(ne, T, k), ne), &e) ||
-            sl_be_upload(t->gpu, &c.ids[st], iv, SL_DTYPE_I32, &e))
-            tb_die("moe fp8 perf", &e);
-    }
-    if (sl_be_alloc(t->gpu, &c.wt, F32, 2, (tb_ne2(ne, T, k), ne), &e) || sl_be_upload(t->gpu, &c.wt, wv, F32, &e))
-        tb_die("moe fp8 perf", &e);
+    int active = tb_moe_perf_ids(t, T, k, E, c.ids, MOE_FP8_SETS, &c.wt);
     sl_cuda_moe_fp8_path(t->gpu, grouped ? SL_CUDA_MOE_FP8_GROUPED : SL_CUDA_MOE_FP8_GEMV);
     double ms = tb_time_op(t, pf_moe_fp8, &c, MOE_FP8_SETS, 10, NULL);
     double bytes = (double)active * (3.0 * I * H + 4.0 * (2.0 * I * GH + (double)H * GI)) + 4.0 * T * H;
@@ -278,8 +266,6 @@ static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, in
     snprintf(note, sizeof note, " [%s]", sl_cuda_matmul_last(t->gpu));
     tb_report(t, "moe_experts_fp8", desc, ms, bytes, flops, note);
     sl_cuda_moe_fp8_path(t->gpu, SL_CUDA_MOE_FP8_GEMV);
-    free(iv);
-    free(wv);
     sl_tensor *ts[] = {&c.x, &c.y, &c.wt, &c.gu, &c.gus, &c.dn, &c.dns};
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) sl_be_release(t->gpu, ts[i]);
     for (int st = 0; st < MOE_FP8_SETS; st++) sl_be_release(t->gpu, &c.ids[st]);

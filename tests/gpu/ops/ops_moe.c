@@ -221,20 +221,7 @@ static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k)
     c.dn = tb_gpu_rand(t, BF, 3, ne, 0.05f);
     c.x = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
     c.y = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
-    int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * k));
-    float *wv = malloc(sizeof(float) * (size_t)(T * k));
-    sl_err e = {0};
-    int active = 0; /* distinct experts of set 0 (all sets alike) */
-    for (int st = 0; st < MOE_SETS; st++) {
-        int n = tb_moe_perf_route(T, k, E, st, iv, wv);
-        if (st == 0) active = n;
-        if (sl_be_alloc(t->gpu, &c.ids[st], SL_DTYPE_I32, 2, (tb_ne2(ne, T, k), ne), &e) ||
-            sl_be_upload(t->gpu, &c.ids[st], iv, SL_DTYPE_I32, &e))
-            tb_die("moe perf", &e);
-    }
-    if (sl_be_alloc(t->gpu, &c.wt, F32, 2, (tb_ne2(ne, T, k), ne), &e) ||
-        sl_be_upload(t->gpu, &c.wt, wv, F32, &e))
-        tb_die("moe perf", &e);
+    int active = tb_moe_perf_ids(t, T, k, E, c.ids, MOE_SETS, &c.wt);
     double ms = tb_time_op(t, pf_moe, &c, MOE_SETS, 24, NULL);
     double bytes = (double)active * 3.0 * I * H * 2 + 2.0 * T * H * 2;
     double flops = 2.0 * T * k * 3.0 * I * H;
@@ -246,8 +233,6 @@ static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k)
         snprintf(desc, sizeof desc, "%s T=%d graph", name, T);
         tb_report(t, "moe_experts", desc, ms, bytes, flops, "");
     }
-    free(iv);
-    free(wv);
     sl_be_release(t->gpu, &c.x);
     sl_be_release(t->gpu, &c.y);
     for (int st = 0; st < MOE_SETS; st++) sl_be_release(t->gpu, &c.ids[st]);
