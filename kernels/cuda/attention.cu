@@ -12,9 +12,9 @@
 // through shared memory at the end. With one split the block writes the
 // normalised output; with several (long contexts and few tiles: decode) it
 // writes (max, sum, acc) partials that k_attn_combine merges per (token, head).
-// Prefill batches run k_attn_prefill (64-row tiles, wmma) or, with
-// SL_CUDA_ATTN_FA2=1, k_attn_fa2 (the same tiles on mma.sync, FlashAttention-2
-// style: S, P and O in registers; written blind, see kernels/dev/NOTES.md v12).
+// Prefill batches run k_attn_fa2 (64-row tiles on mma.sync, FlashAttention-2
+// style: S, P and O in registers; kernels/dev/NOTES.md v12) or, with
+// SL_CUDA_ATTN_FA2=0, k_attn_prefill (the same tiles on wmma).
 #include <cuda_pipeline.h>
 #include <mma.h>
 
@@ -541,7 +541,7 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a
     }
 }
 
-// ---- FlashAttention-2 prefill (SL_CUDA_ATTN_FA2=1; written blind) -----------
+// ---- FlashAttention-2 prefill (the default; SL_CUDA_ATTN_FA2=0: wmma) ---------
 //
 // The same tiles, grid, key splits and outputs as k_attn_prefill (64 query
 // rows per block: tokens × the gh q heads of one KV head, so every K/V tile

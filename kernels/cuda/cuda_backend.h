@@ -8,8 +8,8 @@
  * Decode-step kernels launch programmatically dependent (PDL: each may start
  * while the previous one drains; see cuda_common.cuh). SL_CUDA_PDL=0 in the
  * environment when the backend is created launches them plainly (A/B timing).
- * SL_CUDA_ATTN_FA2=1 there runs prefill attention on the FlashAttention-2
- * kernel (see sl_cuda_attn_fa2).
+ * SL_CUDA_ATTN_FA2=0 there runs prefill attention on the wmma kernel instead
+ * of the FlashAttention-2 one (see sl_cuda_attn_fa2).
  */
 #ifndef SL_CUDA_BACKEND_H
 #define SL_CUDA_BACKEND_H
@@ -39,9 +39,9 @@ void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which);
 
 /* Which kernel sl_be_attention runs for prefill batches (a sequence with 16
  * or more new tokens): 0 the wmma kernel, 1 the FlashAttention-2 one
- * (mma.sync, S/P/O in registers; written without a GPU, not yet validated).
- * A backend starts with SL_CUDA_ATTN_FA2=1 in the environment at creation ->
- * 1, else 0. Returns the previous setting. Not thread-safe against ops
+ * (mma.sync, S/P/O in registers; kernels/dev/NOTES.md v12). A backend starts
+ * with 1, or 0 with SL_CUDA_ATTN_FA2=0 in the environment at creation.
+ * Returns the previous setting. Not thread-safe against ops
  * running on be. */
 int sl_cuda_attn_fa2(sl_backend *be, int on);
 
@@ -51,10 +51,10 @@ int sl_cuda_attn_fa2(sl_backend *be, int on);
 const char *sl_cuda_matmul_last(sl_backend *be);
 
 /* Which kernels sl_be_moe_experts_fp8 runs. GEMV: per (token, expert) pair
- * GEMVs at every size (the default). AUTO: grouped GEMMs (pairs sorted by
+ * GEMVs at every size (SL_CUDA_MOE_FP8_GROUPED=0 in the environment when
+ * the backend is created). AUTO (the default): grouped GEMMs (pairs sorted by
  * expert, one tensor-core FP8 GEMM per expert tile) from a prefill-sized
- * number of pairs on, GEMVs below; SL_CUDA_MOE_FP8_GROUPED=1 in the
- * environment when the backend is created selects it. GROUPED: grouped GEMMs
+ * number of pairs on, GEMVs below. GROUPED: grouped GEMMs
  * at every size (tests). The grouped path needs K % 16 == 0 and 16-byte
  * aligned expert weights (H and I multiples of 16); elsewhere the GEMVs run.
  * Not thread-safe against ops running on be. */

@@ -24,16 +24,15 @@
 //    scaled by s_x(token)·s_w(row) into the fp32 accumulator.
 // 4. k_fp8_gemm (CUDA cores, 64×64 tiles): only for weights the tensor-core
 //    GEMM cannot stage (K % 16 != 0 or unaligned rows).
-// 5. cu_moe_experts_fp8, per pair (the default): the GEMV kernel with the
+// 5. cu_moe_experts_fp8, per pair (small batches): the GEMV kernel with the
 //    pair's expert (gate_up), silu·up quantized per pair row, the GEMV again
 //    (down), then the routing-weighted sum in j order. It streams an expert
 //    once per pair.
-// 6. cu_moe_experts_fp8, grouped (sl_cuda_moe_fp8 AUTO / GROUPED; env
-//    SL_CUDA_MOE_FP8_GROUPED=1): pairs sorted by expert with moe.cu's plan,
+// 6. cu_moe_experts_fp8, grouped (sl_cuda_moe_fp8 AUTO, the default, from
+//    prefill-sized batches; GROUPED): pairs sorted by expert with moe.cu's plan,
 //    k_fp8_moe_gemm_tc = tc_tile on BM×128 tiles of one expert's rows (BM 128
 //    or 64), gate_up reading x rows through the plan's perm, silu·up requantized
-//    per row, down, then moe.cu's combine in j order. Written blind: not run on
-//    a GPU yet (kernels/dev/NOTES.md v11).
+//    per row, down, then moe.cu's combine in j order (kernels/dev/NOTES.md v11).
 #include "fp8.cuh"
 
 #include "cuda_backend.h"
@@ -546,16 +545,24 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
 
 #ifndef MOE_FP8_GROUPED_MIN_PAIRS
 // AUTO (sl_cuda_moe_fp8): the grouped GEMMs from this many pairs and 2 per
-// expert on; below, each pair's GEMV streams about what a tile would (a guess
-// until measured: NOTES.md v11).
+// expert on; below, each pair's GEMV streams about what a tile would
+// (measured, NOTES.md v11: 30B-A3B's grouped path wins from 64 tokens,
+// Coder-Next's from 128; its GEMVs still win at 64).
 #define MOE_FP8_GROUPED_MIN_PAIRS 64
 #endif
 
-template <int BM> static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p)
+template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, const fp8_args &a, const cu_moe_plan &p)
 {
     fp8_smem_raise(b, k_fp8_moe_gemm_tc<BM>, BM == 64 ? 4 : 2, tc_cfg<BM>::SMEM);
     cu_launch(b, k_fp8_moe_gemm_tc<BM>, dim3(cu_blocks(a.N, TC_BN), (unsigned)p.max_tiles), dim3(TC_THREADS),
               tc_cfg<BM>::SMEM, a, p);
+}
+
+// The grouped GEMM over the plan's tiles of bm (64 or 128) rows.
+static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int bm)
+{
+    if (bm == 128) moe_fp8_gemm_launch_bm<128>(b, a, p);
+    else moe_fp8_gemm_launch_bm<64>(b, a, p);
 }
 
 // The grouped path: pairs sorted by expert (moe.cuh's plan, with perm), per
@@ -574,15 +581,13 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, const float *
     cu_moe_plan_make(b, &p, a.ids, a.ids_ld, T, k, E, bm, 1);
     a.M = (int)P;
     a.x_perm = 1;
-    if (bm == 128) moe_fp8_gemm_launch<128>(b, a, p);
-    else moe_fp8_gemm_launch<64>(b, a, p);
+    moe_fp8_gemm_launch(b, a, p, bm);
     int I = a.N / 2;
     cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)d.G), dim3(FP8_G), 0, h, I, (uint8_t *)d.xq,
               (float *)d.sx, d.G);
     d.M = (int)P;
     d.x_perm = 0;
-    if (bm == 128) moe_fp8_gemm_launch<128>(b, d, p);
-    else moe_fp8_gemm_launch<64>(b, d, p);
+    moe_fp8_gemm_launch(b, d, p, bm);
     cu_moe_combine_run(b, out, y, (const float *)weights->data, sl_tensor_ld(weights), k, &p);
     cu_moe_plan_free(b, &p);
     b->mm_last = bm == 128 ? "fp8_moe_grouped128" : "fp8_moe_grouped64";

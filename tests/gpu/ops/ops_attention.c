@@ -28,7 +28,7 @@ static const tb_case cases[] = {
     {SL_OP_ATTENTION, BF, {1, 20, 3000, 16, 16, 2, 128}, 2e-2},   /* 64-row tiles + split-KV */
     {SL_OP_ATTENTION, BF, {2, 30, 10, 16, 12, 2, 64}, 2e-2},      /* G = 6 */
     {SL_OP_ATTENTION, BF, {1, 200, 0, 16, 16, 2, 256}, 2e-2},     /* qwen3_next prefill */
-    /* the same and more on k_attn_fa2 (sl_cuda_attn_fa2: written blind); prefixes p + 37·s
+    /* the same and more on k_attn_fa2 (sl_cuda_attn_fa2); prefixes p + 37·s
      * are never a multiple of the 64- or 32-key tile, pages are a random permutation */
     {SL_OP_ATTENTION, BF, {1, 300, 0, 16, 8, 8, 128, 1, 0}, 2e-2},      /* MHA, one prompt */
     {SL_OP_ATTENTION, BF, {2, 300, 41, 1, 4, 4, 128, 1, 7}, 2e-2},      /* GQA 1, page 1 */
