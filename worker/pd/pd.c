@@ -526,14 +526,13 @@ static void on_transfer(sl_pd *pd, const Sluice__KvTransfer *kt)
     if (shared) {
         /* the prefill side holds its pages until the deadline: copy well
          * before it, and only use what was copied before it */
-        size_t copied;
         if (!pd->share)
             return decode_fail(pd, kt->room, "the prefill worker sent its cache device to device, "
                                              "which this worker cannot open");
         if (now_us() > kt->deadline_us - SHARE_MARGIN_US)
             return decode_fail(pd, kt->room, "the device-to-device transfer arrived too late to copy");
         if (sl_pd_share_pull(pd->share, kt->share.data, kt->share.len, kt->src_pages,
-                             np ? mem.pages + p0 : NULL, np, kt->src_slot, mem.state, slot2, &copied, &e))
+                             np ? mem.pages + p0 : NULL, np, kt->src_slot, mem.state, slot2, &e))
             return decode_fail(pd, kt->room, e.msg);
         if (now_us() >= kt->deadline_us)
             return decode_fail(pd, kt->room, "the device-to-device copy ended after the prefill "

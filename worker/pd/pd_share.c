@@ -171,22 +171,20 @@ static sl_status peer_of(sl_pd_share *s, const uint8_t *blob, size_t blob_n, ope
 
 /* Rows [r0, r0+n) of src into rows [d0, d0+n) of dst. */
 static sl_status copy_rows(sl_backend *be, sl_tensor *dst, int64_t d0, const sl_tensor *src,
-                           int64_t r0, int64_t n, size_t *bytes, sl_err *e)
+                           int64_t r0, int64_t n, sl_err *e)
 {
     sl_tensor dv = sl_tensor_rowview(dst, d0, n), sv = sl_tensor_rowview(src, r0, n);
-    *bytes += (size_t)sl_tensor_numel(&sv) * sl_dtype_size(sv.dtype);
     return sl_be_copy(be, &dv, &sv, e);
 }
 
 sl_status sl_pd_share_pull(sl_pd_share *s, const uint8_t *blob, size_t blob_n, const int32_t *src,
                            const int32_t *dst, int n, int32_t src_slot, int32_t dst_slot,
-                           int32_t dst_slot2, size_t *bytes, sl_err *e)
+                           int32_t dst_slot2, sl_err *e)
 {
     sl_model_cache *c = sl_engine_cache_rw(s->g);
     sl_backend *be = sl_model_backend(s->m);
     opened *p = NULL;
     blob_hdr h;
-    *bytes = 0;
     sl_status st = peer_of(s, blob, blob_n, &p, &h, e);
     if (st) return st;
     int64_t P = c->page_size, src_pages = h.kv_rows / P;
@@ -202,17 +200,15 @@ sl_status sl_pd_share_pull(sl_pd_share *s, const uint8_t *blob, size_t blob_n, c
         for (len = 1; i + len < n && src[i + len] == src[i] + len && dst[i + len] == dst[i] + len; len++) {
         }
         for (int j = 0; j < 2 * c->n_attn && !st; j++)
-            st = copy_rows(be, cache_tensor(c, j), dst[i] * P, &p->t[j], src[i] * P, len * P, bytes, e);
+            st = copy_rows(be, cache_tensor(c, j), dst[i] * P, &p->t[j], src[i] * P, len * P, e);
     }
     for (int j = 2 * c->n_attn; src_slot >= 0 && j < n_tensors(c) && !st; j++) {
         sl_tensor *own = cache_tensor(c, j);
         int64_t rows = sl_tensor_rows(own) / own->ne[0];
-        st = copy_rows(be, own, dst_slot * rows, &p->t[j], src_slot * rows, rows, bytes, e);
-        if (!st && dst_slot2 >= 0) {
-            size_t again = 0; /* the tree's copy: not transferred bytes */
-            st = copy_rows(be, own, dst_slot2 * rows, &p->t[j], src_slot * rows, rows, &again, e);
-        }
+        st = copy_rows(be, own, dst_slot * rows, &p->t[j], src_slot * rows, rows, e);
     }
+    if (!st && src_slot >= 0 && dst_slot2 >= 0) /* the tree's copy, from ours */
+        sl_model_cache_copy_slots(s->m, c, &dst_slot2, &dst_slot, 1);
     if (!st) st = sl_be_sync(be, e);
     return st;
 }

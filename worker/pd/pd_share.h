@@ -43,10 +43,9 @@ sl_status sl_pd_share_lend(sl_pd_share *s, const uint8_t **blob, size_t *n, sl_e
 
 /* Decode: copies pages src[0..n) of the worker whose blob this is into this
  * worker's pages dst[0..n), and its state slot src_slot (-1: none) into
- * dst_slot and, when >= 0, dst_slot2; returns once the copies are done.
- * *bytes: what was copied. */
+ * dst_slot and, when >= 0, dst_slot2; returns once the copies are done. */
 sl_status sl_pd_share_pull(sl_pd_share *s, const uint8_t *blob, size_t blob_n, const int32_t *src,
                            const int32_t *dst, int n, int32_t src_slot, int32_t dst_slot,
-                           int32_t dst_slot2, size_t *bytes, sl_err *e);
+                           int32_t dst_slot2, sl_err *e);
 
 #endif
