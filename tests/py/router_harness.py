@@ -63,7 +63,7 @@ class Procs:
                 except subprocess.TimeoutExpired:
                     q.kill()
                     q.wait()
-                    problems.append(f"{q.args[1]} ignored signal {sig}")
+                    problems.append(f"{q.args[1]} ignored signal {sig}:\n{self.log_of(q)[-3000:]}")
             if q in self.procs:
                 self.procs.remove(q)
             if q.args[1] in ("router", "serve", "mock-worker", "worker"):

@@ -28,11 +28,29 @@
 #include "worker_cmd.h"
 #include "wserver.h"
 
+/* A stop signal ends serving (every request in flight gets its end, the
+ * router migrates them); the teardown after it is bounded: a worker that
+ * ignores SIGTERM holds a Kubernetes rollout until SIGKILL, and a hang there
+ * (nng 1.5's socket close has one, nanomsg/nng#1543) must not keep a dead
+ * worker around. A second signal exits at once, as the router does. */
+#define SHUTDOWN_GRACE_S 8
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig)
 {
     (void)sig;
+    if (stop_flag) _exit(1);
     stop_flag = 1;
+    alarm(SHUTDOWN_GRACE_S);
+}
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "sluice worker: the shutdown did not finish within 8 s; exiting now\n";
+    _Static_assert(SHUTDOWN_GRACE_S == 8, "the message says 8 s");
+    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)w;
+    _exit(1);
 }
 
 /* The scheduler's rules (page/interval alignment for hybrid models, chunk
@@ -315,6 +333,7 @@ int sl_cmd_worker(int argc, char **argv)
         fprintf(stderr, "sluice worker: cannot start the local ranks\n");
         return 1;
     }
+    signal(SIGALRM, on_alarm);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGPIPE, SIG_IGN);

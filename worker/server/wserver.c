@@ -740,6 +740,7 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         if (now_ms() - sv.last_load_ms >= interval) send_load(&sv);
         if (c->tick && (st = c->tick(c->tick_ctx, e))) break;
     }
+    SL_LOGI("wserver", "stopping (%s)", st ? e->msg : "signal");
     atomic_store(&sv.link_stop, 1);
     pthread_join(sv.link_thread, NULL);
     if (st && c->close_on_failure) {
@@ -776,6 +777,7 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
             if (env) sluice__envelope__free_unpacked(env, NULL);
         }
         nng_msleep(200); /* nng_close drops what the pipe has not written yet */
+        SL_LOGD("wserver", "closing the router link");
         nng_close(sv.sock);
     }
     for (inbox_item *it = sv.in_head, *nx; it; it = nx) {
