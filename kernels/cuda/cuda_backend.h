@@ -28,8 +28,12 @@ void *sl_cuda_stream(sl_backend *be);
  * times cuBLASLt's candidates and, for decode shapes, the hand-written GEMV
  * once per shape and keeps the fastest; CUBLASLT and GEMV force one, for tests
  * and benchmarks (GEMV only where it applies: bf16 weights, M <= 16,
- * K % 8 == 0, 16-byte aligned x and w rows; elsewhere cuBLASLt runs). Not
- * thread-safe against ops running on be. */
+ * K % 8 == 0, 16-byte aligned x and w rows; elsewhere cuBLASLt runs).
+ * sl_be_matmul_fp8 the same way: AUTO runs cuBLASLt's block-scaled FP8 GEMM
+ * from M > 64 (the own tensor-core GEMV below), CUBLASLT at every M, GEMV
+ * the own kernels at every M; cuBLASLt only with K % 16 == 0 and 16-byte
+ * aligned weight rows, and only where it has an algorithm (else the own
+ * kernels run). Not thread-safe against ops running on be. */
 typedef enum sl_cuda_mm {
     SL_CUDA_MM_AUTO,
     SL_CUDA_MM_CUBLASLT,
@@ -47,7 +51,8 @@ int sl_cuda_attn_fa2(sl_backend *be, int on);
 
 /* The kernel the last sl_be_matmul on be ran: "cublaslt" or "gemv" (a static
  * string; NULL before the first matmul); sl_be_matmul_fp8 and
- * sl_be_moe_experts_fp8 set it too ("fp8_gemm_tc", "fp8_moe_grouped", ...). */
+ * sl_be_moe_experts_fp8 set it too ("fp8_cublaslt", "fp8_gemm_tc",
+ * "fp8_moe_grouped", ...). */
 const char *sl_cuda_matmul_last(sl_backend *be);
 
 /* Which kernels sl_be_moe_experts_fp8 runs. GEMV: per (token, expert) pair

@@ -17,7 +17,11 @@
 //    the physical one, the same for A and B, so each group's dot product is
 //    unchanged (fp32 sums in another order: fp32-rounding agreement with the
 //    CPU, as any GPU order).
-// 3. k_fp8_gemm_tc (prefill, M > 64, K % 16 == 0, 16-byte aligned weights):
+// 3. Prefill (M > 64, K % 16 == 0, 16-byte aligned weights): cuBLASLt's FP8
+//    GEMM with 1×128 block scales on both operands (matmul.cu; the scales
+//    group-major: k_fp8_quant_act writes them so, k_fp8_scales_t transposes the
+//    weight's), or, where cuBLASLt has no algorithm (or SL_CUDA_MM_GEMV forces
+//    the own kernels), k_fp8_gemm_tc:
 //    128×128 output tiles (tc_tile), 8 warps of 64×32, BK = 128 = one scale
 //    group, two cp.async stages (zero-filled past M, N, K) in XOR-swizzled
 //    shared memory, the same K permutation; per group the mma partials are
@@ -36,11 +40,14 @@
 #include "fp8.cuh"
 
 #include "cuda_backend.h"
+#include "matmul.cuh"
 #include "moe.cuh"
 
 #define FP8_G 128
 
-__global__ void k_fp8_quant_act(cu_mat x, uint8_t *xq, float *sx, int G)
+// scale of (token m, group g) at sx[m·sxm + g·sxg]: token-major (G, 1) for the
+// own kernels, group-major (1, M) for cuBLASLt
+__global__ void k_fp8_quant_act(cu_mat x, uint8_t *xq, float *sx, int G, int64_t sxm, int64_t sxg)
 {
     __shared__ float red[4];
     cu_pdl_wait(); // PDL (cuda_common.cuh): wait before reading x / writing
@@ -54,7 +61,18 @@ __global__ void k_fp8_quant_act(cu_mat x, uint8_t *xq, float *sx, int G)
     float s = a / SL_FP8_MAX;
     // an all-zero group: s = 0 and zero codes (x / 0 would be NaN); pad codes 0
     xq[(int64_t)m * G * FP8_G + k] = (k < x.cols && s > 0.0f) ? cu_f32_to_e4m3(v / s) : 0;
-    if (threadIdx.x == 0) sx[(int64_t)m * G + g] = s;
+    if (threadIdx.x == 0) sx[m * sxm + g * sxg] = s;
+}
+
+// The weight scales group-major for cuBLASLt: st[g·N + n] = ws[(n >> shift)·ldws + g]
+__global__ void k_fp8_scales_t(const float *ws, int64_t ldws, int shift, int N, int G, float *st)
+{
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= (int64_t)N * G) return;
+    int g = (int)(i / N), n = (int)(i % N);
+    st[i] = ws[(int64_t)(n >> shift) * ldws + g];
 }
 
 // MoE: a = silu(h[p, o]) · h[p, I + o] for o < I (h f32 [P, 2I]), quantized as above
@@ -502,6 +520,30 @@ static fp8_args fp8_args_of(const uint8_t *w, int64_t ldw, const float *ws, int6
     return a;
 }
 
+// The GEMM through cuBLASLt (matmul.cu) where it is chosen and supported:
+// AUTO from GEMM sizes on (M > GV8_MAXM), any size when forced (SL_CUDA_MM_CUBLASLT);
+// SL_CUDA_MM_GEMV keeps the own kernels. x is quantized into a.xq with
+// group-major scales in a.sx and the weight scales are made group-major in
+// scratch. Returns 1 when it ran, 0 when the own kernels must.
+static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
+{
+    int force = b->mm_force;
+    if (force == SL_CUDA_MM_GEMV || !a.vec || (force == SL_CUDA_MM_AUTO && a.M <= GV8_MAXM)) return 0;
+    cu_mat X = {(void *)a.xq, SL_DTYPE_F8E4M3, a.M, a.K, a.ldx}, W = {(void *)a.w, SL_DTYPE_F8E4M3, a.N, a.K, a.ldw};
+    cu_mm_plan *p = cu_matmul_fp8_plan(b, a.out, X, W);
+    if (!p) return 0;
+    float *sx = (float *)a.sx;
+    cu_launch(b, k_fp8_quant_act, dim3((unsigned)a.G, (unsigned)a.M), dim3(FP8_G), 0, cu_mat_of(x),
+              (uint8_t *)a.xq, sx, a.G, (int64_t)1, (int64_t)a.M);
+    int64_t n = (int64_t)a.N * a.G;
+    float *st = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)n);
+    cu_launch(b, k_fp8_scales_t, dim3((unsigned)cu_blocks(n, 256)), dim3(256), 0, a.ws, a.ldws, a.srow_shift, a.N,
+              a.G, st);
+    int ran = cu_matmul_fp8_run(b, p, a.out, X, sx, W, st) == 0;
+    cu_tmp_free(b, st);
+    return ran;
+}
+
 void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
                    const sl_tensor *w_scale)
 {
@@ -511,10 +553,16 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
     if (M == 0) return;
     uint8_t *xq = (uint8_t *)cu_tmp_alloc(b, (size_t)M * G * FP8_G);
     float *sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)M * G);
-    cu_launch(b, k_fp8_quant_act, dim3((unsigned)G, (unsigned)M), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, G);
     fp8_args a = fp8_args_of((const uint8_t *)w->data, sl_tensor_ld(w), (const float *)w_scale->data,
                              sl_tensor_ld(w_scale), N, K, sl_tensor_rows(w_scale) == N ? 0 : 7, xq, sx, M,
                              cu_mat_of(out));
+    dim3 qgrid((unsigned)G, (unsigned)M);
+    if (fp8_lt(b, a, x)) {
+        cu_tmp_free(b, sx);
+        cu_tmp_free(b, xq);
+        return;
+    }
+    cu_launch(b, k_fp8_quant_act, qgrid, dim3(FP8_G), 0, cu_mat_of(x), xq, sx, G, (int64_t)G, (int64_t)1);
     if (M <= GV8_MAXM) {
         fp8_gemv_launch(b, a, 1);
         b->mm_last = "fp8_gemv_tc";
@@ -609,7 +657,8 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     uint8_t *hq = (uint8_t *)cu_tmp_alloc(b, (size_t)P * GI * FP8_G);
     float *sh = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * GI);
     float *y = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * H);
-    cu_launch(b, k_fp8_quant_act, dim3((unsigned)GH, (unsigned)T), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, GH);
+    cu_launch(b, k_fp8_quant_act, dim3((unsigned)GH, (unsigned)T), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, GH,
+              (int64_t)GH, (int64_t)1);
 
     cu_mat hm = {h, SL_DTYPE_F32, P, 2 * I, 2 * I};
     fp8_args a = fp8_args_of((const uint8_t *)gate_up->data, gate_up->st[1], (const float *)gate_up_scale->data,

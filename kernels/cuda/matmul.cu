@@ -5,6 +5,13 @@
 // leading dimensions and pointer alignment: the heuristic query costs more
 // than a decode GEMV. For decode shapes the hand-written tensor-core GEMV
 // (gemv.cu) is one more candidate.
+// FP8 (cu_matmul_fp8_plan/run, called by fp8.cu): e4m3 operands with one fp32
+// scale per 128 K values of every row on both sides (cuBLASLt's VEC128_32F
+// mode, cuBLAS >= 12.9 on Hopper), which is the checkpoint's 128×128 weight
+// blocks expanded per row and the per-token activation groups: the product
+// is Σ_g (x_q·w_q)_g · s_x · s_w with fp32 promotion per group, the CPU
+// oracle's arithmetic. A shape cuBLASLt has no algorithm for is remembered as
+// such and fp8.cu runs its own kernels.
 #include <string.h>
 
 #include "gemv.cuh"
@@ -25,16 +32,16 @@ typedef struct cu_mm_key {
     int align; // min alignment (bytes) of the three pointers, capped at 256
 } cu_mm_key;
 
-typedef struct cu_mm_plan {
+struct cu_mm_plan {
     cu_mm_key key;
     int used;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo; // the fastest cuBLASLt candidate
     int gemv;                  // cu_gemv beat it
-    int n_cand; // heuristic candidates still to be timed (0: tuned)
+    int n_cand; // heuristic candidates still to be timed (0: tuned, -1: FP8 shape unsupported)
     cublasLtMatmulHeuristicResult_t cand[CU_MM_CANDIDATES];
-} cu_mm_plan;
+};
 
 struct cu_matmul_cache {
     cu_mm_plan p[CU_MM_CACHE];
@@ -64,6 +71,7 @@ static cudaDataType_t cu_dt(int dt)
     switch (dt) {
     case SL_DTYPE_BF16: return CUDA_R_16BF;
     case SL_DTYPE_F16: return CUDA_R_16F;
+    case SL_DTYPE_F8E4M3: return CUDA_R_8F_E4M3;
     default: return CUDA_R_32F;
     }
 }
@@ -95,6 +103,12 @@ static cu_mm_plan *plan_get(cu_backend *b, const cu_mm_key *k)
     cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof opT));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof opN));
+    int fp8 = k->in_dt == SL_DTYPE_F8E4M3;
+    if (fp8) {
+        int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode));
+    }
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, in, (uint64_t)k->K, (uint64_t)k->N, k->ldw));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, in, (uint64_t)k->K, (uint64_t)k->M, k->ldx));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, out, (uint64_t)k->N, (uint64_t)k->M, k->ldo));
@@ -108,11 +122,12 @@ static cu_mm_plan *plan_get(cu_backend *b, const cu_mm_key *k)
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al));
     int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(b->lt, p->desc, p->a, p->b, p->c, p->c, pref,
-                                                CU_MM_CANDIDATES, p->cand, &found));
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(b->lt, p->desc, p->a, p->b, p->c, p->c, pref,
+                                                       CU_MM_CANDIDATES, p->cand, &found);
     cublasLtMatmulPreferenceDestroy(pref);
-    if (!found) cu_fail("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this matmul", __FILE__, __LINE__);
-    p->n_cand = found;
+    if (!fp8) CUBLAS_CHECK(st);
+    if (!found && !fp8) cu_fail("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this matmul", __FILE__, __LINE__);
+    p->n_cand = st == CUBLAS_STATUS_SUCCESS && found ? found : -1;
     p->algo = p->cand[0].algo;
     p->gemv = 0;
     p->used = 1;
@@ -165,7 +180,8 @@ static void plan_tune(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, cu_mat W
     }
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
-    p->n_cand = 0;
+    // an FP8 shape none of whose candidates ran is unsupported after all
+    p->n_cand = best_lt >= 1e30f && p->key.in_dt == SL_DTYPE_F8E4M3 ? -1 : 0;
 }
 
 __global__ void k_to_bf16(__nv_bfloat16 *dst, cu_mat m)
@@ -234,4 +250,41 @@ void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tens
     }
     cu_tmp_free(b, tx);
     cu_tmp_free(b, tw);
+}
+
+cu_mm_plan *cu_matmul_fp8_plan(cu_backend *b, cu_mat O, cu_mat X, cu_mat W)
+{
+    cu_mm_key k;
+    memset(&k, 0, sizeof k);
+    k.M = X.rows;
+    k.N = W.rows;
+    k.K = X.cols;
+    k.ldx = X.ld;
+    k.ldw = W.ld;
+    k.ldo = O.ld;
+    k.in_dt = SL_DTYPE_F8E4M3;
+    k.out_dt = O.dt;
+    int a = ptr_align(X.p), aw = ptr_align(W.p), ao = ptr_align(O.p);
+    k.align = a < aw ? a : aw;
+    if (ao < k.align) k.align = ao;
+    cu_mm_plan *p = plan_get(b, &k);
+    return p->n_cand < 0 ? NULL : p;
+}
+
+int cu_matmul_fp8_run(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, const float *sx_t, cu_mat W,
+                      const float *sw_t)
+{
+    // the scale tensors are per call (scratch): set on the cached descriptor,
+    // which cublasLtMatmul reads when it enqueues
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw_t, sizeof sw_t));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx_t, sizeof sx_t));
+    if (p->n_cand > 0) {
+        cudaStreamCaptureStatus cap;
+        CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
+        if (cap == cudaStreamCaptureStatusNone) plan_tune(b, p, O, X, W, 0);
+        if (p->n_cand < 0) return -1;
+    }
+    CUBLAS_CHECK(lt_run(b, p, &p->algo, O, X, W));
+    b->mm_last = "fp8_cublaslt";
+    return 0;
 }

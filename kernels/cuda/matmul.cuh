@@ -8,6 +8,18 @@
 // F16 operand is first converted to bf16), or plain fp32 when x, w and out are
 // all F32. out is BF16 or F32. Row-strided views are used in place (ld).
 void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w);
+// FP8 through cuBLASLt (see matmul.cu): out[M,N] = Σ_g (x_q·w_q)_g · s_x · s_w
+// with X the e4m3 codes [M, K] (ld: X.ld bytes) and W the e4m3 weights [N, K].
+// cu_matmul_fp8_plan returns the cached plan for these operands, or NULL when
+// cuBLASLt has no algorithm for them (the caller runs its own kernel).
+// cu_matmul_fp8_run runs it with the scales group-major: sx_t[g·M + m] and
+// sw_t[g·N + n] (g = K / 128 group; cuBLASLt's outer-dim-major layout); it
+// returns -1, having run nothing, when its first run (the timing of the
+// candidates) found that none of them runs: the plan is unsupported from then on.
+typedef struct cu_mm_plan cu_mm_plan;
+cu_mm_plan *cu_matmul_fp8_plan(cu_backend *b, cu_mat O, cu_mat X, cu_mat W);
+int cu_matmul_fp8_run(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, const float *sx_t, cu_mat W,
+                      const float *sw_t);
 // Releases the cached cuBLASLt plans.
 void cu_matmul_free(cu_backend *b);
 

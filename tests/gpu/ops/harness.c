@@ -16,13 +16,17 @@
  * --perf times each op at Qwen3-8B / Qwen3-30B-A3B / Qwen3-Coder-Next shapes
  * with CUDA events (warm-up, median of many reps, inputs rotated through more
  * than the L2) and prints achieved GB/s or TFLOP/s against the peaks measured
- * in the same run: a large device-to-device copy and a large bf16 GEMM.
+ * in the same run: a large device-to-device copy, a large bf16 GEMM and a
+ * large unscaled FP8 GEMM (the FP8 mma rate; PERF lines of FP8 ops say their
+ * fraction of it in their note).
  * Decode-sized moe_experts is also timed as a replayed CUDA graph.
  */
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
+
+#include <cublasLt.h>
 
 #include "harness.h"
 
@@ -420,6 +424,78 @@ static void pf_gemm(tb *t, void *ctx, int set)
     sl_be_matmul(t->gpu, &c->y, &c->x, &c->w);
 }
 
+#define LT_CK(x)                                                                                    \
+    do {                                                                                            \
+        cublasStatus_t st_ = (x);                                                                   \
+        if (st_ != CUBLAS_STATUS_SUCCESS) {                                                         \
+            fprintf(stderr, "%s:%d: %s: cuBLAS status %d\n", __FILE__, __LINE__, #x, (int)st_);     \
+            exit(2);                                                                                \
+        }                                                                                           \
+    } while (0)
+
+/* The FP8 tensor-core rate: cuBLASLt's e4m3 GEMM N³ (no scales, bf16 out) on
+ * random codes, the heuristic's first algorithm, median of 10. */
+static double fp8_gemm_rate(tb *t, int N)
+{
+    cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
+    int64_t ne[2];
+    sl_tensor a = tb_gpu_rand(t, SL_DTYPE_F8E4M3, 2, (tb_ne2(ne, N, N), ne), 448.0f);
+    sl_tensor b = tb_gpu_rand(t, SL_DTYPE_F8E4M3, 2, (tb_ne2(ne, N, N), ne), 448.0f);
+    sl_tensor d = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, N, N), ne), 1.0f);
+    size_t ws_bytes = (size_t)64 << 20;
+    void *ws;
+    TB_CK(cudaMalloc(&ws, ws_bytes));
+    cublasLtHandle_t lt;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasLtMatmulPreference_t pref;
+    cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
+    LT_CK(cublasLtCreate(&lt));
+    LT_CK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LT_CK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof opT));
+    LT_CK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof opN));
+    LT_CK(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, N, N, N));
+    LT_CK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, N, N, N));
+    LT_CK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, N, N, N));
+    LT_CK(cublasLtMatmulPreferenceCreate(&pref));
+    LT_CK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                               sizeof ws_bytes));
+    cublasLtMatmulHeuristicResult_t h;
+    int found = 0;
+    LT_CK(cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, ld, ld, pref, 1, &h, &found));
+    float one = 1.0f, zero = 0.0f, ms[10];
+    cudaEvent_t e0, e1;
+    TB_CK(cudaEventCreate(&e0));
+    TB_CK(cudaEventCreate(&e1));
+    for (int i = 0; found && i < 13; i++) {
+        TB_CK(cudaEventRecord(e0, s));
+        LT_CK(cublasLtMatmul(lt, desc, &one, a.data, la, b.data, lb, &zero, d.data, ld, d.data, ld, &h.algo, ws,
+                             ws_bytes, s));
+        TB_CK(cudaEventRecord(e1, s));
+        TB_CK(cudaEventSynchronize(e1));
+        if (i >= 3) TB_CK(cudaEventElapsedTime(&ms[i - 3], e0, e1));
+    }
+    for (int i = 1; i < 10; i++) /* insertion sort for the median */
+        for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
+            float x = ms[j];
+            ms[j] = ms[j - 1];
+            ms[j - 1] = x;
+        }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(ld);
+    cublasLtMatmulDescDestroy(desc);
+    cublasLtDestroy(lt);
+    TB_CK(cudaFree(ws));
+    sl_be_release(t->gpu, &a);
+    sl_be_release(t->gpu, &b);
+    sl_be_release(t->gpu, &d);
+    return found ? 2.0 * N * (double)N * N / (0.5 * (ms[4] + ms[5]) * 1e-3) : 0.0;
+}
+
 static void measure_peaks(tb *t)
 {
     cudaStream_t s = (cudaStream_t)sl_cuda_stream(t->gpu);
@@ -455,8 +531,10 @@ static void measure_peaks(tb *t)
     sl_be_release(t->gpu, &c.w);
     sl_be_release(t->gpu, &c.x);
     sl_be_release(t->gpu, &c.y);
-    printf("PEAK copy %.0f GB/s (2 GiB D2D, read+write); bf16 GEMM %.1f TFLOP/s (8192^3 cuBLASLt, random)\n",
-           t->peak_bw * 1e-9, t->peak_flops * 1e-12);
+    t->peak_fp8 = fp8_gemm_rate(t, N);
+    printf("PEAK copy %.0f GB/s (2 GiB D2D, read+write); bf16 GEMM %.1f TFLOP/s, fp8 GEMM %.1f TFLOP/s "
+           "(8192^3 cuBLASLt, random)\n",
+           t->peak_bw * 1e-9, t->peak_flops * 1e-12, t->peak_fp8 * 1e-12);
 }
 
 /* Whether the perf group of op runs under --filter. */

@@ -26,7 +26,8 @@ typedef struct tb {
     uint64_t seed;
     int n_pass, n_fail;
     int cases[SL_OP_COUNT];
-    double peak_bw, peak_flops; /* --perf: bytes/s, flop/s measured at start */
+    double peak_bw, peak_flops; /* --perf: bytes/s, bf16 flop/s measured at start */
+    double peak_fp8;            /* --perf: e4m3 GEMM flop/s (0: cuBLASLt has none) */
 } tb;
 
 /* The same tensor on both backends: CPU always F32 (or I32), GPU as asked. */

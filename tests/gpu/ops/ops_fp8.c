@@ -1,5 +1,6 @@
 /* tests/gpu/ops/ops_fp8.c: matmul_fp8 (activation quantization, the tensor-core FP8 GEMV for
- * M <= 64, the tensor-core GEMM for larger M with K % 16 == 0, the CUDA-core GEMM otherwise)
+ * M <= 64, cuBLASLt's block-scaled FP8 GEMM or the own tensor-core GEMM for larger M with
+ * K % 16 == 0, the CUDA-core GEMM otherwise; each case under AUTO and both kernels forced)
  * and moe_experts_fp8 (per-pair GEMVs, and the grouped GEMMs forced with
  * sl_cuda_moe_fp8_path) against the CPU oracle kernels/cpu/fp8.c. */
 #include <string.h>
@@ -185,8 +186,23 @@ static void fp8_run(tb *t, const tb_case *c)
     tb_pair_out(t, &y, c->dt, 2, (tb_ne2(ne, M, N), ne));
     fp8_weight(t, N, K, p[4], wc, wg);
     sl_be_matmul_fp8(t->cpu, &y.c, &x.c, &wc[0], &wc[1]);
-    sl_be_matmul_fp8(t->gpu, &y.g, &x.g, &wg[0], &wg[1]);
-    tb_compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
+    /* which kernel each mode must run: AUTO takes cuBLASLt for GEMM sizes (M > 64) with
+     * K % 16 == 0, forced cuBLASLt takes it at every M, forced GEMV the own kernels */
+    static const struct { sl_cuda_mm mode; const char *name; } modes[] = {
+        {SL_CUDA_MM_AUTO, "auto"}, {SL_CUDA_MM_CUBLASLT, "cublaslt"}, {SL_CUDA_MM_GEMV, "own"}};
+    const char *own = M <= 64 ? "fp8_gemv_tc" : K % 16 == 0 ? "fp8_gemm_tc" : "fp8_gemm";
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        char what[32];
+        int lt = K % 16 == 0 && (modes[i].mode == SL_CUDA_MM_CUBLASLT || (modes[i].mode == SL_CUDA_MM_AUTO && M > 64));
+        const char *want = lt ? "fp8_cublaslt" : own;
+        snprintf(what, sizeof what, "out %s", modes[i].name);
+        sl_cuda_matmul_force(t->gpu, modes[i].mode);
+        sl_be_matmul_fp8(t->gpu, &y.g, &x.g, &wg[0], &wg[1]);
+        const char *ran = sl_cuda_matmul_last(t->gpu);
+        CHECK_MSG(ran && !strcmp(ran, want), "%s %s: ran %s, want %s", desc, what, ran ? ran : "nothing", want);
+        tb_compare(t, c->op, desc, what, &y.c, &y.g, c->tol);
+    }
+    sl_cuda_matmul_force(t->gpu, SL_CUDA_MM_AUTO);
     for (int i = 0; i < 2; i++) {
         sl_be_release(t->cpu, &wc[i]);
         sl_be_release(t->gpu, &wg[i]);
@@ -205,7 +221,8 @@ static void pf_fp8(tb *t, void *ctx, int set)
     sl_be_matmul_fp8(t->gpu, &c->y[set], &c->x[set], &c->w[set], &c->s[set]);
 }
 
-static void perf_fp8(tb *t, const char *name, int M, int N, int K)
+/* one matmul_fp8 shape under mode (AUTO, or a kernel forced) */
+static void perf_fp8(tb *t, const char *name, int M, int N, int K, sl_cuda_mm mode)
 {
     pm_fp8 c;
     int64_t ne[2], G = (K + 127) / 128;
@@ -219,11 +236,14 @@ static void perf_fp8(tb *t, const char *name, int M, int N, int K)
         c.y[i] = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, M, N), ne), 1.0f);
     }
     double b2b, bytes = (double)(wb + set_bytes);
+    sl_cuda_matmul_force(t->gpu, mode);
     double ms = tb_time_op(t, pf_fp8, &c, ns, 30, &b2b);
+    sl_cuda_matmul_force(t->gpu, SL_CUDA_MM_AUTO);
     char desc[96], note[160];
     snprintf(desc, sizeof desc, "%s M=%d N=%d K=%d", name, M, N, K);
-    snprintf(note, sizeof note, " [%s; b2b %.1f us %.0f%% of peak bandwidth]", sl_cuda_matmul_last(t->gpu),
-             b2b * 1e3, 100 * bytes / (b2b * 1e-3) / t->peak_bw);
+    snprintf(note, sizeof note, " [%s; b2b %.1f us %.0f%% of peak bandwidth; %.0f%% of the fp8 mma rate]",
+             sl_cuda_matmul_last(t->gpu), b2b * 1e3, 100 * bytes / (b2b * 1e-3) / t->peak_bw,
+             t->peak_fp8 > 0 ? 100 * 2.0 * M * N * K / (ms * 1e-3) / t->peak_fp8 : 0.0);
     tb_report(t, "matmul_fp8", desc, ms, bytes, 2.0 * M * N * K, note);
     for (int i = 0; i < ns; i++) {
         sl_be_release(t->gpu, &c.w[i]);
@@ -293,8 +313,14 @@ static void fp8_perf(tb *t, const char *filter)
     };
     int Ms[] = {1, 4, 16, 64, 4096};
     if (!tb_perf_on(filter, SL_OP_MATMUL_FP8)) return;
+    /* AUTO everywhere; at 64 and 4096 tokens also each kernel forced (cuBLASLt against the own) */
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
-        for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++) perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K);
+        for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++) {
+            perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_AUTO);
+            if (Ms[j] < 64) continue;
+            perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_CUBLASLT);
+            perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_GEMV);
+        }
 }
 
 const tb_family tb_family_fp8 = {cases, sizeof cases / sizeof cases[0], fp8_run, fp8_perf};
