@@ -604,6 +604,11 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->moe_fp8_path = grouped && strcmp(grouped, "0") == 0 ? SL_CUDA_MOE_FP8_GEMV : SL_CUDA_MOE_FP8_AUTO;
     const char *fa2 = getenv("SL_CUDA_ATTN_FA2");
     b->attn_fa2 = !(fa2 && strcmp(fa2, "0") == 0);
+    // timing picks the fastest matmul kernel per shape, which can differ from
+    // process to process (and so can the rounding); =0 takes cuBLASLt's
+    // heuristic's first choice everywhere: the same numbers in every process
+    const char *tune = getenv("SL_CUDA_MM_TUNE");
+    b->mm_tune = !(tune && strcmp(tune, "0") == 0);
     const char *poison = getenv("SL_CUDA_POISON");
     b->poison = poison && strcmp(poison, "1") == 0;
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));

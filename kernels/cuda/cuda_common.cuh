@@ -87,6 +87,7 @@ typedef struct cu_backend {
     size_t lt_ws_bytes;
     struct cu_matmul_cache *mm_cache; // matmul.cu
     int mm_force;                     // sl_cuda_mm (cuda_backend.h)
+    int mm_tune;                      // time the matmul candidates (0: SL_CUDA_MM_TUNE=0, the heuristic's first)
     const char *mm_last;              // kernel of the last matmul: "cublaslt" or "gemv"
     int gemv_smem_set;                // gemv.cu: shared-memory limit raised
     int fp8_smem_set;                 // fp8.cu: bit per tensor-core kernel whose smem limit is raised

@@ -24,7 +24,8 @@
 // The heuristic's first choice is not always the fastest (small-N decode
 // GEMVs especially): on a plan's first use outside graph capture, its top
 // candidates (and cu_gemv where it applies) run on the real operands and the
-// fastest is kept.
+// fastest is kept (unless SL_CUDA_MM_TUNE=0: timing makes the choice, and so
+// the rounding, differ between processes).
 
 typedef struct cu_mm_key {
     int64_t M, N, K, ldx, ldw, ldo;
@@ -235,7 +236,7 @@ void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tens
     if (ao < k.align) k.align = ao;
     cu_mm_plan *p = plan_get(b, &k);
     int gemv_ok = !tw && cu_gemv_ok(&X, &W, &O); // only bf16 weights as they are
-    if (p->n_cand > 0) {
+    if (p->n_cand > 0 && b->mm_tune) {
         cudaStreamCaptureStatus cap;
         CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
         if (cap == cudaStreamCaptureStatusNone) plan_tune(b, p, O, X, W, gemv_ok);
@@ -278,7 +279,7 @@ int cu_matmul_fp8_run(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, const fl
     // which cublasLtMatmul reads when it enqueues
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw_t, sizeof sw_t));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx_t, sizeof sx_t));
-    if (p->n_cand > 0) {
+    if (p->n_cand > 0 && b->mm_tune) {
         cudaStreamCaptureStatus cap;
         CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
         if (cap == cudaStreamCaptureStatusNone) plan_tune(b, p, O, X, W, 0);

@@ -3,7 +3,11 @@
 # GPU (a prefill worker and a decode worker as two processes, each with part of the memory)
 # against a unified worker: the same greedy completions, and the transfer counters from the
 # decode side; once with the cache copied device to device (the default when both workers
-# share the GPU) and once host staged over nng (--disaggregation-transfer-backend nng). Dummy weights at CONFIG's shape (default: Coder-Next at 8 of 48 layers, so two copies fit one GPU).
+# share the GPU) and once host staged over nng (--disaggregation-transfer-backend nng). Dummy
+# weights at CONFIG's shape (default: Coder-Next at 8 of 48 layers, so two copies fit one GPU).
+# The unified server runs twice first: whether two processes agree at all. With
+# SL_CUDA_MM_TUNE=0 in the environment every process takes the same matmul kernels
+# (docs/operations.md), which takes per-process kernel timing out of that comparison.
 set -uo pipefail
 bin=${1:?BIN_DIR}; tok=${2:?TOKENIZER_DIR}; cfg=${3:-qwen3-coder-next-8l}
 here=$(cd "$(dirname "$0")" && pwd)
