@@ -185,6 +185,35 @@ static void plan_tune(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, cu_mat W
     p->n_cand = best_lt >= 1e30f && p->key.in_dt == SL_DTYPE_F8E4M3 ? -1 : 0;
 }
 
+// The cached plan for out = x · wᵀ with inputs of in_dt (the key's dtype).
+static cu_mm_plan *plan_for(cu_backend *b, cu_mat O, cu_mat X, cu_mat W, int in_dt)
+{
+    cu_mm_key k;
+    memset(&k, 0, sizeof k);
+    k.M = X.rows;
+    k.N = W.rows;
+    k.K = X.cols;
+    k.ldx = X.ld;
+    k.ldw = W.ld;
+    k.ldo = O.ld;
+    k.in_dt = in_dt;
+    k.out_dt = O.dt;
+    int a = ptr_align(X.p), aw = ptr_align(W.p), ao = ptr_align(O.p);
+    k.align = a < aw ? a : aw;
+    if (ao < k.align) k.align = ao;
+    return plan_get(b, &k);
+}
+
+// A plan's first use outside graph capture times its candidates (unless
+// SL_CUDA_MM_TUNE=0).
+static void tune_once(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, cu_mat W, int gemv_ok)
+{
+    if (p->n_cand <= 0 || !b->mm_tune) return;
+    cudaStreamCaptureStatus cap;
+    CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
+    if (cap == cudaStreamCaptureStatusNone) plan_tune(b, p, O, X, W, gemv_ok);
+}
+
 __global__ void k_to_bf16(__nv_bfloat16 *dst, cu_mat m)
 {
     int64_t n = m.rows * m.cols;
@@ -221,26 +250,9 @@ void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tens
         W = to_bf16(b, W);
         tw = W.p;
     }
-    cu_mm_key k;
-    memset(&k, 0, sizeof k);
-    k.M = X.rows;
-    k.N = W.rows;
-    k.K = X.cols;
-    k.ldx = X.ld;
-    k.ldw = W.ld;
-    k.ldo = O.ld;
-    k.in_dt = all_f32 ? SL_DTYPE_F32 : SL_DTYPE_BF16;
-    k.out_dt = O.dt;
-    int a = ptr_align(X.p), aw = ptr_align(W.p), ao = ptr_align(O.p);
-    k.align = a < aw ? a : aw;
-    if (ao < k.align) k.align = ao;
-    cu_mm_plan *p = plan_get(b, &k);
+    cu_mm_plan *p = plan_for(b, O, X, W, all_f32 ? SL_DTYPE_F32 : SL_DTYPE_BF16);
     int gemv_ok = !tw && cu_gemv_ok(&X, &W, &O); // only bf16 weights as they are
-    if (p->n_cand > 0 && b->mm_tune) {
-        cudaStreamCaptureStatus cap;
-        CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
-        if (cap == cudaStreamCaptureStatusNone) plan_tune(b, p, O, X, W, gemv_ok);
-    }
+    tune_once(b, p, O, X, W, gemv_ok);
     int gemv = b->mm_force == SL_CUDA_MM_AUTO ? p->gemv : b->mm_force == SL_CUDA_MM_GEMV;
     if (gemv_ok && gemv) {
         cu_gemv(b, O, X, W);
@@ -255,20 +267,7 @@ void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tens
 
 cu_mm_plan *cu_matmul_fp8_plan(cu_backend *b, cu_mat O, cu_mat X, cu_mat W)
 {
-    cu_mm_key k;
-    memset(&k, 0, sizeof k);
-    k.M = X.rows;
-    k.N = W.rows;
-    k.K = X.cols;
-    k.ldx = X.ld;
-    k.ldw = W.ld;
-    k.ldo = O.ld;
-    k.in_dt = SL_DTYPE_F8E4M3;
-    k.out_dt = O.dt;
-    int a = ptr_align(X.p), aw = ptr_align(W.p), ao = ptr_align(O.p);
-    k.align = a < aw ? a : aw;
-    if (ao < k.align) k.align = ao;
-    cu_mm_plan *p = plan_get(b, &k);
+    cu_mm_plan *p = plan_for(b, O, X, W, SL_DTYPE_F8E4M3);
     return p->n_cand < 0 ? NULL : p;
 }
 
@@ -279,12 +278,8 @@ int cu_matmul_fp8_run(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, const fl
     // which cublasLtMatmul reads when it enqueues
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw_t, sizeof sw_t));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx_t, sizeof sx_t));
-    if (p->n_cand > 0 && b->mm_tune) {
-        cudaStreamCaptureStatus cap;
-        CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
-        if (cap == cudaStreamCaptureStatusNone) plan_tune(b, p, O, X, W, 0);
-        if (p->n_cand < 0) return -1;
-    }
+    tune_once(b, p, O, X, W, 0);
+    if (p->n_cand < 0) return -1;
     CUBLAS_CHECK(lt_run(b, p, &p->algo, O, X, W));
     b->mm_last = "fp8_cublaslt";
     return 0;
