@@ -31,7 +31,7 @@ void *sl_cuda_stream(sl_backend *be);
  * K % 8 == 0, 16-byte aligned x and w rows; elsewhere cuBLASLt runs).
  * sl_be_matmul_fp8 the same way: AUTO runs cuBLASLt's block-scaled FP8 GEMM
  * from M > 64 (the own tensor-core GEMV below), CUBLASLT at every M, GEMV
- * the own kernels at every M; cuBLASLt only with K % 16 == 0 and 16-byte
+ * the own kernels at every M; cuBLASLt only with K % 128 == 0 and 16-byte
  * aligned weight rows, and only where it has an algorithm (else the own
  * kernels run). Not thread-safe against ops running on be. */
 typedef enum sl_cuda_mm {

@@ -17,11 +17,11 @@
 //    the physical one, the same for A and B, so each group's dot product is
 //    unchanged (fp32 sums in another order: fp32-rounding agreement with the
 //    CPU, as any GPU order).
-// 3. Prefill (M > 64, K % 16 == 0, 16-byte aligned weights): cuBLASLt's FP8
+// 3. Prefill (M > 64, K % 128 == 0, 16-byte aligned weights): cuBLASLt's FP8
 //    GEMM with 1×128 block scales on both operands (matmul.cu; the scales
 //    group-major: k_fp8_quant_act writes them so, k_fp8_scales_t transposes the
-//    weight's), or, where cuBLASLt has no algorithm (or SL_CUDA_MM_GEMV forces
-//    the own kernels), k_fp8_gemm_tc:
+//    weight's), or, where cuBLASLt has no algorithm, K % 128 != 0 (K % 16 == 0)
+//    or SL_CUDA_MM_GEMV forces the own kernels, k_fp8_gemm_tc:
 //    128×128 output tiles (tc_tile), 8 warps of 64×32, BK = 128 = one scale
 //    group, two cp.async stages (zero-filled past M, N, K) in XOR-swizzled
 //    shared memory, the same K permutation; per group the mma partials are
@@ -528,7 +528,9 @@ static fp8_args fp8_args_of(const uint8_t *w, int64_t ldw, const float *ws, int6
 static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
 {
     int force = b->mm_force;
-    if (force == SL_CUDA_MM_GEMV || !a.vec || (force == SL_CUDA_MM_AUTO && a.M <= GV8_MAXM)) return 0;
+    // whole 128-groups only (every checkpoint's K is; cuBLASLt's block scales assume them)
+    if (force == SL_CUDA_MM_GEMV || !a.vec || a.K % FP8_G || (force == SL_CUDA_MM_AUTO && a.M <= GV8_MAXM))
+        return 0;
     cu_mat X = {(void *)a.xq, SL_DTYPE_F8E4M3, a.M, a.K, a.ldx}, W = {(void *)a.w, SL_DTYPE_F8E4M3, a.N, a.K, a.ldw};
     cu_mm_plan *p = cu_matmul_fp8_plan(b, a.out, X, W);
     if (!p) return 0;

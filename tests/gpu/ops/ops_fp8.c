@@ -187,13 +187,13 @@ static void fp8_run(tb *t, const tb_case *c)
     fp8_weight(t, N, K, p[4], wc, wg);
     sl_be_matmul_fp8(t->cpu, &y.c, &x.c, &wc[0], &wc[1]);
     /* which kernel each mode must run: AUTO takes cuBLASLt for GEMM sizes (M > 64) with
-     * K % 16 == 0, forced cuBLASLt takes it at every M, forced GEMV the own kernels */
+     * K % 128 == 0, forced cuBLASLt takes it at every M, forced GEMV the own kernels */
     static const struct { sl_cuda_mm mode; const char *name; } modes[] = {
         {SL_CUDA_MM_AUTO, "auto"}, {SL_CUDA_MM_CUBLASLT, "cublaslt"}, {SL_CUDA_MM_GEMV, "own"}};
     const char *own = M <= 64 ? "fp8_gemv_tc" : K % 16 == 0 ? "fp8_gemm_tc" : "fp8_gemm";
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
         char what[32];
-        int lt = K % 16 == 0 && (modes[i].mode == SL_CUDA_MM_CUBLASLT || (modes[i].mode == SL_CUDA_MM_AUTO && M > 64));
+        int lt = K % 128 == 0 && (modes[i].mode == SL_CUDA_MM_CUBLASLT || (modes[i].mode == SL_CUDA_MM_AUTO && M > 64));
         const char *want = lt ? "fp8_cublaslt" : own;
         snprintf(what, sizeof what, "out %s", modes[i].name);
         sl_cuda_matmul_force(t->gpu, modes[i].mode);
