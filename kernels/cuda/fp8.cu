@@ -23,7 +23,7 @@
 //    weight's), or, where cuBLASLt has no algorithm, K % 128 != 0 (K % 16 == 0)
 //    or SL_CUDA_MM_GEMV forces the own kernels, k_fp8_gemm_tc:
 //    128×128 output tiles (tc_tile), 8 warps of 64×32, BK = 128 = one scale
-//    group, two cp.async stages (zero-filled past M, N, K) in XOR-swizzled
+//    group, four cp.async stages (zero-filled past M, N, K) in XOR-swizzled
 //    shared memory, the same K permutation; per group the mma partials are
 //    scaled by s_x(token)·s_w(row) into the fp32 accumulator.
 // 4. k_fp8_gemm (CUDA cores, 64×64 tiles): only for weights the tensor-core
@@ -230,18 +230,21 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a)
 //
 // tc_tile<BM> computes one BM×128 output tile (BM = 128 or 64): 8 warps of
 // BM/2 × 32 (warp rows wm = 0, 1; columns wn = 0..3), BK = 128 = one scale
-// group, two cp.async stages. The x rows come through xrow(r) (tile row r ->
+// group, TC_STAGES cp.async stages (groups g+1 .. g+3 in flight while group g
+// computes: with one block per SM, two stages left the weight stream waiting
+// on each group's latency). The x rows come through xrow(r) (tile row r ->
 // row of xq / sx, -1: none), so the dense GEMM (x row m0 + r) and the MoE
 // experts (rows through the routing plan's permutation) share it.
 
 #define TC_BM 128
 #define TC_BN 128
 #define TC_THREADS 256
+#define TC_STAGES 4
 
 template <int BM> struct tc_cfg {
     static constexpr int MI = BM / 32;                  // m16 tiles of a warp
     static constexpr int STAGE = (BM + TC_BN) * FP8_G; // x tile then w tile, bytes
-    static constexpr int SMEM = 2 * STAGE;
+    static constexpr int SMEM = TC_STAGES * STAGE;     // 128 KB at BM 128, 96 KB at 64
 };
 
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int bytes)
@@ -278,6 +281,10 @@ __device__ __forceinline__ void tc_load(const fp8_args &a, const uint8_t *w, XR 
     asm volatile("cp.async.commit_group;\n" ::);
 }
 
+// An empty commit group past the last K group: every iteration commits one,
+// so wait_group's count stays the same to the end.
+__device__ __forceinline__ void tc_commit_empty() { asm volatile("cp.async.commit_group;\n" ::); }
+
 // A warp's MI×4 mma tiles of 4 floats each, zeroed in registers.
 template <int MI> __device__ __forceinline__ void tc_zero(float (&v)[MI][4][4])
 {
@@ -302,16 +309,20 @@ __device__ __forceinline__ void tc_tile(const fp8_args &a, uint8_t *smem, const 
     uint32_t s0 = (uint32_t)__cvta_generic_to_shared(smem);
     float acc[MI][4][4];
     tc_zero<MI>(acc);
-    tc_load<BM>(a, w, xrow, rows, n0, s0, 0);
+#pragma unroll
+    for (int st = 0; st < TC_STAGES - 1; st++) {
+        if (st < a.G) tc_load<BM>(a, w, xrow, rows, n0, s0 + st * STAGE, st);
+        else tc_commit_empty();
+    }
     for (int g = 0; g < a.G; g++) {
-        if (g + 1 < a.G) {
-            tc_load<BM>(a, w, xrow, rows, n0, s0 + ((g + 1) & 1) * STAGE, g + 1);
-            asm volatile("cp.async.wait_group 1;\n" ::);
-        } else {
-            asm volatile("cp.async.wait_group 0;\n" ::);
-        }
+        // groups 0..g have landed (g + TC_STAGES - 1 committed, TC_STAGES - 2 may pend)
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(TC_STAGES - 2));
+        // every warp is past group g - 1's compute: its stage can be refilled
         __syncthreads();
-        const uint8_t *xs = smem + (g & 1) * STAGE, *wsm = xs + BM * FP8_G;
+        int gn = g + TC_STAGES - 1;
+        if (gn < a.G) tc_load<BM>(a, w, xrow, rows, n0, s0 + (gn % TC_STAGES) * STAGE, gn);
+        else tc_commit_empty();
+        const uint8_t *xs = smem + (g % TC_STAGES) * STAGE, *wsm = xs + BM * FP8_G;
         float part[MI][4][4];
         tc_zero<MI>(part);
 #pragma unroll
@@ -359,7 +370,6 @@ __device__ __forceinline__ void tc_tile(const fp8_args &a, uint8_t *smem, const 
                 acc[i][j][2] += part[i][j][2] * (xsc[i][1] * wsc[j][0]);
                 acc[i][j][3] += part[i][j][3] * (xsc[i][1] * wsc[j][1]);
             }
-        __syncthreads(); // this stage is refilled by the next iteration's load
     }
 #pragma unroll
     for (int i = 0; i < MI; i++)
