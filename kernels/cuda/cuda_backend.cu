@@ -609,6 +609,8 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // heuristic's first choice everywhere: the same numbers in every process
     const char *tune = getenv("SL_CUDA_MM_TUNE");
     b->mm_tune = !(tune && strcmp(tune, "0") == 0);
+    const char *split = getenv("SL_CUDA_GDN_SPLIT");
+    b->gdn_split = split && strcmp(split, "1") == 0;
     const char *poison = getenv("SL_CUDA_POISON");
     b->poison = poison && strcmp(poison, "1") == 0;
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
@@ -652,6 +654,14 @@ extern "C" int sl_cuda_attn_fa2(sl_backend *be, int on)
     SL_ASSERT(be->i == &cu_iface);
     int was = cu_be(be)->attn_fa2;
     cu_be(be)->attn_fa2 = on != 0;
+    return was;
+}
+
+extern "C" int sl_cuda_gdn_split(sl_backend *be, int on)
+{
+    SL_ASSERT(be->i == &cu_iface);
+    int was = cu_be(be)->gdn_split;
+    cu_be(be)->gdn_split = on != 0;
     return was;
 }
 

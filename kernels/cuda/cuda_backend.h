@@ -49,6 +49,15 @@ void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which);
  * running on be. */
 int sl_cuda_attn_fa2(sl_backend *be, int on);
 
+/* Which form sl_be_gdn runs for sequences of 16 or more new tokens: 0 the
+ * single chunked kernel (each block walks its sequence's chunks and does all
+ * of each chunk's work), 1 the split form (the chunk-local work for every
+ * chunk in parallel, then a scan over the chunks doing only what depends on
+ * the state; kernels/dev/NOTES.md v15). A backend starts with 0, or 1 with
+ * SL_CUDA_GDN_SPLIT=1 in the environment at creation. Returns the previous
+ * setting. Not thread-safe against ops running on be. */
+int sl_cuda_gdn_split(sl_backend *be, int on);
+
 /* The kernel the last sl_be_matmul on be ran: "cublaslt" or "gemv" (a static
  * string; NULL before the first matmul); sl_be_matmul_fp8 and
  * sl_be_moe_experts_fp8 set it too ("fp8_cublaslt", "fp8_gemm_tc",

@@ -111,6 +111,9 @@ typedef struct cu_backend {
     // cu_attention: prefill batches on k_attn_fa2 instead of k_attn_prefill
     // (the default; env SL_CUDA_ATTN_FA2=0, or sl_cuda_attn_fa2, goes back)
     int attn_fa2;
+    // cu_gdn: the split chunked form (prep over all chunks, then the scan);
+    // env SL_CUDA_GDN_SPLIT=1 or sl_cuda_gdn_split (off until validated)
+    int gdn_split;
     // env SL_CUDA_POISON=1: every new tensor and scratch buffer starts as NaN
     // (all bits set), so a kernel reading memory nothing wrote shows
     int poison;

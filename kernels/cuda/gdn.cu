@@ -13,7 +13,10 @@
 //   gdn:    the WY chunked form (flash-linear-attention's
 //           chunk_gated_delta_rule), 64-token chunks, one block per
 //           (sequence, value head, value-column tile), tf32 tensor cores
-//           (wmma m16n16k8) with fp32 accumulation, fp32 state and solve.
+//           (wmma m16n16k8) with fp32 accumulation, fp32 state and solve;
+//           or split (sl_cuda_gdn_split): the chunk-local part for every
+//           chunk in parallel, then a scan over the chunks doing only what
+//           depends on the state.
 #include <limits.h>
 #include <mma.h>
 
@@ -579,6 +582,404 @@ __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
     }
 }
 
+// ---- chunked form, split (kernels/dev/NOTES.md v15) ------------------------------
+//
+// The single kernel above walks a sequence's chunks one after another and
+// redoes all of a chunk's local work (normalisation, gates, L, the solve, W,
+// U, QKᵀ) on that sequential path. Only three products depend on the state
+// carried between chunks (v_new = U − W S0, O = (Q⊙e^G) S0 + QKm v_new,
+// S = e^(G_last) S0 + (K⊙e^(G_last−G))ᵀ v_new), so the split form runs:
+//   k_gdn_prep: one block per (chunk, value head), every chunk of every long
+//     sequence in parallel: the chunk-local part, written to a record in
+//     scratch memory (fp32: Qg = q⊙e^G, Kd = k⊙e^(G_last−G), W, QKm, U, G_last);
+//   k_gdn_scan: one block per (sequence, value head, value-column tile)
+//     walking the chunks: loads a record, the three state products, O out,
+//     snapshots and the final state as the single kernel.
+// Chunks are numbered over the long sequences in order (gdn_chunks), a chunk
+// ending at the snapshot as above; both kernels find a sequence's first chunk
+// by summing the chunk counts of the sequences before it.
+
+// Chunks of a sequence with qn new tokens and snapshot after tlen (0 when it
+// is left to the recurrent kernel): 64-token chunks, one cut at tlen.
+__host__ __device__ __forceinline__ int gdn_nchunks(int qn, int tlen, int min_len)
+{
+    if (qn < min_len) return 0;
+    if (tlen > 0 && tlen < qn) return (tlen + GDN_C - 1) / GDN_C + (qn - tlen + GDN_C - 1) / GDN_C;
+    return (qn + GDN_C - 1) / GDN_C;
+}
+
+// Start (sequence-relative) and length of chunk ci of such a sequence.
+__device__ __forceinline__ void gdn_chunk_at(int qn, int tlen, int ci, int &c0, int &n)
+{
+    int na = tlen > 0 && tlen < qn ? (tlen + GDN_C - 1) / GDN_C : INT_MAX;
+    if (ci < na) {
+        c0 = ci * GDN_C;
+        n = min(GDN_C, (na == INT_MAX ? qn : tlen) - c0);
+    } else {
+        c0 = tlen + (ci - na) * GDN_C;
+        n = min(GDN_C, qn - c0);
+    }
+}
+
+// The snapshot length of sequence s as the chunking sees it (-1: none).
+__device__ __forceinline__ int gdn_tlen(const cu_gdn_args &g, int s)
+{
+    return g.track_slot[s] >= 0 ? g.track_len[s] : -1;
+}
+
+// Records: floats of one (chunk, value head) record and their offsets.
+template <int DK> struct gdn_rec {
+    static constexpr int QG = 0, KD = GDN_C * DK, W = 2 * GDN_C * DK, QK = 3 * GDN_C * DK;
+    static constexpr int U = QK + GDN_C * GDN_C; // then [C][Dv]
+    __host__ __device__ static int64_t floats(int Dv) { return U + (int64_t)GDN_C * Dv + 8; }
+    __host__ __device__ static int64_t glast(int Dv) { return U + (int64_t)GDN_C * Dv; }
+};
+
+// Shared memory of k_gdn_prep (U in 64-column tiles) and of k_gdn_scan.
+template <int DK> struct gdn_prep_smem {
+    static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = 64 + 4;
+    static constexpr int Q = 0, K = Q + GDN_C * LK, W = K + GDN_C * LK, L = W + GDN_C * LK;
+    static constexpr int T = L + GDN_C * LC, QK = T + GDN_C * LC, V = QK + GDN_C * LC;
+    static constexpr int U = V + GDN_C * LV, G = U + GDN_C * LV, B = G + GDN_C;
+    static constexpr size_t BYTES = (size_t)(B + GDN_C) * sizeof(float);
+    static_assert(K % 8 == 0 && W % 8 == 0 && L % 8 == 0 && T % 8 == 0 && QK % 8 == 0 && V % 8 == 0 &&
+                      U % 8 == 0,
+                  "wmma tiles need 32-byte aligned bases");
+    static_assert(3 * 256 <= GDN_C * LV, "solve scratch");
+};
+
+template <int DK, int BV> struct gdn_scan_smem {
+    static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = BV + 4;
+    static constexpr int Q = 0, K = Q + GDN_C * LK, W = K + GDN_C * LK, QK = W + GDN_C * LK;
+    static constexpr int U = QK + GDN_C * LC, O = U + GDN_C * LV, S = O + GDN_C * LV;
+    static constexpr size_t BYTES = (size_t)(S + DK * LV) * sizeof(float);
+    static_assert(K % 8 == 0 && W % 8 == 0 && QK % 8 == 0 && U % 8 == 0 && O % 8 == 0 && S % 8 == 0,
+                  "wmma tiles need 32-byte aligned bases");
+};
+
+// The first record index of sequence s (chunks of the sequences before it).
+__device__ __forceinline__ int64_t gdn_chunk_base(const cu_gdn_args &g, int s, int min_len)
+{
+    int64_t base = 0;
+    for (int r = 0; r < s; r++) base += gdn_nchunks(g.q_start[r + 1] - g.q_start[r], gdn_tlen(g, r), min_len);
+    return base;
+}
+
+// Copies rows x cols floats (row stride ld_src) to shared memory rows of
+// stride ld_dst, 4 floats per thread step (cols, strides multiples of 4).
+__device__ __forceinline__ void gdn_copy(float *dst, int ld_dst, const float *src, int64_t ld_src, int rows,
+                                         int cols)
+{
+    int c4 = cols / 4;
+    for (int e = threadIdx.x; e < rows * c4; e += blockDim.x) {
+        int r = e / c4, c = (e % c4) * 4;
+        *(float4 *)(dst + r * ld_dst + c) = *(const float4 *)(src + r * ld_src + c);
+    }
+}
+
+// Block (chunk x, value head y): 256 threads. rec: the records, base of
+// (chunk q, head h) at ((q · Hv) + h) · gdn_rec<DK>::floats(Dv).
+template <int DK>
+__global__ void __launch_bounds__(256) k_gdn_prep(cu_gdn_args g, int min_len, int n_seqs, float *rec)
+{
+    using SM = gdn_prep_smem<DK>;
+    using RC = gdn_rec<DK>;
+    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV, NT = 256, NW = NT / 32;
+    extern __shared__ __align__(128) float sm[];
+    float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ws = sm + SM::W, *Ls = sm + SM::L;
+    float *Ts = sm + SM::T, *QKs = sm + SM::QK, *Vs = sm + SM::V, *Us = sm + SM::U;
+    float *Gs = sm + SM::G, *Bs = sm + SM::B;
+    const int Dv = g.Dv, h = blockIdx.y, kh = h / (g.Hv / g.Hk);
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    // which sequence and chunk: walk the sequences' chunk counts (block-uniform)
+    int64_t q = blockIdx.x, left = q;
+    int s = 0, nc = 0;
+    for (; s < n_seqs; s++) {
+        nc = gdn_nchunks(g.q_start[s + 1] - g.q_start[s], gdn_tlen(g, s), min_len);
+        if (left < nc) break;
+        left -= nc;
+    }
+    if (s == n_seqs) return;
+    int qn = g.q_start[s + 1] - g.q_start[s], c0, n;
+    gdn_chunk_at(qn, gdn_tlen(g, s), (int)left, c0, n);
+    float *out = rec + (q * g.Hv + h) * RC::floats(Dv);
+    float Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);
+    float qscale = 1.0f / sqrtf((float)DK);
+    int64_t koff = (int64_t)g.Hk * DK + (int64_t)kh * DK, qoff = (int64_t)kh * DK;
+    int64_t voff = 2 * (int64_t)g.Hk * DK + (int64_t)h * Dv;
+    int tb = g.q_start[s] + c0;
+    // q, k: one warp per row, l2-normalised (q also scaled by Dk^-1/2)
+    for (int i = warp; i < C; i += NW) {
+        float qv[DK / 32], kv[DK / 32], qss = 0.0f, kss = 0.0f;
+#pragma unroll
+        for (int j = 0; j < DK / 32; j++) {
+            qv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, qoff + lane + 32 * j) : 0.0f;
+            kv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, koff + lane + 32 * j) : 0.0f;
+            qss += qv[j] * qv[j];
+            kss += kv[j] * kv[j];
+        }
+        qss = cu_warp_sum(qss);
+        kss = cu_warp_sum(kss);
+        float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
+#pragma unroll
+        for (int j = 0; j < DK / 32; j++) {
+            Qs[i * LK + lane + 32 * j] = qv[j] * qi * qscale;
+            Ks[i * LK + lane + 32 * j] = kv[j] * ki;
+        }
+    }
+    if (warp == 0) { // gates: lane owns tokens lane and lane + 32; inclusive scan
+        float gl[2];
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int i = lane + 32 * k;
+            float gi = 0.0f, bi = 0.0f;
+            if (i < n) {
+                gi = Aexp * softplus(cu_mat_ld(g.a, tb + i, h) + bias);
+                bi = 1.0f / (1.0f + expf(-cu_mat_ld(g.b, tb + i, h)));
+            }
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                float up = __shfl_up_sync(0xffffffffu, gi, o);
+                if (lane >= o) gi += up;
+            }
+            gl[k] = gi;
+            Bs[i] = bi;
+        }
+        gl[1] += __shfl_sync(0xffffffffu, gl[0], 31);
+        Gs[lane] = gl[0];
+        Gs[lane + 32] = gl[1];
+    }
+    __syncthreads();
+    // K Kᵀ and Q Kᵀ, lower-triangular tiles (the rest is masked to 0 below)
+    for (int job = warp; job < 20; job += NW) {
+        int mi, nj;
+        gdn_tri(job % 10, mi, nj);
+        const float *A = (job < 10 ? Ks : Qs) + mi * 16 * LK;
+        gdn_acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        gdn_mma<wmma::row_major, wmma::col_major>(acc, A, LK, 8, Ks + nj * 16 * LK, LK, 8, DK / 8);
+        wmma::store_matrix_sync((job < 10 ? Ls : QKs) + mi * 16 * LC + nj * 16, acc, LC, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int e = tid; e < C * C; e += NT) {
+        int i = e / C, j = e % C;
+        float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;
+        Ls[i * LC + j] = j < i ? Bs[i] * dec * Ls[i * LC + j] : 0.0f;
+        QKs[i * LC + j] = j <= i ? dec * QKs[i * LC + j] : 0.0f;
+        if ((j >> 4) > (i >> 4)) Ts[i * LC + j] = 0.0f;
+    }
+    __syncthreads();
+    // T = (I + L)^-1: the four 16x16 diagonal blocks by forward substitution,
+    // one column per thread ...
+    if (tid < 64) {
+        int bb = tid >> 4, c = tid & 15;
+        const float *Lb = Ls + bb * 16 * LC + bb * 16;
+        float x[16];
+#pragma unroll
+        for (int r = 0; r < 16; r++) {
+            float acc = r == c ? 1.0f : 0.0f;
+#pragma unroll
+            for (int j = 0; j < r; j++) acc -= Lb[r * LC + j] * x[j];
+            x[r] = r < c ? 0.0f : acc;
+        }
+#pragma unroll
+        for (int r = 0; r < 16; r++) Ts[(bb * 16 + r) * LC + bb * 16 + c] = x[r];
+    }
+    __syncthreads();
+    // ... then block row a: T_ab = −T_aa · Σ_{b<=m<a} L_am T_mb
+    for (int a = 1; a < 4; a++) {
+        for (int e = tid; e < a * 256; e += NT) {
+            int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
+            float acc = 0.0f;
+            for (int J = bb * 16; J < a * 16; J++) acc += Ls[(a * 16 + r) * LC + J] * Ts[J * LC + bb * 16 + c];
+            Us[e] = acc;
+        }
+        __syncthreads();
+        for (int e = tid; e < a * 256; e += NT) {
+            int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
+            float acc = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 16; j++) acc += Ts[(a * 16 + r) * LC + a * 16 + j] * Us[(bb << 8) + j * 16 + c];
+            Ts[(a * 16 + r) * LC + bb * 16 + c] = -acc;
+        }
+        __syncthreads();
+    }
+    // T diag(β) into L's place, T diag(β e^G) in place
+    for (int e = tid; e < C * C; e += NT) {
+        int i = e / C, j = e % C;
+        float tv = Ts[i * LC + j] * Bs[j];
+        Ls[i * LC + j] = tv;
+        Ts[i * LC + j] = tv * expf(Gs[j]);
+    }
+    __syncthreads();
+    // W = T diag(β e^G) K [C x DK] (T lower: k < 16(mi+1))
+    for (int job = warp; job < 4 * (DK / 16); job += NW) {
+        int mi = job / (DK / 16), nd = job % (DK / 16);
+        gdn_acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        gdn_mma<wmma::row_major, wmma::row_major>(acc, Ts + mi * 16 * LC, LC, 8, Ks + nd * 16, LK, 8 * LK,
+                                                  2 * (mi + 1));
+        wmma::store_matrix_sync(Ws + mi * 16 * LK + nd * 16, acc, LK, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // the record: q ⊙ e^G, k ⊙ e^(G_last − G), W, the masked decayed q kᵀ, G_last
+    float glast = Gs[C - 1];
+    for (int e = tid; e < C * DK; e += NT) {
+        int i = e / DK, d = e % DK;
+        out[RC::QG + e] = Qs[i * LK + d] * expf(Gs[i]);
+        out[RC::KD + e] = Ks[i * LK + d] * expf(glast - Gs[i]);
+        out[RC::W + e] = Ws[i * LK + d];
+    }
+    for (int e = tid; e < C * C; e += NT) out[RC::QK + e] = QKs[(e / C) * LC + e % C];
+    if (tid == 0) out[RC::glast(Dv)] = glast;
+    // U = T diag(β) V [C x Dv], 64 value columns at a time
+    for (int v0 = 0; v0 < Dv; v0 += 64) {
+        for (int e = tid; e < C * 64; e += NT) {
+            int i = e / 64, c = e % 64;
+            Vs[i * LV + c] = i < n ? cu_mat_ld(g.qkv, tb + i, voff + v0 + c) : 0.0f;
+        }
+        __syncthreads();
+        for (int job = warp; job < 4 * 4; job += NW) {
+            int mi = job / 4, nv = job % 4;
+            gdn_acc acc;
+            wmma::fill_fragment(acc, 0.0f);
+            gdn_mma<wmma::row_major, wmma::row_major>(acc, Ls + mi * 16 * LC, LC, 8, Vs + nv * 16, LV, 8 * LV,
+                                                      2 * (mi + 1));
+            wmma::store_matrix_sync(Us + mi * 16 * LV + nv * 16, acc, LV, wmma::mem_row_major);
+        }
+        __syncthreads();
+        for (int e = tid; e < C * 64; e += NT) {
+            int i = e / 64, c = e % 64;
+            out[RC::U + (int64_t)i * Dv + v0 + c] = Us[i * LV + c];
+        }
+        __syncthreads(); // Vs and Us are refilled by the next tile
+    }
+}
+
+// Block (sequence, value head, value-column tile of BV): 256 threads; walks
+// the sequence's records in order (sequences left to k_gdn exit).
+template <int DK, int BV>
+__global__ void __launch_bounds__(256) k_gdn_scan(cu_gdn_args g, int min_len, const float *rec)
+{
+    using SM = gdn_scan_smem<DK, BV>;
+    using RC = gdn_rec<DK>;
+    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV, NT = 256, NW = NT / 32;
+    extern __shared__ __align__(128) float sm[];
+    float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ws = sm + SM::W, *QKs = sm + SM::QK;
+    float *Us = sm + SM::U, *Os = sm + SM::O, *Ss = sm + SM::S;
+    const int Dv = g.Dv, nvt = Dv / BV;
+    int s = blockIdx.x / (g.Hv * nvt), rem = blockIdx.x % (g.Hv * nvt);
+    int h = rem / nvt, vt = rem % nvt;
+    int tid = threadIdx.x, warp = tid >> 5;
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    int q0 = g.q_start[s], qn = g.q_start[s + 1] - q0, tlen = gdn_tlen(g, s);
+    int nc = gdn_nchunks(qn, tlen, min_len);
+    if (nc == 0) return; // block-uniform
+    int64_t first = gdn_chunk_base(g, s, min_len);
+    int64_t sz = (int64_t)DK * Dv, slot_sz = (int64_t)g.Hv * sz;
+    float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz + vt * BV; // row stride Dv
+    bool fresh = g.state_fresh[s];
+    for (int e = tid; e < DK * BV; e += NT) {
+        int d = e / BV, c = e % BV;
+        Ss[d * LV + c] = fresh ? 0.0f : mine[(int64_t)d * Dv + c];
+    }
+    int64_t ooff = (int64_t)h * Dv + vt * BV;
+    for (int ci = 0; ci < nc; ci++) {
+        int c0, n;
+        gdn_chunk_at(qn, tlen, ci, c0, n);
+        const float *r = rec + ((first + ci) * g.Hv + h) * RC::floats(Dv);
+        __syncthreads(); // the previous chunk's readers are done
+        gdn_copy(Qs, LK, r + RC::QG, DK, C, DK);
+        gdn_copy(Ks, LK, r + RC::KD, DK, C, DK);
+        gdn_copy(Ws, LK, r + RC::W, DK, C, DK);
+        gdn_copy(QKs, LC, r + RC::QK, C, C, C);
+        gdn_copy(Us, LV, r + RC::U + vt * BV, Dv, C, BV);
+        float glast = r[RC::glast(Dv)];
+        __syncthreads();
+        // v_new = U − W S0
+        for (int job = warp; job < 4 * (BV / 16); job += NW) {
+            int mi = job / (BV / 16), nv = job % (BV / 16);
+            gdn_acc u, ws;
+            wmma::fill_fragment(ws, 0.0f);
+            gdn_mma<wmma::row_major, wmma::row_major>(ws, Ws + mi * 16 * LK, LK, 8, Ss + nv * 16, LV, 8 * LV,
+                                                      DK / 8);
+            float *up = Us + mi * 16 * LV + nv * 16;
+            wmma::load_matrix_sync(u, up, LV, wmma::mem_row_major);
+#pragma unroll
+            for (int i = 0; i < u.num_elements; i++) u.x[i] -= ws.x[i];
+            wmma::store_matrix_sync(up, u, LV, wmma::mem_row_major);
+        }
+        __syncthreads();
+        // O = (Q ⊙ e^G) S0 + QKm v_new
+        for (int job = warp; job < 4 * (BV / 16); job += NW) {
+            int mi = job / (BV / 16), nv = job % (BV / 16);
+            gdn_acc o;
+            wmma::fill_fragment(o, 0.0f);
+            gdn_mma<wmma::row_major, wmma::row_major>(o, Qs + mi * 16 * LK, LK, 8, Ss + nv * 16, LV, 8 * LV,
+                                                      DK / 8);
+            gdn_mma<wmma::row_major, wmma::row_major>(o, QKs + mi * 16 * LC, LC, 8, Us + nv * 16, LV, 8 * LV,
+                                                      2 * (mi + 1));
+            wmma::store_matrix_sync(Os + mi * 16 * LV + nv * 16, o, LV, wmma::mem_row_major);
+        }
+        __syncthreads();
+        // S = e^(G_last) S0 + (K ⊙ e^(G_last−G))ᵀ v_new; o out
+        float el = expf(glast);
+        int nk = (n + 7) >> 3; // rows >= n of Kd and v_new are zero
+        for (int job = warp; job < (DK / 16) * (BV / 16); job += NW) {
+            int md = job / (BV / 16), nv = job % (BV / 16);
+            float *sp = Ss + md * 16 * LV + nv * 16;
+            gdn_acc acc;
+            wmma::load_matrix_sync(acc, sp, LV, wmma::mem_row_major);
+#pragma unroll
+            for (int i = 0; i < acc.num_elements; i++) acc.x[i] *= el;
+            gdn_mma<wmma::col_major, wmma::row_major>(acc, Ks + md * 16, LK, 8 * LK, Us + nv * 16, LV, 8 * LV, nk);
+            wmma::store_matrix_sync(sp, acc, LV, wmma::mem_row_major);
+        }
+        for (int e = tid; e < n * BV; e += NT) {
+            int i = e / BV, c = e % BV;
+            cu_mat_st(g.out, q0 + c0 + i, ooff + c, Os[i * LV + c]);
+        }
+        __syncthreads();
+        if (c0 + n == tlen) {
+            float *snap = g.ssm + (int64_t)g.track_slot[s] * slot_sz + h * sz + vt * BV;
+            for (int e = tid; e < DK * BV; e += NT) {
+                int d = e / BV, c = e % BV;
+                snap[(int64_t)d * Dv + c] = Ss[d * LV + c];
+            }
+        }
+    }
+    __syncthreads();
+    for (int e = tid; e < DK * BV; e += NT) {
+        int d = e / BV, c = e % BV;
+        mine[(int64_t)d * Dv + c] = Ss[d * LV + c];
+    }
+}
+
+// The split form over every long sequence of the batch (n_chunks records).
+template <int DK>
+static void gdn_split_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs, int64_t n_chunks, bool wide)
+{
+    float *rec = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)(n_chunks * g.Hv * gdn_rec<DK>::floats(g.Dv)));
+    size_t ps = gdn_prep_smem<DK>::BYTES;
+    CU_CHECK(cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ps));
+    cu_launch(b, k_gdn_prep<DK>, dim3((unsigned)n_chunks, (unsigned)g.Hv), 256, ps, g, GDN_CHUNK_MIN, n_seqs, rec);
+    if (wide) {
+        size_t ss = gdn_scan_smem<DK, 64>::BYTES;
+        CU_CHECK(cudaFuncSetAttribute(k_gdn_scan<DK, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss));
+        cu_launch(b, k_gdn_scan<DK, 64>, (unsigned)(n_seqs * g.Hv * (g.Dv / 64)), 256, ss, g, GDN_CHUNK_MIN,
+                  (const float *)rec);
+    } else {
+        size_t ss = gdn_scan_smem<DK, 32>::BYTES;
+        CU_CHECK(cudaFuncSetAttribute(k_gdn_scan<DK, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss));
+        cu_launch(b, k_gdn_scan<DK, 32>, (unsigned)(n_seqs * g.Hv * (g.Dv / 32)), 256, ss, g, GDN_CHUNK_MIN,
+                  (const float *)rec);
+    }
+    cu_tmp_free(b, rec);
+}
+
 template <int DK, int BV>
 static void gdn_chunk_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs)
 {
@@ -614,6 +1015,15 @@ void cu_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_tenso
     if (n_long) {
         // 64 value columns a block unless that leaves SMs idle (one long prompt)
         bool wide = Dv % 64 == 0 && (int64_t)n_long * Hv * (Dv / 64) >= bk->n_sm;
+        if (bk->gdn_split && Dv % 64 == 0) {
+            int64_t n_chunks = 0;
+            for (int s = 0; s < cm->n_seqs; s++)
+                n_chunks += gdn_nchunks(m->q_start[s + 1] - m->q_start[s],
+                                        m->track_slot[s] >= 0 ? m->track_len[s] : -1, GDN_CHUNK_MIN);
+            if (Dk == 64) gdn_split_launch<64>(bk, g, cm->n_seqs, n_chunks, wide);
+            else gdn_split_launch<128>(bk, g, cm->n_seqs, n_chunks, wide);
+            return;
+        }
         if (Dk == 64) {
             if (wide) gdn_chunk_launch<64, 64>(bk, g, cm->n_seqs);
             else gdn_chunk_launch<64, 32>(bk, g, cm->n_seqs);

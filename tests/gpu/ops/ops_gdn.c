@@ -1,6 +1,8 @@
 /* tests/gpu/ops/ops_gdn.c: the hybrid (qwen3_next) linear-attention ops: conv1d and
- * the gated delta net, with their state pools. */
+ * the gated delta net, with their state pools; cases with chunked sequences run the gdn
+ * twice, on the single chunked kernel and on the split form (sl_cuda_gdn_split). */
 
+#include <math.h>
 #include <string.h>
 
 #include "harness.h"
@@ -109,11 +111,43 @@ static void gdn_run(tb *t, const tb_case *c)
             tb_pair_rand(t, &al, F32, 1, (ne[0] = Hv, ne), -1, 1);
             tb_pair_rand(t, &dtb, F32, 1, (ne[0] = Hv, ne), -1, 1);
             tb_pair_out(t, &y, dt, 2, (tb_ne2(ne, T, (int64_t)Hv * Dv), ne));
+            /* the pool as it starts (the op updates it in place): the split form runs from it too */
+            size_t pn = (size_t)sl_tensor_numel(&pool.c);
+            float *pool0 = malloc(sizeof(float) * pn);
+            memcpy(pool0, pool.c.data, sizeof(float) * pn);
             sl_be_gdn(t->cpu, &y.c, &x.c, &aa.c, &bb.c, &al.c, &dtb.c, &pool.c, Hk, Hv, Dk, Dv, &b.m);
-            sl_be_gdn(t->gpu, &y.g, &x.g, &aa.g, &bb.g, &al.g, &dtb.g, &pool.g, Hk, Hv, Dk, Dv, &b.m);
-            tb_compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
-            tb_compare(t, c->op, desc, "ssm", &pool.c, &pool.g,
-                       qmax >= GDN_CHUNK_MIN ? GDN_CHUNK_SSM_TOL : 1e-4);
+            /* chunked sequences: the single kernel, then the split form (sl_cuda_gdn_split),
+             * which does the same arithmetic in the same order: equal to the bit */
+            sl_tensor y1, p1;
+            int chunked = qmax >= GDN_CHUNK_MIN;
+            for (int split = 0; split < (chunked ? 2 : 1); split++) {
+                sl_err e = {0};
+                if (split) { /* the pool as it started, the output poisoned again */
+                    size_t yn = (size_t)sl_tensor_numel(&y.g);
+                    float *nan = malloc(sizeof(float) * yn);
+                    for (size_t i = 0; i < yn; i++) nan[i] = NAN;
+                    if (sl_be_upload(t->gpu, &pool.g, pool0, F32, &e) || sl_be_upload(t->gpu, &y.g, nan, F32, &e))
+                        tb_die("gdn split rerun", &e);
+                    free(nan);
+                }
+                int was = sl_cuda_gdn_split(t->gpu, split);
+                sl_be_gdn(t->gpu, &y.g, &x.g, &aa.g, &bb.g, &al.g, &dtb.g, &pool.g, Hk, Hv, Dk, Dv, &b.m);
+                sl_cuda_gdn_split(t->gpu, was);
+                tb_compare(t, c->op, desc, split ? "out split" : "out", &y.c, &y.g, c->tol);
+                tb_compare(t, c->op, desc, split ? "ssm split" : "ssm", &pool.c, &pool.g,
+                           qmax >= GDN_CHUNK_MIN ? GDN_CHUNK_SSM_TOL : 1e-4);
+                if (chunked && !split) { /* the single kernel's results, kept */
+                    if (sl_be_alloc(t->gpu, &y1, y.g.dtype, 2, y.g.ne, &e) || sl_be_copy(t->gpu, &y1, &y.g, &e) ||
+                        sl_be_alloc(t->gpu, &p1, F32, 4, pool.g.ne, &e) || sl_be_copy(t->gpu, &p1, &pool.g, &e))
+                        tb_die("gdn keep", &e);
+                } else if (chunked) {
+                    tb_compare_exact(t, c->op, desc, "out split = single", &y1, &y.g);
+                    tb_compare_exact(t, c->op, desc, "ssm split = single", &p1, &pool.g);
+                    sl_be_release(t->gpu, &y1);
+                    sl_be_release(t->gpu, &p1);
+                }
+            }
+            free(pool0);
             tb_pair_free(t, &aa);
             tb_pair_free(t, &bb);
             tb_pair_free(t, &al);
@@ -195,6 +229,12 @@ static void perf_gdn(tb *t, sl_op op, const char *name, int S, int q, int Hk, in
                  Dk, Dv);
         double ms = tb_time_op(t, pf_gdn, &c, ns, 10, NULL);
         tb_report(t, "gdn", desc, ms, bytes, flops, q >= GDN_CHUNK_MIN ? " (chunked)" : "");
+        if (q >= GDN_CHUNK_MIN) { /* the split form on the same shape */
+            int was = sl_cuda_gdn_split(t->gpu, 1);
+            ms = tb_time_op(t, pf_gdn, &c, ns, 10, NULL);
+            sl_cuda_gdn_split(t->gpu, was);
+            tb_report(t, "gdn", desc, ms, bytes, flops, " (chunked, split)");
+        }
     } else {
         for (int i = 0; i < ns; i++) {
             c.qkv[i] = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, C), ne), 1.0f);
