@@ -597,12 +597,13 @@ void sl_be_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, con
 }
 
 void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_tensor *logits,
-                     int k, int norm)
+                     int k, int norm, int shared)
 {
     NEED(moe_route);
-    SL_ASSERT(ids->dtype == SL_DTYPE_I32 && weights->dtype == SL_DTYPE_F32);
-    SL_ASSERT(k <= sl_tensor_cols(logits) && sl_tensor_cols(ids) == k);
-    be->i->moe_route(be, ids, weights, logits, k, norm);
+    SL_ASSERT(ids->dtype == SL_DTYPE_I32 && weights->dtype == SL_DTYPE_F32 && (shared == 0 || shared == 1));
+    SL_ASSERT(k <= sl_tensor_cols(logits) - shared && sl_tensor_cols(ids) == k + shared &&
+              sl_tensor_cols(weights) == k + shared);
+    be->i->moe_route(be, ids, weights, logits, k, norm, shared);
 }
 
 void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,

@@ -351,9 +351,13 @@ void sl_be_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_te
 void sl_be_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
                          const sl_tensor *w, float eps);
 /* softmax over logits[T,E] (fp32), top-k largest first; ids i32[T,k],
- * weights f32[T,k], renormalised to sum 1 if norm. */
+ * weights f32[T,k], renormalised to sum 1 if norm. shared (0 or 1): logits
+ * has one more column, a shared expert's gate logit, left out of the softmax
+ * and the top-k; ids and weights get one more column too: ids[t,k] = E (the
+ * shared expert stored after the routed ones), weights[t,k] = σ(that logit),
+ * so sl_be_moe_experts computes routed and shared experts in one pass. */
 void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_tensor *logits,
-                     int k, int norm);
+                     int k, int norm, int shared);
 /* out[T,H] = Σ_j weights[t,j] · down_e(silu(gate_e x) ⊙ up_e x), e = ids[t,j];
  * gate_up [E, 2I, H] (gate rows first), down [E, H, I]. */
 void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,

@@ -62,7 +62,7 @@ typedef struct sl_backend_i {
                 const sl_batch_meta *);
     void (*rmsnorm_gated)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                           const sl_tensor *, float);
-    void (*moe_route)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, int, int);
+    void (*moe_route)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, int, int, int);
     void (*moe_experts)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                         const sl_tensor *, const sl_tensor *, const sl_tensor *);
     void (*gather_rows)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_batch_meta *);

@@ -404,10 +404,10 @@ static void cpu_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x
 /* ---- MoE ------------------------------------------------------------------------ */
 
 static void cpu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights,
-                          const sl_tensor *logits, int k, int norm)
+                          const sl_tensor *logits, int k, int norm, int shared)
 {
     (void)be;
-    int64_t T = sl_tensor_rows(logits), E = sl_tensor_cols(logits);
+    int64_t T = sl_tensor_rows(logits), E = sl_tensor_cols(logits) - shared;
     float *p = malloc(sizeof(float) * (size_t)E);
     for (int64_t t = 0; t < T; t++) {
         float mx = -INFINITY, sum = 0.0f;
@@ -434,6 +434,10 @@ static void cpu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights,
         }
         if (norm)
             for (int j = 0; j < k; j++) wr[j] /= tot;
+        if (shared) { /* the shared expert, gated by σ of its own logit */
+            idr[k] = (int32_t)E;
+            wr[k] = 1.0f / (1.0f + expf(-ld(logits, t, E)));
+        }
     }
     free(p);
 }

@@ -18,7 +18,7 @@
 // ---- routing --------------------------------------------------------------------
 
 __global__ void k_moe_route(cu_mat logits, int32_t *ids, int64_t ids_ld, float *w, int64_t w_ld,
-                            int k, int norm)
+                            int k, int norm, int shared)
 {
     extern __shared__ float sp[];
     int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
@@ -26,8 +26,8 @@ __global__ void k_moe_route(cu_mat logits, int32_t *ids, int64_t ids_ld, float *
     cu_pdl_wait();
     cu_pdl_trigger();
     if (t >= logits.rows) return;
-    int E = (int)logits.cols;
-    float *p = sp + (size_t)wid * E;
+    int E = (int)logits.cols - shared; // the shared expert's gate logit is not routed
+    float *p = sp + (size_t)wid * logits.cols;
     float mx = -INFINITY;
     for (int e = lane; e < E; e += 32) {
         p[e] = cu_mat_ld(logits, t, e);
@@ -69,10 +69,14 @@ __global__ void k_moe_route(cu_mat logits, int32_t *ids, int64_t ids_ld, float *
     }
     // k <= 32 holders: lane j keeps weight j
     for (int j = lane; j < k; j += 32) w[t * w_ld + j] = norm ? mine / tot : mine;
+    if (shared && lane == 0) { // the shared expert, gated by σ of its own logit
+        ids[t * ids_ld + k] = E;
+        w[t * w_ld + k] = 1.0f / (1.0f + expf(-cu_mat_ld(logits, t, E)));
+    }
 }
 
 void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_tensor *logits,
-                  int k, int norm)
+                  int k, int norm, int shared)
 {
     cu_backend *b = cu_be(be);
     cu_mat L = cu_mat_of(logits);
@@ -80,7 +84,7 @@ void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_t
     if (L.rows == 0) return;
     size_t smem = sizeof(float) * 8 * (size_t)L.cols;
     cu_launch(b, k_moe_route, cu_blocks(L.rows, 8), 256, smem, L, (int32_t *)ids->data,
-              sl_tensor_ld(ids), (float *)weights->data, sl_tensor_ld(weights), k, norm);
+              sl_tensor_ld(ids), (float *)weights->data, sl_tensor_ld(weights), k, norm, shared);
 }
 
 // ---- expert FFNs -----------------------------------------------------------------

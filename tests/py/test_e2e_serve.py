@@ -83,3 +83,28 @@ def test_serve_ctrl_c_drains(tmp_path):
         assert serve.wait(15) == 0
     finally:
         procs.stop()
+
+
+def test_shared_experts_fusion_flag(tmp_path):
+    """A qwen3_next model (its shared expert as wide as the routed ones) served
+    with the shared expert fused (the default) and with
+    --disable-shared-experts-fusion gives the same greedy text and logprobs
+    (rounding apart): the flag reaches the workers through serve."""
+    procs = Procs()
+    try:
+        model = make_tiny(tmp_path / "next", arch="qwen3_next")
+        out = []
+        for extra in ((), ("--disable-shared-experts-fusion",)):
+            serve, port = start_router(procs, model, [], "--mem-bytes", 64 << 20, "--context-length", 256,
+                                       *extra, command="serve", alive=1)
+            c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY, max_retries=0)
+            r = c.completions.create(model="tiny", prompt=[5, 17, 33, 2, 90, 41, 8, 64], max_tokens=12,
+                                     temperature=0, logprobs=1)
+            out.append((r.choices[0].text, r.choices[0].logprobs.token_logprobs))
+            procs.stop(serve)
+            fused = "shared expert fused into the routed experts" in procs.log_of(serve)
+            assert fused == (not extra), procs.log_of(serve)[-2000:]
+        assert out[0][0] == out[1][0]
+        assert max(abs(a - b) for a, b in zip(out[0][1], out[1][1])) < 1e-3, out
+    finally:
+        procs.stop()

@@ -1,6 +1,7 @@
 /* Model forward on batches: several sequences in one forward equal separate
  * runs; continuing from a cached prefix equals a cold run; state snapshots
- * (track_slot/track_len) equal the state of a shorter run. Config parsing. */
+ * (track_slot/track_len) equal the state of a shorter run. Config parsing.
+ * The fused shared expert equals the unfused one. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -171,10 +172,60 @@ static void test_batch(const char *cfg_json)
     sl_backend_free(be);
 }
 
+/* Counts the traced ops named "shared_gate" (the unfused shared expert's gate). */
+static void count_shared_gate(void *ctx, int layer, const char *op, const sl_tensor *t)
+{
+    (void)layer;
+    (void)t;
+    if (!strcmp(op, "shared_gate")) ++*(int *)ctx;
+}
+
+/* A qwen3_next shared expert as wide as the routed ones is fused into them by
+ * default (router row E, expert E, routed with weight σ(gate)): the logits
+ * equal the unfused model's (--disable-shared-experts-fusion) to fp32
+ * rounding, with the shared expert's own ops gone; prefill and decode. */
+static void test_shared_fusion(void)
+{
+    sl_model_config c;
+    sl_err e = {0};
+    CHECK(sl_model_config_parse(&c, tiny_next, NULL, &e) == SL_OK);
+    sl_backend *be = sl_backend_cpu_new();
+    int V = c.vocab_size, N = 11;
+    int32_t ids[12] = {5, 17, 33, 2, 90, 41, 8, 64, 12, 77, 3, 50};
+    float *out[2], *dec[2];
+    int gates[2] = {0, 0};
+    for (int f = 0; f < 2; f++) {
+        sl_model *m = NULL;
+        sl_solo s;
+        CHECK(sl_model_from_config(&m, &c, be, &(sl_model_load_opts){.seed = 7, .no_shared_fusion = f}, &e) ==
+              SL_OK);
+        CHECK(sl_solo_init(&s, m, 64, 4, &e) == SL_OK);
+        out[f] = malloc(sizeof(float) * (size_t)N * V);
+        dec[f] = malloc(sizeof(float) * (size_t)V);
+        sl_model_set_trace(m, count_shared_gate, &gates[f]);
+        CHECK(sl_solo_feed(&s, ids, N, 1, out[f], &e) == SL_OK);
+        CHECK(sl_solo_feed(&s, ids + N, 1, 0, dec[f], &e) == SL_OK);
+        sl_model_set_trace(m, NULL, NULL);
+        sl_solo_free(&s);
+        sl_model_free(m);
+    }
+    CHECK_MSG(gates[0] == 0 && gates[1] > 0, "shared_gate traced %d times fused, %d unfused", gates[0], gates[1]);
+    double dp = sl_test_rel_l2(out[0], out[1], (long)N * V), dd = sl_test_rel_l2(dec[0], dec[1], V);
+    CHECK_MSG(dp < 1e-5 && dd < 1e-5, "fused vs unfused: prefill %g, decode %g", dp, dd);
+    CHECK(sl_argmax(dec[0], V) == sl_argmax(dec[1], V));
+    for (int f = 0; f < 2; f++) {
+        free(out[f]);
+        free(dec[f]);
+    }
+    CHECK_MSG(sl_be_held_bytes(be) == 0, "%zu bytes still counted", sl_be_held_bytes(be));
+    sl_backend_free(be);
+}
+
 int main(void)
 {
     test_config();
     test_batch(tiny_next);
     test_batch(tiny_moe);
+    test_shared_fusion();
     return sl_test_done("test_model");
 }

@@ -370,7 +370,8 @@ int sl_cmd_worker(int argc, char **argv)
      * its engine before the followers) */
     c.defer_warmup = tg != NULL;
     sl_model_load_opts lo = {.dummy = dummy, .seed = (uint64_t)f.seed,
-                             .quantize_fp8 = f.quantization != NULL, .comm = tg ? sl_group_comm(tg) : NULL};
+                             .quantize_fp8 = f.quantization != NULL, .no_shared_fusion = f.no_shared_fusion,
+                             .comm = tg ? sl_group_comm(tg) : NULL};
     SL_LOGI("worker", "loading %s on %s (%s weights)", model, device, dummy ? "dummy" : "checkpoint");
     double t0 = now_s();
     /* Test hook only (tests/py/test_e2e_frontdoor.py): stretches the load

@@ -22,6 +22,8 @@ static const flag_row rows[SL_ENGINE_NFLAGS] = {
     {"--seed", SL_OPT_I64, F_(seed), "seed of dummy weights (default 0)"},
     {"--quantization", SL_OPT_STR, F_(quantization),
      "fp8: quantize the projections of a bf16 checkpoint to FP8 blocks at load"},
+    {"--disable-shared-experts-fusion", SL_OPT_FLAG, F_(no_shared_fusion),
+     "keep a MoE shared expert apart instead of routing every token to it as one more expert"},
     {"--mem-fraction-static", SL_OPT_FLOAT, C_(mem_fraction),
      "share of the device this worker's weights and caches may take (default 0.85)"},
     {"--mem-bytes", SL_OPT_I64, F_(mem_bytes),

@@ -19,7 +19,7 @@
 #include "engine.h"
 #include "sl_opts.h"
 
-#define SL_ENGINE_NFLAGS 17
+#define SL_ENGINE_NFLAGS 18
 
 /* What the worker parses the flags into. */
 typedef struct sl_engine_flags {
@@ -27,6 +27,7 @@ typedef struct sl_engine_flags {
     const char *load_format; /* auto | safetensors | dummy */
     long long seed;          /* dummy weights */
     const char *quantization; /* NULL | "fp8": quantize projections at load */
+    int no_shared_fusion;     /* sl_model_load_opts.no_shared_fusion */
     long long mem_bytes;
     const char *strategy; /* extra_buffer | no_buffer */
     int disable_overlap, disable_graph;

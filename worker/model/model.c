@@ -58,6 +58,7 @@ typedef struct loader {
      * while an FP8 projection is packed (fp8 = 1), its scale tensor, the
      * scale stage [rows, ceil(cols/128)] and the projection's dummy scale */
     int quantize_fp8;
+    int fuse_shared; /* a shared expert as wide as the routed ones joins them (layer.shared_fused) */
     int fp8;
     sl_tensor *cur_s;
     float *sstage;
@@ -545,31 +546,47 @@ static void load_layer(loader *L, int i)
     }
 
     if (ly->moe) {
-        /* router replicated; every expert's intermediate dim split */
+        /* router replicated; every expert's intermediate dim split. A shared
+         * expert as wide as the routed ones, of the same kind (FP8 or not),
+         * is stored after them as expert E and its gate as router row E
+         * (layer.shared_fused): one routing and one expert pass for both. */
         int64_t E = c->n_experts, I = c->moe_intermediate_size, Il = lc->moe_intermediate_size;
         int64_t i0 = tp->rank * Il;
-        snprintf(n, sizeof n, "%s.mlp.gate.weight", p);
-        load_one(L, &ly->router, wd, n, 2, SHP(E, H), mat_scale(H), 0);
-        char first[256];
-        snprintf(n, sizeof n, "%s.mlp.experts.gate_up", p);
+        char first[256], sfirst[256];
         snprintf(first, sizeof first, "%s.mlp.experts.0.gate_proj.weight", p);
-        proj_begin(L, &ly->ex_gate_up, &ly->ex_gate_up_s, 3, SHP(E, 2 * Il, H), n, first, mat_scale(H));
-        for (int64_t x = 0; x < E; x++) {
-            snprintf(n, sizeof n, "%s.mlp.experts.%lld.gate_proj.weight", p, (long long)x);
+        snprintf(sfirst, sizeof sfirst, "%s.mlp.shared_expert.gate_proj.weight", p);
+        ly->shared_fused = L->fuse_shared && c->shared_expert_intermediate_size == I &&
+                           proj_is_fp8(L, first) == proj_is_fp8(L, sfirst);
+        int64_t Es = E + ly->shared_fused;
+        snprintf(n, sizeof n, "%s.mlp.gate.weight", p);
+        pack_begin(L, &ly->router, wd, 2, SHP(Es, H), n, mat_scale(H), 0);
+        pack_piece(L, n, 2, SHP(E, H), 0, SLICE_ALL);
+        if (ly->shared_fused) {
+            snprintf(n, sizeof n, "%s.mlp.shared_expert_gate.weight", p);
+            pack_piece(L, n, 2, SHP(1, H), E, SLICE_ALL);
+        }
+        pack_end(L);
+        snprintf(n, sizeof n, "%s.mlp.experts.gate_up", p);
+        proj_begin(L, &ly->ex_gate_up, &ly->ex_gate_up_s, 3, SHP(Es, 2 * Il, H), n, first, mat_scale(H));
+        for (int64_t x = 0; x < Es; x++) {
+            if (x < E) snprintf(n, sizeof n, "%s.mlp.experts.%lld.gate_proj.weight", p, (long long)x);
+            else snprintf(n, sizeof n, "%s.mlp.shared_expert.gate_proj.weight", p);
             pack_piece(L, n, 2, SHP(I, H), x * 2 * Il, slice_rows(i0, Il));
-            snprintf(n, sizeof n, "%s.mlp.experts.%lld.up_proj.weight", p, (long long)x);
+            if (x < E) snprintf(n, sizeof n, "%s.mlp.experts.%lld.up_proj.weight", p, (long long)x);
+            else snprintf(n, sizeof n, "%s.mlp.shared_expert.up_proj.weight", p);
             pack_piece(L, n, 2, SHP(I, H), x * 2 * Il + Il, slice_rows(i0, Il));
         }
         pack_end(L);
         snprintf(n, sizeof n, "%s.mlp.experts.down", p);
         snprintf(first, sizeof first, "%s.mlp.experts.0.down_proj.weight", p);
-        proj_begin(L, &ly->ex_down, &ly->ex_down_s, 3, SHP(E, H, Il), n, first, mat_scale(I));
-        for (int64_t x = 0; x < E; x++) {
-            snprintf(n, sizeof n, "%s.mlp.experts.%lld.down_proj.weight", p, (long long)x);
+        proj_begin(L, &ly->ex_down, &ly->ex_down_s, 3, SHP(Es, H, Il), n, first, mat_scale(I));
+        for (int64_t x = 0; x < Es; x++) {
+            if (x < E) snprintf(n, sizeof n, "%s.mlp.experts.%lld.down_proj.weight", p, (long long)x);
+            else snprintf(n, sizeof n, "%s.mlp.shared_expert.down_proj.weight", p);
             pack_piece(L, n, 2, SHP(H, I), x * H, slice_cols(i0, Il));
         }
         pack_end(L);
-        if (c->shared_expert_intermediate_size > 0) {
+        if (c->shared_expert_intermediate_size > 0 && !ly->shared_fused) {
             snprintf(n, sizeof n, "%s.mlp.shared_expert", p);
             load_mlp(L, &ly->sh_gate_up, &ly->sh_gate_up_s, &ly->sh_down, &ly->sh_down_s, n, H,
                      c->shared_expert_intermediate_size);
@@ -692,8 +709,12 @@ sl_status sl_model_checkpoint_tensors(const sl_model_config *c, sl_tensor_cb cb,
 }
 
 static sl_status model_new(sl_model **out, const sl_model_config *c, sl_backend *be, sl_safetensors *st,
-                           int dummy, uint64_t seed, int quantize_fp8, sl_comm *comm, sl_err *e)
+                           int dummy, const sl_model_load_opts *opts, sl_err *e)
 {
+    static const sl_model_load_opts none = {0};
+    if (!opts) opts = &none;
+    sl_comm *comm = opts->comm;
+    int quantize_fp8 = opts->quantize_fp8;
     int tp = comm ? sl_comm_world_size(comm) : 1;
     sl_status s = sl_model_tp_check(c, tp, e);
     if (!s && (c->quant_fp8 || quantize_fp8)) s = sl_model_fp8_tp_check(c, tp, e);
@@ -703,13 +724,18 @@ static sl_status model_new(sl_model **out, const sl_model_config *c, sl_backend 
     m->cfg = *c;
     m->be = be;
     tp_setup(m, comm);
-    loader L = {.m = m, .st = st, .wd = sl_be_weight_dtype(be), .dummy = dummy, .seed = seed,
-                .quantize_fp8 = quantize_fp8, .e = e};
+    loader L = {.m = m, .st = st, .wd = sl_be_weight_dtype(be), .dummy = dummy, .seed = opts->seed,
+                .quantize_fp8 = quantize_fp8, .fuse_shared = !opts->no_shared_fusion, .e = e};
     s = walk_weights(&L);
     if (s) {
         sl_model_free(m);
         return s;
     }
+    int fused = 0;
+    for (int i = 0; i < c->n_layers; i++) fused += m->layers[i].shared_fused;
+    if (fused)
+        SL_LOGI("model", "shared expert fused into the routed experts in %d layers "
+                         "(--disable-shared-experts-fusion keeps it apart)", fused);
     *out = m;
     return SL_OK;
 }
@@ -725,7 +751,7 @@ sl_status sl_model_load(sl_model **out, const char *dir, sl_backend *be,
     if ((s = sl_model_tp_check(&c, comm ? sl_comm_world_size(comm) : 1, e))) return s;
     sl_safetensors *st = NULL;
     if (!dummy && (s = sl_safetensors_open(&st, dir, e))) return s;
-    s = model_new(out, &c, be, st, dummy, opts ? opts->seed : 0, opts && opts->quantize_fp8, comm, e);
+    s = model_new(out, &c, be, st, dummy, opts, e);
     if (s && !dummy) sl_err_wrap(e, "loading %s", dir);
     sl_safetensors_close(st); /* weights were copied into backend memory */
     return s;
@@ -734,8 +760,7 @@ sl_status sl_model_load(sl_model **out, const char *dir, sl_backend *be,
 sl_status sl_model_from_config(sl_model **out, const sl_model_config *c, sl_backend *be,
                                const sl_model_load_opts *opts, sl_err *e)
 {
-    return model_new(out, c, be, NULL, 1, opts ? opts->seed : 0, opts && opts->quantize_fp8,
-                     opts ? opts->comm : NULL, e);
+    return model_new(out, c, be, NULL, 1, opts, e);
 }
 
 void model_scratch_free(sl_model *m)

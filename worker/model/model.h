@@ -98,6 +98,10 @@ typedef struct sl_model_load_opts {
                          checkpoints quantize (sl_model_fp8_target) block-wise at
                          load, exactly as make-tiny --quantization fp8 writes them
                          (under TP: blocks of the global tensor, then sliced) */
+    int no_shared_fusion; /* 1: (--disable-shared-experts-fusion) keep a shared
+                             expert apart from the routed ones (its own
+                             matmuls, gate and add) instead of storing it as
+                             one more expert that every token routes to */
     sl_comm *comm;    /* tensor parallelism: NULL = TP 1; otherwise this rank
                          (sl_comm_rank of sl_comm_world_size) loads only its
                          shard and sl_model_forward runs the collectives on comm.

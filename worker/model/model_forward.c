@@ -111,7 +111,8 @@ static sl_status scratch_ensure(sl_model *m, int T, int rows, sl_err *e)
     if (VD > mid) mid = VD;
     if (c->intermediate_size > mid) mid = c->intermediate_size;
     if (c->shared_expert_intermediate_size > mid) mid = c->shared_expert_intermediate_size;
-    int64_t E = c->n_experts > 0 ? c->n_experts : 1, k = c->n_experts_per_tok > 0 ? c->n_experts_per_tok : 1;
+    /* + 1: a fused shared expert's router column and pair (layer.shared_fused) */
+    int64_t E = (c->n_experts > 0 ? c->n_experts : 1) + 1, k = (c->n_experts_per_tok > 0 ? c->n_experts_per_tok : 1) + 1;
     sl_dtype ad = sl_be_act_dtype(m->be);
     sl_backend *be = m->be;
     sl_status st = SL_OK;
@@ -250,10 +251,15 @@ static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, sl_ten
         swiglu(m, li, &ly->w_gate_up, &ly->w_gate_up_s, &ly->w_down, &ly->w_down_s, xn, d, T);
         return;
     }
+    /* a fused shared expert: one more router column and one more (token, expert) pair */
+    int fused = ly->shared_fused, k = g->n_experts_per_tok;
     sl_tensor logits = rows_of(&m->s.rlogits, T), ids = rows_of(&m->s.ids, T), w = rows_of(&m->s.wts, T);
+    logits = cols_of(&logits, 0, g->n_experts + fused);
+    ids = cols_of(&ids, 0, k + fused);
+    w = cols_of(&w, 0, k + fused);
     sl_be_matmul(be, &logits, xn, &ly->router);
     trace(m, li, "router", &logits);
-    sl_be_moe_route(be, &ids, &w, &logits, g->n_experts_per_tok, g->norm_topk_prob);
+    sl_be_moe_route(be, &ids, &w, &logits, k, g->norm_topk_prob, fused);
     trace(m, li, "route_ids", &ids);
     trace(m, li, "route_w", &w);
     if (ly->ex_gate_up_s.data)
@@ -262,7 +268,7 @@ static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, sl_ten
     else
         sl_be_moe_experts(be, d, xn, &ids, &w, &ly->ex_gate_up, &ly->ex_down);
     trace(m, li, "experts", d);
-    if (g->shared_expert_intermediate_size > 0) {
+    if (g->shared_expert_intermediate_size > 0 && !fused) {
         sl_tensor sh = rows_of(&m->s.shared, T), sg = rows_of(&m->s.sgate, T);
         swiglu(m, li, &ly->sh_gate_up, &ly->sh_gate_up_s, &ly->sh_down, &ly->sh_down_s, xn, &sh, T);
         sl_be_matmul(be, &sg, xn, &ly->sh_gate);

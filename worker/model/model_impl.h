@@ -9,6 +9,9 @@
 
 typedef struct layer {
     int linear, moe, cache_idx; /* cache_idx: index among attention or linear layers */
+    /* the shared expert is expert E of ex_gate_up / ex_down and its gate row
+     * E of router (sl_be_moe_route's shared column); sh_* stay empty */
+    int shared_fused;
     sl_tensor in_norm, post_norm;
     /* attention: wqkv rows [q | gate (qwen3_next) | k | v] */
     sl_tensor wqkv, wo, q_norm, k_norm;

@@ -145,9 +145,11 @@ static void run_moe_experts(tb *t, const tb_case *c)
 }
 
 static const tb_case cases[] = {
-    /* moe_route: T, E, k, norm */
+    /* moe_route: T, E, k, norm, shared (logits get a shared expert's gate column) */
     {SL_OP_MOE_ROUTE, F32, {33, 128, 8, 1}, 1e-5},
     {SL_OP_MOE_ROUTE, F32, {9, 60, 4, 0}, 1e-5},
+    {SL_OP_MOE_ROUTE, F32, {33, 512, 10, 1, 1}, 1e-5}, /* + a shared expert's gate column */
+    {SL_OP_MOE_ROUTE, F32, {5, 60, 4, 0, 1}, 1e-5},
     /* moe_experts: T, H, I, E, k, pool (experts drawn from a random pool of that many; 0: all
      * E, skewed to low ids). Up to MOE_GV_MAX_PAIRS (moe.cu) pairs T*k take the few-token path,
      * more the grouped GEMM. */
@@ -176,13 +178,13 @@ static void moe_run(tb *t, const tb_case *c)
     sl_dtype dt = c->dt;
     switch (c->op) {
     case SL_OP_MOE_ROUTE: {
-        int T = p[0], E = p[1], k = p[2];
-        snprintf(desc, sizeof desc, "T=%d E=%d k=%d%s", T, E, k, p[3] ? " norm" : "");
-        tb_pair_rand(t, &x, dt, 2, (tb_ne2(ne, T, E), ne), -4, 4);
-        tb_pair_out(t, &y, SL_DTYPE_I32, 2, (tb_ne2(ne, T, k), ne));
-        tb_pair_out(t, &w, F32, 2, (tb_ne2(ne, T, k), ne));
-        sl_be_moe_route(t->cpu, &y.c, &w.c, &x.c, k, p[3]);
-        sl_be_moe_route(t->gpu, &y.g, &w.g, &x.g, k, p[3]);
+        int T = p[0], E = p[1], k = p[2], sh = p[4];
+        snprintf(desc, sizeof desc, "T=%d E=%d k=%d%s%s", T, E, k, p[3] ? " norm" : "", sh ? " shared" : "");
+        tb_pair_rand(t, &x, dt, 2, (tb_ne2(ne, T, E + sh), ne), -4, 4);
+        tb_pair_out(t, &y, SL_DTYPE_I32, 2, (tb_ne2(ne, T, k + sh), ne));
+        tb_pair_out(t, &w, F32, 2, (tb_ne2(ne, T, k + sh), ne));
+        sl_be_moe_route(t->cpu, &y.c, &w.c, &x.c, k, p[3], sh);
+        sl_be_moe_route(t->gpu, &y.g, &w.g, &x.g, k, p[3], sh);
         tb_compare(t, c->op, desc, "ids", &y.c, &y.g, -1);
         tb_compare(t, c->op, desc, "weights", &w.c, &w.g, c->tol);
         tb_pair_free(t, &x);
