@@ -11,6 +11,9 @@
 //    of a block split the 128-groups of K; per group a warp sums the group in
 //    a fresh mma accumulator and adds it ·s_x·s_w into fp32; the warps' sums are
 //    added in warp order through shared memory (deterministic).
+//    Decode sizes (M <= 8, and each MoE pair's gate_up) skip k_fp8_quant_act:
+//    each block quantizes its x rows itself into shared memory, the same
+//    codes (fp8_fused_quant; one launch less per projection, ~3-5 µs each).
 //    K permutation: a lane (groupID g, thread-in-group t) loads 16 contiguous
 //    bytes at k0 + t·16 of its A rows (g, g+8) and of its B token g; bytes 0-7
 //    feed one mma, 8-15 the next. The mma's logical k order is a permutation of
@@ -110,6 +113,11 @@ typedef struct fp8_args {
     int64_t ids_ld, ew, ews;
     int topk, x_div;
     int x_perm; // k_fp8_moe_gemm_tc: x rows through the plan's perm (see there)
+    // k_fp8_gemv_tc with xsrc.p set: the block quantizes its x rows (rows 0..M-1,
+    // or the pair's row) itself into dynamic shared memory (codes [rows][ldx],
+    // then scales [rows][G]) instead of reading xq / sx: one kernel less per
+    // decode projection (fp8_fused_quant)
+    cu_mat xsrc;
 } fp8_args;
 
 __device__ __forceinline__ void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -134,10 +142,35 @@ __device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int v
 #define GV8_WARPS 8
 #define GV8_MAXM 64
 
+// x rows x0 .. x0+rows-1 quantized as k_fp8_quant_act does (the same max,
+// scale and rounding: the same codes) into codes qs [rows][ldx] and scales
+// ss [rows][G], one warp per (row, 128-group).
+__device__ __forceinline__ void fp8_quant_rows(const fp8_args &a, int64_t x0, int rows, uint8_t *qs, float *ss)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int job = warp; job < rows * a.G; job += blockDim.x >> 5) {
+        int m = job / a.G, g = job - m * a.G, k0 = g * FP8_G + lane * 4;
+        float v[4], mx = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            v[i] = k0 + i < a.K ? cu_mat_ld(a.xsrc, x0 + m, k0 + i) : 0.0f;
+            mx = fmaxf(mx, fabsf(v[i]));
+        }
+        mx = cu_warp_max(mx);
+        float s = mx / SL_FP8_MAX;
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            qs[(int64_t)m * a.ldx + k0 + i] = (k0 + i < a.K && s > 0.0f) ? cu_f32_to_e4m3(v[i] / s) : 0;
+        if (lane == 0) ss[m * a.G + g] = s;
+    }
+    __syncthreads();
+}
+
 template <int NT>
 __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a)
 {
     __shared__ float red[16][NT * 8 + 1];
+    extern __shared__ __align__(16) uint8_t gv_quant[]; // a.xsrc: this block's x codes, then scales
     cu_pdl_wait();
     cu_pdl_trigger();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
@@ -145,17 +178,25 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a)
     const uint8_t *w = a.w, *xq = a.xq;
     const float *ws = a.ws, *sx = a.sx;
     int M = a.M;
-    int64_t orow0 = 0;
+    int64_t orow0 = 0, x0 = 0;
     if (a.ids) {
         int p = blockIdx.x, t = p / a.topk, j = p - t * a.topk;
         int64_t e = a.ids[(int64_t)t * a.ids_ld + j];
         w += e * a.ew;
         ws += e * a.ews;
-        int xr = p / a.x_div;
-        xq += (int64_t)xr * a.ldx;
-        sx += (int64_t)xr * a.G;
+        x0 = p / a.x_div;
         orow0 = p;
         M = 1;
+    }
+    if (a.xsrc.p) { // block-uniform
+        uint8_t *qs = gv_quant;
+        float *ss = (float *)(gv_quant + (int64_t)M * a.ldx);
+        fp8_quant_rows(a, x0, M, qs, ss);
+        xq = qs;
+        sx = ss;
+    } else {
+        xq += x0 * a.ldx;
+        sx += x0 * a.G;
     }
     int ra = n0 + gq, rb = n0 + gq + 8; // this lane's weight rows
     bool oka = ra < a.N, okb = rb < a.N;
@@ -483,20 +524,38 @@ __global__ void __launch_bounds__(256) k_fp8_gemm(fp8_args a)
 
 // ---- host ----------------------------------------------------------------------
 
+// Shared memory a k_fp8_gemv_tc block quantizing its own x rows takes; the
+// fusion is used up to FP8_FUSED_QUANT_MAX bytes (M = 1 up to K = 16k, M = 8 to
+// K = 1.9k), where it costs no occupancy (the 8-warp blocks stop at 8 an SM).
+#define FP8_FUSED_QUANT_MAX (16 << 10)
+static size_t fp8_fused_quant_bytes(const fp8_args &a)
+{
+    int rows = a.ids ? 1 : a.M;
+    return (size_t)rows * (size_t)a.ldx + sizeof(float) * (size_t)rows * a.G;
+}
+
+// Whether the GEMV over a quantizes x itself (x given): decode sizes whose
+// codes fit FP8_FUSED_QUANT_MAX.
+static bool fp8_fused_quant(const fp8_args &a)
+{
+    return (a.ids || a.M <= 8) && fp8_fused_quant_bytes(a) <= FP8_FUSED_QUANT_MAX;
+}
+
 static void fp8_gemv_launch(cu_backend *b, const fp8_args &a, unsigned pairs)
 {
     dim3 grid((unsigned)cu_blocks(a.N, 16), 1);
     if (a.ids) grid = dim3(pairs, (unsigned)cu_blocks(a.N, 16));
     dim3 blk(32 * GV8_WARPS);
     int M = a.ids ? 1 : a.M;
+    size_t smem = a.xsrc.p ? fp8_fused_quant_bytes(a) : 0;
     if (M <= 8)
-        cu_launch(b, k_fp8_gemv_tc<1>, grid, blk, 0, a);
+        cu_launch(b, k_fp8_gemv_tc<1>, grid, blk, smem, a);
     else if (M <= 16)
-        cu_launch(b, k_fp8_gemv_tc<2>, grid, blk, 0, a);
+        cu_launch(b, k_fp8_gemv_tc<2>, grid, blk, smem, a);
     else if (M <= 32)
-        cu_launch(b, k_fp8_gemv_tc<4>, grid, blk, 0, a);
+        cu_launch(b, k_fp8_gemv_tc<4>, grid, blk, smem, a);
     else
-        cu_launch(b, k_fp8_gemv_tc<8>, grid, blk, 0, a);
+        cu_launch(b, k_fp8_gemv_tc<8>, grid, blk, smem, a);
 }
 
 // Raises k's dynamic shared-memory limit to smem once per backend (bit: k's
@@ -570,6 +629,14 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
                              cu_mat_of(out));
     dim3 qgrid((unsigned)G, (unsigned)M);
     if (fp8_lt(b, a, x)) {
+        cu_tmp_free(b, sx);
+        cu_tmp_free(b, xq);
+        return;
+    }
+    if (M <= GV8_MAXM && fp8_fused_quant(a)) {
+        a.xsrc = cu_mat_of(x);
+        fp8_gemv_launch(b, a, 1);
+        b->mm_last = "fp8_gemv_tc";
         cu_tmp_free(b, sx);
         cu_tmp_free(b, xq);
         return;
@@ -669,8 +736,6 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     uint8_t *hq = (uint8_t *)cu_tmp_alloc(b, (size_t)P * GI * FP8_G);
     float *sh = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * GI);
     float *y = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * H);
-    cu_launch(b, k_fp8_quant_act, dim3((unsigned)GH, (unsigned)T), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, GH,
-              (int64_t)GH, (int64_t)1);
 
     cu_mat hm = {h, SL_DTYPE_F32, P, 2 * I, 2 * I};
     fp8_args a = fp8_args_of((const uint8_t *)gate_up->data, gate_up->st[1], (const float *)gate_up_scale->data,
@@ -697,9 +762,13 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     int path = b->moe_fp8_path;
     int grouped = path == SL_CUDA_MOE_FP8_GROUPED ||
                   (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_MIN_PAIRS && P >= 2 * E);
+    if ((grouped && a.vec && d.vec) || !fp8_fused_quant(a))
+        cu_launch(b, k_fp8_quant_act, dim3((unsigned)GH, (unsigned)T), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, GH,
+                  (int64_t)GH, (int64_t)1);
     if (grouped && a.vec && d.vec) {
         moe_fp8_grouped(b, a, d, h, T, k, E, cu_mat_of(out), weights, y);
     } else {
+        if (fp8_fused_quant(a)) a.xsrc = cu_mat_of(x); // each pair's blocks quantize its token
         fp8_gemv_launch(b, a, (unsigned)P);
         cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)GI), dim3(FP8_G), 0, (const float *)h, I, hq,
                   sh, GI);
