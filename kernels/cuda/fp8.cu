@@ -11,9 +11,10 @@
 //    of a block split the 128-groups of K; per group a warp sums the group in
 //    a fresh mma accumulator and adds it ·s_x·s_w into fp32; the warps' sums are
 //    added in warp order through shared memory (deterministic).
-//    Decode sizes (M <= 8, and each MoE pair's gate_up) skip k_fp8_quant_act:
-//    each block quantizes its x rows itself into shared memory, the same
-//    codes (fp8_fused_quant; one launch less per projection, ~3-5 µs each).
+//    Decode sizes (M <= 8, and each MoE pair's gate_up and down) skip
+//    k_fp8_quant_act / k_fp8_quant_silu: each block quantizes its x rows
+//    (silu(gate)·up for the down) itself into shared memory, the same codes
+//    (fp8_fused_quant; one launch less per projection, ~3-5 µs each).
 //    K permutation: a lane (groupID g, thread-in-group t) loads 16 contiguous
 //    bytes at k0 + t·16 of its A rows (g, g+8) and of its B token g; bytes 0-7
 //    feed one mma, 8-15 the next. The mma's logical k order is a permutation of
@@ -116,8 +117,10 @@ typedef struct fp8_args {
     // k_fp8_gemv_tc with xsrc.p set: the block quantizes its x rows (rows 0..M-1,
     // or the pair's row) itself into dynamic shared memory (codes [rows][ldx],
     // then scales [rows][G]) instead of reading xq / sx: one kernel less per
-    // decode projection (fp8_fused_quant)
+    // decode projection (fp8_fused_quant); silu: the rows are [gate | up] of
+    // width 2K and x = silu(gate)·up (k_fp8_quant_silu's input, MoE down)
     cu_mat xsrc;
+    int xsilu;
 } fp8_args;
 
 __device__ __forceinline__ void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -153,7 +156,13 @@ __device__ __forceinline__ void fp8_quant_rows(const fp8_args &a, int64_t x0, in
         float v[4], mx = 0.0f;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            v[i] = k0 + i < a.K ? cu_mat_ld(a.xsrc, x0 + m, k0 + i) : 0.0f;
+            v[i] = 0.0f;
+            if (k0 + i < a.K && a.xsilu) { // as k_fp8_quant_silu
+                float gv = cu_mat_ld(a.xsrc, x0 + m, k0 + i), uv = cu_mat_ld(a.xsrc, x0 + m, a.K + k0 + i);
+                v[i] = gv / (1.0f + expf(-gv)) * uv;
+            } else if (k0 + i < a.K) {
+                v[i] = cu_mat_ld(a.xsrc, x0 + m, k0 + i);
+            }
             mx = fmaxf(mx, fabsf(v[i]));
         }
         mx = cu_warp_max(mx);
@@ -770,8 +779,13 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     } else {
         if (fp8_fused_quant(a)) a.xsrc = cu_mat_of(x); // each pair's blocks quantize its token
         fp8_gemv_launch(b, a, (unsigned)P);
-        cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)GI), dim3(FP8_G), 0, (const float *)h, I, hq,
-                  sh, GI);
+        if (fp8_fused_quant(d)) { // ... and silu(gate)·up of their pair
+            d.xsrc = hm;
+            d.xsilu = 1;
+        } else {
+            cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)GI), dim3(FP8_G), 0, (const float *)h, I, hq,
+                      sh, GI);
+        }
         fp8_gemv_launch(b, d, (unsigned)P);
         cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0,
                   cu_mat_of(out), (const float *)y, (const float *)weights->data, sl_tensor_ld(weights), k, H);
