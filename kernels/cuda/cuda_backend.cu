@@ -609,6 +609,9 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // heuristic's first choice everywhere: the same numbers in every process
     const char *tune = getenv("SL_CUDA_MM_TUNE");
     b->mm_tune = !(tune && strcmp(tune, "0") == 0);
+    const char *lt = getenv("SL_CUDA_FP8_LT"), *ex = getenv("SL_CUDA_MOE_FP8_EXPERT_GEMV");
+    b->fp8_lt = lt && strcmp(lt, "1") == 0;
+    b->moe_fp8_expert = ex && strcmp(ex, "1") == 0;
     const char *split = getenv("SL_CUDA_GDN_SPLIT");
     b->gdn_split = split && strcmp(split, "1") == 0;
     const char *poison = getenv("SL_CUDA_POISON");

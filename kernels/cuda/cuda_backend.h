@@ -30,7 +30,8 @@ void *sl_cuda_stream(sl_backend *be);
  * and benchmarks (GEMV only where it applies: bf16 weights, M <= 16,
  * K % 8 == 0, 16-byte aligned x and w rows; elsewhere cuBLASLt runs).
  * sl_be_matmul_fp8 the same way: AUTO runs cuBLASLt's block-scaled FP8 GEMM
- * from M > 64 (the own tensor-core GEMV below), CUBLASLT at every M, GEMV
+ * from M > 64 when SL_CUDA_FP8_LT=1 is in the environment (until it has run
+ * on a GPU; the own tensor-core kernels otherwise), CUBLASLT at every M, GEMV
  * the own kernels at every M; cuBLASLt only with K % 128 == 0 and 16-byte
  * aligned weight rows, and only where it has an algorithm (else the own
  * kernels run). Not thread-safe against ops running on be. */
@@ -68,14 +69,18 @@ const char *sl_cuda_matmul_last(sl_backend *be);
  * GEMVs at every size (SL_CUDA_MOE_FP8_GROUPED=0 in the environment when
  * the backend is created). AUTO (the default): grouped GEMMs (pairs sorted by
  * expert, one tensor-core FP8 GEMM per expert tile) from a prefill-sized
- * number of pairs on, GEMVs below. GROUPED: grouped GEMMs
- * at every size (tests). The grouped path needs K % 16 == 0 and 16-byte
+ * number of pairs on; below, per-pair GEMVs, or from 4 tokens EXPERT_GEMV
+ * (pairs sorted by expert, each active expert's weights streamed once for
+ * up to 16 of its tokens by the GEMV kernel) when SL_CUDA_MOE_FP8_EXPERT_GEMV=1
+ * is in the environment (until it has run on a GPU). GROUPED and
+ * EXPERT_GEMV force theirs at every size (tests). The grouped path needs K % 16 == 0 and 16-byte
  * aligned expert weights (H and I multiples of 16); elsewhere the GEMVs run.
  * Not thread-safe against ops running on be. */
 typedef enum sl_cuda_moe_fp8 {
     SL_CUDA_MOE_FP8_GEMV,
     SL_CUDA_MOE_FP8_AUTO,
     SL_CUDA_MOE_FP8_GROUPED,
+    SL_CUDA_MOE_FP8_EXPERT_GEMV, /* one GEMV pass per active expert over its tokens (routing plan) */
 } sl_cuda_moe_fp8;
 void sl_cuda_moe_fp8_path(sl_backend *be, sl_cuda_moe_fp8 which);
 

@@ -92,6 +92,9 @@ typedef struct cu_backend {
     int gemv_smem_set;                // gemv.cu: shared-memory limit raised
     int fp8_smem_set;                 // fp8.cu: bit per tensor-core kernel whose smem limit is raised
     int moe_fp8_path;                 // sl_cuda_moe_fp8 (cuda_backend.h)
+    // written without a GPU, used by AUTO only when set (env =1) until measured:
+    int fp8_lt;          // SL_CUDA_FP8_LT: dense FP8 GEMMs through cuBLASLt (NOTES v13)
+    int moe_fp8_expert;  // SL_CUDA_MOE_FP8_EXPERT_GEMV: per-expert GEMVs for decode batches (v17)
     struct cu_sample_stage *sample;   // sample.cu
     // prepare: two alternating host (pinned) / device buffers, so a forward
     // can be prepared while the previous one's copy may still be in flight.

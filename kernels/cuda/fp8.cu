@@ -121,6 +121,11 @@ typedef struct fp8_args {
     // width 2K and x = silu(gate)·up (k_fp8_quant_silu's input, MoE down)
     cu_mat xsrc;
     int xsilu;
+    // k_fp8_gemv_tc over a routing plan (moe.cuh; blockIdx.x = tile of one
+    // expert's pairs, blockIdx.y = 16 weight rows): the tile's tokens are the
+    // B columns, x rows through the plan's perm as k_fp8_moe_gemm_tc, out rows
+    // in the permuted order: one pass over each active expert's weights
+    int plan;
 } fp8_args;
 
 __device__ __forceinline__ void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -176,37 +181,51 @@ __device__ __forceinline__ void fp8_quant_rows(const fp8_args &a, int64_t x0, in
 }
 
 template <int NT>
-__global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a)
+__global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_moe_plan pl)
 {
     __shared__ float red[16][NT * 8 + 1];
+    __shared__ int xr[NT * 8]; // a.plan: the x row of each of the tile's tokens
     extern __shared__ __align__(16) uint8_t gv_quant[]; // a.xsrc: this block's x codes, then scales
     cu_pdl_wait();
     cu_pdl_trigger();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
-    int n0 = (a.ids ? blockIdx.y : blockIdx.x) * 16;
+    int n0 = (a.ids || a.plan ? blockIdx.y : blockIdx.x) * 16;
     const uint8_t *w = a.w, *xq = a.xq;
     const float *ws = a.ws, *sx = a.sx;
     int M = a.M;
-    int64_t orow0 = 0, x0 = 0;
-    if (a.ids) {
+    int64_t orow0 = 0, xrow0 = 0;
+    if (a.plan) {
+        if ((int)blockIdx.x >= *pl.n_tiles) return; // the grid is an upper bound (block-uniform)
+        int2 tile = pl.tiles[blockIdx.x];
+        int64_t e = tile.x;
+        int r0 = pl.offset[e] + tile.y;
+        M = min(NT * 8, pl.offset[e + 1] - r0);
+        w += e * a.ew;
+        ws += e * a.ews;
+        orow0 = r0;
+        for (int i = threadIdx.x; i < M; i += blockDim.x) xr[i] = a.x_perm ? pl.perm[r0 + i] / a.x_div : r0 + i;
+        __syncthreads();
+    } else if (a.ids) {
         int p = blockIdx.x, t = p / a.topk, j = p - t * a.topk;
         int64_t e = a.ids[(int64_t)t * a.ids_ld + j];
         w += e * a.ew;
         ws += e * a.ews;
-        x0 = p / a.x_div;
+        xrow0 = p / a.x_div;
         orow0 = p;
         M = 1;
     }
     if (a.xsrc.p) { // block-uniform
         uint8_t *qs = gv_quant;
         float *ss = (float *)(gv_quant + (int64_t)M * a.ldx);
-        fp8_quant_rows(a, x0, M, qs, ss);
+        fp8_quant_rows(a, xrow0, M, qs, ss);
         xq = qs;
         sx = ss;
     } else {
-        xq += x0 * a.ldx;
-        sx += x0 * a.G;
+        xq += xrow0 * a.ldx;
+        sx += xrow0 * a.G;
     }
+    // row of xq / sx holding token (B column) m
+    auto xrow = [&](int m) -> int64_t { return a.plan ? xr[m] : m; };
     int ra = n0 + gq, rb = n0 + gq + 8; // this lane's weight rows
     bool oka = ra < a.N, okb = rb < a.N;
     const uint8_t *wa = w + (int64_t)(oka ? ra : 0) * a.ldw, *wb = w + (int64_t)(okb ? rb : 0) * a.ldw;
@@ -233,15 +252,15 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a)
             if (nt * 8 < M) { // warp-uniform
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    uint4 B = m < M ? *(const uint4 *)(xq + (int64_t)m * a.ldx + kb + h * 64)
+                    uint4 B = m < M ? *(const uint4 *)(xq + xrow(m) * a.ldx + kb + h * 64)
                                     : make_uint4(0, 0, 0, 0);
                     mma_e4m3(part, A[h][0].x, A[h][1].x, A[h][0].y, A[h][1].y, B.x, B.y);
                     mma_e4m3(part, A[h][0].z, A[h][1].z, A[h][0].w, A[h][1].w, B.z, B.w);
                 }
                 // C: rows (weights) gq, gq+8; columns (tokens) 2tq, 2tq+1
                 int m0 = nt * 8 + 2 * tq;
-                float x0 = m0 < M ? sx[(int64_t)m0 * a.G + g] : 0.0f;
-                float x1 = m0 + 1 < M ? sx[(int64_t)(m0 + 1) * a.G + g] : 0.0f;
+                float x0 = m0 < M ? sx[xrow(m0) * a.G + g] : 0.0f;
+                float x1 = m0 + 1 < M ? sx[xrow(m0 + 1) * a.G + g] : 0.0f;
                 acc[nt][0] += part[0] * (x0 * sa);
                 acc[nt][1] += part[1] * (x1 * sa);
                 acc[nt][2] += part[2] * (x0 * sb);
@@ -557,14 +576,28 @@ static void fp8_gemv_launch(cu_backend *b, const fp8_args &a, unsigned pairs)
     dim3 blk(32 * GV8_WARPS);
     int M = a.ids ? 1 : a.M;
     size_t smem = a.xsrc.p ? fp8_fused_quant_bytes(a) : 0;
+    cu_moe_plan none;
+    memset(&none, 0, sizeof none);
     if (M <= 8)
-        cu_launch(b, k_fp8_gemv_tc<1>, grid, blk, smem, a);
+        cu_launch(b, k_fp8_gemv_tc<1>, grid, blk, smem, a, none);
     else if (M <= 16)
-        cu_launch(b, k_fp8_gemv_tc<2>, grid, blk, smem, a);
+        cu_launch(b, k_fp8_gemv_tc<2>, grid, blk, smem, a, none);
     else if (M <= 32)
-        cu_launch(b, k_fp8_gemv_tc<4>, grid, blk, smem, a);
+        cu_launch(b, k_fp8_gemv_tc<4>, grid, blk, smem, a, none);
     else
-        cu_launch(b, k_fp8_gemv_tc<8>, grid, blk, smem, a);
+        cu_launch(b, k_fp8_gemv_tc<8>, grid, blk, smem, a, none);
+}
+
+// Tokens a k_fp8_gemv_tc block takes per pass over an expert's rows in plan
+// mode (the plan's tile size): 16 (two n8 token tiles); an expert with more
+// pairs has several tiles, each streaming its weights (from L2 after the first).
+#define MOE_FP8_GV_NT 2
+
+// The GEMV over a plan's tiles (a.plan set): one block per (tile, 16 rows).
+static void fp8_gemv_plan_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p)
+{
+    cu_launch(b, k_fp8_gemv_tc<MOE_FP8_GV_NT>, dim3((unsigned)p.max_tiles, (unsigned)cu_blocks(a.N, 16)),
+              dim3(32 * GV8_WARPS), 0, a, p);
 }
 
 // Raises k's dynamic shared-memory limit to smem once per backend (bit: k's
@@ -599,7 +632,8 @@ static fp8_args fp8_args_of(const uint8_t *w, int64_t ldw, const float *ws, int6
 }
 
 // The GEMM through cuBLASLt (matmul.cu) where it is chosen and supported:
-// AUTO from GEMM sizes on (M > GV8_MAXM), any size when forced (SL_CUDA_MM_CUBLASLT);
+// AUTO from GEMM sizes on (M > GV8_MAXM; only with SL_CUDA_FP8_LT=1 until it
+// has run on a GPU), any size when forced (SL_CUDA_MM_CUBLASLT);
 // SL_CUDA_MM_GEMV keeps the own kernels. x is quantized into a.xq with
 // group-major scales in a.sx and the weight scales are made group-major in
 // scratch. Returns 1 when it ran, 0 when the own kernels must.
@@ -607,7 +641,8 @@ static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
 {
     int force = b->mm_force;
     // whole 128-groups only (every checkpoint's K is; cuBLASLt's block scales assume them)
-    if (force == SL_CUDA_MM_GEMV || !a.vec || a.K % FP8_G || (force == SL_CUDA_MM_AUTO && a.M <= GV8_MAXM))
+    if (force == SL_CUDA_MM_GEMV || !a.vec || a.K % FP8_G ||
+        (force == SL_CUDA_MM_AUTO && (a.M <= GV8_MAXM || !b->fp8_lt)))
         return 0;
     cu_mat X = {(void *)a.xq, SL_DTYPE_F8E4M3, a.M, a.K, a.ldx}, W = {(void *)a.w, SL_DTYPE_F8E4M3, a.N, a.K, a.ldw};
     cu_mm_plan *p = cu_matmul_fp8_plan(b, a.out, X, W);
@@ -679,6 +714,14 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
     cu_mat_st(out, t, c, acc);
 }
 
+#ifndef MOE_FP8_EXPERT_GEMV_MIN_T
+// AUTO: below the grouped GEMMs' sizes, batches of this many tokens on take
+// one GEMV pass per active expert over all its tokens (the plan) instead of
+// one per (token, expert) pair: a guess until measured (NOTES.md v17); at 4
+// tokens a fused shared expert already has 4 pairs
+#define MOE_FP8_EXPERT_GEMV_MIN_T 4
+#endif
+
 #ifndef MOE_FP8_GROUPED_MIN_PAIRS
 // AUTO (sl_cuda_moe_fp8): the grouped GEMMs from this many pairs and 2 per
 // expert on; below, each pair's GEMV streams about what a tile would
@@ -707,26 +750,33 @@ static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_p
 // quantized per row, the GEMM over down into y (permuted rows), then the
 // combine in j order through pos. Every row is computed from its own codes
 // and scales alone, so results do not depend on the permutation.
+// gemv: the tiles go to k_fp8_gemv_tc in plan mode (16 tokens a tile, 16
+// weight rows a block: decode batches, a few pairs per expert) instead of the
+// tensor-core GEMM (64/128-row tiles, 128 weight rows a block).
 static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, const float *h, int T, int k, int E,
-                            cu_mat out, const sl_tensor *weights, const float *y)
+                            cu_mat out, const sl_tensor *weights, const float *y, int gemv)
 {
     int64_t P = (int64_t)T * k;
     // 128-row tiles once experts average 96 rows, else 64 (less padding; a guess)
-    int bm = P >= 96 * (int64_t)E ? 128 : 64;
+    int bm = gemv ? 8 * MOE_FP8_GV_NT : P >= 96 * (int64_t)E ? 128 : 64;
     cu_moe_plan p;
     cu_moe_plan_make(b, &p, a.ids, a.ids_ld, T, k, E, bm, 1);
     a.M = (int)P;
     a.x_perm = 1;
-    moe_fp8_gemm_launch(b, a, p, bm);
+    a.plan = gemv;
+    if (gemv) fp8_gemv_plan_launch(b, a, p);
+    else moe_fp8_gemm_launch(b, a, p, bm);
     int I = a.N / 2;
     cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)d.G), dim3(FP8_G), 0, h, I, (uint8_t *)d.xq,
               (float *)d.sx, d.G);
     d.M = (int)P;
     d.x_perm = 0;
-    moe_fp8_gemm_launch(b, d, p, bm);
+    d.plan = gemv;
+    if (gemv) fp8_gemv_plan_launch(b, d, p);
+    else moe_fp8_gemm_launch(b, d, p, bm);
     cu_moe_combine_run(b, out, y, (const float *)weights->data, sl_tensor_ld(weights), k, &p);
     cu_moe_plan_free(b, &p);
-    b->mm_last = bm == 128 ? "fp8_moe_grouped128" : "fp8_moe_grouped64";
+    b->mm_last = gemv ? "fp8_moe_expert_gemv" : bm == 128 ? "fp8_moe_grouped128" : "fp8_moe_grouped64";
 }
 
 void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
@@ -769,13 +819,17 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     d.vec = d.vec && (d.ew % 16) == 0;
 
     int path = b->moe_fp8_path;
-    int grouped = path == SL_CUDA_MOE_FP8_GROUPED ||
-                  (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_MIN_PAIRS && P >= 2 * E);
-    if ((grouped && a.vec && d.vec) || !fp8_fused_quant(a))
+    int grouped = (path == SL_CUDA_MOE_FP8_GROUPED ||
+                   (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_MIN_PAIRS && P >= 2 * E)) &&
+                  a.vec && d.vec;
+    int expert_gemv = !grouped && (path == SL_CUDA_MOE_FP8_EXPERT_GEMV ||
+                                   (path == SL_CUDA_MOE_FP8_AUTO && b->moe_fp8_expert &&
+                                    T >= MOE_FP8_EXPERT_GEMV_MIN_T));
+    if (grouped || expert_gemv || !fp8_fused_quant(a))
         cu_launch(b, k_fp8_quant_act, dim3((unsigned)GH, (unsigned)T), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, GH,
                   (int64_t)GH, (int64_t)1);
-    if (grouped && a.vec && d.vec) {
-        moe_fp8_grouped(b, a, d, h, T, k, E, cu_mat_of(out), weights, y);
+    if (grouped || expert_gemv) {
+        moe_fp8_grouped(b, a, d, h, T, k, E, cu_mat_of(out), weights, y, expert_gemv);
     } else {
         if (fp8_fused_quant(a)) a.xsrc = cu_mat_of(x); // each pair's blocks quantize its token
         fp8_gemv_launch(b, a, (unsigned)P);

@@ -24,7 +24,8 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL_FP8, BF, {300, 320, 192, 0, 1}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {300, 1536, 2048, 0, 1}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {513, 2304, 1024, 0, 0}, 1e-2},
-    /* moe_experts_fp8: T, H, I, E, k, path (0: per-pair GEMVs, 1: grouped GEMMs forced) */
+    /* moe_experts_fp8: T, H, I, E, k, path (0: per-pair GEMVs, 1: grouped GEMMs forced,
+     * 2: per-expert GEMVs forced) */
     {SL_OP_MOE_EXPERTS_FP8, BF, {1, 256, 128, 8, 2, 0}, 1e-2},
     {SL_OP_MOE_EXPERTS_FP8, BF, {3, 320, 192, 16, 4, 0}, 1e-2}, /* partial groups both ways */
     {SL_OP_MOE_EXPERTS_FP8, F32, {40, 512, 384, 32, 8, 0}, 1e-2},
@@ -41,6 +42,13 @@ static const tb_case cases[] = {
     {SL_OP_MOE_EXPERTS_FP8, BF, {32, 2048, 768, 128, 8, 1}, 1e-2}, /* Qwen3-30B-A3B */
     {SL_OP_MOE_EXPERTS_FP8, BF, {32, 2048, 512, 512, 10, 1}, 1e-2}, /* Qwen3-Coder-Next */
     {SL_OP_MOE_EXPERTS_FP8, BF, {130, 2048, 768, 2, 2, 1}, 1e-2},  /* 128-row tiles, 30B dims */
+    /* per-expert GEMVs: 16-token tiles, experts with 1..40 pairs, odd H (scalar loads) */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1, 256, 128, 8, 2, 2}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {7, 200, 136, 6, 3, 2}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, F32, {40, 512, 384, 32, 8, 2}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {80, 320, 192, 8, 4, 2}, 1e-2},     /* 40 pairs an expert: 3 tiles */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {16, 2048, 768, 128, 8, 2}, 1e-2},  /* Qwen3-30B-A3B */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {64, 2048, 512, 513, 11, 2}, 1e-2}, /* Coder-Next + fused shared */
 };
 
 /* fp8 weight [N, K] + scales (per row [N, G] or per block [ceil(N/128), G]) on both backends */
@@ -111,8 +119,9 @@ static void moe_fp8_run(tb *t, const tb_case *c)
     tb_pair x, y, ids, wt;
     sl_tensor guc[2], gug[2], dnc[2], dng[2];
     sl_err er = {0};
+    static const char *const path_name[] = {"gemv", "grouped", "expert_gemv"};
     snprintf(desc, sizeof desc, "T=%d H=%d I=%d E=%d k=%d x%s %s", T, H, I, E, k, sl_dtype_name(c->dt),
-             grouped ? "grouped" : "gemv");
+             path_name[grouped]);
     tb_pair_rand(t, &x, c->dt, 2, (tb_ne2(ne, T, H), ne), -2, 2);
     tb_pair_out(t, &y, c->dt, 2, (tb_ne2(ne, T, H), ne));
     int32_t *iv = malloc(sizeof(int32_t) * (size_t)T * k);
@@ -138,13 +147,17 @@ static void moe_fp8_run(tb *t, const tb_case *c)
     fp8_experts(t, E, 2 * I, H, 0x9a, guc, gug);
     fp8_experts(t, E, H, I, 0xd0, dnc, dng);
     sl_be_moe_experts_fp8(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &guc[0], &guc[1], &dnc[0], &dnc[1]);
-    sl_cuda_moe_fp8_path(t->gpu, grouped ? SL_CUDA_MOE_FP8_GROUPED : SL_CUDA_MOE_FP8_GEMV);
+    static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_GROUPED,
+                                            SL_CUDA_MOE_FP8_EXPERT_GEMV};
+    sl_cuda_moe_fp8_path(t->gpu, paths[grouped]);
     sl_be_moe_experts_fp8(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
-    /* the grouped path runs where the weights allow it (H, I multiples of 16) */
+    /* the grouped GEMMs run where the weights allow them (H, I multiples of 16), the
+     * per-expert GEMVs everywhere */
     const char *ran = sl_cuda_matmul_last(t->gpu);
-    int want = grouped && H % 16 == 0 && I % 16 == 0;
-    CHECK_MSG(ran && !strncmp(ran, want ? "fp8_moe_grouped" : "fp8_moe_gemv", want ? 15 : 12), "%s: ran %s", desc,
-              ran ? ran : "nothing");
+    const char *want = grouped == 2                                  ? "fp8_moe_expert_gemv"
+                       : grouped == 1 && H % 16 == 0 && I % 16 == 0 ? "fp8_moe_grouped"
+                                                                    : "fp8_moe_gemv";
+    CHECK_MSG(ran && !strncmp(ran, want, strlen(want)), "%s: ran %s, want %s", desc, ran ? ran : "nothing", want);
     tb_compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
     if (grouped) { /* the plan's row order varies from run to run; the result must not */
         sl_tensor y2;
@@ -187,13 +200,17 @@ static void fp8_run(tb *t, const tb_case *c)
     fp8_weight(t, N, K, p[4], wc, wg);
     sl_be_matmul_fp8(t->cpu, &y.c, &x.c, &wc[0], &wc[1]);
     /* which kernel each mode must run: AUTO takes cuBLASLt for GEMM sizes (M > 64) with
-     * K % 128 == 0, forced cuBLASLt takes it at every M, forced GEMV the own kernels */
+     * K % 128 == 0 (with SL_CUDA_FP8_LT=1, until it is the default), forced cuBLASLt takes it
+     * at every M, forced GEMV the own kernels */
+    const char *lt_env = getenv("SL_CUDA_FP8_LT");
+    int auto_lt = lt_env && !strcmp(lt_env, "1");
     static const struct { sl_cuda_mm mode; const char *name; } modes[] = {
         {SL_CUDA_MM_AUTO, "auto"}, {SL_CUDA_MM_CUBLASLT, "cublaslt"}, {SL_CUDA_MM_GEMV, "own"}};
     const char *own = M <= 64 ? "fp8_gemv_tc" : K % 16 == 0 ? "fp8_gemm_tc" : "fp8_gemm";
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
         char what[32];
-        int lt = K % 128 == 0 && (modes[i].mode == SL_CUDA_MM_CUBLASLT || (modes[i].mode == SL_CUDA_MM_AUTO && M > 64));
+        int lt = K % 128 == 0 &&
+                 (modes[i].mode == SL_CUDA_MM_CUBLASLT || (modes[i].mode == SL_CUDA_MM_AUTO && M > 64 && auto_lt));
         const char *want = lt ? "fp8_cublaslt" : own;
         snprintf(what, sizeof what, "out %s", modes[i].name);
         sl_cuda_matmul_force(t->gpu, modes[i].mode);
@@ -266,7 +283,7 @@ static void pf_moe_fp8(tb *t, void *ctx, int set)
     sl_be_moe_experts_fp8(t->gpu, &c->y, &c->x, &c->ids[set], &c->wt, &c->gu, &c->gus, &c->dn, &c->dns);
 }
 
-static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, int k, int grouped)
+static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, int k, sl_cuda_moe_fp8 path)
 {
     pm_moe_fp8 c;
     int64_t ne[3], GH = (H + 127) / 128, GI = (I + 127) / 128;
@@ -277,7 +294,7 @@ static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, in
     c.x = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
     c.y = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
     int active = tb_moe_perf_ids(t, T, k, E, c.ids, MOE_FP8_SETS, &c.wt);
-    sl_cuda_moe_fp8_path(t->gpu, grouped ? SL_CUDA_MOE_FP8_GROUPED : SL_CUDA_MOE_FP8_GEMV);
+    sl_cuda_moe_fp8_path(t->gpu, path);
     double ms = tb_time_op(t, pf_moe_fp8, &c, MOE_FP8_SETS, 10, NULL);
     double bytes = (double)active * (3.0 * I * H + 4.0 * (2.0 * I * GH + (double)H * GI)) + 4.0 * T * H;
     double flops = 2.0 * T * k * 3.0 * I * H;
@@ -296,11 +313,16 @@ static void fp8_perf(tb *t, const char *filter)
     if (tb_perf_on(filter, SL_OP_MOE_EXPERTS_FP8)) {
         /* decode batches (16, 64) and prefill (128, 4096 tokens), both paths: where
          * AUTO's switch to the grouped GEMMs belongs */
-        int Ts[] = {16, 64, 128, 4096};
+        int Ts[] = {1, 4, 16, 64, 128, 4096};
+        static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
+                                                SL_CUDA_MOE_FP8_GROUPED};
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++)
-            for (int grouped = 0; grouped < 2; grouped++) {
-                perf_moe_fp8(t, "30B-A3B", Ts[i], 2048, 768, 128, 8, grouped);
-                perf_moe_fp8(t, "Coder-Next", Ts[i], 2048, 512, 512, 10, grouped);
+            for (size_t p = 0; p < 3; p++) {
+                if (Ts[i] == 4096 && paths[p] == SL_CUDA_MOE_FP8_EXPERT_GEMV) continue; /* 256 tiles an expert */
+                perf_moe_fp8(t, "30B-A3B", Ts[i], 2048, 768, 128, 8, paths[p]);
+                /* Coder-Next with its shared expert fused: 513 experts, 11 a token (routing
+                 * random here: the shared expert is not one every token picks) */
+                perf_moe_fp8(t, "Coder-Next", Ts[i], 2048, 512, 513, 11, paths[p]);
             }
     }
     /* Qwen3-8B projections (H=4096, I=12288): decode GEMV bandwidth, prefill GEMM TFLOP/s */
