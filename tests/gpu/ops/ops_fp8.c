@@ -313,7 +313,7 @@ static void fp8_perf(tb *t, const char *filter)
     if (tb_perf_on(filter, SL_OP_MOE_EXPERTS_FP8)) {
         /* decode batches (16, 64) and prefill (128, 4096 tokens), both paths: where
          * AUTO's switch to the grouped GEMMs belongs */
-        int Ts[] = {1, 4, 16, 64, 128, 4096};
+        int Ts[] = {1, 4, 16, 64, 128, 1024, 4096};
         static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
                                                 SL_CUDA_MOE_FP8_GROUPED};
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++)
