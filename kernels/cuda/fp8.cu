@@ -5,7 +5,8 @@
 //    codes e4m3(x/s) (s = 0: zero codes, no NaN), as the CPU op. Codes go to
 //    stream-ordered scratch [M, G*128] u8 (row stride padded to whole groups,
 //    the pad zero, so readers never guard K), scales [M, G] f32.
-// 2. k_fp8_gemv_tc<NT> (M ≤ 64, decode): FP8 tensor cores (mma.sync m16n8k32
+// 2. k_fp8_gemv_tc<NT> (M ≤ 16, or ≤ 64 with K % 16 != 0; MoE pairs and expert
+//    tiles): FP8 tensor cores (mma.sync m16n8k32
 //    e4m3) with the weights as the A operand (16 rows per block) and up to NT·8
 //    tokens as B, so each weight byte is read once for all tokens. The 8 warps
 //    of a block split the 128-groups of K; per group a warp sums the group in
@@ -21,7 +22,8 @@
 //    the physical one, the same for A and B, so each group's dot product is
 //    unchanged (fp32 sums in another order: fp32-rounding agreement with the
 //    CPU, as any GPU order).
-// 3. Prefill (M > 64, K % 128 == 0, 16-byte aligned weights): cuBLASLt's FP8
+// 3. M > 16 (decode batches and prefill), K % 16 == 0, 16-byte aligned weights:
+//    from M > 64 with SL_CUDA_FP8_LT=1 and K % 128 == 0 cuBLASLt's FP8
 //    GEMM with 1×128 block scales on both operands (matmul.cu; the scales
 //    group-major: k_fp8_quant_act writes them so, k_fp8_scales_t transposes the
 //    weight's), or, where cuBLASLt has no algorithm, K % 128 != 0 (K % 16 == 0)
@@ -149,6 +151,11 @@ __device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int v
 
 #define GV8_WARPS 8
 #define GV8_MAXM 64
+// Dense FP8 matmuls of more tokens than this take the tensor-core GEMM tiles
+// (64 tokens a tile up to GV8_MAXM): the GEMV re-reads all of x for every 16
+// weight rows, which left M = 64 at 19 % of bandwidth (docs/benchmarks.md);
+// a guess between the measured M = 16 (GEMV 50 %) and 64 until timed (v18)
+#define FP8_GEMV_MAX_M 16
 
 // x rows x0 .. x0+rows-1 quantized as k_fp8_quant_act does (the same max,
 // scale and rounding: the same codes) into codes qs [rows][ldx] and scales
@@ -452,14 +459,15 @@ __device__ __forceinline__ void tc_tile(const fp8_args &a, uint8_t *smem, const 
             }
 }
 
+template <int BM>
 __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_gemm_tc(fp8_args a)
 {
     extern __shared__ __align__(128) uint8_t tc_smem[];
     cu_pdl_wait();
     cu_pdl_trigger();
-    int m0 = blockIdx.y * TC_BM;
-    tc_tile<TC_BM>(a, tc_smem, a.w, a.ws, [&](int r) -> int64_t { return m0 + r; }, min(TC_BM, a.M - m0), m0,
-                   blockIdx.x * TC_BN);
+    int m0 = blockIdx.y * BM;
+    tc_tile<BM>(a, tc_smem, a.w, a.ws, [&](int r) -> int64_t { return m0 + r; }, min(BM, a.M - m0), m0,
+                blockIdx.x * TC_BN);
 }
 
 // MoE experts, grouped: blockIdx.y = tile of the routing plan (expert e, BM
@@ -686,12 +694,16 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
         return;
     }
     cu_launch(b, k_fp8_quant_act, qgrid, dim3(FP8_G), 0, cu_mat_of(x), xq, sx, G, (int64_t)G, (int64_t)1);
-    if (M <= GV8_MAXM) {
+    if (M <= FP8_GEMV_MAX_M || (M <= GV8_MAXM && !a.vec)) {
         fp8_gemv_launch(b, a, 1);
         b->mm_last = "fp8_gemv_tc";
+    } else if (a.vec && M <= GV8_MAXM) { // 64-token tiles: x read once per 128 weight rows
+        fp8_smem_raise(b, k_fp8_gemm_tc<64>, 8, tc_cfg<64>::SMEM);
+        cu_launch(b, k_fp8_gemm_tc<64>, dim3(cu_blocks(N, TC_BN), 1), dim3(TC_THREADS), tc_cfg<64>::SMEM, a);
+        b->mm_last = "fp8_gemm_tc";
     } else if (a.vec) {
-        fp8_smem_raise(b, k_fp8_gemm_tc, 1, tc_cfg<TC_BM>::SMEM);
-        cu_launch(b, k_fp8_gemm_tc, dim3(cu_blocks(N, TC_BN), cu_blocks(M, TC_BM)), dim3(TC_THREADS),
+        fp8_smem_raise(b, k_fp8_gemm_tc<TC_BM>, 1, tc_cfg<TC_BM>::SMEM);
+        cu_launch(b, k_fp8_gemm_tc<TC_BM>, dim3(cu_blocks(N, TC_BN), cu_blocks(M, TC_BM)), dim3(TC_THREADS),
                   tc_cfg<TC_BM>::SMEM, a);
         b->mm_last = "fp8_gemm_tc";
     } else {

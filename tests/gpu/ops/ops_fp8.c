@@ -206,7 +206,8 @@ static void fp8_run(tb *t, const tb_case *c)
     int auto_lt = lt_env && !strcmp(lt_env, "1");
     static const struct { sl_cuda_mm mode; const char *name; } modes[] = {
         {SL_CUDA_MM_AUTO, "auto"}, {SL_CUDA_MM_CUBLASLT, "cublaslt"}, {SL_CUDA_MM_GEMV, "own"}};
-    const char *own = M <= 64 ? "fp8_gemv_tc" : K % 16 == 0 ? "fp8_gemm_tc" : "fp8_gemm";
+    /* the own kernels: GEMV to 16 tokens (to 64 with K % 16 != 0), tensor-core tiles above */
+    const char *own = M <= 16 || (M <= 64 && K % 16) ? "fp8_gemv_tc" : K % 16 == 0 ? "fp8_gemm_tc" : "fp8_gemm";
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
         char what[32];
         int lt = K % 128 == 0 &&
