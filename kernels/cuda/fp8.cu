@@ -26,9 +26,8 @@
 //    from M > 64 with SL_CUDA_FP8_LT=1 and K % 128 == 0 cuBLASLt's FP8
 //    GEMM with 1×128 block scales on both operands (matmul.cu; the scales
 //    group-major: k_fp8_quant_act writes them so, k_fp8_scales_t transposes the
-//    weight's), or, where cuBLASLt has no algorithm, K % 128 != 0 (K % 16 == 0)
-//    or SL_CUDA_MM_GEMV forces the own kernels, k_fp8_gemm_tc:
-//    128×128 output tiles (tc_tile), 8 warps of 64×32, BK = 128 = one scale
+//    weight's), or else k_fp8_gemm_tc<BM>: BM×128 output tiles (tc_tile; BM 64
+//    up to 64 tokens, else 128), 8 warps of BM/2×32, BK = 128 = one scale
 //    group, four cp.async stages (zero-filled past M, N, K) in XOR-swizzled
 //    shared memory, the same K permutation; per group the mma partials are
 //    scaled by s_x(token)·s_w(row) into the fp32 accumulator.
