@@ -26,6 +26,14 @@
 // candidates (and cu_gemv where it applies) run on the real operands and the
 // fastest is kept (unless SL_CUDA_MM_TUNE=0: timing makes the choice, and so
 // the rounding, differ between processes).
+// Up to CU_MM_EXACT_M rows (decode batches: graph buckets, a bounded set) a
+// plan is per exact M and tuned. Above (prefill chunks: every prompt length a
+// new M) one plan serves a power-of-two bucket of M: the heuristic's first
+// choice for the bucket's top M, no timing (a timing synchronizes and runs
+// the GEMM ~50 times: per new prompt length that was a TTFT spike, and 64
+// cached plans thrashed under varied lengths), its x and out layouts resized
+// to each call's M (cu_mm_plan.m).
+#define CU_MM_EXACT_M 64
 
 typedef struct cu_mm_key {
     int64_t M, N, K, ldx, ldw, ldo;
@@ -41,6 +49,7 @@ struct cu_mm_plan {
     cublasLtMatmulAlgo_t algo; // the fastest cuBLASLt candidate
     int gemv;                  // cu_gemv beat it
     int n_cand; // heuristic candidates still to be timed (0: tuned, -1: FP8 shape unsupported)
+    int64_t m;  // the M its x and out layouts hold now (key.M: the bucket's top above CU_MM_EXACT_M)
     cublasLtMatmulHeuristicResult_t cand[CU_MM_CANDIDATES];
 };
 
@@ -85,6 +94,8 @@ static int ptr_align(const void *p)
     return a;
 }
 
+static void plan_query(cu_backend *b, cu_mm_plan *p);
+
 static cu_mm_plan *plan_get(cu_backend *b, const cu_mm_key *k)
 {
     if (!b->mm_cache) {
@@ -113,6 +124,19 @@ static cu_mm_plan *plan_get(cu_backend *b, const cu_mm_key *k)
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, in, (uint64_t)k->K, (uint64_t)k->N, k->ldw));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, in, (uint64_t)k->K, (uint64_t)k->M, k->ldx));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, out, (uint64_t)k->N, (uint64_t)k->M, k->ldo));
+    p->m = k->M;
+    plan_query(b, p);
+    p->gemv = 0;
+    p->used = 1;
+    return p;
+}
+
+// The heuristic's candidates for p's descriptors as they are now (its
+// layouts' M); p->algo its first. An FP8 plan without any: n_cand = -1.
+static void plan_query(cu_backend *b, cu_mm_plan *p)
+{
+    const cu_mm_key *k = &p->key;
+    int fp8 = k->in_dt == SL_DTYPE_F8E4M3;
     cublasLtMatmulPreference_t pref;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     uint64_t ws = b->lt_ws_bytes;
@@ -130,9 +154,16 @@ static cu_mm_plan *plan_get(cu_backend *b, const cu_mm_key *k)
     if (!found && !fp8) cu_fail("cublasLtMatmulAlgoGetHeuristic", "no algorithm for this matmul", __FILE__, __LINE__);
     p->n_cand = st == CUBLAS_STATUS_SUCCESS && found ? found : -1;
     p->algo = p->cand[0].algo;
-    p->gemv = 0;
-    p->used = 1;
-    return p;
+}
+
+// p's x and out layouts set to M rows (bucketed plans: each call's own M).
+static void plan_resize(cu_mm_plan *p, int64_t M)
+{
+    if (p->m == M) return;
+    uint64_t cols = (uint64_t)M;
+    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(p->b, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols));
+    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(p->c, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols));
+    p->m = M;
 }
 
 static cublasStatus_t lt_run(cu_backend *b, cu_mm_plan *p, const cublasLtMatmulAlgo_t *algo,
@@ -141,6 +172,20 @@ static cublasStatus_t lt_run(cu_backend *b, cu_mm_plan *p, const cublasLtMatmulA
     float one = 1.0f, zero = 0.0f;
     return cublasLtMatmul(b->lt, p->desc, &one, W.p, p->a, X.p, p->b, &zero, O.p, p->c, O.p, p->c,
                           algo, b->lt_ws, b->lt_ws_bytes, b->stream);
+}
+
+// Runs the plan's algorithm at X's M. A bucketed plan whose algorithm this M
+// does not take asks the heuristic again for the M at hand.
+static cublasStatus_t lt_run_m(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, cu_mat W)
+{
+    plan_resize(p, X.rows);
+    cublasStatus_t st = lt_run(b, p, &p->algo, O, X, W);
+    if (st != CUBLAS_STATUS_SUCCESS && p->key.M > CU_MM_EXACT_M) {
+        plan_query(b, p);
+        if (p->n_cand < 0) return st;
+        st = lt_run(b, p, &p->algo, O, X, W);
+    }
+    return st;
 }
 
 // Times each candidate (cuBLASLt's, then cu_gemv if gemv_ok) on the real
@@ -191,6 +236,11 @@ static cu_mm_plan *plan_for(cu_backend *b, cu_mat O, cu_mat X, cu_mat W, int in_
     cu_mm_key k;
     memset(&k, 0, sizeof k);
     k.M = X.rows;
+    if (k.M > CU_MM_EXACT_M) { // the bucket's top: a power of two
+        int64_t top = 2 * CU_MM_EXACT_M;
+        while (top < k.M) top <<= 1;
+        k.M = top;
+    }
     k.N = W.rows;
     k.K = X.cols;
     k.ldx = X.ld;
@@ -208,7 +258,7 @@ static cu_mm_plan *plan_for(cu_backend *b, cu_mat O, cu_mat X, cu_mat W, int in_
 // SL_CUDA_MM_TUNE=0).
 static void tune_once(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, cu_mat W, int gemv_ok)
 {
-    if (p->n_cand <= 0 || !b->mm_tune) return;
+    if (p->n_cand <= 0 || !b->mm_tune || p->key.M > CU_MM_EXACT_M) return;
     cudaStreamCaptureStatus cap;
     CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
     if (cap == cudaStreamCaptureStatusNone) plan_tune(b, p, O, X, W, gemv_ok);
@@ -258,7 +308,7 @@ void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tens
         cu_gemv(b, O, X, W);
         b->mm_last = "gemv";
     } else {
-        CUBLAS_CHECK(lt_run(b, p, &p->algo, O, X, W));
+        CUBLAS_CHECK(lt_run_m(b, p, O, X, W));
         b->mm_last = "cublaslt";
     }
     cu_tmp_free(b, tx);
@@ -280,7 +330,9 @@ int cu_matmul_fp8_run(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, const fl
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx_t, sizeof sx_t));
     tune_once(b, p, O, X, W, 0);
     if (p->n_cand < 0) return -1;
-    CUBLAS_CHECK(lt_run(b, p, &p->algo, O, X, W));
+    cublasStatus_t st = lt_run_m(b, p, O, X, W);
+    if (p->n_cand < 0) return -1; // the heuristic has nothing for this M after all: nothing ran
+    CUBLAS_CHECK(st);
     b->mm_last = "fp8_cublaslt";
     return 0;
 }
