@@ -337,7 +337,9 @@ void cu_moe_combine_run(cu_backend *b, cu_mat out, const float *y, const float *
 #ifndef MOE_GV_MAX_PAIRS
 // Up to this many (token, expert) pairs: 512 and 640 (T=64) gain, 1024
 // (30B-A3B T=128, 8 tokens an expert) loses to the grouped GEMM (NOTES.md v7).
-#define MOE_GV_MAX_PAIRS 640
+// 704: Coder-Next's 64 tokens with the shared expert fused (11 pairs a token;
+// that expert takes all 64 in eight passes of 8) stay here, as they did at 640.
+#define MOE_GV_MAX_PAIRS 704
 #endif
 #ifndef MOE_GV_GLU_RW
 #define MOE_GV_GLU_RW 1 // glu: 16-row groups a block takes (its warps split K among them)
