@@ -96,7 +96,7 @@ def test_shared_experts_fusion_flag(tmp_path):
         out = []
         for extra in ((), ("--disable-shared-experts-fusion",)):
             serve, port = start_router(procs, model, [], "--mem-bytes", 64 << 20, "--context-length", 256,
-                                       *extra, command="serve", alive=1)
+                                       "--log-level", "info", *extra, command="serve", alive=1)
             c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY, max_retries=0)
             r = c.completions.create(model="tiny", prompt=[5, 17, 33, 2, 90, 41, 8, 64], max_tokens=12,
                                      temperature=0, logprobs=1)
