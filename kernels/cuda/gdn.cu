@@ -338,13 +338,232 @@ __device__ __forceinline__ void gdn_tri(int idx, int &mi, int &nj)
     nj = idx - mi * (mi + 1) / 2;
 }
 
+// A block's DK x BV state tile between its slot (row stride Dv) and shared
+// memory (row stride LV): in (zeros for a fresh state) and out.
+template <int DK, int BV, int LV>
+__device__ __forceinline__ void gdn_state_in(float *Ss, const float *src, int Dv, bool fresh)
+{
+    for (int e = threadIdx.x; e < DK * BV; e += blockDim.x) {
+        int d = e / BV, c = e % BV;
+        Ss[d * LV + c] = fresh ? 0.0f : src[(int64_t)d * Dv + c];
+    }
+}
+
+template <int DK, int BV, int LV>
+__device__ __forceinline__ void gdn_state_out(const float *Ss, float *dst, int Dv)
+{
+    for (int e = threadIdx.x; e < DK * BV; e += blockDim.x) {
+        int d = e / BV, c = e % BV;
+        dst[(int64_t)d * Dv + c] = Ss[d * LV + c];
+    }
+}
+
+// dst [C x NC] (row stride ldd) = A · B, A a chunk's lower block-triangular
+// C x C matrix (T or T diag(β), row stride LC), B [C x NC] (stride ldb):
+// 16x16 output tiles over the warps, the k loop stopping at the diagonal.
+template <int NC, int LC>
+__device__ __forceinline__ void gdn_tri_mm(float *dst, int ldd, const float *A, const float *B, int ldb)
+{
+    for (int job = threadIdx.x >> 5; job < 4 * (NC / 16); job += 256 / 32) {
+        int mi = job / (NC / 16), nd = job % (NC / 16);
+        gdn_acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        gdn_mma<wmma::row_major, wmma::row_major>(acc, A + mi * 16 * LC, LC, 8, B + nd * 16, ldb, 8 * ldb,
+                                                  2 * (mi + 1));
+        wmma::store_matrix_sync(dst + mi * 16 * ldd + nd * 16, acc, ldd, wmma::mem_row_major);
+    }
+}
+
+// A chunk's inputs (tokens tb .. tb+n-1, rows past n zero): q and k
+// l2-normalised (q also scaled by Dk^-1/2) into Qs, Ks (row stride LK), one
+// warp per row; the inclusive cumulative log gates into Gs and β into Bs
+// (warp 0). No barrier at the end (the caller adds its own loads first).
+template <int DK, int LK>
+__device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs, float *Ks, float *Gs,
+                                                 float *Bs, int tb, int n, int64_t qoff, int64_t koff, int h,
+                                                 float Aexp, float bias)
+{
+    constexpr int C = GDN_C, NW = 256 / 32;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float qscale = 1.0f / sqrtf((float)DK);
+    for (int i = warp; i < C; i += NW) {
+        float qv[DK / 32], kv[DK / 32], qss = 0.0f, kss = 0.0f;
+#pragma unroll
+        for (int j = 0; j < DK / 32; j++) {
+            qv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, qoff + lane + 32 * j) : 0.0f;
+            kv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, koff + lane + 32 * j) : 0.0f;
+            qss += qv[j] * qv[j];
+            kss += kv[j] * kv[j];
+        }
+        qss = cu_warp_sum(qss);
+        kss = cu_warp_sum(kss);
+        float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
+#pragma unroll
+        for (int j = 0; j < DK / 32; j++) {
+            Qs[i * LK + lane + 32 * j] = qv[j] * qi * qscale;
+            Ks[i * LK + lane + 32 * j] = kv[j] * ki;
+        }
+    }
+    if (warp == 0) { // gates: lane owns tokens lane and lane + 32; inclusive scan
+        float gl[2];
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int i = lane + 32 * k;
+            float gi = 0.0f, bi = 0.0f;
+            if (i < n) {
+                gi = Aexp * softplus(cu_mat_ld(g.a, tb + i, h) + bias);
+                bi = 1.0f / (1.0f + expf(-cu_mat_ld(g.b, tb + i, h)));
+            }
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                float up = __shfl_up_sync(0xffffffffu, gi, o);
+                if (lane >= o) gi += up;
+            }
+            gl[k] = gi;
+            Bs[i] = bi;
+        }
+        gl[1] += __shfl_sync(0xffffffffu, gl[0], 31);
+        Gs[lane] = gl[0];
+        Gs[lane + 32] = gl[1];
+    }
+}
+
+// A chunk's local algebra once its inputs are in (after a barrier): the
+// lower-triangular K Kᵀ and Q Kᵀ tiles, masked and decayed (QKs), T = (I+L)⁻¹
+// (the four 16x16 diagonal blocks by forward substitution, one column per
+// thread, then block row a: T_ab = −T_aa · Σ_{b<=m<a} L_am T_mb, with Us as
+// scratch), then T diag(β) into Ls, T diag(β e^G) into Ts and q ⊙ e^G into
+// Qs. Ends with a barrier.
+template <int DK, int LK, int LC>
+__device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls, float *Ts, float *QKs, float *Us,
+                                                const float *Gs, const float *Bs)
+{
+    constexpr int C = GDN_C, NT = 256, NW = NT / 32;
+    int tid = threadIdx.x, warp = tid >> 5;
+    for (int job = warp; job < 20; job += NW) {
+        int mi, nj;
+        gdn_tri(job % 10, mi, nj);
+        const float *A = (job < 10 ? Ks : Qs) + mi * 16 * LK;
+        gdn_acc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        gdn_mma<wmma::row_major, wmma::col_major>(acc, A, LK, 8, Ks + nj * 16 * LK, LK, 8, DK / 8);
+        wmma::store_matrix_sync((job < 10 ? Ls : QKs) + mi * 16 * LC + nj * 16, acc, LC, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int e = tid; e < C * C; e += NT) {
+        int i = e / C, j = e % C;
+        float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;
+        Ls[i * LC + j] = j < i ? Bs[i] * dec * Ls[i * LC + j] : 0.0f;
+        QKs[i * LC + j] = j <= i ? dec * QKs[i * LC + j] : 0.0f;
+        if ((j >> 4) > (i >> 4)) Ts[i * LC + j] = 0.0f;
+    }
+    __syncthreads();
+    if (tid < 64) {
+        int bb = tid >> 4, c = tid & 15;
+        const float *Lb = Ls + bb * 16 * LC + bb * 16;
+        float x[16];
+#pragma unroll
+        for (int r = 0; r < 16; r++) {
+            float acc = r == c ? 1.0f : 0.0f;
+#pragma unroll
+            for (int j = 0; j < r; j++) acc -= Lb[r * LC + j] * x[j];
+            x[r] = r < c ? 0.0f : acc;
+        }
+#pragma unroll
+        for (int r = 0; r < 16; r++) Ts[(bb * 16 + r) * LC + bb * 16 + c] = x[r];
+    }
+    __syncthreads();
+    for (int a = 1; a < 4; a++) {
+        for (int e = tid; e < a * 256; e += NT) {
+            int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
+            float acc = 0.0f;
+            for (int J = bb * 16; J < a * 16; J++) acc += Ls[(a * 16 + r) * LC + J] * Ts[J * LC + bb * 16 + c];
+            Us[e] = acc;
+        }
+        __syncthreads();
+        for (int e = tid; e < a * 256; e += NT) {
+            int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
+            float acc = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 16; j++) acc += Ts[(a * 16 + r) * LC + a * 16 + j] * Us[(bb << 8) + j * 16 + c];
+            Ts[(a * 16 + r) * LC + bb * 16 + c] = -acc;
+        }
+        __syncthreads();
+    }
+    for (int e = tid; e < C * C; e += NT) {
+        int i = e / C, j = e % C;
+        float tv = Ts[i * LC + j] * Bs[j];
+        Ls[i * LC + j] = tv;
+        Ts[i * LC + j] = tv * expf(Gs[j]);
+    }
+    for (int e = tid; e < C * DK; e += NT) {
+        int i = e / DK, d = e % DK;
+        Qs[i * LK + d] *= expf(Gs[i]);
+    }
+    __syncthreads();
+}
+
+// A chunk's state-dependent part (after a barrier), BV value columns: v_new =
+// U − W S0 into Us, O = (Q ⊙ e^G) S0 + QKm v_new into Os, rows < n of O to out
+// (row orow.., columns ooff..), S = e^(G_last) S0 + Kdᵀ v_new in Ss (Ks holds
+// k ⊙ e^(G_last−G); its rows past n and v_new's are zero), then the snapshot
+// to snap (row stride Dv) when given. Ends with a barrier.
+template <int DK, int BV, int LK, int LC, int LV>
+__device__ __forceinline__ void gdn_chunk_state(const float *Qs, const float *Ks, const float *Ws, const float *QKs,
+                                                float *Us, float *Os, float *Ss, float glast, int n, cu_mat out,
+                                                int64_t orow, int64_t ooff, float *snap, int Dv)
+{
+    constexpr int NT = 256, NW = NT / 32;
+    int tid = threadIdx.x, warp = tid >> 5;
+    for (int job = warp; job < 4 * (BV / 16); job += NW) {
+        int mi = job / (BV / 16), nv = job % (BV / 16);
+        gdn_acc u, ws;
+        wmma::fill_fragment(ws, 0.0f);
+        gdn_mma<wmma::row_major, wmma::row_major>(ws, Ws + mi * 16 * LK, LK, 8, Ss + nv * 16, LV, 8 * LV, DK / 8);
+        float *up = Us + mi * 16 * LV + nv * 16;
+        wmma::load_matrix_sync(u, up, LV, wmma::mem_row_major);
+#pragma unroll
+        for (int i = 0; i < u.num_elements; i++) u.x[i] -= ws.x[i];
+        wmma::store_matrix_sync(up, u, LV, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int job = warp; job < 4 * (BV / 16); job += NW) {
+        int mi = job / (BV / 16), nv = job % (BV / 16);
+        gdn_acc o;
+        wmma::fill_fragment(o, 0.0f);
+        gdn_mma<wmma::row_major, wmma::row_major>(o, Qs + mi * 16 * LK, LK, 8, Ss + nv * 16, LV, 8 * LV, DK / 8);
+        gdn_mma<wmma::row_major, wmma::row_major>(o, QKs + mi * 16 * LC, LC, 8, Us + nv * 16, LV, 8 * LV,
+                                                  2 * (mi + 1));
+        wmma::store_matrix_sync(Os + mi * 16 * LV + nv * 16, o, LV, wmma::mem_row_major);
+    }
+    __syncthreads();
+    float el = expf(glast);
+    int nk = (n + 7) >> 3;
+    for (int job = warp; job < (DK / 16) * (BV / 16); job += NW) {
+        int md = job / (BV / 16), nv = job % (BV / 16);
+        float *sp = Ss + md * 16 * LV + nv * 16;
+        gdn_acc acc;
+        wmma::load_matrix_sync(acc, sp, LV, wmma::mem_row_major);
+#pragma unroll
+        for (int i = 0; i < acc.num_elements; i++) acc.x[i] *= el;
+        gdn_mma<wmma::col_major, wmma::row_major>(acc, Ks + md * 16, LK, 8 * LK, Us + nv * 16, LV, 8 * LV, nk);
+        wmma::store_matrix_sync(sp, acc, LV, wmma::mem_row_major);
+    }
+    for (int e = tid; e < n * BV; e += NT) {
+        int i = e / BV, c = e % BV;
+        cu_mat_st(out, orow + i, ooff + c, Os[i * LV + c]);
+    }
+    __syncthreads();
+    if (snap) gdn_state_out<DK, BV, LV>(Ss, snap, Dv);
+}
+
 // Block (sequence, value head, value-column tile of BV); 256 threads;
 // sequences with fewer than min_len new tokens are left to k_gdn.
 template <int DK, int BV>
 __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
 {
     using SM = gdn_smem<DK, BV>;
-    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV, NT = 256, NW = NT / 32;
+    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV, NT = 256;
     extern __shared__ __align__(128) float sm[];
     float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ws = sm + SM::W, *Ls = sm + SM::L;
     float *Ts = sm + SM::T, *QKs = sm + SM::QK, *Vs = sm + SM::V, *Us = sm + SM::U;
@@ -352,20 +571,15 @@ __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
     const int Dv = g.Dv, nvt = Dv / BV;
     int s = blockIdx.x / (g.Hv * nvt), rem = blockIdx.x % (g.Hv * nvt);
     int h = rem / nvt, vt = rem % nvt, kh = h / (g.Hv / g.Hk);
-    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    int tid = threadIdx.x;
     cu_pdl_wait();
     cu_pdl_trigger();
     int q0 = g.q_start[s], qn = g.q_start[s + 1] - q0;
     if (qn < min_len) return; // block-uniform
     int64_t sz = (int64_t)DK * Dv, slot_sz = (int64_t)g.Hv * sz;
     float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz + vt * BV; // row stride Dv
-    bool fresh = g.state_fresh[s];
-    for (int e = tid; e < DK * BV; e += NT) {
-        int d = e / BV, c = e % BV;
-        Ss[d * LV + c] = fresh ? 0.0f : mine[(int64_t)d * Dv + c];
-    }
+    gdn_state_in<DK, BV, LV>(Ss, mine, Dv, g.state_fresh[s]);
     float Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);
-    float qscale = 1.0f / sqrtf((float)DK);
     int tslot = g.track_slot[s], tlen = tslot >= 0 ? g.track_len[s] : -1;
     int64_t koff = (int64_t)g.Hk * DK + (int64_t)kh * DK, qoff = (int64_t)kh * DK;
     int64_t voff = 2 * (int64_t)g.Hk * DK + (int64_t)h * Dv + vt * BV;
@@ -375,211 +589,28 @@ __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
         if (c0 < tlen && c0 + n > tlen) n = tlen - c0; // end the chunk at the snapshot
         int tb = q0 + c0;
         __syncthreads(); // the previous chunk's readers of Q, K, V (o), G, B are done
-        // q, k: one warp per row, l2-normalised (q also scaled by Dk^-1/2)
-        for (int i = warp; i < C; i += NW) {
-            float qv[DK / 32], kv[DK / 32], qss = 0.0f, kss = 0.0f;
-#pragma unroll
-            for (int j = 0; j < DK / 32; j++) {
-                qv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, qoff + lane + 32 * j) : 0.0f;
-                kv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, koff + lane + 32 * j) : 0.0f;
-                qss += qv[j] * qv[j];
-                kss += kv[j] * kv[j];
-            }
-            qss = cu_warp_sum(qss);
-            kss = cu_warp_sum(kss);
-            float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
-#pragma unroll
-            for (int j = 0; j < DK / 32; j++) {
-                Qs[i * LK + lane + 32 * j] = qv[j] * qi * qscale;
-                Ks[i * LK + lane + 32 * j] = kv[j] * ki;
-            }
-        }
+        gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Bs, tb, n, qoff, koff, h, Aexp, bias);
         for (int e = tid; e < C * BV; e += NT) {
             int i = e / BV, c = e % BV;
             Vs[i * LV + c] = i < n ? cu_mat_ld(g.qkv, tb + i, voff + c) : 0.0f;
         }
-        if (warp == 0) { // gates: lane owns tokens lane and lane + 32; inclusive scan
-            float gl[2];
-#pragma unroll
-            for (int k = 0; k < 2; k++) {
-                int i = lane + 32 * k;
-                float gi = 0.0f, bi = 0.0f;
-                if (i < n) {
-                    gi = Aexp * softplus(cu_mat_ld(g.a, tb + i, h) + bias);
-                    bi = 1.0f / (1.0f + expf(-cu_mat_ld(g.b, tb + i, h)));
-                }
-#pragma unroll
-                for (int o = 1; o < 32; o <<= 1) {
-                    float up = __shfl_up_sync(0xffffffffu, gi, o);
-                    if (lane >= o) gi += up;
-                }
-                gl[k] = gi;
-                Bs[i] = bi;
-            }
-            gl[1] += __shfl_sync(0xffffffffu, gl[0], 31);
-            Gs[lane] = gl[0];
-            Gs[lane + 32] = gl[1];
-        }
         __syncthreads();
-        // K Kᵀ and Q Kᵀ, lower-triangular tiles (the rest is masked to 0 below)
-        for (int job = warp; job < 20; job += NW) {
-            int mi, nj;
-            gdn_tri(job % 10, mi, nj);
-            const float *A = (job < 10 ? Ks : Qs) + mi * 16 * LK;
-            gdn_acc acc;
-            wmma::fill_fragment(acc, 0.0f);
-            gdn_mma<wmma::row_major, wmma::col_major>(acc, A, LK, 8, Ks + nj * 16 * LK, LK, 8,
-                                                      DK / 8);
-            wmma::store_matrix_sync((job < 10 ? Ls : QKs) + mi * 16 * LC + nj * 16, acc, LC,
-                                    wmma::mem_row_major);
-        }
+        gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, QKs, Us, Gs, Bs);
+        // W = T diag(β e^G) K [C x DK];  U = T diag(β) V [C x BV]
+        gdn_tri_mm<DK, LC>(Ws, LK, Ts, Ks, LK);
+        gdn_tri_mm<BV, LC>(Us, LV, Ls, Vs, LV);
         __syncthreads();
-        for (int e = tid; e < C * C; e += NT) {
-            int i = e / C, j = e % C;
-            float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;
-            Ls[i * LC + j] = j < i ? Bs[i] * dec * Ls[i * LC + j] : 0.0f;
-            QKs[i * LC + j] = j <= i ? dec * QKs[i * LC + j] : 0.0f;
-            if ((j >> 4) > (i >> 4)) Ts[i * LC + j] = 0.0f;
-        }
-        __syncthreads();
-        // T = (I + L)^-1: the four 16x16 diagonal blocks by forward
-        // substitution, one column per thread ...
-        if (tid < 64) {
-            int bb = tid >> 4, c = tid & 15;
-            const float *Lb = Ls + bb * 16 * LC + bb * 16;
-            float x[16];
-#pragma unroll
-            for (int r = 0; r < 16; r++) {
-                float acc = r == c ? 1.0f : 0.0f;
-#pragma unroll
-                for (int j = 0; j < r; j++) acc -= Lb[r * LC + j] * x[j];
-                x[r] = r < c ? 0.0f : acc;
-            }
-#pragma unroll
-            for (int r = 0; r < 16; r++) Ts[(bb * 16 + r) * LC + bb * 16 + c] = x[r];
-        }
-        __syncthreads();
-        // ... then block row a: T_ab = −T_aa · Σ_{b<=m<a} L_am T_mb
-        for (int a = 1; a < 4; a++) {
-            for (int e = tid; e < a * 256; e += NT) {
-                int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
-                float acc = 0.0f;
-                for (int J = bb * 16; J < a * 16; J++)
-                    acc += Ls[(a * 16 + r) * LC + J] * Ts[J * LC + bb * 16 + c];
-                Us[e] = acc;
-            }
-            __syncthreads();
-            for (int e = tid; e < a * 256; e += NT) {
-                int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
-                float acc = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 16; j++)
-                    acc += Ts[(a * 16 + r) * LC + a * 16 + j] * Us[(bb << 8) + j * 16 + c];
-                Ts[(a * 16 + r) * LC + bb * 16 + c] = -acc;
-            }
-            __syncthreads();
-        }
-        // T diag(β) into L's place, T diag(β e^G) in place; q ⊙ e^G
-        for (int e = tid; e < C * C; e += NT) {
-            int i = e / C, j = e % C;
-            float tv = Ts[i * LC + j] * Bs[j];
-            Ls[i * LC + j] = tv;
-            Ts[i * LC + j] = tv * expf(Gs[j]);
-        }
-        for (int e = tid; e < C * DK; e += NT) {
-            int i = e / DK, d = e % DK;
-            Qs[i * LK + d] *= expf(Gs[i]);
-        }
-        __syncthreads();
-        // W = T diag(β e^G) K [C x DK];  U = T diag(β) V [C x BV] (T lower: k < 16(mi+1))
-        {
-            constexpr int NWJ = 4 * (DK / 16), NUJ = 4 * (BV / 16);
-            for (int job = warp; job < NWJ + NUJ; job += NW) {
-                gdn_acc acc;
-                wmma::fill_fragment(acc, 0.0f);
-                if (job < NWJ) {
-                    int mi = job / (DK / 16), nd = job % (DK / 16);
-                    gdn_mma<wmma::row_major, wmma::row_major>(acc, Ts + mi * 16 * LC, LC, 8,
-                                                              Ks + nd * 16, LK, 8 * LK,
-                                                              2 * (mi + 1));
-                    wmma::store_matrix_sync(Ws + mi * 16 * LK + nd * 16, acc, LK,
-                                            wmma::mem_row_major);
-                } else {
-                    int jj = job - NWJ, mi = jj / (BV / 16), nv = jj % (BV / 16);
-                    gdn_mma<wmma::row_major, wmma::row_major>(acc, Ls + mi * 16 * LC, LC, 8,
-                                                              Vs + nv * 16, LV, 8 * LV,
-                                                              2 * (mi + 1));
-                    wmma::store_matrix_sync(Us + mi * 16 * LV + nv * 16, acc, LV,
-                                            wmma::mem_row_major);
-                }
-            }
-        }
-        __syncthreads();
-        // v_new = U − W S0;  k ⊙ e^(G_last − G)
+        // k ⊙ e^(G_last − G) (no reader until the state update), then the state part
         float glast = Gs[C - 1];
-        for (int job = warp; job < 4 * (BV / 16); job += NW) {
-            int mi = job / (BV / 16), nv = job % (BV / 16);
-            gdn_acc u, ws;
-            wmma::fill_fragment(ws, 0.0f);
-            gdn_mma<wmma::row_major, wmma::row_major>(ws, Ws + mi * 16 * LK, LK, 8, Ss + nv * 16,
-                                                      LV, 8 * LV, DK / 8);
-            float *up = Us + mi * 16 * LV + nv * 16;
-            wmma::load_matrix_sync(u, up, LV, wmma::mem_row_major);
-#pragma unroll
-            for (int i = 0; i < u.num_elements; i++) u.x[i] -= ws.x[i];
-            wmma::store_matrix_sync(up, u, LV, wmma::mem_row_major);
-        }
         for (int e = tid; e < C * DK; e += NT) {
             int i = e / DK, d = e % DK;
             Ks[i * LK + d] *= expf(glast - Gs[i]);
         }
-        __syncthreads();
-        // O = (Q ⊙ e^G) S0 + QKm v_new, into V's place
-        for (int job = warp; job < 4 * (BV / 16); job += NW) {
-            int mi = job / (BV / 16), nv = job % (BV / 16);
-            gdn_acc o;
-            wmma::fill_fragment(o, 0.0f);
-            gdn_mma<wmma::row_major, wmma::row_major>(o, Qs + mi * 16 * LK, LK, 8, Ss + nv * 16,
-                                                      LV, 8 * LV, DK / 8);
-            gdn_mma<wmma::row_major, wmma::row_major>(o, QKs + mi * 16 * LC, LC, 8, Us + nv * 16,
-                                                      LV, 8 * LV, 2 * (mi + 1));
-            wmma::store_matrix_sync(Vs + mi * 16 * LV + nv * 16, o, LV, wmma::mem_row_major);
-        }
-        __syncthreads();
-        // S = e^(G_last) S0 + (K ⊙ e^(G_last−G))ᵀ v_new; o out
-        {
-            float el = expf(glast);
-            int nk = (n + 7) >> 3; // rows >= n of K and v_new are zero
-            for (int job = warp; job < (DK / 16) * (BV / 16); job += NW) {
-                int md = job / (BV / 16), nv = job % (BV / 16);
-                float *sp = Ss + md * 16 * LV + nv * 16;
-                gdn_acc acc;
-                wmma::load_matrix_sync(acc, sp, LV, wmma::mem_row_major);
-#pragma unroll
-                for (int i = 0; i < acc.num_elements; i++) acc.x[i] *= el;
-                gdn_mma<wmma::col_major, wmma::row_major>(acc, Ks + md * 16, LK, 8 * LK,
-                                                          Us + nv * 16, LV, 8 * LV, nk);
-                wmma::store_matrix_sync(sp, acc, LV, wmma::mem_row_major);
-            }
-            for (int e = tid; e < n * BV; e += NT) {
-                int i = e / BV, c = e % BV;
-                cu_mat_st(g.out, tb + i, ooff + c, Vs[i * LV + c]);
-            }
-        }
-        __syncthreads();
-        if (c0 + n == tlen) {
-            float *snap = g.ssm + (int64_t)tslot * slot_sz + h * sz + vt * BV;
-            for (int e = tid; e < DK * BV; e += NT) {
-                int d = e / BV, c = e % BV;
-                snap[(int64_t)d * Dv + c] = Ss[d * LV + c];
-            }
-        }
+        float *snap = c0 + n == tlen ? g.ssm + (int64_t)tslot * slot_sz + h * sz + vt * BV : NULL;
+        gdn_chunk_state<DK, BV, LK, LC, LV>(Qs, Ks, Ws, QKs, Us, Vs, Ss, glast, n, g.out, tb, ooff, snap, Dv);
         c0 += n;
     }
-    for (int e = tid; e < DK * BV; e += NT) {
-        int d = e / BV, c = e % BV;
-        mine[(int64_t)d * Dv + c] = Ss[d * LV + c];
-    }
+    gdn_state_out<DK, BV, LV>(Ss, mine, Dv);
 }
 
 // ---- chunked form, split (kernels/dev/NOTES.md v15) ------------------------------
@@ -684,13 +715,13 @@ __global__ void __launch_bounds__(256) k_gdn_prep(cu_gdn_args g, int min_len, in
 {
     using SM = gdn_prep_smem<DK>;
     using RC = gdn_rec<DK>;
-    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV, NT = 256, NW = NT / 32;
+    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV, NT = 256;
     extern __shared__ __align__(128) float sm[];
     float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ws = sm + SM::W, *Ls = sm + SM::L;
     float *Ts = sm + SM::T, *QKs = sm + SM::QK, *Vs = sm + SM::V, *Us = sm + SM::U;
     float *Gs = sm + SM::G, *Bs = sm + SM::B;
     const int Dv = g.Dv, h = blockIdx.y, kh = h / (g.Hv / g.Hk);
-    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    int tid = threadIdx.x;
     cu_pdl_wait();
     cu_pdl_trigger();
     // which sequence and chunk: walk the sequences' chunk counts (block-uniform)
@@ -706,129 +737,20 @@ __global__ void __launch_bounds__(256) k_gdn_prep(cu_gdn_args g, int min_len, in
     gdn_chunk_at(qn, gdn_tlen(g, s), (int)left, c0, n);
     float *out = rec + (q * g.Hv + h) * RC::floats(Dv);
     float Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);
-    float qscale = 1.0f / sqrtf((float)DK);
     int64_t koff = (int64_t)g.Hk * DK + (int64_t)kh * DK, qoff = (int64_t)kh * DK;
     int64_t voff = 2 * (int64_t)g.Hk * DK + (int64_t)h * Dv;
     int tb = g.q_start[s] + c0;
-    // q, k: one warp per row, l2-normalised (q also scaled by Dk^-1/2)
-    for (int i = warp; i < C; i += NW) {
-        float qv[DK / 32], kv[DK / 32], qss = 0.0f, kss = 0.0f;
-#pragma unroll
-        for (int j = 0; j < DK / 32; j++) {
-            qv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, qoff + lane + 32 * j) : 0.0f;
-            kv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, koff + lane + 32 * j) : 0.0f;
-            qss += qv[j] * qv[j];
-            kss += kv[j] * kv[j];
-        }
-        qss = cu_warp_sum(qss);
-        kss = cu_warp_sum(kss);
-        float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
-#pragma unroll
-        for (int j = 0; j < DK / 32; j++) {
-            Qs[i * LK + lane + 32 * j] = qv[j] * qi * qscale;
-            Ks[i * LK + lane + 32 * j] = kv[j] * ki;
-        }
-    }
-    if (warp == 0) { // gates: lane owns tokens lane and lane + 32; inclusive scan
-        float gl[2];
-#pragma unroll
-        for (int k = 0; k < 2; k++) {
-            int i = lane + 32 * k;
-            float gi = 0.0f, bi = 0.0f;
-            if (i < n) {
-                gi = Aexp * softplus(cu_mat_ld(g.a, tb + i, h) + bias);
-                bi = 1.0f / (1.0f + expf(-cu_mat_ld(g.b, tb + i, h)));
-            }
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                float up = __shfl_up_sync(0xffffffffu, gi, o);
-                if (lane >= o) gi += up;
-            }
-            gl[k] = gi;
-            Bs[i] = bi;
-        }
-        gl[1] += __shfl_sync(0xffffffffu, gl[0], 31);
-        Gs[lane] = gl[0];
-        Gs[lane + 32] = gl[1];
-    }
+    gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Bs, tb, n, qoff, koff, h, Aexp, bias);
     __syncthreads();
-    // K Kᵀ and Q Kᵀ, lower-triangular tiles (the rest is masked to 0 below)
-    for (int job = warp; job < 20; job += NW) {
-        int mi, nj;
-        gdn_tri(job % 10, mi, nj);
-        const float *A = (job < 10 ? Ks : Qs) + mi * 16 * LK;
-        gdn_acc acc;
-        wmma::fill_fragment(acc, 0.0f);
-        gdn_mma<wmma::row_major, wmma::col_major>(acc, A, LK, 8, Ks + nj * 16 * LK, LK, 8, DK / 8);
-        wmma::store_matrix_sync((job < 10 ? Ls : QKs) + mi * 16 * LC + nj * 16, acc, LC, wmma::mem_row_major);
-    }
-    __syncthreads();
-    for (int e = tid; e < C * C; e += NT) {
-        int i = e / C, j = e % C;
-        float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;
-        Ls[i * LC + j] = j < i ? Bs[i] * dec * Ls[i * LC + j] : 0.0f;
-        QKs[i * LC + j] = j <= i ? dec * QKs[i * LC + j] : 0.0f;
-        if ((j >> 4) > (i >> 4)) Ts[i * LC + j] = 0.0f;
-    }
-    __syncthreads();
-    // T = (I + L)^-1: the four 16x16 diagonal blocks by forward substitution,
-    // one column per thread ...
-    if (tid < 64) {
-        int bb = tid >> 4, c = tid & 15;
-        const float *Lb = Ls + bb * 16 * LC + bb * 16;
-        float x[16];
-#pragma unroll
-        for (int r = 0; r < 16; r++) {
-            float acc = r == c ? 1.0f : 0.0f;
-#pragma unroll
-            for (int j = 0; j < r; j++) acc -= Lb[r * LC + j] * x[j];
-            x[r] = r < c ? 0.0f : acc;
-        }
-#pragma unroll
-        for (int r = 0; r < 16; r++) Ts[(bb * 16 + r) * LC + bb * 16 + c] = x[r];
-    }
-    __syncthreads();
-    // ... then block row a: T_ab = −T_aa · Σ_{b<=m<a} L_am T_mb
-    for (int a = 1; a < 4; a++) {
-        for (int e = tid; e < a * 256; e += NT) {
-            int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
-            float acc = 0.0f;
-            for (int J = bb * 16; J < a * 16; J++) acc += Ls[(a * 16 + r) * LC + J] * Ts[J * LC + bb * 16 + c];
-            Us[e] = acc;
-        }
-        __syncthreads();
-        for (int e = tid; e < a * 256; e += NT) {
-            int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
-            float acc = 0.0f;
-#pragma unroll
-            for (int j = 0; j < 16; j++) acc += Ts[(a * 16 + r) * LC + a * 16 + j] * Us[(bb << 8) + j * 16 + c];
-            Ts[(a * 16 + r) * LC + bb * 16 + c] = -acc;
-        }
-        __syncthreads();
-    }
-    // T diag(β) into L's place, T diag(β e^G) in place
-    for (int e = tid; e < C * C; e += NT) {
-        int i = e / C, j = e % C;
-        float tv = Ts[i * LC + j] * Bs[j];
-        Ls[i * LC + j] = tv;
-        Ts[i * LC + j] = tv * expf(Gs[j]);
-    }
-    __syncthreads();
-    // W = T diag(β e^G) K [C x DK] (T lower: k < 16(mi+1))
-    for (int job = warp; job < 4 * (DK / 16); job += NW) {
-        int mi = job / (DK / 16), nd = job % (DK / 16);
-        gdn_acc acc;
-        wmma::fill_fragment(acc, 0.0f);
-        gdn_mma<wmma::row_major, wmma::row_major>(acc, Ts + mi * 16 * LC, LC, 8, Ks + nd * 16, LK, 8 * LK,
-                                                  2 * (mi + 1));
-        wmma::store_matrix_sync(Ws + mi * 16 * LK + nd * 16, acc, LK, wmma::mem_row_major);
-    }
+    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, QKs, Us, Gs, Bs);
+    // W = T diag(β e^G) K [C x DK]
+    gdn_tri_mm<DK, LC>(Ws, LK, Ts, Ks, LK);
     __syncthreads();
     // the record: q ⊙ e^G, k ⊙ e^(G_last − G), W, the masked decayed q kᵀ, G_last
     float glast = Gs[C - 1];
     for (int e = tid; e < C * DK; e += NT) {
         int i = e / DK, d = e % DK;
-        out[RC::QG + e] = Qs[i * LK + d] * expf(Gs[i]);
+        out[RC::QG + e] = Qs[i * LK + d]; // already q ⊙ e^G
         out[RC::KD + e] = Ks[i * LK + d] * expf(glast - Gs[i]);
         out[RC::W + e] = Ws[i * LK + d];
     }
@@ -841,14 +763,7 @@ __global__ void __launch_bounds__(256) k_gdn_prep(cu_gdn_args g, int min_len, in
             Vs[i * LV + c] = i < n ? cu_mat_ld(g.qkv, tb + i, voff + v0 + c) : 0.0f;
         }
         __syncthreads();
-        for (int job = warp; job < 4 * 4; job += NW) {
-            int mi = job / 4, nv = job % 4;
-            gdn_acc acc;
-            wmma::fill_fragment(acc, 0.0f);
-            gdn_mma<wmma::row_major, wmma::row_major>(acc, Ls + mi * 16 * LC, LC, 8, Vs + nv * 16, LV, 8 * LV,
-                                                      2 * (mi + 1));
-            wmma::store_matrix_sync(Us + mi * 16 * LV + nv * 16, acc, LV, wmma::mem_row_major);
-        }
+        gdn_tri_mm<64, LC>(Us, LV, Ls, Vs, LV);
         __syncthreads();
         for (int e = tid; e < C * 64; e += NT) {
             int i = e / 64, c = e % 64;
@@ -865,14 +780,13 @@ __global__ void __launch_bounds__(256) k_gdn_scan(cu_gdn_args g, int min_len, co
 {
     using SM = gdn_scan_smem<DK, BV>;
     using RC = gdn_rec<DK>;
-    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV, NT = 256, NW = NT / 32;
+    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV;
     extern __shared__ __align__(128) float sm[];
     float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ws = sm + SM::W, *QKs = sm + SM::QK;
     float *Us = sm + SM::U, *Os = sm + SM::O, *Ss = sm + SM::S;
     const int Dv = g.Dv, nvt = Dv / BV;
     int s = blockIdx.x / (g.Hv * nvt), rem = blockIdx.x % (g.Hv * nvt);
     int h = rem / nvt, vt = rem % nvt;
-    int tid = threadIdx.x, warp = tid >> 5;
     cu_pdl_wait();
     cu_pdl_trigger();
     int q0 = g.q_start[s], qn = g.q_start[s + 1] - q0, tlen = gdn_tlen(g, s);
@@ -881,11 +795,7 @@ __global__ void __launch_bounds__(256) k_gdn_scan(cu_gdn_args g, int min_len, co
     int64_t first = gdn_chunk_base(g, s, min_len);
     int64_t sz = (int64_t)DK * Dv, slot_sz = (int64_t)g.Hv * sz;
     float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz + vt * BV; // row stride Dv
-    bool fresh = g.state_fresh[s];
-    for (int e = tid; e < DK * BV; e += NT) {
-        int d = e / BV, c = e % BV;
-        Ss[d * LV + c] = fresh ? 0.0f : mine[(int64_t)d * Dv + c];
-    }
+    gdn_state_in<DK, BV, LV>(Ss, mine, Dv, g.state_fresh[s]);
     int64_t ooff = (int64_t)h * Dv + vt * BV;
     for (int ci = 0; ci < nc; ci++) {
         int c0, n;
@@ -899,63 +809,12 @@ __global__ void __launch_bounds__(256) k_gdn_scan(cu_gdn_args g, int min_len, co
         gdn_copy(Us, LV, r + RC::U + vt * BV, Dv, C, BV);
         float glast = r[RC::glast(Dv)];
         __syncthreads();
-        // v_new = U − W S0
-        for (int job = warp; job < 4 * (BV / 16); job += NW) {
-            int mi = job / (BV / 16), nv = job % (BV / 16);
-            gdn_acc u, ws;
-            wmma::fill_fragment(ws, 0.0f);
-            gdn_mma<wmma::row_major, wmma::row_major>(ws, Ws + mi * 16 * LK, LK, 8, Ss + nv * 16, LV, 8 * LV,
-                                                      DK / 8);
-            float *up = Us + mi * 16 * LV + nv * 16;
-            wmma::load_matrix_sync(u, up, LV, wmma::mem_row_major);
-#pragma unroll
-            for (int i = 0; i < u.num_elements; i++) u.x[i] -= ws.x[i];
-            wmma::store_matrix_sync(up, u, LV, wmma::mem_row_major);
-        }
-        __syncthreads();
-        // O = (Q ⊙ e^G) S0 + QKm v_new
-        for (int job = warp; job < 4 * (BV / 16); job += NW) {
-            int mi = job / (BV / 16), nv = job % (BV / 16);
-            gdn_acc o;
-            wmma::fill_fragment(o, 0.0f);
-            gdn_mma<wmma::row_major, wmma::row_major>(o, Qs + mi * 16 * LK, LK, 8, Ss + nv * 16, LV, 8 * LV,
-                                                      DK / 8);
-            gdn_mma<wmma::row_major, wmma::row_major>(o, QKs + mi * 16 * LC, LC, 8, Us + nv * 16, LV, 8 * LV,
-                                                      2 * (mi + 1));
-            wmma::store_matrix_sync(Os + mi * 16 * LV + nv * 16, o, LV, wmma::mem_row_major);
-        }
-        __syncthreads();
-        // S = e^(G_last) S0 + (K ⊙ e^(G_last−G))ᵀ v_new; o out
-        float el = expf(glast);
-        int nk = (n + 7) >> 3; // rows >= n of Kd and v_new are zero
-        for (int job = warp; job < (DK / 16) * (BV / 16); job += NW) {
-            int md = job / (BV / 16), nv = job % (BV / 16);
-            float *sp = Ss + md * 16 * LV + nv * 16;
-            gdn_acc acc;
-            wmma::load_matrix_sync(acc, sp, LV, wmma::mem_row_major);
-#pragma unroll
-            for (int i = 0; i < acc.num_elements; i++) acc.x[i] *= el;
-            gdn_mma<wmma::col_major, wmma::row_major>(acc, Ks + md * 16, LK, 8 * LK, Us + nv * 16, LV, 8 * LV, nk);
-            wmma::store_matrix_sync(sp, acc, LV, wmma::mem_row_major);
-        }
-        for (int e = tid; e < n * BV; e += NT) {
-            int i = e / BV, c = e % BV;
-            cu_mat_st(g.out, q0 + c0 + i, ooff + c, Os[i * LV + c]);
-        }
-        __syncthreads();
-        if (c0 + n == tlen) {
-            float *snap = g.ssm + (int64_t)g.track_slot[s] * slot_sz + h * sz + vt * BV;
-            for (int e = tid; e < DK * BV; e += NT) {
-                int d = e / BV, c = e % BV;
-                snap[(int64_t)d * Dv + c] = Ss[d * LV + c];
-            }
-        }
+        float *snap = c0 + n == tlen ? g.ssm + (int64_t)g.track_slot[s] * slot_sz + h * sz + vt * BV : NULL;
+        gdn_chunk_state<DK, BV, LK, LC, LV>(Qs, Ks, Ws, QKs, Us, Os, Ss, glast, n, g.out, q0 + c0, ooff, snap,
+                                            Dv);
     }
     __syncthreads();
-    for (int e = tid; e < DK * BV; e += NT) {
-        int d = e / BV, c = e % BV;
-        mine[(int64_t)d * Dv + c] = Ss[d * LV + c];
-    }
+    gdn_state_out<DK, BV, LV>(Ss, mine, Dv);
 }
 
 // The split form over every long sequence of the batch (n_chunks records).
