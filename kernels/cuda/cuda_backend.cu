@@ -524,6 +524,16 @@ static void cu_graph_free(sl_backend *be, sl_be_graph *g)
     free(g);
 }
 
+// An on/off setting from the environment at backend creation: unset gives
+// dflt; a default-on switch is off only for "0", a default-off one on only for "1".
+static int env_switch(const char *name, int dflt)
+{
+    const char *v = getenv(name);
+    if (!v) return dflt;
+    return dflt ? strcmp(v, "0") != 0 : strcmp(v, "1") == 0;
+}
+
+
 // ---- backend ------------------------------------------------------------------------
 
 static const sl_backend_i cu_iface = {
@@ -596,26 +606,19 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
                           device, prop.name, prop.major, prop.minor);
     b->device = device;
     b->n_sm = prop.multiProcessorCount;
-    const char *pdl = getenv("SL_CUDA_PDL");
-    b->pdl = !(pdl && strcmp(pdl, "0") == 0);
+    b->pdl = env_switch("SL_CUDA_PDL", 1);
     // grouped FP8 MoE GEMMs from prefill sizes on, FlashAttention-2 prefill:
     // both validated and faster on an H200 (NOTES.md v11, v12); =0 goes back
-    const char *grouped = getenv("SL_CUDA_MOE_FP8_GROUPED");
-    b->moe_fp8_path = grouped && strcmp(grouped, "0") == 0 ? SL_CUDA_MOE_FP8_GEMV : SL_CUDA_MOE_FP8_AUTO;
-    const char *fa2 = getenv("SL_CUDA_ATTN_FA2");
-    b->attn_fa2 = !(fa2 && strcmp(fa2, "0") == 0);
+    b->moe_fp8_path = env_switch("SL_CUDA_MOE_FP8_GROUPED", 1) ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
+    b->attn_fa2 = env_switch("SL_CUDA_ATTN_FA2", 1);
     // timing picks the fastest matmul kernel per shape, which can differ from
     // process to process (and so can the rounding); =0 takes cuBLASLt's
     // heuristic's first choice everywhere: the same numbers in every process
-    const char *tune = getenv("SL_CUDA_MM_TUNE");
-    b->mm_tune = !(tune && strcmp(tune, "0") == 0);
-    const char *lt = getenv("SL_CUDA_FP8_LT"), *ex = getenv("SL_CUDA_MOE_FP8_EXPERT_GEMV");
-    b->fp8_lt = lt && strcmp(lt, "1") == 0;
-    b->moe_fp8_expert = ex && strcmp(ex, "1") == 0;
-    const char *split = getenv("SL_CUDA_GDN_SPLIT");
-    b->gdn_split = split && strcmp(split, "1") == 0;
-    const char *poison = getenv("SL_CUDA_POISON");
-    b->poison = poison && strcmp(poison, "1") == 0;
+    b->mm_tune = env_switch("SL_CUDA_MM_TUNE", 1);
+    b->fp8_lt = env_switch("SL_CUDA_FP8_LT", 0);
+    b->moe_fp8_expert = env_switch("SL_CUDA_MOE_FP8_EXPERT_GEMV", 0);
+    b->gdn_split = env_switch("SL_CUDA_GDN_SPLIT", 0);
+    b->poison = env_switch("SL_CUDA_POISON", 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     // Keep freed scratch in the pool instead of returning it at every sync.
     cudaMemPool_t pool;
