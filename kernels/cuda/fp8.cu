@@ -673,26 +673,28 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
     int M = (int)sl_tensor_rows(x), K = (int)sl_tensor_cols(x), N = (int)sl_tensor_rows(w);
     int G = (K + FP8_G - 1) / FP8_G;
     if (M == 0) return;
+    fp8_args a = fp8_args_of((const uint8_t *)w->data, sl_tensor_ld(w), (const float *)w_scale->data,
+                             sl_tensor_ld(w_scale), N, K, sl_tensor_rows(w_scale) == N ? 0 : 7, NULL, NULL, M,
+                             cu_mat_of(out));
+    // decode sizes: the GEMV quantizes x itself, no codes in scratch (cuBLASLt
+    // forced still runs cuBLASLt)
+    if (b->mm_force != SL_CUDA_MM_CUBLASLT && fp8_fused_quant(a)) {
+        a.xsrc = cu_mat_of(x);
+        fp8_gemv_launch(b, a, 1);
+        b->mm_last = "fp8_gemv_tc";
+        return;
+    }
     uint8_t *xq = (uint8_t *)cu_tmp_alloc(b, (size_t)M * G * FP8_G);
     float *sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)M * G);
-    fp8_args a = fp8_args_of((const uint8_t *)w->data, sl_tensor_ld(w), (const float *)w_scale->data,
-                             sl_tensor_ld(w_scale), N, K, sl_tensor_rows(w_scale) == N ? 0 : 7, xq, sx, M,
-                             cu_mat_of(out));
-    dim3 qgrid((unsigned)G, (unsigned)M);
+    a.xq = xq;
+    a.sx = sx;
     if (fp8_lt(b, a, x)) {
         cu_tmp_free(b, sx);
         cu_tmp_free(b, xq);
         return;
     }
-    if (M <= GV8_MAXM && fp8_fused_quant(a)) {
-        a.xsrc = cu_mat_of(x);
-        fp8_gemv_launch(b, a, 1);
-        b->mm_last = "fp8_gemv_tc";
-        cu_tmp_free(b, sx);
-        cu_tmp_free(b, xq);
-        return;
-    }
-    cu_launch(b, k_fp8_quant_act, qgrid, dim3(FP8_G), 0, cu_mat_of(x), xq, sx, G, (int64_t)G, (int64_t)1);
+    cu_launch(b, k_fp8_quant_act, dim3((unsigned)G, (unsigned)M), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, G,
+              (int64_t)G, (int64_t)1);
     if (M <= FP8_GEMV_MAX_M || (M <= GV8_MAXM && !a.vec)) {
         fp8_gemv_launch(b, a, 1);
         b->mm_last = "fp8_gemv_tc";
@@ -800,12 +802,11 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     int GH = (H + FP8_G - 1) / FP8_G, GI = (I + FP8_G - 1) / FP8_G;
     SL_ASSERT(ids->dtype == SL_DTYPE_I32 && weights->dtype == SL_DTYPE_F32);
     if (T == 0) return;
-    uint8_t *xq = (uint8_t *)cu_tmp_alloc(b, (size_t)T * GH * FP8_G);
-    float *sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)T * GH);
     float *h = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * 2 * I);
-    uint8_t *hq = (uint8_t *)cu_tmp_alloc(b, (size_t)P * GI * FP8_G);
-    float *sh = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * GI);
     float *y = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * H);
+    // the codes of x and of silu·up: in scratch unless the GEMVs quantize them (below)
+    uint8_t *xq = NULL, *hq = NULL;
+    float *sx = NULL, *sh = NULL;
 
     cu_mat hm = {h, SL_DTYPE_F32, P, 2 * I, 2 * I};
     fp8_args a = fp8_args_of((const uint8_t *)gate_up->data, gate_up->st[1], (const float *)gate_up_scale->data,
@@ -836,15 +837,23 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     int expert_gemv = !grouped && (path == SL_CUDA_MOE_FP8_EXPERT_GEMV ||
                                    (path == SL_CUDA_MOE_FP8_AUTO && b->moe_fp8_expert &&
                                     T >= MOE_FP8_EXPERT_GEMV_MIN_T));
-    if (grouped || expert_gemv || !fp8_fused_quant(a))
+    int planned = grouped || expert_gemv;
+    if (planned || !fp8_fused_quant(a)) {
+        a.xq = xq = (uint8_t *)cu_tmp_alloc(b, (size_t)T * GH * FP8_G);
+        a.sx = sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)T * GH);
         cu_launch(b, k_fp8_quant_act, dim3((unsigned)GH, (unsigned)T), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, GH,
                   (int64_t)GH, (int64_t)1);
-    if (grouped || expert_gemv) {
+    }
+    if (planned || !fp8_fused_quant(d)) {
+        d.xq = hq = (uint8_t *)cu_tmp_alloc(b, (size_t)P * GI * FP8_G);
+        d.sx = sh = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * GI);
+    }
+    if (planned) {
         moe_fp8_grouped(b, a, d, h, T, k, E, cu_mat_of(out), weights, y, expert_gemv);
     } else {
-        if (fp8_fused_quant(a)) a.xsrc = cu_mat_of(x); // each pair's blocks quantize its token
+        if (!xq) a.xsrc = cu_mat_of(x); // each pair's blocks quantize its token
         fp8_gemv_launch(b, a, (unsigned)P);
-        if (fp8_fused_quant(d)) { // ... and silu(gate)·up of their pair
+        if (!hq) { // ... and silu(gate)·up of their pair
             d.xsrc = hm;
             d.xsilu = 1;
         } else {
