@@ -469,6 +469,14 @@ static void load_mlp(loader *L, sl_tensor *gu, sl_tensor *gu_s, sl_tensor *down,
     load_proj(L, down, down_s, n, SHP(H, I), SHP(H, Il), slice_cols(i0, Il));
 }
 
+/* Checkpoint name of projection proj of expert x of layer prefix p: a routed
+ * expert below E, the shared expert at E (stored after them when fused). */
+static void expert_name(char *buf, size_t n, const char *p, int64_t x, int64_t E, const char *proj)
+{
+    if (x < E) snprintf(buf, n, "%s.mlp.experts.%lld.%s.weight", p, (long long)x, proj);
+    else snprintf(buf, n, "%s.mlp.shared_expert.%s.weight", p, proj);
+}
+
 static void load_layer(loader *L, int i)
 {
     const sl_model_config *c = &L->m->cfg, *lc = &L->m->lc;
@@ -553,8 +561,8 @@ static void load_layer(loader *L, int i)
         int64_t E = c->n_experts, I = c->moe_intermediate_size, Il = lc->moe_intermediate_size;
         int64_t i0 = tp->rank * Il;
         char first[256], sfirst[256];
-        snprintf(first, sizeof first, "%s.mlp.experts.0.gate_proj.weight", p);
-        snprintf(sfirst, sizeof sfirst, "%s.mlp.shared_expert.gate_proj.weight", p);
+        expert_name(first, sizeof first, p, 0, E, "gate_proj");
+        expert_name(sfirst, sizeof sfirst, p, E, E, "gate_proj");
         ly->shared_fused = L->fuse_shared && c->shared_expert_intermediate_size == I &&
                            proj_is_fp8(L, first) == proj_is_fp8(L, sfirst);
         int64_t Es = E + ly->shared_fused;
@@ -569,20 +577,17 @@ static void load_layer(loader *L, int i)
         snprintf(n, sizeof n, "%s.mlp.experts.gate_up", p);
         proj_begin(L, &ly->ex_gate_up, &ly->ex_gate_up_s, 3, SHP(Es, 2 * Il, H), n, first, mat_scale(H));
         for (int64_t x = 0; x < Es; x++) {
-            if (x < E) snprintf(n, sizeof n, "%s.mlp.experts.%lld.gate_proj.weight", p, (long long)x);
-            else snprintf(n, sizeof n, "%s.mlp.shared_expert.gate_proj.weight", p);
+            expert_name(n, sizeof n, p, x, E, "gate_proj");
             pack_piece(L, n, 2, SHP(I, H), x * 2 * Il, slice_rows(i0, Il));
-            if (x < E) snprintf(n, sizeof n, "%s.mlp.experts.%lld.up_proj.weight", p, (long long)x);
-            else snprintf(n, sizeof n, "%s.mlp.shared_expert.up_proj.weight", p);
+            expert_name(n, sizeof n, p, x, E, "up_proj");
             pack_piece(L, n, 2, SHP(I, H), x * 2 * Il + Il, slice_rows(i0, Il));
         }
         pack_end(L);
         snprintf(n, sizeof n, "%s.mlp.experts.down", p);
-        snprintf(first, sizeof first, "%s.mlp.experts.0.down_proj.weight", p);
+        expert_name(first, sizeof first, p, 0, E, "down_proj");
         proj_begin(L, &ly->ex_down, &ly->ex_down_s, 3, SHP(Es, H, Il), n, first, mat_scale(I));
         for (int64_t x = 0; x < Es; x++) {
-            if (x < E) snprintf(n, sizeof n, "%s.mlp.experts.%lld.down_proj.weight", p, (long long)x);
-            else snprintf(n, sizeof n, "%s.mlp.shared_expert.down_proj.weight", p);
+            expert_name(n, sizeof n, p, x, E, "down_proj");
             pack_piece(L, n, 2, SHP(H, I), x * H, slice_cols(i0, Il));
         }
         pack_end(L);
