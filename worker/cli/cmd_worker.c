@@ -34,6 +34,8 @@
  * (nng 1.5's socket close has one, nanomsg/nng#1543) must not keep a dead
  * worker around. A second signal exits at once, as the router does. */
 #define SHUTDOWN_GRACE_S 8
+#define STR_(x) #x
+#define STR(x) STR_(x)
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig)
 {
@@ -46,8 +48,8 @@ static void on_signal(int sig)
 static void on_alarm(int sig)
 {
     (void)sig;
-    static const char msg[] = "sluice worker: the shutdown did not finish within 8 s; exiting now\n";
-    _Static_assert(SHUTDOWN_GRACE_S == 8, "the message says 8 s");
+    static const char msg[] =
+        "sluice worker: the shutdown did not finish within " STR(SHUTDOWN_GRACE_S) " s; exiting now\n";
     ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
     (void)w;
     _exit(1);
