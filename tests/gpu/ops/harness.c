@@ -91,23 +91,28 @@ void tb_pair_rand(tb *t, tb_pair *p, sl_dtype gdt, int ndim, const int64_t *ne, 
     free(v);
 }
 
-/* An output: the GPU side poisoned (NaN, or INT32_MIN for ids). */
-void tb_pair_out(tb *t, tb_pair *p, sl_dtype gdt, int ndim, const int64_t *ne)
+void tb_poison(tb *t, sl_tensor *g)
 {
-    tb_pair_alloc(t, p, gdt, ndim, ne);
-    int64_t n = sl_tensor_numel(&p->g);
+    int64_t n = sl_tensor_numel(g);
     sl_err e = {0};
-    if (gdt == SL_DTYPE_I32) {
+    if (g->dtype == SL_DTYPE_I32) {
         int32_t *v = malloc(sizeof(int32_t) * (size_t)n);
         for (int64_t i = 0; i < n; i++) v[i] = INT32_MIN;
-        if (sl_be_upload(t->gpu, &p->g, v, SL_DTYPE_I32, &e)) tb_die("poison", &e);
+        if (sl_be_upload(t->gpu, g, v, SL_DTYPE_I32, &e)) tb_die("poison", &e);
         free(v);
     } else {
         float *v = malloc(sizeof(float) * (size_t)n);
         for (int64_t i = 0; i < n; i++) v[i] = NAN;
-        if (sl_be_upload(t->gpu, &p->g, v, SL_DTYPE_F32, &e)) tb_die("poison", &e);
+        if (sl_be_upload(t->gpu, g, v, SL_DTYPE_F32, &e)) tb_die("poison", &e);
         free(v);
     }
+}
+
+/* An output: the GPU side poisoned (NaN, or INT32_MIN for ids). */
+void tb_pair_out(tb *t, tb_pair *p, sl_dtype gdt, int ndim, const int64_t *ne)
+{
+    tb_pair_alloc(t, p, gdt, ndim, ne);
+    tb_poison(t, &p->g);
 }
 
 float *tb_download(sl_backend *be, const sl_tensor *x)

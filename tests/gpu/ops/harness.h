@@ -76,6 +76,9 @@ void tb_pair_free(tb *t, tb_pair *p);
 void tb_pair_set(tb *t, tb_pair *p, const float *v);
 /* Uniform in [lo, hi), rounded to the GPU dtype; a fresh stream per call. */
 void tb_pair_rand(tb *t, tb_pair *p, sl_dtype gdt, int ndim, const int64_t *ne, float lo, float hi);
+/* g (a GPU tensor) filled with NaN, or INT32_MIN for ids: an element an op
+ * never writes fails its comparison. */
+void tb_poison(tb *t, sl_tensor *g);
 /* An output: the GPU side poisoned (NaN, or INT32_MIN for ids). */
 void tb_pair_out(tb *t, tb_pair *p, sl_dtype gdt, int ndim, const int64_t *ne);
 /* x's elements as f32 (ids converted); the caller frees. */
