@@ -615,9 +615,7 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // process to process (and so can the rounding); =0 takes cuBLASLt's
     // heuristic's first choice everywhere: the same numbers in every process
     b->mm_tune = env_switch("SL_CUDA_MM_TUNE", 1);
-    b->fp8_lt = env_switch("SL_CUDA_FP8_LT", 0);
-    b->moe_fp8_expert = env_switch("SL_CUDA_MOE_FP8_EXPERT_GEMV", 0);
-    b->gdn_split = env_switch("SL_CUDA_GDN_SPLIT", 0);
+    b->gdn_split = env_switch("SL_CUDA_GDN_SPLIT", 1);
     b->poison = env_switch("SL_CUDA_POISON", 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     // Keep freed scratch in the pool instead of returning it at every sync.

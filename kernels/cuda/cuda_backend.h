@@ -30,11 +30,10 @@ void *sl_cuda_stream(sl_backend *be);
  * and benchmarks (GEMV only where it applies: bf16 weights, M <= 16,
  * K % 8 == 0, 16-byte aligned x and w rows; elsewhere cuBLASLt runs).
  * sl_be_matmul_fp8 the same way: AUTO runs cuBLASLt's block-scaled FP8 GEMM
- * from M > 64 when SL_CUDA_FP8_LT=1 is in the environment (until it has run
- * on a GPU; the own tensor-core kernels otherwise), CUBLASLT at every M, GEMV
- * the own kernels at every M; cuBLASLt only with K % 128 == 0 and 16-byte
- * aligned weight rows, and only where it has an algorithm (else the own
- * kernels run). Not thread-safe against ops running on be. */
+ * from M > 8 (the own GEMV below), CUBLASLT at every M, GEMV the own kernels
+ * at every M; cuBLASLt only with K % 128 == 0 and 16-byte aligned weight
+ * rows, and only where it has an algorithm (else the own kernels run). Not
+ * thread-safe against ops running on be. */
 typedef enum sl_cuda_mm {
     SL_CUDA_MM_AUTO,
     SL_CUDA_MM_CUBLASLT,
@@ -54,9 +53,10 @@ int sl_cuda_attn_fa2(sl_backend *be, int on);
  * single chunked kernel (each block walks its sequence's chunks and does all
  * of each chunk's work), 1 the split form (the chunk-local work for every
  * chunk in parallel, then a scan over the chunks doing only what depends on
- * the state; kernels/dev/NOTES.md v15). A backend starts with 0, or 1 with
- * SL_CUDA_GDN_SPLIT=1 in the environment at creation. Returns the previous
- * setting. Not thread-safe against ops running on be. */
+ * the state; kernels/dev/NOTES.md v15; the same results to the bit). A
+ * backend starts with 1, or 0 with SL_CUDA_GDN_SPLIT=0 in the environment at
+ * creation. Returns the previous setting. Not thread-safe against ops running
+ * on be. */
 int sl_cuda_gdn_split(sl_backend *be, int on);
 
 /* The kernel the last sl_be_matmul on be ran: "cublaslt" or "gemv" (a static
@@ -67,12 +67,11 @@ const char *sl_cuda_matmul_last(sl_backend *be);
 
 /* Which kernels sl_be_moe_experts_fp8 runs. GEMV: per (token, expert) pair
  * GEMVs at every size (SL_CUDA_MOE_FP8_GROUPED=0 in the environment when
- * the backend is created). AUTO (the default): grouped GEMMs (pairs sorted by
- * expert, one tensor-core FP8 GEMM per expert tile) from a prefill-sized
- * number of pairs on; below, per-pair GEMVs, or from 4 tokens EXPERT_GEMV
- * (pairs sorted by expert, each active expert's weights streamed once for
- * up to 16 of its tokens by the GEMV kernel) when SL_CUDA_MOE_FP8_EXPERT_GEMV=1
- * is in the environment (until it has run on a GPU). GROUPED and
+ * the backend is created). AUTO (the default): per-pair GEMVs below 16
+ * tokens; from 16, EXPERT_GEMV (pairs sorted by expert, each active expert's
+ * weights streamed once for up to 16 of its tokens by the GEMV kernel); from
+ * 12 pairs an expert (prefill), grouped GEMMs (pairs sorted by expert, one
+ * tensor-core FP8 GEMM per expert tile). GROUPED and
  * EXPERT_GEMV force theirs at every size (tests). The grouped path needs K % 16 == 0 and 16-byte
  * aligned expert weights (H and I multiples of 16); elsewhere the GEMVs run.
  * Not thread-safe against ops running on be. */

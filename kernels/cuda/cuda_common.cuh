@@ -92,9 +92,6 @@ typedef struct cu_backend {
     int gemv_smem_set;                // gemv.cu: shared-memory limit raised
     int fp8_smem_set;                 // fp8.cu: bit per tensor-core kernel whose smem limit is raised
     int moe_fp8_path;                 // sl_cuda_moe_fp8 (cuda_backend.h)
-    // written without a GPU, used by AUTO only when set (env =1) until measured:
-    int fp8_lt;          // SL_CUDA_FP8_LT: dense FP8 GEMMs through cuBLASLt (NOTES v13)
-    int moe_fp8_expert;  // SL_CUDA_MOE_FP8_EXPERT_GEMV: per-expert GEMVs for decode batches (v17)
     struct cu_sample_stage *sample;   // sample.cu
     // prepare: two alternating host (pinned) / device buffers, so a forward
     // can be prepared while the previous one's copy may still be in flight.
@@ -114,8 +111,10 @@ typedef struct cu_backend {
     // cu_attention: prefill batches on k_attn_fa2 instead of k_attn_prefill
     // (the default; env SL_CUDA_ATTN_FA2=0, or sl_cuda_attn_fa2, goes back)
     int attn_fa2;
-    // cu_gdn: the split chunked form (prep over all chunks, then the scan);
-    // env SL_CUDA_GDN_SPLIT=1 or sl_cuda_gdn_split (off until validated)
+    // cu_gdn: the split chunked form (prep over all chunks, then the scan;
+    // the default, NOTES.md v15: bit-identical to the single kernel and
+    // 1.4x faster at 1000 tokens); env SL_CUDA_GDN_SPLIT=0 or sl_cuda_gdn_split
+    // goes back
     int gdn_split;
     // env SL_CUDA_POISON=1: every new tensor and scratch buffer starts as NaN
     // (all bits set), so a kernel reading memory nothing wrote shows

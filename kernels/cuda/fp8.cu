@@ -1,8 +1,8 @@
 // kernels/cuda/fp8.cu: FP8 (e4m3, 128-wide K groups) matmuls and FP8 MoE experts,
 // checked against kernels/cpu/fp8.c by tests/gpu/ops/ops_fp8.c.
 //
-// 1. k_fp8_quant_act: one block of 128 threads per (token, group): s = max|x|/448,
-//    codes e4m3(x/s) (s = 0: zero codes, no NaN), as the CPU op. Codes go to
+// 1. k_fp8_quant: one warp per (token, group): s = max|x|/448, codes
+//    e4m3(x/s) (s = 0: zero codes, no NaN), as the CPU op. Codes go to
 //    stream-ordered scratch [M, G*128] u8 (row stride padded to whole groups,
 //    the pad zero, so readers never guard K), scales [M, G] f32.
 // 2. k_fp8_gemv_tc<NT> (M ≤ 16, or ≤ 64 with K % 16 != 0; MoE pairs and expert
@@ -13,7 +13,7 @@
 //    a fresh mma accumulator and adds it ·s_x·s_w into fp32; the warps' sums are
 //    added in warp order through shared memory (deterministic).
 //    Decode sizes (M <= 8, and each MoE pair's gate_up and down) skip
-//    k_fp8_quant_act / k_fp8_quant_silu: each block quantizes its x rows
+//    k_fp8_quant: each block quantizes its x rows
 //    (silu(gate)·up for the down) itself into shared memory, the same codes
 //    (fp8_fused_quant; one launch less per projection, ~3-5 µs each).
 //    K permutation: a lane (groupID g, thread-in-group t) loads 16 contiguous
@@ -22,11 +22,12 @@
 //    the physical one, the same for A and B, so each group's dot product is
 //    unchanged (fp32 sums in another order: fp32-rounding agreement with the
 //    CPU, as any GPU order).
-// 3. M > 16 (decode batches and prefill), K % 16 == 0, 16-byte aligned weights:
-//    from M > 64 with SL_CUDA_FP8_LT=1 and K % 128 == 0 cuBLASLt's FP8
-//    GEMM with 1×128 block scales on both operands (matmul.cu; the scales
-//    group-major: k_fp8_quant_act writes them so, k_fp8_scales_t transposes the
-//    weight's), or else k_fp8_gemm_tc<BM>: BM×128 output tiles (tc_tile; BM 64
+// 3. M > 8 (decode batches and prefill), K % 128 == 0, 16-byte aligned
+//    weights: cuBLASLt's block-scaled FP8 GEMM (matmul.cu; x's scales
+//    group-major as k_fp8_quant writes them for it, the weight's 128×128
+//    block scales as stored, per-row scales made group-major by
+//    k_fp8_scales_t). Other K % 16 == 0 weights from M > 16:
+//    k_fp8_gemm_tc<BM>: BM×128 output tiles (tc_tile; BM 64
 //    up to 64 tokens, else 128), 8 warps of BM/2×32, BK = 128 = one scale
 //    group, four cp.async stages (zero-filled past M, N, K) in XOR-swizzled
 //    shared memory, the same K permutation; per group the mma partials are
@@ -50,23 +51,59 @@
 
 #define FP8_G 128
 
-// scale of (token m, group g) at sx[m·sxm + g·sxg]: token-major (G, 1) for the
-// own kernels, group-major (1, M) for cuBLASLt
-__global__ void k_fp8_quant_act(cu_mat x, uint8_t *xq, float *sx, int G, int64_t sxm, int64_t sxg)
+// One warp quantizes the 128-group g of row r: s = max|v|/448, codes
+// e4m3(v/s) to q[0..127] (zero past K, and for an all-zero group, where s = 0
+// and v/0 would be NaN), as the CPU op; v = src[r, k], or with silu (src rows
+// [gate | up] of width 2K, the MoE down's input) silu(gate)·up. Returns s.
+// q: 4-byte aligned.
+__device__ __forceinline__ float fp8_quant_group(cu_mat src, int silu, int64_t r, int g, int K, uint8_t *q)
 {
-    __shared__ float red[4];
+    int lane = threadIdx.x & 31, k0 = g * FP8_G + lane * 4;
+    float v[4], mx = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        v[i] = 0.0f;
+        if (k0 + i < K && silu) {
+            float gv = cu_mat_ld(src, r, k0 + i), uv = cu_mat_ld(src, r, K + k0 + i);
+            v[i] = gv / (1.0f + expf(-gv)) * uv;
+        } else if (k0 + i < K) {
+            v[i] = cu_mat_ld(src, r, k0 + i);
+        }
+        mx = fmaxf(mx, fabsf(v[i]));
+    }
+    float s = cu_warp_max(mx) / SL_FP8_MAX;
+    uint32_t codes = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        if (k0 + i < K && s > 0.0f) codes |= (uint32_t)cu_f32_to_e4m3(v[i] / s) << (8 * i);
+    *(uint32_t *)(q + lane * 4) = codes;
+    return s;
+}
+
+#define FP8_QUANT_WARPS 8
+// Rows of x (K wide; silu: see fp8_quant_group) to codes xq [rows, G·128]
+// (the pad zero, so readers never guard K) and scales, (row m, group g) at
+// sx[m·sxm + g·sxg]: token-major (G, 1) for the own kernels, group-major
+// (1, rows) for cuBLASLt. A warp per (row, group): one block per (row, group)
+// of 128 threads, as before, ran 131k tiny blocks for a 4096-token prefill.
+__global__ void __launch_bounds__(32 * FP8_QUANT_WARPS)
+    k_fp8_quant(cu_mat x, int silu, int K, int rows, uint8_t *xq, float *sx, int G, int64_t sxm, int64_t sxg)
+{
     cu_pdl_wait(); // PDL (cuda_common.cuh): wait before reading x / writing
     cu_pdl_trigger();
-    int m = blockIdx.y, g = blockIdx.x, k = g * FP8_G + threadIdx.x;
-    float v = k < x.cols ? cu_mat_ld(x, m, k) : 0.0f;
-    float a = cu_warp_max(fabsf(v));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = a;
-    __syncthreads();
-    a = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-    float s = a / SL_FP8_MAX;
-    // an all-zero group: s = 0 and zero codes (x / 0 would be NaN); pad codes 0
-    xq[(int64_t)m * G * FP8_G + k] = (k < x.cols && s > 0.0f) ? cu_f32_to_e4m3(v / s) : 0;
-    if (threadIdx.x == 0) sx[m * sxm + g * sxg] = s;
+    int64_t job = (int64_t)blockIdx.x * FP8_QUANT_WARPS + (threadIdx.x >> 5);
+    if (job >= (int64_t)rows * G) return;
+    int m = (int)(job / G), g = (int)(job % G);
+    float s = fp8_quant_group(x, silu, m, g, K, xq + ((int64_t)m * G + g) * FP8_G);
+    if ((threadIdx.x & 31) == 0) sx[m * sxm + g * sxg] = s;
+}
+
+static void fp8_quant_launch(cu_backend *b, cu_mat x, int silu, int K, int rows, uint8_t *xq, float *sx, int G,
+                             int64_t sxm, int64_t sxg)
+{
+    int64_t jobs = (int64_t)rows * G;
+    cu_launch(b, k_fp8_quant, dim3((unsigned)cu_blocks(jobs, FP8_QUANT_WARPS)), dim3(32 * FP8_QUANT_WARPS), 0, x,
+              silu, K, rows, xq, sx, G, sxm, sxg);
 }
 
 // The weight scales group-major for cuBLASLt: st[g·N + n] = ws[(n >> shift)·ldws + g]
@@ -78,27 +115,6 @@ __global__ void k_fp8_scales_t(const float *ws, int64_t ldws, int shift, int N, 
     if (i >= (int64_t)N * G) return;
     int g = (int)(i / N), n = (int)(i % N);
     st[i] = ws[(int64_t)(n >> shift) * ldws + g];
-}
-
-// MoE: a = silu(h[p, o]) · h[p, I + o] for o < I (h f32 [P, 2I]), quantized as above
-__global__ void k_fp8_quant_silu(const float *h, int I, uint8_t *xq, float *sx, int G)
-{
-    __shared__ float red[4];
-    cu_pdl_wait();
-    cu_pdl_trigger();
-    int p = blockIdx.x, g = blockIdx.y, k = g * FP8_G + threadIdx.x;
-    float v = 0.0f;
-    if (k < I) {
-        float gv = h[(int64_t)p * 2 * I + k], uv = h[(int64_t)p * 2 * I + I + k];
-        v = gv / (1.0f + expf(-gv)) * uv;
-    }
-    float a = cu_warp_max(fabsf(v));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = a;
-    __syncthreads();
-    a = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-    float s = a / SL_FP8_MAX;
-    xq[(int64_t)p * G * FP8_G + k] = (k < I && s > 0.0f) ? cu_f32_to_e4m3(v / s) : 0;
-    if (threadIdx.x == 0) sx[(int64_t)p * G + g] = s;
 }
 
 typedef struct fp8_args {
@@ -119,7 +135,7 @@ typedef struct fp8_args {
     // or the pair's row) itself into dynamic shared memory (codes [rows][ldx],
     // then scales [rows][G]) instead of reading xq / sx: one kernel less per
     // decode projection (fp8_fused_quant); silu: the rows are [gate | up] of
-    // width 2K and x = silu(gate)·up (k_fp8_quant_silu's input, MoE down)
+    // width 2K and x = silu(gate)·up (k_fp8_quant's silu input, MoE down)
     cu_mat xsrc;
     int xsilu;
     // k_fp8_gemv_tc over a routing plan (moe.cuh; blockIdx.x = tile of one
@@ -150,37 +166,30 @@ __device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int v
 
 #define GV8_WARPS 8
 #define GV8_MAXM 64
-// Dense FP8 matmuls of more tokens than this take the tensor-core GEMM tiles
-// (64 tokens a tile up to GV8_MAXM): the GEMV re-reads all of x for every 16
-// weight rows, which left M = 64 at 19 % of bandwidth (docs/benchmarks.md);
-// a guess between the measured M = 16 (GEMV 50 %) and 64 until timed (v18)
+// Without cuBLASLt (K % 128 != 0, or a shape it refuses), dense FP8 matmuls
+// of more tokens than this take the tensor-core GEMM tiles (64 tokens a tile
+// up to GV8_MAXM): the GEMV re-reads all of x for every 16 weight rows
 #define FP8_GEMV_MAX_M 16
+// AUTO: dense FP8 matmuls of more tokens than this run cuBLASLt's block-scaled
+// GEMM; on an H200 at 64 tokens it streams 8B's qkv in 9 µs where the own
+// 64-token tiles took 76 µs, and at 4096 it reaches 94 % of the FP8 mma rate
+// (NOTES.md v20). Up to it the GEMV that quantizes x itself.
+#define FP8_LT_MIN_M 8
+// cuBLASLt 13.1's block-scaled algorithms on an H200 refused K = 128..1024
+// (the heuristic has none for M = 9..513 there) and at M = 8, K = 256 one
+// returned wrong results; every K >= 2048 checked agreed with the CPU (the
+// models' hidden sizes and attention/GDN widths are 2048 and up)
+#define FP8_LT_MIN_K 2048
 
-// x rows x0 .. x0+rows-1 quantized as k_fp8_quant_act does (the same max,
-// scale and rounding: the same codes) into codes qs [rows][ldx] and scales
-// ss [rows][G], one warp per (row, 128-group).
+// x rows x0 .. x0+rows-1 quantized as k_fp8_quant does (the same codes)
+// into codes qs [rows][ldx] and scales ss [rows][G], one warp per (row,
+// 128-group).
 __device__ __forceinline__ void fp8_quant_rows(const fp8_args &a, int64_t x0, int rows, uint8_t *qs, float *ss)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int job = warp; job < rows * a.G; job += blockDim.x >> 5) {
-        int m = job / a.G, g = job - m * a.G, k0 = g * FP8_G + lane * 4;
-        float v[4], mx = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            v[i] = 0.0f;
-            if (k0 + i < a.K && a.xsilu) { // as k_fp8_quant_silu
-                float gv = cu_mat_ld(a.xsrc, x0 + m, k0 + i), uv = cu_mat_ld(a.xsrc, x0 + m, a.K + k0 + i);
-                v[i] = gv / (1.0f + expf(-gv)) * uv;
-            } else if (k0 + i < a.K) {
-                v[i] = cu_mat_ld(a.xsrc, x0 + m, k0 + i);
-            }
-            mx = fmaxf(mx, fabsf(v[i]));
-        }
-        mx = cu_warp_max(mx);
-        float s = mx / SL_FP8_MAX;
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-            qs[(int64_t)m * a.ldx + k0 + i] = (k0 + i < a.K && s > 0.0f) ? cu_f32_to_e4m3(v[i] / s) : 0;
+        int m = job / a.G, g = job - m * a.G;
+        float s = fp8_quant_group(a.xsrc, a.xsilu, x0 + m, g, a.K, qs + (int64_t)m * a.ldx + g * FP8_G);
         if (lane == 0) ss[m * a.G + g] = s;
     }
     __syncthreads();
@@ -639,29 +648,34 @@ static fp8_args fp8_args_of(const uint8_t *w, int64_t ldw, const float *ws, int6
 }
 
 // The GEMM through cuBLASLt (matmul.cu) where it is chosen and supported:
-// AUTO from GEMM sizes on (M > GV8_MAXM; only with SL_CUDA_FP8_LT=1 until it
-// has run on a GPU), any size when forced (SL_CUDA_MM_CUBLASLT);
-// SL_CUDA_MM_GEMV keeps the own kernels. x is quantized into a.xq with
-// group-major scales in a.sx and the weight scales are made group-major in
-// scratch. Returns 1 when it ran, 0 when the own kernels must.
+// AUTO from FP8_LT_MIN_M + 1 tokens (below, the GEMV quantizing x itself),
+// any size when forced (SL_CUDA_MM_CUBLASLT); SL_CUDA_MM_GEMV keeps the own
+// kernels. x is quantized into a.xq with group-major scales in a.sx; the
+// checkpoint's block scales go to cuBLASLt as they are, per-row scales are
+// made group-major in scratch. Returns 1 when it ran, 0 when the own kernels
+// must.
 static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
 {
     int force = b->mm_force;
-    // whole 128-groups only (every checkpoint's K is; cuBLASLt's block scales assume them)
-    if (force == SL_CUDA_MM_GEMV || !a.vec || a.K % FP8_G ||
-        (force == SL_CUDA_MM_AUTO && (a.M <= GV8_MAXM || !b->fp8_lt)))
+    // whole 128-groups only (every checkpoint's K is; cuBLASLt's block scales
+    // assume them), and K >= FP8_LT_MIN_K
+    if (force == SL_CUDA_MM_GEMV || !a.vec || a.K % FP8_G || a.K < FP8_LT_MIN_K ||
+        (force == SL_CUDA_MM_AUTO && a.M <= FP8_LT_MIN_M))
         return 0;
+    int blk = a.srow_shift == 7 && a.ldws == a.G; // [ceil(N/128), G], rows contiguous
     cu_mat X = {(void *)a.xq, SL_DTYPE_F8E4M3, a.M, a.K, a.ldx}, W = {(void *)a.w, SL_DTYPE_F8E4M3, a.N, a.K, a.ldw};
-    cu_mm_plan *p = cu_matmul_fp8_plan(b, a.out, X, W);
+    cu_mm_plan *p = cu_matmul_fp8_plan(b, a.out, X, W, blk);
     if (!p) return 0;
     float *sx = (float *)a.sx;
-    cu_launch(b, k_fp8_quant_act, dim3((unsigned)a.G, (unsigned)a.M), dim3(FP8_G), 0, cu_mat_of(x),
-              (uint8_t *)a.xq, sx, a.G, (int64_t)1, (int64_t)a.M);
-    int64_t n = (int64_t)a.N * a.G;
-    float *st = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)n);
-    cu_launch(b, k_fp8_scales_t, dim3((unsigned)cu_blocks(n, 256)), dim3(256), 0, a.ws, a.ldws, a.srow_shift, a.N,
-              a.G, st);
-    int ran = cu_matmul_fp8_run(b, p, a.out, X, sx, W, st) == 0;
+    fp8_quant_launch(b, cu_mat_of(x), 0, a.K, a.M, (uint8_t *)a.xq, sx, a.G, 1, a.M);
+    float *st = NULL;
+    if (!blk) {
+        int64_t n = (int64_t)a.N * a.G;
+        st = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)n);
+        cu_launch(b, k_fp8_scales_t, dim3((unsigned)cu_blocks(n, 256)), dim3(256), 0, a.ws, a.ldws, a.srow_shift,
+                  a.N, a.G, st);
+    }
+    int ran = cu_matmul_fp8_run(b, p, a.out, X, sx, W, blk ? a.ws : st) == 0;
     cu_tmp_free(b, st);
     return ran;
 }
@@ -693,8 +707,7 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
         cu_tmp_free(b, xq);
         return;
     }
-    cu_launch(b, k_fp8_quant_act, dim3((unsigned)G, (unsigned)M), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, G,
-              (int64_t)G, (int64_t)1);
+    fp8_quant_launch(b, cu_mat_of(x), 0, K, M, xq, sx, G, G, 1);
     if (M <= FP8_GEMV_MAX_M || (M <= GV8_MAXM && !a.vec)) {
         fp8_gemv_launch(b, a, 1);
         b->mm_last = "fp8_gemv_tc";
@@ -727,21 +740,16 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
     cu_mat_st(out, t, c, acc);
 }
 
-#ifndef MOE_FP8_EXPERT_GEMV_MIN_T
-// AUTO: below the grouped GEMMs' sizes, batches of this many tokens on take
-// one GEMV pass per active expert over all its tokens (the plan) instead of
-// one per (token, expert) pair: a guess until measured (NOTES.md v17); at 4
-// tokens a fused shared expert already has 4 pairs
-#define MOE_FP8_EXPERT_GEMV_MIN_T 4
-#endif
-
-#ifndef MOE_FP8_GROUPED_MIN_PAIRS
-// AUTO (sl_cuda_moe_fp8): the grouped GEMMs from this many pairs and 2 per
-// expert on; below, each pair's GEMV streams about what a tile would
-// (measured, NOTES.md v11: 30B-A3B's grouped path wins from 64 tokens,
-// Coder-Next's from 128; its GEMVs still win at 64).
-#define MOE_FP8_GROUPED_MIN_PAIRS 64
-#endif
+// AUTO (sl_cuda_moe_fp8), measured on an H200 (NOTES.md v17, v20) at
+// 30B-A3B and Coder-Next shapes: per-pair GEMVs below MOE_FP8_EXPERT_GEMV_MIN_T
+// tokens (at 4 tokens Coder-Next's took 0.115 ms, one pass per expert 0.206);
+// from there one GEMV pass per active expert over its tokens (the plan; at 64
+// tokens 0.36 / 0.84 ms against the pairs' 1.43 / 1.54 and the grouped GEMMs'
+// 0.58 / 1.19); the grouped GEMMs once the experts average
+// MOE_FP8_GROUPED_PAIRS_PER_EXPERT pairs (the GEMV pass re-streams an expert
+// for every 16 of its tokens; at 1024 tokens grouped 1.0 / 1.8 ms against 1.8 / 2.4).
+#define MOE_FP8_EXPERT_GEMV_MIN_T 16
+#define MOE_FP8_GROUPED_PAIRS_PER_EXPERT 12
 
 template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, const fp8_args &a, const cu_moe_plan &p)
 {
@@ -780,8 +788,8 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, const float *
     if (gemv) fp8_gemv_plan_launch(b, a, p);
     else moe_fp8_gemm_launch(b, a, p, bm);
     int I = a.N / 2;
-    cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)d.G), dim3(FP8_G), 0, h, I, (uint8_t *)d.xq,
-              (float *)d.sx, d.G);
+    cu_mat hm = {(void *)h, SL_DTYPE_F32, P, 2 * I, 2 * I};
+    fp8_quant_launch(b, hm, 1, I, (int)P, (uint8_t *)d.xq, (float *)d.sx, d.G, d.G, 1);
     d.M = (int)P;
     d.x_perm = 0;
     d.plan = gemv;
@@ -832,17 +840,15 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
 
     int path = b->moe_fp8_path;
     int grouped = (path == SL_CUDA_MOE_FP8_GROUPED ||
-                   (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_MIN_PAIRS && P >= 2 * E)) &&
+                   (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E)) &&
                   a.vec && d.vec;
     int expert_gemv = !grouped && (path == SL_CUDA_MOE_FP8_EXPERT_GEMV ||
-                                   (path == SL_CUDA_MOE_FP8_AUTO && b->moe_fp8_expert &&
-                                    T >= MOE_FP8_EXPERT_GEMV_MIN_T));
+                                   (path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_EXPERT_GEMV_MIN_T));
     int planned = grouped || expert_gemv;
     if (planned || !fp8_fused_quant(a)) {
         a.xq = xq = (uint8_t *)cu_tmp_alloc(b, (size_t)T * GH * FP8_G);
         a.sx = sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)T * GH);
-        cu_launch(b, k_fp8_quant_act, dim3((unsigned)GH, (unsigned)T), dim3(FP8_G), 0, cu_mat_of(x), xq, sx, GH,
-                  (int64_t)GH, (int64_t)1);
+        fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
     }
     if (planned || !fp8_fused_quant(d)) {
         d.xq = hq = (uint8_t *)cu_tmp_alloc(b, (size_t)P * GI * FP8_G);
@@ -857,8 +863,7 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
             d.xsrc = hm;
             d.xsilu = 1;
         } else {
-            cu_launch(b, k_fp8_quant_silu, dim3((unsigned)P, (unsigned)GI), dim3(FP8_G), 0, (const float *)h, I, hq,
-                      sh, GI);
+            fp8_quant_launch(b, hm, 1, I, P, hq, sh, GI, GI, 1);
         }
         fp8_gemv_launch(b, d, (unsigned)P);
         cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0,

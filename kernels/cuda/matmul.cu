@@ -5,13 +5,13 @@
 // leading dimensions and pointer alignment: the heuristic query costs more
 // than a decode GEMV. For decode shapes the hand-written tensor-core GEMV
 // (gemv.cu) is one more candidate.
-// FP8 (cu_matmul_fp8_plan/run, called by fp8.cu): e4m3 operands with one fp32
-// scale per 128 K values of every row on both sides (cuBLASLt's VEC128_32F
-// mode, cuBLAS >= 12.9 on Hopper), which is the checkpoint's 128×128 weight
-// blocks expanded per row and the per-token activation groups: the product
-// is Σ_g (x_q·w_q)_g · s_x · s_w with fp32 promotion per group, the CPU
-// oracle's arithmetic. A shape cuBLASLt has no algorithm for is remembered as
-// such and fp8.cu runs its own kernels.
+// FP8 (cu_matmul_fp8_plan/run, called by fp8.cu): e4m3 operands with fp32
+// block scales, cuBLAS >= 12.9 on Hopper: x with one scale per 128 K values
+// of every row (VEC128_32F), the weight with the checkpoint's 128×128 blocks
+// as stored (BLK128x128_32F) or, for per-row scales, VEC128_32F too. The
+// product is Σ_g (x_q·w_q)_g · s_x · s_w with fp32 promotion per group, the
+// CPU oracle's arithmetic. A shape cuBLASLt has no algorithm for is
+// remembered as such and fp8.cu runs its own kernels.
 #include <string.h>
 
 #include "gemv.cuh"
@@ -39,6 +39,7 @@ typedef struct cu_mm_key {
     int64_t M, N, K, ldx, ldw, ldo;
     int in_dt, out_dt;
     int align; // min alignment (bytes) of the three pointers, capped at 256
+    int w_blk; // FP8: the weight's scales per 128×128 block (else per row)
 } cu_mm_key;
 
 struct cu_mm_plan {
@@ -117,9 +118,16 @@ static cu_mm_plan *plan_get(cu_backend *b, const cu_mm_key *k)
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof opN));
     int fp8 = k->in_dt == SL_DTYPE_F8E4M3;
     if (fp8) {
-        int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode));
-        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode));
+        int32_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F, blk = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+        int32_t *wm = k->w_blk ? &blk : &vec;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, wm, sizeof *wm));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec, sizeof vec));
+        // the heuristic finds nothing while the scale pointers are unset; each
+        // run sets its own (the workspace stands in: aligned, never read here)
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &b->lt_ws,
+                                                    sizeof b->lt_ws));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b->lt_ws,
+                                                    sizeof b->lt_ws));
     }
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, in, (uint64_t)k->K, (uint64_t)k->N, k->ldw));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, in, (uint64_t)k->K, (uint64_t)k->M, k->ldx));
@@ -231,7 +239,7 @@ static void plan_tune(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, cu_mat W
 }
 
 // The cached plan for out = x · wᵀ with inputs of in_dt (the key's dtype).
-static cu_mm_plan *plan_for(cu_backend *b, cu_mat O, cu_mat X, cu_mat W, int in_dt)
+static cu_mm_plan *plan_for(cu_backend *b, cu_mat O, cu_mat X, cu_mat W, int in_dt, int w_blk)
 {
     cu_mm_key k;
     memset(&k, 0, sizeof k);
@@ -251,6 +259,7 @@ static cu_mm_plan *plan_for(cu_backend *b, cu_mat O, cu_mat X, cu_mat W, int in_
     int a = ptr_align(X.p), aw = ptr_align(W.p), ao = ptr_align(O.p);
     k.align = a < aw ? a : aw;
     if (ao < k.align) k.align = ao;
+    k.w_blk = w_blk;
     return plan_get(b, &k);
 }
 
@@ -300,7 +309,7 @@ void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tens
         W = to_bf16(b, W);
         tw = W.p;
     }
-    cu_mm_plan *p = plan_for(b, O, X, W, all_f32 ? SL_DTYPE_F32 : SL_DTYPE_BF16);
+    cu_mm_plan *p = plan_for(b, O, X, W, all_f32 ? SL_DTYPE_F32 : SL_DTYPE_BF16, 0);
     int gemv_ok = !tw && cu_gemv_ok(&X, &W, &O); // only bf16 weights as they are
     tune_once(b, p, O, X, W, gemv_ok);
     int gemv = b->mm_force == SL_CUDA_MM_AUTO ? p->gemv : b->mm_force == SL_CUDA_MM_GEMV;
@@ -315,18 +324,18 @@ void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tens
     cu_tmp_free(b, tw);
 }
 
-cu_mm_plan *cu_matmul_fp8_plan(cu_backend *b, cu_mat O, cu_mat X, cu_mat W)
+cu_mm_plan *cu_matmul_fp8_plan(cu_backend *b, cu_mat O, cu_mat X, cu_mat W, int w_blk)
 {
-    cu_mm_plan *p = plan_for(b, O, X, W, SL_DTYPE_F8E4M3);
+    cu_mm_plan *p = plan_for(b, O, X, W, SL_DTYPE_F8E4M3, w_blk);
     return p->n_cand < 0 ? NULL : p;
 }
 
 int cu_matmul_fp8_run(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, const float *sx_t, cu_mat W,
-                      const float *sw_t)
+                      const float *sw)
 {
     // the scale tensors are per call (scratch): set on the cached descriptor,
     // which cublasLtMatmul reads when it enqueues
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw_t, sizeof sw_t));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw, sizeof sw));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx_t, sizeof sx_t));
     tune_once(b, p, O, X, W, 0);
     if (p->n_cand < 0) return -1;

@@ -12,14 +12,15 @@ void cu_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tens
 // with X the e4m3 codes [M, K] (ld: X.ld bytes) and W the e4m3 weights [N, K].
 // cu_matmul_fp8_plan returns the cached plan for these operands, or NULL when
 // cuBLASLt has no algorithm for them (the caller runs its own kernel).
-// cu_matmul_fp8_run runs it with the scales group-major: sx_t[g·M + m] and
-// sw_t[g·N + n] (g = K / 128 group; cuBLASLt's outer-dim-major layout); it
-// returns -1, having run nothing, when its first run (the timing of the
-// candidates) found that none of them runs: the plan is unsupported from then on.
+// cu_matmul_fp8_run runs it with x's scales group-major, sx_t[g·M + m]
+// (g = K / 128 group; cuBLASLt's outer-dim-major layout), and the weight's
+// either per 128×128 block as checkpoints store them, sw[(n/128)·G + g]
+// (w_blk), or per row group-major, sw[g·N + n]; it returns -1, having run
+// nothing, when no algorithm runs: the plan is unsupported from then on.
 typedef struct cu_mm_plan cu_mm_plan;
-cu_mm_plan *cu_matmul_fp8_plan(cu_backend *b, cu_mat O, cu_mat X, cu_mat W);
+cu_mm_plan *cu_matmul_fp8_plan(cu_backend *b, cu_mat O, cu_mat X, cu_mat W, int w_blk);
 int cu_matmul_fp8_run(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, const float *sx_t, cu_mat W,
-                      const float *sw_t);
+                      const float *sw);
 // Releases the cached cuBLASLt plans.
 void cu_matmul_free(cu_backend *b);
 

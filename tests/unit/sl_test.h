@@ -7,7 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#ifdef SL_TEST_SHARED
+/* a test of several files (tests/gpu/ops): one count for all, defined in one of them */
+extern int sl_test_failed, sl_test_checked;
+#else
 static int sl_test_failed, sl_test_checked;
+#endif
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \

@@ -30,6 +30,8 @@
 
 #include "harness.h"
 
+int sl_test_failed, sl_test_checked; /* SL_TEST_SHARED: every family file counts here */
+
 /* The families in the order they run (and their --perf groups). */
 static const tb_family *const families[] = {
     &tb_family_matmul, &tb_family_attention, &tb_family_norm, &tb_family_moe,

@@ -19,6 +19,7 @@
 #include "backend.h"
 #include "cuda/cuda_backend.h"
 #include "sl_rng.h"
+#define SL_TEST_SHARED /* the families' CHECKs count with the harness's */
 #include "sl_test.h"
 
 typedef struct tb {

@@ -1,6 +1,6 @@
-/* tests/gpu/ops/ops_fp8.c: matmul_fp8 (activation quantization, the tensor-core FP8 GEMV for
- * M <= 64, cuBLASLt's block-scaled FP8 GEMM or the own tensor-core GEMM for larger M with
- * K % 16 == 0, the CUDA-core GEMM otherwise; each case under AUTO and both kernels forced)
+/* tests/gpu/ops/ops_fp8.c: matmul_fp8 (activation quantization, the tensor-core FP8 GEMV,
+ * cuBLASLt's block-scaled FP8 GEMM (128x128 weight blocks as stored, or per-row scales),
+ * the own tensor-core GEMM, the CUDA-core GEMM; each case under AUTO and both kernels forced)
  * and moe_experts_fp8 (per-pair GEMVs, and the grouped GEMMs forced with
  * sl_cuda_moe_fp8_path) against the CPU oracle kernels/cpu/fp8.c. */
 #include <string.h>
@@ -12,6 +12,11 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL_FP8, BF, {1, 128, 128, 0, 0}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {1, 320, 192, 0, 1}, 1e-2},   /* partial blocks both ways */
     {SL_OP_MATMUL_FP8, BF, {3, 320, 192, 0, 0}, 1e-2},
+    {SL_OP_MATMUL_FP8, BF, {2, 384, 2048, 0, 1}, 1e-2},   /* forced cuBLASLt: its fewest rows */
+    {SL_OP_MATMUL_FP8, BF, {8, 384, 2048, 0, 1}, 1e-2},   /* AUTO: the last GEMV size */
+    {SL_OP_MATMUL_FP8, BF, {8, 384, 256, 0, 1}, 1e-2},    /* K < 2048: never cuBLASLt */
+    {SL_OP_MATMUL_FP8, BF, {9, 640, 2048, 0, 1}, 1e-2},   /* AUTO: the first cuBLASLt size */
+    {SL_OP_MATMUL_FP8, BF, {77, 1000, 2048, 0, 1}, 1e-2}, /* cuBLASLt, a partial 128-row block */
     {SL_OP_MATMUL_FP8, F32, {7, 257, 385, 1, 1}, 1e-2},  /* odd everything; K % 16 != 0: scalar path */
     {SL_OP_MATMUL_FP8, BF, {16, 4096, 4096, 0, 1}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {17, 320, 192, 0, 0}, 1e-2},  /* GEMV, 4 token tiles */
@@ -199,19 +204,17 @@ static void fp8_run(tb *t, const tb_case *c)
     tb_pair_out(t, &y, c->dt, 2, (tb_ne2(ne, M, N), ne));
     fp8_weight(t, N, K, p[4], wc, wg);
     sl_be_matmul_fp8(t->cpu, &y.c, &x.c, &wc[0], &wc[1]);
-    /* which kernel each mode must run: AUTO takes cuBLASLt for GEMM sizes (M > 64) with
-     * K % 128 == 0 (with SL_CUDA_FP8_LT=1, until it is the default), forced cuBLASLt takes it
-     * at every M, forced GEMV the own kernels */
-    const char *lt_env = getenv("SL_CUDA_FP8_LT");
-    int auto_lt = lt_env && !strcmp(lt_env, "1");
+    /* which kernel each mode must run: with K % 128 == 0 and K >= 2048 AUTO takes cuBLASLt
+     * from M > 8 and forced cuBLASLt from M = 2 (cuBLASLt has nothing for one row); forced
+     * GEMV the own kernels */
     static const struct { sl_cuda_mm mode; const char *name; } modes[] = {
         {SL_CUDA_MM_AUTO, "auto"}, {SL_CUDA_MM_CUBLASLT, "cublaslt"}, {SL_CUDA_MM_GEMV, "own"}};
     /* the own kernels: GEMV to 16 tokens (to 64 with K % 16 != 0), tensor-core tiles above */
     const char *own = M <= 16 || (M <= 64 && K % 16) ? "fp8_gemv_tc" : K % 16 == 0 ? "fp8_gemm_tc" : "fp8_gemm";
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
         char what[32];
-        int lt = K % 128 == 0 &&
-                 (modes[i].mode == SL_CUDA_MM_CUBLASLT || (modes[i].mode == SL_CUDA_MM_AUTO && M > 64 && auto_lt));
+        int lt = K % 128 == 0 && K >= 2048 &&
+                 ((modes[i].mode == SL_CUDA_MM_CUBLASLT && M > 1) || (modes[i].mode == SL_CUDA_MM_AUTO && M > 8));
         const char *want = lt ? "fp8_cublaslt" : own;
         snprintf(what, sizeof what, "out %s", modes[i].name);
         sl_cuda_matmul_force(t->gpu, modes[i].mode);
@@ -243,13 +246,13 @@ static void pf_fp8(tb *t, void *ctx, int set)
 static void perf_fp8(tb *t, const char *name, int M, int N, int K, sl_cuda_mm mode)
 {
     pm_fp8 c;
-    int64_t ne[2], G = (K + 127) / 128;
-    int64_t wb = (int64_t)N * K + 4 * (int64_t)N * G, set_bytes = 2 * ((int64_t)M * K + (int64_t)M * N);
+    int64_t ne[2], G = (K + 127) / 128, NB = (N + 127) / 128;
+    int64_t wb = (int64_t)N * K + 4 * NB * G, set_bytes = 2 * ((int64_t)M * K + (int64_t)M * N);
     int ns = (int)(TB_L2_ROTATE / (wb + set_bytes) + 1);
     if (ns > 64) ns = 64;
     for (int i = 0; i < ns; i++) {
         c.w[i] = tb_gpu_rand(t, SL_DTYPE_F8E4M3, 2, (tb_ne2(ne, N, K), ne), 448.0f);
-        c.s[i] = tb_gpu_rand(t, F32, 2, (tb_ne2(ne, N, G), ne), 1e-4f);
+        c.s[i] = tb_gpu_rand(t, F32, 2, (tb_ne2(ne, NB, G), ne), 1e-4f); /* 128x128 blocks */
         c.x[i] = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, M, K), ne), 1.0f);
         c.y[i] = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, M, N), ne), 1.0f);
     }
@@ -314,12 +317,13 @@ static void fp8_perf(tb *t, const char *filter)
     if (tb_perf_on(filter, SL_OP_MOE_EXPERTS_FP8)) {
         /* decode batches (16, 64) and prefill (128, 4096 tokens), both paths: where
          * AUTO's switch to the grouped GEMMs belongs */
-        int Ts[] = {1, 4, 16, 64, 128, 1024, 4096};
+        int Ts[] = {1, 4, 8, 16, 64, 128, 256, 512, 1024, 4096};
         static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
                                                 SL_CUDA_MOE_FP8_GROUPED};
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++)
             for (size_t p = 0; p < 3; p++) {
                 if (Ts[i] == 4096 && paths[p] == SL_CUDA_MOE_FP8_EXPERT_GEMV) continue; /* 256 tiles an expert */
+                if (Ts[i] >= 1024 && paths[p] == SL_CUDA_MOE_FP8_GEMV) continue;       /* a pass per pair */
                 perf_moe_fp8(t, "30B-A3B", Ts[i], 2048, 768, 128, 8, paths[p]);
                 /* Coder-Next with its shared expert fused: 513 experts, 11 a token (routing
                  * random here: the shared expert is not one every token picks) */
@@ -334,13 +338,12 @@ static void fp8_perf(tb *t, const char *filter)
         {"8B up", 12288, 4096},
         {"8B down", 4096, 12288},
     };
-    int Ms[] = {1, 4, 16, 64, 4096};
+    int Ms[] = {1, 4, 8, 16, 32, 64, 512, 4096};
     if (!tb_perf_on(filter, SL_OP_MATMUL_FP8)) return;
-    /* AUTO everywhere; at 64 and 4096 tokens also each kernel forced (cuBLASLt against the own) */
+    /* AUTO, then each kernel forced (cuBLASLt against the own: where AUTO's switch belongs) */
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
         for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++) {
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_AUTO);
-            if (Ms[j] < 64) continue;
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_CUBLASLT);
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_GEMV);
         }
