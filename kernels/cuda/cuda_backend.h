@@ -67,8 +67,8 @@ const char *sl_cuda_matmul_last(sl_backend *be);
 
 /* Which kernels sl_be_moe_experts_fp8 runs. GEMV: per (token, expert) pair
  * GEMVs at every size (SL_CUDA_MOE_FP8_GROUPED=0 in the environment when
- * the backend is created). AUTO (the default): per-pair GEMVs below 16
- * tokens; from 16, EXPERT_GEMV (pairs sorted by expert, each active expert's
+ * the backend is created). AUTO (the default): per-pair GEMVs below 32
+ * tokens; from 32, EXPERT_GEMV (pairs sorted by expert, each active expert's
  * weights streamed once for up to 16 of its tokens by the GEMV kernel); from
  * 12 pairs an expert (prefill), grouped GEMMs (pairs sorted by expert, one
  * tensor-core FP8 GEMM per expert tile). GROUPED and

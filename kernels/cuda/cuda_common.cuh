@@ -221,6 +221,14 @@ static inline cu_mat cu_mat_of(const sl_tensor *t)
     return m;
 }
 
+// Rows r0 .. r0+n-1 of m.
+static inline cu_mat cu_mat_rows(cu_mat m, int64_t r0, int64_t n)
+{
+    m.p = (char *)m.p + r0 * m.ld * (int64_t)sl_dtype_size((sl_dtype)m.dt);
+    m.rows = n;
+    return m;
+}
+
 // float8 e4m3fn, as the host sl_f32_to_e4m3 / sl_e4m3_to_f32 (backend.h):
 // round to nearest even, saturating at ±448 (SATFINITE: inf -> ±448), NaN
 // stays NaN; the decode is exact.

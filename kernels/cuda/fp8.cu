@@ -11,11 +11,9 @@
 //    tokens as B, so each weight byte is read once for all tokens. The 8 warps
 //    of a block split the 128-groups of K; per group a warp sums the group in
 //    a fresh mma accumulator and adds it ·s_x·s_w into fp32; the warps' sums are
-//    added in warp order through shared memory (deterministic).
-//    Decode sizes (M <= 8, and each MoE pair's gate_up and down) skip
-//    k_fp8_quant: each block quantizes its x rows
-//    (silu(gate)·up for the down) itself into shared memory, the same codes
-//    (fp8_fused_quant; one launch less per projection, ~3-5 µs each).
+//    added in warp order through shared memory (deterministic). (Blocks
+//    quantizing their own x rows instead of k_fp8_quant measured slower on
+//    an H200, 2-14 µs a decode projection: NOTES.md v20.)
 //    K permutation: a lane (groupID g, thread-in-group t) loads 16 contiguous
 //    bytes at k0 + t·16 of its A rows (g, g+8) and of its B token g; bytes 0-7
 //    feed one mma, 8-15 the next. The mma's logical k order is a permutation of
@@ -131,13 +129,6 @@ typedef struct fp8_args {
     int64_t ids_ld, ew, ews;
     int topk, x_div;
     int x_perm; // k_fp8_moe_gemm_tc: x rows through the plan's perm (see there)
-    // k_fp8_gemv_tc with xsrc.p set: the block quantizes its x rows (rows 0..M-1,
-    // or the pair's row) itself into dynamic shared memory (codes [rows][ldx],
-    // then scales [rows][G]) instead of reading xq / sx: one kernel less per
-    // decode projection (fp8_fused_quant); silu: the rows are [gate | up] of
-    // width 2K and x = silu(gate)·up (k_fp8_quant's silu input, MoE down)
-    cu_mat xsrc;
-    int xsilu;
     // k_fp8_gemv_tc over a routing plan (moe.cuh; blockIdx.x = tile of one
     // expert's pairs, blockIdx.y = 16 weight rows): the tile's tokens are the
     // B columns, x rows through the plan's perm as k_fp8_moe_gemm_tc, out rows
@@ -181,26 +172,11 @@ __device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int v
 // models' hidden sizes and attention/GDN widths are 2048 and up)
 #define FP8_LT_MIN_K 2048
 
-// x rows x0 .. x0+rows-1 quantized as k_fp8_quant does (the same codes)
-// into codes qs [rows][ldx] and scales ss [rows][G], one warp per (row,
-// 128-group).
-__device__ __forceinline__ void fp8_quant_rows(const fp8_args &a, int64_t x0, int rows, uint8_t *qs, float *ss)
-{
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int job = warp; job < rows * a.G; job += blockDim.x >> 5) {
-        int m = job / a.G, g = job - m * a.G;
-        float s = fp8_quant_group(a.xsrc, a.xsilu, x0 + m, g, a.K, qs + (int64_t)m * a.ldx + g * FP8_G);
-        if (lane == 0) ss[m * a.G + g] = s;
-    }
-    __syncthreads();
-}
-
 template <int NT>
 __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_moe_plan pl)
 {
     __shared__ float red[16][NT * 8 + 1];
     __shared__ int xr[NT * 8]; // a.plan: the x row of each of the tile's tokens
-    extern __shared__ __align__(16) uint8_t gv_quant[]; // a.xsrc: this block's x codes, then scales
     cu_pdl_wait();
     cu_pdl_trigger();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
@@ -229,16 +205,8 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
         orow0 = p;
         M = 1;
     }
-    if (a.xsrc.p) { // block-uniform
-        uint8_t *qs = gv_quant;
-        float *ss = (float *)(gv_quant + (int64_t)M * a.ldx);
-        fp8_quant_rows(a, xrow0, M, qs, ss);
-        xq = qs;
-        sx = ss;
-    } else {
-        xq += xrow0 * a.ldx;
-        sx += xrow0 * a.G;
-    }
+    xq += xrow0 * a.ldx;
+    sx += xrow0 * a.G;
     // row of xq / sx holding token (B column) m
     auto xrow = [&](int m) -> int64_t { return a.plan ? xr[m] : m; };
     int ra = n0 + gq, rb = n0 + gq + 8; // this lane's weight rows
@@ -568,40 +536,22 @@ __global__ void __launch_bounds__(256) k_fp8_gemm(fp8_args a)
 
 // ---- host ----------------------------------------------------------------------
 
-// Shared memory a k_fp8_gemv_tc block quantizing its own x rows takes; the
-// fusion is used up to FP8_FUSED_QUANT_MAX bytes (M = 1 up to K = 16k, M = 8 to
-// K = 1.9k), where it costs no occupancy (the 8-warp blocks stop at 8 an SM).
-#define FP8_FUSED_QUANT_MAX (16 << 10)
-static size_t fp8_fused_quant_bytes(const fp8_args &a)
-{
-    int rows = a.ids ? 1 : a.M;
-    return (size_t)rows * (size_t)a.ldx + sizeof(float) * (size_t)rows * a.G;
-}
-
-// Whether the GEMV over a quantizes x itself (x given): decode sizes whose
-// codes fit FP8_FUSED_QUANT_MAX.
-static bool fp8_fused_quant(const fp8_args &a)
-{
-    return (a.ids || a.M <= 8) && fp8_fused_quant_bytes(a) <= FP8_FUSED_QUANT_MAX;
-}
-
 static void fp8_gemv_launch(cu_backend *b, const fp8_args &a, unsigned pairs)
 {
     dim3 grid((unsigned)cu_blocks(a.N, 16), 1);
     if (a.ids) grid = dim3(pairs, (unsigned)cu_blocks(a.N, 16));
     dim3 blk(32 * GV8_WARPS);
     int M = a.ids ? 1 : a.M;
-    size_t smem = a.xsrc.p ? fp8_fused_quant_bytes(a) : 0;
     cu_moe_plan none;
     memset(&none, 0, sizeof none);
     if (M <= 8)
-        cu_launch(b, k_fp8_gemv_tc<1>, grid, blk, smem, a, none);
+        cu_launch(b, k_fp8_gemv_tc<1>, grid, blk, 0, a, none);
     else if (M <= 16)
-        cu_launch(b, k_fp8_gemv_tc<2>, grid, blk, smem, a, none);
+        cu_launch(b, k_fp8_gemv_tc<2>, grid, blk, 0, a, none);
     else if (M <= 32)
-        cu_launch(b, k_fp8_gemv_tc<4>, grid, blk, smem, a, none);
+        cu_launch(b, k_fp8_gemv_tc<4>, grid, blk, 0, a, none);
     else
-        cu_launch(b, k_fp8_gemv_tc<8>, grid, blk, smem, a, none);
+        cu_launch(b, k_fp8_gemv_tc<8>, grid, blk, 0, a, none);
 }
 
 // Tokens a k_fp8_gemv_tc block takes per pass over an expert's rows in plan
@@ -648,26 +598,29 @@ static fp8_args fp8_args_of(const uint8_t *w, int64_t ldw, const float *ws, int6
 }
 
 // The GEMM through cuBLASLt (matmul.cu) where it is chosen and supported:
-// AUTO from FP8_LT_MIN_M + 1 tokens (below, the GEMV quantizing x itself),
-// any size when forced (SL_CUDA_MM_CUBLASLT); SL_CUDA_MM_GEMV keeps the own
-// kernels. x is quantized into a.xq with group-major scales in a.sx; the
-// checkpoint's block scales go to cuBLASLt as they are, per-row scales are
-// made group-major in scratch. Returns 1 when it ran, 0 when the own kernels
-// must.
+// AUTO from FP8_LT_MIN_M + 1 tokens (below, the own GEMV), any size when
+// forced (SL_CUDA_MM_CUBLASLT); SL_CUDA_MM_GEMV keeps the own kernels. x is
+// quantized into a.xq with group-major scales in a.sx; the checkpoint's block
+// scales go to cuBLASLt as they are, per-row scales are made group-major in
+// scratch. cuBLASLt takes the rows up to a multiple of 4 (a group's x scales,
+// M floats, must start 16-byte aligned: it refused every M % 4 != 0), the
+// own GEMV the 1-3 left (token-major scales after the group-major ones).
+// Returns 1 when it ran, 0 when the own kernels must.
 static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
 {
-    int force = b->mm_force;
+    int force = b->mm_force, M4 = a.M & ~3, rest = a.M - M4;
     // whole 128-groups only (every checkpoint's K is; cuBLASLt's block scales
     // assume them), and K >= FP8_LT_MIN_K
-    if (force == SL_CUDA_MM_GEMV || !a.vec || a.K % FP8_G || a.K < FP8_LT_MIN_K ||
+    if (force == SL_CUDA_MM_GEMV || !a.vec || a.K % FP8_G || a.K < FP8_LT_MIN_K || M4 == 0 ||
         (force == SL_CUDA_MM_AUTO && a.M <= FP8_LT_MIN_M))
         return 0;
     int blk = a.srow_shift == 7 && a.ldws == a.G; // [ceil(N/128), G], rows contiguous
-    cu_mat X = {(void *)a.xq, SL_DTYPE_F8E4M3, a.M, a.K, a.ldx}, W = {(void *)a.w, SL_DTYPE_F8E4M3, a.N, a.K, a.ldw};
-    cu_mm_plan *p = cu_matmul_fp8_plan(b, a.out, X, W, blk);
+    cu_mat X = {(void *)a.xq, SL_DTYPE_F8E4M3, M4, a.K, a.ldx}, W = {(void *)a.w, SL_DTYPE_F8E4M3, a.N, a.K, a.ldw};
+    cu_mat O = cu_mat_rows(a.out, 0, M4), xm = cu_mat_of(x);
+    cu_mm_plan *p = cu_matmul_fp8_plan(b, O, X, W, blk);
     if (!p) return 0;
     float *sx = (float *)a.sx;
-    fp8_quant_launch(b, cu_mat_of(x), 0, a.K, a.M, (uint8_t *)a.xq, sx, a.G, 1, a.M);
+    fp8_quant_launch(b, cu_mat_rows(xm, 0, M4), 0, a.K, M4, (uint8_t *)a.xq, sx, a.G, 1, M4);
     float *st = NULL;
     if (!blk) {
         int64_t n = (int64_t)a.N * a.G;
@@ -675,8 +628,18 @@ static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
         cu_launch(b, k_fp8_scales_t, dim3((unsigned)cu_blocks(n, 256)), dim3(256), 0, a.ws, a.ldws, a.srow_shift,
                   a.N, a.G, st);
     }
-    int ran = cu_matmul_fp8_run(b, p, a.out, X, sx, W, blk ? a.ws : st) == 0;
+    int ran = cu_matmul_fp8_run(b, p, O, X, sx, W, blk ? a.ws : st) == 0;
     cu_tmp_free(b, st);
+    if (ran && rest) {
+        fp8_args t = a;
+        t.M = rest;
+        t.xq = a.xq + (int64_t)M4 * a.ldx;
+        t.sx = sx + (int64_t)M4 * a.G;
+        t.out = cu_mat_rows(a.out, M4, rest);
+        fp8_quant_launch(b, cu_mat_rows(xm, M4, rest), 0, a.K, rest, (uint8_t *)t.xq, (float *)t.sx, a.G, a.G, 1);
+        fp8_gemv_launch(b, t, 1);
+    }
+    if (ran) b->mm_last = "fp8_cublaslt";
     return ran;
 }
 
@@ -690,14 +653,6 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
     fp8_args a = fp8_args_of((const uint8_t *)w->data, sl_tensor_ld(w), (const float *)w_scale->data,
                              sl_tensor_ld(w_scale), N, K, sl_tensor_rows(w_scale) == N ? 0 : 7, NULL, NULL, M,
                              cu_mat_of(out));
-    // decode sizes: the GEMV quantizes x itself, no codes in scratch (cuBLASLt
-    // forced still runs cuBLASLt)
-    if (b->mm_force != SL_CUDA_MM_CUBLASLT && fp8_fused_quant(a)) {
-        a.xsrc = cu_mat_of(x);
-        fp8_gemv_launch(b, a, 1);
-        b->mm_last = "fp8_gemv_tc";
-        return;
-    }
     uint8_t *xq = (uint8_t *)cu_tmp_alloc(b, (size_t)M * G * FP8_G);
     float *sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)M * G);
     a.xq = xq;
@@ -742,13 +697,14 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
 
 // AUTO (sl_cuda_moe_fp8), measured on an H200 (NOTES.md v17, v20) at
 // 30B-A3B and Coder-Next shapes: per-pair GEMVs below MOE_FP8_EXPERT_GEMV_MIN_T
-// tokens (at 4 tokens Coder-Next's took 0.115 ms, one pass per expert 0.206);
+// tokens (at 16 tokens 0.24 / 0.26 ms, one pass per expert 0.25 / 0.40);
 // from there one GEMV pass per active expert over its tokens (the plan; at 64
-// tokens 0.36 / 0.84 ms against the pairs' 1.43 / 1.54 and the grouped GEMMs'
+// tokens 0.36 / 0.84 ms against the pairs' ~1.0 and the grouped GEMMs'
 // 0.58 / 1.19); the grouped GEMMs once the experts average
 // MOE_FP8_GROUPED_PAIRS_PER_EXPERT pairs (the GEMV pass re-streams an expert
-// for every 16 of its tokens; at 1024 tokens grouped 1.0 / 1.8 ms against 1.8 / 2.4).
-#define MOE_FP8_EXPERT_GEMV_MIN_T 16
+// for every 16 of its tokens; at 512 tokens 30B's grouped 0.65 ms against
+// 0.98, Coder-Next's (11 pairs an expert) 1.62 against 1.41).
+#define MOE_FP8_EXPERT_GEMV_MIN_T 32
 #define MOE_FP8_GROUPED_PAIRS_PER_EXPERT 12
 
 template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, const fp8_args &a, const cu_moe_plan &p)
@@ -812,9 +768,9 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     if (T == 0) return;
     float *h = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * 2 * I);
     float *y = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * H);
-    // the codes of x and of silu·up: in scratch unless the GEMVs quantize them (below)
-    uint8_t *xq = NULL, *hq = NULL;
-    float *sx = NULL, *sh = NULL;
+    // the codes of x and of silu·up, and their scales
+    uint8_t *xq = (uint8_t *)cu_tmp_alloc(b, (size_t)T * GH * FP8_G), *hq = (uint8_t *)cu_tmp_alloc(b, (size_t)P * GI * FP8_G);
+    float *sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)T * GH), *sh = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * GI);
 
     cu_mat hm = {h, SL_DTYPE_F32, P, 2 * I, 2 * I};
     fp8_args a = fp8_args_of((const uint8_t *)gate_up->data, gate_up->st[1], (const float *)gate_up_scale->data,
@@ -844,27 +800,12 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
                   a.vec && d.vec;
     int expert_gemv = !grouped && (path == SL_CUDA_MOE_FP8_EXPERT_GEMV ||
                                    (path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_EXPERT_GEMV_MIN_T));
-    int planned = grouped || expert_gemv;
-    if (planned || !fp8_fused_quant(a)) {
-        a.xq = xq = (uint8_t *)cu_tmp_alloc(b, (size_t)T * GH * FP8_G);
-        a.sx = sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)T * GH);
-        fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
-    }
-    if (planned || !fp8_fused_quant(d)) {
-        d.xq = hq = (uint8_t *)cu_tmp_alloc(b, (size_t)P * GI * FP8_G);
-        d.sx = sh = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * GI);
-    }
-    if (planned) {
+    fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
+    if (grouped || expert_gemv) {
         moe_fp8_grouped(b, a, d, h, T, k, E, cu_mat_of(out), weights, y, expert_gemv);
     } else {
-        if (!xq) a.xsrc = cu_mat_of(x); // each pair's blocks quantize its token
         fp8_gemv_launch(b, a, (unsigned)P);
-        if (!hq) { // ... and silu(gate)·up of their pair
-            d.xsrc = hm;
-            d.xsilu = 1;
-        } else {
-            fp8_quant_launch(b, hm, 1, I, P, hq, sh, GI, GI, 1);
-        }
+        fp8_quant_launch(b, hm, 1, I, P, hq, sh, GI, GI, 1);
         fp8_gemv_launch(b, d, (unsigned)P);
         cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0,
                   cu_mat_of(out), (const float *)y, (const float *)weights->data, sl_tensor_ld(weights), k, H);

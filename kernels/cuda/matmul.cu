@@ -342,6 +342,5 @@ int cu_matmul_fp8_run(cu_backend *b, cu_mm_plan *p, cu_mat O, cu_mat X, const fl
     cublasStatus_t st = lt_run_m(b, p, O, X, W);
     if (p->n_cand < 0) return -1; // the heuristic has nothing for this M after all: nothing ran
     CUBLAS_CHECK(st);
-    b->mm_last = "fp8_cublaslt";
     return 0;
 }

@@ -12,7 +12,8 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL_FP8, BF, {1, 128, 128, 0, 0}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {1, 320, 192, 0, 1}, 1e-2},   /* partial blocks both ways */
     {SL_OP_MATMUL_FP8, BF, {3, 320, 192, 0, 0}, 1e-2},
-    {SL_OP_MATMUL_FP8, BF, {2, 384, 2048, 0, 1}, 1e-2},   /* forced cuBLASLt: its fewest rows */
+    {SL_OP_MATMUL_FP8, BF, {2, 384, 2048, 0, 1}, 1e-2},   /* forced cuBLASLt: too few rows */
+    {SL_OP_MATMUL_FP8, BF, {6, 384, 2048, 0, 1}, 1e-2},   /* forced: 4 rows cuBLASLt, 2 GEMV */
     {SL_OP_MATMUL_FP8, BF, {8, 384, 2048, 0, 1}, 1e-2},   /* AUTO: the last GEMV size */
     {SL_OP_MATMUL_FP8, BF, {8, 384, 256, 0, 1}, 1e-2},    /* K < 2048: never cuBLASLt */
     {SL_OP_MATMUL_FP8, BF, {9, 640, 2048, 0, 1}, 1e-2},   /* AUTO: the first cuBLASLt size */
@@ -205,8 +206,8 @@ static void fp8_run(tb *t, const tb_case *c)
     fp8_weight(t, N, K, p[4], wc, wg);
     sl_be_matmul_fp8(t->cpu, &y.c, &x.c, &wc[0], &wc[1]);
     /* which kernel each mode must run: with K % 128 == 0 and K >= 2048 AUTO takes cuBLASLt
-     * from M > 8 and forced cuBLASLt from M = 2 (cuBLASLt has nothing for one row); forced
-     * GEMV the own kernels */
+     * from M > 8 and forced cuBLASLt from M = 4 (it takes rows in fours, the own GEMV the
+     * 1-3 left: M = 9, 77); forced GEMV the own kernels */
     static const struct { sl_cuda_mm mode; const char *name; } modes[] = {
         {SL_CUDA_MM_AUTO, "auto"}, {SL_CUDA_MM_CUBLASLT, "cublaslt"}, {SL_CUDA_MM_GEMV, "own"}};
     /* the own kernels: GEMV to 16 tokens (to 64 with K % 16 != 0), tensor-core tiles above */
@@ -214,7 +215,7 @@ static void fp8_run(tb *t, const tb_case *c)
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
         char what[32];
         int lt = K % 128 == 0 && K >= 2048 &&
-                 ((modes[i].mode == SL_CUDA_MM_CUBLASLT && M > 1) || (modes[i].mode == SL_CUDA_MM_AUTO && M > 8));
+                 ((modes[i].mode == SL_CUDA_MM_CUBLASLT && M >= 4) || (modes[i].mode == SL_CUDA_MM_AUTO && M > 8));
         const char *want = lt ? "fp8_cublaslt" : own;
         snprintf(what, sizeof what, "out %s", modes[i].name);
         sl_cuda_matmul_force(t->gpu, modes[i].mode);
