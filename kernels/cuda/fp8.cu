@@ -175,7 +175,7 @@ __device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int v
 template <int NT>
 __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_moe_plan pl)
 {
-    __shared__ float red[16][NT * 8 + 1];
+    __shared__ float red[GV8_WARPS][16][NT * 8 + 1]; // each warp's partial sums
     __shared__ int xr[NT * 8]; // a.plan: the x row of each of the tile's tokens
     cu_pdl_wait();
     cu_pdl_trigger();
@@ -251,30 +251,25 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
             }
         }
     }
-    // sum of the warps' partials, in warp order
-    for (int wv = 0; wv < GV8_WARPS; wv++) {
-        if (warp == wv) {
+    // the warps' partials, each to its own slice (one barrier, not one per
+    // warp: a block's share of the work is small), then summed in warp order
 #pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                int c = nt * 8 + 2 * tq;
-                if (wv == 0) {
-                    red[gq][c] = acc[nt][0];
-                    red[gq][c + 1] = acc[nt][1];
-                    red[gq + 8][c] = acc[nt][2];
-                    red[gq + 8][c + 1] = acc[nt][3];
-                } else {
-                    red[gq][c] += acc[nt][0];
-                    red[gq][c + 1] += acc[nt][1];
-                    red[gq + 8][c] += acc[nt][2];
-                    red[gq + 8][c + 1] += acc[nt][3];
-                }
-            }
-        }
-        __syncthreads();
+    for (int nt = 0; nt < NT; nt++) {
+        int c = nt * 8 + 2 * tq;
+        red[warp][gq][c] = acc[nt][0];
+        red[warp][gq][c + 1] = acc[nt][1];
+        red[warp][gq + 8][c] = acc[nt][2];
+        red[warp][gq + 8][c + 1] = acc[nt][3];
     }
+    __syncthreads();
     for (int i = threadIdx.x; i < 16 * NT * 8; i += 32 * GV8_WARPS) {
         int m = i >> 4, r = i & 15, n = n0 + r;
-        if (m < M && n < a.N) cu_mat_st(a.out, orow0 + m, n, red[r][m]);
+        if (m < M && n < a.N) {
+            float v = red[0][r][m];
+#pragma unroll
+            for (int wv = 1; wv < GV8_WARPS; wv++) v += red[wv][r][m];
+            cu_mat_st(a.out, orow0 + m, n, v);
+        }
     }
 }
 
