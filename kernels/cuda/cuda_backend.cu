@@ -42,6 +42,7 @@ static void cu_free_backend(sl_backend *be)
     cu_backend *b = cu_be(be);
     cudaSetDevice(b->device);
     cudaStreamSynchronize(b->stream);
+    cu_prof_free(b); // reports first: the table is what a profiled run is for
     cu_matmul_free(b);
     cu_sample_free(b);
     for (int i = 0; i < 2; i++) {
@@ -618,6 +619,7 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->gdn_split = env_switch("SL_CUDA_GDN_SPLIT", 1);
     b->poison = env_switch("SL_CUDA_POISON", 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
+    if (env_switch("SL_CUDA_PROFILE", 0)) cu_prof_init(b);
     // Keep freed scratch in the pool instead of returning it at every sync.
     cudaMemPool_t pool;
     CU_TRY(e, cudaDeviceGetDefaultMemPool(&pool, device));

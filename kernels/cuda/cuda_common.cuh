@@ -93,6 +93,7 @@ typedef struct cu_backend {
     int fp8_smem_set;                 // fp8.cu: bit per tensor-core kernel whose smem limit is raised
     int moe_fp8_path;                 // sl_cuda_moe_fp8 (cuda_backend.h)
     struct cu_sample_stage *sample;   // sample.cu
+    struct cu_prof *prof;             // prof.cu: kernel timing (SL_CUDA_PROFILE=1), else NULL
     // prepare: two alternating host (pinned) / device buffers, so a forward
     // can be prepared while the previous one's copy may still be in flight.
     cu_meta_buf mb[2];
@@ -167,6 +168,17 @@ __device__ __forceinline__ void cu_pdl_trigger(void)
 // Launches k<<<grid, block, smem, b->stream>>>(args...) as above; cluster_y
 // > 1 groups blocks (1, cluster_y, 1) into thread-block clusters. Aborts on a
 // launch error (CU_CHECK).
+// Kernel timing without a profiler (the GPU machines have no Nsight): with
+// SL_CUDA_PROFILE=1 every cu_launch and cuBLASLt call is bracketed by events
+// and its time summed per kernel; the table goes to the log when the backend
+// is freed. The events serialize what PDL would overlap, and work under graph
+// capture is not timed (serve with --disable-cuda-graph), so the sum exceeds
+// a real step: it says where the time goes, not how long a step takes.
+void cu_prof_init(cu_backend *b);
+void cu_prof_begin(cu_backend *b);
+void cu_prof_end(cu_backend *b, const void *fn, const char *name);
+void cu_prof_free(cu_backend *b);
+
 template <class... P, class... A>
 static inline void cu_launch_cl(cu_backend *b, unsigned cluster_y, void (*k)(P...), dim3 grid,
                                 dim3 block, size_t smem, A... args)
@@ -193,7 +205,9 @@ static inline void cu_launch_cl(cu_backend *b, unsigned cluster_y, void (*k)(P..
     lc.stream = b->stream;
     lc.attrs = at;
     lc.numAttrs = n;
+    if (b->prof) cu_prof_begin(b);
     CU_CHECK(cudaLaunchKernelEx(&lc, k, args...));
+    if (b->prof) cu_prof_end(b, (const void *)k, NULL);
 }
 
 template <class... P, class... A>

@@ -178,8 +178,11 @@ static cublasStatus_t lt_run(cu_backend *b, cu_mm_plan *p, const cublasLtMatmulA
                              cu_mat O, cu_mat X, cu_mat W)
 {
     float one = 1.0f, zero = 0.0f;
-    return cublasLtMatmul(b->lt, p->desc, &one, W.p, p->a, X.p, p->b, &zero, O.p, p->c, O.p, p->c,
-                          algo, b->lt_ws, b->lt_ws_bytes, b->stream);
+    if (b->prof) cu_prof_begin(b);
+    cublasStatus_t st = cublasLtMatmul(b->lt, p->desc, &one, W.p, p->a, X.p, p->b, &zero, O.p, p->c, O.p,
+                                       p->c, algo, b->lt_ws, b->lt_ws_bytes, b->stream);
+    if (b->prof) cu_prof_end(b, NULL, p->key.in_dt == SL_DTYPE_F8E4M3 ? "cublasLtMatmul fp8" : "cublasLtMatmul");
+    return st;
 }
 
 // Runs the plan's algorithm at X's M. A bucketed plan whose algorithm this M
