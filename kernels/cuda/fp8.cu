@@ -5,7 +5,8 @@
 //    e4m3(x/s) (s = 0: zero codes, no NaN), as the CPU op. Codes go to
 //    stream-ordered scratch [M, G*128] u8 (row stride padded to whole groups,
 //    the pad zero, so readers never guard K), scales [M, G] f32.
-// 2. k_fp8_gemv_tc<NT> (M ≤ 16, or ≤ 64 with K % 16 != 0; MoE pairs and expert
+// 2. k_fp8_gemv_tc<NT> (M ≤ 8; M ≤ 16 where cuBLASLt does not run, ≤ 64 with
+//    K % 16 != 0; cuBLASLt's 1-3 rows past a multiple of 4; MoE pairs and expert
 //    tiles): FP8 tensor cores (mma.sync m16n8k32
 //    e4m3) with the weights as the A operand (16 rows per block) and up to NT·8
 //    tokens as B, so each weight byte is read once for all tokens. The 8 warps
