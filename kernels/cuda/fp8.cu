@@ -163,9 +163,9 @@ __device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int v
 // up to GV8_MAXM): the GEMV re-reads all of x for every 16 weight rows
 #define FP8_GEMV_MAX_M 16
 // AUTO: dense FP8 matmuls of more tokens than this run cuBLASLt's block-scaled
-// GEMM; on an H200 at 64 tokens it streams 8B's qkv in 9 µs where the own
-// 64-token tiles took 76 µs, and at 4096 it reaches 94 % of the FP8 mma rate
-// (NOTES.md v20). Up to it the GEMV that quantizes x itself.
+// GEMM; on an H200 at 64 tokens it took 8B's qkv in 22 µs where the own
+// 64-token tiles took 77, and at 4096 tokens it reaches 59-82 % of the FP8 mma
+// rate (NOTES.md v20); at 4-8 tokens it ties the GEMV, which runs up to here.
 #define FP8_LT_MIN_M 8
 // cuBLASLt 13.1's block-scaled algorithms on an H200 refused K = 128..1024
 // (the heuristic has none for M = 9..513 there) and at M = 8, K = 256 one
@@ -703,6 +703,13 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
 #define MOE_FP8_EXPERT_GEMV_MIN_T 32
 #define MOE_FP8_GROUPED_PAIRS_PER_EXPERT 12
 
+// silu(gate)·up of the rows of the gate_up output (a.out, [rows, 2I]) quantized
+// as the down's input (d.xq, d.sx; d.K = I)
+static void fp8_quant_silu(cu_backend *b, const fp8_args &a, const fp8_args &d, int rows)
+{
+    fp8_quant_launch(b, a.out, 1, d.K, rows, (uint8_t *)d.xq, (float *)d.sx, d.G, d.G, 1);
+}
+
 template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, const fp8_args &a, const cu_moe_plan &p)
 {
     fp8_smem_raise(b, k_fp8_moe_gemm_tc<BM>, BM == 64 ? 4 : 2, tc_cfg<BM>::SMEM);
@@ -726,8 +733,8 @@ static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_p
 // gemv: the tiles go to k_fp8_gemv_tc in plan mode (16 tokens a tile, 16
 // weight rows a block: decode batches, a few pairs per expert) instead of the
 // tensor-core GEMM (64/128-row tiles, 128 weight rows a block).
-static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, const float *h, int T, int k, int E,
-                            cu_mat out, const sl_tensor *weights, const float *y, int gemv)
+static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k, int E, cu_mat out,
+                            const sl_tensor *weights, const float *y, int gemv)
 {
     int64_t P = (int64_t)T * k;
     // 128-row tiles once experts average 96 rows, else 64 (less padding; a guess)
@@ -739,9 +746,7 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, const float *
     a.plan = gemv;
     if (gemv) fp8_gemv_plan_launch(b, a, p);
     else moe_fp8_gemm_launch(b, a, p, bm);
-    int I = a.N / 2;
-    cu_mat hm = {(void *)h, SL_DTYPE_F32, P, 2 * I, 2 * I};
-    fp8_quant_launch(b, hm, 1, I, (int)P, (uint8_t *)d.xq, (float *)d.sx, d.G, d.G, 1);
+    fp8_quant_silu(b, a, d, (int)P);
     d.M = (int)P;
     d.x_perm = 0;
     d.plan = gemv;
@@ -765,8 +770,10 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     float *h = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * 2 * I);
     float *y = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * H);
     // the codes of x and of silu·up, and their scales
-    uint8_t *xq = (uint8_t *)cu_tmp_alloc(b, (size_t)T * GH * FP8_G), *hq = (uint8_t *)cu_tmp_alloc(b, (size_t)P * GI * FP8_G);
-    float *sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)T * GH), *sh = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * GI);
+    uint8_t *xq = (uint8_t *)cu_tmp_alloc(b, (size_t)T * GH * FP8_G);
+    uint8_t *hq = (uint8_t *)cu_tmp_alloc(b, (size_t)P * GI * FP8_G);
+    float *sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)T * GH);
+    float *sh = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * GI);
 
     cu_mat hm = {h, SL_DTYPE_F32, P, 2 * I, 2 * I};
     fp8_args a = fp8_args_of((const uint8_t *)gate_up->data, gate_up->st[1], (const float *)gate_up_scale->data,
@@ -798,10 +805,10 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
                                    (path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_EXPERT_GEMV_MIN_T));
     fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
     if (grouped || expert_gemv) {
-        moe_fp8_grouped(b, a, d, h, T, k, E, cu_mat_of(out), weights, y, expert_gemv);
+        moe_fp8_grouped(b, a, d, T, k, E, cu_mat_of(out), weights, y, expert_gemv);
     } else {
         fp8_gemv_launch(b, a, (unsigned)P);
-        fp8_quant_launch(b, hm, 1, I, P, hq, sh, GI, GI, 1);
+        fp8_quant_silu(b, a, d, P);
         fp8_gemv_launch(b, d, (unsigned)P);
         cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0,
                   cu_mat_of(out), (const float *)y, (const float *)weights->data, sl_tensor_ld(weights), k, H);
