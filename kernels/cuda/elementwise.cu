@@ -227,8 +227,8 @@ void cu_fill_random(sl_backend *be, sl_tensor *t, uint64_t seed, float scale, fl
     b->pdl_fence = 1; // t may be a weight the next kernel reads before its wait
 }
 
-// One block per row: each thread keeps its best (value, lowest index), then a
-// warp-shuffle and shared-memory reduction picks the row's winner.
+// (v, i) becomes the better of it and (v2, i2): the larger value, the lower
+// index on ties.
 __device__ __forceinline__ void cu_better(float &v, int &i, float v2, int i2)
 {
     if (v2 > v || (v2 == v && i2 < i)) {
@@ -237,14 +237,10 @@ __device__ __forceinline__ void cu_better(float &v, int &i, float v2, int i2)
     }
 }
 
-__global__ void k_argmax(int32_t *ids, cu_mat x)
+// The block's best of its threads' (value, index) to thread 0: warp shuffles,
+// then the warps' winners through shared memory.
+__device__ __forceinline__ void argmax_block(float &best, int &bi)
 {
-    int64_t r = blockIdx.x;
-    cu_pdl_wait();
-    cu_pdl_trigger();
-    float best = -INFINITY;
-    int bi = 0x7fffffff;
-    for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) cu_better(best, bi, cu_mat_ld(x, r, c), (int)c);
     for (int o = 16; o > 0; o >>= 1)
         cu_better(best, bi, __shfl_down_sync(0xffffffffu, best, o), __shfl_down_sync(0xffffffffu, bi, o));
     __shared__ float sv[32];
@@ -261,13 +257,56 @@ __global__ void k_argmax(int32_t *ids, cu_mat x)
         bi = l < nw ? si[l] : 0x7fffffff;
         for (int o = 16; o > 0; o >>= 1)
             cu_better(best, bi, __shfl_down_sync(0xffffffffu, best, o), __shfl_down_sync(0xffffffffu, bi, o));
-        if (l == 0) ids[r] = bi == 0x7fffffff ? 0 : bi;
     }
+}
+
+// Argmax in two passes: one block of a row's ARGMAX_COLS-column chunk could
+// not stream a 152k-vocabulary row alone (one block per row took 120 µs on
+// an H200, a decode step's), so block (chunk, row) leaves its chunk's best in
+// pv/pi and one block per row picks among them (lowest column on ties, as
+// the CPU op: chunks are in column order).
+#define ARGMAX_COLS 4096
+__global__ void k_argmax_part(float *pv, int *pi, cu_mat x)
+{
+    int64_t r = blockIdx.y;
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    float best = -INFINITY;
+    int bi = 0x7fffffff;
+    int64_t c1 = min((int64_t)(blockIdx.x + 1) * ARGMAX_COLS, x.cols);
+#pragma unroll 4
+    for (int64_t c = (int64_t)blockIdx.x * ARGMAX_COLS + threadIdx.x; c < c1; c += blockDim.x)
+        cu_better(best, bi, cu_mat_ld(x, r, c), (int)c);
+    argmax_block(best, bi);
+    if (threadIdx.x == 0) {
+        pv[r * gridDim.x + blockIdx.x] = best;
+        pi[r * gridDim.x + blockIdx.x] = bi;
+    }
+}
+
+__global__ void k_argmax(int32_t *ids, const float *pv, const int *pi, int n)
+{
+    int64_t r = blockIdx.x;
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    float best = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) cu_better(best, bi, pv[r * n + i], pi[r * n + i]);
+    argmax_block(best, bi);
+    if (threadIdx.x == 0) ids[r] = bi == 0x7fffffff ? 0 : bi;
 }
 
 void cu_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x)
 {
-    int64_t rows = sl_tensor_rows(x);
+    cu_backend *b = cu_be(be);
+    int64_t rows = sl_tensor_rows(x), cols = sl_tensor_cols(x);
     if (rows == 0) return;
-    cu_launch(cu_be(be), k_argmax, (unsigned)rows, 256, 0, (int32_t *)ids->data, cu_mat_of(x));
+    int n = (int)((cols + ARGMAX_COLS - 1) / ARGMAX_COLS);
+    if (n < 1) n = 1;
+    float *pv = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)(rows * n));
+    int *pi = (int *)cu_tmp_alloc(b, sizeof(int) * (size_t)(rows * n));
+    cu_launch(b, k_argmax_part, dim3((unsigned)n, (unsigned)rows), 256, 0, pv, pi, cu_mat_of(x));
+    cu_launch(b, k_argmax, (unsigned)rows, 64, 0, (int32_t *)ids->data, (const float *)pv, (const int *)pi, n);
+    cu_tmp_free(b, pi);
+    cu_tmp_free(b, pv);
 }

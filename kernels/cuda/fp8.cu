@@ -8,9 +8,10 @@
 // 2. k_fp8_gemv_tc<NT> (M ≤ 8; M ≤ 16 where cuBLASLt does not run, ≤ 64 with
 //    K % 16 != 0; cuBLASLt's 1-3 rows past a multiple of 4; MoE pairs and expert
 //    tiles): FP8 tensor cores (mma.sync m16n8k32
-//    e4m3) with the weights as the A operand (16 rows per block) and up to NT·8
-//    tokens as B, so each weight byte is read once for all tokens. The 8 warps
-//    of a block split the 128-groups of K; per group a warp sums the group in
+//    e4m3) with the weights as the A operand (16 rows per warp, 16·RT per
+//    block: fp8_gemv_rt) and up to NT·8 tokens as B, so each weight byte is
+//    read once for all tokens. The warps of a block (8/RT per 16 rows) split
+//    the 128-groups of K; per group a warp sums the group in
 //    a fresh mma accumulator and adds it ·s_x·s_w into fp32; the warps' sums are
 //    added in warp order through shared memory (deterministic). (Blocks
 //    quantizing their own x rows instead of k_fp8_quant measured slower on
@@ -173,6 +174,17 @@ __device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int v
 // models' hidden sizes and attention/GDN widths are 2048 and up)
 #define FP8_LT_MIN_K 2048
 
+// 16-row tiles a block of k_fp8_gemv_tc takes (its warps split into teams of
+// 8/RT, each a tile's groups of K), from the group count G: with fewer groups
+// than warps a block of one tile would leave warps idle (Coder-Next's expert
+// down, K = 512: 0.236 -> 0.207 ms at 16 tokens on an H200 with RT 2).
+// (Loading 2 or 4 of a warp's groups before the first mma measured slower at
+// every decode shape: the registers cost more occupancy than the loads gain.)
+__host__ __device__ constexpr int fp8_gemv_rt(int G)
+{
+    return G <= 2 ? 4 : G <= 4 ? 2 : 1;
+}
+
 template <int NT>
 __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_moe_plan pl)
 {
@@ -181,7 +193,8 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
     cu_pdl_wait();
     cu_pdl_trigger();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
-    int n0 = (a.ids || a.plan ? blockIdx.y : blockIdx.x) * 16;
+    const int rt = fp8_gemv_rt(a.G), team = GV8_WARPS / rt, tw = warp % team;
+    int n0 = ((a.ids || a.plan ? blockIdx.y : blockIdx.x) * rt + warp / team) * 16;
     const uint8_t *w = a.w, *xq = a.xq;
     const float *ws = a.ws, *sx = a.sx;
     int M = a.M;
@@ -220,7 +233,7 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
-    for (int g = warp; g < a.G; g += GV8_WARPS) {
+    for (int g = tw; g < a.G; g += team) {
         int kb = g * FP8_G + tq * 16;
         uint4 A[2][2]; // [half][row g / g+8]
 #pragma unroll
@@ -253,7 +266,8 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
         }
     }
     // the warps' partials, each to its own slice (one barrier, not one per
-    // warp: a block's share of the work is small), then summed in warp order
+    // warp: a block's share of the work is small), then each tile's summed in
+    // its team's warp order
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         int c = nt * 8 + 2 * tq;
@@ -263,12 +277,13 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
         red[warp][gq + 8][c + 1] = acc[nt][3];
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < 16 * NT * 8; i += 32 * GV8_WARPS) {
-        int m = i >> 4, r = i & 15, n = n0 + r;
+    for (int i = threadIdx.x; i < rt * 16 * NT * 8; i += 32 * GV8_WARPS) {
+        int tile = i / (16 * NT * 8), m = (i >> 4) % (NT * 8), r = i & 15;
+        int n = n0 - (warp / team) * 16 + tile * 16 + r;
         if (m < M && n < a.N) {
-            float v = red[0][r][m];
-#pragma unroll
-            for (int wv = 1; wv < GV8_WARPS; wv++) v += red[wv][r][m];
+            const int w0 = tile * team;
+            float v = red[w0][r][m];
+            for (int wv = 1; wv < team; wv++) v += red[w0 + wv][r][m];
             cu_mat_st(a.out, orow0 + m, n, v);
         }
     }
@@ -532,14 +547,20 @@ __global__ void __launch_bounds__(256) k_fp8_gemm(fp8_args a)
 
 // ---- host ----------------------------------------------------------------------
 
+// Blocks of k_fp8_gemv_tc over N weight rows
+static unsigned fp8_gemv_row_blocks(const fp8_args &a)
+{
+    return cu_blocks(a.N, 16 * fp8_gemv_rt(a.G));
+}
+
 static void fp8_gemv_launch(cu_backend *b, const fp8_args &a, unsigned pairs)
 {
-    dim3 grid((unsigned)cu_blocks(a.N, 16), 1);
-    if (a.ids) grid = dim3(pairs, (unsigned)cu_blocks(a.N, 16));
-    dim3 blk(32 * GV8_WARPS);
+    dim3 grid(fp8_gemv_row_blocks(a), 1);
+    if (a.ids) grid = dim3(pairs, fp8_gemv_row_blocks(a));
     int M = a.ids ? 1 : a.M;
     cu_moe_plan none;
     memset(&none, 0, sizeof none);
+    dim3 blk(32 * GV8_WARPS);
     if (M <= 8)
         cu_launch(b, k_fp8_gemv_tc<1>, grid, blk, 0, a, none);
     else if (M <= 16)
@@ -555,10 +576,10 @@ static void fp8_gemv_launch(cu_backend *b, const fp8_args &a, unsigned pairs)
 // pairs has several tiles, each streaming its weights (from L2 after the first).
 #define MOE_FP8_GV_NT 2
 
-// The GEMV over a plan's tiles (a.plan set): one block per (tile, 16 rows).
+// The GEMV over a plan's tiles (a.plan set): one block per (tile, 16·RT rows).
 static void fp8_gemv_plan_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p)
 {
-    cu_launch(b, k_fp8_gemv_tc<MOE_FP8_GV_NT>, dim3((unsigned)p.max_tiles, (unsigned)cu_blocks(a.N, 16)),
+    cu_launch(b, k_fp8_gemv_tc<MOE_FP8_GV_NT>, dim3((unsigned)p.max_tiles, fp8_gemv_row_blocks(a)),
               dim3(32 * GV8_WARPS), 0, a, p);
 }
 

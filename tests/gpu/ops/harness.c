@@ -12,6 +12,7 @@
  *
  *   test_backend_ops [--seed N] [--filter OP]   correctness
  *   test_backend_ops --perf [--filter OP]        timings only (of OP's family)
+ *   ... --perf --max-tokens N                     only the shapes of at most N tokens
  *
  * --perf times each op at Qwen3-8B / Qwen3-30B-A3B / Qwen3-Coder-Next shapes
  * with CUDA events (warm-up, median of many reps, inputs rotated through more
@@ -547,6 +548,13 @@ int tb_perf_on(const char *filter, sl_op op)
     return !filter || !strcmp(filter, sl_op_name(op));
 }
 
+static int perf_max_m = 1 << 30;
+
+int tb_perf_max_m(void)
+{
+    return perf_max_m;
+}
+
 
 static void run_perf(tb *t, const char *filter)
 {
@@ -566,8 +574,9 @@ int main(int argc, char **argv)
         if (!strcmp(argv[i], "--perf")) perf = 1;
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) t.seed = strtoull(argv[++i], NULL, 0);
         else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
+        else if (!strcmp(argv[i], "--max-tokens") && i + 1 < argc) perf_max_m = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--seed N] [--perf] [--filter OP]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seed N] [--perf] [--filter OP] [--max-tokens N]\n", argv[0]);
             return 2;
         }
     }

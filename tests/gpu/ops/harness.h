@@ -119,6 +119,8 @@ typedef void (*tb_perf_fn)(tb *t, void *ctx, int set);
 
 /* Whether the perf group of op runs under --filter. */
 int tb_perf_on(const char *filter, sl_op op);
+/* --max-tokens: the largest token count (M, T) a perf group times. */
+int tb_perf_max_m(void);
 int tb_cmp_float(const void *a, const void *b);
 /* Median ms of one call of fn over reps (see harness.c); b2b (may be NULL): the
  * mean ms per call queued back to back. */

@@ -321,7 +321,7 @@ static void fp8_perf(tb *t, const char *filter)
         int Ts[] = {1, 4, 8, 16, 64, 128, 256, 512, 1024, 4096};
         static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
                                                 SL_CUDA_MOE_FP8_GROUPED};
-        for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++)
+        for (size_t i = 0; i < sizeof Ts / sizeof Ts[0] && Ts[i] <= tb_perf_max_m(); i++)
             for (size_t p = 0; p < 3; p++) {
                 if (Ts[i] == 4096 && paths[p] == SL_CUDA_MOE_FP8_EXPERT_GEMV) continue; /* 256 tiles an expert */
                 if (Ts[i] >= 1024 && paths[p] == SL_CUDA_MOE_FP8_GEMV) continue;       /* a pass per pair */
@@ -331,19 +331,24 @@ static void fp8_perf(tb *t, const char *filter)
                 perf_moe_fp8(t, "Coder-Next", Ts[i], 2048, 512, 513, 11, paths[p]);
             }
     }
-    /* Qwen3-8B projections (H=4096, I=12288): decode GEMV bandwidth, prefill GEMM TFLOP/s */
+    /* Qwen3-8B projections (H=4096, I=12288): decode GEMV bandwidth, prefill GEMM
+     * TFLOP/s; the other models' attention / GDN projections (hidden 2048) */
     const struct { const char *n; int N, K; } ws[] = {
         {"8B qkv", (32 + 2 * 8) * 128, 4096},
         {"8B o", 4096, 4096},
         {"8B gate_up", 2 * 12288, 4096},
         {"8B up", 12288, 4096},
         {"8B down", 4096, 12288},
+        {"30B-A3B qkv", (32 + 2 * 4) * 128, 2048},
+        {"30B-A3B o", 2048, 4096},
+        {"Coder-Next qkvz", 12288, 2048},
+        {"Coder-Next out", 2048, 4096},
     };
     int Ms[] = {1, 4, 8, 16, 32, 64, 512, 4096};
     if (!tb_perf_on(filter, SL_OP_MATMUL_FP8)) return;
     /* AUTO, then each kernel forced (cuBLASLt against the own: where AUTO's switch belongs) */
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
-        for (size_t j = 0; j < sizeof Ms / sizeof Ms[0]; j++) {
+        for (size_t j = 0; j < sizeof Ms / sizeof Ms[0] && Ms[j] <= tb_perf_max_m(); j++) {
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_AUTO);
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_CUBLASLT);
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_GEMV);

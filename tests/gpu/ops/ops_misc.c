@@ -32,6 +32,12 @@ static const tb_case cases[] = {
     {SL_OP_ADD, BF, {17, 4096, 0, 1}, 1e-2},
     {SL_OP_ADD, F32, {5, 1000, 0, 0}, 1e-6},
     {SL_OP_ADD, BF, {3, 333, 1, 0}, 1e-2},
+    /* rows, vocabulary: several 4096-column chunks; bf16 values tie often (the
+     * lowest column wins), one chunk, a partial chunk */
+    {SL_OP_ARGMAX, BF, {3, 151936}, 0},
+    {SL_OP_ARGMAX, F32, {64, 151936}, 0},
+    {SL_OP_ARGMAX, F32, {2, 1000}, 0},
+    {SL_OP_ARGMAX, BF, {5, 4097}, 0},
 };
 
 static void misc_run(tb *t, const tb_case *c)
@@ -168,6 +174,17 @@ static void misc_run(tb *t, const tb_case *c)
         tb_compare(t, c->op, desc, "t", &cref, &x.g, c->tol);
         sl_be_release(t->cpu, &cref);
         tb_pair_free(t, &x);
+        break;
+    }
+    case SL_OP_ARGMAX: {
+        snprintf(desc, sizeof desc, "rows=%d cols=%d %s", p[0], p[1], sl_dtype_name(dt));
+        tb_pair_rand(t, &x, dt, 2, (tb_ne2(ne, p[0], p[1]), ne), -1, 1);
+        tb_pair_out(t, &y, SL_DTYPE_I32, 1, (int64_t[]){p[0]});
+        sl_be_argmax(t->cpu, &y.c, &x.c);
+        sl_be_argmax(t->gpu, &y.g, &x.g);
+        tb_compare(t, c->op, desc, "ids", &y.c, &y.g, c->tol);
+        tb_pair_free(t, &x);
+        tb_pair_free(t, &y);
         break;
     }
     default:
