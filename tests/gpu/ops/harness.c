@@ -381,8 +381,9 @@ sl_tensor tb_gpu_rand(tb *t, sl_dtype dt, int ndim, const int64_t *ne, float sca
     return x;
 }
 
-int tb_moe_perf_ids(tb *t, int T, int k, int E, sl_tensor *ids, int n_sets, sl_tensor *wt)
+int tb_moe_perf_ids(tb *t, int T, int k, int E, int shared, sl_tensor *ids, int n_sets, sl_tensor *wt)
 {
+    int kr = k - shared, Er = E - shared; /* routed columns and experts */
     int32_t *iv = malloc(sizeof(int32_t) * (size_t)T * k);
     float *wv = malloc(sizeof(float) * (size_t)T * k);
     int *used = calloc((size_t)E, sizeof(int)), active = 0;
@@ -391,7 +392,8 @@ int tb_moe_perf_ids(tb *t, int T, int k, int E, sl_tensor *ids, int n_sets, sl_t
     for (int st = 0; st < n_sets; st++) {
         for (int i = 0; i < T; i++)
             for (int j = 0; j < k; j++) {
-                unsigned v = (unsigned)(i * 7919 + j * (E / k) + i / 3 + st * 13) % (unsigned)E;
+                unsigned v = j == kr ? (unsigned)Er /* the fused shared expert: every token */
+                                     : (unsigned)(i * 7919 + j * (Er / kr) + i / 3 + st * 13) % (unsigned)Er;
                 iv[i * k + j] = (int32_t)v;
                 wv[i * k + j] = 1.0f / (float)k;
                 if (st == 0 && !used[v]++) active++;

@@ -130,10 +130,11 @@ double tb_time_graph(tb *t, tb_perf_fn fn, void *ctx, int n_sets, int reps);
 /* A GPU tensor filled with random values. */
 sl_tensor tb_gpu_rand(tb *t, sl_dtype dt, int ndim, const int64_t *ne, float scale);
 /* Routing of the n_sets perf sets on the GPU: ids[st] [T, k] sends T tokens to
- * k of E experts each (distinct within a token, a spread that shifts with st),
- * wt [T, k] weighs them 1/k; returns how many distinct experts set 0 hits
- * (every set alike). */
-int tb_moe_perf_ids(tb *t, int T, int k, int E, sl_tensor *ids, int n_sets, sl_tensor *wt);
+ * k of E experts each (distinct within a token, a spread that shifts with st);
+ * shared: the last column is expert E-1 for every token, as the model's fused
+ * shared expert (the spread covers the other E-1). wt [T, k] weighs them 1/k;
+ * returns how many distinct experts set 0 hits (every set alike). */
+int tb_moe_perf_ids(tb *t, int T, int k, int E, int shared, sl_tensor *ids, int n_sets, sl_tensor *wt);
 /* One PERF line: achieved GB/s and TFLOP/s against the measured peaks; note is
  * appended to the line. */
 void tb_report(tb *t, const char *op, const char *desc, double ms, double bytes, double flops,

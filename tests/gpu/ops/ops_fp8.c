@@ -288,7 +288,8 @@ static void pf_moe_fp8(tb *t, void *ctx, int set)
     sl_be_moe_experts_fp8(t->gpu, &c->y, &c->x, &c->ids[set], &c->wt, &c->gu, &c->gus, &c->dn, &c->dns);
 }
 
-static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, int k, sl_cuda_moe_fp8 path)
+static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, int k, int shared,
+                         sl_cuda_moe_fp8 path)
 {
     pm_moe_fp8 c;
     int64_t ne[3], GH = (H + 127) / 128, GI = (I + 127) / 128;
@@ -298,7 +299,7 @@ static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, in
     c.dns = tb_gpu_rand(t, F32, 3, (int64_t[]){E, H, GI}, 1e-4f);
     c.x = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
     c.y = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
-    int active = tb_moe_perf_ids(t, T, k, E, c.ids, MOE_FP8_SETS, &c.wt);
+    int active = tb_moe_perf_ids(t, T, k, E, shared, c.ids, MOE_FP8_SETS, &c.wt);
     sl_cuda_moe_fp8_path(t->gpu, path);
     double ms = tb_time_op(t, pf_moe_fp8, &c, MOE_FP8_SETS, 10, NULL);
     double bytes = (double)active * (3.0 * I * H + 4.0 * (2.0 * I * GH + (double)H * GI)) + 4.0 * T * H;
@@ -325,10 +326,10 @@ static void fp8_perf(tb *t, const char *filter)
             for (size_t p = 0; p < 3; p++) {
                 if (Ts[i] == 4096 && paths[p] == SL_CUDA_MOE_FP8_EXPERT_GEMV) continue; /* 256 tiles an expert */
                 if (Ts[i] >= 1024 && paths[p] == SL_CUDA_MOE_FP8_GEMV) continue;       /* a pass per pair */
-                perf_moe_fp8(t, "30B-A3B", Ts[i], 2048, 768, 128, 8, paths[p]);
-                /* Coder-Next with its shared expert fused: 513 experts, 11 a token (routing
-                 * random here: the shared expert is not one every token picks) */
-                perf_moe_fp8(t, "Coder-Next", Ts[i], 2048, 512, 513, 11, paths[p]);
+                perf_moe_fp8(t, "30B-A3B", Ts[i], 2048, 768, 128, 8, 0, paths[p]);
+                /* Coder-Next with its shared expert fused, as the model runs it: 513
+                 * experts, 11 a token, the last one every token's */
+                perf_moe_fp8(t, "Coder-Next", Ts[i], 2048, 512, 513, 11, 1, paths[p]);
             }
     }
     /* Qwen3-8B projections (H=4096, I=12288): decode GEMV bandwidth, prefill GEMM

@@ -213,7 +213,7 @@ static void pf_moe(tb *t, void *ctx, int set)
     sl_be_moe_experts(t->gpu, &c->y, &c->x, &c->ids[set], &c->wt, &c->gu, &c->dn);
 }
 
-static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k)
+static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k, int shared)
 {
     pm_moe c;
     int64_t ne[3] = {E, 2 * (int64_t)I, H};
@@ -223,7 +223,7 @@ static void perf_moe(tb *t, const char *name, int T, int H, int I, int E, int k)
     c.dn = tb_gpu_rand(t, BF, 3, ne, 0.05f);
     c.x = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
     c.y = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
-    int active = tb_moe_perf_ids(t, T, k, E, c.ids, MOE_SETS, &c.wt);
+    int active = tb_moe_perf_ids(t, T, k, E, shared, c.ids, MOE_SETS, &c.wt);
     double ms = tb_time_op(t, pf_moe, &c, MOE_SETS, 24, NULL);
     double bytes = (double)active * 3.0 * I * H * 2 + 2.0 * T * H * 2;
     double flops = 2.0 * T * k * 3.0 * I * H;
@@ -250,10 +250,11 @@ static void moe_perf(tb *t, const char *filter)
          * threshold; 4096: the grouped GEMM */
         int moe_T[] = {1, 8, 64, 128};
         for (size_t i = 0; i < sizeof moe_T / sizeof moe_T[0]; i++) {
-            perf_moe(t, "30B-A3B", moe_T[i], 2048, 768, 128, 8);
-            perf_moe(t, "Coder-Next", moe_T[i], 2048, 512, 512, 10);
+            perf_moe(t, "30B-A3B", moe_T[i], 2048, 768, 128, 8, 0);
+            /* with the shared expert fused, as the model runs it (every token's 11th) */
+            perf_moe(t, "Coder-Next", moe_T[i], 2048, 512, 513, 11, 1);
         }
-        perf_moe(t, "30B-A3B", 4096, 2048, 768, 128, 8);
+        perf_moe(t, "30B-A3B", 4096, 2048, 768, 128, 8, 0);
     }
 }
 
