@@ -313,7 +313,8 @@ void cu_moe_combine_run(cu_backend *b, cu_mat out, const float *y, const float *
 // With a few pairs per expert the FFNs are GEMVs that must stream each
 // active expert's weights once; the grouped GEMM above gets too few tiles
 // for that (8 experts x 12 column tiles at one token). Two kernels, each a
-// wave of blocks sharing the work items (active expert, 16-row tile):
+// wave of blocks sharing the work items (pass of up to 8 of an active
+// expert's tokens, 16-row tile):
 //   glu   act[i] = silu(gate_e x_t) ⊙ (up_e x_t)   i = (t, j): pair t*k + j
 //   down  y[i] = down_e act[i]; the block finishing a row tile's last item
 //         writes out[t] = Σ_j w[t,j] y[t,j] for those rows (fixed order, no
@@ -360,13 +361,15 @@ void cu_moe_combine_run(cu_backend *b, cu_mat out, const float *y, const float *
 
 // The routing as every block sees it (shared memory): active experts in
 // ascending id, and per expert its pairs in ascending order at
-// pairs[off[e] .. off[e] + cnt[e]).
+// pairs[off[e] .. off[e] + cnt[e]); an expert's pairs go in passes of
+// MOE_GV_NT, slot s's first pass is number pass0[s] of n_passes.
 typedef struct moe_gv_plan {
-    int n_active;
+    int n_active, n_passes;
     int *slot_e; // [n_active] expert of each slot
     int *off;    // [E]
     int *cnt;    // [E]
     int *pairs;  // [P] pair indices grouped by expert
+    int *pass0;  // [n_active + 1]
 } moe_gv_plan;
 
 // Exclusive prefix sums over val(0..n-1): sink(i, prefix) for each i;
@@ -395,16 +398,16 @@ template <class V, class S> __device__ int moe_block_scan(int n, V val, S sink)
     return base;
 }
 
-// Shared-memory bytes: the plan (slot_e, off, cnt [E]; pairs, and while
-// planning ids and ranks [P]), the warps' tiles for the K reduction, then
-// MOE_GV_NT bf16 vectors of K (padded, see moe_gv_xld).
+// Shared-memory bytes: the plan (slot_e, off, cnt [E]; pairs [P]; pass0
+// [E + 1]; while planning ids and ranks [P]), the warps' tiles for the K
+// reduction, then MOE_GV_NT bf16 vectors of K (padded, see moe_gv_xld).
 __host__ __device__ inline int moe_gv_xld(int64_t K)
 {
     return (int)((K + 31) / 32 * 32 + 8);
 }
 __host__ __device__ inline size_t moe_gv_plan_bytes(int64_t P, int E)
 {
-    return (sizeof(int) * (size_t)(3 * E + 3 * P) + 15) & ~(size_t)15;
+    return (sizeof(int) * (size_t)(4 * E + 1 + 3 * P) + 15) & ~(size_t)15;
 }
 __host__ __device__ inline size_t moe_gv_smem(int64_t P, int E, int64_t K)
 {
@@ -423,7 +426,8 @@ __device__ moe_gv_plan moe_gv_make_plan(const int32_t *ids, int64_t ld, int T, i
     p.off = sm + E;
     p.cnt = p.off + E;
     p.pairs = p.cnt + E;
-    int *sid = p.pairs + P, *rank = sid + P;
+    p.pass0 = p.pairs + P;
+    int *sid = p.pass0 + E + 1, *rank = sid + P;
     for (int e = threadIdx.x; e < E; e += blockDim.x)
         p.cnt[e] = 0;
     for (int i = threadIdx.x; i < P; i += blockDim.x)
@@ -452,6 +456,10 @@ __device__ moe_gv_plan moe_gv_make_plan(const int32_t *ids, int64_t ld, int T, i
         });
     moe_block_scan(
         E, [&](int e) { return p.cnt[e]; }, [&](int e, int s) { p.off[e] = s; });
+    p.n_passes = moe_block_scan(
+        p.n_active, [&](int s) { return (p.cnt[p.slot_e[s]] + MOE_GV_NT - 1) / MOE_GV_NT; },
+        [&](int s, int v) { p.pass0[s] = v; });
+    if (threadIdx.x == 0) p.pass0[p.n_active] = p.n_passes;
     for (int i = threadIdx.x; i < P; i += blockDim.x)
         p.pairs[p.off[sid[i]] + rank[i]] = i;
     __syncthreads();
@@ -507,8 +515,12 @@ __device__ __forceinline__ void moe_gv_tile(const __nv_bfloat16 *lo, const __nv_
     }
 }
 
-// Item range of this block: items are (slot, tile), slot-major, so a
-// block's consecutive items mostly share the expert and its loaded vectors.
+// Item range of this block: items are (pass, tile), pass-major (passes
+// slot-major), so a block's consecutive items mostly share the pass and its
+// loaded vectors; every item is one pass of at most MOE_GV_NT tokens over
+// one tile, so equal ranges are equal work even when one expert has many
+// tokens (Coder-Next's fused shared expert has every token: at 64 tokens,
+// items of (slot, tile) put its 8 passes on a tile into one block's range).
 __device__ __forceinline__ void moe_gv_items(int n_items, int *lo, int *hi)
 {
     *lo = (int)((int64_t)blockIdx.x * n_items / gridDim.x);
@@ -583,30 +595,36 @@ __device__ __forceinline__ float *moe_gv_red(int *sm, const moe_gv_args &a)
     return (float *)((char *)sm + moe_gv_plan_bytes(a.T * a.k, a.E));
 }
 
-// Calls tile_fn(tile, e, pairs + p0, nt) for each of the block's items
-// and token groups, with the group's vectors loaded into xs by load8 (see
-// moe_gv_load) when they are not there yet, and done_fn(tile) after each
-// item.
+// Calls tile_fn(tile, e, pairs + p0, nt) for each of the block's items (one
+// pass of nt <= MOE_GV_NT pairs from p0 of expert e, one tile), with the
+// pass's vectors loaded into xs by load8 (see moe_gv_load) when they are not
+// there yet, then done_fn(tile).
 template <class L, class F, class D>
 __device__ void moe_gv_for_items(const moe_gv_plan &p, int tiles, int K, __nv_bfloat16 *xs, L load8,
                                  F tile_fn, D done_fn)
 {
-    int lo, hi, have_slot = -1, have_p0 = 0;
-    moe_gv_items(p.n_active * tiles, &lo, &hi);
+    int lo, hi, have = -1;
+    moe_gv_items(p.n_passes * tiles, &lo, &hi);
+    if (lo >= hi) return;
+    // the slot of the first item: the last s with pass0[s] <= its pass (block-uniform)
+    int slot = 0, first = lo / tiles;
+    for (int l = 0, h = p.n_active - 1; l <= h;) {
+        int m = (l + h) / 2;
+        if (p.pass0[m] <= first) slot = m, l = m + 1;
+        else h = m - 1;
+    }
     for (int it = lo; it < hi; it++) {
-        int slot = it / tiles, tile = it % tiles, e = p.slot_e[slot], n = p.cnt[e];
+        int pass = it / tiles, tile = it % tiles;
+        while (pass >= p.pass0[slot + 1]) slot++;
+        int e = p.slot_e[slot], p0 = (pass - p.pass0[slot]) * MOE_GV_NT, nt = min(MOE_GV_NT, p.cnt[e] - p0);
         const int *pr = p.pairs + p.off[e];
-        for (int p0 = 0; p0 < n; p0 += MOE_GV_NT) {
-            int nt = min(MOE_GV_NT, n - p0);
-            if (slot != have_slot || p0 != have_p0) { // block-uniform
-                __syncthreads();
-                moe_gv_load(xs, K, nt, [&](int t, int c, float *f) { load8(pr[p0 + t], c, f); });
-                __syncthreads();
-                have_slot = slot;
-                have_p0 = p0;
-            }
-            tile_fn(tile, e, pr + p0, nt);
+        if (pass != have) { // block-uniform
+            __syncthreads();
+            moe_gv_load(xs, K, nt, [&](int t, int c, float *f) { load8(pr[p0 + t], c, f); });
+            __syncthreads();
+            have = pass;
         }
+        tile_fn(tile, e, pr + p0, nt);
         done_fn(tile);
     }
 }
@@ -706,7 +724,7 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM) k_moe_gv
             // end (measured: batching them per block cost 10 % at T=64).
             __threadfence();
             __syncthreads();
-            if (threadIdx.x == 0) last = atomicAdd(&a.done[tile], 1) == p.n_active - 1;
+            if (threadIdx.x == 0) last = atomicAdd(&a.done[tile], 1) == p.n_passes - 1;
             __syncthreads();
             if (!last) return;
             __threadfence();
@@ -750,8 +768,10 @@ static void moe_gv_run(cu_backend *b, moe_gv_args &a)
     cudaFuncAttribute smem_attr = cudaFuncAttributeMaxDynamicSharedMemorySize;
     CU_CHECK(cudaFuncSetAttribute(k_moe_gv_glu, smem_attr, (int)s1));
     CU_CHECK(cudaFuncSetAttribute(k_moe_gv_down, smem_attr, (int)s2));
-    unsigned g1 = (unsigned)(wave < slots * glu_tiles ? wave : slots * glu_tiles);
-    unsigned g2 = (unsigned)(wave < slots * down_tiles ? wave : slots * down_tiles);
+    // items: (pass, tile); at most min(P, slots + P / MOE_GV_NT) passes
+    int64_t passes = slots + P / MOE_GV_NT < P ? slots + P / MOE_GV_NT : P;
+    unsigned g1 = (unsigned)(wave < passes * glu_tiles ? wave : passes * glu_tiles);
+    unsigned g2 = (unsigned)(wave < passes * down_tiles ? wave : passes * down_tiles);
     cu_launch(b, k_moe_gv_glu, g1, MOE_GV_THREADS, s1, a, (int)down_tiles);
     cu_launch(b, k_moe_gv_down, g2, MOE_GV_THREADS, s2, a);
     cu_tmp_free(b, tmp);
