@@ -198,50 +198,68 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
     const uint8_t *w = a.w, *xq = a.xq;
     const float *ws = a.ws, *sx = a.sx;
     int M = a.M;
-    int64_t orow0 = 0, xrow0 = 0;
+    int64_t orow0 = 0, xrow0 = 0, e = -1;
+    int2 pt = make_int2(0, 0); // a.plan: this block's tile (expert, first row)
     if (a.plan) {
-        if ((int)blockIdx.x >= *pl.n_tiles) return; // the grid is an upper bound (block-uniform)
-        int2 tile = pl.tiles[blockIdx.x];
-        int64_t e = tile.x;
-        int r0 = pl.offset[e] + tile.y;
-        M = min(NT * 8, pl.offset[e + 1] - r0);
-        w += e * a.ew;
-        ws += e * a.ews;
-        orow0 = r0;
-        for (int i = threadIdx.x; i < M; i += blockDim.x) xr[i] = a.x_perm ? pl.perm[r0 + i] / a.x_div : r0 + i;
-        __syncthreads();
+        // the tile count and this block's tile in one round trip (tiles has
+        // max_tiles entries: reading one past n_tiles stays in bounds)
+        int n_tiles = *pl.n_tiles;
+        pt = pl.tiles[blockIdx.x];
+        if ((int)blockIdx.x >= n_tiles) return; // the grid is an upper bound (block-uniform)
+        e = pt.x;
     } else if (a.ids) {
         int p = blockIdx.x, t = p / a.topk, j = p - t * a.topk;
-        int64_t e = a.ids[(int64_t)t * a.ids_ld + j];
-        w += e * a.ew;
-        ws += e * a.ews;
+        e = a.ids[(int64_t)t * a.ids_ld + j];
         xrow0 = p / a.x_div;
         orow0 = p;
         M = 1;
     }
-    xq += xrow0 * a.ldx;
-    sx += xrow0 * a.G;
-    // row of xq / sx holding token (B column) m
-    auto xrow = [&](int m) -> int64_t { return a.plan ? xr[m] : m; };
+    if (e >= 0) {
+        w += e * a.ew;
+        ws += e * a.ews;
+    }
     int ra = n0 + gq, rb = n0 + gq + 8; // this lane's weight rows
     bool oka = ra < a.N, okb = rb < a.N;
     const uint8_t *wa = w + (int64_t)(oka ? ra : 0) * a.ldw, *wb = w + (int64_t)(okb ? rb : 0) * a.ldw;
     const float *swa = ws + (int64_t)((oka ? ra : 0) >> a.srow_shift) * a.ldws;
     const float *swb = ws + (int64_t)((okb ? rb : 0) >> a.srow_shift) * a.ldws;
+    // group g's weights of this lane's rows (A[half][row g / g+8]) and scales
+    uint4 A[2][2];
+    float sa = 0.0f, sb = 0.0f;
+    auto load_group = [&](int g) {
+        int kb = g * FP8_G + tq * 16;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            A[h][0] = oka ? fp8_ld16(wa, kb + h * 64, a.K, a.vec) : make_uint4(0, 0, 0, 0);
+            A[h][1] = okb ? fp8_ld16(wb, kb + h * 64, a.K, a.vec) : make_uint4(0, 0, 0, 0);
+        }
+        sa = oka ? swa[g] : 0.0f;
+        sb = okb ? swb[g] : 0.0f;
+    };
+    // The first group's loads go out before the plan's other lookups (the
+    // expert's offsets, then the permutation) and the barrier they need: in
+    // plan mode a block is short, and those round trips preceded every
+    // weight byte.
+    if (tw < a.G) load_group(tw);
+    if (a.plan) {
+        int r0 = pl.offset[e] + pt.y;
+        M = min(NT * 8, pl.offset[e + 1] - r0);
+        orow0 = r0;
+        for (int i = threadIdx.x; i < M; i += blockDim.x) xr[i] = a.x_perm ? pl.perm[r0 + i] / a.x_div : r0 + i;
+        __syncthreads();
+    }
+    xq += xrow0 * a.ldx;
+    sx += xrow0 * a.G;
+    // row of xq / sx holding token (B column) m
+    auto xrow = [&](int m) -> int64_t { return a.plan ? xr[m] : m; };
     float acc[NT][4];
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
     for (int g = tw; g < a.G; g += team) {
+        if (g != tw) load_group(g);
         int kb = g * FP8_G + tq * 16;
-        uint4 A[2][2]; // [half][row g / g+8]
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            A[h][0] = oka ? fp8_ld16(wa, kb + h * 64, a.K, a.vec) : make_uint4(0, 0, 0, 0);
-            A[h][1] = okb ? fp8_ld16(wb, kb + h * 64, a.K, a.vec) : make_uint4(0, 0, 0, 0);
-        }
-        float sa = oka ? swa[g] : 0.0f, sb = okb ? swb[g] : 0.0f;
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
             int m = nt * 8 + gq; // B column of this lane
