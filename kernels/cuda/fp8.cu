@@ -40,8 +40,8 @@
 //    once per pair.
 // 6. cu_moe_experts_fp8, grouped (sl_cuda_moe_fp8 AUTO, the default, from
 //    prefill-sized batches; GROUPED): pairs sorted by expert with moe.cu's plan,
-//    k_fp8_moe_gemm_tc = tc_tile on BM×128 tiles of one expert's rows (BM 128
-//    or 64), gate_up reading x rows through the plan's perm, silu·up requantized
+//    k_fp8_moe_gemm_tc = tc_tile on BM×128 tiles of one expert's rows (BM 128,
+//    64 or 32), gate_up reading x rows through the plan's perm, silu·up requantized
 //    per row, down, then moe.cu's combine in j order (kernels/dev/NOTES.md v11).
 #include "fp8.cuh"
 
@@ -309,7 +309,7 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
 
 // ---- tensor-core GEMM ----------------------------------------------------------
 //
-// tc_tile<BM> computes one BM×128 output tile (BM = 128 or 64): 8 warps of
+// tc_tile<BM> computes one BM×128 output tile (BM = 128, 64 or 32): 8 warps of
 // BM/2 × 32 (warp rows wm = 0, 1; columns wn = 0..3), BK = 128 = one scale
 // group, TC_STAGES cp.async stages (groups g+1 .. g+3 in flight while group g
 // computes: with one block per SM, two stages left the weight stream waiting
@@ -325,7 +325,7 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
 template <int BM> struct tc_cfg {
     static constexpr int MI = BM / 32;                  // m16 tiles of a warp
     static constexpr int STAGE = (BM + TC_BN) * FP8_G; // x tile then w tile, bytes
-    static constexpr int SMEM = TC_STAGES * STAGE;     // 128 KB at BM 128, 96 KB at 64
+    static constexpr int SMEM = TC_STAGES * STAGE;     // 128 KB at BM 128, 96 KB at 64, 80 KB at 32
 };
 
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int bytes)
@@ -751,16 +751,17 @@ static void fp8_quant_silu(cu_backend *b, const fp8_args &a, const fp8_args &d, 
 
 template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, const fp8_args &a, const cu_moe_plan &p)
 {
-    fp8_smem_raise(b, k_fp8_moe_gemm_tc<BM>, BM == 64 ? 4 : 2, tc_cfg<BM>::SMEM);
+    fp8_smem_raise(b, k_fp8_moe_gemm_tc<BM>, BM == 32 ? 16 : BM == 64 ? 4 : 2, tc_cfg<BM>::SMEM);
     cu_launch(b, k_fp8_moe_gemm_tc<BM>, dim3(cu_blocks(a.N, TC_BN), (unsigned)p.max_tiles), dim3(TC_THREADS),
               tc_cfg<BM>::SMEM, a, p);
 }
 
-// The grouped GEMM over the plan's tiles of bm (64 or 128) rows.
+// The grouped GEMM over the plan's tiles of bm (32, 64 or 128) rows.
 static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int bm)
 {
     if (bm == 128) moe_fp8_gemm_launch_bm<128>(b, a, p);
-    else moe_fp8_gemm_launch_bm<64>(b, a, p);
+    else if (bm == 64) moe_fp8_gemm_launch_bm<64>(b, a, p);
+    else moe_fp8_gemm_launch_bm<32>(b, a, p);
 }
 
 // The grouped path: pairs sorted by expert (moe.cuh's plan, with perm), per
@@ -771,13 +772,16 @@ static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_p
 // and scales alone, so results do not depend on the permutation.
 // gemv: the tiles go to k_fp8_gemv_tc in plan mode (16 tokens a tile, 16
 // weight rows a block: decode batches, a few pairs per expert) instead of the
-// tensor-core GEMM (64/128-row tiles, 128 weight rows a block).
+// tensor-core GEMM (32/64/128-row tiles, 128 weight rows a block).
 static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k, int E, cu_mat out,
                             const sl_tensor *weights, const float *y, int gemv)
 {
     int64_t P = (int64_t)T * k;
-    // 128-row tiles once experts average 96 rows, else 64 (less padding; a guess)
-    int bm = gemv ? 8 * MOE_FP8_GV_NT : P >= 96 * (int64_t)E ? 128 : 64;
+    // 128-row tiles once experts average 96 rows, 64 from 40, else 32: less
+    // padding (Coder-Next's 1000-token prefill averages 21 pairs an expert, and
+    // its 64-row tiles ran 3 rows of mma for each row used; 32 is written
+    // blind, NOTES.md v24)
+    int bm = gemv ? 8 * MOE_FP8_GV_NT : P >= 96 * (int64_t)E ? 128 : P >= 40 * (int64_t)E ? 64 : 32;
     cu_moe_plan p;
     cu_moe_plan_make(b, &p, a.ids, a.ids_ld, T, k, E, bm, 1);
     a.M = (int)P;
@@ -793,7 +797,10 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
     else moe_fp8_gemm_launch(b, d, p, bm);
     cu_moe_combine_run(b, out, y, (const float *)weights->data, sl_tensor_ld(weights), k, &p);
     cu_moe_plan_free(b, &p);
-    b->mm_last = gemv ? "fp8_moe_expert_gemv" : bm == 128 ? "fp8_moe_grouped128" : "fp8_moe_grouped64";
+    b->mm_last = gemv ? "fp8_moe_expert_gemv"
+                 : bm == 128 ? "fp8_moe_grouped128"
+                 : bm == 64  ? "fp8_moe_grouped64"
+                             : "fp8_moe_grouped32";
 }
 
 void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
