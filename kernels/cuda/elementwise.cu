@@ -301,6 +301,7 @@ void cu_argmax(sl_backend *be, sl_tensor *ids, const sl_tensor *x)
     cu_backend *b = cu_be(be);
     int64_t rows = sl_tensor_rows(x), cols = sl_tensor_cols(x);
     if (rows == 0) return;
+    SL_ASSERT(rows <= 65535); // rows are gridDim.y (sampled rows: a batch)
     int n = (int)((cols + ARGMAX_COLS - 1) / ARGMAX_COLS);
     if (n < 1) n = 1;
     float *pv = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)(rows * n));
