@@ -194,7 +194,8 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
     cu_pdl_trigger();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
     const int rt = fp8_gemv_rt(a.G), team = GV8_WARPS / rt, tw = warp % team;
-    int n0 = ((a.ids || a.plan ? blockIdx.y : blockIdx.x) * rt + warp / team) * 16;
+    const int nb = (a.ids || a.plan ? blockIdx.y : blockIdx.x) * rt * 16; // the block's first row
+    int n0 = nb + warp / team * 16;                                       // this warp's tile
     const uint8_t *w = a.w, *xq = a.xq;
     const float *ws = a.ws, *sx = a.sx;
     int M = a.M;
@@ -297,7 +298,7 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
     __syncthreads();
     for (int i = threadIdx.x; i < rt * 16 * NT * 8; i += 32 * GV8_WARPS) {
         int tile = i / (16 * NT * 8), m = (i >> 4) % (NT * 8), r = i & 15;
-        int n = n0 - (warp / team) * 16 + tile * 16 + r;
+        int n = nb + tile * 16 + r;
         if (m < M && n < a.N) {
             const int w0 = tile * team;
             float v = red[w0][r][m];
@@ -573,8 +574,8 @@ static unsigned fp8_gemv_row_blocks(const fp8_args &a)
 
 static void fp8_gemv_launch(cu_backend *b, const fp8_args &a, unsigned pairs)
 {
-    dim3 grid(fp8_gemv_row_blocks(a), 1);
-    if (a.ids) grid = dim3(pairs, fp8_gemv_row_blocks(a));
+    unsigned rows = fp8_gemv_row_blocks(a);
+    dim3 grid = a.ids ? dim3(pairs, rows) : dim3(rows, 1);
     int M = a.ids ? 1 : a.M;
     cu_moe_plan none;
     memset(&none, 0, sizeof none);

@@ -550,14 +550,6 @@ int tb_perf_on(const char *filter, sl_op op)
     return !filter || !strcmp(filter, sl_op_name(op));
 }
 
-static int perf_max_m = 1 << 30;
-
-int tb_perf_max_m(void)
-{
-    return perf_max_m;
-}
-
-
 static void run_perf(tb *t, const char *filter)
 {
     measure_peaks(t);
@@ -572,11 +564,12 @@ int main(int argc, char **argv)
     int perf = 0;
     const char *filter = NULL;
     t.seed = (uint64_t)time(NULL);
+    t.max_tokens = 1 << 30;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--perf")) perf = 1;
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) t.seed = strtoull(argv[++i], NULL, 0);
         else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
-        else if (!strcmp(argv[i], "--max-tokens") && i + 1 < argc) perf_max_m = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--max-tokens") && i + 1 < argc) t.max_tokens = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--seed N] [--perf] [--filter OP] [--max-tokens N]\n", argv[0]);
             return 2;

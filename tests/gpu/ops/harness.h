@@ -29,6 +29,7 @@ typedef struct tb {
     int cases[SL_OP_COUNT];
     double peak_bw, peak_flops; /* --perf: bytes/s, bf16 flop/s measured at start */
     double peak_fp8;            /* --perf: e4m3 GEMM flop/s (0: cuBLASLt has none) */
+    int max_tokens;             /* --perf --max-tokens: the largest M / T a group times */
 } tb;
 
 /* The same tensor on both backends: CPU always F32 (or I32), GPU as asked. */
@@ -119,8 +120,6 @@ typedef void (*tb_perf_fn)(tb *t, void *ctx, int set);
 
 /* Whether the perf group of op runs under --filter. */
 int tb_perf_on(const char *filter, sl_op op);
-/* --max-tokens: the largest token count (M, T) a perf group times. */
-int tb_perf_max_m(void);
 int tb_cmp_float(const void *a, const void *b);
 /* Median ms of one call of fn over reps (see harness.c); b2b (may be NULL): the
  * mean ms per call queued back to back. */

@@ -322,7 +322,7 @@ static void fp8_perf(tb *t, const char *filter)
         int Ts[] = {1, 4, 8, 16, 64, 128, 256, 512, 1024, 4096};
         static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
                                                 SL_CUDA_MOE_FP8_GROUPED};
-        for (size_t i = 0; i < sizeof Ts / sizeof Ts[0] && Ts[i] <= tb_perf_max_m(); i++)
+        for (size_t i = 0; i < sizeof Ts / sizeof Ts[0] && Ts[i] <= t->max_tokens; i++)
             for (size_t p = 0; p < 3; p++) {
                 if (Ts[i] == 4096 && paths[p] == SL_CUDA_MOE_FP8_EXPERT_GEMV) continue; /* 256 tiles an expert */
                 if (Ts[i] >= 1024 && paths[p] == SL_CUDA_MOE_FP8_GEMV) continue;       /* a pass per pair */
@@ -349,7 +349,7 @@ static void fp8_perf(tb *t, const char *filter)
     if (!tb_perf_on(filter, SL_OP_MATMUL_FP8)) return;
     /* AUTO, then each kernel forced (cuBLASLt against the own: where AUTO's switch belongs) */
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
-        for (size_t j = 0; j < sizeof Ms / sizeof Ms[0] && Ms[j] <= tb_perf_max_m(); j++) {
+        for (size_t j = 0; j < sizeof Ms / sizeof Ms[0] && Ms[j] <= t->max_tokens; j++) {
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_AUTO);
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_CUBLASLT);
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_GEMV);
