@@ -70,7 +70,7 @@ const char *sl_cuda_matmul_last(sl_backend *be);
  * the backend is created). AUTO (the default): per-pair GEMVs below 32
  * tokens; from 32, EXPERT_GEMV (pairs sorted by expert, each active expert's
  * weights streamed once for up to 16 of its tokens by the GEMV kernel); from
- * 12 pairs an expert (prefill), grouped GEMMs (pairs sorted by expert, one
+ * 8 pairs an expert (prefill), grouped GEMMs (pairs sorted by expert, one
  * tensor-core FP8 GEMM per expert tile). GROUPED and
  * EXPERT_GEMV force theirs at every size (tests). The grouped path needs K % 16 == 0 and 16-byte
  * aligned expert weights (H and I multiples of 16); elsewhere the GEMVs run.

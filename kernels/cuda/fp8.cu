@@ -11,7 +11,8 @@
 //    e4m3) with the weights as the A operand (16 rows per warp, 16·RT per
 //    block: fp8_gemv_rt) and up to NT·8 tokens as B, so each weight byte is
 //    read once for all tokens. The warps of a block (8/RT per 16 rows) split
-//    the 128-groups of K; per group a warp sums the group in
+//    the 128-groups of K (a narrow output with a long K also splits them over
+//    a cluster of 2 blocks: fp8_gemv_split); per group a warp sums the group in
 //    a fresh mma accumulator and adds it ·s_x·s_w into fp32; the warps' sums are
 //    added in warp order through shared memory (deterministic). (Blocks
 //    quantizing their own x rows instead of k_fp8_quant measured slower on
@@ -43,6 +44,8 @@
 //    k_fp8_moe_gemm_tc = tc_tile on BM×128 tiles of one expert's rows (BM 128,
 //    64 or 32), gate_up reading x rows through the plan's perm, silu·up requantized
 //    per row, down, then moe.cu's combine in j order (kernels/dev/NOTES.md v11).
+#include <cooperative_groups.h>
+
 #include "fp8.cuh"
 
 #include "cuda_backend.h"
@@ -136,6 +139,9 @@ typedef struct fp8_args {
     // B columns, x rows through the plan's perm as k_fp8_moe_gemm_tc, out rows
     // in the permuted order: one pass over each active expert's weights
     int plan;
+    // dense k_fp8_gemv_tc: K split over a thread-block cluster of this many
+    // blocks (grid.y; fp8_gemv_split)
+    int split;
 } fp8_args;
 
 __device__ __forceinline__ void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -186,7 +192,7 @@ __host__ __device__ constexpr int fp8_gemv_rt(int G)
 }
 
 template <int NT>
-__global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_moe_plan pl)
+__global__ void __launch_bounds__(32 * GV8_WARPS, NT <= 4 ? 4 : 2) k_fp8_gemv_tc(fp8_args a, cu_moe_plan pl)
 {
     __shared__ float red[GV8_WARPS][16][NT * 8 + 1]; // each warp's partial sums
     __shared__ int xr[NT * 8]; // a.plan: the x row of each of the tile's tokens
@@ -237,11 +243,14 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
         sa = oka ? swa[g] : 0.0f;
         sb = okb ? swb[g] : 0.0f;
     };
+    // K split over a cluster (dense): block rank of the cluster takes the
+    // groups from g0 in steps of gs, after the same split in the block
+    const int S = a.split, rank = S > 1 ? (int)blockIdx.y : 0, g0 = tw + rank * team, gs = team * S;
     // The first group's loads go out before the plan's other lookups (the
     // expert's offsets, then the permutation) and the barrier they need: in
     // plan mode a block is short, and those round trips preceded every
     // weight byte.
-    if (tw < a.G) load_group(tw);
+    if (g0 < a.G) load_group(g0);
     if (a.plan) {
         int r0 = pl.offset[e] + pt.y;
         M = min(NT * 8, pl.offset[e + 1] - r0);
@@ -258,8 +267,8 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
-    for (int g = tw; g < a.G; g += team) {
-        if (g != tw) load_group(g);
+    for (int g = g0; g < a.G; g += gs) {
+        if (g != g0) load_group(g);
         int kb = g * FP8_G + tq * 16;
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
@@ -296,6 +305,28 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_tc(fp8_args a, cu_m
         red[warp][gq + 8][c + 1] = acc[nt][3];
     }
     __syncthreads();
+    if (S > 1) {
+        // the cluster's partials meet in distributed shared memory, added in
+        // rank order, then warp order (deterministic); the blocks share out
+        // the outputs
+        namespace cg = cooperative_groups;
+        cg::cluster_group cl = cg::this_cluster();
+        cl.sync();
+        for (int i = rank * blockDim.x + threadIdx.x; i < rt * 16 * NT * 8; i += S * blockDim.x) {
+            int tile = i / (16 * NT * 8), m = (i >> 4) % (NT * 8), r = i & 15;
+            int n = nb + tile * 16 + r;
+            if (m < M && n < a.N) {
+                float v = 0.0f;
+                for (int s = 0; s < S; s++) {
+                    const float(*rs)[16][NT * 8 + 1] = cl.map_shared_rank(red, s);
+                    for (int wv = tile * team; wv < (tile + 1) * team; wv++) v += rs[wv][r][m];
+                }
+                cu_mat_st(a.out, orow0 + m, n, v);
+            }
+        }
+        cl.sync(); // red stays alive until every block of the cluster has read it
+        return;
+    }
     for (int i = threadIdx.x; i < rt * 16 * NT * 8; i += 32 * GV8_WARPS) {
         int tile = i / (16 * NT * 8), m = (i >> 4) % (NT * 8), r = i & 15;
         int n = nb + tile * 16 + r;
@@ -572,22 +603,39 @@ static unsigned fp8_gemv_row_blocks(const fp8_args &a)
     return cu_blocks(a.N, 16 * fp8_gemv_rt(a.G));
 }
 
-static void fp8_gemv_launch(cu_backend *b, const fp8_args &a, unsigned pairs)
+// Dense GEMVs split K in two over a thread-block cluster where the output has
+// fewer than two blocks an SM and each warp still streams at least
+// FP8_GV_SPLIT_GROUPS groups of its half: Qwen3-8B's down (N = 4096, K =
+// 12288: 256 blocks) 28.4 -> 22.8 µs at M = 1 on an H200. Narrower K lost:
+// the cluster's barriers cost more than the extra blocks gain (30B-A3B's o,
+// N = 2048, K = 4096, 4 ways: 11.3 -> 13.1 µs; its qkv 2 ways 9.0 -> 12.8).
+#define FP8_GV_SPLIT_GROUPS 6
+
+static int fp8_gemv_split(const cu_backend *b, const fp8_args &a)
 {
+    int64_t rows = fp8_gemv_row_blocks(a), team = GV8_WARPS / fp8_gemv_rt(a.G);
+    return rows < 2 * (int64_t)b->n_sm && a.G >= 2 * team * FP8_GV_SPLIT_GROUPS ? 2 : 1;
+}
+
+static void fp8_gemv_launch(cu_backend *b, const fp8_args &args, unsigned pairs)
+{
+    fp8_args a = args;
     unsigned rows = fp8_gemv_row_blocks(a);
-    dim3 grid = a.ids ? dim3(pairs, rows) : dim3(rows, 1);
+    a.split = a.ids ? 1 : fp8_gemv_split(b, a);
+    dim3 grid = a.ids ? dim3(pairs, rows) : dim3(rows, (unsigned)a.split);
     int M = a.ids ? 1 : a.M;
     cu_moe_plan none;
     memset(&none, 0, sizeof none);
     dim3 blk(32 * GV8_WARPS);
+    unsigned cl = (unsigned)a.split;
     if (M <= 8)
-        cu_launch(b, k_fp8_gemv_tc<1>, grid, blk, 0, a, none);
+        cu_launch_cl(b, cl, k_fp8_gemv_tc<1>, grid, blk, 0, a, none);
     else if (M <= 16)
-        cu_launch(b, k_fp8_gemv_tc<2>, grid, blk, 0, a, none);
+        cu_launch_cl(b, cl, k_fp8_gemv_tc<2>, grid, blk, 0, a, none);
     else if (M <= 32)
-        cu_launch(b, k_fp8_gemv_tc<4>, grid, blk, 0, a, none);
+        cu_launch_cl(b, cl, k_fp8_gemv_tc<4>, grid, blk, 0, a, none);
     else
-        cu_launch(b, k_fp8_gemv_tc<8>, grid, blk, 0, a, none);
+        cu_launch_cl(b, cl, k_fp8_gemv_tc<8>, grid, blk, 0, a, none);
 }
 
 // Tokens a k_fp8_gemv_tc block takes per pass over an expert's rows in plan
@@ -630,6 +678,7 @@ static fp8_args fp8_args_of(const uint8_t *w, int64_t ldw, const float *ws, int6
     a.srow_shift = srow_shift;
     a.vec = (K % 16) == 0 && (ldw % 16) == 0 && ((uintptr_t)w % 16) == 0;
     a.out = out;
+    a.split = 1;
     return a;
 }
 
@@ -738,10 +787,12 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
 // tokens 0.36 / 0.84 ms against the pairs' ~1.0 and the grouped GEMMs'
 // 0.58 / 1.19); the grouped GEMMs once the experts average
 // MOE_FP8_GROUPED_PAIRS_PER_EXPERT pairs (the GEMV pass re-streams an expert
-// for every 16 of its tokens; at 512 tokens 30B's grouped 0.65 ms against
-// 0.98, Coder-Next's (11 pairs an expert) 1.62 against 1.41).
+// for every 16 of its tokens). With 32-row tiles below 40 pairs an expert
+// (v24): at 512 tokens 30B's grouped 0.53 ms against 0.84, Coder-Next's (11
+// pairs an expert) 0.97 against 1.12; at 128 tokens 30B (8 an expert) 0.36
+// both ways, at 256 Coder-Next (5.5) 0.92 against 0.86.
 #define MOE_FP8_EXPERT_GEMV_MIN_T 32
-#define MOE_FP8_GROUPED_PAIRS_PER_EXPERT 12
+#define MOE_FP8_GROUPED_PAIRS_PER_EXPERT 8
 
 // silu(gate)·up of the rows of the gate_up output (a.out, [rows, 2I]) quantized
 // as the down's input (d.xq, d.sx; d.K = I)

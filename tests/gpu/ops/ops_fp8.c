@@ -16,6 +16,10 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL_FP8, BF, {6, 384, 2048, 0, 1}, 1e-2},   /* forced: 4 rows cuBLASLt, 2 GEMV */
     {SL_OP_MATMUL_FP8, BF, {8, 384, 2048, 0, 1}, 1e-2},   /* AUTO: the last GEMV size */
     {SL_OP_MATMUL_FP8, BF, {8, 384, 256, 0, 1}, 1e-2},    /* K < 2048: never cuBLASLt */
+    /* GEMVs splitting K over a cluster of 2 blocks (narrow N, K of 96+ groups) */
+    {SL_OP_MATMUL_FP8, BF, {1, 4096, 12288, 0, 1}, 1e-2}, /* Qwen3-8B down */
+    {SL_OP_MATMUL_FP8, F32, {5, 136, 12288, 1, 0}, 1e-2}, /* partial row tile */
+    {SL_OP_MATMUL_FP8, BF, {3, 200, 12200, 0, 1}, 1e-2},  /* partial group: no 16-byte loads */
     {SL_OP_MATMUL_FP8, BF, {9, 640, 2048, 0, 1}, 1e-2},   /* AUTO: the first cuBLASLt size */
     {SL_OP_MATMUL_FP8, BF, {77, 1000, 2048, 0, 1}, 1e-2}, /* cuBLASLt, a partial 128-row block */
     {SL_OP_MATMUL_FP8, F32, {7, 257, 385, 1, 1}, 1e-2},  /* odd everything; K % 16 != 0: scalar path */
