@@ -355,14 +355,21 @@ __global__ void __launch_bounds__(32 * GV8_WARPS, NT <= 4 ? 4 : 2) k_fp8_gemv_tc
 #define TC_STAGES 4
 
 template <int BM> struct tc_cfg {
-    static constexpr int MI = BM / 32;                  // m16 tiles of a warp
-    static constexpr int STAGE = (BM + TC_BN) * FP8_G; // x tile then w tile, bytes
-    static constexpr int SMEM = TC_STAGES * STAGE;     // 128 KB at BM 128, 96 KB at 64, 80 KB at 32
+    static constexpr int MI = BM / 32; // m16 tiles of a warp
+    // x tile, w tile, then the group's scales of the x rows and the w rows
+    static constexpr int SCALES = (BM + TC_BN) * FP8_G;
+    static constexpr int STAGE = SCALES + (BM + TC_BN) * 4; // bytes
+    static constexpr int SMEM = TC_STAGES * STAGE;          // 132 KB at BM 128, 99 KB at 64, 82.5 KB at 32
 };
 
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int bytes)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, int bytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
 }
 
 // 16-byte chunk c of tile row r lives at chunk c ^ 4·(r & 1): the 8 lanes of a
@@ -371,11 +378,14 @@ __device__ __forceinline__ int tc_off(int r, int c) { return r * FP8_G + ((c ^ (
 
 // Group g of the tile into a stage: chunk tid & 7 of x rows (tid >> 3) + 32i
 // (row xrow(r) of xq; past rows zero-filled) and of weight rows n0 + (tid >> 3)
-// + 32i of w (past N or K zero-filled). Addresses are recomputed per load:
-// holding them in registers made the dense kernel spill.
+// + 32i of w (past N or K zero-filled), then the group's scale of x row tid
+// (tid < BM) or of weight row n0 + tid - BM (zero past rows / N). Addresses are
+// recomputed per load: holding them in registers made the dense kernel spill.
+// (The scales came from global memory in the compute step, after the group's
+// mma: a dependent round trip in every group's critical path.)
 template <int BM, class XR>
-__device__ __forceinline__ void tc_load(const fp8_args &a, const uint8_t *w, XR xrow, int rows, int n0,
-                                        uint32_t sbase, int g)
+__device__ __forceinline__ void tc_load(const fp8_args &a, const uint8_t *w, const float *ws, XR xrow, int rows,
+                                        int n0, uint32_t sbase, int g)
 {
     int k0 = g * FP8_G, ch = threadIdx.x & 7, r = threadIdx.x >> 3;
 #pragma unroll
@@ -390,6 +400,14 @@ __device__ __forceinline__ void tc_load(const fp8_args &a, const uint8_t *w, XR 
         bool ok = n < a.N && k < a.K;
         const uint8_t *src = ok ? w + (int64_t)n * a.ldw + k : a.xq;
         cp_async16(sbase + BM * FP8_G + tc_off(r + 32 * i, ch), src, ok ? 16 : 0);
+    }
+    uint32_t sc = sbase + tc_cfg<BM>::SCALES + 4 * threadIdx.x;
+    if (threadIdx.x < BM) {
+        int64_t m = (int)threadIdx.x < rows ? xrow((int)threadIdx.x) : -1;
+        cp_async4(sc, m >= 0 ? a.sx + m * a.G + g : a.sx, m >= 0 ? 4 : 0);
+    } else if (threadIdx.x < BM + TC_BN) {
+        int n = n0 + threadIdx.x - BM;
+        cp_async4(sc, n < a.N ? ws + (int64_t)(n >> a.srow_shift) * a.ldws + g : ws, n < a.N ? 4 : 0);
     }
     asm volatile("cp.async.commit_group;\n" ::);
 }
@@ -424,7 +442,7 @@ __device__ __forceinline__ void tc_tile(const fp8_args &a, uint8_t *smem, const 
     tc_zero<MI>(acc);
 #pragma unroll
     for (int st = 0; st < TC_STAGES - 1; st++) {
-        if (st < a.G) tc_load<BM>(a, w, xrow, rows, n0, s0 + st * STAGE, st);
+        if (st < a.G) tc_load<BM>(a, w, ws, xrow, rows, n0, s0 + st * STAGE, st);
         else tc_commit_empty();
     }
     for (int g = 0; g < a.G; g++) {
@@ -433,7 +451,7 @@ __device__ __forceinline__ void tc_tile(const fp8_args &a, uint8_t *smem, const 
         // every warp is past group g - 1's compute: its stage can be refilled
         __syncthreads();
         int gn = g + TC_STAGES - 1;
-        if (gn < a.G) tc_load<BM>(a, w, xrow, rows, n0, s0 + (gn % TC_STAGES) * STAGE, gn);
+        if (gn < a.G) tc_load<BM>(a, w, ws, xrow, rows, n0, s0 + (gn % TC_STAGES) * STAGE, gn);
         else tc_commit_empty();
         const uint8_t *xs = smem + (g % TC_STAGES) * STAGE, *wsm = xs + BM * FP8_G;
         float part[MI][4][4];
@@ -457,23 +475,18 @@ __device__ __forceinline__ void tc_tile(const fp8_args &a, uint8_t *smem, const 
                     mma_e4m3(part[i][j], A[i][0].z, A[i][1].z, A[i][0].w, A[i][1].w, B[j].z, B[j].w);
                 }
         }
-        // C: rows (tokens) gq, gq+8 of each m16 tile; columns (weights) 2tq, 2tq+1
+        // C: rows (tokens) gq, gq+8 of each m16 tile; columns (weights) 2tq,
+        // 2tq+1; their scales from the stage (zero past rows / N)
+        const float *xss = (const float *)(xs + tc_cfg<BM>::SCALES), *wss = xss + BM;
         float xsc[MI][2], wsc[4][2];
 #pragma unroll
         for (int i = 0; i < MI; i++)
 #pragma unroll
-            for (int u = 0; u < 2; u++) {
-                int r = wm * WR + i * 16 + gq + 8 * u;
-                int64_t m = r < rows ? xrow(r) : -1;
-                xsc[i][u] = m >= 0 ? a.sx[m * a.G + g] : 0.0f;
-            }
+            for (int u = 0; u < 2; u++) xsc[i][u] = xss[wm * WR + i * 16 + gq + 8 * u];
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
-            for (int u = 0; u < 2; u++) {
-                int n = n0 + wn * 32 + j * 8 + 2 * tq + u;
-                wsc[j][u] = n < a.N ? ws[(int64_t)(n >> a.srow_shift) * a.ldws + g] : 0.0f;
-            }
+            for (int u = 0; u < 2; u++) wsc[j][u] = wss[wn * 32 + j * 8 + 2 * tq + u];
 #pragma unroll
         for (int i = 0; i < MI; i++)
 #pragma unroll
