@@ -5,7 +5,10 @@
 # `sluice bench` (sglang.bench_serving's random dataset, fixed lengths),
 # 1000 input / 1000 output tokens at concurrency 1 and 64. Logs and JSON lines
 # go to $OUT (or /tmp); a summary table is printed last.
-#   NUM1 / NUM64: prompts at concurrency 1 / 64 (defaults 4 / 128)
+#   NUM1 / NUM64: prompts at concurrency 1 / 64 (defaults 4 / 128). The bench's
+#   warm-up (sglang's: copies of the first prompt) leaves that prompt in the
+#   prefix cache, so the first measured request's TTFT is a cache hit: at
+#   concurrency 1 the median TTFT over 3+ prompts is the uncached prefill
 #   CONCS: concurrencies to run (default "1 64"); EXTRA: more serve flags
 #   (e.g. --disable-cuda-graph); BENCH_EXTRA: a JSON object added to every request
 #   (bench --extra-request-body), e.g. '{"regex": "[a-z ]+"}' to measure
@@ -54,9 +57,9 @@ for name in $models; do
     rc=$?
     cat "$res"
     pick() { grep -E "^$1" "$res" | head -1 | awk -F: '{gsub(/ /,"",$2); print $2}'; }
-    summary+=("$(printf '%-16s c=%-3s n=%-4s rc=%-3s out tok/s %-10s TTFT mean %-9s ms  TPOT mean %-8s ms  median %-8s ms' \
+    summary+=("$(printf '%-16s c=%-3s n=%-4s rc=%-3s out tok/s %-10s TTFT mean %-9s median %-9s ms  TPOT mean %-8s ms  median %-8s ms' \
       "$name" "$conc" "$n" "$rc" "$(pick 'Output token throughput')" "$(pick 'Mean TTFT')" \
-      "$(pick 'Mean TPOT')" "$(pick 'Median TPOT')")")
+      "$(pick 'Median TTFT')" "$(pick 'Mean TPOT')" "$(pick 'Median TPOT')")")
   done
   if [ -n "${BENCH_EXTRA:-}" ]; then # proof the extra body was honoured: one answer, shown
     sample=$(python3 - "$port" "$BENCH_EXTRA" <<'PY'
