@@ -72,3 +72,21 @@ int sl_wire_send_load(nng_socket s, Sluice__LoadReport *l, int flags)
     env.load = l;
     return sl_wire_send(s, &env, flags);
 }
+
+int sl_wire_send_flush_cache(nng_socket s, uint64_t seq, int flags)
+{
+    Sluice__FlushCache f = SLUICE__FLUSH_CACHE__INIT;
+    f.seq = seq;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_FLUSH_CACHE;
+    env.flush_cache = &f;
+    return sl_wire_send(s, &env, flags);
+}
+
+int sl_wire_send_flush_done(nng_socket s, Sluice__FlushCacheDone *d, int flags)
+{
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_FLUSH_DONE;
+    env.flush_done = d;
+    return sl_wire_send(s, &env, flags);
+}

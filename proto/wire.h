@@ -40,5 +40,7 @@ int sl_wire_send_abort(nng_socket s, uint64_t rid, int flags);
 int sl_wire_send_generate(nng_socket s, Sluice__GenerateRequest *g, int flags);
 int sl_wire_send_chunk(nng_socket s, Sluice__TokenChunk *ch, int flags);
 int sl_wire_send_load(nng_socket s, Sluice__LoadReport *l, int flags);
+int sl_wire_send_flush_cache(nng_socket s, uint64_t seq, int flags);
+int sl_wire_send_flush_done(nng_socket s, Sluice__FlushCacheDone *d, int flags);
 
 #endif

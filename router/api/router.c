@@ -131,6 +131,56 @@ static void handle_health(sl_router *rt, sl_http_req *r)
     respond_json(rt, r, "/health", alive ? 200 : 503, o);
 }
 
+/* /flush_cache (SGLang's): every alive worker drops the prefix-cache
+ * entries no request holds, e.g. between benchmark runs (`sluice bench
+ * --flush-cache`). 200 when all flushed; 400 when one refused because
+ * requests run or wait there (nothing is flushed on that worker, as in
+ * SGLang); 503 when none is alive or one failed. */
+typedef struct flush_req {
+    sl_router *rt;
+    sl_http_req *r;
+} flush_req;
+
+static void on_flushed(void *ud, const sl_cluster_flush_result *res)
+{
+    flush_req *f = ud;
+    sl_router *rt = f->rt;
+    if (res->flushed == res->workers) {
+        char m[16], body[160];
+        method_of(f->r, m);
+        double t0 = sl_router_now_ms();
+        int n = snprintf(body, sizeof body, "Cache flushed: %lld KV pages freed on %d worker(s).\n",
+                         (long long)res->freed_pages, res->workers);
+        sl_http_respond(f->r, 200, "text/plain; charset=utf-8", body, (size_t)n, NULL);
+        sl_metrics_request(&rt->metrics, "/flush_cache", 200);
+        sl_router_access_log(rt, m, "/flush_cache", 200, 0, 0, t0);
+    } else {
+        sl_api_err err = {0};
+        sl_api_fail(&err, res->failed ? SL_API_STATUS_UNAVAILABLE : SL_API_STATUS_INVALID,
+                    "cache flushed on %d of %d workers: %s", res->flushed, res->workers, res->error);
+        respond_err(rt, f->r, "/flush_cache", &sl_openai_chat, &err);
+    }
+    free(f);
+}
+
+static void handle_flush_cache(sl_router *rt, sl_http_req *r)
+{
+    sl_api_err err = {0};
+    sl_err e = {0};
+    flush_req *f = malloc(sizeof *f);
+    if (!f) {
+        sl_api_fail(&err, SL_API_STATUS_SERVER, "out of memory");
+        return respond_err(rt, r, "/flush_cache", &sl_openai_chat, &err);
+    }
+    f->rt = rt;
+    f->r = r;
+    if (sl_cluster_flush_cache(rt->cluster, on_flushed, f, &e)) {
+        free(f);
+        sl_api_fail(&err, SL_API_STATUS_UNAVAILABLE, "cache not flushed: %s", e.msg);
+        respond_err(rt, r, "/flush_cache", &sl_openai_chat, &err);
+    }
+}
+
 static void handle_version(sl_router *rt, sl_http_req *r)
 {
     respond_json(rt, r, "/version", 200,
@@ -256,10 +306,13 @@ static void on_request(sl_http_req *r, void *ud)
                   {"/get_model_info", "GET", -1, &sl_openai_chat},
                   {"/get_server_info", "GET", -1, &sl_openai_chat},
                   {"/version", "GET", -1, &sl_openai_chat},
-                  {"/metrics", "GET", -1, &sl_openai_chat}};
+                  {"/metrics", "GET", -1, &sl_openai_chat},
+                  {"/flush_cache", "POST", -1, &sl_openai_chat},
+                  {"/flush_cache", "GET", -1, &sl_openai_chat}};
+    /* the route of this path and method, else the path's first (405) */
     int k = -1;
     for (int i = 0; i < (int)(sizeof routes / sizeof routes[0]); i++)
-        if (!strcmp(path, routes[i].path)) k = i;
+        if (!strcmp(path, routes[i].path) && (k < 0 || !strcmp(method, routes[i].method))) k = i;
     sl_api_err err = {0};
     if (!strcmp(method, "OPTIONS") && rt->cfg.allow_origin) {
         /* CORS preflight: Access-Control-Allow-Origin comes from the HTTP
@@ -319,6 +372,7 @@ static void on_request(sl_http_req *r, void *ud)
         respond_err(rt, r, route, d, &err);
         return;
     }
+    if (!strcmp(route, "/flush_cache")) return handle_flush_cache(rt, r);
     /* JSON, decoding and /detokenize: off the loop when the body is big. */
     sl_intake_start(rt, r, route, routes[k].kind, d);
 }

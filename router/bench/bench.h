@@ -200,6 +200,9 @@ typedef struct sl_bench_load {
 /* GET /v1/models: the first model id (malloc'd) into *id. SL_ERR_IO when the
  * server cannot be reached (the message says why: refused, unresolved). */
 sl_status sl_bench_first_model(const sl_bench_target *t, char **id, sl_err *e);
+/* POST /flush_cache (SGLang's): the server drops its prefix cache. SL_ERR_IO
+ * unless it answers 200 (the message carries the server's reason). */
+sl_status sl_bench_flush_cache(const sl_bench_target *t, sl_err *e);
 
 /* Sends every prompt of d to POST /v1/completions under load's arrival
  * process and concurrency cap, and fills out[i] (zeroed by the caller) for

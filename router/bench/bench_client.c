@@ -22,7 +22,7 @@
 
 #define BODY_CAP (16u << 20) /* non-streamed bodies kept for parsing or error text */
 
-typedef enum job_kind { JOB_COMPLETION, JOB_MODELS } job_kind;
+typedef enum job_kind { JOB_COMPLETION, JOB_MODELS, JOB_FLUSH } job_kind;
 
 typedef struct job {
     job_kind kind;
@@ -106,7 +106,7 @@ static void job_finish(client *c, job *j, int ok, const char *fmt, ...)
     }
     o->start_s = (double)(j->t_start - c->t0) * 1e-9;
     sl_bench_sse_free(&j->sse);
-    if (j->kind == JOB_COMPLETION) sl_buf_free(&j->body); /* models: the caller reads it */
+    if (j->kind == JOB_COMPLETION) sl_buf_free(&j->body); /* others: the caller reads it */
     c->in_flight--;
     c->n_done++;
     c->t_last_done = now;
@@ -223,7 +223,7 @@ static void finish_response(conn *k)
     }
     sl_bench_outcome *o = j->out;
     uint64_t now = k->now;
-    if (j->kind == JOB_MODELS) {
+    if (j->kind != JOB_COMPLETION) {
         job_finish(c, j, 1, NULL);
         return;
     }
@@ -495,9 +495,8 @@ static int put_request_head(client *c, sl_buf *h, const char *method, const char
     int rc = sl_buf_printf(h, "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: sluice-bench\r\n"
                               "Accept: */*\r\n", method, c->t->prefix, path, c->hostport);
     if (c->t->api_key) rc |= sl_buf_printf(h, "Authorization: Bearer %s\r\n", c->t->api_key);
-    if (body_len)
-        rc |= sl_buf_printf(h, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
-                            body_len);
+    if (body_len) rc |= sl_buf_puts(h, "Content-Type: application/json\r\n");
+    if (body_len || !strcmp(method, "POST")) rc |= sl_buf_printf(h, "Content-Length: %zu\r\n", body_len);
     return rc | sl_buf_puts(h, "\r\n");
 }
 
@@ -548,7 +547,8 @@ static void pump(client *c)
         if (j->kind == JOB_COMPLETION) {
             w = build_completion(c, j);
         } else if ((w = calloc(1, sizeof *w)) &&
-                   put_request_head(c, &w->head, "GET", "/v1/models", 0)) {
+                   put_request_head(c, &w->head, j->kind == JOB_MODELS ? "GET" : "POST",
+                                    j->kind == JOB_MODELS ? "/v1/models" : "/flush_cache", 0)) {
             write_free(w);
             w = NULL;
         }
@@ -658,30 +658,56 @@ static void client_run(client *c)
 
 /* ---- public calls ------------------------------------------------------------------------- */
 
-sl_status sl_bench_first_model(const sl_bench_target *t, char **id, sl_err *e)
+/* One request of kind (not a completion) on a client of its own: fills *o
+ * (ok: answered 200) and j->body (the caller frees it); *where names the
+ * request for messages. */
+static sl_status admin_request(const sl_bench_target *t, job_kind kind, job *j, sl_bench_outcome *o,
+                               char *where, size_t cap, sl_err *e)
 {
-    *id = NULL;
     client c;
     sl_status s = client_init(&c, t, e);
     if (s) return s;
-    sl_bench_outcome o = {0};
-    job j = {.kind = JOB_MODELS, .out = &o};
+    *j = (job){.kind = kind, .out = o};
     uint64_t arrive = 0;
-    c.jobs = &j;
+    c.jobs = j;
     c.n_jobs = 1;
     c.arrive = &arrive;
+    snprintf(where, cap, "%s %s%s on %s", kind == JOB_MODELS ? "GET" : "POST", t->prefix,
+             kind == JOB_MODELS ? "/v1/models" : "/flush_cache", c.hostport);
     client_run(&c);
+    return SL_OK;
+}
+
+sl_status sl_bench_first_model(const sl_bench_target *t, char **id, sl_err *e)
+{
+    *id = NULL;
+    job j;
+    sl_bench_outcome o = {0};
+    char where[1400];
+    sl_status s = admin_request(t, JOB_MODELS, &j, &o, where, sizeof where, e);
+    if (s) return s;
     if (!o.ok) {
-        s = sl_err_set(e, SL_ERR_IO, "GET %s/v1/models on %s: %s", t->prefix, c.hostport,
-                       o.error ? o.error : "failed");
+        s = sl_err_set(e, SL_ERR_IO, "%s: %s", where, o.error ? o.error : "failed");
     } else {
         json_t *r = json_loadb(j.body.data ? j.body.data : "", j.body.len, 0, NULL);
         json_t *m = json_object_get(json_array_get(json_object_get(r, "data"), 0), "id");
         if (json_is_string(m)) *id = strdup(json_string_value(m));
-        else s = sl_err_set(e, SL_ERR_PARSE, "GET %s/v1/models on %s: no model id in the answer",
-                            t->prefix, c.hostport);
+        else s = sl_err_set(e, SL_ERR_PARSE, "%s: no model id in the answer", where);
         json_decref(r);
     }
+    sl_buf_free(&j.body);
+    sl_bench_outcome_free(&o);
+    return s;
+}
+
+sl_status sl_bench_flush_cache(const sl_bench_target *t, sl_err *e)
+{
+    job j;
+    sl_bench_outcome o = {0};
+    char where[1400];
+    sl_status s = admin_request(t, JOB_FLUSH, &j, &o, where, sizeof where, e);
+    if (s) return s;
+    if (!o.ok) s = sl_err_set(e, SL_ERR_IO, "%s: %s", where, o.error ? o.error : "failed");
     sl_buf_free(&j.body);
     sl_bench_outcome_free(&o);
     return s;

@@ -18,7 +18,7 @@
 typedef struct bench_args {
     const char *backend, *base_url, *host, *dataset, *model, *tokenizer, *output_file, *api_key;
     int port, num_prompts, input_len, output_len, max_concurrency, warmup;
-    int disable_stream, disable_ignore_eos, disable_tqdm, output_details;
+    int disable_stream, disable_ignore_eos, disable_tqdm, output_details, flush_cache;
     const char *extra_body;
     double range_ratio, request_rate;
     long long seed;
@@ -208,6 +208,8 @@ int sl_cmd_bench(int argc, char **argv)
         {"--max-concurrency", NULL, SL_OPT_INT, &a.max_concurrency, "requests in flight (default: no cap)"},
         {"--seed", NULL, SL_OPT_I64, &a.seed, "seed of lengths, ids and arrivals (default 1)"},
         {"--warmup-requests", NULL, SL_OPT_INT, &a.warmup, "warmup requests (default 1)"},
+        {"--flush-cache", NULL, SL_OPT_FLAG, &a.flush_cache,
+         "POST /flush_cache after the warmup, so no prompt starts cached"},
         {"--output-file", NULL, SL_OPT_STR, &a.output_file, "append one JSON line of results"},
         {"--output-details", NULL, SL_OPT_FLAG, &a.output_details, "add per-request arrays to it"},
         {"--api-key", NULL, SL_OPT_STR, &a.api_key, "bearer token (default $OPENAI_API_KEY)"},
@@ -293,6 +295,12 @@ int sl_cmd_bench(int argc, char **argv)
                           .stream = !a.disable_stream, .ignore_eos = !a.disable_ignore_eos,
                           .extra_body = extra[0] ? extra : NULL, .mt = &mt};
     if (a.warmup > 0 && warmup(&t, &d, &load, a.warmup)) goto out;
+    /* as sglang's --flush-cache: the warmup's prompt (the first one) would
+     * otherwise start the run as a prefix-cache hit */
+    if (a.flush_cache && sl_bench_flush_cache(&t, &e)) {
+        fprintf(stderr, "sluice bench: --flush-cache: %s\n", e.msg);
+        goto out;
+    }
     usleep(1000000); /* sglang lets the server settle for a second before the run */
 
     o = calloc((size_t)d.n, sizeof *o);

@@ -53,6 +53,27 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* /flush_cache: forgets the prompts it counts cache hits against, refused
+ * while requests run (as a real worker). freed_pages: prompts forgotten. */
+static void flush_cache(mock *m, uint64_t seq)
+{
+    Sluice__FlushCacheDone d = SLUICE__FLUSH_CACHE_DONE__INIT;
+    char why[96];
+    d.seq = seq;
+    if (m->nact) {
+        snprintf(why, sizeof why, "cache not flushed: %d requests running", m->nact);
+        d.error = why;
+    } else {
+        d.ok = 1;
+        for (int h = 0; h < HISTORY; h++) {
+            d.freed_pages += m->hist[h] != NULL;
+            free(m->hist[h]);
+            m->hist[h] = NULL;
+        }
+    }
+    sl_wire_send_flush_done(m->sock, &d, 0);
+}
+
 static void send_load(mock *m, uint64_t pong_seq)
 {
     sl_wire_send_ping(m->sock, SLUICE__ENVELOPE__MSG_PONG, pong_seq, 0);
@@ -231,6 +252,8 @@ int sl_cmd_mock_worker(int argc, char **argv)
                 send_load(m, env->ping->seq);
             else if (env->msg_case == SLUICE__ENVELOPE__MSG_GENERATE)
                 start(m, env->generate);
+            else if (env->msg_case == SLUICE__ENVELOPE__MSG_FLUSH_CACHE)
+                flush_cache(m, env->flush_cache->seq);
             else if (env->msg_case == SLUICE__ENVELOPE__MSG_ABORT)
                 for (int i = 0; i < m->nact; i++)
                     if (m->act[i].rid == env->abort->rid) {

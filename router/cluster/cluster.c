@@ -70,6 +70,17 @@ typedef struct gen {
     void *ud;
 } gen;
 
+/* A /flush_cache in progress: waiting[i] while worker i owes an answer. */
+typedef struct flush_op {
+    struct flush_op *next;
+    uint64_t seq, deadline_ms;
+    uint8_t *waiting;
+    int n, nwait; /* workers when it started; answers owed */
+    sl_cluster_flush_result res;
+    sl_cluster_flush_cb cb;
+    void *ud;
+} flush_op;
+
 typedef struct dns_entry {
     sl_cluster *cl;
     char host[256];
@@ -99,6 +110,8 @@ struct sl_cluster {
     int closed;
     sl_cluster_kv_ready_cb kv_ready;
     void *kv_ready_ud;
+    flush_op *flushes;
+    uint64_t flush_seq;
 };
 
 sl_cluster_config sl_cluster_config_default(void)
@@ -343,6 +356,102 @@ static void fail_inflight(sl_cluster *cl, int idx, const char *why)
     free(rids);
 }
 
+/* ---- /flush_cache ---- */
+
+static void flush_note(flush_op *op, const char *url, const char *what)
+{
+    if (!op->res.error[0]) snprintf(op->res.error, sizeof op->res.error, "worker %s: %s", url, what);
+}
+
+/* Worker idx owes op nothing more; op ends when nobody owes it an answer
+ * (unlinked before its callback, which may start another flush). Returns 1
+ * when op ended (it is freed). */
+static int flush_settle(sl_cluster *cl, flush_op *op, int idx, const Sluice__FlushCacheDone *d,
+                        const char *failure)
+{
+    if (idx >= op->n || !op->waiting[idx]) return 0;
+    op->waiting[idx] = 0;
+    op->nwait--;
+    const char *url = cl->w[idx]->url;
+    if (d && d->ok) {
+        op->res.flushed++;
+        op->res.freed_pages += d->freed_pages;
+    } else if (d) {
+        op->res.refused++;
+        flush_note(op, url, d->error && d->error[0] ? d->error : "refused");
+    } else {
+        op->res.failed++;
+        flush_note(op, url, failure ? failure : "failed");
+    }
+    if (op->nwait) return 0;
+    for (flush_op **pp = &cl->flushes; *pp; pp = &(*pp)->next)
+        if (*pp == op) {
+            *pp = op->next;
+            break;
+        }
+    op->cb(op->ud, &op->res);
+    free(op->waiting);
+    free(op);
+    return 1;
+}
+
+/* Settles worker idx's answer owed to every flush in progress (d: its
+ * answer to seq; NULL: it failed them all for `failure`). */
+static void flush_worker_done(sl_cluster *cl, int idx, const Sluice__FlushCacheDone *d, const char *failure)
+{
+    for (flush_op *op = cl->flushes, *nx; op; op = nx) {
+        nx = op->next; /* flush_settle may free op */
+        if (!d || d->seq == op->seq) flush_settle(cl, op, idx, d, failure);
+    }
+}
+
+/* Flushes past their deadline fail the workers that did not answer. */
+static void flush_expire(sl_cluster *cl, uint64_t now)
+{
+    for (flush_op *op = cl->flushes, *nx; op; op = nx) {
+        nx = op->next;
+        if (now < op->deadline_ms) continue;
+        for (int i = 0; i < op->n; i++)
+            if (flush_settle(cl, op, i, NULL, "no answer to the flush in time")) break;
+    }
+}
+
+sl_status sl_cluster_flush_cache(sl_cluster *cl, sl_cluster_flush_cb cb, void *ud, sl_err *e)
+{
+    int alive = 0;
+    for (int i = 0; i < cl->nw; i++) alive += cl->w[i]->alive;
+    if (!alive) return sl_err_set(e, SL_ERR_CLOSED, "no worker is alive");
+    flush_op *op = calloc(1, sizeof *op);
+    uint8_t *waiting = calloc((size_t)cl->nw, 1);
+    if (!op || !waiting) {
+        free(op);
+        free(waiting);
+        return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    }
+    op->seq = ++cl->flush_seq;
+    op->deadline_ms = now_ms() + SL_CLUSTER_FLUSH_MS;
+    op->waiting = waiting;
+    op->n = cl->nw;
+    op->cb = cb;
+    op->ud = ud;
+    op->next = cl->flushes;
+    cl->flushes = op;
+    for (int i = 0; i < cl->nw; i++) {
+        worker *w = cl->w[i];
+        if (!w->alive) continue;
+        op->res.workers++;
+        op->waiting[i] = 1;
+        op->nwait++;
+    }
+    /* sent after the bookkeeping: a failed send settles (and may end) op */
+    for (int i = 0, n = op->n; i < n; i++) {
+        if (!waiting[i]) continue;
+        int rv = sl_wire_send_flush_cache(cl->w[i]->sock, op->seq, NNG_FLAG_NONBLOCK);
+        if (rv && flush_settle(cl, op, i, NULL, "the flush could not be sent")) break;
+    }
+    return SL_OK;
+}
+
 static void set_alive(sl_cluster *cl, int idx, int alive, const char *why)
 {
     worker *w = cl->w[idx];
@@ -355,6 +464,7 @@ static void set_alive(sl_cluster *cl, int idx, int alive, const char *why)
         SL_LOGW("cluster", "worker %s %s", w->url, why);
         outq_clear(w); /* their generations are failed (and migrated) now */
         fail_inflight(cl, idx, why);
+        flush_worker_done(cl, idx, NULL, why);
     }
     if (cl->on_event) cl->on_event(cl->ud, idx, alive);
 }
@@ -467,6 +577,7 @@ static void handle_msg(sl_cluster *cl, worker *w, nng_msg *m)
     case SLUICE__ENVELOPE__MSG_PONG:
         if (w->load.worker_id) set_alive(cl, w->idx, 1, "");
         break;
+    case SLUICE__ENVELOPE__MSG_FLUSH_DONE: flush_worker_done(cl, w->idx, env->flush_done, NULL); break;
     case SLUICE__ENVELOPE__MSG_CHUNK: {
         Sluice__TokenChunk *ch = env->chunk;
         gen *g = ch->finish != SLUICE__FINISH_REASON__FINISH_NONE ? map_take(cl, ch->rid)
@@ -616,6 +727,7 @@ static void on_timer(uv_timer_t *t)
             set_alive(cl, i, 0, "stopped answering heartbeats");
         send_ping(w);
     }
+    flush_expire(cl, now);
     if (now - cl->last_dns_ms >= cl->cfg.dns_refresh_ms) {
         cl->last_dns_ms = now;
         for (int i = 0; i < cl->ndns; i++) dns_resolve(cl->dns[i]);
@@ -843,6 +955,12 @@ void sl_cluster_close(sl_cluster *cl)
         }
     memset(cl->buckets, 0, cl->nbuckets * sizeof *cl->buckets);
     cl->ngens = 0;
+    while (cl->flushes) { /* the settle that ends a flush unlinks it */
+        flush_op *op = cl->flushes;
+        int ended = 0;
+        for (int i = 0; i < op->n && !ended; i++) ended = flush_settle(cl, op, i, NULL, "the router is shutting down");
+        SL_ASSERT(ended);
+    }
     for (int i = 0; i < cl->ndns; i++)
         if (cl->dns[i]->busy) uv_cancel((uv_req_t *)&cl->dns[i]->req);
     uv_close((uv_handle_t *)&cl->async, on_handle_closed);

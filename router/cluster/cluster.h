@@ -108,6 +108,22 @@ int sl_cluster_size(const sl_cluster *cl);
 void sl_cluster_info(const sl_cluster *cl, int worker, sl_worker_info *out);
 int sl_cluster_alive(const sl_cluster *cl, int worker);
 
+/* The outcome of sl_cluster_flush_cache over the workers alive when it
+ * started: each flushed, refused (requests running or waiting there) or
+ * failed (died, did not answer within SL_CLUSTER_FLUSH_MS, or the cluster
+ * closed). error: the first refusal or failure, with its worker's URL. */
+typedef struct sl_cluster_flush_result {
+    int workers, flushed, refused, failed;
+    int64_t freed_pages; /* summed over the workers that flushed */
+    char error[320];
+} sl_cluster_flush_result;
+typedef void (*sl_cluster_flush_cb)(void *ud, const sl_cluster_flush_result *r);
+#define SL_CLUSTER_FLUSH_MS 10000
+/* Asks every alive worker to drop the cache entries no request holds (the
+ * router's /flush_cache); cb runs once, on the loop, when all have answered
+ * or failed. Fails without calling cb when no worker is alive. */
+sl_status sl_cluster_flush_cache(sl_cluster *cl, sl_cluster_flush_cb cb, void *ud, sl_err *e);
+
 /* lost: 1 when the worker died with the generation unfinished (the chunk is
  * the cluster's FINISH_ERROR, not the worker's); 0 for every chunk the worker
  * sent. The callback may submit and abort generations. */

@@ -5,10 +5,10 @@
 # `sluice bench` (sglang.bench_serving's random dataset, fixed lengths),
 # 1000 input / 1000 output tokens at concurrency 1 and 64. Logs and JSON lines
 # go to $OUT (or /tmp); a summary table is printed last.
-#   NUM1 / NUM64: prompts at concurrency 1 / 64 (defaults 4 / 128). The bench's
-#   warm-up (sglang's: copies of the first prompt) leaves that prompt in the
-#   prefix cache, so the first measured request's TTFT is a cache hit: at
-#   concurrency 1 the median TTFT over 3+ prompts is the uncached prefill
+#   NUM1 / NUM64: prompts at concurrency 1 / 64 (defaults 4 / 128). The bench
+#   flushes the server's prefix cache after its warm-up (--flush-cache): the
+#   warm-up's prompt is the first measured one, which would otherwise start
+#   as a cache hit
 #   CONCS: concurrencies to run (default "1 64"); EXTRA: more serve flags
 #   (e.g. --disable-cuda-graph); BENCH_EXTRA: a JSON object added to every request
 #   (bench --extra-request-body), e.g. '{"regex": "[a-z ]+"}' to measure
@@ -52,7 +52,7 @@ for name in $models; do
     res=$out/bench-$name-c$conc.txt
     timeout ${BENCH_LIMIT:-240} "$bin/sluice" bench --port $port --tokenizer "$dir" --num-prompts $n \
       --max-concurrency $conc --random-input-len 1000 --random-output-len 1000 \
-      --random-range-ratio 1 --output-file "$out/bench-$name.jsonl" \
+      --random-range-ratio 1 --flush-cache --output-file "$out/bench-$name.jsonl" \
       ${BENCH_EXTRA:+--extra-request-body "$BENCH_EXTRA"} >"$res" 2>&1
     rc=$?
     cat "$res"

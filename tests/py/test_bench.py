@@ -26,7 +26,7 @@ class FakeServer:
     """One asyncio loop in a thread; options change how it answers."""
 
     def __init__(self, tokens_per_chunk=1, fail_every=0, send_usage=True, chunk_usage=False,
-                 never_stream=False, hang_up=None):
+                 never_stream=False, hang_up=None, flush_status=200):
         self.tokens_per_chunk = tokens_per_chunk
         self.fail_every = fail_every  # every n-th completion gets HTTP 500
         self.send_usage = send_usage  # final usage chunk when asked for
@@ -35,6 +35,8 @@ class FakeServer:
         # close each connection after one completion: "announced" says so in a
         # Connection: close header, "silent" just hangs up (a stale keep-alive)
         self.hang_up = hang_up
+        self.flush_status = flush_status  # what POST /flush_cache answers
+        self.flushes = []  # per POST /flush_cache: completions received before it
         self.payloads = []
         self.record = []  # per completion: {"recv": t, "sends": [(t, tokens so far)]}
         self.in_flight = 0
@@ -73,6 +75,10 @@ class FakeServer:
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
                 if method == "GET" and path == "/v1/models":
                     self._send_json(writer, 200, {"object": "list", "data": [{"id": "fake-model"}]})
+                elif method == "POST" and path == "/flush_cache":
+                    self.flushes.append(len(self.payloads))
+                    self._send_json(writer, self.flush_status, {"error": {"message": "busy"}}
+                                    if self.flush_status != 200 else {})
                 elif method == "POST" and path == "/v1/completions":
                     await self._completion(writer, json.loads(body), headers, t0)
                     if self.hang_up:
@@ -384,6 +390,22 @@ def test_extra_request_body(sluice_bin, server, tokenizer):
     assert len(srv.payloads) == 4 and all(
         p["regex"] == "[a-z]+" and p["response_format"] == {"type": "json_object"}
         and p["temperature"] == 0.7 and p["max_tokens"] > 0 for p in srv.payloads)
+
+
+def test_flush_cache(sluice_bin, server, tokenizer):
+    """--flush-cache: one POST /flush_cache between the warmup and the run
+    (sglang's order); a server that refuses it stops the bench."""
+    srv = server()
+    args = ["--tokenizer", tokenizer, "--num-prompts", 3, "--random-input-len", 8,
+            "--random-output-len", 2, "--flush-cache"]
+    bench(sluice_bin, srv.port, *args)
+    assert srv.flushes == [1] and len(srv.payloads) == 4
+    bench(sluice_bin, srv.port, *args[:-1])
+    assert srv.flushes == [1]  # not without the flag
+    srv = server(flush_status=400)
+    r = bench(sluice_bin, srv.port, *args, ok=False)
+    assert r.returncode == 1 and len(srv.payloads) == 1  # the warmup only
+    assert f"--flush-cache: POST /flush_cache on 127.0.0.1:{srv.port}: HTTP 400: busy" in r.stderr
 
 
 def test_server_errors_are_failures(sluice_bin, server, tokenizer):

@@ -7,6 +7,7 @@ import pathlib
 import re
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -258,5 +259,36 @@ def test_ipv6_listen_line(model):
         if p.poll() is not None:
             pytest.skip("no IPv6 here")
         assert re.search(r"listening on http://\[::\]:\d+$", procs.log_of(p), re.M)
+    finally:
+        procs.stop()
+
+
+def test_flush_cache_refused_while_busy(model):
+    """/flush_cache flushes nothing while a worker runs requests (400, as
+    SGLang), works once it is idle, and is 503 without a live worker."""
+    procs = Procs()
+    try:
+        w = start_mock(procs, "slow", "--delay-ms", 40)
+        _, port = start_router(procs, model, [w])
+        done = {}
+
+        def long_request():
+            done["r"] = post(port, "/v1/completions",
+                             {"model": "tiny", "prompt": [1, 2, 3], "max_tokens": 60})
+
+        t = threading.Thread(target=long_request)
+        t.start()
+        time.sleep(0.5)  # the mock now has the request running
+        st, body, _ = http(port, "/flush_cache", "POST", key=API_KEY)
+        assert st == 400, body
+        msg = json.loads(body)["error"]["message"]
+        assert "cache flushed on 0 of 1 workers" in msg and "requests running" in msg
+        t.join(30)
+        assert done["r"][0] == 200
+        st, body, _ = http(port, "/flush_cache", "POST", key=API_KEY)
+        assert st == 200 and body.startswith("Cache flushed:"), body
+        _, port2 = start_router(procs, model, [procs.ipc("nobody")], alive=0)
+        st, body, _ = http(port2, "/flush_cache", "POST", key=API_KEY)
+        assert st == 503 and "no worker is alive" in json.loads(body)["error"]["message"]
     finally:
         procs.stop()

@@ -3,7 +3,10 @@ real Qwen3 tokenizer, driven by the official `openai` client. Greedy decoding
 makes outputs reproducible, so streaming and non-streaming, n > 1 and stop
 strings are checked against each other exactly."""
 import json
+import re
 import socket
+import urllib.error
+import urllib.request
 
 import openai
 import pytest
@@ -205,3 +208,41 @@ def test_stream_logprobs_and_n_usage(env):
         u = r.usage
         assert 0 <= u.prompt_tokens_details.cached_tokens <= u.prompt_tokens
     assert u.prompt_tokens_details.cached_tokens > 0
+
+
+def flush(port, method="POST", key=API_KEY):
+    h = {"Authorization": f"Bearer {key}"} if key else {}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/flush_cache", method=method,
+                                 data=b"" if method == "POST" else None, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_flush_cache(env):
+    """/flush_cache (SGLang's) empties both workers' prefix caches: a prompt
+    cached before the flush is computed from scratch after it."""
+    c, port = env["client"], env["port"]
+    msgs = [{"role": "user", "content": "Tides come, tides go, and the harbour waits " * 3}]
+
+    def cached():
+        r = c.chat.completions.create(model="tiny", messages=msgs, max_tokens=2, temperature=0)
+        return r.usage.prompt_tokens_details.cached_tokens, r.usage.prompt_tokens
+
+    cached()
+    hit, n = cached()
+    assert 0 < hit <= n
+    st, body = flush(port)
+    assert st == 200, body
+    m = re.match(r"Cache flushed: (\d+) KV pages freed on 2 worker\(s\)\.", body)
+    assert m and int(m.group(1)) > 0, body
+    assert cached()[0] == 0
+    assert cached()[0] == hit  # cached again after one more run
+    st, body = flush(port, "GET")
+    assert st == 200 and "freed on 2 worker(s)" in body
+    st, body = flush(port, key=None)
+    assert st == 401 and "error" in json.loads(body)
+    st, body = flush(port, "PUT")
+    assert st == 405 and "/flush_cache takes POST" in json.loads(body)["error"]["message"]

@@ -124,6 +124,29 @@ static void generate(uint64_t rid, const int32_t *ids, int n, int max_new, int l
     send_generate(rid, ids, n, NULL, 0, max_new, &sp);
 }
 
+/* Sends FlushCache seq and waits for its answer, dropping what else comes:
+ * the pages freed, -1 when refused (why in err), -2 when none came. */
+static int flush_cache(uint64_t seq, char *err, size_t cap)
+{
+    Sluice__FlushCache f = SLUICE__FLUSH_CACHE__INIT;
+    f.seq = seq;
+    Sluice__Envelope env = SLUICE__ENVELOPE__INIT;
+    env.msg_case = SLUICE__ENVELOPE__MSG_FLUSH_CACHE;
+    env.flush_cache = &f;
+    send_env(&env);
+    for (;;) {
+        Sluice__Envelope *r = recv_env();
+        if (!r) return -2; /* timed out: every caller's check fails */
+        if (r->msg_case == SLUICE__ENVELOPE__MSG_FLUSH_DONE && r->flush_done->seq == seq) {
+            int freed = r->flush_done->ok ? r->flush_done->freed_pages : -1;
+            snprintf(err, cap, "%s", r->flush_done->error ? r->flush_done->error : "");
+            sluice__envelope__free_unpacked(r, NULL);
+            return freed;
+        }
+        sluice__envelope__free_unpacked(r, NULL);
+    }
+}
+
 /* Exit status and stderr of `sluice worker ARGS` (it must fail fast). */
 static int worker_rejects(const char *args, const char *expect)
 {
@@ -303,6 +326,20 @@ int main(void)
     env.abort = &ab;
     send_env(&env);
     CHECK(collect(20, &r) == 0 && r.finish == SLUICE__FINISH_REASON__FINISH_ABORT && r.n < 400);
+
+    /* flush_cache: refused while a request runs (nothing flushed), then, once
+     * idle, it empties the cache: the prompt cached above is cold again */
+    char why[256];
+    generate(25, prompt, 40, 400, 0, 0, 1);
+    CHECK(flush_cache(5, why, sizeof why) == -1 && strstr(why, "requests are running"));
+    ab.rid = 25;
+    send_env(&env);
+    CHECK(collect(25, &r) == 0 && r.finish == SLUICE__FINISH_REASON__FINISH_ABORT);
+    int freed = flush_cache(6, why, sizeof why);
+    CHECK_MSG(freed >= 9, "freed %d pages (%s)", freed, why);
+    generate(26, prompt, 40, 2, 0, 0, 1);
+    CHECK(collect(26, &r) == 0 && r.cached == 0 && r.n == 2);
+    CHECK(flush_cache(7, why, sizeof why) >= 10); /* the 40 + 2 tokens just cached */
 
     /* a duplicate request id while the first runs */
     generate(30, prompt, 40, 300, 0, 0, 1);

@@ -21,12 +21,12 @@
 /* What the link thread hands the engine thread, in arrival order. */
 typedef struct inbox_item {
     struct inbox_item *next;
-    Sluice__Envelope *env; /* a generate; NULL: the router's pipe went away */
+    Sluice__Envelope *env; /* a generate, KV-ready or flush; NULL: the router's pipe went away */
 } inbox_item;
 
 /* Two threads share a server. The link thread (link_main) receives every
  * message as it arrives: it answers pings at once from the last published
- * progress, runs the handshake, and queues generates and aborts for the
+ * progress, runs the handshake, and queues generates, flushes and aborts for the
  * engine thread (sl_wserver_run's caller), which applies them between steps
  * and publishes its progress after each. Pipe events (nng threads) mark the
  * router's pipe going away. Fields under mu are marked; the rest belong to
@@ -310,6 +310,33 @@ static void on_generate(server *sv, const Sluice__GenerateRequest *g)
     }
 }
 
+/* The router's /flush_cache: every cache entry no request holds goes, but
+ * only while no request is queued or running here (SGLang refuses the same
+ * way); the answer carries the same seq. Returns 0 when a step still in
+ * flight (the one after a request's last token) must end first: the caller
+ * asks again after it. */
+static int on_flush_cache(server *sv, uint64_t seq)
+{
+    Sluice__FlushCacheDone d = SLUICE__FLUSH_CACHE_DONE__INIT;
+    char why[160];
+    d.seq = seq;
+    if (sl_engine_idle(sv->g)) {
+        d.ok = 1;
+        d.freed_pages = sl_engine_flush_cache(sv->g);
+        SL_LOGI("wserver", "cache flushed: %d pages freed", d.freed_pages);
+    } else {
+        sl_sched_stats st;
+        sl_engine_stats(sv->g, &st);
+        if (!st.running && !st.queued) return 0;
+        snprintf(why, sizeof why, "cache not flushed: requests are running or waiting (%d running, %d queued)",
+                 st.running, st.queued);
+        d.error = why;
+        SL_LOGW("wserver", "%s", why);
+    }
+    log_send(sl_wire_send_flush_done(sv->sock, &d, NNG_FLAG_NONBLOCK), 0);
+    return 1;
+}
+
 /* ---- the link thread ------------------------------------------------------------ */
 
 static void inbox_push(server *sv, Sluice__Envelope *env)
@@ -339,7 +366,7 @@ static void abort_push(server *sv, uint64_t rid)
     pthread_mutex_lock(&sv->mu);
     for (inbox_item **pp = &sv->in_head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next) {
         inbox_item *it = *pp;
-        if (it->env && it->env->generate->rid == rid) {
+        if (it->env && it->env->msg_case == SLUICE__ENVELOPE__MSG_GENERATE && it->env->generate->rid == rid) {
             *pp = it->next;
             if (sv->in_tail == it) sv->in_tail = prev;
             pthread_mutex_unlock(&sv->mu);
@@ -489,6 +516,9 @@ static void on_message(server *sv, nng_msg *m)
             return;
         }
         break;
+    case SLUICE__ENVELOPE__MSG_FLUSH_CACHE:
+        inbox_push(sv, env); /* after the generates before it: the engine thread answers */
+        return;
     case SLUICE__ENVELOPE__MSG_PING:
         log_send(sl_wire_send_ping(sv->sock, SLUICE__ENVELOPE__MSG_PONG, env->ping->seq,
                                    NNG_FLAG_NONBLOCK),
@@ -577,10 +607,23 @@ static void take_inbox(server *sv, int wait_ms)
     int any = it || aborts;
     while (it) {
         inbox_item *nx = it->next;
+        if (it->env && it->env->msg_case == SLUICE__ENVELOPE__MSG_FLUSH_CACHE &&
+            !on_flush_cache(sv, it->env->flush_cache->seq)) {
+            /* after the step in flight: the flush and what came after it go
+             * back to the front of the inbox, in order */
+            inbox_item *last = it;
+            while (last->next) last = last->next;
+            pthread_mutex_lock(&sv->mu);
+            last->next = sv->in_head;
+            if (!sv->in_head) sv->in_tail = last;
+            sv->in_head = it;
+            pthread_mutex_unlock(&sv->mu);
+            break;
+        }
         if (it->env) {
             if (it->env->msg_case == SLUICE__ENVELOPE__MSG_KV_READY)
                 sl_pd_on_kv_ready(sv->pd, it->env->kv_ready);
-            else
+            else if (it->env->msg_case != SLUICE__ENVELOPE__MSG_FLUSH_CACHE)
                 on_generate(sv, it->env->generate);
             sluice__envelope__free_unpacked(it->env, NULL);
         } else {
@@ -760,7 +803,8 @@ sl_status sl_wserver_run(sl_engine *g, sl_model *m, const sl_wserver_config *c,
         for (inbox_item *it = sv.in_head, *nx; it; it = nx) {
             nx = it->next;
             if (it->env) {
-                send_error(&sv, it->env->generate->rid, why);
+                if (it->env->msg_case == SLUICE__ENVELOPE__MSG_GENERATE)
+                    send_error(&sv, it->env->generate->rid, why);
                 sluice__envelope__free_unpacked(it->env, NULL);
             }
             free(it);
