@@ -133,7 +133,8 @@ static void handle_health(sl_router *rt, sl_http_req *r)
 
 /* /flush_cache (SGLang's): every alive worker drops the prefix-cache
  * entries no request holds, e.g. between benchmark runs (`sluice bench
- * --flush-cache`). 200 when all flushed; 400 when one refused because
+ * --flush-cache`), and the routing tree forgets them. 200 when all flushed;
+ * 400 when one refused because
  * requests run or wait there (nothing is flushed on that worker, as in
  * SGLang); 503 when none is alive or one failed. */
 typedef struct flush_req {
@@ -146,6 +147,8 @@ static void on_flushed(void *ud, const sl_cluster_flush_result *res)
     flush_req *f = ud;
     sl_router *rt = f->rt;
     if (res->flushed == res->workers) {
+        /* the routing tree's record of what each worker caches is stale now */
+        for (int i = 0, n = sl_cluster_size(rt->cluster); i < n; i++) sl_route_forget(rt->route, i);
         char m[16], body[160];
         method_of(f->r, m);
         double t0 = sl_router_now_ms();

@@ -231,13 +231,18 @@ def test_flush_cache(env):
         r = c.chat.completions.create(model="tiny", messages=msgs, max_tokens=2, temperature=0)
         return r.usage.prompt_tokens_details.cached_tokens, r.usage.prompt_tokens
 
+    def tree_tokens():  # the router's record of what the workers cache
+        return sum(v for k, v in metrics(port).items()
+                   if k.startswith("sluice_worker_route_tree_tokens"))
+
     cached()
     hit, n = cached()
-    assert 0 < hit <= n
+    assert 0 < hit <= n and tree_tokens() > 0
     st, body = flush(port)
     assert st == 200, body
     m = re.match(r"Cache flushed: (\d+) KV pages freed on 2 worker\(s\)\.", body)
     assert m and int(m.group(1)) > 0, body
+    assert tree_tokens() == 0
     assert cached()[0] == 0
     assert cached()[0] == hit  # cached again after one more run
     st, body = flush(port, "GET")
