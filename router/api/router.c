@@ -51,17 +51,24 @@ static void method_of(sl_http_req *r, char out[16])
     snprintf(out, 16, "%s", sl_http_req_method(r));
 }
 
+/* Answers r with body (counted in the metrics and the access log). */
+static void respond_body(sl_router *rt, sl_http_req *r, const char *route, int status, const char *type,
+                         const char *body, size_t len)
+{
+    char m[16];
+    method_of(r, m);
+    double t0 = sl_router_now_ms();
+    sl_http_respond(r, status, type, body, len, NULL);
+    sl_metrics_request(&rt->metrics, route, status);
+    sl_router_access_log(rt, m, route, status, 0, 0, t0);
+}
+
 static void respond_json(sl_router *rt, sl_http_req *r, const char *route, int status, json_t *o)
 {
     char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
     json_decref(o);
-    char m[16];
-    method_of(r, m);
-    double t0 = sl_router_now_ms();
-    sl_http_respond(r, status, "application/json", s ? s : "{}", s ? strlen(s) : 2, NULL);
+    respond_body(rt, r, route, status, "application/json", s ? s : "{}", s ? strlen(s) : 2);
     free(s);
-    sl_metrics_request(&rt->metrics, route, status);
-    sl_router_access_log(rt, m, route, status, 0, 0, t0);
 }
 
 static void respond_err(sl_router *rt, sl_http_req *r, const char *route,
@@ -149,14 +156,10 @@ static void on_flushed(void *ud, const sl_cluster_flush_result *res)
     if (res->flushed == res->workers) {
         /* the routing tree's record of what each worker caches is stale now */
         for (int i = 0, n = sl_cluster_size(rt->cluster); i < n; i++) sl_route_forget(rt->route, i);
-        char m[16], body[160];
-        method_of(f->r, m);
-        double t0 = sl_router_now_ms();
+        char body[160];
         int n = snprintf(body, sizeof body, "Cache flushed: %lld KV pages freed on %d worker(s).\n",
                          (long long)res->freed_pages, res->workers);
-        sl_http_respond(f->r, 200, "text/plain; charset=utf-8", body, (size_t)n, NULL);
-        sl_metrics_request(&rt->metrics, "/flush_cache", 200);
-        sl_router_access_log(rt, m, "/flush_cache", 200, 0, 0, t0);
+        respond_body(rt, f->r, "/flush_cache", 200, "text/plain; charset=utf-8", body, (size_t)n);
     } else {
         sl_api_err err = {0};
         sl_api_fail(&err, res->failed ? SL_API_STATUS_UNAVAILABLE : SL_API_STATUS_INVALID,

@@ -500,6 +500,13 @@ static int put_request_head(client *c, sl_buf *h, const char *method, const char
     return rc | sl_buf_puts(h, "\r\n");
 }
 
+/* The path (and *method) of a request that is not a completion. */
+static const char *admin_path(job_kind kind, const char **method)
+{
+    *method = kind == JOB_MODELS ? "GET" : "POST";
+    return kind == JOB_MODELS ? "/v1/models" : "/flush_cache";
+}
+
 /* sglang's completions payload, with the prompt as token ids. */
 static write_req *build_completion(client *c, const job *j)
 {
@@ -546,11 +553,12 @@ static void pump(client *c)
         write_req *w = NULL;
         if (j->kind == JOB_COMPLETION) {
             w = build_completion(c, j);
-        } else if ((w = calloc(1, sizeof *w)) &&
-                   put_request_head(c, &w->head, j->kind == JOB_MODELS ? "GET" : "POST",
-                                    j->kind == JOB_MODELS ? "/v1/models" : "/flush_cache", 0)) {
-            write_free(w);
-            w = NULL;
+        } else if ((w = calloc(1, sizeof *w))) {
+            const char *method, *path = admin_path(j->kind, &method);
+            if (put_request_head(c, &w->head, method, path, 0)) {
+                write_free(w);
+                w = NULL;
+            }
         }
         if (!w) {
             j->t_start = uv_hrtime();
@@ -672,8 +680,8 @@ static sl_status admin_request(const sl_bench_target *t, job_kind kind, job *j, 
     c.jobs = j;
     c.n_jobs = 1;
     c.arrive = &arrive;
-    snprintf(where, cap, "%s %s%s on %s", kind == JOB_MODELS ? "GET" : "POST", t->prefix,
-             kind == JOB_MODELS ? "/v1/models" : "/flush_cache", c.hostport);
+    const char *method, *path = admin_path(kind, &method);
+    snprintf(where, cap, "%s %s%s on %s", method, t->prefix, path, c.hostport);
     client_run(&c);
     return SL_OK;
 }

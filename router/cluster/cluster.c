@@ -405,14 +405,20 @@ static void flush_worker_done(sl_cluster *cl, int idx, const Sluice__FlushCacheD
     }
 }
 
+/* Ends op: every worker that still owes it an answer fails it for why. */
+static void flush_fail(sl_cluster *cl, flush_op *op, const char *why)
+{
+    for (int i = 0; i < op->n; i++)
+        if (flush_settle(cl, op, i, NULL, why)) return;
+    SL_ASSERT(0 && "a flush in progress is owed an answer");
+}
+
 /* Flushes past their deadline fail the workers that did not answer. */
 static void flush_expire(sl_cluster *cl, uint64_t now)
 {
     for (flush_op *op = cl->flushes, *nx; op; op = nx) {
         nx = op->next;
-        if (now < op->deadline_ms) continue;
-        for (int i = 0; i < op->n; i++)
-            if (flush_settle(cl, op, i, NULL, "no answer to the flush in time")) break;
+        if (now >= op->deadline_ms) flush_fail(cl, op, "no answer to the flush in time");
     }
 }
 
@@ -955,12 +961,7 @@ void sl_cluster_close(sl_cluster *cl)
         }
     memset(cl->buckets, 0, cl->nbuckets * sizeof *cl->buckets);
     cl->ngens = 0;
-    while (cl->flushes) { /* the settle that ends a flush unlinks it */
-        flush_op *op = cl->flushes;
-        int ended = 0;
-        for (int i = 0; i < op->n && !ended; i++) ended = flush_settle(cl, op, i, NULL, "the router is shutting down");
-        SL_ASSERT(ended);
-    }
+    while (cl->flushes) flush_fail(cl, cl->flushes, "the router is shutting down"); /* each unlinks itself */
     for (int i = 0; i < cl->ndns; i++)
         if (cl->dns[i]->busy) uv_cancel((uv_req_t *)&cl->dns[i]->req);
     uv_close((uv_handle_t *)&cl->async, on_handle_closed);
