@@ -67,19 +67,24 @@ const char *sl_cuda_matmul_last(sl_backend *be);
 
 /* Which kernels sl_be_moe_experts_fp8 runs. GEMV: per (token, expert) pair
  * GEMVs at every size (SL_CUDA_MOE_FP8_GROUPED=0 in the environment when
- * the backend is created). AUTO (the default): per-pair GEMVs below 32
- * tokens; from 32, EXPERT_GEMV (pairs sorted by expert, each active expert's
- * weights streamed once for up to 16 of its tokens by the GEMV kernel); from
- * 8 pairs an expert (prefill), grouped GEMMs (pairs sorted by expert, one
- * tensor-core FP8 GEMM per expert tile). GROUPED and
- * EXPERT_GEMV force theirs at every size (tests). The grouped path needs K % 16 == 0 and 16-byte
- * aligned expert weights (H and I multiples of 16); elsewhere the GEMVs run.
- * Not thread-safe against ops running on be. */
+ * the backend is created). AUTO (the default): one token, per-pair GEMVs;
+ * from 2 tokens up to the pairs they take (704: Coder-Next's 64 tokens),
+ * GV: moe.cu's few-token kernels (x quantized, gate_up with silu·up fused,
+ * silu·up quantized, down with the combine fused: four launches, each
+ * active expert's weights streamed once per 8 of its tokens); beyond,
+ * EXPERT_GEMV (pairs sorted by expert, each active expert's weights
+ * streamed once for up to 16 of its tokens by the GEMV kernel); from 8
+ * pairs an expert (prefill), grouped GEMMs (pairs sorted by expert, one
+ * tensor-core FP8 GEMM per expert tile). GROUPED, EXPERT_GEMV and GV force
+ * theirs where they can run (tests). The grouped path needs K % 16 == 0 and
+ * 16-byte aligned expert weights (H and I multiples of 16); elsewhere the
+ * GEMVs run. Not thread-safe against ops running on be. */
 typedef enum sl_cuda_moe_fp8 {
     SL_CUDA_MOE_FP8_GEMV,
     SL_CUDA_MOE_FP8_AUTO,
     SL_CUDA_MOE_FP8_GROUPED,
     SL_CUDA_MOE_FP8_EXPERT_GEMV, /* one GEMV pass per active expert over its tokens (routing plan) */
+    SL_CUDA_MOE_FP8_GV,          /* the two few-token kernels of moe.cu */
 } sl_cuda_moe_fp8;
 void sl_cuda_moe_fp8_path(sl_backend *be, sl_cuda_moe_fp8 which);
 

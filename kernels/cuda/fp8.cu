@@ -52,8 +52,6 @@
 #include "matmul.cuh"
 #include "moe.cuh"
 
-#define FP8_G 128
-
 // One warp quantizes the 128-group g of row r: s = max|v|/448, codes
 // e4m3(v/s) to q[0..127] (zero past K, and for an all-zero group, where s = 0
 // and v/0 would be NaN), as the CPU op; v = src[r, k], or with silu (src rows
@@ -109,6 +107,12 @@ static void fp8_quant_launch(cu_backend *b, cu_mat x, int silu, int K, int rows,
               silu, K, rows, xq, sx, G, sxm, sxg);
 }
 
+void cu_fp8_quant(cu_backend *b, cu_mat x, int K, int rows, uint8_t *xq, float *sx)
+{
+    int G = (K + FP8_G - 1) / FP8_G;
+    fp8_quant_launch(b, x, 0, K, rows, xq, sx, G, G, 1);
+}
+
 // The weight scales group-major for cuBLASLt: st[g·N + n] = ws[(n >> shift)·ldws + g]
 __global__ void k_fp8_scales_t(const float *ws, int64_t ldws, int shift, int N, int G, float *st)
 {
@@ -143,25 +147,6 @@ typedef struct fp8_args {
     // blocks (grid.y; fp8_gemv_split)
     int split;
 } fp8_args;
-
-__device__ __forceinline__ void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-                 "{%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// 16 weight codes of row wr at k (zeros past K); vec: one 16-byte load where whole
-__device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int vec)
-{
-    if (vec && k + 16 <= K) return __ldg((const uint4 *)(wr + k));
-    uint32_t v[4] = {0, 0, 0, 0};
-    for (int i = 0; i < 16; i++)
-        if (k + i < K) v[i >> 2] |= (uint32_t)wr[k + i] << (8 * (i & 3));
-    return make_uint4(v[0], v[1], v[2], v[3]);
-}
 
 #define GV8_WARPS 8
 #define GV8_MAXM 64
@@ -805,6 +790,9 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
 // pairs an expert) 0.97 against 1.12; at 128 tokens 30B (8 an expert) 0.36
 // both ways, at 256 Coder-Next (5.5) 0.92 against 0.86.
 #define MOE_FP8_EXPERT_GEMV_MIN_T 32
+// AUTO: moe.cu's few-token kernels from this many tokens (at one token the
+// per-pair GEMVs measured 33 µs against their 37, NOTES.md v21)
+#define MOE_FP8_GV_MIN_T 2
 #define MOE_FP8_GROUPED_PAIRS_PER_EXPERT 8
 
 // silu(gate)·up of the rows of the gate_up output (a.out, [rows, 2I]) quantized
@@ -878,6 +866,14 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     int GH = (H + FP8_G - 1) / FP8_G, GI = (I + FP8_G - 1) / FP8_G;
     SL_ASSERT(ids->dtype == SL_DTYPE_I32 && weights->dtype == SL_DTYPE_F32);
     if (T == 0) return;
+    // the few-token kernels (moe.cu) where their pairs fit (written blind:
+    // NOTES.md v29 says how to validate them and where AUTO's bound belongs)
+    if ((b->moe_fp8_path == SL_CUDA_MOE_FP8_GV ||
+         (b->moe_fp8_path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_GV_MIN_T)) &&
+        cu_moe_experts_fp8_gv(be, out, x, ids, weights, gate_up, gate_up_scale, down, down_scale)) {
+        b->mm_last = "fp8_moe_gv";
+        return;
+    }
     float *h = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * 2 * I);
     float *y = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * H);
     // the codes of x and of silu·up, and their scales

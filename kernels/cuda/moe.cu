@@ -13,6 +13,7 @@
 #include <cuda_pipeline.h>
 #include <mma.h>
 
+#include "fp8.cuh"
 #include "moe.cuh"
 
 // ---- routing --------------------------------------------------------------------
@@ -334,6 +335,14 @@ void cu_moe_combine_run(cu_backend *b, cu_mat out, const float *y, const float *
 // its weights (more go over them again, from L2, per 8). Tokens' vectors
 // sit in shared memory as bf16; warps of a block that split K add their
 // tiles in warp order.
+//
+// FP8 experts (sl_be_moe_experts_fp8, AUTO up to the pairs these kernels
+// take) run the same two kernels, each after cu_fp8_quant of its vectors (x;
+// silu·up, which glu then keeps in f32): blocks copy codes and scales into
+// shared memory, and a warp's slice is whole 128-groups on mma.m16n8k32
+// e4m3, each group's sum scaled by s_x·s_w into fp32 (the CPU op's
+// arithmetic). The per-pair and per-expert GEMVs (fp8.cu) re-read an
+// expert's weights per pair or per 16-row tile and block.
 
 #ifndef MOE_GV_MAX_PAIRS
 // Up to this many (token, expert) pairs: 512 and 640 (T=64) gain, 1024
@@ -353,6 +362,9 @@ void cu_moe_combine_run(cu_backend *b, cu_mat out, const float *y, const float *
 #endif
 #ifndef MOE_GV_J
 #define MOE_GV_J 4 // 32-wide K chunks a lane has in flight (2 rows: 2*J loads)
+#endif
+#ifndef MOE_GV_J8
+#define MOE_GV_J8 2 // FP8: 128-groups a lane has in flight (2 rows: 8*J8 16-byte loads)
 #endif
 #define MOE_GV_WARPS 8
 #define MOE_GV_THREADS (MOE_GV_WARPS * 32)
@@ -400,19 +412,28 @@ template <class V, class S> __device__ int moe_block_scan(int n, V val, S sink)
 
 // Shared-memory bytes: the plan (slot_e, off, cnt [E]; pairs [P]; pass0
 // [E + 1]; while planning ids and ranks [P]), the warps' tiles for the K
-// reduction, then MOE_GV_NT bf16 vectors of K (padded, see moe_gv_xld).
+// reduction, then the MOE_GV_NT vectors of K an item multiplies: bf16
+// (padded, see moe_gv_xld), or (FP8 weights) their e4m3 codes, pitch
+// moe_gv_qld, and the codes' [MOE_GV_NT][G] scales.
 __host__ __device__ inline int moe_gv_xld(int64_t K)
 {
     return (int)((K + 31) / 32 * 32 + 8);
+}
+// 16 bytes past whole groups: the 8 token rows of an mma B load fall in
+// different banks
+__host__ __device__ inline int moe_gv_qld(int64_t K)
+{
+    return (int)((K + FP8_G - 1) / FP8_G * FP8_G + 16);
 }
 __host__ __device__ inline size_t moe_gv_plan_bytes(int64_t P, int E)
 {
     return (sizeof(int) * (size_t)(4 * E + 1 + 3 * P) + 15) & ~(size_t)15;
 }
-__host__ __device__ inline size_t moe_gv_smem(int64_t P, int E, int64_t K)
+__host__ __device__ inline size_t moe_gv_smem(int64_t P, int E, int64_t K, bool f8)
 {
-    return moe_gv_plan_bytes(P, E) + sizeof(float) * MOE_GV_THREADS * 4 +
-           2 * MOE_GV_NT * (size_t)moe_gv_xld(K);
+    size_t vec = f8 ? MOE_GV_NT * ((size_t)moe_gv_qld(K) + sizeof(float) * (size_t)((K + FP8_G - 1) / FP8_G))
+                    : 2 * MOE_GV_NT * (size_t)moe_gv_xld(K);
+    return moe_gv_plan_bytes(P, E) + sizeof(float) * MOE_GV_THREADS * 4 + vec;
 }
 
 // Builds the plan in smem. Ranks within an expert follow the pair order
@@ -515,6 +536,51 @@ __device__ __forceinline__ void moe_gv_tile(const __nv_bfloat16 *lo, const __nv_
     }
 }
 
+// The same over FP8 weights, 128-groups [g0, g1) of K: W codes of rows lo,
+// hi (zero past K; vec: 16-byte loads) with per-group scales slo, shi, X the
+// 8 token code rows at xq (pitch qld) with scales sxq[t·G + g]. Per group the
+// mma sum (m16n8k32 e4m3, fp8.cu's K permutation) is scaled by
+// s_x(token)·s_w(row) into c, the arithmetic of the CPU op.
+__device__ __forceinline__ void moe_gv_tile_f8(const uint8_t *lo, const uint8_t *hi, const float *slo,
+                                               const float *shi, int K, int vec, int g0, int g1, const uint8_t *xq,
+                                               int qld, const float *sxq, int G, float (&c)[4])
+{
+    int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    for (int c0 = g0; c0 < g1; c0 += MOE_GV_J8) {
+        uint4 a[MOE_GV_J8][2][2]; // [group][half][row lo / hi]
+        float sa[MOE_GV_J8], sb[MOE_GV_J8];
+#pragma unroll
+        for (int j = 0; j < MOE_GV_J8; j++) {
+            bool ok = c0 + j < g1;
+            int kb = (c0 + j) * FP8_G + 16 * q;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                a[j][h][0] = ok ? fp8_ld16(lo, kb + 64 * h, K, vec) : make_uint4(0, 0, 0, 0);
+                a[j][h][1] = ok ? fp8_ld16(hi, kb + 64 * h, K, vec) : make_uint4(0, 0, 0, 0);
+            }
+            sa[j] = ok ? slo[c0 + j] : 0.0f;
+            sb[j] = ok ? shi[c0 + j] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < MOE_GV_J8; j++) {
+            if (c0 + j >= g1) break;
+            int kb = (c0 + j) * FP8_G + 16 * q;
+            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                uint4 b = *(const uint4 *)(xq + g * qld + kb + 64 * h);
+                mma_e4m3(part, a[j][h][0].x, a[j][h][1].x, a[j][h][0].y, a[j][h][1].y, b.x, b.y);
+                mma_e4m3(part, a[j][h][0].z, a[j][h][1].z, a[j][h][0].w, a[j][h][1].w, b.z, b.w);
+            }
+            float x0 = sxq[2 * q * G + c0 + j], x1 = sxq[(2 * q + 1) * G + c0 + j];
+            c[0] += part[0] * (x0 * sa[j]);
+            c[1] += part[1] * (x1 * sa[j]);
+            c[2] += part[2] * (x0 * sb[j]);
+            c[3] += part[3] * (x1 * sb[j]);
+        }
+    }
+}
+
 // Item range of this block: items are (pass, tile), pass-major (passes
 // slot-major), so a block's consecutive items mostly share the pass and its
 // loaded vectors; every item is one pass of at most MOE_GV_NT tokens over
@@ -534,29 +600,33 @@ typedef struct moe_gv_args {
     int64_t ids_ld, w_ld;
     const float *w;
     int T, k, E, H, I;
-    const __nv_bfloat16 *gu, *dn;
+    const void *gu, *dn;  // bf16, or FP8 codes with the scales below
     int64_t gu_es, dn_es; // expert strides (elements)
-    __nv_bfloat16 *act;   // [P, I]
+    int64_t gu_ld, dn_ld; // row strides (elements)
+    // FP8: per-row scales [E][rows][G] (expert and row strides in floats);
+    // w8_vec: the weight rows take 16-byte loads (fp8_ld16)
+    const float *gus, *dns;
+    int64_t gus_es, dns_es, gus_ld, dns_ld;
+    int w8_vec;
+    const uint8_t *xq8, *aq8; // FP8: x and act quantized (cu_fp8_quant)
+    const float *sx8, *sa8;   // and their scales, token-major
+    void *act;            // [P, I]: bf16, or f32 (FP8: quantized for down)
     float *y;             // [P, H]
     int32_t *done;        // [down row tiles] items finished, over all experts
 } moe_gv_args;
 
 // The K-split tile of this block's warps for one item and token group:
-// warp w takes 16-row group w / KW (rows lo(r), hi(r) of the group) and
-// K-slice w % KW; the sums of the K-slices land, in warp order, in every
-// lane of the group's first warp: rows g, g+8 x tokens 2q, 2q+1. Returns
-// whether this warp holds a result.
-template <int RW, class Rows>
-__device__ bool moe_gv_block_tile(int K, Rows rows, const __nv_bfloat16 *xs, float *red,
-                                  float (&c)[4])
+// warp w takes 16-row group rg = w / KW and slice w % KW of the n units of K
+// (32-wide chunks, or FP8 groups): tile(rg, u0, u1, c) adds its units'
+// products; the sums of the slices land, in warp order, in every lane of
+// the group's first warp: rows g, g+8 x tokens 2q, 2q+1. Returns whether
+// this warp holds a result.
+template <int RW, class Tile> __device__ bool moe_gv_block_tile(int n, Tile tile, float *red, float (&c)[4])
 {
     constexpr int KW = MOE_GV_WARPS / RW;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, rg = warp / KW, ks = warp % KW;
-    int nch = (K + 31) / 32, per = (nch + KW - 1) / KW;
-    const __nv_bfloat16 *lo, *hi;
-    rows(rg, lane >> 2, &lo, &hi);
+    int warp = threadIdx.x >> 5, rg = warp / KW, ks = warp % KW, per = (n + KW - 1) / KW;
     c[0] = c[1] = c[2] = c[3] = 0.0f;
-    moe_gv_tile(lo, hi, K, ks * per, min(nch, (ks + 1) * per), xs, moe_gv_xld(K), c);
+    tile(rg, ks * per, min(n, (ks + 1) * per), c);
     if (KW == 1) return true;
     *(float4 *)(red + 4 * threadIdx.x) = make_float4(c[0], c[1], c[2], c[3]);
     __syncthreads();
@@ -588,6 +658,24 @@ template <class L> __device__ void moe_gv_load(__nv_bfloat16 *xs, int K, int nt,
     }
 }
 
+// FP8: the codes and scales of nt pairs' rows src_row(t) of q [rows, G·128]
+// and s [rows, G] (quantized by cu_fp8_quant before the kernel; quantizing
+// in the blocks, once per block and pass, cost 0.53 ms a 30B-A3B layer at 64
+// tokens when the routing piled tokens on a few experts, NOTES.md v21) into
+// xq (pitch moe_gv_qld) and sxq [t·G + g]. Rows nt..7 keep what they held:
+// their products land in accumulator columns nobody stores.
+template <class R>
+__device__ void moe_gv_load_f8(uint8_t *xq, float *sxq, const uint8_t *q, const float *s, int K, int nt, R src_row)
+{
+    int G = (K + FP8_G - 1) / FP8_G, qld = moe_gv_qld(K), n16 = G * FP8_G / 16;
+    for (int i = threadIdx.x; i < nt * n16; i += blockDim.x) {
+        int t = i / n16, c = i % n16;
+        *(uint4 *)(xq + t * qld + 16 * c) = ((const uint4 *)(q + (int64_t)src_row(t) * G * FP8_G))[c];
+    }
+    for (int i = threadIdx.x; i < nt * G; i += blockDim.x)
+        sxq[i] = s[(int64_t)src_row(i / G) * G + i % G];
+}
+
 // The warps' tiles for the K reduction, right after the plan in smem (the
 // vectors follow them).
 __device__ __forceinline__ float *moe_gv_red(int *sm, const moe_gv_args &a)
@@ -597,11 +685,10 @@ __device__ __forceinline__ float *moe_gv_red(int *sm, const moe_gv_args &a)
 
 // Calls tile_fn(tile, e, pairs + p0, nt) for each of the block's items (one
 // pass of nt <= MOE_GV_NT pairs from p0 of expert e, one tile), with the
-// pass's vectors loaded into xs by load8 (see moe_gv_load) when they are not
-// there yet, then done_fn(tile).
+// pass's vectors loaded by load(pairs + p0, nt) (moe_gv_load, moe_gv_load_f8)
+// when they are not there yet, then done_fn(tile).
 template <class L, class F, class D>
-__device__ void moe_gv_for_items(const moe_gv_plan &p, int tiles, int K, __nv_bfloat16 *xs, L load8,
-                                 F tile_fn, D done_fn)
+__device__ void moe_gv_for_items(const moe_gv_plan &p, int tiles, L load, F tile_fn, D done_fn)
 {
     int lo, hi, have = -1;
     moe_gv_items(p.n_passes * tiles, &lo, &hi);
@@ -620,7 +707,7 @@ __device__ void moe_gv_for_items(const moe_gv_plan &p, int tiles, int K, __nv_bf
         const int *pr = p.pairs + p.off[e];
         if (pass != have) { // block-uniform
             __syncthreads();
-            moe_gv_load(xs, K, nt, [&](int t, int c, float *f) { load8(pr[p0 + t], c, f); });
+            load(pr + p0, nt);
             __syncthreads();
             have = pass;
         }
@@ -629,6 +716,53 @@ __device__ void moe_gv_for_items(const moe_gv_plan &p, int tiles, int K, __nv_bf
     }
 }
 
+// The vectors an item multiplies, after the plan and the reduction tiles:
+// bf16 rows (moe_gv_load), or FP8 codes then their scales (moe_gv_load_f8)
+struct moe_gv_vecs {
+    __nv_bfloat16 *xs;
+    uint8_t *xq;
+    float *sxq;
+};
+__device__ __forceinline__ moe_gv_vecs moe_gv_vecs_of(float *red, int K)
+{
+    moe_gv_vecs v;
+    v.xs = (__nv_bfloat16 *)(red + MOE_GV_THREADS * 4);
+    v.xq = (uint8_t *)v.xs;
+    v.sxq = (float *)(v.xq + MOE_GV_NT * moe_gv_qld(K));
+    return v;
+}
+
+// One warp's slice of an item: weight rows lo / hi of W (row stride ld; FP8:
+// scales S, row stride sld) times the loaded vectors over units [u0, u1) of
+// K: 32-wide chunks (bf16) or groups (FP8).
+template <bool F8>
+__device__ __forceinline__ void moe_gv_slice(const void *W, int64_t ld, const float *S, int64_t sld, int64_t lo,
+                                             int64_t hi, int K, int vec, int u0, int u1, const moe_gv_vecs &v,
+                                             float (&c)[4])
+{
+    if constexpr (F8) {
+        const uint8_t *w = (const uint8_t *)W;
+        moe_gv_tile_f8(w + lo * ld, w + hi * ld, S + lo * sld, S + hi * sld, K, vec, u0, u1, v.xq, moe_gv_qld(K),
+                       v.sxq, (K + FP8_G - 1) / FP8_G, c);
+    } else {
+        const __nv_bfloat16 *w = (const __nv_bfloat16 *)W;
+        moe_gv_tile(w + lo * ld, w + hi * ld, K, u0, u1, v.xs, moe_gv_xld(K), c);
+    }
+}
+
+// Units of K a slice splits: 32-wide chunks, or FP8 groups
+template <bool F8> __host__ __device__ __forceinline__ int moe_gv_units(int K)
+{
+    return F8 ? (K + FP8_G - 1) / FP8_G : (K + 31) / 32;
+}
+
+// Expert e's weights: bf16 elements or FP8 bytes
+template <bool F8> __device__ __forceinline__ const void *moe_gv_expert(const void *W, int64_t es, int e)
+{
+    return (const char *)W + e * es * (F8 ? 1 : 2);
+}
+
+template <bool F8>
 __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM)
     k_moe_gv_glu(moe_gv_args a, int n_down_tiles)
 {
@@ -642,74 +776,84 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM)
             a.done[i] = 0;
     moe_gv_plan p = moe_gv_make_plan(a.ids, a.ids_ld, a.T, a.k, a.E, moe_sm);
     float *red = moe_gv_red(moe_sm, a);
-    __nv_bfloat16 *xs = (__nv_bfloat16 *)(red + MOE_GV_THREADS * 4);
+    moe_gv_vecs v = moe_gv_vecs_of(red, a.H);
     constexpr int RT = 8 * MOE_GV_GLU_RW; // columns a tile: gate rows g, up rows g+8
     int tiles = (a.I + RT - 1) / RT, lane = threadIdx.x & 31;
-    auto rows_of = [&](int tile, int e) {
-        const __nv_bfloat16 *W = a.gu + e * a.gu_es;
-        return [=](int rg, int g, const __nv_bfloat16 **lo, const __nv_bfloat16 **hi) {
-            int64_t n = min(tile * RT + rg * 8 + g, a.I - 1); // past the edge: dropped
-            *lo = W + n * a.H;
-            *hi = W + (a.I + n) * a.H;
-        };
-    };
     moe_gv_for_items(
-        p, tiles, a.H, xs,
-        [&](int pair, int c, float *f) {
-            int64_t tok = pair / a.k;
-            if (a.x_vec)
-                cu_ld8(a.x, tok, c, f);
-            else
-                for (int j = 0; j < 8; j++)
-                    f[j] = cu_mat_ld(a.x, tok, c + j);
+        p, tiles,
+        [&](const int *pr, int nt) {
+            if constexpr (F8) {
+                moe_gv_load_f8(v.xq, v.sxq, a.xq8, a.sx8, a.H, nt, [&](int t) { return pr[t] / a.k; });
+            } else {
+                moe_gv_load(v.xs, a.H, nt, [&](int t, int c, float *f) {
+                    int64_t tok = pr[t] / a.k;
+                    if (a.x_vec)
+                        cu_ld8(a.x, tok, c, f);
+                    else
+                        for (int j = 0; j < 8; j++)
+                            f[j] = cu_mat_ld(a.x, tok, c + j);
+                });
+            }
         },
         [&](int tile, int e, const int *pr, int nt) {
             float c[4];
-            if (!moe_gv_block_tile<MOE_GV_GLU_RW>(a.H, rows_of(tile, e), xs, red, c)) return;
+            auto slice = [&](int rg, int u0, int u1, float (&cc)[4]) {
+                int64_t n = min(tile * RT + rg * 8 + (lane >> 2), a.I - 1); // past the edge: dropped
+                moe_gv_slice<F8>(moe_gv_expert<F8>(a.gu, a.gu_es, e), a.gu_ld, a.gus + e * a.gus_es, a.gus_ld, n,
+                                 a.I + n, a.H, a.w8_vec, u0, u1, v, cc);
+            };
+            if (!moe_gv_block_tile<MOE_GV_GLU_RW>(moe_gv_units<F8>(a.H), slice, red, c)) return;
             int rg = (threadIdx.x >> 5) / (MOE_GV_WARPS / MOE_GV_GLU_RW);
             int n = tile * RT + rg * 8 + (lane >> 2), t = 2 * (lane & 3);
             if (n >= a.I) return;
             for (int u = 0; u < 2; u++)
-                if (t + u < nt)
-                    a.act[(int64_t)pr[t + u] * a.I + n] =
-                        __float2bfloat16_rn(c[u] / (1.0f + expf(-c[u])) * c[2 + u]);
+                if (t + u < nt) {
+                    float h = c[u] / (1.0f + expf(-c[u])) * c[2 + u];
+                    int64_t i = (int64_t)pr[t + u] * a.I + n;
+                    if constexpr (F8) ((float *)a.act)[i] = h;
+                    else ((__nv_bfloat16 *)a.act)[i] = __float2bfloat16_rn(h);
+                }
         },
         [](int) {});
 }
 
+template <bool F8>
 __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM) k_moe_gv_down(moe_gv_args a)
 {
     extern __shared__ __align__(16) int moe_sm[];
     __shared__ int last;
     moe_gv_plan p = moe_gv_make_plan(a.ids, a.ids_ld, a.T, a.k, a.E, moe_sm);
     float *red = moe_gv_red(moe_sm, a);
-    __nv_bfloat16 *xs = (__nv_bfloat16 *)(red + MOE_GV_THREADS * 4);
+    moe_gv_vecs v = moe_gv_vecs_of(red, a.I);
     constexpr int RT = 16 * MOE_GV_DOWN_RW;
     int tiles = (a.H + RT - 1) / RT, lane = threadIdx.x & 31;
-    auto rows_of = [&](int tile, int e) {
-        const __nv_bfloat16 *W = a.dn + e * a.dn_es;
-        int r0 = tile * RT;
-        return [=](int rg, int g, const __nv_bfloat16 **lo, const __nv_bfloat16 **hi) {
-            *lo = W + (int64_t)min(r0 + rg * 16 + g, a.H - 1) * a.I;
-            *hi = W + (int64_t)min(r0 + rg * 16 + g + 8, a.H - 1) * a.I;
-        };
-    };
     // act and the counters come from the glu kernel
     cu_pdl_wait();
     cu_pdl_trigger();
     moe_gv_for_items(
-        p, tiles, a.I, xs,
-        [&](int pair, int c, float *f) {
-            uint4 u = *(const uint4 *)(a.act + (int64_t)pair * a.I + c);
-            const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
-            for (int j = 0; j < 4; j++) {
-                float2 v = __bfloat1622float2(h[j]);
-                f[2 * j] = v.x, f[2 * j + 1] = v.y;
+        p, tiles,
+        [&](const int *pr, int nt) {
+            if constexpr (F8) {
+                moe_gv_load_f8(v.xq, v.sxq, a.aq8, a.sa8, a.I, nt, [&](int t) { return pr[t]; });
+            } else {
+                moe_gv_load(v.xs, a.I, nt, [&](int t, int c, float *f) {
+                    uint4 u = *(const uint4 *)((const __nv_bfloat16 *)a.act + (int64_t)pr[t] * a.I + c);
+                    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+                    for (int j = 0; j < 4; j++) {
+                        float2 fv = __bfloat1622float2(h[j]);
+                        f[2 * j] = fv.x, f[2 * j + 1] = fv.y;
+                    }
+                });
             }
         },
         [&](int tile, int e, const int *pr, int nt) {
             float c[4];
-            if (!moe_gv_block_tile<MOE_GV_DOWN_RW>(a.I, rows_of(tile, e), xs, red, c)) return;
+            auto slice = [&](int rg, int u0, int u1, float (&cc)[4]) {
+                int r = tile * RT + rg * 16 + (lane >> 2);
+                moe_gv_slice<F8>(moe_gv_expert<F8>(a.dn, a.dn_es, e), a.dn_ld, a.dns + e * a.dns_es, a.dns_ld,
+                                 min(r, a.H - 1), min(r + 8, a.H - 1), a.I, a.w8_vec, u0, u1, v, cc);
+            };
+            if (!moe_gv_block_tile<MOE_GV_DOWN_RW>(moe_gv_units<F8>(a.I), slice, red, c)) return;
             int rg = (threadIdx.x >> 5) / (MOE_GV_WARPS / MOE_GV_DOWN_RW);
             int r = tile * RT + rg * 16 + (lane >> 2), t = 2 * (lane & 3);
             for (int h = 0; h < 2; h++)
@@ -741,40 +885,101 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM) k_moe_gv
 }
 
 // Whether the few-token path takes this call; it needs the plan and
-// MOE_GV_NT vectors of H in shared memory.
-static int moe_gv_fits(cu_backend *b, int64_t P, int E, int64_t H)
+// MOE_GV_NT vectors of H (glu) and of I (down) in shared memory.
+static int moe_gv_fits(cu_backend *b, int64_t P, int E, int64_t H, int64_t I, bool f8)
 {
     if (P > MOE_GV_MAX_PAIRS || E > MOE_GV_MAX_E) return 0;
     int max_smem = 0;
     CU_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, b->device));
-    return moe_gv_smem(P, E, H) <= (size_t)max_smem;
+    return moe_gv_smem(P, E, H, f8) <= (size_t)max_smem && moe_gv_smem(P, E, I, f8) <= (size_t)max_smem;
 }
 
-static void moe_gv_run(cu_backend *b, moe_gv_args &a)
+// The two kernels over the experts gate_up [E, 2I, H] and down [E, H, I]
+// (bf16, or FP8 codes with per-row scales gus [E, 2I, GH], dns [E, H, GI]).
+template <bool F8>
+static void moe_gv_run(cu_backend *b, const sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
+                       const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *gus,
+                       const sl_tensor *down, const sl_tensor *dns)
 {
+    moe_gv_args a;
+    memset(&a, 0, sizeof a);
+    a.x = cu_mat_of(x);
+    a.out = cu_mat_of(out);
+    a.x_vec = cu_mat_vec_ok(a.x);
+    a.ids = (const int32_t *)ids->data;
+    a.ids_ld = sl_tensor_ld(ids);
+    a.w = (const float *)weights->data;
+    a.w_ld = sl_tensor_ld(weights);
+    a.T = (int)sl_tensor_rows(x);
+    a.k = (int)sl_tensor_cols(ids);
+    a.E = (int)gate_up->ne[0];
+    a.H = (int)sl_tensor_cols(x);
+    a.I = (int)down->ne[2];
+    a.gu = gate_up->data;
+    a.dn = down->data;
+    a.gu_es = gate_up->st[0];
+    a.dn_es = down->st[0];
+    a.gu_ld = gate_up->st[1];
+    a.dn_ld = down->st[1];
+    if (F8) {
+        a.gus = (const float *)gus->data;
+        a.dns = (const float *)dns->data;
+        a.gus_es = gus->st[0];
+        a.dns_es = dns->st[0];
+        a.gus_ld = gus->st[1];
+        a.dns_ld = dns->st[1];
+        a.w8_vec = a.H % 16 == 0 && a.I % 16 == 0 && a.gu_ld % 16 == 0 && a.dn_ld % 16 == 0 &&
+                   a.gu_es % 16 == 0 && a.dn_es % 16 == 0 && (uintptr_t)a.gu % 16 == 0 && (uintptr_t)a.dn % 16 == 0;
+    }
     int64_t P = (int64_t)a.T * a.k, slots = P < a.E ? P : a.E;
     int64_t glu_tiles = (a.I + 8 * MOE_GV_GLU_RW - 1) / (8 * MOE_GV_GLU_RW);
     int64_t down_tiles = (a.H + 16 * MOE_GV_DOWN_RW - 1) / (16 * MOE_GV_DOWN_RW);
-    // one scratch block: act (bf16), y, counters
-    size_t act_b = (sizeof(__nv_bfloat16) * (size_t)(P * a.I) + 255) & ~(size_t)255;
-    size_t y_b = sizeof(float) * (size_t)(P * a.H);
-    char *tmp = (char *)cu_tmp_alloc(b, act_b + y_b + sizeof(int32_t) * (size_t)down_tiles);
-    a.act = (__nv_bfloat16 *)tmp;
+    // one scratch block: act (bf16; f32 for FP8, quantized from there as
+    // the CPU op does), y, counters; FP8: the codes and scales of x and act
+    int GH = (a.H + FP8_G - 1) / FP8_G, GI = (a.I + FP8_G - 1) / FP8_G;
+    auto al = [](size_t n) { return (n + 255) & ~(size_t)255; };
+    size_t act_b = al((F8 ? sizeof(float) : sizeof(__nv_bfloat16)) * (size_t)(P * a.I));
+    size_t y_b = al(sizeof(float) * (size_t)(P * a.H)), done_b = al(sizeof(int32_t) * (size_t)down_tiles);
+    size_t xq_b = F8 ? al((size_t)a.T * GH * FP8_G) : 0, sx_b = F8 ? al(sizeof(float) * (size_t)a.T * GH) : 0;
+    size_t aq_b = F8 ? al((size_t)P * GI * FP8_G) : 0, sa_b = F8 ? al(sizeof(float) * (size_t)P * GI) : 0;
+    char *tmp = (char *)cu_tmp_alloc(b, act_b + y_b + done_b + xq_b + sx_b + aq_b + sa_b);
+    a.act = tmp;
     a.y = (float *)(tmp + act_b);
     a.done = (int32_t *)(tmp + act_b + y_b);
+    char *q = tmp + act_b + y_b + done_b;
+    a.xq8 = (const uint8_t *)q;
+    a.sx8 = (const float *)(q + xq_b);
+    a.aq8 = (const uint8_t *)(q + xq_b + sx_b);
+    a.sa8 = (const float *)(q + xq_b + sx_b + aq_b);
     // one wave: blocks share the items (their number is known on the device only)
     int64_t wave = (int64_t)b->n_sm * MOE_GV_BLOCKS_PER_SM;
-    size_t s1 = moe_gv_smem(P, a.E, a.H), s2 = moe_gv_smem(P, a.E, a.I);
+    size_t s1 = moe_gv_smem(P, a.E, a.H, F8), s2 = moe_gv_smem(P, a.E, a.I, F8);
     cudaFuncAttribute smem_attr = cudaFuncAttributeMaxDynamicSharedMemorySize;
-    CU_CHECK(cudaFuncSetAttribute(k_moe_gv_glu, smem_attr, (int)s1));
-    CU_CHECK(cudaFuncSetAttribute(k_moe_gv_down, smem_attr, (int)s2));
+    CU_CHECK(cudaFuncSetAttribute(k_moe_gv_glu<F8>, smem_attr, (int)s1));
+    CU_CHECK(cudaFuncSetAttribute(k_moe_gv_down<F8>, smem_attr, (int)s2));
     // items: (pass, tile); at most min(P, slots + P / MOE_GV_NT) passes
     int64_t passes = slots + P / MOE_GV_NT < P ? slots + P / MOE_GV_NT : P;
     unsigned g1 = (unsigned)(wave < passes * glu_tiles ? wave : passes * glu_tiles);
     unsigned g2 = (unsigned)(wave < passes * down_tiles ? wave : passes * down_tiles);
-    cu_launch(b, k_moe_gv_glu, g1, MOE_GV_THREADS, s1, a, (int)down_tiles);
-    cu_launch(b, k_moe_gv_down, g2, MOE_GV_THREADS, s2, a);
+    if (F8) cu_fp8_quant(b, a.x, a.H, a.T, (uint8_t *)a.xq8, (float *)a.sx8);
+    cu_launch(b, k_moe_gv_glu<F8>, g1, MOE_GV_THREADS, s1, a, (int)down_tiles);
+    if (F8) {
+        cu_mat act = {a.act, SL_DTYPE_F32, P, a.I, a.I};
+        cu_fp8_quant(b, act, a.I, (int)P, (uint8_t *)a.aq8, (float *)a.sa8);
+    }
+    cu_launch(b, k_moe_gv_down<F8>, g2, MOE_GV_THREADS, s2, a);
     cu_tmp_free(b, tmp);
+}
+
+int cu_moe_experts_fp8_gv(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
+                          const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *gate_up_scale,
+                          const sl_tensor *down, const sl_tensor *down_scale)
+{
+    cu_backend *b = cu_be(be);
+    int64_t T = sl_tensor_rows(x), H = sl_tensor_cols(x), I = down->ne[2];
+    if (!moe_gv_fits(b, T * sl_tensor_cols(ids), (int)gate_up->ne[0], H, I, true)) return 0;
+    moe_gv_run<true>(b, out, x, ids, weights, gate_up, gate_up_scale, down, down_scale);
+    return 1;
 }
 
 void cu_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
@@ -787,25 +992,8 @@ void cu_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl
     SL_ASSERT(H % 8 == 0 && I % 8 == 0);
     if (T == 0) return;
     int64_t P = T * k;
-    if (moe_gv_fits(b, P, E, H)) {
-        moe_gv_args a;
-        a.x = cu_mat_of(x);
-        a.out = cu_mat_of(out);
-        a.x_vec = cu_mat_vec_ok(a.x);
-        a.ids = (const int32_t *)ids->data;
-        a.ids_ld = sl_tensor_ld(ids);
-        a.w = (const float *)weights->data;
-        a.w_ld = sl_tensor_ld(weights);
-        a.T = (int)T;
-        a.k = k;
-        a.E = E;
-        a.H = (int)H;
-        a.I = (int)I;
-        a.gu = (const __nv_bfloat16 *)gate_up->data;
-        a.dn = (const __nv_bfloat16 *)down->data;
-        a.gu_es = gate_up->st[0];
-        a.dn_es = down->st[0];
-        moe_gv_run(b, a);
+    if (moe_gv_fits(b, P, E, H, I, false)) {
+        moe_gv_run<false>(b, out, x, ids, weights, gate_up, NULL, down, NULL);
         return;
     }
     const int32_t *idp = (const int32_t *)ids->data;

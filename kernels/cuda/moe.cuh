@@ -11,6 +11,12 @@ void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_t
 // gate_up and down must be BF16; H and I multiples of 8.
 void cu_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                     const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *down);
+// sl_be_moe_experts_fp8 through the few-token kernels (moe.cu; x and
+// silu·up quantized before each, as the CPU op does) when the pairs fit them
+// (up to MOE_GV_MAX_PAIRS); returns 0 (nothing run) otherwise.
+int cu_moe_experts_fp8_gv(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
+                          const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *gate_up_scale,
+                          const sl_tensor *down, const sl_tensor *down_scale);
 
 // ---- grouped expert GEMMs: the routing plan (bf16 here, FP8 in fp8.cu) ----------
 //

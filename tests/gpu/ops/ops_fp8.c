@@ -35,7 +35,7 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL_FP8, BF, {300, 1536, 2048, 0, 1}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {513, 2304, 1024, 0, 0}, 1e-2},
     /* moe_experts_fp8: T, H, I, E, k, path (0: per-pair GEMVs, 1: grouped GEMMs forced,
-     * 2: per-expert GEMVs forced) */
+     * 2: per-expert GEMVs forced, 3: moe.cu's few-token kernels forced) */
     {SL_OP_MOE_EXPERTS_FP8, BF, {1, 256, 128, 8, 2, 0}, 1e-2},
     {SL_OP_MOE_EXPERTS_FP8, BF, {3, 320, 192, 16, 4, 0}, 1e-2}, /* partial groups both ways */
     {SL_OP_MOE_EXPERTS_FP8, F32, {40, 512, 384, 32, 8, 0}, 1e-2},
@@ -59,6 +59,15 @@ static const tb_case cases[] = {
     {SL_OP_MOE_EXPERTS_FP8, BF, {80, 320, 192, 8, 4, 2}, 1e-2},     /* 40 pairs an expert: 3 tiles */
     {SL_OP_MOE_EXPERTS_FP8, BF, {16, 2048, 768, 128, 8, 2}, 1e-2},  /* Qwen3-30B-A3B */
     {SL_OP_MOE_EXPERTS_FP8, BF, {64, 2048, 512, 513, 11, 2}, 1e-2}, /* Coder-Next + fused shared */
+    /* the few-token kernels (moe.cu): pass-weighted items, x and silu·up quantized before them */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1, 256, 128, 8, 2, 3}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {3, 320, 192, 16, 4, 3}, 1e-2},     /* partial groups both ways */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {7, 200, 136, 6, 3, 3}, 1e-2},      /* H % 16 != 0: scalar loads */
+    {SL_OP_MOE_EXPERTS_FP8, F32, {40, 512, 384, 32, 8, 3}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {80, 320, 192, 8, 4, 3}, 1e-2},     /* 40 pairs an expert: 5 passes */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1, 2048, 768, 128, 8, 3}, 1e-2},   /* Qwen3-30B-A3B decode */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {16, 2048, 768, 128, 8, 3}, 1e-2},
+    {SL_OP_MOE_EXPERTS_FP8, BF, {64, 2048, 512, 513, 11, 3}, 1e-2}, /* Coder-Next + shared: 704 pairs */
 };
 
 /* fp8 weight [N, K] + scales (per row [N, G] or per block [ceil(N/128), G]) on both backends */
@@ -129,7 +138,7 @@ static void moe_fp8_run(tb *t, const tb_case *c)
     tb_pair x, y, ids, wt;
     sl_tensor guc[2], gug[2], dnc[2], dng[2];
     sl_err er = {0};
-    static const char *const path_name[] = {"gemv", "grouped", "expert_gemv"};
+    static const char *const path_name[] = {"gemv", "grouped", "expert_gemv", "gv"};
     snprintf(desc, sizeof desc, "T=%d H=%d I=%d E=%d k=%d x%s %s", T, H, I, E, k, sl_dtype_name(c->dt),
              path_name[grouped]);
     tb_pair_rand(t, &x, c->dt, 2, (tb_ne2(ne, T, H), ne), -2, 2);
@@ -158,13 +167,14 @@ static void moe_fp8_run(tb *t, const tb_case *c)
     fp8_experts(t, E, H, I, 0xd0, dnc, dng);
     sl_be_moe_experts_fp8(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &guc[0], &guc[1], &dnc[0], &dnc[1]);
     static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_GROUPED,
-                                            SL_CUDA_MOE_FP8_EXPERT_GEMV};
+                                            SL_CUDA_MOE_FP8_EXPERT_GEMV, SL_CUDA_MOE_FP8_GV};
     sl_cuda_moe_fp8_path(t->gpu, paths[grouped]);
     sl_be_moe_experts_fp8(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
     /* the grouped GEMMs run where the weights allow them (H, I multiples of 16), the
      * per-expert GEMVs everywhere */
     const char *ran = sl_cuda_matmul_last(t->gpu);
-    const char *want = grouped == 2                                  ? "fp8_moe_expert_gemv"
+    const char *want = grouped == 3                                  ? "fp8_moe_gv"
+                       : grouped == 2                                  ? "fp8_moe_expert_gemv"
                        : grouped == 1 && H % 16 == 0 && I % 16 == 0 ? "fp8_moe_grouped"
                                                                     : "fp8_moe_gemv";
     CHECK_MSG(ran && !strncmp(ran, want, strlen(want)), "%s: ran %s, want %s", desc, ran ? ran : "nothing", want);
@@ -323,11 +333,12 @@ static void fp8_perf(tb *t, const char *filter)
     if (tb_perf_on(filter, SL_OP_MOE_EXPERTS_FP8)) {
         /* decode batches (16, 64) and prefill (128, 4096 tokens), both paths: where
          * AUTO's switch to the grouped GEMMs belongs */
-        int Ts[] = {1, 4, 8, 16, 64, 128, 256, 512, 1024, 4096};
+        int Ts[] = {1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
         static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
-                                                SL_CUDA_MOE_FP8_GROUPED};
+                                                SL_CUDA_MOE_FP8_GROUPED, SL_CUDA_MOE_FP8_GV};
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0] && Ts[i] <= t->max_tokens; i++)
-            for (size_t p = 0; p < 3; p++) {
+            for (size_t p = 0; p < 4; p++) {
+                if (Ts[i] > 64 && paths[p] == SL_CUDA_MOE_FP8_GV) continue; /* past its pairs */
                 if (Ts[i] == 4096 && paths[p] == SL_CUDA_MOE_FP8_EXPERT_GEMV) continue; /* 256 tiles an expert */
                 if (Ts[i] >= 1024 && paths[p] == SL_CUDA_MOE_FP8_GEMV) continue;       /* a pass per pair */
                 perf_moe_fp8(t, "30B-A3B", Ts[i], 2048, 768, 128, 8, 0, paths[p]);
