@@ -357,6 +357,15 @@ void cu_moe_combine_run(cu_backend *b, cu_mat out, const float *y, const float *
 #ifndef MOE_GV_DOWN_RW
 #define MOE_GV_DOWN_RW 2 // down: same
 #endif
+// FP8 weights: an item of the bf16 kernels' rows is half the bytes for the
+// same fixed cost (the pass's vectors, the block reduction, the down
+// kernel's counter), so items take more rows. On an H200 (glu, down) = (4,
+// 8) against the bf16 (1, 2): Coder-Next at 64 tokens 0.467 -> 0.391 ms,
+// 30B-A3B 0.270 -> 0.250, 1 token 0.040 -> 0.035 (NOTES.md v30).
+#define MOE_GV_GLU_RW8 4
+#define MOE_GV_DOWN_RW8 8
+template <bool F8> __host__ __device__ constexpr int moe_gv_glu_rw() { return F8 ? MOE_GV_GLU_RW8 : MOE_GV_GLU_RW; }
+template <bool F8> __host__ __device__ constexpr int moe_gv_down_rw() { return F8 ? MOE_GV_DOWN_RW8 : MOE_GV_DOWN_RW; }
 #ifndef MOE_GV_BLOCKS_PER_SM
 #define MOE_GV_BLOCKS_PER_SM 3 // the grid: one wave of these
 #endif
@@ -777,7 +786,7 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM)
     moe_gv_plan p = moe_gv_make_plan(a.ids, a.ids_ld, a.T, a.k, a.E, moe_sm);
     float *red = moe_gv_red(moe_sm, a);
     moe_gv_vecs v = moe_gv_vecs_of(red, a.H);
-    constexpr int RT = 8 * MOE_GV_GLU_RW; // columns a tile: gate rows g, up rows g+8
+    constexpr int RW = moe_gv_glu_rw<F8>(), RT = 8 * RW; // columns a tile: gate rows g, up rows g+8
     int tiles = (a.I + RT - 1) / RT, lane = threadIdx.x & 31;
     moe_gv_for_items(
         p, tiles,
@@ -802,8 +811,8 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM)
                 moe_gv_slice<F8>(moe_gv_expert<F8>(a.gu, a.gu_es, e), a.gu_ld, a.gus + e * a.gus_es, a.gus_ld, n,
                                  a.I + n, a.H, a.w8_vec, u0, u1, v, cc);
             };
-            if (!moe_gv_block_tile<MOE_GV_GLU_RW>(moe_gv_units<F8>(a.H), slice, red, c)) return;
-            int rg = (threadIdx.x >> 5) / (MOE_GV_WARPS / MOE_GV_GLU_RW);
+            if (!moe_gv_block_tile<RW>(moe_gv_units<F8>(a.H), slice, red, c)) return;
+            int rg = (threadIdx.x >> 5) / (MOE_GV_WARPS / RW);
             int n = tile * RT + rg * 8 + (lane >> 2), t = 2 * (lane & 3);
             if (n >= a.I) return;
             for (int u = 0; u < 2; u++)
@@ -825,7 +834,7 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM) k_moe_gv
     moe_gv_plan p = moe_gv_make_plan(a.ids, a.ids_ld, a.T, a.k, a.E, moe_sm);
     float *red = moe_gv_red(moe_sm, a);
     moe_gv_vecs v = moe_gv_vecs_of(red, a.I);
-    constexpr int RT = 16 * MOE_GV_DOWN_RW;
+    constexpr int RW = moe_gv_down_rw<F8>(), RT = 16 * RW;
     int tiles = (a.H + RT - 1) / RT, lane = threadIdx.x & 31;
     // act and the counters come from the glu kernel
     cu_pdl_wait();
@@ -853,8 +862,8 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM) k_moe_gv
                 moe_gv_slice<F8>(moe_gv_expert<F8>(a.dn, a.dn_es, e), a.dn_ld, a.dns + e * a.dns_es, a.dns_ld,
                                  min(r, a.H - 1), min(r + 8, a.H - 1), a.I, a.w8_vec, u0, u1, v, cc);
             };
-            if (!moe_gv_block_tile<MOE_GV_DOWN_RW>(moe_gv_units<F8>(a.I), slice, red, c)) return;
-            int rg = (threadIdx.x >> 5) / (MOE_GV_WARPS / MOE_GV_DOWN_RW);
+            if (!moe_gv_block_tile<RW>(moe_gv_units<F8>(a.I), slice, red, c)) return;
+            int rg = (threadIdx.x >> 5) / (MOE_GV_WARPS / RW);
             int r = tile * RT + rg * 16 + (lane >> 2), t = 2 * (lane & 3);
             for (int h = 0; h < 2; h++)
                 for (int u = 0; u < 2; u++)
@@ -932,8 +941,8 @@ static void moe_gv_run(cu_backend *b, const sl_tensor *out, const sl_tensor *x, 
                    a.gu_es % 16 == 0 && a.dn_es % 16 == 0 && (uintptr_t)a.gu % 16 == 0 && (uintptr_t)a.dn % 16 == 0;
     }
     int64_t P = (int64_t)a.T * a.k, slots = P < a.E ? P : a.E;
-    int64_t glu_tiles = (a.I + 8 * MOE_GV_GLU_RW - 1) / (8 * MOE_GV_GLU_RW);
-    int64_t down_tiles = (a.H + 16 * MOE_GV_DOWN_RW - 1) / (16 * MOE_GV_DOWN_RW);
+    constexpr int GRT = 8 * moe_gv_glu_rw<F8>(), DRT = 16 * moe_gv_down_rw<F8>();
+    int64_t glu_tiles = (a.I + GRT - 1) / GRT, down_tiles = (a.H + DRT - 1) / DRT;
     // one scratch block: act (bf16; f32 for FP8, quantized from there as
     // the CPU op does), y, counters; FP8: the codes and scales of x and act
     int GH = (a.H + FP8_G - 1) / FP8_G, GI = (a.I + FP8_G - 1) / FP8_G;
