@@ -362,8 +362,12 @@ void cu_moe_combine_run(cu_backend *b, cu_mat out, const float *y, const float *
 // kernel's counter), so items take more rows. On an H200 (glu, down) = (4,
 // 8) against the bf16 (1, 2): Coder-Next at 64 tokens 0.467 -> 0.391 ms,
 // 30B-A3B 0.270 -> 0.250, 1 token 0.040 -> 0.035 (NOTES.md v30).
+#ifndef MOE_GV_GLU_RW8
 #define MOE_GV_GLU_RW8 4
+#endif
+#ifndef MOE_GV_DOWN_RW8
 #define MOE_GV_DOWN_RW8 8
+#endif
 template <bool F8> __host__ __device__ constexpr int moe_gv_glu_rw() { return F8 ? MOE_GV_GLU_RW8 : MOE_GV_GLU_RW; }
 template <bool F8> __host__ __device__ constexpr int moe_gv_down_rw() { return F8 ? MOE_GV_DOWN_RW8 : MOE_GV_DOWN_RW; }
 #ifndef MOE_GV_BLOCKS_PER_SM
