@@ -150,6 +150,9 @@ static const tb_case cases[] = {
     {SL_OP_MOE_ROUTE, F32, {9, 60, 4, 0}, 1e-5},
     {SL_OP_MOE_ROUTE, F32, {33, 512, 10, 1, 1}, 1e-5}, /* + a shared expert's gate column */
     {SL_OP_MOE_ROUTE, F32, {5, 60, 4, 0, 1}, 1e-5},
+    {SL_OP_MOE_ROUTE, F32, {7, 256, 8, 1}, 1e-5},      /* 8 experts a lane */
+    {SL_OP_MOE_ROUTE, F32, {4, 1000, 32, 0, 1}, 1e-5}, /* 32 a lane, k at its limit */
+    {SL_OP_MOE_ROUTE, BF, {65, 128, 8, 1}, 1e-5},      /* bf16 logits: many equal values */
     /* moe_experts: T, H, I, E, k, pool (experts drawn from a random pool of that many; 0: all
      * E, skewed to low ids). Up to MOE_GV_MAX_PAIRS (moe.cu) pairs T*k take the few-token path,
      * more the grouped GEMM. */
