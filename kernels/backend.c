@@ -29,7 +29,7 @@ const char *sl_op_name(sl_op op)
         "embed",    "matmul", "rmsnorm",  "add",     "add_rmsnorm", "rope",        "silu_mul",
         "sigmoid_mul", "kv_store", "attention", "conv1d",     "gdn",         "rmsnorm_gated",
         "moe_route", "moe_experts", "gather_rows", "copy_slots", "fill_random", "argmax",
-        "attn_prep", "sample", "matmul_fp8", "moe_experts_fp8"};
+        "attn_prep", "sample", "matmul_fp8", "moe_experts_fp8", "moe_router"};
     return (unsigned)op < SL_OP_COUNT ? n[op] : "?";
 }
 
@@ -261,7 +261,8 @@ int sl_be_supports_op(const sl_backend *be, sl_op op)
         (const void *)i->moe_route,   (const void *)i->moe_experts,   (const void *)i->gather_rows,
         (const void *)i->copy_slots,  (const void *)i->fill_random,   (const void *)i->argmax,
         (const void *)i->attn_prep,   (const void *)i->sample,        (const void *)i->matmul_fp8,
-        (const void *)i->moe_experts_fp8};
+        (const void *)i->moe_experts_fp8,
+        (const void *)i->moe_route}; /* moe_router: its own pass or matmul + moe_route */
     return (unsigned)op < SL_OP_COUNT && slot[op] != NULL;
 }
 
@@ -604,6 +605,16 @@ void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const s
     SL_ASSERT(k <= sl_tensor_cols(logits) - shared && sl_tensor_cols(ids) == k + shared &&
               sl_tensor_cols(weights) == k + shared);
     be->i->moe_route(be, ids, weights, logits, k, norm, shared);
+}
+
+void sl_be_moe_router(sl_backend *be, sl_tensor *ids, sl_tensor *weights, sl_tensor *logits,
+                      const sl_tensor *x, const sl_tensor *router, int k, int norm, int shared)
+{
+    SL_ASSERT(sl_tensor_cols(router) == sl_tensor_cols(x) && sl_tensor_rows(logits) == sl_tensor_rows(x) &&
+              sl_tensor_cols(logits) == sl_tensor_rows(router));
+    if (be->i->moe_router && be->i->moe_router(be, ids, weights, logits, x, router, k, norm, shared)) return;
+    sl_be_matmul(be, logits, x, router);
+    sl_be_moe_route(be, ids, weights, logits, k, norm, shared);
 }
 
 void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,

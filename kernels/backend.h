@@ -123,6 +123,7 @@ typedef enum sl_op {
     SL_OP_SAMPLE,
     SL_OP_MATMUL_FP8,
     SL_OP_MOE_EXPERTS_FP8,
+    SL_OP_MOE_ROUTER,
     SL_OP_COUNT
 } sl_op;
 
@@ -358,6 +359,12 @@ void sl_be_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, con
  * so sl_be_moe_experts computes routed and shared experts in one pass. */
 void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_tensor *logits,
                      int k, int norm, int shared);
+/* The router of an MoE layer: logits = x · routerᵀ (sl_be_matmul; router
+ * [E + shared, H]), then sl_be_moe_route on them. A backend may do both in
+ * one pass where it has such a kernel (CUDA: decode batches); the logits are
+ * written either way. */
+void sl_be_moe_router(sl_backend *be, sl_tensor *ids, sl_tensor *weights, sl_tensor *logits,
+                      const sl_tensor *x, const sl_tensor *router, int k, int norm, int shared);
 /* out[T,H] = Σ_j weights[t,j] · down_e(silu(gate_e x) ⊙ up_e x), e = ids[t,j];
  * gate_up [E, 2I, H] (gate rows first), down [E, H, I]. */
 void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,

@@ -78,6 +78,10 @@ typedef struct sl_backend_i {
     void (*moe_experts_fp8)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                             const sl_tensor *, const sl_tensor *, const sl_tensor *,
                             const sl_tensor *, const sl_tensor *);
+    /* optional: sl_be_moe_router in one pass; returns 0 where it does not
+     * apply (then matmul and moe_route run) */
+    int (*moe_router)(sl_backend *, sl_tensor *, sl_tensor *, sl_tensor *, const sl_tensor *,
+                      const sl_tensor *, int, int, int);
 } sl_backend_i;
 
 /* Every backend struct begins with this header. */

@@ -57,6 +57,7 @@ static void cu_free_backend(sl_backend *be)
         if (b->up_free[i]) cudaEventDestroy(b->up_free[i]);
     }
     if (b->lt_ws) cudaFree(b->lt_ws);
+    if (b->router_done) cudaFree(b->router_done);
     if (b->lt) cublasLtDestroy(b->lt);
     if (b->stream) cudaStreamDestroy(b->stream);
     free(b);
@@ -590,6 +591,7 @@ static const sl_backend_i cu_iface = {
     .sample = cu_sample,
     .matmul_fp8 = cu_matmul_fp8,
     .moe_experts_fp8 = cu_moe_experts_fp8,
+    .moe_router = cu_moe_router,
 };
 
 static sl_status cu_init(cu_backend *b, int device, sl_err *e)
@@ -629,6 +631,9 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
         return sl_err_set(e, SL_ERR_DEVICE, "cublasLtCreate failed");
     b->lt_ws_bytes = (size_t)64 << 20;
     CU_TRY(e, cudaMalloc(&b->lt_ws, b->lt_ws_bytes));
+    // k_moe_router's counter (made here: never inside a graph capture)
+    CU_TRY(e, cudaMalloc((void **)&b->router_done, sizeof(unsigned)));
+    CU_TRY(e, cudaMemset(b->router_done, 0, sizeof(unsigned)));
     for (int i = 0; i < 2; i++)
         CU_TRY(e, cudaEventCreateWithFlags(&b->mb[i].copied, cudaEventDisableTiming));
     return SL_OK;

@@ -91,6 +91,7 @@ typedef struct cu_backend {
     const char *mm_last;              // kernel of the last matmul: "cublaslt" or "gemv"
     int gemv_smem_set;                // gemv.cu: shared-memory limit raised
     int fp8_smem_set;                 // fp8.cu: bit per tensor-core kernel whose smem limit is raised
+    unsigned *router_done;            // moe.cu k_moe_router: blocks done (0 between launches)
     int moe_fp8_path;                 // sl_cuda_moe_fp8 (cuda_backend.h)
     struct cu_sample_stage *sample;   // sample.cu
     struct cu_prof *prof;             // prof.cu: kernel timing (SL_CUDA_PROFILE=1), else NULL

@@ -27,14 +27,10 @@
 // token. Same results: probabilities, picks (largest first, lowest index on
 // ties) and sums in the same order.
 template <int NPL>
-__global__ void k_moe_route(cu_mat logits, int32_t *ids, int64_t ids_ld, float *w, int64_t w_ld, int k, int norm,
-                            int shared)
+__device__ void moe_route_token(const cu_mat &logits, int64_t t, int32_t *ids, int64_t ids_ld, float *w,
+                                int64_t w_ld, int k, int norm, int shared)
 {
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    int64_t t = (int64_t)blockIdx.x * (blockDim.x >> 5) + wid;
-    cu_pdl_wait();
-    cu_pdl_trigger();
-    if (t >= logits.rows) return;
+    const int lane = threadIdx.x & 31;
     int E = (int)logits.cols - shared; // the shared expert's gate logit is not routed
     float v[NPL];
     float mx = -INFINITY;
@@ -101,6 +97,33 @@ __global__ void k_moe_route(cu_mat logits, int32_t *ids, int64_t ids_ld, float *
     }
 }
 
+template <int NPL>
+__global__ void k_moe_route(cu_mat logits, int32_t *ids, int64_t ids_ld, float *w, int64_t w_ld, int k, int norm,
+                            int shared)
+{
+    int64_t t = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    if (t < logits.rows) moe_route_token<NPL>(logits, t, ids, ids_ld, w, w_ld, k, norm, shared);
+}
+
+// Launches kernel K<NPL> with NPL the experts a lane holds (E routed experts)
+template <template <int> class K, class... A>
+static void moe_route_dispatch(cu_backend *b, int64_t E, dim3 grid, size_t smem, A... args)
+{
+    if (E <= 128) K<4>::launch(b, grid, smem, args...);
+    else if (E <= 256) K<8>::launch(b, grid, smem, args...);
+    else if (E <= 512) K<16>::launch(b, grid, smem, args...);
+    else K<32>::launch(b, grid, smem, args...);
+}
+
+template <int NPL> struct moe_route_k {
+    template <class... A> static void launch(cu_backend *b, dim3 grid, size_t smem, A... args)
+    {
+        cu_launch(b, k_moe_route<NPL>, grid, 256, smem, args...);
+    }
+};
+
 void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_tensor *logits,
                   int k, int norm, int shared)
 {
@@ -109,18 +132,105 @@ void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_t
     int64_t E = L.cols - shared;
     SL_ASSERT(E <= 1024 && k <= 32 && k <= E);
     if (L.rows == 0) return;
-    unsigned grid = cu_blocks(L.rows, 8);
-    int32_t *idp = (int32_t *)ids->data;
-    float *wp = (float *)weights->data;
-    int64_t il = sl_tensor_ld(ids), wl = sl_tensor_ld(weights);
-    if (E <= 128)
-        cu_launch(b, k_moe_route<4>, grid, 256, 0, L, idp, il, wp, wl, k, norm, shared);
-    else if (E <= 256)
-        cu_launch(b, k_moe_route<8>, grid, 256, 0, L, idp, il, wp, wl, k, norm, shared);
-    else if (E <= 512)
-        cu_launch(b, k_moe_route<16>, grid, 256, 0, L, idp, il, wp, wl, k, norm, shared);
-    else
-        cu_launch(b, k_moe_route<32>, grid, 256, 0, L, idp, il, wp, wl, k, norm, shared);
+    moe_route_dispatch<moe_route_k>(b, E, dim3(cu_blocks(L.rows, 8)), 0, L, (int32_t *)ids->data,
+                                    sl_tensor_ld(ids), (float *)weights->data, sl_tensor_ld(weights), k, norm,
+                                    shared);
+}
+
+// ---- router: logits and routing in one kernel (decode) ---------------------------
+//
+// At one token a layer's router was a cuBLASLt GEMV (E + shared rows of H
+// bf16, 0.5-2 MB) and k_moe_route: two launches of a few µs each for tiny
+// work. k_moe_router: warp w of block b takes router row r = 8b + w, its
+// weights requested before the PDL wait (16 bytes a lane per 256 columns,
+// all in registers), x's T ≤ MOE_ROUTER_MAX_T rows staged in shared memory
+// after it; each lane's products summed, then the warp's (fp32), into
+// logits[t][r]. The block that finishes last (a counter, reset by that
+// block for the next launch) routes every token from those logits
+// (moe_route_token, reading them from L2).
+#define MOE_ROUTER_MAX_T 8
+#define MOE_ROUTER_MAX_C 16 // 16-byte chunks a lane: H up to 4096
+
+template <int NPL>
+__global__ void __launch_bounds__(256) k_moe_router(cu_mat x, const __nv_bfloat16 *rw, int64_t ldr, cu_mat logits,
+                                                    int32_t *ids, int64_t ids_ld, float *w, int64_t w_ld, int k,
+                                                    int norm, int shared, unsigned *done)
+{
+    extern __shared__ __align__(16) __nv_bfloat16 rx[]; // [T][H]
+    __shared__ bool last;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, H = (int)x.cols, T = (int)x.rows;
+    const int64_t r = (int64_t)blockIdx.x * 8 + warp;
+    const bool ok = r < logits.cols;
+    const int nc = H / 256; // chunks a lane
+    uint4 wv[MOE_ROUTER_MAX_C];
+#pragma unroll
+    for (int c = 0; c < MOE_ROUTER_MAX_C; c++)
+        wv[c] = ok && c < nc ? __ldg((const uint4 *)(rw + r * ldr + (c * 32 + lane) * 8)) : make_uint4(0, 0, 0, 0);
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    for (int i = threadIdx.x; i < T * (H / 8); i += blockDim.x) {
+        int t = i / (H / 8), c = i - t * (H / 8);
+        uint32_t d = (uint32_t)__cvta_generic_to_shared(rx + t * H + c * 8);
+        const __nv_bfloat16 *src = (const __nv_bfloat16 *)x.p + t * x.ld + c * 8;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    __syncthreads();
+    for (int t = 0; t < T; t++) {
+        float s = 0.0f;
+#pragma unroll
+        for (int c = 0; c < MOE_ROUTER_MAX_C; c++) {
+            if (c >= nc) break;
+            uint4 xu = *(const uint4 *)(rx + t * H + (c * 32 + lane) * 8);
+            const __nv_bfloat162 *xa = (const __nv_bfloat162 *)&xu, *wa = (const __nv_bfloat162 *)&wv[c];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                float2 xf = __bfloat1622float2(xa[q]), wf = __bfloat1622float2(wa[q]);
+                s = fmaf(xf.x, wf.x, s);
+                s = fmaf(xf.y, wf.y, s);
+            }
+        }
+        s = cu_warp_sum(s);
+        if (ok && lane == 0) cu_mat_st(logits, t, r, s);
+    }
+    // the last block routes (its reads see every block's logits: each block
+    // fences its writes before counting itself done)
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int t = warp; t < T; t += blockDim.x >> 5)
+        moe_route_token<NPL>(logits, t, ids, ids_ld, w, w_ld, k, norm, shared);
+    if (threadIdx.x == 0) *done = 0;
+}
+
+template <int NPL> struct moe_router_k {
+    template <class... A> static void launch(cu_backend *b, dim3 grid, size_t smem, A... args)
+    {
+        cu_launch(b, k_moe_router<NPL>, grid, 256, smem, args...);
+    }
+};
+
+int cu_moe_router(sl_backend *be, sl_tensor *ids, sl_tensor *weights, sl_tensor *logits, const sl_tensor *x,
+                  const sl_tensor *router, int k, int norm, int shared)
+{
+    cu_backend *b = cu_be(be);
+    cu_mat X = cu_mat_of(x), L = cu_mat_of(logits), R = cu_mat_of(router);
+    int64_t E = L.cols - shared, H = X.cols;
+    if (X.rows < 1 || X.rows > MOE_ROUTER_MAX_T || X.dt != SL_DTYPE_BF16 || R.dt != SL_DTYPE_BF16 ||
+        L.dt != SL_DTYPE_F32 || H % 256 || H > 256 * MOE_ROUTER_MAX_C || X.ld % 8 || R.ld % 8 ||
+        (uintptr_t)X.p % 16 || (uintptr_t)R.p % 16 || E > 1024 || k > 32 || k > E ||
+        X.rows * H * sizeof(__nv_bfloat16) > 48 * 1024) // x in the default shared memory
+        return 0;
+    moe_route_dispatch<moe_router_k>(b, E, dim3((unsigned)cu_blocks(L.cols, 8)),
+                                     sizeof(__nv_bfloat16) * (size_t)(X.rows * H), X,
+                                     (const __nv_bfloat16 *)R.p, R.ld, L, (int32_t *)ids->data, sl_tensor_ld(ids),
+                                     (float *)weights->data, sl_tensor_ld(weights), k, norm, shared,
+                                     b->router_done);
+    return 1;
 }
 
 // ---- expert FFNs -----------------------------------------------------------------

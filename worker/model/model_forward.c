@@ -257,9 +257,10 @@ static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, sl_ten
     logits = cols_of(&logits, 0, g->n_experts + fused);
     ids = cols_of(&ids, 0, k + fused);
     w = cols_of(&w, 0, k + fused);
-    sl_be_matmul(be, &logits, xn, &ly->router);
+    sl_be_moe_router(be, &ids, &w, &logits, xn, &ly->router, k, g->norm_topk_prob, fused);
     trace(m, li, "router", &logits);
-    sl_be_moe_route(be, &ids, &w, &logits, k, g->norm_topk_prob, fused);
+    trace(m, li, "route_ids", &ids);
+    trace(m, li, "route_w", &w);
     trace(m, li, "route_ids", &ids);
     trace(m, li, "route_w", &w);
     if (ly->ex_gate_up_s.data)

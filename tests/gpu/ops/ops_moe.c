@@ -1,5 +1,5 @@
-/* tests/gpu/ops/ops_moe.c: moe_route and moe_experts (the few-token path, the grouped
- * GEMM, CUDA graph replay). */
+/* tests/gpu/ops/ops_moe.c: moe_route, moe_router and moe_experts (the few-token path, the
+ * grouped GEMM, CUDA graph replay). */
 #include <string.h>
 
 #include "harness.h"
@@ -170,6 +170,14 @@ static const tb_case cases[] = {
     {SL_OP_MOE_EXPERTS, BF, {1, 2048, 512, 512, 10, 10}, 2e-2},  /* Qwen3-Coder-Next */
     {SL_OP_MOE_EXPERTS, BF, {8, 2048, 512, 512, 10, 24}, 2e-2},
     {SL_OP_MOE_EXPERTS, BF, {64, 2048, 512, 512, 10, 32}, 2e-2},
+    /* moe_router (logits then routing; CUDA: one kernel up to 8 tokens): T, H, E, k, norm,
+     * shared */
+    {SL_OP_MOE_ROUTER, BF, {1, 2048, 128, 8, 1}, 1e-4},     /* Qwen3-30B-A3B */
+    {SL_OP_MOE_ROUTER, BF, {8, 2048, 512, 10, 1, 1}, 1e-4}, /* Qwen3-Coder-Next */
+    {SL_OP_MOE_ROUTER, BF, {3, 256, 60, 4, 0, 1}, 1e-4},    /* a partial last block of rows */
+    {SL_OP_MOE_ROUTER, BF, {5, 4096, 1000, 16, 1}, 1e-4},   /* 32 experts a lane, H at its limit */
+    {SL_OP_MOE_ROUTER, BF, {9, 2048, 128, 8, 1}, 1e-4},     /* too many tokens: matmul + route */
+    {SL_OP_MOE_ROUTER, BF, {2, 200, 64, 4, 1}, 1e-4},       /* H % 256 != 0: matmul + route */
 };
 
 static void moe_run(tb *t, const tb_case *c)
@@ -191,6 +199,36 @@ static void moe_run(tb *t, const tb_case *c)
         tb_compare(t, c->op, desc, "ids", &y.c, &y.g, -1);
         tb_compare(t, c->op, desc, "weights", &w.c, &w.g, c->tol);
         tb_pair_free(t, &x);
+        tb_pair_free(t, &y);
+        tb_pair_free(t, &w);
+        break;
+    }
+    case SL_OP_MOE_ROUTER: {
+        int T = p[0], H = p[1], E = p[2], k = p[3], sh = p[5];
+        tb_pair r, lg;
+        snprintf(desc, sizeof desc, "T=%d H=%d E=%d k=%d%s%s", T, H, E, k, p[4] ? " norm" : "",
+                 sh ? " shared" : "");
+        /* x·r of a few units (|x|, |r| < 1/sqrt(H) each): softmax weights far from 0 and 1 */
+        float a = 2.0f / sqrtf((float)H);
+        tb_pair_rand(t, &x, dt, 2, (tb_ne2(ne, T, H), ne), -1, 1);
+        tb_pair_rand(t, &r, dt, 2, (tb_ne2(ne, E + sh, H), ne), -a, a);
+        tb_pair_out(t, &lg, F32, 2, (tb_ne2(ne, T, E + sh), ne));
+        tb_pair_out(t, &y, SL_DTYPE_I32, 2, (tb_ne2(ne, T, k + sh), ne));
+        tb_pair_out(t, &w, F32, 2, (tb_ne2(ne, T, k + sh), ne));
+        sl_be_moe_router(t->cpu, &y.c, &w.c, &lg.c, &x.c, &r.c, k, p[4], sh);
+        sl_be_moe_router(t->gpu, &y.g, &w.g, &lg.g, &x.g, &r.g, k, p[4], sh);
+        tb_compare(t, c->op, desc, "logits", &lg.c, &lg.g, c->tol);
+        /* the routing against the CPU's of the GPU's own logits: summation order moves
+         * logits by an ulp, which may swap two experts that nearly tie */
+        float *gl = tb_download(t->gpu, &lg.g);
+        memcpy(lg.c.data, gl, sizeof(float) * (size_t)(T * (E + sh)));
+        free(gl);
+        sl_be_moe_route(t->cpu, &y.c, &w.c, &lg.c, k, p[4], sh);
+        tb_compare(t, c->op, desc, "ids", &y.c, &y.g, -1);
+        tb_compare(t, c->op, desc, "weights", &w.c, &w.g, c->tol);
+        tb_pair_free(t, &x);
+        tb_pair_free(t, &r);
+        tb_pair_free(t, &lg);
         tb_pair_free(t, &y);
         tb_pair_free(t, &w);
         break;
