@@ -92,6 +92,7 @@ typedef struct cu_backend {
     int gemv_smem_set;                // gemv.cu: shared-memory limit raised
     int fp8_smem_set;                 // fp8.cu: bit per tensor-core kernel whose smem limit is raised
     unsigned *router_done;            // moe.cu k_moe_router: blocks done (0 between launches)
+    int moe_router;                   // k_moe_router on (env SL_CUDA_MOE_ROUTER=0: matmul + route)
     int moe_fp8_path;                 // sl_cuda_moe_fp8 (cuda_backend.h)
     struct cu_sample_stage *sample;   // sample.cu
     struct cu_prof *prof;             // prof.cu: kernel timing (SL_CUDA_PROFILE=1), else NULL

@@ -220,7 +220,7 @@ int cu_moe_router(sl_backend *be, sl_tensor *ids, sl_tensor *weights, sl_tensor 
     cu_backend *b = cu_be(be);
     cu_mat X = cu_mat_of(x), L = cu_mat_of(logits), R = cu_mat_of(router);
     int64_t E = L.cols - shared, H = X.cols;
-    if (X.rows < 1 || X.rows > MOE_ROUTER_MAX_T || X.dt != SL_DTYPE_BF16 || R.dt != SL_DTYPE_BF16 ||
+    if (!b->moe_router || X.rows < 1 || X.rows > MOE_ROUTER_MAX_T || X.dt != SL_DTYPE_BF16 || R.dt != SL_DTYPE_BF16 ||
         L.dt != SL_DTYPE_F32 || H % 256 || H > 256 * MOE_ROUTER_MAX_C || X.ld % 8 || R.ld % 8 ||
         (uintptr_t)X.p % 16 || (uintptr_t)R.p % 16 || E > 1024 || k > 32 || k > E ||
         X.rows * H * sizeof(__nv_bfloat16) > 48 * 1024) // x in the default shared memory
