@@ -26,18 +26,23 @@
 // Coder-Next's 512 experts and k = 10, most of a layer's routing time at one
 // token. Same results: probabilities, picks (largest first, lowest index on
 // ties) and sums in the same order.
-template <int NPL>
+// CG: the logits are f32 written by other blocks of this kernel: read them
+// from L2 (ld.global.cg), past this SM's L1.
+template <int NPL, bool CG = false>
 __device__ void moe_route_token(const cu_mat &logits, int64_t t, int32_t *ids, int64_t ids_ld, float *w,
                                 int64_t w_ld, int k, int norm, int shared)
 {
     const int lane = threadIdx.x & 31;
+    auto ld = [&](int64_t e) {
+        return CG ? __ldcg((const float *)logits.p + t * logits.ld + e) : cu_mat_ld(logits, t, e);
+    };
     int E = (int)logits.cols - shared; // the shared expert's gate logit is not routed
     float v[NPL];
     float mx = -INFINITY;
 #pragma unroll
     for (int i = 0; i < NPL; i++) {
         int e = lane + 32 * i;
-        v[i] = e < E ? cu_mat_ld(logits, t, e) : -INFINITY;
+        v[i] = e < E ? ld(e) : -INFINITY;
         mx = fmaxf(mx, v[i]);
     }
     mx = cu_warp_max(mx);
@@ -93,7 +98,7 @@ __device__ void moe_route_token(const cu_mat &logits, int64_t t, int32_t *ids, i
     }
     if (shared && lane == 0) { // the shared expert, gated by σ of its own logit
         ids[t * ids_ld + k] = E;
-        w[t * w_ld + k] = 1.0f / (1.0f + expf(-cu_mat_ld(logits, t, E)));
+        w[t * w_ld + k] = 1.0f / (1.0f + expf(-ld(E)));
     }
 }
 
@@ -147,7 +152,7 @@ void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_t
 // after it; each lane's products summed, then the warp's (fp32), into
 // logits[t][r]. The block that finishes last (a counter, reset by that
 // block for the next launch) routes every token from those logits
-// (moe_route_token, reading them from L2).
+// (moe_route_token, reading them from L2: f32, asserted where it is chosen).
 #define MOE_ROUTER_MAX_T 8
 #define MOE_ROUTER_MAX_C 16 // 16-byte chunks a lane: H up to 4096
 
@@ -203,7 +208,7 @@ __global__ void __launch_bounds__(256) k_moe_router(cu_mat x, const __nv_bfloat1
     if (!last) return;
     __threadfence();
     for (int t = warp; t < T; t += blockDim.x >> 5)
-        moe_route_token<NPL>(logits, t, ids, ids_ld, w, w_ld, k, norm, shared);
+        moe_route_token<NPL, true>(logits, t, ids, ids_ld, w, w_ld, k, norm, shared);
     if (threadIdx.x == 0) *done = 0;
 }
 
