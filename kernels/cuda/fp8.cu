@@ -790,8 +790,9 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
 // pairs an expert) 0.97 against 1.12; at 128 tokens 30B (8 an expert) 0.36
 // both ways, at 256 Coder-Next (5.5) 0.92 against 0.86.
 #define MOE_FP8_EXPERT_GEMV_MIN_T 32
-// AUTO: moe.cu's few-token kernels from this many tokens (at one token the
-// per-pair GEMVs measured 33 µs against their 37, NOTES.md v21)
+// AUTO: moe.cu's few-token kernels from this many tokens up to their
+// MOE_GV_MAX_PAIRS (at one token the per-pair GEMVs measured 32-34 µs against
+// their 35-36 on an H200; from 4 tokens they win or tie, NOTES.md v29, v30)
 #define MOE_FP8_GV_MIN_T 2
 #define MOE_FP8_GROUPED_PAIRS_PER_EXPERT 8
 
@@ -866,8 +867,7 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     int GH = (H + FP8_G - 1) / FP8_G, GI = (I + FP8_G - 1) / FP8_G;
     SL_ASSERT(ids->dtype == SL_DTYPE_I32 && weights->dtype == SL_DTYPE_F32);
     if (T == 0) return;
-    // the few-token kernels (moe.cu) where their pairs fit (written blind:
-    // NOTES.md v29 says how to validate them and where AUTO's bound belongs)
+    // the few-token kernels (moe.cu) where their pairs fit (NOTES.md v29, v30)
     if ((b->moe_fp8_path == SL_CUDA_MOE_FP8_GV ||
          (b->moe_fp8_path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_GV_MIN_T)) &&
         cu_moe_experts_fp8_gv(be, out, x, ids, weights, gate_up, gate_up_scale, down, down_scale)) {
