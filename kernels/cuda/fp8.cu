@@ -137,6 +137,12 @@ typedef struct fp8_args {
     const int32_t *ids;
     int64_t ids_ld, ew, ews;
     int topk, x_div;
+    // ids were written two or more launches back (the launch just before
+    // this one writes none of them): k_fp8_gemv_cp reads its expert, and
+    // streams its weights, before its PDL wait. Safe because every kernel
+    // lets the next one start only after its own wait, so when this one
+    // starts the kernel before the previous one has completed.
+    int ids_early;
     int x_perm; // k_fp8_moe_gemm_tc: x rows through the plan's perm (see there)
     // k_fp8_gemv_tc over a routing plan (moe.cuh; blockIdx.x = tile of one
     // expert's pairs, blockIdx.y = 16 weight rows): the tile's tokens are the
@@ -421,12 +427,10 @@ template <int NT> __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_c
                       ok ? ws + (int64_t)(n >> a.srow_shift) * a.ldws + g : ws, ok ? 4 : 0);
         }
     };
-    if (!a.ids) stage_w();
-    cu_pdl_wait();
-    cu_pdl_trigger();
     int M = a.M;
     int64_t xrow0 = 0, orow0 = 0;
-    if (a.ids) {
+    // per pair: the pair's expert (after the wait unless a.ids_early)
+    auto pair = [&]() {
         int p = blockIdx.x, t = p / a.topk, j = p - t * a.topk;
         int64_t e = a.ids[(int64_t)t * a.ids_ld + j];
         w += e * a.ew;
@@ -434,6 +438,15 @@ template <int NT> __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_c
         xrow0 = p / a.x_div;
         orow0 = p;
         M = 1;
+    };
+    if (!a.ids || a.ids_early) {
+        if (a.ids) pair();
+        stage_w();
+    }
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    if (a.ids && !a.ids_early) {
+        pair();
         stage_w();
     }
     const uint8_t *xq = a.xq + xrow0 * a.ldx;
@@ -1071,6 +1084,8 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     if (grouped || expert_gemv) {
         moe_fp8_grouped(b, a, d, T, k, E, cu_mat_of(out), weights, y, expert_gemv);
     } else {
+        // each GEMV right after a quantization, which writes no ids
+        a.ids_early = d.ids_early = 1;
         fp8_gemv_launch(b, a, (unsigned)P);
         fp8_quant_silu(b, a, d, P);
         fp8_gemv_launch(b, d, (unsigned)P);
