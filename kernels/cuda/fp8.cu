@@ -152,6 +152,11 @@ typedef struct fp8_args {
     // dense k_fp8_gemv_tc: K split over a thread-block cluster of this many
     // blocks (grid.y; fp8_gemv_split)
     int split;
+    // fp8_gemv_launch: x not quantized yet: its rows are xin (xsilu: rows
+    // [gate | up] of width 2K, quantized as silu(gate)·up); k_fp8_gemv_cp
+    // quantizes them itself, else k_fp8_quant runs first into xq / sx
+    cu_mat xin;
+    int xsilu;
 } fp8_args;
 
 #define GV8_WARPS 8
@@ -449,15 +454,25 @@ template <int NT> __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_c
         pair();
         stage_w();
     }
-    const uint8_t *xq = a.xq + xrow0 * a.ldx;
-    const float *sx = a.sx + xrow0 * G;
-    for (int i = threadIdx.x; i < MX * nch; i += blockDim.x) {
-        int m = i / nch, c = i - m * nch;
-        cp_async16((uint32_t)__cvta_generic_to_shared(sxq + m * pitch + c * 16), xq + m * a.ldx + c * 16, 16);
-    }
-    for (int i = threadIdx.x; i < MX * G; i += blockDim.x) {
-        int m = i / G, g = i - m * G;
-        cp_async4((uint32_t)__cvta_generic_to_shared(ssx + m * GP + g), sx + m * G + g, 4);
+    if (a.xin.p) {
+        // x's rows quantized here, a warp per (row, group), while the weights
+        // stream: the arithmetic of k_fp8_quant (the same function)
+        for (int job = warp; job < MX * G; job += GV8_WARPS) {
+            int m = job / G, g = job - m * G;
+            float s = fp8_quant_group(a.xin, a.xsilu, xrow0 + m, g, a.K, sxq + m * pitch + g * FP8_G);
+            if (lane == 0) ssx[m * GP + g] = s;
+        }
+    } else {
+        const uint8_t *xq = a.xq + xrow0 * a.ldx;
+        const float *sx = a.sx + xrow0 * G;
+        for (int i = threadIdx.x; i < MX * nch; i += blockDim.x) {
+            int m = i / nch, c = i - m * nch;
+            cp_async16((uint32_t)__cvta_generic_to_shared(sxq + m * pitch + c * 16), xq + m * a.ldx + c * 16, 16);
+        }
+        for (int i = threadIdx.x; i < MX * G; i += blockDim.x) {
+            int m = i / G, g = i - m * G;
+            cp_async4((uint32_t)__cvta_generic_to_shared(ssx + m * GP + g), sx + m * G + g, 4);
+        }
     }
     asm volatile("cp.async.commit_group;\n" ::);
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
@@ -798,6 +813,9 @@ static const char *fp8_gemv_launch(cu_backend *b, const fp8_args &args, unsigned
     fp8_args a = args;
     unsigned rows = fp8_gemv_row_blocks(a);
     if (fp8_gemv_cp_launch(b, a, a.ids ? dim3(pairs, rows) : dim3(rows), a.ids ? 1 : a.M)) return "fp8_gemv_cp";
+    if (a.xin.p) // x rows: per pair p / x_div, else M
+        fp8_quant_launch(b, a.xin, a.xsilu, a.K, a.ids ? (int)(pairs / a.x_div) : a.M, (uint8_t *)a.xq,
+                         (float *)a.sx, a.G, a.G, 1);
     a.split = a.ids ? 1 : fp8_gemv_split(b, a);
     dim3 grid = a.ids ? dim3(pairs, rows) : dim3(rows, (unsigned)a.split);
     int M = a.ids ? 1 : a.M;
@@ -890,7 +908,7 @@ static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
         t.xq = a.xq + (int64_t)M4 * a.ldx;
         t.sx = sx + (int64_t)M4 * a.G;
         t.out = cu_mat_rows(a.out, M4, rest);
-        fp8_quant_launch(b, cu_mat_rows(xm, M4, rest), 0, a.K, rest, (uint8_t *)t.xq, (float *)t.sx, a.G, a.G, 1);
+        t.xin = cu_mat_rows(xm, M4, rest);
         fp8_gemv_launch(b, t, 1);
     }
     if (ran) b->mm_last = "fp8_cublaslt";
@@ -916,21 +934,24 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
         cu_tmp_free(b, xq);
         return;
     }
-    fp8_quant_launch(b, cu_mat_of(x), 0, K, M, xq, sx, G, G, 1);
     if (M <= FP8_GEMV_MAX_M || (M <= GV8_MAXM && !a.vec)) {
+        a.xin = cu_mat_of(x); // quantized by the GEMV itself, or just before it
         b->mm_last = fp8_gemv_launch(b, a, 1);
-    } else if (a.vec && M <= GV8_MAXM) { // 64-token tiles: x read once per 128 weight rows
-        fp8_smem_raise(b, k_fp8_gemm_tc<64>, 8, tc_cfg<64>::SMEM);
-        cu_launch(b, k_fp8_gemm_tc<64>, dim3(cu_blocks(N, TC_BN), 1), dim3(TC_THREADS), tc_cfg<64>::SMEM, a);
-        b->mm_last = "fp8_gemm_tc";
-    } else if (a.vec) {
-        fp8_smem_raise(b, k_fp8_gemm_tc<TC_BM>, 1, tc_cfg<TC_BM>::SMEM);
-        cu_launch(b, k_fp8_gemm_tc<TC_BM>, dim3(cu_blocks(N, TC_BN), cu_blocks(M, TC_BM)), dim3(TC_THREADS),
-                  tc_cfg<TC_BM>::SMEM, a);
-        b->mm_last = "fp8_gemm_tc";
     } else {
-        cu_launch(b, k_fp8_gemm, dim3(cu_blocks(N, TN), cu_blocks(M, TM)), dim3(256), 0, a);
-        b->mm_last = "fp8_gemm";
+        fp8_quant_launch(b, cu_mat_of(x), 0, K, M, xq, sx, G, G, 1);
+        if (a.vec && M <= GV8_MAXM) { // 64-token tiles: x read once per 128 weight rows
+            fp8_smem_raise(b, k_fp8_gemm_tc<64>, 8, tc_cfg<64>::SMEM);
+            cu_launch(b, k_fp8_gemm_tc<64>, dim3(cu_blocks(N, TC_BN), 1), dim3(TC_THREADS), tc_cfg<64>::SMEM, a);
+            b->mm_last = "fp8_gemm_tc";
+        } else if (a.vec) {
+            fp8_smem_raise(b, k_fp8_gemm_tc<TC_BM>, 1, tc_cfg<TC_BM>::SMEM);
+            cu_launch(b, k_fp8_gemm_tc<TC_BM>, dim3(cu_blocks(N, TC_BN), cu_blocks(M, TC_BM)), dim3(TC_THREADS),
+                      tc_cfg<TC_BM>::SMEM, a);
+            b->mm_last = "fp8_gemm_tc";
+        } else {
+            cu_launch(b, k_fp8_gemm, dim3(cu_blocks(N, TN), cu_blocks(M, TM)), dim3(256), 0, a);
+            b->mm_last = "fp8_gemm";
+        }
     }
     cu_tmp_free(b, sx);
     cu_tmp_free(b, xq);
@@ -1087,7 +1108,8 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
         // each GEMV right after a quantization, which writes no ids
         a.ids_early = d.ids_early = 1;
         fp8_gemv_launch(b, a, (unsigned)P);
-        fp8_quant_silu(b, a, d, P);
+        d.xin = a.out; // silu·up quantized by the down GEMV (or just before it)
+        d.xsilu = 1;
         fp8_gemv_launch(b, d, (unsigned)P);
         cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0,
                   cu_mat_of(out), (const float *)y, (const float *)weights->data, sl_tensor_ld(weights), k, H);
