@@ -109,7 +109,7 @@ static void fp8_quant_launch(cu_backend *b, cu_mat x, int silu, int K, int rows,
 
 void cu_fp8_quant(cu_backend *b, cu_mat x, int K, int rows, uint8_t *xq, float *sx)
 {
-    int G = (K + FP8_G - 1) / FP8_G;
+    int G = fp8_groups(K);
     fp8_quant_launch(b, x, 0, K, rows, xq, sx, G, G, 1);
 }
 
@@ -211,21 +211,12 @@ __device__ __forceinline__ void fp8_gemv_group(float (&acc)[NT][4], const uint4 
     for (int nt = 0; nt < NT; nt++) {
         int m = nt * 8 + gq; // B column of this lane
         if (nt * 8 < M) {    // warp-uniform
-            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            uint4 B[2];
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                uint4 B = m < M ? xb(m, h) : make_uint4(0, 0, 0, 0);
-                mma_e4m3(part, A[h][0].x, A[h][1].x, A[h][0].y, A[h][1].y, B.x, B.y);
-                mma_e4m3(part, A[h][0].z, A[h][1].z, A[h][0].w, A[h][1].w, B.z, B.w);
-            }
+            for (int h = 0; h < 2; h++) B[h] = m < M ? xb(m, h) : make_uint4(0, 0, 0, 0);
             // C: rows (weights) gq, gq+8; columns (tokens) 2tq, 2tq+1
             int m0 = nt * 8 + 2 * tq;
-            float x0 = m0 < M ? xs(m0) : 0.0f;
-            float x1 = m0 + 1 < M ? xs(m0 + 1) : 0.0f;
-            acc[nt][0] += part[0] * (x0 * sa);
-            acc[nt][1] += part[1] * (x1 * sa);
-            acc[nt][2] += part[2] * (x0 * sb);
-            acc[nt][3] += part[3] * (x1 * sb);
+            fp8_group_acc(acc[nt], A, B, m0 < M ? xs(m0) : 0.0f, m0 + 1 < M ? xs(m0 + 1) : 0.0f, sa, sb);
         }
     }
 }
