@@ -620,6 +620,7 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->mm_tune = env_switch("SL_CUDA_MM_TUNE", 1);
     b->gdn_split = env_switch("SL_CUDA_GDN_SPLIT", 1);
     b->moe_router = env_switch("SL_CUDA_MOE_ROUTER", 1);
+    b->fp8_gemv_cp = env_switch("SL_CUDA_FP8_GEMV_CP", 1);
     b->poison = env_switch("SL_CUDA_POISON", 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     if (env_switch("SL_CUDA_PROFILE", 0)) cu_prof_init(b);

@@ -119,6 +119,10 @@ typedef struct cu_backend {
     // 1.4x faster at 1000 tokens); env SL_CUDA_GDN_SPLIT=0 or sl_cuda_gdn_split
     // goes back
     int gdn_split;
+    // fp8.cu: decode GEMVs stage their weights in shared memory with cp.async
+    // (k_fp8_gemv_cp, the default where they fit); env SL_CUDA_FP8_GEMV_CP=0
+    // keeps the register-streaming k_fp8_gemv_tc everywhere
+    int fp8_gemv_cp;
     // env SL_CUDA_POISON=1: every new tensor and scratch buffer starts as NaN
     // (all bits set), so a kernel reading memory nothing wrote shows
     int poison;

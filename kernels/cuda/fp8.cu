@@ -109,7 +109,7 @@ static void fp8_quant_launch(cu_backend *b, cu_mat x, int silu, int K, int rows,
 
 void cu_fp8_quant(cu_backend *b, cu_mat x, int K, int rows, uint8_t *xq, float *sx)
 {
-    int G = (K + FP8_G - 1) / FP8_G;
+    int G = fp8_groups(K);
     fp8_quant_launch(b, x, 0, K, rows, xq, sx, G, G, 1);
 }
 
@@ -137,6 +137,12 @@ typedef struct fp8_args {
     const int32_t *ids;
     int64_t ids_ld, ew, ews;
     int topk, x_div;
+    // ids were written two or more launches back (the launch just before
+    // this one writes none of them): k_fp8_gemv_cp reads its expert, and
+    // streams its weights, before its PDL wait. Safe because every kernel
+    // lets the next one start only after its own wait, so when this one
+    // starts the kernel before the previous one has completed.
+    int ids_early;
     int x_perm; // k_fp8_moe_gemm_tc: x rows through the plan's perm (see there)
     // k_fp8_gemv_tc over a routing plan (moe.cuh; blockIdx.x = tile of one
     // expert's pairs, blockIdx.y = 16 weight rows): the tile's tokens are the
@@ -146,6 +152,11 @@ typedef struct fp8_args {
     // dense k_fp8_gemv_tc: K split over a thread-block cluster of this many
     // blocks (grid.y; fp8_gemv_split)
     int split;
+    // fp8_gemv_launch: x not quantized yet: its rows are xin (xsilu: rows
+    // [gate | up] of width 2K, quantized as silu(gate)·up); k_fp8_gemv_cp
+    // quantizes them itself, else k_fp8_quant runs first into xq / sx
+    cu_mat xin;
+    int xsilu;
 } fp8_args;
 
 #define GV8_WARPS 8
@@ -174,6 +185,75 @@ typedef struct fp8_args {
 __host__ __device__ constexpr int fp8_gemv_rt(int G)
 {
     return G <= 2 ? 4 : G <= 4 ? 2 : 1;
+}
+
+// cp.async of 16 / 4 bytes (bytes = 0: zeros, nothing read)
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, int bytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+
+// acc += group g of this lane's weight rows (A[half][row gq / gq+8], their
+// scales sa, sb) times the B columns (tokens) below M: xb(m, h) the 16 codes
+// of token m at this lane's k of half h, xs(m) token m's scale of the group.
+// Both GEMV kernels run this, so they add in the same order.
+template <int NT, class XB, class XS>
+__device__ __forceinline__ void fp8_gemv_group(float (&acc)[NT][4], const uint4 (&A)[2][2], float sa, float sb,
+                                               int M, XB xb, XS xs)
+{
+    const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        int m = nt * 8 + gq; // B column of this lane
+        if (nt * 8 < M) {    // warp-uniform
+            uint4 B[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) B[h] = m < M ? xb(m, h) : make_uint4(0, 0, 0, 0);
+            // C: rows (weights) gq, gq+8; columns (tokens) 2tq, 2tq+1
+            int m0 = nt * 8 + 2 * tq;
+            fp8_group_acc(acc[nt], A, B, m0 < M ? xs(m0) : 0.0f, m0 + 1 < M ? xs(m0 + 1) : 0.0f, sa, sb);
+        }
+    }
+}
+
+// Each warp's partial sums to its own slice of red (one barrier, not one per
+// warp: a block's share of the work is small).
+template <int NT>
+__device__ __forceinline__ void fp8_gemv_partials(float (*red)[16][NT * 8 + 1], const float (&acc)[NT][4])
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        int c = nt * 8 + 2 * tq;
+        red[warp][gq][c] = acc[nt][0];
+        red[warp][gq][c + 1] = acc[nt][1];
+        red[warp][gq + 8][c] = acc[nt][2];
+        red[warp][gq + 8][c + 1] = acc[nt][3];
+    }
+    __syncthreads();
+}
+
+// Out rows orow0 + m, columns from nb: each of the block's rt tiles summed
+// over its team's warps in warp order.
+template <int NT>
+__device__ __forceinline__ void fp8_gemv_store(float (*red)[16][NT * 8 + 1], const fp8_args &a, int rt, int team,
+                                               int nb, int M, int64_t orow0)
+{
+    for (int i = threadIdx.x; i < rt * 16 * NT * 8; i += blockDim.x) {
+        int tile = i / (16 * NT * 8), m = (i >> 4) % (NT * 8), r = i & 15;
+        int n = nb + tile * 16 + r;
+        if (m < M && n < a.N) {
+            const int w0 = tile * team;
+            float v = red[w0][r][m];
+            for (int wv = 1; wv < team; wv++) v += red[w0 + wv][r][m];
+            cu_mat_st(a.out, orow0 + m, n, v);
+        }
+    }
 }
 
 template <int NT>
@@ -255,41 +335,12 @@ __global__ void __launch_bounds__(32 * GV8_WARPS, NT <= 4 ? 4 : 2) k_fp8_gemv_tc
     for (int g = g0; g < a.G; g += gs) {
         if (g != g0) load_group(g);
         int kb = g * FP8_G + tq * 16;
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            int m = nt * 8 + gq; // B column of this lane
-            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            if (nt * 8 < M) { // warp-uniform
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    uint4 B = m < M ? *(const uint4 *)(xq + xrow(m) * a.ldx + kb + h * 64)
-                                    : make_uint4(0, 0, 0, 0);
-                    mma_e4m3(part, A[h][0].x, A[h][1].x, A[h][0].y, A[h][1].y, B.x, B.y);
-                    mma_e4m3(part, A[h][0].z, A[h][1].z, A[h][0].w, A[h][1].w, B.z, B.w);
-                }
-                // C: rows (weights) gq, gq+8; columns (tokens) 2tq, 2tq+1
-                int m0 = nt * 8 + 2 * tq;
-                float x0 = m0 < M ? sx[xrow(m0) * a.G + g] : 0.0f;
-                float x1 = m0 + 1 < M ? sx[xrow(m0 + 1) * a.G + g] : 0.0f;
-                acc[nt][0] += part[0] * (x0 * sa);
-                acc[nt][1] += part[1] * (x1 * sa);
-                acc[nt][2] += part[2] * (x0 * sb);
-                acc[nt][3] += part[3] * (x1 * sb);
-            }
-        }
+        fp8_gemv_group<NT>(
+            acc, A, sa, sb, M, [&](int m, int h) { return *(const uint4 *)(xq + xrow(m) * a.ldx + kb + h * 64); },
+            [&](int m) { return sx[xrow(m) * a.G + g]; });
     }
-    // the warps' partials, each to its own slice (one barrier, not one per
-    // warp: a block's share of the work is small), then each tile's summed in
-    // its team's warp order
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-        int c = nt * 8 + 2 * tq;
-        red[warp][gq][c] = acc[nt][0];
-        red[warp][gq][c + 1] = acc[nt][1];
-        red[warp][gq + 8][c] = acc[nt][2];
-        red[warp][gq + 8][c + 1] = acc[nt][3];
-    }
-    __syncthreads();
+    // the warps' partials, then each tile's summed in its team's warp order
+    fp8_gemv_partials<NT>(red, acc);
     if (S > 1) {
         // the cluster's partials meet in distributed shared memory, added in
         // rank order, then warp order (deterministic); the blocks share out
@@ -312,16 +363,133 @@ __global__ void __launch_bounds__(32 * GV8_WARPS, NT <= 4 ? 4 : 2) k_fp8_gemv_tc
         cl.sync(); // red stays alive until every block of the cluster has read it
         return;
     }
-    for (int i = threadIdx.x; i < rt * 16 * NT * 8; i += 32 * GV8_WARPS) {
-        int tile = i / (16 * NT * 8), m = (i >> 4) % (NT * 8), r = i & 15;
-        int n = nb + tile * 16 + r;
-        if (m < M && n < a.N) {
-            const int w0 = tile * team;
-            float v = red[w0][r][m];
-            for (int wv = 1; wv < team; wv++) v += red[w0 + wv][r][m];
-            cu_mat_st(a.out, orow0 + m, n, v);
+    fp8_gemv_store<NT>(red, a, rt, team, nb, M, orow0);
+}
+
+// ---- decode GEMV through shared memory ----------------------------------------
+//
+// k_fp8_gemv_cp<NT> is k_fp8_gemv_tc's dense and per-pair modes (same blocks,
+// rows, warp teams and arithmetic, so the same results bit for bit) with the
+// block's whole weight tile (16·RT rows × K codes, and their scales) copied
+// into shared memory by cp.async before anything else: every byte of the
+// tile is in flight at once without holding a register, where the register
+// kernel keeps one 128-group a warp in flight and pays a DRAM round trip per
+// group (a 16 MB GEMV took 12-16 µs whose bytes need 4, NOTES.md v21; U
+// groups in registers cost occupancy). Dense weights are requested before the
+// PDL wait (they depend on no kernel); the per-pair mode first needs its
+// expert from the routing. x's codes and scales follow after the wait.
+// Rows are FP8_CP_PAD bytes past whole groups: the 8 lanes of a shared-memory
+// phase read 64 bytes of each of two rows, on disjoint banks.
+#define FP8_CP_PAD 64
+// Dynamic shared memory a block may take: K up to ~5.9k at 16 rows (with the
+// static reduction buffer, 2 blocks an SM at K = 4096, 5 at 2048)
+#define FP8_CP_MAX_SMEM (100 * 1024)
+
+__host__ __device__ inline int fp8_cp_pitch(int G) { return G * FP8_G + FP8_CP_PAD; }
+
+// Bytes: weight codes [16·RT][pitch], x codes [MX][pitch], weight scales
+// [16·RT][G + 1], x scales [MX][G + 1] (the + 1 spreads a column over banks)
+__host__ __device__ inline size_t fp8_cp_smem(int G, int MX)
+{
+    int rows = 16 * fp8_gemv_rt(G);
+    return (size_t)(rows + MX) * fp8_cp_pitch(G) + sizeof(float) * (size_t)(rows + MX) * (G + 1);
+}
+
+template <int NT> __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_cp(fp8_args a)
+{
+    extern __shared__ __align__(16) uint8_t cp_sm[];
+    __shared__ float red[GV8_WARPS][16][NT * 8 + 1];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
+    const int rt = fp8_gemv_rt(a.G), RB = 16 * rt, team = GV8_WARPS / rt, tw = warp % team;
+    const int G = a.G, GP = G + 1, pitch = fp8_cp_pitch(G), nch = G * (FP8_G / 16);
+    const int MX = a.ids ? 1 : min(a.M, NT * 8);
+    uint8_t *sw = cp_sm, *sxq = cp_sm + (size_t)RB * pitch;
+    float *sws = (float *)(cp_sm + (size_t)(RB + MX) * pitch), *ssx = sws + RB * GP;
+    const int nb = (a.ids ? blockIdx.y : blockIdx.x) * RB; // the block's first row
+    const uint8_t *w = a.w;
+    const float *ws = a.ws;
+    // the tile's codes (zeros past N and past K) and scales
+    auto stage_w = [&]() {
+        for (int i = threadIdx.x; i < RB * nch; i += blockDim.x) {
+            int r = i / nch, c = i - r * nch, n = nb + r;
+            bool ok = n < a.N && c * 16 < a.K;
+            cp_async16((uint32_t)__cvta_generic_to_shared(sw + r * pitch + c * 16),
+                       ok ? w + (int64_t)n * a.ldw + c * 16 : w, ok ? 16 : 0);
+        }
+        for (int i = threadIdx.x; i < RB * G; i += blockDim.x) {
+            int r = i / G, g = i - r * G, n = nb + r;
+            bool ok = n < a.N;
+            cp_async4((uint32_t)__cvta_generic_to_shared(sws + r * GP + g),
+                      ok ? ws + (int64_t)(n >> a.srow_shift) * a.ldws + g : ws, ok ? 4 : 0);
+        }
+    };
+    int M = a.M;
+    int64_t xrow0 = 0, orow0 = 0;
+    // per pair: the pair's expert (after the wait unless a.ids_early)
+    auto pair = [&]() {
+        int p = blockIdx.x, t = p / a.topk, j = p - t * a.topk;
+        int64_t e = a.ids[(int64_t)t * a.ids_ld + j];
+        w += e * a.ew;
+        ws += e * a.ews;
+        xrow0 = p / a.x_div;
+        orow0 = p;
+        M = 1;
+    };
+    if (!a.ids || a.ids_early) {
+        if (a.ids) pair();
+        stage_w();
+    }
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    if (a.ids && !a.ids_early) {
+        pair();
+        stage_w();
+    }
+    if (a.xin.p) {
+        // x's rows quantized here, a warp per (row, group), while the weights
+        // stream: the arithmetic of k_fp8_quant (the same function)
+        for (int job = warp; job < MX * G; job += GV8_WARPS) {
+            int m = job / G, g = job - m * G;
+            float s = fp8_quant_group(a.xin, a.xsilu, xrow0 + m, g, a.K, sxq + m * pitch + g * FP8_G);
+            if (lane == 0) ssx[m * GP + g] = s;
+        }
+    } else {
+        const uint8_t *xq = a.xq + xrow0 * a.ldx;
+        const float *sx = a.sx + xrow0 * G;
+        for (int i = threadIdx.x; i < MX * nch; i += blockDim.x) {
+            int m = i / nch, c = i - m * nch;
+            cp_async16((uint32_t)__cvta_generic_to_shared(sxq + m * pitch + c * 16), xq + m * a.ldx + c * 16, 16);
+        }
+        for (int i = threadIdx.x; i < MX * G; i += blockDim.x) {
+            int m = i / G, g = i - m * G;
+            cp_async4((uint32_t)__cvta_generic_to_shared(ssx + m * GP + g), sx + m * G + g, 4);
         }
     }
+    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    __syncthreads();
+    const int r0 = warp / team * 16; // this warp's tile in the block
+    const uint8_t *wa = sw + (r0 + gq) * pitch, *wb = sw + (r0 + gq + 8) * pitch;
+    const float *swa = sws + (r0 + gq) * GP, *swb = sws + (r0 + gq + 8) * GP;
+    float acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+    for (int g = tw; g < G; g += team) {
+        const int kb = g * FP8_G + tq * 16;
+        uint4 A[2][2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            A[h][0] = *(const uint4 *)(wa + kb + h * 64);
+            A[h][1] = *(const uint4 *)(wb + kb + h * 64);
+        }
+        fp8_gemv_group<NT>(
+            acc, A, swa[g], swb[g], M, [&](int m, int h) { return *(const uint4 *)(sxq + m * pitch + kb + h * 64); },
+            [&](int m) { return ssx[m * GP + g]; });
+    }
+    fp8_gemv_partials<NT>(red, acc);
+    fp8_gemv_store<NT>(red, a, rt, team, nb, M, orow0);
 }
 
 // ---- tensor-core GEMM ----------------------------------------------------------
@@ -346,16 +514,6 @@ template <int BM> struct tc_cfg {
     static constexpr int STAGE = SCALES + (BM + TC_BN) * 4; // bytes
     static constexpr int SMEM = TC_STAGES * STAGE;          // 132 KB at BM 128, 99 KB at 64, 82.5 KB at 32
 };
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, int bytes)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
-
-__device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, int bytes)
-{
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
-}
 
 // 16-byte chunk c of tile row r lives at chunk c ^ 4·(r & 1): the 8 lanes of a
 // quarter warp (rows 2q, 2q+1; chunks t or 4 + t) hit all 32 banks once
@@ -615,10 +773,40 @@ static int fp8_gemv_split(const cu_backend *b, const fp8_args &a)
     return rows < 2 * (int64_t)b->n_sm && a.G >= 2 * team * FP8_GV_SPLIT_GROUPS ? 2 : 1;
 }
 
-static void fp8_gemv_launch(cu_backend *b, const fp8_args &args, unsigned pairs)
+// Raises k's dynamic shared-memory limit to smem once per backend (bit: k's
+// bit in b->fp8_smem_set; per kernel and device).
+template <class F> static void fp8_smem_raise(cu_backend *b, F *k, int bit, int smem)
+{
+    if (b->fp8_smem_set & bit) return;
+    CU_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    b->fp8_smem_set |= bit;
+}
+
+// k_fp8_gemv_cp where it applies (b->fp8_gemv_cp, up to 16 tokens, whole
+// 16-byte rows, the tile within FP8_CP_MAX_SMEM): returns whether it ran.
+static int fp8_gemv_cp_launch(cu_backend *b, const fp8_args &a, dim3 grid, int M)
+{
+    size_t smem = fp8_cp_smem(a.G, a.ids ? 1 : M);
+    if (!b->fp8_gemv_cp || M > 16 || !a.vec || smem > FP8_CP_MAX_SMEM) return 0;
+    if (M <= 8) {
+        fp8_smem_raise(b, k_fp8_gemv_cp<1>, 32, FP8_CP_MAX_SMEM);
+        cu_launch(b, k_fp8_gemv_cp<1>, grid, dim3(32 * GV8_WARPS), smem, a);
+    } else {
+        fp8_smem_raise(b, k_fp8_gemv_cp<2>, 64, FP8_CP_MAX_SMEM);
+        cu_launch(b, k_fp8_gemv_cp<2>, grid, dim3(32 * GV8_WARPS), smem, a);
+    }
+    return 1;
+}
+
+// Returns the kernel's name (for sl_cuda_matmul_last).
+static const char *fp8_gemv_launch(cu_backend *b, const fp8_args &args, unsigned pairs)
 {
     fp8_args a = args;
     unsigned rows = fp8_gemv_row_blocks(a);
+    if (fp8_gemv_cp_launch(b, a, a.ids ? dim3(pairs, rows) : dim3(rows), a.ids ? 1 : a.M)) return "fp8_gemv_cp";
+    if (a.xin.p) // x rows: per pair p / x_div, else M
+        fp8_quant_launch(b, a.xin, a.xsilu, a.K, a.ids ? (int)(pairs / a.x_div) : a.M, (uint8_t *)a.xq,
+                         (float *)a.sx, a.G, a.G, 1);
     a.split = a.ids ? 1 : fp8_gemv_split(b, a);
     dim3 grid = a.ids ? dim3(pairs, rows) : dim3(rows, (unsigned)a.split);
     int M = a.ids ? 1 : a.M;
@@ -634,6 +822,7 @@ static void fp8_gemv_launch(cu_backend *b, const fp8_args &args, unsigned pairs)
         cu_launch_cl(b, cl, k_fp8_gemv_tc<4>, grid, blk, 0, a, none);
     else
         cu_launch_cl(b, cl, k_fp8_gemv_tc<8>, grid, blk, 0, a, none);
+    return "fp8_gemv_tc";
 }
 
 // Tokens a k_fp8_gemv_tc block takes per pass over an expert's rows in plan
@@ -646,15 +835,6 @@ static void fp8_gemv_plan_launch(cu_backend *b, const fp8_args &a, const cu_moe_
 {
     cu_launch(b, k_fp8_gemv_tc<MOE_FP8_GV_NT>, dim3((unsigned)p.max_tiles, fp8_gemv_row_blocks(a)),
               dim3(32 * GV8_WARPS), 0, a, p);
-}
-
-// Raises k's dynamic shared-memory limit to smem once per backend (bit: k's
-// bit in b->fp8_smem_set; per kernel and device).
-template <class F> static void fp8_smem_raise(cu_backend *b, F *k, int bit, int smem)
-{
-    if (b->fp8_smem_set & bit) return;
-    CU_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    b->fp8_smem_set |= bit;
 }
 
 static fp8_args fp8_args_of(const uint8_t *w, int64_t ldw, const float *ws, int64_t ldws, int N, int K,
@@ -719,7 +899,7 @@ static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
         t.xq = a.xq + (int64_t)M4 * a.ldx;
         t.sx = sx + (int64_t)M4 * a.G;
         t.out = cu_mat_rows(a.out, M4, rest);
-        fp8_quant_launch(b, cu_mat_rows(xm, M4, rest), 0, a.K, rest, (uint8_t *)t.xq, (float *)t.sx, a.G, a.G, 1);
+        t.xin = cu_mat_rows(xm, M4, rest);
         fp8_gemv_launch(b, t, 1);
     }
     if (ran) b->mm_last = "fp8_cublaslt";
@@ -745,22 +925,24 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
         cu_tmp_free(b, xq);
         return;
     }
-    fp8_quant_launch(b, cu_mat_of(x), 0, K, M, xq, sx, G, G, 1);
     if (M <= FP8_GEMV_MAX_M || (M <= GV8_MAXM && !a.vec)) {
-        fp8_gemv_launch(b, a, 1);
-        b->mm_last = "fp8_gemv_tc";
-    } else if (a.vec && M <= GV8_MAXM) { // 64-token tiles: x read once per 128 weight rows
-        fp8_smem_raise(b, k_fp8_gemm_tc<64>, 8, tc_cfg<64>::SMEM);
-        cu_launch(b, k_fp8_gemm_tc<64>, dim3(cu_blocks(N, TC_BN), 1), dim3(TC_THREADS), tc_cfg<64>::SMEM, a);
-        b->mm_last = "fp8_gemm_tc";
-    } else if (a.vec) {
-        fp8_smem_raise(b, k_fp8_gemm_tc<TC_BM>, 1, tc_cfg<TC_BM>::SMEM);
-        cu_launch(b, k_fp8_gemm_tc<TC_BM>, dim3(cu_blocks(N, TC_BN), cu_blocks(M, TC_BM)), dim3(TC_THREADS),
-                  tc_cfg<TC_BM>::SMEM, a);
-        b->mm_last = "fp8_gemm_tc";
+        a.xin = cu_mat_of(x); // quantized by the GEMV itself, or just before it
+        b->mm_last = fp8_gemv_launch(b, a, 1);
     } else {
-        cu_launch(b, k_fp8_gemm, dim3(cu_blocks(N, TN), cu_blocks(M, TM)), dim3(256), 0, a);
-        b->mm_last = "fp8_gemm";
+        fp8_quant_launch(b, cu_mat_of(x), 0, K, M, xq, sx, G, G, 1);
+        if (a.vec && M <= GV8_MAXM) { // 64-token tiles: x read once per 128 weight rows
+            fp8_smem_raise(b, k_fp8_gemm_tc<64>, 8, tc_cfg<64>::SMEM);
+            cu_launch(b, k_fp8_gemm_tc<64>, dim3(cu_blocks(N, TC_BN), 1), dim3(TC_THREADS), tc_cfg<64>::SMEM, a);
+            b->mm_last = "fp8_gemm_tc";
+        } else if (a.vec) {
+            fp8_smem_raise(b, k_fp8_gemm_tc<TC_BM>, 1, tc_cfg<TC_BM>::SMEM);
+            cu_launch(b, k_fp8_gemm_tc<TC_BM>, dim3(cu_blocks(N, TC_BN), cu_blocks(M, TC_BM)), dim3(TC_THREADS),
+                      tc_cfg<TC_BM>::SMEM, a);
+            b->mm_last = "fp8_gemm_tc";
+        } else {
+            cu_launch(b, k_fp8_gemm, dim3(cu_blocks(N, TN), cu_blocks(M, TM)), dim3(256), 0, a);
+            b->mm_last = "fp8_gemm";
+        }
     }
     cu_tmp_free(b, sx);
     cu_tmp_free(b, xq);
@@ -790,8 +972,9 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
 // pairs an expert) 0.97 against 1.12; at 128 tokens 30B (8 an expert) 0.36
 // both ways, at 256 Coder-Next (5.5) 0.92 against 0.86.
 #define MOE_FP8_EXPERT_GEMV_MIN_T 32
-// AUTO: moe.cu's few-token kernels from this many tokens (at one token the
-// per-pair GEMVs measured 33 µs against their 37, NOTES.md v21)
+// AUTO: moe.cu's few-token kernels from this many tokens up to their
+// MOE_GV_MAX_PAIRS (at one token the per-pair GEMVs measured 32-34 µs against
+// their 35-36 on an H200; from 4 tokens they win or tie, NOTES.md v29, v30)
 #define MOE_FP8_GV_MIN_T 2
 #define MOE_FP8_GROUPED_PAIRS_PER_EXPERT 8
 
@@ -866,8 +1049,7 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     int GH = (H + FP8_G - 1) / FP8_G, GI = (I + FP8_G - 1) / FP8_G;
     SL_ASSERT(ids->dtype == SL_DTYPE_I32 && weights->dtype == SL_DTYPE_F32);
     if (T == 0) return;
-    // the few-token kernels (moe.cu) where their pairs fit (written blind:
-    // NOTES.md v29 says how to validate them and where AUTO's bound belongs)
+    // the few-token kernels (moe.cu) where their pairs fit (NOTES.md v29, v30)
     if ((b->moe_fp8_path == SL_CUDA_MOE_FP8_GV ||
          (b->moe_fp8_path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_GV_MIN_T)) &&
         cu_moe_experts_fp8_gv(be, out, x, ids, weights, gate_up, gate_up_scale, down, down_scale)) {
@@ -914,8 +1096,11 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     if (grouped || expert_gemv) {
         moe_fp8_grouped(b, a, d, T, k, E, cu_mat_of(out), weights, y, expert_gemv);
     } else {
+        // each GEMV right after a quantization, which writes no ids
+        a.ids_early = d.ids_early = 1;
         fp8_gemv_launch(b, a, (unsigned)P);
-        fp8_quant_silu(b, a, d, P);
+        d.xin = a.out; // silu·up quantized by the down GEMV (or just before it)
+        d.xsilu = 1;
         fp8_gemv_launch(b, d, (unsigned)P);
         cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0,
                   cu_mat_of(out), (const float *)y, (const float *)weights->data, sl_tensor_ld(weights), k, H);

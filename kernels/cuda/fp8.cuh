@@ -16,6 +16,29 @@ __device__ __forceinline__ void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, u
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// 128-groups of K
+__host__ __device__ __forceinline__ int fp8_groups(int64_t K) { return (int)((K + FP8_G - 1) / FP8_G); }
+
+// acc += one 128-group of a lane's two weight rows (A[half][row g / g+8], the
+// lane's 16 codes of each 64-wide half) times its token column's codes B[half],
+// the group's sums scaled by the token's x0 / x1 (columns 2q, 2q+1) and the
+// rows' sa / sb into fp32: the CPU op's arithmetic, in one order for every
+// kernel that runs it.
+__device__ __forceinline__ void fp8_group_acc(float (&acc)[4], const uint4 (&A)[2][2], const uint4 (&B)[2], float x0,
+                                              float x1, float sa, float sb)
+{
+    float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        mma_e4m3(part, A[h][0].x, A[h][1].x, A[h][0].y, A[h][1].y, B[h].x, B[h].y);
+        mma_e4m3(part, A[h][0].z, A[h][1].z, A[h][0].w, A[h][1].w, B[h].z, B[h].w);
+    }
+    acc[0] += part[0] * (x0 * sa);
+    acc[1] += part[1] * (x1 * sa);
+    acc[2] += part[2] * (x0 * sb);
+    acc[3] += part[3] * (x1 * sb);
+}
+
 // 16 weight codes of row wr at k (zeros past K); vec: one 16-byte load where whole
 __device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int vec)
 {

@@ -586,7 +586,7 @@ __host__ __device__ inline int moe_gv_xld(int64_t K)
 // different banks
 __host__ __device__ inline int moe_gv_qld(int64_t K)
 {
-    return (int)((K + FP8_G - 1) / FP8_G * FP8_G + 16);
+    return fp8_groups(K) * FP8_G + 16;
 }
 __host__ __device__ inline size_t moe_gv_plan_bytes(int64_t P, int E)
 {
@@ -594,7 +594,7 @@ __host__ __device__ inline size_t moe_gv_plan_bytes(int64_t P, int E)
 }
 __host__ __device__ inline size_t moe_gv_smem(int64_t P, int E, int64_t K, bool f8)
 {
-    size_t vec = f8 ? MOE_GV_NT * ((size_t)moe_gv_qld(K) + sizeof(float) * (size_t)((K + FP8_G - 1) / FP8_G))
+    size_t vec = f8 ? MOE_GV_NT * ((size_t)moe_gv_qld(K) + sizeof(float) * (size_t)fp8_groups(K))
                     : 2 * MOE_GV_NT * (size_t)moe_gv_xld(K);
     return moe_gv_plan_bytes(P, E) + sizeof(float) * MOE_GV_THREADS * 4 + vec;
 }
@@ -710,7 +710,7 @@ __device__ __forceinline__ void moe_gv_tile_f8(const uint8_t *lo, const uint8_t 
 {
     int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     for (int c0 = g0; c0 < g1; c0 += MOE_GV_J8) {
-        uint4 a[MOE_GV_J8][2][2]; // [group][half][row lo / hi]
+        uint4 a[MOE_GV_J8][2][2]; // [group][half][row lo / hi] (fp8_group_acc's A)
         float sa[MOE_GV_J8], sb[MOE_GV_J8];
 #pragma unroll
         for (int j = 0; j < MOE_GV_J8; j++) {
@@ -728,18 +728,10 @@ __device__ __forceinline__ void moe_gv_tile_f8(const uint8_t *lo, const uint8_t 
         for (int j = 0; j < MOE_GV_J8; j++) {
             if (c0 + j >= g1) break;
             int kb = (c0 + j) * FP8_G + 16 * q;
-            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            uint4 b[2];
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                uint4 b = *(const uint4 *)(xq + g * qld + kb + 64 * h);
-                mma_e4m3(part, a[j][h][0].x, a[j][h][1].x, a[j][h][0].y, a[j][h][1].y, b.x, b.y);
-                mma_e4m3(part, a[j][h][0].z, a[j][h][1].z, a[j][h][0].w, a[j][h][1].w, b.z, b.w);
-            }
-            float x0 = sxq[2 * q * G + c0 + j], x1 = sxq[(2 * q + 1) * G + c0 + j];
-            c[0] += part[0] * (x0 * sa[j]);
-            c[1] += part[1] * (x1 * sa[j]);
-            c[2] += part[2] * (x0 * sb[j]);
-            c[3] += part[3] * (x1 * sb[j]);
+            for (int h = 0; h < 2; h++) b[h] = *(const uint4 *)(xq + g * qld + kb + 64 * h);
+            fp8_group_acc(c, a[j], b, sxq[2 * q * G + c0 + j], sxq[(2 * q + 1) * G + c0 + j], sa[j], sb[j]);
         }
     }
 }
@@ -830,7 +822,7 @@ template <class L> __device__ void moe_gv_load(__nv_bfloat16 *xs, int K, int nt,
 template <class R>
 __device__ void moe_gv_load_f8(uint8_t *xq, float *sxq, const uint8_t *q, const float *s, int K, int nt, R src_row)
 {
-    int G = (K + FP8_G - 1) / FP8_G, qld = moe_gv_qld(K), n16 = G * FP8_G / 16;
+    int G = fp8_groups(K), qld = moe_gv_qld(K), n16 = G * FP8_G / 16;
     for (int i = threadIdx.x; i < nt * n16; i += blockDim.x) {
         int t = i / n16, c = i % n16;
         *(uint4 *)(xq + t * qld + 16 * c) = ((const uint4 *)(q + (int64_t)src_row(t) * G * FP8_G))[c];
@@ -906,7 +898,7 @@ __device__ __forceinline__ void moe_gv_slice(const void *W, int64_t ld, const fl
     if constexpr (F8) {
         const uint8_t *w = (const uint8_t *)W;
         moe_gv_tile_f8(w + lo * ld, w + hi * ld, S + lo * sld, S + hi * sld, K, vec, u0, u1, v.xq, moe_gv_qld(K),
-                       v.sxq, (K + FP8_G - 1) / FP8_G, c);
+                       v.sxq, fp8_groups(K), c);
     } else {
         const __nv_bfloat16 *w = (const __nv_bfloat16 *)W;
         moe_gv_tile(w + lo * ld, w + hi * ld, K, u0, u1, v.xs, moe_gv_xld(K), c);
@@ -916,7 +908,7 @@ __device__ __forceinline__ void moe_gv_slice(const void *W, int64_t ld, const fl
 // Units of K a slice splits: 32-wide chunks, or FP8 groups
 template <bool F8> __host__ __device__ __forceinline__ int moe_gv_units(int K)
 {
-    return F8 ? (K + FP8_G - 1) / FP8_G : (K + 31) / 32;
+    return F8 ? fp8_groups(K) : (K + 31) / 32;
 }
 
 // Expert e's weights: bf16 elements or FP8 bytes
@@ -1099,7 +1091,7 @@ static void moe_gv_run(cu_backend *b, const sl_tensor *out, const sl_tensor *x, 
     int64_t glu_tiles = (a.I + GRT - 1) / GRT, down_tiles = (a.H + DRT - 1) / DRT;
     // one scratch block: act (bf16; f32 for FP8, quantized from there as
     // the CPU op does), y, counters; FP8: the codes and scales of x and act
-    int GH = (a.H + FP8_G - 1) / FP8_G, GI = (a.I + FP8_G - 1) / FP8_G;
+    int GH = fp8_groups(a.H), GI = fp8_groups(a.I);
     auto al = [](size_t n) { return (n + 255) & ~(size_t)255; };
     size_t act_b = al((F8 ? sizeof(float) : sizeof(__nv_bfloat16)) * (size_t)(P * a.I));
     size_t y_b = al(sizeof(float) * (size_t)(P * a.H)), done_b = al(sizeof(int32_t) * (size_t)down_tiles);

@@ -224,8 +224,15 @@ static void fp8_run(tb *t, const tb_case *c)
      * 1-3 left: M = 9, 77); forced GEMV the own kernels */
     static const struct { sl_cuda_mm mode; const char *name; } modes[] = {
         {SL_CUDA_MM_AUTO, "auto"}, {SL_CUDA_MM_CUBLASLT, "cublaslt"}, {SL_CUDA_MM_GEMV, "own"}};
-    /* the own kernels: GEMV to 16 tokens (to 64 with K % 16 != 0), tensor-core tiles above */
-    const char *own = M <= 16 || (M <= 64 && K % 16) ? "fp8_gemv_tc" : K % 16 == 0 ? "fp8_gemm_tc" : "fp8_gemm";
+    /* the own kernels: GEMV to 16 tokens (to 64 with K % 16 != 0), tensor-core tiles above;
+     * the GEMV stages its tile in shared memory where rows take 16-byte copies and the
+     * tile (16, 32 or 64 weight rows by K's groups, plus the M rows of x; rows of G·128 +
+     * 64 codes and G + 1 scales) fits its 100 KB (fp8.cu, fp8_cp_smem) */
+    int G = (K + 127) / 128, wr = G <= 2 ? 64 : G <= 4 ? 32 : 16;
+    int cp = K % 16 == 0 && M <= 16 && (wr + M) * (G * 128 + 64 + 4 * (G + 1)) <= 100 * 1024;
+    const char *own = M <= 16 || (M <= 64 && K % 16) ? (cp ? "fp8_gemv_cp" : "fp8_gemv_tc")
+                      : K % 16 == 0                  ? "fp8_gemm_tc"
+                                                     : "fp8_gemm";
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
         char what[32];
         int lt = K % 128 == 0 && K >= 2048 &&
