@@ -69,6 +69,13 @@ static void futex_wake_all(atomic_uint *w)
     syscall(SYS_futex, (unsigned *)w, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
 }
 
+/* The error of a collective whose peer dead - 1 hung up (comm_net_dead_peer). */
+static sl_status shm_dead_peer(sl_comm *c, comm_op op, int dead, sl_err *e)
+{
+    return comm_fail(c, e, SL_ERR_CLOSED, "%s: rank %d left the group (died or aborted)", comm_op_name(op),
+                     dead - 1);
+}
+
 static sl_status shm_wait(sl_comm *c, comm_op op, int64_t deadline, sl_err *e)
 {
     shm_hdr *h = c->shm->hdr;
@@ -80,8 +87,14 @@ static sl_status shm_wait(sl_comm *c, comm_op op, int64_t deadline, sl_err *e)
         return SL_OK;
     }
     for (int spins = 0; atomic_load(&h->gen) == g; spins++) {
-        if (atomic_load(&h->abort) || atomic_load(&c->aborted))
+        if (atomic_load(&h->abort) || atomic_load(&c->aborted)) {
+            /* another rank aborted because a peer died: name the peer, as the
+             * rank that saw it first does (which of the two sees it first is
+             * a race) */
+            int dead = atomic_load(&c->aborted) ? 0 : comm_net_dead_peer(c);
+            if (dead) return shm_dead_peer(c, op, dead, e);
             return comm_fail(c, e, SL_ERR_CLOSED, "%s: the group was aborted", comm_op_name(op));
+        }
         /* A short spin covers ranks arriving together; then sleep. */
         if (spins < 64) {
             sched_yield();
@@ -93,9 +106,7 @@ static sl_status shm_wait(sl_comm *c, comm_op op, int64_t deadline, sl_err *e)
          * peer. The generation is read after the poll, so a peer that arrived
          * before it hung up is always seen arrived. */
         int dead = comm_net_dead_peer(c);
-        if (dead && atomic_load(&h->gen) == g)
-            return comm_fail(c, e, SL_ERR_CLOSED, "%s: rank %d left the group (died or aborted)",
-                             comm_op_name(op), dead - 1);
+        if (dead && atomic_load(&h->gen) == g) return shm_dead_peer(c, op, dead, e);
         if (comm_now_ms() >= deadline)
             return comm_fail(c, e, SL_ERR_LIMIT,
                              "%s: timed out after %d ms with %u of %d ranks arrived",
