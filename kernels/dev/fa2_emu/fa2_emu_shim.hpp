@@ -1,6 +1,7 @@
-// kernels/dev/fa2_emu/fa2_emu_shim.hpp: host emulation shim for k_attn_fa2 (see fa2_emu.py):
-// every CUDA thread is a std::thread; ldmatrix, mma.sync and shuffles are warp collectives
-// (barrier, exchange), with the fragment layouts of the PTX ISA.
+// kernels/dev/fa2_emu/fa2_emu_shim.hpp: host emulation shim for k_attn_fa2 and k_attn_wg (see
+// fa2_emu.py): every CUDA thread is a std::thread; ldmatrix, mma.sync and shuffles are warp
+// collectives, wgmma a warpgroup (block) collective (barrier, exchange), with the fragment
+// layouts of the PTX ISA and the shared-memory descriptors of its 128-byte swizzle.
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -55,6 +56,8 @@ struct emu_block {
     std::barrier<> bar{128};
     std::vector<char> smem;
     emu_warp w[4];
+    uint64_t da[128], db[128];
+    uint32_t a[128][4];
 };
 thread_local emu_block *emu_b;
 static inline char *emu_smem(void) { return emu_b->smem.data(); }
@@ -115,3 +118,50 @@ static inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n,
 }
 static inline void __pipeline_commit(void) {}
 static inline void __pipeline_wait_prior(int) {}
+
+// wgmma: descriptors decoded as the PTX ISA's canonical 128-byte-swizzled layouts (CUTLASS's
+// GmmaDescriptor reading): K-major element (mn, k) at start + (mn % 8)·128 + (mn / 8)·SBO + 2k,
+// N-major element (n, k) at start + 2(n % 64) + (n / 64)·LBO + (k % 8)·128 + (k / 8)·SBO; then
+// address bits 4-6 ^= bits 7-9. The product is synchronous here: fence, commit, wait are no-ops.
+static inline void wg_fence(void) {}
+static inline void wg_commit(void) {}
+template <int N> static inline void wg_wait(void) {}
+template <int F> static inline void wg_hold(float (&)[F][4]) {}
+static inline void wg_fence_smem(void) {}
+static inline uint32_t emu_desc_addr(uint64_t desc, bool nmaj, int mn, int k) {
+    SL_ASSERT((desc >> 62) == 1 && ((desc >> 49) & 7) == 0);
+    uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lbo = (uint32_t)((desc >> 16) & 0x3fff) << 4,
+             sbo = (uint32_t)((desc >> 32) & 0x3fff) << 4;
+    uint32_t a = nmaj ? start + 2 * (mn % 64) + (mn / 64) * lbo + (k % 8) * 128 + (k / 8) * sbo
+                      : start + (mn % 8) * 128 + (mn / 8) * sbo + 2 * k;
+    return a ^ (((a >> 7) & 7) << 4);
+}
+static inline float emu_sh(uint32_t addr) { __nv_bfloat16 h = {emu_h(addr)}; return __bfloat162float(h); }
+// d (64 × N) += A · B over k 0..15; A from descriptor da (K-major) or, with regs, from the
+// threads' A fragments; B from db, K-major (ss) or N-major (rs).
+template <int N> static inline void emu_wgmma(float (&d)[N / 8][4], uint64_t da, const uint32_t *ra, uint64_t db, bool nmaj) {
+    emu_block &b = *emu_b; int t = threadIdx.x;
+    b.da[t] = da; b.db[t] = db;
+    if (ra) for (int i = 0; i < 4; i++) b.a[t][i] = ra[i];
+    b.bar.arrive_and_wait();
+    SL_ASSERT(b.db[t] == b.db[0] && b.da[t] == b.da[0]); // warpgroup-uniform operands
+    int w = t >> 5, g = (t & 31) >> 2, q = t & 3;
+    for (int f = 0; f < N / 8; f++) for (int e = 0; e < 4; e++) {
+        int row = 16 * w + g + 8 * (e >> 1), col = 8 * f + 2 * q + (e & 1);
+        float acc = 0;
+        for (int k = 0; k < 16; k++) {
+            float A;
+            if (ra) {
+                int r16 = row % 16, src = 32 * w + 4 * (r16 % 8) + (k % 8) / 2;
+                A = emu_bf(b.a[src][(r16 >= 8) + 2 * (k >= 8)], k % 2);
+            } else {
+                A = emu_sh(emu_desc_addr(da, false, row, k));
+            }
+            acc += A * emu_sh(emu_desc_addr(db, nmaj, col, k));
+        }
+        d[f][e] += acc;
+    }
+    b.bar.arrive_and_wait();
+}
+template <int N> static inline void wg_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wgmma<N>(d, da, nullptr, db, false); }
+template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) { emu_wgmma<N>(d, 0, a, db, true); }
