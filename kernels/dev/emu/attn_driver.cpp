@@ -1,6 +1,6 @@
-// kernels/dev/fa2_emu/fa2_emu_driver.cpp: random paged batches (pages a random permutation,
+// kernels/dev/emu/attn_driver.cpp: random paged batches (pages a random permutation,
 // NaN-poisoned output, garbage shared memory) through k_attn_fa2 and k_attn_wg (+ k_attn_combine for key
-// splits), compared with a float64 reference; appended to the kernel code by fa2_emu.py.
+// splits), compared with a float64 reference; appended to the kernel code by emu.py.
 static uint64_t rs = 88172645463325252ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 static float frand(float lo, float hi) { return lo + (hi - lo) * (rnd() >> 8) / 16777216.0f; }
@@ -51,7 +51,7 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     for (unsigned z = 0; z < (unsigned)nsplit; z++)
         for (unsigned y = 0; y < (unsigned)(Hkv * n_hb); y++)
             for (unsigned x = 0; x < tiles.size(); x++) {
-                emu_block blk;
+                emu_block blk(128);
                 blk.smem.assign(WG ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, (char)0xff); // NaN-ish garbage
                 std::vector<std::thread> th;
                 for (unsigned t = 0; t < 128; t++)
