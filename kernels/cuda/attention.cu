@@ -647,6 +647,16 @@ __device__ __forceinline__ void fa_issue(const cu_attn_args &a, const attn_tile 
     __pipeline_commit();
 }
 
+// The online softmax's start: O zero, no max yet, sums zero.
+template <int NO>
+__device__ __forceinline__ void fa_start(float (&o)[NO][4], float (&m)[2], float (&l)[2])
+{
+#pragma unroll
+    for (int f = 0; f < NO; f++) o[f][0] = o[f][1] = o[f][2] = o[f][3] = 0.0f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.0f;
+}
+
 // The causal / split-end mask on a tile's scores (keys from j0): key
 // j0 + 8n + 2q + (e & 1) is hidden from row g (e < 2) from limit lim[0] on,
 // from row g + 8 from lim[1] on.
@@ -816,12 +826,10 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
         for (int kk = 0; kk < NK; kk++) fa2_ldsm4(qf[kk], q_addr + kk * 32);
     }
 
-    float o[NO][4];
-#pragma unroll
-    for (int f = 0; f < NO; f++) o[f][0] = o[f][1] = o[f][2] = o[f][3] = 0.0f;
-    // rows g and g + 8: running max (scaled, base 2) and this lane's part of
-    // the running sum (the 4 lanes of a row are summed at the end)
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    // O, and for rows g and g + 8 the running max (scaled, base 2) and this
+    // lane's part of the running sum (the 4 lanes of a row are summed at the end)
+    float o[NO][4], m[2], l[2];
+    fa_start(o, m, l);
     const float sl2 = a.scale_log2;
 
     int buf = 0;
@@ -935,10 +943,10 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32, 2) k_attn_wg(cu_attn_args a)
     const uint64_t dq = wg_desc(sq, 16, 1024);
     auto kstep = [](int R, int kk) { return (uint64_t)(((kk >> 2) * R * 128 + (kk & 3) * 32) >> 4); };
 
-    float o[NO][4];
-#pragma unroll
-    for (int f = 0; f < NO; f++) o[f][0] = o[f][1] = o[f][2] = o[f][3] = 0.0f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    // O, and for rows g and g + 8 the running max (scaled, base 2) and this
+    // lane's part of the running sum (the 4 lanes of a row are summed at the end)
+    float o[NO][4], m[2], l[2];
+    fa_start(o, m, l);
     const float sl2 = a.scale_log2;
 
     int buf = 0;

@@ -106,43 +106,34 @@ static inline float emu_e4m3(uint32_t v) {
     float f = e ? ldexpf(1.0f + m / 8.0f, e - 7) : ldexpf(m / 8.0f, -6);
     return v & 0x80 ? -f : f;
 }
-// mma.sync m16n8k32 e4m3 (row.col): a0 row g, k 4q..4q+3 (a byte each), a1 row g + 8, a2 and
-// a3 the same at k + 16; b0 k 4q..4q+3 of column g, b1 at k + 16; c as m16n8k16.
-static inline void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-    emu_warp &w = W(); int l = threadIdx.x & 31;
-    w.a[l][0] = a0; w.a[l][1] = a1; w.a[l][2] = a2; w.a[l][3] = a3;
-    w.b[l][0] = b0; w.b[l][1] = b1;
-    w.bar.arrive_and_wait();
-    int g = l >> 2, q = l & 3;
-    for (int e = 0; e < 4; e++) {
-        int row = g + 8 * (e >> 1), col = 2 * q + (e & 1);
-        float acc = 0;
-        for (int k = 0; k < 32; k++) {
-            float A = emu_e4m3(w.a[(row % 8) * 4 + (k % 16) / 4][(row >= 8) + 2 * (k >= 16)] >> (8 * (k % 4)));
-            float B = emu_e4m3(w.b[col * 4 + (k % 16) / 4][k >= 16] >> (8 * (k % 4)));
-            acc += A * B;
-        }
-        c[e] += acc;
-    }
-    w.bar.arrive_and_wait();
-}
-static inline void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    emu_warp &w = W(); int l = threadIdx.x & 31;
+// mma.sync m16n8k16 bf16 and m16n8k32 e4m3 (row.col; esz: bytes an element, e = 4 / esz to a
+// register, K = 8e): a0 row g, k e·q .. e·q + e - 1, a1 row g + 8, a2 and a3 the same at
+// k + K/2; b0 k e·q .. of column g, b1 at k + K/2; c0, c1 row g, columns 2q, 2q + 1; c2, c3
+// row g + 8.
+static inline float emu_el(uint32_t reg, int i, int esz) { return esz == 2 ? emu_bf(reg, i) : emu_e4m3(reg >> (8 * i)); }
+static inline void emu_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1, int esz) {
+    emu_warp &w = W(); int l = threadIdx.x & 31, e = 4 / esz, K = 8 * e;
     for (int i = 0; i < 4; i++) w.a[l][i] = a[i];
     w.b[l][0] = b0; w.b[l][1] = b1;
     w.bar.arrive_and_wait();
     int g = l >> 2, q = l & 3;
-    for (int e = 0; e < 4; e++) {
-        int row = g + 8 * (e >> 1), col = 2 * q + (e & 1);
+    for (int o = 0; o < 4; o++) {
+        int row = g + 8 * (o >> 1), col = 2 * q + (o & 1);
         float acc = 0;
-        for (int k = 0; k < 16; k++) {
-            float A = emu_bf(w.a[(row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2);
-            float B = emu_bf(w.b[col * 4 + (k % 8) / 2][k >= 8], k % 2);
+        for (int k = 0; k < K; k++) {
+            int kh = k % (K / 2);
+            float A = emu_el(w.a[(row % 8) * 4 + kh / e][(row >= 8) + 2 * (k >= K / 2)], kh % e, esz);
+            float B = emu_el(w.b[col * 4 + kh / e][k >= K / 2], kh % e, esz);
             acc += A * B;
         }
-        c[e] += acc;
+        c[o] += acc;
     }
     w.bar.arrive_and_wait();
+}
+static inline void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { emu_mma(c, a, b0, b1, 2); }
+static inline void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    uint32_t a[4] = {a0, a1, a2, a3};
+    emu_mma(c, a, b0, b1, 1);
 }
 static inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n, size_t zfill) {
     memcpy(dst, src, n - zfill);
