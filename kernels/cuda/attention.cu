@@ -19,6 +19,7 @@
 #include <mma.h>
 
 #include "attention.cuh"
+#include "wgmma.cuh"
 
 #define ATTN_WARPS 4
 
@@ -188,21 +189,26 @@ __device__ __forceinline__ attn_tile attn_tile_of(const cu_attn_args &a, int x)
     return t;
 }
 
-// The tile's ROWS query rows into Qs (bf16, pitch KP): row r = (token
-// i0 + r / gh, head h0 + r % gh); zero past the tile's tokens and, with PAD,
-// from row qt·gh on (padding up to the 16 rows of k_attn).
-template <int ROWS, bool PAD, int D, int KP>
+// The tile's ROWS query rows into Qs (bf16; element (r, d) at at(r, d)): row
+// r = (token i0 + r / gh, head h0 + r % gh); zero past the tile's tokens and,
+// with PAD, from row qt·gh on (padding up to the 16 rows of k_attn).
+template <int ROWS, bool PAD, int D, class At>
 __device__ __forceinline__ void attn_load_q(const cu_attn_args &a, const attn_tile &t,
-                                            __nv_bfloat16 *Qs)
+                                            __nv_bfloat16 *Qs, At at)
 {
     for (int e = threadIdx.x; e < ROWS * D; e += ATTN_WARPS * 32) {
         int r = e / D, d = e % D, ti = r / a.gh;
         float v = 0.0f;
         if ((!PAD || r < a.qt * a.gh) && ti < t.ntok)
             v = cu_mat_ld(a.q, t.q0 + t.i0 + ti, (int64_t)(t.h0 + r % a.gh) * D + d);
-        Qs[r * KP + d] = __float2bfloat16_rn(v);
+        Qs[at(r, d)] = __float2bfloat16_rn(v);
     }
 }
+
+// Row-major Q with pitch KP (the wmma and mma.sync kernels).
+template <int KP> struct attn_pitch {
+    __device__ int operator()(int r, int d) const { return r * KP + d; }
+};
 
 // Shared memory of k_attn: the block's 16 query rows, then per warp two
 // stages of (K tile, V tile) of 16 keys, the 16x16 score tile (fp32), the
@@ -241,7 +247,7 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
               ntok = tl.ntok, kbeg = tl.kbeg, kend = tl.kend;
     if (kbeg >= kend) return; // no row has keys in this split
 
-    attn_load_q<16, true, D, KP>(a, tl, Qs);
+    attn_load_q<16, true, D>(a, tl, Qs, attn_pitch<KP>());
     // Which row each accumulator element holds: load a tile of row numbers.
     for (int e = lane; e < 256; e += 32) Ss[(e / 16) * L::SP + e % 16] = (float)(e / 16);
     __syncthreads();
@@ -414,7 +420,7 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a
               ntok = tl.ntok, kbeg = tl.kbeg, kend = tl.kend;
     if (kbeg >= kend) return;
 
-    attn_load_q<64, false, D, KP>(a, tl, Qs);
+    attn_load_q<64, false, D>(a, tl, Qs, attn_pitch<KP>());
     for (int e = lane; e < 256; e += 32) Ss[(e / 16) * L::SP + e % 16] = (float)(e / 16);
     __syncthreads();
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[NF], rf;
@@ -616,6 +622,155 @@ __device__ __forceinline__ uint32_t fa2_pack(float lo, float hi)
     return u;
 }
 
+// K and V rows of keys [j0, j0 + BC) of the tile's KV head, gathered through
+// the page table into ks and vs by cp.async (16-byte chunk c of key row r at
+// byte dst(r, c) of each) and committed as one group; keys past kend are
+// zeros (a zero V row times a masked p = 0 keeps garbage out of O).
+template <int D, int BC, class Dst>
+__device__ __forceinline__ void fa_issue(const cu_attn_args &a, const attn_tile &tl, int j0,
+                                         char *ks, char *vs, Dst dst)
+{
+    constexpr int CH = D / 8; // 16-byte chunks per row
+    static_assert(BC * CH % (ATTN_WARPS * 32) == 0, "whole rounds of chunks");
+    const int32_t *pages = a.page_table + (int64_t)tl.s * a.max_pages;
+    const int64_t koff = (int64_t)tl.kh * D;
+#pragma unroll
+    for (int it = 0; it < BC * CH / (ATTN_WARPS * 32); it++) {
+        int c = threadIdx.x + it * ATTN_WARPS * 32;
+        int rr = c / CH, cc = c % CH, j = j0 + rr;
+        bool ok = j < tl.kend;
+        int64_t row = ok ? (int64_t)pages[j / a.page_size] * a.page_size + j % a.page_size : 0;
+        uint32_t o = dst(rr, cc);
+        __pipeline_memcpy_async(ks + o, a.kc + row * a.kld + koff + cc * 8, 16, ok ? 0 : 16);
+        __pipeline_memcpy_async(vs + o, a.vc + row * a.vld + koff + cc * 8, 16, ok ? 0 : 16);
+    }
+    __pipeline_commit();
+}
+
+// The online softmax's start: O zero, no max yet, sums zero.
+template <int NO>
+__device__ __forceinline__ void fa_start(float (&o)[NO][4], float (&m)[2], float (&l)[2])
+{
+#pragma unroll
+    for (int f = 0; f < NO; f++) o[f][0] = o[f][1] = o[f][2] = o[f][3] = 0.0f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.0f;
+}
+
+// The causal / split-end mask on a tile's scores (keys from j0): key
+// j0 + 8n + 2q + (e & 1) is hidden from row g (e < 2) from limit lim[0] on,
+// from row g + 8 from lim[1] on.
+template <int NB>
+__device__ __forceinline__ void fa_mask(float (&s)[NB][4], int j0, int q, const int (&lim)[2])
+{
+#pragma unroll
+    for (int n = 0; n < NB; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int j = j0 + n * 8 + 2 * q + (e & 1);
+            if (j >= lim[e >> 1]) s[n][e] = -INFINITY;
+        }
+}
+
+// One K/V tile's online-softmax step on rows g (index 0) and g + 8 (index 1)
+// of a warp's 16, in the accumulator layout: the row max over the quad, then
+// s (raw dot products) becomes p = 2^(s·sl2 - m) in place, O and this lane's
+// part of the running sum l are rescaled to the new max m (base 2, scaled).
+template <int NB, int NO>
+__device__ __forceinline__ void fa_softmax(float (&s)[NB][4], float (&o)[NO][4], float (&m)[2],
+                                           float (&l)[2], float sl2)
+{
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float x = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < NB; n++) x = fmaxf(x, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+        float nm = fmaxf(m[h], x * sl2);
+        // a row with no visible key yet keeps m = -inf: subtract 0 instead,
+        // so every p and the rescale factor are 0, never NaN
+        float u = nm == -INFINITY ? 0.0f : nm, c = exp2f(m[h] - u), sum = 0.0f;
+        m[h] = nm;
+#pragma unroll
+        for (int n = 0; n < NB; n++) {
+            s[n][2 * h] = exp2f(fmaf(s[n][2 * h], sl2, -u));
+            s[n][2 * h + 1] = exp2f(fmaf(s[n][2 * h + 1], sl2, -u));
+            sum += s[n][2 * h] + s[n][2 * h + 1];
+        }
+        l[h] = l[h] * c + sum;
+#pragma unroll
+        for (int f = 0; f < NO; f++) {
+            o[f][2 * h] *= c;
+            o[f][2 * h + 1] *= c;
+        }
+    }
+}
+
+// P of key step kk (keys 16kk .. 16kk + 15) as an mma A fragment: the S
+// accumulators of key blocks 2kk and 2kk + 1, as bf16 pairs.
+template <int NB>
+__device__ __forceinline__ void fa_p_frag(uint32_t (&pa)[4], const float (&s)[NB][4], int kk)
+{
+    pa[0] = fa2_pack(s[2 * kk][0], s[2 * kk][1]);
+    pa[1] = fa2_pack(s[2 * kk][2], s[2 * kk][3]);
+    pa[2] = fa2_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    pa[3] = fa2_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// The end of a 64-row tile: rows R0 + g and R0 + g + 8 of O (accumulator
+// layout) normalised by the quad-summed l into out, or with key splits their
+// (m, l, O) partials for k_attn_combine. Padding rows and rows with no key in
+// this split write nothing.
+template <int D>
+__device__ __forceinline__ void fa_store(const cu_attn_args &a, const attn_tile &tl, int R0, int g,
+                                         int q, const float (&o)[D / 8][4], const float (&m)[2],
+                                         float (&l)[2])
+{
+    constexpr int NO = D / 8;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    }
+    const bool bf2 = a.out.dt == SL_DTYPE_BF16 && a.out.ld % 2 == 0 && (uintptr_t)a.out.p % 4 == 0;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        int r = R0 + g + 8 * hf, ti = r / a.gh;
+        if (ti >= tl.ntok || tl.prefix + tl.i0 + ti + 1 <= tl.kbeg) continue; // padding, no keys
+        int64_t t = tl.q0 + tl.i0 + ti;
+        int h = tl.h0 + r % a.gh;
+        int64_t c0 = (int64_t)h * D + 2 * q;
+        if (a.nsplit == 1) {
+            float inv = 1.0f / l[hf];
+            if (bf2) {
+                __nv_bfloat16 *dst = (__nv_bfloat16 *)a.out.p + t * a.out.ld + c0;
+#pragma unroll
+                for (int f = 0; f < NO; f++)
+                    *(__nv_bfloat162 *)(dst + f * 8) =
+                        __floats2bfloat162_rn(o[f][2 * hf] * inv, o[f][2 * hf + 1] * inv);
+            } else {
+#pragma unroll
+                for (int f = 0; f < NO; f++) {
+                    cu_mat_st(a.out, t, c0 + f * 8, o[f][2 * hf] * inv);
+                    cu_mat_st(a.out, t, c0 + f * 8 + 1, o[f][2 * hf + 1] * inv);
+                }
+            }
+        } else {
+            float *p = a.part + (((int64_t)t * a.Hq + h) * a.nsplit + blockIdx.z) * (D + 2);
+            if (q == 0) {
+                p[0] = m[hf];
+                p[1] = l[hf];
+            }
+#pragma unroll
+            for (int f = 0; f < NO; f++) {
+                p[2 + f * 8 + 2 * q] = o[f][2 * hf];
+                p[2 + f * 8 + 2 * q + 1] = o[f][2 * hf + 1];
+            }
+        }
+    }
+}
+
 template <int D>
 __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
 {
@@ -634,40 +789,23 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
     const attn_tile tl = attn_tile_of(a, gridDim.x - 1 - blockIdx.x);
     if (tl.kbeg >= tl.kend) return; // no row has keys in this split
 
-    attn_load_q<64, false, D, KP>(a, tl, Qs);
+    attn_load_q<64, false, D>(a, tl, Qs, attn_pitch<KP>());
 
     // Causal limits (keys [kbeg, lim) visible, capped at the split's end):
     // rows past the tile's tokens (zero Q rows, never written) take the last
     // token's, so no row is fully masked but by a split.
     const int R0 = warp * 16, last = tl.ntok - 1;
     auto lim = [&](int r) { return min(tl.prefix + tl.i0 + min(r / a.gh, last) + 1, tl.kend); };
-    const int limA = lim(R0 + g), limB = lim(R0 + g + 8);
+    const int limr[2] = {lim(R0 + g), lim(R0 + g + 8)};
     const int warp_lo = lim(R0);                               // below: no mask in this warp
     const int warp_end = R0 / a.gh <= last ? lim(R0 + 15) : 0; // from here: nothing to do
 
-    const int32_t *pages = a.page_table + (int64_t)tl.s * a.max_pages;
-    const int P = a.page_size;
-    const int64_t koff = (int64_t)tl.kh * D;
-    auto stage = [&](int i) { return (__nv_bfloat16 *)(stages + i * C::STAGE); };
-    // K and V rows of keys [j0, j0 + BC) into a stage; keys past kend are zeros
-    // (a zero V row times a masked p = 0 keeps garbage out of O).
-    auto issue = [&](int j0, __nv_bfloat16 *st) {
-        constexpr int CH = D / 8; // 16-byte chunks per row
-        static_assert(BC * CH % (FA2_WARPS * 32) == 0, "whole rounds of chunks");
-#pragma unroll
-        for (int it = 0; it < BC * CH / (FA2_WARPS * 32); it++) {
-            int c = threadIdx.x + it * FA2_WARPS * 32;
-            int rr = c / CH, cc = (c % CH) * 8, j = j0 + rr;
-            bool ok = j < tl.kend;
-            int64_t row = ok ? (int64_t)pages[j / P] * P + j % P : 0;
-            __pipeline_memcpy_async(st + rr * KP + cc, a.kc + row * a.kld + koff + cc, 16,
-                                    ok ? 0 : 16);
-            __pipeline_memcpy_async(st + (BC + rr) * KP + cc, a.vc + row * a.vld + koff + cc, 16,
-                                    ok ? 0 : 16);
-        }
-        __pipeline_commit();
+    auto issue = [&](int j0, int i) {
+        char *st = stages + i * C::STAGE;
+        fa_issue<D, BC>(a, tl, j0, st, st + BC * KP * 2,
+                        [](int r, int c) { return (uint32_t)((r * C::KP + c * 8) * 2); });
     };
-    issue(tl.kbeg, stage(0));
+    issue(tl.kbeg, 0);
 
     // ldmatrix row addresses of this lane (bytes): Q as A fragments (rows
     // lane & 15, columns + 8 for lanes 16-31), K as B fragments of two 8-key
@@ -688,17 +826,15 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
         for (int kk = 0; kk < NK; kk++) fa2_ldsm4(qf[kk], q_addr + kk * 32);
     }
 
-    float o[NO][4];
-#pragma unroll
-    for (int f = 0; f < NO; f++) o[f][0] = o[f][1] = o[f][2] = o[f][3] = 0.0f;
-    // rows g (A) and g + 8 (B): running max (scaled, base 2) and this lane's
-    // part of the running sum (the 4 lanes of a row are summed at the end)
-    float mA = -INFINITY, mB = -INFINITY, lA = 0.0f, lB = 0.0f;
+    // O, and for rows g and g + 8 the running max (scaled, base 2) and this
+    // lane's part of the running sum (the 4 lanes of a row are summed at the end)
+    float o[NO][4], m[2], l[2];
+    fa_start(o, m, l);
     const float sl2 = a.scale_log2;
 
     int buf = 0;
     for (int j0 = tl.kbeg; j0 < tl.kend; j0 += BC, buf ^= 1) {
-        if (j0 + BC < tl.kend) issue(j0 + BC, stage(buf ^ 1));
+        if (j0 + BC < tl.kend) issue(j0 + BC, buf ^ 1);
         else __pipeline_commit(); // an empty group keeps wait_prior(1) exact
         __pipeline_wait_prior(1);
         __syncthreads();
@@ -725,62 +861,13 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
                     fa2_mma(s[2 * p + 1], qa, kf[2], kf[3]);
                 }
             }
-            // causal mask and the split's end (warp-uniform test)
-            if (j0 + BC > warp_lo) {
-#pragma unroll
-                for (int n = 0; n < NB; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        int j = j0 + n * 8 + 2 * q + (e & 1);
-                        if (j >= (e < 2 ? limA : limB)) s[n][e] = -INFINITY;
-                    }
-            }
-            // online softmax: the row max over the quad, then p = 2^(s·scale - m)
-            float xA = -INFINITY, xB = -INFINITY;
-#pragma unroll
-            for (int n = 0; n < NB; n++) {
-                xA = fmaxf(xA, fmaxf(s[n][0], s[n][1]));
-                xB = fmaxf(xB, fmaxf(s[n][2], s[n][3]));
-            }
-#pragma unroll
-            for (int x = 1; x <= 2; x <<= 1) {
-                xA = fmaxf(xA, __shfl_xor_sync(0xffffffffu, xA, x));
-                xB = fmaxf(xB, __shfl_xor_sync(0xffffffffu, xB, x));
-            }
-            float nA = fmaxf(mA, xA * sl2), nB = fmaxf(mB, xB * sl2);
-            // a row with no visible key yet keeps m = -inf: subtract 0 instead,
-            // so every p and the rescale factor are 0, never NaN
-            float uA = nA == -INFINITY ? 0.0f : nA, uB = nB == -INFINITY ? 0.0f : nB;
-            float cA = exp2f(mA - uA), cB = exp2f(mB - uB), sA = 0.0f, sB = 0.0f;
-            mA = nA;
-            mB = nB;
-#pragma unroll
-            for (int n = 0; n < NB; n++) {
-                s[n][0] = exp2f(fmaf(s[n][0], sl2, -uA));
-                s[n][1] = exp2f(fmaf(s[n][1], sl2, -uA));
-                s[n][2] = exp2f(fmaf(s[n][2], sl2, -uB));
-                s[n][3] = exp2f(fmaf(s[n][3], sl2, -uB));
-                sA += s[n][0] + s[n][1];
-                sB += s[n][2] + s[n][3];
-            }
-            lA = lA * cA + sA;
-            lB = lB * cB + sB;
-#pragma unroll
-            for (int f = 0; f < NO; f++) {
-                o[f][0] *= cA;
-                o[f][1] *= cA;
-                o[f][2] *= cB;
-                o[f][3] *= cB;
-            }
-            // O += P·V: the S accumulators of key blocks 2kk, 2kk + 1 are the
-            // A fragment of key step kk
+            if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
+            fa_softmax(s, o, m, l, sl2);
+            // O += P·V
 #pragma unroll
             for (int kk = 0; kk < BC / 16; kk++) {
                 uint32_t pa[4];
-                pa[0] = fa2_pack(s[2 * kk][0], s[2 * kk][1]);
-                pa[1] = fa2_pack(s[2 * kk][2], s[2 * kk][3]);
-                pa[2] = fa2_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-                pa[3] = fa2_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+                fa_p_frag(pa, s, kk);
 #pragma unroll
                 for (int dp = 0; dp < D / 16; dp++) {
                     uint32_t vf[4];
@@ -793,49 +880,110 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
         __syncthreads(); // the stage just read is refilled next iteration
     }
     __pipeline_wait_prior(0);
+    fa_store<D>(a, tl, R0, g, q, o, m, l);
+}
 
+// The same tiles, grid, key splits and outputs as k_attn_fa2, on Hopper's
+// warpgroup mma (wgmma, kernels/cuda/wgmma.cuh): the block's 4 warps are one
+// warpgroup, S = Q·Kᵀ is one m64nBC product (Q and K read from shared memory
+// by descriptor, each byte once per block instead of once per warp), O += P·V
+// takes P from registers (the S accumulators repacked, as in k_attn_fa2) and
+// V from shared memory read N-major. The accumulators have the mma.sync
+// layout, so the mask, online softmax and output are k_attn_fa2's. Q, K and V
+// sit in 128-byte-swizzled tiles (wg_swz), K/V in two cp.async stages as in
+// k_attn_fa2; every warp joins every product (wgmma is warpgroup-wide), so a
+// warp whose rows see no key of a tile computes masked zeros.
+//
+// Shared memory (after rounding the base up to 1024 bytes): Q [64][D], 2 ×
+// (K [BC][D], V [BC][D]). D 128: BC 64, 82 944 B; D 256: BC 32, 99 328 B;
+// D 64: BC 64, 41 984 B. Two blocks per SM.
+template <int D> struct wg_cfg {
+    static constexpr int BC = D == 256 ? 32 : 64; // keys per K/V tile
+    static constexpr size_t Q = 64 * D * 2;
+    static constexpr size_t KV = (size_t)BC * D * 2;
+    static constexpr size_t STAGE = 2 * KV; // K then V
+    static constexpr size_t BYTES = 1024 + Q + 2 * STAGE;
+    static_assert(Q % 1024 == 0 && KV % 1024 == 0, "tiles on the swizzle period");
+};
+
+template <int D>
+__global__ void __launch_bounds__(ATTN_WARPS * 32, 2) k_attn_wg(cu_attn_args a)
+{
+    using C = wg_cfg<D>;
+    constexpr int BC = C::BC, NB = BC / 8, NO = D / 8, NK = D / 16;
+    extern __shared__ __align__(1024) char smem_raw[];
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw);
+    char *smem = smem_raw + ((1024 - (raw & 1023)) & 1023);
+    const uint32_t sq = (uint32_t)__cvta_generic_to_shared(smem), sst = sq + (uint32_t)C::Q;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, q = lane & 3;
+
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    const attn_tile tl = attn_tile_of(a, gridDim.x - 1 - blockIdx.x); // longest first
+    if (tl.kbeg >= tl.kend) return; // no row has keys in this split
+
+    attn_load_q<64, false, D>(a, tl, (__nv_bfloat16 *)smem,
+                              [](int r, int d) { return (int)(wg_swz(64, r, d / 8) / 2) + d % 8; });
+
+    const int R0 = warp * 16, last = tl.ntok - 1;
+    auto lim = [&](int r) { return min(tl.prefix + tl.i0 + min(r / a.gh, last) + 1, tl.kend); };
+    const int limr[2] = {lim(R0 + g), lim(R0 + g + 8)};
+    const int warp_lo = lim(R0); // below: no mask in this warp
+
+    char *stages = smem + C::Q;
+    auto issue = [&](int j0, int i) {
+        char *st = stages + i * C::STAGE;
+        fa_issue<D, BC>(a, tl, j0, st, st + C::KV, [](int r, int c) { return wg_swz(C::BC, r, c); });
+    };
+    issue(tl.kbeg, 0);
+
+    // Descriptors: Q and K K-major (k16 step kk: block kk / 4, 32 bytes × kk % 4
+    // along the row), V N-major (k16 step kk: 16 key rows, 2048 bytes).
+    const uint64_t dq = wg_desc(sq, 16, 1024);
+    auto kstep = [](int R, int kk) { return (uint64_t)(((kk >> 2) * R * 128 + (kk & 3) * 32) >> 4); };
+
+    // O, and for rows g and g + 8 the running max (scaled, base 2) and this
+    // lane's part of the running sum (the 4 lanes of a row are summed at the end)
+    float o[NO][4], m[2], l[2];
+    fa_start(o, m, l);
+    const float sl2 = a.scale_log2;
+
+    int buf = 0;
+    for (int j0 = tl.kbeg; j0 < tl.kend; j0 += BC, buf ^= 1) {
+        if (j0 + BC < tl.kend) issue(j0 + BC, buf ^ 1);
+        else __pipeline_commit(); // an empty group keeps wait_prior(1) exact
+        __pipeline_wait_prior(1);
+        wg_fence_smem(); // this thread's Q stores and copies, to the wgmma reads
+        __syncthreads();
+        const uint32_t sk = sst + buf * (uint32_t)C::STAGE, sv = sk + (uint32_t)C::KV;
+        const uint64_t dk = wg_desc(sk, 16, 1024), dv = wg_desc(sv, BC * 128, 1024);
+        // S = Q·Kᵀ (raw dot products)
+        float s[NB][4];
 #pragma unroll
-    for (int x = 1; x <= 2; x <<= 1) {
-        lA += __shfl_xor_sync(0xffffffffu, lA, x);
-        lB += __shfl_xor_sync(0xffffffffu, lB, x);
+        for (int n = 0; n < NB; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < NK; kk++) wg_ss<BC>(s, dq + kstep(64, kk), dk + kstep(BC, kk));
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(s);
+        if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
+        fa_softmax(s, o, m, l, sl2);
+        // O += P·V
+        uint32_t pa[BC / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) wg_rs<D>(o, pa[kk], dv + (uint64_t)(kk * 2048 >> 4));
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(o);
+        __syncthreads(); // the stage just read is refilled next iteration
     }
-    const bool bf2 = a.out.dt == SL_DTYPE_BF16 && a.out.ld % 2 == 0 && (uintptr_t)a.out.p % 4 == 0;
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        int r = R0 + g + 8 * hf, ti = r / a.gh;
-        if (ti >= tl.ntok || tl.prefix + tl.i0 + ti + 1 <= tl.kbeg) continue; // padding, no keys
-        int64_t t = tl.q0 + tl.i0 + ti;
-        int h = tl.h0 + r % a.gh;
-        float l = hf ? lB : lA, m = hf ? mB : mA;
-        int64_t c0 = (int64_t)h * D + 2 * q;
-        if (a.nsplit == 1) {
-            float inv = 1.0f / l;
-            if (bf2) {
-                __nv_bfloat16 *dst = (__nv_bfloat16 *)a.out.p + t * a.out.ld + c0;
-#pragma unroll
-                for (int f = 0; f < NO; f++)
-                    *(__nv_bfloat162 *)(dst + f * 8) =
-                        __floats2bfloat162_rn(o[f][2 * hf] * inv, o[f][2 * hf + 1] * inv);
-            } else {
-#pragma unroll
-                for (int f = 0; f < NO; f++) {
-                    cu_mat_st(a.out, t, c0 + f * 8, o[f][2 * hf] * inv);
-                    cu_mat_st(a.out, t, c0 + f * 8 + 1, o[f][2 * hf + 1] * inv);
-                }
-            }
-        } else {
-            float *p = a.part + (((int64_t)t * a.Hq + h) * a.nsplit + blockIdx.z) * (D + 2);
-            if (q == 0) {
-                p[0] = m;
-                p[1] = l;
-            }
-#pragma unroll
-            for (int f = 0; f < NO; f++) {
-                p[2 + f * 8 + 2 * q] = o[f][2 * hf];
-                p[2 + f * 8 + 2 * q + 1] = o[f][2 * hf + 1];
-            }
-        }
-    }
+    __pipeline_wait_prior(0);
+    fa_store<D>(a, tl, R0, g, q, o, m, l);
 }
 
 __global__ void k_attn_combine(cu_attn_args a, int D)
@@ -858,16 +1006,20 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
     }
 }
 
-// The kernels: 16-row tiles (decode, short chunks), 64-row tiles on wmma
-// (prefill), or the same 64-row tiles on mma.sync (prefill, SL_CUDA_ATTN_FA2).
-enum { ATTN_K_DECODE, ATTN_K_PREFILL, ATTN_K_FA2 };
+// The kernels: 16-row tiles (decode, short chunks), 64-row tiles (prefill)
+// on wmma, mma.sync (FlashAttention-2 style) or wgmma (sl_cuda_attn_prefill).
+enum { ATTN_K_DECODE, ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG };
 template <int D, int K> struct attn_kernel {
-    static constexpr size_t BYTES = K == ATTN_K_FA2       ? fa2_cfg<D>::BYTES
+    static constexpr size_t BYTES = K == ATTN_K_WG        ? wg_cfg<D>::BYTES
+                                    : K == ATTN_K_FA2     ? fa2_cfg<D>::BYTES
                                     : K == ATTN_K_PREFILL ? attn_pf_smem<D>::BYTES
                                                           : attn_smem<D>::BYTES;
     static void (*fn(void))(cu_attn_args)
     {
-        return K == ATTN_K_FA2 ? k_attn_fa2<D> : K == ATTN_K_PREFILL ? k_attn_prefill<D> : k_attn<D>;
+        return K == ATTN_K_WG        ? k_attn_wg<D>
+               : K == ATTN_K_FA2     ? k_attn_fa2<D>
+               : K == ATTN_K_PREFILL ? k_attn_prefill<D>
+                                     : k_attn<D>;
     }
 };
 
@@ -906,6 +1058,18 @@ static int attn_run(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int level
     dim3 grid((unsigned)cm->n_tiles[level], (unsigned)(Hkv * n_hb), (unsigned)a.nsplit);
     cu_launch(b, A::fn(), grid, ATTN_WARPS * 32, A::BYTES, a);
     return a.nsplit;
+}
+
+template <int D>
+static int attn_run_d(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int level, int Hkv,
+                      int kind)
+{
+    switch (kind) {
+    case ATTN_K_DECODE: return attn_run<D, ATTN_K_DECODE>(b, a, cm, level, Hkv);
+    case ATTN_K_PREFILL: return attn_run<D, ATTN_K_PREFILL>(b, a, cm, level, Hkv);
+    case ATTN_K_FA2: return attn_run<D, ATTN_K_FA2>(b, a, cm, level, Hkv);
+    default: return attn_run<D, ATTN_K_WG>(b, a, cm, level, Hkv);
+    }
 }
 
 void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,
@@ -950,18 +1114,11 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.seq_of = cm->seq_of;
     a.page_size = cm->page_size;
     a.max_pages = cm->max_pages;
-    int kind = pf ? (b->attn_fa2 ? ATTN_K_FA2 : ATTN_K_PREFILL) : ATTN_K_DECODE, nsplit;
-    switch (D * 4 + kind) {
-    case 64 * 4 + ATTN_K_DECODE: nsplit = attn_run<64, ATTN_K_DECODE>(b, a, cm, level, Hkv); break;
-    case 64 * 4 + ATTN_K_PREFILL: nsplit = attn_run<64, ATTN_K_PREFILL>(b, a, cm, level, Hkv); break;
-    case 64 * 4 + ATTN_K_FA2: nsplit = attn_run<64, ATTN_K_FA2>(b, a, cm, level, Hkv); break;
-    case 128 * 4 + ATTN_K_DECODE: nsplit = attn_run<128, ATTN_K_DECODE>(b, a, cm, level, Hkv); break;
-    case 128 * 4 + ATTN_K_PREFILL: nsplit = attn_run<128, ATTN_K_PREFILL>(b, a, cm, level, Hkv); break;
-    case 128 * 4 + ATTN_K_FA2: nsplit = attn_run<128, ATTN_K_FA2>(b, a, cm, level, Hkv); break;
-    case 256 * 4 + ATTN_K_DECODE: nsplit = attn_run<256, ATTN_K_DECODE>(b, a, cm, level, Hkv); break;
-    case 256 * 4 + ATTN_K_PREFILL: nsplit = attn_run<256, ATTN_K_PREFILL>(b, a, cm, level, Hkv); break;
-    default: nsplit = attn_run<256, ATTN_K_FA2>(b, a, cm, level, Hkv); break;
-    }
+    static const int pf_kind[] = {ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG};
+    int kind = pf ? pf_kind[b->attn_pf] : ATTN_K_DECODE;
+    int nsplit = D == 64    ? attn_run_d<64>(b, a, cm, level, Hkv, kind)
+                 : D == 128 ? attn_run_d<128>(b, a, cm, level, Hkv, kind)
+                            : attn_run_d<256>(b, a, cm, level, Hkv, kind);
     if (nsplit > 1) {
         cu_launch(b, k_attn_combine, dim3((unsigned)cm->n_tokens, (unsigned)Hq), 128, 0, a, D);
         cu_tmp_free(b, a.part);

@@ -611,9 +611,14 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->n_sm = prop.multiProcessorCount;
     b->pdl = env_switch("SL_CUDA_PDL", 1);
     // grouped FP8 MoE GEMMs from prefill sizes on, FlashAttention-2 prefill:
-    // both validated and faster on an H200 (NOTES.md v11, v12); =0 goes back
+    // both validated and faster on an H200 (NOTES.md v11, v12); =0 goes back.
+    // Prefill attention and the grouped FP8 MoE GEMMs on wgmma (v34, v35):
+    // SL_CUDA_ATTN_WG=0 goes back to FA2, SL_CUDA_MOE_FP8_WG=0 to mma.sync.
     b->moe_fp8_path = env_switch("SL_CUDA_MOE_FP8_GROUPED", 1) ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
-    b->attn_fa2 = env_switch("SL_CUDA_ATTN_FA2", 1);
+    b->moe_fp8_wg = env_switch("SL_CUDA_MOE_FP8_WG", 1);
+    b->attn_pf = !env_switch("SL_CUDA_ATTN_FA2", 1)  ? SL_CUDA_ATTN_WMMA
+                 : !env_switch("SL_CUDA_ATTN_WG", 1) ? SL_CUDA_ATTN_FA2
+                                                     : SL_CUDA_ATTN_WG;
     // timing picks the fastest matmul kernel per shape, which can differ from
     // process to process (and so can the rounding); =0 takes cuBLASLt's
     // heuristic's first choice everywhere: the same numbers in every process
@@ -662,11 +667,12 @@ extern "C" void *sl_cuda_stream(sl_backend *be)
     return cu_be(be)->stream;
 }
 
-extern "C" int sl_cuda_attn_fa2(sl_backend *be, int on)
+extern "C" int sl_cuda_attn_prefill(sl_backend *be, int kernel)
 {
     SL_ASSERT(be->i == &cu_iface);
-    int was = cu_be(be)->attn_fa2;
-    cu_be(be)->attn_fa2 = on != 0;
+    SL_ASSERT(kernel >= SL_CUDA_ATTN_WMMA && kernel <= SL_CUDA_ATTN_WG);
+    int was = cu_be(be)->attn_pf;
+    cu_be(be)->attn_pf = kernel;
     return was;
 }
 

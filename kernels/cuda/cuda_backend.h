@@ -8,8 +8,9 @@
  * Decode-step kernels launch programmatically dependent (PDL: each may start
  * while the previous one drains; see cuda_common.cuh). SL_CUDA_PDL=0 in the
  * environment when the backend is created launches them plainly (A/B timing).
- * SL_CUDA_ATTN_FA2=0 there runs prefill attention on the wmma kernel instead
- * of the FlashAttention-2 one (see sl_cuda_attn_fa2).
+ * SL_CUDA_ATTN_WG=0 there runs prefill attention on the FlashAttention-2
+ * kernel instead of the wgmma one, SL_CUDA_ATTN_FA2=0 on the wmma kernel (see
+ * sl_cuda_attn_prefill).
  */
 #ifndef SL_CUDA_BACKEND_H
 #define SL_CUDA_BACKEND_H
@@ -42,12 +43,14 @@ typedef enum sl_cuda_mm {
 void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which);
 
 /* Which kernel sl_be_attention runs for prefill batches (a sequence with 16
- * or more new tokens): 0 the wmma kernel, 1 the FlashAttention-2 one
- * (mma.sync, S/P/O in registers; kernels/dev/NOTES.md v12). A backend starts
- * with 1, or 0 with SL_CUDA_ATTN_FA2=0 in the environment at creation.
- * Returns the previous setting. Not thread-safe against ops
- * running on be. */
-int sl_cuda_attn_fa2(sl_backend *be, int on);
+ * or more new tokens): the wmma kernel, the FlashAttention-2 one (mma.sync,
+ * S/P/O in registers; kernels/dev/NOTES.md v12) or the same on Hopper's
+ * warpgroup mma (v34). A backend starts with SL_CUDA_ATTN_WG, or FA2 with
+ * SL_CUDA_ATTN_WG=0 in the environment at creation, or WMMA with
+ * SL_CUDA_ATTN_FA2=0. Returns the previous setting. Not thread-safe against
+ * ops running on be. */
+typedef enum { SL_CUDA_ATTN_WMMA, SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG } sl_cuda_attn_kernel;
+int sl_cuda_attn_prefill(sl_backend *be, int kernel);
 
 /* Which form sl_be_gdn runs for sequences of 16 or more new tokens: 0 the
  * single chunked kernel (each block walks its sequence's chunks and does all
@@ -75,16 +78,19 @@ const char *sl_cuda_matmul_last(sl_backend *be);
  * EXPERT_GEMV (pairs sorted by expert, each active expert's weights
  * streamed once for up to 16 of its tokens by the GEMV kernel); from 8
  * pairs an expert (prefill), grouped GEMMs (pairs sorted by expert, one
- * tensor-core FP8 GEMM per expert tile). GROUPED, EXPERT_GEMV and GV force
- * theirs where they can run (tests). The grouped path needs K % 16 == 0 and
- * 16-byte aligned expert weights (H and I multiples of 16); elsewhere the
- * GEMVs run. Not thread-safe against ops running on be. */
+ * tensor-core FP8 GEMM per expert tile: on wgmma, or with
+ * SL_CUDA_MOE_FP8_WG=0 in the environment at creation on the mma.sync tiles).
+ * GROUPED (wgmma), GROUPED_TC (mma.sync), EXPERT_GEMV and GV force theirs
+ * where they can run (tests). The grouped path needs K % 16 == 0 and 16-byte
+ * aligned expert weights (H and I multiples of 16); elsewhere the GEMVs run.
+ * Not thread-safe against ops running on be. */
 typedef enum sl_cuda_moe_fp8 {
     SL_CUDA_MOE_FP8_GEMV,
     SL_CUDA_MOE_FP8_AUTO,
     SL_CUDA_MOE_FP8_GROUPED,
     SL_CUDA_MOE_FP8_EXPERT_GEMV, /* one GEMV pass per active expert over its tokens (routing plan) */
     SL_CUDA_MOE_FP8_GV,          /* the two few-token kernels of moe.cu */
+    SL_CUDA_MOE_FP8_GROUPED_TC,  /* the grouped GEMMs on mma.sync tiles (kernels/dev/NOTES.md v11) */
 } sl_cuda_moe_fp8;
 void sl_cuda_moe_fp8_path(sl_backend *be, sl_cuda_moe_fp8 which);
 

@@ -111,9 +111,12 @@ typedef struct cu_backend {
     // cu_launch: programmatic dependent launch on (env SL_CUDA_PDL=0: off,
     // for A/B timing); fence: the next cu_launch is a plain one (see there)
     int pdl, pdl_fence;
-    // cu_attention: prefill batches on k_attn_fa2 instead of k_attn_prefill
-    // (the default; env SL_CUDA_ATTN_FA2=0, or sl_cuda_attn_fa2, goes back)
-    int attn_fa2;
+    // cu_attention: the prefill kernel, an sl_cuda_attn_kernel (env
+    // SL_CUDA_ATTN_WG=0: FA2, SL_CUDA_ATTN_FA2=0: wmma; sl_cuda_attn_prefill)
+    int attn_pf;
+    // cu_moe_experts_fp8, AUTO: the grouped GEMMs on wgmma (k_fp8_moe_wg,
+    // NOTES.md v35) instead of the mma.sync tiles; env SL_CUDA_MOE_FP8_WG=0
+    int moe_fp8_wg;
     // cu_gdn: the split chunked form (prep over all chunks, then the scan;
     // the default, NOTES.md v15: bit-identical to the single kernel and
     // 1.4x faster at 1000 tokens); env SL_CUDA_GDN_SPLIT=0 or sl_cuda_gdn_split

@@ -47,6 +47,7 @@
 #include <cooperative_groups.h>
 
 #include "fp8.cuh"
+#include "wgmma.cuh"
 
 #include "cuda_backend.h"
 #include "matmul.cuh"
@@ -519,32 +520,43 @@ template <int BM> struct tc_cfg {
 // quarter warp (rows 2q, 2q+1; chunks t or 4 + t) hit all 32 banks once
 __device__ __forceinline__ int tc_off(int r, int c) { return r * FP8_G + ((c ^ ((r & 1) << 2)) << 4); }
 
-// Group g of the tile into a stage: chunk tid & 7 of x rows (tid >> 3) + 32i
-// (row xrow(r) of xq; past rows zero-filled) and of weight rows n0 + (tid >> 3)
-// + 32i of w (past N or K zero-filled), then the group's scale of x row tid
-// (tid < BM) or of weight row n0 + tid - BM (zero past rows / N). Addresses are
-// recomputed per load: holding them in registers made the dense kernel spill.
-// (The scales came from global memory in the compute step, after the group's
-// mma: a dependent round trip in every group's critical path.)
-template <int BM, class XR>
+// Where tc_tile keeps a stage: x tile, weight tile, then the group's scales
+// of the x rows and of the weight rows (L::x(r, c), L::w(r, c): byte offset of
+// 16-byte chunk c of a tile row; L::SCALES).
+template <int BM> struct tc_lay {
+    static constexpr int SCALES = tc_cfg<BM>::SCALES;
+    __device__ static int x(int r, int c) { return tc_off(r, c); }
+    __device__ static int w(int r, int c) { return BM * FP8_G + tc_off(r, c); }
+};
+
+// Group g of the tile into a stage laid out by L: chunk tid & 7 of x rows
+// (tid >> 3) + 32i (row xrow(r) of xq; past rows zero-filled) and of weight
+// rows n0 + (tid >> 3) + 32i of w (past N or K zero-filled), then the group's
+// scale of x row tid (tid < BM) or of weight row n0 + tid - BM (zero past rows
+// / N). Addresses are recomputed per load: holding them in registers made the
+// dense kernel spill. (The scales came from global memory in the compute step,
+// after the group's mma: a dependent round trip in every group's critical
+// path.)
+template <int BM, class L, class XR>
 __device__ __forceinline__ void tc_load(const fp8_args &a, const uint8_t *w, const float *ws, XR xrow, int rows,
                                         int n0, uint32_t sbase, int g)
 {
+    static_assert(BM + TC_BN <= TC_THREADS, "a thread per scale");
     int k0 = g * FP8_G, ch = threadIdx.x & 7, r = threadIdx.x >> 3;
 #pragma unroll
     for (int i = 0; i < BM / 32; i++) {
         int64_t m = r + 32 * i < rows ? xrow(r + 32 * i) : -1;
         const uint8_t *src = m >= 0 ? a.xq + m * a.ldx + k0 + ch * 16 : a.xq;
-        cp_async16(sbase + tc_off(r + 32 * i, ch), src, m >= 0 ? 16 : 0);
+        cp_async16(sbase + L::x(r + 32 * i, ch), src, m >= 0 ? 16 : 0);
     }
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         int n = n0 + r + 32 * i, k = k0 + ch * 16;
         bool ok = n < a.N && k < a.K;
         const uint8_t *src = ok ? w + (int64_t)n * a.ldw + k : a.xq;
-        cp_async16(sbase + BM * FP8_G + tc_off(r + 32 * i, ch), src, ok ? 16 : 0);
+        cp_async16(sbase + L::w(r + 32 * i, ch), src, ok ? 16 : 0);
     }
-    uint32_t sc = sbase + tc_cfg<BM>::SCALES + 4 * threadIdx.x;
+    uint32_t sc = sbase + L::SCALES + 4 * threadIdx.x;
     if (threadIdx.x < BM) {
         int64_t m = (int)threadIdx.x < rows ? xrow((int)threadIdx.x) : -1;
         cp_async4(sc, m >= 0 ? a.sx + m * a.G + g : a.sx, m >= 0 ? 4 : 0);
@@ -585,7 +597,7 @@ __device__ __forceinline__ void tc_tile(const fp8_args &a, uint8_t *smem, const 
     tc_zero<MI>(acc);
 #pragma unroll
     for (int st = 0; st < TC_STAGES - 1; st++) {
-        if (st < a.G) tc_load<BM>(a, w, ws, xrow, rows, n0, s0 + st * STAGE, st);
+        if (st < a.G) tc_load<BM, tc_lay<BM>>(a, w, ws, xrow, rows, n0, s0 + st * STAGE, st);
         else tc_commit_empty();
     }
     for (int g = 0; g < a.G; g++) {
@@ -594,7 +606,7 @@ __device__ __forceinline__ void tc_tile(const fp8_args &a, uint8_t *smem, const 
         // every warp is past group g - 1's compute: its stage can be refilled
         __syncthreads();
         int gn = g + TC_STAGES - 1;
-        if (gn < a.G) tc_load<BM>(a, w, ws, xrow, rows, n0, s0 + (gn % TC_STAGES) * STAGE, gn);
+        if (gn < a.G) tc_load<BM, tc_lay<BM>>(a, w, ws, xrow, rows, n0, s0 + (gn % TC_STAGES) * STAGE, gn);
         else tc_commit_empty();
         const uint8_t *xs = smem + (g % TC_STAGES) * STAGE, *wsm = xs + BM * FP8_G;
         float part[MI][4][4];
@@ -667,23 +679,129 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_gemm_tc(fp8_args a)
 // rows from r0 = offset[e] + first), blockIdx.x = 128 weight rows of expert e
 // (w + e·ew, ws + e·ews). Out rows r0 + r (the permuted order); x row of
 // permuted row q: perm[q] / x_div (x_perm: gate_up reads the token's row) or
-// q (down reads the pair's activation row).
+// q (down reads the pair's activation row). Fills xr (-1 past the tile's rows)
+// and returns false for blocks past the plan's tiles (block-uniform).
+template <int BM>
+__device__ __forceinline__ bool moe_tile_of(const fp8_args &a, const cu_moe_plan &p, int *xr, int64_t &e, int &r0,
+                                            int &rows)
+{
+    cu_pdl_wait(); // the plan, x and the activations come from earlier kernels
+    cu_pdl_trigger();
+    if ((int)blockIdx.y >= *p.n_tiles) return false; // the grid is an upper bound
+    int2 tile = p.tiles[blockIdx.y];
+    e = tile.x;
+    r0 = p.offset[e] + tile.y;
+    rows = min(BM, p.offset[e + 1] - r0);
+    for (int r = threadIdx.x; r < BM; r += blockDim.x)
+        xr[r] = r >= rows ? -1 : a.x_perm ? p.perm[r0 + r] / a.x_div : r0 + r;
+    __syncthreads();
+    return true;
+}
+
 template <int BM>
 __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_gemm_tc(fp8_args a, cu_moe_plan p)
 {
     extern __shared__ __align__(128) uint8_t tc_smem[];
     __shared__ int xr[BM];
-    cu_pdl_wait(); // the plan, x and the activations come from earlier kernels
-    cu_pdl_trigger();
-    if ((int)blockIdx.y >= *p.n_tiles) return; // the grid is an upper bound (block-uniform)
-    int2 tile = p.tiles[blockIdx.y];
-    int64_t e = tile.x;
-    int r0 = p.offset[e] + tile.y, rows = min(BM, p.offset[e + 1] - r0);
-    for (int r = threadIdx.x; r < BM; r += blockDim.x)
-        xr[r] = r >= rows ? -1 : a.x_perm ? p.perm[r0 + r] / a.x_div : r0 + r;
-    __syncthreads();
+    int64_t e;
+    int r0, rows;
+    if (!moe_tile_of<BM>(a, p, xr, e, r0, rows)) return;
     tc_tile<BM>(a, tc_smem, a.w + e * a.ew, a.ws + e * a.ews, [&](int r) -> int64_t { return xr[r]; }, rows, r0,
                 blockIdx.x * TC_BN);
+}
+
+// ---- grouped MoE GEMM on wgmma (NOTES.md v35) --------------------------------------
+//
+// k_fp8_moe_wg<BT>: the plan tiles of k_fp8_moe_gemm_tc with the roles swapped
+// for Hopper's warpgroup mma (wgmma.m64nBTk32 e4m3, kernels/cuda/wgmma.cuh):
+// the block's 128 weight rows are the A operand (warpgroup w: rows 64w ..
+// 64w + 63) and the tile's BT token rows the B operand, both K-major in
+// 128-byte-swizzled shared memory, where one 128-byte row is one scale group
+// of K. Per group each warpgroup sums its 4 k32 steps into a fresh
+// accumulator and adds it ·(s_x(token)·s_w(row)) into fp32, the arithmetic of
+// tc_tile and the CPU op. The stages are tc_tile's (tc_load, 4 cp.async
+// stages, one barrier per group). Accumulator rows are weight rows and
+// columns tokens: one store of a warp covers 4 tokens × 8 consecutive weight
+// rows, whole 32-byte sectors of out.
+#define WG8_STAGES 4
+template <int BT> struct wg8_cfg {
+    static constexpr int X = 128 * FP8_G;              // the token tile after the weight tile
+    static constexpr int SCALES = X + BT * FP8_G;
+    static constexpr int STAGE = (SCALES + (BT + TC_BN) * 4 + 1023) / 1024 * 1024;
+    static constexpr int SMEM = 1024 + WG8_STAGES * STAGE; // + rounding the base to 1024
+    static_assert(BT % 32 == 0 && BT <= 128, "whole rounds of token chunks, a scale per thread");
+};
+
+template <int BT> struct wg8_lay {
+    static constexpr int SCALES = wg8_cfg<BT>::SCALES;
+    __device__ static int x(int r, int c) { return wg8_cfg<BT>::X + (int)wg_swz(BT, r, c); }
+    __device__ static int w(int r, int c) { return (int)wg_swz(128, r, c); }
+};
+
+template <int BT>
+__global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe_plan p)
+{
+    using C = wg8_cfg<BT>;
+    constexpr int F = BT / 8;
+    extern __shared__ __align__(1024) uint8_t wg8_smem[];
+    __shared__ int xr[BT];
+    int64_t e;
+    int r0, rows;
+    if (!moe_tile_of<BT>(a, p, xr, e, r0, rows)) return;
+    const uint8_t *w = a.w + e * a.ew;
+    const float *ws = a.ws + e * a.ews;
+    auto xrow = [&](int r) -> int64_t { return xr[r]; };
+    const int n0 = blockIdx.x * TC_BN, wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3;
+    const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(wg8_smem);
+    const uint32_t s0 = raw + ((1024 - (raw & 1023)) & 1023);
+    const uint8_t *sm = wg8_smem + (s0 - raw);
+
+    float acc[F][4];
+#pragma unroll
+    for (int f = 0; f < F; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
+#pragma unroll
+    for (int st = 0; st < WG8_STAGES - 1; st++) {
+        if (st < a.G) tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, n0, s0 + st * C::STAGE, st);
+        else tc_commit_empty();
+    }
+    const int rw = wg * 64 + warp * 16 + gq; // this thread's weight rows rw, rw + 8
+    for (int g = 0; g < a.G; g++) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(WG8_STAGES - 2));
+        wg_fence_smem(); // this thread's copies, to the wgmma reads
+        __syncthreads(); // every copy of group g landed; group g - 1's stage is free
+        int gn = g + WG8_STAGES - 1;
+        if (gn < a.G) tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, n0, s0 + (gn % WG8_STAGES) * C::STAGE, gn);
+        else tc_commit_empty();
+        const uint32_t st = s0 + (g % WG8_STAGES) * C::STAGE;
+        const uint64_t da = wg_desc(st + wg * 64 * FP8_G, 16, 1024), db = wg_desc(st + C::X, 16, 1024);
+        float part[F][4];
+#pragma unroll
+        for (int f = 0; f < F; f++) part[f][0] = part[f][1] = part[f][2] = part[f][3] = 0.0f;
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < FP8_G / 32; kk++) wg_ss8<BT>(part, da + 2 * kk, db + 2 * kk); // 32 bytes a step
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(part);
+        const float *xs = (const float *)(sm + (g % WG8_STAGES) * C::STAGE + C::SCALES), *wsc = xs + BT;
+        const float sa = wsc[rw], sb = wsc[rw + 8];
+#pragma unroll
+        for (int f = 0; f < F; f++) {
+            float x0 = xs[8 * f + 2 * tq], x1 = xs[8 * f + 2 * tq + 1];
+            acc[f][0] += part[f][0] * (x0 * sa);
+            acc[f][1] += part[f][1] * (x1 * sa);
+            acc[f][2] += part[f][2] * (x0 * sb);
+            acc[f][3] += part[f][3] * (x1 * sb);
+        }
+    }
+#pragma unroll
+    for (int f = 0; f < F; f++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            int r = 8 * f + 2 * tq + (q & 1), n = n0 + rw + 8 * (q >> 1);
+            if (r < rows && n < a.N) cu_mat_st(a.out, r0 + r, n, acc[f][q]);
+        }
 }
 
 // ---- CUDA-core GEMM (odd K or unaligned weights) ------------------------------
@@ -985,19 +1103,25 @@ static void fp8_quant_silu(cu_backend *b, const fp8_args &a, const fp8_args &d, 
     fp8_quant_launch(b, a.out, 1, d.K, rows, (uint8_t *)d.xq, (float *)d.sx, d.G, d.G, 1);
 }
 
-template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, const fp8_args &a, const cu_moe_plan &p)
+template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int wg)
 {
-    fp8_smem_raise(b, k_fp8_moe_gemm_tc<BM>, BM == 32 ? 16 : BM == 64 ? 4 : 2, tc_cfg<BM>::SMEM);
-    cu_launch(b, k_fp8_moe_gemm_tc<BM>, dim3(cu_blocks(a.N, TC_BN), (unsigned)p.max_tiles), dim3(TC_THREADS),
-              tc_cfg<BM>::SMEM, a, p);
+    dim3 grid(cu_blocks(a.N, TC_BN), (unsigned)p.max_tiles);
+    if (wg) {
+        fp8_smem_raise(b, k_fp8_moe_wg<BM>, BM == 32 ? 32 : BM == 64 ? 64 : 128, wg8_cfg<BM>::SMEM);
+        cu_launch(b, k_fp8_moe_wg<BM>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
+    } else {
+        fp8_smem_raise(b, k_fp8_moe_gemm_tc<BM>, BM == 32 ? 16 : BM == 64 ? 4 : 2, tc_cfg<BM>::SMEM);
+        cu_launch(b, k_fp8_moe_gemm_tc<BM>, grid, dim3(TC_THREADS), tc_cfg<BM>::SMEM, a, p);
+    }
 }
 
-// The grouped GEMM over the plan's tiles of bm (32, 64 or 128) rows.
-static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int bm)
+// The grouped GEMM over the plan's tiles of bm (32, 64 or 128) rows, on wgmma
+// (k_fp8_moe_wg) or the mma.sync tiles (k_fp8_moe_gemm_tc).
+static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int bm, int wg)
 {
-    if (bm == 128) moe_fp8_gemm_launch_bm<128>(b, a, p);
-    else if (bm == 64) moe_fp8_gemm_launch_bm<64>(b, a, p);
-    else moe_fp8_gemm_launch_bm<32>(b, a, p);
+    if (bm == 128) moe_fp8_gemm_launch_bm<128>(b, a, p, wg);
+    else if (bm == 64) moe_fp8_gemm_launch_bm<64>(b, a, p, wg);
+    else moe_fp8_gemm_launch_bm<32>(b, a, p, wg);
 }
 
 // The grouped path: pairs sorted by expert (moe.cuh's plan, with perm), per
@@ -1010,7 +1134,7 @@ static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_p
 // weight rows a block: decode batches, a few pairs per expert) instead of the
 // tensor-core GEMM (32/64/128-row tiles, 128 weight rows a block).
 static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k, int E, cu_mat out,
-                            const sl_tensor *weights, const float *y, int gemv)
+                            const sl_tensor *weights, const float *y, int gemv, int wg)
 {
     int64_t P = (int64_t)T * k;
     // 128-row tiles once experts average 96 rows, 64 from 40, else 32: less
@@ -1024,19 +1148,18 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
     a.x_perm = 1;
     a.plan = gemv;
     if (gemv) fp8_gemv_plan_launch(b, a, p);
-    else moe_fp8_gemm_launch(b, a, p, bm);
+    else moe_fp8_gemm_launch(b, a, p, bm, wg);
     fp8_quant_silu(b, a, d, (int)P);
     d.M = (int)P;
     d.x_perm = 0;
     d.plan = gemv;
     if (gemv) fp8_gemv_plan_launch(b, d, p);
-    else moe_fp8_gemm_launch(b, d, p, bm);
+    else moe_fp8_gemm_launch(b, d, p, bm, wg);
     cu_moe_combine_run(b, out, y, (const float *)weights->data, sl_tensor_ld(weights), k, &p);
     cu_moe_plan_free(b, &p);
-    b->mm_last = gemv ? "fp8_moe_expert_gemv"
-                 : bm == 128 ? "fp8_moe_grouped128"
-                 : bm == 64  ? "fp8_moe_grouped64"
-                             : "fp8_moe_grouped32";
+    static const char *names[2][3] = {{"fp8_moe_grouped_tc32", "fp8_moe_grouped_tc64", "fp8_moe_grouped_tc128"},
+                                      {"fp8_moe_grouped_wg32", "fp8_moe_grouped_wg64", "fp8_moe_grouped_wg128"}};
+    b->mm_last = gemv ? "fp8_moe_expert_gemv" : names[wg != 0][bm == 128 ? 2 : bm == 64 ? 1 : 0];
 }
 
 void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
@@ -1087,14 +1210,15 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     d.vec = d.vec && (d.ew % 16) == 0;
 
     int path = b->moe_fp8_path;
-    int grouped = (path == SL_CUDA_MOE_FP8_GROUPED ||
+    int grouped = (path == SL_CUDA_MOE_FP8_GROUPED || path == SL_CUDA_MOE_FP8_GROUPED_TC ||
                    (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E)) &&
                   a.vec && d.vec;
+    int wg = path == SL_CUDA_MOE_FP8_GROUPED || (path == SL_CUDA_MOE_FP8_AUTO && b->moe_fp8_wg);
     int expert_gemv = !grouped && (path == SL_CUDA_MOE_FP8_EXPERT_GEMV ||
                                    (path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_EXPERT_GEMV_MIN_T));
     fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
     if (grouped || expert_gemv) {
-        moe_fp8_grouped(b, a, d, T, k, E, cu_mat_of(out), weights, y, expert_gemv);
+        moe_fp8_grouped(b, a, d, T, k, E, cu_mat_of(out), weights, y, expert_gemv, wg);
     } else {
         // each GEMV right after a quantization, which writes no ids
         a.ids_early = d.ids_early = 1;

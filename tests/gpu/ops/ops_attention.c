@@ -16,7 +16,8 @@ static const tb_case cases[] = {
     {SL_OP_ATTN_PREP, BF, {2, 9, 3, 16, 16, 2, 256, 64, 1}, 1e-2},        /* qwen3_next */
     {SL_OP_ATTN_PREP, BF, {2, 5, 7, 32, 4, 4, 64, 64, 0}, 1e-2},
     /* attention: seqs, q_len (even seqs; odd seqs decode 1), prefix, page size, Hq, Hkv, D
-     * [, fa2: prefill on the FlashAttention-2 kernel, q_len of odd seqs instead of 1] */
+     * [, fa: prefill on the FlashAttention-2 kernel and again on the wgmma one (each its own
+     * check), q_len of odd seqs instead of 1]; without fa prefill runs on the wmma kernel */
     {SL_OP_ATTENTION, BF, {4, 1, 300, 16, 32, 8, 128}, 2e-2},     /* decode, GQA 4 */
     {SL_OP_ATTENTION, BF, {2, 1, 3000, 32, 16, 2, 128}, 2e-2},    /* long decode: split-KV */
     {SL_OP_ATTENTION, BF, {3, 45, 70, 64, 8, 4, 64}, 2e-2},       /* mixed prefill + decode */
@@ -28,7 +29,7 @@ static const tb_case cases[] = {
     {SL_OP_ATTENTION, BF, {1, 20, 3000, 16, 16, 2, 128}, 2e-2},   /* 64-row tiles + split-KV */
     {SL_OP_ATTENTION, BF, {2, 30, 10, 16, 12, 2, 64}, 2e-2},      /* G = 6 */
     {SL_OP_ATTENTION, BF, {1, 200, 0, 16, 16, 2, 256}, 2e-2},     /* qwen3_next prefill */
-    /* the same and more on k_attn_fa2 (sl_cuda_attn_fa2); prefixes p + 37·s
+    /* the same and more on k_attn_fa2 and k_attn_wg (sl_cuda_attn_prefill); prefixes p + 37·s
      * are never a multiple of the 64- or 32-key tile, pages are a random permutation */
     {SL_OP_ATTENTION, BF, {1, 300, 0, 16, 8, 8, 128, 1, 0}, 2e-2},      /* MHA, one prompt */
     {SL_OP_ATTENTION, BF, {2, 300, 41, 1, 4, 4, 128, 1, 7}, 2e-2},      /* GQA 1, page 1 */
@@ -60,7 +61,7 @@ static void attention_run(tb *t, const tb_case *c)
         int S = p[0], P = p[3];
         int Hq = p[4], Hkv = p[5], D = p[6], C = c->op == SL_OP_KV_STORE ? p[4] : Hkv * D;
         int q[16], pre[16], T = 0;
-        int fa2 = c->op == SL_OP_ATTENTION && p[7], q_odd = fa2 && p[8] ? p[8] : 1;
+        int fa = c->op == SL_OP_ATTENTION && p[7], q_odd = fa && p[8] ? p[8] : 1;
         for (int s = 0; s < S; s++) {
             q[s] = s % 2 == 0 ? p[1] : q_odd;
             pre[s] = p[2] + 37 * s;
@@ -69,8 +70,8 @@ static void attention_run(tb *t, const tb_case *c)
         if (c->op == SL_OP_KV_STORE)
             snprintf(desc, sizeof desc, "S=%d q=%d pre=%d page=%d C=%d", S, p[1], p[2], P, C);
         else
-            snprintf(desc, sizeof desc, "S=%d q=%d,%d pre=%d page=%d Hq=%d Hkv=%d D=%d%s", S,
-                     p[1], q_odd, p[2], P, Hq, Hkv, D, fa2 ? " fa2" : "");
+            snprintf(desc, sizeof desc, "S=%d q=%d,%d pre=%d page=%d Hq=%d Hkv=%d D=%d", S,
+                     p[1], q_odd, p[2], P, Hq, Hkv, D);
         tb_batch b;
         tb_batch_make(t, &b, S, q, pre, P, 10);
         int64_t rows = (int64_t)b.n_pages * P;
@@ -90,10 +91,15 @@ static void attention_run(tb *t, const tb_case *c)
             tb_pair_out(t, &y, dt, 2, (tb_ne2(ne, T, (int64_t)Hq * D), ne));
             float scale = 1.0f / sqrtf((float)D);
             sl_be_attention(t->cpu, &y.c, &qq.c, &kc.c, &vc.c, Hq, Hkv, D, scale, &b.m);
-            int was = sl_cuda_attn_fa2(t->gpu, fa2);
-            sl_be_attention(t->gpu, &y.g, &qq.g, &kc.g, &vc.g, Hq, Hkv, D, scale, &b.m);
-            sl_cuda_attn_fa2(t->gpu, was);
-            tb_compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
+            static const int kern[][2] = {{SL_CUDA_ATTN_WMMA, -1}, {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG}};
+            static const char *kname[] = {"out", "out fa2", "out wg"};
+            for (int k = 0; k < 2 && kern[fa][k] >= 0; k++) {
+                int was = sl_cuda_attn_prefill(t->gpu, kern[fa][k]);
+                sl_be_attention(t->gpu, &y.g, &qq.g, &kc.g, &vc.g, Hq, Hkv, D, scale, &b.m);
+                sl_cuda_attn_prefill(t->gpu, was);
+                tb_compare(t, c->op, desc, kname[kern[fa][k]], &y.c, &y.g, c->tol);
+                tb_poison(t, &y.g); /* the next kernel must write every element again */
+            }
             tb_pair_free(t, &qq);
             tb_pair_free(t, &y);
         }
@@ -161,11 +167,11 @@ static void pf_attn(tb *t, void *ctx, int set)
                     0.088f, &c->b.m);
 }
 
-/* fa2: prefill on the FlashAttention-2 kernel for this timing (name says so) */
+/* kern: the prefill kernel for this timing (an sl_cuda_attn_kernel; the name says which) */
 static void perf_attention(tb *t, const char *name, int S, int qlen, int ctx, int P, int Hq,
-                           int Hkv, int D, int fa2)
+                           int Hkv, int D, int kern)
 {
-    int was = sl_cuda_attn_fa2(t->gpu, fa2);
+    int was = sl_cuda_attn_prefill(t->gpu, kern);
     pm_attn c;
     int q[256], pre[256], T = 0;
     double kv_tokens = 0, flops = 0;
@@ -201,7 +207,7 @@ static void perf_attention(tb *t, const char *name, int S, int qlen, int ctx, in
         sl_be_release(t->gpu, &c.y[i]);
     }
     tb_batch_free(&c.b);
-    sl_cuda_attn_fa2(t->gpu, was);
+    sl_cuda_attn_prefill(t->gpu, was);
 }
 
 
@@ -216,10 +222,16 @@ static void attention_perf(tb *t, const char *filter)
         perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128, 0);
         perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256, 0);
         perf_attention(t, "next prefill", 1, 4096, 4096, 16, 16, 2, 256, 0);
-        /* the FlashAttention-2 kernel (SL_CUDA_ATTN_FA2), same shapes */
-        perf_attention(t, "8B prefill fa2", 1, 4096, 4096, 16, 32, 8, 128, 1);
-        perf_attention(t, "8B prefill fa2", 4, 1024, 1024, 16, 32, 8, 128, 1);
-        perf_attention(t, "next prefill fa2", 1, 4096, 4096, 16, 16, 2, 256, 1);
+        /* the FlashAttention-2 and wgmma kernels, same shapes */
+        static const char *nm[] = {"", " fa2", " wg"};
+        for (int k = SL_CUDA_ATTN_FA2; k <= SL_CUDA_ATTN_WG; k++) {
+            char n1[32], n2[32];
+            snprintf(n1, sizeof n1, "8B prefill%s", nm[k]);
+            snprintf(n2, sizeof n2, "next prefill%s", nm[k]);
+            perf_attention(t, n1, 1, 4096, 4096, 16, 32, 8, 128, k);
+            perf_attention(t, n1, 4, 1024, 1024, 16, 32, 8, 128, k);
+            perf_attention(t, n2, 1, 4096, 4096, 16, 16, 2, 256, k);
+        }
     }
 }
 

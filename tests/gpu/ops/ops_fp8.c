@@ -34,7 +34,8 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL_FP8, BF, {300, 320, 192, 0, 1}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {300, 1536, 2048, 0, 1}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {513, 2304, 1024, 0, 0}, 1e-2},
-    /* moe_experts_fp8: T, H, I, E, k, path (0: per-pair GEMVs, 1: grouped GEMMs forced,
+    /* moe_experts_fp8: T, H, I, E, k, path (0: per-pair GEMVs, 1: grouped GEMMs forced (on
+     * wgmma, then again on the mma.sync tiles),
      * 2: per-expert GEMVs forced, 3: moe.cu's few-token kernels forced) */
     {SL_OP_MOE_EXPERTS_FP8, BF, {1, 256, 128, 8, 2, 0}, 1e-2},
     {SL_OP_MOE_EXPERTS_FP8, BF, {3, 320, 192, 16, 4, 0}, 1e-2}, /* partial groups both ways */
@@ -166,25 +167,33 @@ static void moe_fp8_run(tb *t, const tb_case *c)
     fp8_experts(t, E, 2 * I, H, 0x9a, guc, gug);
     fp8_experts(t, E, H, I, 0xd0, dnc, dng);
     sl_be_moe_experts_fp8(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &guc[0], &guc[1], &dnc[0], &dnc[1]);
-    static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_GROUPED,
-                                            SL_CUDA_MOE_FP8_EXPERT_GEMV, SL_CUDA_MOE_FP8_GV};
-    sl_cuda_moe_fp8_path(t->gpu, paths[grouped]);
-    sl_be_moe_experts_fp8(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
-    /* the grouped GEMMs run where the weights allow them (H, I multiples of 16), the
-     * per-expert GEMVs everywhere */
-    const char *ran = sl_cuda_matmul_last(t->gpu);
-    const char *want = grouped == 3                                  ? "fp8_moe_gv"
-                       : grouped == 2                                  ? "fp8_moe_expert_gemv"
-                       : grouped == 1 && H % 16 == 0 && I % 16 == 0 ? "fp8_moe_grouped"
-                                                                    : "fp8_moe_gemv";
-    CHECK_MSG(ran && !strncmp(ran, want, strlen(want)), "%s: ran %s, want %s", desc, ran ? ran : "nothing", want);
-    tb_compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
-    if (grouped) { /* the plan's row order varies from run to run; the result must not */
-        sl_tensor y2;
-        if (sl_be_alloc(t->gpu, &y2, c->dt, 2, (tb_ne2(ne, T, H), ne), &er)) tb_die("moe fp8 y2", &er);
-        sl_be_moe_experts_fp8(t->gpu, &y2, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
-        tb_compare_exact(t, c->op, desc, "rerun", &y.g, &y2);
-        sl_be_release(t->gpu, &y2);
+    /* grouped: the wgmma kernel, then the mma.sync tiles, each its own check */
+    static const sl_cuda_moe_fp8 paths[][2] = {{SL_CUDA_MOE_FP8_GEMV, -1},
+                                               {SL_CUDA_MOE_FP8_GROUPED, SL_CUDA_MOE_FP8_GROUPED_TC},
+                                               {SL_CUDA_MOE_FP8_EXPERT_GEMV, -1},
+                                               {SL_CUDA_MOE_FP8_GV, -1}};
+    for (int v = 0; v < 2 && (int)paths[grouped][v] >= 0; v++) {
+        sl_cuda_moe_fp8_path(t->gpu, paths[grouped][v]);
+        tb_poison(t, &y.g);
+        sl_be_moe_experts_fp8(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
+        /* the grouped GEMMs run where the weights allow them (H, I multiples of 16), the
+         * per-expert GEMVs everywhere */
+        const char *ran = sl_cuda_matmul_last(t->gpu);
+        const char *want = grouped == 3                                  ? "fp8_moe_gv"
+                           : grouped == 2                                  ? "fp8_moe_expert_gemv"
+                           : grouped == 1 && H % 16 == 0 && I % 16 == 0 ? (v ? "fp8_moe_grouped_tc"
+                                                                              : "fp8_moe_grouped_wg")
+                                                                        : "fp8_moe_gemv";
+        CHECK_MSG(ran && !strncmp(ran, want, strlen(want)), "%s: ran %s, want %s", desc, ran ? ran : "nothing",
+                  want);
+        tb_compare(t, c->op, desc, v ? "out tc" : "out", &y.c, &y.g, c->tol);
+        if (grouped) { /* the plan's row order varies from run to run; the result must not */
+            sl_tensor y2;
+            if (sl_be_alloc(t->gpu, &y2, c->dt, 2, (tb_ne2(ne, T, H), ne), &er)) tb_die("moe fp8 y2", &er);
+            sl_be_moe_experts_fp8(t->gpu, &y2, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
+            tb_compare_exact(t, c->op, desc, "rerun", &y.g, &y2);
+            sl_be_release(t->gpu, &y2);
+        }
     }
     sl_cuda_moe_fp8_path(t->gpu, SL_CUDA_MOE_FP8_GEMV);
     for (int i = 0; i < 2; i++) {
@@ -342,9 +351,10 @@ static void fp8_perf(tb *t, const char *filter)
          * AUTO's switch to the grouped GEMMs belongs */
         int Ts[] = {1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
         static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
-                                                SL_CUDA_MOE_FP8_GROUPED, SL_CUDA_MOE_FP8_GV};
+                                                SL_CUDA_MOE_FP8_GROUPED_TC, SL_CUDA_MOE_FP8_GROUPED,
+                                                SL_CUDA_MOE_FP8_GV};
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0] && Ts[i] <= t->max_tokens; i++)
-            for (size_t p = 0; p < 4; p++) {
+            for (size_t p = 0; p < sizeof paths / sizeof paths[0]; p++) {
                 if (Ts[i] > 64 && paths[p] == SL_CUDA_MOE_FP8_GV) continue; /* past its pairs */
                 if (Ts[i] == 4096 && paths[p] == SL_CUDA_MOE_FP8_EXPERT_GEMV) continue; /* 256 tiles an expert */
                 if (Ts[i] >= 1024 && paths[p] == SL_CUDA_MOE_FP8_GEMV) continue;       /* a pass per pair */

@@ -1,11 +1,11 @@
-// kernels/dev/fa2_emu/fa2_emu_driver.cpp: random paged batches (pages a random permutation,
-// NaN-poisoned output, garbage shared memory) through k_attn_fa2 (+ k_attn_combine for key
-// splits), compared with a float64 reference; appended to the kernel code by fa2_emu.py.
+// kernels/dev/emu/attn_driver.cpp: random paged batches (pages a random permutation,
+// NaN-poisoned output, garbage shared memory) through k_attn_fa2 and k_attn_wg (+ k_attn_combine for key
+// splits), compared with a float64 reference; appended to the kernel code by emu.py.
 static uint64_t rs = 88172645463325252ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 static float frand(float lo, float hi) { return lo + (hi - lo) * (rnd() >> 8) / 16777216.0f; }
 
-template <int D>
+template <int D, bool WG>
 static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int Hkv, int nsplit, int qf32)
 {
     int G = Hq / Hkv, T = 0;
@@ -51,14 +51,14 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     for (unsigned z = 0; z < (unsigned)nsplit; z++)
         for (unsigned y = 0; y < (unsigned)(Hkv * n_hb); y++)
             for (unsigned x = 0; x < tiles.size(); x++) {
-                emu_block blk;
-                blk.smem.assign(fa2_cfg<D>::BYTES, (char)0xff); // NaN-ish garbage
+                emu_block blk(128);
+                blk.smem.assign(WG ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, (char)0xff); // NaN-ish garbage
                 std::vector<std::thread> th;
                 for (unsigned t = 0; t < 128; t++)
                     th.emplace_back([&, t] {
                         emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = {128, 1, 1};
                         gridDim = {(unsigned)tiles.size(), (unsigned)(Hkv * n_hb), (unsigned)nsplit};
-                        k_attn_fa2<D>(a);
+                        if (WG) k_attn_wg<D>(a); else k_attn_fa2<D>(a);
                     });
                 for (auto &t : th) t.join();
             }
@@ -93,10 +93,17 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
         }
     }
     double rel = sqrt(e2 / r2);
-    printf("D=%d S=%d q0=%d pre0=%d P=%d Hq=%d Hkv=%d nsplit=%d q%s: rel L2 %.2e max abs %.2e nonfinite %d -> %s\n",
-           D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", rel, maxe, bad,
+    printf("%s D=%d S=%d q0=%d pre0=%d P=%d Hq=%d Hkv=%d nsplit=%d q%s: rel L2 %.2e max abs %.2e nonfinite %d -> %s\n",
+           WG ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", rel, maxe, bad,
            bad == 0 && rel < 1e-2 ? "ok" : "FAIL");
     return bad == 0 && rel < 1e-2;
+}
+
+template <int D>
+static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int Hkv, int nsplit, int qf32)
+{
+    int ok = run_case<D, false>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32);
+    return run_case<D, true>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32) && ok;
 }
 
 int main(int argc, char **argv)

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""kernels/dev/emu/emu.py: runs CUDA kernels of kernels/cuda on the host, to check kernels
+written without a GPU.
+
+Each target cuts the kernels and what they call out of the CUDA sources as they are,
+compiles them with g++ against emu_shim.hpp (each CUDA thread a std::thread; ldmatrix,
+mma.sync and shuffles emulated as warp collectives with the PTX ISA's fragment layouts,
+wgmma as a warpgroup collective reading shared memory through its descriptors; cp.async a
+plain copy) and runs its driver on random inputs against a float64 reference:
+
+- attn: k_attn_fa2 and k_attn_wg (attention.cu) on paged batches (attn_driver.cpp);
+- fp8:  the grouped FP8 MoE GEMMs k_fp8_moe_gemm_tc and k_fp8_moe_wg (fp8.cu) over routing
+        plans (fp8_driver.cpp).
+
+It checks the index, fragment and layout logic, not the emulated instructions' own
+semantics (those are this shim's reading of the PTX ISA) nor timing, ordering or races.
+
+    python3 kernels/dev/emu/emu.py [attn] [fp8]     # both by default; prints ALL OK per target
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+here = os.path.dirname(os.path.abspath(__file__))
+cuda = os.path.join(here, "..", "..", "cuda")
+
+
+def read(name):
+    return open(os.path.join(cuda, name)).read()
+
+
+def cut(text, a, b):
+    i = text.index(a)
+    return text[i:text.index(b, i)]
+
+
+def attn_body():
+    src, wg = read("attention.cu"), read("wgmma.cuh")
+    body = "\n".join([cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
+                      cut(src, "typedef struct cu_attn_args {", "// Shared memory of k_attn:"),
+                      cut(src, "#define FA2_WARPS 4", "// ldmatrix x4:"),  # the asm helpers come from the shim
+                      cut(src, "// Two floats as a bf16 pair", "// The kernels: 16-row tiles")])
+    body = body.replace("extern __shared__ __align__(128) char smem[];", "char *smem = emu_smem();")
+    body = body.replace("extern __shared__ __align__(1024) char smem_raw[];", "char *smem_raw = emu_smem();")
+    return body.replace("__global__ void k_attn_combine(", "static void k_attn_combine(")
+
+
+def fp8_body():
+    src, wg, moe = read("fp8.cu"), read("wgmma.cuh"), read("moe.cuh")
+    body = "\n".join(["#define FP8_G 128",
+                      cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
+                      cut(moe, "typedef struct cu_moe_plan {", "// Plans the pairs"),
+                      cut(src, "typedef struct fp8_args {", "#define GV8_WARPS"),
+                      cut(src, "#define TC_BM 128", "__device__ __forceinline__ void cp_async16"),  # cp.async: the shim
+                      cut(src, "// 16-byte chunk c of tile row r lives at", "// ---- CUDA-core GEMM")])
+    body = re.sub(r'asm volatile\("cp\.async\.commit_group;\\n" ::\);', "emu_cp_commit();", body)
+    body = re.sub(r'asm volatile\("cp\.async\.wait_group %0;\\n" ::"n"\([^;]*\);', "emu_cp_wait();", body)
+    body = body.replace("extern __shared__ __align__(128) uint8_t tc_smem[];", "uint8_t *tc_smem = (uint8_t *)emu_smem();")
+    body = body.replace("extern __shared__ __align__(1024) uint8_t wg8_smem[];", "uint8_t *wg8_smem = (uint8_t *)emu_smem();")
+    # a block's static __shared__ array: one per block, not per thread
+    body = body.replace("__shared__ int xr[BM];", "int *xr = emu_static_ints();")
+    body = body.replace("__shared__ int xr[BT];", "int *xr = emu_static_ints();")
+    assert "asm" not in body and "__shared__" not in body, "an instruction the shim does not emulate"
+    return body
+
+
+def run(name, body, driver):
+    with tempfile.TemporaryDirectory() as d:
+        d = os.environ.get("EMU_DIR", d)
+        cpp = os.path.join(d, name + ".cpp")
+        with open(cpp, "w") as f:
+            f.write('#include "%s"\n' % os.path.join(here, "emu_shim.hpp"))
+            f.write(body + "\n" + open(os.path.join(here, driver)).read())
+        exe = os.path.join(d, name)
+        subprocess.check_call(["g++", "-std=c++20", "-O2", "-pthread", "-Wno-unknown-pragmas", "-o", exe, cpp])
+        return subprocess.call([exe])
+
+
+targets = {"attn": (attn_body, "attn_driver.cpp"), "fp8": (fp8_body, "fp8_driver.cpp")}
+rc = 0
+for t in sys.argv[1:] or list(targets):
+    body, driver = targets[t]
+    rc |= run(t, body(), driver)
+sys.exit(rc)

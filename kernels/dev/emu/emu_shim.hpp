@@ -1,0 +1,207 @@
+// kernels/dev/emu/emu_shim.hpp: host emulation shim for CUDA kernels cut out of kernels/cuda
+// (see emu.py): every CUDA thread is a std::thread; ldmatrix, mma.sync and shuffles are warp
+// collectives, wgmma a warpgroup collective (barrier, exchange), with the fragment layouts
+// of the PTX ISA and the shared-memory descriptors of its 128-byte swizzle; cp.async is a
+// plain copy.
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <algorithm>
+#include <thread>
+#include <vector>
+using std::max;
+using std::min;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n)
+#define ATTN_WARPS 4
+#define SL_ASSERT(x) do { if (!(x)) { fprintf(stderr, "assert %s\n", #x); abort(); } } while (0)
+enum { SL_DTYPE_F32 = 0, SL_DTYPE_BF16 = 1 };
+struct dim3 { unsigned x, y, z; };
+struct int2 { int x, y; };
+struct uint4 { uint32_t x, y, z, w; };
+thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+struct __nv_bfloat16 { uint16_t b; };
+struct __nv_bfloat162 { __nv_bfloat16 x, y; };
+static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return {(uint16_t)((u >> 16) | 0x40)};
+    u += 0x7fff + ((u >> 16) & 1);
+    return {(uint16_t)(u >> 16)};
+}
+static inline float __bfloat162float(__nv_bfloat16 h) { uint32_t u = (uint32_t)h.b << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)}; }
+typedef struct cu_mat { void *p; int dt; int64_t rows, cols, ld; } cu_mat;
+static inline float cu_mat_ld(const cu_mat &m, int64_t r, int64_t c) {
+    int64_t i = r * m.ld + c;
+    return m.dt == SL_DTYPE_BF16 ? __bfloat162float(((__nv_bfloat16 *)m.p)[i]) : ((float *)m.p)[i];
+}
+static inline void cu_mat_st(const cu_mat &m, int64_t r, int64_t c, float v) {
+    int64_t i = r * m.ld + c;
+    if (m.dt == SL_DTYPE_BF16) ((__nv_bfloat16 *)m.p)[i] = __float2bfloat16_rn(v); else ((float *)m.p)[i] = v;
+}
+static inline void cu_pdl_wait(void) {}
+static inline void cu_pdl_trigger(void) {}
+
+struct emu_warp {
+    std::barrier<> bar{32};
+    uint32_t addr[32];
+    uint32_t a[32][4], b[32][2];
+    float f[32];
+};
+struct emu_block {
+    explicit emu_block(int threads) : bar(threads) {}
+    std::barrier<> bar;
+    std::vector<char> smem;
+    emu_warp w[8];
+    uint64_t da[256], db[256];
+    uint32_t a[256][4];
+    int ints[256]; // a kernel's static __shared__ int array
+};
+thread_local emu_block *emu_b;
+static inline char *emu_smem(void) { return emu_b->smem.data(); }
+static inline int *emu_static_ints(void) { return emu_b->ints; }
+static inline void __syncthreads(void) { emu_b->bar.arrive_and_wait(); }
+static inline emu_warp &W(void) { return emu_b->w[threadIdx.x >> 5]; }
+static inline float __shfl_xor_sync(unsigned, float v, int x) {
+    emu_warp &w = W(); int l = threadIdx.x & 31;
+    w.f[l] = v; w.bar.arrive_and_wait();
+    float r = w.f[l ^ x]; w.bar.arrive_and_wait();
+    return r;
+}
+static inline uint32_t __cvta_generic_to_shared(const void *p) {
+    ptrdiff_t d = (const char *)p - emu_smem();
+    SL_ASSERT(d >= 0 && (size_t)d < emu_b->smem.size());
+    return (uint32_t)d;
+}
+static inline uint16_t emu_h(uint32_t addr) {
+    SL_ASSERT(addr % 2 == 0 && addr + 2 <= emu_b->smem.size());
+    uint16_t h; memcpy(&h, emu_smem() + addr, 2); return h;
+}
+static inline void emu_ldsm(uint32_t (&r)[4], uint32_t addr, bool trans) {
+    emu_warp &w = W(); int l = threadIdx.x & 31;
+    SL_ASSERT(addr % 16 == 0);
+    w.addr[l] = addr; w.bar.arrive_and_wait();
+    int g = l >> 2, q = l & 3;
+    for (int i = 0; i < 4; i++) {
+        uint16_t lo, hi;
+        if (!trans) { lo = emu_h(w.addr[8 * i + g] + 4 * q); hi = emu_h(w.addr[8 * i + g] + 4 * q + 2); }
+        else { lo = emu_h(w.addr[8 * i + 2 * q] + 2 * g); hi = emu_h(w.addr[8 * i + 2 * q + 1] + 2 * g); }
+        r[i] = lo | (uint32_t)hi << 16;
+    }
+    w.bar.arrive_and_wait();
+}
+static inline void fa2_ldsm4(uint32_t (&r)[4], uint32_t addr) { emu_ldsm(r, addr, false); }
+static inline void fa2_ldsm4_t(uint32_t (&r)[4], uint32_t addr) { emu_ldsm(r, addr, true); }
+static inline float emu_bf(uint32_t reg, int half) { __nv_bfloat16 h = {(uint16_t)(half ? reg >> 16 : reg & 0xffff)}; return __bfloat162float(h); }
+static inline float emu_e4m3(uint32_t v) {
+    v &= 0xff;
+    int e = (v >> 3) & 15, m = v & 7;
+    SL_ASSERT((v & 0x7f) != 0x7f); // NaN codes never occur
+    float f = e ? ldexpf(1.0f + m / 8.0f, e - 7) : ldexpf(m / 8.0f, -6);
+    return v & 0x80 ? -f : f;
+}
+// mma.sync m16n8k16 bf16 and m16n8k32 e4m3 (row.col; esz: bytes an element, e = 4 / esz to a
+// register, K = 8e): a0 row g, k e·q .. e·q + e - 1, a1 row g + 8, a2 and a3 the same at
+// k + K/2; b0 k e·q .. of column g, b1 at k + K/2; c0, c1 row g, columns 2q, 2q + 1; c2, c3
+// row g + 8.
+static inline float emu_el(uint32_t reg, int i, int esz) { return esz == 2 ? emu_bf(reg, i) : emu_e4m3(reg >> (8 * i)); }
+static inline void emu_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1, int esz) {
+    emu_warp &w = W(); int l = threadIdx.x & 31, e = 4 / esz, K = 8 * e;
+    for (int i = 0; i < 4; i++) w.a[l][i] = a[i];
+    w.b[l][0] = b0; w.b[l][1] = b1;
+    w.bar.arrive_and_wait();
+    int g = l >> 2, q = l & 3;
+    for (int o = 0; o < 4; o++) {
+        int row = g + 8 * (o >> 1), col = 2 * q + (o & 1);
+        float acc = 0;
+        for (int k = 0; k < K; k++) {
+            int kh = k % (K / 2);
+            float A = emu_el(w.a[(row % 8) * 4 + kh / e][(row >= 8) + 2 * (k >= K / 2)], kh % e, esz);
+            float B = emu_el(w.b[col * 4 + kh / e][k >= K / 2], kh % e, esz);
+            acc += A * B;
+        }
+        c[o] += acc;
+    }
+    w.bar.arrive_and_wait();
+}
+static inline void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { emu_mma(c, a, b0, b1, 2); }
+static inline void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    uint32_t a[4] = {a0, a1, a2, a3};
+    emu_mma(c, a, b0, b1, 1);
+}
+static inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n, size_t zfill) {
+    memcpy(dst, src, n - zfill);
+    memset((char *)dst + (n - zfill), 0, zfill);
+}
+static inline void __pipeline_commit(void) {}
+static inline void __pipeline_wait_prior(int) {}
+static inline void cp_async16(uint32_t dst, const void *src, int bytes) {
+    SL_ASSERT(dst % 16 == 0 && dst + 16 <= emu_b->smem.size());
+    __pipeline_memcpy_async(emu_smem() + dst, src, 16, 16 - bytes);
+}
+static inline void cp_async4(uint32_t dst, const void *src, int bytes) {
+    SL_ASSERT(dst % 4 == 0 && dst + 4 <= emu_b->smem.size());
+    __pipeline_memcpy_async(emu_smem() + dst, src, 4, 4 - bytes);
+}
+static inline void emu_cp_commit(void) {}
+static inline void emu_cp_wait(void) {}
+
+// wgmma: descriptors decoded as the PTX ISA's canonical 128-byte-swizzled layouts (CUTLASS's
+// GmmaDescriptor reading): K-major element (mn, k) at start + (mn % 8)·128 + (mn / 8)·SBO + 2k,
+// N-major element (n, k) at start + 2(n % 64) + (n / 64)·LBO + (k % 8)·128 + (k / 8)·SBO; then
+// address bits 4-6 ^= bits 7-9. The product is synchronous here: fence, commit, wait are no-ops.
+static inline void wg_fence(void) {}
+static inline void wg_commit(void) {}
+template <int N> static inline void wg_wait(void) {}
+template <int F> static inline void wg_hold(float (&)[F][4]) {}
+static inline void wg_fence_smem(void) {}
+static inline uint32_t emu_desc_addr(uint64_t desc, bool nmaj, int mn, int k, int esz) {
+    SL_ASSERT((desc >> 62) == 1 && ((desc >> 49) & 7) == 0);
+    uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lbo = (uint32_t)((desc >> 16) & 0x3fff) << 4,
+             sbo = (uint32_t)((desc >> 32) & 0x3fff) << 4;
+    SL_ASSERT(!nmaj || esz == 2);
+    uint32_t a = nmaj ? start + 2 * (mn % 64) + (mn / 64) * lbo + (k % 8) * 128 + (k / 8) * sbo
+                      : start + (mn % 8) * 128 + (mn / 8) * sbo + esz * k;
+    return a ^ (((a >> 7) & 7) << 4);
+}
+static inline float emu_sh(uint32_t addr) { __nv_bfloat16 h = {emu_h(addr)}; return __bfloat162float(h); }
+// d (64 × N) += A · B over k 0..KS-1 (16 bf16 or 32 e4m3: esz 2 or 1); A from descriptor da
+// (K-major) or, with regs, from the warpgroup's A fragments; B from db, K-major (ss) or N-major
+// (rs). The warpgroup is threads 128·(t / 128) ..; both warpgroups of a block reach every call.
+template <int N> static inline void emu_wgmma(float (&d)[N / 8][4], uint64_t da, const uint32_t *ra, uint64_t db, bool nmaj, int esz) {
+    emu_block &b = *emu_b; int t = threadIdx.x, t0 = t & ~127;
+    b.da[t] = da; b.db[t] = db;
+    if (ra) for (int i = 0; i < 4; i++) b.a[t][i] = ra[i];
+    b.bar.arrive_and_wait();
+    SL_ASSERT(b.db[t] == b.db[t0] && b.da[t] == b.da[t0]); // warpgroup-uniform operands
+    int w = (t >> 5) & 3, g = (t & 31) >> 2, q = t & 3, KS = 32 / esz;
+    for (int f = 0; f < N / 8; f++) for (int e = 0; e < 4; e++) {
+        int row = 16 * w + g + 8 * (e >> 1), col = 8 * f + 2 * q + (e & 1);
+        float acc = 0;
+        for (int k = 0; k < KS; k++) {
+            float A, B;
+            if (ra) {
+                int r16 = row % 16, src = t0 + 32 * w + 4 * (r16 % 8) + (k % 8) / 2;
+                A = emu_bf(b.a[src][(r16 >= 8) + 2 * (k >= 8)], k % 2);
+            } else if (esz == 2) {
+                A = emu_sh(emu_desc_addr(da, false, row, k, 2));
+            } else {
+                A = emu_e4m3((uint8_t)emu_smem()[emu_desc_addr(da, false, row, k, 1)]);
+            }
+            if (esz == 2) B = emu_sh(emu_desc_addr(db, nmaj, col, k, 2));
+            else B = emu_e4m3((uint8_t)emu_smem()[emu_desc_addr(db, false, col, k, 1)]);
+            acc += A * B;
+        }
+        d[f][e] += acc;
+    }
+    b.bar.arrive_and_wait();
+}
+template <int N> static inline void wg_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wgmma<N>(d, da, nullptr, db, false, 2); }
+template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) { emu_wgmma<N>(d, 0, a, db, true, 2); }
+template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wgmma<N>(d, da, nullptr, db, false, 1); }
