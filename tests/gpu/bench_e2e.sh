@@ -5,6 +5,10 @@
 # `sluice bench` (sglang.bench_serving's random dataset, fixed lengths),
 # 1000 input / 1000 output tokens at concurrency 1 and 64. Logs and JSON lines
 # go to $OUT (or /tmp); a summary table is printed last.
+#   ISL / OSL: input / output tokens per prompt (defaults 1000 / 1000; the
+#   context length is sized to fit, at least 4096), e.g. ISL=8000 CONCS=16 for
+#   the long-prompt yardstick (DESIGN.md: its P99 ITL shows what chunked
+#   prefill leaves to the decodes sharing its steps)
 #   NUM1 / NUM64: prompts at concurrency 1 / 64 (defaults 4 / 128). The bench
 #   flushes the server's prefix cache after its warm-up (--flush-cache): the
 #   warm-up's prompt is the first measured one, which would otherwise start
@@ -22,6 +26,8 @@ out=${OUT:-/tmp}
 export NCCL_NVLS_ENABLE=0 LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64
 here=$(cd "$(dirname "$0")" && pwd)
 port=30111
+isl=${ISL:-1000}; osl=${OSL:-1000}
+ctx=$(( (isl + osl + 128 + 1023) / 1024 * 1024 )); [ $ctx -lt 4096 ] && ctx=4096
 summary=()
 for name in $models; do
   dir=/tmp/sluice-bench-$name
@@ -32,7 +38,7 @@ for name in $models; do
   start=$(date +%s)
   "$bin/sluice" serve --model "$dir" --load-format dummy --device cuda --port $port \
     --page-size 16 --mem-fraction-static ${MEMFRAC:-0.9} --chunked-prefill-size 4096 \
-    --max-running-requests 64 --context-length 4096 --step-timing ${EXTRA:-} >"$log" 2>&1 &
+    --max-running-requests 64 --context-length $ctx --step-timing ${EXTRA:-} >"$log" 2>&1 &
   pid=$!
   ok=0
   for _ in $(seq 1 240); do
@@ -51,15 +57,15 @@ for name in $models; do
     n=$([ $conc = 1 ] && echo ${NUM1:-4} || echo ${NUM64:-128})
     res=$out/bench-$name-c$conc.txt
     timeout ${BENCH_LIMIT:-240} "$bin/sluice" bench --port $port --tokenizer "$dir" --num-prompts $n \
-      --max-concurrency $conc --random-input-len 1000 --random-output-len 1000 \
+      --max-concurrency $conc --random-input-len $isl --random-output-len $osl \
       --random-range-ratio 1 --flush-cache --output-file "$out/bench-$name.jsonl" \
       ${BENCH_EXTRA:+--extra-request-body "$BENCH_EXTRA"} >"$res" 2>&1
     rc=$?
     cat "$res"
     pick() { grep -E "^$1" "$res" | head -1 | awk -F: '{gsub(/ /,"",$2); print $2}'; }
-    summary+=("$(printf '%-16s c=%-3s n=%-4s rc=%-3s out tok/s %-10s TTFT mean %-9s median %-9s ms  TPOT mean %-8s ms  median %-8s ms' \
-      "$name" "$conc" "$n" "$rc" "$(pick 'Output token throughput')" "$(pick 'Mean TTFT')" \
-      "$(pick 'Median TTFT')" "$(pick 'Mean TPOT')" "$(pick 'Median TPOT')")")
+    summary+=("$(printf '%-16s %s/%s c=%-3s n=%-4s rc=%-3s out tok/s %-10s TTFT mean %-9s median %-9s ms  TPOT mean %-8s ms  median %-8s ms  P99 ITL %-8s ms' \
+      "$name" "$isl" "$osl" "$conc" "$n" "$rc" "$(pick 'Output token throughput')" "$(pick 'Mean TTFT')" \
+      "$(pick 'Median TTFT')" "$(pick 'Mean TPOT')" "$(pick 'Median TPOT')" "$(pick 'P99 ITL')")")
   done
   if [ -n "${BENCH_EXTRA:-}" ]; then # proof the extra body was honoured: one answer, shown
     sample=$(python3 - "$port" "$BENCH_EXTRA" <<'PY'
