@@ -1074,12 +1074,14 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
 
     int path = b->moe_fp8_path;
     int grouped = (path == SL_CUDA_MOE_FP8_GROUPED || path == SL_CUDA_MOE_FP8_GROUPED_TC ||
+                   path == SL_CUDA_MOE_FP8_GROUPED_OV ||
                    (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E)) &&
                   a.vec && d.vec;
     // the wgmma kernel: 1, or 2 with its products overlapping the promotion
-    int wg = path == SL_CUDA_MOE_FP8_GROUPED ? (b->moe_fp8_wg ? b->moe_fp8_wg : 1)
-             : path == SL_CUDA_MOE_FP8_AUTO  ? b->moe_fp8_wg
-                                             : 0;
+    int wg = path == SL_CUDA_MOE_FP8_GROUPED      ? 1
+             : path == SL_CUDA_MOE_FP8_GROUPED_OV ? 2
+             : path == SL_CUDA_MOE_FP8_AUTO       ? b->moe_fp8_wg
+                                                  : 0;
     int expert_gemv = !grouped && (path == SL_CUDA_MOE_FP8_EXPERT_GEMV ||
                                    (path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_EXPERT_GEMV_MIN_T));
     fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
