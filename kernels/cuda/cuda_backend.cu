@@ -615,7 +615,9 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // Prefill attention and the grouped FP8 MoE GEMMs on wgmma (v34, v35):
     // SL_CUDA_ATTN_WG=0 goes back to FA2, SL_CUDA_MOE_FP8_WG=0 to mma.sync.
     b->moe_fp8_path = env_switch("SL_CUDA_MOE_FP8_GROUPED", 1) ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
-    b->moe_fp8_wg = env_switch("SL_CUDA_MOE_FP8_WG", 1);
+    // =2: the wgmma kernel's overlapped form (NOTES.md v36)
+    const char *mwg = getenv("SL_CUDA_MOE_FP8_WG");
+    b->moe_fp8_wg = mwg && !strcmp(mwg, "2") ? 2 : env_switch("SL_CUDA_MOE_FP8_WG", 1);
     b->attn_pf = !env_switch("SL_CUDA_ATTN_FA2", 1)  ? SL_CUDA_ATTN_WMMA
                  : !env_switch("SL_CUDA_ATTN_WG", 1) ? SL_CUDA_ATTN_FA2
                                                      : SL_CUDA_ATTN_WG;

@@ -114,8 +114,9 @@ typedef struct cu_backend {
     // cu_attention: the prefill kernel, an sl_cuda_attn_kernel (env
     // SL_CUDA_ATTN_WG=0: FA2, SL_CUDA_ATTN_FA2=0: wmma; sl_cuda_attn_prefill)
     int attn_pf;
-    // cu_moe_experts_fp8, AUTO: the grouped GEMMs on wgmma (k_fp8_moe_wg,
-    // NOTES.md v35) instead of the mma.sync tiles; env SL_CUDA_MOE_FP8_WG=0
+    // cu_moe_experts_fp8, AUTO: the grouped GEMMs on wgmma (1: k_fp8_moe_wg,
+    // NOTES.md v35; 2: its overlapped form, v36) instead of the mma.sync tiles
+    // (0); env SL_CUDA_MOE_FP8_WG=0 / 2
     int moe_fp8_wg;
     // cu_gdn: the split chunked form (prep over all chunks, then the scan;
     // the default, NOTES.md v15: bit-identical to the single kernel and

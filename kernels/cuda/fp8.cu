@@ -738,11 +738,20 @@ template <int BT> struct wg8_lay {
     __device__ static int w(int r, int c) { return (int)wg_swz(128, r, c); }
 };
 
-template <int BT>
+template <int N> __device__ __forceinline__ void tc_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// OV: the next group's products are issued before this group's sums are
+// scaled in (two accumulators, wgmma.wait_group 1), so the tensor cores run
+// while the warpgroup promotes (DeepGEMM's order); otherwise each group waits
+// for its products.
+template <int BT, bool OV>
 __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe_plan p)
 {
     using C = wg8_cfg<BT>;
-    constexpr int F = BT / 8;
+    constexpr int F = BT / 8, S = WG8_STAGES;
     extern __shared__ __align__(1024) uint8_t wg8_smem[];
     __shared__ int xr[BT];
     int64_t e;
@@ -756,35 +765,37 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(wg8_smem);
     const uint32_t s0 = raw + ((1024 - (raw & 1023)) & 1023);
     const uint8_t *sm = wg8_smem + (s0 - raw);
+    const int rw = wg * 64 + warp * 16 + gq; // this thread's weight rows rw, rw + 8
 
     float acc[F][4];
 #pragma unroll
     for (int f = 0; f < F; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
-#pragma unroll
-    for (int st = 0; st < WG8_STAGES - 1; st++) {
-        if (st < a.G) tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, n0, s0 + st * C::STAGE, st);
+    // group g's copies into stage g % S (one commit group each, empty past G)
+    auto load = [&](int g) {
+        if (g < a.G) tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, n0, s0 + (g % S) * C::STAGE, g);
         else tc_commit_empty();
-    }
-    const int rw = wg * 64 + warp * 16 + gq; // this thread's weight rows rw, rw + 8
-    for (int g = 0; g < a.G; g++) {
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(WG8_STAGES - 2));
-        wg_fence_smem(); // this thread's copies, to the wgmma reads
-        __syncthreads(); // every copy of group g landed; group g - 1's stage is free
-        int gn = g + WG8_STAGES - 1;
-        if (gn < a.G) tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, n0, s0 + (gn % WG8_STAGES) * C::STAGE, gn);
-        else tc_commit_empty();
-        const uint32_t st = s0 + (g % WG8_STAGES) * C::STAGE;
+    };
+    // the copies waited for (by the caller, tc_wait) become visible to wgmma,
+    // and every thread is past the previous group's use of its stage
+    auto land = [&]() {
+        wg_fence_smem();
+        __syncthreads();
+    };
+    // group g's products into a fresh accumulator, committed
+    auto mma = [&](int g, float (&part)[F][4]) {
+        const uint32_t st = s0 + (g % S) * C::STAGE;
         const uint64_t da = wg_desc(st + wg * 64 * FP8_G, 16, 1024), db = wg_desc(st + C::X, 16, 1024);
-        float part[F][4];
 #pragma unroll
         for (int f = 0; f < F; f++) part[f][0] = part[f][1] = part[f][2] = part[f][3] = 0.0f;
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < FP8_G / 32; kk++) wg_ss8<BT>(part, da + 2 * kk, db + 2 * kk); // 32 bytes a step
         wg_commit();
-        wg_wait<0>();
+    };
+    // group g's sums (waited for) ·(s_x(token)·s_w(row)) into acc
+    auto promote = [&](int g, float (&part)[F][4]) {
         wg_hold(part);
-        const float *xs = (const float *)(sm + (g % WG8_STAGES) * C::STAGE + C::SCALES), *wsc = xs + BT;
+        const float *xs = (const float *)(sm + (g % S) * C::STAGE + C::SCALES), *wsc = xs + BT;
         const float sa = wsc[rw], sb = wsc[rw + 8];
 #pragma unroll
         for (int f = 0; f < F; f++) {
@@ -793,6 +804,42 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe
             acc[f][1] += part[f][1] * (x1 * sa);
             acc[f][2] += part[f][2] * (x0 * sb);
             acc[f][3] += part[f][3] * (x1 * sb);
+        }
+    };
+#pragma unroll
+    for (int g = 0; g < S - 1; g++) load(g);
+    float p0[F][4];
+    if constexpr (!OV) {
+        for (int g = 0; g < a.G; g++) {
+            tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
+            land();
+            load(g + S - 1); // into group g - 1's stage
+            mma(g, p0);
+            wg_wait<0>();
+            promote(g, p0);
+        }
+    } else {
+        float p1[F][4];
+        tc_wait<S - 2>();
+        land();
+        mma(0, p0);
+        // group g in cur (issued), g + 1 into nxt; the stage refilled at step g
+        // is group g - 1's, whose products and promotion are done (the barrier)
+        auto step = [&](int g, float (&cur)[F][4], float (&nxt)[F][4]) {
+            if (g + 1 < a.G) {
+                tc_wait<S - 3>(); // groups 0..g+1 landed (g + S - 1 committed)
+                land();
+                load(g + S - 1);
+                mma(g + 1, nxt);
+                wg_wait<1>(); // group g's products done, g + 1's in flight
+            } else {
+                wg_wait<0>();
+            }
+            promote(g, cur);
+        };
+        for (int g = 0; g < a.G; g += 2) {
+            step(g, p0, p1);
+            if (g + 1 < a.G) step(g + 1, p1, p0);
         }
     }
 #pragma unroll
@@ -1106,9 +1153,12 @@ static void fp8_quant_silu(cu_backend *b, const fp8_args &a, const fp8_args &d, 
 template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int wg)
 {
     dim3 grid(cu_blocks(a.N, TC_BN), (unsigned)p.max_tiles);
-    if (wg) {
-        fp8_smem_raise(b, k_fp8_moe_wg<BM>, BM == 32 ? 32 : BM == 64 ? 64 : 128, wg8_cfg<BM>::SMEM);
-        cu_launch(b, k_fp8_moe_wg<BM>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
+    if (wg == 2) {
+        fp8_smem_raise(b, k_fp8_moe_wg<BM, true>, BM == 32 ? 256 : BM == 64 ? 512 : 1024, wg8_cfg<BM>::SMEM);
+        cu_launch(b, k_fp8_moe_wg<BM, true>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
+    } else if (wg) {
+        fp8_smem_raise(b, k_fp8_moe_wg<BM, false>, BM == 32 ? 32 : BM == 64 ? 64 : 128, wg8_cfg<BM>::SMEM);
+        cu_launch(b, k_fp8_moe_wg<BM, false>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
     } else {
         fp8_smem_raise(b, k_fp8_moe_gemm_tc<BM>, BM == 32 ? 16 : BM == 64 ? 4 : 2, tc_cfg<BM>::SMEM);
         cu_launch(b, k_fp8_moe_gemm_tc<BM>, grid, dim3(TC_THREADS), tc_cfg<BM>::SMEM, a, p);
@@ -1116,7 +1166,8 @@ template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, const fp8_ar
 }
 
 // The grouped GEMM over the plan's tiles of bm (32, 64 or 128) rows, on wgmma
-// (k_fp8_moe_wg) or the mma.sync tiles (k_fp8_moe_gemm_tc).
+// (k_fp8_moe_wg; wg 2: its overlapped form) or the mma.sync tiles
+// (k_fp8_moe_gemm_tc).
 static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int bm, int wg)
 {
     if (bm == 128) moe_fp8_gemm_launch_bm<128>(b, a, p, wg);
@@ -1157,9 +1208,10 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
     else moe_fp8_gemm_launch(b, d, p, bm, wg);
     cu_moe_combine_run(b, out, y, (const float *)weights->data, sl_tensor_ld(weights), k, &p);
     cu_moe_plan_free(b, &p);
-    static const char *names[2][3] = {{"fp8_moe_grouped_tc32", "fp8_moe_grouped_tc64", "fp8_moe_grouped_tc128"},
-                                      {"fp8_moe_grouped_wg32", "fp8_moe_grouped_wg64", "fp8_moe_grouped_wg128"}};
-    b->mm_last = gemv ? "fp8_moe_expert_gemv" : names[wg != 0][bm == 128 ? 2 : bm == 64 ? 1 : 0];
+    static const char *names[3][3] = {{"fp8_moe_grouped_tc32", "fp8_moe_grouped_tc64", "fp8_moe_grouped_tc128"},
+                                      {"fp8_moe_grouped_wg32", "fp8_moe_grouped_wg64", "fp8_moe_grouped_wg128"},
+                                      {"fp8_moe_grouped_wgo32", "fp8_moe_grouped_wgo64", "fp8_moe_grouped_wgo128"}};
+    b->mm_last = gemv ? "fp8_moe_expert_gemv" : names[wg][bm == 128 ? 2 : bm == 64 ? 1 : 0];
 }
 
 void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
@@ -1211,9 +1263,14 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
 
     int path = b->moe_fp8_path;
     int grouped = (path == SL_CUDA_MOE_FP8_GROUPED || path == SL_CUDA_MOE_FP8_GROUPED_TC ||
+                   path == SL_CUDA_MOE_FP8_GROUPED_OV ||
                    (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E)) &&
                   a.vec && d.vec;
-    int wg = path == SL_CUDA_MOE_FP8_GROUPED || (path == SL_CUDA_MOE_FP8_AUTO && b->moe_fp8_wg);
+    // the wgmma kernel: 1, or 2 with its products overlapping the promotion
+    int wg = path == SL_CUDA_MOE_FP8_GROUPED      ? 1
+             : path == SL_CUDA_MOE_FP8_GROUPED_OV ? 2
+             : path == SL_CUDA_MOE_FP8_AUTO       ? b->moe_fp8_wg
+                                                  : 0;
     int expert_gemv = !grouped && (path == SL_CUDA_MOE_FP8_EXPERT_GEMV ||
                                    (path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_EXPERT_GEMV_MIN_T));
     fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);

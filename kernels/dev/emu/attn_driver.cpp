@@ -59,6 +59,7 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
                         emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = {128, 1, 1};
                         gridDim = {(unsigned)tiles.size(), (unsigned)(Hkv * n_hb), (unsigned)nsplit};
                         if (WG) k_attn_wg<D>(a); else k_attn_fa2<D>(a);
+                        SL_ASSERT(emu_wg_idle());
                     });
                 for (auto &t : th) t.join();
             }

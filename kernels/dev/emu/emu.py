@@ -53,8 +53,9 @@ def fp8_body():
                       cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
                       cut(moe, "typedef struct cu_moe_plan {", "// Plans the pairs"),
                       cut(src, "typedef struct fp8_args {", "#define GV8_WARPS"),
-                      cut(src, "#define TC_BM 128", "__device__ __forceinline__ void cp_async16"),  # cp.async: the shim
-                      cut(src, "// 16-byte chunk c of tile row r lives at", "// ---- CUDA-core GEMM")])
+                      cut(src, "#define TC_BM 128", "// ---- CUDA-core GEMM")])
+    # cp.async, wherever fp8.cu defines it: the shim's
+    body = re.sub(r"__device__ __forceinline__ void cp_async(16|4)\(.*?\n}\n", "", body, flags=re.S)
     body = re.sub(r'asm volatile\("cp\.async\.commit_group;\\n" ::\);', "emu_cp_commit();", body)
     body = re.sub(r'asm volatile\("cp\.async\.wait_group %0;\\n" ::"n"\([^;]*\);', "emu_cp_wait();", body)
     body = body.replace("extern __shared__ __align__(128) uint8_t tc_smem[];", "uint8_t *tc_smem = (uint8_t *)emu_smem();")

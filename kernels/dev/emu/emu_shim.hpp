@@ -153,12 +153,14 @@ static inline void emu_cp_commit(void) {}
 static inline void emu_cp_wait(void) {}
 
 // wgmma: descriptors decoded as the PTX ISA's canonical 128-byte-swizzled layouts (CUTLASS's
-// GmmaDescriptor reading): K-major element (mn, k) at start + (mn % 8)·128 + (mn / 8)·SBO + 2k,
+// GmmaDescriptor reading): K-major element (mn, k) at start + (mn % 8)·128 + (mn / 8)·SBO + k·esz,
 // N-major element (n, k) at start + 2(n % 64) + (n / 64)·LBO + (k % 8)·128 + (k / 8)·SBO; then
-// address bits 4-6 ^= bits 7-9. The product is synchronous here: fence, commit, wait are no-ops.
+// address bits 4-6 ^= bits 7-9. The products are asynchronous as on the GPU: an issued wgmma
+// (its A registers read at issue) only runs when a wg_wait retires its commit group, so a
+// kernel that reads an accumulator before its wait, or refills a stage a product still
+// reads, gets wrong sums here too. Every group must be retired before the kernel returns
+// (emu_wg_idle).
 static inline void wg_fence(void) {}
-static inline void wg_commit(void) {}
-template <int N> static inline void wg_wait(void) {}
 template <int F> static inline void wg_hold(float (&)[F][4]) {}
 static inline void wg_fence_smem(void) {}
 static inline uint32_t emu_desc_addr(uint64_t desc, bool nmaj, int mn, int k, int esz) {
@@ -171,37 +173,59 @@ static inline uint32_t emu_desc_addr(uint64_t desc, bool nmaj, int mn, int k, in
     return a ^ (((a >> 7) & 7) << 4);
 }
 static inline float emu_sh(uint32_t addr) { __nv_bfloat16 h = {emu_h(addr)}; return __bfloat162float(h); }
-// d (64 × N) += A · B over k 0..KS-1 (16 bf16 or 32 e4m3: esz 2 or 1); A from descriptor da
-// (K-major) or, with regs, from the warpgroup's A fragments; B from db, K-major (ss) or N-major
-// (rs). The warpgroup is threads 128·(t / 128) ..; both warpgroups of a block reach every call.
-template <int N> static inline void emu_wgmma(float (&d)[N / 8][4], uint64_t da, const uint32_t *ra, uint64_t db, bool nmaj, int esz) {
+struct emu_wg_op {
+    float *d;
+    int n, esz;
+    uint64_t da, db;
+    uint32_t a[4];
+    bool ra, nmaj;
+};
+thread_local std::vector<emu_wg_op> emu_wg_open;
+thread_local std::vector<std::vector<emu_wg_op>> emu_wg_groups;
+// d (64 × n) += A · B over k 0..KS-1 (16 bf16 or 32 e4m3: esz 2 or 1); A from descriptor da
+// (K-major) or, with ra, from the warpgroup's A fragments; B from db, K-major or N-major.
+// The warpgroup is threads 128·(t / 128) ..; both warpgroups of a block reach every call.
+static inline void emu_wg_exec(const emu_wg_op &op) {
     emu_block &b = *emu_b; int t = threadIdx.x, t0 = t & ~127;
-    b.da[t] = da; b.db[t] = db;
-    if (ra) for (int i = 0; i < 4; i++) b.a[t][i] = ra[i];
+    b.da[t] = op.da; b.db[t] = op.db;
+    if (op.ra) for (int i = 0; i < 4; i++) b.a[t][i] = op.a[i];
     b.bar.arrive_and_wait();
     SL_ASSERT(b.db[t] == b.db[t0] && b.da[t] == b.da[t0]); // warpgroup-uniform operands
-    int w = (t >> 5) & 3, g = (t & 31) >> 2, q = t & 3, KS = 32 / esz;
-    for (int f = 0; f < N / 8; f++) for (int e = 0; e < 4; e++) {
+    int w = (t >> 5) & 3, g = (t & 31) >> 2, q = t & 3, KS = 32 / op.esz;
+    for (int f = 0; f < op.n / 8; f++) for (int e = 0; e < 4; e++) {
         int row = 16 * w + g + 8 * (e >> 1), col = 8 * f + 2 * q + (e & 1);
         float acc = 0;
         for (int k = 0; k < KS; k++) {
             float A, B;
-            if (ra) {
+            if (op.ra) {
                 int r16 = row % 16, src = t0 + 32 * w + 4 * (r16 % 8) + (k % 8) / 2;
                 A = emu_bf(b.a[src][(r16 >= 8) + 2 * (k >= 8)], k % 2);
-            } else if (esz == 2) {
-                A = emu_sh(emu_desc_addr(da, false, row, k, 2));
+            } else if (op.esz == 2) {
+                A = emu_sh(emu_desc_addr(op.da, false, row, k, 2));
             } else {
-                A = emu_e4m3((uint8_t)emu_smem()[emu_desc_addr(da, false, row, k, 1)]);
+                A = emu_e4m3((uint8_t)emu_smem()[emu_desc_addr(op.da, false, row, k, 1)]);
             }
-            if (esz == 2) B = emu_sh(emu_desc_addr(db, nmaj, col, k, 2));
-            else B = emu_e4m3((uint8_t)emu_smem()[emu_desc_addr(db, false, col, k, 1)]);
+            if (op.esz == 2) B = emu_sh(emu_desc_addr(op.db, op.nmaj, col, k, 2));
+            else B = emu_e4m3((uint8_t)emu_smem()[emu_desc_addr(op.db, false, col, k, 1)]);
             acc += A * B;
         }
-        d[f][e] += acc;
+        op.d[4 * f + e] += acc;
     }
     b.bar.arrive_and_wait();
 }
-template <int N> static inline void wg_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wgmma<N>(d, da, nullptr, db, false, 2); }
-template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) { emu_wgmma<N>(d, 0, a, db, true, 2); }
-template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wgmma<N>(d, da, nullptr, db, false, 1); }
+static inline void emu_wg_issue(float *d, int n, uint64_t da, const uint32_t *ra, uint64_t db, bool nmaj, int esz) {
+    emu_wg_op op{d, n, esz, da, db, {0, 0, 0, 0}, ra != nullptr, nmaj};
+    if (ra) for (int i = 0; i < 4; i++) op.a[i] = ra[i];
+    emu_wg_open.push_back(op);
+}
+static inline void wg_commit(void) { emu_wg_groups.push_back(emu_wg_open); emu_wg_open.clear(); }
+template <int N> static inline void wg_wait(void) {
+    while (emu_wg_groups.size() > (size_t)N) {
+        for (const emu_wg_op &op : emu_wg_groups.front()) emu_wg_exec(op);
+        emu_wg_groups.erase(emu_wg_groups.begin());
+    }
+}
+static inline bool emu_wg_idle(void) { return emu_wg_open.empty() && emu_wg_groups.empty(); }
+template <int N> static inline void wg_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 2); }
+template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) { emu_wg_issue(&d[0][0], N, 0, a, db, true, 2); }
+template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 1); }

@@ -1,13 +1,14 @@
 // kernels/dev/emu/fp8_driver.cpp: routing plans (experts of uneven sizes, some empty, tiles of
 // BT rows, x rows through a permutation) over random e4m3 weights with 128×128 block scales or
 // a scale per row (N and K not multiples of 128), NaN-poisoned output and garbage shared memory, through
-// k_fp8_moe_gemm_tc and k_fp8_moe_wg, compared with a float64 reference of the CPU op's
+// k_fp8_moe_gemm_tc and k_fp8_moe_wg (both forms), compared with a float64 reference of the CPU op's
 // arithmetic (Σ_g (Σ_k x_q·w_q) · s_x·s_w); appended to the kernel code by emu.py.
 static uint64_t rs = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 static uint8_t rcode(void) { uint8_t c; do c = (uint8_t)rnd(); while ((c & 0x7f) == 0x7f); return c; }
 
-template <int BT, bool WG>
+// kernel: 0 the mma.sync tiles, 1 wgmma, 2 wgmma overlapped
+template <int BT, int KV>
 static int run_case(int N, int K, const std::vector<int> &count, int shift)
 {
     int E = (int)count.size(), G = (K + 127) / 128, NB = (N + 127) / 128, NS = ((N - 1) >> shift) + 1, P = 0;
@@ -36,7 +37,7 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift)
     a.M = P; a.N = N; a.K = K; a.G = G; a.srow_shift = shift; a.vec = 1;
     a.out = {out.data(), SL_DTYPE_F32, P, N, N};
     a.ew = (int64_t)N * K; a.ews = (int64_t)NS * G; a.x_perm = 1; a.x_div = 1;
-    size_t smem = WG ? wg8_cfg<BT>::SMEM : tc_cfg<BT>::SMEM;
+    size_t smem = KV ? wg8_cfg<BT>::SMEM : tc_cfg<BT>::SMEM;
     for (unsigned y = 0; y < (unsigned)n_tiles; y++)
         for (unsigned x = 0; x < (unsigned)NB; x++) {
             emu_block blk(256);
@@ -46,7 +47,10 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift)
                 th.emplace_back([&, t] {
                     emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, 0}; blockDim = {256, 1, 1};
                     gridDim = {(unsigned)NB, (unsigned)n_tiles, 1};
-                    if (WG) k_fp8_moe_wg<BT>(a, p); else k_fp8_moe_gemm_tc<BT>(a, p);
+                    if (KV == 2) k_fp8_moe_wg<BT, true>(a, p);
+                    else if (KV) k_fp8_moe_wg<BT, false>(a, p);
+                    else k_fp8_moe_gemm_tc<BT>(a, p);
+                    SL_ASSERT(emu_wg_idle());
                 });
             for (auto &t : th) t.join();
         }
@@ -65,7 +69,7 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift)
         e2 += (got - ref) * (got - ref); r2 += ref * ref;
     }
     double rel = sqrt(e2 / r2);
-    printf("%s BT=%d N=%d K=%d E=%d P=%d tiles=%d scales/%d rows: rel L2 %.2e nonfinite %d -> %s\n", WG ? "wg" : "tc",
+    printf("%s BT=%d N=%d K=%d E=%d P=%d tiles=%d scales/%d rows: rel L2 %.2e nonfinite %d -> %s\n", KV == 2 ? "wgo" : KV ? "wg" : "tc",
            BT, N, K, E, P, n_tiles, 1 << shift, rel, bad, bad == 0 && rel < 1e-5 ? "ok" : "FAIL");
     return bad == 0 && rel < 1e-5;
 }
@@ -73,8 +77,9 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift)
 template <int BT>
 static int run_case(int N, int K, const std::vector<int> &count, int shift)
 {
-    int ok = run_case<BT, false>(N, K, count, shift);
-    return run_case<BT, true>(N, K, count, shift) && ok;
+    int ok = run_case<BT, 0>(N, K, count, shift);
+    ok &= run_case<BT, 1>(N, K, count, shift);
+    return run_case<BT, 2>(N, K, count, shift) && ok;
 }
 
 int main(void)
@@ -83,6 +88,7 @@ int main(void)
     ok &= run_case<32>(200, 384, {5, 40, 0, 33}, 7); // partial weight block, experts of 1-2 tiles, one empty
     ok &= run_case<64>(256, 272, {70, 3}, 0);        // K with a partial group, a scale per row
     ok &= run_case<128>(136, 256, {130, 0, 9}, 7);   // 128-row tiles, partial last
+    ok &= run_case<32>(130, 1152, {31, 2}, 7);       // 9 groups: the overlapped form's odd tail, stages reused
     printf("%s\n", ok ? "ALL OK" : "SOME FAILED");
     return !ok;
 }
