@@ -616,6 +616,8 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // =2: the wgmma kernel's overlapped form (NOTES.md v36)
     const char *mwg = getenv("SL_CUDA_MOE_FP8_WG");
     b->moe_fp8_wg = mwg && !strcmp(mwg, "2") ? 2 : env_switch("SL_CUDA_MOE_FP8_WG", 1);
+    const char *npb = getenv("SL_CUDA_MOE_FP8_NPB");
+    b->moe_fp8_npb = npb ? atoi(npb) : 0;
     const char *awg = getenv("SL_CUDA_ATTN_WG");
     b->attn_pf = !env_switch("SL_CUDA_ATTN_FA2", 1)  ? SL_CUDA_ATTN_WMMA
                  : !env_switch("SL_CUDA_ATTN_WG", 1) ? SL_CUDA_ATTN_FA2
