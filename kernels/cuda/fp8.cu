@@ -586,7 +586,7 @@ template <int N> __device__ __forceinline__ void tc_wait(void)
 // while the warpgroup promotes (DeepGEMM's order); otherwise each group waits
 // for its products.
 template <int BT, bool OV>
-__global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe_plan p)
+__global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2) k_fp8_moe_wg(fp8_args a, cu_moe_plan p)
 {
     using C = wg8_cfg<BT>;
     constexpr int F = BT / 8, S = WG8_STAGES;
@@ -616,10 +616,14 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe
     float acc[F][4];
 #pragma unroll
     for (int f = 0; f < F; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
-    // step u's copies into stage u % S (one commit group each, empty past U)
-    auto load = [&](int u) {
-        if (u < U) tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, n0_of(u), s0 + (u % S) * C::STAGE, u % a.G);
+    // the next step's copies into stage u % S (one commit group each, empty
+    // past U); steps are loaded in order, so (weight block, group) is counted
+    int lu = 0, lj = 0, lg = 0;
+    auto load = [&]() {
+        if (lu < U) tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, (nb0 + lj) * TC_BN, s0 + (lu % S) * C::STAGE, lg);
         else tc_commit_empty();
+        lu++;
+        if (++lg == a.G) lg = 0, lj++;
     };
     // after a weight block's last group: its outputs, and a fresh accumulator
     auto finish = [&](int u) {
@@ -666,17 +670,19 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe
         }
     };
 #pragma unroll
-    for (int g = 0; g < S - 1; g++) load(g);
+    for (int g = 0; g < S - 1; g++) load();
     float p0[F][4];
     if constexpr (!OV) {
-        for (int g = 0; g < U; g++) {
-            tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
-            land();
-            load(g + S - 1); // into group g - 1's stage
-            mma(g, p0);
-            wg_wait<0>();
-            promote(g, p0);
-            finish(g);
+        for (int j = 0, g = 0; j < nbs; j++) {
+            for (int e = 0; e < a.G; e++, g++) {
+                tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
+                land();
+                load(); // step g + S - 1, into step g - 1's stage
+                mma(g, p0);
+                wg_wait<0>();
+                promote(g, p0);
+            }
+            finish(g - 1);
         }
     } else {
         float p1[F][4];
@@ -689,7 +695,7 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe
             if (g + 1 < U) {
                 tc_wait<S - 3>(); // groups 0..g+1 landed (g + S - 1 committed)
                 land();
-                load(g + S - 1);
+                load(); // step g + S - 1
                 mma(g + 1, nxt);
                 wg_wait<1>(); // group g's products done, g + 1's in flight
             } else {
