@@ -624,8 +624,9 @@ __device__ __forceinline__ uint32_t fa2_pack(float lo, float hi)
 
 // K and V rows of keys [j0, j0 + BC) of the tile's KV head, gathered through
 // the page table into ks and vs by cp.async (16-byte chunk c of key row r at
-// byte dst(r, c) of each) and committed as one group; keys past kend are
-// zeros (a zero V row times a masked p = 0 keeps garbage out of O).
+// byte dst(r, c) of each; a null ks or vs: that half not copied) and
+// committed as one group; keys past kend are zeros (a zero V row times a
+// masked p = 0 keeps garbage out of O).
 template <int D, int BC, class Dst>
 __device__ __forceinline__ void fa_issue(const cu_attn_args &a, const attn_tile &tl, int j0,
                                          char *ks, char *vs, Dst dst)
@@ -641,8 +642,8 @@ __device__ __forceinline__ void fa_issue(const cu_attn_args &a, const attn_tile 
         bool ok = j < tl.kend;
         int64_t row = ok ? (int64_t)pages[j / a.page_size] * a.page_size + j % a.page_size : 0;
         uint32_t o = dst(rr, cc);
-        __pipeline_memcpy_async(ks + o, a.kc + row * a.kld + koff + cc * 8, 16, ok ? 0 : 16);
-        __pipeline_memcpy_async(vs + o, a.vc + row * a.vld + koff + cc * 8, 16, ok ? 0 : 16);
+        if (ks) __pipeline_memcpy_async(ks + o, a.kc + row * a.kld + koff + cc * 8, 16, ok ? 0 : 16);
+        if (vs) __pipeline_memcpy_async(vs + o, a.vc + row * a.vld + koff + cc * 8, 16, ok ? 0 : 16);
     }
     __pipeline_commit();
 }
@@ -674,11 +675,12 @@ __device__ __forceinline__ void fa_mask(float (&s)[NB][4], int j0, int q, const 
 
 // One K/V tile's online-softmax step on rows g (index 0) and g + 8 (index 1)
 // of a warp's 16, in the accumulator layout: the row max over the quad, then
-// s (raw dot products) becomes p = 2^(s·sl2 - m) in place, O and this lane's
-// part of the running sum l are rescaled to the new max m (base 2, scaled).
-template <int NB, int NO>
-__device__ __forceinline__ void fa_softmax(float (&s)[NB][4], float (&o)[NO][4], float (&m)[2],
-                                           float (&l)[2], float sl2)
+// s (raw dot products) becomes p = 2^(s·sl2 - m) in place, and this lane's
+// part of the running sum l is rescaled to the new max m (base 2, scaled);
+// c gets the factors O must be rescaled by (fa_rescale).
+template <int NB>
+__device__ __forceinline__ void fa_softmax_p(float (&s)[NB][4], float (&m)[2], float (&l)[2], float (&c)[2],
+                                             float sl2)
 {
 #pragma unroll
     for (int h = 0; h < 2; h++) {
@@ -690,7 +692,8 @@ __device__ __forceinline__ void fa_softmax(float (&s)[NB][4], float (&o)[NO][4],
         float nm = fmaxf(m[h], x * sl2);
         // a row with no visible key yet keeps m = -inf: subtract 0 instead,
         // so every p and the rescale factor are 0, never NaN
-        float u = nm == -INFINITY ? 0.0f : nm, c = exp2f(m[h] - u), sum = 0.0f;
+        float u = nm == -INFINITY ? 0.0f : nm, sum = 0.0f;
+        c[h] = exp2f(m[h] - u);
         m[h] = nm;
 #pragma unroll
         for (int n = 0; n < NB; n++) {
@@ -698,12 +701,18 @@ __device__ __forceinline__ void fa_softmax(float (&s)[NB][4], float (&o)[NO][4],
             s[n][2 * h + 1] = exp2f(fmaf(s[n][2 * h + 1], sl2, -u));
             sum += s[n][2 * h] + s[n][2 * h + 1];
         }
-        l[h] = l[h] * c + sum;
+        l[h] = l[h] * c[h] + sum;
+    }
+}
+
+template <int NO> __device__ __forceinline__ void fa_rescale(float (&o)[NO][4], const float (&c)[2])
+{
 #pragma unroll
-        for (int f = 0; f < NO; f++) {
-            o[f][2 * h] *= c;
-            o[f][2 * h + 1] *= c;
-        }
+    for (int f = 0; f < NO; f++) {
+        o[f][0] *= c[0];
+        o[f][1] *= c[0];
+        o[f][2] *= c[1];
+        o[f][3] *= c[1];
     }
 }
 
@@ -862,7 +871,9 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
                 }
             }
             if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
-            fa_softmax(s, o, m, l, sl2);
+            float c[2];
+            fa_softmax_p(s, m, l, c, sl2);
+            fa_rescale(o, c);
             // O += P·V
 #pragma unroll
             for (int kk = 0; kk < BC / 16; kk++) {
@@ -906,7 +917,11 @@ template <int D> struct wg_cfg {
     static_assert(Q % 1024 == 0 && KV % 1024 == 0, "tiles on the swizzle period");
 };
 
-template <int D>
+// OV (v37, FlashAttention-3's intra-warpgroup overlap): tile t + 1's S = Q·Kᵀ
+// and tile t's O += P·V are issued together, and the softmax of t + 1 runs
+// while P·V is on the tensor cores (O is rescaled after it retires). K and V
+// then travel as separate copy groups (K one tile further ahead).
+template <int D, bool OV>
 __global__ void __launch_bounds__(ATTN_WARPS * 32, 2) k_attn_wg(cu_attn_args a)
 {
     using C = wg_cfg<D>;
@@ -930,57 +945,113 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32, 2) k_attn_wg(cu_attn_args a)
     auto lim = [&](int r) { return min(tl.prefix + tl.i0 + min(r / a.gh, last) + 1, tl.kend); };
     const int limr[2] = {lim(R0 + g), lim(R0 + g + 8)};
     const int warp_lo = lim(R0); // below: no mask in this warp
+    const int nt = (tl.kend - tl.kbeg + BC - 1) / BC;
 
+    // tile t's K and / or V into stage t % 2 (one commit group; empty past the tiles)
     char *stages = smem + C::Q;
-    auto issue = [&](int j0, int i) {
-        char *st = stages + i * C::STAGE;
-        fa_issue<D, BC>(a, tl, j0, st, st + C::KV, [](int r, int c) { return wg_swz(C::BC, r, c); });
+    auto issue = [&](int t, bool k, bool v) {
+        if (t >= nt) {
+            __pipeline_commit();
+            return;
+        }
+        char *st = stages + (t & 1) * C::STAGE;
+        fa_issue<D, BC>(a, tl, tl.kbeg + t * BC, k ? st : nullptr, v ? st + C::KV : nullptr,
+                        [](int r, int c) { return wg_swz(C::BC, r, c); });
     };
-    issue(tl.kbeg, 0);
-
     // Descriptors: Q and K K-major (k16 step kk: block kk / 4, 32 bytes × kk % 4
     // along the row), V N-major (k16 step kk: 16 key rows, 2048 bytes).
     const uint64_t dq = wg_desc(sq, 16, 1024);
     auto kstep = [](int R, int kk) { return (uint64_t)(((kk >> 2) * R * 128 + (kk & 3) * 32) >> 4); };
-
-    // O, and for rows g and g + 8 the running max (scaled, base 2) and this
-    // lane's part of the running sum (the 4 lanes of a row are summed at the end)
-    float o[NO][4], m[2], l[2];
-    fa_start(o, m, l);
-    const float sl2 = a.scale_log2;
-
-    int buf = 0;
-    for (int j0 = tl.kbeg; j0 < tl.kend; j0 += BC, buf ^= 1) {
-        if (j0 + BC < tl.kend) issue(j0 + BC, buf ^ 1);
-        else __pipeline_commit(); // an empty group keeps wait_prior(1) exact
-        __pipeline_wait_prior(1);
-        wg_fence_smem(); // this thread's Q stores and copies, to the wgmma reads
+    // the copies waited for (by the caller) become visible to wgmma, and every
+    // thread is past the products that read the stages about to be refilled
+    auto land = [&]() {
+        wg_fence_smem();
         __syncthreads();
-        const uint32_t sk = sst + buf * (uint32_t)C::STAGE, sv = sk + (uint32_t)C::KV;
-        const uint64_t dk = wg_desc(sk, 16, 1024), dv = wg_desc(sv, BC * 128, 1024);
-        // S = Q·Kᵀ (raw dot products)
-        float s[NB][4];
+    };
+    // S = Q·Kᵀ of tile t (raw dot products), issued and committed
+    auto s_mma = [&](int t, float (&s)[NB][4]) {
+        const uint64_t dk = wg_desc(sst + (t & 1) * (uint32_t)C::STAGE, 16, 1024);
 #pragma unroll
         for (int n = 0; n < NB; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < NK; kk++) wg_ss<BC>(s, dq + kstep(64, kk), dk + kstep(BC, kk));
         wg_commit();
-        wg_wait<0>();
-        wg_hold(s);
-        if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
-        fa_softmax(s, o, m, l, sl2);
-        // O += P·V
-        uint32_t pa[BC / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
+    };
+    // O += P·V of tile t, issued and committed (O and P written before: fenced)
+    float o[NO][4];
+    uint32_t pa[BC / 16][4];
+    auto pv_mma = [&](int t) {
+        const uint64_t dv = wg_desc(sst + (t & 1) * (uint32_t)C::STAGE + (uint32_t)C::KV, BC * 128, 1024);
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < BC / 16; kk++) wg_rs<D>(o, pa[kk], dv + (uint64_t)(kk * 2048 >> 4));
         wg_commit();
+    };
+    // O, and for rows g and g + 8 the running max (scaled, base 2) and this
+    // lane's part of the running sum (the 4 lanes of a row are summed at the end)
+    float m[2], l[2], s[NB][4], c[2];
+    fa_start(o, m, l);
+    const float sl2 = a.scale_log2;
+    // tile t's S (retired) masked and turned into P (rescale factors in c)
+    auto soft = [&](int t) {
+        wg_hold(s);
+        int j0 = tl.kbeg + t * BC;
+        if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
+        fa_softmax_p(s, m, l, c, sl2);
+    };
+    auto pack = [&]() {
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
+    };
+
+    if constexpr (!OV) {
+        issue(0, true, true);
+        for (int t = 0; t < nt; t++) {
+            issue(t + 1, true, true);
+            __pipeline_wait_prior(1); // tile t landed
+            land();
+            s_mma(t, s);
+            wg_wait<0>();
+            soft(t);
+            fa_rescale(o, c);
+            pack();
+            pv_mma(t);
+            wg_wait<0>();
+            wg_hold(o);
+            __syncthreads(); // the stage just read is refilled next iteration
+        }
+    } else {
+        // copy groups in order K0, V0, K1, then per tile t: V(t + 1), K(t + 2)
+        issue(0, true, false);
+        issue(0, false, true);
+        issue(1, true, false);
+        __pipeline_wait_prior(2); // K0 landed
+        land();
+        s_mma(0, s);
         wg_wait<0>();
-        wg_hold(o);
-        __syncthreads(); // the stage just read is refilled next iteration
+        soft(0);
+        fa_rescale(o, c);
+        pack();
+        for (int t = 0; t < nt; t++) {
+            __pipeline_wait_prior(0); // V(t) and K(t + 1) landed
+            land();                   // tile t - 1's products retired everywhere
+            issue(t + 1, false, true); // into V(t - 1)'s half
+            issue(t + 2, true, false); // into K(t)'s half: S(t) retired
+            if (t + 1 < nt) s_mma(t + 1, s);
+            pv_mma(t);
+            if (t + 1 < nt) {
+                wg_wait<1>(); // S(t + 1) retired, P·V(t) in flight
+                soft(t + 1);
+                wg_wait<0>();
+                wg_hold(o);
+                fa_rescale(o, c);
+                pack();
+            } else {
+                wg_wait<0>();
+                wg_hold(o);
+            }
+        }
     }
     __pipeline_wait_prior(0);
     fa_store<D>(a, tl, R0, g, q, o, m, l);
@@ -1007,16 +1078,18 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
 }
 
 // The kernels: 16-row tiles (decode, short chunks), 64-row tiles (prefill)
-// on wmma, mma.sync (FlashAttention-2 style) or wgmma (sl_cuda_attn_prefill).
-enum { ATTN_K_DECODE, ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG };
+// on wmma, mma.sync (FlashAttention-2 style) or wgmma, plain or overlapped
+// (sl_cuda_attn_prefill).
+enum { ATTN_K_DECODE, ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO };
 template <int D, int K> struct attn_kernel {
-    static constexpr size_t BYTES = K == ATTN_K_WG        ? wg_cfg<D>::BYTES
+    static constexpr size_t BYTES = K >= ATTN_K_WG        ? wg_cfg<D>::BYTES
                                     : K == ATTN_K_FA2     ? fa2_cfg<D>::BYTES
                                     : K == ATTN_K_PREFILL ? attn_pf_smem<D>::BYTES
                                                           : attn_smem<D>::BYTES;
     static void (*fn(void))(cu_attn_args)
     {
-        return K == ATTN_K_WG        ? k_attn_wg<D>
+        return K == ATTN_K_WGO       ? k_attn_wg<D, true>
+               : K == ATTN_K_WG      ? k_attn_wg<D, false>
                : K == ATTN_K_FA2     ? k_attn_fa2<D>
                : K == ATTN_K_PREFILL ? k_attn_prefill<D>
                                      : k_attn<D>;
@@ -1068,7 +1141,8 @@ static int attn_run_d(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int lev
     case ATTN_K_DECODE: return attn_run<D, ATTN_K_DECODE>(b, a, cm, level, Hkv);
     case ATTN_K_PREFILL: return attn_run<D, ATTN_K_PREFILL>(b, a, cm, level, Hkv);
     case ATTN_K_FA2: return attn_run<D, ATTN_K_FA2>(b, a, cm, level, Hkv);
-    default: return attn_run<D, ATTN_K_WG>(b, a, cm, level, Hkv);
+    case ATTN_K_WG: return attn_run<D, ATTN_K_WG>(b, a, cm, level, Hkv);
+    default: return attn_run<D, ATTN_K_WGO>(b, a, cm, level, Hkv);
     }
 }
 
@@ -1114,7 +1188,7 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.seq_of = cm->seq_of;
     a.page_size = cm->page_size;
     a.max_pages = cm->max_pages;
-    static const int pf_kind[] = {ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG};
+    static const int pf_kind[] = {ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO}; // sl_cuda_attn_kernel order
     int kind = pf ? pf_kind[b->attn_pf] : ATTN_K_DECODE;
     int nsplit = D == 64    ? attn_run_d<64>(b, a, cm, level, Hkv, kind)
                  : D == 128 ? attn_run_d<128>(b, a, cm, level, Hkv, kind)

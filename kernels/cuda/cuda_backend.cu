@@ -618,8 +618,12 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // =2: the wgmma kernel's overlapped form (NOTES.md v36)
     const char *mwg = getenv("SL_CUDA_MOE_FP8_WG");
     b->moe_fp8_wg = mwg && !strcmp(mwg, "2") ? 2 : env_switch("SL_CUDA_MOE_FP8_WG", 1);
+    const char *npb = getenv("SL_CUDA_MOE_FP8_NPB");
+    b->moe_fp8_npb = npb ? atoi(npb) : 0;
+    const char *awg = getenv("SL_CUDA_ATTN_WG");
     b->attn_pf = !env_switch("SL_CUDA_ATTN_FA2", 1)  ? SL_CUDA_ATTN_WMMA
                  : !env_switch("SL_CUDA_ATTN_WG", 1) ? SL_CUDA_ATTN_FA2
+                 : awg && !strcmp(awg, "2")          ? SL_CUDA_ATTN_WGO
                                                      : SL_CUDA_ATTN_WG;
     // timing picks the fastest matmul kernel per shape, which can differ from
     // process to process (and so can the rounding); =0 takes cuBLASLt's
@@ -672,7 +676,7 @@ extern "C" void *sl_cuda_stream(sl_backend *be)
 extern "C" int sl_cuda_attn_prefill(sl_backend *be, int kernel)
 {
     SL_ASSERT(be->i == &cu_iface);
-    SL_ASSERT(kernel >= SL_CUDA_ATTN_WMMA && kernel <= SL_CUDA_ATTN_WG);
+    SL_ASSERT(kernel >= SL_CUDA_ATTN_WMMA && kernel <= SL_CUDA_ATTN_WGO);
     int was = cu_be(be)->attn_pf;
     cu_be(be)->attn_pf = kernel;
     return was;

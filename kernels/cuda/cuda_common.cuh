@@ -112,12 +112,14 @@ typedef struct cu_backend {
     // for A/B timing); fence: the next cu_launch is a plain one (see there)
     int pdl, pdl_fence;
     // cu_attention: the prefill kernel, an sl_cuda_attn_kernel (env
-    // SL_CUDA_ATTN_WG=0: FA2, SL_CUDA_ATTN_FA2=0: wmma; sl_cuda_attn_prefill)
+    // SL_CUDA_ATTN_WG=0: FA2, =2: WGO, SL_CUDA_ATTN_FA2=0: wmma;
+    // sl_cuda_attn_prefill)
     int attn_pf;
     // cu_moe_experts_fp8, AUTO: the grouped GEMMs on wgmma (1: k_fp8_moe_wg,
     // NOTES.md v35; 2: its overlapped form, v36) instead of the mma.sync tiles
-    // (0); env SL_CUDA_MOE_FP8_WG=0 / 2
-    int moe_fp8_wg;
+    // (0); env SL_CUDA_MOE_FP8_WG=0 / 2; npb: weight blocks a block of it
+    // walks (env SL_CUDA_MOE_FP8_NPB; 0: chosen per launch)
+    int moe_fp8_wg, moe_fp8_npb;
     // cu_gdn: the split chunked form (prep over all chunks, then the scan;
     // the default, NOTES.md v15: bit-identical to the single kernel and
     // 1.4x faster at 1000 tokens); env SL_CUDA_GDN_SPLIT=0 or sl_cuda_gdn_split

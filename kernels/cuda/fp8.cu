@@ -158,6 +158,9 @@ typedef struct fp8_args {
     // quantizes them itself, else k_fp8_quant runs first into xq / sx
     cu_mat xin;
     int xsilu;
+    // k_fp8_moe_wg: 128-row weight blocks a block walks (blockIdx.x · npb ..),
+    // one copy pipeline across them (moe_fp8_wg_npb)
+    int npb;
 } fp8_args;
 
 #define GV8_WARPS 8
@@ -748,7 +751,7 @@ template <int N> __device__ __forceinline__ void tc_wait(void)
 // while the warpgroup promotes (DeepGEMM's order); otherwise each group waits
 // for its products.
 template <int BT, bool OV>
-__global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe_plan p)
+__global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2) k_fp8_moe_wg(fp8_args a, cu_moe_plan p)
 {
     using C = wg8_cfg<BT>;
     constexpr int F = BT / 8, S = WG8_STAGES;
@@ -760,20 +763,45 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe
     const uint8_t *w = a.w + e * a.ew;
     const float *ws = a.ws + e * a.ews;
     auto xrow = [&](int r) -> int64_t { return xr[r]; };
-    const int n0 = blockIdx.x * TC_BN, wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3;
+    const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3;
     const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(wg8_smem);
     const uint32_t s0 = raw + ((1024 - (raw & 1023)) & 1023);
     const uint8_t *sm = wg8_smem + (s0 - raw);
     const int rw = wg * 64 + warp * 16 + gq; // this thread's weight rows rw, rw + 8
+    // The block's weight blocks blockIdx.x·npb + j (those below N) one after the
+    // other as one stream of U scale groups: step u is group u % G of weight
+    // block u / G, so the copies run ahead across blocks and a short K (the
+    // down's 4 groups) does not restart the pipeline for every 128 rows.
+    const int nb0 = blockIdx.x * a.npb, nbs = min(a.npb, (a.N + TC_BN - 1) / TC_BN - nb0);
+    const int U = nbs * a.G;
+    if (U <= 0) return; // block-uniform
+    auto n0_of = [&](int u) { return (nb0 + u / a.G) * TC_BN; };
 
     float acc[F][4];
 #pragma unroll
     for (int f = 0; f < F; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
-    // group g's copies into stage g % S (one commit group each, empty past G)
-    auto load = [&](int g) {
-        if (g < a.G) tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, n0, s0 + (g % S) * C::STAGE, g);
+    // the next step's copies into stage u % S (one commit group each, empty
+    // past U); steps are loaded in order, so (weight block, group) is counted
+    int lu = 0, lj = 0, lg = 0;
+    auto load = [&]() {
+        if (lu < U) tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, (nb0 + lj) * TC_BN, s0 + (lu % S) * C::STAGE, lg);
         else tc_commit_empty();
+        lu++;
+        if (++lg == a.G) lg = 0, lj++;
+    };
+    // after a weight block's last group: its outputs, and a fresh accumulator
+    auto finish = [&](int u) {
+        if (u % a.G != a.G - 1) return;
+        const int n0 = n0_of(u);
+#pragma unroll
+        for (int f = 0; f < F; f++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                int r = 8 * f + 2 * tq + (q & 1), n = n0 + rw + 8 * (q >> 1);
+                if (r < rows && n < a.N) cu_mat_st(a.out, r0 + r, n, acc[f][q]);
+                acc[f][q] = 0.0f;
+            }
     };
     // the copies waited for (by the caller, tc_wait) become visible to wgmma,
     // and every thread is past the previous group's use of its stage
@@ -807,16 +835,19 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe
         }
     };
 #pragma unroll
-    for (int g = 0; g < S - 1; g++) load(g);
+    for (int g = 0; g < S - 1; g++) load();
     float p0[F][4];
     if constexpr (!OV) {
-        for (int g = 0; g < a.G; g++) {
-            tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
-            land();
-            load(g + S - 1); // into group g - 1's stage
-            mma(g, p0);
-            wg_wait<0>();
-            promote(g, p0);
+        for (int j = 0, g = 0; j < nbs; j++) {
+            for (int e = 0; e < a.G; e++, g++) {
+                tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
+                land();
+                load(); // step g + S - 1, into step g - 1's stage
+                mma(g, p0);
+                wg_wait<0>();
+                promote(g, p0);
+            }
+            finish(g - 1);
         }
     } else {
         float p1[F][4];
@@ -826,29 +857,23 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_moe_wg(fp8_args a, cu_moe
         // group g in cur (issued), g + 1 into nxt; the stage refilled at step g
         // is group g - 1's, whose products and promotion are done (the barrier)
         auto step = [&](int g, float (&cur)[F][4], float (&nxt)[F][4]) {
-            if (g + 1 < a.G) {
+            if (g + 1 < U) {
                 tc_wait<S - 3>(); // groups 0..g+1 landed (g + S - 1 committed)
                 land();
-                load(g + S - 1);
+                load(); // step g + S - 1
                 mma(g + 1, nxt);
                 wg_wait<1>(); // group g's products done, g + 1's in flight
             } else {
                 wg_wait<0>();
             }
             promote(g, cur);
+            finish(g);
         };
-        for (int g = 0; g < a.G; g += 2) {
+        for (int g = 0; g < U; g += 2) {
             step(g, p0, p1);
-            if (g + 1 < a.G) step(g + 1, p1, p0);
+            if (g + 1 < U) step(g + 1, p1, p0);
         }
     }
-#pragma unroll
-    for (int f = 0; f < F; f++)
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            int r = 8 * f + 2 * tq + (q & 1), n = n0 + rw + 8 * (q >> 1);
-            if (r < rows && n < a.N) cu_mat_st(a.out, r0 + r, n, acc[f][q]);
-        }
 }
 
 // ---- CUDA-core GEMM (odd K or unaligned weights) ------------------------------
@@ -1150,9 +1175,30 @@ static void fp8_quant_silu(cu_backend *b, const fp8_args &a, const fp8_args &d, 
     fp8_quant_launch(b, a.out, 1, d.K, rows, (uint8_t *)d.xq, (float *)d.sx, d.G, d.G, 1);
 }
 
-template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int wg)
+// Weight blocks a block of k_fp8_moe_wg walks: enough that blocks are not
+// mostly pipeline fill (a short K), few enough that the grid keeps about 4
+// waves of blocks (max_tiles bounds the plan's tiles from above; a divisor of
+// the weight blocks, so every block gets as many). SL_CUDA_MOE_FP8_NPB=n
+// fixes it (1: a block per weight block, v35).
+static int moe_fp8_wg_npb(const cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int bm)
+{
+    int nb = cu_blocks(a.N, TC_BN);
+    if (b->moe_fp8_npb > 0) return b->moe_fp8_npb < nb ? b->moe_fp8_npb : nb;
+    int per_sm = bm == 128 ? 1 : 2; // wg8_cfg's shared memory
+    int64_t target = (int64_t)nb * p.max_tiles / (4LL * per_sm * b->n_sm);
+    int npb = 1;
+    for (int d = 1; d <= nb; d++)
+        if (nb % d == 0 && d <= target) npb = d;
+    return npb;
+}
+
+template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, fp8_args a, const cu_moe_plan &p, int wg)
 {
     dim3 grid(cu_blocks(a.N, TC_BN), (unsigned)p.max_tiles);
+    if (wg) {
+        a.npb = moe_fp8_wg_npb(b, a, p, BM);
+        grid.x = (unsigned)((grid.x + a.npb - 1) / a.npb);
+    }
     if (wg == 2) {
         fp8_smem_raise(b, k_fp8_moe_wg<BM, true>, BM == 32 ? 256 : BM == 64 ? 512 : 1024, wg8_cfg<BM>::SMEM);
         cu_launch(b, k_fp8_moe_wg<BM, true>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);

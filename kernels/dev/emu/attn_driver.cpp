@@ -1,11 +1,12 @@
 // kernels/dev/emu/attn_driver.cpp: random paged batches (pages a random permutation,
-// NaN-poisoned output, garbage shared memory) through k_attn_fa2 and k_attn_wg (+ k_attn_combine for key
+// NaN-poisoned output, garbage shared memory) through k_attn_fa2 and k_attn_wg, both forms (+ k_attn_combine for key
 // splits), compared with a float64 reference; appended to the kernel code by emu.py.
 static uint64_t rs = 88172645463325252ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 static float frand(float lo, float hi) { return lo + (hi - lo) * (rnd() >> 8) / 16777216.0f; }
 
-template <int D, bool WG>
+// kernel: 0 FA2, 1 wgmma, 2 wgmma overlapped
+template <int D, int KV>
 static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int Hkv, int nsplit, int qf32)
 {
     int G = Hq / Hkv, T = 0;
@@ -52,13 +53,15 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
         for (unsigned y = 0; y < (unsigned)(Hkv * n_hb); y++)
             for (unsigned x = 0; x < tiles.size(); x++) {
                 emu_block blk(128);
-                blk.smem.assign(WG ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, (char)0xff); // NaN-ish garbage
+                blk.smem.assign(KV ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, (char)0xff); // NaN-ish garbage
                 std::vector<std::thread> th;
                 for (unsigned t = 0; t < 128; t++)
                     th.emplace_back([&, t] {
                         emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = {128, 1, 1};
                         gridDim = {(unsigned)tiles.size(), (unsigned)(Hkv * n_hb), (unsigned)nsplit};
-                        if (WG) k_attn_wg<D>(a); else k_attn_fa2<D>(a);
+                        if (KV == 2) k_attn_wg<D, true>(a);
+                        else if (KV) k_attn_wg<D, false>(a);
+                        else k_attn_fa2<D>(a);
                         SL_ASSERT(emu_wg_idle());
                     });
                 for (auto &t : th) t.join();
@@ -95,7 +98,7 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     }
     double rel = sqrt(e2 / r2);
     printf("%s D=%d S=%d q0=%d pre0=%d P=%d Hq=%d Hkv=%d nsplit=%d q%s: rel L2 %.2e max abs %.2e nonfinite %d -> %s\n",
-           WG ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", rel, maxe, bad,
+           KV == 2 ? "wgo" : KV ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", rel, maxe, bad,
            bad == 0 && rel < 1e-2 ? "ok" : "FAIL");
     return bad == 0 && rel < 1e-2;
 }
@@ -103,8 +106,9 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
 template <int D>
 static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int Hkv, int nsplit, int qf32)
 {
-    int ok = run_case<D, false>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32);
-    return run_case<D, true>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32) && ok;
+    int ok = run_case<D, 0>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32);
+    ok &= run_case<D, 1>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32);
+    return run_case<D, 2>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32) && ok;
 }
 
 int main(int argc, char **argv)

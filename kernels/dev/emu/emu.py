@@ -5,8 +5,8 @@ written without a GPU.
 Each target cuts the kernels and what they call out of the CUDA sources as they are,
 compiles them with g++ against emu_shim.hpp (each CUDA thread a std::thread; ldmatrix,
 mma.sync and shuffles emulated as warp collectives with the PTX ISA's fragment layouts,
-wgmma as a warpgroup collective reading shared memory through its descriptors; cp.async a
-plain copy) and runs its driver on random inputs against a float64 reference:
+wgmma as a warpgroup collective reading shared memory through its descriptors; both wgmma
+and cp.async asynchronous: they take effect when a wait retires their commit group) and runs its driver on random inputs against a float64 reference:
 
 - attn: k_attn_fa2 and k_attn_wg (attention.cu) on paged batches (attn_driver.cpp);
 - fp8:  the grouped FP8 MoE GEMMs k_fp8_moe_gemm_tc and k_fp8_moe_wg (fp8.cu) over routing
@@ -57,7 +57,7 @@ def fp8_body():
     # cp.async, wherever fp8.cu defines it: the shim's
     body = re.sub(r"__device__ __forceinline__ void cp_async(16|4)\(.*?\n}\n", "", body, flags=re.S)
     body = re.sub(r'asm volatile\("cp\.async\.commit_group;\\n" ::\);', "emu_cp_commit();", body)
-    body = re.sub(r'asm volatile\("cp\.async\.wait_group %0;\\n" ::"n"\([^;]*\);', "emu_cp_wait();", body)
+    body = re.sub(r'asm volatile\("cp\.async\.wait_group %0;\\n" ::"n"\(([^;]*)\)\);', r"emu_cp_wait(\1);", body)
     body = body.replace("extern __shared__ __align__(128) uint8_t tc_smem[];", "uint8_t *tc_smem = (uint8_t *)emu_smem();")
     body = body.replace("extern __shared__ __align__(1024) uint8_t wg8_smem[];", "uint8_t *wg8_smem = (uint8_t *)emu_smem();")
     # a block's static __shared__ array: one per block, not per thread

@@ -135,12 +135,29 @@ static inline void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, u
     uint32_t a[4] = {a0, a1, a2, a3};
     emu_mma(c, a, b0, b1, 1);
 }
+// cp.async is asynchronous as on the GPU: a copy lands only when a wait retires its commit
+// group (the source read then; these kernels' sources do not change), so reading a stage
+// before its wait, or a wait count one too loose, reads what was there before.
+struct emu_copy {
+    char *dst;
+    const void *src;
+    size_t n, zfill;
+};
+thread_local std::vector<emu_copy> emu_cp_open;
+thread_local std::vector<std::vector<emu_copy>> emu_cp_groups;
 static inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n, size_t zfill) {
-    memcpy(dst, src, n - zfill);
-    memset((char *)dst + (n - zfill), 0, zfill);
+    emu_cp_open.push_back({(char *)dst, src, n, zfill});
 }
-static inline void __pipeline_commit(void) {}
-static inline void __pipeline_wait_prior(int) {}
+static inline void __pipeline_commit(void) { emu_cp_groups.push_back(emu_cp_open); emu_cp_open.clear(); }
+static inline void __pipeline_wait_prior(int n) {
+    while (emu_cp_groups.size() > (size_t)n) {
+        for (const emu_copy &c : emu_cp_groups.front()) {
+            memcpy(c.dst, c.src, c.n - c.zfill);
+            memset(c.dst + (c.n - c.zfill), 0, c.zfill);
+        }
+        emu_cp_groups.erase(emu_cp_groups.begin());
+    }
+}
 static inline void cp_async16(uint32_t dst, const void *src, int bytes) {
     SL_ASSERT(dst % 16 == 0 && dst + 16 <= emu_b->smem.size());
     __pipeline_memcpy_async(emu_smem() + dst, src, 16, 16 - bytes);
@@ -149,8 +166,8 @@ static inline void cp_async4(uint32_t dst, const void *src, int bytes) {
     SL_ASSERT(dst % 4 == 0 && dst + 4 <= emu_b->smem.size());
     __pipeline_memcpy_async(emu_smem() + dst, src, 4, 4 - bytes);
 }
-static inline void emu_cp_commit(void) {}
-static inline void emu_cp_wait(void) {}
+static inline void emu_cp_commit(void) { __pipeline_commit(); }
+static inline void emu_cp_wait(int n) { __pipeline_wait_prior(n); }
 
 // wgmma: descriptors decoded as the PTX ISA's canonical 128-byte-swizzled layouts (CUTLASS's
 // GmmaDescriptor reading): K-major element (mn, k) at start + (mn % 8)·128 + (mn / 8)·SBO + k·esz,
@@ -225,7 +242,11 @@ template <int N> static inline void wg_wait(void) {
         emu_wg_groups.erase(emu_wg_groups.begin());
     }
 }
-static inline bool emu_wg_idle(void) { return emu_wg_open.empty() && emu_wg_groups.empty(); }
+// nothing in flight: every product and copy retired (a kernel's end)
+static inline bool emu_wg_idle(void) {
+    __pipeline_wait_prior(0); // a kernel may end with copies in flight (empty or unread groups)
+    return emu_wg_open.empty() && emu_wg_groups.empty() && emu_cp_open.empty();
+}
 template <int N> static inline void wg_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 2); }
 template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) { emu_wg_issue(&d[0][0], N, 0, a, db, true, 2); }
 template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 1); }

@@ -9,7 +9,7 @@ static uint8_t rcode(void) { uint8_t c; do c = (uint8_t)rnd(); while ((c & 0x7f)
 
 // kernel: 0 the mma.sync tiles, 1 wgmma, 2 wgmma overlapped
 template <int BT, int KV>
-static int run_case(int N, int K, const std::vector<int> &count, int shift)
+static int run_case(int N, int K, const std::vector<int> &count, int shift, int npb)
 {
     int E = (int)count.size(), G = (K + 127) / 128, NB = (N + 127) / 128, NS = ((N - 1) >> shift) + 1, P = 0;
     std::vector<int> offset(E + 1, 0);
@@ -36,17 +36,18 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift)
     a.ldw = K; a.ldws = G; a.ldx = (int64_t)G * 128;
     a.M = P; a.N = N; a.K = K; a.G = G; a.srow_shift = shift; a.vec = 1;
     a.out = {out.data(), SL_DTYPE_F32, P, N, N};
-    a.ew = (int64_t)N * K; a.ews = (int64_t)NS * G; a.x_perm = 1; a.x_div = 1;
+    a.ew = (int64_t)N * K; a.ews = (int64_t)NS * G; a.x_perm = 1; a.x_div = 1; a.npb = npb;
+    unsigned GX = KV ? (unsigned)((NB + npb - 1) / npb) : (unsigned)NB; // the wgmma kernel walks npb weight blocks
     size_t smem = KV ? wg8_cfg<BT>::SMEM : tc_cfg<BT>::SMEM;
     for (unsigned y = 0; y < (unsigned)n_tiles; y++)
-        for (unsigned x = 0; x < (unsigned)NB; x++) {
+        for (unsigned x = 0; x < GX; x++) {
             emu_block blk(256);
             blk.smem.assign(smem, (char)0xff);
             std::vector<std::thread> th;
             for (unsigned t = 0; t < 256; t++)
                 th.emplace_back([&, t] {
                     emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, 0}; blockDim = {256, 1, 1};
-                    gridDim = {(unsigned)NB, (unsigned)n_tiles, 1};
+                    gridDim = {GX, (unsigned)n_tiles, 1};
                     if (KV == 2) k_fp8_moe_wg<BT, true>(a, p);
                     else if (KV) k_fp8_moe_wg<BT, false>(a, p);
                     else k_fp8_moe_gemm_tc<BT>(a, p);
@@ -69,26 +70,28 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift)
         e2 += (got - ref) * (got - ref); r2 += ref * ref;
     }
     double rel = sqrt(e2 / r2);
-    printf("%s BT=%d N=%d K=%d E=%d P=%d tiles=%d scales/%d rows: rel L2 %.2e nonfinite %d -> %s\n", KV == 2 ? "wgo" : KV ? "wg" : "tc",
-           BT, N, K, E, P, n_tiles, 1 << shift, rel, bad, bad == 0 && rel < 1e-5 ? "ok" : "FAIL");
+    printf("%s BT=%d N=%d K=%d E=%d P=%d tiles=%d scales/%d rows npb=%d: rel L2 %.2e nonfinite %d -> %s\n",
+           KV == 2 ? "wgo" : KV ? "wg" : "tc", BT, N, K, E, P, n_tiles, 1 << shift, KV ? npb : 1, rel, bad, bad == 0 && rel < 1e-5 ? "ok" : "FAIL");
     return bad == 0 && rel < 1e-5;
 }
 
 template <int BT>
-static int run_case(int N, int K, const std::vector<int> &count, int shift)
+static int run_case(int N, int K, const std::vector<int> &count, int shift, int npb)
 {
-    int ok = run_case<BT, 0>(N, K, count, shift);
-    ok &= run_case<BT, 1>(N, K, count, shift);
-    return run_case<BT, 2>(N, K, count, shift) && ok;
+    int ok = run_case<BT, 0>(N, K, count, shift, npb);
+    ok &= run_case<BT, 1>(N, K, count, shift, npb);
+    return run_case<BT, 2>(N, K, count, shift, npb) && ok;
 }
 
 int main(void)
 {
     int ok = 1;
-    ok &= run_case<32>(200, 384, {5, 40, 0, 33}, 7); // partial weight block, experts of 1-2 tiles, one empty
-    ok &= run_case<64>(256, 272, {70, 3}, 0);        // K with a partial group, a scale per row
-    ok &= run_case<128>(136, 256, {130, 0, 9}, 7);   // 128-row tiles, partial last
-    ok &= run_case<32>(130, 1152, {31, 2}, 7);       // 9 groups: the overlapped form's odd tail, stages reused
+    ok &= run_case<32>(200, 384, {5, 40, 0, 33}, 7, 1); // partial weight block, experts of 1-2 tiles, one empty
+    ok &= run_case<64>(256, 272, {70, 3}, 0, 1);        // K with a partial group, a scale per row
+    ok &= run_case<128>(136, 256, {130, 0, 9}, 7, 2);   // 128-row tiles, partial last; both weight blocks in one
+    ok &= run_case<32>(130, 1152, {31, 2}, 7, 1);       // 9 groups: the overlapped form's odd tail, stages reused
+    ok &= run_case<32>(600, 512, {7, 0, 50}, 0, 2);     // 5 weight blocks 2 a block (the last one alone), 4 groups
+    ok &= run_case<64>(520, 384, {20, 64}, 7, 3);       // 3 groups a block of 3 weight blocks: u crosses them
     printf("%s\n", ok ? "ALL OK" : "SOME FAILED");
     return !ok;
 }

@@ -13,6 +13,7 @@
  *   test_backend_ops [--seed N] [--filter OP]   correctness
  *   test_backend_ops --perf [--filter OP]        timings only (of OP's family)
  *   ... --perf --max-tokens N                     only the shapes of at most N tokens
+ *   ... --perf --min-tokens N                     only the shapes of at least N tokens
  *
  * --perf times each op at Qwen3-8B / Qwen3-30B-A3B / Qwen3-Coder-Next shapes
  * with CUDA events (warm-up, median of many reps, inputs rotated through more
@@ -570,8 +571,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) t.seed = strtoull(argv[++i], NULL, 0);
         else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
         else if (!strcmp(argv[i], "--max-tokens") && i + 1 < argc) t.max_tokens = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--min-tokens") && i + 1 < argc) t.min_tokens = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--seed N] [--perf] [--filter OP] [--max-tokens N]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--seed N] [--perf] [--filter OP] [--max-tokens N] [--min-tokens N]\n",
+                    argv[0]);
             return 2;
         }
     }

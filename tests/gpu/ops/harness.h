@@ -30,6 +30,7 @@ typedef struct tb {
     double peak_bw, peak_flops; /* --perf: bytes/s, bf16 flop/s measured at start */
     double peak_fp8;            /* --perf: e4m3 GEMM flop/s (0: cuBLASLt has none) */
     int max_tokens;             /* --perf --max-tokens: the largest M / T a group times */
+    int min_tokens;             /* --perf --min-tokens: the smallest */
 } tb;
 
 /* The same tensor on both backends: CPU always F32 (or I32), GPU as asked. */

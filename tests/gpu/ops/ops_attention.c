@@ -16,8 +16,9 @@ static const tb_case cases[] = {
     {SL_OP_ATTN_PREP, BF, {2, 9, 3, 16, 16, 2, 256, 64, 1}, 1e-2},        /* qwen3_next */
     {SL_OP_ATTN_PREP, BF, {2, 5, 7, 32, 4, 4, 64, 64, 0}, 1e-2},
     /* attention: seqs, q_len (even seqs; odd seqs decode 1), prefix, page size, Hq, Hkv, D
-     * [, fa: prefill on the FlashAttention-2 kernel and again on the wgmma one (each its own
-     * check), q_len of odd seqs instead of 1]; without fa prefill runs on the wmma kernel */
+     * [, fa: prefill on the FlashAttention-2 kernel and again on the wgmma one, plain and
+     * overlapped (each its own check), q_len of odd seqs instead of 1]; without fa prefill
+     * runs on the wmma kernel */
     {SL_OP_ATTENTION, BF, {4, 1, 300, 16, 32, 8, 128}, 2e-2},     /* decode, GQA 4 */
     {SL_OP_ATTENTION, BF, {2, 1, 3000, 32, 16, 2, 128}, 2e-2},    /* long decode: split-KV */
     {SL_OP_ATTENTION, BF, {3, 45, 70, 64, 8, 4, 64}, 2e-2},       /* mixed prefill + decode */
@@ -91,9 +92,10 @@ static void attention_run(tb *t, const tb_case *c)
             tb_pair_out(t, &y, dt, 2, (tb_ne2(ne, T, (int64_t)Hq * D), ne));
             float scale = 1.0f / sqrtf((float)D);
             sl_be_attention(t->cpu, &y.c, &qq.c, &kc.c, &vc.c, Hq, Hkv, D, scale, &b.m);
-            static const int kern[][2] = {{SL_CUDA_ATTN_WMMA, -1}, {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG}};
-            static const char *kname[] = {"out", "out fa2", "out wg"};
-            for (int k = 0; k < 2 && kern[fa][k] >= 0; k++) {
+            static const int kern[][3] = {{SL_CUDA_ATTN_WMMA, -1, -1},
+                                          {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO}};
+            static const char *kname[] = {"out", "out fa2", "out wg", "out wgo"};
+            for (int k = 0; k < 3 && kern[fa][k] >= 0; k++) {
                 int was = sl_cuda_attn_prefill(t->gpu, kern[fa][k]);
                 sl_be_attention(t->gpu, &y.g, &qq.g, &kc.g, &vc.g, Hq, Hkv, D, scale, &b.m);
                 sl_cuda_attn_prefill(t->gpu, was);
@@ -222,9 +224,9 @@ static void attention_perf(tb *t, const char *filter)
         perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128, 0);
         perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256, 0);
         perf_attention(t, "next prefill", 1, 4096, 4096, 16, 16, 2, 256, 0);
-        /* the FlashAttention-2 and wgmma kernels, same shapes */
-        static const char *nm[] = {"", " fa2", " wg"};
-        for (int k = SL_CUDA_ATTN_FA2; k <= SL_CUDA_ATTN_WG; k++) {
+        /* the FlashAttention-2 and wgmma kernels (plain, overlapped), same shapes */
+        static const char *nm[] = {"", " fa2", " wg", " wgo"};
+        for (int k = SL_CUDA_ATTN_FA2; k <= SL_CUDA_ATTN_WGO; k++) {
             char n1[32], n2[32];
             snprintf(n1, sizeof n1, "8B prefill%s", nm[k]);
             snprintf(n2, sizeof n2, "next prefill%s", nm[k]);

@@ -361,6 +361,7 @@ static void fp8_perf(tb *t, const char *filter)
                                                 SL_CUDA_MOE_FP8_GROUPED_OV, SL_CUDA_MOE_FP8_GV};
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0] && Ts[i] <= t->max_tokens; i++)
             for (size_t p = 0; p < sizeof paths / sizeof paths[0]; p++) {
+                if (Ts[i] < t->min_tokens) continue;
                 if (Ts[i] > 64 && paths[p] == SL_CUDA_MOE_FP8_GV) continue; /* past its pairs */
                 if (Ts[i] == 4096 && paths[p] == SL_CUDA_MOE_FP8_EXPERT_GEMV) continue; /* 256 tiles an expert */
                 if (Ts[i] >= 1024 && paths[p] == SL_CUDA_MOE_FP8_GEMV) continue;       /* a pass per pair */
@@ -388,6 +389,7 @@ static void fp8_perf(tb *t, const char *filter)
     /* AUTO, then each kernel forced (cuBLASLt against the own: where AUTO's switch belongs) */
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
         for (size_t j = 0; j < sizeof Ms / sizeof Ms[0] && Ms[j] <= t->max_tokens; j++) {
+            if (Ms[j] < t->min_tokens) continue;
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_AUTO);
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_CUBLASLT);
             perf_fp8(t, ws[i].n, Ms[j], ws[i].N, ws[i].K, SL_CUDA_MM_GEMV);
