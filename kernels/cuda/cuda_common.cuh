@@ -90,7 +90,9 @@ typedef struct cu_backend {
     int mm_tune;                      // time the matmul candidates (0: SL_CUDA_MM_TUNE=0, the heuristic's first)
     const char *mm_last;              // kernel of the last matmul: "cublaslt" or "gemv"
     int gemv_smem_set;                // gemv.cu: shared-memory limit raised
-    int fp8_smem_set;                 // fp8.cu: bit per tensor-core kernel whose smem limit is raised
+    // fp8.cu: a bit per kernel whose smem limit is raised: 1-16 the mma.sync
+    // tiles, 32 and 64 the cp.async GEMVs, 1 << 8 .. 1 << 13 the wgmma grouped GEMMs
+    int fp8_smem_set;
     unsigned *router_done;            // moe.cu k_moe_router: blocks done (0 between launches)
     int moe_router;                   // k_moe_router on (env SL_CUDA_MOE_ROUTER=0: matmul + route)
     int moe_fp8_path;                 // sl_cuda_moe_fp8 (cuda_backend.h)

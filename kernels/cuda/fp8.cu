@@ -1200,10 +1200,10 @@ template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, fp8_args a, 
         grid.x = (unsigned)((grid.x + a.npb - 1) / a.npb);
     }
     if (wg == 2) {
-        fp8_smem_raise(b, k_fp8_moe_wg<BM, true>, BM == 32 ? 256 : BM == 64 ? 512 : 1024, wg8_cfg<BM>::SMEM);
+        fp8_smem_raise(b, k_fp8_moe_wg<BM, true>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 11, wg8_cfg<BM>::SMEM);
         cu_launch(b, k_fp8_moe_wg<BM, true>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
     } else if (wg) {
-        fp8_smem_raise(b, k_fp8_moe_wg<BM, false>, BM == 32 ? 32 : BM == 64 ? 64 : 128, wg8_cfg<BM>::SMEM);
+        fp8_smem_raise(b, k_fp8_moe_wg<BM, false>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 8, wg8_cfg<BM>::SMEM);
         cu_launch(b, k_fp8_moe_wg<BM, false>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
     } else {
         fp8_smem_raise(b, k_fp8_moe_gemm_tc<BM>, BM == 32 ? 16 : BM == 64 ? 4 : 2, tc_cfg<BM>::SMEM);
