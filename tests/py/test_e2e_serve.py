@@ -13,8 +13,11 @@ def test_serve_dp2(tmp_path):
     procs = Procs()
     try:
         model = make_tiny(tmp_path / "tiny")
+        # worker flags pass through (--mixed-prefill-tokens: the workers would refuse an
+        # unknown one and serve would not come up)
         serve, port = start_router(procs, model, [], "--dp-size", 2, "--mem-bytes", 64 << 20,
                                    "--context-length", 128, "--tool-call-parser", "hermes",
+                                   "--chunked-prefill-size", 256, "--mixed-prefill-tokens", 64,
                                    command="serve", alive=2)
         workers = children_of(serve.pid)
         assert len(workers) == 2

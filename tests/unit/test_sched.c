@@ -23,13 +23,14 @@ static void fake_run(sl_sched_batch *b)
     }
 }
 
-static sl_sched *make(int P, int pages, int max_running, int chunk, int overlap)
+static sl_sched *make_mixed(int P, int pages, int max_running, int chunk, int mixed, int overlap)
 {
     sl_sched_config c = {.page_size = P,
                          .n_pages = pages,
                          .max_running = max_running,
                          .context_len = 4096,
                          .chunked_prefill_size = chunk,
+                         .mixed_prefill_tokens = mixed,
                          .overlap = overlap,
                          .vocab = 128,
                          .eos = {0},
@@ -39,6 +40,11 @@ static sl_sched *make(int P, int pages, int max_running, int chunk, int overlap)
     sl_err e = {0};
     CHECK_MSG(sl_sched_new(&s, &c, &e) == SL_OK, "%s", e.msg);
     return s;
+}
+
+static sl_sched *make(int P, int pages, int max_running, int chunk, int overlap)
+{
+    return make_mixed(P, pages, max_running, chunk, 0, overlap);
 }
 
 static void submit(sl_sched *s, uint64_t rid, int n, int max_new, int prio)
@@ -137,6 +143,46 @@ static void test_shared_budget(void)
     CHECK_MSG(prefilled == 1000 && steps == 5, "%d tokens in %d steps", prefilled, steps);
     while (step(s))
         check_ok(s);
+    sl_sched_free(s);
+}
+
+/* --mixed-prefill-tokens: while requests decode, a step carries at most that
+ * many prefill tokens (the decodes' inter-token latency stays near one decode
+ * step), whatever --chunked-prefill-size allows; a prompt with nothing
+ * decoding beside it still takes the whole budget. */
+static void test_mixed_budget(void)
+{
+    sl_sched *s = make_mixed(16, 1024, 16, 4096, 128, 0);
+    submit(s, 50, 1000, 1, 0); /* alone: one chunk */
+    sl_sched_batch *b = step(s);
+    CHECK_MSG(b && b->meta.n_tokens == 1000, "alone: %d tokens", b ? b->meta.n_tokens : -1);
+    while (step(s))
+        ;
+    for (uint64_t rid = 1; rid <= 8; rid++) submit(s, rid, 16, 100, 0);
+    b = step(s); /* the eight prompts: nothing decodes yet, so one batch */
+    CHECK(b && b->meta.n_tokens == 128);
+    submit(s, 100, 1000, 1, 0);
+    int prefilled = 0, steps = 0;
+    while (prefilled < 1000 && (b = sl_sched_next_batch(s))) {
+        int decodes = 0, chunk = 0;
+        for (int i = 0; i < b->meta.n_seqs; i++) {
+            int q = (i + 1 < b->meta.n_seqs ? b->q_start[i + 1] : b->meta.n_tokens) - b->q_start[i];
+            if (b->rid[i] == 100)
+                chunk = q;
+            else
+                decodes += q;
+        }
+        CHECK_MSG(decodes == 8 && chunk <= 128, "step %d: %d decodes, chunk %d", steps, decodes, chunk);
+        CHECK_MSG(chunk == 128 || prefilled + chunk == 1000, "step %d: chunk %d", steps, chunk);
+        prefilled += chunk;
+        steps++;
+        fake_run(b);
+        sl_sched_complete(s, b);
+    }
+    CHECK_MSG(prefilled == 1000 && steps == 8, "%d tokens in %d steps", prefilled, steps);
+    while (step(s))
+        check_ok(s);
+    CHECK(sl_sched_idle(s));
     sl_sched_free(s);
 }
 
@@ -247,6 +293,7 @@ int main(void)
 {
     test_chunks_and_mixing();
     test_shared_budget();
+    test_mixed_budget();
     test_limits_and_priority();
     test_retraction();
     test_abort_and_overlap();

@@ -35,6 +35,8 @@ static const flag_row rows[SL_ENGINE_NFLAGS] = {
      "requests decoding at once (default: from memory)"},
     {"--chunked-prefill-size", SL_OPT_INT, C_(chunked_prefill_size),
      "tokens per batch, decodes included (default 8192; -1 disables chunking)"},
+    {"--mixed-prefill-tokens", SL_OPT_INT, C_(mixed_prefill_tokens),
+     "prefill tokens of a batch that also decodes (default 0: --chunked-prefill-size alone)"},
     {"--mamba-scheduler-strategy", SL_OPT_STR, F_(strategy),
      "extra_buffer (default) or no_buffer (hybrid models)"},
     {"--mamba-track-interval", SL_OPT_INT, C_(track_interval),

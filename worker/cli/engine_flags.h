@@ -19,7 +19,7 @@
 #include "engine.h"
 #include "sl_opts.h"
 
-#define SL_ENGINE_NFLAGS 18
+#define SL_ENGINE_NFLAGS 19
 
 /* What the worker parses the flags into. */
 typedef struct sl_engine_flags {

@@ -482,12 +482,18 @@ sl_sched_batch *sl_sched_next_batch(sl_sched *s)
     /* One token budget per step, shared: the decodes already in the batch
      * count against --chunked-prefill-size, so a long prompt arriving while
      * many requests decode cannot stretch their inter-token latency beyond
-     * one budget's compute. Prefill keeps at least one checkpoint unit (C
-     * tokens) a step, so it is never starved by decodes. */
+     * one budget's compute. --mixed-prefill-tokens bounds it further while
+     * anything decodes (a step's time, and so every decoding request's
+     * inter-token latency, grows with its prefill tokens); a prompt alone
+     * still takes the whole budget. Prefill keeps at least one checkpoint
+     * unit (C tokens) a step, so it is never starved by decodes. */
     int budget = INT_MAX;
-    if (s->cfg.chunked_prefill_size > 0) {
-        budget = s->cfg.chunked_prefill_size - b->meta.n_tokens;
-        if (budget < s->C) budget = s->C < s->cfg.chunked_prefill_size ? s->C : s->cfg.chunked_prefill_size;
+    if (s->cfg.chunked_prefill_size > 0) budget = s->cfg.chunked_prefill_size - b->meta.n_tokens;
+    if (s->cfg.mixed_prefill_tokens > 0 && b->meta.n_seqs > 0 && budget > s->cfg.mixed_prefill_tokens)
+        budget = s->cfg.mixed_prefill_tokens;
+    if (budget < s->C) {
+        int cap = s->cfg.chunked_prefill_size > 0 ? s->cfg.chunked_prefill_size : INT_MAX;
+        budget = s->C < cap ? s->C : cap;
     }
     for (sl_sched_req_impl *r = s->running.head; r && budget > 0; r = r->next)
         if (!is_decoding(r)) prefill_chunk(s, b, r, &budget); /* skipped if it does not fit */

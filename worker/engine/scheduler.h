@@ -67,6 +67,8 @@ typedef struct sl_sched_config {
     int max_running;
     int context_len;
     int chunked_prefill_size; /* prefill tokens per batch (<= 0: unlimited) */
+    int mixed_prefill_tokens; /* prefill tokens of a batch that also decodes (<= 0: no
+                                 other limit than chunked_prefill_size) */
     int disable_radix;
     sl_mamba_strategy strategy;
     int track_interval; /* decode snapshot interval (multiple of page_size) */

@@ -33,7 +33,7 @@ typedef struct opened {
 struct sl_pd_share {
     sl_engine *g;
     sl_model *m;
-    char id[128];
+    char id[64 + 96]; /* boot id / device id: room for both buffers of sl_pd_share_new */
     uint8_t *blob;
     size_t blob_n;
     opened peer[MAX_OPEN];

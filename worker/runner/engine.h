@@ -53,6 +53,7 @@ typedef struct sl_engine_config {
     int page_size;            /* --page-size (1) */
     int context_len;          /* --context-length (0: the model's max positions) */
     int chunked_prefill_size; /* --chunked-prefill-size (8192; <= 0: off) */
+    int mixed_prefill_tokens; /* --mixed-prefill-tokens (0: off) */
     int max_running;          /* --max-running-requests (0: derive from memory) */
     double mem_fraction;      /* --mem-fraction-static: share of the memory for caches */
     size_t mem_bytes;         /* --mem-bytes: cache budget in bytes (overrides the fraction) */
