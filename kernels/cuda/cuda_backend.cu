@@ -535,6 +535,13 @@ static int env_switch(const char *name, int dflt)
     return dflt ? strcmp(v, "0") != 0 : strcmp(v, "1") == 0;
 }
 
+// A default-on switch with a second form: unset 1, "0" 0, "2" 2, else 1.
+static int env_switch2(const char *name)
+{
+    const char *v = getenv(name);
+    return v && !strcmp(v, "2") ? 2 : env_switch(name, 1);
+}
+
 
 // ---- backend ------------------------------------------------------------------------
 
@@ -615,16 +622,12 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // Prefill attention and the grouped FP8 MoE GEMMs on wgmma (v34, v35):
     // SL_CUDA_ATTN_WG=0 goes back to FA2, SL_CUDA_MOE_FP8_WG=0 to mma.sync.
     b->moe_fp8_path = env_switch("SL_CUDA_MOE_FP8_GROUPED", 1) ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
-    // =2: the wgmma kernel's overlapped form (NOTES.md v36)
-    const char *mwg = getenv("SL_CUDA_MOE_FP8_WG");
-    b->moe_fp8_wg = mwg && !strcmp(mwg, "2") ? 2 : env_switch("SL_CUDA_MOE_FP8_WG", 1);
+    // =2: their overlapped forms (v36, v37)
+    b->moe_fp8_wg = env_switch2("SL_CUDA_MOE_FP8_WG");
     const char *npb = getenv("SL_CUDA_MOE_FP8_NPB");
     b->moe_fp8_npb = npb ? atoi(npb) : 0;
-    const char *awg = getenv("SL_CUDA_ATTN_WG");
-    b->attn_pf = !env_switch("SL_CUDA_ATTN_FA2", 1)  ? SL_CUDA_ATTN_WMMA
-                 : !env_switch("SL_CUDA_ATTN_WG", 1) ? SL_CUDA_ATTN_FA2
-                 : awg && !strcmp(awg, "2")          ? SL_CUDA_ATTN_WGO
-                                                     : SL_CUDA_ATTN_WG;
+    static const int attn_wg[] = {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO};
+    b->attn_pf = env_switch("SL_CUDA_ATTN_FA2", 1) ? attn_wg[env_switch2("SL_CUDA_ATTN_WG")] : SL_CUDA_ATTN_WMMA;
     // timing picks the fastest matmul kernel per shape, which can differ from
     // process to process (and so can the rounding); =0 takes cuBLASLt's
     // heuristic's first choice everywhere: the same numbers in every process

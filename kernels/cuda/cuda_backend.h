@@ -48,8 +48,8 @@ void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which);
  * warpgroup mma (v34), plain or with the next tile's S overlapping this
  * tile's P·V (WGO, v37). A backend starts with SL_CUDA_ATTN_WG, or FA2 with
  * SL_CUDA_ATTN_WG=0 in the environment at creation, WGO with
- * SL_CUDA_ATTN_WG=2, or WMMA with SL_CUDA_ATTN_FA2=0. Returns the previous setting. Not thread-safe against
- * ops running on be. */
+ * SL_CUDA_ATTN_WG=2, or WMMA with SL_CUDA_ATTN_FA2=0. Returns the previous
+ * setting. Not thread-safe against ops running on be. */
 typedef enum { SL_CUDA_ATTN_WMMA, SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO } sl_cuda_attn_kernel;
 int sl_cuda_attn_prefill(sl_backend *be, int kernel);
 
@@ -83,9 +83,9 @@ const char *sl_cuda_matmul_last(sl_backend *be);
  * SL_CUDA_MOE_FP8_WG=0 in the environment at creation on the mma.sync tiles,
  * with =2 on the wgmma kernel's overlapped form). GROUPED (wgmma),
  * GROUPED_OV (wgmma, overlapped), GROUPED_TC (mma.sync), EXPERT_GEMV and GV
- * force theirs where they can run (tests). The grouped path needs K % 16 == 0 and 16-byte
- * aligned expert weights (H and I multiples of 16); elsewhere the GEMVs run.
- * Not thread-safe against ops running on be. */
+ * force theirs where they can run (tests). The grouped path needs K % 16 ==
+ * 0 and 16-byte aligned expert weights (H and I multiples of 16); elsewhere
+ * the GEMVs run. Not thread-safe against ops running on be. */
 typedef enum sl_cuda_moe_fp8 {
     SL_CUDA_MOE_FP8_GEMV,
     SL_CUDA_MOE_FP8_AUTO,
