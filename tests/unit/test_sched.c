@@ -111,14 +111,14 @@ static void test_chunks_and_mixing(void)
     sl_sched_free(s);
 }
 
-/* --chunked-prefill-size is one budget per step for decodes and prefill
- * chunks together: a long prompt arriving among decoding requests takes what
- * the decodes leave (checkpoint aligned), never stretching their step. */
-static void test_shared_budget(void)
+/* Eight short prompts start decoding, then a 1000-token prompt (rid 100)
+ * arrives; its steps run until it is prefilled. Every step carries the eight
+ * decodes, at most max_tokens tokens and a chunk of at most max_chunk; each
+ * chunk but the last is exactly full. Returns the steps taken. */
+static int prefill_among_decodes(sl_sched *s, int full, int max_tokens, int max_chunk)
 {
-    sl_sched *s = make(16, 1024, 16, 256, 0);
     for (uint64_t rid = 1; rid <= 8; rid++) submit(s, rid, 16, 100, 0);
-    sl_sched_batch *b = step(s); /* the eight prompts in one batch */
+    sl_sched_batch *b = step(s); /* the eight prompts: nothing decodes yet, so one batch */
     CHECK(b && b->meta.n_tokens == 128);
     submit(s, 100, 1000, 1, 0);
     int prefilled = 0, steps = 0;
@@ -131,16 +131,27 @@ static void test_shared_budget(void)
             else
                 decodes += q;
         }
-        CHECK_MSG(decodes == 8 && b->meta.n_tokens <= 256,
-                  "step %d: %d decodes, %d tokens", steps, decodes, b->meta.n_tokens);
-        /* 248 left: 192 (three checkpoint units), then the last 232 whole */
-        CHECK_MSG(chunk == 192 || prefilled + chunk == 1000, "step %d: chunk %d", steps, chunk);
+        CHECK_MSG(decodes == 8 && b->meta.n_tokens <= max_tokens && chunk <= max_chunk,
+                  "step %d: %d decodes, %d tokens, chunk %d", steps, decodes, b->meta.n_tokens, chunk);
+        CHECK_MSG(chunk == full || prefilled + chunk == 1000, "step %d: chunk %d", steps, chunk);
         prefilled += chunk;
         steps++;
         fake_run(b);
         sl_sched_complete(s, b);
     }
-    CHECK_MSG(prefilled == 1000 && steps == 5, "%d tokens in %d steps", prefilled, steps);
+    CHECK_MSG(prefilled == 1000, "%d tokens in %d steps", prefilled, steps);
+    return steps;
+}
+
+/* --chunked-prefill-size is one budget per step for decodes and prefill
+ * chunks together: a long prompt arriving among decoding requests takes what
+ * the decodes leave (checkpoint aligned), never stretching their step. */
+static void test_shared_budget(void)
+{
+    sl_sched *s = make(16, 1024, 16, 256, 0);
+    /* 248 left: 192 (three checkpoint units), then the last 232 whole */
+    int steps = prefill_among_decodes(s, 192, 256, 1000);
+    CHECK_MSG(steps == 5, "%d steps", steps);
     while (step(s))
         check_ok(s);
     sl_sched_free(s);
@@ -158,28 +169,8 @@ static void test_mixed_budget(void)
     CHECK_MSG(b && b->meta.n_tokens == 1000, "alone: %d tokens", b ? b->meta.n_tokens : -1);
     while (step(s))
         ;
-    for (uint64_t rid = 1; rid <= 8; rid++) submit(s, rid, 16, 100, 0);
-    b = step(s); /* the eight prompts: nothing decodes yet, so one batch */
-    CHECK(b && b->meta.n_tokens == 128);
-    submit(s, 100, 1000, 1, 0);
-    int prefilled = 0, steps = 0;
-    while (prefilled < 1000 && (b = sl_sched_next_batch(s))) {
-        int decodes = 0, chunk = 0;
-        for (int i = 0; i < b->meta.n_seqs; i++) {
-            int q = (i + 1 < b->meta.n_seqs ? b->q_start[i + 1] : b->meta.n_tokens) - b->q_start[i];
-            if (b->rid[i] == 100)
-                chunk = q;
-            else
-                decodes += q;
-        }
-        CHECK_MSG(decodes == 8 && chunk <= 128, "step %d: %d decodes, chunk %d", steps, decodes, chunk);
-        CHECK_MSG(chunk == 128 || prefilled + chunk == 1000, "step %d: chunk %d", steps, chunk);
-        prefilled += chunk;
-        steps++;
-        fake_run(b);
-        sl_sched_complete(s, b);
-    }
-    CHECK_MSG(prefilled == 1000 && steps == 8, "%d tokens in %d steps", prefilled, steps);
+    int steps = prefill_among_decodes(s, 128, 4096, 128);
+    CHECK_MSG(steps == 8, "%d steps", steps);
     while (step(s))
         check_ok(s);
     CHECK(sl_sched_idle(s));
