@@ -11,7 +11,9 @@
  *           inherited. A routing near-tie or a recurrence that amplifies
  *           noise shows up in the free run only; a wrong kernel shows up here.
  * Checks: every forced op is within bf16 rounding of the CPU (rel L2 < 2e-2)
- * and chooses the same experts. The free runs are reported, not checked:
+ * and chooses the same experts. The router computes its logits and its choice
+ * in one op, before the trace can force the logits: its ids and weights are
+ * compared with the CPU's routing of CUDA's own logits. The free runs are reported, not checked:
  * bf16 may flip a routing near-tie (the golden MoE fixtures have router
  * logit gaps down to 3e-4), which changes that token's MoE output wholesale
  * and, through attention and the recurrent state, every later token's.
@@ -49,6 +51,7 @@ typedef struct trace {
 } trace;
 
 static int is_ids(const char *op) { return !strcmp(op, "route_ids"); }
+static int is_route(const char *op) { return is_ids(op) || !strcmp(op, "route_w"); }
 
 /* Writes host f32 values v into t (a device tensor, any row stride) in t's dtype. */
 static void force_to(const sl_tensor *t, const float *v)
@@ -149,6 +152,22 @@ static double op_err(const rec *a, const rec *b)
     return (double)diff / (double)n;
 }
 
+/* The CPU's routing of CUDA's router logits lg into ids and w (records shaped
+ * as CUDA's ids and w: k routed experts, then any fused shared expert). */
+static void route_own(sl_backend *cpu, const sl_model_config *g, const rec *lg, rec *ids, rec *w)
+{
+    int64_t T = lg->rows, E = lg->cols, K = ids->cols;
+    int k = g->n_experts_per_tok;
+    int32_t *iv = malloc(sizeof(int32_t) * (size_t)(T * K));
+    SL_ASSERT(iv);
+    sl_tensor tl = sl_tensor_make(lg->v, SL_DTYPE_F32, 2, (int64_t[]){T, E});
+    sl_tensor ti = sl_tensor_make(iv, SL_DTYPE_I32, 2, (int64_t[]){T, K});
+    sl_tensor tw = sl_tensor_make(w->v, SL_DTYPE_F32, 2, (int64_t[]){T, K});
+    sl_be_moe_route(cpu, &ti, &tw, &tl, k, g->norm_topk_prob, (int)K - k);
+    for (int64_t i = 0; i < T * K; i++) ids->v[i] = (float)iv[i];
+    free(iv);
+}
+
 static void print_op(const char *what, const rec *a, double err, const char *mark)
 {
     printf("  %-6s L%-2d %-14s [%4lld x %4lld] %s %.3e%s\n", what, a->layer, a->op, (long long)a->rows,
@@ -192,9 +211,21 @@ static void run_case(const char *arch, const char *name, sl_model *mc, sl_model 
     int jumped = 0;
     double worst = 0;
     int wi = 0;
+    rec own[2] = {{0}}; /* the CPU's route_ids and route_w from CUDA's router logits */
     for (int i = 0; i < tc.n; i++) {
         const rec *a = &tc.r[i];
-        double ef = op_err(a, &tf.r[i]), ex = op_err(a, &tx.r[i]);
+        double ef = op_err(a, &tf.r[i]);
+        if (is_ids(a->op) && i > 0 && i + 1 < tc.n && !strcmp(tc.r[i - 1].op, "router") &&
+            !strcmp(tc.r[i + 1].op, "route_w")) {
+            for (int j = 0; j < 2; j++) {
+                float *v = realloc(own[j].v, sizeof(float) * (size_t)(tc.r[i + j].rows * tc.r[i + j].cols));
+                SL_ASSERT(v);
+                own[j] = tc.r[i + j];
+                own[j].v = v;
+            }
+            route_own(sl_model_backend(mc), sl_model_cfg(mc), &tx.r[i - 1], &own[0], &own[1]);
+        }
+        double ex = op_err(is_route(a->op) && own[0].v ? &own[is_ids(a->op) ? 0 : 1] : a, &tx.r[i]);
         int ids_op = is_ids(a->op);
         if (all) {
             print_op("free", a, ef, "");
@@ -214,6 +245,8 @@ static void run_case(const char *arch, const char *name, sl_model *mc, sl_model 
     }
     printf("%s %s: forced run: worst op %s (layer %d) rel L2 %.3e\n", arch, name, tc.r[wi].op,
            tc.r[wi].layer, worst);
+    free(own[0].v);
+    free(own[1].v);
 out:
     trace_clear(&tc);
     trace_clear(&tf);

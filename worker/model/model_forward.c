@@ -261,8 +261,6 @@ static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, sl_ten
     trace(m, li, "router", &logits);
     trace(m, li, "route_ids", &ids);
     trace(m, li, "route_w", &w);
-    trace(m, li, "route_ids", &ids);
-    trace(m, li, "route_w", &w);
     if (ly->ex_gate_up_s.data)
         sl_be_moe_experts_fp8(be, d, xn, &ids, &w, &ly->ex_gate_up, &ly->ex_gate_up_s, &ly->ex_down,
                               &ly->ex_down_s);
