@@ -624,8 +624,9 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->moe_fp8_path = env_switch("SL_CUDA_MOE_FP8_GROUPED", 1) ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
     // =2: their overlapped forms (v36, v37)
     b->moe_fp8_wg = env_switch2("SL_CUDA_MOE_FP8_WG");
+    // one weight block a block: walking several (v38) measured no faster
     const char *npb = getenv("SL_CUDA_MOE_FP8_NPB");
-    b->moe_fp8_npb = npb ? atoi(npb) : 0;
+    b->moe_fp8_npb = npb ? atoi(npb) : 1;
     static const int attn_wg[] = {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO};
     b->attn_pf = env_switch("SL_CUDA_ATTN_FA2", 1) ? attn_wg[env_switch2("SL_CUDA_ATTN_WG")] : SL_CUDA_ATTN_WMMA;
     // timing picks the fastest matmul kernel per shape, which can differ from
@@ -634,7 +635,7 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->mm_tune = env_switch("SL_CUDA_MM_TUNE", 1);
     b->gdn_split = env_switch("SL_CUDA_GDN_SPLIT", 1);
     b->moe_router = env_switch("SL_CUDA_MOE_ROUTER", 1);
-    b->fp8_gemv_cp = env_switch("SL_CUDA_FP8_GEMV_CP", 1);
+    b->fp8_gemv_cp = env_switch2("SL_CUDA_FP8_GEMV_CP");
     b->poison = env_switch("SL_CUDA_POISON", 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     if (env_switch("SL_CUDA_PROFILE", 0)) cu_prof_init(b);

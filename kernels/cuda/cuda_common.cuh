@@ -120,16 +120,17 @@ typedef struct cu_backend {
     // cu_moe_experts_fp8, AUTO: the grouped GEMMs on wgmma (1: k_fp8_moe_wg,
     // NOTES.md v35; 2: its overlapped form, v36) instead of the mma.sync tiles
     // (0); env SL_CUDA_MOE_FP8_WG=0 / 2; npb: weight blocks a block of it
-    // walks (env SL_CUDA_MOE_FP8_NPB; 0: chosen per launch)
+    // walks (env SL_CUDA_MOE_FP8_NPB; default 1, 0: chosen per launch)
     int moe_fp8_wg, moe_fp8_npb;
     // cu_gdn: the split chunked form (prep over all chunks, then the scan;
     // the default, NOTES.md v15: bit-identical to the single kernel and
     // 1.4x faster at 1000 tokens); env SL_CUDA_GDN_SPLIT=0 or sl_cuda_gdn_split
     // goes back
     int gdn_split;
-    // fp8.cu: decode GEMVs stage their weights in shared memory with cp.async
-    // (k_fp8_gemv_cp, the default where they fit); env SL_CUDA_FP8_GEMV_CP=0
-    // keeps the register-streaming k_fp8_gemv_tc everywhere
+    // fp8.cu: the MoE's per-pair decode GEMVs stage their weights in shared
+    // memory with cp.async (k_fp8_gemv_cp, 1: the default, 10 % faster at one
+    // token); 2: dense GEMVs too (1.1-7x slower than k_fp8_gemv_tc on an H200,
+    // NOTES.md v32: kept to measure); env SL_CUDA_FP8_GEMV_CP=0 / 2
     int fp8_gemv_cp;
     // env SL_CUDA_POISON=1: every new tensor and scratch buffer starts as NaN
     // (all bits set), so a kernel reading memory nothing wrote shows

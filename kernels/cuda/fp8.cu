@@ -972,12 +972,14 @@ template <class F> static void fp8_smem_raise(cu_backend *b, F *k, int bit, int 
     b->fp8_smem_set |= bit;
 }
 
-// k_fp8_gemv_cp where it applies (b->fp8_gemv_cp, up to 16 tokens, whole
-// 16-byte rows, the tile within FP8_CP_MAX_SMEM): returns whether it ran.
+// k_fp8_gemv_cp where it applies (b->fp8_gemv_cp: per pair, 2 also dense;
+// up to 16 tokens, whole 16-byte rows, the tile within FP8_CP_MAX_SMEM):
+// returns whether it ran.
 static int fp8_gemv_cp_launch(cu_backend *b, const fp8_args &a, dim3 grid, int M)
 {
     size_t smem = fp8_cp_smem(a.G, a.ids ? 1 : M);
-    if (!b->fp8_gemv_cp || M > 16 || !a.vec || smem > FP8_CP_MAX_SMEM) return 0;
+    if (!b->fp8_gemv_cp || (!a.ids && b->fp8_gemv_cp < 2) || M > 16 || !a.vec || smem > FP8_CP_MAX_SMEM)
+        return 0;
     if (M <= 8) {
         fp8_smem_raise(b, k_fp8_gemv_cp<1>, 32, FP8_CP_MAX_SMEM);
         cu_launch(b, k_fp8_gemv_cp<1>, grid, dim3(32 * GV8_WARPS), smem, a);
@@ -1178,8 +1180,9 @@ static void fp8_quant_silu(cu_backend *b, const fp8_args &a, const fp8_args &d, 
 // Weight blocks a block of k_fp8_moe_wg walks: enough that blocks are not
 // mostly pipeline fill (a short K), few enough that the grid keeps about 4
 // waves of blocks (max_tiles bounds the plan's tiles from above; a divisor of
-// the weight blocks, so every block gets as many). SL_CUDA_MOE_FP8_NPB=n
-// fixes it (1: a block per weight block, v35).
+// the weight blocks, so every block gets as many) when SL_CUDA_MOE_FP8_NPB=0;
+// n fixes it (the default 1, a block per weight block as v35: the walk measured
+// no faster on an H200, NOTES.md v38).
 static int moe_fp8_wg_npb(const cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int bm)
 {
     int nb = cu_blocks(a.N, TC_BN);

@@ -30,6 +30,13 @@ for t in "$dir"/test_*; do
   # the op tests' CPU oracle takes ~3 min for the MoE and FP8 cases
   run "$name" "$([ "$name" = test_backend_ops ] && echo 400 || echo "${LIMIT:-150}")"
   [ "$name" = test_backend_ops ] && run "$name" "${PERF_LIMIT:-300}" --perf
+  # the forms kept to measure (docs/operations.md): dense FP8 GEMVs through
+  # shared memory, the grouped FP8 MoE blocks walking several weight blocks
+  if [ "$name" = test_backend_ops ]; then
+    for op in matmul_fp8 moe_experts_fp8; do
+      SL_CUDA_FP8_GEMV_CP=2 SL_CUDA_MOE_FP8_NPB=0 TAG=kept run "$name" 300 --filter $op
+    done
+  fi
   # every allocation NaN: a kernel reading memory nothing wrote fails the checks
   [ "$name" = test_engine_gpu ] && SL_CUDA_POISON=1 TAG=poisoned run "$name" "${LIMIT:-150}"
   # the paths the defaults replaced, still selectable (docs/operations.md)
