@@ -196,7 +196,7 @@ template <int ROWS, bool PAD, int D, class At>
 __device__ __forceinline__ void attn_load_q(const cu_attn_args &a, const attn_tile &t,
                                             __nv_bfloat16 *Qs, At at)
 {
-    for (int e = threadIdx.x; e < ROWS * D; e += ATTN_WARPS * 32) {
+    for (int e = threadIdx.x; e < ROWS * D; e += blockDim.x) {
         int r = e / D, d = e % D, ti = r / a.gh;
         float v = 0.0f;
         if ((!PAD || r < a.qt * a.gh) && ti < t.ntok)
@@ -625,19 +625,19 @@ __device__ __forceinline__ uint32_t fa2_pack(float lo, float hi)
 // K and V rows of keys [j0, j0 + BC) of the tile's KV head, gathered through
 // the page table into ks and vs by cp.async (16-byte chunk c of key row r at
 // byte dst(r, c) of each; a null ks or vs: that half not copied) and
-// committed as one group; keys past kend are zeros (a zero V row times a
-// masked p = 0 keeps garbage out of O).
-template <int D, int BC, class Dst>
+// committed as one group by the block's NTH threads; keys past kend are
+// zeros (a zero V row times a masked p = 0 keeps garbage out of O).
+template <int D, int BC, int NTH = ATTN_WARPS * 32, class Dst>
 __device__ __forceinline__ void fa_issue(const cu_attn_args &a, const attn_tile &tl, int j0,
                                          char *ks, char *vs, Dst dst)
 {
     constexpr int CH = D / 8; // 16-byte chunks per row
-    static_assert(BC * CH % (ATTN_WARPS * 32) == 0, "whole rounds of chunks");
+    static_assert(BC * CH % NTH == 0, "whole rounds of chunks");
     const int32_t *pages = a.page_table + (int64_t)tl.s * a.max_pages;
     const int64_t koff = (int64_t)tl.kh * D;
 #pragma unroll
-    for (int it = 0; it < BC * CH / (ATTN_WARPS * 32); it++) {
-        int c = threadIdx.x + it * ATTN_WARPS * 32;
+    for (int it = 0; it < BC * CH / NTH; it++) {
+        int c = threadIdx.x + it * NTH;
         int rr = c / CH, cc = c % CH, j = j0 + rr;
         bool ok = j < tl.kend;
         int64_t row = ok ? (int64_t)pages[j / a.page_size] * a.page_size + j % a.page_size : 0;
@@ -1057,6 +1057,115 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32, 2) k_attn_wg(cu_attn_args a)
     fa_store<D>(a, tl, R0, g, q, o, m, l);
 }
 
+// v40: k_attn_wg's arithmetic on 128-row tiles, two warpgroups of 64 rows
+// (FlashAttention-3's two consumer warpgroups, without its producer): both
+// read each K/V tile, so a copied byte serves twice the FLOPs of k_attn_wg's
+// 64-row tiles (there, the copies from L2 were about as long as the products:
+// 18 % of the mma rate on an H200, NOTES.md v39), and the key tiles are
+// larger (128 keys at D <= 128: S is one m64n128 product a warpgroup). Each
+// warpgroup issues its own products (wgmma is warpgroup-wide: a warpgroup
+// whose rows see no key of a tile skips it); the block's 256 threads copy.
+// Three stages where they fit (D <= 128), else two; one block an SM.
+//
+// Shared memory (after rounding the base up to 1024 bytes): Q [128][D],
+// STAGES × (K [BC][D], V [BC][D]). D 128: 230 400 B; D 256: 197 632 B;
+// D 64: 115 712 B.
+#define WG2_THREADS 256
+template <int D> struct wg2_cfg {
+    static constexpr int BC = D == 256 ? 64 : 128; // keys per K/V tile
+    static constexpr int STAGES = D == 256 ? 2 : 3;
+    static constexpr size_t Q = 128 * D * 2;
+    static constexpr size_t KV = (size_t)BC * D * 2;
+    static constexpr size_t STAGE = 2 * KV; // K then V
+    static constexpr size_t BYTES = 1024 + Q + STAGES * STAGE;
+    static_assert(Q % 1024 == 0 && KV % 1024 == 0, "tiles on the swizzle period");
+};
+
+template <int D>
+__global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
+{
+    using C = wg2_cfg<D>;
+    constexpr int BC = C::BC, NB = BC / 8, NO = D / 8, NK = D / 16, S = C::STAGES;
+    extern __shared__ __align__(1024) char smem_raw[];
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw);
+    char *smem = smem_raw + ((1024 - (raw & 1023)) & 1023);
+    const uint32_t sq = (uint32_t)__cvta_generic_to_shared(smem), sst = sq + (uint32_t)C::Q;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wgi = warp >> 2;
+    const int g = lane >> 2, q = lane & 3;
+
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    const attn_tile tl = attn_tile_of(a, gridDim.x - 1 - blockIdx.x); // longest first
+    if (tl.kbeg >= tl.kend) return; // no row has keys in this split
+
+    attn_load_q<128, false, D>(a, tl, (__nv_bfloat16 *)smem,
+                               [](int r, int d) { return (int)(wg_swz(128, r, d / 8) / 2) + d % 8; });
+
+    // warp w holds rows 16w .. 16w + 15: warpgroup wgi's m64 accumulators
+    const int R0 = warp * 16, last = tl.ntok - 1;
+    auto lim = [&](int r) { return min(tl.prefix + tl.i0 + min(r / a.gh, last) + 1, tl.kend); };
+    const int limr[2] = {lim(R0 + g), lim(R0 + g + 8)};
+    const int warp_lo = lim(R0); // below: no mask in this warp
+    // from here this warpgroup has nothing to do (warpgroup-uniform)
+    const int wg_end = wgi * 64 / a.gh <= last ? lim(wgi * 64 + 63) : 0;
+    const int nt = (tl.kend - tl.kbeg + BC - 1) / BC;
+
+    char *stages = smem + C::Q;
+    auto issue = [&](int t) { // tile t into stage t % S (one commit group; empty past the tiles)
+        if (t >= nt) {
+            __pipeline_commit();
+            return;
+        }
+        char *st = stages + (t % S) * C::STAGE;
+        fa_issue<D, BC, WG2_THREADS>(a, tl, tl.kbeg + t * BC, st, st + C::KV,
+                                     [](int r, int c) { return wg_swz(C::BC, r, c); });
+    };
+    // Q's 64 rows of this warpgroup start 64 · 128 bytes into each 128-row
+    // column block; K-major steps as k_attn_wg's, V N-major
+    const uint64_t dq = wg_desc(sq + (uint32_t)wgi * 64 * 128, 16, 1024);
+    auto kstep = [](int R, int kk) { return (uint64_t)(((kk >> 2) * R * 128 + (kk & 3) * 32) >> 4); };
+    float o[NO][4], m[2], l[2], s[NB][4], c[2];
+    uint32_t pa[BC / 16][4];
+    fa_start(o, m, l);
+    const float sl2 = a.scale_log2;
+
+    for (int t = 0; t + 1 < S; t++) issue(t);
+    for (int t = 0; t < nt; t++) {
+        // into the stage read at t - 1 (every thread is past it: the barrier below)
+        issue(t + S - 1);
+        __pipeline_wait_prior(S - 1); // tile t landed
+        wg_fence_smem();
+        __syncthreads();
+        const int j0 = tl.kbeg + t * BC;
+        if (j0 < wg_end) {
+            const uint32_t st = sst + (uint32_t)(t % S) * (uint32_t)C::STAGE;
+            const uint64_t dk = wg_desc(st, 16, 1024), dv = wg_desc(st + (uint32_t)C::KV, BC * 128, 1024);
+#pragma unroll
+            for (int n = 0; n < NB; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < NK; kk++) wg_ss<BC>(s, dq + kstep(128, kk), dk + kstep(BC, kk));
+            wg_commit();
+            wg_wait<0>();
+            wg_hold(s);
+            if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
+            fa_softmax_p(s, m, l, c, sl2);
+            fa_rescale(o, c);
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) wg_rs<D>(o, pa[kk], dv + (uint64_t)(kk * 2048 >> 4));
+            wg_commit();
+            wg_wait<0>();
+            wg_hold(o);
+        }
+        __syncthreads(); // the stage just read is refilled next iteration
+    }
+    __pipeline_wait_prior(0);
+    fa_store<D>(a, tl, R0, g, q, o, m, l);
+}
+
 __global__ void k_attn_combine(cu_attn_args a, int D)
 {
     int t = blockIdx.x, h = blockIdx.y;
@@ -1078,17 +1187,20 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
 }
 
 // The kernels: 16-row tiles (decode, short chunks), 64-row tiles (prefill)
-// on wmma, mma.sync (FlashAttention-2 style) or wgmma, plain or overlapped
-// (sl_cuda_attn_prefill).
-enum { ATTN_K_DECODE, ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO };
+// on wmma, mma.sync (FlashAttention-2 style) or wgmma, plain or overlapped,
+// and 128-row tiles on wgmma (sl_cuda_attn_prefill).
+enum { ATTN_K_DECODE, ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO, ATTN_K_WG2 };
 template <int D, int K> struct attn_kernel {
-    static constexpr size_t BYTES = K >= ATTN_K_WG        ? wg_cfg<D>::BYTES
+    static constexpr int THREADS = K == ATTN_K_WG2 ? WG2_THREADS : ATTN_WARPS * 32;
+    static constexpr size_t BYTES = K == ATTN_K_WG2       ? wg2_cfg<D>::BYTES
+                                    : K >= ATTN_K_WG      ? wg_cfg<D>::BYTES
                                     : K == ATTN_K_FA2     ? fa2_cfg<D>::BYTES
                                     : K == ATTN_K_PREFILL ? attn_pf_smem<D>::BYTES
                                                           : attn_smem<D>::BYTES;
     static void (*fn(void))(cu_attn_args)
     {
-        return K == ATTN_K_WGO       ? k_attn_wg<D, true>
+        return K == ATTN_K_WG2       ? k_attn_wg2<D>
+               : K == ATTN_K_WGO     ? k_attn_wg<D, true>
                : K == ATTN_K_WG      ? k_attn_wg<D, false>
                : K == ATTN_K_FA2     ? k_attn_fa2<D>
                : K == ATTN_K_PREFILL ? k_attn_prefill<D>
@@ -1106,7 +1218,7 @@ static int attn_prepare_kernel(void)
     CU_CHECK(cudaFuncSetAttribute(A::fn(), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   (int)A::BYTES));
     int n = 0;
-    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, A::fn(), ATTN_WARPS * 32, A::BYTES));
+    CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, A::fn(), A::THREADS, A::BYTES));
     return n > 0 ? n : 1;
 }
 
@@ -1129,7 +1241,7 @@ static int attn_run(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int level
         a.part = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)cm->n_tokens * a.Hq * a.nsplit *
                                               (D + 2));
     dim3 grid((unsigned)cm->n_tiles[level], (unsigned)(Hkv * n_hb), (unsigned)a.nsplit);
-    cu_launch(b, A::fn(), grid, ATTN_WARPS * 32, A::BYTES, a);
+    cu_launch(b, A::fn(), grid, A::THREADS, A::BYTES, a);
     return a.nsplit;
 }
 
@@ -1142,7 +1254,8 @@ static int attn_run_d(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int lev
     case ATTN_K_PREFILL: return attn_run<D, ATTN_K_PREFILL>(b, a, cm, level, Hkv);
     case ATTN_K_FA2: return attn_run<D, ATTN_K_FA2>(b, a, cm, level, Hkv);
     case ATTN_K_WG: return attn_run<D, ATTN_K_WG>(b, a, cm, level, Hkv);
-    default: return attn_run<D, ATTN_K_WGO>(b, a, cm, level, Hkv);
+    case ATTN_K_WGO: return attn_run<D, ATTN_K_WGO>(b, a, cm, level, Hkv);
+    default: return attn_run<D, ATTN_K_WG2>(b, a, cm, level, Hkv);
     }
 }
 
@@ -1172,9 +1285,18 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     int rows = pf ? 64 : 16;
     a.gh = 1;
     while (a.G % (a.gh * 2) == 0 && a.gh * 2 <= rows) a.gh *= 2;
+    static const int pf_kind[] = {ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO,
+                                  ATTN_K_WG2}; // sl_cuda_attn_kernel order
+    int kind = pf ? pf_kind[b->attn_pf] : ATTN_K_DECODE;
     int level = 0;
     if (pf) {
         while ((a.gh << level) < 64) level++;
+        // 128-row tiles are twice the tokens: one level up, if there is one
+        // (a single query head per KV head would need 128-token tiles)
+        if (kind == ATTN_K_WG2) {
+            if (level + 1 < CU_TILE_LEVELS) level++;
+            else kind = ATTN_K_WG;
+        }
     } else {
         while (cm->max_q_len > (1 << level) && (a.gh << (level + 1)) <= 16) level++;
     }
@@ -1188,8 +1310,6 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.seq_of = cm->seq_of;
     a.page_size = cm->page_size;
     a.max_pages = cm->max_pages;
-    static const int pf_kind[] = {ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO}; // sl_cuda_attn_kernel order
-    int kind = pf ? pf_kind[b->attn_pf] : ATTN_K_DECODE;
     int nsplit = D == 64    ? attn_run_d<64>(b, a, cm, level, Hkv, kind)
                  : D == 128 ? attn_run_d<128>(b, a, cm, level, Hkv, kind)
                             : attn_run_d<256>(b, a, cm, level, Hkv, kind);

@@ -535,11 +535,11 @@ static int env_switch(const char *name, int dflt)
     return dflt ? strcmp(v, "0") != 0 : strcmp(v, "1") == 0;
 }
 
-// A default-on switch with a second form: unset 1, "0" 0, "2" 2, else 1.
-static int env_switch2(const char *name)
+// A default-on switch with more forms: unset 1, "0" .. "top" that number, else 1.
+static int env_form(const char *name, int top)
 {
     const char *v = getenv(name);
-    return v && !strcmp(v, "2") ? 2 : env_switch(name, 1);
+    return v && v[0] >= '0' && v[0] <= '0' + top && !v[1] ? v[0] - '0' : 1;
 }
 
 
@@ -623,19 +623,19 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // SL_CUDA_ATTN_WG=0 goes back to FA2, SL_CUDA_MOE_FP8_WG=0 to mma.sync.
     b->moe_fp8_path = env_switch("SL_CUDA_MOE_FP8_GROUPED", 1) ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
     // =2: their overlapped forms (v36, v37)
-    b->moe_fp8_wg = env_switch2("SL_CUDA_MOE_FP8_WG");
+    b->moe_fp8_wg = env_form("SL_CUDA_MOE_FP8_WG", 2);
     // one weight block a block: walking several (v38) measured no faster
     const char *npb = getenv("SL_CUDA_MOE_FP8_NPB");
     b->moe_fp8_npb = npb ? atoi(npb) : 1;
-    static const int attn_wg[] = {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO};
-    b->attn_pf = env_switch("SL_CUDA_ATTN_FA2", 1) ? attn_wg[env_switch2("SL_CUDA_ATTN_WG")] : SL_CUDA_ATTN_WMMA;
+    static const int attn_wg[] = {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO, SL_CUDA_ATTN_WG2};
+    b->attn_pf = env_switch("SL_CUDA_ATTN_FA2", 1) ? attn_wg[env_form("SL_CUDA_ATTN_WG", 3)] : SL_CUDA_ATTN_WMMA;
     // timing picks the fastest matmul kernel per shape, which can differ from
     // process to process (and so can the rounding); =0 takes cuBLASLt's
     // heuristic's first choice everywhere: the same numbers in every process
     b->mm_tune = env_switch("SL_CUDA_MM_TUNE", 1);
     b->gdn_split = env_switch("SL_CUDA_GDN_SPLIT", 1);
     b->moe_router = env_switch("SL_CUDA_MOE_ROUTER", 1);
-    b->fp8_gemv_cp = env_switch2("SL_CUDA_FP8_GEMV_CP");
+    b->fp8_gemv_cp = env_form("SL_CUDA_FP8_GEMV_CP", 2);
     b->poison = env_switch("SL_CUDA_POISON", 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     if (env_switch("SL_CUDA_PROFILE", 0)) cu_prof_init(b);
@@ -680,7 +680,7 @@ extern "C" void *sl_cuda_stream(sl_backend *be)
 extern "C" int sl_cuda_attn_prefill(sl_backend *be, int kernel)
 {
     SL_ASSERT(be->i == &cu_iface);
-    SL_ASSERT(kernel >= SL_CUDA_ATTN_WMMA && kernel <= SL_CUDA_ATTN_WGO);
+    SL_ASSERT(kernel >= SL_CUDA_ATTN_WMMA && kernel <= SL_CUDA_ATTN_WG2);
     int was = cu_be(be)->attn_pf;
     cu_be(be)->attn_pf = kernel;
     return was;

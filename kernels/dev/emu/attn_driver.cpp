@@ -1,11 +1,11 @@
 // kernels/dev/emu/attn_driver.cpp: random paged batches (pages a random permutation,
-// NaN-poisoned output, garbage shared memory) through k_attn_fa2 and k_attn_wg, both forms (+ k_attn_combine for key
-// splits), compared with a float64 reference; appended to the kernel code by emu.py.
+// NaN-poisoned output, garbage shared memory) through k_attn_fa2, k_attn_wg (both forms) and
+// k_attn_wg2 (+ k_attn_combine for key splits), compared with a float64 reference; appended to the kernel code by emu.py.
 static uint64_t rs = 88172645463325252ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 static float frand(float lo, float hi) { return lo + (hi - lo) * (rnd() >> 8) / 16777216.0f; }
 
-// kernel: 0 FA2, 1 wgmma, 2 wgmma overlapped
+// kernel: 0 FA2, 1 wgmma, 2 wgmma overlapped, 3 wgmma on 128-row tiles
 template <int D, int KV>
 static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int Hkv, int nsplit, int qf32)
 {
@@ -39,6 +39,12 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     while (a.G % (a.gh * 2) == 0 && a.gh * 2 <= 64) a.gh *= 2;
     int level = 0;
     while ((a.gh << level) < 64) level++;
+    int kv = KV;
+    if (kv == 3) { // as cu_attention: 128-row tiles one level up, else k_attn_wg
+        if (level + 1 < 7) level++;
+        else kv = 1;
+    }
+    const unsigned nth = kv == 3 ? 256 : 128;
     a.qt = 1 << level;
     float scale = 1.0f / sqrtf((float)D);
     a.scale_log2 = scale * 1.4426950408889634f;
@@ -52,15 +58,16 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     for (unsigned z = 0; z < (unsigned)nsplit; z++)
         for (unsigned y = 0; y < (unsigned)(Hkv * n_hb); y++)
             for (unsigned x = 0; x < tiles.size(); x++) {
-                emu_block blk(128);
-                blk.smem.assign(KV ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, (char)0xff); // NaN-ish garbage
+                emu_block blk((int)nth);
+                blk.smem.assign(kv == 3 ? wg2_cfg<D>::BYTES : kv ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, (char)0xff); // NaN-ish garbage
                 std::vector<std::thread> th;
-                for (unsigned t = 0; t < 128; t++)
+                for (unsigned t = 0; t < nth; t++)
                     th.emplace_back([&, t] {
-                        emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = {128, 1, 1};
+                        emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = {nth, 1, 1};
                         gridDim = {(unsigned)tiles.size(), (unsigned)(Hkv * n_hb), (unsigned)nsplit};
-                        if (KV == 2) k_attn_wg<D, true>(a);
-                        else if (KV) k_attn_wg<D, false>(a);
+                        if (kv == 3) k_attn_wg2<D>(a);
+                        else if (kv == 2) k_attn_wg<D, true>(a);
+                        else if (kv) k_attn_wg<D, false>(a);
                         else k_attn_fa2<D>(a);
                         SL_ASSERT(emu_wg_idle());
                     });
@@ -98,7 +105,7 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     }
     double rel = sqrt(e2 / r2);
     printf("%s D=%d S=%d q0=%d pre0=%d P=%d Hq=%d Hkv=%d nsplit=%d q%s: rel L2 %.2e max abs %.2e nonfinite %d -> %s\n",
-           KV == 2 ? "wgo" : KV ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", rel, maxe, bad,
+           kv == 3 ? "wg2" : kv == 2 ? "wgo" : kv ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", rel, maxe, bad,
            bad == 0 && rel < 1e-2 ? "ok" : "FAIL");
     return bad == 0 && rel < 1e-2;
 }
@@ -108,6 +115,7 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
 {
     int ok = run_case<D, 0>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32);
     ok &= run_case<D, 1>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32);
+    ok &= run_case<D, 3>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32);
     return run_case<D, 2>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32) && ok;
 }
 
@@ -118,6 +126,7 @@ int main(int argc, char **argv)
     { int q[] = {77, 3, 20}, p[] = {13, 50, 87}; ok &= run_case<128>(3, q, p, 1, 8, 2, 1, 0); }
     { int q[] = {45, 17}, p[] = {100, 137}; ok &= run_case<128>(2, q, p, 16, 8, 1, 1, 1); }
     { int q[] = {20}, p[] = {700}; ok &= run_case<128>(1, q, p, 16, 4, 2, 3, 0); }
+    { int q[] = {150}, p[] = {300}; ok &= run_case<128>(1, q, p, 16, 8, 2, 1, 0); } // 4 key tiles of 128: the stage ring wraps
     { int q[] = {40, 1}, p[] = {29, 66}; ok &= run_case<256>(2, q, p, 1, 4, 1, 1, 0); }
     { int q[] = {33}, p[] = {0}; ok &= run_case<256>(1, q, p, 16, 2, 2, 1, 0); }
     { int q[] = {19, 100}, p[] = {61, 600}; ok &= run_case<256>(2, q, p, 16, 8, 2, 3, 0); }

@@ -57,6 +57,7 @@ struct emu_warp {
 struct emu_block {
     explicit emu_block(int threads) : bar(threads) {}
     std::barrier<> bar;
+    std::barrier<> wgbar[2] = {std::barrier<>(128), std::barrier<>(128)}; // a warpgroup's
     std::vector<char> smem;
     emu_warp w[8];
     uint64_t da[256], db[256];
@@ -201,12 +202,13 @@ thread_local std::vector<emu_wg_op> emu_wg_open;
 thread_local std::vector<std::vector<emu_wg_op>> emu_wg_groups;
 // d (64 × n) += A · B over k 0..KS-1 (16 bf16 or 32 e4m3: esz 2 or 1); A from descriptor da
 // (K-major) or, with ra, from the warpgroup's A fragments; B from db, K-major or N-major.
-// The warpgroup is threads 128·(t / 128) ..; both warpgroups of a block reach every call.
+// The warpgroup is threads 128·(t / 128) ..; its 128 threads reach every call together.
 static inline void emu_wg_exec(const emu_wg_op &op) {
     emu_block &b = *emu_b; int t = threadIdx.x, t0 = t & ~127;
+    std::barrier<> &bar = b.wgbar[t >> 7];
     b.da[t] = op.da; b.db[t] = op.db;
     if (op.ra) for (int i = 0; i < 4; i++) b.a[t][i] = op.a[i];
-    b.bar.arrive_and_wait();
+    bar.arrive_and_wait();
     SL_ASSERT(b.db[t] == b.db[t0] && b.da[t] == b.da[t0]); // warpgroup-uniform operands
     int w = (t >> 5) & 3, g = (t & 31) >> 2, q = t & 3, KS = 32 / op.esz;
     for (int f = 0; f < op.n / 8; f++) for (int e = 0; e < 4; e++) {
@@ -228,7 +230,7 @@ static inline void emu_wg_exec(const emu_wg_op &op) {
         }
         op.d[4 * f + e] += acc;
     }
-    b.bar.arrive_and_wait();
+    bar.arrive_and_wait();
 }
 static inline void emu_wg_issue(float *d, int n, uint64_t da, const uint32_t *ra, uint64_t db, bool nmaj, int esz) {
     emu_wg_op op{d, n, esz, da, db, {0, 0, 0, 0}, ra != nullptr, nmaj};

@@ -30,8 +30,9 @@ static const tb_case cases[] = {
     {SL_OP_ATTENTION, BF, {1, 20, 3000, 16, 16, 2, 128}, 2e-2},   /* 64-row tiles + split-KV */
     {SL_OP_ATTENTION, BF, {2, 30, 10, 16, 12, 2, 64}, 2e-2},      /* G = 6 */
     {SL_OP_ATTENTION, BF, {1, 200, 0, 16, 16, 2, 256}, 2e-2},     /* qwen3_next prefill */
-    /* the same and more on k_attn_fa2 and k_attn_wg (sl_cuda_attn_prefill); prefixes p + 37·s
-     * are never a multiple of the 64- or 32-key tile, pages are a random permutation */
+    /* the same and more on k_attn_fa2, k_attn_wg and k_attn_wg2 (sl_cuda_attn_prefill);
+     * prefixes p + 37·s are never a multiple of the 128-, 64- or 32-key tile, pages are a
+     * random permutation */
     {SL_OP_ATTENTION, BF, {1, 300, 0, 16, 8, 8, 128, 1, 0}, 2e-2},      /* MHA, one prompt */
     {SL_OP_ATTENTION, BF, {2, 300, 41, 1, 4, 4, 128, 1, 7}, 2e-2},      /* GQA 1, page 1 */
     {SL_OP_ATTENTION, BF, {3, 77, 13, 1, 32, 8, 128, 1, 131}, 2e-2},    /* GQA 4 (8B), page 1 */
@@ -47,6 +48,7 @@ static const tb_case cases[] = {
     {SL_OP_ATTENTION, BF, {1, 40, 2000, 16, 16, 2, 256, 1, 0}, 2e-2},   /* D 256 split-KV */
     {SL_OP_ATTENTION, BF, {3, 45, 70, 64, 8, 4, 64, 1, 0}, 2e-2},       /* D 64, page 64 */
     {SL_OP_ATTENTION, BF, {2, 30, 10, 16, 12, 2, 64, 1, 99}, 2e-2},     /* G = 6 */
+    {SL_OP_ATTENTION, BF, {2, 700, 300, 16, 32, 8, 128, 1, 3}, 2e-2},   /* many 128-row tiles */
 };
 
 static void attention_run(tb *t, const tb_case *c)
@@ -92,10 +94,10 @@ static void attention_run(tb *t, const tb_case *c)
             tb_pair_out(t, &y, dt, 2, (tb_ne2(ne, T, (int64_t)Hq * D), ne));
             float scale = 1.0f / sqrtf((float)D);
             sl_be_attention(t->cpu, &y.c, &qq.c, &kc.c, &vc.c, Hq, Hkv, D, scale, &b.m);
-            static const int kern[][3] = {{SL_CUDA_ATTN_WMMA, -1, -1},
-                                          {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO}};
-            static const char *kname[] = {"out", "out fa2", "out wg", "out wgo"};
-            for (int k = 0; k < 3 && kern[fa][k] >= 0; k++) {
+            static const int kern[][4] = {{SL_CUDA_ATTN_WMMA, -1, -1, -1},
+                                          {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO, SL_CUDA_ATTN_WG2}};
+            static const char *kname[] = {"out", "out fa2", "out wg", "out wgo", "out wg2"};
+            for (int k = 0; k < 4 && kern[fa][k] >= 0; k++) {
                 int was = sl_cuda_attn_prefill(t->gpu, kern[fa][k]);
                 sl_be_attention(t->gpu, &y.g, &qq.g, &kc.g, &vc.g, Hq, Hkv, D, scale, &b.m);
                 sl_cuda_attn_prefill(t->gpu, was);
@@ -224,9 +226,9 @@ static void attention_perf(tb *t, const char *filter)
         perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128, 0);
         perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256, 0);
         perf_attention(t, "next prefill", 1, 4096, 4096, 16, 16, 2, 256, 0);
-        /* the FlashAttention-2 and wgmma kernels (plain, overlapped), same shapes */
-        static const char *nm[] = {"", " fa2", " wg", " wgo"};
-        for (int k = SL_CUDA_ATTN_FA2; k <= SL_CUDA_ATTN_WGO; k++) {
+        /* the FlashAttention-2 and wgmma kernels (plain, overlapped, 128-row), same shapes */
+        static const char *nm[] = {"", " fa2", " wg", " wgo", " wg2"};
+        for (int k = SL_CUDA_ATTN_FA2; k <= SL_CUDA_ATTN_WG2; k++) {
             char n1[32], n2[32];
             snprintf(n1, sizeof n1, "8B prefill%s", nm[k]);
             snprintf(n2, sizeof n2, "next prefill%s", nm[k]);
