@@ -104,8 +104,8 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
         }
     }
     double rel = sqrt(e2 / r2);
-    printf("%s D=%d S=%d q0=%d pre0=%d P=%d Hq=%d Hkv=%d nsplit=%d q%s: rel L2 %.2e max abs %.2e nonfinite %d -> %s\n",
-           kv == 3 ? "wg2" : kv == 2 ? "wgo" : kv ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", rel, maxe, bad,
+    printf("%s D=%d S=%d q0=%d pre0=%d P=%d Hq=%d Hkv=%d nsplit=%d q%s%s: rel L2 %.2e max abs %.2e nonfinite %d -> %s\n",
+           KV == 3 ? "wg2" : KV == 2 ? "wgo" : KV ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", kv != KV ? " (ran k_attn_wg: one query head a KV head)" : "", rel, maxe, bad,
            bad == 0 && rel < 1e-2 ? "ok" : "FAIL");
     return bad == 0 && rel < 1e-2;
 }
