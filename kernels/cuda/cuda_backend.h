@@ -9,7 +9,7 @@
  * while the previous one drains; see cuda_common.cuh). SL_CUDA_PDL=0 in the
  * environment when the backend is created launches them plainly (A/B timing).
  * SL_CUDA_ATTN_WG=0 there runs prefill attention on the FlashAttention-2
- * kernel instead of the wgmma one, SL_CUDA_ATTN_FA2=0 on the wmma kernel (see
+ * kernel instead of the wgmma ones, SL_CUDA_ATTN_FA2=0 on the wmma kernel (see
  * sl_cuda_attn_prefill).
  */
 #ifndef SL_CUDA_BACKEND_H
@@ -48,8 +48,8 @@ void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which);
  * warpgroup mma (v34), plain or with the next tile's S overlapping this
  * tile's P·V (WGO, v37), or on 128-row tiles over two warpgroups (WG2, v40;
  * WG where a KV head has a single query head). A backend starts with
- * SL_CUDA_ATTN_WG, or FA2 with SL_CUDA_ATTN_WG=0 in the environment at
- * creation, WGO with SL_CUDA_ATTN_WG=2, WG2 with SL_CUDA_ATTN_WG=3, or WMMA
+ * SL_CUDA_ATTN_WG2, or FA2 with SL_CUDA_ATTN_WG=0 in the environment at
+ * creation, WGO with SL_CUDA_ATTN_WG=2, WG with SL_CUDA_ATTN_WG=3, or WMMA
  * with SL_CUDA_ATTN_FA2=0. Returns the previous setting. Not thread-safe
  * against ops running on be. */
 typedef enum { SL_CUDA_ATTN_WMMA, SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO, SL_CUDA_ATTN_WG2 } sl_cuda_attn_kernel;

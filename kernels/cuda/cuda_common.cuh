@@ -114,7 +114,7 @@ typedef struct cu_backend {
     // for A/B timing); fence: the next cu_launch is a plain one (see there)
     int pdl, pdl_fence;
     // cu_attention: the prefill kernel, an sl_cuda_attn_kernel (env
-    // SL_CUDA_ATTN_WG=0: FA2, =2: WGO, =3: WG2, SL_CUDA_ATTN_FA2=0: wmma;
+    // default WG2; SL_CUDA_ATTN_WG=0: FA2, =2: WGO, =3: WG, SL_CUDA_ATTN_FA2=0: wmma;
     // sl_cuda_attn_prefill)
     int attn_pf;
     // cu_moe_experts_fp8, AUTO: the grouped GEMMs on wgmma (1: k_fp8_moe_wg,
