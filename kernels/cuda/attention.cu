@@ -780,6 +780,18 @@ __device__ __forceinline__ void fa_store(const cu_attn_args &a, const attn_tile 
     }
 }
 
+// Causal limits of a tile's rows: keys [kbeg, lim(r)) are visible to row r,
+// capped at the split's end; rows past the tile's tokens (zero Q rows, never
+// written) take the last token's, so no row is fully masked but by a split.
+struct fa_lim {
+    const cu_attn_args &a;
+    const attn_tile &tl;
+    __device__ int operator()(int r) const
+    {
+        return min(tl.prefix + tl.i0 + min(r / a.gh, tl.ntok - 1) + 1, tl.kend);
+    }
+};
+
 template <int D>
 __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
 {
@@ -800,11 +812,8 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
 
     attn_load_q<64, false, D>(a, tl, Qs, attn_pitch<KP>());
 
-    // Causal limits (keys [kbeg, lim) visible, capped at the split's end):
-    // rows past the tile's tokens (zero Q rows, never written) take the last
-    // token's, so no row is fully masked but by a split.
     const int R0 = warp * 16, last = tl.ntok - 1;
-    auto lim = [&](int r) { return min(tl.prefix + tl.i0 + min(r / a.gh, last) + 1, tl.kend); };
+    const fa_lim lim{a, tl};
     const int limr[2] = {lim(R0 + g), lim(R0 + g + 8)};
     const int warp_lo = lim(R0);                               // below: no mask in this warp
     const int warp_end = R0 / a.gh <= last ? lim(R0 + 15) : 0; // from here: nothing to do
@@ -894,6 +903,39 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
     fa_store<D>(a, tl, R0, g, q, o, m, l);
 }
 
+// The wgmma kernels' pieces. A tile's ROWS query rows into smem as a
+// 128-byte-swizzled K-major operand.
+template <int ROWS, int D>
+__device__ __forceinline__ void fa_wg_load_q(const cu_attn_args &a, const attn_tile &tl, char *smem)
+{
+    attn_load_q<ROWS, false, D>(a, tl, (__nv_bfloat16 *)smem,
+                                [](int r, int d) { return (int)(wg_swz(ROWS, r, d / 8) / 2) + d % 8; });
+}
+
+// S = Q·Kᵀ of one K tile (raw dot products), issued and committed: the
+// warpgroup's 64 Q rows at dq in a tile of QR rows, BC keys at dk, both K-major.
+template <int BC, int D, int QR>
+__device__ __forceinline__ void fa_wg_s(float (&s)[BC / 8][4], uint64_t dq, uint64_t dk)
+{
+#pragma unroll
+    for (int n = 0; n < BC / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) wg_ss<BC>(s, dq + wg_kstep(QR, kk), dk + wg_kstep(BC, kk));
+    wg_commit();
+}
+
+// O += P·V of one V tile (BC keys at dv, N-major: k16 step kk is 16 key rows,
+// 2048 bytes), issued and committed (O and P written before: fenced).
+template <int D, int BC>
+__device__ __forceinline__ void fa_wg_pv(float (&o)[D / 8][4], const uint32_t (&pa)[BC / 16][4], uint64_t dv)
+{
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) wg_rs<D>(o, pa[kk], dv + (uint64_t)(kk * 2048 >> 4));
+    wg_commit();
+}
+
 // The same tiles, grid, key splits and outputs as k_attn_fa2, on Hopper's
 // warpgroup mma (wgmma, kernels/cuda/wgmma.cuh): the block's 4 warps are one
 // warpgroup, S = Q·Kᵀ is one m64nBC product (Q and K read from shared memory
@@ -925,10 +967,9 @@ template <int D, bool OV>
 __global__ void __launch_bounds__(ATTN_WARPS * 32, 2) k_attn_wg(cu_attn_args a)
 {
     using C = wg_cfg<D>;
-    constexpr int BC = C::BC, NB = BC / 8, NO = D / 8, NK = D / 16;
+    constexpr int BC = C::BC, NB = BC / 8, NO = D / 8;
     extern __shared__ __align__(1024) char smem_raw[];
-    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw);
-    char *smem = smem_raw + ((1024 - (raw & 1023)) & 1023);
+    char *smem = wg_align(smem_raw);
     const uint32_t sq = (uint32_t)__cvta_generic_to_shared(smem), sst = sq + (uint32_t)C::Q;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, q = lane & 3;
@@ -938,11 +979,10 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32, 2) k_attn_wg(cu_attn_args a)
     const attn_tile tl = attn_tile_of(a, gridDim.x - 1 - blockIdx.x); // longest first
     if (tl.kbeg >= tl.kend) return; // no row has keys in this split
 
-    attn_load_q<64, false, D>(a, tl, (__nv_bfloat16 *)smem,
-                              [](int r, int d) { return (int)(wg_swz(64, r, d / 8) / 2) + d % 8; });
+    fa_wg_load_q<64, D>(a, tl, smem);
 
-    const int R0 = warp * 16, last = tl.ntok - 1;
-    auto lim = [&](int r) { return min(tl.prefix + tl.i0 + min(r / a.gh, last) + 1, tl.kend); };
+    const int R0 = warp * 16;
+    const fa_lim lim{a, tl};
     const int limr[2] = {lim(R0 + g), lim(R0 + g + 8)};
     const int warp_lo = lim(R0); // below: no mask in this warp
     const int nt = (tl.kend - tl.kbeg + BC - 1) / BC;
@@ -958,35 +998,22 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32, 2) k_attn_wg(cu_attn_args a)
         fa_issue<D, BC>(a, tl, tl.kbeg + t * BC, k ? st : nullptr, v ? st + C::KV : nullptr,
                         [](int r, int c) { return wg_swz(C::BC, r, c); });
     };
-    // Descriptors: Q and K K-major (k16 step kk: block kk / 4, 32 bytes × kk % 4
-    // along the row), V N-major (k16 step kk: 16 key rows, 2048 bytes).
+    // Descriptors: Q and K K-major, V N-major
     const uint64_t dq = wg_desc(sq, 16, 1024);
-    auto kstep = [](int R, int kk) { return (uint64_t)(((kk >> 2) * R * 128 + (kk & 3) * 32) >> 4); };
     // the copies waited for (by the caller) become visible to wgmma, and every
     // thread is past the products that read the stages about to be refilled
     auto land = [&]() {
         wg_fence_smem();
         __syncthreads();
     };
-    // S = Q·Kᵀ of tile t (raw dot products), issued and committed
+    // S = Q·Kᵀ and O += P·V of tile t, issued and committed
     auto s_mma = [&](int t, float (&s)[NB][4]) {
-        const uint64_t dk = wg_desc(sst + (t & 1) * (uint32_t)C::STAGE, 16, 1024);
-#pragma unroll
-        for (int n = 0; n < NB; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < NK; kk++) wg_ss<BC>(s, dq + kstep(64, kk), dk + kstep(BC, kk));
-        wg_commit();
+        fa_wg_s<BC, D, 64>(s, dq, wg_desc(sst + (t & 1) * (uint32_t)C::STAGE, 16, 1024));
     };
-    // O += P·V of tile t, issued and committed (O and P written before: fenced)
     float o[NO][4];
     uint32_t pa[BC / 16][4];
     auto pv_mma = [&](int t) {
-        const uint64_t dv = wg_desc(sst + (t & 1) * (uint32_t)C::STAGE + (uint32_t)C::KV, BC * 128, 1024);
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; kk++) wg_rs<D>(o, pa[kk], dv + (uint64_t)(kk * 2048 >> 4));
-        wg_commit();
+        fa_wg_pv<D, BC>(o, pa, wg_desc(sst + (t & 1) * (uint32_t)C::STAGE + (uint32_t)C::KV, BC * 128, 1024));
     };
     // O, and for rows g and g + 8 the running max (scaled, base 2) and this
     // lane's part of the running sum (the 4 lanes of a row are summed at the end)
@@ -1085,10 +1112,9 @@ template <int D>
 __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
 {
     using C = wg2_cfg<D>;
-    constexpr int BC = C::BC, NB = BC / 8, NO = D / 8, NK = D / 16, S = C::STAGES;
+    constexpr int BC = C::BC, NB = BC / 8, NO = D / 8, S = C::STAGES;
     extern __shared__ __align__(1024) char smem_raw[];
-    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw);
-    char *smem = smem_raw + ((1024 - (raw & 1023)) & 1023);
+    char *smem = wg_align(smem_raw);
     const uint32_t sq = (uint32_t)__cvta_generic_to_shared(smem), sst = sq + (uint32_t)C::Q;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wgi = warp >> 2;
     const int g = lane >> 2, q = lane & 3;
@@ -1098,12 +1124,11 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
     const attn_tile tl = attn_tile_of(a, gridDim.x - 1 - blockIdx.x); // longest first
     if (tl.kbeg >= tl.kend) return; // no row has keys in this split
 
-    attn_load_q<128, false, D>(a, tl, (__nv_bfloat16 *)smem,
-                               [](int r, int d) { return (int)(wg_swz(128, r, d / 8) / 2) + d % 8; });
+    fa_wg_load_q<128, D>(a, tl, smem);
 
     // warp w holds rows 16w .. 16w + 15: warpgroup wgi's m64 accumulators
     const int R0 = warp * 16, last = tl.ntok - 1;
-    auto lim = [&](int r) { return min(tl.prefix + tl.i0 + min(r / a.gh, last) + 1, tl.kend); };
+    const fa_lim lim{a, tl};
     const int limr[2] = {lim(R0 + g), lim(R0 + g + 8)};
     const int warp_lo = lim(R0); // below: no mask in this warp
     // from here this warpgroup has nothing to do (warpgroup-uniform)
@@ -1121,9 +1146,8 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
                                      [](int r, int c) { return wg_swz(C::BC, r, c); });
     };
     // Q's 64 rows of this warpgroup start 64 · 128 bytes into each 128-row
-    // column block; K-major steps as k_attn_wg's, V N-major
+    // column block
     const uint64_t dq = wg_desc(sq + (uint32_t)wgi * 64 * 128, 16, 1024);
-    auto kstep = [](int R, int kk) { return (uint64_t)(((kk >> 2) * R * 128 + (kk & 3) * 32) >> 4); };
     float o[NO][4], m[2], l[2], s[NB][4], c[2];
     uint32_t pa[BC / 16][4];
     fa_start(o, m, l);
@@ -1139,13 +1163,7 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
         const int j0 = tl.kbeg + t * BC;
         if (j0 < wg_end) {
             const uint32_t st = sst + (uint32_t)(t % S) * (uint32_t)C::STAGE;
-            const uint64_t dk = wg_desc(st, 16, 1024), dv = wg_desc(st + (uint32_t)C::KV, BC * 128, 1024);
-#pragma unroll
-            for (int n = 0; n < NB; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-            wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < NK; kk++) wg_ss<BC>(s, dq + kstep(128, kk), dk + kstep(BC, kk));
-            wg_commit();
+            fa_wg_s<BC, D, 128>(s, dq, wg_desc(st, 16, 1024));
             wg_wait<0>();
             wg_hold(s);
             if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
@@ -1153,10 +1171,7 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
             fa_rescale(o, c);
 #pragma unroll
             for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
-            wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; kk++) wg_rs<D>(o, pa[kk], dv + (uint64_t)(kk * 2048 >> 4));
-            wg_commit();
+            fa_wg_pv<D, BC>(o, pa, wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
             wg_wait<0>();
             wg_hold(o);
         }

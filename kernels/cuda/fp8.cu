@@ -765,9 +765,8 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2) k_fp8_moe_wg(fp
     auto xrow = [&](int r) -> int64_t { return xr[r]; };
     const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3;
     const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
-    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(wg8_smem);
-    const uint32_t s0 = raw + ((1024 - (raw & 1023)) & 1023);
-    const uint8_t *sm = wg8_smem + (s0 - raw);
+    const uint8_t *sm = (const uint8_t *)wg_align((char *)wg8_smem);
+    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm);
     const int rw = wg * 64 + warp * 16 + gq; // this thread's weight rows rw, rw + 8
     // The block's weight blocks blockIdx.x·npb + j (those below N) one after the
     // other as one stream of U scale groups: step u is group u % G of weight

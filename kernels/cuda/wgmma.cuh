@@ -42,6 +42,20 @@ __device__ __forceinline__ uint32_t wg_swz(int R, int r, int c)
     return (uint32_t)((c >> 3) * R * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
 }
 
+// Descriptor offset (16-byte units) of k16 step kk (k32 for e4m3) in a K-major swizzled
+// tile of R rows: block kk / 4 (R · 128 bytes apart), 32 bytes × kk % 4 along the row.
+__device__ __forceinline__ uint64_t wg_kstep(int R, int kk)
+{
+    return (uint64_t)(((kk >> 2) * R * 128 + (kk & 3) * 32) >> 4);
+}
+
+// The first swizzle-period (1024-byte) boundary at or after p, a shared-memory pointer.
+__device__ __forceinline__ char *wg_align(char *p)
+{
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    return p + ((1024 - (a & 1023)) & 1023);
+}
+
 __device__ __forceinline__ void wg_fence(void)
 {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
