@@ -249,6 +249,14 @@ void sl_backend_free(sl_backend *be)
 const char *sl_be_name(const sl_backend *be) { return be->i->name; }
 sl_dtype sl_be_act_dtype(const sl_backend *be) { return be->i->act_dtype; }
 sl_dtype sl_be_weight_dtype(const sl_backend *be) { return be->i->weight_dtype; }
+int sl_be_fp8_act_rows(const sl_backend *be) { return be->i->fp8_act_rows; }
+
+/* A producer op's q starts as "not made"; the backend sets it where it makes them. */
+static sl_fp8_act *fp8_act_reset(sl_fp8_act *q)
+{
+    if (q) q->rows = q->cols = 0;
+    return q;
+}
 
 int sl_be_supports_op(const sl_backend *be, sl_op op)
 {
@@ -478,7 +486,7 @@ void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_t
 }
 
 void sl_be_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
-                      const sl_tensor *w_scale)
+                      const sl_tensor *w_scale, const sl_fp8_act *xq)
 {
     NEED(matmul_fp8);
     int64_t N = sl_tensor_rows(w), K = sl_tensor_cols(w), B = SL_FP8_BLOCK;
@@ -486,7 +494,8 @@ void sl_be_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const 
     SL_ASSERT(sl_tensor_cols(x) == K && sl_tensor_cols(w_scale) == (K + B - 1) / B);
     SL_ASSERT(sl_tensor_rows(w_scale) == N || sl_tensor_rows(w_scale) == (N + B - 1) / B);
     SL_ASSERT(sl_tensor_rows(out) == sl_tensor_rows(x) && sl_tensor_cols(out) == N);
-    be->i->matmul_fp8(be, out, x, w, w_scale);
+    if (xq && (xq->rows != sl_tensor_rows(x) || xq->cols != K)) xq = NULL; /* not x's */
+    be->i->matmul_fp8(be, out, x, w, w_scale, xq);
 }
 
 void sl_be_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
@@ -506,11 +515,11 @@ void sl_be_add(sl_backend *be, sl_tensor *out, const sl_tensor *a, const sl_tens
 }
 
 void sl_be_add_rmsnorm(sl_backend *be, sl_tensor *out, sl_tensor *resid, const sl_tensor *x,
-                       const sl_tensor *w, float eps, int one_plus)
+                       const sl_tensor *w, float eps, int one_plus, sl_fp8_act *q)
 {
     NEED(add_rmsnorm);
     SL_ASSERT(sl_tensor_rows(resid) == sl_tensor_rows(x) && sl_tensor_cols(resid) == sl_tensor_cols(x));
-    be->i->add_rmsnorm(be, out, resid, x, w, eps, one_plus);
+    be->i->add_rmsnorm(be, out, resid, x, w, eps, one_plus, fp8_act_reset(q));
 }
 
 void sl_be_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_dim, float theta,
@@ -522,19 +531,19 @@ void sl_be_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot
     be->i->rope(be, x, n_heads, head_dim, rot_dim, theta, m);
 }
 
-void sl_be_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu)
+void sl_be_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu, sl_fp8_act *q)
 {
     NEED(silu_mul);
     SL_ASSERT(sl_tensor_cols(gu) == 2 * sl_tensor_cols(out));
-    be->i->silu_mul(be, out, gu);
+    be->i->silu_mul(be, out, gu, fp8_act_reset(q));
 }
 
-void sl_be_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g)
+void sl_be_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g, sl_fp8_act *q)
 {
     NEED(sigmoid_mul);
     SL_ASSERT((sl_tensor_cols(g) == sl_tensor_cols(x) || sl_tensor_cols(g) == 1) &&
               sl_tensor_rows(x) == sl_tensor_rows(g));
-    be->i->sigmoid_mul(be, x, g);
+    be->i->sigmoid_mul(be, x, g, fp8_act_reset(q));
 }
 
 void sl_be_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const sl_tensor *k,
@@ -590,11 +599,11 @@ void sl_be_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_te
 }
 
 void sl_be_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
-                         const sl_tensor *w, float eps)
+                         const sl_tensor *w, float eps, sl_fp8_act *q)
 {
     NEED(rmsnorm_gated);
     SL_ASSERT(sl_tensor_cols(x) % sl_tensor_numel(w) == 0);
-    be->i->rmsnorm_gated(be, out, x, z, w, eps);
+    be->i->rmsnorm_gated(be, out, x, z, w, eps, fp8_act_reset(q));
 }
 
 void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_tensor *logits,

@@ -285,6 +285,24 @@ void sl_be_embed_shard(sl_backend *be, sl_tensor *out, const sl_tensor *table, i
                        const sl_batch_meta *m);
 /* out[M,N] = x[M,K] · w[N,K]ᵀ (w in any float dtype) */
 void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w);
+/* The FP8 codes of an activation x [M, K] as sl_be_matmul_fp8 quantizes it
+ * (per row and 128-group: s = max|x_g|/448, codes e4m3(x/s)), made by the op
+ * that writes x, so that the projection reading x next need not quantize it
+ * in a launch of its own. codes (F8E4M3) and scales (F32) are the caller's flat
+ * buffers: row m's codes at m·G·128 (G = ceil(K/128); past K zero), its
+ * scales at m·G. A producer op given one sets rows = M and cols = K where it
+ * made them and rows = 0 where not (the CPU backend never does; CUDA only for
+ * M <= sl_be_fp8_act_rows); sl_be_matmul_fp8 uses them only when they are
+ * x's (rows and cols equal x's) and else quantizes x itself, so passing one
+ * never changes a result. The caller keeps them x's: nothing may write x
+ * between the producer and the matmul. */
+typedef struct sl_fp8_act {
+    sl_tensor codes, scales;
+    int64_t rows, cols;
+} sl_fp8_act;
+/* The most rows whose FP8 codes this backend's ops make (0: none): a
+ * caller's sl_fp8_act needs room for this many rows of its widest K. */
+int sl_be_fp8_act_rows(const sl_backend *be);
 /* FP8 block-quantized matmul (DeepGEMM / w8a8_block_fp8_matmul arithmetic):
  * out[M,N] = x[M,K] · dequant(w)ᵀ with w F8E4M3 [N,K] (2-D view) and w_scale
  * F32 [SR, ceil(K/128)], SR = N (one scale row per output row: what the model
@@ -293,9 +311,10 @@ void sl_be_matmul(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_t
  * Each row of x is quantized per 128-wide group g of K: s_x = max|x_g|/448,
  * x_q = e4m3(x/s_x) (an all-zero group: s_x = 0, x_q = 0); then, in fp32,
  *   out[m,n] = Σ_g (Σ_{k∈g} x_q[m,k]·w[n,k]) · (s_x[m,g]·w_scale[n,g]).
- * Edge groups (K, N not multiples of 128) are partial. */
+ * Edge groups (K, N not multiples of 128) are partial. xq (NULL: none): x's
+ * codes made by the op that wrote x (sl_fp8_act). */
 void sl_be_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
-                      const sl_tensor *w_scale);
+                      const sl_tensor *w_scale, const sl_fp8_act *xq);
 /* RMSNorm over groups of D = numel(w) columns (D = cols: the whole row; D =
  * head_dim: per head, for q/k norm): y = x/sqrt(mean(x²)+eps) · (w or 1+w).
  * out may alias x. */
@@ -303,19 +322,21 @@ void sl_be_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
                    float eps, int one_plus);
 /* out = a + b (out may alias a) */
 void sl_be_add(sl_backend *be, sl_tensor *out, const sl_tensor *a, const sl_tensor *b);
-/* resid += x; out = rmsnorm(resid) (w over whole rows). */
+/* resid += x; out = rmsnorm(resid) (w over whole rows). q (NULL: none): out's
+ * FP8 codes, where the backend makes them (sl_fp8_act). */
 void sl_be_add_rmsnorm(sl_backend *be, sl_tensor *out, sl_tensor *resid, const sl_tensor *x,
-                       const sl_tensor *w, float eps, int one_plus);
+                       const sl_tensor *w, float eps, int one_plus, sl_fp8_act *q);
 /* In place, x viewed as [T, n_heads, head_dim] (2-D view [T*n_heads, head_dim]
  * is NOT assumed: x is [T, n_heads*head_dim] with row stride). Rotates the
  * first rot_dim dims of each head, half-split pairs (i, i+rot_dim/2), angle
  * pos[t]·theta^(−2i/rot_dim) computed in fp32. */
 void sl_be_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_dim, float theta,
                 const sl_batch_meta *m);
-/* out[M,I] = silu(gu[:, :I]) ⊙ gu[:, I:] */
-void sl_be_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu);
-/* x[M,N] ⊙= σ(g), g [M,N] or [M,1] (one gate per row, broadcast) */
-void sl_be_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g);
+/* out[M,I] = silu(gu[:, :I]) ⊙ gu[:, I:]; q: out's FP8 codes (sl_fp8_act) */
+void sl_be_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu, sl_fp8_act *q);
+/* x[M,N] ⊙= σ(g), g [M,N] or [M,1] (one gate per row, broadcast); q: x's FP8
+ * codes after (sl_fp8_act) */
+void sl_be_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g, sl_fp8_act *q);
 /* The attention prologue in one pass (what rmsnorm of q and k per head,
  * rope of both and kv_store do in turn): q [T, Hq*D] and k [T, Hkv*D] are
  * normalised per head with q_norm / k_norm ([D]) and rotated in place, then
@@ -348,9 +369,9 @@ void sl_be_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_te
                sl_tensor *ssm, int n_k_heads, int n_v_heads, int k_dim, int v_dim,
                const sl_batch_meta *m);
 /* Per group of D = numel(w) columns (one value head): y = x/sqrt(mean(x²)+eps)
- * · w · silu(z); x, z, out [R, n·D]. */
+ * · w · silu(z); x, z, out [R, n·D]; q: out's FP8 codes (sl_fp8_act). */
 void sl_be_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
-                         const sl_tensor *w, float eps);
+                         const sl_tensor *w, float eps, sl_fp8_act *q);
 /* softmax over logits[T,E] (fp32), top-k largest first; ids i32[T,k],
  * weights f32[T,k], renormalised to sum 1 if norm. shared (0 or 1): logits
  * has one more column, a shared expert's gate logit, left out of the softmax

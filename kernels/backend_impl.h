@@ -9,6 +9,7 @@ typedef struct sl_backend_i {
     const char *name;
     sl_dtype act_dtype;
     sl_dtype weight_dtype;
+    int fp8_act_rows; /* sl_be_fp8_act_rows */
     void (*free)(sl_backend *be);
     sl_status (*alloc)(sl_backend *be, sl_tensor *t, size_t bytes, sl_err *e);
     void (*release)(sl_backend *be, sl_tensor *t);
@@ -47,10 +48,10 @@ typedef struct sl_backend_i {
     void (*rmsnorm)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *, float, int);
     void (*add)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *);
     void (*add_rmsnorm)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *,
-                        const sl_tensor *, float, int);
+                        const sl_tensor *, float, int, sl_fp8_act *);
     void (*rope)(sl_backend *, sl_tensor *, int, int, int, float, const sl_batch_meta *);
-    void (*silu_mul)(sl_backend *, sl_tensor *, const sl_tensor *);
-    void (*sigmoid_mul)(sl_backend *, sl_tensor *, const sl_tensor *);
+    void (*silu_mul)(sl_backend *, sl_tensor *, const sl_tensor *, sl_fp8_act *);
+    void (*sigmoid_mul)(sl_backend *, sl_tensor *, const sl_tensor *, sl_fp8_act *);
     void (*kv_store)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                      const sl_batch_meta *);
     void (*attention)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
@@ -61,7 +62,7 @@ typedef struct sl_backend_i {
                 const sl_tensor *, const sl_tensor *, sl_tensor *, int, int, int, int,
                 const sl_batch_meta *);
     void (*rmsnorm_gated)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
-                          const sl_tensor *, float);
+                          const sl_tensor *, float, sl_fp8_act *);
     void (*moe_route)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, int, int, int);
     void (*moe_experts)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                         const sl_tensor *, const sl_tensor *, const sl_tensor *);
@@ -74,7 +75,7 @@ typedef struct sl_backend_i {
                       const sl_batch_meta *);
     void (*sample)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_sample_args *);
     void (*matmul_fp8)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
-                       const sl_tensor *);
+                       const sl_tensor *, const sl_fp8_act *);
     void (*moe_experts_fp8)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                             const sl_tensor *, const sl_tensor *, const sl_tensor *,
                             const sl_tensor *, const sl_tensor *);
@@ -89,5 +90,15 @@ struct sl_backend {
     const sl_backend_i *i;
     size_t held; /* bytes in live sl_be_alloc tensors (sl_be_held_bytes) */
 };
+
+/* Whether a producer op's q (sl_fp8_act, NULL: none) has room for the codes
+ * and scales of an [M, K] activation within fp8_act_rows. */
+static inline int sl_fp8_act_fits(const sl_backend *be, const sl_fp8_act *q, int64_t M, int64_t K)
+{
+    int64_t G = (K + SL_FP8_BLOCK - 1) / SL_FP8_BLOCK;
+    return q && M > 0 && M <= be->i->fp8_act_rows && q->codes.dtype == SL_DTYPE_F8E4M3 &&
+           q->scales.dtype == SL_DTYPE_F32 && sl_tensor_numel(&q->codes) >= M * G * SL_FP8_BLOCK &&
+           sl_tensor_numel(&q->scales) >= M * G;
+}
 
 #endif

@@ -167,10 +167,11 @@ static void cpu_add(sl_backend *be, sl_tensor *out, const sl_tensor *a, const sl
 }
 
 static void cpu_add_rmsnorm(sl_backend *be, sl_tensor *out, sl_tensor *resid, const sl_tensor *x,
-                            const sl_tensor *w, float eps, int one_plus)
+                            const sl_tensor *w, float eps, int one_plus, sl_fp8_act *q)
 {
     cpu_add(be, resid, resid, x);
     cpu_rmsnorm(be, out, resid, w, eps, one_plus);
+    sl_cpu_fp8_act_make(be, q, out);
 }
 
 static void cpu_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_dim,
@@ -194,20 +195,20 @@ static void cpu_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, in
     }
 }
 
-static void cpu_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu)
+static void cpu_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu, sl_fp8_act *q)
 {
-    (void)be;
     int64_t I = sl_tensor_cols(out);
     for (int64_t r = 0; r < sl_tensor_rows(gu); r++)
         for (int64_t c = 0; c < I; c++) st(out, r, c, silu(ld(gu, r, c)) * ld(gu, r, I + c));
+    sl_cpu_fp8_act_make(be, q, out);
 }
 
-static void cpu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g)
+static void cpu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g, sl_fp8_act *q)
 {
-    (void)be;
     for (int64_t r = 0; r < sl_tensor_rows(x); r++)
         for (int64_t c = 0; c < sl_tensor_cols(x); c++)
             st(x, r, c, ld(x, r, c) * sigmoid(ld(g, r, sl_tensor_cols(g) == 1 ? 0 : c)));
+    sl_cpu_fp8_act_make(be, q, x);
 }
 
 /* ---- attention ---------------------------------------------------------------- */
@@ -386,9 +387,8 @@ static void cpu_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const 
 }
 
 static void cpu_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x,
-                              const sl_tensor *z, const sl_tensor *w, float eps)
+                              const sl_tensor *z, const sl_tensor *w, float eps, sl_fp8_act *q)
 {
-    (void)be;
     int64_t D = sl_tensor_numel(w);
     for (int64_t r = 0; r < sl_tensor_rows(x); r++)
         for (int64_t c0 = 0; c0 < sl_tensor_cols(x); c0 += D) {
@@ -399,6 +399,7 @@ static void cpu_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x
                 st(out, r, c0 + c,
                    ld(x, r, c0 + c) * inv * ld(w, 0, c) * silu(ld(z, r, c0 + c)));
         }
+    sl_cpu_fp8_act_make(be, q, out);
 }
 
 /* ---- MoE ------------------------------------------------------------------------ */
@@ -535,6 +536,9 @@ static const sl_backend_i cpu_iface = {
     .name = "cpu",
     .act_dtype = SL_DTYPE_F32,
     .weight_dtype = SL_DTYPE_F32,
+    /* as CUDA's (its decode GEMVs), so that the CPU tests run the model's
+     * producer / matmul pairs: its matmul reads the codes it is given */
+    .fp8_act_rows = 8,
     .free = cpu_free,
     .alloc = cpu_alloc,
     .release = cpu_release,

@@ -14,7 +14,9 @@ void sl_cpu_sample(sl_backend *be, sl_tensor *ids, sl_tensor *lp, const sl_tenso
  * floats in xq[K], scales sx[ceil(K/128)]). */
 void sl_cpu_fp8_quant_row(const float *x, int64_t K, float *xq, float *sx);
 void sl_cpu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
-                       const sl_tensor *w_scale);
+                       const sl_tensor *w_scale, const sl_fp8_act *xa);
+/* y's FP8 codes into q (sl_fp8_act) where they fit, from y's stored values */
+void sl_cpu_fp8_act_make(sl_backend *be, sl_fp8_act *q, const sl_tensor *y);
 void sl_cpu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                             const sl_tensor *weights, const sl_tensor *gate_up,
                             const sl_tensor *gate_up_scale, const sl_tensor *down,

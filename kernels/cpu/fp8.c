@@ -64,8 +64,26 @@ static void st2(sl_tensor *t, int64_t r, int64_t c, float v)
     }
 }
 
+void sl_cpu_fp8_act_make(sl_backend *be, sl_fp8_act *q, const sl_tensor *y)
+{
+    int64_t M = sl_tensor_rows(y), K = sl_tensor_cols(y), NG = n_groups(K);
+    if (!sl_fp8_act_fits(be, q, M, K)) return;
+    float *yr = malloc(sizeof(float) * (size_t)K), *yq = malloc(sizeof(float) * (size_t)K);
+    SL_ASSERT(yr && yq);
+    for (int64_t m = 0; m < M; m++) {
+        uint8_t *codes = (uint8_t *)q->codes.data + m * NG * G;
+        for (int64_t k = 0; k < K; k++) yr[k] = ld2(y, m, k);
+        sl_cpu_fp8_quant_row(yr, K, yq, (float *)q->scales.data + m * NG);
+        for (int64_t k = 0; k < NG * G; k++) codes[k] = k < K ? sl_f32_to_e4m3(yq[k]) : 0; /* exact */
+    }
+    free(yr);
+    free(yq);
+    q->rows = M;
+    q->cols = K;
+}
+
 void sl_cpu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
-                       const sl_tensor *w_scale)
+                       const sl_tensor *w_scale, const sl_fp8_act *xa)
 {
     (void)be;
     int64_t M = sl_tensor_rows(x), K = sl_tensor_cols(x), N = sl_tensor_rows(w), NG = n_groups(K);
@@ -78,8 +96,14 @@ void sl_cpu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const
     float *sx = malloc(sizeof(float) * (size_t)NG);
     make_lut(lut);
     for (int64_t i = 0; i < M; i++) {
-        for (int64_t k = 0; k < K; k++) xr[k] = ld2(x, i, k);
-        sl_cpu_fp8_quant_row(xr, K, xq, sx);
+        if (xa) { /* the codes the op that wrote x made (sl_fp8_act) */
+            const uint8_t *codes = (const uint8_t *)xa->codes.data + i * NG * G;
+            for (int64_t k = 0; k < K; k++) xq[k] = lut[codes[k]];
+            for (int64_t g = 0; g < NG; g++) sx[g] = ((const float *)xa->scales.data)[i * NG + g];
+        } else {
+            for (int64_t k = 0; k < K; k++) xr[k] = ld2(x, i, k);
+            sl_cpu_fp8_quant_row(xr, K, xq, sx);
+        }
         for (int64_t n = 0; n < N; n++) {
             const uint8_t *wr = (const uint8_t *)w->data + n * sl_tensor_ld(w);
             const float *ws = (const float *)w_scale->data + (n >> shift) * sl_tensor_ld(w_scale);

@@ -549,6 +549,7 @@ static const sl_backend_i cu_iface = {
     .name = "cuda",
     .act_dtype = SL_DTYPE_BF16,
     .weight_dtype = SL_DTYPE_BF16,
+    .fp8_act_rows = 8, // the decode GEMV's rows (FP8_LT_MIN_M): cuBLASLt quantizes its own
     .free = cu_free_backend,
     .alloc = cu_alloc,
     .release = cu_release,
@@ -637,6 +638,8 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->gdn_split = env_switch("SL_CUDA_GDN_SPLIT", 1);
     b->moe_router = env_switch("SL_CUDA_MOE_ROUTER", 1);
     b->fp8_gemv_cp = env_form("SL_CUDA_FP8_GEMV_CP", 2);
+    // written without a GPU (v42): off until measured; =1 turns it on
+    b->fp8_act = env_switch("SL_CUDA_FP8_ACT", 0);
     b->poison = env_switch("SL_CUDA_POISON", 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     if (env_switch("SL_CUDA_PROFILE", 0)) cu_prof_init(b);

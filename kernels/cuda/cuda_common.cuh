@@ -132,6 +132,10 @@ typedef struct cu_backend {
     // token); 2: dense GEMVs too (1.1-7x slower than k_fp8_gemv_tc on an H200,
     // NOTES.md v32: kept to measure); env SL_CUDA_FP8_GEMV_CP=0 / 2
     int fp8_gemv_cp;
+    // the norms, silu_mul and sigmoid_mul write their output's FP8 codes for
+    // the decode GEMV after them (sl_fp8_act; NOTES.md v42): one quantization
+    // launch fewer per projection; env SL_CUDA_FP8_ACT=1 turns it on
+    int fp8_act;
     // env SL_CUDA_POISON=1: every new tensor and scratch buffer starts as NaN
     // (all bits set), so a kernel reading memory nothing wrote shows
     int poison;
@@ -375,12 +379,23 @@ __device__ __forceinline__ void cu_stv(const cu_mat &m, int64_t r, int64_t c, co
 // The column loop of a row-wise kernel launched on cu_row_grid (with cols / 8
 // when VEC): this thread's columns c of [0, cols) in steps of V = VEC ? 8 : 1,
 // strided over the row's blocks; body(c) handles columns c .. c + V - 1.
-template <bool VEC, typename F> __device__ __forceinline__ void cu_row_cols(int64_t cols, F body)
+// cu_row_cols_all: the same columns, every thread of a block taking the same
+// number of steps (for warp collectives in body): body(c, in), in = c < cols.
+template <bool VEC, typename F> __device__ __forceinline__ void cu_row_cols_all(int64_t cols, F body)
 {
     constexpr int V = VEC ? 8 : 1;
-    for (int64_t c = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) * V; c < cols;
-         c += (int64_t)gridDim.x * blockDim.x * V)
-        body(c);
+    const int64_t step = (int64_t)gridDim.x * blockDim.x * V;
+    for (int64_t c0 = blockIdx.x * (int64_t)blockDim.x * V; c0 < cols; c0 += step) {
+        int64_t c = c0 + (int64_t)threadIdx.x * V;
+        body(c, c < cols);
+    }
+}
+
+template <bool VEC, typename F> __device__ __forceinline__ void cu_row_cols(int64_t cols, F body)
+{
+    cu_row_cols_all<VEC>(cols, [&](int64_t c, bool in) {
+        if (in) body(c);
+    });
 }
 
 __device__ __forceinline__ float cu_warp_sum(float v)

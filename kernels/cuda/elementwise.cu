@@ -1,6 +1,8 @@
 // kernels/cuda/elementwise.cu: memory-bound ops, one grid-stride pass each.
 // Rows go to blocks (blockIdx.x = row) so index math stays out of the loop.
 #include "elementwise.cuh"
+
+#include "fp8.cuh"
 #include "sl_rng.h"
 
 // v0: first vocabulary row of table (vocab-parallel shard); other ids give zeros
@@ -54,63 +56,79 @@ void cu_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_di
     cu_launch(b, k_rope, cm->n_tokens, 256, 0, cu_mat_of(x), n_heads, head_dim, half, f, cm->pos);
 }
 
-// VEC: 8 elements per thread step (16-byte bf16 accesses).
-template <bool VEC>
-__global__ void k_silu_mul(cu_mat out, cu_mat gu)
+// VEC: 8 elements per thread step (16-byte bf16 accesses). Q (with VEC): the
+// output's FP8 codes too (sl_fp8_act; a 256-thread block's 2048 columns are
+// whole 128-groups, one a half warp).
+template <bool VEC, bool Q>
+__global__ void k_silu_mul(cu_mat out, cu_mat gu, cu_fp8_dst q)
 {
     constexpr int V = VEC ? 8 : 1;
     int64_t r = blockIdx.y;
     cu_pdl_wait();
     cu_pdl_trigger();
-    cu_row_cols<VEC>(out.cols, [&](int64_t c) {
-        float g[V], u[V];
-        cu_ldv<VEC>(gu, r, c, g);
-        cu_ldv<VEC>(gu, r, out.cols + c, u);
+    cu_row_cols_all<VEC>(out.cols, [&](int64_t c, bool in) {
+        float g[V] = {}, u[V];
+        if (in) {
+            cu_ldv<VEC>(gu, r, c, g);
+            cu_ldv<VEC>(gu, r, out.cols + c, u);
 #pragma unroll
-        for (int k = 0; k < V; k++) g[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
-        cu_stv<VEC>(out, r, c, g);
+            for (int k = 0; k < V; k++) g[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
+            cu_stv<VEC>(out, r, c, g);
+        }
+        if constexpr (Q) fp8_quant8(q, out.dt, g, in, r, c);
     });
 }
 
-void cu_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu)
+void cu_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu, sl_fp8_act *q)
 {
     cu_backend *b = cu_be(be);
     cu_mat O = cu_mat_of(out), G = cu_mat_of(gu);
     if (O.rows == 0) return;
-    if (cu_mat_vec_ok(O) && cu_mat_vec_ok(G))
-        cu_launch(b, k_silu_mul<true>, cu_row_grid(O.rows, O.cols / 8), 256, 0, O, G);
+    int vec = cu_mat_vec_ok(O) && cu_mat_vec_ok(G);
+    cu_fp8_dst d = cu_fp8_dst_for(be, q, O, vec, O.cols);
+    if (d.codes)
+        cu_launch(b, k_silu_mul<true, true>, cu_row_grid(O.rows, O.cols / 8), 256, 0, O, G, d);
+    else if (vec)
+        cu_launch(b, k_silu_mul<true, false>, cu_row_grid(O.rows, O.cols / 8), 256, 0, O, G, d);
     else
-        cu_launch(b, k_silu_mul<false>, cu_row_grid(O.rows, O.cols), 256, 0, O, G);
+        cu_launch(b, k_silu_mul<false, false>, cu_row_grid(O.rows, O.cols), 256, 0, O, G, d);
 }
 
-// g has x's columns, or one (a per-row gate, broadcast).
-template <bool VEC>
-__global__ void k_sigmoid_mul(cu_mat x, cu_mat g)
+// g has x's columns, or one (a per-row gate, broadcast). Q: as k_silu_mul.
+template <bool VEC, bool Q>
+__global__ void k_sigmoid_mul(cu_mat x, cu_mat g, cu_fp8_dst q)
 {
     constexpr int V = VEC ? 8 : 1;
     int64_t r = blockIdx.y;
     cu_pdl_wait();
     cu_pdl_trigger();
     float g1 = g.cols == 1 ? cu_mat_ld(g, r, 0) : 0.0f;
-    cu_row_cols<VEC>(x.cols, [&](int64_t c) {
-        float v[V], w[V];
-        cu_ldv<VEC>(x, r, c, v);
-        if (g.cols != 1) cu_ldv<VEC>(g, r, c, w);
+    cu_row_cols_all<VEC>(x.cols, [&](int64_t c, bool in) {
+        float v[V] = {}, w[V];
+        if (in) {
+            cu_ldv<VEC>(x, r, c, v);
+            if (g.cols != 1) cu_ldv<VEC>(g, r, c, w);
 #pragma unroll
-        for (int k = 0; k < V; k++) v[k] = v[k] / (1.0f + expf(-(g.cols == 1 ? g1 : w[k])));
-        cu_stv<VEC>(x, r, c, v);
+            for (int k = 0; k < V; k++) v[k] = v[k] / (1.0f + expf(-(g.cols == 1 ? g1 : w[k])));
+            cu_stv<VEC>(x, r, c, v);
+        }
+        if constexpr (Q) fp8_quant8(q, x.dt, v, in, r, c);
     });
 }
 
-void cu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g)
+void cu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g, sl_fp8_act *q)
 {
     cu_backend *b = cu_be(be);
     cu_mat X = cu_mat_of(x), G = cu_mat_of(g);
     if (X.rows == 0) return;
-    if (cu_mat_vec_ok(X) && (G.cols == 1 || cu_mat_vec_ok(G)))
-        cu_launch(b, k_sigmoid_mul<true>, cu_row_grid(X.rows, X.cols / 8), 256, 0, X, G);
+    int vec = cu_mat_vec_ok(X) && (G.cols == 1 || cu_mat_vec_ok(G));
+    cu_fp8_dst d = cu_fp8_dst_for(be, q, X, vec, X.cols);
+    if (d.codes)
+        cu_launch(b, k_sigmoid_mul<true, true>, cu_row_grid(X.rows, X.cols / 8), 256, 0, X, G, d);
+    else if (vec)
+        cu_launch(b, k_sigmoid_mul<true, false>, cu_row_grid(X.rows, X.cols / 8), 256, 0, X, G, d);
     else
-        cu_launch(b, k_sigmoid_mul<false>, cu_row_grid(X.rows, X.cols), 256, 0, X, G);
+        cu_launch(b, k_sigmoid_mul<false, false>, cu_row_grid(X.rows, X.cols), 256, 0, X, G, d);
 }
 
 __global__ void k_gather_rows(cu_mat out, cu_mat x, const int32_t *idx)

@@ -7,8 +7,8 @@
 void cu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, int64_t v0, const sl_batch_meta *m);
 void cu_rope(sl_backend *be, sl_tensor *x, int n_heads, int head_dim, int rot_dim, float theta,
              const sl_batch_meta *m);
-void cu_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu);
-void cu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g);
+void cu_silu_mul(sl_backend *be, sl_tensor *out, const sl_tensor *gu, sl_fp8_act *q);
+void cu_sigmoid_mul(sl_backend *be, sl_tensor *x, const sl_tensor *g, sl_fp8_act *q);
 void cu_gather_rows(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_batch_meta *m);
 // dst slots must be distinct from every src slot (checked): copies run in parallel.
 void cu_copy_slots(sl_backend *be, sl_tensor *pool, const int32_t *dst, const int32_t *src, int n);

@@ -114,6 +114,18 @@ void cu_fp8_quant(cu_backend *b, cu_mat x, int K, int rows, uint8_t *xq, float *
     fp8_quant_launch(b, x, 0, K, rows, xq, sx, G, G, 1);
 }
 
+cu_fp8_dst cu_fp8_dst_for(sl_backend *be, sl_fp8_act *q, cu_mat y, int vec, int64_t D)
+{
+    cu_fp8_dst d = {NULL, NULL, fp8_groups(y.cols)};
+    if (!cu_be(be)->fp8_act || !vec || y.cols % FP8_G || D % FP8_G || !sl_fp8_act_fits(be, q, y.rows, y.cols))
+        return d;
+    d.codes = (uint8_t *)q->codes.data;
+    d.scales = (float *)q->scales.data;
+    q->rows = y.rows;
+    q->cols = y.cols;
+    return d;
+}
+
 // The weight scales group-major for cuBLASLt: st[g·N + n] = ws[(n >> shift)·ldws + g]
 __global__ void k_fp8_scales_t(const float *ws, int64_t ldws, int shift, int N, int G, float *st)
 {
@@ -1098,7 +1110,7 @@ static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
 }
 
 void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
-                   const sl_tensor *w_scale)
+                   const sl_tensor *w_scale, const sl_fp8_act *xa)
 {
     cu_backend *b = cu_be(be);
     int M = (int)sl_tensor_rows(x), K = (int)sl_tensor_cols(x), N = (int)sl_tensor_rows(w);
@@ -1117,7 +1129,12 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
         return;
     }
     if (M <= FP8_GEMV_MAX_M || (M <= GV8_MAXM && !a.vec)) {
-        a.xin = cu_mat_of(x); // quantized by the GEMV itself, or just before it
+        if (xa) { // x's codes, made by the op that wrote x (token-major, as k_fp8_quant's)
+            a.xq = (const uint8_t *)xa->codes.data;
+            a.sx = (const float *)xa->scales.data;
+        } else {
+            a.xin = cu_mat_of(x); // quantized by the GEMV itself, or just before it
+        }
         b->mm_last = fp8_gemv_launch(b, a, 1);
     } else {
         fp8_quant_launch(b, cu_mat_of(x), 0, K, M, xq, sx, G, G, 1);

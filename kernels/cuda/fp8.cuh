@@ -49,6 +49,46 @@ __device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int v
     return make_uint4(v[0], v[1], v[2], v[3]);
 }
 
+// Where an op writing an activation puts its FP8 codes (sl_fp8_act): row r's
+// codes at codes + r·G·128, its scales at scales + r·G; codes NULL: none.
+typedef struct cu_fp8_dst {
+    uint8_t *codes;
+    float *scales;
+    int64_t G;
+} cu_fp8_dst;
+
+// The codes of the 128-group a half warp holds, 8 consecutive values v each
+// (columns c .. c+7 of row r, as the tensor of dtype dt stores them after
+// rounding): the k_fp8_quant arithmetic (s = max|v|/448 over the group, codes
+// e4m3(v/s), zeros where s = 0), so the same codes. Every lane of the warp
+// calls it (shuffles); lanes past the row pass in = false and store nothing.
+__device__ __forceinline__ void fp8_quant8(const cu_fp8_dst &q, int dt, const float (&v)[8], bool in, int64_t r,
+                                           int64_t c)
+{
+    float x[8], mx = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        x[k] = in ? cu_round(dt, v[k]) : 0.0f;
+        mx = fmaxf(mx, fabsf(x[k]));
+    }
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (!in) return;
+    float s = mx / SL_FP8_MAX;
+    uint32_t w[2] = {0, 0};
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        if (s > 0.0f) w[k >> 2] |= (uint32_t)cu_f32_to_e4m3(x[k] / s) << (8 * (k & 3));
+    *(uint2 *)(q.codes + r * q.G * FP8_G + c) = make_uint2(w[0], w[1]);
+    if (c % FP8_G == 0) q.scales[r * q.G + c / FP8_G] = s;
+}
+
+// The codes destination of an op writing y (K columns) in groups of D columns
+// with 8-wide vector accesses (vec), where it makes them: y's rows fit q,
+// whole 128-groups that no norm group straddles (K, D multiples of 128), and
+// SL_CUDA_FP8_ACT not 0. Marks q as made (rows, cols); codes NULL otherwise.
+cu_fp8_dst cu_fp8_dst_for(sl_backend *be, sl_fp8_act *q, cu_mat y, int vec, int64_t D);
+
 // Rows of x (K wide) quantized as the CPU op does: codes [rows, G·128] (the
 // pad zero), scales token-major [rows, G]. Launched on b's stream (PDL).
 void cu_fp8_quant(cu_backend *b, cu_mat x, int K, int rows, uint8_t *xq, float *sx);
@@ -57,7 +97,7 @@ void cu_fp8_quant(cu_backend *b, cu_mat x, int K, int rows, uint8_t *xq, float *
 // (kernels/cpu/fp8.c): activations quantized per token and 128-group first
 // (k_fp8_quant_act), then a GEMV (M ≤ 16) or a tiled GEMM.
 void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
-                   const sl_tensor *w_scale);
+                   const sl_tensor *w_scale, const sl_fp8_act *xa);
 
 // sl_be_moe_experts_fp8 (kernels/backend.h), the arithmetic of the CPU op.
 void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,

@@ -4,18 +4,23 @@
 // the scaled write; the second read hits L1/L2. With VEC, each thread moves 8
 // elements (16 bytes of bf16) at a time. The fused residual add rounds resid
 // to its dtype before squaring, as the CPU op reads the stored value back.
+// With Q the second pass also writes out's FP8 codes (sl_fp8_act): a half
+// warp holds each 128-group (8 columns a thread, D a multiple of 128).
 #include "norm.cuh"
+
+#include "fp8.cuh"
 
 typedef struct cu_norm_args {
     cu_mat out, x, resid, z, w; // resid.p / z.p NULL when unused; w is [1, D]
     float eps;
     int one_plus;
     int64_t groups_per_row;
+    cu_fp8_dst q; // Q: out's codes
 } cu_norm_args;
 
 // Threads [t0, t0+nt) of a warp or block cooperate on group g; sum() reduces
 // over them.
-template <bool VEC, typename Reduce>
+template <bool VEC, bool Q, typename Reduce>
 __device__ __forceinline__ void norm_group(const cu_norm_args &a, int64_t g, int t0, int nt,
                                            Reduce sum)
 {
@@ -38,43 +43,51 @@ __device__ __forceinline__ void norm_group(const cu_norm_args &a, int64_t g, int
     }
     ss = sum(ss);
     float inv = 1.0f / sqrtf(ss / (float)D + a.eps);
-    for (int64_t c = (int64_t)t0 * V; c < D; c += (int64_t)nt * V) {
-        float v[V], w[V], z[V];
-        cu_ldv<VEC>(src, r, c0 + c, v);
-        cu_ldv<VEC>(a.w, 0, c, w);
-        if (a.z.p) cu_ldv<VEC>(a.z, r, c0 + c, z);
+    // every thread the same number of steps (fp8_quant8 shuffles)
+    for (int64_t cb = 0; cb < D; cb += (int64_t)nt * V) {
+        int64_t c = cb + (int64_t)t0 * V;
+        bool in = c < D;
+        float v[V] = {}, w[V], z[V];
+        if (in) {
+            cu_ldv<VEC>(src, r, c0 + c, v);
+            cu_ldv<VEC>(a.w, 0, c, w);
+            if (a.z.p) cu_ldv<VEC>(a.z, r, c0 + c, z);
 #pragma unroll
-        for (int k = 0; k < V; k++) {
-            float y = v[k] * inv * (a.one_plus ? 1.0f + w[k] : w[k]);
-            if (a.z.p) y *= z[k] / (1.0f + expf(-z[k]));
-            v[k] = y;
+            for (int k = 0; k < V; k++) {
+                float y = v[k] * inv * (a.one_plus ? 1.0f + w[k] : w[k]);
+                if (a.z.p) y *= z[k] / (1.0f + expf(-z[k]));
+                v[k] = y;
+            }
+            cu_stv<VEC>(a.out, r, c0 + c, v);
         }
-        cu_stv<VEC>(a.out, r, c0 + c, v);
+        if constexpr (Q) fp8_quant8(a.q, a.out.dt, v, in, r, c0 + c);
     }
 }
 
-template <bool VEC>
+template <bool VEC, bool Q>
 __global__ void k_norm_warp(cu_norm_args a, int64_t n_groups)
 {
     int64_t g = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     cu_pdl_wait();
     cu_pdl_trigger();
-    if (g >= n_groups) return;
-    norm_group<VEC>(a, g, threadIdx.x & 31, 32, [](float v) { return cu_warp_sum(v); });
+    if (g >= n_groups) return; // warp-uniform
+    norm_group<VEC, Q>(a, g, threadIdx.x & 31, 32, [](float v) { return cu_warp_sum(v); });
 }
 
-template <bool VEC>
+template <bool VEC, bool Q>
 __global__ void k_norm_block(cu_norm_args a)
 {
     __shared__ float red[32];
     cu_pdl_wait();
     cu_pdl_trigger();
-    norm_group<VEC>(a, blockIdx.x, threadIdx.x, blockDim.x,
-                    [&](float v) { return cu_block_sum(v, red); });
+    norm_group<VEC, Q>(a, blockIdx.x, threadIdx.x, blockDim.x,
+                       [&](float v) { return cu_block_sum(v, red); });
 }
 
-static void norm_launch(cu_backend *b, cu_norm_args a)
+// q: where out's FP8 codes go (sl_fp8_act), NULL for none
+static void norm_launch(sl_backend *be, cu_norm_args a, sl_fp8_act *q)
 {
+    cu_backend *b = cu_be(be);
     int64_t D = a.w.cols;
     SL_ASSERT(D > 0 && a.x.cols % D == 0);
     a.groups_per_row = a.x.cols / D;
@@ -82,11 +95,14 @@ static void norm_launch(cu_backend *b, cu_norm_args a)
     if (n == 0) return;
     bool vec = D % 8 == 0 && cu_mat_vec_ok(a.out) && cu_mat_vec_ok(a.x) &&
                cu_mat_vec_ok(a.resid) && cu_mat_vec_ok(a.z) && cu_mat_vec_ok(a.w);
+    a.q = cu_fp8_dst_for(be, q, a.out, vec, D);
+    bool Q = a.q.codes != NULL;
     if (D <= 1024) {
-        cu_launch(b, vec ? k_norm_warp<true> : k_norm_warp<false>, cu_blocks(n, 8), 256, 0, a, n);
+        cu_launch(b, Q ? k_norm_warp<true, true> : vec ? k_norm_warp<true, false> : k_norm_warp<false, false>,
+                  cu_blocks(n, 8), 256, 0, a, n);
     } else {
-        if (vec) cu_launch(b, k_norm_block<true>, (unsigned)n, 256, 0, a);
-        else cu_launch(b, k_norm_block<false>, (unsigned)n, 512, 0, a);
+        if (vec) cu_launch(b, Q ? k_norm_block<true, true> : k_norm_block<true, false>, (unsigned)n, 256, 0, a);
+        else cu_launch(b, k_norm_block<false, false>, (unsigned)n, 512, 0, a);
     }
 }
 
@@ -106,24 +122,24 @@ static cu_mat w_row(const sl_tensor *w)
 void cu_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w, float eps,
                 int one_plus)
 {
-    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), no_mat(), no_mat(), w_row(w), eps, one_plus, 0};
-    norm_launch(cu_be(be), a);
+    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), no_mat(), no_mat(), w_row(w), eps, one_plus, 0, {}};
+    norm_launch(be, a, NULL);
 }
 
 void cu_add_rmsnorm(sl_backend *be, sl_tensor *out, sl_tensor *resid, const sl_tensor *x,
-                    const sl_tensor *w, float eps, int one_plus)
+                    const sl_tensor *w, float eps, int one_plus, sl_fp8_act *q)
 {
     SL_ASSERT(sl_tensor_numel(w) == sl_tensor_cols(x));
     cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), cu_mat_of(resid), no_mat(), w_row(w),
-                      eps, one_plus, 0};
-    norm_launch(cu_be(be), a);
+                      eps, one_plus, 0, {}};
+    norm_launch(be, a, q);
 }
 
 void cu_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
-                      const sl_tensor *w, float eps)
+                      const sl_tensor *w, float eps, sl_fp8_act *q)
 {
-    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), no_mat(), cu_mat_of(z), w_row(w), eps, 0, 0};
-    norm_launch(cu_be(be), a);
+    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), no_mat(), cu_mat_of(z), w_row(w), eps, 0, 0, {}};
+    norm_launch(be, a, q);
 }
 
 template <bool VEC>

@@ -91,5 +91,28 @@ for arch in ["qwen3", "qwen3_moe", "qwen3_next"]:
         gap = float(last[cpu[i]] - last[gpu[i]])
         check(gap < 0.01 * float(last.std()), f"{arch} greedy cuda == cpu for {i} tokens, then a near-tie "
               f"(fp32 logit gap {gap:.4f}, spread {float(last.std()):.2f})")
+
+# FP8 codes made by the ops writing the activations (SL_CUDA_FP8_ACT=1, NOTES.md v42) are
+# the codes the projections make themselves: the same logits and tokens bit for bit, on
+# FP8 tiny models whose widths are whole 128-groups (hidden 256; 5-token prompts and
+# decode steps stay within the 8 rows that get codes).
+arch_now = None
+for arch in ["qwen3", "qwen3_moe", "qwen3_next"]:
+    m = os.path.join(tmp, arch + "-fp8")
+    run("make-tiny", "--arch", arch, "--out", m, "--hidden-size", "256", "--intermediate-size", "256",
+        "--quantization", "fp8")
+    json.dump([[5, 6, 7, 8, 9]], open(ids, "w"))
+    res = []
+    for on in ["0", "1"]:
+        env = dict(os.environ, SL_CUDA_FP8_ACT=on)
+        out = os.path.join(tmp, f"a{on}.f32")
+        r1 = subprocess.run([sluice, "logits", "--device", "cuda", "--model", m, "--ids-file", ids, "--out", out],
+                            capture_output=True, text=True, timeout=300, env=env)
+        r2 = subprocess.run([sluice, "generate", "--device", "cuda", "--model", m, "--ids", "5,6,7,8,9",
+                             "--max-new-tokens", "16"], capture_output=True, text=True, timeout=300, env=env)
+        ok = not r1.returncode and not r2.returncode
+        res.append((open(out, "rb").read() if ok else None, r2.stdout if ok else None))
+    check(res[0][0] is not None and res[0] == res[1],
+          f"{arch} fp8: logits and 16 greedy tokens with the ops' codes == without, bit for bit")
 print(f"model checks: {fails} failed")
 sys.exit(1 if fails else 0)

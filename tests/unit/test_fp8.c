@@ -179,8 +179,8 @@ static void test_matmul_fp8(int M, int N, int K)
     double *yr = malloc(sizeof(double) * (size_t)M * N);
     sl_tensor o1 = sl_tensor_make(y1, SL_DTYPE_F32, 2, (int64_t[]){M, N});
     sl_tensor o2 = sl_tensor_make(y2, SL_DTYPE_F32, 2, (int64_t[]){M, N});
-    sl_be_matmul_fp8(be, &o1, &xt, &wt, &sr);
-    sl_be_matmul_fp8(be, &o2, &xt, &wt, &sb);
+    sl_be_matmul_fp8(be, &o1, &xt, &wt, &sr, NULL);
+    sl_be_matmul_fp8(be, &o2, &xt, &wt, &sb, NULL);
     CHECK(!memcmp(y1, y2, sizeof(float) * (size_t)M * N)); /* per-row and per-block scales agree */
     ref_fp8(yr, x, M, K, a.q, a.sblk, N, 7);
     double err = 0, ref = 0;
@@ -212,6 +212,73 @@ static void test_matmul_fp8(int M, int N, int K)
     free(yd);
     free(yf);
     free(yr);
+    qw_free(&a);
+    sl_backend_free(be);
+}
+
+/* The producer ops' FP8 codes (sl_fp8_act): they are the codes matmul_fp8
+ * makes of the output itself (so the same products), the matmul reads them
+ * (a changed scale changes its result), and they are made only for rows up
+ * to sl_be_fp8_act_rows and used only for the activation they describe. */
+static void test_act_codes(void)
+{
+    enum { M = 3, K = 320, N = 136, GQ = 3, MAXR = 8 };
+    sl_backend *be = sl_backend_cpu_new();
+    CHECK(sl_be_fp8_act_rows(be) == MAXR);
+    qw a = qw_make(N, K, 31);
+    sl_tensor wt = sl_tensor_make(a.q, SL_DTYPE_F8E4M3, 2, (int64_t[]){N, K});
+    sl_tensor st = sl_tensor_make(a.srow, SL_DTYPE_F32, 2, (int64_t[]){N, GQ});
+    static uint8_t codes[(MAXR + 2) * GQ * 128];
+    static float scales[(MAXR + 2) * GQ], x[(MAXR + 2) * 2 * K], r[(MAXR + 2) * K], o[(MAXR + 2) * K];
+    static float w[K], y1[M * N], y2[M * N];
+    for (int i = 0; i < (MAXR + 2) * 2 * K; i++) x[i] = urand(41, (uint64_t)i) * 4.0f;
+    for (int i = 0; i < (MAXR + 2) * K; i++) r[i] = urand(42, (uint64_t)i);
+    for (int i = 0; i < K; i++) w[i] = 0.5f + 0.5f * urand(43, (uint64_t)i);
+    sl_fp8_act q = {sl_tensor_make(codes, SL_DTYPE_F8E4M3, 1, (int64_t[]){sizeof codes}),
+                    sl_tensor_make(scales, SL_DTYPE_F32, 1, (int64_t[]){(MAXR + 2) * GQ}), 0, 0};
+    sl_tensor xt = sl_tensor_make(x, SL_DTYPE_F32, 2, (int64_t[]){M, K});
+    sl_tensor gu = sl_tensor_make(x, SL_DTYPE_F32, 2, (int64_t[]){M, 2 * K});
+    sl_tensor rt = sl_tensor_make(r, SL_DTYPE_F32, 2, (int64_t[]){M, K});
+    sl_tensor wn = sl_tensor_make(w, SL_DTYPE_F32, 1, (int64_t[]){K});
+    sl_tensor wh = sl_tensor_make(w, SL_DTYPE_F32, 1, (int64_t[]){64});
+    sl_tensor ot = sl_tensor_make(o, SL_DTYPE_F32, 2, (int64_t[]){M, K});
+    sl_tensor o1 = sl_tensor_make(y1, SL_DTYPE_F32, 2, (int64_t[]){M, N});
+    sl_tensor o2 = sl_tensor_make(y2, SL_DTYPE_F32, 2, (int64_t[]){M, N});
+    for (int op = 0; op < 4; op++) {
+        q.rows = q.cols = -1; /* the op says whether it made them */
+        switch (op) {
+        case 0: sl_be_add_rmsnorm(be, &ot, &rt, &xt, &wn, 1e-6f, 1, &q); break;
+        case 1: sl_be_silu_mul(be, &ot, &gu, &q); break;
+        case 2: sl_be_rmsnorm_gated(be, &ot, &xt, &rt, &wh, 1e-6f, &q); break;
+        default: memcpy(o, x, sizeof(float) * M * K); sl_be_sigmoid_mul(be, &ot, &rt, &q); break;
+        }
+        CHECK_MSG(q.rows == M && q.cols == K, "op %d: codes made for %lld x %lld", op, (long long)q.rows,
+                  (long long)q.cols);
+        sl_be_matmul_fp8(be, &o1, &ot, &wt, &st, &q);
+        sl_be_matmul_fp8(be, &o2, &ot, &wt, &st, NULL);
+        CHECK_MSG(!memcmp(y1, y2, sizeof y1), "op %d: the codes' product differs from the matmul's own", op);
+        for (int m = 0; m < M; m++) /* the pad past K is zero */
+            for (int k = K; k < GQ * 128; k++) CHECK(codes[m * GQ * 128 + k] == 0);
+    }
+    /* the matmul reads them: one changed scale changes row 1's products */
+    scales[1 * GQ + 2] *= 2.0f;
+    sl_be_matmul_fp8(be, &o1, &ot, &wt, &st, &q);
+    CHECK(memcmp(y1, y2, sizeof(float) * N) == 0 && memcmp(y1 + N, y2 + N, sizeof(float) * N) != 0);
+    /* codes of another shape are not x's: ignored */
+    q.rows = M - 1;
+    sl_be_matmul_fp8(be, &o1, &ot, &wt, &st, &q);
+    CHECK(!memcmp(y1, y2, sizeof y1));
+    /* more rows than the backend makes codes for: none made */
+    sl_tensor big = sl_tensor_make(x, SL_DTYPE_F32, 2, (int64_t[]){MAXR + 1, K});
+    sl_tensor bigr = sl_tensor_make(r, SL_DTYPE_F32, 2, (int64_t[]){MAXR + 1, K});
+    sl_tensor bigo = sl_tensor_make(o, SL_DTYPE_F32, 2, (int64_t[]){MAXR + 1, K});
+    sl_be_add_rmsnorm(be, &bigo, &bigr, &big, &wn, 1e-6f, 0, &q);
+    CHECK(q.rows == 0);
+    /* a buffer too small for the rows: none made */
+    sl_fp8_act small = q;
+    small.scales = sl_tensor_make(scales, SL_DTYPE_F32, 1, (int64_t[]){M * GQ - 1});
+    sl_be_silu_mul(be, &ot, &gu, &small);
+    CHECK(small.rows == 0);
     qw_free(&a);
     sl_backend_free(be);
 }
@@ -334,5 +401,6 @@ int main(void)
     test_matmul_fp8(7, 96, 64);   /* everything smaller than one block */
     test_matmul_fp8(2, 257, 385);
     test_experts_fp8();
+    test_act_codes();
     return sl_test_done("test_fp8");
 }

@@ -773,7 +773,8 @@ void model_scratch_free(sl_model *m)
     scratch *s = &m->s;
     sl_tensor *all[] = {&s->x,    &s->xn,      &s->d,   &s->big, &s->mid,    &s->mid2,
                         &s->attn, &s->conv,    &s->ba,  &s->rlogits, &s->ids, &s->wts,
-                        &s->shared, &s->sgate, &s->gx,  &s->gd,  &s->gn, &s->lg};
+                        &s->shared, &s->sgate, &s->gx,  &s->gd,  &s->gn, &s->lg,
+                        &s->xq.codes, &s->xq.scales};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sl_be_release(m->be, all[i]);
     s->cap = s->cap_rows = 0;
 }

@@ -88,6 +88,24 @@ void sl_model_cache_copy_slots(sl_model *m, sl_model_cache *c, const int32_t *ds
 
 /* ---- forward ---------------------------------------------------------------- */
 
+/* Whether any projection is FP8 (its scales loaded) */
+static int model_has_fp8(const sl_model *m)
+{
+    for (int i = 0; i < m->lc.n_layers; i++) {
+        const layer *ly = &m->layers[i];
+        const sl_tensor *sc[] = {&ly->wqkv_s,      &ly->wo_s,     &ly->w_qkvz_s,     &ly->w_out_s,
+                                 &ly->w_gate_up_s, &ly->w_down_s, &ly->sh_gate_up_s, &ly->sh_down_s};
+        for (size_t j = 0; j < sizeof sc / sizeof sc[0]; j++)
+            if (sc[j]->data) return 1;
+    }
+    return 0;
+}
+
+/* The codes an op makes for the FP8 projection right after it (scratch.xq),
+ * or NULL: none allocated, or tracing (a forced replay overwrites op outputs
+ * after their codes were made). */
+static sl_fp8_act *act_codes(sl_model *m) { return m->s.xq.codes.data && !m->trace ? &m->s.xq : NULL; }
+
 /* Widest per-token activation each scratch buffer must hold. */
 static sl_status scratch_ensure(sl_model *m, int T, int rows, sl_err *e)
 {
@@ -136,6 +154,13 @@ static sl_status scratch_ensure(sl_model *m, int T, int rows, sl_err *e)
     R(gd, ad, H);
     R(gn, ad, H);
     if (m->tp.vocab_parallel) R(lg, SL_DTYPE_F32, m->tp.nv);
+    int64_t qrows = sl_be_fp8_act_rows(be) < cap ? sl_be_fp8_act_rows(be) : cap;
+    if (qrows > 0 && model_has_fp8(m)) { /* the widest activation an FP8 projection reads */
+        int64_t qk = (H > mid ? H : mid) + SL_FP8_BLOCK - 1;
+        qk -= qk % SL_FP8_BLOCK;
+        if (!st) st = sl_be_alloc(be, &s->xq.codes, SL_DTYPE_F8E4M3, 1, SHP(qrows * qk), e);
+        if (!st) st = sl_be_alloc(be, &s->xq.scales, SL_DTYPE_F32, 1, SHP(qrows * (qk / SL_FP8_BLOCK)), e);
+    }
 #undef A
 #undef R
     if (st) {
@@ -151,7 +176,7 @@ static sl_tensor rows_of(const sl_tensor *t, int n) { return sl_tensor_rowview(t
 static sl_tensor cols_of(const sl_tensor *t, int64_t c0, int64_t n) { return sl_tensor_colview(t, c0, n); }
 
 static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_batch_meta *mt,
-                            const sl_tensor *xn, sl_tensor *d)
+                            const sl_tensor *xn, const sl_fp8_act *xnq, sl_tensor *d)
 {
     const sl_model_config *g = &m->lc;
     sl_backend *be = m->be;
@@ -159,7 +184,7 @@ static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_
     int64_t Hq = g->n_heads, Hkv = g->n_kv_heads, D = g->head_dim, qd = Hq * D, kvd = Hkv * D;
     sl_tensor qkv = rows_of(&m->s.big, T);
     qkv = cols_of(&qkv, 0, sl_tensor_rows(&ly->wqkv));
-    model_proj(be, &qkv, xn, &ly->wqkv, &ly->wqkv_s);
+    model_proj(be, &qkv, xn, &ly->wqkv, &ly->wqkv_s, xnq);
     trace(m, li, "qkv", &qkv);
     int64_t off = next ? 2 * qd : qd;
     sl_tensor q = cols_of(&qkv, 0, qd), k = cols_of(&qkv, off, kvd), v = cols_of(&qkv, off + kvd, kvd);
@@ -182,17 +207,19 @@ static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_
     sl_be_attention(be, &o, &q, &c->k[ly->cache_idx], &c->v[ly->cache_idx], (int)Hq, (int)Hkv,
                     (int)D, 1.0f / sqrtf((float)D), mt);
     trace(m, li, "attention", &o);
+    sl_fp8_act *oq = NULL; /* o's codes: only where an op after the attention writes o */
     if (next) {
         sl_tensor gate = cols_of(&qkv, qd, qd);
-        sl_be_sigmoid_mul(be, &o, &gate);
+        oq = act_codes(m);
+        sl_be_sigmoid_mul(be, &o, &gate, oq);
         trace(m, li, "attn_gate", &o);
     }
-    model_proj(be, d, &o, &ly->wo, &ly->wo_s);
+    model_proj(be, d, &o, &ly->wo, &ly->wo_s, oq);
     trace(m, li, "o_proj", d);
 }
 
 static void linear_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_batch_meta *mt,
-                         const sl_tensor *xn, sl_tensor *d)
+                         const sl_tensor *xn, const sl_fp8_act *xnq, sl_tensor *d)
 {
     const sl_model_config *g = &m->lc;
     sl_backend *be = m->be;
@@ -201,9 +228,9 @@ static void linear_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_bat
     int64_t Hv = g->lin_v_heads;
     sl_tensor proj = rows_of(&m->s.big, T);
     proj = cols_of(&proj, 0, C + VD);
-    model_proj(be, &proj, xn, &ly->w_qkvz, &ly->w_qkvz_s);
+    model_proj(be, &proj, xn, &ly->w_qkvz, &ly->w_qkvz_s, xnq);
     sl_tensor ba = rows_of(&m->s.ba, T);
-    model_proj(be, &ba, xn, &ly->w_ba, &ly->w_ba_s);
+    model_proj(be, &ba, xn, &ly->w_ba, &ly->w_ba_s, xnq);
     trace(m, li, "qkvz", &proj);
     trace(m, li, "ba", &ba);
     sl_tensor mixed = cols_of(&proj, 0, C), z = cols_of(&proj, C, VD);
@@ -218,37 +245,39 @@ static void linear_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_bat
     trace(m, li, "gdn", &core);
     sl_tensor normed = rows_of(&m->s.mid, T);
     normed = cols_of(&normed, 0, VD);
-    sl_be_rmsnorm_gated(be, &normed, &core, &z, &ly->gnorm, g->rms_eps);
+    sl_fp8_act *nq = act_codes(m); /* xn's codes are spent: qkvz and ba have read them */
+    sl_be_rmsnorm_gated(be, &normed, &core, &z, &ly->gnorm, g->rms_eps, nq);
     trace(m, li, "rmsnorm_gated", &normed);
-    model_proj(be, d, &normed, &ly->w_out, &ly->w_out_s);
+    model_proj(be, d, &normed, &ly->w_out, &ly->w_out_s, nq);
     trace(m, li, "out_proj", d);
 }
 
 /* down(silu(gate x) ⊙ up x) into out */
 static void swiglu(sl_model *m, int li, const sl_tensor *gate_up, const sl_tensor *gate_up_s,
-                   const sl_tensor *down, const sl_tensor *down_s, const sl_tensor *xn, sl_tensor *out,
-                   int T)
+                   const sl_tensor *down, const sl_tensor *down_s, const sl_tensor *xn,
+                   const sl_fp8_act *xnq, sl_tensor *out, int T)
 {
     int64_t I = down->ne[1];
     sl_tensor gu = rows_of(&m->s.big, T);
     gu = cols_of(&gu, 0, 2 * I);
-    model_proj(m->be, &gu, xn, gate_up, gate_up_s);
+    model_proj(m->be, &gu, xn, gate_up, gate_up_s, xnq);
     trace(m, li, "gate_up", &gu);
     sl_tensor act = rows_of(&m->s.mid, T);
     act = cols_of(&act, 0, I);
-    sl_be_silu_mul(m->be, &act, &gu);
+    sl_fp8_act *aq = act_codes(m); /* xn's codes are spent: gate_up has read them */
+    sl_be_silu_mul(m->be, &act, &gu, aq);
     trace(m, li, "silu_mul", &act);
-    model_proj(m->be, out, &act, down, down_s);
+    model_proj(m->be, out, &act, down, down_s, aq);
     trace(m, li, "down", out);
 }
 
-static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, sl_tensor *d)
+static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, const sl_fp8_act *xnq, sl_tensor *d)
 {
     const sl_model_config *g = &m->lc;
     sl_backend *be = m->be;
     int li = (int)(ly - m->layers);
     if (!ly->moe) {
-        swiglu(m, li, &ly->w_gate_up, &ly->w_gate_up_s, &ly->w_down, &ly->w_down_s, xn, d, T);
+        swiglu(m, li, &ly->w_gate_up, &ly->w_gate_up_s, &ly->w_down, &ly->w_down_s, xn, xnq, d, T);
         return;
     }
     /* a fused shared expert: one more router column and one more (token, expert) pair */
@@ -269,10 +298,10 @@ static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, sl_ten
     trace(m, li, "experts", d);
     if (g->shared_expert_intermediate_size > 0 && !fused) {
         sl_tensor sh = rows_of(&m->s.shared, T), sg = rows_of(&m->s.sgate, T);
-        swiglu(m, li, &ly->sh_gate_up, &ly->sh_gate_up_s, &ly->sh_down, &ly->sh_down_s, xn, &sh, T);
+        swiglu(m, li, &ly->sh_gate_up, &ly->sh_gate_up_s, &ly->sh_down, &ly->sh_down_s, xn, xnq, &sh, T);
         sl_be_matmul(be, &sg, xn, &ly->sh_gate);
         trace(m, li, "shared_gate", &sg);
-        sl_be_sigmoid_mul(be, &sh, &sg);
+        sl_be_sigmoid_mul(be, &sh, &sg, NULL);
         trace(m, li, "shared_gated", &sh);
         sl_be_add(be, d, d, &sh);
         trace(m, li, "moe_out", d);
@@ -338,24 +367,28 @@ static sl_status forward_ops(sl_model *m, sl_model_cache *c, const sl_batch_meta
     trace(m, -1, "embed", &x);
     for (int i = 0; i < g->n_layers; i++) {
         layer *ly = &m->layers[i];
+        /* xn's codes for the layer's first projection (none after the plain norm) */
+        sl_fp8_act *xnq = i == 0 ? NULL : act_codes(m);
         if (i == 0) sl_be_rmsnorm(be, &xn, &x, &ly->in_norm, g->rms_eps, one_plus);
-        else sl_be_add_rmsnorm(be, &xn, &x, &d, &ly->in_norm, g->rms_eps, one_plus);
+        else sl_be_add_rmsnorm(be, &xn, &x, &d, &ly->in_norm, g->rms_eps, one_plus, xnq);
         trace(m, i, "in_resid", &x);
         trace(m, i, "in_norm", &xn);
-        if (ly->linear) linear_layer(m, ly, c, mt, &xn, &d);
-        else attention_layer(m, ly, c, mt, &xn, &d);
+        if (ly->linear) linear_layer(m, ly, c, mt, &xn, xnq, &d);
+        else attention_layer(m, ly, c, mt, &xn, xnq, &d);
         tp_all_reduce(m, &d, &s, e); /* o_proj / out_proj are row-parallel */
-        sl_be_add_rmsnorm(be, &xn, &x, &d, &ly->post_norm, g->rms_eps, one_plus);
+        /* the dense gate_up (or an unfused shared expert's) reads these codes */
+        xnq = act_codes(m);
+        sl_be_add_rmsnorm(be, &xn, &x, &d, &ly->post_norm, g->rms_eps, one_plus, xnq);
         trace(m, i, "post_resid", &x);
         trace(m, i, "post_norm", &xn);
-        ffn_layer(m, ly, T, &xn, &d);
+        ffn_layer(m, ly, T, &xn, xnq, &d);
         tp_all_reduce(m, &d, &s, e); /* down projections (+ shared expert) are row-parallel */
     }
     /* only the requested rows go through the final norm and the LM head */
     sl_tensor gx = rows_of(&m->s.gx, n_rows), gd = rows_of(&m->s.gd, n_rows), gn = rows_of(&m->s.gn, n_rows);
     sl_be_gather_rows(be, &gx, &x, mt);
     sl_be_gather_rows(be, &gd, &d, mt);
-    sl_be_add_rmsnorm(be, &gn, &gx, &gd, &m->final_norm, g->rms_eps, one_plus);
+    sl_be_add_rmsnorm(be, &gn, &gx, &gd, &m->final_norm, g->rms_eps, one_plus, NULL);
     sl_tensor out = rows_of(logits, n_rows);
     trace(m, -1, "final_norm", &gn);
     if (m->tp.vocab_parallel) {

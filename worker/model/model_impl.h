@@ -30,11 +30,12 @@ typedef struct layer {
     sl_tensor ex_gate_up_s, ex_down_s;
 } layer;
 
-/* y = x · wᵀ with w plain or FP8 (ws its scales, data NULL when plain) */
+/* y = x · wᵀ with w plain or FP8 (ws its scales, data NULL when plain); xq:
+ * x's FP8 codes from the op that just wrote x (sl_fp8_act), or NULL */
 static inline void model_proj(sl_backend *be, sl_tensor *y, const sl_tensor *x, const sl_tensor *w,
-                              const sl_tensor *ws)
+                              const sl_tensor *ws, const sl_fp8_act *xq)
 {
-    if (ws->data) sl_be_matmul_fp8(be, y, x, w, ws);
+    if (ws->data) sl_be_matmul_fp8(be, y, x, w, ws, xq);
     else sl_be_matmul(be, y, x, w);
 }
 
@@ -44,6 +45,11 @@ typedef struct scratch {
     sl_tensor x, xn, d, big, mid, mid2, attn, conv, ba, rlogits, ids, wts, shared, sgate;
     sl_tensor gx, gd, gn;
     sl_tensor lg; /* vocab-parallel: this rank's logits columns [cap_rows, nv] */
+    /* FP8 models: the codes of the activation the next FP8 projection reads,
+     * made by the op that writes it (the norms, silu_mul, the attention
+     * gate) for batches of up to sl_be_fp8_act_rows tokens; codes.data NULL
+     * where the model or the backend has none */
+    sl_fp8_act xq;
 } scratch;
 
 #define MAX_GRAPHS 40

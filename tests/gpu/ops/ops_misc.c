@@ -104,8 +104,8 @@ static void misc_run(tb *t, const tb_case *c)
         tb_pair_rand(t, &x, dt, 2, (tb_ne2(ne, M, 2 * (int64_t)N), ne), -4, 4);
         if (c->op == SL_OP_SILU_MUL) {
             tb_pair_out(t, &y, dt, 2, (tb_ne2(ne, M, N), ne));
-            sl_be_silu_mul(t->cpu, &y.c, &x.c);
-            sl_be_silu_mul(t->gpu, &y.g, &x.g);
+            sl_be_silu_mul(t->cpu, &y.c, &x.c, NULL);
+            sl_be_silu_mul(t->gpu, &y.g, &x.g, NULL);
             tb_compare(t, c->op, desc, "out", &y.c, &y.g, c->tol);
             tb_pair_free(t, &y);
         } else { /* gate read from the second half of x's rows, or its last column */
@@ -113,8 +113,8 @@ static void misc_run(tb *t, const tb_case *c)
             int gn = p[2] ? 1 : N;
             sl_tensor gc = sl_tensor_colview(&x.c, 2 * N - gn, gn);
             sl_tensor gg = sl_tensor_colview(&x.g, 2 * N - gn, gn);
-            sl_be_sigmoid_mul(t->cpu, &y.c, &gc);
-            sl_be_sigmoid_mul(t->gpu, &y.g, &gg);
+            sl_be_sigmoid_mul(t->cpu, &y.c, &gc, NULL);
+            sl_be_sigmoid_mul(t->gpu, &y.g, &gg, NULL);
             tb_compare(t, c->op, desc, "x", &y.c, &y.g, c->tol);
             tb_pair_free(t, &y);
         }

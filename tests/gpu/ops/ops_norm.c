@@ -50,14 +50,14 @@ static void norm_run(tb *t, const tb_case *c)
             sl_be_rmsnorm(t->gpu, &o->g, &x.g, &w.g, 1e-6f, one);
         } else if (c->op == SL_OP_ADD_RMSNORM) {
             tb_pair_rand(t, &z, p[3] ? F32 : BF, 2, (tb_ne2(ne, R, D), ne), -3, 3);
-            sl_be_add_rmsnorm(t->cpu, &o->c, &z.c, &x.c, &w.c, 1e-6f, one);
-            sl_be_add_rmsnorm(t->gpu, &o->g, &z.g, &x.g, &w.g, 1e-6f, one);
+            sl_be_add_rmsnorm(t->cpu, &o->c, &z.c, &x.c, &w.c, 1e-6f, one, NULL);
+            sl_be_add_rmsnorm(t->gpu, &o->g, &z.g, &x.g, &w.g, 1e-6f, one, NULL);
             tb_compare(t, c->op, desc, "resid", &z.c, &z.g, c->tol);
             tb_pair_free(t, &z);
         } else {
             tb_pair_rand(t, &z, dt, 2, (tb_ne2(ne, R, D), ne), -3, 3);
-            sl_be_rmsnorm_gated(t->cpu, &o->c, &x.c, &z.c, &w.c, 1e-6f);
-            sl_be_rmsnorm_gated(t->gpu, &o->g, &x.g, &z.g, &w.g, 1e-6f);
+            sl_be_rmsnorm_gated(t->cpu, &o->c, &x.c, &z.c, &w.c, 1e-6f, NULL);
+            sl_be_rmsnorm_gated(t->gpu, &o->g, &x.g, &z.g, &w.g, 1e-6f, NULL);
             tb_pair_free(t, &z);
         }
         tb_compare(t, c->op, desc, "out", &o->c, &o->g, c->tol);
@@ -82,9 +82,9 @@ static void pf_row(tb *t, void *ctx, int set)
     switch (c->op) {
     case SL_OP_RMSNORM: sl_be_rmsnorm(t->gpu, &c->y[set], &c->x[set], &c->w, 1e-6f, 0); break;
     case SL_OP_ADD_RMSNORM:
-        sl_be_add_rmsnorm(t->gpu, &c->y[set], &c->r[set], &c->x[set], &c->w, 1e-6f, 0);
+        sl_be_add_rmsnorm(t->gpu, &c->y[set], &c->r[set], &c->x[set], &c->w, 1e-6f, 0, NULL);
         break;
-    default: sl_be_silu_mul(t->gpu, &c->y[set], &c->x[set]); break;
+    default: sl_be_silu_mul(t->gpu, &c->y[set], &c->x[set], NULL); break;
     }
 }
 
