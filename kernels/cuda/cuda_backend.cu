@@ -58,6 +58,7 @@ static void cu_free_backend(sl_backend *be)
     }
     if (b->lt_ws) cudaFree(b->lt_ws);
     if (b->router_done) cudaFree(b->router_done);
+    if (b->moe1_sync) cudaFree(b->moe1_sync);
     if (b->lt) cublasLtDestroy(b->lt);
     if (b->stream) cudaStreamDestroy(b->stream);
     free(b);
@@ -640,6 +641,7 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->fp8_gemv_cp = env_form("SL_CUDA_FP8_GEMV_CP", 2);
     // written without a GPU (v42): off until measured; =1 turns it on
     b->fp8_act = env_switch("SL_CUDA_FP8_ACT", 0);
+    b->moe_fp8_one = env_switch("SL_CUDA_MOE_FP8_ONE", 0); // v43, also written without a GPU
     b->poison = env_switch("SL_CUDA_POISON", 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     if (env_switch("SL_CUDA_PROFILE", 0)) cu_prof_init(b);
@@ -655,6 +657,8 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // k_moe_router's counter (made here: never inside a graph capture)
     CU_TRY(e, cudaMalloc((void **)&b->router_done, sizeof(unsigned)));
     CU_TRY(e, cudaMemset(b->router_done, 0, sizeof(unsigned)));
+    CU_TRY(e, cudaMalloc((void **)&b->moe1_sync, cu_moe1_sync_bytes()));
+    CU_TRY(e, cudaMemset(b->moe1_sync, 0, cu_moe1_sync_bytes()));
     for (int i = 0; i < 2; i++)
         CU_TRY(e, cudaEventCreateWithFlags(&b->mb[i].copied, cudaEventDisableTiming));
     return SL_OK;

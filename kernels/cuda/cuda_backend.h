@@ -96,6 +96,7 @@ typedef enum sl_cuda_moe_fp8 {
     SL_CUDA_MOE_FP8_GV,          /* the two few-token kernels of moe.cu */
     SL_CUDA_MOE_FP8_GROUPED_TC,  /* the grouped GEMMs on mma.sync tiles (kernels/dev/NOTES.md v11) */
     SL_CUDA_MOE_FP8_GROUPED_OV,  /* on wgmma, the next group's products overlapping the promotion (v36) */
+    SL_CUDA_MOE_FP8_ONE,         /* one token: every pair in one kernel (k_fp8_moe_one, v43), else per pair */
 } sl_cuda_moe_fp8;
 void sl_cuda_moe_fp8_path(sl_backend *be, sl_cuda_moe_fp8 which);
 

@@ -94,6 +94,9 @@ typedef struct cu_backend {
     // tiles, 32 and 64 the cp.async GEMVs, 1 << 8 .. 1 << 13 the wgmma grouped GEMMs
     int fp8_smem_set;
     unsigned *router_done;            // moe.cu k_moe_router: blocks done (0 between launches)
+    unsigned *moe1_sync;              // fp8.cu k_fp8_moe_one's counters (0 between launches)
+    size_t moe1_smem;                 // the shared memory k_fp8_moe_one's occupancy was taken for
+    int moe1_per_sm;                  // and its blocks an SM there
     int moe_router;                   // k_moe_router on (env SL_CUDA_MOE_ROUTER=0: matmul + route)
     int moe_fp8_path;                 // sl_cuda_moe_fp8 (cuda_backend.h)
     struct cu_sample_stage *sample;   // sample.cu
@@ -136,6 +139,9 @@ typedef struct cu_backend {
     // the decode GEMV after them (sl_fp8_act; NOTES.md v42): one quantization
     // launch fewer per projection; env SL_CUDA_FP8_ACT=1 turns it on
     int fp8_act;
+    // a one-token FP8 MoE in one kernel (k_fp8_moe_one, NOTES.md v43) in
+    // AUTO; env SL_CUDA_MOE_FP8_ONE=1 (off until measured)
+    int moe_fp8_one;
     // env SL_CUDA_POISON=1: every new tensor and scratch buffer starts as NaN
     // (all bits set), so a kernel reading memory nothing wrote shows
     int poison;

@@ -411,12 +411,66 @@ __host__ __device__ inline size_t fp8_cp_smem(int G, int MX)
     return (size_t)(rows + MX) * fp8_cp_pitch(G) + sizeof(float) * (size_t)(rows + MX) * (G + 1);
 }
 
+// cp.async of weight rows nb .. nb + RB - 1 of w (codes, zeros past a.N and
+// a.K, rows fp8_cp_pitch(a.G) apart) into sw and their scales (a.G + 1 a
+// row) into sws: the staging of k_fp8_gemv_cp and k_fp8_moe_one
+__device__ __forceinline__ void fp8_stage_tile(uint8_t *sw, float *sws, const fp8_args &a, const uint8_t *w,
+                                               const float *ws, int nb, int RB)
+{
+    const int G = a.G, GP = G + 1, pitch = fp8_cp_pitch(G), nch = G * (FP8_G / 16);
+    for (int i = threadIdx.x; i < RB * nch; i += blockDim.x) {
+        int r = i / nch, c = i - r * nch, n = nb + r;
+        bool ok = n < a.N && c * 16 < a.K;
+        cp_async16((uint32_t)__cvta_generic_to_shared(sw + r * pitch + c * 16),
+                   ok ? w + (int64_t)n * a.ldw + c * 16 : w, ok ? 16 : 0);
+    }
+    for (int i = threadIdx.x; i < RB * G; i += blockDim.x) {
+        int r = i / G, g = i - r * G, n = nb + r;
+        bool ok = n < a.N;
+        cp_async4((uint32_t)__cvta_generic_to_shared(sws + r * GP + g),
+                  ok ? ws + (int64_t)(n >> a.srow_shift) * a.ldws + g : ws, ok ? 4 : 0);
+    }
+}
+
+// The products of a staged weight tile (fp8_stage_tile: 16·RT rows) with M
+// staged x rows (codes sxq, scales ssx; the same pitch and G + 1) into red,
+// each warp on its team's 16 rows and its share of the groups: k_fp8_gemv_tc's
+// arithmetic, whose order every staged kernel keeps.
+template <int NT>
+__device__ __forceinline__ void fp8_cp_tile(float (*red)[16][NT * 8 + 1], const uint8_t *sw, const float *sws,
+                                            const uint8_t *sxq, const float *ssx, int G, int M)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
+    const int team = GV8_WARPS / fp8_gemv_rt(G), tw = warp % team, GP = G + 1, pitch = fp8_cp_pitch(G);
+    const int r0 = warp / team * 16; // this warp's tile in the block
+    const uint8_t *wa = sw + (r0 + gq) * pitch, *wb = sw + (r0 + gq + 8) * pitch;
+    const float *swa = sws + (r0 + gq) * GP, *swb = sws + (r0 + gq + 8) * GP;
+    float acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
+    for (int g = tw; g < G; g += team) {
+        const int kb = g * FP8_G + tq * 16;
+        uint4 A[2][2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            A[h][0] = *(const uint4 *)(wa + kb + h * 64);
+            A[h][1] = *(const uint4 *)(wb + kb + h * 64);
+        }
+        fp8_gemv_group<NT>(
+            acc, A, swa[g], swb[g], M, [&](int m, int h) { return *(const uint4 *)(sxq + m * pitch + kb + h * 64); },
+            [&](int m) { return ssx[m * GP + g]; });
+    }
+    fp8_gemv_partials<NT>(red, acc);
+}
+
 template <int NT> __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_cp(fp8_args a)
 {
     extern __shared__ __align__(16) uint8_t cp_sm[];
     __shared__ float red[GV8_WARPS][16][NT * 8 + 1];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gq = lane >> 2, tq = lane & 3;
-    const int rt = fp8_gemv_rt(a.G), RB = 16 * rt, team = GV8_WARPS / rt, tw = warp % team;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int rt = fp8_gemv_rt(a.G), RB = 16 * rt, team = GV8_WARPS / rt;
     const int G = a.G, GP = G + 1, pitch = fp8_cp_pitch(G), nch = G * (FP8_G / 16);
     const int MX = a.ids ? 1 : min(a.M, NT * 8);
     uint8_t *sw = cp_sm, *sxq = cp_sm + (size_t)RB * pitch;
@@ -424,21 +478,6 @@ template <int NT> __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_c
     const int nb = (a.ids ? blockIdx.y : blockIdx.x) * RB; // the block's first row
     const uint8_t *w = a.w;
     const float *ws = a.ws;
-    // the tile's codes (zeros past N and past K) and scales
-    auto stage_w = [&]() {
-        for (int i = threadIdx.x; i < RB * nch; i += blockDim.x) {
-            int r = i / nch, c = i - r * nch, n = nb + r;
-            bool ok = n < a.N && c * 16 < a.K;
-            cp_async16((uint32_t)__cvta_generic_to_shared(sw + r * pitch + c * 16),
-                       ok ? w + (int64_t)n * a.ldw + c * 16 : w, ok ? 16 : 0);
-        }
-        for (int i = threadIdx.x; i < RB * G; i += blockDim.x) {
-            int r = i / G, g = i - r * G, n = nb + r;
-            bool ok = n < a.N;
-            cp_async4((uint32_t)__cvta_generic_to_shared(sws + r * GP + g),
-                      ok ? ws + (int64_t)(n >> a.srow_shift) * a.ldws + g : ws, ok ? 4 : 0);
-        }
-    };
     int M = a.M;
     int64_t xrow0 = 0, orow0 = 0;
     // per pair: the pair's expert (after the wait unless a.ids_early)
@@ -453,13 +492,13 @@ template <int NT> __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_c
     };
     if (!a.ids || a.ids_early) {
         if (a.ids) pair();
-        stage_w();
+        fp8_stage_tile(sw, sws, a, w, ws, nb, RB);
     }
     cu_pdl_wait();
     cu_pdl_trigger();
     if (a.ids && !a.ids_early) {
         pair();
-        stage_w();
+        fp8_stage_tile(sw, sws, a, w, ws, nb, RB);
     }
     if (a.xin.p) {
         // x's rows quantized here, a warp per (row, group), while the weights
@@ -484,28 +523,157 @@ template <int NT> __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_c
     asm volatile("cp.async.commit_group;\n" ::);
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
     __syncthreads();
-    const int r0 = warp / team * 16; // this warp's tile in the block
-    const uint8_t *wa = sw + (r0 + gq) * pitch, *wb = sw + (r0 + gq + 8) * pitch;
-    const float *swa = sws + (r0 + gq) * GP, *swb = sws + (r0 + gq + 8) * GP;
-    float acc[NT][4];
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) acc[nt][i] = 0.0f;
-    for (int g = tw; g < G; g += team) {
-        const int kb = g * FP8_G + tq * 16;
-        uint4 A[2][2];
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            A[h][0] = *(const uint4 *)(wa + kb + h * 64);
-            A[h][1] = *(const uint4 *)(wb + kb + h * 64);
-        }
-        fp8_gemv_group<NT>(
-            acc, A, swa[g], swb[g], M, [&](int m, int h) { return *(const uint4 *)(sxq + m * pitch + kb + h * 64); },
-            [&](int m) { return ssx[m * GP + g]; });
-    }
-    fp8_gemv_partials<NT>(red, acc);
+    fp8_cp_tile<NT>(red, sw, sws, sxq, ssx, G, M);
     fp8_gemv_store<NT>(red, a, rt, team, nb, M, orow0);
+}
+
+// ---- one token's MoE in one kernel ---------------------------------------------
+//
+// k_fp8_moe_one (T = 1; SL_CUDA_MOE_FP8_ONE=1, NOTES.md v43): the k pairs'
+// gate_up GEMVs, silu·up, the down GEMVs and the routing-weighted sum in one
+// launch, where the per-pair path takes four (x's quantization, gate_up, down,
+// combine), each a few µs of fixed cost at one token. Work items: phase 1,
+// (pair p, 16·RT rows of gate_up); phase 2, (pair j, 16·RT rows of down); both
+// pair-major. Block b takes items b, b + gridDim.x, ... in order (all of its
+// phase-1 items first), staging each one's weight tile with cp.async
+// MOE1_STAGES - 1 items ahead: a phase-2 tile needs only the routing, so the
+// first ones stream during phase 1. A phase-2 item waits until its pair's
+// phase-1 items are all done (a counter a pair) and quantizes that pair's
+// silu·up itself; the last of a row block's k phase-2 items adds the k outputs
+// in j order. The grid is at most what the GPU holds at once (occupancy × SMs),
+// so a waiting block never keeps off the GPU a block it waits for, and blocks
+// only wait on phase-1 items, which wait on nothing. The tiles, warp teams,
+// quantization and sums are the per-pair GEMVs' and k_fp8_moe_combine's: the
+// same result bit for bit.
+#define MOE1_STAGES 3
+#define MOE1_MAXK 64    // pairs (counters a pair)
+#define MOE1_MAXRB 1024 // row blocks of down (counters a row block)
+
+typedef struct moe1_args {
+    // the per-pair GEMVs' arguments (ids, topk = k, expert strides): gu.out is
+    // h [k, 2I] (f32), dn.out y [k, H] (f32)
+    fp8_args gu, dn;
+    cu_mat x;        // the token, [1, H]
+    const float *wt; // its routing weights [k]
+    cu_mat out;      // [1, H]
+    // MOE1_MAXK pairs done, MOE1_MAXRB row blocks done, then the blocks done:
+    // zero between launches (the last block to finish resets them)
+    unsigned *sync;
+} moe1_args;
+
+// Shared memory: x's codes and scales, a pair's silu·up codes and scales,
+// then the stages, each a tile of either phase (fp8_stage_tile's layout).
+__host__ __device__ inline size_t moe1_row_bytes(int G) { return ((size_t)fp8_cp_pitch(G) + 4 * (G + 1) + 15) & ~(size_t)15; }
+__host__ __device__ inline size_t moe1_tile_bytes(int G)
+{
+    int rows = 16 * fp8_gemv_rt(G);
+    return ((size_t)rows * fp8_cp_pitch(G) + sizeof(float) * (size_t)rows * (G + 1) + 15) & ~(size_t)15;
+}
+__host__ __device__ inline size_t moe1_stage_bytes(int G1, int G2)
+{
+    return moe1_tile_bytes(G1) > moe1_tile_bytes(G2) ? moe1_tile_bytes(G1) : moe1_tile_bytes(G2);
+}
+__host__ __device__ inline size_t moe1_smem(int G1, int G2)
+{
+    return moe1_row_bytes(G1) + moe1_row_bytes(G2) + MOE1_STAGES * moe1_stage_bytes(G1, G2);
+}
+
+__device__ __forceinline__ unsigned moe1_ld_acquire(const unsigned *p)
+{
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_moe_one(moe1_args a)
+{
+    extern __shared__ __align__(16) uint8_t m1_sm[];
+    __shared__ float red[GV8_WARPS][16][9];
+    __shared__ int last;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int k = a.gu.topk, G1 = a.gu.G, G2 = a.dn.G;
+    const int RB1 = 16 * fp8_gemv_rt(G1), RB2 = 16 * fp8_gemv_rt(G2);
+    const int nb1 = (a.gu.N + RB1 - 1) / RB1, nb2 = (a.dn.N + RB2 - 1) / RB2; // row blocks a pair
+    const int n1 = k * nb1, n = n1 + k * nb2;
+    uint8_t *sx = m1_sm, *sh = m1_sm + moe1_row_bytes(G1), *st = sh + moe1_row_bytes(G2);
+    float *ssx = (float *)(sx + fp8_cp_pitch(G1)), *ssh = (float *)(sh + fp8_cp_pitch(G2));
+    const size_t stage = moe1_stage_bytes(G1, G2);
+    unsigned *pair_done = a.sync, *rb_done = a.sync + MOE1_MAXK, *blocks_done = rb_done + MOE1_MAXRB;
+    cu_pdl_wait(); // the routing and x come from the kernels before
+    cu_pdl_trigger();
+    // item it into stage i % MOE1_STAGES (none past the last: an empty group,
+    // so that every iteration waits for the same count)
+    auto issue = [&](int i) {
+        int it = blockIdx.x + i * gridDim.x;
+        if (it < n) {
+            bool p1 = it < n1;
+            const fp8_args &f = p1 ? a.gu : a.dn;
+            int q = p1 ? it : it - n1, nbk = p1 ? nb1 : nb2, RB = p1 ? RB1 : RB2;
+            int64_t e = f.ids[q / nbk];
+            uint8_t *sw = st + (size_t)(i % MOE1_STAGES) * stage;
+            fp8_stage_tile(sw, (float *)(sw + (size_t)RB * fp8_cp_pitch(f.G)), f, f.w + e * f.ew, f.ws + e * f.ews,
+                           q % nbk * RB, RB);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+#pragma unroll
+    for (int i = 0; i < MOE1_STAGES - 1; i++) issue(i);
+    // x's codes (k_fp8_quant's arithmetic) while the first tiles stream
+    for (int g = warp; g < G1; g += GV8_WARPS) {
+        float s = fp8_quant_group(a.x, 0, 0, g, a.gu.K, sx + g * FP8_G);
+        if (lane == 0) ssx[g] = s;
+    }
+    for (int i = 0; blockIdx.x + i * gridDim.x < n; i++) {
+        const int it = blockIdx.x + i * gridDim.x;
+        issue(i + MOE1_STAGES - 1);
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(MOE1_STAGES - 1) : "memory");
+        const bool p1 = it < n1;
+        const fp8_args &f = p1 ? a.gu : a.dn;
+        const int q = p1 ? it : it - n1, nbk = p1 ? nb1 : nb2, RB = p1 ? RB1 : RB2, pair = q / nbk, rb = q % nbk;
+        if (!p1) {
+            // the pair's gate_up rows are all written: quantize its silu·up
+            if (threadIdx.x == 0)
+                while (moe1_ld_acquire(pair_done + pair) < (unsigned)nb1) __nanosleep(32);
+            __syncthreads();
+            for (int g = warp; g < G2; g += GV8_WARPS) {
+                float s = fp8_quant_group(a.gu.out, 1, pair, g, a.dn.K, sh + g * FP8_G);
+                if (lane == 0) ssh[g] = s;
+            }
+        }
+        __syncthreads(); // the stage's copies (every thread's) and the codes
+        const uint8_t *sw = st + (size_t)(i % MOE1_STAGES) * stage;
+        fp8_cp_tile<1>(red, sw, (const float *)(sw + (size_t)RB * fp8_cp_pitch(f.G)), p1 ? sx : sh, p1 ? ssx : ssh,
+                       f.G, 1);
+        fp8_gemv_store<1>(red, f, RB / 16, GV8_WARPS / (RB / 16), rb * RB, 1, pair);
+        __threadfence(); // the outputs before the counters that publish them
+        __syncthreads();
+        if (p1) {
+            if (threadIdx.x == 0) atomicAdd(pair_done + pair, 1u);
+        } else {
+            if (threadIdx.x == 0) last = atomicAdd(rb_done + rb, 1u) == (unsigned)k - 1;
+            __syncthreads();
+            if (last) { // the row block's k outputs, added in j order (k_fp8_moe_combine)
+                __threadfence();
+                const float *y = (const float *)a.dn.out.p;
+                for (int c = rb * RB + threadIdx.x; c < min((rb + 1) * RB, a.dn.N); c += blockDim.x) {
+                    float acc = 0.0f;
+                    for (int j = 0; j < k; j++) acc += a.wt[j] * __ldcg(y + (int64_t)j * a.dn.out.ld + c);
+                    cu_mat_st(a.out, 0, c, acc);
+                }
+            }
+        }
+        __syncthreads(); // red, last and the stage are reused
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    if (threadIdx.x == 0) { // the last block out resets the counters
+        __threadfence();
+        if (atomicAdd(blocks_done, 1u) == gridDim.x - 1) {
+            for (int j = 0; j < k; j++) pair_done[j] = 0;
+            for (int r = 0; r < nb2; r++) rb_done[r] = 0;
+            *blocks_done = 0;
+            __threadfence();
+        }
+    }
 }
 
 // ---- tensor-core GEMM ----------------------------------------------------------
@@ -1186,6 +1354,40 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
 #define MOE_FP8_GV_MIN_T 2
 #define MOE_FP8_GROUPED_PAIRS_PER_EXPERT 8
 
+size_t cu_moe1_sync_bytes(void) { return sizeof(unsigned) * (MOE1_MAXK + MOE1_MAXRB + 1); }
+
+#define MOE1_MAX_SMEM (220 * 1024)
+// k_fp8_moe_one where it applies (one token, whole 16-byte weight rows, the
+// counters and shared memory enough): returns whether it ran. The grid is
+// what the GPU holds at once (a block may wait on any other), at most one
+// block an item.
+static int moe1_launch(cu_backend *b, const fp8_args &gu, const fp8_args &dn, const sl_tensor *x,
+                       const sl_tensor *weights, cu_mat out)
+{
+    int k = gu.topk, RB2 = 16 * fp8_gemv_rt(dn.G), nb2 = (dn.N + RB2 - 1) / RB2;
+    int n = k * ((gu.N + 16 * fp8_gemv_rt(gu.G) - 1) / (16 * fp8_gemv_rt(gu.G)) + nb2);
+    size_t smem = moe1_smem(gu.G, dn.G);
+    if (!gu.vec || !dn.vec || k > MOE1_MAXK || nb2 > MOE1_MAXRB || smem > MOE1_MAX_SMEM ||
+        sl_tensor_cols(weights) != k)
+        return 0;
+    fp8_smem_raise(b, k_fp8_moe_one, 1 << 16, MOE1_MAX_SMEM);
+    if (b->moe1_smem != smem) {
+        CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b->moe1_per_sm, k_fp8_moe_one, 32 * GV8_WARPS, smem));
+        b->moe1_smem = smem;
+    }
+    if (b->moe1_per_sm < 1) return 0;
+    moe1_args m;
+    m.gu = gu;
+    m.dn = dn;
+    m.x = cu_mat_of(x);
+    m.wt = (const float *)weights->data;
+    m.out = out;
+    m.sync = b->moe1_sync;
+    int grid = b->moe1_per_sm * b->n_sm < n ? b->moe1_per_sm * b->n_sm : n;
+    cu_launch(b, k_fp8_moe_one, dim3((unsigned)grid), dim3(32 * GV8_WARPS), smem, m);
+    return 1;
+}
+
 // silu(gate)·up of the rows of the gate_up output (a.out, [rows, 2I]) quantized
 // as the down's input (d.xq, d.sx; d.K = I)
 static void fp8_quant_silu(cu_backend *b, const fp8_args &a, const fp8_args &d, int rows)
@@ -1338,10 +1540,14 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
                                                   : 0;
     int expert_gemv = !grouped && (path == SL_CUDA_MOE_FP8_EXPERT_GEMV ||
                                    (path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_EXPERT_GEMV_MIN_T));
-    fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
-    if (grouped || expert_gemv) {
+    int one = T == 1 && (path == SL_CUDA_MOE_FP8_ONE || (path == SL_CUDA_MOE_FP8_AUTO && b->moe_fp8_one));
+    if (one && !grouped && !expert_gemv && moe1_launch(b, a, d, x, weights, cu_mat_of(out))) {
+        b->mm_last = "fp8_moe_one";
+    } else if (grouped || expert_gemv) {
+        fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
         moe_fp8_grouped(b, a, d, T, k, E, cu_mat_of(out), weights, y, expert_gemv, wg);
     } else {
+        fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
         // each GEMV right after a quantization, which writes no ids
         a.ids_early = d.ids_early = 1;
         fp8_gemv_launch(b, a, (unsigned)P);

@@ -99,6 +99,9 @@ void cu_fp8_quant(cu_backend *b, cu_mat x, int K, int rows, uint8_t *xq, float *
 void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
                    const sl_tensor *w_scale, const sl_fp8_act *xa);
 
+// Bytes of k_fp8_moe_one's counters (the backend allocates them zeroed)
+size_t cu_moe1_sync_bytes(void);
+
 // sl_be_moe_experts_fp8 (kernels/backend.h), the arithmetic of the CPU op.
 void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                         const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *gate_up_scale,

@@ -10,12 +10,14 @@ and cp.async asynchronous: they take effect when a wait retires their commit gro
 
 - attn: k_attn_fa2 and k_attn_wg (attention.cu) on paged batches (attn_driver.cpp);
 - fp8:  the grouped FP8 MoE GEMMs k_fp8_moe_gemm_tc and k_fp8_moe_wg (fp8.cu) over routing
-        plans (fp8_driver.cpp).
+        plans (fp8_driver.cpp);
+- moe1: one token's FP8 MoE in one kernel, k_fp8_moe_one (fp8.cu), all of its blocks at once
+        (they wait on each other's counters), against the CPU op's arithmetic (moe1_driver.cpp).
 
 It checks the index, fragment and layout logic, not the emulated instructions' own
 semantics (those are this shim's reading of the PTX ISA) nor timing, ordering or races.
 
-    python3 kernels/dev/emu/emu.py [attn] [fp8]     # both by default; prints ALL OK per target
+    python3 kernels/dev/emu/emu.py [attn] [fp8] [moe1]     # all by default; prints ALL OK per target
 """
 import os
 import re
@@ -47,6 +49,14 @@ def attn_body():
     return body.replace("__global__ void k_attn_combine(", "static void k_attn_combine(")
 
 
+def shim_cp_async(body):
+    """cp.async, wherever fp8.cu defines and issues it: the shim's"""
+    body = re.sub(r"__device__ __forceinline__ void cp_async(16|4)\(.*?\n}\n", "", body, flags=re.S)
+    body = re.sub(r'asm volatile\("cp\.async\.commit_group;\\n" ::\);', "emu_cp_commit();", body)
+    body = re.sub(r'asm volatile\("cp\.async\.wait_group %0;\\n" ::"n"\(([^;]*?)\)(?: : "memory")?\);', r"emu_cp_wait(\1);", body)
+    return re.sub(r'asm volatile\("cp\.async\.wait_group 0;\\n" ::: "memory"\);', "emu_cp_wait(0);", body)
+
+
 def fp8_body():
     src, wg, moe = read("fp8.cu"), read("wgmma.cuh"), read("moe.cuh")
     body = "\n".join(["#define FP8_G 128",
@@ -54,15 +64,31 @@ def fp8_body():
                       cut(moe, "typedef struct cu_moe_plan {", "// Plans the pairs"),
                       cut(src, "typedef struct fp8_args {", "#define GV8_WARPS"),
                       cut(src, "#define TC_BM 128", "// ---- CUDA-core GEMM")])
-    # cp.async, wherever fp8.cu defines it: the shim's
-    body = re.sub(r"__device__ __forceinline__ void cp_async(16|4)\(.*?\n}\n", "", body, flags=re.S)
-    body = re.sub(r'asm volatile\("cp\.async\.commit_group;\\n" ::\);', "emu_cp_commit();", body)
-    body = re.sub(r'asm volatile\("cp\.async\.wait_group %0;\\n" ::"n"\(([^;]*)\)\);', r"emu_cp_wait(\1);", body)
+    body = shim_cp_async(body)
     body = body.replace("extern __shared__ __align__(128) uint8_t tc_smem[];", "uint8_t *tc_smem = (uint8_t *)emu_smem();")
     body = body.replace("extern __shared__ __align__(1024) uint8_t wg8_smem[];", "uint8_t *wg8_smem = (uint8_t *)emu_smem();")
     # a block's static __shared__ array: one per block, not per thread
     body = body.replace("__shared__ int xr[BM];", "int *xr = emu_static_ints();")
     body = body.replace("__shared__ int xr[BT];", "int *xr = emu_static_ints();")
+    assert "asm" not in body and "__shared__" not in body, "an instruction the shim does not emulate"
+    return body
+
+
+def moe1_body():
+    src, hdr = read("fp8.cu"), read("fp8.cuh")
+    body = "\n".join(["#define FP8_G 128",
+                      cut(hdr, "__host__ __device__ __forceinline__ int fp8_groups", "// 16 weight codes of row wr"),
+                      cut(src, "// One warp quantizes the 128-group g", "#define FP8_QUANT_WARPS"),
+                      cut(src, "typedef struct fp8_args {", "template <int NT>\n__global__ void __launch_bounds__(32 * GV8_WARPS, NT <= 4"),
+                      cut(src, "// ---- decode GEMV through shared memory", "// ---- tensor-core GEMM")])
+    body = shim_cp_async(body)
+    body = re.sub(r"__device__ __forceinline__ unsigned moe1_ld_acquire\(.*?\n}\n", "", body, flags=re.S)
+    body = body.replace("extern __shared__ __align__(16) uint8_t cp_sm[];", "uint8_t *cp_sm = (uint8_t *)emu_smem();")
+    body = body.replace("extern __shared__ __align__(16) uint8_t m1_sm[];", "uint8_t *m1_sm = (uint8_t *)emu_smem();")
+    body = body.replace("__shared__ float red[GV8_WARPS][16][NT * 8 + 1];",
+                        "float (*red)[16][NT * 8 + 1] = (float (*)[16][NT * 8 + 1])emu_static_floats();")
+    body = body.replace("__shared__ float red[GV8_WARPS][16][9];", "float (*red)[16][9] = (float (*)[16][9])emu_static_floats();")
+    body = body.replace("__shared__ int last;", "int &last = emu_static_ints()[0];")
     assert "asm" not in body and "__shared__" not in body, "an instruction the shim does not emulate"
     return body
 
@@ -79,7 +105,8 @@ def run(name, body, driver):
         return subprocess.call([exe])
 
 
-targets = {"attn": (attn_body, "attn_driver.cpp"), "fp8": (fp8_body, "fp8_driver.cpp")}
+targets = {"attn": (attn_body, "attn_driver.cpp"), "fp8": (fp8_body, "fp8_driver.cpp"),
+           "moe1": (moe1_body, "moe1_driver.cpp")}
 rc = 0
 for t in sys.argv[1:] or list(targets):
     body, driver = targets[t]

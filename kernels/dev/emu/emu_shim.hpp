@@ -4,6 +4,7 @@
 // of the PTX ISA and the shared-memory descriptors of its 128-byte swizzle; cp.async is a
 // plain copy.
 #include <barrier>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -16,6 +17,7 @@ using std::max;
 using std::min;
 #define __global__
 #define __device__
+#define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n)
@@ -25,6 +27,9 @@ enum { SL_DTYPE_F32 = 0, SL_DTYPE_BF16 = 1 };
 struct dim3 { unsigned x, y, z; };
 struct int2 { int x, y; };
 struct uint4 { uint32_t x, y, z, w; };
+struct uint2 { uint32_t x, y; };
+static inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+static inline int2 make_int2(int x, int y) { return {x, y}; }
 thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 struct __nv_bfloat16 { uint16_t b; };
 struct __nv_bfloat162 { __nv_bfloat16 x, y; };
@@ -45,7 +50,13 @@ static inline void cu_mat_st(const cu_mat &m, int64_t r, int64_t c, float v) {
     int64_t i = r * m.ld + c;
     if (m.dt == SL_DTYPE_BF16) ((__nv_bfloat16 *)m.p)[i] = __float2bfloat16_rn(v); else ((float *)m.p)[i] = v;
 }
-static inline void cu_pdl_wait(void) {}
+// emu_stagger (a driver of a kernel whose blocks wait on each other sets it): blocks leave
+// the PDL wait at different times, block b after (b·7) % 5 · 60 ms (longer than a work item
+// takes here), so that a block reaching its later work early finds the others' not done
+static bool emu_stagger = false;
+static inline void cu_pdl_wait(void) {
+    if (emu_stagger) std::this_thread::sleep_for(std::chrono::milliseconds((blockIdx.x * 7) % 5 * 60));
+}
 static inline void cu_pdl_trigger(void) {}
 
 struct emu_warp {
@@ -63,10 +74,12 @@ struct emu_block {
     uint64_t da[256], db[256];
     uint32_t a[256][4];
     int ints[256]; // a kernel's static __shared__ int array
+    float floats[8 * 16 * 17]; // and float array
 };
 thread_local emu_block *emu_b;
 static inline char *emu_smem(void) { return emu_b->smem.data(); }
 static inline int *emu_static_ints(void) { return emu_b->ints; }
+static inline float *emu_static_floats(void) { return emu_b->floats; }
 static inline void __syncthreads(void) { emu_b->bar.arrive_and_wait(); }
 static inline emu_warp &W(void) { return emu_b->w[threadIdx.x >> 5]; }
 static inline float __shfl_xor_sync(unsigned, float v, int x) {
@@ -252,3 +265,27 @@ static inline bool emu_wg_idle(void) {
 template <int N> static inline void wg_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 2); }
 template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) { emu_wg_issue(&d[0][0], N, 0, a, db, true, 2); }
 template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 1); }
+
+// Warp max, global atomics and fences for the kernels that count finished work across
+// blocks (k_fp8_moe_one): a driver running such a kernel runs all its blocks at once.
+static inline float cu_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+static inline unsigned atomicAdd(unsigned *p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline void __threadfence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void __nanosleep(unsigned) { std::this_thread::yield(); }
+static inline float __ldcg(const float *p) { float v; __atomic_load(p, &v, __ATOMIC_RELAXED); return v; }
+static inline unsigned moe1_ld_acquire(const unsigned *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+#define SL_FP8_MAX 448.0f
+// e4m3fn of v: the nearest finite code, ties to the even code, beyond 448 saturated (as
+// __nv_cvt_float_to_fp8 with __NV_SATFINITE); by search over the codes, for tests only
+static inline uint8_t cu_f32_to_e4m3(float v) {
+    uint8_t sign = std::signbit(v) ? 0x80 : 0, best = 0;
+    float a = fabsf(v), bd = INFINITY;
+    for (int c = 0; c < 0x7f; c++) {
+        float d = fabsf(emu_e4m3((uint32_t)c) - a);
+        if (d < bd || (d == bd && !(c & 1))) { bd = d; best = (uint8_t)c; }
+    }
+    return sign | best;
+}

@@ -49,7 +49,8 @@ static const tb_case cases[] = {
     {SL_OP_MATMUL_FP8, BF, {2, 256, 1024, 0, 0, 4, 64}, 1e-2},  /* groups straddle a norm: none */
     /* moe_experts_fp8: T, H, I, E, k, path (0: per-pair GEMVs, 1: grouped GEMMs forced (on
      * wgmma, then again on the mma.sync tiles),
-     * 2: per-expert GEMVs forced, 3: moe.cu's few-token kernels forced) */
+     * 2: per-expert GEMVs forced, 3: moe.cu's few-token kernels forced, 4: one token in one
+     * kernel forced) */
     {SL_OP_MOE_EXPERTS_FP8, BF, {1, 256, 128, 8, 2, 0}, 1e-2},
     {SL_OP_MOE_EXPERTS_FP8, BF, {3, 320, 192, 16, 4, 0}, 1e-2}, /* partial groups both ways */
     {SL_OP_MOE_EXPERTS_FP8, F32, {40, 512, 384, 32, 8, 0}, 1e-2},
@@ -82,6 +83,13 @@ static const tb_case cases[] = {
     {SL_OP_MOE_EXPERTS_FP8, BF, {1, 2048, 768, 128, 8, 3}, 1e-2},   /* Qwen3-30B-A3B decode */
     {SL_OP_MOE_EXPERTS_FP8, BF, {16, 2048, 768, 128, 8, 3}, 1e-2},
     {SL_OP_MOE_EXPERTS_FP8, BF, {64, 2048, 512, 513, 11, 3}, 1e-2}, /* Coder-Next + shared: 704 pairs */
+    /* one token in one kernel (k_fp8_moe_one), bit for bit the per-pair GEMVs' result */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1, 2048, 768, 128, 8, 4}, 1e-2},   /* Qwen3-30B-A3B */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1, 2048, 512, 513, 11, 4}, 1e-2},  /* Coder-Next + fused shared */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1, 320, 192, 16, 4, 4}, 1e-2},     /* partial groups both ways */
+    {SL_OP_MOE_EXPERTS_FP8, F32, {1, 336, 128, 6, 2, 4}, 1e-2},     /* a partial last row block */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {1, 200, 136, 6, 3, 4}, 1e-2},      /* H % 16 != 0: per pair */
+    {SL_OP_MOE_EXPERTS_FP8, BF, {3, 256, 128, 8, 2, 4}, 1e-2},      /* 3 tokens: per pair */
 };
 
 /* fp8 weight [N, K] + scales (per row [N, G] or per block [ceil(N/128), G]) on both backends */
@@ -152,7 +160,7 @@ static void moe_fp8_run(tb *t, const tb_case *c)
     tb_pair x, y, ids, wt;
     sl_tensor guc[2], gug[2], dnc[2], dng[2];
     sl_err er = {0};
-    static const char *const path_name[] = {"gemv", "grouped", "expert_gemv", "gv"};
+    static const char *const path_name[] = {"gemv", "grouped", "expert_gemv", "gv", "one"};
     snprintf(desc, sizeof desc, "T=%d H=%d I=%d E=%d k=%d x%s %s", T, H, I, E, k, sl_dtype_name(c->dt),
              path_name[grouped]);
     tb_pair_rand(t, &x, c->dt, 2, (tb_ne2(ne, T, H), ne), -2, 2);
@@ -186,7 +194,8 @@ static void moe_fp8_run(tb *t, const tb_case *c)
         {SL_CUDA_MOE_FP8_GEMV, -1, -1},
         {SL_CUDA_MOE_FP8_GROUPED, SL_CUDA_MOE_FP8_GROUPED_OV, SL_CUDA_MOE_FP8_GROUPED_TC},
         {SL_CUDA_MOE_FP8_EXPERT_GEMV, -1, -1},
-        {SL_CUDA_MOE_FP8_GV, -1, -1}};
+        {SL_CUDA_MOE_FP8_GV, -1, -1},
+        {SL_CUDA_MOE_FP8_ONE, -1, -1}};
     static const char *const want_grouped[] = {"fp8_moe_grouped_wg", "fp8_moe_grouped_wgo", "fp8_moe_grouped_tc"};
     static const char *const what[] = {"out", "out ov", "out tc"};
     for (int v = 0; v < 3 && (int)paths[grouped][v] >= 0; v++) {
@@ -196,7 +205,8 @@ static void moe_fp8_run(tb *t, const tb_case *c)
         /* the grouped GEMMs run where the weights allow them (H, I multiples of 16), the
          * per-expert GEMVs everywhere */
         const char *ran = sl_cuda_matmul_last(t->gpu);
-        const char *want = grouped == 3                                  ? "fp8_moe_gv"
+        const char *want = grouped == 4 ? (T == 1 && H % 16 == 0 && I % 16 == 0 ? "fp8_moe_one" : "fp8_moe_gemv")
+                           : grouped == 3                                  ? "fp8_moe_gv"
                            : grouped == 2                                  ? "fp8_moe_expert_gemv"
                            : grouped == 1 && H % 16 == 0 && I % 16 == 0 ? want_grouped[v]
                                                                         : "fp8_moe_gemv";
@@ -205,11 +215,18 @@ static void moe_fp8_run(tb *t, const tb_case *c)
         CHECK_MSG(ran && !strncmp(ran, want, wl) && (!ran[wl] || isdigit((unsigned char)ran[wl])), "%s: ran %s, want %s",
                   desc, ran ? ran : "nothing", want);
         tb_compare(t, c->op, desc, what[v], &y.c, &y.g, c->tol);
-        if (grouped) { /* the plan's row order varies from run to run; the result must not */
+        if (grouped) { /* the plan's row order varies from run to run (and the one-token kernel's
+                        * blocks finish in any order); the result must not. The one-token
+                        * kernel: the per-pair GEMVs' result, bit for bit. */
             sl_tensor y2;
             if (sl_be_alloc(t->gpu, &y2, c->dt, 2, (tb_ne2(ne, T, H), ne), &er)) tb_die("moe fp8 y2", &er);
             sl_be_moe_experts_fp8(t->gpu, &y2, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
             tb_compare_exact(t, c->op, desc, "rerun", &y.g, &y2);
+            if (grouped == 4) {
+                sl_cuda_moe_fp8_path(t->gpu, SL_CUDA_MOE_FP8_GEMV);
+                sl_be_moe_experts_fp8(t->gpu, &y2, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
+                tb_compare_exact(t, c->op, desc, "= per pair", &y.g, &y2);
+            }
             sl_be_release(t->gpu, &y2);
         }
     }
@@ -435,12 +452,12 @@ static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, in
     c.y = tb_gpu_rand(t, BF, 2, (tb_ne2(ne, T, H), ne), 1.0f);
     int active = tb_moe_perf_ids(t, T, k, E, shared, c.ids, MOE_FP8_SETS, &c.wt);
     sl_cuda_moe_fp8_path(t->gpu, path);
-    double ms = tb_time_op(t, pf_moe_fp8, &c, MOE_FP8_SETS, 10, NULL);
+    double b2b = 0, ms = tb_time_op(t, pf_moe_fp8, &c, MOE_FP8_SETS, 10, &b2b);
     double bytes = (double)active * (3.0 * I * H + 4.0 * (2.0 * I * GH + (double)H * GI)) + 4.0 * T * H;
     double flops = 2.0 * T * k * 3.0 * I * H;
     char desc[96], note[64];
     snprintf(desc, sizeof desc, "%s T=%d E=%d k=%d I=%d (%d active)", name, T, E, k, I, active);
-    snprintf(note, sizeof note, " [%s]", sl_cuda_matmul_last(t->gpu));
+    snprintf(note, sizeof note, " [%s] b2b %.4f ms", sl_cuda_matmul_last(t->gpu), b2b);
     tb_report(t, "moe_experts_fp8", desc, ms, bytes, flops, note);
     sl_cuda_moe_fp8_path(t->gpu, SL_CUDA_MOE_FP8_GEMV);
     sl_tensor *ts[] = {&c.x, &c.y, &c.wt, &c.gu, &c.gus, &c.dn, &c.dns};
@@ -456,11 +473,12 @@ static void fp8_perf(tb *t, const char *filter)
         int Ts[] = {1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
         static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
                                                 SL_CUDA_MOE_FP8_GROUPED_TC, SL_CUDA_MOE_FP8_GROUPED,
-                                                SL_CUDA_MOE_FP8_GROUPED_OV, SL_CUDA_MOE_FP8_GV};
+                                                SL_CUDA_MOE_FP8_GROUPED_OV, SL_CUDA_MOE_FP8_GV, SL_CUDA_MOE_FP8_ONE};
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0] && Ts[i] <= t->max_tokens; i++)
             for (size_t p = 0; p < sizeof paths / sizeof paths[0]; p++) {
                 if (Ts[i] < t->min_tokens) continue;
                 if (Ts[i] > 64 && paths[p] == SL_CUDA_MOE_FP8_GV) continue; /* past its pairs */
+                if (Ts[i] > 1 && paths[p] == SL_CUDA_MOE_FP8_ONE) continue;  /* one token only */
                 if (Ts[i] == 4096 && paths[p] == SL_CUDA_MOE_FP8_EXPERT_GEMV) continue; /* 256 tiles an expert */
                 if (Ts[i] >= 1024 && paths[p] == SL_CUDA_MOE_FP8_GEMV) continue;       /* a pass per pair */
                 perf_moe_fp8(t, "30B-A3B", Ts[i], 2048, 768, 128, 8, 0, paths[p]);
