@@ -91,7 +91,8 @@ typedef struct cu_backend {
     const char *mm_last;              // kernel of the last matmul: "cublaslt" or "gemv"
     int gemv_smem_set;                // gemv.cu: shared-memory limit raised
     // fp8.cu: a bit per kernel whose smem limit is raised: 1-16 the mma.sync
-    // tiles, 32 and 64 the cp.async GEMVs, 1 << 8 .. 1 << 13 the wgmma grouped GEMMs
+    // tiles, 32 and 64 the cp.async GEMVs, 1 << 8 .. 1 << 13 the wgmma grouped GEMMs,
+    // 1 << 16 k_fp8_moe_one
     int fp8_smem_set;
     unsigned *router_done;            // moe.cu k_moe_router: blocks done (0 between launches)
     unsigned *moe1_sync;              // fp8.cu k_fp8_moe_one's counters (0 between launches)
