@@ -626,6 +626,16 @@ void sl_be_moe_router(sl_backend *be, sl_tensor *ids, sl_tensor *weights, sl_ten
     sl_be_moe_route(be, ids, weights, logits, k, norm, shared);
 }
 
+int sl_be_gdn_decode(sl_backend *be, sl_tensor *normed, sl_tensor *core, sl_tensor *conv, const sl_tensor *mixed,
+                     const sl_tensor *z, const sl_tensor *a, const sl_tensor *b, const sl_gdn_layer *l,
+                     sl_tensor *conv_state, sl_tensor *ssm, const sl_batch_meta *m, sl_fp8_act *q)
+{
+    SL_ASSERT(sl_tensor_cols(mixed) == l->conv_w->ne[0] && sl_tensor_cols(conv) == sl_tensor_cols(mixed));
+    SL_ASSERT(sl_tensor_cols(core) == (int64_t)l->n_v_heads * l->v_dim && sl_tensor_numel(l->gnorm) == l->v_dim);
+    return be->i->gdn_decode &&
+           be->i->gdn_decode(be, normed, core, conv, mixed, z, a, b, l, conv_state, ssm, m, fp8_act_reset(q));
+}
+
 void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                        const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *down)
 {

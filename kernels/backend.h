@@ -368,6 +368,21 @@ void sl_be_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_te
                const sl_tensor *b, const sl_tensor *A_log, const sl_tensor *dt_bias,
                sl_tensor *ssm, int n_k_heads, int n_v_heads, int k_dim, int v_dim,
                const sl_batch_meta *m);
+/* A Gated DeltaNet layer's weights and shape, for sl_be_gdn_decode */
+typedef struct sl_gdn_layer {
+    const sl_tensor *conv_w, *A_log, *dt_bias, *gnorm;
+    int n_k_heads, n_v_heads, k_dim, v_dim;
+    float eps;
+} sl_gdn_layer;
+/* A decode step's conv1d, gdn and rmsnorm_gated in one op, where the backend
+ * fuses them (every sequence one new token): sl_be_conv1d(conv, mixed,
+ * conv_w, conv_state), sl_be_gdn(core, conv, a, b, A_log, dt_bias, ssm),
+ * sl_be_rmsnorm_gated(normed, core, z, gnorm, eps, q), every output written
+ * as those ops write it. Returns 1 where it ran, 0 where the caller must run
+ * the three (a backend without it, a batch with longer sequences). */
+int sl_be_gdn_decode(sl_backend *be, sl_tensor *normed, sl_tensor *core, sl_tensor *conv, const sl_tensor *mixed,
+                     const sl_tensor *z, const sl_tensor *a, const sl_tensor *b, const sl_gdn_layer *l,
+                     sl_tensor *conv_state, sl_tensor *ssm, const sl_batch_meta *m, sl_fp8_act *q);
 /* Per group of D = numel(w) columns (one value head): y = x/sqrt(mean(x²)+eps)
  * · w · silu(z); x, z, out [R, n·D]; q: out's FP8 codes (sl_fp8_act). */
 void sl_be_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,

@@ -83,6 +83,10 @@ typedef struct sl_backend_i {
      * apply (then matmul and moe_route run) */
     int (*moe_router)(sl_backend *, sl_tensor *, sl_tensor *, sl_tensor *, const sl_tensor *,
                       const sl_tensor *, int, int, int);
+    /* optional: sl_be_gdn_decode; returns 0 where it does not apply */
+    int (*gdn_decode)(sl_backend *, sl_tensor *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_tensor *,
+                      const sl_tensor *, const sl_tensor *, const sl_gdn_layer *, sl_tensor *, sl_tensor *,
+                      const sl_batch_meta *, sl_fp8_act *);
 } sl_backend_i;
 
 /* Every backend struct begins with this header. */

@@ -143,6 +143,9 @@ typedef struct cu_backend {
     // a one-token FP8 MoE in one kernel (k_fp8_moe_one, NOTES.md v43) in
     // AUTO; env SL_CUDA_MOE_FP8_ONE=1 (off until measured)
     int moe_fp8_one;
+    // conv1d + gdn + rmsnorm_gated in one kernel for decode batches
+    // (cu_gdn_decode, NOTES.md v44); env SL_CUDA_GDN_FUSE=1 (off until measured)
+    int gdn_fuse;
     // env SL_CUDA_POISON=1: every new tensor and scratch buffer starts as NaN
     // (all bits set), so a kernel reading memory nothing wrote shows
     int poison;

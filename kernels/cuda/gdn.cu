@@ -21,6 +21,7 @@
 #include <mma.h>
 
 #include "gdn.cuh"
+#include "norm.cuh"
 
 using namespace nvcuda;
 
@@ -41,18 +42,17 @@ __device__ __forceinline__ float *conv_load_hist(float (&v)[CONV_MAXK], float *s
     return mine;
 }
 
-__global__ void k_conv1d(cu_mat y, cu_mat x, cu_mat w, float *state, int K, const int32_t *q_start,
-                         const int32_t *state_slot, const int32_t *state_fresh,
-                         const int32_t *track_slot, const int32_t *track_len)
+// conv1d of channel c of sequence s (a thread of k_conv1d, or of the fused
+// decode k_gdn): its new tokens in order from the K-1 history in the state
+// (zeros if fresh), y = silu(conv), the track snapshot, the history written back
+__device__ __forceinline__ void conv_channel(cu_mat y, cu_mat x, cu_mat w, float *state, int K, int s, int64_t c,
+                                             const int32_t *q_start, const int32_t *state_slot,
+                                             const int32_t *state_fresh, const int32_t *track_slot,
+                                             const int32_t *track_len)
 {
-    int s = blockIdx.y;
-    int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, C = x.cols;
-    cu_pdl_wait();
-    cu_pdl_trigger();
-    if (c >= C) return;
     const int H = K - 1;
     float hist[CONV_MAXK], wc[CONV_MAXK];
-    float *mine = conv_load_hist(hist, state, state_slot[s], C, c, H, state_fresh[s]);
+    float *mine = conv_load_hist(hist, state, state_slot[s], x.cols, c, H, state_fresh[s]);
 #pragma unroll
     for (int j = 0; j < CONV_MAXK; j++) wc[j] = j < K ? cu_mat_ld(w, c, j) : 0.0f;
     int q0 = q_start[s], qn = q_start[s + 1] - q0;
@@ -72,7 +72,7 @@ __global__ void k_conv1d(cu_mat y, cu_mat x, cu_mat w, float *state, int K, cons
             if (j == H - 1) hist[j] = xt;
         cu_mat_st(y, q0 + i, c, acc / (1.0f + expf(-acc)));
         if (track_slot[s] >= 0 && i + 1 == track_len[s]) {
-            float *snap = state + ((int64_t)track_slot[s] * C + c) * H;
+            float *snap = state + ((int64_t)track_slot[s] * x.cols + c) * H;
 #pragma unroll
             for (int j = 0; j < CONV_MAXK; j++)
                 if (j < H) snap[j] = hist[j];
@@ -81,6 +81,17 @@ __global__ void k_conv1d(cu_mat y, cu_mat x, cu_mat w, float *state, int K, cons
 #pragma unroll
     for (int j = 0; j < CONV_MAXK; j++)
         if (j < H) mine[j] = hist[j];
+}
+
+__global__ void k_conv1d(cu_mat y, cu_mat x, cu_mat w, float *state, int K, const int32_t *q_start,
+                         const int32_t *state_slot, const int32_t *state_fresh,
+                         const int32_t *track_slot, const int32_t *track_len)
+{
+    int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    if (c >= x.cols) return;
+    conv_channel(y, x, w, state, K, blockIdx.y, c, q_start, state_slot, state_fresh, track_slot, track_len);
 }
 
 // Register array element i (i not a compile-time constant) without local memory.
@@ -203,17 +214,43 @@ typedef struct cu_gdn_args {
 
 __device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
-// max_len: sequences with more new tokens are left to k_gdn_chunk.
-template <int DK>
-__global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g, int max_len)
+// The fused decode form of k_gdn (FUSE; every sequence one new token): conv1d
+// of the block's channels before the recurrence (conv_channel into g.qkv, as
+// k_conv1d), rmsnorm_gated of its heads' outputs after it (norm_group on
+// g.out, as k_norm_warp; Q: with FP8 codes): three launches in one, the same
+// arithmetic to the bit.
+typedef struct cu_gdn_fuse {
+    cu_mat mixed, conv_w; // conv1d's input and weights (its output is g.qkv)
+    float *conv_state;
+    int K;
+    cu_norm_args norm; // rmsnorm_gated: x = g.out
+} cu_gdn_fuse;
+
+// One block per (sequence, HB value heads): HB = 1, or all of a key head's
+// value heads, whose q and k the block then normalises once (FUSE needs the
+// latter: the block owns those channels' conv state). max_len: sequences with
+// more new tokens are left to k_gdn_chunk.
+template <int DK, int HB, bool FUSE, bool Q>
+__global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g, int max_len, cu_gdn_fuse f)
 {
     constexpr int DH = DK / 2; // state rows per thread
     __shared__ float qs[DK], ks[DK], red[32];
-    int s = blockIdx.x / g.Hv, h = blockIdx.x % g.Hv, kh = h / (g.Hv / g.Hk);
-    int tid = threadIdx.x, c = tid >> 1, d0 = (tid & 1) * DH, Dv = g.Dv;
+    const int Dv = g.Dv, s = blockIdx.x / (g.Hv / HB), h0 = blockIdx.x % (g.Hv / HB) * HB;
+    const int kh = h0 / (g.Hv / g.Hk), tid = threadIdx.x, lt = tid % (2 * Dv);
+    const int h = h0 + tid / (2 * Dv), c = lt >> 1, d0 = (lt & 1) * DH;
     cu_pdl_wait();
     cu_pdl_trigger();
     if (g.q_start[s + 1] - g.q_start[s] > max_len) return; // block-uniform
+    if constexpr (FUSE) { // the token's q, k (key head kh) and v (heads h0 ..) through conv1d
+        for (int j = tid; j < 2 * DK + HB * Dv; j += blockDim.x) {
+            int64_t ch = j < DK       ? (int64_t)kh * DK + j
+                         : j < 2 * DK ? (int64_t)g.Hk * DK + (int64_t)kh * DK + (j - DK)
+                                      : (int64_t)2 * g.Hk * DK + (int64_t)h0 * Dv + (j - 2 * DK);
+            conv_channel(g.qkv, f.mixed, f.conv_w, f.conv_state, f.K, s, ch, g.q_start, g.state_slot,
+                         g.state_fresh, g.track_slot, g.track_len);
+        }
+        __syncthreads(); // the block's conv outputs, read below from g.qkv
+    }
     int64_t sz = (int64_t)DK * Dv, slot_sz = (int64_t)g.Hv * sz;
     float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz;
     float S[DH];
@@ -225,7 +262,8 @@ __global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g, int max_len)
     int q0 = g.q_start[s], qn = g.q_start[s + 1] - q0;
     for (int i = 0; i < qn; i++) {
         int t = q0 + i;
-        // l2norm(q), l2norm(k) over DK (DK <= 2·Dv threads, checked on the host)
+        // l2norm(q), l2norm(k) over DK (DK <= 2·Dv threads, checked on the
+        // host; the other threads add zeros, so HB does not change the sums)
         bool own = tid < DK;
         float qv = own ? cu_mat_ld(g.qkv, t, (int64_t)kh * DK + tid) : 0.0f;
         float kv = own ? cu_mat_ld(g.qkv, t, (int64_t)g.Hk * DK + (int64_t)kh * DK + tid) : 0.0f;
@@ -264,8 +302,13 @@ __global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g, int max_len)
     }
 #pragma unroll
     for (int d = 0; d < DH; d++) mine[(int64_t)(d0 + d) * Dv + c] = S[d];
+    if constexpr (FUSE) { // (the loop's last barrier: every head's output is in g.out)
+        int w = tid >> 5;
+        if (w < HB)
+            norm_group<true, Q>(f.norm, (int64_t)q0 * g.Hv + h0 + w, tid & 31, 32,
+                                [](float v) { return cu_warp_sum(v); });
+    }
 }
-
 
 // ---- chunked form ----------------------------------------------------------------
 //
@@ -869,7 +912,10 @@ void cu_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_tenso
     if (n_long < cm->n_seqs) {
         unsigned grid = (unsigned)(cm->n_seqs * Hv);
         int max_len = n_long ? GDN_CHUNK_MIN - 1 : INT_MAX;
-        cu_launch(bk, Dk == 64 ? k_gdn<64> : k_gdn<128>, grid, 2 * Dv, 0, g, max_len);
+        cu_gdn_fuse none;
+        memset(&none, 0, sizeof none);
+        cu_launch(bk, Dk == 64 ? k_gdn<64, 1, false, false> : k_gdn<128, 1, false, false>, grid, 2 * Dv, 0, g,
+                  max_len, none);
     }
     if (n_long) {
         // 64 value columns a block unless that leaves SMs idle (one long prompt)
@@ -891,4 +937,40 @@ void cu_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_tenso
             else gdn_chunk_launch<128, 32>(bk, g, cm->n_seqs);
         }
     }
+}
+
+template <int DK, int HB> static void gdn_fused_launch(cu_backend *b, unsigned grid, const cu_gdn_args &g,
+                                                       const cu_gdn_fuse &f)
+{
+    if (f.norm.q.codes) cu_launch(b, k_gdn<DK, HB, true, true>, grid, HB * 2 * g.Dv, 0, g, INT_MAX, f);
+    else cu_launch(b, k_gdn<DK, HB, true, false>, grid, HB * 2 * g.Dv, 0, g, INT_MAX, f);
+}
+
+int cu_gdn_decode(sl_backend *be, sl_tensor *normed, sl_tensor *core, sl_tensor *conv, const sl_tensor *mixed,
+                  const sl_tensor *z, const sl_tensor *a, const sl_tensor *b, const sl_gdn_layer *l,
+                  sl_tensor *conv_state, sl_tensor *ssm, const sl_batch_meta *m, sl_fp8_act *q)
+{
+    cu_backend *bk = cu_be(be);
+    const cu_meta *cm = cu_meta_of(m);
+    int Hk = l->n_k_heads, Hv = l->n_v_heads, Dk = l->k_dim, Dv = l->v_dim, K = (int)sl_tensor_cols(l->conv_w);
+    // one block a key head's value heads (it owns their q / k conv state); the
+    // recurrence's register budget allows 512 threads
+    int HB = Hv / Hk;
+    if (!bk->gdn_fuse || cm->n_seqs == 0 || cm->max_q_len != 1 || (Dk != 64 && Dk != 128) || Dv % 16 ||
+        2 * Dv < Dk || Dv > 256 || Hv % Hk || (HB != 1 && HB != 2) || HB * 2 * Dv > 512 || K < 1 ||
+        K > CONV_MAXK || conv_state->dtype != SL_DTYPE_F32 || ssm->dtype != SL_DTYPE_F32)
+        return 0;
+    cu_gdn_fuse f;
+    if (!cu_norm_gated_args(be, &f.norm, normed, core, z, l->gnorm, l->eps, q)) return 0; // no 8-wide norm
+    f.mixed = cu_mat_of(mixed);
+    f.conv_w = cu_mat_of(l->conv_w);
+    f.conv_state = (float *)conv_state->data;
+    f.K = K;
+    cu_gdn_args g = {cu_mat_of(core), cu_mat_of(conv), cu_mat_of(a), cu_mat_of(b), l->A_log->data,
+                     l->dt_bias->data, l->A_log->dtype, l->dt_bias->dtype, (float *)ssm->data, Hk, Hv, Dv,
+                     cm->q_start, cm->state_slot, cm->state_fresh, cm->track_slot, cm->track_len};
+    unsigned grid = (unsigned)(cm->n_seqs * (Hv / HB));
+    if (Dk == 64) HB == 2 ? gdn_fused_launch<64, 2>(bk, grid, g, f) : gdn_fused_launch<64, 1>(bk, grid, g, f);
+    else HB == 2 ? gdn_fused_launch<128, 2>(bk, grid, g, f) : gdn_fused_launch<128, 1>(bk, grid, g, f);
+    return 1;
 }

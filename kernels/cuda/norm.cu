@@ -8,62 +8,6 @@
 // warp holds each 128-group (8 columns a thread, D a multiple of 128).
 #include "norm.cuh"
 
-#include "fp8.cuh"
-
-typedef struct cu_norm_args {
-    cu_mat out, x, resid, z, w; // resid.p / z.p NULL when unused; w is [1, D]
-    float eps;
-    int one_plus;
-    int64_t groups_per_row;
-    cu_fp8_dst q; // Q: out's codes
-} cu_norm_args;
-
-// Threads [t0, t0+nt) of a warp or block cooperate on group g; sum() reduces
-// over them.
-template <bool VEC, bool Q, typename Reduce>
-__device__ __forceinline__ void norm_group(const cu_norm_args &a, int64_t g, int t0, int nt,
-                                           Reduce sum)
-{
-    constexpr int V = VEC ? 8 : 1;
-    int64_t D = a.w.cols, r = g / a.groups_per_row, c0 = (g % a.groups_per_row) * D;
-    const cu_mat &src = a.resid.p ? a.resid : a.x;
-    float ss = 0.0f;
-    for (int64_t c = (int64_t)t0 * V; c < D; c += (int64_t)nt * V) {
-        float v[V];
-        cu_ldv<VEC>(a.x, r, c0 + c, v);
-        if (a.resid.p) {
-            float rv[V];
-            cu_ldv<VEC>(a.resid, r, c0 + c, rv);
-#pragma unroll
-            for (int k = 0; k < V; k++) v[k] = cu_round(a.resid.dt, rv[k] + v[k]);
-            cu_stv<VEC>(a.resid, r, c0 + c, v);
-        }
-#pragma unroll
-        for (int k = 0; k < V; k++) ss += v[k] * v[k];
-    }
-    ss = sum(ss);
-    float inv = 1.0f / sqrtf(ss / (float)D + a.eps);
-    // every thread the same number of steps (fp8_quant8 shuffles)
-    for (int64_t cb = 0; cb < D; cb += (int64_t)nt * V) {
-        int64_t c = cb + (int64_t)t0 * V;
-        bool in = c < D;
-        float v[V] = {}, w[V], z[V];
-        if (in) {
-            cu_ldv<VEC>(src, r, c0 + c, v);
-            cu_ldv<VEC>(a.w, 0, c, w);
-            if (a.z.p) cu_ldv<VEC>(a.z, r, c0 + c, z);
-#pragma unroll
-            for (int k = 0; k < V; k++) {
-                float y = v[k] * inv * (a.one_plus ? 1.0f + w[k] : w[k]);
-                if (a.z.p) y *= z[k] / (1.0f + expf(-z[k]));
-                v[k] = y;
-            }
-            cu_stv<VEC>(a.out, r, c0 + c, v);
-        }
-        if constexpr (Q) fp8_quant8(a.q, a.out.dt, v, in, r, c0 + c);
-    }
-}
-
 template <bool VEC, bool Q>
 __global__ void k_norm_warp(cu_norm_args a, int64_t n_groups)
 {
@@ -84,19 +28,25 @@ __global__ void k_norm_block(cu_norm_args a)
                        [&](float v) { return cu_block_sum(v, red); });
 }
 
-// q: where out's FP8 codes go (sl_fp8_act), NULL for none
-static void norm_launch(sl_backend *be, cu_norm_args a, sl_fp8_act *q)
+// The groups a row, and out's FP8 codes into q (sl_fp8_act, NULL for none)
+// where made; returns whether the 8-wide form applies.
+static bool norm_prepare(sl_backend *be, cu_norm_args &a, sl_fp8_act *q)
 {
-    cu_backend *b = cu_be(be);
     int64_t D = a.w.cols;
     SL_ASSERT(D > 0 && a.x.cols % D == 0);
     a.groups_per_row = a.x.cols / D;
-    int64_t n = a.x.rows * a.groups_per_row;
-    if (n == 0) return;
     bool vec = D % 8 == 0 && cu_mat_vec_ok(a.out) && cu_mat_vec_ok(a.x) &&
                cu_mat_vec_ok(a.resid) && cu_mat_vec_ok(a.z) && cu_mat_vec_ok(a.w);
     a.q = cu_fp8_dst_for(be, q, a.out, vec, D);
-    bool Q = a.q.codes != NULL;
+    return vec;
+}
+
+static void norm_launch(sl_backend *be, cu_norm_args a, sl_fp8_act *q)
+{
+    cu_backend *b = cu_be(be);
+    int64_t D = a.w.cols, n = a.x.rows * (a.x.cols / D);
+    if (n == 0) return;
+    bool vec = norm_prepare(be, a, q), Q = a.q.codes != NULL;
     if (D <= 1024) {
         cu_launch(b, Q ? k_norm_warp<true, true> : vec ? k_norm_warp<true, false> : k_norm_warp<false, false>,
                   cu_blocks(n, 8), 256, 0, a, n);
@@ -140,6 +90,15 @@ void cu_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const 
 {
     cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), no_mat(), cu_mat_of(z), w_row(w), eps, 0, 0, {}};
     norm_launch(be, a, q);
+}
+
+bool cu_norm_gated_args(sl_backend *be, cu_norm_args *a, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
+                        const sl_tensor *w, float eps, sl_fp8_act *q)
+{
+    cu_norm_args n = {cu_mat_of(out), cu_mat_of(x), no_mat(), cu_mat_of(z), w_row(w), eps, 0, 0, {}};
+    bool vec = norm_prepare(be, n, q);
+    *a = n;
+    return vec;
 }
 
 template <bool VEC>

@@ -38,8 +38,11 @@ for t in "$dir"/test_*; do
     done
     # FP8 codes made by the ops writing the activations (NOTES.md v42, off until measured)
     SL_CUDA_FP8_ACT=1 TAG=fp8act run "$name" 300 --filter matmul_fp8
+    # the fused GDN decode step (v44, off until measured): its cases against the three ops
+    SL_CUDA_GDN_FUSE=1 TAG=gdnfuse run "$name" 300 --filter gdn
   fi
-  [ "$name" = test_engine_gpu ] && SL_CUDA_FP8_ACT=1 TAG=fp8act run "$name" "${LIMIT:-150}"
+  [ "$name" = test_engine_gpu ] && SL_CUDA_FP8_ACT=1 SL_CUDA_MOE_FP8_ONE=1 SL_CUDA_GDN_FUSE=1 TAG=blind \
+    run "$name" "${LIMIT:-150}"
   # every allocation NaN: a kernel reading memory nothing wrote fails the checks
   [ "$name" = test_engine_gpu ] && SL_CUDA_POISON=1 TAG=poisoned run "$name" "${LIMIT:-150}"
   # the paths the defaults replaced, still selectable (docs/operations.md)

@@ -235,19 +235,26 @@ static void linear_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_bat
     trace(m, li, "ba", &ba);
     sl_tensor mixed = cols_of(&proj, 0, C), z = cols_of(&proj, C, VD);
     sl_tensor conv = rows_of(&m->s.conv, T);
-    sl_be_conv1d(be, &conv, &mixed, &ly->conv_w, &c->conv[ly->cache_idx], mt);
-    trace(m, li, "conv1d", &conv);
     sl_tensor b = cols_of(&ba, 0, Hv), a = cols_of(&ba, Hv, Hv);
     sl_tensor core = rows_of(&m->s.attn, T);
     core = cols_of(&core, 0, VD);
-    sl_be_gdn(be, &core, &conv, &a, &b, &ly->A_log, &ly->dt_bias, &c->ssm[ly->cache_idx],
-              g->lin_k_heads, g->lin_v_heads, g->lin_k_dim, g->lin_v_dim, mt);
-    trace(m, li, "gdn", &core);
     sl_tensor normed = rows_of(&m->s.mid, T);
     normed = cols_of(&normed, 0, VD);
     sl_fp8_act *nq = act_codes(m); /* xn's codes are spent: qkvz and ba have read them */
-    sl_be_rmsnorm_gated(be, &normed, &core, &z, &ly->gnorm, g->rms_eps, nq);
-    trace(m, li, "rmsnorm_gated", &normed);
+    sl_gdn_layer gl = {&ly->conv_w,     &ly->A_log,       &ly->dt_bias,     &ly->gnorm, g->lin_k_heads,
+                       g->lin_v_heads, g->lin_k_dim, g->lin_v_dim, g->rms_eps};
+    /* a decode step's three ops in one where the backend fuses them (not while
+     * tracing: a forced replay overwrites each op's output before the next) */
+    if (m->trace || !sl_be_gdn_decode(be, &normed, &core, &conv, &mixed, &z, &a, &b, &gl, &c->conv[ly->cache_idx],
+                                      &c->ssm[ly->cache_idx], mt, nq)) {
+        sl_be_conv1d(be, &conv, &mixed, &ly->conv_w, &c->conv[ly->cache_idx], mt);
+        trace(m, li, "conv1d", &conv);
+        sl_be_gdn(be, &core, &conv, &a, &b, &ly->A_log, &ly->dt_bias, &c->ssm[ly->cache_idx], gl.n_k_heads,
+                  gl.n_v_heads, gl.k_dim, gl.v_dim, mt);
+        trace(m, li, "gdn", &core);
+        sl_be_rmsnorm_gated(be, &normed, &core, &z, &ly->gnorm, g->rms_eps, nq);
+        trace(m, li, "rmsnorm_gated", &normed);
+    }
     model_proj(be, d, &normed, &ly->w_out, &ly->w_out_s, nq);
     trace(m, li, "out_proj", d);
 }

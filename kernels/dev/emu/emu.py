@@ -12,12 +12,14 @@ and cp.async asynchronous: they take effect when a wait retires their commit gro
 - fp8:  the grouped FP8 MoE GEMMs k_fp8_moe_gemm_tc and k_fp8_moe_wg (fp8.cu) over routing
         plans (fp8_driver.cpp);
 - moe1: one token's FP8 MoE in one kernel, k_fp8_moe_one (fp8.cu), all of its blocks at once
-        (they wait on each other's counters), against the CPU op's arithmetic (moe1_driver.cpp).
+        (they wait on each other's counters), against the CPU op's arithmetic (moe1_driver.cpp);
+- gdn:  the fused decode form of k_gdn (conv1d + recurrence + rmsnorm_gated, gdn.cu) against
+        k_conv1d, k_gdn and k_norm_warp in turn, bit for bit (gdn_driver.cpp).
 
 It checks the index, fragment and layout logic, not the emulated instructions' own
 semantics (those are this shim's reading of the PTX ISA) nor timing, ordering or races.
 
-    python3 kernels/dev/emu/emu.py [attn] [fp8] [moe1]     # all by default; prints ALL OK per target
+    python3 kernels/dev/emu/emu.py [attn] [fp8] [moe1] [gdn]     # all by default; prints ALL OK per target
 """
 import os
 import re
@@ -93,6 +95,23 @@ def moe1_body():
     return body
 
 
+def gdn_body():
+    src, com, f8, nh, nc = read("gdn.cu"), read("cuda_common.cuh"), read("fp8.cuh"), read("norm.cuh"), read("norm.cu")
+    body = "\n".join(["#define FP8_G 128",
+                      cut(com, "// v as the tensor of dtype dt will hold it", "__device__ __forceinline__ float cu_mat_ld"),
+                      cut(com, "// 8 consecutive elements starting at (r, c)", "__device__ __forceinline__ float cu_warp_max"),
+                      cut(com, "// Sum over the block", "// Whether cu_ld8 / cu_st8 may be used"),
+                      cut(f8, "// Where an op writing an activation puts its FP8 codes", "// The codes destination of an op"),
+                      cut(nh, "typedef struct cu_norm_args {", "void cu_rmsnorm("),
+                      cut(nc, "template <bool VEC, bool Q>\n__global__ void k_norm_warp", "template <bool VEC, bool Q>\n__global__ void k_norm_block"),
+                      cut(src, "#define CONV_MAXK 8", "// Register array element i"),
+                      cut(src, "typedef struct cu_gdn_args {", "// ---- chunked form")])
+    body = body.replace("__shared__ float qs[DK], ks[DK], red[32];",
+                        "float *qs = emu_static_floats(), *ks = qs + DK, *red = ks + DK;")
+    assert "asm" not in body and "__shared__" not in body, "an instruction the shim does not emulate"
+    return body
+
+
 def run(name, body, driver):
     with tempfile.TemporaryDirectory() as d:
         d = os.environ.get("EMU_DIR", d)
@@ -106,7 +125,7 @@ def run(name, body, driver):
 
 
 targets = {"attn": (attn_body, "attn_driver.cpp"), "fp8": (fp8_body, "fp8_driver.cpp"),
-           "moe1": (moe1_body, "moe1_driver.cpp")}
+           "moe1": (moe1_body, "moe1_driver.cpp"), "gdn": (gdn_body, "gdn_driver.cpp")}
 rc = 0
 for t in sys.argv[1:] or list(targets):
     body, driver = targets[t]

@@ -5,6 +5,7 @@
 // plain copy.
 #include <barrier>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -23,12 +24,19 @@ using std::min;
 #define __align__(n)
 #define ATTN_WARPS 4
 #define SL_ASSERT(x) do { if (!(x)) { fprintf(stderr, "assert %s\n", #x); abort(); } } while (0)
-enum { SL_DTYPE_F32 = 0, SL_DTYPE_BF16 = 1 };
+enum { SL_DTYPE_F32 = 0, SL_DTYPE_BF16 = 1, SL_DTYPE_F16 = 2 };
+// fp16 is not emulated (no driver uses it): cu_round's F16 case compiles to the identity
+static inline float __float2half_rn(float f) { return f; }
+static inline float __half2float(float f) { return f; }
 struct dim3 { unsigned x, y, z; };
 struct int2 { int x, y; };
 struct uint4 { uint32_t x, y, z, w; };
 struct uint2 { uint32_t x, y; };
+struct float2 { float x, y; };
+struct float4 { float x, y, z, w; };
+static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 static inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+static inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
 static inline int2 make_int2(int x, int y) { return {x, y}; }
 thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 struct __nv_bfloat16 { uint16_t b; };
@@ -41,6 +49,7 @@ static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
 }
 static inline float __bfloat162float(__nv_bfloat16 h) { uint32_t u = (uint32_t)h.b << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)}; }
+static inline float2 __bfloat1622float2(__nv_bfloat162 h) { return {__bfloat162float(h.x), __bfloat162float(h.y)}; }
 typedef struct cu_mat { void *p; int dt; int64_t rows, cols, ld; } cu_mat;
 static inline float cu_mat_ld(const cu_mat &m, int64_t r, int64_t c) {
     int64_t i = r * m.ld + c;
@@ -58,6 +67,12 @@ static inline void cu_pdl_wait(void) {
     if (emu_stagger) std::this_thread::sleep_for(std::chrono::milliseconds((blockIdx.x * 7) % 5 * 60));
 }
 static inline void cu_pdl_trigger(void) {}
+static inline float cu_ldf(const void *p, int dt, int64_t i) {
+    return dt == SL_DTYPE_BF16 ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
+}
+static inline void cu_stf(void *p, int dt, int64_t i, float v) {
+    if (dt == SL_DTYPE_BF16) ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v); else ((float *)p)[i] = v;
+}
 
 struct emu_warp {
     std::barrier<> bar{32};
@@ -70,7 +85,7 @@ struct emu_block {
     std::barrier<> bar;
     std::barrier<> wgbar[2] = {std::barrier<>(128), std::barrier<>(128)}; // a warpgroup's
     std::vector<char> smem;
-    emu_warp w[8];
+    emu_warp w[16]; // up to 512 threads
     uint64_t da[256], db[256];
     uint32_t a[256][4];
     int ints[256]; // a kernel's static __shared__ int array

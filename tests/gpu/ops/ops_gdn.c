@@ -44,6 +44,13 @@ static const tb_case cases[] = {
     {SL_OP_GDN, BF, {1, 1000, 16, 32, 128, 128, 0, 500, 2}, 1e-2}, /* Coder-Next heads */
     {SL_OP_GDN, BF, {1, 8000, 1, 2, 128, 128, 0, 4001, 2}, 1e-2},
     {SL_OP_GDN, BF, {2, 8000, 1, 1, 64, 64, 1000, 4096, 1}, 1e-2},
+    /* q_len 0: a decode step through sl_be_gdn_decode (conv1d + gdn + rmsnorm_gated; CUDA
+     * fuses them with SL_CUDA_GDN_FUSE=1): seqs, 0, Hk, Hv, Dk, Dv, -, -, fresh */
+    {SL_OP_GDN, BF, {5, 0, 16, 32, 128, 128}, 1e-2},  /* Coder-Next heads */
+    {SL_OP_GDN, BF, {3, 0, 2, 2, 128, 128, 0, 0, 1}, 1e-2},
+    {SL_OP_GDN, BF, {4, 0, 1, 2, 64, 128, 0, 0, 2}, 1e-2},
+    {SL_OP_GDN, BF, {2, 0, 1, 4, 128, 128}, 1e-2},    /* 4 value heads a key head: not fused */
+    {SL_OP_GDN, BF, {2, 0, 2, 4, 64, 64}, 1e-2},      /* the golden qwen3_next's dims */
 };
 
 /* The case's batch: q lengths, snapshots and fresh states per p[6..8]. */
@@ -68,9 +75,77 @@ static int gdn_batch(tb *t, tb_batch *b, const int *p)
     return T;
 }
 
+/* The decode-step case (p[1] == 0): sl_be_gdn_decode on CUDA against the CPU's three ops,
+ * and, where CUDA fused them, against its own three ops bit for bit (outputs, both pools). */
+static void gdn_decode_run(tb *t, const tb_case *c)
+{
+    int S = c->p[0], Hk = c->p[2], Hv = c->p[3], Dk = c->p[4], Dv = c->p[5], K = 4;
+    int p[9] = {S, 1, Hk, Hv, Dk, Dv, 1, 1, c->p[8]}; /* one token each, snapshots after it */
+    int64_t C = 2 * (int64_t)Hk * Dk + (int64_t)Hv * Dv, VD = (int64_t)Hv * Dv, ne[4];
+    char desc[96];
+    snprintf(desc, sizeof desc, "decode S=%d Hk=%d Hv=%d Dk=%d Dv=%d fresh=%d", S, Hk, Hv, Dk, Dv, c->p[8]);
+    tb_batch b;
+    int T = gdn_batch(t, &b, p);
+    tb_pair mixed, z, cw, cst, ssm, aa, bb, al, dtb, gw, conv, core, normed;
+    tb_pair_rand(t, &mixed, c->dt, 2, (tb_ne2(ne, T, C), ne), -2, 2);
+    tb_pair_rand(t, &z, c->dt, 2, (tb_ne2(ne, T, VD), ne), -2, 2);
+    tb_pair_rand(t, &cw, c->dt, 2, (tb_ne2(ne, C, K), ne), -0.5f, 0.5f);
+    tb_pair_rand(t, &cst, F32, 3, (int64_t[]){2 * S, C, K - 1}, -1, 1);
+    tb_pair_rand(t, &ssm, F32, 4, (int64_t[]){2 * S, Hv, Dk, Dv}, -0.2f, 0.2f);
+    tb_pair_rand(t, &aa, c->dt, 2, (tb_ne2(ne, T, Hv), ne), -2, 2);
+    tb_pair_rand(t, &bb, c->dt, 2, (tb_ne2(ne, T, Hv), ne), -2, 2);
+    tb_pair_rand(t, &al, F32, 1, (ne[0] = Hv, ne), -1, 1);
+    tb_pair_rand(t, &dtb, F32, 1, (ne[0] = Hv, ne), -1, 1);
+    tb_pair_rand(t, &gw, c->dt, 1, (ne[0] = Dv, ne), 0.5f, 1.5f);
+    tb_pair_out(t, &conv, c->dt, 2, (tb_ne2(ne, T, C), ne));
+    tb_pair_out(t, &core, c->dt, 2, (tb_ne2(ne, T, VD), ne));
+    tb_pair_out(t, &normed, c->dt, 2, (tb_ne2(ne, T, VD), ne));
+    float *cst0 = tb_download(t->gpu, &cst.g), *ssm0 = tb_download(t->gpu, &ssm.g);
+    /* the CPU's three ops, then CUDA's three (kept), then the fused op from the same pools */
+    sl_be_conv1d(t->cpu, &conv.c, &mixed.c, &cw.c, &cst.c, &b.m);
+    sl_be_gdn(t->cpu, &core.c, &conv.c, &aa.c, &bb.c, &al.c, &dtb.c, &ssm.c, Hk, Hv, Dk, Dv, &b.m);
+    sl_be_rmsnorm_gated(t->cpu, &normed.c, &core.c, &z.c, &gw.c, 1e-6f, NULL);
+    sl_tensor kept[5], *outs[5] = {&conv.g, &core.g, &normed.g, &cst.g, &ssm.g};
+    static const char *const names[5] = {"conv", "core", "normed", "conv state", "ssm"};
+    sl_be_conv1d(t->gpu, &conv.g, &mixed.g, &cw.g, &cst.g, &b.m);
+    sl_be_gdn(t->gpu, &core.g, &conv.g, &aa.g, &bb.g, &al.g, &dtb.g, &ssm.g, Hk, Hv, Dk, Dv, &b.m);
+    sl_be_rmsnorm_gated(t->gpu, &normed.g, &core.g, &z.g, &gw.g, 1e-6f, NULL);
+    sl_err e = {0};
+    for (int i = 0; i < 5; i++)
+        if (sl_be_alloc(t->gpu, &kept[i], outs[i]->dtype, outs[i]->ndim, outs[i]->ne, &e) ||
+            sl_be_copy(t->gpu, &kept[i], outs[i], &e))
+            tb_die("gdn decode keep", &e);
+    if (sl_be_upload(t->gpu, &cst.g, cst0, F32, &e) || sl_be_upload(t->gpu, &ssm.g, ssm0, F32, &e))
+        tb_die("gdn decode pools", &e);
+    for (int i = 0; i < 3; i++) tb_poison(t, outs[i]);
+    sl_gdn_layer l = {&cw.g, &al.g, &dtb.g, &gw.g, Hk, Hv, Dk, Dv, 1e-6f};
+    int ran = sl_be_gdn_decode(t->gpu, &normed.g, &core.g, &conv.g, &mixed.g, &z.g, &aa.g, &bb.g, &l, &cst.g,
+                               &ssm.g, &b.m, NULL);
+    const char *on = getenv("SL_CUDA_GDN_FUSE");
+    int want = on && !strcmp(on, "1") && Hv / Hk <= 2;
+    CHECK_MSG(ran == want, "%s: fused %d, want %d", desc, ran, want);
+    if (ran) {
+        const sl_tensor *cpu[5] = {&conv.c, &core.c, &normed.c, &cst.c, &ssm.c};
+        for (int i = 0; i < 5; i++) {
+            tb_compare(t, c->op, desc, names[i], cpu[i], outs[i], i < 3 ? c->tol : 1e-4);
+            tb_compare_exact(t, c->op, desc, names[i], &kept[i], outs[i]);
+        }
+    }
+    for (int i = 0; i < 5; i++) sl_be_release(t->gpu, &kept[i]);
+    free(cst0);
+    free(ssm0);
+    tb_pair *all[] = {&mixed, &z, &cw, &cst, &ssm, &aa, &bb, &al, &dtb, &gw, &conv, &core, &normed};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tb_pair_free(t, all[i]);
+    tb_batch_free(&b);
+}
+
 static void gdn_run(tb *t, const tb_case *c)
 {
     const int *p = c->p;
+    if (c->op == SL_OP_GDN && p[1] == 0) {
+        gdn_decode_run(t, c);
+        return;
+    }
     char desc[96];
     int64_t ne[4];
     tb_pair x, y, w;
