@@ -570,13 +570,13 @@ void sl_be_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_tensor
 
 void sl_be_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,
                      const sl_tensor *vcache, int n_q_heads, int n_kv_heads, int head_dim,
-                     float scale, const sl_batch_meta *m)
+                     float scale, const sl_batch_meta *m, sl_fp8_act *oq)
 {
     NEED(attention);
     SL_ASSERT(n_q_heads % n_kv_heads == 0);
     SL_ASSERT(sl_tensor_cols(q) == (int64_t)n_q_heads * head_dim);
     SL_ASSERT(sl_tensor_cols(kcache) == (int64_t)n_kv_heads * head_dim);
-    be->i->attention(be, out, q, kcache, vcache, n_q_heads, n_kv_heads, head_dim, scale, m);
+    be->i->attention(be, out, q, kcache, vcache, n_q_heads, n_kv_heads, head_dim, scale, m, fp8_act_reset(oq));
 }
 
 void sl_be_conv1d(sl_backend *be, sl_tensor *y, const sl_tensor *x, const sl_tensor *w,

@@ -350,10 +350,11 @@ void sl_be_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const 
                     const sl_tensor *v, const sl_batch_meta *m);
 /* Causal attention over the paged cache: out[T, Hq*D] for q[T, Hq*D].
  * Token t of sequence s at position p attends cache positions 0..p of s
- * (through the page table); query head h reads KV head h / (Hq/Hkv). */
+ * (through the page table); query head h reads KV head h / (Hq/Hkv). oq:
+ * out's FP8 codes, where the backend makes them (sl_fp8_act). */
 void sl_be_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,
                      const sl_tensor *vcache, int n_q_heads, int n_kv_heads, int head_dim,
-                     float scale, const sl_batch_meta *m);
+                     float scale, const sl_batch_meta *m, sl_fp8_act *oq);
 /* Causal depthwise conv (kernel K) + SiLU, per sequence, continuing from the
  * conv state pool state[S, C, K-1] at state_slot (zeros if state_fresh), and
  * leaving the last K-1 inputs there. Writes track snapshots. x,y [T, C]. */

@@ -55,7 +55,7 @@ typedef struct sl_backend_i {
     void (*kv_store)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                      const sl_batch_meta *);
     void (*attention)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *,
-                      const sl_tensor *, int, int, int, float, const sl_batch_meta *);
+                      const sl_tensor *, int, int, int, float, const sl_batch_meta *, sl_fp8_act *);
     void (*conv1d)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *, sl_tensor *,
                    const sl_batch_meta *);
     void (*gdn)(sl_backend *, sl_tensor *, const sl_tensor *, const sl_tensor *, const sl_tensor *,

@@ -238,9 +238,8 @@ static void cpu_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_t
 
 static void cpu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q,
                           const sl_tensor *kc, const sl_tensor *vc, int Hq, int Hkv, int D,
-                          float scale, const sl_batch_meta *m)
+                          float scale, const sl_batch_meta *m, sl_fp8_act *oq)
 {
-    (void)be;
     int group = Hq / Hkv, P = m->page_size;
     int maxkv = 0;
     for (int s = 0; s < m->n_seqs; s++)
@@ -281,6 +280,7 @@ static void cpu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q,
     }
     free(score);
     free(acc);
+    sl_cpu_fp8_act_make(be, oq, out);
 }
 
 /* ---- Gated DeltaNet ------------------------------------------------------------- */

@@ -19,6 +19,7 @@
 #include <mma.h>
 
 #include "attention.cuh"
+#include "fp8.cuh"
 #include "wgmma.cuh"
 
 #define ATTN_WARPS 4
@@ -145,6 +146,7 @@ typedef struct cu_attn_args {
     int page_size, max_pages;
     int nsplit;                        // key splits (blockIdx.z)
     float *part;                       // [T, Hq, nsplit, D+2] when nsplit > 1
+    cu_fp8_dst oq;                     // k_attn_combine: out's FP8 codes too (sl_fp8_act)
 } cu_attn_args;
 
 // Keys per split of a sequence with kv_len cached keys: its splits share them
@@ -1181,8 +1183,11 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
     fa_store<D>(a, tl, R0, g, q, o, m, l);
 }
 
+// With a.oq (128 threads, D a multiple of 128) out's FP8 codes too: a head's
+// 128-group is one pass of the block.
 __global__ void k_attn_combine(cu_attn_args a, int D)
 {
+    __shared__ float mx[4];
     int t = blockIdx.x, h = blockIdx.y;
     cu_pdl_wait();
     cu_pdl_trigger();
@@ -1198,6 +1203,7 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
         float o = 0.0f;
         for (int x = 0; x < ns; x++) o += p[x * (D + 2) + 2 + d] * exp2f(p[x * (D + 2)] - M);
         cu_mat_st(a.out, t, (int64_t)h * D + d, o / L);
+        if (a.oq.codes) fp8_quant_block(a.oq, a.out.dt, o / L, t, (int64_t)h * D + d, mx); // block-uniform
     }
 }
 
@@ -1276,7 +1282,7 @@ static int attn_run_d(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int lev
 
 void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,
                   const sl_tensor *vcache, int Hq, int Hkv, int D, float scale,
-                  const sl_batch_meta *m)
+                  const sl_batch_meta *m, sl_fp8_act *oq)
 {
     cu_backend *b = cu_be(be);
     const cu_meta *cm = cu_meta_of(m);
@@ -1328,7 +1334,8 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     int nsplit = D == 64    ? attn_run_d<64>(b, a, cm, level, Hkv, kind)
                  : D == 128 ? attn_run_d<128>(b, a, cm, level, Hkv, kind)
                             : attn_run_d<256>(b, a, cm, level, Hkv, kind);
-    if (nsplit > 1) {
+    if (nsplit > 1) { // out's codes where asked and made: by the combine, a head a block
+        a.oq = cu_fp8_dst_for(be, oq, a.out, 1, D);
         cu_launch(b, k_attn_combine, dim3((unsigned)cm->n_tokens, (unsigned)Hq), 128, 0, a, D);
         cu_tmp_free(b, a.part);
     }

@@ -13,6 +13,6 @@ void cu_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_tensor *v
 // The cache must be BF16; head_dim 64, 128 or 256; any page size.
 void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,
                   const sl_tensor *vcache, int n_q_heads, int n_kv_heads, int head_dim, float scale,
-                  const sl_batch_meta *m);
+                  const sl_batch_meta *m, sl_fp8_act *oq);
 
 #endif

@@ -83,6 +83,19 @@ __device__ __forceinline__ void fp8_quant8(const cu_fp8_dst &q, int dt, const fl
     if (c % FP8_G == 0) q.scales[r * q.G + c / FP8_G] = s;
 }
 
+// The same for a 128-group held one value a thread by a block of 128 threads
+// (column c of row r): every thread calls it; mx: 4 floats of shared memory.
+__device__ __forceinline__ void fp8_quant_block(const cu_fp8_dst &q, int dt, float v, int64_t r, int64_t c, float *mx)
+{
+    float x = cu_round(dt, v), m = cu_warp_max(fabsf(x));
+    if ((threadIdx.x & 31) == 0) mx[threadIdx.x >> 5] = m;
+    __syncthreads();
+    float s = fmaxf(fmaxf(mx[0], mx[1]), fmaxf(mx[2], mx[3])) / SL_FP8_MAX;
+    q.codes[r * q.G * FP8_G + c] = s > 0.0f ? cu_f32_to_e4m3(x / s) : 0;
+    if (c % FP8_G == 0) q.scales[r * q.G + c / FP8_G] = s;
+    __syncthreads(); // mx is reused
+}
+
 // The codes destination of an op writing y (K columns) in groups of D columns
 // with 8-wide vector accesses (vec), where it makes them: y's rows fit q,
 // whole 128-groups that no norm group straddles (K, D multiples of 128), and

@@ -37,7 +37,7 @@ for t in "$dir"/test_*; do
       SL_CUDA_FP8_GEMV_CP=2 SL_CUDA_MOE_FP8_NPB=0 TAG=kept run "$name" 300 --filter $op
     done
     # FP8 codes made by the ops writing the activations (NOTES.md v42, off until measured)
-    SL_CUDA_FP8_ACT=1 TAG=fp8act run "$name" 300 --filter matmul_fp8
+    for op in matmul_fp8 attention; do SL_CUDA_FP8_ACT=1 TAG=fp8act run "$name" 300 --filter $op; done
     # the fused GDN decode step (v44, off until measured): its cases against the three ops
     SL_CUDA_GDN_FUSE=1 TAG=gdnfuse run "$name" 300 --filter gdn
   fi

@@ -204,13 +204,13 @@ static void attention_layer(sl_model *m, layer *ly, sl_model_cache *c, const sl_
     }
     sl_tensor o = rows_of(&m->s.attn, T);
     o = cols_of(&o, 0, qd);
+    /* o's codes from the op that writes o last: the attention, or Qwen3-Next's gate */
+    sl_fp8_act *oq = act_codes(m);
     sl_be_attention(be, &o, &q, &c->k[ly->cache_idx], &c->v[ly->cache_idx], (int)Hq, (int)Hkv,
-                    (int)D, 1.0f / sqrtf((float)D), mt);
+                    (int)D, 1.0f / sqrtf((float)D), mt, next ? NULL : oq);
     trace(m, li, "attention", &o);
-    sl_fp8_act *oq = NULL; /* o's codes: only where an op after the attention writes o */
     if (next) {
         sl_tensor gate = cols_of(&qkv, qd, qd);
-        oq = act_codes(m);
         sl_be_sigmoid_mul(be, &o, &gate, oq);
         trace(m, li, "attn_gate", &o);
     }

@@ -73,10 +73,34 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
                     });
                 for (auto &t : th) t.join();
             }
+    // the merge of the splits, 128 threads a (token, head), with the output's FP8 codes
+    // where a head is whole 128-groups (sl_fp8_act), checked below
+    int G8 = Hq * D / 128, codes_on = nsplit > 1 && D % 128 == 0;
+    std::vector<uint8_t> codes((size_t)T * Hq * D, 0xff);
+    std::vector<float> scales((size_t)T * G8, NAN);
+    if (codes_on) a.oq = {codes.data(), scales.data(), G8};
     if (nsplit > 1)
         for (unsigned t = 0; t < (unsigned)T; t++) for (unsigned h = 0; h < (unsigned)Hq; h++) {
-            threadIdx = {0, 0, 0}; blockIdx = {t, h, 0}; blockDim = {1, 1, 1};
-            k_attn_combine(a, D);
+            emu_block blk(128);
+            std::vector<std::thread> th;
+            for (unsigned i = 0; i < 128; i++)
+                th.emplace_back([&, i] {
+                    emu_b = &blk; threadIdx = {i, 0, 0}; blockIdx = {t, h, 0}; blockDim = {128, 1, 1};
+                    k_attn_combine(a, D);
+                });
+            for (auto &x : th) x.join();
+        }
+    int code_bad = 0; // the codes of each 128-group of the stored output: k_fp8_quant's rule
+    for (int t = 0; codes_on && t < T; t++)
+        for (int g = 0; g < G8; g++) {
+            float mx = 0.0f;
+            for (int c = g * 128; c < g * 128 + 128; c++) mx = fmaxf(mx, fabsf(__bfloat162float(out[(size_t)t * Hq * D + c])));
+            float sc = mx / SL_FP8_MAX;
+            code_bad += memcmp(&sc, &scales[(size_t)t * G8 + g], 4) != 0;
+            for (int c = g * 128; c < g * 128 + 128; c++) {
+                uint8_t want = sc > 0.0f ? cu_f32_to_e4m3(__bfloat162float(out[(size_t)t * Hq * D + c]) / sc) : 0;
+                code_bad += codes[(size_t)t * Hq * D + c] != want;
+            }
         }
     // reference
     double e2 = 0, r2 = 0, maxe = 0; int bad = 0;
@@ -104,10 +128,11 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
         }
     }
     double rel = sqrt(e2 / r2);
-    printf("%s D=%d S=%d q0=%d pre0=%d P=%d Hq=%d Hkv=%d nsplit=%d q%s%s: rel L2 %.2e max abs %.2e nonfinite %d -> %s\n",
+    int ok = bad == 0 && rel < 1e-2 && code_bad == 0;
+    printf("%s D=%d S=%d q0=%d pre0=%d P=%d Hq=%d Hkv=%d nsplit=%d q%s%s: rel L2 %.2e max abs %.2e nonfinite %d%s -> %s\n",
            KV == 3 ? "wg2" : KV == 2 ? "wgo" : KV ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", kv != KV ? " (ran k_attn_wg: one query head a KV head)" : "", rel, maxe, bad,
-           bad == 0 && rel < 1e-2 ? "ok" : "FAIL");
-    return bad == 0 && rel < 1e-2;
+           codes_on ? (code_bad ? ", FP8 codes differ" : ", FP8 codes ok") : "", ok ? "ok" : "FAIL");
+    return ok;
 }
 
 template <int D>

@@ -41,13 +41,16 @@ def cut(text, a, b):
 
 
 def attn_body():
-    src, wg = read("attention.cu"), read("wgmma.cuh")
-    body = "\n".join([cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
+    src, wg, f8 = read("attention.cu"), read("wgmma.cuh"), read("fp8.cuh")
+    body = "\n".join(["#define FP8_G 128",
+                      cut(f8, "// Where an op writing an activation puts its FP8 codes", "// The codes destination of an op"),
+                      cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
                       cut(src, "typedef struct cu_attn_args {", "// Shared memory of k_attn:"),
                       cut(src, "#define FA2_WARPS 4", "// ldmatrix x4:"),  # the asm helpers come from the shim
                       cut(src, "// Two floats as a bf16 pair", "// The kernels: 16-row tiles")])
     body = body.replace("extern __shared__ __align__(128) char smem[];", "char *smem = emu_smem();")
     body = body.replace("extern __shared__ __align__(1024) char smem_raw[];", "char *smem_raw = emu_smem();")
+    body = body.replace("__shared__ float mx[4];", "float *mx = emu_static_floats();")
     return body.replace("__global__ void k_attn_combine(", "static void k_attn_combine(")
 
 
@@ -98,7 +101,6 @@ def moe1_body():
 def gdn_body():
     src, com, f8, nh, nc = read("gdn.cu"), read("cuda_common.cuh"), read("fp8.cuh"), read("norm.cuh"), read("norm.cu")
     body = "\n".join(["#define FP8_G 128",
-                      cut(com, "// v as the tensor of dtype dt will hold it", "__device__ __forceinline__ float cu_mat_ld"),
                       cut(com, "// 8 consecutive elements starting at (r, c)", "__device__ __forceinline__ float cu_warp_max"),
                       cut(com, "// Sum over the block", "// Whether cu_ld8 / cu_st8 may be used"),
                       cut(f8, "// Where an op writing an activation puts its FP8 codes", "// The codes destination of an op"),

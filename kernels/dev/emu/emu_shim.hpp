@@ -67,6 +67,7 @@ static inline void cu_pdl_wait(void) {
     if (emu_stagger) std::this_thread::sleep_for(std::chrono::milliseconds((blockIdx.x * 7) % 5 * 60));
 }
 static inline void cu_pdl_trigger(void) {}
+static inline float cu_round(int dt, float v) { return dt == SL_DTYPE_BF16 ? __bfloat162float(__float2bfloat16_rn(v)) : v; }
 static inline float cu_ldf(const void *p, int dt, int64_t i) {
     return dt == SL_DTYPE_BF16 ? __bfloat162float(((const __nv_bfloat16 *)p)[i]) : ((const float *)p)[i];
 }

@@ -127,6 +127,30 @@ float *tb_download(sl_backend *be, const sl_tensor *x)
     return v;
 }
 
+void tb_check_codes(tb *t, const char *desc, const sl_tensor *y, const sl_fp8_act *q)
+{
+    int64_t M = sl_tensor_rows(y), K = sl_tensor_cols(y), G = K / 128, bad = 0;
+    float *yv = tb_download(t->gpu, y), *cv = tb_download(t->gpu, &q->codes), *sv = tb_download(t->gpu, &q->scales);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t g = 0; g < G; g++) {
+            float mx = 0.0f;
+            for (int64_t k = g * 128; k < g * 128 + 128; k++) mx = fmaxf(mx, fabsf(yv[m * K + k]));
+            float s = mx / SL_FP8_MAX;
+            bad += sv[m * G + g] != s;
+            for (int64_t k = g * 128; k < g * 128 + 128; k++) {
+                float want = s > 0.0f ? sl_e4m3_to_f32(sl_f32_to_e4m3(yv[m * K + k] / s)) : 0.0f;
+                bad += cv[m * G * 128 + k] != want;
+            }
+        }
+    printf("  %-4s %-12s %-44s %-6s FP8 codes\n", bad ? "FAIL" : "ok", "codes", desc, "");
+    if (bad) t->n_fail++;
+    else t->n_pass++;
+    CHECK_MSG(bad == 0, "%s: %lld codes or scales differ from the quantization of the output", desc, (long long)bad);
+    free(yv);
+    free(cv);
+    free(sv);
+}
+
 /* Compares one output; tol < 0 asks for exact equality. */
 void tb_compare(tb *t, sl_op op, const char *desc, const char *what, const sl_tensor *c,
                     const sl_tensor *g, double tol)

@@ -92,6 +92,9 @@ void tb_compare(tb *t, sl_op op, const char *desc, const char *what, const sl_te
 /* The same device tensor downloaded twice must match bit for bit. */
 void tb_compare_exact(tb *t, sl_op op, const char *desc, const char *what, const sl_tensor *a,
                       const sl_tensor *b);
+/* q (sl_fp8_act, made for y [M, K], K whole 128-groups) against the quantization of y's
+ * stored values by the CPU op's rule, bit for bit: one check. */
+void tb_check_codes(tb *t, const char *desc, const sl_tensor *y, const sl_fp8_act *q);
 /* ne[0] = a, ne[1] = b; returns a * b. */
 int64_t tb_ne2(int64_t *ne, int64_t a, int64_t b);
 

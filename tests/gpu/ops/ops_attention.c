@@ -1,5 +1,6 @@
 /* tests/gpu/ops/ops_attention.c: kv_store, attn_prep and paged attention. */
 #include <math.h>
+#include <string.h>
 
 #include "harness.h"
 
@@ -93,16 +94,33 @@ static void attention_run(tb *t, const tb_case *c)
             tb_pair_rand(t, &qq, dt, 2, (tb_ne2(ne, T, (int64_t)Hq * D), ne), -2, 2);
             tb_pair_out(t, &y, dt, 2, (tb_ne2(ne, T, (int64_t)Hq * D), ne));
             float scale = 1.0f / sqrtf((float)D);
-            sl_be_attention(t->cpu, &y.c, &qq.c, &kc.c, &vc.c, Hq, Hkv, D, scale, &b.m);
+            sl_be_attention(t->cpu, &y.c, &qq.c, &kc.c, &vc.c, Hq, Hkv, D, scale, &b.m, NULL);
             static const int kern[][4] = {{SL_CUDA_ATTN_WMMA, -1, -1, -1},
                                           {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO, SL_CUDA_ATTN_WG2}};
             static const char *kname[] = {"out", "out fa2", "out wg", "out wgo", "out wg2"};
             for (int k = 0; k < 4 && kern[fa][k] >= 0; k++) {
                 int was = sl_cuda_attn_prefill(t->gpu, kern[fa][k]);
-                sl_be_attention(t->gpu, &y.g, &qq.g, &kc.g, &vc.g, Hq, Hkv, D, scale, &b.m);
+                sl_be_attention(t->gpu, &y.g, &qq.g, &kc.g, &vc.g, Hq, Hkv, D, scale, &b.m, NULL);
                 sl_cuda_attn_prefill(t->gpu, was);
                 tb_compare(t, c->op, desc, kname[kern[fa][k]], &y.c, &y.g, c->tol);
                 tb_poison(t, &y.g); /* the next kernel must write every element again */
+            }
+            /* decode batches: the output's FP8 codes (SL_CUDA_FP8_ACT=1), made by the merge of
+             * the key splits (the long contexts here have them) */
+            const char *on = getenv("SL_CUDA_FP8_ACT");
+            if (T <= 8 && on && !strcmp(on, "1")) {
+                sl_fp8_act oq;
+                sl_err e = {0};
+                int64_t Kq = (int64_t)Hq * D;
+                if (sl_be_alloc(t->gpu, &oq.codes, SL_DTYPE_F8E4M3, 1, (ne[0] = 8 * Kq, ne), &e) ||
+                    sl_be_alloc(t->gpu, &oq.scales, F32, 1, (ne[0] = 8 * Kq / 128 + 1, ne), &e))
+                    tb_die("attention codes", &e);
+                sl_be_attention(t->gpu, &y.g, &qq.g, &kc.g, &vc.g, Hq, Hkv, D, scale, &b.m, &oq);
+                int want = D % 128 == 0 && p[2] >= 3000;
+                CHECK_MSG(!want || oq.rows == T, "%s: codes made for %lld rows, want %d", desc, (long long)oq.rows, T);
+                if (oq.rows == T) tb_check_codes(t, desc, &y.g, &oq);
+                sl_be_release(t->gpu, &oq.codes);
+                sl_be_release(t->gpu, &oq.scales);
             }
             tb_pair_free(t, &qq);
             tb_pair_free(t, &y);
@@ -168,7 +186,7 @@ static void pf_attn(tb *t, void *ctx, int set)
 {
     pm_attn *c = ctx;
     sl_be_attention(t->gpu, &c->y[set], &c->q[set], &c->kc, &c->vc, c->Hq, c->Hkv, c->D,
-                    0.088f, &c->b.m);
+                    0.088f, &c->b.m, NULL);
 }
 
 /* kern: the prefill kernel for this timing (an sl_cuda_attn_kernel; the name says which) */

@@ -286,26 +286,7 @@ static void fp8_codes_run(tb *t, const tb_case *c)
     int made = on && !strcmp(on, "1") && M <= 8 && K % 128 == 0 && D % 128 == 0;
     CHECK_MSG(q.rows == (made ? M : 0) && (!made || q.cols == K), "%s: codes made for %lld rows, want %d", desc,
               (long long)q.rows, made ? M : 0);
-    if (made) {
-        float *yv = tb_download(t->gpu, &y.g), *cv = tb_download(t->gpu, &q.codes), *sv = tb_download(t->gpu, &q.scales);
-        int64_t bad = 0;
-        for (int m = 0; m < M; m++)
-            for (int g = 0; g < G; g++) {
-                float mx = 0.0f;
-                for (int k = g * 128; k < g * 128 + 128; k++) mx = fmaxf(mx, fabsf(yv[m * K + k]));
-                float s = mx / SL_FP8_MAX;
-                bad += sv[m * G + g] != s;
-                for (int k = g * 128; k < g * 128 + 128; k++) {
-                    float want = s > 0.0f ? sl_e4m3_to_f32(sl_f32_to_e4m3(yv[m * K + k] / s)) : 0.0f;
-                    bad += cv[(int64_t)m * G * 128 + k] != want;
-                }
-            }
-        CHECK_MSG(bad == 0, "%s: %lld codes or scales differ from the quantization of the output", desc,
-                  (long long)bad);
-        free(yv);
-        free(cv);
-        free(sv);
-    }
+    if (made) tb_check_codes(t, desc, &y.g, &q);
     /* the GEMV on the codes and on x itself (AUTO), and the CPU's */
     sl_tensor wc[2], wg[2];
     tb_pair o1, o2;
