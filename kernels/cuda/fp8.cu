@@ -548,6 +548,7 @@ template <int NT> __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_c
 #define MOE1_STAGES 3
 #define MOE1_MAXK 64    // pairs (counters a pair)
 #define MOE1_MAXRB 1024 // row blocks of down (counters a row block)
+#define MOE1_SPIN_LIMIT (4LL << 30) // clocks a block waits for a pair (~2 s) before it traps
 
 typedef struct moe1_args {
     // the per-pair GEMVs' arguments (ids, topk = k, expert strides): gu.out is
@@ -632,8 +633,13 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_moe_one(moe1_args a)
         const int q = p1 ? it : it - n1, nbk = p1 ? nb1 : nb2, RB = p1 ? RB1 : RB2, pair = q / nbk, rb = q % nbk;
         if (!p1) {
             // the pair's gate_up rows are all written: quantize its silu·up
-            if (threadIdx.x == 0)
-                while (moe1_ld_acquire(pair_done + pair) < (unsigned)nb1) __nanosleep(32);
+            if (threadIdx.x == 0) { // (a grid that is not all resident would wait forever: trap instead)
+                long long t0 = clock64();
+                while (moe1_ld_acquire(pair_done + pair) < (unsigned)nb1) {
+                    __nanosleep(32);
+                    if (clock64() - t0 > MOE1_SPIN_LIMIT) __trap();
+                }
+            }
             __syncthreads();
             for (int g = warp; g < G2; g += GV8_WARPS) {
                 float s = fp8_quant_group(a.gu.out, 1, pair, g, a.dn.K, sh + g * FP8_G);
@@ -1370,6 +1376,9 @@ static int moe1_launch(cu_backend *b, const fp8_args &gu, const fp8_args &dn, co
     if (!gu.vec || !dn.vec || k > MOE1_MAXK || nb2 > MOE1_MAXRB || smem > MOE1_MAX_SMEM ||
         sl_tensor_cols(weights) != k)
         return 0;
+    if (!(b->fp8_smem_set & (1 << 16))) // all of the SM's memory as shared: what the occupancy assumes
+        CU_CHECK(cudaFuncSetAttribute(k_fp8_moe_one, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                      cudaSharedmemCarveoutMaxShared));
     fp8_smem_raise(b, k_fp8_moe_one, 1 << 16, MOE1_MAX_SMEM);
     if (b->moe1_smem != smem) {
         CU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b->moe1_per_sm, k_fp8_moe_one, 32 * GV8_WARPS, smem));

@@ -293,6 +293,10 @@ static inline void __threadfence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST)
 static inline void __nanosleep(unsigned) { std::this_thread::yield(); }
 static inline float __ldcg(const float *p) { float v; __atomic_load(p, &v, __ATOMIC_RELAXED); return v; }
 static inline unsigned moe1_ld_acquire(const unsigned *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline long long clock64(void) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+static inline void __trap(void) { fprintf(stderr, "trap\n"); abort(); }
 #define SL_FP8_MAX 448.0f
 // e4m3fn of v: the nearest finite code, ties to the even code, beyond 448 saturated (as
 // __nv_cvt_float_to_fp8 with __NV_SATFINITE); by search over the codes, for tests only
