@@ -402,6 +402,19 @@ static void cpu_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x
     sl_cpu_fp8_act_make(be, q, out);
 }
 
+/* sl_be_gdn_decode as the three ops it stands for, so that the CPU suites run the
+ * model's fused call (its operands) as well as the three calls it makes when tracing */
+static int cpu_gdn_decode(sl_backend *be, sl_tensor *normed, sl_tensor *core, sl_tensor *conv,
+                          const sl_tensor *mixed, const sl_tensor *z, const sl_tensor *a, const sl_tensor *b,
+                          const sl_gdn_layer *l, sl_tensor *conv_state, sl_tensor *ssm, const sl_batch_meta *m,
+                          sl_fp8_act *q)
+{
+    cpu_conv1d(be, conv, mixed, l->conv_w, conv_state, m);
+    cpu_gdn(be, core, conv, a, b, l->A_log, l->dt_bias, ssm, l->n_k_heads, l->n_v_heads, l->k_dim, l->v_dim, m);
+    cpu_rmsnorm_gated(be, normed, core, z, l->gnorm, l->eps, q);
+    return 1;
+}
+
 /* ---- MoE ------------------------------------------------------------------------ */
 
 static void cpu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights,
@@ -558,6 +571,7 @@ static const sl_backend_i cpu_iface = {
     .attention = cpu_attention,
     .conv1d = cpu_conv1d,
     .gdn = cpu_gdn,
+    .gdn_decode = cpu_gdn_decode,
     .rmsnorm_gated = cpu_rmsnorm_gated,
     .moe_route = cpu_moe_route,
     .moe_experts = cpu_moe_experts,
