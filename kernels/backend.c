@@ -626,6 +626,17 @@ void sl_be_moe_router(sl_backend *be, sl_tensor *ids, sl_tensor *weights, sl_ten
     sl_be_moe_route(be, ids, weights, logits, k, norm, shared);
 }
 
+void sl_be_add_rmsnorm_router(sl_backend *be, sl_tensor *x, sl_tensor *resid, const sl_tensor *d,
+                              const sl_tensor *w, float eps, int one_plus, sl_tensor *ids, sl_tensor *weights,
+                              sl_tensor *logits, const sl_tensor *router, int k, int norm, int shared)
+{
+    if (be->i->add_rmsnorm_router &&
+        be->i->add_rmsnorm_router(be, x, resid, d, w, eps, one_plus, ids, weights, logits, router, k, norm, shared))
+        return;
+    sl_be_add_rmsnorm(be, x, resid, d, w, eps, one_plus, NULL);
+    sl_be_moe_router(be, ids, weights, logits, x, router, k, norm, shared);
+}
+
 int sl_be_gdn_decode(sl_backend *be, sl_tensor *normed, sl_tensor *core, sl_tensor *conv, const sl_tensor *mixed,
                      const sl_tensor *z, const sl_tensor *a, const sl_tensor *b, const sl_gdn_layer *l,
                      sl_tensor *conv_state, sl_tensor *ssm, const sl_batch_meta *m, sl_fp8_act *q)

@@ -402,6 +402,12 @@ void sl_be_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const s
  * written either way. */
 void sl_be_moe_router(sl_backend *be, sl_tensor *ids, sl_tensor *weights, sl_tensor *logits,
                       const sl_tensor *x, const sl_tensor *router, int k, int norm, int shared);
+/* resid += d; x = rmsnorm(resid) (sl_be_add_rmsnorm with w, eps, one_plus), then
+ * sl_be_moe_router on x (router, k, norm, shared into ids, weights, logits): the
+ * MoE layer's first two ops, in one pass where the backend fuses them. */
+void sl_be_add_rmsnorm_router(sl_backend *be, sl_tensor *x, sl_tensor *resid, const sl_tensor *d,
+                              const sl_tensor *w, float eps, int one_plus, sl_tensor *ids, sl_tensor *weights,
+                              sl_tensor *logits, const sl_tensor *router, int k, int norm, int shared);
 /* out[T,H] = Σ_j weights[t,j] · down_e(silu(gate_e x) ⊙ up_e x), e = ids[t,j];
  * gate_up [E, 2I, H] (gate rows first), down [E, H, I]. */
 void sl_be_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,

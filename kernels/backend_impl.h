@@ -83,6 +83,10 @@ typedef struct sl_backend_i {
      * apply (then matmul and moe_route run) */
     int (*moe_router)(sl_backend *, sl_tensor *, sl_tensor *, sl_tensor *, const sl_tensor *,
                       const sl_tensor *, int, int, int);
+    /* optional: sl_be_add_rmsnorm_router in one pass; returns 0 where it does
+     * not apply (then add_rmsnorm and moe_router run) */
+    int (*add_rmsnorm_router)(sl_backend *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_tensor *, float,
+                              int, sl_tensor *, sl_tensor *, sl_tensor *, const sl_tensor *, int, int, int);
     /* optional: sl_be_gdn_decode; returns 0 where it does not apply */
     int (*gdn_decode)(sl_backend *, sl_tensor *, sl_tensor *, sl_tensor *, const sl_tensor *, const sl_tensor *,
                       const sl_tensor *, const sl_tensor *, const sl_gdn_layer *, sl_tensor *, sl_tensor *,

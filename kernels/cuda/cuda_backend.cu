@@ -601,6 +601,7 @@ static const sl_backend_i cu_iface = {
     .matmul_fp8 = cu_matmul_fp8,
     .moe_experts_fp8 = cu_moe_experts_fp8,
     .moe_router = cu_moe_router,
+    .add_rmsnorm_router = cu_add_rmsnorm_router,
     .gdn_decode = cu_gdn_decode,
 };
 
@@ -644,6 +645,7 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->fp8_act = env_switch("SL_CUDA_FP8_ACT", 0);
     b->moe_fp8_one = env_switch("SL_CUDA_MOE_FP8_ONE", 0); // v43, also written without a GPU
     b->gdn_fuse = env_switch("SL_CUDA_GDN_FUSE", 0);        // v44, the same
+    b->router_norm = env_switch("SL_CUDA_ROUTER_NORM", 0);  // v45, the same
     b->poison = env_switch("SL_CUDA_POISON", 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     if (env_switch("SL_CUDA_PROFILE", 0)) cu_prof_init(b);

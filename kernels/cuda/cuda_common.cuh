@@ -146,6 +146,9 @@ typedef struct cu_backend {
     // conv1d + gdn + rmsnorm_gated in one kernel for decode batches
     // (cu_gdn_decode, NOTES.md v44); env SL_CUDA_GDN_FUSE=1 (off until measured)
     int gdn_fuse;
+    // the post-attention residual add + RMSNorm inside the fused router
+    // (cu_add_rmsnorm_router, NOTES.md v45); env SL_CUDA_ROUTER_NORM=1 (off until measured)
+    int router_norm;
     // env SL_CUDA_POISON=1: every new tensor and scratch buffer starts as NaN
     // (all bits set), so a kernel reading memory nothing wrote shows
     int poison;

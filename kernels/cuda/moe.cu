@@ -15,6 +15,7 @@
 
 #include "fp8.cuh"
 #include "moe.cuh"
+#include "norm.cuh"
 
 // ---- routing --------------------------------------------------------------------
 
@@ -153,16 +154,28 @@ void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_t
 // logits[t][r]. The block that finishes last (a counter, reset by that
 // block for the next launch) routes every token from those logits
 // (moe_route_token, reading them from L2: f32, asserted where it is chosen).
+// With NORM the residual add + RMSNorm before it too (sl_be_add_rmsnorm_router,
+// NOTES.md v45): every block computes x = rmsnorm(resid + d) of the T rows
+// into its shared memory with norm_group, as k_norm_block does (256 threads,
+// 8-wide), from a shared copy of resid, and the last block writes resid and x
+// back: one launch fewer a MoE layer, the same values.
 #define MOE_ROUTER_MAX_T 8
 #define MOE_ROUTER_MAX_C 16 // 16-byte chunks a lane: H up to 4096
 
-template <int NPL>
+typedef struct moe_router_norm {
+    cu_mat resid, d, w; // resid [T, H] bf16 (updated), d [T, H], w [1, H]
+    float eps;
+    int one_plus;
+} moe_router_norm;
+
+template <int NPL, bool NORM>
 __global__ void __launch_bounds__(256) k_moe_router(cu_mat x, const __nv_bfloat16 *rw, int64_t ldr, cu_mat logits,
                                                     int32_t *ids, int64_t ids_ld, float *w, int64_t w_ld, int k,
-                                                    int norm, int shared, unsigned *done)
+                                                    int norm, int shared, unsigned *done, moe_router_norm nr)
 {
-    extern __shared__ __align__(16) __nv_bfloat16 rx[]; // [T][H]
+    extern __shared__ __align__(16) __nv_bfloat16 rx[]; // [T][H] x, then (NORM) [T][H] resid
     __shared__ bool last;
+    __shared__ float red[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, H = (int)x.cols, T = (int)x.rows;
     const int64_t r = (int64_t)blockIdx.x * 8 + warp;
     const bool ok = r < logits.cols;
@@ -173,15 +186,27 @@ __global__ void __launch_bounds__(256) k_moe_router(cu_mat x, const __nv_bfloat1
         wv[c] = ok && c < nc ? __ldg((const uint4 *)(rw + r * ldr + (c * 32 + lane) * 8)) : make_uint4(0, 0, 0, 0);
     cu_pdl_wait();
     cu_pdl_trigger();
+    // x's rows (NORM: resid's) into shared memory
+    const cu_mat &src_m = NORM ? nr.resid : x;
+    __nv_bfloat16 *dst = NORM ? rx + T * H : rx;
     for (int i = threadIdx.x; i < T * (H / 8); i += blockDim.x) {
         int t = i / (H / 8), c = i - t * (H / 8);
-        uint32_t d = (uint32_t)__cvta_generic_to_shared(rx + t * H + c * 8);
-        const __nv_bfloat16 *src = (const __nv_bfloat16 *)x.p + t * x.ld + c * 8;
+        uint32_t d = (uint32_t)__cvta_generic_to_shared(dst + t * H + c * 8);
+        const __nv_bfloat16 *src = (const __nv_bfloat16 *)src_m.p + t * src_m.ld + c * 8;
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
     }
     asm volatile("cp.async.commit_group;\n" ::);
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
     __syncthreads();
+    cu_norm_args na;
+    if constexpr (NORM) { // x = rmsnorm(resid + d), resid + d kept in the shared copy
+        cu_mat none = {NULL, SL_DTYPE_F32, 0, 0, 0};
+        na = {{rx, SL_DTYPE_BF16, T, H, H}, nr.d, {rx + T * H, SL_DTYPE_BF16, T, H, H}, none, nr.w, nr.eps,
+              nr.one_plus, 1, {}};
+        for (int t = 0; t < T; t++)
+            norm_group<true, false>(na, t, threadIdx.x, blockDim.x, [&](float v) { return cu_block_sum(v, red); });
+        __syncthreads();
+    }
     for (int t = 0; t < T; t++) {
         float s = 0.0f;
 #pragma unroll
@@ -207,6 +232,12 @@ __global__ void __launch_bounds__(256) k_moe_router(cu_mat x, const __nv_bfloat1
     __syncthreads();
     if (!last) return;
     __threadfence();
+    if constexpr (NORM) // the new resid and x, for the kernels after
+        for (int i = threadIdx.x; i < T * (H / 8); i += blockDim.x) {
+            int t = i / (H / 8), c = i - t * (H / 8);
+            *(uint4 *)((__nv_bfloat16 *)nr.resid.p + t * nr.resid.ld + c * 8) = *(const uint4 *)(rx + (T + t) * H + c * 8);
+            *(uint4 *)((__nv_bfloat16 *)x.p + t * x.ld + c * 8) = *(const uint4 *)(rx + t * H + c * 8);
+        }
     for (int t = warp; t < T; t += blockDim.x >> 5)
         moe_route_token<NPL, true>(logits, t, ids, ids_ld, w, w_ld, k, norm, shared);
     if (threadIdx.x == 0) *done = 0;
@@ -215,27 +246,60 @@ __global__ void __launch_bounds__(256) k_moe_router(cu_mat x, const __nv_bfloat1
 template <int NPL> struct moe_router_k {
     template <class... A> static void launch(cu_backend *b, dim3 grid, size_t smem, A... args)
     {
-        cu_launch(b, k_moe_router<NPL>, grid, 256, smem, args...);
+        cu_launch(b, k_moe_router<NPL, false>, grid, 256, smem, args...);
     }
 };
+
+template <int NPL> struct moe_router_nk {
+    template <class... A> static void launch(cu_backend *b, dim3 grid, size_t smem, A... args)
+    {
+        cu_launch(b, k_moe_router<NPL, true>, grid, 256, smem, args...);
+    }
+};
+
+// k_moe_router where it applies (nr: with the residual add + norm before it);
+// returns whether it ran.
+static int moe_router_run(cu_backend *b, sl_tensor *ids, sl_tensor *weights, sl_tensor *logits, const sl_tensor *x,
+                          const sl_tensor *router, int k, int norm, int shared, const moe_router_norm *nr)
+{
+    cu_mat X = cu_mat_of(x), L = cu_mat_of(logits), R = cu_mat_of(router);
+    int64_t E = L.cols - shared, H = X.cols, xs = (nr ? 2 : 1) * X.rows * H * (int64_t)sizeof(__nv_bfloat16);
+    if (!b->moe_router || X.rows < 1 || X.rows > MOE_ROUTER_MAX_T || X.dt != SL_DTYPE_BF16 || R.dt != SL_DTYPE_BF16 ||
+        L.dt != SL_DTYPE_F32 || H % 256 || H > 256 * MOE_ROUTER_MAX_C || X.ld % 8 || R.ld % 8 ||
+        (uintptr_t)X.p % 16 || (uintptr_t)R.p % 16 || E > 1024 || k > 32 || k > E ||
+        xs > 48 * 1024) // x (and resid) in the default shared memory
+        return 0;
+    dim3 grid((unsigned)cu_blocks(L.cols, 8));
+    const __nv_bfloat16 *rw = (const __nv_bfloat16 *)R.p;
+    int32_t *id = (int32_t *)ids->data;
+    float *wt = (float *)weights->data;
+    if (nr)
+        moe_route_dispatch<moe_router_nk>(b, E, grid, (size_t)xs, X, rw, R.ld, L, id, sl_tensor_ld(ids), wt,
+                                          sl_tensor_ld(weights), k, norm, shared, b->router_done, *nr);
+    else
+        moe_route_dispatch<moe_router_k>(b, E, grid, (size_t)xs, X, rw, R.ld, L, id, sl_tensor_ld(ids), wt,
+                                         sl_tensor_ld(weights), k, norm, shared, b->router_done, moe_router_norm{});
+    return 1;
+}
 
 int cu_moe_router(sl_backend *be, sl_tensor *ids, sl_tensor *weights, sl_tensor *logits, const sl_tensor *x,
                   const sl_tensor *router, int k, int norm, int shared)
 {
+    return moe_router_run(cu_be(be), ids, weights, logits, x, router, k, norm, shared, NULL);
+}
+
+int cu_add_rmsnorm_router(sl_backend *be, sl_tensor *x, sl_tensor *resid, const sl_tensor *d, const sl_tensor *w,
+                          float eps, int one_plus, sl_tensor *ids, sl_tensor *weights, sl_tensor *logits,
+                          const sl_tensor *router, int k, int norm, int shared)
+{
     cu_backend *b = cu_be(be);
-    cu_mat X = cu_mat_of(x), L = cu_mat_of(logits), R = cu_mat_of(router);
-    int64_t E = L.cols - shared, H = X.cols;
-    if (!b->moe_router || X.rows < 1 || X.rows > MOE_ROUTER_MAX_T || X.dt != SL_DTYPE_BF16 || R.dt != SL_DTYPE_BF16 ||
-        L.dt != SL_DTYPE_F32 || H % 256 || H > 256 * MOE_ROUTER_MAX_C || X.ld % 8 || R.ld % 8 ||
-        (uintptr_t)X.p % 16 || (uintptr_t)R.p % 16 || E > 1024 || k > 32 || k > E ||
-        X.rows * H * sizeof(__nv_bfloat16) > 48 * 1024) // x in the default shared memory
+    moe_router_norm nr = {cu_mat_of(resid), cu_mat_of(d), {w->data, w->dtype, 1, sl_tensor_numel(w), sl_tensor_numel(w)},
+                          eps, one_plus};
+    // the 8-wide norm over whole bf16 rows (norm_group<true>), resid copied in 16-byte chunks
+    if (!b->router_norm || nr.resid.dt != SL_DTYPE_BF16 || nr.w.cols != nr.d.cols || !cu_mat_vec_ok(nr.d) ||
+        !cu_mat_vec_ok(nr.w) || !cu_mat_vec_ok(nr.resid) || nr.resid.cols != nr.d.cols)
         return 0;
-    moe_route_dispatch<moe_router_k>(b, E, dim3((unsigned)cu_blocks(L.cols, 8)),
-                                     sizeof(__nv_bfloat16) * (size_t)(X.rows * H), X,
-                                     (const __nv_bfloat16 *)R.p, R.ld, L, (int32_t *)ids->data, sl_tensor_ld(ids),
-                                     (float *)weights->data, sl_tensor_ld(weights), k, norm, shared,
-                                     b->router_done);
-    return 1;
+    return moe_router_run(b, ids, weights, logits, x, router, k, norm, shared, &nr);
 }
 
 // ---- expert FFNs -----------------------------------------------------------------

@@ -11,6 +11,11 @@ void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_t
 // sl_be_moe_router in one kernel for up to 8 bf16 tokens (returns 0 elsewhere)
 int cu_moe_router(sl_backend *be, sl_tensor *ids, sl_tensor *weights, sl_tensor *logits, const sl_tensor *x,
                   const sl_tensor *router, int k, int norm, int shared);
+// sl_be_add_rmsnorm_router in one kernel where cu_moe_router applies and the
+// rows take the 8-wide norm (SL_CUDA_ROUTER_NORM=1; returns 0 elsewhere)
+int cu_add_rmsnorm_router(sl_backend *be, sl_tensor *x, sl_tensor *resid, const sl_tensor *d, const sl_tensor *w,
+                          float eps, int one_plus, sl_tensor *ids, sl_tensor *weights, sl_tensor *logits,
+                          const sl_tensor *router, int k, int norm, int shared);
 // gate_up and down must be BF16; H and I multiples of 8.
 void cu_moe_experts(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                     const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *down);

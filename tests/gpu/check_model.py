@@ -96,8 +96,9 @@ for arch in ["qwen3", "qwen3_moe", "qwen3_next"]:
 # are whole 128-groups (hidden 256): the FP8 codes made by the ops writing the activations
 # (SL_CUDA_FP8_ACT=1, NOTES.md v42: 5-token prompts and decode steps stay within the 8 rows
 # that get them), one token's MoE in one kernel (SL_CUDA_MOE_FP8_ONE=1, v43: every
-# decode step) and the fused GDN decode step (SL_CUDA_GDN_FUSE=1, v44) give the default's
-# logits and greedy tokens.
+# decode step), the fused GDN decode step (SL_CUDA_GDN_FUSE=1, v44) and the post-attention
+# norm inside the router (SL_CUDA_ROUTER_NORM=1, v45) give the default's logits and greedy
+# tokens.
 arch_now = None
 for arch in ["qwen3", "qwen3_moe", "qwen3_next"]:
     m = os.path.join(tmp, arch + "-fp8")
@@ -105,7 +106,7 @@ for arch in ["qwen3", "qwen3_moe", "qwen3_next"]:
         "--quantization", "fp8")
     json.dump([[5, 6, 7, 8, 9]], open(ids, "w"))
     res = []
-    for on in ["", "SL_CUDA_FP8_ACT", "SL_CUDA_MOE_FP8_ONE", "SL_CUDA_GDN_FUSE"]:
+    for on in ["", "SL_CUDA_FP8_ACT", "SL_CUDA_MOE_FP8_ONE", "SL_CUDA_GDN_FUSE", "SL_CUDA_ROUTER_NORM"]:
         env = dict(os.environ, **({on: "1"} if on else {}))
         out = os.path.join(tmp, f"a{on}.f32")
         r1 = subprocess.run([sluice, "logits", "--device", "cuda", "--model", m, "--ids-file", ids, "--out", out],
@@ -114,7 +115,8 @@ for arch in ["qwen3", "qwen3_moe", "qwen3_next"]:
                              "--max-new-tokens", "16"], capture_output=True, text=True, timeout=300, env=env)
         ok = not r1.returncode and not r2.returncode
         res.append((open(out, "rb").read() if ok else None, r2.stdout if ok else None))
-    for name, r in zip(["the ops' codes", "the one-token MoE kernel", "the fused GDN decode"], res[1:]):
+    for name, r in zip(["the ops' codes", "the one-token MoE kernel", "the fused GDN decode",
+                        "the norm inside the router"], res[1:]):
         check(res[0][0] is not None and r == res[0],
               f"{arch} fp8: logits and 16 greedy tokens with {name} == the default, bit for bit")
 print(f"model checks: {fails} failed")

@@ -40,8 +40,10 @@ for t in "$dir"/test_*; do
     for op in matmul_fp8 attention; do SL_CUDA_FP8_ACT=1 TAG=fp8act run "$name" 300 --filter $op; done
     # the fused GDN decode step (v44, off until measured): its cases against the three ops
     SL_CUDA_GDN_FUSE=1 TAG=gdnfuse run "$name" 300 --filter gdn
+    # the residual add + norm inside the router (v45, off until measured)
+    SL_CUDA_ROUTER_NORM=1 TAG=routernorm run "$name" 200 --filter moe_router
   fi
-  [ "$name" = test_engine_gpu ] && SL_CUDA_FP8_ACT=1 SL_CUDA_MOE_FP8_ONE=1 SL_CUDA_GDN_FUSE=1 TAG=blind \
+  [ "$name" = test_engine_gpu ] && SL_CUDA_FP8_ACT=1 SL_CUDA_MOE_FP8_ONE=1 SL_CUDA_GDN_FUSE=1 SL_CUDA_ROUTER_NORM=1 TAG=blind \
     run "$name" "${LIMIT:-150}"
   # every allocation NaN: a kernel reading memory nothing wrote fails the checks
   [ "$name" = test_engine_gpu ] && SL_CUDA_POISON=1 TAG=poisoned run "$name" "${LIMIT:-150}"

@@ -278,11 +278,23 @@ static void swiglu(sl_model *m, int li, const sl_tensor *gate_up, const sl_tenso
     trace(m, li, "down", out);
 }
 
-static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, const sl_fp8_act *xnq, sl_tensor *d)
+/* The layer's second half: x += d, xn = post_norm(x), then the MLP or the MoE
+ * into d. A MoE layer's norm and router are one op (sl_be_add_rmsnorm_router;
+ * no FP8 codes of xn then), except while tracing, which records each. */
+static void ffn_layer(sl_model *m, layer *ly, int T, sl_tensor *x, sl_tensor *xn, sl_tensor *d, int one_plus)
 {
     const sl_model_config *g = &m->lc;
     sl_backend *be = m->be;
     int li = (int)(ly - m->layers);
+    /* the dense gate_up (or an unfused shared expert's) reads these codes */
+    const sl_fp8_act *xnq = NULL;
+    if (!ly->moe || m->trace) {
+        sl_fp8_act *q = act_codes(m);
+        sl_be_add_rmsnorm(be, xn, x, d, &ly->post_norm, g->rms_eps, one_plus, q);
+        trace(m, li, "post_resid", x);
+        trace(m, li, "post_norm", xn);
+        xnq = q;
+    }
     if (!ly->moe) {
         swiglu(m, li, &ly->w_gate_up, &ly->w_gate_up_s, &ly->w_down, &ly->w_down_s, xn, xnq, d, T);
         return;
@@ -293,7 +305,11 @@ static void ffn_layer(sl_model *m, layer *ly, int T, const sl_tensor *xn, const 
     logits = cols_of(&logits, 0, g->n_experts + fused);
     ids = cols_of(&ids, 0, k + fused);
     w = cols_of(&w, 0, k + fused);
-    sl_be_moe_router(be, &ids, &w, &logits, xn, &ly->router, k, g->norm_topk_prob, fused);
+    if (m->trace)
+        sl_be_moe_router(be, &ids, &w, &logits, xn, &ly->router, k, g->norm_topk_prob, fused);
+    else
+        sl_be_add_rmsnorm_router(be, xn, x, d, &ly->post_norm, g->rms_eps, one_plus, &ids, &w, &logits, &ly->router,
+                                 k, g->norm_topk_prob, fused);
     trace(m, li, "router", &logits);
     trace(m, li, "route_ids", &ids);
     trace(m, li, "route_w", &w);
@@ -383,12 +399,7 @@ static sl_status forward_ops(sl_model *m, sl_model_cache *c, const sl_batch_meta
         if (ly->linear) linear_layer(m, ly, c, mt, &xn, xnq, &d);
         else attention_layer(m, ly, c, mt, &xn, xnq, &d);
         tp_all_reduce(m, &d, &s, e); /* o_proj / out_proj are row-parallel */
-        /* the dense gate_up (or an unfused shared expert's) reads these codes */
-        xnq = act_codes(m);
-        sl_be_add_rmsnorm(be, &xn, &x, &d, &ly->post_norm, g->rms_eps, one_plus, xnq);
-        trace(m, i, "post_resid", &x);
-        trace(m, i, "post_norm", &xn);
-        ffn_layer(m, ly, T, &xn, xnq, &d);
+        ffn_layer(m, ly, T, &x, &xn, &d, one_plus);
         tp_all_reduce(m, &d, &s, e); /* down projections (+ shared expert) are row-parallel */
     }
     /* only the requested rows go through the final norm and the LM head */

@@ -178,6 +178,12 @@ static const tb_case cases[] = {
     {SL_OP_MOE_ROUTER, BF, {5, 4096, 1000, 16, 1}, 1e-4},   /* 32 experts a lane, H at its limit */
     {SL_OP_MOE_ROUTER, BF, {9, 2048, 128, 8, 1}, 1e-4},     /* too many tokens: matmul + route */
     {SL_OP_MOE_ROUTER, BF, {2, 200, 64, 4, 1}, 1e-4},       /* H % 256 != 0: matmul + route */
+    /* p[6]: with the residual add + RMSNorm before it (sl_be_add_rmsnorm_router; CUDA fuses
+     * them with SL_CUDA_ROUTER_NORM=1), p[7] one_plus: bit for bit the two ops on CUDA */
+    {SL_OP_MOE_ROUTER, BF, {1, 2048, 128, 8, 1, 0, 1, 0}, 1e-4},
+    {SL_OP_MOE_ROUTER, BF, {4, 2048, 512, 10, 1, 1, 1, 1}, 1e-4},
+    {SL_OP_MOE_ROUTER, BF, {5, 4096, 1000, 16, 1, 0, 1, 1}, 1e-4},  /* x and resid past 48 KB: two ops */
+    {SL_OP_MOE_ROUTER, BF, {9, 2048, 128, 8, 1, 0, 1, 0}, 1e-4},    /* too many tokens: two ops */
 };
 
 static void moe_run(tb *t, const tb_case *c)
@@ -206,8 +212,8 @@ static void moe_run(tb *t, const tb_case *c)
     case SL_OP_MOE_ROUTER: {
         int T = p[0], H = p[1], E = p[2], k = p[3], sh = p[5];
         tb_pair r, lg;
-        snprintf(desc, sizeof desc, "T=%d H=%d E=%d k=%d%s%s", T, H, E, k, p[4] ? " norm" : "",
-                 sh ? " shared" : "");
+        snprintf(desc, sizeof desc, "T=%d H=%d E=%d k=%d%s%s%s", T, H, E, k, p[4] ? " norm" : "",
+                 sh ? " shared" : "", p[6] ? " +rmsnorm" : "");
         /* x·r of a few units (|x|, |r| < 1/sqrt(H) each): softmax weights far from 0 and 1 */
         float a = 2.0f / sqrtf((float)H);
         tb_pair_rand(t, &x, dt, 2, (tb_ne2(ne, T, H), ne), -1, 1);
@@ -226,6 +232,32 @@ static void moe_run(tb *t, const tb_case *c)
         sl_be_moe_route(t->cpu, &y.c, &w.c, &lg.c, k, p[4], sh);
         tb_compare(t, c->op, desc, "ids", &y.c, &y.g, -1);
         tb_compare(t, c->op, desc, "weights", &w.c, &w.g, c->tol);
+        if (p[6]) { /* x as d of the residual add + norm; resid, the norm weights drawn */
+            tb_pair rs, nw, xn, lg2, y2, w2;
+            tb_pair_rand(t, &rs, dt, 2, (tb_ne2(ne, T, H), ne), -2, 2);
+            tb_pair_rand(t, &nw, dt, 1, (ne[0] = H, ne), 0.5f, 1.5f);
+            tb_pair_out(t, &xn, dt, 2, (tb_ne2(ne, T, H), ne));
+            tb_pair_out(t, &lg2, F32, 2, (tb_ne2(ne, T, E + sh), ne));
+            tb_pair_out(t, &y2, SL_DTYPE_I32, 2, (tb_ne2(ne, T, k + sh), ne));
+            tb_pair_out(t, &w2, F32, 2, (tb_ne2(ne, T, k + sh), ne));
+            sl_err e = {0};
+            sl_tensor rs2, xn2;
+            if (sl_be_alloc(t->gpu, &rs2, dt, 2, rs.g.ne, &e) || sl_be_copy(t->gpu, &rs2, &rs.g, &e) ||
+                sl_be_alloc(t->gpu, &xn2, dt, 2, xn.g.ne, &e))
+                tb_die("router norm", &e);
+            /* the two ops on CUDA, then the one */
+            sl_be_add_rmsnorm(t->gpu, &xn.g, &rs.g, &x.g, &nw.g, 1e-6f, p[7], NULL);
+            sl_be_moe_router(t->gpu, &y.g, &w.g, &lg.g, &xn.g, &r.g, k, p[4], sh);
+            sl_be_add_rmsnorm_router(t->gpu, &xn2, &rs2, &x.g, &nw.g, 1e-6f, p[7], &y2.g, &w2.g, &lg2.g, &r.g, k, p[4],
+                                     sh);
+            static const char *const what[] = {"+norm resid", "+norm x", "+norm logits", "+norm ids", "+norm weights"};
+            const sl_tensor *two[] = {&rs.g, &xn.g, &lg.g, &y.g, &w.g}, *one[] = {&rs2, &xn2, &lg2.g, &y2.g, &w2.g};
+            for (int i = 0; i < 5; i++) tb_compare_exact(t, c->op, desc, what[i], two[i], one[i]);
+            sl_be_release(t->gpu, &rs2);
+            sl_be_release(t->gpu, &xn2);
+            tb_pair *all[] = {&rs, &nw, &xn, &lg2, &y2, &w2};
+            for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tb_pair_free(t, all[i]);
+        }
         tb_pair_free(t, &x);
         tb_pair_free(t, &r);
         tb_pair_free(t, &lg);
