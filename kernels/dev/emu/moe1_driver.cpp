@@ -4,7 +4,8 @@
 // garbage shared memory. Checked, each stage against the CPU op's arithmetic from the
 // kernel's own input to it: the gate_up outputs h (x quantized per 128-group), the down
 // outputs y (silu·up of h quantized per 128-group), the result (Σ_j w_j·y_j in j order, bit
-// for bit); the counters are zero afterwards and a second launch gives the same bits.
+// for bit); the counters are zero afterwards, a second launch gives the same bits, and the
+// per-pair path's GEMVs (k_fp8_gemv_cp) compute the same h and y bit for bit.
 // Appended to the kernel code by emu.py.
 static uint64_t rs = 0x2545f4914f6cdd1dull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
@@ -136,9 +137,37 @@ static int run_case(int H, int I, int E, int k, unsigned grid)
     }
     unsigned left = 0;
     for (unsigned v : sync) left += v;
-    ok = bad == 0 && rh < 1e-5 && ry < 1e-5 && mism == 0 && left == 0;
+    // the per-pair path's GEMVs (k_fp8_gemv_cp: x, then silu·up of its own h, quantized in the
+    // blocks) give the same h and y bit for bit
+    std::vector<float> h2(h.size(), NAN), y2(y.size(), NAN);
+    fp8_args pg = gu, pd = dn;
+    pg.out.p = h2.data();
+    pg.xin = m.x;
+    pd.out.p = y2.data();
+    pd.xin = pg.out;
+    pd.xsilu = 1;
+    for (int phase = 0; phase < 2; phase++) {
+        const fp8_args &f = phase ? pd : pg;
+        unsigned rows = (unsigned)((f.N + 16 * fp8_gemv_rt(f.G) - 1) / (16 * fp8_gemv_rt(f.G)));
+        for (unsigned ry2 = 0; ry2 < rows; ry2++)
+            for (unsigned p = 0; p < (unsigned)k; p++) {
+                emu_block blk(256);
+                blk.smem.assign(fp8_cp_smem(f.G, 1), (char)0xff);
+                std::vector<std::thread> th;
+                for (unsigned t = 0; t < 256; t++)
+                    th.emplace_back([&, t] {
+                        emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {p, ry2, 0}; blockDim = {256, 1, 1};
+                        gridDim = {(unsigned)k, rows, 1};
+                        k_fp8_gemv_cp<1>(f);
+                    });
+                for (auto &t : th) t.join();
+            }
+    }
+    int pair_diff = memcmp(h2.data(), h.data(), h.size() * 4) != 0 || memcmp(y2.data(), y.data(), y.size() * 4) != 0;
+    ok = bad == 0 && rh < 1e-5 && ry < 1e-5 && mism == 0 && left == 0 && !pair_diff;
     printf("one H=%d I=%d E=%d k=%d grid=%u: h rel L2 %.2e, y %.2e, nonfinite %d, sum != j-order sum or rerun %d, "
-           "counters left %u -> %s\n", H, I, E, k, grid, rh, ry, bad, mism, left, ok ? "ok" : "FAIL");
+           "counters left %u, h/y != the per-pair GEMVs' %d -> %s\n", H, I, E, k, grid, rh, ry, bad, mism, left,
+           pair_diff, ok ? "ok" : "FAIL");
     return ok;
 }
 
