@@ -73,11 +73,11 @@ __device__ __forceinline__ float fp8_quant_group(cu_mat src, int silu, int64_t r
         }
         mx = fmaxf(mx, fabsf(v[i]));
     }
-    float s = cu_warp_max(mx) / SL_FP8_MAX;
+    float s = fp8_scale(cu_warp_max(mx));
     uint32_t codes = 0;
 #pragma unroll
     for (int i = 0; i < 4; i++)
-        if (k0 + i < K && s > 0.0f) codes |= (uint32_t)cu_f32_to_e4m3(v[i] / s) << (8 * i);
+        if (k0 + i < K) codes |= fp8_code(v[i], s) << (8 * i);
     *(uint32_t *)(q + lane * 4) = codes;
     return s;
 }
@@ -201,6 +201,13 @@ typedef struct fp8_args {
 __host__ __device__ constexpr int fp8_gemv_rt(int G)
 {
     return G <= 2 ? 4 : G <= 4 ? 2 : 1;
+}
+
+// Blocks of 16·RT weight rows over a's N rows
+__host__ __device__ inline unsigned fp8_gemv_row_blocks(const fp8_args &a)
+{
+    int rows = 16 * fp8_gemv_rt(a.G);
+    return (unsigned)((a.N + rows - 1) / rows);
 }
 
 // cp.async of 16 / 4 bytes (bytes = 0: zeros, nothing read)
@@ -403,13 +410,15 @@ __global__ void __launch_bounds__(32 * GV8_WARPS, NT <= 4 ? 4 : 2) k_fp8_gemv_tc
 
 __host__ __device__ inline int fp8_cp_pitch(int G) { return G * FP8_G + FP8_CP_PAD; }
 
-// Bytes: weight codes [16·RT][pitch], x codes [MX][pitch], weight scales
-// [16·RT][G + 1], x scales [MX][G + 1] (the + 1 spreads a column over banks)
-__host__ __device__ inline size_t fp8_cp_smem(int G, int MX)
+// Bytes of n staged rows: codes [n][pitch] and scales [n][G + 1] (the + 1
+// spreads a column over banks)
+__host__ __device__ inline size_t fp8_cp_rows_bytes(int G, int n)
 {
-    int rows = 16 * fp8_gemv_rt(G);
-    return (size_t)(rows + MX) * fp8_cp_pitch(G) + sizeof(float) * (size_t)(rows + MX) * (G + 1);
+    return (size_t)n * fp8_cp_pitch(G) + sizeof(float) * (size_t)n * (G + 1);
 }
+
+// k_fp8_gemv_cp's: the 16·RT weight rows, then MX x rows
+__host__ __device__ inline size_t fp8_cp_smem(int G, int MX) { return fp8_cp_rows_bytes(G, 16 * fp8_gemv_rt(G) + MX); }
 
 // cp.async of weight rows nb .. nb + RB - 1 of w (codes, zeros past a.N and
 // a.K, rows fp8_cp_pitch(a.G) apart) into sw and their scales (a.G + 1 a
@@ -564,11 +573,10 @@ typedef struct moe1_args {
 
 // Shared memory: x's codes and scales, a pair's silu·up codes and scales,
 // then the stages, each a tile of either phase (fp8_stage_tile's layout).
-__host__ __device__ inline size_t moe1_row_bytes(int G) { return ((size_t)fp8_cp_pitch(G) + 4 * (G + 1) + 15) & ~(size_t)15; }
+__host__ __device__ inline size_t moe1_row_bytes(int G) { return (fp8_cp_rows_bytes(G, 1) + 15) & ~(size_t)15; }
 __host__ __device__ inline size_t moe1_tile_bytes(int G)
 {
-    int rows = 16 * fp8_gemv_rt(G);
-    return ((size_t)rows * fp8_cp_pitch(G) + sizeof(float) * (size_t)rows * (G + 1) + 15) & ~(size_t)15;
+    return (fp8_cp_rows_bytes(G, 16 * fp8_gemv_rt(G)) + 15) & ~(size_t)15;
 }
 __host__ __device__ inline size_t moe1_stage_bytes(int G1, int G2)
 {
@@ -593,8 +601,7 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_moe_one(moe1_args a)
     __shared__ int last;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int k = a.gu.topk, G1 = a.gu.G, G2 = a.dn.G;
-    const int RB1 = 16 * fp8_gemv_rt(G1), RB2 = 16 * fp8_gemv_rt(G2);
-    const int nb1 = (a.gu.N + RB1 - 1) / RB1, nb2 = (a.dn.N + RB2 - 1) / RB2; // row blocks a pair
+    const int nb1 = (int)fp8_gemv_row_blocks(a.gu), nb2 = (int)fp8_gemv_row_blocks(a.dn); // row blocks a pair
     const int n1 = k * nb1, n = n1 + k * nb2;
     uint8_t *sx = m1_sm, *sh = m1_sm + moe1_row_bytes(G1), *st = sh + moe1_row_bytes(G2);
     float *ssx = (float *)(sx + fp8_cp_pitch(G1)), *ssh = (float *)(sh + fp8_cp_pitch(G2));
@@ -602,18 +609,36 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_moe_one(moe1_args a)
     unsigned *pair_done = a.sync, *rb_done = a.sync + MOE1_MAXK, *blocks_done = rb_done + MOE1_MAXRB;
     cu_pdl_wait(); // the routing and x come from the kernels before
     cu_pdl_trigger();
-    // item it into stage i % MOE1_STAGES (none past the last: an empty group,
-    // so that every iteration waits for the same count)
-    auto issue = [&](int i) {
+    // the block's i-th item: its phase, GEMV arguments, pair, row block, rows
+    // a block, and its stage (weight codes, then scales)
+    struct item {
+        bool p1;
+        const fp8_args *f;
+        int pair, rb, RB;
+        uint8_t *sw;
+        float *sws;
+    };
+    auto item_of = [&](int i) {
         int it = blockIdx.x + i * gridDim.x;
-        if (it < n) {
-            bool p1 = it < n1;
-            const fp8_args &f = p1 ? a.gu : a.dn;
-            int q = p1 ? it : it - n1, nbk = p1 ? nb1 : nb2, RB = p1 ? RB1 : RB2;
-            int64_t e = f.ids[q / nbk];
-            uint8_t *sw = st + (size_t)(i % MOE1_STAGES) * stage;
-            fp8_stage_tile(sw, (float *)(sw + (size_t)RB * fp8_cp_pitch(f.G)), f, f.w + e * f.ew, f.ws + e * f.ews,
-                           q % nbk * RB, RB);
+        item m;
+        m.p1 = it < n1;
+        m.f = m.p1 ? &a.gu : &a.dn;
+        int q = m.p1 ? it : it - n1, nbk = m.p1 ? nb1 : nb2;
+        m.pair = q / nbk;
+        m.rb = q % nbk;
+        m.RB = 16 * fp8_gemv_rt(m.f->G);
+        m.sw = st + (size_t)(i % MOE1_STAGES) * stage;
+        m.sws = (float *)(m.sw + (size_t)m.RB * fp8_cp_pitch(m.f->G));
+        return m;
+    };
+    // item i into its stage (none past the last: an empty group, so that every
+    // iteration waits for the same count)
+    auto issue = [&](int i) {
+        if (blockIdx.x + i * gridDim.x < n) {
+            item m = item_of(i);
+            const fp8_args &f = *m.f;
+            int64_t e = f.ids[m.pair];
+            fp8_stage_tile(m.sw, m.sws, f, f.w + e * f.ew, f.ws + e * f.ews, m.rb * m.RB, m.RB);
         }
         asm volatile("cp.async.commit_group;\n" ::);
     };
@@ -625,12 +650,12 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_moe_one(moe1_args a)
         if (lane == 0) ssx[g] = s;
     }
     for (int i = 0; blockIdx.x + i * gridDim.x < n; i++) {
-        const int it = blockIdx.x + i * gridDim.x;
         issue(i + MOE1_STAGES - 1);
         asm volatile("cp.async.wait_group %0;\n" ::"n"(MOE1_STAGES - 1) : "memory");
-        const bool p1 = it < n1;
-        const fp8_args &f = p1 ? a.gu : a.dn;
-        const int q = p1 ? it : it - n1, nbk = p1 ? nb1 : nb2, RB = p1 ? RB1 : RB2, pair = q / nbk, rb = q % nbk;
+        const item m = item_of(i);
+        const fp8_args &f = *m.f;
+        const int pair = m.pair, rb = m.rb, RB = m.RB;
+        const bool p1 = m.p1;
         if (!p1) {
             // the pair's gate_up rows are all written: quantize its silu·up
             if (threadIdx.x == 0) { // (a grid that is not all resident would wait forever: trap instead)
@@ -647,9 +672,7 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_moe_one(moe1_args a)
             }
         }
         __syncthreads(); // the stage's copies (every thread's) and the codes
-        const uint8_t *sw = st + (size_t)(i % MOE1_STAGES) * stage;
-        fp8_cp_tile<1>(red, sw, (const float *)(sw + (size_t)RB * fp8_cp_pitch(f.G)), p1 ? sx : sh, p1 ? ssx : ssh,
-                       f.G, 1);
+        fp8_cp_tile<1>(red, m.sw, m.sws, p1 ? sx : sh, p1 ? ssx : ssh, f.G, 1);
         fp8_gemv_store<1>(red, f, RB / 16, GV8_WARPS / (RB / 16), rb * RB, 1, pair);
         __threadfence(); // the outputs before the counters that publish them
         __syncthreads();
@@ -1129,11 +1152,6 @@ __global__ void __launch_bounds__(256) k_fp8_gemm(fp8_args a)
 // ---- host ----------------------------------------------------------------------
 
 // Blocks of k_fp8_gemv_tc over N weight rows
-static unsigned fp8_gemv_row_blocks(const fp8_args &a)
-{
-    return cu_blocks(a.N, 16 * fp8_gemv_rt(a.G));
-}
-
 // Dense GEMVs split K in two over a thread-block cluster where the output has
 // fewer than two blocks an SM and each warp still streams at least
 // FP8_GV_SPLIT_GROUPS groups of its half: Qwen3-8B's down (N = 4096, K =
@@ -1370,8 +1388,7 @@ size_t cu_moe1_sync_bytes(void) { return sizeof(unsigned) * (MOE1_MAXK + MOE1_MA
 static int moe1_launch(cu_backend *b, const fp8_args &gu, const fp8_args &dn, const sl_tensor *x,
                        const sl_tensor *weights, cu_mat out)
 {
-    int k = gu.topk, RB2 = 16 * fp8_gemv_rt(dn.G), nb2 = (dn.N + RB2 - 1) / RB2;
-    int n = k * ((gu.N + 16 * fp8_gemv_rt(gu.G) - 1) / (16 * fp8_gemv_rt(gu.G)) + nb2);
+    int k = gu.topk, nb2 = (int)fp8_gemv_row_blocks(dn), n = k * ((int)fp8_gemv_row_blocks(gu) + nb2);
     size_t smem = moe1_smem(gu.G, dn.G);
     if (!gu.vec || !dn.vec || k > MOE1_MAXK || nb2 > MOE1_MAXRB || smem > MOE1_MAX_SMEM ||
         sl_tensor_cols(weights) != k)
@@ -1490,6 +1507,25 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
     b->mm_last = gemv ? "fp8_moe_expert_gemv" : names[wg][bm == 128 ? 2 : bm == 64 ? 1 : 0];
 }
 
+// The per-pair path (after x's quantization): the GEMV over each pair's
+// expert (gate_up), again over down with silu·up quantized by it, then the
+// routing-weighted sum in j order.
+static void moe_fp8_pairs(cu_backend *b, fp8_args a, fp8_args d, int T, int k, cu_mat out, const sl_tensor *weights,
+                          const float *y)
+{
+    unsigned P = (unsigned)(T * k);
+    int H = d.N;
+    // each GEMV right after a quantization, which writes no ids
+    a.ids_early = d.ids_early = 1;
+    fp8_gemv_launch(b, a, P);
+    d.xin = a.out; // silu·up quantized by the down GEMV (or just before it)
+    d.xsilu = 1;
+    fp8_gemv_launch(b, d, P);
+    cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0, out, y,
+              (const float *)weights->data, sl_tensor_ld(weights), k, H);
+    b->mm_last = "fp8_moe_gemv";
+}
+
 void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
                         const sl_tensor *weights, const sl_tensor *gate_up, const sl_tensor *gate_up_scale,
                         const sl_tensor *down, const sl_tensor *down_scale)
@@ -1551,21 +1587,11 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
                                    (path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_EXPERT_GEMV_MIN_T));
     int one = T == 1 && (path == SL_CUDA_MOE_FP8_ONE || (path == SL_CUDA_MOE_FP8_AUTO && b->moe_fp8_one));
     if (one && !grouped && !expert_gemv && moe1_launch(b, a, d, x, weights, cu_mat_of(out))) {
-        b->mm_last = "fp8_moe_one";
-    } else if (grouped || expert_gemv) {
-        fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
-        moe_fp8_grouped(b, a, d, T, k, E, cu_mat_of(out), weights, y, expert_gemv, wg);
+        b->mm_last = "fp8_moe_one"; // (it quantizes x itself)
     } else {
         fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
-        // each GEMV right after a quantization, which writes no ids
-        a.ids_early = d.ids_early = 1;
-        fp8_gemv_launch(b, a, (unsigned)P);
-        d.xin = a.out; // silu·up quantized by the down GEMV (or just before it)
-        d.xsilu = 1;
-        fp8_gemv_launch(b, d, (unsigned)P);
-        cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0,
-                  cu_mat_of(out), (const float *)y, (const float *)weights->data, sl_tensor_ld(weights), k, H);
-        b->mm_last = "fp8_moe_gemv";
+        if (grouped || expert_gemv) moe_fp8_grouped(b, a, d, T, k, E, cu_mat_of(out), weights, y, expert_gemv, wg);
+        else moe_fp8_pairs(b, a, d, T, k, cu_mat_of(out), weights, y);
     }
     cu_tmp_free(b, y);
     cu_tmp_free(b, sh);

@@ -49,6 +49,12 @@ __device__ __forceinline__ uint4 fp8_ld16(const uint8_t *wr, int k, int K, int v
     return make_uint4(v[0], v[1], v[2], v[3]);
 }
 
+// The per-group quantization rule (the CPU op's, kernels/cpu/fp8.c), one
+// place for every kernel that quantizes: the group's scale s = max|x| / 448,
+// a value's code e4m3(x / s), zero where s = 0 (an all-zero group).
+__device__ __forceinline__ float fp8_scale(float amax) { return amax / SL_FP8_MAX; }
+__device__ __forceinline__ uint32_t fp8_code(float x, float s) { return s > 0.0f ? cu_f32_to_e4m3(x / s) : 0u; }
+
 // Where an op writing an activation puts its FP8 codes (sl_fp8_act): row r's
 // codes at codes + r·G·128, its scales at scales + r·G; codes NULL: none.
 typedef struct cu_fp8_dst {
@@ -74,11 +80,10 @@ __device__ __forceinline__ void fp8_quant8(const cu_fp8_dst &q, int dt, const fl
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     if (!in) return;
-    float s = mx / SL_FP8_MAX;
+    float s = fp8_scale(mx);
     uint32_t w[2] = {0, 0};
 #pragma unroll
-    for (int k = 0; k < 8; k++)
-        if (s > 0.0f) w[k >> 2] |= (uint32_t)cu_f32_to_e4m3(x[k] / s) << (8 * (k & 3));
+    for (int k = 0; k < 8; k++) w[k >> 2] |= fp8_code(x[k], s) << (8 * (k & 3));
     *(uint2 *)(q.codes + r * q.G * FP8_G + c) = make_uint2(w[0], w[1]);
     if (c % FP8_G == 0) q.scales[r * q.G + c / FP8_G] = s;
 }
@@ -90,8 +95,8 @@ __device__ __forceinline__ void fp8_quant_block(const cu_fp8_dst &q, int dt, flo
     float x = cu_round(dt, v), m = cu_warp_max(fabsf(x));
     if ((threadIdx.x & 31) == 0) mx[threadIdx.x >> 5] = m;
     __syncthreads();
-    float s = fmaxf(fmaxf(mx[0], mx[1]), fmaxf(mx[2], mx[3])) / SL_FP8_MAX;
-    q.codes[r * q.G * FP8_G + c] = s > 0.0f ? cu_f32_to_e4m3(x / s) : 0;
+    float s = fp8_scale(fmaxf(fmaxf(mx[0], mx[1]), fmaxf(mx[2], mx[3])));
+    q.codes[r * q.G * FP8_G + c] = (uint8_t)fp8_code(x, s);
     if (c % FP8_G == 0) q.scales[r * q.G + c / FP8_G] = s;
     __syncthreads(); // mx is reused
 }

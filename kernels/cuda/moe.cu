@@ -198,11 +198,9 @@ __global__ void __launch_bounds__(256) k_moe_router(cu_mat x, const __nv_bfloat1
     asm volatile("cp.async.commit_group;\n" ::);
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
     __syncthreads();
-    cu_norm_args na;
     if constexpr (NORM) { // x = rmsnorm(resid + d), resid + d kept in the shared copy
-        cu_mat none = {NULL, SL_DTYPE_F32, 0, 0, 0};
-        na = {{rx, SL_DTYPE_BF16, T, H, H}, nr.d, {rx + T * H, SL_DTYPE_BF16, T, H, H}, none, nr.w, nr.eps,
-              nr.one_plus, 1, {}};
+        cu_norm_args na = {{rx, SL_DTYPE_BF16, T, H, H}, nr.d, {rx + T * H, SL_DTYPE_BF16, T, H, H}, cu_norm_none(),
+                           nr.w, nr.eps, nr.one_plus, 1, {}};
         for (int t = 0; t < T; t++)
             norm_group<true, false>(na, t, threadIdx.x, blockDim.x, [&](float v) { return cu_block_sum(v, red); });
         __syncthreads();
@@ -293,8 +291,7 @@ int cu_add_rmsnorm_router(sl_backend *be, sl_tensor *x, sl_tensor *resid, const 
                           const sl_tensor *router, int k, int norm, int shared)
 {
     cu_backend *b = cu_be(be);
-    moe_router_norm nr = {cu_mat_of(resid), cu_mat_of(d), {w->data, w->dtype, 1, sl_tensor_numel(w), sl_tensor_numel(w)},
-                          eps, one_plus};
+    moe_router_norm nr = {cu_mat_of(resid), cu_mat_of(d), cu_norm_w(w), eps, one_plus};
     // the 8-wide norm over whole bf16 rows (norm_group<true>), resid copied in 16-byte chunks
     if (!b->router_norm || nr.resid.dt != SL_DTYPE_BF16 || nr.w.cols != nr.d.cols || !cu_mat_vec_ok(nr.d) ||
         !cu_mat_vec_ok(nr.w) || !cu_mat_vec_ok(nr.resid) || nr.resid.cols != nr.d.cols)

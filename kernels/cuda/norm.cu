@@ -56,23 +56,10 @@ static void norm_launch(sl_backend *be, cu_norm_args a, sl_fp8_act *q)
     }
 }
 
-static cu_mat no_mat(void)
-{
-    cu_mat m = {NULL, SL_DTYPE_F32, 0, 0, 0};
-    return m;
-}
-
-// w as a [1, D] row
-static cu_mat w_row(const sl_tensor *w)
-{
-    cu_mat m = {w->data, w->dtype, 1, sl_tensor_numel(w), sl_tensor_numel(w)};
-    return m;
-}
-
 void cu_rmsnorm(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w, float eps,
                 int one_plus)
 {
-    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), no_mat(), no_mat(), w_row(w), eps, one_plus, 0, {}};
+    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), cu_norm_none(), cu_norm_none(), cu_norm_w(w), eps, one_plus, 0, {}};
     norm_launch(be, a, NULL);
 }
 
@@ -80,25 +67,28 @@ void cu_add_rmsnorm(sl_backend *be, sl_tensor *out, sl_tensor *resid, const sl_t
                     const sl_tensor *w, float eps, int one_plus, sl_fp8_act *q)
 {
     SL_ASSERT(sl_tensor_numel(w) == sl_tensor_cols(x));
-    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), cu_mat_of(resid), no_mat(), w_row(w),
+    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), cu_mat_of(resid), cu_norm_none(), cu_norm_w(w),
                       eps, one_plus, 0, {}};
     norm_launch(be, a, q);
+}
+
+static cu_norm_args gated_args(sl_tensor *out, const sl_tensor *x, const sl_tensor *z, const sl_tensor *w, float eps)
+{
+    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), cu_norm_none(), cu_mat_of(z), cu_norm_w(w), eps, 0, 0, {}};
+    return a;
 }
 
 void cu_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
                       const sl_tensor *w, float eps, sl_fp8_act *q)
 {
-    cu_norm_args a = {cu_mat_of(out), cu_mat_of(x), no_mat(), cu_mat_of(z), w_row(w), eps, 0, 0, {}};
-    norm_launch(be, a, q);
+    norm_launch(be, gated_args(out, x, z, w, eps), q);
 }
 
 bool cu_norm_gated_args(sl_backend *be, cu_norm_args *a, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
                         const sl_tensor *w, float eps, sl_fp8_act *q)
 {
-    cu_norm_args n = {cu_mat_of(out), cu_mat_of(x), no_mat(), cu_mat_of(z), w_row(w), eps, 0, 0, {}};
-    bool vec = norm_prepare(be, n, q);
-    *a = n;
-    return vec;
+    *a = gated_args(out, x, z, w, eps);
+    return norm_prepare(be, *a, q);
 }
 
 template <bool VEC>

@@ -72,4 +72,18 @@ void cu_rmsnorm_gated(sl_backend *be, sl_tensor *out, const sl_tensor *x, const 
 bool cu_norm_gated_args(sl_backend *be, cu_norm_args *a, sl_tensor *out, const sl_tensor *x, const sl_tensor *z,
                         const sl_tensor *w, float eps, sl_fp8_act *q);
 
+// An absent operand (resid, z)
+__host__ __device__ inline cu_mat cu_norm_none(void)
+{
+    cu_mat m = {NULL, SL_DTYPE_F32, 0, 0, 0};
+    return m;
+}
+
+// The norm weights w as a [1, D] row
+static inline cu_mat cu_norm_w(const sl_tensor *w)
+{
+    cu_mat m = {w->data, w->dtype, 1, sl_tensor_numel(w), sl_tensor_numel(w)};
+    return m;
+}
+
 #endif

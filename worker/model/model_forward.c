@@ -278,24 +278,26 @@ static void swiglu(sl_model *m, int li, const sl_tensor *gate_up, const sl_tenso
     trace(m, li, "down", out);
 }
 
+/* x += d; xn = post_norm(x), with xn's FP8 codes into q (sl_fp8_act, NULL: none) */
+static void post_norm(sl_model *m, layer *ly, sl_tensor *x, sl_tensor *xn, const sl_tensor *d, int one_plus,
+                      sl_fp8_act *q)
+{
+    int li = (int)(ly - m->layers);
+    sl_be_add_rmsnorm(m->be, xn, x, d, &ly->post_norm, m->lc.rms_eps, one_plus, q);
+    trace(m, li, "post_resid", x);
+    trace(m, li, "post_norm", xn);
+}
+
 /* The layer's second half: x += d, xn = post_norm(x), then the MLP or the MoE
- * into d. A MoE layer's norm and router are one op (sl_be_add_rmsnorm_router;
- * no FP8 codes of xn then), except while tracing, which records each. */
+ * into d. */
 static void ffn_layer(sl_model *m, layer *ly, int T, sl_tensor *x, sl_tensor *xn, sl_tensor *d, int one_plus)
 {
     const sl_model_config *g = &m->lc;
     sl_backend *be = m->be;
     int li = (int)(ly - m->layers);
-    /* the dense gate_up (or an unfused shared expert's) reads these codes */
-    const sl_fp8_act *xnq = NULL;
-    if (!ly->moe || m->trace) {
-        sl_fp8_act *q = act_codes(m);
-        sl_be_add_rmsnorm(be, xn, x, d, &ly->post_norm, g->rms_eps, one_plus, q);
-        trace(m, li, "post_resid", x);
-        trace(m, li, "post_norm", xn);
-        xnq = q;
-    }
     if (!ly->moe) {
+        sl_fp8_act *xnq = act_codes(m); /* gate_up reads these codes */
+        post_norm(m, ly, x, xn, d, one_plus, xnq);
         swiglu(m, li, &ly->w_gate_up, &ly->w_gate_up_s, &ly->w_down, &ly->w_down_s, xn, xnq, d, T);
         return;
     }
@@ -305,11 +307,16 @@ static void ffn_layer(sl_model *m, layer *ly, int T, sl_tensor *x, sl_tensor *xn
     logits = cols_of(&logits, 0, g->n_experts + fused);
     ids = cols_of(&ids, 0, k + fused);
     w = cols_of(&w, 0, k + fused);
-    if (m->trace)
+    /* the norm and the router in one op, except while tracing, which records
+     * each; no codes of xn either way (an unfused shared expert's gate_up
+     * quantizes xn itself) */
+    if (m->trace) {
+        post_norm(m, ly, x, xn, d, one_plus, NULL);
         sl_be_moe_router(be, &ids, &w, &logits, xn, &ly->router, k, g->norm_topk_prob, fused);
-    else
+    } else {
         sl_be_add_rmsnorm_router(be, xn, x, d, &ly->post_norm, g->rms_eps, one_plus, &ids, &w, &logits, &ly->router,
                                  k, g->norm_topk_prob, fused);
+    }
     trace(m, li, "router", &logits);
     trace(m, li, "route_ids", &ids);
     trace(m, li, "route_w", &w);
@@ -321,7 +328,7 @@ static void ffn_layer(sl_model *m, layer *ly, int T, sl_tensor *x, sl_tensor *xn
     trace(m, li, "experts", d);
     if (g->shared_expert_intermediate_size > 0 && !fused) {
         sl_tensor sh = rows_of(&m->s.shared, T), sg = rows_of(&m->s.sgate, T);
-        swiglu(m, li, &ly->sh_gate_up, &ly->sh_gate_up_s, &ly->sh_down, &ly->sh_down_s, xn, xnq, &sh, T);
+        swiglu(m, li, &ly->sh_gate_up, &ly->sh_gate_up_s, &ly->sh_down, &ly->sh_down_s, xn, NULL, &sh, T);
         sl_be_matmul(be, &sg, xn, &ly->sh_gate);
         trace(m, li, "shared_gate", &sg);
         sl_be_sigmoid_mul(be, &sh, &sg, NULL);

@@ -55,41 +55,21 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     std::vector<float> part;
     if (nsplit > 1) { part.assign((size_t)T * Hq * nsplit * (D + 2), NAN); a.part = part.data(); }
     int n_hb = a.G / a.gh;
-    for (unsigned z = 0; z < (unsigned)nsplit; z++)
-        for (unsigned y = 0; y < (unsigned)(Hkv * n_hb); y++)
-            for (unsigned x = 0; x < tiles.size(); x++) {
-                emu_block blk((int)nth);
-                blk.smem.assign(kv == 3 ? wg2_cfg<D>::BYTES : kv ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, (char)0xff); // NaN-ish garbage
-                std::vector<std::thread> th;
-                for (unsigned t = 0; t < nth; t++)
-                    th.emplace_back([&, t] {
-                        emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = {nth, 1, 1};
-                        gridDim = {(unsigned)tiles.size(), (unsigned)(Hkv * n_hb), (unsigned)nsplit};
-                        if (kv == 3) k_attn_wg2<D>(a);
-                        else if (kv == 2) k_attn_wg<D, true>(a);
-                        else if (kv) k_attn_wg<D, false>(a);
-                        else k_attn_fa2<D>(a);
-                        SL_ASSERT(emu_wg_idle());
-                    });
-                for (auto &t : th) t.join();
-            }
+    emu_grid({(unsigned)tiles.size(), (unsigned)(Hkv * n_hb), (unsigned)nsplit}, nth,
+             kv == 3 ? wg2_cfg<D>::BYTES : kv ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, [&] {
+                 if (kv == 3) k_attn_wg2<D>(a);
+                 else if (kv == 2) k_attn_wg<D, true>(a);
+                 else if (kv) k_attn_wg<D, false>(a);
+                 else k_attn_fa2<D>(a);
+                 SL_ASSERT(emu_wg_idle());
+             });
     // the merge of the splits, 128 threads a (token, head), with the output's FP8 codes
     // where a head is whole 128-groups (sl_fp8_act), checked below
     int G8 = Hq * D / 128, codes_on = nsplit > 1 && D % 128 == 0;
     std::vector<uint8_t> codes((size_t)T * Hq * D, 0xff);
     std::vector<float> scales((size_t)T * G8, NAN);
     if (codes_on) a.oq = {codes.data(), scales.data(), G8};
-    if (nsplit > 1)
-        for (unsigned t = 0; t < (unsigned)T; t++) for (unsigned h = 0; h < (unsigned)Hq; h++) {
-            emu_block blk(128);
-            std::vector<std::thread> th;
-            for (unsigned i = 0; i < 128; i++)
-                th.emplace_back([&, i] {
-                    emu_b = &blk; threadIdx = {i, 0, 0}; blockIdx = {t, h, 0}; blockDim = {128, 1, 1};
-                    k_attn_combine(a, D);
-                });
-            for (auto &x : th) x.join();
-        }
+    if (nsplit > 1) emu_grid({(unsigned)T, (unsigned)Hq, 1}, 128, 0, [&] { k_attn_combine(a, D); });
     int code_bad = 0; // the codes of each 128-group of the stored output: k_fp8_quant's rule
     for (int t = 0; codes_on && t < T; t++)
         for (int g = 0; g < G8; g++) {

@@ -40,18 +40,19 @@ def cut(text, a, b):
     return text[i:text.index(b, i)]
 
 
-def attn_body():
-    src, wg, f8 = read("attention.cu"), read("wgmma.cuh"), read("fp8.cuh")
-    body = "\n".join(["#define FP8_G 128",
-                      cut(f8, "// Where an op writing an activation puts its FP8 codes", "// The codes destination of an op"),
-                      cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
-                      cut(src, "typedef struct cu_attn_args {", "// Shared memory of k_attn:"),
-                      cut(src, "#define FA2_WARPS 4", "// ldmatrix x4:"),  # the asm helpers come from the shim
-                      cut(src, "// Two floats as a bf16 pair", "// The kernels: 16-row tiles")])
-    body = body.replace("extern __shared__ __align__(128) char smem[];", "char *smem = emu_smem();")
-    body = body.replace("extern __shared__ __align__(1024) char smem_raw[];", "char *smem_raw = emu_smem();")
-    body = body.replace("__shared__ float mx[4];", "float *mx = emu_static_floats();")
-    return body.replace("__global__ void k_attn_combine(", "static void k_attn_combine(")
+# The FP8 quantization rule and the codes an op writes (fp8.cuh)
+CODES = ("// The per-group quantization rule", "// The codes destination of an op")
+
+
+def assemble(parts, swaps=()):
+    """The kernel code of a target: its pieces after FP8_G, cp.async and the named
+    shared-memory declarations (swaps: (declaration, its emulation)) turned into the
+    shim's; no instruction the shim does not emulate may be left."""
+    body = shim_cp_async("\n".join(["#define FP8_G 128"] + parts))
+    for old, new in swaps:
+        body = body.replace(old, new)
+    assert "asm" not in body and "__shared__" not in body, "an instruction the shim does not emulate"
+    return body
 
 
 def shim_cp_async(body):
@@ -62,56 +63,60 @@ def shim_cp_async(body):
     return re.sub(r'asm volatile\("cp\.async\.wait_group 0;\\n" ::: "memory"\);', "emu_cp_wait(0);", body)
 
 
+def attn_body():
+    src, wg, f8 = read("attention.cu"), read("wgmma.cuh"), read("fp8.cuh")
+    return assemble([cut(f8, *CODES),
+                     cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
+                     cut(src, "typedef struct cu_attn_args {", "// Shared memory of k_attn:"),
+                     cut(src, "#define FA2_WARPS 4", "// ldmatrix x4:"),  # the asm helpers come from the shim
+                     cut(src, "// Two floats as a bf16 pair", "// The kernels: 16-row tiles")],
+                    [("extern __shared__ __align__(128) char smem[];", "char *smem = emu_smem();"),
+                     ("extern __shared__ __align__(1024) char smem_raw[];", "char *smem_raw = emu_smem();"),
+                     ("__shared__ float mx[4];", "float *mx = emu_static_floats();"),
+                     ("__global__ void k_attn_combine(", "static void k_attn_combine(")])
+
+
 def fp8_body():
     src, wg, moe = read("fp8.cu"), read("wgmma.cuh"), read("moe.cuh")
-    body = "\n".join(["#define FP8_G 128",
-                      cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
-                      cut(moe, "typedef struct cu_moe_plan {", "// Plans the pairs"),
-                      cut(src, "typedef struct fp8_args {", "#define GV8_WARPS"),
-                      cut(src, "#define TC_BM 128", "// ---- CUDA-core GEMM")])
-    body = shim_cp_async(body)
-    body = body.replace("extern __shared__ __align__(128) uint8_t tc_smem[];", "uint8_t *tc_smem = (uint8_t *)emu_smem();")
-    body = body.replace("extern __shared__ __align__(1024) uint8_t wg8_smem[];", "uint8_t *wg8_smem = (uint8_t *)emu_smem();")
-    # a block's static __shared__ array: one per block, not per thread
-    body = body.replace("__shared__ int xr[BM];", "int *xr = emu_static_ints();")
-    body = body.replace("__shared__ int xr[BT];", "int *xr = emu_static_ints();")
-    assert "asm" not in body and "__shared__" not in body, "an instruction the shim does not emulate"
-    return body
+    return assemble([cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
+                     cut(moe, "typedef struct cu_moe_plan {", "// Plans the pairs"),
+                     cut(src, "typedef struct fp8_args {", "#define GV8_WARPS"),
+                     cut(src, "#define TC_BM 128", "// ---- CUDA-core GEMM")],
+                    [("extern __shared__ __align__(128) uint8_t tc_smem[];", "uint8_t *tc_smem = (uint8_t *)emu_smem();"),
+                     ("extern __shared__ __align__(1024) uint8_t wg8_smem[];", "uint8_t *wg8_smem = (uint8_t *)emu_smem();"),
+                     # a block's static __shared__ array: one per block, not per thread
+                     ("__shared__ int xr[BM];", "int *xr = emu_static_ints();"),
+                     ("__shared__ int xr[BT];", "int *xr = emu_static_ints();")])
 
 
 def moe1_body():
     src, hdr = read("fp8.cu"), read("fp8.cuh")
-    body = "\n".join(["#define FP8_G 128",
-                      cut(hdr, "__host__ __device__ __forceinline__ int fp8_groups", "// 16 weight codes of row wr"),
-                      cut(src, "// One warp quantizes the 128-group g", "#define FP8_QUANT_WARPS"),
-                      cut(src, "typedef struct fp8_args {", "template <int NT>\n__global__ void __launch_bounds__(32 * GV8_WARPS, NT <= 4"),
-                      cut(src, "// ---- decode GEMV through shared memory", "// ---- tensor-core GEMM")])
-    body = shim_cp_async(body)
-    body = re.sub(r"__device__ __forceinline__ unsigned moe1_ld_acquire\(.*?\n}\n", "", body, flags=re.S)
-    body = body.replace("extern __shared__ __align__(16) uint8_t cp_sm[];", "uint8_t *cp_sm = (uint8_t *)emu_smem();")
-    body = body.replace("extern __shared__ __align__(16) uint8_t m1_sm[];", "uint8_t *m1_sm = (uint8_t *)emu_smem();")
-    body = body.replace("__shared__ float red[GV8_WARPS][16][NT * 8 + 1];",
-                        "float (*red)[16][NT * 8 + 1] = (float (*)[16][NT * 8 + 1])emu_static_floats();")
-    body = body.replace("__shared__ float red[GV8_WARPS][16][9];", "float (*red)[16][9] = (float (*)[16][9])emu_static_floats();")
-    body = body.replace("__shared__ int last;", "int &last = emu_static_ints()[0];")
-    assert "asm" not in body and "__shared__" not in body, "an instruction the shim does not emulate"
-    return body
+    # the staged GEMVs and k_fp8_moe_one; the acquire load is the shim's
+    staged = re.sub(r"__device__ __forceinline__ unsigned moe1_ld_acquire\(.*?\n}\n", "",
+                    cut(src, "// ---- decode GEMV through shared memory", "// ---- tensor-core GEMM"), flags=re.S)
+    return assemble([cut(hdr, "__host__ __device__ __forceinline__ int fp8_groups", "// 16 weight codes of row wr"),
+                     cut(hdr, *CODES),
+                     cut(src, "// One warp quantizes the 128-group g", "#define FP8_QUANT_WARPS"),
+                     cut(src, "typedef struct fp8_args {", "template <int NT>\n__global__ void __launch_bounds__(32 * GV8_WARPS, NT <= 4"),
+                     staged],
+                    [("extern __shared__ __align__(16) uint8_t cp_sm[];", "uint8_t *cp_sm = (uint8_t *)emu_smem();"),
+                     ("extern __shared__ __align__(16) uint8_t m1_sm[];", "uint8_t *m1_sm = (uint8_t *)emu_smem();"),
+                     ("__shared__ float red[GV8_WARPS][16][NT * 8 + 1];",
+                      "float (*red)[16][NT * 8 + 1] = (float (*)[16][NT * 8 + 1])emu_static_floats();"),
+                     ("__shared__ float red[GV8_WARPS][16][9];", "float (*red)[16][9] = (float (*)[16][9])emu_static_floats();"),
+                     ("__shared__ int last;", "int &last = emu_static_ints()[0];")])
 
 
 def gdn_body():
     src, com, f8, nh, nc = read("gdn.cu"), read("cuda_common.cuh"), read("fp8.cuh"), read("norm.cuh"), read("norm.cu")
-    body = "\n".join(["#define FP8_G 128",
-                      cut(com, "// 8 consecutive elements starting at (r, c)", "__device__ __forceinline__ float cu_warp_max"),
-                      cut(com, "// Sum over the block", "// Whether cu_ld8 / cu_st8 may be used"),
-                      cut(f8, "// Where an op writing an activation puts its FP8 codes", "// The codes destination of an op"),
-                      cut(nh, "typedef struct cu_norm_args {", "void cu_rmsnorm("),
-                      cut(nc, "template <bool VEC, bool Q>\n__global__ void k_norm_warp", "template <bool VEC, bool Q>\n__global__ void k_norm_block"),
-                      cut(src, "#define CONV_MAXK 8", "// Register array element i"),
-                      cut(src, "typedef struct cu_gdn_args {", "// ---- chunked form")])
-    body = body.replace("__shared__ float qs[DK], ks[DK], red[32];",
-                        "float *qs = emu_static_floats(), *ks = qs + DK, *red = ks + DK;")
-    assert "asm" not in body and "__shared__" not in body, "an instruction the shim does not emulate"
-    return body
+    return assemble([cut(com, "// 8 consecutive elements starting at (r, c)", "__device__ __forceinline__ float cu_warp_max"),
+                     cut(com, "// Sum over the block", "// Whether cu_ld8 / cu_st8 may be used"),
+                     cut(f8, *CODES),
+                     cut(nh, "typedef struct cu_norm_args {", "void cu_rmsnorm("),
+                     cut(nc, "template <bool VEC, bool Q>\n__global__ void k_norm_warp", "template <bool VEC, bool Q>\n__global__ void k_norm_block"),
+                     cut(src, "#define CONV_MAXK 8", "// Register array element i"),
+                     cut(src, "typedef struct cu_gdn_args {", "// ---- chunked form")],
+                    [("__shared__ float qs[DK], ks[DK], red[32];", "float *qs = emu_static_floats(), *ks = qs + DK, *red = ks + DK;")])
 
 
 def run(name, body, driver):

@@ -309,3 +309,23 @@ static inline uint8_t cu_f32_to_e4m3(float v) {
     }
     return sign | best;
 }
+
+// Every block of a grid (gx × gy × gz) one after another, each `threads` host threads with the
+// block's indices set and smem bytes of garbage shared memory, running kernel(); for kernels
+// whose blocks never wait on one another (k_fp8_moe_one's driver runs its blocks at once).
+template <class F> static void emu_grid(dim3 grid, unsigned threads, size_t smem, F kernel) {
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                emu_block blk((int)threads);
+                blk.smem.assign(smem, (char)0xff); // NaN-ish garbage
+                std::vector<std::thread> th;
+                for (unsigned t = 0; t < threads; t++)
+                    th.emplace_back([&, t] {
+                        emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = {threads, 1, 1};
+                        gridDim = grid;
+                        kernel();
+                    });
+                for (auto &t : th) t.join();
+            }
+}

@@ -39,22 +39,12 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift, int 
     a.ew = (int64_t)N * K; a.ews = (int64_t)NS * G; a.x_perm = 1; a.x_div = 1; a.npb = npb;
     unsigned GX = KV ? (unsigned)((NB + npb - 1) / npb) : (unsigned)NB; // the wgmma kernel walks npb weight blocks
     size_t smem = KV ? wg8_cfg<BT>::SMEM : tc_cfg<BT>::SMEM;
-    for (unsigned y = 0; y < (unsigned)n_tiles; y++)
-        for (unsigned x = 0; x < GX; x++) {
-            emu_block blk(256);
-            blk.smem.assign(smem, (char)0xff);
-            std::vector<std::thread> th;
-            for (unsigned t = 0; t < 256; t++)
-                th.emplace_back([&, t] {
-                    emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, 0}; blockDim = {256, 1, 1};
-                    gridDim = {GX, (unsigned)n_tiles, 1};
-                    if (KV == 2) k_fp8_moe_wg<BT, true>(a, p);
-                    else if (KV) k_fp8_moe_wg<BT, false>(a, p);
-                    else k_fp8_moe_gemm_tc<BT>(a, p);
-                    SL_ASSERT(emu_wg_idle());
-                });
-            for (auto &t : th) t.join();
-        }
+    emu_grid({GX, (unsigned)n_tiles, 1}, 256, smem, [&] {
+        if (KV == 2) k_fp8_moe_wg<BT, true>(a, p);
+        else if (KV) k_fp8_moe_wg<BT, false>(a, p);
+        else k_fp8_moe_gemm_tc<BT>(a, p);
+        SL_ASSERT(emu_wg_idle());
+    });
     double e2 = 0, r2 = 0; int bad = 0;
     for (int e = 0; e < E; e++) for (int q = offset[e]; q < offset[e + 1]; q++) for (int n = 0; n < N; n++) {
         int m = perm[q];

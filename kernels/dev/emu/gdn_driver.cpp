@@ -16,23 +16,6 @@ static bvec brand(size_t n, float lo, float hi)
     return v;
 }
 
-// every block of a grid, one after another (no block waits on another)
-template <class F> static void grid_run(unsigned gx, unsigned gy, unsigned threads, F kernel)
-{
-    for (unsigned y = 0; y < gy; y++)
-        for (unsigned x = 0; x < gx; x++) {
-            emu_block blk(threads);
-            std::vector<std::thread> th;
-            for (unsigned t = 0; t < threads; t++)
-                th.emplace_back([&, t] {
-                    emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, 0}; blockDim = {threads, 1, 1};
-                    gridDim = {gx, gy, 1};
-                    kernel();
-                });
-            for (auto &t : th) t.join();
-        }
-}
-
 template <int DK, int HB>
 static int run_case(int Hk, int Dv, int n_seqs)
 {
@@ -89,13 +72,14 @@ static int run_case(int Hk, int Dv, int n_seqs)
         if (f == 0) { // the three kernels
             cu_gdn_fuse none;
             memset(&none, 0, sizeof none);
-            grid_run((C + 127) / 128, n_seqs, 128, [&] {
+            emu_grid({(unsigned)(C + 127) / 128, (unsigned)n_seqs, 1}, 128, 0, [&] {
                 k_conv1d(Cv, Mx, Cw, r.cst.data(), K, q_start.data(), slot.data(), fresh.data(), tslot.data(), tlen.data());
             });
-            grid_run(n_seqs * Hv, 1, 2 * Dv, [&] { k_gdn<DK, 1, false, false>(g, INT_MAX, none); });
-            grid_run((n_seqs * Hv + 7) / 8, 1, 256, [&] { k_norm_warp<true, true>(na, (int64_t)n_seqs * Hv); });
+            emu_grid({(unsigned)(n_seqs * Hv), 1, 1}, 2 * Dv, 0, [&] { k_gdn<DK, 1, false, false>(g, INT_MAX, none); });
+            emu_grid({(unsigned)(n_seqs * Hv + 7) / 8, 1, 1}, 256, 0,
+                     [&] { k_norm_warp<true, true>(na, (int64_t)n_seqs * Hv); });
         } else {
-            grid_run(n_seqs * (Hv / HB), 1, HB * 2 * Dv, [&] { k_gdn<DK, HB, true, true>(g, INT_MAX, fu); });
+            emu_grid({(unsigned)(n_seqs * (Hv / HB)), 1, 1}, HB * 2 * Dv, 0, [&] { k_gdn<DK, HB, true, true>(g, INT_MAX, fu); });
         }
     }
     auto same = [](const void *a, const void *b, size_t n) { return memcmp(a, b, n) == 0; };

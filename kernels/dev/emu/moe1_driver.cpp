@@ -148,20 +148,7 @@ static int run_case(int H, int I, int E, int k, unsigned grid)
     pd.xsilu = 1;
     for (int phase = 0; phase < 2; phase++) {
         const fp8_args &f = phase ? pd : pg;
-        unsigned rows = (unsigned)((f.N + 16 * fp8_gemv_rt(f.G) - 1) / (16 * fp8_gemv_rt(f.G)));
-        for (unsigned ry2 = 0; ry2 < rows; ry2++)
-            for (unsigned p = 0; p < (unsigned)k; p++) {
-                emu_block blk(256);
-                blk.smem.assign(fp8_cp_smem(f.G, 1), (char)0xff);
-                std::vector<std::thread> th;
-                for (unsigned t = 0; t < 256; t++)
-                    th.emplace_back([&, t] {
-                        emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {p, ry2, 0}; blockDim = {256, 1, 1};
-                        gridDim = {(unsigned)k, rows, 1};
-                        k_fp8_gemv_cp<1>(f);
-                    });
-                for (auto &t : th) t.join();
-            }
+        emu_grid({(unsigned)k, fp8_gemv_row_blocks(f), 1}, 256, fp8_cp_smem(f.G, 1), [&] { k_fp8_gemv_cp<1>(f); });
     }
     int pair_diff = memcmp(h2.data(), h.data(), h.size() * 4) != 0 || memcmp(y2.data(), y.data(), y.size() * 4) != 0;
     ok = bad == 0 && rh < 1e-5 && ry < 1e-5 && mism == 0 && left == 0 && !pair_diff;
