@@ -1183,6 +1183,122 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
     fa_store<D>(a, tl, R0, g, q, o, m, l);
 }
 
+// v46: k_attn_wg2's tiles, stages and arithmetic, warp-specialized as in
+// FlashAttention-3. In k_attn_wg2 all 8 warps copy and then wait at one
+// block barrier a tile, so both warpgroups run their products and their
+// softmax at the same time and the tensor cores idle through every softmax.
+// Here a producer warpgroup gathers the K/V tiles through the page table
+// (cp.async) into the ring of stages, and the two consumer warpgroups take
+// turns issuing their S products (named barriers 1 and 2: consumer 1 issues
+// tile t after consumer 0 did, consumer 0 tile t + 1 after consumer 1 issued
+// tile t), so one's softmax overlaps the other's products. Stages change
+// hands through mbarriers: full[s] completes when the producer's 128 threads
+// have each seen their copies land and fenced them for wgmma (one tile
+// behind the newest issued, so no thread blocks on a copy before issuing the
+// next); empty[s] when the consumers' 256 threads are past their products
+// reading it. Registers move from the producer to the consumers (setmaxnreg).
+// Shared memory: k_attn_wg2's, then the barriers.
+#define WS_THREADS 384
+#define WS_PRODUCER_REGS 80 // 128 · 80 + 256 · 216 = the 64 K registers of an SM
+#define WS_CONSUMER_REGS 216
+template <int D> struct ws_cfg {
+    using W = wg2_cfg<D>;
+    static constexpr size_t BAR = W::Q + W::STAGES * W::STAGE; // full[STAGES], empty[STAGES]
+    static constexpr size_t BYTES = W::BYTES + 2 * W::STAGES * 8;
+};
+
+template <int D>
+__global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
+{
+    using C = wg2_cfg<D>;
+    constexpr int BC = C::BC, NB = BC / 8, NO = D / 8, S = C::STAGES;
+    extern __shared__ __align__(1024) char smem_raw[];
+    char *smem = wg_align(smem_raw);
+    const uint32_t sq = (uint32_t)__cvta_generic_to_shared(smem), sst = sq + (uint32_t)C::Q;
+    const uint32_t full = sq + (uint32_t)ws_cfg<D>::BAR, empty = full + 8 * S;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wgi = warp / 4 - 1; // -1: the producer
+
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    const attn_tile tl = attn_tile_of(a, gridDim.x - 1 - blockIdx.x); // longest first
+    if (tl.kbeg >= tl.kend) return; // no row has keys in this split
+    if (threadIdx.x == 0)
+        for (int st = 0; st < S; st++) {
+            wg_mbar_init(full + 8 * st, 128);
+            wg_mbar_init(empty + 8 * st, 256);
+        }
+    fa_wg_load_q<128, D>(a, tl, smem);
+    wg_fence_smem();
+    __syncthreads(); // Q and the barriers ready; the last block-wide barrier
+    const int nt = (tl.kend - tl.kbeg + BC - 1) / BC;
+
+    if (wgi < 0) {
+        wg_regs_dec<WS_PRODUCER_REGS>();
+        for (int t = 0; t < nt; t++) {
+            if (t >= S) wg_mbar_wait(empty + 8 * (t % S), (t / S - 1) & 1); // tile t - S consumed
+            char *st = smem + C::Q + (t % S) * C::STAGE;
+            fa_issue<D, BC, 128>(a, tl, tl.kbeg + t * BC, st, st + C::KV,
+                                 [](int r, int c) { return wg_swz(C::BC, r, c); });
+            if (t > 0) { // tile t - 1 landed: handed over
+                __pipeline_wait_prior(1);
+                wg_fence_smem();
+                wg_mbar_arrive(full + 8 * ((t - 1) % S));
+            }
+        }
+        __pipeline_wait_prior(0);
+        wg_fence_smem();
+        wg_mbar_arrive(full + 8 * ((nt - 1) % S));
+        return;
+    }
+    wg_regs_inc<WS_CONSUMER_REGS>();
+
+    // consumer warp cw holds rows 16cw .. 16cw + 15: warpgroup wgi's m64 accumulators
+    const int g = lane >> 2, q = lane & 3, R0 = (warp - 4) * 16, last = tl.ntok - 1;
+    const fa_lim lim{a, tl};
+    const int limr[2] = {lim(R0 + g), lim(R0 + g + 8)};
+    const int warp_lo = lim(R0); // below: no mask in this warp
+    // from here this warpgroup has nothing to do (warpgroup-uniform)
+    const int wg_end = wgi * 64 / a.gh <= last ? lim(wgi * 64 + 63) : 0;
+    const uint64_t dq = wg_desc(sq + (uint32_t)wgi * 64 * 128, 16, 1024);
+    float o[NO][4], m[2], l[2], s[NB][4], c[2];
+    uint32_t pa[BC / 16][4];
+    fa_start(o, m, l);
+    const float sl2 = a.scale_log2;
+    for (int t = 0; t < nt; t++) {
+        wg_mbar_wait(full + 8 * (t % S), (t / S) & 1);
+        const int j0 = tl.kbeg + t * BC;
+        const uint32_t st = sst + (uint32_t)(t % S) * (uint32_t)C::STAGE;
+        // the turn, taken every tile (also where this warpgroup skips its
+        // products) so that every arrival has its wait
+        auto turn = [&]() {
+            if (wgi == 1 || t > 0) wg_bar_sync(1 + wgi, 256);
+        };
+        auto pass = [&]() {
+            if (wgi == 0 || t + 1 < nt) wg_bar_arrive(2 - wgi, 256);
+        };
+        if (j0 >= wg_end) {
+            turn();
+            pass();
+        } else { // the products in one branch: ptxas serialises wgmma split over several (C7518)
+            turn();
+            fa_wg_s<BC, D, 128>(s, dq, wg_desc(st, 16, 1024));
+            pass();
+            wg_wait<0>();
+            wg_hold(s);
+            if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
+            fa_softmax_p(s, m, l, c, sl2);
+            fa_rescale(o, c);
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
+            fa_wg_pv<D, BC>(o, pa, wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
+            wg_wait<0>();
+            wg_hold(o);
+        }
+        wg_mbar_arrive(empty + 8 * (t % S));
+    }
+    fa_store<D>(a, tl, R0, g, q, o, m, l);
+}
+
 // With a.oq (128 threads, D a multiple of 128) out's FP8 codes too: a head's
 // 128-group is one pass of the block.
 __global__ void k_attn_combine(cu_attn_args a, int D)
@@ -1210,17 +1326,19 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
 // The kernels: 16-row tiles (decode, short chunks), 64-row tiles (prefill)
 // on wmma, mma.sync (FlashAttention-2 style) or wgmma, plain or overlapped,
 // and 128-row tiles on wgmma (sl_cuda_attn_prefill).
-enum { ATTN_K_DECODE, ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO, ATTN_K_WG2 };
+enum { ATTN_K_DECODE, ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO, ATTN_K_WG2, ATTN_K_WS };
 template <int D, int K> struct attn_kernel {
-    static constexpr int THREADS = K == ATTN_K_WG2 ? WG2_THREADS : ATTN_WARPS * 32;
-    static constexpr size_t BYTES = K == ATTN_K_WG2       ? wg2_cfg<D>::BYTES
+    static constexpr int THREADS = K == ATTN_K_WS ? WS_THREADS : K == ATTN_K_WG2 ? WG2_THREADS : ATTN_WARPS * 32;
+    static constexpr size_t BYTES = K == ATTN_K_WS        ? ws_cfg<D>::BYTES
+                                    : K == ATTN_K_WG2     ? wg2_cfg<D>::BYTES
                                     : K >= ATTN_K_WG      ? wg_cfg<D>::BYTES
                                     : K == ATTN_K_FA2     ? fa2_cfg<D>::BYTES
                                     : K == ATTN_K_PREFILL ? attn_pf_smem<D>::BYTES
                                                           : attn_smem<D>::BYTES;
     static void (*fn(void))(cu_attn_args)
     {
-        return K == ATTN_K_WG2       ? k_attn_wg2<D>
+        return K == ATTN_K_WS        ? k_attn_ws<D>
+               : K == ATTN_K_WG2     ? k_attn_wg2<D>
                : K == ATTN_K_WGO     ? k_attn_wg<D, true>
                : K == ATTN_K_WG      ? k_attn_wg<D, false>
                : K == ATTN_K_FA2     ? k_attn_fa2<D>
@@ -1276,7 +1394,8 @@ static int attn_run_d(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int lev
     case ATTN_K_FA2: return attn_run<D, ATTN_K_FA2>(b, a, cm, level, Hkv);
     case ATTN_K_WG: return attn_run<D, ATTN_K_WG>(b, a, cm, level, Hkv);
     case ATTN_K_WGO: return attn_run<D, ATTN_K_WGO>(b, a, cm, level, Hkv);
-    default: return attn_run<D, ATTN_K_WG2>(b, a, cm, level, Hkv);
+    case ATTN_K_WG2: return attn_run<D, ATTN_K_WG2>(b, a, cm, level, Hkv);
+    default: return attn_run<D, ATTN_K_WS>(b, a, cm, level, Hkv);
     }
 }
 
@@ -1307,14 +1426,14 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.gh = 1;
     while (a.G % (a.gh * 2) == 0 && a.gh * 2 <= rows) a.gh *= 2;
     static const int pf_kind[] = {ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO,
-                                  ATTN_K_WG2}; // sl_cuda_attn_kernel order
+                                  ATTN_K_WG2,    ATTN_K_WS}; // sl_cuda_attn_kernel order
     int kind = pf ? pf_kind[b->attn_pf] : ATTN_K_DECODE;
     int level = 0;
     if (pf) {
         while ((a.gh << level) < 64) level++;
         // 128-row tiles are twice the tokens: one level up, if there is one
         // (a single query head per KV head would need 128-token tiles)
-        if (kind == ATTN_K_WG2) {
+        if (kind == ATTN_K_WG2 || kind == ATTN_K_WS) {
             if (level + 1 < CU_TILE_LEVELS) level++;
             else kind = ATTN_K_WG;
         }

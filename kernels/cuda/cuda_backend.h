@@ -47,12 +47,21 @@ void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which);
  * S/P/O in registers; kernels/dev/NOTES.md v12) or the same on Hopper's
  * warpgroup mma (v34), plain or with the next tile's S overlapping this
  * tile's P·V (WGO, v37), or on 128-row tiles over two warpgroups (WG2, v40;
- * WG where a KV head has a single query head). A backend starts with
- * SL_CUDA_ATTN_WG2, or FA2 with SL_CUDA_ATTN_WG=0 in the environment at
- * creation, WGO with SL_CUDA_ATTN_WG=2, WG with SL_CUDA_ATTN_WG=3, or WMMA
- * with SL_CUDA_ATTN_FA2=0. Returns the previous setting. Not thread-safe
- * against ops running on be. */
-typedef enum { SL_CUDA_ATTN_WMMA, SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO, SL_CUDA_ATTN_WG2 } sl_cuda_attn_kernel;
+ * WG where a KV head has a single query head), or those tiles with a
+ * producer warpgroup and the consumers taking turns (WS, v46). A backend
+ * starts with SL_CUDA_ATTN_WG2, or FA2 with SL_CUDA_ATTN_WG=0 in the
+ * environment at creation, WGO with SL_CUDA_ATTN_WG=2, WG with
+ * SL_CUDA_ATTN_WG=3, WS with SL_CUDA_ATTN_WG=4, or WMMA with
+ * SL_CUDA_ATTN_FA2=0. Returns the previous setting. Not thread-safe against
+ * ops running on be. */
+typedef enum {
+    SL_CUDA_ATTN_WMMA,
+    SL_CUDA_ATTN_FA2,
+    SL_CUDA_ATTN_WG,
+    SL_CUDA_ATTN_WGO,
+    SL_CUDA_ATTN_WG2,
+    SL_CUDA_ATTN_WS
+} sl_cuda_attn_kernel;
 int sl_cuda_attn_prefill(sl_backend *be, int kernel);
 
 /* Which form sl_be_gdn runs for sequences of 16 or more new tokens: 0 the

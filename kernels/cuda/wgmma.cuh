@@ -84,6 +84,61 @@ __device__ __forceinline__ void wg_fence_smem(void)
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// Warp-specialized kernels (a producer warpgroup and consumer warpgroups): an mbarrier is
+// 8 bytes of shared memory counting arrivals; when they reach the count it was made with,
+// its phase completes and the count starts again. A waiter names the parity of the phase
+// it waits for (0 for a barrier's first phase, then alternating). A wait that lasts
+// WG_SPIN_LIMIT clocks (~2 s) traps: a lost arrival fails the kernel instead of hanging
+// it. Named barriers (ids 1..15; 0 is __syncthreads) take n threads' arrivals, some of
+// which only arrive (wg_bar_arrive) and go on. setmaxnreg moves registers between
+// warpgroups (a whole warpgroup executes it).
+#define WG_SPIN_LIMIT (4LL << 30)
+__device__ __forceinline__ void wg_mbar_init(uint32_t bar, unsigned count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void wg_mbar_arrive(uint32_t bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void wg_mbar_wait(uint32_t bar, unsigned parity)
+{
+    long long t0 = 0;
+    for (;;) {
+        uint32_t done;
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+        if (done) return;
+        if (!t0) t0 = clock64();
+        else if (clock64() - t0 > WG_SPIN_LIMIT) __trap();
+    }
+}
+
+__device__ __forceinline__ void wg_bar_sync(int id, int n)
+{
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+
+__device__ __forceinline__ void wg_bar_arrive(int id, int n)
+{
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+
+template <int R> __device__ __forceinline__ void wg_regs_dec(void)
+{
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+
+template <int R> __device__ __forceinline__ void wg_regs_inc(void)
+{
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+
 // d (64 × N) += A · Bᵀ, A (64 × 16) and B (N × 16) K-major in shared memory.
 template <int N> __device__ void wg_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db);
 // d (64 × N) += A · B, A (64 × 16) in registers, B (16 × N) N-major in shared memory.

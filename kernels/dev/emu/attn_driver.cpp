@@ -1,11 +1,11 @@
 // kernels/dev/emu/attn_driver.cpp: random paged batches (pages a random permutation,
-// NaN-poisoned output, garbage shared memory) through k_attn_fa2, k_attn_wg (both forms) and
-// k_attn_wg2 (+ k_attn_combine for key splits), compared with a float64 reference; appended to the kernel code by emu.py.
+// NaN-poisoned output, garbage shared memory) through k_attn_fa2, k_attn_wg (both forms),
+// k_attn_wg2 and k_attn_ws (+ k_attn_combine for key splits), compared with a float64 reference; appended to the kernel code by emu.py.
 static uint64_t rs = 88172645463325252ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 static float frand(float lo, float hi) { return lo + (hi - lo) * (rnd() >> 8) / 16777216.0f; }
 
-// kernel: 0 FA2, 1 wgmma, 2 wgmma overlapped, 3 wgmma on 128-row tiles
+// kernel: 0 FA2, 1 wgmma, 2 wgmma overlapped, 3 wgmma on 128-row tiles, 4 the same warp-specialized
 template <int D, int KV>
 static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int Hkv, int nsplit, int qf32)
 {
@@ -40,11 +40,11 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     int level = 0;
     while ((a.gh << level) < 64) level++;
     int kv = KV;
-    if (kv == 3) { // as cu_attention: 128-row tiles one level up, else k_attn_wg
+    if (kv >= 3) { // as cu_attention: 128-row tiles one level up, else k_attn_wg
         if (level + 1 < 7) level++;
         else kv = 1;
     }
-    const unsigned nth = kv == 3 ? 256 : 128;
+    const unsigned nth = kv == 4 ? 384 : kv == 3 ? 256 : 128;
     a.qt = 1 << level;
     float scale = 1.0f / sqrtf((float)D);
     a.scale_log2 = scale * 1.4426950408889634f;
@@ -56,8 +56,9 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     if (nsplit > 1) { part.assign((size_t)T * Hq * nsplit * (D + 2), NAN); a.part = part.data(); }
     int n_hb = a.G / a.gh;
     emu_grid({(unsigned)tiles.size(), (unsigned)(Hkv * n_hb), (unsigned)nsplit}, nth,
-             kv == 3 ? wg2_cfg<D>::BYTES : kv ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, [&] {
-                 if (kv == 3) k_attn_wg2<D>(a);
+             kv == 4 ? ws_cfg<D>::BYTES : kv == 3 ? wg2_cfg<D>::BYTES : kv ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, [&] {
+                 if (kv == 4) k_attn_ws<D>(a);
+                 else if (kv == 3) k_attn_wg2<D>(a);
                  else if (kv == 2) k_attn_wg<D, true>(a);
                  else if (kv) k_attn_wg<D, false>(a);
                  else k_attn_fa2<D>(a);
@@ -110,7 +111,7 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     double rel = sqrt(e2 / r2);
     int ok = bad == 0 && rel < 1e-2 && code_bad == 0;
     printf("%s D=%d S=%d q0=%d pre0=%d P=%d Hq=%d Hkv=%d nsplit=%d q%s%s: rel L2 %.2e max abs %.2e nonfinite %d%s -> %s\n",
-           KV == 3 ? "wg2" : KV == 2 ? "wgo" : KV ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", kv != KV ? " (ran k_attn_wg: one query head a KV head)" : "", rel, maxe, bad,
+           KV == 4 ? "ws " : KV == 3 ? "wg2" : KV == 2 ? "wgo" : KV ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", kv != KV ? " (ran k_attn_wg: one query head a KV head)" : "", rel, maxe, bad,
            codes_on ? (code_bad ? ", FP8 codes differ" : ", FP8 codes ok") : "", ok ? "ok" : "FAIL");
     return ok;
 }
@@ -121,6 +122,7 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     int ok = run_case<D, 0>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32);
     ok &= run_case<D, 1>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32);
     ok &= run_case<D, 3>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32);
+    ok &= run_case<D, 4>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32);
     return run_case<D, 2>(S, qlen, pre, P, Hq, Hkv, nsplit, qf32) && ok;
 }
 

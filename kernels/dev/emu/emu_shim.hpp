@@ -4,6 +4,10 @@
 // of the PTX ISA and the shared-memory descriptors of its 128-byte swizzle; cp.async is a
 // plain copy.
 #include <barrier>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <chrono>
 #include <climits>
 #include <cmath>
@@ -81,14 +85,25 @@ struct emu_warp {
     uint32_t a[32][4], b[32][2];
     float f[32];
 };
+// an mbarrier: arrivals still due in this phase, phases completed
+struct emu_mbar {
+    std::mutex mu;
+    std::condition_variable cv;
+    int count = 0, pending = 0;
+    unsigned phase = 0;
+};
 struct emu_block {
     explicit emu_block(int threads) : bar(threads) {}
     std::barrier<> bar;
-    std::barrier<> wgbar[2] = {std::barrier<>(128), std::barrier<>(128)}; // a warpgroup's
+    std::barrier<> wgbar[4] = {std::barrier<>(128), std::barrier<>(128), std::barrier<>(128),
+                               std::barrier<>(128)}; // a warpgroup's
+    std::barrier<> nbar[3] = {std::barrier<>(256), std::barrier<>(256), std::barrier<>(256)}; // named 1, 2
+    std::mutex mbars_mu;
+    std::map<uint32_t, std::unique_ptr<emu_mbar>> mbars; // by shared address
     std::vector<char> smem;
     emu_warp w[16]; // up to 512 threads
-    uint64_t da[256], db[256];
-    uint32_t a[256][4];
+    uint64_t da[512], db[512];
+    uint32_t a[512][4];
     int ints[256]; // a kernel's static __shared__ int array
     float floats[8 * 16 * 17]; // and float array
 };
@@ -281,6 +296,51 @@ static inline bool emu_wg_idle(void) {
 template <int N> static inline void wg_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 2); }
 template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) { emu_wg_issue(&d[0][0], N, 0, a, db, true, 2); }
 template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 1); }
+
+// Warp-specialized kernels' barriers (wgmma.cuh): mbarriers by shared address (a wait
+// lasting 20 s aborts: a lost arrival), named barriers of 256 threads, setmaxnreg a no-op.
+static inline emu_mbar &emu_mbar_at(uint32_t bar) {
+    std::lock_guard<std::mutex> g(emu_b->mbars_mu);
+    auto it = emu_b->mbars.find(bar);
+    SL_ASSERT(it != emu_b->mbars.end()); // initialised before use
+    return *it->second;
+}
+static inline void wg_mbar_init(uint32_t bar, unsigned count) {
+    SL_ASSERT(bar % 8 == 0 && bar + 8 <= emu_b->smem.size());
+    std::lock_guard<std::mutex> g(emu_b->mbars_mu);
+    auto m = std::make_unique<emu_mbar>();
+    m->count = m->pending = (int)count;
+    emu_b->mbars[bar] = std::move(m);
+}
+static inline void wg_mbar_arrive(uint32_t bar) {
+    emu_mbar &m = emu_mbar_at(bar);
+    std::lock_guard<std::mutex> g(m.mu);
+    if (--m.pending == 0) {
+        m.phase++;
+        m.pending = m.count;
+        m.cv.notify_all();
+    }
+}
+// the phase of this parity completed: the current (incomplete) phase has the other parity
+static inline void wg_mbar_wait(uint32_t bar, unsigned parity) {
+    emu_mbar &m = emu_mbar_at(bar);
+    std::unique_lock<std::mutex> g(m.mu);
+    if (!m.cv.wait_for(g, std::chrono::seconds(20), [&] { return (m.phase & 1) != parity; })) {
+        fprintf(stderr, "mbarrier %u: parity %u never completed (thread %u)\n", bar, parity, threadIdx.x);
+        abort();
+    }
+}
+static inline void wg_bar_sync(int id, int n) {
+    SL_ASSERT(id >= 1 && id <= 2 && n == 256);
+    emu_b->nbar[id].arrive_and_wait();
+}
+static inline void wg_bar_arrive(int id, int n) {
+    SL_ASSERT(id >= 1 && id <= 2 && n == 256);
+    auto tok = emu_b->nbar[id].arrive();
+    (void)tok;
+}
+template <int R> static inline void wg_regs_dec(void) {}
+template <int R> static inline void wg_regs_inc(void) {}
 
 // Warp max, global atomics and fences for the kernels that count finished work across
 // blocks (k_fp8_moe_one): a driver running such a kernel runs all its blocks at once.

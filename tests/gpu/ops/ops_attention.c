@@ -95,10 +95,11 @@ static void attention_run(tb *t, const tb_case *c)
             tb_pair_out(t, &y, dt, 2, (tb_ne2(ne, T, (int64_t)Hq * D), ne));
             float scale = 1.0f / sqrtf((float)D);
             sl_be_attention(t->cpu, &y.c, &qq.c, &kc.c, &vc.c, Hq, Hkv, D, scale, &b.m, NULL);
-            static const int kern[][4] = {{SL_CUDA_ATTN_WMMA, -1, -1, -1},
-                                          {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO, SL_CUDA_ATTN_WG2}};
-            static const char *kname[] = {"out", "out fa2", "out wg", "out wgo", "out wg2"};
-            for (int k = 0; k < 4 && kern[fa][k] >= 0; k++) {
+            static const int kern[][5] = {{SL_CUDA_ATTN_WMMA, -1, -1, -1, -1},
+                                          {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG, SL_CUDA_ATTN_WGO, SL_CUDA_ATTN_WG2,
+                                           SL_CUDA_ATTN_WS}};
+            static const char *kname[] = {"out", "out fa2", "out wg", "out wgo", "out wg2", "out ws"};
+            for (int k = 0; k < 5 && kern[fa][k] >= 0; k++) {
                 int was = sl_cuda_attn_prefill(t->gpu, kern[fa][k]);
                 sl_be_attention(t->gpu, &y.g, &qq.g, &kc.g, &vc.g, Hq, Hkv, D, scale, &b.m, NULL);
                 sl_cuda_attn_prefill(t->gpu, was);
@@ -245,8 +246,8 @@ static void attention_perf(tb *t, const char *filter)
         perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256, 0);
         perf_attention(t, "next prefill", 1, 4096, 4096, 16, 16, 2, 256, 0);
         /* the FlashAttention-2 and wgmma kernels (plain, overlapped, 128-row), same shapes */
-        static const char *nm[] = {"", " fa2", " wg", " wgo", " wg2"};
-        for (int k = SL_CUDA_ATTN_FA2; k <= SL_CUDA_ATTN_WG2; k++) {
+        static const char *nm[] = {"", " fa2", " wg", " wgo", " wg2", " ws"};
+        for (int k = SL_CUDA_ATTN_FA2; k <= SL_CUDA_ATTN_WS; k++) {
             char n1[32], n2[32];
             snprintf(n1, sizeof n1, "8B prefill%s", nm[k]);
             snprintf(n2, sizeof n2, "next prefill%s", nm[k]);
