@@ -749,32 +749,37 @@ template <int BM> struct tc_lay {
 // dense kernel spill. (The scales came from global memory in the compute step,
 // after the group's mma: a dependent round trip in every group's critical
 // path.)
-template <int BM, class L, class XR>
+// NTH threads (0 .. NTH - 1) copy: NTH / 8 rows a round.
+template <int BM, class L, int NTH = TC_THREADS, class XR>
 __device__ __forceinline__ void tc_load(const fp8_args &a, const uint8_t *w, const float *ws, XR xrow, int rows,
                                         int n0, uint32_t sbase, int g)
 {
-    static_assert(BM + TC_BN <= TC_THREADS, "a thread per scale");
+    constexpr int RR = NTH / 8;
+    static_assert(BM % RR == 0 && TC_BN % RR == 0, "whole rounds of rows");
     int k0 = g * FP8_G, ch = threadIdx.x & 7, r = threadIdx.x >> 3;
 #pragma unroll
-    for (int i = 0; i < BM / 32; i++) {
-        int64_t m = r + 32 * i < rows ? xrow(r + 32 * i) : -1;
+    for (int i = 0; i < BM / RR; i++) {
+        int64_t m = r + RR * i < rows ? xrow(r + RR * i) : -1;
         const uint8_t *src = m >= 0 ? a.xq + m * a.ldx + k0 + ch * 16 : a.xq;
-        cp_async16(sbase + L::x(r + 32 * i, ch), src, m >= 0 ? 16 : 0);
+        cp_async16(sbase + L::x(r + RR * i, ch), src, m >= 0 ? 16 : 0);
     }
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        int n = n0 + r + 32 * i, k = k0 + ch * 16;
+    for (int i = 0; i < TC_BN / RR; i++) {
+        int n = n0 + r + RR * i, k = k0 + ch * 16;
         bool ok = n < a.N && k < a.K;
         const uint8_t *src = ok ? w + (int64_t)n * a.ldw + k : a.xq;
-        cp_async16(sbase + L::w(r + 32 * i, ch), src, ok ? 16 : 0);
+        cp_async16(sbase + L::w(r + RR * i, ch), src, ok ? 16 : 0);
     }
-    uint32_t sc = sbase + L::SCALES + 4 * threadIdx.x;
-    if (threadIdx.x < BM) {
-        int64_t m = (int)threadIdx.x < rows ? xrow((int)threadIdx.x) : -1;
-        cp_async4(sc, m >= 0 ? a.sx + m * a.G + g : a.sx, m >= 0 ? 4 : 0);
-    } else if (threadIdx.x < BM + TC_BN) {
-        int n = n0 + threadIdx.x - BM;
-        cp_async4(sc, n < a.N ? ws + (int64_t)(n >> a.srow_shift) * a.ldws + g : ws, n < a.N ? 4 : 0);
+#pragma unroll
+    for (int j = threadIdx.x; j < BM + TC_BN; j += NTH) {
+        uint32_t sc = sbase + L::SCALES + 4 * j;
+        if (j < BM) {
+            int64_t m = j < rows ? xrow(j) : -1;
+            cp_async4(sc, m >= 0 ? a.sx + m * a.G + g : a.sx, m >= 0 ? 4 : 0);
+        } else {
+            int n = n0 + j - BM;
+            cp_async4(sc, n < a.N ? ws + (int64_t)(n >> a.srow_shift) * a.ldws + g : ws, n < a.N ? 4 : 0);
+        }
     }
     asm volatile("cp.async.commit_group;\n" ::);
 }
@@ -955,6 +960,56 @@ template <int N> __device__ __forceinline__ void tc_wait(void)
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// A wgmma kernel's pieces (warpgroup wg: weight rows 64wg .., this thread's
+// rows rw and rw + 8, token columns 8f + 2tq, + 1). The stage at shared
+// address st: its group's products into a fresh accumulator, committed.
+template <int BT>
+__device__ __forceinline__ void wg8_mma(uint32_t st, int wg, float (&part)[BT / 8][4])
+{
+    const uint64_t da = wg_desc(st + wg * 64 * FP8_G, 16, 1024), db = wg_desc(st + wg8_cfg<BT>::X, 16, 1024);
+#pragma unroll
+    for (int f = 0; f < BT / 8; f++) part[f][0] = part[f][1] = part[f][2] = part[f][3] = 0.0f;
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < FP8_G / 32; kk++) wg_ss8<BT>(part, da + 2 * kk, db + 2 * kk); // 32 bytes a step
+    wg_commit();
+}
+
+// The group's sums (waited for) ·(s_x(token)·s_w(row)) into acc, the scales
+// from the stage at stage.
+template <int BT>
+__device__ __forceinline__ void wg8_promote(const uint8_t *stage, int rw, int tq, float (&part)[BT / 8][4],
+                                            float (&acc)[BT / 8][4])
+{
+    wg_hold(part);
+    const float *xs = (const float *)(stage + wg8_cfg<BT>::SCALES), *wsc = xs + BT;
+    const float sa = wsc[rw], sb = wsc[rw + 8];
+#pragma unroll
+    for (int f = 0; f < BT / 8; f++) {
+        float x0 = xs[8 * f + 2 * tq], x1 = xs[8 * f + 2 * tq + 1];
+        acc[f][0] += part[f][0] * (x0 * sa);
+        acc[f][1] += part[f][1] * (x1 * sa);
+        acc[f][2] += part[f][2] * (x0 * sb);
+        acc[f][3] += part[f][3] * (x1 * sb);
+    }
+}
+
+// A weight block's outputs (weight rows from n0; the tile's rows rows of out
+// from r0), and a fresh accumulator.
+template <int BT>
+__device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, int n0, int rw, int tq,
+                                          float (&acc)[BT / 8][4])
+{
+#pragma unroll
+    for (int f = 0; f < BT / 8; f++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            int r = 8 * f + 2 * tq + (q & 1), n = n0 + rw + 8 * (q >> 1);
+            if (r < rows && n < a.N) cu_mat_st(a.out, r0 + r, n, acc[f][q]);
+            acc[f][q] = 0.0f;
+        }
+}
+
 // OV: the next group's products are issued before this group's sums are
 // scaled in (two accumulators, wgmma.wait_group 1), so the tensor cores run
 // while the warpgroup promotes (DeepGEMM's order); otherwise each group waits
@@ -1000,16 +1055,7 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2) k_fp8_moe_wg(fp
     };
     // after a weight block's last group: its outputs, and a fresh accumulator
     auto finish = [&](int u) {
-        if (u % a.G != a.G - 1) return;
-        const int n0 = n0_of(u);
-#pragma unroll
-        for (int f = 0; f < F; f++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                int r = 8 * f + 2 * tq + (q & 1), n = n0 + rw + 8 * (q >> 1);
-                if (r < rows && n < a.N) cu_mat_st(a.out, r0 + r, n, acc[f][q]);
-                acc[f][q] = 0.0f;
-            }
+        if (u % a.G == a.G - 1) wg8_store<BT>(a, r0, rows, n0_of(u), rw, tq, acc);
     };
     // the copies waited for (by the caller, tc_wait) become visible to wgmma,
     // and every thread is past the previous group's use of its stage
@@ -1017,31 +1063,8 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2) k_fp8_moe_wg(fp
         wg_fence_smem();
         __syncthreads();
     };
-    // group g's products into a fresh accumulator, committed
-    auto mma = [&](int g, float (&part)[F][4]) {
-        const uint32_t st = s0 + (g % S) * C::STAGE;
-        const uint64_t da = wg_desc(st + wg * 64 * FP8_G, 16, 1024), db = wg_desc(st + C::X, 16, 1024);
-#pragma unroll
-        for (int f = 0; f < F; f++) part[f][0] = part[f][1] = part[f][2] = part[f][3] = 0.0f;
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < FP8_G / 32; kk++) wg_ss8<BT>(part, da + 2 * kk, db + 2 * kk); // 32 bytes a step
-        wg_commit();
-    };
-    // group g's sums (waited for) ·(s_x(token)·s_w(row)) into acc
-    auto promote = [&](int g, float (&part)[F][4]) {
-        wg_hold(part);
-        const float *xs = (const float *)(sm + (g % S) * C::STAGE + C::SCALES), *wsc = xs + BT;
-        const float sa = wsc[rw], sb = wsc[rw + 8];
-#pragma unroll
-        for (int f = 0; f < F; f++) {
-            float x0 = xs[8 * f + 2 * tq], x1 = xs[8 * f + 2 * tq + 1];
-            acc[f][0] += part[f][0] * (x0 * sa);
-            acc[f][1] += part[f][1] * (x1 * sa);
-            acc[f][2] += part[f][2] * (x0 * sb);
-            acc[f][3] += part[f][3] * (x1 * sb);
-        }
-    };
+    auto mma = [&](int g, float (&part)[F][4]) { wg8_mma<BT>(s0 + (g % S) * C::STAGE, wg, part); };
+    auto promote = [&](int g, float (&part)[F][4]) { wg8_promote<BT>(sm + (g % S) * C::STAGE, rw, tq, part, acc); };
 #pragma unroll
     for (int g = 0; g < S - 1; g++) load();
     float p0[F][4];
@@ -1081,6 +1104,86 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2) k_fp8_moe_wg(fp
             step(g, p0, p1);
             if (g + 1 < U) step(g + 1, p1, p0);
         }
+    }
+}
+
+// v47: k_fp8_moe_wg's tiles and arithmetic warp-specialized (attention.cu's
+// v46 structure). There every scale group (4 k32 products of 64 weight rows a
+// warpgroup: ~0.3 µs of tensor work at 128 tokens) ends at a block barrier
+// before the next group's copies, products and promotion, so the two
+// warpgroups promote together while the tensor cores idle, and issue the
+// copies themselves. Here a producer warpgroup streams the (weight block,
+// group) steps into a deeper ring of stages (as many as fit in ~196 KB), and
+// each consumer warpgroup waits for a step's full barrier, runs its products
+// and promotion, and releases the stage (empty barrier, all 256 consumer
+// threads); the warpgroups drift apart, so one's promotion overlaps the
+// other's products. One block an SM (the register split of setmaxnreg).
+#define WS8_THREADS 384
+#define WS8_PRODUCER_REGS 80 // 128 · 80 + 256 · 216 = the 64 K registers of an SM
+#define WS8_CONSUMER_REGS 216
+template <int BT> struct ws8_cfg {
+    static constexpr int STAGE = wg8_cfg<BT>::STAGE;
+    static constexpr int STAGES = 200704 / STAGE < 8 ? 200704 / STAGE : 8;
+    static constexpr int BAR = STAGES * STAGE; // full[STAGES], empty[STAGES]
+    static constexpr int SMEM = 1024 + BAR + 16 * STAGES;
+};
+
+template <int BT>
+__global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_moe_plan p)
+{
+    using C = ws8_cfg<BT>;
+    constexpr int F = BT / 8, S = C::STAGES;
+    extern __shared__ __align__(1024) uint8_t wg8_smem[];
+    __shared__ int xr[BT];
+    int64_t e;
+    int r0, rows;
+    if (!moe_tile_of<BT>(a, p, xr, e, r0, rows)) return;
+    const int nb0 = blockIdx.x * a.npb, nbs = min(a.npb, (a.N + TC_BN - 1) / TC_BN - nb0);
+    const int U = nbs * a.G; // steps: group u % G of weight block u / G (k_fp8_moe_wg's stream)
+    if (U <= 0) return; // block-uniform
+    const uint8_t *sm = (const uint8_t *)wg_align((char *)wg8_smem);
+    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm), full = s0 + C::BAR, empty = full + 8 * S;
+    if (threadIdx.x == 0)
+        for (int st = 0; st < S; st++) {
+            wg_mbar_init(full + 8 * st, 128);
+            wg_mbar_init(empty + 8 * st, 256);
+        }
+    __syncthreads();
+    const int wg = (int)(threadIdx.x >> 7) - 1; // -1: the producer
+
+    if (wg < 0) {
+        wg_regs_dec<WS8_PRODUCER_REGS>();
+        const uint8_t *w = a.w + e * a.ew;
+        const float *ws = a.ws + e * a.ews;
+        auto xrow = [&](int r) -> int64_t { return xr[r]; };
+        for (int u = 0, j = 0, g = 0; u < U; u++) {
+            if (u >= S) wg_mbar_wait(empty + 8 * (u % S), (u / S - 1) & 1); // step u - S consumed
+            tc_load<BT, wg8_lay<BT>, 128>(a, w, ws, xrow, rows, (nb0 + j) * TC_BN, s0 + (u % S) * C::STAGE, g);
+            if (++g == a.G) g = 0, j++;
+            if (u > 0) { // step u - 1 landed: handed over
+                tc_wait<1>();
+                wg_fence_smem();
+                wg_mbar_arrive(full + 8 * ((u - 1) % S));
+            }
+        }
+        tc_wait<0>();
+        wg_fence_smem();
+        wg_mbar_arrive(full + 8 * ((U - 1) % S));
+        return;
+    }
+    wg_regs_inc<WS8_CONSUMER_REGS>();
+    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+    const int rw = wg * 64 + warp * 16 + gq; // this thread's weight rows rw, rw + 8
+    float acc[F][4], part[F][4];
+#pragma unroll
+    for (int f = 0; f < F; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
+    for (int u = 0; u < U; u++) {
+        wg_mbar_wait(full + 8 * (u % S), (u / S) & 1);
+        wg8_mma<BT>(s0 + (u % S) * C::STAGE, wg, part);
+        wg_wait<0>();
+        wg8_promote<BT>(sm + (u % S) * C::STAGE, rw, tq, part, acc);
+        wg_mbar_arrive(empty + 8 * (u % S));
+        if (u % a.G == a.G - 1) wg8_store<BT>(a, r0, rows, (nb0 + u / a.G) * TC_BN, rw, tq, acc);
     }
 }
 
@@ -1446,7 +1549,10 @@ template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, fp8_args a, 
         a.npb = moe_fp8_wg_npb(b, a, p, BM);
         grid.x = (unsigned)((grid.x + a.npb - 1) / a.npb);
     }
-    if (wg == 2) {
+    if (wg == 3) {
+        fp8_smem_raise(b, k_fp8_moe_ws<BM>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 17, ws8_cfg<BM>::SMEM);
+        cu_launch(b, k_fp8_moe_ws<BM>, grid, dim3(WS8_THREADS), ws8_cfg<BM>::SMEM, a, p);
+    } else if (wg == 2) {
         fp8_smem_raise(b, k_fp8_moe_wg<BM, true>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 11, wg8_cfg<BM>::SMEM);
         cu_launch(b, k_fp8_moe_wg<BM, true>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
     } else if (wg) {
@@ -1501,9 +1607,10 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
     else moe_fp8_gemm_launch(b, d, p, bm, wg);
     cu_moe_combine_run(b, out, y, (const float *)weights->data, sl_tensor_ld(weights), k, &p);
     cu_moe_plan_free(b, &p);
-    static const char *names[3][3] = {{"fp8_moe_grouped_tc32", "fp8_moe_grouped_tc64", "fp8_moe_grouped_tc128"},
+    static const char *names[4][3] = {{"fp8_moe_grouped_tc32", "fp8_moe_grouped_tc64", "fp8_moe_grouped_tc128"},
                                       {"fp8_moe_grouped_wg32", "fp8_moe_grouped_wg64", "fp8_moe_grouped_wg128"},
-                                      {"fp8_moe_grouped_wgo32", "fp8_moe_grouped_wgo64", "fp8_moe_grouped_wgo128"}};
+                                      {"fp8_moe_grouped_wgo32", "fp8_moe_grouped_wgo64", "fp8_moe_grouped_wgo128"},
+                                      {"fp8_moe_grouped_ws32", "fp8_moe_grouped_ws64", "fp8_moe_grouped_ws128"}};
     b->mm_last = gemv ? "fp8_moe_expert_gemv" : names[wg][bm == 128 ? 2 : bm == 64 ? 1 : 0];
 }
 
@@ -1575,12 +1682,13 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
 
     int path = b->moe_fp8_path;
     int grouped = (path == SL_CUDA_MOE_FP8_GROUPED || path == SL_CUDA_MOE_FP8_GROUPED_TC ||
-                   path == SL_CUDA_MOE_FP8_GROUPED_OV ||
+                   path == SL_CUDA_MOE_FP8_GROUPED_OV || path == SL_CUDA_MOE_FP8_GROUPED_WS ||
                    (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E)) &&
                   a.vec && d.vec;
-    // the wgmma kernel: 1, or 2 with its products overlapping the promotion
+    // the wgmma kernel: 1, 2 with its products overlapping the promotion, 3 warp-specialized
     int wg = path == SL_CUDA_MOE_FP8_GROUPED      ? 1
              : path == SL_CUDA_MOE_FP8_GROUPED_OV ? 2
+             : path == SL_CUDA_MOE_FP8_GROUPED_WS ? 3
              : path == SL_CUDA_MOE_FP8_AUTO       ? b->moe_fp8_wg
                                                   : 0;
     int expert_gemv = !grouped && (path == SL_CUDA_MOE_FP8_EXPERT_GEMV ||

@@ -9,7 +9,7 @@ wgmma as a warpgroup collective reading shared memory through its descriptors; b
 and cp.async asynchronous: they take effect when a wait retires their commit group) and runs its driver on random inputs against a float64 reference:
 
 - attn: k_attn_fa2, k_attn_wg, k_attn_wg2 and k_attn_ws (attention.cu) on paged batches (attn_driver.cpp);
-- fp8:  the grouped FP8 MoE GEMMs k_fp8_moe_gemm_tc and k_fp8_moe_wg (fp8.cu) over routing
+- fp8:  the grouped FP8 MoE GEMMs k_fp8_moe_gemm_tc, k_fp8_moe_wg and k_fp8_moe_ws (fp8.cu) over routing
         plans (fp8_driver.cpp);
 - moe1: one token's FP8 MoE in one kernel, k_fp8_moe_one (fp8.cu), all of its blocks at once
         (they wait on each other's counters), against the CPU op's arithmetic (moe1_driver.cpp);

@@ -312,14 +312,19 @@ static inline void wg_mbar_init(uint32_t bar, unsigned count) {
     m->count = m->pending = (int)count;
     emu_b->mbars[bar] = std::move(m);
 }
+// The arriving thread then pauses 2 ms, so the waiters run ahead of it: a hand-over made
+// before its data landed is read before the arriver's next wait lands it.
 static inline void wg_mbar_arrive(uint32_t bar) {
     emu_mbar &m = emu_mbar_at(bar);
-    std::lock_guard<std::mutex> g(m.mu);
-    if (--m.pending == 0) {
-        m.phase++;
-        m.pending = m.count;
-        m.cv.notify_all();
+    {
+        std::lock_guard<std::mutex> g(m.mu);
+        if (--m.pending == 0) {
+            m.phase++;
+            m.pending = m.count;
+            m.cv.notify_all();
+        }
     }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
 }
 // the phase of this parity completed: the current (incomplete) phase has the other parity
 static inline void wg_mbar_wait(uint32_t bar, unsigned parity) {

@@ -1,13 +1,13 @@
 // kernels/dev/emu/fp8_driver.cpp: routing plans (experts of uneven sizes, some empty, tiles of
 // BT rows, x rows through a permutation) over random e4m3 weights with 128×128 block scales or
 // a scale per row (N and K not multiples of 128), NaN-poisoned output and garbage shared memory, through
-// k_fp8_moe_gemm_tc and k_fp8_moe_wg (both forms), compared with a float64 reference of the CPU op's
+// k_fp8_moe_gemm_tc, k_fp8_moe_wg (both forms) and k_fp8_moe_ws, compared with a float64 reference of the CPU op's
 // arithmetic (Σ_g (Σ_k x_q·w_q) · s_x·s_w); appended to the kernel code by emu.py.
 static uint64_t rs = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 static uint8_t rcode(void) { uint8_t c; do c = (uint8_t)rnd(); while ((c & 0x7f) == 0x7f); return c; }
 
-// kernel: 0 the mma.sync tiles, 1 wgmma, 2 wgmma overlapped
+// kernel: 0 the mma.sync tiles, 1 wgmma, 2 wgmma overlapped, 3 wgmma warp-specialized
 template <int BT, int KV>
 static int run_case(int N, int K, const std::vector<int> &count, int shift, int npb)
 {
@@ -38,9 +38,10 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift, int 
     a.out = {out.data(), SL_DTYPE_F32, P, N, N};
     a.ew = (int64_t)N * K; a.ews = (int64_t)NS * G; a.x_perm = 1; a.x_div = 1; a.npb = npb;
     unsigned GX = KV ? (unsigned)((NB + npb - 1) / npb) : (unsigned)NB; // the wgmma kernel walks npb weight blocks
-    size_t smem = KV ? wg8_cfg<BT>::SMEM : tc_cfg<BT>::SMEM;
-    emu_grid({GX, (unsigned)n_tiles, 1}, 256, smem, [&] {
-        if (KV == 2) k_fp8_moe_wg<BT, true>(a, p);
+    size_t smem = KV == 3 ? ws8_cfg<BT>::SMEM : KV ? wg8_cfg<BT>::SMEM : tc_cfg<BT>::SMEM;
+    emu_grid({GX, (unsigned)n_tiles, 1}, KV == 3 ? 384 : 256, smem, [&] {
+        if (KV == 3) k_fp8_moe_ws<BT>(a, p);
+        else if (KV == 2) k_fp8_moe_wg<BT, true>(a, p);
         else if (KV) k_fp8_moe_wg<BT, false>(a, p);
         else k_fp8_moe_gemm_tc<BT>(a, p);
         SL_ASSERT(emu_wg_idle());
@@ -61,7 +62,7 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift, int 
     }
     double rel = sqrt(e2 / r2);
     printf("%s BT=%d N=%d K=%d E=%d P=%d tiles=%d scales/%d rows npb=%d: rel L2 %.2e nonfinite %d -> %s\n",
-           KV == 2 ? "wgo" : KV ? "wg" : "tc", BT, N, K, E, P, n_tiles, 1 << shift, KV ? npb : 1, rel, bad, bad == 0 && rel < 1e-5 ? "ok" : "FAIL");
+           KV == 3 ? "ws" : KV == 2 ? "wgo" : KV ? "wg" : "tc", BT, N, K, E, P, n_tiles, 1 << shift, KV ? npb : 1, rel, bad, bad == 0 && rel < 1e-5 ? "ok" : "FAIL");
     return bad == 0 && rel < 1e-5;
 }
 
@@ -70,6 +71,7 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift, int 
 {
     int ok = run_case<BT, 0>(N, K, count, shift, npb);
     ok &= run_case<BT, 1>(N, K, count, shift, npb);
+    ok &= run_case<BT, 3>(N, K, count, shift, npb);
     return run_case<BT, 2>(N, K, count, shift, npb) && ok;
 }
 
@@ -82,6 +84,7 @@ int main(void)
     ok &= run_case<32>(130, 1152, {31, 2}, 7, 1);       // 9 groups: the overlapped form's odd tail, stages reused
     ok &= run_case<32>(600, 512, {7, 0, 50}, 0, 2);     // 5 weight blocks 2 a block (the last one alone), 4 groups
     ok &= run_case<64>(520, 384, {20, 64}, 7, 3);       // 3 groups a block of 3 weight blocks: u crosses them
+    ok &= run_case<128>(136, 1024, {140, 9}, 7, 2);     // 16 steps: k_fp8_moe_ws's ring of 5 stages wraps
     printf("%s\n", ok ? "ALL OK" : "SOME FAILED");
     return !ok;
 }
