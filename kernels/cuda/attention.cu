@@ -919,11 +919,9 @@ __device__ __forceinline__ void fa_wg_load_q(const cu_attn_args &a, const attn_t
 template <int BC, int D, int QR>
 __device__ __forceinline__ void fa_wg_s(float (&s)[BC / 8][4], uint64_t dq, uint64_t dk)
 {
-#pragma unroll
-    for (int n = 0; n < BC / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) wg_ss<BC>(s, dq + wg_kstep(QR, kk), dk + wg_kstep(BC, kk));
+    for (int kk = 0; kk < D / 16; kk++) wg_ss<BC>(s, dq + wg_kstep(QR, kk), dk + wg_kstep(BC, kk), kk > 0);
     wg_commit();
 }
 

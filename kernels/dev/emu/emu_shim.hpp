@@ -237,7 +237,7 @@ static inline uint32_t emu_desc_addr(uint64_t desc, bool nmaj, int mn, int k, in
 static inline float emu_sh(uint32_t addr) { __nv_bfloat16 h = {emu_h(addr)}; return __bfloat162float(h); }
 struct emu_wg_op {
     float *d;
-    int n, esz;
+    int n, esz, acc; // acc 0: d = A·B (wgmma's scale-d false)
     uint64_t da, db;
     uint32_t a[4];
     bool ra, nmaj;
@@ -272,12 +272,13 @@ static inline void emu_wg_exec(const emu_wg_op &op) {
             else B = emu_e4m3((uint8_t)emu_smem()[emu_desc_addr(op.db, false, col, k, 1)]);
             acc += A * B;
         }
-        op.d[4 * f + e] += acc;
+        op.d[4 * f + e] = (op.acc ? op.d[4 * f + e] : 0.0f) + acc;
     }
     bar.arrive_and_wait();
 }
-static inline void emu_wg_issue(float *d, int n, uint64_t da, const uint32_t *ra, uint64_t db, bool nmaj, int esz) {
-    emu_wg_op op{d, n, esz, da, db, {0, 0, 0, 0}, ra != nullptr, nmaj};
+static inline void emu_wg_issue(float *d, int n, uint64_t da, const uint32_t *ra, uint64_t db, bool nmaj, int esz,
+                                int acc = 1) {
+    emu_wg_op op{d, n, esz, acc, da, db, {0, 0, 0, 0}, ra != nullptr, nmaj};
     if (ra) for (int i = 0; i < 4; i++) op.a[i] = ra[i];
     emu_wg_open.push_back(op);
 }
@@ -293,7 +294,7 @@ static inline bool emu_wg_idle(void) {
     __pipeline_wait_prior(0); // a kernel may end with copies in flight (empty or unread groups)
     return emu_wg_open.empty() && emu_wg_groups.empty() && emu_cp_open.empty();
 }
-template <int N> static inline void wg_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 2); }
+template <int N> static inline void wg_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db, int acc = 1) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 2, acc); }
 template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) { emu_wg_issue(&d[0][0], N, 0, a, db, true, 2); }
 template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 1); }
 
