@@ -962,16 +962,15 @@ template <int N> __device__ __forceinline__ void tc_wait(void)
 
 // A wgmma kernel's pieces (warpgroup wg: weight rows 64wg .., this thread's
 // rows rw and rw + 8, token columns 8f + 2tq, + 1). The stage at shared
-// address st: its group's products into a fresh accumulator, committed.
+// address st: its group's products into a fresh accumulator (the first
+// product's scale-d 0), committed.
 template <int BT>
 __device__ __forceinline__ void wg8_mma(uint32_t st, int wg, float (&part)[BT / 8][4])
 {
     const uint64_t da = wg_desc(st + wg * 64 * FP8_G, 16, 1024), db = wg_desc(st + wg8_cfg<BT>::X, 16, 1024);
-#pragma unroll
-    for (int f = 0; f < BT / 8; f++) part[f][0] = part[f][1] = part[f][2] = part[f][3] = 0.0f;
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < FP8_G / 32; kk++) wg_ss8<BT>(part, da + 2 * kk, db + 2 * kk); // 32 bytes a step
+    for (int kk = 0; kk < FP8_G / 32; kk++) wg_ss8<BT>(part, da + 2 * kk, db + 2 * kk, kk > 0); // 32 bytes a step
     wg_commit();
 }
 

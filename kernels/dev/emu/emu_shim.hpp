@@ -296,7 +296,7 @@ static inline bool emu_wg_idle(void) {
 }
 template <int N> static inline void wg_ss(float (&d)[N / 8][4], uint64_t da, uint64_t db, int acc = 1) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 2, acc); }
 template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) { emu_wg_issue(&d[0][0], N, 0, a, db, true, 2); }
-template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 1); }
+template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db, int acc = 1) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 1, acc); }
 
 // Warp-specialized kernels' barriers (wgmma.cuh): mbarriers by shared address (a wait
 // lasting 20 s aborts: a lost arrival), named barriers of 256 threads, setmaxnreg a no-op.
