@@ -1020,16 +1020,23 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32, 2) k_attn_wg(cu_attn_args a)
     float m[2], l[2], s[NB][4], c[2];
     fa_start(o, m, l);
     const float sl2 = a.scale_log2;
-    // tile t's S (retired) masked and turned into P (rescale factors in c)
+    // tile t's S (retired) masked and turned into P (rescale factors in c).
+    // P is a copy: ordinary instructions writing the S accumulators while
+    // P·V is in flight made ptxas serialise every wgmma (C7515, v37).
+    float pf[NB][4];
     auto soft = [&](int t) {
         wg_hold(s);
+#pragma unroll
+        for (int n = 0; n < NB; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) pf[n][e] = s[n][e];
         int j0 = tl.kbeg + t * BC;
-        if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
-        fa_softmax_p(s, m, l, c, sl2);
+        if (j0 + BC > warp_lo) fa_mask(pf, j0, q, limr); // warp-uniform test
+        fa_softmax_p(pf, m, l, c, sl2);
     };
     auto pack = [&]() {
 #pragma unroll
-        for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
+        for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], pf, kk);
     };
 
     if constexpr (!OV) {
