@@ -629,7 +629,7 @@ __device__ __forceinline__ uint32_t fa2_pack(float lo, float hi)
 // byte dst(r, c) of each; a null ks or vs: that half not copied) and
 // committed as one group by the block's NTH threads; keys past kend are
 // zeros (a zero V row times a masked p = 0 keeps garbage out of O).
-template <int D, int BC, int NTH = ATTN_WARPS * 32, class Dst>
+template <int D, int BC, int NTH = ATTN_WARPS * 32, int UNROLL = BC * (D / 8) / NTH, class Dst>
 __device__ __forceinline__ void fa_issue(const cu_attn_args &a, const attn_tile &tl, int j0,
                                          char *ks, char *vs, Dst dst)
 {
@@ -637,7 +637,7 @@ __device__ __forceinline__ void fa_issue(const cu_attn_args &a, const attn_tile 
     static_assert(BC * CH % NTH == 0, "whole rounds of chunks");
     const int32_t *pages = a.page_table + (int64_t)tl.s * a.max_pages;
     const int64_t koff = (int64_t)tl.kh * D;
-#pragma unroll
+#pragma unroll UNROLL
     for (int it = 0; it < BC * CH / NTH; it++) {
         int c = threadIdx.x + it * NTH;
         int rr = c / CH, cc = c % CH, j = j0 + rr;
@@ -727,6 +727,49 @@ __device__ __forceinline__ void fa_p_frag(uint32_t (&pa)[4], const float (&s)[NB
     pa[1] = fa2_pack(s[2 * kk][2], s[2 * kk][3]);
     pa[2] = fa2_pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
     pa[3] = fa2_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// fa_mask (where mask), fa_softmax_p and fa_p_frag in one pass that leaves s
+// as it is: the same max, exponentials, sums (in the same order) and bf16 P
+// fragments, into pb. For a kernel whose next S product may be in flight in
+// other accumulators: no ordinary instruction writes s (which would make
+// ptxas serialise the wgmmas, C7515), and P takes 32 registers, not 64.
+template <int NB>
+__device__ __forceinline__ void fa_softmax_pack(const float (&s)[NB][4], bool mask, int j0, int q,
+                                                const int (&lim)[2], float (&m)[2], float (&l)[2],
+                                                float (&c)[2], float sl2, uint32_t (&pb)[NB / 2][4])
+{
+    auto hidden = [&](int n, int e) { return mask && j0 + n * 8 + 2 * q + (e & 1) >= lim[e >> 1]; };
+    float u[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float x = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < NB; n++) {
+            float a = hidden(n, 2 * h) ? -INFINITY : s[n][2 * h];
+            float b = hidden(n, 2 * h + 1) ? -INFINITY : s[n][2 * h + 1];
+            x = fmaxf(x, fmaxf(a, b));
+        }
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+        float nm = fmaxf(m[h], x * sl2);
+        u[h] = nm == -INFINITY ? 0.0f : nm; // as fa_softmax_p: never NaN
+        c[h] = exp2f(m[h] - u[h]);
+        m[h] = nm;
+    }
+    float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < NB; n++) {
+        float p[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) p[e] = hidden(n, e) ? 0.0f : exp2f(fmaf(s[n][e], sl2, -u[e >> 1]));
+        sum[0] += p[0] + p[1];
+        sum[1] += p[2] + p[3];
+        pb[n >> 1][2 * (n & 1)] = fa2_pack(p[0], p[1]);
+        pb[n >> 1][2 * (n & 1) + 1] = fa2_pack(p[2], p[3]);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) l[h] = l[h] * c[h] + sum[h];
 }
 
 // The end of a 64-row tile: rows R0 + g and R0 + g + 8 of O (accumulator
@@ -1204,8 +1247,8 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
 // reading it. Registers move from the producer to the consumers (setmaxnreg).
 // Shared memory: k_attn_wg2's, then the barriers.
 #define WS_THREADS 384
-#define WS_PRODUCER_REGS 80 // 128 · 80 + 256 · 216 = the 64 K registers of an SM
-#define WS_CONSUMER_REGS 216
+#define WS_PRODUCER_REGS 40 // 128 · 40 + 256 · 232 registers: within the 64 K of an SM
+#define WS_CONSUMER_REGS 232
 template <int D> struct ws_cfg {
     using W = wg2_cfg<D>;
     static constexpr size_t BAR = W::Q + W::STAGES * W::STAGE; // full[STAGES], empty[STAGES]
@@ -1242,7 +1285,7 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
         for (int t = 0; t < nt; t++) {
             if (t >= S) wg_mbar_wait(empty + 8 * (t % S), (t / S - 1) & 1); // tile t - S consumed
             char *st = smem + C::Q + (t % S) * C::STAGE;
-            fa_issue<D, BC, 128>(a, tl, tl.kbeg + t * BC, st, st + C::KV,
+            fa_issue<D, BC, 128, 4>(a, tl, tl.kbeg + t * BC, st, st + C::KV,
                                  [](int r, int c) { return wg_swz(C::BC, r, c); });
             if (t > 0) { // tile t - 1 landed: handed over
                 __pipeline_wait_prior(1);
@@ -1269,25 +1312,81 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
     uint32_t pa[BC / 16][4];
     fa_start(o, m, l);
     const float sl2 = a.scale_log2;
+    // the turn, taken every tile t (also where this warpgroup skips its
+    // products) so that every arrival has its wait
+    auto turn = [&](int t) {
+        if (wgi == 1 || t > 0) wg_bar_sync(1 + wgi, 256);
+    };
+    auto pass = [&](int t) {
+        if (wgi == 0 || t + 1 < nt) wg_bar_arrive(2 - wgi, 256);
+    };
+    auto st_of = [&](int t) { return sst + (uint32_t)(t % S) * (uint32_t)C::STAGE; };
+    if constexpr (S >= 3) {
+        // v48, FlashAttention-3's overlap inside a warpgroup: tile t + 1's S is
+        // issued with tile t's P·V and softmaxed while P·V runs (P into its
+        // own registers, fa_softmax_pack; O rescaled after P·V retires). It
+        // waits for tile t + 1 before releasing tile t, which the producer's
+        // hand-over (one tile behind its newest) allows from 3 stages on.
+        // Tiles with products for this warpgroup: a prefix (wg_end bounds
+        // every later tile too).
+        const int nw = wg_end > tl.kbeg ? min(nt, (wg_end - tl.kbeg + BC - 1) / BC) : 0;
+        uint32_t pb[BC / 16][4];
+        // tile t's S (retired) into P (p), the rescale factors into c
+        auto soft = [&](int t, uint32_t(&p)[BC / 16][4]) {
+            wg_hold(s);
+            const int j0 = tl.kbeg + t * BC;
+            fa_softmax_pack(s, j0 + BC > warp_lo, j0, q, limr, m, l, c, sl2, p);
+        };
+        wg_mbar_wait(full, 0);
+        if (nw > 0) {
+            fa_wg_s<BC, D, 128>(s, dq, wg_desc(st_of(0), 16, 1024));
+            wg_wait<0>();
+            soft(0, pa); // O is zero: nothing to rescale
+        }
+        // tile t with its P in cur, tile t + 1's into nxt (the two alternate)
+        auto step = [&](int t, uint32_t(&cur)[BC / 16][4], uint32_t(&nxt)[BC / 16][4]) {
+            if (t + 1 < nt) wg_mbar_wait(full + 8 * ((t + 1) % S), ((t + 1) / S) & 1);
+            const uint64_t dv = wg_desc(st_of(t) + (uint32_t)C::KV, BC * 128, 1024);
+            if (t + 1 < nw) {
+                turn(t);
+                fa_wg_s<BC, D, 128>(s, dq, wg_desc(st_of(t + 1), 16, 1024));
+                fa_wg_pv<D, BC>(o, cur, dv);
+                pass(t);
+                wg_wait<1>(); // S(t + 1) retired, P·V(t) in flight
+                soft(t + 1, nxt);
+                wg_wait<0>();
+                wg_hold(o);
+                fa_rescale(o, c);
+            } else if (t < nw) {
+                turn(t);
+                fa_wg_pv<D, BC>(o, cur, dv);
+                pass(t);
+                wg_wait<0>();
+                wg_hold(o);
+            } else {
+                turn(t);
+                pass(t);
+            }
+            wg_mbar_arrive(empty + 8 * (t % S));
+        };
+        for (int t = 0; t < nt; t += 2) {
+            step(t, pa, pb);
+            if (t + 1 < nt) step(t + 1, pb, pa);
+        }
+        fa_store<D>(a, tl, R0, g, q, o, m, l);
+        return;
+    }
     for (int t = 0; t < nt; t++) {
         wg_mbar_wait(full + 8 * (t % S), (t / S) & 1);
         const int j0 = tl.kbeg + t * BC;
-        const uint32_t st = sst + (uint32_t)(t % S) * (uint32_t)C::STAGE;
-        // the turn, taken every tile (also where this warpgroup skips its
-        // products) so that every arrival has its wait
-        auto turn = [&]() {
-            if (wgi == 1 || t > 0) wg_bar_sync(1 + wgi, 256);
-        };
-        auto pass = [&]() {
-            if (wgi == 0 || t + 1 < nt) wg_bar_arrive(2 - wgi, 256);
-        };
+        const uint32_t st = st_of(t);
         if (j0 >= wg_end) {
-            turn();
-            pass();
+            turn(t);
+            pass(t);
         } else { // the products in one branch: ptxas serialises wgmma split over several (C7518)
-            turn();
+            turn(t);
             fa_wg_s<BC, D, 128>(s, dq, wg_desc(st, 16, 1024));
-            pass();
+            pass(t);
             wg_wait<0>();
             wg_hold(s);
             if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test

@@ -79,6 +79,16 @@ template <int F> __device__ __forceinline__ void wg_hold(float (&d)[F][4])
         for (int e = 0; e < 4; e++) asm volatile("" : "+f"(d[f][e])::"memory");
 }
 
+// A fragments set by ordinary instructions: held where they are written, so that the
+// compiler does not sink their moves past the next wgmma (ptxas would serialise, C7513).
+template <int F> __device__ __forceinline__ void wg_hold(uint32_t (&a)[F][4])
+{
+#pragma unroll
+    for (int f = 0; f < F; f++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[f][e])::"memory");
+}
+
 __device__ __forceinline__ void wg_fence_smem(void)
 {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");

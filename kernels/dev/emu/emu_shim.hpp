@@ -224,6 +224,7 @@ static inline void emu_cp_wait(int n) { __pipeline_wait_prior(n); }
 // (emu_wg_idle).
 static inline void wg_fence(void) {}
 template <int F> static inline void wg_hold(float (&)[F][4]) {}
+template <int F> static inline void wg_hold(uint32_t (&)[F][4]) {}
 static inline void wg_fence_smem(void) {}
 static inline uint32_t emu_desc_addr(uint64_t desc, bool nmaj, int mn, int k, int esz) {
     SL_ASSERT((desc >> 62) == 1 && ((desc >> 49) & 7) == 0);
