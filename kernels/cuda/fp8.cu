@@ -1173,16 +1173,55 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_mo
     wg_regs_inc<WS8_CONSUMER_REGS>();
     const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
     const int rw = wg * 64 + warp * 16 + gq; // this thread's weight rows rw, rw + 8
-    float acc[F][4], part[F][4];
+    float acc[F][4];
 #pragma unroll
     for (int f = 0; f < F; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
-    for (int u = 0; u < U; u++) {
+    auto mma = [&](int u, float (&part)[F][4]) {
         wg_mbar_wait(full + 8 * (u % S), (u / S) & 1);
         wg8_mma<BT>(s0 + (u % S) * C::STAGE, wg, part);
-        wg_wait<0>();
+    };
+    // step u's promotion (its products retired): its stage released after
+    // its scales were read, its weight block stored after its last group
+    auto promote = [&](int u, float (&part)[F][4]) {
         wg8_promote<BT>(sm + (u % S) * C::STAGE, rw, tq, part, acc);
         wg_mbar_arrive(empty + 8 * (u % S));
         if (u % a.G == a.G - 1) wg8_store<BT>(a, r0, rows, (nb0 + u / a.G) * TC_BN, rw, tq, acc);
+    };
+    if constexpr (BT <= 64) {
+        // v49: step u's products issued into nxt, then step u - 1's promoted
+        // from cur while they run, then waited for: the tensor cores run while
+        // this warpgroup promotes, and nothing is in flight between steps (a
+        // product in flight across the loop made ptxas inject waits, C7517).
+        // The two accumulators alternate over a loop unrolled by two; the
+        // warpgroup holds two stages (the producer's hand-over allows it from
+        // 3 on). At 128 tokens three accumulators do not fit in registers.
+        float p0[F][4], p1[F][4];
+        auto step = [&](int u, float (&cur)[F][4], float (&nxt)[F][4]) {
+            if (u == 0) {
+                mma(u, nxt);
+                wg_wait<0>();
+            } else if (u < U) {
+                mma(u, nxt);
+                wg_wait<1>(); // (cur retired in the step before: said here for ptxas)
+                promote(u - 1, cur);
+                wg_wait<0>();
+            } else {
+                wg_wait<0>();
+                promote(u - 1, cur);
+            }
+        };
+        static_assert(S >= 3, "a consumer holds two stages");
+        for (int u = 0; u <= U; u += 2) {
+            step(u, p1, p0);
+            if (u + 1 <= U) step(u + 1, p0, p1);
+        }
+    } else {
+        float part[F][4];
+        for (int u = 0; u < U; u++) {
+            mma(u, part);
+            wg_wait<0>();
+            promote(u, part);
+        }
     }
 }
 
