@@ -979,6 +979,28 @@ __device__ __forceinline__ void fa_wg_pv(float (&o)[D / 8][4], const uint32_t (&
     wg_commit();
 }
 
+// The rest of a tile once its S product is issued (k_attn_wg2, k_attn_ws's
+// plain loop): S waited for, masked where the tile crosses a row's limit,
+// softmaxed, O rescaled, O += P·V from the V tile at dv, waited for.
+template <int D, int BC>
+__device__ __forceinline__ void fa_wg_tile(float (&s)[BC / 8][4], float (&o)[D / 8][4], bool mask, int j0, int q,
+                                           const int (&limr)[2], float (&m)[2], float (&l)[2], float sl2,
+                                           uint64_t dv)
+{
+    float c[2];
+    uint32_t pa[BC / 16][4];
+    wg_wait<0>();
+    wg_hold(s);
+    if (mask) fa_mask(s, j0, q, limr); // warp-uniform test
+    fa_softmax_p(s, m, l, c, sl2);
+    fa_rescale(o, c);
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
+    fa_wg_pv<D, BC>(o, pa, dv);
+    wg_wait<0>();
+    wg_hold(o);
+}
+
 // The same tiles, grid, key splits and outputs as k_attn_fa2, on Hopper's
 // warpgroup mma (wgmma, kernels/cuda/wgmma.cuh): the block's 4 warps are one
 // warpgroup, S = Q·Kᵀ is one m64nBC product (Q and K read from shared memory
@@ -1198,8 +1220,7 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
     // Q's 64 rows of this warpgroup start 64 · 128 bytes into each 128-row
     // column block
     const uint64_t dq = wg_desc(sq + (uint32_t)wgi * 64 * 128, 16, 1024);
-    float o[NO][4], m[2], l[2], s[NB][4], c[2];
-    uint32_t pa[BC / 16][4];
+    float o[NO][4], m[2], l[2], s[NB][4];
     fa_start(o, m, l);
     const float sl2 = a.scale_log2;
 
@@ -1214,16 +1235,8 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
         if (j0 < wg_end) {
             const uint32_t st = sst + (uint32_t)(t % S) * (uint32_t)C::STAGE;
             fa_wg_s<BC, D, 128>(s, dq, wg_desc(st, 16, 1024));
-            wg_wait<0>();
-            wg_hold(s);
-            if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
-            fa_softmax_p(s, m, l, c, sl2);
-            fa_rescale(o, c);
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
-            fa_wg_pv<D, BC>(o, pa, wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
-            wg_wait<0>();
-            wg_hold(o);
+            fa_wg_tile<D, BC>(s, o, j0 + BC > warp_lo, j0, q, limr, m, l, sl2,
+                              wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
         }
         __syncthreads(); // the stage just read is refilled next iteration
     }
@@ -1308,8 +1321,7 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
     // from here this warpgroup has nothing to do (warpgroup-uniform)
     const int wg_end = wgi * 64 / a.gh <= last ? lim(wgi * 64 + 63) : 0;
     const uint64_t dq = wg_desc(sq + (uint32_t)wgi * 64 * 128, 16, 1024);
-    float o[NO][4], m[2], l[2], s[NB][4], c[2];
-    uint32_t pa[BC / 16][4];
+    float o[NO][4], m[2], l[2], s[NB][4];
     fa_start(o, m, l);
     const float sl2 = a.scale_log2;
     // the turn, taken every tile t (also where this warpgroup skips its
@@ -1330,7 +1342,8 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
         // Tiles with products for this warpgroup: a prefix (wg_end bounds
         // every later tile too).
         const int nw = wg_end > tl.kbeg ? min(nt, (wg_end - tl.kbeg + BC - 1) / BC) : 0;
-        uint32_t pb[BC / 16][4];
+        float c[2];
+        uint32_t pa[BC / 16][4], pb[BC / 16][4];
         // tile t's S (retired) into P (p), the rescale factors into c
         auto soft = [&](int t, uint32_t(&p)[BC / 16][4]) {
             wg_hold(s);
@@ -1373,32 +1386,23 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
             step(t, pa, pb);
             if (t + 1 < nt) step(t + 1, pb, pa);
         }
-        fa_store<D>(a, tl, R0, g, q, o, m, l);
-        return;
-    }
-    for (int t = 0; t < nt; t++) {
-        wg_mbar_wait(full + 8 * (t % S), (t / S) & 1);
-        const int j0 = tl.kbeg + t * BC;
-        const uint32_t st = st_of(t);
-        if (j0 >= wg_end) {
-            turn(t);
-            pass(t);
-        } else { // the products in one branch: ptxas serialises wgmma split over several (C7518)
-            turn(t);
-            fa_wg_s<BC, D, 128>(s, dq, wg_desc(st, 16, 1024));
-            pass(t);
-            wg_wait<0>();
-            wg_hold(s);
-            if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
-            fa_softmax_p(s, m, l, c, sl2);
-            fa_rescale(o, c);
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
-            fa_wg_pv<D, BC>(o, pa, wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
-            wg_wait<0>();
-            wg_hold(o);
+    } else {
+        for (int t = 0; t < nt; t++) {
+            wg_mbar_wait(full + 8 * (t % S), (t / S) & 1);
+            const int j0 = tl.kbeg + t * BC;
+            const uint32_t st = st_of(t);
+            if (j0 >= wg_end) {
+                turn(t);
+                pass(t);
+            } else { // the products in one branch: ptxas serialises wgmma split over several (C7518)
+                turn(t);
+                fa_wg_s<BC, D, 128>(s, dq, wg_desc(st, 16, 1024));
+                pass(t);
+                fa_wg_tile<D, BC>(s, o, j0 + BC > warp_lo, j0, q, limr, m, l, sl2,
+                                  wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
+            }
+            wg_mbar_arrive(empty + 8 * (t % S));
         }
-        wg_mbar_arrive(empty + 8 * (t % S));
     }
     fa_store<D>(a, tl, R0, g, q, o, m, l);
 }
