@@ -1295,20 +1295,11 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
 
     if (wgi < 0) {
         wg_regs_dec<WS_PRODUCER_REGS>();
-        for (int t = 0; t < nt; t++) {
-            if (t >= S) wg_mbar_wait(empty + 8 * (t % S), (t / S - 1) & 1); // tile t - S consumed
+        wg_produce<S>(nt, full, empty, [&](int t) {
             char *st = smem + C::Q + (t % S) * C::STAGE;
             fa_issue<D, BC, 128, 4>(a, tl, tl.kbeg + t * BC, st, st + C::KV,
-                                 [](int r, int c) { return wg_swz(C::BC, r, c); });
-            if (t > 0) { // tile t - 1 landed: handed over
-                __pipeline_wait_prior(1);
-                wg_fence_smem();
-                wg_mbar_arrive(full + 8 * ((t - 1) % S));
-            }
-        }
-        __pipeline_wait_prior(0);
-        wg_fence_smem();
-        wg_mbar_arrive(full + 8 * ((nt - 1) % S));
+                                    [](int r, int c) { return wg_swz(C::BC, r, c); });
+        });
         return;
     }
     wg_regs_inc<WS_CONSUMER_REGS>();

@@ -1155,19 +1155,10 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_mo
         const uint8_t *w = a.w + e * a.ew;
         const float *ws = a.ws + e * a.ews;
         auto xrow = [&](int r) -> int64_t { return xr[r]; };
-        for (int u = 0, j = 0, g = 0; u < U; u++) {
-            if (u >= S) wg_mbar_wait(empty + 8 * (u % S), (u / S - 1) & 1); // step u - S consumed
-            tc_load<BT, wg8_lay<BT>, 128>(a, w, ws, xrow, rows, (nb0 + j) * TC_BN, s0 + (u % S) * C::STAGE, g);
-            if (++g == a.G) g = 0, j++;
-            if (u > 0) { // step u - 1 landed: handed over
-                tc_wait<1>();
-                wg_fence_smem();
-                wg_mbar_arrive(full + 8 * ((u - 1) % S));
-            }
-        }
-        tc_wait<0>();
-        wg_fence_smem();
-        wg_mbar_arrive(full + 8 * ((U - 1) % S));
+        wg_produce<S>(U, full, empty, [&](int u) {
+            tc_load<BT, wg8_lay<BT>, 128>(a, w, ws, xrow, rows, (nb0 + u / a.G) * TC_BN, s0 + (u % S) * C::STAGE,
+                                          u % a.G);
+        });
         return;
     }
     wg_regs_inc<WS8_CONSUMER_REGS>();

@@ -26,6 +26,7 @@
 #ifndef SL_CUDA_WGMMA_CUH
 #define SL_CUDA_WGMMA_CUH
 
+#include <cuda_pipeline.h>
 #include <stdint.h>
 
 // Descriptor of a 128-byte-swizzled operand at shared address addr: lbo and sbo in bytes
@@ -147,6 +148,28 @@ template <int R> __device__ __forceinline__ void wg_regs_dec(void)
 template <int R> __device__ __forceinline__ void wg_regs_inc(void)
 {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+
+// A producer warpgroup's loop over n steps through a ring of S stages (barriers full[S],
+// empty[S], 8 bytes apart): step i's copies are issued by issue(i) (one cp.async commit
+// group a thread) once the stage's step i - S is consumed, and handed over one step
+// behind: a thread waits for its copies of step i - 1 (and fences them for wgmma) only
+// after issuing step i's, so it never blocks on a copy with nothing else in flight.
+template <int S, class Issue>
+__device__ __forceinline__ void wg_produce(int n, uint32_t full, uint32_t empty, Issue issue)
+{
+    for (int i = 0; i < n; i++) {
+        if (i >= S) wg_mbar_wait(empty + 8 * (i % S), (i / S - 1) & 1);
+        issue(i);
+        if (i > 0) {
+            __pipeline_wait_prior(1);
+            wg_fence_smem();
+            wg_mbar_arrive(full + 8 * ((i - 1) % S));
+        }
+    }
+    __pipeline_wait_prior(0);
+    wg_fence_smem();
+    wg_mbar_arrive(full + 8 * ((n - 1) % S));
 }
 
 // d (64 × N) += A · Bᵀ, A (64 × 16) and B (N × 16) K-major in shared memory; with acc 0,
