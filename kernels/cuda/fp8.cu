@@ -557,7 +557,6 @@ template <int NT> __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_gemv_c
 #define MOE1_STAGES 3
 #define MOE1_MAXK 64    // pairs (counters a pair)
 #define MOE1_MAXRB 1024 // row blocks of down (counters a row block)
-#define MOE1_SPIN_LIMIT (4LL << 30) // clocks a block waits for a pair (~2 s) before it traps
 
 typedef struct moe1_args {
     // the per-pair GEMVs' arguments (ids, topk = k, expert strides): gu.out is
@@ -662,7 +661,7 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_moe_one(moe1_args a)
                 long long t0 = clock64();
                 while (moe1_ld_acquire(pair_done + pair) < (unsigned)nb1) {
                     __nanosleep(32);
-                    if (clock64() - t0 > MOE1_SPIN_LIMIT) __trap();
+                    if (clock64() - t0 > WG_SPIN_LIMIT) __trap(); // ~2 s: a lost pair
                 }
             }
             __syncthreads();

@@ -364,6 +364,7 @@ static inline long long clock64(void) {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 static inline void __trap(void) { fprintf(stderr, "trap\n"); abort(); }
+#define WG_SPIN_LIMIT (4LL << 30) // wgmma.cuh's (clock64 counts ns here: ~4 s)
 #define SL_FP8_MAX 448.0f
 // e4m3fn of v: the nearest finite code, ties to the even code, beyond 448 saturated (as
 // __nv_cvt_float_to_fp8 with __NV_SATFINITE); by search over the codes, for tests only
