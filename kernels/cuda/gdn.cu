@@ -18,6 +18,7 @@
 //           chunk in parallel, then a scan over the chunks doing only what
 //           depends on the state.
 #include <limits.h>
+#include <cuda_pipeline.h>
 #include <mma.h>
 
 #include "gdn.cuh"
@@ -420,42 +421,65 @@ __device__ __forceinline__ void gdn_tri_mm(float *dst, int ldd, const float *A, 
 // A chunk's inputs (tokens tb .. tb+n-1, rows past n zero): q and k
 // l2-normalised (q also scaled by Dk^-1/2) into Qs, Ks (row stride LK), one
 // warp per row; the inclusive cumulative log gates into Gs and β into Bs
-// (warp 0). No barrier at the end (the caller adds its own loads first).
+// (warp 0). Every load of a thread is issued before the first use of one
+// (a load's round trip is paid once, not once a row). No barrier at the end
+// (the caller adds its own loads first).
 template <int DK, int LK>
 __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs, float *Ks, float *Gs,
                                                  float *Bs, int tb, int n, int64_t qoff, int64_t koff, int h,
                                                  float Aexp, float bias)
 {
-    constexpr int C = GDN_C, NW = 256 / 32;
+    constexpr int C = GDN_C, NW = 256 / 32, R = C / NW, J = DK / 32;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float qscale = 1.0f / sqrtf((float)DK);
-    for (int i = warp; i < C; i += NW) {
-        float qv[DK / 32], kv[DK / 32], qss = 0.0f, kss = 0.0f;
+    float qv[R][J], kv[R][J];
 #pragma unroll
-        for (int j = 0; j < DK / 32; j++) {
-            qv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, qoff + lane + 32 * j) : 0.0f;
-            kv[j] = i < n ? cu_mat_ld(g.qkv, tb + i, koff + lane + 32 * j) : 0.0f;
-            qss += qv[j] * qv[j];
-            kss += kv[j] * kv[j];
+    for (int r = 0; r < R; r++) {
+        int i = warp + NW * r;
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            qv[r][j] = i < n ? cu_mat_ld(g.qkv, tb + i, qoff + lane + 32 * j) : 0.0f;
+            kv[r][j] = i < n ? cu_mat_ld(g.qkv, tb + i, koff + lane + 32 * j) : 0.0f;
+        }
+    }
+    float ga[2] = {0.0f, 0.0f}, gb[2] = {0.0f, 0.0f}; // warp 0: tokens lane, lane + 32
+    if (warp == 0) {
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            int i = lane + 32 * k;
+            if (i < n) {
+                ga[k] = cu_mat_ld(g.a, tb + i, h);
+                gb[k] = cu_mat_ld(g.b, tb + i, h);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int i = warp + NW * r;
+        float qss = 0.0f, kss = 0.0f;
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            qss += qv[r][j] * qv[r][j];
+            kss += kv[r][j] * kv[r][j];
         }
         qss = cu_warp_sum(qss);
         kss = cu_warp_sum(kss);
         float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
 #pragma unroll
-        for (int j = 0; j < DK / 32; j++) {
-            Qs[i * LK + lane + 32 * j] = qv[j] * qi * qscale;
-            Ks[i * LK + lane + 32 * j] = kv[j] * ki;
+        for (int j = 0; j < J; j++) {
+            Qs[i * LK + lane + 32 * j] = qv[r][j] * qi * qscale;
+            Ks[i * LK + lane + 32 * j] = kv[r][j] * ki;
         }
     }
-    if (warp == 0) { // gates: lane owns tokens lane and lane + 32; inclusive scan
+    if (warp == 0) { // gates: inclusive scan over the chunk
         float gl[2];
 #pragma unroll
         for (int k = 0; k < 2; k++) {
             int i = lane + 32 * k;
             float gi = 0.0f, bi = 0.0f;
             if (i < n) {
-                gi = Aexp * softplus(cu_mat_ld(g.a, tb + i, h) + bias);
-                bi = 1.0f / (1.0f + expf(-cu_mat_ld(g.b, tb + i, h)));
+                gi = Aexp * softplus(ga[k] + bias);
+                bi = 1.0f / (1.0f + expf(-gb[k]));
             }
 #pragma unroll
             for (int o = 1; o < 32; o <<= 1) {
@@ -546,19 +570,14 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
     __syncthreads();
 }
 
-// A chunk's state-dependent part (after a barrier), BV value columns: v_new =
-// U − W S0 into Us, O = (Q ⊙ e^G) S0 + QKm v_new into Os, rows < n of O to out
-// (row orow.., columns ooff..), S = e^(G_last) S0 + Kdᵀ v_new in Ss (Ks holds
-// k ⊙ e^(G_last−G); its rows past n and v_new's are zero), then the snapshot
-// to snap (row stride Dv) when given. Ends with a barrier.
-template <int DK, int BV, int LK, int LC, int LV>
-__device__ __forceinline__ void gdn_chunk_state(const float *Qs, const float *Ks, const float *Ws, const float *QKs,
-                                                float *Us, float *Os, float *Ss, float glast, int n, cu_mat out,
-                                                int64_t orow, int64_t ooff, float *snap, int Dv)
+// A chunk's state-dependent part, BV value columns, in three phases that each
+// start after a barrier (k_gdn_scan fills shared memory between them):
+// v_new = U − W S0 into Us.
+template <int DK, int BV, int LK, int LV>
+__device__ __forceinline__ void gdn_vnew(const float *Ws, const float *Ss, float *Us)
 {
-    constexpr int NT = 256, NW = NT / 32;
-    int tid = threadIdx.x, warp = tid >> 5;
-    for (int job = warp; job < 4 * (BV / 16); job += NW) {
+    constexpr int NW = 256 / 32;
+    for (int job = threadIdx.x >> 5; job < 4 * (BV / 16); job += NW) {
         int mi = job / (BV / 16), nv = job % (BV / 16);
         gdn_acc u, ws;
         wmma::fill_fragment(ws, 0.0f);
@@ -569,8 +588,15 @@ __device__ __forceinline__ void gdn_chunk_state(const float *Qs, const float *Ks
         for (int i = 0; i < u.num_elements; i++) u.x[i] -= ws.x[i];
         wmma::store_matrix_sync(up, u, LV, wmma::mem_row_major);
     }
-    __syncthreads();
-    for (int job = warp; job < 4 * (BV / 16); job += NW) {
+}
+
+// O = (Q ⊙ e^G) S0 + QKm v_new into Os.
+template <int DK, int BV, int LK, int LC, int LV>
+__device__ __forceinline__ void gdn_out(const float *Qs, const float *QKs, const float *Ss, const float *Us,
+                                        float *Os)
+{
+    constexpr int NW = 256 / 32;
+    for (int job = threadIdx.x >> 5; job < 4 * (BV / 16); job += NW) {
         int mi = job / (BV / 16), nv = job % (BV / 16);
         gdn_acc o;
         wmma::fill_fragment(o, 0.0f);
@@ -579,10 +605,19 @@ __device__ __forceinline__ void gdn_chunk_state(const float *Qs, const float *Ks
                                                   2 * (mi + 1));
         wmma::store_matrix_sync(Os + mi * 16 * LV + nv * 16, o, LV, wmma::mem_row_major);
     }
-    __syncthreads();
+}
+
+// S = e^(G_last) S0 + Kdᵀ v_new in Ss (Ks holds k ⊙ e^(G_last−G); its rows
+// past n and v_new's are zero), then rows < n of O to out (row orow..,
+// columns ooff..).
+template <int DK, int BV, int LK, int LV>
+__device__ __forceinline__ void gdn_advance(const float *Ks, const float *Us, const float *Os, float *Ss,
+                                            float glast, int n, cu_mat out, int64_t orow, int64_t ooff)
+{
+    constexpr int NT = 256, NW = NT / 32;
     float el = expf(glast);
     int nk = (n + 7) >> 3;
-    for (int job = warp; job < (DK / 16) * (BV / 16); job += NW) {
+    for (int job = threadIdx.x >> 5; job < (DK / 16) * (BV / 16); job += NW) {
         int md = job / (BV / 16), nv = job % (BV / 16);
         float *sp = Ss + md * 16 * LV + nv * 16;
         gdn_acc acc;
@@ -592,10 +627,24 @@ __device__ __forceinline__ void gdn_chunk_state(const float *Qs, const float *Ks
         gdn_mma<wmma::col_major, wmma::row_major>(acc, Ks + md * 16, LK, 8 * LK, Us + nv * 16, LV, 8 * LV, nk);
         wmma::store_matrix_sync(sp, acc, LV, wmma::mem_row_major);
     }
-    for (int e = tid; e < n * BV; e += NT) {
+    for (int e = threadIdx.x; e < n * BV; e += NT) {
         int i = e / BV, c = e % BV;
         cu_mat_st(out, orow + i, ooff + c, Os[i * LV + c]);
     }
+}
+
+// The three phases in turn (after a barrier), then the snapshot to snap (row
+// stride Dv) when given. Ends with a barrier.
+template <int DK, int BV, int LK, int LC, int LV>
+__device__ __forceinline__ void gdn_chunk_state(const float *Qs, const float *Ks, const float *Ws, const float *QKs,
+                                                float *Us, float *Os, float *Ss, float glast, int n, cu_mat out,
+                                                int64_t orow, int64_t ooff, float *snap, int Dv)
+{
+    gdn_vnew<DK, BV, LK, LV>(Ws, Ss, Us);
+    __syncthreads();
+    gdn_out<DK, BV, LK, LC, LV>(Qs, QKs, Ss, Us, Os);
+    __syncthreads();
+    gdn_advance<DK, BV, LK, LV>(Ks, Us, Os, Ss, glast, n, out, orow, ooff);
     __syncthreads();
     if (snap) gdn_state_out<DK, BV, LV>(Ss, snap, Dv);
 }
@@ -722,13 +771,17 @@ template <int DK> struct gdn_prep_smem {
     static_assert(3 * 256 <= GDN_C * LV, "solve scratch");
 };
 
+// k_gdn_scan: one record's Qg, Kd, W, QKm, two U tiles (a chunk's, and the
+// next one's landing), O and the state columns.
 template <int DK, int BV> struct gdn_scan_smem {
     static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = BV + 4;
     static constexpr int Q = 0, K = Q + GDN_C * LK, W = K + GDN_C * LK, QK = W + GDN_C * LK;
-    static constexpr int U = QK + GDN_C * LC, O = U + GDN_C * LV, S = O + GDN_C * LV;
+    static constexpr int U = QK + GDN_C * LC, O = U + 2 * GDN_C * LV, S = O + GDN_C * LV;
     static constexpr size_t BYTES = (size_t)(S + DK * LV) * sizeof(float);
-    static_assert(K % 8 == 0 && W % 8 == 0 && QK % 8 == 0 && U % 8 == 0 && O % 8 == 0 && S % 8 == 0,
+    static_assert(K % 8 == 0 && W % 8 == 0 && QK % 8 == 0 && U % 8 == 0 && (GDN_C * LV) % 8 == 0 && O % 8 == 0 &&
+                      S % 8 == 0,
                   "wmma tiles need 32-byte aligned bases");
+    static_assert(BYTES <= 227 * 1024, "shared memory");
 };
 
 // The first record index of sequence s (chunks of the sequences before it).
@@ -739,15 +792,16 @@ __device__ __forceinline__ int64_t gdn_chunk_base(const cu_gdn_args &g, int s, i
     return base;
 }
 
-// Copies rows x cols floats (row stride ld_src) to shared memory rows of
-// stride ld_dst, 4 floats per thread step (cols, strides multiples of 4).
-__device__ __forceinline__ void gdn_copy(float *dst, int ld_dst, const float *src, int64_t ld_src, int rows,
-                                         int cols)
+// Issues the copy of rows x cols floats (row stride ld_src) to shared memory
+// rows of stride ld_dst as cp.async, 16 bytes a thread step (cols, strides
+// and addresses multiples of 4 floats); the caller commits and waits.
+__device__ __forceinline__ void gdn_copy_async(float *dst, int ld_dst, const float *src, int64_t ld_src, int rows,
+                                               int cols)
 {
     int c4 = cols / 4;
     for (int e = threadIdx.x; e < rows * c4; e += blockDim.x) {
         int r = e / c4, c = (e % c4) * 4;
-        *(float4 *)(dst + r * ld_dst + c) = *(const float4 *)(src + r * ld_src + c);
+        __pipeline_memcpy_async(dst + r * ld_dst + c, src + r * ld_src + c, 16);
     }
 }
 
@@ -801,9 +855,17 @@ __global__ void __launch_bounds__(256) k_gdn_prep(cu_gdn_args g, int min_len, in
     if (tid == 0) out[RC::glast(Dv)] = glast;
     // U = T diag(β) V [C x Dv], 64 value columns at a time
     for (int v0 = 0; v0 < Dv; v0 += 64) {
-        for (int e = tid; e < C * 64; e += NT) {
-            int i = e / 64, c = e % 64;
-            Vs[i * LV + c] = i < n ? cu_mat_ld(g.qkv, tb + i, voff + v0 + c) : 0.0f;
+        constexpr int VE = C * 64 / NT; // a thread's elements of the tile, loaded before any is stored
+        float vv[VE];
+#pragma unroll
+        for (int k = 0; k < VE; k++) {
+            int e = tid + NT * k, i = e / 64;
+            vv[k] = i < n ? cu_mat_ld(g.qkv, tb + i, voff + v0 + e % 64) : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < VE; k++) {
+            int e = tid + NT * k;
+            Vs[(e / 64) * LV + e % 64] = vv[k];
         }
         __syncthreads();
         gdn_tri_mm<64, LC>(Us, LV, Ls, Vs, LV);
@@ -817,7 +879,13 @@ __global__ void __launch_bounds__(256) k_gdn_prep(cu_gdn_args g, int min_len, in
 }
 
 // Block (sequence, value head, value-column tile of BV): 256 threads; walks
-// the sequence's records in order (sequences left to k_gdn exit).
+// the sequence's records in order (sequences left to k_gdn exit). Each phase
+// of a chunk needs only part of its record, so the record arrives by
+// cp.async in three commit groups, each issued for the next chunk as soon as
+// the current chunk's last reader of its buffers is past a barrier:
+//   A: W and U (v_new; U into the other of two buffers, the current chunk
+//      still reads its own), B: Qg and QKm (O), C: Kd (the state update).
+// At each wait the two groups issued since the needed one may stay in flight.
 template <int DK, int BV>
 __global__ void __launch_bounds__(256) k_gdn_scan(cu_gdn_args g, int min_len, const float *rec)
 {
@@ -826,7 +894,7 @@ __global__ void __launch_bounds__(256) k_gdn_scan(cu_gdn_args g, int min_len, co
     constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV;
     extern __shared__ __align__(128) float sm[];
     float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ws = sm + SM::W, *QKs = sm + SM::QK;
-    float *Us = sm + SM::U, *Os = sm + SM::O, *Ss = sm + SM::S;
+    float *Os = sm + SM::O, *Ss = sm + SM::S;
     const int Dv = g.Dv, nvt = Dv / BV;
     int s = blockIdx.x / (g.Hv * nvt), rem = blockIdx.x % (g.Hv * nvt);
     int h = rem / nvt, vt = rem % nvt;
@@ -838,25 +906,54 @@ __global__ void __launch_bounds__(256) k_gdn_scan(cu_gdn_args g, int min_len, co
     int64_t first = gdn_chunk_base(g, s, min_len);
     int64_t sz = (int64_t)DK * Dv, slot_sz = (int64_t)g.Hv * sz;
     float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz + vt * BV; // row stride Dv
-    gdn_state_in<DK, BV, LV>(Ss, mine, Dv, g.state_fresh[s]);
+    auto record = [&](int ci) { return rec + ((first + ci) * g.Hv + h) * RC::floats(Dv); };
+    auto ubuf = [&](int ci) { return sm + SM::U + (ci & 1) * C * LV; };
+    // group `part` of chunk ci's record (an empty group past the last chunk)
+    auto issue = [&](int part, int ci) {
+        if (ci < nc) {
+            const float *r = record(ci);
+            if (part == 0) {
+                gdn_copy_async(Ws, LK, r + RC::W, DK, C, DK);
+                gdn_copy_async(ubuf(ci), LV, r + RC::U + vt * BV, Dv, C, BV);
+            } else if (part == 1) {
+                gdn_copy_async(Qs, LK, r + RC::QG, DK, C, DK);
+                gdn_copy_async(QKs, LC, r + RC::QK, C, C, C);
+            } else {
+                gdn_copy_async(Ks, LK, r + RC::KD, DK, C, DK);
+            }
+        }
+        __pipeline_commit();
+    };
+    if (g.state_fresh[s]) {
+        for (int e = threadIdx.x; e < DK * BV; e += blockDim.x) Ss[(e / BV) * LV + e % BV] = 0.0f;
+    } else {
+        gdn_copy_async(Ss, LV, mine, Dv, DK, BV); // lands with group A of chunk 0
+    }
+    issue(0, 0);
+    issue(1, 0);
+    issue(2, 0);
     int64_t ooff = (int64_t)h * Dv + vt * BV;
     for (int ci = 0; ci < nc; ci++) {
         int c0, n;
         gdn_chunk_at(qn, tlen, ci, c0, n);
-        const float *r = rec + ((first + ci) * g.Hv + h) * RC::floats(Dv);
-        __syncthreads(); // the previous chunk's readers are done
-        gdn_copy(Qs, LK, r + RC::QG, DK, C, DK);
-        gdn_copy(Ks, LK, r + RC::KD, DK, C, DK);
-        gdn_copy(Ws, LK, r + RC::W, DK, C, DK);
-        gdn_copy(QKs, LC, r + RC::QK, C, C, C);
-        gdn_copy(Us, LV, r + RC::U + vt * BV, Dv, C, BV);
-        float glast = r[RC::glast(Dv)];
+        float glast = record(ci)[RC::glast(Dv)], *Us = ubuf(ci);
+        __pipeline_wait_prior(2); // A (pending: B, C)
+        __syncthreads();          // and the previous chunk's readers of Ss are done
+        gdn_vnew<DK, BV, LK, LV>(Ws, Ss, Us);
+        __pipeline_wait_prior(1); // B (pending: C)
         __syncthreads();
-        float *snap = c0 + n == tlen ? g.ssm + (int64_t)g.track_slot[s] * slot_sz + h * sz + vt * BV : NULL;
-        gdn_chunk_state<DK, BV, LK, LC, LV>(Qs, Ks, Ws, QKs, Us, Os, Ss, glast, n, g.out, q0 + c0, ooff, snap,
-                                            Dv);
+        issue(0, ci + 1);
+        gdn_out<DK, BV, LK, LC, LV>(Qs, QKs, Ss, Us, Os);
+        __pipeline_wait_prior(1); // C (pending: next A)
+        __syncthreads();
+        issue(1, ci + 1);
+        gdn_advance<DK, BV, LK, LV>(Ks, Us, Os, Ss, glast, n, g.out, q0 + c0, ooff);
+        __syncthreads();
+        if (c0 + n == tlen)
+            gdn_state_out<DK, BV, LV>(Ss, g.ssm + (int64_t)g.track_slot[s] * slot_sz + h * sz + vt * BV, Dv);
+        issue(2, ci + 1);
     }
-    __syncthreads();
+    __pipeline_wait_prior(0); // the empty groups past the last chunk
     gdn_state_out<DK, BV, LV>(Ss, mine, Dv);
 }
 

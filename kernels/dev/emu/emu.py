@@ -5,8 +5,11 @@ written without a GPU.
 Each target cuts the kernels and what they call out of the CUDA sources as they are,
 compiles them with g++ against emu_shim.hpp (each CUDA thread a std::thread; ldmatrix,
 mma.sync and shuffles emulated as warp collectives with the PTX ISA's fragment layouts,
-wgmma as a warpgroup collective reading shared memory through its descriptors; both wgmma
-and cp.async asynchronous: they take effect when a wait retires their commit group) and runs its driver on random inputs against a float64 reference:
+wgmma as a warpgroup collective reading shared memory through its descriptors, wmma tf32
+as a warp collective; both wgmma
+and cp.async asynchronous: they take effect when a wait retires their commit group, or for
+cp.async in a first run at issue) and runs its driver on random inputs against a float64
+reference:
 
 - attn: k_attn_fa2, k_attn_wg, k_attn_wg2 and k_attn_ws (attention.cu) on paged batches (attn_driver.cpp);
 - fp8:  the grouped FP8 MoE GEMMs k_fp8_moe_gemm_tc, k_fp8_moe_wg and k_fp8_moe_ws (fp8.cu) over routing
@@ -14,7 +17,9 @@ and cp.async asynchronous: they take effect when a wait retires their commit gro
 - moe1: one token's FP8 MoE in one kernel, k_fp8_moe_one (fp8.cu), all of its blocks at once
         (they wait on each other's counters), against the CPU op's arithmetic (moe1_driver.cpp);
 - gdn:  the fused decode form of k_gdn (conv1d + recurrence + rmsnorm_gated, gdn.cu) against
-        k_conv1d, k_gdn and k_norm_warp in turn, bit for bit (gdn_driver.cpp).
+        k_conv1d, k_gdn and k_norm_warp in turn, bit for bit; the chunked prefill, single
+        kernel against split (k_gdn_prep + k_gdn_scan) bit for bit and both against the
+        recurrence (gdn_driver.cpp).
 
 It checks the index, fragment and layout logic, not the emulated instructions' own
 semantics (those are this shim's reading of the PTX ISA) nor timing, ordering or races.
@@ -120,8 +125,9 @@ def gdn_body():
                      cut(nh, "typedef struct cu_norm_args {", "void cu_rmsnorm("),
                      cut(nc, "template <bool VEC, bool Q>\n__global__ void k_norm_warp", "template <bool VEC, bool Q>\n__global__ void k_norm_block"),
                      cut(src, "#define CONV_MAXK 8", "// Register array element i"),
-                     cut(src, "typedef struct cu_gdn_args {", "// ---- chunked form")],
-                    [("__shared__ float qs[DK], ks[DK], red[32];", "float *qs = emu_static_floats(), *ks = qs + DK, *red = ks + DK;")])
+                     cut(src, "typedef struct cu_gdn_args {", "// The split form over every long sequence")],
+                    [("__shared__ float qs[DK], ks[DK], red[32];", "float *qs = emu_static_floats(), *ks = qs + DK, *red = ks + DK;"),
+                     ("extern __shared__ __align__(128) float sm[];", "float *sm = (float *)emu_smem();")])
 
 
 def run(name, body, driver):
@@ -133,6 +139,12 @@ def run(name, body, driver):
             f.write(body + "\n" + open(os.path.join(here, driver)).read())
         exe = os.path.join(d, name)
         subprocess.check_call(["g++", "-std=c++20", "-O2", "-pthread", "-Wno-unknown-pragmas", "-o", exe, cpp])
+        # first with every cp.async landing at issue (a buffer refilled while still read),
+        # printed only if it fails; then landing at its wait (a buffer read before it landed)
+        eager = subprocess.run([exe], env=dict(os.environ, EMU_CP_EAGER="1"), capture_output=True, text=True)
+        if eager.returncode:
+            print("%s, cp.async landing at issue:\n%s%s" % (name, eager.stdout, eager.stderr), flush=True)
+            return eager.returncode
         return subprocess.call([exe])
 
 

@@ -1,8 +1,8 @@
 // kernels/dev/emu/emu_shim.hpp: host emulation shim for CUDA kernels cut out of kernels/cuda
 // (see emu.py): every CUDA thread is a std::thread; ldmatrix, mma.sync and shuffles are warp
 // collectives, wgmma a warpgroup collective (barrier, exchange), with the fragment layouts
-// of the PTX ISA and the shared-memory descriptors of its 128-byte swizzle; cp.async is a
-// plain copy.
+// of the PTX ISA and the shared-memory descriptors of its 128-byte swizzle; cp.async lands
+// at its wait (or, with EMU_CP_EAGER, at issue); wmma tf32 is a warp collective.
 #include <barrier>
 #include <condition_variable>
 #include <map>
@@ -17,6 +17,7 @@
 #include <cstring>
 #include <algorithm>
 #include <thread>
+#include <type_traits>
 #include <vector>
 using std::max;
 using std::min;
@@ -84,6 +85,7 @@ struct emu_warp {
     uint32_t addr[32];
     uint32_t a[32][4], b[32][2];
     float f[32];
+    float m[3][256]; // wmma operands of the warp's lanes (A, B, C)
 };
 // an mbarrier: arrivals still due in this phase, phases completed
 struct emu_mbar {
@@ -119,6 +121,75 @@ static inline float __shfl_xor_sync(unsigned, float v, int x) {
     float r = w.f[l ^ x]; w.bar.arrive_and_wait();
     return r;
 }
+static inline float __shfl_sync(unsigned, float v, int src) {
+    emu_warp &w = W(); int l = threadIdx.x & 31;
+    w.f[l] = v; w.bar.arrive_and_wait();
+    float r = w.f[src & 31]; w.bar.arrive_and_wait();
+    return r;
+}
+static inline float __shfl_up_sync(unsigned, float v, unsigned d) {
+    emu_warp &w = W(); int l = threadIdx.x & 31;
+    w.f[l] = v; w.bar.arrive_and_wait();
+    float r = l >= (int)d ? w.f[l - d] : v; w.bar.arrive_and_wait();
+    return r;
+}
+// wmma (tf32 m16n16k8, fp32 accumulators): a fragment's elements are lane l's E = R·C / 32
+// consecutive ones of the R × C matrix in row order. The hardware's layout is opaque to the
+// kernels too (they touch x[] element by element, alike in every fragment of a shape), so
+// any fixed layout serves; mma_sync is a warp collective.
+namespace nvcuda { namespace wmma {
+struct row_major {}; struct col_major {}; struct matrix_a {}; struct matrix_b {}; struct accumulator {};
+namespace precision { struct tf32 {}; }
+enum layout_t { mem_row_major, mem_col_major };
+template <int R, int C, class L> struct emu_frag {
+    static constexpr int rows = R, cols = C, num_elements = R * C / 32;
+    static constexpr bool colmaj = std::is_same<L, col_major>::value;
+    float x[num_elements];
+};
+template <class Use, int M, int N, int K, class T, class L = void> struct fragment;
+template <int M, int N, int K, class L> struct fragment<matrix_a, M, N, K, precision::tf32, L> : emu_frag<M, K, L> {};
+template <int M, int N, int K, class L> struct fragment<matrix_b, M, N, K, precision::tf32, L> : emu_frag<K, N, L> {};
+template <int M, int N, int K> struct fragment<accumulator, M, N, K, float, void> : emu_frag<M, N, void> {};
+template <class F> static inline void emu_frag_io(F &f, float *p, unsigned ld, bool colmaj, bool load) {
+    for (int i = 0; i < F::num_elements; i++) {
+        int e = (threadIdx.x & 31) * F::num_elements + i, r = e / F::cols, c = e % F::cols;
+        float &m = p[colmaj ? c * ld + r : r * ld + c];
+        if (load) f.x[i] = m; else m = f.x[i];
+    }
+}
+template <class F> static inline void load_matrix_sync(F &f, const float *p, unsigned ld) {
+    emu_frag_io(f, (float *)p, ld, F::colmaj, true);
+}
+template <class F> static inline void load_matrix_sync(F &f, const float *p, unsigned ld, layout_t l) {
+    emu_frag_io(f, (float *)p, ld, l == mem_col_major, true);
+}
+template <class F> static inline void store_matrix_sync(float *p, const F &f, unsigned ld, layout_t l) {
+    emu_frag_io(const_cast<F &>(f), p, ld, l == mem_col_major, false);
+}
+template <class F> static inline void fill_fragment(F &f, float v) { for (auto &x : f.x) x = v; }
+static inline float __float_to_tf32(float v) { // cvt.rna.tf32.f32: 10 mantissa bits, ties away
+    uint32_t u; memcpy(&u, &v, 4);
+    if ((u & 0x7f800000) != 0x7f800000) u = (u + 0x1000) & 0xffffe000;
+    memcpy(&v, &u, 4); return v;
+}
+template <class D, class A, class B> static inline void mma_sync(D &d, const A &a, const B &b, const D &c) {
+    emu_warp &w = emu_b->w[threadIdx.x >> 5]; int l = threadIdx.x & 31;
+    constexpr int M = A::rows, K = A::cols, N = B::cols;
+    for (int i = 0; i < A::num_elements; i++) w.m[0][l * A::num_elements + i] = a.x[i];
+    for (int i = 0; i < B::num_elements; i++) w.m[1][l * B::num_elements + i] = b.x[i];
+    for (int i = 0; i < D::num_elements; i++) w.m[2][l * D::num_elements + i] = c.x[i];
+    w.bar.arrive_and_wait();
+    for (int i = 0; i < D::num_elements; i++) {
+        int e = l * D::num_elements + i, r = e / N, col = e % N;
+        float acc = 0;
+        for (int k = 0; k < K; k++) acc += w.m[0][r * K + k] * w.m[1][k * N + col];
+        d.x[i] = w.m[2][e] + acc;
+    }
+    static_assert(M * N <= 256, "scratch");
+    w.bar.arrive_and_wait();
+}
+} }
+using namespace nvcuda;
 static inline uint32_t __cvta_generic_to_shared(const void *p) {
     ptrdiff_t d = (const char *)p - emu_smem();
     SL_ASSERT(d >= 0 && (size_t)d < emu_b->smem.size());
@@ -190,16 +261,23 @@ struct emu_copy {
 };
 thread_local std::vector<emu_copy> emu_cp_open;
 thread_local std::vector<std::vector<emu_copy>> emu_cp_groups;
-static inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n, size_t zfill) {
-    emu_cp_open.push_back({(char *)dst, src, n, zfill});
+// With EMU_CP_EAGER set (emu.py's second run of every target) a copy lands when issued
+// instead, as early as the GPU may land it: refilling a buffer that is still being read
+// (a write-after-read race the late landing hides) then reads the new data.
+static const bool emu_cp_eager = getenv("EMU_CP_EAGER") != nullptr;
+static inline void emu_cp_land(const emu_copy &c) {
+    memcpy(c.dst, c.src, c.n - c.zfill);
+    memset(c.dst + (c.n - c.zfill), 0, c.zfill);
+}
+static inline void __pipeline_memcpy_async(void *dst, const void *src, size_t n, size_t zfill = 0) {
+    emu_copy c{(char *)dst, src, n, zfill};
+    if (emu_cp_eager) emu_cp_land(c);
+    else emu_cp_open.push_back(c);
 }
 static inline void __pipeline_commit(void) { emu_cp_groups.push_back(emu_cp_open); emu_cp_open.clear(); }
 static inline void __pipeline_wait_prior(int n) {
     while (emu_cp_groups.size() > (size_t)n) {
-        for (const emu_copy &c : emu_cp_groups.front()) {
-            memcpy(c.dst, c.src, c.n - c.zfill);
-            memset(c.dst + (c.n - c.zfill), 0, c.zfill);
-        }
+        for (const emu_copy &c : emu_cp_groups.front()) emu_cp_land(c);
         emu_cp_groups.erase(emu_cp_groups.begin());
     }
 }

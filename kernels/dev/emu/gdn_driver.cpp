@@ -3,7 +3,10 @@
 // fused decode k_gdn (conv1d, the recurrence and rmsnorm_gated with FP8 codes in one
 // kernel) and through k_conv1d, k_gdn and k_norm_warp in turn, on random bf16 inputs:
 // every output, both state pools (snapshot slots too) and the codes must agree bit for
-// bit. Appended to the kernel code by emu.py.
+// bit. And prompts through the chunked forms (the single kernel k_gdn_chunk, the split
+// k_gdn_prep + k_gdn_scan; shorter sequences recurrent, as cu_gdn dispatches): the two
+// agree bit for bit (outputs, final states, snapshots) and both stay within tf32 tolerance
+// of every sequence run through the recurrent k_gdn. Appended to the kernel code by emu.py.
 static uint64_t rs = 0x853c49e6748fea9bull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 static float runif(float lo, float hi) { return lo + (hi - lo) * (rnd() >> 8) / 16777216.0f; }
@@ -100,12 +103,99 @@ static int run_case(int Hk, int Dv, int n_seqs)
     return ok;
 }
 
+// Relative L2 distance of a from b (both read as floats by get).
+template <class V, class F> static double rel_l2(const V &a, const V &b, F get)
+{
+    double d = 0, n = 0;
+    for (size_t i = 0; i < a.size(); i++) {
+        double x = get(a[i]), y = get(b[i]);
+        d += (x - y) * (x - y);
+        n += y * y;
+    }
+    return sqrt(d / (n > 0 ? n : 1));
+}
+
+// Sequences of lens[s] new tokens (snapshot after tlen[s] when > 0) with Hk key heads of
+// DK, HB value heads a key head of Dv, BV value columns a block.
+template <int DK, int BV>
+static int run_chunked(int Hk, int HB, int Dv, std::vector<int> lens, std::vector<int> tl)
+{
+    const int n_seqs = (int)lens.size(), Hv = Hk * HB, C = 2 * Hk * DK + Hv * Dv, VD = Hv * Dv;
+    const int slots = 2 * n_seqs;
+    std::vector<int32_t> q_start(n_seqs + 1, 0), slot(n_seqs), fresh(n_seqs), tslot(n_seqs), tlen(n_seqs);
+    for (int s = 0; s < n_seqs; s++) {
+        q_start[s + 1] = q_start[s] + lens[s];
+        slot[s] = n_seqs - 1 - s; // scattered, snapshots after them
+        fresh[s] = s % 2;
+        tslot[s] = tl[s] > 0 ? n_seqs + s : -1;
+        tlen[s] = tl[s];
+    }
+    const int T = q_start[n_seqs];
+    bvec qkv = brand((size_t)T * C, -1, 1), ab = brand((size_t)T * Hv, -3, 1), bb = brand((size_t)T * Hv, -2, 2);
+    std::vector<float> A_log(Hv), dt_bias(Hv), ssm0((size_t)slots * Hv * DK * Dv);
+    for (auto &v : A_log) v = runif(-1, 0.5f);
+    for (auto &v : dt_bias) v = runif(-1, 1);
+    for (auto &v : ssm0) v = runif(-0.2f, 0.2f);
+    struct outs {
+        bvec out;
+        std::vector<float> ssm;
+    } o[3]; // recurrent, single, split
+    int64_t n_chunks = 0;
+    for (int s = 0; s < n_seqs; s++) n_chunks += gdn_nchunks(lens[s], tl[s] > 0 ? tl[s] : -1, GDN_CHUNK_MIN);
+    for (int f = 0; f < 3; f++) {
+        outs &r = o[f];
+        r.out.assign((size_t)T * VD, __float2bfloat16_rn(NAN));
+        r.ssm = ssm0;
+        cu_gdn_args g = {{r.out.data(), SL_DTYPE_BF16, T, VD, VD},
+                         {qkv.data(), SL_DTYPE_BF16, T, C, C},
+                         {ab.data(), SL_DTYPE_BF16, T, Hv, Hv},
+                         {bb.data(), SL_DTYPE_BF16, T, Hv, Hv},
+                         A_log.data(), dt_bias.data(), SL_DTYPE_F32, SL_DTYPE_F32, r.ssm.data(), Hk, Hv, Dv,
+                         q_start.data(), slot.data(), fresh.data(), tslot.data(), tlen.data()};
+        cu_gdn_fuse none;
+        memset(&none, 0, sizeof none);
+        unsigned tiles = (unsigned)(n_seqs * Hv * (Dv / BV));
+        emu_grid({(unsigned)(n_seqs * Hv), 1, 1}, 2 * Dv, 0,
+                 [&] { k_gdn<DK, 1, false, false>(g, f ? GDN_CHUNK_MIN - 1 : INT_MAX, none); });
+        if (f == 1) {
+            emu_grid({tiles, 1, 1}, 256, gdn_smem<DK, BV>::BYTES, [&] { k_gdn_chunk<DK, BV>(g, GDN_CHUNK_MIN); });
+        } else if (f == 2) {
+            std::vector<float> rec((size_t)(n_chunks * Hv * gdn_rec<DK>::floats(Dv)), NAN);
+            emu_grid({(unsigned)n_chunks, (unsigned)Hv, 1}, 256, gdn_prep_smem<DK>::BYTES,
+                     [&] { k_gdn_prep<DK>(g, GDN_CHUNK_MIN, n_seqs, rec.data()); });
+            emu_grid({tiles, 1, 1}, 256, gdn_scan_smem<DK, BV>::BYTES, [&] {
+                k_gdn_scan<DK, BV>(g, GDN_CHUNK_MIN, rec.data());
+                SL_ASSERT(emu_wg_idle());
+            });
+        }
+    }
+    auto bf = [](__nv_bfloat16 v) { return (double)__bfloat162float(v); };
+    auto fl = [](float v) { return (double)v; };
+    int d_out = memcmp(o[1].out.data(), o[2].out.data(), o[1].out.size() * 2) != 0;
+    int d_ssm = memcmp(o[1].ssm.data(), o[2].ssm.data(), o[1].ssm.size() * 4) != 0;
+    double e_out = std::max(rel_l2(o[1].out, o[0].out, bf), rel_l2(o[2].out, o[0].out, bf));
+    double e_ssm = std::max(rel_l2(o[1].ssm, o[0].ssm, fl), rel_l2(o[2].ssm, o[0].ssm, fl));
+    int unwritten = 0;
+    for (int f = 0; f < 3; f++)
+        for (auto v : o[f].out) unwritten += std::isnan(__bfloat162float(v));
+    int ok = !d_out && !d_ssm && e_out < 1e-2 && e_ssm < 1e-2 && unwritten == 0 && o[2].ssm != ssm0;
+    printf("gdn chunked DK=%d BV=%d Hk=%d HB=%d Dv=%d lens", DK, BV, Hk, HB, Dv);
+    for (int s = 0; s < n_seqs; s++) printf(" %d/%d", lens[s], tl[s]);
+    printf(": split differs out %d ssm %d, vs recurrent out %.1e ssm %.1e, unwritten %d -> %s\n", d_out, d_ssm, e_out,
+           e_ssm, unwritten, ok ? "ok" : "FAIL");
+    return ok;
+}
+
 int main(void)
 {
     int ok = 1;
     ok &= run_case<128, 2>(2, 128, 3); // Qwen3-Next's shape: two value heads a key head
     ok &= run_case<128, 1>(2, 128, 2); // one a key head
     ok &= run_case<64, 2>(1, 128, 4);  // k_dim 64
+    // chunk ends at a snapshot (70), a full chunk, a short prompt, one left recurrent
+    ok &= run_chunked<128, 32>(1, 2, 128, {150, 64, 20, 5}, {70, 0, 17, 3});
+    ok &= run_chunked<128, 64>(1, 2, 128, {130, 33}, {0, 33});
+    ok &= run_chunked<64, 32>(2, 1, 64, {97, 16}, {64, 0});
     printf("%s\n", ok ? "ALL OK" : "SOME FAILED");
     return !ok;
 }
