@@ -72,16 +72,23 @@ __global__ void __launch_bounds__(PREP_WARPS * 32) k_attn_prep(cu_prep_args a)
         bool isk = h >= a.Hq;
         const cu_mat &x = isk ? a.k : a.q, &w = isk ? a.kn : a.qn;
         int64_t c0 = (int64_t)(isk ? h - a.Hq : h) * a.D;
-        float *row = hs[warp], ss = 0.0f;
-        for (int c = lane; c < a.D; c += 32) {
-            float v = cu_mat_ld(x, t, c0 + c);
-            row[c] = v;
-            ss += v * v;
+        // the head and its norm weight through registers, every load issued
+        // before the first use (a round trip once, not once a column)
+        constexpr int J = 256 / 32;
+        float *row = hs[warp], ss = 0.0f, xv[J], wv[J];
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            int c = lane + 32 * j;
+            xv[j] = c < a.D ? cu_mat_ld(x, t, c0 + c) : 0.0f;
+            wv[j] = c < a.D ? cu_mat_ld(w, 0, c) : 0.0f;
         }
+#pragma unroll
+        for (int j = 0; j < J; j++) ss += xv[j] * xv[j];
         float inv = 1.0f / sqrtf(cu_warp_sum(ss) / (float)a.D + a.eps);
-        for (int c = lane; c < a.D; c += 32) {
-            float wv = cu_mat_ld(w, 0, c);
-            row[c] = cu_round(x.dt, row[c] * inv * (a.one_plus ? 1.0f + wv : wv));
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            int c = lane + 32 * j;
+            if (c < a.D) row[c] = cu_round(x.dt, xv[j] * inv * (a.one_plus ? 1.0f + wv[j] : wv[j]));
         }
         __syncwarp();
         float p = (float)a.pos[t];
@@ -193,17 +200,31 @@ __device__ __forceinline__ attn_tile attn_tile_of(const cu_attn_args &a, int x)
 
 // The tile's ROWS query rows into Qs (bf16; element (r, d) at at(r, d)): row
 // r = (token i0 + r / gh, head h0 + r % gh); zero past the tile's tokens and,
-// with PAD, from row qt·gh on (padding up to the 16 rows of k_attn).
+// with PAD, from row qt·gh on (padding up to the 16 rows of k_attn). A
+// thread's elements go through registers QB at a time, all QB loads issued
+// before the first store: a store to shared memory may alias the generic
+// source, so load, store, load... paid a round trip per element (64 in a row
+// for a 128-row tile at D 128, before the first K/V copy was issued). The
+// decode kernel's 16 rows keep one at a time: with 4, k_attn<128> spilled.
 template <int ROWS, bool PAD, int D, class At>
 __device__ __forceinline__ void attn_load_q(const cu_attn_args &a, const attn_tile &t,
                                             __nv_bfloat16 *Qs, At at)
 {
-    for (int e = threadIdx.x; e < ROWS * D; e += blockDim.x) {
-        int r = e / D, d = e % D, ti = r / a.gh;
-        float v = 0.0f;
-        if ((!PAD || r < a.qt * a.gh) && ti < t.ntok)
-            v = cu_mat_ld(a.q, t.q0 + t.i0 + ti, (int64_t)(t.h0 + r % a.gh) * D + d);
-        Qs[at(r, d)] = __float2bfloat16_rn(v);
+    constexpr int QB = ROWS > 16 ? 8 : 1;
+    for (int e0 = threadIdx.x; e0 < ROWS * D; e0 += QB * blockDim.x) {
+        float v[QB];
+#pragma unroll
+        for (int j = 0; j < QB; j++) {
+            int e = e0 + j * blockDim.x, r = e / D, d = e % D, ti = r / a.gh;
+            v[j] = 0.0f;
+            if (e < ROWS * D && (!PAD || r < a.qt * a.gh) && ti < t.ntok)
+                v[j] = cu_mat_ld(a.q, t.q0 + t.i0 + ti, (int64_t)(t.h0 + r % a.gh) * D + d);
+        }
+#pragma unroll
+        for (int j = 0; j < QB; j++) {
+            int e = e0 + j * blockDim.x;
+            if (e < ROWS * D) Qs[at(e / D, e % D)] = __float2bfloat16_rn(v[j]);
+        }
     }
 }
 
