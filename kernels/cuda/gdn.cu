@@ -268,6 +268,10 @@ __global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g, int max_len, cu_gdn_
         bool own = tid < DK;
         float qv = own ? cu_mat_ld(g.qkv, t, (int64_t)kh * DK + tid) : 0.0f;
         float kv = own ? cu_mat_ld(g.qkv, t, (int64_t)g.Hk * DK + (int64_t)kh * DK + tid) : 0.0f;
+        // loaded with q and k: after the shared stores below (which may alias
+        // them) each would be a round trip of its own
+        float ga = cu_mat_ld(g.a, t, h), gb = cu_mat_ld(g.b, t, h);
+        float vv = cu_mat_ld(g.qkv, t, (int64_t)2 * g.Hk * DK + (int64_t)h * Dv + c);
         float qss = cu_block_sum(qv * qv, red);
         float kss = cu_block_sum(kv * kv, red);
         if (own) {
@@ -275,8 +279,8 @@ __global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g, int max_len, cu_gdn_
             ks[tid] = kv * (1.0f / sqrtf(kss + 1e-6f));
         }
         __syncthreads();
-        float decay = expf(A * softplus(cu_mat_ld(g.a, t, h) + bias));
-        float beta = 1.0f / (1.0f + expf(-cu_mat_ld(g.b, t, h)));
+        float decay = expf(A * softplus(ga + bias));
+        float beta = 1.0f / (1.0f + expf(-gb));
         // S <- e^g S;  u = beta (v - S^T k);  S <- S + k u^T;  o = S^T q
         float sk = 0.0f;
 #pragma unroll
@@ -285,7 +289,7 @@ __global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g, int max_len, cu_gdn_
             sk += S[d] * ks[d0 + d];
         }
         sk += __shfl_xor_sync(0xffffffffu, sk, 1);
-        float u = beta * (cu_mat_ld(g.qkv, t, (int64_t)2 * g.Hk * DK + (int64_t)h * Dv + c) - sk);
+        float u = beta * (vv - sk);
         float o = 0.0f;
 #pragma unroll
         for (int d = 0; d < DH; d++) {
