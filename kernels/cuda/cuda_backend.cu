@@ -626,8 +626,9 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // Prefill attention and the grouped FP8 MoE GEMMs on wgmma (v34, v35):
     // SL_CUDA_ATTN_WG=0 goes back to FA2, SL_CUDA_MOE_FP8_WG=0 to mma.sync.
     b->moe_fp8_path = env_switch("SL_CUDA_MOE_FP8_GROUPED", 1) ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
-    // =2: their overlapped forms (v36, v37); =3 warp-specialized (v47, off until measured)
-    b->moe_fp8_wg = env_form("SL_CUDA_MOE_FP8_WG", 3);
+    // =2: their overlapped forms (v36, v37); =3 warp-specialized (v47), =4 that persistent
+    // (v52): both off until measured
+    b->moe_fp8_wg = env_form("SL_CUDA_MOE_FP8_WG", 4);
     // one weight block a block: walking several (v38) measured no faster
     const char *npb = getenv("SL_CUDA_MOE_FP8_NPB");
     b->moe_fp8_npb = npb ? atoi(npb) : 1;

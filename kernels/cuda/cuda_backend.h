@@ -93,8 +93,9 @@ const char *sl_cuda_matmul_last(sl_backend *be);
  * tensor-core FP8 GEMM per expert tile: on wgmma, or with
  * SL_CUDA_MOE_FP8_WG=0 in the environment at creation on the mma.sync tiles,
  * with =2 on the wgmma kernel's overlapped form, with =3 on its
- * warp-specialized form). GROUPED (wgmma), GROUPED_OV (wgmma, overlapped),
- * GROUPED_WS (wgmma, warp-specialized), GROUPED_TC (mma.sync), EXPERT_GEMV and GV
+ * warp-specialized form, with =4 on that persistent). GROUPED (wgmma),
+ * GROUPED_OV (wgmma, overlapped), GROUPED_WS (wgmma, warp-specialized),
+ * GROUPED_WSP (the same, persistent), GROUPED_TC (mma.sync), EXPERT_GEMV and GV
  * force theirs where they can run (tests). The grouped path needs K % 16 ==
  * 0 and 16-byte aligned expert weights (H and I multiples of 16); elsewhere
  * the GEMVs run. Not thread-safe against ops running on be. */
@@ -108,6 +109,7 @@ typedef enum sl_cuda_moe_fp8 {
     SL_CUDA_MOE_FP8_GROUPED_OV,  /* on wgmma, the next group's products overlapping the promotion (v36) */
     SL_CUDA_MOE_FP8_ONE,         /* one token: every pair in one kernel (k_fp8_moe_one, v43), else per pair */
     SL_CUDA_MOE_FP8_GROUPED_WS,  /* on wgmma, warp-specialized (a producer warpgroup, v47) */
+    SL_CUDA_MOE_FP8_GROUPED_WSP, /* the same persistent: a block an SM walking the tiles (v52) */
 } sl_cuda_moe_fp8;
 void sl_cuda_moe_fp8_path(sl_backend *be, sl_cuda_moe_fp8 which);
 

@@ -891,6 +891,12 @@ __global__ void __launch_bounds__(TC_THREADS, 1) k_fp8_gemm_tc(fp8_args a)
                 blockIdx.x * TC_BN);
 }
 
+// The x row of row r of a plan tile whose rows start at r0 (-1 past rows).
+__device__ __forceinline__ int moe_x_row(const fp8_args &a, const cu_moe_plan &p, int r0, int rows, int r)
+{
+    return r >= rows ? -1 : a.x_perm ? p.perm[r0 + r] / a.x_div : r0 + r;
+}
+
 // MoE experts, grouped: blockIdx.y = tile of the routing plan (expert e, BM
 // rows from r0 = offset[e] + first), blockIdx.x = 128 weight rows of expert e
 // (w + e·ew, ws + e·ews). Out rows r0 + r (the permuted order); x row of
@@ -908,8 +914,7 @@ __device__ __forceinline__ bool moe_tile_of(const fp8_args &a, const cu_moe_plan
     e = tile.x;
     r0 = p.offset[e] + tile.y;
     rows = min(BM, p.offset[e + 1] - r0);
-    for (int r = threadIdx.x; r < BM; r += blockDim.x)
-        xr[r] = r >= rows ? -1 : a.x_perm ? p.perm[r0 + r] / a.x_div : r0 + r;
+    for (int r = threadIdx.x; r < BM; r += blockDim.x) xr[r] = moe_x_row(a, p, r0, rows, r);
     __syncthreads();
     return true;
 }
@@ -1116,9 +1121,17 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2) k_fp8_moe_wg(fp
 // and promotion, and releases the stage (empty barrier, all 256 consumer
 // threads); the warpgroups drift apart, so one's promotion overlaps the
 // other's products. One block an SM (the register split of setmaxnreg).
+//
+// v52: the work comes in items (a plan tile × npb weight blocks, item w =
+// tile · nwbx + weight-block group), block b taking items b, b + gridDim.x,
+// ... with every step of them in one ring. Launched with a block an item (as
+// v47) or with a block an SM (persistent, DeepGEMM's structure): then the
+// producer streams the next item's weights while the consumers finish and
+// store the last one, and no block pays a ring's fill and a launch per item.
 #define WS8_THREADS 384
 #define WS8_PRODUCER_REGS 80 // 128 · 80 + 256 · 216 = the 64 K registers of an SM
 #define WS8_CONSUMER_REGS 216
+#define WS8_PRODUCER_BAR 3   // named barrier of the producer warpgroup (attention's ws uses 1, 2)
 template <int BT> struct ws8_cfg {
     static constexpr int STAGE = wg8_cfg<BT>::STAGE;
     static constexpr int STAGES = 200704 / STAGE < 8 ? 200704 / STAGE : 8;
@@ -1126,19 +1139,44 @@ template <int BT> struct ws8_cfg {
     static constexpr int SMEM = 1024 + BAR + 16 * STAGES;
 };
 
+// Weight-block groups of npb a tile has (items per plan tile).
+__host__ __device__ __forceinline__ int ws8_nwbx(const fp8_args &a)
+{
+    return ((a.N + TC_BN - 1) / TC_BN + a.npb - 1) / a.npb;
+}
+
+// Item w: plan tile w / nwbx (expert e, rows r0 .. r0 + rows - 1), weight
+// blocks from nb0, U (weight block, group) steps.
+struct ws8_item {
+    int64_t e;
+    int r0, rows, nb0, U;
+};
+template <int BT> __device__ __forceinline__ ws8_item ws8_item_of(const fp8_args &a, const cu_moe_plan &p, int w)
+{
+    const int nwbx = ws8_nwbx(a), nb = (a.N + TC_BN - 1) / TC_BN;
+    int2 tile = p.tiles[w / nwbx];
+    ws8_item it;
+    it.e = tile.x;
+    it.r0 = p.offset[tile.x] + tile.y;
+    it.rows = min(BT, p.offset[tile.x + 1] - it.r0);
+    it.nb0 = w % nwbx * a.npb;
+    it.U = min(a.npb, nb - it.nb0) * a.G;
+    return it;
+}
+
 template <int BT>
 __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_moe_plan p)
 {
     using C = ws8_cfg<BT>;
     constexpr int F = BT / 8, S = C::STAGES;
     extern __shared__ __align__(1024) uint8_t wg8_smem[];
-    __shared__ int xr[BT];
-    int64_t e;
-    int r0, rows;
-    if (!moe_tile_of<BT>(a, p, xr, e, r0, rows)) return;
-    const int nb0 = blockIdx.x * a.npb, nbs = min(a.npb, (a.N + TC_BN - 1) / TC_BN - nb0);
-    const int U = nbs * a.G; // steps: group u % G of weight block u / G (k_fp8_moe_wg's stream)
-    if (U <= 0) return; // block-uniform
+    __shared__ int xr[BT]; // the producer's current item's x rows
+    cu_pdl_wait();         // the plan, x and the activations come from earlier kernels
+    cu_pdl_trigger();
+    const int nwbx = ws8_nwbx(a), n_items = *p.n_tiles * nwbx, nb = (a.N + TC_BN - 1) / TC_BN;
+    if ((int)blockIdx.x >= n_items) return; // the grid is an upper bound (block-uniform)
+    int n = 0; // this block's steps: U of each of its items, in a row
+    for (int w = blockIdx.x; w < n_items; w += gridDim.x) n += min(a.npb, nb - w % nwbx * a.npb) * a.G;
     const uint8_t *sm = (const uint8_t *)wg_align((char *)wg8_smem);
     const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm), full = s0 + C::BAR, empty = full + 8 * S;
     if (threadIdx.x == 0)
@@ -1151,12 +1189,25 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_mo
 
     if (wg < 0) {
         wg_regs_dec<WS8_PRODUCER_REGS>();
-        const uint8_t *w = a.w + e * a.ew;
-        const float *ws = a.ws + e * a.ews;
+        int w = blockIdx.x, j = 0; // the item being issued, its next step
+        ws8_item it = ws8_item_of<BT>(a, p, w);
+        auto rows_in = [&] { // xr for item it, once every producer thread is past the last one's copies
+            wg_bar_sync(WS8_PRODUCER_BAR, 128);
+            for (int r = threadIdx.x; r < BT; r += 128) xr[r] = moe_x_row(a, p, it.r0, it.rows, r);
+            wg_bar_sync(WS8_PRODUCER_BAR, 128);
+        };
+        rows_in();
         auto xrow = [&](int r) -> int64_t { return xr[r]; };
-        wg_produce<S>(U, full, empty, [&](int u) {
-            tc_load<BT, wg8_lay<BT>, 128>(a, w, ws, xrow, rows, (nb0 + u / a.G) * TC_BN, s0 + (u % S) * C::STAGE,
-                                          u % a.G);
+        wg_produce<S>(n, full, empty, [&](int u) {
+            if (j == it.U) {
+                w += gridDim.x;
+                j = 0;
+                it = ws8_item_of<BT>(a, p, w);
+                rows_in();
+            }
+            tc_load<BT, wg8_lay<BT>, 128>(a, a.w + it.e * a.ew, a.ws + it.e * a.ews, xrow, it.rows,
+                                          (it.nb0 + j / a.G) * TC_BN, s0 + (u % S) * C::STAGE, j % a.G);
+            j++;
         });
         return;
     }
@@ -1170,12 +1221,22 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_mo
         wg_mbar_wait(full + 8 * (u % S), (u / S) & 1);
         wg8_mma<BT>(s0 + (u % S) * C::STAGE, wg, part);
     };
+    // the item being promoted and its next step; the next item's tile is read
+    // when this one starts, so its loads are long done at the switch
+    int w = blockIdx.x, j = 0;
+    ws8_item it = ws8_item_of<BT>(a, p, w), nx = it;
     // step u's promotion (its products retired): its stage released after
     // its scales were read, its weight block stored after its last group
     auto promote = [&](int u, float (&part)[F][4]) {
+        if (j == 0 && w + (int)gridDim.x < n_items) nx = ws8_item_of<BT>(a, p, w + gridDim.x);
         wg8_promote<BT>(sm + (u % S) * C::STAGE, rw, tq, part, acc);
         wg_mbar_arrive(empty + 8 * (u % S));
-        if (u % a.G == a.G - 1) wg8_store<BT>(a, r0, rows, (nb0 + u / a.G) * TC_BN, rw, tq, acc);
+        if (j % a.G == a.G - 1) wg8_store<BT>(a, it.r0, it.rows, (it.nb0 + j / a.G) * TC_BN, rw, tq, acc);
+        if (++j == it.U) {
+            w += gridDim.x;
+            j = 0;
+            it = nx;
+        }
     };
     if constexpr (BT <= 64) {
         // v49: step u's products issued into nxt, then step u - 1's promoted
@@ -1190,7 +1251,7 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_mo
             if (u == 0) {
                 mma(u, nxt);
                 wg_wait<0>();
-            } else if (u < U) {
+            } else if (u < n) {
                 mma(u, nxt);
                 wg_wait<1>(); // (cur retired in the step before: said here for ptxas)
                 promote(u - 1, cur);
@@ -1201,13 +1262,13 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_mo
             }
         };
         static_assert(S >= 3, "a consumer holds two stages");
-        for (int u = 0; u <= U; u += 2) {
+        for (int u = 0; u <= n; u += 2) {
             step(u, p1, p0);
-            if (u + 1 <= U) step(u + 1, p0, p1);
+            if (u + 1 <= n) step(u + 1, p0, p1);
         }
     } else {
         float part[F][4];
-        for (int u = 0; u < U; u++) {
+        for (int u = 0; u < n; u++) {
             mma(u, part);
             wg_wait<0>();
             promote(u, part);
@@ -1574,10 +1635,12 @@ template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, fp8_args a, 
 {
     dim3 grid(cu_blocks(a.N, TC_BN), (unsigned)p.max_tiles);
     if (wg) {
-        a.npb = moe_fp8_wg_npb(b, a, p, BM);
+        a.npb = wg == 4 ? 1 : moe_fp8_wg_npb(b, a, p, BM);
         grid.x = (unsigned)((grid.x + a.npb - 1) / a.npb);
     }
-    if (wg == 3) {
+    if (wg >= 3) { // items in x: one a block, or (4, persistent) one block an SM walking them
+        int64_t items = (int64_t)ws8_nwbx(a) * p.max_tiles;
+        grid = dim3((unsigned)(wg == 4 && items > b->n_sm ? b->n_sm : items));
         fp8_smem_raise(b, k_fp8_moe_ws<BM>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 17, ws8_cfg<BM>::SMEM);
         cu_launch(b, k_fp8_moe_ws<BM>, grid, dim3(WS8_THREADS), ws8_cfg<BM>::SMEM, a, p);
     } else if (wg == 2) {
@@ -1635,10 +1698,11 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
     else moe_fp8_gemm_launch(b, d, p, bm, wg);
     cu_moe_combine_run(b, out, y, (const float *)weights->data, sl_tensor_ld(weights), k, &p);
     cu_moe_plan_free(b, &p);
-    static const char *names[4][3] = {{"fp8_moe_grouped_tc32", "fp8_moe_grouped_tc64", "fp8_moe_grouped_tc128"},
+    static const char *names[5][3] = {{"fp8_moe_grouped_tc32", "fp8_moe_grouped_tc64", "fp8_moe_grouped_tc128"},
                                       {"fp8_moe_grouped_wg32", "fp8_moe_grouped_wg64", "fp8_moe_grouped_wg128"},
                                       {"fp8_moe_grouped_wgo32", "fp8_moe_grouped_wgo64", "fp8_moe_grouped_wgo128"},
-                                      {"fp8_moe_grouped_ws32", "fp8_moe_grouped_ws64", "fp8_moe_grouped_ws128"}};
+                                      {"fp8_moe_grouped_ws32", "fp8_moe_grouped_ws64", "fp8_moe_grouped_ws128"},
+                                      {"fp8_moe_grouped_wsp32", "fp8_moe_grouped_wsp64", "fp8_moe_grouped_wsp128"}};
     b->mm_last = gemv ? "fp8_moe_expert_gemv" : names[wg][bm == 128 ? 2 : bm == 64 ? 1 : 0];
 }
 
@@ -1711,14 +1775,17 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     int path = b->moe_fp8_path;
     int grouped = (path == SL_CUDA_MOE_FP8_GROUPED || path == SL_CUDA_MOE_FP8_GROUPED_TC ||
                    path == SL_CUDA_MOE_FP8_GROUPED_OV || path == SL_CUDA_MOE_FP8_GROUPED_WS ||
+                   path == SL_CUDA_MOE_FP8_GROUPED_WSP ||
                    (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E)) &&
                   a.vec && d.vec;
-    // the wgmma kernel: 1, 2 with its products overlapping the promotion, 3 warp-specialized
-    int wg = path == SL_CUDA_MOE_FP8_GROUPED      ? 1
-             : path == SL_CUDA_MOE_FP8_GROUPED_OV ? 2
-             : path == SL_CUDA_MOE_FP8_GROUPED_WS ? 3
-             : path == SL_CUDA_MOE_FP8_AUTO       ? b->moe_fp8_wg
-                                                  : 0;
+    // the wgmma kernel: 1, 2 with its products overlapping the promotion, 3 warp-specialized,
+    // 4 that persistent
+    int wg = path == SL_CUDA_MOE_FP8_GROUPED       ? 1
+             : path == SL_CUDA_MOE_FP8_GROUPED_OV  ? 2
+             : path == SL_CUDA_MOE_FP8_GROUPED_WS  ? 3
+             : path == SL_CUDA_MOE_FP8_GROUPED_WSP ? 4
+             : path == SL_CUDA_MOE_FP8_AUTO        ? b->moe_fp8_wg
+                                                   : 0;
     int expert_gemv = !grouped && (path == SL_CUDA_MOE_FP8_EXPERT_GEMV ||
                                    (path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_EXPERT_GEMV_MIN_T));
     int one = T == 1 && (path == SL_CUDA_MOE_FP8_ONE || (path == SL_CUDA_MOE_FP8_AUTO && b->moe_fp8_one));

@@ -1,6 +1,6 @@
 """Kernels written without a GPU, run on the host: kernels/dev/emu cuts the prefill attention
 kernels (k_attn_fa2, k_attn_wg in both forms, k_attn_wg2, the warp-specialized k_attn_ws), the grouped FP8 MoE
-GEMMs (k_fp8_moe_gemm_tc, k_fp8_moe_wg in both forms, the warp-specialized k_fp8_moe_ws), the one-token FP8 MoE kernel (k_fp8_moe_one, all its blocks at once), the fused decode GDN kernel (against
+GEMMs (k_fp8_moe_gemm_tc, k_fp8_moe_wg in both forms, the warp-specialized k_fp8_moe_ws, a block an item and persistent), the one-token FP8 MoE kernel (k_fp8_moe_one, all its blocks at once), the fused decode GDN kernel (against
 the three it replaces, bit for bit) and the chunked GDN prefill (single kernel against the split prep + scan, bit
 for bit, both against the recurrence) out of kernels/cuda as they are and runs them with mma.sync, ldmatrix,
 wmma and wgmma, mbarriers and named barriers emulated (each CUDA thread a host thread; cp.async landing at its
@@ -16,7 +16,7 @@ SRC = os.environ.get("SLUICE_SRC", os.path.join(os.path.dirname(__file__), "..",
 
 
 @pytest.mark.parametrize("target,kernels,min_cases", [("attn", ("fa2", "wg", "wgo", "wg2", "ws"), 9),
-                                                       ("fp8", ("tc", "wg", "wgo", "ws"), 7),
+                                                       ("fp8", ("tc", "wg", "wgo", "ws", "wsp"), 7),
                                                        ("moe1", ("one",), 4), ("gdn", ("gdn",), 6)])
 def test_kernels_on_the_host_emulator(target, kernels, min_cases):
     r = subprocess.run([sys.executable, os.path.join(SRC, "kernels", "dev", "emu", "emu.py"), target],

@@ -99,7 +99,8 @@ struct emu_block {
     std::barrier<> bar;
     std::barrier<> wgbar[4] = {std::barrier<>(128), std::barrier<>(128), std::barrier<>(128),
                                std::barrier<>(128)}; // a warpgroup's
-    std::barrier<> nbar[3] = {std::barrier<>(256), std::barrier<>(256), std::barrier<>(256)}; // named 1, 2
+    std::mutex nbar_mu;
+    std::map<int, std::pair<int, std::unique_ptr<std::barrier<>>>> nbar; // named barriers by id: count, barrier
     std::mutex mbars_mu;
     std::map<uint32_t, std::unique_ptr<emu_mbar>> mbars; // by shared address
     std::vector<char> smem;
@@ -378,7 +379,7 @@ template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (
 template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db, int acc = 1) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 1, acc); }
 
 // Warp-specialized kernels' barriers (wgmma.cuh): mbarriers by shared address (a wait
-// lasting 20 s aborts: a lost arrival), named barriers of 256 threads, setmaxnreg a no-op.
+// lasting 20 s aborts: a lost arrival), named barriers, setmaxnreg a no-op.
 static inline emu_mbar &emu_mbar_at(uint32_t bar) {
     std::lock_guard<std::mutex> g(emu_b->mbars_mu);
     auto it = emu_b->mbars.find(bar);
@@ -415,13 +416,17 @@ static inline void wg_mbar_wait(uint32_t bar, unsigned parity) {
         abort();
     }
 }
-static inline void wg_bar_sync(int id, int n) {
-    SL_ASSERT(id >= 1 && id <= 2 && n == 256);
-    emu_b->nbar[id].arrive_and_wait();
+static inline std::barrier<> &emu_nbar(int id, int n) {
+    SL_ASSERT(id >= 1 && id < 16 && n % 32 == 0);
+    std::lock_guard<std::mutex> g(emu_b->nbar_mu);
+    auto &b = emu_b->nbar[id];
+    if (!b.second) b = {n, std::make_unique<std::barrier<>>(n)};
+    SL_ASSERT(b.first == n); // one thread count an id, as the kernels use them
+    return *b.second;
 }
+static inline void wg_bar_sync(int id, int n) { emu_nbar(id, n).arrive_and_wait(); }
 static inline void wg_bar_arrive(int id, int n) {
-    SL_ASSERT(id >= 1 && id <= 2 && n == 256);
-    auto tok = emu_b->nbar[id].arrive();
+    auto tok = emu_nbar(id, n).arrive();
     (void)tok;
 }
 template <int R> static inline void wg_regs_dec(void) {}

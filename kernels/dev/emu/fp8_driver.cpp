@@ -1,13 +1,14 @@
 // kernels/dev/emu/fp8_driver.cpp: routing plans (experts of uneven sizes, some empty, tiles of
 // BT rows, x rows through a permutation) over random e4m3 weights with 128×128 block scales or
 // a scale per row (N and K not multiples of 128), NaN-poisoned output and garbage shared memory, through
-// k_fp8_moe_gemm_tc, k_fp8_moe_wg (both forms) and k_fp8_moe_ws, compared with a float64 reference of the CPU op's
+// k_fp8_moe_gemm_tc, k_fp8_moe_wg (both forms) and k_fp8_moe_ws (a block an item, and persistent), compared with a float64 reference of the CPU op's
 // arithmetic (Σ_g (Σ_k x_q·w_q) · s_x·s_w); appended to the kernel code by emu.py.
 static uint64_t rs = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 static uint8_t rcode(void) { uint8_t c; do c = (uint8_t)rnd(); while ((c & 0x7f) == 0x7f); return c; }
 
-// kernel: 0 the mma.sync tiles, 1 wgmma, 2 wgmma overlapped, 3 wgmma warp-specialized
+// kernel: 0 the mma.sync tiles, 1 wgmma, 2 wgmma overlapped, 3 wgmma warp-specialized (a
+// block an item), 4 the same persistent (two blocks walking every item: rings across items)
 template <int BT, int KV>
 static int run_case(int N, int K, const std::vector<int> &count, int shift, int npb)
 {
@@ -38,9 +39,15 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift, int 
     a.out = {out.data(), SL_DTYPE_F32, P, N, N};
     a.ew = (int64_t)N * K; a.ews = (int64_t)NS * G; a.x_perm = 1; a.x_div = 1; a.npb = npb;
     unsigned GX = KV ? (unsigned)((NB + npb - 1) / npb) : (unsigned)NB; // the wgmma kernel walks npb weight blocks
-    size_t smem = KV == 3 ? ws8_cfg<BT>::SMEM : KV ? wg8_cfg<BT>::SMEM : tc_cfg<BT>::SMEM;
-    emu_grid({GX, (unsigned)n_tiles, 1}, KV == 3 ? 384 : 256, smem, [&] {
-        if (KV == 3) k_fp8_moe_ws<BT>(a, p);
+    dim3 grid = {GX, (unsigned)n_tiles, 1};
+    if (KV >= 3) { // items in x (the launcher's grids: one a block, or fewer blocks walking them)
+        if (KV == 4) a.npb = 1;
+        unsigned items = (unsigned)(ws8_nwbx(a) * n_tiles);
+        grid = {KV == 4 ? std::min(items, 2u) : items, 1, 1};
+    }
+    size_t smem = KV >= 3 ? ws8_cfg<BT>::SMEM : KV ? wg8_cfg<BT>::SMEM : tc_cfg<BT>::SMEM;
+    emu_grid(grid, KV >= 3 ? 384 : 256, smem, [&] {
+        if (KV >= 3) k_fp8_moe_ws<BT>(a, p);
         else if (KV == 2) k_fp8_moe_wg<BT, true>(a, p);
         else if (KV) k_fp8_moe_wg<BT, false>(a, p);
         else k_fp8_moe_gemm_tc<BT>(a, p);
@@ -62,7 +69,8 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift, int 
     }
     double rel = sqrt(e2 / r2);
     printf("%s BT=%d N=%d K=%d E=%d P=%d tiles=%d scales/%d rows npb=%d: rel L2 %.2e nonfinite %d -> %s\n",
-           KV == 3 ? "ws" : KV == 2 ? "wgo" : KV ? "wg" : "tc", BT, N, K, E, P, n_tiles, 1 << shift, KV ? npb : 1, rel, bad, bad == 0 && rel < 1e-5 ? "ok" : "FAIL");
+           KV == 4 ? "wsp" : KV == 3 ? "ws" : KV == 2 ? "wgo" : KV ? "wg" : "tc", BT, N, K, E, P, n_tiles, 1 << shift,
+           KV ? a.npb : 1, rel, bad, bad == 0 && rel < 1e-5 ? "ok" : "FAIL");
     return bad == 0 && rel < 1e-5;
 }
 
@@ -72,6 +80,7 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift, int 
     int ok = run_case<BT, 0>(N, K, count, shift, npb);
     ok &= run_case<BT, 1>(N, K, count, shift, npb);
     ok &= run_case<BT, 3>(N, K, count, shift, npb);
+    ok &= run_case<BT, 4>(N, K, count, shift, npb);
     return run_case<BT, 2>(N, K, count, shift, npb) && ok;
 }
 
