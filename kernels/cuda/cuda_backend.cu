@@ -644,11 +644,12 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->gdn_split = env_switch("SL_CUDA_GDN_SPLIT", 1);
     b->moe_router = env_switch("SL_CUDA_MOE_ROUTER", 1);
     b->fp8_gemv_cp = env_form("SL_CUDA_FP8_GEMV_CP", 2);
-    // written without a GPU (v42): off until measured; =1 turns it on
-    b->fp8_act = env_switch("SL_CUDA_FP8_ACT", 0);
-    b->moe_fp8_one = env_switch("SL_CUDA_MOE_FP8_ONE", 0); // v43, also written without a GPU
-    b->gdn_fuse = env_switch("SL_CUDA_GDN_FUSE", 0);        // v44, the same
-    b->router_norm = env_switch("SL_CUDA_ROUTER_NORM", 0);  // v45, the same
+    // v42: the ops before an FP8 GEMV write its codes (bit-identical to the GEMV's own
+    // quantization on an H200, Coder-Next-FP8 TPOT 4.16 -> 4.07 ms, NOTES v53); =0 turns it off
+    b->fp8_act = env_switch("SL_CUDA_FP8_ACT", 1);
+    b->moe_fp8_one = env_switch("SL_CUDA_MOE_FP8_ONE", 0); // v43: slower end to end (v53)
+    b->gdn_fuse = env_switch("SL_CUDA_GDN_FUSE", 0);        // v44: slower end to end (v53)
+    b->router_norm = env_switch("SL_CUDA_ROUTER_NORM", 0);  // v45: fails to launch at 513 rows (v53)
     b->poison = env_switch("SL_CUDA_POISON", 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     if (env_switch("SL_CUDA_PROFILE", 0)) cu_prof_init(b);

@@ -97,8 +97,8 @@ for arch in ["qwen3", "qwen3_moe", "qwen3_next"]:
 # (SL_CUDA_FP8_ACT=1, NOTES.md v42: 5-token prompts and decode steps stay within the 8 rows
 # that get them), one token's MoE in one kernel (SL_CUDA_MOE_FP8_ONE=1, v43: every
 # decode step), the fused GDN decode step (SL_CUDA_GDN_FUSE=1, v44) and the post-attention
-# norm inside the router (SL_CUDA_ROUTER_NORM=1, v45) give the default's logits and greedy
-# tokens.
+# norm inside the router (SL_CUDA_ROUTER_NORM=1, v45) give the logits and greedy tokens of a
+# run without the ops' codes (SL_CUDA_FP8_ACT=0; they are on by default).
 arch_now = None
 for arch in ["qwen3", "qwen3_moe", "qwen3_next"]:
     m = os.path.join(tmp, arch + "-fp8")
@@ -106,9 +106,12 @@ for arch in ["qwen3", "qwen3_moe", "qwen3_next"]:
         "--quantization", "fp8")
     json.dump([[5, 6, 7, 8, 9]], open(ids, "w"))
     res = []
-    for on in ["", "SL_CUDA_FP8_ACT", "SL_CUDA_MOE_FP8_ONE", "SL_CUDA_GDN_FUSE", "SL_CUDA_ROUTER_NORM"]:
-        env = dict(os.environ, **({on: "1"} if on else {}))
-        out = os.path.join(tmp, f"a{on}.f32")
+    # (the ops' codes are on by default: the reference run turns them off)
+    for on in ["SL_CUDA_FP8_ACT=0", "SL_CUDA_FP8_ACT=1", "SL_CUDA_MOE_FP8_ONE=1", "SL_CUDA_GDN_FUSE=1",
+               "SL_CUDA_ROUTER_NORM=1"]:
+        key, val = on.split("=")
+        env = dict(os.environ, **{key: val})
+        out = os.path.join(tmp, f"a{key}{val}.f32")
         r1 = subprocess.run([sluice, "logits", "--device", "cuda", "--model", m, "--ids-file", ids, "--out", out],
                             capture_output=True, text=True, timeout=300, env=env)
         r2 = subprocess.run([sluice, "generate", "--device", "cuda", "--model", m, "--ids", "5,6,7,8,9",
@@ -118,6 +121,6 @@ for arch in ["qwen3", "qwen3_moe", "qwen3_next"]:
     for name, r in zip(["the ops' codes", "the one-token MoE kernel", "the fused GDN decode",
                         "the norm inside the router"], res[1:]):
         check(res[0][0] is not None and r == res[0],
-              f"{arch} fp8: logits and 16 greedy tokens with {name} == the default, bit for bit")
+              f"{arch} fp8: logits and 16 greedy tokens with {name} == without the ops' codes, bit for bit")
 print(f"model checks: {fails} failed")
 sys.exit(1 if fails else 0)

@@ -106,10 +106,10 @@ static void attention_run(tb *t, const tb_case *c)
                 tb_compare(t, c->op, desc, kname[kern[fa][k]], &y.c, &y.g, c->tol);
                 tb_poison(t, &y.g); /* the next kernel must write every element again */
             }
-            /* decode batches: the output's FP8 codes (SL_CUDA_FP8_ACT=1), made by the merge of
-             * the key splits (the long contexts here have them) */
-            const char *on = getenv("SL_CUDA_FP8_ACT");
-            if (T <= 8 && on && !strcmp(on, "1")) {
+            /* decode batches: the output's FP8 codes (SL_CUDA_FP8_ACT, on unless 0), made by
+             * the merge of the key splits (the long contexts here have them) */
+            const char *off = getenv("SL_CUDA_FP8_ACT");
+            if (T <= 8 && !(off && !strcmp(off, "0"))) {
                 sl_fp8_act oq;
                 sl_err e = {0};
                 int64_t Kq = (int64_t)Hq * D;
