@@ -1281,8 +1281,9 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
 // reading it. Registers move from the producer to the consumers (setmaxnreg).
 // Shared memory: k_attn_wg2's, then the barriers.
 #define WS_THREADS 384
-#define WS_PRODUCER_REGS 40 // 128 · 40 + 256 · 232 registers: within the 64 K of an SM
+#define WS_PRODUCER_REGS 40 // 128 · 40 + 256 · 232: all of the block's registers
 #define WS_CONSUMER_REGS 232
+static_assert(wg_ws_regs_fit<WS_PRODUCER_REGS, WS_CONSUMER_REGS>(), "setmaxnreg within the block's registers");
 template <int D> struct ws_cfg {
     using W = wg2_cfg<D>;
     static constexpr size_t BAR = W::Q + W::STAGES * W::STAGE; // full[STAGES], empty[STAGES]

@@ -1129,8 +1129,10 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2) k_fp8_moe_wg(fp
 // producer streams the next item's weights while the consumers finish and
 // store the last one, and no block pays a ring's fill and a launch per item.
 #define WS8_THREADS 384
-#define WS8_PRODUCER_REGS 80 // 128 · 80 + 256 · 216 = the 64 K registers of an SM
+// (80 / 216 asked for 1 K registers more than the block has: v53's launch failure)
+#define WS8_PRODUCER_REGS 72
 #define WS8_CONSUMER_REGS 216
+static_assert(wg_ws_regs_fit<WS8_PRODUCER_REGS, WS8_CONSUMER_REGS>(), "setmaxnreg within the block's registers");
 #define WS8_PRODUCER_BAR 3   // named barrier of the producer warpgroup (attention's ws uses 1, 2)
 template <int BT> struct ws8_cfg {
     static constexpr int STAGE = wg8_cfg<BT>::STAGE;

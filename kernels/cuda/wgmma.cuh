@@ -140,6 +140,18 @@ __device__ __forceinline__ void wg_bar_arrive(int id, int n)
     asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
 }
 
+// setmaxnreg moves registers only within a block: what the consumers' .inc takes must have
+// been given back by the producer's .dec, or .inc waits forever (the producer then fills its
+// ring and traps in an mbarrier wait: "unspecified launch failure"). A block of one producer
+// and two consumer warpgroups (384 threads, one an SM) is launched with 168 registers a
+// thread (64 K / 384 in steps of 8; ptxas takes the most a kernel with setmaxnreg may), so
+// the two counts must satisfy 128 · producer + 256 · consumer <= 384 · 168.
+#define WG_WS_LAUNCH_REGS 168
+template <int PRODUCER, int CONSUMER> __host__ __device__ constexpr bool wg_ws_regs_fit(void)
+{
+    return 128 * PRODUCER + 256 * CONSUMER <= 384 * WG_WS_LAUNCH_REGS && PRODUCER % 8 == 0 && CONSUMER % 8 == 0;
+}
+
 template <int R> __device__ __forceinline__ void wg_regs_dec(void)
 {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));

@@ -48,6 +48,9 @@ def cut(text, a, b):
 # A warp-specialized kernel's producer loop (wgmma.cuh; its barriers are the shim's)
 PRODUCE = ("// A producer warpgroup's loop", "// d (64 × N) += A · Bᵀ, A (64 × 16)")
 
+# The register split of a warp-specialized block (wgmma.cuh; setmaxnreg itself is the shim's)
+REGS = ("// setmaxnreg moves registers only within a block", "template <int R> __device__ __forceinline__ void wg_regs_dec")
+
 # The FP8 quantization rule and the codes an op writes (fp8.cuh)
 CODES = ("// The per-group quantization rule", "// The codes destination of an op")
 
@@ -76,6 +79,7 @@ def attn_body():
     return assemble([cut(f8, *CODES),
                      cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
                      cut(wg, *PRODUCE),
+                     cut(wg, *REGS),
                      cut(src, "typedef struct cu_attn_args {", "// Shared memory of k_attn:"),
                      cut(src, "#define FA2_WARPS 4", "// ldmatrix x4:"),  # the asm helpers come from the shim
                      cut(src, "// Two floats as a bf16 pair", "// The kernels: 16-row tiles")],
@@ -89,6 +93,7 @@ def fp8_body():
     src, wg, moe = read("fp8.cu"), read("wgmma.cuh"), read("moe.cuh")
     return assemble([cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
                      cut(wg, *PRODUCE),
+                     cut(wg, *REGS),
                      cut(moe, "typedef struct cu_moe_plan {", "// Plans the pairs"),
                      cut(src, "typedef struct fp8_args {", "#define GV8_WARPS"),
                      cut(src, "#define TC_BM 128", "// ---- CUDA-core GEMM")],

@@ -101,6 +101,9 @@ struct emu_block {
                                std::barrier<>(128)}; // a warpgroup's
     std::mutex nbar_mu;
     std::map<int, std::pair<int, std::unique_ptr<std::barrier<>>>> nbar; // named barriers by id: count, barrier
+    std::mutex regs_mu; // setmaxnreg's pool of registers given back
+    std::condition_variable regs_cv;
+    long regs_pool = 0;
     std::mutex mbars_mu;
     std::map<uint32_t, std::unique_ptr<emu_mbar>> mbars; // by shared address
     std::vector<char> smem;
@@ -379,7 +382,7 @@ template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (
 template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db, int acc = 1) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 1, acc); }
 
 // Warp-specialized kernels' barriers (wgmma.cuh): mbarriers by shared address (a wait
-// lasting 20 s aborts: a lost arrival), named barriers, setmaxnreg a no-op.
+// lasting 20 s aborts: a lost arrival), named barriers, setmaxnreg's register pool.
 static inline emu_mbar &emu_mbar_at(uint32_t bar) {
     std::lock_guard<std::mutex> g(emu_b->mbars_mu);
     auto it = emu_b->mbars.find(bar);
@@ -429,8 +432,24 @@ static inline void wg_bar_arrive(int id, int n) {
     auto tok = emu_nbar(id, n).arrive();
     (void)tok;
 }
-template <int R> static inline void wg_regs_dec(void) {}
-template <int R> static inline void wg_regs_inc(void) {}
+// setmaxnreg (wgmma.cuh): a block's registers only move between its own warps. .dec gives
+// (launch − R) a thread to the block's pool, .inc takes (R − launch) a thread, waiting for
+// the .dec; asking for more than was given back never returns (aborts after 20 s), as on
+// the GPU. The launch count is wgmma.cuh's, which redefines it identically.
+#define WG_WS_LAUNCH_REGS 168
+static inline void emu_regs_move(int give) {
+    emu_block &b = *emu_b;
+    std::unique_lock<std::mutex> g(b.regs_mu);
+    if (give < 0 && !b.regs_cv.wait_for(g, std::chrono::seconds(20), [&] { return b.regs_pool >= -give; })) {
+        fprintf(stderr, "setmaxnreg.inc: thread %u never got its %d registers (the block has %ld left)\n",
+                threadIdx.x, -give, b.regs_pool);
+        abort();
+    }
+    b.regs_pool += give;
+    b.regs_cv.notify_all();
+}
+template <int R> static inline void wg_regs_dec(void) { emu_regs_move(WG_WS_LAUNCH_REGS - R); }
+template <int R> static inline void wg_regs_inc(void) { emu_regs_move(WG_WS_LAUNCH_REGS - R); }
 
 // Warp max, global atomics and fences for the kernels that count finished work across
 // blocks (k_fp8_moe_one): a driver running such a kernel runs all its blocks at once.
