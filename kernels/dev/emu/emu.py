@@ -3,13 +3,17 @@
 written without a GPU.
 
 Each target cuts the kernels and what they call out of the CUDA sources as they are,
-compiles them with g++ against emu_shim.hpp (each CUDA thread a std::thread; ldmatrix,
-mma.sync and shuffles emulated as warp collectives with the PTX ISA's fragment layouts,
-wgmma as a warpgroup collective reading shared memory through its descriptors, wmma tf32
-as a warp collective; both wgmma
-and cp.async asynchronous: they take effect when a wait retires their commit group, or for
-cp.async in a first run at issue) and runs its driver on random inputs against a float64
-reference:
+compiles them with g++ against emu_shim.hpp and runs its driver on random inputs against a
+float64 reference. In the shim:
+- each CUDA thread is a std::thread;
+- ldmatrix, mma.sync and shuffles are warp collectives with the PTX ISA's fragment layouts,
+  and wmma tf32 is a warp collective too;
+- wgmma is a warpgroup collective reading shared memory through its descriptors;
+- wgmma and cp.async are asynchronous: they take effect when a wait retires their commit
+  group, and in a first run cp.async lands at issue instead;
+- mbarriers, named barriers and setmaxnreg's per-block register pool are modelled.
+
+The targets:
 
 - attn: k_attn_fa2, k_attn_wg, k_attn_wg2 and k_attn_ws (attention.cu) on paged batches (attn_driver.cpp);
 - fp8:  the grouped FP8 MoE GEMMs k_fp8_moe_gemm_tc, k_fp8_moe_wg and k_fp8_moe_ws (fp8.cu) over routing
