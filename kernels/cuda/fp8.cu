@@ -1147,22 +1147,29 @@ __host__ __device__ __forceinline__ int ws8_nwbx(const fp8_args &a)
     return ((a.N + TC_BN - 1) / TC_BN + a.npb - 1) / a.npb;
 }
 
+// Item w's (weight block, group) steps: its group of up to npb weight blocks
+// (the last group of a tile may have fewer) times G.
+__device__ __forceinline__ int ws8_steps(const fp8_args &a, int w)
+{
+    return min(a.npb, (a.N + TC_BN - 1) / TC_BN - w % ws8_nwbx(a) * a.npb) * a.G;
+}
+
 // Item w: plan tile w / nwbx (expert e, rows r0 .. r0 + rows - 1), weight
-// blocks from nb0, U (weight block, group) steps.
+// blocks from nb0, U steps.
 struct ws8_item {
     int64_t e;
     int r0, rows, nb0, U;
 };
 template <int BT> __device__ __forceinline__ ws8_item ws8_item_of(const fp8_args &a, const cu_moe_plan &p, int w)
 {
-    const int nwbx = ws8_nwbx(a), nb = (a.N + TC_BN - 1) / TC_BN;
+    const int nwbx = ws8_nwbx(a);
     int2 tile = p.tiles[w / nwbx];
     ws8_item it;
     it.e = tile.x;
     it.r0 = p.offset[tile.x] + tile.y;
     it.rows = min(BT, p.offset[tile.x + 1] - it.r0);
     it.nb0 = w % nwbx * a.npb;
-    it.U = min(a.npb, nb - it.nb0) * a.G;
+    it.U = ws8_steps(a, w);
     return it;
 }
 
@@ -1175,10 +1182,10 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_mo
     __shared__ int xr[BT]; // the producer's current item's x rows
     cu_pdl_wait();         // the plan, x and the activations come from earlier kernels
     cu_pdl_trigger();
-    const int nwbx = ws8_nwbx(a), n_items = *p.n_tiles * nwbx, nb = (a.N + TC_BN - 1) / TC_BN;
+    const int n_items = *p.n_tiles * ws8_nwbx(a);
     if ((int)blockIdx.x >= n_items) return; // the grid is an upper bound (block-uniform)
-    int n = 0; // this block's steps: U of each of its items, in a row
-    for (int w = blockIdx.x; w < n_items; w += gridDim.x) n += min(a.npb, nb - w % nwbx * a.npb) * a.G;
+    int n = 0; // this block's steps: those of each of its items, in a row
+    for (int w = blockIdx.x; w < n_items; w += gridDim.x) n += ws8_steps(a, w);
     const uint8_t *sm = (const uint8_t *)wg_align((char *)wg8_smem);
     const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm), full = s0 + C::BAR, empty = full + 8 * S;
     if (threadIdx.x == 0)

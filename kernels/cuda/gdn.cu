@@ -928,11 +928,8 @@ __global__ void __launch_bounds__(256) k_gdn_scan(cu_gdn_args g, int min_len, co
         }
         __pipeline_commit();
     };
-    if (g.state_fresh[s]) {
-        for (int e = threadIdx.x; e < DK * BV; e += blockDim.x) Ss[(e / BV) * LV + e % BV] = 0.0f;
-    } else {
-        gdn_copy_async(Ss, LV, mine, Dv, DK, BV); // lands with group A of chunk 0
-    }
+    if (g.state_fresh[s]) gdn_state_in<DK, BV, LV>(Ss, mine, Dv, true); // zeros
+    else gdn_copy_async(Ss, LV, mine, Dv, DK, BV);                      // lands with group A of chunk 0
     issue(0, 0);
     issue(1, 0);
     issue(2, 0);

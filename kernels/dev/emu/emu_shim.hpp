@@ -119,23 +119,18 @@ static inline int *emu_static_ints(void) { return emu_b->ints; }
 static inline float *emu_static_floats(void) { return emu_b->floats; }
 static inline void __syncthreads(void) { emu_b->bar.arrive_and_wait(); }
 static inline emu_warp &W(void) { return emu_b->w[threadIdx.x >> 5]; }
-static inline float __shfl_xor_sync(unsigned, float v, int x) {
-    emu_warp &w = W(); int l = threadIdx.x & 31;
-    w.f[l] = v; w.bar.arrive_and_wait();
-    float r = w.f[l ^ x]; w.bar.arrive_and_wait();
-    return r;
-}
-static inline float __shfl_sync(unsigned, float v, int src) {
+// Lane l gets v of lane src(l) (every lane of the warp calls it).
+static inline float emu_shfl(float v, int src) {
     emu_warp &w = W(); int l = threadIdx.x & 31;
     w.f[l] = v; w.bar.arrive_and_wait();
     float r = w.f[src & 31]; w.bar.arrive_and_wait();
     return r;
 }
-static inline float __shfl_up_sync(unsigned, float v, unsigned d) {
-    emu_warp &w = W(); int l = threadIdx.x & 31;
-    w.f[l] = v; w.bar.arrive_and_wait();
-    float r = l >= (int)d ? w.f[l - d] : v; w.bar.arrive_and_wait();
-    return r;
+static inline float __shfl_xor_sync(unsigned, float v, int x) { return emu_shfl(v, (threadIdx.x & 31) ^ x); }
+static inline float __shfl_sync(unsigned, float v, int src) { return emu_shfl(v, src); }
+static inline float __shfl_up_sync(unsigned, float v, unsigned d) { // lanes below d keep theirs
+    int l = threadIdx.x & 31;
+    return emu_shfl(v, l >= (int)d ? l - (int)d : l);
 }
 // wmma (tf32 m16n16k8, fp32 accumulators): a fragment's elements are lane l's E = R·C / 32
 // consecutive ones of the R × C matrix in row order. The hardware's layout is opaque to the
