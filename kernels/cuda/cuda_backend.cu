@@ -649,7 +649,7 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->fp8_act = env_switch("SL_CUDA_FP8_ACT", 1);
     b->moe_fp8_one = env_switch("SL_CUDA_MOE_FP8_ONE", 0); // v43: slower end to end (v53)
     b->gdn_fuse = env_switch("SL_CUDA_GDN_FUSE", 0);        // v44: slower end to end (v53)
-    b->router_norm = env_switch("SL_CUDA_ROUTER_NORM", 0);  // v45: fails to launch at 513 rows (v53)
+    b->router_norm = env_switch("SL_CUDA_ROUTER_NORM", 0);  // v45: failed to launch (v53), fixed in v54, unmeasured
     b->poison = env_switch("SL_CUDA_POISON", 0);
     CU_TRY(e, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     if (env_switch("SL_CUDA_PROFILE", 0)) cu_prof_init(b);

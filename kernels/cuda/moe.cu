@@ -161,6 +161,11 @@ void cu_moe_route(sl_backend *be, sl_tensor *ids, sl_tensor *weights, const sl_t
 // back: one launch fewer a MoE layer, the same values.
 #define MOE_ROUTER_MAX_T 8
 #define MOE_ROUTER_MAX_C 16 // 16-byte chunks a lane: H up to 4096
+// x (and resid) staged in shared memory: the 48 KB a launch gets without opting in, less the
+// kernel's static red[] and last. Counting the 48 KB for the rows alone let 6 rows of
+// Coder-Next's H 2048 with resid (exactly 48 KB) launch with 132 bytes too many: "invalid
+// argument" (v45 on the H200, NOTES v53).
+#define MOE_ROUTER_SMEM (48 * 1024 - 256)
 
 typedef struct moe_router_norm {
     cu_mat resid, d, w; // resid [T, H] bf16 (updated), d [T, H], w [1, H]
@@ -265,7 +270,7 @@ static int moe_router_run(cu_backend *b, sl_tensor *ids, sl_tensor *weights, sl_
     if (!b->moe_router || X.rows < 1 || X.rows > MOE_ROUTER_MAX_T || X.dt != SL_DTYPE_BF16 || R.dt != SL_DTYPE_BF16 ||
         L.dt != SL_DTYPE_F32 || H % 256 || H > 256 * MOE_ROUTER_MAX_C || X.ld % 8 || R.ld % 8 ||
         (uintptr_t)X.p % 16 || (uintptr_t)R.p % 16 || E > 1024 || k > 32 || k > E ||
-        xs > 48 * 1024) // x (and resid) in the default shared memory
+        xs > MOE_ROUTER_SMEM)
         return 0;
     dim3 grid((unsigned)cu_blocks(L.cols, 8));
     const __nv_bfloat16 *rw = (const __nv_bfloat16 *)R.p;

@@ -3,7 +3,7 @@ kernels (k_attn_fa2, k_attn_wg in both forms, k_attn_wg2, the warp-specialized k
 GEMMs (k_fp8_moe_gemm_tc, k_fp8_moe_wg in both forms, the warp-specialized k_fp8_moe_ws, a block an item and persistent), the one-token FP8 MoE kernel (k_fp8_moe_one, all its blocks at once), the fused decode GDN kernel (against
 the three it replaces, bit for bit) and the chunked GDN prefill (single kernel against the split prep + scan, bit
 for bit, both against the recurrence) out of kernels/cuda as they are and runs them with mma.sync, ldmatrix,
-wmma and wgmma, mbarriers and named barriers emulated (each CUDA thread a host thread; cp.async landing at its
+wmma and wgmma, mbarriers and named barriers emulated (each CUDA thread a fiber; cp.async landing at its
 wait, and in a first run at issue) on random inputs against a float64 reference. CI has no GPU; this keeps their index, fragment and shared-memory layout logic
 honest between GPU runs."""
 import os

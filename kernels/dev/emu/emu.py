@@ -5,7 +5,8 @@ written without a GPU.
 Each target cuts the kernels and what they call out of the CUDA sources as they are,
 compiles them with g++ against emu_shim.hpp and runs its driver on random inputs against a
 float64 reference. In the shim:
-- each CUDA thread is a std::thread;
+- each CUDA thread is a fiber of one host thread, switched where it waits for others (a
+  barrier, a warp collective, an mbarrier, registers); a wait no fiber can ever end aborts;
 - ldmatrix, mma.sync and shuffles are warp collectives with the PTX ISA's fragment layouts,
   and wmma tf32 is a warp collective too;
 - wgmma is a warpgroup collective reading shared memory through its descriptors;
@@ -147,7 +148,7 @@ def run(name, body, driver):
             f.write('#include "%s"\n' % os.path.join(here, "emu_shim.hpp"))
             f.write(body + "\n" + open(os.path.join(here, driver)).read())
         exe = os.path.join(d, name)
-        subprocess.check_call(["g++", "-std=c++20", "-O2", "-pthread", "-Wno-unknown-pragmas", "-o", exe, cpp])
+        subprocess.check_call(["g++", "-std=c++20", "-O2", "-Wno-unknown-pragmas", "-o", exe, cpp])
         # first with every cp.async landing at issue (a buffer refilled while still read),
         # printed only if it fails; then landing at its wait (a buffer read before it landed)
         eager = subprocess.run([exe], env=dict(os.environ, EMU_CP_EAGER="1"), capture_output=True, text=True)

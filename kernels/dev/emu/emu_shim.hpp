@@ -1,14 +1,14 @@
 // kernels/dev/emu/emu_shim.hpp: host emulation shim for CUDA kernels cut out of kernels/cuda
-// (see emu.py): every CUDA thread is a std::thread; ldmatrix, mma.sync and shuffles are warp
-// collectives, wgmma a warpgroup collective (barrier, exchange), with the fragment layouts
-// of the PTX ISA and the shared-memory descriptors of its 128-byte swizzle; cp.async lands
-// at its wait (or, with EMU_CP_EAGER, at issue); wmma tf32 is a warp collective.
-#include <barrier>
-#include <condition_variable>
+// (see emu.py): every CUDA thread is a fiber of one host thread; ldmatrix, mma.sync and
+// shuffles are warp collectives, wgmma a warpgroup collective (barrier, exchange), with the
+// fragment layouts of the PTX ISA and the shared-memory descriptors of its 128-byte swizzle;
+// cp.async lands at its wait (or, with EMU_CP_EAGER, at issue); wmma tf32 is a warp
+// collective.
+#include <sys/mman.h>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <chrono>
+#include <functional>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -16,7 +16,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
-#include <thread>
 #include <type_traits>
 #include <vector>
 using std::max;
@@ -43,7 +42,6 @@ static inline float4 make_float4(float x, float y, float z, float w) { return {x
 static inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
 static inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
 static inline int2 make_int2(int x, int y) { return {x, y}; }
-thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 struct __nv_bfloat16 { uint16_t b; };
 struct __nv_bfloat162 { __nv_bfloat16 x, y; };
 static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
@@ -64,12 +62,165 @@ static inline void cu_mat_st(const cu_mat &m, int64_t r, int64_t c, float v) {
     int64_t i = r * m.ld + c;
     if (m.dt == SL_DTYPE_BF16) ((__nv_bfloat16 *)m.p)[i] = __float2bfloat16_rn(v); else ((float *)m.p)[i] = v;
 }
+
+// ---- fibers ----------------------------------------------------------------------------
+// Every CUDA thread is a fiber of the one host thread, switched only where a thread must
+// wait for others (a barrier, a warp collective, an mbarrier, registers) or yields
+// (__nanosleep, after an mbarrier arrival). Host threads, one a CUDA thread, spent most of
+// their time in the kernel's futex wake-ups (a barrier of 384 of them on 2 cores), and
+// ucontext's swapcontext in a signal-mask system call a switch: emu_switch saves the
+// callee-saved registers on the stack it leaves and takes the other's. The running
+// fiber's CUDA state is reached through emu_stp, pointed at the fiber's own at each switch.
+#if !defined(__x86_64__)
+#error "kernels/dev/emu: emu_switch is written for x86-64"
+#endif
+extern "C" void emu_switch(void **save_sp, void *load_sp);
+asm(R"(
+    .text
+    .globl emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+struct emu_copy {
+    char *dst;
+    const void *src;
+    size_t n, zfill;
+};
+struct emu_wg_op {
+    float *d;
+    int n, esz, acc; // acc 0: d = A·B (wgmma's scale-d false)
+    uint64_t da, db;
+    uint32_t a[4];
+    bool ra, nmaj;
+};
+struct emu_block;
+struct emu_thread_state {
+    dim3 threadIdx, blockIdx, blockDim, gridDim;
+    emu_block *b;
+    std::vector<emu_copy> cp_open; // cp.async copies issued, not committed
+    std::vector<std::vector<emu_copy>> cp_groups; // committed groups, oldest first
+    std::vector<emu_wg_op> wg_open; // wgmma products likewise
+    std::vector<std::vector<emu_wg_op>> wg_groups;
+};
+static emu_thread_state *emu_stp;
+#define threadIdx (emu_stp->threadIdx)
+#define blockIdx (emu_stp->blockIdx)
+#define blockDim (emu_stp->blockDim)
+#define gridDim (emu_stp->gridDim)
+#define emu_b (emu_stp->b)
+struct emu_fiber {
+    void *sp; // its stack pointer while switched out
+    char *stack;
+    std::function<void()> fn;
+    emu_thread_state st;
+    bool done;
+};
+#define EMU_STACK (256 << 10)
+static void *emu_sched_sp;
+static emu_fiber *emu_cur;
+static long emu_live;   // fibers not yet returned
+static long emu_streak; // waits found unmet in a row since a fiber last ran code
+static long emu_round;  // passes of the scheduler over a launch's fibers
+static std::vector<char *> emu_stacks; // free stacks, kept between launches
+static inline void emu_yield(void) { emu_switch(&emu_cur->sp, emu_sched_sp); }
+static void emu_fiber_main(void) { // never resumed once done
+    emu_cur->fn();
+    emu_cur->done = true;
+    emu_yield();
+}
+// Runs the fibers round robin until every one has returned.
+static void emu_run(std::vector<emu_fiber> &fs) {
+    for (emu_fiber &f : fs) {
+        if (emu_stacks.empty()) {
+            // a guard page below each stack: an overflow faults instead of writing a neighbour
+            char *m = (char *)mmap(nullptr, EMU_STACK + 4096, PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            SL_ASSERT(m != MAP_FAILED && mprotect(m, 4096, PROT_NONE) == 0);
+            emu_stacks.push_back(m + 4096);
+        }
+        f.stack = emu_stacks.back();
+        emu_stacks.pop_back();
+        // the frame emu_switch pops: six registers, then its return into emu_fiber_main, which
+        // starts with the stack as a call leaves it (8 bytes past a 16-byte boundary)
+        void **sp = (void **)(f.stack + EMU_STACK);
+        *--sp = nullptr;
+        *--sp = (void *)emu_fiber_main;
+        for (int i = 0; i < 6; i++) *--sp = nullptr;
+        f.sp = sp;
+        f.done = false;
+    }
+    emu_live = (long)fs.size();
+    emu_streak = 0;
+    for (emu_round = 0; emu_live; emu_round++)
+        for (emu_fiber &f : fs) {
+            if (f.done) continue;
+            emu_cur = &f;
+            emu_stp = &f.st;
+            emu_switch(&emu_sched_sp, f.sp);
+            if (f.done) {
+                emu_live--;
+                emu_streak = 0;
+                emu_stacks.push_back(f.stack);
+            }
+        }
+}
+// Yields until met(). A whole round of the live fibers each finding its wait unmet, none
+// having run code in between, can never end: on_deadlock() says which wait, then abort (the
+// GPU would hang or trap).
+template <class P, class D> static inline void emu_wait(P met, D on_deadlock) {
+    if (met()) return;
+    emu_streak = 0;
+    for (;;) {
+        emu_yield();
+        if (met()) { emu_streak = 0; return; }
+        if (++emu_streak > 2 * emu_live) { on_deadlock(); abort(); }
+    }
+}
+// A yield that is progress itself: time passes (a spin loop, a delay).
+static inline void emu_pass(void) { emu_yield(); emu_streak = 0; }
+// A barrier of n threads (generations, so it can be reused at once)
+struct emu_bar {
+    int n, arrived = 0;
+    unsigned gen = 0;
+    explicit emu_bar(int count) : n(count) {}
+    unsigned arrive(void) {
+        unsigned g = gen;
+        if (++arrived == n) { arrived = 0; gen++; }
+        return g;
+    }
+    void arrive_and_wait(void) {
+        unsigned g = arrive();
+        emu_wait([&] { return gen != g; }, [&] {
+            fprintf(stderr, "barrier of %d threads: %d arrived (thread %u of block %u)\n", n, arrived, threadIdx.x, blockIdx.x);
+        });
+    }
+};
+
 // emu_stagger (a driver of a kernel whose blocks wait on each other sets it): blocks leave
-// the PDL wait at different times, block b after (b·7) % 5 · 60 ms (longer than a work item
-// takes here), so that a block reaching its later work early finds the others' not done
+// the PDL wait at different times, block b after (b·7) % 5 · 64 scheduler rounds (a work
+// item takes 20-40 here), so that a block reaching its later work early finds the others'
+// not done
 static bool emu_stagger = false;
 static inline void cu_pdl_wait(void) {
-    if (emu_stagger) std::this_thread::sleep_for(std::chrono::milliseconds((blockIdx.x * 7) % 5 * 60));
+    if (!emu_stagger) return;
+    long until = emu_round + (blockIdx.x * 7) % 5 * 64;
+    while (emu_round < until) emu_pass();
 }
 static inline void cu_pdl_trigger(void) {}
 static inline float cu_round(int dt, float v) { return dt == SL_DTYPE_BF16 ? __bfloat162float(__float2bfloat16_rn(v)) : v; }
@@ -81,7 +232,7 @@ static inline void cu_stf(void *p, int dt, int64_t i, float v) {
 }
 
 struct emu_warp {
-    std::barrier<> bar{32};
+    emu_bar bar{32};
     uint32_t addr[32];
     uint32_t a[32][4], b[32][2];
     float f[32];
@@ -89,22 +240,15 @@ struct emu_warp {
 };
 // an mbarrier: arrivals still due in this phase, phases completed
 struct emu_mbar {
-    std::mutex mu;
-    std::condition_variable cv;
     int count = 0, pending = 0;
     unsigned phase = 0;
 };
 struct emu_block {
     explicit emu_block(int threads) : bar(threads) {}
-    std::barrier<> bar;
-    std::barrier<> wgbar[4] = {std::barrier<>(128), std::barrier<>(128), std::barrier<>(128),
-                               std::barrier<>(128)}; // a warpgroup's
-    std::mutex nbar_mu;
-    std::map<int, std::pair<int, std::unique_ptr<std::barrier<>>>> nbar; // named barriers by id: count, barrier
-    std::mutex regs_mu; // setmaxnreg's pool of registers given back
-    std::condition_variable regs_cv;
-    long regs_pool = 0;
-    std::mutex mbars_mu;
+    emu_bar bar;
+    emu_bar wgbar[4] = {emu_bar(128), emu_bar(128), emu_bar(128), emu_bar(128)}; // a warpgroup's
+    std::map<int, std::unique_ptr<emu_bar>> nbar; // named barriers by id
+    long regs_pool = 0; // setmaxnreg's registers given back
     std::map<uint32_t, std::unique_ptr<emu_mbar>> mbars; // by shared address
     std::vector<char> smem;
     emu_warp w[16]; // up to 512 threads
@@ -113,7 +257,6 @@ struct emu_block {
     int ints[256]; // a kernel's static __shared__ int array
     float floats[8 * 16 * 17]; // and float array
 };
-thread_local emu_block *emu_b;
 static inline char *emu_smem(void) { return emu_b->smem.data(); }
 static inline int *emu_static_ints(void) { return emu_b->ints; }
 static inline float *emu_static_floats(void) { return emu_b->floats; }
@@ -253,13 +396,8 @@ static inline void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, u
 // cp.async is asynchronous as on the GPU: a copy lands only when a wait retires its commit
 // group (the source read then; these kernels' sources do not change), so reading a stage
 // before its wait, or a wait count one too loose, reads what was there before.
-struct emu_copy {
-    char *dst;
-    const void *src;
-    size_t n, zfill;
-};
-thread_local std::vector<emu_copy> emu_cp_open;
-thread_local std::vector<std::vector<emu_copy>> emu_cp_groups;
+#define emu_cp_open (emu_stp->cp_open)
+#define emu_cp_groups (emu_stp->cp_groups)
 // With EMU_CP_EAGER set (emu.py's second run of every target) a copy lands when issued
 // instead, as early as the GPU may land it: refilling a buffer that is still being read
 // (a write-after-read race the late landing hides) then reads the new data.
@@ -313,21 +451,14 @@ static inline uint32_t emu_desc_addr(uint64_t desc, bool nmaj, int mn, int k, in
     return a ^ (((a >> 7) & 7) << 4);
 }
 static inline float emu_sh(uint32_t addr) { __nv_bfloat16 h = {emu_h(addr)}; return __bfloat162float(h); }
-struct emu_wg_op {
-    float *d;
-    int n, esz, acc; // acc 0: d = A·B (wgmma's scale-d false)
-    uint64_t da, db;
-    uint32_t a[4];
-    bool ra, nmaj;
-};
-thread_local std::vector<emu_wg_op> emu_wg_open;
-thread_local std::vector<std::vector<emu_wg_op>> emu_wg_groups;
+#define emu_wg_open (emu_stp->wg_open)
+#define emu_wg_groups (emu_stp->wg_groups)
 // d (64 × n) += A · B over k 0..KS-1 (16 bf16 or 32 e4m3: esz 2 or 1); A from descriptor da
 // (K-major) or, with ra, from the warpgroup's A fragments; B from db, K-major or N-major.
 // The warpgroup is threads 128·(t / 128) ..; its 128 threads reach every call together.
 static inline void emu_wg_exec(const emu_wg_op &op) {
     emu_block &b = *emu_b; int t = threadIdx.x, t0 = t & ~127;
-    std::barrier<> &bar = b.wgbar[t >> 7];
+    emu_bar &bar = b.wgbar[t >> 7];
     b.da[t] = op.da; b.db[t] = op.db;
     if (op.ra) for (int i = 0; i < 4; i++) b.a[t][i] = op.a[i];
     bar.arrive_and_wait();
@@ -376,72 +507,58 @@ template <int N> static inline void wg_ss(float (&d)[N / 8][4], uint64_t da, uin
 template <int N> static inline void wg_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t db) { emu_wg_issue(&d[0][0], N, 0, a, db, true, 2); }
 template <int N> static inline void wg_ss8(float (&d)[N / 8][4], uint64_t da, uint64_t db, int acc = 1) { emu_wg_issue(&d[0][0], N, da, nullptr, db, false, 1, acc); }
 
-// Warp-specialized kernels' barriers (wgmma.cuh): mbarriers by shared address (a wait
-// lasting 20 s aborts: a lost arrival), named barriers, setmaxnreg's register pool.
+// Warp-specialized kernels' barriers (wgmma.cuh): mbarriers by shared address (a wait that
+// can never end aborts: a lost arrival), named barriers, setmaxnreg's register pool.
 static inline emu_mbar &emu_mbar_at(uint32_t bar) {
-    std::lock_guard<std::mutex> g(emu_b->mbars_mu);
     auto it = emu_b->mbars.find(bar);
     SL_ASSERT(it != emu_b->mbars.end()); // initialised before use
     return *it->second;
 }
 static inline void wg_mbar_init(uint32_t bar, unsigned count) {
     SL_ASSERT(bar % 8 == 0 && bar + 8 <= emu_b->smem.size());
-    std::lock_guard<std::mutex> g(emu_b->mbars_mu);
     auto m = std::make_unique<emu_mbar>();
     m->count = m->pending = (int)count;
     emu_b->mbars[bar] = std::move(m);
 }
-// The arriving thread then pauses 2 ms, so the waiters run ahead of it: a hand-over made
+// The arriving thread then yields, so every waiter runs ahead of it: a hand-over made
 // before its data landed is read before the arriver's next wait lands it.
 static inline void wg_mbar_arrive(uint32_t bar) {
     emu_mbar &m = emu_mbar_at(bar);
-    {
-        std::lock_guard<std::mutex> g(m.mu);
-        if (--m.pending == 0) {
-            m.phase++;
-            m.pending = m.count;
-            m.cv.notify_all();
-        }
+    if (--m.pending == 0) {
+        m.phase++;
+        m.pending = m.count;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    emu_yield();
 }
 // the phase of this parity completed: the current (incomplete) phase has the other parity
 static inline void wg_mbar_wait(uint32_t bar, unsigned parity) {
     emu_mbar &m = emu_mbar_at(bar);
-    std::unique_lock<std::mutex> g(m.mu);
-    if (!m.cv.wait_for(g, std::chrono::seconds(20), [&] { return (m.phase & 1) != parity; })) {
+    emu_wait([&] { return (m.phase & 1) != parity; }, [&] {
         fprintf(stderr, "mbarrier %u: parity %u never completed (thread %u)\n", bar, parity, threadIdx.x);
-        abort();
-    }
+    });
 }
-static inline std::barrier<> &emu_nbar(int id, int n) {
+static inline emu_bar &emu_nbar(int id, int n) {
     SL_ASSERT(id >= 1 && id < 16 && n % 32 == 0);
-    std::lock_guard<std::mutex> g(emu_b->nbar_mu);
     auto &b = emu_b->nbar[id];
-    if (!b.second) b = {n, std::make_unique<std::barrier<>>(n)};
-    SL_ASSERT(b.first == n); // one thread count an id, as the kernels use them
-    return *b.second;
+    if (!b) b = std::make_unique<emu_bar>(n);
+    SL_ASSERT(b->n == n); // one thread count an id, as the kernels use them
+    return *b;
 }
 static inline void wg_bar_sync(int id, int n) { emu_nbar(id, n).arrive_and_wait(); }
-static inline void wg_bar_arrive(int id, int n) {
-    auto tok = emu_nbar(id, n).arrive();
-    (void)tok;
-}
+static inline void wg_bar_arrive(int id, int n) { emu_nbar(id, n).arrive(); }
 // setmaxnreg (wgmma.cuh): a block's registers only move between its own warps. .dec gives
 // (launch − R) a thread to the block's pool, .inc takes (R − launch) a thread, waiting for
-// the .dec; asking for more than was given back never returns (aborts after 20 s), as on
-// the GPU. The launch count is wgmma.cuh's, which redefines it identically.
+// the .dec; asking for more than was given back never returns (aborts), as on the GPU. The
+// launch count is wgmma.cuh's, which redefines it identically.
 #define WG_WS_LAUNCH_REGS 168
 static inline void emu_regs_move(int give) {
     emu_block &b = *emu_b;
-    std::unique_lock<std::mutex> g(b.regs_mu);
-    if (give < 0 && !b.regs_cv.wait_for(g, std::chrono::seconds(20), [&] { return b.regs_pool >= -give; })) {
-        fprintf(stderr, "setmaxnreg.inc: thread %u never got its %d registers (the block has %ld left)\n",
-                threadIdx.x, -give, b.regs_pool);
-        abort();
-    }
+    if (give < 0)
+        emu_wait([&] { return b.regs_pool >= -give; }, [&] {
+            fprintf(stderr, "setmaxnreg.inc: thread %u never got its %d registers (the block has %ld left)\n",
+                    threadIdx.x, -give, b.regs_pool);
+        });
     b.regs_pool += give;
-    b.regs_cv.notify_all();
 }
 template <int R> static inline void wg_regs_dec(void) { emu_regs_move(WG_WS_LAUNCH_REGS - R); }
 template <int R> static inline void wg_regs_inc(void) { emu_regs_move(WG_WS_LAUNCH_REGS - R); }
@@ -454,7 +571,7 @@ static inline float cu_warp_max(float v) {
 }
 static inline unsigned atomicAdd(unsigned *p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 static inline void __threadfence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-static inline void __nanosleep(unsigned) { std::this_thread::yield(); }
+static inline void __nanosleep(unsigned) { emu_pass(); }
 static inline float __ldcg(const float *p) { float v; __atomic_load(p, &v, __ATOMIC_RELAXED); return v; }
 static inline unsigned moe1_ld_acquire(const unsigned *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline long long clock64(void) {
@@ -475,22 +592,25 @@ static inline uint8_t cu_f32_to_e4m3(float v) {
     return sign | best;
 }
 
-// Every block of a grid (gx × gy × gz) one after another, each `threads` host threads with the
-// block's indices set and smem bytes of garbage shared memory, running kernel(); for kernels
-// whose blocks never wait on one another (k_fp8_moe_one's driver runs its blocks at once).
-template <class F> static void emu_grid(dim3 grid, unsigned threads, size_t smem, F kernel) {
+// Every block of a grid (gx × gy × gz), each `threads` fibers with the block's indices set and
+// smem bytes of garbage shared memory, running kernel(): one block after another, or with
+// together all at once (a kernel whose blocks wait on one another: k_fp8_moe_one).
+template <class F> static void emu_grid(dim3 grid, unsigned threads, size_t smem, F kernel, bool together = false) {
+    std::vector<std::unique_ptr<emu_block>> blk;
+    std::vector<emu_fiber> fs;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
-                emu_block blk((int)threads);
-                blk.smem.assign(smem, (char)0xff); // NaN-ish garbage
-                std::vector<std::thread> th;
-                for (unsigned t = 0; t < threads; t++)
-                    th.emplace_back([&, t] {
-                        emu_b = &blk; threadIdx = {t, 0, 0}; blockIdx = {x, y, z}; blockDim = {threads, 1, 1};
-                        gridDim = grid;
-                        kernel();
-                    });
-                for (auto &t : th) t.join();
+                blk.push_back(std::make_unique<emu_block>((int)threads));
+                blk.back()->smem.assign(smem, (char)0xff); // NaN-ish garbage
+                for (unsigned t = 0; t < threads; t++) {
+                    fs.emplace_back();
+                    fs.back().fn = kernel;
+                    fs.back().st = {{t, 0, 0}, {x, y, z}, {threads, 1, 1}, grid, blk.back().get(), {}, {}, {}, {}};
+                }
+                if (together && fs.size() < (size_t)grid.x * grid.y * grid.z * threads) continue;
+                emu_run(fs);
+                fs.clear();
+                blk.clear();
             }
 }

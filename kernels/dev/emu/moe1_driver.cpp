@@ -96,21 +96,7 @@ static int run_case(int H, int I, int E, int k, unsigned grid)
     for (int launch = 0; launch < 2; launch++) {
         std::fill(h.begin(), h.end(), NAN); // what a phase-2 item reads too early
         std::fill(y.begin(), y.end(), NAN);
-        std::vector<emu_block *> blk;
-        for (unsigned b = 0; b < grid; b++) {
-            blk.push_back(new emu_block(256));
-            blk.back()->smem.assign(smem, (char)0xff);
-        }
-        std::vector<std::thread> th;
-        for (unsigned b = 0; b < grid; b++)
-            for (unsigned t = 0; t < 256; t++)
-                th.emplace_back([&, b, t] {
-                    emu_b = blk[b]; threadIdx = {t, 0, 0}; blockIdx = {b, 0, 0}; blockDim = {256, 1, 1};
-                    gridDim = {grid, 1, 1};
-                    k_fp8_moe_one(m);
-                });
-        for (auto &t : th) t.join();
-        for (auto *p : blk) delete p;
+        emu_grid({grid, 1, 1}, 256, smem, [&] { k_fp8_moe_one(m); }, true);
         if (launch == 0) first = out;
     }
     // h from the token's codes; y from the kernel's h; the sum from the kernel's y, in j order

@@ -183,6 +183,8 @@ static const tb_case cases[] = {
     {SL_OP_MOE_ROUTER, BF, {1, 2048, 128, 8, 1, 0, 1, 0}, 1e-4},
     {SL_OP_MOE_ROUTER, BF, {4, 2048, 512, 10, 1, 1, 1, 1}, 1e-4},
     {SL_OP_MOE_ROUTER, BF, {5, 4096, 1000, 16, 1, 0, 1, 1}, 1e-4},  /* x and resid past 48 KB: two ops */
+    {SL_OP_MOE_ROUTER, BF, {6, 2048, 512, 10, 1, 1, 1, 0}, 1e-4},   /* exactly 48 KB: no room for the rest */
+    {SL_OP_MOE_ROUTER, BF, {5, 2048, 512, 10, 1, 1, 1, 0}, 1e-4},   /* Coder-Next's most fused rows */
     {SL_OP_MOE_ROUTER, BF, {9, 2048, 128, 8, 1, 0, 1, 0}, 1e-4},    /* too many tokens: two ops */
 };
 
