@@ -6,6 +6,8 @@
 // collective.
 #include <sys/mman.h>
 #include <map>
+#include <set>
+#include <string>
 #include <memory>
 #include <chrono>
 #include <functional>
@@ -181,15 +183,23 @@ static void emu_run(std::vector<emu_fiber> &fs) {
         }
 }
 // Yields until met(). A whole round of the live fibers each finding its wait unmet, none
-// having run code in between, can never end: on_deadlock() says which wait, then abort (the
-// GPU would hang or trap).
-template <class P, class D> static inline void emu_wait(P met, D on_deadlock) {
+// having run code in between, can never end (the GPU would hang or trap): then, over one
+// more round, the first waiter of each kind says() what it waits for, and the run aborts.
+static bool emu_dead;
+static std::set<std::string> emu_dead_said; // kinds of wait named
+template <class P, class D> static inline void emu_wait(const char *kind, P met, D say) {
     if (met()) return;
     emu_streak = 0;
     for (;;) {
         emu_yield();
         if (met()) { emu_streak = 0; return; }
-        if (++emu_streak > 2 * emu_live) { on_deadlock(); abort(); }
+        if (emu_dead && emu_dead_said.insert(kind).second) say();
+        if (++emu_streak > 2 * emu_live) {
+            if (emu_dead) abort();
+            fprintf(stderr, "deadlock: no thread can go on. Waits:\n");
+            emu_dead = true;
+            emu_streak = 0;
+        }
     }
 }
 // A yield that is progress itself: time passes (a spin loop, a delay).
@@ -206,7 +216,7 @@ struct emu_bar {
     }
     void arrive_and_wait(void) {
         unsigned g = arrive();
-        emu_wait([&] { return gen != g; }, [&] {
+        emu_wait("barrier", [&] { return gen != g; }, [&] {
             fprintf(stderr, "barrier of %d threads: %d arrived (thread %u of block %u)\n", n, arrived, threadIdx.x, blockIdx.x);
         });
     }
@@ -533,7 +543,7 @@ static inline void wg_mbar_arrive(uint32_t bar) {
 // the phase of this parity completed: the current (incomplete) phase has the other parity
 static inline void wg_mbar_wait(uint32_t bar, unsigned parity) {
     emu_mbar &m = emu_mbar_at(bar);
-    emu_wait([&] { return (m.phase & 1) != parity; }, [&] {
+    emu_wait("mbarrier", [&] { return (m.phase & 1) != parity; }, [&] {
         fprintf(stderr, "mbarrier %u: parity %u never completed (thread %u)\n", bar, parity, threadIdx.x);
     });
 }
@@ -554,7 +564,7 @@ static inline void wg_bar_arrive(int id, int n) { emu_nbar(id, n).arrive(); }
 static inline void emu_regs_move(int give) {
     emu_block &b = *emu_b;
     if (give < 0)
-        emu_wait([&] { return b.regs_pool >= -give; }, [&] {
+        emu_wait("setmaxnreg", [&] { return b.regs_pool >= -give; }, [&] {
             fprintf(stderr, "setmaxnreg.inc: thread %u never got its %d registers (the block has %ld left)\n",
                     threadIdx.x, -give, b.regs_pool);
         });
