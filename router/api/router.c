@@ -515,14 +515,16 @@ static void on_http_drained(void *ud)
         j->aborted = 1;
         sl_job_fail(j, SL_API_STATUS_UNAVAILABLE, "the router is shutting down");
     }
+    if (rt->drained) rt->drained(rt->done_ud);
     sl_cluster_close(rt->cluster);
     uv_close((uv_handle_t *)&rt->tick, on_tick_closed);
 }
 
-void sl_router_shutdown(sl_router *rt, void (*done)(void *), void *ud)
+void sl_router_shutdown(sl_router *rt, void (*drained)(void *), void (*done)(void *), void *ud)
 {
     if (rt->shutting_down) return;
     rt->shutting_down = 1;
+    rt->drained = drained;
     rt->done = done;
     rt->done_ud = ud;
     sl_http_shutdown(rt->http, on_http_drained, rt);

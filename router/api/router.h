@@ -91,8 +91,9 @@ int sl_router_port(const sl_router *rt);
  * model and served, so an exit later is a crash, not a failed start. */
 int sl_router_worker_ready(const sl_router *rt, int i);
 /* Stops accepting, lets in-flight responses finish (up to the HTTP drain
- * timeout), closes the workers' sockets; then done(ud). */
-void sl_router_shutdown(sl_router *rt, void (*done)(void *ud), void *ud);
+ * timeout), calls drained(ud) (may be NULL), closes the workers' sockets;
+ * then done(ud). */
+void sl_router_shutdown(sl_router *rt, void (*drained)(void *ud), void (*done)(void *ud), void *ud);
 void sl_router_free(sl_router *rt);
 
 #endif

@@ -28,6 +28,7 @@ struct sl_router {
     /* disaggregation (job_pd.c) */
     struct sl_pd_pair *pd_pairs;
     uint64_t pd_started, pd_done, pd_fallbacks, pd_failed;
+    void (*drained)(void *); /* sl_router_shutdown: the HTTP side drained */
     void (*done)(void *);
     void *done_ud;
 };

@@ -1,6 +1,13 @@
 /* `sluice router`: the HTTP front end over workers started elsewhere.
  * SIGINT/SIGTERM drain in-flight responses and exit; a second one exits at
- * once. Workers keep running: a restarted router redials them. */
+ * once. Workers keep running: a restarted router redials them.
+ *
+ * The teardown after a drain is bounded: nng 1.5's socket close can deadlock
+ * (nanomsg/nng#1543; the worker bounds its own the same way), and a router
+ * stuck there, every response delivered, would hold a terminal or a rollout
+ * until SIGKILL (its signals wait for a loop that no longer runs). A thread
+ * started once the HTTP side has drained exits the process with the drain's
+ * status if the teardown has not finished within TEARDOWN_GRACE_MS. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,16 +21,46 @@
 #include "router_opts.h"
 #include "sl_log.h"
 
+#define TEARDOWN_GRACE_MS 5000
+
 struct sl_router_ctl {
     sl_router *rt;
     uv_signal_t sigint, sigterm;
     int stopping;
     int rc;
     const sl_router_hooks *hooks;
+    uv_thread_t watchdog; /* the teardown's bound, once drained */
+    int watching, torn_down;
+    uv_mutex_t mu; /* torn_down */
+    uv_cond_t cv;
 };
 typedef struct sl_router_ctl app;
 
 static void on_closed(uv_handle_t *h) {}
+
+static void teardown_watchdog(void *ud)
+{
+    app *a = ud;
+    uint64_t end = uv_hrtime() + TEARDOWN_GRACE_MS * 1000000ull;
+    uv_mutex_lock(&a->mu);
+    for (uint64_t now; !a->torn_down && (now = uv_hrtime()) < end;)
+        uv_cond_timedwait(&a->cv, &a->mu, end - now);
+    int done = a->torn_down;
+    uv_mutex_unlock(&a->mu);
+    if (done) return;
+    fprintf(stderr, "sluice router: closing the worker sockets did not finish within %d s after the drain; "
+                    "exiting now\n", TEARDOWN_GRACE_MS / 1000);
+    _exit(a->rc);
+}
+
+static void on_drained(void *ud)
+{
+    app *a = ud;
+    a->watching = !uv_thread_create(&a->watchdog, teardown_watchdog, a);
+    /* tests stand in for a close that hangs (tests/py/test_e2e_serve.py) */
+    const char *stall = getenv("SLUICE_TEST_TEARDOWN_STALL_MS");
+    if (stall) uv_sleep((unsigned)atoi(stall));
+}
 
 static void on_router_done(void *ud)
 {
@@ -43,7 +80,7 @@ void sl_router_ctl_stop(sl_router_ctl *a, int rc)
     a->stopping = 1;
     a->rc = rc;
     if (a->hooks && a->hooks->stopping) a->hooks->stopping(a->hooks->ud);
-    sl_router_shutdown(a->rt, on_router_done, a);
+    sl_router_shutdown(a->rt, on_drained, on_router_done, a);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -77,6 +114,8 @@ int sl_router_run(const sl_router_cli *cli, const sl_router_config *cfg_in,
     uv_loop_t loop;
     uv_loop_init(&loop);
     app a = {.hooks = hooks};
+    uv_mutex_init(&a.mu);
+    uv_cond_init(&a.cv);
     int rc = 0;
     if (sl_router_new(&a.rt, &loop, &cfg, &e)) {
         fprintf(stderr, "router: %s\n", e.msg);
@@ -101,7 +140,7 @@ int sl_router_run(const sl_router_cli *cli, const sl_router_config *cfg_in,
     }
     if (rc) {
         fprintf(stderr, "router: %s\n", e.msg);
-        sl_router_shutdown(a.rt, NULL, NULL);
+        sl_router_shutdown(a.rt, NULL, NULL, NULL);
         uv_run(&loop, UV_RUN_DEFAULT);
         sl_router_free(a.rt);
         goto out;
@@ -127,6 +166,15 @@ out:
     /* every socket is closed: let nng free what it still queued for a peer
      * that stopped reading (a SIGSTOPped worker's pings) */
     nng_fini();
+    if (a.watching) {
+        uv_mutex_lock(&a.mu);
+        a.torn_down = 1;
+        uv_cond_signal(&a.cv);
+        uv_mutex_unlock(&a.mu);
+        uv_thread_join(&a.watchdog);
+    }
+    uv_cond_destroy(&a.cv);
+    uv_mutex_destroy(&a.mu);
     return rc;
 }
 

@@ -3,10 +3,11 @@ SIGTERM drains and stops everything it started."""
 import os
 import signal
 import subprocess
+import time
 
 import openai
 
-from router_harness import API_KEY, Procs, children_of, make_tiny, start_router
+from router_harness import API_KEY, SLOW, Procs, children_of, make_tiny, start_router
 
 
 def test_serve_dp2(tmp_path):
@@ -109,5 +110,23 @@ def test_shared_experts_fusion_flag(tmp_path):
             assert fused == (not extra), procs.log_of(serve)[-2000:]
         assert out[0][0] == out[1][0]
         assert max(abs(a - b) for a, b in zip(out[0][1], out[1][1])) < 1e-3, out
+    finally:
+        procs.stop()
+
+
+def test_router_teardown_is_bounded(tmp_path, monkeypatch):
+    """nng 1.5's socket close can deadlock (nanomsg/nng#1543): a router stuck closing its
+    worker sockets after a drain would ignore every later signal. A stall stands in for
+    that hang here; the router still exits within its 5 s bound, with the drain's status."""
+    monkeypatch.setenv("SLUICE_TEST_TEARDOWN_STALL_MS", "120000")
+    procs = Procs()
+    try:
+        model = make_tiny(tmp_path / "tiny")
+        router, _ = start_router(procs, model, ["tcp://127.0.0.1:1"], alive=0)
+        t0 = time.time()
+        router.send_signal(signal.SIGTERM)
+        assert router.wait(30 * SLOW) == 0
+        assert time.time() - t0 > 4.5
+        assert "did not finish within 5 s after the drain" in procs.log_of(router)
     finally:
         procs.stop()

@@ -440,7 +440,7 @@ static void client(void *arg)
 
 static void on_stop(uv_async_t *a)
 {
-    sl_router_shutdown(rt, NULL, NULL);
+    sl_router_shutdown(rt, NULL, NULL, NULL);
     uv_close((uv_handle_t *)a, NULL);
 }
 
