@@ -5,9 +5,9 @@
  * The teardown after a drain is bounded: nng 1.5's socket close can deadlock
  * (nanomsg/nng#1543; the worker bounds its own the same way), and a router
  * stuck there, every response delivered, would hold a terminal or a rollout
- * until SIGKILL (its signals wait for a loop that no longer runs). A thread
- * started once the HTTP side has drained exits the process with the drain's
- * status if the teardown has not finished within TEARDOWN_GRACE_MS. */
+ * until SIGKILL (its signals wait for a loop that no longer runs). Once the HTTP side has
+ * drained, a deadline (sl_deadline.h) exits the process with the drain's
+ * status if the teardown has not finished within TEARDOWN_GRACE_S. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,9 +19,12 @@
 #include "router.h"
 #include "router_cmd.h"
 #include "router_opts.h"
+#include "sl_deadline.h"
 #include "sl_log.h"
 
-#define TEARDOWN_GRACE_MS 5000
+#define TEARDOWN_GRACE_S 5
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 struct sl_router_ctl {
     sl_router *rt;
@@ -29,34 +32,18 @@ struct sl_router_ctl {
     int stopping;
     int rc;
     const sl_router_hooks *hooks;
-    uv_thread_t watchdog; /* the teardown's bound, once drained */
-    int watching, torn_down;
-    uv_mutex_t mu; /* torn_down */
-    uv_cond_t cv;
 };
 typedef struct sl_router_ctl app;
 
 static void on_closed(uv_handle_t *h) {}
 
-static void teardown_watchdog(void *ud)
-{
-    app *a = ud;
-    uint64_t end = uv_hrtime() + TEARDOWN_GRACE_MS * 1000000ull;
-    uv_mutex_lock(&a->mu);
-    for (uint64_t now; !a->torn_down && (now = uv_hrtime()) < end;)
-        uv_cond_timedwait(&a->cv, &a->mu, end - now);
-    int done = a->torn_down;
-    uv_mutex_unlock(&a->mu);
-    if (done) return;
-    fprintf(stderr, "sluice router: closing the worker sockets did not finish within %d s after the drain; "
-                    "exiting now\n", TEARDOWN_GRACE_MS / 1000);
-    _exit(a->rc);
-}
-
 static void on_drained(void *ud)
 {
     app *a = ud;
-    a->watching = !uv_thread_create(&a->watchdog, teardown_watchdog, a);
+    sl_deadline_arm(TEARDOWN_GRACE_S,
+                    "sluice router: closing the worker sockets did not finish within " STR(TEARDOWN_GRACE_S)
+                    " s after the drain; exiting now\n",
+                    a->rc);
     /* tests stand in for a close that hangs (tests/py/test_e2e_serve.py) */
     const char *stall = getenv("SLUICE_TEST_TEARDOWN_STALL_MS");
     if (stall) uv_sleep((unsigned)atoi(stall));
@@ -114,8 +101,6 @@ int sl_router_run(const sl_router_cli *cli, const sl_router_config *cfg_in,
     uv_loop_t loop;
     uv_loop_init(&loop);
     app a = {.hooks = hooks};
-    uv_mutex_init(&a.mu);
-    uv_cond_init(&a.cv);
     int rc = 0;
     if (sl_router_new(&a.rt, &loop, &cfg, &e)) {
         fprintf(stderr, "router: %s\n", e.msg);
@@ -166,15 +151,7 @@ out:
     /* every socket is closed: let nng free what it still queued for a peer
      * that stopped reading (a SIGSTOPped worker's pings) */
     nng_fini();
-    if (a.watching) {
-        uv_mutex_lock(&a.mu);
-        a.torn_down = 1;
-        uv_cond_signal(&a.cv);
-        uv_mutex_unlock(&a.mu);
-        uv_thread_join(&a.watchdog);
-    }
-    uv_cond_destroy(&a.cv);
-    uv_mutex_destroy(&a.mu);
+    sl_deadline_disarm();
     return rc;
 }
 

@@ -22,6 +22,7 @@
 #include "group.h"
 #include "link_auth.h"
 #include "model.h"
+#include "sl_deadline.h"
 #include "sl_hub.h"
 #include "sl_log.h"
 #include "sl_opts.h"
@@ -42,17 +43,8 @@ static void on_signal(int sig)
     (void)sig;
     if (stop_flag) _exit(1);
     stop_flag = 1;
-    alarm(SHUTDOWN_GRACE_S);
-}
-
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char msg[] =
-        "sluice worker: the shutdown did not finish within " STR(SHUTDOWN_GRACE_S) " s; exiting now\n";
-    ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
-    (void)w;
-    _exit(1);
+    sl_deadline_arm(SHUTDOWN_GRACE_S,
+                    "sluice worker: the shutdown did not finish within " STR(SHUTDOWN_GRACE_S) " s; exiting now\n", 1);
 }
 
 /* The scheduler's rules (page/interval alignment for hybrid models, chunk
@@ -335,7 +327,6 @@ int sl_cmd_worker(int argc, char **argv)
         fprintf(stderr, "sluice worker: cannot start the local ranks\n");
         return 1;
     }
-    signal(SIGALRM, on_alarm);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGPIPE, SIG_IGN);

@@ -1,0 +1,14 @@
+/* common/sl_deadline.h: a bound on a teardown that may hang inside a library
+ * (nng 1.5's socket close can deadlock: nanomsg/nng#1543), so a stopping
+ * process never waits for SIGKILL. One deadline a process (SIGALRM). */
+#ifndef SL_DEADLINE_H
+#define SL_DEADLINE_H
+
+/* Unless sl_deadline_disarm() comes first, `seconds` from now the process
+ * writes msg (static storage, a whole line) to stderr and _exits with
+ * status. Async-signal-safe: a stop signal's handler may arm it. Arming
+ * again moves the deadline. */
+void sl_deadline_arm(unsigned seconds, const char *msg, int status);
+void sl_deadline_disarm(void);
+
+#endif
