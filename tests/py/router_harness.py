@@ -77,11 +77,16 @@ class Procs:
         assert not problems, "\n".join(problems)
 
     def log_of(self, p):
-        # through a handle of its own: seeking the one the process writes through (its
-        # stdout, one file offset shared with it and its children) let a line written
-        # meanwhile land at the moved offset, over the log's first lines
-        with open(p.log.name, errors="replace") as f:
-            return f.read()
+        return read_log(p.log)
+
+
+def read_log(f):
+    """What a running process has written to its log file f so far, read through a handle
+    of its own: seeking f, the one the process writes through (one file offset shared with
+    it and its children), let a line written meanwhile land at the moved offset, over the
+    log's first lines."""
+    with open(f.name, errors="replace") as g:
+        return g.read()
 
 
 def make_tiny(out, arch="qwen3"):

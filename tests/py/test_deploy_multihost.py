@@ -22,7 +22,7 @@ import time
 
 from deploy_manifests import config, find, load, render
 from netns import Net
-from router_harness import API_KEY, BIN
+from router_harness import API_KEY, BIN, read_log
 
 NS = "sluice"
 PROMPT = "The history of the lighthouse keepers"
@@ -240,9 +240,8 @@ def test_layouts_on_separate_hosts_survive_a_lost_host(tmp_path, model):
                 out = subprocess.run(complete(hosts, h, 16), capture_output=True, text=True)
                 assert text_of(out.stdout) == ref[:len(text_of(out.stdout))], out.stdout
         # the LWS pods ran one rank each, over TCP
-        for h in ("g0l", "g1l"):  # a handle of its own: the pods write through the log's offset
-            with open(hosts.logs[h].name, errors="replace") as g:
-                assert "tcp transport" in g.read()
+        for h in ("g0l", "g1l"):
+            assert "tcp transport" in read_log(hosts.logs[h])
     finally:
         hosts.stop()
     assert time.time() - t_start < 90

@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from router_harness import (API_KEY, BIN, SLOW, Procs, children_of, cmdline, make_tiny, metrics,
-                            reserve_port, start_router)
+                            read_log, reserve_port, start_router)
 
 CTX = 256
 PROMPTS = ["The history of the lighthouse keepers", "A recipe for bread with seeds"]
@@ -317,9 +317,8 @@ def test_two_nodes_over_tcp(tmp_path, q3):
             time.sleep(0.2)
         import json
         assert json.loads(out)["choices"][0]["text"] == ref, out
-        for f in logs[:2]:  # a handle of its own: the processes write through f's offset
-            with open(f.name, errors="replace") as g:
-                assert "tcp transport" in g.read()
+        for f in logs[:2]:
+            assert "tcp transport" in read_log(f)
     finally:
         for p in ps:
             if p.poll() is None:
