@@ -72,7 +72,7 @@ static inline void cu_mat_st(const cu_mat &m, int64_t r, int64_t c, float v) {
 // their time in the kernel's futex wake-ups (a barrier of 384 of them on 2 cores), and
 // ucontext's swapcontext in a signal-mask system call a switch: emu_switch saves the
 // callee-saved registers on the stack it leaves and takes the other's. The running
-// fiber's CUDA state is reached through emu_stp, pointed at the fiber's own at each switch.
+// fiber's CUDA state is emu_cur's.
 #if !defined(__x86_64__)
 #error "kernels/dev/emu: emu_switch is written for x86-64"
 #endif
@@ -120,12 +120,6 @@ struct emu_thread_state {
     std::vector<emu_wg_op> wg_open; // wgmma products likewise
     std::vector<std::vector<emu_wg_op>> wg_groups;
 };
-static emu_thread_state *emu_stp;
-#define threadIdx (emu_stp->threadIdx)
-#define blockIdx (emu_stp->blockIdx)
-#define blockDim (emu_stp->blockDim)
-#define gridDim (emu_stp->gridDim)
-#define emu_b (emu_stp->b)
 struct emu_fiber {
     void *sp; // its stack pointer while switched out
     char *stack;
@@ -135,7 +129,12 @@ struct emu_fiber {
 };
 #define EMU_STACK (256 << 10)
 static void *emu_sched_sp;
-static emu_fiber *emu_cur;
+static emu_fiber *emu_cur; // the running fiber
+#define threadIdx (emu_cur->st.threadIdx)
+#define blockIdx (emu_cur->st.blockIdx)
+#define blockDim (emu_cur->st.blockDim)
+#define gridDim (emu_cur->st.gridDim)
+#define emu_b (emu_cur->st.b)
 static long emu_live;   // fibers not yet returned
 static long emu_streak; // waits found unmet in a row since a fiber last ran code
 static long emu_round;  // passes of the scheduler over a launch's fibers
@@ -173,7 +172,6 @@ static void emu_run(std::vector<emu_fiber> &fs) {
         for (emu_fiber &f : fs) {
             if (f.done) continue;
             emu_cur = &f;
-            emu_stp = &f.st;
             emu_switch(&emu_sched_sp, f.sp);
             if (f.done) {
                 emu_live--;
@@ -406,8 +404,8 @@ static inline void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, u
 // cp.async is asynchronous as on the GPU: a copy lands only when a wait retires its commit
 // group (the source read then; these kernels' sources do not change), so reading a stage
 // before its wait, or a wait count one too loose, reads what was there before.
-#define emu_cp_open (emu_stp->cp_open)
-#define emu_cp_groups (emu_stp->cp_groups)
+#define emu_cp_open (emu_cur->st.cp_open)
+#define emu_cp_groups (emu_cur->st.cp_groups)
 // With EMU_CP_EAGER set (emu.py's second run of every target) a copy lands when issued
 // instead, as early as the GPU may land it: refilling a buffer that is still being read
 // (a write-after-read race the late landing hides) then reads the new data.
@@ -461,8 +459,8 @@ static inline uint32_t emu_desc_addr(uint64_t desc, bool nmaj, int mn, int k, in
     return a ^ (((a >> 7) & 7) << 4);
 }
 static inline float emu_sh(uint32_t addr) { __nv_bfloat16 h = {emu_h(addr)}; return __bfloat162float(h); }
-#define emu_wg_open (emu_stp->wg_open)
-#define emu_wg_groups (emu_stp->wg_groups)
+#define emu_wg_open (emu_cur->st.wg_open)
+#define emu_wg_groups (emu_cur->st.wg_groups)
 // d (64 × n) += A · B over k 0..KS-1 (16 bf16 or 32 e4m3: esz 2 or 1); A from descriptor da
 // (K-major) or, with ra, from the warpgroup's A fragments; B from db, K-major or N-major.
 // The warpgroup is threads 128·(t / 128) ..; its 128 threads reach every call together.
