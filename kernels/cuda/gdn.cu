@@ -406,7 +406,7 @@ __device__ __forceinline__ void gdn_state_out(const float *Ss, float *dst, int D
     }
 }
 
-// dst [C x NC] (row stride ldd) = A · B, A a chunk's lower block-triangular
+// dst [C x NC] (row stride ldd; shared or global memory) = A · B, A a chunk's lower block-triangular
 // C x C matrix (T or T diag(β), row stride LC), B [C x NC] (stride ldb):
 // 16x16 output tiles over the warps, the k loop stopping at the diagonal.
 template <int NC, int LC>
@@ -421,6 +421,15 @@ __device__ __forceinline__ void gdn_tri_mm(float *dst, int ldd, const float *A, 
         wmma::store_matrix_sync(dst + mi * 16 * ldd + nd * 16, acc, ldd, wmma::mem_row_major);
     }
 }
+
+// The split form's records (below): floats of one (chunk, value head)
+// record and their offsets.
+template <int DK> struct gdn_rec {
+    static constexpr int QG = 0, KD = GDN_C * DK, W = 2 * GDN_C * DK, QK = 3 * GDN_C * DK;
+    static constexpr int U = QK + GDN_C * GDN_C; // then [C][Dv]
+    __host__ __device__ static int64_t floats(int Dv) { return U + (int64_t)GDN_C * Dv + 8; }
+    __host__ __device__ static int64_t glast(int Dv) { return U + (int64_t)GDN_C * Dv; }
+};
 
 // A chunk's inputs (tokens tb .. tb+n-1, rows past n zero): q and k
 // l2-normalised (q also scaled by Dk^-1/2) into Qs, Ks (row stride LK), one
@@ -505,9 +514,13 @@ __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs
 // thread, then block row a: T_ab = −T_aa · Σ_{b<=m<a} L_am T_mb, with Us as
 // scratch), then T diag(β) into Ls, T diag(β e^G) into Ts and q ⊙ e^G into
 // Qs. Ends with a barrier.
+// With rec (k_gdn_prep: a chunk's record in global memory) the masked QKᵀ
+// and q ⊙ e^G go there instead, written before the scratch is, so QKs may be
+// Ts (its raw tiles are read once, by the thread that overwrites them) and Us
+// may be Qs: the kernel keeps two C x C buffers fewer.
 template <int DK, int LK, int LC>
 __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls, float *Ts, float *QKs, float *Us,
-                                                const float *Gs, const float *Bs)
+                                                const float *Gs, const float *Bs, float *rec)
 {
     constexpr int C = GDN_C, NT = 256, NW = NT / 32;
     int tid = threadIdx.x, warp = tid >> 5;
@@ -525,9 +538,16 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
         int i = e / C, j = e % C;
         float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;
         Ls[i * LC + j] = j < i ? Bs[i] * dec * Ls[i * LC + j] : 0.0f;
-        QKs[i * LC + j] = j <= i ? dec * QKs[i * LC + j] : 0.0f;
+        float qk = j <= i ? dec * QKs[i * LC + j] : 0.0f;
+        if (rec) rec[gdn_rec<DK>::QK + e] = qk;
+        else QKs[i * LC + j] = qk;
         if ((j >> 4) > (i >> 4)) Ts[i * LC + j] = 0.0f;
     }
+    if (rec)
+        for (int e = tid; e < C * DK; e += NT) {
+            int i = e / DK, d = e % DK;
+            rec[gdn_rec<DK>::QG + e] = Qs[i * LK + d] * expf(Gs[i]);
+        }
     __syncthreads();
     if (tid < 64) {
         int bb = tid >> 4, c = tid & 15;
@@ -567,10 +587,11 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
         Ls[i * LC + j] = tv;
         Ts[i * LC + j] = tv * expf(Gs[j]);
     }
-    for (int e = tid; e < C * DK; e += NT) {
-        int i = e / DK, d = e % DK;
-        Qs[i * LK + d] *= expf(Gs[i]);
-    }
+    if (!rec)
+        for (int e = tid; e < C * DK; e += NT) {
+            int i = e / DK, d = e % DK;
+            Qs[i * LK + d] *= expf(Gs[i]);
+        }
     __syncthreads();
 }
 
@@ -691,7 +712,7 @@ __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
             Vs[i * LV + c] = i < n ? cu_mat_ld(g.qkv, tb + i, voff + c) : 0.0f;
         }
         __syncthreads();
-        gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, QKs, Us, Gs, Bs);
+        gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, QKs, Us, Gs, Bs, NULL);
         // W = T diag(β e^G) K [C x DK];  U = T diag(β) V [C x BV]
         gdn_tri_mm<DK, LC>(Ws, LK, Ts, Ks, LK);
         gdn_tri_mm<BV, LC>(Us, LV, Ls, Vs, LV);
@@ -754,25 +775,19 @@ __device__ __forceinline__ int gdn_tlen(const cu_gdn_args &g, int s)
     return g.track_slot[s] >= 0 ? g.track_len[s] : -1;
 }
 
-// Records: floats of one (chunk, value head) record and their offsets.
-template <int DK> struct gdn_rec {
-    static constexpr int QG = 0, KD = GDN_C * DK, W = 2 * GDN_C * DK, QK = 3 * GDN_C * DK;
-    static constexpr int U = QK + GDN_C * GDN_C; // then [C][Dv]
-    __host__ __device__ static int64_t floats(int Dv) { return U + (int64_t)GDN_C * Dv + 8; }
-    __host__ __device__ static int64_t glast(int Dv) { return U + (int64_t)GDN_C * Dv; }
-};
 
-// Shared memory of k_gdn_prep (U in 64-column tiles) and of k_gdn_scan.
+// Shared memory of k_gdn_prep: q and k (V tiles later in Q's place), L and T
+// (the solve's raw Q Kᵀ in T's place), G, β. The record's Qg, QKm, W and U
+// go to global memory as they are made, so it stays under half an SM's
+// shared memory (two blocks an SM at Dk 128, three at 64).
 template <int DK> struct gdn_prep_smem {
     static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = 64 + 4;
-    static constexpr int Q = 0, K = Q + GDN_C * LK, W = K + GDN_C * LK, L = W + GDN_C * LK;
-    static constexpr int T = L + GDN_C * LC, QK = T + GDN_C * LC, V = QK + GDN_C * LC;
-    static constexpr int U = V + GDN_C * LV, G = U + GDN_C * LV, B = G + GDN_C;
+    static constexpr int Q = 0, K = Q + GDN_C * LK, L = K + GDN_C * LK, T = L + GDN_C * LC;
+    static constexpr int G = T + GDN_C * LC, B = G + GDN_C;
     static constexpr size_t BYTES = (size_t)(B + GDN_C) * sizeof(float);
-    static_assert(K % 8 == 0 && W % 8 == 0 && L % 8 == 0 && T % 8 == 0 && QK % 8 == 0 && V % 8 == 0 &&
-                      U % 8 == 0,
-                  "wmma tiles need 32-byte aligned bases");
-    static_assert(3 * 256 <= GDN_C * LV, "solve scratch");
+    static_assert(K % 8 == 0 && L % 8 == 0 && T % 8 == 0, "wmma tiles need 32-byte aligned bases");
+    static_assert(GDN_C * LV <= GDN_C * LK && 3 * 256 <= GDN_C * LK, "V tile and solve scratch in Q's place");
+    static_assert(BYTES <= 113 * 1024, "two blocks an SM");
 };
 
 // k_gdn_scan: one record's Qg, Kd, W, QKm, two U tiles (a chunk's, and the
@@ -812,14 +827,13 @@ __device__ __forceinline__ void gdn_copy_async(float *dst, int ld_dst, const flo
 // Block (chunk x, value head y): 256 threads. rec: the records, base of
 // (chunk q, head h) at ((q · Hv) + h) · gdn_rec<DK>::floats(Dv).
 template <int DK>
-__global__ void __launch_bounds__(256) k_gdn_prep(cu_gdn_args g, int min_len, int n_seqs, float *rec)
+__global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len, int n_seqs, float *rec)
 {
     using SM = gdn_prep_smem<DK>;
     using RC = gdn_rec<DK>;
     constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV, NT = 256;
     extern __shared__ __align__(128) float sm[];
-    float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ws = sm + SM::W, *Ls = sm + SM::L;
-    float *Ts = sm + SM::T, *QKs = sm + SM::QK, *Vs = sm + SM::V, *Us = sm + SM::U;
+    float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ls = sm + SM::L, *Ts = sm + SM::T;
     float *Gs = sm + SM::G, *Bs = sm + SM::B;
     const int Dv = g.Dv, h = blockIdx.y, kh = h / (g.Hv / g.Hk);
     int tid = threadIdx.x;
@@ -843,21 +857,18 @@ __global__ void __launch_bounds__(256) k_gdn_prep(cu_gdn_args g, int min_len, in
     int tb = g.q_start[s] + c0;
     gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Bs, tb, n, qoff, koff, h, Aexp, bias);
     __syncthreads();
-    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, QKs, Us, Gs, Bs);
-    // W = T diag(β e^G) K [C x DK]
-    gdn_tri_mm<DK, LC>(Ws, LK, Ts, Ks, LK);
-    __syncthreads();
-    // the record: q ⊙ e^G, k ⊙ e^(G_last − G), W, the masked decayed q kᵀ, G_last
+    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, Qs, Gs, Bs, out); // Qg and QKm to the record
+    // the rest of the record: W = T diag(β e^G) K, k ⊙ e^(G_last − G), G_last
+    gdn_tri_mm<DK, LC>(out + RC::W, DK, Ts, Ks, LK);
     float glast = Gs[C - 1];
     for (int e = tid; e < C * DK; e += NT) {
         int i = e / DK, d = e % DK;
-        out[RC::QG + e] = Qs[i * LK + d]; // already q ⊙ e^G
         out[RC::KD + e] = Ks[i * LK + d] * expf(glast - Gs[i]);
-        out[RC::W + e] = Ws[i * LK + d];
     }
-    for (int e = tid; e < C * C; e += NT) out[RC::QK + e] = QKs[(e / C) * LC + e % C];
     if (tid == 0) out[RC::glast(Dv)] = glast;
-    // U = T diag(β) V [C x Dv], 64 value columns at a time
+    // U = T diag(β) V [C x Dv], 64 value columns at a time, the V tile in Q's
+    // place (free since the solve's last barrier)
+    float *Vs = Qs;
     for (int v0 = 0; v0 < Dv; v0 += 64) {
         constexpr int VE = C * 64 / NT; // a thread's elements of the tile, loaded before any is stored
         float vv[VE];
@@ -872,13 +883,8 @@ __global__ void __launch_bounds__(256) k_gdn_prep(cu_gdn_args g, int min_len, in
             Vs[(e / 64) * LV + e % 64] = vv[k];
         }
         __syncthreads();
-        gdn_tri_mm<64, LC>(Us, LV, Ls, Vs, LV);
-        __syncthreads();
-        for (int e = tid; e < C * 64; e += NT) {
-            int i = e / 64, c = e % 64;
-            out[RC::U + (int64_t)i * Dv + v0 + c] = Us[i * LV + c];
-        }
-        __syncthreads(); // Vs and Us are refilled by the next tile
+        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, Ls, Vs, LV);
+        __syncthreads(); // Vs is refilled by the next tile
     }
 }
 
@@ -965,6 +971,8 @@ static void gdn_split_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs, in
     float *rec = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)(n_chunks * g.Hv * gdn_rec<DK>::floats(g.Dv)));
     size_t ps = gdn_prep_smem<DK>::BYTES;
     CU_CHECK(cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ps));
+    CU_CHECK(cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                  cudaSharedmemCarveoutMaxShared)); // room for two blocks
     cu_launch(b, k_gdn_prep<DK>, dim3((unsigned)n_chunks, (unsigned)g.Hv), 256, ps, g, GDN_CHUNK_MIN, n_seqs, rec);
     if (wide) {
         size_t ss = gdn_scan_smem<DK, 64>::BYTES;
