@@ -233,19 +233,25 @@ template <int KP> struct attn_pitch {
     __device__ int operator()(int r, int d) const { return r * KP + d; }
 };
 
-// Shared memory of k_attn: the block's 16 query rows, then per warp two
+// Shared memory of k_attn: the block's 16 query rows, then per warp NS
 // stages of (K tile, V tile) of 16 keys, the 16x16 score tile (fp32), the
 // probability tile (bf16) and the per-row rescale factors. After the key loop
 // a warp's stages hold its fp32 output rows for the merge.
+// NS: a warp keeps NS − 1 tiles in flight while it works on one. At D 256 a
+// block fills an SM's shared memory at two stages too (150 KB), so an SM runs
+// 4 warps with 16 KB in flight each; a third stage (214 KB) doubles that. At
+// D ≤ 128 a third stage would cost the second block an SM.
 template <int D> struct attn_smem {
+    static constexpr int NS = D > 128 ? 3 : 2;
     static constexpr int KP = D + 8;                    // bf16 row pitch (16-byte pad)
     static constexpr int SP = 20;                       // fp32 pitch of the score tile
     static constexpr int OP = D + 4;                    // fp32 pitch of the merge tile
     static constexpr size_t Q = 16 * KP * 2;
     static constexpr size_t STAGE = 2 * 16 * KP * 2;    // K then V
-    static constexpr size_t WARP = 2 * STAGE + 16 * SP * 4 + 16 * 16 * 2 + 16 * 4;
+    static constexpr size_t WARP = NS * STAGE + 16 * SP * 4 + 16 * 16 * 2 + 16 * 4;
     static constexpr size_t BYTES = Q + ATTN_WARPS * WARP;
     static_assert(16 * OP * 4 <= 2 * STAGE, "merge tile fits in the stages");
+    static_assert(BYTES <= 227 * 1024, "shared memory");
 };
 
 template <int D>
@@ -259,7 +265,7 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     __nv_bfloat16 *Qs = (__nv_bfloat16 *)smem;
     char *wb = smem + L::Q + warp * L::WARP;
-    float *Ss = (float *)(wb + 2 * L::STAGE);
+    float *Ss = (float *)(wb + L::NS * L::STAGE);
     __nv_bfloat16 *Ps = (__nv_bfloat16 *)(Ss + 16 * L::SP);
     float *corr = (float *)(Ps + 16 * 16);
 
@@ -304,16 +310,22 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
         }
         __pipeline_commit();
     };
+    constexpr int NS = L::NS;
     const int step = ATTN_WARPS * 16;
-    int j0 = kbeg + warp * 16, buf = 0;
+    int j0 = kbeg + warp * 16;
     auto stage = [&](int i) { return (__nv_bfloat16 *)(wb + i * L::STAGE); };
-    if (j0 < kend) issue(j0, stage(0));
-    for (; j0 < kend; j0 += step, buf ^= 1) {
-        if (j0 + step < kend) issue(j0 + step, stage(buf ^ 1));
-        else __pipeline_commit(); // an empty group keeps wait_prior(1) exact
-        __pipeline_wait_prior(1);
+    // a group per tile, empty past kend: wait_prior(NS − 1) stays exact
+    for (int i = 0; i < NS - 1; i++) {
+        if (j0 + i * step < kend) issue(j0 + i * step, stage(i));
+        else __pipeline_commit();
+    }
+    for (int it = 0; j0 < kend; j0 += step, it++) {
+        int ahead = j0 + (NS - 1) * step;
+        if (ahead < kend) issue(ahead, stage((it + NS - 1) % NS));
+        else __pipeline_commit();
+        __pipeline_wait_prior(NS - 1);
         __syncwarp();
-        const __nv_bfloat16 *Ks = stage(buf), *Vs = Ks + 16 * KP;
+        const __nv_bfloat16 *Ks = stage(it % NS), *Vs = Ks + 16 * KP;
         wmma::fragment<wmma::accumulator, 16, 16, 16, float> sf;
         wmma::fill_fragment(sf, 0.0f);
 #pragma unroll
@@ -357,7 +369,7 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
             wmma::load_matrix_sync(vf, Vs + f * 16, KP);
             wmma::mma_sync(of[f], pf, vf, of[f]);
         }
-        __syncwarp(); // this stage is refilled two steps on
+        __syncwarp(); // this stage is refilled by the next step's issue
     }
     __pipeline_wait_prior(0);
 

@@ -1,11 +1,12 @@
 // kernels/dev/emu/attn_driver.cpp: random paged batches (pages a random permutation,
-// NaN-poisoned output, garbage shared memory) through k_attn_fa2, k_attn_wg (both forms),
+// NaN-poisoned output, garbage shared memory) through k_attn (decode), k_attn_fa2, k_attn_wg (both forms),
 // k_attn_wg2 and k_attn_ws (+ k_attn_combine for key splits), compared with a float64 reference; appended to the kernel code by emu.py.
 static uint64_t rs = 88172645463325252ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 static float frand(float lo, float hi) { return lo + (hi - lo) * (rnd() >> 8) / 16777216.0f; }
 
-// kernel: 0 FA2, 1 wgmma, 2 wgmma overlapped, 3 wgmma on 128-row tiles, 4 the same warp-specialized
+// kernel: 0 FA2, 1 wgmma, 2 wgmma overlapped, 3 wgmma on 128-row tiles, 4 the same warp-specialized,
+// 5 the decode kernel (16-row tiles: fewer than 16 new tokens a sequence)
 template <int D, int KV>
 static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int Hkv, int nsplit, int qf32)
 {
@@ -36,13 +37,18 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     a.out = {out.data(), SL_DTYPE_BF16, T, (int64_t)Hq * D, (int64_t)Hq * D};
     a.kc = kc.data(); a.vc = vc.data(); a.kld = C; a.vld = C;
     a.Hq = Hq; a.G = G; a.gh = 1;
-    while (a.G % (a.gh * 2) == 0 && a.gh * 2 <= 64) a.gh *= 2;
-    int level = 0;
-    while ((a.gh << level) < 64) level++;
-    int kv = KV;
-    if (kv >= 3) { // as cu_attention: 128-row tiles one level up, else k_attn_wg
-        if (level + 1 < 7) level++;
-        else kv = 1;
+    const int tile_rows = KV == 5 ? 16 : 64; // as cu_attention: 16-row tiles decode
+    while (a.G % (a.gh * 2) == 0 && a.gh * 2 <= tile_rows) a.gh *= 2;
+    int level = 0, kv = KV;
+    if (kv == 5) {
+        int max_q = *std::max_element(qlen, qlen + S);
+        while (max_q > (1 << level) && (a.gh << (level + 1)) <= 16) level++;
+    } else {
+        while ((a.gh << level) < 64) level++;
+        if (kv >= 3) { // 128-row tiles one level up, else k_attn_wg
+            if (level + 1 < 7) level++;
+            else kv = 1;
+        }
     }
     const unsigned nth = kv == 4 ? 384 : kv == 3 ? 256 : 128;
     a.qt = 1 << level;
@@ -56,8 +62,10 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     if (nsplit > 1) { part.assign((size_t)T * Hq * nsplit * (D + 2), NAN); a.part = part.data(); }
     int n_hb = a.G / a.gh;
     emu_grid({(unsigned)tiles.size(), (unsigned)(Hkv * n_hb), (unsigned)nsplit}, nth,
-             kv == 4 ? ws_cfg<D>::BYTES : kv == 3 ? wg2_cfg<D>::BYTES : kv ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, [&] {
-                 if (kv == 4) k_attn_ws<D>(a);
+             kv == 5 ? attn_smem<D>::BYTES : kv == 4 ? ws_cfg<D>::BYTES : kv == 3 ? wg2_cfg<D>::BYTES
+                 : kv ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, [&] {
+                 if (kv == 5) k_attn<D>(a);
+                 else if (kv == 4) k_attn_ws<D>(a);
                  else if (kv == 3) k_attn_wg2<D>(a);
                  else if (kv == 2) k_attn_wg<D, true>(a);
                  else if (kv) k_attn_wg<D, false>(a);
@@ -111,7 +119,7 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     double rel = sqrt(e2 / r2);
     int ok = bad == 0 && rel < 1e-2 && code_bad == 0;
     printf("%s D=%d S=%d q0=%d pre0=%d P=%d Hq=%d Hkv=%d nsplit=%d q%s%s: rel L2 %.2e max abs %.2e nonfinite %d%s -> %s\n",
-           KV == 4 ? "ws " : KV == 3 ? "wg2" : KV == 2 ? "wgo" : KV ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", kv != KV ? " (ran k_attn_wg: one query head a KV head)" : "", rel, maxe, bad,
+           KV == 5 ? "dec" : KV == 4 ? "ws " : KV == 3 ? "wg2" : KV == 2 ? "wgo" : KV ? "wg " : "fa2", D, S, qlen[0], pre[0], P, Hq, Hkv, nsplit, qf32 ? "f32" : "bf16", kv != KV ? " (ran k_attn_wg: one query head a KV head)" : "", rel, maxe, bad,
            codes_on ? (code_bad ? ", FP8 codes differ" : ", FP8 codes ok") : "", ok ? "ok" : "FAIL");
     return ok;
 }
@@ -138,6 +146,12 @@ int main(int argc, char **argv)
     { int q[] = {33}, p[] = {0}; ok &= run_case<256>(1, q, p, 16, 2, 2, 1, 0); }
     { int q[] = {19, 100}, p[] = {61, 600}; ok &= run_case<256>(2, q, p, 16, 8, 2, 3, 0); }
     { int q[] = {30, 5}, p[] = {10, 47}; ok &= run_case<64>(2, q, p, 16, 12, 2, 1, 0); }
+    // decode: a warp's stage ring wraps (64 keys a block step) at every D, qt 2 at G 8, key splits
+    { int q[] = {1, 2, 1}, p[] = {900, 37, 300}; ok &= run_case<256, 5>(3, q, p, 16, 16, 2, 1, 0); }
+    { int q[] = {1, 2}, p[] = {700, 130}; ok &= run_case<256, 5>(2, q, p, 16, 16, 2, 3, 0); }
+    { int q[] = {1, 3}, p[] = {500, 64}; ok &= run_case<128, 5>(2, q, p, 1, 32, 4, 1, 0); }
+    { int q[] = {1}, p[] = {1000}; ok &= run_case<128, 5>(1, q, p, 16, 4, 4, 4, 1); }
+    { int q[] = {2, 1}, p[] = {333, 8}; ok &= run_case<64, 5>(2, q, p, 16, 12, 2, 1, 0); }
     printf("%s\n", ok ? "ALL OK" : "SOME FAILED");
     return !ok;
 }

@@ -16,7 +16,7 @@ float64 reference. In the shim:
 
 The targets:
 
-- attn: k_attn_fa2, k_attn_wg, k_attn_wg2 and k_attn_ws (attention.cu) on paged batches (attn_driver.cpp);
+- attn: k_attn (decode), k_attn_fa2, k_attn_wg, k_attn_wg2 and k_attn_ws (attention.cu) on paged batches (attn_driver.cpp);
 - fp8:  the grouped FP8 MoE GEMMs k_fp8_moe_gemm_tc, k_fp8_moe_wg and k_fp8_moe_ws (fp8.cu) over routing
         plans (fp8_driver.cpp);
 - moe1: one token's FP8 MoE in one kernel, k_fp8_moe_one (fp8.cu), all of its blocks at once
@@ -85,12 +85,14 @@ def attn_body():
                      cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
                      cut(wg, *PRODUCE),
                      cut(wg, *REGS),
-                     cut(src, "typedef struct cu_attn_args {", "// Shared memory of k_attn:"),
+                     cut(src, "typedef struct cu_attn_args {", "// Prefill: 4 warps own 16 query rows"),
                      cut(src, "#define FA2_WARPS 4", "// ldmatrix x4:"),  # the asm helpers come from the shim
                      cut(src, "// Two floats as a bf16 pair", "// The kernels: 16-row tiles")],
                     [("extern __shared__ __align__(128) char smem[];", "char *smem = emu_smem();"),
                      ("extern __shared__ __align__(1024) char smem_raw[];", "char *smem_raw = emu_smem();"),
                      ("__shared__ float mx[4];", "float *mx = emu_static_floats();"),
+                     ("__shared__ float wm[ATTN_WARPS][16], wl[ATTN_WARPS][16];",
+                      "float (*wm)[16] = (float (*)[16])emu_static_floats(), (*wl)[16] = wm + ATTN_WARPS;"),
                      ("__global__ void k_attn_combine(", "static void k_attn_combine(")])
 
 

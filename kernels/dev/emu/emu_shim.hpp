@@ -270,6 +270,7 @@ static inline int *emu_static_ints(void) { return emu_b->ints; }
 static inline float *emu_static_floats(void) { return emu_b->floats; }
 static inline void __syncthreads(void) { emu_b->bar.arrive_and_wait(); }
 static inline emu_warp &W(void) { return emu_b->w[threadIdx.x >> 5]; }
+static inline void __syncwarp(unsigned = 0xffffffffu) { W().bar.arrive_and_wait(); }
 // Lane l gets v of lane src(l) (every lane of the warp calls it).
 static inline float emu_shfl(float v, int src) {
     emu_warp &w = W(); int l = threadIdx.x & 31;
@@ -283,7 +284,7 @@ static inline float __shfl_up_sync(unsigned, float v, unsigned d) { // lanes bel
     int l = threadIdx.x & 31;
     return emu_shfl(v, l >= (int)d ? l - (int)d : l);
 }
-// wmma (tf32 m16n16k8, fp32 accumulators): a fragment's elements are lane l's E = R·C / 32
+// wmma (tf32 m16n16k8 and bf16 m16n16k16, fp32 accumulators): a fragment's elements are lane l's E = R·C / 32
 // consecutive ones of the R × C matrix in row order. The hardware's layout is opaque to the
 // kernels too (they touch x[] element by element, alike in every fragment of a shape), so
 // any fixed layout serves; mma_sync is a warp collective.
@@ -300,6 +301,9 @@ template <class Use, int M, int N, int K, class T, class L = void> struct fragme
 template <int M, int N, int K, class L> struct fragment<matrix_a, M, N, K, precision::tf32, L> : emu_frag<M, K, L> {};
 template <int M, int N, int K, class L> struct fragment<matrix_b, M, N, K, precision::tf32, L> : emu_frag<K, N, L> {};
 template <int M, int N, int K> struct fragment<accumulator, M, N, K, float, void> : emu_frag<M, N, void> {};
+// bf16 operands (m16n16k16, the decode attention's): kept as the floats they are
+template <int M, int N, int K, class L> struct fragment<matrix_a, M, N, K, __nv_bfloat16, L> : emu_frag<M, K, L> {};
+template <int M, int N, int K, class L> struct fragment<matrix_b, M, N, K, __nv_bfloat16, L> : emu_frag<K, N, L> {};
 template <class F> static inline void emu_frag_io(F &f, float *p, unsigned ld, bool colmaj, bool load) {
     for (int i = 0; i < F::num_elements; i++) {
         int e = (threadIdx.x & 31) * F::num_elements + i, r = e / F::cols, c = e % F::cols;
@@ -309,6 +313,12 @@ template <class F> static inline void emu_frag_io(F &f, float *p, unsigned ld, b
 }
 template <class F> static inline void load_matrix_sync(F &f, const float *p, unsigned ld) {
     emu_frag_io(f, (float *)p, ld, F::colmaj, true);
+}
+template <class F> static inline void load_matrix_sync(F &f, const __nv_bfloat16 *p, unsigned ld) {
+    for (int i = 0; i < F::num_elements; i++) {
+        int e = (threadIdx.x & 31) * F::num_elements + i, r = e / F::cols, c = e % F::cols;
+        f.x[i] = __bfloat162float(p[F::colmaj ? c * ld + r : r * ld + c]);
+    }
 }
 template <class F> static inline void load_matrix_sync(F &f, const float *p, unsigned ld, layout_t l) {
     emu_frag_io(f, (float *)p, ld, l == mem_col_major, true);
