@@ -244,6 +244,7 @@ static void attention_perf(tb *t, const char *filter)
         perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128, 0);
         perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128, 0);
         perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256, 0);
+        perf_attention(t, "next decode", 64, 1, 8192, 16, 16, 2, 256, 0); /* 8000/1000 at c=64: no key splits */
         perf_attention(t, "next prefill", 1, 4096, 4096, 16, 16, 2, 256, 0);
         /* the FlashAttention-2 and wgmma kernels (plain, overlapped, 128-row), same shapes */
         static const char *nm[] = {"", " fa2", " wg", " wgo", " wg2", " ws"};

@@ -263,9 +263,10 @@ static void pf_conv(tb *t, void *ctx, int set)
 static void perf_gdn(tb *t, sl_op op, const char *name, int S, int q, int Hk, int Hv, int Dk,
                      int Dv)
 {
+    int qs[256], pre[256], T = S * q;
+    if (T < t->min_tokens || T > t->max_tokens) return; /* one row's kernel table (SL_CUDA_PROFILE) */
     pm_gdn c;
     memset(&c, 0, sizeof c);
-    int qs[256], pre[256], T = S * q;
     for (int s = 0; s < S; s++) {
         qs[s] = q;
         pre[s] = 0;
