@@ -775,11 +775,10 @@ __device__ __forceinline__ int gdn_tlen(const cu_gdn_args &g, int s)
     return g.track_slot[s] >= 0 ? g.track_len[s] : -1;
 }
 
-
 // Shared memory of k_gdn_prep: q and k (V tiles later in Q's place), L and T
 // (the solve's raw Q Kᵀ in T's place), G, β. The record's Qg, QKm, W and U
 // go to global memory as they are made, so it stays under half an SM's
-// shared memory (two blocks an SM at Dk 128, three at 64).
+// shared memory: two blocks an SM (their registers allow no third).
 template <int DK> struct gdn_prep_smem {
     static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = 64 + 4;
     static constexpr int Q = 0, K = Q + GDN_C * LK, L = K + GDN_C * LK, T = L + GDN_C * LC;
