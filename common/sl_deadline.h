@@ -9,6 +9,9 @@
  * status. Async-signal-safe: a stop signal's handler may arm it. Arming
  * again moves the deadline. */
 void sl_deadline_arm(unsigned seconds, const char *msg, int status);
+/* A deadline's seconds (a macro) as a string literal, for its message. */
+#define SL_DEADLINE_STR(x) SL_DEADLINE_STR_(x)
+#define SL_DEADLINE_STR_(x) #x
 void sl_deadline_disarm(void);
 
 #endif

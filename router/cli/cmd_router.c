@@ -23,8 +23,6 @@
 #include "sl_log.h"
 
 #define TEARDOWN_GRACE_S 5
-#define STR_(x) #x
-#define STR(x) STR_(x)
 
 struct sl_router_ctl {
     sl_router *rt;
@@ -41,7 +39,7 @@ static void on_drained(void *ud)
 {
     app *a = ud;
     sl_deadline_arm(TEARDOWN_GRACE_S,
-                    "sluice router: closing the worker sockets did not finish within " STR(TEARDOWN_GRACE_S)
+                    "sluice router: closing the worker sockets did not finish within " SL_DEADLINE_STR(TEARDOWN_GRACE_S)
                     " s after the drain; exiting now\n",
                     a->rc);
     /* tests stand in for a close that hangs (tests/py/test_e2e_serve.py) */

@@ -35,8 +35,6 @@
  * (nng 1.5's socket close has one, nanomsg/nng#1543) must not keep a dead
  * worker around. A second signal exits at once, as the router does. */
 #define SHUTDOWN_GRACE_S 8
-#define STR_(x) #x
-#define STR(x) STR_(x)
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig)
 {
@@ -44,7 +42,9 @@ static void on_signal(int sig)
     if (stop_flag) _exit(1);
     stop_flag = 1;
     sl_deadline_arm(SHUTDOWN_GRACE_S,
-                    "sluice worker: the shutdown did not finish within " STR(SHUTDOWN_GRACE_S) " s; exiting now\n", 1);
+                    "sluice worker: the shutdown did not finish within " SL_DEADLINE_STR(SHUTDOWN_GRACE_S)
+                    " s; exiting now\n",
+                    1);
 }
 
 /* The scheduler's rules (page/interval alignment for hybrid models, chunk
