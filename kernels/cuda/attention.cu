@@ -297,9 +297,10 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
     const int32_t *pages = a.page_table + (int64_t)s * a.max_pages;
     const int P = a.page_size;
     const int64_t koff = (int64_t)kh * D;
-    // K and V rows of keys [j0, j0+16) into a stage; keys past kend are zeros
+    // K and V rows of keys [j0, j0+16) into a stage, keys past kend zeros; one commit
+    // group a tile (empty for a tile past kend), so wait_prior(NS − 1) stays exact
     auto issue = [&](int j0, __nv_bfloat16 *st) {
-        for (int c = lane; c < 16 * (D / 8); c += 32) {
+        for (int c = lane; j0 < kend && c < 16 * (D / 8); c += 32) {
             int rr = c / (D / 8), cc = (c % (D / 8)) * 8, j = j0 + rr;
             bool ok = j < kend;
             int64_t row = ok ? (int64_t)pages[j / P] * P + j % P : 0;
@@ -314,15 +315,9 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
     const int step = ATTN_WARPS * 16;
     int j0 = kbeg + warp * 16;
     auto stage = [&](int i) { return (__nv_bfloat16 *)(wb + i * L::STAGE); };
-    // a group per tile, empty past kend: wait_prior(NS − 1) stays exact
-    for (int i = 0; i < NS - 1; i++) {
-        if (j0 + i * step < kend) issue(j0 + i * step, stage(i));
-        else __pipeline_commit();
-    }
+    for (int i = 0; i < NS - 1; i++) issue(j0 + i * step, stage(i));
     for (int it = 0; j0 < kend; j0 += step, it++) {
-        int ahead = j0 + (NS - 1) * step;
-        if (ahead < kend) issue(ahead, stage((it + NS - 1) % NS));
-        else __pipeline_commit();
+        issue(j0 + (NS - 1) * step, stage((it + NS - 1) % NS));
         __pipeline_wait_prior(NS - 1);
         __syncwarp();
         const __nv_bfloat16 *Ks = stage(it % NS), *Vs = Ks + 16 * KP;

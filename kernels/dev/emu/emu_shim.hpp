@@ -304,10 +304,14 @@ template <int M, int N, int K> struct fragment<accumulator, M, N, K, float, void
 // bf16 operands (m16n16k16, the decode attention's): kept as the floats they are
 template <int M, int N, int K, class L> struct fragment<matrix_a, M, N, K, __nv_bfloat16, L> : emu_frag<M, K, L> {};
 template <int M, int N, int K, class L> struct fragment<matrix_b, M, N, K, __nv_bfloat16, L> : emu_frag<K, N, L> {};
+// Where this lane's element i of fragment F lies in a matrix of leading dimension ld.
+template <class F> static inline unsigned emu_frag_at(int i, unsigned ld, bool colmaj) {
+    int e = (threadIdx.x & 31) * F::num_elements + i, r = e / F::cols, c = e % F::cols;
+    return colmaj ? c * ld + r : r * ld + c;
+}
 template <class F> static inline void emu_frag_io(F &f, float *p, unsigned ld, bool colmaj, bool load) {
     for (int i = 0; i < F::num_elements; i++) {
-        int e = (threadIdx.x & 31) * F::num_elements + i, r = e / F::cols, c = e % F::cols;
-        float &m = p[colmaj ? c * ld + r : r * ld + c];
+        float &m = p[emu_frag_at<F>(i, ld, colmaj)];
         if (load) f.x[i] = m; else m = f.x[i];
     }
 }
@@ -315,10 +319,7 @@ template <class F> static inline void load_matrix_sync(F &f, const float *p, uns
     emu_frag_io(f, (float *)p, ld, F::colmaj, true);
 }
 template <class F> static inline void load_matrix_sync(F &f, const __nv_bfloat16 *p, unsigned ld) {
-    for (int i = 0; i < F::num_elements; i++) {
-        int e = (threadIdx.x & 31) * F::num_elements + i, r = e / F::cols, c = e % F::cols;
-        f.x[i] = __bfloat162float(p[F::colmaj ? c * ld + r : r * ld + c]);
-    }
+    for (int i = 0; i < F::num_elements; i++) f.x[i] = __bfloat162float(p[emu_frag_at<F>(i, ld, F::colmaj)]);
 }
 template <class F> static inline void load_matrix_sync(F &f, const float *p, unsigned ld, layout_t l) {
     emu_frag_io(f, (float *)p, ld, l == mem_col_major, true);
