@@ -237,12 +237,12 @@ template <int KP> struct attn_pitch {
 // stages of (K tile, V tile) of 16 keys, the 16x16 score tile (fp32), the
 // probability tile (bf16) and the per-row rescale factors. After the key loop
 // a warp's stages hold its fp32 output rows for the merge.
-// NS: a warp keeps NS − 1 tiles in flight while it works on one. At D 256 a
-// block fills an SM's shared memory at two stages too (150 KB), so an SM runs
-// 4 warps with 16 KB in flight each; a third stage (214 KB) doubles that. At
-// D ≤ 128 a third stage would cost the second block an SM.
+// NS: a warp keeps NS − 1 tiles in flight while it works on one. A third
+// stage at D 256 (214 KB, v56) measured no faster on an H100 (Coder-Next
+// decode 32 x 4096: 0.173 -> 0.179 ms); at D ≤ 128 it would cost the second
+// block an SM.
 template <int D> struct attn_smem {
-    static constexpr int NS = D > 128 ? 3 : 2;
+    static constexpr int NS = 2;
     static constexpr int KP = D + 8;                    // bf16 row pitch (16-byte pad)
     static constexpr int SP = 20;                       // fp32 pitch of the score tile
     static constexpr int OP = D + 4;                    // fp32 pitch of the merge tile

@@ -346,9 +346,12 @@ static void fp8_run(tb *t, const tb_case *c)
     /* the own kernels: GEMV to 16 tokens (to 64 with K % 16 != 0), tensor-core tiles above;
      * the GEMV stages its tile in shared memory where rows take 16-byte copies and the
      * tile (16, 32 or 64 weight rows by K's groups, plus the M rows of x; rows of G·128 +
-     * 64 codes and G + 1 scales) fits its 100 KB (fp8.cu, fp8_cp_smem) */
+     * 64 codes and G + 1 scales) fits its 100 KB (fp8.cu, fp8_cp_smem), and only at
+     * SL_CUDA_FP8_GEMV_CP=2: by default the dense GEMV keeps its registers (cuda_backend.cu) */
+    const char *cpe = getenv("SL_CUDA_FP8_GEMV_CP");
     int G = (K + 127) / 128, wr = G <= 2 ? 64 : G <= 4 ? 32 : 16;
-    int cp = K % 16 == 0 && M <= 16 && (wr + M) * (G * 128 + 64 + 4 * (G + 1)) <= 100 * 1024;
+    int cp = cpe && !strcmp(cpe, "2") && K % 16 == 0 && M <= 16 &&
+             (wr + M) * (G * 128 + 64 + 4 * (G + 1)) <= 100 * 1024;
     const char *own = M <= 16 || (M <= 64 && K % 16) ? (cp ? "fp8_gemv_cp" : "fp8_gemv_tc")
                       : K % 16 == 0                  ? "fp8_gemm_tc"
                                                      : "fp8_gemm";
