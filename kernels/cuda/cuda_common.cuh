@@ -389,6 +389,32 @@ __device__ __forceinline__ void cu_stv(const cu_mat &m, int64_t r, int64_t c, co
     else cu_mat_st(m, r, c, f[0]);
 }
 
+// Typed loads: cu_typed(dt, f) calls f with a tag of dt's storage type (bf16,
+// f32, or cu_dyn_t for the rest), and cu_mat_ld_as(m, r, c, tag) loads as that
+// type. A loop over many elements written inside f is straight-line code
+// whose loads the compiler issues back to back; with cu_mat_ld's switch at
+// each element every load waited for the one before (most of the GDN prep's
+// time, NOTES v57).
+struct cu_dyn_t {};
+__device__ __forceinline__ float cu_mat_ld_as(const cu_mat &m, int64_t r, int64_t c, __nv_bfloat16)
+{
+    return __bfloat162float(((const __nv_bfloat16 *)m.p)[r * m.ld + c]);
+}
+__device__ __forceinline__ float cu_mat_ld_as(const cu_mat &m, int64_t r, int64_t c, float)
+{
+    return ((const float *)m.p)[r * m.ld + c];
+}
+__device__ __forceinline__ float cu_mat_ld_as(const cu_mat &m, int64_t r, int64_t c, cu_dyn_t)
+{
+    return cu_mat_ld(m, r, c);
+}
+template <class F> __device__ __forceinline__ void cu_typed(int dt, F f)
+{
+    if (dt == SL_DTYPE_BF16) f(__nv_bfloat16());
+    else if (dt == SL_DTYPE_F32) f(0.0f);
+    else f(cu_dyn_t());
+}
+
 // The column loop of a row-wise kernel launched on cu_row_grid (with cols / 8
 // when VEC): this thread's columns c of [0, cols) in steps of V = VEC ? 8 : 1,
 // strided over the row's blocks; body(c) handles columns c .. c + V - 1.

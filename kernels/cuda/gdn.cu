@@ -359,16 +359,19 @@ template <int DK, int BV> struct gdn_smem {
 
 typedef wmma::fragment<wmma::accumulator, 16, 16, 8, float> gdn_acc;
 
-// c += A·B over nk k-steps of 8. A: 16 x 8nk (layout LA, leading dim lda,
-// astep floats per k-step); B: 8nk x 16 (LB, ldb, bstep). Operands rounded
-// to tf32 (nearest).
-template <class LA, class LB>
+// c += A·B over NK k-steps of 8. A: 16 x 8NK (layout LA, leading dim lda,
+// astep floats per k-step); B: 8NK x 16 (LB, ldb, bstep). Operands rounded
+// to tf32 (nearest). Unrolled, so a step's fragments load while the one
+// before multiplies: rolled, each step paid its loads' and the mma's latency
+// in turn (≈ 200 cycles a step, NOTES v57).
+template <class LA, class LB, int NK>
 __device__ __forceinline__ void gdn_mma(gdn_acc &c, const float *A, int lda, int astep,
-                                        const float *B, int ldb, int bstep, int nk)
+                                        const float *B, int ldb, int bstep)
 {
     wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LA> a;
     wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LB> b;
-    for (int k = 0; k < nk; k++) {
+#pragma unroll
+    for (int k = 0; k < NK; k++) {
         wmma::load_matrix_sync(a, A + k * astep, lda);
         wmma::load_matrix_sync(b, B + k * bstep, ldb);
 #pragma unroll
@@ -376,6 +379,19 @@ __device__ __forceinline__ void gdn_mma(gdn_acc &c, const float *A, int lda, int
 #pragma unroll
         for (int i = 0; i < b.num_elements; i++) b.x[i] = wmma::__float_to_tf32(b.x[i]);
         wmma::mma_sync(c, a, b, c);
+    }
+}
+
+// c += A·B for row block mi of a lower block-triangular A (row-major, the
+// k-steps of its blocks 0..mi) and B row-major: gdn_mma at each step count.
+__device__ __forceinline__ void gdn_mma_lower(gdn_acc &c, const float *A, int lda, const float *B, int ldb, int mi)
+{
+    using R = wmma::row_major;
+    switch (mi) {
+    case 0: gdn_mma<R, R, 2>(c, A, lda, 8, B, ldb, 8 * ldb); break;
+    case 1: gdn_mma<R, R, 4>(c, A, lda, 8, B, ldb, 8 * ldb); break;
+    case 2: gdn_mma<R, R, 6>(c, A, lda, 8, B, ldb, 8 * ldb); break;
+    default: gdn_mma<R, R, 8>(c, A, lda, 8, B, ldb, 8 * ldb); break;
     }
 }
 
@@ -416,8 +432,7 @@ __device__ __forceinline__ void gdn_tri_mm(float *dst, int ldd, const float *A, 
         int mi = job / (NC / 16), nd = job % (NC / 16);
         gdn_acc acc;
         wmma::fill_fragment(acc, 0.0f);
-        gdn_mma<wmma::row_major, wmma::row_major>(acc, A + mi * 16 * LC, LC, 8, B + nd * 16, ldb, 8 * ldb,
-                                                  2 * (mi + 1));
+        gdn_mma_lower(acc, A + mi * 16 * LC, LC, B + nd * 16, ldb, mi);
         wmma::store_matrix_sync(dst + mi * 16 * ldd + nd * 16, acc, ldd, wmma::mem_row_major);
     }
 }
@@ -435,8 +450,8 @@ template <int DK> struct gdn_rec {
 // l2-normalised (q also scaled by Dk^-1/2) into Qs, Ks (row stride LK), one
 // warp per row; the inclusive cumulative log gates into Gs and β into Bs
 // (warp 0). Every load of a thread is issued before the first use of one
-// (a load's round trip is paid once, not once a row). No barrier at the end
-// (the caller adds its own loads first).
+// (a load's round trip is paid once, not once a row: typed, cu_typed). No
+// barrier at the end (the caller adds its own loads first).
 template <int DK, int LK>
 __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs, float *Ks, float *Gs,
                                                  float *Bs, int tb, int n, int64_t qoff, int64_t koff, int h,
@@ -446,26 +461,29 @@ __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float qscale = 1.0f / sqrtf((float)DK);
     float qv[R][J], kv[R][J];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        int i = warp + NW * r;
-#pragma unroll
-        for (int j = 0; j < J; j++) {
-            qv[r][j] = i < n ? cu_mat_ld(g.qkv, tb + i, qoff + lane + 32 * j) : 0.0f;
-            kv[r][j] = i < n ? cu_mat_ld(g.qkv, tb + i, koff + lane + 32 * j) : 0.0f;
-        }
-    }
     float ga[2] = {0.0f, 0.0f}, gb[2] = {0.0f, 0.0f}; // warp 0: tokens lane, lane + 32
-    if (warp == 0) {
+    auto gates = [&](const cu_mat &m, float *v) {
+        cu_typed(m.dt, [&](auto t) {
 #pragma unroll
-        for (int k = 0; k < 2; k++) {
-            int i = lane + 32 * k;
-            if (i < n) {
-                ga[k] = cu_mat_ld(g.a, tb + i, h);
-                gb[k] = cu_mat_ld(g.b, tb + i, h);
+            for (int k = 0; k < 2; k++)
+                if (lane + 32 * k < n) v[k] = cu_mat_ld_as(m, tb + lane + 32 * k, h, t);
+        });
+    };
+    if (warp == 0) {
+        gates(g.a, ga);
+        gates(g.b, gb);
+    }
+    cu_typed(g.qkv.dt, [&](auto t) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            int i = warp + NW * r;
+#pragma unroll
+            for (int j = 0; j < J; j++) {
+                qv[r][j] = i < n ? cu_mat_ld_as(g.qkv, tb + i, qoff + lane + 32 * j, t) : 0.0f;
+                kv[r][j] = i < n ? cu_mat_ld_as(g.qkv, tb + i, koff + lane + 32 * j, t) : 0.0f;
             }
         }
-    }
+    });
 #pragma unroll
     for (int r = 0; r < R; r++) {
         int i = warp + NW * r;
@@ -508,6 +526,29 @@ __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs
     }
 }
 
+// The rows tb .. tb+n-1 (zeros past n) of NC columns of m from col0 into
+// dst (row stride LD), C rows: every load of a thread issued before its
+// first store (typed, cu_typed). No barrier.
+template <int NC, int LD>
+__device__ __forceinline__ void gdn_tile_in(float *dst, const cu_mat &m, int tb, int n, int64_t col0)
+{
+    constexpr int PER = GDN_C * NC / 256;
+    static_assert(PER * 256 == GDN_C * NC, "whole tile steps");
+    cu_typed(m.dt, [&](auto t) {
+        float v[PER];
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            int e = threadIdx.x + 256 * k, i = e / NC;
+            v[k] = i < n ? cu_mat_ld_as(m, tb + i, col0 + e % NC, t) : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < PER; k++) {
+            int e = threadIdx.x + 256 * k;
+            dst[(e / NC) * LD + e % NC] = v[k];
+        }
+    });
+}
+
 // A chunk's local algebra once its inputs are in (after a barrier): the
 // lower-triangular K Kᵀ and Q Kᵀ tiles, masked and decayed (QKs), T = (I+L)⁻¹
 // (the four 16x16 diagonal blocks by forward substitution, one column per
@@ -530,7 +571,7 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
         const float *A = (job < 10 ? Ks : Qs) + mi * 16 * LK;
         gdn_acc acc;
         wmma::fill_fragment(acc, 0.0f);
-        gdn_mma<wmma::row_major, wmma::col_major>(acc, A, LK, 8, Ks + nj * 16 * LK, LK, 8, DK / 8);
+        gdn_mma<wmma::row_major, wmma::col_major, DK / 8>(acc, A, LK, 8, Ks + nj * 16 * LK, LK, 8);
         wmma::store_matrix_sync((job < 10 ? Ls : QKs) + mi * 16 * LC + nj * 16, acc, LC, wmma::mem_row_major);
     }
     __syncthreads();
@@ -568,7 +609,9 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
         for (int e = tid; e < a * 256; e += NT) {
             int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
             float acc = 0.0f;
-            for (int J = bb * 16; J < a * 16; J++) acc += Ls[(a * 16 + r) * LC + J] * Ts[J * LC + bb * 16 + c];
+            for (int m = bb; m < a; m++) // 16 at a time, unrolled: the loads of a block issue together
+#pragma unroll
+                for (int j = m * 16; j < m * 16 + 16; j++) acc += Ls[(a * 16 + r) * LC + j] * Ts[j * LC + bb * 16 + c];
             Us[e] = acc;
         }
         __syncthreads();
@@ -606,7 +649,7 @@ __device__ __forceinline__ void gdn_vnew(const float *Ws, const float *Ss, float
         int mi = job / (BV / 16), nv = job % (BV / 16);
         gdn_acc u, ws;
         wmma::fill_fragment(ws, 0.0f);
-        gdn_mma<wmma::row_major, wmma::row_major>(ws, Ws + mi * 16 * LK, LK, 8, Ss + nv * 16, LV, 8 * LV, DK / 8);
+        gdn_mma<wmma::row_major, wmma::row_major, DK / 8>(ws, Ws + mi * 16 * LK, LK, 8, Ss + nv * 16, LV, 8 * LV);
         float *up = Us + mi * 16 * LV + nv * 16;
         wmma::load_matrix_sync(u, up, LV, wmma::mem_row_major);
 #pragma unroll
@@ -625,23 +668,22 @@ __device__ __forceinline__ void gdn_out(const float *Qs, const float *QKs, const
         int mi = job / (BV / 16), nv = job % (BV / 16);
         gdn_acc o;
         wmma::fill_fragment(o, 0.0f);
-        gdn_mma<wmma::row_major, wmma::row_major>(o, Qs + mi * 16 * LK, LK, 8, Ss + nv * 16, LV, 8 * LV, DK / 8);
-        gdn_mma<wmma::row_major, wmma::row_major>(o, QKs + mi * 16 * LC, LC, 8, Us + nv * 16, LV, 8 * LV,
-                                                  2 * (mi + 1));
+        gdn_mma<wmma::row_major, wmma::row_major, DK / 8>(o, Qs + mi * 16 * LK, LK, 8, Ss + nv * 16, LV, 8 * LV);
+        gdn_mma_lower(o, QKs + mi * 16 * LC, LC, Us + nv * 16, LV, mi);
         wmma::store_matrix_sync(Os + mi * 16 * LV + nv * 16, o, LV, wmma::mem_row_major);
     }
 }
 
 // S = e^(G_last) S0 + Kdᵀ v_new in Ss (Ks holds k ⊙ e^(G_last−G); its rows
-// past n and v_new's are zero), then rows < n of O to out (row orow..,
-// columns ooff..).
+// past n and v_new's are zero, so all C of them are summed: exact, and a
+// fixed count unrolls), then rows < n of O to out (row orow.., columns
+// ooff..).
 template <int DK, int BV, int LK, int LV>
 __device__ __forceinline__ void gdn_advance(const float *Ks, const float *Us, const float *Os, float *Ss,
                                             float glast, int n, cu_mat out, int64_t orow, int64_t ooff)
 {
     constexpr int NT = 256, NW = NT / 32;
     float el = expf(glast);
-    int nk = (n + 7) >> 3;
     for (int job = threadIdx.x >> 5; job < (DK / 16) * (BV / 16); job += NW) {
         int md = job / (BV / 16), nv = job % (BV / 16);
         float *sp = Ss + md * 16 * LV + nv * 16;
@@ -649,7 +691,7 @@ __device__ __forceinline__ void gdn_advance(const float *Ks, const float *Us, co
         wmma::load_matrix_sync(acc, sp, LV, wmma::mem_row_major);
 #pragma unroll
         for (int i = 0; i < acc.num_elements; i++) acc.x[i] *= el;
-        gdn_mma<wmma::col_major, wmma::row_major>(acc, Ks + md * 16, LK, 8 * LK, Us + nv * 16, LV, 8 * LV, nk);
+        gdn_mma<wmma::col_major, wmma::row_major, GDN_C / 8>(acc, Ks + md * 16, LK, 8 * LK, Us + nv * 16, LV, 8 * LV);
         wmma::store_matrix_sync(sp, acc, LV, wmma::mem_row_major);
     }
     for (int e = threadIdx.x; e < n * BV; e += NT) {
@@ -707,10 +749,7 @@ __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
         int tb = q0 + c0;
         __syncthreads(); // the previous chunk's readers of Q, K, V (o), G, B are done
         gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Bs, tb, n, qoff, koff, h, Aexp, bias);
-        for (int e = tid; e < C * BV; e += NT) {
-            int i = e / BV, c = e % BV;
-            Vs[i * LV + c] = i < n ? cu_mat_ld(g.qkv, tb + i, voff + c) : 0.0f;
-        }
+        gdn_tile_in<BV, LV>(Vs, g.qkv, tb, n, voff);
         __syncthreads();
         gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, QKs, Us, Gs, Bs, NULL);
         // W = T diag(β e^G) K [C x DK];  U = T diag(β) V [C x BV]
@@ -869,18 +908,7 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
     // place (free since the solve's last barrier)
     float *Vs = Qs;
     for (int v0 = 0; v0 < Dv; v0 += 64) {
-        constexpr int VE = C * 64 / NT; // a thread's elements of the tile, loaded before any is stored
-        float vv[VE];
-#pragma unroll
-        for (int k = 0; k < VE; k++) {
-            int e = tid + NT * k, i = e / 64;
-            vv[k] = i < n ? cu_mat_ld(g.qkv, tb + i, voff + v0 + e % 64) : 0.0f;
-        }
-#pragma unroll
-        for (int k = 0; k < VE; k++) {
-            int e = tid + NT * k;
-            Vs[(e / 64) * LV + e % 64] = vv[k];
-        }
+        gdn_tile_in<64, LV>(Vs, g.qkv, tb, n, voff + v0);
         __syncthreads();
         gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, Ls, Vs, LV);
         __syncthreads(); // Vs is refilled by the next tile
