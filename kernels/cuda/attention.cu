@@ -29,10 +29,8 @@ __global__ void k_kv_store(cu_mat kc, cu_mat vc, cu_mat k, cu_mat v, const int32
     cu_pdl_wait();
     cu_pdl_trigger();
     int64_t t = blockIdx.x, row = slot[t];
-    for (int64_t c = threadIdx.x; c < k.cols; c += blockDim.x)
-        cu_mat_st(kc, row, c, cu_mat_ld(k, t, c));
-    for (int64_t c = threadIdx.x; c < v.cols; c += blockDim.x)
-        cu_mat_st(vc, row, c, cu_mat_ld(v, t, c));
+    cu_copy_row(kc, row, k, t, k.cols);
+    cu_copy_row(vc, row, v, t, v.cols);
 }
 
 void cu_kv_store(sl_backend *be, sl_tensor *kcache, sl_tensor *vcache, const sl_tensor *k,
@@ -73,15 +71,19 @@ __global__ void __launch_bounds__(PREP_WARPS * 32) k_attn_prep(cu_prep_args a)
         const cu_mat &x = isk ? a.k : a.q, &w = isk ? a.kn : a.qn;
         int64_t c0 = (int64_t)(isk ? h - a.Hq : h) * a.D;
         // the head and its norm weight through registers, every load issued
-        // before the first use (a round trip once, not once a column)
+        // before the first use (typed, cu_typed: a round trip each, not once
+        // a column)
         constexpr int J = 256 / 32;
         float *row = hs[warp], ss = 0.0f, xv[J], wv[J];
+        cu_typed(w.dt, [&](auto ty) {
 #pragma unroll
-        for (int j = 0; j < J; j++) {
-            int c = lane + 32 * j;
-            xv[j] = c < a.D ? cu_mat_ld(x, t, c0 + c) : 0.0f;
-            wv[j] = c < a.D ? cu_mat_ld(w, 0, c) : 0.0f;
-        }
+            for (int j = 0; j < J; j++) wv[j] = lane + 32 * j < a.D ? cu_mat_ld_as(w, 0, lane + 32 * j, ty) : 0.0f;
+        });
+        cu_typed(x.dt, [&](auto ty) {
+#pragma unroll
+            for (int j = 0; j < J; j++)
+                xv[j] = lane + 32 * j < a.D ? cu_mat_ld_as(x, t, c0 + lane + 32 * j, ty) : 0.0f;
+        });
 #pragma unroll
         for (int j = 0; j < J; j++) ss += xv[j] * xv[j];
         float inv = 1.0f / sqrtf(cu_warp_sum(ss) / (float)a.D + a.eps);
@@ -105,9 +107,7 @@ __global__ void __launch_bounds__(PREP_WARPS * 32) k_attn_prep(cu_prep_args a)
             if (isk) cu_mat_st(a.kc, slot, c0 + c, y);
         }
     }
-    if (blockIdx.y == 0)
-        for (int64_t c = threadIdx.x; c < a.v.cols; c += blockDim.x)
-            cu_mat_st(a.vc, slot, c, cu_mat_ld(a.v, t, c));
+    if (blockIdx.y == 0) cu_copy_row(a.vc, slot, a.v, t, a.v.cols);
 }
 
 void cu_attn_prep(sl_backend *be, sl_tensor *q, sl_tensor *k, const sl_tensor *v,
@@ -205,27 +205,31 @@ __device__ __forceinline__ attn_tile attn_tile_of(const cu_attn_args &a, int x)
 // before the first store: a store to shared memory may alias the generic
 // source, so load, store, load... paid a round trip per element (64 in a row
 // for a 128-row tile at D 128, before the first K/V copy was issued). The
-// decode kernel's 16 rows keep one at a time: with 4, k_attn<128> spilled.
+// loads are typed (cu_typed): through cu_mat_ld's switch each one still
+// waited for the one before (NOTES v58). The decode kernel's 16 rows keep
+// one at a time: with 4, k_attn<128> spilled.
 template <int ROWS, bool PAD, int D, class At>
 __device__ __forceinline__ void attn_load_q(const cu_attn_args &a, const attn_tile &t,
                                             __nv_bfloat16 *Qs, At at)
 {
     constexpr int QB = ROWS > 16 ? 8 : 1;
-    for (int e0 = threadIdx.x; e0 < ROWS * D; e0 += QB * blockDim.x) {
-        float v[QB];
+    cu_typed(a.q.dt, [&](auto ty) {
+        for (int e0 = threadIdx.x; e0 < ROWS * D; e0 += QB * blockDim.x) {
+            float v[QB];
 #pragma unroll
-        for (int j = 0; j < QB; j++) {
-            int e = e0 + j * blockDim.x, r = e / D, d = e % D, ti = r / a.gh;
-            v[j] = 0.0f;
-            if (e < ROWS * D && (!PAD || r < a.qt * a.gh) && ti < t.ntok)
-                v[j] = cu_mat_ld(a.q, t.q0 + t.i0 + ti, (int64_t)(t.h0 + r % a.gh) * D + d);
-        }
+            for (int j = 0; j < QB; j++) {
+                int e = e0 + j * blockDim.x, r = e / D, d = e % D, ti = r / a.gh;
+                v[j] = 0.0f;
+                if (e < ROWS * D && (!PAD || r < a.qt * a.gh) && ti < t.ntok)
+                    v[j] = cu_mat_ld_as(a.q, t.q0 + t.i0 + ti, (int64_t)(t.h0 + r % a.gh) * D + d, ty);
+            }
 #pragma unroll
-        for (int j = 0; j < QB; j++) {
-            int e = e0 + j * blockDim.x;
-            if (e < ROWS * D) Qs[at(e / D, e % D)] = __float2bfloat16_rn(v[j]);
+            for (int j = 0; j < QB; j++) {
+                int e = e0 + j * blockDim.x;
+                if (e < ROWS * D) Qs[at(e / D, e % D)] = __float2bfloat16_rn(v[j]);
+            }
         }
-    }
+    });
 }
 
 // Row-major Q with pitch KP (the wmma and mma.sync kernels).

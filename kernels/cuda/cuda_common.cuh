@@ -415,6 +415,28 @@ template <class F> __device__ __forceinline__ void cu_typed(int dt, F f)
     else f(cu_dyn_t());
 }
 
+// Columns [0, cols) of row sr of src into row dr of dst, the block's threads
+// striding by blockDim.x, 4 typed loads of a thread in flight before their
+// stores (a store may alias the source, so the compiler keeps the order).
+__device__ __forceinline__ void cu_copy_row(const cu_mat &dst, int64_t dr, const cu_mat &src, int64_t sr,
+                                            int64_t cols)
+{
+    constexpr int B = 4;
+    cu_typed(src.dt, [&](auto ty) {
+        for (int64_t c0 = threadIdx.x; c0 < cols; c0 += B * blockDim.x) {
+            float v[B];
+#pragma unroll
+            for (int j = 0; j < B; j++) {
+                int64_t c = c0 + j * blockDim.x;
+                v[j] = c < cols ? cu_mat_ld_as(src, sr, c, ty) : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < B; j++)
+                if (c0 + j * blockDim.x < cols) cu_mat_st(dst, dr, c0 + j * blockDim.x, v[j]);
+        }
+    });
+}
+
 // The column loop of a row-wise kernel launched on cu_row_grid (with cols / 8
 // when VEC): this thread's columns c of [0, cols) in steps of V = VEC ? 8 : 1,
 // strided over the row's blocks; body(c) handles columns c .. c + V - 1.

@@ -12,9 +12,11 @@ __global__ void k_embed(cu_mat out, cu_mat table, int64_t v0, const int32_t *ids
     cu_pdl_wait();
     cu_pdl_trigger();
     int64_t t = blockIdx.x, row = (feed && feed[t] >= 0 ? feed_ids[feed[t]] : ids[t]) - v0;
-    bool in = row >= 0 && row < table.rows;
-    for (int64_t c = threadIdx.x; c < out.cols; c += blockDim.x)
-        cu_mat_st(out, t, c, in ? cu_mat_ld(table, row, c) : 0.0f);
+    if (row >= 0 && row < table.rows) {
+        cu_copy_row(out, t, table, row, out.cols);
+        return;
+    }
+    for (int64_t c = threadIdx.x; c < out.cols; c += blockDim.x) cu_mat_st(out, t, c, 0.0f);
 }
 
 void cu_embed(sl_backend *be, sl_tensor *out, const sl_tensor *table, int64_t v0, const sl_batch_meta *m)

@@ -79,9 +79,13 @@ def shim_cp_async(body):
     return re.sub(r'asm volatile\("cp\.async\.wait_group 0;\\n" ::: "memory"\);', "emu_cp_wait(0);", body)
 
 
+TYPED = ("// Typed loads: cu_typed", "// The column loop of a row-wise kernel")
+
+
 def attn_body():
-    src, wg, f8 = read("attention.cu"), read("wgmma.cuh"), read("fp8.cuh")
-    return assemble([cut(f8, *CODES),
+    src, wg, f8, com = read("attention.cu"), read("wgmma.cuh"), read("fp8.cuh"), read("cuda_common.cuh")
+    return assemble([cut(com, *TYPED),
+                     cut(f8, *CODES),
                      cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
                      cut(wg, *PRODUCE),
                      cut(wg, *REGS),
