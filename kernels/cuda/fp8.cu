@@ -61,16 +61,17 @@
 __device__ __forceinline__ float fp8_quant_group(cu_mat src, int silu, int64_t r, int g, int K, uint8_t *q)
 {
     int lane = threadIdx.x & 31, k0 = g * FP8_G + lane * 4;
-    float v[4], mx = 0.0f;
+    float v[4], u[4], mx = 0.0f;
+    cu_typed(src.dt, [&](auto ty) { // typed: the loads issue together (NOTES v58)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            v[i] = k0 + i < K ? cu_mat_ld_as(src, r, k0 + i, ty) : 0.0f;
+            u[i] = k0 + i < K && silu ? cu_mat_ld_as(src, r, K + k0 + i, ty) : 0.0f;
+        }
+    });
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        v[i] = 0.0f;
-        if (k0 + i < K && silu) {
-            float gv = cu_mat_ld(src, r, k0 + i), uv = cu_mat_ld(src, r, K + k0 + i);
-            v[i] = gv / (1.0f + expf(-gv)) * uv;
-        } else if (k0 + i < K) {
-            v[i] = cu_mat_ld(src, r, k0 + i);
-        }
+        if (k0 + i < K && silu) v[i] = v[i] / (1.0f + expf(-v[i])) * u[i];
         mx = fmaxf(mx, fabsf(v[i]));
     }
     float s = fp8_scale(cu_warp_max(mx));

@@ -265,13 +265,19 @@ __global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g, int max_len, cu_gdn_
         int t = q0 + i;
         // l2norm(q), l2norm(k) over DK (DK <= 2·Dv threads, checked on the
         // host; the other threads add zeros, so HB does not change the sums)
+        // loaded together, typed (cu_typed: a round trip per dtype, not per
+        // load), before the shared stores below, which may alias them
         bool own = tid < DK;
-        float qv = own ? cu_mat_ld(g.qkv, t, (int64_t)kh * DK + tid) : 0.0f;
-        float kv = own ? cu_mat_ld(g.qkv, t, (int64_t)g.Hk * DK + (int64_t)kh * DK + tid) : 0.0f;
-        // loaded with q and k: after the shared stores below (which may alias
-        // them) each would be a round trip of its own
-        float ga = cu_mat_ld(g.a, t, h), gb = cu_mat_ld(g.b, t, h);
-        float vv = cu_mat_ld(g.qkv, t, (int64_t)2 * g.Hk * DK + (int64_t)h * Dv + c);
+        float qv = 0.0f, kv = 0.0f, vv, ga, gb;
+        cu_typed(g.qkv.dt, [&](auto ty) {
+            if (own) {
+                qv = cu_mat_ld_as(g.qkv, t, (int64_t)kh * DK + tid, ty);
+                kv = cu_mat_ld_as(g.qkv, t, (int64_t)g.Hk * DK + (int64_t)kh * DK + tid, ty);
+            }
+            vv = cu_mat_ld_as(g.qkv, t, (int64_t)2 * g.Hk * DK + (int64_t)h * Dv + c, ty);
+        });
+        cu_typed(g.a.dt, [&](auto ty) { ga = cu_mat_ld_as(g.a, t, h, ty); });
+        cu_typed(g.b.dt, [&](auto ty) { gb = cu_mat_ld_as(g.b, t, h, ty); });
         float qss = cu_block_sum(qv * qv, red);
         float kss = cu_block_sum(kv * kv, red);
         if (own) {

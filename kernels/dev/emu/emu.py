@@ -116,11 +116,12 @@ def fp8_body():
 
 
 def moe1_body():
-    src, hdr = read("fp8.cu"), read("fp8.cuh")
+    src, hdr, com = read("fp8.cu"), read("fp8.cuh"), read("cuda_common.cuh")
     # the staged GEMVs and k_fp8_moe_one; the acquire load is the shim's
     staged = re.sub(r"__device__ __forceinline__ unsigned moe1_ld_acquire\(.*?\n}\n", "",
                     cut(src, "// ---- decode GEMV through shared memory", "// ---- tensor-core GEMM"), flags=re.S)
-    return assemble([cut(hdr, "__host__ __device__ __forceinline__ int fp8_groups", "// 16 weight codes of row wr"),
+    return assemble([cut(com, *TYPED),
+                     cut(hdr, "__host__ __device__ __forceinline__ int fp8_groups", "// 16 weight codes of row wr"),
                      cut(hdr, *CODES),
                      cut(src, "// One warp quantizes the 128-group g", "#define FP8_QUANT_WARPS"),
                      cut(src, "typedef struct fp8_args {", "template <int NT>\n__global__ void __launch_bounds__(32 * GV8_WARPS, NT <= 4"),
