@@ -52,13 +52,19 @@ __device__ __forceinline__ void conv_channel(cu_mat y, cu_mat x, cu_mat w, float
                                              const int32_t *track_len)
 {
     const int H = K - 1;
+    // loads in flight together: the history (plain floats), then the weights
+    // typed (cu_typed; through cu_mat_ld's switch each of them waited for the
+    // one before, NOTES v58)
+    int q0 = q_start[s], qn = q_start[s + 1] - q0;
     float hist[CONV_MAXK], wc[CONV_MAXK];
     float *mine = conv_load_hist(hist, state, state_slot[s], x.cols, c, H, state_fresh[s]);
+    cu_typed(w.dt, [&](auto ty) {
 #pragma unroll
-    for (int j = 0; j < CONV_MAXK; j++) wc[j] = j < K ? cu_mat_ld(w, c, j) : 0.0f;
-    int q0 = q_start[s], qn = q_start[s + 1] - q0;
+        for (int j = 0; j < CONV_MAXK; j++) wc[j] = j < K ? cu_mat_ld_as(w, c, j, ty) : 0.0f;
+    });
     for (int i = 0; i < qn; i++) {
-        float xt = cu_mat_ld(x, q0 + i, c), acc = 0.0f;
+        float xt, acc = 0.0f;
+        cu_typed(x.dt, [&](auto ty) { xt = cu_mat_ld_as(x, q0 + i, c, ty); });
 #pragma unroll
         for (int j = 0; j < CONV_MAXK - 1; j++)
             if (j < H) acc += wc[j] * hist[j];
@@ -929,8 +935,10 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
 //   A: W and U (v_new; U into the other of two buffers, the current chunk
 //      still reads its own), B: Qg and QKm (O), C: Kd (the state update).
 // At each wait the two groups issued since the needed one may stay in flight.
+// One block an SM (its shared memory): the bound says so to ptxas, which
+// otherwise held the unrolled BV 64 form to 64 registers and spilled.
 template <int DK, int BV>
-__global__ void __launch_bounds__(256) k_gdn_scan(cu_gdn_args g, int min_len, const float *rec)
+__global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len, const float *rec)
 {
     using SM = gdn_scan_smem<DK, BV>;
     using RC = gdn_rec<DK>;
