@@ -331,27 +331,55 @@ __device__ __forceinline__ void cu_mat_st(const cu_mat &m, int64_t r, int64_t c,
     cu_stf(m.p, m.dt, r * m.ld + c, v);
 }
 
-// 8 consecutive elements starting at (r, c); the caller guarantees 16-byte
+// A load in flight (cu_ldv_start issues it, cu_ldv_end converts it): the
+// 8 elements' (or with VEC false one element's) bits, as stored where dt is
+// BF16, F16 or F32, else already floats (dt F32). Several starts before their
+// ends overlap their round trips. Converting in an arm per dtype, as cu_ld8
+// did, made each load wait before the next one was issued (NOTES v58).
+struct cu_pend {
+    uint4 a, b;
+    int dt;
+};
+
+// VEC: 8 consecutive elements from (r, c); the caller guarantees 16-byte
 // alignment of BF16/F16 rows and 32-byte of F32 rows (see cu_mat_vec_ok).
+// The BF16 / F16 / F32 loads take no branch (F32's second half predicated).
+template <bool VEC> __device__ __forceinline__ cu_pend cu_ldv_start(const cu_mat &m, int64_t r, int64_t c)
+{
+    cu_pend p = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), SL_DTYPE_F32};
+    int64_t i = r * m.ld + c;
+    if (!VEC) {
+        p.a.x = __float_as_uint(cu_mat_ld(m, r, c));
+    } else if (m.dt != SL_DTYPE_BF16 && m.dt != SL_DTYPE_F16 && m.dt != SL_DTYPE_F32) {
+        p.a = make_uint4(__float_as_uint(cu_ldf(m.p, m.dt, i)), __float_as_uint(cu_ldf(m.p, m.dt, i + 1)),
+                         __float_as_uint(cu_ldf(m.p, m.dt, i + 2)), __float_as_uint(cu_ldf(m.p, m.dt, i + 3)));
+        p.b = make_uint4(__float_as_uint(cu_ldf(m.p, m.dt, i + 4)), __float_as_uint(cu_ldf(m.p, m.dt, i + 5)),
+                         __float_as_uint(cu_ldf(m.p, m.dt, i + 6)), __float_as_uint(cu_ldf(m.p, m.dt, i + 7)));
+    } else {
+        bool f32 = m.dt == SL_DTYPE_F32;
+        const uint4 *q = f32 ? (const uint4 *)((const float *)m.p + i) : (const uint4 *)((const uint16_t *)m.p + i);
+        p.a = q[0];
+        p.b = f32 ? q[1] : make_uint4(0, 0, 0, 0);
+        p.dt = m.dt;
+    }
+    return p;
+}
+
+template <bool VEC> __device__ __forceinline__ void cu_ldv_end(const cu_pend &p, float *f)
+{
+    const uint32_t w[8] = {p.a.x, p.a.y, p.a.z, p.a.w, p.b.x, p.b.y, p.b.z, p.b.w};
+#pragma unroll
+    for (int k = 0; k < (VEC ? 8 : 1); k++) {
+        uint32_t h = k & 1 ? w[k >> 1] >> 16 : w[k >> 1] & 0xffffu; // 16-bit element k
+        f[k] = p.dt == SL_DTYPE_BF16  ? __uint_as_float(h << 16)
+               : p.dt == SL_DTYPE_F16 ? __half2float(__ushort_as_half((unsigned short)h))
+                                      : __uint_as_float(w[k]);
+    }
+}
+
 __device__ __forceinline__ void cu_ld8(const cu_mat &m, int64_t r, int64_t c, float *f)
 {
-    int64_t i = r * m.ld + c;
-    if (m.dt == SL_DTYPE_BF16) {
-        uint4 u = *(const uint4 *)((const __nv_bfloat16 *)m.p + i);
-        const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            float2 v = __bfloat1622float2(h[k]);
-            f[2 * k] = v.x;
-            f[2 * k + 1] = v.y;
-        }
-    } else if (m.dt == SL_DTYPE_F32) {
-        float4 a = *(const float4 *)((const float *)m.p + i), b = *((const float4 *)((const float *)m.p + i) + 1);
-        f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-    } else {
-#pragma unroll
-        for (int k = 0; k < 8; k++) f[k] = cu_ldf(m.p, m.dt, i + k);
-    }
+    cu_ldv_end<true>(cu_ldv_start<true>(m, r, c), f);
 }
 
 __device__ __forceinline__ void cu_st8(const cu_mat &m, int64_t r, int64_t c, const float *f)
@@ -378,8 +406,7 @@ __device__ __forceinline__ void cu_st8(const cu_mat &m, int64_t r, int64_t c, co
 template <bool VEC>
 __device__ __forceinline__ void cu_ldv(const cu_mat &m, int64_t r, int64_t c, float *f)
 {
-    if (VEC) cu_ld8(m, r, c, f);
-    else f[0] = cu_mat_ld(m, r, c);
+    cu_ldv_end<VEC>(cu_ldv_start<VEC>(m, r, c), f);
 }
 
 template <bool VEC>

@@ -71,8 +71,9 @@ __global__ void k_silu_mul(cu_mat out, cu_mat gu, cu_fp8_dst q)
     cu_row_cols_all<VEC>(out.cols, [&](int64_t c, bool in) {
         float g[V] = {}, u[V];
         if (in) {
-            cu_ldv<VEC>(gu, r, c, g);
-            cu_ldv<VEC>(gu, r, out.cols + c, u);
+            cu_pend pg = cu_ldv_start<VEC>(gu, r, c), pu = cu_ldv_start<VEC>(gu, r, out.cols + c);
+            cu_ldv_end<VEC>(pg, g);
+            cu_ldv_end<VEC>(pu, u);
 #pragma unroll
             for (int k = 0; k < V; k++) g[k] = g[k] / (1.0f + expf(-g[k])) * u[k];
             cu_stv<VEC>(out, r, c, g);
@@ -108,8 +109,10 @@ __global__ void k_sigmoid_mul(cu_mat x, cu_mat g, cu_fp8_dst q)
     cu_row_cols_all<VEC>(x.cols, [&](int64_t c, bool in) {
         float v[V] = {}, w[V];
         if (in) {
-            cu_ldv<VEC>(x, r, c, v);
-            if (g.cols != 1) cu_ldv<VEC>(g, r, c, w);
+            cu_pend px = cu_ldv_start<VEC>(x, r, c), pg = {};
+            if (g.cols != 1) pg = cu_ldv_start<VEC>(g, r, c);
+            cu_ldv_end<VEC>(px, v);
+            if (g.cols != 1) cu_ldv_end<VEC>(pg, w);
 #pragma unroll
             for (int k = 0; k < V; k++) v[k] = v[k] / (1.0f + expf(-(g.cols == 1 ? g1 : w[k])));
             cu_stv<VEC>(x, r, c, v);

@@ -100,8 +100,9 @@ __global__ void k_add(cu_mat out, cu_mat a, cu_mat b)
     cu_pdl_trigger();
     cu_row_cols<VEC>(out.cols, [&](int64_t c) {
         float x[V], y[V];
-        cu_ldv<VEC>(a, r, c, x);
-        cu_ldv<VEC>(b, r, c, y);
+        cu_pend pa = cu_ldv_start<VEC>(a, r, c), pb = cu_ldv_start<VEC>(b, r, c);
+        cu_ldv_end<VEC>(pa, x);
+        cu_ldv_end<VEC>(pb, y);
 #pragma unroll
         for (int k = 0; k < V; k++) x[k] += y[k];
         cu_stv<VEC>(out, r, c, x);

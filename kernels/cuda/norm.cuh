@@ -26,10 +26,12 @@ __device__ __forceinline__ void norm_group(const cu_norm_args &a, int64_t g, int
     float ss = 0.0f;
     for (int64_t c = (int64_t)t0 * V; c < D; c += (int64_t)nt * V) {
         float v[V];
-        cu_ldv<VEC>(a.x, r, c0 + c, v);
+        cu_pend px = cu_ldv_start<VEC>(a.x, r, c0 + c), pr = {}; // both loads in flight, then converted
+        if (a.resid.p) pr = cu_ldv_start<VEC>(a.resid, r, c0 + c);
+        cu_ldv_end<VEC>(px, v);
         if (a.resid.p) {
             float rv[V];
-            cu_ldv<VEC>(a.resid, r, c0 + c, rv);
+            cu_ldv_end<VEC>(pr, rv);
 #pragma unroll
             for (int k = 0; k < V; k++) v[k] = cu_round(a.resid.dt, rv[k] + v[k]);
             cu_stv<VEC>(a.resid, r, c0 + c, v);
@@ -45,9 +47,11 @@ __device__ __forceinline__ void norm_group(const cu_norm_args &a, int64_t g, int
         bool in = c < D;
         float v[V] = {}, w[V], z[V];
         if (in) {
-            cu_ldv<VEC>(src, r, c0 + c, v);
-            cu_ldv<VEC>(a.w, 0, c, w);
-            if (a.z.p) cu_ldv<VEC>(a.z, r, c0 + c, z);
+            cu_pend ps = cu_ldv_start<VEC>(src, r, c0 + c), pw = cu_ldv_start<VEC>(a.w, 0, c), pz = {};
+            if (a.z.p) pz = cu_ldv_start<VEC>(a.z, r, c0 + c);
+            cu_ldv_end<VEC>(ps, v);
+            cu_ldv_end<VEC>(pw, w);
+            if (a.z.p) cu_ldv_end<VEC>(pz, z);
 #pragma unroll
             for (int k = 0; k < V; k++) {
                 float y = v[k] * inv * (a.one_plus ? 1.0f + w[k] : w[k]);

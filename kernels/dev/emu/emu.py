@@ -136,7 +136,7 @@ def moe1_body():
 
 def gdn_body():
     src, com, f8, nh, nc = read("gdn.cu"), read("cuda_common.cuh"), read("fp8.cuh"), read("norm.cuh"), read("norm.cu")
-    return assemble([cut(com, "// 8 consecutive elements starting at (r, c)", "__device__ __forceinline__ float cu_warp_max"),
+    return assemble([cut(com, "// A load in flight (cu_ldv_start", "__device__ __forceinline__ float cu_warp_max"),
                      cut(com, "// Sum over the block", "// Whether cu_ld8 / cu_st8 may be used"),
                      cut(f8, *CODES),
                      cut(nh, "typedef struct cu_norm_args {", "void cu_rmsnorm("),

@@ -34,6 +34,7 @@ enum { SL_DTYPE_F32 = 0, SL_DTYPE_BF16 = 1, SL_DTYPE_F16 = 2 };
 // fp16 is not emulated (no driver uses it): cu_round's F16 case compiles to the identity
 static inline float __float2half_rn(float f) { return f; }
 static inline float __half2float(float f) { return f; }
+static inline float __ushort_as_half(unsigned short) { return NAN; } // fp16 codes: not emulated
 struct dim3 { unsigned x, y, z; };
 struct int2 { int x, y; };
 struct uint4 { uint32_t x, y, z, w; };
@@ -52,6 +53,8 @@ static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     u += 0x7fff + ((u >> 16) & 1);
     return {(uint16_t)(u >> 16)};
 }
+static inline float __uint_as_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t __float_as_uint(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float __bfloat162float(__nv_bfloat16 h) { uint32_t u = (uint32_t)h.b << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)}; }
 static inline float2 __bfloat1622float2(__nv_bfloat162 h) { return {__bfloat162float(h.x), __bfloat162float(h.y)}; }
