@@ -351,10 +351,11 @@ template <bool VEC> __device__ __forceinline__ cu_pend cu_ldv_start(const cu_mat
     if (!VEC) {
         p.a.x = __float_as_uint(cu_mat_ld(m, r, c));
     } else if (m.dt != SL_DTYPE_BF16 && m.dt != SL_DTYPE_F16 && m.dt != SL_DTYPE_F32) {
-        p.a = make_uint4(__float_as_uint(cu_ldf(m.p, m.dt, i)), __float_as_uint(cu_ldf(m.p, m.dt, i + 1)),
-                         __float_as_uint(cu_ldf(m.p, m.dt, i + 2)), __float_as_uint(cu_ldf(m.p, m.dt, i + 3)));
-        p.b = make_uint4(__float_as_uint(cu_ldf(m.p, m.dt, i + 4)), __float_as_uint(cu_ldf(m.p, m.dt, i + 5)),
-                         __float_as_uint(cu_ldf(m.p, m.dt, i + 6)), __float_as_uint(cu_ldf(m.p, m.dt, i + 7)));
+        uint32_t w[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) w[k] = __float_as_uint(cu_ldf(m.p, m.dt, i + k));
+        p.a = make_uint4(w[0], w[1], w[2], w[3]);
+        p.b = make_uint4(w[4], w[5], w[6], w[7]);
     } else {
         bool f32 = m.dt == SL_DTYPE_F32;
         const uint4 *q = f32 ? (const uint4 *)((const float *)m.p + i) : (const uint4 *)((const uint16_t *)m.p + i);
