@@ -414,8 +414,8 @@ __device__ __forceinline__ void gdn_tri(int idx, int &mi, int &nj)
     nj = idx - mi * (mi + 1) / 2;
 }
 
-// A block's DK x BV state tile between its slot (row stride Dv) and shared
-// memory (row stride LV): in (zeros for a fresh state) and out.
+// A block's DK x BV state tile from its slot (row stride Dv; zeros for a
+// fresh state) into shared memory (row stride LV).
 template <int DK, int BV, int LV>
 __device__ __forceinline__ void gdn_state_in(float *Ss, const float *src, int Dv, bool fresh)
 {
@@ -425,12 +425,15 @@ __device__ __forceinline__ void gdn_state_in(float *Ss, const float *src, int Dv
     }
 }
 
-template <int DK, int BV, int LV>
-__device__ __forceinline__ void gdn_state_out(const float *Ss, float *dst, int Dv)
+// ROWS x BV floats of shared memory (row stride LS) to dst (row stride ld), 16
+// bytes a store (BV, LS, ld and both bases multiples of 4 floats).
+template <int ROWS, int BV, int LS>
+__device__ __forceinline__ void gdn_tile_st(const float *src, float *dst, int64_t ld)
 {
-    for (int e = threadIdx.x; e < DK * BV; e += blockDim.x) {
-        int d = e / BV, c = e % BV;
-        dst[(int64_t)d * Dv + c] = Ss[d * LV + c];
+    constexpr int B4 = BV / 4;
+    for (int e = threadIdx.x; e < ROWS * B4; e += blockDim.x) {
+        int r = e / B4, c = (e % B4) * 4;
+        *(float4 *)(dst + r * ld + c) = *(const float4 *)(src + r * LS + c);
     }
 }
 
@@ -651,8 +654,8 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
 }
 
 // A chunk's state-dependent part, BV value columns, in three phases that each
-// start after a barrier (k_gdn_scan fills shared memory between them):
-// v_new = U − W S0 into Us.
+// start after a barrier (the split form runs the first and third in
+// k_gdn_scan, the second in k_gdn_out): v_new = U − W S0 into Us.
 template <int DK, int BV, int LK, int LV>
 __device__ __forceinline__ void gdn_vnew(const float *Ws, const float *Ss, float *Us)
 {
@@ -688,13 +691,11 @@ __device__ __forceinline__ void gdn_out(const float *Qs, const float *QKs, const
 
 // S = e^(G_last) S0 + Kdᵀ v_new in Ss (Ks holds k ⊙ e^(G_last−G); its rows
 // past n and v_new's are zero, so all C of them are summed: exact, and a
-// fixed count unrolls), then rows < n of O to out (row orow.., columns
-// ooff..).
+// fixed count unrolls).
 template <int DK, int BV, int LK, int LV>
-__device__ __forceinline__ void gdn_advance(const float *Ks, const float *Us, const float *Os, float *Ss,
-                                            float glast, int n, cu_mat out, int64_t orow, int64_t ooff)
+__device__ __forceinline__ void gdn_advance(const float *Ks, const float *Us, float *Ss, float glast)
 {
-    constexpr int NT = 256, NW = NT / 32;
+    constexpr int NW = 256 / 32;
     float el = expf(glast);
     for (int job = threadIdx.x >> 5; job < (DK / 16) * (BV / 16); job += NW) {
         int md = job / (BV / 16), nv = job % (BV / 16);
@@ -706,7 +707,14 @@ __device__ __forceinline__ void gdn_advance(const float *Ks, const float *Us, co
         gdn_mma<wmma::col_major, wmma::row_major, GDN_C / 8>(acc, Ks + md * 16, LK, 8 * LK, Us + nv * 16, LV, 8 * LV);
         wmma::store_matrix_sync(sp, acc, LV, wmma::mem_row_major);
     }
-    for (int e = threadIdx.x; e < n * BV; e += NT) {
+}
+
+// Rows < n of a chunk's O (shared, row stride LV) to out (row orow..,
+// columns ooff..).
+template <int BV, int LV>
+__device__ __forceinline__ void gdn_rows_out(const float *Os, int n, cu_mat out, int64_t orow, int64_t ooff)
+{
+    for (int e = threadIdx.x; e < n * BV; e += blockDim.x) {
         int i = e / BV, c = e % BV;
         cu_mat_st(out, orow + i, ooff + c, Os[i * LV + c]);
     }
@@ -723,9 +731,10 @@ __device__ __forceinline__ void gdn_chunk_state(const float *Qs, const float *Ks
     __syncthreads();
     gdn_out<DK, BV, LK, LC, LV>(Qs, QKs, Ss, Us, Os);
     __syncthreads();
-    gdn_advance<DK, BV, LK, LV>(Ks, Us, Os, Ss, glast, n, out, orow, ooff);
+    gdn_advance<DK, BV, LK, LV>(Ks, Us, Ss, glast);
+    gdn_rows_out<BV, LV>(Os, n, out, orow, ooff);
     __syncthreads();
-    if (snap) gdn_state_out<DK, BV, LV>(Ss, snap, Dv);
+    if (snap) gdn_tile_st<DK, BV, LV>(Ss, snap, Dv);
 }
 
 // Block (sequence, value head, value-column tile of BV); 256 threads;
@@ -778,25 +787,33 @@ __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
         gdn_chunk_state<DK, BV, LK, LC, LV>(Qs, Ks, Ws, QKs, Us, Vs, Ss, glast, n, g.out, tb, ooff, snap, Dv);
         c0 += n;
     }
-    gdn_state_out<DK, BV, LV>(Ss, mine, Dv);
+    gdn_tile_st<DK, BV, LV>(Ss, mine, Dv);
 }
 
 // ---- chunked form, split (kernels/dev/NOTES.md v15) ------------------------------
 //
 // The single kernel above walks a sequence's chunks one after another and
 // redoes all of a chunk's local work (normalisation, gates, L, the solve, W,
-// U, QKᵀ) on that sequential path. Only three products depend on the state
-// carried between chunks (v_new = U − W S0, O = (Q⊙e^G) S0 + QKm v_new,
-// S = e^(G_last) S0 + (K⊙e^(G_last−G))ᵀ v_new), so the split form runs:
+// U, QKᵀ) on that sequential path. Only two products carry the state from
+// chunk to chunk (v_new = U − W S0, S = e^(G_last) S0 + (K⊙e^(G_last−G))ᵀ
+// v_new); the output O = (Q⊙e^G) S0 + QKm v_new needs S0 and v_new but
+// feeds nothing after it. So the split form runs three kernels:
 //   k_gdn_prep: one block per (chunk, value head), every chunk of every long
 //     sequence in parallel: the chunk-local part, written to a record in
 //     scratch memory (fp32: Qg = q⊙e^G, Kd = k⊙e^(G_last−G), W, QKm, U, G_last);
 //   k_gdn_scan: one block per (sequence, value head, value-column tile)
-//     walking the chunks: loads a record, the three state products, O out,
-//     snapshots and the final state as the single kernel.
+//     walking the chunks: v_new (over U in the record) and the state update,
+//     each chunk's start state S0 to a second scratch array, snapshots and the
+//     final state as the single kernel;
+//   k_gdn_out: one block per (chunk, value head, value-column tile), all in
+//     parallel again: O from Qg, QKm, S0 and v_new.
+// Taking O off the sequential walk takes a third of its mma and 40 % of the
+// record it loads a chunk; it costs Dk × Dv floats of scratch a (chunk, value
+// head): 268 MB at 8192 tokens of Coder-Next (NOTES v59).
 // Chunks are numbered over the long sequences in order (gdn_chunks), a chunk
-// ending at the snapshot as above; both kernels find a sequence's first chunk
-// by summing the chunk counts of the sequences before it.
+// ending at the snapshot as above; prep and out find a chunk's sequence, the
+// scan a sequence's first chunk, by summing the chunk counts of the sequences
+// before it.
 
 // Chunks of a sequence with qn new tokens and snapshot after tlen (0 when it
 // is left to the recurrent kernel): 64-token chunks, one cut at tlen.
@@ -826,6 +843,23 @@ __device__ __forceinline__ int gdn_tlen(const cu_gdn_args &g, int s)
     return g.track_slot[s] >= 0 ? g.track_len[s] : -1;
 }
 
+// The sequence s of record chunk q and its start c0 and length n in it;
+// false past the last chunk.
+__device__ __forceinline__ bool gdn_chunk_seq(const cu_gdn_args &g, int64_t q, int min_len, int n_seqs, int &s,
+                                              int &c0, int &n)
+{
+    int64_t left = q;
+    for (s = 0; s < n_seqs; s++) {
+        int qn = g.q_start[s + 1] - g.q_start[s], nc = gdn_nchunks(qn, gdn_tlen(g, s), min_len);
+        if (left < nc) {
+            gdn_chunk_at(qn, gdn_tlen(g, s), (int)left, c0, n);
+            return true;
+        }
+        left -= nc;
+    }
+    return false;
+}
+
 // Shared memory of k_gdn_prep: q and k (V tiles later in Q's place), L and T
 // (the solve's raw Q Kᵀ in T's place), G, β. The record's Qg, QKm, W and U
 // go to global memory as they are made, so it stays under half an SM's
@@ -840,17 +874,25 @@ template <int DK> struct gdn_prep_smem {
     static_assert(BYTES <= 113 * 1024, "two blocks an SM");
 };
 
-// k_gdn_scan: one record's Qg, Kd, W, QKm, two U tiles (a chunk's, and the
-// next one's landing), O and the state columns.
+// k_gdn_scan: one record's W and Kd, two U tiles (a chunk's, and the next
+// one's landing) and the state columns.
 template <int DK, int BV> struct gdn_scan_smem {
-    static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = BV + 4;
-    static constexpr int Q = 0, K = Q + GDN_C * LK, W = K + GDN_C * LK, QK = W + GDN_C * LK;
-    static constexpr int U = QK + GDN_C * LC, O = U + 2 * GDN_C * LV, S = O + GDN_C * LV;
+    static constexpr int LK = DK + 4, LV = BV + 4;
+    static constexpr int K = 0, W = K + GDN_C * LK, U = W + GDN_C * LK, S = U + 2 * GDN_C * LV;
     static constexpr size_t BYTES = (size_t)(S + DK * LV) * sizeof(float);
-    static_assert(K % 8 == 0 && W % 8 == 0 && QK % 8 == 0 && U % 8 == 0 && (GDN_C * LV) % 8 == 0 && O % 8 == 0 &&
-                      S % 8 == 0,
+    static_assert(W % 8 == 0 && U % 8 == 0 && (GDN_C * LV) % 8 == 0 && S % 8 == 0,
                   "wmma tiles need 32-byte aligned bases");
     static_assert(BYTES <= 227 * 1024, "shared memory");
+};
+
+// k_gdn_out: a record's Qg and QKm, a chunk's start state and v_new columns,
+// O; under half an SM's shared memory (two blocks an SM).
+template <int DK, int BV> struct gdn_out_smem {
+    static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = BV + 4;
+    static constexpr int Q = 0, QK = Q + GDN_C * LK, S = QK + GDN_C * LC, U = S + DK * LV, O = U + GDN_C * LV;
+    static constexpr size_t BYTES = (size_t)(O + GDN_C * LV) * sizeof(float);
+    static_assert(QK % 8 == 0 && S % 8 == 0 && U % 8 == 0 && O % 8 == 0, "wmma tiles need 32-byte aligned bases");
+    static_assert(BYTES <= 113 * 1024, "two blocks an SM");
 };
 
 // The first record index of sequence s (chunks of the sequences before it).
@@ -889,17 +931,9 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
     int tid = threadIdx.x;
     cu_pdl_wait();
     cu_pdl_trigger();
-    // which sequence and chunk: walk the sequences' chunk counts (block-uniform)
-    int64_t q = blockIdx.x, left = q;
-    int s = 0, nc = 0;
-    for (; s < n_seqs; s++) {
-        nc = gdn_nchunks(g.q_start[s + 1] - g.q_start[s], gdn_tlen(g, s), min_len);
-        if (left < nc) break;
-        left -= nc;
-    }
-    if (s == n_seqs) return;
-    int qn = g.q_start[s + 1] - g.q_start[s], c0, n;
-    gdn_chunk_at(qn, gdn_tlen(g, s), (int)left, c0, n);
+    int64_t q = blockIdx.x;
+    int s, c0, n;
+    if (!gdn_chunk_seq(g, q, min_len, n_seqs, s, c0, n)) return; // block-uniform
     float *out = rec + (q * g.Hv + h) * RC::floats(Dv);
     float Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);
     int64_t koff = (int64_t)g.Hk * DK + (int64_t)kh * DK, qoff = (int64_t)kh * DK;
@@ -928,24 +962,23 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
 }
 
 // Block (sequence, value head, value-column tile of BV): 256 threads; walks
-// the sequence's records in order (sequences left to k_gdn exit). Each phase
-// of a chunk needs only part of its record, so the record arrives by
-// cp.async in three commit groups, each issued for the next chunk as soon as
-// the current chunk's last reader of its buffers is past a barrier:
-//   A: W and U (v_new; U into the other of two buffers, the current chunk
-//      still reads its own), B: Qg and QKm (O), C: Kd (the state update).
-// At each wait the two groups issued since the needed one may stay in flight.
-// One block an SM (its shared memory): the bound says so to ptxas, which
-// otherwise held the unrolled BV 64 form to 64 registers and spilled.
+// the sequence's records in order (sequences left to k_gdn exit). A chunk's
+// record arrives by cp.async in two commit groups, each issued for the next
+// chunk as soon as the current chunk's last reader of its buffers is past a
+// barrier: A: W and U (v_new; U into the other of two buffers, the current
+// chunk still reads its own), B: Kd (the state update). Each chunk's start
+// state goes to st (S0 of record q at q · Dk · Dv, row stride Dv) and its
+// v_new over U in the record, for k_gdn_out. One block an SM (its shared
+// memory): the bound says so to ptxas, which otherwise held the unrolled
+// BV 64 form to 64 registers and spilled.
 template <int DK, int BV>
-__global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len, const float *rec)
+__global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len, float *rec, float *st)
 {
     using SM = gdn_scan_smem<DK, BV>;
     using RC = gdn_rec<DK>;
-    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV;
+    constexpr int C = GDN_C, LK = SM::LK, LV = SM::LV;
     extern __shared__ __align__(128) float sm[];
-    float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ws = sm + SM::W, *QKs = sm + SM::QK;
-    float *Os = sm + SM::O, *Ss = sm + SM::S;
+    float *Ks = sm + SM::K, *Ws = sm + SM::W, *Ss = sm + SM::S;
     const int Dv = g.Dv, nvt = Dv / BV;
     int s = blockIdx.x / (g.Hv * nvt), rem = blockIdx.x % (g.Hv * nvt);
     int h = rem / nvt, vt = rem % nvt;
@@ -966,9 +999,6 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
             if (part == 0) {
                 gdn_copy_async(Ws, LK, r + RC::W, DK, C, DK);
                 gdn_copy_async(ubuf(ci), LV, r + RC::U + vt * BV, Dv, C, BV);
-            } else if (part == 1) {
-                gdn_copy_async(Qs, LK, r + RC::QG, DK, C, DK);
-                gdn_copy_async(QKs, LC, r + RC::QK, C, C, C);
             } else {
                 gdn_copy_async(Ks, LK, r + RC::KD, DK, C, DK);
             }
@@ -979,53 +1009,90 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
     else gdn_copy_async(Ss, LV, mine, Dv, DK, BV);                      // lands with group A of chunk 0
     issue(0, 0);
     issue(1, 0);
-    issue(2, 0);
-    int64_t ooff = (int64_t)h * Dv + vt * BV;
     for (int ci = 0; ci < nc; ci++) {
         int c0, n;
         gdn_chunk_at(qn, tlen, ci, c0, n);
-        float glast = record(ci)[RC::glast(Dv)], *Us = ubuf(ci);
-        __pipeline_wait_prior(2); // A (pending: B, C)
-        __syncthreads();          // and the previous chunk's readers of Ss are done
+        float *r = record(ci), glast = r[RC::glast(Dv)], *Us = ubuf(ci);
+        __pipeline_wait_prior(1); // A (pending: B)
+        __syncthreads();          // and the previous chunk's writers of Ss are done
+        gdn_tile_st<DK, BV, LV>(Ss, st + ((first + ci) * g.Hv + h) * sz + vt * BV, Dv);
         gdn_vnew<DK, BV, LK, LV>(Ws, Ss, Us);
-        __pipeline_wait_prior(1); // B (pending: C)
+        __pipeline_wait_prior(0); // B
         __syncthreads();
         issue(0, ci + 1);
-        gdn_out<DK, BV, LK, LC, LV>(Qs, QKs, Ss, Us, Os);
-        __pipeline_wait_prior(1); // C (pending: next A)
-        __syncthreads();
-        issue(1, ci + 1);
-        gdn_advance<DK, BV, LK, LV>(Ks, Us, Os, Ss, glast, n, g.out, q0 + c0, ooff);
+        gdn_advance<DK, BV, LK, LV>(Ks, Us, Ss, glast);
+        gdn_tile_st<C, BV, LV>(Us, r + RC::U + vt * BV, Dv);
         __syncthreads();
         if (c0 + n == tlen)
-            gdn_state_out<DK, BV, LV>(Ss, g.ssm + (int64_t)g.track_slot[s] * slot_sz + h * sz + vt * BV, Dv);
-        issue(2, ci + 1);
+            gdn_tile_st<DK, BV, LV>(Ss, g.ssm + (int64_t)g.track_slot[s] * slot_sz + h * sz + vt * BV, Dv);
+        issue(1, ci + 1);
     }
     __pipeline_wait_prior(0); // the empty groups past the last chunk
-    gdn_state_out<DK, BV, LV>(Ss, mine, Dv);
+    gdn_tile_st<DK, BV, LV>(Ss, mine, Dv);
+}
+
+// Block x = (record chunk q · Hv + value head) · Dv/BV + value-column tile
+// (a chunk's tiles adjacent: they share its Qg and QKm in L2); 256 threads.
+template <int DK, int BV>
+__global__ void __launch_bounds__(256, 2) k_gdn_out(cu_gdn_args g, int min_len, int n_seqs, const float *rec,
+                                                    const float *st)
+{
+    using SM = gdn_out_smem<DK, BV>;
+    using RC = gdn_rec<DK>;
+    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV;
+    extern __shared__ __align__(128) float sm[];
+    float *Qs = sm + SM::Q, *QKs = sm + SM::QK, *Ss = sm + SM::S, *Us = sm + SM::U, *Os = sm + SM::O;
+    const int Dv = g.Dv, nvt = Dv / BV;
+    int64_t q = blockIdx.x / (g.Hv * nvt);
+    int rem = blockIdx.x % (g.Hv * nvt), h = rem / nvt, vt = rem % nvt;
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    int s, c0, n;
+    if (!gdn_chunk_seq(g, q, min_len, n_seqs, s, c0, n)) return; // block-uniform
+    const float *r = rec + (q * g.Hv + h) * RC::floats(Dv);
+    gdn_copy_async(Qs, LK, r + RC::QG, DK, C, DK);
+    gdn_copy_async(QKs, LC, r + RC::QK, C, C, C);
+    gdn_copy_async(Ss, LV, st + (q * g.Hv + h) * DK * Dv + vt * BV, Dv, DK, BV);
+    gdn_copy_async(Us, LV, r + RC::U + vt * BV, Dv, C, BV);
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    gdn_out<DK, BV, LK, LC, LV>(Qs, QKs, Ss, Us, Os);
+    __syncthreads();
+    gdn_rows_out<BV, LV>(Os, n, g.out, g.q_start[s] + c0, (int64_t)h * Dv + vt * BV);
 }
 
 // The split form over every long sequence of the batch (n_chunks records).
+template <int DK, int BV> static void gdn_scan_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs, float *rec,
+                                                      float *st)
+{
+    size_t ss = gdn_scan_smem<DK, BV>::BYTES;
+    CU_CHECK(cudaFuncSetAttribute(k_gdn_scan<DK, BV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss));
+    cu_launch(b, k_gdn_scan<DK, BV>, (unsigned)(n_seqs * g.Hv * (g.Dv / BV)), 256, ss, g, GDN_CHUNK_MIN, rec, st);
+}
+
+// The split form over every long sequence of the batch (n_chunks records).
+// k_gdn_out's 32 columns a block keep it at two blocks an SM.
 template <int DK>
 static void gdn_split_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs, int64_t n_chunks, bool wide)
 {
+    constexpr int OBV = 32;
     float *rec = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)(n_chunks * g.Hv * gdn_rec<DK>::floats(g.Dv)));
+    float *st = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)(n_chunks * g.Hv * DK * g.Dv));
     size_t ps = gdn_prep_smem<DK>::BYTES;
     CU_CHECK(cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ps));
     CU_CHECK(cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                   cudaSharedmemCarveoutMaxShared)); // room for two blocks
     cu_launch(b, k_gdn_prep<DK>, dim3((unsigned)n_chunks, (unsigned)g.Hv), 256, ps, g, GDN_CHUNK_MIN, n_seqs, rec);
-    if (wide) {
-        size_t ss = gdn_scan_smem<DK, 64>::BYTES;
-        CU_CHECK(cudaFuncSetAttribute(k_gdn_scan<DK, 64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss));
-        cu_launch(b, k_gdn_scan<DK, 64>, (unsigned)(n_seqs * g.Hv * (g.Dv / 64)), 256, ss, g, GDN_CHUNK_MIN,
-                  (const float *)rec);
-    } else {
-        size_t ss = gdn_scan_smem<DK, 32>::BYTES;
-        CU_CHECK(cudaFuncSetAttribute(k_gdn_scan<DK, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss));
-        cu_launch(b, k_gdn_scan<DK, 32>, (unsigned)(n_seqs * g.Hv * (g.Dv / 32)), 256, ss, g, GDN_CHUNK_MIN,
-                  (const float *)rec);
-    }
+    if (wide) gdn_scan_launch<DK, 64>(b, g, n_seqs, rec, st);
+    else gdn_scan_launch<DK, 32>(b, g, n_seqs, rec, st);
+    size_t os = gdn_out_smem<DK, OBV>::BYTES;
+    CU_CHECK(cudaFuncSetAttribute(k_gdn_out<DK, OBV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)os));
+    CU_CHECK(cudaFuncSetAttribute(k_gdn_out<DK, OBV>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                  cudaSharedmemCarveoutMaxShared));
+    cu_launch(b, k_gdn_out<DK, OBV>, (unsigned)(n_chunks * g.Hv * (g.Dv / OBV)), 256, os, g, GDN_CHUNK_MIN, n_seqs,
+              (const float *)rec, (const float *)st);
+    cu_tmp_free(b, st);
     cu_tmp_free(b, rec);
 }
 

@@ -23,7 +23,7 @@ The targets:
         (they wait on each other's counters), against the CPU op's arithmetic (moe1_driver.cpp);
 - gdn:  the fused decode form of k_gdn (conv1d + recurrence + rmsnorm_gated, gdn.cu) against
         k_conv1d, k_gdn and k_norm_warp in turn, bit for bit; the chunked prefill, single
-        kernel against split (k_gdn_prep + k_gdn_scan) bit for bit and both against the
+        kernel against split (k_gdn_prep + k_gdn_scan + k_gdn_out) bit for bit and both against the
         recurrence (gdn_driver.cpp).
 
 It checks the index, fragment and layout logic, not the emulated instructions' own

@@ -4,8 +4,8 @@
 // kernel) and through k_conv1d, k_gdn and k_norm_warp in turn, on random bf16 inputs:
 // every output, both state pools (snapshot slots too) and the codes must agree bit for
 // bit. And prompts through the chunked forms (the single kernel k_gdn_chunk, the split
-// k_gdn_prep + k_gdn_scan; shorter sequences recurrent, as cu_gdn dispatches): the two
-// agree bit for bit (outputs, final states, snapshots) and both stay within tf32 tolerance
+// k_gdn_prep + k_gdn_scan + k_gdn_out; shorter sequences recurrent, as cu_gdn
+// dispatches): the two agree bit for bit (outputs, final states, snapshots) and both stay within tf32 tolerance
 // of every sequence run through the recurrent k_gdn. Appended to the kernel code by emu.py.
 static uint64_t rs = 0x853c49e6748fea9bull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
@@ -163,10 +163,13 @@ static int run_chunked(int Hk, int HB, int Dv, std::vector<int> lens, std::vecto
             std::vector<float> rec((size_t)(n_chunks * Hv * gdn_rec<DK>::floats(Dv)), NAN);
             emu_grid({(unsigned)n_chunks, (unsigned)Hv, 1}, 256, gdn_prep_smem<DK>::BYTES,
                      [&] { k_gdn_prep<DK>(g, GDN_CHUNK_MIN, n_seqs, rec.data()); });
+            std::vector<float> st((size_t)(n_chunks * Hv * DK * Dv), NAN);
             emu_grid({tiles, 1, 1}, 256, gdn_scan_smem<DK, BV>::BYTES, [&] {
-                k_gdn_scan<DK, BV>(g, GDN_CHUNK_MIN, rec.data());
+                k_gdn_scan<DK, BV>(g, GDN_CHUNK_MIN, rec.data(), st.data());
                 SL_ASSERT(emu_wg_idle());
             });
+            emu_grid({(unsigned)(n_chunks * Hv * (Dv / 32)), 1, 1}, 256, gdn_out_smem<DK, 32>::BYTES,
+                     [&] { k_gdn_out<DK, 32>(g, GDN_CHUNK_MIN, n_seqs, rec.data(), st.data()); });
         }
     }
     auto bf = [](__nv_bfloat16 v) { return (double)__bfloat162float(v); };
