@@ -202,26 +202,56 @@ __device__ __forceinline__ attn_tile attn_tile_of(const cu_attn_args &a, int x)
 // r = (token i0 + r / gh, head h0 + r % gh); zero past the tile's tokens and,
 // with PAD, from row qt·gh on (padding up to the 16 rows of k_attn). A
 // thread's elements go through registers QB at a time, all QB loads issued
-// before the first store: a store to shared memory may alias the generic
-// source, so load, store, load... paid a round trip per element (64 in a row
-// for a 128-row tile at D 128, before the first K/V copy was issued). The
-// loads are typed (cu_typed): through cu_mat_ld's switch each one still
-// waited for the one before (NOTES v58). The decode kernel's 16 rows keep
-// one at a time: with 4, k_attn<128> spilled.
+// before the first store (a store to shared memory may alias the generic
+// source, so load, store, load... paid a round trip per element). Each load
+// reads a clamped address (row q0, column 0 where the element is zero) and is
+// masked after: a branch around a load and its conversion made every load
+// wait for the one before (NOTES v60). bf16 Q with 16-byte rows goes 8
+// elements a load (at(r, d .. d + 7) is contiguous in every layout: a row, or
+// a 16-byte chunk of the swizzled one); other dtypes are typed (cu_typed) one
+// element a load. The decode kernel's 16 rows keep one load in flight: with
+// 4 scalar ones, k_attn<128> spilled.
 template <int ROWS, bool PAD, int D, class At>
-__device__ __forceinline__ void attn_load_q(const cu_attn_args &a, const attn_tile &t,
-                                            __nv_bfloat16 *Qs, At at)
+__device__ __forceinline__ void attn_load_q(const cu_attn_args &a, const attn_tile &t, __nv_bfloat16 *Qs, At at)
 {
+    // where element e (row-major r, d) of the tile comes from; false: a zero
+    auto src = [&](int e, int64_t &row, int64_t &col) {
+        int r = e / D, d = e % D, ti = r / a.gh;
+        bool ok = e < ROWS * D && (!PAD || r < a.qt * a.gh) && ti < t.ntok;
+        row = ok ? t.q0 + t.i0 + ti : t.q0;
+        col = ok ? (int64_t)(t.h0 + r % a.gh) * D + d : 0;
+        return ok;
+    };
+    if (a.q.dt == SL_DTYPE_BF16 && a.q.ld % 8 == 0 && ((uintptr_t)a.q.p & 15) == 0) {
+        constexpr int QB = ROWS > 16 ? 4 : 1, N8 = ROWS * D / 8;
+        const __nv_bfloat16 *q = (const __nv_bfloat16 *)a.q.p;
+        for (int c0 = threadIdx.x; c0 < N8; c0 += QB * blockDim.x) {
+            uint4 v[QB];
+#pragma unroll
+            for (int j = 0; j < QB; j++) {
+                int64_t row, col;
+                bool ok = src((c0 + j * blockDim.x) * 8, row, col);
+                uint4 x = *(const uint4 *)(q + row * a.q.ld + col);
+                v[j] = ok ? x : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int j = 0; j < QB; j++) {
+                int e = (c0 + j * blockDim.x) * 8;
+                if (e < ROWS * D) *(uint4 *)&Qs[at(e / D, e % D)] = v[j];
+            }
+        }
+        return;
+    }
     constexpr int QB = ROWS > 16 ? 8 : 1;
     cu_typed(a.q.dt, [&](auto ty) {
         for (int e0 = threadIdx.x; e0 < ROWS * D; e0 += QB * blockDim.x) {
             float v[QB];
 #pragma unroll
             for (int j = 0; j < QB; j++) {
-                int e = e0 + j * blockDim.x, r = e / D, d = e % D, ti = r / a.gh;
-                v[j] = 0.0f;
-                if (e < ROWS * D && (!PAD || r < a.qt * a.gh) && ti < t.ntok)
-                    v[j] = cu_mat_ld_as(a.q, t.q0 + t.i0 + ti, (int64_t)(t.h0 + r % a.gh) * D + d, ty);
+                int64_t row, col;
+                bool ok = src(e0 + j * blockDim.x, row, col);
+                float x = cu_mat_ld_as(a.q, row, col, ty);
+                v[j] = ok ? x : 0.0f;
             }
 #pragma unroll
             for (int j = 0; j < QB; j++) {

@@ -101,6 +101,66 @@ __global__ void k_conv1d(cu_mat y, cu_mat x, cu_mat w, float *state, int K, cons
     conv_channel(y, x, w, state, K, blockIdx.y, c, q_start, state_slot, state_fresh, track_slot, track_len);
 }
 
+// y only: thread (tile, c) computes CONV_TT consecutive tokens of channel c
+// (any sequence each); the K-1 inputs before a sequence's first token come
+// from its old state (zeros if fresh), which k_conv1d_state rewrites only
+// after this kernel has finished. KM >= K: the unrolled window (4 for the
+// models' K = 4, else CONV_MAXK). Every load of x and w is issued before the
+// first use, from a clamped address, then masked: branching around each load
+// (and its conversion) made them wait one after another (13 % of bandwidth,
+// NOTES v60). The weights sit shifted by KM − K so that window element
+// tt + jj multiplies weight slot jj, compile-time indices both; the terms are
+// added in the CPU's order (history oldest first, then the current input).
+template <int KM>
+__global__ void k_conv1d_par(cu_mat y, cu_mat x, cu_mat w, const float *state, int K, const int32_t *q_start,
+                             const int32_t *seq_of, const int32_t *state_slot, const int32_t *state_fresh)
+{
+    constexpr int NW = CONV_TT + KM - 1; // x rows t0 − (KM − 1) .. t0 + CONV_TT − 1
+    int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, C = x.cols;
+    int t0 = blockIdx.y * CONV_TT;
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    if (c >= C) return;
+    const int H = K - 1, sh = KM - K;
+    float ws[KM], xw[NW];
+    int q0[CONV_TT], s_of[CONV_TT];
+    cu_typed(w.dt, [&](auto ty) {
+#pragma unroll
+        for (int jj = 0; jj < KM; jj++) {
+            float v = cu_mat_ld_as(w, c, max(jj - sh, 0), ty);
+            ws[jj] = jj >= sh ? v : 0.0f;
+        }
+    });
+    cu_typed(x.dt, [&](auto ty) {
+#pragma unroll
+        for (int m = 0; m < NW; m++) {
+            int p = t0 - (KM - 1) + m;
+            float v = cu_mat_ld_as(x, min(max(p, 0), (int)x.rows - 1), c, ty);
+            xw[m] = p >= 0 && p < x.rows ? v : 0.0f;
+        }
+    });
+#pragma unroll
+    for (int tt = 0; tt < CONV_TT; tt++) s_of[tt] = seq_of[min(t0 + tt, (int)x.rows - 1)];
+#pragma unroll
+    for (int tt = 0; tt < CONV_TT; tt++) q0[tt] = q_start[s_of[tt]];
+#pragma unroll
+    for (int tt = 0; tt < CONV_TT; tt++) {
+        int t = t0 + tt, s = s_of[tt];
+        if (t >= x.rows) break;
+        float acc = 0.0f;
+#pragma unroll
+        for (int jj = 0; jj < KM; jj++) {
+            if (jj < sh) continue;
+            int p = t - (KM - 1) + jj;
+            float xv = xw[tt + jj];
+            if (p < q0[tt]) // before the sequence: its old state
+                xv = state_fresh[s] ? 0.0f : state[((int64_t)state_slot[s] * C + c) * H + p - q0[tt] + H];
+            acc += ws[jj] * xv;
+        }
+        cu_mat_st(y, t, c, acc / (1.0f + expf(-acc)));
+    }
+}
+
 // Register array element i (i not a compile-time constant) without local memory.
 __device__ __forceinline__ float conv_pick(const float (&v)[CONV_MAXK], int i)
 {
@@ -109,42 +169,6 @@ __device__ __forceinline__ float conv_pick(const float (&v)[CONV_MAXK], int i)
     for (int j = 0; j < CONV_MAXK; j++)
         if (j == i) r = v[j];
     return r;
-}
-
-// y only: thread (tile, c) computes CONV_TT consecutive tokens of channel c
-// (any sequence each); the K-1 inputs before a sequence's first token come
-// from its old state (zeros if fresh), which k_conv1d_state rewrites only
-// after this kernel has finished.
-__global__ void k_conv1d_par(cu_mat y, cu_mat x, cu_mat w, const float *state, int K,
-                             const int32_t *q_start, const int32_t *seq_of,
-                             const int32_t *state_slot, const int32_t *state_fresh)
-{
-    int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, C = x.cols;
-    int t0 = blockIdx.y * CONV_TT;
-    cu_pdl_wait();
-    cu_pdl_trigger();
-    if (c >= C) return;
-    const int H = K - 1;
-    float wc[CONV_MAXK];
-#pragma unroll
-    for (int j = 0; j < CONV_MAXK; j++) wc[j] = j < K ? cu_mat_ld(w, c, j) : 0.0f;
-    for (int tt = 0; tt < CONV_TT; tt++) {
-        int t = t0 + tt;
-        if (t >= x.rows) break;
-        int s = seq_of[t], q0 = q_start[s];
-        const float *hist = state + ((int64_t)state_slot[s] * C + c) * H;
-        bool fresh = state_fresh[s];
-        // the CPU's order: history terms oldest first, then the current input
-        float acc = 0.0f;
-#pragma unroll
-        for (int j = 0; j < CONV_MAXK; j++) {
-            if (j > H) break;
-            int p = t - H + j;
-            float xv = p >= q0 ? cu_mat_ld(x, p, c) : fresh ? 0.0f : hist[p - q0 + H];
-            acc += wc[j] * xv;
-        }
-        cu_mat_st(y, t, c, acc / (1.0f + expf(-acc)));
-    }
 }
 
 // The conv state after the sequence (and the track snapshot): the K-1 inputs
@@ -196,8 +220,8 @@ void cu_conv1d(sl_backend *be, sl_tensor *y, const sl_tensor *x, const sl_tensor
     int64_t C = sl_tensor_cols(x);
     if (cm->max_q_len >= CONV_PAR_MIN && cm->n_tokens > 0) {
         dim3 gy(cu_blocks(C, 128), (unsigned)((cm->n_tokens + CONV_TT - 1) / CONV_TT));
-        cu_launch(b, k_conv1d_par, gy, 128, 0, cu_mat_of(y), cu_mat_of(x), cu_mat_of(w),
-                  (const float *)state->data, K, cm->q_start, cm->seq_of, cm->state_slot,
+        cu_launch(b, K <= 4 ? k_conv1d_par<4> : k_conv1d_par<CONV_MAXK>, gy, 128, 0, cu_mat_of(y), cu_mat_of(x),
+                  cu_mat_of(w), (const float *)state->data, K, cm->q_start, cm->seq_of, cm->state_slot,
                   cm->state_fresh);
         dim3 gs(cu_blocks(C, 128), (unsigned)cm->n_seqs);
         cu_launch(b, k_conv1d_state, gs, 128, 0, cu_mat_of(x), (float *)state->data, K,

@@ -189,9 +189,52 @@ static int run_chunked(int Hk, int HB, int Dv, std::vector<int> lens, std::vecto
     return ok;
 }
 
+// Sequences of lens[s] new tokens through the parallel conv1d (k_conv1d_par, tiles of
+// CONV_TT tokens that span sequences) and the sequential one (k_conv1d): y bit for bit,
+// for a kernel of K taps; fresh and continuing states, sequences shorter than K − 1.
+template <int KM>
+static int run_conv(int K, std::vector<int> lens)
+{
+    const int n_seqs = (int)lens.size(), C = 160, H = K - 1, slots = n_seqs + 1;
+    std::vector<int32_t> q_start(n_seqs + 1, 0), slot(n_seqs), fresh(n_seqs), none(n_seqs, -1), zero(n_seqs, 0);
+    for (int s = 0; s < n_seqs; s++) {
+        q_start[s + 1] = q_start[s] + lens[s];
+        slot[s] = n_seqs - s;
+        fresh[s] = s % 3 == 2;
+    }
+    const int T = q_start[n_seqs];
+    std::vector<int32_t> seq_of(T);
+    for (int s = 0; s < n_seqs; s++)
+        for (int t = q_start[s]; t < q_start[s + 1]; t++) seq_of[t] = s;
+    bvec x = brand((size_t)T * C, -2, 2), w = brand((size_t)C * K, -0.5f, 0.5f);
+    std::vector<float> st0((size_t)slots * C * (H > 0 ? H : 1));
+    for (auto &v : st0) v = runif(-1, 1);
+    bvec y[2];
+    std::vector<float> st = st0;
+    for (int f = 0; f < 2; f++) y[f].assign((size_t)T * C, __float2bfloat16_rn(NAN));
+    cu_mat X = {x.data(), SL_DTYPE_BF16, T, C, C}, W = {w.data(), SL_DTYPE_BF16, C, K, K};
+    cu_mat Y0 = {y[0].data(), SL_DTYPE_BF16, T, C, C}, Y1 = {y[1].data(), SL_DTYPE_BF16, T, C, C};
+    emu_grid({(unsigned)(C + 127) / 128, (unsigned)(T + CONV_TT - 1) / CONV_TT, 1}, 128, 0, [&] {
+        k_conv1d_par<KM>(Y1, X, W, st0.data(), K, q_start.data(), seq_of.data(), slot.data(), fresh.data());
+    });
+    emu_grid({(unsigned)(C + 127) / 128, (unsigned)n_seqs, 1}, 128, 0, [&] {
+        k_conv1d(Y0, X, W, st.data(), K, q_start.data(), slot.data(), fresh.data(), none.data(), zero.data());
+    });
+    int differ = memcmp(y[0].data(), y[1].data(), y[0].size() * 2) != 0, unwritten = 0;
+    for (auto v : y[1]) unwritten += std::isnan(__bfloat162float(v));
+    int ok = !differ && unwritten == 0;
+    printf("conv1d parallel KM=%d K=%d lens", KM, K);
+    for (int l : lens) printf(" %d", l);
+    printf(": differs %d, unwritten %d -> %s\n", differ, unwritten, ok ? "ok" : "FAIL");
+    return ok;
+}
+
 int main(void)
 {
     int ok = 1;
+    ok &= run_conv<4>(4, {1, 2, 9, 3, 17, 6});
+    ok &= run_conv<4>(2, {5, 1, 11});
+    ok &= run_conv<CONV_MAXK>(6, {3, 14, 1, 8});
     ok &= run_case<128, 2>(2, 128, 3); // Qwen3-Next's shape: two value heads a key head
     ok &= run_case<128, 1>(2, 128, 2); // one a key head
     ok &= run_case<64, 2>(1, 128, 4);  // k_dim 64
