@@ -208,9 +208,10 @@ __device__ __forceinline__ attn_tile attn_tile_of(const cu_attn_args &a, int x)
 // masked after: a branch around a load and its conversion made every load
 // wait for the one before (NOTES v60). bf16 Q with 16-byte rows goes 8
 // elements a load (at(r, d .. d + 7) is contiguous in every layout: a row, or
-// a 16-byte chunk of the swizzled one); other dtypes are typed (cu_typed) one
-// element a load. The decode kernel's 16 rows keep one load in flight: with
-// 4 scalar ones, k_attn<128> spilled.
+// a 16-byte chunk of the swizzled one), 4 loads in flight (no spill in any
+// kernel); other dtypes are typed (cu_typed) one element a load, the decode
+// kernel's 16 rows one load in flight: with 4 scalar ones, k_attn<128>
+// spilled.
 template <int ROWS, bool PAD, int D, class At>
 __device__ __forceinline__ void attn_load_q(const cu_attn_args &a, const attn_tile &t, __nv_bfloat16 *Qs, At at)
 {
@@ -223,7 +224,7 @@ __device__ __forceinline__ void attn_load_q(const cu_attn_args &a, const attn_ti
         return ok;
     };
     if (a.q.dt == SL_DTYPE_BF16 && a.q.ld % 8 == 0 && ((uintptr_t)a.q.p & 15) == 0) {
-        constexpr int QB = ROWS > 16 ? 4 : 1, N8 = ROWS * D / 8;
+        constexpr int QB = 4, N8 = ROWS * D / 8;
         const __nv_bfloat16 *q = (const __nv_bfloat16 *)a.q.p;
         for (int c0 = threadIdx.x; c0 < N8; c0 += QB * blockDim.x) {
             uint4 v[QB];
@@ -310,6 +311,36 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
               ntok = tl.ntok, kbeg = tl.kbeg, kend = tl.kend;
     if (kbeg >= kend) return; // no row has keys in this split
 
+    const int32_t *pages = a.page_table + (int64_t)s * a.max_pages;
+    const int P = a.page_size;
+    const int64_t koff = (int64_t)kh * D;
+    // K and V rows of keys [j0, j0+16) into a stage, keys past kend zeros; one commit
+    // group a tile (empty for a tile past kend), so wait_prior(NS − 1) stays exact.
+    // Lane l looks key j0 + l % 16 up in the page table once and the copies take
+    // their rows by shuffle: with a lookup in each copy's iteration, every copy
+    // waited for its lookup, 16 round trips a tile at D 256 (NOTES v61).
+    auto issue = [&](int j0, __nv_bfloat16 *st) {
+        if (j0 < kend) { // warp-uniform
+            int jl = j0 + (lane & 15);
+            long long mine = jl < kend ? (long long)pages[jl / P] * P + jl % P : 0;
+            for (int c = lane; c < 16 * (D / 8); c += 32) {
+                int rr = c / (D / 8), cc = (c % (D / 8)) * 8;
+                bool ok = j0 + rr < kend;
+                int64_t row = __shfl_sync(0xffffffffu, mine, rr);
+                __pipeline_memcpy_async(st + rr * KP + cc, a.kc + row * a.kld + koff + cc, 16,
+                                        ok ? 0 : 16);
+                __pipeline_memcpy_async(st + (16 + rr) * KP + cc, a.vc + row * a.vld + koff + cc,
+                                        16, ok ? 0 : 16);
+            }
+        }
+        __pipeline_commit();
+    };
+    constexpr int NS = L::NS;
+    const int step = ATTN_WARPS * 16;
+    int j0 = kbeg + warp * 16;
+    auto stage = [&](int i) { return (__nv_bfloat16 *)(wb + i * L::STAGE); };
+    // the first K/V tiles in flight while Q loads
+    for (int i = 0; i < NS - 1; i++) issue(j0 + i * step, stage(i));
     attn_load_q<16, true, D>(a, tl, Qs, attn_pitch<KP>());
     // Which row each accumulator element holds: load a tile of row numbers.
     for (int e = lane; e < 256; e += 32) Ss[(e / 16) * L::SP + e % 16] = (float)(e / 16);
@@ -328,28 +359,6 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
     int nkv_r = lane < 16 && lane < a.qt * a.gh && r_ti < ntok ? prefix + i0 + r_ti + 1 : 0;
     float m_r = -INFINITY, l_r = 0.0f;
 
-    const int32_t *pages = a.page_table + (int64_t)s * a.max_pages;
-    const int P = a.page_size;
-    const int64_t koff = (int64_t)kh * D;
-    // K and V rows of keys [j0, j0+16) into a stage, keys past kend zeros; one commit
-    // group a tile (empty for a tile past kend), so wait_prior(NS − 1) stays exact
-    auto issue = [&](int j0, __nv_bfloat16 *st) {
-        for (int c = lane; j0 < kend && c < 16 * (D / 8); c += 32) {
-            int rr = c / (D / 8), cc = (c % (D / 8)) * 8, j = j0 + rr;
-            bool ok = j < kend;
-            int64_t row = ok ? (int64_t)pages[j / P] * P + j % P : 0;
-            __pipeline_memcpy_async(st + rr * KP + cc, a.kc + row * a.kld + koff + cc, 16,
-                                    ok ? 0 : 16);
-            __pipeline_memcpy_async(st + (16 + rr) * KP + cc, a.vc + row * a.vld + koff + cc, 16,
-                                    ok ? 0 : 16);
-        }
-        __pipeline_commit();
-    };
-    constexpr int NS = L::NS;
-    const int step = ATTN_WARPS * 16;
-    int j0 = kbeg + warp * 16;
-    auto stage = [&](int i) { return (__nv_bfloat16 *)(wb + i * L::STAGE); };
-    for (int i = 0; i < NS - 1; i++) issue(j0 + i * step, stage(i));
     for (int it = 0; j0 < kend; j0 += step, it++) {
         issue(j0 + (NS - 1) * step, stage((it + NS - 1) % NS));
         __pipeline_wait_prior(NS - 1);

@@ -247,6 +247,7 @@ struct emu_warp {
     uint32_t addr[32];
     uint32_t a[32][4], b[32][2];
     float f[32];
+    long long ll[32];
     float m[3][256]; // wmma operands of the warp's lanes (A, B, C)
 };
 // an mbarrier: arrivals still due in this phase, phases completed
@@ -283,6 +284,12 @@ static inline float emu_shfl(float v, int src) {
 }
 static inline float __shfl_xor_sync(unsigned, float v, int x) { return emu_shfl(v, (threadIdx.x & 31) ^ x); }
 static inline float __shfl_sync(unsigned, float v, int src) { return emu_shfl(v, src); }
+static inline long long __shfl_sync(unsigned, long long v, int src) {
+    emu_warp &w = W(); int l = threadIdx.x & 31;
+    w.ll[l] = v; w.bar.arrive_and_wait();
+    long long r = w.ll[src & 31]; w.bar.arrive_and_wait();
+    return r;
+}
 static inline float __shfl_up_sync(unsigned, float v, unsigned d) { // lanes below d keep theirs
     int l = threadIdx.x & 31;
     return emu_shfl(v, l >= (int)d ? l - (int)d : l);
