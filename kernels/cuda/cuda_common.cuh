@@ -465,6 +465,28 @@ __device__ __forceinline__ void cu_copy_row(const cu_mat &dst, int64_t dr, const
     });
 }
 
+// Σ_{j<k} w[j] · y(j) in j order (the CPU's), the loads B terms at a time
+// (y(j) loads term j's value; past k the index is clamped and the term
+// dropped): over a runtime k a rolled loop issued a term's loads only after
+// the term before was added, a round trip a term (NOTES v62). k >= 1.
+template <int B = 8, class Y> __device__ __forceinline__ float cu_wsum(const float *w, int k, Y y)
+{
+    float acc = 0.0f;
+    for (int j0 = 0; j0 < k; j0 += B) {
+        float wv[B], yv[B];
+#pragma unroll
+        for (int i = 0; i < B; i++) {
+            int j = min(j0 + i, k - 1);
+            wv[i] = w[j];
+            yv[i] = y(j);
+        }
+#pragma unroll
+        for (int i = 0; i < B; i++)
+            if (j0 + i < k) acc += wv[i] * yv[i];
+    }
+    return acc;
+}
+
 // The column loop of a row-wise kernel launched on cu_row_grid (with cols / 8
 // when VEC): this thread's columns c of [0, cols) in steps of V = VEC ? 8 : 1,
 // strided over the row's blocks; body(c) handles columns c .. c + V - 1.

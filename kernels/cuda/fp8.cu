@@ -685,8 +685,7 @@ __global__ void __launch_bounds__(32 * GV8_WARPS) k_fp8_moe_one(moe1_args a)
                 __threadfence();
                 const float *y = (const float *)a.dn.out.p;
                 for (int c = rb * RB + threadIdx.x; c < min((rb + 1) * RB, a.dn.N); c += blockDim.x) {
-                    float acc = 0.0f;
-                    for (int j = 0; j < k; j++) acc += a.wt[j] * __ldcg(y + (int64_t)j * a.dn.out.ld + c);
+                    float acc = cu_wsum(a.wt, k, [&](int j) { return __ldcg(y + (int64_t)j * a.dn.out.ld + c); });
                     cu_mat_st(a.out, 0, c, acc);
                 }
             }
@@ -1557,8 +1556,7 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
     cu_pdl_trigger();
     int t = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= H) return;
-    float acc = 0.0f;
-    for (int j = 0; j < k; j++) acc += wt[(int64_t)t * wt_ld + j] * y[((int64_t)t * k + j) * H + c];
+    float acc = cu_wsum(wt + (int64_t)t * wt_ld, k, [&](int j) { return y[((int64_t)t * k + j) * H + c]; });
     cu_mat_st(out, t, c, acc);
 }
 

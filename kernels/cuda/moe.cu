@@ -512,8 +512,7 @@ __global__ void k_moe_combine(cu_mat out, const float *y, const float *w, int64_
     int64_t t = blockIdx.y;
     for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < out.cols;
          c += (int64_t)gridDim.x * blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j < k; j++) acc += w[t * w_ld + j] * y[p.pos[t * k + j] * out.cols + c];
+        float acc = cu_wsum(w + t * w_ld, k, [&](int j) { return y[p.pos[t * k + j] * out.cols + c]; });
         cu_mat_st(out, t, c, acc);
     }
 }
@@ -1096,10 +1095,9 @@ __global__ void __launch_bounds__(MOE_GV_THREADS, MOE_GV_BLOCKS_PER_SM) k_moe_gv
             int r0 = tile * RT, nr = min(RT, a.H - r0);
             for (int i = threadIdx.x; i < a.T * nr; i += blockDim.x) {
                 int t = i / nr, col = r0 + i % nr;
-                float s = 0.0f;
-                for (int j = 0; j < a.k; j++)
-                    s += a.w[(int64_t)t * a.w_ld + j] *
-                         __ldcg(a.y + ((int64_t)t * a.k + j) * a.H + col);
+                // 4 terms a batch: 8 spilled (the kernel's register bound)
+                float s = cu_wsum<4>(a.w + (int64_t)t * a.w_ld, a.k,
+                                     [&](int j) { return __ldcg(a.y + ((int64_t)t * a.k + j) * a.H + col); });
                 cu_mat_st(a.out, t, col, s);
             }
         });
