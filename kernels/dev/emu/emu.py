@@ -142,7 +142,7 @@ def gdn_body():
                      cut(nh, "typedef struct cu_norm_args {", "void cu_rmsnorm("),
                      cut(nc, "template <bool VEC, bool Q>\n__global__ void k_norm_warp", "template <bool VEC, bool Q>\n__global__ void k_norm_block"),
                      cut(src, "#define CONV_MAXK 8", "// Register array element i"),
-                     cut(src, "typedef struct cu_gdn_args {", "// The split form over every long sequence")],
+                     cut(src, "typedef struct cu_gdn_args {", "// ---- the split form's launches")],
                     [("__shared__ float qs[DK], ks[DK], red[32];", "float *qs = emu_static_floats(), *ks = qs + DK, *red = ks + DK;"),
                      ("extern __shared__ __align__(128) float sm[];", "float *sm = (float *)emu_smem();")])
 

@@ -168,7 +168,7 @@ static int run_chunked(int Hk, int HB, int Dv, std::vector<int> lens, std::vecto
                 k_gdn_scan<DK, BV>(g, GDN_CHUNK_MIN, rec.data(), st.data());
                 SL_ASSERT(emu_wg_idle());
             });
-            emu_grid({(unsigned)(n_chunks * Hv * (Dv / 32)), 1, 1}, 256, gdn_out_smem<DK, 32>::BYTES,
+            emu_grid({(unsigned)n_chunks, (unsigned)Hv, 1}, 256, gdn_out_smem<DK, 32>::BYTES,
                      [&] { k_gdn_out<DK, 32>(g, GDN_CHUNK_MIN, n_seqs, rec.data(), st.data()); });
         }
     }
