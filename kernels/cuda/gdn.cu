@@ -867,19 +867,54 @@ __device__ __forceinline__ int gdn_tlen(const cu_gdn_args &g, int s)
     return g.track_slot[s] >= 0 ? g.track_len[s] : -1;
 }
 
+// The walks below over the batch's sequences go 32 at a time, a lane a
+// sequence: one at a time, each step's loads waited for the step before (a
+// round trip a sequence, before any work of a block, in every prep, scan and
+// out block of a batch whose long prompt comes after its decodes; NOTES v64).
+// The warp's lanes must all take part; every warp gets the same result.
+
+// Chunks of sequence s of the batch's n (0 past them).
+__device__ __forceinline__ int gdn_seq_chunks(const cu_gdn_args &g, int s, int n, int min_len)
+{
+    return s < n ? gdn_nchunks(g.q_start[s + 1] - g.q_start[s], gdn_tlen(g, s), min_len) : 0;
+}
+
+// The warp's inclusive prefix sum of v (scan) or its total (sum).
+__device__ __forceinline__ int gdn_warp_scan(int v)
+{
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int u = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += u;
+    }
+    return v;
+}
+__device__ __forceinline__ int gdn_warp_sum(int v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // The sequence s of record chunk q and its start c0 and length n in it;
 // false past the last chunk.
 __device__ __forceinline__ bool gdn_chunk_seq(const cu_gdn_args &g, int64_t q, int min_len, int n_seqs, int &s,
                                               int &c0, int &n)
 {
-    int64_t left = q;
-    for (s = 0; s < n_seqs; s++) {
-        int qn = g.q_start[s + 1] - g.q_start[s], nc = gdn_nchunks(qn, gdn_tlen(g, s), min_len);
-        if (left < nc) {
-            gdn_chunk_at(qn, gdn_tlen(g, s), (int)left, c0, n);
+    const int lane = threadIdx.x & 31;
+    int64_t left = q; // chunks before q not yet passed
+    for (int b = 0; b < n_seqs; b += 32) {
+        int nc = gdn_seq_chunks(g, b + lane, n_seqs, min_len), inc = gdn_warp_scan(nc);
+        int total = __shfl_sync(0xffffffffu, inc, 31);
+        if (left < total) {
+            int before = gdn_warp_sum(inc <= left); // sequences of this step wholly before q
+            int excl = __shfl_sync(0xffffffffu, inc - nc, before);
+            s = b + before;
+            gdn_chunk_at(g.q_start[s + 1] - g.q_start[s], gdn_tlen(g, s), (int)(left - excl), c0, n);
             return true;
         }
-        left -= nc;
+        left -= total;
     }
     return false;
 }
@@ -925,7 +960,7 @@ template <int DK, int BV> struct gdn_out_smem {
 __device__ __forceinline__ int64_t gdn_chunk_base(const cu_gdn_args &g, int s, int min_len)
 {
     int64_t base = 0;
-    for (int r = 0; r < s; r++) base += gdn_nchunks(g.q_start[r + 1] - g.q_start[r], gdn_tlen(g, r), min_len);
+    for (int b = 0; b < s; b += 32) base += gdn_warp_sum(gdn_seq_chunks(g, b + (threadIdx.x & 31), s, min_len));
     return base;
 }
 

@@ -284,6 +284,18 @@ static inline float emu_shfl(float v, int src) {
 }
 static inline float __shfl_xor_sync(unsigned, float v, int x) { return emu_shfl(v, (threadIdx.x & 31) ^ x); }
 static inline float __shfl_sync(unsigned, float v, int src) { return emu_shfl(v, src); }
+static inline int emu_shfl_i(int v, int src) {
+    emu_warp &w = W(); int l = threadIdx.x & 31;
+    w.ll[l] = v; w.bar.arrive_and_wait();
+    int r = (int)w.ll[src & 31]; w.bar.arrive_and_wait();
+    return r;
+}
+static inline int __shfl_sync(unsigned, int v, int src) { return emu_shfl_i(v, src); }
+static inline int __shfl_xor_sync(unsigned, int v, int x) { return emu_shfl_i(v, (threadIdx.x & 31) ^ x); }
+static inline int __shfl_up_sync(unsigned, int v, unsigned d) {
+    int l = threadIdx.x & 31;
+    return emu_shfl_i(v, l >= (int)d ? l - (int)d : l);
+}
 static inline long long __shfl_sync(unsigned, long long v, int src) {
     emu_warp &w = W(); int l = threadIdx.x & 31;
     w.ll[l] = v; w.bar.arrive_and_wait();

@@ -242,6 +242,12 @@ int main(void)
     ok &= run_chunked<128, 32>(1, 2, 128, {150, 64, 20, 5}, {70, 0, 17, 3});
     ok &= run_chunked<128, 64>(1, 2, 128, {130, 33}, {0, 33});
     ok &= run_chunked<64, 32>(2, 1, 64, {97, 16}, {64, 0});
+    { // 70 sequences, the long ones past the walks' first 32 (and one at 31)
+        std::vector<int> lens(70, 1), tl(70, 0);
+        for (int s = 0; s < 70; s++) lens[s] = 1 + s % 3;
+        lens[31] = 40, lens[33] = 70, tl[33] = 20, lens[64] = 17, lens[69] = 65, tl[69] = 64;
+        ok &= run_chunked<64, 32>(1, 1, 64, lens, tl);
+    }
     printf("%s\n", ok ? "ALL OK" : "SOME FAILED");
     return !ok;
 }
