@@ -1471,10 +1471,16 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
 }
 
 // With a.oq (128 threads, D a multiple of 128) out's FP8 codes too: a head's
-// 128-group is one pass of the block.
+// 128-group is one pass of the block. The splits' maxima and sums load a split
+// a thread, their weights e_x = 2^(m_x − M) go to shared memory (2 · nsplit
+// floats), and each column's sum loads its terms in batches (cu_wsum): the
+// three loops over the splits, rolled, waited a round trip a split or four
+// (NOTES v65). The sums keep their order: L and O add the splits in x order.
 __global__ void k_attn_combine(cu_attn_args a, int D)
 {
     __shared__ float mx[4];
+    extern __shared__ float cs[];
+    float *e = cs, *l = cs + a.nsplit;
     int t = blockIdx.x, h = blockIdx.y;
     cu_pdl_wait();
     cu_pdl_trigger();
@@ -1483,12 +1489,20 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
     int chunk = attn_chunk(a, a.kv_len[s]), ns = (nkv + chunk - 1) / chunk;
     const float *p = a.part + ((int64_t)t * a.Hq + h) * a.nsplit * (D + 2);
     float M = -INFINITY;
-    for (int x = 0; x < ns; x++) M = fmaxf(M, p[x * (D + 2)]);
+    for (int x = threadIdx.x; x < ns; x += blockDim.x) M = fmaxf(M, p[x * (D + 2)]);
+    M = cu_warp_max(M);
+    if ((threadIdx.x & 31) == 0) mx[threadIdx.x >> 5] = M;
+    __syncthreads();
+    M = fmaxf(fmaxf(mx[0], mx[1]), fmaxf(mx[2], mx[3]));
+    for (int x = threadIdx.x; x < ns; x += blockDim.x) {
+        e[x] = exp2f(p[x * (D + 2)] - M);
+        l[x] = p[x * (D + 2) + 1];
+    }
+    __syncthreads(); // mx is free again (fp8_quant_block)
     float L = 0.0f;
-    for (int x = 0; x < ns; x++) L += p[x * (D + 2) + 1] * exp2f(p[x * (D + 2)] - M);
+    for (int x = 0; x < ns; x++) L += l[x] * e[x];
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float o = 0.0f;
-        for (int x = 0; x < ns; x++) o += p[x * (D + 2) + 2 + d] * exp2f(p[x * (D + 2)] - M);
+        float o = cu_wsum(e, ns, [&](int x) { return p[x * (D + 2) + 2 + d]; });
         cu_mat_st(a.out, t, (int64_t)h * D + d, o / L);
         if (a.oq.codes) fp8_quant_block(a.oq, a.out.dt, o / L, t, (int64_t)h * D + d, mx); // block-uniform
     }
@@ -1626,7 +1640,8 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
                             : attn_run_d<256>(b, a, cm, level, Hkv, kind);
     if (nsplit > 1) { // out's codes where asked and made: by the combine, a head a block
         a.oq = cu_fp8_dst_for(be, oq, a.out, 1, D);
-        cu_launch(b, k_attn_combine, dim3((unsigned)cm->n_tokens, (unsigned)Hq), 128, 0, a, D);
+        cu_launch(b, k_attn_combine, dim3((unsigned)cm->n_tokens, (unsigned)Hq), 128,
+                  2 * sizeof(float) * (size_t)a.nsplit, a, D);
         cu_tmp_free(b, a.part);
     }
 }

@@ -78,7 +78,8 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     std::vector<uint8_t> codes((size_t)T * Hq * D, 0xff);
     std::vector<float> scales((size_t)T * G8, NAN);
     if (codes_on) a.oq = {codes.data(), scales.data(), G8};
-    if (nsplit > 1) emu_grid({(unsigned)T, (unsigned)Hq, 1}, 128, 0, [&] { k_attn_combine(a, D); });
+    if (nsplit > 1)
+        emu_grid({(unsigned)T, (unsigned)Hq, 1}, 128, 2 * sizeof(float) * nsplit, [&] { k_attn_combine(a, D); });
     int code_bad = 0; // the codes of each 128-group of the stored output: k_fp8_quant's rule
     for (int t = 0; codes_on && t < T; t++)
         for (int g = 0; g < G8; g++) {

@@ -97,6 +97,7 @@ def attn_body():
                      ("__shared__ float mx[4];", "float *mx = emu_static_floats();"),
                      ("__shared__ float wm[ATTN_WARPS][16], wl[ATTN_WARPS][16];",
                       "float (*wm)[16] = (float (*)[16])emu_static_floats(), (*wl)[16] = wm + ATTN_WARPS;"),
+                     ("extern __shared__ float cs[];", "float *cs = (float *)emu_smem();"),
                      ("__global__ void k_attn_combine(", "static void k_attn_combine(")])
 
 
