@@ -509,7 +509,8 @@ template <bool VEC, typename F> __device__ __forceinline__ void cu_row_cols(int6
     });
 }
 
-__device__ __forceinline__ float cu_warp_sum(float v)
+// Over the warp's lanes (float, or int for counts).
+template <class T> __device__ __forceinline__ T cu_warp_sum(T v)
 {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -879,7 +879,7 @@ __device__ __forceinline__ int gdn_seq_chunks(const cu_gdn_args &g, int s, int n
     return s < n ? gdn_nchunks(g.q_start[s + 1] - g.q_start[s], gdn_tlen(g, s), min_len) : 0;
 }
 
-// The warp's inclusive prefix sum of v (scan) or its total (sum).
+// The warp's inclusive prefix sum of v.
 __device__ __forceinline__ int gdn_warp_scan(int v)
 {
     const int lane = threadIdx.x & 31;
@@ -888,12 +888,6 @@ __device__ __forceinline__ int gdn_warp_scan(int v)
         int u = __shfl_up_sync(0xffffffffu, v, o);
         if (lane >= o) v += u;
     }
-    return v;
-}
-__device__ __forceinline__ int gdn_warp_sum(int v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
@@ -908,7 +902,7 @@ __device__ __forceinline__ bool gdn_chunk_seq(const cu_gdn_args &g, int64_t q, i
         int nc = gdn_seq_chunks(g, b + lane, n_seqs, min_len), inc = gdn_warp_scan(nc);
         int total = __shfl_sync(0xffffffffu, inc, 31);
         if (left < total) {
-            int before = gdn_warp_sum(inc <= left); // sequences of this step wholly before q
+            int before = cu_warp_sum((int)(inc <= left)); // sequences of this step wholly before q
             int excl = __shfl_sync(0xffffffffu, inc - nc, before);
             s = b + before;
             gdn_chunk_at(g.q_start[s + 1] - g.q_start[s], gdn_tlen(g, s), (int)(left - excl), c0, n);
@@ -960,7 +954,7 @@ template <int DK, int BV> struct gdn_out_smem {
 __device__ __forceinline__ int64_t gdn_chunk_base(const cu_gdn_args &g, int s, int min_len)
 {
     int64_t base = 0;
-    for (int b = 0; b < s; b += 32) base += gdn_warp_sum(gdn_seq_chunks(g, b + (threadIdx.x & 31), s, min_len));
+    for (int b = 0; b < s; b += 32) base += cu_warp_sum(gdn_seq_chunks(g, b + (threadIdx.x & 31), s, min_len));
     return base;
 }
 
