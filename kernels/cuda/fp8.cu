@@ -1577,6 +1577,12 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
 // their 35-36 on an H200; from 4 tokens they win or tie, NOTES.md v29, v30)
 #define MOE_FP8_GV_MIN_T 2
 #define MOE_FP8_GROUPED_PAIRS_PER_EXPERT 8
+// AUTO: the grouped GEMMs from this many pairs whatever the experts average,
+// in the few-token kernels' place too: on wgmma (v40's tiles) they beat them
+// at 64 tokens (30B-A3B 0.272 against 0.297 ms, Coder-Next 0.443 against
+// 0.466 on an H100) and tie at 32 (256 and 352 pairs), and beat the GEMV pass
+// per expert from 16 tokens (NOTES v66)
+#define MOE_FP8_GROUPED_MIN_PAIRS 512
 
 size_t cu_moe1_sync_bytes(void) { return sizeof(unsigned) * (MOE1_MAXK + MOE1_MAXRB + 1); }
 
@@ -1745,7 +1751,8 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     if (T == 0) return;
     // the few-token kernels (moe.cu) where their pairs fit (NOTES.md v29, v30)
     if ((b->moe_fp8_path == SL_CUDA_MOE_FP8_GV ||
-         (b->moe_fp8_path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_GV_MIN_T)) &&
+         (b->moe_fp8_path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_GV_MIN_T &&
+          (P < MOE_FP8_GROUPED_MIN_PAIRS || !b->moe_fp8_wg))) &&
         cu_moe_experts_fp8_gv(be, out, x, ids, weights, gate_up, gate_up_scale, down, down_scale)) {
         b->mm_last = "fp8_moe_gv";
         return;
@@ -1784,7 +1791,8 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     int grouped = (path == SL_CUDA_MOE_FP8_GROUPED || path == SL_CUDA_MOE_FP8_GROUPED_TC ||
                    path == SL_CUDA_MOE_FP8_GROUPED_OV || path == SL_CUDA_MOE_FP8_GROUPED_WS ||
                    path == SL_CUDA_MOE_FP8_GROUPED_WSP ||
-                   (path == SL_CUDA_MOE_FP8_AUTO && P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E)) &&
+                   (path == SL_CUDA_MOE_FP8_AUTO && (P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E ||
+                                                     (b->moe_fp8_wg && P >= MOE_FP8_GROUPED_MIN_PAIRS)))) &&
                   a.vec && d.vec;
     // the wgmma kernel: 1, 2 with its products overlapping the promotion, 3 warp-specialized,
     // 4 that persistent
