@@ -1005,9 +1005,19 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
         out[RC::KD + e] = Ks[i * LK + d] * expf(glast - Gs[i]);
     }
     if (tid == 0) out[RC::glast(Dv)] = glast;
-    // U = T diag(β) V [C x Dv], 64 value columns at a time, the V tile in Q's
-    // place (free since the solve's last barrier)
+    // U = T diag(β) V [C x Dv], the V tile in Q's place (free since the
+    // solve's last barrier): all 128 columns at once where they fit (Dk 128:
+    // one round trip of loads and one barrier fewer, NOTES v68), else 64 at a
+    // time. The products are tile by tile either way.
     float *Vs = Qs;
+    if constexpr (DK >= 128) {
+        if (Dv == 128) {
+            gdn_tile_in<128, LK>(Vs, g.qkv, tb, n, voff);
+            __syncthreads();
+            gdn_tri_mm<128, LC>(out + RC::U, Dv, Ls, Vs, LK);
+            return;
+        }
+    }
     for (int v0 = 0; v0 < Dv; v0 += 64) {
         gdn_tile_in<64, LV>(Vs, g.qkv, tb, n, voff + v0);
         __syncthreads();
