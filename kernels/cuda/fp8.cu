@@ -1016,9 +1016,10 @@ __device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, i
 // OV: the next group's products are issued before this group's sums are
 // scaled in (two accumulators, wgmma.wait_group 1), so the tensor cores run
 // while the warpgroup promotes (DeepGEMM's order); otherwise each group waits
-// for its products.
+// for its products. At 64 tokens the second accumulator needs more than the
+// 128 registers of two blocks an SM (it spilled): one block an SM there.
 template <int BT, bool OV>
-__global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2) k_fp8_moe_wg(fp8_args a, cu_moe_plan p)
+__global__ void __launch_bounds__(TC_THREADS, BT == 128 || (OV && BT == 64) ? 1 : 2) k_fp8_moe_wg(fp8_args a, cu_moe_plan p)
 {
     using C = wg8_cfg<BT>;
     constexpr int F = BT / 8, S = WG8_STAGES;
@@ -1088,24 +1089,39 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2) k_fp8_moe_wg(fp
         tc_wait<S - 2>();
         land();
         mma(0, p0);
-        // group g in cur (issued), g + 1 into nxt; the stage refilled at step g
-        // is group g - 1's, whose products and promotion are done (the barrier)
-        auto step = [&](int g, float (&cur)[F][4], float (&nxt)[F][4]) {
-            if (g + 1 < U) {
-                tc_wait<S - 3>(); // groups 0..g+1 landed (g + S - 1 committed)
-                land();
-                load(); // step g + S - 1
-                mma(g + 1, nxt);
-                wg_wait<1>(); // group g's products done, g + 1's in flight
-            } else {
-                wg_wait<0>();
-            }
+        // group g's products in cur (issued), g + 1's issued into nxt, then g
+        // promoted: the stage refilled at step g is group g - 1's, whose
+        // products and promotion are done (the barrier). The loop body is the
+        // same on every path, p0 in flight at its head (ptxas serialised
+        // every wgmma of a body with the next issue under a condition, C7514).
+        auto next = [&](int g, float (&nxt)[F][4]) {
+            tc_wait<S - 3>(); // groups 0..g+1 landed (g + S - 1 committed)
+            land();
+            load(); // step g + S - 1
+            mma(g + 1, nxt);
+            wg_wait<1>(); // group g's products done, g + 1's in flight
+        };
+        auto last = [&](int g, float (&cur)[F][4]) {
+            wg_wait<0>();
             promote(g, cur);
             finish(g);
         };
-        for (int g = 0; g < U; g += 2) {
-            step(g, p0, p1);
-            if (g + 1 < U) step(g + 1, p1, p0);
+        int g = 0;
+        for (; g + 2 < U; g += 2) {
+            next(g, p1);
+            promote(g, p0);
+            finish(g);
+            next(g + 1, p0);
+            promote(g + 1, p1);
+            finish(g + 1);
+        }
+        if (g + 1 < U) {
+            next(g, p1);
+            promote(g, p0);
+            finish(g);
+            last(g + 1, p1);
+        } else {
+            last(g, p0);
         }
     }
 }
@@ -1583,6 +1599,14 @@ __global__ void k_fp8_moe_combine(cu_mat out, const float *y, const float *wt, i
 // 0.466 on an H100) and tie at 32 (256 and 352 pairs), and beat the GEMV pass
 // per expert from 16 tokens (NOTES v66)
 #define MOE_FP8_GROUPED_MIN_PAIRS 512
+// The grouped GEMMs' token tile rows from the pairs an expert averages
+// (moe_fp8_grouped); #ifndef so that kernels/dev/variants.sh can time others
+#ifndef MOE_FP8_BM128_ROWS
+#define MOE_FP8_BM128_ROWS 96
+#endif
+#ifndef MOE_FP8_BM64_ROWS
+#define MOE_FP8_BM64_ROWS 40
+#endif
 
 size_t cu_moe1_sync_bytes(void) { return sizeof(unsigned) * (MOE1_MAXK + MOE1_MAXRB + 1); }
 
@@ -1692,11 +1716,14 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
                             const sl_tensor *weights, const float *y, int gemv, int wg)
 {
     int64_t P = (int64_t)T * k;
-    // 128-row tiles once experts average 96 rows, 64 from 40, else 32: less
-    // padding (Coder-Next's 1000-token prefill averages 21 pairs an expert, and
-    // its 64-row tiles ran 3 rows of mma for each row used; 32 is written
-    // blind, NOTES.md v24)
-    int bm = gemv ? 8 * MOE_FP8_GV_NT : P >= 96 * (int64_t)E ? 128 : P >= 40 * (int64_t)E ? 64 : 32;
+    // 128-row tiles once experts average MOE_FP8_BM128_ROWS rows, 64 from
+    // MOE_FP8_BM64_ROWS, else 32: less padding (Coder-Next's 1000-token prefill
+    // averages 21 pairs an expert, and its 64-row tiles ran 3 rows of mma for
+    // each row used; 32 is written blind, NOTES.md v24)
+    int bm = gemv                                      ? 8 * MOE_FP8_GV_NT
+             : P >= MOE_FP8_BM128_ROWS * (int64_t)E ? 128
+             : P >= MOE_FP8_BM64_ROWS * (int64_t)E  ? 64
+                                                     : 32;
     cu_moe_plan p;
     cu_moe_plan_make(b, &p, a.ids, a.ids_ld, T, k, E, bm, 1);
     a.M = (int)P;
