@@ -1019,7 +1019,8 @@ __device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, i
 // for its products. At 64 tokens the second accumulator needs more than the
 // 128 registers of two blocks an SM (it spilled): one block an SM there.
 template <int BT, bool OV>
-__global__ void __launch_bounds__(TC_THREADS, BT == 128 || (OV && BT == 64) ? 1 : 2) k_fp8_moe_wg(fp8_args a, cu_moe_plan p)
+__global__ void __launch_bounds__(TC_THREADS, BT == 128 || (OV && BT == 64) ? 1 : 2)
+    k_fp8_moe_wg(fp8_args a, cu_moe_plan p)
 {
     using C = wg8_cfg<BT>;
     constexpr int F = BT / 8, S = WG8_STAGES;
