@@ -246,8 +246,7 @@ struct emu_warp {
     emu_bar bar{32};
     uint32_t addr[32];
     uint32_t a[32][4], b[32][2];
-    float f[32];
-    long long ll[32];
+    long long ll[32]; // a lane's shuffle slot (emu_shfl)
     float m[3][256]; // wmma operands of the warp's lanes (A, B, C)
 };
 // an mbarrier: arrivals still due in this phase, phases completed
@@ -275,34 +274,18 @@ static inline float *emu_static_floats(void) { return emu_b->floats; }
 static inline void __syncthreads(void) { emu_b->bar.arrive_and_wait(); }
 static inline emu_warp &W(void) { return emu_b->w[threadIdx.x >> 5]; }
 static inline void __syncwarp(unsigned = 0xffffffffu) { W().bar.arrive_and_wait(); }
-// Lane l gets v of lane src(l) (every lane of the warp calls it).
-static inline float emu_shfl(float v, int src) {
+// Lane l gets v of lane src(l) (every lane of the warp calls it): float, int
+// or long long, through the lane's 8-byte slot.
+template <class T> static inline T emu_shfl(T v, int src) {
+    static_assert(sizeof(T) <= sizeof(long long), "a lane's slot");
     emu_warp &w = W(); int l = threadIdx.x & 31;
-    w.f[l] = v; w.bar.arrive_and_wait();
-    float r = w.f[src & 31]; w.bar.arrive_and_wait();
+    memcpy(&w.ll[l], &v, sizeof v); w.bar.arrive_and_wait();
+    T r; memcpy(&r, &w.ll[src & 31], sizeof r); w.bar.arrive_and_wait();
     return r;
 }
-static inline float __shfl_xor_sync(unsigned, float v, int x) { return emu_shfl(v, (threadIdx.x & 31) ^ x); }
-static inline float __shfl_sync(unsigned, float v, int src) { return emu_shfl(v, src); }
-static inline int emu_shfl_i(int v, int src) {
-    emu_warp &w = W(); int l = threadIdx.x & 31;
-    w.ll[l] = v; w.bar.arrive_and_wait();
-    int r = (int)w.ll[src & 31]; w.bar.arrive_and_wait();
-    return r;
-}
-static inline int __shfl_sync(unsigned, int v, int src) { return emu_shfl_i(v, src); }
-static inline int __shfl_xor_sync(unsigned, int v, int x) { return emu_shfl_i(v, (threadIdx.x & 31) ^ x); }
-static inline int __shfl_up_sync(unsigned, int v, unsigned d) {
-    int l = threadIdx.x & 31;
-    return emu_shfl_i(v, l >= (int)d ? l - (int)d : l);
-}
-static inline long long __shfl_sync(unsigned, long long v, int src) {
-    emu_warp &w = W(); int l = threadIdx.x & 31;
-    w.ll[l] = v; w.bar.arrive_and_wait();
-    long long r = w.ll[src & 31]; w.bar.arrive_and_wait();
-    return r;
-}
-static inline float __shfl_up_sync(unsigned, float v, unsigned d) { // lanes below d keep theirs
+template <class T> static inline T __shfl_xor_sync(unsigned, T v, int x) { return emu_shfl(v, (threadIdx.x & 31) ^ x); }
+template <class T> static inline T __shfl_sync(unsigned, T v, int src) { return emu_shfl(v, src); }
+template <class T> static inline T __shfl_up_sync(unsigned, T v, unsigned d) { // lanes below d keep theirs
     int l = threadIdx.x & 31;
     return emu_shfl(v, l >= (int)d ? l - (int)d : l);
 }
