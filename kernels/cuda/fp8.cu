@@ -1095,12 +1095,14 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 || (OV && BT == 64) ? 1 
         // products and promotion are done (the barrier). The loop body is the
         // same on every path, p0 in flight at its head (ptxas serialised
         // every wgmma of a body with the next issue under a condition, C7514).
-        auto next = [&](int g, float (&nxt)[F][4]) {
+        auto step = [&](int g, float (&cur)[F][4], float (&nxt)[F][4]) {
             tc_wait<S - 3>(); // groups 0..g+1 landed (g + S - 1 committed)
             land();
             load(); // step g + S - 1
             mma(g + 1, nxt);
             wg_wait<1>(); // group g's products done, g + 1's in flight
+            promote(g, cur);
+            finish(g);
         };
         auto last = [&](int g, float (&cur)[F][4]) {
             wg_wait<0>();
@@ -1109,17 +1111,11 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 || (OV && BT == 64) ? 1 
         };
         int g = 0;
         for (; g + 2 < U; g += 2) {
-            next(g, p1);
-            promote(g, p0);
-            finish(g);
-            next(g + 1, p0);
-            promote(g + 1, p1);
-            finish(g + 1);
+            step(g, p0, p1);
+            step(g + 1, p1, p0);
         }
         if (g + 1 < U) {
-            next(g, p1);
-            promote(g, p0);
-            finish(g);
+            step(g, p0, p1);
             last(g + 1, p1);
         } else {
             last(g, p0);
@@ -1777,10 +1773,11 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     int GH = (H + FP8_G - 1) / FP8_G, GI = (I + FP8_G - 1) / FP8_G;
     SL_ASSERT(ids->dtype == SL_DTYPE_I32 && weights->dtype == SL_DTYPE_F32);
     if (T == 0) return;
+    // AUTO: the wgmma grouped GEMMs take batches this large (v66)
+    bool wg_batch = b->moe_fp8_wg && P >= MOE_FP8_GROUPED_MIN_PAIRS;
     // the few-token kernels (moe.cu) where their pairs fit (NOTES.md v29, v30)
     if ((b->moe_fp8_path == SL_CUDA_MOE_FP8_GV ||
-         (b->moe_fp8_path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_GV_MIN_T &&
-          (P < MOE_FP8_GROUPED_MIN_PAIRS || !b->moe_fp8_wg))) &&
+         (b->moe_fp8_path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_GV_MIN_T && !wg_batch)) &&
         cu_moe_experts_fp8_gv(be, out, x, ids, weights, gate_up, gate_up_scale, down, down_scale)) {
         b->mm_last = "fp8_moe_gv";
         return;
@@ -1819,8 +1816,7 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     int grouped = (path == SL_CUDA_MOE_FP8_GROUPED || path == SL_CUDA_MOE_FP8_GROUPED_TC ||
                    path == SL_CUDA_MOE_FP8_GROUPED_OV || path == SL_CUDA_MOE_FP8_GROUPED_WS ||
                    path == SL_CUDA_MOE_FP8_GROUPED_WSP ||
-                   (path == SL_CUDA_MOE_FP8_AUTO && (P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E ||
-                                                     (b->moe_fp8_wg && P >= MOE_FP8_GROUPED_MIN_PAIRS)))) &&
+                   (path == SL_CUDA_MOE_FP8_AUTO && (P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E || wg_batch))) &&
                   a.vec && d.vec;
     // the wgmma kernel: 1, 2 with its products overlapping the promotion, 3 warp-specialized,
     // 4 that persistent
