@@ -927,14 +927,14 @@ template <int DK> struct gdn_prep_smem {
     static_assert(BYTES <= 113 * 1024, "two blocks an SM");
 };
 
-// k_gdn_scan: two records' W, U tile and Kd (a chunk's, and the next one's
-// landing) and the state columns.
+// k_gdn_scan: one record's W and Kd, two U tiles (a chunk's, and the next
+// one's landing) and the state columns.
 template <int DK, int BV> struct gdn_scan_smem {
     static constexpr int LK = DK + 4, LV = BV + 4;
-    static constexpr int BUF = 2 * GDN_C * LK + GDN_C * LV; // a chunk's: W, Kd, U
-    static constexpr int W = 0, K = W + GDN_C * LK, U = K + GDN_C * LK, S = 2 * BUF;
+    static constexpr int K = 0, W = K + GDN_C * LK, U = W + GDN_C * LK, S = U + 2 * GDN_C * LV;
     static constexpr size_t BYTES = (size_t)(S + DK * LV) * sizeof(float);
-    static_assert(K % 8 == 0 && U % 8 == 0 && BUF % 8 == 0 && S % 8 == 0, "wmma tiles need 32-byte aligned bases");
+    static_assert(W % 8 == 0 && U % 8 == 0 && (GDN_C * LV) % 8 == 0 && S % 8 == 0,
+                  "wmma tiles need 32-byte aligned bases");
     static_assert(BYTES <= 227 * 1024, "shared memory");
 };
 
@@ -1005,19 +1005,9 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
         out[RC::KD + e] = Ks[i * LK + d] * expf(glast - Gs[i]);
     }
     if (tid == 0) out[RC::glast(Dv)] = glast;
-    // U = T diag(β) V [C x Dv], the V tile in Q's place (free since the
-    // solve's last barrier): all 128 columns at once where they fit (Dk 128:
-    // one round trip of loads and one barrier fewer, NOTES v68), else 64 at a
-    // time. The products are tile by tile either way.
+    // U = T diag(β) V [C x Dv], 64 value columns at a time, the V tile in Q's
+    // place (free since the solve's last barrier)
     float *Vs = Qs;
-    if constexpr (DK >= 128) {
-        if (Dv == 128) {
-            gdn_tile_in<128, LK>(Vs, g.qkv, tb, n, voff);
-            __syncthreads();
-            gdn_tri_mm<128, LC>(out + RC::U, Dv, Ls, Vs, LK);
-            return;
-        }
-    }
     for (int v0 = 0; v0 < Dv; v0 += 64) {
         gdn_tile_in<64, LV>(Vs, g.qkv, tb, n, voff + v0);
         __syncthreads();
@@ -1028,15 +1018,14 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
 
 // Block (sequence, value head, value-column tile of BV): 256 threads; walks
 // the sequence's records in order (sequences left to k_gdn exit). A chunk's
-// W, U tile and Kd arrive by cp.async in one commit group, issued a chunk
-// ahead into the other of two buffers as soon as the chunk before has left
-// it (past the barrier that ends a chunk): a whole chunk's work to land,
-// where W and U issued mid-chunk and Kd at its end had only the state update
-// or v_new to hide behind (NOTES v67). Each chunk's start state goes to st
-// (S0 of record q at q · Dk · Dv, row stride Dv) and its v_new over U in the
-// record, for k_gdn_out. One block an SM (its shared memory): the bound says
-// so to ptxas, which otherwise held the unrolled BV 64 form to 64 registers
-// and spilled.
+// record arrives by cp.async in two commit groups, each issued for the next
+// chunk as soon as the current chunk's last reader of its buffers is past a
+// barrier: A: W and U (v_new; U into the other of two buffers, the current
+// chunk still reads its own), B: Kd (the state update). Each chunk's start
+// state goes to st (S0 of record q at q · Dk · Dv, row stride Dv) and its
+// v_new over U in the record, for k_gdn_out. One block an SM (its shared
+// memory): the bound says so to ptxas, which otherwise held the unrolled
+// BV 64 form to 64 registers and spilled.
 template <int DK, int BV>
 __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len, float *rec, float *st)
 {
@@ -1044,7 +1033,7 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
     using RC = gdn_rec<DK>;
     constexpr int C = GDN_C, LK = SM::LK, LV = SM::LV;
     extern __shared__ __align__(128) float sm[];
-    float *Ss = sm + SM::S;
+    float *Ks = sm + SM::K, *Ws = sm + SM::W, *Ss = sm + SM::S;
     const int Dv = g.Dv, nvt = Dv / BV;
     int s = blockIdx.x / (g.Hv * nvt), rem = blockIdx.x % (g.Hv * nvt);
     int h = rem / nvt, vt = rem % nvt;
@@ -1057,36 +1046,41 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
     int64_t sz = (int64_t)DK * Dv, slot_sz = (int64_t)g.Hv * sz;
     float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz + vt * BV; // row stride Dv
     auto record = [&](int ci) { return rec + ((first + ci) * g.Hv + h) * RC::floats(Dv); };
-    auto buf = [&](int ci) { return sm + (ci & 1) * SM::BUF; };
-    // chunk ci's record (an empty group past the last chunk)
-    auto issue = [&](int ci) {
+    auto ubuf = [&](int ci) { return sm + SM::U + (ci & 1) * C * LV; };
+    // group `part` of chunk ci's record (an empty group past the last chunk)
+    auto issue = [&](int part, int ci) {
         if (ci < nc) {
             const float *r = record(ci);
-            gdn_copy_async(buf(ci) + SM::W, LK, r + RC::W, DK, C, DK);
-            gdn_copy_async(buf(ci) + SM::U, LV, r + RC::U + vt * BV, Dv, C, BV);
-            gdn_copy_async(buf(ci) + SM::K, LK, r + RC::KD, DK, C, DK);
+            if (part == 0) {
+                gdn_copy_async(Ws, LK, r + RC::W, DK, C, DK);
+                gdn_copy_async(ubuf(ci), LV, r + RC::U + vt * BV, Dv, C, BV);
+            } else {
+                gdn_copy_async(Ks, LK, r + RC::KD, DK, C, DK);
+            }
         }
         __pipeline_commit();
     };
     if (g.state_fresh[s]) gdn_state_in<DK, BV, LV>(Ss, mine, Dv, true); // zeros
-    else gdn_copy_async(Ss, LV, mine, Dv, DK, BV);                      // lands with chunk 0
-    issue(0);
-    issue(1);
+    else gdn_copy_async(Ss, LV, mine, Dv, DK, BV);                      // lands with group A of chunk 0
+    issue(0, 0);
+    issue(1, 0);
     for (int ci = 0; ci < nc; ci++) {
         int c0, n;
         gdn_chunk_at(qn, tlen, ci, c0, n);
-        float *r = record(ci), glast = r[RC::glast(Dv)], *Us = buf(ci) + SM::U;
-        __pipeline_wait_prior(1); // chunk ci (pending: ci + 1)
+        float *r = record(ci), glast = r[RC::glast(Dv)], *Us = ubuf(ci);
+        __pipeline_wait_prior(1); // A (pending: B)
         __syncthreads();          // and the previous chunk's writers of Ss are done
         gdn_tile_st<DK, BV, LV>(Ss, st + ((first + ci) * g.Hv + h) * sz + vt * BV, Dv);
-        gdn_vnew<DK, BV, LK, LV>(buf(ci) + SM::W, Ss, Us);
-        __syncthreads(); // v_new whole, and S0 read, before the update
-        gdn_advance<DK, BV, LK, LV>(buf(ci) + SM::K, Us, Ss, glast);
+        gdn_vnew<DK, BV, LK, LV>(Ws, Ss, Us);
+        __pipeline_wait_prior(0); // B
+        __syncthreads();
+        issue(0, ci + 1);
+        gdn_advance<DK, BV, LK, LV>(Ks, Us, Ss, glast);
         gdn_tile_st<C, BV, LV>(Us, r + RC::U + vt * BV, Dv);
-        __syncthreads(); // this chunk's buffers are free
+        __syncthreads();
         if (c0 + n == tlen)
             gdn_tile_st<DK, BV, LV>(Ss, g.ssm + (int64_t)g.track_slot[s] * slot_sz + h * sz + vt * BV, Dv);
-        issue(ci + 2);
+        issue(1, ci + 1);
     }
     __pipeline_wait_prior(0); // the empty groups past the last chunk
     gdn_tile_st<DK, BV, LV>(Ss, mine, Dv);
