@@ -15,6 +15,8 @@
 // Prefill batches run k_attn_fa2 (64-row tiles on mma.sync, FlashAttention-2
 // style: S, P and O in registers; kernels/dev/NOTES.md v12) or, with
 // SL_CUDA_ATTN_FA2=0, k_attn_prefill (the same tiles on wmma).
+#include <cuda.h> // CUtensorMap (the encoder comes from the runtime: no libcuda link)
+#include <cudaTypedefs.h>
 #include <cuda_pipeline.h>
 #include <mma.h>
 
@@ -154,6 +156,10 @@ typedef struct cu_attn_args {
     int nsplit;                        // key splits (blockIdx.z)
     float *part;                       // [T, Hq, nsplit, D+2] when nsplit > 1
     cu_fp8_dst oq;                     // k_attn_combine: out's FP8 codes too (sl_fp8_act)
+    // k_attn_wg2: whole K/V tiles by TMA through these maps of the caches (attn_tma_maps;
+    // tma 0: cp.async only)
+    int tma;
+    CUtensorMap tk, tv;
 } cu_attn_args;
 
 // Keys per split of a sequence with kv_len cached keys: its splits share them
@@ -1234,12 +1240,25 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32, 2) k_attn_wg(cu_attn_args a)
 // 18 % of the mma rate on an H200, NOTES.md v39), and the key tiles are
 // larger (128 keys at D <= 128: S is one m64n128 product a warpgroup). Each
 // warpgroup issues its own products (wgmma is warpgroup-wide: a warpgroup
-// whose rows see no key of a tile skips it); the block's 256 threads copy.
-// Three stages where they fit (D <= 128), else two; one block an SM.
+// whose rows see no key of a tile skips it). Three stages where they fit
+// (D <= 128), else two; one block an SM.
+//
+// v70: the copies. With the 256 threads gathering each tile by cp.async
+// (16-byte copies through the page table) the kernel ran at 33 % of the mma
+// rate on an H100 (8B shape, 4096 tokens), 50 % with the loop's copies left
+// out: issuing them (addresses, page-table loads) stalled the same warps that
+// run the products and the softmax. Where the page size is a multiple of 16
+// (a.tma), a whole tile is 16-key boxes of 64 columns copied by TMA
+// (attn_tma_maps: the 128-byte swizzle of the operand layout), issued by
+// BC / 16 lanes of warp 0, each box's cache row loaded a tile ahead; the
+// tile's mbarrier (full[stage]) counts its bytes and every thread waits on
+// it. A tile the keys end inside (the block's last, partial) still goes by
+// cp.async, its rows past the keys zero-filled (a zero V row keeps garbage out
+// of O), as every tile does without a.tma.
 //
 // Shared memory (after rounding the base up to 1024 bytes): Q [128][D],
-// STAGES × (K [BC][D], V [BC][D]). D 128: 230 400 B; D 256: 197 632 B;
-// D 64: 115 712 B.
+// STAGES × (K [BC][D], V [BC][D]), full[STAGES]. D 128: 230 424 B; D 256:
+// 197 648 B; D 64: 115 736 B.
 #define WG2_THREADS 256
 template <int D> struct wg2_cfg {
     static constexpr int BC = D == 256 ? 64 : 128; // keys per K/V tile
@@ -1247,18 +1266,20 @@ template <int D> struct wg2_cfg {
     static constexpr size_t Q = 128 * D * 2;
     static constexpr size_t KV = (size_t)BC * D * 2;
     static constexpr size_t STAGE = 2 * KV; // K then V
-    static constexpr size_t BYTES = 1024 + Q + STAGES * STAGE;
+    static constexpr size_t BAR = Q + STAGES * STAGE; // full[STAGES]
+    static constexpr size_t BYTES = 1024 + BAR + 8 * STAGES;
     static_assert(Q % 1024 == 0 && KV % 1024 == 0, "tiles on the swizzle period");
 };
 
 template <int D>
-__global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
+__global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_constant__ cu_attn_args a)
 {
     using C = wg2_cfg<D>;
     constexpr int BC = C::BC, NB = BC / 8, NO = D / 8, S = C::STAGES;
     extern __shared__ __align__(1024) char smem_raw[];
     char *smem = wg_align(smem_raw);
     const uint32_t sq = (uint32_t)__cvta_generic_to_shared(smem), sst = sq + (uint32_t)C::Q;
+    const uint32_t full = sq + (uint32_t)C::BAR;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wgi = warp >> 2;
     const int g = lane >> 2, q = lane & 3;
 
@@ -1267,7 +1288,11 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
     const attn_tile tl = attn_tile_of(a, gridDim.x - 1 - blockIdx.x); // longest first
     if (tl.kbeg >= tl.kend) return; // no row has keys in this split
 
+    if (threadIdx.x == 0)
+        for (int st = 0; st < S; st++) wg_mbar_init(full + 8 * st, 1);
     fa_wg_load_q<128, D>(a, tl, smem);
+    wg_fence_smem();
+    __syncthreads(); // Q stored and the barriers made, before any copy or product
 
     // warp w holds rows 16w .. 16w + 15: warpgroup wgi's m64 accumulators
     const int R0 = warp * 16, last = tl.ntok - 1;
@@ -1279,14 +1304,43 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
     const int nt = (tl.kend - tl.kbeg + BC - 1) / BC;
 
     char *stages = smem + C::Q;
-    auto issue = [&](int t) { // tile t into stage t % S (one commit group; empty past the tiles)
-        if (t >= nt) {
+    // tile t whole by TMA (block-uniform): only the last can end inside
+    auto by_tma = [&](int t) { return a.tma && tl.kbeg + (t + 1) * BC <= tl.kend; };
+    // lane L < BC / 16 of warp 0: the cache row of tile t's keys 16L .. 16L + 15
+    // (one page: the page size is a multiple of 16, the tile starts on 16)
+    const int32_t *pages = a.page_table + (int64_t)tl.s * a.max_pages;
+    auto box_row = [&](int t) {
+        const int j = tl.kbeg + t * BC + 16 * lane;
+        return lane < BC / 16 && t < nt && by_tma(t) ? pages[j / a.page_size] * a.page_size + j % a.page_size : 0;
+    };
+    int row_next = warp == 0 ? box_row(0) : 0; // the next tile's, loaded a tile ahead
+    // tile t into stage t % S (one cp.async commit group a tile, empty for a
+    // TMA tile and past the tiles, so wait_prior counts tiles)
+    auto issue = [&](int t) {
+        const uint32_t s0 = sst + (uint32_t)(t % S) * (uint32_t)C::STAGE;
+        if (t < nt && by_tma(t)) {
+            if (warp == 0) {
+                const int row = row_next;
+                row_next = box_row(t + 1);
+                const uint32_t bar = full + 8 * (t % S);
+                if (lane == 0) wg_mbar_expect_tx(bar, (uint32_t)C::STAGE);
+                __syncwarp(); // the bytes announced before any lands
+                if (lane < BC / 16)
+#pragma unroll
+                    for (int cb = 0; cb < D / 64; cb++) {
+                        const uint32_t o = (uint32_t)(cb * BC * 128 + lane * 16 * 128);
+                        wg_tma_load2(s0 + o, &a.tk, tl.kh * D + cb * 64, row, bar);
+                        wg_tma_load2(s0 + (uint32_t)C::KV + o, &a.tv, tl.kh * D + cb * 64, row, bar);
+                    }
+            }
             __pipeline_commit();
-            return;
+        } else if (t < nt) {
+            char *st = stages + (t % S) * C::STAGE;
+            fa_issue<D, BC, WG2_THREADS>(a, tl, tl.kbeg + t * BC, st, st + C::KV,
+                                         [](int r, int c) { return wg_swz(C::BC, r, c); });
+        } else {
+            __pipeline_commit();
         }
-        char *st = stages + (t % S) * C::STAGE;
-        fa_issue<D, BC, WG2_THREADS>(a, tl, tl.kbeg + t * BC, st, st + C::KV,
-                                     [](int r, int c) { return wg_swz(C::BC, r, c); });
     };
     // Q's 64 rows of this warpgroup start 64 · 128 bytes into each 128-row
     // column block
@@ -1299,9 +1353,13 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
     for (int t = 0; t < nt; t++) {
         // into the stage read at t - 1 (every thread is past it: the barrier below)
         issue(t + S - 1);
-        __pipeline_wait_prior(S - 1); // tile t landed
-        wg_fence_smem();
-        __syncthreads();
+        if (by_tma(t)) {
+            wg_mbar_wait(full + 8 * (t % S), (t / S) & 1); // phase t / S: every tile before t went by TMA
+        } else {
+            __pipeline_wait_prior(S - 1); // tile t's copies landed
+            wg_fence_smem();
+            __syncthreads();
+        }
         const int j0 = tl.kbeg + t * BC;
         if (j0 < wg_end) {
             const uint32_t st = sst + (uint32_t)(t % S) * (uint32_t)C::STAGE;
@@ -1336,8 +1394,8 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(cu_attn_args a)
 static_assert(wg_ws_regs_fit<WS_PRODUCER_REGS, WS_CONSUMER_REGS>(), "setmaxnreg within the block's registers");
 template <int D> struct ws_cfg {
     using W = wg2_cfg<D>;
-    static constexpr size_t BAR = W::Q + W::STAGES * W::STAGE; // full[STAGES], empty[STAGES]
-    static constexpr size_t BYTES = W::BYTES + 2 * W::STAGES * 8;
+    static constexpr size_t BAR = W::BAR; // full[STAGES] (k_attn_wg2's), then empty[STAGES]
+    static constexpr size_t BYTES = W::BYTES + 8 * W::STAGES;
 };
 
 template <int D>
@@ -1584,6 +1642,35 @@ static int attn_run_d(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int lev
     }
 }
 
+// k_attn_wg2's TMA maps (v70): each cache as a 2-D tensor of its rows (slots) by
+// the Hkv · D columns of its heads, copied in boxes of 16 rows × 64 columns (128
+// bytes) with the 128-byte swizzle of the wgmma operand layout. 0 (cp.async
+// copies) where TMA cannot serve: a page size not a multiple of 16 (a 16-key box
+// would cross pages), a cache not 16-byte aligned, no encoder in the driver.
+static int attn_tma_maps(cu_attn_args &a, const sl_tensor *kc, const sl_tensor *vc, int Hkv, int D)
+{
+    static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+        void *fn = nullptr;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) !=
+                cudaSuccess ||
+            q != cudaDriverEntryPointSuccess)
+            fn = nullptr;
+        return (PFN_cuTensorMapEncodeTiled_v12000)fn;
+    }();
+    if (!encode || a.page_size % 16) return 0;
+    auto map = [&](CUtensorMap *m, const sl_tensor *c) {
+        cuuint64_t dim[2] = {(cuuint64_t)Hkv * D, (cuuint64_t)sl_tensor_rows(c)};
+        cuuint64_t stride[1] = {(cuuint64_t)sl_tensor_ld(c) * 2};
+        cuuint32_t box[2] = {64, 16}, step[2] = {1, 1};
+        return ((uintptr_t)c->data & 15) == 0 &&
+               encode(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, c->data, dim, stride, box, step,
+                      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+    };
+    return map(&a.tk, kc) && map(&a.tv, vc);
+}
+
 void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_tensor *kcache,
                   const sl_tensor *vcache, int Hq, int Hkv, int D, float scale,
                   const sl_batch_meta *m, sl_fp8_act *oq)
@@ -1635,6 +1722,7 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.seq_of = cm->seq_of;
     a.page_size = cm->page_size;
     a.max_pages = cm->max_pages;
+    a.tma = kind == ATTN_K_WG2 && b->attn_tma && attn_tma_maps(a, kcache, vcache, Hkv, D);
     int nsplit = D == 64    ? attn_run_d<64>(b, a, cm, level, Hkv, kind)
                  : D == 128 ? attn_run_d<128>(b, a, cm, level, Hkv, kind)
                             : attn_run_d<256>(b, a, cm, level, Hkv, kind);

@@ -637,6 +637,7 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     static const int attn_wg[] = {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG2, SL_CUDA_ATTN_WGO, SL_CUDA_ATTN_WG,
                                   SL_CUDA_ATTN_WS};
     b->attn_pf = env_switch("SL_CUDA_ATTN_FA2", 1) ? attn_wg[env_form("SL_CUDA_ATTN_WG", 4)] : SL_CUDA_ATTN_WMMA;
+    b->attn_tma = env_switch("SL_CUDA_ATTN_TMA", 1);
     // timing picks the fastest matmul kernel per shape, which can differ from
     // process to process (and so can the rounding); =0 takes cuBLASLt's
     // heuristic's first choice everywhere: the same numbers in every process

@@ -121,6 +121,9 @@ typedef struct cu_backend {
     // default WG2; SL_CUDA_ATTN_WG=0: FA2, =2: WGO, =3: WG, SL_CUDA_ATTN_FA2=0: wmma;
     // sl_cuda_attn_prefill)
     int attn_pf;
+    // k_attn_wg2 copies whole K/V tiles by TMA where it can (NOTES.md v70); env
+    // SL_CUDA_ATTN_TMA=0: by cp.async as before (A/B timing)
+    int attn_tma;
     // cu_moe_experts_fp8, AUTO: the grouped GEMMs on wgmma (1: k_fp8_moe_wg,
     // NOTES.md v35; 2: its overlapped form, v36) instead of the mma.sync tiles
     // (0); env SL_CUDA_MOE_FP8_WG=0 / 2; npb: weight blocks a block of it

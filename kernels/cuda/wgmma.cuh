@@ -130,6 +130,26 @@ __device__ __forceinline__ void wg_mbar_wait(uint32_t bar, unsigned parity)
     }
 }
 
+// Tensor memory access (TMA): one thread copies a box of a 2-D tensor (a CUtensorMap made
+// on the host, in the kernel's parameters: __grid_constant__) at element coordinates (c0
+// along the rows, c1 the row) into shared memory at dst, 128-byte-swizzled as above when
+// the map says so, and the copy's bytes count down the transaction count of mbarrier bar.
+// A phase then completes when its arrivals are in and the bytes the arrivals announced
+// (wg_mbar_expect_tx: an arrival that first adds bytes to wait for) have landed; a waiter
+// sees the data with no fence (the copy and wgmma are both of the async proxy).
+__device__ __forceinline__ void wg_mbar_expect_tx(uint32_t bar, uint32_t bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void wg_tma_load2(uint32_t dst, const void *map, int c0, int c1, uint32_t bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+                 "l"(map), "r"(c0), "r"(c1), "r"(bar)
+                 : "memory");
+}
+
 __device__ __forceinline__ void wg_bar_sync(int id, int n)
 {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");

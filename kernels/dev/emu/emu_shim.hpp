@@ -28,6 +28,7 @@ using std::min;
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n)
+#define __grid_constant__
 #define ATTN_WARPS 4
 #define SL_ASSERT(x) do { if (!(x)) { fprintf(stderr, "assert %s\n", #x); abort(); } } while (0)
 enum { SL_DTYPE_F32 = 0, SL_DTYPE_BF16 = 1, SL_DTYPE_F16 = 2 };
@@ -249,10 +250,13 @@ struct emu_warp {
     long long ll[32]; // a lane's shuffle slot (emu_shfl)
     float m[3][256]; // wmma operands of the warp's lanes (A, B, C)
 };
-// an mbarrier: arrivals still due in this phase, phases completed
+// an mbarrier: arrivals still due in this phase, phases completed; bytes announced and not
+// yet landed (tx), and the TMA copies that carry them (due, not landed)
 struct emu_mbar {
     int count = 0, pending = 0;
     unsigned phase = 0;
+    long tx = 0;
+    std::vector<emu_copy> due;
 };
 struct emu_block {
     explicit emu_block(int threads) : bar(threads) {}
@@ -544,20 +548,63 @@ static inline void wg_mbar_init(uint32_t bar, unsigned count) {
     m->count = m->pending = (int)count;
     emu_b->mbars[bar] = std::move(m);
 }
+// a phase completes once its arrivals are in and its announced bytes have landed
+static inline void emu_mbar_settle(emu_mbar &m) {
+    if (m.pending == 0 && m.tx == 0) {
+        m.phase++;
+        m.pending = m.count;
+    }
+}
 // The arriving thread then yields, so every waiter runs ahead of it: a hand-over made
 // before its data landed is read before the arriver's next wait lands it.
 static inline void wg_mbar_arrive(uint32_t bar) {
     emu_mbar &m = emu_mbar_at(bar);
-    if (--m.pending == 0) {
-        m.phase++;
-        m.pending = m.count;
-    }
+    m.pending--;
+    emu_mbar_settle(m);
     emu_yield();
+}
+static inline void wg_mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+    emu_mbar &m = emu_mbar_at(bar);
+    m.tx += bytes;
+    wg_mbar_arrive(bar);
+}
+// TMA (wgmma.cuh's wg_tma_load2): a map is the emulator's own record, filled by the driver
+// (bf16 elements; ld in bytes). A box lands 128-byte-swizzled at dst (row r, 16-byte chunk
+// c at dst + 128r + 16c, then address bits 4-6 ^= bits 7-9), zeros past the tensor. It
+// lands when a waiter first finds the barrier's phase open (as late as the GPU may land
+// it: a tile read before its wait reads what was there), or with EMU_CP_EAGER at issue (a
+// stage refilled while still read then shows the new data).
+struct CUtensorMap { const char *base; int64_t cols, rows, ld; int box_cols, box_rows; };
+static inline void emu_mbar_land(emu_mbar &m) {
+    for (const emu_copy &c : m.due) {
+        emu_cp_land(c);
+        m.tx -= (long)c.n;
+    }
+    m.due.clear();
+    emu_mbar_settle(m);
+}
+static inline void wg_tma_load2(uint32_t dst, const void *map, int c0, int c1, uint32_t bar) {
+    const CUtensorMap &t = *(const CUtensorMap *)map;
+    emu_mbar &m = emu_mbar_at(bar);
+    SL_ASSERT(dst % 1024 == 0 && t.box_cols * 2 == 128 && c0 % 8 == 0);
+    for (int r = 0; r < t.box_rows; r++)
+        for (int c = 0; c < 8; c++) {
+            uint32_t a = dst + 128 * r + 16 * c;
+            a ^= ((a >> 7) & 7) << 4;
+            SL_ASSERT(a + 16 <= emu_b->smem.size());
+            bool in = c1 + r < t.rows && c0 + 8 * c < t.cols;
+            const char *src = in ? t.base + (c1 + r) * t.ld + (int64_t)(c0 + 8 * c) * 2 : t.base;
+            m.due.push_back({emu_smem() + a, src, 16, in ? 0u : 16u});
+        }
+    if (emu_cp_eager) emu_mbar_land(m);
 }
 // the phase of this parity completed: the current (incomplete) phase has the other parity
 static inline void wg_mbar_wait(uint32_t bar, unsigned parity) {
     emu_mbar &m = emu_mbar_at(bar);
-    emu_wait("mbarrier", [&] { return (m.phase & 1) != parity; }, [&] {
+    emu_wait("mbarrier", [&] {
+        if ((m.phase & 1) == parity && !m.due.empty()) emu_mbar_land(m);
+        return (m.phase & 1) != parity;
+    }, [&] {
         fprintf(stderr, "mbarrier %u: parity %u never completed (thread %u)\n", bar, parity, threadIdx.x);
     });
 }
