@@ -1,5 +1,5 @@
-// kernels/dev/emu/attn_driver.cpp: random paged batches (pages a random permutation,
-// NaN-poisoned output, garbage shared memory) through k_attn (decode), k_attn_fa2, k_attn_wg (both forms),
+// kernels/dev/emu/attn_driver.cpp: random paged batches (pages a random permutation, NaN in
+// the cache rows past a sequence's keys, NaN-poisoned output, garbage shared memory) through k_attn (decode), k_attn_fa2, k_attn_wg (both forms),
 // k_attn_wg2 and k_attn_ws (+ k_attn_combine for key splits), compared with a float64 reference; appended to the kernel code by emu.py.
 static uint64_t rs = 88172645463325252ull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
@@ -30,6 +30,12 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     for (auto &x : vc) x = __float2bfloat16_rn(frand(-2, 2));
     for (size_t i = 0; i < qb.size(); i++) { qb[i] = __float2bfloat16_rn(frand(-2, 2)); qfv[i] = __bfloat162float(qb[i]); }
     for (auto &x : out) x.b = 0x7fc1; // NaN poison
+    // the cache rows of a sequence's last page past its keys: NaN (a kernel must not let them into O)
+    for (int s = 0; s < S; s++)
+        for (int j = kv_len[s]; j % P; j++) {
+            int64_t row = (int64_t)pt[(size_t)s * max_pages + j / P] * P + j % P;
+            for (int64_t c = 0; c < C; c++) kc[row * C + c].b = vc[row * C + c].b = 0x7fc1;
+        }
     // as cu_attention, prefill path
     cu_attn_args a;
     memset(&a, 0, sizeof a);
