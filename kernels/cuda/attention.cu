@@ -15,8 +15,6 @@
 // Prefill batches run k_attn_fa2 (64-row tiles on mma.sync, FlashAttention-2
 // style: S, P and O in registers; kernels/dev/NOTES.md v12) or, with
 // SL_CUDA_ATTN_FA2=0, k_attn_prefill (the same tiles on wmma).
-#include <cuda.h> // CUtensorMap (the encoder comes from the runtime: no libcuda link)
-#include <cudaTypedefs.h>
 #include <cuda_pipeline.h>
 #include <mma.h>
 
@@ -1649,15 +1647,7 @@ static int attn_run_d(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int lev
 // would cross pages), a cache not 16-byte aligned, no encoder in the driver.
 static int attn_tma_maps(cu_attn_args &a, const sl_tensor *kc, const sl_tensor *vc, int Hkv, int D)
 {
-    static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-        void *fn = nullptr;
-        cudaDriverEntryPointQueryResult q;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) !=
-                cudaSuccess ||
-            q != cudaDriverEntryPointSuccess)
-            fn = nullptr;
-        return (PFN_cuTensorMapEncodeTiled_v12000)fn;
-    }();
+    const PFN_cuTensorMapEncodeTiled_v12000 encode = cu_tensor_map_encoder();
     if (!encode || a.page_size % 16) return 0;
     auto map = [&](CUtensorMap *m, const sl_tensor *c) {
         cuuint64_t dim[2] = {(cuuint64_t)Hkv * D, (cuuint64_t)sl_tensor_rows(c)};

@@ -30,6 +30,20 @@ void *cu_tmp_alloc(cu_backend *b, size_t bytes)
     return p;
 }
 
+PFN_cuTensorMapEncodeTiled_v12000 cu_tensor_map_encoder(void)
+{
+    static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+        void *fn = nullptr;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) !=
+                cudaSuccess ||
+            q != cudaDriverEntryPointSuccess)
+            fn = nullptr;
+        return (PFN_cuTensorMapEncodeTiled_v12000)fn;
+    }();
+    return encode;
+}
+
 void cu_tmp_free(cu_backend *b, void *p)
 {
     if (p) CU_CHECK(cudaFreeAsync(p, b->stream));
@@ -626,9 +640,11 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // Prefill attention and the grouped FP8 MoE GEMMs on wgmma (v34, v35):
     // SL_CUDA_ATTN_WG=0 goes back to FA2, SL_CUDA_MOE_FP8_WG=0 to mma.sync.
     b->moe_fp8_path = env_switch("SL_CUDA_MOE_FP8_GROUPED", 1) ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
-    // =2: their overlapped forms (v36, v37); =3 warp-specialized (v47), =4 that persistent
-    // (v52): both off until measured
-    b->moe_fp8_wg = env_form("SL_CUDA_MOE_FP8_WG", 4);
+    // SL_CUDA_ATTN_WG=2: its overlapped form (v37). SL_CUDA_MOE_FP8_WG=3: the warp-specialized
+    // form (v47), =4 that persistent (v52), both slower (v53): the kernel's wg 2 / 3; =2 was
+    // its overlapped form (v36-v69: slower everywhere, removed), now the plain one
+    static const int moe_wg[] = {0, 1, 1, 2, 3};
+    b->moe_fp8_wg = moe_wg[env_form("SL_CUDA_MOE_FP8_WG", 4)];
     // one weight block a block: walking several (v38) measured no faster
     const char *npb = getenv("SL_CUDA_MOE_FP8_NPB");
     b->moe_fp8_npb = npb ? atoi(npb) : 1;
@@ -638,6 +654,7 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
                                   SL_CUDA_ATTN_WS};
     b->attn_pf = env_switch("SL_CUDA_ATTN_FA2", 1) ? attn_wg[env_form("SL_CUDA_ATTN_WG", 4)] : SL_CUDA_ATTN_WMMA;
     b->attn_tma = env_switch("SL_CUDA_ATTN_TMA", 1);
+    b->moe_fp8_tma = env_switch("SL_CUDA_MOE_FP8_TMA", 1);
     // timing picks the fastest matmul kernel per shape, which can differ from
     // process to process (and so can the rounding); =0 takes cuBLASLt's
     // heuristic's first choice everywhere: the same numbers in every process

@@ -92,9 +92,8 @@ const char *sl_cuda_matmul_last(sl_backend *be);
  * pairs an expert (prefill), grouped GEMMs (pairs sorted by expert, one
  * tensor-core FP8 GEMM per expert tile: on wgmma, or with
  * SL_CUDA_MOE_FP8_WG=0 in the environment at creation on the mma.sync tiles,
- * with =2 on the wgmma kernel's overlapped form, with =3 on its
- * warp-specialized form, with =4 on that persistent). GROUPED (wgmma),
- * GROUPED_OV (wgmma, overlapped), GROUPED_WS (wgmma, warp-specialized),
+ * with =3 on the wgmma kernel's warp-specialized form, with =4 on that
+ * persistent). GROUPED (wgmma), GROUPED_WS (wgmma, warp-specialized),
  * GROUPED_WSP (the same, persistent), GROUPED_TC (mma.sync), EXPERT_GEMV and GV
  * force theirs where they can run (tests). The grouped path needs K % 16 ==
  * 0 and 16-byte aligned expert weights (H and I multiples of 16); elsewhere
@@ -106,7 +105,6 @@ typedef enum sl_cuda_moe_fp8 {
     SL_CUDA_MOE_FP8_EXPERT_GEMV, /* one GEMV pass per active expert over its tokens (routing plan) */
     SL_CUDA_MOE_FP8_GV,          /* the two few-token kernels of moe.cu */
     SL_CUDA_MOE_FP8_GROUPED_TC,  /* the grouped GEMMs on mma.sync tiles (kernels/dev/NOTES.md v11) */
-    SL_CUDA_MOE_FP8_GROUPED_OV,  /* on wgmma, the next group's products overlapping the promotion (v36) */
     SL_CUDA_MOE_FP8_ONE,         /* one token: every pair in one kernel (k_fp8_moe_one, v43), else per pair */
     SL_CUDA_MOE_FP8_GROUPED_WS,  /* on wgmma, warp-specialized (a producer warpgroup, v47) */
     SL_CUDA_MOE_FP8_GROUPED_WSP, /* the same persistent: a block an SM walking the tiles (v52) */

@@ -18,6 +18,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h> // CUtensorMap and its encoder's type (the encoder comes from the runtime: no libcuda link)
 #include <stdint.h>
 
 extern "C" {
@@ -125,10 +126,13 @@ typedef struct cu_backend {
     // SL_CUDA_ATTN_TMA=0: by cp.async as before (A/B timing)
     int attn_tma;
     // cu_moe_experts_fp8, AUTO: the grouped GEMMs on wgmma (1: k_fp8_moe_wg,
-    // NOTES.md v35; 2: its overlapped form, v36) instead of the mma.sync tiles
-    // (0); env SL_CUDA_MOE_FP8_WG=0 / 2; npb: weight blocks a block of it
+    // NOTES.md v35; 2 / 3: k_fp8_moe_ws, v47, v52) instead of the mma.sync
+    // tiles (0); env SL_CUDA_MOE_FP8_WG; npb: weight blocks a block of it
     // walks (env SL_CUDA_MOE_FP8_NPB; default 1, 0: chosen per launch)
     int moe_fp8_wg, moe_fp8_npb;
+    // k_fp8_moe_wg copies its weight tiles by TMA (NOTES.md v72); env
+    // SL_CUDA_MOE_FP8_TMA=0: by cp.async (A/B timing)
+    int moe_fp8_tma;
     // cu_gdn: the split chunked form (prep over all chunks, then the scan;
     // the default, NOTES.md v15: bit-identical to the single kernel and
     // 1.4x faster at 1000 tokens); env SL_CUDA_GDN_SPLIT=0 or sl_cuda_gdn_split
@@ -161,6 +165,8 @@ static inline cu_backend *cu_be(sl_backend *be) { return (cu_backend *)be; }
 
 // Stream-ordered scratch memory (graph-capturable): valid until cu_tmp_free,
 // which is also stream-ordered, so the kernels that use it may still run.
+// The driver's cuTensorMapEncodeTiled (TMA's tensor maps: attention.cu, fp8.cu), or NULL
+PFN_cuTensorMapEncodeTiled_v12000 cu_tensor_map_encoder(void);
 void *cu_tmp_alloc(cu_backend *b, size_t bytes);
 void cu_tmp_free(cu_backend *b, void *p);
 

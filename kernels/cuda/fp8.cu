@@ -174,6 +174,10 @@ typedef struct fp8_args {
     // k_fp8_moe_wg: 128-row weight blocks a block walks (blockIdx.x · npb ..),
     // one copy pipeline across them (moe_fp8_wg_npb)
     int npb;
+    // k_fp8_moe_wg: its weight tiles by TMA through this map of w (fp8_moe_tma_map;
+    // tma 0: by cp.async)
+    int tma;
+    CUtensorMap tw;
 } fp8_args;
 
 #define GV8_WARPS 8
@@ -748,8 +752,9 @@ template <int BM> struct tc_lay {
 // dense kernel spill. (The scales came from global memory in the compute step,
 // after the group's mma: a dependent round trip in every group's critical
 // path.)
-// NTH threads (0 .. NTH - 1) copy: NTH / 8 rows a round.
-template <int BM, class L, int NTH = TC_THREADS, class XR>
+// NTH threads (0 .. NTH - 1) copy: NTH / 8 rows a round. Without WT the
+// weight tile is left to the caller (TMA).
+template <int BM, class L, int NTH = TC_THREADS, bool WT = true, class XR>
 __device__ __forceinline__ void tc_load(const fp8_args &a, const uint8_t *w, const float *ws, XR xrow, int rows,
                                         int n0, uint32_t sbase, int g)
 {
@@ -763,7 +768,7 @@ __device__ __forceinline__ void tc_load(const fp8_args &a, const uint8_t *w, con
         cp_async16(sbase + L::x(r + RR * i, ch), src, m >= 0 ? 16 : 0);
     }
 #pragma unroll
-    for (int i = 0; i < TC_BN / RR; i++) {
+    for (int i = 0; i < (WT ? TC_BN / RR : 0); i++) {
         int n = n0 + r + RR * i, k = k0 + ch * 16;
         bool ok = n < a.N && k < a.K;
         const uint8_t *src = ok ? w + (int64_t)n * a.ldw + k : a.xq;
@@ -949,7 +954,8 @@ template <int BT> struct wg8_cfg {
     static constexpr int X = 128 * FP8_G;              // the token tile after the weight tile
     static constexpr int SCALES = X + BT * FP8_G;
     static constexpr int STAGE = (SCALES + (BT + TC_BN) * 4 + 1023) / 1024 * 1024;
-    static constexpr int SMEM = 1024 + WG8_STAGES * STAGE; // + rounding the base to 1024
+    static constexpr int BAR = WG8_STAGES * STAGE; // a stage's weight tile landed (TMA): mbarriers
+    static constexpr int SMEM = 1024 + BAR + 8 * WG8_STAGES; // + rounding the base to 1024
     static_assert(BT % 32 == 0 && BT <= 128, "whole rounds of token chunks, a scale per thread");
 };
 
@@ -1013,14 +1019,15 @@ __device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, i
         }
 }
 
-// OV: the next group's products are issued before this group's sums are
-// scaled in (two accumulators, wgmma.wait_group 1), so the tensor cores run
-// while the warpgroup promotes (DeepGEMM's order); otherwise each group waits
-// for its products. At 64 tokens the second accumulator needs more than the
-// 128 registers of two blocks an SM (it spilled): one block an SM there.
-template <int BT, bool OV>
-__global__ void __launch_bounds__(TC_THREADS, BT == 128 || (OV && BT == 64) ? 1 : 2)
-    k_fp8_moe_wg(fp8_args a, cu_moe_plan p)
+// v72: with a.tma each step's weight tile (128 rows × the group's 128 bytes of
+// this expert's w, zero past N and K) is one TMA box issued by thread 0 into the
+// stage's 128-byte-swizzled tile, its bytes counted by the stage's mbarrier;
+// the token rows and scales still come by cp.async. 16 of a thread's 16-byte
+// copies a step at BT 128 become 8 (BT 32: 5 → 1): prefill attention measured
+// the copies' issue as the largest cost of the products' warps (v70).
+template <int BT>
+__global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2)
+    k_fp8_moe_wg(const __grid_constant__ fp8_args a, cu_moe_plan p)
 {
     using C = wg8_cfg<BT>;
     constexpr int F = BT / 8, S = WG8_STAGES;
@@ -1049,12 +1056,27 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 || (OV && BT == 64) ? 1 
     float acc[F][4];
 #pragma unroll
     for (int f = 0; f < F; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
+    const uint32_t bar = s0 + (uint32_t)C::BAR; // full[S] (TMA)
+    if (a.tma && threadIdx.x == 0) {
+        for (int st = 0; st < S; st++) wg_mbar_init(bar + 8 * st, 1);
+        wg_fence_smem(); // the barriers made, before the copies that count on them
+    }
     // the next step's copies into stage u % S (one commit group each, empty
     // past U); steps are loaded in order, so (weight block, group) is counted
     int lu = 0, lj = 0, lg = 0;
     auto load = [&]() {
-        if (lu < U) tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, (nb0 + lj) * TC_BN, s0 + (lu % S) * C::STAGE, lg);
-        else tc_commit_empty();
+        const uint32_t st = s0 + (lu % S) * C::STAGE;
+        if (lu < U && a.tma) {
+            if (threadIdx.x == 0) {
+                wg_mbar_expect_tx(bar + 8 * (lu % S), TC_BN * FP8_G);
+                wg_tma_load3(st, &a.tw, lg * FP8_G, (nb0 + lj) * TC_BN, (int)e, bar + 8 * (lu % S));
+            }
+            tc_load<BT, wg8_lay<BT>, TC_THREADS, false>(a, w, ws, xrow, rows, (nb0 + lj) * TC_BN, st, lg);
+        } else if (lu < U) {
+            tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, (nb0 + lj) * TC_BN, st, lg);
+        } else {
+            tc_commit_empty();
+        }
         lu++;
         if (++lg == a.G) lg = 0, lj++;
     };
@@ -1073,53 +1095,17 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 || (OV && BT == 64) ? 1 
 #pragma unroll
     for (int g = 0; g < S - 1; g++) load();
     float p0[F][4];
-    if constexpr (!OV) {
-        for (int j = 0, g = 0; j < nbs; j++) {
-            for (int e = 0; e < a.G; e++, g++) {
-                tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
-                land();
-                load(); // step g + S - 1, into step g - 1's stage
-                mma(g, p0);
-                wg_wait<0>();
-                promote(g, p0);
-            }
-            finish(g - 1);
-        }
-    } else {
-        float p1[F][4];
-        tc_wait<S - 2>();
-        land();
-        mma(0, p0);
-        // group g's products in cur (issued), g + 1's issued into nxt, then g
-        // promoted: the stage refilled at step g is group g - 1's, whose
-        // products and promotion are done (the barrier). The loop body is the
-        // same on every path, p0 in flight at its head (ptxas serialised
-        // every wgmma of a body with the next issue under a condition, C7514).
-        auto step = [&](int g, float (&cur)[F][4], float (&nxt)[F][4]) {
-            tc_wait<S - 3>(); // groups 0..g+1 landed (g + S - 1 committed)
+    for (int j = 0, g = 0; j < nbs; j++) {
+        for (int e = 0; e < a.G; e++, g++) {
+            tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
             land();
-            load(); // step g + S - 1
-            mma(g + 1, nxt);
-            wg_wait<1>(); // group g's products done, g + 1's in flight
-            promote(g, cur);
-            finish(g);
-        };
-        auto last = [&](int g, float (&cur)[F][4]) {
+            load(); // step g + S - 1, into step g - 1's stage
+            if (a.tma) wg_mbar_wait(bar + 8 * (g % S), (g / S) & 1); // and its weight tile
+            mma(g, p0);
             wg_wait<0>();
-            promote(g, cur);
-            finish(g);
-        };
-        int g = 0;
-        for (; g + 2 < U; g += 2) {
-            step(g, p0, p1);
-            step(g + 1, p1, p0);
+            promote(g, p0);
         }
-        if (g + 1 < U) {
-            step(g, p0, p1);
-            last(g + 1, p1);
-        } else {
-            last(g, p0);
-        }
+        finish(g - 1);
     }
 }
 
@@ -1670,20 +1656,17 @@ template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, fp8_args a, 
 {
     dim3 grid(cu_blocks(a.N, TC_BN), (unsigned)p.max_tiles);
     if (wg) {
-        a.npb = wg == 4 ? 1 : moe_fp8_wg_npb(b, a, p, BM);
+        a.npb = wg == 3 ? 1 : moe_fp8_wg_npb(b, a, p, BM);
         grid.x = (unsigned)((grid.x + a.npb - 1) / a.npb);
     }
-    if (wg >= 3) { // items in x: one a block, or (4, persistent) one block an SM walking them
+    if (wg >= 2) { // items in x: one a block, or (3, persistent) one block an SM walking them
         int64_t items = (int64_t)ws8_nwbx(a) * p.max_tiles;
-        grid = dim3((unsigned)(wg == 4 && items > b->n_sm ? b->n_sm : items));
+        grid = dim3((unsigned)(wg == 3 && items > b->n_sm ? b->n_sm : items));
         fp8_smem_raise(b, k_fp8_moe_ws<BM>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 17, ws8_cfg<BM>::SMEM);
         cu_launch(b, k_fp8_moe_ws<BM>, grid, dim3(WS8_THREADS), ws8_cfg<BM>::SMEM, a, p);
-    } else if (wg == 2) {
-        fp8_smem_raise(b, k_fp8_moe_wg<BM, true>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 11, wg8_cfg<BM>::SMEM);
-        cu_launch(b, k_fp8_moe_wg<BM, true>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
     } else if (wg) {
-        fp8_smem_raise(b, k_fp8_moe_wg<BM, false>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 8, wg8_cfg<BM>::SMEM);
-        cu_launch(b, k_fp8_moe_wg<BM, false>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
+        fp8_smem_raise(b, k_fp8_moe_wg<BM>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 8, wg8_cfg<BM>::SMEM);
+        cu_launch(b, k_fp8_moe_wg<BM>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
     } else {
         fp8_smem_raise(b, k_fp8_moe_gemm_tc<BM>, BM == 32 ? 16 : BM == 64 ? 4 : 2, tc_cfg<BM>::SMEM);
         cu_launch(b, k_fp8_moe_gemm_tc<BM>, grid, dim3(TC_THREADS), tc_cfg<BM>::SMEM, a, p);
@@ -1691,8 +1674,8 @@ template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, fp8_args a, 
 }
 
 // The grouped GEMM over the plan's tiles of bm (32, 64 or 128) rows, on wgmma
-// (k_fp8_moe_wg; wg 2: its overlapped form) or the mma.sync tiles
-// (k_fp8_moe_gemm_tc).
+// (wg 1: k_fp8_moe_wg; 2: k_fp8_moe_ws, 3: that persistent) or the mma.sync
+// tiles (k_fp8_moe_gemm_tc).
 static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int bm, int wg)
 {
     if (bm == 128) moe_fp8_gemm_launch_bm<128>(b, a, p, wg);
@@ -1736,9 +1719,8 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
     else moe_fp8_gemm_launch(b, d, p, bm, wg);
     cu_moe_combine_run(b, out, y, (const float *)weights->data, sl_tensor_ld(weights), k, &p);
     cu_moe_plan_free(b, &p);
-    static const char *names[5][3] = {{"fp8_moe_grouped_tc32", "fp8_moe_grouped_tc64", "fp8_moe_grouped_tc128"},
+    static const char *names[4][3] = {{"fp8_moe_grouped_tc32", "fp8_moe_grouped_tc64", "fp8_moe_grouped_tc128"},
                                       {"fp8_moe_grouped_wg32", "fp8_moe_grouped_wg64", "fp8_moe_grouped_wg128"},
-                                      {"fp8_moe_grouped_wgo32", "fp8_moe_grouped_wgo64", "fp8_moe_grouped_wgo128"},
                                       {"fp8_moe_grouped_ws32", "fp8_moe_grouped_ws64", "fp8_moe_grouped_ws128"},
                                       {"fp8_moe_grouped_wsp32", "fp8_moe_grouped_wsp64", "fp8_moe_grouped_wsp128"}};
     b->mm_last = gemv ? "fp8_moe_expert_gemv" : names[wg][bm == 128 ? 2 : bm == 64 ? 1 : 0];
@@ -1761,6 +1743,22 @@ static void moe_fp8_pairs(cu_backend *b, fp8_args a, fp8_args d, int T, int k, c
     cu_launch(b, k_fp8_moe_combine, dim3((unsigned)cu_blocks(H, 256), (unsigned)T), dim3(256), 0, out, y,
               (const float *)weights->data, sl_tensor_ld(weights), k, H);
     b->mm_last = "fp8_moe_gemv";
+}
+
+// k_fp8_moe_wg's TMA map of the experts' weights (v72): a 3-D tensor of E experts × N rows
+// × K bytes, boxes of one scale group (128 bytes) × 128 rows with the 128-byte swizzle of
+// the wgmma operand layout, zero past N and K. 0 (cp.async) where TMA cannot serve: a base
+// or a stride not 16-byte aligned, no encoder in the driver.
+static int fp8_moe_tma_map(fp8_args &a, int E)
+{
+    const PFN_cuTensorMapEncodeTiled_v12000 encode = cu_tensor_map_encoder();
+    cuuint64_t dim[3] = {(cuuint64_t)a.K, (cuuint64_t)a.N, (cuuint64_t)E};
+    cuuint64_t stride[2] = {(cuuint64_t)a.ldw, (cuuint64_t)a.ew};
+    cuuint32_t box[3] = {FP8_G, TC_BN, 1}, step[3] = {1, 1, 1};
+    return encode && ((uintptr_t)a.w & 15) == 0 && a.ldw % 16 == 0 && a.ew % 16 == 0 &&
+           encode(&a.tw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, (void *)a.w, dim, stride, box, step,
+                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *ids,
@@ -1814,18 +1812,19 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
 
     int path = b->moe_fp8_path;
     int grouped = (path == SL_CUDA_MOE_FP8_GROUPED || path == SL_CUDA_MOE_FP8_GROUPED_TC ||
-                   path == SL_CUDA_MOE_FP8_GROUPED_OV || path == SL_CUDA_MOE_FP8_GROUPED_WS ||
-                   path == SL_CUDA_MOE_FP8_GROUPED_WSP ||
+                   path == SL_CUDA_MOE_FP8_GROUPED_WS || path == SL_CUDA_MOE_FP8_GROUPED_WSP ||
                    (path == SL_CUDA_MOE_FP8_AUTO && (P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E || wg_batch))) &&
                   a.vec && d.vec;
-    // the wgmma kernel: 1, 2 with its products overlapping the promotion, 3 warp-specialized,
-    // 4 that persistent
+    // the wgmma kernel: 1, 2 warp-specialized, 3 that persistent
     int wg = path == SL_CUDA_MOE_FP8_GROUPED       ? 1
-             : path == SL_CUDA_MOE_FP8_GROUPED_OV  ? 2
-             : path == SL_CUDA_MOE_FP8_GROUPED_WS  ? 3
-             : path == SL_CUDA_MOE_FP8_GROUPED_WSP ? 4
+             : path == SL_CUDA_MOE_FP8_GROUPED_WS  ? 2
+             : path == SL_CUDA_MOE_FP8_GROUPED_WSP ? 3
              : path == SL_CUDA_MOE_FP8_AUTO        ? b->moe_fp8_wg
                                                    : 0;
+    if (grouped && wg == 1 && b->moe_fp8_tma) { // the weight tiles by TMA (v72)
+        a.tma = fp8_moe_tma_map(a, E) && fp8_moe_tma_map(d, E);
+        d.tma = a.tma;
+    }
     int expert_gemv = !grouped && (path == SL_CUDA_MOE_FP8_EXPERT_GEMV ||
                                    (path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_EXPERT_GEMV_MIN_T));
     int one = T == 1 && (path == SL_CUDA_MOE_FP8_ONE || (path == SL_CUDA_MOE_FP8_AUTO && b->moe_fp8_one));

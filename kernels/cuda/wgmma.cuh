@@ -150,6 +150,15 @@ __device__ __forceinline__ void wg_tma_load2(uint32_t dst, const void *map, int 
                  : "memory");
 }
 
+// The same for a box of a 3-D tensor (c2: the outer index, e.g. an expert)
+__device__ __forceinline__ void wg_tma_load3(uint32_t dst, const void *map, int c0, int c1, int c2, uint32_t bar)
+{
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+                 "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+                 : "memory");
+}
+
 __device__ __forceinline__ void wg_bar_sync(int id, int n)
 {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");

@@ -17,7 +17,7 @@ SRC = os.environ.get("SLUICE_SRC", os.path.join(os.path.dirname(__file__), "..",
 
 # per target, groups of kernels that run the same cases: (kernels, at least this many cases)
 @pytest.mark.parametrize("target,groups", [("attn", [(("fa2", "wg", "wgo", "wg2", "ws"), 9), (("dec",), 5)]),
-                                           ("fp8", [(("tc", "wg", "wgo", "ws", "wsp"), 7)]),
+                                           ("fp8", [(("tc", "wg", "wgc", "ws", "wsp"), 7)]),
                                            ("moe1", [(("one",), 4)]), ("gdn", [(("gdn",), 6)])])
 def test_kernels_on_the_host_emulator(target, groups):
     r = subprocess.run([sys.executable, os.path.join(SRC, "kernels", "dev", "emu", "emu.py"), target],

@@ -58,8 +58,8 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
     }
     if (kv == 3 && P % 16 == 0) { // as attn_tma_maps: whole tiles by TMA
         a.tma = 1;
-        a.tk = {(const char *)kc.data(), C, rows, C * 2, 64, 16};
-        a.tv = {(const char *)vc.data(), C, rows, C * 2, 64, 16};
+        a.tk = {(const char *)kc.data(), 2, {C, rows, 1}, {C * 2, 0}, {64, 16}};
+        a.tv = {(const char *)vc.data(), 2, {C, rows, 1}, {C * 2, 0}, {64, 16}};
     }
     const unsigned nth = kv == 4 ? 384 : kv == 3 ? 256 : 128;
     a.qt = 1 << level;

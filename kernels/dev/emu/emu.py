@@ -12,7 +12,8 @@ float64 reference. In the shim:
 - wgmma is a warpgroup collective reading shared memory through its descriptors;
 - wgmma and cp.async are asynchronous: they take effect when a wait retires their commit
   group, and in a first run cp.async lands at issue instead;
-- mbarriers, named barriers and setmaxnreg's per-block register pool are modelled.
+- mbarriers (with TMA box copies counting their bytes), named barriers and setmaxnreg's
+  per-block register pool are modelled.
 
 The targets:
 

@@ -568,13 +568,15 @@ static inline void wg_mbar_expect_tx(uint32_t bar, uint32_t bytes) {
     m.tx += bytes;
     wg_mbar_arrive(bar);
 }
-// TMA (wgmma.cuh's wg_tma_load2): a map is the emulator's own record, filled by the driver
-// (bf16 elements; ld in bytes). A box lands 128-byte-swizzled at dst (row r, 16-byte chunk
-// c at dst + 128r + 16c, then address bits 4-6 ^= bits 7-9), zeros past the tensor. It
-// lands when a waiter first finds the barrier's phase open (as late as the GPU may land
-// it: a tile read before its wait reads what was there), or with EMU_CP_EAGER at issue (a
-// stage refilled while still read then shows the new data).
-struct CUtensorMap { const char *base; int64_t cols, rows, ld; int box_cols, box_rows; };
+// TMA (wgmma.cuh's wg_tma_load2 / 3): a map is the emulator's own record, filled by the
+// driver: esz-byte elements, dims innermost first, the byte strides of dims 1 and 2, a box
+// of box[0] elements (128 bytes: one swizzled row) × box[1] rows (× 1). A box lands
+// 128-byte-swizzled at dst (row r, 16-byte chunk c at dst + 128r + 16c, then address bits
+// 4-6 ^= bits 7-9), zeros past the tensor. It lands when a waiter first finds the
+// barrier's phase open (as late as the GPU may land it: a tile read before its wait reads
+// what was there), or with EMU_CP_EAGER at issue (a stage refilled while still read then
+// shows the new data).
+struct CUtensorMap { const char *base; int esz; int64_t dim[3], stride[2]; int box[2]; };
 static inline void emu_mbar_land(emu_mbar &m) {
     for (const emu_copy &c : m.due) {
         emu_cp_land(c);
@@ -583,20 +585,25 @@ static inline void emu_mbar_land(emu_mbar &m) {
     m.due.clear();
     emu_mbar_settle(m);
 }
-static inline void wg_tma_load2(uint32_t dst, const void *map, int c0, int c1, uint32_t bar) {
+static inline void wg_tma_load3(uint32_t dst, const void *map, int c0, int c1, int c2, uint32_t bar) {
     const CUtensorMap &t = *(const CUtensorMap *)map;
     emu_mbar &m = emu_mbar_at(bar);
-    SL_ASSERT(dst % 1024 == 0 && t.box_cols * 2 == 128 && c0 % 8 == 0);
-    for (int r = 0; r < t.box_rows; r++)
+    const int per = 16 / t.esz; // elements a 16-byte chunk
+    SL_ASSERT(dst % 1024 == 0 && t.box[0] * t.esz == 128 && c0 % per == 0 && c2 < t.dim[2]);
+    for (int r = 0; r < t.box[1]; r++)
         for (int c = 0; c < 8; c++) {
             uint32_t a = dst + 128 * r + 16 * c;
             a ^= ((a >> 7) & 7) << 4;
             SL_ASSERT(a + 16 <= emu_b->smem.size());
-            bool in = c1 + r < t.rows && c0 + 8 * c < t.cols;
-            const char *src = in ? t.base + (c1 + r) * t.ld + (int64_t)(c0 + 8 * c) * 2 : t.base;
+            bool in = c1 + r < t.dim[1] && c0 + per * c < t.dim[0]; // (dims in whole chunks here)
+            const char *src = in ? t.base + c2 * t.stride[1] + (c1 + r) * t.stride[0] + (int64_t)(c0 + per * c) * t.esz
+                                 : t.base;
             m.due.push_back({emu_smem() + a, src, 16, in ? 0u : 16u});
         }
     if (emu_cp_eager) emu_mbar_land(m);
+}
+static inline void wg_tma_load2(uint32_t dst, const void *map, int c0, int c1, uint32_t bar) {
+    wg_tma_load3(dst, map, c0, c1, 0, bar);
 }
 // the phase of this parity completed: the current (incomplete) phase has the other parity
 static inline void wg_mbar_wait(uint32_t bar, unsigned parity) {

@@ -188,19 +188,18 @@ static void moe_fp8_run(tb *t, const tb_case *c)
     fp8_experts(t, E, 2 * I, H, 0x9a, guc, gug);
     fp8_experts(t, E, H, I, 0xd0, dnc, dng);
     sl_be_moe_experts_fp8(t->cpu, &y.c, &x.c, &ids.c, &wt.c, &guc[0], &guc[1], &dnc[0], &dnc[1]);
-    /* grouped: the wgmma kernel, its overlapped form, then the mma.sync tiles, each its own
-     * check */
-    static const sl_cuda_moe_fp8 paths[][5] = {
-        {SL_CUDA_MOE_FP8_GEMV, -1, -1, -1, -1},
-        {SL_CUDA_MOE_FP8_GROUPED, SL_CUDA_MOE_FP8_GROUPED_OV, SL_CUDA_MOE_FP8_GROUPED_TC, SL_CUDA_MOE_FP8_GROUPED_WS,
-         SL_CUDA_MOE_FP8_GROUPED_WSP},
-        {SL_CUDA_MOE_FP8_EXPERT_GEMV, -1, -1, -1, -1},
-        {SL_CUDA_MOE_FP8_GV, -1, -1, -1, -1},
-        {SL_CUDA_MOE_FP8_ONE, -1, -1, -1, -1}};
-    static const char *const want_grouped[] = {"fp8_moe_grouped_wg", "fp8_moe_grouped_wgo", "fp8_moe_grouped_tc",
-                                               "fp8_moe_grouped_ws", "fp8_moe_grouped_wsp"};
-    static const char *const what[] = {"out", "out ov", "out tc", "out ws", "out wsp"};
-    for (int v = 0; v < 5 && (int)paths[grouped][v] >= 0; v++) {
+    /* grouped: the wgmma kernel, the mma.sync tiles, the warp-specialized wgmma kernel and
+     * that persistent, each its own check */
+    static const sl_cuda_moe_fp8 paths[][4] = {
+        {SL_CUDA_MOE_FP8_GEMV, -1, -1, -1},
+        {SL_CUDA_MOE_FP8_GROUPED, SL_CUDA_MOE_FP8_GROUPED_TC, SL_CUDA_MOE_FP8_GROUPED_WS, SL_CUDA_MOE_FP8_GROUPED_WSP},
+        {SL_CUDA_MOE_FP8_EXPERT_GEMV, -1, -1, -1},
+        {SL_CUDA_MOE_FP8_GV, -1, -1, -1},
+        {SL_CUDA_MOE_FP8_ONE, -1, -1, -1}};
+    static const char *const want_grouped[] = {"fp8_moe_grouped_wg", "fp8_moe_grouped_tc", "fp8_moe_grouped_ws",
+                                               "fp8_moe_grouped_wsp"};
+    static const char *const what[] = {"out", "out tc", "out ws", "out wsp"};
+    for (int v = 0; v < 4 && (int)paths[grouped][v] >= 0; v++) {
         sl_cuda_moe_fp8_path(t->gpu, paths[grouped][v]);
         tb_poison(t, &y.g);
         sl_be_moe_experts_fp8(t->gpu, &y.g, &x.g, &ids.g, &wt.g, &gug[0], &gug[1], &dng[0], &dng[1]);
@@ -465,7 +464,7 @@ static void fp8_perf(tb *t, const char *filter)
         int Ts[] = {1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
         static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
                                                 SL_CUDA_MOE_FP8_GROUPED_TC, SL_CUDA_MOE_FP8_GROUPED,
-                                                SL_CUDA_MOE_FP8_GROUPED_OV, SL_CUDA_MOE_FP8_GV, SL_CUDA_MOE_FP8_ONE,
+                                                SL_CUDA_MOE_FP8_GV, SL_CUDA_MOE_FP8_ONE,
                                                 SL_CUDA_MOE_FP8_GROUPED_WS, SL_CUDA_MOE_FP8_GROUPED_WSP};
         for (size_t i = 0; i < sizeof Ts / sizeof Ts[0] && Ts[i] <= t->max_tokens; i++)
             for (size_t p = 0; p < sizeof paths / sizeof paths[0]; p++) {
