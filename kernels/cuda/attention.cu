@@ -702,11 +702,12 @@ __device__ __forceinline__ uint32_t fa2_pack(float lo, float hi)
 // K and V rows of keys [j0, j0 + BC) of the tile's KV head, gathered through
 // the page table into ks and vs by cp.async (16-byte chunk c of key row r at
 // byte dst(r, c) of each; a null ks or vs: that half not copied) and
-// committed as one group by the block's NTH threads; keys past kend are
-// zeros (a zero V row times a masked p = 0 keeps garbage out of O).
+// committed as one group by NTH threads (threadIdx.x % NTH: the block or a
+// warpgroup of it); keys past kend are zeros (a zero V row times a masked
+// p = 0 keeps garbage out of O). Rows below r0 are left alone.
 template <int D, int BC, int NTH = ATTN_WARPS * 32, int UNROLL = BC * (D / 8) / NTH, class Dst>
 __device__ __forceinline__ void fa_issue(const cu_attn_args &a, const attn_tile &tl, int j0,
-                                         char *ks, char *vs, Dst dst)
+                                         char *ks, char *vs, Dst dst, int r0 = 0)
 {
     constexpr int CH = D / 8; // 16-byte chunks per row
     static_assert(BC * CH % NTH == 0, "whole rounds of chunks");
@@ -714,8 +715,9 @@ __device__ __forceinline__ void fa_issue(const cu_attn_args &a, const attn_tile 
     const int64_t koff = (int64_t)tl.kh * D;
 #pragma unroll UNROLL
     for (int it = 0; it < BC * CH / NTH; it++) {
-        int c = threadIdx.x + it * NTH;
+        int c = (int)threadIdx.x % NTH + it * NTH;
         int rr = c / CH, cc = c % CH, j = j0 + rr;
+        if (rr < r0) continue;
         bool ok = j < tl.kend;
         int64_t row = ok ? (int64_t)pages[j / a.page_size] * a.page_size + j % a.page_size : 0;
         uint32_t o = dst(rr, cc);
@@ -1383,10 +1385,21 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_consta
 // hands through mbarriers: full[s] completes when the producer's 128 threads
 // have each seen their copies land and fenced them for wgmma (one tile
 // behind the newest issued, so no thread blocks on a copy before issuing the
-// next); empty[s] when the consumers' 256 threads are past their products
-// reading it. Registers move from the producer to the consumers (setmaxnreg).
+// next); empty[s] when the consumers' 8 warps are past their products
+// reading it (one arrival a warp). Registers move from the producer to the
+// consumers (setmaxnreg).
+//
+// v73: with a.tma (v70's tensor maps) the producer's warp 0 copies the tiles
+// instead, a lane a 16-key box, and full[s] is one arrival (lane 0's, with
+// the tile's bytes); a tile the keys end inside takes its other rows by
+// cp.async from the whole producer warpgroup first (zero past the keys),
+// landed and fenced before that arrival. The consumer release was one
+// arrival a thread (256 shared-memory atomics on one word a tile, 128 more
+// for full): the likely reason the form ran 52 % of the mma rate against
+// k_attn_wg2's 73 % with neither copies nor softmax (H100, v70's variants).
 // Shared memory: k_attn_wg2's, then the barriers.
 #define WS_THREADS 384
+#define WS_PRODUCER_BAR 3 // the producer warpgroup's named barrier (the consumers take 1 and 2)
 #define WS_PRODUCER_REGS 40 // 128 · 40 + 256 · 232: all of the block's registers
 #define WS_CONSUMER_REGS 232
 static_assert(wg_ws_regs_fit<WS_PRODUCER_REGS, WS_CONSUMER_REGS>(), "setmaxnreg within the block's registers");
@@ -1397,7 +1410,7 @@ template <int D> struct ws_cfg {
 };
 
 template <int D>
-__global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
+__global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(const __grid_constant__ cu_attn_args a)
 {
     using C = wg2_cfg<D>;
     constexpr int BC = C::BC, NB = BC / 8, NO = D / 8, S = C::STAGES;
@@ -1413,8 +1426,8 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
     if (tl.kbeg >= tl.kend) return; // no row has keys in this split
     if (threadIdx.x == 0)
         for (int st = 0; st < S; st++) {
-            wg_mbar_init(full + 8 * st, 128);
-            wg_mbar_init(empty + 8 * st, 256);
+            wg_mbar_init(full + 8 * st, a.tma ? 1 : 128);
+            wg_mbar_init(empty + 8 * st, 8);
         }
     fa_wg_load_q<128, D>(a, tl, smem);
     wg_fence_smem();
@@ -1423,11 +1436,40 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
 
     if (wgi < 0) {
         wg_regs_dec<WS_PRODUCER_REGS>();
-        wg_produce<S>(nt, full, empty, [&](int t) {
-            char *st = smem + C::Q + (t % S) * C::STAGE;
-            fa_issue<D, BC, 128, 4>(a, tl, tl.kbeg + t * BC, st, st + C::KV,
-                                    [](int r, int c) { return wg_swz(C::BC, r, c); });
-        });
+        auto swz = [](int r, int c) { return wg_swz(C::BC, r, c); };
+        if (!a.tma) {
+            wg_produce<S>(nt, full, empty, [&](int t) {
+                char *st = smem + C::Q + (t % S) * C::STAGE;
+                fa_issue<D, BC, 128, 4>(a, tl, tl.kbeg + t * BC, st, st + C::KV, swz);
+            });
+            return;
+        }
+        const int32_t *pages = a.page_table + (int64_t)tl.s * a.max_pages;
+        for (int t = 0; t < nt; t++) {
+            if (t >= S) wg_mbar_wait(empty + 8 * (t % S), (t / S - 1) & 1);
+            const int j0 = tl.kbeg + t * BC, nb = min(BC, tl.kend - j0) / 16; // whole 16-key boxes
+            const uint32_t bar = full + 8 * (t % S), s0 = sst + (uint32_t)(t % S) * (uint32_t)C::STAGE;
+            if (nb < BC / 16) { // the keys end inside: the other rows by cp.async, landed and fenced
+                char *st = smem + C::Q + (t % S) * C::STAGE;
+                fa_issue<D, BC, 128, 4>(a, tl, j0, st, st + C::KV, swz, 16 * nb);
+                __pipeline_wait_prior(0);
+                wg_fence_smem();
+                wg_bar_sync(WS_PRODUCER_BAR, 128);
+            }
+            if (warp == 0) {
+                const int j = j0 + 16 * lane;
+                const int row = lane < nb ? pages[j / a.page_size] * a.page_size + j % a.page_size : 0;
+                if (lane == 0) wg_mbar_expect_tx(bar, (uint32_t)(nb * 64 * D)); // K and V: 16 rows × D × 2 bytes each
+                __syncwarp(); // the bytes announced before any lands
+                if (lane < nb)
+#pragma unroll
+                    for (int cb = 0; cb < D / 64; cb++) {
+                        const uint32_t o = (uint32_t)(cb * BC * 128 + lane * 16 * 128);
+                        wg_tma_load2(s0 + o, &a.tk, tl.kh * D + cb * 64, row, bar);
+                        wg_tma_load2(s0 + (uint32_t)C::KV + o, &a.tv, tl.kh * D + cb * 64, row, bar);
+                    }
+            }
+        }
         return;
     }
     wg_regs_inc<WS_CONSUMER_REGS>();
@@ -1499,7 +1541,8 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
                 turn(t);
                 pass(t);
             }
-            wg_mbar_arrive(empty + 8 * (t % S));
+            __syncwarp(); // the warp's products retired: one arrival a warp
+            if (lane == 0) wg_mbar_arrive(empty + 8 * (t % S));
         };
         for (int t = 0; t < nt; t += 2) {
             step(t, pa, pb);
@@ -1520,7 +1563,8 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(cu_attn_args a)
                 fa_wg_tile<D, BC>(s, o, j0 + BC > warp_lo, j0, q, limr, m, l, sl2,
                                   wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
             }
-            wg_mbar_arrive(empty + 8 * (t % S));
+            __syncwarp(); // the warp's products retired: one arrival a warp
+            if (lane == 0) wg_mbar_arrive(empty + 8 * (t % S));
         }
     }
     fa_store<D>(a, tl, R0, g, q, o, m, l);
@@ -1712,7 +1756,7 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.seq_of = cm->seq_of;
     a.page_size = cm->page_size;
     a.max_pages = cm->max_pages;
-    a.tma = kind == ATTN_K_WG2 && b->attn_tma && attn_tma_maps(a, kcache, vcache, Hkv, D);
+    a.tma = (kind == ATTN_K_WG2 || kind == ATTN_K_WS) && b->attn_tma && attn_tma_maps(a, kcache, vcache, Hkv, D);
     int nsplit = D == 64    ? attn_run_d<64>(b, a, cm, level, Hkv, kind)
                  : D == 128 ? attn_run_d<128>(b, a, cm, level, Hkv, kind)
                             : attn_run_d<256>(b, a, cm, level, Hkv, kind);

@@ -56,7 +56,7 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
             else kv = 1;
         }
     }
-    if (kv == 3 && P % 16 == 0) { // as attn_tma_maps: whole tiles by TMA
+    if ((kv == 3 || kv == 4) && P % 16 == 0) { // as attn_tma_maps: whole boxes by TMA
         a.tma = 1;
         a.tk = {(const char *)kc.data(), 2, {C, rows, 1}, {C * 2, 0}, {64, 16}};
         a.tv = {(const char *)vc.data(), 2, {C, rows, 1}, {C * 2, 0}, {64, 16}};
