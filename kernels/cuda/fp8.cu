@@ -1117,8 +1117,8 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2)
 // copies themselves. Here a producer warpgroup streams the (weight block,
 // group) steps into a deeper ring of stages (as many as fit in ~196 KB), and
 // each consumer warpgroup waits for a step's full barrier, runs its products
-// and promotion, and releases the stage (empty barrier, all 256 consumer
-// threads); the warpgroups drift apart, so one's promotion overlaps the
+// and promotion, and releases the stage (empty barrier: one arrival from each
+// of the 8 consumer warps, v73); the warpgroups drift apart, so one's promotion overlaps the
 // other's products. One block an SM (the register split of setmaxnreg).
 //
 // v52: the work comes in items (a plan tile × npb weight blocks, item w =
@@ -1190,7 +1190,7 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_mo
     if (threadIdx.x == 0)
         for (int st = 0; st < S; st++) {
             wg_mbar_init(full + 8 * st, 128);
-            wg_mbar_init(empty + 8 * st, 256);
+            wg_mbar_init(empty + 8 * st, 8); // a consumer warp's one arrival (v73: not 256 atomics a step)
         }
     __syncthreads();
     const int wg = (int)(threadIdx.x >> 7) - 1; // -1: the producer
@@ -1238,7 +1238,8 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_mo
     auto promote = [&](int u, float (&part)[F][4]) {
         if (j == 0 && w + (int)gridDim.x < n_items) nx = ws8_item_of<BT>(a, p, w + gridDim.x);
         wg8_promote<BT>(sm + (u % S) * C::STAGE, rw, tq, part, acc);
-        wg_mbar_arrive(empty + 8 * (u % S));
+        __syncwarp(); // every lane's scales read: the warp releases the stage
+        if (lane == 0) wg_mbar_arrive(empty + 8 * (u % S));
         if (j % a.G == a.G - 1) wg8_store<BT>(a, it.r0, it.rows, (it.nb0 + j / a.G) * TC_BN, rw, tq, acc);
         if (++j == it.U) {
             w += gridDim.x;
