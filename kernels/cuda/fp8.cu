@@ -1173,7 +1173,7 @@ template <int BT> __device__ __forceinline__ ws8_item ws8_item_of(const fp8_args
 }
 
 template <int BT>
-__global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_moe_plan p)
+__global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_constant__ fp8_args a, cu_moe_plan p)
 {
     using C = ws8_cfg<BT>;
     constexpr int F = BT / 8, S = C::STAGES;
@@ -1213,8 +1213,19 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(fp8_args a, cu_mo
                 it = ws8_item_of<BT>(a, p, w);
                 rows_in();
             }
-            tc_load<BT, wg8_lay<BT>, 128>(a, a.w + it.e * a.ew, a.ws + it.e * a.ews, xrow, it.rows,
-                                          (it.nb0 + j / a.G) * TC_BN, s0 + (u % S) * C::STAGE, j % a.G);
+            const uint32_t st = s0 + (u % S) * C::STAGE;
+            const int n0 = (it.nb0 + j / a.G) * TC_BN;
+            if (a.tma) { // v73: the weight tile one TMA box (v72's map), its bytes on the stage's barrier
+                if (threadIdx.x == 0) {
+                    wg_mbar_expect(full + 8 * (u % S), TC_BN * FP8_G);
+                    wg_tma_load3(st, &a.tw, j % a.G * FP8_G, n0, (int)it.e, full + 8 * (u % S));
+                }
+                tc_load<BT, wg8_lay<BT>, 128, false>(a, a.w + it.e * a.ew, a.ws + it.e * a.ews, xrow, it.rows, n0,
+                                                     st, j % a.G);
+            } else {
+                tc_load<BT, wg8_lay<BT>, 128>(a, a.w + it.e * a.ew, a.ws + it.e * a.ews, xrow, it.rows, n0, st,
+                                              j % a.G);
+            }
             j++;
         });
         return;
@@ -1822,7 +1833,7 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
              : path == SL_CUDA_MOE_FP8_GROUPED_WSP ? 3
              : path == SL_CUDA_MOE_FP8_AUTO        ? b->moe_fp8_wg
                                                    : 0;
-    if (grouped && wg == 1 && b->moe_fp8_tma) { // the weight tiles by TMA (v72)
+    if (grouped && wg >= 1 && b->moe_fp8_tma) { // the wgmma kernels' weight tiles by TMA (v72, v73)
         a.tma = fp8_moe_tma_map(a, E) && fp8_moe_tma_map(d, E);
         d.tma = a.tma;
     }

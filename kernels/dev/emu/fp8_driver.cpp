@@ -38,7 +38,7 @@ static int run_case(int N, int K, const std::vector<int> &count, int shift, int 
     a.M = P; a.N = N; a.K = K; a.G = G; a.srow_shift = shift; a.vec = 1;
     a.out = {out.data(), SL_DTYPE_F32, P, N, N};
     a.ew = (int64_t)N * K; a.ews = (int64_t)NS * G; a.x_perm = 1; a.x_div = 1; a.npb = npb;
-    if (KV == 1) { // as fp8_moe_tma_map: the weight tiles by TMA
+    if (KV == 1 || KV == 4) { // as fp8_moe_tma_map: the weight tiles by TMA (ws: its persistent form only)
         a.tma = 1;
         a.tw = {(const char *)w.data(), 1, {K, N, E}, {K, (int64_t)N * K}, {128, 128}};
     }
