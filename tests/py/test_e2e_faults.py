@@ -76,10 +76,11 @@ def test_mid_stream_death_migrates_without_loss(procs, model):
     it = iter(a)
     first = [next(it) for _ in range(5)]
     victim = next(i for i in range(2) if inflight_of(port, urls[i]) == 1)
-    b = greedy(c, PROMPT_B, stream=True)  # round robin: on the other worker
-    itb = iter(b)
+    b = greedy(c, PROMPT_B, stream=True)  # round robin: on the other worker, unless a
+    itb = iter(b)                          # heartbeat late under load made it skip that one
     first_b = next(itb)
-    assert inflight_of(port, urls[1 - victim]) == 1
+    on_victim = inflight_of(port, urls[victim])  # A's, and B's if it went there too
+    assert on_victim in (1, 2) and on_victim + inflight_of(port, urls[1 - victim]) == 2
 
     killed = {}
 
@@ -95,7 +96,7 @@ def test_mid_stream_death_migrates_without_loss(procs, model):
     assert (text_a, toks_a, fin_a) == (*ref[PROMPT_A], "length")
     assert (text_b, toks_b, fin_b) == (*ref[PROMPT_B], "length")
     m = metrics(port)
-    assert m["sluice_migrations_total"] == 1 and m["sluice_lost_total"] == 0
+    assert m["sluice_migrations_total"] == on_victim and m["sluice_lost_total"] == 0
     assert m[f'sluice_worker_up{{worker="{urls[victim]}"}}'] == 0
 
     # the killed worker, restarted on its address, rejoins; with the other one
