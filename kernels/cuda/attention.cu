@@ -1248,13 +1248,13 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32, 2) k_attn_wg(cu_attn_args a)
 // rate on an H100 (8B shape, 4096 tokens), 50 % with the loop's copies left
 // out: issuing them (addresses, page-table loads) stalled the same warps that
 // run the products and the softmax. Where the page size is a multiple of 16
-// (a.tma), a whole tile is 16-key boxes of 64 columns copied by TMA
+// (a.tma: k_attn_wg2<D, true>), a whole tile is 16-key boxes of 64 columns copied by TMA
 // (attn_tma_maps: the 128-byte swizzle of the operand layout), issued by
 // BC / 16 lanes of warp 0, each box's cache row loaded a tile ahead; the
 // tile's mbarrier (full[stage]) counts its bytes and every thread waits on
 // it. A tile the keys end inside (the block's last, partial) still goes by
 // cp.async, its rows past the keys zero-filled (a zero V row keeps garbage out
-// of O), as every tile does without a.tma.
+// of O), as every tile does in k_attn_wg2<D, false>.
 //
 // Shared memory (after rounding the base up to 1024 bytes): Q [128][D],
 // STAGES × (K [BC][D], V [BC][D]), full[STAGES]. D 128: 230 424 B; D 256:
@@ -1271,7 +1271,7 @@ template <int D> struct wg2_cfg {
     static_assert(Q % 1024 == 0 && KV % 1024 == 0, "tiles on the swizzle period");
 };
 
-template <int D>
+template <int D, bool TMA>
 __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_constant__ cu_attn_args a)
 {
     using C = wg2_cfg<D>;
@@ -1288,11 +1288,13 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_consta
     const attn_tile tl = attn_tile_of(a, gridDim.x - 1 - blockIdx.x); // longest first
     if (tl.kbeg >= tl.kend) return; // no row has keys in this split
 
-    if (threadIdx.x == 0)
+    if (TMA && threadIdx.x == 0)
         for (int st = 0; st < S; st++) wg_mbar_init(full + 8 * st, 1);
     fa_wg_load_q<128, D>(a, tl, smem);
-    wg_fence_smem();
-    __syncthreads(); // Q stored and the barriers made, before any copy or product
+    if constexpr (TMA) { // (else the first tile's barrier does it)
+        wg_fence_smem();
+        __syncthreads(); // Q stored and the barriers made, before any copy or product
+    }
 
     // warp w holds rows 16w .. 16w + 15: warpgroup wgi's m64 accumulators
     const int R0 = warp * 16, last = tl.ntok - 1;
@@ -1304,8 +1306,11 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_consta
     const int nt = (tl.kend - tl.kbeg + BC - 1) / BC;
 
     char *stages = smem + C::Q;
-    // tile t whole by TMA (block-uniform): only the last can end inside
-    auto by_tma = [&](int t) { return a.tma && tl.kbeg + (t + 1) * BC <= tl.kend; };
+    // tile t whole by TMA (block-uniform): only the last can end inside. A
+    // kernel of its own (TMA): tested per tile at run time, these branches
+    // cost the cp.async form about 4 % (H100: v70's one kernel 0.550 ms, v71's
+    // split 0.527 at 8B 4096 tokens)
+    auto by_tma = [&](int t) { return TMA && tl.kbeg + (t + 1) * BC <= tl.kend; };
     // lane L < BC / 16 of warp 0: the cache row of tile t's keys 16L .. 16L + 15
     // (one page: the page size is a multiple of 16, the tile starts on 16)
     const int32_t *pages = a.page_table + (int64_t)tl.s * a.max_pages;
@@ -1313,7 +1318,7 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_consta
         const int j = tl.kbeg + t * BC + 16 * lane;
         return lane < BC / 16 && t < nt && by_tma(t) ? pages[j / a.page_size] * a.page_size + j % a.page_size : 0;
     };
-    int row_next = warp == 0 ? box_row(0) : 0; // the next tile's, loaded a tile ahead
+    int row_next = TMA && warp == 0 ? box_row(0) : 0; // the next tile's, loaded a tile ahead
     // tile t into stage t % S (one cp.async commit group a tile, empty for a
     // TMA tile and past the tiles, so wait_prior counts tiles)
     auto issue = [&](int t) {
@@ -1611,11 +1616,12 @@ __global__ void k_attn_combine(cu_attn_args a, int D)
 // The kernels: 16-row tiles (decode, short chunks), 64-row tiles (prefill)
 // on wmma, mma.sync (FlashAttention-2 style) or wgmma, plain or overlapped,
 // and 128-row tiles on wgmma (sl_cuda_attn_prefill).
-enum { ATTN_K_DECODE, ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO, ATTN_K_WG2, ATTN_K_WS };
+enum { ATTN_K_DECODE, ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO, ATTN_K_WG2, ATTN_K_WS, ATTN_K_WG2_TMA };
 template <int D, int K> struct attn_kernel {
-    static constexpr int THREADS = K == ATTN_K_WS ? WS_THREADS : K == ATTN_K_WG2 ? WG2_THREADS : ATTN_WARPS * 32;
+    static constexpr bool WG2 = K == ATTN_K_WG2 || K == ATTN_K_WG2_TMA;
+    static constexpr int THREADS = K == ATTN_K_WS ? WS_THREADS : WG2 ? WG2_THREADS : ATTN_WARPS * 32;
     static constexpr size_t BYTES = K == ATTN_K_WS        ? ws_cfg<D>::BYTES
-                                    : K == ATTN_K_WG2     ? wg2_cfg<D>::BYTES
+                                    : WG2                 ? wg2_cfg<D>::BYTES
                                     : K >= ATTN_K_WG      ? wg_cfg<D>::BYTES
                                     : K == ATTN_K_FA2     ? fa2_cfg<D>::BYTES
                                     : K == ATTN_K_PREFILL ? attn_pf_smem<D>::BYTES
@@ -1623,7 +1629,8 @@ template <int D, int K> struct attn_kernel {
     static void (*fn(void))(cu_attn_args)
     {
         return K == ATTN_K_WS        ? k_attn_ws<D>
-               : K == ATTN_K_WG2     ? k_attn_wg2<D>
+               : K == ATTN_K_WG2_TMA ? k_attn_wg2<D, true>
+               : K == ATTN_K_WG2     ? k_attn_wg2<D, false>
                : K == ATTN_K_WGO     ? k_attn_wg<D, true>
                : K == ATTN_K_WG      ? k_attn_wg<D, false>
                : K == ATTN_K_FA2     ? k_attn_fa2<D>
@@ -1680,6 +1687,7 @@ static int attn_run_d(cu_backend *b, cu_attn_args &a, const cu_meta *cm, int lev
     case ATTN_K_WG: return attn_run<D, ATTN_K_WG>(b, a, cm, level, Hkv);
     case ATTN_K_WGO: return attn_run<D, ATTN_K_WGO>(b, a, cm, level, Hkv);
     case ATTN_K_WG2: return attn_run<D, ATTN_K_WG2>(b, a, cm, level, Hkv);
+    case ATTN_K_WG2_TMA: return attn_run<D, ATTN_K_WG2_TMA>(b, a, cm, level, Hkv);
     default: return attn_run<D, ATTN_K_WS>(b, a, cm, level, Hkv);
     }
 }
@@ -1757,6 +1765,7 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.page_size = cm->page_size;
     a.max_pages = cm->max_pages;
     a.tma = (kind == ATTN_K_WG2 || kind == ATTN_K_WS) && b->attn_tma && attn_tma_maps(a, kcache, vcache, Hkv, D);
+    if (a.tma && kind == ATTN_K_WG2) kind = ATTN_K_WG2_TMA;
     int nsplit = D == 64    ? attn_run_d<64>(b, a, cm, level, Hkv, kind)
                  : D == 128 ? attn_run_d<128>(b, a, cm, level, Hkv, kind)
                             : attn_run_d<256>(b, a, cm, level, Hkv, kind);

@@ -77,7 +77,8 @@ static int run_case(int S, const int *qlen, const int *pre, int P, int Hq, int H
                  : kv ? wg_cfg<D>::BYTES : fa2_cfg<D>::BYTES, [&] {
                  if (kv == 5) k_attn<D>(a);
                  else if (kv == 4) k_attn_ws<D>(a);
-                 else if (kv == 3) k_attn_wg2<D>(a);
+                 else if (kv == 3 && a.tma) k_attn_wg2<D, true>(a);
+                 else if (kv == 3) k_attn_wg2<D, false>(a);
                  else if (kv == 2) k_attn_wg<D, true>(a);
                  else if (kv) k_attn_wg<D, false>(a);
                  else k_attn_fa2<D>(a);
