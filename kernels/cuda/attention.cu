@@ -699,6 +699,27 @@ __device__ __forceinline__ uint32_t fa2_pack(float lo, float hi)
     return u;
 }
 
+// The cache row of key j of the sequence whose page-table row is pages.
+__device__ __forceinline__ int64_t attn_row(const cu_attn_args &a, const int32_t *pages, int j)
+{
+    return (int64_t)pages[j / a.page_size] * a.page_size + j % a.page_size;
+}
+
+// Box L of a K/V tile by TMA (keys 16L .. 16L + 15, cache row `row`: one page):
+// D / 64 boxes of 64 columns of K into the stage at s0, of V BC · D · 2 bytes
+// on, their bytes counted on bar (v70's maps a.tk, a.tv).
+template <int D, int BC>
+__device__ __forceinline__ void fa_tma_box(const cu_attn_args &a, const attn_tile &tl, uint32_t s0, int L, int row,
+                                           uint32_t bar)
+{
+#pragma unroll
+    for (int cb = 0; cb < D / 64; cb++) {
+        const uint32_t o = (uint32_t)(cb * BC * 128 + L * 16 * 128);
+        wg_tma_load2(s0 + o, &a.tk, tl.kh * D + cb * 64, row, bar);
+        wg_tma_load2(s0 + (uint32_t)(BC * D * 2) + o, &a.tv, tl.kh * D + cb * 64, row, bar);
+    }
+}
+
 // K and V rows of keys [j0, j0 + BC) of the tile's KV head, gathered through
 // the page table into ks and vs by cp.async (16-byte chunk c of key row r at
 // byte dst(r, c) of each; a null ks or vs: that half not copied) and
@@ -719,7 +740,7 @@ __device__ __forceinline__ void fa_issue(const cu_attn_args &a, const attn_tile 
         int rr = c / CH, cc = c % CH, j = j0 + rr;
         if (rr < r0) continue;
         bool ok = j < tl.kend;
-        int64_t row = ok ? (int64_t)pages[j / a.page_size] * a.page_size + j % a.page_size : 0;
+        int64_t row = ok ? attn_row(a, pages, j) : 0;
         uint32_t o = dst(rr, cc);
         if (ks) __pipeline_memcpy_async(ks + o, a.kc + row * a.kld + koff + cc * 8, 16, ok ? 0 : 16);
         if (vs) __pipeline_memcpy_async(vs + o, a.vc + row * a.vld + koff + cc * 8, 16, ok ? 0 : 16);
@@ -1316,7 +1337,7 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_consta
     const int32_t *pages = a.page_table + (int64_t)tl.s * a.max_pages;
     auto box_row = [&](int t) {
         const int j = tl.kbeg + t * BC + 16 * lane;
-        return lane < BC / 16 && t < nt && by_tma(t) ? pages[j / a.page_size] * a.page_size + j % a.page_size : 0;
+        return lane < BC / 16 && t < nt && by_tma(t) ? (int)attn_row(a, pages, j) : 0;
     };
     int row_next = TMA && warp == 0 ? box_row(0) : 0; // the next tile's, loaded a tile ahead
     // tile t into stage t % S (one cp.async commit group a tile, empty for a
@@ -1330,13 +1351,7 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_consta
                 const uint32_t bar = full + 8 * (t % S);
                 if (lane == 0) wg_mbar_expect_tx(bar, (uint32_t)C::STAGE);
                 __syncwarp(); // the bytes announced before any lands
-                if (lane < BC / 16)
-#pragma unroll
-                    for (int cb = 0; cb < D / 64; cb++) {
-                        const uint32_t o = (uint32_t)(cb * BC * 128 + lane * 16 * 128);
-                        wg_tma_load2(s0 + o, &a.tk, tl.kh * D + cb * 64, row, bar);
-                        wg_tma_load2(s0 + (uint32_t)C::KV + o, &a.tv, tl.kh * D + cb * 64, row, bar);
-                    }
+                if (lane < BC / 16) fa_tma_box<D, BC>(a, tl, s0, lane, row, bar);
             }
             __pipeline_commit();
         } else if (t < nt) {
@@ -1463,16 +1478,10 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(const __grid_constant
             }
             if (warp == 0) {
                 const int j = j0 + 16 * lane;
-                const int row = lane < nb ? pages[j / a.page_size] * a.page_size + j % a.page_size : 0;
+                const int row = lane < nb ? (int)attn_row(a, pages, j) : 0;
                 if (lane == 0) wg_mbar_expect_tx(bar, (uint32_t)(nb * 64 * D)); // K and V: 16 rows × D × 2 bytes each
                 __syncwarp(); // the bytes announced before any lands
-                if (lane < nb)
-#pragma unroll
-                    for (int cb = 0; cb < D / 64; cb++) {
-                        const uint32_t o = (uint32_t)(cb * BC * 128 + lane * 16 * 128);
-                        wg_tma_load2(s0 + o, &a.tk, tl.kh * D + cb * 64, row, bar);
-                        wg_tma_load2(s0 + (uint32_t)C::KV + o, &a.tv, tl.kh * D + cb * 64, row, bar);
-                    }
+                if (lane < nb) fa_tma_box<D, BC>(a, tl, s0, lane, row, bar);
             }
         }
         return;
