@@ -19,6 +19,7 @@
 #include <mma.h>
 
 #include "attention.cuh"
+#include "cuda_backend.h"
 #include "fp8.cuh"
 #include "wgmma.cuh"
 
@@ -1419,6 +1420,9 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_consta
 // k_attn_wg2's 73 % with neither copies nor softmax (H100, v70's variants).
 // Shared memory: k_attn_wg2's, then the barriers.
 #define WS_THREADS 384
+#ifndef ATTN_WS_OV // v48's overlap inside a warpgroup where 3 stages fit (measuring: 0 turns it off)
+#define ATTN_WS_OV 1
+#endif
 #define WS_PRODUCER_BAR 3 // the producer warpgroup's named barrier (the consumers take 1 and 2)
 #define WS_PRODUCER_REGS 40 // 128 · 40 + 256 · 232: all of the block's registers
 #define WS_CONSUMER_REGS 232
@@ -1508,7 +1512,7 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(const __grid_constant
         if (wgi == 0 || t + 1 < nt) wg_bar_arrive(2 - wgi, 256);
     };
     auto st_of = [&](int t) { return sst + (uint32_t)(t % S) * (uint32_t)C::STAGE; };
-    if constexpr (S >= 3) {
+    if constexpr (S >= 3 && ATTN_WS_OV) {
         // v48, FlashAttention-3's overlap inside a warpgroup: tile t + 1's S is
         // issued with tile t's P·V and softmaxed while P·V runs (P into its
         // own registers, fa_softmax_pack; O rescaled after P·V retires). It
@@ -1749,7 +1753,7 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.gh = 1;
     while (a.G % (a.gh * 2) == 0 && a.gh * 2 <= rows) a.gh *= 2;
     static const int pf_kind[] = {ATTN_K_PREFILL, ATTN_K_FA2, ATTN_K_WG, ATTN_K_WGO,
-                                  ATTN_K_WG2,    ATTN_K_WS}; // sl_cuda_attn_kernel order
+                                  ATTN_K_WG2,     ATTN_K_WS,  ATTN_K_WG2}; // sl_cuda_attn_kernel order
     int kind = pf ? pf_kind[b->attn_pf] : ATTN_K_DECODE;
     int level = 0;
     if (pf) {
@@ -1774,7 +1778,10 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.page_size = cm->page_size;
     a.max_pages = cm->max_pages;
     a.tma = (kind == ATTN_K_WG2 || kind == ATTN_K_WS) && b->attn_tma && attn_tma_maps(a, kcache, vcache, Hkv, D);
-    if (a.tma && kind == ATTN_K_WG2) kind = ATTN_K_WG2_TMA;
+    // AUTO: the warp-specialized tiles where they measured faster (v73, H100:
+    // D 256 by TMA 0.303 against 0.386 ms; D 128 0.443 against 0.421)
+    if (a.tma && kind == ATTN_K_WG2)
+        kind = pf && b->attn_pf == SL_CUDA_ATTN_AUTO && D == 256 ? ATTN_K_WS : ATTN_K_WG2_TMA;
     int nsplit = D == 64    ? attn_run_d<64>(b, a, cm, level, Hkv, kind)
                  : D == 128 ? attn_run_d<128>(b, a, cm, level, Hkv, kind)
                             : attn_run_d<256>(b, a, cm, level, Hkv, kind);

@@ -648,11 +648,12 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // one weight block a block: walking several (v38) measured no faster
     const char *npb = getenv("SL_CUDA_MOE_FP8_NPB");
     b->moe_fp8_npb = npb ? atoi(npb) : 1;
-    // 1 (the default): 128-row tiles (v40, 1.2-1.3x v34 on an H200); 3: v34's 64-row tiles;
-    // 4: the 128-row tiles warp-specialized (v46, off until measured)
-    static const int attn_wg[] = {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_WG2, SL_CUDA_ATTN_WGO, SL_CUDA_ATTN_WG,
-                                  SL_CUDA_ATTN_WS};
-    b->attn_pf = env_switch("SL_CUDA_ATTN_FA2", 1) ? attn_wg[env_form("SL_CUDA_ATTN_WG", 4)] : SL_CUDA_ATTN_WMMA;
+    // 1 (the default): 128-row tiles (v40, 1.2-1.3x v34 on an H200), warp-specialized
+    // at head_dim 256 (v73); 3: v34's 64-row tiles; 4: the warp-specialized tiles
+    // everywhere, 5: never
+    static const int attn_wg[] = {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_AUTO, SL_CUDA_ATTN_WGO, SL_CUDA_ATTN_WG,
+                                  SL_CUDA_ATTN_WS,  SL_CUDA_ATTN_WG2};
+    b->attn_pf = env_switch("SL_CUDA_ATTN_FA2", 1) ? attn_wg[env_form("SL_CUDA_ATTN_WG", 5)] : SL_CUDA_ATTN_WMMA;
     b->attn_tma = env_switch("SL_CUDA_ATTN_TMA", 1);
     b->moe_fp8_tma = env_switch("SL_CUDA_MOE_FP8_TMA", 1);
     // timing picks the fastest matmul kernel per shape, which can differ from
@@ -714,7 +715,7 @@ extern "C" void *sl_cuda_stream(sl_backend *be)
 extern "C" int sl_cuda_attn_prefill(sl_backend *be, int kernel)
 {
     SL_ASSERT(be->i == &cu_iface);
-    SL_ASSERT(kernel >= SL_CUDA_ATTN_WMMA && kernel <= SL_CUDA_ATTN_WS);
+    SL_ASSERT(kernel >= SL_CUDA_ATTN_WMMA && kernel <= SL_CUDA_ATTN_AUTO);
     int was = cu_be(be)->attn_pf;
     cu_be(be)->attn_pf = kernel;
     return was;

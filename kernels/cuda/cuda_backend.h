@@ -48,19 +48,22 @@ void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which);
  * warpgroup mma (v34), plain or with the next tile's S overlapping this
  * tile's P·V (WGO, v37), or on 128-row tiles over two warpgroups (WG2, v40;
  * WG where a KV head has a single query head), or those tiles with a
- * producer warpgroup and the consumers taking turns (WS, v46). A backend
- * starts with SL_CUDA_ATTN_WG2, or FA2 with SL_CUDA_ATTN_WG=0 in the
+ * producer warpgroup and the consumers taking turns (WS, v46), or AUTO: WS
+ * at head_dim 256 where its tiles go by TMA (v73: 0.303 against WG2's 0.386
+ * ms on an H100), WG2 elsewhere (0.421 against WS's 0.443 at head_dim 128).
+ * A backend starts with AUTO, or FA2 with SL_CUDA_ATTN_WG=0 in the
  * environment at creation, WGO with SL_CUDA_ATTN_WG=2, WG with
- * SL_CUDA_ATTN_WG=3, WS with SL_CUDA_ATTN_WG=4, or WMMA with
- * SL_CUDA_ATTN_FA2=0. Returns the previous setting. Not thread-safe against
- * ops running on be. */
+ * SL_CUDA_ATTN_WG=3, WS with SL_CUDA_ATTN_WG=4, WG2 with SL_CUDA_ATTN_WG=5,
+ * or WMMA with SL_CUDA_ATTN_FA2=0. Returns the previous setting. Not
+ * thread-safe against ops running on be. */
 typedef enum {
     SL_CUDA_ATTN_WMMA,
     SL_CUDA_ATTN_FA2,
     SL_CUDA_ATTN_WG,
     SL_CUDA_ATTN_WGO,
     SL_CUDA_ATTN_WG2,
-    SL_CUDA_ATTN_WS
+    SL_CUDA_ATTN_WS,
+    SL_CUDA_ATTN_AUTO
 } sl_cuda_attn_kernel;
 int sl_cuda_attn_prefill(sl_backend *be, int kernel);
 

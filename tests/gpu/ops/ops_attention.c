@@ -237,18 +237,20 @@ static void perf_attention(tb *t, const char *name, int S, int qlen, int ctx, in
 static void attention_perf(tb *t, const char *filter)
 {
     if (tb_perf_on(filter, SL_OP_ATTENTION)) {
-        perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128, 0);
-        perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128, 0);
-        perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128, 0);
-        perf_attention(t, "30B decode", 32, 1, 4096, 16, 32, 4, 128, 0);
-        perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128, 0);
-        perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128, 0);
-        perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256, 0);
-        perf_attention(t, "next decode", 64, 1, 8192, 16, 16, 2, 256, 0); /* 8000/1000 at c=64: no key splits */
-        perf_attention(t, "next prefill", 1, 4096, 4096, 16, 16, 2, 256, 0);
-        /* the FlashAttention-2 and wgmma kernels (plain, overlapped, 128-row), same shapes */
-        static const char *nm[] = {"", " fa2", " wg", " wgo", " wg2", " ws"};
-        for (int k = SL_CUDA_ATTN_FA2; k <= SL_CUDA_ATTN_WS; k++) {
+        const int A = SL_CUDA_ATTN_AUTO; /* the default: what the models run */
+        perf_attention(t, "8B decode", 32, 1, 4096, 16, 32, 8, 128, A);
+        perf_attention(t, "8B decode", 8, 1, 16384, 16, 32, 8, 128, A);
+        perf_attention(t, "8B decode", 128, 1, 1024, 64, 32, 8, 128, A);
+        perf_attention(t, "30B decode", 32, 1, 4096, 16, 32, 4, 128, A);
+        perf_attention(t, "8B prefill", 1, 4096, 4096, 16, 32, 8, 128, A);
+        perf_attention(t, "8B prefill", 4, 1024, 1024, 16, 32, 8, 128, A);
+        perf_attention(t, "next decode", 32, 1, 4096, 16, 16, 2, 256, A);
+        perf_attention(t, "next decode", 64, 1, 8192, 16, 16, 2, 256, A); /* 8000/1000 at c=64: no key splits */
+        perf_attention(t, "next prefill", 1, 4096, 4096, 16, 16, 2, 256, A);
+        /* the wmma, FlashAttention-2 and wgmma kernels (plain, overlapped, 128-row,
+         * warp-specialized), same shapes */
+        static const char *nm[] = {" wmma", " fa2", " wg", " wgo", " wg2", " ws"};
+        for (int k = SL_CUDA_ATTN_WMMA; k <= SL_CUDA_ATTN_WS; k++) {
             char n1[32], n2[32];
             snprintf(n1, sizeof n1, "8B prefill%s", nm[k]);
             snprintf(n2, sizeof n2, "next prefill%s", nm[k]);

@@ -459,9 +459,9 @@ static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, in
 static void fp8_perf(tb *t, const char *filter)
 {
     if (tb_perf_on(filter, SL_OP_MOE_EXPERTS_FP8)) {
-        /* decode batches (16, 64) and prefill (128, 4096 tokens), both paths: where
-         * AUTO's switch to the grouped GEMMs belongs */
-        int Ts[] = {1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
+        /* decode batches (16, 64) and prefill (128 to 8192 tokens), every path: where
+         * AUTO's switches belong */
+        int Ts[] = {1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
         static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
                                                 SL_CUDA_MOE_FP8_GROUPED_TC, SL_CUDA_MOE_FP8_GROUPED,
                                                 SL_CUDA_MOE_FP8_GV, SL_CUDA_MOE_FP8_ONE,
@@ -471,7 +471,7 @@ static void fp8_perf(tb *t, const char *filter)
                 if (Ts[i] < t->min_tokens) continue;
                 if (Ts[i] > 64 && paths[p] == SL_CUDA_MOE_FP8_GV) continue; /* past its pairs */
                 if (Ts[i] > 1 && paths[p] == SL_CUDA_MOE_FP8_ONE) continue;  /* one token only */
-                if (Ts[i] == 4096 && paths[p] == SL_CUDA_MOE_FP8_EXPERT_GEMV) continue; /* 256 tiles an expert */
+                if (Ts[i] >= 4096 && paths[p] == SL_CUDA_MOE_FP8_EXPERT_GEMV) continue; /* 256 tiles an expert */
                 if (Ts[i] >= 1024 && paths[p] == SL_CUDA_MOE_FP8_GEMV) continue;       /* a pass per pair */
                 perf_moe_fp8(t, "30B-A3B", Ts[i], 2048, 768, 128, 8, 0, paths[p]);
                 /* Coder-Next with its shared expert fused, as the model runs it: 513
