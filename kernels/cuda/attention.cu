@@ -828,49 +828,6 @@ __device__ __forceinline__ void fa_p_frag(uint32_t (&pa)[4], const float (&s)[NB
     pa[3] = fa2_pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
-// fa_mask (where mask), fa_softmax_p and fa_p_frag in one pass that leaves s
-// as it is: the same max, exponentials, sums (in the same order) and bf16 P
-// fragments, into pb. For a kernel whose next S product may be in flight in
-// other accumulators: no ordinary instruction writes s (which would make
-// ptxas serialise the wgmmas, C7515), and P takes 32 registers, not 64.
-template <int NB>
-__device__ __forceinline__ void fa_softmax_pack(const float (&s)[NB][4], bool mask, int j0, int q,
-                                                const int (&lim)[2], float (&m)[2], float (&l)[2],
-                                                float (&c)[2], float sl2, uint32_t (&pb)[NB / 2][4])
-{
-    auto hidden = [&](int n, int e) { return mask && j0 + n * 8 + 2 * q + (e & 1) >= lim[e >> 1]; };
-    float u[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        float x = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < NB; n++) {
-            float a = hidden(n, 2 * h) ? -INFINITY : s[n][2 * h];
-            float b = hidden(n, 2 * h + 1) ? -INFINITY : s[n][2 * h + 1];
-            x = fmaxf(x, fmaxf(a, b));
-        }
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-        float nm = fmaxf(m[h], x * sl2);
-        u[h] = nm == -INFINITY ? 0.0f : nm; // as fa_softmax_p: never NaN
-        c[h] = exp2f(m[h] - u[h]);
-        m[h] = nm;
-    }
-    float sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int n = 0; n < NB; n++) {
-        float p[4];
-#pragma unroll
-        for (int e = 0; e < 4; e++) p[e] = hidden(n, e) ? 0.0f : exp2f(fmaf(s[n][e], sl2, -u[e >> 1]));
-        sum[0] += p[0] + p[1];
-        sum[1] += p[2] + p[3];
-        pb[n >> 1][2 * (n & 1)] = fa2_pack(p[0], p[1]);
-        pb[n >> 1][2 * (n & 1) + 1] = fa2_pack(p[2], p[3]);
-    }
-#pragma unroll
-    for (int h = 0; h < 2; h++) l[h] = l[h] * c[h] + sum[h];
-}
-
 // The end of a 64-row tile: rows R0 + g and R0 + g + 8 of O (accumulator
 // layout) normalised by the quad-summed l into out, or with key splits their
 // (m, l, O) partials for k_attn_combine. Padding rows and rows with no key in
@@ -1418,11 +1375,13 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_consta
 // arrival a thread (256 shared-memory atomics on one word a tile, 128 more
 // for full): the likely reason the form ran 52 % of the mma rate against
 // k_attn_wg2's 73 % with neither copies nor softmax (H100, v70's variants).
+// Measured (H100, 4096 tokens): D 256 0.303 ms (57 % of mma) against
+// k_attn_wg2's 0.386. At D 128 v48's overlap inside a warpgroup (tile t + 1's
+// S issued with tile t's P·V, softmaxed while P·V ran) cost it 0.442 against
+// this plain loop's 0.329 ms (52 %): removed (v74); the turns between the
+// two warpgroups already keep the tensor cores busy through a softmax.
 // Shared memory: k_attn_wg2's, then the barriers.
 #define WS_THREADS 384
-#ifndef ATTN_WS_OV // v48's overlap inside a warpgroup where 3 stages fit (measuring: 0 turns it off)
-#define ATTN_WS_OV 1
-#endif
 #define WS_PRODUCER_BAR 3 // the producer warpgroup's named barrier (the consumers take 1 and 2)
 #define WS_PRODUCER_REGS 40 // 128 · 40 + 256 · 232: all of the block's registers
 #define WS_CONSUMER_REGS 232
@@ -1511,79 +1470,22 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(const __grid_constant
     auto pass = [&](int t) {
         if (wgi == 0 || t + 1 < nt) wg_bar_arrive(2 - wgi, 256);
     };
-    auto st_of = [&](int t) { return sst + (uint32_t)(t % S) * (uint32_t)C::STAGE; };
-    if constexpr (S >= 3 && ATTN_WS_OV) {
-        // v48, FlashAttention-3's overlap inside a warpgroup: tile t + 1's S is
-        // issued with tile t's P·V and softmaxed while P·V runs (P into its
-        // own registers, fa_softmax_pack; O rescaled after P·V retires). It
-        // waits for tile t + 1 before releasing tile t, which the producer's
-        // hand-over (one tile behind its newest) allows from 3 stages on.
-        // Tiles with products for this warpgroup: a prefix (wg_end bounds
-        // every later tile too).
-        const int nw = wg_end > tl.kbeg ? min(nt, (wg_end - tl.kbeg + BC - 1) / BC) : 0;
-        float c[2];
-        uint32_t pa[BC / 16][4], pb[BC / 16][4];
-        // tile t's S (retired) into P (p), the rescale factors into c
-        auto soft = [&](int t, uint32_t(&p)[BC / 16][4]) {
-            wg_hold(s);
-            const int j0 = tl.kbeg + t * BC;
-            fa_softmax_pack(s, j0 + BC > warp_lo, j0, q, limr, m, l, c, sl2, p);
-        };
-        wg_mbar_wait(full, 0);
-        if (nw > 0) {
-            fa_wg_s<BC, D, 128>(s, dq, wg_desc(st_of(0), 16, 1024));
-            wg_wait<0>();
-            soft(0, pa); // O is zero: nothing to rescale
+    for (int t = 0; t < nt; t++) {
+        wg_mbar_wait(full + 8 * (t % S), (t / S) & 1);
+        const int j0 = tl.kbeg + t * BC;
+        const uint32_t st = sst + (uint32_t)(t % S) * (uint32_t)C::STAGE;
+        if (j0 >= wg_end) {
+            turn(t);
+            pass(t);
+        } else { // the products in one branch: ptxas serialises wgmma split over several (C7518)
+            turn(t);
+            fa_wg_s<BC, D, 128>(s, dq, wg_desc(st, 16, 1024));
+            pass(t);
+            fa_wg_tile<D, BC>(s, o, j0 + BC > warp_lo, j0, q, limr, m, l, sl2,
+                              wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
         }
-        // tile t with its P in cur, tile t + 1's into nxt (the two alternate)
-        auto step = [&](int t, uint32_t(&cur)[BC / 16][4], uint32_t(&nxt)[BC / 16][4]) {
-            if (t + 1 < nt) wg_mbar_wait(full + 8 * ((t + 1) % S), ((t + 1) / S) & 1);
-            const uint64_t dv = wg_desc(st_of(t) + (uint32_t)C::KV, BC * 128, 1024);
-            if (t + 1 < nw) {
-                turn(t);
-                fa_wg_s<BC, D, 128>(s, dq, wg_desc(st_of(t + 1), 16, 1024));
-                fa_wg_pv<D, BC>(o, cur, dv);
-                pass(t);
-                wg_wait<1>(); // S(t + 1) retired, P·V(t) in flight
-                soft(t + 1, nxt);
-                wg_wait<0>();
-                wg_hold(o);
-                fa_rescale(o, c);
-            } else if (t < nw) {
-                turn(t);
-                fa_wg_pv<D, BC>(o, cur, dv);
-                pass(t);
-                wg_wait<0>();
-                wg_hold(o);
-            } else {
-                turn(t);
-                pass(t);
-            }
-            __syncwarp(); // the warp's products retired: one arrival a warp
-            if (lane == 0) wg_mbar_arrive(empty + 8 * (t % S));
-        };
-        for (int t = 0; t < nt; t += 2) {
-            step(t, pa, pb);
-            if (t + 1 < nt) step(t + 1, pb, pa);
-        }
-    } else {
-        for (int t = 0; t < nt; t++) {
-            wg_mbar_wait(full + 8 * (t % S), (t / S) & 1);
-            const int j0 = tl.kbeg + t * BC;
-            const uint32_t st = st_of(t);
-            if (j0 >= wg_end) {
-                turn(t);
-                pass(t);
-            } else { // the products in one branch: ptxas serialises wgmma split over several (C7518)
-                turn(t);
-                fa_wg_s<BC, D, 128>(s, dq, wg_desc(st, 16, 1024));
-                pass(t);
-                fa_wg_tile<D, BC>(s, o, j0 + BC > warp_lo, j0, q, limr, m, l, sl2,
-                                  wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
-            }
-            __syncwarp(); // the warp's products retired: one arrival a warp
-            if (lane == 0) wg_mbar_arrive(empty + 8 * (t % S));
-        }
+        __syncwarp(); // the warp's products retired: one arrival a warp
+        if (lane == 0) wg_mbar_arrive(empty + 8 * (t % S));
     }
     fa_store<D>(a, tl, R0, g, q, o, m, l);
 }
@@ -1778,10 +1680,11 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     a.page_size = cm->page_size;
     a.max_pages = cm->max_pages;
     a.tma = (kind == ATTN_K_WG2 || kind == ATTN_K_WS) && b->attn_tma && attn_tma_maps(a, kcache, vcache, Hkv, D);
-    // AUTO: the warp-specialized tiles where they measured faster (v73, H100:
-    // D 256 by TMA 0.303 against 0.386 ms; D 128 0.443 against 0.421)
+    // AUTO: the warp-specialized tiles where their copies go by TMA (v74, H100,
+    // 4096 tokens: D 128 0.329 against k_attn_wg2's 0.421 ms, D 256 0.303
+    // against 0.386); its cp.async producer has not measured faster than wg2's
     if (a.tma && kind == ATTN_K_WG2)
-        kind = pf && b->attn_pf == SL_CUDA_ATTN_AUTO && D == 256 ? ATTN_K_WS : ATTN_K_WG2_TMA;
+        kind = pf && b->attn_pf == SL_CUDA_ATTN_AUTO ? ATTN_K_WS : ATTN_K_WG2_TMA;
     int nsplit = D == 64    ? attn_run_d<64>(b, a, cm, level, Hkv, kind)
                  : D == 128 ? attn_run_d<128>(b, a, cm, level, Hkv, kind)
                             : attn_run_d<256>(b, a, cm, level, Hkv, kind);

@@ -640,17 +640,18 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // Prefill attention and the grouped FP8 MoE GEMMs on wgmma (v34, v35):
     // SL_CUDA_ATTN_WG=0 goes back to FA2, SL_CUDA_MOE_FP8_WG=0 to mma.sync.
     b->moe_fp8_path = env_switch("SL_CUDA_MOE_FP8_GROUPED", 1) ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
-    // SL_CUDA_ATTN_WG=2: its overlapped form (v37). SL_CUDA_MOE_FP8_WG=3: the warp-specialized
-    // form (v47), =4 that persistent (v52), both slower (v53): the kernel's wg 2 / 3; =2 was
-    // its overlapped form (v36-v69: slower everywhere, removed), now the plain one
-    static const int moe_wg[] = {0, 1, 1, 2, 3};
+    // SL_CUDA_ATTN_WG=2: its overlapped form (v37). SL_CUDA_MOE_FP8_WG=1 (the default): the
+    // persistent warp-specialized form at 128-row tiles (v74), the plain one elsewhere (the
+    // kernel's wg 4); =2 the plain form everywhere (was the overlapped one, v36-v69: slower,
+    // removed), =3 the warp-specialized form (v47), =4 that persistent (v52): wg 1 / 2 / 3
+    static const int moe_wg[] = {0, 4, 1, 2, 3};
     b->moe_fp8_wg = moe_wg[env_form("SL_CUDA_MOE_FP8_WG", 4)];
     // one weight block a block: walking several (v38) measured no faster
     const char *npb = getenv("SL_CUDA_MOE_FP8_NPB");
     b->moe_fp8_npb = npb ? atoi(npb) : 1;
     // 1 (the default): 128-row tiles (v40, 1.2-1.3x v34 on an H200), warp-specialized
-    // at head_dim 256 (v73); 3: v34's 64-row tiles; 4: the warp-specialized tiles
-    // everywhere, 5: never
+    // where they go by TMA (v74); 3: v34's 64-row tiles; 4: the warp-specialized
+    // tiles everywhere, 5: never
     static const int attn_wg[] = {SL_CUDA_ATTN_FA2, SL_CUDA_ATTN_AUTO, SL_CUDA_ATTN_WGO, SL_CUDA_ATTN_WG,
                                   SL_CUDA_ATTN_WS,  SL_CUDA_ATTN_WG2};
     b->attn_pf = env_switch("SL_CUDA_ATTN_FA2", 1) ? attn_wg[env_form("SL_CUDA_ATTN_WG", 5)] : SL_CUDA_ATTN_WMMA;

@@ -49,8 +49,9 @@ void sl_cuda_matmul_force(sl_backend *be, sl_cuda_mm which);
  * tile's P·V (WGO, v37), or on 128-row tiles over two warpgroups (WG2, v40;
  * WG where a KV head has a single query head), or those tiles with a
  * producer warpgroup and the consumers taking turns (WS, v46), or AUTO: WS
- * at head_dim 256 where its tiles go by TMA (v73: 0.303 against WG2's 0.386
- * ms on an H100), WG2 elsewhere (0.421 against WS's 0.443 at head_dim 128).
+ * where its tiles go by TMA (the page size a multiple of 16; v74 on an
+ * H100, 4096 tokens: 0.329 / 0.303 ms at head_dim 128 / 256 against WG2's
+ * 0.421 / 0.386), WG2 elsewhere.
  * A backend starts with AUTO, or FA2 with SL_CUDA_ATTN_WG=0 in the
  * environment at creation, WGO with SL_CUDA_ATTN_WG=2, WG with
  * SL_CUDA_ATTN_WG=3, WS with SL_CUDA_ATTN_WG=4, WG2 with SL_CUDA_ATTN_WG=5,

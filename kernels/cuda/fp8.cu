@@ -1716,6 +1716,11 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
              : P >= MOE_FP8_BM128_ROWS * (int64_t)E ? 128
              : P >= MOE_FP8_BM64_ROWS * (int64_t)E  ? 64
                                                      : 32;
+    // wg 4 (AUTO): the persistent warp-specialized kernel at 128-row tiles (v74, H100:
+    // 30B-A3B 2048 / 4096 / 8192 tokens 0.901 / 1.517 / 2.716 ms against the plain
+    // kernel's 0.977 / 1.648 / 2.975, Coder-Next 8192 3.595 against 4.004), the plain
+    // one at 32 and 64 rows (Coder-Next 4096: 1.708 against 2.318)
+    if (wg == 4) wg = bm == 128 ? 3 : 1;
     cu_moe_plan p;
     cu_moe_plan_make(b, &p, a.ids, a.ids_ld, T, k, E, bm, 1);
     a.M = (int)P;
@@ -1827,7 +1832,7 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
                    path == SL_CUDA_MOE_FP8_GROUPED_WS || path == SL_CUDA_MOE_FP8_GROUPED_WSP ||
                    (path == SL_CUDA_MOE_FP8_AUTO && (P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E || wg_batch))) &&
                   a.vec && d.vec;
-    // the wgmma kernel: 1, 2 warp-specialized, 3 that persistent
+    // the wgmma kernel: 1, 2 warp-specialized, 3 that persistent, 4 by tile rows (AUTO)
     int wg = path == SL_CUDA_MOE_FP8_GROUPED       ? 1
              : path == SL_CUDA_MOE_FP8_GROUPED_WS  ? 2
              : path == SL_CUDA_MOE_FP8_GROUPED_WSP ? 3

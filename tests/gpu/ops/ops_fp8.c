@@ -459,10 +459,10 @@ static void perf_moe_fp8(tb *t, const char *name, int T, int H, int I, int E, in
 static void fp8_perf(tb *t, const char *filter)
 {
     if (tb_perf_on(filter, SL_OP_MOE_EXPERTS_FP8)) {
-        /* decode batches (16, 64) and prefill (128 to 8192 tokens), every path: where
-         * AUTO's switches belong */
+        /* decode batches (16, 64) and prefill (128 to 8192 tokens), the default (AUTO)
+         * and every path forced: where AUTO's switches belong */
         int Ts[] = {1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
-        static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
+        static const sl_cuda_moe_fp8 paths[] = {SL_CUDA_MOE_FP8_AUTO, SL_CUDA_MOE_FP8_GEMV, SL_CUDA_MOE_FP8_EXPERT_GEMV,
                                                 SL_CUDA_MOE_FP8_GROUPED_TC, SL_CUDA_MOE_FP8_GROUPED,
                                                 SL_CUDA_MOE_FP8_GV, SL_CUDA_MOE_FP8_ONE,
                                                 SL_CUDA_MOE_FP8_GROUPED_WS, SL_CUDA_MOE_FP8_GROUPED_WSP};
