@@ -43,9 +43,10 @@ for t in "$dir"/test_*; do
     # the residual add + norm inside the router (v45, off until measured)
     SL_CUDA_ROUTER_NORM=1 TAG=routernorm run "$name" 200 --filter moe_router
   fi
-  # every form written without a GPU at once (NOTES.md v42-v49)
+  # every form written without a GPU at once (NOTES.md v42-v49), with the prefill
+  # attention and MoE kernels the defaults replaced in v74 (k_attn_wg2, k_fp8_moe_wg)
   [ "$name" = test_engine_gpu ] && SL_CUDA_MOE_FP8_ONE=1 SL_CUDA_GDN_FUSE=1 SL_CUDA_ROUTER_NORM=1 \
-    SL_CUDA_ATTN_WG=4 SL_CUDA_MOE_FP8_WG=3 TAG=blind run "$name" "${LIMIT:-150}"
+    SL_CUDA_ATTN_WG=5 SL_CUDA_MOE_FP8_WG=2 TAG=blind run "$name" "${LIMIT:-150}"
   # every allocation NaN: a kernel reading memory nothing wrote fails the checks
   [ "$name" = test_engine_gpu ] && SL_CUDA_POISON=1 TAG=poisoned run "$name" "${LIMIT:-150}"
   # the paths the defaults replaced, still selectable (docs/operations.md)
