@@ -94,10 +94,11 @@ const char *sl_cuda_matmul_last(sl_backend *be);
  * EXPERT_GEMV (pairs sorted by expert, each active expert's weights
  * streamed once for up to 16 of its tokens by the GEMV kernel); from 8
  * pairs an expert (prefill), grouped GEMMs (pairs sorted by expert, one
- * tensor-core FP8 GEMM per expert tile: on wgmma, or with
- * SL_CUDA_MOE_FP8_WG=0 in the environment at creation on the mma.sync tiles,
- * with =3 on the wgmma kernel's warp-specialized form, with =4 on that
- * persistent). GROUPED (wgmma), GROUPED_WS (wgmma, warp-specialized),
+ * tensor-core FP8 GEMM per expert tile: on wgmma, the persistent
+ * warp-specialized form at 128-row tiles and the plain kernel at 32 and 64
+ * rows (v74); with SL_CUDA_MOE_FP8_WG=0 in the environment at creation on
+ * the mma.sync tiles, with =2 on the plain wgmma kernel, with =3 on its
+ * warp-specialized form, with =4 on that persistent, at every tile size). GROUPED (wgmma), GROUPED_WS (wgmma, warp-specialized),
  * GROUPED_WSP (the same, persistent), GROUPED_TC (mma.sync), EXPERT_GEMV and GV
  * force theirs where they can run (tests). The grouped path needs K % 16 ==
  * 0 and 16-byte aligned expert weights (H and I multiples of 16); elsewhere
