@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# kernels/dev/gpu_run.sh BIN MODE...: a session's GPU calls in few seconds of setup, on
+# binaries built here (BIN: a folder with sluice and the test_* binaries, or an .tar.xz of
+# one, unpacked once into /tmp). Device time is scarce: each mode prints only its summary
+# (full logs under $OUT, or /tmp) and its time.
+#   check         every correctness binary and check_model.py at once (one GPU, ≈ 270 s on
+#                 an H100; tests/gpu/run_all.sh runs them one by one, with the variants)
+#   perf:OP[:N]   test_backend_ops --perf --filter OP (--min-tokens N), its PERF lines
+#   ops:OP        test_backend_ops --filter OP, its failures and counts
+#   e2e           tests/gpu/bench_e2e.sh on Qwen3-30B-A3B-FP8 and Qwen3-8B-FP8, 1000/1000
+#   cn            the same on Qwen3-Coder-Next-FP8 (~80 GB of weights: an H200)
+#   long64        Coder-Next-FP8 8000/1000 at concurrency 64 (an H200)
+# Environment variables (SL_CUDA_*) pass through to every binary, e.g. for A/B runs:
+#   OUT=$OUT bash kernels/dev/gpu_run.sh .gpu/all.tar.xz perf:attention check
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+src=${1:?BIN}; shift
+out=${OUT:-/tmp}
+if [ -f "$src" ]; then # a tarball: unpacked once per content
+  b=/tmp/gpu_run_$(cksum < "$src" | cut -d' ' -f1)
+  [ -x "$b/sluice" ] || { mkdir -p "$b" && xz -dc "$src" | tar xf - -C "$b"; }
+else
+  b=$(cd "$src" && pwd)
+fi
+export NCCL_NVLS_ENABLE=0 LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
+tok=tests/data/qwen3-tokenizer
+for mode in "$@"; do
+  s=$(date +%s)
+  echo "##### $mode"
+  IFS=: read -r what op min <<< "$mode"
+  case $what in
+  check)
+    pids=()
+    for x in test_backend_ops test_engine_gpu test_engine_gpu_cache test_model_trace; do
+      [ -x "$b/$x" ] || continue
+      ( timeout -s KILL "$([ $x = test_backend_ops ] && echo 420 || echo 200)" "$b/$x" > "$out/$x.log" 2>&1
+        echo "$x rc=$?" > "$out/$x.rc" ) & pids+=($!)
+    done
+    ( timeout 300 python3 tests/gpu/check_model.py "$b" > "$out/check_model.log" 2>&1
+      echo "check_model rc=$?" > "$out/check_model.rc" ) & pids+=($!)
+    # by pid: a bare wait would also wait for a caller's tee
+    for p in "${pids[@]}"; do wait "$p"; done
+    for x in test_backend_ops test_engine_gpu test_engine_gpu_cache test_model_trace check_model; do
+      [ -f "$out/$x.rc" ] || continue
+      echo "$(cat "$out/$x.rc") $(grep -E '^correctness:|checks,|model checks' "$out/$x.log" | tail -1)"
+      grep -h FAIL "$out/$x.log" | head -5
+    done ;;
+  perf)
+    log=$out/perf_$op.log
+    timeout 300 "$b/test_backend_ops" --perf --filter "$op" ${min:+--min-tokens $min} > "$log" 2>&1
+    echo "rc=$?"
+    grep -E '^PEAK|^PERF' "$log" ;;
+  ops)
+    log=$out/ops_$op.log
+    timeout 300 "$b/test_backend_ops" --filter "$op" > "$log" 2>&1
+    echo "rc=$? $(grep correctness: "$log")"
+    grep -h FAIL "$log" | head -5 ;;
+  e2e | cn | long64)
+    case $what in
+    e2e) models="qwen3-30b-a3b-fp8 qwen3-8b-fp8" ;;
+    *) models=qwen3-coder-next-fp8 ;;
+    esac
+    if [ "$what" = long64 ]; then
+      ISL=8000 CONCS=64 BENCH_LIMIT=400 bash tests/gpu/bench_e2e.sh "$b" "$tok" $models > "$out/$what.log" 2>&1
+    else
+      bash tests/gpu/bench_e2e.sh "$b" "$tok" $models > "$out/$what.log" 2>&1
+    fi
+    sed -n '/e2e summary/,$p' "$out/$what.log" ;;
+  *) echo "gpu_run.sh: unknown mode $mode" ;;
+  esac
+  echo "##### $mode took $(( $(date +%s) - s )) s"
+done
