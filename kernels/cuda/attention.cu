@@ -1684,7 +1684,7 @@ void cu_attention(sl_backend *be, sl_tensor *out, const sl_tensor *q, const sl_t
     // 4096 tokens: D 128 0.329 against k_attn_wg2's 0.421 ms, D 256 0.303
     // against 0.386); its cp.async producer has not measured faster than wg2's
     if (a.tma && kind == ATTN_K_WG2)
-        kind = pf && b->attn_pf == SL_CUDA_ATTN_AUTO ? ATTN_K_WS : ATTN_K_WG2_TMA;
+        kind = b->attn_pf == SL_CUDA_ATTN_AUTO ? ATTN_K_WS : ATTN_K_WG2_TMA;
     int nsplit = D == 64    ? attn_run_d<64>(b, a, cm, level, Hkv, kind)
                  : D == 128 ? attn_run_d<128>(b, a, cm, level, Hkv, kind)
                             : attn_run_d<256>(b, a, cm, level, Hkv, kind);

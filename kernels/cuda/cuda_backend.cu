@@ -641,10 +641,10 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     // SL_CUDA_ATTN_WG=0 goes back to FA2, SL_CUDA_MOE_FP8_WG=0 to mma.sync.
     b->moe_fp8_path = env_switch("SL_CUDA_MOE_FP8_GROUPED", 1) ? SL_CUDA_MOE_FP8_AUTO : SL_CUDA_MOE_FP8_GEMV;
     // SL_CUDA_ATTN_WG=2: its overlapped form (v37). SL_CUDA_MOE_FP8_WG=1 (the default): the
-    // persistent warp-specialized form at 128-row tiles (v74), the plain one elsewhere (the
-    // kernel's wg 4); =2 the plain form everywhere (was the overlapped one, v36-v69: slower,
-    // removed), =3 the warp-specialized form (v47), =4 that persistent (v52): wg 1 / 2 / 3
-    static const int moe_wg[] = {0, 4, 1, 2, 3};
+    // persistent warp-specialized form at 128-row tiles (v74), the plain one elsewhere; =2 the
+    // plain form everywhere (was the overlapped one, v36-v69: slower, removed), =3 the
+    // warp-specialized form (v47), =4 that persistent (v52)
+    static const int moe_wg[] = {CU_MOE_WG_TC, CU_MOE_WG_AUTO, CU_MOE_WG_WG, CU_MOE_WG_WS, CU_MOE_WG_WSP};
     b->moe_fp8_wg = moe_wg[env_form("SL_CUDA_MOE_FP8_WG", 4)];
     // one weight block a block: walking several (v38) measured no faster
     const char *npb = getenv("SL_CUDA_MOE_FP8_NPB");

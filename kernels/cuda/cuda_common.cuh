@@ -78,6 +78,11 @@ typedef struct cu_meta_buf {
     cu_meta meta;
 } cu_meta_buf;
 
+// The grouped FP8 MoE GEMM's kernel: the mma.sync tiles (k_fp8_moe_gemm_tc), on
+// wgmma k_fp8_moe_wg (NOTES.md v35), k_fp8_moe_ws (v47) or that persistent (v52),
+// or by the expert tile's rows (AUTO: WSP at 128 rows, WG below; v74)
+typedef enum { CU_MOE_WG_TC, CU_MOE_WG_WG, CU_MOE_WG_WS, CU_MOE_WG_WSP, CU_MOE_WG_AUTO } cu_moe_wg;
+
 typedef struct cu_backend {
     struct sl_backend base;
     int device;
@@ -125,10 +130,9 @@ typedef struct cu_backend {
     // k_attn_wg2 copies whole K/V tiles by TMA where it can (NOTES.md v70); env
     // SL_CUDA_ATTN_TMA=0: by cp.async as before (A/B timing)
     int attn_tma;
-    // cu_moe_experts_fp8, AUTO: the grouped GEMMs on wgmma (1: k_fp8_moe_wg,
-    // NOTES.md v35; 2 / 3: k_fp8_moe_ws, v47, v52) instead of the mma.sync
-    // tiles (0); env SL_CUDA_MOE_FP8_WG; npb: weight blocks a block of it
-    // walks (env SL_CUDA_MOE_FP8_NPB; default 1, 0: chosen per launch)
+    // cu_moe_experts_fp8, AUTO: which kernel runs the grouped GEMMs (a
+    // cu_moe_wg; env SL_CUDA_MOE_FP8_WG); npb: weight blocks a block of
+    // k_fp8_moe_wg walks (env SL_CUDA_MOE_FP8_NPB; default 1, 0: chosen per launch)
     int moe_fp8_wg, moe_fp8_npb;
     // k_fp8_moe_wg copies its weight tiles by TMA (NOTES.md v72); env
     // SL_CUDA_MOE_FP8_TMA=0: by cp.async (A/B timing)

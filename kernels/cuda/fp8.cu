@@ -1019,6 +1019,30 @@ __device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, i
         }
 }
 
+// One step's copies into stage st by NTH threads: the tokens' rows and scales and
+// the weight scales by cp.async (one commit group), and the weight tile (expert
+// e's rows n0 .., group g) by cp.async too or, with a.tma, as one TMA box from
+// thread 0 whose bytes it announces on bar: with its arrival (ARRIVE: the
+// barrier counts that one) or without (its arrival comes later with the
+// cp.async copies: k_fp8_moe_ws's full barriers count all NTH).
+template <int BT, int NTH, bool ARRIVE, class XR>
+__device__ __forceinline__ void wg8_load(const fp8_args &a, int64_t e, XR xrow, int rows, int n0, uint32_t st, int g,
+                                         uint32_t bar)
+{
+    const uint8_t *w = a.w + e * a.ew;
+    const float *ws = a.ws + e * a.ews;
+    if (!a.tma) {
+        tc_load<BT, wg8_lay<BT>, NTH>(a, w, ws, xrow, rows, n0, st, g);
+        return;
+    }
+    if (threadIdx.x == 0) {
+        if (ARRIVE) wg_mbar_expect_tx(bar, TC_BN * FP8_G);
+        else wg_mbar_expect(bar, TC_BN * FP8_G);
+        wg_tma_load3(st, &a.tw, g * FP8_G, n0, (int)e, bar);
+    }
+    tc_load<BT, wg8_lay<BT>, NTH, false>(a, w, ws, xrow, rows, n0, st, g);
+}
+
 // v72: with a.tma each step's weight tile (128 rows × the group's 128 bytes of
 // this expert's w, zero past N and K) is one TMA box issued by thread 0 into the
 // stage's 128-byte-swizzled tile, its bytes counted by the stage's mbarrier;
@@ -1036,8 +1060,6 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2)
     int64_t e;
     int r0, rows;
     if (!moe_tile_of<BT>(a, p, xr, e, r0, rows)) return;
-    const uint8_t *w = a.w + e * a.ew;
-    const float *ws = a.ws + e * a.ews;
     auto xrow = [&](int r) -> int64_t { return xr[r]; };
     const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3;
     const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
@@ -1065,18 +1087,10 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2)
     // past U); steps are loaded in order, so (weight block, group) is counted
     int lu = 0, lj = 0, lg = 0;
     auto load = [&]() {
-        const uint32_t st = s0 + (lu % S) * C::STAGE;
-        if (lu < U && a.tma) {
-            if (threadIdx.x == 0) {
-                wg_mbar_expect_tx(bar + 8 * (lu % S), TC_BN * FP8_G);
-                wg_tma_load3(st, &a.tw, lg * FP8_G, (nb0 + lj) * TC_BN, (int)e, bar + 8 * (lu % S));
-            }
-            tc_load<BT, wg8_lay<BT>, TC_THREADS, false>(a, w, ws, xrow, rows, (nb0 + lj) * TC_BN, st, lg);
-        } else if (lu < U) {
-            tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, (nb0 + lj) * TC_BN, st, lg);
-        } else {
-            tc_commit_empty();
-        }
+        if (lu < U)
+            wg8_load<BT, TC_THREADS, true>(a, e, xrow, rows, (nb0 + lj) * TC_BN, s0 + (lu % S) * C::STAGE, lg,
+                                           bar + 8 * (lu % S));
+        else tc_commit_empty();
         lu++;
         if (++lg == a.G) lg = 0, lj++;
     };
@@ -1213,19 +1227,9 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
                 it = ws8_item_of<BT>(a, p, w);
                 rows_in();
             }
-            const uint32_t st = s0 + (u % S) * C::STAGE;
-            const int n0 = (it.nb0 + j / a.G) * TC_BN;
-            if (a.tma) { // v73: the weight tile one TMA box (v72's map), its bytes on the stage's barrier
-                if (threadIdx.x == 0) {
-                    wg_mbar_expect(full + 8 * (u % S), TC_BN * FP8_G);
-                    wg_tma_load3(st, &a.tw, j % a.G * FP8_G, n0, (int)it.e, full + 8 * (u % S));
-                }
-                tc_load<BT, wg8_lay<BT>, 128, false>(a, a.w + it.e * a.ew, a.ws + it.e * a.ews, xrow, it.rows, n0,
-                                                     st, j % a.G);
-            } else {
-                tc_load<BT, wg8_lay<BT>, 128>(a, a.w + it.e * a.ew, a.ws + it.e * a.ews, xrow, it.rows, n0, st,
-                                              j % a.G);
-            }
+            // v73: with a.tma the weight tile one TMA box (v72's map), its bytes on the stage's barrier
+            wg8_load<BT, 128, false>(a, it.e, xrow, it.rows, (it.nb0 + j / a.G) * TC_BN, s0 + (u % S) * C::STAGE,
+                                     j % a.G, full + 8 * (u % S));
             j++;
         });
         return;
@@ -1664,19 +1668,19 @@ static int moe_fp8_wg_npb(const cu_backend *b, const fp8_args &a, const cu_moe_p
     return npb;
 }
 
-template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, fp8_args a, const cu_moe_plan &p, int wg)
+template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, fp8_args a, const cu_moe_plan &p, cu_moe_wg wg)
 {
     dim3 grid(cu_blocks(a.N, TC_BN), (unsigned)p.max_tiles);
-    if (wg) {
-        a.npb = wg == 3 ? 1 : moe_fp8_wg_npb(b, a, p, BM);
+    if (wg != CU_MOE_WG_TC) {
+        a.npb = wg == CU_MOE_WG_WSP ? 1 : moe_fp8_wg_npb(b, a, p, BM);
         grid.x = (unsigned)((grid.x + a.npb - 1) / a.npb);
     }
-    if (wg >= 2) { // items in x: one a block, or (3, persistent) one block an SM walking them
+    if (wg == CU_MOE_WG_WS || wg == CU_MOE_WG_WSP) { // items in x: one a block, or one block an SM walking them
         int64_t items = (int64_t)ws8_nwbx(a) * p.max_tiles;
-        grid = dim3((unsigned)(wg == 3 && items > b->n_sm ? b->n_sm : items));
+        grid = dim3((unsigned)(wg == CU_MOE_WG_WSP && items > b->n_sm ? b->n_sm : items));
         fp8_smem_raise(b, k_fp8_moe_ws<BM>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 17, ws8_cfg<BM>::SMEM);
         cu_launch(b, k_fp8_moe_ws<BM>, grid, dim3(WS8_THREADS), ws8_cfg<BM>::SMEM, a, p);
-    } else if (wg) {
+    } else if (wg == CU_MOE_WG_WG) {
         fp8_smem_raise(b, k_fp8_moe_wg<BM>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 8, wg8_cfg<BM>::SMEM);
         cu_launch(b, k_fp8_moe_wg<BM>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
     } else {
@@ -1685,10 +1689,9 @@ template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, fp8_args a, 
     }
 }
 
-// The grouped GEMM over the plan's tiles of bm (32, 64 or 128) rows, on wgmma
-// (wg 1: k_fp8_moe_wg; 2: k_fp8_moe_ws, 3: that persistent) or the mma.sync
-// tiles (k_fp8_moe_gemm_tc).
-static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int bm, int wg)
+// The grouped GEMM over the plan's tiles of bm (32, 64 or 128) rows on kernel wg
+// (not AUTO).
+static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_plan &p, int bm, cu_moe_wg wg)
 {
     if (bm == 128) moe_fp8_gemm_launch_bm<128>(b, a, p, wg);
     else if (bm == 64) moe_fp8_gemm_launch_bm<64>(b, a, p, wg);
@@ -1705,7 +1708,7 @@ static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_p
 // weight rows a block: decode batches, a few pairs per expert) instead of the
 // tensor-core GEMM (32/64/128-row tiles, 128 weight rows a block).
 static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k, int E, cu_mat out,
-                            const sl_tensor *weights, const float *y, int gemv, int wg)
+                            const sl_tensor *weights, const float *y, int gemv, cu_moe_wg wg)
 {
     int64_t P = (int64_t)T * k;
     // 128-row tiles once experts average MOE_FP8_BM128_ROWS rows, 64 from
@@ -1716,11 +1719,11 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
              : P >= MOE_FP8_BM128_ROWS * (int64_t)E ? 128
              : P >= MOE_FP8_BM64_ROWS * (int64_t)E  ? 64
                                                      : 32;
-    // wg 4 (AUTO): the persistent warp-specialized kernel at 128-row tiles (v74, H100:
+    // AUTO: the persistent warp-specialized kernel at 128-row tiles (v74, H100:
     // 30B-A3B 2048 / 4096 / 8192 tokens 0.901 / 1.517 / 2.716 ms against the plain
     // kernel's 0.977 / 1.648 / 2.975, Coder-Next 8192 3.595 against 4.004), the plain
     // one at 32 and 64 rows (Coder-Next 4096: 1.708 against 2.318)
-    if (wg == 4) wg = bm == 128 ? 3 : 1;
+    if (wg == CU_MOE_WG_AUTO) wg = bm == 128 ? CU_MOE_WG_WSP : CU_MOE_WG_WG;
     cu_moe_plan p;
     cu_moe_plan_make(b, &p, a.ids, a.ids_ld, T, k, E, bm, 1);
     a.M = (int)P;
@@ -1789,7 +1792,7 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     SL_ASSERT(ids->dtype == SL_DTYPE_I32 && weights->dtype == SL_DTYPE_F32);
     if (T == 0) return;
     // AUTO: the wgmma grouped GEMMs take batches this large (v66)
-    bool wg_batch = b->moe_fp8_wg && P >= MOE_FP8_GROUPED_MIN_PAIRS;
+    bool wg_batch = b->moe_fp8_wg != CU_MOE_WG_TC && P >= MOE_FP8_GROUPED_MIN_PAIRS;
     // the few-token kernels (moe.cu) where their pairs fit (NOTES.md v29, v30)
     if ((b->moe_fp8_path == SL_CUDA_MOE_FP8_GV ||
          (b->moe_fp8_path == SL_CUDA_MOE_FP8_AUTO && T >= MOE_FP8_GV_MIN_T && !wg_batch)) &&
@@ -1832,13 +1835,12 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
                    path == SL_CUDA_MOE_FP8_GROUPED_WS || path == SL_CUDA_MOE_FP8_GROUPED_WSP ||
                    (path == SL_CUDA_MOE_FP8_AUTO && (P >= MOE_FP8_GROUPED_PAIRS_PER_EXPERT * E || wg_batch))) &&
                   a.vec && d.vec;
-    // the wgmma kernel: 1, 2 warp-specialized, 3 that persistent, 4 by tile rows (AUTO)
-    int wg = path == SL_CUDA_MOE_FP8_GROUPED       ? 1
-             : path == SL_CUDA_MOE_FP8_GROUPED_WS  ? 2
-             : path == SL_CUDA_MOE_FP8_GROUPED_WSP ? 3
-             : path == SL_CUDA_MOE_FP8_AUTO        ? b->moe_fp8_wg
-                                                   : 0;
-    if (grouped && wg >= 1 && b->moe_fp8_tma) { // the wgmma kernels' weight tiles by TMA (v72, v73)
+    cu_moe_wg wg = path == SL_CUDA_MOE_FP8_GROUPED       ? CU_MOE_WG_WG
+                   : path == SL_CUDA_MOE_FP8_GROUPED_WS  ? CU_MOE_WG_WS
+                   : path == SL_CUDA_MOE_FP8_GROUPED_WSP ? CU_MOE_WG_WSP
+                   : path == SL_CUDA_MOE_FP8_AUTO        ? (cu_moe_wg)b->moe_fp8_wg
+                                                         : CU_MOE_WG_TC;
+    if (grouped && wg != CU_MOE_WG_TC && b->moe_fp8_tma) { // the wgmma kernels' weight tiles by TMA (v72, v73)
         a.tma = fp8_moe_tma_map(a, E) && fp8_moe_tma_map(d, E);
         d.tma = a.tma;
     }
