@@ -708,16 +708,17 @@ __device__ __forceinline__ int64_t attn_row(const cu_attn_args &a, const int32_t
 
 // Box L of a K/V tile by TMA (keys 16L .. 16L + 15, cache row `row`: one page):
 // D / 64 boxes of 64 columns of K into the stage at s0, of V BC · D · 2 bytes
-// on, their bytes counted on bar (v70's maps a.tk, a.tv).
+// on, their bytes counted on bar (K) and vbar (V; the same barrier or not)
+// (v70's maps a.tk, a.tv).
 template <int D, int BC>
 __device__ __forceinline__ void fa_tma_box(const cu_attn_args &a, const attn_tile &tl, uint32_t s0, int L, int row,
-                                           uint32_t bar)
+                                           uint32_t bar, uint32_t vbar)
 {
 #pragma unroll
     for (int cb = 0; cb < D / 64; cb++) {
         const uint32_t o = (uint32_t)(cb * BC * 128 + L * 16 * 128);
         wg_tma_load2(s0 + o, &a.tk, tl.kh * D + cb * 64, row, bar);
-        wg_tma_load2(s0 + (uint32_t)(BC * D * 2) + o, &a.tv, tl.kh * D + cb * 64, row, bar);
+        wg_tma_load2(s0 + (uint32_t)(BC * D * 2) + o, &a.tv, tl.kh * D + cb * 64, row, vbar);
     }
 }
 
@@ -774,6 +775,17 @@ __device__ __forceinline__ void fa_mask(float (&s)[NB][4], int j0, int q, const 
         }
 }
 
+// 2^x on the MUFU alone: exp2f is ex2.approx.f32, which keeps subnormal
+// results at the cost of a range test and two multiplies around each
+// MUFU.EX2; a softmax term below 2^-126 adds nothing to the sums (v75:
+// k_attn_ws at 4096 tokens, D 128, 0.330 -> 0.313 ms on an H100).
+__device__ __forceinline__ float fa_ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // One K/V tile's online-softmax step on rows g (index 0) and g + 8 (index 1)
 // of a warp's 16, in the accumulator layout: the row max over the quad, then
 // s (raw dot products) becomes p = 2^(s·sl2 - m) in place, and this lane's
@@ -794,12 +806,12 @@ __device__ __forceinline__ void fa_softmax_p(float (&s)[NB][4], float (&m)[2], f
         // a row with no visible key yet keeps m = -inf: subtract 0 instead,
         // so every p and the rescale factor are 0, never NaN
         float u = nm == -INFINITY ? 0.0f : nm, sum = 0.0f;
-        c[h] = exp2f(m[h] - u);
+        c[h] = fa_ex2(m[h] - u);
         m[h] = nm;
 #pragma unroll
         for (int n = 0; n < NB; n++) {
-            s[n][2 * h] = exp2f(fmaf(s[n][2 * h], sl2, -u));
-            s[n][2 * h + 1] = exp2f(fmaf(s[n][2 * h + 1], sl2, -u));
+            s[n][2 * h] = fa_ex2(fmaf(s[n][2 * h], sl2, -u));
+            s[n][2 * h + 1] = fa_ex2(fmaf(s[n][2 * h + 1], sl2, -u));
             sum += s[n][2 * h] + s[n][2 * h + 1];
         }
         l[h] = l[h] * c[h] + sum;
@@ -1035,13 +1047,18 @@ __device__ __forceinline__ void fa_wg_pv(float (&o)[D / 8][4], const uint32_t (&
     wg_commit();
 }
 
+struct fa_nop {
+    __device__ void operator()() const {}
+};
+
 // The rest of a tile once its S product is issued (k_attn_wg2, k_attn_ws's
 // plain loop): S waited for, masked where the tile crosses a row's limit,
-// softmaxed, O rescaled, O += P·V from the V tile at dv, waited for.
-template <int D, int BC>
+// softmaxed, O rescaled, O += P·V from the V tile at dv (pre_v first: a wait
+// for V where it lands apart from K), waited for.
+template <int D, int BC, class PreV = fa_nop>
 __device__ __forceinline__ void fa_wg_tile(float (&s)[BC / 8][4], float (&o)[D / 8][4], bool mask, int j0, int q,
                                            const int (&limr)[2], float (&m)[2], float (&l)[2], float sl2,
-                                           uint64_t dv)
+                                           uint64_t dv, PreV pre_v = {})
 {
     float c[2];
     uint32_t pa[BC / 16][4];
@@ -1052,6 +1069,7 @@ __device__ __forceinline__ void fa_wg_tile(float (&s)[BC / 8][4], float (&o)[D /
     fa_rescale(o, c);
 #pragma unroll
     for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
+    pre_v();
     fa_wg_pv<D, BC>(o, pa, dv);
     wg_wait<0>();
     wg_hold(o);
@@ -1309,7 +1327,7 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_consta
                 const uint32_t bar = full + 8 * (t % S);
                 if (lane == 0) wg_mbar_expect_tx(bar, (uint32_t)C::STAGE);
                 __syncwarp(); // the bytes announced before any lands
-                if (lane < BC / 16) fa_tma_box<D, BC>(a, tl, s0, lane, row, bar);
+                if (lane < BC / 16) fa_tma_box<D, BC>(a, tl, s0, lane, row, bar, bar);
             }
             __pipeline_commit();
         } else if (t < nt) {
@@ -1380,6 +1398,11 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_consta
 // S issued with tile t's P·V, softmaxed while P·V ran) cost it 0.442 against
 // this plain loop's 0.329 ms (52 %): removed (v74); the turns between the
 // two warpgroups already keep the tensor cores busy through a softmax.
+// v75: probes (kernels/dev/attn_probe.py) put a D 128 tile's time at ~4,000
+// cycles a consumer warpgroup: a quarter of it waiting for the tile to land
+// (full), a third in the softmax (ex2 since then without its subnormal
+// range fix, fa_ex2: 0.330 -> 0.313 ms). At D 256 (two stages) V lands on a
+// barrier of its own (fullv), waited for just before P·V.
 // Shared memory: k_attn_wg2's, then the barriers.
 #define WS_THREADS 384
 #define WS_PRODUCER_BAR 3 // the producer warpgroup's named barrier (the consumers take 1 and 2)
@@ -1388,8 +1411,8 @@ __global__ void __launch_bounds__(WG2_THREADS, 1) k_attn_wg2(const __grid_consta
 static_assert(wg_ws_regs_fit<WS_PRODUCER_REGS, WS_CONSUMER_REGS>(), "setmaxnreg within the block's registers");
 template <int D> struct ws_cfg {
     using W = wg2_cfg<D>;
-    static constexpr size_t BAR = W::BAR; // full[STAGES] (k_attn_wg2's), then empty[STAGES]
-    static constexpr size_t BYTES = W::BYTES + 8 * W::STAGES;
+    static constexpr size_t BAR = W::BAR; // full[STAGES] (k_attn_wg2's), empty[STAGES], fullv[STAGES]
+    static constexpr size_t BYTES = W::BYTES + 16 * W::STAGES;
 };
 
 template <int D>
@@ -1401,6 +1424,10 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(const __grid_constant
     char *smem = wg_align(smem_raw);
     const uint32_t sq = (uint32_t)__cvta_generic_to_shared(smem), sst = sq + (uint32_t)C::Q;
     const uint32_t full = sq + (uint32_t)ws_cfg<D>::BAR, empty = full + 8 * S;
+    // v75: by TMA with two stages (D 256) the V tile lands on a barrier of its
+    // own, so S = Q·Kᵀ starts once K is in (0.298 -> 0.293 ms at 4096 tokens on
+    // an H100; at D 128's three stages it measured 1 % slower)
+    const uint32_t fullv = S == 2 && a.tma ? empty + 8 * S : full;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wgi = warp / 4 - 1; // -1: the producer
 
     cu_pdl_wait();
@@ -1411,6 +1438,7 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(const __grid_constant
         for (int st = 0; st < S; st++) {
             wg_mbar_init(full + 8 * st, a.tma ? 1 : 128);
             wg_mbar_init(empty + 8 * st, 8);
+            if (fullv != full) wg_mbar_init(fullv + 8 * st, 1);
         }
     fa_wg_load_q<128, D>(a, tl, smem);
     wg_fence_smem();
@@ -1442,9 +1470,14 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(const __grid_constant
             if (warp == 0) {
                 const int j = j0 + 16 * lane;
                 const int row = lane < nb ? (int)attn_row(a, pages, j) : 0;
-                if (lane == 0) wg_mbar_expect_tx(bar, (uint32_t)(nb * 64 * D)); // K and V: 16 rows × D × 2 bytes each
+                const uint32_t vbar = fullv + 8 * (t % S);
+                if (lane == 0) { // K and V: 16 rows × D × 2 bytes a box each
+                    const uint32_t kv = (uint32_t)(nb * 32 * D);
+                    wg_mbar_expect_tx(bar, vbar == bar ? 2 * kv : kv);
+                    if (vbar != bar) wg_mbar_expect_tx(vbar, kv);
+                }
                 __syncwarp(); // the bytes announced before any lands
-                if (lane < nb) fa_tma_box<D, BC>(a, tl, s0, lane, row, bar);
+                if (lane < nb) fa_tma_box<D, BC>(a, tl, s0, lane, row, bar, vbar);
             }
         }
         return;
@@ -1474,7 +1507,8 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(const __grid_constant
         wg_mbar_wait(full + 8 * (t % S), (t / S) & 1);
         const int j0 = tl.kbeg + t * BC;
         const uint32_t st = sst + (uint32_t)(t % S) * (uint32_t)C::STAGE;
-        if (j0 >= wg_end) {
+        if (j0 >= wg_end) { // V landed too before the stage is released
+            wg_mbar_wait(fullv + 8 * (t % S), (t / S) & 1);
             turn(t);
             pass(t);
         } else { // the products in one branch: ptxas serialises wgmma split over several (C7518)
@@ -1482,7 +1516,8 @@ __global__ void __launch_bounds__(WS_THREADS, 1) k_attn_ws(const __grid_constant
             fa_wg_s<BC, D, 128>(s, dq, wg_desc(st, 16, 1024));
             pass(t);
             fa_wg_tile<D, BC>(s, o, j0 + BC > warp_lo, j0, q, limr, m, l, sl2,
-                              wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
+                              wg_desc(st + (uint32_t)C::KV, BC * 128, 1024),
+                              [&] { wg_mbar_wait(fullv + 8 * (t % S), (t / S) & 1); });
         }
         __syncwarp(); // the warp's products retired: one arrival a warp
         if (lane == 0) wg_mbar_arrive(empty + 8 * (t % S));

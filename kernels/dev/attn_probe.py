@@ -91,10 +91,10 @@ replace("""            if (t >= S) wg_mbar_wait(empty + 8 * (t % S), (t / S - 1)
         """            pt1 = clock64();
             if (t >= S) wg_mbar_wait(empty + 8 * (t % S), (t / S - 1) & 1);
             pe += clock64() - pt1;""", k)
-replace("""                if (lane < nb) fa_tma_box<D, BC>(a, tl, s0, lane, row, bar);
+replace("""                if (lane < nb) fa_tma_box<D, BC>(a, tl, s0, lane, row, bar, vbar);
             }
         }
-        return;""", r"""                if (lane < nb) fa_tma_box<D, BC>(a, tl, s0, lane, row, bar);
+        return;""", r"""                if (lane < nb) fa_tma_box<D, BC>(a, tl, s0, lane, row, bar, vbar);
             }
         }
         if (threadIdx.x == 0 && probe_blk)
@@ -114,7 +114,8 @@ replace("""        } else { // the products in one branch: ptxas serialises wgmm
             fa_wg_s<BC, D, 128>(s, dq, wg_desc(st, 16, 1024));
             pass(t);
             fa_wg_tile<D, BC>(s, o, j0 + BC > warp_lo, j0, q, limr, m, l, sl2,
-                              wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
+                              wg_desc(st + (uint32_t)C::KV, BC * 128, 1024),
+                              [&] { wg_mbar_wait(fullv + 8 * (t % S), (t / S) & 1); });
         }""", """        } else { // the products in one branch: ptxas serialises wgmma split over several (C7518)
             probe_tiles++;
             t1 = clock64();
@@ -137,6 +138,9 @@ replace("""        } else { // the products in one branch: ptxas serialises wgmm
 #pragma unroll
             for (int kk = 0; kk < BC / 16; kk++) fa_p_frag(pa[kk], s, kk);
             ph[4] += clock64() - t1;
+            t1 = clock64();
+            wg_mbar_wait(fullv + 8 * (t % S), (t / S) & 1); // V, where it lands apart (counted as full)
+            ph[0] += clock64() - t1;
             t1 = clock64();
             fa_wg_pv<D, BC>(o, pa, wg_desc(st + (uint32_t)C::KV, BC * 128, 1024));
             ph[5] += clock64() - t1;

@@ -99,7 +99,8 @@ def attn_body():
                      ("__shared__ float wm[ATTN_WARPS][16], wl[ATTN_WARPS][16];",
                       "float (*wm)[16] = (float (*)[16])emu_static_floats(), (*wl)[16] = wm + ATTN_WARPS;"),
                      ("extern __shared__ float cs[];", "float *cs = (float *)emu_smem();"),
-                     ("__global__ void k_attn_combine(", "static void k_attn_combine(")])
+                     ("__global__ void k_attn_combine(", "static void k_attn_combine("),
+                     ('asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));', "y = emu_ex2_ftz(x);")])
 
 
 def fp8_body():

@@ -55,6 +55,8 @@ static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
     return {(uint16_t)(u >> 16)};
 }
 static inline float __uint_as_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+// ex2.approx.ftz.f32: 2^x with subnormal results flushed to zero
+static inline float emu_ex2_ftz(float x) { float y = exp2f(x); return std::fpclassify(y) == FP_SUBNORMAL ? 0.0f : y; }
 static inline uint32_t __float_as_uint(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float __bfloat162float(__nv_bfloat16 h) { uint32_t u = (uint32_t)h.b << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)}; }
