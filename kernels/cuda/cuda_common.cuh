@@ -456,6 +456,22 @@ template <class F> __device__ __forceinline__ void cu_typed(int dt, F f)
     else f(cu_dyn_t());
 }
 
+// Elements c and c + 1 of row r as one store of that type (c and m.ld even: 4-
+// or 8-byte aligned); element by element for the other dtypes.
+__device__ __forceinline__ void cu_mat_st2_as(const cu_mat &m, int64_t r, int64_t c, float lo, float hi, __nv_bfloat16)
+{
+    *(__nv_bfloat162 *)((__nv_bfloat16 *)m.p + r * m.ld + c) = __floats2bfloat162_rn(lo, hi);
+}
+__device__ __forceinline__ void cu_mat_st2_as(const cu_mat &m, int64_t r, int64_t c, float lo, float hi, float)
+{
+    *(float2 *)((float *)m.p + r * m.ld + c) = make_float2(lo, hi);
+}
+__device__ __forceinline__ void cu_mat_st2_as(const cu_mat &m, int64_t r, int64_t c, float lo, float hi, cu_dyn_t)
+{
+    cu_mat_st(m, r, c, lo);
+    cu_mat_st(m, r, c + 1, hi);
+}
+
 // Columns [0, cols) of row sr of src into row dr of dst, the block's threads
 // striding by blockDim.x, 4 typed loads of a thread in flight before their
 // stores (a store may alias the source, so the compiler keeps the order).

@@ -1004,19 +1004,37 @@ __device__ __forceinline__ void wg8_promote(const uint8_t *stage, int rw, int tq
 }
 
 // A weight block's outputs (weight rows from n0; the tile's rows rows of out
-// from r0), and a fresh accumulator.
+// from r0), and a fresh accumulator. v76: a lane holds weight rows rw and
+// rw + 8 (out's columns) of two token rows; lanes gq and gq ^ 1 (lane ^ 4)
+// swap one value of each pair of rows so each stores two adjacent columns of
+// one row (even gq the first row, odd the second) as one store, typed once
+// (cu_typed): one element a store with the dtype's switch at each took 11k
+// cycles a 128 × 128 block (NOTES v76's probe).
 template <int BT>
 __device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, int n0, int rw, int tq,
                                           float (&acc)[BT / 8][4])
 {
+    const int odd = rw & 1; // gq's parity
+    const int es = a.out.dt == SL_DTYPE_F32 ? 8 : 4; // a pair's bytes, its alignment
+    const bool paired = a.out.ld % 2 == 0 && (uintptr_t)a.out.p % es == 0;
+    cu_typed(a.out.dt, [&](auto ty) {
 #pragma unroll
-    for (int f = 0; f < BT / 8; f++)
+        for (int f = 0; f < BT / 8; f++)
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
-            int r = 8 * f + 2 * tq + (q & 1), n = n0 + rw + 8 * (q >> 1);
-            if (r < rows && n < a.N) cu_mat_st(a.out, r0 + r, n, acc[f][q]);
-            acc[f][q] = 0.0f;
-        }
+            for (int h = 0; h < 2; h++) {
+                const float got = __shfl_xor_sync(0xffffffffu, odd ? acc[f][2 * h] : acc[f][2 * h + 1], 4);
+                const float lo = odd ? got : acc[f][2 * h], hi = odd ? acc[f][2 * h + 1] : got;
+                const int r = 8 * f + 2 * tq + odd, n = n0 + rw - odd + 8 * h; // n even
+                if (r >= rows || n >= a.N) continue;
+                if (paired && n + 1 < a.N) cu_mat_st2_as(a.out, r0 + r, n, lo, hi, ty);
+                else {
+                    cu_mat_st(a.out, r0 + r, n, lo);
+                    if (n + 1 < a.N) cu_mat_st(a.out, r0 + r, n + 1, hi);
+                }
+            }
+    });
+#pragma unroll
+    for (int f = 0; f < BT / 8; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
 }
 
 // One step's copies into stage st by NTH threads: the tokens' rows and scales and

@@ -104,8 +104,9 @@ def attn_body():
 
 
 def fp8_body():
-    src, wg, moe = read("fp8.cu"), read("wgmma.cuh"), read("moe.cuh")
-    return assemble([cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
+    src, wg, moe, com = read("fp8.cu"), read("wgmma.cuh"), read("moe.cuh"), read("cuda_common.cuh")
+    return assemble([cut(com, *TYPED),
+                     cut(wg, "__device__ __forceinline__ uint64_t wg_desc", "__device__ __forceinline__ void wg_fence"),
                      cut(wg, *PRODUCE),
                      cut(wg, *REGS),
                      cut(moe, "typedef struct cu_moe_plan {", "// Plans the pairs"),
