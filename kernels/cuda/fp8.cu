@@ -1026,11 +1026,9 @@ __device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, i
                 const float lo = odd ? got : acc[f][2 * h], hi = odd ? acc[f][2 * h + 1] : got;
                 const int r = 8 * f + 2 * tq + odd, n = n0 + rw - odd + 8 * h; // n even
                 if (r >= rows || n >= a.N) continue;
-                if (paired && n + 1 < a.N) cu_mat_st2_as(a.out, r0 + r, n, lo, hi, ty);
-                else {
-                    cu_mat_st(a.out, r0 + r, n, lo);
-                    if (n + 1 < a.N) cu_mat_st(a.out, r0 + r, n + 1, hi);
-                }
+                if (n + 1 == a.N) cu_mat_st(a.out, r0 + r, n, lo); // an odd N's last column
+                else if (paired) cu_mat_st2_as(a.out, r0 + r, n, lo, hi, ty);
+                else cu_mat_st2_as(a.out, r0 + r, n, lo, hi, cu_dyn_t());
             }
     });
 #pragma unroll

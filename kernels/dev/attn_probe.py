@@ -17,26 +17,13 @@
 # time goes. Each probe goes in beside whole lines of attention.cu; an assertion names a
 # line that moved.
 import sys
+from functools import partial
+
+import probe_edit
 
 p = sys.argv[1]
 lines = open(p).read().split("\n")
-
-
-def at(line, new, after=True, start=0):
-    """Inserts the lines new after (or before) the one line equal to line from index start on."""
-    hits = [i for i, l in enumerate(lines) if l == line and i >= start]
-    assert len(hits) == 1, (line, len(hits))
-    i = hits[0] + (1 if after else 0)
-    lines[i:i] = new.split("\n")
-    return i
-
-
-def replace(old, new, start):
-    """Replaces the run of whole lines old (one string, several lines) found once from start on."""
-    o = old.split("\n")
-    hits = [i for i in range(start, len(lines) - len(o) + 1) if lines[i:i + len(o)] == o]
-    assert len(hits) == 1, (old, len(hits))
-    lines[hits[0]:hits[0] + len(o)] = new.split("\n")
+at, replace = partial(probe_edit.at, lines), partial(probe_edit.replace, lines)
 
 
 # the kernel's first line: everything below is searched from there

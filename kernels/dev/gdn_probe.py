@@ -8,17 +8,13 @@
 #   /tmp/v/probe/test_backend_ops --perf --filter gdn --min-tokens 8192 --max-tokens 8192 | grep PROBE
 # Each probe goes in beside one whole line of gdn.cu; an assertion names a line that moved.
 import sys
+from functools import partial
+
+import probe_edit
 
 p = sys.argv[1]
 lines = open(p).read().split("\n")
-
-
-def at(line, new, after=True):
-    """Inserts the lines new after (or before) the one line of gdn.cu equal to line."""
-    hits = [i for i, l in enumerate(lines) if l == line]
-    assert len(hits) == 1, (line, len(hits))
-    i = hits[0] + (1 if after else 0)
-    lines[i:i] = new.split("\n")
+at = partial(probe_edit.at, lines)
 
 
 at("// ---- chunked form, split (kernels/dev/NOTES.md v15) ------------------------------", r"""__device__ int gdn_probe_n;

@@ -18,24 +18,13 @@
 # where a step's time goes. Each probe goes in beside whole lines of fp8.cu; an assertion names
 # a line that moved.
 import sys
+from functools import partial
+
+import probe_edit
 
 p = sys.argv[1]
 lines = open(p).read().split("\n")
-
-
-def find(text, start=0):
-    """The index of the one line equal to text from index start on."""
-    hits = [i for i, l in enumerate(lines) if l == text and i >= start]
-    assert len(hits) == 1, (text, len(hits))
-    return hits[0]
-
-
-def replace(old, new, start):
-    """Replaces the run of whole lines old (one string, several lines) found once from start on."""
-    o = old.split("\n")
-    hits = [i for i in range(start, len(lines) - len(o) + 1) if lines[i:i + len(o)] == o]
-    assert len(hits) == 1, (old, len(hits))
-    lines[hits[0]:hits[0] + len(o)] = new.split("\n")
+find, replace = partial(probe_edit.find, lines), partial(probe_edit.replace, lines)
 
 
 # the records and their printer, above the kernel's template line
