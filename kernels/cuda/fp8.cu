@@ -1217,11 +1217,15 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
     for (int w = blockIdx.x; w < n_items; w += gridDim.x) n += ws8_steps(a, w);
     const uint8_t *sm = (const uint8_t *)wg_align((char *)wg8_smem);
     const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm), full = s0 + C::BAR, empty = full + 8 * S;
-    if (threadIdx.x == 0)
+    if (threadIdx.x == 0) {
         for (int st = 0; st < S; st++) {
             wg_mbar_init(full + 8 * st, 128);
             wg_mbar_init(empty + 8 * st, 8); // a consumer warp's one arrival (v73: not 256 atomics a step)
         }
+        // the inits visible to the async proxy before this thread's first weight box completes on
+        // one (the PTX ISA's rule; v77 lacked it, NOTES; wg_produce's fences came only after)
+        wg_fence_smem();
+    }
     __syncthreads();
     const int wg = (int)(threadIdx.x >> 7) - 1; // -1: the producer
 

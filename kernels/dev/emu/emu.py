@@ -13,7 +13,8 @@ float64 reference. In the shim:
 - wgmma and cp.async are asynchronous: they take effect when a wait retires their commit
   group, and in a first run cp.async lands at issue instead;
 - mbarriers (with TMA box copies counting their bytes), named barriers and setmaxnreg's
-  per-block register pool are modelled.
+  per-block register pool are modelled; a TMA box on an mbarrier whose init its thread has
+  not yet made visible to the async proxy (wg_fence_smem) aborts.
 
 The targets:
 

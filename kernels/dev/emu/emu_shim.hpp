@@ -254,12 +254,15 @@ struct emu_warp {
     float m[3][256]; // wmma operands of the warp's lanes (A, B, C)
 };
 // an mbarrier: arrivals still due in this phase, phases completed; bytes announced and not
-// yet landed (tx), and the TMA copies that carry them (due, not landed)
+// yet landed (tx), and the TMA copies that carry them (due, not landed); the thread that
+// initialised it and whether that thread has fenced since for the async proxy (wg_fence_smem)
 struct emu_mbar {
     int count = 0, pending = 0;
     unsigned phase = 0;
     long tx = 0;
     std::vector<emu_copy> due;
+    unsigned init_thread = 0;
+    bool async_seen = false;
 };
 struct emu_block {
     explicit emu_block(int threads) : bar(threads) {}
@@ -471,7 +474,7 @@ static inline void emu_cp_wait(int n) { __pipeline_wait_prior(n); }
 static inline void wg_fence(void) {}
 template <int F> static inline void wg_hold(float (&)[F][4]) {}
 template <int F> static inline void wg_hold(uint32_t (&)[F][4]) {}
-static inline void wg_fence_smem(void) {}
+static inline void wg_fence_smem(void); // (after the mbarriers: it makes their init visible to TMA)
 static inline uint32_t emu_desc_addr(uint64_t desc, bool nmaj, int mn, int k, int esz) {
     SL_ASSERT((desc >> 62) == 1 && ((desc >> 49) & 7) == 0);
     uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lbo = (uint32_t)((desc >> 16) & 0x3fff) << 4,
@@ -549,7 +552,15 @@ static inline void wg_mbar_init(uint32_t bar, unsigned count) {
     SL_ASSERT(bar % 8 == 0 && bar + 8 <= emu_b->smem.size());
     auto m = std::make_unique<emu_mbar>();
     m->count = m->pending = (int)count;
+    m->init_thread = threadIdx.x;
     emu_b->mbars[bar] = std::move(m);
+}
+// fence.proxy.async: the thread's earlier shared-memory writes (mbarrier inits among them)
+// become visible to the async proxy. A TMA box completing on a barrier whose init was never
+// fenced so is what the PTX ISA leaves undefined (the emulator aborts, see wg_tma_load3).
+static inline void wg_fence_smem(void) {
+    for (auto &kv : emu_b->mbars)
+        if (kv.second->init_thread == threadIdx.x) kv.second->async_seen = true;
 }
 // a phase completes once its arrivals are in and its announced bytes have landed
 static inline void emu_mbar_settle(emu_mbar &m) {
@@ -592,6 +603,11 @@ static inline void emu_mbar_land(emu_mbar &m) {
 static inline void wg_tma_load3(uint32_t dst, const void *map, int c0, int c1, int c2, uint32_t bar) {
     const CUtensorMap &t = *(const CUtensorMap *)map;
     emu_mbar &m = emu_mbar_at(bar);
+    if (!m.async_seen) {
+        fprintf(stderr, "TMA on mbarrier %u (thread %u) before its init was fenced for the async proxy "
+                        "(wg_fence_smem after wg_mbar_init)\n", bar, threadIdx.x);
+        abort();
+    }
     const int per = 16 / t.esz; // elements a 16-byte chunk
     SL_ASSERT(dst % 1024 == 0 && t.box[0] * t.esz == 128 && c0 % per == 0 && c2 < t.dim[2]);
     for (int r = 0; r < t.box[1]; r++)
