@@ -7,6 +7,10 @@
 #                 an H100; tests/gpu/run_all.sh runs them one by one, with the variants)
 #   perf:OP[:N]   test_backend_ops --perf --filter OP (--min-tokens N), its PERF lines
 #   ops:OP        test_backend_ops --filter OP, its failures and counts
+#   ab:OP[:N]     the same timings of test_backend_ops and of every variant packed beside it as
+#                 NAME_tbo (kernels/dev/variants.sh's builds), two rounds alternating on the
+#                 same card, each PERF line prefixed by its binary
+#   vops:OP       ops:OP for every NAME_tbo, one summary line each
 #   e2e           tests/gpu/bench_e2e.sh on Qwen3-30B-A3B-FP8 and Qwen3-8B-FP8, 1000/1000
 #   cn            the same on Qwen3-Coder-Next-FP8 (~80 GB of weights: an H200)
 #   long64        Coder-Next-FP8 8000/1000 at concurrency 64 (an H200)
@@ -56,6 +60,23 @@ for mode in "$@"; do
     timeout 300 "$b/test_backend_ops" --filter "$op" > "$log" 2>&1
     echo "rc=$? $(grep correctness: "$log")"
     grep -h FAIL "$log" | head -5 ;;
+  ab)
+    for r in 1 2; do
+      for x in "$b/test_backend_ops" "$b"/*_tbo; do
+        [ -x "$x" ] || continue
+        n=$(basename "$x" _tbo)
+        timeout 150 "$x" --perf --filter "$op" ${min:+--min-tokens $min} > "$out/ab_$n.log" 2>&1 || echo "$n rc=$?"
+        grep -E '^PERF' "$out/ab_$n.log" | sed "s/^PERF /$n /"
+      done
+    done ;;
+  vops)
+    for x in "$b"/*_tbo; do
+      [ -x "$x" ] || continue
+      n=$(basename "$x" _tbo)
+      timeout 200 "$x" --filter "$op" > "$out/vops_$n.log" 2>&1
+      echo "$n rc=$? $(grep correctness: "$out/vops_$n.log")"
+      grep -h FAIL "$out/vops_$n.log" | head -3
+    done ;;
   e2e | cn | long64)
     case $what in
     e2e) models="qwen3-30b-a3b-fp8 qwen3-8b-fp8" ;;
