@@ -1,6 +1,7 @@
 # kernels/dev/gdn_probe.py GDN_CU: rewrites kernels/cuda/gdn.cu in place with clock64 /
 # globaltimer probes between the phases of k_gdn_prep (inputs, solve, W, Kd, U) and
-# k_gdn_scan (the three record waits and v_new, O, state update summed over the chunks),
+# k_gdn_scan (summed over the chunks: the wait for a chunk's W and U, S0's store and v_new,
+# the wait for Kd, the state update with v_new's store, the sequence's end and next copies),
 # printed by a few blocks of the first launches (device printf). A measuring variant,
 # never committed: build it with variants.sh and put the source back, e.g.
 #   cp kernels/cuda/gdn.cu /tmp/gdn.cu && python3 kernels/dev/gdn_probe.py kernels/cuda/gdn.cu &&
@@ -21,7 +22,7 @@ at("// ---- chunked form, split (kernels/dev/NOTES.md v15) ---------------------
 __device__ __forceinline__ unsigned long long gdn_gt() { unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
 """, after=False)
 # prep: inputs, solve, W, Kd, U
-at("    // which sequence and chunk: walk the sequences' chunk counts (block-uniform)",
+at("    int64_t q = blockIdx.x;",
    "    long long pt[8]; int np = 0; unsigned long long g0 = gdn_gt(); pt[np++] = clock64();", after=False)
 S = "    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, Qs, Gs, Bs, out); // Qg and QKm to the record"
 at(S, "    pt[np++] = clock64();", after=False)
@@ -37,20 +38,18 @@ at("        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, Ls, Vs, LV);", r"""        
                        blockIdx.x, gridDim.x, pt[1] - pt[0], pt[2] - pt[1], pt[3] - pt[2], pt[4] - pt[3], pt[5] - pt[4],
                        pt[5] - pt[0], gdn_gt() - g0);
         }""")
-# scan: the three waits and v_new, O, the state update, summed over the chunks
+# scan: the waits for a chunk's record parts, v_new, the state update, summed over the chunks
 at("    for (int ci = 0; ci < nc; ci++) {",
-   "    long long ph[6] = {0, 0, 0, 0, 0, 0}, t0 = clock64(), t1; unsigned long long g0 = gdn_gt();", after=False)
-at("        __pipeline_wait_prior(2); // A (pending: B, C)", "        t1 = clock64();", after=False)
-at("        __syncthreads();          // and the previous chunk's readers of Ss are done",
+   "    long long ph[5] = {0, 0, 0, 0, 0}, t0 = clock64(), t1; unsigned long long g0 = gdn_gt();", after=False)
+at("        __pipeline_wait_prior(1); // A (pending: B)", "        t1 = clock64();", after=False)
+at("        __syncthreads();          // and the previous chunk's writers of Ss are done",
    "        ph[0] += clock64() - t1; t1 = clock64();")
 at("        gdn_vnew<DK, BV, LK, LV>(Ws, Ss, Us);", "        __syncthreads(); ph[1] += clock64() - t1; t1 = clock64();")
 at("        issue(0, ci + 1);", "        ph[2] += clock64() - t1; t1 = clock64();")
-at("        gdn_out<DK, BV, LK, LC, LV>(Qs, QKs, Ss, Us, Os);", "        __syncthreads(); ph[3] += clock64() - t1; t1 = clock64();")
-at("        issue(1, ci + 1);", "        ph[4] += clock64() - t1; t1 = clock64();")
-at("        gdn_advance<DK, BV, LK, LV>(Ks, Us, Os, Ss, glast, n, g.out, q0 + c0, ooff);",
-   "        __syncthreads(); ph[5] += clock64() - t1;")
+at("        gdn_tile_st<C, BV, LV>(Us, r + RC::U + vt * BV, Dv);", "        __syncthreads(); ph[3] += clock64() - t1; t1 = clock64();")
+at("        issue(1, ci + 1);", "        ph[4] += clock64() - t1;")
 at("    __pipeline_wait_prior(0); // the empty groups past the last chunk", r"""    if (threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x / 2) && atomicAdd(&gdn_probe_n, 1) < 30)
-        printf("PROBE scan<%d> blk %d/%d chunks %d: waitA %lld vnew %lld waitB %lld out %lld waitC %lld adv %lld total %lld cycles, %llu ns\n",
-               BV, blockIdx.x, gridDim.x, nc, ph[0], ph[1], ph[2], ph[3], ph[4], ph[5], clock64() - t0, gdn_gt() - g0);""",
+        printf("PROBE scan<%d> blk %d/%d chunks %d: waitA %lld vnew %lld waitB %lld advance %lld tail %lld total %lld cycles, %llu ns\n",
+               BV, blockIdx.x, gridDim.x, nc, ph[0], ph[1], ph[2], ph[3], ph[4], clock64() - t0, gdn_gt() - g0);""",
    after=False)
 open(p, "w").write("\n".join(lines))
