@@ -1,0 +1,25 @@
+"""The measuring variants of kernels/dev still fit the kernels they measure: each *_probe.py
+rewrites a copy of its CUDA source with clock64 probes beside whole lines of it and asserts on a
+line that moved, so a kernel edit that moves one breaks the probe the next GPU session needs
+(gdn_probe.py went unnoticed from v59 to the twentieth session). Python only: no GPU, no nvcc."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+SRC = os.environ.get("SLUICE_SRC", os.path.join(os.path.dirname(__file__), "..", ".."))
+PROBES = [("attn_probe.py", "attention.cu"), ("gdn_probe.py", "gdn.cu"), ("moe_probe.py", "fp8.cu")]
+
+
+@pytest.mark.parametrize("probe,source", PROBES)
+def test_probe_fits_its_source(tmp_path, probe, source):
+    orig = os.path.join(SRC, "kernels", "cuda", source)
+    copy = tmp_path / source
+    shutil.copy(orig, copy)
+    r = subprocess.run([sys.executable, os.path.join(SRC, "kernels", "dev", probe), str(copy)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = copy.read_text()
+    assert text != open(orig).read() and "PROBE" in text and "clock64()" in text
