@@ -1222,8 +1222,8 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
             wg_mbar_init(full + 8 * st, 128);
             wg_mbar_init(empty + 8 * st, 8); // a consumer warp's one arrival (v73: not 256 atomics a step)
         }
-        // the inits visible to the async proxy before this thread's first weight box completes on
-        // one (the PTX ISA's rule; v77 lacked it, NOTES; wg_produce's fences came only after)
+        // the inits visible to the async proxy before this thread's first weight box completes
+        // on one (the PTX ISA's rule: wg_produce's first fence comes only after that box)
         wg_fence_smem();
     }
     __syncthreads();

@@ -29,6 +29,20 @@ fi
 export NCCL_NVLS_ENABLE=0 LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 tok=tests/data/qwen3-tokenizer
+# One binary's timings of op $op (from $min tokens) or its op checks, the log under $out;
+# each summary line prefixed by $2 (a variant's name, or nothing)
+perf_of() {
+  local log=$out/perf_${2:+${2% }_}$op.log
+  timeout 300 "$1" --perf --filter "$op" ${min:+--min-tokens $min} > "$log" 2>&1
+  echo "${2}rc=$?"
+  grep -E '^PEAK|^PERF' "$log" | sed "s/^/$2/"
+}
+ops_of() {
+  local log=$out/ops_${2:+${2% }_}$op.log
+  timeout 300 "$1" --filter "$op" > "$log" 2>&1
+  echo "${2}rc=$? $(grep correctness: "$log")"
+  grep -h FAIL "$log" | head -5 | sed "s/^/$2/"
+}
 for mode in "$@"; do
   s=$(date +%s)
   echo "##### $mode"
@@ -50,32 +64,17 @@ for mode in "$@"; do
       echo "$(cat "$out/$x.rc") $(grep -E '^correctness:|checks,|model checks' "$out/$x.log" | tail -1)"
       grep -h FAIL "$out/$x.log" | head -5
     done ;;
-  perf)
-    log=$out/perf_$op.log
-    timeout 300 "$b/test_backend_ops" --perf --filter "$op" ${min:+--min-tokens $min} > "$log" 2>&1
-    echo "rc=$?"
-    grep -E '^PEAK|^PERF' "$log" ;;
-  ops)
-    log=$out/ops_$op.log
-    timeout 300 "$b/test_backend_ops" --filter "$op" > "$log" 2>&1
-    echo "rc=$? $(grep correctness: "$log")"
-    grep -h FAIL "$log" | head -5 ;;
+  perf) perf_of "$b/test_backend_ops" "" ;;
+  ops) ops_of "$b/test_backend_ops" "" ;;
   ab)
     for r in 1 2; do
       for x in "$b/test_backend_ops" "$b"/*_tbo; do
-        [ -x "$x" ] || continue
-        n=$(basename "$x" _tbo)
-        timeout 150 "$x" --perf --filter "$op" ${min:+--min-tokens $min} > "$out/ab_$n.log" 2>&1 || echo "$n rc=$?"
-        grep -E '^PERF' "$out/ab_$n.log" | sed "s/^PERF /$n /"
+        [ -x "$x" ] && perf_of "$x" "$(basename "$x" _tbo) "
       done
     done ;;
   vops)
     for x in "$b"/*_tbo; do
-      [ -x "$x" ] || continue
-      n=$(basename "$x" _tbo)
-      timeout 200 "$x" --filter "$op" > "$out/vops_$n.log" 2>&1
-      echo "$n rc=$? $(grep correctness: "$out/vops_$n.log")"
-      grep -h FAIL "$out/vops_$n.log" | head -3
+      [ -x "$x" ] && ops_of "$x" "$(basename "$x" _tbo) "
     done ;;
   e2e | cn | long64)
     case $what in

@@ -3,6 +3,7 @@ rewrites a copy of its CUDA source with clock64 probes beside whole lines of it 
 line that moved, so a kernel edit that moves one breaks the probe the next GPU session needs
 (gdn_probe.py went unnoticed from v59 to the twentieth session). Python only: no GPU, no nvcc."""
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -15,11 +16,11 @@ PROBES = [("attn_probe.py", "attention.cu"), ("gdn_probe.py", "gdn.cu"), ("moe_p
 
 @pytest.mark.parametrize("probe,source", PROBES)
 def test_probe_fits_its_source(tmp_path, probe, source):
-    orig = os.path.join(SRC, "kernels", "cuda", source)
+    orig = pathlib.Path(SRC, "kernels", "cuda", source)
     copy = tmp_path / source
     shutil.copy(orig, copy)
     r = subprocess.run([sys.executable, os.path.join(SRC, "kernels", "dev", probe), str(copy)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     text = copy.read_text()
-    assert text != open(orig).read() and "PROBE" in text and "clock64()" in text
+    assert text != orig.read_text() and "PROBE" in text and "clock64()" in text
