@@ -89,24 +89,27 @@ __device__ __forceinline__ float fp8_quant_group(cu_mat src, int silu, int64_t r
 // sx[m·sxm + g·sxg]: token-major (G, 1) for the own kernels, group-major
 // (1, rows) for cuBLASLt. A warp per (row, group): one block per (row, group)
 // of 128 threads, as before, ran 131k tiny blocks for a 4096-token prefill.
+// With perm, row m of the codes is x's row perm[m] / div (a MoE's tokens in its
+// routing plan's pair order, k_fp8_moe_ws's token tiles).
 __global__ void __launch_bounds__(32 * FP8_QUANT_WARPS)
-    k_fp8_quant(cu_mat x, int silu, int K, int rows, uint8_t *xq, float *sx, int G, int64_t sxm, int64_t sxg)
+    k_fp8_quant(cu_mat x, int silu, int K, int rows, uint8_t *xq, float *sx, int G, int64_t sxm, int64_t sxg,
+                const int32_t *perm, int div)
 {
     cu_pdl_wait(); // PDL (cuda_common.cuh): wait before reading x / writing
     cu_pdl_trigger();
     int64_t job = (int64_t)blockIdx.x * FP8_QUANT_WARPS + (threadIdx.x >> 5);
     if (job >= (int64_t)rows * G) return;
     int m = (int)(job / G), g = (int)(job % G);
-    float s = fp8_quant_group(x, silu, m, g, K, xq + ((int64_t)m * G + g) * FP8_G);
+    float s = fp8_quant_group(x, silu, perm ? perm[m] / div : m, g, K, xq + ((int64_t)m * G + g) * FP8_G);
     if ((threadIdx.x & 31) == 0) sx[m * sxm + g * sxg] = s;
 }
 
 static void fp8_quant_launch(cu_backend *b, cu_mat x, int silu, int K, int rows, uint8_t *xq, float *sx, int G,
-                             int64_t sxm, int64_t sxg)
+                             int64_t sxm, int64_t sxg, const int32_t *perm = nullptr, int div = 1)
 {
     int64_t jobs = (int64_t)rows * G;
     cu_launch(b, k_fp8_quant, dim3((unsigned)cu_blocks(jobs, FP8_QUANT_WARPS)), dim3(32 * FP8_QUANT_WARPS), 0, x,
-              silu, K, rows, xq, sx, G, sxm, sxg);
+              silu, K, rows, xq, sx, G, sxm, sxg, perm, div);
 }
 
 void cu_fp8_quant(cu_backend *b, cu_mat x, int K, int rows, uint8_t *xq, float *sx)
@@ -127,15 +130,26 @@ cu_fp8_dst cu_fp8_dst_for(sl_backend *be, sl_fp8_act *q, cu_mat y, int vec, int6
     return d;
 }
 
-// The weight scales group-major for cuBLASLt: st[g·N + n] = ws[(n >> shift)·ldws + g]
-__global__ void k_fp8_scales_t(const float *ws, int64_t ldws, int shift, int N, int G, float *st)
+// The weight scales group-major (for cuBLASLt, k_fp8_moe_ws): st[g·ldst + n] =
+// ws[(n >> shift)·ldws + g], of matrix blockIdx.y (ws + y·ews, st + y·G·ldst)
+__global__ void k_fp8_scales_t(const float *ws, int64_t ldws, int64_t ews, int shift, int N, int G, float *st,
+                               int64_t ldst)
 {
     cu_pdl_wait();
     cu_pdl_trigger();
     int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i >= (int64_t)N * G) return;
     int g = (int)(i / N), n = (int)(i % N);
-    st[i] = ws[(int64_t)(n >> shift) * ldws + g];
+    ws += blockIdx.y * ews;
+    st += blockIdx.y * G * ldst;
+    st[g * ldst + n] = ws[(int64_t)(n >> shift) * ldws + g];
+}
+
+static void fp8_scales_t_launch(cu_backend *b, const float *ws, int64_t ldws, int64_t ews, int shift, int N, int G,
+                                int mats, float *st, int64_t ldst)
+{
+    cu_launch(b, k_fp8_scales_t, dim3((unsigned)cu_blocks((int64_t)N * G, 256), (unsigned)mats), dim3(256), 0, ws,
+              ldws, ews, shift, N, G, st, ldst);
 }
 
 typedef struct fp8_args {
@@ -178,6 +192,10 @@ typedef struct fp8_args {
     // tma 0: by cp.async)
     int tma;
     CUtensorMap tw;
+    // k_fp8_moe_ws: its token tiles by TMA through these maps (fp8_moe_tma_x): xq
+    // in the plan's pair order and sx group-major (sx[g · sxg + q]); the weight
+    // scales group-major likewise (expert e's group g: row e · G + g)
+    CUtensorMap tx, tsx, tsw;
 } fp8_args;
 
 #define GV8_WARPS 8
@@ -1003,6 +1021,24 @@ __device__ __forceinline__ void wg8_promote(const uint8_t *stage, int rw, int tq
     }
 }
 
+// out[r][n], out[r][n + 1] (n even) of a finished block as one store of type ty
+// where out allows (paired: an even row stride and an aligned base, else
+// element by element), past a.N not stored.
+template <class TY>
+__device__ __forceinline__ void wg8_st2(const fp8_args &a, bool paired, TY ty, int64_t r, int n, float lo, float hi)
+{
+    if (n + 1 == a.N) cu_mat_st(a.out, r, n, lo); // an odd N's last column
+    else if (paired) cu_mat_st2_as(a.out, r, n, lo, hi, ty);
+    else cu_mat_st2_as(a.out, r, n, lo, hi, cu_dyn_t());
+}
+
+// Whether out takes wg8_st2's paired stores
+__device__ __forceinline__ bool wg8_paired(const fp8_args &a)
+{
+    const int es = a.out.dt == SL_DTYPE_F32 ? 8 : 4; // a pair's bytes, its alignment
+    return a.out.ld % 2 == 0 && (uintptr_t)a.out.p % es == 0;
+}
+
 // A weight block's outputs (weight rows from n0; the tile's rows rows of out
 // from r0), and a fresh accumulator. v76: a lane holds weight rows rw and
 // rw + 8 (out's columns) of two token rows; lanes gq and gq ^ 1 (lane ^ 4)
@@ -1015,8 +1051,7 @@ __device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, i
                                           float (&acc)[BT / 8][4])
 {
     const int odd = rw & 1; // gq's parity
-    const int es = a.out.dt == SL_DTYPE_F32 ? 8 : 4; // a pair's bytes, its alignment
-    const bool paired = a.out.ld % 2 == 0 && (uintptr_t)a.out.p % es == 0;
+    const bool paired = wg8_paired(a);
     cu_typed(a.out.dt, [&](auto ty) {
 #pragma unroll
         for (int f = 0; f < BT / 8; f++)
@@ -1025,10 +1060,7 @@ __device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, i
                 const float got = __shfl_xor_sync(0xffffffffu, odd ? acc[f][2 * h] : acc[f][2 * h + 1], 4);
                 const float lo = odd ? got : acc[f][2 * h], hi = odd ? acc[f][2 * h + 1] : got;
                 const int r = 8 * f + 2 * tq + odd, n = n0 + rw - odd + 8 * h; // n even
-                if (r >= rows || n >= a.N) continue;
-                if (n + 1 == a.N) cu_mat_st(a.out, r0 + r, n, lo); // an odd N's last column
-                else if (paired) cu_mat_st2_as(a.out, r0 + r, n, lo, hi, ty);
-                else cu_mat_st2_as(a.out, r0 + r, n, lo, hi, cu_dyn_t());
+                if (r < rows && n < a.N) wg8_st2(a, paired, ty, r0 + r, n, lo, hi);
             }
     });
 #pragma unroll
@@ -1140,35 +1172,51 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2)
 }
 
 // v47: k_fp8_moe_wg's tiles and arithmetic warp-specialized (attention.cu's
-// v46 structure). There every scale group (4 k32 products of 64 weight rows a
-// warpgroup: ~0.3 µs of tensor work at 128 tokens) ends at a block barrier
-// before the next group's copies, products and promotion, so the two
-// warpgroups promote together while the tensor cores idle, and issue the
-// copies themselves. Here a producer warpgroup streams the (weight block,
-// group) steps into a deeper ring of stages (as many as fit in ~196 KB), and
-// each consumer warpgroup waits for a step's full barrier, runs its products
-// and promotion, and releases the stage (empty barrier: one arrival from each
-// of the 8 consumer warps, v73); the warpgroups drift apart, so one's promotion overlaps the
-// other's products. One block an SM (the register split of setmaxnreg).
+// v46 structure): a producer warpgroup streams the (weight block, group) steps
+// into a ring of stages, and each consumer warpgroup waits for a step's full
+// barrier, runs its products and promotion, and releases the stage (empty
+// barrier: one arrival from each of the 8 consumer warps, v73); the warpgroups
+// drift apart, so one's promotion overlaps the other's products. One block an
+// SM (the register split of setmaxnreg).
 //
 // v52: the work comes in items (a plan tile × npb weight blocks, item w =
 // tile · nwbx + weight-block group), block b taking items b, b + gridDim.x,
-// ... with every step of them in one ring. Launched with a block an item (as
-// v47) or with a block an SM (persistent, DeepGEMM's structure): then the
-// producer streams the next item's weights while the consumers finish and
-// store the last one, and no block pays a ring's fill and a launch per item.
+// ... with every step of them in one ring. Launched with a block an item or
+// with a block an SM (persistent, DeepGEMM's structure): then the producer
+// streams the next item's weights while the consumers finish and store the
+// last one, and no block pays a ring's fill and a launch per item.
+//
+// v77 (DeepGEMM's operand roles): the 128 tokens of a tile are wgmma's A
+// operand (64 a consumer warpgroup) and the 128 weight rows its B, and every
+// step's tiles come by TMA: the weight box (v72's map), the token box of x's
+// codes in the plan's pair order (fp8_moe_ws_prepare quantizes gate_up's x
+// into that order; the down's input is in it) and the tokens' scales,
+// group-major. The probe of v76 had the producer issuing 1,024 cp.async copies
+// of token rows a step for 76 % of gate_up's time; now one thread issues three
+// boxes (and a fourth: the weight rows' scales, made group-major for it). Two
+// adjacent columns of a row of a thread's accumulator go out as one store with
+// no exchange between lanes (wg8_store's v76).
+// 128-row tiles only (the plan's at prefill sizes; smaller ones run k_fp8_moe_wg).
 #define WS8_THREADS 384
 // (80 / 216 asked for 1 K registers more than the block has: v53's launch failure)
 #define WS8_PRODUCER_REGS 72
 #define WS8_CONSUMER_REGS 216
 static_assert(wg_ws_regs_fit<WS8_PRODUCER_REGS, WS8_CONSUMER_REGS>(), "setmaxnreg within the block's registers");
-#define WS8_PRODUCER_BAR 3   // named barrier of the producer warpgroup (attention's ws uses 1, 2)
-template <int BT> struct ws8_cfg {
-    static constexpr int STAGE = wg8_cfg<BT>::STAGE;
-    static constexpr int STAGES = 200704 / STAGE < 8 ? 200704 / STAGE : 8;
-    static constexpr int BAR = STAGES * STAGE; // full[STAGES], empty[STAGES]
-    static constexpr int SMEM = 1024 + BAR + 16 * STAGES;
-};
+// A stage: the weight tile, then the token tile (128 rows × one 128-byte group
+// each, 128-byte-swizzled); the stages' scales apart (WS8_SC bytes a stage: the
+// 128 weight rows', then WS8_XSC tokens' from the tile's first row rounded down
+// to a multiple of 4: a TMA box must start 16-byte aligned in its inner
+// dimension, else the copy is "an illegal instruction" — v77's first runs), so
+// six stages fit
+#define WS8_STAGE (2 * TC_BN * FP8_G)
+#define WS8_XSC (TC_BN + 4)
+#define WS8_SC_TX ((TC_BN + WS8_XSC) * 4) // a stage's scale bytes
+#define WS8_SC 1152                        // their slot (128-byte-aligned boxes)
+static_assert(WS8_SC >= WS8_SC_TX && WS8_SC % 128 == 0, "a stage's scales fit their 128-byte-aligned slot");
+#define WS8_STAGES 6
+#define WS8_SC_AT (WS8_STAGES * WS8_STAGE)
+#define WS8_BAR (WS8_SC_AT + WS8_STAGES * WS8_SC) // full[STAGES], empty[STAGES]
+#define WS8_SMEM (1024 + WS8_BAR + 16 * WS8_STAGES)
 
 // Weight-block groups of npb a tile has (items per plan tile).
 __host__ __device__ __forceinline__ int ws8_nwbx(const fp8_args &a)
@@ -1189,133 +1237,123 @@ struct ws8_item {
     int64_t e;
     int r0, rows, nb0, U;
 };
-template <int BT> __device__ __forceinline__ ws8_item ws8_item_of(const fp8_args &a, const cu_moe_plan &p, int w)
+__device__ __forceinline__ ws8_item ws8_item_of(const fp8_args &a, const cu_moe_plan &p, int w)
 {
     const int nwbx = ws8_nwbx(a);
     int2 tile = p.tiles[w / nwbx];
     ws8_item it;
     it.e = tile.x;
     it.r0 = p.offset[tile.x] + tile.y;
-    it.rows = min(BT, p.offset[tile.x + 1] - it.r0);
+    it.rows = min(TC_BN, p.offset[tile.x + 1] - it.r0);
     it.nb0 = w % nwbx * a.npb;
     it.U = ws8_steps(a, w);
     return it;
 }
 
-template <int BT>
+// A finished weight block's outputs: this thread's token rows rt and rt + 8 of
+// the tile (those below rows; out's rows from r0) at columns n0 + 8f + 2tq and
+// + 1, two a store; and a fresh accumulator.
+__device__ __forceinline__ void ws8_store(const fp8_args &a, int r0, int rows, int n0, int rt, int tq,
+                                          float (&acc)[TC_BN / 8][4])
+{
+    const bool paired = wg8_paired(a);
+    cu_typed(a.out.dt, [&](auto ty) {
+#pragma unroll
+        for (int f = 0; f < TC_BN / 8; f++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = rt + 8 * h, n = n0 + 8 * f + 2 * tq;
+                if (r < rows && n < a.N) wg8_st2(a, paired, ty, r0 + r, n, acc[f][2 * h], acc[f][2 * h + 1]);
+            }
+    });
+#pragma unroll
+    for (int f = 0; f < TC_BN / 8; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
+}
+
 __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_constant__ fp8_args a, cu_moe_plan p)
 {
-    using C = ws8_cfg<BT>;
-    constexpr int F = BT / 8, S = C::STAGES;
+    constexpr int F = TC_BN / 8, S = WS8_STAGES;
     extern __shared__ __align__(1024) uint8_t wg8_smem[];
-    __shared__ int xr[BT]; // the producer's current item's x rows
-    cu_pdl_wait();         // the plan, x and the activations come from earlier kernels
+    cu_pdl_wait(); // the plan, x and the activations come from earlier kernels
     cu_pdl_trigger();
     const int n_items = *p.n_tiles * ws8_nwbx(a);
     if ((int)blockIdx.x >= n_items) return; // the grid is an upper bound (block-uniform)
     int n = 0; // this block's steps: those of each of its items, in a row
     for (int w = blockIdx.x; w < n_items; w += gridDim.x) n += ws8_steps(a, w);
-    const uint8_t *sm = (const uint8_t *)wg_align((char *)wg8_smem);
-    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm), full = s0 + C::BAR, empty = full + 8 * S;
+    uint8_t *sm = (uint8_t *)wg_align((char *)wg8_smem);
+    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm), full = s0 + WS8_BAR, empty = full + 8 * S;
     if (threadIdx.x == 0) {
         for (int st = 0; st < S; st++) {
-            wg_mbar_init(full + 8 * st, 128);
+            wg_mbar_init(full + 8 * st, 1); // the producer's arrival with the boxes' bytes
             wg_mbar_init(empty + 8 * st, 8); // a consumer warp's one arrival (v73: not 256 atomics a step)
         }
-        // the inits visible to the async proxy before this thread's first weight box completes
-        // on one (the PTX ISA's rule: wg_produce's first fence comes only after that box)
-        wg_fence_smem();
+        wg_fence_smem(); // the inits visible to the async proxy before this thread's first box
     }
     __syncthreads();
     const int wg = (int)(threadIdx.x >> 7) - 1; // -1: the producer
 
     if (wg < 0) {
-        wg_regs_dec<WS8_PRODUCER_REGS>();
+        wg_regs_dec<WS8_PRODUCER_REGS>(); // (the whole warpgroup: setmaxnreg)
+        if (threadIdx.x != 0) return;
         int w = blockIdx.x, j = 0; // the item being issued, its next step
-        ws8_item it = ws8_item_of<BT>(a, p, w);
-        auto rows_in = [&] { // xr for item it, once every producer thread is past the last one's copies
-            wg_bar_sync(WS8_PRODUCER_BAR, 128);
-            for (int r = threadIdx.x; r < BT; r += 128) xr[r] = moe_x_row(a, p, it.r0, it.rows, r);
-            wg_bar_sync(WS8_PRODUCER_BAR, 128);
-        };
-        rows_in();
-        auto xrow = [&](int r) -> int64_t { return xr[r]; };
-        wg_produce<S>(n, full, empty, [&](int u) {
+        ws8_item it = ws8_item_of(a, p, w);
+        for (int u = 0; u < n; u++, j++) {
             if (j == it.U) {
                 w += gridDim.x;
                 j = 0;
-                it = ws8_item_of<BT>(a, p, w);
-                rows_in();
+                it = ws8_item_of(a, p, w);
             }
-            // v73: with a.tma the weight tile one TMA box (v72's map), its bytes on the stage's barrier
-            wg8_load<BT, 128, false>(a, it.e, xrow, it.rows, (it.nb0 + j / a.G) * TC_BN, s0 + (u % S) * C::STAGE,
-                                     j % a.G, full + 8 * (u % S));
-            j++;
-        });
+            const int n0 = (it.nb0 + j / a.G) * TC_BN, g = j % a.G, st = u % S;
+            const uint32_t bar = full + 8 * st, t = s0 + st * WS8_STAGE, sc = s0 + WS8_SC_AT + st * WS8_SC;
+            if (u >= S) wg_mbar_wait(empty + 8 * st, (u / S - 1) & 1);
+            wg_mbar_expect_tx(bar, WS8_STAGE + WS8_SC_TX); // the arrival, with the four boxes' bytes
+            wg_tma_load3(t, &a.tw, g * FP8_G, n0, (int)it.e, bar);
+            wg_tma_load2(t + TC_BN * FP8_G, &a.tx, g * FP8_G, it.r0, bar);
+            wg_tma_load2(sc, &a.tsw, n0, (int)it.e * a.G + g, bar);
+            wg_tma_load2(sc + TC_BN * 4, &a.tsx, it.r0 & ~3, g, bar);
+        }
         return;
     }
     wg_regs_inc<WS8_CONSUMER_REGS>();
     const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
-    const int rw = wg * 64 + warp * 16 + gq; // this thread's weight rows rw, rw + 8
-    float acc[F][4];
+    const int rt = wg * 64 + warp * 16 + gq; // this thread's token rows rt, rt + 8 of the tile
+    float acc[F][4], part[F][4];
 #pragma unroll
     for (int f = 0; f < F; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
-    auto mma = [&](int u, float (&part)[F][4]) {
-        wg_mbar_wait(full + 8 * (u % S), (u / S) & 1);
-        wg8_mma<BT>(s0 + (u % S) * C::STAGE, wg, part);
-    };
     // the item being promoted and its next step; the next item's tile is read
     // when this one starts, so its loads are long done at the switch
     int w = blockIdx.x, j = 0;
-    ws8_item it = ws8_item_of<BT>(a, p, w), nx = it;
-    // step u's promotion (its products retired): its stage released after
-    // its scales were read, its weight block stored after its last group
-    auto promote = [&](int u, float (&part)[F][4]) {
-        if (j == 0 && w + (int)gridDim.x < n_items) nx = ws8_item_of<BT>(a, p, w + gridDim.x);
-        wg8_promote<BT>(sm + (u % S) * C::STAGE, rw, tq, part, acc);
+    ws8_item it = ws8_item_of(a, p, w), nx = it;
+    for (int u = 0; u < n; u++) {
+        const int st = u % S;
+        if (j == 0 && w + (int)gridDim.x < n_items) nx = ws8_item_of(a, p, w + gridDim.x);
+        wg_mbar_wait(full + 8 * st, (u / S) & 1);
+        const uint32_t t = s0 + st * WS8_STAGE;
+        const uint64_t da = wg_desc(t + (TC_BN + wg * 64) * FP8_G, 16, 1024), db = wg_desc(t, 16, 1024);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < FP8_G / 32; kk++) wg_ss8<TC_BN>(part, da + 2 * kk, db + 2 * kk, kk > 0);
+        wg_commit();
+        wg_wait<0>();
+        wg_hold(part);
+        // the group's sums · (s_x(token) · s_w(weight row)) into acc
+        const float *wsc = (const float *)(sm + WS8_SC_AT + st * WS8_SC), *xs = wsc + TC_BN + (it.r0 & 3);
+        const float sa = xs[rt], sb = xs[rt + 8];
+#pragma unroll
+        for (int f = 0; f < F; f++) {
+            const float2 w2 = *(const float2 *)(wsc + 8 * f + 2 * tq);
+            acc[f][0] += part[f][0] * (sa * w2.x);
+            acc[f][1] += part[f][1] * (sa * w2.y);
+            acc[f][2] += part[f][2] * (sb * w2.x);
+            acc[f][3] += part[f][3] * (sb * w2.y);
+        }
         __syncwarp(); // every lane's scales read: the warp releases the stage
-        if (lane == 0) wg_mbar_arrive(empty + 8 * (u % S));
-        if (j % a.G == a.G - 1) wg8_store<BT>(a, it.r0, it.rows, (it.nb0 + j / a.G) * TC_BN, rw, tq, acc);
+        if (lane == 0) wg_mbar_arrive(empty + 8 * st);
+        if (j % a.G == a.G - 1) ws8_store(a, it.r0, it.rows, (it.nb0 + j / a.G) * TC_BN, rt, tq, acc);
         if (++j == it.U) {
             w += gridDim.x;
             j = 0;
             it = nx;
-        }
-    };
-    if constexpr (BT <= 64) {
-        // v49: step u's products issued into nxt, then step u - 1's promoted
-        // from cur while they run, then waited for: the tensor cores run while
-        // this warpgroup promotes, and nothing is in flight between steps (a
-        // product in flight across the loop made ptxas inject waits, C7517).
-        // The two accumulators alternate over a loop unrolled by two; the
-        // warpgroup holds two stages (the producer's hand-over allows it from
-        // 3 on). At 128 tokens three accumulators do not fit in registers.
-        float p0[F][4], p1[F][4];
-        auto step = [&](int u, float (&cur)[F][4], float (&nxt)[F][4]) {
-            if (u == 0) {
-                mma(u, nxt);
-                wg_wait<0>();
-            } else if (u < n) {
-                mma(u, nxt);
-                wg_wait<1>(); // (cur retired in the step before: said here for ptxas)
-                promote(u - 1, cur);
-                wg_wait<0>();
-            } else {
-                wg_wait<0>();
-                promote(u - 1, cur);
-            }
-        };
-        static_assert(S >= 3, "a consumer holds two stages");
-        for (int u = 0; u <= n; u += 2) {
-            step(u, p1, p0);
-            if (u + 1 <= n) step(u + 1, p0, p1);
-        }
-    } else {
-        float part[F][4];
-        for (int u = 0; u < n; u++) {
-            mma(u, part);
-            wg_wait<0>();
-            promote(u, part);
         }
     }
 }
@@ -1519,8 +1557,7 @@ static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
     if (!blk) {
         int64_t n = (int64_t)a.N * a.G;
         st = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)n);
-        cu_launch(b, k_fp8_scales_t, dim3((unsigned)cu_blocks(n, 256)), dim3(256), 0, a.ws, a.ldws, a.srow_shift,
-                  a.N, a.G, st);
+        fp8_scales_t_launch(b, a.ws, a.ldws, 0, a.srow_shift, a.N, a.G, 1, st, a.N);
     }
     int ran = cu_matmul_fp8_run(b, p, O, X, sx, W, blk ? a.ws : st) == 0;
     cu_tmp_free(b, st);
@@ -1664,10 +1701,11 @@ static int moe1_launch(cu_backend *b, const fp8_args &gu, const fp8_args &dn, co
 }
 
 // silu(gate)·up of the rows of the gate_up output (a.out, [rows, 2I]) quantized
-// as the down's input (d.xq, d.sx; d.K = I)
-static void fp8_quant_silu(cu_backend *b, const fp8_args &a, const fp8_args &d, int rows)
+// as the down's input (d.xq, d.sx; d.K = I), the scales token-major (sxg 0) or
+// group-major (sx[g · sxg + row]: k_fp8_moe_ws)
+static void fp8_quant_silu(cu_backend *b, const fp8_args &a, const fp8_args &d, int rows, int64_t sxg)
 {
-    fp8_quant_launch(b, a.out, 1, d.K, rows, (uint8_t *)d.xq, (float *)d.sx, d.G, d.G, 1);
+    fp8_quant_launch(b, a.out, 1, d.K, rows, (uint8_t *)d.xq, (float *)d.sx, d.G, sxg ? 1 : d.G, sxg ? sxg : 1);
 }
 
 // Weight blocks a block of k_fp8_moe_wg walks: enough that blocks are not
@@ -1696,10 +1734,11 @@ template <int BM> static void moe_fp8_gemm_launch_bm(cu_backend *b, fp8_args a, 
         grid.x = (unsigned)((grid.x + a.npb - 1) / a.npb);
     }
     if (wg == CU_MOE_WG_WS || wg == CU_MOE_WG_WSP) { // items in x: one a block, or one block an SM walking them
+        SL_ASSERT(BM == TC_BN); // (moe_fp8_ws_prepare)
         int64_t items = (int64_t)ws8_nwbx(a) * p.max_tiles;
         grid = dim3((unsigned)(wg == CU_MOE_WG_WSP && items > b->n_sm ? b->n_sm : items));
-        fp8_smem_raise(b, k_fp8_moe_ws<BM>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 17, ws8_cfg<BM>::SMEM);
-        cu_launch(b, k_fp8_moe_ws<BM>, grid, dim3(WS8_THREADS), ws8_cfg<BM>::SMEM, a, p);
+        fp8_smem_raise(b, k_fp8_moe_ws, 1 << 17, WS8_SMEM);
+        cu_launch(b, k_fp8_moe_ws, grid, dim3(WS8_THREADS), WS8_SMEM, a, p);
     } else if (wg == CU_MOE_WG_WG) {
         fp8_smem_raise(b, k_fp8_moe_wg<BM>, (BM == 32 ? 1 : BM == 64 ? 2 : 4) << 8, wg8_cfg<BM>::SMEM);
         cu_launch(b, k_fp8_moe_wg<BM>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);
@@ -1718,6 +1757,69 @@ static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_p
     else moe_fp8_gemm_launch_bm<32>(b, a, p, wg);
 }
 
+// A 2-D TMA map of rows × cols elements of esz bytes (row stride ld elements)
+// in boxes of bc × br, 128-byte-swizzled or not, zero past the tensor; 0 where
+// TMA cannot serve (a base or a stride not 16-byte aligned, no encoder).
+static int fp8_tma_map2(CUtensorMap *m, const void *p, int esz, int64_t cols, int64_t rows, int64_t ld, int bc, int br,
+                        int swizzle)
+{
+    const PFN_cuTensorMapEncodeTiled_v12000 encode = cu_tensor_map_encoder();
+    cuuint64_t dim[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, stride[1] = {(cuuint64_t)(ld * esz)};
+    cuuint32_t box[2] = {(cuuint32_t)bc, (cuuint32_t)br}, step[2] = {1, 1};
+    return encode && ((uintptr_t)p & 15) == 0 && ld * esz % 16 == 0 &&
+           encode(m, esz == 1 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, (void *)p, dim,
+                  stride, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  swizzle ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// k_fp8_moe_ws's maps (v77) of a's token rows, x's codes (rows × ldx bytes,
+// the plan's pair order) in boxes of one group × 128 rows, 128-byte-swizzled,
+// and their scales group-major (G rows of sxg floats) in boxes of 128; and of
+// the weight scales made group-major into st (E · G rows of ldst floats).
+static int fp8_moe_tma_ws(fp8_args &a, int rows, int64_t sxg, const float *st, int E, int64_t ldst)
+{
+    return fp8_tma_map2(&a.tx, a.xq, 1, a.ldx, rows, a.ldx, FP8_G, TC_BN, 1) &&
+           fp8_tma_map2(&a.tsx, a.sx, 4, rows, a.G, sxg, WS8_XSC, 1, 0) &&
+           fp8_tma_map2(&a.tsw, st, 4, a.N, (int64_t)E * a.G, ldst, TC_BN, 1, 0);
+}
+
+// What k_fp8_moe_ws (v77) reads, where it can run (both weights' tiles by
+// TMA): gate_up's x quantized in the plan's pair order (row q: token perm[q] /
+// k), its scales group-major; both weights' scales group-major (per expert, G
+// rows of the N rows' scales: per-row scales, a box of 128 a step); the maps of
+// those and of the down's input (d.xq, d.sx: its scales to be written group-
+// major, d.sx holding G × sxg floats). The scratch is tmp[0..2], freed by the
+// caller. Returns the scales' row stride sxg (P rounded up to 16-byte rows), or
+// 0 with nothing done.
+static int64_t moe_fp8_ws_prepare(cu_backend *b, fp8_args &a, fp8_args &d, cu_mat x, const cu_moe_plan &p, int P,
+                                  int k, int E, void *tmp[3])
+{
+    const int64_t sxg = ((int64_t)P + 3) & ~3LL, lda = (a.N + 3) & ~3, ldd = (d.N + 3) & ~3;
+    if (!a.tma || !d.tma) return 0;
+    uint8_t *xp = (uint8_t *)cu_tmp_alloc(b, (size_t)P * a.ldx);
+    float *sp = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)a.G * sxg);
+    float *st = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)E * (a.G * lda + d.G * ldd));
+    fp8_args ax = a, dx = d;
+    ax.xq = xp;
+    ax.sx = sp;
+    if (!fp8_moe_tma_ws(ax, P, sxg, st, E, lda) || !fp8_moe_tma_ws(dx, P, sxg, st + (size_t)E * a.G * lda, E, ldd)) {
+        cu_tmp_free(b, st);
+        cu_tmp_free(b, sp);
+        cu_tmp_free(b, xp);
+        return 0;
+    }
+    a = ax;
+    d = dx;
+    tmp[0] = xp;
+    tmp[1] = sp;
+    tmp[2] = st;
+    fp8_quant_launch(b, x, 0, a.K, P, xp, sp, a.G, 1, sxg, p.perm, k);
+    fp8_scales_t_launch(b, a.ws, a.ldws, a.ews, a.srow_shift, a.N, a.G, E, st, lda);
+    fp8_scales_t_launch(b, d.ws, d.ldws, d.ews, d.srow_shift, d.N, d.G, E, st + (size_t)E * a.G * lda, ldd);
+    return sxg;
+}
+
 // The grouped path: pairs sorted by expert (moe.cuh's plan, with perm), per
 // tile of one expert's rows the tensor-core GEMM over that expert's gate_up
 // (x rows read through perm: no gather) into h in the permuted order, silu·up
@@ -1727,7 +1829,7 @@ static void moe_fp8_gemm_launch(cu_backend *b, const fp8_args &a, const cu_moe_p
 // gemv: the tiles go to k_fp8_gemv_tc in plan mode (16 tokens a tile, 16
 // weight rows a block: decode batches, a few pairs per expert) instead of the
 // tensor-core GEMM (32/64/128-row tiles, 128 weight rows a block).
-static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k, int E, cu_mat out,
+static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, cu_mat x, int T, int k, int E, cu_mat out,
                             const sl_tensor *weights, const float *y, int gemv, cu_moe_wg wg)
 {
     int64_t P = (int64_t)T * k;
@@ -1746,12 +1848,20 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
     if (wg == CU_MOE_WG_AUTO) wg = bm == 128 ? CU_MOE_WG_WSP : CU_MOE_WG_WG;
     cu_moe_plan p;
     cu_moe_plan_make(b, &p, a.ids, a.ids_ld, T, k, E, bm, 1);
+    int64_t sxg = 0; // the down's scales token-major, or group-major for k_fp8_moe_ws
+    void *tmp[3] = {NULL, NULL, NULL};
+    if (!gemv && bm == TC_BN && (wg == CU_MOE_WG_WS || wg == CU_MOE_WG_WSP))
+        sxg = moe_fp8_ws_prepare(b, a, d, x, p, (int)P, k, E, tmp);
+    if (!sxg) {
+        if (wg == CU_MOE_WG_WS || wg == CU_MOE_WG_WSP) wg = CU_MOE_WG_WG; // (what k_fp8_moe_ws needs is missing)
+        fp8_quant_launch(b, x, 0, a.K, T, (uint8_t *)a.xq, (float *)a.sx, a.G, a.G, 1);
+    }
     a.M = (int)P;
     a.x_perm = 1;
     a.plan = gemv;
     if (gemv) fp8_gemv_plan_launch(b, a, p);
     else moe_fp8_gemm_launch(b, a, p, bm, wg);
-    fp8_quant_silu(b, a, d, (int)P);
+    fp8_quant_silu(b, a, d, (int)P, sxg);
     d.M = (int)P;
     d.x_perm = 0;
     d.plan = gemv;
@@ -1759,6 +1869,7 @@ static void moe_fp8_grouped(cu_backend *b, fp8_args a, fp8_args d, int T, int k,
     else moe_fp8_gemm_launch(b, d, p, bm, wg);
     cu_moe_combine_run(b, out, y, (const float *)weights->data, sl_tensor_ld(weights), k, &p);
     cu_moe_plan_free(b, &p);
+    for (int i = 0; i < 3; i++) cu_tmp_free(b, tmp[i]);
     static const char *names[4][3] = {{"fp8_moe_grouped_tc32", "fp8_moe_grouped_tc64", "fp8_moe_grouped_tc128"},
                                       {"fp8_moe_grouped_wg32", "fp8_moe_grouped_wg64", "fp8_moe_grouped_wg128"},
                                       {"fp8_moe_grouped_ws32", "fp8_moe_grouped_ws64", "fp8_moe_grouped_ws128"},
@@ -1826,7 +1937,8 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     uint8_t *xq = (uint8_t *)cu_tmp_alloc(b, (size_t)T * GH * FP8_G);
     uint8_t *hq = (uint8_t *)cu_tmp_alloc(b, (size_t)P * GI * FP8_G);
     float *sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)T * GH);
-    float *sh = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)P * GI);
+    // (P rounded up to 4 rows: k_fp8_moe_ws's group-major scales, moe_fp8_ws_prepare)
+    float *sh = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)((P + 3) & ~3) * GI);
 
     cu_mat hm = {h, SL_DTYPE_F32, P, 2 * I, 2 * I};
     fp8_args a = fp8_args_of((const uint8_t *)gate_up->data, gate_up->st[1], (const float *)gate_up_scale->data,
@@ -1869,10 +1981,11 @@ void cu_moe_experts_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, cons
     int one = T == 1 && (path == SL_CUDA_MOE_FP8_ONE || (path == SL_CUDA_MOE_FP8_AUTO && b->moe_fp8_one));
     if (one && !grouped && !expert_gemv && moe1_launch(b, a, d, x, weights, cu_mat_of(out))) {
         b->mm_last = "fp8_moe_one"; // (it quantizes x itself)
+    } else if (grouped || expert_gemv) { // (it quantizes x, in its order)
+        moe_fp8_grouped(b, a, d, cu_mat_of(x), T, k, E, cu_mat_of(out), weights, y, expert_gemv, wg);
     } else {
         fp8_quant_launch(b, cu_mat_of(x), 0, H, T, xq, sx, GH, GH, 1);
-        if (grouped || expert_gemv) moe_fp8_grouped(b, a, d, T, k, E, cu_mat_of(out), weights, y, expert_gemv, wg);
-        else moe_fp8_pairs(b, a, d, T, k, cu_mat_of(out), weights, y);
+        moe_fp8_pairs(b, a, d, T, k, cu_mat_of(out), weights, y);
     }
     cu_tmp_free(b, y);
     cu_tmp_free(b, sh);

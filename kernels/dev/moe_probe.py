@@ -1,10 +1,9 @@
 # kernels/dev/moe_probe.py FP8_CU: rewrites kernels/cuda/fp8.cu in place with clock64 probes
-# in k_fp8_moe_ws<128> (the grouped FP8 MoE GEMM the default runs at 128-row tiles, launched
+# in k_fp8_moe_ws (the grouped FP8 MoE GEMM the default runs at 128-row tiles, launched
 # persistent: `wsp`): per consumer warpgroup, summed over its (weight block, 128-group) steps,
 # the waits for a step's tiles to land (full), the wgmma issue, the wait for the products,
 # the promotion into the accumulator (with the stage's release) and the stores of finished
-# weight blocks; per producer (thread 0) the time issuing its copies (the rest of its loop is
-# waiting for free stages) and the item switches (the token rows of the next item). Three
+# weight blocks; per producer (its one thread) the waits for free stages and the boxes' issue. Three
 # blocks of the 7th and 8th launches record (block 0, the middle one, the last: the timing's
 # first call after its 3 warm-ups, gate_up then down, when a test runs one shape), and
 # a one-thread kernel launched after each k_fp8_moe_ws prints the new ones (a printf inside
@@ -13,7 +12,7 @@
 #   cp kernels/cuda/fp8.cu /tmp/fp8.cu && python3 kernels/dev/moe_probe.py kernels/cuda/fp8.cu &&
 #   kernels/dev/variants.sh build kernels/cuda/fp8.cu /tmp/v moeprobe=""; cp /tmp/fp8.cu kernels/cuda/fp8.cu
 #   SL_CUDA_MOE_FP8_WG=4 /tmp/v/moeprobe/test_backend_ops --perf --filter moe_experts_fp8 --min-tokens 4096 | grep PROBE
-# Against the products' own time (a step is 4 k32 wgmmas of m64 × BT × 32 a warpgroup: 2 · 64 ·
+# Against the products' own time (a step is 4 k32 wgmmas of m64 × 128 × 32 a warpgroup: 2 · 64 ·
 # 128 · 128 FLOP at the SM's share of the fp8 mma rate, ~270 cycles on an H100) the phases say
 # where a step's time goes. Each probe goes in beside whole lines of fp8.cu; an assertion names
 # a line that moved.
@@ -27,10 +26,9 @@ lines = open(p).read().split("\n")
 find, replace = partial(probe_edit.find, lines), partial(probe_edit.replace, lines)
 
 
-# the records and their printer, above the kernel's template line
+# the records and their printer, above the kernel
 k = find("__global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_constant__ fp8_args a, cu_moe_plan p)")
-assert lines[k - 1] == "template <int BT>", lines[k - 1]
-lines[k - 1:k - 1] = r"""__device__ int moe_probe_n, moe_probe_shown, moe_probe_launch;
+lines[k:k] = r"""__device__ int moe_probe_n, moe_probe_shown, moe_probe_launch;
 __device__ long long moe_probe_rec[24][12]; // who, block, blocks, steps, items, 5 phases, total, -
 __device__ __forceinline__ unsigned long long moe_gt() { unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
 __device__ unsigned long long moe_probe_ns[24];
@@ -40,10 +38,10 @@ __global__ void k_moe_probe_print(int)
         const long long *r = moe_probe_rec[moe_probe_shown];
         const unsigned long long ns = moe_probe_ns[moe_probe_shown];
         if (r[0] < 0)
-            printf("PROBE moe_ws<128> producer blk %lld/%lld steps %lld items %lld: issuing %lld (item switches %lld), "
+            printf("PROBE moe_ws producer blk %lld/%lld steps %lld items %lld: waiting for stages %lld issuing %lld, "
                    "total %lld cycles, %llu ns\n", r[1], r[2], r[3], r[4], r[5], r[6], r[10], ns);
         else
-            printf("PROBE moe_ws<128> consumer %lld blk %lld/%lld steps %lld items %lld: full %lld issue %lld wait %lld "
+            printf("PROBE moe_ws consumer %lld blk %lld/%lld steps %lld items %lld: full %lld issue %lld wait %lld "
                    "promote %lld store %lld, total %lld cycles, %llu ns\n", r[0], r[1], r[2], r[3], r[4], r[5], r[6],
                    r[7], r[8], r[9], r[10], ns);
     }
@@ -69,73 +67,56 @@ replace("""    int n = 0; // this block's steps: those of each of its items, in 
     for (int w = blockIdx.x; w < n_items; w += gridDim.x) n += ws8_steps(a, w);""",
         """    int n = 0, probe_items = 0; // this block's steps: those of each of its items, in a row
     for (int w = blockIdx.x; w < n_items; w += gridDim.x) n += ws8_steps(a, w), probe_items++;
-    const bool probe_blk = BT == 128 && (blockIdx.x == 0 || blockIdx.x == gridDim.x / 2 || blockIdx.x == gridDim.x - 1);
+    const bool probe_blk = blockIdx.x == 0 || blockIdx.x == gridDim.x / 2 || blockIdx.x == gridDim.x - 1;
     const long long probe_t0 = clock64();
     const unsigned long long probe_g0 = moe_gt();
     long long ph[5] = {0, 0, 0, 0, 0}, t1;""", k)
 
-# producer: the item switches and the copies' issue
-replace("""        auto rows_in = [&] { // xr for item it, once every producer thread is past the last one's copies
-            wg_bar_sync(WS8_PRODUCER_BAR, 128);""", """        auto rows_in = [&] { // xr for item it, once every producer thread is past the last one's copies
-            const long long t2 = clock64();
-            wg_bar_sync(WS8_PRODUCER_BAR, 128);""", k)
-replace("""            for (int r = threadIdx.x; r < BT; r += 128) xr[r] = moe_x_row(a, p, it.r0, it.rows, r);
-            wg_bar_sync(WS8_PRODUCER_BAR, 128);
-        };""", """            for (int r = threadIdx.x; r < BT; r += 128) xr[r] = moe_x_row(a, p, it.r0, it.rows, r);
-            wg_bar_sync(WS8_PRODUCER_BAR, 128);
-            ph[1] += clock64() - t2;
-        };""", k)
-replace("""        wg_produce<S>(n, full, empty, [&](int u) {
-            if (j == it.U) {""", """        wg_produce<S>(n, full, empty, [&](int u) {
-            t1 = clock64();
-            if (j == it.U) {""", k)
-replace("""            j++;
-        });
-        return;""", """            j++;
+# producer: the waits for free stages and the boxes' issue
+replace("""            if (u >= S) wg_mbar_wait(empty + 8 * st, (u / S - 1) & 1);""",
+        """            t1 = clock64();
+            if (u >= S) wg_mbar_wait(empty + 8 * st, (u / S - 1) & 1);
             ph[0] += clock64() - t1;
-        });
-        if (threadIdx.x == 0 && probe_blk) moe_probe_put(-1, n, probe_items, ph, clock64() - probe_t0, moe_gt() - probe_g0);
+            t1 = clock64();""", k)
+replace("""            wg_tma_load2(sc + TC_BN * 4, &a.tsx, it.r0 & ~3, g, bar);
+        }
+        return;""", """            wg_tma_load2(sc + TC_BN * 4, &a.tsx, it.r0 & ~3, g, bar);
+            ph[1] += clock64() - t1;
+        }
+        if (probe_blk) moe_probe_put(-1, n, probe_items, ph, clock64() - probe_t0, moe_gt() - probe_g0);
         return;""", k)
 
 # consumers: a step's wait for its tiles, the issue, the products' wait, the promotion, the stores
-replace("""    auto mma = [&](int u, float (&part)[F][4]) {
-        wg_mbar_wait(full + 8 * (u % S), (u / S) & 1);
-        wg8_mma<BT>(s0 + (u % S) * C::STAGE, wg, part);
-    };""", """    auto mma = [&](int u, float (&part)[F][4]) {
-        t1 = clock64();
-        wg_mbar_wait(full + 8 * (u % S), (u / S) & 1);
+replace("""        wg_mbar_wait(full + 8 * st, (u / S) & 1);
+        const uint32_t t = s0 + st * WS8_STAGE;""", """        t1 = clock64();
+        wg_mbar_wait(full + 8 * st, (u / S) & 1);
         ph[0] += clock64() - t1;
         t1 = clock64();
-        wg8_mma<BT>(s0 + (u % S) * C::STAGE, wg, part);
+        const uint32_t t = s0 + st * WS8_STAGE;""", k)
+replace("""        wg_commit();
+        wg_wait<0>();
+        wg_hold(part);""", """        wg_commit();
         ph[1] += clock64() - t1;
-    };""", k)
-replace("""        if (j % a.G == a.G - 1) wg8_store<BT>(a, it.r0, it.rows, (it.nb0 + j / a.G) * TC_BN, rw, tq, acc);""",
-        """        if (j % a.G == a.G - 1) {
-            const long long t2 = clock64();
-            wg8_store<BT>(a, it.r0, it.rows, (it.nb0 + j / a.G) * TC_BN, rw, tq, acc);
-            ph[4] += clock64() - t2;
+        t1 = clock64();
+        wg_wait<0>();
+        wg_hold(part);
+        ph[2] += clock64() - t1;
+        t1 = clock64();""", k)
+replace("""        if (lane == 0) wg_mbar_arrive(empty + 8 * st);
+        if (j % a.G == a.G - 1) ws8_store(a, it.r0, it.rows, (it.nb0 + j / a.G) * TC_BN, rt, tq, acc);""",
+        """        if (lane == 0) wg_mbar_arrive(empty + 8 * st);
+        ph[3] += clock64() - t1;
+        if (j % a.G == a.G - 1) {
+            t1 = clock64();
+            ws8_store(a, it.r0, it.rows, (it.nb0 + j / a.G) * TC_BN, rt, tq, acc);
+            ph[4] += clock64() - t1;
         }""", k)
-replace("""        float part[F][4];
-        for (int u = 0; u < n; u++) {
-            mma(u, part);
-            wg_wait<0>();
-            promote(u, part);
-        }
-    }""", """        float part[F][4];
-        for (int u = 0; u < n; u++) {
-            mma(u, part);
-            t1 = clock64();
-            wg_wait<0>();
-            ph[2] += clock64() - t1;
-            t1 = clock64();
-            promote(u, part);
-            ph[3] += clock64() - t1; // the stores too (ph[4] says how much of it)
-        }
-        if ((threadIdx.x == 128 || threadIdx.x == 256) && probe_blk)
-            moe_probe_put(wg, n, probe_items, ph, clock64() - probe_t0, moe_gt() - probe_g0);
-    }""", k)
+i = find("""            it = nx;""", k)
+assert lines[i + 1] == "        }" and lines[i + 2] == "    }", lines[i + 1:i + 3]
+lines[i + 2:i + 2] = ["    if ((threadIdx.x == 128 || threadIdx.x == 256) && probe_blk)",
+                      "        moe_probe_put(wg, n, probe_items, ph, clock64() - probe_t0, moe_gt() - probe_g0);"]
 
 # the print kernel after each launch of the kernel (host side: its records are complete by then)
-i = find("        cu_launch(b, k_fp8_moe_ws<BM>, grid, dim3(WS8_THREADS), ws8_cfg<BM>::SMEM, a, p);", k)
+i = find("        cu_launch(b, k_fp8_moe_ws, grid, dim3(WS8_THREADS), WS8_SMEM, a, p);", k)
 lines[i + 1:i + 1] = ["        cu_launch(b, k_moe_probe_print, dim3(1), dim3(1), 0, 0);"]
 open(p, "w").write("\n".join(lines))

@@ -585,13 +585,13 @@ static inline void wg_mbar_expect_tx(uint32_t bar, uint32_t bytes) {
 }
 // TMA (wgmma.cuh's wg_tma_load2 / 3): a map is the emulator's own record, filled by the
 // driver: esz-byte elements, dims innermost first, the byte strides of dims 1 and 2, a box
-// of box[0] elements (128 bytes: one swizzled row) × box[1] rows (× 1). A box lands
-// 128-byte-swizzled at dst (row r, 16-byte chunk c at dst + 128r + 16c, then address bits
-// 4-6 ^= bits 7-9), zeros past the tensor. It lands when a waiter first finds the
-// barrier's phase open (as late as the GPU may land it: a tile read before its wait reads
-// what was there), or with EMU_CP_EAGER at issue (a stage refilled while still read then
-// shows the new data).
-struct CUtensorMap { const char *base; int esz; int64_t dim[3], stride[2]; int box[2]; };
+// of box[0] elements (a multiple of 16 bytes) × box[1] rows (× 1), swz: whether it lands
+// 128-byte-swizzled (rows of 128 bytes; row r, 16-byte chunk c at dst + 128r + 16c, then
+// address bits 4-6 ^= bits 7-9) or row after row; zeros past the tensor. It lands when a
+// waiter first finds the barrier's phase open (as late as the GPU may land it: a tile read
+// before its wait reads what was there), or with EMU_CP_EAGER at issue (a stage refilled
+// while still read then shows the new data).
+struct CUtensorMap { const char *base; int esz; int64_t dim[3], stride[2]; int box[2]; int swz = 1; };
 static inline void emu_mbar_land(emu_mbar &m) {
     for (const emu_copy &c : m.due) {
         emu_cp_land(c);
@@ -608,12 +608,16 @@ static inline void wg_tma_load3(uint32_t dst, const void *map, int c0, int c1, i
                         "(wg_fence_smem after wg_mbar_init)\n", bar, threadIdx.x);
         abort();
     }
-    const int per = 16 / t.esz; // elements a 16-byte chunk
-    SL_ASSERT(dst % 1024 == 0 && t.box[0] * t.esz == 128 && c0 % per == 0 && c2 < t.dim[2]);
+    const int per = 16 / t.esz, row = t.box[0] * t.esz; // elements a 16-byte chunk, a box row's bytes
+    // (the hardware's: boxes of at most 256 a dimension starting 16-byte aligned in the inner
+    // one (else "an illegal instruction": v77's token scales), shared destinations 128-byte
+    // aligned, a 128-byte-swizzled one on the 1024-byte period of its pattern with rows of 128 bytes)
+    SL_ASSERT(row % 16 == 0 && c0 % per == 0 && t.box[0] <= 256 && t.box[1] <= 256 && c2 < t.dim[2] &&
+              (t.swz ? dst % 1024 == 0 && row == 128 : dst % 128 == 0));
     for (int r = 0; r < t.box[1]; r++)
-        for (int c = 0; c < 8; c++) {
-            uint32_t a = dst + 128 * r + 16 * c;
-            a ^= ((a >> 7) & 7) << 4;
+        for (int c = 0; c < row / 16; c++) {
+            uint32_t a = dst + row * r + 16 * c;
+            if (t.swz) a ^= ((a >> 7) & 7) << 4;
             SL_ASSERT(a + 16 <= emu_b->smem.size());
             bool in = c1 + r < t.dim[1] && c0 + per * c < t.dim[0]; // (dims in whole chunks here)
             const char *src = in ? t.base + c2 * t.stride[1] + (c1 + r) * t.stride[0] + (int64_t)(c0 + per * c) * t.esz
