@@ -36,6 +36,7 @@ __device__ unsigned long long attn_probe_ns[3][12];
 __device__ __forceinline__ unsigned long long attn_gt() { unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
 __global__ void k_attn_probe_print(int)
 {
+    cu_pdl_wait(); // the kernel before has finished (it triggers its dependents at its start)
     for (int d = 0; d < 3; d++)
     for (int n = min(attn_probe_n[d], 12); attn_probe_shown[d] < n; attn_probe_shown[d]++) {
         const long long *r = attn_probe_rec[d][attn_probe_shown[d]];
