@@ -472,6 +472,25 @@ __device__ __forceinline__ void cu_mat_st2_as(const cu_mat &m, int64_t r, int64_
     cu_mat_st(m, r, c + 1, hi);
 }
 
+// Elements c .. c + 3 of row r as one store of that type (c and m.ld multiples
+// of 4: 8- or 16-byte aligned); element by element for the other dtypes.
+__device__ __forceinline__ void cu_mat_st4_as(const cu_mat &m, int64_t r, int64_t c, float4 v, __nv_bfloat16)
+{
+    __nv_bfloat162 h[2] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
+    *(uint2 *)((__nv_bfloat16 *)m.p + r * m.ld + c) = *(const uint2 *)h;
+}
+__device__ __forceinline__ void cu_mat_st4_as(const cu_mat &m, int64_t r, int64_t c, float4 v, float)
+{
+    *(float4 *)((float *)m.p + r * m.ld + c) = v;
+}
+__device__ __forceinline__ void cu_mat_st4_as(const cu_mat &m, int64_t r, int64_t c, float4 v, cu_dyn_t)
+{
+    cu_mat_st(m, r, c, v.x);
+    cu_mat_st(m, r, c + 1, v.y);
+    cu_mat_st(m, r, c + 2, v.z);
+    cu_mat_st(m, r, c + 3, v.w);
+}
+
 // Columns [0, cols) of row sr of src into row dr of dst, the block's threads
 // striding by blockDim.x, 4 typed loads of a thread in flight before their
 // stores (a store may alias the source, so the compiler keeps the order).

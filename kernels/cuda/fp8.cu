@@ -1193,9 +1193,14 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2)
 // into that order; the down's input is in it) and the tokens' scales,
 // group-major. The probe of v76 had the producer issuing 1,024 cp.async copies
 // of token rows a step for 76 % of gate_up's time; now one thread issues three
-// boxes (and a fourth: the weight rows' scales, made group-major for it). Two
-// adjacent columns of a row of a thread's accumulator go out as one store with
-// no exchange between lanes (wg8_store's v76).
+// boxes (and a fourth: the weight rows' scales, made group-major for it).
+//
+// v78: a finished weight block goes into shared memory (fp32 rows, padded so a
+// warp's two-column writes do not collide) and the producer warpgroup's three
+// idle warps write it out a row a warp instruction (4 columns a lane) while the
+// consumers go on with the next one; v77's probe had the consumers' own stores
+// (8 cache lines a warp instruction) at ~30 % of their time. The tile's room
+// costs two of v77's six stages (H100: −10 to −12 % at 2048-8192 tokens).
 // 128-row tiles only (the plan's at prefill sizes; smaller ones run k_fp8_moe_wg).
 #define WS8_THREADS 384
 // (80 / 216 asked for 1 K registers more than the block has: v53's launch failure)
@@ -1206,17 +1211,22 @@ static_assert(wg_ws_regs_fit<WS8_PRODUCER_REGS, WS8_CONSUMER_REGS>(), "setmaxnre
 // each, 128-byte-swizzled); the stages' scales apart (WS8_SC bytes a stage: the
 // 128 weight rows', then WS8_XSC tokens' from the tile's first row rounded down
 // to a multiple of 4: a TMA box must start 16-byte aligned in its inner
-// dimension, else the copy is "an illegal instruction" — v77's first runs), so
-// six stages fit
+// dimension, else the copy is "an illegal instruction" — v77's first runs); then
+// the finished tile (TC_BN rows of WS8_OP floats: 544 bytes, so a half-warp's
+// float2 writes of 4 rows fall in distinct banks)
 #define WS8_STAGE (2 * TC_BN * FP8_G)
 #define WS8_XSC (TC_BN + 4)
 #define WS8_SC_TX ((TC_BN + WS8_XSC) * 4) // a stage's scale bytes
 #define WS8_SC 1152                        // their slot (128-byte-aligned boxes)
 static_assert(WS8_SC >= WS8_SC_TX && WS8_SC % 128 == 0, "a stage's scales fit their 128-byte-aligned slot");
-#define WS8_STAGES 6
-#define WS8_SC_AT (WS8_STAGES * WS8_STAGE)
-#define WS8_BAR (WS8_SC_AT + WS8_STAGES * WS8_SC) // full[STAGES], empty[STAGES]
-#define WS8_SMEM (1024 + WS8_BAR + 16 * WS8_STAGES)
+#define WS8_STAGES 4
+#define WS8_OP (TC_BN + 8)
+#define WS8_OUT_AT (WS8_STAGES * WS8_STAGE)
+#define WS8_SC_AT (WS8_OUT_AT + TC_BN * WS8_OP * 4)
+#define WS8_BAR (WS8_SC_AT + WS8_STAGES * WS8_SC) // full[STAGES], empty[STAGES], the tile's full, empty
+#define WS8_XO (WS8_BAR + 8 * (2 * WS8_STAGES + 2)) // a stage's token-scale offset (int)
+#define WS8_SMEM (1024 + WS8_XO + 4 * WS8_STAGES)
+#define WS8_STORERS 96 // the producer warpgroup's warps 1-3
 
 // Weight-block groups of npb a tile has (items per plan tile).
 __host__ __device__ __forceinline__ int ws8_nwbx(const fp8_args &a)
@@ -1250,24 +1260,49 @@ __device__ __forceinline__ ws8_item ws8_item_of(const fp8_args &a, const cu_moe_
     return it;
 }
 
-// A finished weight block's outputs: this thread's token rows rt and rt + 8 of
-// the tile (those below rows; out's rows from r0) at columns n0 + 8f + 2tq and
-// + 1, two a store; and a fresh accumulator.
-__device__ __forceinline__ void ws8_store(const fp8_args &a, int r0, int rows, int n0, int rt, int tq,
-                                          float (&acc)[TC_BN / 8][4])
+// A finished weight block's sums into the staged tile (this thread's token rows
+// rt and rt + 8, columns 8f + 2tq and + 1), and a fresh accumulator.
+__device__ __forceinline__ void ws8_stage(float *ot, int rt, int tq, float (&acc)[TC_BN / 8][4])
 {
-    const bool paired = wg8_paired(a);
-    cu_typed(a.out.dt, [&](auto ty) {
 #pragma unroll
-        for (int f = 0; f < TC_BN / 8; f++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int r = rt + 8 * h, n = n0 + 8 * f + 2 * tq;
-                if (r < rows && n < a.N) wg8_st2(a, paired, ty, r0 + r, n, acc[f][2 * h], acc[f][2 * h + 1]);
-            }
-    });
-#pragma unroll
-    for (int f = 0; f < TC_BN / 8; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
+    for (int f = 0; f < TC_BN / 8; f++) {
+        *(float2 *)(ot + rt * WS8_OP + 8 * f + 2 * tq) = make_float2(acc[f][0], acc[f][1]);
+        *(float2 *)(ot + (rt + 8) * WS8_OP + 8 * f + 2 * tq) = make_float2(acc[f][2], acc[f][3]);
+        acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
+    }
+}
+
+// The storers (threads 32..127): every finished weight block of the block's
+// items, in the consumers' order, from the staged tile to out's rows r0 ..
+// r0 + rows - 1 (those of the item's expert), a warp a row, 4 columns a lane
+// (one 16-byte store of f32, 8-byte of bf16, where out's rows allow it); then
+// the tile is the consumers' again.
+__device__ __forceinline__ void ws8_drain(const fp8_args &a, const cu_moe_plan &p, int n_items, const float *ot,
+                                          uint32_t ofull, uint32_t oempty)
+{
+    const int sw = (int)(threadIdx.x >> 5) - 1, c = 4 * (threadIdx.x & 31);
+    const int es = a.out.dt == SL_DTYPE_F32 ? 4 : 2;
+    const bool vec = a.out.ld % 4 == 0 && (uintptr_t)a.out.p % (4 * es) == 0;
+    int k = 0;
+    for (int w = blockIdx.x; w < n_items; w += gridDim.x) {
+        const ws8_item it = ws8_item_of(a, p, w);
+        for (int b = 0; b < it.U / a.G; b++, k++) {
+            const int n = (it.nb0 + b) * TC_BN + c;
+            wg_mbar_wait(ofull, k & 1);
+            cu_typed(a.out.dt, [&](auto ty) {
+#pragma unroll 4
+                for (int r = sw; r < it.rows; r += WS8_STORERS / 32) {
+                    const float4 v = *(const float4 *)(ot + r * WS8_OP + c);
+                    if (vec && n + 4 <= a.N) cu_mat_st4_as(a.out, it.r0 + r, n, v, ty);
+                    else {
+                        const float f[4] = {v.x, v.y, v.z, v.w};
+                        for (int i = 0; i < 4 && n + i < a.N; i++) cu_mat_st(a.out, it.r0 + r, n + i, f[i]);
+                    }
+                }
+            });
+            wg_mbar_arrive(oempty);
+        }
+    }
 }
 
 __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_constant__ fp8_args a, cu_moe_plan p)
@@ -1281,12 +1316,17 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
     int n = 0; // this block's steps: those of each of its items, in a row
     for (int w = blockIdx.x; w < n_items; w += gridDim.x) n += ws8_steps(a, w);
     uint8_t *sm = (uint8_t *)wg_align((char *)wg8_smem);
-    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm), full = s0 + WS8_BAR, empty = full + 8 * S;
+    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm), full = s0 + WS8_BAR, empty = full + 8 * S,
+                   ofull = empty + 8 * S, oempty = ofull + 8;
+    float *ot = (float *)(sm + WS8_OUT_AT);
+    int *xo = (int *)(sm + WS8_XO); // the stage's first token scale in its box (the tile's first row % 4)
     if (threadIdx.x == 0) {
         for (int st = 0; st < S; st++) {
             wg_mbar_init(full + 8 * st, 1); // the producer's arrival with the boxes' bytes
             wg_mbar_init(empty + 8 * st, 8); // a consumer warp's one arrival (v73: not 256 atomics a step)
         }
+        wg_mbar_init(ofull, 256); // every consumer thread's, its part of the tile written
+        wg_mbar_init(oempty, WS8_STORERS); // every storer's, its rows read
         wg_fence_smem(); // the inits visible to the async proxy before this thread's first box
     }
     __syncthreads();
@@ -1294,6 +1334,7 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
 
     if (wg < 0) {
         wg_regs_dec<WS8_PRODUCER_REGS>(); // (the whole warpgroup: setmaxnreg)
+        if (threadIdx.x >= 128 - WS8_STORERS) ws8_drain(a, p, n_items, ot, ofull, oempty);
         if (threadIdx.x != 0) return;
         int w = blockIdx.x, j = 0; // the item being issued, its next step
         ws8_item it = ws8_item_of(a, p, w);
@@ -1306,6 +1347,7 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
             const int n0 = (it.nb0 + j / a.G) * TC_BN, g = j % a.G, st = u % S;
             const uint32_t bar = full + 8 * st, t = s0 + st * WS8_STAGE, sc = s0 + WS8_SC_AT + st * WS8_SC;
             if (u >= S) wg_mbar_wait(empty + 8 * st, (u / S - 1) & 1);
+            xo[st] = it.r0 & 3; // (published by the arrival's release)
             wg_mbar_expect_tx(bar, WS8_STAGE + WS8_SC_TX); // the arrival, with the four boxes' bytes
             wg_tma_load3(t, &a.tw, g * FP8_G, n0, (int)it.e, bar);
             wg_tma_load2(t + TC_BN * FP8_G, &a.tx, g * FP8_G, it.r0, bar);
@@ -1320,13 +1362,12 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
     float acc[F][4], part[F][4];
 #pragma unroll
     for (int f = 0; f < F; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
-    // the item being promoted and its next step; the next item's tile is read
-    // when this one starts, so its loads are long done at the switch
-    int w = blockIdx.x, j = 0;
-    ws8_item it = ws8_item_of(a, p, w), nx = it;
+    // the item being promoted, its steps and its next step: no plan loads here
+    // (v78: the item's first row came with the stage; reading the plan at each
+    // item's start put two dependent global loads on the consumers' path)
+    int w = blockIdx.x, U = ws8_steps(a, w), j = 0, nst = 0; // nst: weight blocks staged
     for (int u = 0; u < n; u++) {
         const int st = u % S;
-        if (j == 0 && w + (int)gridDim.x < n_items) nx = ws8_item_of(a, p, w + gridDim.x);
         wg_mbar_wait(full + 8 * st, (u / S) & 1);
         const uint32_t t = s0 + st * WS8_STAGE;
         const uint64_t da = wg_desc(t + (TC_BN + wg * 64) * FP8_G, 16, 1024), db = wg_desc(t, 16, 1024);
@@ -1337,7 +1378,7 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
         wg_wait<0>();
         wg_hold(part);
         // the group's sums · (s_x(token) · s_w(weight row)) into acc
-        const float *wsc = (const float *)(sm + WS8_SC_AT + st * WS8_SC), *xs = wsc + TC_BN + (it.r0 & 3);
+        const float *wsc = (const float *)(sm + WS8_SC_AT + st * WS8_SC), *xs = wsc + TC_BN + xo[st];
         const float sa = xs[rt], sb = xs[rt + 8];
 #pragma unroll
         for (int f = 0; f < F; f++) {
@@ -1349,11 +1390,16 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
         }
         __syncwarp(); // every lane's scales read: the warp releases the stage
         if (lane == 0) wg_mbar_arrive(empty + 8 * st);
-        if (j % a.G == a.G - 1) ws8_store(a, it.r0, it.rows, (it.nb0 + j / a.G) * TC_BN, rt, tq, acc);
-        if (++j == it.U) {
+        if (j % a.G == a.G - 1) { // (the storers done with the tile before)
+            if (nst) wg_mbar_wait(oempty, (nst - 1) & 1);
+            ws8_stage(ot, rt, tq, acc);
+            wg_mbar_arrive(ofull);
+            nst++;
+        }
+        if (++j == U) {
             w += gridDim.x;
             j = 0;
-            it = nx;
+            U = ws8_steps(a, w);
         }
     }
 }

@@ -2,8 +2,8 @@
 # in k_fp8_moe_ws (the grouped FP8 MoE GEMM the default runs at 128-row tiles, launched
 # persistent: `wsp`): per consumer warpgroup, summed over its (weight block, 128-group) steps,
 # the waits for a step's tiles to land (full), the wgmma issue, the wait for the products,
-# the promotion into the accumulator (with the stage's release) and the stores of finished
-# weight blocks; per producer (its one thread) the waits for free stages and the boxes' issue. Three
+# the promotion into the accumulator (with the stage's release) and the staging of finished
+# weight blocks (the wait for the tile, its writes); per producer (its one thread) the waits for free stages and the boxes' issue. Three
 # blocks of the 7th and 8th launches record (block 0, the middle one, the last: the timing's
 # first call after its 3 warm-ups, gate_up then down, when a test runs one shape), and
 # a one-thread kernel launched after each k_fp8_moe_ws prints the new ones (a printf inside
@@ -104,15 +104,18 @@ replace("""        wg_commit();
         ph[2] += clock64() - t1;
         t1 = clock64();""", k)
 replace("""        if (lane == 0) wg_mbar_arrive(empty + 8 * st);
-        if (j % a.G == a.G - 1) ws8_store(a, it.r0, it.rows, (it.nb0 + j / a.G) * TC_BN, rt, tq, acc);""",
+        if (j % a.G == a.G - 1) { // (the storers done with the tile before)""",
         """        if (lane == 0) wg_mbar_arrive(empty + 8 * st);
         ph[3] += clock64() - t1;
-        if (j % a.G == a.G - 1) {
-            t1 = clock64();
-            ws8_store(a, it.r0, it.rows, (it.nb0 + j / a.G) * TC_BN, rt, tq, acc);
+        t1 = clock64();
+        if (j % a.G == a.G - 1) { // (the storers done with the tile before)""", k)
+replace("""            wg_mbar_arrive(ofull);
+            nst++;
+        }""", """            wg_mbar_arrive(ofull);
+            nst++;
             ph[4] += clock64() - t1;
         }""", k)
-i = find("""            it = nx;""", k)
+i = find("""            U = ws8_steps(a, w);""", k)
 assert lines[i + 1] == "        }" and lines[i + 2] == "    }", lines[i + 1:i + 3]
 # after the step loop: one record a consumer
 lines[i + 3:i + 3] = ["    if ((threadIdx.x == 128 || threadIdx.x == 256) && probe_blk)",

@@ -120,7 +120,7 @@ int main(void)
     ok &= run_case<32>(130, 1152, {31, 2}, 7, 1);       // 9 groups: the stages reused
     ok &= run_case<32>(600, 512, {7, 0, 50}, 0, 2);     // 5 weight blocks 2 a block (the last one alone), 4 groups
     ok &= run_case<64>(520, 384, {20, 64}, 7, 3);       // 3 groups a block of 3 weight blocks: u crosses them
-    ok &= run_case<128>(136, 1024, {140, 9}, 7, 2);     // 16 steps: k_fp8_moe_ws's ring of 6 stages wraps
+    ok &= run_case<128>(136, 1024, {140, 9}, 7, 2);     // 16 steps: k_fp8_moe_ws's ring of 4 stages wraps
     ok &= run_case<128>(384, 640, {5, 300, 0, 129}, 7, 3); // 5 groups, 3 weight blocks an item, partial tiles
     ok &= run_case<128>(202, 384, {129, 2}, 0, 1);         // a scale per row, N % 4 != 0 (the scales' rows padded)
     printf("%s\n", ok ? "ALL OK" : "SOME FAILED");
