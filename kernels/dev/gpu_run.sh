@@ -6,11 +6,12 @@
 #   check         every correctness binary and check_model.py at once (one GPU, ≈ 270 s on
 #                 an H100; tests/gpu/run_all.sh runs them one by one, with the variants)
 #   perf:OP[:N]   test_backend_ops --perf --filter OP (--min-tokens N), its PERF lines
-#   ops:OP        test_backend_ops --filter OP, its failures and counts
+#   ops:OP[:CASE] test_backend_ops --filter OP (--case CASE: the cases whose shape starts
+#                 with CASE's comma-separated numbers), its failures and counts
 #   ab:OP[:N]     the same timings of test_backend_ops and of every variant packed beside it as
 #                 NAME_tbo (kernels/dev/variants.sh's builds), two rounds alternating on the
 #                 same card, each PERF line prefixed by its binary
-#   vops:OP       ops:OP for every NAME_tbo, one summary line each
+#   vops:OP[:CASE] ops:OP[:CASE] for every NAME_tbo, one summary line each
 #   e2e           tests/gpu/bench_e2e.sh on Qwen3-30B-A3B-FP8 and Qwen3-8B-FP8, 1000/1000
 #   cn            the same on Qwen3-Coder-Next-FP8 (~80 GB of weights: an H200)
 #   long64        Coder-Next-FP8 8000/1000 at concurrency 64 (an H200)
@@ -39,7 +40,7 @@ perf_of() {
 }
 ops_of() {
   local log=$out/ops_${2:+${2% }_}$op.log
-  timeout 300 "$1" --filter "$op" > "$log" 2>&1
+  timeout 300 "$1" --filter "$op" ${min:+--case $min} > "$log" 2>&1
   echo "${2}rc=$? $(grep correctness: "$log")"
   grep -h FAIL "$log" | head -5 | sed "s/^/$2/"
 }

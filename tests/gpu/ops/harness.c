@@ -11,6 +11,10 @@
  * the CUDA backend does not support.
  *
  *   test_backend_ops [--seed N] [--filter OP]   correctness
+ *   ... --case P0,P1,...                          only the cases whose shape (the family's p[])
+ *                                                 starts with these numbers: a few cases of a
+ *                                                 family in seconds, e.g. --filter
+ *                                                 moe_experts_fp8 --case 1000,320,192
  *   test_backend_ops --perf [--filter OP]        timings only (of OP's family)
  *   ... --perf --max-tokens N                     only the shapes of at most N tokens
  *   ... --perf --min-tokens N                     only the shapes of at least N tokens
@@ -23,6 +27,7 @@
  * fraction of it in their note).
  * Decode-sized moe_experts is also timed as a replayed CUDA graph.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -582,11 +587,27 @@ static void run_perf(tb *t, const char *filter)
         if (families[f]->perf) families[f]->perf(t, filter);
 }
 
+/* --case's comma-separated integers into want (at most 9: a case's p[]); their
+ * count, or 0 for anything else. */
+static int parse_case(const char *s, int want[9])
+{
+    int n = 0;
+    for (;;) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || n == 9 || v < INT_MIN || v > INT_MAX) return 0;
+        want[n++] = (int)v;
+        if (!*end) return n;
+        if (*end != ',') return 0;
+        s = end + 1;
+    }
+}
+
 int main(int argc, char **argv)
 {
     tb t;
     memset(&t, 0, sizeof t);
-    int perf = 0;
+    int perf = 0, n_case = 0, want[9];
     const char *filter = NULL;
     t.seed = (uint64_t)time(NULL);
     t.max_tokens = 1 << 30;
@@ -596,8 +617,12 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
         else if (!strcmp(argv[i], "--max-tokens") && i + 1 < argc) t.max_tokens = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--min-tokens") && i + 1 < argc) t.min_tokens = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--case") && i + 1 < argc && (n_case = parse_case(argv[++i], want)) > 0)
+            continue;
         else {
-            fprintf(stderr, "usage: %s [--seed N] [--perf] [--filter OP] [--max-tokens N] [--min-tokens N]\n",
+            fprintf(stderr,
+                    "usage: %s [--seed N] [--perf] [--filter OP] [--case P0,P1,...] [--max-tokens N] "
+                    "[--min-tokens N]\n",
                     argv[0]);
             return 2;
         }
@@ -621,6 +646,7 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < families[f]->n_cases; i++) {
             const tb_case *c = &families[f]->cases[i];
             if (filter && strcmp(filter, sl_op_name(c->op))) continue;
+            if (n_case && memcmp(c->p, want, sizeof(int) * (size_t)n_case)) continue;
             t.cases[c->op]++;
             if (!sl_be_supports_op(t.gpu, c->op)) continue;
             families[f]->run(&t, c);
