@@ -770,13 +770,13 @@ template <int BM> struct tc_lay {
 // dense kernel spill. (The scales came from global memory in the compute step,
 // after the group's mma: a dependent round trip in every group's critical
 // path.)
-// NTH threads (0 .. NTH - 1) copy: NTH / 8 rows a round. Without WT the
-// weight tile is left to the caller (TMA).
-template <int BM, class L, int NTH = TC_THREADS, bool WT = true, class XR>
+// The block's TC_THREADS threads copy, TC_THREADS / 8 rows a round. Without WT
+// the weight tile is left to the caller (TMA).
+template <int BM, class L, bool WT = true, class XR>
 __device__ __forceinline__ void tc_load(const fp8_args &a, const uint8_t *w, const float *ws, XR xrow, int rows,
                                         int n0, uint32_t sbase, int g)
 {
-    constexpr int RR = NTH / 8;
+    constexpr int RR = TC_THREADS / 8;
     static_assert(BM % RR == 0 && TC_BN % RR == 0, "whole rounds of rows");
     int k0 = g * FP8_G, ch = threadIdx.x & 7, r = threadIdx.x >> 3;
 #pragma unroll
@@ -793,7 +793,7 @@ __device__ __forceinline__ void tc_load(const fp8_args &a, const uint8_t *w, con
         cp_async16(sbase + L::w(r + RR * i, ch), src, ok ? 16 : 0);
     }
 #pragma unroll
-    for (int j = threadIdx.x; j < BM + TC_BN; j += NTH) {
+    for (int j = threadIdx.x; j < BM + TC_BN; j += TC_THREADS) {
         uint32_t sc = sbase + L::SCALES + 4 * j;
         if (j < BM) {
             int64_t m = j < rows ? xrow(j) : -1;
@@ -1021,24 +1021,6 @@ __device__ __forceinline__ void wg8_promote(const uint8_t *stage, int rw, int tq
     }
 }
 
-// out[r][n], out[r][n + 1] (n even) of a finished block as one store of type ty
-// where out allows (paired: an even row stride and an aligned base, else
-// element by element), past a.N not stored.
-template <class TY>
-__device__ __forceinline__ void wg8_st2(const fp8_args &a, bool paired, TY ty, int64_t r, int n, float lo, float hi)
-{
-    if (n + 1 == a.N) cu_mat_st(a.out, r, n, lo); // an odd N's last column
-    else if (paired) cu_mat_st2_as(a.out, r, n, lo, hi, ty);
-    else cu_mat_st2_as(a.out, r, n, lo, hi, cu_dyn_t());
-}
-
-// Whether out takes wg8_st2's paired stores
-__device__ __forceinline__ bool wg8_paired(const fp8_args &a)
-{
-    const int es = a.out.dt == SL_DTYPE_F32 ? 8 : 4; // a pair's bytes, its alignment
-    return a.out.ld % 2 == 0 && (uintptr_t)a.out.p % es == 0;
-}
-
 // A weight block's outputs (weight rows from n0; the tile's rows rows of out
 // from r0), and a fresh accumulator. v76: a lane holds weight rows rw and
 // rw + 8 (out's columns) of two token rows; lanes gq and gq ^ 1 (lane ^ 4)
@@ -1051,7 +1033,8 @@ __device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, i
                                           float (&acc)[BT / 8][4])
 {
     const int odd = rw & 1; // gq's parity
-    const bool paired = wg8_paired(a);
+    const int es = a.out.dt == SL_DTYPE_F32 ? 8 : 4; // a pair's bytes, its alignment
+    const bool paired = a.out.ld % 2 == 0 && (uintptr_t)a.out.p % es == 0;
     cu_typed(a.out.dt, [&](auto ty) {
 #pragma unroll
         for (int f = 0; f < BT / 8; f++)
@@ -1060,35 +1043,35 @@ __device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, i
                 const float got = __shfl_xor_sync(0xffffffffu, odd ? acc[f][2 * h] : acc[f][2 * h + 1], 4);
                 const float lo = odd ? got : acc[f][2 * h], hi = odd ? acc[f][2 * h + 1] : got;
                 const int r = 8 * f + 2 * tq + odd, n = n0 + rw - odd + 8 * h; // n even
-                if (r < rows && n < a.N) wg8_st2(a, paired, ty, r0 + r, n, lo, hi);
+                if (r >= rows || n >= a.N) continue;
+                if (n + 1 == a.N) cu_mat_st(a.out, r0 + r, n, lo); // an odd N's last column
+                else if (paired) cu_mat_st2_as(a.out, r0 + r, n, lo, hi, ty);
+                else cu_mat_st2_as(a.out, r0 + r, n, lo, hi, cu_dyn_t());
             }
     });
 #pragma unroll
     for (int f = 0; f < BT / 8; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
 }
 
-// One step's copies into stage st by NTH threads: the tokens' rows and scales and
+// One step's copies into stage st by the block: the tokens' rows and scales and
 // the weight scales by cp.async (one commit group), and the weight tile (expert
 // e's rows n0 .., group g) by cp.async too or, with a.tma, as one TMA box from
-// thread 0 whose bytes it announces on bar: with its arrival (ARRIVE: the
-// barrier counts that one) or without (its arrival comes later with the
-// cp.async copies: k_fp8_moe_ws's full barriers count all NTH).
-template <int BT, int NTH, bool ARRIVE, class XR>
+// thread 0 whose bytes it announces with its arrival on bar.
+template <int BT, class XR>
 __device__ __forceinline__ void wg8_load(const fp8_args &a, int64_t e, XR xrow, int rows, int n0, uint32_t st, int g,
                                          uint32_t bar)
 {
     const uint8_t *w = a.w + e * a.ew;
     const float *ws = a.ws + e * a.ews;
     if (!a.tma) {
-        tc_load<BT, wg8_lay<BT>, NTH>(a, w, ws, xrow, rows, n0, st, g);
+        tc_load<BT, wg8_lay<BT>>(a, w, ws, xrow, rows, n0, st, g);
         return;
     }
     if (threadIdx.x == 0) {
-        if (ARRIVE) wg_mbar_expect_tx(bar, TC_BN * FP8_G);
-        else wg_mbar_expect(bar, TC_BN * FP8_G);
+        wg_mbar_expect_tx(bar, TC_BN * FP8_G);
         wg_tma_load3(st, &a.tw, g * FP8_G, n0, (int)e, bar);
     }
-    tc_load<BT, wg8_lay<BT>, NTH, false>(a, w, ws, xrow, rows, n0, st, g);
+    tc_load<BT, wg8_lay<BT>, false>(a, w, ws, xrow, rows, n0, st, g);
 }
 
 // v72: with a.tma each step's weight tile (128 rows × the group's 128 bytes of
@@ -1136,7 +1119,7 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2)
     int lu = 0, lj = 0, lg = 0;
     auto load = [&]() {
         if (lu < U)
-            wg8_load<BT, TC_THREADS, true>(a, e, xrow, rows, (nb0 + lj) * TC_BN, s0 + (lu % S) * C::STAGE, lg,
+            wg8_load<BT>(a, e, xrow, rows, (nb0 + lj) * TC_BN, s0 + (lu % S) * C::STAGE, lg,
                                            bar + 8 * (lu % S));
         else tc_commit_empty();
         lu++;

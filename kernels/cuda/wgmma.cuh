@@ -142,13 +142,6 @@ __device__ __forceinline__ void wg_mbar_expect_tx(uint32_t bar, uint32_t bytes)
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
 
-// The same bytes announced without an arrival (a copier whose arrival comes later, with
-// its cp.async copies of the stage: k_fp8_moe_ws's producer)
-__device__ __forceinline__ void wg_mbar_expect(uint32_t bar, uint32_t bytes)
-{
-    asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-
 __device__ __forceinline__ void wg_tma_load2(uint32_t dst, const void *map, int c0, int c1, uint32_t bar)
 {
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"

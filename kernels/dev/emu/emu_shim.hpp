@@ -577,7 +577,6 @@ static inline void wg_mbar_arrive(uint32_t bar) {
     emu_mbar_settle(m);
     emu_yield();
 }
-static inline void wg_mbar_expect(uint32_t bar, uint32_t bytes) { emu_mbar_at(bar).tx += bytes; }
 static inline void wg_mbar_expect_tx(uint32_t bar, uint32_t bytes) {
     emu_mbar &m = emu_mbar_at(bar);
     m.tx += bytes;
