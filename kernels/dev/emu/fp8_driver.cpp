@@ -123,6 +123,7 @@ int main(void)
     ok &= run_case<128>(136, 1024, {140, 9}, 7, 2);     // 16 steps: k_fp8_moe_ws's ring of 4 stages wraps
     ok &= run_case<128>(384, 640, {5, 300, 0, 129}, 7, 3); // 5 groups, 3 weight blocks an item, partial tiles
     ok &= run_case<128>(202, 384, {129, 2}, 0, 1);         // a scale per row, N % 4 != 0 (the scales' rows padded)
+    ok &= run_case<128>(136, 128, {7}, 7, 1);              // one group: ws's items of one step (v81's tail alone)
     printf("%s\n", ok ? "ALL OK" : "SOME FAILED");
     return !ok;
 }
