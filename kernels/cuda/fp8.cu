@@ -1119,8 +1119,7 @@ __global__ void __launch_bounds__(TC_THREADS, BT == 128 ? 1 : 2)
     int lu = 0, lj = 0, lg = 0;
     auto load = [&]() {
         if (lu < U)
-            wg8_load<BT>(a, e, xrow, rows, (nb0 + lj) * TC_BN, s0 + (lu % S) * C::STAGE, lg,
-                                           bar + 8 * (lu % S));
+            wg8_load<BT>(a, e, xrow, rows, (nb0 + lj) * TC_BN, s0 + (lu % S) * C::STAGE, lg, bar + 8 * (lu % S));
         else tc_commit_empty();
         lu++;
         if (++lg == a.G) lg = 0, lj++;
