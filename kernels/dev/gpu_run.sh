@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # kernels/dev/gpu_run.sh BIN MODE...: a session's GPU calls in few seconds of setup, on
 # binaries built here (BIN: a folder with sluice and the test_* binaries, or an .tar.xz of
-# one as kernels/dev/pack.sh makes it, unpacked once into /tmp). Device time is scarce: each mode prints only its summary
-# (full logs under $OUT, or /tmp) and its time.
+# one as kernels/dev/pack.sh makes it, unpacked once into /tmp). Device time is scarce:
+# each mode prints only its summary (full logs under $OUT, or /tmp) and its time.
 #   check         every correctness binary and check_model.py at once (one GPU, ≈ 270 s on
 #                 an H100; tests/gpu/run_all.sh runs them one by one, with the variants)
 #   perf:OP[:N]   test_backend_ops --perf --filter OP (--min-tokens N), its PERF lines
