@@ -281,6 +281,22 @@ template <int KP> struct attn_pitch {
 // stage at D 256 (214 KB, v56) measured no faster on an H100 (Coder-Next
 // decode 32 x 4096: 0.173 -> 0.179 ms); at D ≤ 128 it would cost the second
 // block an SM.
+// Which row of a 16x16 wmma accumulator each of a lane's elements holds (the
+// fragment layout is opaque): a warp loads a tile of row numbers from its fp32
+// scratch Ss (pitch SP) once. Ends with a barrier of the block.
+#define ATTN_ACC_NE 8
+template <int SP> __device__ __forceinline__ void attn_acc_rows(float *Ss, int (&rowof)[ATTN_ACC_NE])
+{
+    using namespace nvcuda;
+    for (int e = threadIdx.x & 31; e < 256; e += 32) Ss[(e / 16) * SP + e % 16] = (float)(e / 16);
+    __syncthreads();
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> rf;
+    static_assert(sizeof(rf.x) / sizeof(rf.x[0]) == ATTN_ACC_NE, "a lane's accumulator elements");
+    wmma::load_matrix_sync(rf, Ss, SP, wmma::mem_row_major);
+#pragma unroll
+    for (int i = 0; i < ATTN_ACC_NE; i++) rowof[i] = (int)rf.x[i];
+}
+
 template <int D> struct attn_smem {
     static constexpr int NS = 2;
     static constexpr int KP = D + 8;                    // bf16 row pitch (16-byte pad)
@@ -347,15 +363,10 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn(cu_attn_args a)
     // the first K/V tiles in flight while Q loads
     for (int i = 0; i < NS - 1; i++) issue(j0 + i * step, stage(i));
     attn_load_q<16, true, D>(a, tl, Qs, attn_pitch<KP>());
-    // Which row each accumulator element holds: load a tile of row numbers.
-    for (int e = lane; e < 256; e += 32) Ss[(e / 16) * L::SP + e % 16] = (float)(e / 16);
-    __syncthreads();
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[NF], rf;
-    wmma::load_matrix_sync(rf, Ss, L::SP, wmma::mem_row_major);
-    constexpr int NE = sizeof(rf.x) / sizeof(rf.x[0]);
-    int rowof[NE];
-#pragma unroll
-    for (int i = 0; i < NE; i++) rowof[i] = (int)rf.x[i];
+    int rowof[ATTN_ACC_NE];
+    attn_acc_rows<L::SP>(Ss, rowof);
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[NF];
+    constexpr int NE = ATTN_ACC_NE;
 #pragma unroll
     for (int f = 0; f < NF; f++) wmma::fill_fragment(of[f], 0.0f);
 
@@ -499,14 +510,10 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attn_prefill(cu_attn_args a
     if (kbeg >= kend) return;
 
     attn_load_q<64, false, D>(a, tl, Qs, attn_pitch<KP>());
-    for (int e = lane; e < 256; e += 32) Ss[(e / 16) * L::SP + e % 16] = (float)(e / 16);
-    __syncthreads();
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[NF], rf;
-    wmma::load_matrix_sync(rf, Ss, L::SP, wmma::mem_row_major);
-    constexpr int NE = sizeof(rf.x) / sizeof(rf.x[0]);
-    int rowof[NE];
-#pragma unroll
-    for (int i = 0; i < NE; i++) rowof[i] = (int)rf.x[i];
+    int rowof[ATTN_ACC_NE];
+    attn_acc_rows<L::SP>(Ss, rowof);
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> of[NF];
+    constexpr int NE = ATTN_ACC_NE;
 #pragma unroll
     for (int f = 0; f < NF; f++) wmma::fill_fragment(of[f], 0.0f);
 
