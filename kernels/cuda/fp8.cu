@@ -1341,14 +1341,15 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
     wg_regs_inc<WS8_CONSUMER_REGS>();
     const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
     const int rt = wg * 64 + warp * 16 + gq; // this thread's token rows rt, rt + 8 of the tile
-    float acc[F][4], part[F][4];
+    float acc[F][4], p0[F][4], p1[F][4];
 #pragma unroll
     for (int f = 0; f < F; f++) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.0f;
     // the item being promoted, its steps and its next step: no plan loads here
     // (v78: the item's first row came with the stage; reading the plan at each
     // item's start put two dependent global loads on the consumers' path)
     int w = blockIdx.x, U = ws8_steps(a, w), j = 0, nst = 0; // nst: weight blocks staged
-    for (int u = 0; u < n; u++) {
+    // step u's products into part, once its stage has landed
+    auto issue = [&](float(&part)[F][4], int u) {
         const int st = u % S;
         wg_mbar_wait(full + 8 * st, (u / S) & 1);
         const uint32_t t = s0 + st * WS8_STAGE;
@@ -1357,9 +1358,12 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
 #pragma unroll
         for (int kk = 0; kk < FP8_G / 32; kk++) wg_ss8<TC_BN>(part, da + 2 * kk, db + 2 * kk, kk > 0);
         wg_commit();
-        wg_wait<0>();
+    };
+    // step u's products (done) · (s_x(token) · s_w(weight row)) into acc, its
+    // stage released, a finished weight block staged for the storers
+    auto finish = [&](float(&part)[F][4], int u) {
+        const int st = u % S;
         wg_hold(part);
-        // the group's sums · (s_x(token) · s_w(weight row)) into acc
         const float *wsc = (const float *)(sm + WS8_SC_AT + st * WS8_SC), *xs = wsc + TC_BN + xo[st];
         const float sa = xs[rt], sb = xs[rt + 8];
 #pragma unroll
@@ -1383,6 +1387,32 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
             j = 0;
             U = ws8_steps(a, w);
         }
+    };
+    // v81: step u + 1's products are issued before step u's promotion (two banks
+    // of products, wait_group 1), so the tensor cores run through it: v78's probe
+    // had the promotion at ~490 of a ~1,600-cycle step with the products idle.
+    // Every branch has the same products in flight on both its sides (ptxas
+    // cannot tell which are, and waits for them all, C7517: at the loop's exits
+    // when it tested what was left after a promotion). n >= 1: the block has an item.
+    // step u + 1 issued into nxt, then step u (in cur) promoted
+    auto ahead = [&](float(&cur)[F][4], float(&nxt)[F][4], int u) {
+        issue(nxt, u + 1);
+        wg_wait<1>();
+        finish(cur, u);
+    };
+    issue(p0, 0);
+    int u = 0;
+    for (; u + 2 < n; u += 2) { // step u in p0, in flight
+        ahead(p0, p1, u);
+        ahead(p1, p0, u + 1);
+    }
+    if (u + 1 < n) { // the last two steps
+        ahead(p0, p1, u);
+        wg_wait<0>();
+        finish(p1, u + 1);
+    } else {
+        wg_wait<0>();
+        finish(p0, u);
     }
 }
 

@@ -13,10 +13,11 @@
 //   gdn:    the WY chunked form (flash-linear-attention's
 //           chunk_gated_delta_rule), 64-token chunks, one block per
 //           (sequence, value head, value-column tile), tf32 tensor cores
-//           (wmma m16n16k8) with fp32 accumulation, fp32 state and solve;
-//           or split (sl_cuda_gdn_split): the chunk-local part for every
-//           chunk in parallel, then a scan over the chunks doing only what
-//           depends on the state.
+//           (wmma m16n16k8, mma.sync m16n8k8) with fp32 accumulation, fp32
+//           state and solve; or split (sl_cuda_gdn_split): the chunk-local
+//           part for every chunk in parallel, then a scan over the chunks
+//           doing only what depends on the state (kept in registers); the
+//           records between them in bf16.
 #include <limits.h>
 #include <cuda_pipeline.h>
 #include <mma.h>
@@ -25,6 +26,30 @@
 #include "norm.cuh"
 
 using namespace nvcuda;
+
+// tf32 mma.sync m16n8k8 (row.col, fp32 accumulators) for the split form's
+// products, several independent chains a warp. A fragment's operands are
+// rounded as wmma::__float_to_tf32 rounds them (cvt.rna); the results are
+// not wmma's to the bit on the GPU (kernels/dev/NOTES.md v84), only within
+// the op test's tolerances of the CPU. The emulator has its own.
+__device__ __forceinline__ uint32_t gdn_tf32(float x)
+{
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+
+// A bf16 operand (the split form's records): exact in tf32.
+__device__ __forceinline__ uint32_t gdn_tf32(__nv_bfloat16 x) { return (uint32_t)__bfloat16_as_ushort(x) << 16; }
+
+__device__ __forceinline__ void gdn_mma8(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
 
 #define CONV_MAXK 8
 // Batches whose longest sequence has at least this many new tokens run the
@@ -461,29 +486,109 @@ __device__ __forceinline__ void gdn_tile_st(const float *src, float *dst, int64_
     }
 }
 
-// dst [C x NC] (row stride ldd; shared or global memory) = A · B, A a chunk's lower block-triangular
-// C x C matrix (T or T diag(β), row stride LC), B [C x NC] (stride ldb):
-// 16x16 output tiles over the warps, the k loop stopping at the diagonal.
-template <int NC, int LC>
-__device__ __forceinline__ void gdn_tri_mm(float *dst, int ldd, const float *A, const float *B, int ldb)
-{
-    for (int job = threadIdx.x >> 5; job < 4 * (NC / 16); job += 256 / 32) {
-        int mi = job / (NC / 16), nd = job % (NC / 16);
-        gdn_acc acc;
-        wmma::fill_fragment(acc, 0.0f);
-        gdn_mma_lower(acc, A + mi * 16 * LC, LC, B + nd * 16, ldb, mi);
-        wmma::store_matrix_sync(dst + mi * 16 * ldd + nd * 16, acc, ldd, wmma::mem_row_major);
-    }
-}
-
-// The split form's records (below): floats of one (chunk, value head)
-// record and their offsets.
+// The split form's records (below): one (chunk, value head) record in bf16
+// (its elements' count, a multiple of 8, and their offsets), G_last a float
+// in two elements. bf16 halves the bytes every split kernel moves (fp32
+// records were ~2 GB at 8192 tokens, NOTES v83); the products still run on
+// tf32 (a bf16 operand is exact there) with the state in fp32.
+typedef __nv_bfloat16 gdn_rt;
 template <int DK> struct gdn_rec {
     static constexpr int QG = 0, KD = GDN_C * DK, W = 2 * GDN_C * DK, QK = 3 * GDN_C * DK;
     static constexpr int U = QK + GDN_C * GDN_C; // then [C][Dv]
-    __host__ __device__ static int64_t floats(int Dv) { return U + (int64_t)GDN_C * Dv + 8; }
+    __host__ __device__ static int64_t size(int Dv) { return U + (int64_t)GDN_C * Dv + 8; }
     __host__ __device__ static int64_t glast(int Dv) { return U + (int64_t)GDN_C * Dv; }
 };
+
+// Two adjacent elements (p 4- or 8-byte aligned) as one store.
+__device__ __forceinline__ void gdn_st2(float *p, float a, float b) { *(float2 *)p = make_float2(a, b); }
+__device__ __forceinline__ void gdn_st2(gdn_rt *p, float a, float b)
+{
+    *(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b);
+}
+
+// mma.sync's fragments from memory (fp32 or bf16), each element rounded by
+// gdn_tf32. A of a 16 x 8 tile, p at lane (g, t)'s element (row g, column t):
+// row-major, rows ld apart (gdn_a_rows), or column-major, columns ld apart
+// (gdn_a_cols). B of an 8 x 8 tile, p at (row t, column g), rows ld apart.
+struct gdn_afrag {
+    uint32_t r[4];
+};
+template <class T> __device__ __forceinline__ gdn_afrag gdn_a_rows(const T *p, int ld)
+{
+    return {{gdn_tf32(p[0]), gdn_tf32(p[8 * ld]), gdn_tf32(p[4]), gdn_tf32(p[8 * ld + 4])}};
+}
+template <class T> __device__ __forceinline__ gdn_afrag gdn_a_cols(const T *p, int ld)
+{
+    return {{gdn_tf32(p[0]), gdn_tf32(p[8]), gdn_tf32(p[4 * ld]), gdn_tf32(p[4 * ld + 8])}};
+}
+__device__ __forceinline__ void gdn_mma(float (&d)[4], const gdn_afrag &a, uint32_t b0, uint32_t b1)
+{
+    gdn_mma8(d, a.r[0], a.r[1], a.r[2], a.r[3], b0, b1);
+}
+template <class T> __device__ __forceinline__ void gdn_mma_b(float (&d)[4], const gdn_afrag &a, const T *p, int ld)
+{
+    gdn_mma(d, a, gdn_tf32(p[0]), gdn_tf32(p[4 * ld]));
+}
+
+// d[j] += A · B_j for the k-steps below kend (a multiple of 8, at most K;
+// warp-uniform): A the warp's 16 rows (row-major, stride la, from row 0),
+// B_j its n8 column tile j (row-major, stride lb, from column 0); one chain
+// a tile, k in order (wmma's).
+template <int VN, int K, class TA>
+__device__ __forceinline__ void gdn_rows_chain(float (&d)[VN][4], const TA *A, int la, const float *B, int lb,
+                                               int kend = K)
+{
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+#pragma unroll
+    for (int k = 0; k < K; k += 8) {
+        if (k >= kend) break;
+        gdn_afrag a = gdn_a_rows(A + g * la + k + t, la);
+#pragma unroll
+        for (int j = 0; j < VN; j++) gdn_mma_b(d[j], a, B + (k + t) * lb + j * 8 + g, lb);
+    }
+}
+
+// dst [C x NC] (row stride ldd; shared memory, or a record) = A · B, A a chunk's lower block-triangular
+// C x C matrix (T or T diag(β), row stride LC), B [C x NC] (stride ldb), on tf32 mma.sync:
+// warp w the row blocks p = w % 2 and 3 − p (as many k-steps for every warp)
+// of the n8 column tiles w / 2 + 4u, u < NC / 32, one chain a tile stopping
+// at its diagonal block (wmma's order: equal to the bit), every tile of a
+// k-step issued together (a wmma job ran one chain at a time: W took ~16k
+// cycles of a prep block, NOTES v57's probe).
+template <int NC, int LC, class T>
+__device__ __forceinline__ void gdn_tri_mm(T *dst, int ldd, const float *A, const float *B, int ldb)
+{
+    constexpr int NU = NC / 32;
+    static_assert(NU >= 1 && NC % 32 == 0, "column tiles over the warps");
+    const int w = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, p = w & 1;
+    const int mb[2] = {p, 3 - p};
+    float d[NU][2][4] = {};
+#pragma unroll
+    for (int k = 0; k < GDN_C; k += 8) {
+        uint32_t b[NU][2];
+#pragma unroll
+        for (int u = 0; u < NU; u++) {
+            const float *bp = B + (k + t) * ldb + ((w >> 1) + 4 * u) * 8 + g;
+            b[u][0] = gdn_tf32(bp[0]);
+            b[u][1] = gdn_tf32(bp[4 * ldb]);
+        }
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            if (k >= 16 * (mb[x] + 1)) continue; // past the diagonal block (warp-uniform)
+            gdn_afrag a = gdn_a_rows(A + (16 * mb[x] + g) * LC + k + t, LC);
+#pragma unroll
+            for (int u = 0; u < NU; u++) gdn_mma(d[u][x], a, b[u][0], b[u][1]);
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < NU; u++)
+#pragma unroll
+        for (int x = 0; x < 2; x++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                gdn_st2(dst + (16 * mb[x] + g + 8 * h) * ldd + ((w >> 1) + 4 * u) * 8 + 2 * t, d[u][x][2 * h],
+                        d[u][x][2 * h + 1]);
+}
 
 // A chunk's inputs (tokens tb .. tb+n-1, rows past n zero): q and k
 // l2-normalised (q also scaled by Dk^-1/2) into Qs, Ks (row stride LK), one
@@ -600,18 +705,34 @@ __device__ __forceinline__ void gdn_tile_in(float *dst, const cu_mat &m, int tb,
 // may be Qs: the kernel keeps two C x C buffers fewer.
 template <int DK, int LK, int LC>
 __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls, float *Ts, float *QKs, float *Us,
-                                                const float *Gs, const float *Bs, float *rec)
+                                                const float *Gs, const float *Bs, gdn_rt *rec)
 {
-    constexpr int C = GDN_C, NT = 256, NW = NT / 32;
+    constexpr int C = GDN_C, NT = 256;
     int tid = threadIdx.x, warp = tid >> 5;
-    for (int job = warp; job < 20; job += NW) {
-        int mi, nj;
-        gdn_tri(job % 10, mi, nj);
-        const float *A = (job < 10 ? Ks : Qs) + mi * 16 * LK;
-        gdn_acc acc;
-        wmma::fill_fragment(acc, 0.0f);
-        gdn_mma<wmma::row_major, wmma::col_major, DK / 8>(acc, A, LK, 8, Ks + nj * 16 * LK, LK, 8);
-        wmma::store_matrix_sync((job < 10 ? Ls : QKs) + mi * 16 * LC + nj * 16, acc, LC, wmma::mem_row_major);
+    { // the lower 16x16 tiles of K Kᵀ (jobs 0-9) and Q Kᵀ (10-19), 40 m16n8 halves on
+      // tf32 mma.sync: warp w the halves w + 8i, five chains at a time (wmma's order)
+        const int g = (tid & 31) >> 2, t = tid & 3, half = warp & 1;
+        const float *ar[5], *br[5];
+        float d[5][4] = {};
+#pragma unroll
+        for (int i = 0; i < 5; i++) {
+            int job = (warp >> 1) + 4 * i, mi, nj;
+            gdn_tri(job % 10, mi, nj);
+            ar[i] = (job < 10 ? Ks : Qs) + (mi * 16 + g) * LK + t;
+            br[i] = Ks + (nj * 16 + half * 8 + g) * LK + t;
+        }
+#pragma unroll
+        for (int k = 0; k < DK; k += 8)
+#pragma unroll
+            for (int i = 0; i < 5; i++) gdn_mma_b(d[i], gdn_a_rows(ar[i] + k, LK), br[i] + k, 1); // Kᵀ: k along rows
+#pragma unroll
+        for (int i = 0; i < 5; i++) {
+            int job = (warp >> 1) + 4 * i, mi, nj;
+            gdn_tri(job % 10, mi, nj);
+            float *o = (job < 10 ? Ls : QKs) + (mi * 16 + g) * LC + nj * 16 + half * 8 + 2 * t;
+            *(float2 *)o = make_float2(d[i][0], d[i][1]);
+            *(float2 *)(o + 8 * LC) = make_float2(d[i][2], d[i][3]);
+        }
     }
     __syncthreads();
     for (int e = tid; e < C * C; e += NT) {
@@ -619,14 +740,14 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
         float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;
         Ls[i * LC + j] = j < i ? Bs[i] * dec * Ls[i * LC + j] : 0.0f;
         float qk = j <= i ? dec * QKs[i * LC + j] : 0.0f;
-        if (rec) rec[gdn_rec<DK>::QK + e] = qk;
+        if (rec) rec[gdn_rec<DK>::QK + e] = __float2bfloat16_rn(qk);
         else QKs[i * LC + j] = qk;
         if ((j >> 4) > (i >> 4)) Ts[i * LC + j] = 0.0f;
     }
     if (rec)
         for (int e = tid; e < C * DK; e += NT) {
             int i = e / DK, d = e % DK;
-            rec[gdn_rec<DK>::QG + e] = Qs[i * LK + d] * expf(Gs[i]);
+            rec[gdn_rec<DK>::QG + e] = __float2bfloat16_rn(Qs[i * LK + d] * expf(Gs[i]));
         }
     __syncthreads();
     if (tid < 64) {
@@ -677,9 +798,9 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
     __syncthreads();
 }
 
-// A chunk's state-dependent part, BV value columns, in three phases that each
-// start after a barrier (the split form runs the first and third in
-// k_gdn_scan, the second in k_gdn_out): v_new = U − W S0 into Us.
+// The single kernel's state-dependent part of a chunk, BV value columns, in
+// three phases that each start after a barrier (the split form's scan has
+// its own, on registers): v_new = U − W S0 into Us.
 template <int DK, int BV, int LK, int LV>
 __device__ __forceinline__ void gdn_vnew(const float *Ws, const float *Ss, float *Us)
 {
@@ -821,23 +942,22 @@ __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
 // U, QKᵀ) on that sequential path. Only two products carry the state from
 // chunk to chunk (v_new = U − W S0, S = e^(G_last) S0 + (K⊙e^(G_last−G))ᵀ
 // v_new); the output O = (Q⊙e^G) S0 + QKm v_new needs S0 and v_new but
-// feeds nothing after it. So the split form runs three kernels:
+// feeds nothing after it. So the split form runs two kernels:
 //   k_gdn_prep: one block per (chunk, value head), every chunk of every long
 //     sequence in parallel: the chunk-local part, written to a record in
-//     scratch memory (fp32: Qg = q⊙e^G, Kd = k⊙e^(G_last−G), W, QKm, U, G_last);
+//     scratch memory (bf16: Qg = q⊙e^G, Kd = k⊙e^(G_last−G), W, QKm, U; G_last);
 //   k_gdn_scan: one block per (sequence, value head, value-column tile)
-//     walking the chunks: v_new (over U in the record) and the state update,
-//     each chunk's start state S0 to a second scratch array, snapshots and the
-//     final state as the single kernel;
-//   k_gdn_out: one block per (chunk, value head), all in parallel again: O
-//     from Qg, QKm, S0 and v_new.
-// Taking O off the sequential walk takes a third of its mma and 40 % of the
-// record it loads a chunk; it costs Dk × Dv floats of scratch a (chunk, value
-// head): 268 MB at 8192 tokens of Coder-Next (NOTES v59).
+//     walking the chunks: v_new, the state update and O beside it (off the
+//     chain: nothing waits for O), snapshots and the final state as the
+//     single kernel.
+// O had its own kernel from S0 and v_new passed through memory (v59: then the
+// scan's wmma chains made O a third of its time); with the scan's products in
+// registers (v82) that traffic (S0 and v_new written and read again, ~400 MB
+// at 8192 tokens of Coder-Next in bf16) costs more than O does (NOTES v84).
 // Chunks are numbered over the long sequences in order (gdn_chunks), a chunk
-// ending at the snapshot as above; prep and out find a chunk's sequence, the
-// scan a sequence's first chunk, by summing the chunk counts of the sequences
-// before it.
+// ending at the snapshot as above; prep finds a chunk's sequence, the scan a
+// sequence's first chunk, by summing the chunk counts of the sequences before
+// it.
 
 // Chunks of a sequence with qn new tokens and snapshot after tlen (0 when it
 // is left to the recurrent kernel): 64-token chunks, one cut at tlen.
@@ -927,27 +1047,22 @@ template <int DK> struct gdn_prep_smem {
     static_assert(BYTES <= 113 * 1024, "two blocks an SM");
 };
 
-// k_gdn_scan: one record's W and Kd, two U tiles (a chunk's, and the next
-// one's landing) and the state columns.
+// k_gdn_scan, in bytes: two stages (a chunk's record and the next one's
+// landing) of W, Kd, the U columns, Qg and QKm (bf16, as the record), then
+// v_new and two of the start state's columns (fp32: O reads a chunk's while
+// the next one's is stored). Strides that spread mma.sync's fragment loads
+// over the 32 banks: a bf16 row a multiple of 64 plus 8 elements (W, Qg and
+// QKm read by rows, lane (g, t) at row g, column t; Kd down, row t, column
+// g), an fp32 row a multiple of 32 plus 8 (read down).
 template <int DK, int BV> struct gdn_scan_smem {
-    static constexpr int LK = DK + 4, LV = BV + 4;
-    static constexpr int K = 0, W = K + GDN_C * LK, U = W + GDN_C * LK, S = U + 2 * GDN_C * LV;
-    static constexpr size_t BYTES = (size_t)(S + DK * LV) * sizeof(float);
-    static_assert(W % 8 == 0 && U % 8 == 0 && (GDN_C * LV) % 8 == 0 && S % 8 == 0,
-                  "wmma tiles need 32-byte aligned bases");
+    static constexpr int LW = DK + 8, LU = BV + 8, LC = GDN_C + 8, LV = BV + 8; // LW: W, Kd and Qg
+    static constexpr int W = 0, K = W + GDN_C * LW * 2, Q = K + GDN_C * LW * 2, QK = Q + GDN_C * LW * 2;
+    static constexpr int U = QK + GDN_C * LC * 2, STAGE = U + GDN_C * LU * 2;
+    static constexpr int V = 2 * STAGE, S = V + GDN_C * LV * 4, SB = DK * LV * 4;
+    static constexpr size_t BYTES = (size_t)S + 2 * SB;
+    static_assert(K % 16 == 0 && Q % 16 == 0 && QK % 16 == 0 && U % 16 == 0 && STAGE % 16 == 0 && V % 16 == 0,
+                  "16-byte copies");
     static_assert(BYTES <= 227 * 1024, "shared memory");
-};
-
-// k_gdn_out: a record's Qg and QKm, two stages of (start-state columns,
-// v_new columns), O; at most half an SM's shared memory (two blocks an SM).
-template <int DK, int BV> struct gdn_out_smem {
-    static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = BV + 4;
-    static constexpr int SB = DK * LV + GDN_C * LV; // a stage: S0 columns, then v_new columns
-    static constexpr int Q = 0, QK = Q + GDN_C * LK, ST = QK + GDN_C * LC, O = ST + 2 * SB;
-    static constexpr size_t BYTES = (size_t)(O + GDN_C * LV) * sizeof(float);
-    static_assert(QK % 8 == 0 && ST % 8 == 0 && SB % 8 == 0 && (DK * LV) % 8 == 0 && O % 8 == 0,
-                  "wmma tiles need 32-byte aligned bases");
-    static_assert(BYTES <= 113 * 1024, "two blocks an SM");
 };
 
 // The first record index of sequence s (chunks of the sequences before it).
@@ -958,23 +1073,24 @@ __device__ __forceinline__ int64_t gdn_chunk_base(const cu_gdn_args &g, int s, i
     return base;
 }
 
-// Issues the copy of rows x cols floats (row stride ld_src) to shared memory
-// rows of stride ld_dst as cp.async, 16 bytes a thread step (cols, strides
-// and addresses multiples of 4 floats); the caller commits and waits.
-__device__ __forceinline__ void gdn_copy_async(float *dst, int ld_dst, const float *src, int64_t ld_src, int rows,
-                                               int cols)
+// Issues the copy of rows x cols elements (row stride ld_src) to shared
+// memory rows of stride ld_dst as cp.async, 16 bytes a thread step (cols,
+// strides and addresses multiples of 16 bytes); the caller commits and waits.
+template <class T>
+__device__ __forceinline__ void gdn_copy_async(T *dst, int ld_dst, const T *src, int64_t ld_src, int rows, int cols)
 {
-    int c4 = cols / 4;
-    for (int e = threadIdx.x; e < rows * c4; e += blockDim.x) {
-        int r = e / c4, c = (e % c4) * 4;
+    constexpr int E = 16 / sizeof(T);
+    int ce = cols / E;
+    for (int e = threadIdx.x; e < rows * ce; e += blockDim.x) {
+        int r = e / ce, c = (e % ce) * E;
         __pipeline_memcpy_async(dst + r * ld_dst + c, src + r * ld_src + c, 16);
     }
 }
 
 // Block (chunk x, value head y): 256 threads. rec: the records, base of
-// (chunk q, head h) at ((q · Hv) + h) · gdn_rec<DK>::floats(Dv).
+// (chunk q, head h) at ((q · Hv) + h) · gdn_rec<DK>::size(Dv).
 template <int DK>
-__global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len, int n_seqs, float *rec)
+__global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len, int n_seqs, gdn_rt *rec)
 {
     using SM = gdn_prep_smem<DK>;
     using RC = gdn_rec<DK>;
@@ -989,7 +1105,7 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
     int64_t q = blockIdx.x;
     int s, c0, n;
     if (!gdn_chunk_seq(g, q, min_len, n_seqs, s, c0, n)) return; // block-uniform
-    float *out = rec + (q * g.Hv + h) * RC::floats(Dv);
+    gdn_rt *out = rec + (q * g.Hv + h) * RC::size(Dv);
     float Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);
     int64_t koff = (int64_t)g.Hk * DK + (int64_t)kh * DK, qoff = (int64_t)kh * DK;
     int64_t voff = 2 * (int64_t)g.Hk * DK + (int64_t)h * Dv;
@@ -1000,11 +1116,12 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
     // the rest of the record: W = T diag(β e^G) K, k ⊙ e^(G_last − G), G_last
     gdn_tri_mm<DK, LC>(out + RC::W, DK, Ts, Ks, LK);
     float glast = Gs[C - 1];
-    for (int e = tid; e < C * DK; e += NT) {
-        int i = e / DK, d = e % DK;
-        out[RC::KD + e] = Ks[i * LK + d] * expf(glast - Gs[i]);
+    for (int e = tid; e < C * DK / 2; e += NT) { // pairs
+        int i = 2 * e / DK, d = 2 * e % DK;
+        float sc = expf(glast - Gs[i]);
+        gdn_st2(out + RC::KD + 2 * e, Ks[i * LK + d] * sc, Ks[i * LK + d + 1] * sc);
     }
-    if (tid == 0) out[RC::glast(Dv)] = glast;
+    if (tid == 0) *(float *)(out + RC::glast(Dv)) = glast;
     // U = T diag(β) V [C x Dv], 64 value columns at a time, the V tile in Q's
     // place (free since the solve's last barrier)
     float *Vs = Qs;
@@ -1016,24 +1133,137 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
     }
 }
 
-// Block (sequence, value head, value-column tile of BV): 256 threads; walks
-// the sequence's records in order (sequences left to k_gdn exit). A chunk's
-// record arrives by cp.async in two commit groups, each issued for the next
-// chunk as soon as the current chunk's last reader of its buffers is past a
-// barrier: A: W and U (v_new; U into the other of two buffers, the current
-// chunk still reads its own), B: Kd (the state update). Each chunk's start
-// state goes to st (S0 of record q at q · Dk · Dv, row stride Dv) and its
-// v_new over U in the record, for k_gdn_out. One block an SM (its shared
-// memory): the bound says so to ptxas, which otherwise held the unrolled
-// BV 64 form to 64 registers and spilled.
+// A k_gdn_scan warp's share of the DK x BV state, kept in registers over the
+// whole walk: the 16 rows from 16 (w % MW) and the BV / NW columns from
+// (w / MW) BV / NW (MW = DK / 16 row tiles, NW = 8 / MW column groups), as NT
+// m16n8 accumulator tiles in mma.sync's layout (lane (g, t) = (l / 4, l % 4)
+// holds rows g and g + 8, columns 2t and 2t + 1 of each).
+template <int DK, int BV> struct gdn_scan_part {
+    static constexpr int MW = DK / 16, NW = 8 / MW, NT = BV / NW / 8;
+    static_assert(MW * NW == 8 && NT >= 1, "eight warps tile the state");
+    __device__ static int row() { return (threadIdx.x >> 5) % MW * 16 + (threadIdx.x & 31) / 4; }
+    __device__ static int col() { return (threadIdx.x >> 5) / MW * NT * 8 + 2 * (threadIdx.x & 3); }
+};
+
+// A warp's state tiles from rows of stride ld (zeros for a fresh state) ...
 template <int DK, int BV>
-__global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len, float *rec, float *st)
+__device__ __forceinline__ void gdn_part_ld(float (&S)[gdn_scan_part<DK, BV>::NT][4], const float *p, int64_t ld,
+                                            bool fresh)
+{
+    using P = gdn_scan_part<DK, BV>;
+    const float *r = p + P::row() * ld + P::col();
+#pragma unroll
+    for (int j = 0; j < P::NT; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float2 e = fresh ? make_float2(0.0f, 0.0f) : *(const float2 *)(r + h * 8 * ld + j * 8);
+            S[j][2 * h] = e.x, S[j][2 * h + 1] = e.y;
+        }
+}
+
+// ... and to them (global or shared memory).
+template <int DK, int BV>
+__device__ __forceinline__ void gdn_part_st(const float (&S)[gdn_scan_part<DK, BV>::NT][4], float *p, int64_t ld)
+{
+    using P = gdn_scan_part<DK, BV>;
+    float *r = p + P::row() * ld + P::col();
+#pragma unroll
+    for (int j = 0; j < P::NT; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) gdn_st2(r + h * 8 * ld + j * 8, S[j][2 * h], S[j][2 * h + 1]);
+}
+
+// v_new = U − W S0 (C x BV; W, U bf16 of the record, S0 fp32) into Vs (fp32,
+// stride LV): warp w the 16 rows from 16 (w % 4) and BV / 2 columns from
+// (w / 4) BV / 2, one chain of DK / 8 products a tile.
+template <int DK, int BV, int LW, int LU, int LV>
+__device__ __forceinline__ void gdn_scan_vnew(const gdn_rt *Ws, const float *Ss, const gdn_rt *Us, float *Vs)
+{
+    constexpr int VN = BV / 16;
+    const int w = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const int m0 = (w & 3) * 16, n0 = (w >> 2) * VN * 8;
+    float d[VN][4] = {};
+    gdn_rows_chain<VN, DK>(d, Ws + m0 * LW, LW, Ss + n0, LV);
+#pragma unroll
+    for (int j = 0; j < VN; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int r = m0 + g + 8 * h, c = n0 + j * 8 + 2 * t;
+            float2 u = __bfloat1622float2(*(const __nv_bfloat162 *)(Us + r * LU + c));
+            gdn_st2(Vs + r * LV + c, u.x - d[j][2 * h], u.y - d[j][2 * h + 1]);
+        }
+}
+
+// S = e^(G_last) S0 + Kdᵀ v_new on a warp's state tiles (Ks: k ⊙ e^(G_last−G),
+// bf16, stride LK; its rows past n and v_new's are zero, so all C are summed:
+// exact, and a fixed count unrolls): the state scaled, then C / 8 products a
+// tile.
+template <int DK, int BV, int LK, int LV>
+__device__ __forceinline__ void gdn_scan_advance(float (&S)[gdn_scan_part<DK, BV>::NT][4], const gdn_rt *Ks,
+                                                 const float *Vs, float glast)
+{
+    using P = gdn_scan_part<DK, BV>;
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, r0 = P::row() - g, c0 = P::col() - 2 * t;
+    float el = expf(glast);
+#pragma unroll
+    for (int j = 0; j < P::NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) S[j][i] *= el;
+#pragma unroll
+    for (int k = 0; k < GDN_C; k += 8) {
+        gdn_afrag a = gdn_a_cols(Ks + (k + t) * LK + r0 + g, LK); // Kdᵀ: row d, column i at Ks[i][d]
+#pragma unroll
+        for (int j = 0; j < P::NT; j++) gdn_mma_b(S[j], a, Vs + (k + t) * LV + c0 + j * 8 + g, LV);
+    }
+}
+
+// O = (Q ⊙ e^G) S0 + QKm v_new for the block's BV value columns (Qs, QKs
+// bf16 as the record holds them, row strides LQ and LC; Ss and Vs the fp32
+// S0 and v_new columns, stride LV), rows < n to out (row orow.., columns
+// ooff..): warp w the 16 rows from 16 (w % 4) and BV / 2 columns from
+// (w / 4) BV / 2, one chain a tile (S0's DK / 8 products, then QKm's up to
+// its diagonal block).
+template <int DK, int BV, int LQ, int LC, int LV>
+__device__ __forceinline__ void gdn_scan_out(const gdn_rt *Qs, const gdn_rt *QKs, const float *Ss, const float *Vs,
+                                             int n, cu_mat out, int64_t orow, int64_t ooff)
+{
+    constexpr int VN = BV / 16;
+    const int w = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const int mi = w & 3, m0 = mi * 16, n0 = (w >> 2) * VN * 8;
+    float d[VN][4] = {};
+    gdn_rows_chain<VN, DK>(d, Qs + m0 * LQ, LQ, Ss + n0, LV);
+    gdn_rows_chain<VN, GDN_C>(d, QKs + m0 * LC, LC, Vs + n0, LV, (mi + 1) * 16);
+#pragma unroll
+    for (int j = 0; j < VN; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int r = m0 + g + 8 * h, c = n0 + j * 8 + 2 * t;
+            if (r < n) {
+                cu_mat_st(out, orow + r, ooff + c, d[j][2 * h]);
+                cu_mat_st(out, orow + r, ooff + c + 1, d[j][2 * h + 1]);
+            }
+        }
+}
+
+// Block (sequence, value head, value-column tile of BV): 256 threads; walks
+// the sequence's records in order (sequences left to k_gdn exit) with the
+// state in registers (gdn_scan_part) on tf32 mma.sync: a wmma tile went
+// through shared memory at every product and a warp's tiles ran one long
+// chain each (a chunk took ~8.8k cycles for 1 MFLOP, NOTES v82). A chunk's
+// record (W, Kd, its U columns, Qg, QKm) arrives by cp.async in one commit
+// group, issued a chunk ahead into the other of two stages. After v_new, the
+// state update and the chunk's O (gdn_scan_out) share the warps: O feeds
+// nothing, so its products fill the update's latency. One block an SM (its
+// shared memory).
+template <int DK, int BV>
+__global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len, const gdn_rt *rec)
 {
     using SM = gdn_scan_smem<DK, BV>;
     using RC = gdn_rec<DK>;
-    constexpr int C = GDN_C, LK = SM::LK, LV = SM::LV;
-    extern __shared__ __align__(128) float sm[];
-    float *Ks = sm + SM::K, *Ws = sm + SM::W, *Ss = sm + SM::S;
+    using P = gdn_scan_part<DK, BV>;
+    constexpr int C = GDN_C, LW = SM::LW, LU = SM::LU, LC = SM::LC, LV = SM::LV;
+    extern __shared__ __align__(128) char smc[];
+    float *Vs = (float *)(smc + SM::V);
     const int Dv = g.Dv, nvt = Dv / BV;
     int s = blockIdx.x / (g.Hv * nvt), rem = blockIdx.x % (g.Hv * nvt);
     int h = rem / nvt, vt = rem % nvt;
@@ -1045,122 +1275,60 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
     int64_t first = gdn_chunk_base(g, s, min_len);
     int64_t sz = (int64_t)DK * Dv, slot_sz = (int64_t)g.Hv * sz;
     float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz + vt * BV; // row stride Dv
-    auto record = [&](int ci) { return rec + ((first + ci) * g.Hv + h) * RC::floats(Dv); };
-    auto ubuf = [&](int ci) { return sm + SM::U + (ci & 1) * C * LV; };
-    // group `part` of chunk ci's record (an empty group past the last chunk)
-    auto issue = [&](int part, int ci) {
+    auto record = [&](int ci) { return rec + ((first + ci) * g.Hv + h) * RC::size(Dv); };
+    auto stage = [&](int ci, int part) { return (gdn_rt *)(smc + (ci & 1) * SM::STAGE + part); };
+    auto state = [&](int ci) { return (float *)(smc + SM::S + (ci & 1) * SM::SB); };
+    auto issue = [&](int ci) { // chunk ci's record (an empty group past the last chunk)
         if (ci < nc) {
-            const float *r = record(ci);
-            if (part == 0) {
-                gdn_copy_async(Ws, LK, r + RC::W, DK, C, DK);
-                gdn_copy_async(ubuf(ci), LV, r + RC::U + vt * BV, Dv, C, BV);
-            } else {
-                gdn_copy_async(Ks, LK, r + RC::KD, DK, C, DK);
-            }
+            const gdn_rt *r = record(ci);
+            gdn_copy_async(stage(ci, SM::W), LW, r + RC::W, DK, C, DK);
+            gdn_copy_async(stage(ci, SM::K), LW, r + RC::KD, DK, C, DK);
+            gdn_copy_async(stage(ci, SM::Q), LW, r + RC::QG, DK, C, DK);
+            gdn_copy_async(stage(ci, SM::QK), LC, r + RC::QK, C, C, C);
+            gdn_copy_async(stage(ci, SM::U), LU, r + RC::U + vt * BV, Dv, C, BV);
         }
         __pipeline_commit();
     };
-    if (g.state_fresh[s]) gdn_state_in<DK, BV, LV>(Ss, mine, Dv, true); // zeros
-    else gdn_copy_async(Ss, LV, mine, Dv, DK, BV);                      // lands with group A of chunk 0
-    issue(0, 0);
-    issue(1, 0);
+    issue(0);
+    float S[P::NT][4];
+    gdn_part_ld<DK, BV>(S, mine, Dv, g.state_fresh[s]);
     for (int ci = 0; ci < nc; ci++) {
         int c0, n;
         gdn_chunk_at(qn, tlen, ci, c0, n);
-        float *r = record(ci), glast = r[RC::glast(Dv)], *Us = ubuf(ci);
-        __pipeline_wait_prior(1); // A (pending: B)
-        __syncthreads();          // and the previous chunk's writers of Ss are done
-        gdn_tile_st<DK, BV, LV>(Ss, st + ((first + ci) * g.Hv + h) * sz + vt * BV, Dv);
-        gdn_vnew<DK, BV, LK, LV>(Ws, Ss, Us);
-        __pipeline_wait_prior(0); // B
+        float glast = *(const float *)(record(ci) + RC::glast(Dv)), *Ss = state(ci);
+        gdn_part_st<DK, BV>(S, Ss, LV); // its last readers (chunk ci − 2's O) are past the last barrier
+        __pipeline_wait_prior(0);
+        __syncthreads(); // the record and S0 in; the previous chunk's readers of the other stage and Vs done
+        issue(ci + 1);
+        gdn_scan_vnew<DK, BV, LW, LU, LV>(stage(ci, SM::W), Ss, stage(ci, SM::U), Vs);
         __syncthreads();
-        issue(0, ci + 1);
-        gdn_advance<DK, BV, LK, LV>(Ks, Us, Ss, glast);
-        gdn_tile_st<C, BV, LV>(Us, r + RC::U + vt * BV, Dv);
-        __syncthreads();
+        gdn_scan_advance<DK, BV, LW, LV>(S, stage(ci, SM::K), Vs, glast);
+        gdn_scan_out<DK, BV, LW, LC, LV>(stage(ci, SM::Q), stage(ci, SM::QK), Ss, Vs, n, g.out, q0 + c0,
+                                         (int64_t)h * Dv + vt * BV);
         if (c0 + n == tlen)
-            gdn_tile_st<DK, BV, LV>(Ss, g.ssm + (int64_t)g.track_slot[s] * slot_sz + h * sz + vt * BV, Dv);
-        issue(1, ci + 1);
+            gdn_part_st<DK, BV>(S, g.ssm + (int64_t)g.track_slot[s] * slot_sz + h * sz + vt * BV, Dv);
     }
-    __pipeline_wait_prior(0); // the empty groups past the last chunk
-    gdn_tile_st<DK, BV, LV>(Ss, mine, Dv);
-}
-
-// Block (record chunk x, value head y): 256 threads. Qg and QKm stay in
-// shared memory while the value columns go BV at a time, the next tile's S0
-// and v_new columns landing (cp.async) while this one's O is made: a block
-// per (chunk, head, tile) reloaded Qg and QKm for every tile (at 8192 tokens
-// twice the unique bytes from L2, 0.455 ms on an H100, NOTES v63).
-template <int DK, int BV>
-__global__ void __launch_bounds__(256, 2) k_gdn_out(cu_gdn_args g, int min_len, int n_seqs, const float *rec,
-                                                    const float *st)
-{
-    using SM = gdn_out_smem<DK, BV>;
-    using RC = gdn_rec<DK>;
-    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV;
-    extern __shared__ __align__(128) float sm[];
-    float *Qs = sm + SM::Q, *QKs = sm + SM::QK, *Os = sm + SM::O;
-    const int Dv = g.Dv, h = blockIdx.y, nvt = Dv / BV;
-    const int64_t q = blockIdx.x;
-    cu_pdl_wait();
-    cu_pdl_trigger();
-    int s, c0, n;
-    if (!gdn_chunk_seq(g, q, min_len, n_seqs, s, c0, n)) return; // block-uniform
-    const float *r = rec + (q * g.Hv + h) * RC::floats(Dv), *s0 = st + (q * g.Hv + h) * DK * Dv;
-    auto stage = [&](int vt) { return sm + SM::ST + (vt & 1) * SM::SB; }; // S0 columns, then v_new's
-    auto issue = [&](int vt) {
-        if (vt < nvt) {
-            gdn_copy_async(stage(vt), LV, s0 + vt * BV, Dv, DK, BV);
-            gdn_copy_async(stage(vt) + DK * LV, LV, r + RC::U + vt * BV, Dv, C, BV);
-        }
-        __pipeline_commit();
-    };
-    gdn_copy_async(Qs, LK, r + RC::QG, DK, C, DK);
-    gdn_copy_async(QKs, LC, r + RC::QK, C, C, C);
-    issue(0); // with Qg and QKm
-    int64_t orow = g.q_start[s] + c0;
-    for (int vt = 0; vt < nvt; vt++) {
-        issue(vt + 1);            // its stage's last readers are past the barrier after O
-        __pipeline_wait_prior(1); // tile vt (pending: vt + 1)
-        __syncthreads();          // and the previous tile's O is out
-        gdn_out<DK, BV, LK, LC, LV>(Qs, QKs, stage(vt), stage(vt) + DK * LV, Os);
-        __syncthreads();
-        gdn_rows_out<BV, LV>(Os, n, g.out, orow, (int64_t)h * Dv + vt * BV);
-    }
+    __pipeline_wait_prior(0); // the empty group past the last chunk
+    gdn_part_st<DK, BV>(S, mine, Dv);
 }
 
 // ---- the split form's launches ------------------------------------------------
 
-template <int DK, int BV> static void gdn_scan_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs, float *rec,
-                                                      float *st)
-{
-    size_t ss = gdn_scan_smem<DK, BV>::BYTES;
-    CU_CHECK(cudaFuncSetAttribute(k_gdn_scan<DK, BV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss));
-    cu_launch(b, k_gdn_scan<DK, BV>, (unsigned)(n_seqs * g.Hv * (g.Dv / BV)), 256, ss, g, GDN_CHUNK_MIN, rec, st);
-}
-
 // The split form over every long sequence of the batch (n_chunks records).
-// k_gdn_out's 32 columns a tile keep it at two blocks an SM.
-template <int DK>
-static void gdn_split_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs, int64_t n_chunks, bool wide)
+// The scan at 32 value columns a block: at 64 its stages, v_new and the two
+// state tiles would not fit an SM's shared memory.
+template <int DK> static void gdn_split_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs, int64_t n_chunks)
 {
-    constexpr int OBV = 32;
-    float *rec = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)(n_chunks * g.Hv * gdn_rec<DK>::floats(g.Dv)));
-    float *st = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)(n_chunks * g.Hv * DK * g.Dv));
-    size_t ps = gdn_prep_smem<DK>::BYTES;
+    constexpr int BV = 32;
+    gdn_rt *rec = (gdn_rt *)cu_tmp_alloc(b, sizeof(gdn_rt) * (size_t)(n_chunks * g.Hv * gdn_rec<DK>::size(g.Dv)));
+    size_t ps = gdn_prep_smem<DK>::BYTES, ss = gdn_scan_smem<DK, BV>::BYTES;
     CU_CHECK(cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ps));
     CU_CHECK(cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                   cudaSharedmemCarveoutMaxShared)); // room for two blocks
     cu_launch(b, k_gdn_prep<DK>, dim3((unsigned)n_chunks, (unsigned)g.Hv), 256, ps, g, GDN_CHUNK_MIN, n_seqs, rec);
-    if (wide) gdn_scan_launch<DK, 64>(b, g, n_seqs, rec, st);
-    else gdn_scan_launch<DK, 32>(b, g, n_seqs, rec, st);
-    size_t os = gdn_out_smem<DK, OBV>::BYTES;
-    CU_CHECK(cudaFuncSetAttribute(k_gdn_out<DK, OBV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)os));
-    CU_CHECK(cudaFuncSetAttribute(k_gdn_out<DK, OBV>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                  cudaSharedmemCarveoutMaxShared));
-    cu_launch(b, k_gdn_out<DK, OBV>, dim3((unsigned)n_chunks, (unsigned)g.Hv), 256, os, g, GDN_CHUNK_MIN, n_seqs,
-              (const float *)rec, (const float *)st);
-    cu_tmp_free(b, st);
+    CU_CHECK(cudaFuncSetAttribute(k_gdn_scan<DK, BV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss));
+    cu_launch(b, k_gdn_scan<DK, BV>, (unsigned)(n_seqs * g.Hv * (g.Dv / BV)), 256, ss, g, GDN_CHUNK_MIN,
+              (const gdn_rt *)rec);
     cu_tmp_free(b, rec);
 }
 
@@ -1200,17 +1368,17 @@ void cu_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_tenso
                   max_len, none);
     }
     if (n_long) {
-        // 64 value columns a block unless that leaves SMs idle (one long prompt)
-        bool wide = Dv % 64 == 0 && (int64_t)n_long * Hv * (Dv / 64) >= bk->n_sm;
         if (bk->gdn_split && Dv % 64 == 0) {
             int64_t n_chunks = 0;
             for (int s = 0; s < cm->n_seqs; s++)
                 n_chunks += gdn_nchunks(m->q_start[s + 1] - m->q_start[s],
                                         m->track_slot[s] >= 0 ? m->track_len[s] : -1, GDN_CHUNK_MIN);
-            if (Dk == 64) gdn_split_launch<64>(bk, g, cm->n_seqs, n_chunks, wide);
-            else gdn_split_launch<128>(bk, g, cm->n_seqs, n_chunks, wide);
+            if (Dk == 64) gdn_split_launch<64>(bk, g, cm->n_seqs, n_chunks);
+            else gdn_split_launch<128>(bk, g, cm->n_seqs, n_chunks);
             return;
         }
+        // 64 value columns a block unless that leaves SMs idle (one long prompt)
+        bool wide = Dv % 64 == 0 && (int64_t)n_long * Hv * (Dv / 64) >= bk->n_sm;
         if (Dk == 64) {
             if (wide) gdn_chunk_launch<64, 64>(bk, g, cm->n_seqs);
             else gdn_chunk_launch<64, 32>(bk, g, cm->n_seqs);

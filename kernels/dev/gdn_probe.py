@@ -1,7 +1,7 @@
 # kernels/dev/gdn_probe.py GDN_CU: rewrites kernels/cuda/gdn.cu in place with clock64 /
 # globaltimer probes between the phases of k_gdn_prep (inputs, solve, W, Kd, U) and
-# k_gdn_scan (summed over the chunks: the wait for a chunk's W and U, S0's store and v_new,
-# the wait for Kd, the state update with v_new's store, the sequence's end and next copies),
+# k_gdn_scan (summed over the chunks: S0's store, the wait for a chunk's record, v_new, the
+# state update with O),
 # printed by a few blocks of the first launches (device printf). A measuring variant,
 # never committed: build it with variants.sh and put the source back, e.g.
 #   cp kernels/cuda/gdn.cu /tmp/gdn.cu && python3 kernels/dev/gdn_probe.py kernels/cuda/gdn.cu &&
@@ -28,7 +28,7 @@ S = "    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, Qs, Gs, Bs, out); // Qg
 at(S, "    pt[np++] = clock64();", after=False)
 at(S, "    pt[np++] = clock64();")
 at("    gdn_tri_mm<DK, LC>(out + RC::W, DK, Ts, Ks, LK);", "    __syncthreads(); pt[np++] = clock64();")
-at("    if (tid == 0) out[RC::glast(Dv)] = glast;", "    __syncthreads(); pt[np++] = clock64();")
+at("    if (tid == 0) *(float *)(out + RC::glast(Dv)) = glast;", "    __syncthreads(); pt[np++] = clock64();")
 at("        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, Ls, Vs, LV);", r"""        if (v0 + 64 >= Dv) {
             __syncthreads();
             pt[np++] = clock64();
@@ -38,18 +38,21 @@ at("        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, Ls, Vs, LV);", r"""        
                        blockIdx.x, gridDim.x, pt[1] - pt[0], pt[2] - pt[1], pt[3] - pt[2], pt[4] - pt[3], pt[5] - pt[4],
                        pt[5] - pt[0], gdn_gt() - g0);
         }""")
-# scan: the waits for a chunk's record parts, v_new, the state update, summed over the chunks
+# scan: S0's store, the wait for a chunk's record, v_new (with the next chunk's copies and the
+# barrier after it), the state update and O (issue: their products land by the next chunk's
+# store), summed over the chunks
 at("    for (int ci = 0; ci < nc; ci++) {",
-   "    long long ph[5] = {0, 0, 0, 0, 0}, t0 = clock64(), t1; unsigned long long g0 = gdn_gt();", after=False)
-at("        __pipeline_wait_prior(1); // A (pending: B)", "        t1 = clock64();", after=False)
-at("        __syncthreads();          // and the previous chunk's writers of Ss are done",
-   "        ph[0] += clock64() - t1; t1 = clock64();")
-at("        gdn_vnew<DK, BV, LK, LV>(Ws, Ss, Us);", "        __syncthreads(); ph[1] += clock64() - t1; t1 = clock64();")
-at("        issue(0, ci + 1);", "        ph[2] += clock64() - t1; t1 = clock64();")
-at("        gdn_tile_st<C, BV, LV>(Us, r + RC::U + vt * BV, Dv);", "        __syncthreads(); ph[3] += clock64() - t1; t1 = clock64();")
-at("        issue(1, ci + 1);", "        ph[4] += clock64() - t1;")
-at("    __pipeline_wait_prior(0); // the empty groups past the last chunk", r"""    if (threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x / 2) && atomicAdd(&gdn_probe_n, 1) < 30)
-        printf("PROBE scan<%d> blk %d/%d chunks %d: waitA %lld vnew %lld waitB %lld advance %lld tail %lld total %lld cycles, %llu ns\n",
-               BV, blockIdx.x, gridDim.x, nc, ph[0], ph[1], ph[2], ph[3], ph[4], clock64() - t0, gdn_gt() - g0);""",
+   "    long long ph[4] = {0, 0, 0, 0}, t0 = clock64(), t1; unsigned long long g0 = gdn_gt();", after=False)
+S0 = "        gdn_part_st<DK, BV>(S, Ss, LV); // its last readers (chunk ci − 2's O) are past the last barrier"
+at(S0, "        t1 = clock64();", after=False)
+at(S0, "        ph[0] += clock64() - t1; t1 = clock64();")
+at("        __syncthreads(); // the record and S0 in; the previous chunk's readers of the other stage and Vs done",
+   "        ph[1] += clock64() - t1; t1 = clock64();")
+at("        gdn_scan_advance<DK, BV, LW, LV>(S, stage(ci, SM::K), Vs, glast);",
+   "        ph[2] += clock64() - t1; t1 = clock64();", after=False)
+at("                                         (int64_t)h * Dv + vt * BV);", "        ph[3] += clock64() - t1;")
+at("    __pipeline_wait_prior(0); // the empty group past the last chunk", r"""    if (threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x / 2) && atomicAdd(&gdn_probe_n, 1) < 30)
+        printf("PROBE scan<%d> blk %d/%d chunks %d: store %lld wait %lld vnew %lld update+O %lld total %lld cycles, %llu ns\n",
+               BV, blockIdx.x, gridDim.x, nc, ph[0], ph[1], ph[2], ph[3], clock64() - t0, gdn_gt() - g0);""",
    after=False)
 open(p, "w").write("\n".join(lines))

@@ -87,39 +87,44 @@ replace("""            wg_tma_load2(sc + TC_BN * 4, &a.tsx, it.r0 & ~3, g, bar);
         if (probe_blk) moe_probe_put(-1, n, probe_items, ph, clock64() - probe_t0, moe_gt() - probe_g0);
         return;""", k)
 
-# consumers: a step's wait for its tiles, the issue, the products' wait, the promotion, the stores
+# consumers (v81: a step's issue and promotion are lambdas, the products' waits in the loop):
+# a step's wait for its tiles, the issue, the products' wait, the promotion, the stores
 replace("""        wg_mbar_wait(full + 8 * st, (u / S) & 1);
-        const uint32_t t = s0 + st * WS8_STAGE;""", """        t1 = clock64();
+        const uint32_t t = s0 + st * WS8_STAGE;""", """        long long t3 = clock64();
         wg_mbar_wait(full + 8 * st, (u / S) & 1);
-        ph[0] += clock64() - t1;
-        t1 = clock64();
+        ph[0] += clock64() - t3;
+        t3 = clock64();
         const uint32_t t = s0 + st * WS8_STAGE;""", k)
 replace("""        wg_commit();
-        wg_wait<0>();
-        wg_hold(part);""", """        wg_commit();
-        ph[1] += clock64() - t1;
-        t1 = clock64();
-        wg_wait<0>();
-        wg_hold(part);
-        ph[2] += clock64() - t1;
-        t1 = clock64();""", k)
+    };""", """        wg_commit();
+        ph[1] += clock64() - t3;
+    };""", k)
+replace("""        const int st = u % S;
+        wg_hold(part);""", """        const int st = u % S;
+        long long t3 = clock64();
+        wg_hold(part);""", k)
 replace("""        if (lane == 0) wg_mbar_arrive(empty + 8 * st);
         if (j % a.G == a.G - 1) { // (the storers done with the tile before)""",
         """        if (lane == 0) wg_mbar_arrive(empty + 8 * st);
-        ph[3] += clock64() - t1;
-        t1 = clock64();
+        ph[3] += clock64() - t3;
+        t3 = clock64();
         if (j % a.G == a.G - 1) { // (the storers done with the tile before)""", k)
 replace("""            wg_mbar_arrive(ofull);
             nst++;
         }""", """            wg_mbar_arrive(ofull);
             nst++;
-            ph[4] += clock64() - t1;
+            ph[4] += clock64() - t3;
         }""", k)
-i = find("""            U = ws8_steps(a, w);""", k)
-assert lines[i + 1] == "        }" and lines[i + 2] == "    }", lines[i + 1:i + 3]
-# after the step loop: one record a consumer
-lines[i + 3:i + 3] = ["    if ((threadIdx.x == 128 || threadIdx.x == 256) && probe_blk)",
-                      "        moe_probe_put(wg, n, probe_items, ph, clock64() - probe_t0, moe_gt() - probe_g0);"]
+# the products' waits: each wait_group (in `ahead` and the loop's tail); then, at the kernel's end,
+# one record a consumer
+i = find("    auto ahead = [&](float(&cur)[F][4], float(&nxt)[F][4], int u) {", k)
+e = next(x for x in range(i, len(lines)) if lines[x] == "}")
+for j in range(i, e):
+    if "wg_wait<" in lines[j]:
+        ind = lines[j][:len(lines[j]) - len(lines[j].lstrip())]
+        lines[j] = ind + "{ const long long t2 = clock64(); " + lines[j].strip() + " ph[2] += clock64() - t2; }"
+lines[e:e] = ["    if ((threadIdx.x == 128 || threadIdx.x == 256) && probe_blk)",
+              "        moe_probe_put(wg, n, probe_items, ph, clock64() - probe_t0, moe_gt() - probe_g0);"]
 
 # the print kernel after each launch of the kernel (host side: its records are complete by then)
 i = find("        cu_launch(b, k_fp8_moe_ws, grid, dim3(WS8_THREADS), WS8_SMEM, a, p);", k)

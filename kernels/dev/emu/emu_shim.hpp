@@ -398,11 +398,15 @@ static inline float emu_e4m3(uint32_t v) {
     float f = e ? ldexpf(1.0f + m / 8.0f, e - 7) : ldexpf(m / 8.0f, -6);
     return v & 0x80 ? -f : f;
 }
-// mma.sync m16n8k16 bf16 and m16n8k32 e4m3 (row.col; esz: bytes an element, e = 4 / esz to a
+// mma.sync m16n8k8 tf32, m16n8k16 bf16 and m16n8k32 e4m3 (row.col; esz: bytes an element, e = 4 / esz to a
 // register, K = 8e): a0 row g, k e·q .. e·q + e - 1, a1 row g + 8, a2 and a3 the same at
 // k + K/2; b0 k e·q .. of column g, b1 at k + K/2; c0, c1 row g, columns 2q, 2q + 1; c2, c3
 // row g + 8.
-static inline float emu_el(uint32_t reg, int i, int esz) { return esz == 2 ? emu_bf(reg, i) : emu_e4m3(reg >> (8 * i)); }
+static inline float emu_el(uint32_t reg, int i, int esz) {
+    float f;
+    if (esz == 4) memcpy(&f, &reg, 4);
+    return esz == 4 ? f : esz == 2 ? emu_bf(reg, i) : emu_e4m3(reg >> (8 * i));
+}
 static inline void emu_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1, int esz) {
     emu_warp &w = W(); int l = threadIdx.x & 31, e = 4 / esz, K = 8 * e;
     for (int i = 0; i < 4; i++) w.a[l][i] = a[i];
@@ -423,6 +427,16 @@ static inline void emu_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1
     w.bar.arrive_and_wait();
 }
 static inline void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { emu_mma(c, a, b0, b1, 2); }
+// gdn.cu's tf32 pair: a register holds the float cvt.rna made
+static inline uint32_t gdn_tf32(float v) {
+    v = nvcuda::wmma::__float_to_tf32(v);
+    uint32_t u; memcpy(&u, &v, 4); return u;
+}
+static inline uint32_t gdn_tf32(__nv_bfloat16 h) { return (uint32_t)h.b << 16; } // exact
+static inline void gdn_mma8(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    uint32_t a[4] = {a0, a1, a2, a3};
+    emu_mma(c, a, b0, b1, 4);
+}
 static inline void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
     uint32_t a[4] = {a0, a1, a2, a3};
     emu_mma(c, a, b0, b1, 1);

@@ -4,9 +4,10 @@
 // kernel) and through k_conv1d, k_gdn and k_norm_warp in turn, on random bf16 inputs:
 // every output, both state pools (snapshot slots too) and the codes must agree bit for
 // bit. And prompts through the chunked forms (the single kernel k_gdn_chunk, the split
-// k_gdn_prep + k_gdn_scan + k_gdn_out; shorter sequences recurrent, as cu_gdn
-// dispatches): the two agree bit for bit (outputs, final states, snapshots) and both stay within tf32 tolerance
-// of every sequence run through the recurrent k_gdn. Appended to the kernel code by emu.py.
+// k_gdn_prep + k_gdn_scan; shorter sequences recurrent, as cu_gdn
+// dispatches): both stay within tolerance of every sequence run through the recurrent k_gdn
+// (outputs 1e-2, final states and snapshots 5e-3: the GPU op test's; the split form's records
+// are bf16, NOTES v83), and the split form's distance to the single kernel is printed. Appended to the kernel code by emu.py.
 static uint64_t rs = 0x853c49e6748fea9bull;
 static uint32_t rnd(void) { rs ^= rs << 13; rs ^= rs >> 7; rs ^= rs << 17; return (uint32_t)rs; }
 static float runif(float lo, float hi) { return lo + (hi - lo) * (rnd() >> 8) / 16777216.0f; }
@@ -160,31 +161,28 @@ static int run_chunked(int Hk, int HB, int Dv, std::vector<int> lens, std::vecto
         if (f == 1) {
             emu_grid({tiles, 1, 1}, 256, gdn_smem<DK, BV>::BYTES, [&] { k_gdn_chunk<DK, BV>(g, GDN_CHUNK_MIN); });
         } else if (f == 2) {
-            std::vector<float> rec((size_t)(n_chunks * Hv * gdn_rec<DK>::floats(Dv)), NAN);
+            std::vector<gdn_rt> rec((size_t)(n_chunks * Hv * gdn_rec<DK>::size(Dv)), __float2bfloat16_rn(NAN));
             emu_grid({(unsigned)n_chunks, (unsigned)Hv, 1}, 256, gdn_prep_smem<DK>::BYTES,
                      [&] { k_gdn_prep<DK>(g, GDN_CHUNK_MIN, n_seqs, rec.data()); });
-            std::vector<float> st((size_t)(n_chunks * Hv * DK * Dv), NAN);
-            emu_grid({tiles, 1, 1}, 256, gdn_scan_smem<DK, BV>::BYTES, [&] {
-                k_gdn_scan<DK, BV>(g, GDN_CHUNK_MIN, rec.data(), st.data());
+            unsigned stiles = (unsigned)(n_seqs * Hv * (Dv / 32)); // the split scan's 32 columns a block
+            emu_grid({stiles, 1, 1}, 256, gdn_scan_smem<DK, 32>::BYTES, [&] {
+                k_gdn_scan<DK, 32>(g, GDN_CHUNK_MIN, rec.data());
                 SL_ASSERT(emu_wg_idle());
             });
-            emu_grid({(unsigned)n_chunks, (unsigned)Hv, 1}, 256, gdn_out_smem<DK, 32>::BYTES,
-                     [&] { k_gdn_out<DK, 32>(g, GDN_CHUNK_MIN, n_seqs, rec.data(), st.data()); });
         }
     }
     auto bf = [](__nv_bfloat16 v) { return (double)__bfloat162float(v); };
     auto fl = [](float v) { return (double)v; };
-    int d_out = memcmp(o[1].out.data(), o[2].out.data(), o[1].out.size() * 2) != 0;
-    int d_ssm = memcmp(o[1].ssm.data(), o[2].ssm.data(), o[1].ssm.size() * 4) != 0;
+    double d_out = rel_l2(o[2].out, o[1].out, bf), d_ssm = rel_l2(o[2].ssm, o[1].ssm, fl);
     double e_out = std::max(rel_l2(o[1].out, o[0].out, bf), rel_l2(o[2].out, o[0].out, bf));
     double e_ssm = std::max(rel_l2(o[1].ssm, o[0].ssm, fl), rel_l2(o[2].ssm, o[0].ssm, fl));
     int unwritten = 0;
     for (int f = 0; f < 3; f++)
         for (auto v : o[f].out) unwritten += std::isnan(__bfloat162float(v));
-    int ok = !d_out && !d_ssm && e_out < 1e-2 && e_ssm < 1e-2 && unwritten == 0 && o[2].ssm != ssm0;
+    int ok = e_out < 1e-2 && e_ssm < 5e-3 && unwritten == 0 && o[2].ssm != ssm0;
     printf("gdn chunked DK=%d BV=%d Hk=%d HB=%d Dv=%d lens", DK, BV, Hk, HB, Dv);
     for (int s = 0; s < n_seqs; s++) printf(" %d/%d", lens[s], tl[s]);
-    printf(": split differs out %d ssm %d, vs recurrent out %.1e ssm %.1e, unwritten %d -> %s\n", d_out, d_ssm, e_out,
+    printf(": split vs single out %.1e ssm %.1e, vs recurrent out %.1e ssm %.1e, unwritten %d -> %s\n", d_out, d_ssm, e_out,
            e_ssm, unwritten, ok ? "ok" : "FAIL");
     return ok;
 }

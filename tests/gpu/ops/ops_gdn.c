@@ -191,8 +191,8 @@ static void gdn_run(tb *t, const tb_case *c)
             memcpy(pool0, pool.c.data, sizeof(float) * pn);
             sl_be_gdn(t->cpu, &y.c, &x.c, &aa.c, &bb.c, &al.c, &dtb.c, &pool.c, Hk, Hv, Dk, Dv, &b.m);
             /* chunked sequences: the single kernel, then the split form (sl_cuda_gdn_split),
-             * which does the same arithmetic in the same order: equal to the bit */
-            sl_tensor y1, p1;
+             * each against the CPU (the split form keeps its records in bf16 and runs its
+             * products on mma.sync: not the single kernel's arithmetic, kernels/dev/NOTES.md v83) */
             int chunked = qmax >= GDN_CHUNK_MIN;
             for (int split = 0; split < (chunked ? 2 : 1); split++) {
                 sl_err e = {0};
@@ -206,16 +206,6 @@ static void gdn_run(tb *t, const tb_case *c)
                 tb_compare(t, c->op, desc, split ? "out split" : "out", &y.c, &y.g, c->tol);
                 tb_compare(t, c->op, desc, split ? "ssm split" : "ssm", &pool.c, &pool.g,
                            qmax >= GDN_CHUNK_MIN ? GDN_CHUNK_SSM_TOL : 1e-4);
-                if (chunked && !split) { /* the single kernel's results, kept */
-                    if (sl_be_alloc(t->gpu, &y1, y.g.dtype, 2, y.g.ne, &e) || sl_be_copy(t->gpu, &y1, &y.g, &e) ||
-                        sl_be_alloc(t->gpu, &p1, F32, 4, pool.g.ne, &e) || sl_be_copy(t->gpu, &p1, &pool.g, &e))
-                        tb_die("gdn keep", &e);
-                } else if (chunked) {
-                    tb_compare_exact(t, c->op, desc, "out split = single", &y1, &y.g);
-                    tb_compare_exact(t, c->op, desc, "ssm split = single", &p1, &pool.g);
-                    sl_be_release(t->gpu, &y1);
-                    sl_be_release(t->gpu, &p1);
-                }
             }
             free(pool0);
             tb_pair_free(t, &aa);
