@@ -1,7 +1,7 @@
 # kernels/dev/gdn_probe.py GDN_CU: rewrites kernels/cuda/gdn.cu in place with clock64 /
-# globaltimer probes between the phases of k_gdn_prep (inputs, solve, W, Kd, U) and
-# k_gdn_scan (summed over the chunks: S0's store, the wait for a chunk's record, v_new, the
-# state update with O),
+# globaltimer probes between the phases of k_gdn_prep (inputs, solve, W, Kd, U; the solve's own
+# five phases in block 0) and k_gdn_scan (summed over the chunks: S0's store, the wait for a
+# chunk's record, v_new, the state update with O),
 # printed by a few blocks of the first launches (device printf). A measuring variant,
 # never committed: build it with variants.sh and put the source back, e.g.
 #   cp kernels/cuda/gdn.cu /tmp/gdn.cu && python3 kernels/dev/gdn_probe.py kernels/cuda/gdn.cu &&
@@ -21,6 +21,42 @@ at = partial(probe_edit.at, lines)
 at("// ---- chunked form, split (kernels/dev/NOTES.md v15) ------------------------------", r"""__device__ int gdn_probe_n;
 __device__ __forceinline__ unsigned long long gdn_gt() { unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
 """, after=False)
+# the solve's phases (block (0, 0) of k_gdn_prep, the latest launch): K Kᵀ / Q Kᵀ, the masked and
+# decayed tiles with Qg (to the record), the diagonal blocks' forward substitution, the three
+# block rows, T's scaling; stamps by thread 0, printed with the prep's line
+at("// A chunk's local algebra once its inputs are in (after a barrier): the", r"""__device__ long long gdn_solve_t[6];
+#define GDN_SOLVE_T(k) if (rec && threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) gdn_solve_t[k] = clock64()""",
+   after=False)
+sv = probe_edit.find(lines, "__device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls, float *Ts, float *QKs, float *Us,")
+at("    int tid = threadIdx.x, warp = tid >> 5;", "    GDN_SOLVE_T(0);", start=sv)
+probe_edit.replace(lines, """    }
+    __syncthreads();
+    for (int e = tid; e < C * C; e += NT) {
+        int i = e / C, j = e % C;
+        float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;""", """    }
+    __syncthreads();
+    GDN_SOLVE_T(1);
+    for (int e = tid; e < C * C; e += NT) {
+        int i = e / C, j = e % C;
+        float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;""", start=sv)
+at("    if (tid < 64) {", "    GDN_SOLVE_T(2);", after=False, start=sv)
+at("    for (int a = 1; a < 4; a++) {", "    GDN_SOLVE_T(3);", after=False, start=sv)
+probe_edit.replace(lines, """    }
+    for (int e = tid; e < C * C; e += NT) {
+        int i = e / C, j = e % C;
+        float tv = Ts[i * LC + j] * Bs[j];""", """    }
+    GDN_SOLVE_T(4);
+    for (int e = tid; e < C * C; e += NT) {
+        int i = e / C, j = e % C;
+        float tv = Ts[i * LC + j] * Bs[j];""", start=sv)
+probe_edit.replace(lines, """            Qs[i * LK + d] *= expf(Gs[i]);
+        }
+    __syncthreads();
+}""", """            Qs[i * LK + d] *= expf(Gs[i]);
+        }
+    __syncthreads();
+    GDN_SOLVE_T(5);
+}""", start=sv)
 # prep: inputs, solve, W, Kd, U
 at("    int64_t q = blockIdx.x;",
    "    long long pt[8]; int np = 0; unsigned long long g0 = gdn_gt(); pt[np++] = clock64();", after=False)
@@ -37,6 +73,10 @@ at("        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, Ls, Vs, LV);", r"""        
                 printf("PROBE prep blk %d/%d: inputs %lld solve %lld W %lld KD %lld U %lld total %lld cycles, %llu ns\n",
                        blockIdx.x, gridDim.x, pt[1] - pt[0], pt[2] - pt[1], pt[3] - pt[2], pt[4] - pt[3], pt[5] - pt[4],
                        pt[5] - pt[0], gdn_gt() - g0);
+            if (tid == 0 && blockIdx.y == 0 && blockIdx.x == 0 && atomicAdd(&gdn_probe_n, 1) < 9)
+                printf("PROBE solve blk 0: KK/QK %lld mask+Qg %lld forward %lld rows %lld scale %lld cycles\n",
+                       gdn_solve_t[1] - gdn_solve_t[0], gdn_solve_t[2] - gdn_solve_t[1], gdn_solve_t[3] - gdn_solve_t[2],
+                       gdn_solve_t[4] - gdn_solve_t[3], gdn_solve_t[5] - gdn_solve_t[4]);
         }""")
 # scan: S0's store, the wait for a chunk's record, v_new (with the next chunk's copies and the
 # barrier after it), the state update and O (issue: their products land by the next chunk's
