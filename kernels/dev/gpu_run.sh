@@ -12,9 +12,13 @@
 #                 NAME_tbo (kernels/dev/variants.sh's builds), two rounds alternating on the
 #                 same card, each PERF line prefixed by its binary
 #   vops:OP[:CASE] ops:OP[:CASE] for every NAME_tbo, one summary line each
+#   prof:OP:N     the kernel table (SL_CUDA_PROFILE=1) of test_backend_ops and of every
+#                 NAME_tbo at N tokens (--min-tokens N --max-tokens N)
+#   probe:NAME:OP[:N] NAME_tbo's PROBE lines (a *_probe.py variant) at N tokens or more
 #   e2e           tests/gpu/bench_e2e.sh on Qwen3-30B-A3B-FP8 and Qwen3-8B-FP8, 1000/1000
 #   cn            the same on Qwen3-Coder-Next-FP8 (~80 GB of weights: an H200)
 #   long64        Coder-Next-FP8 8000/1000 at concurrency 64 (an H200)
+# VARIANTS="a b" limits ab, vops and prof to those NAME_tbo (default: every one packed).
 # Environment variables (SL_CUDA_*) pass through to every binary, e.g. for A/B runs:
 #   OUT=$OUT bash kernels/dev/gpu_run.sh .gpu/all.tar.xz perf:attention check
 set -uo pipefail
@@ -44,6 +48,15 @@ ops_of() {
   echo "${2}rc=$? $(grep correctness: "$log")"
   grep -h FAIL "$log" | head -5 | sed "s/^/$2/"
 }
+# the variant builds packed beside test_backend_ops (VARIANTS: only those)
+variants() {
+  local x
+  for x in "$b"/*_tbo; do
+    [ -x "$x" ] || continue
+    [ -z "${VARIANTS:-}" ] || [[ " $VARIANTS " == *" $(basename "$x" _tbo) "* ]] || continue
+    echo "$x"
+  done
+}
 for mode in "$@"; do
   s=$(date +%s)
   echo "##### $mode"
@@ -69,14 +82,27 @@ for mode in "$@"; do
   ops) ops_of "$b/test_backend_ops" "" ;;
   ab)
     for r in 1 2; do
-      for x in "$b/test_backend_ops" "$b"/*_tbo; do
-        [ -x "$x" ] && perf_of "$x" "$(basename "$x" _tbo) "
+      for x in "$b/test_backend_ops" $(variants); do
+        perf_of "$x" "$(basename "$x" _tbo) "
       done
     done ;;
   vops)
-    for x in "$b"/*_tbo; do
-      [ -x "$x" ] && ops_of "$x" "$(basename "$x" _tbo) "
+    for x in $(variants); do
+      ops_of "$x" "$(basename "$x" _tbo) "
     done ;;
+  prof)
+    for x in "$b/test_backend_ops" $(variants); do
+      n=$(basename "$x" _tbo)
+      SL_CUDA_PROFILE=1 timeout 150 "$x" --perf --filter "$op" --min-tokens "$min" --max-tokens "$min" \
+        > "$out/prof_${n}_$op.log" 2>&1
+      echo "$n rc=$?"
+      grep -E '^PERF|profile: ' "$out/prof_${n}_$op.log" | sed -E "s/^.*profile: /profile: /; s/^/$n /" | head -12
+    done ;;
+  probe)
+    IFS=: read -r _ name op min <<< "$mode"
+    timeout 200 "$b/${name}_tbo" --perf --filter "$op" ${min:+--min-tokens $min} > "$out/probe_$name.log" 2>&1
+    echo "rc=$?"
+    grep PROBE "$out/probe_$name.log" | head -30 ;;
   e2e | cn | long64)
     case $what in
     e2e) models="qwen3-30b-a3b-fp8 qwen3-8b-fp8" ;;
