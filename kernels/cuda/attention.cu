@@ -273,14 +273,6 @@ template <int KP> struct attn_pitch {
     __device__ int operator()(int r, int d) const { return r * KP + d; }
 };
 
-// Shared memory of k_attn: the block's 16 query rows, then per warp NS
-// stages of (K tile, V tile) of 16 keys, the 16x16 score tile (fp32), the
-// probability tile (bf16) and the per-row rescale factors. After the key loop
-// a warp's stages hold its fp32 output rows for the merge.
-// NS: a warp keeps NS − 1 tiles in flight while it works on one. A third
-// stage at D 256 (214 KB, v56) measured no faster on an H100 (Coder-Next
-// decode 32 x 4096: 0.173 -> 0.179 ms); at D ≤ 128 it would cost the second
-// block an SM.
 // Which row of a 16x16 wmma accumulator each of a lane's elements holds (the
 // fragment layout is opaque): a warp loads a tile of row numbers from its fp32
 // scratch Ss (pitch SP) once. Ends with a barrier of the block.
@@ -297,6 +289,14 @@ template <int SP> __device__ __forceinline__ void attn_acc_rows(float *Ss, int (
     for (int i = 0; i < ATTN_ACC_NE; i++) rowof[i] = (int)rf.x[i];
 }
 
+// Shared memory of k_attn: the block's 16 query rows, then per warp NS
+// stages of (K tile, V tile) of 16 keys, the 16x16 score tile (fp32), the
+// probability tile (bf16) and the per-row rescale factors. After the key loop
+// a warp's stages hold its fp32 output rows for the merge.
+// NS: a warp keeps NS − 1 tiles in flight while it works on one. A third
+// stage at D 256 (214 KB, v56) measured no faster on an H100 (Coder-Next
+// decode 32 x 4096: 0.173 -> 0.179 ms); at D ≤ 128 it would cost the second
+// block an SM.
 template <int D> struct attn_smem {
     static constexpr int NS = 2;
     static constexpr int KP = D + 8;                    // bf16 row pitch (16-byte pad)

@@ -730,8 +730,8 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
             int job = (warp >> 1) + 4 * i, mi, nj;
             gdn_tri(job % 10, mi, nj);
             float *o = (job < 10 ? Ls : QKs) + (mi * 16 + g) * LC + nj * 16 + half * 8 + 2 * t;
-            *(float2 *)o = make_float2(d[i][0], d[i][1]);
-            *(float2 *)(o + 8 * LC) = make_float2(d[i][2], d[i][3]);
+            gdn_st2(o, d[i][0], d[i][1]);
+            gdn_st2(o + 8 * LC, d[i][2], d[i][3]);
         }
     }
     __syncthreads();
