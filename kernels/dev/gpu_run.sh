@@ -34,13 +34,14 @@ fi
 export NCCL_NVLS_ENABLE=0 LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 tok=tests/data/qwen3-tokenizer
-# One binary's timings of op $op (from $min tokens) or its op checks, the log under $out;
-# each summary line prefixed by $2 (a variant's name, or nothing)
+# One binary's timings of op $op (from $min tokens; more flags after $2) or its op checks,
+# the log under $out; each summary line prefixed by $2 (a variant's name, or nothing), the
+# kernel table's lines where SL_CUDA_PROFILE=1 printed one
 perf_of() {
   local log=$out/perf_${2:+${2% }_}$op.log
-  timeout 300 "$1" --perf --filter "$op" ${min:+--min-tokens $min} > "$log" 2>&1
+  timeout 300 "$1" --perf --filter "$op" ${min:+--min-tokens $min} "${@:3}" > "$log" 2>&1
   echo "${2}rc=$?"
-  grep -E '^PEAK|^PERF' "$log" | sed "s/^/$2/"
+  grep -E '^PEAK|^PERF|profile: ' "$log" | sed -E "s/^.*profile: /profile: /; s/^/$2/"
 }
 ops_of() {
   local log=$out/ops_${2:+${2% }_}$op.log
@@ -92,11 +93,7 @@ for mode in "$@"; do
     done ;;
   prof)
     for x in "$b/test_backend_ops" $(variants); do
-      n=$(basename "$x" _tbo)
-      SL_CUDA_PROFILE=1 timeout 150 "$x" --perf --filter "$op" --min-tokens "$min" --max-tokens "$min" \
-        > "$out/prof_${n}_$op.log" 2>&1
-      echo "$n rc=$?"
-      grep -E '^PERF|profile: ' "$out/prof_${n}_$op.log" | sed -E "s/^.*profile: /profile: /; s/^/$n /" | head -12
+      SL_CUDA_PROFILE=1 perf_of "$x" "$(basename "$x" _tbo) " --max-tokens "$min"
     done ;;
   probe)
     IFS=: read -r _ name op min <<< "$mode"
