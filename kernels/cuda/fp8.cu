@@ -1347,7 +1347,8 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
     // the item being promoted, its steps and its next step: no plan loads here
     // (v78: the item's first row came with the stage; reading the plan at each
     // item's start put two dependent global loads on the consumers' path)
-    int w = blockIdx.x, U = ws8_steps(a, w), j = 0, nst = 0; // nst: weight blocks staged
+    // kg: the step's group in its weight block (U is a multiple of G: no j % G on the path)
+    int w = blockIdx.x, U = ws8_steps(a, w), j = 0, kg = 0, nst = 0; // nst: weight blocks staged
     // step u's products into part, once its stage has landed
     auto issue = [&](float(&part)[F][4], int u) {
         const int st = u % S;
@@ -1359,13 +1360,21 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
         for (int kk = 0; kk < FP8_G / 32; kk++) wg_ss8<TC_BN>(part, da + 2 * kk, db + 2 * kk, kk > 0);
         wg_commit();
     };
+    // step u's token scales (rows rt, rt + 8; its stage has landed): read before
+    // the products' wait, so the promotion's first FMAs do not wait on two
+    // dependent shared loads (xo, then the scales)
+    auto xscales = [&](int u) {
+        const int st = u % S;
+        const float *xs = (const float *)(sm + WS8_SC_AT + st * WS8_SC) + TC_BN + xo[st];
+        return make_float2(xs[rt], xs[rt + 8]);
+    };
     // step u's products (done) · (s_x(token) · s_w(weight row)) into acc, its
     // stage released, a finished weight block staged for the storers
-    auto finish = [&](float(&part)[F][4], int u) {
+    auto finish = [&](float(&part)[F][4], int u, float2 sx) {
         const int st = u % S;
         wg_hold(part);
-        const float *wsc = (const float *)(sm + WS8_SC_AT + st * WS8_SC), *xs = wsc + TC_BN + xo[st];
-        const float sa = xs[rt], sb = xs[rt + 8];
+        const float *wsc = (const float *)(sm + WS8_SC_AT + st * WS8_SC);
+        const float sa = sx.x, sb = sx.y;
 #pragma unroll
         for (int f = 0; f < F; f++) {
             const float2 w2 = *(const float2 *)(wsc + 8 * f + 2 * tq);
@@ -1376,7 +1385,8 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
         }
         __syncwarp(); // every lane's scales read: the warp releases the stage
         if (lane == 0) wg_mbar_arrive(empty + 8 * st);
-        if (j % a.G == a.G - 1) { // (the storers done with the tile before)
+        if (++kg == a.G) { // a weight block done (the storers done with the tile before)
+            kg = 0;
             if (nst) wg_mbar_wait(oempty, (nst - 1) & 1);
             ws8_stage(ot, rt, tq, acc);
             wg_mbar_arrive(ofull);
@@ -1396,9 +1406,10 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
     // when it tested what was left after a promotion). n >= 1: the block has an item.
     // step u + 1 issued into nxt, then step u (in cur) promoted
     auto ahead = [&](float(&cur)[F][4], float(&nxt)[F][4], int u) {
+        const float2 sx = xscales(u);
         issue(nxt, u + 1);
         wg_wait<1>();
-        finish(cur, u);
+        finish(cur, u, sx);
     };
     issue(p0, 0);
     int u = 0;
@@ -1408,11 +1419,13 @@ __global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_cons
     }
     if (u + 1 < n) { // the last two steps
         ahead(p0, p1, u);
+        const float2 sx = xscales(u + 1);
         wg_wait<0>();
-        finish(p1, u + 1);
+        finish(p1, u + 1, sx);
     } else {
+        const float2 sx = xscales(u);
         wg_wait<0>();
-        finish(p0, u);
+        finish(p0, u, sx);
     }
 }
 

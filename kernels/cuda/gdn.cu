@@ -42,6 +42,15 @@ __device__ __forceinline__ uint32_t gdn_tf32(float x)
 // A bf16 operand (the split form's records): exact in tf32.
 __device__ __forceinline__ uint32_t gdn_tf32(__nv_bfloat16 x) { return (uint32_t)__bfloat16_as_ushort(x) << 16; }
 
+// An operand stored already rounded (gdn_tf32's bits): the scan's S0 and v_new
+// are rounded once where they are written, not at each of the 4-8 fragment
+// loads that read them (cvt.rna is ~5 instructions; 224 a warp were half of a
+// chunk's loop in the SASS, NOTES v86). The products are the same to the bit.
+__device__ __forceinline__ uint32_t gdn_tf32(uint32_t x) { return x; }
+// x rounded as a tf32 operand, kept a float (a wmma operand of the single
+// kernel converts it again to the same value)
+__device__ __forceinline__ float gdn_rounded(float x) { return __uint_as_float(gdn_tf32(x)); }
+
 __device__ __forceinline__ void gdn_mma8(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1)
 {
@@ -505,6 +514,10 @@ __device__ __forceinline__ void gdn_st2(gdn_rt *p, float a, float b)
 {
     *(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b);
 }
+__device__ __forceinline__ void gdn_st2(uint32_t *p, float a, float b)
+{
+    *(uint2 *)p = make_uint2(gdn_tf32(a), gdn_tf32(b));
+}
 
 // mma.sync's fragments from memory (fp32 or bf16), each element rounded by
 // gdn_tf32. A of a 16 x 8 tile, p at lane (g, t)'s element (row g, column t):
@@ -534,8 +547,8 @@ template <class T> __device__ __forceinline__ void gdn_mma_b(float (&d)[4], cons
 // warp-uniform): A the warp's 16 rows (row-major, stride la, from row 0),
 // B_j its n8 column tile j (row-major, stride lb, from column 0); one chain
 // a tile, k in order (wmma's).
-template <int VN, int K, class TA>
-__device__ __forceinline__ void gdn_rows_chain(float (&d)[VN][4], const TA *A, int la, const float *B, int lb,
+template <int VN, int K, class TA, class TB>
+__device__ __forceinline__ void gdn_rows_chain(float (&d)[VN][4], const TA *A, int la, const TB *B, int lb,
                                                int kend = K)
 {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
@@ -555,8 +568,8 @@ __device__ __forceinline__ void gdn_rows_chain(float (&d)[VN][4], const TA *A, i
 // at its diagonal block (wmma's order: equal to the bit), every tile of a
 // k-step issued together (a wmma job ran one chain at a time: W took ~16k
 // cycles of a prep block, NOTES v57's probe).
-template <int NC, int LC, class T>
-__device__ __forceinline__ void gdn_tri_mm(T *dst, int ldd, const float *A, const float *B, int ldb)
+template <int NC, int LC, class T, class TA, class TB>
+__device__ __forceinline__ void gdn_tri_mm(T *dst, int ldd, const TA *A, const TB *B, int ldb)
 {
     constexpr int NU = NC / 32;
     static_assert(NU >= 1 && NC % 32 == 0, "column tiles over the warps");
@@ -568,7 +581,7 @@ __device__ __forceinline__ void gdn_tri_mm(T *dst, int ldd, const float *A, cons
         uint32_t b[NU][2];
 #pragma unroll
         for (int u = 0; u < NU; u++) {
-            const float *bp = B + (k + t) * ldb + ((w >> 1) + 4 * u) * 8 + g;
+            const TB *bp = B + (k + t) * ldb + ((w >> 1) + 4 * u) * 8 + g;
             b[u][0] = gdn_tf32(bp[0]);
             b[u][1] = gdn_tf32(bp[4 * ldb]);
         }
@@ -671,10 +684,13 @@ __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs
 }
 
 // The rows tb .. tb+n-1 (zeros past n) of NC columns of m from col0 into
-// dst (row stride LD), C rows: every load of a thread issued before its
-// first store (typed, cu_typed). No barrier.
-template <int NC, int LD>
-__device__ __forceinline__ void gdn_tile_in(float *dst, const cu_mat &m, int tb, int n, int64_t col0)
+// dst (row stride LD; floats, or tf32 bits for k_gdn_prep's mma.sync), C
+// rows: every load of a thread issued before its first store (typed,
+// cu_typed). No barrier.
+__device__ __forceinline__ void gdn_put(float *p, float v) { *p = v; }
+__device__ __forceinline__ void gdn_put(uint32_t *p, float v) { *p = gdn_tf32(v); }
+template <int NC, int LD, class TD>
+__device__ __forceinline__ void gdn_tile_in(TD *dst, const cu_mat &m, int tb, int n, int64_t col0)
 {
     constexpr int PER = GDN_C * NC / 256;
     static_assert(PER * 256 == GDN_C * NC, "whole tile steps");
@@ -688,7 +704,7 @@ __device__ __forceinline__ void gdn_tile_in(float *dst, const cu_mat &m, int tb,
 #pragma unroll
         for (int k = 0; k < PER; k++) {
             int e = threadIdx.x + 256 * k;
-            dst[(e / NC) * LD + e % NC] = v[k];
+            gdn_put(dst + (e / NC) * LD + e % NC, v[k]);
         }
     });
 }
@@ -787,8 +803,8 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
     for (int e = tid; e < C * C; e += NT) {
         int i = e / C, j = e % C;
         float tv = Ts[i * LC + j] * Bs[j];
-        Ls[i * LC + j] = tv;
-        Ts[i * LC + j] = tv * expf(Gs[j]);
+        Ls[i * LC + j] = gdn_rounded(tv); // only ever mma operands from here
+        Ts[i * LC + j] = gdn_rounded(tv * expf(Gs[j]));
     }
     if (!rec)
         for (int e = tid; e < C * DK; e += NT) {
@@ -1049,11 +1065,11 @@ template <int DK> struct gdn_prep_smem {
 
 // k_gdn_scan, in bytes: two stages (a chunk's record and the next one's
 // landing) of W, Kd, the U columns, Qg and QKm (bf16, as the record), then
-// v_new and two of the start state's columns (fp32: O reads a chunk's while
-// the next one's is stored). Strides that spread mma.sync's fragment loads
+// v_new and two of the start state's columns (tf32 bits in 32-bit words: O
+// reads a chunk's while the next one's is stored). Strides that spread mma.sync's fragment loads
 // over the 32 banks: a bf16 row a multiple of 64 plus 8 elements (W, Qg and
 // QKm read by rows, lane (g, t) at row g, column t; Kd down, row t, column
-// g), an fp32 row a multiple of 32 plus 8 (read down).
+// g), a 32-bit row a multiple of 32 plus 8 (read down).
 template <int DK, int BV> struct gdn_scan_smem {
     static constexpr int LW = DK + 8, LU = BV + 8, LC = GDN_C + 8, LV = BV + 8; // LW: W, Kd and Qg
     static constexpr int W = 0, K = W + GDN_C * LW * 2, Q = K + GDN_C * LW * 2, QK = Q + GDN_C * LW * 2;
@@ -1114,7 +1130,7 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
     __syncthreads();
     gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, Qs, Gs, Bs, out); // Qg and QKm to the record
     // the rest of the record: W = T diag(β e^G) K, k ⊙ e^(G_last − G), G_last
-    gdn_tri_mm<DK, LC>(out + RC::W, DK, Ts, Ks, LK);
+    gdn_tri_mm<DK, LC>(out + RC::W, DK, (const uint32_t *)Ts, Ks, LK); // Ts: rounded by the solve
     float glast = Gs[C - 1];
     for (int e = tid; e < C * DK / 2; e += NT) { // pairs
         int i = 2 * e / DK, d = 2 * e % DK;
@@ -1124,11 +1140,11 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
     if (tid == 0) *(float *)(out + RC::glast(Dv)) = glast;
     // U = T diag(β) V [C x Dv], 64 value columns at a time, the V tile in Q's
     // place (free since the solve's last barrier)
-    float *Vs = Qs;
+    uint32_t *Vs = (uint32_t *)Qs;
     for (int v0 = 0; v0 < Dv; v0 += 64) {
         gdn_tile_in<64, LV>(Vs, g.qkv, tb, n, voff + v0);
         __syncthreads();
-        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, Ls, Vs, LV);
+        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, (const uint32_t *)Ls, Vs, LV);
         __syncthreads(); // Vs is refilled by the next tile
     }
 }
@@ -1161,23 +1177,23 @@ __device__ __forceinline__ void gdn_part_ld(float (&S)[gdn_scan_part<DK, BV>::NT
         }
 }
 
-// ... and to them (global or shared memory).
-template <int DK, int BV>
-__device__ __forceinline__ void gdn_part_st(const float (&S)[gdn_scan_part<DK, BV>::NT][4], float *p, int64_t ld)
+// ... and to them (fp32 in global memory, or tf32 bits in shared memory).
+template <int DK, int BV, class T>
+__device__ __forceinline__ void gdn_part_st(const float (&S)[gdn_scan_part<DK, BV>::NT][4], T *p, int64_t ld)
 {
     using P = gdn_scan_part<DK, BV>;
-    float *r = p + P::row() * ld + P::col();
+    T *r = p + P::row() * ld + P::col();
 #pragma unroll
     for (int j = 0; j < P::NT; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++) gdn_st2(r + h * 8 * ld + j * 8, S[j][2 * h], S[j][2 * h + 1]);
 }
 
-// v_new = U − W S0 (C x BV; W, U bf16 of the record, S0 fp32) into Vs (fp32,
-// stride LV): warp w the 16 rows from 16 (w % 4) and BV / 2 columns from
-// (w / 4) BV / 2, one chain of DK / 8 products a tile.
+// v_new = U − W S0 (C x BV; W, U bf16 of the record, S0 tf32 bits) into Vs
+// (tf32 bits, stride LV): warp w the 16 rows from 16 (w % 4) and BV / 2
+// columns from (w / 4) BV / 2, one chain of DK / 8 products a tile.
 template <int DK, int BV, int LW, int LU, int LV>
-__device__ __forceinline__ void gdn_scan_vnew(const gdn_rt *Ws, const float *Ss, const gdn_rt *Us, float *Vs)
+__device__ __forceinline__ void gdn_scan_vnew(const gdn_rt *Ws, const uint32_t *Ss, const gdn_rt *Us, uint32_t *Vs)
 {
     constexpr int VN = BV / 16;
     const int w = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
@@ -1200,7 +1216,7 @@ __device__ __forceinline__ void gdn_scan_vnew(const gdn_rt *Ws, const float *Ss,
 // tile.
 template <int DK, int BV, int LK, int LV>
 __device__ __forceinline__ void gdn_scan_advance(float (&S)[gdn_scan_part<DK, BV>::NT][4], const gdn_rt *Ks,
-                                                 const float *Vs, float glast)
+                                                 const uint32_t *Vs, float glast)
 {
     using P = gdn_scan_part<DK, BV>;
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, r0 = P::row() - g, c0 = P::col() - 2 * t;
@@ -1218,13 +1234,13 @@ __device__ __forceinline__ void gdn_scan_advance(float (&S)[gdn_scan_part<DK, BV
 }
 
 // O = (Q ⊙ e^G) S0 + QKm v_new for the block's BV value columns (Qs, QKs
-// bf16 as the record holds them, row strides LQ and LC; Ss and Vs the fp32
-// S0 and v_new columns, stride LV), rows < n to out (row orow.., columns
+// bf16 as the record holds them, row strides LQ and LC; Ss and Vs the S0 and
+// v_new columns as tf32 bits, stride LV), rows < n to out (row orow.., columns
 // ooff..): warp w the 16 rows from 16 (w % 4) and BV / 2 columns from
 // (w / 4) BV / 2, one chain a tile (S0's DK / 8 products, then QKm's up to
 // its diagonal block).
 template <int DK, int BV, int LQ, int LC, int LV>
-__device__ __forceinline__ void gdn_scan_out(const gdn_rt *Qs, const gdn_rt *QKs, const float *Ss, const float *Vs,
+__device__ __forceinline__ void gdn_scan_out(const gdn_rt *Qs, const gdn_rt *QKs, const uint32_t *Ss, const uint32_t *Vs,
                                              int n, cu_mat out, int64_t orow, int64_t ooff)
 {
     constexpr int VN = BV / 16;
@@ -1263,7 +1279,7 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
     using P = gdn_scan_part<DK, BV>;
     constexpr int C = GDN_C, LW = SM::LW, LU = SM::LU, LC = SM::LC, LV = SM::LV;
     extern __shared__ __align__(128) char smc[];
-    float *Vs = (float *)(smc + SM::V);
+    uint32_t *Vs = (uint32_t *)(smc + SM::V);
     const int Dv = g.Dv, nvt = Dv / BV;
     int s = blockIdx.x / (g.Hv * nvt), rem = blockIdx.x % (g.Hv * nvt);
     int h = rem / nvt, vt = rem % nvt;
@@ -1277,7 +1293,7 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
     float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz + vt * BV; // row stride Dv
     auto record = [&](int ci) { return rec + ((first + ci) * g.Hv + h) * RC::size(Dv); };
     auto stage = [&](int ci, int part) { return (gdn_rt *)(smc + (ci & 1) * SM::STAGE + part); };
-    auto state = [&](int ci) { return (float *)(smc + SM::S + (ci & 1) * SM::SB); };
+    auto state = [&](int ci) { return (uint32_t *)(smc + SM::S + (ci & 1) * SM::SB); };
     auto issue = [&](int ci) { // chunk ci's record (an empty group past the last chunk)
         if (ci < nc) {
             const gdn_rt *r = record(ci);
@@ -1295,7 +1311,8 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
     for (int ci = 0; ci < nc; ci++) {
         int c0, n;
         gdn_chunk_at(qn, tlen, ci, c0, n);
-        float glast = *(const float *)(record(ci) + RC::glast(Dv)), *Ss = state(ci);
+        float glast = *(const float *)(record(ci) + RC::glast(Dv));
+        uint32_t *Ss = state(ci);
         gdn_part_st<DK, BV>(S, Ss, LV); // its last readers (chunk ci − 2's O) are past the last barrier
         __pipeline_wait_prior(0);
         __syncthreads(); // the record and S0 in; the previous chunk's readers of the other stage and Vs done

@@ -63,9 +63,10 @@ at("    int64_t q = blockIdx.x;",
 S = "    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, Qs, Gs, Bs, out); // Qg and QKm to the record"
 at(S, "    pt[np++] = clock64();", after=False)
 at(S, "    pt[np++] = clock64();")
-at("    gdn_tri_mm<DK, LC>(out + RC::W, DK, Ts, Ks, LK);", "    __syncthreads(); pt[np++] = clock64();")
+at("    gdn_tri_mm<DK, LC>(out + RC::W, DK, (const uint32_t *)Ts, Ks, LK); // Ts: rounded by the solve",
+   "    __syncthreads(); pt[np++] = clock64();")
 at("    if (tid == 0) *(float *)(out + RC::glast(Dv)) = glast;", "    __syncthreads(); pt[np++] = clock64();")
-at("        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, Ls, Vs, LV);", r"""        if (v0 + 64 >= Dv) {
+at("        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, (const uint32_t *)Ls, Vs, LV);", r"""        if (v0 + 64 >= Dv) {
             __syncthreads();
             pt[np++] = clock64();
             if (tid == 0 && blockIdx.y == 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x / 2 || blockIdx.x == gridDim.x - 1) &&

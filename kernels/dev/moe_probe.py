@@ -104,11 +104,11 @@ replace("""        const int st = u % S;
         long long t3 = clock64();
         wg_hold(part);""", k)
 replace("""        if (lane == 0) wg_mbar_arrive(empty + 8 * st);
-        if (j % a.G == a.G - 1) { // (the storers done with the tile before)""",
+        if (++kg == a.G) { // a weight block done (the storers done with the tile before)""",
         """        if (lane == 0) wg_mbar_arrive(empty + 8 * st);
         ph[3] += clock64() - t3;
         t3 = clock64();
-        if (j % a.G == a.G - 1) { // (the storers done with the tile before)""", k)
+        if (++kg == a.G) { // a weight block done (the storers done with the tile before)""", k)
 replace("""            wg_mbar_arrive(ofull);
             nst++;
         }""", """            wg_mbar_arrive(ofull);
