@@ -418,7 +418,8 @@ template <int DK, int BV> struct gdn_smem {
     static constexpr int U = V + GDN_C * LV;         // [C][LV] solve scratch, u, then v_new
     static constexpr int S = U + GDN_C * LV;         // [DK][LV] state columns, fp32
     static constexpr int G = S + DK * LV;            // [C] cumulative log gate
-    static constexpr int B = G + GDN_C;              // [C] β
+    static constexpr int E = G + GDN_C;              // [C] e^G
+    static constexpr int B = E + GDN_C;              // [C] β
     static constexpr int FLOATS = B + GDN_C;
     static constexpr size_t BYTES = FLOATS * sizeof(float);
     static_assert(Q % 8 == 0 && K % 8 == 0 && W % 8 == 0 && L % 8 == 0 && T % 8 == 0 &&
@@ -605,13 +606,15 @@ __device__ __forceinline__ void gdn_tri_mm(T *dst, int ldd, const TA *A, const T
 
 // A chunk's inputs (tokens tb .. tb+n-1, rows past n zero): q and k
 // l2-normalised (q also scaled by Dk^-1/2) into Qs, Ks (row stride LK), one
-// warp per row; the inclusive cumulative log gates into Gs and β into Bs
-// (warp 0). Every load of a thread is issued before the first use of one
+// warp per row, rounded as tf32 operands (every product reads them so; the
+// solve's K Kᵀ / Q Kᵀ and W then load them with no conversion: it was ~5
+// instructions an operand, NOTES v87); the inclusive cumulative log gates
+// into Gs, e^G into Es and β into Bs (warp 0). Every load of a thread is issued before the first use of one
 // (a load's round trip is paid once, not once a row: typed, cu_typed). No
 // barrier at the end (the caller adds its own loads first).
 template <int DK, int LK>
 __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs, float *Ks, float *Gs,
-                                                 float *Bs, int tb, int n, int64_t qoff, int64_t koff, int h,
+                                                 float *Es, float *Bs, int tb, int n, int64_t qoff, int64_t koff, int h,
                                                  float Aexp, float bias)
 {
     constexpr int C = GDN_C, NW = 256 / 32, R = C / NW, J = DK / 32;
@@ -655,8 +658,8 @@ __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs
         float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
 #pragma unroll
         for (int j = 0; j < J; j++) {
-            Qs[i * LK + lane + 32 * j] = qv[r][j] * qi * qscale;
-            Ks[i * LK + lane + 32 * j] = kv[r][j] * ki;
+            Qs[i * LK + lane + 32 * j] = gdn_rounded(qv[r][j] * qi * qscale);
+            Ks[i * LK + lane + 32 * j] = gdn_rounded(kv[r][j] * ki);
         }
     }
     if (warp == 0) { // gates: inclusive scan over the chunk
@@ -680,33 +683,59 @@ __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs
         gl[1] += __shfl_sync(0xffffffffu, gl[0], 31);
         Gs[lane] = gl[0];
         Gs[lane + 32] = gl[1];
+        Es[lane] = expf(gl[0]);
+        Es[lane + 32] = expf(gl[1]);
     }
 }
 
-// The rows tb .. tb+n-1 (zeros past n) of NC columns of m from col0 into
-// dst (row stride LD; floats, or tf32 bits for k_gdn_prep's mma.sync), C
-// rows: every load of a thread issued before its first store (typed,
-// cu_typed). No barrier.
+// The rows tb .. tb+n-1 (zeros past n) of NC columns of m from col0, C rows,
+// a thread's share in registers: gdn_tile_ld issues every load (typed,
+// cu_typed) and keeps the stored bits, gdn_tile_put converts and stores them
+// into dst (row stride LD; floats, or tf32 bits for k_gdn_prep's mma.sync), so
+// work between the two hides the loads' round trip (a conversion at the load
+// made the thread wait for it there, NOTES v87). No barrier.
+template <int NC> struct gdn_tile {
+    static constexpr int PER = GDN_C * NC / 256;
+    static_assert(PER * 256 == GDN_C * NC, "whole tile steps");
+    uint32_t v[PER]; // bf16 bits (bf16) or float bits (every other dtype)
+    bool bf16;
+};
+__device__ __forceinline__ uint32_t gdn_bits(const cu_mat &m, int64_t r, int64_t c, __nv_bfloat16)
+{
+    return ((const uint16_t *)m.p)[r * m.ld + c];
+}
+template <class T> __device__ __forceinline__ uint32_t gdn_bits(const cu_mat &m, int64_t r, int64_t c, T t)
+{
+    return __float_as_uint(cu_mat_ld_as(m, r, c, t));
+}
+template <int NC>
+__device__ __forceinline__ void gdn_tile_ld(gdn_tile<NC> &r, const cu_mat &m, int tb, int n, int64_t col0)
+{
+    r.bf16 = m.dt == SL_DTYPE_BF16;
+    cu_typed(m.dt, [&](auto t) {
+#pragma unroll
+        for (int k = 0; k < gdn_tile<NC>::PER; k++) {
+            int e = threadIdx.x + 256 * k, i = e / NC;
+            r.v[k] = i < n ? gdn_bits(m, tb + i, col0 + e % NC, t) : 0u;
+        }
+    });
+}
 __device__ __forceinline__ void gdn_put(float *p, float v) { *p = v; }
 __device__ __forceinline__ void gdn_put(uint32_t *p, float v) { *p = gdn_tf32(v); }
+template <int NC, int LD, class TD> __device__ __forceinline__ void gdn_tile_put(TD *dst, const gdn_tile<NC> &r)
+{
+#pragma unroll
+    for (int k = 0; k < gdn_tile<NC>::PER; k++) {
+        int e = threadIdx.x + 256 * k;
+        gdn_put(dst + (e / NC) * LD + e % NC, __uint_as_float(r.bf16 ? r.v[k] << 16 : r.v[k]));
+    }
+}
 template <int NC, int LD, class TD>
 __device__ __forceinline__ void gdn_tile_in(TD *dst, const cu_mat &m, int tb, int n, int64_t col0)
 {
-    constexpr int PER = GDN_C * NC / 256;
-    static_assert(PER * 256 == GDN_C * NC, "whole tile steps");
-    cu_typed(m.dt, [&](auto t) {
-        float v[PER];
-#pragma unroll
-        for (int k = 0; k < PER; k++) {
-            int e = threadIdx.x + 256 * k, i = e / NC;
-            v[k] = i < n ? cu_mat_ld_as(m, tb + i, col0 + e % NC, t) : 0.0f;
-        }
-#pragma unroll
-        for (int k = 0; k < PER; k++) {
-            int e = threadIdx.x + 256 * k;
-            gdn_put(dst + (e / NC) * LD + e % NC, v[k]);
-        }
-    });
+    gdn_tile<NC> r;
+    gdn_tile_ld<NC>(r, m, tb, n, col0);
+    gdn_tile_put<NC, LD>(dst, r);
 }
 
 // A chunk's local algebra once its inputs are in (after a barrier): the
@@ -714,28 +743,28 @@ __device__ __forceinline__ void gdn_tile_in(TD *dst, const cu_mat &m, int tb, in
 // (the four 16x16 diagonal blocks by forward substitution, one column per
 // thread, then block row a: T_ab = −T_aa · Σ_{b<=m<a} L_am T_mb, with Us as
 // scratch), then T diag(β) into Ls, T diag(β e^G) into Ts and q ⊙ e^G into
-// Qs. Ends with a barrier.
+// Qs (Es: e^G). Ends with a barrier.
 // With rec (k_gdn_prep: a chunk's record in global memory) the masked QKᵀ
 // and q ⊙ e^G go there instead, written before the scratch is, so QKs may be
 // Ts (its raw tiles are read once, by the thread that overwrites them) and Us
 // may be Qs: the kernel keeps two C x C buffers fewer.
 template <int DK, int LK, int LC>
 __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls, float *Ts, float *QKs, float *Us,
-                                                const float *Gs, const float *Bs, gdn_rt *rec)
+                                                const float *Gs, const float *Es, const float *Bs, gdn_rt *rec)
 {
     constexpr int C = GDN_C, NT = 256;
     int tid = threadIdx.x, warp = tid >> 5;
     { // the lower 16x16 tiles of K Kᵀ (jobs 0-9) and Q Kᵀ (10-19), 40 m16n8 halves on
       // tf32 mma.sync: warp w the halves w + 8i, five chains at a time (wmma's order)
         const int g = (tid & 31) >> 2, t = tid & 3, half = warp & 1;
-        const float *ar[5], *br[5];
+        const uint32_t *ar[5], *br[5]; // q and k were stored rounded (gdn_chunk_inputs)
         float d[5][4] = {};
 #pragma unroll
         for (int i = 0; i < 5; i++) {
             int job = (warp >> 1) + 4 * i, mi, nj;
             gdn_tri(job % 10, mi, nj);
-            ar[i] = (job < 10 ? Ks : Qs) + (mi * 16 + g) * LK + t;
-            br[i] = Ks + (nj * 16 + half * 8 + g) * LK + t;
+            ar[i] = (const uint32_t *)(job < 10 ? Ks : Qs) + (mi * 16 + g) * LK + t;
+            br[i] = (const uint32_t *)Ks + (nj * 16 + half * 8 + g) * LK + t;
         }
 #pragma unroll
         for (int k = 0; k < DK; k += 8)
@@ -751,19 +780,25 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
         }
     }
     __syncthreads();
-    for (int e = tid; e < C * C; e += NT) {
-        int i = e / C, j = e % C;
-        float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;
-        Ls[i * LC + j] = j < i ? Bs[i] * dec * Ls[i * LC + j] : 0.0f;
-        float qk = j <= i ? dec * QKs[i * LC + j] : 0.0f;
-        if (rec) rec[gdn_rec<DK>::QK + e] = __float2bfloat16_rn(qk);
-        else QKs[i * LC + j] = qk;
-        if ((j >> 4) > (i >> 4)) Ts[i * LC + j] = 0.0f;
+    for (int e = tid; e < C * C / 2; e += NT) { // column pairs: one store of two (the record's bf16)
+        int i = 2 * e / C, j = 2 * e % C;
+        float2 lr = *(const float2 *)(Ls + i * LC + j), qr = *(const float2 *)(QKs + i * LC + j);
+        float l[2] = {lr.x, lr.y}, qk[2] = {qr.x, qr.y};
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            float dec = j + x <= i ? expf(Gs[i] - Gs[j + x]) : 0.0f;
+            l[x] = j + x < i ? Bs[i] * dec * l[x] : 0.0f;
+            qk[x] = j + x <= i ? dec * qk[x] : 0.0f;
+        }
+        gdn_st2(Ls + i * LC + j, l[0], l[1]);
+        if (rec) gdn_st2(rec + gdn_rec<DK>::QK + 2 * e, qk[0], qk[1]);
+        else gdn_st2(QKs + i * LC + j, qk[0], qk[1]);
+        if ((j >> 4) > (i >> 4)) gdn_st2(Ts + i * LC + j, 0.0f, 0.0f);
     }
     if (rec)
-        for (int e = tid; e < C * DK; e += NT) {
-            int i = e / DK, d = e % DK;
-            rec[gdn_rec<DK>::QG + e] = __float2bfloat16_rn(Qs[i * LK + d] * expf(Gs[i]));
+        for (int e = tid; e < C * DK / 2; e += NT) {
+            int i = 2 * e / DK, d = 2 * e % DK;
+            gdn_st2(rec + gdn_rec<DK>::QG + 2 * e, Qs[i * LK + d] * Es[i], Qs[i * LK + d + 1] * Es[i]);
         }
     __syncthreads();
     if (tid < 64) {
@@ -804,12 +839,12 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
         int i = e / C, j = e % C;
         float tv = Ts[i * LC + j] * Bs[j];
         Ls[i * LC + j] = gdn_rounded(tv); // only ever mma operands from here
-        Ts[i * LC + j] = gdn_rounded(tv * expf(Gs[j]));
+        Ts[i * LC + j] = gdn_rounded(tv * Es[j]);
     }
     if (!rec)
         for (int e = tid; e < C * DK; e += NT) {
             int i = e / DK, d = e % DK;
-            Qs[i * LK + d] *= expf(Gs[i]);
+            Qs[i * LK + d] *= Es[i];
         }
     __syncthreads();
 }
@@ -908,7 +943,7 @@ __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
     extern __shared__ __align__(128) float sm[];
     float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ws = sm + SM::W, *Ls = sm + SM::L;
     float *Ts = sm + SM::T, *QKs = sm + SM::QK, *Vs = sm + SM::V, *Us = sm + SM::U;
-    float *Ss = sm + SM::S, *Gs = sm + SM::G, *Bs = sm + SM::B;
+    float *Ss = sm + SM::S, *Gs = sm + SM::G, *Es = sm + SM::E, *Bs = sm + SM::B;
     const int Dv = g.Dv, nvt = Dv / BV;
     int s = blockIdx.x / (g.Hv * nvt), rem = blockIdx.x % (g.Hv * nvt);
     int h = rem / nvt, vt = rem % nvt, kh = h / (g.Hv / g.Hk);
@@ -930,12 +965,12 @@ __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
         if (c0 < tlen && c0 + n > tlen) n = tlen - c0; // end the chunk at the snapshot
         int tb = q0 + c0;
         __syncthreads(); // the previous chunk's readers of Q, K, V (o), G, B are done
-        gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Bs, tb, n, qoff, koff, h, Aexp, bias);
+        gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Es, Bs, tb, n, qoff, koff, h, Aexp, bias);
         gdn_tile_in<BV, LV>(Vs, g.qkv, tb, n, voff);
         __syncthreads();
-        gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, QKs, Us, Gs, Bs, NULL);
+        gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, QKs, Us, Gs, Es, Bs, NULL);
         // W = T diag(β e^G) K [C x DK];  U = T diag(β) V [C x BV]
-        gdn_tri_mm<DK, LC>(Ws, LK, Ts, Ks, LK);
+        gdn_tri_mm<DK, LC>(Ws, LK, Ts, (const uint32_t *)Ks, LK); // k stored rounded
         gdn_tri_mm<BV, LC>(Us, LV, Ls, Vs, LV);
         __syncthreads();
         // k ⊙ e^(G_last − G) (no reader until the state update), then the state part
@@ -1054,12 +1089,14 @@ __device__ __forceinline__ bool gdn_chunk_seq(const cu_gdn_args &g, int64_t q, i
 // go to global memory as they are made, so it stays under half an SM's
 // shared memory: two blocks an SM (their registers allow no third).
 template <int DK> struct gdn_prep_smem {
-    static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = 64 + 4;
-    static constexpr int Q = 0, K = Q + GDN_C * LK, L = K + GDN_C * LK, T = L + GDN_C * LC;
-    static constexpr int G = T + GDN_C * LC, B = G + GDN_C;
+    // LV: a V row 8 floats past a multiple of 32, so U's B fragments (lane (g, t)
+    // at row t, column g) fall in 32 banks (64 + 4 put rows t and t + 1 4 apart)
+    static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = 64 + 8, LQ = LK > LV ? LK : LV;
+    static constexpr int Q = 0, K = Q + GDN_C * LQ, L = K + GDN_C * LK, T = L + GDN_C * LC;
+    static constexpr int G = T + GDN_C * LC, E = G + GDN_C, B = E + GDN_C;
     static constexpr size_t BYTES = (size_t)(B + GDN_C) * sizeof(float);
     static_assert(K % 8 == 0 && L % 8 == 0 && T % 8 == 0, "wmma tiles need 32-byte aligned bases");
-    static_assert(GDN_C * LV <= GDN_C * LK && 3 * 256 <= GDN_C * LK, "V tile and solve scratch in Q's place");
+    static_assert(3 * 256 <= GDN_C * LK, "solve scratch in Q's place");
     static_assert(BYTES <= 113 * 1024, "two blocks an SM");
 };
 
@@ -1113,7 +1150,7 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
     constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV, NT = 256;
     extern __shared__ __align__(128) float sm[];
     float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ls = sm + SM::L, *Ts = sm + SM::T;
-    float *Gs = sm + SM::G, *Bs = sm + SM::B;
+    float *Gs = sm + SM::G, *Es = sm + SM::E, *Bs = sm + SM::B;
     const int Dv = g.Dv, h = blockIdx.y, kh = h / (g.Hv / g.Hk);
     int tid = threadIdx.x;
     cu_pdl_wait();
@@ -1126,11 +1163,17 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
     int64_t koff = (int64_t)g.Hk * DK + (int64_t)kh * DK, qoff = (int64_t)kh * DK;
     int64_t voff = 2 * (int64_t)g.Hk * DK + (int64_t)h * Dv;
     int tb = g.q_start[s] + c0;
-    gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Bs, tb, n, qoff, koff, h, Aexp, bias);
+    gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Es, Bs, tb, n, qoff, koff, h, Aexp, bias);
     __syncthreads();
-    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, Qs, Gs, Bs, out); // Qg and QKm to the record
+    // U's first V tile in flight through the solve: loaded after its products
+    // it cost a round trip a tile (U took a quarter of a block, NOTES v87)
+    gdn_tile<64> vt;
+    gdn_tile_ld<64>(vt, g.qkv, tb, n, voff);
+    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, Qs, Gs, Es, Bs, out); // Qg and QKm to the record
+    uint32_t *Vs = (uint32_t *)Qs; // Q's place, free since the solve's last barrier
+    gdn_tile_put<64, LV>(Vs, vt);
     // the rest of the record: W = T diag(β e^G) K, k ⊙ e^(G_last − G), G_last
-    gdn_tri_mm<DK, LC>(out + RC::W, DK, (const uint32_t *)Ts, Ks, LK); // Ts: rounded by the solve
+    gdn_tri_mm<DK, LC>(out + RC::W, DK, (const uint32_t *)Ts, (const uint32_t *)Ks, LK); // both rounded
     float glast = Gs[C - 1];
     for (int e = tid; e < C * DK / 2; e += NT) { // pairs
         int i = 2 * e / DK, d = 2 * e % DK;
@@ -1138,14 +1181,17 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
         gdn_st2(out + RC::KD + 2 * e, Ks[i * LK + d] * sc, Ks[i * LK + d + 1] * sc);
     }
     if (tid == 0) *(float *)(out + RC::glast(Dv)) = glast;
-    // U = T diag(β) V [C x Dv], 64 value columns at a time, the V tile in Q's
-    // place (free since the solve's last barrier)
-    uint32_t *Vs = (uint32_t *)Qs;
+    // U = T diag(β) V [C x Dv], 64 value columns at a time, each next tile's
+    // loads issued before this one's products
     for (int v0 = 0; v0 < Dv; v0 += 64) {
-        gdn_tile_in<64, LV>(Vs, g.qkv, tb, n, voff + v0);
-        __syncthreads();
+        __syncthreads(); // tile v0 in Vs
+        bool more = v0 + 64 < Dv;
+        if (more) gdn_tile_ld<64>(vt, g.qkv, tb, n, voff + v0 + 64);
         gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, (const uint32_t *)Ls, Vs, LV);
-        __syncthreads(); // Vs is refilled by the next tile
+        if (more) {
+            __syncthreads(); // every product of tile v0 read Vs
+            gdn_tile_put<64, LV>(Vs, vt);
+        }
     }
 }
 

@@ -31,14 +31,10 @@ sv = probe_edit.find(lines, "__device__ __forceinline__ void gdn_chunk_solve(flo
 at("    int tid = threadIdx.x, warp = tid >> 5;", "    GDN_SOLVE_T(0);", start=sv)
 probe_edit.replace(lines, """    }
     __syncthreads();
-    for (int e = tid; e < C * C; e += NT) {
-        int i = e / C, j = e % C;
-        float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;""", """    }
+    for (int e = tid; e < C * C / 2; e += NT) { // column pairs: one store of two (the record's bf16)""", """    }
     __syncthreads();
     GDN_SOLVE_T(1);
-    for (int e = tid; e < C * C; e += NT) {
-        int i = e / C, j = e % C;
-        float dec = j <= i ? expf(Gs[i] - Gs[j]) : 0.0f;""", start=sv)
+    for (int e = tid; e < C * C / 2; e += NT) { // column pairs: one store of two (the record's bf16)""", start=sv)
 at("    if (tid < 64) {", "    GDN_SOLVE_T(2);", after=False, start=sv)
 at("    for (int a = 1; a < 4; a++) {", "    GDN_SOLVE_T(3);", after=False, start=sv)
 probe_edit.replace(lines, """    }
@@ -49,10 +45,10 @@ probe_edit.replace(lines, """    }
     for (int e = tid; e < C * C; e += NT) {
         int i = e / C, j = e % C;
         float tv = Ts[i * LC + j] * Bs[j];""", start=sv)
-probe_edit.replace(lines, """            Qs[i * LK + d] *= expf(Gs[i]);
+probe_edit.replace(lines, """            Qs[i * LK + d] *= Es[i];
         }
     __syncthreads();
-}""", """            Qs[i * LK + d] *= expf(Gs[i]);
+}""", """            Qs[i * LK + d] *= Es[i];
         }
     __syncthreads();
     GDN_SOLVE_T(5);
@@ -60,10 +56,10 @@ probe_edit.replace(lines, """            Qs[i * LK + d] *= expf(Gs[i]);
 # prep: inputs, solve, W, Kd, U
 at("    int64_t q = blockIdx.x;",
    "    long long pt[8]; int np = 0; unsigned long long g0 = gdn_gt(); pt[np++] = clock64();", after=False)
-S = "    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, Qs, Gs, Bs, out); // Qg and QKm to the record"
+S = "    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, Qs, Gs, Es, Bs, out); // Qg and QKm to the record"
 at(S, "    pt[np++] = clock64();", after=False)
 at(S, "    pt[np++] = clock64();")
-at("    gdn_tri_mm<DK, LC>(out + RC::W, DK, (const uint32_t *)Ts, Ks, LK); // Ts: rounded by the solve",
+at("    gdn_tri_mm<DK, LC>(out + RC::W, DK, (const uint32_t *)Ts, (const uint32_t *)Ks, LK); // both rounded",
    "    __syncthreads(); pt[np++] = clock64();")
 at("    if (tid == 0) *(float *)(out + RC::glast(Dv)) = glast;", "    __syncthreads(); pt[np++] = clock64();")
 at("        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, (const uint32_t *)Ls, Vs, LV);", r"""        if (v0 + 64 >= Dv) {

@@ -117,10 +117,15 @@ for arch in ["qwen3", "qwen3_moe", "qwen3_next"]:
         r2 = subprocess.run([sluice, "generate", "--device", "cuda", "--model", m, "--ids", "5,6,7,8,9",
                              "--max-new-tokens", "16"], capture_output=True, text=True, timeout=300, env=env)
         ok = not r1.returncode and not r2.returncode
+        if not ok: # a run that failed says why (a failed check alone hid a crash from a mismatch)
+            print(f"info {arch} fp8 {on}: logits rc {r1.returncode}, generate rc {r2.returncode}: "
+                  f"{(r1.stderr + r2.stderr).strip()[-400:]}")
         res.append((open(out, "rb").read() if ok else None, r2.stdout if ok else None))
     for name, r in zip(["the ops' codes", "the one-token MoE kernel", "the fused GDN decode",
                         "the norm inside the router"], res[1:]):
-        check(res[0][0] is not None and r == res[0],
-              f"{arch} fp8: logits and 16 greedy tokens with {name} == without the ops' codes, bit for bit")
+        same = res[0][0] is not None and r == res[0]
+        why = "" if same or r[0] is None or res[0][0] is None else \
+            (" (logits differ)" if r[0] != res[0][0] else f" (tokens {r[1].strip()!r} against {res[0][1].strip()!r})")
+        check(same, f"{arch} fp8: logits and 16 greedy tokens with {name} == without the ops' codes, bit for bit{why}")
 print(f"model checks: {fails} failed")
 sys.exit(1 if fails else 0)
