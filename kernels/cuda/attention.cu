@@ -21,6 +21,7 @@
 #include "attention.cuh"
 #include "cuda_backend.h"
 #include "fp8.cuh"
+#include "mma.cuh"
 #include "wgmma.cuh"
 
 #define ATTN_WARPS 4
@@ -669,35 +670,6 @@ template <int D> struct fa2_cfg {
     static_assert(BC % 16 == 0 && D % 16 == 0, "whole mma tiles");
 };
 
-// ldmatrix x4: lanes 8i..8i+7 give the row addresses of 8×8 matrix i, which
-// lands in r[i] (lane 4g + q: row g, columns 2q, 2q + 1; with .trans row 2q
-// and 2q + 1 of column g).
-__device__ __forceinline__ void fa2_ldsm4(uint32_t (&r)[4], uint32_t addr)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-__device__ __forceinline__ void fa2_ldsm4_t(uint32_t (&r)[4], uint32_t addr)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-// c += a·b: a 16×16 row-major (a[0] rows 0-7 k 0-7, a[1] rows 8-15 k 0-7,
-// a[2] rows 0-7 k 8-15, a[3] rows 8-15 k 8-15), b 16×8 column-major (b0 k
-// 0-7, b1 k 8-15), c 16×8 (c[0..1] row g, c[2..3] row g + 8).
-__device__ __forceinline__ void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                        uint32_t b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Two floats as a bf16 pair, lo in the low half (the lower column index).
 __device__ __forceinline__ uint32_t fa2_pack(float lo, float hi)
 {
@@ -961,7 +933,7 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
     uint32_t qf[C::QREG ? NK : 1][4];
     if constexpr (C::QREG) {
 #pragma unroll
-        for (int kk = 0; kk < NK; kk++) fa2_ldsm4(qf[kk], q_addr + kk * 32);
+        for (int kk = 0; kk < NK; kk++) mma_ldsm4(qf[kk], q_addr + kk * 32);
     }
 
     // O, and for rows g and g + 8 the running max (scaled, base 2) and this
@@ -989,14 +961,14 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
                 if constexpr (C::QREG) {
                     qa[0] = qf[kk][0], qa[1] = qf[kk][1], qa[2] = qf[kk][2], qa[3] = qf[kk][3];
                 } else {
-                    fa2_ldsm4(qa, q_addr + kk * 32);
+                    mma_ldsm4(qa, q_addr + kk * 32);
                 }
 #pragma unroll
                 for (int p = 0; p < BC / 16; p++) {
                     uint32_t kf[4];
-                    fa2_ldsm4(kf, kb + (uint32_t)((p * 16 * KP + kk * 16) * 2));
-                    fa2_mma(s[2 * p], qa, kf[0], kf[1]);
-                    fa2_mma(s[2 * p + 1], qa, kf[2], kf[3]);
+                    mma_ldsm4(kf, kb + (uint32_t)((p * 16 * KP + kk * 16) * 2));
+                    mma_bf16(s[2 * p], qa, kf[0], kf[1]);
+                    mma_bf16(s[2 * p + 1], qa, kf[2], kf[3]);
                 }
             }
             if (j0 + BC > warp_lo) fa_mask(s, j0, q, limr); // warp-uniform test
@@ -1011,9 +983,9 @@ __global__ void __launch_bounds__(FA2_WARPS * 32, 2) k_attn_fa2(cu_attn_args a)
 #pragma unroll
                 for (int dp = 0; dp < D / 16; dp++) {
                     uint32_t vf[4];
-                    fa2_ldsm4_t(vf, vb + (uint32_t)((kk * 16 * KP + dp * 16) * 2));
-                    fa2_mma(o[2 * dp], pa, vf[0], vf[1]);
-                    fa2_mma(o[2 * dp + 1], pa, vf[2], vf[3]);
+                    mma_ldsm4_t(vf, vb + (uint32_t)((kk * 16 * KP + dp * 16) * 2));
+                    mma_bf16(o[2 * dp], pa, vf[0], vf[1]);
+                    mma_bf16(o[2 * dp + 1], pa, vf[2], vf[3]);
                 }
             }
         }

@@ -92,8 +92,7 @@ def attn_body():
                      cut(wg, *PRODUCE),
                      cut(wg, *REGS),
                      cut(src, "typedef struct cu_attn_args {", "// Prefill: 4 warps own 16 query rows"),
-                     cut(src, "#define FA2_WARPS 4", "// ldmatrix x4:"),  # the asm helpers come from the shim
-                     cut(src, "// Two floats as a bf16 pair", "// The kernels: 16-row tiles")],
+                     cut(src, "#define FA2_WARPS 4", "// The kernels: 16-row tiles")],  # mma.cuh's helpers: the shim's
                     [("extern __shared__ __align__(128) char smem[];", "char *smem = emu_smem();"),
                      ("extern __shared__ __align__(1024) char smem_raw[];", "char *smem_raw = emu_smem();"),
                      ("__shared__ float mx[4];", "float *mx = emu_static_floats();"),

@@ -388,8 +388,8 @@ static inline void emu_ldsm(uint32_t (&r)[4], uint32_t addr, bool trans) {
     }
     w.bar.arrive_and_wait();
 }
-static inline void fa2_ldsm4(uint32_t (&r)[4], uint32_t addr) { emu_ldsm(r, addr, false); }
-static inline void fa2_ldsm4_t(uint32_t (&r)[4], uint32_t addr) { emu_ldsm(r, addr, true); }
+static inline void mma_ldsm4(uint32_t (&r)[4], uint32_t addr) { emu_ldsm(r, addr, false); }
+static inline void mma_ldsm4_t(uint32_t (&r)[4], uint32_t addr) { emu_ldsm(r, addr, true); }
 static inline float emu_bf(uint32_t reg, int half) { __nv_bfloat16 h = {(uint16_t)(half ? reg >> 16 : reg & 0xffff)}; return __bfloat162float(h); }
 static inline float emu_e4m3(uint32_t v) {
     v &= 0xff;
@@ -426,7 +426,7 @@ static inline void emu_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1
     }
     w.bar.arrive_and_wait();
 }
-static inline void fa2_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { emu_mma(c, a, b0, b1, 2); }
+static inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { emu_mma(c, a, b0, b1, 2); }
 // gdn.cu's tf32 pair: a register holds the float cvt.rna made
 static inline uint32_t gdn_tf32(float v) {
     v = nvcuda::wmma::__float_to_tf32(v);
