@@ -23,6 +23,7 @@
 #include <mma.h>
 
 #include "gdn.cuh"
+#include "mma.cuh"
 #include "norm.cuh"
 
 using namespace nvcuda;
@@ -39,13 +40,10 @@ __device__ __forceinline__ uint32_t gdn_tf32(float x)
     return r;
 }
 
-// A bf16 operand (the split form's records): exact in tf32.
-__device__ __forceinline__ uint32_t gdn_tf32(__nv_bfloat16 x) { return (uint32_t)__bfloat16_as_ushort(x) << 16; }
-
-// An operand stored already rounded (gdn_tf32's bits): the scan's S0 and v_new
-// are rounded once where they are written, not at each of the 4-8 fragment
-// loads that read them (cvt.rna is ~5 instructions; 224 a warp were half of a
-// chunk's loop in the SASS, NOTES v86). The products are the same to the bit.
+// An operand stored already rounded (gdn_tf32's bits: the prep's q, k, T and
+// V tiles) is rounded once where it is written, not at each of the fragment
+// loads that read it (cvt.rna is ~5 instructions; they were half of a loop's
+// instructions in the SASS, NOTES v86 / v87). The products are the same to the bit.
 __device__ __forceinline__ uint32_t gdn_tf32(uint32_t x) { return x; }
 // x rounded as a tf32 operand, kept a float (a wmma operand of the single
 // kernel converts it again to the same value)
@@ -515,25 +513,17 @@ __device__ __forceinline__ void gdn_st2(gdn_rt *p, float a, float b)
 {
     *(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b);
 }
-__device__ __forceinline__ void gdn_st2(uint32_t *p, float a, float b)
-{
-    *(uint2 *)p = make_uint2(gdn_tf32(a), gdn_tf32(b));
-}
 
-// mma.sync's fragments from memory (fp32 or bf16), each element rounded by
-// gdn_tf32. A of a 16 x 8 tile, p at lane (g, t)'s element (row g, column t):
-// row-major, rows ld apart (gdn_a_rows), or column-major, columns ld apart
-// (gdn_a_cols). B of an 8 x 8 tile, p at (row t, column g), rows ld apart.
+// tf32 mma.sync's fragments from shared memory (fp32, or tf32 bits), each
+// element through gdn_tf32. A of a 16 x 8 tile, p at lane (g, t)'s element
+// (row g, column t), row-major, rows ld apart. B of an 8 x 8 tile, p at
+// (row t, column g), rows ld apart.
 struct gdn_afrag {
     uint32_t r[4];
 };
 template <class T> __device__ __forceinline__ gdn_afrag gdn_a_rows(const T *p, int ld)
 {
     return {{gdn_tf32(p[0]), gdn_tf32(p[8 * ld]), gdn_tf32(p[4]), gdn_tf32(p[8 * ld + 4])}};
-}
-template <class T> __device__ __forceinline__ gdn_afrag gdn_a_cols(const T *p, int ld)
-{
-    return {{gdn_tf32(p[0]), gdn_tf32(p[8]), gdn_tf32(p[4 * ld]), gdn_tf32(p[4 * ld + 8])}};
 }
 __device__ __forceinline__ void gdn_mma(float (&d)[4], const gdn_afrag &a, uint32_t b0, uint32_t b1)
 {
@@ -542,24 +532,6 @@ __device__ __forceinline__ void gdn_mma(float (&d)[4], const gdn_afrag &a, uint3
 template <class T> __device__ __forceinline__ void gdn_mma_b(float (&d)[4], const gdn_afrag &a, const T *p, int ld)
 {
     gdn_mma(d, a, gdn_tf32(p[0]), gdn_tf32(p[4 * ld]));
-}
-
-// d[j] += A · B_j for the k-steps below kend (a multiple of 8, at most K;
-// warp-uniform): A the warp's 16 rows (row-major, stride la, from row 0),
-// B_j its n8 column tile j (row-major, stride lb, from column 0); one chain
-// a tile, k in order (wmma's).
-template <int VN, int K, class TA, class TB>
-__device__ __forceinline__ void gdn_rows_chain(float (&d)[VN][4], const TA *A, int la, const TB *B, int lb,
-                                               int kend = K)
-{
-    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-#pragma unroll
-    for (int k = 0; k < K; k += 8) {
-        if (k >= kend) break;
-        gdn_afrag a = gdn_a_rows(A + g * la + k + t, la);
-#pragma unroll
-        for (int j = 0; j < VN; j++) gdn_mma_b(d[j], a, B + (k + t) * lb + j * 8 + g, lb);
-    }
 }
 
 // dst [C x NC] (row stride ldd; shared memory, or a record) = A · B, A a chunk's lower block-triangular
@@ -1102,19 +1074,20 @@ template <int DK> struct gdn_prep_smem {
 
 // k_gdn_scan, in bytes: two stages (a chunk's record and the next one's
 // landing) of W, Kd, the U columns, Qg and QKm (bf16, as the record), then
-// v_new and two of the start state's columns (tf32 bits in 32-bit words: O
-// reads a chunk's while the next one's is stored). Strides that spread mma.sync's fragment loads
-// over the 32 banks: a bf16 row a multiple of 64 plus 8 elements (W, Qg and
-// QKm read by rows, lane (g, t) at row g, column t; Kd down, row t, column
-// g), a 32-bit row a multiple of 32 plus 8 (read down).
+// v_new and two of the start state's columns (bf16, column-major: O reads a
+// chunk's while the next one's is stored). Every row 8 elements past a
+// multiple of 64 (16-byte aligned, and an ldmatrix's eight rows fall in
+// distinct banks).
 template <int DK, int BV> struct gdn_scan_smem {
-    static constexpr int LW = DK + 8, LU = BV + 8, LC = GDN_C + 8, LV = BV + 8; // LW: W, Kd and Qg
+    static constexpr int LW = DK + 8, LU = BV + 8, LC = GDN_C + 8; // LW: W, Kd and Qg
+    static constexpr int LT = GDN_C + 8, LS = DK + 8;               // v_new and S0, column-major
     static constexpr int W = 0, K = W + GDN_C * LW * 2, Q = K + GDN_C * LW * 2, QK = Q + GDN_C * LW * 2;
     static constexpr int U = QK + GDN_C * LC * 2, STAGE = U + GDN_C * LU * 2;
-    static constexpr int V = 2 * STAGE, S = V + GDN_C * LV * 4, SB = DK * LV * 4;
+    static constexpr int V = 2 * STAGE, S = V + BV * LT * 2, SB = BV * LS * 2;
     static constexpr size_t BYTES = (size_t)S + 2 * SB;
-    static_assert(K % 16 == 0 && Q % 16 == 0 && QK % 16 == 0 && U % 16 == 0 && STAGE % 16 == 0 && V % 16 == 0,
-                  "16-byte copies");
+    static_assert(K % 16 == 0 && Q % 16 == 0 && QK % 16 == 0 && U % 16 == 0 && STAGE % 16 == 0 && V % 16 == 0 &&
+                      S % 16 == 0 && SB % 16 == 0,
+                  "16-byte copies and ldmatrix rows");
     static_assert(BYTES <= 227 * 1024, "shared memory");
 };
 
@@ -1223,88 +1196,164 @@ __device__ __forceinline__ void gdn_part_ld(float (&S)[gdn_scan_part<DK, BV>::NT
         }
 }
 
-// ... and to them (fp32 in global memory, or tf32 bits in shared memory).
-template <int DK, int BV, class T>
-__device__ __forceinline__ void gdn_part_st(const float (&S)[gdn_scan_part<DK, BV>::NT][4], T *p, int64_t ld)
+// ... and to them (fp32, row stride ld).
+template <int DK, int BV>
+__device__ __forceinline__ void gdn_part_st(const float (&S)[gdn_scan_part<DK, BV>::NT][4], float *p, int64_t ld)
 {
     using P = gdn_scan_part<DK, BV>;
-    T *r = p + P::row() * ld + P::col();
+    float *r = p + P::row() * ld + P::col();
 #pragma unroll
     for (int j = 0; j < P::NT; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++) gdn_st2(r + h * 8 * ld + j * 8, S[j][2 * h], S[j][2 * h + 1]);
 }
 
-// v_new = U − W S0 (C x BV; W, U bf16 of the record, S0 tf32 bits) into Vs
-// (tf32 bits, stride LV): warp w the 16 rows from 16 (w % 4) and BV / 2
-// columns from (w / 4) BV / 2, one chain of DK / 8 products a tile.
-template <int DK, int BV, int LW, int LU, int LV>
-__device__ __forceinline__ void gdn_scan_vnew(const gdn_rt *Ws, const uint32_t *Ss, const gdn_rt *Us, uint32_t *Vs)
+// The scan's products run on bf16 mma.sync (m16n8k16, fp32 accumulators) with
+// every fragment from ldmatrix: the record is bf16 already, and S0 and v_new
+// are rounded to bf16 as operands (the state itself stays fp32 in registers)
+// — flash-linear-attention's arithmetic (h and v_new cast to the inputs'
+// dtype for their products). On tf32 m16n8k8 each fp32 B operand and each
+// bf16 A element was a load of its own: 1,412 instructions a warp a chunk
+// and its shared memory traffic bound the scan (NOTES v88). S0 and v_new are
+// stored transposed (value column major, "St" / "Vt"), so that as B operands
+// (k along their rows) ldmatrix reads them without .trans.
+
+// Shared address of lane l's row in an ldmatrix x4 of a 16 x 16 bf16 tile at
+// p (row stride ld elements) read as an A operand (rows = m, columns = k;
+// matrices: rows 0-7 / 8-15 at k 0-7, then at k 8-15), or as two B operands
+// (rows = n, columns = k; matrices: n 0-7 at k 0-7 / 8-15, then n 8-15).
+__device__ __forceinline__ uint32_t gdn_sm_a(const gdn_rt *p, int ld)
+{
+    const int l = threadIdx.x & 31;
+    return (uint32_t)__cvta_generic_to_shared(p + (l & 15) * ld + (l >> 4) * 8);
+}
+__device__ __forceinline__ uint32_t gdn_sm_b(const gdn_rt *p, int ld)
+{
+    const int l = threadIdx.x & 31;
+    return (uint32_t)__cvta_generic_to_shared(p + ((l & 7) + (l >> 4) * 8) * ld + ((l >> 3) & 1) * 8);
+}
+
+// d[j] += A · B_j over the k-steps below kend (a multiple of 16, at most K;
+// warp-uniform): A the warp's 16 rows (row-major, stride la), B_j its n8
+// column tile j, stored n-major (Bt[n][k], stride lb); one chain a tile.
+template <int VN, int K>
+__device__ __forceinline__ void gdn_rows_chain(float (&d)[VN][4], const gdn_rt *A, int la, const gdn_rt *Bt, int lb,
+                                               int kend = K)
+{
+    static_assert(VN % 2 == 0, "B tiles in pairs (ldmatrix x4)");
+#pragma unroll
+    for (int k = 0; k < K; k += 16) {
+        if (k >= kend) break;
+        uint32_t a[4];
+        mma_ldsm4(a, gdn_sm_a(A + k, la));
+#pragma unroll
+        for (int j = 0; j < VN; j += 2) {
+            uint32_t b[4];
+            mma_ldsm4(b, gdn_sm_b(Bt + j * 8 * lb + k, lb));
+            mma_bf16(d[j], a, b[0], b[1]);
+            mma_bf16(d[j + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+// A warp's state tiles, as bf16 operands, into St (column-major: St[c][d],
+// stride ls) for the next chunk's v_new and O.
+template <int DK, int BV>
+__device__ __forceinline__ void gdn_part_st_t(const float (&S)[gdn_scan_part<DK, BV>::NT][4], gdn_rt *St, int ls)
+{
+    using P = gdn_scan_part<DK, BV>;
+    const int r = P::row(), c = P::col();
+#pragma unroll
+    for (int j = 0; j < P::NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) St[(c + j * 8 + (i & 1)) * ls + r + (i >> 1) * 8] = __float2bfloat16_rn(S[j][i]);
+}
+
+// v_new = U − W S0 (C x BV; W, U of the record) into Vt (bf16, column-major:
+// Vt[c][i], stride lt): warp w the 16 rows from 16 (w % 4) and BV / 2
+// columns from (w / 4) BV / 2, one chain of DK / 16 products a tile.
+template <int DK, int BV, int LW, int LU, int LS, int LT>
+__device__ __forceinline__ void gdn_scan_vnew(const gdn_rt *Ws, const gdn_rt *St, const gdn_rt *Us, gdn_rt *Vt)
 {
     constexpr int VN = BV / 16;
     const int w = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
     const int m0 = (w & 3) * 16, n0 = (w >> 2) * VN * 8;
     float d[VN][4] = {};
-    gdn_rows_chain<VN, DK>(d, Ws + m0 * LW, LW, Ss + n0, LV);
+    gdn_rows_chain<VN, DK>(d, Ws + m0 * LW, LW, St + n0 * LS, LS);
 #pragma unroll
     for (int j = 0; j < VN; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             int r = m0 + g + 8 * h, c = n0 + j * 8 + 2 * t;
             float2 u = __bfloat1622float2(*(const __nv_bfloat162 *)(Us + r * LU + c));
-            gdn_st2(Vs + r * LV + c, u.x - d[j][2 * h], u.y - d[j][2 * h + 1]);
+            Vt[c * LT + r] = __float2bfloat16_rn(u.x - d[j][2 * h]);
+            Vt[(c + 1) * LT + r] = __float2bfloat16_rn(u.y - d[j][2 * h + 1]);
         }
 }
 
 // S = e^(G_last) S0 + Kdᵀ v_new on a warp's state tiles (Ks: k ⊙ e^(G_last−G),
-// bf16, stride LK; its rows past n and v_new's are zero, so all C are summed:
-// exact, and a fixed count unrolls): the state scaled, then C / 8 products a
-// tile.
-template <int DK, int BV, int LK, int LV>
+// bf16 [i][d], stride LK, read transposed by ldmatrix .trans; its rows past n
+// and v_new's are zero, so all C are summed: exact, and a fixed count
+// unrolls): the state scaled, then C / 16 products a tile.
+template <int DK, int BV, int LK, int LT>
 __device__ __forceinline__ void gdn_scan_advance(float (&S)[gdn_scan_part<DK, BV>::NT][4], const gdn_rt *Ks,
-                                                 const uint32_t *Vs, float glast)
+                                                 const gdn_rt *Vt, float glast)
 {
     using P = gdn_scan_part<DK, BV>;
-    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, r0 = P::row() - g, c0 = P::col() - 2 * t;
+    static_assert(P::NT % 2 == 0, "B tiles in pairs (ldmatrix x4)");
+    const int l = threadIdx.x & 31, g = l >> 2, t = l & 3, r0 = P::row() - g, c0 = P::col() - 2 * t;
     float el = expf(glast);
 #pragma unroll
     for (int j = 0; j < P::NT; j++)
 #pragma unroll
         for (int i = 0; i < 4; i++) S[j][i] *= el;
 #pragma unroll
-    for (int k = 0; k < GDN_C; k += 8) {
-        gdn_afrag a = gdn_a_cols(Ks + (k + t) * LK + r0 + g, LK); // Kdᵀ: row d, column i at Ks[i][d]
+    for (int k = 0; k < GDN_C; k += 16) {
+        // Kdᵀ's 16 x 16 tile (rows d r0.., columns i k..): matrix q of the x4 is
+        // stored rows i k + (q / 2) 8 .., columns d r0 + (q % 2) 8 ..
+        uint32_t a[4];
+        mma_ldsm4_t(a, (uint32_t)__cvta_generic_to_shared(Ks + (k + (l & 7) + (l >> 4) * 8) * LK + r0 +
+                                                           ((l >> 3) & 1) * 8));
 #pragma unroll
-        for (int j = 0; j < P::NT; j++) gdn_mma_b(S[j], a, Vs + (k + t) * LV + c0 + j * 8 + g, LV);
+        for (int j = 0; j < P::NT; j += 2) {
+            uint32_t b[4];
+            mma_ldsm4(b, gdn_sm_b(Vt + (c0 + j * 8) * LT + k, LT));
+            mma_bf16(S[j], a, b[0], b[1]);
+            mma_bf16(S[j + 1], a, b[2], b[3]);
+        }
     }
 }
 
 // O = (Q ⊙ e^G) S0 + QKm v_new for the block's BV value columns (Qs, QKs
-// bf16 as the record holds them, row strides LQ and LC; Ss and Vs the S0 and
-// v_new columns as tf32 bits, stride LV), rows < n to out (row orow.., columns
-// ooff..): warp w the 16 rows from 16 (w % 4) and BV / 2 columns from
-// (w / 4) BV / 2, one chain a tile (S0's DK / 8 products, then QKm's up to
-// its diagonal block).
-template <int DK, int BV, int LQ, int LC, int LV>
-__device__ __forceinline__ void gdn_scan_out(const gdn_rt *Qs, const gdn_rt *QKs, const uint32_t *Ss, const uint32_t *Vs,
+// bf16 as the record holds them, row strides LQ and LC; St and Vt the S0 and
+// v_new columns, column-major, strides LS and LT), rows < n to out (row
+// orow.., columns ooff..): warp w the 16 rows from 16 (w % 4) and BV / 2
+// columns from (w / 4) BV / 2, one chain a tile (S0's DK / 16 products, then
+// QKm's up to its diagonal block).
+template <int DK, int BV, int LQ, int LC, int LS, int LT>
+__device__ __forceinline__ void gdn_scan_out(const gdn_rt *Qs, const gdn_rt *QKs, const gdn_rt *St, const gdn_rt *Vt,
                                              int n, cu_mat out, int64_t orow, int64_t ooff)
 {
     constexpr int VN = BV / 16;
     const int w = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
     const int mi = w & 3, m0 = mi * 16, n0 = (w >> 2) * VN * 8;
     float d[VN][4] = {};
-    gdn_rows_chain<VN, DK>(d, Qs + m0 * LQ, LQ, Ss + n0, LV);
-    gdn_rows_chain<VN, GDN_C>(d, QKs + m0 * LC, LC, Vs + n0, LV, (mi + 1) * 16);
+    gdn_rows_chain<VN, DK>(d, Qs + m0 * LQ, LQ, St + n0 * LS, LS);
+    gdn_rows_chain<VN, GDN_C>(d, QKs + m0 * LC, LC, Vt + n0 * LT, LT, (mi + 1) * 16);
+    // column pairs as one store of the output's type (ooff is even): a dtype
+    // switch a store was 40 stores and 65 branches of a chunk's SASS
+    const bool paired = out.ld % 2 == 0 && (uintptr_t)out.p % (out.dt == SL_DTYPE_F32 ? 8 : 4) == 0;
+    cu_typed(out.dt, [&](auto ty) {
 #pragma unroll
-    for (int j = 0; j < VN; j++)
+        for (int j = 0; j < VN; j++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            int r = m0 + g + 8 * h, c = n0 + j * 8 + 2 * t;
-            if (r < n) {
-                cu_mat_st(out, orow + r, ooff + c, d[j][2 * h]);
-                cu_mat_st(out, orow + r, ooff + c + 1, d[j][2 * h + 1]);
+            for (int h = 0; h < 2; h++) {
+                int r = m0 + g + 8 * h, c = n0 + j * 8 + 2 * t;
+                if (r >= n) continue;
+                if (paired) cu_mat_st2_as(out, orow + r, ooff + c, d[j][2 * h], d[j][2 * h + 1], ty);
+                else cu_mat_st2_as(out, orow + r, ooff + c, d[j][2 * h], d[j][2 * h + 1], cu_dyn_t());
             }
-        }
+    });
 }
 
 // Block (sequence, value head, value-column tile of BV): 256 threads; walks
@@ -1323,9 +1372,9 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
     using SM = gdn_scan_smem<DK, BV>;
     using RC = gdn_rec<DK>;
     using P = gdn_scan_part<DK, BV>;
-    constexpr int C = GDN_C, LW = SM::LW, LU = SM::LU, LC = SM::LC, LV = SM::LV;
+    constexpr int C = GDN_C, LW = SM::LW, LU = SM::LU, LC = SM::LC, LT = SM::LT, LS = SM::LS;
     extern __shared__ __align__(128) char smc[];
-    uint32_t *Vs = (uint32_t *)(smc + SM::V);
+    gdn_rt *Vt = (gdn_rt *)(smc + SM::V);
     const int Dv = g.Dv, nvt = Dv / BV;
     int s = blockIdx.x / (g.Hv * nvt), rem = blockIdx.x % (g.Hv * nvt);
     int h = rem / nvt, vt = rem % nvt;
@@ -1339,7 +1388,7 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
     float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz + vt * BV; // row stride Dv
     auto record = [&](int ci) { return rec + ((first + ci) * g.Hv + h) * RC::size(Dv); };
     auto stage = [&](int ci, int part) { return (gdn_rt *)(smc + (ci & 1) * SM::STAGE + part); };
-    auto state = [&](int ci) { return (uint32_t *)(smc + SM::S + (ci & 1) * SM::SB); };
+    auto state = [&](int ci) { return (gdn_rt *)(smc + SM::S + (ci & 1) * SM::SB); };
     auto issue = [&](int ci) { // chunk ci's record (an empty group past the last chunk)
         if (ci < nc) {
             const gdn_rt *r = record(ci);
@@ -1358,15 +1407,15 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
         int c0, n;
         gdn_chunk_at(qn, tlen, ci, c0, n);
         float glast = *(const float *)(record(ci) + RC::glast(Dv));
-        uint32_t *Ss = state(ci);
-        gdn_part_st<DK, BV>(S, Ss, LV); // its last readers (chunk ci − 2's O) are past the last barrier
+        gdn_rt *St = state(ci);
+        gdn_part_st_t<DK, BV>(S, St, LS); // its last readers (chunk ci − 2's O) are past the last barrier
         __pipeline_wait_prior(0);
         __syncthreads(); // the record and S0 in; the previous chunk's readers of the other stage and Vs done
         issue(ci + 1);
-        gdn_scan_vnew<DK, BV, LW, LU, LV>(stage(ci, SM::W), Ss, stage(ci, SM::U), Vs);
+        gdn_scan_vnew<DK, BV, LW, LU, LS, LT>(stage(ci, SM::W), St, stage(ci, SM::U), Vt);
         __syncthreads();
-        gdn_scan_advance<DK, BV, LW, LV>(S, stage(ci, SM::K), Vs, glast);
-        gdn_scan_out<DK, BV, LW, LC, LV>(stage(ci, SM::Q), stage(ci, SM::QK), Ss, Vs, n, g.out, q0 + c0,
+        gdn_scan_advance<DK, BV, LW, LT>(S, stage(ci, SM::K), Vt, glast);
+        gdn_scan_out<DK, BV, LW, LC, LS, LT>(stage(ci, SM::Q), stage(ci, SM::QK), St, Vt, n, g.out, q0 + c0,
                                          (int64_t)h * Dv + vt * BV);
         if (c0 + n == tlen)
             gdn_part_st<DK, BV>(S, g.ssm + (int64_t)g.track_slot[s] * slot_sz + h * sz + vt * BV, Dv);

@@ -80,12 +80,12 @@ at("        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, (const uint32_t *)Ls, Vs, L
 # store), summed over the chunks
 at("    for (int ci = 0; ci < nc; ci++) {",
    "    long long ph[4] = {0, 0, 0, 0}, t0 = clock64(), t1; unsigned long long g0 = gdn_gt();", after=False)
-S0 = "        gdn_part_st<DK, BV>(S, Ss, LV); // its last readers (chunk ci − 2's O) are past the last barrier"
+S0 = "        gdn_part_st_t<DK, BV>(S, St, LS); // its last readers (chunk ci − 2's O) are past the last barrier"
 at(S0, "        t1 = clock64();", after=False)
 at(S0, "        ph[0] += clock64() - t1; t1 = clock64();")
 at("        __syncthreads(); // the record and S0 in; the previous chunk's readers of the other stage and Vs done",
    "        ph[1] += clock64() - t1; t1 = clock64();")
-at("        gdn_scan_advance<DK, BV, LW, LV>(S, stage(ci, SM::K), Vs, glast);",
+at("        gdn_scan_advance<DK, BV, LW, LT>(S, stage(ci, SM::K), Vt, glast);",
    "        ph[2] += clock64() - t1; t1 = clock64();", after=False)
 at("                                         (int64_t)h * Dv + vt * BV);", "        ph[3] += clock64() - t1;")
 at("    __pipeline_wait_prior(0); // the empty group past the last chunk", r"""    if (threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x / 2) && atomicAdd(&gdn_probe_n, 1) < 30)

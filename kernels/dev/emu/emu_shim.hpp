@@ -432,8 +432,7 @@ static inline uint32_t gdn_tf32(float v) {
     v = nvcuda::wmma::__float_to_tf32(v);
     uint32_t u; memcpy(&u, &v, 4); return u;
 }
-static inline uint32_t gdn_tf32(__nv_bfloat16 h) { return (uint32_t)h.b << 16; } // exact
-static inline uint32_t gdn_tf32(uint32_t u) { return u; } // already rounded (the scan's S0 and v_new)
+static inline uint32_t gdn_tf32(uint32_t u) { return u; } // already rounded (the prep's operands)
 static inline float gdn_rounded(float v) { return nvcuda::wmma::__float_to_tf32(v); }
 static inline void gdn_mma8(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
     uint32_t a[4] = {a0, a1, a2, a3};
