@@ -15,9 +15,9 @@
 //           (sequence, value head, value-column tile), tf32 tensor cores
 //           (wmma m16n16k8, mma.sync m16n8k8) with fp32 accumulation, fp32
 //           state and solve; or split (sl_cuda_gdn_split): the chunk-local
-//           part for every chunk in parallel, then a scan over the chunks
-//           doing only what depends on the state (kept in registers); the
-//           records between them in bf16.
+//           part for every chunk in parallel (tf32 mma.sync), then a scan
+//           over the chunks doing only what depends on the state (kept fp32
+//           in registers; bf16 mma.sync); the records between them in bf16.
 #include <limits.h>
 #include <cuda_pipeline.h>
 #include <mma.h>
@@ -497,8 +497,8 @@ __device__ __forceinline__ void gdn_tile_st(const float *src, float *dst, int64_
 // The split form's records (below): one (chunk, value head) record in bf16
 // (its elements' count, a multiple of 8, and their offsets), G_last a float
 // in two elements. bf16 halves the bytes every split kernel moves (fp32
-// records were ~2 GB at 8192 tokens, NOTES v83); the products still run on
-// tf32 (a bf16 operand is exact there) with the state in fp32.
+// records were ~2 GB at 8192 tokens, NOTES v83); the scan's products run on
+// bf16 mma.sync with the state in fp32 (below, v88).
 typedef __nv_bfloat16 gdn_rt;
 template <int DK> struct gdn_rec {
     static constexpr int QG = 0, KD = GDN_C * DK, W = 2 * GDN_C * DK, QK = 3 * GDN_C * DK;
@@ -1358,9 +1358,9 @@ __device__ __forceinline__ void gdn_scan_out(const gdn_rt *Qs, const gdn_rt *QKs
 
 // Block (sequence, value head, value-column tile of BV): 256 threads; walks
 // the sequence's records in order (sequences left to k_gdn exit) with the
-// state in registers (gdn_scan_part) on tf32 mma.sync: a wmma tile went
+// state in registers (gdn_scan_part) on bf16 mma.sync: a wmma tile went
 // through shared memory at every product and a warp's tiles ran one long
-// chain each (a chunk took ~8.8k cycles for 1 MFLOP, NOTES v82). A chunk's
+// chain each (a chunk took ~8.8k cycles for 1 MFLOP, NOTES v82; 3.8k now). A chunk's
 // record (W, Kd, its U columns, Qg, QKm) arrives by cp.async in one commit
 // group, issued a chunk ahead into the other of two stages. After v_new, the
 // state update and the chunk's O (gdn_scan_out) share the warps: O feeds
