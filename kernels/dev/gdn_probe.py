@@ -65,10 +65,13 @@ at("    if (tid == 0) *(float *)(out + RC::glast(Dv)) = glast;", "    __syncthre
 at("        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, (const uint32_t *)Ls, Vs, LV);", r"""        if (v0 + 64 >= Dv) {
             __syncthreads();
             pt[np++] = clock64();
-            if (tid == 0 && blockIdx.y == 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x / 2 || blockIdx.x == gridDim.x - 1) &&
-                atomicAdd(&gdn_probe_n, 1) < 9)
-                printf("PROBE prep blk %d/%d: inputs %lld solve %lld W %lld KD %lld U %lld total %lld cycles, %llu ns\n",
-                       blockIdx.x, gridDim.x, pt[1] - pt[0], pt[2] - pt[1], pt[3] - pt[2], pt[4] - pt[3], pt[5] - pt[4],
+            // head 0's blocks start in the first wave, all loading their inputs at once; head
+            // gridDim.y / 2's in a later one (its inputs phase is the steady state's)
+            if (tid == 0 && (blockIdx.y == 0 || blockIdx.y == gridDim.y / 2) &&
+                (blockIdx.x == 0 || blockIdx.x == gridDim.x / 2 || blockIdx.x == gridDim.x - 1) &&
+                atomicAdd(&gdn_probe_n, 1) < 12)
+                printf("PROBE prep blk %d/%d head %d: inputs %lld solve %lld W %lld KD %lld U %lld total %lld cycles, %llu ns\n",
+                       blockIdx.x, gridDim.x, blockIdx.y, pt[1] - pt[0], pt[2] - pt[1], pt[3] - pt[2], pt[4] - pt[3], pt[5] - pt[4],
                        pt[5] - pt[0], gdn_gt() - g0);
             if (tid == 0 && blockIdx.y == 0 && blockIdx.x == 0 && atomicAdd(&gdn_probe_n, 1) < 9)
                 printf("PROBE solve blk 0: KK/QK %lld mask+Qg %lld forward %lld rows %lld scale %lld cycles\n",
