@@ -514,6 +514,24 @@ __device__ __forceinline__ void gdn_st2(gdn_rt *p, float a, float b)
     *(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b);
 }
 
+// Shared address of lane l's row in an ldmatrix x4 of a 16 x 16 bf16 tile at
+// p (row stride ld elements). gdn_sm_a: read as an A operand (rows = m,
+// columns = k; matrices: rows 0-7 / 8-15 at k 0-7, then at k 8-15), or with
+// .trans as two B operands stored k-major (rows = k: b0 / b1 of n 0-7, then
+// of n 8-15). gdn_sm_b: read as two B operands stored n-major (rows = n,
+// columns = k: n 0-7 at k 0-7 / 8-15, then n 8-15), or with .trans as an A
+// operand stored k-major (rows = k, columns = m).
+__device__ __forceinline__ uint32_t gdn_sm_a(const gdn_rt *p, int ld)
+{
+    const int l = threadIdx.x & 31;
+    return (uint32_t)__cvta_generic_to_shared(p + (l & 15) * ld + (l >> 4) * 8);
+}
+__device__ __forceinline__ uint32_t gdn_sm_b(const gdn_rt *p, int ld)
+{
+    const int l = threadIdx.x & 31;
+    return (uint32_t)__cvta_generic_to_shared(p + ((l & 7) + (l >> 4) * 8) * ld + ((l >> 3) & 1) * 8);
+}
+
 // tf32 mma.sync's fragments from shared memory (fp32, or tf32 bits), each
 // element through gdn_tf32. A of a 16 x 8 tile, p at lane (g, t)'s element
 // (row g, column t), row-major, rows ld apart. B of an 8 x 8 tile, p at
@@ -1218,21 +1236,6 @@ __device__ __forceinline__ void gdn_part_st(const float (&S)[gdn_scan_part<DK, B
 // stored transposed (value column major, "St" / "Vt"), so that as B operands
 // (k along their rows) ldmatrix reads them without .trans.
 
-// Shared address of lane l's row in an ldmatrix x4 of a 16 x 16 bf16 tile at
-// p (row stride ld elements) read as an A operand (rows = m, columns = k;
-// matrices: rows 0-7 / 8-15 at k 0-7, then at k 8-15), or as two B operands
-// (rows = n, columns = k; matrices: n 0-7 at k 0-7 / 8-15, then n 8-15).
-__device__ __forceinline__ uint32_t gdn_sm_a(const gdn_rt *p, int ld)
-{
-    const int l = threadIdx.x & 31;
-    return (uint32_t)__cvta_generic_to_shared(p + (l & 15) * ld + (l >> 4) * 8);
-}
-__device__ __forceinline__ uint32_t gdn_sm_b(const gdn_rt *p, int ld)
-{
-    const int l = threadIdx.x & 31;
-    return (uint32_t)__cvta_generic_to_shared(p + ((l & 7) + (l >> 4) * 8) * ld + ((l >> 3) & 1) * 8);
-}
-
 // d[j] += A · B_j over the k-steps below kend (a multiple of 16, at most K;
 // warp-uniform): A the warp's 16 rows (row-major, stride la), B_j its n8
 // column tile j, stored n-major (Bt[n][k], stride lb); one chain a tile.
@@ -1301,7 +1304,7 @@ __device__ __forceinline__ void gdn_scan_advance(float (&S)[gdn_scan_part<DK, BV
 {
     using P = gdn_scan_part<DK, BV>;
     static_assert(P::NT % 2 == 0, "B tiles in pairs (ldmatrix x4)");
-    const int l = threadIdx.x & 31, g = l >> 2, t = l & 3, r0 = P::row() - g, c0 = P::col() - 2 * t;
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, r0 = P::row() - g, c0 = P::col() - 2 * t;
     float el = expf(glast);
 #pragma unroll
     for (int j = 0; j < P::NT; j++)
@@ -1309,11 +1312,8 @@ __device__ __forceinline__ void gdn_scan_advance(float (&S)[gdn_scan_part<DK, BV
         for (int i = 0; i < 4; i++) S[j][i] *= el;
 #pragma unroll
     for (int k = 0; k < GDN_C; k += 16) {
-        // Kdᵀ's 16 x 16 tile (rows d r0.., columns i k..): matrix q of the x4 is
-        // stored rows i k + (q / 2) 8 .., columns d r0 + (q % 2) 8 ..
-        uint32_t a[4];
-        mma_ldsm4_t(a, (uint32_t)__cvta_generic_to_shared(Ks + (k + (l & 7) + (l >> 4) * 8) * LK + r0 +
-                                                           ((l >> 3) & 1) * 8));
+        uint32_t a[4]; // Kdᵀ's 16 x 16 tile (rows d r0.., columns i k..), stored k-major
+        mma_ldsm4_t(a, gdn_sm_b(Ks + k * LK + r0, LK));
 #pragma unroll
         for (int j = 0; j < P::NT; j += 2) {
             uint32_t b[4];
