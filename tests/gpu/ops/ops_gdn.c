@@ -44,6 +44,9 @@ static const tb_case cases[] = {
     {SL_OP_GDN, BF, {1, 1000, 16, 32, 128, 128, 0, 500, 2}, 1e-2}, /* Coder-Next heads */
     {SL_OP_GDN, BF, {1, 8000, 1, 2, 128, 128, 0, 4001, 2}, 1e-2},
     {SL_OP_GDN, BF, {2, 8000, 1, 1, 64, 64, 1000, 4096, 1}, 1e-2},
+    /* enough long sequences x value heads for a scan block an SM at 64 value columns */
+    {SL_OP_GDN, BF, {5, 300, 16, 32, 128, 128, 200, 0, 0}, 1e-2},
+    {SL_OP_GDN, BF, {6, 100, 16, 32, 64, 64, 80, 0, 1}, 1e-2},
     /* q_len 0: a decode step through sl_be_gdn_decode (conv1d + gdn + rmsnorm_gated; CUDA
      * fuses them with SL_CUDA_GDN_FUSE=1): seqs, 0, Hk, Hv, Dk, Dv, -, -, fresh */
     {SL_OP_GDN, BF, {5, 0, 16, 32, 128, 128}, 1e-2},  /* Coder-Next heads */
