@@ -10,7 +10,8 @@
 #                 with CASE's comma-separated numbers), its failures and counts
 #   ab:OP[:N]     the same timings of test_backend_ops and of every variant packed beside it as
 #                 NAME_tbo (kernels/dev/variants.sh's builds), two rounds alternating on the
-#                 same card, each PERF line prefixed by its binary
+#                 same card: one line a case with each binary's times (the PERF lines, each
+#                 prefixed by its binary, in $OUT/ab_OP.txt)
 #   vops:OP[:CASE] ops:OP[:CASE] for every NAME_tbo, one summary line each
 #   prof:OP:N     the kernel table (SL_CUDA_PROFILE=1) of test_backend_ops and of every
 #                 NAME_tbo at N tokens (--min-tokens N --max-tokens N)
@@ -86,7 +87,18 @@ for mode in "$@"; do
       for x in "$b/test_backend_ops" $(variants); do
         perf_of "$x" "$(basename "$x" _tbo) "
       done
-    done ;;
+    done > "$out/ab_$op.txt"
+    grep -E 'PEAK' "$out/ab_$op.txt" | head -1
+    grep -E 'rc=' "$out/ab_$op.txt" | grep -v 'rc=0$' # a binary that failed
+    # the same timings, one line a case: each binary's milliseconds over the rounds
+    echo "ab summary ($op):"
+    awk '/ PERF / { b = $1; d = $0; sub(/^[^ ]+ PERF +/, "", d); sub(/ +[0-9.]+ ms .*/, "", d)
+                    match($0, / ([0-9.]+) ms /); t = substr($0, RSTART + 1, RLENGTH - 5)
+                    tag = ""; if (match($0, /(\[[^]]*\]|\([^)]*\))[^[(]*$/)) tag = substr($0, RSTART); sub(/ b2b.*/, "", tag)
+                    k = d " " tag; if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+                    v[k, b] = v[k, b] " " t; if (!((k, b) in bs)) { bs[k, b] = 1; bl[k] = bl[k] " " b } }
+         END { for (i = 1; i <= n; i++) { k = order[i]; line = k ":"; m = split(bl[k], bb, " ")
+                 for (j = 1; j <= m; j++) line = line "  " bb[j] v[k, bb[j]]; print line } }' "$out/ab_$op.txt" ;;
   vops)
     for x in $(variants); do
       ops_of "$x" "$(basename "$x" _tbo) "
