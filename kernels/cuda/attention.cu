@@ -834,7 +834,7 @@ __device__ __forceinline__ void fa_store(const cu_attn_args &a, const attn_tile 
         l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
         l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
     }
-    const bool bf2 = a.out.dt == SL_DTYPE_BF16 && a.out.ld % 2 == 0 && (uintptr_t)a.out.p % 4 == 0;
+    const bool bf2 = a.out.dt == SL_DTYPE_BF16 && cu_mat_pair_ok(a.out);
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
         int r = R0 + g + 8 * hf, ti = r / a.gh;

@@ -471,6 +471,12 @@ __device__ __forceinline__ void cu_mat_st2_as(const cu_mat &m, int64_t r, int64_
     cu_mat_st(m, r, c, lo);
     cu_mat_st(m, r, c + 1, hi);
 }
+// Whether m's rows take cu_mat_st2_as's paired stores at even columns (a
+// pair's bytes divide the row stride and the base: bf16 / f16 4, f32 8).
+__device__ __forceinline__ bool cu_mat_pair_ok(const cu_mat &m)
+{
+    return m.ld % 2 == 0 && (uintptr_t)m.p % (m.dt == SL_DTYPE_F32 ? 8 : 4) == 0;
+}
 
 // Elements c .. c + 3 of row r as one store of that type (c and m.ld multiples
 // of 4: 8- or 16-byte aligned); element by element for the other dtypes.

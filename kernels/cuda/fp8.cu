@@ -1033,8 +1033,7 @@ __device__ __forceinline__ void wg8_store(const fp8_args &a, int r0, int rows, i
                                           float (&acc)[BT / 8][4])
 {
     const int odd = rw & 1; // gq's parity
-    const int es = a.out.dt == SL_DTYPE_F32 ? 8 : 4; // a pair's bytes, its alignment
-    const bool paired = a.out.ld % 2 == 0 && (uintptr_t)a.out.p % es == 0;
+    const bool paired = cu_mat_pair_ok(a.out);
     cu_typed(a.out.dt, [&](auto ty) {
 #pragma unroll
         for (int f = 0; f < BT / 8; f++)

@@ -1342,7 +1342,7 @@ __device__ __forceinline__ void gdn_scan_out(const gdn_rt *Qs, const gdn_rt *QKs
     gdn_rows_chain<VN, GDN_C>(d, QKs + m0 * LC, LC, Vt + n0 * LT, LT, (mi + 1) * 16);
     // column pairs as one store of the output's type (ooff is even): a dtype
     // switch a store was 40 stores and 65 branches of a chunk's SASS
-    const bool paired = out.ld % 2 == 0 && (uintptr_t)out.p % (out.dt == SL_DTYPE_F32 ? 8 : 4) == 0;
+    const bool paired = cu_mat_pair_ok(out);
     cu_typed(out.dt, [&](auto ty) {
 #pragma unroll
         for (int j = 0; j < VN; j++)
