@@ -514,6 +514,13 @@ __device__ __forceinline__ void gdn_st2(gdn_rt *p, float a, float b)
     *(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b);
 }
 
+// v stored as the mma operand it becomes: a tf32-rounded float (the single
+// kernel's), or bf16 (the prep's); gdn_f reads either back.
+__device__ __forceinline__ void gdn_put(float *p, float v) { *p = gdn_rounded(v); }
+__device__ __forceinline__ void gdn_put(gdn_rt *p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ float gdn_f(float x) { return x; }
+__device__ __forceinline__ float gdn_f(gdn_rt x) { return __bfloat162float(x); }
+
 // Shared address of lane l's row in an ldmatrix x4 of a 16 x 16 bf16 tile at
 // p (row stride ld elements). gdn_sm_a: read as an A operand (rows = m,
 // columns = k; matrices: rows 0-7 / 8-15 at k 0-7, then at k 8-15), or with
@@ -552,6 +559,21 @@ template <class T> __device__ __forceinline__ void gdn_mma_b(float (&d)[4], cons
     gdn_mma(d, a, gdn_tf32(p[0]), gdn_tf32(p[4 * ld]));
 }
 
+// A triangular product's accumulators to dst (row stride ldd): row blocks
+// mb[0] and mb[1], n8 tile u at column col(u), in mma.sync's layout.
+template <int NU, class T, class F>
+__device__ __forceinline__ void gdn_tri_st(T *dst, int ldd, const float (&d)[NU][2][4], const int (&mb)[2], F col)
+{
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+#pragma unroll
+    for (int u = 0; u < NU; u++)
+#pragma unroll
+        for (int x = 0; x < 2; x++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                gdn_st2(dst + (16 * mb[x] + g + 8 * h) * ldd + col(u) + 2 * t, d[u][x][2 * h], d[u][x][2 * h + 1]);
+}
+
 // dst [C x NC] (row stride ldd; shared memory, or a record) = A · B, A a chunk's lower block-triangular
 // C x C matrix (T or T diag(β), row stride LC), B [C x NC] (stride ldb), on tf32 mma.sync:
 // warp w the row blocks p = w % 2 and 3 − p (as many k-steps for every warp)
@@ -584,33 +606,58 @@ __device__ __forceinline__ void gdn_tri_mm(T *dst, int ldd, const TA *A, const T
             for (int u = 0; u < NU; u++) gdn_mma(d[u][x], a, b[u][0], b[u][1]);
         }
     }
+    gdn_tri_st(dst, ldd, d, mb, [&](int u) { return ((w >> 1) + 4 * u) * 8; });
+}
+
+// The same product on bf16 operands (the prep's): A (lda) and B (k-major,
+// ldb) bf16, on mma.sync m16n8k16 with every fragment by ldmatrix (B by
+// .trans): a k-step is one diagonal block, so row block mb takes mb + 1 of
+// them; warp w the row blocks w % 2 and 3 − w % 2 of the NC / 4 columns from
+// (w / 2) NC / 4.
+template <int NC, class T>
+__device__ __forceinline__ void gdn_tri_mm_bf(T *dst, int ldd, const gdn_rt *A, int lda, const gdn_rt *B, int ldb)
+{
+    constexpr int NU = NC / 32; // n8 tiles a warp, in ldmatrix pairs
+    static_assert(NC % 64 == 0, "column tiles over the warps in pairs");
+    const int w = threadIdx.x >> 5, p = w & 1;
+    const int mb[2] = {p, 3 - p}, n0 = (w >> 1) * (NC / 4);
+    float d[NU][2][4] = {};
 #pragma unroll
-    for (int u = 0; u < NU; u++)
+    for (int kb = 0; kb < 4; kb++) {
+        uint32_t b[NU / 2][4];
 #pragma unroll
-        for (int x = 0; x < 2; x++)
+        for (int u = 0; u < NU / 2; u++) mma_ldsm4_t(b[u], gdn_sm_a(B + 16 * kb * ldb + n0 + 16 * u, ldb));
 #pragma unroll
-            for (int h = 0; h < 2; h++)
-                gdn_st2(dst + (16 * mb[x] + g + 8 * h) * ldd + ((w >> 1) + 4 * u) * 8 + 2 * t, d[u][x][2 * h],
-                        d[u][x][2 * h + 1]);
+        for (int x = 0; x < 2; x++) {
+            if (kb > mb[x]) continue; // past the diagonal block (warp-uniform)
+            uint32_t a[4];
+            mma_ldsm4(a, gdn_sm_a(A + 16 * mb[x] * lda + 16 * kb, lda));
+#pragma unroll
+            for (int u = 0; u < NU / 2; u++) {
+                mma_bf16(d[2 * u][x], a, b[u][0], b[u][1]);
+                mma_bf16(d[2 * u + 1][x], a, b[u][2], b[u][3]);
+            }
+        }
+    }
+    gdn_tri_st(dst, ldd, d, mb, [&](int u) { return n0 + 8 * u; });
 }
 
 // A chunk's inputs (tokens tb .. tb+n-1, rows past n zero): q and k
 // l2-normalised (q also scaled by Dk^-1/2) into Qs, Ks (row stride LK), one
-// warp per row, rounded as tf32 operands (every product reads them so; the
-// solve's K Kᵀ / Q Kᵀ and W then load them with no conversion: it was ~5
-// instructions an operand, NOTES v87); the inclusive cumulative log gates
+// warp per row, stored as the operands every product reads them as (gdn_put:
+// tf32-rounded floats, loaded with no conversion — it was ~5 instructions an
+// operand, NOTES v87 — or the prep's bf16); the inclusive cumulative log gates
 // into Gs, e^G into Es and β into Bs (warp 0). Every load of a thread is issued before the first use of one
 // (a load's round trip is paid once, not once a row: typed, cu_typed). No
 // barrier at the end (the caller adds its own loads first).
-template <int DK, int LK>
-__device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs, float *Ks, float *Gs,
+template <int DK, int LK, int PASSES = 1, class TQ>
+__device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, TQ *Qs, TQ *Ks, float *Gs,
                                                  float *Es, float *Bs, int tb, int n, int64_t qoff, int64_t koff, int h,
                                                  float Aexp, float bias)
 {
-    constexpr int C = GDN_C, NW = 256 / 32, R = C / NW, J = DK / 32;
+    constexpr int C = GDN_C, NW = 256 / 32, R = C / NW / PASSES, J = DK / 32;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float qscale = 1.0f / sqrtf((float)DK);
-    float qv[R][J], kv[R][J];
     float ga[2] = {0.0f, 0.0f}, gb[2] = {0.0f, 0.0f}; // warp 0: tokens lane, lane + 32
     auto gates = [&](const cu_mat &m, float *v) {
         cu_typed(m.dt, [&](auto t) {
@@ -623,33 +670,39 @@ __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, float *Qs
         gates(g.a, ga);
         gates(g.b, gb);
     }
-    cu_typed(g.qkv.dt, [&](auto t) {
+    // PASSES: the rows in that many rounds of loads (fewer registers held, one
+    // more round trip each: the prep's three blocks an SM)
+#pragma unroll
+    for (int pass = 0; pass < PASSES; pass++) {
+        float qv[R][J], kv[R][J];
+        cu_typed(g.qkv.dt, [&](auto t) {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                int i = warp + NW * (pass * R + r);
+#pragma unroll
+                for (int j = 0; j < J; j++) {
+                    qv[r][j] = i < n ? cu_mat_ld_as(g.qkv, tb + i, qoff + lane + 32 * j, t) : 0.0f;
+                    kv[r][j] = i < n ? cu_mat_ld_as(g.qkv, tb + i, koff + lane + 32 * j, t) : 0.0f;
+                }
+            }
+        });
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            int i = warp + NW * r;
+            int i = warp + NW * (pass * R + r);
+            float qss = 0.0f, kss = 0.0f;
 #pragma unroll
             for (int j = 0; j < J; j++) {
-                qv[r][j] = i < n ? cu_mat_ld_as(g.qkv, tb + i, qoff + lane + 32 * j, t) : 0.0f;
-                kv[r][j] = i < n ? cu_mat_ld_as(g.qkv, tb + i, koff + lane + 32 * j, t) : 0.0f;
+                qss += qv[r][j] * qv[r][j];
+                kss += kv[r][j] * kv[r][j];
             }
-        }
-    });
+            qss = cu_warp_sum(qss);
+            kss = cu_warp_sum(kss);
+            float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        int i = warp + NW * r;
-        float qss = 0.0f, kss = 0.0f;
-#pragma unroll
-        for (int j = 0; j < J; j++) {
-            qss += qv[r][j] * qv[r][j];
-            kss += kv[r][j] * kv[r][j];
-        }
-        qss = cu_warp_sum(qss);
-        kss = cu_warp_sum(kss);
-        float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
-#pragma unroll
-        for (int j = 0; j < J; j++) {
-            Qs[i * LK + lane + 32 * j] = gdn_rounded(qv[r][j] * qi * qscale);
-            Ks[i * LK + lane + 32 * j] = gdn_rounded(kv[r][j] * ki);
+            for (int j = 0; j < J; j++) {
+                gdn_put(Qs + i * LK + lane + 32 * j, qv[r][j] * qi * qscale);
+                gdn_put(Ks + i * LK + lane + 32 * j, kv[r][j] * ki);
+            }
         }
     }
     if (warp == 0) { // gates: inclusive scan over the chunk
@@ -710,8 +763,6 @@ __device__ __forceinline__ void gdn_tile_ld(gdn_tile<NC> &r, const cu_mat &m, in
         }
     });
 }
-__device__ __forceinline__ void gdn_put(float *p, float v) { *p = v; }
-__device__ __forceinline__ void gdn_put(uint32_t *p, float v) { *p = gdn_tf32(v); }
 template <int NC, int LD, class TD> __device__ __forceinline__ void gdn_tile_put(TD *dst, const gdn_tile<NC> &r)
 {
 #pragma unroll
@@ -728,47 +779,90 @@ __device__ __forceinline__ void gdn_tile_in(TD *dst, const cu_mat &m, int tb, in
     gdn_tile_put<NC, LD>(dst, r);
 }
 
+// The lower 16x16 tiles of K Kᵀ (jobs 0-9, into Ls) and Q Kᵀ (10-19, into
+// QKs), row stride LC. q and k in fp32 (the single kernel's, stored rounded
+// by gdn_chunk_inputs): 40 m16n8 halves on tf32 mma.sync, warp w the halves
+// w + 8i, five chains at a time (wmma's order).
+template <int DK, int LK, int LC>
+__device__ __forceinline__ void gdn_kk_qk(const float *Qs, const float *Ks, float *Ls, float *QKs)
+{
+    const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, half = warp & 1;
+    const uint32_t *ar[5], *br[5];
+    float d[5][4] = {};
+#pragma unroll
+    for (int i = 0; i < 5; i++) {
+        int job = (warp >> 1) + 4 * i, mi, nj;
+        gdn_tri(job % 10, mi, nj);
+        ar[i] = (const uint32_t *)(job < 10 ? Ks : Qs) + (mi * 16 + g) * LK + t;
+        br[i] = (const uint32_t *)Ks + (nj * 16 + half * 8 + g) * LK + t;
+    }
+#pragma unroll
+    for (int k = 0; k < DK; k += 8)
+#pragma unroll
+        for (int i = 0; i < 5; i++) gdn_mma_b(d[i], gdn_a_rows(ar[i] + k, LK), br[i] + k, 1); // Kᵀ: k along rows
+#pragma unroll
+    for (int i = 0; i < 5; i++) {
+        int job = (warp >> 1) + 4 * i, mi, nj;
+        gdn_tri(job % 10, mi, nj);
+        float *o = (job < 10 ? Ls : QKs) + (mi * 16 + g) * LC + nj * 16 + half * 8 + 2 * t;
+        gdn_st2(o, d[i][0], d[i][1]);
+        gdn_st2(o + 8 * LC, d[i][2], d[i][3]);
+    }
+}
+
+// The same from bf16 q and k (the prep's): the 20 tiles on bf16 mma.sync
+// m16n8k16, every fragment by ldmatrix, warp w the tiles w, w + 8, w + 16.
+template <int DK, int LK, int LC>
+__device__ __forceinline__ void gdn_kk_qk(const gdn_rt *Qs, const gdn_rt *Ks, float *Ls, float *QKs)
+{
+    const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    float d[3][2][4] = {};
+#pragma unroll
+    for (int k = 0; k < DK; k += 16)
+#pragma unroll
+        for (int i = 0; i < 3; i++) {
+            int job = warp + 8 * i, mi, nj;
+            if (job >= 20) continue; // warp-uniform
+            gdn_tri(job % 10, mi, nj);
+            uint32_t a[4], b[4];
+            mma_ldsm4(a, gdn_sm_a((job < 10 ? Ks : Qs) + mi * 16 * LK + k, LK));
+            mma_ldsm4(b, gdn_sm_b(Ks + nj * 16 * LK + k, LK)); // Kᵀ: k's rows are B's columns
+            mma_bf16(d[i][0], a, b[0], b[1]);
+            mma_bf16(d[i][1], a, b[2], b[3]);
+        }
+#pragma unroll
+    for (int i = 0; i < 3; i++) {
+        int job = warp + 8 * i, mi, nj;
+        if (job >= 20) continue;
+        gdn_tri(job % 10, mi, nj);
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            float *o = (job < 10 ? Ls : QKs) + (mi * 16 + g) * LC + nj * 16 + x * 8 + 2 * t;
+            gdn_st2(o, d[i][x][0], d[i][x][1]);
+            gdn_st2(o + 8 * LC, d[i][x][2], d[i][x][3]);
+        }
+    }
+}
+
 // A chunk's local algebra once its inputs are in (after a barrier): the
 // lower-triangular K Kᵀ and Q Kᵀ tiles, masked and decayed (QKs), T = (I+L)⁻¹
 // (the four 16x16 diagonal blocks by forward substitution, one column per
 // thread, then block row a: T_ab = −T_aa · Σ_{b<=m<a} L_am T_mb, with Us as
-// scratch), then T diag(β) into Ls, T diag(β e^G) into Ts and q ⊙ e^G into
-// Qs (Es: e^G). Ends with a barrier.
+// scratch), then T diag(β) into TLs, T diag(β e^G) into TGs (row stride lo,
+// rounded as the operands they become: tf32 floats, or bf16) and q ⊙ e^G
+// into Qs (Es: e^G). Ends with a barrier.
 // With rec (k_gdn_prep: a chunk's record in global memory) the masked QKᵀ
 // and q ⊙ e^G go there instead, written before the scratch is, so QKs may be
 // Ts (its raw tiles are read once, by the thread that overwrites them) and Us
 // may be Qs: the kernel keeps two C x C buffers fewer.
-template <int DK, int LK, int LC>
-__device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls, float *Ts, float *QKs, float *Us,
-                                                const float *Gs, const float *Es, const float *Bs, gdn_rt *rec)
+template <int DK, int LK, int LC, class TQ, class TO>
+__device__ __forceinline__ void gdn_chunk_solve(TQ *Qs, const TQ *Ks, float *Ls, float *Ts, float *QKs, float *Us,
+                                                const float *Gs, const float *Es, const float *Bs, gdn_rt *rec,
+                                                TO *TLs, TO *TGs, int lo)
 {
     constexpr int C = GDN_C, NT = 256;
-    int tid = threadIdx.x, warp = tid >> 5;
-    { // the lower 16x16 tiles of K Kᵀ (jobs 0-9) and Q Kᵀ (10-19), 40 m16n8 halves on
-      // tf32 mma.sync: warp w the halves w + 8i, five chains at a time (wmma's order)
-        const int g = (tid & 31) >> 2, t = tid & 3, half = warp & 1;
-        const uint32_t *ar[5], *br[5]; // q and k were stored rounded (gdn_chunk_inputs)
-        float d[5][4] = {};
-#pragma unroll
-        for (int i = 0; i < 5; i++) {
-            int job = (warp >> 1) + 4 * i, mi, nj;
-            gdn_tri(job % 10, mi, nj);
-            ar[i] = (const uint32_t *)(job < 10 ? Ks : Qs) + (mi * 16 + g) * LK + t;
-            br[i] = (const uint32_t *)Ks + (nj * 16 + half * 8 + g) * LK + t;
-        }
-#pragma unroll
-        for (int k = 0; k < DK; k += 8)
-#pragma unroll
-            for (int i = 0; i < 5; i++) gdn_mma_b(d[i], gdn_a_rows(ar[i] + k, LK), br[i] + k, 1); // Kᵀ: k along rows
-#pragma unroll
-        for (int i = 0; i < 5; i++) {
-            int job = (warp >> 1) + 4 * i, mi, nj;
-            gdn_tri(job % 10, mi, nj);
-            float *o = (job < 10 ? Ls : QKs) + (mi * 16 + g) * LC + nj * 16 + half * 8 + 2 * t;
-            gdn_st2(o, d[i][0], d[i][1]);
-            gdn_st2(o + 8 * LC, d[i][2], d[i][3]);
-        }
-    }
+    int tid = threadIdx.x;
+    gdn_kk_qk<DK, LK, LC>(Qs, Ks, Ls, QKs);
     __syncthreads();
     for (int e = tid; e < C * C / 2; e += NT) { // column pairs: one store of two (the record's bf16)
         int i = 2 * e / C, j = 2 * e % C;
@@ -788,7 +882,7 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
     if (rec)
         for (int e = tid; e < C * DK / 2; e += NT) {
             int i = 2 * e / DK, d = 2 * e % DK;
-            gdn_st2(rec + gdn_rec<DK>::QG + 2 * e, Qs[i * LK + d] * Es[i], Qs[i * LK + d + 1] * Es[i]);
+            gdn_st2(rec + gdn_rec<DK>::QG + 2 * e, gdn_f(Qs[i * LK + d]) * Es[i], gdn_f(Qs[i * LK + d + 1]) * Es[i]);
         }
     __syncthreads();
     if (tid < 64) {
@@ -828,14 +922,15 @@ __device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls,
     for (int e = tid; e < C * C; e += NT) {
         int i = e / C, j = e % C;
         float tv = Ts[i * LC + j] * Bs[j];
-        Ls[i * LC + j] = gdn_rounded(tv); // only ever mma operands from here
-        Ts[i * LC + j] = gdn_rounded(tv * Es[j]);
+        gdn_put(TLs + i * lo + j, tv); // only ever mma operands from here
+        gdn_put(TGs + i * lo + j, tv * Es[j]);
     }
-    if (!rec)
-        for (int e = tid; e < C * DK; e += NT) {
-            int i = e / DK, d = e % DK;
-            Qs[i * LK + d] *= Es[i];
-        }
+    if constexpr (std::is_same<TQ, float>::value)
+        if (!rec)
+            for (int e = tid; e < C * DK; e += NT) {
+                int i = e / DK, d = e % DK;
+                Qs[i * LK + d] *= Es[i];
+            }
     __syncthreads();
 }
 
@@ -958,7 +1053,7 @@ __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
         gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Es, Bs, tb, n, qoff, koff, h, Aexp, bias);
         gdn_tile_in<BV, LV>(Vs, g.qkv, tb, n, voff);
         __syncthreads();
-        gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, QKs, Us, Gs, Es, Bs, NULL);
+        gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, QKs, Us, Gs, Es, Bs, NULL, Ls, Ts, LC);
         // W = T diag(β e^G) K [C x DK];  U = T diag(β) V [C x BV]
         gdn_tri_mm<DK, LC>(Ws, LK, Ts, (const uint32_t *)Ks, LK); // k stored rounded
         gdn_tri_mm<BV, LC>(Us, LV, Ls, Vs, LV);
@@ -1074,21 +1169,32 @@ __device__ __forceinline__ bool gdn_chunk_seq(const cu_gdn_args &g, int64_t q, i
     return false;
 }
 
-// Shared memory of k_gdn_prep: q and k (V tiles later in Q's place), L and T
-// (the solve's raw Q Kᵀ in T's place), G, β. The record's Qg, QKm, W and U
-// go to global memory as they are made, so it stays under half an SM's
-// shared memory: two blocks an SM (their registers allow no third).
+// Shared memory of k_gdn_prep, in bytes: q and k (bf16; the solve's scratch
+// and then T diag(β e^G) in Q's place), L and T (fp32 for the solve: its raw
+// Q Kᵀ in T's place; then T diag(β) in L's place and a V tile in T's, bf16),
+// G, e^G, β. The record's Qg, QKm, W and U go to global memory as they are
+// made; bf16 q and k (v89: fp32 they took 67 of 103 KB) leave room for three
+// blocks an SM (GDN_PREP_MINB below). bf16 rows 8 elements past a multiple of 64 (16-byte aligned
+// ldmatrix rows in distinct banks), fp32 rows 4 floats past a multiple of 32.
 template <int DK> struct gdn_prep_smem {
-    // LV: a V row 8 floats past a multiple of 32, so U's B fragments (lane (g, t)
-    // at row t, column g) fall in 32 banks (64 + 4 put rows t and t + 1 4 apart)
-    static constexpr int LK = DK + 4, LC = GDN_C + 4, LV = 64 + 8, LQ = LK > LV ? LK : LV;
-    static constexpr int Q = 0, K = Q + GDN_C * LQ, L = K + GDN_C * LK, T = L + GDN_C * LC;
-    static constexpr int G = T + GDN_C * LC, E = G + GDN_C, B = E + GDN_C;
-    static constexpr size_t BYTES = (size_t)(B + GDN_C) * sizeof(float);
-    static_assert(K % 8 == 0 && L % 8 == 0 && T % 8 == 0, "wmma tiles need 32-byte aligned bases");
-    static_assert(3 * 256 <= GDN_C * LK, "solve scratch in Q's place");
-    static_assert(BYTES <= 113 * 1024, "two blocks an SM");
+    static constexpr int LK = DK + 8, LC = GDN_C + 4, LT = GDN_C + 8, LV = 64 + 8;
+    static constexpr int QB = GDN_C * (LK > LT ? LK : LT) * 2;
+    static constexpr int Q = 0, K = Q + QB, L = K + GDN_C * LK * 2, T = L + GDN_C * LC * 4;
+    static constexpr int G = T + GDN_C * LC * 4, E = G + GDN_C * 4, B = E + GDN_C * 4;
+    static constexpr size_t BYTES = (size_t)B + GDN_C * 4;
+    static_assert(K % 16 == 0 && L % 16 == 0 && T % 16 == 0, "16-byte aligned rows");
+    static_assert(3 * 256 * 4 <= QB && GDN_C * LT * 2 <= GDN_C * LC * 4 && GDN_C * LV * 2 <= GDN_C * LC * 4,
+                  "the scratch in Q's place, T diag(β) in L's, a V tile in T's");
+    static_assert(BYTES <= 75 * 1024, "three blocks an SM");
 };
+// k_gdn_prep's blocks an SM as registers allow (__launch_bounds__): its shared
+// memory allows three, but at 80 registers a thread it spills 224 bytes
+// (v89; with the inputs loaded in two rounds) and measured slower (H100,
+// 2026-12-07: 1 × 8192 tokens 0.85–0.90 against 0.82–0.85 ms, 1 × 1000 0.145
+// against 0.117): two.
+#ifndef GDN_PREP_MINB
+#define GDN_PREP_MINB 2
+#endif
 
 // k_gdn_scan, in bytes: two stages (a chunk's record and the next one's
 // landing) of W, Kd, the U columns, Qg and QKm (bf16, as the record), then
@@ -1117,16 +1223,20 @@ __device__ __forceinline__ int64_t gdn_chunk_base(const cu_gdn_args &g, int s, i
     return base;
 }
 
-// Issues the copy of rows x cols elements (row stride ld_src) to shared
-// memory rows of stride ld_dst as cp.async, 16 bytes a thread step (cols,
-// strides and addresses multiples of 16 bytes); the caller commits and waits.
-template <class T>
-__device__ __forceinline__ void gdn_copy_async(T *dst, int ld_dst, const T *src, int64_t ld_src, int rows, int cols)
+// Issues the copy of ROWS x COLS elements (row stride ld_src) to shared
+// memory rows of stride ld_dst as cp.async, 16 bytes a thread step (COLS,
+// strides and addresses multiples of 16 bytes), by 256 threads; the caller
+// commits and waits. Unrolled over a constant shape: as loops, their
+// control (compare, branch, index arithmetic) ran at each of a chunk's 15
+// steps on the scan's chain (v90).
+template <int ROWS, int COLS, class T>
+__device__ __forceinline__ void gdn_copy_async(T *dst, int ld_dst, const T *src, int64_t ld_src)
 {
-    constexpr int E = 16 / sizeof(T);
-    int ce = cols / E;
-    for (int e = threadIdx.x; e < rows * ce; e += blockDim.x) {
-        int r = e / ce, c = (e % ce) * E;
+    constexpr int CE = COLS * (int)sizeof(T) / 16, STEPS = ROWS * CE / 256;
+    static_assert(COLS * sizeof(T) % 16 == 0 && STEPS * 256 == ROWS * CE, "whole 16-byte steps");
+#pragma unroll
+    for (int k = 0; k < STEPS; k++) {
+        int e = threadIdx.x + 256 * k, r = e / CE, c = e % CE * (16 / (int)sizeof(T));
         __pipeline_memcpy_async(dst + r * ld_dst + c, src + r * ld_src + c, 16);
     }
 }
@@ -1134,14 +1244,15 @@ __device__ __forceinline__ void gdn_copy_async(T *dst, int ld_dst, const T *src,
 // Block (chunk x, value head y): 256 threads. rec: the records, base of
 // (chunk q, head h) at ((q · Hv) + h) · gdn_rec<DK>::size(Dv).
 template <int DK>
-__global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len, int n_seqs, gdn_rt *rec)
+__global__ void __launch_bounds__(256, GDN_PREP_MINB) k_gdn_prep(cu_gdn_args g, int min_len, int n_seqs, gdn_rt *rec)
 {
     using SM = gdn_prep_smem<DK>;
     using RC = gdn_rec<DK>;
-    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LV = SM::LV, NT = 256;
-    extern __shared__ __align__(128) float sm[];
-    float *Qs = sm + SM::Q, *Ks = sm + SM::K, *Ls = sm + SM::L, *Ts = sm + SM::T;
-    float *Gs = sm + SM::G, *Es = sm + SM::E, *Bs = sm + SM::B;
+    constexpr int C = GDN_C, LK = SM::LK, LC = SM::LC, LT = SM::LT, LV = SM::LV, NT = 256;
+    extern __shared__ __align__(128) char smc[];
+    gdn_rt *Qs = (gdn_rt *)(smc + SM::Q), *Ks = (gdn_rt *)(smc + SM::K);
+    float *Ls = (float *)(smc + SM::L), *Ts = (float *)(smc + SM::T);
+    float *Gs = (float *)(smc + SM::G), *Es = (float *)(smc + SM::E), *Bs = (float *)(smc + SM::B);
     const int Dv = g.Dv, h = blockIdx.y, kh = h / (g.Hv / g.Hk);
     int tid = threadIdx.x;
     cu_pdl_wait();
@@ -1154,22 +1265,26 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
     int64_t koff = (int64_t)g.Hk * DK + (int64_t)kh * DK, qoff = (int64_t)kh * DK;
     int64_t voff = 2 * (int64_t)g.Hk * DK + (int64_t)h * Dv;
     int tb = g.q_start[s] + c0;
-    gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Es, Bs, tb, n, qoff, koff, h, Aexp, bias);
+    gdn_chunk_inputs<DK, LK, GDN_PREP_MINB == 3 ? 2 : 1>(g, Qs, Ks, Gs, Es, Bs, tb, n, qoff, koff, h, Aexp, bias);
     __syncthreads();
     // U's first V tile in flight through the solve: loaded after its products
     // it cost a round trip a tile (U took a quarter of a block, NOTES v87)
     gdn_tile<64> vt;
     gdn_tile_ld<64>(vt, g.qkv, tb, n, voff);
-    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, Qs, Gs, Es, Bs, out); // Qg and QKm to the record
-    uint32_t *Vs = (uint32_t *)Qs; // Q's place, free since the solve's last barrier
+    // Qg and QKm to the record; the solve's scratch, then T diag(β e^G), in Q's
+    // place; T diag(β) in L's
+    gdn_rt *TGs = Qs, *TLs = (gdn_rt *)Ls;
+    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, (float *)Qs, Gs, Es, Bs, out, TLs, TGs, LT);
+    gdn_rt *Vs = (gdn_rt *)Ts; // T's place, free since the solve's last barrier
     gdn_tile_put<64, LV>(Vs, vt);
     // the rest of the record: W = T diag(β e^G) K, k ⊙ e^(G_last − G), G_last
-    gdn_tri_mm<DK, LC>(out + RC::W, DK, (const uint32_t *)Ts, (const uint32_t *)Ks, LK); // both rounded
+    gdn_tri_mm_bf<DK>(out + RC::W, DK, TGs, LT, Ks, LK);
     float glast = Gs[C - 1];
     for (int e = tid; e < C * DK / 2; e += NT) { // pairs
         int i = 2 * e / DK, d = 2 * e % DK;
         float sc = expf(glast - Gs[i]);
-        gdn_st2(out + RC::KD + 2 * e, Ks[i * LK + d] * sc, Ks[i * LK + d + 1] * sc);
+        float2 k2 = __bfloat1622float2(*(const __nv_bfloat162 *)(Ks + i * LK + d));
+        gdn_st2(out + RC::KD + 2 * e, k2.x * sc, k2.y * sc);
     }
     if (tid == 0) *(float *)(out + RC::glast(Dv)) = glast;
     // U = T diag(β) V [C x Dv], 64 value columns at a time, each next tile's
@@ -1178,7 +1293,7 @@ __global__ void __launch_bounds__(256, 2) k_gdn_prep(cu_gdn_args g, int min_len,
         __syncthreads(); // tile v0 in Vs
         bool more = v0 + 64 < Dv;
         if (more) gdn_tile_ld<64>(vt, g.qkv, tb, n, voff + v0 + 64);
-        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, (const uint32_t *)Ls, Vs, LV);
+        gdn_tri_mm_bf<64>(out + RC::U + v0, Dv, TLs, LT, Vs, LV);
         if (more) {
             __syncthreads(); // every product of tile v0 read Vs
             gdn_tile_put<64, LV>(Vs, vt);
@@ -1392,11 +1507,11 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
     auto issue = [&](int ci) { // chunk ci's record (an empty group past the last chunk)
         if (ci < nc) {
             const gdn_rt *r = record(ci);
-            gdn_copy_async(stage(ci, SM::W), LW, r + RC::W, DK, C, DK);
-            gdn_copy_async(stage(ci, SM::K), LW, r + RC::KD, DK, C, DK);
-            gdn_copy_async(stage(ci, SM::Q), LW, r + RC::QG, DK, C, DK);
-            gdn_copy_async(stage(ci, SM::QK), LC, r + RC::QK, C, C, C);
-            gdn_copy_async(stage(ci, SM::U), LU, r + RC::U + vt * BV, Dv, C, BV);
+            gdn_copy_async<C, DK>(stage(ci, SM::W), LW, r + RC::W, DK);
+            gdn_copy_async<C, DK>(stage(ci, SM::K), LW, r + RC::KD, DK);
+            gdn_copy_async<C, DK>(stage(ci, SM::Q), LW, r + RC::QG, DK);
+            gdn_copy_async<C, C>(stage(ci, SM::QK), LC, r + RC::QK, C);
+            gdn_copy_async<C, BV>(stage(ci, SM::U), LU, r + RC::U + vt * BV, Dv);
         }
         __pipeline_commit();
     };
@@ -1426,21 +1541,37 @@ __global__ void __launch_bounds__(256, 1) k_gdn_scan(cu_gdn_args g, int min_len,
 
 // ---- the split form's launches ------------------------------------------------
 
-// The split form over every long sequence of the batch (n_chunks records).
-// The scan at 32 value columns a block: at 64 its stages, v_new and the two
-// state tiles would not fit an SM's shared memory.
-template <int DK> static void gdn_split_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs, int64_t n_chunks)
+// The scan at BV value columns a block (blocks of short sequences exit).
+template <int DK, int BV>
+static void gdn_scan_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs, const gdn_rt *rec)
 {
-    constexpr int BV = 32;
+    size_t ss = gdn_scan_smem<DK, BV>::BYTES;
+    CU_CHECK(cudaFuncSetAttribute(k_gdn_scan<DK, BV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss));
+    cu_launch(b, k_gdn_scan<DK, BV>, (unsigned)(n_seqs * g.Hv * (g.Dv / BV)), 256, ss, g, GDN_CHUNK_MIN, rec);
+}
+
+// Whether the scan may take 64 value columns a block where that still gives
+// every SM a block (v91: each of a head's column blocks reads the head's W,
+// Kd, Qg and QKm a chunk; at 64 columns half of them do). 0: always 32.
+#ifndef GDN_SCAN_WIDE
+#define GDN_SCAN_WIDE 1
+#endif
+
+// The split form over every long sequence of the batch (n_chunks records,
+// n_long sequences).
+template <int DK>
+static void gdn_split_launch(cu_backend *b, const cu_gdn_args &g, int n_seqs, int n_long, int64_t n_chunks)
+{
     gdn_rt *rec = (gdn_rt *)cu_tmp_alloc(b, sizeof(gdn_rt) * (size_t)(n_chunks * g.Hv * gdn_rec<DK>::size(g.Dv)));
-    size_t ps = gdn_prep_smem<DK>::BYTES, ss = gdn_scan_smem<DK, BV>::BYTES;
+    size_t ps = gdn_prep_smem<DK>::BYTES;
     CU_CHECK(cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ps));
     CU_CHECK(cudaFuncSetAttribute(k_gdn_prep<DK>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                   cudaSharedmemCarveoutMaxShared)); // room for two blocks
     cu_launch(b, k_gdn_prep<DK>, dim3((unsigned)n_chunks, (unsigned)g.Hv), 256, ps, g, GDN_CHUNK_MIN, n_seqs, rec);
-    CU_CHECK(cudaFuncSetAttribute(k_gdn_scan<DK, BV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss));
-    cu_launch(b, k_gdn_scan<DK, BV>, (unsigned)(n_seqs * g.Hv * (g.Dv / BV)), 256, ss, g, GDN_CHUNK_MIN,
-              (const gdn_rt *)rec);
+    if (GDN_SCAN_WIDE && (int64_t)n_long * g.Hv * (g.Dv / 64) >= b->n_sm)
+        gdn_scan_launch<DK, 64>(b, g, n_seqs, rec);
+    else
+        gdn_scan_launch<DK, 32>(b, g, n_seqs, rec);
     cu_tmp_free(b, rec);
 }
 
@@ -1485,8 +1616,8 @@ void cu_gdn(sl_backend *be, sl_tensor *out, const sl_tensor *qkv, const sl_tenso
             for (int s = 0; s < cm->n_seqs; s++)
                 n_chunks += gdn_nchunks(m->q_start[s + 1] - m->q_start[s],
                                         m->track_slot[s] >= 0 ? m->track_len[s] : -1, GDN_CHUNK_MIN);
-            if (Dk == 64) gdn_split_launch<64>(bk, g, cm->n_seqs, n_chunks);
-            else gdn_split_launch<128>(bk, g, cm->n_seqs, n_chunks);
+            if (Dk == 64) gdn_split_launch<64>(bk, g, cm->n_seqs, n_long, n_chunks);
+            else gdn_split_launch<128>(bk, g, cm->n_seqs, n_long, n_chunks);
             return;
         }
         // 64 value columns a block unless that leaves SMs idle (one long prompt)

@@ -27,14 +27,14 @@ __device__ __forceinline__ unsigned long long gdn_gt() { unsigned long long t; a
 at("// A chunk's local algebra once its inputs are in (after a barrier): the", r"""__device__ long long gdn_solve_t[6];
 #define GDN_SOLVE_T(k) if (rec && threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) gdn_solve_t[k] = clock64()""",
    after=False)
-sv = probe_edit.find(lines, "__device__ __forceinline__ void gdn_chunk_solve(float *Qs, float *Ks, float *Ls, float *Ts, float *QKs, float *Us,")
-at("    int tid = threadIdx.x, warp = tid >> 5;", "    GDN_SOLVE_T(0);", start=sv)
-probe_edit.replace(lines, """    }
+sv = probe_edit.find(lines, "__device__ __forceinline__ void gdn_chunk_solve(TQ *Qs, const TQ *Ks, float *Ls, float *Ts, float *QKs, float *Us,")
+probe_edit.replace(lines, """    int tid = threadIdx.x;
+    gdn_kk_qk<DK, LK, LC>(Qs, Ks, Ls, QKs);
+    __syncthreads();""", """    int tid = threadIdx.x;
+    GDN_SOLVE_T(0);
+    gdn_kk_qk<DK, LK, LC>(Qs, Ks, Ls, QKs);
     __syncthreads();
-    for (int e = tid; e < C * C / 2; e += NT) { // column pairs: one store of two (the record's bf16)""", """    }
-    __syncthreads();
-    GDN_SOLVE_T(1);
-    for (int e = tid; e < C * C / 2; e += NT) { // column pairs: one store of two (the record's bf16)""", start=sv)
+    GDN_SOLVE_T(1);""", start=sv)
 at("    if (tid < 64) {", "    GDN_SOLVE_T(2);", after=False, start=sv)
 at("    for (int a = 1; a < 4; a++) {", "    GDN_SOLVE_T(3);", after=False, start=sv)
 probe_edit.replace(lines, """    }
@@ -45,24 +45,24 @@ probe_edit.replace(lines, """    }
     for (int e = tid; e < C * C; e += NT) {
         int i = e / C, j = e % C;
         float tv = Ts[i * LC + j] * Bs[j];""", start=sv)
-probe_edit.replace(lines, """            Qs[i * LK + d] *= Es[i];
-        }
+probe_edit.replace(lines, """                Qs[i * LK + d] *= Es[i];
+            }
     __syncthreads();
-}""", """            Qs[i * LK + d] *= Es[i];
-        }
+}""", """                Qs[i * LK + d] *= Es[i];
+            }
     __syncthreads();
     GDN_SOLVE_T(5);
 }""", start=sv)
 # prep: inputs, solve, W, Kd, U
 at("    int64_t q = blockIdx.x;",
    "    long long pt[8]; int np = 0; unsigned long long g0 = gdn_gt(); pt[np++] = clock64();", after=False)
-S = "    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, Qs, Gs, Es, Bs, out); // Qg and QKm to the record"
+S = "    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, (float *)Qs, Gs, Es, Bs, out, TLs, TGs, LT);"
 at(S, "    pt[np++] = clock64();", after=False)
 at(S, "    pt[np++] = clock64();")
-at("    gdn_tri_mm<DK, LC>(out + RC::W, DK, (const uint32_t *)Ts, (const uint32_t *)Ks, LK); // both rounded",
+at("    gdn_tri_mm_bf<DK>(out + RC::W, DK, TGs, LT, Ks, LK);",
    "    __syncthreads(); pt[np++] = clock64();")
 at("    if (tid == 0) *(float *)(out + RC::glast(Dv)) = glast;", "    __syncthreads(); pt[np++] = clock64();")
-at("        gdn_tri_mm<64, LC>(out + RC::U + v0, Dv, (const uint32_t *)Ls, Vs, LV);", r"""        if (v0 + 64 >= Dv) {
+at("        gdn_tri_mm_bf<64>(out + RC::U + v0, Dv, TLs, LT, Vs, LV);", r"""        if (v0 + 64 >= Dv) {
             __syncthreads();
             pt[np++] = clock64();
             // head 0's blocks start in the first wave, all loading their inputs at once; head

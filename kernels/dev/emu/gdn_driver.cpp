@@ -164,9 +164,9 @@ static int run_chunked(int Hk, int HB, int Dv, std::vector<int> lens, std::vecto
             std::vector<gdn_rt> rec((size_t)(n_chunks * Hv * gdn_rec<DK>::size(Dv)), __float2bfloat16_rn(NAN));
             emu_grid({(unsigned)n_chunks, (unsigned)Hv, 1}, 256, gdn_prep_smem<DK>::BYTES,
                      [&] { k_gdn_prep<DK>(g, GDN_CHUNK_MIN, n_seqs, rec.data()); });
-            unsigned stiles = (unsigned)(n_seqs * Hv * (Dv / 32)); // the split scan's 32 columns a block
-            emu_grid({stiles, 1, 1}, 256, gdn_scan_smem<DK, 32>::BYTES, [&] {
-                k_gdn_scan<DK, 32>(g, GDN_CHUNK_MIN, rec.data());
+            // the split scan at the case's BV (cu_gdn takes 32 or 64 columns a block)
+            emu_grid({tiles, 1, 1}, 256, gdn_scan_smem<DK, BV>::BYTES, [&] {
+                k_gdn_scan<DK, BV>(g, GDN_CHUNK_MIN, rec.data());
                 SL_ASSERT(emu_wg_idle());
             });
         }
