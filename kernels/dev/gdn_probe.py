@@ -56,8 +56,16 @@ probe_edit.replace(lines, """                Qs[i * LK + d] *= Es[i];
 # prep: inputs, solve, W, Kd, U
 at("    int64_t q = blockIdx.x;",
    "    long long pt[8]; int np = 0; unsigned long long g0 = gdn_gt(); pt[np++] = clock64();", after=False)
+# the inputs phase split: the chunk's lookups (gdn_chunk_seq, the gate constants), q and k
+# loaded and stored, the barrier after them, the V tile's loads issued
+at("    float Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);",
+   "    long long pi[4]; pi[0] = clock64();", after=False,
+   start=probe_edit.find(lines, "__global__ void __launch_bounds__(256, GDN_PREP_MINB) k_gdn_prep(cu_gdn_args g, int min_len, int n_seqs, gdn_rt *rec)"))
+IN = "    gdn_chunk_inputs<DK, LK, GDN_PREP_MINB == 3 ? 2 : 1>(g, Qs, Ks, Gs, Es, Bs, tb, n, qoff, koff, h, Aexp, bias);"
+at(IN, "    pi[1] = clock64();")
+at("    // U's first V tile in flight through the solve: loaded after its products", "    pi[2] = clock64();", after=False)
 S = "    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, (float *)Qs, Gs, Es, Bs, out, TLs, TGs, LT);"
-at(S, "    pt[np++] = clock64();", after=False)
+at(S, "    pt[np++] = clock64(); pi[3] = pt[1];", after=False)
 at(S, "    pt[np++] = clock64();")
 at("    gdn_tri_mm_bf<DK>(out + RC::W, DK, TGs, LT, Ks, LK);",
    "    __syncthreads(); pt[np++] = clock64();")
@@ -70,8 +78,9 @@ at("        gdn_tri_mm_bf<64>(out + RC::U + v0, Dv, TLs, LT, Vs, LV);", r"""    
             if (tid == 0 && (blockIdx.y == 0 || blockIdx.y == gridDim.y / 2) &&
                 (blockIdx.x == 0 || blockIdx.x == gridDim.x / 2 || blockIdx.x == gridDim.x - 1) &&
                 atomicAdd(&gdn_probe_n, 1) < 12)
-                printf("PROBE prep blk %d/%d head %d: inputs %lld solve %lld W %lld KD %lld U %lld total %lld cycles, %llu ns\n",
-                       blockIdx.x, gridDim.x, blockIdx.y, pt[1] - pt[0], pt[2] - pt[1], pt[3] - pt[2], pt[4] - pt[3], pt[5] - pt[4],
+                printf("PROBE prep blk %d/%d head %d: inputs %lld (seq %lld qk %lld bar %lld v %lld) solve %lld W %lld KD %lld U %lld total %lld cycles, %llu ns\n",
+                       blockIdx.x, gridDim.x, blockIdx.y, pt[1] - pt[0], pi[0] - pt[0], pi[1] - pi[0], pi[2] - pi[1],
+                       pi[3] - pi[2], pt[2] - pt[1], pt[3] - pt[2], pt[4] - pt[3], pt[5] - pt[4],
                        pt[5] - pt[0], gdn_gt() - g0);
             if (tid == 0 && blockIdx.y == 0 && blockIdx.x == 0 && atomicAdd(&gdn_probe_n, 1) < 9)
                 printf("PROBE solve blk 0: KK/QK %lld mask+Qg %lld forward %lld rows %lld scale %lld cycles\n",
