@@ -642,6 +642,20 @@ __device__ __forceinline__ void gdn_tri_mm_bf(T *dst, int ldd, const gdn_rt *A, 
     gdn_tri_st(dst, ldd, d, mb, [&](int u) { return n0 + 8 * u; });
 }
 
+// An element of m as its stored bits (bf16, or the float of every other
+// dtype), and back: a thread keeps bits while its other loads go out, where a
+// conversion right at the load made it wait for that load there (NOTES v87,
+// v95)
+__device__ __forceinline__ uint32_t gdn_bits(const cu_mat &m, int64_t r, int64_t c, __nv_bfloat16)
+{
+    return ((const uint16_t *)m.p)[r * m.ld + c];
+}
+template <class T> __device__ __forceinline__ uint32_t gdn_bits(const cu_mat &m, int64_t r, int64_t c, T t)
+{
+    return __float_as_uint(cu_mat_ld_as(m, r, c, t));
+}
+__device__ __forceinline__ float gdn_unbits(uint32_t v, bool bf16) { return __uint_as_float(bf16 ? v << 16 : v); }
+
 // A chunk's inputs (tokens tb .. tb+n-1, rows past n zero): q and k
 // l2-normalised (q also scaled by Dk^-1/2) into Qs, Ks (row stride LK), one
 // warp per row, stored as the operands every product reads them as (gdn_put:
@@ -674,34 +688,39 @@ __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, TQ *Qs, T
     // more round trip each: the prep's three blocks an SM)
 #pragma unroll
     for (int pass = 0; pass < PASSES; pass++) {
-        float qv[R][J], kv[R][J];
+        // stored bits: every row's loads go out before the first conversion
+        // (converted at the load, each row waited for its loads: v95)
+        uint32_t qb[R][J], kb[R][J];
         cu_typed(g.qkv.dt, [&](auto t) {
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 int i = warp + NW * (pass * R + r);
 #pragma unroll
                 for (int j = 0; j < J; j++) {
-                    qv[r][j] = i < n ? cu_mat_ld_as(g.qkv, tb + i, qoff + lane + 32 * j, t) : 0.0f;
-                    kv[r][j] = i < n ? cu_mat_ld_as(g.qkv, tb + i, koff + lane + 32 * j, t) : 0.0f;
+                    qb[r][j] = i < n ? gdn_bits(g.qkv, tb + i, qoff + lane + 32 * j, t) : 0u;
+                    kb[r][j] = i < n ? gdn_bits(g.qkv, tb + i, koff + lane + 32 * j, t) : 0u;
                 }
             }
         });
+        const bool bf = g.qkv.dt == SL_DTYPE_BF16;
 #pragma unroll
         for (int r = 0; r < R; r++) {
             int i = warp + NW * (pass * R + r);
-            float qss = 0.0f, kss = 0.0f;
+            float qv[J], kv[J], qss = 0.0f, kss = 0.0f;
 #pragma unroll
             for (int j = 0; j < J; j++) {
-                qss += qv[r][j] * qv[r][j];
-                kss += kv[r][j] * kv[r][j];
+                qv[j] = gdn_unbits(qb[r][j], bf);
+                kv[j] = gdn_unbits(kb[r][j], bf);
+                qss += qv[j] * qv[j];
+                kss += kv[j] * kv[j];
             }
             qss = cu_warp_sum(qss);
             kss = cu_warp_sum(kss);
             float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
 #pragma unroll
             for (int j = 0; j < J; j++) {
-                gdn_put(Qs + i * LK + lane + 32 * j, qv[r][j] * qi * qscale);
-                gdn_put(Ks + i * LK + lane + 32 * j, kv[r][j] * ki);
+                gdn_put(Qs + i * LK + lane + 32 * j, qv[j] * qi * qscale);
+                gdn_put(Ks + i * LK + lane + 32 * j, kv[j] * ki);
             }
         }
     }
@@ -743,14 +762,6 @@ template <int NC> struct gdn_tile {
     uint32_t v[PER]; // bf16 bits (bf16) or float bits (every other dtype)
     bool bf16;
 };
-__device__ __forceinline__ uint32_t gdn_bits(const cu_mat &m, int64_t r, int64_t c, __nv_bfloat16)
-{
-    return ((const uint16_t *)m.p)[r * m.ld + c];
-}
-template <class T> __device__ __forceinline__ uint32_t gdn_bits(const cu_mat &m, int64_t r, int64_t c, T t)
-{
-    return __float_as_uint(cu_mat_ld_as(m, r, c, t));
-}
 template <int NC>
 __device__ __forceinline__ void gdn_tile_ld(gdn_tile<NC> &r, const cu_mat &m, int tb, int n, int64_t col0)
 {
@@ -768,7 +779,7 @@ template <int NC, int LD, class TD> __device__ __forceinline__ void gdn_tile_put
 #pragma unroll
     for (int k = 0; k < gdn_tile<NC>::PER; k++) {
         int e = threadIdx.x + 256 * k;
-        gdn_put(dst + (e / NC) * LD + e % NC, __uint_as_float(r.bf16 ? r.v[k] << 16 : r.v[k]));
+        gdn_put(dst + (e / NC) * LD + e % NC, gdn_unbits(r.v[k], r.bf16));
     }
 }
 template <int NC, int LD, class TD>
