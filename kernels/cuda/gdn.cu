@@ -664,12 +664,12 @@ __device__ __forceinline__ float gdn_unbits(uint32_t v, bool bf16) { return __ui
 // into Gs, e^G into Es and β into Bs (warp 0). Every load of a thread is issued before the first use of one
 // (a load's round trip is paid once, not once a row: typed, cu_typed). No
 // barrier at the end (the caller adds its own loads first).
-template <int DK, int LK, int PASSES = 1, class TQ>
+template <int DK, int LK, class TQ>
 __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, TQ *Qs, TQ *Ks, float *Gs,
                                                  float *Es, float *Bs, int tb, int n, int64_t qoff, int64_t koff, int h,
                                                  float Aexp, float bias)
 {
-    constexpr int C = GDN_C, NW = 256 / 32, R = C / NW / PASSES, J = DK / 32;
+    constexpr int C = GDN_C, NW = 256 / 32, R = C / NW, J = DK / 32;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float qscale = 1.0f / sqrtf((float)DK);
     float ga[2] = {0.0f, 0.0f}, gb[2] = {0.0f, 0.0f}; // warp 0: tokens lane, lane + 32
@@ -684,44 +684,39 @@ __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, TQ *Qs, T
         gates(g.a, ga);
         gates(g.b, gb);
     }
-    // PASSES: the rows in that many rounds of loads (fewer registers held, one
-    // more round trip each: the prep's three blocks an SM)
-#pragma unroll
-    for (int pass = 0; pass < PASSES; pass++) {
-        // stored bits: every row's loads go out before the first conversion
-        // (converted at the load, each row waited for its loads: v95)
-        uint32_t qb[R][J], kb[R][J];
-        cu_typed(g.qkv.dt, [&](auto t) {
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                int i = warp + NW * (pass * R + r);
-#pragma unroll
-                for (int j = 0; j < J; j++) {
-                    qb[r][j] = i < n ? gdn_bits(g.qkv, tb + i, qoff + lane + 32 * j, t) : 0u;
-                    kb[r][j] = i < n ? gdn_bits(g.qkv, tb + i, koff + lane + 32 * j, t) : 0u;
-                }
-            }
-        });
-        const bool bf = g.qkv.dt == SL_DTYPE_BF16;
+    // stored bits: every row's loads go out before the first conversion
+    // (converted at the load, each row waited for its loads: v95)
+    uint32_t qb[R][J], kb[R][J];
+    cu_typed(g.qkv.dt, [&](auto t) {
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            int i = warp + NW * (pass * R + r);
-            float qv[J], kv[J], qss = 0.0f, kss = 0.0f;
+            int i = warp + NW * r;
 #pragma unroll
             for (int j = 0; j < J; j++) {
-                qv[j] = gdn_unbits(qb[r][j], bf);
-                kv[j] = gdn_unbits(kb[r][j], bf);
-                qss += qv[j] * qv[j];
-                kss += kv[j] * kv[j];
+                qb[r][j] = i < n ? gdn_bits(g.qkv, tb + i, qoff + lane + 32 * j, t) : 0u;
+                kb[r][j] = i < n ? gdn_bits(g.qkv, tb + i, koff + lane + 32 * j, t) : 0u;
             }
-            qss = cu_warp_sum(qss);
-            kss = cu_warp_sum(kss);
-            float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
+        }
+    });
+    const bool bf = g.qkv.dt == SL_DTYPE_BF16;
 #pragma unroll
-            for (int j = 0; j < J; j++) {
-                gdn_put(Qs + i * LK + lane + 32 * j, qv[j] * qi * qscale);
-                gdn_put(Ks + i * LK + lane + 32 * j, kv[j] * ki);
-            }
+    for (int r = 0; r < R; r++) {
+        int i = warp + NW * r;
+        float qv[J], kv[J], qss = 0.0f, kss = 0.0f;
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            qv[j] = gdn_unbits(qb[r][j], bf);
+            kv[j] = gdn_unbits(kb[r][j], bf);
+            qss += qv[j] * qv[j];
+            kss += kv[j] * kv[j];
+        }
+        qss = cu_warp_sum(qss);
+        kss = cu_warp_sum(kss);
+        float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            gdn_put(Qs + i * LK + lane + 32 * j, qv[j] * qi * qscale);
+            gdn_put(Ks + i * LK + lane + 32 * j, kv[j] * ki);
         }
     }
     if (warp == 0) { // gates: inclusive scan over the chunk
@@ -1200,7 +1195,7 @@ template <int DK> struct gdn_prep_smem {
 };
 // k_gdn_prep's blocks an SM as registers allow (__launch_bounds__): its shared
 // memory allows three, but at 80 registers a thread it spills 224 bytes
-// (v89; with the inputs loaded in two rounds) and measured slower (H100,
+// (v89) and measured slower (H100,
 // 2026-12-07: 1 × 8192 tokens 0.85–0.90 against 0.82–0.85 ms, 1 × 1000 0.145
 // against 0.117): two.
 #ifndef GDN_PREP_MINB
@@ -1276,7 +1271,7 @@ __global__ void __launch_bounds__(256, GDN_PREP_MINB) k_gdn_prep(cu_gdn_args g, 
     int64_t koff = (int64_t)g.Hk * DK + (int64_t)kh * DK, qoff = (int64_t)kh * DK;
     int64_t voff = 2 * (int64_t)g.Hk * DK + (int64_t)h * Dv;
     int tb = g.q_start[s] + c0;
-    gdn_chunk_inputs<DK, LK, GDN_PREP_MINB == 3 ? 2 : 1>(g, Qs, Ks, Gs, Es, Bs, tb, n, qoff, koff, h, Aexp, bias);
+    gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Es, Bs, tb, n, qoff, koff, h, Aexp, bias);
     __syncthreads();
     // U's first V tile in flight through the solve: loaded after its products
     // it cost a round trip a tile (U took a quarter of a block, NOTES v87)

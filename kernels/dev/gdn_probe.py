@@ -61,7 +61,7 @@ at("    int64_t q = blockIdx.x;",
 at("    float Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);",
    "    long long pi[4]; pi[0] = clock64();", after=False,
    start=probe_edit.find(lines, "__global__ void __launch_bounds__(256, GDN_PREP_MINB) k_gdn_prep(cu_gdn_args g, int min_len, int n_seqs, gdn_rt *rec)"))
-IN = "    gdn_chunk_inputs<DK, LK, GDN_PREP_MINB == 3 ? 2 : 1>(g, Qs, Ks, Gs, Es, Bs, tb, n, qoff, koff, h, Aexp, bias);"
+IN = "    gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Es, Bs, tb, n, qoff, koff, h, Aexp, bias);"
 at(IN, "    pi[1] = clock64();")
 at("    // U's first V tile in flight through the solve: loaded after its products", "    pi[2] = clock64();", after=False)
 S = "    gdn_chunk_solve<DK, LK, LC>(Qs, Ks, Ls, Ts, Ts, (float *)Qs, Gs, Es, Bs, out, TLs, TGs, LT);"
