@@ -74,9 +74,7 @@ def assemble(parts, swaps=()):
 
 
 def shim_cp_async(body):
-    """cp.async, wherever fp8.cu defines and issues it: the shim's; an L2 prefetch (a hint,
-    no effect on results): its address computed, nothing else"""
-    body = re.sub(r'asm volatile\("prefetch\.global\.L2 \[%0\];" ::"l"\((.*?)\)\);', r"(void)(\1);", body)
+    """cp.async, wherever fp8.cu defines and issues it: the shim's"""
     body = re.sub(r"__device__ __forceinline__ void cp_async(16|4)\(.*?\n}\n", "", body, flags=re.S)
     body = re.sub(r'asm volatile\("cp\.async\.commit_group;\\n" ::\);', "emu_cp_commit();", body)
     body = re.sub(r'asm volatile\("cp\.async\.wait_group %0;\\n" ::"n"\(([^;]*?)\)(?: : "memory")?\);', r"emu_cp_wait(\1);", body)
