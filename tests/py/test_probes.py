@@ -1,8 +1,8 @@
 """The measuring variants of kernels/dev still fit the kernels they measure: each *_probe.py
 rewrites a copy of its CUDA source with clock64 probes beside whole lines of it and asserts on a
 line that moved, so a kernel edit that moves one breaks the probe the next GPU session needs
-(gdn_probe.py went unnoticed from v59 to the twentieth session). And each unmeasured kernel
-patch in kernels/dev/wip still applies to the tree. Python and git only: no GPU, no nvcc."""
+(gdn_probe.py went unnoticed from v59 to the twentieth session). And the unmeasured kernel
+patches in kernels/dev/wip still apply to the tree, in their order. Python and git only: no GPU, no nvcc."""
 import os
 import pathlib
 import shutil
@@ -27,15 +27,20 @@ def test_probe_fits_its_source(tmp_path, probe, source):
     assert text != orig.read_text() and "PROBE" in text and "clock64()" in text
 
 
-WIP = sorted(pathlib.Path(SRC, "kernels", "dev", "wip").glob("*.patch"))
+WIP = sorted(pathlib.Path(SRC, "kernels", "dev", "wip").glob("*.patch"),
+             key=lambda p: (int("".join(filter(str.isdigit, p.stem)) or 0), p.name))
 
 
-@pytest.mark.parametrize("patch", WIP, ids=[p.name for p in WIP])
-def test_wip_patch_applies(patch):
-    """A kernel change written without a GPU waits in kernels/dev/wip as a patch on the tree: it
-    must still apply, or the next GPU session measures nothing (kernels/dev/wip_variants.sh
-    builds one variant a patch, each on the ones before it)."""
+def test_wip_patches_apply_in_order(tmp_path):
+    """A kernel change written without a GPU waits in kernels/dev/wip as a patch: each must apply
+    on the committed tree with the ones numbered before it, as kernels/dev/wip_variants.sh builds
+    them (one variant a patch, each on the ones before it), or the next GPU session measures
+    nothing. Applied to a scratch index, so the work tree is never touched."""
     if not pathlib.Path(SRC, ".git").exists():
         pytest.skip("not a git checkout")
-    r = subprocess.run(["git", "apply", "--check", str(patch)], cwd=SRC, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    env = dict(os.environ, GIT_INDEX_FILE=str(tmp_path / "index"))
+    git = lambda *a: subprocess.run(["git", *a], cwd=SRC, env=env, capture_output=True, text=True, timeout=60)
+    assert git("read-tree", "HEAD").returncode == 0
+    for patch in WIP:
+        r = git("apply", "--cached", str(patch))
+        assert r.returncode == 0, f"{patch.name}: {r.stderr}"
