@@ -423,7 +423,7 @@ template <int DK, int BV> struct gdn_smem {
     static_assert(Q % 8 == 0 && K % 8 == 0 && W % 8 == 0 && L % 8 == 0 && T % 8 == 0 &&
                       QK % 8 == 0 && V % 8 == 0 && U % 8 == 0 && S % 8 == 0,
                   "wmma tiles need 32-byte aligned bases");
-    static_assert(3 * 256 <= GDN_C * LV, "solve scratch");
+    static_assert(4 * 256 <= GDN_C * LV, "solve scratch");
 };
 
 typedef wmma::fragment<wmma::accumulator, 16, 16, 8, float> gdn_acc;
@@ -514,10 +514,33 @@ __device__ __forceinline__ void gdn_st2(gdn_rt *p, float a, float b)
     *(__nv_bfloat162 *)p = __floats2bfloat162_rn(a, b);
 }
 
+// Four adjacent elements (p 8- or 16-byte aligned) as one store / load.
+__device__ __forceinline__ void gdn_st4(float *p, float a, float b, float c, float d)
+{
+    *(float4 *)p = make_float4(a, b, c, d);
+}
+__device__ __forceinline__ void gdn_st4(gdn_rt *p, float a, float b, float c, float d)
+{
+    __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+    *(uint2 *)p = make_uint2(*(const uint32_t *)&lo, *(const uint32_t *)&hi);
+}
+__device__ __forceinline__ float4 gdn_ld4(const float *p) { return *(const float4 *)p; }
+__device__ __forceinline__ float4 gdn_ld4(const gdn_rt *p)
+{
+    uint2 u = *(const uint2 *)p;
+    float2 lo = __bfloat1622float2(*(const __nv_bfloat162 *)&u.x), hi = __bfloat1622float2(*(const __nv_bfloat162 *)&u.y);
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
 // v stored as the mma operand it becomes: a tf32-rounded float (the single
 // kernel's), or bf16 (the prep's); gdn_f reads either back.
 __device__ __forceinline__ void gdn_put(float *p, float v) { *p = gdn_rounded(v); }
 __device__ __forceinline__ void gdn_put(gdn_rt *p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void gdn_put4(float *p, float4 v)
+{
+    gdn_st4(p, gdn_rounded(v.x), gdn_rounded(v.y), gdn_rounded(v.z), gdn_rounded(v.w));
+}
+__device__ __forceinline__ void gdn_put4(gdn_rt *p, float4 v) { gdn_st4(p, v.x, v.y, v.z, v.w); }
 __device__ __forceinline__ float gdn_f(float x) { return x; }
 __device__ __forceinline__ float gdn_f(gdn_rt x) { return __bfloat162float(x); }
 
@@ -656,34 +679,71 @@ template <class T> __device__ __forceinline__ uint32_t gdn_bits(const cu_mat &m,
 }
 __device__ __forceinline__ float gdn_unbits(uint32_t v, bool bf16) { return __uint_as_float(bf16 ? v << 16 : v); }
 
-// A chunk's inputs (tokens tb .. tb+n-1, rows past n zero): q and k
-// l2-normalised (q also scaled by Dk^-1/2) into Qs, Ks (row stride LK), one
-// warp per row, stored as the operands every product reads them as (gdn_put:
-// tf32-rounded floats, loaded with no conversion — it was ~5 instructions an
-// operand, NOTES v87 — or the prep's bf16); the inclusive cumulative log gates
-// into Gs, e^G into Es and β into Bs (warp 0). Every load of a thread is issued before the first use of one
-// (a load's round trip is paid once, not once a row: typed, cu_typed). No
-// barrier at the end (the caller adds its own loads first).
-template <int DK, int LK, class TQ>
-__device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, TQ *Qs, TQ *Ks, float *Gs,
-                                                 float *Es, float *Bs, int tb, int n, int64_t qoff, int64_t koff, int h,
-                                                 float Aexp, float bias)
+// Whether gdn_qk_rows16 may load m's q and k: bf16, rows and their DK-wide
+// slices 16-byte aligned
+__device__ __forceinline__ bool gdn_rows16_ok(const cu_mat &m)
 {
-    constexpr int C = GDN_C, NW = 256 / 32, R = C / NW, J = DK / 32;
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    float qscale = 1.0f / sqrtf((float)DK);
-    float ga[2] = {0.0f, 0.0f}, gb[2] = {0.0f, 0.0f}; // warp 0: tokens lane, lane + 32
-    auto gates = [&](const cu_mat &m, float *v) {
-        cu_typed(m.dt, [&](auto t) {
+    return m.dt == SL_DTYPE_BF16 && m.ld % 8 == 0 && (uintptr_t)m.p % 16 == 0;
+}
+
+// gdn_chunk_inputs' q and k rows warp + 8 r, r < R, by 16-byte loads
+// (gdn_rows16_ok): a row's DK / 8 lanes take 8 elements each, 32 / (DK / 8)
+// rows a load instruction, every load out before the first use; its norms
+// summed over the row's lanes. The 2-byte loads of the general form (a warp
+// a row) took 11.5 K cycles of a prep block's ~53 K (v95's probe).
+template <int DK, int LK, int R, class TQ>
+__device__ __forceinline__ void gdn_qk_rows16(const cu_gdn_args &g, TQ *Qs, TQ *Ks, int tb, int n, int64_t qoff,
+                                              int64_t koff, float qscale)
+{
+    constexpr int NW = 8, LPR = DK / 8, RPI = 32 / LPR, NI = R / RPI;
+    static_assert(NI * RPI == R && LPR <= 32, "whole rows a load instruction");
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = (lane % LPR) * 8;
+    auto row = [&](int k) { return warp + NW * (k * RPI + lane / LPR); };
+    uint4 qr[NI], kr[NI];
 #pragma unroll
-            for (int k = 0; k < 2; k++)
-                if (lane + 32 * k < n) v[k] = cu_mat_ld_as(m, tb + lane + 32 * k, h, t);
-        });
-    };
-    if (warp == 0) {
-        gates(g.a, ga);
-        gates(g.b, gb);
+    for (int k = 0; k < NI; k++) {
+        int i = row(k);
+        const __nv_bfloat16 *p = (const __nv_bfloat16 *)g.qkv.p + (int64_t)(tb + i) * g.qkv.ld + c;
+        qr[k] = i < n ? *(const uint4 *)(p + qoff) : make_uint4(0, 0, 0, 0);
+        kr[k] = i < n ? *(const uint4 *)(p + koff) : make_uint4(0, 0, 0, 0);
     }
+#pragma unroll
+    for (int k = 0; k < NI; k++) {
+        float qv[8], kv[8], qss = 0.0f, kss = 0.0f;
+        const __nv_bfloat162 *q2 = (const __nv_bfloat162 *)&qr[k], *k2 = (const __nv_bfloat162 *)&kr[k];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float2 a = __bfloat1622float2(q2[e]), b = __bfloat1622float2(k2[e]);
+            qv[2 * e] = a.x, qv[2 * e + 1] = a.y, kv[2 * e] = b.x, kv[2 * e + 1] = b.y;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            qss += qv[e] * qv[e];
+            kss += kv[e] * kv[e];
+        }
+#pragma unroll
+        for (int o = LPR / 2; o; o >>= 1) { // the row's lanes (aligned groups of LPR)
+            qss += __shfl_xor_sync(0xffffffffu, qss, o);
+            kss += __shfl_xor_sync(0xffffffffu, kss, o);
+        }
+        float qi = 1.0f / sqrtf(qss + 1e-6f), ki = 1.0f / sqrtf(kss + 1e-6f);
+        int i = row(k);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            gdn_put(Qs + i * LK + c + e, qv[e] * qi * qscale);
+            gdn_put(Ks + i * LK + c + e, kv[e] * ki);
+        }
+    }
+}
+
+// gdn_chunk_inputs' q and k rows warp + 8 r, r < R, a warp a row: any dtype or
+// alignment, each element as its stored bits until every load is out
+template <int DK, int LK, int R, class TQ>
+__device__ __forceinline__ void gdn_qk_rows(const cu_gdn_args &g, TQ *Qs, TQ *Ks, int tb, int n, int64_t qoff,
+                                            int64_t koff, float qscale)
+{
+    constexpr int NW = 8, J = DK / 32;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     // stored bits: every row's loads go out before the first conversion
     // (converted at the load, each row waited for its loads: v95)
     uint32_t qb[R][J], kb[R][J];
@@ -719,6 +779,40 @@ __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, TQ *Qs, T
             gdn_put(Ks + i * LK + lane + 32 * j, kv[j] * ki);
         }
     }
+}
+
+// A chunk's inputs (tokens tb .. tb+n-1, rows past n zero): q and k
+// l2-normalised (q also scaled by Dk^-1/2) into Qs, Ks (row stride LK), one
+// warp per row, stored as the operands every product reads them as (gdn_put:
+// tf32-rounded floats, loaded with no conversion — it was ~5 instructions an
+// operand, NOTES v87 — or the prep's bf16); the inclusive cumulative log gates
+// into Gs, e^G into Es and β into Bs (warp 0). Every load of a thread is issued before the first use of one
+// (a load's round trip is paid once, not once a row: typed, cu_typed). No
+// barrier at the end (the caller adds its own loads first).
+template <int DK, int LK, class TQ>
+__device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, TQ *Qs, TQ *Ks, float *Gs,
+                                                 float *Es, float *Bs, int tb, int n, int64_t qoff, int64_t koff, int h,
+                                                 float Aexp, float bias)
+{
+    constexpr int C = GDN_C, NW = 256 / 32, R = C / NW;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float qscale = 1.0f / sqrtf((float)DK);
+    float ga[2] = {0.0f, 0.0f}, gb[2] = {0.0f, 0.0f}; // warp 0: tokens lane, lane + 32
+    auto gates = [&](const cu_mat &m, float *v) {
+        cu_typed(m.dt, [&](auto t) {
+#pragma unroll
+            for (int k = 0; k < 2; k++)
+                if (lane + 32 * k < n) v[k] = cu_mat_ld_as(m, tb + lane + 32 * k, h, t);
+        });
+    };
+    if (warp == 0) {
+        gates(g.a, ga);
+        gates(g.b, gb);
+    }
+    if (gdn_rows16_ok(g.qkv)) // block-uniform
+        gdn_qk_rows16<DK, LK, R>(g, Qs, Ks, tb, n, qoff, koff, qscale);
+    else
+        gdn_qk_rows<DK, LK, R>(g, Qs, Ks, tb, n, qoff, koff, qscale);
     if (warp == 0) { // gates: inclusive scan over the chunk
         float gl[2];
 #pragma unroll
@@ -750,17 +844,31 @@ __device__ __forceinline__ void gdn_chunk_inputs(const cu_gdn_args &g, TQ *Qs, T
 // cu_typed) and keeps the stored bits, gdn_tile_put converts and stores them
 // into dst (row stride LD; floats, or tf32 bits for k_gdn_prep's mma.sync), so
 // work between the two hides the loads' round trip (a conversion at the load
-// made the thread wait for it there, NOTES v87). No barrier.
+// made the thread wait for it there, NOTES v87). No barrier. Where m is bf16
+// and 16-byte aligned (gdn_rows16_ok, col0 too) a thread loads groups of 8
+// elements (16 loads of 2 bytes were a V tile's share) into v's first words,
+// and a bf16 dst takes them as they are.
 template <int NC> struct gdn_tile {
-    static constexpr int PER = GDN_C * NC / 256;
-    static_assert(PER * 256 == GDN_C * NC, "whole tile steps");
-    uint32_t v[PER]; // bf16 bits (bf16) or float bits (every other dtype)
-    bool bf16;
+    static constexpr int PER = GDN_C * NC / 256, PER16 = PER / 8;
+    static_assert(PER * 256 == GDN_C * NC && PER16 * 8 == PER, "whole tile steps");
+    uint32_t v[PER]; // bf16 bits (bf16) or float bits (every other dtype); wide: bf16 pairs
+    bool bf16, wide;
 };
 template <int NC>
 __device__ __forceinline__ void gdn_tile_ld(gdn_tile<NC> &r, const cu_mat &m, int tb, int n, int64_t col0)
 {
     r.bf16 = m.dt == SL_DTYPE_BF16;
+    r.wide = gdn_rows16_ok(m) && col0 % 8 == 0;
+    if (r.wide) {
+#pragma unroll
+        for (int k = 0; k < gdn_tile<NC>::PER16; k++) {
+            int e = threadIdx.x + 256 * k, i = e / (NC / 8);
+            const __nv_bfloat16 *p = (const __nv_bfloat16 *)m.p + (int64_t)(tb + i) * m.ld + col0 + e % (NC / 8) * 8;
+            uint4 x = i < n ? *(const uint4 *)p : make_uint4(0, 0, 0, 0);
+            r.v[4 * k] = x.x, r.v[4 * k + 1] = x.y, r.v[4 * k + 2] = x.z, r.v[4 * k + 3] = x.w;
+        }
+        return;
+    }
     cu_typed(m.dt, [&](auto t) {
 #pragma unroll
         for (int k = 0; k < gdn_tile<NC>::PER; k++) {
@@ -769,8 +877,29 @@ __device__ __forceinline__ void gdn_tile_ld(gdn_tile<NC> &r, const cu_mat &m, in
         }
     });
 }
+// Eight bf16 (four words of pairs) to p: as stored, or as gdn_put's floats
+__device__ __forceinline__ void gdn_put8(gdn_rt *p, const uint32_t *w)
+{
+    *(uint4 *)p = make_uint4(w[0], w[1], w[2], w[3]);
+}
+__device__ __forceinline__ void gdn_put8(float *p, const uint32_t *w)
+{
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        gdn_put(p + 2 * e, __uint_as_float(w[e] << 16));
+        gdn_put(p + 2 * e + 1, __uint_as_float(w[e] & 0xffff0000u));
+    }
+}
 template <int NC, int LD, class TD> __device__ __forceinline__ void gdn_tile_put(TD *dst, const gdn_tile<NC> &r)
 {
+    if (r.wide) {
+#pragma unroll
+        for (int k = 0; k < gdn_tile<NC>::PER16; k++) {
+            int e = threadIdx.x + 256 * k;
+            gdn_put8(dst + (e / (NC / 8)) * LD + e % (NC / 8) * 8, r.v + 4 * k);
+        }
+        return;
+    }
 #pragma unroll
     for (int k = 0; k < gdn_tile<NC>::PER; k++) {
         int e = threadIdx.x + 256 * k;
@@ -850,11 +979,106 @@ __device__ __forceinline__ void gdn_kk_qk(const gdn_rt *Qs, const gdn_rt *Ks, fl
     }
 }
 
+// A lane's E (8 or 4) adjacent elements of a 16 x 16 fp32 tile product, in
+// registers: acc[j] += Σ_{i<k} a[i] · b[i·ldb + j], a the lane's row, b its
+// first column (16-byte aligned, k a multiple of 4).
+template <int E>
+__device__ __forceinline__ void gdn_row_fma(float (&acc)[E], const float *a, const float *b, int ldb, int k)
+{
+    for (int i = 0; i < k; i += 4) {
+        float4 a4 = *(const float4 *)(a + i);
+        float ar[4] = {a4.x, a4.y, a4.z, a4.w};
+#pragma unroll
+        for (int ii = 0; ii < 4; ii++)
+#pragma unroll
+            for (int j = 0; j < E; j += 4) {
+                float4 b4 = *(const float4 *)(b + (i + ii) * ldb + j);
+                acc[j] += ar[ii] * b4.x;
+                acc[j + 1] += ar[ii] * b4.y;
+                acc[j + 2] += ar[ii] * b4.z;
+                acc[j + 3] += ar[ii] * b4.w;
+            }
+    }
+}
+
+template <int E>
+__device__ __forceinline__ void gdn_row_st(float *p, const float (&acc)[E], float sign)
+{
+#pragma unroll
+    for (int j = 0; j < E; j += 4)
+        *(float4 *)(p + j) = make_float4(sign * acc[j], sign * acc[j + 1], sign * acc[j + 2], sign * acc[j + 3]);
+}
+
+// T's 16 x 16 diagonal blocks, (I + L_bb)⁻¹, by forward substitution down
+// the columns with every warp: warp w takes block w / 2, columns 8 (w % 2) ..,
+// two at a time (lanes 0-15 and 16-31 hold one's rows), each x_j broadcast by
+// a shuffle once final. L_bb is zero on and above its diagonal, so the terms
+// j >= r subtract 0: the sums are the row-wise substitution's, in its order.
+template <int LC>
+__device__ __forceinline__ void gdn_t_diag(const float *Ls, float *Ts)
+{
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, bb = warp >> 1, r = lane & 15;
+    const float *Lr = Ls + (bb * 16 + r) * LC + bb * 16;
+    float l[16], x[4];
+#pragma unroll
+    for (int j = 0; j < 16; j += 4) {
+        float4 v = *(const float4 *)(Lr + j);
+        l[j] = v.x, l[j + 1] = v.y, l[j + 2] = v.z, l[j + 3] = v.w;
+    }
+    int c0 = 8 * (warp & 1) + (lane >> 4);
+#pragma unroll
+    for (int p = 0; p < 4; p++) x[p] = r == c0 + 2 * p ? 1.0f : 0.0f;
+#pragma unroll
+    for (int j = 0; j < 15; j++)
+#pragma unroll
+        for (int p = 0; p < 4; p++) x[p] -= l[j] * __shfl_sync(0xffffffffu, x[p], (lane & 16) | j);
+#pragma unroll
+    for (int p = 0; p < 4; p++) Ts[(bb * 16 + r) * LC + bb * 16 + c0 + 2 * p] = x[p];
+}
+
+// T = (I+L)⁻¹ below its 16 x 16 diagonal blocks (Ts holds those; Us: 1024
+// floats of scratch), in three barrier-separated phases instead of two a
+// block row: first T_10 and T_32 (T_{a,a-1} = −T_aa (L_{a,a-1} T_{a-1,a-1}),
+// a warp each, its X in its own scratch); then the lower 32 x 32 quadrant by
+// doubling,
+// X_sc = Σ_{c<=m<2} L_sm T_mc (s = 2, 3; c = 0, 1), then T_2c = −T_22 X_2c and
+// T_3c = −(T_32 X_2c + T_33 X_3c), two warps a block (eight rows each). Every
+// product in fp32 in registers, a lane's row against 8 or 4 columns (its
+// 16-byte loads of b shared by the lanes of its column group).
+template <int LC>
+__device__ __forceinline__ void gdn_t_offdiag(const float *Ls, float *Ts, float *Us)
+{
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (warp < 2) {
+        int a = 1 + 2 * warp, r = lane >> 1, cl = (lane & 1) * 8;
+        float *X = Us + warp * 256;
+        float x[8] = {};
+        gdn_row_fma<8>(x, Ls + (16 * a + r) * LC + 16 * (a - 1), Ts + 16 * (a - 1) * LC + 16 * (a - 1) + cl, LC, 16);
+        gdn_row_st<8>(X + r * 16 + cl, x, 1.0f);
+        __syncwarp();
+        float y[8] = {};
+        gdn_row_fma<8>(y, Ts + (16 * a + r) * LC + 16 * a, X + cl, 16, 16);
+        gdn_row_st<8>(Ts + (16 * a + r) * LC + 16 * (a - 1) + cl, y, -1.0f);
+    }
+    __syncthreads();
+    // warp w: block (s, c) = (2 + (w >> 2), (w >> 1) & 1), rows 8 (w & 1) ..;
+    // X_sc at Us + 512 c + 256 (s − 2), so X_2c over X_3c is one 32-row operand
+    int s = 2 + (warp >> 2), c = (warp >> 1) & 1, r = 8 * (warp & 1) + (lane >> 2), cl = (lane & 3) * 4;
+    float *X = Us + 512 * c;
+    float x[4] = {};
+    gdn_row_fma<4>(x, Ls + (16 * s + r) * LC + 16 * c, Ts + 16 * c * LC + 16 * c + cl, LC, 16 * (2 - c));
+    gdn_row_st<4>(X + 256 * (s - 2) + r * 16 + cl, x, 1.0f);
+    __syncthreads();
+    float y[4] = {};
+    gdn_row_fma<4>(y, Ts + (16 * s + r) * LC + 32, X + cl, 16, 16 * (s - 1));
+    gdn_row_st<4>(Ts + (16 * s + r) * LC + 16 * c + cl, y, -1.0f);
+}
+
 // A chunk's local algebra once its inputs are in (after a barrier): the
 // lower-triangular K Kᵀ and Q Kᵀ tiles, masked and decayed (QKs), T = (I+L)⁻¹
-// (the four 16x16 diagonal blocks by forward substitution, one column per
-// thread, then block row a: T_ab = −T_aa · Σ_{b<=m<a} L_am T_mb, with Us as
-// scratch), then T diag(β) into TLs, T diag(β e^G) into TGs (row stride lo,
+// (the four 16x16 diagonal blocks by gdn_t_diag, then the blocks below them
+// by gdn_t_offdiag, with Us as scratch),
+// then T diag(β) into TLs, T diag(β e^G) into TGs (row stride lo,
 // rounded as the operands they become: tf32 floats, or bf16) and q ⊙ e^G
 // into Qs (Es: e^G). Ends with a barrier.
 // With rec (k_gdn_prep: a chunk's record in global memory) the masked QKᵀ
@@ -870,66 +1094,44 @@ __device__ __forceinline__ void gdn_chunk_solve(TQ *Qs, const TQ *Ks, float *Ls,
     int tid = threadIdx.x;
     gdn_kk_qk<DK, LK, LC>(Qs, Ks, Ls, QKs);
     __syncthreads();
-    for (int e = tid; e < C * C / 2; e += NT) { // column pairs: one store of two (the record's bf16)
-        int i = 2 * e / C, j = 2 * e % C;
-        float2 lr = *(const float2 *)(Ls + i * LC + j), qr = *(const float2 *)(QKs + i * LC + j);
-        float l[2] = {lr.x, lr.y}, qk[2] = {qr.x, qr.y};
+    for (int e = tid; e < C * C / 4; e += NT) { // four columns: one store (the record's bf16: 8 bytes)
+        int i = 4 * e / C, j = 4 * e % C;
+        float4 lr = *(const float4 *)(Ls + i * LC + j), qr = *(const float4 *)(QKs + i * LC + j);
+        float4 gj = *(const float4 *)(Gs + j);
+        float l[4] = {lr.x, lr.y, lr.z, lr.w}, qk[4] = {qr.x, qr.y, qr.z, qr.w}, g[4] = {gj.x, gj.y, gj.z, gj.w};
+        float gi = Gs[i], bi = Bs[i];
 #pragma unroll
-        for (int x = 0; x < 2; x++) {
-            float dec = j + x <= i ? expf(Gs[i] - Gs[j + x]) : 0.0f;
-            l[x] = j + x < i ? Bs[i] * dec * l[x] : 0.0f;
+        for (int x = 0; x < 4; x++) {
+            float dec = j + x <= i ? expf(gi - g[x]) : 0.0f;
+            l[x] = j + x < i ? bi * dec * l[x] : 0.0f;
             qk[x] = j + x <= i ? dec * qk[x] : 0.0f;
         }
-        gdn_st2(Ls + i * LC + j, l[0], l[1]);
-        if (rec) gdn_st2(rec + gdn_rec<DK>::QK + 2 * e, qk[0], qk[1]);
-        else gdn_st2(QKs + i * LC + j, qk[0], qk[1]);
-        if ((j >> 4) > (i >> 4)) gdn_st2(Ts + i * LC + j, 0.0f, 0.0f);
+        gdn_st4(Ls + i * LC + j, l[0], l[1], l[2], l[3]);
+        if (rec) gdn_st4(rec + gdn_rec<DK>::QK + 4 * e, qk[0], qk[1], qk[2], qk[3]);
+        else gdn_st4(QKs + i * LC + j, qk[0], qk[1], qk[2], qk[3]);
+        if ((j >> 4) > (i >> 4)) gdn_st4(Ts + i * LC + j, 0.0f, 0.0f, 0.0f, 0.0f);
     }
     if (rec)
-        for (int e = tid; e < C * DK / 2; e += NT) {
-            int i = 2 * e / DK, d = 2 * e % DK;
-            gdn_st2(rec + gdn_rec<DK>::QG + 2 * e, gdn_f(Qs[i * LK + d]) * Es[i], gdn_f(Qs[i * LK + d + 1]) * Es[i]);
+        for (int e = tid; e < C * DK / 8; e += NT) { // eight elements: two 8-byte stores
+            int i = 8 * e / DK, d = 8 * e % DK;
+            float ei = Es[i];
+#pragma unroll
+            for (int x = 0; x < 8; x += 4) {
+                float4 q4 = gdn_ld4(Qs + i * LK + d + x);
+                gdn_st4(rec + gdn_rec<DK>::QG + 8 * e + x, q4.x * ei, q4.y * ei, q4.z * ei, q4.w * ei);
+            }
         }
     __syncthreads();
-    if (tid < 64) {
-        int bb = tid >> 4, c = tid & 15;
-        const float *Lb = Ls + bb * 16 * LC + bb * 16;
-        float x[16];
-#pragma unroll
-        for (int r = 0; r < 16; r++) {
-            float acc = r == c ? 1.0f : 0.0f;
-#pragma unroll
-            for (int j = 0; j < r; j++) acc -= Lb[r * LC + j] * x[j];
-            x[r] = r < c ? 0.0f : acc;
-        }
-#pragma unroll
-        for (int r = 0; r < 16; r++) Ts[(bb * 16 + r) * LC + bb * 16 + c] = x[r];
-    }
+    gdn_t_diag<LC>(Ls, Ts);
     __syncthreads();
-    for (int a = 1; a < 4; a++) {
-        for (int e = tid; e < a * 256; e += NT) {
-            int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
-            float acc = 0.0f;
-            for (int m = bb; m < a; m++) // 16 at a time, unrolled: the loads of a block issue together
-#pragma unroll
-                for (int j = m * 16; j < m * 16 + 16; j++) acc += Ls[(a * 16 + r) * LC + j] * Ts[j * LC + bb * 16 + c];
-            Us[e] = acc;
-        }
-        __syncthreads();
-        for (int e = tid; e < a * 256; e += NT) {
-            int bb = e >> 8, r = (e >> 4) & 15, c = e & 15;
-            float acc = 0.0f;
-#pragma unroll
-            for (int j = 0; j < 16; j++) acc += Ts[(a * 16 + r) * LC + a * 16 + j] * Us[(bb << 8) + j * 16 + c];
-            Ts[(a * 16 + r) * LC + bb * 16 + c] = -acc;
-        }
-        __syncthreads();
-    }
-    for (int e = tid; e < C * C; e += NT) {
-        int i = e / C, j = e % C;
-        float tv = Ts[i * LC + j] * Bs[j];
-        gdn_put(TLs + i * lo + j, tv); // only ever mma operands from here
-        gdn_put(TGs + i * lo + j, tv * Es[j]);
+    gdn_t_offdiag<LC>(Ls, Ts, Us);
+    __syncthreads();
+    for (int e = tid; e < C * C / 4; e += NT) {
+        int i = 4 * e / C, j = 4 * e % C;
+        float4 t = *(const float4 *)(Ts + i * LC + j), b = *(const float4 *)(Bs + j), ex = *(const float4 *)(Es + j);
+        float4 tl = make_float4(t.x * b.x, t.y * b.y, t.z * b.z, t.w * b.w);
+        gdn_put4(TLs + i * lo + j, tl); // only ever mma operands from here
+        gdn_put4(TGs + i * lo + j, make_float4(tl.x * ex.x, tl.y * ex.y, tl.z * ex.z, tl.w * ex.w));
     }
     if constexpr (std::is_same<TQ, float>::value)
         if (!rec)
@@ -1286,11 +1488,14 @@ __global__ void __launch_bounds__(256, GDN_PREP_MINB) k_gdn_prep(cu_gdn_args g, 
     // the rest of the record: W = T diag(β e^G) K, k ⊙ e^(G_last − G), G_last
     gdn_tri_mm_bf<DK>(out + RC::W, DK, TGs, LT, Ks, LK);
     float glast = Gs[C - 1];
-    for (int e = tid; e < C * DK / 2; e += NT) { // pairs
-        int i = 2 * e / DK, d = 2 * e % DK;
+    for (int e = tid; e < C * DK / 8; e += NT) { // eight elements: two 8-byte stores
+        int i = 8 * e / DK, d = 8 * e % DK;
         float sc = expf(glast - Gs[i]);
-        float2 k2 = __bfloat1622float2(*(const __nv_bfloat162 *)(Ks + i * LK + d));
-        gdn_st2(out + RC::KD + 2 * e, k2.x * sc, k2.y * sc);
+#pragma unroll
+        for (int x = 0; x < 8; x += 4) {
+            float4 k4 = gdn_ld4(Ks + i * LK + d + x);
+            gdn_st4(out + RC::KD + 8 * e + x, k4.x * sc, k4.y * sc, k4.z * sc, k4.w * sc);
+        }
     }
     if (tid == 0) *(float *)(out + RC::glast(Dv)) = glast;
     // U = T diag(β) V [C x Dv], 64 value columns at a time, each next tile's

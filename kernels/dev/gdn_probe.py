@@ -22,8 +22,8 @@ at("// ---- chunked form, split (kernels/dev/NOTES.md v15) ---------------------
 __device__ __forceinline__ unsigned long long gdn_gt() { unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
 """, after=False)
 # the solve's phases (block (0, 0) of k_gdn_prep, the latest launch): K Kᵀ / Q Kᵀ, the masked and
-# decayed tiles with Qg (to the record), the diagonal blocks' forward substitution, the three
-# block rows, T's scaling; stamps by thread 0, printed with the prep's line
+# decayed tiles with Qg (to the record), the diagonal blocks' forward substitution, the blocks
+# below them (gdn_t_offdiag), T's scaling; stamps by thread 0, printed with the prep's line
 at("// A chunk's local algebra once its inputs are in (after a barrier): the", r"""__device__ long long gdn_solve_t[6];
 #define GDN_SOLVE_T(k) if (rec && threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0) gdn_solve_t[k] = clock64()""",
    after=False)
@@ -35,16 +35,12 @@ probe_edit.replace(lines, """    int tid = threadIdx.x;
     gdn_kk_qk<DK, LK, LC>(Qs, Ks, Ls, QKs);
     __syncthreads();
     GDN_SOLVE_T(1);""", start=sv)
-at("    if (tid < 64) {", "    GDN_SOLVE_T(2);", after=False, start=sv)
-at("    for (int a = 1; a < 4; a++) {", "    GDN_SOLVE_T(3);", after=False, start=sv)
-probe_edit.replace(lines, """    }
-    for (int e = tid; e < C * C; e += NT) {
-        int i = e / C, j = e % C;
-        float tv = Ts[i * LC + j] * Bs[j];""", """    }
-    GDN_SOLVE_T(4);
-    for (int e = tid; e < C * C; e += NT) {
-        int i = e / C, j = e % C;
-        float tv = Ts[i * LC + j] * Bs[j];""", start=sv)
+at("    gdn_t_diag<LC>(Ls, Ts);", "    GDN_SOLVE_T(2);", after=False, start=sv)
+probe_edit.replace(lines, """    gdn_t_offdiag<LC>(Ls, Ts, Us);
+    __syncthreads();""", """    GDN_SOLVE_T(3);
+    gdn_t_offdiag<LC>(Ls, Ts, Us);
+    __syncthreads();
+    GDN_SOLVE_T(4);""", start=sv)
 probe_edit.replace(lines, """                Qs[i * LK + d] *= Es[i];
             }
     __syncthreads();
