@@ -686,6 +686,13 @@ __device__ __forceinline__ bool gdn_rows16_ok(const cu_mat &m)
     return m.dt == SL_DTYPE_BF16 && m.ld % 8 == 0 && (uintptr_t)m.p % 16 == 0;
 }
 
+// Eight bf16 elements of m (gdn_rows16_ok, col a multiple of 8) at row r as
+// one 16-byte load; zeros where !in (rows past a chunk's end)
+__device__ __forceinline__ uint4 gdn_ld16(const cu_mat &m, int64_t r, int64_t col, bool in)
+{
+    return in ? *(const uint4 *)((const __nv_bfloat16 *)m.p + r * m.ld + col) : make_uint4(0, 0, 0, 0);
+}
+
 // gdn_chunk_inputs' q and k rows warp + 8 r, r < R, by 16-byte loads
 // (gdn_rows16_ok): a row's DK / 8 lanes take 8 elements each, 32 / (DK / 8)
 // rows a load instruction, every load out before the first use; its norms
@@ -703,9 +710,8 @@ __device__ __forceinline__ void gdn_qk_rows16(const cu_gdn_args &g, TQ *Qs, TQ *
 #pragma unroll
     for (int k = 0; k < NI; k++) {
         int i = row(k);
-        const __nv_bfloat16 *p = (const __nv_bfloat16 *)g.qkv.p + (int64_t)(tb + i) * g.qkv.ld + c;
-        qr[k] = i < n ? *(const uint4 *)(p + qoff) : make_uint4(0, 0, 0, 0);
-        kr[k] = i < n ? *(const uint4 *)(p + koff) : make_uint4(0, 0, 0, 0);
+        qr[k] = gdn_ld16(g.qkv, tb + i, qoff + c, i < n);
+        kr[k] = gdn_ld16(g.qkv, tb + i, koff + c, i < n);
     }
 #pragma unroll
     for (int k = 0; k < NI; k++) {
@@ -863,8 +869,7 @@ __device__ __forceinline__ void gdn_tile_ld(gdn_tile<NC> &r, const cu_mat &m, in
 #pragma unroll
         for (int k = 0; k < gdn_tile<NC>::PER16; k++) {
             int e = threadIdx.x + 256 * k, i = e / (NC / 8);
-            const __nv_bfloat16 *p = (const __nv_bfloat16 *)m.p + (int64_t)(tb + i) * m.ld + col0 + e % (NC / 8) * 8;
-            uint4 x = i < n ? *(const uint4 *)p : make_uint4(0, 0, 0, 0);
+            uint4 x = gdn_ld16(m, tb + i, col0 + e % (NC / 8) * 8, i < n);
             r.v[4 * k] = x.x, r.v[4 * k + 1] = x.y, r.v[4 * k + 2] = x.z, r.v[4 * k + 3] = x.w;
         }
         return;
@@ -1040,9 +1045,9 @@ __device__ __forceinline__ void gdn_t_diag(const float *Ls, float *Ts)
 // floats of scratch), in three barrier-separated phases instead of two a
 // block row: first T_10 and T_32 (T_{a,a-1} = −T_aa (L_{a,a-1} T_{a-1,a-1}),
 // a warp each, its X in its own scratch); then the lower 32 x 32 quadrant by
-// doubling,
-// X_sc = Σ_{c<=m<2} L_sm T_mc (s = 2, 3; c = 0, 1), then T_2c = −T_22 X_2c and
-// T_3c = −(T_32 X_2c + T_33 X_3c), two warps a block (eight rows each). Every
+// doubling, X_sc = Σ_{c<=m<2} L_sm T_mc (s = 2, 3; c = 0, 1), then T_2c =
+// −T_22 X_2c and T_3c = −(T_32 X_2c + T_33 X_3c), two warps a block (eight
+// rows each). Every
 // product in fp32 in registers, a lane's row against 8 or 4 columns (its
 // 16-byte loads of b shared by the lanes of its column group).
 template <int LC>
@@ -1077,10 +1082,9 @@ __device__ __forceinline__ void gdn_t_offdiag(const float *Ls, float *Ts, float 
 // A chunk's local algebra once its inputs are in (after a barrier): the
 // lower-triangular K Kᵀ and Q Kᵀ tiles, masked and decayed (QKs), T = (I+L)⁻¹
 // (the four 16x16 diagonal blocks by gdn_t_diag, then the blocks below them
-// by gdn_t_offdiag, with Us as scratch),
-// then T diag(β) into TLs, T diag(β e^G) into TGs (row stride lo,
-// rounded as the operands they become: tf32 floats, or bf16) and q ⊙ e^G
-// into Qs (Es: e^G). Ends with a barrier.
+// by gdn_t_offdiag, with Us as scratch), then T diag(β) into TLs, T diag(β
+// e^G) into TGs (row stride lo, rounded as the operands they become: tf32
+// floats, or bf16) and q ⊙ e^G into Qs (Es: e^G). Ends with a barrier.
 // With rec (k_gdn_prep: a chunk's record in global memory) the masked QKᵀ
 // and q ⊙ e^G go there instead, written before the scratch is, so QKs may be
 // Ts (its raw tiles are read once, by the thread that overwrites them) and Us
