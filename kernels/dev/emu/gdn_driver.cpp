@@ -117,9 +117,10 @@ template <class V, class F> static double rel_l2(const V &a, const V &b, F get)
 }
 
 // Sequences of lens[s] new tokens (snapshot after tlen[s] when > 0) with Hk key heads of
-// DK, HB value heads a key head of Dv, BV value columns a block.
+// DK, HB value heads a key head of Dv, BV value columns a block; qkv's rows pad elements
+// apart past their width (pad 1: rows not 16-byte aligned, the kernels' general loads).
 template <int DK, int BV>
-static int run_chunked(int Hk, int HB, int Dv, std::vector<int> lens, std::vector<int> tl)
+static int run_chunked(int Hk, int HB, int Dv, std::vector<int> lens, std::vector<int> tl, int pad = 0)
 {
     const int n_seqs = (int)lens.size(), Hv = Hk * HB, C = 2 * Hk * DK + Hv * Dv, VD = Hv * Dv;
     const int slots = 2 * n_seqs;
@@ -132,7 +133,7 @@ static int run_chunked(int Hk, int HB, int Dv, std::vector<int> lens, std::vecto
         tlen[s] = tl[s];
     }
     const int T = q_start[n_seqs];
-    bvec qkv = brand((size_t)T * C, -1, 1), ab = brand((size_t)T * Hv, -3, 1), bb = brand((size_t)T * Hv, -2, 2);
+    bvec qkv = brand((size_t)T * (C + pad), -1, 1), ab = brand((size_t)T * Hv, -3, 1), bb = brand((size_t)T * Hv, -2, 2);
     std::vector<float> A_log(Hv), dt_bias(Hv), ssm0((size_t)slots * Hv * DK * Dv);
     for (auto &v : A_log) v = runif(-1, 0.5f);
     for (auto &v : dt_bias) v = runif(-1, 1);
@@ -148,7 +149,7 @@ static int run_chunked(int Hk, int HB, int Dv, std::vector<int> lens, std::vecto
         r.out.assign((size_t)T * VD, __float2bfloat16_rn(NAN));
         r.ssm = ssm0;
         cu_gdn_args g = {{r.out.data(), SL_DTYPE_BF16, T, VD, VD},
-                         {qkv.data(), SL_DTYPE_BF16, T, C, C},
+                         {qkv.data(), SL_DTYPE_BF16, T, C, C + pad},
                          {ab.data(), SL_DTYPE_BF16, T, Hv, Hv},
                          {bb.data(), SL_DTYPE_BF16, T, Hv, Hv},
                          A_log.data(), dt_bias.data(), SL_DTYPE_F32, SL_DTYPE_F32, r.ssm.data(), Hk, Hv, Dv,
@@ -180,7 +181,7 @@ static int run_chunked(int Hk, int HB, int Dv, std::vector<int> lens, std::vecto
     for (int f = 0; f < 3; f++)
         for (auto v : o[f].out) unwritten += std::isnan(__bfloat162float(v));
     int ok = e_out < 1e-2 && e_ssm < 5e-3 && unwritten == 0 && o[2].ssm != ssm0;
-    printf("gdn chunked DK=%d BV=%d Hk=%d HB=%d Dv=%d lens", DK, BV, Hk, HB, Dv);
+    printf("gdn chunked DK=%d BV=%d Hk=%d HB=%d Dv=%d pad=%d lens", DK, BV, Hk, HB, Dv, pad);
     for (int s = 0; s < n_seqs; s++) printf(" %d/%d", lens[s], tl[s]);
     printf(": split vs single out %.1e ssm %.1e, vs recurrent out %.1e ssm %.1e, unwritten %d -> %s\n", d_out, d_ssm, e_out,
            e_ssm, unwritten, ok ? "ok" : "FAIL");
@@ -240,6 +241,7 @@ int main(void)
     ok &= run_chunked<128, 32>(1, 2, 128, {150, 64, 20, 5}, {70, 0, 17, 3});
     ok &= run_chunked<128, 64>(1, 2, 128, {130, 33}, {0, 33});
     ok &= run_chunked<64, 32>(2, 1, 64, {97, 16}, {64, 0});
+    ok &= run_chunked<128, 32>(1, 2, 128, {150, 20}, {70, 0}, 1); // unaligned rows: the general loads
     { // 70 sequences, the long ones past the walks' first 32 (and one at 31)
         std::vector<int> lens(70, 1), tl(70, 0);
         for (int s = 0; s < 70; s++) lens[s] = 1 + s % 3;
