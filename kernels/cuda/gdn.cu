@@ -277,6 +277,13 @@ typedef struct cu_gdn_args {
 
 __device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
+// Value head h's gate constants: −e^(A_log) (the log-decay's scale) and dt_bias
+__device__ __forceinline__ void gdn_gate_consts(const cu_gdn_args &g, int h, float &Aexp, float &bias)
+{
+    Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h));
+    bias = cu_ldf(g.dt_bias, g.bias_dt, h);
+}
+
 // The fused decode form of k_gdn (FUSE; every sequence one new token): conv1d
 // of the block's channels before the recurrence (conv_channel into g.qkv, as
 // k_conv1d), rmsnorm_gated of its heads' outputs after it (norm_group on
@@ -320,7 +327,8 @@ __global__ void __launch_bounds__(512) k_gdn(cu_gdn_args g, int max_len, cu_gdn_
     bool fresh = g.state_fresh[s];
 #pragma unroll
     for (int d = 0; d < DH; d++) S[d] = fresh ? 0.0f : mine[(int64_t)(d0 + d) * Dv + c];
-    float A = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);
+    float A, bias;
+    gdn_gate_consts(g, h, A, bias);
     float qscale = 1.0f / sqrtf((float)DK);
     int q0 = g.q_start[s], qn = g.q_start[s + 1] - q0;
     for (int i = 0; i < qn; i++) {
@@ -1252,7 +1260,8 @@ __global__ void __launch_bounds__(256) k_gdn_chunk(cu_gdn_args g, int min_len)
     int64_t sz = (int64_t)DK * Dv, slot_sz = (int64_t)g.Hv * sz;
     float *mine = g.ssm + (int64_t)g.state_slot[s] * slot_sz + h * sz + vt * BV; // row stride Dv
     gdn_state_in<DK, BV, LV>(Ss, mine, Dv, g.state_fresh[s]);
-    float Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);
+    float Aexp, bias;
+    gdn_gate_consts(g, h, Aexp, bias);
     int tslot = g.track_slot[s], tlen = tslot >= 0 ? g.track_len[s] : -1;
     int64_t koff = (int64_t)g.Hk * DK + (int64_t)kh * DK, qoff = (int64_t)kh * DK;
     int64_t voff = 2 * (int64_t)g.Hk * DK + (int64_t)h * Dv + vt * BV;
@@ -1473,7 +1482,8 @@ __global__ void __launch_bounds__(256, GDN_PREP_MINB) k_gdn_prep(cu_gdn_args g, 
     int s, c0, n;
     if (!gdn_chunk_seq(g, q, min_len, n_seqs, s, c0, n)) return; // block-uniform
     gdn_rt *out = rec + (q * g.Hv + h) * RC::size(Dv);
-    float Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);
+    float Aexp, bias;
+    gdn_gate_consts(g, h, Aexp, bias);
     int64_t koff = (int64_t)g.Hk * DK + (int64_t)kh * DK, qoff = (int64_t)kh * DK;
     int64_t voff = 2 * (int64_t)g.Hk * DK + (int64_t)h * Dv;
     int tb = g.q_start[s] + c0;

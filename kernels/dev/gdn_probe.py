@@ -54,7 +54,7 @@ at("    int64_t q = blockIdx.x;",
    "    long long pt[8]; int np = 0; unsigned long long g0 = gdn_gt(); pt[np++] = clock64();", after=False)
 # the inputs phase split: the chunk's lookups (gdn_chunk_seq, the gate constants), q and k
 # loaded and stored, the barrier after them, the V tile's loads issued
-at("    float Aexp = -expf(cu_ldf(g.A_log, g.A_dt, h)), bias = cu_ldf(g.dt_bias, g.bias_dt, h);",
+at("    float Aexp, bias;",
    "    long long pi[4]; pi[0] = clock64();", after=False,
    start=probe_edit.find(lines, "__global__ void __launch_bounds__(256, GDN_PREP_MINB) k_gdn_prep(cu_gdn_args g, int min_len, int n_seqs, gdn_rt *rec)"))
 IN = "    gdn_chunk_inputs<DK, LK>(g, Qs, Ks, Gs, Es, Bs, tb, n, qoff, koff, h, Aexp, bias);"
