@@ -15,7 +15,8 @@
 #   vops:OP[:CASE] ops:OP[:CASE] for every NAME_tbo, one summary line each
 #   prof:OP:N     the kernel table (SL_CUDA_PROFILE=1) of test_backend_ops and of every
 #                 NAME_tbo at N tokens (--min-tokens N --max-tokens N)
-#   probe:NAME:OP[:N] NAME_tbo's PROBE lines (a *_probe.py variant) at N tokens or more
+#   probe:NAME:OP[:N[:M]] NAME_tbo's PROBE lines (a *_probe.py variant) at N tokens or more (and
+#                 at most M)
 #   e2e           tests/gpu/bench_e2e.sh on Qwen3-30B-A3B-FP8 and Qwen3-8B-FP8, 1000/1000
 #   cn            the same on Qwen3-Coder-Next-FP8 (~80 GB of weights: an H200)
 #   long64        Coder-Next-FP8 8000/1000 at concurrency 64 (an H200)
@@ -108,8 +109,9 @@ for mode in "$@"; do
       SL_CUDA_PROFILE=1 perf_of "$x" "$(basename "$x" _tbo) " --max-tokens "$min"
     done ;;
   probe)
-    IFS=: read -r _ name op min <<< "$mode"
-    timeout 200 "$b/${name}_tbo" --perf --filter "$op" ${min:+--min-tokens $min} > "$out/probe_$name.log" 2>&1
+    IFS=: read -r _ name op min max <<< "$mode"
+    timeout 200 "$b/${name}_tbo" --perf --filter "$op" ${min:+--min-tokens $min} ${max:+--max-tokens $max} \
+      > "$out/probe_$name.log" 2>&1
     echo "rc=$?"
     grep PROBE "$out/probe_$name.log" | head -30 ;;
   e2e | cn | long64)

@@ -1,4 +1,4 @@
-# kernels/dev/moe_probe.py FP8_CU: rewrites kernels/cuda/fp8.cu in place with clock64 probes
+# kernels/dev/moe_probe.py FP8_CU [wg]: rewrites kernels/cuda/fp8.cu in place with clock64 probes
 # in k_fp8_moe_ws (the grouped FP8 MoE GEMM the default runs at 128-row tiles, launched
 # persistent: `wsp`): per consumer warpgroup, summed over its (weight block, 128-group) steps,
 # the waits for a step's tiles to land (full), the wgmma issue, the wait for the products,
@@ -16,6 +16,14 @@
 # 128 · 128 FLOP at the SM's share of the fp8 mma rate, ~270 cycles on an H100) the phases say
 # where a step's time goes. Each probe goes in beside whole lines of fp8.cu; an assertion names
 # a line that moved.
+#
+# With `wg`, k_fp8_moe_wg instead (the grouped GEMM at 32 / 64-row tiles, what Coder-Next's
+# ~1000-token prompts run, one item a block): its thread 0's phases (the prologue up to the
+# tile's rows, the waits for a step's copies and the barrier, the copies' issue, the wait for
+# the weight box, the products, the promotion, the stores), summed over every block of the
+# 7th and 8th launches at Coder-Next's expert shapes (H 2048, I 512, 32-row tiles: gate_up,
+# then down), with the blocks' summed and the launch's first-start-to-last-end globaltimer
+# nanoseconds: Σ block ns / (span · blocks an SM · SMs) is how full the SMs' slots were.
 import sys
 from functools import partial
 
@@ -24,6 +32,83 @@ import probe_edit
 p = sys.argv[1]
 lines = open(p).read().split("\n")
 find, replace = partial(probe_edit.find, lines), partial(probe_edit.replace, lines)
+
+
+def wg_probe():
+    k = find("    k_fp8_moe_wg(const __grid_constant__ fp8_args a, cu_moe_plan p)") - 2
+    lines[k:k] = r"""__device__ int moe_wgp_launch;
+__device__ unsigned long long moe_wgp_sum[10], moe_wgp_first = ~0ull, moe_wgp_last; // 7 phases, block ns, blocks, -
+__device__ __forceinline__ unsigned long long moe_gt() { unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
+__host__ __device__ __forceinline__ bool moe_wgp_shape(int bt, int N, int K) { return bt == 32 && ((N == 1024 && K == 2048) || (N == 2048 && K == 512)); }
+__global__ void k_moe_wgp_print(int match)
+{
+    cu_pdl_wait(); // the kernel before has finished
+    if (!match) return;
+    if (moe_wgp_launch >= 6 && moe_wgp_launch < 8) {
+        const unsigned long long *s = moe_wgp_sum, n = s[8] ? s[8] : 1;
+        printf("PROBE moe_wg launch %d: %llu blocks, a block's mean cycles: prologue %llu wait+bar %llu issue %llu "
+               "box %llu mma %llu promote %llu store %llu; Σ block ns %llu, span %llu ns\n", moe_wgp_launch, s[8],
+               s[0] / n, s[1] / n, s[2] / n, s[3] / n, s[4] / n, s[5] / n, s[6] / n, s[7], moe_wgp_last - moe_wgp_first);
+    }
+    for (int i = 0; i < 10; i++) moe_wgp_sum[i] = 0;
+    moe_wgp_first = ~0ull, moe_wgp_last = 0;
+    moe_wgp_launch++;
+}""".split("\n")
+    k = find("    k_fp8_moe_wg(const __grid_constant__ fp8_args a, cu_moe_plan p)")
+    replace("""    int r0, rows;
+    if (!moe_tile_of<BT>(a, p, xr, e, r0, rows)) return;""", """    int r0, rows;
+    const long long pt0 = clock64();
+    const unsigned long long pg0 = moe_gt();
+    long long ph[7] = {0, 0, 0, 0, 0, 0, 0}, pt = pt0;
+    auto lap = [&](int i) { const long long t = clock64(); ph[i] += t - pt; pt = t; };
+    if (!moe_tile_of<BT>(a, p, xr, e, r0, rows)) return;
+    lap(0);""", k)
+    replace("""            tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
+            land();
+            load(); // step g + S - 1, into step g - 1's stage
+            if (a.tma) wg_mbar_wait(bar + 8 * (g % S), (g / S) & 1); // and its weight tile
+            mma(g, p0);
+            wg_wait<0>();
+            promote(g, p0);
+        }
+        finish(g - 1);
+    }
+}""", """            lap(6);
+            tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
+            land();
+            lap(1);
+            load(); // step g + S - 1, into step g - 1's stage
+            lap(2);
+            if (a.tma) wg_mbar_wait(bar + 8 * (g % S), (g / S) & 1); // and its weight tile
+            lap(3);
+            mma(g, p0);
+            wg_wait<0>();
+            lap(4);
+            promote(g, p0);
+            lap(5);
+        }
+        finish(g - 1);
+    }
+    lap(6);
+    if (threadIdx.x == 0 && moe_wgp_shape(BT, a.N, a.K) && moe_wgp_launch >= 6 && moe_wgp_launch < 8) {
+        const unsigned long long g1 = moe_gt();
+        for (int i = 0; i < 7; i++) atomicAdd(&moe_wgp_sum[i], (unsigned long long)ph[i]);
+        atomicAdd(&moe_wgp_sum[7], g1 - pg0);
+        atomicAdd(&moe_wgp_sum[8], 1ull);
+        atomicMin(&moe_wgp_first, pg0);
+        atomicMax(&moe_wgp_last, g1);
+    }
+}""", k)
+    i = find("    for (int g = 0; g < S - 1; g++) load();", k)
+    lines[i + 1:i + 1] = ["    lap(2); // the first stages' copies"]
+    i = find("        cu_launch(b, k_fp8_moe_wg<BM>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);", k)
+    lines[i + 1:i + 1] = ["        cu_launch(b, k_moe_wgp_print, dim3(1), dim3(1), 0, (int)moe_wgp_shape(BM, a.N, a.K));"]
+
+
+if len(sys.argv) > 2 and sys.argv[2] == "wg":
+    wg_probe()
+    open(p, "w").write("\n".join(lines))
+    sys.exit(0)
 
 
 # the records and their printer, above the kernel

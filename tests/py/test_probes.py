@@ -12,16 +12,17 @@ import sys
 import pytest
 
 SRC = os.environ.get("SLUICE_SRC", os.path.join(os.path.dirname(__file__), "..", ".."))
-PROBES = [("attn_probe.py", "attention.cu"), ("gdn_probe.py", "gdn.cu"), ("moe_probe.py", "fp8.cu")]
+PROBES = [("attn_probe.py", "attention.cu", None), ("gdn_probe.py", "gdn.cu", None), ("moe_probe.py", "fp8.cu", None),
+          ("moe_probe.py", "fp8.cu", "wg")]
 
 
-@pytest.mark.parametrize("probe,source", PROBES)
-def test_probe_fits_its_source(tmp_path, probe, source):
+@pytest.mark.parametrize("probe,source,mode", PROBES)
+def test_probe_fits_its_source(tmp_path, probe, source, mode):
     orig = pathlib.Path(SRC, "kernels", "cuda", source)
     copy = tmp_path / source
     shutil.copy(orig, copy)
-    r = subprocess.run([sys.executable, os.path.join(SRC, "kernels", "dev", probe), str(copy)], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run([sys.executable, os.path.join(SRC, "kernels", "dev", probe), str(copy)] + ([mode] if mode else []),
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     text = copy.read_text()
     assert text != orig.read_text() and "PROBE" in text and "clock64()" in text
