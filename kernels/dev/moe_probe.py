@@ -37,7 +37,8 @@ find, replace = partial(probe_edit.find, lines), partial(probe_edit.replace, lin
 def wg_probe():
     k = find("    k_fp8_moe_wg(const __grid_constant__ fp8_args a, cu_moe_plan p)") - 2
     lines[k:k] = r"""__device__ int moe_wgp_launch;
-__device__ unsigned long long moe_wgp_sum[10], moe_wgp_first = ~0ull, moe_wgp_last; // 7 phases, block ns, blocks, -
+// 7 phases, block ns, blocks, empty blocks (past the plan's tiles); first start, last end, last empty exit
+__device__ unsigned long long moe_wgp_sum[10], moe_wgp_first = ~0ull, moe_wgp_last, moe_wgp_exit;
 __device__ __forceinline__ unsigned long long moe_gt() { unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
 __host__ __device__ __forceinline__ bool moe_wgp_shape(int bt, int N, int K) { return bt == 32 && ((N == 1024 && K == 2048) || (N == 2048 && K == 512)); }
 __global__ void k_moe_wgp_print(int match)
@@ -47,11 +48,13 @@ __global__ void k_moe_wgp_print(int match)
     if (moe_wgp_launch >= 6 && moe_wgp_launch < 8) {
         const unsigned long long *s = moe_wgp_sum, n = s[8] ? s[8] : 1;
         printf("PROBE moe_wg launch %d: %llu blocks, a block's mean cycles: prologue %llu wait+bar %llu issue %llu "
-               "box %llu mma %llu promote %llu store %llu; Σ block ns %llu, span %llu ns\n", moe_wgp_launch, s[8],
-               s[0] / n, s[1] / n, s[2] / n, s[3] / n, s[4] / n, s[5] / n, s[6] / n, s[7], moe_wgp_last - moe_wgp_first);
+               "box %llu mma %llu promote %llu store %llu; Σ block ns %llu, span %llu ns; %llu empty blocks, the last "
+               "out %lld ns after the span\n", moe_wgp_launch, s[8], s[0] / n, s[1] / n, s[2] / n, s[3] / n, s[4] / n,
+               s[5] / n, s[6] / n, s[7], moe_wgp_last - moe_wgp_first, s[9],
+               moe_wgp_exit ? (long long)(moe_wgp_exit - moe_wgp_last) : 0ll);
     }
     for (int i = 0; i < 10; i++) moe_wgp_sum[i] = 0;
-    moe_wgp_first = ~0ull, moe_wgp_last = 0;
+    moe_wgp_first = ~0ull, moe_wgp_last = moe_wgp_exit = 0;
     moe_wgp_launch++;
 }""".split("\n")
     k = find("    k_fp8_moe_wg(const __grid_constant__ fp8_args a, cu_moe_plan p)")
@@ -61,7 +64,11 @@ __global__ void k_moe_wgp_print(int match)
     const unsigned long long pg0 = moe_gt();
     long long ph[7] = {0, 0, 0, 0, 0, 0, 0}, pt = pt0;
     auto lap = [&](int i) { const long long t = clock64(); ph[i] += t - pt; pt = t; };
-    if (!moe_tile_of<BT>(a, p, xr, e, r0, rows)) return;
+    const bool probe_on = threadIdx.x == 0 && moe_wgp_shape(BT, a.N, a.K) && moe_wgp_launch >= 6 && moe_wgp_launch < 8;
+    if (!moe_tile_of<BT>(a, p, xr, e, r0, rows)) {
+        if (probe_on) atomicAdd(&moe_wgp_sum[9], 1ull), atomicMax(&moe_wgp_exit, moe_gt());
+        return;
+    }
     lap(0);""", k)
     replace("""            tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
             land();
@@ -90,7 +97,7 @@ __global__ void k_moe_wgp_print(int match)
         finish(g - 1);
     }
     lap(6);
-    if (threadIdx.x == 0 && moe_wgp_shape(BT, a.N, a.K) && moe_wgp_launch >= 6 && moe_wgp_launch < 8) {
+    if (probe_on) {
         const unsigned long long g1 = moe_gt();
         for (int i = 0; i < 7; i++) atomicAdd(&moe_wgp_sum[i], (unsigned long long)ph[i]);
         atomicAdd(&moe_wgp_sum[7], g1 - pg0);
