@@ -5,7 +5,8 @@
 # each mode prints only its summary (full logs under $OUT, or /tmp) and its time.
 #   check         every correctness binary and check_model.py at once (one GPU, ≈ 270 s on
 #                 an H100; tests/gpu/run_all.sh runs them one by one, with the variants)
-#   perf:OP[:N]   test_backend_ops --perf --filter OP (--min-tokens N), its PERF lines
+#   perf:OP[:N[:M]] test_backend_ops --perf --filter OP (--min-tokens N, --max-tokens M), its
+#                 PERF lines (ab and prof take M too)
 #   ops:OP[:CASE] test_backend_ops --filter OP (--case CASE: the cases whose shape starts
 #                 with CASE's comma-separated numbers), its failures and counts
 #   ab:OP[:N]     the same timings of test_backend_ops and of every variant packed beside it as
@@ -41,7 +42,7 @@ tok=tests/data/qwen3-tokenizer
 # kernel table's lines where SL_CUDA_PROFILE=1 printed one
 perf_of() {
   local log=$out/perf_${2:+${2% }_}$op.log
-  timeout 300 "$1" --perf --filter "$op" ${min:+--min-tokens $min} "${@:3}" > "$log" 2>&1
+  timeout 300 "$1" --perf --filter "$op" ${min:+--min-tokens $min} ${max:+--max-tokens $max} "${@:3}" > "$log" 2>&1
   echo "${2}rc=$?"
   grep -E '^PEAK|^PERF|profile: ' "$log" | sed -E "s/^.*profile: /profile: /; s/^/$2/"
 }
@@ -63,7 +64,7 @@ variants() {
 for mode in "$@"; do
   s=$(date +%s)
   echo "##### $mode"
-  IFS=: read -r what op min <<< "$mode"
+  IFS=: read -r what op min max <<< "$mode"
   case $what in
   check)
     pids=()
@@ -106,7 +107,7 @@ for mode in "$@"; do
     done ;;
   prof)
     for x in "$b/test_backend_ops" $(variants); do
-      SL_CUDA_PROFILE=1 perf_of "$x" "$(basename "$x" _tbo) " --max-tokens "$min"
+      max=${max:-$min} SL_CUDA_PROFILE=1 perf_of "$x" "$(basename "$x" _tbo) "
     done ;;
   probe)
     IFS=: read -r _ name op min max <<< "$mode"

@@ -585,12 +585,15 @@ static inline void emu_mbar_settle(emu_mbar &m) {
     }
 }
 // The arriving thread then yields, so every waiter runs ahead of it: a hand-over made
-// before its data landed is read before the arriver's next wait lands it.
+// before its data landed is read before the arriver's next wait lands it. The yield is
+// progress (the arriver ran code): counted as a waiter's, a thread issuing several TMA boxes
+// while the others wait at a barrier (k_fp8_moe_wg's first stages, five with v107) looked
+// like a deadlock.
 static inline void wg_mbar_arrive(uint32_t bar) {
     emu_mbar &m = emu_mbar_at(bar);
     m.pending--;
     emu_mbar_settle(m);
-    emu_yield();
+    emu_pass();
 }
 static inline void wg_mbar_expect_tx(uint32_t bar, uint32_t bytes) {
     emu_mbar &m = emu_mbar_at(bar);
