@@ -22,8 +22,10 @@
 # tile's rows, the waits for a step's copies and the barrier, the copies' issue, the wait for
 # the weight box, the products, the promotion, the stores), summed over every block of the
 # 7th and 8th launches at Coder-Next's expert shapes (H 2048, I 512, 32-row tiles: gate_up,
-# then down), with the blocks' summed and the launch's first-start-to-last-end globaltimer
-# nanoseconds: Σ block ns / (span · blocks an SM · SMs) is how full the SMs' slots were.
+# then down; launches at other shapes are not counted), with the blocks' summed and the
+# launch's first-start-to-last-end globaltimer nanoseconds: Σ block ns / (span · blocks an SM ·
+# SMs) is how full the SMs' slots were; and the blocks past the plan's tiles (the grid's bound)
+# with how long after the span the last of them left.
 import sys
 from functools import partial
 
