@@ -83,6 +83,10 @@ PY
   kill $pid; wait $pid 2>/dev/null
   gaps=$(grep "decode steps" "$log" | tail -1 | sed 's/.*decode steps/decode steps/')
   summary+=("$(printf '%-16s %s' "$name" "${gaps:-no step timing logged}")")
+  # the prompts' forward alone (one prompt of $isl tokens a step: concurrency 1), beside their TTFT
+  pre=$(grep -E "prefill step: $isl tokens of 1 sequences" "$log" | sed -E 's/.*device ([0-9.]+) ms.*/\1/' | sort -n |
+    awk '{ v[NR] = $1 } END { if (NR) printf "%d steps, median device %.2f ms", NR, v[int((NR + 1) / 2)] }')
+  summary+=("$(printf '%-16s prefill steps of %s tokens alone: %s' "$name" "$isl" "${pre:-none logged}")")
 done
 echo
 echo "==================== e2e summary ===================="

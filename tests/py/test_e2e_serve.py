@@ -1,6 +1,7 @@
 """`sluice serve`: one command starts --dp-size CPU workers and the router;
 SIGTERM drains and stops everything it started."""
 import os
+import re
 import signal
 import subprocess
 import time
@@ -128,5 +129,25 @@ def test_router_teardown_is_bounded(tmp_path, monkeypatch):
         assert router.wait(30 * SLOW) == 0
         assert time.time() - t0 > 4.5
         assert "did not finish within 5 s after the drain" in procs.log_of(router)
+    finally:
+        procs.stop()
+
+
+def test_step_timing_logs_prefill_steps(tmp_path):
+    """--step-timing logs each prefill step's tokens, sequences and device time (what
+    tests/gpu/bench_e2e.sh sets beside the TTFT): a 37-token prompt is one step of 37 tokens
+    of one sequence; decode steps log no such line."""
+    procs = Procs()
+    try:
+        model = make_tiny(tmp_path / "m")
+        serve, port = start_router(procs, model, [], "--mem-bytes", 64 << 20, "--context-length", 256,
+                                   "--log-level", "info", "--step-timing", command="serve", alive=1)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=API_KEY, max_retries=0)
+        c.completions.create(model="tiny", prompt=list(range(3, 40)), max_tokens=6, temperature=0)
+        procs.stop(serve)
+        steps = [l for l in procs.log_of(serve).splitlines() if "prefill step:" in l]
+        assert len(steps) == 1, procs.log_of(serve)[-2000:]
+        m = re.search(r"prefill step: (\d+) tokens of (\d+) sequences, device ([0-9.]+) ms", steps[0])
+        assert m and (int(m[1]), int(m[2])) == (37, 1) and float(m[3]) > 0, steps[0]
     finally:
         procs.stop()

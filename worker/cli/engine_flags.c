@@ -48,7 +48,7 @@ static const flag_row rows[SL_ENGINE_NFLAGS] = {
      "largest decode batch replayed from a CUDA graph (default 256)"},
     {"--disable-cuda-graph", SL_OPT_FLAG, F_(disable_graph), "run decode batches eagerly"},
     {"--step-timing", SL_OPT_FLAG, C_(step_timing),
-     "log device time and idle gaps of decode steps (every 2000 steps)"},
+     "log device time and idle gaps of decode steps (every 2000 steps) and each prefill step's device time"},
 };
 
 void sl_engine_flags_default(sl_engine_flags *f)

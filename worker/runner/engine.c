@@ -358,12 +358,24 @@ static void count_gap(sl_engine *g, const flight *f, const flight *next)
                 (long long)q->hist[3], (long long)q->hist[4], (long long)q->hist[5]);
 }
 
+/* --step-timing: a prefill (or mixed) step's device time from its first
+ * launch to its samples, one line a step, so that a TTFT splits into the
+ * forward and what comes before it (the router, the queue, the host). */
+static void log_prefill(sl_engine *g, const flight *f)
+{
+    if (!g->timing || f->decode) return;
+    const sl_sched_shape *m = &f->b->meta;
+    SL_LOGI("engine", "prefill step: %d tokens of %d sequences, device %.2f ms", m->n_tokens, m->n_seqs,
+            sl_be_event_ms(g->be, f->start, f->done));
+}
+
 /* Waits for f's ids and records them as its samples. */
 static sl_status commit(sl_engine *g, flight *f, const flight *next, sl_err *e)
 {
     sl_status st = sl_be_event_wait(g->be, f->done, e);
     if (st) return st;
     count_gap(g, f, next);
+    log_prefill(g, f);
     sl_sched_batch *b = f->b;
     for (int r = 0; r < b->n_rows; r++) {
         int s = b->row_seq[r];
