@@ -33,15 +33,17 @@ import probe_edit
 
 p = sys.argv[1]
 lines = open(p).read().split("\n")
-find, replace = partial(probe_edit.find, lines), partial(probe_edit.replace, lines)
+find, replace, at = (partial(f, lines) for f in (probe_edit.find, probe_edit.replace, probe_edit.at))
+# the globaltimer (ns) both probes stamp their records with
+MOE_GT = r"""__device__ __forceinline__ unsigned long long moe_gt() { unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }"""
 
 
 def wg_probe():
     k = find("    k_fp8_moe_wg(const __grid_constant__ fp8_args a, cu_moe_plan p)") - 2
-    lines[k:k] = r"""__device__ int moe_wgp_launch;
+    lines[k:k] = (r"""__device__ int moe_wgp_launch;
 // 7 phases, block ns, blocks, empty blocks (past the plan's tiles); first start, last end, last empty exit
 __device__ unsigned long long moe_wgp_sum[10], moe_wgp_first = ~0ull, moe_wgp_last, moe_wgp_exit;
-__device__ __forceinline__ unsigned long long moe_gt() { unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
+""" + MOE_GT + r"""
 __host__ __device__ __forceinline__ bool moe_wgp_shape(int bt, int N, int K) { return bt == 32 && ((N == 1024 && K == 2048) || (N == 2048 && K == 512)); }
 __global__ void k_moe_wgp_print(int match)
 {
@@ -58,7 +60,7 @@ __global__ void k_moe_wgp_print(int match)
     for (int i = 0; i < 10; i++) moe_wgp_sum[i] = 0;
     moe_wgp_first = ~0ull, moe_wgp_last = moe_wgp_exit = 0;
     moe_wgp_launch++;
-}""".split("\n")
+}""").split("\n")
     k = find("    k_fp8_moe_wg(const __grid_constant__ fp8_args a, cu_moe_plan p)")
     replace("""    int r0, rows;
     if (!moe_tile_of<BT>(a, p, xr, e, r0, rows)) return;""", """    int r0, rows;
@@ -72,33 +74,16 @@ __global__ void k_moe_wgp_print(int match)
         return;
     }
     lap(0);""", k)
-    replace("""            tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
-            land();
-            load(); // step g + S - 1, into step g - 1's stage
-            if (a.tma) wg_mbar_wait(bar + 8 * (g % S), (g / S) & 1); // and its weight tile
-            mma(g, p0);
-            wg_wait<0>();
-            promote(g, p0);
-        }
-        finish(g - 1);
-    }
-}""", """            lap(6);
-            tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)
-            land();
-            lap(1);
-            load(); // step g + S - 1, into step g - 1's stage
-            lap(2);
-            if (a.tma) wg_mbar_wait(bar + 8 * (g % S), (g / S) & 1); // and its weight tile
-            lap(3);
-            mma(g, p0);
-            wg_wait<0>();
-            lap(4);
-            promote(g, p0);
-            lap(5);
-        }
-        finish(g - 1);
-    }
-    lap(6);
+    # the step loop's phases: a lap after each line (the copies' wait + barrier, the issue, the
+    # weight box, the products, the promotion; the stores between steps), then one record a block
+    at("            tc_wait<S - 2>(); // groups 0..g landed (g + S - 1 committed)", "            lap(6);", False, k)
+    for line, ph in (("            land();", 1), ("            load(); // step g + S - 1, into step g - 1's stage", 2),
+                     ("            if (a.tma) wg_mbar_wait(bar + 8 * (g % S), (g / S) & 1); // and its weight tile", 3),
+                     ("            wg_wait<0>();", 4), ("            promote(g, p0);", 5)):
+        at(line, f"            lap({ph});", True, k)
+    i = find("        finish(g - 1);", k) + 2  # the kernel's closing brace, past the loop's
+    assert lines[i] == "}", lines[i]
+    lines[i:i] = """    lap(6);
     if (probe_on) {
         const unsigned long long g1 = moe_gt();
         for (int i = 0; i < 7; i++) atomicAdd(&moe_wgp_sum[i], (unsigned long long)ph[i]);
@@ -106,12 +91,10 @@ __global__ void k_moe_wgp_print(int match)
         atomicAdd(&moe_wgp_sum[8], 1ull);
         atomicMin(&moe_wgp_first, pg0);
         atomicMax(&moe_wgp_last, g1);
-    }
-}""", k)
-    i = find("    for (int g = 0; g < S - 1; g++) load();", k)
-    lines[i + 1:i + 1] = ["    lap(2); // the first stages' copies"]
-    i = find("        cu_launch(b, k_fp8_moe_wg<BM>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);", k)
-    lines[i + 1:i + 1] = ["        cu_launch(b, k_moe_wgp_print, dim3(1), dim3(1), 0, (int)moe_wgp_shape(BM, a.N, a.K));"]
+    }""".split("\n")
+    at("    for (int g = 0; g < S - 1; g++) load();", "    lap(2); // the first stages' copies", True, k)
+    at("        cu_launch(b, k_fp8_moe_wg<BM>, grid, dim3(TC_THREADS), wg8_cfg<BM>::SMEM, a, p);",
+       "        cu_launch(b, k_moe_wgp_print, dim3(1), dim3(1), 0, (int)moe_wgp_shape(BM, a.N, a.K));", True, k)
 
 
 if len(sys.argv) > 2 and sys.argv[2] == "wg":
@@ -122,9 +105,9 @@ if len(sys.argv) > 2 and sys.argv[2] == "wg":
 
 # the records and their printer, above the kernel
 k = find("__global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_constant__ fp8_args a, cu_moe_plan p)")
-lines[k:k] = r"""__device__ int moe_probe_n, moe_probe_shown, moe_probe_launch;
+lines[k:k] = (r"""__device__ int moe_probe_n, moe_probe_shown, moe_probe_launch;
 __device__ long long moe_probe_rec[24][12]; // who, block, blocks, steps, items, 5 phases, total, -
-__device__ __forceinline__ unsigned long long moe_gt() { unsigned long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
+""" + MOE_GT + r"""
 __device__ unsigned long long moe_probe_ns[24];
 __global__ void k_moe_probe_print(int)
 {
@@ -154,7 +137,7 @@ __device__ __forceinline__ void moe_probe_put(int who, int steps, int items, con
     for (int j = 0; j < 5; j++) r[5 + j] = ph[j];
     r[10] = total;
     moe_probe_ns[i] = ns;
-}""".split("\n")
+}""").split("\n")
 k = find("__global__ void __launch_bounds__(WS8_THREADS, 1) k_fp8_moe_ws(const __grid_constant__ fp8_args a, cu_moe_plan p)")
 
 # the block's start, whether it records, its item count
