@@ -147,10 +147,20 @@ def test_fp8_dummy_and_errors(sluice_bin, models, tmp_path):
     assert "e5m2" in broken("fmt", lambda q: q.update(fmt="e5m2"))
     assert "weight_block_size" in broken("bs", lambda q: q.update(weight_block_size=[64, 64]))
     assert "static" in broken("static", lambda q: q.update(activation_scheme="static"))
+    assert "'awq' is not supported" in broken("method", lambda q: q.update(quant_method="awq"))
     k = "model.layers.1.self_attn.k_proj.weight_scale_inv"
     assert k in broken("missing", edit_ts=lambda ts: ts.pop(k))
     err = broken("shape", edit_ts=lambda ts: ts.update({k: ("F32", [2, 2], b"\0" * 16)}))
     assert k in err and "[1, 2]" in err
+    nan = np.frombuffer(st_read(src / "model.safetensors")[k][2], dtype="<f4").copy()
+    nan[1] = np.nan
+    err = broken("nan", edit_ts=lambda ts: ts.update({k: ("F32", [1, 2], nan.tobytes())}))
+    assert k in err and "non-finite" in err and "[0, 1]" in err
+    w = k.replace("_scale_inv", "")
+    e5 = broken("e5m2w", edit_ts=lambda ts: ts.update({w: ("F8_E5M2",) + ts[w][1:]}))
+    assert w in e5 and "F8_E5M2" in e5
+    bf = broken("bf16w", edit_ts=lambda ts: ts.update({w: ("BF16", ts[w][1], ts[w][2] * 2)}))
+    assert w in bf and "has a weight_scale_inv" in bf
 
 
 def test_fp8_tensor_parallel(sluice_bin, tmp_path):

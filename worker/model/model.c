@@ -280,7 +280,13 @@ static void fp8_piece(loader *L, const char *name, const sl_safetensors_tensor *
         else if (sc->dtype == SL_DTYPE_I32 || sc->dtype == SL_DTYPE_F8E4M3)
             L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s is %s, expected F32", sn, sl_dtype_name(sc->dtype));
         else
-            for (int64_t i = 0; i < nrb * G; i++) blk[i] = sl_load_f32(sc->data, sc->dtype, i);
+            for (int64_t i = 0; i < nrb * G && !L->status; i++) {
+                blk[i] = sl_load_f32(sc->data, sc->dtype, i);
+                /* a NaN or infinite scale would poison every product of its block silently */
+                if (!isfinite(blk[i]))
+                    L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s has a non-finite scale (%g) at block [%lld, %lld]",
+                                           sn, blk[i], (long long)(i / G), (long long)(i % G));
+            }
     } else if (L->quantize_fp8 && t->dtype != SL_DTYPE_F8E4M3) {
         /* blocks of the whole checkpoint tensor (as make-tiny writes them),
          * whatever part of it this piece takes */
