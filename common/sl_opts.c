@@ -4,9 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+static int positional(const sl_opt *o) { return strncmp(o->name, "--", 2) != 0; }
+
 static const sl_opt *find(const sl_opt *opts, const char *name, size_t n)
 {
     for (const sl_opt *o = opts; o->name; o++) {
+        if (positional(o)) continue;
         if (strlen(o->name) == n && !strncmp(o->name, name, n)) return o;
         if (o->alias && strlen(o->alias) == n && !strncmp(o->alias, name, n)) return o;
     }
@@ -54,10 +57,16 @@ static sl_status set_value(const sl_opt *o, const char *v, sl_err *e)
 
 sl_status sl_opts_parse(int argc, char **argv, const sl_opt *opts, sl_err *e)
 {
+    const sl_opt *pos = opts; /* the next positional entry to fill */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strncmp(a, "--", 2) != 0)
-            return sl_err_set(e, SL_ERR_INVALID, "unexpected argument '%s'", a);
+        if (strncmp(a, "--", 2) != 0) {
+            while (pos->name && !positional(pos)) pos++;
+            if (!pos->name) return sl_err_set(e, SL_ERR_INVALID, "unexpected argument '%s'", a);
+            sl_status s = set_value(pos++, a, e);
+            if (s) return s;
+            continue;
+        }
         const char *eq = strchr(a, '=');
         size_t n = eq ? (size_t)(eq - a) : strlen(a);
         const sl_opt *o = find(opts, a, n);
@@ -80,11 +89,14 @@ sl_status sl_opts_parse(int argc, char **argv, const sl_opt *opts, sl_err *e)
 
 void sl_opts_usage(FILE *f, const char *cmd, const char *summary, const sl_opt *opts)
 {
-    fprintf(f, "usage: sluice %s [options]\n%s\n\noptions:\n", cmd, summary);
+    fprintf(f, "usage: sluice %s [options]", cmd);
+    for (const sl_opt *o = opts; o->name; o++)
+        if (positional(o)) fprintf(f, " %s", o->name);
+    fprintf(f, "\n%s\n\noptions:\n", summary);
     for (const sl_opt *o = opts; o->name; o++) {
         char names[96];
         snprintf(names, sizeof names, "%s%s%s%s", o->name, o->alias ? ", " : "",
-                 o->alias ? o->alias : "", o->kind == SL_OPT_FLAG ? "" : " V");
+                 o->alias ? o->alias : "", o->kind == SL_OPT_FLAG || positional(o) ? "" : " V");
         fprintf(f, "  %-36s %s\n", names, o->help ? o->help : "");
     }
 }

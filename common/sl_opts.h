@@ -39,7 +39,10 @@ typedef struct sl_opt {
     const char *help;
 } sl_opt;
 
-/* Parses argv[1..argc); positional arguments are errors. */
+/* Parses argv[1..argc). An entry whose name does not start with "--"
+ * (e.g. {"IN", NULL, SL_OPT_STR, &in, "..."}) is positional: the arguments
+ * that are not options fill those entries in table order; one more is an
+ * error. Positional entries are not checked for presence here. */
 sl_status sl_opts_parse(int argc, char **argv, const sl_opt *opts, sl_err *e);
 void sl_opts_usage(FILE *f, const char *cmd, const char *summary, const sl_opt *opts);
 

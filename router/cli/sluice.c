@@ -19,6 +19,7 @@ static const command commands[] = {
     {"logits", sl_cmd_logits, "float32 logits of every position of prompts (golden checks)"},
     {"render", sl_cmd_render, "print the chat-template prompt of a request read on stdin"},
     {"make-tiny", sl_cmd_make_tiny, "write a small random model of any supported architecture"},
+    {"quantize", sl_cmd_quantize, "write an FP8 block-wise checkpoint of a bf16 one"},
     {"tokenize", sl_cmd_tokenize, "text <-> token ids with a model's tokenizer.json"},
     {"router", sl_cmd_router, "OpenAI/Anthropic-compatible HTTP front end over workers"},
     {"serve", sl_cmd_serve, "router + local workers in one command (SGLang flags)"},

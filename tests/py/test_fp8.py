@@ -1,6 +1,6 @@
 """FP8 block-wise checkpoints (CPU): make-tiny --quantization fp8 for every arch,
 greedy generation, --quantization fp8 at load == the saved FP8 model (bit-identical
-logits), FP8 vs its bf16 origin (close, not equal), and an FP8 checkpoint with
+logits) == sluice quantize's checkpoint of the bf16 twin, FP8 vs its bf16 origin (close, not equal), and an FP8 checkpoint with
 strongly varied block scales against its own dequantization (catches scales landing
 on the wrong rows in the fused layouts)."""
 import json
@@ -70,6 +70,53 @@ def test_fp8_quantize_at_load_equals_saved(sluice_bin, models, arch, tmp_path):
     bf16 = logits(sluice_bin, models[arch] / "bf16", PROMPTS, tmp_path)
     r = rel(saved, bf16)
     assert 0 < r < BOUND[arch], r
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_quantize_command_equals_make_tiny(sluice_bin, models, arch, tmp_path):
+    """sluice quantize --fp8-block on the bf16 twin, split into two indexed shards,
+    writes the same shards with make-tiny --quantization fp8's tensors byte for byte
+    (scales beside their weights), the same config, the side files but not pickled
+    weights, and serves bit-identical logits."""
+    src, fp8 = tmp_path / "src", models[arch] / "fp8"
+    shutil.copytree(models[arch] / "bf16", src)
+    ts = st_read(src / "model.safetensors")
+    (src / "model.safetensors").unlink()
+    names = list(ts)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for f, ks in shards.items():
+        st_write(src / f, {k: ts[k] for k in ks})
+    (src / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}))
+    (src / "LICENSE").write_text("Apache-2.0\n")
+    (src / "pytorch_model.bin").write_bytes(b"\0" * 64)
+    out = tmp_path / "out"
+    r = run(sluice_bin, "quantize", "--fp8-block", str(src), str(out))
+    want = st_read(fp8 / "model.safetensors")
+    assert f"{sum(dt == 'F8_E4M3' for dt, _, _ in want.values())} projections" in r.stdout
+    wm = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    got = {}
+    for f in shards:
+        part = st_read(out / f)
+        assert all(wm[k] == f for k in part)
+        got.update(part)
+    assert sorted(got) == sorted(want) and all(got[k] == want[k] for k in want)
+    assert all(wm[k + "_scale_inv"] == wm[k] for k, (dt, _, _) in got.items() if dt == "F8_E4M3")
+    assert json.loads((out / "config.json").read_text()) == json.loads((fp8 / "config.json").read_text())
+    assert (out / "LICENSE").read_text() == "Apache-2.0\n" and (out / "tokenizer.json").exists()
+    assert not (out / "pytorch_model.bin").exists() and not (out / "model.safetensors").exists()
+    a = logits(sluice_bin, out, PROMPTS, tmp_path)
+    assert a.tobytes() == logits(sluice_bin, fp8, PROMPTS, tmp_path).tobytes()
+
+    def fails(code, msg, *args):
+        r = run(sluice_bin, "quantize", *args, ok=False)
+        assert r.returncode == code and msg in r.stderr, r.stderr
+
+    fails(1, "already holds a model", str(src), str(out))
+    fails(1, "is already quantized (quantization_config.quant_method 'fp8')", str(out), str(tmp_path / "again"))
+    assert not (tmp_path / "again").exists()
+    fails(2, "IN and OUT are required", str(src))
+    fails(2, "unexpected argument", str(src), str(tmp_path / "x"), "extra")
 
 
 def e4m3(v):

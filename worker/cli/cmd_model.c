@@ -1,5 +1,6 @@
-/* `sluice logits`, `sluice generate`, `sluice make-tiny`: the model on its own,
- * one sequence at a time (golden checks, demos, tiny test models). */
+/* `sluice logits`, `sluice generate`, `sluice make-tiny`, `sluice quantize`: the
+ * model on its own, one sequence at a time (golden checks, demos, tiny test
+ * models, FP8 checkpoints). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
@@ -13,6 +14,7 @@
 
 #include "comm.h"
 #include "model.h"
+#include "quantize.h"
 #include "safetensors.h"
 #include "sl_bytelevel.h"
 #include "sl_file.h"
@@ -459,39 +461,21 @@ static sl_safetensors_tensor *tiny_slot(tiny_writer *w)
     return t;
 }
 
-/* t (bf16 [rows, cols]) -> F8_E4M3 codes in place of it plus t's
- * weight_scale_inv [ceil(rows/128), ceil(cols/128)] F32 as the next tensor:
- * the bf16 values are what the bf16 twin of this model holds, so loading that
- * twin with --quantization fp8 gives this model exactly. */
+/* t -> its F8_E4M3 codes in place plus its weight_scale_inv as the next
+ * tensor: the bf16 values are what the bf16 twin of this model holds, so
+ * loading that twin with --quantization fp8 gives this model exactly. */
 static void tiny_quantize(tiny_writer *w, int idx)
 {
-    sl_safetensors_tensor *t = &w->ts[idx];
-    int64_t R = t->shape[0], C = t->shape[1], B = SL_FP8_BLOCK;
-    int64_t nrb = (R + B - 1) / B, ncb = (C + B - 1) / B;
-    float *f = malloc(sizeof(float) * (size_t)(R * C)), *sc = malloc(sizeof(float) * (size_t)(nrb * ncb));
-    uint8_t *q = malloc((size_t)(R * C));
-    char *sname = malloc(strlen(t->name) + 16);
-    if (!f || !sc || !q || !sname) {
-        free(f), free(sc), free(q), free(sname);
+    sl_safetensors_tensor q[2];
+    sl_err e = {0};
+    if (sl_quantize_fp8_tensor(&w->ts[idx], q, &e)) {
         w->failed = 1;
         return;
     }
-    for (int64_t i = 0; i < R * C; i++) f[i] = sl_bf16_to_f32(((const uint16_t *)t->data)[i]);
-    sl_fp8_quantize_blocks(f, R, C, q, sc);
-    free(f);
-    free((void *)t->data);
-    t->data = q;
-    t->dtype = SL_DTYPE_F8E4M3;
-    t->nbytes = (size_t)(R * C);
-    sprintf(sname, "%s_scale_inv", t->name);
-    sl_safetensors_tensor *s = tiny_slot(w); /* may move w->ts: t is not used below */
-    s->name = sname;
-    s->dtype = SL_DTYPE_F32;
-    s->ndim = 2;
-    s->shape[0] = nrb;
-    s->shape[1] = ncb;
-    s->data = sc;
-    s->nbytes = sizeof(float) * (size_t)(nrb * ncb);
+    free((void *)w->ts[idx].name);
+    free((void *)w->ts[idx].data);
+    w->ts[idx] = q[0];
+    *tiny_slot(w) = q[1];
     w->n++;
 }
 
@@ -729,4 +713,31 @@ done:
     json_decref(eos);
     json_decref(cfg);
     return rc;
+}
+
+int sl_cmd_quantize(int argc, char **argv)
+{
+    const char *in = NULL, *out = NULL, *revision = NULL;
+    int fp8_block = 0;
+    sl_opt opts[] = {{"--fp8-block", NULL, SL_OPT_FLAG, &fp8_block,
+                      "128x128 block-wise e4m3 weights with F32 weight_scale_inv, dynamic per-token "
+                      "activations (the -FP8 releases' format; the only scheme, the default)"},
+                     {"--revision", NULL, SL_OPT_STR, &revision, "IN's Hub revision (branch, tag or commit)"},
+                     {"IN", NULL, SL_OPT_STR, &in, "bf16 checkpoint directory (or Hugging Face model id ORG/NAME)"},
+                     {"OUT", NULL, SL_OPT_STR, &out, "new directory for the FP8 checkpoint"},
+                     {0}};
+    const char *summary = "Writes an FP8 block-wise checkpoint of a bf16 one: the projections --quantization fp8\n"
+                          "quantizes at load, with the same codes and scales, in the same shard files.";
+    int cli = sl_opts_cli(argc, argv, "quantize", summary, opts);
+    if (cli >= 0) return cli;
+    if (!in || !out) return sl_opts_usage_error("quantize", "IN and OUT are required");
+    sl_err e = {0};
+    char dir[SL_HUB_PATH_MAX];
+    sl_quantize_report r;
+    if (sl_hub_resolve(in, revision, SL_HUB_WEIGHTS, dir, sizeof dir, &e) ||
+        sl_quantize_fp8_checkpoint(dir, out, &r, &e))
+        return fail("quantize", &e);
+    printf("wrote %s: %d projections in FP8 blocks, %d tensors, %.3f GB -> %.3f GB\n", out, r.quantized, r.tensors,
+           r.in_bytes / 1e9, r.out_bytes / 1e9);
+    return 0;
 }

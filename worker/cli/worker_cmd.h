@@ -8,6 +8,7 @@ int sl_cmd_logits(int argc, char **argv);
 int sl_cmd_generate(int argc, char **argv);
 int sl_cmd_grammar(int argc, char **argv);
 int sl_cmd_make_tiny(int argc, char **argv);
+int sl_cmd_quantize(int argc, char **argv);
 int sl_cmd_worker(int argc, char **argv);
 
 #endif

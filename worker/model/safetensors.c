@@ -12,6 +12,7 @@
 
 struct sl_safetensors {
     sl_mmap maps[MAX_SHARDS];
+    char *names[MAX_SHARDS];
     int n_maps;
     sl_safetensors_tensor *t;
     int n, cap;
@@ -99,6 +100,7 @@ sl_status sl_safetensors_parse(sl_safetensors *st, const void *file, size_t len,
         }
         t.data = data + b;
         t.nbytes = (size_t)(en - b);
+        t.file = st->n_maps > 0 ? st->n_maps - 1 : 0;
         t.name = strdup(key);
         if (st->n == st->cap) {
             int cap = st->cap ? st->cap * 2 : 64;
@@ -128,6 +130,10 @@ static sl_status open_file(sl_safetensors *st, const char *dir, const char *name
     sl_mmap *m = &st->maps[st->n_maps];
     sl_status s = sl_mmap_open(m, sl_path_join(path, sizeof path, dir, name), e);
     if (s) return s;
+    if (!(st->names[st->n_maps] = strdup(name))) {
+        sl_mmap_close(m);
+        return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    }
     st->n_maps++;
     return sl_safetensors_parse(st, m->data, m->len, name, e);
 }
@@ -195,9 +201,20 @@ void sl_safetensors_close(sl_safetensors *st)
     if (!st) return;
     for (int i = 0; i < st->n; i++) free((char *)st->t[i].name);
     free(st->t);
-    for (int i = 0; i < st->n_maps; i++) sl_mmap_close(&st->maps[i]);
+    for (int i = 0; i < st->n_maps; i++) {
+        sl_mmap_close(&st->maps[i]);
+        free(st->names[i]);
+    }
     free(st);
 }
+
+int sl_safetensors_count(const sl_safetensors *st) { return st->n; }
+
+const sl_safetensors_tensor *sl_safetensors_at(const sl_safetensors *st, int i) { return &st->t[i]; }
+
+int sl_safetensors_files(const sl_safetensors *st) { return st->n_maps; }
+
+const char *sl_safetensors_file_name(const sl_safetensors *st, int file) { return st->names[file]; }
 
 sl_status sl_safetensors_write(const char *path, const sl_safetensors_tensor *ts, int n, sl_err *e)
 {

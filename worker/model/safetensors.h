@@ -25,6 +25,7 @@ typedef struct sl_safetensors_tensor {
     int64_t shape[SL_MAX_DIMS];
     const void *data;
     size_t nbytes;
+    int file; /* the shard holding it (sl_safetensors_file_name) */
 } sl_safetensors_tensor;
 
 typedef struct sl_safetensors sl_safetensors;
@@ -33,6 +34,12 @@ sl_status sl_safetensors_open(sl_safetensors **out, const char *dir, sl_err *e);
 /* NULL if absent. */
 const sl_safetensors_tensor *sl_safetensors_find(const sl_safetensors *st, const char *name);
 void sl_safetensors_close(sl_safetensors *st);
+/* Every tensor, sorted by name: i in [0, sl_safetensors_count). */
+int sl_safetensors_count(const sl_safetensors *st);
+const sl_safetensors_tensor *sl_safetensors_at(const sl_safetensors *st, int i);
+/* The shard files in the order opened ("model.safetensors" without an index). */
+int sl_safetensors_files(const sl_safetensors *st);
+const char *sl_safetensors_file_name(const sl_safetensors *st, int file);
 
 /* Parses one file image (header + data); exposed for the fuzzer and tests. */
 sl_status sl_safetensors_parse(sl_safetensors *st, const void *file, size_t len, const char *fname, sl_err *e);
