@@ -168,6 +168,35 @@ def test_fp8_varied_scales_match_dequantized(sluice_bin, models, arch, tmp_path)
     assert 0 < r < 0.25, r
 
 
+def test_fp8_tensors_held_in_bf16_are_dequantized(sluice_bin, models, tmp_path):
+    """A weight_scale_inv on a tensor sluice keeps in bf16 (LM head, router,
+    shared-expert gate, embeddings) loads as its real weight code · block scale:
+    bit-identical logits to the checkpoint holding those products in F32."""
+    src = models["qwen3_next"] / "fp8"
+    ts = st_read(src / "model.safetensors")
+    rng = np.random.default_rng(5)
+    fp8, deq = dict(ts), dict(ts)
+    held = [k for k in ts if k == "lm_head.weight" or k == "model.embed_tokens.weight"
+            or k.endswith(".mlp.gate.weight") or k.endswith(".shared_expert_gate.weight")]
+    assert len(held) == 2 + 2 * 3
+    for k in held:
+        shape = ts[k][1]
+        codes = rng.integers(0, 0x7f, size=shape, dtype=np.uint8) | (rng.integers(0, 2, size=shape, dtype=np.uint8) << 7)
+        sshape = [-(-shape[0] // 128), -(-shape[1] // 128)]
+        sc = (rng.uniform(0.5, 2.0, size=sshape) / 448 * 0.05).astype("<f4")
+        full = np.repeat(np.repeat(sc, 128, 0), 128, 1)[:shape[0], :shape[1]]
+        fp8[k] = ("F8_E4M3", shape, codes.tobytes())
+        fp8[k + "_scale_inv"] = ("F32", sshape, sc.tobytes())
+        deq[k] = ("F32", shape, (e4m3(codes) * full).astype("<f4").tobytes())
+    out = []
+    for name, tensors in [("held8", fp8), ("heldd", deq)]:
+        d = tmp_path / name
+        shutil.copytree(src, d)
+        st_write(d / "model.safetensors", tensors)
+        out.append(logits(sluice_bin, d, PROMPTS, tmp_path))
+    assert np.isfinite(out[0]).all() and out[0].tobytes() == out[1].tobytes()
+
+
 def test_fp8_dummy_and_errors(sluice_bin, models, tmp_path):
     src = models["qwen3"] / "fp8"
     ids = tmp_path / "ids.json"

@@ -167,7 +167,9 @@ static void pack_begin(loader *L, sl_tensor *dst, sl_dtype dt, int ndim, const i
  * no 128 alignment (fused layouts, head/group permutations, column-parallel
  * shards); a column range (row-parallel shard) must start and end on a
  * 128-column block boundary (or the tensor end). Costs 4 bytes per 128
- * weights (3% over the fp8 weight). */
+ * weights (3% over the fp8 weight). A scaled F8_E4M3 tensor that is not
+ * loaded as an FP8 projection (LM head, router, embeddings) is dequantized
+ * into the plain dtype (pack_piece). */
 
 int sl_model_fp8_target(const char *name)
 {
@@ -251,6 +253,37 @@ sl_status sl_model_fp8_tp_check(const sl_model_config *c, int tp, sl_err *e)
     return SL_OK;
 }
 
+/* The block scales of checkpoint FP8 tensor t ([rows, cols] as stored) from
+ * its weight_scale_inv, checked, into blk [ceil(rows/128), ceil(cols/128)].
+ * 0: loaded; 1: t has none (L->status untouched); -1: L->status set. */
+static int fp8_block_scales(loader *L, const char *name, const sl_safetensors_tensor *t, int64_t rows, int64_t cols,
+                            float *blk)
+{
+    const int64_t B = SL_FP8_BLOCK, nrb = (rows + B - 1) / B, G = (cols + B - 1) / B;
+    char sn[320], want[96], got[96];
+    snprintf(sn, sizeof sn, "%s_scale_inv", name);
+    const sl_safetensors_tensor *sc = sl_safetensors_find(L->st, sn);
+    if (!sc) return 1;
+    fmt_shape(want, sizeof want, 2, SHP(nrb, G));
+    fmt_shape(got, sizeof got, sc->ndim, sc->shape);
+    if (t->dtype != SL_DTYPE_F8E4M3)
+        L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s is %s but has a weight_scale_inv (expected F8_E4M3)",
+                               name, sl_dtype_name(t->dtype));
+    else if (sc->ndim != 2 || sc->shape[0] != nrb || sc->shape[1] != G)
+        L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s has shape %s, expected %s (the 128x128 blocks of %s)",
+                               sn, got, want, name);
+    else if (sc->dtype == SL_DTYPE_I32 || sc->dtype == SL_DTYPE_F8E4M3)
+        L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s is %s, expected F32", sn, sl_dtype_name(sc->dtype));
+    for (int64_t i = 0; i < nrb * G && !L->status; i++) {
+        blk[i] = sl_load_f32(sc->data, sc->dtype, i);
+        /* a NaN or infinite scale would poison every product of its block silently */
+        if (!isfinite(blk[i]))
+            L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s has a non-finite scale (%g) at block [%lld, %lld]",
+                                   sn, blk[i], (long long)(i / G), (long long)(i % G));
+    }
+    return L->status ? -1 : 0;
+}
+
 /* One piece of an FP8 projection: checkpoint tensor t ([rows, cols] as
  * stored), slice s of it → the codes into the stage (exact f32 values) and
  * the per-row scales into the scale stage, packed rows row0... */
@@ -259,35 +292,13 @@ static void fp8_piece(loader *L, const char *name, const sl_safetensors_tensor *
 {
     const int64_t B = SL_FP8_BLOCK, nrb = (rows + B - 1) / B, G = (cols + B - 1) / B;
     const int64_t n = s.n ? s.n : rows, nc = s.ncols ? s.ncols : cols, g0 = s.col0 / B, Gl = (nc + B - 1) / B;
-    char sn[320], want[96], got[96];
-    snprintf(sn, sizeof sn, "%s_scale_inv", name);
-    fmt_shape(want, sizeof want, 2, SHP(nrb, G));
-    const sl_safetensors_tensor *sc = sl_safetensors_find(L->st, sn);
     uint8_t *codes = NULL;
     float *blk = malloc(sizeof(float) * (size_t)(nrb * G));
     const void *src = t->data;
+    int got = blk ? fp8_block_scales(L, name, t, rows, cols, blk) : -1;
     if (!blk) {
-        L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s: out of memory", sn);
-    } else if (sc) {
-        int same = sc->ndim == 2 && sc->shape[0] == nrb && sc->shape[1] == G;
-        fmt_shape(got, sizeof got, sc->ndim, sc->shape);
-        if (t->dtype != SL_DTYPE_F8E4M3)
-            L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s is %s but has a weight_scale_inv (expected F8_E4M3)",
-                                   name, sl_dtype_name(t->dtype));
-        else if (!same)
-            L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s has shape %s, expected %s (the 128x128 blocks of %s)",
-                                   sn, got, want, name);
-        else if (sc->dtype == SL_DTYPE_I32 || sc->dtype == SL_DTYPE_F8E4M3)
-            L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s is %s, expected F32", sn, sl_dtype_name(sc->dtype));
-        else
-            for (int64_t i = 0; i < nrb * G && !L->status; i++) {
-                blk[i] = sl_load_f32(sc->data, sc->dtype, i);
-                /* a NaN or infinite scale would poison every product of its block silently */
-                if (!isfinite(blk[i]))
-                    L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s has a non-finite scale (%g) at block [%lld, %lld]",
-                                           sn, blk[i], (long long)(i / G), (long long)(i % G));
-            }
-    } else if (L->quantize_fp8 && t->dtype != SL_DTYPE_F8E4M3) {
+        L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s scales: out of memory", name);
+    } else if (got == 1 && L->quantize_fp8 && t->dtype != SL_DTYPE_F8E4M3) {
         /* blocks of the whole checkpoint tensor (as make-tiny writes them),
          * whatever part of it this piece takes */
         float *w = malloc(sizeof(float) * (size_t)(rows * cols));
@@ -300,9 +311,11 @@ static void fp8_piece(loader *L, const char *name, const sl_safetensors_tensor *
             src = codes;
         }
         free(w);
-    } else {
+    } else if (got == 1) {
+        char want[96];
+        fmt_shape(want, sizeof want, 2, SHP(nrb, G));
         L->status = sl_err_set(L->e, SL_ERR_NOTFOUND,
-                               "missing tensor %s (expected shape %s): %s belongs to an FP8 projection", sn,
+                               "missing tensor %s_scale_inv (expected shape %s): %s belongs to an FP8 projection", name,
                                want, name);
     }
     if (!L->status) {
@@ -366,17 +379,27 @@ static void pack_piece(loader *L, const char *name, int ndim, const int64_t *sha
         fp8_piece(L, name, t, rows, cols, row0, s);
         return;
     }
+    /* An FP8 tensor held in the plain dtype (an LM head, a router, a piece of a
+     * projection whose first piece is bf16) is its real weight, code · block scale. */
+    const int64_t B = SL_FP8_BLOCK, G = (cols + B - 1) / B;
+    float *blk = NULL;
     if (t->dtype == SL_DTYPE_F8E4M3) {
-        L->status = sl_err_set(L->e, SL_ERR_NOTFOUND, "tensor %s is F8_E4M3 but %s_scale_inv is missing%s", name,
-                               name, sl_model_fp8_target(name) ? "" : " (or the fused projection it belongs to is not fp8)");
-        return;
+        int has = (blk = malloc(sizeof(float) * (size_t)(((rows + B - 1) / B) * G)))
+                      ? fp8_block_scales(L, name, t, rows, cols, blk)
+                      : (L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s scales: out of memory", name), -1);
+        if (has == 1)
+            L->status = sl_err_set(L->e, SL_ERR_NOTFOUND, "tensor %s is F8_E4M3 but %s_scale_inv is missing", name, name);
     }
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < n && !L->status; i++) {
         int64_t src = s.rows ? s.rows[i] : s.first + i;
         SL_ASSERT(src >= 0 && src < rows);
         float *o = L->stage + (row0 + i) * nc;
-        for (int64_t c = 0; c < nc; c++) o[c] = sl_load_f32(t->data, t->dtype, src * cols + s.col0 + c);
+        for (int64_t c = 0; c < nc; c++) {
+            o[c] = sl_load_f32(t->data, t->dtype, src * cols + s.col0 + c);
+            if (blk) o[c] *= blk[(src / B) * G + (s.col0 + c) / B];
+        }
     }
+    free(blk);
 }
 
 static void pack_end(loader *L)
