@@ -3,10 +3,13 @@
 #include <dirent.h>
 #include <jansson.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "model.h"
 #include "sl_file.h"
@@ -55,24 +58,68 @@ static int by_data(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* A shard's projections quantized by several threads: job i fills
+ * out[slot[i]], out[slot[i] + 1] from in[src[i]]; the first error wins. */
+typedef struct shard_jobs {
+    const sl_safetensors_tensor **in;
+    sl_safetensors_tensor *out;
+    const int *src, *slot;
+    int n;
+    atomic_int next;
+    pthread_mutex_t mu;
+    sl_status status;
+    sl_err *e;
+} shard_jobs;
+
+static void *quantize_worker(void *arg)
+{
+    shard_jobs *j = arg;
+    for (int i; (i = atomic_fetch_add(&j->next, 1)) < j->n;) {
+        sl_err e = {0};
+        if (!sl_quantize_fp8_tensor(j->in[j->src[i]], j->out + j->slot[i], &e)) continue;
+        pthread_mutex_lock(&j->mu);
+        if (!j->status) j->status = sl_err_set(j->e, e.code, "%s", e.msg);
+        pthread_mutex_unlock(&j->mu);
+        atomic_store(&j->next, j->n); /* the others stop at their next job */
+    }
+    return NULL;
+}
+
+/* Runs the jobs on up to one thread a core (at most 16: the copies are
+ * memory-bound beyond that). */
+static sl_status run_jobs(shard_jobs *j)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = cores < 1 ? 1 : cores > 16 ? 16 : (int)cores, started = 0;
+    if (nt > j->n) nt = j->n;
+    pthread_t th[16];
+    for (; started < nt - 1; started++)
+        if (pthread_create(&th[started], NULL, quantize_worker, j)) break;
+    quantize_worker(j);
+    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+    return j->status;
+}
+
 /* Shard `file` of st to out_dir under its own name; every output tensor's
  * name -> shard into wm. */
 static sl_status write_shard(const sl_safetensors *st, int file, const char *out_dir, json_t *wm,
                              sl_quantize_report *r, sl_err *e)
 {
     int n = 0, total = sl_safetensors_count(st);
-    const sl_safetensors_tensor **in = malloc(sizeof *in * (size_t)(total ? total : 1));
-    sl_safetensors_tensor *out = malloc(sizeof *out * (size_t)(2 * total + 1));
-    char *owned = calloc((size_t)(2 * total + 1), 1); /* out[i] was allocated here */
+    size_t cap = (size_t)(total ? total : 1);
+    const sl_safetensors_tensor **in = malloc(sizeof *in * cap);
+    sl_safetensors_tensor *out = calloc(2 * cap, sizeof *out);
+    int *src = malloc(sizeof(int) * cap), *slot = malloc(sizeof(int) * cap);
+    shard_jobs j = {.mu = PTHREAD_MUTEX_INITIALIZER, .e = e};
     sl_status s = SL_OK;
-    if (!in || !out || !owned) {
+    int m = 0;
+    if (!in || !out || !src || !slot) {
         s = sl_err_set(e, SL_ERR_NOMEM, "out of memory");
         goto done;
     }
     for (int i = 0; i < total; i++)
         if (sl_safetensors_at(st, i)->file == file) in[n++] = sl_safetensors_at(st, i);
     qsort(in, (size_t)n, sizeof *in, by_data);
-    int m = 0;
     for (int i = 0; i < n && !s; i++) {
         const sl_safetensors_tensor *t = in[i];
         r->in_bytes += (int64_t)t->nbytes;
@@ -80,15 +127,16 @@ static sl_status write_shard(const sl_safetensors *st, int file, const char *out
             s = sl_err_set(e, SL_ERR_INVALID, "tensor %s is already F8_E4M3 (config.json has no quantization_config)",
                            t->name);
         } else if (t->ndim == 2 && sl_model_fp8_target(t->name)) {
-            if (!(s = sl_quantize_fp8_tensor(t, out + m, e))) {
-                owned[m] = owned[m + 1] = 1;
-                m += 2;
-                r->quantized++;
-            }
+            src[j.n] = i;
+            slot[j.n++] = m;
+            m += 2;
         } else {
             out[m++] = *t;
         }
     }
+    j.in = in, j.out = out, j.src = src, j.slot = slot;
+    if (!s && j.n) s = run_jobs(&j);
+    r->quantized += j.n;
     const char *fname = sl_safetensors_file_name(st, file);
     char path[4096];
     if (!s) s = sl_safetensors_write(sl_path_join(path, sizeof path, out_dir, fname), out, m, e);
@@ -97,12 +145,15 @@ static sl_status write_shard(const sl_safetensors *st, int file, const char *out
         r->out_bytes += (int64_t)out[i].nbytes;
         r->tensors++;
     }
-    for (int i = 0; i < m; i++)
-        if (owned[i]) sl_quantize_free(&out[i]);
 done:
+    for (int i = 0; slot && i < j.n; i++) {
+        sl_quantize_free(&out[slot[i]]); /* (zeroed where a job did not run) */
+        sl_quantize_free(&out[slot[i] + 1]);
+    }
     free(in);
     free(out);
-    free(owned);
+    free(src);
+    free(slot);
     return s;
 }
 

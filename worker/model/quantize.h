@@ -27,8 +27,9 @@ typedef struct sl_quantize_report {
  * files, every sl_model_fp8_target projection quantized, config.json's
  * quantization_config set to fp8 / e4m3 / dynamic / [128, 128], and the
  * other files of in_dir (tokenizer, generation config, template) copied.
- * A checkpoint that already has a quantization_config is refused. Each
- * shard's quantized tensors are held in memory until the shard is written. */
+ * A checkpoint that already has a quantization_config is refused. A
+ * shard's projections are quantized on up to 16 threads and held in memory
+ * until the shard is written. */
 sl_status sl_quantize_fp8_checkpoint(const char *in_dir, const char *out_dir, sl_quantize_report *r, sl_err *e);
 
 #endif
