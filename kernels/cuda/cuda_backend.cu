@@ -59,6 +59,7 @@ static void cu_free_backend(sl_backend *be)
     cu_prof_free(b); // reports first: the table is what a profiled run is for
     cu_matmul_free(b);
     cu_sample_free(b);
+    cu_fp8_st_free(b);
     for (int i = 0; i < 2; i++) {
         cudaFreeHost(b->mb[i].host);
         cudaFree(b->mb[i].dev);
@@ -97,6 +98,8 @@ static void cu_release(sl_backend *be, sl_tensor *t)
 {
     // The stream may still read t: let it finish first (release is rare).
     CU_CHECK(cudaStreamSynchronize(cu_be(be)->stream));
+    // copies of FP8 weight scales it holds
+    cu_fp8_st_forget(cu_be(be), t->data, (size_t)sl_tensor_numel(t) * sl_dtype_size(t->dtype));
     CU_CHECK(cudaFree(t->data));
 }
 
@@ -137,6 +140,7 @@ static sl_status cu_upload(sl_backend *be, sl_tensor *t, const void *src, sl_dty
                           sl_dtype_name(t->dtype));
     sl_status st = cu_upload_init(b, e);
     if (st) return st;
+    cu_fp8_st_forget(b, t->data, (size_t)n * dsz); // new values: no copy of the old scales stays
     const int64_t chunk = (int64_t)(CU_UP_CHUNK / ssz);
     for (int64_t i0 = 0, k = 0; i0 < n; i0 += chunk, k ^= 1) {
         int64_t c = n - i0 < chunk ? n - i0 : chunk;

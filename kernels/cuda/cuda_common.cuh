@@ -102,6 +102,7 @@ typedef struct cu_backend {
     int fp8_smem_set;
     unsigned *router_done;            // moe.cu k_moe_router: blocks done (0 between launches)
     unsigned *moe1_sync;              // fp8.cu k_fp8_moe_one's counters (0 between launches)
+    struct cu_fp8_st_cache *fp8_st;   // fp8.cu: the weights' group-major scales for cuBLASLt
     size_t moe1_smem;                 // the shared memory k_fp8_moe_one's occupancy was taken for
     int moe1_per_sm;                  // and its blocks an SM there
     int moe_router;                   // k_moe_router on (env SL_CUDA_MOE_ROUTER=0: matmul + route)

@@ -117,6 +117,12 @@ void cu_fp8_quant(cu_backend *b, cu_mat x, int K, int rows, uint8_t *xq, float *
 void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_tensor *w,
                    const sl_tensor *w_scale, const sl_fp8_act *xa);
 
+// The weights' group-major scale copies (fp8.cu fp8_st_cached): forget drops
+// those of scales in [base, base + bytes) (an allocation cu_release frees),
+// free all of them.
+void cu_fp8_st_forget(cu_backend *b, const void *base, size_t bytes);
+void cu_fp8_st_free(cu_backend *b);
+
 // Bytes of k_fp8_moe_one's counters (the backend allocates them zeroed)
 size_t cu_moe1_sync_bytes(void);
 
