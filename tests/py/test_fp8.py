@@ -40,9 +40,17 @@ def models(sluice_bin, tmp_path_factory):
 def test_fp8_checkpoint_layout(models, arch):
     d = models[arch] / "fp8"
     q = json.loads((d / "config.json").read_text())["quantization_config"]
+    kept = q.pop("modules_to_not_convert")
     assert q == {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
                  "weight_block_size": [128, 128]}
     ts = st_read(d / "model.safetensors")
+    # the bf16 linear layers, named as the official releases name them for SGLang / vLLM
+    assert kept == sorted(k[:-7] for k, (dt, shape, _) in ts.items()
+                          if k.endswith(".weight") and len(shape) == 2 and dt == "BF16" and "embed_tokens" not in k)
+    assert ("lm_head" in kept) == ("lm_head.weight" in ts)
+    if arch == "qwen3_next":
+        assert {"model.layers.0.linear_attn.in_proj_ba", "model.layers.0.mlp.gate",
+                "model.layers.0.mlp.shared_expert_gate"} <= set(kept)
     n_fp8 = 0
     for k, (dt, shape, _) in ts.items():
         if dt == "F8_E4M3":

@@ -505,6 +505,23 @@ static void tiny_tensor(void *ctx, const char *name, int ndim, const int64_t *sh
     if (w->fp8 && ndim == 2 && sl_model_fp8_target(name)) tiny_quantize(w, w->n - 1);
 }
 
+/* cfg with the FP8 quantization_config of w's tensors (the kept linear
+ * layers listed as sluice quantize lists them), re-dumped into *txt. */
+static sl_status tiny_fp8_config(json_t *cfg, const tiny_writer *w, char **txt, sl_err *e)
+{
+    const char **kept = malloc(sizeof *kept * (size_t)(w->n ? w->n : 1));
+    int nk = 0;
+    for (int i = 0; kept && i < w->n; i++)
+        if (sl_quantize_kept_linear(w->ts[i].name, w->ts[i].ndim)) kept[nk++] = w->ts[i].name;
+    json_t *q = kept ? sl_quantize_fp8_config(kept, nk) : NULL;
+    free(kept);
+    if (!q) return sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    json_object_set_new(cfg, "quantization_config", q);
+    free(*txt);
+    *txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    return *txt ? SL_OK : sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+}
+
 /* make-tiny's own tokenizer: byte-level BPE with one token per byte (GPT-2's
  * byte-to-character alphabet), no merges, and the Qwen chat special tokens,
  * so a tiny model is servable without any outside files. */
@@ -663,11 +680,6 @@ int sl_cmd_make_tiny(int argc, char **argv)
     }
     json_object_set_new(cfg, "hidden_size", json_integer(hidden));
     if (inter) json_object_set_new(cfg, "intermediate_size", json_integer(inter));
-    if (quant)
-        json_object_set_new(cfg, "quantization_config",
-                            json_pack("{s:s, s:s, s:s, s:[i,i]}", "quant_method", "fp8", "fmt", "e4m3",
-                                      "activation_scheme", "dynamic", "weight_block_size", SL_FP8_BLOCK,
-                                      SL_FP8_BLOCK));
     /* eos: <|im_end|> and <|endoftext|> of the tokenizer (the real one copied in, or
      * make-tiny's own when the vocabulary has room for it), else the last id */
     int own_tok = !tok && vocab >= TINY_TOKENIZER_VOCAB;
@@ -681,8 +693,8 @@ int sl_cmd_make_tiny(int argc, char **argv)
     sl_model_config mc;
     tiny_writer w = {.seed = (uint64_t)seed, .fp8 = quant != NULL};
     if (sl_mkdirs(out, &e) || sl_model_config_parse(&mc, txt, NULL, &e) ||
-        sl_file_write(sl_path_join(path, sizeof path, out, "config.json"), txt, strlen(txt), &e) ||
-        sl_model_checkpoint_tensors(&mc, tiny_tensor, &w, &e)) {
+        sl_model_checkpoint_tensors(&mc, tiny_tensor, &w, &e) || (quant && tiny_fp8_config(cfg, &w, &txt, &e)) ||
+        sl_file_write(sl_path_join(path, sizeof path, out, "config.json"), txt, strlen(txt), &e)) {
         rc = fail("make-tiny", &e);
         goto done;
     }

@@ -50,6 +50,33 @@ sl_status sl_quantize_fp8_tensor(const sl_safetensors_tensor *t, sl_safetensors_
     return SL_OK;
 }
 
+int sl_quantize_kept_linear(const char *name, int ndim)
+{
+    size_t n = strlen(name);
+    return ndim == 2 && n > 7 && !strcmp(name + n - 7, ".weight") && !sl_model_fp8_target(name) &&
+           !strstr(name, "embed_tokens");
+}
+
+static int by_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+json_t *sl_quantize_fp8_config(const char *const *kept, int n)
+{
+    const char **v = malloc(sizeof *v * (size_t)(n ? n : 1));
+    json_t *q = json_pack("{s:s, s:s, s:s, s:[i,i], s:[]}", "quant_method", "fp8", "fmt", "e4m3", "activation_scheme",
+                          "dynamic", "weight_block_size", SL_FP8_BLOCK, SL_FP8_BLOCK, "modules_to_not_convert");
+    if (!v || !q) {
+        free(v);
+        json_decref(q);
+        return NULL;
+    }
+    memcpy(v, kept, sizeof *v * (size_t)n);
+    qsort(v, (size_t)n, sizeof *v, by_str);
+    json_t *arr = json_object_get(q, "modules_to_not_convert");
+    for (int i = 0; i < n; i++) json_array_append_new(arr, json_stringn(v[i], strlen(v[i]) - 7)); /* less ".weight" */
+    free(v);
+    return q;
+}
+
 /* The tensors of one shard in file order (as the source laid them out). */
 static int by_data(const void *a, const void *b)
 {
@@ -158,8 +185,8 @@ done:
 }
 
 /* config.json of in_dir (refused if already quantized) with the FP8
- * quantization_config, as text into *txt (malloc'd). */
-static sl_status fp8_config(const char *in_dir, char **txt, sl_err *e)
+ * quantization_config for st's tensors, as text into *txt (malloc'd). */
+static sl_status fp8_config(const char *in_dir, const sl_safetensors *st, char **txt, sl_err *e)
 {
     char path[4096], *src = NULL;
     sl_status s = sl_file_read(sl_path_join(path, sizeof path, in_dir, "config.json"), &src, NULL, e);
@@ -174,16 +201,22 @@ static sl_status fp8_config(const char *in_dir, char **txt, sl_err *e)
     else if (q && !json_is_null(q))
         s = sl_err_set(e, SL_ERR_INVALID, "%s is already quantized (quantization_config.quant_method '%s')", in_dir,
                        m ? m : "?");
-    if (s) {
-        json_decref(cfg);
-        return s;
+    int n = sl_safetensors_count(st), nk = 0;
+    const char **kept = s ? NULL : malloc(sizeof *kept * (size_t)(n ? n : 1));
+    if (!s && !kept) s = sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    for (int i = 0; !s && i < n; i++)
+        if (sl_quantize_kept_linear(sl_safetensors_at(st, i)->name, sl_safetensors_at(st, i)->ndim))
+            kept[nk++] = sl_safetensors_at(st, i)->name;
+    json_t *qc = s ? NULL : sl_quantize_fp8_config(kept, nk);
+    free(kept);
+    if (!s && !qc) s = sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    if (!s) {
+        json_object_set_new(cfg, "quantization_config", qc);
+        if (!(*txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER)))
+            s = sl_err_set(e, SL_ERR_NOMEM, "out of memory");
     }
-    json_object_set_new(cfg, "quantization_config",
-                        json_pack("{s:s, s:s, s:s, s:[i,i]}", "quant_method", "fp8", "fmt", "e4m3",
-                                  "activation_scheme", "dynamic", "weight_block_size", SL_FP8_BLOCK, SL_FP8_BLOCK));
-    *txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(cfg);
-    return *txt ? SL_OK : sl_err_set(e, SL_ERR_NOMEM, "out of memory");
+    return s;
 }
 
 /* Whether a file of the checkpoint directory is weights (rewritten here or
@@ -232,8 +265,8 @@ sl_status sl_quantize_fp8_checkpoint(const char *in_dir, const char *out_dir, sl
     if (sl_file_exists(cfg_path))
         return sl_err_set(e, SL_ERR_INVALID, "%s already holds a model (config.json): give a new directory", out_dir);
     sl_safetensors *st = NULL;
-    sl_status s = fp8_config(in_dir, &cfg, e);
-    if (!s) s = sl_safetensors_open(&st, in_dir, e);
+    sl_status s = sl_safetensors_open(&st, in_dir, e);
+    if (!s) s = fp8_config(in_dir, st, &cfg, e);
     if (!s) s = sl_mkdirs(out_dir, e);
     if (!s && realpath(in_dir, a) && realpath(out_dir, b) && !strcmp(a, b))
         s = sl_err_set(e, SL_ERR_INVALID, "the output directory is the input %s", in_dir);

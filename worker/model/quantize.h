@@ -7,6 +7,8 @@
 #ifndef SL_QUANTIZE_H
 #define SL_QUANTIZE_H
 
+#include <jansson.h>
+
 #include "safetensors.h"
 #include "sl_err.h"
 
@@ -15,6 +17,17 @@
  * Names and data are malloc'd (sl_quantize_free). */
 sl_status sl_quantize_fp8_tensor(const sl_safetensors_tensor *t, sl_safetensors_tensor out[2], sl_err *e);
 void sl_quantize_free(sl_safetensors_tensor *t);
+
+/* Whether checkpoint tensor `name` (ndim dims) is the weight of a linear layer
+ * an FP8 checkpoint keeps in bf16: 2-D ".weight", not an sl_model_fp8_target
+ * projection, not the embeddings (the LM head, MoE routers, shared-expert
+ * gates, Qwen3-Next's in_proj_ba). */
+int sl_quantize_kept_linear(const char *name, int ndim);
+/* The FP8 quantization_config: fp8 / e4m3 / dynamic / [128, 128] and
+ * modules_to_not_convert, the module names (less ".weight") of the n kept
+ * weights, sorted: the official releases list theirs so, and SGLang and vLLM
+ * read it to keep those layers in bf16. NULL when out of memory. */
+json_t *sl_quantize_fp8_config(const char *const *kept, int n);
 
 typedef struct sl_quantize_report {
     int quantized;           /* projections written as FP8 */
@@ -25,7 +38,7 @@ typedef struct sl_quantize_report {
 /* Writes the checkpoint in in_dir (model.safetensors or indexed shards) to
  * out_dir (created; refused if it holds a config.json) with the same shard
  * files, every sl_model_fp8_target projection quantized, config.json's
- * quantization_config set to fp8 / e4m3 / dynamic / [128, 128], and the
+ * quantization_config set (sl_quantize_fp8_config), and the
  * other files of in_dir (tokenizer, generation config, template) copied.
  * A checkpoint that already has a quantization_config is refused. A
  * shard's projections are quantized on up to 16 threads and held in memory
