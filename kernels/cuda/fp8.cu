@@ -198,119 +198,6 @@ typedef struct fp8_args {
     CUtensorMap tx, tsx, tsw;
 } fp8_args;
 
-// The weights' scales group-major as cuBLASLt's VEC128 mode reads them
-// (k_fp8_scales_t's layout, ldst = N), made at a weight's first cuBLASLt call
-// outside graph capture and kept (NOTES.md v109): the scales never change
-// after load, and the transposition was one more launch, ~3 µs, in every call
-// from 9 tokens (decode batches and prefill chunks). A call captured before
-// any uncaptured one, or one whose copy does not fit in memory, transposes into
-// scratch as before. The copies cost 4 bytes per 128 weights of the dense
-// projections (3 %; the MoE's per-call transposition for k_fp8_moe_ws keeps
-// its scratch: its copies would be 2.4 GB for Coder-Next). cu_release and
-// cu_upload drop the copies of scales in the memory they free or overwrite, so
-// no later call is given a stale one. FP8_ST_CACHE=0 builds the per-call form
-// (A/B timing).
-#ifndef FP8_ST_CACHE
-#define FP8_ST_CACHE 1
-#endif
-typedef struct cu_fp8_st {
-    const float *ws; // the per-row or block scales (key), NULL: an empty slot
-    int64_t ldws;
-    int shift, N, G;
-    float *st; // their group-major copy (cudaMalloc)
-} cu_fp8_st;
-
-struct cu_fp8_st_cache {
-    cu_fp8_st *slot; // open addressing by ws, cap a power of two, at most half full
-    int n, cap;
-};
-
-static unsigned fp8_st_hash(const void *ws, int cap) { return (unsigned)(((uintptr_t)ws >> 8) * 2654435761u) & (cap - 1); }
-
-// The slot of e's key in c (an empty one if absent).
-static cu_fp8_st *fp8_st_find(cu_fp8_st_cache *c, const cu_fp8_st &e)
-{
-    for (unsigned i = fp8_st_hash(e.ws, c->cap);; i = (i + 1) & (c->cap - 1)) {
-        cu_fp8_st *s = &c->slot[i];
-        if (!s->ws || (s->ws == e.ws && s->ldws == e.ldws && s->shift == e.shift && s->N == e.N && s->G == e.G))
-            return s;
-    }
-}
-
-// c's entries re-inserted into cap slots, except those whose scales lie in
-// [drop, drop + bytes).
-static int fp8_st_rehash(cu_fp8_st_cache *c, int cap, const void *drop, size_t bytes)
-{
-    const char *d0 = (const char *)drop;
-    cu_fp8_st *old = c->slot;
-    int n = c->cap;
-    if (!(c->slot = (cu_fp8_st *)calloc((size_t)cap, sizeof *c->slot))) {
-        c->slot = old;
-        return -1;
-    }
-    c->cap = cap;
-    c->n = 0;
-    for (int i = 0; i < n; i++)
-        if (old[i].ws && !((const char *)old[i].ws >= d0 && (const char *)old[i].ws < d0 + bytes)) {
-            *fp8_st_find(c, old[i]) = old[i];
-            c->n++;
-        } else if (old[i].ws) {
-            cudaFree(old[i].st);
-        }
-    free(old);
-    return 0;
-}
-
-// a's weight scales group-major from the cache, made now if absent and
-// possible; NULL: the caller transposes into scratch.
-static const float *fp8_st_cached(cu_backend *b, const fp8_args &a)
-{
-    if (!FP8_ST_CACHE) return NULL;
-    if (!b->fp8_st && !(b->fp8_st = (cu_fp8_st_cache *)calloc(1, sizeof *b->fp8_st))) return NULL;
-    cu_fp8_st_cache *c = b->fp8_st;
-    if (!c->cap && fp8_st_rehash(c, 64, NULL, 0)) return NULL;
-    cu_fp8_st key = {a.ws, a.ldws, a.srow_shift, a.N, a.G, NULL}, *s = fp8_st_find(c, key);
-    if (s->ws) return s->st;
-    cudaStreamCaptureStatus cap;
-    CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
-    if (cap != cudaStreamCaptureStatusNone) return NULL;
-    if (2 * (c->n + 1) > c->cap) {
-        if (fp8_st_rehash(c, 2 * c->cap, NULL, 0)) return NULL;
-        s = fp8_st_find(c, key);
-    }
-    if (cudaMalloc((void **)&key.st, sizeof(float) * (size_t)a.N * a.G) != cudaSuccess) {
-        cudaGetLastError(); // not sticky: the scratch form still runs
-        return NULL;
-    }
-    fp8_scales_t_launch(b, a.ws, a.ldws, 0, a.srow_shift, a.N, a.G, 1, key.st, a.N);
-    *s = key;
-    c->n++;
-    return key.st;
-}
-
-void cu_fp8_st_forget(cu_backend *b, const void *base, size_t bytes)
-{
-    cu_fp8_st_cache *c = b->fp8_st;
-    if (!c || !c->n) return;
-    const char *d0 = (const char *)base;
-    int hit = 0;
-    for (int i = 0; i < c->cap && !hit; i++)
-        hit = c->slot[i].ws && (const char *)c->slot[i].ws >= d0 && (const char *)c->slot[i].ws < d0 + bytes;
-    if (hit && fp8_st_rehash(c, c->cap, base, bytes)) cu_fp8_st_free(b); // (no memory: all go)
-}
-
-void cu_fp8_st_free(cu_backend *b)
-{
-    cu_fp8_st_cache *c = b->fp8_st;
-    if (!c) return;
-    for (int i = 0; i < c->cap; i++)
-        if (c->slot[i].ws) cudaFree(c->slot[i].st);
-    free(c->slot);
-    free(c);
-    b->fp8_st = NULL;
-}
-
-
 #define GV8_WARPS 8
 #define GV8_MAXM 64
 // Without cuBLASLt (K % 128 != 0, or a shape it refuses), dense FP8 matmuls
@@ -1710,6 +1597,118 @@ static fp8_args fp8_args_of(const uint8_t *w, int64_t ldw, const float *ws, int6
     a.out = out;
     a.split = 1;
     return a;
+}
+
+// The weights' scales group-major as cuBLASLt's VEC128 mode reads them
+// (k_fp8_scales_t's layout, ldst = N), made at a weight's first cuBLASLt call
+// outside graph capture and kept (NOTES.md v109): the scales never change
+// after load, and the transposition was one more launch, ~3 µs, in every call
+// from 9 tokens (decode batches and prefill chunks). A call captured before
+// any uncaptured one, or one whose copy does not fit in memory, transposes into
+// scratch as before. The copies cost 4 bytes per 128 weights of the dense
+// projections (3 %; the MoE's per-call transposition for k_fp8_moe_ws keeps
+// its scratch: its copies would be 2.4 GB for Coder-Next). cu_release and
+// cu_upload drop the copies of scales in the memory they free or overwrite, so
+// no later call is given a stale one. FP8_ST_CACHE=0 builds the per-call form
+// (A/B timing).
+#ifndef FP8_ST_CACHE
+#define FP8_ST_CACHE 1
+#endif
+typedef struct cu_fp8_st {
+    const float *ws; // the per-row or block scales (key), NULL: an empty slot
+    int64_t ldws;
+    int shift, N, G;
+    float *st; // their group-major copy (cudaMalloc)
+} cu_fp8_st;
+
+struct cu_fp8_st_cache {
+    cu_fp8_st *slot; // open addressing by ws, cap a power of two, at most half full
+    int n, cap;
+};
+
+static unsigned fp8_st_hash(const void *ws, int cap) { return (unsigned)(((uintptr_t)ws >> 8) * 2654435761u) & (cap - 1); }
+
+// The slot of e's key in c (an empty one if absent).
+static cu_fp8_st *fp8_st_find(cu_fp8_st_cache *c, const cu_fp8_st &e)
+{
+    for (unsigned i = fp8_st_hash(e.ws, c->cap);; i = (i + 1) & (c->cap - 1)) {
+        cu_fp8_st *s = &c->slot[i];
+        if (!s->ws || (s->ws == e.ws && s->ldws == e.ldws && s->shift == e.shift && s->N == e.N && s->G == e.G))
+            return s;
+    }
+}
+
+// c's entries re-inserted into cap slots, except those whose scales lie in
+// [drop, drop + bytes).
+static int fp8_st_rehash(cu_fp8_st_cache *c, int cap, const void *drop, size_t bytes)
+{
+    const char *d0 = (const char *)drop;
+    cu_fp8_st *old = c->slot;
+    int n = c->cap;
+    if (!(c->slot = (cu_fp8_st *)calloc((size_t)cap, sizeof *c->slot))) {
+        c->slot = old;
+        return -1;
+    }
+    c->cap = cap;
+    c->n = 0;
+    for (int i = 0; i < n; i++)
+        if (old[i].ws && !((const char *)old[i].ws >= d0 && (const char *)old[i].ws < d0 + bytes)) {
+            *fp8_st_find(c, old[i]) = old[i];
+            c->n++;
+        } else if (old[i].ws) {
+            cudaFree(old[i].st);
+        }
+    free(old);
+    return 0;
+}
+
+// a's weight scales group-major from the cache, made now if absent and
+// possible; NULL: the caller transposes into scratch.
+static const float *fp8_st_cached(cu_backend *b, const fp8_args &a)
+{
+    if (!FP8_ST_CACHE) return NULL;
+    if (!b->fp8_st && !(b->fp8_st = (cu_fp8_st_cache *)calloc(1, sizeof *b->fp8_st))) return NULL;
+    cu_fp8_st_cache *c = b->fp8_st;
+    if (!c->cap && fp8_st_rehash(c, 64, NULL, 0)) return NULL;
+    cu_fp8_st key = {a.ws, a.ldws, a.srow_shift, a.N, a.G, NULL}, *s = fp8_st_find(c, key);
+    if (s->ws) return s->st;
+    cudaStreamCaptureStatus cap;
+    CU_CHECK(cudaStreamIsCapturing(b->stream, &cap));
+    if (cap != cudaStreamCaptureStatusNone) return NULL;
+    if (2 * (c->n + 1) > c->cap) {
+        if (fp8_st_rehash(c, 2 * c->cap, NULL, 0)) return NULL;
+        s = fp8_st_find(c, key);
+    }
+    if (cudaMalloc((void **)&key.st, sizeof(float) * (size_t)a.N * a.G) != cudaSuccess) {
+        cudaGetLastError(); // not sticky: the scratch form still runs
+        return NULL;
+    }
+    fp8_scales_t_launch(b, a.ws, a.ldws, 0, a.srow_shift, a.N, a.G, 1, key.st, a.N);
+    *s = key;
+    c->n++;
+    return key.st;
+}
+
+void cu_fp8_st_forget(cu_backend *b, const void *base, size_t bytes)
+{
+    cu_fp8_st_cache *c = b->fp8_st;
+    if (!c || !c->n) return;
+    const char *d0 = (const char *)base;
+    int hit = 0;
+    for (int i = 0; i < c->cap && !hit; i++)
+        hit = c->slot[i].ws && (const char *)c->slot[i].ws >= d0 && (const char *)c->slot[i].ws < d0 + bytes;
+    if (hit && fp8_st_rehash(c, c->cap, base, bytes)) cu_fp8_st_free(b); // (no memory: all go)
+}
+
+void cu_fp8_st_free(cu_backend *b)
+{
+    cu_fp8_st_cache *c = b->fp8_st;
+    if (!c) return;
+    for (int i = 0; i < c->cap; i++)
+        if (c->slot[i].ws) cudaFree(c->slot[i].st);
+    free(c->slot);
+    free(c);
+    b->fp8_st = NULL;
 }
 
 // The GEMM through cuBLASLt (matmul.cu) where it is chosen and supported:
