@@ -135,7 +135,8 @@ def fp8_golden(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_fp8_golden_matches_emulated_transformers(sluice_bin, arch, tmp_path):
+@pytest.mark.parametrize("chunk", [0, 7])
+def test_fp8_golden_matches_emulated_transformers(sluice_bin, arch, chunk, tmp_path):
     """The FP8 fixtures of tests/golden (make_golden.py --fp8: transformers' fp32 forward with
     the block-wise FP8 arithmetic emulated around every FP8 projection). Their agreement is
     fp32 rounding (~3e-7) until an activation lies within that rounding of an e4m3 rounding
@@ -144,11 +145,12 @@ def test_fp8_golden_matches_emulated_transformers(sluice_bin, arch, tmp_path):
     between the 45th and the 70th position (e.g. qwen3's 64-token prompt: one element of
     position 53 within 3e-7 of a boundary, the one position that differs), so every prompt's
     first 40 positions and every prompt of up to 64 tokens must agree within 1e-4 and the
-    longer prompts' remainder within a few %; greedy continuations are identical. The
+    longer prompts' remainder within a few %; greedy continuations are identical, and so is
+    every figure with the prompts fed in chunks of 7 tokens (codes are per token). The
     fixtures' checkpoint is also exactly what sluice quantize writes for the bf16 golden
     model (torch's e4m3 cast against sl_fp8_quantize_blocks)."""
     d, g, ref = fp8_golden(arch)
-    out = logits(sluice_bin, d / "model_fp8", g["prompts"], tmp_path).reshape(ref.shape)
+    out = logits(sluice_bin, d / "model_fp8", g["prompts"], tmp_path, "--chunk", str(chunk)).reshape(ref.shape)
     o = 0
     for p in g["prompts"]:
         a, b = out[o:o + len(p)], ref[o:o + len(p)]
