@@ -568,7 +568,7 @@ static const sl_backend_i cu_iface = {
     .name = "cuda",
     .act_dtype = SL_DTYPE_BF16,
     .weight_dtype = SL_DTYPE_BF16,
-    .fp8_act_rows = 8, // the decode GEMV's rows (FP8_LT_MIN_M): cuBLASLt quantizes its own
+    .fp8_act_rows = 64, // decode batches: 8 (the GEMV's) by default, 64 with SL_CUDA_FP8_ACT=2 (cu_fp8_dst_for)
     .free = cu_free_backend,
     .alloc = cu_alloc,
     .release = cu_release,
@@ -670,7 +670,7 @@ static sl_status cu_init(cu_backend *b, int device, sl_err *e)
     b->fp8_gemv_cp = env_form("SL_CUDA_FP8_GEMV_CP", 2);
     // v42: the ops before an FP8 GEMV write its codes (bit-identical to the GEMV's own
     // quantization on an H200, Coder-Next-FP8 TPOT 4.16 -> 4.07 ms, NOTES v53); =0 turns it off
-    b->fp8_act = env_switch("SL_CUDA_FP8_ACT", 1);
+    b->fp8_act = env_form("SL_CUDA_FP8_ACT", 2);
     b->moe_fp8_one = env_switch("SL_CUDA_MOE_FP8_ONE", 0); // v43: slower end to end (v53)
     b->gdn_fuse = env_switch("SL_CUDA_GDN_FUSE", 0);        // v44: slower end to end (v53)
     b->router_norm = env_switch("SL_CUDA_ROUTER_NORM", 0);  // v45: failed to launch (v53), fixed in v54, unmeasured

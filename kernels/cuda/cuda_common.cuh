@@ -149,8 +149,10 @@ typedef struct cu_backend {
     // NOTES.md v32: kept to measure); env SL_CUDA_FP8_GEMV_CP=0 / 2
     int fp8_gemv_cp;
     // the norms, silu_mul and sigmoid_mul write their output's FP8 codes for
-    // the decode GEMV after them (sl_fp8_act; NOTES.md v42): one quantization
-    // launch fewer per projection; env SL_CUDA_FP8_ACT=1 turns it on
+    // the projection after them (sl_fp8_act): one quantization launch fewer
+    // per projection; 1 (default; env SL_CUDA_FP8_ACT=0 turns it off): for the
+    // decode GEMV's up to 8 rows (NOTES.md v42), 2: for cuBLASLt's up to 64 too
+    // (v110, unmeasured)
     int fp8_act;
     // a one-token FP8 MoE in one kernel (k_fp8_moe_one, NOTES.md v43) in
     // AUTO; env SL_CUDA_MOE_FP8_ONE=1 (off until measured)

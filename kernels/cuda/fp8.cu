@@ -118,18 +118,6 @@ void cu_fp8_quant(cu_backend *b, cu_mat x, int K, int rows, uint8_t *xq, float *
     fp8_quant_launch(b, x, 0, K, rows, xq, sx, G, G, 1);
 }
 
-cu_fp8_dst cu_fp8_dst_for(sl_backend *be, sl_fp8_act *q, cu_mat y, int vec, int64_t D)
-{
-    cu_fp8_dst d = {NULL, NULL, fp8_groups(y.cols)};
-    if (!cu_be(be)->fp8_act || !vec || y.cols % FP8_G || D % FP8_G || !sl_fp8_act_fits(be, q, y.rows, y.cols))
-        return d;
-    d.codes = (uint8_t *)q->codes.data;
-    d.scales = (float *)q->scales.data;
-    q->rows = y.rows;
-    q->cols = y.cols;
-    return d;
-}
-
 // The weight scales group-major (for cuBLASLt, k_fp8_moe_ws): st[g·ldst + n] =
 // ws[(n >> shift)·ldws + g], of matrix blockIdx.y (ws + y·ews, st + y·G·ldst)
 __global__ void k_fp8_scales_t(const float *ws, int64_t ldws, int64_t ews, int shift, int N, int G, float *st,
@@ -1599,6 +1587,21 @@ static fp8_args fp8_args_of(const uint8_t *w, int64_t ldw, const float *ws, int6
     return a;
 }
 
+cu_fp8_dst cu_fp8_dst_for(sl_backend *be, sl_fp8_act *q, cu_mat y, int vec, int64_t D)
+{
+    cu_fp8_dst d = {NULL, NULL, fp8_groups(y.cols), 0};
+    int level = cu_be(be)->fp8_act; // 0 none, 1 the GEMV's rows, 2 cuBLASLt's too (NOTES.md v110)
+    if (!level || (level == 1 && y.rows > FP8_LT_MIN_M) || !vec || y.cols % FP8_G || D % FP8_G ||
+        !sl_fp8_act_fits(be, q, y.rows, y.cols))
+        return d;
+    d.codes = (uint8_t *)q->codes.data;
+    d.scales = (float *)q->scales.data;
+    d.m4 = y.rows > FP8_LT_MIN_M ? y.rows & ~3 : 0; // fp8_lt's layout
+    q->rows = y.rows;
+    q->cols = y.cols;
+    return d;
+}
+
 // The weights' scales group-major as cuBLASLt's VEC128 mode reads them
 // (k_fp8_scales_t's layout, ldst = N), made at a weight's first cuBLASLt call
 // outside graph capture and kept (NOTES.md v109): the scales never change
@@ -1719,8 +1722,10 @@ void cu_fp8_st_free(cu_backend *b)
 // scratch. cuBLASLt takes the rows up to a multiple of 4 (a group's x scales,
 // M floats, must start 16-byte aligned: it refused every M % 4 != 0), the
 // own GEMV the 1-3 left (token-major scales after the group-major ones).
+// xa: x's codes made by the op that wrote x in this layout (cu_fp8_dst's m4,
+// made exactly where M > FP8_LT_MIN_M), used instead of quantizing x here.
 // Returns 1 when it ran, 0 when the own kernels must.
-static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
+static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x, const sl_fp8_act *xa)
 {
     int force = b->mm_force, M4 = a.M & ~3, rest = a.M - M4;
     // whole 128-groups only (every checkpoint's K is; cuBLASLt's block scales
@@ -1733,8 +1738,10 @@ static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
     cu_mat O = cu_mat_rows(a.out, 0, M4), xm = cu_mat_of(x);
     cu_mm_plan *p = cu_matmul_fp8_plan(b, O, X, W, blk);
     if (!p) return 0;
-    float *sx = (float *)a.sx;
-    fp8_quant_launch(b, cu_mat_rows(xm, 0, M4), 0, a.K, M4, (uint8_t *)a.xq, sx, a.G, 1, M4);
+    xa = a.M > FP8_LT_MIN_M ? xa : NULL; // (below it a producer's codes are token-major)
+    float *sx = xa ? (float *)xa->scales.data : (float *)a.sx;
+    if (xa) X.p = xa->codes.data;
+    else fp8_quant_launch(b, cu_mat_rows(xm, 0, M4), 0, a.K, M4, (uint8_t *)a.xq, sx, a.G, 1, M4);
     const float *kept = blk ? NULL : fp8_st_cached(b, a);
     float *st = NULL; // the scratch form (fp8_st_cached)
     if (!blk && !kept) {
@@ -1746,10 +1753,10 @@ static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x)
     if (ran && rest) {
         fp8_args t = a;
         t.M = rest;
-        t.xq = a.xq + (int64_t)M4 * a.ldx;
+        t.xq = (const uint8_t *)X.p + (int64_t)M4 * a.ldx;
         t.sx = sx + (int64_t)M4 * a.G;
         t.out = cu_mat_rows(a.out, M4, rest);
-        t.xin = cu_mat_rows(xm, M4, rest);
+        if (!xa) t.xin = cu_mat_rows(xm, M4, rest); // (else its codes follow the M4 rows')
         fp8_gemv_launch(b, t, 1);
     }
     if (ran) b->mm_last = "fp8_cublaslt";
@@ -1770,13 +1777,13 @@ void cu_matmul_fp8(sl_backend *be, sl_tensor *out, const sl_tensor *x, const sl_
     float *sx = (float *)cu_tmp_alloc(b, sizeof(float) * (size_t)M * G);
     a.xq = xq;
     a.sx = sx;
-    if (fp8_lt(b, a, x)) {
+    if (fp8_lt(b, a, x, xa)) {
         cu_tmp_free(b, sx);
         cu_tmp_free(b, xq);
         return;
     }
     if (M <= FP8_GEMV_MAX_M || (M <= GV8_MAXM && !a.vec)) {
-        if (xa) { // x's codes, made by the op that wrote x (token-major, as k_fp8_quant's)
+        if (xa && M <= FP8_LT_MIN_M) { // x's codes, made by the op that wrote x (token-major, as k_fp8_quant's)
             a.xq = (const uint8_t *)xa->codes.data;
             a.sx = (const float *)xa->scales.data;
         } else {

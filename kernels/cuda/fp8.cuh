@@ -56,12 +56,22 @@ __device__ __forceinline__ float fp8_scale(float amax) { return amax / SL_FP8_MA
 __device__ __forceinline__ uint32_t fp8_code(float x, float s) { return s > 0.0f ? cu_f32_to_e4m3(x / s) : 0u; }
 
 // Where an op writing an activation puts its FP8 codes (sl_fp8_act): row r's
-// codes at codes + r·G·128, its scales at scales + r·G; codes NULL: none.
+// codes at codes + r·G·128; codes NULL: none. Scales (cu_fp8_sidx) token-major,
+// row r's at scales + r·G, or where m4 > 0 (more rows than the decode GEMV
+// takes: cuBLASLt's, fp8_lt) the first m4 rows' group-major (g·m4 + r, the
+// layout of cuBLASLt's VEC128 x scales) and the rest token-major after them
+// (the GEMV's 1-3 rows past a multiple of 4).
 typedef struct cu_fp8_dst {
     uint8_t *codes;
     float *scales;
     int64_t G;
+    int64_t m4;
 } cu_fp8_dst;
+
+__host__ __device__ __forceinline__ int64_t cu_fp8_sidx(const cu_fp8_dst &q, int64_t r, int64_t g)
+{
+    return r < q.m4 ? g * q.m4 + r : q.m4 * q.G + (r - q.m4) * q.G + g;
+}
 
 // The codes of the 128-group a half warp holds, 8 consecutive values v each
 // (columns c .. c+7 of row r, as the tensor of dtype dt stores them after
@@ -85,7 +95,7 @@ __device__ __forceinline__ void fp8_quant8(const cu_fp8_dst &q, int dt, const fl
 #pragma unroll
     for (int k = 0; k < 8; k++) w[k >> 2] |= fp8_code(x[k], s) << (8 * (k & 3));
     *(uint2 *)(q.codes + r * q.G * FP8_G + c) = make_uint2(w[0], w[1]);
-    if (c % FP8_G == 0) q.scales[r * q.G + c / FP8_G] = s;
+    if (c % FP8_G == 0) q.scales[cu_fp8_sidx(q, r, c / FP8_G)] = s;
 }
 
 // The same for a 128-group held one value a thread by a block of 128 threads
@@ -97,13 +107,15 @@ __device__ __forceinline__ void fp8_quant_block(const cu_fp8_dst &q, int dt, flo
     __syncthreads();
     float s = fp8_scale(fmaxf(fmaxf(mx[0], mx[1]), fmaxf(mx[2], mx[3])));
     q.codes[r * q.G * FP8_G + c] = (uint8_t)fp8_code(x, s);
-    if (c % FP8_G == 0) q.scales[r * q.G + c / FP8_G] = s;
+    if (c % FP8_G == 0) q.scales[cu_fp8_sidx(q, r, c / FP8_G)] = s;
     __syncthreads(); // mx is reused
 }
 
 // The codes destination of an op writing y (K columns) in groups of D columns
-// with 8-wide vector accesses (vec), where it makes them: y's rows fit q,
-// whole 128-groups that no norm group straddles (K, D multiples of 128), and
+// with 8-wide vector accesses (vec), where it makes them: y's rows fit q (up to
+// FP8_LT_MIN_M rows, the decode GEMV's; with SL_CUDA_FP8_ACT=2 up to
+// fp8_act_rows, those past FP8_LT_MIN_M in cuBLASLt's layout: m4), whole
+// 128-groups that no norm group straddles (K, D multiples of 128), and
 // SL_CUDA_FP8_ACT not 0. Marks q as made (rows, cols); codes NULL otherwise.
 cu_fp8_dst cu_fp8_dst_for(sl_backend *be, sl_fp8_act *q, cu_mat y, int vec, int64_t D);
 

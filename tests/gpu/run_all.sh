@@ -38,6 +38,8 @@ for t in "$dir"/test_*; do
     done
     # without the FP8 codes made by the ops writing the activations (NOTES.md v42, on by default)
     for op in matmul_fp8 attention; do SL_CUDA_FP8_ACT=0 TAG=nofp8act run "$name" 300 --filter $op; done
+    # with them for cuBLASLt's batches too (v110, off until measured: up to 64 rows)
+    for op in matmul_fp8 attention; do SL_CUDA_FP8_ACT=2 TAG=fp8act2 run "$name" 300 --filter $op; done
     # the fused GDN decode step (v44, off until measured): its cases against the three ops
     SL_CUDA_GDN_FUSE=1 TAG=gdnfuse run "$name" 300 --filter gdn
     # the residual add + norm inside the router (v45, off until measured)

@@ -132,16 +132,23 @@ float *tb_download(sl_backend *be, const sl_tensor *x)
     return v;
 }
 
+int tb_fp8_act_level(void)
+{
+    const char *v = getenv("SL_CUDA_FP8_ACT");
+    return v && v[0] >= '0' && v[0] <= '2' && !v[1] ? v[0] - '0' : 1;
+}
+
 void tb_check_codes(tb *t, const char *desc, const sl_tensor *y, const sl_fp8_act *q)
 {
     int64_t M = sl_tensor_rows(y), K = sl_tensor_cols(y), G = K / 128, bad = 0;
+    int64_t m4 = M > 8 ? M & ~3 : 0; /* cuBLASLt's rows: scales group-major (cu_fp8_sidx) */
     float *yv = tb_download(t->gpu, y), *cv = tb_download(t->gpu, &q->codes), *sv = tb_download(t->gpu, &q->scales);
     for (int64_t m = 0; m < M; m++)
         for (int64_t g = 0; g < G; g++) {
             float mx = 0.0f;
             for (int64_t k = g * 128; k < g * 128 + 128; k++) mx = fmaxf(mx, fabsf(yv[m * K + k]));
             float s = mx / SL_FP8_MAX;
-            bad += sv[m * G + g] != s;
+            bad += sv[m < m4 ? g * m4 + m : m4 * G + (m - m4) * G + g] != s;
             for (int64_t k = g * 128; k < g * 128 + 128; k++) {
                 float want = s > 0.0f ? sl_e4m3_to_f32(sl_f32_to_e4m3(yv[m * K + k] / s)) : 0.0f;
                 bad += cv[m * G * 128 + k] != want;

@@ -93,8 +93,12 @@ void tb_compare(tb *t, sl_op op, const char *desc, const char *what, const sl_te
 void tb_compare_exact(tb *t, sl_op op, const char *desc, const char *what, const sl_tensor *a,
                       const sl_tensor *b);
 /* q (sl_fp8_act, made for y [M, K], K whole 128-groups) against the quantization of y's
- * stored values by the CPU op's rule, bit for bit: one check. */
+ * stored values by the CPU op's rule, bit for bit: one check. Scales token-major, past 8
+ * rows (SL_CUDA_FP8_ACT=2) in the CUDA backend's cuBLASLt layout (fp8.cuh cu_fp8_sidx). */
 void tb_check_codes(tb *t, const char *desc, const sl_tensor *y, const sl_fp8_act *q);
+/* SL_CUDA_FP8_ACT as the CUDA backend reads it: 0 no codes, 1 (unset) up to 8 rows, 2 up
+ * to sl_be_fp8_act_rows. */
+int tb_fp8_act_level(void);
 /* ne[0] = a, ne[1] = b; returns a * b. */
 int64_t tb_ne2(int64_t *ne, int64_t a, int64_t b);
 

@@ -106,15 +106,16 @@ static void attention_run(tb *t, const tb_case *c)
                 tb_compare(t, c->op, desc, kname[kern[fa][k]], &y.c, &y.g, c->tol);
                 tb_poison(t, &y.g); /* the next kernel must write every element again */
             }
-            /* decode batches: the output's FP8 codes (SL_CUDA_FP8_ACT, on unless 0), made by
-             * the merge of the key splits (the long contexts here have them) */
-            const char *off = getenv("SL_CUDA_FP8_ACT");
-            if (T <= 8 && !(off && !strcmp(off, "0"))) {
+            /* decode batches: the output's FP8 codes (SL_CUDA_FP8_ACT, on unless 0; past 8
+             * rows with 2), made by the merge of the key splits (the long contexts here have them) */
+            int level = tb_fp8_act_level();
+            int64_t qrows = sl_be_fp8_act_rows(t->gpu);
+            if (level && (T <= 8 || (level == 2 && T <= qrows))) {
                 sl_fp8_act oq;
                 sl_err e = {0};
                 int64_t Kq = (int64_t)Hq * D;
-                if (sl_be_alloc(t->gpu, &oq.codes, SL_DTYPE_F8E4M3, 1, (ne[0] = 8 * Kq, ne), &e) ||
-                    sl_be_alloc(t->gpu, &oq.scales, F32, 1, (ne[0] = 8 * Kq / 128 + 1, ne), &e))
+                if (sl_be_alloc(t->gpu, &oq.codes, SL_DTYPE_F8E4M3, 1, (ne[0] = qrows * Kq, ne), &e) ||
+                    sl_be_alloc(t->gpu, &oq.scales, F32, 1, (ne[0] = qrows * Kq / 128 + 1, ne), &e))
                     tb_die("attention codes", &e);
                 sl_be_attention(t->gpu, &y.g, &qq.g, &kc.g, &vc.g, Hq, Hkv, D, scale, &b.m, &oq);
                 int want = D % 128 == 0 && p[2] >= 3000;

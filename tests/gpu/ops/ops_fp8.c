@@ -39,7 +39,11 @@ static const tb_case cases[] = {
      * 2 silu_mul, 3 sigmoid_mul, 4 rmsnorm_gated), norm group D (0: the row) */
     {SL_OP_MATMUL_FP8, BF, {1, 384, 2048, 0, 0, 1}, 1e-2},
     {SL_OP_MATMUL_FP8, BF, {8, 384, 4096, 0, 0, 1}, 1e-2},
-    {SL_OP_MATMUL_FP8, BF, {9, 384, 2048, 0, 0, 1}, 1e-2},     /* too many rows: none made */
+    {SL_OP_MATMUL_FP8, BF, {9, 384, 2048, 0, 0, 1}, 1e-2},     /* past 8 rows: none made, or (level 2)
+                                                                 * cuBLASLt's 8 and the GEMV's 1 */
+    {SL_OP_MATMUL_FP8, BF, {64, 4096, 12288, 0, 0, 2}, 1e-2},  /* Qwen3-8B down at batch 64 */
+    {SL_OP_MATMUL_FP8, BF, {30, 2048, 4096, 0, 0, 4, 128}, 1e-2}, /* out_proj, 28 + 2 rows */
+    {SL_OP_MATMUL_FP8, BF, {16, 320, 4096, 0, 0, 3}, 1e-2},    /* the attention gate at 16 */
     {SL_OP_MATMUL_FP8, BF, {1, 4096, 12288, 0, 0, 2}, 1e-2},   /* Qwen3-8B down, K over a cluster */
     {SL_OP_MATMUL_FP8, BF, {3, 320, 4352, 0, 0, 2}, 1e-2},     /* a block's last columns past K */
     {SL_OP_MATMUL_FP8, BF, {4, 256, 200, 0, 0, 2}, 1e-2},      /* K % 128 != 0: none made */
@@ -269,8 +273,9 @@ static void fp8_codes_run(tb *t, const tb_case *c)
     tb_pair_out(t, &y, BF, 2, (tb_ne2(ne, M, K), ne));
     sl_fp8_act q;
     sl_err e = {0};
-    if (sl_be_alloc(t->gpu, &q.codes, SL_DTYPE_F8E4M3, 1, (ne[0] = 8 * G * 128, ne), &e) ||
-        sl_be_alloc(t->gpu, &q.scales, F32, 1, (ne[0] = 8 * G, ne), &e))
+    int64_t rows = sl_be_fp8_act_rows(t->gpu);
+    if (sl_be_alloc(t->gpu, &q.codes, SL_DTYPE_F8E4M3, 1, (ne[0] = rows * G * 128, ne), &e) ||
+        sl_be_alloc(t->gpu, &q.scales, F32, 1, (ne[0] = rows * G, ne), &e))
         tb_die("codes", &e);
     for (int b = 0; b < 2; b++) { /* the CPU (no codes), then CUDA with them */
         sl_backend *be = b ? t->gpu : t->cpu;
@@ -287,8 +292,8 @@ static void fp8_codes_run(tb *t, const tb_case *c)
         }
     }
     tb_compare(t, c->op, desc, "producer out", &y.c, &y.g, c->tol);
-    const char *off = getenv("SL_CUDA_FP8_ACT"); /* on unless 0 (NOTES.md v42, v53) */
-    int made = !(off && !strcmp(off, "0")) && M <= 8 && K % 128 == 0 && D % 128 == 0;
+    int level = tb_fp8_act_level(); /* NOTES.md v42, v53, v110 */
+    int made = level && (M <= 8 || (level == 2 && M <= rows)) && K % 128 == 0 && D % 128 == 0;
     CHECK_MSG(q.rows == (made ? M : 0) && (!made || q.cols == K), "%s: codes made for %lld rows, want %d", desc,
               (long long)q.rows, made ? M : 0);
     if (made) tb_check_codes(t, desc, &y.g, &q);
