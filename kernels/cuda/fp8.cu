@@ -202,6 +202,12 @@ typedef struct fp8_args {
 // returned wrong results; every K >= 2048 checked agreed with the CPU (the
 // models' hidden sizes and attention/GDN widths are 2048 and up)
 #define FP8_LT_MIN_K 2048
+// cuBLASLt's BLK128x128 weight scales against VEC128 (per-row, transposed) on an H200 (v20):
+// 1.3-1.4x faster from 512 tokens (1,424 against 1,060 TFLOP/s at 4096 x 6144 x 4096), slower at
+// 64 (14 against 9 us); between, unmeasured
+#ifndef FP8_LT_BLK_MIN_M
+#define FP8_LT_BLK_MIN_M 512
+#endif
 
 // 16-row tiles a block of k_fp8_gemv_tc takes (its warps split into teams of
 // 8/RT, each a tile's groups of K), from the group count G: with fewer groups
@@ -1733,7 +1739,9 @@ static int fp8_lt(cu_backend *b, const fp8_args &a, const sl_tensor *x, const sl
     if (force == SL_CUDA_MM_GEMV || !a.vec || a.K % FP8_G || a.K < FP8_LT_MIN_K || M4 == 0 ||
         (force == SL_CUDA_MM_AUTO && a.M <= FP8_LT_MIN_M))
         return 0;
-    int blk = a.srow_shift == 7 && a.ldws == a.G; // [ceil(N/128), G], rows contiguous
+    // the checkpoint's [ceil(N/128), G] blocks as they are (BLK128x128) from FP8_LT_BLK_MIN_M rows;
+    // below, VEC128 on their per-row transposition (fp8_st_cached) was the faster (NOTES.md v20, v111)
+    int blk = a.srow_shift == 7 && a.ldws == a.G && a.M >= FP8_LT_BLK_MIN_M;
     cu_mat X = {(void *)a.xq, SL_DTYPE_F8E4M3, M4, a.K, a.ldx}, W = {(void *)a.w, SL_DTYPE_F8E4M3, a.N, a.K, a.ldw};
     cu_mat O = cu_mat_rows(a.out, 0, M4), xm = cu_mat_of(x);
     cu_mm_plan *p = cu_matmul_fp8_plan(b, O, X, W, blk);

@@ -4,6 +4,7 @@ logits) == sluice quantize's checkpoint of the bf16 twin, FP8 vs its bf16 origin
 strongly varied block scales against its own dequantization (catches scales landing
 on the wrong rows in the fused layouts)."""
 import json
+import re
 import shutil
 import struct
 
@@ -126,6 +127,25 @@ def test_quantize_command_equals_make_tiny(sluice_bin, models, arch, tmp_path):
     assert not (tmp_path / "again").exists()
     fails(2, "IN and OUT are required", str(src))
     fails(2, "unexpected argument", str(src), str(tmp_path / "x"), "extra")
+
+
+def test_fp8_block_scales_kept_where_rows_align(sluice_bin, models, tmp_path):
+    """A dense FP8 projection whose packed 128-row blocks each come from one checkpoint block
+    keeps the [ceil(rows/128), G] scales (the load log counts them); the others one row per
+    weight row. Either way the logits are those of the per-row layout (bit-identical across
+    TP sizes, which cut the rows differently: test_fp8_tensor_parallel), real and dummy."""
+    def counted(model, *extra):
+        r = run(sluice_bin, "generate", "--model", str(model), "--ids", "1,2", "--max-new-tokens", "1", *extra)
+        m = re.search(r"FP8: (\d+) of (\d+) dense projections keep", r.stderr)
+        return (int(m.group(1)), int(m.group(2))) if m else None
+    aligned = tmp_path / "a"
+    run(sluice_bin, "make-tiny", "--arch", "qwen3", "--out", str(aligned), "--hidden-size", "256",
+        "--intermediate-size", "256", "--quantization", "fp8")
+    assert counted(aligned) == (8, 8) and counted(aligned, "--load-format", "dummy") == (8, 8)
+    # qwen3_next at hidden 192: its fused qkvz / q-gate rows cut 128-row blocks in some layers
+    kept, total = counted(models["qwen3_next"] / "fp8")
+    assert 0 < kept < total
+    assert counted(models["qwen3"] / "bf16") is None
 
 
 def fp8_golden(arch):

@@ -63,6 +63,12 @@ typedef struct loader {
     sl_tensor *cur_s;
     float *sstage;
     float fp8_scale;
+    /* a 2-D FP8 projection: per packed 128-row block, the (piece, checkpoint
+     * 128-row block) its rows come from (-1: none yet), while every block has
+     * one (blk_one); pieces counts the projection's pieces (fp8_blocks_end) */
+    int64_t *blk_src;
+    int blk_one, pieces;
+    int n_fp8_2d, n_fp8_blk; /* 2-D FP8 projections loaded, of them with block scales */
 } loader;
 
 /* Which part of a checkpoint tensor (viewed as [rows, cols]: dim 0 is rows,
@@ -167,7 +173,9 @@ static void pack_begin(loader *L, sl_tensor *dst, sl_dtype dt, int ndim, const i
  * no 128 alignment (fused layouts, head/group permutations, column-parallel
  * shards); a column range (row-parallel shard) must start and end on a
  * 128-column block boundary (or the tensor end). Costs 4 bytes per 128
- * weights (3% over the fp8 weight). A scaled F8_E4M3 tensor that is not
+ * weights (3% over the fp8 weight), unless every packed 128-row block of a
+ * 2-D projection comes from one checkpoint block: then it keeps the blocks
+ * (fp8_blocks_end). A scaled F8_E4M3 tensor that is not
  * loaded as an FP8 projection (LM head, router, embeddings) is dequantized
  * into the plain dtype (pack_piece). */
 
@@ -332,6 +340,48 @@ static void fp8_piece(loader *L, const char *name, const sl_safetensors_tensor *
     free(blk);
 }
 
+/* Notes where packed rows row0.. of a 2-D FP8 projection come from (slice s of
+ * the piece begun now): a packed 128-row block whose rows come from more than
+ * one (piece, checkpoint 128-row block) ends blk_one. */
+static void fp8_blocks_track(loader *L, int64_t row0, int64_t n, slice s)
+{
+    const int64_t B = SL_FP8_BLOCK;
+    for (int64_t i = 0; i < n && L->blk_one; i++) {
+        int64_t src = ((int64_t)L->pieces << 40) | ((s.rows ? s.rows[i] : s.first + i) / B);
+        int64_t *b = &L->blk_src[(row0 + i) / B];
+        if (*b < 0) *b = src;
+        else L->blk_one = *b == src;
+    }
+    L->pieces++;
+}
+
+/* The end of a 2-D FP8 projection whose packed 128-row blocks each come from one
+ * checkpoint block (blk_one): its scales, one row per weight row so far, become
+ * the checkpoint's [ceil(rows/128), G] blocks again (srow_shift 7 for every FP8
+ * op; cuBLASLt takes them as they are, BLK128x128, where that pays: NOTES.md
+ * v111), 1/128 of the memory. The per-row values are the staged ones (dummy:
+ * downloaded: block-constant by construction). */
+static void fp8_blocks_end(loader *L)
+{
+    const int64_t B = SL_FP8_BLOCK, rows = sl_tensor_rows(L->cur_s), G = sl_tensor_cols(L->cur_s);
+    const int64_t nb = (rows + B - 1) / B;
+    float *per_row = L->sstage, *blk = malloc(sizeof(float) * (size_t)(nb * G));
+    if (!per_row && blk && !(per_row = malloc(sizeof(float) * (size_t)(rows * G)))) {
+        free(blk);
+        blk = NULL;
+    }
+    if (!blk) {
+        L->status = sl_err_set(L->e, SL_ERR_NOMEM, "compacting FP8 scales: out of memory");
+    } else if (per_row == L->sstage || !(L->status = sl_be_download(L->m->be, L->cur_s, per_row, L->e))) {
+        for (int64_t b = 0; b < nb; b++) memcpy(blk + b * G, per_row + b * B * G, sizeof(float) * (size_t)G);
+        sl_be_release(L->m->be, L->cur_s);
+        L->status = sl_be_alloc(L->m->be, L->cur_s, SL_DTYPE_F32, 2, SHP(nb, G), L->e);
+        if (!L->status) L->status = sl_be_upload(L->m->be, L->cur_s, blk, SL_DTYPE_F32, L->e);
+    }
+    if (per_row != L->sstage) free(per_row);
+    free(blk);
+}
+
 /* Checkpoint tensor name (shape as on disk) → packed rows row0.. of the
  * tensor begun last, taking slice s of it. */
 static void pack_piece(loader *L, const char *name, int ndim, const int64_t *shape, int64_t row0,
@@ -347,17 +397,24 @@ static void pack_piece(loader *L, const char *name, int ndim, const int64_t *sha
     int64_t n = s.n ? s.n : rows, nc = s.ncols ? s.ncols : cols;
     SL_ASSERT(nc == L->cols && row0 + n <= L->rows && s.col0 + nc <= cols);
     if (L->fp8 && !fp8_cols_ok(L, name, cols, s)) return;
+    if (L->fp8 && L->blk_src) fp8_blocks_track(L, row0, n, s);
     if (L->dummy) {
         sl_tensor dst = sl_tensor_rowview(L->cur, row0, n);
         sl_fill_index ix = {.rows = s.rows, .row0 = s.first, .g_cols = cols, .col0 = s.col0};
         sl_be_fill_random_at(L->m->be, &dst, L->seed ^ name_hash(name), L->scale, L->offset, &ix);
-        if (L->fp8) { /* scales around fp8_scale/448 of the checkpoint's rows and column blocks */
+        if (L->fp8) { /* scales around fp8_scale/448, one per checkpoint 128-row block and column block */
             const int64_t B = SL_FP8_BLOCK;
+            int64_t *brow = malloc(sizeof(int64_t) * (size_t)n);
+            if (!brow) {
+                L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s scales: out of memory", name);
+                return;
+            }
+            for (int64_t i = 0; i < n; i++) brow[i] = (s.rows ? s.rows[i] : s.first + i) / B;
             sl_tensor ds = sl_tensor_rowview(L->cur_s, row0, n);
-            sl_fill_index sx = {.rows = s.rows, .row0 = s.first, .g_cols = (cols + B - 1) / B,
-                                .col0 = s.col0 / B};
+            sl_fill_index sx = {.rows = brow, .g_cols = (cols + B - 1) / B, .col0 = s.col0 / B};
             sl_be_fill_random_at(L->m->be, &ds, L->seed ^ name_hash(name) ^ 0x5ca1e5ull,
                                  0.5f * L->fp8_scale / SL_FP8_MAX, L->fp8_scale / SL_FP8_MAX, &sx);
+            free(brow);
         }
         return;
     }
@@ -407,11 +464,16 @@ static void pack_end(loader *L)
     if (L->collect) return;
     if (!L->status && !L->dummy)
         L->status = sl_be_upload(L->m->be, L->cur, L->stage, SL_DTYPE_F32, L->e);
-    if (!L->status && !L->dummy && L->fp8)
+    L->n_fp8_2d += L->fp8 && L->blk_src;
+    L->n_fp8_blk += L->fp8 && L->blk_src && L->blk_one;
+    if (!L->status && L->fp8 && L->blk_src && L->blk_one) fp8_blocks_end(L);
+    else if (!L->status && !L->dummy && L->fp8)
         L->status = sl_be_upload(L->m->be, L->cur_s, L->sstage, SL_DTYPE_F32, L->e);
     free(L->stage);
     free(L->sstage);
+    free(L->blk_src);
     L->stage = L->sstage = NULL;
+    L->blk_src = NULL;
     L->fp8 = 0;
 }
 
@@ -447,6 +509,16 @@ static void proj_begin(loader *L, sl_tensor *dst, sl_tensor *dst_s, int ndim, co
     L->fp8 = 1;
     L->cur_s = dst_s;
     L->fp8_scale = scale;
+    L->pieces = 0;
+    L->blk_one = ndim == 2;
+    if (ndim == 2) { /* (the experts' 3-D scales keep one row per weight row) */
+        int64_t nb = (ne[0] + SL_FP8_BLOCK - 1) / SL_FP8_BLOCK;
+        if (!(L->blk_src = malloc(sizeof(int64_t) * (size_t)nb))) {
+            L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s scales: out of memory", id);
+            return;
+        }
+        for (int64_t b = 0; b < nb; b++) L->blk_src[b] = -1;
+    }
     if (L->dummy) return;
     L->sstage = malloc(sizeof(float) * (size_t)(sl_tensor_rows(dst_s) * sne[ndim - 1]));
     if (!L->sstage) L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s scales: out of memory", id);
@@ -770,6 +842,10 @@ static sl_status model_new(sl_model **out, const sl_model_config *c, sl_backend 
     if (fused)
         SL_LOGI("model", "shared expert fused into the routed experts in %d layers "
                          "(--disable-shared-experts-fusion keeps it apart)", fused);
+    if (L.n_fp8_2d)
+        SL_LOGI("model", "FP8: %d of %d dense projections keep the checkpoint's 128x128 block scales "
+                         "(the others one scale row per weight row: their fused rows cut 128-row blocks)",
+                L.n_fp8_blk, L.n_fp8_2d);
     *out = m;
     return SL_OK;
 }
