@@ -129,11 +129,13 @@ def test_quantize_command_equals_make_tiny(sluice_bin, models, arch, tmp_path):
     fails(2, "unexpected argument", str(src), str(tmp_path / "x"), "extra")
 
 
-def test_fp8_block_scales_kept_where_rows_align(sluice_bin, models, tmp_path):
+def test_fp8_block_scales_kept_where_rows_align(sluice_bin, models, tmp_path, monkeypatch):
     """A dense FP8 projection whose packed 128-row blocks each come from one checkpoint block
     keeps the [ceil(rows/128), G] scales (the load log counts them); the others one row per
     weight row. Either way the logits are those of the per-row layout (bit-identical across
     TP sizes, which cut the rows differently: test_fp8_tensor_parallel), real and dummy."""
+    monkeypatch.setenv("SLUICE_LOG", "info")  # (ctest runs with warn)
+
     def counted(model, *extra):
         r = run(sluice_bin, "generate", "--model", str(model), "--ids", "1,2", "--max-new-tokens", "1", *extra)
         m = re.search(r"FP8: (\d+) of (\d+) dense projections keep", r.stderr)
