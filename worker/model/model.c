@@ -3,6 +3,7 @@
  * The math follows docs/qwen3_next.md (transformers 5.17). */
 #include "model.h"
 #include "model_impl.h"
+#include "quantize.h"
 #include "comm.h"
 
 #include <math.h>
@@ -262,16 +263,20 @@ sl_status sl_model_fp8_tp_check(const sl_model_config *c, int tp, sl_err *e)
 }
 
 /* The block scales of checkpoint FP8 tensor t ([rows, cols] as stored) from
- * its weight_scale_inv, checked, into blk [ceil(rows/128), ceil(cols/128)].
- * 0: loaded; 1: t has none (L->status untouched); -1: L->status set. */
+ * its weight_scale_inv, checked, into *blk [ceil(rows/128), ceil(cols/128)]
+ * (malloc'd). 0: loaded; 1: t has none (L->status untouched); -1: L->status set. */
 static int fp8_block_scales(loader *L, const char *name, const sl_safetensors_tensor *t, int64_t rows, int64_t cols,
-                            float *blk)
+                            float **blk)
 {
     const int64_t B = SL_FP8_BLOCK, nrb = (rows + B - 1) / B, G = (cols + B - 1) / B;
     char sn[320], want[96], got[96];
     snprintf(sn, sizeof sn, "%s_scale_inv", name);
     const sl_safetensors_tensor *sc = sl_safetensors_find(L->st, sn);
     if (!sc) return 1;
+    if (!(*blk = malloc(sizeof(float) * (size_t)(nrb * G)))) {
+        L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s: out of memory", sn);
+        return -1;
+    }
     fmt_shape(want, sizeof want, 2, SHP(nrb, G));
     fmt_shape(got, sizeof got, sc->ndim, sc->shape);
     if (t->dtype != SL_DTYPE_F8E4M3)
@@ -283,11 +288,11 @@ static int fp8_block_scales(loader *L, const char *name, const sl_safetensors_te
     else if (sc->dtype == SL_DTYPE_I32 || sc->dtype == SL_DTYPE_F8E4M3)
         L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s is %s, expected F32", sn, sl_dtype_name(sc->dtype));
     for (int64_t i = 0; i < nrb * G && !L->status; i++) {
-        blk[i] = sl_load_f32(sc->data, sc->dtype, i);
+        float v = (*blk)[i] = sl_load_f32(sc->data, sc->dtype, i);
         /* a NaN or infinite scale would poison every product of its block silently */
-        if (!isfinite(blk[i]))
+        if (!isfinite(v))
             L->status = sl_err_set(L->e, SL_ERR_INVALID, "tensor %s has a non-finite scale (%g) at block [%lld, %lld]",
-                                   sn, blk[i], (long long)(i / G), (long long)(i % G));
+                                   sn, v, (long long)(i / G), (long long)(i % G));
     }
     return L->status ? -1 : 0;
 }
@@ -300,25 +305,17 @@ static void fp8_piece(loader *L, const char *name, const sl_safetensors_tensor *
 {
     const int64_t B = SL_FP8_BLOCK, nrb = (rows + B - 1) / B, G = (cols + B - 1) / B;
     const int64_t n = s.n ? s.n : rows, nc = s.ncols ? s.ncols : cols, g0 = s.col0 / B, Gl = (nc + B - 1) / B;
-    uint8_t *codes = NULL;
-    float *blk = malloc(sizeof(float) * (size_t)(nrb * G));
+    float *blk = NULL;
     const void *src = t->data;
-    int got = blk ? fp8_block_scales(L, name, t, rows, cols, blk) : -1;
-    if (!blk) {
-        L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s scales: out of memory", name);
-    } else if (got == 1 && L->quantize_fp8 && t->dtype != SL_DTYPE_F8E4M3) {
+    sl_safetensors_tensor q[2] = {{0}}; /* --quantization fp8: the codes and scales made here */
+    int got = fp8_block_scales(L, name, t, rows, cols, &blk);
+    if (got == 1 && L->quantize_fp8 && t->dtype != SL_DTYPE_F8E4M3) {
         /* blocks of the whole checkpoint tensor (as make-tiny writes them),
          * whatever part of it this piece takes */
-        float *w = malloc(sizeof(float) * (size_t)(rows * cols));
-        codes = malloc((size_t)(rows * cols));
-        if (!w || !codes) {
-            L->status = sl_err_set(L->e, SL_ERR_NOMEM, "quantizing %s: out of memory", name);
-        } else {
-            for (int64_t i = 0; i < rows * cols; i++) w[i] = sl_load_f32(t->data, t->dtype, i);
-            sl_fp8_quantize_blocks(w, rows, cols, codes, blk);
-            src = codes;
+        if (!(L->status = sl_quantize_fp8_tensor(t, q, L->e))) {
+            src = q[0].data;
+            blk = (float *)q[1].data;
         }
-        free(w);
     } else if (got == 1) {
         char want[96];
         fmt_shape(want, sizeof want, 2, SHP(nrb, G));
@@ -336,7 +333,9 @@ static void fp8_piece(loader *L, const char *name, const sl_safetensors_tensor *
             for (int64_t g = 0; g < Gl; g++) so[g] = blk[(r / B) * G + g0 + g];
         }
     }
-    free(codes);
+    if (q[1].data) blk = NULL; /* (freed with q) */
+    sl_quantize_free(&q[0]);
+    sl_quantize_free(&q[1]);
     free(blk);
 }
 
@@ -440,13 +439,8 @@ static void pack_piece(loader *L, const char *name, int ndim, const int64_t *sha
      * projection whose first piece is bf16) is its real weight, code · block scale. */
     const int64_t B = SL_FP8_BLOCK, G = (cols + B - 1) / B;
     float *blk = NULL;
-    if (t->dtype == SL_DTYPE_F8E4M3) {
-        int has = (blk = malloc(sizeof(float) * (size_t)(((rows + B - 1) / B) * G)))
-                      ? fp8_block_scales(L, name, t, rows, cols, blk)
-                      : (L->status = sl_err_set(L->e, SL_ERR_NOMEM, "staging %s scales: out of memory", name), -1);
-        if (has == 1)
-            L->status = sl_err_set(L->e, SL_ERR_NOTFOUND, "tensor %s is F8_E4M3 but %s_scale_inv is missing", name, name);
-    }
+    if (t->dtype == SL_DTYPE_F8E4M3 && fp8_block_scales(L, name, t, rows, cols, &blk) == 1)
+        L->status = sl_err_set(L->e, SL_ERR_NOTFOUND, "tensor %s is F8_E4M3 but %s_scale_inv is missing", name, name);
     for (int64_t i = 0; i < n && !L->status; i++) {
         int64_t src = s.rows ? s.rows[i] : s.first + i;
         SL_ASSERT(src >= 0 && src < rows);
